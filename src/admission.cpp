@@ -1,0 +1,92 @@
+// Admission: registration, return from LOST, and the start of every test.
+#include "pool_state.hpp"
+
+namespace nodepool {
+
+namespace {
+
+bool valid_id(const std::string& id) {
+  if (id.empty() || id.size() > 128)
+    return false;
+  for (char c : id)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'
+          || c == '.' || c == ':'))
+      return false;
+  return true;
+}
+
+} // namespace
+
+void pool_state::apply_register(const pb::Register& c, int64_t now,
+                                apply_result& out) {
+  if (!valid_id(c.node_id())) {
+    out.refused = refusal{"bad_node_id",
+                          "node id must be 1..128 chars of [A-Za-z0-9-_.:]"};
+    return;
+  }
+  if (c.models_size() == 0) {
+    out.refused = refusal{"no_models", "a node must serve at least one model"};
+    return;
+  }
+  auto i = nodes_.find(c.node_id());
+  if (i == nodes_.end()) {
+    auto& n = nodes_[c.node_id()];
+    n.set_id(c.node_id());
+    n.set_public_key(c.public_key());
+    *n.mutable_models() = c.models();
+    n.set_reputation(0.5);
+    n.set_added_at(now);
+    n.set_reset_at(now);
+    n.set_last_heartbeat(now);
+    set_state(n, pb::REGISTERED, "registered", out);
+    start_test(n, pb::ADMISSION, now, out);
+    return;
+  }
+  auto& n = i->second;
+  if (!n.public_key().empty() && n.public_key() != c.public_key()) {
+    out.refused = refusal{"key_mismatch",
+                          "node " + n.id() + " is registered with another key"};
+    return;
+  }
+  if (n.state() == pb::RETIRED) {
+    out.refused = refusal{"retired", "node " + n.id() + " was retired after "
+                                       + std::to_string(n.strikes())
+                                       + " failed tests"};
+    return;
+  }
+  *n.mutable_models() = c.models();
+  n.set_last_heartbeat(now);
+  if (n.state() == pb::QUARANTINED) {
+    // A miner restart does not shorten its quarantine.
+    out.changed = true;
+    return;
+  }
+  // Whatever it was doing, a node that registers again (miner restart,
+  // return from LOST) is tested before it serves.
+  if (n.state() == pb::RESERVED)
+    lose(n, "registered again", now, out);
+  n.set_reset_at(now);
+  start_test(n, pb::ADMISSION, now, out);
+}
+
+void pool_state::start_test(pb::NodeRecord& n, pb::TestKind kind, int64_t now,
+                            apply_result& out) {
+  auto id = next_test_id_++;
+  n.set_test_id(id);
+  n.set_test_kind(kind);
+  n.set_test_deadline(now + params_.test_deadline_ms);
+  auto to = kind == pb::REVALIDATION ? pb::REVALIDATING : pb::TESTING;
+  const char* why = kind == pb::ADMISSION      ? "admission test"
+                    : kind == pb::REVALIDATION ? "re-validation"
+                                               : "retest";
+  set_state(n, to, why, out);
+  out.events.emplace_back();
+  auto* t = out.events.back().mutable_test_requested();
+  t->set_node_id(n.id());
+  t->set_test_id(id);
+  t->set_deadline(n.test_deadline());
+  t->set_kind(kind);
+  t->set_level(n.level());
+}
+
+} // namespace nodepool

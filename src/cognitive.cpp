@@ -1,0 +1,87 @@
+#include "cognitive.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+
+namespace nodepool {
+
+namespace {
+
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+std::string trim(const std::string& s) {
+  auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos)
+    return {};
+  auto e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+} // namespace
+
+std::vector<challenge> make_challenges(uint64_t test_id,
+                                       const std::string& node_id,
+                                       uint32_t count, uint32_t level) {
+  uint64_t h = mix(test_id ^ std::hash<std::string>{}(node_id));
+  std::vector<challenge> out;
+  uint64_t scale = 10;
+  for (uint32_t i = 0; i <= level; ++i)
+    scale *= 10;
+  for (uint32_t i = 0; i < count; ++i) {
+    h = mix(h + i);
+    auto a = h % scale, b = (h >> 20) % scale;
+    std::string prompt;
+    switch ((h >> 40) % 3) {
+      case 0:
+        prompt = "Compute " + std::to_string(a) + " + " + std::to_string(b)
+                 + ". Answer with the number only.";
+        break;
+      case 1:
+        prompt = "Compute " + std::to_string(a % 1000) + " * "
+                 + std::to_string(b % 1000) + ". Answer with the number only.";
+        break;
+      default: {
+        std::string w;
+        for (uint32_t k = 0; k < 4 + level * 2; ++k)
+          w += static_cast<char>('a' + (mix(h + k) % 26));
+        prompt = "Reverse the word " + w + ". Answer with the word only.";
+      }
+    }
+    out.push_back(challenge{std::to_string(test_id) + "." + std::to_string(i),
+                            prompt, solve(prompt)});
+  }
+  return out;
+}
+
+uint32_t grade(const std::vector<challenge>& xs,
+               const std::vector<std::string>& answers) {
+  uint32_t ok = 0;
+  for (size_t i = 0; i < xs.size() && i < answers.size(); ++i)
+    if (trim(answers[i]) == xs[i].answer)
+      ++ok;
+  return ok;
+}
+
+std::string solve(const std::string& prompt) {
+  unsigned long long a = 0, b = 0;
+  char word[64] = {0};
+  if (std::sscanf(prompt.c_str(), "Compute %llu + %llu.", &a, &b) == 2)
+    return std::to_string(a + b);
+  if (std::sscanf(prompt.c_str(), "Compute %llu * %llu.", &a, &b) == 2)
+    return std::to_string(a * b);
+  if (std::sscanf(prompt.c_str(), "Reverse the word %63[a-z].", word) == 1) {
+    std::string w{word};
+    std::reverse(w.begin(), w.end());
+    return w;
+  }
+  return {};
+}
+
+} // namespace nodepool

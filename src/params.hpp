@@ -1,0 +1,55 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace nodepool {
+
+/// Tunable parameters of the pool (DESIGN.md section 2). Times are in
+/// milliseconds. Defaults follow the published descriptions of inference
+/// networks; every field can be set from a TOML file (see deploy/nodepool.toml).
+struct params {
+  // cognitive tests
+  int64_t test_deadline_ms = 5000;
+  uint32_t challenges_per_test = 5;
+  double pass_mark = 0.6;
+  // sessions
+  uint32_t min_nodes = 1;
+  uint32_t max_nodes = 3;
+  uint32_t redundancy = 3;
+  uint32_t tasks_before_release = 5;
+  int64_t reserve_period_ms = 300000;
+  int64_t idle_threshold_ms = 60000;
+  int64_t queue_timeout_ms = 600000;  // queued longer than this: failed
+  int64_t task_phase_timeout_ms = 5000;
+  // pool membership
+  int64_t ephemeral_window_ms = 30 * 60 * 1000;
+  int64_t heartbeat_interval_ms = 1000;
+  int64_t heartbeat_timeout_ms = 5000;
+  // failure handling
+  int64_t quarantine_backoff_ms = 30000;
+  int64_t quarantine_backoff_max_ms = 300000;
+  uint32_t max_strikes = 5;
+  double panic_share = 0.5;  // max share of nodes quarantined by session failures
+  // quality
+  double embedding_threshold = 0.85;
+  double reputation_alpha = 0.1;
+  uint32_t max_level = 5;
+  uint32_t promote_after = 3;  // consecutive passes to go up one level
+  uint32_t recent_size = 8;
+  // selection
+  std::string selection = "reputation";  // reputation | random
+  uint64_t seed = 1;
+  // storage
+  uint64_t snapshot_every = 5000;  // log entries between snapshots
+  int64_t tick_interval_ms = 200;
+
+  /// Checks ranges; returns an empty string when valid, else what is wrong.
+  std::string validate() const;
+};
+
+/// Loads parameters from a TOML file over `base`. Throws std::runtime_error
+/// with the file, key and reason on a bad file, unknown key or bad value.
+params load_params(const std::string& path, params base = {});
+
+} // namespace nodepool

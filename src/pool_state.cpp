@@ -1,0 +1,324 @@
+#include "pool_state.hpp"
+
+#include <stdexcept>
+
+namespace nodepool {
+
+namespace {
+
+template <class T>
+void push(apply_result& out, T&& fill) {
+  out.events.emplace_back();
+  fill(out.events.back());
+}
+
+} // namespace
+
+std::string to_string(pb::NodeState s) {
+  switch (s) {
+    case pb::REGISTERED: return "registered";
+    case pb::TESTING: return "testing";
+    case pb::EPHEMERAL: return "ephemeral";
+    case pb::RESERVED: return "reserved";
+    case pb::REVALIDATING: return "revalidating";
+    case pb::QUARANTINED: return "quarantined";
+    case pb::RETIRED: return "retired";
+    case pb::LOST: return "lost";
+    default: return "unspecified";
+  }
+}
+
+std::string to_string(pb::SessionState s) {
+  switch (s) {
+    case pb::QUEUED: return "queued";
+    case pb::ACTIVE: return "active";
+    case pb::COMPLETED: return "completed";
+    case pb::FAILED: return "failed";
+    default: return "unspecified";
+  }
+}
+
+pool_state::pool_state(params p) : params_(std::move(p)) {
+  selector_ = make_selection(params_.selection);
+  if (!selector_)
+    throw std::invalid_argument("unknown selection strategy: "
+                                + params_.selection);
+  rng_state_ = params_.seed;
+}
+
+const pb::NodeRecord* pool_state::node(const std::string& id) const {
+  auto i = nodes_.find(id);
+  return i == nodes_.end() ? nullptr : &i->second;
+}
+
+const pb::SessionRecord* pool_state::session(const std::string& id) const {
+  auto i = sessions_.find(id);
+  return i == sessions_.end() ? nullptr : &i->second;
+}
+
+std::array<uint64_t, 5> pool_state::session_counts() const {
+  std::array<uint64_t, 5> xs{};
+  for (auto& [id, s] : sessions_)
+    ++xs[static_cast<size_t>(s.state())];
+  return xs;
+}
+
+uint64_t pool_state::next_random() {
+  // splitmix64: small, fast, and its whole state is one integer that the
+  // snapshot carries.
+  uint64_t z = (rng_state_ += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
+  apply_result out;
+  // Time never runs backwards inside the pool, whatever the clock did.
+  if (now < last_now_)
+    now = last_now_;
+  switch (cmd.kind_case()) {
+    case pb::Command::kRegister:
+      apply_register(cmd.register_(), now, out);
+      break;
+    case pb::Command::kHeartbeat:
+      apply_heartbeat(cmd.heartbeat(), now, out);
+      break;
+    case pb::Command::kTestResult:
+      apply_test_result(cmd.test_result(), now, out);
+      break;
+    case pb::Command::kSubmitSession:
+      apply_submit(cmd.submit_session(), now, out);
+      break;
+    case pb::Command::kTaskDone:
+      apply_task_done(cmd.task_done(), now, out);
+      break;
+    case pb::Command::kEndSession:
+      apply_end_session(cmd.end_session(), now, out);
+      break;
+    case pb::Command::kNodeDown:
+      apply_node_down(cmd.node_down(), now, out);
+      break;
+    case pb::Command::kTick:
+      apply_tick(now, out);
+      break;
+    case pb::Command::kRecover:
+      apply_recover(now, out);
+      break;
+    default:
+      out.refused = refusal{"empty_command", "command carries no kind"};
+      return out;
+  }
+  if (out.refused) {
+    out.events.clear();
+    out.changed = false;
+    return out;
+  }
+  if (!out.events.empty())
+    out.changed = true;
+  if (out.changed) {
+    try_assign(now, out);
+    last_now_ = now;
+  }
+  return out;
+}
+
+void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
+                           const std::string& why, apply_result& out) {
+  auto from = n.state();
+  if (from == to)
+    return;
+  if (from != pb::NODE_STATE_UNSPECIFIED)
+    --counts_[from];
+  ++counts_[to];
+  if (from == pb::EPHEMERAL)
+    pool_.erase(n.id());
+  if (to == pb::EPHEMERAL)
+    pool_.insert(n.id());
+  n.set_state(to);
+  push(out, [&](pb::Event& e) {
+    auto* x = e.mutable_node_state_changed();
+    x->set_node_id(n.id());
+    x->set_from(from);
+    x->set_to(to);
+    x->set_reason(why);
+  });
+}
+
+void pool_state::record_outcome(pb::NodeRecord& n, bool good) {
+  auto a = params_.reputation_alpha;
+  n.set_reputation((1.0 - a) * n.reputation() + a * (good ? 1.0 : 0.0));
+  n.add_recent(good);
+  while (static_cast<uint32_t>(n.recent_size()) > params_.recent_size)
+    n.mutable_recent()->erase(n.mutable_recent()->begin());
+}
+
+void pool_state::apply_heartbeat(const pb::Heartbeat& c, int64_t now,
+                                 apply_result& out) {
+  auto i = nodes_.find(c.node_id());
+  if (i == nodes_.end()) {
+    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+    return;
+  }
+  auto& n = i->second;
+  if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
+    out.refused = refusal{"not_connected", "node " + n.id() + " is "
+                                             + to_string(n.state())
+                                             + ": register again"};
+    return;
+  }
+  n.set_last_heartbeat(now);
+  n.set_mode(c.mode());
+  out.changed = true;
+}
+
+void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
+                                 apply_result& out) {
+  auto i = nodes_.find(c.node_id());
+  if (i == nodes_.end()) {
+    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+    return;
+  }
+  auto& n = i->second;
+  if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
+    out.refused = refusal{"not_connected", "node " + n.id() + " is already "
+                                             + to_string(n.state())};
+    return;
+  }
+  lose(n, c.reason().empty() ? "node down" : c.reason(), now, out);
+}
+
+void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
+                      apply_result& out) {
+  if (n.state() == pb::RESERVED) {
+    auto s = sessions_.find(n.session_id());
+    n.clear_session_id();
+    n.set_tasks_served(0);
+    if (s != sessions_.end())
+      detach(s->second, n.id(), now, out);
+  }
+  n.set_reset_at(now);
+  n.set_test_id(0);
+  set_state(n, pb::LOST, why, out);
+}
+
+void pool_state::apply_tick(int64_t now, apply_result& out) {
+  for (auto& [id, n] : nodes_) {
+    auto st = n.state();
+    if (st == pb::RETIRED || st == pb::LOST)
+      continue;
+    if (now - n.last_heartbeat() > params_.heartbeat_timeout_ms) {
+      lose(n, "heartbeat missed", now, out);
+      continue;
+    }
+    switch (st) {
+      case pb::TESTING:
+      case pb::REVALIDATING:
+        if (now > n.test_deadline())
+          fail_test(n, "test deadline passed", now, out);
+        break;
+      case pb::QUARANTINED:
+        if (now >= n.quarantine_until())
+          start_test(n, pb::RETEST, now, out);
+        break;
+      case pb::EPHEMERAL:
+        if (now - n.ephemeral_at() > params_.ephemeral_window_ms)
+          start_test(n, pb::RETEST, now, out);
+        break;
+      case pb::RESERVED: {
+        auto s = sessions_.find(n.session_id());
+        int64_t period = params_.reserve_period_ms;
+        if (s != sessions_.end() && s->second.reserve_period_ms() > 0)
+          period = s->second.reserve_period_ms();
+        if (now - n.reserved_at() > period)
+          release(n, "reserve_period", now, out);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  std::vector<std::string> idle, expired;
+  for (auto& [id, s] : sessions_) {
+    if (s.state() == pb::ACTIVE
+        && now - s.last_activity() > params_.idle_threshold_ms)
+      idle.push_back(id);
+    else if (s.state() == pb::QUEUED
+             && now - s.submitted_at() > params_.queue_timeout_ms)
+      expired.push_back(id);
+  }
+  for (auto& id : idle) {
+    auto& s = sessions_[id];
+    auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+    for (auto& nid : nodes)
+      release(nodes_[nid], "idle_threshold", now, out);
+    if (s.state() == pb::ACTIVE)
+      requeue(s, now, out);
+    s.set_last_activity(now);
+  }
+  for (auto& id : expired)
+    end_session(sessions_[id], pb::FAILED,
+                "no suitable nodes within queue_timeout", now, out);
+}
+
+void pool_state::apply_recover(int64_t now, apply_result& out) {
+  // Miners must reconnect to a restarted oracle anyway; marking every live
+  // node LOST guarantees that whatever was reserved or mid-test is tested
+  // again before it serves. Quarantine keeps its backoff.
+  for (auto& [id, n] : nodes_) {
+    if (n.state() == pb::QUARANTINED) {
+      n.set_last_heartbeat(now);
+      continue;
+    }
+    if (n.state() != pb::RETIRED && n.state() != pb::LOST)
+      lose(n, "oracle restart", now, out);
+  }
+  for (auto& [id, s] : sessions_)
+    if (s.state() == pb::ACTIVE)
+      requeue(s, now, out);
+  out.changed = true;
+}
+
+pb::Snapshot pool_state::snapshot() const {
+  pb::Snapshot snap;
+  snap.set_last_now(last_now_);
+  for (auto& [id, n] : nodes_)
+    *snap.add_nodes() = n;
+  for (auto& [id, s] : sessions_)
+    *snap.add_sessions() = s;
+  snap.set_next_test_id(next_test_id_);
+  snap.set_next_session_seq(next_session_seq_);
+  snap.set_rng_state(rng_state_);
+  snap.set_tests_passed(tests_passed_);
+  snap.set_tests_failed(tests_failed_);
+  return snap;
+}
+
+void pool_state::restore(const pb::Snapshot& snap) {
+  nodes_.clear();
+  sessions_.clear();
+  queue_.clear();
+  pool_.clear();
+  counts_.fill(0);
+  for (auto& n : snap.nodes()) {
+    nodes_[n.id()] = n;
+    auto st = static_cast<size_t>(n.state());
+    if (st < counts_.size())
+      ++counts_[st];
+    if (n.state() == pb::EPHEMERAL)
+      pool_.insert(n.id());
+  }
+  for (auto& s : snap.sessions()) {
+    sessions_[s.id()] = s;
+    if (s.state() == pb::QUEUED)
+      queue_[s.seq()] = s.id();
+  }
+  next_test_id_ = snap.next_test_id();
+  next_session_seq_ = snap.next_session_seq();
+  rng_state_ = snap.rng_state();
+  tests_passed_ = snap.tests_passed();
+  tests_failed_ = snap.tests_failed();
+  last_now_ = snap.last_now();
+}
+
+} // namespace nodepool

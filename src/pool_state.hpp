@@ -1,0 +1,158 @@
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "nodepool.pb.h"
+#include "params.hpp"
+#include "selection.hpp"
+
+namespace nodepool {
+
+/// Why a command changed nothing. `code` is stable and machine-readable
+/// (it is sent to miners and counted); `detail` is for humans.
+struct refusal {
+  std::string code;
+  std::string detail;
+};
+
+/// What applying one command did.
+struct apply_result {
+  std::vector<pb::Event> events;
+  std::optional<refusal> refused;
+  /// False when the command was refused or was a tick that found nothing to
+  /// do: such commands need not be persisted, replaying them changes nothing.
+  bool changed = false;
+};
+
+/// One broken invariant (I1..I5 of DESIGN.md).
+struct violation {
+  std::string invariant;  // "I1" .. "I5"
+  std::string detail;
+};
+
+/// The node pool as a pure, deterministic state machine.
+///
+///             register                     pass
+///   (new) ----------> REGISTERED --> TESTING -----> EPHEMERAL <-------------+
+///                                      |  ^            |  (in pool)         |
+///                                fail  |  | backoff    | reserve(session)   | pass
+///                                      v  |  elapsed   v                    |
+///                                  QUARANTINED       RESERVED --release--> REVALIDATING
+///                                      |  ^            |                    |
+///                fails >= max_strikes  |  +------------+--------------------+ fail
+///                                      v
+///                                   RETIRED
+///   any state --heartbeat missed / actor down--> LOST --registers again--> TESTING
+///   EPHEMERAL --ephemeral window expired--> TESTING
+///
+/// No clock, no I/O, no global randomness: the time comes with each command
+/// and random choices draw from a generator whose state is part of the pool.
+/// The same commands with the same times always give the same state and
+/// events, which is what lets the command log be persisted, replayed and
+/// replicated. Owned by whoever applies commands (the pool supervisor actor).
+/// The transitions are split by concern over admission.cpp, reservation.cpp,
+/// revalidation.cpp and pool_state.cpp.
+class pool_state {
+public:
+  explicit pool_state(params p = {});
+
+  /// Applies one command at time `now` (milliseconds).
+  apply_result apply(const pb::Command& cmd, int64_t now);
+
+  // -- queries ---------------------------------------------------------------
+
+  const params& config() const { return params_; }
+  const pb::NodeRecord* node(const std::string& id) const;
+  const pb::SessionRecord* session(const std::string& id) const;
+  const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
+  const std::map<std::string, pb::SessionRecord>& sessions() const {
+    return sessions_;
+  }
+  /// Node counts indexed by pb::NodeState, maintained on every transition.
+  const std::array<uint64_t, 9>& count_by_state() const { return counts_; }
+  std::array<uint64_t, 5> session_counts() const;
+  uint64_t tests_passed() const { return tests_passed_; }
+  uint64_t tests_failed() const { return tests_failed_; }
+  int64_t last_now() const { return last_now_; }
+
+  /// Checks I1..I5 on the current state.
+  std::vector<violation> check_invariants() const;
+
+  // -- snapshots -------------------------------------------------------------
+
+  pb::Snapshot snapshot() const;
+  /// Replaces the state by a snapshot's. Indexes are rebuilt.
+  void restore(const pb::Snapshot& snap);
+
+private:
+  // pool_state.cpp
+  void set_state(pb::NodeRecord& n, pb::NodeState to, const std::string& why,
+                 apply_result& out);
+  void record_outcome(pb::NodeRecord& n, bool good);
+  void apply_tick(int64_t now, apply_result& out);
+  void apply_recover(int64_t now, apply_result& out);
+  void apply_heartbeat(const pb::Heartbeat& c, int64_t now, apply_result& out);
+  void apply_node_down(const pb::NodeDown& c, int64_t now, apply_result& out);
+  void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
+            apply_result& out);
+  uint64_t next_random();
+
+  // admission.cpp
+  void apply_register(const pb::Register& c, int64_t now, apply_result& out);
+  void start_test(pb::NodeRecord& n, pb::TestKind kind, int64_t now,
+                  apply_result& out);
+
+  // revalidation.cpp
+  void apply_test_result(const pb::TestResult& c, int64_t now,
+                         apply_result& out);
+  void pass_test(pb::NodeRecord& n, int64_t now, apply_result& out);
+  void fail_test(pb::NodeRecord& n, const std::string& why, int64_t now,
+                 apply_result& out);
+  void quarantine(pb::NodeRecord& n, const std::string& why, int64_t now,
+                  apply_result& out);
+
+  // reservation.cpp
+  void apply_submit(const pb::SubmitSession& c, int64_t now,
+                    apply_result& out);
+  void apply_task_done(const pb::TaskDone& c, int64_t now, apply_result& out);
+  void apply_end_session(const pb::EndSession& c, int64_t now,
+                         apply_result& out);
+  void release(pb::NodeRecord& n, const std::string& why, int64_t now,
+               apply_result& out);
+  void end_session(pb::SessionRecord& s, pb::SessionState st,
+                   const std::string& why, int64_t now, apply_result& out);
+  void detach(pb::SessionRecord& s, const std::string& node_id, int64_t now,
+              apply_result& out);
+  void requeue(pb::SessionRecord& s, int64_t now, apply_result& out);
+  void try_assign(int64_t now, apply_result& out);
+  uint32_t reserve_for(pb::SessionRecord& s, uint32_t want, int64_t now,
+                       apply_result& out);
+  bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
+
+  params params_;
+  std::unique_ptr<selection_strategy> selector_;
+  std::map<std::string, pb::NodeRecord> nodes_;
+  std::map<std::string, pb::SessionRecord> sessions_;
+  std::map<uint64_t, std::string> queue_;  // seq -> session id, QUEUED only
+  std::set<std::string> pool_;             // ids of EPHEMERAL nodes
+  std::array<uint64_t, 9> counts_{};
+  uint64_t next_test_id_ = 1;
+  uint64_t next_session_seq_ = 1;
+  uint64_t rng_state_ = 0;
+  uint64_t tests_passed_ = 0;
+  uint64_t tests_failed_ = 0;
+  int64_t last_now_ = 0;
+};
+
+/// Human-readable name of a node state ("ephemeral", ...).
+std::string to_string(pb::NodeState s);
+std::string to_string(pb::SessionState s);
+
+} // namespace nodepool

@@ -1,0 +1,305 @@
+// Sessions: acceptance, reservation of nodes, task outcomes and release.
+#include "pool_state.hpp"
+
+#include <algorithm>
+
+namespace nodepool {
+
+namespace {
+
+bool valid_session_id(const std::string& id) {
+  if (id.empty() || id.size() > 128)
+    return false;
+  for (char c : id)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'
+          || c == '.' || c == ':'))
+      return false;
+  return true;
+}
+
+} // namespace
+
+void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
+                              apply_result& out) {
+  if (!valid_session_id(c.session_id())) {
+    out.refused = refusal{"bad_session_id",
+                          "session id must be 1..128 chars of [A-Za-z0-9-_.:]"};
+    return;
+  }
+  if (sessions_.count(c.session_id())) {
+    out.refused = refusal{"duplicate_session",
+                          "session " + c.session_id() + " already exists"};
+    return;
+  }
+  auto min_n = c.min_nodes() ? c.min_nodes() : params_.min_nodes;
+  auto max_n = c.max_nodes() ? c.max_nodes() : std::max(params_.max_nodes, min_n);
+  auto red = c.redundancy() ? c.redundancy() : std::min(params_.redundancy, max_n);
+  if (min_n > max_n || red > max_n || max_n > 64) {
+    out.refused = refusal{"bad_session_shape",
+                          "need 1 <= min_nodes <= max_nodes <= 64 and "
+                          "redundancy <= max_nodes"};
+    return;
+  }
+  if (c.min_level() > params_.max_level) {
+    out.refused = refusal{"bad_level", "min_level above the highest level"};
+    return;
+  }
+  if (c.reserve_period_ms() < 0) {
+    out.refused = refusal{"bad_reserve_period", "reserve_period is negative"};
+    return;
+  }
+  auto& s = sessions_[c.session_id()];
+  s.set_id(c.session_id());
+  s.set_model(c.model());
+  s.set_min_nodes(min_n);
+  s.set_max_nodes(max_n);
+  s.set_redundancy(red);
+  s.set_min_level(c.min_level());
+  s.set_reserve_period_ms(c.reserve_period_ms());
+  s.set_max_tasks(c.max_tasks() ? c.max_tasks() : 1);
+  s.set_client(c.client());
+  s.set_state(pb::QUEUED);
+  s.set_submitted_at(now);
+  s.set_last_activity(now);
+  s.set_seq(next_session_seq_++);
+  queue_[s.seq()] = s.id();
+  out.events.emplace_back();
+  out.events.back().mutable_session_accepted()->set_session_id(s.id());
+}
+
+bool pool_state::suitable(const pb::NodeRecord& n,
+                          const pb::SessionRecord& s) const {
+  if (n.state() != pb::EPHEMERAL || n.mode() != pb::AVAILABLE)
+    return false;
+  if (n.level() < s.min_level())
+    return false;
+  if (s.model().empty())
+    return true;
+  return std::find(n.models().begin(), n.models().end(), s.model())
+         != n.models().end();
+}
+
+uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
+                                 int64_t now, apply_result& out) {
+  std::vector<const pb::NodeRecord*> candidates;
+  for (auto& id : pool_) {
+    auto& n = nodes_[id];
+    if (suitable(n, s))
+      candidates.push_back(&n);
+  }
+  auto picked = selector_->pick(std::move(candidates), want,
+                                [this] { return next_random(); });
+  for (auto& id : picked) {
+    auto& n = nodes_[id];
+    n.set_session_id(s.id());
+    n.set_reserved_at(now);
+    n.set_tasks_served(0);
+    set_state(n, pb::RESERVED, "reserved for " + s.id(), out);
+    s.add_nodes(id);
+    out.events.emplace_back();
+    auto* r = out.events.back().mutable_node_reserved();
+    r->set_node_id(id);
+    r->set_session_id(s.id());
+  }
+  return static_cast<uint32_t>(picked.size());
+}
+
+void pool_state::try_assign(int64_t now, apply_result& out) {
+  if (pool_.empty())
+    return;
+  // Sessions already running but short of their redundancy come first: they
+  // were accepted earlier than anything still queued.
+  for (auto& [id, s] : sessions_) {
+    if (pool_.empty())
+      return;
+    if (s.state() == pb::ACTIVE
+        && static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
+      reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
+  }
+  // Then the queue in acceptance order; a session whose needs cannot be met
+  // now does not block the ones behind it.
+  for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
+    auto& s = sessions_[i->second];
+    uint32_t available = 0;
+    for (auto& nid : pool_)
+      if (suitable(nodes_[nid], s) && ++available >= s.min_nodes())
+        break;
+    if (available < s.min_nodes()) {
+      ++i;
+      continue;
+    }
+    reserve_for(s, s.max_nodes(), now, out);
+    s.set_state(pb::ACTIVE);
+    if (s.started_at() == 0)
+      s.set_started_at(now);
+    s.set_last_activity(now);
+    i = queue_.erase(i);
+    out.events.emplace_back();
+    auto* st = out.events.back().mutable_session_started();
+    st->set_session_id(s.id());
+    *st->mutable_nodes() = s.nodes();
+    st->set_redundancy(s.redundancy());
+    st->set_max_tasks(s.max_tasks());
+    st->set_tasks_done(s.tasks_done());
+    st->set_model(s.model());
+  }
+}
+
+void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
+                                 apply_result& out) {
+  auto i = sessions_.find(c.session_id());
+  if (i == sessions_.end()) {
+    out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+    return;
+  }
+  auto& s = i->second;
+  if (s.state() != pb::ACTIVE) {
+    out.refused = refusal{"session_not_active",
+                          "session " + s.id() + " is " + to_string(s.state())};
+    return;
+  }
+  if (c.task_no() != s.tasks_done()) {
+    out.refused = refusal{"stale_task", "task " + std::to_string(c.task_no())
+                                          + " is not the current one ("
+                                          + std::to_string(s.tasks_done())
+                                          + ")"};
+    return;
+  }
+  if (c.outcomes_size() == 0) {
+    out.refused = refusal{"no_outcomes", "a task needs at least one outcome"};
+    return;
+  }
+  std::set<std::string> seen;
+  for (auto& o : c.outcomes()) {
+    auto n = nodes_.find(o.node_id());
+    if (n == nodes_.end() || n->second.state() != pb::RESERVED
+        || n->second.session_id() != s.id() || !seen.insert(o.node_id()).second) {
+      out.refused = refusal{"node_not_in_session",
+                            "node " + o.node_id() + " is not reserved for "
+                              + s.id()};
+      return;
+    }
+  }
+  s.set_tasks_done(s.tasks_done() + 1);
+  s.set_last_activity(now);
+  out.changed = true;
+  // A finished session is marked first so that nodes leaving it below do
+  // not send it back to the queue.
+  bool finished = s.tasks_done() >= s.max_tasks();
+  if (finished)
+    s.set_state(pb::COMPLETED);
+  uint64_t quarantined = counts_[pb::QUARANTINED];
+  uint64_t alive = nodes_.size() - counts_[pb::RETIRED];
+  for (auto& o : c.outcomes()) {
+    auto& n = nodes_[o.node_id()];
+    n.set_tasks_served(n.tasks_served() + 1);
+    record_outcome(n, o.outcome() == pb::OK);
+    bool broken = o.outcome() == pb::TIMEOUT || o.outcome() == pb::MISMATCH;
+    if (broken) {
+      // Panic guard: a burst of session failures (a bad model update, a
+      // network blip) must not empty the pool; past the share, failing
+      // nodes are re-validated instead of quarantined outright.
+      if (quarantined + 1 <= params_.panic_share * alive) {
+        n.clear_session_id();
+        detach(s, n.id(), now, out);
+        n.set_reset_at(now);
+        n.set_released_at(now);
+        quarantine(n, o.outcome() == pb::TIMEOUT ? "task timeout"
+                                                 : "reveal did not match hash",
+                   now, out);
+        ++quarantined;
+      } else {
+        release(n, "task failure (panic guard)", now, out);
+      }
+    } else if (n.tasks_served() >= params_.tasks_before_release) {
+      release(n, "tasks_before_release", now, out);
+    }
+  }
+  if (finished)
+    end_session(s, pb::COMPLETED, "", now, out);
+}
+
+void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
+                                   apply_result& out) {
+  auto i = sessions_.find(c.session_id());
+  if (i == sessions_.end()) {
+    out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+    return;
+  }
+  auto& s = i->second;
+  if (s.state() == pb::COMPLETED || s.state() == pb::FAILED) {
+    out.refused = refusal{"session_ended",
+                          "session " + s.id() + " already "
+                            + to_string(s.state())};
+    return;
+  }
+  if (c.failed() && c.reason().empty()) {
+    out.refused = refusal{"no_reason", "a failed session needs a reason"};
+    return;
+  }
+  end_session(s, c.failed() ? pb::FAILED : pb::COMPLETED, c.reason(), now,
+              out);
+}
+
+void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
+                             const std::string& why, int64_t now,
+                             apply_result& out) {
+  queue_.erase(s.seq());
+  auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+  s.set_state(st);  // before releasing: no requeue of an ending session
+  for (auto& id : nodes)
+    release(nodes_[id], "session ended", now, out);
+  s.set_ended_at(now);
+  s.set_reason(why);
+  out.events.emplace_back();
+  auto* e = out.events.back().mutable_session_ended();
+  e->set_session_id(s.id());
+  e->set_state(st);
+  e->set_reason(why);
+}
+
+void pool_state::release(pb::NodeRecord& n, const std::string& why,
+                         int64_t now, apply_result& out) {
+  auto sid = n.session_id();
+  n.clear_session_id();
+  n.set_tasks_served(0);
+  n.set_released_at(now);
+  n.set_reset_at(now);
+  out.events.emplace_back();
+  auto* r = out.events.back().mutable_node_released();
+  r->set_node_id(n.id());
+  r->set_session_id(sid);
+  r->set_reason(why);
+  auto s = sessions_.find(sid);
+  if (s != sessions_.end())
+    detach(s->second, n.id(), now, out);
+  start_test(n, pb::REVALIDATION, now, out);
+}
+
+void pool_state::detach(pb::SessionRecord& s, const std::string& node_id,
+                        int64_t now, apply_result& out) {
+  auto* xs = s.mutable_nodes();
+  auto i = std::find(xs->begin(), xs->end(), node_id);
+  if (i != xs->end())
+    xs->erase(i);
+  // An active session never runs without nodes: it waits in the queue again,
+  // in its original place, keeping the tasks it has done.
+  if (s.state() == pb::ACTIVE && xs->empty())
+    requeue(s, now, out);
+}
+
+void pool_state::requeue(pb::SessionRecord& s, int64_t now,
+                         apply_result& out) {
+  auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+  s.set_state(pb::QUEUED);  // first, so detaching does not recurse
+  for (auto& id : nodes) {
+    auto& n = nodes_[id];
+    n.clear_session_id();
+    // A node taken from a requeued session goes back through re-validation.
+    release(n, "session requeued", now, out);
+  }
+  s.clear_nodes();
+  queue_[s.seq()] = s.id();
+}
+
+} // namespace nodepool

@@ -1,0 +1,101 @@
+// Test outcomes: entry into the pool, quarantine with backoff, retirement.
+#include "pool_state.hpp"
+
+#include <algorithm>
+
+namespace nodepool {
+
+void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
+                                   apply_result& out) {
+  auto i = nodes_.find(c.node_id());
+  if (i == nodes_.end()) {
+    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+    return;
+  }
+  auto& n = i->second;
+  if (n.state() != pb::TESTING && n.state() != pb::REVALIDATING) {
+    out.refused = refusal{"no_test_in_flight",
+                          "node " + n.id() + " is " + to_string(n.state())};
+    return;
+  }
+  if (c.test_id() != n.test_id()) {
+    out.refused = refusal{"stale_test", "test " + std::to_string(c.test_id())
+                                          + " is not the one in flight ("
+                                          + std::to_string(n.test_id()) + ")"};
+    return;
+  }
+  if (now > n.test_deadline()) {
+    out.refused = refusal{"after_deadline", "result came after the deadline"};
+    return;
+  }
+  if (c.total() == 0 || c.correct() > c.total()) {
+    out.refused = refusal{"bad_result", "correct must be <= total, total > 0"};
+    return;
+  }
+  double score = static_cast<double>(c.correct()) / c.total();
+  if (score >= params_.pass_mark)
+    pass_test(n, now, out);
+  else
+    fail_test(n, "failed test", now, out);
+}
+
+void pool_state::pass_test(pb::NodeRecord& n, int64_t now, apply_result& out) {
+  ++tests_passed_;
+  record_outcome(n, true);
+  n.set_strikes(0);
+  n.set_last_test_failed(false);
+  n.set_passed_at(now);
+  n.set_ephemeral_at(now);
+  n.set_consecutive_passes(n.consecutive_passes() + 1);
+  if (params_.promote_after > 0
+      && n.consecutive_passes() % params_.promote_after == 0
+      && n.level() < params_.max_level)
+    n.set_level(n.level() + 1);
+  auto id = n.test_id();
+  n.set_test_id(0);
+  set_state(n, pb::EPHEMERAL, "passed test", out);
+  out.events.emplace_back();
+  auto* f = out.events.back().mutable_test_finished();
+  f->set_node_id(n.id());
+  f->set_test_id(id);
+  f->set_passed(true);
+}
+
+void pool_state::fail_test(pb::NodeRecord& n, const std::string& why,
+                           int64_t now, apply_result& out) {
+  ++tests_failed_;
+  auto id = n.test_id();
+  n.set_test_id(0);
+  out.events.emplace_back();
+  auto* f = out.events.back().mutable_test_finished();
+  f->set_node_id(n.id());
+  f->set_test_id(id);
+  f->set_passed(false);
+  quarantine(n, why, now, out);
+}
+
+void pool_state::quarantine(pb::NodeRecord& n, const std::string& why,
+                            int64_t now, apply_result& out) {
+  record_outcome(n, false);
+  n.set_last_test_failed(true);
+  n.set_consecutive_passes(0);
+  if (n.level() > 0)
+    n.set_level(n.level() - 1);
+  n.set_strikes(n.strikes() + 1);
+  if (n.strikes() >= params_.max_strikes) {
+    set_state(n, pb::RETIRED, why + "; retired after "
+                                + std::to_string(n.strikes()) + " strikes",
+              out);
+    return;
+  }
+  // Backoff doubles with each strike: base, 2 base, 4 base, ... up to max.
+  int64_t backoff = params_.quarantine_backoff_ms;
+  for (uint32_t k = 1; k < n.strikes() && backoff < params_.quarantine_backoff_max_ms; ++k)
+    backoff *= 2;
+  backoff = std::min(backoff, params_.quarantine_backoff_max_ms);
+  n.set_quarantine_until(now + backoff);
+  n.set_quarantine_count(n.quarantine_count() + 1);
+  set_state(n, pb::QUARANTINED, why, out);
+}
+
+} // namespace nodepool

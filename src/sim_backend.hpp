@@ -1,0 +1,64 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace nodepool {
+
+/// How a simulated miner node behaves.
+enum class behaviour {
+  healthy,  // right answers, fast
+  slow,     // right answers, but past the deadline
+  wrong,    // fast, wrong answers and unrelated task outputs
+  flaky,    // healthy most of the time, wrong or silent now and then
+  crash,    // healthy until it dies after a few messages
+  garbage,  // sends bytes that do not decode, or reveals that miss their hash
+};
+
+std::string to_string(behaviour b);
+std::optional<behaviour> parse_behaviour(const std::string& s);
+
+/// A mix like "healthy:8,wrong:1,slow:1" expanded, seeded, into one
+/// behaviour per node. Returns an error message in `err` on a bad spec.
+std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
+                                  uint64_t seed, std::string& err);
+
+/// What a simulated node decides to do with one request.
+struct sim_reply {
+  std::string text;        // answer or output
+  int64_t delay_ms = 0;    // how long to wait before replying
+  bool silent = false;     // do not reply at all
+  bool garbage = false;    // send undecodable bytes instead
+  bool bad_reveal = false; // reveal an output other than the hashed one
+};
+
+/// The deterministic `sim` inference backend: one per node, seeded, so a run
+/// with the same seed behaves the same.
+class sim_backend {
+public:
+  sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms);
+
+  behaviour kind() const { return behaviour_; }
+  sim_reply answer(const std::string& challenge_prompt);
+  sim_reply infer(const std::string& task_prompt);
+  /// True once a `crash` node has used up its life.
+  bool crashed() const { return crashed_; }
+
+  /// What a healthy model outputs for a task prompt (deterministic).
+  static std::string healthy_output(const std::string& prompt);
+
+private:
+  uint64_t next();
+  bool chance(double p);
+  void count_message();
+
+  behaviour behaviour_;
+  uint64_t state_;
+  int64_t deadline_ms_;
+  uint32_t life_;  // messages until a crash node dies
+  bool crashed_ = false;
+};
+
+} // namespace nodepool
