@@ -1,0 +1,212 @@
+// The gateway: the one actor miners talk to. It decodes what they send,
+// binds each node id to the connection that registered it, refuses anything
+// malformed or sent on another node's behalf, and routes the rest. It holds
+// no pool state of its own: decisions are the supervisor's.
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/config.hpp"
+#include "actors/oracle.hpp"
+#include "actors/wire.hpp"
+#include "log.hpp"
+
+namespace nodepool {
+
+namespace {
+
+struct gateway_state {
+  caf::actor supervisor;
+  caf::actor validator;
+  caf::actor sessions;
+  params pool;
+  std::map<caf::actor_addr, std::string> by_addr;  // connection -> node id
+  std::map<std::string, caf::actor> by_node;       // node id -> connection
+  std::map<std::string, uint64_t> refused;         // refusal code -> count
+  uint64_t received = 0;
+  uint64_t undeliverable = 0;
+  static inline const char* name = "gateway";
+};
+
+using self_ptr = caf::stateful_actor<gateway_state>*;
+
+void refuse(self_ptr self, const caf::actor& to, const std::string& node,
+            const std::string& code, const std::string& detail) {
+  ++self->state.refused[code];
+  log("gateway")->warn("refused message from node '{}': {} ({})", node, code,
+                       detail);
+  if (to)
+    self->send(to, oracle_atom::value, refusal_bytes(code, detail));
+}
+
+/// Sends a command for a node and reports a refusal back to that node.
+void command_for(self_ptr self, caf::actor node, const std::string& node_id,
+                 std::string cmd) {
+  self->request(self->state.supervisor, caf::infinite, cmd_atom::value,
+                std::move(cmd))
+    .then([](accepted_atom) {},
+          [=](caf::error& err) {
+            auto [code, detail] = read_refusal(self->system(), err);
+            refuse(self, node, node_id, code, detail);
+          });
+}
+
+void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
+  auto& st = self->state;
+  auto id = m.node_id();
+  if (m.register_().node_id() != id) {
+    refuse(self, sender, id, "not_your_node",
+           "registration names node '" + m.register_().node_id()
+             + "' but the message is from '" + id + "'");
+    return;
+  }
+  auto bound = st.by_node.find(id);
+  if (bound != st.by_node.end() && bound->second != sender) {
+    refuse(self, sender, id, "node_id_in_use",
+           "node '" + id + "' is connected elsewhere");
+    return;
+  }
+  auto prev = st.by_addr.find(sender.address());
+  if (prev != st.by_addr.end() && prev->second != id) {
+    refuse(self, sender, id, "not_your_node",
+           "this connection is node '" + prev->second + "'");
+    return;
+  }
+  auto cmd = command_bytes([&](pb::Command& c) {
+    *c.mutable_register_() = m.register_();
+  });
+  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
+    .then(
+      [=](accepted_atom) {
+        auto& st = self->state;
+        if (!st.by_addr.count(sender.address()))
+          self->monitor(sender);
+        st.by_addr[sender.address()] = id;
+        st.by_node[id] = sender;
+        pb::OracleMsg reply;
+        reply.mutable_registered()->set_node_id(id);
+        reply.mutable_registered()->set_heartbeat_interval_ms(
+          st.pool.heartbeat_interval_ms);
+        self->send(sender, oracle_atom::value, reply.SerializeAsString());
+        log("gateway")->info("node {} registered", id);
+      },
+      [=](caf::error& err) {
+            auto [code, detail] = read_refusal(self->system(), err);
+        refuse(self, sender, id, code, detail);
+      });
+}
+
+} // namespace
+
+caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
+                         const params& pool) {
+  return sys.spawn([supervisor, pool](self_ptr self) -> caf::behavior {
+    self->state.supervisor = supervisor;
+    self->state.pool = pool;
+    self->set_down_handler([=](caf::down_msg& dm) {
+      auto& st = self->state;
+      auto i = st.by_addr.find(dm.source);
+      if (i == st.by_addr.end())
+        return;
+      auto id = i->second;
+      st.by_addr.erase(i);
+      st.by_node.erase(id);
+      log("gateway")->info("node {} went down: {}", id, to_string(dm.reason));
+      auto cmd = command_bytes([&](pb::Command& c) {
+        c.mutable_node_down()->set_node_id(id);
+        c.mutable_node_down()->set_reason("connection down");
+      });
+      self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
+        .then([](accepted_atom) {},
+              [](caf::error&) {});
+    });
+    return {
+      [=](connect_atom, caf::actor validator, caf::actor sessions) {
+        self->state.validator = std::move(validator);
+        self->state.sessions = std::move(sessions);
+      },
+      [=](miner_atom, const std::string& bytes) {
+        auto& st = self->state;
+        ++st.received;
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        pb::MinerMsg m;
+        if (!m.ParseFromString(bytes)
+            || m.kind_case() == pb::MinerMsg::KIND_NOT_SET) {
+          refuse(self, sender, "?", "malformed",
+                 "message does not decode as a MinerMsg");
+          return;
+        }
+        if (m.has_register_()) {
+          on_register(self, sender, m);
+          return;
+        }
+        auto bound = st.by_addr.find(sender.address());
+        if (bound == st.by_addr.end()) {
+          refuse(self, sender, m.node_id(), "not_registered",
+                 "register before sending anything else");
+          return;
+        }
+        if (bound->second != m.node_id()) {
+          refuse(self, sender, m.node_id(), "not_your_node",
+                 "this connection is node '" + bound->second
+                   + "'; it may not act for '" + m.node_id() + "'");
+          return;
+        }
+        switch (m.kind_case()) {
+          case pb::MinerMsg::kHeartbeat: {
+            if (m.heartbeat().node_id() != m.node_id()) {
+              refuse(self, sender, m.node_id(), "not_your_node",
+                     "heartbeat names another node");
+              return;
+            }
+            command_for(self, sender, m.node_id(), command_bytes([&](pb::Command& c) {
+                          *c.mutable_heartbeat() = m.heartbeat();
+                        }));
+            break;
+          }
+          case pb::MinerMsg::kTestAnswers:
+            self->send(st.validator, answers_atom::value, m.node_id(),
+                       m.test_answers().SerializeAsString());
+            break;
+          default: {
+            std::string sid;
+            if (m.has_task_ack())
+              sid = m.task_ack().session_id();
+            else if (m.has_task_precommit())
+              sid = m.task_precommit().session_id();
+            else
+              sid = m.task_commit().session_id();
+            self->send(st.sessions, task_atom::value, m.node_id(), sid, bytes);
+          }
+        }
+      },
+      [=](send_atom, const std::string& node_id, const std::string& bytes) {
+        auto& st = self->state;
+        auto i = st.by_node.find(node_id);
+        if (i == st.by_node.end()) {
+          ++st.undeliverable;
+          return;
+        }
+        self->send(i->second, oracle_atom::value, bytes);
+      },
+      // Refusals decided by the validator or a session: counted here with
+      // the gateway's own, then sent to the node.
+      [=](refused_atom, const std::string& node_id, const std::string& code,
+          const std::string& detail) {
+        auto i = self->state.by_node.find(node_id);
+        refuse(self, i == self->state.by_node.end() ? caf::actor{} : i->second,
+               node_id, code, detail);
+      },
+      [=](stats_atom) -> std::string {
+        auto& st = self->state;
+        nlohmann::json j;
+        j["received"] = st.received;
+        j["connected"] = st.by_node.size();
+        j["undeliverable"] = st.undeliverable;
+        j["refused"] = st.refused;
+        return j.dump();
+      },
+    };
+  });
+}
+
+} // namespace nodepool

@@ -1,0 +1,233 @@
+#include "actors/node.hpp"
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/config.hpp"
+#include "digest.hpp"
+#include "log.hpp"
+#include "nodepool.pb.h"
+
+namespace nodepool {
+
+namespace {
+
+struct node_state {
+  node_config cfg;
+  std::unique_ptr<sim_backend> backend;
+  caf::actor gateway;
+  bool registered = false;
+  int64_t heartbeat_ms = 1000;
+  uint64_t beat_epoch = 0;  // tells the heartbeat loops of connections apart
+  uint64_t tests = 0;
+  uint64_t tasks = 0;
+  std::map<std::string, uint64_t> refusals;
+  static inline const char* name = "node";
+};
+
+using self_ptr = caf::stateful_actor<node_state>*;
+
+void send_later(self_ptr self, int64_t delay_ms, std::string bytes) {
+  self->delayed_send(self, std::chrono::milliseconds(std::max<int64_t>(1, delay_ms)),
+                     reply_atom::value, std::move(bytes));
+}
+
+std::string garbage_bytes(uint64_t seed) {
+  std::string s(16 + seed % 32, '\0');
+  for (auto& c : s) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    c = static_cast<char>(seed >> 56);
+  }
+  s[0] = '\xff';  // never a valid protobuf tag start for MinerMsg
+  return s;
+}
+
+void do_register(self_ptr self) {
+  auto& st = self->state;
+  if (!st.gateway)
+    return;
+  pb::MinerMsg m;
+  m.set_node_id(st.cfg.id);
+  auto* r = m.mutable_register_();
+  r->set_node_id(st.cfg.id);
+  r->set_public_key(st.cfg.public_key);
+  for (auto& x : st.cfg.models)
+    r->add_models(x);
+  self->send(st.gateway, miner_atom::value, m.SerializeAsString());
+}
+
+void after_message(self_ptr self) {
+  if (self->state.backend->crashed()) {
+    log("node")->info("node {} crashes (sim behaviour)", self->state.cfg.id);
+    self->quit(caf::make_error(caf::sec::runtime_error, "simulated crash"));
+  }
+}
+
+void on_oracle(self_ptr self, const pb::OracleMsg& m) {
+  auto& st = self->state;
+  auto& id = st.cfg.id;
+  switch (m.kind_case()) {
+    case pb::OracleMsg::kRegistered:
+      if (!st.registered) {
+        st.registered = true;
+        st.heartbeat_ms = std::max<int64_t>(1, m.registered().heartbeat_interval_ms());
+        self->send(self, beat_atom::value, ++st.beat_epoch);
+      }
+      break;
+    case pb::OracleMsg::kTest: {
+      ++st.tests;
+      auto& t = m.test();
+      pb::MinerMsg out;
+      out.set_node_id(id);
+      auto* a = out.mutable_test_answers();
+      a->set_test_id(t.test_id());
+      int64_t delay = 0;
+      bool garbage = false;
+      for (auto& c : t.challenges()) {
+        auto r = st.backend->answer(c.prompt());
+        a->add_answers(r.text);
+        delay = std::max(delay, r.delay_ms);
+        garbage = garbage || r.garbage;
+      }
+      send_later(self, delay,
+                 garbage ? garbage_bytes(t.test_id()) : out.SerializeAsString());
+      after_message(self);
+      break;
+    }
+    case pb::OracleMsg::kTask: {
+      ++st.tasks;
+      auto& t = m.task();
+      auto r = st.backend->infer(t.prompt());
+      if (r.silent) {
+        after_message(self);
+        break;
+      }
+      if (r.garbage) {
+        send_later(self, 1, garbage_bytes(t.task_no() + st.tasks));
+        after_message(self);
+        break;
+      }
+      pb::MinerMsg ack;
+      ack.set_node_id(id);
+      ack.mutable_task_ack()->set_session_id(t.session_id());
+      ack.mutable_task_ack()->set_task_no(t.task_no());
+      send_later(self, 1, ack.SerializeAsString());
+      pb::MinerMsg pre;
+      pre.set_node_id(id);
+      auto* p = pre.mutable_task_precommit();
+      p->set_session_id(t.session_id());
+      p->set_task_no(t.task_no());
+      p->set_output_hash(sha256_hex(r.text));
+      send_later(self, 1 + r.delay_ms, pre.SerializeAsString());
+      pb::MinerMsg com;
+      com.set_node_id(id);
+      auto* c = com.mutable_task_commit();
+      c->set_session_id(t.session_id());
+      c->set_task_no(t.task_no());
+      c->set_output(r.bad_reveal ? r.text + " (changed)" : r.text);
+      send_later(self, 2 + r.delay_ms, com.SerializeAsString());
+      after_message(self);
+      break;
+    }
+    case pb::OracleMsg::kRefusal: {
+      auto& code = m.refusal().code();
+      ++st.refusals[code];
+      log("node")->debug("node {} refused: {} ({})", id, code,
+                         m.refusal().detail());
+      if (code == "retired" || code == "key_mismatch") {
+        log("node")->warn("node {} leaves: {}", id, m.refusal().detail());
+        self->quit(caf::make_error(caf::sec::request_receiver_down,
+                                   m.refusal().detail()));
+      } else if (code == "not_connected" || code == "not_registered") {
+        st.registered = false;  // the oracle lost track of us: register again
+        do_register(self);
+      }
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+} // namespace
+
+caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
+                      caf::actor gateway) {
+  return sys.spawn([cfg = std::move(cfg), gateway](self_ptr self) mutable
+                   -> caf::behavior {
+    auto& st = self->state;
+    st.cfg = std::move(cfg);
+    st.backend = std::make_unique<sim_backend>(st.cfg.kind, st.cfg.seed,
+                                               st.cfg.deadline_hint_ms);
+    st.gateway = gateway;
+    self->set_down_handler([=](caf::down_msg& dm) {
+      auto& st = self->state;
+      if (dm.source == st.gateway.address()) {
+        log("node")->info("node {}: oracle gone, waiting for a new one",
+                          st.cfg.id);
+        st.gateway = nullptr;
+        st.registered = false;
+      }
+    });
+    if (gateway)
+      self->monitor(gateway);
+    do_register(self);
+    return {
+      [=](oracle_atom, const std::string& bytes) {
+        pb::OracleMsg m;
+        if (!m.ParseFromString(bytes)) {
+          log("node")->warn("node {}: undecodable message from oracle",
+                            self->state.cfg.id);
+          return;
+        }
+        on_oracle(self, m);
+      },
+      [=](reply_atom, const std::string& bytes) {
+        if (self->state.gateway)
+          self->send(self->state.gateway, miner_atom::value, bytes);
+      },
+      [=](beat_atom, uint64_t epoch) {
+        auto& st = self->state;
+        if (epoch != st.beat_epoch || !st.registered || !st.gateway)
+          return;
+        pb::MinerMsg m;
+        m.set_node_id(st.cfg.id);
+        m.mutable_heartbeat()->set_node_id(st.cfg.id);
+        m.mutable_heartbeat()->set_mode(pb::AVAILABLE);
+        self->send(st.gateway, miner_atom::value, m.SerializeAsString());
+        self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms),
+                           beat_atom::value, epoch);
+      },
+      [=](connect_atom, caf::actor gw) {
+        auto& st = self->state;
+        st.gateway = gw;
+        st.registered = false;
+        ++st.beat_epoch;
+        if (gw) {  // an empty handle just disconnects
+          self->monitor(gw);
+          do_register(self);
+        }
+      },
+      [=](stats_atom) -> std::string {
+        auto& st = self->state;
+        nlohmann::json j;
+        j["id"] = st.cfg.id;
+        j["behaviour"] = to_string(st.cfg.kind);
+        j["registered"] = st.registered;
+        j["tests"] = st.tests;
+        j["tasks"] = st.tasks;
+        j["refusals"] = st.refusals;
+        return j.dump();
+      },
+    };
+  });
+}
+
+caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
+                                         const std::string& host,
+                                         uint16_t port) {
+  return sys.middleman().remote_actor(host, port);
+}
+
+} // namespace nodepool

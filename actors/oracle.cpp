@@ -1,0 +1,29 @@
+#include "actors/oracle.hpp"
+
+#include <caf/all.hpp>
+
+#include "actors/config.hpp"
+
+namespace nodepool {
+
+oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
+  oracle_handles h;
+  auto pool = cfg.pool;
+  auto sim = cfg.sim_time;
+  h.supervisor = spawn_supervisor(sys, std::move(cfg));
+  h.gateway = spawn_gateway(sys, h.supervisor, pool);
+  h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim);
+  h.sessions = spawn_session_queue(sys, h.supervisor, h.gateway, pool, sim);
+  caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);
+  caf::anon_send(h.supervisor, subscribe_atom::value, h.validator);
+  caf::anon_send(h.supervisor, subscribe_atom::value, h.sessions);
+  return h;
+}
+
+void stop_oracle(const oracle_handles& h) {
+  for (auto& a : {h.gateway, h.validator, h.sessions, h.supervisor})
+    if (a)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+}
+
+} // namespace nodepool

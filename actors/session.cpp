@@ -1,0 +1,312 @@
+#include "actors/session.hpp"
+
+#include <caf/all.hpp>
+
+#include "actors/config.hpp"
+#include "actors/wire.hpp"
+#include "digest.hpp"
+#include "embedding.hpp"
+#include "log.hpp"
+
+namespace nodepool {
+
+namespace {
+
+/// Progress of one node on the current task.
+struct participant {
+  std::string node;
+  int phase = 0;  // 0 sent, 1 acked, 2 precommitted, 3 committed
+  std::string hash;
+  std::string output;
+  bool failed = false;
+  pb::TaskOutcome outcome = pb::OK;
+};
+
+struct session_state {
+  caf::actor queue;
+  caf::actor supervisor;
+  caf::actor gateway;
+  params pool;
+  bool sim_time = false;
+  std::string id;
+  std::string model;
+  uint32_t redundancy = 1;
+  uint32_t max_tasks = 1;
+  uint32_t task_no = 0;        // the task being run (= tasks done)
+  std::vector<std::string> nodes;
+  bool running = false;
+  bool reporting = false;      // TaskDone sent, waiting for the answer
+  uint64_t attempt = 0;        // tells stale timeouts apart
+  std::vector<participant> parts;
+  static inline const char* name = "session";
+};
+
+using self_ptr = caf::stateful_actor<session_state>*;
+
+void refuse(self_ptr self, const std::string& node, const std::string& code,
+            const std::string& detail) {
+  self->send(self->state.gateway, refused_atom::value, node, code, detail);
+}
+
+void start_task(self_ptr self);
+
+void finish_task(self_ptr self) {
+  auto& st = self->state;
+  st.reporting = true;
+  std::vector<size_t> ok;
+  std::vector<std::string> outputs;
+  for (size_t i = 0; i < st.parts.size(); ++i)
+    if (!st.parts[i].failed) {
+      ok.push_back(i);
+      outputs.push_back(st.parts[i].output);
+    }
+  for (auto k : outliers(outputs, st.pool.embedding_threshold))
+    st.parts[ok[k]].outcome = pb::OUTLIER;
+  auto cmd = command_bytes([&](pb::Command& c) {
+    auto* t = c.mutable_task_done();
+    t->set_session_id(st.id);
+    t->set_task_no(st.task_no);
+    for (auto& p : st.parts) {
+      auto* o = t->add_outcomes();
+      o->set_node_id(p.node);
+      o->set_outcome(p.outcome);
+    }
+  });
+  auto attempt = st.attempt;
+  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
+    .then(
+      [=](accepted_atom) {
+        auto& st = self->state;
+        if (attempt != st.attempt)
+          return;
+        st.reporting = false;
+        st.running = false;
+        st.parts.clear();
+        ++st.task_no;
+        // Go on only after the events of this commit (nodes released by it)
+        // have come through the queue: a bounce off it orders the two.
+        self->send(st.queue, reply_atom::value, self);
+      },
+      [=](caf::error& err) {
+            auto [code, detail] = read_refusal(self->system(), err);
+        auto& st = self->state;
+        if (attempt != st.attempt)
+          return;
+        // The membership changed under the task (a node was lost or
+        // released meanwhile): run the task again on the nodes it has now.
+        log("session")->debug("session {} task {} refused: {} ({})", st.id,
+                              st.task_no, code, detail);
+        st.reporting = false;
+        st.running = false;
+        st.parts.clear();
+        start_task(self);
+      });
+}
+
+void check_done(self_ptr self) {
+  auto& st = self->state;
+  if (!st.running || st.reporting)
+    return;
+  for (auto& p : st.parts)
+    if (!p.failed && p.phase < 3)
+      return;
+  if (st.parts.empty()) {
+    st.running = false;
+    start_task(self);
+    return;
+  }
+  finish_task(self);
+}
+
+void start_task(self_ptr self) {
+  auto& st = self->state;
+  if (st.running || st.nodes.empty() || st.task_no >= st.max_tasks)
+    return;
+  st.running = true;
+  ++st.attempt;
+  st.parts.clear();
+  auto n = std::min<size_t>(st.redundancy, st.nodes.size());
+  for (size_t i = 0; i < n; ++i)
+    st.parts.push_back(
+      participant{st.nodes[(st.task_no + i) % st.nodes.size()]});
+  pb::OracleMsg m;
+  auto* t = m.mutable_task();
+  t->set_session_id(st.id);
+  t->set_task_no(st.task_no);
+  t->set_prompt("Session " + st.id + " task " + std::to_string(st.task_no)
+                + ": summarise why tested nodes matter for "
+                + (st.model.empty() ? std::string{"any model"} : st.model)
+                + ".");
+  t->set_phase_timeout_ms(st.pool.task_phase_timeout_ms);
+  auto bytes = m.SerializeAsString();
+  for (auto& p : st.parts)
+    self->send(st.gateway, send_atom::value, p.node, bytes);
+  for (int phase = 1; phase <= 3; ++phase)
+    self->delayed_send(self,
+                       std::chrono::milliseconds(
+                         st.pool.task_phase_timeout_ms * phase),
+                       timeout_atom::value, st.attempt, phase);
+}
+
+void node_left(self_ptr self, const std::string& node) {
+  auto& st = self->state;
+  st.nodes.erase(std::remove(st.nodes.begin(), st.nodes.end(), node),
+                 st.nodes.end());
+  if (st.reporting)
+    return;  // the refusal of the TaskDone restarts the task
+  auto before = st.parts.size();
+  st.parts.erase(std::remove_if(st.parts.begin(), st.parts.end(),
+                                [&](auto& p) { return p.node == node; }),
+                 st.parts.end());
+  if (before != st.parts.size())
+    check_done(self);
+}
+
+void on_event(self_ptr self, const pb::Event& e) {
+  auto& st = self->state;
+  if (e.has_session_started()) {
+    auto& s = e.session_started();
+    st.nodes.assign(s.nodes().begin(), s.nodes().end());
+    if (st.running && !st.reporting && st.task_no == s.tasks_done()) {
+      // Already running this task on nodes reserved in the same commit
+      // (their NodeReserved came first): keep that attempt.
+      st.parts.erase(std::remove_if(st.parts.begin(), st.parts.end(),
+                                    [&](auto& p) {
+                                      return std::find(st.nodes.begin(),
+                                                       st.nodes.end(), p.node)
+                                             == st.nodes.end();
+                                    }),
+                     st.parts.end());
+      check_done(self);
+      return;
+    }
+    st.task_no = s.tasks_done();
+    st.running = false;
+    st.reporting = false;
+    ++st.attempt;
+    start_task(self);
+  } else if (e.has_node_reserved()) {
+    auto& id = e.node_reserved().node_id();
+    if (std::find(st.nodes.begin(), st.nodes.end(), id) == st.nodes.end())
+      st.nodes.push_back(id);
+    start_task(self);
+  } else if (e.has_node_released()) {
+    node_left(self, e.node_released().node_id());
+  } else if (e.has_node_state_changed()) {
+    node_left(self, e.node_state_changed().node_id());
+  } else if (e.has_session_ended()) {
+    self->quit();
+  }
+}
+
+void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
+  auto& st = self->state;
+  auto it = std::find_if(st.parts.begin(), st.parts.end(),
+                         [&](auto& p) { return p.node == node; });
+  uint32_t task_no = m.has_task_ack()         ? m.task_ack().task_no()
+                     : m.has_task_precommit() ? m.task_precommit().task_no()
+                                              : m.task_commit().task_no();
+  if (std::find(st.nodes.begin(), st.nodes.end(), node) == st.nodes.end()) {
+    refuse(self, node, "not_in_session",
+           "node " + node + " does not serve session " + st.id);
+    return;
+  }
+  if (!st.running || st.reporting || it == st.parts.end()
+      || task_no != st.task_no) {
+    refuse(self, node, "stale_task",
+           "task " + std::to_string(task_no) + " of session " + st.id
+             + " is not waiting for this node");
+    return;
+  }
+  auto& p = *it;
+  if (p.failed) {
+    refuse(self, node, "after_deadline",
+           "task " + std::to_string(task_no) + " already ended for this node");
+    return;
+  }
+  if (m.has_task_ack()) {
+    if (p.phase != 0) {
+      refuse(self, node, "out_of_order", "task already acknowledged");
+      return;
+    }
+    p.phase = 1;
+  } else if (m.has_task_precommit()) {
+    if (p.phase != 1 || m.task_precommit().output_hash().size() != 64) {
+      refuse(self, node, "out_of_order",
+             "precommit needs an ack first and a 64-hex-digit hash");
+      return;
+    }
+    p.hash = m.task_precommit().output_hash();
+    p.phase = 2;
+  } else {
+    if (p.phase != 2) {
+      refuse(self, node, "out_of_order", "commit needs a precommit first");
+      return;
+    }
+    if (sha256_hex(m.task_commit().output()) != p.hash) {
+      refuse(self, node, "reveal_mismatch",
+             "revealed output does not match the precommitted hash");
+      p.failed = true;
+      p.outcome = pb::MISMATCH;
+      check_done(self);
+      return;
+    }
+    p.output = m.task_commit().output();
+    p.phase = 3;
+  }
+  check_done(self);
+}
+
+} // namespace
+
+caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
+                         caf::actor supervisor, caf::actor gateway,
+                         const params& pool, bool sim_time,
+                         const pb::SessionStarted& start) {
+  return sys.spawn([=](self_ptr self) -> caf::behavior {
+    auto& st = self->state;
+    st.queue = queue;
+    self->link_to(queue);  // sessions go down with their queue
+    st.supervisor = supervisor;
+    st.gateway = gateway;
+    st.pool = pool;
+    st.sim_time = sim_time;
+    st.id = start.session_id();
+    st.model = start.model();
+    st.redundancy = std::max<uint32_t>(1, start.redundancy());
+    st.max_tasks = start.max_tasks();
+    pb::Event e;
+    *e.mutable_session_started() = start;
+    on_event(self, e);
+    return {
+      [=](events_atom, const std::string& bytes) {
+        pb::Event e;
+        if (e.ParseFromString(bytes))
+          on_event(self, e);
+      },
+      [=](task_atom, const std::string& node, const std::string&,
+          const std::string& bytes) {
+        pb::MinerMsg m;
+        if (!m.ParseFromString(bytes)) {
+          refuse(self, node, "malformed", "task message does not decode");
+          return;
+        }
+        on_miner(self, node, m);
+      },
+      [=](reply_atom) { start_task(self); },
+      [=](timeout_atom, uint64_t attempt, int phase) {
+        auto& st = self->state;
+        if (attempt != st.attempt || !st.running || st.reporting)
+          return;
+        for (auto& p : st.parts)
+          if (!p.failed && p.phase < phase) {
+            p.failed = true;
+            p.outcome = pb::TIMEOUT;
+          }
+        check_done(self);
+      },
+    };
+  });
+}
+
+} // namespace nodepool

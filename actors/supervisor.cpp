@@ -1,0 +1,189 @@
+#include "actors/supervisor.hpp"
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/config.hpp"
+#include "log.hpp"
+#include "pool_state.hpp"
+#include "recovery.hpp"
+
+namespace nodepool {
+
+namespace {
+
+struct supervisor_state {
+  pool_state pool;
+  supervisor_config cfg;
+  std::vector<pb::LogEntry> pending;
+  std::vector<caf::response_promise> waiting;
+  pb::EventBatch events;
+  std::vector<caf::actor> subscribers;
+  bool flush_scheduled = false;
+  uint64_t next_index = 1;
+  uint64_t since_snapshot = 0;
+  int64_t time_offset = 0;
+  // counters
+  uint64_t applied = 0;
+  uint64_t refused = 0;
+  uint64_t batches = 0;
+  std::map<std::string, uint64_t> refusals;
+  static inline const char* name = "pool_supervisor";
+};
+
+using self_ptr = caf::stateful_actor<supervisor_state>*;
+
+int64_t now(self_ptr self) {
+  return now_ms(self, self->state.cfg.sim_time) + self->state.time_offset;
+}
+
+/// Applies one command; a change is queued for the next group commit.
+void apply(self_ptr self, const pb::Command& cmd,
+           caf::response_promise* rp) {
+  auto& st = self->state;
+  auto t = now(self);
+  auto r = st.pool.apply(cmd, t);
+  if (r.refused) {
+    ++st.refused;
+    ++st.refusals[r.refused->code];
+    log("supervisor")->debug("refused {}: {} ({})", cmd.ShortDebugString(),
+                             r.refused->code, r.refused->detail);
+    if (rp)
+      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
+    return;
+  }
+  if (!r.changed) {
+    if (rp)
+      rp->deliver(accepted_atom::value);
+    return;
+  }
+  ++st.applied;
+  auto& e = st.pending.emplace_back();
+  e.set_index(st.next_index++);
+  e.set_now(t);
+  *e.mutable_command() = cmd;
+  for (auto& ev : r.events)
+    *st.events.add_events() = std::move(ev);
+  if (rp)
+    st.waiting.push_back(std::move(*rp));
+  if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
+void flush(self_ptr self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  if (st.pending.empty())
+    return;
+  if (auto s = st.cfg.storage->append(st.pending, st.cfg.sync); !s.ok()) {
+    // The in-memory state is ahead of the disk and nobody was told: stop
+    // before anyone is, so a restart resumes from what is durable.
+    log("supervisor")->critical("group commit failed: {}", s.error);
+    self->quit(caf::make_error(caf::sec::runtime_error, s.error));
+    return;
+  }
+  ++st.batches;
+  st.since_snapshot += st.pending.size();
+  auto last = st.pending.back();
+  st.pending.clear();
+  // Events before replies: a requester that hears "accepted" and then asks a
+  // subscriber anything finds the subscriber already told.
+  if (st.events.events_size() > 0) {
+    st.events.set_now(last.now());
+    auto bytes = st.events.SerializeAsString();
+    st.events.Clear();
+    for (auto& s : st.subscribers)
+      self->send(s, events_atom::value, bytes);
+  }
+  for (auto& rp : st.waiting)
+    rp.deliver(accepted_atom::value);
+  st.waiting.clear();
+  if (st.since_snapshot >= st.cfg.pool.snapshot_every) {
+    auto snap = st.pool.snapshot();
+    snap.set_last_index(last.index());
+    if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())
+      log("supervisor")->error("snapshot failed (log still complete): {}",
+                               s.error);
+    else
+      st.since_snapshot = 0;
+  }
+}
+
+caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.pool = pool_state{st.cfg.pool};
+  recovered info;
+  if (auto s = recover(*st.cfg.storage, st.pool, info); !s.ok()) {
+    log("supervisor")->critical("cannot load stored state: {}", s.error);
+    self->quit(caf::make_error(caf::sec::runtime_error, s.error));
+    return {};
+  }
+  st.next_index = info.last_index + 1;
+  if (st.cfg.sim_time)
+    st.time_offset = std::max<int64_t>(0, info.last_now - now_ms(self, true));
+  if (info.last_index > 0) {
+    log("supervisor")->info("recovered {} entries ({} replayed), {} nodes, "
+                            "{} sessions",
+                            info.last_index, info.replayed,
+                            st.pool.nodes().size(), st.pool.sessions().size());
+    pb::Command rec;
+    rec.mutable_recover();
+    apply(self, rec, nullptr);
+  }
+  self->send(self, tick_atom::value);
+  return {
+    [=](cmd_atom, const std::string& bytes) -> caf::result<void> {
+      auto rp = self->make_response_promise();
+      pb::Command cmd;
+      if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET) {
+        ++self->state.refused;
+        ++self->state.refusals["malformed"];
+        rp.deliver(make_refusal("malformed", "command does not decode"));
+        return rp;
+      }
+      apply(self, cmd, &rp);
+      return rp;
+    },
+    [=](tick_atom) {
+      pb::Command tick;
+      tick.mutable_tick();
+      apply(self, tick, nullptr);
+      self->delayed_send(self,
+                         std::chrono::milliseconds(
+                           self->state.cfg.pool.tick_interval_ms),
+                         tick_atom::value);
+    },
+    [=](flush_atom) { flush(self); },
+    [=](subscribe_atom, caf::actor who) {
+      self->state.subscribers.push_back(std::move(who));
+    },
+    [=](state_atom) -> std::string {
+      auto snap = self->state.pool.snapshot();
+      snap.set_last_index(self->state.next_index - 1);
+      return snap.SerializeAsString();
+    },
+    [=](stats_atom) -> std::string {
+      auto& s = self->state;
+      nlohmann::json j;
+      j["applied"] = s.applied;
+      j["refused"] = s.refused;
+      j["batches"] = s.batches;
+      j["last_index"] = s.next_index - 1;
+      j["refusals"] = s.refusals;
+      return j.dump();
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg) {
+  return sys.spawn([cfg = std::move(cfg)](self_ptr self) mutable {
+    return supervisor(self, std::move(cfg));
+  });
+}
+
+} // namespace nodepool

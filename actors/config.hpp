@@ -1,0 +1,49 @@
+#pragma once
+
+#include <cstdint>
+
+#include <caf/actor_system_config.hpp>
+#include <caf/local_actor.hpp>
+
+#include "messages/type_ids.hpp"
+
+namespace nodepool {
+
+/// The one actor-system configuration shared by every binary and test: loads
+/// CAF's middleman (BASP over TCP) unless `network` is false (in-process
+/// tests) and keeps CAF's own logging quiet.
+class actor_config : public caf::actor_system_config {
+public:
+  explicit actor_config(bool network = true);
+  /// Switches to CAF's deterministic test_coordinator: nothing runs until a
+  /// test calls sched.run(), timers fire only on advance_time().
+  actor_config& testing();
+};
+
+/// Time as the pool sees it, in milliseconds. Under the test coordinator
+/// (`sim_time`), the actor clock, which a test advances by hand, starting at
+/// a fixed base; otherwise the wall clock, so that stored times stay
+/// meaningful across restarts.
+int64_t now_ms(caf::local_actor* self, bool sim_time);
+
+/// The base the simulated clock starts at (so no event happens at time 0).
+constexpr int64_t sim_time_base_ms = 1000000;
+
+} // namespace nodepool
+
+#include <caf/error.hpp>
+#include <string>
+
+namespace nodepool {
+
+/// Refusals travel between actors as caf::error of category "nodepool"
+/// with (code, detail) as context, so request(...).then() can tell them from
+/// an accepted reply with its error handler.
+caf::error make_refusal(const std::string& code, const std::string& detail);
+
+/// Code and detail of a refusal; other errors (a peer gone, a timeout) come
+/// out as code "unavailable" with CAF's rendering as detail.
+std::pair<std::string, std::string> read_refusal(caf::actor_system& sys,
+                                                 const caf::error& err);
+
+} // namespace nodepool

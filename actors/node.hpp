@@ -1,0 +1,43 @@
+#pragma once
+
+// The miner side: node actors that a miner process embeds in its own CAF
+// actor system. Link the `nodepool_miner` library, spawn one node actor per
+// model instance, hand it the oracle's gateway (local, or remote from
+// connect_oracle) and it registers, heartbeats, answers cognitive tests and
+// serves tasks. See actors/examples/embedded_miner.cpp.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/expected.hpp>
+
+#include "sim_backend.hpp"
+
+namespace nodepool {
+
+struct node_config {
+  std::string id;
+  std::vector<std::string> models{"llama-3-8b"};
+  behaviour kind = behaviour::healthy;  // of the `sim` inference backend
+  uint64_t seed = 1;
+  /// Phase / test deadline the `slow` behaviour overshoots.
+  int64_t deadline_hint_ms = 5000;
+  std::string public_key;
+};
+
+/// Spawns a node actor and registers it with `gateway`. The actor:
+///   (oracle_atom, OracleMsg bytes)  what the oracle sends it
+///   (connect_atom, actor)           switch to another gateway and register
+///   (stats_atom) -> JSON text       what it did and what it was refused
+/// It exits when the oracle refuses it for good (retired, key mismatch).
+caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
+                      caf::actor gateway);
+
+/// Resolves the gateway of the oracle at host:port over CAF's middleman.
+caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
+                                         const std::string& host,
+                                         uint16_t port);
+
+} // namespace nodepool

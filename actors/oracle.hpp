@@ -1,0 +1,39 @@
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/supervisor.hpp"
+
+namespace nodepool {
+
+/// The actors of one oracle host.
+///
+///   miners --(miner_atom)--> gateway --cmd--> supervisor --events--+
+///                              |  ^                                |
+///              answers / task  v  | send                           v
+///                       validator, session_queue --> session actors
+struct oracle_handles {
+  caf::actor supervisor;
+  caf::actor gateway;     // what miners talk to (published on a port)
+  caf::actor validator;
+  caf::actor sessions;    // the session queue: clients submit here
+};
+
+/// Spawns and wires the oracle actors over `cfg.storage`.
+oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg);
+
+/// Stops all of them.
+void stop_oracle(const oracle_handles& h);
+
+// The pieces, for tests that wire them by hand.
+caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
+                         const params& pool);
+caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
+                           caf::actor gateway, const params& pool,
+                           bool sim_time);
+caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
+                               caf::actor gateway, const params& pool,
+                               bool sim_time);
+
+} // namespace nodepool

@@ -1,0 +1,43 @@
+#pragma once
+
+#include <memory>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "params.hpp"
+#include "storage.hpp"
+
+namespace nodepool {
+
+/// Settings of the pool supervisor.
+struct supervisor_config {
+  params pool;
+  std::shared_ptr<store> storage;  // shared with whoever opened it
+  bool sim_time = false;           // see now_ms()
+  bool sync = true;                // fsync each group commit
+};
+
+/// Spawns the pool supervisor: the one actor that owns the PoolState.
+///
+/// Protocol (all payloads are serialized Protobuf):
+///   (cmd_atom, Command)       -> (accepted_atom) | (refused_atom, code, detail)
+///                                 the reply to an accepted command comes only
+///                                 once it is on stable storage
+///   (subscribe_atom, actor)   -> subscriber gets (events_atom, EventBatch)
+///                                 after every durable group commit
+///   (state_atom)              -> (Snapshot bytes) of the current state
+///   (stats_atom)              -> (JSON text) counters
+///
+/// Group commit: the first command after a flush schedules a flush_atom to
+/// itself; it is handled after every message already in the mailbox, so one
+/// synced RocksDB write batch covers the whole drain. Events and replies are
+/// held back until that batch is durable, so nobody ever acts on a state that
+/// a crash could take back.
+///
+/// On start it restores the stored snapshot, replays the log after it and,
+/// if there was any history, applies a Recover command (nodes must come back
+/// and be tested again, active sessions go back to the queue).
+caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg);
+
+} // namespace nodepool

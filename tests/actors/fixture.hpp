@@ -1,0 +1,188 @@
+#pragma once
+
+// Deterministic actor tests: CAF's test_coordinator runs every actor on the
+// test's thread; nothing happens until run(), and timers fire only when the
+// test advances the clock.
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <gtest/gtest.h>
+
+#include "actors/config.hpp"
+#include "actors/node.hpp"
+#include "actors/oracle.hpp"
+#include "pool_state.hpp"
+
+namespace nodepool::testing {
+
+/// What a probe actor heard from the oracle, decoded.
+struct probe_log {
+  std::vector<pb::OracleMsg> received;
+  std::vector<std::string> refusal_codes() const {
+    std::vector<std::string> out;
+    for (auto& m : received)
+      if (m.has_refusal())
+        out.push_back(m.refusal().code());
+    return out;
+  }
+};
+
+class actor_test : public ::testing::Test {
+protected:
+  actor_test() {
+    cfg_.testing();
+    sys_ = std::make_unique<caf::actor_system>(cfg_);
+    sched_ = &dynamic_cast<caf::scheduler::test_coordinator&>(sys_->scheduler());
+  }
+
+  ~actor_test() override {
+    sched_->run();
+    for (auto& a : spawned_)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    sched_->run();
+  }
+
+  /// Pool parameters small enough that whole lifecycles fit in a few
+  /// simulated seconds.
+  static params fast_params() {
+    params p;
+    p.test_deadline_ms = 500;
+    p.task_phase_timeout_ms = 200;
+    p.heartbeat_interval_ms = 100;
+    p.heartbeat_timeout_ms = 500;
+    p.quarantine_backoff_ms = 1000;
+    p.quarantine_backoff_max_ms = 4000;
+    p.tick_interval_ms = 50;
+    p.tasks_before_release = 3;
+    p.idle_threshold_ms = 5000;
+    return p;
+  }
+
+  oracle_handles start(params p, std::shared_ptr<store> st = nullptr) {
+    if (!st)
+      st = std::shared_ptr<store>(make_memory_store());
+    store_ = st;
+    supervisor_config sc;
+    sc.pool = std::move(p);
+    sc.storage = st;
+    sc.sim_time = true;
+    oracle_ = start_oracle(*sys_, sc);
+    for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
+                    oracle_.sessions})
+      spawned_.push_back(a);
+    sched_->run();
+    return oracle_;
+  }
+
+  caf::actor add_node(const std::string& id, behaviour b = behaviour::healthy,
+                      uint64_t seed = 1) {
+    node_config nc;
+    nc.id = id;
+    nc.kind = b;
+    nc.seed = seed;
+    nc.deadline_hint_ms = 500;
+    auto n = spawn_node(*sys_, nc, oracle_.gateway);
+    spawned_.push_back(n);
+    return n;
+  }
+
+  /// Runs every pending message, then advances the clock in `step`s for
+  /// `total`, running after each step.
+  void run_for(std::chrono::milliseconds total,
+               std::chrono::milliseconds step = std::chrono::milliseconds(10)) {
+    sched_->run();
+    for (auto t = std::chrono::milliseconds(0); t < total; t += step) {
+      sched_->advance_time(step);
+      sched_->run();
+    }
+  }
+
+  /// Sends a request and runs until its answer is in. Returns the text
+  /// answer, or "error:<code>" for a refusal / error.
+  template <class... Ts>
+  std::string ask(const caf::actor& whom, Ts... xs) {
+    auto out = std::make_shared<std::string>("<no answer>");
+    auto sys = sys_.get();
+    auto asker = sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(whom, caf::infinite, xs...)
+        .then([=](const std::string& s) { *out = s; },
+              [=](caf::error& e) {
+                *out = "error:" + read_refusal(*sys, e).first;
+              });
+    });
+    sched_->run();
+    return *out;
+  }
+
+  /// Submits a session; returns "accepted" or "error:<code>".
+  std::string submit(const pb::SubmitSession& s) {
+    auto out = std::make_shared<std::string>("<no answer>");
+    auto sys = sys_.get();
+    auto whom = oracle_.sessions;
+    auto bytes = s.SerializeAsString();
+    sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(whom, caf::infinite, submit_atom::value, bytes)
+        .then([=](accepted_atom) { *out = "accepted"; },
+              [=](caf::error& e) {
+                *out = "error:" + read_refusal(*sys, e).first;
+              });
+    });
+    sched_->run();
+    return *out;
+  }
+
+  static pb::SubmitSession session_req(const std::string& id,
+                                       uint32_t max_tasks = 3,
+                                       uint32_t redundancy = 1) {
+    pb::SubmitSession s;
+    s.set_session_id(id);
+    s.set_model("llama-3-8b");
+    s.set_min_nodes(1);
+    s.set_max_nodes(std::max<uint32_t>(redundancy, 1));
+    s.set_redundancy(redundancy);
+    s.set_max_tasks(max_tasks);
+    return s;
+  }
+
+  /// The supervisor's current state.
+  pool_state state() {
+    pb::Snapshot snap;
+    snap.ParseFromString(ask(oracle_.supervisor, state_atom::value));
+    pool_state ps{params_for_state_};
+    ps.restore(snap);
+    return ps;
+  }
+
+  /// A probe: an actor that sends raw bytes to the gateway as a miner would
+  /// and records what the oracle answers.
+  caf::actor probe(std::shared_ptr<probe_log> log) {
+    auto a = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
+      return {
+        [=](oracle_atom, const std::string& bytes) {
+          pb::OracleMsg m;
+          m.ParseFromString(bytes);
+          log->received.push_back(m);
+        },
+        [=](send_atom, const std::string& bytes) {
+          self->send(oracle_.gateway, miner_atom::value, bytes);
+        },
+      };
+    });
+    spawned_.push_back(a);
+    return a;
+  }
+
+  actor_config cfg_{false};
+  std::unique_ptr<caf::actor_system> sys_;
+  caf::scheduler::test_coordinator* sched_;
+  oracle_handles oracle_;
+  std::shared_ptr<store> store_;
+  std::vector<caf::actor> spawned_;
+  params params_for_state_;
+};
+
+} // namespace nodepool::testing
