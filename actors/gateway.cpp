@@ -196,6 +196,14 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         refuse(self, i == self->state.by_node.end() ? caf::actor{} : i->second,
                node_id, code, detail);
       },
+      // Clients share the miners' port: session requests go to the queue,
+      // state queries to the supervisor; the answer goes straight back.
+      [=](submit_atom, const std::string& bytes) {
+        return self->delegate(self->state.sessions, submit_atom::value, bytes);
+      },
+      [=](state_atom) {
+        return self->delegate(self->state.supervisor, state_atom::value);
+      },
       [=](stats_atom) -> std::string {
         auto& st = self->state;
         nlohmann::json j;

@@ -114,7 +114,7 @@ void flush(self_ptr self) {
 caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.pool = pool_state{st.cfg.pool};
+  st.pool = pool_state{};  // the stored history sets its own parameters
   recovered info;
   if (auto s = recover(*st.cfg.storage, st.pool, info); !s.ok()) {
     log("supervisor")->critical("cannot load stored state: {}", s.error);
@@ -124,6 +124,13 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
   st.next_index = info.last_index + 1;
   if (st.cfg.sim_time)
     st.time_offset = std::max<int64_t>(0, info.last_now - now_ms(self, true));
+  // Parameters are part of the log: a replay must see each command under
+  // the parameters it was applied with.
+  if (to_json(st.pool.config()) != to_json(st.cfg.pool)) {
+    pb::Command conf;
+    conf.mutable_configure()->set_params_json(to_json(st.cfg.pool));
+    apply(self, conf, nullptr);
+  }
   if (info.last_index > 0) {
     log("supervisor")->info("recovered {} entries ({} replayed), {} nodes, "
                             "{} sessions",

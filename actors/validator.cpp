@@ -25,6 +25,8 @@ struct validator_state {
   params pool;
   bool sim_time = false;
   std::map<std::string, pending_test> pending;  // node id -> test in flight
+  std::map<std::string, uint64_t> expired;      // node id -> last test ended
+                                                // unanswered (late answers)
   static inline const char* name = "validator";
 };
 
@@ -58,8 +60,11 @@ void on_events(self_ptr self, const pb::EventBatch& batch) {
                  m.SerializeAsString());
     } else if (e.has_test_finished()) {
       auto i = st.pending.find(e.test_finished().node_id());
-      if (i != st.pending.end() && i->second.test_id == e.test_finished().test_id())
+      if (i != st.pending.end() && i->second.test_id == e.test_finished().test_id()) {
+        // Still pending when the pool ended it: its deadline passed.
+        st.expired[i->first] = i->second.test_id;
         st.pending.erase(i);
+      }
     } else if (e.has_node_state_changed()
                && e.node_state_changed().to() == pb::LOST) {
       st.pending.erase(e.node_state_changed().node_id());
@@ -91,6 +96,14 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
           return;
         }
         auto i = st.pending.find(node);
+        auto x = st.expired.find(node);
+        if (i == st.pending.end() && x != st.expired.end()
+            && x->second == a.test_id()) {
+          refuse(self, node, "after_deadline",
+                 "answers to test " + std::to_string(a.test_id())
+                   + " came after its deadline");
+          return;
+        }
         if (i == st.pending.end()) {
           refuse(self, node, "no_test_in_flight",
                  "no test is waiting for answers from " + node);

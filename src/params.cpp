@@ -1,8 +1,11 @@
 #include "params.hpp"
 
-#include <functional>
-#include <map>
+#include <limits>
+#include <optional>
 #include <stdexcept>
+#include <variant>
+
+#include <nlohmann/json.hpp>
 
 #define TOML_HEADER_ONLY 1
 #include <toml++/toml.h>
@@ -44,70 +47,170 @@ std::string params::validate() const {
 
 namespace {
 
-using setter = std::function<void(params&, const toml::node&)>;
+using member = std::variant<int64_t params::*, uint32_t params::*,
+                            uint64_t params::*, double params::*,
+                            std::string params::*>;
 
-template <class T>
-setter int_field(T params::*m) {
-  return [m](params& p, const toml::node& n) {
-    auto v = n.value<int64_t>();
-    if (!v || *v < 0)
-      throw std::runtime_error("expected a non-negative integer");
-    p.*m = static_cast<T>(*v);
-  };
-}
-
-setter real_field(double params::*m) {
-  return [m](params& p, const toml::node& n) {
-    auto v = n.value<double>();
-    if (!v)
-      throw std::runtime_error("expected a number");
-    p.*m = *v;
-  };
-}
-
-setter string_field(std::string params::*m) {
-  return [m](params& p, const toml::node& n) {
-    auto v = n.value<std::string>();
-    if (!v)
-      throw std::runtime_error("expected a string");
-    p.*m = *v;
-  };
-}
-
-const std::map<std::string, setter>& fields() {
-  static const std::map<std::string, setter> xs{
-    {"test_deadline_ms", int_field(&params::test_deadline_ms)},
-    {"challenges_per_test", int_field(&params::challenges_per_test)},
-    {"pass_mark", real_field(&params::pass_mark)},
-    {"min_nodes", int_field(&params::min_nodes)},
-    {"max_nodes", int_field(&params::max_nodes)},
-    {"redundancy", int_field(&params::redundancy)},
-    {"tasks_before_release", int_field(&params::tasks_before_release)},
-    {"reserve_period_ms", int_field(&params::reserve_period_ms)},
-    {"idle_threshold_ms", int_field(&params::idle_threshold_ms)},
-    {"queue_timeout_ms", int_field(&params::queue_timeout_ms)},
-    {"task_phase_timeout_ms", int_field(&params::task_phase_timeout_ms)},
-    {"ephemeral_window_ms", int_field(&params::ephemeral_window_ms)},
-    {"heartbeat_interval_ms", int_field(&params::heartbeat_interval_ms)},
-    {"heartbeat_timeout_ms", int_field(&params::heartbeat_timeout_ms)},
-    {"quarantine_backoff_ms", int_field(&params::quarantine_backoff_ms)},
-    {"quarantine_backoff_max_ms", int_field(&params::quarantine_backoff_max_ms)},
-    {"max_strikes", int_field(&params::max_strikes)},
-    {"panic_share", real_field(&params::panic_share)},
-    {"embedding_threshold", real_field(&params::embedding_threshold)},
-    {"reputation_alpha", real_field(&params::reputation_alpha)},
-    {"max_level", int_field(&params::max_level)},
-    {"promote_after", int_field(&params::promote_after)},
-    {"recent_size", int_field(&params::recent_size)},
-    {"selection", string_field(&params::selection)},
-    {"seed", int_field(&params::seed)},
-    {"snapshot_every", int_field(&params::snapshot_every)},
-    {"tick_interval_ms", int_field(&params::tick_interval_ms)},
+const std::vector<std::pair<std::string, member>>& fields() {
+  static const std::vector<std::pair<std::string, member>> xs{
+    {"test_deadline_ms", &params::test_deadline_ms},
+    {"challenges_per_test", &params::challenges_per_test},
+    {"pass_mark", &params::pass_mark},
+    {"min_nodes", &params::min_nodes},
+    {"max_nodes", &params::max_nodes},
+    {"redundancy", &params::redundancy},
+    {"tasks_before_release", &params::tasks_before_release},
+    {"reserve_period_ms", &params::reserve_period_ms},
+    {"idle_threshold_ms", &params::idle_threshold_ms},
+    {"queue_timeout_ms", &params::queue_timeout_ms},
+    {"task_phase_timeout_ms", &params::task_phase_timeout_ms},
+    {"ephemeral_window_ms", &params::ephemeral_window_ms},
+    {"heartbeat_interval_ms", &params::heartbeat_interval_ms},
+    {"heartbeat_timeout_ms", &params::heartbeat_timeout_ms},
+    {"quarantine_backoff_ms", &params::quarantine_backoff_ms},
+    {"quarantine_backoff_max_ms", &params::quarantine_backoff_max_ms},
+    {"max_strikes", &params::max_strikes},
+    {"panic_share", &params::panic_share},
+    {"embedding_threshold", &params::embedding_threshold},
+    {"reputation_alpha", &params::reputation_alpha},
+    {"max_level", &params::max_level},
+    {"promote_after", &params::promote_after},
+    {"recent_size", &params::recent_size},
+    {"selection", &params::selection},
+    {"seed", &params::seed},
+    {"snapshot_every", &params::snapshot_every},
+    {"tick_interval_ms", &params::tick_interval_ms},
   };
   return xs;
 }
 
+const member* find_field(const std::string& key) {
+  for (auto& [name, m] : fields())
+    if (name == key)
+      return &m;
+  return nullptr;
+}
+
+/// Assigns an integer with a range check for the member's type.
+template <class T>
+std::string assign_int(params& p, T params::*m, int64_t v) {
+  if (v < 0)
+    return "expected a non-negative integer";
+  if (static_cast<uint64_t>(v) > std::numeric_limits<T>::max())
+    return "value too large";
+  p.*m = static_cast<T>(v);
+  return {};
+}
+
+/// Sets a field from a TOML node or JSON value through three accessors:
+/// as integer, as number, as string (each empty when it is not one).
+template <class AsInt, class AsReal, class AsString>
+std::string assign(params& p, const member& m, AsInt as_int, AsReal as_real,
+                   AsString as_string) {
+  return std::visit(
+    [&](auto mp) -> std::string {
+      using T = std::decay_t<decltype(p.*mp)>;
+      if constexpr (std::is_same_v<T, std::string>) {
+        auto v = as_string();
+        if (!v)
+          return "expected a string";
+        p.*mp = *v;
+        return {};
+      } else if constexpr (std::is_same_v<T, double>) {
+        auto v = as_real();
+        if (!v)
+          return "expected a number";
+        p.*mp = *v;
+        return {};
+      } else {
+        auto v = as_int();
+        if (!v)
+          return "expected an integer";
+        return assign_int(p, mp, *v);
+      }
+    },
+    m);
+}
+
 } // namespace
+
+std::vector<std::string> param_names() {
+  std::vector<std::string> out;
+  for (auto& [name, m] : fields())
+    out.push_back(name);
+  return out;
+}
+
+std::string to_json(const params& p) {
+  nlohmann::json j = nlohmann::json::object();
+  for (auto& [name, m] : fields())
+    std::visit([&, n = name](auto mp) { j[n] = p.*mp; }, m);
+  return j.dump();
+}
+
+params params_from_json(const std::string& text, params base,
+                        std::string& err) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    err = "parameters are not a JSON object";
+    return base;
+  }
+  for (auto& [key, v] : j.items()) {
+    auto* m = find_field(key);
+    if (!m) {
+      err = "unknown parameter " + key;
+      return base;
+    }
+    auto e = assign(
+      base, *m,
+      [&]() -> std::optional<int64_t> {
+        if (v.is_number_integer()) return v.get<int64_t>();
+        return std::nullopt;
+      },
+      [&]() -> std::optional<double> {
+        if (v.is_number()) return v.get<double>();
+        return std::nullopt;
+      },
+      [&]() -> std::optional<std::string> {
+        if (v.is_string()) return v.get<std::string>();
+        return std::nullopt;
+      });
+    if (!e.empty()) {
+      err = key + ": " + e;
+      return base;
+    }
+  }
+  return base;
+}
+
+std::string set_param(params& p, const std::string& key,
+                      const std::string& value) {
+  auto* m = find_field(key);
+  if (!m)
+    return "unknown parameter '" + key + "'";
+  auto e = assign(
+    p, *m,
+    [&]() -> std::optional<int64_t> {
+      try {
+        size_t used = 0;
+        auto v = std::stoll(value, &used);
+        if (used == value.size()) return v;
+      } catch (...) {
+      }
+      return std::nullopt;
+    },
+    [&]() -> std::optional<double> {
+      try {
+        size_t used = 0;
+        auto v = std::stod(value, &used);
+        if (used == value.size()) return v;
+      } catch (...) {
+      }
+      return std::nullopt;
+    },
+    [&]() -> std::optional<std::string> { return value; });
+  return e.empty() ? e : key + ": " + e;
+}
 
 params load_params(const std::string& path, params base) {
   toml::table tbl;
@@ -122,14 +225,25 @@ params load_params(const std::string& path, params base) {
   if (pool) {
     for (auto& [k, v] : *pool) {
       auto key = std::string{k.str()};
-      auto i = fields().find(key);
-      if (i == fields().end())
+      auto* m = find_field(key);
+      if (!m)
         throw std::runtime_error(path + ": unknown key pool." + key);
-      try {
-        i->second(base, v);
-      } catch (const std::runtime_error& e) {
-        throw std::runtime_error(path + ": pool." + key + ": " + e.what());
-      }
+      auto e = assign(
+        base, *m,
+        [&]() -> std::optional<int64_t> {
+          if (v.is_integer()) return v.value<int64_t>();
+          return std::nullopt;
+        },
+        [&]() -> std::optional<double> {
+          if (v.is_integer() || v.is_floating_point()) return v.value<double>();
+          return std::nullopt;
+        },
+        [&]() -> std::optional<std::string> {
+          if (v.is_string()) return v.value<std::string>();
+          return std::nullopt;
+        });
+      if (!e.empty())
+        throw std::runtime_error(path + ": pool." + key + ": " + e);
     }
   }
   if (auto err = base.validate(); !err.empty())

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace nodepool {
 
@@ -47,6 +48,18 @@ struct params {
   /// Checks ranges; returns an empty string when valid, else what is wrong.
   std::string validate() const;
 };
+
+/// JSON form of all fields (what a Configure command carries).
+std::string to_json(const params& p);
+/// Parses to_json()'s output over `base`; unknown keys or wrong types give
+/// an error message in `err`.
+params params_from_json(const std::string& text, params base, std::string& err);
+
+/// Names of all parameters, in declaration order.
+std::vector<std::string> param_names();
+/// Sets one parameter from text ("key=value" on a command line). Returns an
+/// error message, empty on success.
+std::string set_param(params& p, const std::string& key, const std::string& value);
 
 /// Loads parameters from a TOML file over `base`. Throws std::runtime_error
 /// with the file, key and reason on a bad file, unknown key or bad value.

@@ -105,6 +105,9 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     case pb::Command::kRecover:
       apply_recover(now, out);
       break;
+    case pb::Command::kConfigure:
+      apply_configure(cmd.configure(), out);
+      break;
     default:
       out.refused = refusal{"empty_command", "command carries no kind"};
       return out;
@@ -244,7 +247,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
         && now - s.last_activity() > params_.idle_threshold_ms)
       idle.push_back(id);
     else if (s.state() == pb::QUEUED
-             && now - s.submitted_at() > params_.queue_timeout_ms)
+             && now - s.last_activity() > params_.queue_timeout_ms)
       expired.push_back(id);
   }
   for (auto& id : idle) {
@@ -279,8 +282,24 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   out.changed = true;
 }
 
+void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
+  std::string err;
+  auto p = params_from_json(c.params_json(), params_, err);
+  if (err.empty())
+    err = p.validate();
+  auto sel = err.empty() ? make_selection(p.selection) : nullptr;
+  if (!err.empty() || !sel) {
+    out.refused = refusal{"bad_params", err.empty() ? "bad selection" : err};
+    return;
+  }
+  params_ = std::move(p);
+  selector_ = std::move(sel);
+  out.changed = true;
+}
+
 pb::Snapshot pool_state::snapshot() const {
   pb::Snapshot snap;
+  snap.set_params_json(to_json(params_));
   snap.set_last_now(last_now_);
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
@@ -295,6 +314,14 @@ pb::Snapshot pool_state::snapshot() const {
 }
 
 void pool_state::restore(const pb::Snapshot& snap) {
+  if (!snap.params_json().empty()) {
+    std::string err;
+    auto p = params_from_json(snap.params_json(), params_, err);
+    if (err.empty() && make_selection(p.selection)) {
+      params_ = std::move(p);
+      selector_ = make_selection(params_.selection);
+    }
+  }
   nodes_.clear();
   sessions_.clear();
   queue_.clear();

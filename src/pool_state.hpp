@@ -98,6 +98,7 @@ private:
   void record_outcome(pb::NodeRecord& n, bool good);
   void apply_tick(int64_t now, apply_result& out);
   void apply_recover(int64_t now, apply_result& out);
+  void apply_configure(const pb::Configure& c, apply_result& out);
   void apply_heartbeat(const pb::Heartbeat& c, int64_t now, apply_result& out);
   void apply_node_down(const pb::NodeDown& c, int64_t now, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,

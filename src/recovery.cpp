@@ -24,9 +24,9 @@ status recover(store& st, pool_state& pool, recovered& info) {
   });
 }
 
-history_report check_history(store& st, const params& p) {
+history_report check_history(store& st) {
   history_report rep;
-  pool_state pool{p};
+  pool_state pool;
   std::set<std::string> accepted;
   uint64_t expect = 1;
   auto s = st.scan(1, [&](const pb::LogEntry& e) {
@@ -56,9 +56,18 @@ history_report check_history(store& st, const params& p) {
     rep.load_error = ls.error;
     return rep;
   }
+  // A snapshot that includes entries the log does not have: recovery would
+  // skip whatever is appended under those indexes later.
+  if (snap && snap->last_index() > expect - 1)
+    rep.violations.push_back(
+      {snap->last_index(),
+       violation{"I4", "stored snapshot includes entries up to "
+                         + std::to_string(snap->last_index())
+                         + " but the log ends at "
+                         + std::to_string(expect - 1)}});
   if (snap && snap->last_index() <= rep.entries) {
     // Replaying up to the snapshot's index must give the snapshot's state.
-    pool_state again{p};
+    pool_state again;
     st.scan(1, [&](const pb::LogEntry& e) {
       if (e.index() <= snap->last_index())
         again.apply(e.command(), e.now());

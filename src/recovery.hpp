@@ -8,7 +8,7 @@
 
 namespace nodepool {
 
-/// Rebuilds the pool from a store: the latest snapshot, then every log entry
+/// Rebuilds the pool from a store (start `pool` with default parameters): the latest snapshot, then every log entry
 /// after it, applied in order with the times they were first applied at.
 struct recovered {
   uint64_t last_index = 0;
@@ -27,7 +27,9 @@ struct history_report {
 
 /// Replays the full log from an empty pool, checking I1..I5 after every
 /// entry and, at the end, that every session ever accepted is still known
-/// (I4 across restarts) and that the snapshot agrees with the replay.
-history_report check_history(store& st, const params& p);
+/// (I4 across restarts) and that the snapshot agrees with the replay. The
+/// replay starts from default parameters; the log's Configure entries set
+/// the ones the oracle ran with.
+history_report check_history(store& st);
 
 } // namespace nodepool

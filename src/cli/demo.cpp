@@ -1,0 +1,298 @@
+// `nodepool demo`: an embedded oracle, simulated miner nodes (a share of them
+// faulty), and a durable generator of sessions; a summary at the end.
+#include <CLI/CLI.hpp>
+#include <caf/all.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <set>
+#include <unistd.h>
+
+#include "actors/config.hpp"
+#include "actors/node.hpp"
+#include "actors/oracle.hpp"
+#include "cli/common.hpp"
+#include "recovery.hpp"
+#include "sim_backend.hpp"
+
+namespace nodepool::cli {
+
+namespace {
+
+struct demo_options {
+  size_t nodes = 40;
+  size_t sessions = 200;
+  double faulty_share = 0.2;
+  uint64_t seed = 1;
+  std::string data_dir;
+  bool json = false;
+  double timeout_s = 120;
+  std::string config;
+  std::map<std::string, std::string> flags;
+};
+
+/// Deadlines short enough for a demo that ends in seconds; every one can be
+/// overridden by --config or flags.
+params demo_defaults(uint64_t seed) {
+  params p;
+  p.test_deadline_ms = 1000;
+  p.task_phase_timeout_ms = 500;
+  p.heartbeat_interval_ms = 200;
+  p.heartbeat_timeout_ms = 1500;
+  p.quarantine_backoff_ms = 2000;
+  p.quarantine_backoff_max_ms = 8000;
+  p.idle_threshold_ms = 10000;
+  p.queue_timeout_ms = 60000;
+  p.tick_interval_ms = 100;
+  p.seed = seed;
+  return p;
+}
+
+/// One behaviour per node: the faulty share spread over the five faults.
+std::vector<behaviour> demo_behaviours(size_t n, double share, uint64_t seed) {
+  auto faulty = static_cast<size_t>(n * share + 0.5);
+  std::string mix = "healthy:" + std::to_string(n - faulty);
+  std::string err;
+  std::vector<behaviour> out;
+  if (faulty > 0) {
+    out = expand_mix("slow,wrong,flaky,crash,garbage", faulty, seed, err);
+  }
+  out.insert(out.end(), n - faulty, behaviour::healthy);
+  // Shuffle so faulty nodes are not all first in id order.
+  for (size_t i = out.size(); i > 1; --i) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    std::swap(out[i - 1], out[(seed >> 33) % i]);
+  }
+  return out;
+}
+
+std::string make_temp_dir() {
+  auto base = std::filesystem::temp_directory_path() / "nodepool-demo-XXXXXX";
+  std::string s = base.string();
+  if (!mkdtemp(s.data()))
+    throw std::runtime_error("cannot create a temporary data directory");
+  return s;
+}
+
+pool_state fetch_state(caf::scoped_actor& self, const caf::actor& sup) {
+  pool_state ps;
+  self->request(sup, std::chrono::seconds(10), state_atom::value)
+    .receive(
+      [&](const std::string& bytes) {
+        pb::Snapshot snap;
+        snap.ParseFromString(bytes);
+        ps.restore(snap);
+      },
+      [&](caf::error&) {});
+  return ps;
+}
+
+std::string fetch_text(caf::scoped_actor& self, const caf::actor& whom) {
+  std::string out = "{}";
+  self->request(whom, std::chrono::seconds(10), stats_atom::value)
+    .receive([&](const std::string& s) { out = s; }, [&](caf::error&) {});
+  return out;
+}
+
+void draw_progress(size_t done, size_t total, double elapsed) {
+  const int width = 40;
+  int filled = total ? static_cast<int>(width * done / total) : width;
+  std::fprintf(stderr, "\r[%s%s] %zu/%zu sessions ended  %.1fs",
+               std::string(filled, '#').c_str(),
+               std::string(width - filled, '.').c_str(), done, total, elapsed);
+  std::fflush(stderr);
+}
+
+int run(demo_options& o) {
+  begin();
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                         - start)
+      .count();
+  };
+  if (o.data_dir.empty())
+    o.data_dir = make_temp_dir();
+  auto p = resolve_params(o.config, o.flags, demo_defaults(o.seed));
+  auto storage = open_store(o.data_dir);
+  bool tty = isatty(2) && !o.json;
+
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  supervisor_config sc;
+  sc.pool = p;
+  sc.storage = storage;
+  auto h = start_oracle(sys, sc);
+  caf::scoped_actor self{sys};
+
+  auto kinds = demo_behaviours(o.nodes, o.faulty_share, o.seed);
+  std::map<std::string, size_t> behaviour_counts;
+  std::vector<caf::actor> nodes;
+  for (size_t i = 0; i < o.nodes; ++i) {
+    node_config nc;
+    char id[32];
+    std::snprintf(id, sizeof id, "node-%04zu", i);
+    nc.id = id;
+    nc.kind = kinds[i];
+    nc.seed = o.seed * 1000003 + i;
+    nc.deadline_hint_ms = p.test_deadline_ms;
+    ++behaviour_counts[to_string(nc.kind)];
+    nodes.push_back(spawn_node(sys, nc, h.gateway));
+  }
+
+  // The generator is durable by construction: the sessions it already
+  // submitted are in the store, so after a restart it submits the rest.
+  auto before = fetch_state(self, h.supervisor);
+  std::set<std::string> accepted;
+  for (auto& [id, s] : before.sessions())
+    if (id.rfind("demo-", 0) == 0)
+      accepted.insert(id);
+  size_t resumed = accepted.size();
+  uint64_t rng = o.seed;
+  size_t refused_submissions = 0;
+  for (size_t i = 0; i < o.sessions && !stop_requested; ++i) {
+    char id[32];
+    std::snprintf(id, sizeof id, "demo-%06zu", i);
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    if (accepted.count(id))
+      continue;
+    pb::SubmitSession req;
+    req.set_session_id(id);
+    req.set_model("llama-3-8b");
+    auto red = 1 + static_cast<uint32_t>((rng >> 33) % 3);
+    req.set_min_nodes(1);
+    req.set_max_nodes(red);
+    req.set_redundancy(red);
+    req.set_max_tasks(2 + static_cast<uint32_t>((rng >> 40) % 3));
+    req.set_client("demo");
+    self->request(h.sessions, std::chrono::seconds(30), submit_atom::value,
+                  req.SerializeAsString())
+      .receive([&](accepted_atom) { accepted.insert(id); },
+               [&](caf::error& e) {
+                 auto [code, detail] = read_refusal(sys, e);
+                 if (code == "duplicate_session")
+                   accepted.insert(id);
+                 else
+                   ++refused_submissions;
+               });
+  }
+
+  pool_state last;
+  while (!stop_requested && elapsed() < o.timeout_s) {
+    last = fetch_state(self, h.supervisor);
+    auto sc2 = last.session_counts();
+    size_t ended = sc2[pb::COMPLETED] + sc2[pb::FAILED];
+    if (tty)
+      draw_progress(ended, o.sessions, elapsed());
+    if (ended >= accepted.size() && accepted.size() >= o.sessions - refused_submissions)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (tty)
+    std::fprintf(stderr, "\n");
+  last = fetch_state(self, h.supervisor);
+  auto total_s = elapsed();
+  auto gateway_stats = nlohmann::json::parse(fetch_text(self, h.gateway));
+  for (auto& n : nodes)
+    self->send_exit(n, caf::exit_reason::user_shutdown);
+  stop_oracle(h);
+  self->wait_for(h.supervisor);
+
+  auto report = summarize(last);
+  size_t lost = 0;
+  for (auto& id : accepted)
+    if (!last.session(id))
+      ++lost;
+  report["sessions"]["accepted"] = accepted.size();
+  report["sessions"]["lost"] = lost;
+  report["sessions"]["resumed"] = resumed;
+  report["sessions"]["requested"] = o.sessions;
+  report["sessions"]["refused"] = refused_submissions;
+  nlohmann::json violations = nlohmann::json::array();
+  for (auto& v : last.check_invariants())
+    violations.push_back({{"invariant", v.invariant}, {"detail", v.detail}});
+  auto hist = check_history(*storage);
+  for (auto& [idx, v] : hist.violations)
+    violations.push_back(
+      {{"invariant", v.invariant}, {"detail", v.detail}, {"entry", idx}});
+  if (!hist.load_error.empty())
+    violations.push_back({{"invariant", "storage"}, {"detail", hist.load_error}});
+  if (lost > 0)
+    violations.push_back({{"invariant", "I4"},
+                          {"detail", std::to_string(lost)
+                                       + " accepted sessions are missing"}});
+  report["violations"] = violations;
+  report["nodes"]["behaviours"] = behaviour_counts;
+  report["refused_miner_messages"] = gateway_stats["refused"];
+  report["log_entries"] = hist.entries;
+  report["elapsed_s"] = total_s;
+  auto completed = report["sessions"]["completed"].get<uint64_t>();
+  report["throughput"]["sessions_per_s"] = total_s > 0 ? completed / total_s : 0;
+  report["data_dir"] = o.data_dir;
+  report["seed"] = o.seed;
+
+  if (!o.json) {
+    auto& s = report["sessions"];
+    std::printf("nodepool demo: %zu nodes (%zu faulty), seed %llu, data in %s\n",
+                o.nodes, o.nodes - behaviour_counts["healthy"],
+                static_cast<unsigned long long>(o.seed), o.data_dir.c_str());
+    std::printf("sessions  accepted %llu (resumed %zu)  completed %llu  failed %llu"
+                "  queued %llu  active %llu  lost %zu\n",
+                s["accepted"].get<unsigned long long>(), resumed,
+                s["completed"].get<unsigned long long>(),
+                s["failed"].get<unsigned long long>(),
+                s["queued"].get<unsigned long long>(),
+                s["active"].get<unsigned long long>(), lost);
+    std::printf("nodes    ");
+    for (auto& [k, v] : report["nodes"]["by_state"].items())
+      std::printf(" %s %llu", k.c_str(), v.get<unsigned long long>());
+    std::printf("\ntests     passed %llu  failed %llu\n",
+                report["tests"]["passed"].get<unsigned long long>(),
+                report["tests"]["failed"].get<unsigned long long>());
+    std::printf("refused miner messages:");
+    for (auto& [k, v] : gateway_stats["refused"].items())
+      std::printf(" %s %llu", k.c_str(), v.get<unsigned long long>());
+    std::printf("\ninvariants: %s over %llu log entries\n",
+                violations.empty() ? "I1-I5 hold" : "VIOLATED",
+                static_cast<unsigned long long>(hist.entries));
+    for (auto& v : violations)
+      std::printf("  %s\n", v.dump().c_str());
+    std::printf("elapsed   %.2f s, %.1f sessions/s\n", total_s,
+                report["throughput"]["sessions_per_s"].get<double>());
+  } else {
+    std::printf("%s\n", report.dump().c_str());
+  }
+  std::fflush(stdout);
+  return violations.empty() ? 0 : 1;
+}
+
+} // namespace
+
+void add_demo(CLI::App& app) {
+  auto o = std::make_shared<demo_options>();
+  auto* cmd = app.add_subcommand(
+    "demo", "run an embedded oracle with simulated miners and sessions");
+  cmd->add_option("--nodes", o->nodes, "simulated miner nodes (default 40)")
+    ->check(CLI::Range(1, 100000));
+  cmd->add_option("--sessions", o->sessions, "sessions to run (default 200)")
+    ->check(CLI::Range(0, 10000000));
+  cmd->add_option("--faulty-share", o->faulty_share,
+                  "share of misbehaving nodes, 0..1 (default 0.2)")
+    ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", o->seed, "seed of behaviours and sessions");
+  cmd->add_option("--data-dir", o->data_dir,
+                  "store directory; default a fresh temporary one. Run again "
+                  "with the same directory to resume after a crash");
+  cmd->add_option("--timeout", o->timeout_s,
+                  "give up waiting after this many seconds (default 120)");
+  cmd->add_option("--config", o->config, "TOML file with a [pool] table");
+  cmd->add_flag("--json", o->json, "print one JSON object as the last line");
+  add_param_flags(*cmd, o->flags);
+  cmd->callback([o] {
+    if (int rc = run(*o); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+} // namespace nodepool::cli

@@ -1,0 +1,122 @@
+// nodepool: one binary, one subcommand per job.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <csignal>
+#include <iostream>
+
+#include <toml++/toml.h>
+
+#include "cli/common.hpp"
+#include "log.hpp"
+#include "pool_state.hpp"
+
+namespace nodepool::cli {
+
+std::atomic<bool> stop_requested{false};
+std::string log_level = "warn";
+
+void begin() {
+  nodepool::set_log_level(log_level);
+  install_signal_handlers();
+}
+
+void install_signal_handlers() {
+  auto handler = [](int) { stop_requested = true; };
+  std::signal(SIGINT, handler);
+  std::signal(SIGTERM, handler);
+}
+
+void add_param_flags(CLI::App& app, std::map<std::string, std::string>& out) {
+  for (auto& name : param_names()) {
+    auto flag = name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if (app.get_option_no_throw("--" + flag))
+      continue;  // the subcommand has its own (demo's --seed)
+    app.add_option_function<std::string>(
+         "--" + flag, [&out, name](const std::string& v) { out[name] = v; },
+         "pool parameter " + name + " (overrides the config file)")
+      ->group("Pool parameters");
+  }
+}
+
+params resolve_params(const std::string& config_file,
+                      const std::map<std::string, std::string>& flags,
+                      params base) {
+  auto p = config_file.empty() ? base : load_params(config_file, base);
+  for (auto& [k, v] : flags)
+    if (auto err = set_param(p, k, v); !err.empty())
+      throw std::runtime_error("--" + k + ": " + err);
+  if (auto err = p.validate(); !err.empty())
+    throw std::runtime_error(err);
+  return p;
+}
+
+std::pair<std::string, uint16_t> parse_host_port(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+    throw std::runtime_error("expected HOST:PORT, got '" + s + "'");
+  int port = 0;
+  try {
+    port = std::stoi(s.substr(colon + 1));
+  } catch (...) {
+    port = -1;
+  }
+  if (port <= 0 || port > 65535)
+    throw std::runtime_error("bad port in '" + s + "'");
+  return {s.substr(0, colon), static_cast<uint16_t>(port)};
+}
+
+std::shared_ptr<store> open_store(const std::string& dir) {
+  status st;
+  auto s = open_rocksdb_store(dir, st);
+  if (!s)
+    throw std::runtime_error(st.error);
+  return std::shared_ptr<store>(std::move(s));
+}
+
+nlohmann::json summarize(const pool_state& ps) {
+  nlohmann::json j;
+  auto& counts = ps.count_by_state();
+  nlohmann::json by_state = nlohmann::json::object();
+  for (int s = pb::REGISTERED; s <= pb::LOST; ++s)
+    by_state[to_string(static_cast<pb::NodeState>(s))] = counts[s];
+  j["nodes"]["total"] = ps.nodes().size();
+  j["nodes"]["by_state"] = by_state;
+  auto sc = ps.session_counts();
+  j["sessions"]["accepted"] = ps.sessions().size();
+  j["sessions"]["queued"] = sc[pb::QUEUED];
+  j["sessions"]["active"] = sc[pb::ACTIVE];
+  j["sessions"]["completed"] = sc[pb::COMPLETED];
+  j["sessions"]["failed"] = sc[pb::FAILED];
+  j["tests"]["passed"] = ps.tests_passed();
+  j["tests"]["failed"] = ps.tests_failed();
+  return j;
+}
+
+} // namespace nodepool::cli
+
+int main(int argc, char** argv) {
+  using namespace nodepool::cli;
+  CLI::App app{"nodepool: a tested, durable pool of AI-inference miner nodes"};
+  app.require_subcommand(1);
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error or off (default warn)")
+    ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  add_demo(app);
+  add_oracle(app);
+  add_miner(app);
+  add_submit(app);
+  add_status(app);
+  add_check(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const exit_code& e) {
+    return e.code;
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::cerr << "nodepool: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,443 @@
+// The multi-process commands: oracle, miner, submit, status, check.
+#include <CLI/CLI.hpp>
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <chrono>
+#include <iostream>
+#include <set>
+#include <thread>
+
+#include <toml++/toml.h>
+
+#include "actors/config.hpp"
+#include "actors/node.hpp"
+#include "actors/oracle.hpp"
+#include "cli/common.hpp"
+#include "log.hpp"
+#include "recovery.hpp"
+
+namespace nodepool::cli {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+/// Connects to the oracle's gateway, retrying until `timeout_s` passes.
+caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
+                                        const std::string& target,
+                                        double timeout_s) {
+  auto [host, port] = parse_host_port(target);
+  auto deadline = std::chrono::steady_clock::now()
+                  + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  for (;;) {
+    auto gw = connect_oracle(sys, host, port);
+    if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
+      return gw;
+    std::this_thread::sleep_for(200ms);
+  }
+}
+
+// ------------------------------------------------------------------ oracle
+
+struct oracle_options {
+  std::string data_dir;
+  std::string host = "127.0.0.1";
+  uint16_t port = 4242;
+  std::string config;
+  bool no_sync = false;
+  std::map<std::string, std::string> flags;
+};
+
+int run_oracle(oracle_options& o) {
+  begin();
+  // [oracle] in the config file gives defaults for the flags.
+  if (!o.config.empty()) {
+    try {
+      auto tbl = toml::parse_file(o.config);
+      if (auto* t = tbl["oracle"].as_table()) {
+        if (o.data_dir.empty())
+          o.data_dir = (*t)["data_dir"].value_or(std::string{});
+        if (auto port = (*t)["port"].value<int64_t>())
+          o.port = static_cast<uint16_t>(*port);
+        if (auto host = (*t)["host"].value<std::string>())
+          o.host = *host;
+      }
+    } catch (const toml::parse_error& e) {
+      throw std::runtime_error(o.config + ": " + std::string{e.description()});
+    }
+  }
+  if (o.data_dir.empty())
+    throw std::runtime_error("--data-dir is required (or [oracle] data_dir)");
+  auto p = resolve_params(o.config, o.flags);
+  auto storage = open_store(o.data_dir);
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  supervisor_config sc;
+  sc.pool = p;
+  sc.storage = storage;
+  sc.sync = !o.no_sync;
+  auto h = start_oracle(sys, sc);
+  auto port = sys.middleman().publish(h.gateway, o.port, o.host.c_str(), true);
+  if (!port) {
+    std::cerr << "nodepool oracle: cannot listen on " << o.host << ":" << o.port
+              << ": " << sys.render(port.error()) << "\n";
+    stop_oracle(h);
+    return 1;
+  }
+  std::printf("nodepool oracle listening on %s:%u (data in %s)\n",
+              o.host.c_str(), *port, o.data_dir.c_str());
+  std::fflush(stdout);
+  caf::scoped_actor self{sys};
+  self->monitor(h.supervisor);
+  bool supervisor_died = false;
+  while (!stop_requested && !supervisor_died) {
+    self->receive([&](caf::down_msg&) { supervisor_died = true; },
+                  caf::after(200ms) >> [] {});
+  }
+  if (supervisor_died) {
+    std::cerr << "nodepool oracle: the pool supervisor stopped (see log)\n";
+    stop_oracle(h);
+    return 1;
+  }
+  stop_oracle(h);
+  self->wait_for(h.supervisor);
+  std::printf("nodepool oracle stopped\n");
+  return 0;
+}
+
+// ------------------------------------------------------------------ miner
+
+struct miner_options {
+  std::string oracle;
+  size_t nodes = 1;
+  std::string behaviour = "healthy";
+  uint64_t seed = 1;
+  std::string prefix = "miner";
+  std::string models = "llama-3-8b";
+  double connect_timeout_s = 30;
+  double duration_s = 0;
+  int64_t deadline_hint_ms = 5000;
+};
+
+int run_miner(miner_options& o) {
+  begin();
+  std::string err;
+  auto kinds = expand_mix(o.behaviour, o.nodes, o.seed, err);
+  if (!err.empty())
+    throw std::runtime_error("--behaviour: " + err);
+  std::vector<std::string> models;
+  {
+    std::stringstream in{o.models};
+    std::string m;
+    while (std::getline(in, m, ','))
+      if (!m.empty())
+        models.push_back(m);
+  }
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
+  if (!gw) {
+    std::cerr << "nodepool miner: cannot reach oracle " << o.oracle << ": "
+              << sys.render(gw.error()) << "\n";
+    return 1;
+  }
+  caf::scoped_actor self{sys};
+  std::vector<caf::actor> nodes;
+  for (size_t i = 0; i < o.nodes; ++i) {
+    node_config nc;
+    nc.id = o.prefix + "-" + std::to_string(i);
+    nc.models = models;
+    nc.kind = kinds[i];
+    nc.seed = o.seed * 1000003 + i;
+    nc.deadline_hint_ms = o.deadline_hint_ms;
+    auto n = spawn_node(sys, nc, *gw);
+    self->monitor(n);
+    nodes.push_back(n);
+  }
+  self->monitor(*gw);
+  auto gateway = *gw;
+  std::printf("nodepool miner: %zu node(s) connected to %s\n", o.nodes,
+              o.oracle.c_str());
+  std::fflush(stdout);
+  auto start = std::chrono::steady_clock::now();
+  size_t alive = nodes.size();
+  size_t refused_out = 0;
+  while (!stop_requested && alive > 0) {
+    if (o.duration_s > 0
+        && std::chrono::steady_clock::now() - start
+             > std::chrono::milliseconds(static_cast<int64_t>(o.duration_s * 1000)))
+      break;
+    self->receive(
+      [&](caf::down_msg& dm) {
+        if (dm.source == gateway.address()) {
+          log("miner")->warn("oracle connection lost; reconnecting");
+          auto again = connect_retry(sys, o.oracle, o.connect_timeout_s);
+          if (!again) {
+            std::cerr << "nodepool miner: oracle gone: "
+                      << sys.render(again.error()) << "\n";
+            stop_requested = true;
+            return;
+          }
+          gateway = *again;
+          self->monitor(gateway);
+          for (auto& n : nodes)
+            self->send(n, connect_atom::value, gateway);
+          return;
+        }
+        --alive;
+        if (dm.reason && dm.reason != caf::exit_reason::user_shutdown) {
+          auto text = sys.render(dm.reason);
+          std::cerr << "nodepool miner: node stopped: " << text << "\n";
+          if (text.find("simulated crash") == std::string::npos)
+            ++refused_out;
+        }
+      },
+      caf::after(200ms) >> [] {});
+  }
+  for (auto& n : nodes)
+    self->send_exit(n, caf::exit_reason::user_shutdown);
+  // Nodes the oracle sent away (retired, wrong key) make the exit non-zero.
+  return refused_out > 0 ? 1 : 0;
+}
+
+// ------------------------------------------------------------------ submit
+
+struct submit_options {
+  std::string oracle;
+  size_t sessions = 10;
+  std::string prefix = "s";
+  size_t first = 0;
+  uint32_t max_tasks = 3;
+  uint32_t redundancy = 1;
+  std::string model = "llama-3-8b";
+  int64_t interval_ms = 0;
+  double connect_timeout_s = 30;
+};
+
+int run_submit(submit_options& o) {
+  begin();
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
+  if (!gw) {
+    std::cerr << "nodepool submit: cannot reach oracle " << o.oracle << ": "
+              << sys.render(gw.error()) << "\n";
+    return 1;
+  }
+  caf::scoped_actor self{sys};
+  size_t accepted = 0, refused = 0;
+  for (size_t i = o.first; i < o.first + o.sessions && !stop_requested; ++i) {
+    pb::SubmitSession req;
+    req.set_session_id(o.prefix + "-" + std::to_string(i));
+    req.set_model(o.model);
+    req.set_min_nodes(1);
+    req.set_max_nodes(o.redundancy);
+    req.set_redundancy(o.redundancy);
+    req.set_max_tasks(o.max_tasks);
+    req.set_client("submit");
+    // An oracle that dies before answering may or may not have stored the
+    // session: ask again until it answers; "duplicate" then means it had.
+    for (;;) {
+      bool retry = false;
+      self->request(*gw, 10s, submit_atom::value, req.SerializeAsString())
+        .receive(
+          [&](accepted_atom) {
+            ++accepted;
+            std::printf("accepted %s\n", req.session_id().c_str());
+          },
+          [&](caf::error& e) {
+            auto [code, detail] = read_refusal(sys, e);
+            if (code == "duplicate_session") {
+              ++accepted;
+              std::printf("accepted %s (already stored)\n",
+                          req.session_id().c_str());
+            } else if (code == "unavailable") {
+              retry = true;
+            } else {
+              ++refused;
+              std::printf("refused %s %s: %s\n", req.session_id().c_str(),
+                          code.c_str(), detail.c_str());
+            }
+          });
+      std::fflush(stdout);
+      if (!retry || stop_requested)
+        break;
+      auto again = connect_retry(sys, o.oracle, o.connect_timeout_s);
+      if (!again) {
+        std::cerr << "nodepool submit: oracle gone\n";
+        return 1;
+      }
+      gw = again;
+    }
+    if (o.interval_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(o.interval_ms));
+  }
+  std::fprintf(stderr, "submitted: %zu accepted, %zu refused\n", accepted,
+               refused);
+  return refused > 0 ? 1 : 0;
+}
+
+// ------------------------------------------------------------------ status
+
+int run_status(const std::string& oracle, bool json, bool sessions) {
+  begin();
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  auto gw = connect_retry(sys, oracle, 5);
+  if (!gw) {
+    std::cerr << "nodepool status: cannot reach oracle " << oracle << "\n";
+    return 1;
+  }
+  caf::scoped_actor self{sys};
+  int rc = 1;
+  self->request(*gw, 10s, state_atom::value)
+    .receive(
+      [&](const std::string& bytes) {
+        pb::Snapshot snap;
+        snap.ParseFromString(bytes);
+        pool_state ps;
+        ps.restore(snap);
+        auto j = summarize(ps);
+        if (sessions)
+          for (auto& [id, s] : ps.sessions())
+            j["session_states"][id] = to_string(s.state());
+        std::printf("%s\n", json ? j.dump().c_str() : j.dump(2).c_str());
+        rc = 0;
+      },
+      [&](caf::error& e) {
+        std::cerr << "nodepool status: " << sys.render(e) << "\n";
+      });
+  return rc;
+}
+
+// ------------------------------------------------------------------ check
+
+int run_check(const std::string& dir, bool json, bool sessions) {
+  begin();
+  if (!std::filesystem::exists(dir))
+    throw std::runtime_error("no data directory " + dir);
+  auto storage = open_store(dir);
+  auto rep = check_history(*storage);
+  pool_state ps;
+  recovered info;
+  auto st = recover(*storage, ps, info);
+  nlohmann::json j = summarize(ps);
+  j["entries"] = rep.entries;
+  j["sessions"]["ever_accepted"] = rep.sessions_accepted;
+  nlohmann::json vs = nlohmann::json::array();
+  for (auto& [idx, v] : rep.violations)
+    vs.push_back({{"entry", idx}, {"invariant", v.invariant}, {"detail", v.detail}});
+  if (!rep.load_error.empty())
+    vs.push_back({{"invariant", "storage"}, {"detail", rep.load_error}});
+  if (!st.ok())
+    vs.push_back({{"invariant", "storage"}, {"detail", st.error}});
+  j["violations"] = vs;
+  if (sessions)
+    for (auto& [id, s] : ps.sessions())
+      j["session_states"][id] = to_string(s.state());
+  if (json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("checked %llu log entries in %s\n",
+                static_cast<unsigned long long>(rep.entries), dir.c_str());
+    std::printf("%s\n", summarize(ps).dump(2).c_str());
+    if (vs.empty())
+      std::printf("I1-I5 hold after every entry\n");
+    for (auto& v : vs)
+      std::printf("VIOLATION %s\n", v.dump().c_str());
+  }
+  return vs.empty() ? 0 : 1;
+}
+
+} // namespace
+
+void add_oracle(CLI::App& app) {
+  auto o = std::make_shared<oracle_options>();
+  auto* cmd = app.add_subcommand("oracle", "run an oracle host");
+  cmd->add_option("--data-dir", o->data_dir, "RocksDB directory of the pool");
+  cmd->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
+  cmd->add_option("--port", o->port, "port for miners and clients (default 4242)");
+  cmd->add_option("--config", o->config,
+                  "TOML file: [pool] parameters, [oracle] data_dir/host/port");
+  cmd->add_flag("--no-sync", o->no_sync,
+                "do not fsync group commits (faster, loses the last batch "
+                "on power loss)");
+  add_param_flags(*cmd, o->flags);
+  cmd->callback([o] {
+    if (int rc = run_oracle(*o); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+void add_miner(CLI::App& app) {
+  auto o = std::make_shared<miner_options>();
+  auto* cmd = app.add_subcommand("miner", "run simulated miner nodes");
+  cmd->add_option("--oracle", o->oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_option("--nodes", o->nodes, "node actors to run (default 1)")
+    ->check(CLI::Range(1, 100000));
+  cmd->add_option("--behaviour", o->behaviour,
+                  "mix such as healthy:8,wrong:1,slow:1 (healthy, slow, "
+                  "wrong, flaky, crash, garbage)");
+  cmd->add_option("--seed", o->seed, "seed of the simulated backends");
+  cmd->add_option("--id-prefix", o->prefix, "node ids are PREFIX-0, PREFIX-1, ...");
+  cmd->add_option("--models", o->models, "comma-separated models served");
+  cmd->add_option("--connect-timeout", o->connect_timeout_s,
+                  "seconds to keep trying to reach the oracle (default 30)");
+  cmd->add_option("--duration", o->duration_s, "stop after this many seconds");
+  cmd->add_option("--deadline-hint-ms", o->deadline_hint_ms,
+                  "deadline the slow behaviour overshoots (default 5000)");
+  cmd->callback([o] {
+    if (int rc = run_miner(*o); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+void add_submit(CLI::App& app) {
+  auto o = std::make_shared<submit_options>();
+  auto* cmd = app.add_subcommand("submit", "submit sessions to an oracle");
+  cmd->add_option("--oracle", o->oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_option("--sessions", o->sessions, "how many (default 10)");
+  cmd->add_option("--prefix", o->prefix, "ids are PREFIX-N");
+  cmd->add_option("--first", o->first, "first N (default 0)");
+  cmd->add_option("--max-tasks", o->max_tasks, "tasks per session (default 3)");
+  cmd->add_option("--redundancy", o->redundancy, "nodes per task (default 1)");
+  cmd->add_option("--model", o->model, "model (default llama-3-8b)");
+  cmd->add_option("--interval-ms", o->interval_ms, "pause between submissions");
+  cmd->add_option("--connect-timeout", o->connect_timeout_s,
+                  "seconds to keep trying to reach the oracle (default 30)");
+  cmd->callback([o] {
+    if (int rc = run_submit(*o); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+void add_status(CLI::App& app) {
+  auto oracle = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto sessions = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("status", "show a running oracle's pool");
+  cmd->add_option("--oracle", *oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_flag("--json", *json, "one line of JSON");
+  cmd->add_flag("--sessions", *sessions, "list every session's state");
+  cmd->callback([=] {
+    if (int rc = run_status(*oracle, *json, *sessions); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+void add_check(CLI::App& app) {
+  auto dir = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto sessions = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand(
+    "check", "verify I1-I5 over a stored history (oracle stopped)");
+  cmd->add_option("--data-dir", *dir, "RocksDB directory of the pool")->required();
+  cmd->add_flag("--json", *json, "one line of JSON");
+  cmd->add_flag("--sessions", *sessions, "list every session's state");
+  cmd->callback([=] {
+    if (int rc = run_check(*dir, *json, *sessions); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+} // namespace nodepool::cli

@@ -1,0 +1,62 @@
+#pragma once
+
+// Pieces shared by the nodepool subcommands.
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "params.hpp"
+#include "pool_state.hpp"
+#include "storage.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace nodepool::cli {
+
+/// Set by SIGINT / SIGTERM; long-running commands poll it and shut down.
+extern std::atomic<bool> stop_requested;
+void install_signal_handlers();
+
+/// --log-level of the main command.
+extern std::string log_level;
+/// What every subcommand does first: log level, signal handlers.
+void begin();
+
+/// Thrown by a subcommand to make the process exit with `code`.
+struct exit_code {
+  int code;
+};
+
+/// Adds `--<name>` (with dashes) for every pool parameter to `app`; values
+/// land in `out` and are applied by apply_param_flags over file settings.
+void add_param_flags(CLI::App& app, std::map<std::string, std::string>& out);
+/// Defaults, then the TOML file (if any), then the flags. Throws
+/// std::runtime_error naming the bad key.
+params resolve_params(const std::string& config_file,
+                      const std::map<std::string, std::string>& flags,
+                      params base = {});
+
+/// Splits "host:port"; throws std::runtime_error on a bad form.
+std::pair<std::string, uint16_t> parse_host_port(const std::string& s);
+
+/// Opens a RocksDB store or throws std::runtime_error with the reason.
+std::shared_ptr<store> open_store(const std::string& dir);
+
+/// JSON summary of a pool state (node counts by state, session counts,
+/// tests) shared by demo, status and check.
+nlohmann::json summarize(const pool_state& ps);
+
+void add_demo(CLI::App& app);
+void add_oracle(CLI::App& app);
+void add_miner(CLI::App& app);
+void add_submit(CLI::App& app);
+void add_status(CLI::App& app);
+void add_check(CLI::App& app);
+
+} // namespace nodepool::cli

@@ -1,0 +1,218 @@
+// Bad input from miners: every kind gets a clear error to the sender, is
+// counted, and changes no state.
+#include "cognitive.hpp"
+#include "digest.hpp"
+#include "fixture.hpp"
+
+#include <nlohmann/json.hpp>
+
+using namespace std::chrono_literals;
+
+namespace nodepool::testing {
+namespace {
+
+class bad_input : public actor_test {
+protected:
+  void SetUp() override {
+    auto p = fast_params();
+    p.heartbeat_timeout_ms = 60000;  // the probe sends no heartbeats
+    start(p);
+    log_ = std::make_shared<probe_log>();
+    probe_ = probe(log_);
+  }
+
+  void send(const pb::MinerMsg& m) { send_raw(m.SerializeAsString()); }
+  void send_raw(const std::string& bytes) {
+    caf::anon_send(probe_, send_atom::value, bytes);
+    sched_->run();
+  }
+
+  pb::MinerMsg reg(const std::string& id) {
+    pb::MinerMsg m;
+    m.set_node_id(id);
+    m.mutable_register_()->set_node_id(id);
+    m.mutable_register_()->add_models("llama-3-8b");
+    return m;
+  }
+
+  /// Registers the probe as `id` and answers its admission test.
+  void admit(const std::string& id) {
+    send(reg(id));
+    auto test = last_of(&pb::OracleMsg::has_test);
+    ASSERT_TRUE(test.has_test());
+    pb::MinerMsg a;
+    a.set_node_id(id);
+    a.mutable_test_answers()->set_test_id(test.test().test_id());
+    for (auto& c : test.test().challenges())
+      a.mutable_test_answers()->add_answers(solve(c.prompt()));
+    send(a);
+    ASSERT_EQ(state().node(id)->state(), pb::EPHEMERAL);
+  }
+
+  pb::OracleMsg last_of(bool (pb::OracleMsg::*has)() const) {
+    for (auto i = log_->received.rbegin(); i != log_->received.rend(); ++i)
+      if (((*i).*has)())
+        return *i;
+    return {};
+  }
+
+  std::string last_refusal() {
+    auto codes = log_->refusal_codes();
+    return codes.empty() ? "<none>" : codes.back();
+  }
+
+  uint64_t counted(const std::string& code) {
+    auto j = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
+    return j["refused"].value(code, uint64_t{0});
+  }
+
+  std::string snapshot_bytes() {
+    return ask(oracle_.supervisor, state_atom::value);
+  }
+
+  std::shared_ptr<probe_log> log_;
+  caf::actor probe_;
+};
+
+TEST_F(bad_input, garbage_bytes_are_refused_and_change_nothing) {
+  auto before = snapshot_bytes();
+  send_raw(std::string("\xff\x13garbage\x00\x01", 11));
+  EXPECT_EQ(last_refusal(), "malformed");
+  EXPECT_EQ(counted("malformed"), 1u);
+  send_raw("");  // decodes, but carries nothing
+  EXPECT_EQ(counted("malformed"), 2u);
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
+TEST_F(bad_input, messages_before_registration_are_refused) {
+  pb::MinerMsg hb;
+  hb.set_node_id("ghost");
+  hb.mutable_heartbeat()->set_node_id("ghost");
+  auto before = snapshot_bytes();
+  send(hb);
+  EXPECT_EQ(last_refusal(), "not_registered");
+  EXPECT_EQ(counted("not_registered"), 1u);
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
+TEST_F(bad_input, a_node_cannot_act_for_another) {
+  add_node("victim");
+  run_for(100ms);
+  admit("p1");
+  auto before = state();
+  pb::MinerMsg hb;
+  hb.set_node_id("victim");
+  hb.mutable_heartbeat()->set_node_id("victim");
+  send(hb);
+  EXPECT_EQ(last_refusal(), "not_your_node");
+  // Naming itself outside but another node inside is refused too.
+  hb.set_node_id("p1");
+  send(hb);
+  EXPECT_EQ(last_refusal(), "not_your_node");
+  // And it may not register a second identity on the same connection.
+  send(reg("victim"));
+  EXPECT_EQ(last_refusal(), "node_id_in_use");
+  EXPECT_EQ(counted("not_your_node"), 2u);
+  auto after = state();
+  EXPECT_EQ(after.node("victim")->last_heartbeat(),
+            before.node("victim")->last_heartbeat());
+  EXPECT_EQ(after.node("victim")->state(), before.node("victim")->state());
+}
+
+TEST_F(bad_input, unknown_session_is_refused) {
+  admit("p2");
+  pb::MinerMsg ack;
+  ack.set_node_id("p2");
+  ack.mutable_task_ack()->set_session_id("no-such-session");
+  auto before = snapshot_bytes();
+  send(ack);
+  EXPECT_EQ(last_refusal(), "unknown_session");
+  EXPECT_EQ(counted("unknown_session"), 1u);
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
+TEST_F(bad_input, reveal_that_misses_its_hash_is_refused_and_punished) {
+  admit("p3");
+  // Enough other nodes that the panic guard allows a quarantine.
+  for (int i = 0; i < 3; ++i)
+    add_node("h" + std::to_string(i), behaviour::healthy, i + 1);
+  ASSERT_EQ(submit(session_req("s-reveal", 1, 1)), "accepted");
+  auto task = last_of(&pb::OracleMsg::has_task);
+  ASSERT_TRUE(task.has_task());
+  auto sid = task.task().session_id();
+  auto no = task.task().task_no();
+  pb::MinerMsg m;
+  m.set_node_id("p3");
+  m.mutable_task_ack()->set_session_id(sid);
+  m.mutable_task_ack()->set_task_no(no);
+  send(m);
+  m.mutable_task_precommit()->set_session_id(sid);
+  m.mutable_task_precommit()->set_task_no(no);
+  m.mutable_task_precommit()->set_output_hash(sha256_hex("the real output"));
+  send(m);
+  m.mutable_task_commit()->set_session_id(sid);
+  m.mutable_task_commit()->set_task_no(no);
+  m.mutable_task_commit()->set_output("a different output");
+  send(m);
+  EXPECT_EQ(last_refusal(), "reveal_mismatch");
+  EXPECT_EQ(counted("reveal_mismatch"), 1u);
+  auto s = state();
+  // The pool counted the task as a MISMATCH: the node left the pool.
+  EXPECT_EQ(s.node("p3")->state(), pb::QUARANTINED);
+  EXPECT_TRUE(s.check_invariants().empty());
+}
+
+TEST_F(bad_input, test_answers_after_the_deadline_are_refused) {
+  send(reg("p4"));
+  auto test = last_of(&pb::OracleMsg::has_test);
+  ASSERT_TRUE(test.has_test());
+  run_for(std::chrono::milliseconds(test.test().deadline_ms() + 200));
+  auto before = state();
+  ASSERT_EQ(before.node("p4")->state(), pb::QUARANTINED);
+  pb::MinerMsg a;
+  a.set_node_id("p4");
+  a.mutable_test_answers()->set_test_id(test.test().test_id());
+  for (auto& c : test.test().challenges())
+    a.mutable_test_answers()->add_answers(solve(c.prompt()));
+  send(a);
+  EXPECT_EQ(last_refusal(), "after_deadline");
+  EXPECT_EQ(counted("after_deadline"), 1u);
+  EXPECT_EQ(state().node("p4")->state(), pb::QUARANTINED);
+}
+
+TEST_F(bad_input, task_result_after_the_phase_deadline_is_refused) {
+  admit("p5");
+  for (int i = 0; i < 3; ++i)
+    add_node("h" + std::to_string(i), behaviour::healthy, i + 1);
+  ASSERT_EQ(submit(session_req("s-late", 2, 1)), "accepted");
+  auto task = last_of(&pb::OracleMsg::has_task);
+  ASSERT_TRUE(task.has_task());
+  // Let every phase deadline pass without an answer: a forced end.
+  run_for(std::chrono::milliseconds(task.task().phase_timeout_ms() * 3 + 50));
+  pb::MinerMsg m;
+  m.set_node_id("p5");
+  m.mutable_task_ack()->set_session_id(task.task().session_id());
+  m.mutable_task_ack()->set_task_no(task.task().task_no());
+  send(m);
+  auto code = last_refusal();
+  EXPECT_TRUE(code == "after_deadline" || code == "not_in_session"
+              || code == "unknown_session")
+    << code;
+  auto s = state();
+  EXPECT_EQ(s.node("p5")->state(), pb::QUARANTINED);  // TIMEOUT outcome
+}
+
+TEST_F(bad_input, forged_test_result_for_a_stale_test_is_refused) {
+  admit("p6");
+  pb::MinerMsg a;
+  a.set_node_id("p6");
+  a.mutable_test_answers()->set_test_id(12345);
+  a.mutable_test_answers()->add_answers("1");
+  auto before = snapshot_bytes();
+  send(a);
+  EXPECT_EQ(last_refusal(), "no_test_in_flight");
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
+} // namespace
+} // namespace nodepool::testing
