@@ -323,6 +323,7 @@ int run_check(const std::string& dir, bool json, bool sessions) {
   auto st = recover(*storage, ps, info);
   nlohmann::json j = summarize(ps);
   j["entries"] = rep.entries;
+  j["params"] = nlohmann::json::parse(to_json(ps.config()));
   j["sessions"]["ever_accepted"] = rep.sessions_accepted;
   nlohmann::json vs = nlohmann::json::array();
   for (auto& [idx, v] : rep.violations)

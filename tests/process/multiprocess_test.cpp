@@ -1,0 +1,138 @@
+// Oracle, miners and a client as separate processes on loopback, talking
+// over CAF's middleman.
+#include <nlohmann/json.hpp>
+
+#include "proc.hpp"
+
+using namespace std::chrono_literals;
+
+namespace nodepool::testing {
+namespace {
+
+nlohmann::json last_json_line(const std::string& out) {
+  auto end = out.find_last_not_of('\n');
+  if (end == std::string::npos)
+    return {};
+  auto start = out.rfind('\n', end);
+  start = start == std::string::npos ? 0 : start + 1;
+  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
+                               false);
+}
+
+/// Polls `nodepool status` until `pred` holds or `limit` passes.
+template <class Pred>
+nlohmann::json wait_status(const std::string& dir, const std::string& target,
+                           Pred pred, std::chrono::seconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  nlohmann::json j;
+  while (std::chrono::steady_clock::now() < end) {
+    auto [rc, out] = run({"status", "--oracle", target, "--json", "--sessions"},
+                         dir + "/status.out", 20s);
+    if (rc == 0) {
+      j = last_json_line(out);
+      if (!j.is_discarded() && pred(j))
+        return j;
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+  return j;
+}
+
+TEST(multiprocess, oracle_miner_and_client_on_loopback) {
+  auto dir = temp_dir("mp");
+  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
+                                       "--port", "0"};
+  for (auto& f : fast_pool_flags())
+    args.push_back(f);
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "6", "--behaviour",
+               "healthy:4,wrong:1,garbage:1", "--deadline-hint-ms", "1000"},
+              dir + "/miner.out"};
+  ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
+  auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "20",
+                        "--prefix", "mp", "--max-tasks", "3"},
+                       dir + "/submit.out");
+  ASSERT_EQ(rc, 0) << out;
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["sessions"]["completed"].get<int>()
+                                  + j["sessions"]["failed"].get<int>()
+                                >= 20;
+                       },
+                       60s);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>(), 20) << j.dump();
+  EXPECT_EQ(j["nodes"]["total"].get<int>(), 6);
+  // The wrong node never enters the pool.
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>()
+              + j["nodes"]["by_state"]["reserved"].get<int>()
+              + j["nodes"]["by_state"]["revalidating"].get<int>()
+              + j["nodes"]["by_state"]["testing"].get<int>(),
+            j["nodes"]["total"].get<int>()
+              - j["nodes"]["by_state"]["quarantined"].get<int>()
+              - j["nodes"]["by_state"]["retired"].get<int>()
+              - j["nodes"]["by_state"]["lost"].get<int>());
+  EXPECT_GE(j["nodes"]["by_state"]["quarantined"].get<int>()
+              + j["nodes"]["by_state"]["retired"].get<int>(),
+            1);
+  miner.signal(SIGTERM);
+  EXPECT_EQ(miner.wait_exit(20s), 0) << miner.errors();
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0) << oracle.errors();
+  auto [crc, cout] = run({"check", "--data-dir", dir + "/db", "--json"},
+                         dir + "/check.out");
+  EXPECT_EQ(crc, 0) << cout;
+  auto c = last_json_line(cout);
+  EXPECT_TRUE(c["violations"].empty()) << cout;
+  EXPECT_EQ(c["sessions"]["completed"].get<int>(), 20);
+}
+
+TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
+  auto dir = temp_dir("nooracle");
+  child miner{{"miner", "--oracle", "127.0.0.1:1", "--connect-timeout", "0.5"},
+              dir + "/miner.out"};
+  EXPECT_EQ(miner.wait_exit(30s), 1);
+  EXPECT_NE(miner.errors().find("cannot reach oracle"), std::string::npos)
+    << miner.errors();
+}
+
+TEST(multiprocess, bad_config_is_refused_with_the_key_named) {
+  auto dir = temp_dir("badcfg");
+  {
+    std::ofstream f{dir + "/bad.toml"};
+    f << "[pool]\ntest_deadline_ms = \"soon\"\n";
+  }
+  auto [rc, out] = run({"oracle", "--config", dir + "/bad.toml", "--data-dir",
+                        dir + "/db", "--port", "0"},
+                       dir + "/oracle.out", 20s);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(read_file(dir + "/oracle.out.err").find("pool.test_deadline_ms"),
+            std::string::npos);
+  auto [rc2, out2] = run({"oracle", "--data-dir", dir + "/db", "--port", "0",
+                          "--pass-mark", "7"},
+                         dir + "/oracle2.out", 20s);
+  EXPECT_EQ(rc2, 2);
+  EXPECT_NE(read_file(dir + "/oracle2.out.err").find("pass_mark"),
+            std::string::npos);
+}
+
+TEST(multiprocess, sample_config_loads_and_flags_override_it) {
+  auto dir = temp_dir("cfg");
+  auto sample = std::string{NODEPOOL_SOURCE_DIR} + "/deploy/nodepool.toml";
+  child oracle{{"oracle", "--config", sample, "--data-dir", dir + "/db",
+                "--port", "0", "--max-strikes", "2"},
+               dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  oracle.signal(SIGTERM);
+  ASSERT_EQ(oracle.wait_exit(20s), 0);
+  // The parameters the oracle ran with are in its log (Configure).
+  auto [rc, out] = run({"check", "--data-dir", dir + "/db", "--json"},
+                       dir + "/check.out");
+  EXPECT_EQ(rc, 0) << out;
+  auto c = last_json_line(out);
+  EXPECT_EQ(c["params"]["max_strikes"].get<int>(), 2) << out;
+}
+
+} // namespace
+} // namespace nodepool::testing

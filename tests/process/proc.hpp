@@ -1,0 +1,148 @@
+#pragma once
+
+// Real processes for the multi-process and crash tests: spawn the nodepool
+// binary, capture its output in a file, signal it, wait for it with a bound.
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace nodepool::testing {
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in{path};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline std::string temp_dir(const std::string& tag) {
+  std::string t = "/tmp/nodepool-" + tag + "-XXXXXX";
+  if (!mkdtemp(t.data()))
+    throw std::runtime_error("mkdtemp failed");
+  return t;
+}
+
+class child {
+public:
+  /// Starts NODEPOOL_BIN with `args`; stdout to `out`, stderr to `out`.err.
+  child(std::vector<std::string> args, std::string out) : out_(std::move(out)) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int efd = open((out_ + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(efd, 2);
+      std::vector<char*> argv;
+      std::string bin = NODEPOOL_BIN;
+      argv.push_back(bin.data());
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  child(const child&) = delete;
+  ~child() {
+    if (running())
+      signal(SIGKILL);
+    wait_exit(std::chrono::seconds(10));
+  }
+
+  void signal(int sig) {
+    if (pid_ > 0)
+      ::kill(pid_, sig);
+  }
+
+  bool running() {
+    if (done_)
+      return false;
+    int st = 0;
+    auto r = waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+      done_ = true;
+      status_ = st;
+      return false;
+    }
+    return true;
+  }
+
+  /// Waits for exit; returns the exit code, -signal if killed, or -1000 on
+  /// timeout.
+  int wait_exit(std::chrono::milliseconds limit) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    while (running()) {
+      if (std::chrono::steady_clock::now() > end)
+        return -1000;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (WIFEXITED(status_))
+      return WEXITSTATUS(status_);
+    if (WIFSIGNALED(status_))
+      return -WTERMSIG(status_);
+    return -1;
+  }
+
+  std::string output() const { return read_file(out_); }
+  std::string errors() const { return read_file(out_ + ".err"); }
+
+  /// Polls the output until it contains `text` (or the process ends).
+  bool wait_for_output(const std::string& text,
+                       std::chrono::milliseconds limit) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      if (output().find(text) != std::string::npos)
+        return true;
+      if (!running())
+        return output().find(text) != std::string::npos;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+private:
+  std::string out_;
+  pid_t pid_ = -1;
+  bool done_ = false;
+  int status_ = 0;
+};
+
+/// Runs the binary to completion; returns (exit code, stdout).
+inline std::pair<int, std::string> run(std::vector<std::string> args,
+                                       const std::string& out,
+                                       std::chrono::milliseconds limit
+                                       = std::chrono::seconds(60)) {
+  child c{std::move(args), out};
+  auto rc = c.wait_exit(limit);
+  return {rc, c.output()};
+}
+
+/// The port an oracle printed ("listening on HOST:PORT").
+inline std::string listening_port(const std::string& out) {
+  auto i = out.find("listening on ");
+  if (i == std::string::npos)
+    return {};
+  auto colon = out.find(':', i);
+  auto end = out.find(' ', colon);
+  return out.substr(colon + 1, end - colon - 1);
+}
+
+/// Pool parameters that make lifecycles take fractions of a second.
+inline std::vector<std::string> fast_pool_flags() {
+  return {"--test-deadline-ms",      "1000", "--task-phase-timeout-ms", "500",
+          "--heartbeat-interval-ms", "100",  "--heartbeat-timeout-ms",  "1500",
+          "--quarantine-backoff-ms", "1000", "--quarantine-backoff-max-ms",
+          "4000",                    "--tick-interval-ms", "50"};
+}
+
+} // namespace nodepool::testing
