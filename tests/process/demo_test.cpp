@@ -1,0 +1,62 @@
+// `nodepool demo` end to end, and its resumption after a SIGKILL.
+#include <nlohmann/json.hpp>
+
+#include "proc.hpp"
+
+using namespace std::chrono_literals;
+
+namespace nodepool::testing {
+namespace {
+
+nlohmann::json last_line_json(const std::string& out) {
+  auto end = out.find_last_not_of('\n');
+  auto start = out.rfind('\n', end);
+  start = start == std::string::npos ? 0 : start + 1;
+  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
+                               false);
+}
+
+TEST(demo, default_run_reports_every_session_and_no_violation) {
+  auto dir = temp_dir("demo");
+  auto [rc, out] = run({"demo", "--json", "--data-dir", dir + "/db"},
+                       dir + "/demo.out", 120s);
+  ASSERT_EQ(rc, 0) << out << read_file(dir + "/demo.out.err");
+  auto j = last_line_json(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_EQ(j["sessions"]["accepted"].get<int>(), 200);
+  EXPECT_EQ(j["sessions"]["lost"].get<int>(), 0);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>()
+              + j["sessions"]["failed"].get<int>(),
+            200);
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_EQ(j["nodes"]["total"].get<int>(), 40);
+  EXPECT_GT(j["elapsed_s"].get<double>(), 0.0);
+}
+
+TEST(demo, resumes_after_sigkill_and_counts_all_sessions) {
+  auto dir = temp_dir("demo-kill");
+  std::vector<std::string> args{"demo",           "--json",     "--sessions",
+                                "1500",           "--nodes",    "30",
+                                "--data-dir",     dir + "/db",  "--seed", "7"};
+  {
+    child first{args, dir + "/first.out"};
+    std::this_thread::sleep_for(1500ms);
+    ASSERT_TRUE(first.running()) << "demo ended before it could be killed";
+    first.signal(SIGKILL);
+    ASSERT_EQ(first.wait_exit(10s), -SIGKILL);
+  }
+  auto [rc, out] = run(args, dir + "/second.out", 180s);
+  ASSERT_EQ(rc, 0) << out << read_file(dir + "/second.out.err");
+  auto j = last_line_json(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_GT(j["sessions"]["resumed"].get<int>(), 0);
+  EXPECT_EQ(j["sessions"]["accepted"].get<int>(), 1500);
+  EXPECT_EQ(j["sessions"]["lost"].get<int>(), 0);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>()
+              + j["sessions"]["failed"].get<int>(),
+            1500);
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+}
+
+} // namespace
+} // namespace nodepool::testing
