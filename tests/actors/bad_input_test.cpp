@@ -216,3 +216,44 @@ TEST_F(bad_input, forged_test_result_for_a_stale_test_is_refused) {
 
 } // namespace
 } // namespace nodepool::testing
+
+namespace nodepool::testing {
+namespace {
+
+TEST_F(bad_input, outlier_output_among_redundant_nodes_loses_reputation) {
+  admit("odd");
+  for (int i = 0; i < 2; ++i)
+    add_node("h" + std::to_string(i), behaviour::healthy, i + 1);
+  run_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(state().count_by_state()[pb::EPHEMERAL], 3u);
+  auto rep_before = state().node("odd")->reputation();
+  ASSERT_EQ(submit(session_req("s-odd", 1, 3)), "accepted");
+  auto task = last_of(&pb::OracleMsg::has_task);
+  ASSERT_TRUE(task.has_task());
+  auto sid = task.task().session_id();
+  auto no = task.task().task_no();
+  std::string mine = "a completely unrelated answer about cooking pasta";
+  pb::MinerMsg m;
+  m.set_node_id("odd");
+  m.mutable_task_ack()->set_session_id(sid);
+  m.mutable_task_ack()->set_task_no(no);
+  send(m);
+  m.mutable_task_precommit()->set_session_id(sid);
+  m.mutable_task_precommit()->set_task_no(no);
+  m.mutable_task_precommit()->set_output_hash(sha256_hex(mine));
+  send(m);
+  m.mutable_task_commit()->set_session_id(sid);
+  m.mutable_task_commit()->set_task_no(no);
+  m.mutable_task_commit()->set_output(mine);
+  send(m);
+  run_for(std::chrono::milliseconds(100));
+  auto s = state();
+  ASSERT_EQ(s.session("s-odd")->state(), pb::COMPLETED);
+  EXPECT_LT(s.node("odd")->reputation(), rep_before);
+  EXPECT_GT(s.node("h0")->reputation(), rep_before);
+  EXPECT_FALSE(s.node("odd")->recent().empty());
+  EXPECT_FALSE(s.node("odd")->recent(s.node("odd")->recent_size() - 1));
+}
+
+} // namespace
+} // namespace nodepool::testing
