@@ -17,6 +17,12 @@ bool valid_session_id(const std::string& id) {
   return true;
 }
 
+/// I2: a node whose ephemeral window has run out is not handed out, even if
+/// a command other than the tick that sends it to its retest comes first.
+bool within_window(const pb::NodeRecord& n, int64_t now, const params& p) {
+  return now - n.ephemeral_at() <= p.ephemeral_window_ms;
+}
+
 } // namespace
 
 void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
@@ -84,7 +90,7 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
   std::vector<const pb::NodeRecord*> candidates;
   for (auto& id : pool_) {
     auto& n = nodes_[id];
-    if (suitable(n, s))
+    if (suitable(n, s) && within_window(n, now, params_))
       candidates.push_back(&n);
   }
   auto picked = selector_->pick(std::move(candidates), want,
@@ -122,7 +128,8 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     auto& s = sessions_[i->second];
     uint32_t available = 0;
     for (auto& nid : pool_)
-      if (suitable(nodes_[nid], s) && ++available >= s.min_nodes())
+      if (suitable(nodes_[nid], s) && within_window(nodes_[nid], now, params_)
+          && ++available >= s.min_nodes())
         break;
     if (available < s.min_nodes()) {
       ++i;
@@ -193,13 +200,16 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   for (auto& o : c.outcomes()) {
     auto& n = nodes_[o.node_id()];
     n.set_tasks_served(n.tasks_served() + 1);
-    record_outcome(n, o.outcome() == pb::OK);
     bool broken = o.outcome() == pb::TIMEOUT || o.outcome() == pb::MISMATCH;
+    // Panic guard: a burst of session failures (a bad model update, a
+    // network blip) must not empty the pool; past the share, failing
+    // nodes are re-validated instead of quarantined outright.
+    bool to_quarantine =
+      broken && quarantined + 1 <= params_.panic_share * alive;
+    if (!to_quarantine)  // quarantine() records the bad outcome itself
+      record_outcome(n, o.outcome() == pb::OK);
     if (broken) {
-      // Panic guard: a burst of session failures (a bad model update, a
-      // network blip) must not empty the pool; past the share, failing
-      // nodes are re-validated instead of quarantined outright.
-      if (quarantined + 1 <= params_.panic_share * alive) {
+      if (to_quarantine) {
         n.clear_session_id();
         detach(s, n.id(), now, out);
         n.set_reset_at(now);
@@ -292,6 +302,9 @@ void pool_state::requeue(pb::SessionRecord& s, int64_t now,
                          apply_result& out) {
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
   s.set_state(pb::QUEUED);  // first, so detaching does not recurse
+  // While queued, last_activity is when the session (re-)entered the queue:
+  // queue_timeout counts from there, not from the first submission.
+  s.set_last_activity(now);
   for (auto& id : nodes) {
     auto& n = nodes_[id];
     n.clear_session_id();

@@ -1,6 +1,7 @@
 #include "sim_backend.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "cognitive.hpp"
@@ -38,15 +39,22 @@ std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
     auto name = item.substr(0, colon);
     double w = 1;
     if (colon != std::string::npos) {
+      // The whole rest must be a finite, non-negative number: NaN or
+      // infinity would turn into garbage node counts below.
+      auto text = item.substr(colon + 1);
+      size_t used = 0;
       try {
-        w = std::stod(item.substr(colon + 1));
+        w = std::stod(text, &used);
       } catch (...) {
+        used = 0;
+      }
+      if (used == 0 || used != text.size() || !std::isfinite(w) || w < 0) {
         err = "bad weight in '" + item + "'";
         return {};
       }
     }
     auto b = parse_behaviour(name);
-    if (!b || w < 0) {
+    if (!b) {
       err = "unknown behaviour '" + name
             + "' (healthy, slow, wrong, flaky, crash, garbage)";
       return {};
@@ -54,7 +62,7 @@ std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
     weights.emplace_back(*b, w);
     total += w;
   }
-  if (weights.empty() || total <= 0) {
+  if (weights.empty() || total <= 0 || !std::isfinite(total)) {
     err = "empty behaviour mix";
     return {};
   }

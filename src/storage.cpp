@@ -30,10 +30,14 @@ uint64_t key_index(const rocksdb::Slice& k) {
 class memory_store : public store {
 public:
   status append(const std::vector<pb::LogEntry>& entries, bool) override {
-    for (auto& e : entries) {
-      if (e.index() != last_ + 1)
+    // All or nothing, like the RocksDB write batch: check the whole batch
+    // before writing any of it.
+    auto expect = last_ + 1;
+    for (auto& e : entries)
+      if (e.index() != expect++)
         return status::fail("log gap: appending " + std::to_string(e.index())
-                            + " after " + std::to_string(last_));
+                            + " after " + std::to_string(expect - 2));
+    for (auto& e : entries) {
       log_[e.index()] = e.SerializeAsString();
       last_ = e.index();
     }

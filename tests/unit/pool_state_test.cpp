@@ -1,0 +1,2058 @@
+// Unit tests of the pure pool state machine (src/pool_state.* and friends).
+//
+// Every command goes through `harness::apply`, which checks I1..I5 after it
+// and, for a refused command, that nothing changed at all.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include "pool_state.hpp"
+
+using namespace nodepool;
+
+namespace {
+
+// -- helpers ------------------------------------------------------------------
+
+std::string bytes_of(const google::protobuf::MessageLite& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream os(&out);
+    google::protobuf::io::CodedOutputStream cos(&os);
+    cos.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&cos);
+  }
+  return out;
+}
+
+std::string describe(const std::vector<violation>& vs) {
+  std::ostringstream os;
+  for (auto& v : vs)
+    os << "  " << v.invariant << ": " << v.detail << "\n";
+  return os.str();
+}
+
+bool has_violation(const std::vector<violation>& vs, const std::string& inv) {
+  return std::any_of(vs.begin(), vs.end(),
+                     [&](const violation& v) { return v.invariant == inv; });
+}
+
+/// Default parameters, except that nodes never miss a heartbeat unless a
+/// test asks for it.
+params quiet() {
+  params p;
+  p.heartbeat_timeout_ms = 1'000'000'000;
+  return p;
+}
+
+pb::Command reg_cmd(const std::string& id,
+                    const std::vector<std::string>& models = {"m"},
+                    const std::string& key = "") {
+  pb::Command c;
+  auto* r = c.mutable_register_();
+  r->set_node_id(id);
+  r->set_public_key(key.empty() ? "key-" + id : key);
+  for (auto& m : models)
+    r->add_models(m);
+  return c;
+}
+
+pb::Command hb_cmd(const std::string& id, pb::NodeMode mode = pb::AVAILABLE) {
+  pb::Command c;
+  c.mutable_heartbeat()->set_node_id(id);
+  c.mutable_heartbeat()->set_mode(mode);
+  return c;
+}
+
+pb::Command result_cmd(const std::string& id, uint64_t test_id,
+                       uint32_t correct, uint32_t total) {
+  pb::Command c;
+  auto* r = c.mutable_test_result();
+  r->set_node_id(id);
+  r->set_test_id(test_id);
+  r->set_correct(correct);
+  r->set_total(total);
+  return c;
+}
+
+pb::Command submit_cmd(const std::string& id, const std::string& model = "m",
+                       uint32_t min_nodes = 1, uint32_t max_nodes = 1,
+                       uint32_t redundancy = 0, uint32_t max_tasks = 10,
+                       uint32_t min_level = 0, int64_t reserve_period_ms = 0) {
+  pb::Command c;
+  auto* s = c.mutable_submit_session();
+  s->set_session_id(id);
+  s->set_model(model);
+  s->set_min_nodes(min_nodes);
+  s->set_max_nodes(max_nodes);
+  s->set_redundancy(redundancy);
+  s->set_max_tasks(max_tasks);
+  s->set_min_level(min_level);
+  s->set_reserve_period_ms(reserve_period_ms);
+  s->set_client("tester");
+  return c;
+}
+
+using outcomes = std::vector<std::pair<std::string, pb::TaskOutcome>>;
+
+pb::Command task_cmd(const std::string& sid, uint32_t task_no,
+                     const outcomes& os) {
+  pb::Command c;
+  auto* t = c.mutable_task_done();
+  t->set_session_id(sid);
+  t->set_task_no(task_no);
+  for (auto& [id, o] : os) {
+    auto* x = t->add_outcomes();
+    x->set_node_id(id);
+    x->set_outcome(o);
+  }
+  return c;
+}
+
+pb::Command end_cmd(const std::string& sid, bool failed = false,
+                    const std::string& reason = "") {
+  pb::Command c;
+  c.mutable_end_session()->set_session_id(sid);
+  c.mutable_end_session()->set_failed(failed);
+  c.mutable_end_session()->set_reason(reason);
+  return c;
+}
+
+pb::Command down_cmd(const std::string& id, const std::string& reason = "") {
+  pb::Command c;
+  c.mutable_node_down()->set_node_id(id);
+  c.mutable_node_down()->set_reason(reason);
+  return c;
+}
+
+pb::Command tick_cmd() {
+  pb::Command c;
+  c.mutable_tick();
+  return c;
+}
+
+pb::Command recover_cmd() {
+  pb::Command c;
+  c.mutable_recover();
+  return c;
+}
+
+// -- events -------------------------------------------------------------------
+
+int count_events(const apply_result& r, pb::Event::KindCase k) {
+  return static_cast<int>(std::count_if(
+    r.events.begin(), r.events.end(),
+    [&](const pb::Event& e) { return e.kind_case() == k; }));
+}
+
+const pb::NodeStateChanged* change_of(const apply_result& r,
+                                      const std::string& id, pb::NodeState from,
+                                      pb::NodeState to) {
+  for (auto& e : r.events)
+    if (e.has_node_state_changed()) {
+      auto& x = e.node_state_changed();
+      if (x.node_id() == id && x.from() == from && x.to() == to)
+        return &x;
+    }
+  return nullptr;
+}
+
+const pb::TestRequested* test_request(const apply_result& r,
+                                      const std::string& id) {
+  for (auto& e : r.events)
+    if (e.has_test_requested() && e.test_requested().node_id() == id)
+      return &e.test_requested();
+  return nullptr;
+}
+
+const pb::NodeReleased* release_of(const apply_result& r,
+                                   const std::string& id) {
+  for (auto& e : r.events)
+    if (e.has_node_released() && e.node_released().node_id() == id)
+      return &e.node_released();
+  return nullptr;
+}
+
+const pb::SessionEnded* end_of(const apply_result& r, const std::string& sid) {
+  for (auto& e : r.events)
+    if (e.has_session_ended() && e.session_ended().session_id() == sid)
+      return &e.session_ended();
+  return nullptr;
+}
+
+const pb::SessionStarted* start_of(const apply_result& r,
+                                   const std::string& sid) {
+  for (auto& e : r.events)
+    if (e.has_session_started() && e.session_started().session_id() == sid)
+      return &e.session_started();
+  return nullptr;
+}
+
+std::vector<std::string> reserved_in(const apply_result& r,
+                                     const std::string& sid) {
+  std::vector<std::string> out;
+  for (auto& e : r.events)
+    if (e.has_node_reserved() && e.node_reserved().session_id() == sid)
+      out.push_back(e.node_reserved().node_id());
+  return out;
+}
+
+std::vector<std::string> nodes_of(const pb::SessionRecord& s) {
+  return {s.nodes().begin(), s.nodes().end()};
+}
+
+// -- harness ------------------------------------------------------------------
+
+/// A pool, a clock and shortcuts. Every command is checked: invariants hold
+/// after it, and a refused command changed nothing and reported nothing.
+class harness {
+public:
+  explicit harness(params p = quiet()) : pool(std::move(p)) {}
+
+  pool_state pool;
+  int64_t now = 1000;
+  bool broken = false;
+
+  apply_result apply(const pb::Command& c) {
+    auto before = bytes_of(pool.snapshot());
+    auto r = pool.apply(c, now);
+    auto vs = pool.check_invariants();
+    if (!vs.empty()) {
+      broken = true;
+      ADD_FAILURE() << "invariants broken after {" << c.ShortDebugString()
+                    << "} at t=" << now << ":\n"
+                    << describe(vs);
+    }
+    if (r.refused) {
+      if (!r.events.empty() || r.changed
+          || bytes_of(pool.snapshot()) != before) {
+        broken = true;
+        ADD_FAILURE() << "refused command {" << c.ShortDebugString()
+                      << "} (" << r.refused->code << ") changed something";
+      }
+    }
+    return r;
+  }
+
+  void restore(const pb::Snapshot& s) {
+    pool.restore(s);
+    auto vs = pool.check_invariants();
+    EXPECT_TRUE(vs.empty()) << "after restore:\n" << describe(vs);
+  }
+
+  apply_result reg(const std::string& id,
+                   const std::vector<std::string>& models = {"m"},
+                   const std::string& key = "") {
+    return apply(reg_cmd(id, models, key));
+  }
+  apply_result hb(const std::string& id, pb::NodeMode mode = pb::AVAILABLE) {
+    return apply(hb_cmd(id, mode));
+  }
+  apply_result result(const std::string& id, uint32_t correct,
+                      uint32_t total = 5) {
+    return apply(result_cmd(id, node(id).test_id(), correct, total));
+  }
+  apply_result pass(const std::string& id) { return result(id, 5); }
+  apply_result fail(const std::string& id) { return result(id, 0); }
+  apply_result submit(const std::string& sid, const std::string& model = "m",
+                      uint32_t min_nodes = 1, uint32_t max_nodes = 1,
+                      uint32_t redundancy = 0, uint32_t max_tasks = 10,
+                      uint32_t min_level = 0, int64_t period = 0) {
+    return apply(submit_cmd(sid, model, min_nodes, max_nodes, redundancy,
+                            max_tasks, min_level, period));
+  }
+  /// A task result for the session's current task.
+  apply_result task(const std::string& sid, const outcomes& os) {
+    return apply(task_cmd(sid, session(sid).tasks_done(), os));
+  }
+  apply_result end(const std::string& sid, bool failed = false,
+                   const std::string& reason = "") {
+    return apply(end_cmd(sid, failed, reason));
+  }
+  apply_result down(const std::string& id, const std::string& reason = "") {
+    return apply(down_cmd(id, reason));
+  }
+  apply_result tick() { return apply(tick_cmd()); }
+  apply_result recover() { return apply(recover_cmd()); }
+
+  /// Registers a node and lets it pass its admission test.
+  void admit(const std::string& id,
+             const std::vector<std::string>& models = {"m"}) {
+    auto r = reg(id, models);
+    EXPECT_FALSE(r.refused) << id;
+    r = pass(id);
+    EXPECT_FALSE(r.refused) << id;
+  }
+
+  const pb::NodeRecord& node(const std::string& id) {
+    if (auto* n = pool.node(id))
+      return *n;
+    ADD_FAILURE() << "no node " << id;
+    static const pb::NodeRecord none;
+    return none;
+  }
+  const pb::SessionRecord& session(const std::string& id) {
+    if (auto* s = pool.session(id))
+      return *s;
+    ADD_FAILURE() << "no session " << id;
+    static const pb::SessionRecord none;
+    return none;
+  }
+  pb::NodeState state(const std::string& id) { return node(id).state(); }
+  pb::SessionState sstate(const std::string& id) {
+    return session(id).state();
+  }
+  uint64_t count(pb::NodeState s) { return pool.count_by_state()[s]; }
+};
+
+#define EXPECT_REFUSED(expr, code_)                                          \
+  do {                                                                       \
+    auto r_ = (expr);                                                        \
+    ASSERT_TRUE(r_.refused.has_value()) << "expected refusal " << (code_);   \
+    EXPECT_EQ(r_.refused->code, (code_));                                    \
+    EXPECT_FALSE(r_.refused->detail.empty());                                \
+    EXPECT_TRUE(r_.events.empty());                                          \
+    EXPECT_FALSE(r_.changed);                                                \
+  } while (0)
+
+#define EXPECT_ACCEPTED(expr)                                                \
+  do {                                                                       \
+    auto r_ = (expr);                                                        \
+    EXPECT_FALSE(r_.refused.has_value())                                     \
+      << "refused: " << r_.refused->code << " " << r_.refused->detail;       \
+  } while (0)
+
+// =============================================================================
+// registration
+// =============================================================================
+
+TEST(PoolRegister, NewNodeGoesThroughRegisteredToAdmissionTest) {
+  harness h;
+  auto r = h.reg("n1", {"m", "x"});
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);
+  ASSERT_EQ(r.events.size(), 3u);
+  ASSERT_TRUE(r.events[0].has_node_state_changed());
+  EXPECT_EQ(r.events[0].node_state_changed().from(), pb::NODE_STATE_UNSPECIFIED);
+  EXPECT_EQ(r.events[0].node_state_changed().to(), pb::REGISTERED);
+  ASSERT_TRUE(r.events[1].has_node_state_changed());
+  EXPECT_EQ(r.events[1].node_state_changed().from(), pb::REGISTERED);
+  EXPECT_EQ(r.events[1].node_state_changed().to(), pb::TESTING);
+  ASSERT_TRUE(r.events[2].has_test_requested());
+  auto& t = r.events[2].test_requested();
+  EXPECT_EQ(t.node_id(), "n1");
+  EXPECT_EQ(t.test_id(), 1u);
+  EXPECT_EQ(t.deadline(), 1000 + h.pool.config().test_deadline_ms);
+  EXPECT_EQ(t.kind(), pb::ADMISSION);
+  EXPECT_EQ(t.level(), 0u);
+
+  auto& n = h.node("n1");
+  EXPECT_EQ(n.state(), pb::TESTING);
+  EXPECT_EQ(n.public_key(), "key-n1");
+  EXPECT_EQ(n.models_size(), 2);
+  EXPECT_DOUBLE_EQ(n.reputation(), 0.5);
+  EXPECT_EQ(n.added_at(), 1000);
+  EXPECT_EQ(n.reset_at(), 1000);
+  EXPECT_EQ(n.last_heartbeat(), 1000);
+  EXPECT_EQ(n.test_id(), 1u);
+  EXPECT_EQ(n.test_kind(), pb::ADMISSION);
+  EXPECT_EQ(h.count(pb::TESTING), 1u);
+  EXPECT_EQ(h.count(pb::REGISTERED), 0u);
+}
+
+TEST(PoolRegister, RefusesBadNodeIds) {
+  harness h;
+  EXPECT_REFUSED(h.reg(""), "bad_node_id");
+  EXPECT_REFUSED(h.reg("has space"), "bad_node_id");
+  EXPECT_REFUSED(h.reg("a/b"), "bad_node_id");
+  EXPECT_REFUSED(h.reg("caf\xc3\xa9"), "bad_node_id");
+  EXPECT_REFUSED(h.reg(std::string(129, 'a')), "bad_node_id");
+  EXPECT_TRUE(h.pool.nodes().empty());
+  EXPECT_ACCEPTED(h.reg(std::string(128, 'a')));
+  EXPECT_ACCEPTED(h.reg("A-z_0.9:x"));
+}
+
+TEST(PoolRegister, RefusesNodeWithoutModels) {
+  harness h;
+  EXPECT_REFUSED(h.reg("n1", {}), "no_models");
+  EXPECT_EQ(h.pool.node("n1"), nullptr);
+  // Also for a known node: its models stay.
+  h.admit("n1");
+  EXPECT_REFUSED(h.reg("n1", {}), "no_models");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+TEST(PoolRegister, RefusesAnotherKey) {
+  harness h;
+  h.reg("n1", {"m"}, "key-A");
+  auto test_id = h.node("n1").test_id();
+  EXPECT_REFUSED(h.reg("n1", {"m"}, "key-B"), "key_mismatch");
+  EXPECT_EQ(h.node("n1").public_key(), "key-A");
+  EXPECT_EQ(h.node("n1").test_id(), test_id);
+}
+
+TEST(PoolRegister, RefusesRetiredNodeEverywhere) {
+  auto p = quiet();
+  p.max_strikes = 1;
+  harness h{p};
+  h.reg("n1");
+  h.fail("n1");
+  ASSERT_EQ(h.state("n1"), pb::RETIRED);
+  EXPECT_REFUSED(h.reg("n1"), "retired");
+  EXPECT_REFUSED(h.hb("n1"), "not_connected");
+  EXPECT_REFUSED(h.down("n1"), "not_connected");
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "no_test_in_flight");
+  h.now += 100'000'000;
+  auto r = h.tick();
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(h.state("n1"), pb::RETIRED);
+}
+
+TEST(PoolRegister, FromLostStartsAdmissionTest) {
+  harness h;
+  h.admit("n1");
+  h.now += 100;
+  h.down("n1");
+  ASSERT_EQ(h.state("n1"), pb::LOST);
+  EXPECT_EQ(h.node("n1").reset_at(), h.now);
+  h.now += 100;
+  auto r = h.reg("n1", {"m", "x"});
+  ASSERT_FALSE(r.refused);
+  EXPECT_NE(change_of(r, "n1", pb::LOST, pb::TESTING), nullptr);
+  auto* t = test_request(r, "n1");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->kind(), pb::ADMISSION);
+  EXPECT_EQ(t->test_id(), 2u);
+  auto& n = h.node("n1");
+  EXPECT_EQ(n.reset_at(), h.now);
+  EXPECT_EQ(n.last_heartbeat(), h.now);
+  EXPECT_EQ(n.models_size(), 2);
+  EXPECT_EQ(h.count(pb::LOST), 0u);
+  EXPECT_EQ(h.count(pb::TESTING), 1u);
+}
+
+TEST(PoolRegister, FromEphemeralLeavesPoolUntilTested) {
+  harness h;
+  h.admit("n1");
+  auto r = h.reg("n1");
+  EXPECT_NE(change_of(r, "n1", pb::EPHEMERAL, pb::TESTING), nullptr);
+  ASSERT_NE(test_request(r, "n1"), nullptr);
+  EXPECT_EQ(test_request(r, "n1")->kind(), pb::ADMISSION);
+  h.submit("s1");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);  // n1 is not in the pool
+  r = h.pass("n1");
+  EXPECT_NE(start_of(r, "s1"), nullptr);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+}
+
+TEST(PoolRegister, FromReservedDropsSessionAndRetests) {
+  harness h;
+  h.admit("n1");
+  h.submit("s1");
+  ASSERT_EQ(h.state("n1"), pb::RESERVED);
+  h.now += 10;
+  auto r = h.reg("n1");
+  ASSERT_FALSE(r.refused);
+  auto* lost = change_of(r, "n1", pb::RESERVED, pb::LOST);
+  ASSERT_NE(lost, nullptr);
+  EXPECT_EQ(lost->reason(), "registered again");
+  EXPECT_NE(change_of(r, "n1", pb::LOST, pb::TESTING), nullptr);
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  EXPECT_EQ(h.node("n1").session_id(), "");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h.session("s1").nodes_size(), 0);
+  r = h.pass("n1");
+  EXPECT_NE(start_of(r, "s1"), nullptr);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+}
+
+TEST(PoolRegister, FromTestingMakesOldTestStale) {
+  harness h;
+  h.reg("n1");
+  auto r = h.reg("n1");
+  ASSERT_NE(test_request(r, "n1"), nullptr);
+  EXPECT_EQ(test_request(r, "n1")->test_id(), 2u);
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "stale_test");
+  EXPECT_ACCEPTED(h.apply(result_cmd("n1", 2, 5, 5)));
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+TEST(PoolRegister, FromRevalidatingRestartsWithAdmissionTest) {
+  harness h;
+  h.admit("n1");
+  h.submit("s1", "m", 1, 1, 0, /*max_tasks*/ 1);
+  h.task("s1", {{"n1", pb::OK}});
+  ASSERT_EQ(h.state("n1"), pb::REVALIDATING);
+  auto r = h.reg("n1");
+  EXPECT_NE(change_of(r, "n1", pb::REVALIDATING, pb::TESTING), nullptr);
+  EXPECT_EQ(h.node("n1").test_kind(), pb::ADMISSION);
+}
+
+TEST(PoolRegister, FromQuarantinedKeepsTheQuarantine) {
+  harness h;
+  h.reg("n1");
+  h.fail("n1");
+  ASSERT_EQ(h.state("n1"), pb::QUARANTINED);
+  auto until = h.node("n1").quarantine_until();
+  h.now += 1000;
+  auto r = h.reg("n1", {"m", "x"});
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);
+  EXPECT_TRUE(r.events.empty());
+  EXPECT_EQ(h.state("n1"), pb::QUARANTINED);
+  EXPECT_EQ(h.node("n1").quarantine_until(), until);
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
+  EXPECT_EQ(h.node("n1").last_heartbeat(), h.now);
+  EXPECT_EQ(h.node("n1").models_size(), 2);
+}
+
+// =============================================================================
+// heartbeats
+// =============================================================================
+
+TEST(PoolHeartbeat, RefusesUnknownNode) {
+  harness h;
+  EXPECT_REFUSED(h.hb("ghost"), "unknown_node");
+}
+
+TEST(PoolHeartbeat, RefusesLostNode) {
+  harness h;
+  h.admit("n1");
+  h.down("n1");
+  EXPECT_REFUSED(h.hb("n1"), "not_connected");
+}
+
+TEST(PoolHeartbeat, RecordsTimeAndMode) {
+  harness h;
+  h.admit("n1");
+  h.now += 300;
+  auto r = h.hb("n1", pb::BUSY);
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);
+  EXPECT_TRUE(r.events.empty());
+  EXPECT_EQ(h.node("n1").last_heartbeat(), h.now);
+  EXPECT_EQ(h.node("n1").mode(), pb::BUSY);
+}
+
+// =============================================================================
+// test results
+// =============================================================================
+
+TEST(PoolTestResult, PassEntersThePool) {
+  harness h;
+  h.reg("n1");
+  h.now += 200;
+  auto r = h.pass("n1");
+  ASSERT_FALSE(r.refused);
+  EXPECT_NE(change_of(r, "n1", pb::TESTING, pb::EPHEMERAL), nullptr);
+  ASSERT_EQ(count_events(r, pb::Event::kTestFinished), 1);
+  for (auto& e : r.events)
+    if (e.has_test_finished()) {
+      EXPECT_TRUE(e.test_finished().passed());
+      EXPECT_EQ(e.test_finished().test_id(), 1u);
+    }
+  auto& n = h.node("n1");
+  EXPECT_EQ(n.state(), pb::EPHEMERAL);
+  EXPECT_EQ(n.passed_at(), h.now);
+  EXPECT_EQ(n.ephemeral_at(), h.now);
+  EXPECT_EQ(n.test_id(), 0u);
+  EXPECT_EQ(n.strikes(), 0u);
+  EXPECT_FALSE(n.last_test_failed());
+  EXPECT_EQ(n.consecutive_passes(), 1u);
+  EXPECT_EQ(h.pool.tests_passed(), 1u);
+  EXPECT_EQ(h.pool.tests_failed(), 0u);
+  EXPECT_EQ(h.count(pb::EPHEMERAL), 1u);
+}
+
+TEST(PoolTestResult, PassMarkIsInclusive) {
+  harness h;  // pass mark 0.6
+  h.reg("a");
+  h.reg("b");
+  h.result("a", 3, 5);
+  h.result("b", 2, 5);
+  EXPECT_EQ(h.state("a"), pb::EPHEMERAL);
+  EXPECT_EQ(h.state("b"), pb::QUARANTINED);
+}
+
+TEST(PoolTestResult, FailQuarantinesWithDoublingBackoffCappedAtMax) {
+  auto p = quiet();
+  p.max_strikes = 10;
+  p.quarantine_backoff_ms = 30000;
+  p.quarantine_backoff_max_ms = 300000;
+  harness h{p};
+  h.reg("n1");
+  const int64_t expected[] = {30000, 60000, 120000, 240000, 300000, 300000,
+                              300000};
+  for (size_t k = 0; k < std::size(expected); ++k) {
+    SCOPED_TRACE("failure " + std::to_string(k + 1));
+    auto r = h.fail("n1");
+    ASSERT_FALSE(r.refused);
+    auto* q = change_of(r, "n1", pb::TESTING, pb::QUARANTINED);
+    ASSERT_NE(q, nullptr);
+    EXPECT_EQ(q->reason(), "failed test");
+    auto& n = h.node("n1");
+    EXPECT_EQ(n.state(), pb::QUARANTINED);
+    EXPECT_EQ(n.quarantine_until(), h.now + expected[k]);
+    EXPECT_EQ(n.strikes(), k + 1);
+    EXPECT_EQ(n.quarantine_count(), k + 1);
+    EXPECT_TRUE(n.last_test_failed());
+    // Still quarantined one millisecond before the backoff has elapsed...
+    auto until = n.quarantine_until();
+    h.now = until - 1;
+    r = h.tick();
+    EXPECT_FALSE(r.changed);
+    EXPECT_EQ(h.state("n1"), pb::QUARANTINED);
+    // ... and retested once it has.
+    h.now = until;
+    r = h.tick();
+    EXPECT_NE(change_of(r, "n1", pb::QUARANTINED, pb::TESTING), nullptr);
+    ASSERT_NE(test_request(r, "n1"), nullptr);
+    EXPECT_EQ(test_request(r, "n1")->kind(), pb::RETEST);
+  }
+  EXPECT_EQ(h.pool.tests_failed(), std::size(expected));
+}
+
+TEST(PoolTestResult, RetiredAfterMaxStrikes) {
+  harness h;  // max_strikes 5
+  h.reg("n1");
+  for (uint32_t k = 1; k <= 5; ++k) {
+    auto r = h.fail("n1");
+    if (k < 5) {
+      ASSERT_EQ(h.state("n1"), pb::QUARANTINED);
+      h.now = h.node("n1").quarantine_until();
+      h.tick();
+      ASSERT_EQ(h.state("n1"), pb::TESTING);
+    } else {
+      auto* x = change_of(r, "n1", pb::TESTING, pb::RETIRED);
+      ASSERT_NE(x, nullptr);
+      EXPECT_NE(x->reason().find("retired after 5 strikes"), std::string::npos)
+        << x->reason();
+    }
+  }
+  EXPECT_EQ(h.state("n1"), pb::RETIRED);
+  EXPECT_EQ(h.count(pb::RETIRED), 1u);
+  EXPECT_EQ(h.count(pb::QUARANTINED), 0u);
+}
+
+TEST(PoolTestResult, PassResetsStrikesAndBackoff) {
+  harness h;
+  h.reg("n1");
+  h.fail("n1");
+  h.now = h.node("n1").quarantine_until();
+  h.tick();
+  h.fail("n1");
+  EXPECT_EQ(h.node("n1").quarantine_until() - h.now, 60000);
+  h.now = h.node("n1").quarantine_until();
+  h.tick();
+  h.pass("n1");
+  EXPECT_EQ(h.node("n1").strikes(), 0u);
+  EXPECT_FALSE(h.node("n1").last_test_failed());
+  h.reg("n1");
+  h.fail("n1");
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
+  EXPECT_EQ(h.node("n1").quarantine_until() - h.now, 30000);
+}
+
+TEST(PoolTestResult, RefusesStaleTest) {
+  harness h;
+  h.reg("n1");
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 99, 5, 5)), "stale_test");
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 0, 5, 5)), "stale_test");
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+}
+
+TEST(PoolTestResult, RefusesResultAfterDeadlineButAcceptsAtIt) {
+  harness h;
+  h.reg("late");
+  h.reg("ontime");
+  auto deadline = h.node("late").test_deadline();
+  EXPECT_EQ(deadline, 1000 + h.pool.config().test_deadline_ms);
+  h.now = deadline;
+  EXPECT_ACCEPTED(h.pass("ontime"));
+  h.now = deadline + 1;
+  EXPECT_REFUSED(h.pass("late"), "after_deadline");
+  EXPECT_EQ(h.state("late"), pb::TESTING);
+  EXPECT_EQ(h.state("ontime"), pb::EPHEMERAL);
+}
+
+TEST(PoolTestResult, RefusesBadResult) {
+  harness h;
+  h.reg("n1");
+  EXPECT_REFUSED(h.result("n1", 0, 0), "bad_result");
+  EXPECT_REFUSED(h.result("n1", 6, 5), "bad_result");
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+}
+
+TEST(PoolTestResult, RefusesWithoutTestInFlight) {
+  harness h;
+  h.admit("n1");
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "no_test_in_flight");
+  h.reg("n2");
+  h.fail("n2");
+  EXPECT_REFUSED(h.apply(result_cmd("n2", 2, 5, 5)), "no_test_in_flight");
+  h.down("n1");
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "no_test_in_flight");
+}
+
+TEST(PoolTestResult, RefusesUnknownNode) {
+  harness h;
+  EXPECT_REFUSED(h.apply(result_cmd("ghost", 1, 5, 5)), "unknown_node");
+}
+
+// =============================================================================
+// levels and reputation
+// =============================================================================
+
+TEST(PoolLevels, PromotedAfterConsecutivePassesUpToMax) {
+  auto p = quiet();
+  p.promote_after = 3;
+  p.max_level = 2;
+  harness h{p};
+  for (uint32_t i = 1; i <= 10; ++i) {
+    auto r = h.reg("n1");
+    ASSERT_NE(test_request(r, "n1"), nullptr);
+    // The test is asked at the node's current level.
+    EXPECT_EQ(test_request(r, "n1")->level(), std::min((i - 1) / 3, 2u));
+    h.pass("n1");
+    EXPECT_EQ(h.node("n1").level(), std::min(i / 3, 2u)) << "after pass " << i;
+    EXPECT_EQ(h.node("n1").consecutive_passes(), i);
+  }
+}
+
+TEST(PoolLevels, DemotedOnFailedTestAndOnBrokenTask) {
+  auto p = quiet();
+  p.promote_after = 1;
+  harness h{p};
+  h.admit("n1");
+  h.reg("n1");
+  h.pass("n1");
+  h.reg("n1");
+  h.pass("n1");
+  ASSERT_EQ(h.node("n1").level(), 3u);
+  h.reg("n1");
+  h.fail("n1");
+  EXPECT_EQ(h.node("n1").level(), 2u);
+  EXPECT_EQ(h.node("n1").consecutive_passes(), 0u);
+  h.now = h.node("n1").quarantine_until();
+  h.tick();
+  h.pass("n1");
+  EXPECT_EQ(h.node("n1").level(), 3u);
+  // A node that breaks a task is demoted too (quarantine path).
+  h.admit("n2");
+  h.admit("n3");
+  h.submit("s1", "m", 1, 1);
+  auto holder = h.session("s1").nodes(0);
+  auto before = h.node(holder).level();
+  h.task("s1", {{holder, pb::TIMEOUT}});
+  EXPECT_EQ(h.state(holder), pb::QUARANTINED);
+  EXPECT_EQ(h.node(holder).level(), before - 1);
+  // Level 0 stays at 0.
+  h.reg("z");
+  h.fail("z");
+  EXPECT_EQ(h.node("z").level(), 0u);
+}
+
+TEST(PoolReputation, IsAnEwmaOfOutcomes) {
+  auto p = quiet();
+  p.reputation_alpha = 0.25;
+  p.recent_size = 3;
+  harness h{p};
+  double expect = 0.5;
+  auto step = [&](bool good) { expect = 0.75 * expect + 0.25 * (good ? 1 : 0); };
+  h.reg("n1");
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), 0.5);
+  h.pass("n1");
+  step(true);
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), expect);
+  h.reg("n1");
+  h.fail("n1");
+  step(false);
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), expect);
+  h.now = h.node("n1").quarantine_until();
+  h.tick();
+  h.pass("n1");
+  step(true);
+  h.reg("n1");
+  h.pass("n1");
+  step(true);
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), expect);
+  // The ring buffer keeps the last recent_size outcomes, newest last.
+  auto& rec = h.node("n1").recent();
+  ASSERT_EQ(rec.size(), 3);
+  EXPECT_FALSE(rec[0]);
+  EXPECT_TRUE(rec[1]);
+  EXPECT_TRUE(rec[2]);
+  // Task outcomes count too: OK up, OUTLIER down.
+  h.submit("s1");
+  h.task("s1", {{"n1", pb::OK}});
+  step(true);
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), expect);
+  h.task("s1", {{"n1", pb::OUTLIER}});
+  step(false);
+  EXPECT_DOUBLE_EQ(h.node("n1").reputation(), expect);
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);  // an outlier is not thrown out
+}
+
+TEST(PoolReputation, BrokenTaskIsRecordedOnce) {
+  // One TIMEOUT is one bad outcome: one EWMA step and one ring-buffer entry.
+  auto p = quiet();
+  p.reputation_alpha = 0.1;
+  harness h{p};
+  h.admit("n1");
+  h.admit("n2");
+  h.admit("n3");
+  h.submit("s1", "m", 1, 1);
+  auto id = h.session("s1").nodes(0);
+  auto rep = h.node(id).reputation();
+  auto recent = h.node(id).recent_size();
+  h.task("s1", {{id, pb::MISMATCH}});
+  ASSERT_EQ(h.state(id), pb::QUARANTINED);
+  EXPECT_DOUBLE_EQ(h.node(id).reputation(), 0.9 * rep);
+  EXPECT_EQ(h.node(id).recent_size(), recent + 1);
+}
+
+// =============================================================================
+// sessions: submission
+// =============================================================================
+
+TEST(PoolSubmit, AcceptsAndQueuesWithDefaults) {
+  harness h;  // min 1, max 3, redundancy 3
+  pb::Command c;
+  c.mutable_submit_session()->set_session_id("s1");
+  auto r = h.apply(c);
+  ASSERT_FALSE(r.refused);
+  ASSERT_EQ(r.events.size(), 1u);
+  ASSERT_TRUE(r.events[0].has_session_accepted());
+  EXPECT_EQ(r.events[0].session_accepted().session_id(), "s1");
+  auto& s = h.session("s1");
+  EXPECT_EQ(s.state(), pb::QUEUED);
+  EXPECT_EQ(s.min_nodes(), 1u);
+  EXPECT_EQ(s.max_nodes(), 3u);
+  EXPECT_EQ(s.redundancy(), 3u);
+  EXPECT_EQ(s.max_tasks(), 1u);
+  EXPECT_EQ(s.seq(), 1u);
+  EXPECT_EQ(s.submitted_at(), 1000);
+  EXPECT_EQ(h.pool.session_counts()[pb::QUEUED], 1u);
+  // A min_nodes above the default max widens max; redundancy follows.
+  pb::Command c2;
+  c2.mutable_submit_session()->set_session_id("s2");
+  c2.mutable_submit_session()->set_min_nodes(5);
+  h.apply(c2);
+  EXPECT_EQ(h.session("s2").max_nodes(), 5u);
+  EXPECT_EQ(h.session("s2").redundancy(), 3u);
+  EXPECT_EQ(h.session("s2").seq(), 2u);
+}
+
+TEST(PoolSubmit, RefusesBadSubmissions) {
+  harness h;
+  EXPECT_REFUSED(h.submit(""), "bad_session_id");
+  EXPECT_REFUSED(h.submit("white space"), "bad_session_id");
+  EXPECT_REFUSED(h.submit(std::string(129, 's')), "bad_session_id");
+  EXPECT_ACCEPTED(h.submit("s1"));
+  EXPECT_REFUSED(h.submit("s1"), "duplicate_session");
+  EXPECT_REFUSED(h.submit("s2", "m", 3, 2), "bad_session_shape");
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 2, 3), "bad_session_shape");
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 65), "bad_session_shape");
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 6), "bad_level");
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 0, -1), "bad_reserve_period");
+  EXPECT_EQ(h.pool.sessions().size(), 1u);
+  EXPECT_ACCEPTED(h.submit("s2", "m", 1, 64, 0, 1, 5, 10));
+  EXPECT_EQ(h.session("s2").seq(), 2u);  // refusals used no sequence number
+}
+
+// =============================================================================
+// sessions: reservation
+// =============================================================================
+
+TEST(PoolReservation, RespectsModel) {
+  harness h;
+  h.admit("a", {"llama"});
+  h.admit("b", {"mistral", "qwen"});
+  auto r = h.submit("s1", "qwen");
+  EXPECT_EQ(reserved_in(r, "s1"), std::vector<std::string>{"b"});
+  EXPECT_EQ(h.state("a"), pb::EPHEMERAL);
+  h.submit("s2", "phi");
+  EXPECT_EQ(h.sstate("s2"), pb::QUEUED);
+  // No model asked: any node will do.
+  h.submit("s3", "");
+  EXPECT_EQ(nodes_of(h.session("s3")), std::vector<std::string>{"a"});
+}
+
+TEST(PoolReservation, RespectsMinLevel) {
+  auto p = quiet();
+  p.promote_after = 2;
+  harness h{p};
+  h.admit("low");
+  h.admit("high");
+  h.reg("high");
+  h.pass("high");
+  ASSERT_EQ(h.node("low").level(), 0u);
+  ASSERT_EQ(h.node("high").level(), 1u);
+  h.submit("s1", "m", 1, 3, 0, 10, /*min_level*/ 1);
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"high"});
+  h.submit("s2", "m", 1, 1, 0, 10, 2);
+  EXPECT_EQ(h.sstate("s2"), pb::QUEUED);
+  EXPECT_EQ(h.state("low"), pb::EPHEMERAL);
+}
+
+TEST(PoolReservation, WaitsForMinNodesAndTakesAtMostMax) {
+  harness h;
+  h.admit("n1");
+  h.submit("big", "m", 2, 2, 2);
+  EXPECT_EQ(h.sstate("big"), pb::QUEUED);
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  h.reg("n2");
+  auto r = h.pass("n2");
+  auto* st = start_of(r, "big");
+  ASSERT_NE(st, nullptr);
+  EXPECT_EQ(st->nodes_size(), 2);
+  EXPECT_EQ(st->redundancy(), 2u);
+  EXPECT_EQ(h.sstate("big"), pb::ACTIVE);
+  EXPECT_EQ(h.session("big").started_at(), h.now);
+
+  for (auto id : {"a", "b", "c", "d", "e"})
+    h.admit(id);
+  h.submit("two", "m", 1, 2, 2);
+  EXPECT_EQ(h.session("two").nodes_size(), 2);
+  EXPECT_EQ(h.count(pb::EPHEMERAL), 3u);
+  EXPECT_EQ(h.count(pb::RESERVED), 4u);
+}
+
+TEST(PoolReservation, RespectsNodeMode) {
+  harness h;
+  h.admit("n1");
+  h.hb("n1", pb::BUSY);
+  h.submit("s1");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.hb("n1", pb::DRAINING);
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  auto r = h.hb("n1", pb::AVAILABLE);
+  EXPECT_NE(start_of(r, "s1"), nullptr);
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+  EXPECT_EQ(h.node("n1").session_id(), "s1");
+  EXPECT_EQ(h.node("n1").reserved_at(), h.now);
+}
+
+TEST(PoolReservation, QueueIsFifo) {
+  harness h;
+  h.submit("first");
+  h.submit("second");
+  h.admit("n1");
+  EXPECT_EQ(h.sstate("first"), pb::ACTIVE);
+  EXPECT_EQ(h.sstate("second"), pb::QUEUED);
+  h.admit("n2");
+  EXPECT_EQ(h.sstate("second"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h.session("second")), std::vector<std::string>{"n2"});
+}
+
+TEST(PoolReservation, UnservableSessionDoesNotBlockLaterOnes) {
+  harness h;
+  h.submit("wants-x", "x");
+  h.submit("wants-two", "m", 2, 2, 2);
+  h.submit("wants-m", "m");
+  h.admit("n1", {"m"});
+  EXPECT_EQ(h.sstate("wants-x"), pb::QUEUED);
+  EXPECT_EQ(h.sstate("wants-two"), pb::QUEUED);
+  EXPECT_EQ(h.sstate("wants-m"), pb::ACTIVE);
+  h.admit("n2", {"x"});
+  EXPECT_EQ(h.sstate("wants-x"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h.session("wants-x")), std::vector<std::string>{"n2"});
+}
+
+TEST(PoolReservation, ActiveSessionsAreToppedUpFirst) {
+  harness h;
+  h.submit("s1", "m", 1, 3, 3);
+  h.admit("n1");
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h.session("s1").nodes_size(), 1);
+  h.submit("s2", "m", 1, 1);
+  h.reg("n2");
+  auto r = h.pass("n2");
+  EXPECT_EQ(reserved_in(r, "s1"), std::vector<std::string>{"n2"});
+  EXPECT_EQ(start_of(r, "s1"), nullptr);  // already running
+  EXPECT_EQ(h.sstate("s2"), pb::QUEUED);
+  h.admit("n3");
+  EXPECT_EQ(h.session("s1").nodes_size(), 3);
+  h.admit("n4");  // s1 has its redundancy now: s2 gets n4
+  EXPECT_EQ(h.session("s1").nodes_size(), 3);
+  EXPECT_EQ(nodes_of(h.session("s2")), std::vector<std::string>{"n4"});
+}
+
+// =============================================================================
+// sessions: tasks
+// =============================================================================
+
+class PoolTask : public ::testing::Test {
+protected:
+  void start(params p, int nodes, uint32_t max_tasks = 10) {
+    h = std::make_unique<harness>(p);
+    for (int i = 1; i <= nodes; ++i)
+      h->admit("n" + std::to_string(i));
+    h->submit("s1", "m", 1, nodes, nodes, max_tasks);
+    ASSERT_EQ(h->sstate("s1"), pb::ACTIVE);
+    ASSERT_EQ(h->session("s1").nodes_size(), nodes);
+  }
+  std::unique_ptr<harness> h;
+};
+
+TEST_F(PoolTask, OkCountsTask) {
+  start(quiet(), 3);
+  h->now += 50;
+  auto r = h->task("s1", {{"n1", pb::OK}, {"n2", pb::OK}, {"n3", pb::OK}});
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(h->session("s1").tasks_done(), 1u);
+  EXPECT_EQ(h->session("s1").last_activity(), h->now);
+  for (auto id : {"n1", "n2", "n3"}) {
+    EXPECT_EQ(h->node(id).tasks_served(), 1u);
+    EXPECT_EQ(h->state(id), pb::RESERVED);
+  }
+}
+
+TEST_F(PoolTask, RefusesBadTaskReports) {
+  start(quiet(), 2);
+  h->admit("other");
+  h->submit("s2", "m", 1, 1);
+  ASSERT_EQ(h->node("other").session_id(), "s2");
+  h->submit("queued", "zz");
+  EXPECT_REFUSED(h->apply(task_cmd("ghost", 0, {{"n1", pb::OK}})),
+                 "unknown_session");
+  EXPECT_REFUSED(h->apply(task_cmd("queued", 0, {{"n1", pb::OK}})),
+                 "session_not_active");
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 1, {{"n1", pb::OK}})), "stale_task");
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 0, {})), "no_outcomes");
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 0, {{"zz", pb::OK}})),
+                 "node_not_in_session");
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 0, {{"other", pb::OK}})),
+                 "node_not_in_session");
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 0, {{"n1", pb::OK}, {"n1", pb::OK}})),
+                 "node_not_in_session");
+  // A half-valid report changes nothing either.
+  EXPECT_REFUSED(
+    h->apply(task_cmd("s1", 0, {{"n1", pb::TIMEOUT}, {"zz", pb::OK}})),
+    "node_not_in_session");
+  EXPECT_EQ(h->state("n1"), pb::RESERVED);
+  EXPECT_ACCEPTED(h->apply(task_cmd("s1", 0, {{"n1", pb::OK}})));
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 0, {{"n1", pb::OK}})), "stale_task");
+}
+
+TEST_F(PoolTask, TimeoutQuarantinesTheNodeAndSessionGoesOn) {
+  start(quiet(), 3);  // 3 alive, panic share 0.5: one quarantine allowed
+  auto r = h->task("s1", {{"n1", pb::OK}, {"n2", pb::OK}, {"n3", pb::TIMEOUT}});
+  auto* q = change_of(r, "n3", pb::RESERVED, pb::QUARANTINED);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->reason(), "task timeout");
+  auto& n3 = h->node("n3");
+  EXPECT_EQ(n3.session_id(), "");
+  EXPECT_EQ(n3.strikes(), 1u);
+  EXPECT_TRUE(n3.last_test_failed());
+  EXPECT_EQ(n3.quarantine_until(), h->now + h->pool.config().quarantine_backoff_ms);
+  EXPECT_EQ(h->sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h->session("s1")), (std::vector<std::string>{"n1", "n2"}));
+  // Once its quarantine is over, the node must pass a test again.
+  h->now = n3.quarantine_until();
+  h->tick();
+  EXPECT_EQ(h->state("n3"), pb::TESTING);
+}
+
+TEST_F(PoolTask, MismatchQuarantinesAndLastNodeRequeuesSession) {
+  start(quiet(), 1);
+  h->admit("spare1");
+  h->admit("spare2");
+  h->hb("spare1", pb::BUSY);
+  h->hb("spare2", pb::BUSY);
+  auto r = h->task("s1", {{"n1", pb::MISMATCH}});
+  auto* q = change_of(r, "n1", pb::RESERVED, pb::QUARANTINED);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->reason(), "reveal did not match hash");
+  EXPECT_EQ(h->sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h->session("s1").tasks_done(), 1u);
+  // A new node picks up where it stopped.
+  r = h->hb("spare1");
+  auto* st = start_of(r, "s1");
+  ASSERT_NE(st, nullptr);
+  EXPECT_EQ(st->tasks_done(), 1u);
+}
+
+TEST_F(PoolTask, PanicGuardRevalidatesInsteadOfQuarantiningPastTheShare) {
+  start(quiet(), 3);  // share 0.5 of 3 alive nodes: 1.5
+  auto r = h->task("s1",
+                   {{"n1", pb::TIMEOUT}, {"n2", pb::TIMEOUT}, {"n3", pb::MISMATCH}});
+  ASSERT_FALSE(r.refused);
+  EXPECT_EQ(h->state("n1"), pb::QUARANTINED);
+  EXPECT_EQ(h->state("n2"), pb::REVALIDATING);
+  EXPECT_EQ(h->state("n3"), pb::REVALIDATING);
+  ASSERT_NE(release_of(r, "n2"), nullptr);
+  EXPECT_EQ(release_of(r, "n2")->reason(), "task failure (panic guard)");
+  EXPECT_EQ(h->count(pb::QUARANTINED), 1u);
+  EXPECT_EQ(h->sstate("s1"), pb::QUEUED);
+  // Nodes released by the guard still must pass before they serve again.
+  EXPECT_EQ(h->node("n2").test_kind(), pb::REVALIDATION);
+  h->pass("n2");
+  EXPECT_EQ(h->sstate("s1"), pb::ACTIVE);
+}
+
+TEST_F(PoolTask, PanicGuardCountsNodesAlreadyQuarantined) {
+  auto p = quiet();
+  p.panic_share = 0.5;
+  start(p, 2);
+  h->reg("x1");
+  h->fail("x1");
+  h->reg("x2");
+  h->fail("x2");  // 4 alive, 2 quarantined: the share is used up
+  h->task("s1", {{"n1", pb::TIMEOUT}});
+  EXPECT_EQ(h->state("n1"), pb::REVALIDATING);
+  EXPECT_EQ(h->count(pb::QUARANTINED), 2u);
+}
+
+TEST_F(PoolTask, ReleasedIntoRevalidationAfterTasksBeforeRelease) {
+  auto p = quiet();
+  p.tasks_before_release = 2;
+  start(p, 1);
+  h->task("s1", {{"n1", pb::OK}});
+  EXPECT_EQ(h->state("n1"), pb::RESERVED);
+  h->now += 10;
+  auto r = h->task("s1", {{"n1", pb::OUTLIER}});
+  auto* rel = release_of(r, "n1");
+  ASSERT_NE(rel, nullptr);
+  EXPECT_EQ(rel->reason(), "tasks_before_release");
+  EXPECT_EQ(rel->session_id(), "s1");
+  EXPECT_NE(change_of(r, "n1", pb::RESERVED, pb::REVALIDATING), nullptr);
+  ASSERT_NE(test_request(r, "n1"), nullptr);
+  EXPECT_EQ(test_request(r, "n1")->kind(), pb::REVALIDATION);
+  auto& n = h->node("n1");
+  EXPECT_EQ(n.tasks_served(), 0u);
+  EXPECT_EQ(n.released_at(), h->now);
+  EXPECT_EQ(n.reset_at(), h->now);
+  EXPECT_EQ(h->sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h->session("s1").tasks_done(), 2u);
+  // Re-validated, it serves the session again.
+  h->now += 10;
+  r = h->pass("n1");
+  EXPECT_NE(change_of(r, "n1", pb::REVALIDATING, pb::EPHEMERAL), nullptr);
+  EXPECT_EQ(h->sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h->node("n1").session_id(), "s1");
+}
+
+TEST_F(PoolTask, CompletesAtMaxTasks) {
+  start(quiet(), 2, /*max_tasks*/ 2);
+  h->task("s1", {{"n1", pb::OK}, {"n2", pb::OK}});
+  EXPECT_EQ(h->sstate("s1"), pb::ACTIVE);
+  h->now += 5;
+  auto r = h->task("s1", {{"n1", pb::OK}, {"n2", pb::OUTLIER}});
+  auto* e = end_of(r, "s1");
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state(), pb::COMPLETED);
+  EXPECT_EQ(h->sstate("s1"), pb::COMPLETED);
+  EXPECT_EQ(h->session("s1").ended_at(), h->now);
+  EXPECT_EQ(h->session("s1").nodes_size(), 0);
+  for (auto id : {"n1", "n2"}) {
+    EXPECT_EQ(h->state(id), pb::REVALIDATING);
+    ASSERT_NE(release_of(r, id), nullptr);
+    EXPECT_EQ(release_of(r, id)->reason(), "session ended");
+  }
+  EXPECT_REFUSED(h->apply(task_cmd("s1", 2, {{"n1", pb::OK}})),
+                 "session_not_active");
+  EXPECT_EQ(h->pool.session_counts()[pb::COMPLETED], 1u);
+}
+
+TEST_F(PoolTask, LastTaskBrokenStillCompletes) {
+  start(quiet(), 2, 1);
+  h->task("s1", {{"n1", pb::TIMEOUT}, {"n2", pb::OK}});
+  EXPECT_EQ(h->sstate("s1"), pb::COMPLETED);
+  EXPECT_EQ(h->state("n1"), pb::QUARANTINED);
+  EXPECT_EQ(h->state("n2"), pb::REVALIDATING);
+}
+
+// =============================================================================
+// sessions: end
+// =============================================================================
+
+TEST(PoolEndSession, CompletesOrFailsAndReleases) {
+  harness h;
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("ok");
+  h.submit("bad");
+  auto r = h.end("ok");
+  ASSERT_FALSE(r.refused);
+  EXPECT_EQ(h.sstate("ok"), pb::COMPLETED);
+  r = h.end("bad", true, "client disconnected");
+  ASSERT_NE(end_of(r, "bad"), nullptr);
+  EXPECT_EQ(end_of(r, "bad")->state(), pb::FAILED);
+  EXPECT_EQ(end_of(r, "bad")->reason(), "client disconnected");
+  EXPECT_EQ(h.session("bad").reason(), "client disconnected");
+  EXPECT_EQ(h.state("n1"), pb::REVALIDATING);
+  EXPECT_EQ(h.state("n2"), pb::REVALIDATING);
+}
+
+TEST(PoolEndSession, EndsQueuedSessionSoItIsNeverStarted) {
+  harness h;
+  h.submit("s1");
+  h.end("s1", true, "cancelled");
+  EXPECT_EQ(h.sstate("s1"), pb::FAILED);
+  h.admit("n1");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  EXPECT_EQ(h.sstate("s1"), pb::FAILED);
+}
+
+TEST(PoolEndSession, Refusals) {
+  harness h;
+  h.submit("s1");
+  EXPECT_REFUSED(h.end("ghost"), "unknown_session");
+  EXPECT_REFUSED(h.end("s1", true, ""), "no_reason");
+  h.end("s1");
+  EXPECT_REFUSED(h.end("s1"), "session_ended");
+  EXPECT_REFUSED(h.end("s1", true, "again"), "session_ended");
+}
+
+// =============================================================================
+// node down
+// =============================================================================
+
+TEST(PoolNodeDown, ReservedNodeIsLostAndSessionKeepsTheRest) {
+  harness h;
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 1, 2, 2);
+  h.now += 10;
+  auto r = h.down("n1", "connection reset");
+  auto* x = change_of(r, "n1", pb::RESERVED, pb::LOST);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "connection reset");
+  EXPECT_EQ(h.node("n1").session_id(), "");
+  EXPECT_EQ(h.node("n1").reset_at(), h.now);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"n2"});
+  r = h.down("n2");
+  x = change_of(r, "n2", pb::RESERVED, pb::LOST);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "node down");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h.count(pb::LOST), 2u);
+}
+
+TEST(PoolNodeDown, AnyLiveStateGoesLost) {
+  harness h;
+  h.reg("testing");
+  h.reg("quarantined");
+  h.fail("quarantined");
+  h.admit("ephemeral");
+  for (auto id : {"testing", "quarantined", "ephemeral"}) {
+    auto before = h.state(id);
+    auto r = h.down(id);
+    EXPECT_NE(change_of(r, id, before, pb::LOST), nullptr) << id;
+    EXPECT_EQ(h.node(id).test_id(), 0u);
+  }
+}
+
+TEST(PoolNodeDown, Refusals) {
+  harness h;
+  EXPECT_REFUSED(h.down("ghost"), "unknown_node");
+  h.admit("n1");
+  h.down("n1");
+  EXPECT_REFUSED(h.down("n1"), "not_connected");
+}
+
+// =============================================================================
+// tick
+// =============================================================================
+
+TEST(PoolTick, NothingToDoChangesNothing) {
+  harness h;
+  auto r = h.tick();
+  EXPECT_FALSE(r.changed);
+  EXPECT_TRUE(r.events.empty());
+  h.admit("n1");
+  h.now += 100;
+  r = h.tick();
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(h.pool.last_now(), 1000);
+}
+
+TEST(PoolTick, MissedHeartbeatLosesNode) {
+  auto p = quiet();
+  p.heartbeat_interval_ms = 1000;
+  p.heartbeat_timeout_ms = 5000;
+  harness h{p};
+  h.admit("silent");
+  h.submit("s1");
+  ASSERT_EQ(h.state("silent"), pb::RESERVED);
+  h.admit("talker");
+  h.reg("q");
+  h.fail("q");
+  h.now = 4000;
+  h.hb("talker");
+  h.now = 6000;  // exactly the timeout for silent and q: still alive
+  EXPECT_FALSE(h.tick().changed);
+  h.now = 6001;
+  auto r = h.tick();
+  auto* x = change_of(r, "silent", pb::RESERVED, pb::LOST);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "heartbeat missed");
+  EXPECT_NE(change_of(r, "q", pb::QUARANTINED, pb::LOST), nullptr);
+  EXPECT_EQ(h.state("talker"), pb::RESERVED);  // took over s1
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"talker"});
+  h.now = 9001;
+  h.tick();
+  EXPECT_EQ(h.state("talker"), pb::LOST);
+}
+
+TEST(PoolTick, TestDeadlineFailsTheTest) {
+  harness h;
+  h.reg("n1");
+  h.admit("r1");
+  h.submit("s1", "m", 1, 1, 0, 1);
+  h.task("s1", {{"r1", pb::OK}});
+  ASSERT_EQ(h.state("r1"), pb::REVALIDATING);
+  auto deadline = h.node("n1").test_deadline();
+  ASSERT_EQ(h.node("r1").test_deadline(), deadline);
+  h.now = deadline;
+  EXPECT_FALSE(h.tick().changed);
+  h.now = deadline + 1;
+  auto r = h.tick();
+  EXPECT_NE(change_of(r, "n1", pb::TESTING, pb::QUARANTINED), nullptr);
+  auto* x = change_of(r, "r1", pb::REVALIDATING, pb::QUARANTINED);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "test deadline passed");
+  EXPECT_EQ(count_events(r, pb::Event::kTestFinished), 2);
+  EXPECT_EQ(h.pool.tests_failed(), 2u);
+}
+
+TEST(PoolTick, QuarantineExpiryStartsRetest) {
+  harness h;
+  h.reg("n1");
+  h.fail("n1");
+  h.now = h.node("n1").quarantine_until();
+  auto r = h.tick();
+  auto* x = change_of(r, "n1", pb::QUARANTINED, pb::TESTING);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "retest");
+  EXPECT_EQ(h.node("n1").test_kind(), pb::RETEST);
+  h.pass("n1");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+TEST(PoolTick, EphemeralWindowExpiryStartsRetest) {
+  auto p = quiet();
+  p.ephemeral_window_ms = 10000;
+  harness h{p};
+  h.admit("n1");
+  h.now = 1000 + 10000;
+  EXPECT_FALSE(h.tick().changed);
+  h.now += 1;
+  auto r = h.tick();
+  EXPECT_NE(change_of(r, "n1", pb::EPHEMERAL, pb::TESTING), nullptr);
+  ASSERT_NE(test_request(r, "n1"), nullptr);
+  EXPECT_EQ(test_request(r, "n1")->kind(), pb::RETEST);
+  h.pass("n1");
+  EXPECT_EQ(h.node("n1").ephemeral_at(), h.now);
+}
+
+TEST(PoolTick, ExpiredEphemeralNodeIsNotReservedBeforeTheTick) {
+  // I2: a node whose ephemeral window ran out is not handed to a session,
+  // even when a command other than a tick arrives first.
+  auto p = quiet();
+  p.ephemeral_window_ms = 10000;
+  harness h{p};
+  h.admit("n1");
+  h.now = 1000 + 10000;  // last valid moment
+  h.submit("edge");
+  EXPECT_EQ(h.sstate("edge"), pb::ACTIVE);
+  h.end("edge");
+  h.pass("n1");  // re-validated at 11000
+  h.now = 11000 + 10001;
+  h.submit("late");
+  EXPECT_EQ(h.sstate("late"), pb::QUEUED);
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  h.tick();
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  h.pass("n1");
+  EXPECT_EQ(h.sstate("late"), pb::ACTIVE);
+}
+
+TEST(PoolTick, ReservePeriodReleasesNode) {
+  auto p = quiet();
+  p.reserve_period_ms = 3000;
+  p.idle_threshold_ms = 1'000'000;
+  harness h{p};
+  h.admit("a");
+  h.admit("b");
+  h.submit("own", "m", 1, 1, 0, 10, 0, /*period*/ 2000);
+  h.submit("dflt", "m", 1, 1);
+  auto own = h.session("own").nodes(0);
+  auto dflt = h.session("dflt").nodes(0);
+  h.now = 1000 + 2000;
+  EXPECT_FALSE(h.tick().changed);
+  h.now += 1;
+  auto r = h.tick();
+  ASSERT_NE(release_of(r, own), nullptr);
+  EXPECT_EQ(release_of(r, own)->reason(), "reserve_period");
+  EXPECT_EQ(h.state(own), pb::REVALIDATING);
+  EXPECT_EQ(h.state(dflt), pb::RESERVED);
+  EXPECT_EQ(h.sstate("own"), pb::QUEUED);
+  h.now = 1000 + 3000 + 1;
+  r = h.tick();
+  ASSERT_NE(release_of(r, dflt), nullptr);
+  EXPECT_EQ(h.sstate("dflt"), pb::QUEUED);
+}
+
+TEST(PoolTick, IdleSessionReleasesNodesAndIsRequeued) {
+  auto p = quiet();
+  p.idle_threshold_ms = 5000;
+  harness h{p};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 1, 2, 2);
+  h.now += 2000;
+  h.task("s1", {{"n1", pb::OK}, {"n2", pb::OK}});
+  auto active_at = h.now;
+  h.now = active_at + 5000;
+  EXPECT_FALSE(h.tick().changed);
+  h.now += 1;
+  auto r = h.tick();
+  for (auto id : {"n1", "n2"}) {
+    ASSERT_NE(release_of(r, id), nullptr);
+    EXPECT_EQ(release_of(r, id)->reason(), "idle_threshold");
+    EXPECT_EQ(h.state(id), pb::REVALIDATING);
+  }
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h.session("s1").last_activity(), h.now);
+  EXPECT_EQ(h.session("s1").tasks_done(), 1u);
+}
+
+TEST(PoolTick, QueueTimeoutFailsSession) {
+  auto p = quiet();
+  p.queue_timeout_ms = 10000;
+  harness h{p};
+  h.submit("s1", "none-serves-this");
+  h.now = 1000 + 10000;
+  EXPECT_FALSE(h.tick().changed);
+  h.now += 1;
+  auto r = h.tick();
+  auto* e = end_of(r, "s1");
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state(), pb::FAILED);
+  EXPECT_EQ(h.sstate("s1"), pb::FAILED);
+  EXPECT_EQ(h.session("s1").reason(), "no suitable nodes within queue_timeout");
+}
+
+TEST(PoolTick, RequeuedSessionGetsAFullQueueTimeout) {
+  // A session that ran longer than queue_timeout and then lost its node is
+  // queued again; it has not waited queue_timeout yet and is not failed.
+  auto p = quiet();
+  p.queue_timeout_ms = 10000;
+  p.idle_threshold_ms = 1'000'000;
+  p.reserve_period_ms = 1'000'000;
+  harness h{p};
+  h.admit("n1");
+  h.submit("s1");
+  h.now += 50000;
+  h.task("s1", {{"n1", pb::OK}});
+  h.down("n1");
+  ASSERT_EQ(h.sstate("s1"), pb::QUEUED);
+  auto requeued = h.now;
+  h.now = requeued + 1;
+  h.tick();
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.now = requeued + 10000;
+  h.tick();
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.now = requeued + 10001;
+  h.tick();
+  EXPECT_EQ(h.sstate("s1"), pb::FAILED);
+}
+
+// =============================================================================
+// recover
+// =============================================================================
+
+TEST(PoolRecover, MakesEverythingInFlightSafe) {
+  auto p = quiet();
+  p.max_strikes = 2;
+  harness h{p};
+  h.admit("eph");
+  h.admit("res");
+  h.submit("s1");
+  ASSERT_EQ(h.node("res").state() == pb::RESERVED
+              || h.node("eph").state() == pb::RESERVED,
+            true);
+  auto reserved = h.session("s1").nodes(0);
+  auto idle = reserved == "res" ? "eph" : "res";
+  h.reg("quar");
+  h.fail("quar");
+  h.reg("ret");
+  h.fail("ret");
+  h.now = h.node("ret").quarantine_until();
+  h.tick();  // quar and ret are retested
+  h.fail("ret");
+  ASSERT_EQ(h.state("ret"), pb::RETIRED);
+  h.fail("quar");
+  ASSERT_EQ(h.state("quar"), pb::RETIRED);
+  h.reg("testing");
+  h.reg("q2");
+  h.fail("q2");
+  auto until = h.node("q2").quarantine_until();
+  h.submit("s2", "zz");
+
+  h.now += 100;
+  auto r = h.recover();
+  EXPECT_TRUE(r.changed);
+  for (auto id : {std::string{idle}, reserved, std::string{"testing"}}) {
+    EXPECT_EQ(h.state(id), pb::LOST) << id;
+    EXPECT_EQ(h.node(id).reset_at(), h.now);
+  }
+  auto* x = change_of(r, reserved, pb::RESERVED, pb::LOST);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->reason(), "oracle restart");
+  EXPECT_EQ(h.state("q2"), pb::QUARANTINED);
+  EXPECT_EQ(h.node("q2").quarantine_until(), until);
+  EXPECT_EQ(h.node("q2").last_heartbeat(), h.now);
+  EXPECT_EQ(h.state("ret"), pb::RETIRED);
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h.sstate("s2"), pb::QUEUED);
+  // The node comes back, is tested, and the session resumes.
+  h.reg(reserved);
+  h.pass(reserved);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+}
+
+// =============================================================================
+// empty command
+// =============================================================================
+
+TEST(PoolApply, RefusesEmptyCommand) {
+  harness h;
+  EXPECT_REFUSED(h.apply(pb::Command{}), "empty_command");
+}
+
+TEST(PoolApply, TimeNeverRunsBackwards) {
+  harness h;
+  h.now = 5000;
+  h.reg("n1");
+  h.now = 100;  // a clock jump backwards
+  h.pass("n1");
+  EXPECT_EQ(h.node("n1").passed_at(), 5000);
+  EXPECT_EQ(h.pool.last_now(), 5000);
+}
+
+// =============================================================================
+// randomized command streams
+// =============================================================================
+
+struct rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  uint64_t below(uint64_t n) { return next() % n; }
+  bool chance(int percent) { return below(100) < static_cast<uint64_t>(percent); }
+};
+
+params random_params(uint64_t seed) {
+  params p;
+  p.test_deadline_ms = 2000;
+  p.heartbeat_interval_ms = 1000;
+  p.heartbeat_timeout_ms = 6000;
+  p.ephemeral_window_ms = 20000;
+  p.reserve_period_ms = 9000;
+  p.idle_threshold_ms = 7000;
+  p.queue_timeout_ms = 15000;
+  p.quarantine_backoff_ms = 1000;
+  p.quarantine_backoff_max_ms = 6000;
+  p.max_strikes = 4;
+  p.tasks_before_release = 3;
+  p.promote_after = 2;
+  p.max_level = 3;
+  p.recent_size = 4;
+  p.selection = seed % 2 ? "random" : "reputation";
+  p.seed = seed;
+  return p;
+}
+
+/// Applies `steps` random commands (`seed` picks them) through `h`; when
+/// `trace` is given, appends each command's outcome to it; `on_step` runs
+/// after each step.
+void random_run(harness& h, uint64_t seed, int steps,
+                std::string* trace = nullptr,
+                const std::function<void()>& on_step = {}) {
+  rng r{seed * 0x2545F4914F6CDD1DULL + 17};
+  const int nodes = 8;
+  int next_session = 0;
+  auto node_name = [&] { return "n" + std::to_string(r.below(nodes)); };
+  auto models_of = [](const std::string& id) {
+    int i = id[1] - '0';
+    std::vector<std::string> ms{"m0"};
+    if (i % 2)
+      ms.push_back("m1");
+    if (i % 3 == 0)
+      ms.push_back("m2");
+    return ms;
+  };
+  auto some_session = [&]() -> std::string {
+    if (h.pool.sessions().empty() || r.chance(5))
+      return "s-unknown";
+    auto k = r.below(h.pool.sessions().size());
+    auto it = h.pool.sessions().begin();
+    std::advance(it, k);
+    return it->first;
+  };
+  auto run = [&](const pb::Command& c) {
+    auto res = h.apply(c);
+    if (trace) {
+      *trace += std::to_string(h.now) + " " + c.ShortDebugString() + " -> ";
+      if (res.refused)
+        *trace += "refused " + res.refused->code;
+      for (auto& e : res.events)
+        *trace += bytes_of(e);
+      *trace += "\n";
+    }
+  };
+  for (int step = 0; step < steps && !h.broken; ++step) {
+    auto t = r.below(100);
+    if (t < 30) {
+    } else if (t < 88) {
+      h.now += 1 + static_cast<int64_t>(r.below(800));
+    } else if (t < 97) {
+      h.now += 1000 + static_cast<int64_t>(r.below(8000));
+    } else {
+      h.now += 10000 + static_cast<int64_t>(r.below(30000));
+    }
+    if (r.chance(1))
+      h.now -= static_cast<int64_t>(r.below(300));  // clock jitter
+    auto k = r.below(100);
+    if (k < 9) {
+      auto id = node_name();
+      run(reg_cmd(id, models_of(id), r.chance(4) ? "stolen-key" : ""));
+    } else if (k < 22) {
+      auto mode = r.chance(85) ? pb::AVAILABLE
+                               : (r.chance(50) ? pb::BUSY : pb::DRAINING);
+      run(hb_cmd(node_name(), mode));
+    } else if (k < 28) {
+      // everyone still connected sends a heartbeat
+      std::vector<std::string> live;
+      for (auto& [id, n] : h.pool.nodes())
+        if (n.state() != pb::RETIRED && n.state() != pb::LOST)
+          live.push_back(id);
+      for (auto& id : live)
+        run(hb_cmd(id, pb::AVAILABLE));
+    } else if (k < 50) {
+      std::vector<std::string> testing;
+      for (auto& [id, n] : h.pool.nodes())
+        if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING)
+          testing.push_back(id);
+      std::string id = testing.empty() || r.chance(5)
+                         ? node_name()
+                         : testing[r.below(testing.size())];
+      uint64_t tid = h.pool.node(id) ? h.pool.node(id)->test_id() : 1;
+      if (r.chance(5))
+        tid = tid > 0 ? tid - 1 : 7;
+      uint32_t total = 5, correct = 5;
+      auto q = r.below(100);
+      if (q < 65)
+        correct = 5;
+      else if (q < 75)
+        correct = 3;
+      else if (q < 95)
+        correct = static_cast<uint32_t>(r.below(3));
+      else if (q < 97)
+        total = 0;
+      else
+        correct = 6;
+      run(result_cmd(id, tid, correct, total));
+    } else if (k < 58) {
+      std::string sid = "s" + std::to_string(seed % 100000) + "-"
+                        + std::to_string(next_session++);
+      if (r.chance(3))
+        sid = "";
+      else if (r.chance(3) && !h.pool.sessions().empty())
+        sid = h.pool.sessions().begin()->first;
+      const char* models[] = {"", "m0", "m1", "m2", "mx"};
+      uint32_t mn = 1 + static_cast<uint32_t>(r.below(3));
+      uint32_t mx = mn + static_cast<uint32_t>(r.below(3));
+      uint32_t red = static_cast<uint32_t>(r.below(mx + 1));
+      if (r.chance(4))
+        mn = mx + 1;
+      int64_t period = r.chance(70) ? 0 : 1000 + static_cast<int64_t>(r.below(12000));
+      if (r.chance(3))
+        period = -5;
+      run(submit_cmd(sid, models[r.below(5)], mn, mx, red,
+                     1 + static_cast<uint32_t>(r.below(6)),
+                     static_cast<uint32_t>(r.below(3)), period));
+    } else if (k < 74) {
+      std::vector<std::string> active;
+      for (auto& [id, s] : h.pool.sessions())
+        if (s.state() == pb::ACTIVE)
+          active.push_back(id);
+      std::string sid = active.empty() || r.chance(5)
+                          ? some_session()
+                          : active[r.below(active.size())];
+      auto* s = h.pool.session(sid);
+      uint32_t no = s ? s->tasks_done() : 0;
+      if (r.chance(5))
+        no += 1;
+      outcomes os;
+      if (s)
+        for (auto& nid : s->nodes()) {
+          if (r.chance(10))
+            continue;
+          auto q = r.below(100);
+          auto o = q < 75 ? pb::OK
+                   : q < 85 ? pb::OUTLIER
+                   : q < 93 ? pb::TIMEOUT
+                            : pb::MISMATCH;
+          os.emplace_back(nid, o);
+        }
+      if (r.chance(4))
+        os.emplace_back(node_name(), pb::OK);
+      run(task_cmd(sid, no, os));
+    } else if (k < 78) {
+      bool failed = r.chance(50);
+      run(end_cmd(some_session(), failed,
+                  failed && r.chance(90) ? "client gave up" : ""));
+    } else if (k < 82) {
+      run(down_cmd(node_name(), r.chance(50) ? "actor down" : ""));
+    } else if (k < 98) {
+      run(tick_cmd());
+    } else if (k < 99) {
+      run(recover_cmd());
+    } else {
+      run(pb::Command{});
+    }
+    if (on_step)
+      on_step();
+  }
+}
+
+TEST(PoolRandomized, InvariantsHoldForSeeds1To200) {
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    harness h{random_params(seed)};
+    random_run(h, seed, 400);
+    if (h.broken) {
+      ADD_FAILURE() << "randomized run broke an invariant or a refusal "
+                       "contract with seed "
+                    << seed;
+      break;  // one seed's worth of failures is enough to read
+    }
+  }
+}
+
+TEST(PoolRandomized, RunsExerciseTheWholeLifecycle) {
+  // Guards the generator: the streams above must actually reach every state
+  // and every session outcome, or the invariant test proves little.
+  std::set<int> node_states, session_states;
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    harness h{random_params(seed)};
+    random_run(h, seed, 400, nullptr, [&] {
+      for (auto& [id, n] : h.pool.nodes())
+        node_states.insert(n.state());
+      for (auto& [id, s] : h.pool.sessions())
+        session_states.insert(s.state());
+    });
+  }
+  for (int st = pb::REGISTERED + 1; st <= pb::LOST; ++st)
+    EXPECT_TRUE(node_states.count(st))
+      << "no run reached " << to_string(static_cast<pb::NodeState>(st));
+  for (int st = pb::QUEUED; st <= pb::FAILED; ++st)
+    EXPECT_TRUE(session_states.count(st))
+      << "no run reached " << to_string(static_cast<pb::SessionState>(st));
+}
+
+// =============================================================================
+// determinism, snapshots
+// =============================================================================
+
+TEST(PoolDeterminism, SameCommandsGiveByteIdenticalSnapshots) {
+  for (uint64_t seed : {3u, 4u, 17u, 101u}) {
+    harness a{random_params(seed)}, b{random_params(seed)};
+    std::string ta, tb;
+    random_run(a, seed, 500, &ta);
+    random_run(b, seed, 500, &tb);
+    EXPECT_EQ(ta, tb) << "seed " << seed;
+    EXPECT_EQ(bytes_of(a.pool.snapshot()), bytes_of(b.pool.snapshot()))
+      << "seed " << seed;
+    EXPECT_FALSE(a.pool.sessions().empty());
+  }
+  // And the check can tell runs apart.
+  harness c{random_params(5)}, d{random_params(5)};
+  random_run(c, 5, 300);
+  random_run(d, 6, 300);
+  EXPECT_NE(bytes_of(c.pool.snapshot()), bytes_of(d.pool.snapshot()));
+}
+
+TEST(PoolSnapshot, RoundTripGivesIdenticalLaterBehaviour) {
+  for (uint64_t seed : {7u, 8u, 42u}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    harness a{random_params(seed)};
+    random_run(a, seed, 250);
+    auto snap = a.pool.snapshot();
+    harness b{random_params(seed)};
+    b.restore(snap);
+    b.now = a.now;
+    EXPECT_EQ(bytes_of(b.pool.snapshot()), bytes_of(snap));
+    EXPECT_EQ(b.pool.count_by_state(), a.pool.count_by_state());
+    EXPECT_EQ(b.pool.tests_passed(), a.pool.tests_passed());
+    std::string ta, tb;
+    random_run(a, seed + 1000, 250, &ta);
+    random_run(b, seed + 1000, 250, &tb);
+    EXPECT_EQ(ta, tb);
+    EXPECT_EQ(bytes_of(a.pool.snapshot()), bytes_of(b.pool.snapshot()));
+  }
+}
+
+TEST(PoolSnapshot, RestoreReplacesEverything) {
+  harness a, b;
+  a.admit("n1");
+  a.submit("s1", "zz");
+  b.admit("other");
+  b.submit("x");
+  b.submit("y");
+  b.restore(a.pool.snapshot());
+  EXPECT_EQ(b.pool.node("other"), nullptr);
+  EXPECT_EQ(b.pool.session("x"), nullptr);
+  EXPECT_EQ(b.count(pb::EPHEMERAL), 1u);
+  // The restored queue and pool work: a new node serves the queued session.
+  b.reg("n2", {"zz"});
+  b.pass("n2");
+  EXPECT_EQ(b.sstate("s1"), pb::ACTIVE);
+  b.submit("s2");  // seq continues from the snapshot: no I4 complaint
+  EXPECT_EQ(b.session("s2").seq(), 2u);
+}
+
+// =============================================================================
+// selection strategies
+// =============================================================================
+
+/// A snapshot of EPHEMERAL nodes with the given (id, reputation, level).
+pb::Snapshot pool_of(
+  const std::vector<std::tuple<std::string, double, uint32_t>>& xs,
+  uint64_t seed, int64_t now = 1000) {
+  pb::Snapshot s;
+  s.set_last_now(now);
+  s.set_next_test_id(1);
+  s.set_next_session_seq(1);
+  s.set_rng_state(seed);
+  for (auto& [id, rep, level] : xs) {
+    auto* n = s.add_nodes();
+    n->set_id(id);
+    n->set_public_key("key-" + id);
+    n->add_models("m");
+    n->set_reputation(rep);
+    n->set_level(level);
+    n->set_state(pb::EPHEMERAL);
+    n->set_added_at(now);
+    n->set_reset_at(now);
+    n->set_passed_at(now);
+    n->set_ephemeral_at(now);
+    n->set_last_heartbeat(now);
+  }
+  return s;
+}
+
+std::string first_pick(const std::string& strategy, uint64_t seed,
+                       const pb::Snapshot& snap) {
+  auto p = quiet();
+  p.selection = strategy;
+  p.seed = seed;
+  harness h{p};
+  h.restore(snap);
+  h.submit("s1", "m", 1, 1);
+  return h.session("s1").nodes_size() ? h.session("s1").nodes(0) : "";
+}
+
+TEST(PoolSelection, ReputationPicksBestThenHigherLevel) {
+  auto p = quiet();
+  harness h{p};
+  h.restore(pool_of({{"b", 0.7, 0}, {"a", 0.9, 0}, {"c", 0.8, 0}, {"d", 0.8, 1}},
+                    1));
+  std::vector<std::string> order;
+  for (int i = 0; i < 4; ++i) {
+    auto sid = "s" + std::to_string(i);
+    h.submit(sid, "m", 1, 1);
+    order.push_back(h.session(sid).nodes(0));
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "d", "c", "b"}));
+}
+
+TEST(PoolSelection, ReputationBreaksTiesRandomlyButDeterministically) {
+  auto snap = pool_of({{"t0", 0.6, 1}, {"t1", 0.6, 1}, {"t2", 0.6, 1},
+                       {"t3", 0.6, 1}, {"t4", 0.6, 1}, {"low", 0.5, 1},
+                       {"lowlevel", 0.6, 0}},
+                      0);
+  std::set<std::string> picked;
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    snap.set_rng_state(seed);
+    auto x = first_pick("reputation", seed, snap);
+    EXPECT_EQ(x, first_pick("reputation", seed, snap)) << "seed " << seed;
+    EXPECT_EQ(x.substr(0, 1), "t") << "seed " << seed << " picked " << x;
+    picked.insert(x);
+  }
+  EXPECT_GE(picked.size(), 3u) << "ties are not broken at random";
+}
+
+TEST(PoolSelection, RandomIgnoresReputationAndIsDeterministic) {
+  auto snap = pool_of({{"best", 0.99, 5}, {"mid", 0.5, 1}, {"worst", 0.01, 0},
+                       {"x", 0.3, 0}},
+                      0);
+  std::set<std::string> picked;
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    snap.set_rng_state(seed);
+    auto x = first_pick("random", seed, snap);
+    EXPECT_EQ(x, first_pick("random", seed, snap)) << "seed " << seed;
+    picked.insert(x);
+  }
+  EXPECT_GE(picked.size(), 3u);
+  EXPECT_TRUE(picked.count("worst"));
+}
+
+TEST(PoolSelection, StrategiesDirectly) {
+  std::vector<pb::NodeRecord> ns(5);
+  std::vector<const pb::NodeRecord*> ptrs;
+  for (size_t i = 0; i < ns.size(); ++i) {
+    ns[i].set_id("n" + std::to_string(i));
+    ns[i].set_reputation(0.1 * static_cast<double>(i));
+    ptrs.push_back(&ns[i]);
+  }
+  uint64_t state = 9;
+  auto rnd = [&state] { return state = state * 6364136223846793005ULL + 1; };
+  auto rep = make_selection("reputation");
+  ASSERT_NE(rep, nullptr);
+  EXPECT_EQ(rep->pick(ptrs, 2, rnd), (std::vector<std::string>{"n4", "n3"}));
+  EXPECT_EQ(rep->pick(ptrs, 10, rnd).size(), 5u);
+  EXPECT_TRUE(rep->pick({}, 3, rnd).empty());
+  auto ran = make_selection("random");
+  ASSERT_NE(ran, nullptr);
+  state = 9;
+  auto x = ran->pick(ptrs, 3, rnd);
+  state = 9;
+  EXPECT_EQ(ran->pick(ptrs, 3, rnd), x);
+  EXPECT_EQ(std::set<std::string>(x.begin(), x.end()).size(), 3u);
+  EXPECT_EQ(make_selection("fastest"), nullptr);
+  params p;
+  p.selection = "fastest";
+  EXPECT_THROW(pool_state{p}, std::invalid_argument);
+}
+
+// =============================================================================
+// the invariant checker can fail
+// =============================================================================
+
+/// A valid state: n1 serves s1, n2 serves s2, n3 is in the pool, s3 queued.
+pb::Snapshot valid_state() {
+  harness h;
+  h.admit("n1");
+  h.submit("s1");
+  h.admit("n2");
+  h.submit("s2");
+  h.admit("n3");
+  h.submit("s3", "zz");
+  EXPECT_EQ(h.node("n1").session_id(), "s1");
+  EXPECT_EQ(h.node("n2").session_id(), "s2");
+  EXPECT_EQ(h.state("n3"), pb::EPHEMERAL);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+  return h.pool.snapshot();
+}
+
+pb::NodeRecord* node_in(pb::Snapshot& s, const std::string& id) {
+  for (auto& n : *s.mutable_nodes())
+    if (n.id() == id)
+      return &n;
+  return nullptr;
+}
+
+pb::SessionRecord* session_in(pb::Snapshot& s, const std::string& id) {
+  for (auto& x : *s.mutable_sessions())
+    if (x.id() == id)
+      return &x;
+  return nullptr;
+}
+
+std::vector<violation> check(const pb::Snapshot& s) {
+  pool_state p{quiet()};
+  p.restore(s);
+  return p.check_invariants();
+}
+
+TEST(PoolInvariants, ValidStateHasNoViolations) {
+  EXPECT_TRUE(check(valid_state()).empty());
+}
+
+TEST(PoolInvariants, DetectsI1NodeListedByTwoSessions) {
+  auto s = valid_state();
+  session_in(s, "s2")->add_nodes("n1");
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I1")) << describe(vs);
+}
+
+TEST(PoolInvariants, DetectsI1ReservedNodeWithoutSession) {
+  auto s = valid_state();
+  auto* n = node_in(s, "n3");
+  n->set_state(pb::RESERVED);
+  n->set_session_id("nobody");
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I1")) << describe(vs);
+}
+
+TEST(PoolInvariants, DetectsI2ReservedWithoutFreshPass) {
+  auto s = valid_state();
+  auto* n = node_in(s, "n1");
+  n->set_reset_at(n->passed_at() + 1);
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I2")) << describe(vs);
+  s = valid_state();
+  n = node_in(s, "n2");
+  n->set_ephemeral_at(n->reserved_at() - quiet().ephemeral_window_ms - 1);
+  vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I2")) << describe(vs);
+}
+
+TEST(PoolInvariants, DetectsI3FailedNodeInPool) {
+  auto s = valid_state();
+  node_in(s, "n3")->set_last_test_failed(true);
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I3")) << describe(vs);
+}
+
+TEST(PoolInvariants, DetectsI4LostSession) {
+  auto s = valid_state();
+  auto* xs = s.mutable_sessions();
+  for (int i = 0; i < xs->size(); ++i)
+    if ((*xs)[i].id() == "s3") {
+      xs->erase(xs->begin() + i);
+      break;
+    }
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I4")) << describe(vs);
+  s = valid_state();
+  session_in(s, "s3")->set_state(pb::FAILED);  // no reason
+  vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I4")) << describe(vs);
+}
+
+TEST(PoolInvariants, DetectsI5NodeOutsideEveryState) {
+  auto s = valid_state();
+  node_in(s, "n3")->set_state(pb::NODE_STATE_UNSPECIFIED);
+  auto vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I5")) << describe(vs);
+  s = valid_state();
+  node_in(s, "n3")->set_state(static_cast<pb::NodeState>(42));
+  vs = check(s);
+  EXPECT_TRUE(has_violation(vs, "I5")) << describe(vs);
+}
+
+} // namespace

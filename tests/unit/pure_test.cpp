@@ -1,0 +1,527 @@
+// Tests of the pure helpers: cognitive challenges, text embeddings, the
+// simulated inference backend and the parameters.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cognitive.hpp"
+#include "embedding.hpp"
+#include "params.hpp"
+#include "sim_backend.hpp"
+
+using namespace nodepool;
+
+namespace {
+
+// =============================================================================
+// cognitive tests
+// =============================================================================
+
+std::vector<std::string> solved(const std::vector<challenge>& xs) {
+  std::vector<std::string> out;
+  for (auto& c : xs)
+    out.push_back(solve(c.prompt));
+  return out;
+}
+
+TEST(Cognitive, ChallengesAreDeterministic) {
+  auto a = make_challenges(7, "node-1", 5, 2);
+  auto b = make_challenges(7, "node-1", 5, 2);
+  ASSERT_EQ(a.size(), 5u);
+  ASSERT_EQ(b.size(), 5u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].id, "7." + std::to_string(i));
+    EXPECT_EQ(a[i].id, b[i].id);
+    EXPECT_EQ(a[i].prompt, b[i].prompt);
+    EXPECT_EQ(a[i].answer, b[i].answer);
+  }
+  auto prompts = [](const std::vector<challenge>& xs) {
+    std::vector<std::string> out;
+    for (auto& c : xs)
+      out.push_back(c.prompt);
+    return out;
+  };
+  EXPECT_NE(prompts(a), prompts(make_challenges(8, "node-1", 5, 2)));
+  EXPECT_NE(prompts(a), prompts(make_challenges(7, "node-2", 5, 2)));
+  EXPECT_TRUE(make_challenges(7, "node-1", 0, 2).empty());
+  EXPECT_EQ(make_challenges(7, "node-1", 12, 0).size(), 12u);
+}
+
+TEST(Cognitive, SolverAnswersItsOwnPrompts) {
+  std::set<std::string> kinds;
+  for (uint64_t t = 1; t <= 100; ++t)
+    for (uint32_t level = 0; level <= 5; ++level) {
+      auto xs = make_challenges(t, "n" + std::to_string(t % 7), 5, level);
+      for (auto& c : xs) {
+        ASSERT_FALSE(c.answer.empty()) << c.prompt;
+        EXPECT_EQ(solve(c.prompt), c.answer) << c.prompt;
+        unsigned long long a = 0, b = 0;
+        if (std::sscanf(c.prompt.c_str(), "Compute %llu + %llu.", &a, &b) == 2)
+          kinds.insert("add");
+        else if (std::sscanf(c.prompt.c_str(), "Compute %llu * %llu.", &a, &b)
+                 == 2)
+          kinds.insert("multiply");
+        else
+          kinds.insert(c.prompt.substr(0, 16));
+      }
+      EXPECT_EQ(grade(xs, solved(xs)), 5u);
+    }
+  EXPECT_EQ(kinds, (std::set<std::string>{"add", "multiply",
+                                          "Reverse the word"}));
+}
+
+TEST(Cognitive, HigherLevelsAskHarderQuestions) {
+  for (uint32_t level = 0; level <= 5; ++level) {
+    uint64_t scale = 1;
+    for (uint32_t i = 0; i < level + 2; ++i)
+      scale *= 10;
+    unsigned long long biggest = 0;
+    for (uint64_t t = 1; t <= 200; ++t)
+      for (auto& c : make_challenges(t, "n", 5, level)) {
+        unsigned long long a = 0, b = 0;
+        char word[64] = {0};
+        if (std::sscanf(c.prompt.c_str(), "Compute %llu + %llu.", &a, &b) == 2) {
+          EXPECT_LT(a, scale);
+          EXPECT_LT(b, scale);
+          biggest = std::max({biggest, a, b});
+        } else if (std::sscanf(c.prompt.c_str(), "Reverse the word %63[a-z].",
+                               word) == 1) {
+          EXPECT_EQ(std::string(word).size(), 4 + 2 * level) << c.prompt;
+        }
+      }
+    EXPECT_GE(biggest, scale / 10) << "level " << level;
+  }
+}
+
+TEST(Cognitive, SolveKnownAndUnknownPrompts) {
+  EXPECT_EQ(solve("Compute 2 + 3. Answer with the number only."), "5");
+  EXPECT_EQ(solve("Compute 12 * 11. Answer with the number only."), "132");
+  EXPECT_EQ(solve("Reverse the word abcd. Answer with the word only."), "dcba");
+  EXPECT_EQ(solve("What is the meaning of life?"), "");
+  EXPECT_EQ(solve(""), "");
+}
+
+TEST(Cognitive, GradeCountsTrimmedMatches) {
+  std::vector<challenge> xs{{"1.0", "p0", "42"}, {"1.1", "p1", "olleh"},
+                            {"1.2", "p2", "7"}};
+  EXPECT_EQ(grade(xs, {"42", "olleh", "7"}), 3u);
+  EXPECT_EQ(grade(xs, {" 42\n", "\tolleh ", "7\r\n"}), 3u);
+  EXPECT_EQ(grade(xs, {"42", "hello", "8"}), 1u);
+  EXPECT_EQ(grade(xs, {"42"}), 1u);              // missing answers count 0
+  EXPECT_EQ(grade(xs, {"42", "olleh", "7", "x", "y"}), 3u);  // extras ignored
+  EXPECT_EQ(grade(xs, {}), 0u);
+  EXPECT_EQ(grade(xs, {"7", "42", "olleh"}), 0u);  // order matters
+  EXPECT_EQ(grade(xs, {"4 2", "", ""}), 0u);
+}
+
+// =============================================================================
+// embeddings
+// =============================================================================
+
+const std::string kFox = "The quick brown fox jumps over the lazy dog near the river bank.";
+const std::string kFox2 = "The quick brown fox jumps over the lazy dog near the river bank!";
+const std::string kOther = "zq81723 xv 99120 kw0018 jj plmokn";
+
+TEST(Embedding, IdenticalTextsHaveCosineOne) {
+  EXPECT_NEAR(cosine(embed(kFox), embed(kFox)), 1.0, 1e-6);
+  EXPECT_NEAR(cosine(embed("ab"), embed("ab")), 1.0, 1e-6);
+  double norm = 0;
+  for (auto x : embed(kFox))
+    norm += static_cast<double>(x) * x;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+}
+
+TEST(Embedding, SimilarTextsAreCloseUnrelatedAreFar) {
+  EXPECT_GT(cosine(embed(kFox), embed(kFox2)), 0.9);
+  EXPECT_LT(cosine(embed(kFox), embed(kOther)), 0.3);
+  EXPECT_LT(cosine(embed("Paris is the capital of France."),
+                   embed("49271 8812 00913 77")),
+            0.3);
+}
+
+TEST(Embedding, EmptyTextIsZero) {
+  auto e = embed("");
+  for (auto x : e)
+    EXPECT_EQ(x, 0.0f);
+  EXPECT_EQ(cosine(e, embed(kFox)), 0.0);
+  EXPECT_EQ(cosine(e, e), 0.0);
+}
+
+TEST(Embedding, OutlierIsTheOddOneOutOfThree) {
+  EXPECT_EQ(outliers({kFox, kFox2, kOther}, 0.85), std::vector<size_t>{2});
+  EXPECT_EQ(outliers({kOther, kFox, kFox}, 0.85), std::vector<size_t>{0});
+  EXPECT_EQ(outliers({kFox, kOther, kFox2}, 0.85), std::vector<size_t>{1});
+}
+
+TEST(Embedding, NoOutlierWhenAllAgree) {
+  EXPECT_TRUE(outliers({kFox, kFox, kFox}, 0.85).empty());
+  EXPECT_TRUE(outliers({kFox, kFox2, kFox}, 0.85).empty());
+  EXPECT_TRUE(outliers({kFox, kFox2}, 0.85).empty());
+  EXPECT_TRUE(outliers({kFox}, 0.85).empty());
+  EXPECT_TRUE(outliers({}, 0.85).empty());
+}
+
+TEST(Embedding, NoMajorityMeansTwoBlamedOrNone) {
+  // Two that disagree: both are returned (no way to tell who is right).
+  EXPECT_EQ(outliers({kFox, kOther}, 0.85), (std::vector<size_t>{0, 1}));
+  // Three that all disagree: nobody is blamed.
+  EXPECT_TRUE(outliers({kFox, kOther, "Paris is the capital of France."}, 0.85)
+                .empty());
+  // Five with a majority of three: the two others are outliers.
+  EXPECT_EQ(outliers({kFox, kOther, kFox2, "49271 8812 00913 77", kFox}, 0.85),
+            (std::vector<size_t>{1, 3}));
+}
+
+// =============================================================================
+// sim backend
+// =============================================================================
+
+std::map<behaviour, size_t> tally(const std::vector<behaviour>& xs) {
+  std::map<behaviour, size_t> out;
+  for (auto b : xs)
+    ++out[b];
+  return out;
+}
+
+TEST(SimBackend, BehaviourNamesRoundTrip) {
+  for (auto b : {behaviour::healthy, behaviour::slow, behaviour::wrong,
+                 behaviour::flaky, behaviour::crash, behaviour::garbage}) {
+    auto p = parse_behaviour(to_string(b));
+    ASSERT_TRUE(p.has_value());
+    EXPECT_EQ(*p, b);
+  }
+  EXPECT_FALSE(parse_behaviour("Healthy").has_value());
+  EXPECT_FALSE(parse_behaviour("").has_value());
+}
+
+TEST(SimBackend, ExpandMixGivesTheAskedCounts) {
+  std::string err;
+  auto xs = expand_mix("healthy:8,wrong:1,slow:1", 10, 1, err);
+  EXPECT_TRUE(err.empty()) << err;
+  ASSERT_EQ(xs.size(), 10u);
+  auto t = tally(xs);
+  EXPECT_EQ(t[behaviour::healthy], 8u);
+  EXPECT_EQ(t[behaviour::wrong], 1u);
+  EXPECT_EQ(t[behaviour::slow], 1u);
+  // Same seed, same order; the seed does change the order.
+  std::set<std::vector<behaviour>> orders;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    auto a = expand_mix("healthy:8,wrong:1,slow:1", 10, seed, err);
+    EXPECT_EQ(a, expand_mix("healthy:8,wrong:1,slow:1", 10, seed, err));
+    orders.insert(a);
+  }
+  EXPECT_GE(orders.size(), 3u);
+  // Remainders: 5 nodes half and half.
+  xs = expand_mix("healthy:1,wrong:1", 5, 3, err);
+  ASSERT_EQ(xs.size(), 5u);
+  t = tally(xs);
+  EXPECT_EQ(t[behaviour::healthy] + t[behaviour::wrong], 5u);
+  EXPECT_GE(t[behaviour::healthy], 2u);
+  EXPECT_GE(t[behaviour::wrong], 2u);
+  // No weight means 1; a zero weight means none.
+  xs = expand_mix("healthy", 4, 1, err);
+  EXPECT_EQ(tally(xs)[behaviour::healthy], 4u);
+  xs = expand_mix("healthy:0,crash:2", 6, 1, err);
+  EXPECT_EQ(tally(xs)[behaviour::crash], 6u);
+  EXPECT_TRUE(expand_mix("healthy:1", 0, 1, err).empty());
+  EXPECT_TRUE(err.empty()) << err;
+}
+
+TEST(SimBackend, ExpandMixRejectsBadSpecs) {
+  for (std::string spec :
+       {"bogus:1", "healthy:x", "", "healthy:0", "healthy:-1", "healthy:nan",
+        "healthy:inf,wrong:1", "healthy:1e309", "healthy:1x", ",",
+        "healthy:1,,wrong:1", "healthy:1:2", ":3",
+        "healthy:1e308,wrong:1e308"}) {
+    std::string err;
+    auto xs = expand_mix(spec, 10, 1, err);
+    EXPECT_FALSE(err.empty()) << "spec '" << spec << "' was accepted";
+    EXPECT_TRUE(xs.empty()) << spec;
+  }
+  std::string err;
+  expand_mix("healthy:1,bogus:2", 10, 1, err);
+  EXPECT_NE(err.find("bogus"), std::string::npos) << err;
+}
+
+TEST(SimBackend, HealthyAnswersPassGrading) {
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    sim_backend b{behaviour::healthy, seed, 5000};
+    for (uint32_t level = 0; level <= 5; ++level) {
+      auto xs = make_challenges(seed * 10 + level, "n1", 5, level);
+      std::vector<std::string> answers;
+      for (auto& c : xs) {
+        auto r = b.answer(c.prompt);
+        EXPECT_FALSE(r.silent);
+        EXPECT_FALSE(r.garbage);
+        EXPECT_GT(r.delay_ms, 0);
+        EXPECT_LT(r.delay_ms, 5000);
+        answers.push_back(r.text);
+      }
+      EXPECT_EQ(grade(xs, answers), 5u);
+    }
+    EXPECT_FALSE(b.crashed());
+  }
+}
+
+TEST(SimBackend, WrongAnswersFailGrading) {
+  uint32_t right = 0, asked = 0;
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    sim_backend b{behaviour::wrong, seed, 5000};
+    auto xs = make_challenges(seed, "n1", 5, 1);
+    std::vector<std::string> answers;
+    for (auto& c : xs)
+      answers.push_back(b.answer(c.prompt).text);
+    auto ok = grade(xs, answers);
+    EXPECT_LT(ok, 3u) << "seed " << seed;  // below the 60 % pass mark
+    right += ok;
+    asked += 5;
+  }
+  EXPECT_LE(right, asked / 20);
+}
+
+TEST(SimBackend, SlowAnswersAreRightButLate) {
+  sim_backend b{behaviour::slow, 4, 2000};
+  auto xs = make_challenges(3, "n", 5, 0);
+  std::vector<std::string> answers;
+  for (auto& c : xs) {
+    auto r = b.answer(c.prompt);
+    EXPECT_GT(r.delay_ms, 2000);
+    answers.push_back(r.text);
+  }
+  EXPECT_EQ(grade(xs, answers), 5u);
+}
+
+TEST(SimBackend, HealthyOutputsAgreeAndWrongOnesAreOutliers) {
+  sim_backend h1{behaviour::healthy, 1, 5000}, h2{behaviour::healthy, 2, 5000};
+  sim_backend w{behaviour::wrong, 3, 5000};
+  for (auto prompt : {"Summarise the history of Rome.", "Write a haiku.",
+                      "Explain Raft in one paragraph."}) {
+    auto a = h1.infer(prompt), b = h2.infer(prompt), c = w.infer(prompt);
+    EXPECT_EQ(a.text, b.text);
+    EXPECT_EQ(a.text, sim_backend::healthy_output(prompt));
+    EXPECT_EQ(outliers({a.text, b.text, c.text}, 0.85), std::vector<size_t>{2})
+      << c.text;
+  }
+}
+
+TEST(SimBackend, CrashNodeDiesGarbageNodeSendsGarbage) {
+  sim_backend c{behaviour::crash, 9, 5000};
+  int messages = 0;
+  while (!c.crashed() && messages < 100) {
+    c.answer("Compute 1 + 1. Answer with the number only.");
+    ++messages;
+  }
+  EXPECT_TRUE(c.crashed());
+  EXPECT_GE(messages, 5);
+  EXPECT_LE(messages, 25);
+
+  sim_backend g{behaviour::garbage, 9, 5000};
+  int garbage = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto r = g.answer("Compute 1 + 1. Answer with the number only.");
+    if (!r.garbage) {
+      EXPECT_NE(r.text, "2");  // when it decodes, it is still wrong
+    }
+    garbage += r.garbage;
+    auto t = g.infer("prompt");
+    EXPECT_TRUE(t.garbage || t.bad_reveal);
+  }
+  EXPECT_GT(garbage, 0);
+  EXPECT_LT(garbage, 40);
+}
+
+TEST(SimBackend, SameSeedSameReplies) {
+  sim_backend a{behaviour::flaky, 77, 5000}, b{behaviour::flaky, 77, 5000};
+  int wrong = 0;
+  for (int i = 0; i < 50; ++i) {
+    auto p = "Compute " + std::to_string(i) + " + 1. Answer with the number only.";
+    auto x = a.answer(p), y = b.answer(p);
+    EXPECT_EQ(x.text, y.text);
+    EXPECT_EQ(x.delay_ms, y.delay_ms);
+    wrong += x.text != std::to_string(i + 1);
+    auto s = a.infer(p), t = b.infer(p);
+    EXPECT_EQ(s.text, t.text);
+    EXPECT_EQ(s.silent, t.silent);
+  }
+  EXPECT_GT(wrong, 0);   // flaky is sometimes wrong ...
+  EXPECT_LT(wrong, 40);  // ... but mostly right
+}
+
+// =============================================================================
+// params
+// =============================================================================
+
+TEST(Params, DefaultsAreValidAndMatchTheDesign) {
+  params p;
+  EXPECT_EQ(p.validate(), "");
+  EXPECT_EQ(p.test_deadline_ms, 5000);
+  EXPECT_EQ(p.tasks_before_release, 5u);
+  EXPECT_EQ(p.reserve_period_ms, 300000);
+  EXPECT_EQ(p.ephemeral_window_ms, 30 * 60 * 1000);
+  EXPECT_DOUBLE_EQ(p.embedding_threshold, 0.85);
+  EXPECT_DOUBLE_EQ(p.pass_mark, 0.6);
+  EXPECT_EQ(p.quarantine_backoff_ms, 30000);
+  EXPECT_EQ(p.quarantine_backoff_max_ms, 300000);
+  EXPECT_EQ(p.max_strikes, 5u);
+  EXPECT_DOUBLE_EQ(p.reputation_alpha, 0.1);
+  EXPECT_EQ(p.max_level, 5u);
+}
+
+TEST(Params, ValidateCatchesBadValues) {
+  struct bad {
+    const char* field;
+    void (*edit)(params&);
+  };
+  const bad cases[] = {
+    {"test_deadline_ms", [](params& p) { p.test_deadline_ms = 0; }},
+    {"challenges_per_test", [](params& p) { p.challenges_per_test = 0; }},
+    {"pass_mark", [](params& p) { p.pass_mark = 0; }},
+    {"pass_mark", [](params& p) { p.pass_mark = 1.5; }},
+    {"min_nodes", [](params& p) { p.min_nodes = 0; }},
+    {"min_nodes", [](params& p) { p.min_nodes = 4; }},
+    {"redundancy", [](params& p) { p.redundancy = 0; }},
+    {"redundancy", [](params& p) { p.redundancy = 4; }},
+    {"tasks_before_release", [](params& p) { p.tasks_before_release = 0; }},
+    {"reserve_period_ms", [](params& p) { p.reserve_period_ms = -1; }},
+    {"idle_threshold_ms", [](params& p) { p.idle_threshold_ms = 0; }},
+    {"queue_timeout_ms", [](params& p) { p.queue_timeout_ms = 0; }},
+    {"task_phase_timeout_ms", [](params& p) { p.task_phase_timeout_ms = 0; }},
+    {"ephemeral_window_ms", [](params& p) { p.ephemeral_window_ms = 0; }},
+    {"heartbeat_timeout_ms",
+     [](params& p) { p.heartbeat_timeout_ms = p.heartbeat_interval_ms; }},
+    {"heartbeat_interval_ms", [](params& p) { p.heartbeat_interval_ms = 0; }},
+    {"quarantine_backoff_ms", [](params& p) { p.quarantine_backoff_ms = 0; }},
+    {"quarantine_backoff_max_ms",
+     [](params& p) { p.quarantine_backoff_max_ms = p.quarantine_backoff_ms - 1; }},
+    {"max_strikes", [](params& p) { p.max_strikes = 0; }},
+    {"panic_share", [](params& p) { p.panic_share = 1.5; }},
+    {"panic_share", [](params& p) { p.panic_share = -0.1; }},
+    {"embedding_threshold", [](params& p) { p.embedding_threshold = 1.1; }},
+    {"reputation_alpha", [](params& p) { p.reputation_alpha = 0; }},
+    {"max_level", [](params& p) { p.max_level = 6; }},
+    {"recent_size", [](params& p) { p.recent_size = 0; }},
+    {"selection", [](params& p) { p.selection = "fastest"; }},
+    {"snapshot_every", [](params& p) { p.snapshot_every = 0; }},
+    {"tick_interval_ms", [](params& p) { p.tick_interval_ms = 0; }},
+  };
+  for (auto& c : cases) {
+    params p;
+    c.edit(p);
+    auto err = p.validate();
+    EXPECT_NE(err.find(c.field), std::string::npos)
+      << c.field << ": got '" << err << "'";
+  }
+}
+
+class ParamsFile : public ::testing::Test {
+protected:
+  ParamsFile() {
+    char tmpl[] = "/tmp/nodepool-params-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path = dir_ + "/nodepool.toml";
+  }
+  ~ParamsFile() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  void write(const std::string& text) { std::ofstream{path} << text; }
+  /// The error load_params throws for `text`, empty if it loads.
+  std::string error_for(const std::string& text) {
+    write(text);
+    try {
+      load_params(path);
+    } catch (const std::runtime_error& e) {
+      return e.what();
+    }
+    return {};
+  }
+  std::string dir_;
+  std::string path;
+};
+
+TEST_F(ParamsFile, ReadsThePoolTable) {
+  write(R"(
+# an oracle config
+[oracle]
+listen = "0.0.0.0:7000"
+
+[pool]
+test_deadline_ms = 2000
+pass_mark = 0.7
+panic_share = 1
+selection = "random"
+seed = 42
+max_strikes = 3
+ephemeral_window_ms = 600000
+)");
+  params base;
+  base.recent_size = 4;  // not in the file: the base value stays
+  auto p = load_params(path, base);
+  EXPECT_EQ(p.test_deadline_ms, 2000);
+  EXPECT_DOUBLE_EQ(p.pass_mark, 0.7);
+  EXPECT_DOUBLE_EQ(p.panic_share, 1.0);  // an integer is a fine number
+  EXPECT_EQ(p.selection, "random");
+  EXPECT_EQ(p.seed, 42u);
+  EXPECT_EQ(p.max_strikes, 3u);
+  EXPECT_EQ(p.ephemeral_window_ms, 600000);
+  EXPECT_EQ(p.recent_size, 4u);
+  EXPECT_EQ(p.reserve_period_ms, params{}.reserve_period_ms);
+}
+
+TEST_F(ParamsFile, FileWithoutPoolTableGivesTheBase) {
+  write("[oracle]\nlisten = \"x\"\n");
+  params base;
+  base.max_strikes = 9;
+  EXPECT_EQ(load_params(path, base).max_strikes, 9u);
+}
+
+TEST_F(ParamsFile, RejectsUnknownKeys) {
+  auto err = error_for("[pool]\nmax_strikez = 3\n");
+  EXPECT_NE(err.find("pool.max_strikez"), std::string::npos) << err;
+  EXPECT_NE(err.find(path), std::string::npos) << err;
+}
+
+TEST_F(ParamsFile, RejectsWrongTypesNamingTheKey) {
+  const std::pair<const char*, const char*> cases[] = {
+    {"pass_mark = \"high\"", "pool.pass_mark"},
+    {"pass_mark = true", "pool.pass_mark"},
+    {"selection = 3", "pool.selection"},
+    {"max_strikes = \"5\"", "pool.max_strikes"},
+    {"max_strikes = true", "pool.max_strikes"},
+    {"max_strikes = 1.5", "pool.max_strikes"},
+    {"max_strikes = [1, 2]", "pool.max_strikes"},
+    {"test_deadline_ms = -5", "pool.test_deadline_ms"},
+    {"max_strikes = 4294967296", "pool.max_strikes"},
+    {"promote_after = 4294967297", "pool.promote_after"},
+    {"seed = -1", "pool.seed"},
+  };
+  for (auto& [line, key] : cases) {
+    auto err = error_for(std::string("[pool]\n") + line + "\n");
+    EXPECT_NE(err.find(key), std::string::npos)
+      << line << " gave '" << err << "'";
+  }
+}
+
+TEST_F(ParamsFile, RejectsInvalidValues) {
+  auto err = error_for("[pool]\npass_mark = 2.0\n");
+  EXPECT_NE(err.find("pass_mark"), std::string::npos) << err;
+  err = error_for("[pool]\nmin_nodes = 5\nmax_nodes = 2\n");
+  EXPECT_NE(err.find("min_nodes"), std::string::npos) << err;
+}
+
+TEST_F(ParamsFile, RejectsBrokenTomlAndMissingFiles) {
+  auto err = error_for("[pool\nmax_strikes = 3\n");
+  EXPECT_NE(err.find(path), std::string::npos) << err;
+  EXPECT_THROW(load_params(dir_ + "/missing.toml"), std::runtime_error);
+}
+
+} // namespace

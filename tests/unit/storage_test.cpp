@@ -1,0 +1,594 @@
+// Tests of the stores (src/storage.*) and of recovery / history checking
+// (src/recovery.*). The shared tests run against both the in-memory twin and
+// RocksDB; corruption and reopening are RocksDB-only.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <rocksdb/db.h>
+
+#include "pool_state.hpp"
+#include "recovery.hpp"
+#include "storage.hpp"
+
+using namespace nodepool;
+using google::protobuf::util::MessageDifferencer;
+
+namespace {
+
+std::string bytes_of(const google::protobuf::MessageLite& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream os(&out);
+    google::protobuf::io::CodedOutputStream cos(&os);
+    cos.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&cos);
+  }
+  return out;
+}
+
+/// A fresh directory under /tmp, removed with everything in it.
+class temp_dir {
+public:
+  temp_dir() {
+    char tmpl[] = "/tmp/nodepool-unit-XXXXXX";
+    auto* p = mkdtemp(tmpl);
+    if (!p)
+      throw std::runtime_error("mkdtemp failed");
+    path_ = p;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  const std::string& path() const { return path_; }
+
+private:
+  std::string path_;
+};
+
+// -- a recorded history ---------------------------------------------------------
+
+pb::LogEntry entry(uint64_t index, int64_t now, const pb::Command& c) {
+  pb::LogEntry e;
+  e.set_index(index);
+  e.set_now(now);
+  *e.mutable_command() = c;
+  return e;
+}
+
+pb::Command tick_cmd() {
+  pb::Command c;
+  c.mutable_tick();
+  return c;
+}
+
+struct history {
+  std::vector<pb::LogEntry> entries;  // indexes 1..n, as a supervisor logs
+  std::vector<pb::Snapshot> after;    // after[i]: state after entry i+1
+  uint64_t accepted = 0;              // sessions accepted
+};
+
+params history_params() {
+  params p;
+  p.test_deadline_ms = 2000;
+  p.heartbeat_timeout_ms = 6000;
+  p.ephemeral_window_ms = 20000;
+  p.reserve_period_ms = 9000;
+  p.idle_threshold_ms = 7000;
+  p.queue_timeout_ms = 15000;
+  p.quarantine_backoff_ms = 1000;
+  p.quarantine_backoff_max_ms = 6000;
+  p.max_strikes = 4;
+  p.tasks_before_release = 3;
+  p.selection = "random";
+  p.seed = 99;
+  return p;
+}
+
+/// Drives a pool with pseudo-random commands and records, like the pool
+/// supervisor, every command that changed something. The log opens with the
+/// Configure entry carrying the parameters.
+history make_history(uint64_t seed, int steps) {
+  history h;
+  pool_state pool;
+  uint64_t s = seed;
+  auto next = [&s] {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  auto below = [&](uint64_t n) { return next() % n; };
+  int64_t now = 1000;
+  int sessions = 0;
+  auto record = [&](const pb::Command& c) {
+    auto r = pool.apply(c, now);
+    EXPECT_TRUE(pool.check_invariants().empty());
+    if (!r.changed)
+      return;
+    if (c.has_submit_session())
+      ++h.accepted;
+    h.entries.push_back(entry(h.entries.size() + 1, now, c));
+    auto snap = pool.snapshot();
+    snap.set_last_index(h.entries.size());
+    h.after.push_back(snap);
+  };
+  pb::Command cfg;
+  cfg.mutable_configure()->set_params_json(to_json(history_params()));
+  record(cfg);
+  for (int i = 0; i < steps; ++i) {
+    now += static_cast<int64_t>(below(1500));
+    auto id = "n" + std::to_string(below(6));
+    pb::Command c;
+    auto k = below(100);
+    if (k < 12) {
+      auto* r = c.mutable_register_();
+      r->set_node_id(id);
+      r->set_public_key("key-" + id);
+      r->add_models("m");
+    } else if (k < 35) {
+      c.mutable_heartbeat()->set_node_id(id);
+    } else if (k < 60) {
+      auto* n = pool.node(id);
+      auto* r = c.mutable_test_result();
+      r->set_node_id(id);
+      r->set_test_id(n ? n->test_id() : 0);
+      r->set_total(5);
+      r->set_correct(below(4) ? 5 : 1);
+    } else if (k < 68) {
+      auto* x = c.mutable_submit_session();
+      x->set_session_id("s" + std::to_string(sessions++));
+      x->set_model("m");
+      x->set_min_nodes(1);
+      x->set_max_nodes(1 + below(2));
+      x->set_max_tasks(1 + below(4));
+    } else if (k < 82) {
+      std::string sid;
+      for (auto& [sid_, rec] : pool.sessions())
+        if (rec.state() == pb::ACTIVE)
+          sid = sid_;
+      auto* sr = pool.session(sid);
+      if (!sr)
+        continue;
+      auto* t = c.mutable_task_done();
+      t->set_session_id(sid);
+      t->set_task_no(sr->tasks_done());
+      for (auto& nid : sr->nodes()) {
+        auto* o = t->add_outcomes();
+        o->set_node_id(nid);
+        o->set_outcome(below(10) ? pb::OK : pb::TIMEOUT);
+      }
+    } else if (k < 85) {
+      c.mutable_node_down()->set_node_id(id);
+    } else if (k < 88) {
+      c.mutable_end_session()->set_session_id("s" + std::to_string(below(
+                                                       sessions + 1)));
+    } else {
+      c = tick_cmd();
+    }
+    record(c);
+  }
+  return h;
+}
+
+status append_all(store& st, const std::vector<pb::LogEntry>& xs,
+                  size_t batch = 16) {
+  for (size_t i = 0; i < xs.size(); i += batch) {
+    std::vector<pb::LogEntry> b(xs.begin() + i,
+                                xs.begin() + std::min(xs.size(), i + batch));
+    if (auto s = st.append(b, i % 2 == 0); !s.ok())
+      return s;
+  }
+  return {};
+}
+
+std::vector<pb::LogEntry> scan_all(store& st, uint64_t from, status* out = nullptr) {
+  std::vector<pb::LogEntry> xs;
+  auto s = st.scan(from, [&](const pb::LogEntry& e) { xs.push_back(e); });
+  if (out)
+    *out = s;
+  else
+    EXPECT_TRUE(s.ok()) << s.error;
+  return xs;
+}
+
+// -- the two kinds of store -----------------------------------------------------
+
+struct memory_kind {
+  static constexpr const char* name = "memory";
+  std::unique_ptr<store> open() { return make_memory_store(); }
+};
+
+struct rocksdb_kind {
+  static constexpr const char* name = "rocksdb";
+  temp_dir dir;
+  std::unique_ptr<store> open() {
+    status st;
+    auto s = open_rocksdb_store(dir.path(), st);
+    EXPECT_TRUE(st.ok()) << st.error;
+    EXPECT_NE(s, nullptr);
+    return s;
+  }
+};
+
+template <class Kind>
+class StoreTest : public ::testing::Test {
+protected:
+  Kind kind;                           // destroyed last (removes the dir)
+  std::unique_ptr<store> st = kind.open();
+};
+
+using kinds = ::testing::Types<memory_kind, rocksdb_kind>;
+class kind_names {
+public:
+  template <class T>
+  static std::string GetName(int) {
+    return T::name;
+  }
+};
+TYPED_TEST_SUITE(StoreTest, kinds, kind_names);
+
+std::vector<pb::LogEntry> ticks(uint64_t from, uint64_t to) {
+  std::vector<pb::LogEntry> xs;
+  for (auto i = from; i <= to; ++i)
+    xs.push_back(entry(i, static_cast<int64_t>(i * 10), tick_cmd()));
+  return xs;
+}
+
+TYPED_TEST(StoreTest, EmptyStore) {
+  EXPECT_EQ(this->st->last_index(), 0u);
+  std::optional<pb::Snapshot> snap;
+  auto s = this->st->load_snapshot(snap);
+  EXPECT_TRUE(s.ok()) << s.error;
+  EXPECT_FALSE(snap.has_value());
+  EXPECT_TRUE(scan_all(*this->st, 1).empty());
+  EXPECT_TRUE(this->st->append({}, true).ok());
+  EXPECT_EQ(this->st->last_index(), 0u);
+}
+
+TYPED_TEST(StoreTest, AppendThenScanInOrder) {
+  auto xs = ticks(1, 7);
+  ASSERT_TRUE(this->st->append({xs.begin(), xs.begin() + 3}, true).ok());
+  EXPECT_EQ(this->st->last_index(), 3u);
+  ASSERT_TRUE(this->st->append({xs.begin() + 3, xs.end()}, false).ok());
+  EXPECT_EQ(this->st->last_index(), 7u);
+  auto all = scan_all(*this->st, 1);
+  ASSERT_EQ(all.size(), 7u);
+  for (size_t i = 0; i < all.size(); ++i)
+    EXPECT_TRUE(MessageDifferencer::Equals(all[i], xs[i])) << i;
+  auto tail = scan_all(*this->st, 5);
+  ASSERT_EQ(tail.size(), 3u);
+  EXPECT_EQ(tail.front().index(), 5u);
+  EXPECT_EQ(tail.back().index(), 7u);
+  EXPECT_TRUE(scan_all(*this->st, 8).empty());
+  EXPECT_EQ(scan_all(*this->st, 0).size(), 7u);
+}
+
+TYPED_TEST(StoreTest, ManyEntriesKeepNumericOrder) {
+  // Indexes past 255 and 65535 must still sort numerically.
+  std::vector<pb::LogEntry> xs;
+  for (uint64_t i = 1; i <= 70000; ++i)
+    xs.push_back(entry(i, 1, tick_cmd()));
+  ASSERT_TRUE(this->st->append(xs, false).ok());
+  uint64_t expect = 1;
+  bool ordered = true;
+  auto s = this->st->scan(1, [&](const pb::LogEntry& e) {
+    ordered = ordered && e.index() == expect++;
+  });
+  EXPECT_TRUE(s.ok()) << s.error;
+  EXPECT_TRUE(ordered);
+  EXPECT_EQ(expect, 70001u);
+}
+
+TYPED_TEST(StoreTest, RefusesGapsAndKeepsBatchesAtomic) {
+  ASSERT_TRUE(this->st->append(ticks(1, 2), true).ok());
+  auto s = this->st->append(ticks(4, 4), true);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error.find("gap"), std::string::npos) << s.error;
+  s = this->st->append(ticks(2, 2), true);  // already there
+  EXPECT_FALSE(s.ok());
+  // A batch with a hole in the middle is refused as a whole.
+  auto bad = ticks(3, 3);
+  auto five = ticks(5, 5);
+  bad.push_back(five[0]);
+  s = this->st->append(bad, true);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(this->st->last_index(), 2u);
+  EXPECT_EQ(scan_all(*this->st, 1).size(), 2u);
+  // And the log continues where it was.
+  EXPECT_TRUE(this->st->append(ticks(3, 5), true).ok());
+  EXPECT_EQ(this->st->last_index(), 5u);
+}
+
+TYPED_TEST(StoreTest, SnapshotSaveAndLoad) {
+  auto h = make_history(5, 200);
+  auto snap = h.after[h.after.size() / 2];
+  ASSERT_TRUE(this->st->save_snapshot(snap).ok());
+  std::optional<pb::Snapshot> got;
+  ASSERT_TRUE(this->st->load_snapshot(got).ok());
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(MessageDifferencer::Equals(*got, snap));
+  // A newer snapshot replaces the old one.
+  ASSERT_TRUE(this->st->save_snapshot(h.after.back()).ok());
+  ASSERT_TRUE(this->st->load_snapshot(got).ok());
+  EXPECT_TRUE(MessageDifferencer::Equals(*got, h.after.back()));
+}
+
+TYPED_TEST(StoreTest, RecoverIsSnapshotPlusReplay) {
+  auto h = make_history(11, 400);
+  ASSERT_GT(h.entries.size(), 100u);
+  ASSERT_GT(h.accepted, 3u);
+  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  auto expected = bytes_of(h.after.back());
+  auto direct = h.after.back();
+  direct.clear_last_index();
+  // Without a snapshot: the whole log is replayed.
+  {
+    pool_state pool;
+    recovered info;
+    auto s = recover(*this->st, pool, info);
+    ASSERT_TRUE(s.ok()) << s.error;
+    EXPECT_EQ(info.replayed, h.entries.size());
+    EXPECT_EQ(info.last_index, h.entries.size());
+    EXPECT_EQ(info.last_now, h.entries.back().now());
+    EXPECT_EQ(bytes_of(pool.snapshot()), bytes_of(direct));
+    EXPECT_TRUE(pool.check_invariants().empty());
+  }
+  // With a snapshot in the middle: snapshot + the entries after it.
+  auto mid = h.entries.size() / 2;
+  ASSERT_TRUE(this->st->save_snapshot(h.after[mid - 1]).ok());
+  {
+    pool_state pool;
+    recovered info;
+    auto s = recover(*this->st, pool, info);
+    ASSERT_TRUE(s.ok()) << s.error;
+    EXPECT_EQ(info.replayed, h.entries.size() - mid);
+    EXPECT_EQ(info.last_index, h.entries.size());
+    EXPECT_EQ(bytes_of(pool.snapshot()), bytes_of(direct));
+  }
+  // With a snapshot of everything: nothing to replay.
+  ASSERT_TRUE(this->st->save_snapshot(h.after.back()).ok());
+  {
+    pool_state pool;
+    recovered info;
+    ASSERT_TRUE(recover(*this->st, pool, info).ok());
+    EXPECT_EQ(info.replayed, 0u);
+    EXPECT_EQ(info.last_index, h.entries.size());
+    EXPECT_EQ(info.last_now, h.after.back().last_now());
+    auto mine = pool.snapshot();
+    mine.set_last_index(h.entries.size());
+    EXPECT_EQ(bytes_of(mine), expected);
+  }
+}
+
+TYPED_TEST(StoreTest, RecoveredPoolBehavesLikeTheOriginal) {
+  auto h = make_history(12, 300);
+  auto cut = h.entries.size() * 2 / 3;
+  ASSERT_TRUE(
+    this->st->append({h.entries.begin(), h.entries.begin() + cut}, true).ok());
+  ASSERT_TRUE(this->st->save_snapshot(h.after[cut / 2]).ok());
+  pool_state pool;
+  recovered info;
+  ASSERT_TRUE(recover(*this->st, pool, info).ok());
+  // The rest of the history applied to the recovered pool gives the same
+  // states as it did originally.
+  for (auto i = cut; i < h.entries.size(); ++i) {
+    auto r = pool.apply(h.entries[i].command(), h.entries[i].now());
+    EXPECT_TRUE(r.changed) << "entry " << i + 1;
+    auto mine = pool.snapshot();
+    mine.set_last_index(i + 1);
+    ASSERT_EQ(bytes_of(mine), bytes_of(h.after[i])) << "entry " << i + 1;
+  }
+}
+
+TYPED_TEST(StoreTest, CheckHistoryPassesAGoodHistory) {
+  auto h = make_history(13, 400);
+  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  auto rep = check_history(*this->st);
+  EXPECT_TRUE(rep.load_error.empty()) << rep.load_error;
+  EXPECT_TRUE(rep.violations.empty())
+    << rep.violations.front().second.invariant << " "
+    << rep.violations.front().second.detail;
+  EXPECT_EQ(rep.entries, h.entries.size());
+  EXPECT_EQ(rep.sessions_accepted, h.accepted);
+  // Also with an honest snapshot.
+  ASSERT_TRUE(this->st->save_snapshot(h.after[h.after.size() / 3]).ok());
+  rep = check_history(*this->st);
+  EXPECT_TRUE(rep.violations.empty());
+  EXPECT_TRUE(rep.load_error.empty());
+}
+
+TYPED_TEST(StoreTest, CheckHistoryReportsASnapshotThatDisagreesWithTheLog) {
+  auto h = make_history(14, 400);
+  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  // The snapshot lost a session the log accepted before its index.
+  auto snap = h.after.back();
+  ASSERT_GT(snap.sessions_size(), 0);
+  snap.mutable_sessions()->RemoveLast();
+  ASSERT_TRUE(this->st->save_snapshot(snap).ok());
+  auto rep = check_history(*this->st);
+  EXPECT_TRUE(rep.load_error.empty()) << rep.load_error;
+  ASSERT_FALSE(rep.violations.empty());
+  EXPECT_EQ(rep.violations.front().second.invariant, "I4");
+  EXPECT_EQ(rep.violations.front().first, snap.last_index());
+  // A node in another state than the log says.
+  snap = h.after[h.after.size() / 2];
+  ASSERT_GT(snap.nodes_size(), 0);
+  snap.mutable_nodes(0)->set_strikes(snap.nodes(0).strikes() + 1);
+  ASSERT_TRUE(this->st->save_snapshot(snap).ok());
+  rep = check_history(*this->st);
+  EXPECT_FALSE(rep.violations.empty());
+}
+
+TYPED_TEST(StoreTest, CheckHistoryReportsASnapshotAheadOfTheLog) {
+  // The snapshot claims entries the log does not have: the log that was
+  // checked is not the history the snapshot came from.
+  auto h = make_history(15, 300);
+  auto cut = h.entries.size() / 2;
+  ASSERT_TRUE(
+    this->st->append({h.entries.begin(), h.entries.begin() + cut}, true).ok());
+  ASSERT_TRUE(this->st->save_snapshot(h.after.back()).ok());
+  auto rep = check_history(*this->st);
+  EXPECT_FALSE(rep.violations.empty());
+}
+
+// -- RocksDB only ---------------------------------------------------------------
+
+/// Key of log entry `i` as storage.cpp writes it: 'l' + big-endian index.
+std::string log_key(uint64_t i) {
+  std::string k(9, '\0');
+  k[0] = 'l';
+  for (int b = 0; b < 8; ++b)
+    k[8 - b] = static_cast<char>((i >> (8 * b)) & 0xff);
+  return k;
+}
+
+/// Writes behind the store's back (the store must be closed).
+void raw_put(const std::string& dir, const std::string& key,
+             const std::string& value) {
+  rocksdb::Options o;
+  rocksdb::DB* db = nullptr;
+  auto s = rocksdb::DB::Open(o, dir, &db);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  std::unique_ptr<rocksdb::DB> owned{db};
+  s = owned->Put({}, key, value);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+}
+
+class RocksStore : public ::testing::Test {
+protected:
+  std::unique_ptr<store> open() {
+    status st;
+    auto s = open_rocksdb_store(dir.path(), st);
+    EXPECT_TRUE(st.ok()) << st.error;
+    return s;
+  }
+  temp_dir dir;
+};
+
+TEST_F(RocksStore, ReopenKeepsLogAndSnapshot) {
+  auto h = make_history(21, 300);
+  {
+    auto st = open();
+    ASSERT_TRUE(append_all(*st, h.entries).ok());
+    ASSERT_TRUE(st->save_snapshot(h.after[10]).ok());
+  }
+  auto st = open();
+  EXPECT_EQ(st->last_index(), h.entries.size());
+  auto xs = scan_all(*st, 1);
+  ASSERT_EQ(xs.size(), h.entries.size());
+  for (size_t i = 0; i < xs.size(); ++i)
+    ASSERT_TRUE(MessageDifferencer::Equals(xs[i], h.entries[i])) << i;
+  std::optional<pb::Snapshot> snap;
+  ASSERT_TRUE(st->load_snapshot(snap).ok());
+  ASSERT_TRUE(snap.has_value());
+  EXPECT_TRUE(MessageDifferencer::Equals(*snap, h.after[10]));
+  // The log continues at the right index after a reopen.
+  auto n = h.entries.size();
+  EXPECT_FALSE(st->append({entry(n + 2, 1, tick_cmd())}, true).ok());
+  EXPECT_TRUE(st->append({entry(n + 1, 1, tick_cmd())}, true).ok());
+  pool_state pool;
+  recovered info;
+  ASSERT_TRUE(recover(*st, pool, info).ok());
+  EXPECT_EQ(info.last_index, n + 1);
+}
+
+TEST_F(RocksStore, SecondOpenOfTheSameDirectoryIsAnError) {
+  auto st = open();
+  status s2;
+  auto other = open_rocksdb_store(dir.path(), s2);
+  EXPECT_FALSE(s2.ok());
+  EXPECT_EQ(other, nullptr);
+  EXPECT_NE(s2.error.find(dir.path()), std::string::npos) << s2.error;
+}
+
+TEST_F(RocksStore, UnusableDirectoryIsAnError) {
+  auto file = dir.path() + "/not-a-dir";
+  std::ofstream{file} << "x";
+  status s;
+  auto st = open_rocksdb_store(file, s);
+  EXPECT_EQ(st, nullptr);
+  EXPECT_FALSE(s.ok());
+}
+
+TEST_F(RocksStore, GarbageLogEntryIsAClearError) {
+  auto h = make_history(22, 200);
+  ASSERT_GT(h.entries.size(), 10u);
+  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  raw_put(dir.path(), log_key(5), std::string("\xff\xff\xff\xff\xff", 5));
+  auto st = open();
+  std::vector<uint64_t> seen;
+  auto s = st->scan(1, [&](const pb::LogEntry& e) { seen.push_back(e.index()); });
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error.find("log entry 5"), std::string::npos) << s.error;
+  EXPECT_EQ(seen, (std::vector<uint64_t>{1, 2, 3, 4}));
+  pool_state pool;
+  recovered info;
+  s = recover(*st, pool, info);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error.find("log entry 5"), std::string::npos) << s.error;
+  auto rep = check_history(*st);
+  EXPECT_NE(rep.load_error.find("log entry 5"), std::string::npos)
+    << rep.load_error;
+}
+
+TEST_F(RocksStore, EntryUnderAnotherIndexIsAClearError) {
+  auto h = make_history(23, 100);
+  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  // Decodes fine, but says it is entry 9 while stored as entry 3.
+  raw_put(dir.path(), log_key(3), h.entries[8].SerializeAsString());
+  auto st = open();
+  status s;
+  auto xs = scan_all(*st, 1, &s);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error.find("log entry 3"), std::string::npos) << s.error;
+  EXPECT_EQ(xs.size(), 2u);
+}
+
+TEST_F(RocksStore, GapWrittenBehindTheStoresBackIsReported) {
+  auto h = make_history(24, 100);
+  auto n = h.entries.size();
+  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  raw_put(dir.path(), log_key(n + 2),
+          entry(n + 2, h.entries.back().now(), tick_cmd()).SerializeAsString());
+  auto st = open();
+  EXPECT_EQ(st->last_index(), n + 2);
+  auto rep = check_history(*st);
+  EXPECT_TRUE(rep.load_error.empty()) << rep.load_error;
+  ASSERT_FALSE(rep.violations.empty());
+  EXPECT_EQ(rep.violations.front().first, n + 2);
+  EXPECT_NE(rep.violations.front().second.detail.find("gap"), std::string::npos);
+}
+
+TEST_F(RocksStore, GarbageSnapshotIsAClearError) {
+  auto h = make_history(25, 100);
+  {
+    auto st = open();
+    ASSERT_TRUE(append_all(*st, h.entries).ok());
+  }
+  raw_put(dir.path(), "snapshot", std::string("\xff\xff\xff", 3));
+  auto st = open();
+  std::optional<pb::Snapshot> snap;
+  auto s = st->load_snapshot(snap);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error.find("snapshot"), std::string::npos) << s.error;
+  EXPECT_FALSE(snap.has_value());
+  pool_state pool;
+  recovered info;
+  EXPECT_FALSE(recover(*st, pool, info).ok());
+  auto rep = check_history(*st);
+  EXPECT_FALSE(rep.load_error.empty());
+}
+
+} // namespace
