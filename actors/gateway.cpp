@@ -1,7 +1,12 @@
 // The gateway: the one actor miners talk to. It decodes what they send,
 // binds each node id to the connection that registered it, refuses anything
-// malformed or sent on another node's behalf, and routes the rest. It holds
-// no pool state of its own: decisions are the supervisor's.
+// malformed or sent on another node's behalf, and routes the rest.
+//
+// It is also the pool's failure detector, like a monitor with a timeout: a
+// connection that goes down, or that stays silent longer than
+// heartbeat_timeout, becomes a NodeDown command. Heartbeats themselves stay
+// here as soft state; only a change of the node's mode reaches the log, so
+// the log holds decisions, not a record of every second of every node.
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -21,6 +26,9 @@ struct gateway_state {
   params pool;
   std::map<caf::actor_addr, std::string> by_addr;  // connection -> node id
   std::map<std::string, caf::actor> by_node;       // node id -> connection
+  std::map<std::string, int64_t> last_seen;        // node id -> time (ms)
+  std::map<std::string, int> mode;                 // node id -> last mode sent
+  bool sim_time = false;
   std::map<std::string, uint64_t> refused;         // refusal code -> count
   uint64_t received = 0;
   uint64_t undeliverable = 0;
@@ -28,6 +36,26 @@ struct gateway_state {
 };
 
 using self_ptr = caf::stateful_actor<gateway_state>*;
+
+/// Forgets a connection's node and reports it down to the pool.
+void node_down(self_ptr self, const std::string& id, const std::string& why) {
+  auto& st = self->state;
+  auto i = st.by_node.find(id);
+  if (i != st.by_node.end()) {
+    self->demonitor(i->second);
+    st.by_addr.erase(i->second.address());
+    st.by_node.erase(i);
+  }
+  st.last_seen.erase(id);
+  st.mode.erase(id);
+  log("gateway")->info("node {} down: {}", id, why);
+  pb::Command c;
+  c.mutable_node_down()->set_node_id(id);
+  c.mutable_node_down()->set_reason(why);
+  self->request(st.supervisor, caf::infinite, cmd_atom::value,
+                c.SerializeAsString())
+    .then([](accepted_atom) {}, [](caf::error&) {});
+}
 
 void refuse(self_ptr self, const caf::actor& to, const std::string& node,
             const std::string& code, const std::string& detail) {
@@ -82,6 +110,8 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
           self->monitor(sender);
         st.by_addr[sender.address()] = id;
         st.by_node[id] = sender;
+        st.last_seen[id] = now_ms(self, st.sim_time);
+        st.mode[id] = pb::AVAILABLE;
         pb::OracleMsg reply;
         reply.mutable_registered()->set_node_id(id);
         reply.mutable_registered()->set_heartbeat_interval_ms(
@@ -98,28 +128,34 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
 } // namespace
 
 caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
-                         const params& pool) {
-  return sys.spawn([supervisor, pool](self_ptr self) -> caf::behavior {
+                         const params& pool, bool sim_time) {
+  return sys.spawn([supervisor, pool, sim_time](self_ptr self) -> caf::behavior {
     self->state.supervisor = supervisor;
     self->state.pool = pool;
+    self->state.sim_time = sim_time;
     self->set_down_handler([=](caf::down_msg& dm) {
       auto& st = self->state;
       auto i = st.by_addr.find(dm.source);
       if (i == st.by_addr.end())
         return;
-      auto id = i->second;
-      st.by_addr.erase(i);
-      st.by_node.erase(id);
-      log("gateway")->info("node {} went down: {}", id, to_string(dm.reason));
-      auto cmd = command_bytes([&](pb::Command& c) {
-        c.mutable_node_down()->set_node_id(id);
-        c.mutable_node_down()->set_reason("connection down");
-      });
-      self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
-        .then([](accepted_atom) {},
-              [](caf::error&) {});
+      node_down(self, i->second, "connection down");
     });
+    self->send(self, beat_atom::value);
     return {
+      // Silence check, every heartbeat interval.
+      [=](beat_atom) {
+        auto& st = self->state;
+        auto now = now_ms(self, st.sim_time);
+        std::vector<std::string> silent;
+        for (auto& [id, t] : st.last_seen)
+          if (now - t > st.pool.heartbeat_timeout_ms)
+            silent.push_back(id);
+        for (auto& id : silent)
+          node_down(self, id, "heartbeat missed");
+        self->delayed_send(self,
+                           std::chrono::milliseconds(st.pool.heartbeat_interval_ms),
+                           beat_atom::value);
+      },
       [=](connect_atom, caf::actor validator, caf::actor sessions) {
         self->state.validator = std::move(validator);
         self->state.sessions = std::move(sessions);
@@ -151,6 +187,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
                    + "'; it may not act for '" + m.node_id() + "'");
           return;
         }
+        st.last_seen[m.node_id()] = now_ms(self, st.sim_time);
         switch (m.kind_case()) {
           case pb::MinerMsg::kHeartbeat: {
             if (m.heartbeat().node_id() != m.node_id()) {
@@ -158,9 +195,14 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
                      "heartbeat names another node");
               return;
             }
-            command_for(self, sender, m.node_id(), command_bytes([&](pb::Command& c) {
-                          *c.mutable_heartbeat() = m.heartbeat();
-                        }));
+            // Liveness is noted above; the pool hears only of a new mode.
+            if (st.mode[m.node_id()] != m.heartbeat().mode()) {
+              st.mode[m.node_id()] = m.heartbeat().mode();
+              command_for(self, sender, m.node_id(),
+                          command_bytes([&](pb::Command& c) {
+                            *c.mutable_heartbeat() = m.heartbeat();
+                          }));
+            }
             break;
           }
           case pb::MinerMsg::kTestAnswers:

@@ -11,7 +11,7 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   auto pool = cfg.pool;
   auto sim = cfg.sim_time;
   h.supervisor = spawn_supervisor(sys, std::move(cfg));
-  h.gateway = spawn_gateway(sys, h.supervisor, pool);
+  h.gateway = spawn_gateway(sys, h.supervisor, pool, sim);
   h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim);
   h.sessions = spawn_session_queue(sys, h.supervisor, h.gateway, pool, sim);
   caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);

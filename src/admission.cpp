@@ -61,6 +61,12 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
     out.changed = true;
     return;
   }
+  if (n.state() == pb::LOST && n.last_test_failed()
+      && now < n.quarantine_until()) {
+    // Nor does going away and coming back.
+    set_state(n, pb::QUARANTINED, "returned within its quarantine", out);
+    return;
+  }
   // Whatever it was doing, a node that registers again (miner restart,
   // return from LOST) is tested before it serves.
   if (n.state() == pb::RESERVED)

@@ -29,7 +29,11 @@ std::string trim(const std::string& s) {
 std::vector<challenge> make_challenges(uint64_t test_id,
                                        const std::string& node_id,
                                        uint32_t count, uint32_t level) {
-  uint64_t h = mix(test_id ^ std::hash<std::string>{}(node_id));
+  // FNV-1a of the node id: the same questions with any standard library.
+  uint64_t fnv = 1469598103934665603ULL;
+  for (unsigned char c : node_id)
+    fnv = (fnv ^ c) * 1099511628211ULL;
+  uint64_t h = mix(test_id ^ fnv);
   std::vector<challenge> out;
   uint64_t scale = 10;
   for (uint32_t i = 0; i <= level; ++i)

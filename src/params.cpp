@@ -221,6 +221,8 @@ params load_params(const std::string& path, params base) {
   }
   // Parameters live in [pool]; other tables ([oracle], ...) belong to the
   // command line and are read there.
+  if (tbl.contains("pool") && !tbl["pool"].is_table())
+    throw std::runtime_error(path + ": pool must be a table ([pool])");
   auto* pool = tbl["pool"].as_table();
   if (pool) {
     for (auto& [k, v] : *pool) {

@@ -210,10 +210,6 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     auto st = n.state();
     if (st == pb::RETIRED || st == pb::LOST)
       continue;
-    if (now - n.last_heartbeat() > params_.heartbeat_timeout_ms) {
-      lose(n, "heartbeat missed", now, out);
-      continue;
-    }
     switch (st) {
       case pb::TESTING:
       case pb::REVALIDATING:
@@ -267,15 +263,10 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
 void pool_state::apply_recover(int64_t now, apply_result& out) {
   // Miners must reconnect to a restarted oracle anyway; marking every live
   // node LOST guarantees that whatever was reserved or mid-test is tested
-  // again before it serves. Quarantine keeps its backoff.
-  for (auto& [id, n] : nodes_) {
-    if (n.state() == pb::QUARANTINED) {
-      n.set_last_heartbeat(now);
-      continue;
-    }
+  // again before it serves. A quarantine survives: see apply_register.
+  for (auto& [id, n] : nodes_)
     if (n.state() != pb::RETIRED && n.state() != pb::LOST)
       lose(n, "oracle restart", now, out);
-  }
   for (auto& [id, s] : sessions_)
     if (s.state() == pb::ACTIVE)
       requeue(s, now, out);

@@ -59,7 +59,7 @@ TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
 
 TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   auto p = fast_params();
-  p.snapshot_every = 10;
+  p.snapshot_every = 4;
   auto st = std::make_shared<counting_store>();
   start(p, st);
   for (int i = 0; i < 4; ++i)

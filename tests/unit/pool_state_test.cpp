@@ -1281,32 +1281,41 @@ TEST(PoolTick, NothingToDoChangesNothing) {
   EXPECT_EQ(h.pool.last_now(), 1000);
 }
 
-TEST(PoolTick, MissedHeartbeatLosesNode) {
+// Liveness is the gateway's call (a NodeDown command); the tick never
+// decides from heartbeat times, so a replay cannot disagree with what the
+// oracle saw.
+TEST(PoolTick, SilenceAloneLosesNoNode) {
   auto p = quiet();
-  p.heartbeat_interval_ms = 1000;
   p.heartbeat_timeout_ms = 5000;
   harness h{p};
   h.admit("silent");
   h.submit("s1");
   ASSERT_EQ(h.state("silent"), pb::RESERVED);
-  h.admit("talker");
+  h.now = 60000;
+  auto r = h.tick();
+  EXPECT_EQ(change_of(r, "silent", pb::RESERVED, pb::LOST), nullptr);
+  EXPECT_NE(h.state("silent"), pb::LOST);
+}
+
+TEST(PoolRegister, LostNodeReturningWithinQuarantineIsQuarantinedAgain) {
+  auto p = quiet();
+  p.quarantine_backoff_ms = 10000;
+  harness h{p};
   h.reg("q");
   h.fail("q");
-  h.now = 4000;
-  h.hb("talker");
-  h.now = 6000;  // exactly the timeout for silent and q: still alive
-  EXPECT_FALSE(h.tick().changed);
-  h.now = 6001;
-  auto r = h.tick();
-  auto* x = change_of(r, "silent", pb::RESERVED, pb::LOST);
-  ASSERT_NE(x, nullptr);
-  EXPECT_EQ(x->reason(), "heartbeat missed");
-  EXPECT_NE(change_of(r, "q", pb::QUARANTINED, pb::LOST), nullptr);
-  EXPECT_EQ(h.state("talker"), pb::RESERVED);  // took over s1
-  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"talker"});
-  h.now = 9001;
-  h.tick();
-  EXPECT_EQ(h.state("talker"), pb::LOST);
+  ASSERT_EQ(h.state("q"), pb::QUARANTINED);
+  auto until = h.node("q").quarantine_until();
+  h.down("q");
+  ASSERT_EQ(h.state("q"), pb::LOST);
+  h.now = until - 1;
+  h.reg("q");
+  EXPECT_EQ(h.state("q"), pb::QUARANTINED);
+  EXPECT_EQ(h.node("q").quarantine_until(), until);
+  // After the backoff, coming back means a retest as usual.
+  h.down("q");
+  h.now = until + 1;
+  h.reg("q");
+  EXPECT_EQ(h.state("q"), pb::TESTING);
 }
 
 TEST(PoolTick, TestDeadlineFailsTheTest) {
@@ -1516,9 +1525,12 @@ TEST(PoolRecover, MakesEverythingInFlightSafe) {
   auto* x = change_of(r, reserved, pb::RESERVED, pb::LOST);
   ASSERT_NE(x, nullptr);
   EXPECT_EQ(x->reason(), "oracle restart");
-  EXPECT_EQ(h.state("q2"), pb::QUARANTINED);
+  // A quarantined node is LOST too, but keeps its quarantine: coming back
+  // before it ends puts it straight back in quarantine.
+  EXPECT_EQ(h.state("q2"), pb::LOST);
   EXPECT_EQ(h.node("q2").quarantine_until(), until);
-  EXPECT_EQ(h.node("q2").last_heartbeat(), h.now);
+  h.reg("q2");
+  EXPECT_EQ(h.state("q2"), pb::QUARANTINED);
   EXPECT_EQ(h.state("ret"), pb::RETIRED);
   EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
   EXPECT_EQ(h.sstate("s2"), pb::QUEUED);

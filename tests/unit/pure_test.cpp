@@ -525,3 +525,85 @@ TEST_F(ParamsFile, RejectsBrokenTomlAndMissingFiles) {
 }
 
 } // namespace
+
+// --- parameters as JSON, flags and Configure commands -------------------------
+
+#include "pool_state.hpp"
+
+namespace {
+
+TEST(ParamsJson, RoundTripsEveryField) {
+  nodepool::params p;
+  p.test_deadline_ms = 1234;
+  p.pass_mark = 0.75;
+  p.selection = "random";
+  p.seed = 99;
+  std::string err;
+  auto q = nodepool::params_from_json(nodepool::to_json(p), nodepool::params{}, err);
+  EXPECT_TRUE(err.empty()) << err;
+  EXPECT_EQ(nodepool::to_json(q), nodepool::to_json(p));
+}
+
+TEST(ParamsJson, RefusesUnknownKeysAndWrongTypes) {
+  std::string err;
+  nodepool::params_from_json(R"({"nope": 1})", {}, err);
+  EXPECT_NE(err.find("nope"), std::string::npos);
+  err.clear();
+  nodepool::params_from_json(R"({"max_strikes": "five"})", {}, err);
+  EXPECT_NE(err.find("max_strikes"), std::string::npos);
+  err.clear();
+  nodepool::params_from_json("not json", {}, err);
+  EXPECT_FALSE(err.empty());
+}
+
+TEST(ParamsFlags, SetParamParsesByTypeAndNamesTheKey) {
+  nodepool::params p;
+  EXPECT_EQ(nodepool::set_param(p, "max_strikes", "7"), "");
+  EXPECT_EQ(p.max_strikes, 7u);
+  EXPECT_EQ(nodepool::set_param(p, "pass_mark", "0.5"), "");
+  EXPECT_DOUBLE_EQ(p.pass_mark, 0.5);
+  EXPECT_EQ(nodepool::set_param(p, "selection", "random"), "");
+  EXPECT_EQ(p.selection, "random");
+  EXPECT_NE(nodepool::set_param(p, "max_strikes", "7x").find("max_strikes"),
+            std::string::npos);
+  EXPECT_NE(nodepool::set_param(p, "max_strikes", "-1"), "");
+  EXPECT_NE(nodepool::set_param(p, "bogus", "1").find("bogus"),
+            std::string::npos);
+  EXPECT_EQ(p.max_strikes, 7u);  // a refused value changes nothing
+  EXPECT_EQ(nodepool::param_names().size(), 27u);
+}
+
+TEST(ConfigureCommand, ChangesParametersThroughTheLog) {
+  nodepool::pool_state ps;
+  nodepool::params p;
+  p.max_strikes = 2;
+  nodepool::pb::Command c;
+  c.mutable_configure()->set_params_json(nodepool::to_json(p));
+  auto r = ps.apply(c, 1000);
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(ps.config().max_strikes, 2u);
+  // The snapshot carries them.
+  nodepool::pool_state again;
+  again.restore(ps.snapshot());
+  EXPECT_EQ(again.config().max_strikes, 2u);
+  // Invalid parameters are refused and change nothing.
+  p.pass_mark = 3;
+  c.mutable_configure()->set_params_json(nodepool::to_json(p));
+  r = ps.apply(c, 1001);
+  ASSERT_TRUE(r.refused);
+  EXPECT_EQ(r.refused->code, "bad_params");
+  EXPECT_EQ(ps.config().max_strikes, 2u);
+}
+
+TEST(ParamsFileShape, PoolThatIsNotATableIsRefused) {
+  auto path = std::string{"/tmp/nodepool-pool-not-table.toml"};
+  {
+    std::ofstream f{path};
+    f << "pool = 3\n";
+  }
+  EXPECT_THROW(nodepool::load_params(path), std::runtime_error);
+  std::remove(path.c_str());
+}
+
+} // namespace
