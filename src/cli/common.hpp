@@ -23,8 +23,9 @@ namespace nodepool::cli {
 extern std::atomic<bool> stop_requested;
 void install_signal_handlers();
 
-/// --log-level of the main command.
+/// --log-level of the main command, and whether it was given.
 extern std::string log_level;
+extern bool log_level_given;
 /// What every subcommand does first: log level, signal handlers.
 void begin();
 

@@ -14,6 +14,7 @@ namespace nodepool::cli {
 
 std::atomic<bool> stop_requested{false};
 std::string log_level = "warn";
+bool log_level_given = false;
 
 void begin() {
   nodepool::set_log_level(log_level);
@@ -99,8 +100,13 @@ int main(int argc, char** argv) {
   using namespace nodepool::cli;
   CLI::App app{"nodepool: a tested, durable pool of AI-inference miner nodes"};
   app.require_subcommand(1);
-  app.add_option("--log-level", log_level,
-                 "trace, debug, info, warn, error or off (default warn)")
+  app.add_option_function<std::string>(
+       "--log-level",
+       [](const std::string& v) {
+         log_level = v;
+         log_level_given = true;
+       },
+       "trace, debug, info, warn, error or off (default warn; demo: error)")
     ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   add_demo(app);
   add_oracle(app);

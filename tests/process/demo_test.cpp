@@ -18,6 +18,7 @@ nlohmann::json last_line_json(const std::string& out) {
 
 TEST(demo, default_run_reports_every_session_and_no_violation) {
   auto dir = temp_dir("demo");
+  cleanup tidy{dir};
   auto [rc, out] = run({"demo", "--json", "--data-dir", dir + "/db"},
                        dir + "/demo.out", 120s);
   ASSERT_EQ(rc, 0) << out << read_file(dir + "/demo.out.err");
@@ -35,6 +36,7 @@ TEST(demo, default_run_reports_every_session_and_no_violation) {
 
 TEST(demo, resumes_after_sigkill_and_counts_all_sessions) {
   auto dir = temp_dir("demo-kill");
+  cleanup tidy{dir};
   std::vector<std::string> args{"demo",           "--json",     "--sessions",
                                 "1500",           "--nodes",    "30",
                                 "--data-dir",     dir + "/db",  "--seed", "7"};

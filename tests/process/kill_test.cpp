@@ -24,6 +24,7 @@ std::set<std::string> accepted_ids(const std::string& out) {
 
 TEST(kill, oracle_killed_under_load_loses_nothing) {
   auto dir = temp_dir("kill");
+  cleanup tidy{dir};
   auto db = dir + "/db";
   auto oracle_args = [&](const std::string& port) {
     auto a = std::vector<std::string>{"oracle", "--data-dir", db, "--port", port};

@@ -40,6 +40,7 @@ nlohmann::json wait_status(const std::string& dir, const std::string& target,
 
 TEST(multiprocess, oracle_miner_and_client_on_loopback) {
   auto dir = temp_dir("mp");
+  cleanup tidy{dir};
   auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
                                        "--port", "0"};
   for (auto& f : fast_pool_flags())
@@ -90,6 +91,7 @@ TEST(multiprocess, oracle_miner_and_client_on_loopback) {
 
 TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
   auto dir = temp_dir("nooracle");
+  cleanup tidy{dir};
   child miner{{"miner", "--oracle", "127.0.0.1:1", "--connect-timeout", "0.5"},
               dir + "/miner.out"};
   EXPECT_EQ(miner.wait_exit(30s), 1);
@@ -99,6 +101,7 @@ TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
 
 TEST(multiprocess, bad_config_is_refused_with_the_key_named) {
   auto dir = temp_dir("badcfg");
+  cleanup tidy{dir};
   {
     std::ofstream f{dir + "/bad.toml"};
     f << "[pool]\ntest_deadline_ms = \"soon\"\n";
@@ -119,6 +122,7 @@ TEST(multiprocess, bad_config_is_refused_with_the_key_named) {
 
 TEST(multiprocess, sample_config_loads_and_flags_override_it) {
   auto dir = temp_dir("cfg");
+  cleanup tidy{dir};
   auto sample = std::string{NODEPOOL_SOURCE_DIR} + "/deploy/nodepool.toml";
   child oracle{{"oracle", "--config", sample, "--data-dir", dir + "/db",
                 "--port", "0", "--max-strikes", "2"},

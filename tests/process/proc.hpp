@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -31,6 +32,16 @@ inline std::string temp_dir(const std::string& tag) {
     throw std::runtime_error("mkdtemp failed");
   return t;
 }
+
+/// Removes a test's directory when the test passed; a failed test's files
+/// (data directory, process output) stay for a post-mortem.
+struct cleanup {
+  std::string dir;
+  ~cleanup() {
+    if (!::testing::Test::HasFailure())
+      std::filesystem::remove_all(dir);
+  }
+};
 
 class child {
 public:
