@@ -58,6 +58,8 @@ void apply(self_ptr self, const pb::Command& cmd,
     return;
   }
   ++st.applied;
+  if (st.cfg.observer)
+    st.cfg.observer(st.pool, cmd);
   auto& e = st.pending.emplace_back();
   e.set_index(st.next_index++);
   e.set_now(t);

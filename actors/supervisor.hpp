@@ -1,11 +1,13 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
 #include "params.hpp"
+#include "pool_state.hpp"
 #include "storage.hpp"
 
 namespace nodepool {
@@ -16,6 +18,9 @@ struct supervisor_config {
   std::shared_ptr<store> storage;  // shared with whoever opened it
   bool sim_time = false;           // see now_ms()
   bool sync = true;                // fsync each group commit
+  /// Called after every command that changed the pool, with the pool as it
+  /// is then (tests and simulations check invariants here). Must not block.
+  std::function<void(const pool_state&, const pb::Command&)> observer;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.

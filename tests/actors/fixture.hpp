@@ -16,6 +16,7 @@
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "pool_state.hpp"
+#include "recovery.hpp"
 
 namespace nodepool::testing {
 
