@@ -28,6 +28,10 @@ struct gateway_state {
   std::map<std::string, caf::actor> by_node;       // node id -> connection
   std::map<std::string, int64_t> last_seen;        // node id -> time (ms)
   std::map<std::string, int> mode;                 // node id -> last mode sent
+  // Registrations sent to the supervisor and not yet answered: node id ->
+  // connection. The commit's events (the admission test) may reach us
+  // before its answer does.
+  std::map<std::string, caf::actor> registering;
   bool sim_time = false;
   std::map<std::string, uint64_t> refused;         // refusal code -> count
   uint64_t received = 0;
@@ -88,7 +92,9 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     return;
   }
   auto bound = st.by_node.find(id);
-  if (bound != st.by_node.end() && bound->second != sender) {
+  auto pending = st.registering.find(id);
+  if ((bound != st.by_node.end() && bound->second != sender)
+      || (pending != st.registering.end() && pending->second != sender)) {
     refuse(self, sender, id, "node_id_in_use",
            "node '" + id + "' is connected elsewhere");
     return;
@@ -102,9 +108,16 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
   auto cmd = command_bytes([&](pb::Command& c) {
     *c.mutable_register_() = m.register_();
   });
+  st.registering[id] = sender;
+  auto done = [=] {
+    auto i = self->state.registering.find(id);
+    if (i != self->state.registering.end() && i->second == sender)
+      self->state.registering.erase(i);
+  };
   self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
     .then(
       [=](accepted_atom) {
+        done();
         auto& st = self->state;
         if (!st.by_addr.count(sender.address()))
           self->monitor(sender);
@@ -120,7 +133,8 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
         log("gateway")->info("node {} registered", id);
       },
       [=](caf::error& err) {
-            auto [code, detail] = read_refusal(self->system(), err);
+        done();
+        auto [code, detail] = read_refusal(self->system(), err);
         refuse(self, sender, id, code, detail);
       });
 }
@@ -224,11 +238,17 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       [=](send_atom, const std::string& node_id, const std::string& bytes) {
         auto& st = self->state;
         auto i = st.by_node.find(node_id);
-        if (i == st.by_node.end()) {
-          ++st.undeliverable;
+        if (i != st.by_node.end()) {
+          self->send(i->second, oracle_atom::value, bytes);
           return;
         }
-        self->send(i->second, oracle_atom::value, bytes);
+        // Not bound yet: its registration may be committed, not answered.
+        auto r = st.registering.find(node_id);
+        if (r != st.registering.end()) {
+          self->send(r->second, oracle_atom::value, bytes);
+          return;
+        }
+        ++st.undeliverable;
       },
       // Refusals decided by the validator or a session: counted here with
       // the gateway's own, then sent to the node.

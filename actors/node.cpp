@@ -20,6 +20,7 @@ struct node_state {
   bool registered = false;
   int64_t heartbeat_ms = 1000;
   uint64_t beat_epoch = 0;  // tells the heartbeat loops of connections apart
+  int64_t retry_ms = 0;     // backoff of registrations refused as in use
   uint64_t tests = 0;
   uint64_t tasks = 0;
   std::map<std::string, uint64_t> refusals;
@@ -71,6 +72,7 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
     case pb::OracleMsg::kRegistered:
       if (!st.registered) {
         st.registered = true;
+        st.retry_ms = 0;
         st.heartbeat_ms = std::max<int64_t>(1, m.registered().heartbeat_interval_ms());
         self->send(self, beat_atom::value, ++st.beat_epoch);
       }
@@ -142,6 +144,15 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
       } else if (code == "not_connected" || code == "not_registered") {
         st.registered = false;  // the oracle lost track of us: register again
         do_register(self);
+      } else if (code == "node_id_in_use" && !st.registered) {
+        // Our id is still bound to an older connection (a previous run of
+        // this miner the oracle has not yet seen go away): try again later,
+        // backing off, rather than waiting unregistered forever.
+        st.retry_ms = st.retry_ms == 0
+                        ? st.heartbeat_ms
+                        : std::min<int64_t>(st.retry_ms * 2, 30000);
+        self->delayed_send(self, std::chrono::milliseconds(st.retry_ms),
+                           connect_atom::value, st.beat_epoch);
       }
       break;
     }
@@ -198,6 +209,13 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
         self->send(st.gateway, miner_atom::value, m.SerializeAsString());
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms),
                            beat_atom::value, epoch);
+      },
+      // A registration retry (see node_id_in_use); stale once the node
+      // switched gateways.
+      [=](connect_atom, uint64_t epoch) {
+        auto& st = self->state;
+        if (epoch == st.beat_epoch && !st.registered && st.gateway)
+          do_register(self);
       },
       [=](connect_atom, caf::actor gw) {
         auto& st = self->state;

@@ -56,6 +56,10 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   }
   *n.mutable_models() = c.models();
   n.set_last_heartbeat(now);
+  // A node that registers starts out available, which is also what the
+  // gateway assumes: it forwards a heartbeat only when its mode differs from
+  // the last one it saw, so a mode left over from before would stick.
+  n.set_mode(pb::AVAILABLE);
   if (n.state() == pb::QUARANTINED) {
     // A miner restart does not shorten its quarantine.
     out.changed = true;

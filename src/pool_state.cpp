@@ -267,9 +267,14 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   for (auto& [id, n] : nodes_)
     if (n.state() != pb::RETIRED && n.state() != pb::LOST)
       lose(n, "oracle restart", now, out);
-  for (auto& [id, s] : sessions_)
+  for (auto& [id, s] : sessions_) {
     if (s.state() == pb::ACTIVE)
       requeue(s, now, out);
+    else if (s.state() == pb::QUEUED)
+      // No node could serve it while the oracle was down, and every node
+      // has to come back first: its queue_timeout starts again from here.
+      s.set_last_activity(now);
+  }
   out.changed = true;
 }
 
@@ -283,6 +288,10 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
     out.refused = refusal{"bad_params", err.empty() ? "bad selection" : err};
     return;
   }
+  // `seed` seeds the pool's random choices: a new one restarts the
+  // generator (the Configure is in the log, so a replay does the same).
+  if (p.seed != params_.seed)
+    rng_state_ = p.seed;
   params_ = std::move(p);
   selector_ = std::move(sel);
   out.changed = true;

@@ -46,24 +46,47 @@ struct oracle_options {
   std::string config;
   bool no_sync = false;
   std::map<std::string, std::string> flags;
+  CLI::Option* host_flag = nullptr;  // to tell a flag from its default
+  CLI::Option* port_flag = nullptr;
 };
 
 int run_oracle(oracle_options& o) {
   begin();
-  // [oracle] in the config file gives defaults for the flags.
+  // [oracle] in the config file gives defaults for the flags: a flag given
+  // on the command line wins. Unknown keys and bad values are errors.
   if (!o.config.empty()) {
+    toml::table tbl;
     try {
-      auto tbl = toml::parse_file(o.config);
-      if (auto* t = tbl["oracle"].as_table()) {
-        if (o.data_dir.empty())
-          o.data_dir = (*t)["data_dir"].value_or(std::string{});
-        if (auto port = (*t)["port"].value<int64_t>())
-          o.port = static_cast<uint16_t>(*port);
-        if (auto host = (*t)["host"].value<std::string>())
-          o.host = *host;
-      }
+      tbl = toml::parse_file(o.config);
     } catch (const toml::parse_error& e) {
       throw std::runtime_error(o.config + ": " + std::string{e.description()});
+    }
+    if (tbl.contains("oracle") && !tbl["oracle"].is_table())
+      throw std::runtime_error(o.config + ": oracle must be a table ([oracle])");
+    if (auto* t = tbl["oracle"].as_table()) {
+      for (auto& [k, v] : *t) {
+        auto key = std::string{k.str()};
+        auto bad = [&](const std::string& why) {
+          return std::runtime_error(o.config + ": oracle." + key + ": " + why);
+        };
+        if (key == "data_dir" || key == "host") {
+          auto x = v.value<std::string>();
+          if (!v.is_string() || !x || x->empty())
+            throw bad("expected a non-empty string");
+          if (key == "data_dir" && o.data_dir.empty())
+            o.data_dir = *x;
+          if (key == "host" && !(o.host_flag && o.host_flag->count() > 0))
+            o.host = *x;
+        } else if (key == "port") {
+          auto x = v.value<int64_t>();
+          if (!v.is_integer() || !x || *x < 0 || *x > 65535)
+            throw bad("expected a port number, 0..65535");
+          if (!(o.port_flag && o.port_flag->count() > 0))
+            o.port = static_cast<uint16_t>(*x);
+        } else {
+          throw std::runtime_error(o.config + ": unknown key oracle." + key);
+        }
+      }
     }
   }
   if (o.data_dir.empty())
@@ -356,8 +379,10 @@ void add_oracle(CLI::App& app) {
   auto o = std::make_shared<oracle_options>();
   auto* cmd = app.add_subcommand("oracle", "run an oracle host");
   cmd->add_option("--data-dir", o->data_dir, "RocksDB directory of the pool");
-  cmd->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
-  cmd->add_option("--port", o->port, "port for miners and clients (default 4242)");
+  o->host_flag = cmd->add_option("--host", o->host,
+                                  "address to listen on (default 127.0.0.1)");
+  o->port_flag = cmd->add_option("--port", o->port,
+                                  "port for miners and clients (default 4242)");
   cmd->add_option("--config", o->config,
                   "TOML file: [pool] parameters, [oracle] data_dir/host/port");
   cmd->add_flag("--no-sync", o->no_sync,

@@ -255,5 +255,25 @@ TEST_F(bad_input, outlier_output_among_redundant_nodes_loses_reputation) {
   EXPECT_FALSE(s.node("odd")->recent(s.node("odd")->recent_size() - 1));
 }
 
+// A node that registers again is AVAILABLE as far as the gateway knows, so
+// the gateway forwards its next heartbeat only if that says otherwise. The
+// pool must agree, or a node that was BUSY before it registered again stays
+// BUSY in the pool for good and is never handed to a session.
+TEST_F(bad_input, a_node_registering_again_is_available_again) {
+  admit("m1");
+  pb::MinerMsg hb;
+  hb.set_node_id("m1");
+  hb.mutable_heartbeat()->set_node_id("m1");
+  hb.mutable_heartbeat()->set_mode(pb::BUSY);
+  send(hb);
+  ASSERT_EQ(state().node("m1")->mode(), pb::BUSY);
+  admit("m1");  // the miner restarted its node: register, pass the test
+  hb.mutable_heartbeat()->set_mode(pb::AVAILABLE);
+  send(hb);
+  EXPECT_EQ(state().node("m1")->mode(), pb::AVAILABLE);
+  ASSERT_EQ(submit(session_req("s-mode", 1, 1)), "accepted");
+  EXPECT_EQ(state().session("s-mode")->state(), pb::ACTIVE);
+}
+
 } // namespace
 } // namespace nodepool::testing

@@ -1,6 +1,8 @@
 // The whole single-oracle lifecycle under the test coordinator.
 #include "fixture.hpp"
 
+#include <nlohmann/json.hpp>
+
 using namespace std::chrono_literals;
 
 namespace nodepool::testing {
@@ -73,6 +75,107 @@ TEST_F(lifecycle, heartbeat_loss_is_detected_without_a_down_message) {
   caf::anon_send(n, connect_atom::value, caf::actor{});
   run_for(1s);
   EXPECT_EQ(state().node("quiet")->state(), pb::LOST);
+}
+
+// A miner restarted while its old connection still looks alive is refused
+// with node_id_in_use. Once the oracle gives up on the old connection (here:
+// heartbeats missed), the new node actor must get in; it must not wait
+// unregistered forever.
+TEST_F(lifecycle, node_refused_as_in_use_registers_once_the_old_one_is_gone) {
+  start(fast_params());
+  auto old = add_node("twin", behaviour::healthy, 1);
+  run_for(200ms);
+  ASSERT_EQ(state().node("twin")->state(), pb::EPHEMERAL);
+  caf::anon_send(old, connect_atom::value, caf::actor{});  // silent, not down
+  auto fresh = add_node("twin", behaviour::healthy, 2);
+  run_for(3s);
+  auto s = state();
+  EXPECT_EQ(s.node("twin")->state(), pb::EPHEMERAL);
+  auto stats = nlohmann::json::parse(ask(fresh, stats_atom::value));
+  EXPECT_TRUE(stats["registered"].get<bool>()) << stats.dump();
+  EXPECT_GE(stats["refusals"].value("node_id_in_use", 0), 1) << stats.dump();
+}
+
+// The supervisor publishes a commit's events before it answers the
+// commands in it, and on a multi-core scheduler the validator can turn a
+// TestRequested into a test for the gateway before the gateway has heard
+// that the node's registration was accepted. That test must still reach the
+// node: a new node must not fail its admission test (and take a strike)
+// because the gateway had not bound it yet. Reproduced deterministically
+// with a stand-in supervisor that holds its answer.
+TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
+  auto held = std::make_shared<std::vector<caf::response_promise>>();
+  auto sup = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    return {
+      [=](cmd_atom, const std::string&) -> caf::result<void> {
+        held->push_back(self->make_response_promise());
+        return held->back();
+      },
+      [=](accepted_atom) {
+        for (auto& rp : *held)
+          rp.deliver(accepted_atom::value);
+        held->clear();
+      },
+    };
+  });
+  spawned_.push_back(sup);
+  oracle_.gateway = spawn_gateway(*sys_, sup, fast_params(), true);
+  spawned_.push_back(oracle_.gateway);
+  auto log = std::make_shared<probe_log>();
+  auto p = probe(log);
+  pb::MinerMsg reg;
+  reg.set_node_id("early");
+  reg.mutable_register_()->set_node_id("early");
+  reg.mutable_register_()->add_models("llama-3-8b");
+  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  sched_->run();
+  ASSERT_EQ(held->size(), 1u);
+  // What the validator sends on TestRequested, ahead of the answer.
+  pb::OracleMsg test;
+  test.mutable_test()->set_test_id(1);
+  test.mutable_test()->set_deadline_ms(500);
+  caf::anon_send(oracle_.gateway, send_atom::value, std::string{"early"},
+                 test.SerializeAsString());
+  sched_->run();
+  caf::anon_send(sup, accepted_atom::value);
+  sched_->run();
+  bool got_test = false, got_registered = false;
+  for (auto& m : log->received) {
+    got_test = got_test || m.has_test();
+    got_registered = got_registered || m.has_registered();
+  }
+  EXPECT_TRUE(got_registered);
+  EXPECT_TRUE(got_test);
+  auto stats = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
+  EXPECT_EQ(stats["undeliverable"].get<uint64_t>(), 0u);
+}
+
+// While one connection's registration of a node id is being committed,
+// another connection may not register the same id: both would end up bound
+// and the first could act as the node.
+TEST_F(lifecycle, two_connections_cannot_register_one_id_at_once) {
+  start(fast_params());
+  auto la = std::make_shared<probe_log>(), lb = std::make_shared<probe_log>();
+  auto a = probe(la), b = probe(lb);
+  pb::MinerMsg reg;
+  reg.set_node_id("dup");
+  reg.mutable_register_()->set_node_id("dup");
+  reg.mutable_register_()->add_models("llama-3-8b");
+  // Both land in the gateway's mailbox before the supervisor answers.
+  caf::anon_send(a, send_atom::value, reg.SerializeAsString());
+  caf::anon_send(b, send_atom::value, reg.SerializeAsString());
+  sched_->run();
+  auto registered = [](const probe_log& l) {
+    for (auto& m : l.received)
+      if (m.has_registered())
+        return true;
+    return false;
+  };
+  EXPECT_TRUE(registered(*la));
+  EXPECT_FALSE(registered(*lb));
+  EXPECT_EQ(lb->refusal_codes(), std::vector<std::string>{"node_id_in_use"});
+  auto stats = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
+  EXPECT_EQ(stats["connected"].get<uint64_t>(), 1u);
 }
 
 } // namespace

@@ -2067,4 +2067,67 @@ TEST(PoolInvariants, DetectsI5NodeOutsideEveryState) {
   EXPECT_TRUE(has_violation(vs, "I5")) << describe(vs);
 }
 
+// =============================================================================
+// review fixes
+// =============================================================================
+
+// The gateway forwards a heartbeat only when the mode differs from the one it
+// last sent, and it assumes AVAILABLE for a node that has just registered.
+// A registration must therefore make the node AVAILABLE in the pool too, or a
+// node that was BUSY before going away is never handed out again.
+TEST(PoolReview, RegistrationMakesANodeAvailableAgain) {
+  harness h;
+  h.admit("n1");
+  h.hb("n1", pb::BUSY);
+  ASSERT_EQ(h.node("n1").mode(), pb::BUSY);
+  h.down("n1");
+  h.reg("n1");
+  EXPECT_EQ(h.node("n1").mode(), pb::AVAILABLE);
+  h.pass("n1");
+  auto r = h.submit("s1");
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+}
+
+// `seed` is documented as seeding the pool's random choices; a Configure
+// that sets it must take effect, the same as starting with it.
+TEST(PoolReview, ConfigureReseedsTheRandomChoices) {
+  params p = quiet();
+  p.seed = 4242;
+  p.selection = "random";
+  harness direct{p};
+  harness configured{quiet()};
+  pb::Command c;
+  c.mutable_configure()->set_params_json(to_json(p));
+  ASSERT_FALSE(configured.apply(c).refused);
+  for (auto* h : {&direct, &configured}) {
+    for (int i = 0; i < 6; ++i)
+      h->admit("n" + std::to_string(i));
+    for (int i = 0; i < 3; ++i)
+      h->submit("s" + std::to_string(i));
+  }
+  EXPECT_EQ(bytes_of(direct.pool.snapshot()),
+            bytes_of(configured.pool.snapshot()));
+  // The same parameters again do not reseed (a restart with unchanged
+  // parameters logs no Configure, and one that does must not rewind).
+  auto before = configured.pool.snapshot().rng_state();
+  ASSERT_FALSE(configured.apply(c).refused);
+  EXPECT_EQ(configured.pool.snapshot().rng_state(), before);
+}
+
+// A restart gives every queued session a fresh queue_timeout: while the
+// oracle was down no node could have served it, and right after Recover
+// every node is LOST until it reconnects.
+TEST(PoolReview, RecoverRestartsTheQueueTimeoutOfQueuedSessions) {
+  harness h;
+  h.submit("s1");
+  ASSERT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.now += h.pool.config().queue_timeout_ms * 2;  // the oracle was down
+  h.recover();
+  h.tick();
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.admit("n1");
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+}
+
 } // namespace
