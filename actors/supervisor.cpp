@@ -1,5 +1,7 @@
 #include "actors/supervisor.hpp"
 
+#include <optional>
+
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -16,7 +18,11 @@ struct supervisor_state {
   pool_state pool;
   supervisor_config cfg;
   std::vector<pb::LogEntry> pending;
-  std::vector<caf::response_promise> waiting;
+  /// Answers held until the next group commit, in arrival order: accepted
+  /// commands wait for the disk, and so do refusals that arrive while
+  /// others wait (a refusal can reveal state, e.g. "duplicate_session",
+  /// that is only safe to reveal once it is stored).
+  std::vector<std::pair<caf::response_promise, std::optional<refusal>>> waiting;
   pb::EventBatch events;
   std::vector<caf::actor> subscribers;
   bool flush_scheduled = false;
@@ -48,13 +54,17 @@ void apply(self_ptr self, const pb::Command& cmd,
     ++st.refusals[r.refused->code];
     log("supervisor")->debug("refused {}: {} ({})", cmd.ShortDebugString(),
                              r.refused->code, r.refused->detail);
-    if (rp)
+    if (rp && st.pending.empty())
       rp->deliver(make_refusal(r.refused->code, r.refused->detail));
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), r.refused);
     return;
   }
   if (!r.changed) {
-    if (rp)
+    if (rp && st.pending.empty())
       rp->deliver(accepted_atom::value);
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), std::nullopt);
     return;
   }
   ++st.applied;
@@ -67,7 +77,7 @@ void apply(self_ptr self, const pb::Command& cmd,
   for (auto& ev : r.events)
     *st.events.add_events() = std::move(ev);
   if (rp)
-    st.waiting.push_back(std::move(*rp));
+    st.waiting.emplace_back(std::move(*rp), std::nullopt);
   if (!st.flush_scheduled) {
     st.flush_scheduled = true;
     self->send(self, flush_atom::value);
@@ -99,8 +109,11 @@ void flush(self_ptr self) {
     for (auto& s : st.subscribers)
       self->send(s, events_atom::value, bytes);
   }
-  for (auto& rp : st.waiting)
-    rp.deliver(accepted_atom::value);
+  for (auto& [rp, refused] : st.waiting)
+    if (refused)
+      rp.deliver(make_refusal(refused->code, refused->detail));
+    else
+      rp.deliver(accepted_atom::value);
   st.waiting.clear();
   if (st.since_snapshot >= st.cfg.pool.snapshot_every) {
     auto snap = st.pool.snapshot();

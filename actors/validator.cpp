@@ -68,6 +68,12 @@ void on_events(self_ptr self, const pb::EventBatch& batch) {
     } else if (e.has_node_state_changed()
                && e.node_state_changed().to() == pb::LOST) {
       st.pending.erase(e.node_state_changed().node_id());
+    } else if (e.has_node_state_changed()
+               && e.node_state_changed().to() == pb::RETIRED) {
+      // Tell the miner: its node will not be tested again.
+      auto& c = e.node_state_changed();
+      refuse(self, c.node_id(), "retired", c.reason());
+      st.pending.erase(c.node_id());
     }
   }
 }

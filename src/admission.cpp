@@ -51,7 +51,7 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   if (n.state() == pb::RETIRED) {
     out.refused = refusal{"retired", "node " + n.id() + " was retired after "
                                        + std::to_string(n.strikes())
-                                       + " failed tests"};
+                                       + " consecutive failures"};
     return;
   }
   *n.mutable_models() = c.models();

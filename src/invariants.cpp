@@ -82,6 +82,9 @@ std::vector<violation> pool_state::check_invariants() const {
         add("I4", "session " + sid + " has no state");
     }
   }
+  for (auto& [sid, s] : sessions_)
+    if ((s.state() == pb::ACTIVE) != (active_.count(sid) == 1))
+      add("I4", "active index disagrees with the state of session " + sid);
   for (auto& [seq, sid] : queue_) {
     auto* s = session(sid);
     if (!s || s->state() != pb::QUEUED)

@@ -1,5 +1,6 @@
 #include "pool_state.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace nodepool {
@@ -237,15 +238,16 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
         break;
     }
   }
+  // Only live sessions are visited: the finished ones stay on record (I4)
+  // but cost nothing per tick.
   std::vector<std::string> idle, expired;
-  for (auto& [id, s] : sessions_) {
-    if (s.state() == pb::ACTIVE
-        && now - s.last_activity() > params_.idle_threshold_ms)
+  for (auto& id : active_)
+    if (now - sessions_[id].last_activity() > params_.idle_threshold_ms)
       idle.push_back(id);
-    else if (s.state() == pb::QUEUED
-             && now - s.last_activity() > params_.queue_timeout_ms)
+  for (auto& [seq, id] : queue_)
+    if (now - sessions_[id].last_activity() > params_.queue_timeout_ms)
       expired.push_back(id);
-  }
+  std::sort(expired.begin(), expired.end());  // the order ids were visited in
   for (auto& id : idle) {
     auto& s = sessions_[id];
     auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
@@ -267,14 +269,12 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   for (auto& [id, n] : nodes_)
     if (n.state() != pb::RETIRED && n.state() != pb::LOST)
       lose(n, "oracle restart", now, out);
-  for (auto& [id, s] : sessions_) {
-    if (s.state() == pb::ACTIVE)
-      requeue(s, now, out);
-    else if (s.state() == pb::QUEUED)
-      // No node could serve it while the oracle was down, and every node
-      // has to come back first: its queue_timeout starts again from here.
-      s.set_last_activity(now);
-  }
+  for (auto id : std::vector<std::string>(active_.begin(), active_.end()))
+    requeue(sessions_[id], now, out);
+  // No node could serve a queued session while the oracle was down, and
+  // every node has to come back first: queue timeouts start again here.
+  for (auto& [seq, id] : queue_)
+    sessions_[id].set_last_activity(now);
   out.changed = true;
 }
 
@@ -325,6 +325,7 @@ void pool_state::restore(const pb::Snapshot& snap) {
   nodes_.clear();
   sessions_.clear();
   queue_.clear();
+  active_.clear();
   pool_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
@@ -339,6 +340,8 @@ void pool_state::restore(const pb::Snapshot& snap) {
     sessions_[s.id()] = s;
     if (s.state() == pb::QUEUED)
       queue_[s.seq()] = s.id();
+    else if (s.state() == pb::ACTIVE)
+      active_.insert(s.id());
   }
   next_test_id_ = snap.next_test_id();
   next_session_seq_ = snap.next_session_seq();

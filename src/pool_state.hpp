@@ -142,6 +142,7 @@ private:
   std::map<std::string, pb::NodeRecord> nodes_;
   std::map<std::string, pb::SessionRecord> sessions_;
   std::map<uint64_t, std::string> queue_;  // seq -> session id, QUEUED only
+  std::set<std::string> active_;           // ids of ACTIVE sessions
   std::set<std::string> pool_;             // ids of EPHEMERAL nodes
   std::array<uint64_t, 9> counts_{};
   uint64_t next_test_id_ = 1;

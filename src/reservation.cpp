@@ -115,11 +115,11 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     return;
   // Sessions already running but short of their redundancy come first: they
   // were accepted earlier than anything still queued.
-  for (auto& [id, s] : sessions_) {
+  for (auto& id : active_) {
     if (pool_.empty())
       return;
-    if (s.state() == pb::ACTIVE
-        && static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
+    auto& s = sessions_[id];
+    if (static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
       reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
   }
   // Then the queue in acceptance order; a session whose needs cannot be met
@@ -137,6 +137,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     }
     reserve_for(s, s.max_nodes(), now, out);
     s.set_state(pb::ACTIVE);
+    active_.insert(s.id());
     if (s.started_at() == 0)
       s.set_started_at(now);
     s.set_last_activity(now);
@@ -193,8 +194,10 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   // A finished session is marked first so that nodes leaving it below do
   // not send it back to the queue.
   bool finished = s.tasks_done() >= s.max_tasks();
-  if (finished)
+  if (finished) {
     s.set_state(pb::COMPLETED);
+    active_.erase(s.id());
+  }
   uint64_t quarantined = counts_[pb::QUARANTINED];
   uint64_t alive = nodes_.size() - counts_[pb::RETIRED];
   for (auto& o : c.outcomes()) {
@@ -257,6 +260,7 @@ void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
   queue_.erase(s.seq());
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
   s.set_state(st);  // before releasing: no requeue of an ending session
+  active_.erase(s.id());
   for (auto& id : nodes)
     release(nodes_[id], "session ended", now, out);
   s.set_ended_at(now);
@@ -302,6 +306,7 @@ void pool_state::requeue(pb::SessionRecord& s, int64_t now,
                          apply_result& out) {
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
   s.set_state(pb::QUEUED);  // first, so detaching does not recurse
+  active_.erase(s.id());
   // While queued, last_activity is when the session (re-)entered the queue:
   // queue_timeout counts from there, not from the first submission.
   s.set_last_activity(now);

@@ -73,5 +73,39 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   EXPECT_EQ(snap->nodes_size(), 4);
 }
 
+TEST_F(group_commit, a_refusal_waits_for_the_batch_it_depends_on) {
+  // Two submissions of one id in one drain: the second is refused as a
+  // duplicate, which reveals the first; that answer must not leave before
+  // the first is on disk.
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  auto order = std::make_shared<std::vector<std::string>>();
+  auto sup = oracle_.supervisor;
+  auto sys = sys_.get();
+  auto bytes = [] {
+    pb::Command c;
+    c.mutable_submit_session()->set_session_id("twice");
+    return c.SerializeAsString();
+  }();
+  sys_->spawn([=](caf::event_based_actor* self) {
+    for (int i = 0; i < 2; ++i)
+      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+        .then(
+          [=](accepted_atom) {
+            order->push_back("accepted@" + std::to_string(st->appends));
+          },
+          [=](caf::error& e) {
+            order->push_back(read_refusal(*sys, e).first + "@"
+                             + std::to_string(st->appends));
+          });
+  });
+  auto appends_before = st->appends;
+  sched_->run();
+  ASSERT_EQ(order->size(), 2u);
+  auto stored = "@" + std::to_string(appends_before + 1);
+  EXPECT_EQ((*order)[0], "accepted" + stored);
+  EXPECT_EQ((*order)[1], "duplicate_session" + stored);
+}
+
 } // namespace
 } // namespace nodepool::testing

@@ -34,7 +34,7 @@ TEST_F(lifecycle, wrong_nodes_are_quarantined_then_retired) {
   auto p = fast_params();
   p.max_strikes = 3;
   start(p);
-  add_node("bad", behaviour::wrong, 7);
+  auto bad = add_node("bad", behaviour::wrong, 7);
   run_for(200ms);
   EXPECT_EQ(state().node("bad")->state(), pb::QUARANTINED);
   // Backoff 1 s, 2 s: two more failed retests retire it.
@@ -42,6 +42,8 @@ TEST_F(lifecycle, wrong_nodes_are_quarantined_then_retired) {
   auto s = state();
   EXPECT_EQ(s.node("bad")->state(), pb::RETIRED);
   EXPECT_EQ(s.tests_failed(), 3u);
+  // The miner was told and its node actor left.
+  EXPECT_EQ(ask(bad, stats_atom::value).rfind("error:", 0), 0u);
 }
 
 TEST_F(lifecycle, slow_node_fails_by_deadline) {
