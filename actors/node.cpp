@@ -8,6 +8,7 @@
 #include "digest.hpp"
 #include "log.hpp"
 #include "nodepool.pb.h"
+#include "random.hpp"
 
 namespace nodepool {
 
@@ -35,12 +36,11 @@ void send_later(self_ptr self, int64_t delay_ms, std::string bytes) {
 }
 
 std::string garbage_bytes(uint64_t seed) {
+  seeded_rng rnd{seed};
   std::string s(16 + seed % 32, '\0');
-  for (auto& c : s) {
-    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-    c = static_cast<char>(seed >> 56);
-  }
-  s[0] = '\xff';  // never a valid protobuf tag start for MinerMsg
+  for (auto& c : s)
+    c = static_cast<char>(rnd.next() >> 56);
+  s[0] = '\xff';  // a field number no MinerMsg has
   return s;
 }
 

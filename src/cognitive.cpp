@@ -1,4 +1,5 @@
 #include "cognitive.hpp"
+#include "random.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -8,13 +9,6 @@
 namespace nodepool {
 
 namespace {
-
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 std::string trim(const std::string& s) {
   auto b = s.find_first_not_of(" \t\r\n");
@@ -33,13 +27,13 @@ std::vector<challenge> make_challenges(uint64_t test_id,
   uint64_t fnv = 1469598103934665603ULL;
   for (unsigned char c : node_id)
     fnv = (fnv ^ c) * 1099511628211ULL;
-  uint64_t h = mix(test_id ^ fnv);
+  uint64_t h = mix64(test_id ^ fnv);
   std::vector<challenge> out;
   uint64_t scale = 10;
   for (uint32_t i = 0; i <= level; ++i)
     scale *= 10;
   for (uint32_t i = 0; i < count; ++i) {
-    h = mix(h + i);
+    h = mix64(h + i);
     auto a = h % scale, b = (h >> 20) % scale;
     std::string prompt;
     switch ((h >> 40) % 3) {
@@ -54,7 +48,7 @@ std::vector<challenge> make_challenges(uint64_t test_id,
       default: {
         std::string w;
         for (uint32_t k = 0; k < 4 + level * 2; ++k)
-          w += static_cast<char>('a' + (mix(h + k) % 26));
+          w += static_cast<char>('a' + (mix64(h + k) % 26));
         prompt = "Reverse the word " + w + ". Answer with the word only.";
       }
     }

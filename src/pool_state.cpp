@@ -1,5 +1,7 @@
 #include "pool_state.hpp"
 
+#include "random.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -65,12 +67,10 @@ std::array<uint64_t, 5> pool_state::session_counts() const {
 }
 
 uint64_t pool_state::next_random() {
-  // splitmix64: small, fast, and its whole state is one integer that the
-  // snapshot carries.
-  uint64_t z = (rng_state_ += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
+  seeded_rng r{rng_state_};  // the snapshot carries the state
+  auto x = r.next();
+  rng_state_ = r.state();
+  return x;
 }
 
 apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {

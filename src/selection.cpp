@@ -2,17 +2,11 @@
 
 #include <algorithm>
 
+#include "random.hpp"
+
 namespace nodepool {
 
 namespace {
-
-/// Fisher-Yates with the caller's random source (std::shuffle's result
-/// depends on the standard library; this does not).
-void shuffle(std::vector<const pb::NodeRecord*>& xs,
-             const selection_strategy::random_source& rnd) {
-  for (size_t i = xs.size(); i > 1; --i)
-    std::swap(xs[i - 1], xs[rnd() % i]);
-}
 
 std::vector<std::string> first_ids(const std::vector<const pb::NodeRecord*>& xs,
                                    size_t count) {

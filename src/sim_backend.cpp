@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cognitive.hpp"
+#include "random.hpp"
 
 namespace nodepool {
 
@@ -80,29 +81,19 @@ std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
                    [](auto& x, auto& y) { return x.first > y.first; });
   for (size_t i = 0; out.size() < nodes; ++i)
     out.push_back(rest[i % rest.size()].second);
-  uint64_t s = seed;
-  for (size_t i = out.size(); i > 1; --i) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    std::swap(out[i - 1], out[(s >> 33) % i]);
-  }
+  seeded_rng rnd{seed};
+  shuffle(out, rnd);
   return out;
 }
 
 sim_backend::sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms)
-  : behaviour_(b), state_(seed * 2654435761ULL + 1), deadline_ms_(deadline_ms) {
+  : behaviour_(b), rng_(seed * 2654435761ULL + 1), deadline_ms_(deadline_ms) {
   life_ = 5 + static_cast<uint32_t>(next() % 20);
 }
 
-uint64_t sim_backend::next() {
-  uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+uint64_t sim_backend::next() { return rng_.next(); }
 
-bool sim_backend::chance(double p) {
-  return static_cast<double>(next() % 1000000) < p * 1000000;
-}
+bool sim_backend::chance(double p) { return rng_.chance(p); }
 
 void sim_backend::count_message() {
   if (behaviour_ == behaviour::crash && life_ > 0 && --life_ == 0)

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "random.hpp"
+
 namespace nodepool {
 
 /// How a simulated miner node behaves.
@@ -55,7 +57,7 @@ private:
   void count_message();
 
   behaviour behaviour_;
-  uint64_t state_;
+  seeded_rng rng_;
   int64_t deadline_ms_;
   uint32_t life_;  // messages until a crash node dies
   bool crashed_ = false;

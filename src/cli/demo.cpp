@@ -13,6 +13,7 @@
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "cli/common.hpp"
+#include "random.hpp"
 #include "recovery.hpp"
 #include "sim_backend.hpp"
 
@@ -60,10 +61,8 @@ std::vector<behaviour> demo_behaviours(size_t n, double share, uint64_t seed) {
   }
   out.insert(out.end(), n - faulty, behaviour::healthy);
   // Shuffle so faulty nodes are not all first in id order.
-  for (size_t i = out.size(); i > 1; --i) {
-    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-    std::swap(out[i - 1], out[(seed >> 33) % i]);
-  }
+  seeded_rng rnd{seed};
+  shuffle(out, rnd);
   return out;
 }
 
@@ -153,22 +152,21 @@ int run(demo_options& o) {
     if (id.rfind("demo-", 0) == 0)
       accepted.insert(id);
   size_t resumed = accepted.size();
-  uint64_t rng = o.seed;
+  seeded_rng rng{o.seed};
   size_t refused_submissions = 0;
   for (size_t i = 0; i < o.sessions && !stop_requested; ++i) {
     char id[32];
     std::snprintf(id, sizeof id, "demo-%06zu", i);
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
     if (accepted.count(id))
       continue;
     pb::SubmitSession req;
     req.set_session_id(id);
     req.set_model("llama-3-8b");
-    auto red = 1 + static_cast<uint32_t>((rng >> 33) % 3);
+    auto red = 1 + static_cast<uint32_t>(rng.below(3));
     req.set_min_nodes(1);
     req.set_max_nodes(red);
     req.set_redundancy(red);
-    req.set_max_tasks(2 + static_cast<uint32_t>((rng >> 40) % 3));
+    req.set_max_tasks(2 + static_cast<uint32_t>(rng.below(3)));
     req.set_client("demo");
     self->request(h.sessions, std::chrono::seconds(30), submit_atom::value,
                   req.SerializeAsString())

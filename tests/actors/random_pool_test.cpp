@@ -5,6 +5,7 @@
 // ended (liveness: enough healthy nodes stay). A failing seed reproduces
 // exactly: --gtest_filter='seeds/random_pool.run/<seed - 1>'.
 #include "fixture.hpp"
+#include "random.hpp"
 
 #include <sstream>
 
@@ -13,17 +14,7 @@ using namespace std::chrono_literals;
 namespace nodepool::testing {
 namespace {
 
-struct rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  uint64_t below(uint64_t n) { return next() % n; }
-  bool chance(double p) { return below(1000000) < p * 1000000; }
-};
+using rng = seeded_rng;
 
 class random_pool : public actor_test,
                     public ::testing::WithParamInterface<uint64_t> {
@@ -56,7 +47,7 @@ protected:
 
 TEST_P(random_pool, run) {
   auto seed = GetParam();
-  rng r{seed};
+  seeded_rng r{seed};
   params_.seed = seed;
   auto st = std::shared_ptr<store>(make_memory_store());
   start_observed(st);

@@ -16,6 +16,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include "pool_state.hpp"
+#include "random.hpp"
 
 using namespace nodepool;
 
@@ -1563,15 +1564,9 @@ TEST(PoolApply, TimeNeverRunsBackwards) {
 // randomized command streams
 // =============================================================================
 
-struct rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  uint64_t below(uint64_t n) { return next() % n; }
+/// The project's generator, with chance() in whole percent.
+struct rng : seeded_rng {
+  using seeded_rng::seeded_rng;
   bool chance(int percent) { return below(100) < static_cast<uint64_t>(percent); }
 };
 

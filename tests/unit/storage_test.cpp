@@ -16,6 +16,7 @@
 #include <rocksdb/db.h>
 
 #include "pool_state.hpp"
+#include "random.hpp"
 #include "recovery.hpp"
 #include "storage.hpp"
 
@@ -102,14 +103,8 @@ params history_params() {
 history make_history(uint64_t seed, int steps) {
   history h;
   pool_state pool;
-  uint64_t s = seed;
-  auto next = [&s] {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
-  auto below = [&](uint64_t n) { return next() % n; };
+  seeded_rng r{seed};
+  auto below = [&](uint64_t n) { return r.below(n); };
   int64_t now = 1000;
   int sessions = 0;
   auto record = [&](const pb::Command& c) {
