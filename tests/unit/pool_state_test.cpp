@@ -17,6 +17,7 @@
 
 #include "pool_state.hpp"
 #include "random.hpp"
+#include "bytes_of.hpp"
 
 using namespace nodepool;
 
@@ -24,16 +25,7 @@ namespace {
 
 // -- helpers ------------------------------------------------------------------
 
-std::string bytes_of(const google::protobuf::MessageLite& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream os(&out);
-    google::protobuf::io::CodedOutputStream cos(&os);
-    cos.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&cos);
-  }
-  return out;
-}
+using nodepool::testing::bytes_of;
 
 std::string describe(const std::vector<violation>& vs) {
   std::ostringstream os;

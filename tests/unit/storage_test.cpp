@@ -17,6 +17,7 @@
 
 #include "pool_state.hpp"
 #include "random.hpp"
+#include "bytes_of.hpp"
 #include "recovery.hpp"
 #include "storage.hpp"
 
@@ -25,16 +26,7 @@ using google::protobuf::util::MessageDifferencer;
 
 namespace {
 
-std::string bytes_of(const google::protobuf::MessageLite& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream os(&out);
-    google::protobuf::io::CodedOutputStream cos(&os);
-    cos.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&cos);
-  }
-  return out;
-}
+using nodepool::testing::bytes_of;
 
 /// A fresh directory under /tmp, removed with everything in it.
 class temp_dir {
