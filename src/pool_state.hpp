@@ -136,6 +136,7 @@ private:
   uint32_t reserve_for(pb::SessionRecord& s, uint32_t want, int64_t now,
                        apply_result& out);
   bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
+  bool could_ever_serve(const pb::SessionRecord& s) const;
 
   params params_;
   std::unique_ptr<selection_strategy> selector_;

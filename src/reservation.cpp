@@ -110,6 +110,22 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
   return static_cast<uint32_t>(picked.size());
 }
 
+bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
+  uint32_t n = 0;
+  for (auto& [id, node] : nodes_) {
+    if (node.state() == pb::RETIRED || node.state() == pb::LOST
+        || node.level() < s.min_level())
+      continue;
+    if (!s.model().empty()
+        && std::find(node.models().begin(), node.models().end(), s.model())
+             == node.models().end())
+      continue;
+    if (++n >= s.min_nodes())
+      return true;
+  }
+  return false;
+}
+
 void pool_state::try_assign(int64_t now, apply_result& out) {
   if (pool_.empty())
     return;
@@ -122,8 +138,12 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     if (static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
       reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
   }
-  // Then the queue in acceptance order; a session whose needs cannot be met
-  // now does not block the ones behind it.
+  // Then the queue in acceptance order. A session whose needs cannot be met
+  // now does not block the ones behind it, until it has waited half its
+  // queue_timeout: from then on it holds the pool (nothing behind it is
+  // served), so a session that needs many nodes is not starved by a stream
+  // of small ones. One that no registered node could ever serve holds
+  // nothing.
   for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
     auto& s = sessions_[i->second];
     uint32_t available = 0;
@@ -132,6 +152,9 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
           && ++available >= s.min_nodes())
         break;
     if (available < s.min_nodes()) {
+      if (now - s.last_activity() > params_.queue_timeout_ms / 2
+          && could_ever_serve(s))
+        return;
       ++i;
       continue;
     }

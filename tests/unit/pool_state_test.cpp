@@ -963,6 +963,56 @@ TEST(PoolReservation, UnservableSessionDoesNotBlockLaterOnes) {
   EXPECT_EQ(nodes_of(h.session("wants-x")), std::vector<std::string>{"n2"});
 }
 
+TEST(PoolReservation, LongWaitingLargeSessionIsNotStarvedBySmallOnes) {
+  auto p = quiet();
+  p.queue_timeout_ms = 10000;
+  harness h{p};
+  h.admit("n1");
+  h.admit("n2");
+  h.admit("n3");
+  h.submit("busy", "m", 2, 2);  // keeps two nodes
+  h.submit("big", "m", 3, 3);   // needs all three
+  h.submit("small0", "m", 1, 1);
+  EXPECT_EQ(h.sstate("small0"), pb::ACTIVE);  // first fit: small goes first
+  // While big has waited less than half its queue_timeout, small sessions
+  // keep taking freed nodes ...
+  h.now += 1000;
+  h.end("small0");
+  for (auto& [id, n] : h.pool.nodes())
+    if (n.state() == pb::REVALIDATING)
+      h.pass(id);
+  h.submit("small1", "m", 1, 1);
+  EXPECT_EQ(h.sstate("small1"), pb::ACTIVE);
+  // ... past it, big holds the pool: freed nodes wait for it.
+  h.now += 5000;
+  h.end("small1");
+  h.submit("small2", "m", 1, 1);
+  for (auto& [id, n] : h.pool.nodes())
+    if (n.state() == pb::REVALIDATING)
+      h.pass(id);
+  EXPECT_EQ(h.sstate("small2"), pb::QUEUED);
+  EXPECT_EQ(h.sstate("big"), pb::QUEUED);
+  h.end("busy");
+  for (auto& [id, n] : h.pool.nodes())
+    if (n.state() == pb::REVALIDATING)
+      h.pass(id);
+  EXPECT_EQ(h.sstate("big"), pb::ACTIVE);
+  EXPECT_EQ(h.session("big").nodes_size(), 3);
+  EXPECT_EQ(h.sstate("small2"), pb::QUEUED);
+}
+
+TEST(PoolReservation, SessionNoNodeCouldServeHoldsNothing) {
+  auto p = quiet();
+  p.queue_timeout_ms = 10000;
+  harness h{p};
+  h.submit("wants-x", "x");
+  h.now += 6000;  // past half its queue_timeout
+  h.submit("wants-m", "m");
+  h.admit("n1", {"m"});
+  EXPECT_EQ(h.sstate("wants-m"), pb::ACTIVE);
+  EXPECT_EQ(h.sstate("wants-x"), pb::QUEUED);
+}
+
 TEST(PoolReservation, ActiveSessionsAreToppedUpFirst) {
   harness h;
   h.submit("s1", "m", 1, 3, 3);
