@@ -396,6 +396,17 @@ TYPED_TEST(StoreTest, CheckHistoryPassesAGoodHistory) {
   EXPECT_TRUE(rep.load_error.empty());
 }
 
+TYPED_TEST(StoreTest, CheckHistoryWithAStrideReadsEveryEntry) {
+  auto h = make_history(15, 300);
+  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  for (uint64_t stride : {0u, 1u, 7u, 1000u}) {
+    auto rep = check_history(*this->st, stride);
+    EXPECT_EQ(rep.entries, h.entries.size()) << stride;
+    EXPECT_TRUE(rep.violations.empty()) << stride;
+    EXPECT_EQ(rep.sessions_accepted, h.accepted) << stride;
+  }
+}
+
 TYPED_TEST(StoreTest, CheckHistoryReportsASnapshotThatDisagreesWithTheLog) {
   auto h = make_history(14, 400);
   ASSERT_TRUE(append_all(*this->st, h.entries).ok());
