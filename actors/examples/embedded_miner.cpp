@@ -32,6 +32,6 @@ int main(int argc, char** argv) {
     nc.seed = static_cast<uint64_t>(i) + 1;
     nodepool::spawn_node(sys, nc, *gw);
   }
-  std::cout << "serving " << n << " node(s); Ctrl-C to stop\n";
+  std::cout << "serving " << n << " node(s); Ctrl-C to stop" << std::endl;
   sys.await_all_actors_done();
 }

@@ -89,6 +89,29 @@ TEST(multiprocess, oracle_miner_and_client_on_loopback) {
   EXPECT_EQ(c["sessions"]["completed"].get<int>(), 20);
 }
 
+TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
+  auto dir = temp_dir("embed");
+  cleanup tidy{dir};
+  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
+                                       "--port", "0"};
+  for (auto& f : fast_pool_flags())
+    args.push_back(f);
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto port = listening_port(oracle.output());
+  child miner{{"127.0.0.1", port, "3"}, dir + "/example.out", EXAMPLE_MINER_BIN};
+  ASSERT_TRUE(miner.wait_for_output("serving 3", 20s)) << miner.errors();
+  auto j = wait_status(dir, "127.0.0.1:" + port,
+                       [](const nlohmann::json& j) {
+                         return j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
+                       },
+                       30s);
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
+  miner.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
 TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
   auto dir = temp_dir("nooracle");
   cleanup tidy{dir};

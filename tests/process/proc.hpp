@@ -45,8 +45,11 @@ struct cleanup {
 
 class child {
 public:
-  /// Starts NODEPOOL_BIN with `args`; stdout to `out`, stderr to `out`.err.
-  child(std::vector<std::string> args, std::string out) : out_(std::move(out)) {
+  /// Starts NODEPOOL_BIN (or `bin`) with `args`; stdout to `out`, stderr to
+  /// `out`.err.
+  child(std::vector<std::string> args, std::string out,
+        std::string bin = NODEPOOL_BIN)
+    : out_(std::move(out)) {
     pid_ = fork();
     if (pid_ == 0) {
       int fd = open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -54,7 +57,6 @@ public:
       dup2(fd, 1);
       dup2(efd, 2);
       std::vector<char*> argv;
-      std::string bin = NODEPOOL_BIN;
       argv.push_back(bin.data());
       for (auto& a : args)
         argv.push_back(a.data());
