@@ -127,8 +127,7 @@ void start_task(self_ptr self) {
   st.parts.clear();
   auto n = std::min<size_t>(st.redundancy, st.nodes.size());
   for (size_t i = 0; i < n; ++i)
-    st.parts.push_back(
-      participant{st.nodes[(st.task_no + i) % st.nodes.size()]});
+    st.parts.emplace_back().node = st.nodes[(st.task_no + i) % st.nodes.size()];
   pb::OracleMsg m;
   auto* t = m.mutable_task();
   t->set_session_id(st.id);
