@@ -6,6 +6,7 @@
 
 #include "actors/config.hpp"
 #include "digest.hpp"
+#include "openai_client.hpp"
 #include "log.hpp"
 #include "nodepool.pb.h"
 #include "random.hpp"
@@ -17,6 +18,7 @@ namespace {
 struct node_state {
   node_config cfg;
   std::unique_ptr<sim_backend> backend;
+  caf::actor model;  // the `openai` backend's worker, if any
   caf::actor gateway;
   bool registered = false;
   int64_t heartbeat_ms = 1000;
@@ -65,6 +67,81 @@ void after_message(self_ptr self) {
   }
 }
 
+/// The `openai` backend's worker: a detached actor (a thread of its own), so
+/// that waiting for the inference server never stalls the scheduler.
+caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
+  auto client = std::make_shared<openai_client>(std::move(cfg));
+  return {
+    [client](task_atom, const std::string& prompt) -> caf::result<std::string> {
+      std::string err;
+      if (auto text = client->complete(prompt, err))
+        return *text;
+      log("node")->warn("inference failed: {}", err);
+      return make_refusal("inference_failed", err);
+    },
+  };
+}
+
+/// Answers a cognitive test with the model: one request per challenge,
+/// answers sent together once all are in (a failed one answers empty).
+void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
+  struct pending {
+    pb::MinerMsg out;
+    size_t remaining = 0;
+  };
+  auto p = std::make_shared<pending>();
+  p->out.set_node_id(self->state.cfg.id);
+  p->out.mutable_test_answers()->set_test_id(t.test_id());
+  p->remaining = static_cast<size_t>(t.challenges_size());
+  for (int i = 0; i < t.challenges_size(); ++i)
+    p->out.mutable_test_answers()->add_answers();
+  auto done = [self, p](int i, std::string text) {
+    *p->out.mutable_test_answers()->mutable_answers(i) = std::move(text);
+    if (--p->remaining == 0 && self->state.gateway)
+      self->send(self->state.gateway, miner_atom::value,
+                 p->out.SerializeAsString());
+  };
+  for (int i = 0; i < t.challenges_size(); ++i)
+    self->request(self->state.model, caf::infinite, task_atom::value,
+                  t.challenges(i).prompt())
+      .then([=](std::string& text) { done(i, std::move(text)); },
+            [=](caf::error&) { done(i, {}); });
+}
+
+/// Serves a task with the model: ack at once, then precommit and commit of
+/// its output. If the model fails, the node stays silent and the session's
+/// phase deadline ends the task.
+void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
+  auto& id = self->state.cfg.id;
+  pb::MinerMsg ack;
+  ack.set_node_id(id);
+  ack.mutable_task_ack()->set_session_id(t.session_id());
+  ack.mutable_task_ack()->set_task_no(t.task_no());
+  self->send(self->state.gateway, miner_atom::value, ack.SerializeAsString());
+  auto sid = t.session_id();
+  auto no = t.task_no();
+  self->request(self->state.model, caf::infinite, task_atom::value, t.prompt())
+    .then(
+      [=](std::string& text) {
+        auto& st = self->state;
+        if (!st.gateway)
+          return;
+        pb::MinerMsg pre;
+        pre.set_node_id(st.cfg.id);
+        pre.mutable_task_precommit()->set_session_id(sid);
+        pre.mutable_task_precommit()->set_task_no(no);
+        pre.mutable_task_precommit()->set_output_hash(sha256_hex(text));
+        self->send(st.gateway, miner_atom::value, pre.SerializeAsString());
+        pb::MinerMsg com;
+        com.set_node_id(st.cfg.id);
+        com.mutable_task_commit()->set_session_id(sid);
+        com.mutable_task_commit()->set_task_no(no);
+        com.mutable_task_commit()->set_output(text);
+        self->send(st.gateway, miner_atom::value, com.SerializeAsString());
+      },
+      [](caf::error&) {});
+}
+
 void on_oracle(self_ptr self, const pb::OracleMsg& m) {
   auto& st = self->state;
   auto& id = st.cfg.id;
@@ -80,6 +157,10 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
     case pb::OracleMsg::kTest: {
       ++st.tests;
       auto& t = m.test();
+      if (st.model) {
+        answer_with_model(self, t);
+        break;
+      }
       pb::MinerMsg out;
       out.set_node_id(id);
       auto* a = out.mutable_test_answers();
@@ -100,6 +181,10 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
     case pb::OracleMsg::kTask: {
       ++st.tasks;
       auto& t = m.task();
+      if (st.model) {
+        serve_with_model(self, t);
+        break;
+      }
       auto r = st.backend->infer(t.prompt());
       if (r.silent) {
         after_message(self);
@@ -171,6 +256,11 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
     st.cfg = std::move(cfg);
     st.backend = std::make_unique<sim_backend>(st.cfg.kind, st.cfg.seed,
                                                st.cfg.deadline_hint_ms);
+    if (st.cfg.openai) {
+      st.model = self->system().spawn<caf::detached>(inference_worker,
+                                                     *st.cfg.openai);
+      self->link_to(st.model);  // the worker goes when the node goes
+    }
     st.gateway = gateway;
     self->set_down_handler([=](caf::down_msg& dm) {
       auto& st = self->state;

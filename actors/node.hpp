@@ -6,6 +6,7 @@
 // connect_oracle) and it registers, heartbeats, answers cognitive tests and
 // serves tasks. See actors/examples/embedded_miner.cpp.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/expected.hpp>
 
+#include "openai_client.hpp"
 #include "sim_backend.hpp"
 
 namespace nodepool {
@@ -25,6 +27,10 @@ struct node_config {
   /// Phase / test deadline the `slow` behaviour overshoots.
   int64_t deadline_hint_ms = 5000;
   std::string public_key;
+  /// When set, the node answers tests and serves tasks with this
+  /// OpenAI-compatible inference server (the `openai` backend) instead of
+  /// the `sim` backend.
+  std::optional<openai_config> openai;
 };
 
 /// Spawns a node actor and registers it with `gateway`. The actor:

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cctype>
 #include <cstring>
 #include <functional>
 
@@ -10,12 +11,21 @@ namespace nodepool {
 
 namespace {
 
-std::string trim(const std::string& s) {
-  auto b = s.find_first_not_of(" \t\r\n");
+/// What a model's answer is compared by: without surrounding white space,
+/// quotes or back-ticks and a final full stop ("`391.`" is "391"), in lower
+/// case. Real models decorate answers; the content must still be exact.
+std::string normalize(const std::string& s) {
+  const char* strip = " \t\r\n\"'`";
+  auto b = s.find_first_not_of(strip);
   if (b == std::string::npos)
     return {};
-  auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
+  auto e = s.find_last_not_of(strip);
+  auto out = s.substr(b, e - b + 1);
+  if (!out.empty() && out.back() == '.')
+    out.pop_back();
+  for (auto& c : out)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
 }
 
 } // namespace
@@ -62,7 +72,7 @@ uint32_t grade(const std::vector<challenge>& xs,
                const std::vector<std::string>& answers) {
   uint32_t ok = 0;
   for (size_t i = 0; i < xs.size() && i < answers.size(); ++i)
-    if (trim(answers[i]) == xs[i].answer)
+    if (normalize(answers[i]) == xs[i].answer)
       ++ok;
   return ok;
 }

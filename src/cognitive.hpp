@@ -21,7 +21,8 @@ std::vector<challenge> make_challenges(uint64_t test_id,
                                        const std::string& node_id,
                                        uint32_t count, uint32_t level);
 
-/// Number of answers equal (after trimming) to the expected ones.
+/// Number of answers equal to the expected ones, ignoring surrounding white
+/// space, quotes, a final full stop and case.
 uint32_t grade(const std::vector<challenge>& xs,
                const std::vector<std::string>& answers);
 

@@ -4,6 +4,8 @@
 #include <caf/io/all.hpp>
 #include <chrono>
 #include <iostream>
+#include <cstdlib>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -140,6 +142,11 @@ struct miner_options {
   double connect_timeout_s = 30;
   double duration_s = 0;
   int64_t deadline_hint_ms = 5000;
+  std::string backend = "sim";
+  std::string openai_url;
+  std::string openai_model;
+  std::string openai_key;
+  int64_t openai_timeout_ms = 30000;
 };
 
 int run_miner(miner_options& o) {
@@ -155,6 +162,20 @@ int run_miner(miner_options& o) {
     while (std::getline(in, m, ','))
       if (!m.empty())
         models.push_back(m);
+  }
+  std::optional<openai_config> model;
+  if (o.backend == "openai") {
+    if (o.openai_url.empty())
+      throw std::runtime_error("--backend openai needs --openai-url");
+    openai_config oc;
+    oc.base_url = o.openai_url;
+    oc.model = o.openai_model.empty() ? models.front() : o.openai_model;
+    oc.api_key = o.openai_key;
+    if (oc.api_key.empty())
+      if (auto* k = std::getenv("OPENAI_API_KEY"))
+        oc.api_key = k;
+    oc.timeout_ms = o.openai_timeout_ms;
+    model = oc;
   }
   actor_config cfg;
   caf::actor_system sys{cfg};
@@ -173,6 +194,7 @@ int run_miner(miner_options& o) {
     nc.kind = kinds[i];
     nc.seed = o.seed * 1000003 + i;
     nc.deadline_hint_ms = o.deadline_hint_ms;
+    nc.openai = model;
     auto n = spawn_node(sys, nc, *gw);
     self->monitor(n);
     nodes.push_back(n);
@@ -418,6 +440,18 @@ void add_miner(CLI::App& app) {
   cmd->add_option("--duration", o->duration_s, "stop after this many seconds");
   cmd->add_option("--deadline-hint-ms", o->deadline_hint_ms,
                   "deadline the slow behaviour overshoots (default 5000)");
+  cmd->add_option("--backend", o->backend,
+                  "sim (simulated, see --behaviour) or openai (an "
+                  "OpenAI-compatible inference server)")
+    ->check(CLI::IsMember({"sim", "openai"}));
+  cmd->add_option("--openai-url", o->openai_url,
+                  "base URL of the inference server, e.g. http://127.0.0.1:8080");
+  cmd->add_option("--openai-model", o->openai_model,
+                  "model name sent to it (default: the first of --models)");
+  cmd->add_option("--openai-key", o->openai_key,
+                  "API key (default: $OPENAI_API_KEY)");
+  cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
+                  "per request (default 30000)");
   cmd->callback([o] {
     if (int rc = run_miner(*o); rc != 0)
       throw exit_code{rc};

@@ -2,12 +2,20 @@
 // over CAF's middleman.
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+
+#include "cognitive.hpp"
 #include "proc.hpp"
+#include "sim_backend.hpp"
+#include "support/fake_openai.hpp"
 
 using namespace std::chrono_literals;
 
 namespace nodepool::testing {
 namespace {
+
+using nodepool::solve;
+using nodepool::sim_backend;
 
 nlohmann::json last_json_line(const std::string& out) {
   auto end = out.find_last_not_of('\n');
@@ -107,6 +115,50 @@ TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
                        },
                        30s);
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
+  miner.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
+  // A stand-in for llama.cpp's server or vLLM: right answers, decorated the
+  // way real models decorate them, and a fixed output for tasks.
+  std::atomic<int> requests{0};
+  fake_server model{[&](const httplib::Request& req, httplib::Response& res) {
+    ++requests;
+    auto body = nlohmann::json::parse(req.body);
+    auto prompt = body["messages"][0]["content"].get<std::string>();
+    auto answer = solve(prompt);
+    res.set_content(completion(answer.empty() ? sim_backend::healthy_output(prompt)
+                                              : " " + answer + ".\n"),
+                    "application/json");
+  }};
+  auto dir = temp_dir("openai");
+  cleanup tidy{dir};
+  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
+                                       "--port", "0"};
+  for (auto& f : fast_pool_flags())
+    args.push_back(f);
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "2", "--backend",
+               "openai", "--openai-url", model.url()},
+              dir + "/miner.out"};
+  ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
+  auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "3",
+                        "--prefix", "llm", "--max-tasks", "2",
+                        "--redundancy", "2"},
+                       dir + "/submit.out");
+  ASSERT_EQ(rc, 0) << out;
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["sessions"]["completed"].get<int>() == 3;
+                       },
+                       60s);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>(), 3) << j.dump();
+  EXPECT_EQ(j["tests"]["failed"].get<int>(), 0) << j.dump();
+  EXPECT_GT(requests.load(), 2 * 5);  // two admission tests of five questions
   miner.signal(SIGTERM);
   oracle.signal(SIGTERM);
   EXPECT_EQ(oracle.wait_exit(20s), 0);

@@ -121,6 +121,9 @@ TEST(Cognitive, GradeCountsTrimmedMatches) {
   EXPECT_EQ(grade(xs, {}), 0u);
   EXPECT_EQ(grade(xs, {"7", "42", "olleh"}), 0u);  // order matters
   EXPECT_EQ(grade(xs, {"4 2", "", ""}), 0u);
+  // What real models add around an exact answer does not count against it.
+  EXPECT_EQ(grade(xs, {"42.", "`OLLEH`", "\"7\""}), 3u);
+  EXPECT_EQ(grade(xs, {"42 apples", "olleh!", "7.5"}), 0u);
 }
 
 // =============================================================================
