@@ -88,7 +88,7 @@ void finish_task(self_ptr self) {
         self->send(st.queue, reply_atom::value, self);
       },
       [=](caf::error& err) {
-            auto [code, detail] = read_refusal(self->system(), err);
+        auto [code, detail] = read_refusal(self->system(), err);
         auto& st = self->state;
         if (attempt != st.attempt)
           return;

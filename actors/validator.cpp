@@ -143,7 +143,7 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
         self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
           .then([](accepted_atom) {},
                 [=](caf::error& err) {
-            auto [code, detail] = read_refusal(self->system(), err);
+                  auto [code, detail] = read_refusal(self->system(), err);
                   refuse(self, node, code, detail);
                 });
       },
