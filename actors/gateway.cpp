@@ -41,8 +41,9 @@ struct gateway_state {
 
 using self_ptr = caf::stateful_actor<gateway_state>*;
 
-/// Forgets a connection's node and reports it down to the pool.
-void node_down(self_ptr self, const std::string& id, const std::string& why) {
+/// Forgets a connection's node and reports it down to the pool. `id` is a
+/// copy: callers pass a string owned by the maps this function erases from.
+void node_down(self_ptr self, std::string id, const std::string& why) {
   auto& st = self->state;
   auto i = st.by_node.find(id);
   if (i != st.by_node.end()) {

@@ -63,6 +63,14 @@ int run_oracle(oracle_options& o) {
     } catch (const toml::parse_error& e) {
       throw std::runtime_error(o.config + ": " + std::string{e.description()});
     }
+    // [pool] is read by resolve_params, [oracle] below; anything else is a
+    // typo (a misspelt [oracle] would silently drop its port and data_dir).
+    for (auto& [k, v] : tbl) {
+      auto key = std::string{k.str()};
+      if (key != "oracle" && key != "pool")
+        throw std::runtime_error(o.config + ": unknown key " + key
+                                 + " (expected [pool] and [oracle])");
+    }
     if (tbl.contains("oracle") && !tbl["oracle"].is_table())
       throw std::runtime_error(o.config + ": oracle must be a table ([oracle])");
     if (auto* t = tbl["oracle"].as_table()) {
@@ -163,6 +171,8 @@ int run_miner(miner_options& o) {
       if (!m.empty())
         models.push_back(m);
   }
+  if (models.empty())
+    throw std::runtime_error("--models: name at least one model");
   std::optional<openai_config> model;
   if (o.backend == "openai") {
     if (o.openai_url.empty())
@@ -207,6 +217,7 @@ int run_miner(miner_options& o) {
   auto start = std::chrono::steady_clock::now();
   size_t alive = nodes.size();
   size_t refused_out = 0;
+  bool oracle_gone = false;
   while (!stop_requested && alive > 0) {
     if (o.duration_s > 0
         && std::chrono::steady_clock::now() - start
@@ -218,8 +229,11 @@ int run_miner(miner_options& o) {
           log("miner")->warn("oracle connection lost; reconnecting");
           auto again = connect_retry(sys, o.oracle, o.connect_timeout_s);
           if (!again) {
-            std::cerr << "nodepool miner: oracle gone: "
-                      << sys.render(again.error()) << "\n";
+            if (!stop_requested) {  // not a SIGTERM cutting the retries short
+              std::cerr << "nodepool miner: oracle gone: "
+                        << sys.render(again.error()) << "\n";
+              oracle_gone = true;
+            }
             stop_requested = true;
             return;
           }
@@ -241,8 +255,9 @@ int run_miner(miner_options& o) {
   }
   for (auto& n : nodes)
     self->send_exit(n, caf::exit_reason::user_shutdown);
-  // Nodes the oracle sent away (retired, wrong key) make the exit non-zero.
-  return refused_out > 0 ? 1 : 0;
+  // An oracle that did not come back within --connect-timeout, or nodes it
+  // sent away (retired, wrong key), make the exit non-zero.
+  return oracle_gone || refused_out > 0 ? 1 : 0;
 }
 
 // ------------------------------------------------------------------ submit
