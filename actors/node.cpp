@@ -101,6 +101,11 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
       self->send(self->state.gateway, miner_atom::value,
                  p->out.SerializeAsString());
   };
+  if (t.challenges_size() == 0 && self->state.gateway) {
+    self->send(self->state.gateway, miner_atom::value,
+               p->out.SerializeAsString());
+    return;
+  }
   for (int i = 0; i < t.challenges_size(); ++i)
     self->request(self->state.model, caf::infinite, task_atom::value,
                   t.challenges(i).prompt())
@@ -113,6 +118,8 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
 /// phase deadline ends the task.
 void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
   auto& id = self->state.cfg.id;
+  if (!self->state.gateway)
+    return;
   pb::MinerMsg ack;
   ack.set_node_id(id);
   ack.mutable_task_ack()->set_session_id(t.session_id());

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <unistd.h>
 
@@ -74,17 +75,23 @@ std::string make_temp_dir() {
   return s;
 }
 
-pool_state fetch_state(caf::scoped_actor& self, const caf::actor& sup) {
-  pool_state ps;
-  self->request(sup, std::chrono::seconds(10), state_atom::value)
-    .receive(
-      [&](const std::string& bytes) {
-        pb::Snapshot snap;
-        snap.ParseFromString(bytes);
-        ps.restore(snap);
-      },
-      [&](caf::error&) {});
-  return ps;
+/// The supervisor's state, or nothing if it did not answer (then nothing
+/// may be concluded from it, least of all that sessions were lost).
+std::optional<pool_state> fetch_state(caf::scoped_actor& self,
+                                      const caf::actor& sup) {
+  std::optional<pool_state> out;
+  for (int attempt = 0; attempt < 3 && !out; ++attempt)
+    self->request(sup, std::chrono::seconds(10), state_atom::value)
+      .receive(
+        [&](const std::string& bytes) {
+          pb::Snapshot snap;
+          if (snap.ParseFromString(bytes)) {
+            out.emplace();
+            out->restore(snap);
+          }
+        },
+        [&](caf::error&) {});
+  return out;
 }
 
 std::string fetch_text(caf::scoped_actor& self, const caf::actor& whom) {
@@ -147,8 +154,10 @@ int run(demo_options& o) {
   // The generator is durable by construction: the sessions it already
   // submitted are in the store, so after a restart it submits the rest.
   auto before = fetch_state(self, h.supervisor);
+  if (!before)
+    throw std::runtime_error("the pool supervisor did not answer (see log)");
   std::set<std::string> accepted;
-  for (auto& [id, s] : before.sessions())
+  for (auto& [id, s] : before->sessions())
     if (id.rfind("demo-", 0) == 0)
       accepted.insert(id);
   size_t resumed = accepted.size();
@@ -157,16 +166,19 @@ int run(demo_options& o) {
   for (size_t i = 0; i < o.sessions && !stop_requested; ++i) {
     char id[32];
     std::snprintf(id, sizeof id, "demo-%06zu", i);
+    // Drawn for every session, stored or not: a resumed run submits the
+    // rest with the shapes the first run would have given them.
+    auto red = 1 + static_cast<uint32_t>(rng.below(3));
+    auto tasks = 2 + static_cast<uint32_t>(rng.below(3));
     if (accepted.count(id))
       continue;
     pb::SubmitSession req;
     req.set_session_id(id);
     req.set_model("llama-3-8b");
-    auto red = 1 + static_cast<uint32_t>(rng.below(3));
     req.set_min_nodes(1);
     req.set_max_nodes(red);
     req.set_redundancy(red);
-    req.set_max_tasks(2 + static_cast<uint32_t>(rng.below(3)));
+    req.set_max_tasks(tasks);
     req.set_client("demo");
     self->request(h.sessions, std::chrono::seconds(30), submit_atom::value,
                   req.SerializeAsString())
@@ -180,10 +192,11 @@ int run(demo_options& o) {
                });
   }
 
-  pool_state last;
   while (!stop_requested && elapsed() < o.timeout_s) {
-    last = fetch_state(self, h.supervisor);
-    auto sc2 = last.session_counts();
+    auto now_state = fetch_state(self, h.supervisor);
+    if (!now_state)
+      continue;
+    auto sc2 = now_state->session_counts();
     size_t ended = sc2[pb::COMPLETED] + sc2[pb::FAILED];
     if (tty)
       draw_progress(ended, o.sessions, elapsed());
@@ -193,7 +206,10 @@ int run(demo_options& o) {
   }
   if (tty)
     std::fprintf(stderr, "\n");
-  last = fetch_state(self, h.supervisor);
+  auto final_state = fetch_state(self, h.supervisor);
+  if (!final_state)
+    throw std::runtime_error("the pool supervisor did not answer (see log)");
+  auto& last = *final_state;
   auto total_s = elapsed();
   auto gateway_stats = nlohmann::json::parse(fetch_text(self, h.gateway));
   for (auto& n : nodes)

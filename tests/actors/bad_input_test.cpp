@@ -277,3 +277,28 @@ TEST_F(bad_input, a_node_registering_again_is_available_again) {
 
 } // namespace
 } // namespace nodepool::testing
+
+namespace nodepool::testing {
+namespace {
+
+TEST_F(bad_input, heartbeats_stay_out_of_the_log_but_a_new_mode_goes_in) {
+  admit("hb");
+  auto before = store_->last_index();
+  pb::MinerMsg hb;
+  hb.set_node_id("hb");
+  hb.mutable_heartbeat()->set_node_id("hb");
+  hb.mutable_heartbeat()->set_mode(pb::AVAILABLE);
+  for (int i = 0; i < 20; ++i) {
+    send(hb);
+    run_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(store_->last_index(), before);  // liveness is soft state
+  hb.mutable_heartbeat()->set_mode(pb::DRAINING);
+  send(hb);
+  send(hb);  // the same mode again adds nothing
+  EXPECT_EQ(store_->last_index(), before + 1);
+  EXPECT_EQ(state().node("hb")->mode(), pb::DRAINING);
+}
+
+} // namespace
+} // namespace nodepool::testing

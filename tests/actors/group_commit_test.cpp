@@ -71,6 +71,14 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   ASSERT_TRUE(snap.has_value());
   EXPECT_LE(snap->last_index(), st->last_index());
   EXPECT_EQ(snap->nodes_size(), 4);
+  // Snapshot + the entries after it give exactly the supervisor's state.
+  pool_state restored;
+  recovered info;
+  ASSERT_TRUE(nodepool::recover(*st, restored, info).ok());
+  EXPECT_EQ(info.replayed, st->last_index() - snap->last_index());
+  auto live = state().snapshot();
+  auto again = restored.snapshot();
+  EXPECT_EQ(again.SerializeAsString(), live.SerializeAsString());
 }
 
 TEST_F(group_commit, a_refusal_waits_for_the_batch_it_depends_on) {
