@@ -20,6 +20,7 @@ struct participant {
   std::string output;
   bool failed = false;
   pb::TaskOutcome outcome = pb::OK;
+  int64_t latency_ms = 0;  // task sent -> output committed
 };
 
 struct session_state {
@@ -37,6 +38,7 @@ struct session_state {
   bool running = false;
   bool reporting = false;      // TaskDone sent, waiting for the answer
   uint64_t attempt = 0;        // tells stale timeouts apart
+  int64_t task_started = 0;    // when the current attempt was sent (ms)
   std::vector<participant> parts;
   static inline const char* name = "session";
 };
@@ -70,6 +72,8 @@ void finish_task(self_ptr self) {
       auto* o = t->add_outcomes();
       o->set_node_id(p.node);
       o->set_outcome(p.outcome);
+      if (p.outcome == pb::OK)
+        o->set_latency_ms(static_cast<uint32_t>(std::max<int64_t>(1, p.latency_ms)));
     }
   });
   auto attempt = st.attempt;
@@ -124,6 +128,7 @@ void start_task(self_ptr self) {
     return;
   st.running = true;
   ++st.attempt;
+  st.task_started = now_ms(self, st.sim_time);
   st.parts.clear();
   auto n = std::min<size_t>(st.redundancy, st.nodes.size());
   for (size_t i = 0; i < n; ++i)
@@ -252,6 +257,7 @@ void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
     }
     p.output = m.task_commit().output();
     p.phase = 3;
+    p.latency_ms = now_ms(self, st.sim_time) - st.task_started;
   }
   check_done(self);
 }

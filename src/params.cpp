@@ -38,8 +38,9 @@ std::string params::validate() const {
     return "reputation_alpha must be in (0, 1]";
   if (max_level > 5) return "max_level must be <= 5";
   if (recent_size == 0) return "recent_size must be > 0";
-  if (selection != "reputation" && selection != "random")
-    return "selection must be 'reputation' or 'random'";
+  if (selection != "reputation" && selection != "random"
+      && selection != "latency")
+    return "selection must be 'reputation', 'random' or 'latency'";
   if (snapshot_every == 0) return "snapshot_every must be > 0";
   if (tick_interval_ms <= 0) return "tick_interval_ms must be > 0";
   return {};

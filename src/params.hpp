@@ -39,7 +39,7 @@ struct params {
   uint32_t promote_after = 3;  // consecutive passes to go up one level
   uint32_t recent_size = 8;
   // selection
-  std::string selection = "reputation";  // reputation | random
+  std::string selection = "reputation";  // reputation | random | latency
   uint64_t seed = 1;
   // storage
   uint64_t snapshot_every = 5000;  // log entries between snapshots

@@ -226,6 +226,12 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   for (auto& o : c.outcomes()) {
     auto& n = nodes_[o.node_id()];
     n.set_tasks_served(n.tasks_served() + 1);
+    if (o.outcome() == pb::OK && o.latency_ms() > 0) {
+      auto a = params_.reputation_alpha;
+      n.set_latency_ms(n.latency_ms() == 0
+                         ? o.latency_ms()
+                         : (1 - a) * n.latency_ms() + a * o.latency_ms());
+    }
     bool broken = o.outcome() == pb::TIMEOUT || o.outcome() == pb::MISMATCH;
     // Panic guard: a burst of session failures (a bad model update, a
     // network blip) must not empty the pool; past the share, failing

@@ -27,7 +27,11 @@ public:
 std::unique_ptr<selection_strategy> make_reputation_selection();
 /// Uniformly random among the suitable nodes.
 std::unique_ptr<selection_strategy> make_random_selection();
-/// By name ("reputation" or "random"); nullptr for an unknown name.
+/// Lowest task latency (EWMA) first; nodes not yet measured after the
+/// measured ones; equal ones in random order.
+std::unique_ptr<selection_strategy> make_latency_selection();
+/// By name ("reputation", "random" or "latency"); nullptr for an unknown
+/// name.
 std::unique_ptr<selection_strategy> make_selection(const std::string& name);
 
 } // namespace nodepool

@@ -28,6 +28,15 @@ TEST_F(lifecycle, healthy_nodes_pass_admission_and_serve_sessions) {
   // Every node went through re-validation after its sessions and is back.
   EXPECT_GT(s.tests_passed(), 4u);
   EXPECT_EQ(s.count_by_state()[pb::EPHEMERAL], 4u);
+  // Sessions measured how fast the nodes served (sim replies take 2-32 ms
+  // of simulated time per phase).
+  size_t measured = 0;
+  for (auto& [id, n] : s.nodes())
+    if (n.latency_ms() > 0) {
+      ++measured;
+      EXPECT_LT(n.latency_ms(), 1000) << id;
+    }
+  EXPECT_GE(measured, 2u);
 }
 
 TEST_F(lifecycle, wrong_nodes_are_quarantined_then_retired) {

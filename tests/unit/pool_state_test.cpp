@@ -1997,6 +1997,45 @@ TEST(PoolSelection, StrategiesDirectly) {
   EXPECT_THROW(pool_state{p}, std::invalid_argument);
 }
 
+TEST(PoolSelection, LatencyPicksTheFastestMeasuredNodesFirst) {
+  std::vector<pb::NodeRecord> ns(4);
+  std::vector<const pb::NodeRecord*> ptrs;
+  double lat[] = {40, 0, 10, 25};  // n1 not measured yet
+  for (size_t i = 0; i < ns.size(); ++i) {
+    ns[i].set_id("n" + std::to_string(i));
+    ns[i].set_latency_ms(lat[i]);
+    ptrs.push_back(&ns[i]);
+  }
+  seeded_rng r{3};
+  auto fast = make_selection("latency");
+  ASSERT_NE(fast, nullptr);
+  EXPECT_EQ(fast->pick(ptrs, 4, r),
+            (std::vector<std::string>{"n2", "n3", "n0", "n1"}));
+  EXPECT_EQ(fast->pick(ptrs, 1, r), std::vector<std::string>{"n2"});
+}
+
+TEST(PoolLatency, OkOutcomesFeedALatencyAverage) {
+  auto p = quiet();
+  p.reputation_alpha = 0.5;
+  p.tasks_before_release = 100;
+  harness h{p};
+  h.admit("n1");
+  h.submit("s1", "m", 1, 1, 1, 10);
+  ASSERT_EQ(h.state("n1"), pb::RESERVED);
+  EXPECT_EQ(h.node("n1").latency_ms(), 0);
+  auto with_latency = [&](uint32_t ms, pb::TaskOutcome o) {
+    auto c = task_cmd("s1", h.session("s1").tasks_done(), {{"n1", o}});
+    c.mutable_task_done()->mutable_outcomes(0)->set_latency_ms(ms);
+    return h.apply(c);
+  };
+  with_latency(100, pb::OK);
+  EXPECT_DOUBLE_EQ(h.node("n1").latency_ms(), 100);  // first measurement
+  with_latency(50, pb::OK);
+  EXPECT_DOUBLE_EQ(h.node("n1").latency_ms(), 75);   // EWMA, alpha 0.5
+  with_latency(5000, pb::OUTLIER);                   // only OK outcomes count
+  EXPECT_DOUBLE_EQ(h.node("n1").latency_ms(), 75);
+}
+
 // =============================================================================
 // the invariant checker can fail
 // =============================================================================
