@@ -49,3 +49,55 @@ std::pair<std::string, std::string> read_refusal(caf::actor_system& sys,
 }
 
 } // namespace nodepool
+
+#include <caf/openssl/manager.hpp>
+#include <cstdio>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+namespace nodepool {
+
+std::string check_tls_files(const tls_files& tls) {
+  if (tls.certificate.empty() || tls.key.empty() || tls.ca.empty())
+    return "TLS needs a certificate, its key and a CA file (--tls-cert, "
+           "--tls-key, --tls-ca)";
+  auto read_cert = [](const std::string& path) -> X509* {
+    auto* f = std::fopen(path.c_str(), "r");
+    if (!f)
+      return nullptr;
+    auto* x = PEM_read_X509(f, nullptr, nullptr, nullptr);
+    std::fclose(f);
+    return x;
+  };
+  auto* cert = read_cert(tls.certificate);
+  if (!cert)
+    return "cannot read a PEM certificate from " + tls.certificate;
+  auto* ca = read_cert(tls.ca);
+  if (!ca) {
+    X509_free(cert);
+    return "cannot read a PEM CA certificate from " + tls.ca;
+  }
+  X509_free(ca);
+  auto* f = std::fopen(tls.key.c_str(), "r");
+  EVP_PKEY* key = f ? PEM_read_PrivateKey(f, nullptr, nullptr, nullptr) : nullptr;
+  if (f)
+    std::fclose(f);
+  std::string err;
+  if (!key)
+    err = "cannot read a PEM private key from " + tls.key;
+  else if (X509_check_private_key(cert, key) != 1)
+    err = "the key in " + tls.key + " does not belong to the certificate in "
+          + tls.certificate;
+  EVP_PKEY_free(key);
+  X509_free(cert);
+  return err;
+}
+
+void use_tls(actor_config& cfg, const tls_files& tls) {
+  cfg.openssl_certificate = tls.certificate;
+  cfg.openssl_key = tls.key;
+  cfg.openssl_cafile = tls.ca;
+  cfg.load<caf::openssl::manager>();
+}
+
+} // namespace nodepool

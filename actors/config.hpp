@@ -47,3 +47,25 @@ std::pair<std::string, std::string> read_refusal(caf::actor_system& sys,
                                                  const caf::error& err);
 
 } // namespace nodepool
+
+namespace nodepool {
+
+/// Mutual TLS between oracle and miners (CAF's openssl module): every side
+/// presents a certificate signed by a CA the other side trusts.
+struct tls_files {
+  std::string certificate;  // PEM certificate chain of this side
+  std::string key;          // PEM private key
+  std::string ca;           // PEM file of the CAs to trust
+  bool enabled() const { return !certificate.empty(); }
+};
+
+/// Checks that the three files are there, parse, and that the key belongs to
+/// the certificate. Returns what is wrong, empty when all is well. (CAF
+/// itself would only fail at the first connection, less clearly.)
+std::string check_tls_files(const tls_files& tls);
+
+/// Loads CAF's openssl module with these files into `cfg` (before the actor
+/// system is made from it).
+void use_tls(actor_config& cfg, const tls_files& tls);
+
+} // namespace nodepool

@@ -2,6 +2,7 @@
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
@@ -341,8 +342,36 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
 
 caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
                                          const std::string& host,
-                                         uint16_t port) {
-  return sys.middleman().remote_actor(host, port);
+                                         uint16_t port,
+                                         std::chrono::milliseconds timeout) {
+  // Through the middleman actor rather than the blocking remote_actor(): a
+  // peer that never completes the handshake (TLS on one side only, say)
+  // gives an error after `timeout` instead of a hang.
+  auto mm = sys.has_openssl_manager() ? sys.openssl_manager().actor_handle()
+                                      : sys.middleman().actor_handle();
+  caf::expected<caf::actor> result{caf::sec::cannot_connect_to_node};
+  caf::scoped_actor self{sys};
+  self->request(mm, timeout, connect_atom::value, host, port)
+    .receive(
+      [&](const caf::node_id&, caf::strong_actor_ptr& ptr,
+          const std::set<std::string>&) {
+        if (ptr)
+          result = caf::actor_cast<caf::actor>(std::move(ptr));
+        else
+          result = caf::make_error(caf::sec::no_actor_published_at_port,
+                                   "nothing published at " + host + ":"
+                                     + std::to_string(port));
+      },
+      [&](caf::error& e) {
+        if (e == caf::sec::request_timeout)
+          result = caf::make_error(caf::sec::cannot_connect_to_node,
+                                   "no handshake from " + host + ":"
+                                     + std::to_string(port)
+                                     + " (is TLS on at one end only?)");
+        else
+          result = std::move(e);
+      });
+  return result;
 }
 
 } // namespace nodepool

@@ -5,6 +5,7 @@
 // model instance, hand it the oracle's gateway (local, or remote from
 // connect_oracle) and it registers, heartbeats, answers cognitive tests and
 // serves tasks. See actors/examples/embedded_miner.cpp.
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -41,9 +42,10 @@ struct node_config {
 caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
                       caf::actor gateway);
 
-/// Resolves the gateway of the oracle at host:port over CAF's middleman.
-caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
-                                         const std::string& host,
-                                         uint16_t port);
+/// Resolves the gateway of the oracle at host:port over CAF's middleman
+/// (over TLS when the actor system was configured with use_tls()).
+caf::expected<caf::actor> connect_oracle(
+  caf::actor_system& sys, const std::string& host, uint16_t port,
+  std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 } // namespace nodepool

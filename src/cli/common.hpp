@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/config.hpp"
 #include "params.hpp"
 #include "pool_state.hpp"
 #include "storage.hpp"
@@ -42,6 +43,12 @@ void add_param_flags(CLI::App& app, std::map<std::string, std::string>& out);
 params resolve_params(const std::string& config_file,
                       const std::map<std::string, std::string>& flags,
                       params base = {});
+
+/// Adds --tls-cert, --tls-key and --tls-ca to `app`.
+void add_tls_flags(CLI::App& app, tls_files& out);
+/// If TLS was asked for, checks the files (std::runtime_error naming what is
+/// wrong) and loads CAF's openssl module into `cfg`.
+void setup_tls(actor_config& cfg, const tls_files& tls);
 
 /// Splits "host:port"; throws std::runtime_error on a bad form.
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s);

@@ -52,6 +52,24 @@ params resolve_params(const std::string& config_file,
   return p;
 }
 
+void add_tls_flags(CLI::App& app, tls_files& out) {
+  app.add_option("--tls-cert", out.certificate,
+                 "PEM certificate of this side (mutual TLS)")
+    ->group("TLS");
+  app.add_option("--tls-key", out.key, "PEM private key of that certificate")
+    ->group("TLS");
+  app.add_option("--tls-ca", out.ca, "PEM CA certificates to trust")
+    ->group("TLS");
+}
+
+void setup_tls(actor_config& cfg, const tls_files& tls) {
+  if (tls.certificate.empty() && tls.key.empty() && tls.ca.empty())
+    return;
+  if (auto err = check_tls_files(tls); !err.empty())
+    throw std::runtime_error(err);
+  use_tls(cfg, tls);
+}
+
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s) {
   auto colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 #include <chrono>
 #include <iostream>
 #include <cstdlib>
@@ -32,7 +33,11 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
   auto deadline = std::chrono::steady_clock::now()
                   + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   for (;;) {
-    auto gw = connect_oracle(sys, host, port);
+    // Each attempt waits for a handshake at most until the deadline (and at
+    // least a second).
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+    auto gw = connect_oracle(sys, host, port, std::max(left, 1000ms));
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
     std::this_thread::sleep_for(200ms);
@@ -50,6 +55,7 @@ struct oracle_options {
   std::map<std::string, std::string> flags;
   CLI::Option* host_flag = nullptr;  // to tell a flag from its default
   CLI::Option* port_flag = nullptr;
+  tls_files tls;
 };
 
 int run_oracle(oracle_options& o) {
@@ -102,15 +108,19 @@ int run_oracle(oracle_options& o) {
   if (o.data_dir.empty())
     throw std::runtime_error("--data-dir is required (or [oracle] data_dir)");
   auto p = resolve_params(o.config, o.flags);
-  auto storage = open_store(o.data_dir);
   actor_config cfg;
+  setup_tls(cfg, o.tls);
+  auto storage = open_store(o.data_dir);
   caf::actor_system sys{cfg};
   supervisor_config sc;
   sc.pool = p;
   sc.storage = storage;
   sc.sync = !o.no_sync;
   auto h = start_oracle(sys, sc);
-  auto port = sys.middleman().publish(h.gateway, o.port, o.host.c_str(), true);
+  auto port = o.tls.enabled()
+                ? caf::openssl::publish(h.gateway, o.port, o.host.c_str(), true)
+                : sys.middleman().publish(h.gateway, o.port, o.host.c_str(),
+                                          true);
   if (!port) {
     std::cerr << "nodepool oracle: cannot listen on " << o.host << ":" << o.port
               << ": " << sys.render(port.error()) << "\n";
@@ -155,6 +165,7 @@ struct miner_options {
   std::string openai_model;
   std::string openai_key;
   int64_t openai_timeout_ms = 30000;
+  tls_files tls;
 };
 
 int run_miner(miner_options& o) {
@@ -188,6 +199,7 @@ int run_miner(miner_options& o) {
     model = oc;
   }
   actor_config cfg;
+  setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
   if (!gw) {
@@ -272,11 +284,13 @@ struct submit_options {
   std::string model = "llama-3-8b";
   int64_t interval_ms = 0;
   double connect_timeout_s = 30;
+  tls_files tls;
 };
 
 int run_submit(submit_options& o) {
   begin();
   actor_config cfg;
+  setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
   if (!gw) {
@@ -339,13 +353,16 @@ int run_submit(submit_options& o) {
 
 // ------------------------------------------------------------------ status
 
-int run_status(const std::string& oracle, bool json, bool sessions) {
+int run_status(const std::string& oracle, bool json, bool sessions,
+               const tls_files& tls) {
   begin();
   actor_config cfg;
+  setup_tls(cfg, tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, oracle, 5);
   if (!gw) {
-    std::cerr << "nodepool status: cannot reach oracle " << oracle << "\n";
+    std::cerr << "nodepool status: cannot reach oracle " << oracle << ": "
+              << sys.render(gw.error()) << "\n";
     return 1;
   }
   caf::scoped_actor self{sys};
@@ -432,6 +449,7 @@ void add_oracle(CLI::App& app) {
                 "do not fsync group commits (faster, loses the last batch "
                 "on power loss)");
   add_param_flags(*cmd, o->flags);
+  add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
     if (int rc = run_oracle(*o); rc != 0)
       throw exit_code{rc};
@@ -467,6 +485,7 @@ void add_miner(CLI::App& app) {
                   "API key (default: $OPENAI_API_KEY)");
   cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
                   "per request (default 30000)");
+  add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
     if (int rc = run_miner(*o); rc != 0)
       throw exit_code{rc};
@@ -486,6 +505,7 @@ void add_submit(CLI::App& app) {
   cmd->add_option("--interval-ms", o->interval_ms, "pause between submissions");
   cmd->add_option("--connect-timeout", o->connect_timeout_s,
                   "seconds to keep trying to reach the oracle (default 30)");
+  add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
     if (int rc = run_submit(*o); rc != 0)
       throw exit_code{rc};
@@ -500,8 +520,10 @@ void add_status(CLI::App& app) {
   cmd->add_option("--oracle", *oracle, "HOST:PORT of an oracle")->required();
   cmd->add_flag("--json", *json, "one line of JSON");
   cmd->add_flag("--sessions", *sessions, "list every session's state");
+  auto tls = std::make_shared<tls_files>();
+  add_tls_flags(*cmd, *tls);
   cmd->callback([=] {
-    if (int rc = run_status(*oracle, *json, *sessions); rc != 0)
+    if (int rc = run_status(*oracle, *json, *sessions, *tls); rc != 0)
       throw exit_code{rc};
   });
 }

@@ -178,6 +178,58 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
 
+TEST(multiprocess, mutual_tls_between_oracle_miners_and_clients) {
+  auto dir = temp_dir("tls");
+  cleanup tidy{dir};
+  auto [grc, gout] = run_shell(
+    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=nodepool-test"
+    " -keyout " + dir + "/key.pem -out " + dir + "/cert.pem");
+  ASSERT_EQ(grc, 0) << gout;
+  std::vector<std::string> tls{"--tls-cert", dir + "/cert.pem", "--tls-key",
+                               dir + "/key.pem", "--tls-ca", dir + "/cert.pem"};
+  auto with_tls = [&](std::vector<std::string> a) {
+    a.insert(a.end(), tls.begin(), tls.end());
+    return a;
+  };
+  auto args = with_tls({"oracle", "--data-dir", dir + "/db", "--port", "0"});
+  for (auto& f : fast_pool_flags())
+    args.push_back(f);
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{with_tls({"miner", "--oracle", target, "--nodes", "2"}),
+              dir + "/miner.out"};
+  ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
+  nlohmann::json j;
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end) {
+    auto [rc, out] = run(with_tls({"status", "--oracle", target, "--json"}),
+                         dir + "/status.out", 20s);
+    ASSERT_EQ(rc, 0) << read_file(dir + "/status.out.err");
+    j = last_json_line(out);
+    if (j["nodes"]["by_state"]["ephemeral"].get<int>() == 2)
+      break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 2) << j.dump();
+  // Without TLS there is no handshake: a clear failure, not a hang.
+  auto [prc, pout] = run({"miner", "--oracle", target, "--connect-timeout", "1"},
+                         dir + "/plain.out", 30s);
+  EXPECT_EQ(prc, 1);
+  EXPECT_NE(read_file(dir + "/plain.out.err").find("cannot reach oracle"),
+            std::string::npos);
+  // A key that is not there is refused before anything starts.
+  auto bad = with_tls({"miner", "--oracle", target});
+  bad[bad.size() - 3] = dir + "/missing.pem";
+  auto [brc, bout] = run(bad, dir + "/bad.out", 30s);
+  EXPECT_EQ(brc, 2);
+  EXPECT_NE(read_file(dir + "/bad.out.err").find("missing.pem"),
+            std::string::npos);
+  miner.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
 TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
   auto dir = temp_dir("nooracle");
   cleanup tidy{dir};

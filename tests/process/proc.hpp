@@ -140,6 +140,19 @@ inline std::pair<int, std::string> run(std::vector<std::string> args,
   return {rc, c.output()};
 }
 
+/// Runs a shell command; returns (exit code, its output and errors).
+inline std::pair<int, std::string> run_shell(const std::string& cmd) {
+  std::string out;
+  auto* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p)
+    return {-1, "popen failed"};
+  char buf[512];
+  while (auto n = fread(buf, 1, sizeof buf, p))
+    out.append(buf, n);
+  auto st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
 /// The port an oracle printed ("listening on HOST:PORT").
 inline std::string listening_port(const std::string& out) {
   auto i = out.find("listening on ");
