@@ -26,13 +26,7 @@ TEST(kill, oracle_killed_under_load_loses_nothing) {
   auto dir = temp_dir("kill");
   cleanup tidy{dir};
   auto db = dir + "/db";
-  auto oracle_args = [&](const std::string& port) {
-    auto a = std::vector<std::string>{"oracle", "--data-dir", db, "--port", port};
-    for (auto& f : fast_pool_flags())
-      a.push_back(f);
-    return a;
-  };
-  auto oracle = std::make_unique<child>(oracle_args("0"), dir + "/oracle0.out");
+  auto oracle = std::make_unique<child>(oracle_args(db), dir + "/oracle0.out");
   ASSERT_TRUE(oracle->wait_for_output("listening on", 20s)) << oracle->errors();
   auto port = listening_port(oracle->output());
   auto target = "127.0.0.1:" + port;
@@ -54,7 +48,7 @@ TEST(kill, oracle_killed_under_load_loses_nothing) {
     oracle->signal(SIGKILL);
     EXPECT_EQ(oracle->wait_exit(10s), -SIGKILL);
     oracle = std::make_unique<child>(
-      oracle_args(port), dir + "/oracle" + std::to_string(round) + ".out");
+      oracle_args(db, port), dir + "/oracle" + std::to_string(round) + ".out");
     ASSERT_TRUE(oracle->wait_for_output("listening on", 30s))
       << oracle->errors();
   }

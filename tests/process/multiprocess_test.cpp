@@ -49,15 +49,10 @@ nlohmann::json wait_status(const std::string& dir, const std::string& target,
 TEST(multiprocess, oracle_miner_and_client_on_loopback) {
   auto dir = temp_dir("mp");
   cleanup tidy{dir};
-  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
-                                       "--port", "0"};
-  for (auto& f : fast_pool_flags())
-    args.push_back(f);
   // The faulty nodes must stay out of the pool, not be retired: a retired
   // node makes the miner exit 1, which this test does not expect.
-  args.push_back("--max-strikes");
-  args.push_back("1000");
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{oracle_args(dir + "/db", "0", {"--max-strikes", "1000"}),
+               dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   child miner{{"miner", "--oracle", target, "--nodes", "6", "--behaviour",
@@ -103,11 +98,7 @@ TEST(multiprocess, oracle_miner_and_client_on_loopback) {
 TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
   auto dir = temp_dir("embed");
   cleanup tidy{dir};
-  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
-                                       "--port", "0"};
-  for (auto& f : fast_pool_flags())
-    args.push_back(f);
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto port = listening_port(oracle.output());
   child miner{{"127.0.0.1", port, "3"}, dir + "/example.out", EXAMPLE_MINER_BIN};
@@ -144,11 +135,7 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   }};
   auto dir = temp_dir("openai");
   cleanup tidy{dir};
-  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
-                                       "--port", "0"};
-  for (auto& f : fast_pool_flags())
-    args.push_back(f);
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   ::setenv("OPENAI_API_KEY", "key-from-env", 1);  // inherited by the miner
@@ -191,10 +178,7 @@ TEST(multiprocess, mutual_tls_between_oracle_miners_and_clients) {
     a.insert(a.end(), tls.begin(), tls.end());
     return a;
   };
-  auto args = with_tls({"oracle", "--data-dir", dir + "/db", "--port", "0"});
-  for (auto& f : fast_pool_flags())
-    args.push_back(f);
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{oracle_args(dir + "/db", "0", tls), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   child miner{with_tls({"miner", "--oracle", target, "--nodes", "2"}),
@@ -246,11 +230,7 @@ TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
 TEST(multiprocess, miner_whose_oracle_does_not_come_back_fails) {
   auto dir = temp_dir("gone");
   cleanup tidy{dir};
-  auto args = std::vector<std::string>{"oracle", "--data-dir", dir + "/db",
-                                       "--port", "0"};
-  for (auto& f : fast_pool_flags())
-    args.push_back(f);
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   child miner{{"miner", "--oracle", target, "--nodes", "2",

@@ -171,4 +171,16 @@ inline std::vector<std::string> fast_pool_flags() {
           "4000",                    "--tick-interval-ms", "50"};
 }
 
+/// The arguments of an oracle on `db`, listening on `port` ("0": any free
+/// one), with the fast pool parameters and `extra` flags.
+inline std::vector<std::string>
+oracle_args(const std::string& db, const std::string& port = "0",
+            const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a{"oracle", "--data-dir", db, "--port", port};
+  for (auto& f : fast_pool_flags())
+    a.push_back(f);
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
 } // namespace nodepool::testing
