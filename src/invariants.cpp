@@ -82,9 +82,19 @@ std::vector<violation> pool_state::check_invariants() const {
         add("I4", "session " + sid + " has no state");
     }
   }
+  // The active index holds exactly the ACTIVE sessions (counted here, the
+  // membership of each listed one checked below: no lookup per session).
+  size_t active = 0;
   for (auto& [sid, s] : sessions_)
-    if ((s.state() == pb::ACTIVE) != (active_.count(sid) == 1))
-      add("I4", "active index disagrees with the state of session " + sid);
+    active += s.state() == pb::ACTIVE ? 1 : 0;
+  if (active != active_.size())
+    add("I4", std::to_string(active) + " sessions are active but the index "
+                "holds " + std::to_string(active_.size()));
+  for (auto& sid : active_) {
+    auto* s = session(sid);
+    if (!s || s->state() != pb::ACTIVE)
+      add("I4", "active index holds " + sid + " which is not active");
+  }
   for (auto& [seq, sid] : queue_) {
     auto* s = session(sid);
     if (!s || s->state() != pb::QUEUED)
