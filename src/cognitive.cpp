@@ -16,13 +16,19 @@ namespace {
 /// case. Real models decorate answers; the content must still be exact.
 std::string normalize(const std::string& s) {
   const char* strip = " \t\r\n\"'`";
-  auto b = s.find_first_not_of(strip);
-  if (b == std::string::npos)
-    return {};
-  auto e = s.find_last_not_of(strip);
-  auto out = s.substr(b, e - b + 1);
-  if (!out.empty() && out.back() == '.')
+  auto trim = [&](const std::string& x) -> std::string {
+    auto b = x.find_first_not_of(strip);
+    if (b == std::string::npos)
+      return {};
+    return x.substr(b, x.find_last_not_of(strip) - b + 1);
+  };
+  auto out = trim(s);
+  // The full stop may sit inside the decoration or outside it ("`391.`",
+  // "\"391\"."): one of them goes, then what surrounded it.
+  if (!out.empty() && out.back() == '.') {
     out.pop_back();
+    out = trim(out);
+  }
   for (auto& c : out)
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;

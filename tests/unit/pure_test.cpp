@@ -124,6 +124,9 @@ TEST(Cognitive, GradeCountsTrimmedMatches) {
   // What real models add around an exact answer does not count against it.
   EXPECT_EQ(grade(xs, {"42.", "`OLLEH`", "\"7\""}), 3u);
   EXPECT_EQ(grade(xs, {"42 apples", "olleh!", "7.5"}), 0u);
+  // Quotes and a full stop in either order, with white space around.
+  EXPECT_EQ(grade(xs, {"\"42\".", "`olleh`.\n", " '7'. "}), 3u);
+  EXPECT_EQ(grade(xs, {"42..", "\"olleh\"\"", "."}), 1u);
 }
 
 // =============================================================================
