@@ -79,12 +79,16 @@ std::string check_tls_files(const tls_files& tls) {
   }
   X509_free(ca);
   auto* f = std::fopen(tls.key.c_str(), "r");
-  EVP_PKEY* key = f ? PEM_read_PrivateKey(f, nullptr, nullptr, nullptr) : nullptr;
+  // No passphrase prompt: encrypted keys are not supported and say so.
+  auto no_passphrase = [](char*, int, int, void*) { return 0; };
+  EVP_PKEY* key = f ? PEM_read_PrivateKey(f, nullptr, no_passphrase, nullptr)
+                    : nullptr;
   if (f)
     std::fclose(f);
   std::string err;
   if (!key)
-    err = "cannot read a PEM private key from " + tls.key;
+    err = "cannot read a PEM private key from " + tls.key
+          + " (it must exist and not be encrypted)";
   else if (X509_check_private_key(cert, key) != 1)
     err = "the key in " + tls.key + " does not belong to the certificate in "
           + tls.certificate;

@@ -139,13 +139,9 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
   st.next_index = info.last_index + 1;
   if (st.cfg.sim_time)
     st.time_offset = std::max<int64_t>(0, info.last_now - now_ms(self, true));
-  // Parameters are part of the log: a replay must see each command under
-  // the parameters it was applied with.
-  if (to_json(st.pool.config()) != to_json(st.cfg.pool)) {
-    pb::Command conf;
-    conf.mutable_configure()->set_params_json(to_json(st.cfg.pool));
-    apply(self, conf, nullptr);
-  }
+  // Recover first: with every node LOST and no session active, new
+  // parameters (a shorter ephemeral window, say) cannot make what was
+  // reserved under the old ones look wrong.
   if (info.last_index > 0) {
     log("supervisor")->info("recovered {} entries ({} replayed), {} nodes, "
                             "{} sessions",
@@ -154,6 +150,13 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     pb::Command rec;
     rec.mutable_recover();
     apply(self, rec, nullptr);
+  }
+  // Parameters are part of the log: a replay must see each command under
+  // the parameters it was applied with.
+  if (to_json(st.pool.config()) != to_json(st.cfg.pool)) {
+    pb::Command conf;
+    conf.mutable_configure()->set_params_json(to_json(st.cfg.pool));
+    apply(self, conf, nullptr);
   }
   self->send(self, tick_atom::value);
   return {

@@ -97,8 +97,8 @@ std::vector<violation> pool_state::check_invariants() const {
   }
   for (auto& [seq, sid] : queue_) {
     auto* s = session(sid);
-    if (!s || s->state() != pb::QUEUED)
-      add("I4", "queue holds " + sid + " which is not queued");
+    if (!s || s->state() != pb::QUEUED || s->seq() != seq)
+      add("I4", "queue holds " + sid + " which is not queued in that place");
   }
   // I5 conservation: the maintained counts match a recount and add up.
   std::array<uint64_t, 9> recount{};

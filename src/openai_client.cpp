@@ -5,14 +5,33 @@
 
 namespace nodepool {
 
-openai_client::openai_client(openai_config cfg) : cfg_(std::move(cfg)) {
-  while (!cfg_.base_url.empty() && cfg_.base_url.back() == '/')
-    cfg_.base_url.pop_back();
+namespace {
+
+/// Splits "http://host:port/prefix" into the origin and the path to POST
+/// to. OpenAI clients usually take a base URL ending in /v1; both
+/// "http://h:8000" and "http://h:8000/v1" reach /v1/chat/completions.
+std::pair<std::string, std::string> split_url(std::string url) {
+  while (!url.empty() && url.back() == '/')
+    url.pop_back();
+  auto scheme = url.find("://");
+  auto slash = url.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+  std::string origin = url, path;
+  if (slash != std::string::npos) {
+    origin = url.substr(0, slash);
+    path = url.substr(slash);
+  }
+  auto ends_v1 = path.size() >= 3 && path.compare(path.size() - 3, 3, "/v1") == 0;
+  return {origin, path + (ends_v1 ? "" : "/v1") + "/chat/completions"};
 }
+
+} // namespace
+
+openai_client::openai_client(openai_config cfg) : cfg_(std::move(cfg)) {}
 
 std::optional<std::string> openai_client::complete(const std::string& prompt,
                                                    std::string& err) const {
-  httplib::Client cli{cfg_.base_url};
+  auto [origin, endpoint] = split_url(cfg_.base_url);
+  httplib::Client cli{origin};
   if (!cli.is_valid()) {
     err = "bad inference server URL '" + cfg_.base_url + "'";
     return std::nullopt;
@@ -29,7 +48,7 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
     {"temperature", 0},
     {"messages", nlohmann::json::array({{{"role", "user"}, {"content", prompt}}})},
   };
-  auto res = cli.Post("/v1/chat/completions", req.dump(), "application/json");
+  auto res = cli.Post(endpoint.c_str(), req.dump(), "application/json");
   if (!res) {
     err = "inference server " + cfg_.base_url + ": "
           + httplib::to_string(res.error());

@@ -10,7 +10,7 @@ namespace nodepool {
 /// OpenAI-compatible chat completions endpoint (llama.cpp's server, vLLM,
 /// Ollama, ...).
 struct openai_config {
-  std::string base_url;  // "http://127.0.0.1:8080" (https:// works too)
+  std::string base_url;  // "http://127.0.0.1:8080", ".../v1" or "https://..."
   std::string model;     // sent as "model"
   std::string api_key;   // sent as a Bearer token when not empty
   int64_t timeout_ms = 30000;

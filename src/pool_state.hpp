@@ -134,7 +134,10 @@ private:
   void requeue(pb::SessionRecord& s, int64_t now, apply_result& out);
   void try_assign(int64_t now, apply_result& out);
   uint32_t reserve_for(pb::SessionRecord& s, uint32_t want, int64_t now,
-                       apply_result& out);
+                       apply_result& out,
+                       const std::vector<const pb::SessionRecord*>& held = {});
+  bool held_for(const pb::NodeRecord& n,
+                const std::vector<const pb::SessionRecord*>& held) const;
   bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
   bool could_ever_serve(const pb::SessionRecord& s) const;
 

@@ -86,11 +86,12 @@ bool pool_state::suitable(const pb::NodeRecord& n,
 }
 
 uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
-                                 int64_t now, apply_result& out) {
+                                 int64_t now, apply_result& out,
+                                 const std::vector<const pb::SessionRecord*>& held) {
   std::vector<const pb::NodeRecord*> candidates;
   for (auto& id : pool_) {
     auto& n = nodes_[id];
-    if (suitable(n, s) && within_window(n, now, params_))
+    if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held))
       candidates.push_back(&n);
   }
   auto picked = selector_->pick(std::move(candidates), want,
@@ -108,6 +109,14 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     r->set_session_id(s.id());
   }
   return static_cast<uint32_t>(picked.size());
+}
+
+bool pool_state::held_for(const pb::NodeRecord& n,
+                          const std::vector<const pb::SessionRecord*>& held) const {
+  for (auto* h : held)
+    if (suitable(n, *h))
+      return true;
+  return false;
 }
 
 bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
@@ -140,25 +149,29 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   }
   // Then the queue in acceptance order. A session whose needs cannot be met
   // now does not block the ones behind it, until it has waited half its
-  // queue_timeout: from then on it holds the pool (nothing behind it is
-  // served), so a session that needs many nodes is not starved by a stream
-  // of small ones. One that no registered node could ever serve holds
-  // nothing.
+  // queue_timeout: from then on it holds the nodes it could use (nothing
+  // behind it gets them), so a session that needs many nodes is not starved
+  // by a stream of small ones. Sessions that want other nodes (another
+  // model, say) are still served; one that no registered node could ever
+  // serve holds nothing.
+  std::vector<const pb::SessionRecord*> held;
   for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
     auto& s = sessions_[i->second];
     uint32_t available = 0;
-    for (auto& nid : pool_)
-      if (suitable(nodes_[nid], s) && within_window(nodes_[nid], now, params_)
+    for (auto& nid : pool_) {
+      auto& n = nodes_[nid];
+      if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
           && ++available >= s.min_nodes())
         break;
+    }
     if (available < s.min_nodes()) {
       if (now - s.last_activity() > params_.queue_timeout_ms / 2
           && could_ever_serve(s))
-        return;
+        held.push_back(&s);
       ++i;
       continue;
     }
-    reserve_for(s, s.max_nodes(), now, out);
+    reserve_for(s, s.max_nodes(), now, out, held);
     s.set_state(pb::ACTIVE);
     active_.insert(s.id());
     if (s.started_at() == 0)

@@ -484,7 +484,8 @@ void add_miner(CLI::App& app) {
   cmd->add_option("--openai-key", o->openai_key,
                   "API key (default: $OPENAI_API_KEY)");
   cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
-                  "per request (default 30000)");
+                  "per request (default 30000)")
+    ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
     if (int rc = run_miner(*o); rc != 0)

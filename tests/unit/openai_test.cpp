@@ -33,6 +33,22 @@ TEST(OpenAiClient, SendsAChatCompletionAndReturnsTheContent) {
   EXPECT_EQ(auth, "Bearer secret");
 }
 
+TEST(OpenAiClient, BaseUrlMayCarryAPathEndingInV1) {
+  std::vector<std::string> paths;
+  httplib::Server::Handler h = [&](const httplib::Request& req,
+                                   httplib::Response& res) {
+    paths.push_back(req.path);
+    res.set_content(completion("ok"), "application/json");
+  };
+  fake_server srv{h};
+  std::string err;
+  for (auto base : {srv.url(), srv.url() + "/v1", srv.url() + "/v1/"}) {
+    openai_client c{{base, "m", "", 5000}};
+    EXPECT_TRUE(c.complete("hi", err)) << base << ": " << err;
+  }
+  EXPECT_EQ(paths, (std::vector<std::string>(3, "/v1/chat/completions")));
+}
+
 TEST(OpenAiClient, HttpErrorsAndBadBodiesAreClearErrors) {
   int mode = 0;
   fake_server srv{[&](const httplib::Request&, httplib::Response& res) {

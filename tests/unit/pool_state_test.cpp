@@ -1001,6 +1001,29 @@ TEST(PoolReservation, LongWaitingLargeSessionIsNotStarvedBySmallOnes) {
   EXPECT_EQ(h.sstate("small2"), pb::QUEUED);
 }
 
+TEST(PoolReservation, AHoldingSessionHoldsOnlyTheNodesItCouldUse) {
+  auto p = quiet();
+  p.queue_timeout_ms = 10000;
+  harness h{p};
+  h.admit("m1", {"m"});
+  h.submit("busy", "m", 1, 1);       // takes m1
+  h.submit("big", "m", 2, 2);        // needs two m nodes
+  h.now += 6000;                     // big now holds the m nodes
+  h.submit("other", "x", 1, 1);      // wants a model big cannot use
+  h.submit("small", "m", 1, 1);      // competes with big
+  h.admit("x1", {"x"});
+  EXPECT_EQ(h.sstate("other"), pb::ACTIVE);  // x1 is not held by big
+  h.admit("m2", {"m"});
+  EXPECT_EQ(h.sstate("small"), pb::QUEUED);  // m2 is held for big
+  EXPECT_EQ(h.sstate("big"), pb::QUEUED);
+  h.end("busy");
+  for (auto& [id, n] : h.pool.nodes())
+    if (n.state() == pb::REVALIDATING)
+      h.pass(id);
+  EXPECT_EQ(h.sstate("big"), pb::ACTIVE);
+  EXPECT_EQ(h.sstate("small"), pb::QUEUED);
+}
+
 TEST(PoolReservation, SessionNoNodeCouldServeHoldsNothing) {
   auto p = quiet();
   p.queue_timeout_ms = 10000;
