@@ -16,61 +16,56 @@ std::vector<std::string> first_ids(const std::vector<const pb::NodeRecord*>& xs,
   return out;
 }
 
-class reputation_selection : public selection_strategy {
+/// Every strategy is "shuffle, then a stable sort by some order": the shuffle
+/// makes ties random (from the pool's own generator), the sort ranks. With
+/// no order, the pick is uniformly random.
+template <class Less>
+class ranked_selection : public selection_strategy {
 public:
+  explicit ranked_selection(Less less) : less_(less) {}
+
   std::vector<std::string> pick(std::vector<const pb::NodeRecord*> xs,
                                 size_t count,
                                 const random_source& rnd) const override {
     shuffle(xs, rnd);
-    std::stable_sort(xs.begin(), xs.end(), [](auto* a, auto* b) {
-      if (a->reputation() != b->reputation())
-        return a->reputation() > b->reputation();
-      return a->level() > b->level();
-    });
+    std::stable_sort(xs.begin(), xs.end(), less_);
     return first_ids(xs, count);
   }
+
+private:
+  Less less_;
 };
 
-class random_selection : public selection_strategy {
-public:
-  std::vector<std::string> pick(std::vector<const pb::NodeRecord*> xs,
-                                size_t count,
-                                const random_source& rnd) const override {
-    shuffle(xs, rnd);
-    return first_ids(xs, count);
-  }
-};
-
-class latency_selection : public selection_strategy {
-public:
-  std::vector<std::string> pick(std::vector<const pb::NodeRecord*> xs,
-                                size_t count,
-                                const random_source& rnd) const override {
-    shuffle(xs, rnd);
-    // Measured nodes, fastest first; unmeasured ones after them, so that
-    // new nodes get measured without displacing known fast ones.
-    std::stable_sort(xs.begin(), xs.end(), [](auto* a, auto* b) {
-      bool ka = a->latency_ms() > 0, kb = b->latency_ms() > 0;
-      if (ka != kb)
-        return ka;
-      return a->latency_ms() < b->latency_ms();
-    });
-    return first_ids(xs, count);
-  }
-};
+template <class Less>
+std::unique_ptr<selection_strategy> ranked(Less less) {
+  return std::make_unique<ranked_selection<Less>>(less);
+}
 
 } // namespace
 
 std::unique_ptr<selection_strategy> make_reputation_selection() {
-  return std::make_unique<reputation_selection>();
+  return ranked([](const pb::NodeRecord* a, const pb::NodeRecord* b) {
+    if (a->reputation() != b->reputation())
+      return a->reputation() > b->reputation();
+    return a->level() > b->level();
+  });
 }
 
 std::unique_ptr<selection_strategy> make_latency_selection() {
-  return std::make_unique<latency_selection>();
+  // Measured nodes, fastest first; unmeasured ones after them, so that new
+  // nodes get measured without displacing known fast ones.
+  return ranked([](const pb::NodeRecord* a, const pb::NodeRecord* b) {
+    bool ka = a->latency_ms() > 0, kb = b->latency_ms() > 0;
+    if (ka != kb)
+      return ka;
+    return a->latency_ms() < b->latency_ms();
+  });
 }
 
 std::unique_ptr<selection_strategy> make_random_selection() {
-  return std::make_unique<random_selection>();
+  return ranked([](const pb::NodeRecord*, const pb::NodeRecord*) {
+    return false;
+  });
 }
 
 std::unique_ptr<selection_strategy> make_selection(const std::string& name) {
