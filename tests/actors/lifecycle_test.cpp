@@ -67,14 +67,31 @@ TEST_F(lifecycle, slow_node_fails_by_deadline) {
 TEST_F(lifecycle, crashed_node_is_lost_and_its_session_requeued) {
   start(fast_params());
   add_node("c", behaviour::crash, 11);
-  add_node("h", behaviour::healthy, 12);
   run_for(200ms);
+  // The crashing node is the only one in the pool: it gets the session
+  // (and dies on its first task, seed 11 gives it six messages).
   EXPECT_EQ(submit(session_req("long", 40, 1)), "accepted");
+  add_node("h", behaviour::healthy, 12);
   run_for(10s);
   auto s = state();
   EXPECT_EQ(s.node("c")->state(), pb::LOST);
   EXPECT_EQ(s.session("long")->state(), pb::COMPLETED);
   EXPECT_TRUE(s.check_invariants().empty());
+  // The stored history shows c serving the session, then the session back
+  // in the queue after the crash (it had no node left), then served by h.
+  pool_state replay;
+  bool c_served = false, requeued = false;
+  ASSERT_TRUE(store_->scan(1, [&](const pb::LogEntry& e) {
+    replay.apply(e.command(), e.now());
+    auto* c = replay.node("c");
+    if (c && c->session_id() == "long")
+      c_served = true;
+    auto* l = replay.session("long");
+    if (c_served && l && l->state() == pb::QUEUED)
+      requeued = true;
+  }).ok());
+  EXPECT_TRUE(c_served);
+  EXPECT_TRUE(requeued);
 }
 
 TEST_F(lifecycle, heartbeat_loss_is_detected_without_a_down_message) {

@@ -27,15 +27,19 @@ nlohmann::json last_json_line(const std::string& out) {
                                false);
 }
 
-/// Polls `nodepool status` until `pred` holds or `limit` passes.
+/// Polls `nodepool status` (with `extra` flags) until `pred` holds or
+/// `limit` passes.
 template <class Pred>
 nlohmann::json wait_status(const std::string& dir, const std::string& target,
-                           Pred pred, std::chrono::seconds limit) {
+                           Pred pred, std::chrono::seconds limit,
+                           const std::vector<std::string>& extra = {}) {
   auto end = std::chrono::steady_clock::now() + limit;
   nlohmann::json j;
+  std::vector<std::string> args{"status", "--oracle", target, "--json",
+                                "--sessions"};
+  args.insert(args.end(), extra.begin(), extra.end());
   while (std::chrono::steady_clock::now() < end) {
-    auto [rc, out] = run({"status", "--oracle", target, "--json", "--sessions"},
-                         dir + "/status.out", 20s);
+    auto [rc, out] = run(args, dir + "/status.out", 20s);
     if (rc == 0) {
       j = last_json_line(out);
       if (!j.is_discarded() && pred(j))
@@ -184,17 +188,14 @@ TEST(multiprocess, mutual_tls_between_oracle_miners_and_clients) {
   child miner{with_tls({"miner", "--oracle", target, "--nodes", "2"}),
               dir + "/miner.out"};
   ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
-  nlohmann::json j;
-  auto end = std::chrono::steady_clock::now() + 30s;
-  while (std::chrono::steady_clock::now() < end) {
-    auto [rc, out] = run(with_tls({"status", "--oracle", target, "--json"}),
+  auto [src, sout] = run(with_tls({"status", "--oracle", target, "--json"}),
                          dir + "/status.out", 20s);
-    ASSERT_EQ(rc, 0) << read_file(dir + "/status.out.err");
-    j = last_json_line(out);
-    if (j["nodes"]["by_state"]["ephemeral"].get<int>() == 2)
-      break;
-    std::this_thread::sleep_for(100ms);
-  }
+  ASSERT_EQ(src, 0) << read_file(dir + "/status.out.err");
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["nodes"]["by_state"]["ephemeral"].get<int>() == 2;
+                       },
+                       30s, tls);
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 2) << j.dump();
   // Without TLS there is no handshake: a clear failure, not a hang.
   auto [prc, pout] = run({"miner", "--oracle", target, "--connect-timeout", "1"},

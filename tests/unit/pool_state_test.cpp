@@ -159,35 +159,43 @@ const pb::NodeStateChanged* change_of(const apply_result& r,
   return nullptr;
 }
 
+/// The first event of one kind (`has`, `get`) whose `key` field is `id`.
+template <class T>
+const T* first_event(const apply_result& r, bool (pb::Event::*has)() const,
+                     const T& (pb::Event::*get)() const,
+                     const std::string& (T::*key)() const,
+                     const std::string& id) {
+  for (auto& e : r.events)
+    if ((e.*has)() && ((e.*get)().*key)() == id)
+      return &(e.*get)();
+  return nullptr;
+}
+
 const pb::TestRequested* test_request(const apply_result& r,
                                       const std::string& id) {
-  for (auto& e : r.events)
-    if (e.has_test_requested() && e.test_requested().node_id() == id)
-      return &e.test_requested();
-  return nullptr;
+  return first_event(r, &pb::Event::has_test_requested,
+                     &pb::Event::test_requested, &pb::TestRequested::node_id,
+                     id);
 }
 
 const pb::NodeReleased* release_of(const apply_result& r,
                                    const std::string& id) {
-  for (auto& e : r.events)
-    if (e.has_node_released() && e.node_released().node_id() == id)
-      return &e.node_released();
-  return nullptr;
+  return first_event(r, &pb::Event::has_node_released,
+                     &pb::Event::node_released, &pb::NodeReleased::node_id,
+                     id);
 }
 
 const pb::SessionEnded* end_of(const apply_result& r, const std::string& sid) {
-  for (auto& e : r.events)
-    if (e.has_session_ended() && e.session_ended().session_id() == sid)
-      return &e.session_ended();
-  return nullptr;
+  return first_event(r, &pb::Event::has_session_ended,
+                     &pb::Event::session_ended, &pb::SessionEnded::session_id,
+                     sid);
 }
 
 const pb::SessionStarted* start_of(const apply_result& r,
                                    const std::string& sid) {
-  for (auto& e : r.events)
-    if (e.has_session_started() && e.session_started().session_id() == sid)
-      return &e.session_started();
-  return nullptr;
+  return first_event(r, &pb::Event::has_session_started,
+                     &pb::Event::session_started,
+                     &pb::SessionStarted::session_id, sid);
 }
 
 std::vector<std::string> reserved_in(const apply_result& r,
