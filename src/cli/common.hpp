@@ -66,5 +66,8 @@ void add_miner(CLI::App& app);
 void add_submit(CLI::App& app);
 void add_status(CLI::App& app);
 void add_check(CLI::App& app);
+void add_sim(CLI::App& app);
+void add_chaos(CLI::App& app);
+void add_bench(CLI::App& app);
 
 } // namespace nodepool::cli

@@ -132,6 +132,9 @@ int main(int argc, char** argv) {
   add_submit(app);
   add_status(app);
   add_check(app);
+  add_sim(app);
+  add_chaos(app);
+  add_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const exit_code& e) {
