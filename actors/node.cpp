@@ -25,6 +25,7 @@ struct node_state {
   int64_t heartbeat_ms = 1000;
   uint64_t beat_epoch = 0;  // tells the heartbeat loops of connections apart
   int64_t retry_ms = 0;     // backoff of registrations refused as in use
+  uint64_t attempt = 0;     // tells registration retry timers apart
   uint64_t tests = 0;
   uint64_t tasks = 0;
   std::map<std::string, uint64_t> refusals;
@@ -47,10 +48,20 @@ std::string garbage_bytes(uint64_t seed) {
   return s;
 }
 
+/// Sends (connect_atom, epoch, attempt) to itself after `delay_ms`: if the
+/// node is still unregistered on the same connection then, it registers
+/// again. A newer timer makes older ones stale.
+void retry_register(self_ptr self, int64_t delay_ms) {
+  auto& st = self->state;
+  self->delayed_send(self, std::chrono::milliseconds(std::max<int64_t>(1, delay_ms)),
+                     connect_atom::value, st.beat_epoch, ++st.attempt);
+}
+
 void do_register(self_ptr self) {
   auto& st = self->state;
   if (!st.gateway)
     return;
+  retry_register(self, st.retry_ms > 0 ? st.retry_ms : st.cfg.register_timeout_ms);
   pb::MinerMsg m;
   m.set_node_id(st.cfg.id);
   auto* r = m.mutable_register_();
@@ -244,8 +255,7 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
         st.retry_ms = st.retry_ms == 0
                         ? st.heartbeat_ms
                         : std::min<int64_t>(st.retry_ms * 2, 30000);
-        self->delayed_send(self, std::chrono::milliseconds(st.retry_ms),
-                           connect_atom::value, st.beat_epoch);
+        retry_register(self, st.retry_ms);
       }
       break;
     }
@@ -308,11 +318,12 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
         self->delayed_send(self, std::chrono::milliseconds(st.heartbeat_ms),
                            beat_atom::value, epoch);
       },
-      // A registration retry (see node_id_in_use); stale once the node
-      // switched gateways.
-      [=](connect_atom, uint64_t epoch) {
+      // A registration retry (see retry_register); stale once the node
+      // switched gateways or armed a newer one.
+      [=](connect_atom, uint64_t epoch, uint64_t attempt) {
         auto& st = self->state;
-        if (epoch == st.beat_epoch && !st.registered && st.gateway)
+        if (epoch == st.beat_epoch && attempt == st.attempt && !st.registered
+            && st.gateway)
           do_register(self);
       },
       [=](connect_atom, caf::actor gw) {

@@ -28,6 +28,9 @@ struct node_config {
   /// Phase / test deadline the `slow` behaviour overshoots.
   int64_t deadline_hint_ms = 5000;
   std::string public_key;
+  /// A registration with no answer (lost on the way, or its answer was) is
+  /// sent again after this long.
+  int64_t register_timeout_ms = 5000;
   /// When set, the node answers tests and serves tasks with this
   /// OpenAI-compatible inference server (the `openai` backend) instead of
   /// the `sim` backend.

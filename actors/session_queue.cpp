@@ -1,6 +1,8 @@
 // The session queue: where clients submit sessions, and the owner of the
 // session actors. The queue order itself lives in PoolState; this actor
 // turns acceptance into a durable reply and SessionStarted into an actor.
+#include <set>
+
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -20,6 +22,7 @@ struct session_queue_state {
   params pool;
   bool sim_time = false;
   std::map<std::string, caf::actor> running;      // session id -> actor
+  std::set<caf::actor_addr> linked;               // session actors alive
   std::map<std::string, std::string> node_owner;  // node id -> session id
   uint64_t completed = 0;
   uint64_t failed = 0;
@@ -43,10 +46,15 @@ void on_event(self_ptr self, const pb::Event& e) {
         st.node_owner[n] = s.session_id();
       if (st.running.count(s.session_id()))
         forward(self, s.session_id(), e);
-      else
-        st.running[s.session_id()] = spawn_session(
-          self->system(), self, st.supervisor, st.gateway, st.pool,
-          st.sim_time, s);
+      else {
+        auto a = spawn_session(self->system(), self, st.supervisor,
+                               st.gateway, st.pool, st.sim_time, s);
+        // Linked: the session actors go down with the queue (a crashed
+        // oracle leaves none behind); see the exit handler for the converse.
+        self->link_to(a);
+        st.linked.insert(a.address());
+        st.running[s.session_id()] = a;
+      }
       break;
     }
     case pb::Event::kNodeReserved: {
@@ -99,6 +107,12 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
     st.gateway = gateway;
     st.pool = pool;
     st.sim_time = sim_time;
+    // A session actor that ends, however it ends, is no reason for the
+    // queue to go; any other exit request is.
+    self->set_exit_handler([=](caf::exit_msg& em) {
+      if (self->state.linked.erase(em.source) == 0 && em.reason)
+        self->quit(em.reason);
+    });
     return {
       // A client's request: (submit_atom, SubmitSession bytes). The answer
       // comes from the supervisor once the session is durable:

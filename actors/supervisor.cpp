@@ -29,6 +29,7 @@ struct supervisor_state {
   uint64_t next_index = 1;
   uint64_t since_snapshot = 0;
   int64_t time_offset = 0;
+  int64_t last_now = 0;  // time of the last command (the log's time is monotonic)
   // counters
   uint64_t applied = 0;
   uint64_t refused = 0;
@@ -39,8 +40,15 @@ struct supervisor_state {
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
 
+/// The time a command is applied at: the clock, but never earlier than the
+/// last command's (a wall clock stepped back must not reorder the log's
+/// deadlines).
 int64_t now(self_ptr self) {
-  return now_ms(self, self->state.cfg.sim_time) + self->state.time_offset;
+  auto& st = self->state;
+  auto t = now_ms(self, st.cfg.sim_time) + st.time_offset
+           + (st.cfg.clock_skew_ms ? *st.cfg.clock_skew_ms : 0);
+  st.last_now = std::max(st.last_now, t);
+  return st.last_now;
 }
 
 /// Applies one command; a change is queued for the next group commit.
@@ -96,6 +104,11 @@ void flush(self_ptr self) {
     self->quit(caf::make_error(caf::sec::runtime_error, s.error));
     return;
   }
+  if (st.cfg.crash_after_write && st.cfg.crash_after_write()) {
+    log("supervisor")->warn("injected crash after a durable write");
+    self->quit(caf::exit_reason::kill);
+    return;
+  }
   ++st.batches;
   st.since_snapshot += st.pending.size();
   auto last = st.pending.back();
@@ -137,6 +150,7 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     return {};
   }
   st.next_index = info.last_index + 1;
+  st.last_now = info.last_now;
   if (st.cfg.sim_time)
     st.time_offset = std::max<int64_t>(0, info.last_now - now_ms(self, true));
   // Recover first: with every node LOST and no session active, new

@@ -21,6 +21,14 @@ struct supervisor_config {
   /// Called after every command that changed the pool, with the pool as it
   /// is then (tests and simulations check invariants here). Must not block.
   std::function<void(const pool_state&, const pb::Command&)> observer;
+  /// Fault injection (simulation): asked after each group commit is on
+  /// storage and before anyone hears of it; true makes the supervisor die
+  /// there, as a process crashing between a write and its acknowledgement.
+  std::function<bool()> crash_after_write;
+  /// Fault injection (simulation): added to the clock the pool sees, so a
+  /// simulation can make it jump backwards or forwards. The pool's time never
+  /// goes backwards (a command is applied at the latest time seen so far).
+  std::shared_ptr<int64_t> clock_skew_ms;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.

@@ -1,13 +1,232 @@
-// nodepool sim: see add_sim below.
+// nodepool sim: seeded simulation runs of the whole single-oracle pool (see
+// actors/sim.hpp). Seeds are spread over worker processes; the report is
+// merged in seed order, so it is the same whatever the number of workers.
 #include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include "actors/sim.hpp"
 #include "cli/common.hpp"
+#include "log.hpp"
 
 namespace nodepool::cli {
 
+namespace {
+
+struct sim_cli {
+  std::string seeds = "1..100";
+  unsigned jobs = 0;
+  bool json = false;
+  sim_options opt;
+};
+
+std::pair<uint64_t, uint64_t> parse_seeds(const std::string& s) {
+  auto dots = s.find("..");
+  try {
+    size_t used = 0;
+    if (dots == std::string::npos) {
+      auto v = std::stoull(s, &used);
+      if (used != s.size())
+        throw std::invalid_argument(s);
+      return {v, v};
+    }
+    auto a = std::stoull(s.substr(0, dots), &used);
+    if (used != dots)
+      throw std::invalid_argument(s);
+    auto b_text = s.substr(dots + 2);
+    auto b = std::stoull(b_text, &used);
+    if (used != b_text.size() || b < a)
+      throw std::invalid_argument(s);
+    return {a, b};
+  } catch (const std::exception&) {
+    throw std::runtime_error("--seeds: expected N or A..B with A <= B, got '"
+                             + s + "'");
+  }
+}
+
+nlohmann::json to_json(const sim_result& r, bool with_trace) {
+  nlohmann::json j;
+  j["seed"] = r.seed;
+  j["violations"] = nlohmann::json::array();
+  for (auto& v : r.violations)
+    j["violations"].push_back(
+      {{"seed", v.seed}, {"invariant", v.invariant}, {"detail", v.detail}});
+  j["faults"] = r.faults;
+  j["nodes"] = r.nodes;
+  j["commands"] = r.commands;
+  j["submitted"] = r.submitted;
+  j["accepted"] = r.accepted;
+  j["completed"] = r.completed;
+  j["failed"] = r.failed;
+  j["lost"] = r.lost;
+  if (with_trace)
+    j["trace"] = r.trace;
+  return j;
+}
+
+/// A worker: runs seeds first, first + step, ... up to last; before each a
+/// line "S <seed>", after it the result as one JSON line.
+void worker(const sim_cli& c, uint64_t first, uint64_t last, uint64_t step,
+            const std::string& out_path) {
+  std::ofstream out(out_path);
+  for (uint64_t s = first; s <= last; s += step) {
+    out << "S " << s << "\n" << std::flush;
+    auto r = run_sim(s, c.opt);
+    out << to_json(r, c.opt.trace).dump() << "\n" << std::flush;
+    if (s > last - step)  // no overflow past the last seed
+      break;
+  }
+}
+
+void run(const sim_cli& c) {
+  begin();
+  if (!log_level_given)
+    set_log_level("off");  // injected faults make every actor complain
+  auto [first, last] = parse_seeds(c.seeds);
+  if (c.opt.store != "memory" && c.opt.store != "rocksdb")
+    throw std::runtime_error("--store: memory or rocksdb, got '" + c.opt.store + "'");
+  if (c.opt.lossy_store && c.opt.store != "memory")
+    throw std::runtime_error("--lossy-store works with --store memory only");
+  uint64_t count = last - first + 1;
+  unsigned jobs = c.jobs ? c.jobs : std::max(1u, std::thread::hardware_concurrency());
+  if (jobs > count)
+    jobs = static_cast<unsigned>(count);
+  auto t0 = std::chrono::steady_clock::now();
+
+  std::vector<std::string> files;
+  std::vector<pid_t> pids;
+  auto base = c.opt.data_root + "/nodepool-sim-out-" + std::to_string(::getpid());
+  for (unsigned k = 0; k < jobs; ++k) {
+    files.push_back(base + "-" + std::to_string(k));
+    std::cout.flush();
+    auto pid = ::fork();
+    if (pid < 0)
+      throw std::runtime_error("fork failed");
+    if (pid == 0) {
+      int rc = 0;
+      try {
+        worker(c, first + k, last, jobs, files.back());
+      } catch (const std::exception& e) {
+        std::cerr << "nodepool sim: worker: " << e.what() << "\n";
+        rc = 3;
+      }
+      std::_Exit(rc);
+    }
+    pids.push_back(pid);
+  }
+
+  std::map<uint64_t, nlohmann::json> results;  // seed -> result
+  std::vector<nlohmann::json> violations;
+  bool worker_failed = false;
+  for (unsigned k = 0; k < jobs; ++k) {
+    int status = 0;
+    ::waitpid(pids[k], &status, 0);
+    std::ifstream in(files[k]);
+    std::string line;
+    std::optional<uint64_t> open_seed;
+    while (std::getline(in, line)) {
+      if (line.rfind("S ", 0) == 0) {
+        open_seed = std::stoull(line.substr(2));
+        continue;
+      }
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded())
+        continue;
+      results[j["seed"].get<uint64_t>()] = j;
+      open_seed.reset();
+    }
+    std::remove(files[k].c_str());
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!clean) {
+      worker_failed = true;
+      auto what = WIFSIGNALED(status)
+                    ? "died of signal " + std::to_string(WTERMSIG(status))
+                    : "exited with " + std::to_string(WEXITSTATUS(status));
+      if (open_seed) {
+        nlohmann::json j;
+        j["seed"] = *open_seed;
+        j["violations"] = nlohmann::json::array(
+          {{{"seed", *open_seed}, {"invariant", "crash"},
+            {"detail", "the simulation " + what}}});
+        results[*open_seed] = j;
+      }
+    }
+  }
+
+  uint64_t runs = 0;
+  std::map<std::string, uint64_t> faults;
+  std::map<std::string, uint64_t> sessions;
+  for (auto& [seed, j] : results) {
+    ++runs;
+    if (j.contains("faults"))
+      for (auto& [k, v] : j["faults"].items())
+        faults[k] += v.get<uint64_t>();
+    for (auto key : {"submitted", "accepted", "completed", "failed", "lost"})
+      if (j.contains(key))
+        sessions[key] += j[key].get<uint64_t>();
+    if (c.opt.trace && j.contains("trace"))
+      std::cout << "seed " << seed << ": " << j.value("nodes", 0) << " nodes, "
+                << j.value("accepted", 0) << " sessions accepted, "
+                << j.value("commands", 0) << " commands; faults:\n"
+                << j["trace"].get<std::string>();
+    for (auto& v : j["violations"]) {
+      violations.push_back(v);
+      std::cout << "FAIL seed " << seed << ": " << v["invariant"].get<std::string>()
+                << ": " << v["detail"].get<std::string>() << "\n"
+                << "  reproduce: " << sim_repro_command(seed, c.opt) << "\n";
+    }
+  }
+  std::cout << "seeds " << first << ".." << last << ": " << runs << " runs, "
+            << violations.size() << " violations\n";
+  std::cout << "sessions:";
+  for (auto& [k, v] : sessions)
+    std::cout << " " << k << "=" << v;
+  std::cout << "\nfaults:";
+  for (auto& [k, v] : faults)
+    std::cout << " " << k << "=" << v;
+  std::cout << "\n";
+  auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Timing goes to stderr: stdout is the same on every rerun of a seed range.
+  std::cerr << "nodepool sim: " << runs << " seeds in " << secs << " s with "
+            << jobs << " workers\n";
+  if (c.json) {
+    nlohmann::json j;
+    j["seeds"] = {first, last};
+    j["runs"] = runs;
+    j["violations"] = violations;
+    j["faults"] = faults;
+    j["sessions"] = sessions;
+    j["store"] = c.opt.store;
+    std::cout << j.dump() << "\n";
+  }
+  std::cout.flush();
+  if (!violations.empty() || worker_failed || runs != count)
+    throw exit_code{1};
+}
+
+} // namespace
+
 void add_sim(CLI::App& app) {
-  auto* cmd = app.add_subcommand("sim", "(not yet built)");
-  cmd->callback([] { throw std::runtime_error("sim is not built yet"); });
+  auto c = std::make_shared<sim_cli>();
+  auto* cmd = app.add_subcommand(
+    "sim", "seeded fault-injection simulation of the whole pool");
+  cmd->add_option("--seeds", c->seeds, "N or A..B (default 1..100)");
+  cmd->add_option("--jobs", c->jobs, "worker processes (default: one per core)");
+  cmd->add_option("--store", c->opt.store, "memory (default) or rocksdb");
+  cmd->add_option("--data-root", c->opt.data_root,
+                  "where RocksDB stores and worker output go (default /tmp)");
+  cmd->add_option("--healthy", c->opt.healthy_nodes,
+                  "healthy nodes per run (default 3)");
+  cmd->add_flag("--lossy-store", c->opt.lossy_store,
+                "check the checker: a store that loses session submissions "
+                "(every run that accepts a session must fail)");
+  cmd->add_flag("--trace", c->opt.trace, "print every injected fault of every seed");
+  cmd->add_flag("--json", c->json, "print one JSON object as the last line");
+  cmd->callback([c] { run(*c); });
 }
 
 } // namespace nodepool::cli

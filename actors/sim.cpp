@@ -1,0 +1,664 @@
+// The seeded simulation (see sim.hpp). One run:
+//   - an oracle (supervisor, gateway, validator, session queue) over a store;
+//   - 5..10 node actors, each behind a `link` actor that stands for its
+//     network connection and drops, delays, duplicates and reorders messages
+//     in both directions;
+//   - clients submitting sessions, retrying those whose answer they missed;
+//   - a fault schedule: miners killed, restarted and silenced, the oracle
+//     crashed at a random message (or right after a durable write, before
+//     anyone heard of it) and restarted from its store, clock jumps.
+// Faults stop after `fault_window`; the pool then has `settle` to finish.
+// I1-I5 are checked after every command the supervisor applies; at the end
+// every acknowledged session must be stored and every stored session ended,
+// and the stored history must replay without a violation.
+#include "actors/sim.hpp"
+
+#include <filesystem>
+#include <optional>
+#include <sstream>
+
+#include <caf/all.hpp>
+#include <unistd.h>
+
+#include "actors/config.hpp"
+#include "actors/node.hpp"
+#include "actors/oracle.hpp"
+#include "pool_state.hpp"
+#include "random.hpp"
+#include "recovery.hpp"
+
+namespace nodepool {
+
+namespace {
+
+using namespace std::chrono_literals;
+using ms = std::chrono::milliseconds;
+
+constexpr int step_ms = 20;
+constexpr int fault_steps = 500;    // faults during the first 10 s
+constexpr int submit_steps = 600;   // sessions arrive during the first 12 s
+constexpr int total_steps = 1000;   // then 8 s more of quiet
+constexpr int settle_steps = 240;   // and 12 s more in 50 ms steps
+
+/// Injected faults: counts by kind and, when tracing, one line each.
+struct fault_log {
+  bool tracing = false;
+  int64_t now = 0;  // simulated ms since start
+  std::map<std::string, uint64_t> counts;
+  std::ostringstream lines;
+  void note(const std::string& kind, const std::string& what = {}) {
+    ++counts[kind];
+    if (tracing)
+      lines << "  t=" << now << "ms " << kind << (what.empty() ? "" : " ")
+            << what << "\n";
+  }
+};
+
+/// Probabilities of the network faults of every link, drawn per seed.
+struct net_faults {
+  bool on = true;
+  double drop = 0, delay = 0, duplicate = 0, reorder = 0;
+};
+
+struct link_state {
+  caf::actor node;
+  caf::actor gateway;
+  std::string id;
+  seeded_rng rng;
+  std::shared_ptr<net_faults> net;
+  std::shared_ptr<fault_log> log;
+  std::optional<std::pair<bool, std::string>> held;  // (to gateway, bytes)
+  static inline const char* name = "sim_link";
+};
+
+using link_ptr = caf::stateful_actor<link_state>*;
+
+void link_send(link_ptr self, bool to_gateway, const std::string& bytes,
+               int64_t delay_ms = 0) {
+  auto& st = self->state;
+  if (delay_ms > 0) {
+    if (to_gateway)
+      self->delayed_send(st.gateway, ms(delay_ms), miner_atom::value, bytes);
+    else
+      self->delayed_send(st.node, ms(delay_ms), oracle_atom::value, bytes);
+  } else if (to_gateway) {
+    self->send(st.gateway, miner_atom::value, bytes);
+  } else {
+    self->send(st.node, oracle_atom::value, bytes);
+  }
+}
+
+void link_release(link_ptr self) {
+  auto& st = self->state;
+  if (st.held) {
+    auto [g, b] = std::move(*st.held);
+    st.held.reset();
+    link_send(self, g, b);
+  }
+}
+
+/// One message over the link, with whatever fault the dice decide.
+void link_carry(link_ptr self, bool to_gateway, const std::string& bytes) {
+  auto& st = self->state;
+  auto& n = *st.net;
+  auto dir = std::string(to_gateway ? "node->oracle " : "oracle->node ") + st.id;
+  if (n.on) {
+    if (st.rng.chance(n.drop)) {
+      st.log->note("msg_drop", dir);
+      return;
+    }
+    if (st.rng.chance(n.delay)) {
+      auto d = 1 + static_cast<int64_t>(st.rng.below(400));
+      st.log->note("msg_delay", dir + " by " + std::to_string(d) + "ms");
+      link_send(self, to_gateway, bytes, d);
+      return;
+    }
+    if (!st.held && st.rng.chance(n.reorder)) {
+      st.log->note("msg_reorder", dir);
+      st.held = std::make_pair(to_gateway, bytes);
+      self->delayed_send(self, ms(60), flush_atom::value);
+      return;
+    }
+    if (st.rng.chance(n.duplicate)) {
+      st.log->note("msg_duplicate", dir);
+      link_send(self, to_gateway, bytes);
+    }
+  }
+  link_send(self, to_gateway, bytes);
+  link_release(self);  // a held message comes after the one that passed it
+}
+
+caf::behavior link_actor(link_ptr self, caf::actor node, caf::actor gateway,
+                         std::string id, uint64_t seed,
+                         std::shared_ptr<net_faults> net,
+                         std::shared_ptr<fault_log> log) {
+  auto& st = self->state;
+  st.node = node;
+  st.gateway = gateway;
+  st.id = std::move(id);
+  st.rng = seeded_rng{seed};
+  st.net = std::move(net);
+  st.log = std::move(log);
+  // The connection goes when either end goes.
+  self->monitor(node);
+  self->monitor(gateway);
+  self->set_down_handler([=](caf::down_msg&) { self->quit(); });
+  return {
+    [=](miner_atom, const std::string& bytes) { link_carry(self, true, bytes); },
+    [=](oracle_atom, const std::string& bytes) {
+      link_carry(self, false, bytes);
+    },
+    [=](flush_atom) { link_release(self); },
+  };
+}
+
+/// A store that says it wrote session submissions and did not (see
+/// sim_options::lossy_store).
+class lossy_store : public store {
+public:
+  explicit lossy_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
+  status append(const std::vector<pb::LogEntry>& entries, bool sync) override {
+    auto kept = entries;  // a submission becomes a tick in the same place
+    for (auto& e : kept)
+      if (e.command().has_submit_session())
+        e.mutable_command()->mutable_tick();
+    return inner_->append(kept, sync);
+  }
+  status save_snapshot(const pb::Snapshot& snap) override { return status{}; }
+  status load_snapshot(std::optional<pb::Snapshot>& out) override {
+    return inner_->load_snapshot(out);
+  }
+  status scan(uint64_t from,
+              const std::function<void(const pb::LogEntry&)>& f) override {
+    return inner_->scan(from, f);
+  }
+  uint64_t last_index() const override { return inner_->last_index(); }
+
+private:
+  std::shared_ptr<store> inner_;
+};
+
+/// One simulated miner node and its current connection.
+struct miner_slot {
+  std::string id;
+  behaviour kind;
+  caf::actor node;
+  caf::actor link;
+  bool alive = false;
+  bool silent = false;
+  uint32_t lives = 0;
+};
+
+/// What a client knows of a session it submitted.
+enum class answer { pending, accepted, unknown, refused };
+
+class simulation {
+public:
+  simulation(uint64_t seed, const sim_options& opt)
+    : seed_(seed), opt_(opt), rng_(mix64(seed ^ 0x5157ull)) {
+    cfg_.testing();
+    sys_ = std::make_unique<caf::actor_system>(cfg_);
+    sched_ = &dynamic_cast<caf::scheduler::test_coordinator&>(sys_->scheduler());
+    log_->tracing = opt.trace;
+    res_.seed = seed;
+  }
+
+  ~simulation() {
+    shutdown();
+    if (!dir_.empty()) {
+      store_.reset();
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+
+  sim_result run() {
+    draw_parameters();
+    if (!open_store())
+      return finish();
+    start_oracle_now();
+    spawn_miners();
+    int crashes = 0;
+    for (int step = 0; step < total_steps && ok(); ++step) {
+      log_->now = static_cast<int64_t>(step) * step_ms;
+      if (step == fault_steps) {
+        net_->on = false;
+        log_->note("faults_end");
+      }
+      if (step < submit_steps && submitted_ < sessions_wanted_
+          && rng_.chance(0.06))
+        submit(next_session());
+      if (step % 25 == 0)
+        resubmit_unknown();
+      std::optional<uint64_t> crash_at;
+      if (step < fault_steps) {
+        inject_miner_faults();
+        if (oracle_up_ && crashes < 2 && rng_.chance(0.0025)) {
+          ++crashes;
+          crash_at = 1 + rng_.below(8);
+        }
+        if (oracle_up_ && crashes < 2 && !*crash_armed_
+            && rng_.chance(0.0025)) {
+          ++crashes;
+          *crash_armed_ = true;  // the next group commit dies after its write
+        }
+        if (rng_.chance(0.002)) {
+          auto d = 1000 + static_cast<int64_t>(rng_.below(5000));
+          log_->note("clock_jump", "forward " + std::to_string(d) + "ms");
+          sched_->advance_time(ms(d));
+        }
+        if (rng_.chance(0.002)) {
+          auto d = 500 + static_cast<int64_t>(rng_.below(3000));
+          log_->note("clock_jump", "oracle clock back " + std::to_string(d) + "ms");
+          *skew_ -= d;
+        }
+      }
+      if (step % 100 == 50)
+        restore_miners();
+      if (!oracle_up_ && down_steps_-- <= 0)
+        restart_oracle();
+      sched_->advance_time(ms(step_ms));
+      drain(crash_at);
+    }
+    // Quiet: every miner that can come back does, and the pool settles.
+    if (ok()) {
+      net_->on = false;
+      if (!oracle_up_)
+        restart_oracle();
+      restore_miners();
+      for (int i = 0; i < settle_steps && ok(); ++i) {
+        sched_->advance_time(ms(50));
+        drain(std::nullopt);
+        if (!oracle_up_)
+          restart_oracle();
+      }
+    }
+    if (ok())
+      verify();
+    return finish();
+  }
+
+private:
+  bool ok() const { return res_.violations.empty(); }
+
+  void violation(std::string inv, std::string detail) {
+    if (!ok())
+      return;
+    res_.violations.push_back({seed_, std::move(inv), std::move(detail)});
+  }
+
+  void draw_parameters() {
+    p_.test_deadline_ms = 500;
+    p_.task_phase_timeout_ms = 200;
+    p_.heartbeat_interval_ms = 100;
+    p_.heartbeat_timeout_ms = 500;
+    p_.quarantine_backoff_ms = 500;
+    p_.quarantine_backoff_max_ms = 2000;
+    p_.tick_interval_ms = 50;
+    p_.idle_threshold_ms = 5000;
+    p_.queue_timeout_ms = 8000;
+    p_.tasks_before_release = 1 + static_cast<uint32_t>(rng_.below(3));
+    p_.max_strikes = 3 + static_cast<uint32_t>(rng_.below(3));
+    p_.snapshot_every = 5 + rng_.below(60);
+    static const char* strategies[] = {"reputation", "random", "latency"};
+    p_.selection = strategies[rng_.below(3)];
+    p_.seed = seed_;
+    auto scale = rng_.below(3);  // some seeds have a calm network
+    net_->drop = 0.004 * scale;
+    net_->delay = 0.02 * scale;
+    net_->duplicate = 0.01 * scale;
+    net_->reorder = 0.01 * scale;
+    sessions_wanted_ = 5 + rng_.below(12);
+  }
+
+  bool open_store() {
+    if (opt_.store == "memory") {
+      store_ = std::shared_ptr<store>(make_memory_store());
+      if (opt_.lossy_store)
+        store_ = std::make_shared<lossy_store>(store_);
+      return true;
+    }
+    dir_ = opt_.data_root + "/nodepool-sim-" + std::to_string(::getpid()) + "-"
+           + std::to_string(seed_);
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    return reopen_store();
+  }
+
+  bool reopen_store() {
+    if (dir_.empty())
+      return true;
+    store_.reset();
+    status s;
+    auto db = open_rocksdb_store(dir_, s);
+    if (!db) {
+      violation("harness", "cannot open " + dir_ + ": " + s.error);
+      return false;
+    }
+    store_ = std::shared_ptr<store>(std::move(db));
+    return true;
+  }
+
+  void start_oracle_now() {
+    supervisor_config sc;
+    sc.pool = p_;
+    sc.storage = store_;
+    sc.sim_time = true;
+    sc.sync = false;  // the process crashes, not the machine
+    sc.clock_skew_ms = skew_;
+    auto armed = crash_armed_;
+    auto log = log_;
+    auto died = supervisor_died_;
+    sc.crash_after_write = [armed, log, died] {
+      if (!*armed)
+        return false;
+      *armed = false;
+      *died = true;
+      log->note("oracle_crash_after_write");
+      return true;
+    };
+    sc.observer = [this](const pool_state& ps, const pb::Command& cmd) {
+      ++res_.commands;
+      if (!ok())
+        return;
+      auto vs = ps.check_invariants();
+      if (!vs.empty())
+        violation(vs.front().invariant,
+                  vs.front().detail + " after " + cmd.ShortDebugString());
+    };
+    oracle_ = start_oracle(*sys_, sc);
+    oracle_up_ = true;
+    sched_->run();
+  }
+
+  void kill_oracle(const std::string& why) {
+    for (auto& a : {oracle_.gateway, oracle_.validator, oracle_.sessions,
+                    oracle_.supervisor})
+      caf::anon_send_exit(a, caf::exit_reason::kill);
+    oracle_up_ = false;
+    down_steps_ = static_cast<int>(rng_.below(10));
+    if (!why.empty())
+      log_->note("oracle_crash", why);
+  }
+
+  void restart_oracle() {
+    sched_->run();  // the dead release what they held (the store among it)
+    if (!reopen_store())
+      return;
+    log_->note("oracle_restart");
+    start_oracle_now();
+    for (auto& m : miners_)
+      if (m.alive && !m.silent)
+        connect(m);
+  }
+
+  /// Runs every message; a crash due in this step happens after the
+  /// `crash_at`-th, a crash after a write right after that write.
+  void drain(std::optional<uint64_t> crash_at) {
+    uint64_t n = 0;
+    while (sched_->try_run_once()) {
+      ++n;
+      if (*supervisor_died_) {
+        *supervisor_died_ = false;
+        kill_oracle("");
+      } else if (crash_at && n == *crash_at && oracle_up_) {
+        kill_oracle("after message " + std::to_string(n));
+      }
+    }
+  }
+
+  void spawn_miners() {
+    auto n = 5 + rng_.below(6);
+    for (size_t i = 0; i < n; ++i) {
+      miner_slot m;
+      m.id = "m" + std::to_string(i);
+      m.kind = i < opt_.healthy_nodes ? behaviour::healthy
+                                      : static_cast<behaviour>(rng_.below(6));
+      if (m.kind != behaviour::healthy)
+        log_->note("behaviour_" + to_string(m.kind), m.id);
+      miners_.push_back(m);
+    }
+    res_.nodes = miners_.size();
+    for (auto& m : miners_)
+      start_miner(m);
+    sched_->run();
+  }
+
+  void start_miner(miner_slot& m) {
+    node_config nc;
+    nc.id = m.id;
+    nc.kind = m.kind;
+    nc.seed = mix64(seed_ * 1000 + m.lives++ * 37 + std::hash<std::string>{}(m.id) % 997);
+    nc.deadline_hint_ms = p_.test_deadline_ms;
+    nc.register_timeout_ms = 1000;
+    m.node = spawn_node(*sys_, nc, caf::actor{});
+    m.alive = true;
+    m.silent = false;
+    if (oracle_up_)
+      connect(m);
+  }
+
+  /// A fresh connection from the miner to the current gateway.
+  void connect(miner_slot& m) {
+    if (m.link)
+      caf::anon_send_exit(m.link, caf::exit_reason::kill);
+    m.link = sys_->spawn(link_actor, m.node, oracle_.gateway, m.id,
+                         rng_.next(), net_, log_);
+    caf::anon_send(m.node, connect_atom::value, m.link);
+    m.silent = false;
+  }
+
+  void inject_miner_faults() {
+    auto& m = miners_[rng_.below(miners_.size())];
+    if (m.alive && rng_.chance(0.004)) {
+      log_->note("miner_kill", m.id);
+      caf::anon_send_exit(m.node, caf::exit_reason::kill);
+      m.alive = false;
+      return;
+    }
+    if (m.alive && !m.silent && rng_.chance(0.004)) {
+      log_->note("miner_silence", m.id);
+      caf::anon_send(m.node, connect_atom::value, caf::actor{});
+      m.silent = true;
+    }
+  }
+
+  /// Dead miners restart (except the `crash` kind, which stays dead) and
+  /// silent ones reconnect.
+  void restore_miners() {
+    if (!oracle_up_)
+      return;
+    for (auto& m : miners_) {
+      if (!m.alive && m.kind != behaviour::crash) {
+        log_->note("miner_restart", m.id);
+        start_miner(m);
+      } else if (m.alive && m.silent) {
+        connect(m);
+      }
+    }
+  }
+
+  pb::SubmitSession next_session() {
+    pb::SubmitSession s;
+    s.set_session_id("s" + std::to_string(submitted_++));
+    s.set_model("llama-3-8b");
+    auto red = 1 + static_cast<uint32_t>(rng_.below(3));
+    s.set_min_nodes(1);
+    s.set_max_nodes(red);
+    s.set_redundancy(red);
+    s.set_max_tasks(1 + static_cast<uint32_t>(rng_.below(4)));
+    s.set_client("sim");
+    return s;
+  }
+
+  void submit(const pb::SubmitSession& s) {
+    requests_[s.session_id()] = s;
+    answers_[s.session_id()] = answer::pending;
+    if (!oracle_up_) {
+      answers_[s.session_id()] = answer::unknown;
+      return;
+    }
+    auto bytes = s.SerializeAsString();
+    auto id = s.session_id();
+    auto whom = oracle_.sessions;
+    auto answers = answers_ptr_;
+    auto* sys = sys_.get();
+    sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(whom, ms(3000), submit_atom::value, bytes)
+        .then([=](accepted_atom) { (*answers)[id] = answer::accepted; },
+              [=](caf::error& e) {
+                auto code = read_refusal(*sys, e).first;
+                // Already stored: an earlier try got through and its answer
+                // was lost. The client now knows it is accepted.
+                if (code == "duplicate_session")
+                  (*answers)[id] = answer::accepted;
+                else if (code == "unavailable")
+                  (*answers)[id] = answer::unknown;
+                else
+                  (*answers)[id] = answer::refused;
+              });
+    });
+  }
+
+  void resubmit_unknown() {
+    if (!oracle_up_)
+      return;
+    for (auto& [id, a] : answers_)
+      if (a == answer::unknown) {
+        log_->note("client_retry", id);
+        submit(requests_[id]);
+      }
+  }
+
+  void verify() {
+    auto snap_bytes = std::make_shared<std::string>();
+    auto whom = oracle_.supervisor;
+    sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(whom, caf::infinite, state_atom::value)
+        .then([=](const std::string& s) { *snap_bytes = s; });
+    });
+    sched_->run();
+    pb::Snapshot snap;
+    if (snap_bytes->empty() || !snap.ParseFromString(*snap_bytes)) {
+      violation("oracle_down", "the supervisor is not running at the end");
+      return;
+    }
+    pool_state ps;
+    ps.restore(snap);
+    for (auto& [id, a] : answers_) {
+      if (a != answer::accepted)
+        continue;
+      ++res_.accepted;
+      auto* rec = ps.session(id);
+      if (!rec) {
+        ++res_.lost;
+        violation("lost", "session " + id + " was acknowledged and is not stored");
+      }
+    }
+    for (auto& rec : snap.sessions()) {
+      if (rec.state() == pb::COMPLETED)
+        ++res_.completed;
+      else if (rec.state() == pb::FAILED)
+        ++res_.failed;
+      else {
+        if (answers_[rec.id()] == answer::accepted)
+          ++res_.lost;
+        violation("liveness", "session " + rec.id() + " is still "
+                                + to_string(rec.state()) + " after "
+                                + std::to_string(settle_steps * 50) + "ms of quiet");
+      }
+    }
+    // The store alone must give back exactly the live state.
+    pool_state replayed;
+    recovered info;
+    if (auto s = recover(*store_, replayed, info); !s.ok()) {
+      violation("history", "the store does not load: " + s.error);
+      return;
+    }
+    auto a = replayed.snapshot();
+    a.set_last_index(info.last_index);
+    if (a.SerializeAsString() != snap.SerializeAsString())
+      violation("history", "replaying the store gives another state than the "
+                           "live one (last index "
+                             + std::to_string(info.last_index) + " vs "
+                             + std::to_string(snap.last_index()) + ")");
+    auto hist = check_history(*store_);
+    if (!hist.load_error.empty())
+      violation("history", hist.load_error);
+    else if (!hist.violations.empty())
+      violation("history", "entry " + std::to_string(hist.violations.front().first)
+                             + ": " + hist.violations.front().second.invariant
+                             + " " + hist.violations.front().second.detail);
+  }
+
+  sim_result finish() {
+    res_.faults = log_->counts;
+    res_.faults.erase("faults_end");
+    res_.submitted = submitted_;
+    if (opt_.trace)
+      res_.trace = log_->lines.str();
+    return res_;
+  }
+
+  void shutdown() {
+    if (!sys_)
+      return;
+    sched_->run();
+    for (auto& m : miners_) {
+      if (m.node)
+        caf::anon_send_exit(m.node, caf::exit_reason::kill);
+      if (m.link)
+        caf::anon_send_exit(m.link, caf::exit_reason::kill);
+    }
+    if (oracle_up_)
+      kill_oracle("");
+    sched_->run();
+  }
+
+  uint64_t seed_;
+  sim_options opt_;
+  seeded_rng rng_;
+  actor_config cfg_{false};
+  std::unique_ptr<caf::actor_system> sys_;
+  caf::scheduler::test_coordinator* sched_ = nullptr;
+  params p_;
+  std::shared_ptr<store> store_;
+  std::string dir_;
+  oracle_handles oracle_;
+  bool oracle_up_ = false;
+  int down_steps_ = 0;
+  std::shared_ptr<fault_log> log_ = std::make_shared<fault_log>();
+  std::shared_ptr<net_faults> net_ = std::make_shared<net_faults>();
+  std::shared_ptr<bool> crash_armed_ = std::make_shared<bool>(false);
+  std::shared_ptr<bool> supervisor_died_ = std::make_shared<bool>(false);
+  std::shared_ptr<int64_t> skew_ = std::make_shared<int64_t>(0);
+  std::vector<miner_slot> miners_;
+  uint64_t sessions_wanted_ = 0;
+  uint64_t submitted_ = 0;
+  std::map<std::string, pb::SubmitSession> requests_;
+  std::shared_ptr<std::map<std::string, answer>> answers_ptr_ =
+    std::make_shared<std::map<std::string, answer>>();
+  std::map<std::string, answer>& answers_ = *answers_ptr_;
+  sim_result res_;
+};
+
+} // namespace
+
+sim_result run_sim(uint64_t seed, const sim_options& opt) {
+  simulation s{seed, opt};
+  return s.run();
+}
+
+std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
+  auto cmd = "nodepool sim --seeds " + std::to_string(seed) + ".."
+             + std::to_string(seed) + " --trace";
+  if (opt.store != "memory")
+    cmd += " --store " + opt.store;
+  if (opt.healthy_nodes != sim_options{}.healthy_nodes)
+    cmd += " --healthy " + std::to_string(opt.healthy_nodes);
+  if (opt.lossy_store)
+    cmd += " --lossy-store";
+  return cmd;
+}
+
+} // namespace nodepool

@@ -1,0 +1,57 @@
+#pragma once
+
+// Deterministic simulation of a whole single-oracle pool: the real actors
+// under CAF's test_coordinator, the real PoolState and storage code, and a
+// fault schedule drawn from a seed. The same seed gives the same run, byte
+// for byte, so a failing seed is its own reproducer.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace nodepool {
+
+struct sim_options {
+  /// "memory" (the in-memory store) or "rocksdb" (a RocksDB directory per
+  /// run under `data_root`, closed and reopened at every oracle restart).
+  std::string store = "memory";
+  std::string data_root = "/tmp";
+  /// Healthy nodes among the miners (the rest draw a behaviour at random).
+  /// Liveness is checked with at least one; 0 is for testing the checker.
+  uint32_t healthy_nodes = 3;
+  /// Keep a line per injected fault in sim_result::trace.
+  bool trace = false;
+  /// For testing the checker itself: a store that acknowledges session
+  /// submissions without keeping them (a disk that lies about fsync). Every
+  /// run that accepts a session must then report a violation.
+  bool lossy_store = false;
+};
+
+struct sim_violation {
+  uint64_t seed = 0;
+  std::string invariant;  // I1..I5, "lost", "liveness", "history"
+  std::string detail;
+};
+
+struct sim_result {
+  uint64_t seed = 0;
+  std::vector<sim_violation> violations;
+  std::map<std::string, uint64_t> faults;  // injected, by kind
+  uint64_t nodes = 0;
+  uint64_t commands = 0;   // commands applied (all oracle lives)
+  uint64_t submitted = 0;  // session ids sent by the clients
+  uint64_t accepted = 0;   // acknowledged to a client
+  uint64_t completed = 0;
+  uint64_t failed = 0;
+  uint64_t lost = 0;       // acknowledged and missing or unfinished
+  std::string trace;
+};
+
+/// Runs one seed. Never throws for a fault it injected; a violation found
+/// ends the run early and is reported in the result.
+sim_result run_sim(uint64_t seed, const sim_options& opt = {});
+
+/// The command line that reruns one seed with these options.
+std::string sim_repro_command(uint64_t seed, const sim_options& opt);
+
+} // namespace nodepool
