@@ -13,6 +13,7 @@
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
 #include "actors/wire.hpp"
+#include "identity.hpp"
 #include "log.hpp"
 
 namespace nodepool {
@@ -32,6 +33,10 @@ struct gateway_state {
   // connection. The commit's events (the admission test) may reach us
   // before its answer does.
   std::map<std::string, caf::actor> registering;
+  // Signed admission: nonces are given per connection.
+  authenticator auth;
+  std::map<caf::actor_addr, uint64_t> conn_ids;
+  uint64_t next_conn = 1;
   bool sim_time = false;
   std::map<std::string, uint64_t> refused;         // refusal code -> count
   uint64_t received = 0;
@@ -48,6 +53,10 @@ void node_down(self_ptr self, std::string id, const std::string& why) {
   auto i = st.by_node.find(id);
   if (i != st.by_node.end()) {
     self->demonitor(i->second);
+    if (auto c = st.conn_ids.find(i->second.address()); c != st.conn_ids.end()) {
+      st.auth.forget(c->second);
+      st.conn_ids.erase(c);
+    }
     st.by_addr.erase(i->second.address());
     st.by_node.erase(i);
   }
@@ -106,8 +115,28 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
            "this connection is node '" + prev->second + "'");
     return;
   }
+  // Proof of the key, against the oracle's allow-list / join tokens.
+  auto& conn = st.conn_ids[sender.address()];
+  if (conn == 0)
+    conn = st.next_conn++;
+  std::string challenge;
+  if (auto no = st.auth.check(conn, m.register_(), challenge)) {
+    refuse(self, sender, id, no->code, no->detail);
+    return;
+  }
+  if (!challenge.empty()) {
+    pb::OracleMsg n;
+    n.mutable_nonce()->set_nonce(challenge);
+    self->send(sender, oracle_atom::value, n.SerializeAsString());
+    return;
+  }
   auto cmd = command_bytes([&](pb::Command& c) {
     *c.mutable_register_() = m.register_();
+    // The proof stays here: the log keeps the key, not the nonce, the
+    // signature or a token.
+    c.mutable_register_()->clear_nonce();
+    c.mutable_register_()->clear_signature();
+    c.mutable_register_()->clear_join_token();
   });
   st.registering[id] = sender;
   auto done = [=] {
@@ -143,13 +172,21 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
 } // namespace
 
 caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
-                         const params& pool, bool sim_time) {
-  return sys.spawn([supervisor, pool, sim_time](self_ptr self) -> caf::behavior {
+                         const params& pool, bool sim_time,
+                         admission_policy admission) {
+  return sys.spawn([supervisor, pool, sim_time,
+                    admission = std::move(admission)](self_ptr self) -> caf::behavior {
+    self->state.auth = authenticator{admission};
     self->state.supervisor = supervisor;
     self->state.pool = pool;
     self->state.sim_time = sim_time;
     self->set_down_handler([=](caf::down_msg& dm) {
       auto& st = self->state;
+      auto c = st.conn_ids.find(dm.source);
+      if (c != st.conn_ids.end()) {
+        st.auth.forget(c->second);
+        st.conn_ids.erase(c);
+      }
       auto i = st.by_addr.find(dm.source);
       if (i == st.by_addr.end())
         return;

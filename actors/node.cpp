@@ -66,9 +66,30 @@ void do_register(self_ptr self) {
   m.set_node_id(st.cfg.id);
   auto* r = m.mutable_register_();
   r->set_node_id(st.cfg.id);
-  r->set_public_key(st.cfg.public_key);
+  if (st.cfg.key)
+    r->set_public_key(st.cfg.key->public_key());
   for (auto& x : st.cfg.models)
     r->add_models(x);
+  self->send(st.gateway, miner_atom::value, m.SerializeAsString());
+}
+
+/// The oracle's answer to a keyed registration: sign its nonce and register
+/// again with the proof.
+void register_signed(self_ptr self, const std::string& nonce) {
+  auto& st = self->state;
+  if (!st.gateway || !st.cfg.key || st.registered)
+    return;
+  pb::MinerMsg m;
+  m.set_node_id(st.cfg.id);
+  auto* r = m.mutable_register_();
+  r->set_node_id(st.cfg.id);
+  r->set_public_key(st.cfg.key->public_key());
+  for (auto& x : st.cfg.models)
+    r->add_models(x);
+  r->set_nonce(nonce);
+  r->set_signature(st.cfg.key->sign(
+    registration_message(st.cfg.id, st.cfg.key->public_key(), nonce)));
+  r->set_join_token(st.cfg.join_token);
   self->send(st.gateway, miner_atom::value, m.SerializeAsString());
 }
 
@@ -173,6 +194,9 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
         self->send(self, beat_atom::value, ++st.beat_epoch);
       }
       break;
+    case pb::OracleMsg::kNonce:
+      register_signed(self, m.nonce().nonce());
+      break;
     case pb::OracleMsg::kTest: {
       ++st.tests;
       auto& t = m.test();
@@ -241,10 +265,13 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
       ++st.refusals[code];
       log("node")->debug("node {} refused: {} ({})", id, code,
                          m.refusal().detail());
-      if (code == "retired" || code == "key_mismatch") {
+      if (code == "retired" || code == "key_mismatch" || code == "key_required"
+          || code == "key_not_allowed" || code == "bad_signature"
+          || code == "bad_key") {
         log("node")->warn("node {} leaves: {}", id, m.refusal().detail());
-        self->quit(caf::make_error(caf::sec::request_receiver_down,
-                                   m.refusal().detail()));
+        self->quit(make_refusal(code, m.refusal().detail()));
+      } else if (code == "bad_nonce" && !st.registered) {
+        do_register(self);  // a stale or duplicated proof: start over
       } else if (code == "not_connected" || code == "not_registered") {
         st.registered = false;  // the oracle lost track of us: register again
         do_register(self);

@@ -15,6 +15,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/expected.hpp>
 
+#include "identity.hpp"
 #include "openai_client.hpp"
 #include "sim_backend.hpp"
 
@@ -27,7 +28,12 @@ struct node_config {
   uint64_t seed = 1;
   /// Phase / test deadline the `slow` behaviour overshoots.
   int64_t deadline_hint_ms = 5000;
-  std::string public_key;
+  /// The node's key (nodepool keygen): it registers with the public half
+  /// and signs the oracle's nonce. Without one, only an open oracle admits
+  /// the node.
+  std::shared_ptr<const node_key> key;
+  /// Presented with the key when it is not on the oracle's allow-list.
+  std::string join_token;
   /// A registration with no answer (lost on the way, or its answer was) is
   /// sent again after this long.
   int64_t register_timeout_ms = 5000;

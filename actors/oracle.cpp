@@ -10,8 +10,9 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   oracle_handles h;
   auto pool = cfg.pool;
   auto sim = cfg.sim_time;
+  auto admission = cfg.admission;
   h.supervisor = spawn_supervisor(sys, std::move(cfg));
-  h.gateway = spawn_gateway(sys, h.supervisor, pool, sim);
+  h.gateway = spawn_gateway(sys, h.supervisor, pool, sim, std::move(admission));
   h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim);
   h.sessions = spawn_session_queue(sys, h.supervisor, h.gateway, pool, sim);
   caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);

@@ -28,7 +28,8 @@ void stop_oracle(const oracle_handles& h);
 
 // The pieces, for tests that wire them by hand.
 caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
-                         const params& pool, bool sim_time);
+                         const params& pool, bool sim_time,
+                         admission_policy admission = {});
 caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
                            caf::actor gateway, const params& pool,
                            bool sim_time);

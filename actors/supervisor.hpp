@@ -6,6 +6,7 @@
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
+#include "identity.hpp"
 #include "params.hpp"
 #include "pool_state.hpp"
 #include "storage.hpp"
@@ -18,6 +19,8 @@ struct supervisor_config {
   std::shared_ptr<store> storage;  // shared with whoever opened it
   bool sim_time = false;           // see now_ms()
   bool sync = true;                // fsync each group commit
+  /// Who may register (used by the oracle's gateway); open by default.
+  admission_policy admission;
   /// Called after every command that changed the pool, with the pool as it
   /// is then (tests and simulations check invariants here). Must not block.
   std::function<void(const pool_state&, const pb::Command&)> observer;

@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
   add_submit(app);
   add_status(app);
   add_check(app);
+  add_keygen(app);
   add_sim(app);
   add_chaos(app);
   add_bench(app);

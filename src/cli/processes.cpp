@@ -1,5 +1,6 @@
 // The multi-process commands: oracle, miner, submit, status, check.
 #include <CLI/CLI.hpp>
+#include <fstream>
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
@@ -16,6 +17,7 @@
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "cli/common.hpp"
+#include "identity.hpp"
 #include "log.hpp"
 #include "recovery.hpp"
 
@@ -56,6 +58,8 @@ struct oracle_options {
   CLI::Option* host_flag = nullptr;  // to tell a flag from its default
   CLI::Option* port_flag = nullptr;
   tls_files tls;
+  std::string allow;        // allow-list of node keys
+  std::string join_tokens;  // file of join tokens
 };
 
 int run_oracle(oracle_options& o) {
@@ -65,7 +69,11 @@ int run_oracle(oracle_options& o) {
   if (!o.config.empty()) {
     toml::table tbl;
     try {
-      tbl = toml::parse_file(o.config);
+      std::ifstream f{o.config, std::ios::binary};
+      if (!f)
+        throw std::runtime_error(o.config + ": cannot be read");
+      std::string text{std::istreambuf_iterator<char>{f}, {}};
+      tbl = toml::parse(without_toml_trap(text), o.config);
     } catch (const toml::parse_error& e) {
       throw std::runtime_error(o.config + ": " + std::string{e.description()});
     }
@@ -85,7 +93,14 @@ int run_oracle(oracle_options& o) {
         auto bad = [&](const std::string& why) {
           return std::runtime_error(o.config + ": oracle." + key + ": " + why);
         };
-        if (key == "data_dir" || key == "host") {
+        if (key == "allow" || key == "join_tokens") {
+          auto x = v.value<std::string>();
+          if (!v.is_string() || !x || x->empty())
+            throw bad("expected a file name");
+          auto& into = key == "allow" ? o.allow : o.join_tokens;
+          if (into.empty())
+            into = *x;
+        } else if (key == "data_dir" || key == "host") {
           auto x = v.value<std::string>();
           if (!v.is_string() || !x || x->empty())
             throw bad("expected a non-empty string");
@@ -116,6 +131,17 @@ int run_oracle(oracle_options& o) {
   sc.pool = p;
   sc.storage = storage;
   sc.sync = !o.no_sync;
+  if (!o.allow.empty())
+    load_allow_list(o.allow, sc.admission);
+  if (!o.join_tokens.empty())
+    load_join_tokens(o.join_tokens, sc.admission);
+  if (sc.admission.open())
+    log("oracle")->warn("admission is open: any node may register "
+                        "(give --allow and/or --join-tokens to require keys)");
+  else
+    log("oracle")->info("admitting {} allowed key(s), {} join token(s)",
+                        sc.admission.allowed_keys.size(),
+                        sc.admission.join_tokens.size());
   auto h = start_oracle(sys, sc);
   auto port = o.tls.enabled()
                 ? caf::openssl::publish(h.gateway, o.port, o.host.c_str(), true)
@@ -166,6 +192,8 @@ struct miner_options {
   std::string openai_key;
   int64_t openai_timeout_ms = 30000;
   tls_files tls;
+  std::string key;         // node key file (nodepool keygen)
+  std::string join_token;
 };
 
 int run_miner(miner_options& o) {
@@ -198,6 +226,11 @@ int run_miner(miner_options& o) {
     oc.timeout_ms = o.openai_timeout_ms;
     model = oc;
   }
+  std::shared_ptr<const node_key> key;
+  if (!o.key.empty())
+    key = std::make_shared<node_key>(node_key::load(o.key));
+  else if (!o.join_token.empty())
+    throw std::runtime_error("--join-token needs --key (the token admits a key)");
   actor_config cfg;
   setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
@@ -217,6 +250,8 @@ int run_miner(miner_options& o) {
     nc.seed = o.seed * 1000003 + i;
     nc.deadline_hint_ms = o.deadline_hint_ms;
     nc.openai = model;
+    nc.key = key;
+    nc.join_token = o.join_token;
     auto n = spawn_node(sys, nc, *gw);
     self->monitor(n);
     nodes.push_back(n);
@@ -257,10 +292,17 @@ int run_miner(miner_options& o) {
         }
         --alive;
         if (dm.reason && dm.reason != caf::exit_reason::user_shutdown) {
-          auto text = sys.render(dm.reason);
-          std::cerr << "nodepool miner: node stopped: " << text << "\n";
-          if (text.find("simulated crash") == std::string::npos)
+          auto [code, detail] = read_refusal(sys, dm.reason);
+          if (code != "unavailable") {
+            std::cerr << "nodepool miner: the oracle sent a node away: " << code
+                      << ": " << detail << "\n";
             ++refused_out;
+          } else {
+            auto text = sys.render(dm.reason);
+            std::cerr << "nodepool miner: node stopped: " << text << "\n";
+            if (text.find("simulated crash") == std::string::npos)
+              ++refused_out;
+          }
         }
       },
       caf::after(200ms) >> [] {});
@@ -444,7 +486,13 @@ void add_oracle(CLI::App& app) {
   o->port_flag = cmd->add_option("--port", o->port,
                                   "port for miners and clients (default 4242)");
   cmd->add_option("--config", o->config,
-                  "TOML file: [pool] parameters, [oracle] data_dir/host/port");
+                  "TOML file: [pool] parameters, [oracle] data_dir/host/port/"
+                  "allow/join_tokens");
+  cmd->add_option("--allow", o->allow,
+                  "file of node public keys (hex, one per line) to admit");
+  cmd->add_option("--join-tokens", o->join_tokens,
+                  "file of join tokens (one per line): a node presenting one "
+                  "is admitted with any key");
   cmd->add_flag("--no-sync", o->no_sync,
                 "do not fsync group commits (faster, loses the last batch "
                 "on power loss)");
@@ -486,10 +534,43 @@ void add_miner(CLI::App& app) {
   cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
                   "per request (default 30000)")
     ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
+  cmd->add_option("--key", o->key,
+                  "node key file (nodepool keygen); its nodes sign their "
+                  "registrations with it");
+  cmd->add_option("--join-token", o->join_token,
+                  "operator-issued token, for a key not on the oracle's allow-list");
   add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
     if (int rc = run_miner(*o); rc != 0)
       throw exit_code{rc};
+  });
+}
+
+void add_keygen(CLI::App& app) {
+  auto out = std::make_shared<std::string>();
+  auto token = std::make_shared<bool>(false);
+  auto force = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand(
+    "keygen", "make a node key pair (Ed25519), or a join token");
+  cmd->add_option("--out", *out,
+                  "file for the private key (PEM, mode 0600); the public key "
+                  "is printed, ready for an --allow file");
+  cmd->add_flag("--join-token", *token, "print a fresh random join token instead");
+  cmd->add_flag("--force", *force, "overwrite an existing key file");
+  cmd->callback([=] {
+    begin();
+    if (*token) {
+      std::printf("%s\n", make_join_token().c_str());
+      return;
+    }
+    if (out->empty())
+      throw std::runtime_error("--out FILE is required (or --join-token)");
+    if (!*force && std::ifstream(*out).good())
+      throw std::runtime_error(*out + " exists; refusing to overwrite a key "
+                                      "(--force to replace it)");
+    auto k = node_key::generate();
+    k.save(*out);
+    std::printf("%s %s\n", to_hex(k.public_key()).c_str(), out->c_str());
   });
 }
 

@@ -119,6 +119,27 @@ TEST_F(bad_input, a_node_cannot_act_for_another) {
   EXPECT_EQ(after.node("victim")->state(), before.node("victim")->state());
 }
 
+TEST_F(bad_input, acks_results_and_releases_for_another_node_are_refused) {
+  add_node("victim");
+  run_for(100ms);
+  admit("p1");
+  auto before = snapshot_bytes();
+  std::vector<pb::MinerMsg> forged(5);
+  forged[0].mutable_task_ack()->set_session_id("s1");
+  forged[1].mutable_task_precommit()->set_session_id("s1");
+  forged[2].mutable_task_commit()->set_session_id("s1");
+  forged[3].mutable_test_answers()->set_test_id(1);
+  forged[4].mutable_heartbeat()->set_node_id("victim");  // a release: draining
+  forged[4].mutable_heartbeat()->set_mode(pb::DRAINING);
+  for (auto& m : forged) {
+    m.set_node_id("victim");
+    send(m);
+    EXPECT_EQ(last_refusal(), "not_your_node") << m.ShortDebugString();
+  }
+  EXPECT_EQ(counted("not_your_node"), forged.size());
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
 TEST_F(bad_input, unknown_session_is_refused) {
   admit("p2");
   pb::MinerMsg ack;

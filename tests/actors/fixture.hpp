@@ -71,6 +71,7 @@ protected:
     sc.pool = std::move(p);
     sc.storage = st;
     sc.sim_time = true;
+    sc.admission = admission_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -184,6 +185,7 @@ protected:
   std::shared_ptr<store> store_;
   std::vector<caf::actor> spawned_;
   params params_for_state_;
+  admission_policy admission_;  // who start() lets register
 };
 
 } // namespace nodepool::testing
