@@ -1,13 +1,814 @@
-// nodepool chaos: see add_chaos below.
+// nodepool chaos: real processes on loopback (one oracle, several miner
+// processes, a stream of `nodepool submit` batches) under a seeded schedule of
+// SIGKILL and SIGSTOP/SIGCONT of the oracle and of the miners. A killed
+// process is started again (the oracle on the same data directory and port).
+// When the faults stop, the pool is given a bounded time to finish every
+// session it acknowledged, the oracle is stopped cleanly, `nodepool check`
+// verifies I1-I5 over the whole stored history, and every acknowledged
+// session is looked up in the final stored state.
+//
+//   start oracle --> start miners, submitters --> faults for --duration
+//        --> continue/restart everything, submitters finish their batch
+//        --> poll `status` until every accepted session ended (bounded)
+//        --> SIGTERM oracle, miners --> `check` --> table / JSON, exit code
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
 
+#include "cli/chaos_process.hpp"
 #include "cli/common.hpp"
+#include "random.hpp"
 
 namespace nodepool::cli {
 
+namespace {
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+struct chaos_options {
+  double duration_s = 0;
+  uint64_t seed = 0;
+  CLI::Option* seed_flag = nullptr;
+  bool json = false;
+  size_t miners = 3;
+  size_t nodes = 4;
+  size_t submitters = 4;
+  size_t batch = 20;
+  int64_t interval_ms = 20;
+  int64_t fault_interval_ms = 1500;
+  int64_t max_stop_ms = 3000;
+  double settle_s = 120;
+  std::string dir;
+  bool keep = false;
+};
+
+// ------------------------------------------------------------ the schedule
+
+enum fault_kind : size_t {
+  oracle_kill,
+  oracle_stop,
+  miner_kill,
+  miner_stop,
+  fault_kinds
+};
+
+const char* const fault_keys[fault_kinds] = {"oracle_kills", "oracle_stops",
+                                             "miner_kills", "miner_stops"};
+const char* const fault_labels[fault_kinds] = {
+  "oracle SIGKILL", "oracle SIGSTOP/SIGCONT", "miner SIGKILL",
+  "miner SIGSTOP/SIGCONT"};
+
+/// One planned fault: at `at_ms` after the start of the fault phase, `kind`
+/// on the oracle or on miner process `miner`. `hold_ms` is how long a
+/// stopped process stays stopped, or how long a killed one stays dead.
+struct fault {
+  int64_t at_ms;
+  fault_kind kind;
+  size_t miner;
+  int64_t hold_ms;
+};
+
+/// The whole fault schedule, drawn from the seed alone: the same seed gives
+/// the same times, kinds, targets and holds (what the processes are doing
+/// at those times still depends on the machine).
+std::vector<fault> draw_schedule(uint64_t seed, const chaos_options& o) {
+  seeded_rng rng{seed};
+  std::vector<fault> out;
+  auto total = static_cast<int64_t>(o.duration_s * 1000);
+  int64_t t = 0;
+  for (;;) {
+    // Gaps uniform in [0.2, 1.8] x the mean.
+    auto lo = std::max<int64_t>(1, o.fault_interval_ms / 5);
+    auto span = std::max<int64_t>(1, o.fault_interval_ms * 8 / 5);
+    t += lo + static_cast<int64_t>(rng.below(static_cast<uint64_t>(span)));
+    if (t >= total)
+      break;
+    fault f;
+    f.at_ms = t;
+    f.kind = static_cast<fault_kind>(rng.below(fault_kinds));
+    f.miner = static_cast<size_t>(rng.below(o.miners));
+    if (f.kind == oracle_stop || f.kind == miner_stop)
+      f.hold_ms = 100 + static_cast<int64_t>(rng.below(
+                          static_cast<uint64_t>(std::max<int64_t>(1, o.max_stop_ms - 99))));
+    else
+      f.hold_ms = static_cast<int64_t>(rng.below(1000));
+    out.push_back(f);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------ the run
+
+std::string seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g s", s);
+  return buf;
+}
+
+/// The oracle or one miner process: the process now running for it, and
+/// what is due (a SIGCONT, a start). Owned by the runner.
+struct role {
+  std::string name;
+  std::unique_ptr<child_process> proc;
+  int runs = 0;                          // processes started for it
+  bool killed = false;                   // the current one was SIGKILLed by us
+  bool listening = false;                // oracle only: printed its port
+  steady::time_point started_at;         // of the current process
+  std::optional<steady::time_point> cont_at;
+  std::optional<steady::time_point> start_at;
+};
+
+/// One stream of sessions: consecutive `nodepool submit` batches.
+struct submitter {
+  std::unique_ptr<child_process> proc;
+  size_t next = 0;
+  int batches = 0;
+};
+
+class chaos_run {
+public:
+  chaos_run(const chaos_options& o, uint64_t seed, std::string dir)
+    : o_(o), seed_(seed), dir_(std::move(dir)), db_(dir_ + "/db"),
+      logs_(dir_ + "/logs") {
+    fs::create_directories(logs_);
+  }
+
+  /// Runs everything; returns the report (JSON) and fills errors_.
+  nlohmann::json run();
+
+  bool interrupted() const { return interrupted_; }
+  bool ok() const { return ok_; }
+
+private:
+  void note(const std::string& what) {
+    auto t = std::chrono::duration<double>(steady::now() - t0_).count();
+    std::fprintf(stderr, "chaos %7.2fs  %s\n", t, what.c_str());
+  }
+  void error(const std::string& what) {
+    errors_.push_back(what);
+    note("ERROR " + what);
+  }
+
+  std::vector<std::string> oracle_args() const;
+  std::vector<std::string> miner_args(size_t i) const;
+  void start(role& r, size_t index);
+  void tend(role& r, size_t index, steady::time_point now);
+  void inject(const fault& f, steady::time_point now);
+  void harvest(submitter& s, bool killed = false);
+  void start_batch(size_t j);
+  void poll_status(steady::time_point now);
+  void tick(steady::time_point now);
+  void shutdown();
+  nlohmann::json verify();
+
+  const chaos_options& o_;
+  uint64_t seed_;
+  std::string dir_, db_, logs_;
+  std::string port_ = "0";
+  steady::time_point t0_ = steady::now();
+  role oracle_;
+  std::vector<role> miners_;
+  std::vector<submitter> subs_;
+  bool feeding_ = false;  // submitters start new batches
+  std::unique_ptr<child_process> status_;
+  std::optional<steady::time_point> status_at_;
+  bool settled_ = false;
+
+  std::set<std::string> accepted_;
+  size_t refused_ = 0;
+  size_t counts_[fault_kinds] = {};
+  size_t skipped_ = 0;
+  size_t oracle_restarts_ = 0, miner_restarts_ = 0;
+  size_t oracle_exits_ = 0, miner_exits_ = 0;  // not caused by us
+  size_t bind_retries_ = 0;
+  std::vector<int64_t> recovery_ms_;  // restarted oracle: start to listening
+  std::vector<std::string> errors_;
+  bool interrupted_ = false;
+  bool ok_ = false;
+};
+
+std::vector<std::string> chaos_run::oracle_args() const {
+  // Lifecycles of fractions of a second, so that many of them cross the
+  // faults; the strike limit is high because a healthy node that fails a
+  // test while its process is stopped should be retested, not retired.
+  return {"oracle",
+          "--data-dir", db_,
+          "--port", port_,
+          "--test-deadline-ms", "1000",
+          "--task-phase-timeout-ms", "500",
+          "--heartbeat-interval-ms", "100",
+          "--heartbeat-timeout-ms", "1500",
+          "--quarantine-backoff-ms", "1000",
+          "--quarantine-backoff-max-ms", "4000",
+          "--tick-interval-ms", "50",
+          "--max-strikes", "1000000"};
+}
+
+std::vector<std::string> chaos_run::miner_args(size_t i) const {
+  return {"miner",
+          "--oracle", "127.0.0.1:" + port_,
+          "--nodes", std::to_string(o_.nodes),
+          "--id-prefix", "m" + std::to_string(i),
+          "--seed", std::to_string(mix64(seed_ + i) % 1000000007),
+          "--deadline-hint-ms", "1000",
+          "--connect-timeout", "3600"};
+}
+
+void chaos_run::start(role& r, size_t index) {
+  auto out = logs_ + "/" + r.name + "." + std::to_string(r.runs) + ".out";
+  auto args = &r == &oracle_ ? oracle_args() : miner_args(index);
+  r.proc = std::make_unique<child_process>(std::move(args), out);
+  r.started_at = steady::now();
+  r.killed = false;
+  r.listening = false;
+  r.cont_at.reset();
+  r.start_at.reset();
+  if (r.runs > 0)
+    (&r == &oracle_ ? oracle_restarts_ : miner_restarts_)++;
+  note("start " + r.name + (r.runs > 0 ? " again" : "") + " (pid "
+       + std::to_string(r.proc->pid()) + ")");
+  ++r.runs;
+}
+
+/// Reaps, restarts and continues one role's process as due.
+void chaos_run::tend(role& r, size_t index, steady::time_point now) {
+  bool is_oracle = &r == &oracle_;
+  if (r.proc && !r.proc->running()) {
+    auto st = r.proc->status().value_or(-1);
+    if (!r.killed) {
+      auto all = r.proc->errors();
+      auto err = last_line(all);
+      if (is_oracle && !r.listening
+          && all.find("cannot listen") != std::string::npos) {
+        // The port is not free yet (or was taken): the same port again,
+        // since the miners and submitters know only that one.
+        if (++bind_retries_ > 100)
+          throw std::runtime_error("the oracle cannot listen on port " + port_
+                                   + " again: " + err);
+      } else {
+        ++(is_oracle ? oracle_exits_ : miner_exits_);
+        auto what = r.name + " exited by itself (status "
+                    + std::to_string(st) + "): " + err;
+        // An oracle must only end when told to; a miner may leave (nodes
+        // retired), which the table shows, and is started again.
+        if (is_oracle)
+          error(what);
+        else
+          note(what);
+      }
+      r.start_at = now + 200ms;
+    }
+    r.proc.reset();
+  }
+  if (!r.proc && r.start_at && now >= *r.start_at)
+    start(r, index);
+  if (r.proc && r.cont_at && now >= *r.cont_at) {
+    r.proc->signal(SIGCONT);
+    r.cont_at.reset();
+    note("SIGCONT " + r.name);
+  }
+  if (is_oracle && r.proc && !r.listening
+      && r.proc->output().find("listening on") != std::string::npos) {
+    r.listening = true;
+    bind_retries_ = 0;
+    if (r.runs > 1) {
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  now - r.started_at).count();
+      recovery_ms_.push_back(ms);
+      note("oracle listening again, " + std::to_string(ms)
+           + " ms after its start");
+    }
+  }
+}
+
+void chaos_run::inject(const fault& f, steady::time_point now) {
+  bool on_oracle = f.kind == oracle_kill || f.kind == oracle_stop;
+  auto& r = on_oracle ? oracle_ : miners_[f.miner];
+  // A process that is dead (waiting for its restart) cannot be hit; a
+  // stopped one can be killed but not stopped again.
+  bool stop = f.kind == oracle_stop || f.kind == miner_stop;
+  if (!r.proc || !r.proc->running() || (stop && r.proc->stopped())) {
+    ++skipped_;
+    return;
+  }
+  ++counts_[f.kind];
+  auto pid = std::to_string(r.proc->pid());
+  if (stop) {
+    r.proc->signal(SIGSTOP);
+    r.cont_at = now + std::chrono::milliseconds(f.hold_ms);
+    note("SIGSTOP " + r.name + " (pid " + pid + ") for "
+         + std::to_string(f.hold_ms) + " ms");
+  } else {
+    r.proc->signal(SIGKILL);
+    r.killed = true;
+    r.cont_at.reset();
+    r.start_at = now + std::chrono::milliseconds(f.hold_ms);
+    note("SIGKILL " + r.name + " (pid " + pid + "), back in "
+         + std::to_string(f.hold_ms) + " ms");
+  }
+}
+
+/// Reads a finished (or killed) batch: "accepted ID" lines are the
+/// oracle's acknowledgements.
+void chaos_run::harvest(submitter& s, bool killed) {
+  std::istringstream in{s.proc->output()};
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("accepted ", 0) == 0) {
+      auto rest = line.substr(9);
+      accepted_.insert(rest.substr(0, rest.find(' ')));
+    } else if (line.rfind("refused ", 0) == 0) {
+      ++refused_;
+      error("a session was refused: " + line.substr(8));
+    }
+  }
+  auto st = s.proc->status();
+  if (killed)
+    error("a submitter had not finished its batch when the settling time "
+          "ran out");
+  else if (st && *st != 0 && *st != 1)
+    error("a submitter ended with status " + std::to_string(*st) + ": "
+          + last_line(s.proc->errors()));
+  else if (st && *st == 1 && s.proc->errors().find("oracle gone")
+                               != std::string::npos)
+    error("a submitter gave up on the oracle");
+  s.proc.reset();
+}
+
+void chaos_run::start_batch(size_t j) {
+  auto& s = subs_[j];
+  auto out = logs_ + "/submit" + std::to_string(j) + "."
+             + std::to_string(s.batches) + ".out";
+  s.proc = std::make_unique<child_process>(
+    std::vector<std::string>{"submit", "--oracle", "127.0.0.1:" + port_,
+                             "--sessions", std::to_string(o_.batch),
+                             "--prefix", "s" + std::to_string(j),
+                             "--first", std::to_string(s.next),
+                             "--max-tasks", "2",
+                             "--interval-ms", std::to_string(o_.interval_ms),
+                             "--connect-timeout", "3600"},
+    out);
+  s.next += o_.batch;
+  ++s.batches;
+}
+
+/// During the settling phase: asks the oracle for every session's state
+/// (one `status` child at a time) until every accepted session ended.
+void chaos_run::poll_status(steady::time_point now) {
+  if (status_ && !status_->running()) {
+    auto j = nlohmann::json::parse(last_line(status_->output()), nullptr, false);
+    status_.reset();
+    status_at_ = now + 300ms;
+    if (j.is_object() && j.contains("session_states")) {
+      // A session the oracle does not know at all will not come back:
+      // waiting for it is pointless (the check below reports it lost).
+      auto& states = j["session_states"];
+      size_t open = 0, absent = 0;
+      for (auto& id : accepted_) {
+        auto it = states.find(id);
+        if (it == states.end())
+          ++absent;
+        else if (*it != "completed" && *it != "failed")
+          ++open;
+      }
+      if (open == 0) {
+        settled_ = true;
+        if (absent > 0)
+          note(std::to_string(absent)
+               + " accepted session(s) unknown to the oracle");
+      }
+    } else if (j.is_object() && accepted_.empty()) {
+      settled_ = true;
+    }
+  }
+  if (!status_ && !settled_ && (!status_at_ || now >= *status_at_)
+      && oracle_.listening) {
+    status_ = std::make_unique<child_process>(
+      std::vector<std::string>{"status", "--oracle", "127.0.0.1:" + port_,
+                               "--json", "--sessions"},
+      logs_ + "/status.out");
+  }
+}
+
+void chaos_run::tick(steady::time_point now) {
+  tend(oracle_, 0, now);
+  for (size_t i = 0; i < miners_.size(); ++i)
+    tend(miners_[i], i, now);
+  for (size_t j = 0; j < subs_.size(); ++j) {
+    auto& s = subs_[j];
+    if (s.proc && !s.proc->running())
+      harvest(s);
+    if (!s.proc && feeding_)
+      start_batch(j);
+  }
+}
+
+void chaos_run::shutdown() {
+  for (auto& s : subs_)
+    if (s.proc) {
+      s.proc->signal(SIGKILL);
+      s.proc->wait(10s);
+      harvest(s, true);
+    }
+  status_.reset();
+  if (oracle_.proc) {
+    auto [st, forced] = oracle_.proc->terminate(60s);
+    if (forced || st != 0)
+      error("the oracle did not stop cleanly (status " + std::to_string(st)
+            + (forced ? ", SIGKILL after 60 s" : "") + "): "
+            + last_line(oracle_.proc->errors()));
+    else
+      note("oracle stopped");
+    oracle_.proc.reset();
+  }
+  for (auto& m : miners_)
+    if (m.proc) {
+      m.proc->terminate(10s);
+      m.proc.reset();
+    }
+}
+
+/// `nodepool check` on the data directory, and every accepted session
+/// looked up in the final stored state.
+nlohmann::json chaos_run::verify() {
+  nlohmann::json r;
+  r["violations"] = nlohmann::json::array();
+  child_process c{{"check", "--data-dir", db_, "--json", "--sessions"},
+                  logs_ + "/check.out"};
+  std::optional<int> st;
+  auto end = steady::now() + 600s;
+  while (!(st = c.status()) && steady::now() < end && !stop_requested)
+    std::this_thread::sleep_for(20ms);
+  auto j = nlohmann::json::parse(last_line(c.output()), nullptr, false);
+  if (!st || !j.is_object() || !j.contains("violations")
+      || !j.contains("session_states")) {
+    if (!st)
+      c.signal(SIGKILL);
+    error("nodepool check gave no report (status "
+          + (st ? std::to_string(*st) : std::string{"timeout"})
+          + "): " + last_line(c.errors()));
+    r["entries"] = nullptr;
+    return r;
+  }
+  r["violations"] = j["violations"];
+  r["entries"] = j["entries"];
+  auto& states = j["session_states"];
+  size_t completed = 0, failed = 0;
+  nlohmann::json lost = nlohmann::json::array();
+  for (auto& id : accepted_) {
+    auto it = states.find(id);
+    if (it == states.end()) {
+      lost.push_back({{"session", id}, {"state", "absent"}});
+    } else if (*it == "completed") {
+      ++completed;
+    } else if (*it == "failed") {
+      ++failed;
+    } else {
+      lost.push_back({{"session", id}, {"state", *it}});
+    }
+  }
+  r["completed"] = completed;
+  r["failed"] = failed;
+  r["lost"] = lost;
+  return r;
+}
+
+nlohmann::json chaos_run::run() {
+  auto schedule = draw_schedule(seed_, o_);
+  note("seed " + std::to_string(seed_) + ", " + std::to_string(schedule.size())
+       + " faults planned over " + seconds(o_.duration_s) + "; files in "
+       + dir_);
+  // The oracle picks a free port; every later run of it takes the same one.
+  oracle_.name = "oracle";
+  start(oracle_, 0);
+  auto ready_by = steady::now() + 60s;
+  while (!oracle_.listening) {
+    if (stop_requested) {
+      interrupted_ = true;
+      return {};
+    }
+    if (!oracle_.proc->running())
+      throw std::runtime_error(
+        "the oracle did not start (status "
+        + std::to_string(oracle_.proc->status().value_or(-1))
+        + "): " + last_line(oracle_.proc->errors()));
+    if (steady::now() > ready_by)
+      throw std::runtime_error("the oracle did not listen within 60 s");
+    if (oracle_.proc->output().find("listening on") != std::string::npos) {
+      auto out = oracle_.proc->output();
+      auto i = out.find("listening on ");
+      auto colon = out.find(':', i);
+      auto end = out.find(' ', colon);
+      port_ = out.substr(colon + 1, end - colon - 1);
+      oracle_.listening = true;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  note("oracle listening on 127.0.0.1:" + port_);
+  miners_.resize(o_.miners);
+  for (size_t i = 0; i < o_.miners; ++i) {
+    miners_[i].name = "miner" + std::to_string(i);
+    start(miners_[i], i);
+  }
+  subs_.resize(o_.submitters);
+  feeding_ = true;
+
+  // Faults.
+  auto t_faults = steady::now();
+  auto faults_end = t_faults + std::chrono::milliseconds(
+                                 static_cast<int64_t>(o_.duration_s * 1000));
+  size_t next = 0;
+  while (steady::now() < faults_end) {
+    if (stop_requested) {
+      interrupted_ = true;
+      return {};
+    }
+    auto now = steady::now();
+    while (next < schedule.size()
+           && now >= t_faults + std::chrono::milliseconds(schedule[next].at_ms))
+      inject(schedule[next++], now);
+    tick(now);
+    std::this_thread::sleep_for(10ms);
+  }
+
+  // Settling: everything continued or started again, the submitters finish
+  // their batch, then the oracle must end every session it accepted.
+  feeding_ = false;
+  auto t_settle = steady::now();
+  auto settle_by = t_settle + std::chrono::milliseconds(
+                                static_cast<int64_t>(o_.settle_s * 1000));
+  note("faults over; settling (at most " + seconds(o_.settle_s) + ")");
+  for (auto* r : [&] {
+         std::vector<role*> all{&oracle_};
+         for (auto& m : miners_)
+           all.push_back(&m);
+         return all;
+       }()) {
+    if (r->proc && r->proc->stopped()) {
+      r->proc->signal(SIGCONT);
+      r->cont_at.reset();
+    }
+    if (r->start_at)
+      r->start_at = t_settle;
+  }
+  while (!settled_ && steady::now() < settle_by) {
+    if (stop_requested) {
+      interrupted_ = true;
+      return {};
+    }
+    auto now = steady::now();
+    tick(now);
+    bool feeding = std::any_of(subs_.begin(), subs_.end(),
+                               [](auto& s) { return s.proc != nullptr; });
+    if (!feeding)
+      poll_status(now);
+    std::this_thread::sleep_for(10ms);
+  }
+  auto settle_s = std::chrono::duration<double>(steady::now() - t_settle).count();
+  if (!settled_)
+    note("not settled after " + seconds(o_.settle_s));
+  else
+    note("settled: no accepted session is queued or active");
+  shutdown();
+  auto v = verify();
+  if (stop_requested) {
+    interrupted_ = true;
+    return {};
+  }
+
+  nlohmann::json rep;
+  rep["seed"] = seed_;
+  rep["duration_s"] = o_.duration_s;
+  rep["miners"] = o_.miners;
+  rep["nodes_per_miner"] = o_.nodes;
+  rep["submitters"] = o_.submitters;
+  size_t kills = counts_[oracle_kill] + counts_[miner_kill];
+  size_t stops = counts_[oracle_stop] + counts_[miner_stop];
+  rep["kills"] = kills;
+  rep["stops"] = stops;
+  nlohmann::json faults;
+  for (size_t k = 0; k < fault_kinds; ++k)
+    faults[fault_keys[k]] = counts_[k];
+  faults["planned"] = schedule.size();
+  faults["skipped"] = skipped_;
+  rep["faults"] = faults;
+  rep["restarts"] = {{"oracle", oracle_restarts_}, {"miners", miner_restarts_}};
+  rep["unexpected_exits"] = {{"oracle", oracle_exits_},
+                             {"miners", miner_exits_}};
+  if (!recovery_ms_.empty()) {
+    int64_t sum = 0;
+    for (auto ms : recovery_ms_)
+      sum += ms;
+    rep["oracle_restart_ms"] = {
+      {"mean", sum / static_cast<int64_t>(recovery_ms_.size())},
+      {"max", *std::max_element(recovery_ms_.begin(), recovery_ms_.end())}};
+  }
+  size_t lost = v.contains("lost") ? v["lost"].size() : 0;
+  rep["sessions"] = {{"accepted", accepted_.size()},
+                     {"refused", refused_},
+                     {"completed", v.value("completed", size_t{0})},
+                     {"failed", v.value("failed", size_t{0})},
+                     {"lost", lost},
+                     {"lost_ids", v.contains("lost") ? v["lost"]
+                                                      : nlohmann::json::array()}};
+  rep["settled"] = settled_;
+  rep["settle_s"] = settle_s;
+  rep["history_entries"] = v["entries"];
+  rep["violations"] = v["violations"];
+  rep["errors"] = errors_;
+  rep["elapsed_s"] = std::chrono::duration<double>(steady::now() - t0_).count();
+  // Lost sessions include those that did not end within the settling time.
+  ok_ = lost == 0 && v["violations"].empty() && errors_.empty()
+        && v.contains("lost");
+  return rep;
+}
+
+void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
+                 const std::string& dir) {
+  std::fprintf(f, "nodepool chaos: seed %llu, %.1f s of faults, oracle + %zu "
+                  "miner processes x %zu nodes, %zu submitters\n",
+               r["seed"].get<unsigned long long>(), o.duration_s, o.miners,
+               o.nodes, o.submitters);
+  std::fprintf(f, "  %-24s %6s\n", "injected", "count");
+  for (size_t k = 0; k < fault_kinds; ++k)
+    std::fprintf(f, "  %-24s %6zu\n", fault_labels[k],
+                 r["faults"][fault_keys[k]].get<size_t>());
+  std::fprintf(f, "  %-24s %6zu  (%zu planned on a process that was down: "
+                  "skipped)\n",
+               "total", r["kills"].get<size_t>() + r["stops"].get<size_t>(),
+               r["faults"]["skipped"].get<size_t>());
+  std::fprintf(f, "  restarts: oracle %zu, miners %zu; exits not caused by a "
+                  "fault: oracle %zu, miners %zu\n",
+               r["restarts"]["oracle"].get<size_t>(),
+               r["restarts"]["miners"].get<size_t>(),
+               r["unexpected_exits"]["oracle"].get<size_t>(),
+               r["unexpected_exits"]["miners"].get<size_t>());
+  if (r.contains("oracle_restart_ms"))
+    std::fprintf(f, "  a restarted oracle listened after %lld ms on average, "
+                    "%lld ms at most\n",
+                 r["oracle_restart_ms"]["mean"].get<long long>(),
+                 r["oracle_restart_ms"]["max"].get<long long>());
+  auto& s = r["sessions"];
+  std::fprintf(f, "sessions  accepted %zu  completed %zu  failed %zu  "
+                  "LOST %zu  (refused %zu)\n",
+               s["accepted"].get<size_t>(), s["completed"].get<size_t>(),
+               s["failed"].get<size_t>(), s["lost"].get<size_t>(),
+               s["refused"].get<size_t>());
+  size_t shown = 0;
+  for (auto& l : s["lost_ids"])
+    if (++shown <= 20)
+      std::fprintf(f, "  lost %s (%s)\n",
+                   l["session"].get<std::string>().c_str(),
+                   l["state"].get<std::string>().c_str());
+  if (shown > 20)
+    std::fprintf(f, "  ... and %zu more (all in the JSON report)\n",
+                 shown - 20);
+  if (r["history_entries"].is_null())
+    std::fprintf(f, "history   not checked\n");
+  else
+    std::fprintf(f, "history   %llu log entries checked: %s\n",
+                 r["history_entries"].get<unsigned long long>(),
+                 r["violations"].empty() ? "I1-I5 hold after every entry"
+                                         : "VIOLATIONS");
+  for (auto& v : r["violations"])
+    std::fprintf(f, "  VIOLATION %s\n", v.dump().c_str());
+  for (auto& e : r["errors"])
+    std::fprintf(f, "  ERROR %s\n", e.get<std::string>().c_str());
+  std::fprintf(f, "elapsed   %.1f s (settling %.1f s%s)\n",
+               r["elapsed_s"].get<double>(), r["settle_s"].get<double>(),
+               r["settled"].get<bool>() ? "" : ", not settled");
+  std::fprintf(f, "repeat    nodepool chaos --duration %g --seed %llu "
+                  "--miners %zu --nodes %zu --submitters %zu --batch %zu "
+                  "--interval-ms %lld --fault-interval-ms %lld "
+                  "--max-stop-ms %lld\n",
+               o.duration_s, r["seed"].get<unsigned long long>(), o.miners,
+               o.nodes, o.submitters, o.batch,
+               static_cast<long long>(o.interval_ms),
+               static_cast<long long>(o.fault_interval_ms),
+               static_cast<long long>(o.max_stop_ms));
+  if (!dir.empty())
+    std::fprintf(f, "files     %s\n", dir.c_str());
+}
+
+int run_chaos(const chaos_options& o) {
+  begin();
+  std::signal(SIGHUP, [](int) { stop_requested = true; });
+  // A closed stdout or stderr must not end the runner before it has ended
+  // its children (they get the default back, see child_process).
+  std::signal(SIGPIPE, SIG_IGN);
+  uint64_t seed = o.seed;
+  if (!(o.seed_flag && o.seed_flag->count() > 0))
+    seed = mix64(static_cast<uint64_t>(
+                   std::chrono::system_clock::now().time_since_epoch().count())
+                 ^ static_cast<uint64_t>(getpid()))
+           % 1000000000;
+  bool own_dir = o.dir.empty();
+  std::string dir = o.dir;
+  if (own_dir) {
+    std::string t = (fs::temp_directory_path() / "nodepool-chaos-XXXXXX").string();
+    if (!mkdtemp(t.data()))
+      throw std::runtime_error("cannot create a directory under "
+                               + fs::temp_directory_path().string());
+    dir = t;
+  } else {
+    std::error_code ec;
+    if (fs::exists(dir, ec) && !fs::is_empty(dir, ec))
+      throw std::runtime_error("--dir " + dir
+                               + " is not empty (the run needs a fresh data "
+                                 "directory)");
+    fs::create_directories(dir, ec);
+    if (ec)
+      throw std::runtime_error("--dir " + dir + ": " + ec.message());
+  }
+  std::fprintf(stderr, "nodepool chaos: seed %llu\n",
+               static_cast<unsigned long long>(seed));
+  nlohmann::json rep;
+  bool ok = false, interrupted = false;
+  {
+    chaos_run run{o, seed, dir};
+    rep = run.run();
+    ok = run.ok();
+    interrupted = run.interrupted();
+  }  // every child process is ended here
+  if (interrupted) {
+    std::fprintf(stderr, "nodepool chaos: interrupted; child processes ended; "
+                         "files in %s\n", dir.c_str());
+    return 130;
+  }
+  bool keep = o.keep || !ok || !own_dir;
+  if (!keep) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  rep["dir"] = keep ? nlohmann::json(dir) : nlohmann::json(nullptr);
+  print_table(o.json ? stderr : stdout, rep, o, keep ? dir : "");
+  if (o.json)
+    std::printf("%s\n", rep.dump().c_str());
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+} // namespace
+
 void add_chaos(CLI::App& app) {
-  auto* cmd = app.add_subcommand("chaos", "(not yet built)");
-  cmd->callback([] { throw std::runtime_error("chaos is not built yet"); });
+  auto o = std::make_shared<chaos_options>();
+  auto* cmd = app.add_subcommand(
+    "chaos", "real oracle and miner processes under seeded SIGKILL and "
+             "SIGSTOP/SIGCONT; then check that nothing accepted was lost");
+  cmd->add_option("--duration", o->duration_s,
+                  "seconds of fault injection")
+    ->required()
+    ->check(CLI::Range(0.1, 86400.0));
+  o->seed_flag = cmd->add_option(
+    "--seed", o->seed,
+    "seed of the fault schedule (default: from the clock, printed)");
+  cmd->add_flag("--json", o->json,
+                "print one JSON object as the last line (the table goes to "
+                "stderr)");
+  cmd->add_option("--miners", o->miners, "miner processes (default 3)")
+    ->check(CLI::Range(1, 64));
+  cmd->add_option("--nodes", o->nodes, "nodes per miner process (default 4)")
+    ->check(CLI::Range(1, 1000));
+  cmd->add_option("--submitters", o->submitters,
+                  "concurrent streams of sessions (default 4)")
+    ->check(CLI::Range(1, 16));
+  cmd->add_option("--batch", o->batch,
+                  "sessions per `nodepool submit` process (default 20)")
+    ->check(CLI::Range(1, 100000));
+  cmd->add_option("--interval-ms", o->interval_ms,
+                  "pause between two submissions of a stream (default 20)")
+    ->check(CLI::Range(int64_t{0}, int64_t{60000}));
+  cmd->add_option("--fault-interval-ms", o->fault_interval_ms,
+                  "mean time between two faults (default 1500)")
+    ->check(CLI::Range(int64_t{10}, int64_t{3600000}));
+  cmd->add_option("--max-stop-ms", o->max_stop_ms,
+                  "longest SIGSTOP before its SIGCONT (default 3000)")
+    ->check(CLI::Range(int64_t{100}, int64_t{600000}));
+  cmd->add_option("--settle-timeout", o->settle_s,
+                  "seconds the pool has after the faults to end every "
+                  "accepted session (default 120)")
+    ->check(CLI::Range(1.0, 86400.0));
+  cmd->add_option("--dir", o->dir,
+                  "directory for the data and the process logs (must be "
+                  "empty; default: a new one under $TMPDIR, removed after a "
+                  "clean run)");
+  cmd->add_flag("--keep", o->keep, "keep the directory after a clean run");
+  cmd->callback([o] {
+    if (int rc = run_chaos(*o); rc != 0)
+      throw exit_code{rc};
+  });
 }
 
 } // namespace nodepool::cli

@@ -1,0 +1,140 @@
+#include "cli/chaos_process.hpp"
+
+#include <csignal>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace nodepool::cli {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in{path};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string last_line(const std::string& text) {
+  auto end = text.find_last_not_of("\r\n");
+  if (end == std::string::npos)
+    return {};
+  auto start = text.rfind('\n', end);
+  start = start == std::string::npos ? 0 : start + 1;
+  return text.substr(start, end - start + 1);
+}
+
+child_process::child_process(std::vector<std::string> args, std::string out)
+  : out_(std::move(out)) {
+  // Everything the child needs is prepared before fork.
+  std::string exe = "/proc/self/exe";
+  std::string err = out_ + ".err";
+  std::vector<char*> argv;
+  argv.push_back(exe.data());
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  auto parent = getpid();
+  pid_ = fork();
+  if (pid_ < 0)
+    throw std::runtime_error("cannot start a child process (fork failed)");
+  if (pid_ == 0) {
+    setpgid(0, 0);
+    // Dies with the runner; if the runner is already gone, stop here.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+      _exit(126);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    std::signal(SIGPIPE, SIG_DFL);  // ignored in the runner, inherited
+    int fd = open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int efd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || efd < 0)
+      _exit(125);
+    dup2(fd, 1);
+    dup2(efd, 2);
+    close(fd);
+    close(efd);
+    execv(exe.c_str(), argv.data());
+    _exit(127);
+  }
+  // Also here: a signal to the group must not race the child's setpgid.
+  setpgid(pid_, pid_);
+}
+
+child_process::~child_process() {
+  if (running()) {
+    ::kill(-pid_, SIGKILL);
+    ::kill(pid_, SIGKILL);
+    wait(std::chrono::seconds(10));
+  }
+}
+
+void child_process::signal(int sig) {
+  if (pid_ <= 0 || !running())
+    return;  // never signal a reaped pid: it may belong to someone else now
+  ::kill(-pid_, sig);
+  if (sig == SIGSTOP)
+    stopped_ = true;
+  else if (sig == SIGCONT)
+    stopped_ = false;
+}
+
+bool child_process::running() {
+  if (done_ || pid_ <= 0)
+    return false;
+  int st = 0;
+  auto r = waitpid(pid_, &st, WNOHANG);
+  if (r == pid_ || (r < 0 && errno == ECHILD)) {
+    done_ = true;
+    stopped_ = false;
+    status_ = r == pid_ ? st : 0;
+    return false;
+  }
+  return true;
+}
+
+std::optional<int> child_process::status() {
+  if (running())
+    return std::nullopt;
+  if (WIFEXITED(status_))
+    return WEXITSTATUS(status_);
+  if (WIFSIGNALED(status_))
+    return -WTERMSIG(status_);
+  return -1;
+}
+
+std::optional<int> child_process::wait(std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (running()) {
+    if (std::chrono::steady_clock::now() > end)
+      return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return status();
+}
+
+std::pair<int, bool> child_process::terminate(std::chrono::milliseconds grace) {
+  signal(SIGCONT);
+  signal(SIGTERM);
+  if (auto st = wait(grace))
+    return {*st, false};
+  signal(SIGKILL);
+  auto st = wait(std::chrono::seconds(10));
+  return {st.value_or(-SIGKILL), true};
+}
+
+std::pair<std::optional<int>, std::string>
+run_child(std::vector<std::string> args, const std::string& out,
+          std::chrono::milliseconds limit) {
+  child_process c{std::move(args), out};
+  auto st = c.wait(limit);
+  return {st, c.output()};
+}
+
+} // namespace nodepool::cli

@@ -1,0 +1,182 @@
+// `nodepool chaos` as a real process: it starts an oracle, miners and
+// submitters, SIGKILLs and SIGSTOPs them on a seeded schedule, and must
+// report (and exit 0 for) a run in which nothing accepted was lost. Also:
+// bad flags are refused before anything starts, and no child process
+// outlives the runner, whether it is interrupted or killed.
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <csignal>
+#include <regex>
+
+#include "proc.hpp"
+
+using namespace std::chrono_literals;
+
+namespace nodepool::testing {
+namespace {
+
+nlohmann::json last_json_line(const std::string& out) {
+  auto end = out.find_last_not_of('\n');
+  if (end == std::string::npos)
+    return {};
+  auto start = out.rfind('\n', end);
+  start = start == std::string::npos ? 0 : start + 1;
+  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
+                               false);
+}
+
+TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
+  auto dir = temp_dir("chaos");
+  cleanup tidy{dir};
+  // 12 s of faults, one every 0.8 s on average: the schedule of seed 7 has
+  // kills and stops of both the oracle and the miners.
+  auto [rc, out] = run({"chaos", "--duration", "12", "--seed", "7", "--json",
+                        "--miners", "2", "--nodes", "3",
+                        "--fault-interval-ms", "800", "--settle-timeout", "40",
+                        "--dir", dir + "/run"},
+                       dir + "/chaos.out", 150s);
+  auto errors = read_file(dir + "/chaos.out.err");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out << errors;
+  EXPECT_EQ(rc, 0) << errors;
+  EXPECT_EQ(j["seed"].get<uint64_t>(), 7u);
+  auto& f = j["faults"];
+  EXPECT_GT(j["kills"].get<int>(), 0) << errors;
+  EXPECT_EQ(j["kills"].get<int>(),
+            f["oracle_kills"].get<int>() + f["miner_kills"].get<int>());
+  EXPECT_EQ(j["stops"].get<int>(),
+            f["oracle_stops"].get<int>() + f["miner_stops"].get<int>());
+  // Every kill was followed by a start of the same role.
+  EXPECT_GE(j["restarts"]["oracle"].get<int>(), f["oracle_kills"].get<int>());
+  EXPECT_GE(j["restarts"]["miners"].get<int>(), f["miner_kills"].get<int>());
+  auto& s = j["sessions"];
+  EXPECT_GT(s["accepted"].get<int>(), 0) << errors;
+  EXPECT_EQ(s["lost"].get<int>(), 0) << s.dump();
+  EXPECT_EQ(s["completed"].get<int>() + s["failed"].get<int>(),
+            s["accepted"].get<int>());
+  EXPECT_TRUE(j["violations"].is_array());
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
+  EXPECT_GT(j["history_entries"].get<int>(), 0);
+}
+
+TEST(chaos, bad_flags_are_refused_before_anything_starts) {
+  auto dir = temp_dir("chaos-flags");
+  cleanup tidy{dir};
+  struct bad_case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  std::filesystem::create_directories(dir + "/full");
+  std::ofstream{dir + "/full/file"} << "x";
+  std::vector<bad_case> cases{
+    {{"chaos"}, "--duration"},
+    {{"chaos", "--duration", "-3"}, "--duration"},
+    {{"chaos", "--duration", "soon"}, "--duration"},
+    {{"chaos", "--duration", "5", "--miners", "0"}, "--miners"},
+    {{"chaos", "--duration", "5", "--seed", "x"}, "--seed"},
+    {{"chaos", "--duration", "5", "--no-such-flag"}, "--no-such-flag"},
+    {{"chaos", "--duration", "5", "--dir", dir + "/full"}, "not empty"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    auto out = dir + "/bad" + std::to_string(i) + ".out";
+    child c{cases[i].args, out};
+    auto rc = c.wait_exit(30s);
+    EXPECT_NE(rc, 0) << cases[i].says;
+    EXPECT_NE(rc, -1000) << "did not end: " << cases[i].says;
+    EXPECT_NE(c.errors().find(cases[i].says), std::string::npos)
+      << cases[i].says << ": " << c.errors();
+    // Refused before the first child process was started.
+    EXPECT_EQ(c.errors().find("start oracle"), std::string::npos)
+      << c.errors();
+  }
+}
+
+/// Pids of every process the runner said it started, and its oracle's port.
+std::pair<std::vector<pid_t>, std::string> started(const std::string& err) {
+  std::vector<pid_t> pids;
+  std::regex pid_re{R"(\(pid ([0-9]+)\))"};
+  for (std::sregex_iterator i{err.begin(), err.end(), pid_re}, end; i != end;
+       ++i)
+    pids.push_back(static_cast<pid_t>(std::stol((*i)[1])));
+  std::smatch m;
+  std::string port;
+  if (std::regex_search(err, m, std::regex{R"(listening on 127\.0\.0\.1:([0-9]+))"}))
+    port = m[1];
+  return {pids, port};
+}
+
+/// Processes (not zombies) whose command line names `port` or `dir`: the
+/// oracle, miners, submitters and status calls of one chaos run, not the
+/// runner.
+std::vector<std::pair<pid_t, std::string>> left_behind(const std::string& port,
+                                                       const std::string& dir) {
+  std::vector<std::pair<pid_t, std::string>> found;
+  for (auto& e : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    auto cmd = read_file(e.path().string() + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(" chaos ") != std::string::npos)
+      continue;  // the runner itself
+    if (cmd.find("127.0.0.1:" + port) != std::string::npos
+        || cmd.find(dir) != std::string::npos)
+      found.emplace_back(static_cast<pid_t>(std::stol(name)), cmd);
+  }
+  return found;
+}
+
+/// Starts a long chaos run, waits until its miners run, then ends the
+/// runner with `sig`; no child of it may survive.
+void no_child_survives(int sig) {
+  auto dir = temp_dir("chaos-end");
+  cleanup tidy{dir};
+  auto run_dir = dir + "/run";
+  child c{{"chaos", "--duration", "120", "--seed", "3", "--miners", "2",
+           "--nodes", "2", "--dir", run_dir},
+          dir + "/chaos.out"};
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end && c.running()
+         && c.errors().find("start miner1") == std::string::npos)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_NE(c.errors().find("start miner1"), std::string::npos) << c.errors();
+  std::this_thread::sleep_for(1s);  // submitters running too
+  auto [pids, port] = started(c.errors());
+  ASSERT_FALSE(port.empty()) << c.errors();
+  ASSERT_GE(pids.size(), 3u) << c.errors();
+  ASSERT_FALSE(left_behind(port, run_dir).empty())
+    << "the check below would see nothing";
+  c.signal(sig);
+  auto rc = c.wait_exit(60s);
+  if (sig == SIGINT)
+    EXPECT_EQ(rc, 130) << c.errors();
+  else
+    EXPECT_EQ(rc, -sig);
+  // The kernel delivers the parent-death signal at once; give the killed
+  // children a moment to be gone.
+  std::vector<std::pair<pid_t, std::string>> alive;
+  auto until = std::chrono::steady_clock::now() + 10s;
+  do {
+    alive = left_behind(port, run_dir);
+    if (alive.empty())
+      break;
+    std::this_thread::sleep_for(50ms);
+  } while (std::chrono::steady_clock::now() < until);
+  for (auto& [pid, cmd] : alive) {
+    ADD_FAILURE() << "left behind: " << pid << " " << cmd;
+    ::kill(pid, SIGKILL);  // not left to the next test either
+  }
+}
+
+TEST(chaos, an_interrupted_run_leaves_no_process_behind) {
+  no_child_survives(SIGINT);
+}
+
+TEST(chaos, a_killed_runner_leaves_no_process_behind) {
+  no_child_survives(SIGKILL);
+}
+
+} // namespace
+} // namespace nodepool::testing
