@@ -1,8 +1,11 @@
 #include "params.hpp"
 
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <utility>
 #include <variant>
 
 #include <nlohmann/json.hpp>
@@ -15,7 +18,8 @@ namespace nodepool {
 std::string params::validate() const {
   if (test_deadline_ms <= 0) return "test_deadline_ms must be > 0";
   if (challenges_per_test == 0) return "challenges_per_test must be > 0";
-  if (pass_mark <= 0 || pass_mark > 1) return "pass_mark must be in (0, 1]";
+  // Written so that NaN fails too (a TOML file may say `nan`).
+  if (!(pass_mark > 0 && pass_mark <= 1)) return "pass_mark must be in (0, 1]";
   if (min_nodes == 0 || min_nodes > max_nodes)
     return "need 1 <= min_nodes <= max_nodes";
   if (redundancy == 0 || redundancy > max_nodes)
@@ -31,10 +35,11 @@ std::string params::validate() const {
   if (quarantine_backoff_ms <= 0 || quarantine_backoff_max_ms < quarantine_backoff_ms)
     return "need 0 < quarantine_backoff_ms <= quarantine_backoff_max_ms";
   if (max_strikes == 0) return "max_strikes must be > 0";
-  if (panic_share < 0 || panic_share > 1) return "panic_share must be in [0, 1]";
-  if (embedding_threshold < -1 || embedding_threshold > 1)
+  if (!(panic_share >= 0 && panic_share <= 1))
+    return "panic_share must be in [0, 1]";
+  if (!(embedding_threshold >= -1 && embedding_threshold <= 1))
     return "embedding_threshold must be in [-1, 1]";
-  if (reputation_alpha <= 0 || reputation_alpha > 1)
+  if (!(reputation_alpha > 0 && reputation_alpha <= 1))
     return "reputation_alpha must be in (0, 1]";
   if (max_level > 5) return "max_level must be <= 5";
   if (recent_size == 0) return "recent_size must be > 0";
@@ -43,6 +48,23 @@ std::string params::validate() const {
     return "selection must be 'reputation', 'random' or 'latency'";
   if (snapshot_every == 0) return "snapshot_every must be > 0";
   if (tick_interval_ms <= 0) return "tick_interval_ms must be > 0";
+  // Times are added to the clock: bounded, so that no sum can overflow.
+  const std::pair<const char*, int64_t> durations[] = {
+    {"test_deadline_ms", test_deadline_ms},
+    {"reserve_period_ms", reserve_period_ms},
+    {"idle_threshold_ms", idle_threshold_ms},
+    {"queue_timeout_ms", queue_timeout_ms},
+    {"task_phase_timeout_ms", task_phase_timeout_ms},
+    {"ephemeral_window_ms", ephemeral_window_ms},
+    {"heartbeat_interval_ms", heartbeat_interval_ms},
+    {"heartbeat_timeout_ms", heartbeat_timeout_ms},
+    {"quarantine_backoff_ms", quarantine_backoff_ms},
+    {"quarantine_backoff_max_ms", quarantine_backoff_max_ms},
+    {"tick_interval_ms", tick_interval_ms}};
+  for (auto& [name, v] : durations)
+    if (v > max_duration_ms)
+      return std::string{name} + " must be <= " + std::to_string(max_duration_ms)
+             + " (about 34 years)";
   return {};
 }
 
@@ -156,7 +178,10 @@ params params_from_json(const std::string& text, params base,
     err = "parameters are not a JSON object";
     return base;
   }
-  for (auto& [key, v] : j.items()) {
+  for (auto& item : j.items()) {
+    // Not a structured binding: lambdas below capture these (C++17).
+    const auto& key = item.key();
+    const auto& v = item.value();
     auto* m = find_field(key);
     if (!m) {
       err = "unknown parameter " + key;
@@ -213,20 +238,21 @@ std::string set_param(params& p, const std::string& key,
   return e.empty() ? e : key + ": " + e;
 }
 
-params load_params(const std::string& path, params base) {
-  toml::table tbl;
-  try {
-    tbl = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    throw std::runtime_error(path + ": " + std::string{e.description()});
-  }
+namespace {
+
+/// The [pool] table of a parsed TOML document over `base`; `path` names the
+/// document in error messages.
+params params_from_table(const toml::table& tbl, const std::string& path,
+                         params base) {
   // Parameters live in [pool]; other tables ([oracle], ...) belong to the
   // command line and are read there.
   if (tbl.contains("pool") && !tbl["pool"].is_table())
     throw std::runtime_error(path + ": pool must be a table ([pool])");
   auto* pool = tbl["pool"].as_table();
   if (pool) {
-    for (auto& [k, v] : *pool) {
+    for (auto& kv : *pool) {
+      const auto& k = kv.first;
+      const auto& v = kv.second;
       auto key = std::string{k.str()};
       auto* m = find_field(key);
       if (!m)
@@ -252,6 +278,68 @@ params load_params(const std::string& path, params base) {
   if (auto err = base.validate(); !err.empty())
     throw std::runtime_error(path + ": " + err);
   return base;
+}
+
+
+} // namespace
+
+/// toml++ 3.3.0 (Debian 12) reaches __builtin_unreachable() when it asks
+/// whether a character in U+00A1..U+0499, U+2C5E..U+3057 (but U+3000) or
+/// U+FB26..U+FEFE is whitespace,
+/// which it does while scanning a value or a key ("e = \xc3\xa9" is enough).
+/// Such characters are replaced by U+FFFD before parsing: where TOML allows
+/// them (strings, comments) both are equally valid, elsewhere both are an
+/// error; the [pool] keys and values read here are ASCII.
+std::string without_toml_trap(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    auto b = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+    uint32_t cp = 0;
+    size_t len = 1;
+    if ((b(0) & 0xE0) == 0xC0 && i + 1 < text.size() && (b(1) & 0xC0) == 0x80) {
+      cp = (b(0) & 0x1Fu) << 6 | (b(1) & 0x3Fu);
+      len = 2;
+    } else if ((b(0) & 0xF0) == 0xE0 && i + 2 < text.size()
+               && (b(1) & 0xC0) == 0x80 && (b(2) & 0xC0) == 0x80) {
+      cp = (b(0) & 0x0Fu) << 12 | (b(1) & 0x3Fu) << 6 | (b(2) & 0x3Fu);
+      len = 3;
+    }
+    if ((cp >= 0xA1 && cp <= 0x499)
+        || (cp >= 0x2C5E && cp <= 0x3057 && cp != 0x3000)
+        || (cp >= 0xFB26 && cp <= 0xFEFE))
+      out += "\xEF\xBF\xBD";
+    else
+      out.append(text, i, len);
+    i += len;
+  }
+  return out;
+}
+
+
+params load_params(const std::string& path, params base) {
+  std::ifstream f{path, std::ios::binary};
+  std::string text;
+  try {
+    if (f)
+      text.assign(std::istreambuf_iterator<char>{f}, {});
+  } catch (const std::exception&) {
+    f.setstate(std::ios::badbit);  // a directory, say
+  }
+  if (!f.is_open() || f.bad())
+    throw std::runtime_error(path + ": cannot be read");
+  return load_params_text(text, path, std::move(base));
+}
+
+params load_params_text(const std::string& text, const std::string& source,
+                        params base) {
+  toml::table tbl;
+  try {
+    tbl = toml::parse(without_toml_trap(text), source);
+  } catch (const toml::parse_error& e) {
+    throw std::runtime_error(source + ": " + std::string{e.description()});
+  }
+  return params_from_table(tbl, source, std::move(base));
 }
 
 } // namespace nodepool

@@ -10,6 +10,9 @@ namespace nodepool {
 /// milliseconds. Defaults follow the published descriptions of inference
 /// networks; every field can be set from a TOML file (see deploy/nodepool.toml).
 struct params {
+  /// Upper bound of every duration (2^40 ms, about 34 years).
+  static constexpr int64_t max_duration_ms = int64_t{1} << 40;
+
   // cognitive tests
   int64_t test_deadline_ms = 5000;
   uint32_t challenges_per_test = 5;
@@ -64,5 +67,13 @@ std::string set_param(params& p, const std::string& key, const std::string& valu
 /// Loads parameters from a TOML file over `base`. Throws std::runtime_error
 /// with the file, key and reason on a bad file, unknown key or bad value.
 params load_params(const std::string& path, params base = {});
+/// TOML text made safe for Debian's toml++ 3.3.0, which hits
+/// __builtin_unreachable() on some non-ASCII characters outside strings:
+/// those are replaced by U+FFFD (an error there either way). Parse every
+/// TOML file through it.
+std::string without_toml_trap(const std::string& text);
+/// The same from TOML text; `source` names it in error messages.
+params load_params_text(const std::string& text, const std::string& source,
+                        params base = {});
 
 } // namespace nodepool

@@ -5,23 +5,113 @@
 
 namespace nodepool {
 
+namespace {
+
+/// Times in stored records: the clock is never negative, and the bound keeps
+/// every sum of a time and a duration (at most params::max_duration_ms) and
+/// every difference of two times in range.
+constexpr int64_t max_time_ms = int64_t{1} << 62;
+
+bool time_ok(int64_t t) { return t >= 0 && t <= max_time_ms; }
+
+/// The first time (int64 field) of a record that is out of range, or "".
+std::string bad_time(const google::protobuf::Message& m) {
+  auto* d = m.GetDescriptor();
+  auto* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    auto* f = d->field(i);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_INT64
+        && !f->is_repeated() && !time_ok(r->GetInt64(m, f)))
+      return d->name() + "." + f->name() + " is out of range";
+  }
+  return {};
+}
+
+std::string bad_entry_time(const pb::LogEntry& e) {
+  if (time_ok(e.now()))
+    return {};
+  return "log entry " + std::to_string(e.index()) + " has time "
+         + std::to_string(e.now()) + ", out of range";
+}
+
+/// What no command could have produced in a snapshot's records: a session
+/// shape apply_submit refuses (the pool would later hold an active session
+/// with no node), parameters that do not decode or are out of range (the
+/// pool would silently run with others).
+std::string bad_records(const pb::Snapshot& snap) {
+  if (auto t = bad_time(snap); !t.empty())
+    return t;
+  for (auto& n : snap.nodes())
+    if (auto t = bad_time(n); !t.empty())
+      return "node " + n.id() + ": " + t;
+  if (!snap.params_json().empty()) {
+    std::string err;
+    auto p = params_from_json(snap.params_json(), params{}, err);
+    if (err.empty())
+      err = p.validate();
+    if (!err.empty())
+      return "parameters: " + err;
+  }
+  std::set<uint64_t> seqs;
+  for (auto& s : snap.sessions()) {
+    // Acceptance order: each session has its own place, below the next one
+    // (the queue is keyed by it; a shared place loses a queued session).
+    if (s.seq() == 0 || s.seq() >= snap.next_session_seq()
+        || !seqs.insert(s.seq()).second)
+      return "session " + s.id() + " has acceptance place "
+             + std::to_string(s.seq()) + ", not a unique one below "
+             + std::to_string(snap.next_session_seq());
+    if (s.min_nodes() == 0 || s.min_nodes() > s.max_nodes()
+        || s.max_nodes() > 64 || s.redundancy() == 0
+        || s.redundancy() > s.max_nodes() || s.max_tasks() == 0
+        || static_cast<uint32_t>(s.nodes_size()) > s.max_nodes())
+      return "session " + s.id() + " has a shape no submission can have";
+    if (auto t = bad_time(s); !t.empty())
+      return "session " + s.id() + ": " + t;
+  }
+  return {};
+}
+
+} // namespace
+
 status recover(store& st, pool_state& pool, recovered& info) {
   std::optional<pb::Snapshot> snap;
   if (auto s = st.load_snapshot(snap); !s.ok())
     return s;
   uint64_t from = 1;
   if (snap) {
+    // A stored snapshot is outside input: one whose state breaks I1..I5 is
+    // refused before it replaces the pool.
+    if (auto bad = bad_records(*snap); !bad.empty())
+      return status::fail("snapshot at entry "
+                          + std::to_string(snap->last_index())
+                          + " is inconsistent: " + bad);
+    pool_state trial{pool.config()};
+    trial.restore(*snap);
+    if (auto vs = trial.check_invariants(); !vs.empty())
+      return status::fail("snapshot at entry "
+                          + std::to_string(snap->last_index())
+                          + " is inconsistent: " + vs.front().invariant + ": "
+                          + vs.front().detail);
     pool.restore(*snap);
     from = snap->last_index() + 1;
     info.last_index = snap->last_index();
     info.last_now = snap->last_now();
   }
-  return st.scan(from, [&](const pb::LogEntry& e) {
+  std::string bad;
+  auto s = st.scan(from, [&](const pb::LogEntry& e) {
+    if (!bad.empty())
+      return;
+    if (bad = bad_entry_time(e); !bad.empty())
+      return;
     pool.apply(e.command(), e.now());
     info.last_index = e.index();
     info.last_now = e.now();
     ++info.replayed;
   });
+  if (s.ok() && !bad.empty())
+    return status::fail(bad);
+  return s;
 }
 
 history_report check_history(store& st, uint64_t stride) {
@@ -32,7 +122,12 @@ history_report check_history(store& st, uint64_t stride) {
   pool_state pool;
   std::set<std::string> accepted;
   uint64_t expect = 1;
+  std::string bad;
   auto s = st.scan(1, [&](const pb::LogEntry& e) {
+    if (!bad.empty())
+      return;
+    if (bad = bad_entry_time(e); !bad.empty())
+      return;
     ++rep.entries;
     if (e.index() != expect)
       rep.violations.push_back(
@@ -46,8 +141,8 @@ history_report check_history(store& st, uint64_t stride) {
       for (auto& v : pool.check_invariants())
         rep.violations.push_back({e.index(), v});
   });
-  if (!s.ok()) {
-    rep.load_error = s.error;
+  if (!s.ok() || !bad.empty()) {
+    rep.load_error = s.ok() ? bad : s.error;
     return rep;
   }
   rep.sessions_accepted = accepted.size();
