@@ -325,6 +325,10 @@ struct submit_options {
   uint32_t redundancy = 1;
   std::string model = "llama-3-8b";
   int64_t interval_ms = 0;
+  // A request whose connection broke is not failed by CAF: it waits out
+  // this timeout, then the submission is retried (safe: a session stored
+  // already answers duplicate_session).
+  int64_t request_timeout_ms = 3000;
   double connect_timeout_s = 30;
   tls_files tls;
 };
@@ -355,7 +359,8 @@ int run_submit(submit_options& o) {
     // session: ask again until it answers; "duplicate" then means it had.
     for (;;) {
       bool retry = false;
-      self->request(*gw, 10s, submit_atom::value, req.SerializeAsString())
+      self->request(*gw, std::chrono::milliseconds(o.request_timeout_ms),
+                    submit_atom::value, req.SerializeAsString())
         .receive(
           [&](accepted_atom) {
             ++accepted;
@@ -585,6 +590,9 @@ void add_submit(CLI::App& app) {
   cmd->add_option("--redundancy", o->redundancy, "nodes per task (default 1)");
   cmd->add_option("--model", o->model, "model (default llama-3-8b)");
   cmd->add_option("--interval-ms", o->interval_ms, "pause between submissions");
+  cmd->add_option("--request-timeout-ms", o->request_timeout_ms,
+                  "wait this long for an answer before asking again (default 3000)")
+    ->check(CLI::Range(int64_t{1}, int64_t{600000}));
   cmd->add_option("--connect-timeout", o->connect_timeout_s,
                   "seconds to keep trying to reach the oracle (default 30)");
   add_tls_flags(*cmd, o->tls);
