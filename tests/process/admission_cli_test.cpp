@@ -74,10 +74,7 @@ TEST(admission_cli, only_allowed_keys_and_token_holders_get_in) {
   auto [rcs, status] = run({"status", "--oracle", target, "--json"},
                            dir + "/status.out");
   ASSERT_EQ(rcs, 0);
-  auto end = status.find_last_not_of('\n');
-  auto start = status.rfind('\n', end);
-  auto j = nlohmann::json::parse(
-    status.substr(start == std::string::npos ? 0 : start + 1), nullptr, false);
+  auto j = last_json_line(status);
   ASSERT_FALSE(j.is_discarded()) << status;
   EXPECT_EQ(j["nodes"]["total"], 2) << status;  // good-0 and tok-0 only
 }

@@ -16,16 +16,6 @@ using namespace std::chrono_literals;
 namespace nodepool::testing {
 namespace {
 
-nlohmann::json last_json_line(const std::string& out) {
-  auto end = out.find_last_not_of('\n');
-  if (end == std::string::npos)
-    return {};
-  auto start = out.rfind('\n', end);
-  start = start == std::string::npos ? 0 : start + 1;
-  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
-                               false);
-}
-
 TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   auto dir = temp_dir("chaos");
   cleanup tidy{dir};

@@ -17,16 +17,6 @@ namespace {
 using nodepool::solve;
 using nodepool::sim_backend;
 
-nlohmann::json last_json_line(const std::string& out) {
-  auto end = out.find_last_not_of('\n');
-  if (end == std::string::npos)
-    return {};
-  auto start = out.rfind('\n', end);
-  start = start == std::string::npos ? 0 : start + 1;
-  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
-                               false);
-}
-
 /// Polls `nodepool status` (with `extra` flags) until `pred` holds or
 /// `limit` passes.
 template <class Pred>

@@ -3,6 +3,7 @@
 // Real processes for the multi-process and crash tests: spawn the nodepool
 // binary, capture its output in a file, signal it, wait for it with a bound.
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <csignal>
 #include <cstdlib>
 #include <fcntl.h>
@@ -181,6 +182,18 @@ oracle_args(const std::string& db, const std::string& port = "0",
     a.push_back(f);
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
+}
+
+/// The last line of a command's output, parsed as JSON (discarded when it
+/// is not JSON; null for empty output).
+inline nlohmann::json last_json_line(const std::string& out) {
+  auto end = out.find_last_not_of('\n');
+  if (end == std::string::npos)
+    return {};
+  auto start = out.rfind('\n', end);
+  start = start == std::string::npos ? 0 : start + 1;
+  return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr,
+                               false);
 }
 
 } // namespace nodepool::testing

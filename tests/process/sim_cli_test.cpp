@@ -9,13 +9,6 @@
 namespace nodepool::testing {
 namespace {
 
-nlohmann::json last_json_line(const std::string& out) {
-  auto end = out.find_last_not_of('\n');
-  auto start = out.rfind('\n', end);
-  return nlohmann::json::parse(
-    out.substr(start == std::string::npos ? 0 : start + 1), nullptr, false);
-}
-
 /// Runs `nodepool sim ARGS`; (exit code, stdout). The timing line on
 /// stderr is left out: stdout alone is the reproducible report.
 std::pair<int, std::string> sim(const std::string& args) {
