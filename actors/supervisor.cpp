@@ -128,7 +128,15 @@ void flush(self_ptr self) {
     else
       rp.deliver(accepted_atom::value);
   st.waiting.clear();
-  if (st.since_snapshot >= st.cfg.pool.snapshot_every) {
+  // A snapshot costs in proportion to the records it holds, and finished
+  // sessions stay on record (I4): taken every snapshot_every entries it
+  // would cost more per entry the longer the pool runs. Waiting at least as
+  // many entries as there are records keeps that cost constant per entry,
+  // and the replay after a restart no longer than loading the snapshot.
+  auto every = std::max<uint64_t>(
+    st.cfg.pool.snapshot_every,
+    st.pool.nodes().size() + st.pool.sessions().size());
+  if (st.since_snapshot >= every) {
     auto snap = st.pool.snapshot();
     snap.set_last_index(last.index());
     if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())

@@ -90,9 +90,9 @@ std::vector<violation> pool_state::check_invariants() const {
   if (active != active_.size())
     add("I4", std::to_string(active) + " sessions are active but the index "
                 "holds " + std::to_string(active_.size()));
-  for (auto& sid : active_) {
+  for (auto& [sid, rec] : active_) {
     auto* s = session(sid);
-    if (!s || s->state() != pb::ACTIVE)
+    if (!s || s != rec || s->state() != pb::ACTIVE)
       add("I4", "active index holds " + sid + " which is not active");
   }
   for (auto& [seq, sid] : queue_) {

@@ -45,7 +45,8 @@ struct params {
   std::string selection = "reputation";  // reputation | random | latency
   uint64_t seed = 1;
   // storage
-  uint64_t snapshot_every = 5000;  // log entries between snapshots
+  uint64_t snapshot_every = 5000;  // log entries between snapshots (at least
+                                  // nodes + sessions on record)
   int64_t tick_interval_ms = 200;
 
   /// Checks ranges; returns an empty string when valid, else what is wrong.

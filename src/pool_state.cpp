@@ -138,7 +138,7 @@ void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
   if (from == pb::EPHEMERAL)
     pool_.erase(n.id());
   if (to == pb::EPHEMERAL)
-    pool_.insert(n.id());
+    pool_.emplace(n.id(), &n);
   n.set_state(to);
   push(out, [&](pb::Event& e) {
     auto* x = e.mutable_node_state_changed();
@@ -241,8 +241,8 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
   // Only live sessions are visited: the finished ones stay on record (I4)
   // but cost nothing per tick.
   std::vector<std::string> idle, expired;
-  for (auto& id : active_)
-    if (now - sessions_[id].last_activity() > params_.idle_threshold_ms)
+  for (auto& [id, s] : active_)
+    if (now - s->last_activity() > params_.idle_threshold_ms)
       idle.push_back(id);
   for (auto& [seq, id] : queue_)
     if (now - sessions_[id].last_activity() > params_.queue_timeout_ms)
@@ -269,8 +269,11 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   for (auto& [id, n] : nodes_)
     if (n.state() != pb::RETIRED && n.state() != pb::LOST)
       lose(n, "oracle restart", now, out);
-  for (auto id : std::vector<std::string>(active_.begin(), active_.end()))
-    requeue(sessions_[id], now, out);
+  std::vector<pb::SessionRecord*> active;
+  for (auto& [id, s] : active_)
+    active.push_back(s);
+  for (auto* s : active)
+    requeue(*s, now, out);
   // No node could serve a queued session while the oracle was down, and
   // every node has to come back first: queue timeouts start again here.
   for (auto& [seq, id] : queue_)
@@ -329,19 +332,19 @@ void pool_state::restore(const pb::Snapshot& snap) {
   pool_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
-    nodes_[n.id()] = n;
+    auto& rec = nodes_[n.id()] = n;
     auto st = static_cast<size_t>(n.state());
     if (st < counts_.size())
       ++counts_[st];
     if (n.state() == pb::EPHEMERAL)
-      pool_.insert(n.id());
+      pool_.emplace(n.id(), &rec);
   }
   for (auto& s : snap.sessions()) {
-    sessions_[s.id()] = s;
+    auto& rec = sessions_[s.id()] = s;
     if (s.state() == pb::QUEUED)
       queue_[s.seq()] = s.id();
     else if (s.state() == pb::ACTIVE)
-      active_.insert(s.id());
+      active_.emplace(s.id(), &rec);
   }
   next_test_id_ = snap.next_test_id();
   next_session_seq_ = snap.next_session_seq();

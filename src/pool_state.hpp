@@ -146,8 +146,12 @@ private:
   std::map<std::string, pb::NodeRecord> nodes_;
   std::map<std::string, pb::SessionRecord> sessions_;
   std::map<uint64_t, std::string> queue_;  // seq -> session id, QUEUED only
-  std::set<std::string> active_;           // ids of ACTIVE sessions
-  std::set<std::string> pool_;             // ids of EPHEMERAL nodes
+  // ACTIVE sessions, by id, with their records (visited after every
+  // command: no lookup per session)
+  std::map<std::string, pb::SessionRecord*> active_;
+  // EPHEMERAL nodes, by id, with their records (std::map nodes do not move,
+  // so reservations scan the pool without a lookup per node)
+  std::map<std::string, pb::NodeRecord*> pool_;
   std::array<uint64_t, 9> counts_{};
   uint64_t next_test_id_ = 1;
   uint64_t next_session_seq_ = 1;

@@ -89,8 +89,8 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
                                  int64_t now, apply_result& out,
                                  const std::vector<const pb::SessionRecord*>& held) {
   std::vector<const pb::NodeRecord*> candidates;
-  for (auto& id : pool_) {
-    auto& n = nodes_[id];
+  for (auto& [id, np] : pool_) {
+    auto& n = *np;
     if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held))
       candidates.push_back(&n);
   }
@@ -140,10 +140,10 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     return;
   // Sessions already running but short of their redundancy come first: they
   // were accepted earlier than anything still queued.
-  for (auto& id : active_) {
+  for (auto& [id, sp] : active_) {
     if (pool_.empty())
       return;
-    auto& s = sessions_[id];
+    auto& s = *sp;
     if (static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
       reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
   }
@@ -158,8 +158,8 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
     auto& s = sessions_[i->second];
     uint32_t available = 0;
-    for (auto& nid : pool_) {
-      auto& n = nodes_[nid];
+    for (auto& [nid, np] : pool_) {
+      auto& n = *np;
       if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
           && ++available >= s.min_nodes())
         break;
@@ -173,7 +173,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     }
     reserve_for(s, s.max_nodes(), now, out, held);
     s.set_state(pb::ACTIVE);
-    active_.insert(s.id());
+    active_.emplace(s.id(), &s);
     if (s.started_at() == 0)
       s.set_started_at(now);
     s.set_last_activity(now);

@@ -28,8 +28,29 @@ public:
                                 size_t count,
                                 const random_source& rnd) const override {
     shuffle(xs, rnd);
-    std::stable_sort(xs.begin(), xs.end(), less_);
-    return first_ids(xs, count);
+    // The first `count` of a stable sort, without sorting the rest: ties
+    // are broken by the shuffled position, which is what stability keeps.
+    if (count >= xs.size()) {
+      std::stable_sort(xs.begin(), xs.end(), less_);
+      return first_ids(xs, count);
+    }
+    std::vector<std::pair<const pb::NodeRecord*, size_t>> ranked;
+    ranked.reserve(xs.size());
+    for (size_t i = 0; i < xs.size(); ++i)
+      ranked.emplace_back(xs[i], i);
+    auto mid = ranked.begin() + static_cast<std::ptrdiff_t>(count);
+    std::partial_sort(ranked.begin(), mid, ranked.end(),
+                      [this](const auto& a, const auto& b) {
+                        if (less_(a.first, b.first))
+                          return true;
+                        if (less_(b.first, a.first))
+                          return false;
+                        return a.second < b.second;
+                      });
+    std::vector<std::string> out;
+    for (auto i = ranked.begin(); i != mid; ++i)
+      out.push_back(i->first->id());
+    return out;
   }
 
 private:

@@ -1,13 +1,356 @@
-// nodepool bench: see add_bench below.
+// `nodepool bench`: throughput, grant latency, memory and recovery time of
+// the pool, side by side with a Redis-based pool (see BENCHMARKS.md).
 #include <CLI/CLI.hpp>
+#include <arpa/inet.h>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
 
+#include "cli/bench_common.hpp"
 #include "cli/common.hpp"
 
 namespace nodepool::cli {
 
+namespace bench {
+
+double median(std::vector<double> xs) {
+  if (xs.empty())
+    return 0;
+  std::sort(xs.begin(), xs.end());
+  auto n = xs.size();
+  return n % 2 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
+}
+
+double quantile(std::vector<double> xs, double q) {
+  if (xs.empty())
+    return 0;
+  std::sort(xs.begin(), xs.end());
+  auto rank = static_cast<size_t>(std::ceil(q * xs.size()));
+  return xs[std::min(xs.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+uint64_t rss_bytes() {
+  std::ifstream in{"/proc/self/statm"};
+  uint64_t size = 0, resident = 0;
+  in >> size >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::string make_temp_dir(const std::string& tag) {
+  auto base = std::filesystem::temp_directory_path()
+              / ("nodepool-bench-" + tag + "-XXXXXX");
+  std::string s = base.string();
+  if (!mkdtemp(s.data()))
+    throw std::runtime_error("cannot create a temporary directory in "
+                             + base.parent_path().string());
+  return s;
+}
+
+void remove_tree(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0)
+    throw std::runtime_error("socket() failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+      || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    close(fd);
+    throw std::runtime_error("cannot find a free port on 127.0.0.1");
+  }
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string self_exe() {
+  return std::filesystem::read_symlink("/proc/self/exe").string();
+}
+
+pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
+            const std::string& log) {
+  std::vector<std::string> all{bin};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  auto pid = fork();
+  if (pid < 0)
+    throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int reap(pid_t pid, std::chrono::milliseconds limit) {
+  auto end = clock::now() + limit;
+  int st = 0;
+  while (clock::now() < end) {
+    auto r = waitpid(pid, &st, WNOHANG);
+    if (r == pid)
+      return st;
+    if (r < 0)
+      return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(pid, SIGKILL);
+  return waitpid(pid, &st, 0) == pid ? st : -1;
+}
+
+void note(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::fprintf(stderr, "bench: ");
+  std::vfprintf(stderr, fmt, ap);
+  std::fprintf(stderr, "\n");
+  va_end(ap);
+}
+
+namespace {
+
+/// fdatasync latency of the temporary directory's disk: what one synced
+/// group commit (nodepool) or one AOF fsync (Redis) costs at the least.
+nlohmann::json fsync_latency() {
+  auto dir = make_temp_dir("fsync");
+  auto path = dir + "/probe";
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  nlohmann::json j;
+  if (fd >= 0) {
+    std::vector<double> ms;
+    char block[512] = {};
+    for (int i = 0; i < 500; ++i) {
+      auto t0 = clock::now();
+      if (pwrite(fd, block, sizeof block, 512 * (i % 64)) < 0
+          || fdatasync(fd) != 0)
+        break;
+      ms.push_back(seconds_since(t0) * 1000);
+    }
+    close(fd);
+    j["p50_ms"] = quantile(ms, 0.5);
+    j["p99_ms"] = quantile(ms, 0.99);
+    j["max_ms"] = quantile(ms, 1.0);
+  }
+  remove_tree(dir);
+  return j;
+}
+
+bool wanted(const options& o, const std::string& section) {
+  return o.only.empty()
+         || std::find(o.only.begin(), o.only.end(), section) != o.only.end();
+}
+
+/// The data file and gnuplot script of the latency curve, and the PNG.
+void plot(const std::string& dir, const nlohmann::json& durable) {
+  std::filesystem::create_directories(dir);
+  auto dat = dir + "/grant_latency.dat";
+  {
+    std::ofstream out{dat};
+    out << "# offered_load_share offered_per_s achieved_per_s p50_ms p99_ms"
+           " p999_ms\n";
+    for (auto& c : durable["curve"])
+      out << c["load"].get<double>() << ' ' << c["offered_per_s"].get<double>()
+          << ' ' << c["achieved_per_s"].get<double>() << ' '
+          << c["p50_ms"].get<double>() << ' ' << c["p99_ms"].get<double>()
+          << ' ' << c["p999_ms"].get<double>() << '\n';
+  }
+  auto gp = dir + "/grant_latency.gp";
+  {
+    std::ofstream out{gp};
+    out << "# Grant latency of the durable pool (RocksDB, synced group commit)\n"
+           "# against open-loop offered load; written by nodepool bench --plot.\n"
+           "set terminal pngcairo size 900,560 noenhanced\n"
+           "set output 'grant_latency.png'\n"
+           "set title sprintf('nodepool grant latency vs offered load "
+           "(saturation %.0f cycles/s)', "
+        << durable["cycles_per_s"].get<double>()
+        << ")\n"
+           "set xlabel 'offered load (share of saturation cycles/s)'\n"
+           "set ylabel 'grant latency (ms)'\n"
+           "set logscale y\n"
+           "set grid\n"
+           "set key top left\n"
+           "set xrange [0:1]\n"
+           "plot 'grant_latency.dat' using 1:4 with linespoints title 'p50', \\\n"
+           "     '' using 1:5 with linespoints title 'p99', \\\n"
+           "     '' using 1:6 with linespoints title 'p99.9', \\\n"
+           "     1 with lines dashtype 2 title 'target: p99 < 1 ms at 0.5'\n";
+  }
+  auto cmd = "cd '" + dir + "' && gnuplot grant_latency.gp";
+  if (std::system(cmd.c_str()) != 0)
+    note("gnuplot failed (is gnuplot installed? apt-get install gnuplot-nox); "
+         "data and script are in %s", dir.c_str());
+  else
+    note("plot written to %s/grant_latency.png", dir.c_str());
+}
+
+int run(options& o) {
+  if (!log_level_given)
+    log_level = "error";
+  begin();
+  if (o.quick) {
+    o.reps = 3;
+    o.seconds = 0.5;
+    o.warmup = 0.2;
+    o.loads = {0.5, 0.9};
+    o.scale_nodes = {1000, 10000};
+    o.recovery_nodes = 10000;
+    o.recovery_sessions = 1000;
+    o.remote_nodes = 64;
+    o.remote_clients = 32;
+  }
+  if (o.loads.empty())
+    o.loads = {0.1, 0.3, 0.5, 0.7, 0.8, 0.9};
+  if (o.scale_nodes.empty())
+    o.scale_nodes = {1000, 10000, 100000};
+  nlohmann::json report;
+  auto t0 = clock::now();
+  nlohmann::json machine;
+  machine["cores"] = std::thread::hardware_concurrency();
+  machine["fdatasync_512b"] = fsync_latency();
+  {
+    double l[3] = {0, 0, 0};
+    if (getloadavg(l, 3) == 3)
+      machine["loadavg_at_start"] = {l[0], l[1], l[2]};
+  }
+  if (wanted(o, "state_machine")) {
+    note("state_machine");
+    report["state_machine"] = bench::state_machine(o);
+  }
+  if (wanted(o, "durable")) {
+    note("durable");
+    report["durable"] = bench::durable(o);
+  }
+  if (wanted(o, "remote")) {
+    note("remote");
+    report["remote"] = bench::remote(o);
+  }
+  if (wanted(o, "redis")) {
+    note("redis");
+    report["redis"] = bench::redis(o);
+  }
+  if (wanted(o, "scale")) {
+    note("scale");
+    report["scale"] = bench::scale(o);
+  }
+  if (wanted(o, "recovery")) {
+    note("recovery");
+    report["recovery"] = bench::recovery(o);
+  }
+  if (report.contains("durable") && report.contains("redis")) {
+    auto d = report["durable"]["cycles_per_s"].get<double>();
+    auto& r = report["redis"];
+    r["ratio_nodepool_to_always"] = d / r["always"]["cycles_per_s"].get<double>();
+    r["ratio_nodepool_to_everysec"] =
+      d / r["everysec"]["cycles_per_s"].get<double>();
+  }
+  if (!o.plot_dir.empty() && report.contains("durable"))
+    plot(o.plot_dir, report["durable"]);
+  {
+    double l[3] = {0, 0, 0};
+    if (getloadavg(l, 3) == 3)
+      machine["loadavg_at_end"] = {l[0], l[1], l[2]};
+  }
+  machine["elapsed_s"] = seconds_since(t0);
+  machine["reps"] = o.reps;
+  machine["quick"] = o.quick;
+  report["machine"] = machine;
+  if (o.json) {
+    std::printf("%s\n", report.dump().c_str());
+  } else {
+    std::printf("%s\n", report.dump(2).c_str());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+} // namespace
+
+} // namespace bench
+
 void add_bench(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "(not yet built)");
-  cmd->callback([] { throw std::runtime_error("bench is not built yet"); });
+  auto o = std::make_shared<bench::options>();
+  auto prep_dir = std::make_shared<std::string>();
+  auto scale_point = std::make_shared<uint32_t>(0);
+  auto* cmd = app.add_subcommand(
+    "bench", "measure the pool (and a Redis-based pool) on this machine");
+  cmd->add_flag("--json", o->json, "print one JSON object as the last line");
+  cmd->add_flag("--quick", o->quick,
+                "a reduced run (under a minute), as a smoke test");
+  cmd->add_option("--plot", o->plot_dir,
+                  "write the grant-latency curve (data, gnuplot script, PNG) "
+                  "into this directory");
+  cmd->add_option("--only", o->only,
+                  "run only these sections (state_machine, durable, remote, "
+                  "redis, scale, recovery)")
+    ->check(CLI::IsMember({"state_machine", "durable", "remote", "redis",
+                           "scale", "recovery"}));
+  cmd->add_option("--reps", o->reps, "repetitions of every figure (default 5)")
+    ->check(CLI::Range(1, 100));
+  cmd->add_option("--seconds", o->seconds,
+                  "measuring window of one repetition (default 2)")
+    ->check(CLI::Range(0.1, 600.0));
+  cmd->add_option("--clients", o->clients,
+                  "concurrent clients of the durable pool and of Redis "
+                  "(default 32)")
+    ->check(CLI::Range(1, 4096));
+  cmd->add_option("--nodes", o->nodes,
+                  "nodes of the state_machine, durable and redis pools "
+                  "(default 1000)")
+    ->check(CLI::Range(16, 1000000));
+  cmd->add_option("--recovery-nodes", o->recovery_nodes,
+                  "nodes in the recovered data directory (default 100000)")
+    ->check(CLI::Range(1, 10000000));
+  cmd->add_option("--recovery-sessions", o->recovery_sessions,
+                  "queued sessions in it (default 10000)")
+    ->check(CLI::Range(0, 10000000));
+  cmd->add_option("--prepare-recovery", *prep_dir,
+                  "(used by the recovery section) write a crashed pool's "
+                  "state into this directory and die by SIGKILL")
+    ->group("");
+  cmd->add_option("--scale-point", *scale_point,
+                  "(used by the scale section) measure one pool size")
+    ->group("");
+  add_param_flags(*cmd, o->pool_flags);
+  cmd->callback([o, prep_dir, scale_point] {
+    o->pool = resolve_params("", o->pool_flags);
+    if (*scale_point > 0) {
+      if (!log_level_given)
+        log_level = "error";
+      begin();
+      auto j = bench::scale_point(*o, *scale_point);
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+      return;
+    }
+    if (!prep_dir->empty())
+      bench::prepare_recovery(*prep_dir, o->recovery_nodes,
+                              o->recovery_sessions);
+    if (int rc = bench::run(*o); rc != 0)
+      throw exit_code{rc};
+  });
 }
 
 } // namespace nodepool::cli

@@ -1,0 +1,109 @@
+#pragma once
+
+// Pieces shared by the sections of `nodepool bench`: options, statistics,
+// resident memory, temporary directories and child processes.
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sys/types.h>
+
+#include "params.hpp"
+
+namespace nodepool::cli::bench {
+
+struct options {
+  bool quick = false;
+  bool json = false;
+  std::string plot_dir;          // where to write the latency plot, if set
+  std::vector<std::string> only; // sections to run (all when empty)
+  int reps = 5;                  // repetitions of every figure
+  double seconds = 2.0;          // measuring window of one repetition
+  double warmup = 0.5;           // before every window
+  uint32_t clients = 32;         // concurrent clients (nodepool and redis)
+  uint32_t nodes = 1000;         // pool size of state_machine / durable / redis
+  std::vector<double> loads;     // fractions of saturation for the latency curve
+  std::vector<uint32_t> scale_nodes;
+  uint32_t recovery_nodes = 100000;
+  uint32_t recovery_sessions = 10000;
+  uint32_t remote_nodes = 200;
+  uint32_t remote_clients = 64;
+  std::string redis_server;      // path of redis-server (found or installed)
+  /// Pool parameters of the nodepool sections (defaults unless flags say
+  /// otherwise), and the flags themselves, passed on to child runs.
+  params pool;
+  std::map<std::string, std::string> pool_flags;
+};
+
+using clock = std::chrono::steady_clock;
+
+inline double seconds_since(clock::time_point t) {
+  return std::chrono::duration<double>(clock::now() - t).count();
+}
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           clock::now().time_since_epoch())
+    .count();
+}
+
+/// Median of the values (0 for none).
+double median(std::vector<double> xs);
+/// The q-quantile (0..1) of the values, nearest rank (0 for none).
+double quantile(std::vector<double> xs, double q);
+
+/// Resident set size of this process, in bytes (/proc/self/statm).
+uint64_t rss_bytes();
+
+/// A fresh directory under $TMPDIR (or /tmp): nodepool-bench-TAG-XXXXXX.
+std::string make_temp_dir(const std::string& tag);
+void remove_tree(const std::string& dir);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+uint16_t free_port();
+
+/// Path of the running executable.
+std::string self_exe();
+
+/// Starts `bin` with `args`; stdout and stderr go to `log` (appended).
+pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
+            const std::string& log);
+/// Waits for `pid` to exit, up to `limit`; SIGKILLs it past that. Returns
+/// the wait status, or -1.
+int reap(pid_t pid, std::chrono::milliseconds limit);
+
+/// Progress on stderr (a line per step), so that stdout stays one object
+/// with --json.
+void note(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/// Runs `reps` repetitions of `f` and returns the values it gave.
+template <class F>
+std::vector<double> repeat(int reps, F&& f) {
+  std::vector<double> out;
+  for (int i = 0; i < reps; ++i)
+    out.push_back(f(i));
+  return out;
+}
+
+// The sections. Each returns its part of the report.
+nlohmann::json state_machine(const options& o);
+/// Saturation and the latency curve; the latency curve is also in
+/// "curve" for the plot.
+nlohmann::json durable(const options& o);
+nlohmann::json remote(const options& o);
+nlohmann::json redis(options& o);
+nlohmann::json scale(const options& o);
+/// One size of `scale`, run in a child process (--scale-point N).
+nlohmann::json scale_point(const options& o, uint32_t nodes);
+nlohmann::json recovery(const options& o);
+
+/// `nodepool bench --prepare-recovery DIR`: writes the stored state of a
+/// pool with `nodes` nodes and `sessions` queued sessions into DIR, then
+/// kills itself with SIGKILL, as a crashed oracle would leave it.
+[[noreturn]] void prepare_recovery(const std::string& dir, uint32_t nodes,
+                                   uint32_t sessions);
+
+} // namespace nodepool::cli::bench

@@ -1,0 +1,688 @@
+// The nodepool sections of `nodepool bench`: the state machine alone, the
+// durable supervisor (saturation and grant latency), pool size (scale) and
+// node actors in a separate miner process (remote).
+//
+// One cycle is what a node goes through between two sessions:
+//   SubmitSession -> the node is reserved (the grant)
+//   EndSession    -> it is released and a re-validation test is requested
+//   TestResult    -> it passed and is back in the pool.
+#include <algorithm>
+#include <atomic>
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <cinttypes>
+#include <csignal>
+#include <fstream>
+#include <malloc.h>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sys/wait.h>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "actors/config.hpp"
+#include "actors/oracle.hpp"
+#include "actors/supervisor.hpp"
+#include "cli/bench_common.hpp"
+#include "cli/common.hpp"
+#include "random.hpp"
+
+namespace nodepool::cli::bench {
+
+namespace {
+
+using admit_atom = caf::atom_constant<caf::atom("badmit")>;
+using go_atom = caf::atom_constant<caf::atom("bgo")>;
+using halt_atom = caf::atom_constant<caf::atom("bhalt")>;
+using arrive_atom = caf::atom_constant<caf::atom("barrive")>;
+using inflight_atom = caf::atom_constant<caf::atom("binflight")>;
+
+const char* model = "llama-3-8b";
+
+std::string node_name(const std::string& prefix, uint64_t i) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%s-%06" PRIu64, prefix.c_str(), i);
+  return buf;
+}
+
+pb::Command register_cmd(const std::string& id) {
+  pb::Command c;
+  auto* r = c.mutable_register_();
+  r->set_node_id(id);
+  r->add_models(model);
+  return c;
+}
+
+pb::Command submit_cmd(const std::string& sid) {
+  pb::Command c;
+  auto* s = c.mutable_submit_session();
+  s->set_session_id(sid);
+  s->set_model(model);
+  s->set_min_nodes(1);
+  s->set_max_nodes(1);
+  s->set_redundancy(1);
+  s->set_max_tasks(1);
+  s->set_client("bench");
+  return c;
+}
+
+pb::Command end_cmd(const std::string& sid) {
+  pb::Command c;
+  c.mutable_end_session()->set_session_id(sid);
+  return c;
+}
+
+pb::Command pass_cmd(const std::string& node, uint64_t test_id) {
+  pb::Command c;
+  auto* t = c.mutable_test_result();
+  t->set_node_id(node);
+  t->set_test_id(test_id);
+  t->set_correct(5);
+  t->set_total(5);
+  return c;
+}
+
+/// What the driver tells the thread that measures. Counters only grow.
+struct sink {
+  std::atomic<uint64_t> admitted{0};
+  std::atomic<uint64_t> cycles{0};
+  std::atomic<uint64_t> granted{0};
+  std::atomic<uint64_t> refused{0};
+  std::atomic<uint64_t> submitted{0};
+  std::atomic<bool> record{false};
+  std::mutex mx;
+  std::vector<double> latencies_ms;  // grants while `record`
+
+  std::vector<double> take_latencies() {
+    std::lock_guard<std::mutex> g{mx};
+    std::vector<double> out;
+    out.swap(latencies_ms);
+    return out;
+  }
+};
+
+// ------------------------------------------------------------------ driver
+//
+// Plays every client of the durable pool and the validator: subscribed to
+// the supervisor, it ends a session as soon as it is granted a node and
+// passes each re-validation as soon as it is requested. Every step waits for
+// the previous one to be durable (events are published after the group
+// commit). Closed loop: `clients` sessions in flight, a new one for each
+// cycle completed. Open loop: a session for each arrival_atom, whatever is
+// in flight.
+
+struct driver_state {
+  caf::actor sup;
+  std::shared_ptr<sink> out;
+  std::unordered_map<std::string, int64_t> waiting;  // session -> submitted (ns)
+  std::unordered_set<std::string> revalidating;
+  uint64_t next = 0;
+  bool closed = false;
+  static inline const char* name = "bench_driver";
+};
+
+using driver_ptr = caf::stateful_actor<driver_state>*;
+
+void send_cmd(driver_ptr self, const pb::Command& c) {
+  auto out = self->state.out;
+  self->request(self->state.sup, caf::infinite, cmd_atom::value,
+                c.SerializeAsString())
+    .then([](accepted_atom) {}, [out](caf::error&) { ++out->refused; });
+}
+
+void submit(driver_ptr self, int64_t t0) {
+  auto sid = "s" + std::to_string(self->state.next++);
+  self->state.waiting.emplace(sid, t0);
+  ++self->state.out->submitted;
+  send_cmd(self, submit_cmd(sid));
+}
+
+caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out) {
+  self->state.sup = sup;
+  self->state.out = out;
+  return {
+    [=](admit_atom, const std::string& prefix, uint64_t first, uint64_t count) {
+      for (uint64_t i = first; i < first + count; ++i)
+        send_cmd(self, register_cmd(node_name(prefix, i)));
+    },
+    [=](go_atom, uint32_t clients) {
+      self->state.closed = true;
+      for (uint32_t i = 0; i < clients; ++i)
+        submit(self, now_ns());
+    },
+    [=](halt_atom) { self->state.closed = false; },
+    [=](arrive_atom, const std::vector<int64_t>& t0s) {
+      for (auto t0 : t0s)
+        submit(self, t0);
+    },
+    [=](inflight_atom) -> uint64_t {
+      return self->state.waiting.size() + self->state.revalidating.size();
+    },
+    [=](events_atom, const std::string& bytes) {
+      auto& st = self->state;
+      pb::EventBatch batch;
+      if (!batch.ParseFromString(bytes))
+        return;
+      auto t = now_ns();
+      for (auto& e : batch.events()) {
+        switch (e.kind_case()) {
+          case pb::Event::kNodeReserved: {
+            auto i = st.waiting.find(e.node_reserved().session_id());
+            if (i == st.waiting.end())
+              break;
+            ++st.out->granted;
+            if (st.out->record) {
+              std::lock_guard<std::mutex> g{st.out->mx};
+              st.out->latencies_ms.push_back((t - i->second) / 1e6);
+            }
+            send_cmd(self, end_cmd(i->first));
+            st.waiting.erase(i);
+            break;
+          }
+          case pb::Event::kTestRequested: {
+            auto& r = e.test_requested();
+            if (r.kind() == pb::REVALIDATION)
+              st.revalidating.insert(r.node_id());
+            send_cmd(self, pass_cmd(r.node_id(), r.test_id()));
+            break;
+          }
+          case pb::Event::kTestFinished: {
+            auto& f = e.test_finished();
+            if (!f.passed())
+              break;
+            if (st.revalidating.erase(f.node_id())) {
+              ++st.out->cycles;
+              if (st.closed)
+                submit(self, t);
+            } else {
+              ++st.out->admitted;
+            }
+            break;
+          }
+          default:
+            break;
+        }
+      }
+    },
+  };
+}
+
+/// A supervisor over a fresh RocksDB store (synced group commits) and its
+/// driver, with `nodes` nodes admitted.
+struct durable_pool {
+  std::string dir;
+  actor_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor sup;
+  caf::actor drv;
+  std::shared_ptr<sink> out = std::make_shared<sink>();
+  uint64_t rss_before = 0;
+  uint64_t rss_after = 0;
+  uint64_t rss_untrimmed = 0;  // rss_after before malloc_trim
+  double admit_s = 0;
+
+  durable_pool(const std::string& tag, uint32_t nodes, const params& p)
+    : cfg(false) {
+    dir = make_temp_dir(tag);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    supervisor_config sc;
+    sc.pool = p;
+    sc.storage = open_store(dir);
+    sc.sync = true;
+    sup = spawn_supervisor(*sys, sc);
+    drv = sys->spawn(driver, sup, out);
+    caf::anon_send(sup, subscribe_atom::value, drv);
+    wait_inflight();  // the supervisor is up
+    // Resident memory is read with the allocator's free memory handed back
+    // (malloc_trim), so that it counts what the pool holds, not what the
+    // burst of admissions once needed in flight.
+    malloc_trim(0);
+    rss_before = rss_bytes();
+    auto t0 = clock::now();
+    // Nodes arrive in waves of 1000 (registration, admission test, pass).
+    for (uint64_t first = 0; first < nodes; first += 1000) {
+      auto count = std::min<uint64_t>(1000, nodes - first);
+      caf::anon_send(drv, admit_atom::value, std::string{"n"}, first, count);
+      while (out->admitted < first + count) {
+        if (seconds_since(t0) > 600)
+          throw std::runtime_error("nodes were not admitted within 600 s");
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    }
+    admit_s = seconds_since(t0);
+    wait_inflight();
+    rss_untrimmed = rss_bytes();
+    malloc_trim(0);
+    rss_after = rss_bytes();
+  }
+
+  uint64_t inflight() {
+    caf::scoped_actor self{*sys};
+    uint64_t n = 0;
+    self->request(drv, std::chrono::seconds(60), inflight_atom::value)
+      .receive([&](uint64_t x) { n = x; },
+               [&](caf::error& e) {
+                 throw std::runtime_error("bench driver: " + sys->render(e));
+               });
+    return n;
+  }
+
+  void wait_inflight() {
+    auto t0 = clock::now();
+    while (inflight() > 0 && seconds_since(t0) < 60)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+
+  /// Closed loop with `clients` sessions in flight: cycles/s of each of
+  /// `reps` consecutive windows after a warm-up.
+  std::vector<double> saturate(uint32_t clients, int reps, double seconds,
+                               double warmup) {
+    caf::anon_send(drv, go_atom::value, clients);
+    std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
+    std::vector<double> xs;
+    for (int r = 0; r < reps; ++r) {
+      auto c0 = out->cycles.load();
+      auto t0 = clock::now();
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      xs.push_back((out->cycles.load() - c0) / seconds_since(t0));
+    }
+    caf::anon_send(drv, halt_atom::value);
+    wait_inflight();
+    return xs;
+  }
+
+  /// Open loop: Poisson arrivals at `rate` per second for a warm-up and a
+  /// window; grant latencies (from the scheduled arrival, so a late sender
+  /// does not hide queueing) of the window. The sender wakes at most every
+  /// 100 us and hands over all arrivals due by then in one message, so that
+  /// it does not take a core of its own from the pool.
+  std::pair<std::vector<double>, double> offer(double rate, double seconds,
+                                               double warmup, uint64_t seed) {
+    std::mt19937_64 rng{seed};
+    std::exponential_distribution<double> gap{rate};
+    out->take_latencies();
+    auto start = clock::now();
+    auto window_at = start + std::chrono::duration_cast<clock::duration>(
+                               std::chrono::duration<double>(warmup));
+    auto end = window_at + std::chrono::duration_cast<clock::duration>(
+                             std::chrono::duration<double>(seconds));
+    auto next = start;
+    bool recording = false;
+    uint64_t g0 = 0;
+    clock::time_point t_rec;
+    const auto tick = std::chrono::microseconds(100);
+    while (next < end) {
+      if (!recording && next >= window_at) {
+        recording = true;
+        out->record = true;
+        g0 = out->granted;
+        t_rec = clock::now();
+      }
+      std::this_thread::sleep_until(std::max(next, clock::now() + tick));
+      std::vector<int64_t> due;
+      auto now = clock::now();
+      while (next <= now && next < end) {
+        due.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        next.time_since_epoch())
+                        .count());
+        next += std::chrono::duration_cast<clock::duration>(
+          std::chrono::duration<double>(gap(rng)));
+      }
+      if (!due.empty())
+        caf::anon_send(drv, arrive_atom::value, std::move(due));
+    }
+    auto achieved = (out->granted - g0) / seconds_since(t_rec);
+    out->record = false;
+    wait_inflight();
+    return {out->take_latencies(), achieved};
+  }
+
+  ~durable_pool() {
+    if (sys) {
+      caf::anon_send_exit(drv, caf::exit_reason::user_shutdown);
+      caf::anon_send_exit(sup, caf::exit_reason::user_shutdown);
+      {
+        caf::scoped_actor self{*sys};
+        self->wait_for(sup, drv);
+      }
+      sup = nullptr;
+      drv = nullptr;
+      sys.reset();
+    }
+    remove_tree(dir);
+  }
+};
+
+} // namespace
+
+// ------------------------------------------------------------ state_machine
+
+nlohmann::json state_machine(const options& o) {
+  // The pool alone: the same three commands per cycle, applied in a loop,
+  // with `clients` sessions in flight so that reservations choose among
+  // nodes as in the durable run.
+  pool_state ps{o.pool};
+  int64_t now = 1000000;
+  std::vector<std::pair<std::string, uint64_t>> tests;
+  auto take_tests = [&](const apply_result& r) {
+    for (auto& e : r.events)
+      if (e.has_test_requested())
+        tests.emplace_back(e.test_requested().node_id(),
+                           e.test_requested().test_id());
+  };
+  for (uint32_t i = 0; i < o.nodes; ++i)
+    take_tests(ps.apply(register_cmd(node_name("n", i)), now));
+  for (auto& [n, t] : tests)
+    ps.apply(pass_cmd(n, t), now);
+  tests.clear();
+  if (ps.count_by_state()[pb::EPHEMERAL] != o.nodes)
+    throw std::runtime_error("state_machine: nodes were not admitted");
+  uint64_t next = 0, commands = 0, refused = 0;
+  auto cycle = [&] {
+    auto sid = "s" + std::to_string(next++);
+    auto r1 = ps.apply(submit_cmd(sid), ++now);
+    auto r2 = ps.apply(end_cmd(sid), now);
+    take_tests(r2);
+    refused += r1.refused.has_value() + r2.refused.has_value();
+    for (auto& [n, t] : tests)
+      refused += ps.apply(pass_cmd(n, t), now).refused.has_value();
+    commands += 2 + tests.size();
+    tests.clear();
+  };
+  auto warm = clock::now();
+  while (seconds_since(warm) < o.warmup)
+    cycle();
+  auto xs = repeat(o.reps, [&](int) {
+    auto c0 = commands;
+    auto t0 = clock::now();
+    while (seconds_since(t0) < o.seconds)
+      for (int k = 0; k < 64; ++k)
+        cycle();
+    return (commands - c0) / seconds_since(t0);
+  });
+  if (refused > 0)
+    throw std::runtime_error("state_machine: " + std::to_string(refused)
+                             + " commands refused");
+  auto cps = median(xs);
+  nlohmann::json j;
+  j["commands_per_s"] = cps;
+  j["cycles_per_s"] = cps / 3;
+  j["commands_per_s_reps"] = xs;
+  j["nodes"] = o.nodes;
+  return j;
+}
+
+// ------------------------------------------------------------------ durable
+
+nlohmann::json durable(const options& o) {
+  durable_pool dp{"durable", o.nodes, o.pool};
+  auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
+  auto cps = median(sat);
+  note("durable: %.0f cycles/s at saturation (%u clients)", cps, o.clients);
+  nlohmann::json j;
+  j["cycles_per_s"] = cps;
+  j["cycles_per_s_reps"] = sat;
+  j["clients"] = o.clients;
+  j["nodes"] = o.nodes;
+  j["sync"] = true;
+  nlohmann::json curve = nlohmann::json::array();
+  for (auto load : o.loads) {
+    std::vector<double> p50, p99, p999, got;
+    for (int r = 0; r < o.reps; ++r) {
+      auto [lat, achieved] =
+        dp.offer(load * cps, o.seconds, o.warmup, 1000 * r + 1);
+      if (lat.empty())
+        throw std::runtime_error("durable: no grant measured");
+      p50.push_back(quantile(lat, 0.5));
+      p99.push_back(quantile(lat, 0.99));
+      p999.push_back(quantile(lat, 0.999));
+      got.push_back(achieved);
+    }
+    nlohmann::json c;
+    c["load"] = load;
+    c["offered_per_s"] = load * cps;
+    c["achieved_per_s"] = median(got);
+    c["p50_ms"] = median(p50);
+    c["p99_ms"] = median(p99);
+    c["p999_ms"] = median(p999);
+    note("durable: load %.0f%%: p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
+         load * 100, c["p50_ms"].get<double>(), c["p99_ms"].get<double>(),
+         c["p999_ms"].get<double>());
+    curve.push_back(c);
+    auto key = "grant_at_" + std::to_string(static_cast<int>(load * 100 + 0.5));
+    if (load == 0.5 || load == 0.9)
+      j[key] = {{"p50_ms", c["p50_ms"]}, {"p99_ms", c["p99_ms"]},
+                {"p999_ms", c["p999_ms"]},
+                {"offered_per_s", c["offered_per_s"]},
+                {"achieved_per_s", c["achieved_per_s"]}};
+  }
+  j["curve"] = curve;
+  // Every session stays on record (I4), so the state and each periodic
+  // snapshot grow with this.
+  j["sessions_on_record"] = dp.out->submitted.load();
+  return j;
+}
+
+// -------------------------------------------------------------------- scale
+
+nlohmann::json scale_point(const options& o, uint32_t nodes) {
+  durable_pool dp{"scale", nodes, o.pool};
+  auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
+  nlohmann::json j;
+  j["nodes"] = nodes;
+  j["cycles_per_s"] = median(sat);
+  j["cycles_per_s_reps"] = sat;
+  j["bytes_per_node"] =
+    static_cast<double>(dp.rss_after - dp.rss_before) / nodes;
+  j["bytes_per_node_untrimmed"] =
+    static_cast<double>(dp.rss_untrimmed - dp.rss_before) / nodes;
+  j["rss_before_mb"] = dp.rss_before / 1048576.0;
+  j["rss_after_mb"] = dp.rss_after / 1048576.0;
+  j["admit_s"] = dp.admit_s;
+  return j;
+}
+
+nlohmann::json scale(const options& o) {
+  // Every size in a fresh process, so that memory freed by the sections
+  // before it cannot hide the growth.
+  nlohmann::json out = nlohmann::json::array();
+  for (auto n : o.scale_nodes) {
+    auto dir = make_temp_dir("scale-out");
+    auto log = dir + "/out";
+    std::vector<std::string> args{
+      "bench",   "--scale-point",           std::to_string(n),
+      "--reps",  std::to_string(o.reps),    "--seconds",
+      std::to_string(o.seconds),            "--clients",
+      std::to_string(o.clients),            "--json"};
+    for (auto& [k, v] : o.pool_flags) {
+      auto flag = k;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      args.push_back("--" + flag);
+      args.push_back(v);
+    }
+    auto pid = spawn(self_exe(), args, log);
+    auto st = reap(pid, std::chrono::minutes(15));
+    std::ifstream in{log};
+    std::string line, last;
+    while (std::getline(in, line))
+      if (!line.empty() && line[0] == '{')
+        last = line;
+    remove_tree(dir);
+    if (st != 0 || last.empty())
+      throw std::runtime_error("scale: the run with " + std::to_string(n)
+                               + " nodes failed (status "
+                               + std::to_string(st) + ")");
+    auto j = nlohmann::json::parse(last);
+    note("scale: %u nodes: %.0f cycles/s, %.0f bytes/node", n,
+         j["cycles_per_s"].get<double>(), j["bytes_per_node"].get<double>());
+    out.push_back(j);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------- remote
+
+namespace {
+
+/// Clients of a whole oracle: submit sessions (one task each) through the
+/// session queue and count the nodes that pass their re-validation.
+struct remote_state {
+  caf::actor sessions;
+  std::shared_ptr<sink> out;
+  std::unordered_map<std::string, int64_t> waiting;
+  std::unordered_set<std::string> mine;  // sessions not ended yet
+  std::unordered_set<std::string> revalidating;
+  uint64_t next = 0;
+  bool closed = false;
+  static inline const char* name = "bench_remote_client";
+};
+
+using remote_ptr = caf::stateful_actor<remote_state>*;
+
+void remote_submit(remote_ptr self) {
+  auto sid = "r" + std::to_string(self->state.next++);
+  self->state.waiting.emplace(sid, now_ns());
+  self->state.mine.insert(sid);
+  auto out = self->state.out;
+  self->request(self->state.sessions, caf::infinite, submit_atom::value,
+                submit_cmd(sid).submit_session().SerializeAsString())
+    .then([](accepted_atom) {}, [out](caf::error&) { ++out->refused; });
+}
+
+caf::behavior remote_client(remote_ptr self, caf::actor sessions,
+                            std::shared_ptr<sink> out) {
+  self->state.sessions = sessions;
+  self->state.out = out;
+  return {
+    [=](go_atom, uint32_t clients) {
+      self->state.closed = true;
+      for (uint32_t i = 0; i < clients; ++i)
+        remote_submit(self);
+    },
+    [=](halt_atom) { self->state.closed = false; },
+    [=](inflight_atom) -> uint64_t {
+      return self->state.mine.size() + self->state.revalidating.size();
+    },
+    [=](events_atom, const std::string& bytes) {
+      auto& st = self->state;
+      pb::EventBatch batch;
+      if (!batch.ParseFromString(bytes))
+        return;
+      auto t = now_ns();
+      for (auto& e : batch.events()) {
+        if (e.has_node_reserved()) {
+          auto i = st.waiting.find(e.node_reserved().session_id());
+          if (i != st.waiting.end()) {
+            ++st.out->granted;
+            if (st.out->record) {
+              std::lock_guard<std::mutex> g{st.out->mx};
+              st.out->latencies_ms.push_back((t - i->second) / 1e6);
+            }
+            st.waiting.erase(i);
+          }
+        } else if (e.has_test_requested()) {
+          if (e.test_requested().kind() == pb::REVALIDATION)
+            st.revalidating.insert(e.test_requested().node_id());
+        } else if (e.has_test_finished()) {
+          auto& f = e.test_finished();
+          if (st.revalidating.erase(f.node_id()) && f.passed())
+            ++st.out->cycles;
+          else if (f.passed())
+            ++st.out->admitted;
+        } else if (e.has_session_ended()) {
+          if (st.mine.erase(e.session_ended().session_id()) && st.closed)
+            remote_submit(self);
+        }
+      }
+    },
+  };
+}
+
+} // namespace
+
+nlohmann::json remote(const options& o) {
+  auto dir = make_temp_dir("remote");
+  auto log = dir + "/miner.log";
+  actor_config cfg;
+  auto sys = std::make_unique<caf::actor_system>(cfg);
+  supervisor_config sc;
+  sc.pool = o.pool;
+  sc.storage = open_store(dir + "/data");
+  sc.sync = true;
+  auto h = start_oracle(*sys, sc);
+  auto port = sys->middleman().publish(h.gateway, 0, "127.0.0.1", true);
+  if (!port) {
+    stop_oracle(h);
+    throw std::runtime_error("remote: cannot listen on 127.0.0.1: "
+                             + sys->render(port.error()));
+  }
+  auto out = std::make_shared<sink>();
+  auto cl = sys->spawn(remote_client, h.sessions, out);
+  caf::anon_send(h.supervisor, subscribe_atom::value, cl);
+  auto pid = spawn(self_exe(),
+                   {"--log-level", "error", "miner", "--oracle",
+                    "127.0.0.1:" + std::to_string(*port), "--nodes",
+                    std::to_string(o.remote_nodes), "--id-prefix", "rm"},
+                   log);
+  nlohmann::json j;
+  std::string error;
+  try {
+    auto t0 = clock::now();
+    while (out->admitted < o.remote_nodes) {
+      if (seconds_since(t0) > 120)
+        throw std::runtime_error("remote: only "
+                                 + std::to_string(out->admitted.load()) + " of "
+                                 + std::to_string(o.remote_nodes)
+                                 + " miner nodes passed admission in 120 s");
+      int st = 0;
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        pid = -1;
+        throw std::runtime_error("remote: the miner process exited (see "
+                                 + log + ")");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    caf::anon_send(cl, go_atom::value, o.remote_clients);
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup));
+    out->take_latencies();
+    out->record = true;
+    auto xs = repeat(o.reps, [&](int) {
+      auto c0 = out->cycles.load();
+      auto t1 = clock::now();
+      std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
+      return (out->cycles.load() - c0) / seconds_since(t1);
+    });
+    out->record = false;
+    caf::anon_send(cl, halt_atom::value);
+    auto lat = out->take_latencies();
+    j["cycles_per_s"] = median(xs);
+    j["cycles_per_s_reps"] = xs;
+    j["nodes"] = o.remote_nodes;
+    j["clients"] = o.remote_clients;
+    j["grant_p50_ms"] = quantile(lat, 0.5);
+    j["grant_p99_ms"] = quantile(lat, 0.99);
+    note("remote: %.0f cycles/s (%u miner nodes, %u clients)",
+         j["cycles_per_s"].get<double>(), o.remote_nodes, o.remote_clients);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (pid > 0) {
+    kill(pid, SIGTERM);
+    reap(pid, std::chrono::seconds(10));
+  }
+  caf::anon_send_exit(cl, caf::exit_reason::user_shutdown);
+  stop_oracle(h);
+  {
+    caf::scoped_actor self{*sys};
+    self->wait_for(h.supervisor);
+  }
+  sys.reset();
+  if (!error.empty())
+    throw std::runtime_error(error);
+  remove_tree(dir);
+  return j;
+}
+
+} // namespace nodepool::cli::bench
