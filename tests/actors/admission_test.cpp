@@ -30,10 +30,7 @@ protected:
     nc.id = id;
     nc.key = k;
     nc.join_token = token;
-    nc.deadline_hint_ms = 500;
-    auto n = spawn_node(*sys_, nc, oracle_.gateway);
-    spawned_.push_back(n);
-    return n;
+    return add_node(std::move(nc));
   }
 
   uint64_t counted(const std::string& code) {

@@ -86,8 +86,13 @@ protected:
     nc.id = id;
     nc.kind = b;
     nc.seed = seed;
+    return add_node(std::move(nc));
+  }
+
+  /// A node actor of any configuration, connected to the oracle.
+  caf::actor add_node(node_config nc) {
     nc.deadline_hint_ms = 500;
-    auto n = spawn_node(*sys_, nc, oracle_.gateway);
+    auto n = spawn_node(*sys_, std::move(nc), oracle_.gateway);
     spawned_.push_back(n);
     return n;
   }
