@@ -55,9 +55,14 @@ std::vector<violation> pool_state::check_invariants() const {
     if (n.last_test_failed() && in_pool)
       add("I3", "node " + nid + " failed its last test but is "
                   + to_string(n.state()));
-    if ((n.state() == pb::EPHEMERAL) != (pool_.count(nid) == 1))
-      add("I3", "pool index disagrees with the state of node " + nid);
+    if ((n.state() == pb::EPHEMERAL) != (pool_.count(entry_of(n)) == 1))
+      add("I3", "pool index disagrees with the state, rank or key of node "
+                  + nid);
   }
+  if (pool_.size() != counts_[pb::EPHEMERAL])
+    add("I3", "pool index holds " + std::to_string(pool_.size())
+                + " nodes, " + std::to_string(counts_[pb::EPHEMERAL])
+                + " are ephemeral");
   // I4 nothing lost: every accepted session has a known fate.
   if (sessions_.size() != next_session_seq_ - 1)
     add("I4", std::to_string(next_session_seq_ - 1) + " sessions accepted but "

@@ -66,6 +66,46 @@ std::array<uint64_t, 5> pool_state::session_counts() const {
   return xs;
 }
 
+bool pool_state::pool_order::operator()(const pool_entry& a,
+                                       const pool_entry& b) const {
+  if (a.rank.primary != b.rank.primary)
+    return a.rank.primary < b.rank.primary;
+  if (a.rank.secondary != b.rank.secondary)
+    return a.rank.secondary < b.rank.secondary;
+  if (a.key != b.key)
+    return a.key < b.key;
+  return a.node->id() < b.node->id();
+}
+
+bool pool_state::pool_order::operator()(const pool_entry& a,
+                                       const pool_probe& b) const {
+  if (a.rank.primary != b.rank.primary)
+    return a.rank.primary < b.rank.primary;
+  if (a.rank.secondary != b.rank.secondary)
+    return a.rank.secondary < b.rank.secondary;
+  return a.key < b.key;
+}
+
+bool pool_state::pool_order::operator()(const pool_probe& a,
+                                       const pool_entry& b) const {
+  if (a.rank.primary != b.rank.primary)
+    return a.rank.primary < b.rank.primary;
+  if (a.rank.secondary != b.rank.secondary)
+    return a.rank.secondary < b.rank.secondary;
+  return a.key < b.key;
+}
+
+pool_state::pool_entry pool_state::entry_of(const pb::NodeRecord& n) const {
+  return pool_entry{selector_->rank(n), n.pool_key(), &n};
+}
+
+void pool_state::rebuild_pool() {
+  pool_.clear();
+  for (auto& [id, n] : nodes_)
+    if (n.state() == pb::EPHEMERAL)
+      pool_.insert(entry_of(n));
+}
+
 uint64_t pool_state::next_random() {
   seeded_rng r{rng_state_};  // the snapshot carries the state
   auto x = r.next();
@@ -136,9 +176,11 @@ void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
     --counts_[from];
   ++counts_[to];
   if (from == pb::EPHEMERAL)
-    pool_.erase(n.id());
-  if (to == pb::EPHEMERAL)
-    pool_.emplace(n.id(), &n);
+    pool_.erase(entry_of(n));
+  if (to == pb::EPHEMERAL) {
+    n.set_pool_key(next_random());
+    pool_.insert(entry_of(n));
+  }
   n.set_state(to);
   push(out, [&](pb::Event& e) {
     auto* x = e.mutable_node_state_changed();
@@ -295,8 +337,11 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
   // generator (the Configure is in the log, so a replay does the same).
   if (p.seed != params_.seed)
     rng_state_ = p.seed;
+  bool reorder = p.selection != params_.selection;
   params_ = std::move(p);
   selector_ = std::move(sel);
+  if (reorder)
+    rebuild_pool();
   out.changed = true;
 }
 
@@ -325,19 +370,17 @@ void pool_state::restore(const pb::Snapshot& snap) {
       selector_ = make_selection(params_.selection);
     }
   }
+  pool_.clear();
+  active_.clear();
+  queue_.clear();
   nodes_.clear();
   sessions_.clear();
-  queue_.clear();
-  active_.clear();
-  pool_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
-    auto& rec = nodes_[n.id()] = n;
+    nodes_[n.id()] = n;
     auto st = static_cast<size_t>(n.state());
     if (st < counts_.size())
       ++counts_[st];
-    if (n.state() == pb::EPHEMERAL)
-      pool_.emplace(n.id(), &rec);
   }
   for (auto& s : snap.sessions()) {
     auto& rec = sessions_[s.id()] = s;
@@ -346,6 +389,7 @@ void pool_state::restore(const pb::Snapshot& snap) {
     else if (s.state() == pb::ACTIVE)
       active_.emplace(s.id(), &rec);
   }
+  rebuild_pool();
   next_test_id_ = snap.next_test_id();
   next_session_seq_ = snap.next_session_seq();
   rng_state_ = snap.rng_state();

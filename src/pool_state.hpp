@@ -149,9 +149,28 @@ private:
   // ACTIVE sessions, by id, with their records (visited after every
   // command: no lookup per session)
   std::map<std::string, pb::SessionRecord*> active_;
-  // EPHEMERAL nodes, by id, with their records (std::map nodes do not move,
-  // so reservations scan the pool without a lookup per node)
-  std::map<std::string, pb::NodeRecord*> pool_;
+  // EPHEMERAL nodes in selection order: (rank, pool_key, id). std::map
+  // nodes do not move, so the index points at the records.
+  struct pool_entry {
+    node_rank rank;
+    uint64_t key;
+    const pb::NodeRecord* node;
+  };
+  /// Everything at or after (rank, key) in the order of pool_entry.
+  struct pool_probe {
+    node_rank rank;
+    uint64_t key;
+  };
+  struct pool_order {
+    using is_transparent = void;
+    bool operator()(const pool_entry& a, const pool_entry& b) const;
+    bool operator()(const pool_entry& a, const pool_probe& b) const;
+    bool operator()(const pool_probe& a, const pool_entry& b) const;
+  };
+  using pool_index = std::set<pool_entry, pool_order>;
+  pool_entry entry_of(const pb::NodeRecord& n) const;
+  void rebuild_pool();
+  pool_index pool_;
   std::array<uint64_t, 9> counts_{};
   uint64_t next_test_id_ = 1;
   uint64_t next_session_seq_ = 1;

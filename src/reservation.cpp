@@ -88,14 +88,29 @@ bool pool_state::suitable(const pb::NodeRecord& n,
 uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
                                  int64_t now, apply_result& out,
                                  const std::vector<const pb::SessionRecord*>& held) {
-  std::vector<const pb::NodeRecord*> candidates;
-  for (auto& [id, np] : pool_) {
-    auto& n = *np;
+  // The pool is ordered by (rank, pool_key): the first suitable nodes in
+  // that order are the best ranked ones. Within a group of equal rank the
+  // walk starts at a point drawn now and wraps around, so which of equal
+  // nodes comes first does not depend on how long they have been waiting.
+  std::vector<std::string> picked;
+  auto consider = [&](const pool_entry& e) {
+    auto& n = *e.node;
     if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held))
-      candidates.push_back(&n);
+      picked.push_back(n.id());
+    return picked.size() < want;
+  };
+  auto start = next_random();
+  for (auto group = pool_.begin(); group != pool_.end() && picked.size() < want;) {
+    auto rank = group->rank;
+    auto end = pool_.upper_bound(pool_probe{rank, UINT64_MAX});
+    auto from = pool_.lower_bound(pool_probe{rank, start});
+    bool more = true;
+    for (auto i = from; more && i != end; ++i)
+      more = consider(*i);
+    for (auto i = group; more && i != from; ++i)
+      more = consider(*i);
+    group = end;
   }
-  auto picked = selector_->pick(std::move(candidates), want,
-                                [this] { return next_random(); });
   for (auto& id : picked) {
     auto& n = nodes_[id];
     n.set_session_id(s.id());
@@ -158,8 +173,8 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
     auto& s = sessions_[i->second];
     uint32_t available = 0;
-    for (auto& [nid, np] : pool_) {
-      auto& n = *np;
+    for (auto& e : pool_) {
+      auto& n = *e.node;
       if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
           && ++available >= s.min_nodes())
         break;

@@ -1,26 +1,36 @@
 #pragma once
 
-#include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "nodepool.pb.h"
 
 namespace nodepool {
 
-/// Picks which of the suitable pool nodes a session gets. Strategies must be
-/// deterministic given the random source they are handed, so that a replayed
-/// command log picks the same nodes.
+/// Where a node stands in a selection order: smaller first. Nodes of equal
+/// rank are ordered by their `pool_key`, a random number the pool draws from
+/// its own generator when the node enters the pool (and keeps in its
+/// record), so ties are broken at random yet every replay of a stored
+/// history picks the same nodes.
+struct node_rank {
+  double primary = 0;
+  double secondary = 0;
+  bool operator==(const node_rank& o) const {
+    return primary == o.primary && secondary == o.secondary;
+  }
+};
+
+/// How the pool orders its available nodes for reservation. The pool keeps
+/// its available nodes in an index sorted by (rank, pool_key, id) and hands a
+/// session the first suitable ones, so a reservation visits the nodes it
+/// takes (and the unsuitable ones ranked before them), not the whole pool.
+/// A rank may only depend on fields that do not change while a node is in
+/// the pool (reputation, level and latency change on tests and tasks, which
+/// happen outside it); `check_invariants` verifies the index.
 class selection_strategy {
 public:
-  using random_source = std::function<uint64_t()>;
   virtual ~selection_strategy() = default;
-  /// Returns up to `count` ids out of `candidates`, best first.
-  virtual std::vector<std::string>
-  pick(std::vector<const pb::NodeRecord*> candidates, size_t count,
-       const random_source& rnd) const = 0;
+  virtual node_rank rank(const pb::NodeRecord& n) const = 0;
 };
 
 /// Highest reputation first (then higher level); equal ones in random order.

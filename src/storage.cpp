@@ -11,6 +11,12 @@ namespace {
 
 constexpr char snapshot_key[] = "snapshot";
 
+/// What the stored bytes mean, and which nodepool replays them the same.
+/// Format 2: nodes are picked from the ordered pool index (pool_key); a
+/// format-1 history would replay to different picks.
+constexpr char format_key[] = "format";
+constexpr char format_version[] = "2";
+
 /// Log keys sort by index: 'l' followed by the index in big-endian.
 std::string log_key(uint64_t index) {
   std::string k(9, '\0');
@@ -192,8 +198,34 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
     st = status::fail("cannot open store in " + dir + ": " + s.ToString());
     return nullptr;
   }
+  std::unique_ptr<rocksdb::DB> owned{db};
+  std::string format;
+  s = db->Get({}, format_key, &format);
+  if (s.IsNotFound()) {
+    std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({})};
+    it->SeekToFirst();
+    if (it->Valid()) {
+      st = status::fail(
+        "store in " + dir + " was written by an earlier nodepool (no format "
+        "marker; this one reads format " + format_version + " and would "
+        "replay that history differently): use the version that wrote it, "
+        "or a new data directory");
+      return nullptr;
+    }
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    s = db->Put(wo, format_key, format_version);
+  } else if (s.ok() && format != format_version) {
+    st = status::fail("store in " + dir + " has format '" + format.substr(0, 32)
+                      + "', this nodepool reads format " + format_version);
+    return nullptr;
+  }
+  if (!s.ok()) {
+    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
+    return nullptr;
+  }
   st = {};
-  return std::make_unique<rocksdb_store>(db);
+  return std::make_unique<rocksdb_store>(owned.release());
 }
 
 } // namespace nodepool

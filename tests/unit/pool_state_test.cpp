@@ -1927,8 +1927,10 @@ pb::Snapshot pool_of(
   s.set_next_test_id(1);
   s.set_next_session_seq(1);
   s.set_rng_state(seed);
+  seeded_rng keys{seed ^ 0x9e3779b97f4a7c15ULL};
   for (auto& [id, rep, level] : xs) {
     auto* n = s.add_nodes();
+    n->set_pool_key(keys.next());
     n->set_id(id);
     n->set_public_key("key-" + id);
     n->add_models("m");
@@ -2000,28 +2002,22 @@ TEST(PoolSelection, RandomIgnoresReputationAndIsDeterministic) {
   EXPECT_TRUE(picked.count("worst"));
 }
 
-TEST(PoolSelection, StrategiesDirectly) {
-  std::vector<pb::NodeRecord> ns(5);
-  std::vector<const pb::NodeRecord*> ptrs;
-  for (size_t i = 0; i < ns.size(); ++i) {
-    ns[i].set_id("n" + std::to_string(i));
-    ns[i].set_reputation(0.1 * static_cast<double>(i));
-    ptrs.push_back(&ns[i]);
-  }
-  uint64_t state = 9;
-  auto rnd = [&state] { return state = state * 6364136223846793005ULL + 1; };
+TEST(PoolSelection, StrategiesRankDirectly) {
+  pb::NodeRecord a, b, c;
+  a.set_reputation(0.9);
+  b.set_reputation(0.4);
+  c.set_reputation(0.4);
+  c.set_level(2);
+  auto less = [](node_rank x, node_rank y) {
+    return std::tie(x.primary, x.secondary) < std::tie(y.primary, y.secondary);
+  };
   auto rep = make_selection("reputation");
   ASSERT_NE(rep, nullptr);
-  EXPECT_EQ(rep->pick(ptrs, 2, rnd), (std::vector<std::string>{"n4", "n3"}));
-  EXPECT_EQ(rep->pick(ptrs, 10, rnd).size(), 5u);
-  EXPECT_TRUE(rep->pick({}, 3, rnd).empty());
+  EXPECT_TRUE(less(rep->rank(a), rep->rank(c)));  // better reputation first
+  EXPECT_TRUE(less(rep->rank(c), rep->rank(b)));  // then the higher level
   auto ran = make_selection("random");
   ASSERT_NE(ran, nullptr);
-  state = 9;
-  auto x = ran->pick(ptrs, 3, rnd);
-  state = 9;
-  EXPECT_EQ(ran->pick(ptrs, 3, rnd), x);
-  EXPECT_EQ(std::set<std::string>(x.begin(), x.end()).size(), 3u);
+  EXPECT_EQ(ran->rank(a), ran->rank(b));  // only the pool keys order them
   EXPECT_EQ(make_selection("fastest"), nullptr);
   params p;
   p.selection = "fastest";
@@ -2029,20 +2025,69 @@ TEST(PoolSelection, StrategiesDirectly) {
 }
 
 TEST(PoolSelection, LatencyPicksTheFastestMeasuredNodesFirst) {
-  std::vector<pb::NodeRecord> ns(4);
-  std::vector<const pb::NodeRecord*> ptrs;
   double lat[] = {40, 0, 10, 25};  // n1 not measured yet
-  for (size_t i = 0; i < ns.size(); ++i) {
-    ns[i].set_id("n" + std::to_string(i));
-    ns[i].set_latency_ms(lat[i]);
-    ptrs.push_back(&ns[i]);
-  }
-  seeded_rng r{3};
+  std::vector<std::pair<node_rank, std::string>> ranked;
   auto fast = make_selection("latency");
   ASSERT_NE(fast, nullptr);
-  EXPECT_EQ(fast->pick(ptrs, 4, r),
-            (std::vector<std::string>{"n2", "n3", "n0", "n1"}));
-  EXPECT_EQ(fast->pick(ptrs, 1, r), std::vector<std::string>{"n2"});
+  for (size_t i = 0; i < 4; ++i) {
+    pb::NodeRecord n;
+    n.set_id("n" + std::to_string(i));
+    n.set_latency_ms(lat[i]);
+    ranked.emplace_back(fast->rank(n), n.id());
+  }
+  std::sort(ranked.begin(), ranked.end(), [](auto& x, auto& y) {
+    return std::tie(x.first.primary, x.first.secondary)
+           < std::tie(y.first.primary, y.first.secondary);
+  });
+  std::vector<std::string> order;
+  for (auto& [r, id] : ranked)
+    order.push_back(id);
+  EXPECT_EQ(order, (std::vector<std::string>{"n2", "n3", "n0", "n1"}));
+}
+
+TEST(PoolSelection, LatencyStrategyReservesTheFastestNodeOfThePool) {
+  auto snap = pool_of({{"slow", 0.5, 0}, {"new", 0.5, 0}, {"fast", 0.5, 0}},
+                      7);
+  snap.mutable_nodes(0)->set_latency_ms(80);
+  snap.mutable_nodes(2)->set_latency_ms(12);
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    snap.set_rng_state(seed);
+    EXPECT_EQ(first_pick("latency", seed, snap), "fast") << "seed " << seed;
+  }
+}
+
+/// Equal nodes share the work: a node that has waited long in the pool is
+/// as likely to be picked next as one that just came back from its
+/// re-validation (the walk over equal ones starts at a random point).
+TEST(PoolSelection, EqualNodesShareReservationsWhateverTheirAge) {
+  for (std::string strategy : {"random", "reputation"}) {
+    auto p = quiet();
+    p.selection = strategy;
+    p.reputation_alpha = 0;  // every node keeps an equal rank
+    p.promote_after = 0;
+    p.tasks_before_release = 1000;
+    harness h{p};
+    const int nodes = 8, cycles = 1000;
+    for (int i = 0; i < nodes; ++i)
+      h.admit("n" + std::to_string(i));
+    std::map<std::string, int> picks;
+    for (int c = 0; c < cycles; ++c) {
+      auto sid = "s" + std::to_string(c);
+      h.submit(sid, "m", 1, 1, 1, 1);
+      ASSERT_EQ(h.session(sid).nodes_size(), 1);
+      auto nid = h.session(sid).nodes(0);
+      ++picks[nid];
+      h.end(sid);
+      h.pass(nid);
+      ASSERT_EQ(h.state(nid), pb::EPHEMERAL);
+    }
+    // Uniform would be 125 each; a choice that favoured the newest
+    // arrival would starve the others.
+    for (int i = 0; i < nodes; ++i)
+      EXPECT_GE(picks["n" + std::to_string(i)], cycles / nodes / 2)
+        << strategy << ": node n" << i << " was picked "
+        << picks["n" + std::to_string(i)] << " times of " << cycles;
+  }
 }
 
 TEST(PoolLatency, OkOutcomesFeedALatencyAverage) {
