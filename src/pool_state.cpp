@@ -1,5 +1,8 @@
 #include "pool_state.hpp"
 
+#include <cmath>
+#include <limits>
+
 #include "random.hpp"
 
 #include <algorithm>
@@ -96,7 +99,13 @@ bool pool_state::pool_order::operator()(const pool_probe& a,
 }
 
 pool_state::pool_entry pool_state::entry_of(const pb::NodeRecord& n) const {
-  return pool_entry{selector_->rank(n), n.pool_key(), &n};
+  // The index needs a strict weak order: a NaN (which no command produces,
+  // but a raw restore of foreign bytes may hold) ranks last.
+  auto r = selector_->rank(n);
+  for (auto* x : {&r.primary, &r.secondary})
+    if (std::isnan(*x))
+      *x = std::numeric_limits<double>::infinity();
+  return pool_entry{r, n.pool_key(), &n};
 }
 
 void pool_state::rebuild_pool() {

@@ -1,6 +1,7 @@
 #include "recovery.hpp"
 
 #include <google/protobuf/util/message_differencer.h>
+#include <cmath>
 #include <set>
 
 namespace nodepool {
@@ -41,9 +42,17 @@ std::string bad_entry_time(const pb::LogEntry& e) {
 std::string bad_records(const pb::Snapshot& snap) {
   if (auto t = bad_time(snap); !t.empty())
     return t;
-  for (auto& n : snap.nodes())
+  for (auto& n : snap.nodes()) {
     if (auto t = bad_time(n); !t.empty())
       return "node " + n.id() + ": " + t;
+    // An EWMA of outcomes in [0, 1], from 0.5; of latencies, from 0.
+    if (!(n.reputation() >= 0 && n.reputation() <= 1))
+      return "node " + n.id() + " has reputation "
+             + std::to_string(n.reputation()) + ", outside [0, 1]";
+    if (!(n.latency_ms() >= 0 && std::isfinite(n.latency_ms())))
+      return "node " + n.id() + " has latency "
+             + std::to_string(n.latency_ms()) + ", not a finite time";
+  }
   if (!snap.params_json().empty()) {
     std::string err;
     auto p = params_from_json(snap.params_json(), params{}, err);

@@ -3,7 +3,10 @@
 // RocksDB; corruption and reopening are RocksDB-only.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <functional>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -501,6 +504,55 @@ TEST_F(RocksStore, ReopenKeepsLogAndSnapshot) {
   recovered info;
   ASSERT_TRUE(recover(*st, pool, info).ok());
   EXPECT_EQ(info.last_index, n + 1);
+}
+
+/// Reputation and latency are averages no command can push out of range;
+/// a stored snapshot that holds such a value was not written by a pool and
+/// is refused (a NaN would also break the order of the pool index).
+TEST(Recovery, RefusesASnapshotWithAReputationOrLatencyNoPoolProduces) {
+  auto h = make_history(31, 200);
+  auto good = h.after.back();
+  ASSERT_GT(good.nodes_size(), 0);
+  auto refused = [&](const std::function<void(pb::NodeRecord&)>& spoil) {
+    auto snap = good;
+    spoil(*snap.mutable_nodes(0));
+    auto st = make_memory_store();
+    EXPECT_TRUE(st->save_snapshot(snap).ok());
+    pool_state pool;
+    recovered info;
+    auto s = recover(*st, pool, info);
+    EXPECT_NE(s.error.find("node " + snap.nodes(0).id()), std::string::npos)
+      << s.error;
+    return !s.ok();
+  };
+  EXPECT_TRUE(refused([](auto& n) { n.set_reputation(std::nan("")); }));
+  EXPECT_TRUE(refused([](auto& n) { n.set_reputation(1.5); }));
+  EXPECT_TRUE(refused([](auto& n) { n.set_latency_ms(-3); }));
+  EXPECT_TRUE(refused([](auto& n) {
+    n.set_latency_ms(std::numeric_limits<double>::infinity());
+  }));
+  // The same snapshot unspoilt is recovered.
+  auto st = make_memory_store();
+  ASSERT_TRUE(st->save_snapshot(good).ok());
+  pool_state pool;
+  recovered info;
+  EXPECT_TRUE(recover(*st, pool, info).ok());
+}
+
+/// A raw restore (nodepool status, tests) of foreign bytes keeps a usable
+/// pool index even with a NaN reputation: the node ranks last.
+TEST(Recovery, RawRestoreOfANanReputationKeepsThePoolIndexOrdered) {
+  auto h = make_history(32, 200);
+  auto snap = h.after.back();
+  int spoilt = 0;
+  for (auto& n : *snap.mutable_nodes())
+    if (n.state() == pb::EPHEMERAL && spoilt++ % 2 == 0)
+      n.set_reputation(std::nan(""));
+  ASSERT_GT(spoilt, 1);
+  pool_state pool;
+  pool.restore(snap);
+  for (auto& v : pool.check_invariants())
+    EXPECT_EQ(v.detail.find("pool index"), std::string::npos) << v.detail;
 }
 
 TEST_F(RocksStore, StoreOfAnotherFormatIsRefusedAndLeftAlone) {
