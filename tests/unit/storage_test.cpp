@@ -542,13 +542,17 @@ TEST(Recovery, RefusesASnapshotWithAReputationOrLatencyNoPoolProduces) {
 /// A raw restore (nodepool status, tests) of foreign bytes keeps a usable
 /// pool index even with a NaN reputation: the node ranks last.
 TEST(Recovery, RawRestoreOfANanReputationKeepsThePoolIndexOrdered) {
-  auto h = make_history(32, 200);
-  auto snap = h.after.back();
-  int spoilt = 0;
-  for (auto& n : *snap.mutable_nodes())
-    if (n.state() == pb::EPHEMERAL && spoilt++ % 2 == 0)
-      n.set_reputation(std::nan(""));
-  ASSERT_GT(spoilt, 1);
+  pb::Snapshot snap;
+  snap.set_next_test_id(1);
+  snap.set_next_session_seq(1);
+  seeded_rng r{33};
+  for (int i = 0; i < 40; ++i) {
+    auto* n = snap.add_nodes();
+    n->set_id("n" + std::to_string(i));
+    n->set_state(pb::EPHEMERAL);
+    n->set_pool_key(r.next());
+    n->set_reputation(i % 3 ? std::nan("") : 0.1 * (i % 10));
+  }
   pool_state pool;
   pool.restore(snap);
   for (auto& v : pool.check_invariants())
