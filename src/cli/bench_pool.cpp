@@ -269,6 +269,24 @@ struct durable_pool {
     return n;
   }
 
+  /// The supervisor's counters: applied entries and group commits.
+  std::pair<uint64_t, uint64_t> commits() {
+    caf::scoped_actor self{*sys};
+    std::pair<uint64_t, uint64_t> x;
+    self->request(sup, std::chrono::seconds(60), stats_atom::value)
+      .receive(
+        [&](const std::string& js) {
+          auto j = nlohmann::json::parse(js);
+          x = {j["applied"].get<uint64_t>(), j["batches"].get<uint64_t>()};
+        },
+        [&](caf::error& e) {
+          throw std::runtime_error("supervisor stats: " + sys->render(e));
+        });
+    return x;
+  }
+  /// Entries per group commit over the last saturation run.
+  double entries_per_commit = 0;
+
   void wait_inflight() {
     auto t0 = clock::now();
     while (inflight() > 0 && seconds_since(t0) < 60)
@@ -281,6 +299,7 @@ struct durable_pool {
                                double warmup) {
     caf::anon_send(drv, go_atom::value, clients);
     std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
+    auto before = commits();
     std::vector<double> xs;
     for (int r = 0; r < reps; ++r) {
       auto c0 = out->cycles.load();
@@ -288,6 +307,10 @@ struct durable_pool {
       std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
       xs.push_back((out->cycles.load() - c0) / seconds_since(t0));
     }
+    auto after = commits();
+    if (after.second > before.second)
+      entries_per_commit = double(after.first - before.first)
+                           / double(after.second - before.second);
     caf::anon_send(drv, halt_atom::value);
     wait_inflight();
     return xs;
@@ -427,6 +450,8 @@ nlohmann::json durable(const options& o) {
   j["clients"] = o.clients;
   j["nodes"] = o.nodes;
   j["sync"] = true;
+  j["entries_per_commit"] = dp.entries_per_commit;
+  note("durable: %.1f entries per synced group commit", dp.entries_per_commit);
   nlohmann::json curve = nlohmann::json::array();
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
