@@ -69,33 +69,37 @@ std::array<uint64_t, 5> pool_state::session_counts() const {
   return xs;
 }
 
+namespace {
+
+/// Order of (rank, key) pairs: negative, zero or positive.
+int compare_ranked(const node_rank& ra, uint64_t ka, const node_rank& rb,
+                   uint64_t kb) {
+  if (ra.primary != rb.primary)
+    return ra.primary < rb.primary ? -1 : 1;
+  if (ra.secondary != rb.secondary)
+    return ra.secondary < rb.secondary ? -1 : 1;
+  if (ka != kb)
+    return ka < kb ? -1 : 1;
+  return 0;
+}
+
+} // namespace
+
 bool pool_state::pool_order::operator()(const pool_entry& a,
                                        const pool_entry& b) const {
-  if (a.rank.primary != b.rank.primary)
-    return a.rank.primary < b.rank.primary;
-  if (a.rank.secondary != b.rank.secondary)
-    return a.rank.secondary < b.rank.secondary;
-  if (a.key != b.key)
-    return a.key < b.key;
+  if (auto c = compare_ranked(a.rank, a.key, b.rank, b.key))
+    return c < 0;
   return a.node->id() < b.node->id();
 }
 
 bool pool_state::pool_order::operator()(const pool_entry& a,
                                        const pool_probe& b) const {
-  if (a.rank.primary != b.rank.primary)
-    return a.rank.primary < b.rank.primary;
-  if (a.rank.secondary != b.rank.secondary)
-    return a.rank.secondary < b.rank.secondary;
-  return a.key < b.key;
+  return compare_ranked(a.rank, a.key, b.rank, b.key) < 0;
 }
 
 bool pool_state::pool_order::operator()(const pool_probe& a,
                                        const pool_entry& b) const {
-  if (a.rank.primary != b.rank.primary)
-    return a.rank.primary < b.rank.primary;
-  if (a.rank.secondary != b.rank.secondary)
-    return a.rank.secondary < b.rank.secondary;
-  return a.key < b.key;
+  return compare_ranked(a.rank, a.key, b.rank, b.key) < 0;
 }
 
 pool_state::pool_entry pool_state::entry_of(const pb::NodeRecord& n) const {

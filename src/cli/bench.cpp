@@ -192,7 +192,7 @@ void plot(const std::string& dir, const nlohmann::json& durable) {
            "set logscale y\n"
            "set grid\n"
            "set key top left\n"
-           "set xrange [0:1]\n"
+           "set xrange [0:1]\nset yrange [0.5:*]\n"
            "plot 'grant_latency.dat' using 1:4 with linespoints title 'p50', \\\n"
            "     '' using 1:5 with linespoints title 'p99', \\\n"
            "     '' using 1:6 with linespoints title 'p99.9', \\\n"

@@ -46,6 +46,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
 
   using ptr = nlohmann::json::json_pointer;
   for (auto p : {"/state_machine/commands_per_s", "/durable/cycles_per_s",
+                 "/durable/entries_per_commit",
                  "/durable/grant_at_50/p50_ms", "/durable/grant_at_50/p99_ms",
                  "/durable/grant_at_50/p999_ms", "/durable/grant_at_90/p50_ms",
                  "/durable/grant_at_90/p99_ms", "/durable/grant_at_90/p999_ms",
