@@ -51,8 +51,9 @@ int64_t now(self_ptr self) {
   return st.last_now;
 }
 
-/// Applies one command; a change is queued for the next group commit.
-void apply(self_ptr self, const pb::Command& cmd,
+/// Applies one command; a change is queued for the next group commit. The
+/// command is moved into its log entry (no copy per command).
+void apply(self_ptr self, pb::Command& cmd,
            caf::response_promise* rp) {
   auto& st = self->state;
   auto t = now(self);
@@ -60,8 +61,9 @@ void apply(self_ptr self, const pb::Command& cmd,
   if (r.refused) {
     ++st.refused;
     ++st.refusals[r.refused->code];
-    log("supervisor")->debug("refused {}: {} ({})", cmd.ShortDebugString(),
-                             r.refused->code, r.refused->detail);
+    if (auto l = log("supervisor"); l->should_log(spdlog::level::debug))
+      l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->code,
+               r.refused->detail);
     if (rp && st.pending.empty())
       rp->deliver(make_refusal(r.refused->code, r.refused->detail));
     else if (rp)
@@ -81,7 +83,7 @@ void apply(self_ptr self, const pb::Command& cmd,
   auto& e = st.pending.emplace_back();
   e.set_index(st.next_index++);
   e.set_now(t);
-  *e.mutable_command() = cmd;
+  e.mutable_command()->Swap(&cmd);
   for (auto& ev : r.events)
     *st.events.add_events() = std::move(ev);
   if (rp)
@@ -111,12 +113,13 @@ void flush(self_ptr self) {
   }
   ++st.batches;
   st.since_snapshot += st.pending.size();
-  auto last = st.pending.back();
+  auto last_index = st.pending.back().index();
+  auto last_now = st.pending.back().now();
   st.pending.clear();
   // Events before replies: a requester that hears "accepted" and then asks a
   // subscriber anything finds the subscriber already told.
   if (st.events.events_size() > 0) {
-    st.events.set_now(last.now());
+    st.events.set_now(last_now);
     auto bytes = st.events.SerializeAsString();
     st.events.Clear();
     for (auto& s : st.subscribers)
@@ -138,7 +141,7 @@ void flush(self_ptr self) {
     st.pool.nodes().size() + st.pool.sessions().size());
   if (st.since_snapshot >= every) {
     auto snap = st.pool.snapshot();
-    snap.set_last_index(last.index());
+    snap.set_last_index(last_index);
     if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())
       log("supervisor")->error("snapshot failed (log still complete): {}",
                                s.error);
