@@ -8,6 +8,7 @@
 #include "actors/config.hpp"
 #include "log.hpp"
 #include "pool_state.hpp"
+#include "archive.hpp"
 #include "recovery.hpp"
 
 namespace nodepool {
@@ -18,6 +19,8 @@ struct supervisor_state {
   pool_state pool;
   supervisor_config cfg;
   std::vector<pb::LogEntry> pending;
+  std::vector<pb::SessionRecord> archived;  // goes out with `pending`
+  std::unique_ptr<snapshot_writer> snapshots;
   /// Answers held until the next group commit, in arrival order: accepted
   /// commands wait for the disk, and so do refusals that arrive while
   /// others wait (a refusal can reveal state, e.g. "duplicate_session",
@@ -51,13 +54,33 @@ int64_t now(self_ptr self) {
   return st.last_now;
 }
 
+/// A submission whose id ended long ago (past the pool's idempotency
+/// window) is found in the archive: refused here, before the pool sees it.
+apply_result archived_duplicate(self_ptr self, const pb::Command& cmd) {
+  apply_result r;
+  auto& id = cmd.submit_session().session_id();
+  if (id.empty() || self->state.pool.session(id))
+    return r;  // the pool answers these itself
+  std::optional<pb::SessionRecord> old;
+  if (auto s = self->state.cfg.storage->archived(id, old); !s.ok())
+    r.refused = refusal{"storage_error", "archive lookup failed: " + s.error};
+  else if (old)
+    r.refused = refusal{"duplicate_session",
+                        "session " + id + " already ended ("
+                          + to_string(old->state()) + ")"};
+  return r;
+}
+
 /// Applies one command; a change is queued for the next group commit. The
 /// command is moved into its log entry (no copy per command).
 void apply(self_ptr self, pb::Command& cmd,
            caf::response_promise* rp) {
   auto& st = self->state;
   auto t = now(self);
-  auto r = st.pool.apply(cmd, t);
+  auto r = cmd.has_submit_session() ? archived_duplicate(self, cmd)
+                                    : apply_result{};
+  if (!r.refused)
+    r = st.pool.apply(cmd, t);
   if (r.refused) {
     ++st.refused;
     ++st.refusals[r.refused->code];
@@ -79,7 +102,9 @@ void apply(self_ptr self, pb::Command& cmd,
   }
   ++st.applied;
   if (st.cfg.observer)
-    st.cfg.observer(st.pool, cmd);
+    st.cfg.observer(st.pool, cmd, r);
+  for (auto& a : r.archived)
+    st.archived.push_back(std::move(a));
   auto& e = st.pending.emplace_back();
   e.set_index(st.next_index++);
   e.set_now(t);
@@ -99,7 +124,8 @@ void flush(self_ptr self) {
   st.flush_scheduled = false;
   if (st.pending.empty())
     return;
-  if (auto s = st.cfg.storage->append(st.pending, st.cfg.sync); !s.ok()) {
+  if (auto s = st.cfg.storage->append(st.pending, st.archived, st.cfg.sync);
+      !s.ok()) {
     // The in-memory state is ahead of the disk and nobody was told: stop
     // before anyone is, so a restart resumes from what is durable.
     log("supervisor")->critical("group commit failed: {}", s.error);
@@ -116,6 +142,7 @@ void flush(self_ptr self) {
   auto last_index = st.pending.back().index();
   auto last_now = st.pending.back().now();
   st.pending.clear();
+  st.archived.clear();
   // Events before replies: a requester that hears "accepted" and then asks a
   // subscriber anything finds the subscriber already told.
   if (st.events.events_size() > 0) {
@@ -131,22 +158,25 @@ void flush(self_ptr self) {
     else
       rp.deliver(accepted_atom::value);
   st.waiting.clear();
-  // A snapshot costs in proportion to the records it holds, and finished
-  // sessions stay on record (I4): taken every snapshot_every entries it
-  // would cost more per entry the longer the pool runs. Waiting at least as
+  // A snapshot costs in proportion to the live records it holds (ended
+  // sessions are archived, so not to the history). Waiting at least as
   // many entries as there are records keeps that cost constant per entry,
   // and the replay after a restart no longer than loading the snapshot.
   auto every = std::max<uint64_t>(
     st.cfg.pool.snapshot_every,
     st.pool.nodes().size() + st.pool.sessions().size());
   if (st.since_snapshot >= every) {
+    // Here only the copy of the live state; serializing and writing it
+    // happen on the writer's thread.
     auto snap = st.pool.snapshot();
     snap.set_last_index(last_index);
-    if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())
+    st.since_snapshot = 0;
+    if (st.snapshots) {
+      st.snapshots->submit(std::move(snap));
+    } else if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok()) {
       log("supervisor")->error("snapshot failed (log still complete): {}",
                                s.error);
-    else
-      st.since_snapshot = 0;
+    }
   }
 }
 
@@ -160,6 +190,8 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     self->quit(caf::make_error(caf::sec::runtime_error, s.error));
     return {};
   }
+  if (st.cfg.async_snapshots)
+    st.snapshots = std::make_unique<snapshot_writer>(st.cfg.storage);
   st.next_index = info.last_index + 1;
   st.last_now = info.last_now;
   if (st.cfg.sim_time)
@@ -215,6 +247,20 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
       snap.set_last_index(self->state.next_index - 1);
       return snap.SerializeAsString();
     },
+    [=](archive_atom, const std::string& bytes) -> std::string {
+      pb::ArchiveQuery q;
+      pb::ArchiveAnswer a;
+      if (!q.ParseFromString(bytes)) {
+        a.set_error("query does not decode");
+        return a.SerializeAsString();
+      }
+      // Bounded: a query costs the supervisor at most `limit` reads.
+      if (auto err = query_archive(*self->state.cfg.storage, self->state.pool,
+                                   q, a);
+          !err.empty())
+        a.set_error(err);
+      return a.SerializeAsString();
+    },
     [=](stats_atom) -> std::string {
       auto& s = self->state;
       nlohmann::json j;
@@ -223,6 +269,7 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
       j["batches"] = s.batches;
       j["last_index"] = s.next_index - 1;
       j["refusals"] = s.refusals;
+      j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
       return j.dump();
     },
   };

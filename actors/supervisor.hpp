@@ -23,7 +23,12 @@ struct supervisor_config {
   admission_policy admission;
   /// Called after every command that changed the pool, with the pool as it
   /// is then (tests and simulations check invariants here). Must not block.
-  std::function<void(const pool_state&, const pb::Command&)> observer;
+  std::function<void(const pool_state&, const pb::Command&,
+                     const apply_result&)>
+    observer;
+  /// Snapshots are serialized and written on a thread of their own; off
+  /// (simulation), they are written inline, so a seeded run stays the same.
+  bool async_snapshots = true;
   /// Fault injection (simulation): asked after each group commit is on
   /// storage and before anyone hears of it; true makes the supervisor die
   /// there, as a process crashing between a write and its acknowledgement.
@@ -50,6 +55,12 @@ struct supervisor_config {
 /// synced RocksDB write batch covers the whole drain. Events and replies are
 /// held back until that batch is durable, so nobody ever acts on a state that
 /// a crash could take back.
+///
+/// Ended sessions: their final records go to the archive in the batch of
+/// the entry that ended them. A submission whose id is in the archive is
+/// refused as `duplicate_session` before it reaches the pool (the pool
+/// itself refuses ids that ended within `session_id_retention_ms`, whose
+/// archive write may still be pending).
 ///
 /// On start it restores the stored snapshot, replays the log after it and,
 /// if there was any history, applies a Recover command (nodes must come back

@@ -20,6 +20,7 @@ CAF_ADD_ATOM(nodepool, nodepool, subscribe_atom, "subscribe")
 CAF_ADD_ATOM(nodepool, nodepool, events_atom, "events")
 CAF_ADD_ATOM(nodepool, nodepool, state_atom, "state")
 CAF_ADD_ATOM(nodepool, nodepool, stats_atom, "stats")
+CAF_ADD_ATOM(nodepool, nodepool, archive_atom, "archive")
 // miner <-> oracle
 CAF_ADD_ATOM(nodepool, nodepool, miner_atom, "miner")
 CAF_ADD_ATOM(nodepool, nodepool, oracle_atom, "oracle")

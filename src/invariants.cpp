@@ -1,130 +1,244 @@
-// I1..I5 of DESIGN.md, checked on one state. `nodepool check` runs this after
-// every entry of a stored history; tests run it after every command.
+// I1..I5 of DESIGN.md. Two entry points over the same per-record checks:
+// check_invariants() visits the whole state (at snapshots and at the end of
+// a history); check_after() visits what one command touched, so checking a
+// history after every entry costs time linear in its length.
 #include "pool_state.hpp"
 
 #include <algorithm>
+#include <set>
 
 namespace nodepool {
 
+namespace {
+
+void add(std::vector<violation>& out, const char* inv, std::string detail) {
+  out.push_back(violation{inv, std::move(detail)});
+}
+
+bool valid_node_state(pb::NodeState st) {
+  return st >= pb::REGISTERED && st <= pb::LOST;
+}
+
+} // namespace
+
+void pool_state::check_node(const pb::NodeRecord& n,
+                            std::vector<violation>& out) const {
+  auto& nid = n.id();
+  // I5: a node is in exactly one known state.
+  if (!valid_node_state(n.state())) {
+    add(out, "I5", "node " + nid + " has no state");
+    return;
+  }
+  // I1 exclusive: a reserved node belongs to one active session that lists
+  // it; any other node belongs to none.
+  if (n.state() == pb::RESERVED) {
+    auto s = sessions_.find(n.session_id());
+    if (s == sessions_.end() || s->second.state() != pb::ACTIVE
+        || std::count(s->second.nodes().begin(), s->second.nodes().end(), nid)
+             != 1)
+      add(out, "I1", "node " + nid + " reserved for '" + n.session_id()
+                       + "' which does not list it once as an active session");
+    // I2 earned: it passed a test after its last reset, within the window.
+    if (n.passed_at() == 0 || n.passed_at() < n.reset_at())
+      add(out, "I2", "node " + nid + " reserved without a test passed since "
+                       "its last registration, release or loss");
+    else if (n.reserved_at() - n.ephemeral_at() > params_.ephemeral_window_ms)
+      add(out, "I2", "node " + nid + " reserved after its ephemeral window");
+  } else if (!n.session_id().empty()) {
+    add(out, "I1", "node " + nid + " is " + to_string(n.state())
+                     + " but names session " + n.session_id());
+  }
+  // I3 kept out: a failed node is not in the pool, and the pool index
+  // holds exactly the ephemeral nodes, under their current rank and key.
+  bool in_pool = n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED;
+  if (n.last_test_failed() && in_pool)
+    add(out, "I3", "node " + nid + " failed its last test but is "
+                     + to_string(n.state()));
+  if ((n.state() == pb::EPHEMERAL) != (pool_.count(entry_of(n)) == 1))
+    add(out, "I3", "pool index disagrees with the state, rank or key of node "
+                     + nid);
+}
+
+void pool_state::check_session(const pb::SessionRecord& s,
+                               std::vector<violation>& out) const {
+  auto& sid = s.id();
+  switch (s.state()) {
+    case pb::QUEUED: {
+      auto q = queue_.find(s.seq());
+      if (q == queue_.end() || q->second != sid)
+        add(out, "I4", "session " + sid + " is queued but not in the queue");
+      if (s.nodes_size() > 0)
+        add(out, "I1", "session " + sid + " is queued but holds nodes");
+      break;
+    }
+    case pb::ACTIVE: {
+      auto a = active_.find(sid);
+      if (a == active_.end() || a->second != &s)
+        add(out, "I4", "session " + sid + " is active but not in the index");
+      if (s.nodes_size() == 0)
+        add(out, "I4", "session " + sid + " is active with no node");
+      break;
+    }
+    case pb::COMPLETED:
+    case pb::FAILED:
+      add(out, "I4", "session " + sid + " has ended but is still live");
+      break;
+    default:
+      add(out, "I4", "session " + sid + " has no state");
+  }
+  // I1: every node it lists is reserved for it (a node listed by two
+  // sessions names only one of them, so the other is caught here).
+  std::set<std::string> seen;
+  for (auto& nid : s.nodes()) {
+    if (!seen.insert(nid).second)
+      add(out, "I1", "session " + sid + " lists node " + nid + " twice");
+    auto* n = node(nid);
+    if (!n || n->state() != pb::RESERVED || n->session_id() != sid)
+      add(out, "I1", "session " + sid + " lists node " + nid
+                       + " which is not reserved for it");
+  }
+}
+
+void pool_state::check_ended(const pb::SessionRecord& s,
+                             std::vector<violation>& out) const {
+  // I4: an archived session has a known fate and has left the pool.
+  if (s.state() != pb::COMPLETED && s.state() != pb::FAILED)
+    add(out, "I4", "session " + s.id() + " was archived while "
+                     + to_string(s.state()));
+  if (s.state() == pb::FAILED && s.reason().empty())
+    add(out, "I4", "session " + s.id() + " failed without a reason");
+  if (s.nodes_size() > 0)
+    add(out, "I1", "session " + s.id() + " ended but holds nodes");
+  if (sessions_.count(s.id()))
+    add(out, "I4", "session " + s.id() + " ended but is still live");
+}
+
+void pool_state::check_counters(std::vector<violation>& out) const {
+  // I5 conservation: the per-state counts add up to the nodes.
+  uint64_t sum = 0;
+  for (auto c : counts_)
+    sum += c;
+  if (sum != nodes_.size())
+    add(out, "I5", "counts add up to " + std::to_string(sum) + ", not "
+                     + std::to_string(nodes_.size()));
+  if (pool_.size() != counts_[pb::EPHEMERAL])
+    add(out, "I3", "pool index holds " + std::to_string(pool_.size())
+                     + " nodes, " + std::to_string(counts_[pb::EPHEMERAL])
+                     + " are ephemeral");
+  // I4 nothing lost: every accepted session is queued, active or ended.
+  if (queue_.size() + active_.size() != sessions_.size())
+    add(out, "I4", std::to_string(sessions_.size()) + " live sessions but "
+                     + std::to_string(queue_.size()) + " queued and "
+                     + std::to_string(active_.size()) + " active");
+  auto known = sessions_.size() + sessions_completed_ + sessions_failed_;
+  if (known != sessions_accepted())
+    add(out, "I4", std::to_string(sessions_accepted())
+                     + " sessions accepted but " + std::to_string(known)
+                     + " known (live, completed or failed)");
+}
+
+std::vector<violation> pool_state::check_records(
+  const std::vector<std::string>& node_ids,
+  const std::vector<std::string>& session_ids,
+  const std::vector<pb::SessionRecord>& archived) const {
+  std::vector<violation> out;
+  std::set<std::string> sids{session_ids.begin(), session_ids.end()};
+  std::set<std::string> nids{node_ids.begin(), node_ids.end()};
+  for (auto& id : nids)
+    if (auto* n = node(id)) {
+      check_node(*n, out);
+      if (!n->session_id().empty())
+        sids.insert(n->session_id());
+    }
+  for (auto& id : sids)
+    if (auto* s = session(id))
+      check_session(*s, out);
+  for (auto& s : archived)
+    check_ended(s, out);
+  check_counters(out);
+  return out;
+}
+
+std::vector<violation> pool_state::check_after(const pb::Command& cmd,
+                                               const apply_result& r) const {
+  // A new selection strategy re-ranks the whole pool: rare, checked whole.
+  if (cmd.has_configure())
+    return check_invariants();
+  std::vector<std::string> nids, sids;
+  switch (cmd.kind_case()) {
+    case pb::Command::kRegister: nids.push_back(cmd.register_().node_id()); break;
+    case pb::Command::kHeartbeat: nids.push_back(cmd.heartbeat().node_id()); break;
+    case pb::Command::kTestResult: nids.push_back(cmd.test_result().node_id()); break;
+    case pb::Command::kNodeDown: nids.push_back(cmd.node_down().node_id()); break;
+    case pb::Command::kSubmitSession:
+      sids.push_back(cmd.submit_session().session_id());
+      break;
+    case pb::Command::kEndSession: sids.push_back(cmd.end_session().session_id()); break;
+    case pb::Command::kTaskDone:
+      sids.push_back(cmd.task_done().session_id());
+      for (auto& o : cmd.task_done().outcomes())
+        nids.push_back(o.node_id());
+      break;
+    default:
+      break;
+  }
+  for (auto& e : r.events) {
+    switch (e.kind_case()) {
+      case pb::Event::kNodeStateChanged:
+        nids.push_back(e.node_state_changed().node_id());
+        break;
+      case pb::Event::kTestRequested: nids.push_back(e.test_requested().node_id()); break;
+      case pb::Event::kTestFinished: nids.push_back(e.test_finished().node_id()); break;
+      case pb::Event::kNodeReserved:
+        nids.push_back(e.node_reserved().node_id());
+        sids.push_back(e.node_reserved().session_id());
+        break;
+      case pb::Event::kNodeReleased:
+        nids.push_back(e.node_released().node_id());
+        sids.push_back(e.node_released().session_id());
+        break;
+      case pb::Event::kSessionAccepted:
+        sids.push_back(e.session_accepted().session_id());
+        break;
+      case pb::Event::kSessionStarted:
+        sids.push_back(e.session_started().session_id());
+        break;
+      case pb::Event::kSessionEnded: sids.push_back(e.session_ended().session_id()); break;
+      default:
+        break;
+    }
+  }
+  return check_records(nids, sids, r.archived);
+}
+
 std::vector<violation> pool_state::check_invariants() const {
   std::vector<violation> out;
-  auto add = [&](const char* inv, std::string detail) {
-    out.push_back(violation{inv, std::move(detail)});
-  };
-  // I1 exclusive: node <-> session links agree both ways, once each.
-  std::map<std::string, std::string> holder;
-  for (auto& [sid, s] : sessions_) {
-    if (s.state() != pb::ACTIVE && s.nodes_size() > 0)
-      add("I1", "session " + sid + " is " + to_string(s.state())
-                  + " but holds nodes");
-    for (auto& nid : s.nodes()) {
-      auto [it, fresh] = holder.emplace(nid, sid);
-      if (!fresh)
-        add("I1", "node " + nid + " held by " + it->second + " and " + sid);
-      auto* n = node(nid);
-      if (!n || n->state() != pb::RESERVED || n->session_id() != sid)
-        add("I1", "session " + sid + " lists node " + nid
-                    + " which is not reserved for it");
-    }
-  }
-  for (auto& [nid, n] : nodes_) {
-    if (n.state() == pb::RESERVED) {
-      auto h = holder.find(nid);
-      if (h == holder.end() || h->second != n.session_id())
-        add("I1", "node " + nid + " reserved for '" + n.session_id()
-                    + "' which does not list it");
-    } else if (!n.session_id().empty()) {
-      add("I1", "node " + nid + " is " + to_string(n.state())
-                  + " but names session " + n.session_id());
-    }
-  }
-  // I2 earned: a reserved node passed a test after its last reset and
-  // within the ephemeral window.
-  for (auto& [nid, n] : nodes_) {
-    if (n.state() != pb::RESERVED)
-      continue;
-    if (n.passed_at() == 0 || n.passed_at() < n.reset_at())
-      add("I2", "node " + nid + " reserved without a test passed since "
-                  "its last registration, release or loss");
-    else if (n.reserved_at() - n.ephemeral_at() > params_.ephemeral_window_ms)
-      add("I2", "node " + nid + " reserved after its ephemeral window");
-  }
-  // I3 kept out: failed nodes are not in the pool.
-  for (auto& [nid, n] : nodes_) {
-    bool in_pool = n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED;
-    if (n.last_test_failed() && in_pool)
-      add("I3", "node " + nid + " failed its last test but is "
-                  + to_string(n.state()));
-    if ((n.state() == pb::EPHEMERAL) != (pool_.count(entry_of(n)) == 1))
-      add("I3", "pool index disagrees with the state, rank or key of node "
-                  + nid);
-  }
-  if (pool_.size() != counts_[pb::EPHEMERAL])
-    add("I3", "pool index holds " + std::to_string(pool_.size())
-                + " nodes, " + std::to_string(counts_[pb::EPHEMERAL])
-                + " are ephemeral");
-  // I4 nothing lost: every accepted session has a known fate.
-  if (sessions_.size() != next_session_seq_ - 1)
-    add("I4", std::to_string(next_session_seq_ - 1) + " sessions accepted but "
-                + std::to_string(sessions_.size()) + " known");
-  for (auto& [sid, s] : sessions_) {
-    switch (s.state()) {
-      case pb::QUEUED:
-        if (queue_.count(s.seq()) == 0)
-          add("I4", "session " + sid + " is queued but not in the queue");
-        break;
-      case pb::ACTIVE:
-        if (s.nodes_size() == 0)
-          add("I4", "session " + sid + " is active with no node");
-        break;
-      case pb::COMPLETED:
-        break;
-      case pb::FAILED:
-        if (s.reason().empty())
-          add("I4", "session " + sid + " failed without a reason");
-        break;
-      default:
-        add("I4", "session " + sid + " has no state");
-    }
-  }
-  // The active index holds exactly the ACTIVE sessions (counted here, the
-  // membership of each listed one checked below: no lookup per session).
-  size_t active = 0;
+  for (auto& [nid, n] : nodes_)
+    check_node(n, out);
   for (auto& [sid, s] : sessions_)
-    active += s.state() == pb::ACTIVE ? 1 : 0;
-  if (active != active_.size())
-    add("I4", std::to_string(active) + " sessions are active but the index "
-                "holds " + std::to_string(active_.size()));
+    check_session(s, out);
+  check_counters(out);
+  // The indexes hold exactly the live sessions of their kind.
   for (auto& [sid, rec] : active_) {
     auto* s = session(sid);
     if (!s || s != rec || s->state() != pb::ACTIVE)
-      add("I4", "active index holds " + sid + " which is not active");
+      add(out, "I4", "active index holds " + sid + " which is not active");
   }
   for (auto& [seq, sid] : queue_) {
     auto* s = session(sid);
     if (!s || s->state() != pb::QUEUED || s->seq() != seq)
-      add("I4", "queue holds " + sid + " which is not queued in that place");
+      add(out, "I4", "queue holds " + sid + " which is not queued in that place");
   }
-  // I5 conservation: the maintained counts match a recount and add up.
+  // I5: the maintained counts match a recount.
   std::array<uint64_t, 9> recount{};
-  for (auto& [nid, n] : nodes_) {
-    auto st = static_cast<size_t>(n.state());
-    if (st == 0 || st >= recount.size())
-      add("I5", "node " + nid + " has no state");
-    else
-      ++recount[st];
-  }
-  uint64_t sum = 0;
-  for (size_t i = 0; i < counts_.size(); ++i) {
-    sum += counts_[i];
+  for (auto& [nid, n] : nodes_)
+    if (valid_node_state(n.state()))
+      ++recount[n.state()];
+  for (size_t i = 0; i < counts_.size(); ++i)
     if (counts_[i] != recount[i])
-      add("I5", "count of " + to_string(static_cast<pb::NodeState>(i)) + " is "
-                  + std::to_string(counts_[i]) + " but "
-                  + std::to_string(recount[i]) + " nodes are in it");
-  }
-  if (sum != nodes_.size())
-    add("I5", "counts add up to " + std::to_string(sum) + ", not "
-                + std::to_string(nodes_.size()));
+      add(out, "I5", "count of " + to_string(static_cast<pb::NodeState>(i))
+                       + " is " + std::to_string(counts_[i]) + " but "
+                       + std::to_string(recount[i]) + " nodes are in it");
   return out;
 }
 

@@ -28,6 +28,8 @@ std::string params::validate() const {
   if (reserve_period_ms <= 0) return "reserve_period_ms must be > 0";
   if (idle_threshold_ms <= 0) return "idle_threshold_ms must be > 0";
   if (queue_timeout_ms <= 0) return "queue_timeout_ms must be > 0";
+  if (session_id_retention_ms <= 0)
+    return "session_id_retention_ms must be > 0";
   if (task_phase_timeout_ms <= 0) return "task_phase_timeout_ms must be > 0";
   if (ephemeral_window_ms <= 0) return "ephemeral_window_ms must be > 0";
   if (heartbeat_interval_ms <= 0 || heartbeat_timeout_ms <= heartbeat_interval_ms)
@@ -54,6 +56,7 @@ std::string params::validate() const {
     {"reserve_period_ms", reserve_period_ms},
     {"idle_threshold_ms", idle_threshold_ms},
     {"queue_timeout_ms", queue_timeout_ms},
+    {"session_id_retention_ms", session_id_retention_ms},
     {"task_phase_timeout_ms", task_phase_timeout_ms},
     {"ephemeral_window_ms", ephemeral_window_ms},
     {"heartbeat_interval_ms", heartbeat_interval_ms},
@@ -86,6 +89,7 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"reserve_period_ms", &params::reserve_period_ms},
     {"idle_threshold_ms", &params::idle_threshold_ms},
     {"queue_timeout_ms", &params::queue_timeout_ms},
+    {"session_id_retention_ms", &params::session_id_retention_ms},
     {"task_phase_timeout_ms", &params::task_phase_timeout_ms},
     {"ephemeral_window_ms", &params::ephemeral_window_ms},
     {"heartbeat_interval_ms", &params::heartbeat_interval_ms},

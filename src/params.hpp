@@ -25,6 +25,9 @@ struct params {
   int64_t reserve_period_ms = 300000;
   int64_t idle_threshold_ms = 60000;
   int64_t queue_timeout_ms = 600000;  // queued longer than this: failed
+  /// How long the pool itself refuses a resubmitted id after its session
+  /// ended (the idempotency window; older ids are looked up in the archive).
+  int64_t session_id_retention_ms = 300000;
   int64_t task_phase_timeout_ms = 5000;
   // pool membership
   int64_t ephemeral_window_ms = 30 * 60 * 1000;

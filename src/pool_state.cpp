@@ -64,8 +64,10 @@ const pb::SessionRecord* pool_state::session(const std::string& id) const {
 
 std::array<uint64_t, 5> pool_state::session_counts() const {
   std::array<uint64_t, 5> xs{};
-  for (auto& [id, s] : sessions_)
-    ++xs[static_cast<size_t>(s.state())];
+  xs[pb::QUEUED] = queue_.size();
+  xs[pb::ACTIVE] = active_.size();
+  xs[pb::COMPLETED] = sessions_completed_;
+  xs[pb::FAILED] = sessions_failed_;
   return xs;
 }
 
@@ -175,6 +177,9 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     out.changed = true;
   if (out.changed) {
     try_assign(now, out);
+    // Only changed commands are logged, so only they may move the window:
+    // a replay then expires the same ids at the same entries.
+    recent_ids_.expire(now);
     last_now_ = now;
   }
   return out;
@@ -358,6 +363,16 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
   out.changed = true;
 }
 
+id_window::image recent_ids_image(const pb::Snapshot& snap) {
+  id_window::image img;
+  img.fingerprints.assign(snap.recent_ids().begin(), snap.recent_ids().end());
+  img.expiry_seconds.assign(snap.recent_expiry_seconds().begin(),
+                            snap.recent_expiry_seconds().end());
+  img.expiry_counts.assign(snap.recent_expiry_counts().begin(),
+                           snap.recent_expiry_counts().end());
+  return img;
+}
+
 pb::Snapshot pool_state::snapshot() const {
   pb::Snapshot snap;
   snap.set_params_json(to_json(params_));
@@ -371,6 +386,15 @@ pb::Snapshot pool_state::snapshot() const {
   snap.set_rng_state(rng_state_);
   snap.set_tests_passed(tests_passed_);
   snap.set_tests_failed(tests_failed_);
+  snap.set_sessions_completed(sessions_completed_);
+  snap.set_sessions_failed(sessions_failed_);
+  auto img = recent_ids_.save();
+  snap.mutable_recent_ids()->Add(img.fingerprints.begin(),
+                                 img.fingerprints.end());
+  snap.mutable_recent_expiry_seconds()->Add(img.expiry_seconds.begin(),
+                                            img.expiry_seconds.end());
+  snap.mutable_recent_expiry_counts()->Add(img.expiry_counts.begin(),
+                                           img.expiry_counts.end());
   return snap;
 }
 
@@ -408,6 +432,11 @@ void pool_state::restore(const pb::Snapshot& snap) {
   rng_state_ = snap.rng_state();
   tests_passed_ = snap.tests_passed();
   tests_failed_ = snap.tests_failed();
+  sessions_completed_ = snap.sessions_completed();
+  sessions_failed_ = snap.sessions_failed();
+  // recover() refuses an inconsistent window (recent_ids_error); a raw
+  // restore of one starts with an empty window.
+  recent_ids_.load(recent_ids_image(snap));
   last_now_ = snap.last_now();
 }
 

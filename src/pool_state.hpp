@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "id_window.hpp"
 #include "nodepool.pb.h"
 #include "params.hpp"
 #include "selection.hpp"
@@ -29,6 +30,10 @@ struct apply_result {
   /// False when the command was refused or was a tick that found nothing to
   /// do: such commands need not be persisted, replaying them changes nothing.
   bool changed = false;
+  /// Final records of the sessions this command ended. They have left the
+  /// pool; whoever persists the command writes them to the archive in the
+  /// same atomic batch (storage.hpp), so no ended session is ever lost.
+  std::vector<pb::SessionRecord> archived;
 };
 
 /// One broken invariant (I1..I5 of DESIGN.md).
@@ -70,6 +75,7 @@ public:
 
   const params& config() const { return params_; }
   const pb::NodeRecord* node(const std::string& id) const;
+  /// Live sessions only (queued or active); an ended one is archived.
   const pb::SessionRecord* session(const std::string& id) const;
   const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
   const std::map<std::string, pb::SessionRecord>& sessions() const {
@@ -77,13 +83,34 @@ public:
   }
   /// Node counts indexed by pb::NodeState, maintained on every transition.
   const std::array<uint64_t, 9>& count_by_state() const { return counts_; }
+  /// Sessions by pb::SessionState: live ones counted in the pool, ended ones
+  /// by the counters (O(1)).
   std::array<uint64_t, 5> session_counts() const;
+  /// Sessions ever accepted: live + completed + failed.
+  uint64_t sessions_accepted() const { return next_session_seq_ - 1; }
+  /// True while `id` is in the idempotency window (ended recently).
+  bool recently_ended(const std::string& id) const {
+    return recent_ids_.contains(id);
+  }
+  const id_window& recent_ids() const { return recent_ids_; }
   uint64_t tests_passed() const { return tests_passed_; }
   uint64_t tests_failed() const { return tests_failed_; }
   int64_t last_now() const { return last_now_; }
 
-  /// Checks I1..I5 on the current state.
+  /// Checks I1..I5 on the whole state: O(nodes + sessions). Run at every
+  /// snapshot and at the end of a history.
   std::vector<violation> check_invariants() const;
+  /// Checks I1..I5 on the records a command touched, plus the O(1)
+  /// counters: O(records touched). `cmd` and `r` are the command and what
+  /// applying it returned; together they name every record it changed
+  /// (each change of a node or session shows in an event or the command).
+  std::vector<violation> check_after(const pb::Command& cmd,
+                                     const apply_result& r) const;
+  /// The same on named records (tests break a state and name the record).
+  std::vector<violation> check_records(
+    const std::vector<std::string>& node_ids,
+    const std::vector<std::string>& session_ids,
+    const std::vector<pb::SessionRecord>& archived = {}) const;
 
   // -- snapshots -------------------------------------------------------------
 
@@ -133,6 +160,7 @@ private:
               apply_result& out);
   void requeue(pb::SessionRecord& s, int64_t now, apply_result& out);
   void try_assign(int64_t now, apply_result& out);
+  void archive(pb::SessionRecord& s, int64_t now, apply_result& out);
   uint32_t reserve_for(pb::SessionRecord& s, uint32_t want, int64_t now,
                        apply_result& out,
                        const std::vector<const pb::SessionRecord*>& held = {});
@@ -140,6 +168,14 @@ private:
                 const std::vector<const pb::SessionRecord*>& held) const;
   bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
   bool could_ever_serve(const pb::SessionRecord& s) const;
+
+  // invariants.cpp
+  void check_node(const pb::NodeRecord& n, std::vector<violation>& out) const;
+  void check_session(const pb::SessionRecord& s,
+                     std::vector<violation>& out) const;
+  void check_ended(const pb::SessionRecord& s,
+                   std::vector<violation>& out) const;
+  void check_counters(std::vector<violation>& out) const;
 
   params params_;
   std::unique_ptr<selection_strategy> selector_;
@@ -177,8 +213,14 @@ private:
   uint64_t rng_state_ = 0;
   uint64_t tests_passed_ = 0;
   uint64_t tests_failed_ = 0;
+  uint64_t sessions_completed_ = 0;
+  uint64_t sessions_failed_ = 0;
+  id_window recent_ids_;
   int64_t last_now_ = 0;
 };
+
+/// The idempotency window as a snapshot holds it.
+id_window::image recent_ids_image(const pb::Snapshot& snap);
 
 /// Human-readable name of a node state ("ephemeral", ...).
 std::string to_string(pb::NodeState s);

@@ -32,7 +32,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
                           "session id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
   }
-  if (sessions_.count(c.session_id())) {
+  if (sessions_.count(c.session_id()) || recent_ids_.contains(c.session_id())) {
     out.refused = refusal{"duplicate_session",
                           "session " + c.session_id() + " already exists"};
     return;
@@ -208,7 +208,11 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
                                  apply_result& out) {
   auto i = sessions_.find(c.session_id());
   if (i == sessions_.end()) {
-    out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+    if (recent_ids_.contains(c.session_id()))
+      out.refused = refusal{"session_ended",
+                            "session " + c.session_id() + " has ended"};
+    else
+      out.refused = refusal{"unknown_session", "no session " + c.session_id()};
     return;
   }
   auto& s = i->second;
@@ -293,16 +297,14 @@ void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
                                    apply_result& out) {
   auto i = sessions_.find(c.session_id());
   if (i == sessions_.end()) {
-    out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+    if (recent_ids_.contains(c.session_id()))
+      out.refused = refusal{"session_ended",
+                            "session " + c.session_id() + " has ended"};
+    else
+      out.refused = refusal{"unknown_session", "no session " + c.session_id()};
     return;
   }
   auto& s = i->second;
-  if (s.state() == pb::COMPLETED || s.state() == pb::FAILED) {
-    out.refused = refusal{"session_ended",
-                          "session " + s.id() + " already "
-                            + to_string(s.state())};
-    return;
-  }
   if (c.failed() && c.reason().empty()) {
     out.refused = refusal{"no_reason", "a failed session needs a reason"};
     return;
@@ -327,6 +329,19 @@ void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
   e->set_session_id(s.id());
   e->set_state(st);
   e->set_reason(why);
+  archive(s, now, out);
+}
+
+void pool_state::archive(pb::SessionRecord& s, int64_t now,
+                         apply_result& out) {
+  // The record leaves the pool: memory and snapshots hold live sessions
+  // only. The id stays in the window so a retry is refused without a
+  // lookup; the record itself goes out with the command, to the archive.
+  ++(s.state() == pb::COMPLETED ? sessions_completed_ : sessions_failed_);
+  recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
+  auto id = s.id();
+  out.archived.push_back(std::move(s));
+  sessions_.erase(id);
 }
 
 void pool_state::release(pb::NodeRecord& n, const std::string& why,

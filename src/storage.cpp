@@ -1,8 +1,16 @@
 #include "storage.hpp"
 
+#include "log.hpp"
+
+#include <algorithm>
+#include <condition_variable>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 namespace nodepool {
@@ -12,30 +20,53 @@ namespace {
 constexpr char snapshot_key[] = "snapshot";
 
 /// What the stored bytes mean, and which nodepool replays them the same.
-/// Format 2: nodes are picked from the ordered pool index (pool_key); a
-/// format-1 history would replay to different picks.
+/// Format 2: nodes are picked from the ordered pool index (pool_key).
+/// Format 3: ended sessions leave the pool for the archive ('a' and 't'
+/// keys) and the snapshot holds live records and the idempotency window; a
+/// format-2 history replays to a different state.
 constexpr char format_key[] = "format";
-constexpr char format_version[] = "2";
+constexpr char format_version[] = "3";
+
+void put_be64(std::string& k, uint64_t x) {
+  for (int i = 7; i >= 0; --i)
+    k.push_back(static_cast<char>((x >> (8 * i)) & 0xff));
+}
+
+uint64_t get_be64(const char* p) {
+  uint64_t x = 0;
+  for (int i = 0; i < 8; ++i)
+    x = (x << 8) | static_cast<uint8_t>(p[i]);
+  return x;
+}
 
 /// Log keys sort by index: 'l' followed by the index in big-endian.
 std::string log_key(uint64_t index) {
-  std::string k(9, '\0');
-  k[0] = 'l';
-  for (int i = 0; i < 8; ++i)
-    k[8 - i] = static_cast<char>((index >> (8 * i)) & 0xff);
+  std::string k(1, 'l');
+  put_be64(k, index);
   return k;
 }
 
 uint64_t key_index(const rocksdb::Slice& k) {
-  uint64_t x = 0;
-  for (size_t i = 1; i < 9 && i < k.size(); ++i)
-    x = (x << 8) | static_cast<uint8_t>(k[i]);
-  return x;
+  return k.size() == 9 ? get_be64(k.data() + 1) : 0;
+}
+
+/// Archived sessions: 'a' + id holds the record; 't' + ended_at + id (no
+/// value) orders them by the time they ended. Times are never negative
+/// (recovery refuses them), so big-endian order is time order.
+std::string archive_key(const std::string& id) { return "a" + id; }
+
+std::string ended_key(int64_t ended_at, const std::string& id) {
+  std::string k(1, 't');
+  put_be64(k, static_cast<uint64_t>(std::max<int64_t>(0, ended_at)));
+  return k + id;
 }
 
 class memory_store : public store {
 public:
-  status append(const std::vector<pb::LogEntry>& entries, bool) override {
+  status append(const std::vector<pb::LogEntry>& entries,
+                const std::vector<pb::SessionRecord>& archived,
+                bool sync) override {
+    std::lock_guard<std::mutex> lock{mutex_};
     // All or nothing, like the RocksDB write batch: check the whole batch
     // before writing any of it.
     auto expect = last_ + 1;
@@ -47,13 +78,26 @@ public:
       log_[e.index()] = e.SerializeAsString();
       last_ = e.index();
     }
+    for (auto& r : archived) {
+      archive_[r.id()] = r.SerializeAsString();
+      by_end_.emplace(ended_key(r.ended_at(), r.id()), r.id());
+      if (!sync)
+        unsynced_archive_.push_back(r.id());
+    }
+    if (sync) {
+      synced_ = last_;
+      unsynced_archive_.clear();
+    }
     return {};
   }
   status save_snapshot(const pb::Snapshot& snap) override {
+    std::lock_guard<std::mutex> lock{mutex_};
     snapshot_ = snap.SerializeAsString();
+    snapshot_index_ = snap.last_index();
     return {};
   }
   status load_snapshot(std::optional<pb::Snapshot>& out) override {
+    std::lock_guard<std::mutex> lock{mutex_};
     out.reset();
     if (snapshot_.empty())
       return {};
@@ -63,23 +107,88 @@ public:
     out = std::move(s);
     return {};
   }
-  status scan(uint64_t from,
-              const std::function<void(const pb::LogEntry&)>& f) override {
+  status scan_while(uint64_t from,
+                    const std::function<bool(const pb::LogEntry&)>& f) override {
+    std::unique_lock<std::mutex> lock{mutex_};
     for (auto i = log_.lower_bound(from); i != log_.end(); ++i) {
       pb::LogEntry e;
       if (!e.ParseFromString(i->second) || e.index() != i->first)
         return status::fail("log entry " + std::to_string(i->first)
                             + " does not decode");
-      f(e);
+      if (!f(e))
+        break;
     }
     return {};
   }
   uint64_t last_index() const override { return last_; }
+  status archived(const std::string& id,
+                  std::optional<pb::SessionRecord>& out) override {
+    std::lock_guard<std::mutex> lock{mutex_};
+    out.reset();
+    auto i = archive_.find(id);
+    if (i == archive_.end())
+      return {};
+    pb::SessionRecord r;
+    if (!r.ParseFromString(i->second))
+      return status::fail("archived session " + id + " does not decode");
+    out = std::move(r);
+    return {};
+  }
+  status scan_archive(
+    int64_t since,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
+    std::lock_guard<std::mutex> lock{mutex_};
+    for (auto i = by_end_.lower_bound(ended_key(since, "")); i != by_end_.end();
+         ++i) {
+      pb::SessionRecord r;
+      auto a = archive_.find(i->second);
+      if (a == archive_.end() || !r.ParseFromString(a->second))
+        return status::fail("archived session " + i->second
+                            + " does not decode");
+      if (!f(r))
+        break;
+    }
+    return {};
+  }
+
+  /// What a power cut leaves: the batches up to the last synced one.
+  uint64_t cut_power() {
+    std::lock_guard<std::mutex> lock{mutex_};
+    uint64_t lost = 0;
+    while (!log_.empty() && log_.rbegin()->first > synced_) {
+      log_.erase(std::prev(log_.end()));
+      ++lost;
+    }
+    last_ = synced_;
+    for (auto& id : unsynced_archive_) {
+      auto a = archive_.find(id);
+      if (a == archive_.end())
+        continue;
+      pb::SessionRecord r;
+      r.ParseFromString(a->second);
+      by_end_.erase(ended_key(r.ended_at(), id));
+      archive_.erase(a);
+    }
+    unsynced_archive_.clear();
+    // A snapshot reaches the disk after the entries it folds in; one that
+    // includes lost entries is lost with them (the log alone replays).
+    if (snapshot_index_ > synced_) {
+      snapshot_.clear();
+      snapshot_index_ = 0;
+    }
+    return lost;
+  }
 
 private:
+  mutable std::mutex mutex_;  // the snapshot writer's thread writes too
   std::map<uint64_t, std::string> log_;
+  std::map<std::string, std::string> archive_;
+  std::map<std::string, std::string> by_end_;  // ended_key -> id
+  std::vector<std::string> unsynced_archive_;
   std::string snapshot_;
+  uint64_t snapshot_index_ = 0;
   uint64_t last_ = 0;
+  uint64_t synced_ = 0;
 };
 
 class rocksdb_store : public store {
@@ -99,7 +208,9 @@ public:
     db_->Flush(fo);
   }
 
-  status append(const std::vector<pb::LogEntry>& entries, bool sync) override {
+  status append(const std::vector<pb::LogEntry>& entries,
+                const std::vector<pb::SessionRecord>& archived,
+                bool sync) override {
     rocksdb::WriteBatch batch;
     auto expect = last_ + 1;
     std::string buf;
@@ -109,6 +220,12 @@ public:
       buf.clear();
       e.SerializeToString(&buf);
       batch.Put(log_key(e.index()), buf);
+    }
+    for (auto& r : archived) {
+      buf.clear();
+      r.SerializeToString(&buf);
+      batch.Put(archive_key(r.id()), buf);
+      batch.Put(ended_key(r.ended_at(), r.id()), rocksdb::Slice{});
     }
     rocksdb::WriteOptions wo;
     wo.sync = sync;
@@ -124,9 +241,9 @@ public:
     // A snapshot only shortens the replay: the whole log is kept, and every
     // entry the snapshot includes was synced before it was taken. So it
     // skips the write-ahead log (whose fsync at the next group commit would
-    // otherwise carry megabytes of snapshot) and reaches disk with a
-    // memtable flush started here in the background; a crash before that
-    // recovers from the previous snapshot and replays more of the log.
+    // otherwise carry the snapshot) and reaches disk with a memtable flush
+    // started here in the background; a crash before that recovers from
+    // the previous snapshot and replays more of the log.
     rocksdb::WriteOptions wo;
     wo.disableWAL = true;
     auto st = db_->Put(wo, snapshot_key, snap.SerializeAsString());
@@ -154,9 +271,11 @@ public:
     return {};
   }
 
-  status scan(uint64_t from,
-              const std::function<void(const pb::LogEntry&)>& f) override {
-    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
+  status scan_while(uint64_t from,
+                    const std::function<bool(const pb::LogEntry&)>& f) override {
+    rocksdb::ReadOptions ro;
+    ro.readahead_size = 2 << 20;  // a history is read front to back
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro)};
     for (it->Seek(log_key(from)); it->Valid(); it->Next()) {
       auto k = it->key();
       if (k.size() != 9 || k[0] != 'l')
@@ -168,7 +287,8 @@ public:
           || e.index() != idx)
         return status::fail("log entry " + std::to_string(idx)
                             + " does not decode");
-      f(e);
+      if (!f(e))
+        return {};
     }
     if (!it->status().ok())
       return status::fail("rocksdb scan: " + it->status().ToString());
@@ -177,12 +297,123 @@ public:
 
   uint64_t last_index() const override { return last_; }
 
+  status archived(const std::string& id,
+                  std::optional<pb::SessionRecord>& out) override {
+    out.reset();
+    std::string buf;
+    auto st = db_->Get({}, archive_key(id), &buf);
+    if (st.IsNotFound())
+      return {};
+    if (!st.ok())
+      return status::fail("rocksdb archive read: " + st.ToString());
+    pb::SessionRecord r;
+    if (!r.ParseFromString(buf))
+      return status::fail("archived session " + id + " does not decode");
+    out = std::move(r);
+    return {};
+  }
+
+  status scan_archive(
+    int64_t since,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
+    std::string buf;
+    for (it->Seek(ended_key(since, "")); it->Valid(); it->Next()) {
+      auto k = it->key();
+      if (k.size() < 9 || k[0] != 't')
+        break;
+      auto id = k.ToString().substr(9);
+      std::optional<pb::SessionRecord> r;
+      if (auto s = archived(id, r); !s.ok())
+        return s;
+      if (!r)
+        return status::fail("archive time index names session " + id
+                            + " which is not archived");
+      if (!f(*r))
+        return {};
+    }
+    if (!it->status().ok())
+      return status::fail("rocksdb archive scan: " + it->status().ToString());
+    return {};
+  }
+
 private:
   std::unique_ptr<rocksdb::DB> db_;
   uint64_t last_ = 0;
 };
 
 } // namespace
+
+struct snapshot_writer::impl {
+  std::shared_ptr<store> st;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::optional<pb::Snapshot> waiting;
+  bool stopping = false;
+  uint64_t written = 0;
+  std::string error;
+  std::thread thread;
+
+  void run() {
+    std::unique_lock<std::mutex> lock{mutex};
+    for (;;) {
+      cv.wait(lock, [&] { return waiting || stopping; });
+      if (!waiting)
+        return;
+      auto snap = std::move(*waiting);
+      waiting.reset();
+      lock.unlock();
+      auto s = st->save_snapshot(snap);  // serialization happens here
+      lock.lock();
+      if (s.ok()) {
+        ++written;
+      } else {
+        error = s.error;
+        log("storage")->error("snapshot failed (log still complete): {}",
+                              s.error);
+      }
+    }
+  }
+};
+
+snapshot_writer::snapshot_writer(std::shared_ptr<store> st)
+  : impl_(std::make_unique<impl>()) {
+  impl_->st = std::move(st);
+  impl_->thread = std::thread([this] { impl_->run(); });
+}
+
+snapshot_writer::~snapshot_writer() {
+  {
+    std::lock_guard<std::mutex> lock{impl_->mutex};
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_one();
+  impl_->thread.join();
+}
+
+void snapshot_writer::submit(pb::Snapshot snap) {
+  {
+    std::lock_guard<std::mutex> lock{impl_->mutex};
+    impl_->waiting = std::move(snap);
+  }
+  impl_->cv.notify_one();
+}
+
+uint64_t snapshot_writer::written() const {
+  std::lock_guard<std::mutex> lock{impl_->mutex};
+  return impl_->written;
+}
+
+std::string snapshot_writer::last_error() const {
+  std::lock_guard<std::mutex> lock{impl_->mutex};
+  return impl_->error;
+}
+
+uint64_t power_cut(store& st) {
+  if (auto* m = dynamic_cast<memory_store*>(&st))
+    return m->cut_power();
+  return 0;
+}
 
 std::unique_ptr<store> make_memory_store() {
   return std::make_unique<memory_store>();
@@ -192,6 +423,11 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   rocksdb::Options opts;
   opts.create_if_missing = true;
   opts.IncreaseParallelism(2);
+  // Every submission looks its id up in the archive; almost all are new,
+  // and a Bloom filter answers "not there" without reading a block.
+  rocksdb::BlockBasedTableOptions table;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(opts, dir, &db);
   if (!s.ok()) {
@@ -216,8 +452,14 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
     wo.sync = true;
     s = db->Put(wo, format_key, format_version);
   } else if (s.ok() && format != format_version) {
-    st = status::fail("store in " + dir + " has format '" + format.substr(0, 32)
-                      + "', this nodepool reads format " + format_version);
+    st = status::fail(
+      "store in " + dir + " has format '" + format.substr(0, 32)
+      + "', this nodepool reads format " + format_version
+      + (format == "2" ? " (format 2 kept ended sessions in the pool; this "
+                         "one archives them, and would replay that history "
+                         "differently)"
+                       : "")
+      + ": use the version that wrote it, or a new data directory");
     return nullptr;
   }
   if (!s.ok()) {

@@ -19,32 +19,80 @@ struct status {
   static status fail(std::string what) { return status{std::move(what)}; }
 };
 
-/// Durable home of the command log and of PoolState snapshots.
+/// Durable home of the command log, of PoolState snapshots and of the
+/// archive of ended sessions.
 ///
 /// The log is append-only and keyed by entry index; a snapshot records the
 /// index of the last entry it includes, so restart = snapshot + the entries
 /// after it. The whole log is kept so `nodepool check` can verify the full
-/// history.
+/// history. A session that ends leaves PoolState; its final record is
+/// written to the archive in the same atomic batch as the entry that ended
+/// it, keyed by id, with a second key ordered by the time it ended.
 class store {
 public:
   virtual ~store() = default;
-  /// Writes all entries in one atomic batch; with `sync`, returns only once
-  /// they are on stable storage (the group commit of the supervisor).
-  virtual status append(const std::vector<pb::LogEntry>& entries, bool sync) = 0;
+  /// Writes the entries and the archived records in one atomic batch; with
+  /// `sync`, returns only once they are on stable storage (the group commit
+  /// of the supervisor).
+  virtual status append(const std::vector<pb::LogEntry>& entries,
+                        const std::vector<pb::SessionRecord>& archived,
+                        bool sync) = 0;
+  status append(const std::vector<pb::LogEntry>& entries, bool sync) {
+    return append(entries, {}, sync);
+  }
   virtual status save_snapshot(const pb::Snapshot& snap) = 0;
   /// No snapshot yet is not an error: the result is then empty.
   virtual status load_snapshot(std::optional<pb::Snapshot>& out) = 0;
-  /// Calls `f` for each entry with index >= `from`, in order. An entry that
-  /// does not decode stops the scan with an error naming its index.
-  virtual status scan(uint64_t from,
-                      const std::function<void(const pb::LogEntry&)>& f) = 0;
+  /// Calls `f` for each entry with index >= `from`, in order, while it
+  /// returns true. An entry that does not decode stops the scan with an
+  /// error naming its index.
+  virtual status scan_while(uint64_t from,
+                            const std::function<bool(const pb::LogEntry&)>& f) = 0;
+  status scan(uint64_t from, const std::function<void(const pb::LogEntry&)>& f) {
+    return scan_while(from, [&](const pb::LogEntry& e) {
+      f(e);
+      return true;
+    });
+  }
   /// Index of the last appended entry, 0 for an empty log.
   virtual uint64_t last_index() const = 0;
+  /// The archived record of session `id`; empty when it is not archived.
+  virtual status archived(const std::string& id,
+                          std::optional<pb::SessionRecord>& out) = 0;
+  /// Calls `f` for each archived session that ended at or after `since`,
+  /// in the order they ended (then by id), while it returns true.
+  virtual status scan_archive(
+    int64_t since, const std::function<bool(const pb::SessionRecord&)>& f) = 0;
+};
+
+/// Writes snapshots on a thread of its own, so that the thread applying
+/// commands stops only to copy the live state. Holds at most one snapshot
+/// waiting: a newer one replaces it (the log is complete, so a skipped
+/// snapshot only makes a replay longer). The destructor writes what waits.
+class snapshot_writer {
+public:
+  explicit snapshot_writer(std::shared_ptr<store> st);
+  ~snapshot_writer();
+  snapshot_writer(const snapshot_writer&) = delete;
+  snapshot_writer& operator=(const snapshot_writer&) = delete;
+  void submit(pb::Snapshot snap);
+  /// Snapshots written so far, and the last error (empty if none).
+  uint64_t written() const;
+  std::string last_error() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
 };
 
 /// In-memory twin for tests and simulation. Keeps encoded bytes, so the same
-/// decoding paths run as with RocksDB.
+/// decoding paths run as with RocksDB. It honours `sync` as a disk does:
+/// power_cut() loses every batch appended since the last synced one.
 std::unique_ptr<store> make_memory_store();
+/// Simulates a power cut on a store made by make_memory_store(): every
+/// batch written without sync since the last synced batch is lost. Returns
+/// the number of log entries lost (0 for any other kind of store).
+uint64_t power_cut(store& st);
 
 /// RocksDB store in directory `dir` (created if missing).
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st);

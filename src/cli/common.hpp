@@ -66,6 +66,7 @@ void add_miner(CLI::App& app);
 void add_submit(CLI::App& app);
 void add_status(CLI::App& app);
 void add_check(CLI::App& app);
+void add_sessions(CLI::App& app);
 void add_keygen(CLI::App& app);
 void add_sim(CLI::App& app);
 void add_chaos(CLI::App& app);

@@ -102,7 +102,7 @@ nlohmann::json summarize(const pool_state& ps) {
   j["nodes"]["total"] = ps.nodes().size();
   j["nodes"]["by_state"] = by_state;
   auto sc = ps.session_counts();
-  j["sessions"]["accepted"] = ps.sessions().size();
+  j["sessions"]["accepted"] = ps.sessions_accepted();
   j["sessions"]["queued"] = sc[pb::QUEUED];
   j["sessions"]["active"] = sc[pb::ACTIVE];
   j["sessions"]["completed"] = sc[pb::COMPLETED];
@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
     ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   add_demo(app);
   add_oracle(app);
+  add_sessions(app);
   add_miner(app);
   add_submit(app);
   add_status(app);

@@ -1,5 +1,6 @@
 // The multi-process commands: oracle, miner, submit, status, check.
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <fstream>
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -19,6 +20,7 @@
 #include "cli/common.hpp"
 #include "identity.hpp"
 #include "log.hpp"
+#include "archive.hpp"
 #include "recovery.hpp"
 
 namespace nodepool::cli {
@@ -422,9 +424,11 @@ int run_status(const std::string& oracle, bool json, bool sessions,
         pool_state ps;
         ps.restore(snap);
         auto j = summarize(ps);
-        if (sessions)
+        if (sessions) {
+          j["session_states"] = nlohmann::json::object();
           for (auto& [id, s] : ps.sessions())
             j["session_states"][id] = to_string(s.state());
+        }
         std::printf("%s\n", json ? j.dump().c_str() : j.dump(2).c_str());
         rc = 0;
       },
@@ -442,7 +446,12 @@ int run_check(const std::string& dir, bool json, bool sessions,
   if (!std::filesystem::exists(dir))
     throw std::runtime_error("no data directory " + dir);
   auto storage = open_store(dir);
-  auto rep = check_history(*storage, stride);
+  auto rep = check_history(*storage, stride, &stop_requested);
+  if (rep.stopped) {
+    std::cerr << "nodepool check: interrupted after " << rep.entries
+              << " entries; nothing was changed\n";
+    return 130;
+  }
   pool_state ps;
   recovered info;
   auto st = recover(*storage, ps, info);
@@ -451,6 +460,7 @@ int run_check(const std::string& dir, bool json, bool sessions,
   j["stride"] = stride;
   j["params"] = nlohmann::json::parse(to_json(ps.config()));
   j["sessions"]["ever_accepted"] = rep.sessions_accepted;
+  j["sessions"]["archived"] = rep.sessions_archived;
   nlohmann::json vs = nlohmann::json::array();
   for (auto& [idx, v] : rep.violations)
     vs.push_back({{"entry", idx}, {"invariant", v.invariant}, {"detail", v.detail}});
@@ -459,9 +469,19 @@ int run_check(const std::string& dir, bool json, bool sessions,
   if (!st.ok())
     vs.push_back({{"invariant", "storage"}, {"detail", st.error}});
   j["violations"] = vs;
-  if (sessions)
+  if (sessions) {
+    // Every session ever accepted: the live ones, then the archive.
+    j["session_states"] = nlohmann::json::object();
     for (auto& [id, s] : ps.sessions())
       j["session_states"][id] = to_string(s.state());
+    auto as = storage->scan_archive(0, [&](const pb::SessionRecord& r) {
+      j["session_states"][r.id()] = to_string(r.state());
+      return !stop_requested.load();
+    });
+    if (!as.ok())
+      vs.push_back({{"invariant", "storage"}, {"detail", as.error}});
+    j["violations"] = vs;
+  }
   if (json) {
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -478,6 +498,137 @@ int run_check(const std::string& dir, bool json, bool sessions,
       std::printf("VIOLATION %s\n", v.dump().c_str());
   }
   return vs.empty() ? 0 : 1;
+}
+
+// ------------------------------------------------------------------ sessions
+
+struct sessions_options {
+  std::string data_dir;
+  std::string oracle;
+  std::string id;
+  int64_t since = 0;
+  uint32_t limit = 0;
+  bool json = false;
+  tls_files tls;
+};
+
+nlohmann::json session_json(const pb::SessionRecord& s) {
+  nlohmann::json j;
+  j["id"] = s.id();
+  j["state"] = to_string(s.state());
+  j["model"] = s.model();
+  j["client"] = s.client();
+  j["submitted_at"] = s.submitted_at();
+  j["started_at"] = s.started_at();
+  j["ended_at"] = s.ended_at();
+  j["tasks_done"] = s.tasks_done();
+  j["max_tasks"] = s.max_tasks();
+  j["nodes"] = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+  if (!s.reason().empty())
+    j["reason"] = s.reason();
+  return j;
+}
+
+void print_session(const pb::SessionRecord& s, bool json) {
+  if (json) {
+    std::printf("%s\n", session_json(s).dump().c_str());
+    return;
+  }
+  std::printf("%-24s %-9s ended_at=%lld tasks=%u/%u%s%s\n", s.id().c_str(),
+              to_string(s.state()).c_str(),
+              static_cast<long long>(s.ended_at()), s.tasks_done(),
+              s.max_tasks(), s.reason().empty() ? "" : " reason=",
+              s.reason().c_str());
+}
+
+/// From a stopped oracle's data directory: the archive, streamed; by id,
+/// the live state (snapshot + log) too.
+int sessions_from_dir(const sessions_options& o) {
+  if (!std::filesystem::exists(o.data_dir))
+    throw std::runtime_error("no data directory " + o.data_dir);
+  auto storage = open_store(o.data_dir);
+  if (!o.id.empty()) {
+    pool_state ps;
+    recovered info;
+    if (auto st = recover(*storage, ps, info); !st.ok())
+      throw std::runtime_error(st.error);
+    pb::ArchiveQuery q;
+    q.set_id(o.id);
+    pb::ArchiveAnswer a;
+    if (auto err = query_archive(*storage, ps, q, a); !err.empty())
+      throw std::runtime_error(err);
+    if (a.sessions_size() == 0) {
+      std::cerr << "nodepool sessions: no session " << o.id << " in "
+                << o.data_dir << "\n";
+      return 1;
+    }
+    print_session(a.sessions(0), o.json);
+    return 0;
+  }
+  uint64_t shown = 0;
+  bool more = false;
+  auto st = storage->scan_archive(o.since, [&](const pb::SessionRecord& r) {
+    if (stop_requested)
+      return false;
+    if (o.limit > 0 && shown == o.limit) {
+      more = true;
+      return false;
+    }
+    print_session(r, o.json);
+    ++shown;
+    return true;
+  });
+  if (!st.ok())
+    throw std::runtime_error(st.error);
+  if (more && !o.json)
+    std::fprintf(stderr, "(more: raise --limit or narrow --since)\n");
+  return stop_requested ? 130 : 0;
+}
+
+/// From a running oracle, through its gateway: one page of at most
+/// --limit sessions (the oracle caps it).
+int sessions_from_oracle(const sessions_options& o) {
+  actor_config cfg;
+  setup_tls(cfg, o.tls);
+  caf::actor_system sys{cfg};
+  auto gw = connect_retry(sys, o.oracle, 5);
+  if (!gw) {
+    std::cerr << "nodepool sessions: cannot reach oracle " << o.oracle << ": "
+              << sys.render(gw.error()) << "\n";
+    return 1;
+  }
+  pb::ArchiveQuery q;
+  q.set_id(o.id);
+  q.set_since(o.since);
+  q.set_limit(o.limit);
+  caf::scoped_actor self{sys};
+  int rc = 1;
+  self->request(*gw, 10s, archive_atom::value, q.SerializeAsString())
+    .receive(
+      [&](const std::string& bytes) {
+        pb::ArchiveAnswer a;
+        if (!a.ParseFromString(bytes)) {
+          std::cerr << "nodepool sessions: the oracle's answer does not decode\n";
+          return;
+        }
+        if (!a.error().empty()) {
+          std::cerr << "nodepool sessions: " << a.error() << "\n";
+          return;
+        }
+        if (!o.id.empty() && a.sessions_size() == 0) {
+          std::cerr << "nodepool sessions: no session " << o.id << "\n";
+          return;
+        }
+        for (auto& s : a.sessions())
+          print_session(s, o.json);
+        if (a.more() && !o.json)
+          std::fprintf(stderr, "(more: raise --limit or narrow --since)\n");
+        rc = 0;
+      },
+      [&](caf::error& e) {
+        std::cerr << "nodepool sessions: " << sys.render(e) << "\n";
+      });
+  return rc;
 }
 
 } // namespace
@@ -609,11 +760,43 @@ void add_status(CLI::App& app) {
   auto* cmd = app.add_subcommand("status", "show a running oracle's pool");
   cmd->add_option("--oracle", *oracle, "HOST:PORT of an oracle")->required();
   cmd->add_flag("--json", *json, "one line of JSON");
-  cmd->add_flag("--sessions", *sessions, "list every session's state");
+  cmd->add_flag("--sessions", *sessions,
+                "list the state of every live (queued or active) session; "
+                "ended ones: nodepool sessions");
   auto tls = std::make_shared<tls_files>();
   add_tls_flags(*cmd, *tls);
   cmd->callback([=] {
     if (int rc = run_status(*oracle, *json, *sessions, *tls); rc != 0)
+      throw exit_code{rc};
+  });
+}
+
+void add_sessions(CLI::App& app) {
+  auto o = std::make_shared<sessions_options>();
+  auto* cmd = app.add_subcommand(
+    "sessions", "show ended sessions from the archive (or one session by id)");
+  auto* dir = cmd->add_option("--data-dir", o->data_dir,
+                              "RocksDB directory of a stopped oracle");
+  auto* oracle = cmd->add_option("--oracle", o->oracle,
+                                 "HOST:PORT of a running oracle");
+  dir->excludes(oracle);
+  cmd->add_option("--id", o->id, "one session, live or archived");
+  cmd->add_option("--since", o->since,
+                  "sessions that ended at or after this time (ms since the "
+                  "epoch, the pool's clock)")
+    ->check(CLI::Range(int64_t{0}, INT64_MAX));
+  cmd->add_option("--limit", o->limit,
+                  "at most this many (data dir: all by default; oracle: 100 "
+                  "by default, at most 10000)");
+  cmd->add_flag("--json", o->json, "one JSON object per line");
+  add_tls_flags(*cmd, o->tls);
+  cmd->callback([o] {
+    begin();
+    if (o->data_dir.empty() == o->oracle.empty())
+      throw std::runtime_error("give --data-dir DIR or --oracle HOST:PORT");
+    int rc = o->data_dir.empty() ? sessions_from_oracle(*o)
+                                 : sessions_from_dir(*o);
+    if (rc != 0)
       throw exit_code{rc};
   });
 }
@@ -631,7 +814,9 @@ void add_check(CLI::App& app) {
                   "(default 1: after every entry)")
     ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
   cmd->add_flag("--json", *json, "one line of JSON");
-  cmd->add_flag("--sessions", *sessions, "list every session's state");
+  cmd->add_flag("--sessions", *sessions,
+                "list the state of every session ever accepted (live and "
+                "archived)");
   cmd->callback([=] {
     if (int rc = run_check(*dir, *json, *sessions, *stride); rc != 0)
       throw exit_code{rc};

@@ -67,7 +67,7 @@ TEST_F(admission, an_allowed_key_registers_and_serves) {
   EXPECT_EQ(s.node("k1")->public_key(), allowed_->public_key());
   ASSERT_EQ(submit(session_req("x1", 2)), "accepted");
   run_for(2s);
-  EXPECT_EQ(state().session("x1")->state(), pb::COMPLETED);
+  EXPECT_EQ(session_state("x1"), pb::COMPLETED);
 }
 
 TEST_F(admission, a_join_token_admits_an_unknown_key) {

@@ -269,7 +269,7 @@ TEST_F(bad_input, outlier_output_among_redundant_nodes_loses_reputation) {
   send(m);
   run_for(std::chrono::milliseconds(100));
   auto s = state();
-  ASSERT_EQ(s.session("s-odd")->state(), pb::COMPLETED);
+  ASSERT_EQ(session_state("s-odd"), pb::COMPLETED);
   EXPECT_LT(s.node("odd")->reputation(), rep_before);
   EXPECT_GT(s.node("h0")->reputation(), rep_before);
   EXPECT_FALSE(s.node("odd")->recent().empty());

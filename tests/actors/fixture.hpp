@@ -71,6 +71,7 @@ protected:
     sc.pool = std::move(p);
     sc.storage = st;
     sc.sim_time = true;
+    sc.async_snapshots = false;  // deterministic under the test scheduler
     sc.admission = admission_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
@@ -162,6 +163,18 @@ protected:
     pool_state ps{params_for_state_};
     ps.restore(snap);
     return ps;
+  }
+
+  /// A session's state: live in the pool, else as archived (unspecified
+  /// when neither knows it).
+  pb::SessionState session_state(const std::string& id) {
+    auto ps = state();
+    if (auto* r = ps.session(id))
+      return r->state();
+    std::optional<pb::SessionRecord> a;
+    if (store_->archived(id, a).ok() && a)
+      return a->state();
+    return pb::SESSION_STATE_UNSPECIFIED;
   }
 
   /// A probe: an actor that sends raw bytes to the gateway as a miner would

@@ -10,11 +10,14 @@ namespace {
 /// A store that counts what the supervisor asks of it.
 class counting_store : public store {
 public:
-  status append(const std::vector<pb::LogEntry>& entries, bool sync) override {
+  status append(const std::vector<pb::LogEntry>& entries,
+                const std::vector<pb::SessionRecord>& archived,
+                bool sync) override {
     ++appends;
     synced += sync ? 1 : 0;
     entries_appended += entries.size();
-    return inner_->append(entries, sync);
+    archived_appended += archived.size();
+    return inner_->append(entries, archived, sync);
   }
   status save_snapshot(const pb::Snapshot& s) override {
     ++snapshots;
@@ -23,13 +26,24 @@ public:
   status load_snapshot(std::optional<pb::Snapshot>& out) override {
     return inner_->load_snapshot(out);
   }
-  status scan(uint64_t from,
-              const std::function<void(const pb::LogEntry&)>& f) override {
-    return inner_->scan(from, f);
+  status scan_while(uint64_t from,
+                    const std::function<bool(const pb::LogEntry&)>& f) override {
+    return inner_->scan_while(from, f);
   }
   uint64_t last_index() const override { return inner_->last_index(); }
+  status archived(const std::string& id,
+                  std::optional<pb::SessionRecord>& out) override {
+    ++archive_lookups;
+    return inner_->archived(id, out);
+  }
+  status scan_archive(
+    int64_t since,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return inner_->scan_archive(since, f);
+  }
 
-  size_t appends = 0, synced = 0, entries_appended = 0, snapshots = 0;
+  size_t appends = 0, synced = 0, entries_appended = 0, snapshots = 0,
+         archived_appended = 0, archive_lookups = 0;
 
 private:
   std::unique_ptr<store> inner_ = make_memory_store();
@@ -113,6 +127,35 @@ TEST_F(group_commit, a_refusal_waits_for_the_batch_it_depends_on) {
   auto stored = "@" + std::to_string(appends_before + 1);
   EXPECT_EQ((*order)[0], "accepted" + stored);
   EXPECT_EQ((*order)[1], "duplicate_session" + stored);
+}
+
+TEST_F(group_commit, an_ended_session_goes_to_the_archive_with_its_entry) {
+  auto p = fast_params();
+  p.session_id_retention_ms = 1000;
+  auto st = std::make_shared<counting_store>();
+  start(p, st);
+  add_node("h", behaviour::healthy, 1);
+  run_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(submit(session_req("once", 1)), "accepted");
+  run_for(std::chrono::seconds(2));
+  EXPECT_EQ(session_state("once"), pb::COMPLETED);
+  EXPECT_EQ(state().session("once"), nullptr);
+  EXPECT_EQ(st->archived_appended, 1u);
+  // Within the window the pool itself refuses the id.
+  EXPECT_TRUE(state().recently_ended("once"));
+  auto lookups = st->archive_lookups;
+  EXPECT_EQ(submit(session_req("once", 1)), "error:duplicate_session");
+  // Past it (moved by the next logged command), the supervisor finds the
+  // id in the archive.
+  run_for(std::chrono::seconds(3));
+  ASSERT_EQ(submit(session_req("other", 1)), "accepted");
+  ASSERT_FALSE(state().recently_ended("once"));
+  EXPECT_EQ(submit(session_req("once", 1)), "error:duplicate_session");
+  EXPECT_GT(st->archive_lookups, lookups);
+  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  EXPECT_EQ(stats["refusals"]["duplicate_session"].get<uint64_t>(), 2u);
+  // A new id is still accepted.
+  EXPECT_EQ(submit(session_req("twice", 1)), "accepted");
 }
 
 } // namespace

@@ -75,7 +75,7 @@ TEST_F(lifecycle, crashed_node_is_lost_and_its_session_requeued) {
   run_for(10s);
   auto s = state();
   EXPECT_EQ(s.node("c")->state(), pb::LOST);
-  EXPECT_EQ(s.session("long")->state(), pb::COMPLETED);
+  EXPECT_EQ(session_state("long"), pb::COMPLETED);
   EXPECT_TRUE(s.check_invariants().empty());
   // The stored history shows c serving the session, then the session back
   // in the queue after the crash (it had no node left), then served by h.

@@ -36,8 +36,12 @@ TEST_F(recovery, restart_keeps_sessions_and_retests_busy_nodes) {
   pool_state replayed;
   recovered info;
   ASSERT_TRUE(nodepool::recover(*st, replayed, info).ok());
-  for (int i = 0; i < 5; ++i)
-    EXPECT_NE(replayed.session("r" + std::to_string(i)), nullptr);
+  for (int i = 0; i < 5; ++i) {
+    auto id = "r" + std::to_string(i);
+    std::optional<pb::SessionRecord> ended;
+    ASSERT_TRUE(st->archived(id, ended).ok());
+    EXPECT_TRUE(replayed.session(id) || ended) << id;
+  }
   // Restart on the same store; the nodes reconnect to the new gateway.
   start(fast_params(), st);
   auto after = state();

@@ -223,15 +223,30 @@ public:
   int64_t now = 1000;
   bool broken = false;
 
+  /// Sessions that ended, as the pool handed them to the archive.
+  std::map<std::string, pb::SessionRecord> archive;
+
   apply_result apply(const pb::Command& c) {
     auto before = bytes_of(pool.snapshot());
     auto r = pool.apply(c, now);
-    auto vs = pool.check_invariants();
-    if (!vs.empty()) {
-      broken = true;
-      ADD_FAILURE() << "invariants broken after {" << c.ShortDebugString()
-                    << "} at t=" << now << ":\n"
-                    << describe(vs);
+    // Both checks after every command: the one on what it touched and the
+    // whole-state one.
+    for (auto* which : {"touched", "whole"}) {
+      auto vs = which[0] == 't' ? pool.check_after(c, r)
+                                : pool.check_invariants();
+      if (!vs.empty()) {
+        broken = true;
+        ADD_FAILURE() << "invariants (" << which << ") broken after {"
+                      << c.ShortDebugString() << "} at t=" << now << ":\n"
+                      << describe(vs);
+      }
+    }
+    for (auto& a : r.archived) {
+      if (pool.session(a.id()) || !archive.emplace(a.id(), a).second) {
+        broken = true;
+        ADD_FAILURE() << "session " << a.id()
+                      << " archived twice or still live";
+      }
     }
     if (r.refused) {
       if (!r.events.empty() || r.changed
@@ -301,9 +316,12 @@ public:
     static const pb::NodeRecord none;
     return none;
   }
+  /// A live session, else its archived record.
   const pb::SessionRecord& session(const std::string& id) {
     if (auto* s = pool.session(id))
       return *s;
+    if (auto a = archive.find(id); a != archive.end())
+      return a->second;
     ADD_FAILURE() << "no session " << id;
     static const pb::SessionRecord none;
     return none;
@@ -1237,8 +1255,9 @@ TEST_F(PoolTask, CompletesAtMaxTasks) {
     EXPECT_EQ(release_of(r, id)->reason(), "session ended");
   }
   EXPECT_REFUSED(h->apply(task_cmd("s1", 2, {{"n1", pb::OK}})),
-                 "session_not_active");
+                 "session_ended");
   EXPECT_EQ(h->pool.session_counts()[pb::COMPLETED], 1u);
+  EXPECT_EQ(h->pool.session("s1"), nullptr);  // archived, not live
 }
 
 TEST_F(PoolTask, LastTaskBrokenStillCompletes) {
@@ -1269,6 +1288,92 @@ TEST(PoolEndSession, CompletesOrFailsAndReleases) {
   EXPECT_EQ(h.session("bad").reason(), "client disconnected");
   EXPECT_EQ(h.state("n1"), pb::REVALIDATING);
   EXPECT_EQ(h.state("n2"), pb::REVALIDATING);
+}
+
+// =============================================================================
+// bounded history: ended sessions leave the pool
+// =============================================================================
+
+TEST(PoolArchive, AnEndedSessionLeavesThePoolWithItsFinalRecord) {
+  harness h;
+  h.admit("n1");
+  h.submit("s1");
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  auto r = h.end("s1", true, "client gone");
+  ASSERT_EQ(r.archived.size(), 1u);
+  auto& a = r.archived[0];
+  EXPECT_EQ(a.id(), "s1");
+  EXPECT_EQ(a.state(), pb::FAILED);
+  EXPECT_EQ(a.reason(), "client gone");
+  EXPECT_EQ(a.ended_at(), h.now);
+  EXPECT_EQ(a.nodes_size(), 0);
+  EXPECT_EQ(h.pool.session("s1"), nullptr);
+  EXPECT_TRUE(h.pool.sessions().empty());
+  auto counts = h.pool.session_counts();
+  EXPECT_EQ(counts[pb::FAILED], 1u);
+  EXPECT_EQ(h.pool.sessions_accepted(), 1u);
+  // The snapshot holds live records only, and the counters.
+  auto snap = h.pool.snapshot();
+  EXPECT_EQ(snap.sessions_size(), 0);
+  EXPECT_EQ(snap.sessions_failed(), 1u);
+  EXPECT_EQ(snap.recent_ids_size(), 1);
+}
+
+TEST(PoolArchive, MemoryDoesNotGrowWithHistory) {
+  // 2000 sessions served one after the other: what the pool holds at the
+  // end is the node and the window of recent ids, not 2000 records.
+  auto p = quiet();
+  p.session_id_retention_ms = 10'000;
+  harness h{p};
+  h.admit("n1");
+  size_t peak_window = 0;
+  for (int i = 0; i < 2000; ++i) {
+    auto sid = "s" + std::to_string(i);
+    h.submit(sid, "m", 1, 1, 1, 1);
+    ASSERT_EQ(h.sstate(sid), pb::ACTIVE) << i;
+    h.now += 100;
+    h.task(sid, {{"n1", pb::OK}});
+    ASSERT_EQ(h.sstate(sid), pb::COMPLETED) << i;
+    h.pass("n1");  // re-validated, back in the pool
+    peak_window = std::max(peak_window, h.pool.recent_ids().size());
+  }
+  EXPECT_TRUE(h.pool.sessions().empty());
+  EXPECT_EQ(h.pool.session_counts()[pb::COMPLETED], 2000u);
+  // 10 s of retention at one session per 100 ms: about 100 ids held, plus
+  // up to a second's worth (expiry is kept per second).
+  EXPECT_LE(peak_window, 111u);
+  EXPECT_GE(peak_window, 99u);
+  EXPECT_LE(h.pool.snapshot().ByteSizeLong(), 4096u);
+}
+
+TEST(PoolArchive, AResubmittedIdIsRefusedWithinTheWindow) {
+  auto p = quiet();
+  p.session_id_retention_ms = 60'000;
+  harness h{p};
+  h.submit("s1");
+  h.end("s1", true, "cancelled");
+  h.now += 59'000;
+  EXPECT_REFUSED(h.submit("s1"), "duplicate_session");
+  EXPECT_REFUSED(h.end("s1"), "session_ended");
+  // Once the window has passed (and a logged command moved it), the pool
+  // no longer knows the id: the oracle's archive lookup refuses it then.
+  h.now += 2'000;
+  h.submit("other");
+  EXPECT_FALSE(h.pool.recently_ended("s1"));
+  EXPECT_ACCEPTED(h.submit("s1"));
+}
+
+TEST(PoolArchive, TheWindowSurvivesASnapshot) {
+  harness h;
+  h.submit("s1");
+  h.end("s1", true, "cancelled");
+  pool_state again{quiet()};
+  again.restore(h.pool.snapshot());
+  EXPECT_TRUE(again.recently_ended("s1"));
+  EXPECT_EQ(bytes_of(again.snapshot()), bytes_of(h.pool.snapshot()));
+  auto r = again.apply(submit_cmd("s1", "m", 1, 1, 0, 1, 0, 0), h.now);
+  ASSERT_TRUE(r.refused);
+  EXPECT_EQ(r.refused->code, "duplicate_session");
 }
 
 TEST(PoolEndSession, EndsQueuedSessionSoItIsNeverStarted) {
@@ -1843,6 +1948,8 @@ TEST(PoolRandomized, RunsExerciseTheWholeLifecycle) {
         node_states.insert(n.state());
       for (auto& [id, s] : h.pool.sessions())
         session_states.insert(s.state());
+      for (auto& [id, s] : h.archive)
+        session_states.insert(s.state());
     });
   }
   for (int st = pb::REGISTERED + 1; st <= pb::LOST; ++st)
@@ -2152,15 +2259,38 @@ std::vector<violation> check(const pb::Snapshot& s) {
   return p.check_invariants();
 }
 
+/// The check on touched records only, told which records were touched.
+std::vector<violation> check_touched(const pb::Snapshot& s,
+                                     const std::vector<std::string>& nodes,
+                                     const std::vector<std::string>& sessions) {
+  pool_state p{quiet()};
+  p.restore(s);
+  return p.check_records(nodes, sessions);
+}
+
+/// Both checks find a violation of `inv` in `s`, whose broken records are
+/// `nodes` and `sessions`.
+void expect_caught(const pb::Snapshot& s, const char* inv,
+                   const std::vector<std::string>& nodes,
+                   const std::vector<std::string>& sessions) {
+  auto whole = check(s);
+  EXPECT_TRUE(has_violation(whole, inv)) << "whole state:\n" << describe(whole);
+  auto touched = check_touched(s, nodes, sessions);
+  EXPECT_TRUE(has_violation(touched, inv)) << "touched records:\n"
+                                           << describe(touched);
+}
+
 TEST(PoolInvariants, ValidStateHasNoViolations) {
   EXPECT_TRUE(check(valid_state()).empty());
+  EXPECT_TRUE(check_touched(valid_state(), {"n1", "n2", "n3"},
+                            {"s1", "s2", "s3"})
+                .empty());
 }
 
 TEST(PoolInvariants, DetectsI1NodeListedByTwoSessions) {
   auto s = valid_state();
   session_in(s, "s2")->add_nodes("n1");
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I1")) << describe(vs);
+  expect_caught(s, "I1", {}, {"s2"});
 }
 
 TEST(PoolInvariants, DetectsI1ReservedNodeWithoutSession) {
@@ -2168,28 +2298,24 @@ TEST(PoolInvariants, DetectsI1ReservedNodeWithoutSession) {
   auto* n = node_in(s, "n3");
   n->set_state(pb::RESERVED);
   n->set_session_id("nobody");
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I1")) << describe(vs);
+  expect_caught(s, "I1", {"n3"}, {});
 }
 
 TEST(PoolInvariants, DetectsI2ReservedWithoutFreshPass) {
   auto s = valid_state();
   auto* n = node_in(s, "n1");
   n->set_reset_at(n->passed_at() + 1);
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I2")) << describe(vs);
+  expect_caught(s, "I2", {"n1"}, {});
   s = valid_state();
   n = node_in(s, "n2");
   n->set_ephemeral_at(n->reserved_at() - quiet().ephemeral_window_ms - 1);
-  vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I2")) << describe(vs);
+  expect_caught(s, "I2", {"n2"}, {});
 }
 
 TEST(PoolInvariants, DetectsI3FailedNodeInPool) {
   auto s = valid_state();
   node_in(s, "n3")->set_last_test_failed(true);
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I3")) << describe(vs);
+  expect_caught(s, "I3", {"n3"}, {});
 }
 
 TEST(PoolInvariants, DetectsI4LostSession) {
@@ -2200,23 +2326,56 @@ TEST(PoolInvariants, DetectsI4LostSession) {
       xs->erase(xs->begin() + i);
       break;
     }
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I4")) << describe(vs);
+  expect_caught(s, "I4", {}, {});  // the counters alone show it
   s = valid_state();
-  session_in(s, "s3")->set_state(pb::FAILED);  // no reason
-  vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I4")) << describe(vs);
+  session_in(s, "s3")->set_state(pb::FAILED);  // ended, yet still live
+  expect_caught(s, "I4", {}, {"s3"});
+  // An ended session counted twice: one more than was ever accepted.
+  s = valid_state();
+  s.set_sessions_completed(s.sessions_completed() + 1);
+  expect_caught(s, "I4", {}, {});
+}
+
+TEST(PoolInvariants, DetectsI4BadArchivedRecord) {
+  // What a command hands to the archive must be a final record.
+  pool_state p{quiet()};
+  p.restore(valid_state());
+  pb::SessionRecord a;
+  a.set_id("gone");
+  a.set_state(pb::FAILED);  // failed, but no reason
+  EXPECT_TRUE(has_violation(p.check_records({}, {}, {a}), "I4"));
+  a.set_reason("why");
+  EXPECT_TRUE(p.check_records({}, {}, {a}).empty());
+  a.set_id("s1");  // archived while still live
+  EXPECT_TRUE(has_violation(p.check_records({}, {}, {a}), "I4"));
 }
 
 TEST(PoolInvariants, DetectsI5NodeOutsideEveryState) {
   auto s = valid_state();
   node_in(s, "n3")->set_state(pb::NODE_STATE_UNSPECIFIED);
-  auto vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I5")) << describe(vs);
+  expect_caught(s, "I5", {"n3"}, {});
   s = valid_state();
   node_in(s, "n3")->set_state(static_cast<pb::NodeState>(42));
-  vs = check(s);
-  EXPECT_TRUE(has_violation(vs, "I5")) << describe(vs);
+  expect_caught(s, "I5", {"n3"}, {});
+}
+
+TEST(PoolInvariants, CheckAfterNamesWhatTheCommandTouched) {
+  // check_after() finds the records from the command and its events: a
+  // broken record that the command touched is caught, one it did not touch
+  // is left to the whole-state check.
+  auto s = valid_state();
+  node_in(s, "n3")->set_last_test_failed(true);  // in the pool, failed
+  pool_state p{quiet()};
+  p.restore(s);
+  pb::Command hb;
+  hb.mutable_heartbeat()->set_node_id("n3");
+  auto r = p.apply(hb, 100000);
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(has_violation(p.check_after(hb, r), "I3"));
+  hb.mutable_heartbeat()->set_node_id("n1");
+  r = p.apply(hb, 100001);
+  EXPECT_TRUE(p.check_after(hb, r).empty());
+  EXPECT_TRUE(has_violation(p.check_invariants(), "I3"));
 }
 
 // =============================================================================

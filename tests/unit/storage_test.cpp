@@ -1,3 +1,4 @@
+#include <atomic>
 // Tests of the stores (src/storage.*) and of recovery / history checking
 // (src/recovery.*). The shared tests run against both the in-memory twin and
 // RocksDB; corruption and reopening are RocksDB-only.
@@ -73,6 +74,8 @@ struct history {
   std::vector<pb::LogEntry> entries;  // indexes 1..n, as a supervisor logs
   std::vector<pb::Snapshot> after;    // after[i]: state after entry i+1
   uint64_t accepted = 0;              // sessions accepted
+  /// archived[i]: the sessions entry i+1 ended (written with it).
+  std::vector<std::vector<pb::SessionRecord>> archived;
 };
 
 params history_params() {
@@ -105,11 +108,13 @@ history make_history(uint64_t seed, int steps) {
   auto record = [&](const pb::Command& c) {
     auto r = pool.apply(c, now);
     EXPECT_TRUE(pool.check_invariants().empty());
+    EXPECT_TRUE(pool.check_after(c, r).empty());
     if (!r.changed)
       return;
     if (c.has_submit_session())
       ++h.accepted;
     h.entries.push_back(entry(h.entries.size() + 1, now, c));
+    h.archived.push_back(r.archived);
     auto snap = pool.snapshot();
     snap.set_last_index(h.entries.size());
     h.after.push_back(snap);
@@ -172,12 +177,17 @@ history make_history(uint64_t seed, int steps) {
   return h;
 }
 
-status append_all(store& st, const std::vector<pb::LogEntry>& xs,
-                  size_t batch = 16) {
+/// Appends a history in batches, each with the sessions its entries ended,
+/// as the supervisor writes them.
+status append_all(store& st, const history& h, size_t batch = 16) {
+  auto& xs = h.entries;
   for (size_t i = 0; i < xs.size(); i += batch) {
-    std::vector<pb::LogEntry> b(xs.begin() + i,
-                                xs.begin() + std::min(xs.size(), i + batch));
-    if (auto s = st.append(b, i % 2 == 0); !s.ok())
+    auto end = std::min(xs.size(), i + batch);
+    std::vector<pb::LogEntry> b(xs.begin() + i, xs.begin() + end);
+    std::vector<pb::SessionRecord> a;
+    for (auto j = i; j < end; ++j)
+      a.insert(a.end(), h.archived[j].begin(), h.archived[j].end());
+    if (auto s = st.append(b, a, i % 2 == 0); !s.ok())
       return s;
   }
   return {};
@@ -319,7 +329,7 @@ TYPED_TEST(StoreTest, RecoverIsSnapshotPlusReplay) {
   auto h = make_history(11, 400);
   ASSERT_GT(h.entries.size(), 100u);
   ASSERT_GT(h.accepted, 3u);
-  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  ASSERT_TRUE(append_all(*this->st, h).ok());
   auto expected = bytes_of(h.after.back());
   auto direct = h.after.back();
   direct.clear_last_index();
@@ -384,7 +394,7 @@ TYPED_TEST(StoreTest, RecoveredPoolBehavesLikeTheOriginal) {
 
 TYPED_TEST(StoreTest, CheckHistoryPassesAGoodHistory) {
   auto h = make_history(13, 400);
-  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  ASSERT_TRUE(append_all(*this->st, h).ok());
   auto rep = check_history(*this->st);
   EXPECT_TRUE(rep.load_error.empty()) << rep.load_error;
   EXPECT_TRUE(rep.violations.empty())
@@ -401,7 +411,7 @@ TYPED_TEST(StoreTest, CheckHistoryPassesAGoodHistory) {
 
 TYPED_TEST(StoreTest, CheckHistoryWithAStrideReadsEveryEntry) {
   auto h = make_history(15, 300);
-  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  ASSERT_TRUE(append_all(*this->st, h).ok());
   for (uint64_t stride : {0u, 1u, 7u, 1000u}) {
     auto rep = check_history(*this->st, stride);
     EXPECT_EQ(rep.entries, h.entries.size()) << stride;
@@ -412,7 +422,7 @@ TYPED_TEST(StoreTest, CheckHistoryWithAStrideReadsEveryEntry) {
 
 TYPED_TEST(StoreTest, CheckHistoryReportsASnapshotThatDisagreesWithTheLog) {
   auto h = make_history(14, 400);
-  ASSERT_TRUE(append_all(*this->st, h.entries).ok());
+  ASSERT_TRUE(append_all(*this->st, h).ok());
   // The snapshot lost a session the log accepted before its index.
   auto snap = h.after.back();
   ASSERT_GT(snap.sessions_size(), 0);
@@ -442,6 +452,129 @@ TYPED_TEST(StoreTest, CheckHistoryReportsASnapshotAheadOfTheLog) {
   ASSERT_TRUE(this->st->save_snapshot(h.after.back()).ok());
   auto rep = check_history(*this->st);
   EXPECT_FALSE(rep.violations.empty());
+}
+
+pb::SessionRecord ended_session(const std::string& id, int64_t at,
+                                pb::SessionState st = pb::COMPLETED) {
+  pb::SessionRecord r;
+  r.set_id(id);
+  r.set_state(st);
+  r.set_ended_at(at);
+  if (st == pb::FAILED)
+    r.set_reason("why");
+  return r;
+}
+
+TYPED_TEST(StoreTest, ArchiveIsWrittenWithItsBatchAndReadByIdAndTime) {
+  auto xs = ticks(1, 3);
+  ASSERT_TRUE(this->st
+                ->append(xs,
+                         {ended_session("b", 300), ended_session("a", 200),
+                          ended_session("c", 300, pb::FAILED)},
+                         true)
+                .ok());
+  std::optional<pb::SessionRecord> r;
+  ASSERT_TRUE(this->st->archived("c", r).ok());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->state(), pb::FAILED);
+  EXPECT_EQ(r->reason(), "why");
+  ASSERT_TRUE(this->st->archived("zz", r).ok());
+  EXPECT_FALSE(r.has_value());
+  // In the order they ended, then by id; from a given time on.
+  std::vector<std::string> order;
+  ASSERT_TRUE(this->st
+                ->scan_archive(0,
+                               [&](const pb::SessionRecord& x) {
+                                 order.push_back(x.id());
+                                 return true;
+                               })
+                .ok());
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "b", "c"}));
+  order.clear();
+  ASSERT_TRUE(this->st
+                ->scan_archive(250,
+                               [&](const pb::SessionRecord& x) {
+                                 order.push_back(x.id());
+                                 return order.size() < 1;  // stop after one
+                               })
+                .ok());
+  EXPECT_EQ(order, (std::vector<std::string>{"b"}));
+  // A refused batch (a gap) writes no archive record either.
+  EXPECT_FALSE(
+    this->st->append(ticks(9, 9), {ended_session("d", 400)}, true).ok());
+  ASSERT_TRUE(this->st->archived("d", r).ok());
+  EXPECT_FALSE(r.has_value());
+}
+
+TYPED_TEST(StoreTest, CheckHistoryReportsAnArchiveThatDisagreesWithTheLog) {
+  auto h = make_history(16, 400);
+  ASSERT_GT(h.accepted, 3u);
+  // The log as written, minus the archive records of one batch.
+  auto dropped = h;
+  size_t gone = 0;
+  for (auto& a : dropped.archived)
+    if (!a.empty() && gone == 0) {
+      gone = a.size();
+      a.clear();
+    }
+  ASSERT_GT(gone, 0u);
+  ASSERT_TRUE(append_all(*this->st, dropped).ok());
+  auto rep = check_history(*this->st);
+  ASSERT_FALSE(rep.violations.empty());
+  EXPECT_EQ(rep.violations.back().second.invariant, "I4");
+  EXPECT_NE(rep.violations.back().second.detail.find("archive"),
+            std::string::npos);
+}
+
+TYPED_TEST(StoreTest, CheckHistoryStopsWhenAsked) {
+  auto h = make_history(17, 300);
+  ASSERT_TRUE(append_all(*this->st, h).ok());
+  std::atomic<bool> stop{true};
+  auto rep = check_history(*this->st, 1, &stop);
+  EXPECT_TRUE(rep.stopped);
+  EXPECT_EQ(rep.entries, 0u);
+}
+
+TEST(MemoryStore, APowerCutLosesWhatWasNotSynced) {
+  auto st = make_memory_store();
+  ASSERT_TRUE(st->append(ticks(1, 2), {ended_session("a", 1)}, true).ok());
+  ASSERT_TRUE(st->append(ticks(3, 4), {ended_session("b", 2)}, false).ok());
+  pb::Snapshot snap;
+  snap.set_last_index(4);
+  ASSERT_TRUE(st->save_snapshot(snap).ok());
+  EXPECT_EQ(power_cut(*st), 2u);
+  EXPECT_EQ(st->last_index(), 2u);
+  EXPECT_EQ(scan_all(*st, 1).size(), 2u);
+  std::optional<pb::SessionRecord> r;
+  ASSERT_TRUE(st->archived("a", r).ok());
+  EXPECT_TRUE(r.has_value());
+  ASSERT_TRUE(st->archived("b", r).ok());
+  EXPECT_FALSE(r.has_value());
+  // The snapshot folded in lost entries: it is gone with them.
+  std::optional<pb::Snapshot> loaded;
+  ASSERT_TRUE(st->load_snapshot(loaded).ok());
+  EXPECT_FALSE(loaded.has_value());
+  // A later synced batch makes what came before it durable too.
+  ASSERT_TRUE(st->append(ticks(3, 3), {}, false).ok());
+  ASSERT_TRUE(st->append(ticks(4, 4), {}, true).ok());
+  EXPECT_EQ(power_cut(*st), 0u);
+  EXPECT_EQ(st->last_index(), 4u);
+}
+
+TEST(SnapshotWriter, WritesOnItsOwnThreadAndFinishesOnDestruction) {
+  std::shared_ptr<store> st{make_memory_store()};
+  {
+    snapshot_writer w{st};
+    for (uint64_t i = 1; i <= 50; ++i) {
+      pb::Snapshot snap;
+      snap.set_last_index(i);
+      w.submit(std::move(snap));
+    }
+  }  // joins: the last one submitted is written, older ones may be skipped
+  std::optional<pb::Snapshot> loaded;
+  ASSERT_TRUE(st->load_snapshot(loaded).ok());
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_EQ(loaded->last_index(), 50u);
 }
 
 // -- RocksDB only ---------------------------------------------------------------
@@ -483,7 +616,7 @@ TEST_F(RocksStore, ReopenKeepsLogAndSnapshot) {
   auto h = make_history(21, 300);
   {
     auto st = open();
-    ASSERT_TRUE(append_all(*st, h.entries).ok());
+    ASSERT_TRUE(append_all(*st, h).ok());
     ASSERT_TRUE(st->save_snapshot(h.after[10]).ok());
   }
   auto st = open();
@@ -570,6 +703,16 @@ TEST_F(RocksStore, StoreOfAnotherFormatIsRefusedAndLeftAlone) {
     EXPECT_NE(s.error.find("earlier nodepool"), std::string::npos) << s.error;
     EXPECT_NE(s.error.find(dir.path()), std::string::npos) << s.error;
   }
+  // The format before the archive: named, with what changed.
+  temp_dir older;
+  raw_put(older.path(), "format", "2");
+  {
+    status s;
+    EXPECT_EQ(open_rocksdb_store(older.path(), s), nullptr);
+    EXPECT_NE(s.error.find("format '2'"), std::string::npos) << s.error;
+    EXPECT_NE(s.error.find("archive"), std::string::npos) << s.error;
+    EXPECT_NE(s.error.find(older.path()), std::string::npos) << s.error;
+  }
   // A marker naming another format.
   temp_dir other;
   raw_put(other.path(), "format", "9");
@@ -610,7 +753,7 @@ TEST_F(RocksStore, UnusableDirectoryIsAnError) {
 TEST_F(RocksStore, GarbageLogEntryIsAClearError) {
   auto h = make_history(22, 200);
   ASSERT_GT(h.entries.size(), 10u);
-  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  { ASSERT_TRUE(append_all(*open(), h).ok()); }
   raw_put(dir.path(), log_key(5), std::string("\xff\xff\xff\xff\xff", 5));
   auto st = open();
   std::vector<uint64_t> seen;
@@ -630,7 +773,7 @@ TEST_F(RocksStore, GarbageLogEntryIsAClearError) {
 
 TEST_F(RocksStore, EntryUnderAnotherIndexIsAClearError) {
   auto h = make_history(23, 100);
-  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  { ASSERT_TRUE(append_all(*open(), h).ok()); }
   // Decodes fine, but says it is entry 9 while stored as entry 3.
   raw_put(dir.path(), log_key(3), h.entries[8].SerializeAsString());
   auto st = open();
@@ -644,7 +787,7 @@ TEST_F(RocksStore, EntryUnderAnotherIndexIsAClearError) {
 TEST_F(RocksStore, GapWrittenBehindTheStoresBackIsReported) {
   auto h = make_history(24, 100);
   auto n = h.entries.size();
-  { ASSERT_TRUE(append_all(*open(), h.entries).ok()); }
+  { ASSERT_TRUE(append_all(*open(), h).ok()); }
   raw_put(dir.path(), log_key(n + 2),
           entry(n + 2, h.entries.back().now(), tick_cmd()).SerializeAsString());
   auto st = open();
@@ -660,7 +803,7 @@ TEST_F(RocksStore, GarbageSnapshotIsAClearError) {
   auto h = make_history(25, 100);
   {
     auto st = open();
-    ASSERT_TRUE(append_all(*st, h.entries).ok());
+    ASSERT_TRUE(append_all(*st, h).ok());
   }
   raw_put(dir.path(), "snapshot", std::string("\xff\xff\xff", 3));
   auto st = open();

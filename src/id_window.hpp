@@ -1,0 +1,75 @@
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+namespace nodepool {
+
+/// The ids of sessions that ended recently: PoolState refuses a resubmitted
+/// id while it is here, so a client's retry across a restart or a failover
+/// is refused as `duplicate_session` without looking into the archive
+/// (whose write may still be in flight). Older ids are the oracle's to look
+/// up in the archive before it proposes a submission.
+///
+/// Memory is bounded by design, at most 32 bytes per id held: an id is kept
+/// as a 64-bit fingerprint in an open-addressing table (linear probing,
+/// load at most 3/4, so at most 8 / (3/8) = 21.4 bytes per id right after
+/// the table doubles) and once more in a FIFO of fingerprints (8 bytes per
+/// id). Expiry times are kept per second, not per id: ids expire in the
+/// order they were added, so a run-length list of (second, how many)
+/// suffices, and it never holds more entries than the retention has
+/// seconds.
+///
+/// A fingerprint collision (two ids with the same 64-bit hash) makes the
+/// later id look like a duplicate; with the window's few hundred thousand
+/// ids that has odds below 1 in 10^8 per submission.
+///
+/// Pure and deterministic like PoolState, which owns it.
+class id_window {
+public:
+  /// Stable across builds and processes: snapshots hold fingerprints.
+  static uint64_t fingerprint(const std::string& id);
+
+  /// Adds an id that stays until `expires` (milliseconds; rounded up to a
+  /// whole second). Expiry times must not decrease from one add to the next.
+  void add(const std::string& id, int64_t expires);
+  bool contains(const std::string& id) const;
+  /// Drops every id whose expiry time is at or before `now`.
+  void expire(int64_t now);
+
+  size_t size() const { return fifo_.size(); }
+  /// Bytes held for the ids (table + FIFO + expiry list), for the bound.
+  size_t memory_bytes() const;
+
+  /// Snapshot form: the fingerprints in FIFO order, and the run-length
+  /// expiry list as (second, count) pairs.
+  struct image {
+    std::vector<uint64_t> fingerprints;
+    std::vector<int64_t> expiry_seconds;
+    std::vector<uint64_t> expiry_counts;
+  };
+  image save() const;
+  /// Replaces the content; returns an error text (and keeps nothing) when
+  /// the image is inconsistent.
+  std::string load(const image& img);
+  void clear();
+
+private:
+  void insert_fp(uint64_t fp);
+  void erase_fp(uint64_t fp);
+  bool contains_fp(uint64_t fp) const;
+  void resize(size_t capacity);
+
+  std::vector<uint64_t> table_;  // 0 = empty slot; capacity a power of two
+  size_t used_ = 0;
+  std::deque<uint64_t> fifo_;
+  struct run {
+    int64_t second;
+    uint64_t count;
+  };
+  std::deque<run> runs_;
+};
+
+} // namespace nodepool

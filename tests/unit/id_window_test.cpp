@@ -1,0 +1,121 @@
+// The idempotency window: a set of recent ids with FIFO expiry and a hard
+// memory bound per id.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "id_window.hpp"
+#include "random.hpp"
+
+namespace nodepool {
+namespace {
+
+TEST(IdWindow, HoldsIdsUntilTheirSecondHasPassed) {
+  id_window w;
+  w.add("a", 1000);
+  w.add("b", 1500);  // rounded up to 2000
+  EXPECT_TRUE(w.contains("a"));
+  EXPECT_TRUE(w.contains("b"));
+  EXPECT_FALSE(w.contains("c"));
+  w.expire(999);
+  EXPECT_TRUE(w.contains("a"));
+  w.expire(1000);
+  EXPECT_FALSE(w.contains("a"));
+  EXPECT_TRUE(w.contains("b"));
+  w.expire(1999);
+  EXPECT_TRUE(w.contains("b"));
+  w.expire(2000);
+  EXPECT_FALSE(w.contains("b"));
+  EXPECT_EQ(w.size(), 0u);
+}
+
+TEST(IdWindow, AgreesWithASetUnderRandomTraffic) {
+  // Insertions and expiries drive the table through growth, shrinking and
+  // backward-shift deletions; every lookup must agree with a plain set.
+  seeded_rng r{7};
+  id_window w;
+  std::deque<std::pair<int64_t, std::string>> ref;
+  std::set<std::string> live;
+  int64_t now = 0;
+  uint64_t next = 0;
+  for (int step = 0; step < 200000; ++step) {
+    now += static_cast<int64_t>(r.below(20));
+    if (r.below(3) != 0) {
+      auto id = "id-" + std::to_string(next++);
+      auto expires = now + 5000 + static_cast<int64_t>(r.below(2)) * 1000;
+      // Expiry times never decrease from one add to the next.
+      if (!ref.empty())
+        expires = std::max(expires, ref.back().first);
+      w.add(id, expires);
+      ref.emplace_back((expires + 999) / 1000 * 1000, id);
+      live.insert(id);
+    }
+    if (r.below(50) == 0) {
+      w.expire(now);
+      while (!ref.empty() && ref.front().first <= now) {
+        live.erase(ref.front().second);
+        ref.pop_front();
+      }
+      ASSERT_EQ(w.size(), live.size()) << "step " << step;
+    }
+    auto probe = "id-" + std::to_string(r.below(next + 1));
+    ASSERT_EQ(w.contains(probe), live.count(probe) == 1)
+      << probe << " at step " << step;
+  }
+}
+
+TEST(IdWindow, KeepsAtMost32BytesPerId) {
+  id_window w;
+  for (int i = 1; i <= 300000; ++i) {
+    w.add("session-" + std::to_string(i), 1000);
+    // Checked at every size, including right after the table doubled.
+    if (i >= 64)
+      ASSERT_LE(w.memory_bytes(), 32u * w.size()) << i << " ids";
+  }
+}
+
+TEST(IdWindow, SavesAndLoadsExactly) {
+  id_window w;
+  for (int i = 0; i < 100; ++i)
+    w.add("x" + std::to_string(i), 1000 * (i / 10 + 1));
+  auto img = w.save();
+  id_window v;
+  ASSERT_EQ(v.load(img), "");
+  EXPECT_EQ(v.size(), 100u);
+  EXPECT_TRUE(v.contains("x42"));
+  v.expire(5000);
+  w.expire(5000);
+  EXPECT_EQ(v.size(), w.size());
+  EXPECT_FALSE(v.contains("x42"));
+  EXPECT_TRUE(v.contains("x55"));
+}
+
+TEST(IdWindow, RefusesAnInconsistentImage) {
+  id_window w;
+  w.add("a", 1000);
+  w.add("b", 2000);
+  auto good = w.save();
+  auto bad = good;
+  bad.expiry_counts.back() = 5;  // more ids than fingerprints
+  id_window v;
+  EXPECT_NE(v.load(bad), "");
+  EXPECT_EQ(v.size(), 0u);
+  bad = good;
+  std::swap(bad.expiry_seconds[0], bad.expiry_seconds[1]);  // out of order
+  EXPECT_NE(v.load(bad), "");
+  bad = good;
+  bad.fingerprints[1] = bad.fingerprints[0];  // repeated
+  EXPECT_NE(v.load(bad), "");
+  EXPECT_EQ(v.size(), 0u);
+  EXPECT_EQ(v.load(good), "");
+}
+
+TEST(IdWindow, FingerprintsAreFixed) {
+  // Snapshots hold fingerprints: they must not change between builds.
+  EXPECT_EQ(id_window::fingerprint("session-1"), 0xdf016efc657a36d2ULL);
+  EXPECT_EQ(id_window::fingerprint(""), 0xc3817c016ba4ff30ULL);
+  EXPECT_NE(id_window::fingerprint("a"), id_window::fingerprint("b"));
+}
+
+} // namespace
+} // namespace nodepool
