@@ -62,6 +62,7 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   n.set_mode(pb::AVAILABLE);
   if (n.state() == pb::QUARANTINED) {
     // A miner restart does not shorten its quarantine.
+    note_node(n);  // its models may have changed
     out.changed = true;
     return;
   }

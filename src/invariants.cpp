@@ -48,6 +48,7 @@ void pool_state::check_node(const pb::NodeRecord& n,
     add(out, "I1", "node " + nid + " is " + to_string(n.state())
                      + " but names session " + n.session_id());
   }
+  check_indexes(n, out);
   // I3 kept out: a failed node is not in the pool, and the pool index
   // holds exactly the ephemeral nodes, under their current rank and key.
   bool in_pool = n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED;
@@ -86,6 +87,7 @@ void pool_state::check_session(const pb::SessionRecord& s,
     default:
       add(out, "I4", "session " + sid + " has no state");
   }
+  check_indexes(s, out);
   // I1: every node it lists is reserved for it (a node listed by two
   // sessions names only one of them, so the other is caught here).
   std::set<std::string> seen;
@@ -130,6 +132,14 @@ void pool_state::check_counters(std::vector<violation>& out) const {
     add(out, "I4", std::to_string(sessions_.size()) + " live sessions but "
                      + std::to_string(queue_.size()) + " queued and "
                      + std::to_string(active_.size()) + " active");
+  // The indexes hold as many records as they index.
+  if (session_due_.size() != sessions_.size()
+      || session_timers_.size() != sessions_.size())
+    add(out, "I4", "session timers hold " + std::to_string(session_due_.size())
+                     + " sessions, " + std::to_string(sessions_.size())
+                     + " are live");
+  if (heads_.size() != classes_.size())
+    add(out, "I4", "the queue's class heads disagree with its classes");
   auto known = sessions_.size() + sessions_completed_ + sessions_failed_;
   if (known != sessions_accepted())
     add(out, "I4", std::to_string(sessions_accepted())
@@ -228,6 +238,49 @@ std::vector<violation> pool_state::check_invariants() const {
     auto* s = session(sid);
     if (!s || s->state() != pb::QUEUED || s->seq() != seq)
       add(out, "I4", "queue holds " + sid + " which is not queued in that place");
+  }
+  // The queue's classes hold exactly the queued sessions; the counts by
+  // model and level match a recount.
+  size_t classed = 0;
+  for (auto& [key, c] : classes_)
+    classed += c.members.size();
+  if (classed != queue_.size())
+    add(out, "I4", std::to_string(classed) + " sessions in queue classes, "
+                     + std::to_string(queue_.size()) + " queued");
+  size_t timed = 0;
+  for (auto& [nid, n] : nodes_)
+    timed += node_due(n) != INT64_MAX ? 1 : 0;
+  if (timed != node_timers_.size())
+    add(out, "I2", std::to_string(node_timers_.size()) + " node timers for "
+                     + std::to_string(timed) + " nodes with a deadline");
+  {
+    std::map<std::string, level_counts> recount_m;
+    level_counts recount_any;
+    for (auto& [nid, n] : nodes_) {
+      auto lv = std::min<uint32_t>(n.level(), 5);
+      bool alive = n.state() != pb::RETIRED && n.state() != pb::LOST
+                   && n.state() != pb::NODE_STATE_UNSPECIFIED;
+      bool avail = n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE;
+      std::set<std::string> ms{n.models().begin(), n.models().end()};
+      for (auto& m : ms) {
+        recount_m[m].alive[lv] += alive;
+        recount_m[m].available[lv] += avail;
+      }
+      recount_any.alive[lv] += alive;
+      recount_any.available[lv] += avail;
+    }
+    bool same = recount_any.alive == any_.alive
+                && recount_any.available == any_.available;
+    for (auto& [m, c] : by_model_) {
+      auto r = recount_m.find(m);
+      level_counts zero;
+      auto& want = r == recount_m.end() ? zero : r->second;
+      same = same && want.alive == c.alive && want.available == c.available;
+    }
+    for (auto& [m, c] : recount_m)
+      same = same && by_model_.count(m) == 1;
+    if (!same)
+      add(out, "I5", "node counts by model and level disagree with a recount");
   }
   // I5: the maintained counts match a recount.
   std::array<uint64_t, 9> recount{};

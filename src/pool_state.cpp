@@ -171,12 +171,14 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
   if (out.refused) {
     out.events.clear();
     out.changed = false;
+    flush_notes();  // nothing was changed: nothing moves
     return out;
   }
   if (!out.events.empty())
     out.changed = true;
   if (out.changed) {
     try_assign(now, out);
+    flush_notes();
     // Only changed commands are logged, so only they may move the window:
     // a replay then expires the same ids at the same entries.
     recent_ids_.expire(now);
@@ -188,8 +190,10 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
 void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
                            const std::string& why, apply_result& out) {
   auto from = n.state();
-  if (from == to)
+  if (from == to) {
+    note_node(n);  // a field it is counted or timed by may have changed
     return;
+  }
   if (from != pb::NODE_STATE_UNSPECIFIED)
     --counts_[from];
   ++counts_[to];
@@ -200,6 +204,7 @@ void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
     pool_.insert(entry_of(n));
   }
   n.set_state(to);
+  note_node(n);
   push(out, [&](pb::Event& e) {
     auto* x = e.mutable_node_state_changed();
     x->set_node_id(n.id());
@@ -233,6 +238,7 @@ void pool_state::apply_heartbeat(const pb::Heartbeat& c, int64_t now,
   }
   n.set_last_heartbeat(now);
   n.set_mode(c.mode());
+  note_node(n);
   out.changed = true;
 }
 
@@ -267,11 +273,20 @@ void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
 }
 
 void pool_state::apply_tick(int64_t now, apply_result& out) {
-  for (auto& [id, n] : nodes_) {
-    auto st = n.state();
-    if (st == pb::RETIRED || st == pb::LOST)
+  // Only what is due is visited: the timers are ordered by due time. An
+  // entry may be stale (the record changed earlier in this tick; timers
+  // move at the end of the command), so each condition is checked again on
+  // the record itself.
+  std::vector<std::string> due_nodes;
+  for (auto t = node_timers_.begin(); t != node_timers_.end() && t->first <= now;
+       ++t)
+    due_nodes.push_back(t->second);
+  for (auto& id : due_nodes) {
+    auto i = nodes_.find(id);
+    if (i == nodes_.end())
       continue;
-    switch (st) {
+    auto& n = i->second;
+    switch (n.state()) {
       case pb::TESTING:
       case pb::REVALIDATING:
         if (now > n.test_deadline())
@@ -285,41 +300,54 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
         if (now - n.ephemeral_at() > params_.ephemeral_window_ms)
           start_test(n, pb::RETEST, now, out);
         break;
-      case pb::RESERVED: {
-        auto s = sessions_.find(n.session_id());
-        int64_t period = params_.reserve_period_ms;
-        if (s != sessions_.end() && s->second.reserve_period_ms() > 0)
-          period = s->second.reserve_period_ms();
-        if (now - n.reserved_at() > period)
+      case pb::RESERVED:
+        if (now >= node_due(n))
           release(n, "reserve_period", now, out);
         break;
-      }
       default:
         break;
     }
   }
-  // Only live sessions are visited: the finished ones stay on record (I4)
-  // but cost nothing per tick.
   std::vector<std::string> idle, expired;
-  for (auto& [id, s] : active_)
-    if (now - s->last_activity() > params_.idle_threshold_ms)
-      idle.push_back(id);
-  for (auto& [seq, id] : queue_)
-    if (now - sessions_[id].last_activity() > params_.queue_timeout_ms)
-      expired.push_back(id);
-  std::sort(expired.begin(), expired.end());  // the order ids were visited in
+  for (auto t = session_timers_.begin();
+       t != session_timers_.end() && t->first <= now; ++t) {
+    auto i = sessions_.find(t->second);
+    if (i == sessions_.end())
+      continue;
+    auto& s = i->second;
+    if (s.state() == pb::ACTIVE
+        && now - s.last_activity() > params_.idle_threshold_ms)
+      idle.push_back(s.id());
+    else if (s.state() == pb::QUEUED
+             && now - s.last_activity() > params_.queue_timeout_ms)
+      expired.push_back(s.id());
+  }
+  std::sort(idle.begin(), idle.end());
+  std::sort(expired.begin(), expired.end());
   for (auto& id : idle) {
-    auto& s = sessions_[id];
+    auto i = sessions_.find(id);
+    if (i == sessions_.end())
+      continue;
+    auto& s = i->second;
     auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
     for (auto& nid : nodes)
-      release(nodes_[nid], "idle_threshold", now, out);
+      if (auto n = nodes_.find(nid); n != nodes_.end())
+        release(n->second, "idle_threshold", now, out);
     if (s.state() == pb::ACTIVE)
       requeue(s, now, out);
-    s.set_last_activity(now);
+    if (s.state() == pb::QUEUED) {
+      dequeue(s);  // its place is kept; only the time it entered changes
+      s.set_last_activity(now);
+      enqueue(s);
+    } else {
+      s.set_last_activity(now);
+    }
+    note_session(s);
   }
   for (auto& id : expired)
-    end_session(sessions_[id], pb::FAILED,
-                "no suitable nodes within queue_timeout", now, out);
+    if (auto i = sessions_.find(id); i != sessions_.end())
+      end_session(i->second, pb::FAILED,
+                  "no suitable nodes within queue_timeout", now, out);
 }
 
 void pool_state::apply_recover(int64_t now, apply_result& out) {
@@ -337,7 +365,9 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   // No node could serve a queued session while the oracle was down, and
   // every node has to come back first: queue timeouts start again here.
   for (auto& [seq, id] : queue_)
-    sessions_[id].set_last_activity(now);
+    if (auto i = sessions_.find(id); i != sessions_.end())
+      i->second.set_last_activity(now);
+  rebuild_indexes();  // rare: once per oracle start
   out.changed = true;
 }
 
@@ -360,6 +390,7 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
   selector_ = std::move(sel);
   if (reorder)
     rebuild_pool();
+  rebuild_indexes();  // deadlines follow the parameters; rare
   out.changed = true;
 }
 
@@ -421,9 +452,7 @@ void pool_state::restore(const pb::Snapshot& snap) {
   }
   for (auto& s : snap.sessions()) {
     auto& rec = sessions_[s.id()] = s;
-    if (s.state() == pb::QUEUED)
-      queue_[s.seq()] = s.id();
-    else if (s.state() == pb::ACTIVE)
+    if (s.state() == pb::ACTIVE)
       active_.emplace(s.id(), &rec);
   }
   rebuild_pool();
@@ -438,6 +467,7 @@ void pool_state::restore(const pb::Snapshot& snap) {
   // restore of one starts with an empty window.
   recent_ids_.load(recent_ids_image(snap));
   last_now_ = snap.last_now();
+  rebuild_indexes();  // after params_: deadlines depend on them
 }
 
 } // namespace nodepool

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "id_window.hpp"
@@ -169,6 +170,29 @@ private:
   bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
   bool could_ever_serve(const pb::SessionRecord& s) const;
 
+  // schedule.cpp: the indexes that keep a command's cost independent of the
+  // pool's size, the queue's depth and the history's length.
+  /// A node's fields changed: its counts are updated now, its timer at the
+  /// end of the command.
+  void note_node(const pb::NodeRecord& n);
+  /// A session's state, nodes or activity changed (the same for it).
+  void note_session(const pb::SessionRecord& s);
+  /// Reschedules the timers of every record noted during the command.
+  void flush_notes();
+  void enqueue(pb::SessionRecord& s);
+  void dequeue(const pb::SessionRecord& s);
+  void rebuild_indexes();
+  int64_t node_due(const pb::NodeRecord& n) const;
+  int64_t session_due(const pb::SessionRecord& s) const;
+  /// At least as many nodes as could serve `s` now (EPHEMERAL, AVAILABLE,
+  /// the model, the level): an upper bound from counts, O(levels).
+  uint64_t available_bound(const pb::SessionRecord& s) const;
+  bool servable_now(const pb::SessionRecord& s, int64_t now,
+                    const std::vector<const pb::SessionRecord*>& held) const;
+  void check_indexes(const pb::NodeRecord& n, std::vector<violation>& out) const;
+  void check_indexes(const pb::SessionRecord& s,
+                     std::vector<violation>& out) const;
+
   // invariants.cpp
   void check_node(const pb::NodeRecord& n, std::vector<violation>& out) const;
   void check_session(const pb::SessionRecord& s,
@@ -207,6 +231,57 @@ private:
   pool_entry entry_of(const pb::NodeRecord& n) const;
   void rebuild_pool();
   pool_index pool_;
+
+  /// Per model (and for all models: any_), by level: live nodes (neither
+  /// retired nor lost) and available ones (ephemeral and AVAILABLE).
+  struct level_counts {
+    std::array<uint64_t, 6> alive{};
+    std::array<uint64_t, 6> available{};
+  };
+  std::map<std::string, level_counts> by_model_;
+  level_counts any_;
+  /// What a node is counted as in by_model_ / any_, and its timer.
+  struct node_aux {
+    uint32_t level = 0;
+    bool alive = false;
+    bool available = false;
+    std::vector<level_counts*> models;
+    int64_t due = INT64_MAX;
+  };
+  std::map<const pb::NodeRecord*, node_aux> node_aux_;  // nodes never move
+  /// Timers by due time: a tick visits what is due, not every record.
+  std::set<std::pair<int64_t, std::string>> node_timers_;
+  std::set<std::pair<int64_t, std::string>> session_timers_;
+  std::map<std::string, int64_t> session_due_;
+  std::vector<const pb::NodeRecord*> noted_nodes_;
+  std::vector<std::string> noted_sessions_;
+  /// Queued sessions by what they need: within a class every session is
+  /// served by the same nodes, so only its head is looked at per command.
+  struct class_key {
+    std::string model;
+    uint32_t min_level;
+    uint32_t min_nodes;
+    bool operator<(const class_key& o) const {
+      return std::tie(model, min_level, min_nodes)
+             < std::tie(o.model, o.min_level, o.min_nodes);
+    }
+  };
+  struct queue_class {
+    std::map<uint64_t, pb::SessionRecord*> members;  // by acceptance order
+    std::multiset<int64_t> entered;  // their last_activity (queue entry)
+  };
+  std::map<class_key, queue_class> classes_;
+  /// Classes by the acceptance order of their head (seqs are unique).
+  struct head_order {
+    bool operator()(const std::pair<uint64_t, const class_key*>& a,
+                    const std::pair<uint64_t, const class_key*>& b) const {
+      return a.first < b.first;
+    }
+  };
+  std::set<std::pair<uint64_t, const class_key*>, head_order> heads_;
+  /// ACTIVE sessions with fewer nodes than their redundancy, by id.
+  std::set<std::string> short_;
+
   std::array<uint64_t, 9> counts_{};
   uint64_t next_test_id_ = 1;
   uint64_t next_session_seq_ = 1;

@@ -68,7 +68,8 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
   s.set_submitted_at(now);
   s.set_last_activity(now);
   s.set_seq(next_session_seq_++);
-  queue_[s.seq()] = s.id();
+  enqueue(s);
+  note_session(s);
   out.events.emplace_back();
   out.events.back().mutable_session_accepted()->set_session_id(s.id());
 }
@@ -118,6 +119,7 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     n.set_tasks_served(0);
     set_state(n, pb::RESERVED, "reserved for " + s.id(), out);
     s.add_nodes(id);
+    note_session(s);
     out.events.emplace_back();
     auto* r = out.events.back().mutable_node_reserved();
     r->set_node_id(id);
@@ -134,17 +136,18 @@ bool pool_state::held_for(const pb::NodeRecord& n,
   return false;
 }
 
-bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
-  uint32_t n = 0;
-  for (auto& [id, node] : nodes_) {
-    if (node.state() == pb::RETIRED || node.state() == pb::LOST
-        || node.level() < s.min_level())
-      continue;
-    if (!s.model().empty()
-        && std::find(node.models().begin(), node.models().end(), s.model())
-             == node.models().end())
-      continue;
-    if (++n >= s.min_nodes())
+bool pool_state::servable_now(
+  const pb::SessionRecord& s, int64_t now,
+  const std::vector<const pb::SessionRecord*>& held) const {
+  // The counts rule most sessions out in O(levels); only a session that
+  // could be served is checked against the pool itself.
+  if (available_bound(s) < s.min_nodes())
+    return false;
+  uint32_t found = 0;
+  for (auto& e : pool_) {
+    auto& n = *e.node;
+    if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
+        && ++found >= s.min_nodes())
       return true;
   }
   return false;
@@ -155,12 +158,19 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     return;
   // Sessions already running but short of their redundancy come first: they
   // were accepted earlier than anything still queued.
-  for (auto& [id, sp] : active_) {
-    if (pool_.empty())
-      return;
-    auto& s = *sp;
-    if (static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
-      reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
+  if (!short_.empty()) {
+    std::vector<pb::SessionRecord*> tops;
+    for (auto& id : short_)
+      if (auto i = sessions_.find(id); i != sessions_.end())
+        tops.push_back(&i->second);
+    for (auto* sp : tops) {
+      if (pool_.empty())
+        return;
+      auto& s = *sp;
+      if (s.state() == pb::ACTIVE
+          && static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
+        reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
+    }
   }
   // Then the queue in acceptance order. A session whose needs cannot be met
   // now does not block the ones behind it, until it has waited half its
@@ -169,38 +179,43 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   // by a stream of small ones. Sessions that want other nodes (another
   // model, say) are still served; one that no registered node could ever
   // serve holds nothing.
+  //
+  // The walk visits one session per class of needs (model, level, minimum
+  // of nodes), its oldest: if it cannot be served, no other of its class
+  // can, so a deep queue of unservable sessions costs one look per class.
+  // A class holds nodes once any of its sessions has waited long enough.
   std::vector<const pb::SessionRecord*> held;
-  for (auto i = queue_.begin(); i != queue_.end() && !pool_.empty();) {
-    auto& s = sessions_[i->second];
-    uint32_t available = 0;
-    for (auto& e : pool_) {
-      auto& n = *e.node;
-      if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
-          && ++available >= s.min_nodes())
-        break;
-    }
-    if (available < s.min_nodes()) {
-      if (now - s.last_activity() > params_.queue_timeout_ms / 2
+  for (auto h = heads_.begin(); h != heads_.end() && !pool_.empty();) {
+    auto seq = h->first;
+    auto& c = classes_.at(*h->second);
+    auto& s = *c.members.begin()->second;
+    if (!servable_now(s, now, held)) {
+      if (now - *c.entered.begin() > params_.queue_timeout_ms / 2
           && could_ever_serve(s))
         held.push_back(&s);
-      ++i;
+      ++h;
       continue;
     }
-    reserve_for(s, s.max_nodes(), now, out, held);
-    s.set_state(pb::ACTIVE);
-    active_.emplace(s.id(), &s);
-    if (s.started_at() == 0)
-      s.set_started_at(now);
-    s.set_last_activity(now);
-    i = queue_.erase(i);
+    dequeue(s);  // before its activity changes (the class keeps entry times)
+    auto& live = sessions_.at(s.id());
+    reserve_for(live, live.max_nodes(), now, out, held);
+    live.set_state(pb::ACTIVE);
+    active_.emplace(live.id(), &live);
+    if (live.started_at() == 0)
+      live.set_started_at(now);
+    live.set_last_activity(now);
+    note_session(live);
     out.events.emplace_back();
     auto* st = out.events.back().mutable_session_started();
-    st->set_session_id(s.id());
-    *st->mutable_nodes() = s.nodes();
-    st->set_redundancy(s.redundancy());
-    st->set_max_tasks(s.max_tasks());
-    st->set_tasks_done(s.tasks_done());
-    st->set_model(s.model());
+    st->set_session_id(live.id());
+    *st->mutable_nodes() = live.nodes();
+    st->set_redundancy(live.redundancy());
+    st->set_max_tasks(live.max_tasks());
+    st->set_tasks_done(live.tasks_done());
+    st->set_model(live.model());
+    // The class's next session (if any) has a later place: continue after
+    // this one, in acceptance order.
+    h = heads_.lower_bound({seq + 1, nullptr});
   }
 }
 
@@ -245,6 +260,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   }
   s.set_tasks_done(s.tasks_done() + 1);
   s.set_last_activity(now);
+  note_session(s);
   out.changed = true;
   // A finished session is marked first so that nodes leaving it below do
   // not send it back to the queue.
@@ -252,6 +268,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   if (finished) {
     s.set_state(pb::COMPLETED);
     active_.erase(s.id());
+    note_session(s);
   }
   uint64_t quarantined = counts_[pb::QUARANTINED];
   uint64_t alive = nodes_.size() - counts_[pb::RETIRED];
@@ -316,10 +333,12 @@ void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
 void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
                              const std::string& why, int64_t now,
                              apply_result& out) {
-  queue_.erase(s.seq());
+  if (s.state() == pb::QUEUED)
+    dequeue(s);
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
   s.set_state(st);  // before releasing: no requeue of an ending session
   active_.erase(s.id());
+  note_session(s);
   for (auto& id : nodes)
     release(nodes_[id], "session ended", now, out);
   s.set_ended_at(now);
@@ -368,6 +387,7 @@ void pool_state::detach(pb::SessionRecord& s, const std::string& node_id,
   auto i = std::find(xs->begin(), xs->end(), node_id);
   if (i != xs->end())
     xs->erase(i);
+  note_session(s);
   // An active session never runs without nodes: it waits in the queue again,
   // in its original place, keeping the tasks it has done.
   if (s.state() == pb::ACTIVE && xs->empty())
@@ -389,7 +409,8 @@ void pool_state::requeue(pb::SessionRecord& s, int64_t now,
     release(n, "session requeued", now, out);
   }
   s.clear_nodes();
-  queue_[s.seq()] = s.id();
+  enqueue(s);
+  note_session(s);
 }
 
 } // namespace nodepool

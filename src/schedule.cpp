@@ -1,0 +1,250 @@
+// The indexes behind a command's cost: counts of nodes by model and level,
+// timers by due time, queued sessions by what they need, and the active
+// sessions short of nodes. Each is updated where the records change and
+// verified against them by the invariant checks (check_indexes).
+#include "pool_state.hpp"
+
+#include <algorithm>
+
+namespace nodepool {
+
+namespace {
+
+constexpr int64_t never = INT64_MAX;
+
+bool alive(const pb::NodeRecord& n) {
+  return n.state() != pb::RETIRED && n.state() != pb::LOST
+         && n.state() != pb::NODE_STATE_UNSPECIFIED;
+}
+
+bool available(const pb::NodeRecord& n) {
+  return n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE;
+}
+
+uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
+
+} // namespace
+
+int64_t pool_state::node_due(const pb::NodeRecord& n) const {
+  switch (n.state()) {
+    case pb::TESTING:
+    case pb::REVALIDATING:
+      return n.test_deadline() + 1;  // failed once now > deadline
+    case pb::QUARANTINED:
+      return n.quarantine_until();
+    case pb::EPHEMERAL:
+      return n.ephemeral_at() + params_.ephemeral_window_ms + 1;
+    case pb::RESERVED: {
+      int64_t period = params_.reserve_period_ms;
+      auto s = sessions_.find(n.session_id());
+      if (s != sessions_.end() && s->second.reserve_period_ms() > 0)
+        period = s->second.reserve_period_ms();
+      return n.reserved_at() + period + 1;
+    }
+    default:
+      return never;
+  }
+}
+
+int64_t pool_state::session_due(const pb::SessionRecord& s) const {
+  switch (s.state()) {
+    case pb::ACTIVE:
+      return s.last_activity() + params_.idle_threshold_ms + 1;
+    case pb::QUEUED:
+      return s.last_activity() + params_.queue_timeout_ms + 1;
+    default:
+      return never;
+  }
+}
+
+void pool_state::note_node(const pb::NodeRecord& n) {
+  auto& a = node_aux_[&n];
+  // Take back what the node was counted as, count what it is now.
+  auto apply_counts = [&](int sign) {
+    auto lv = level_slot(a.level);
+    for (auto* c : a.models) {
+      c->alive[lv] += sign * (a.alive ? 1 : 0);
+      c->available[lv] += sign * (a.available ? 1 : 0);
+    }
+    any_.alive[lv] += sign * (a.alive ? 1 : 0);
+    any_.available[lv] += sign * (a.available ? 1 : 0);
+  };
+  apply_counts(-1);
+  a.level = n.level();
+  a.alive = alive(n);
+  a.available = available(n);
+  a.models.clear();
+  for (auto& m : n.models()) {
+    auto* c = &by_model_[m];
+    if (std::find(a.models.begin(), a.models.end(), c) == a.models.end())
+      a.models.push_back(c);
+  }
+  apply_counts(+1);
+  noted_nodes_.push_back(&n);
+}
+
+void pool_state::note_session(const pb::SessionRecord& s) {
+  bool is_short = s.state() == pb::ACTIVE
+                  && static_cast<uint32_t>(s.nodes_size()) < s.redundancy();
+  if (is_short)
+    short_.insert(s.id());
+  else
+    short_.erase(s.id());
+  noted_sessions_.push_back(s.id());
+}
+
+void pool_state::flush_notes() {
+  for (auto* n : noted_nodes_) {
+    auto& a = node_aux_[n];
+    auto due = node_due(*n);
+    if (due == a.due)
+      continue;
+    if (a.due != never)
+      node_timers_.erase({a.due, n->id()});
+    a.due = due;
+    if (due != never)
+      node_timers_.insert({due, n->id()});
+  }
+  noted_nodes_.clear();
+  for (auto& id : noted_sessions_) {
+    auto s = sessions_.find(id);
+    auto due = s == sessions_.end() ? never : session_due(s->second);
+    auto old = session_due_.find(id);
+    if (old != session_due_.end()) {
+      if (old->second == due)
+        continue;
+      session_timers_.erase({old->second, id});
+      session_due_.erase(old);
+    }
+    if (due != never) {
+      session_timers_.insert({due, id});
+      session_due_.emplace(id, due);
+    }
+  }
+  noted_sessions_.clear();
+}
+
+void pool_state::enqueue(pb::SessionRecord& s) {
+  queue_[s.seq()] = s.id();
+  class_key key{s.model(), s.min_level(), s.min_nodes()};
+  auto it = classes_.try_emplace(std::move(key)).first;
+  auto& c = it->second;
+  if (!c.members.empty())
+    heads_.erase({c.members.begin()->first, nullptr});
+  c.members.emplace(s.seq(), &s);
+  c.entered.insert(s.last_activity());
+  heads_.insert({c.members.begin()->first, &it->first});
+}
+
+void pool_state::dequeue(const pb::SessionRecord& s) {
+  if (queue_.erase(s.seq()) == 0)
+    return;
+  auto it = classes_.find(class_key{s.model(), s.min_level(), s.min_nodes()});
+  if (it == classes_.end())
+    return;  // a drifted index: the invariant checks report it
+  auto& c = it->second;
+  heads_.erase({c.members.begin()->first, nullptr});
+  c.members.erase(s.seq());
+  if (auto e = c.entered.find(s.last_activity()); e != c.entered.end())
+    c.entered.erase(e);
+  if (c.members.empty())
+    classes_.erase(it);
+  else
+    heads_.insert({c.members.begin()->first, &it->first});
+}
+
+void pool_state::rebuild_indexes() {
+  by_model_.clear();
+  any_ = {};
+  node_aux_.clear();
+  node_timers_.clear();
+  session_timers_.clear();
+  session_due_.clear();
+  classes_.clear();
+  heads_.clear();
+  short_.clear();
+  queue_.clear();
+  for (auto& [id, n] : nodes_)
+    note_node(n);
+  for (auto& [id, s] : sessions_) {
+    if (s.state() == pb::QUEUED)
+      enqueue(s);
+    note_session(s);
+  }
+  flush_notes();
+}
+
+uint64_t pool_state::available_bound(const pb::SessionRecord& s) const {
+  const level_counts* c = &any_;
+  if (!s.model().empty()) {
+    auto m = by_model_.find(s.model());
+    if (m == by_model_.end())
+      return 0;
+    c = &m->second;
+  }
+  uint64_t sum = 0;
+  for (auto lv = level_slot(s.min_level()); lv < 6; ++lv)
+    sum += c->available[lv];
+  return sum;
+}
+
+bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
+  const level_counts* c = &any_;
+  if (!s.model().empty()) {
+    auto m = by_model_.find(s.model());
+    if (m == by_model_.end())
+      return false;
+    c = &m->second;
+  }
+  uint64_t sum = 0;
+  for (auto lv = level_slot(s.min_level()); lv < 6; ++lv)
+    sum += c->alive[lv];
+  return sum >= s.min_nodes();
+}
+
+void pool_state::check_indexes(const pb::NodeRecord& n,
+                               std::vector<violation>& out) const {
+  auto a = node_aux_.find(&n);
+  if (a == node_aux_.end()) {
+    out.push_back({"I5", "node " + n.id() + " is missing from the counts"});
+    return;
+  }
+  auto& x = a->second;
+  if (x.level != n.level() || x.alive != alive(n)
+      || x.available != available(n)
+      || x.models.size()
+           != std::set<std::string>(n.models().begin(), n.models().end())
+                .size())
+    out.push_back({"I5", "node " + n.id()
+                           + " is counted under another level, model or "
+                             "state than its own"});
+  auto due = node_due(n);
+  if (x.due != due
+      || (due != never && node_timers_.count({due, n.id()}) == 0))
+    out.push_back({"I2", "the timer of node " + n.id()
+                           + " disagrees with its deadline"});
+}
+
+void pool_state::check_indexes(const pb::SessionRecord& s,
+                               std::vector<violation>& out) const {
+  auto due = session_due(s);
+  auto d = session_due_.find(s.id());
+  if (d == session_due_.end() || d->second != due
+      || session_timers_.count({due, s.id()}) == 0)
+    out.push_back({"I4", "the timer of session " + s.id()
+                           + " disagrees with its last activity"});
+  bool is_short = s.state() == pb::ACTIVE
+                  && static_cast<uint32_t>(s.nodes_size()) < s.redundancy();
+  if (is_short != (short_.count(s.id()) == 1))
+    out.push_back({"I4", "the index of sessions short of nodes disagrees "
+                         "with session " + s.id()});
+  if (s.state() == pb::QUEUED) {
+    auto c = classes_.find(class_key{s.model(), s.min_level(), s.min_nodes()});
+    if (c == classes_.end() || c->second.members.count(s.seq()) == 0
+        || c->second.members.at(s.seq()) != &s)
+      out.push_back({"I4", "queued session " + s.id()
+                             + " is missing from its class"});
+  }
+}
+
+} // namespace nodepool
