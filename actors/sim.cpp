@@ -6,7 +6,9 @@
 //   - clients submitting sessions, retrying those whose answer they missed;
 //   - a fault schedule: miners killed, restarted and silenced, the oracle
 //     crashed at a random message (or right after a durable write, before
-//     anyone heard of it) and restarted from its store, clock jumps.
+//     anyone heard of it) and restarted from its store, power cuts (the
+//     memory store loses what was not synced, and a cut during a write
+//     loses that batch whole), clock jumps.
 // Faults stop after `fault_window`; the pool then has `settle` to finish.
 // I1-I5 are checked after every command the supervisor applies; at the end
 // every acknowledged session must be stored and every stored session ended,
@@ -252,6 +254,13 @@ public:
             && rng_.chance(0.0025)) {
           ++crashes;
           *crash_armed_ = true;  // the next group commit dies after its write
+          // ... and, half the time, the machine with it, mid-write.
+          *tear_armed_ = rng_.chance(0.5);
+        }
+        if (oracle_up_ && crashes < 2 && rng_.chance(0.0015)) {
+          ++crashes;
+          kill_oracle("power cut");
+          cut_power(false);
         }
         if (rng_.chance(0.002)) {
           auto d = 1000 + static_cast<int64_t>(rng_.below(5000));
@@ -355,7 +364,9 @@ private:
     sc.pool = p_;
     sc.storage = store_;
     sc.sim_time = true;
-    sc.sync = false;  // the process crashes, not the machine
+    // With the memory store the machine's power is cut too, so every group
+    // commit is synced; a RocksDB directory sees process crashes only.
+    sc.sync = opt_.store == "memory" && opt_.sync;
     sc.clock_skew_ms = skew_;
     auto armed = crash_armed_;
     auto log = log_;
@@ -397,6 +408,16 @@ private:
       log_->note("oracle_crash", why);
   }
 
+  /// The machine loses power: what the store did not sync is gone (the
+  /// memory store models this; a RocksDB directory cannot be cut here).
+  void cut_power(bool tear_last) {
+    if (opt_.store != "memory")
+      return;
+    auto lost = power_cut(*store_, tear_last);
+    log_->note(tear_last ? "power_cut_mid_write" : "power_cut",
+               std::to_string(lost) + " entries lost");
+  }
+
   void restart_oracle() {
     sched_->run();  // the dead release what they held (the store among it)
     if (!reopen_store())
@@ -417,6 +438,10 @@ private:
       if (*supervisor_died_) {
         *supervisor_died_ = false;
         kill_oracle("");
+        if (*tear_armed_) {
+          *tear_armed_ = false;
+          cut_power(true);
+        }
       } else if (crash_at && n == *crash_at && oracle_up_) {
         kill_oracle("after message " + std::to_string(n));
       }
@@ -648,6 +673,7 @@ private:
   std::shared_ptr<fault_log> log_ = std::make_shared<fault_log>();
   std::shared_ptr<net_faults> net_ = std::make_shared<net_faults>();
   std::shared_ptr<bool> crash_armed_ = std::make_shared<bool>(false);
+  std::shared_ptr<bool> tear_armed_ = std::make_shared<bool>(false);
   std::shared_ptr<bool> supervisor_died_ = std::make_shared<bool>(false);
   std::shared_ptr<int64_t> skew_ = std::make_shared<int64_t>(0);
   std::vector<miner_slot> miners_;
@@ -676,6 +702,8 @@ std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
     cmd += " --healthy " + std::to_string(opt.healthy_nodes);
   if (opt.lossy_store)
     cmd += " --lossy-store";
+  if (!opt.sync)
+    cmd += " --no-sync";
   return cmd;
 }
 

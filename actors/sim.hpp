@@ -25,6 +25,10 @@ struct sim_options {
   /// submissions without keeping them (a disk that lies about fsync). Every
   /// run that accepts a session must then report a violation.
   bool lossy_store = false;
+  /// Sync every group commit, as an oracle does. Off is for testing the
+  /// checker: the simulation cuts the power, and an unsynced store then
+  /// loses acknowledged sessions, which must be reported.
+  bool sync = true;
 };
 
 struct sim_violation {

@@ -74,6 +74,8 @@ public:
       if (e.index() != expect++)
         return status::fail("log gap: appending " + std::to_string(e.index())
                             + " after " + std::to_string(expect - 2));
+    last_batch_from_ = last_ + 1;
+    last_batch_archive_.clear();
     for (auto& e : entries) {
       log_[e.index()] = e.SerializeAsString();
       last_ = e.index();
@@ -81,6 +83,7 @@ public:
     for (auto& r : archived) {
       archive_[r.id()] = r.SerializeAsString();
       by_end_.emplace(ended_key(r.ended_at(), r.id()), r.id());
+      last_batch_archive_.push_back(r.id());
       if (!sync)
         unsynced_archive_.push_back(r.id());
     }
@@ -151,9 +154,18 @@ public:
     return {};
   }
 
-  /// What a power cut leaves: the batches up to the last synced one.
-  uint64_t cut_power() {
+  /// What a power cut leaves: the batches up to the last synced one (and
+  /// not the last batch, if it was torn).
+  uint64_t cut_power(bool tear_last) {
     std::lock_guard<std::mutex> lock{mutex_};
+    if (tear_last) {
+      synced_ = std::min(synced_, last_batch_from_ - 1);
+      unsynced_archive_.insert(unsynced_archive_.end(),
+                               last_batch_archive_.begin(),
+                               last_batch_archive_.end());
+    }
+    last_batch_archive_.clear();
+    last_batch_from_ = synced_ + 1;
     uint64_t lost = 0;
     while (!log_.empty() && log_.rbegin()->first > synced_) {
       log_.erase(std::prev(log_.end()));
@@ -185,6 +197,8 @@ private:
   std::map<std::string, std::string> archive_;
   std::map<std::string, std::string> by_end_;  // ended_key -> id
   std::vector<std::string> unsynced_archive_;
+  std::vector<std::string> last_batch_archive_;
+  uint64_t last_batch_from_ = 1;
   std::string snapshot_;
   uint64_t snapshot_index_ = 0;
   uint64_t last_ = 0;
@@ -409,9 +423,9 @@ std::string snapshot_writer::last_error() const {
   return impl_->error;
 }
 
-uint64_t power_cut(store& st) {
+uint64_t power_cut(store& st, bool tear_last) {
   if (auto* m = dynamic_cast<memory_store*>(&st))
-    return m->cut_power();
+    return m->cut_power(tear_last);
   return 0;
 }
 

@@ -90,9 +90,12 @@ private:
 /// power_cut() loses every batch appended since the last synced one.
 std::unique_ptr<store> make_memory_store();
 /// Simulates a power cut on a store made by make_memory_store(): every
-/// batch written without sync since the last synced batch is lost. Returns
+/// batch written without sync since the last synced batch is lost. With
+/// `tear_last`, the last batch is lost too, synced or not: the cut came
+/// while it was being written (RocksDB drops a torn write batch whole at
+/// recovery). Only honest while nobody has been told of that batch. Returns
 /// the number of log entries lost (0 for any other kind of store).
-uint64_t power_cut(store& st);
+uint64_t power_cut(store& st, bool tear_last = false);
 
 /// RocksDB store in directory `dir` (created if missing).
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st);

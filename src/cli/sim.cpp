@@ -91,6 +91,8 @@ void run(const sim_cli& c) {
     throw std::runtime_error("--store: memory or rocksdb, got '" + c.opt.store + "'");
   if (c.opt.lossy_store && c.opt.store != "memory")
     throw std::runtime_error("--lossy-store works with --store memory only");
+  if (!c.opt.sync && c.opt.store != "memory")
+    throw std::runtime_error("--no-sync works with --store memory only");
   uint64_t count = last - first + 1;
   unsigned jobs = c.jobs ? c.jobs : std::max(1u, std::thread::hardware_concurrency());
   if (jobs > count)
@@ -224,6 +226,9 @@ void add_sim(CLI::App& app) {
   cmd->add_flag("--lossy-store", c->opt.lossy_store,
                 "check the checker: a store that loses session submissions "
                 "(every run that accepts a session must fail)");
+  cmd->add_flag("--no-sync", [c](int64_t) { c->opt.sync = false; },
+                "check the checker: group commits are not synced, so power "
+                "cuts lose acknowledged sessions (runs with a cut must fail)");
   cmd->add_flag("--trace", c->opt.trace, "print every injected fault of every seed");
   cmd->add_flag("--json", c->json, "print one JSON object as the last line");
   cmd->callback([c] { run(*c); });
