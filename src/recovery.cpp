@@ -123,7 +123,8 @@ status recover(store& st, pool_state& pool, recovered& info) {
   return s;
 }
 
-history_report check_history(store& st, uint64_t stride) {
+history_report check_history(store& st, uint64_t stride,
+                             const std::atomic<bool>* stop) {
   if (stride == 0)
     stride = 1;
   auto last = st.last_index();
@@ -133,8 +134,12 @@ history_report check_history(store& st, uint64_t stride) {
   uint64_t expect = 1;
   std::string bad;
   auto s = st.scan(1, [&](const pb::LogEntry& e) {
-    if (!bad.empty())
+    if (!bad.empty() || rep.stopped)
       return;
+    if (stop && *stop) {
+      rep.stopped = true;
+      return;
+    }
     if (bad = bad_entry_time(e); !bad.empty())
       return;
     ++rep.entries;
@@ -154,6 +159,8 @@ history_report check_history(store& st, uint64_t stride) {
     rep.load_error = s.ok() ? bad : s.error;
     return rep;
   }
+  if (rep.stopped)
+    return rep;
   rep.sessions_accepted = accepted.size();
   for (auto& id : accepted)
     if (!pool.session(id))

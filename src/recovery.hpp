@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ struct history_report {
   std::vector<std::pair<uint64_t, violation>> violations;  // (entry, what)
   uint64_t sessions_accepted = 0;
   std::string load_error;  // set when the store could not be read
+  bool stopped = false;    // `stop` was set: the rest is unchecked
 };
 
 /// Replays the full log from an empty pool, checking I1..I5 after every
@@ -32,6 +34,9 @@ struct history_report {
 /// the ones the oracle ran with. With `stride` > 1 the invariants are
 /// checked after every stride-th entry and after the last (a check costs
 /// O(nodes + sessions), so a long history with a big pool wants a stride).
-history_report check_history(store& st, uint64_t stride = 1);
+/// Once `*stop` is set (a signal) the scan skips the remaining entries and
+/// the report says `stopped`: nothing may then be concluded from it.
+history_report check_history(store& st, uint64_t stride = 1,
+                             const std::atomic<bool>* stop = nullptr);
 
 } // namespace nodepool
