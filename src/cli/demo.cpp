@@ -161,6 +161,12 @@ int run(demo_options& o) {
     if (id.rfind("demo-", 0) == 0)
       accepted.insert(id);
   size_t resumed = accepted.size();
+  // A line on stderr as each phase starts (submitting, waiting, checking),
+  // so that a script (the signal tests) can tell where the demo is.
+  std::fprintf(stderr, "nodepool demo: serving %zu sessions (%zu resumed) "
+                       "with %zu nodes, data in %s\n",
+               o.sessions, resumed, o.nodes, o.data_dir.c_str());
+  std::fflush(stderr);
   seeded_rng rng{o.seed};
   size_t refused_submissions = 0;
   for (size_t i = 0; i < o.sessions && !stop_requested; ++i) {
@@ -192,6 +198,12 @@ int run(demo_options& o) {
                });
   }
 
+  if (!stop_requested) {
+    std::fprintf(stderr, "nodepool demo: %zu sessions accepted (%zu refused); "
+                         "waiting for them to end\n",
+                 accepted.size(), refused_submissions);
+    std::fflush(stderr);
+  }
   while (!stop_requested && elapsed() < o.timeout_s) {
     auto now_state = fetch_state(self, h.supervisor);
     if (!now_state)
@@ -206,16 +218,28 @@ int run(demo_options& o) {
   }
   if (tty)
     std::fprintf(stderr, "\n");
+  auto stop_pool = [&] {
+    for (auto& n : nodes)
+      self->send_exit(n, caf::exit_reason::user_shutdown);
+    stop_oracle(h);
+    self->wait_for(h.supervisor);
+  };
+  if (stop_requested) {
+    // Everything the supervisor acknowledged is in the store; closing it
+    // (on return) leaves the directory as a later run expects to find it.
+    stop_pool();
+    return report_interrupted(
+      "demo", "the sessions accepted so far are stored in " + o.data_dir
+                + "; run the demo again with --data-dir " + o.data_dir
+                + " (and the same --seed and --sessions) to resume");
+  }
   auto final_state = fetch_state(self, h.supervisor);
   if (!final_state)
     throw std::runtime_error("the pool supervisor did not answer (see log)");
   auto& last = *final_state;
   auto total_s = elapsed();
   auto gateway_stats = nlohmann::json::parse(fetch_text(self, h.gateway));
-  for (auto& n : nodes)
-    self->send_exit(n, caf::exit_reason::user_shutdown);
-  stop_oracle(h);
-  self->wait_for(h.supervisor);
+  stop_pool();
 
   auto report = summarize(last);
   size_t lost = 0;
@@ -230,7 +254,17 @@ int run(demo_options& o) {
   nlohmann::json violations = nlohmann::json::array();
   for (auto& v : last.check_invariants())
     violations.push_back({{"invariant", v.invariant}, {"detail", v.detail}});
-  auto hist = check_history(*storage);
+  std::fprintf(stderr, "nodepool demo: checking the stored history (%llu "
+                       "log entries)\n",
+               static_cast<unsigned long long>(storage->last_index()));
+  std::fflush(stderr);
+  auto hist = check_history(*storage, 1, &stop_requested);
+  if (hist.stopped)
+    return report_interrupted(
+      "demo", "the run is stored in " + o.data_dir
+                + " but its history is unchecked; run the demo again with "
+                  "--data-dir " + o.data_dir
+                + " (and the same --seed and --sessions) to check it");
   for (auto& [idx, v] : hist.violations)
     violations.push_back(
       {{"invariant", v.invariant}, {"detail", v.detail}, {"entry", idx}});
