@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <thread>
@@ -82,6 +83,22 @@ std::string self_exe() {
   return std::filesystem::read_symlink("/proc/self/exe").string();
 }
 
+void check_stop() {
+  if (stop_requested)
+    throw interrupted{};
+}
+
+void sleep_unless_stopped(double seconds) {
+  auto end = clock::now() + std::chrono::duration_cast<clock::duration>(
+                              std::chrono::duration<double>(seconds));
+  for (auto now = clock::now(); now < end; now = clock::now()) {
+    check_stop();
+    std::this_thread::sleep_for(
+      std::min<clock::duration>(end - now, std::chrono::milliseconds(50)));
+  }
+  check_stop();
+}
+
 pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
             const std::string& log) {
   std::vector<std::string> all{bin};
@@ -90,10 +107,15 @@ pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
   for (auto& a : all)
     argv.push_back(a.data());
   argv.push_back(nullptr);
+  auto parent = getpid();
   auto pid = fork();
   if (pid < 0)
     throw std::runtime_error("fork failed");
   if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+      _exit(126);
     int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -107,6 +129,7 @@ pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
 
 int reap(pid_t pid, std::chrono::milliseconds limit) {
   auto end = clock::now() + limit;
+  bool passed_on = false;
   int st = 0;
   while (clock::now() < end) {
     auto r = waitpid(pid, &st, WNOHANG);
@@ -114,6 +137,11 @@ int reap(pid_t pid, std::chrono::milliseconds limit) {
       return st;
     if (r < 0)
       return -1;
+    if (stop_requested && !passed_on) {
+      kill(pid, SIGTERM);
+      passed_on = true;
+      end = std::min(end, clock::now() + std::chrono::milliseconds(500));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   kill(pid, SIGKILL);
@@ -141,7 +169,7 @@ nlohmann::json fsync_latency() {
   if (fd >= 0) {
     std::vector<double> ms;
     char block[512] = {};
-    for (int i = 0; i < 500; ++i) {
+    for (int i = 0; i < 500 && !stop_requested; ++i) {
       auto t0 = clock::now();
       if (pwrite(fd, block, sizeof block, 512 * (i % 64)) < 0
           || fdatasync(fd) != 0)
@@ -206,10 +234,31 @@ void plot(const std::string& dir, const nlohmann::json& durable) {
     note("plot written to %s/grant_latency.png", dir.c_str());
 }
 
+nlohmann::json measure(options& o);
+
 int run(options& o) {
   if (!log_level_given)
     log_level = "error";
   begin();
+  nlohmann::json report;
+  try {
+    report = measure(o);
+  } catch (const interrupted&) {
+    return report_interrupted(
+      "bench", "nothing is reported; temporary files and child processes "
+               "are gone; run it again (--only SECTION for some sections)");
+  }
+  if (o.json) {
+    std::printf("%s\n", report.dump().c_str());
+  } else {
+    std::printf("%s\n", report.dump(2).c_str());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+/// Every section asked for, and the machine they ran on.
+nlohmann::json measure(options& o) {
   if (o.quick) {
     o.reps = 3;
     o.seconds = 0.5;
@@ -236,26 +285,32 @@ int run(options& o) {
       machine["loadavg_at_start"] = {l[0], l[1], l[2]};
   }
   if (wanted(o, "state_machine")) {
+    check_stop();
     note("state_machine");
     report["state_machine"] = bench::state_machine(o);
   }
   if (wanted(o, "durable")) {
+    check_stop();
     note("durable");
     report["durable"] = bench::durable(o);
   }
   if (wanted(o, "remote")) {
+    check_stop();
     note("remote");
     report["remote"] = bench::remote(o);
   }
   if (wanted(o, "redis")) {
+    check_stop();
     note("redis");
     report["redis"] = bench::redis(o);
   }
   if (wanted(o, "scale")) {
+    check_stop();
     note("scale");
     report["scale"] = bench::scale(o);
   }
   if (wanted(o, "recovery")) {
+    check_stop();
     note("recovery");
     report["recovery"] = bench::recovery(o);
   }
@@ -266,6 +321,7 @@ int run(options& o) {
     r["ratio_nodepool_to_everysec"] =
       d / r["everysec"]["cycles_per_s"].get<double>();
   }
+  check_stop();
   if (!o.plot_dir.empty() && report.contains("durable"))
     plot(o.plot_dir, report["durable"]);
   {
@@ -277,13 +333,7 @@ int run(options& o) {
   machine["reps"] = o.reps;
   machine["quick"] = o.quick;
   report["machine"] = machine;
-  if (o.json) {
-    std::printf("%s\n", report.dump().c_str());
-  } else {
-    std::printf("%s\n", report.dump(2).c_str());
-  }
-  std::fflush(stdout);
-  return 0;
+  return report;
 }
 
 } // namespace
@@ -340,7 +390,12 @@ void add_bench(CLI::App& app) {
       if (!log_level_given)
         log_level = "error";
       begin();
-      auto j = bench::scale_point(*o, *scale_point);
+      nlohmann::json j;
+      try {
+        j = bench::scale_point(*o, *scale_point);
+      } catch (const bench::interrupted&) {
+        throw exit_code{interrupted_status()};
+      }
       std::printf("%s\n", j.dump().c_str());
       std::fflush(stdout);
       return;

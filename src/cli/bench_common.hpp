@@ -68,11 +68,25 @@ uint16_t free_port();
 /// Path of the running executable.
 std::string self_exe();
 
-/// Starts `bin` with `args`; stdout and stderr go to `log` (appended).
+/// Thrown where a section notices a signal (stop_requested); the section's
+/// cleanup (actors, child processes, temporary directories) runs on the way
+/// out, and `nodepool bench` exits with 128 + the signal.
+struct interrupted {};
+/// Throws interrupted once a signal asked to stop.
+void check_stop();
+/// Sleeps `seconds` in slices of at most 50 ms; throws interrupted as soon
+/// as a signal asked to stop.
+void sleep_unless_stopped(double seconds);
+
+/// Starts `bin` with `args`; stdout and stderr go to `log` (appended). The
+/// child is in a process group of its own, so that a Ctrl-C reaches only
+/// this process, which passes a single SIGTERM on (see reap), and it is
+/// killed if this process dies.
 pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
             const std::string& log);
-/// Waits for `pid` to exit, up to `limit`; SIGKILLs it past that. Returns
-/// the wait status, or -1.
+/// Waits for `pid` to exit, up to `limit`; SIGKILLs it past that. After a
+/// signal it passes SIGTERM on and waits half a second at most. Returns the
+/// wait status, or -1.
 int reap(pid_t pid, std::chrono::milliseconds limit);
 
 /// Progress on stderr (a line per step), so that stdout stays one object

@@ -242,10 +242,14 @@ struct durable_pool {
     rss_before = rss_bytes();
     auto t0 = clock::now();
     // Nodes arrive in waves of 1000 (registration, admission test, pass).
+    // After a signal the constructor returns early (the caller checks): a
+    // throw from here would skip the destructor that stops the actors.
     for (uint64_t first = 0; first < nodes; first += 1000) {
       auto count = std::min<uint64_t>(1000, nodes - first);
       caf::anon_send(drv, admit_atom::value, std::string{"n"}, first, count);
       while (out->admitted < first + count) {
+        if (stop_requested)
+          return;
         if (seconds_since(t0) > 600)
           throw std::runtime_error("nodes were not admitted within 600 s");
         std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -289,7 +293,7 @@ struct durable_pool {
 
   void wait_inflight() {
     auto t0 = clock::now();
-    while (inflight() > 0 && seconds_since(t0) < 60)
+    while (!stop_requested && inflight() > 0 && seconds_since(t0) < 60)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 
@@ -298,13 +302,13 @@ struct durable_pool {
   std::vector<double> saturate(uint32_t clients, int reps, double seconds,
                                double warmup) {
     caf::anon_send(drv, go_atom::value, clients);
-    std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
+    sleep_unless_stopped(warmup);
     auto before = commits();
     std::vector<double> xs;
     for (int r = 0; r < reps; ++r) {
       auto c0 = out->cycles.load();
       auto t0 = clock::now();
-      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      sleep_unless_stopped(seconds);
       xs.push_back((out->cycles.load() - c0) / seconds_since(t0));
     }
     auto after = commits();
@@ -337,6 +341,7 @@ struct durable_pool {
     clock::time_point t_rec;
     const auto tick = std::chrono::microseconds(100);
     while (next < end) {
+      check_stop();
       if (!recording && next >= window_at) {
         recording = true;
         out->record = true;
@@ -415,14 +420,18 @@ nlohmann::json state_machine(const options& o) {
     tests.clear();
   };
   auto warm = clock::now();
-  while (seconds_since(warm) < o.warmup)
+  while (seconds_since(warm) < o.warmup) {
+    check_stop();
     cycle();
+  }
   auto xs = repeat(o.reps, [&](int) {
     auto c0 = commands;
     auto t0 = clock::now();
-    while (seconds_since(t0) < o.seconds)
+    while (seconds_since(t0) < o.seconds) {
+      check_stop();
       for (int k = 0; k < 64; ++k)
         cycle();
+    }
     return (commands - c0) / seconds_since(t0);
   });
   if (refused > 0)
@@ -441,6 +450,7 @@ nlohmann::json state_machine(const options& o) {
 
 nlohmann::json durable(const options& o) {
   durable_pool dp{"durable", o.nodes, o.pool};
+  check_stop();
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   auto cps = median(sat);
   note("durable: %.0f cycles/s at saturation (%u clients)", cps, o.clients);
@@ -494,6 +504,7 @@ nlohmann::json durable(const options& o) {
 
 nlohmann::json scale_point(const options& o, uint32_t nodes) {
   durable_pool dp{"scale", nodes, o.pool};
+  check_stop();
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   nlohmann::json j;
   j["nodes"] = nodes;
@@ -535,6 +546,7 @@ nlohmann::json scale(const options& o) {
       if (!line.empty() && line[0] == '{')
         last = line;
     remove_tree(dir);
+    check_stop();
     if (st != 0 || last.empty())
       throw std::runtime_error("scale: the run with " + std::to_string(n)
                                + " nodes failed (status "
@@ -653,9 +665,11 @@ nlohmann::json remote(const options& o) {
                    log);
   nlohmann::json j;
   std::string error;
+  bool stopped = false;
   try {
     auto t0 = clock::now();
     while (out->admitted < o.remote_nodes) {
+      check_stop();
       if (seconds_since(t0) > 120)
         throw std::runtime_error("remote: only "
                                  + std::to_string(out->admitted.load()) + " of "
@@ -670,13 +684,13 @@ nlohmann::json remote(const options& o) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     caf::anon_send(cl, go_atom::value, o.remote_clients);
-    std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup));
+    sleep_unless_stopped(o.warmup);
     out->take_latencies();
     out->record = true;
     auto xs = repeat(o.reps, [&](int) {
       auto c0 = out->cycles.load();
       auto t1 = clock::now();
-      std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
+      sleep_unless_stopped(o.seconds);
       return (out->cycles.load() - c0) / seconds_since(t1);
     });
     out->record = false;
@@ -692,6 +706,8 @@ nlohmann::json remote(const options& o) {
          j["cycles_per_s"].get<double>(), o.remote_nodes, o.remote_clients);
   } catch (const std::exception& e) {
     error = e.what();
+  } catch (const interrupted&) {
+    stopped = true;
   }
   if (pid > 0) {
     kill(pid, SIGTERM);
@@ -707,6 +723,8 @@ nlohmann::json remote(const options& o) {
   if (!error.empty())
     throw std::runtime_error(error);
   remove_tree(dir);
+  if (stopped)
+    throw interrupted{};
   return j;
 }
 

@@ -219,13 +219,22 @@ std::vector<double> run_mode(const options& o, const std::string& fsync) {
         errors[t] = e.what();
       }
     });
-  std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup));
-  auto xs = repeat(o.reps, [&](int) {
-    auto c0 = cycles.load();
-    auto t0 = clock::now();
-    std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
-    return (cycles.load() - c0) / seconds_since(t0);
-  });
+  std::vector<double> xs;
+  try {
+    sleep_unless_stopped(o.warmup);
+    xs = repeat(o.reps, [&](int) {
+      auto c0 = cycles.load();
+      auto t0 = clock::now();
+      sleep_unless_stopped(o.seconds);
+      return (cycles.load() - c0) / seconds_since(t0);
+    });
+  } catch (const interrupted&) {
+    // Joinable threads must not be destroyed.
+    stop = true;
+    for (auto& th : threads)
+      th.join();
+    throw;
+  }
   stop = true;
   for (auto& th : threads)
     th.join();

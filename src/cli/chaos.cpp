@@ -149,6 +149,8 @@ public:
   nlohmann::json run();
 
   bool interrupted() const { return interrupted_; }
+  /// After a signal: see the definition.
+  void stop_children();
   bool ok() const { return ok_; }
 
 private:
@@ -433,6 +435,33 @@ void chaos_run::shutdown() {
     }
 }
 
+/// After a signal, within a second: the submitters and a status run are
+/// killed (they hold nothing); the oracle and the miners get SIGTERM and
+/// half a second to stop cleanly, so that the oracle closes its store, then
+/// SIGKILL like every child left.
+void chaos_run::stop_children() {
+  for (auto& s : subs_)
+    s.proc.reset();
+  status_.reset();
+  std::vector<role*> all{&oracle_};
+  for (auto& m : miners_)
+    all.push_back(&m);
+  for (auto* r : all)
+    if (r->proc) {
+      r->proc->signal(SIGCONT);
+      r->proc->signal(SIGTERM);
+    }
+  auto until = steady::now() + 500ms;
+  for (auto* r : all)
+    if (r->proc) {
+      r->proc->wait(std::max(
+        std::chrono::duration_cast<std::chrono::milliseconds>(until
+                                                              - steady::now()),
+        0ms));
+      r->proc.reset();
+    }
+}
+
 /// `nodepool check` on the data directory, and every accepted session
 /// looked up in the final stored state.
 nlohmann::json chaos_run::verify() {
@@ -697,7 +726,7 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
 
 int run_chaos(const chaos_options& o) {
   begin();
-  std::signal(SIGHUP, [](int) { stop_requested = true; });
+  catch_stop_signal(SIGHUP);
   // A closed stdout or stderr must not end the runner before it has ended
   // its children (they get the default back, see child_process).
   std::signal(SIGPIPE, SIG_IGN);
@@ -734,12 +763,16 @@ int run_chaos(const chaos_options& o) {
     rep = run.run();
     ok = run.ok();
     interrupted = run.interrupted();
+    if (interrupted)
+      run.stop_children();
   }  // every child process is ended here
-  if (interrupted) {
-    std::fprintf(stderr, "nodepool chaos: interrupted; child processes ended; "
-                         "files in %s\n", dir.c_str());
-    return 130;
-  }
+  if (interrupted)
+    return report_interrupted(
+      "chaos", "child processes ended; files in " + dir
+                 + " (nodepool check --data-dir " + dir
+                 + "/db verifies what the oracle stored); a chaos run is not "
+                   "resumed: --seed " + std::to_string(seed)
+                 + " repeats its schedule");
   bool keep = o.keep || !ok || !own_dir;
   if (!keep) {
     std::error_code ec;

@@ -20,9 +20,26 @@ class App;
 
 namespace nodepool::cli {
 
-/// Set by SIGINT / SIGTERM; long-running commands poll it and shut down.
+/// Set by the first SIGINT / SIGTERM; long-running commands poll it (at
+/// least every half second) and shut down cleanly. A second signal does not
+/// wait for that: the process exits at once with 128 + the signal, which
+/// leaves a data directory as a crash would (still resumable).
 extern std::atomic<bool> stop_requested;
+/// The signal that set stop_requested, 0 while none arrived.
+extern std::atomic<int> stop_signal;
+/// SIGINT and SIGTERM set stop_requested (see above).
 void install_signal_handlers();
+/// `sig` too (chaos: SIGHUP, a closed terminal) sets stop_requested.
+void catch_stop_signal(int sig);
+/// "SIGINT", "SIGTERM", "SIGHUP": the signal that set stop_requested.
+const char* stop_signal_name();
+/// Exit status of a command a signal cut short: 128 + the signal (130 for
+/// SIGINT, 143 for SIGTERM), 1 if it was stopped without one.
+int interrupted_status();
+/// Prints "nodepool COMMAND: interrupted by SIGTERM; NEXT" on stderr and
+/// returns interrupted_status(). `next` says what was kept and how to
+/// resume.
+int report_interrupted(const std::string& command, const std::string& next);
 
 /// --log-level of the main command, and whether it was given.
 extern std::string log_level;

@@ -110,6 +110,128 @@ void draw_progress(size_t done, size_t total, double elapsed) {
   std::fflush(stderr);
 }
 
+/// What the session generator has done so far.
+struct generator_progress {
+  uint64_t accepted = 0;  // ids 0..sessions-1 known to be stored
+  uint64_t refused = 0;   // refused for another reason than a duplicate
+  uint64_t ended = 0;     // sessions ended, all runs of this data directory
+  bool all_answered = false;
+};
+
+struct generator_state {
+  generator_progress progress;
+  uint64_t next = 0;
+  uint64_t in_flight = 0;
+  seeded_rng rng;
+  static inline const char* name = "demo_generator";
+};
+
+/// Submits sessions demo-000000.. with at most `window` requests in flight
+/// and at most `open_limit` accepted sessions not yet ended: the queue
+/// stays short, so memory follows the pool, not the number of sessions
+/// asked for. It counts ended sessions from the supervisor's events.
+caf::actor spawn_generator(caf::actor_system& sys, const oracle_handles& h,
+                           const demo_options& o,
+                           uint64_t ended_before) {
+  auto total = o.sessions;
+  auto seed = o.seed;
+  uint64_t open_limit = std::max<uint64_t>(64, 4 * o.nodes);
+  const uint64_t window = 256;
+  auto sessions = h.sessions;
+  auto supervisor = h.supervisor;
+  return sys.spawn([=](caf::stateful_actor<generator_state>* self)
+                     -> caf::behavior {
+    auto& st = self->state;
+    st.rng = seeded_rng{seed};
+    st.progress.ended = ended_before;
+    self->send(supervisor, subscribe_atom::value, caf::actor{self});
+    auto pump = std::make_shared<std::function<void()>>();
+    *pump = [=] {
+      auto& st = self->state;
+      auto& g = st.progress;
+      while (st.next < total && st.in_flight < window
+             && g.accepted + st.in_flight < g.ended + open_limit) {
+        char id[32];
+        std::snprintf(id, sizeof id, "demo-%06llu",
+                      static_cast<unsigned long long>(st.next++));
+        // Drawn for every session, stored or not: a resumed run submits
+        // the rest with the shapes the first run would have given them.
+        auto red = 1 + static_cast<uint32_t>(st.rng.below(3));
+        auto tasks = 2 + static_cast<uint32_t>(st.rng.below(3));
+        pb::SubmitSession req;
+        req.set_session_id(id);
+        req.set_model("llama-3-8b");
+        req.set_min_nodes(1);
+        req.set_max_nodes(red);
+        req.set_redundancy(red);
+        req.set_max_tasks(tasks);
+        req.set_client("demo");
+        ++st.in_flight;
+        // Ids already stored (live or archived) are refused as duplicates:
+        // that is how a resumed run learns what it submitted before,
+        // without holding a set of ids.
+        self->request(sessions, std::chrono::seconds(30), submit_atom::value,
+                      req.SerializeAsString())
+          .then(
+            [=](accepted_atom) {
+              --self->state.in_flight;
+              ++self->state.progress.accepted;
+              (*pump)();
+            },
+            [=](caf::error& e) {
+              --self->state.in_flight;
+              auto code = read_refusal(self->system(), e).first;
+              if (code == "duplicate_session")
+                ++self->state.progress.accepted;
+              else
+                ++self->state.progress.refused;
+              (*pump)();
+            });
+      }
+      g.all_answered = st.next >= total && st.in_flight == 0;
+    };
+    (*pump)();
+    return {
+      [=](events_atom, const std::string& bytes) {
+        pb::EventBatch batch;
+        if (!batch.ParseFromString(bytes))
+          return;
+        for (auto& e : batch.events())
+          if (e.has_session_ended())
+            ++self->state.progress.ended;
+        (*pump)();
+      },
+      [=](stats_atom) -> std::string {
+        auto& g = self->state.progress;
+        nlohmann::json j;
+        j["accepted"] = g.accepted;
+        j["refused"] = g.refused;
+        j["ended"] = g.ended;
+        j["all_answered"] = g.all_answered;
+        return j.dump();
+      },
+    };
+  });
+}
+
+generator_progress ask_progress(caf::scoped_actor& self,
+                                const caf::actor& gen) {
+  generator_progress g;
+  self->request(gen, std::chrono::seconds(10), stats_atom::value)
+    .receive(
+      [&](const std::string& s) {
+        auto j = nlohmann::json::parse(s, nullptr, false);
+        if (!j.is_object())
+          return;
+        g.accepted = j["accepted"];
+        g.refused = j["refused"];
+        g.ended = j["ended"];
+        g.all_answered = j["all_answered"];
+      },
+      [&](caf::error&) {});
+  return g;
+}
+
 int run(demo_options& o) {
   // The demo's faulty miners are refused on purpose; the summary counts the
   // refusals, so a line for each would only bury the progress bar.
@@ -160,60 +282,62 @@ int run(demo_options& o) {
   // is how a resumed run learns which ones it submitted before, without
   // holding a set of ids.
   size_t resumed = before->sessions_accepted();
-  uint64_t accepted = 0;  // ids 0..sessions-1 known to be stored
-  seeded_rng rng{o.seed};
-  size_t refused_submissions = 0;
-  for (size_t i = 0; i < o.sessions && !stop_requested; ++i) {
-    char id[32];
-    std::snprintf(id, sizeof id, "demo-%06zu", i);
-    // Drawn for every session, stored or not: a resumed run submits the
-    // rest with the shapes the first run would have given them.
-    auto red = 1 + static_cast<uint32_t>(rng.below(3));
-    auto tasks = 2 + static_cast<uint32_t>(rng.below(3));
-    pb::SubmitSession req;
-    req.set_session_id(id);
-    req.set_model("llama-3-8b");
-    req.set_min_nodes(1);
-    req.set_max_nodes(red);
-    req.set_redundancy(red);
-    req.set_max_tasks(tasks);
-    req.set_client("demo");
-    self->request(h.sessions, std::chrono::seconds(30), submit_atom::value,
-                  req.SerializeAsString())
-      .receive([&](accepted_atom) { ++accepted; },
-               [&](caf::error& e) {
-                 auto [code, detail] = read_refusal(sys, e);
-                 if (code == "duplicate_session")
-                   ++accepted;
-                 else
-                   ++refused_submissions;
-               });
-  }
-
+  // A line on stderr as each phase starts (submitting, waiting, checking),
+  // so that a script (the signal tests) can tell where the demo is.
+  std::fprintf(stderr, "nodepool demo: serving %zu sessions (%zu resumed) "
+                       "with %zu nodes, data in %s\n",
+               o.sessions, resumed, o.nodes, o.data_dir.c_str());
+  std::fflush(stderr);
+  auto before_counts = before->session_counts();
+  auto gen = spawn_generator(sys, h, o,
+                             before_counts[pb::COMPLETED]
+                               + before_counts[pb::FAILED]);
+  generator_progress g;
+  bool announced = false;
   while (!stop_requested && elapsed() < o.timeout_s) {
-    auto now_state = fetch_state(self, h.supervisor);
-    if (!now_state)
-      continue;
-    auto sc2 = now_state->session_counts();
-    size_t ended = sc2[pb::COMPLETED] + sc2[pb::FAILED];
+    g = ask_progress(self, gen);
+    if (g.all_answered && !announced) {
+      announced = true;
+      std::fprintf(stderr, "nodepool demo: %llu sessions accepted (%llu "
+                           "refused); waiting for them to end\n",
+                   static_cast<unsigned long long>(g.accepted),
+                   static_cast<unsigned long long>(g.refused));
+      std::fflush(stderr);
+    }
     if (tty)
-      draw_progress(ended, o.sessions, elapsed());
-    if (ended >= accepted && accepted >= o.sessions - refused_submissions)
+      draw_progress(g.ended, o.sessions, elapsed());
+    if (g.all_answered && g.ended >= g.accepted
+        && g.accepted + g.refused >= o.sessions)
       break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  self->send_exit(gen, caf::exit_reason::user_shutdown);
+  auto accepted = g.accepted;
+  auto refused_submissions = g.refused;
   if (tty)
     std::fprintf(stderr, "\n");
+  auto stop_pool = [&] {
+    for (auto& n : nodes)
+      self->send_exit(n, caf::exit_reason::user_shutdown);
+    stop_oracle(h);
+    self->wait_for(h.supervisor);
+  };
+  if (stop_requested) {
+    // Everything the supervisor acknowledged is in the store; closing it
+    // (on return) leaves the directory as a later run expects to find it.
+    stop_pool();
+    return report_interrupted(
+      "demo", "the sessions accepted so far are stored in " + o.data_dir
+                + "; run the demo again with --data-dir " + o.data_dir
+                + " (and the same --seed and --sessions) to resume");
+  }
   auto final_state = fetch_state(self, h.supervisor);
   if (!final_state)
     throw std::runtime_error("the pool supervisor did not answer (see log)");
   auto& last = *final_state;
   auto total_s = elapsed();
   auto gateway_stats = nlohmann::json::parse(fetch_text(self, h.gateway));
-  for (auto& n : nodes)
-    self->send_exit(n, caf::exit_reason::user_shutdown);
-  stop_oracle(h);
-  self->wait_for(h.supervisor);
+  stop_pool();
 
   auto report = summarize(last);
   // Every id the generator was told is stored must be on record (the
@@ -229,7 +353,17 @@ int run(demo_options& o) {
   nlohmann::json violations = nlohmann::json::array();
   for (auto& v : last.check_invariants())
     violations.push_back({{"invariant", v.invariant}, {"detail", v.detail}});
+  std::fprintf(stderr, "nodepool demo: checking the stored history (%llu "
+                       "log entries)\n",
+               static_cast<unsigned long long>(storage->last_index()));
+  std::fflush(stderr);
   auto hist = check_history(*storage, 1, &stop_requested);
+  if (hist.stopped)
+    return report_interrupted(
+      "demo", "the run is stored in " + o.data_dir
+                + " but its history is unchecked; run the demo again with "
+                  "--data-dir " + o.data_dir
+                + " (and the same --seed and --sessions) to check it");
   for (auto& [idx, v] : hist.violations)
     violations.push_back(
       {{"invariant", v.invariant}, {"detail", v.detail}, {"entry", idx}});

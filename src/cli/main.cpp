@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <csignal>
 #include <iostream>
+#include <unistd.h>
 
 #include <toml++/toml.h>
 
@@ -13,6 +14,7 @@
 namespace nodepool::cli {
 
 std::atomic<bool> stop_requested{false};
+std::atomic<int> stop_signal{0};
 std::string log_level = "warn";
 bool log_level_given = false;
 
@@ -21,10 +23,62 @@ void begin() {
   install_signal_handlers();
 }
 
+namespace {
+
+static_assert(std::atomic<bool>::is_always_lock_free
+                && std::atomic<int>::is_always_lock_free,
+              "the signal handler may only touch lock-free atomics");
+
+/// Async-signal-safe: lock-free atomics, write(2) and _exit(2) only. The
+/// first signal is recorded by whichever thread the kernel picked; any later
+/// one, even one racing it on another thread, loses the exchange and exits.
+void on_stop_signal(int sig) {
+  int none = 0;
+  if (stop_signal.compare_exchange_strong(none, sig)) {
+    stop_requested = true;
+    return;
+  }
+  static const char msg[] =
+    "nodepool: second signal: exiting at once, without cleaning up\n";
+  [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+  ::_exit(128 + sig);
+}
+
+} // namespace
+
+const char* stop_signal_name() {
+  switch (stop_signal.load()) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGHUP: return "SIGHUP";
+    default: return "a signal";
+  }
+}
+
+void catch_stop_signal(int sig) {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  // Interrupted system calls are restarted: every wait polls the flag with
+  // a bound instead of counting on EINTR.
+  sa.sa_flags = SA_RESTART;
+  sigaction(sig, &sa, nullptr);
+}
+
 void install_signal_handlers() {
-  auto handler = [](int) { stop_requested = true; };
-  std::signal(SIGINT, handler);
-  std::signal(SIGTERM, handler);
+  catch_stop_signal(SIGINT);
+  catch_stop_signal(SIGTERM);
+}
+
+int interrupted_status() {
+  auto sig = stop_signal.load();
+  return sig > 0 ? 128 + sig : 1;
+}
+
+int report_interrupted(const std::string& command, const std::string& next) {
+  std::cerr << "nodepool " << command << ": interrupted by "
+            << stop_signal_name() << "; " << next << "\n";
+  return interrupted_status();
 }
 
 void add_param_flags(CLI::App& app, std::map<std::string, std::string>& out) {

@@ -37,11 +37,12 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
   auto deadline = std::chrono::steady_clock::now()
                   + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   for (;;) {
-    // Each attempt waits for a handshake at most until the deadline (and at
-    // least a second).
+    // Each attempt waits for a handshake at most half a second, so that a
+    // signal is noticed in time; a handshake still under way is not
+    // abandoned: the middleman finishes it and answers the next attempt.
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
       deadline - std::chrono::steady_clock::now());
-    auto gw = connect_oracle(sys, host, port, std::max(left, 1000ms));
+    auto gw = connect_oracle(sys, host, port, std::clamp(left, 100ms, 500ms));
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
     std::this_thread::sleep_for(200ms);
@@ -170,9 +171,14 @@ int run_oracle(oracle_options& o) {
     stop_oracle(h);
     return 1;
   }
+  // A signal is how an oracle is meant to end: the supervisor commits what
+  // it holds, the store is closed on return, and the exit status is 0.
   stop_oracle(h);
   self->wait_for(h.supervisor);
   std::printf("nodepool oracle stopped\n");
+  std::fprintf(stderr, "nodepool oracle: stopped by %s; start it again with "
+                       "--data-dir %s to resume\n",
+               stop_signal_name(), o.data_dir.c_str());
   return 0;
 }
 
@@ -237,6 +243,11 @@ int run_miner(miner_options& o) {
   setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
+  if (!gw && stop_requested) {
+    std::fprintf(stderr, "nodepool miner: stopped by %s before it reached "
+                         "the oracle\n", stop_signal_name());
+    return 0;
+  }
   if (!gw) {
     std::cerr << "nodepool miner: cannot reach oracle " << o.oracle << ": "
               << sys.render(gw.error()) << "\n";
@@ -311,8 +322,13 @@ int run_miner(miner_options& o) {
   }
   for (auto& n : nodes)
     self->send_exit(n, caf::exit_reason::user_shutdown);
+  if (stop_signal != 0 && !oracle_gone)
+    std::fprintf(stderr, "nodepool miner: stopped by %s; start it again "
+                         "(same --id-prefix) to rejoin with the same node "
+                         "ids\n", stop_signal_name());
   // An oracle that did not come back within --connect-timeout, or nodes it
-  // sent away (retired, wrong key), make the exit non-zero.
+  // sent away (retired, wrong key), make the exit non-zero; a signal is how
+  // a miner is meant to end.
   return oracle_gone || refused_out > 0 ? 1 : 0;
 }
 
@@ -341,6 +357,9 @@ int run_submit(submit_options& o) {
   setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
+  if (!gw && stop_requested)
+    return report_interrupted("submit", "nothing was submitted (the oracle "
+                                        "was not reached); run it again");
   if (!gw) {
     std::cerr << "nodepool submit: cannot reach oracle " << o.oracle << ": "
               << sys.render(gw.error()) << "\n";
@@ -348,7 +367,8 @@ int run_submit(submit_options& o) {
   }
   caf::scoped_actor self{sys};
   size_t accepted = 0, refused = 0;
-  for (size_t i = o.first; i < o.first + o.sessions && !stop_requested; ++i) {
+  size_t i = o.first;
+  for (; i < o.first + o.sessions && !stop_requested; ++i) {
     pb::SubmitSession req;
     req.set_session_id(o.prefix + "-" + std::to_string(i));
     req.set_model(o.model);
@@ -359,44 +379,72 @@ int run_submit(submit_options& o) {
     req.set_client("submit");
     // An oracle that dies before answering may or may not have stored the
     // session: ask again until it answers; "duplicate" then means it had.
+    // The answer is awaited in slices of at most half a second, asking again
+    // on the same connection after each, so that a signal is noticed in
+    // time; that is safe too (a refusal waits for the disk like an
+    // acceptance does).
+    const auto request_timeout = std::chrono::milliseconds(o.request_timeout_ms);
+    bool answered = false;
     for (;;) {
       bool retry = false;
-      self->request(*gw, std::chrono::milliseconds(o.request_timeout_ms),
-                    submit_atom::value, req.SerializeAsString())
-        .receive(
-          [&](accepted_atom) {
-            ++accepted;
-            std::printf("accepted %s\n", req.session_id().c_str());
-          },
-          [&](caf::error& e) {
-            auto [code, detail] = read_refusal(sys, e);
-            if (code == "duplicate_session") {
+      std::chrono::milliseconds waited{0};
+      while (!answered && !retry && !stop_requested) {
+        auto slice = std::min<std::chrono::milliseconds>(
+          500ms, request_timeout - waited);
+        self->request(*gw, slice, submit_atom::value, req.SerializeAsString())
+          .receive(
+            [&](accepted_atom) {
+              answered = true;
               ++accepted;
-              std::printf("accepted %s (already stored)\n",
-                          req.session_id().c_str());
-            } else if (code == "unavailable") {
-              retry = true;
-            } else {
-              ++refused;
-              std::printf("refused %s %s: %s\n", req.session_id().c_str(),
-                          code.c_str(), detail.c_str());
-            }
-          });
+              std::printf("accepted %s\n", req.session_id().c_str());
+            },
+            [&](caf::error& e) {
+              if (e == caf::sec::request_timeout
+                  && (waited += slice) < request_timeout)
+                return;
+              auto [code, detail] = read_refusal(sys, e);
+              if (code == "duplicate_session") {
+                answered = true;
+                ++accepted;
+                std::printf("accepted %s (already stored)\n",
+                            req.session_id().c_str());
+              } else if (code == "unavailable") {
+                retry = true;
+              } else {
+                answered = true;
+                ++refused;
+                std::printf("refused %s %s: %s\n", req.session_id().c_str(),
+                            code.c_str(), detail.c_str());
+              }
+            });
+      }
       std::fflush(stdout);
       if (!retry || stop_requested)
         break;
       auto again = connect_retry(sys, o.oracle, o.connect_timeout_s);
+      if (!again && stop_requested)
+        break;
       if (!again) {
         std::cerr << "nodepool submit: oracle gone\n";
         return 1;
       }
       gw = again;
     }
-    if (o.interval_ms > 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(o.interval_ms));
+    if (!answered)
+      break;  // stopped while waiting: this session's fate is unknown
+    for (auto pause = std::chrono::milliseconds(o.interval_ms);
+         pause > 0ms && !stop_requested; pause -= 100ms)
+      std::this_thread::sleep_for(std::min(pause, 100ms));
   }
   std::fprintf(stderr, "submitted: %zu accepted, %zu refused\n", accepted,
                refused);
+  if (stop_requested && i < o.first + o.sessions)
+    return report_interrupted(
+      "submit", "sessions from " + o.prefix + "-" + std::to_string(i)
+                  + " on were not answered; to submit the rest, run it "
+                    "again with --first " + std::to_string(i) + " --sessions "
+                  + std::to_string(o.first + o.sessions - i)
+                  + " (a session already stored is answered as such)");
   return refused > 0 ? 1 : 0;
 }
 
@@ -409,6 +457,8 @@ int run_status(const std::string& oracle, bool json, bool sessions,
   setup_tls(cfg, tls);
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, oracle, 5);
+  if (!gw && stop_requested)
+    return report_interrupted("status", "the oracle was not reached");
   if (!gw) {
     std::cerr << "nodepool status: cannot reach oracle " << oracle << ": "
               << sys.render(gw.error()) << "\n";
@@ -447,11 +497,10 @@ int run_check(const std::string& dir, bool json, bool sessions,
     throw std::runtime_error("no data directory " + dir);
   auto storage = open_store(dir);
   auto rep = check_history(*storage, stride, &stop_requested);
-  if (rep.stopped) {
-    std::cerr << "nodepool check: interrupted after " << rep.entries
-              << " entries; nothing was changed\n";
-    return 130;
-  }
+  if (rep.stopped)
+    return report_interrupted(
+      "check", "nothing was concluded about " + dir
+                 + "; run the check again (it only reads the history)");
   pool_state ps;
   recovered info;
   auto st = recover(*storage, ps, info);
@@ -582,7 +631,9 @@ int sessions_from_dir(const sessions_options& o) {
     throw std::runtime_error(st.error);
   if (more && !o.json)
     std::fprintf(stderr, "(more: raise --limit or narrow --since)\n");
-  return stop_requested ? 130 : 0;
+  if (stop_requested)
+    return report_interrupted("sessions", "the list above is incomplete");
+  return 0;
 }
 
 /// From a running oracle, through its gateway: one page of at most

@@ -3,10 +3,14 @@
 // merged in seed order, so it is the same whatever the number of workers.
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 #include "actors/sim.hpp"
@@ -73,7 +77,7 @@ nlohmann::json to_json(const sim_result& r, bool with_trace) {
 void worker(const sim_cli& c, uint64_t first, uint64_t last, uint64_t step,
             const std::string& out_path) {
   std::ofstream out(out_path);
-  for (uint64_t s = first; s <= last; s += step) {
+  for (uint64_t s = first; s <= last && !stop_requested; s += step) {
     out << "S " << s << "\n" << std::flush;
     auto r = run_sim(s, c.opt);
     out << to_json(r, c.opt.trace).dump() << "\n" << std::flush;
@@ -109,6 +113,11 @@ void run(const sim_cli& c) {
     if (pid < 0)
       throw std::runtime_error("fork failed");
     if (pid == 0) {
+      // A worker finishes the seed it is running (milliseconds) and stops:
+      // a signal only sets the flag, be it the terminal's to the whole group
+      // or the one the parent passes on.
+      for (int sig : {SIGINT, SIGTERM})
+        std::signal(sig, [](int) { stop_requested = true; });
       int rc = 0;
       try {
         worker(c, first + k, last, jobs, files.back());
@@ -124,9 +133,36 @@ void run(const sim_cli& c) {
   std::map<uint64_t, nlohmann::json> results;  // seed -> result
   std::vector<nlohmann::json> violations;
   bool worker_failed = false;
+  // The workers are polled, so that a signal is noticed: each is then told
+  // to stop after its current seed, and one that has not within half a
+  // second is killed.
+  std::vector<int> statuses(jobs, 0);
+  std::vector<bool> ended(jobs, false), killed(jobs, false);
+  std::optional<std::chrono::steady_clock::time_point> kill_at;
+  for (unsigned left = jobs; left > 0;) {
+    for (unsigned k = 0; k < jobs; ++k)
+      if (!ended[k] && ::waitpid(pids[k], &statuses[k], WNOHANG) == pids[k]) {
+        ended[k] = true;
+        --left;
+      }
+    if (left == 0)
+      break;
+    if (stop_requested && !kill_at) {
+      for (unsigned k = 0; k < jobs; ++k)
+        if (!ended[k])
+          ::kill(pids[k], SIGTERM);
+      kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    }
+    if (kill_at && std::chrono::steady_clock::now() > *kill_at)
+      for (unsigned k = 0; k < jobs; ++k)
+        if (!ended[k] && !killed[k]) {
+          ::kill(pids[k], SIGKILL);
+          killed[k] = true;
+        }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   for (unsigned k = 0; k < jobs; ++k) {
-    int status = 0;
-    ::waitpid(pids[k], &status, 0);
+    int status = statuses[k];
     std::ifstream in(files[k]);
     std::string line;
     std::optional<uint64_t> open_seed;
@@ -143,7 +179,15 @@ void run(const sim_cli& c) {
     }
     std::remove(files[k].c_str());
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (!clean) {
+    if (killed[k] && open_seed && c.opt.store == "rocksdb") {
+      // The store of the seed it was running (see actors/sim.cpp).
+      std::error_code ec;
+      std::filesystem::remove_all(c.opt.data_root + "/nodepool-sim-"
+                                    + std::to_string(pids[k]) + "-"
+                                    + std::to_string(*open_seed),
+                                  ec);
+    }
+    if (!clean && !killed[k]) {
       worker_failed = true;
       auto what = WIFSIGNALED(status)
                     ? "died of signal " + std::to_string(WTERMSIG(status))
@@ -197,6 +241,8 @@ void run(const sim_cli& c) {
             << jobs << " workers\n";
   if (c.json) {
     nlohmann::json j;
+    if (stop_requested)
+      j["interrupted"] = true;
     j["seeds"] = {first, last};
     j["runs"] = runs;
     j["violations"] = violations;
@@ -206,6 +252,11 @@ void run(const sim_cli& c) {
     std::cout << j.dump() << "\n";
   }
   std::cout.flush();
+  if (stop_requested && runs < count)
+    throw exit_code{report_interrupted(
+      "sim", std::to_string(runs) + " of " + std::to_string(count)
+               + " seeds ran; the report covers those only: run the same "
+                 "command again for all of them")};
   if (!violations.empty() || worker_failed || runs != count)
     throw exit_code{1};
 }

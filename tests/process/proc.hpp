@@ -113,18 +113,28 @@ public:
   /// Polls the output until it contains `text` (or the process ends).
   bool wait_for_output(const std::string& text,
                        std::chrono::milliseconds limit) {
+    return wait_for_text(out_, text, limit);
+  }
+  /// The same for the error output (stderr).
+  bool wait_for_errors(const std::string& text,
+                       std::chrono::milliseconds limit) {
+    return wait_for_text(out_ + ".err", text, limit);
+  }
+
+private:
+  bool wait_for_text(const std::string& file, const std::string& text,
+                     std::chrono::milliseconds limit) {
     auto end = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < end) {
-      if (output().find(text) != std::string::npos)
+      if (read_file(file).find(text) != std::string::npos)
         return true;
       if (!running())
-        return output().find(text) != std::string::npos;
+        return read_file(file).find(text) != std::string::npos;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
   }
 
-private:
   std::string out_;
   pid_t pid_ = -1;
   bool done_ = false;

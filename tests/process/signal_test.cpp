@@ -1,0 +1,224 @@
+// SIGINT and SIGTERM: the demo (while it serves, while it checks its
+// history), a second signal, `sim` and `bench` end promptly and cleanly,
+// and a data directory left behind is resumable.
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "proc.hpp"
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace nodepool::testing {
+namespace {
+
+/// A signalled command must end within a second; the bound is wider so that
+/// a loaded machine does not fail the test, and still catches a command
+/// that ignores the signal (it would run on for many seconds).
+constexpr auto bound = 5s;
+
+/// Sends `sig` and waits for the exit; the exit status, or a failure and
+/// -1000 if the child was still running after `bound`.
+int signal_and_wait(child& c, int sig) {
+  c.signal(sig);
+  auto rc = c.wait_exit(bound);
+  if (rc == -1000)
+    ADD_FAILURE() << "still running " << bound.count() << " s after signal "
+                  << sig << ": " << c.errors();
+  return rc;
+}
+
+/// The names in a directory (none if it cannot be read).
+std::vector<std::string> names_in(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir, ec))
+    out.push_back(e.path().filename().string());
+  return out;
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passes.
+template <class F>
+bool wait_until(F&& done, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end)
+      return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+/// `nodepool check` over a data directory (invariants at the end only, to
+/// be quick): what a resumed run would find.
+void expect_checkable(const std::string& db, const std::string& out) {
+  auto [rc, text] = run({"check", "--data-dir", db, "--stride", "1000000",
+                         "--json"},
+                        out);
+  EXPECT_EQ(rc, 0) << text << read_file(out + ".err");
+  auto j = last_json_line(text);
+  ASSERT_TRUE(j.is_object()) << text;
+  EXPECT_GT(j["entries"].get<int>(), 0);
+  EXPECT_TRUE(j["violations"].empty()) << text;
+}
+
+// Waiting for the accepted sessions to end takes this demo about 6 s on
+// the 2-core machine; the signal comes within milliseconds of the line that
+// starts that phase.
+std::vector<std::string> serving_args(const std::string& db) {
+  return {"demo", "--json", "--sessions", "300", "--nodes", "10",
+          "--seed", "5", "--data-dir", db};
+}
+
+/// Starts that demo and waits until it is waiting for its sessions to end.
+std::unique_ptr<child> serving_demo(const std::string& dir,
+                                    const std::string& out) {
+  auto demo = std::make_unique<child>(serving_args(dir + "/db"), out);
+  EXPECT_TRUE(demo->wait_for_errors("waiting for them to end", 60s))
+    << demo->errors();
+  return demo;
+}
+
+TEST(signals, sigterm_while_the_demo_serves_ends_it_and_a_rerun_resumes) {
+  auto dir = temp_dir("sig-serve");
+  cleanup tidy{dir};
+  {
+    auto demo = serving_demo(dir, dir + "/first.out");
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    EXPECT_EQ(signal_and_wait(*demo, SIGTERM), 143) << demo->errors();
+    auto err = demo->errors();
+    EXPECT_NE(err.find("interrupted by SIGTERM"), std::string::npos) << err;
+    EXPECT_NE(err.find("--data-dir " + dir + "/db"), std::string::npos) << err;
+    EXPECT_EQ(err.find("checking the stored history"), std::string::npos)
+      << err;
+    EXPECT_EQ(demo->output(), "") << "no report for an interrupted run";
+  }
+  auto [rc, out] = run(serving_args(dir + "/db"), dir + "/second.out", 120s);
+  ASSERT_EQ(rc, 0) << out << read_file(dir + "/second.out.err");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out;
+  // Every session was accepted before the signal: the rerun submits none.
+  EXPECT_EQ(j["sessions"]["resumed"].get<int>(), 300);
+  EXPECT_EQ(j["sessions"]["accepted"].get<int>(), 300);
+  EXPECT_EQ(j["sessions"]["lost"].get<int>(), 0);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>()
+              + j["sessions"]["failed"].get<int>(),
+            300);
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+}
+
+TEST(signals, sigterm_while_the_demo_checks_ends_it_and_leaves_a_sound_store) {
+  // With 5000 nodes the history has about 10,000 entries and each check of
+  // I1-I5 visits every node: the final check takes several seconds, and
+  // serving 20 sessions about one.
+  auto dir = temp_dir("sig-check");
+  cleanup tidy{dir};
+  child demo{{"demo", "--json", "--sessions", "20", "--nodes", "5000",
+              "--seed", "5", "--data-dir", dir + "/db"},
+             dir + "/demo.out"};
+  ASSERT_TRUE(demo.wait_for_errors("checking the stored history", 120s))
+    << demo.errors();
+  EXPECT_EQ(signal_and_wait(demo, SIGTERM), 143) << demo.errors();
+  auto err = demo.errors();
+  EXPECT_NE(err.find("interrupted by SIGTERM"), std::string::npos) << err;
+  EXPECT_NE(err.find("history is unchecked"), std::string::npos) << err;
+  EXPECT_EQ(demo.output(), "") << "an unchecked run reports nothing";
+  expect_checkable(dir + "/db", dir + "/check.out");
+}
+
+TEST(signals, a_second_signal_exits_at_once) {
+  auto dir = temp_dir("sig-twice");
+  cleanup tidy{dir};
+  auto demo = serving_demo(dir, dir + "/demo.out");
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  // Both signals are pending when the process continues, so the second
+  // arrives before any cleanup could have run, whichever is delivered first.
+  demo->signal(SIGSTOP);
+  demo->signal(SIGINT);
+  demo->signal(SIGTERM);
+  auto rc = signal_and_wait(*demo, SIGCONT);
+  EXPECT_TRUE(rc == 130 || rc == 143) << rc << " " << demo->errors();
+  auto err = demo->errors();
+  EXPECT_NE(err.find("second signal: exiting at once"), std::string::npos)
+    << err;
+  EXPECT_EQ(err.find("interrupted by"), std::string::npos)
+    << "the clean shutdown ran: " << err;
+  // Left as after a crash, which the store recovers from.
+  expect_checkable(dir + "/db", dir + "/check.out");
+}
+
+TEST(signals, sigint_ends_sim_and_its_workers_and_leaves_no_file) {
+  auto dir = temp_dir("sig-sim");
+  cleanup tidy{dir};
+  auto root = dir + "/root";
+  fs::create_directories(root);
+  child sim{{"sim", "--seeds", "1..1000000", "--jobs", "2", "--store",
+             "rocksdb", "--data-root", root},
+            dir + "/sim.out"};
+  // Workers write "nodepool-sim-out-*" and keep a store per seed in
+  // "nodepool-sim-<worker pid>-<seed>": wait until a seed has finished and
+  // the workers are known.
+  std::set<pid_t> workers;
+  bool finished_one = false;
+  ASSERT_TRUE(wait_until(
+    [&] {
+      for (auto& name : names_in(root)) {
+        if (name.rfind("nodepool-sim-out-", 0) == 0)
+          finished_one = finished_one
+                         || read_file(root + "/" + name).find('{')
+                              != std::string::npos;
+        else if (name.rfind("nodepool-sim-", 0) == 0)
+          workers.insert(std::stoi(name.substr(13)));
+      }
+      return (finished_one && !workers.empty()) || !sim.running();
+    },
+    60s));
+  ASSERT_TRUE(finished_one && !workers.empty()) << sim.errors();
+  EXPECT_EQ(signal_and_wait(sim, SIGINT), 130) << sim.errors();
+  auto err = sim.errors();
+  EXPECT_NE(err.find("interrupted by SIGINT"), std::string::npos) << err;
+  EXPECT_NE(err.find("of 1000000 seeds ran"), std::string::npos) << err;
+  EXPECT_NE(sim.output().find("0 violations"), std::string::npos)
+    << sim.output();
+  for (auto pid : workers)
+    EXPECT_NE(::kill(pid, 0), 0) << "worker " << pid << " still there";
+  auto left = names_in(root);
+  EXPECT_TRUE(left.empty()) << left.front();
+}
+
+TEST(signals, sigterm_ends_bench_and_removes_its_temporary_files) {
+  auto dir = temp_dir("sig-bench");
+  cleanup tidy{dir};
+  auto tmp = dir + "/tmp";
+  fs::create_directories(tmp);
+  // The bench puts its files under $TMPDIR; the child inherits it.
+  const char* old = std::getenv("TMPDIR");
+  std::string saved = old ? old : "";
+  ::setenv("TMPDIR", tmp.c_str(), 1);
+  child bench{{"bench", "--only", "durable", "--nodes", "100", "--reps", "1",
+               "--seconds", "600"},
+              dir + "/bench.out"};
+  if (old)
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  else
+    ::unsetenv("TMPDIR");
+  // The durable section's store exists: it is measuring.
+  auto measuring = [&] {
+    for (auto& name : names_in(tmp))
+      if (name.rfind("nodepool-bench-durable-", 0) == 0)
+        return true;
+    return false;
+  };
+  ASSERT_TRUE(wait_until([&] { return measuring() || !bench.running(); }, 60s));
+  ASSERT_TRUE(measuring()) << bench.errors();
+  EXPECT_EQ(signal_and_wait(bench, SIGTERM), 143) << bench.errors();
+  EXPECT_NE(bench.errors().find("interrupted by SIGTERM"), std::string::npos)
+    << bench.errors();
+  EXPECT_EQ(bench.output(), "");
+  auto left = names_in(tmp);
+  EXPECT_TRUE(left.empty()) << left.front();
+}
+
+} // namespace
+} // namespace nodepool::testing
