@@ -148,7 +148,8 @@ struct record_digest {
 } // namespace
 
 history_report check_history(store& st, uint64_t stride,
-                             const std::atomic<bool>* stop) {
+                             const std::atomic<bool>* stop,
+                             const std::function<void(uint64_t)>& progress) {
   if (stride == 0)
     stride = 1;
   history_report rep;
@@ -170,6 +171,8 @@ history_report check_history(store& st, uint64_t stride,
     if (bad = bad_entry_time(e); !bad.empty())
       return false;
     ++rep.entries;
+    if (progress && rep.entries % 1024 == 0)
+      progress(rep.entries);
     if (e.index() != expect)
       rep.violations.push_back(
         {e.index(), violation{"I4", "log gap before entry "

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,10 @@ struct history_report {
 /// the whole state is also checked after every stride-th entry (O(state)
 /// each: a debugging aid, nothing needs it). Raising `*stop` ends the
 /// check early (`stopped`).
-history_report check_history(store& st, uint64_t stride = 1,
-                             const std::atomic<bool>* stop = nullptr);
+/// `progress`, if given, is called with the number of entries checked so
+/// far after every 1024th entry.
+history_report check_history(
+  store& st, uint64_t stride = 1, const std::atomic<bool>* stop = nullptr,
+  const std::function<void(uint64_t)>& progress = {});
 
 } // namespace nodepool

@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -357,7 +358,23 @@ int run(demo_options& o) {
                        "log entries)\n",
                static_cast<unsigned long long>(storage->last_index()));
   std::fflush(stderr);
-  auto hist = check_history(*storage, 1, &stop_requested);
+  // Tests hold the check open with NODEPOOL_TEST_CHECK_DELAY_MS (a pause
+  // per 1024 entries), so that a signal surely lands while it runs.
+  int64_t delay_ms = 0;
+  if (auto* d = std::getenv("NODEPOOL_TEST_CHECK_DELAY_MS"))
+    delay_ms = std::atoll(d);
+  auto total_entries = storage->last_index();
+  auto hist = check_history(
+    *storage, 1, &stop_requested, [&](uint64_t done) {
+      if (tty)
+        std::fprintf(stderr, "\rchecking the history: %llu/%llu entries",
+                     static_cast<unsigned long long>(done),
+                     static_cast<unsigned long long>(total_entries));
+      for (int64_t t = 0; t < delay_ms && !stop_requested; t += 10)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    });
+  if (tty)
+    std::fprintf(stderr, "\n");
   if (hist.stopped)
     return report_interrupted(
       "demo", "the run is stored in " + o.data_dir

@@ -109,14 +109,16 @@ TEST(signals, sigterm_while_the_demo_serves_ends_it_and_a_rerun_resumes) {
 }
 
 TEST(signals, sigterm_while_the_demo_checks_ends_it_and_leaves_a_sound_store) {
-  // With 5000 nodes the history has about 10,000 entries and each check of
-  // I1-I5 visits every node: the final check takes several seconds, and
-  // serving 20 sessions about one.
+  // The check of a few thousand entries takes milliseconds; the demo's
+  // test hook pauses it for half a second per 1024 entries, so that the
+  // signal sent when the check starts surely arrives while it runs.
   auto dir = temp_dir("sig-check");
   cleanup tidy{dir};
-  child demo{{"demo", "--json", "--sessions", "20", "--nodes", "5000",
+  ::setenv("NODEPOOL_TEST_CHECK_DELAY_MS", "500", 1);
+  child demo{{"demo", "--json", "--sessions", "400", "--nodes", "40",
               "--seed", "5", "--data-dir", dir + "/db"},
              dir + "/demo.out"};
+  ::unsetenv("NODEPOOL_TEST_CHECK_DELAY_MS");
   ASSERT_TRUE(demo.wait_for_errors("checking the stored history", 120s))
     << demo.errors();
   EXPECT_EQ(signal_and_wait(demo, SIGTERM), 143) << demo.errors();
