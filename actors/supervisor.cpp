@@ -270,6 +270,12 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
       j["last_index"] = s.next_index - 1;
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
+      // What memory and snapshots hold: live records, and the window.
+      j["live_nodes"] = s.pool.nodes().size();
+      j["live_sessions"] = s.pool.sessions().size();
+      j["sessions_accepted"] = s.pool.sessions_accepted();
+      j["recent_ids"] = s.pool.recent_ids().size();
+      j["recent_ids_bytes"] = s.pool.recent_ids().memory_bytes();
       return j.dump();
     },
   };

@@ -179,6 +179,13 @@ history_report check_history(store& st, uint64_t stride,
                                       + std::to_string(e.index())}});
     expect = e.index() + 1;
     auto r = pool.apply(e.command(), e.now());
+    // Only commands that changed the pool are logged: one that changes
+    // nothing on replay means the log is not the history it claims.
+    if (r.refused)
+      rep.violations.push_back(
+        {e.index(), violation{"I4", "entry refused on replay ("
+                                      + r.refused->code + "): the log does "
+                                      "not replay to the state it came from"}});
     for (auto& a : r.archived)
       replayed.add(a);
     // The records this entry touched, always; the whole state at every

@@ -266,6 +266,10 @@ nlohmann::json measure(options& o) {
     o.loads = {0.5, 0.9};
     o.scale_nodes = {1000, 10000};
     o.recovery_nodes = 10000;
+    o.flat_seconds = 3;
+    o.check_sessions = {2000, 20000};
+    o.queue_nodes = 10000;
+    o.queue_sessions = 2000;
     o.recovery_sessions = 1000;
     o.remote_nodes = 64;
     o.remote_clients = 32;
@@ -274,6 +278,8 @@ nlohmann::json measure(options& o) {
     o.loads = {0.1, 0.3, 0.5, 0.7, 0.8, 0.9};
   if (o.scale_nodes.empty())
     o.scale_nodes = {1000, 10000, 100000};
+  if (o.check_sessions.empty())
+    o.check_sessions = {10000, 100000, 1000000};
   nlohmann::json report;
   auto t0 = clock::now();
   nlohmann::json machine;
@@ -289,10 +295,20 @@ nlohmann::json measure(options& o) {
     note("state_machine");
     report["state_machine"] = bench::state_machine(o);
   }
+  if (wanted(o, "queue")) {
+    check_stop();
+    note("queue");
+    report["queue"] = bench::queue_cost(o);
+  }
   if (wanted(o, "durable")) {
     check_stop();
     note("durable");
     report["durable"] = bench::durable(o);
+  }
+  if (wanted(o, "check")) {
+    check_stop();
+    note("check");
+    report["check"] = bench::check_speed(o);
   }
   if (wanted(o, "remote")) {
     check_stop();
@@ -353,10 +369,18 @@ void add_bench(CLI::App& app) {
                   "write the grant-latency curve (data, gnuplot script, PNG) "
                   "into this directory");
   cmd->add_option("--only", o->only,
-                  "run only these sections (state_machine, durable, remote, "
-                  "redis, scale, recovery)")
-    ->check(CLI::IsMember({"state_machine", "durable", "remote", "redis",
-                           "scale", "recovery"}));
+                  "run only these sections (state_machine, queue, durable, "
+                  "check, remote, redis, scale, recovery)")
+    ->check(CLI::IsMember({"state_machine", "queue", "durable", "check",
+                           "remote", "redis", "scale", "recovery"}));
+  cmd->add_option("--flat-seconds", o->flat_seconds,
+                  "length of durable's long saturation run, whose start and "
+                  "end are compared (default 60)")
+    ->check(CLI::Range(1.0, 3600.0));
+  cmd->add_option("--check-sessions", o->check_sessions,
+                  "history sizes (sessions) of the check section (default "
+                  "10000 100000 1000000)")
+    ->check(CLI::Range(uint64_t{100}, uint64_t{100000000}));
   cmd->add_option("--reps", o->reps, "repetitions of every figure (default 5)")
     ->check(CLI::Range(1, 100));
   cmd->add_option("--seconds", o->seconds,

@@ -29,6 +29,10 @@ struct options {
   std::vector<uint32_t> scale_nodes;
   uint32_t recovery_nodes = 100000;
   uint32_t recovery_sessions = 10000;
+  double flat_seconds = 60;       // the long saturation run of `durable`
+  std::vector<uint64_t> check_sessions;  // history sizes of `check`
+  uint32_t queue_nodes = 100000;  // pool of the deep-queue case of `queue`
+  uint32_t queue_sessions = 10000;
   uint32_t remote_nodes = 200;
   uint32_t remote_clients = 64;
   std::string redis_server;      // path of redis-server (found or installed)
@@ -113,6 +117,12 @@ nlohmann::json scale(const options& o);
 /// One size of `scale`, run in a child process (--scale-point N).
 nlohmann::json scale_point(const options& o, uint32_t nodes);
 nlohmann::json recovery(const options& o);
+/// `nodepool check` speed: entries per second over stored histories of
+/// growing length (sessions served one after another).
+nlohmann::json check_speed(const options& o);
+/// The cost of a command with a deep queue that nobody can serve and a big
+/// pool, against a small pool and an empty queue.
+nlohmann::json queue_cost(const options& o);
 
 /// `nodepool bench --prepare-recovery DIR`: writes the stored state of a
 /// pool with `nodes` nodes and `sessions` queued sessions into DIR, then

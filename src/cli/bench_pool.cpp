@@ -27,6 +27,7 @@
 #include "actors/supervisor.hpp"
 #include "cli/bench_common.hpp"
 #include "cli/common.hpp"
+#include "recovery.hpp"
 #include "random.hpp"
 
 namespace nodepool::cli::bench {
@@ -288,6 +289,17 @@ struct durable_pool {
         });
     return x;
   }
+  /// The supervisor's counters, as JSON.
+  nlohmann::json stats() {
+    caf::scoped_actor self{*sys};
+    nlohmann::json j;
+    self->request(sup, std::chrono::seconds(60), stats_atom::value)
+      .receive([&](const std::string& js) { j = nlohmann::json::parse(js); },
+               [&](caf::error& e) {
+                 throw std::runtime_error("supervisor stats: " + sys->render(e));
+               });
+    return j;
+  }
   /// Entries per group commit over the last saturation run.
   double entries_per_commit = 0;
 
@@ -387,28 +399,35 @@ struct durable_pool {
 
 // ------------------------------------------------------------ state_machine
 
-nlohmann::json state_machine(const options& o) {
-  // The pool alone: the same three commands per cycle, applied in a loop,
-  // with `clients` sessions in flight so that reservations choose among
-  // nodes as in the durable run.
-  pool_state ps{o.pool};
+namespace {
+
+/// A pool with `nodes` nodes admitted (level 0, model `model`), and the
+/// three-command cycle of the state_machine section: submit a session, end
+/// it (its node goes to re-validation), pass the re-validation.
+struct cycling_pool {
+  pool_state ps;
   int64_t now = 1000000;
+  uint64_t next = 0, commands = 0, refused = 0;
   std::vector<std::pair<std::string, uint64_t>> tests;
-  auto take_tests = [&](const apply_result& r) {
+
+  cycling_pool(const params& p, uint32_t nodes) : ps{p} {
+    for (uint32_t i = 0; i < nodes; ++i)
+      take_tests(ps.apply(register_cmd(node_name("n", i)), now));
+    for (auto& [n, t] : tests)
+      ps.apply(pass_cmd(n, t), now);
+    tests.clear();
+    if (ps.count_by_state()[pb::EPHEMERAL] != nodes)
+      throw std::runtime_error("bench: nodes were not admitted");
+  }
+
+  void take_tests(const apply_result& r) {
     for (auto& e : r.events)
       if (e.has_test_requested())
         tests.emplace_back(e.test_requested().node_id(),
                            e.test_requested().test_id());
-  };
-  for (uint32_t i = 0; i < o.nodes; ++i)
-    take_tests(ps.apply(register_cmd(node_name("n", i)), now));
-  for (auto& [n, t] : tests)
-    ps.apply(pass_cmd(n, t), now);
-  tests.clear();
-  if (ps.count_by_state()[pb::EPHEMERAL] != o.nodes)
-    throw std::runtime_error("state_machine: nodes were not admitted");
-  uint64_t next = 0, commands = 0, refused = 0;
-  auto cycle = [&] {
+  }
+
+  void cycle() {
     auto sid = "s" + std::to_string(next++);
     auto r1 = ps.apply(submit_cmd(sid), ++now);
     auto r2 = ps.apply(end_cmd(sid), now);
@@ -418,25 +437,38 @@ nlohmann::json state_machine(const options& o) {
       refused += ps.apply(pass_cmd(n, t), now).refused.has_value();
     commands += 2 + tests.size();
     tests.clear();
-  };
-  auto warm = clock::now();
-  while (seconds_since(warm) < o.warmup) {
-    check_stop();
-    cycle();
   }
-  auto xs = repeat(o.reps, [&](int) {
-    auto c0 = commands;
-    auto t0 = clock::now();
-    while (seconds_since(t0) < o.seconds) {
+
+  /// Commands per second of `reps` windows after a warm-up.
+  std::vector<double> rate(const options& o) {
+    auto warm = clock::now();
+    while (seconds_since(warm) < o.warmup) {
       check_stop();
-      for (int k = 0; k < 64; ++k)
-        cycle();
+      cycle();
     }
-    return (commands - c0) / seconds_since(t0);
-  });
-  if (refused > 0)
-    throw std::runtime_error("state_machine: " + std::to_string(refused)
-                             + " commands refused");
+    auto xs = repeat(o.reps, [&](int) {
+      auto c0 = commands;
+      auto t0 = clock::now();
+      while (seconds_since(t0) < o.seconds) {
+        check_stop();
+        for (int k = 0; k < 64; ++k)
+          cycle();
+      }
+      return (commands - c0) / seconds_since(t0);
+    });
+    if (refused > 0)
+      throw std::runtime_error("bench: " + std::to_string(refused)
+                               + " commands refused");
+    return xs;
+  }
+};
+
+} // namespace
+
+nlohmann::json state_machine(const options& o) {
+  // The pool alone: the same three commands per cycle, applied in a loop.
+  cycling_pool cp{o.pool, o.nodes};
+  auto xs = cp.rate(o);
   auto cps = median(xs);
   nlohmann::json j;
   j["commands_per_s"] = cps;
@@ -444,6 +476,160 @@ nlohmann::json state_machine(const options& o) {
   j["commands_per_s_reps"] = xs;
   j["nodes"] = o.nodes;
   return j;
+}
+
+// -------------------------------------------------------------------- queue
+
+nlohmann::json queue_cost(const options& o) {
+  // The same cycle on a small pool with an empty queue, and on a big pool
+  // behind a deep queue that no node can serve: half the queued sessions
+  // want a model no node has, half a level no node of their model has. They
+  // have waited past half their queue timeout, so each also asks whether
+  // any node could ever serve it. Measured alternately, side by side.
+  // The cycle advances the pool's clock 1 ms per session and sends no
+  // ticks: a long ephemeral window keeps idle nodes servable throughout.
+  auto p = o.pool;
+  p.ephemeral_window_ms = params::max_duration_ms;
+  cycling_pool small{p, 1000};
+  cycling_pool big{p, o.queue_nodes};
+  cycling_pool big_empty{p, o.queue_nodes};  // the pool's size alone
+  // A few nodes of a rare model, admitted once: level 0.
+  for (int i = 0; i < 3; ++i) {
+    auto reg = register_cmd(node_name("rare", i));
+    reg.mutable_register_()->set_models(0, "rare-model");
+    big.take_tests(big.ps.apply(reg, big.now));
+  }
+  for (auto& [n, t] : big.tests)
+    big.ps.apply(pass_cmd(n, t), big.now);
+  big.tests.clear();
+  for (uint32_t i = 0; i < o.queue_sessions; ++i) {
+    auto c = submit_cmd("q" + std::to_string(i));
+    auto* s = c.mutable_submit_session();
+    if (i % 2 == 0) {
+      s->set_model("no-such-model");
+    } else {
+      s->set_model("rare-model");
+      s->set_min_level(5);
+    }
+    if (big.ps.apply(c, big.now).refused)
+      throw std::runtime_error("queue: a queued session was refused");
+  }
+  big.now += p.queue_timeout_ms / 2 + 1;  // waited long: they may hold
+  options one = o;
+  one.reps = 1;
+  std::vector<double> a, b, c;
+  for (int r = 0; r < o.reps; ++r) {
+    a.push_back(small.rate(one).front());
+    b.push_back(big.rate(one).front());
+    c.push_back(big_empty.rate(one).front());
+  }
+  auto queued = big.ps.session_counts()[pb::QUEUED];
+  if (queued != o.queue_sessions)
+    throw std::runtime_error("queue: " + std::to_string(queued)
+                             + " sessions still queued, expected "
+                             + std::to_string(o.queue_sessions));
+  nlohmann::json j;
+  j["small"] = {{"nodes", 1000}, {"queued", 0},
+                {"commands_per_s", median(a)}, {"commands_per_s_reps", a}};
+  j["deep"] = {{"nodes", o.queue_nodes}, {"queued", o.queue_sessions},
+               {"commands_per_s", median(b)}, {"commands_per_s_reps", b}};
+  j["big_empty"] = {{"nodes", o.queue_nodes}, {"queued", 0},
+                    {"commands_per_s", median(c)},
+                    {"commands_per_s_reps", c}};
+  j["ratio_deep_to_small"] = median(b) / median(a);
+  j["ratio_deep_to_big_empty"] = median(b) / median(c);
+  note("queue: %.0f commands/s (1000 nodes, empty queue), %.0f (%u nodes, "
+       "empty queue), %.0f (%u nodes, %u unservable queued): deep/small "
+       "%.2f, deep/big %.2f",
+       median(a), median(c), o.queue_nodes, median(b), o.queue_nodes,
+       o.queue_sessions, median(b) / median(a), median(b) / median(c));
+  return j;
+}
+
+// -------------------------------------------------------------------- check
+
+nlohmann::json check_speed(const options& o) {
+  // Histories of n sessions served one after another on 100 nodes, as a
+  // supervisor stores them (entries with the archive records they wrote),
+  // then check_history over the whole of each: entries per second.
+  nlohmann::json out = nlohmann::json::array();
+  for (auto n : o.check_sessions) {
+    auto dir = make_temp_dir("check");
+    struct cleanup {
+      std::string d;
+      ~cleanup() { remove_tree(d); }
+    } tidy{dir};
+    uint64_t entries = 0;
+    {
+      auto storage = open_store(dir);
+      cycling_pool cp{o.pool, 0};  // every command below is logged
+      std::vector<pb::LogEntry> batch;
+      std::vector<pb::SessionRecord> archived;
+      auto log = [&](const pb::Command& c) {
+        auto r = cp.ps.apply(c, cp.now);
+        if (!r.changed)
+          return;
+        auto& e = batch.emplace_back();
+        e.set_index(++entries);
+        e.set_now(cp.now);
+        *e.mutable_command() = c;
+        for (auto& a : r.archived)
+          archived.push_back(std::move(a));
+        cp.take_tests(r);
+      };
+      pb::Command conf;
+      conf.mutable_configure()->set_params_json(to_json(o.pool));
+      // The history opens as an oracle's does: its parameters, its nodes.
+      log(conf);
+      for (uint32_t i = 0; i < 100; ++i)
+        log(register_cmd(node_name("n", i)));
+      for (auto& [nd, t] : cp.tests)
+        log(pass_cmd(nd, t));
+      cp.tests.clear();
+      for (uint64_t i = 0; i < n; ++i) {
+        if (i % 4096 == 0)
+          check_stop();
+        auto sid = "s" + std::to_string(i);
+        ++cp.now;
+        log(submit_cmd(sid));
+        log(end_cmd(sid));
+        auto tests = std::move(cp.tests);
+        cp.tests.clear();
+        for (auto& [nd, t] : tests)
+          log(pass_cmd(nd, t));
+        if (batch.size() >= 4096) {
+          if (auto s = storage->append(batch, archived, false); !s.ok())
+            throw std::runtime_error(s.error);
+          batch.clear();
+          archived.clear();
+        }
+      }
+      if (auto s = storage->append(batch, archived, true); !s.ok())
+        throw std::runtime_error(s.error);
+    }
+    auto storage = open_store(dir);
+    auto t0 = clock::now();
+    auto rep = check_history(*storage, 1, &stop_requested);
+    auto secs = seconds_since(t0);
+    check_stop();
+    if (!rep.load_error.empty() || !rep.violations.empty())
+      throw std::runtime_error(
+        "check: the history does not check: "
+        + (rep.load_error.empty() ? rep.violations.front().second.detail
+                                  : rep.load_error));
+    if (rep.sessions_archived != n || rep.entries != entries)
+      throw std::runtime_error("check: checked another history than written");
+    nlohmann::json j;
+    j["sessions"] = n;
+    j["entries"] = entries;
+    j["seconds"] = secs;
+    j["entries_per_s"] = entries / secs;
+    note("check: %llu sessions, %llu entries: %.0f entries/s",
+         static_cast<unsigned long long>(n),
+         static_cast<unsigned long long>(entries), entries / secs);
+    out.push_back(j);
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------ durable
@@ -494,9 +680,33 @@ nlohmann::json durable(const options& o) {
                 {"achieved_per_s", c["achieved_per_s"]}};
   }
   j["curve"] = curve;
-  // Every session stays on record (I4), so the state and each periodic
-  // snapshot grow with this.
-  j["sessions_on_record"] = dp.out->submitted.load();
+  // A long saturation run: what the pool holds in memory (live records,
+  // the window of recent ids, resident memory) at its start and its end.
+  // Ended sessions are archived, so neither grows with the sessions served.
+  auto sample = [&] {
+    auto s = dp.stats();
+    malloc_trim(0);
+    nlohmann::json x;
+    x["live_nodes"] = s["live_nodes"];
+    x["live_sessions"] = s["live_sessions"];
+    x["sessions_accepted"] = s["sessions_accepted"];
+    x["recent_ids"] = s["recent_ids"];
+    x["rss_mb"] = rss_bytes() / 1048576.0;
+    return x;
+  };
+  auto start = sample();
+  auto flat = dp.saturate(o.clients, 1, o.flat_seconds, 0);
+  auto end = sample();
+  j["flat"] = {{"seconds", o.flat_seconds}, {"cycles_per_s", flat.front()},
+               {"start", start}, {"end", end}};
+  note("durable: %.0f s at saturation: sessions accepted %llu -> %llu, live "
+       "sessions %llu -> %llu, RSS %.1f -> %.1f MB",
+       o.flat_seconds, start["sessions_accepted"].get<unsigned long long>(),
+       end["sessions_accepted"].get<unsigned long long>(),
+       start["live_sessions"].get<unsigned long long>(),
+       end["live_sessions"].get<unsigned long long>(),
+       start["rss_mb"].get<double>(), end["rss_mb"].get<double>());
+  j["sessions_served"] = dp.out->submitted.load();
   return j;
 }
 
