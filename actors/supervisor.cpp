@@ -191,7 +191,18 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     return {};
   }
   if (st.cfg.async_snapshots)
-    st.snapshots = std::make_unique<snapshot_writer>(st.cfg.storage);
+    st.snapshots = std::make_unique<snapshot_writer>(
+      st.cfg.storage, [](const pb::Snapshot& snap) {
+        // The whole-state check of I1-I5, at every snapshot, on the
+        // writer's thread: the commands in between were checked on what
+        // they touched (by tests, simulation and `nodepool check`).
+        pool_state copy;
+        copy.restore(snap);
+        for (auto& v : copy.check_invariants())
+          log("supervisor")->critical("snapshot at entry {} breaks {}: {}",
+                                      snap.last_index(), v.invariant,
+                                      v.detail);
+      });
   st.next_index = info.last_index + 1;
   st.last_now = info.last_now;
   if (st.cfg.sim_time)

@@ -360,6 +360,7 @@ private:
 
 struct snapshot_writer::impl {
   std::shared_ptr<store> st;
+  std::function<void(const pb::Snapshot&)> check;
   std::mutex mutex;
   std::condition_variable cv;
   std::optional<pb::Snapshot> waiting;
@@ -377,6 +378,8 @@ struct snapshot_writer::impl {
       auto snap = std::move(*waiting);
       waiting.reset();
       lock.unlock();
+      if (check)
+        check(snap);
       auto s = st->save_snapshot(snap);  // serialization happens here
       lock.lock();
       if (s.ok()) {
@@ -390,9 +393,11 @@ struct snapshot_writer::impl {
   }
 };
 
-snapshot_writer::snapshot_writer(std::shared_ptr<store> st)
+snapshot_writer::snapshot_writer(
+  std::shared_ptr<store> st, std::function<void(const pb::Snapshot&)> check)
   : impl_(std::make_unique<impl>()) {
   impl_->st = std::move(st);
+  impl_->check = std::move(check);
   impl_->thread = std::thread([this] { impl_->run(); });
 }
 

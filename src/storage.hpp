@@ -71,7 +71,12 @@ public:
 /// snapshot only makes a replay longer). The destructor writes what waits.
 class snapshot_writer {
 public:
-  explicit snapshot_writer(std::shared_ptr<store> st);
+  /// `check`, if given, runs on the writer's thread before each write (the
+  /// supervisor verifies I1-I5 on the whole snapshot there, off its own
+  /// thread).
+  explicit snapshot_writer(
+    std::shared_ptr<store> st,
+    std::function<void(const pb::Snapshot&)> check = {});
   ~snapshot_writer();
   snapshot_writer(const snapshot_writer&) = delete;
   snapshot_writer& operator=(const snapshot_writer&) = delete;

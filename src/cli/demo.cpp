@@ -30,7 +30,7 @@ struct demo_options {
   uint64_t seed = 1;
   std::string data_dir;
   bool json = false;
-  double timeout_s = 120;
+  double timeout_s = 0;  // 0: wait until every session has ended
   std::string config;
   std::map<std::string, std::string> flags;
 };
@@ -295,7 +295,7 @@ int run(demo_options& o) {
                                + before_counts[pb::FAILED]);
   generator_progress g;
   bool announced = false;
-  while (!stop_requested && elapsed() < o.timeout_s) {
+  while (!stop_requested && (o.timeout_s <= 0 || elapsed() < o.timeout_s)) {
     g = ask_progress(self, gen);
     if (g.all_answered && !announced) {
       announced = true;
@@ -453,7 +453,8 @@ void add_demo(CLI::App& app) {
                   "store directory; default a fresh temporary one. Run again "
                   "with the same directory to resume after a crash");
   cmd->add_option("--timeout", o->timeout_s,
-                  "give up waiting after this many seconds (default 120)");
+                  "give up waiting after this many seconds (default 0: wait "
+                  "until every session has ended; Ctrl-C stops it, resumable)");
   cmd->add_option("--config", o->config, "TOML file with a [pool] table");
   cmd->add_flag("--json", o->json, "print one JSON object as the last line");
   add_param_flags(*cmd, o->flags);

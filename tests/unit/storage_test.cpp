@@ -576,8 +576,9 @@ TEST(MemoryStore, APowerCutLosesWhatWasNotSynced) {
 
 TEST(SnapshotWriter, WritesOnItsOwnThreadAndFinishesOnDestruction) {
   std::shared_ptr<store> st{make_memory_store()};
+  std::atomic<uint64_t> checked{0};
   {
-    snapshot_writer w{st};
+    snapshot_writer w{st, [&](const pb::Snapshot&) { ++checked; }};
     for (uint64_t i = 1; i <= 50; ++i) {
       pb::Snapshot snap;
       snap.set_last_index(i);
@@ -588,6 +589,9 @@ TEST(SnapshotWriter, WritesOnItsOwnThreadAndFinishesOnDestruction) {
   ASSERT_TRUE(st->load_snapshot(loaded).ok());
   ASSERT_TRUE(loaded.has_value());
   EXPECT_EQ(loaded->last_index(), 50u);
+  // Each snapshot written was checked first, on the writer's thread.
+  EXPECT_GE(checked.load(), 1u);
+  EXPECT_LE(checked.load(), 50u);
 }
 
 // -- RocksDB only ---------------------------------------------------------------
