@@ -280,7 +280,8 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
   std::vector<std::string> due_nodes;
   for (auto t = node_timers_.begin(); t != node_timers_.end() && t->first <= now;
        ++t)
-    due_nodes.push_back(t->second);
+    due_nodes.push_back(t->second->id());
+  std::sort(due_nodes.begin(), due_nodes.end());  // the order acted in
   for (auto& id : due_nodes) {
     auto i = nodes_.find(id);
     if (i == nodes_.end())
@@ -311,10 +312,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
   std::vector<std::string> idle, expired;
   for (auto t = session_timers_.begin();
        t != session_timers_.end() && t->first <= now; ++t) {
-    auto i = sessions_.find(t->second);
-    if (i == sessions_.end())
-      continue;
-    auto& s = i->second;
+    auto& s = *t->second;  // a live session: ending one unschedules it
     if (s.state() == pb::ACTIVE
         && now - s.last_activity() > params_.idle_threshold_ms)
       idle.push_back(s.id());

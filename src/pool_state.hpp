@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "id_window.hpp"
@@ -179,6 +180,8 @@ private:
   void note_session(const pb::SessionRecord& s);
   /// Reschedules the timers of every record noted during the command.
   void flush_notes();
+  /// Drops a session's timer (before its record leaves the pool).
+  void unschedule(const pb::SessionRecord& s);
   void enqueue(pb::SessionRecord& s);
   void dequeue(const pb::SessionRecord& s);
   void rebuild_indexes();
@@ -248,11 +251,13 @@ private:
     std::vector<level_counts*> models;
     int64_t due = INT64_MAX;
   };
-  std::map<const pb::NodeRecord*, node_aux> node_aux_;  // nodes never move
-  /// Timers by due time: a tick visits what is due, not every record.
-  std::set<std::pair<int64_t, std::string>> node_timers_;
-  std::set<std::pair<int64_t, std::string>> session_timers_;
-  std::map<std::string, int64_t> session_due_;
+  std::unordered_map<const pb::NodeRecord*, node_aux> node_aux_;  // nodes never move
+  /// Timers by due time: a tick visits what is due, not every record. Ties
+  /// are ordered by address, so a tick sorts what is due by id before it
+  /// acts (the order of events must not depend on where records live).
+  std::set<std::pair<int64_t, const pb::NodeRecord*>> node_timers_;
+  std::set<std::pair<int64_t, const pb::SessionRecord*>> session_timers_;
+  std::unordered_map<const pb::SessionRecord*, int64_t> session_due_;
   std::vector<const pb::NodeRecord*> noted_nodes_;
   std::vector<std::string> noted_sessions_;
   /// Queued sessions by what they need: within a class every session is
@@ -271,14 +276,16 @@ private:
     std::multiset<int64_t> entered;  // their last_activity (queue entry)
   };
   std::map<class_key, queue_class> classes_;
-  /// Classes by the acceptance order of their head (seqs are unique).
+  /// Classes by the acceptance order of their head (seqs are unique); map
+  /// nodes do not move, so each entry points at its class.
+  using class_entry = std::pair<const class_key, queue_class>;
   struct head_order {
-    bool operator()(const std::pair<uint64_t, const class_key*>& a,
-                    const std::pair<uint64_t, const class_key*>& b) const {
+    bool operator()(const std::pair<uint64_t, class_entry*>& a,
+                    const std::pair<uint64_t, class_entry*>& b) const {
       return a.first < b.first;
     }
   };
-  std::set<std::pair<uint64_t, const class_key*>, head_order> heads_;
+  std::set<std::pair<uint64_t, class_entry*>, head_order> heads_;
   /// ACTIVE sessions with fewer nodes than their redundancy, by id.
   std::set<std::string> short_;
 

@@ -187,7 +187,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   std::vector<const pb::SessionRecord*> held;
   for (auto h = heads_.begin(); h != heads_.end() && !pool_.empty();) {
     auto seq = h->first;
-    auto& c = classes_.at(*h->second);
+    auto& c = h->second->second;
     auto& s = *c.members.begin()->second;
     if (!servable_now(s, now, held)) {
       if (now - *c.entered.begin() > params_.queue_timeout_ms / 2
@@ -357,6 +357,7 @@ void pool_state::archive(pb::SessionRecord& s, int64_t now,
   // only. The id stays in the window so a retry is refused without a
   // lookup; the record itself goes out with the command, to the archive.
   ++(s.state() == pb::COMPLETED ? sessions_completed_ : sessions_failed_);
+  unschedule(s);
   recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
   auto id = s.id();
   out.archived.push_back(std::move(s));

@@ -100,28 +100,39 @@ void pool_state::flush_notes() {
     if (due == a.due)
       continue;
     if (a.due != never)
-      node_timers_.erase({a.due, n->id()});
+      node_timers_.erase({a.due, n});
     a.due = due;
     if (due != never)
-      node_timers_.insert({due, n->id()});
+      node_timers_.insert({due, n});
   }
   noted_nodes_.clear();
   for (auto& id : noted_sessions_) {
-    auto s = sessions_.find(id);
-    auto due = s == sessions_.end() ? never : session_due(s->second);
-    auto old = session_due_.find(id);
+    auto i = sessions_.find(id);
+    if (i == sessions_.end())
+      continue;  // ended: unscheduled before it left
+    auto* s = &i->second;
+    auto due = session_due(*s);
+    auto old = session_due_.find(s);
     if (old != session_due_.end()) {
       if (old->second == due)
         continue;
-      session_timers_.erase({old->second, id});
+      session_timers_.erase({old->second, s});
       session_due_.erase(old);
     }
     if (due != never) {
-      session_timers_.insert({due, id});
-      session_due_.emplace(id, due);
+      session_timers_.insert({due, s});
+      session_due_.emplace(s, due);
     }
   }
   noted_sessions_.clear();
+}
+
+void pool_state::unschedule(const pb::SessionRecord& s) {
+  auto old = session_due_.find(&s);
+  if (old == session_due_.end())
+    return;
+  session_timers_.erase({old->second, &s});
+  session_due_.erase(old);
 }
 
 void pool_state::enqueue(pb::SessionRecord& s) {
@@ -133,7 +144,7 @@ void pool_state::enqueue(pb::SessionRecord& s) {
     heads_.erase({c.members.begin()->first, nullptr});
   c.members.emplace(s.seq(), &s);
   c.entered.insert(s.last_activity());
-  heads_.insert({c.members.begin()->first, &it->first});
+  heads_.insert({c.members.begin()->first, &*it});
 }
 
 void pool_state::dequeue(const pb::SessionRecord& s) {
@@ -150,7 +161,7 @@ void pool_state::dequeue(const pb::SessionRecord& s) {
   if (c.members.empty())
     classes_.erase(it);
   else
-    heads_.insert({c.members.begin()->first, &it->first});
+    heads_.insert({c.members.begin()->first, &*it});
 }
 
 void pool_state::rebuild_indexes() {
@@ -219,8 +230,7 @@ void pool_state::check_indexes(const pb::NodeRecord& n,
                            + " is counted under another level, model or "
                              "state than its own"});
   auto due = node_due(n);
-  if (x.due != due
-      || (due != never && node_timers_.count({due, n.id()}) == 0))
+  if (x.due != due || (due != never && node_timers_.count({due, &n}) == 0))
     out.push_back({"I2", "the timer of node " + n.id()
                            + " disagrees with its deadline"});
 }
@@ -228,9 +238,9 @@ void pool_state::check_indexes(const pb::NodeRecord& n,
 void pool_state::check_indexes(const pb::SessionRecord& s,
                                std::vector<violation>& out) const {
   auto due = session_due(s);
-  auto d = session_due_.find(s.id());
+  auto d = session_due_.find(&s);
   if (d == session_due_.end() || d->second != due
-      || session_timers_.count({due, s.id()}) == 0)
+      || session_timers_.count({due, &s}) == 0)
     out.push_back({"I4", "the timer of session " + s.id()
                            + " disagrees with its last activity"});
   bool is_short = s.state() == pb::ACTIVE
