@@ -162,9 +162,13 @@ void flush(self_ptr self) {
   // sessions are archived, so not to the history). Waiting at least as
   // many entries as there are records keeps that cost constant per entry,
   // and the replay after a restart no longer than loading the snapshot.
+  // The window of recent ids is in the snapshot too, at 8 bytes an id
+  // (a record is about 16 times that): at a high rate of sessions it holds
+  // millions, so it counts towards the interval at that weight.
   auto every = std::max<uint64_t>(
     st.cfg.pool.snapshot_every,
-    st.pool.nodes().size() + st.pool.sessions().size());
+    st.pool.nodes().size() + st.pool.sessions().size()
+      + st.pool.recent_ids().size() / 16);
   if (st.since_snapshot >= every) {
     // Here only the copy of the live state; serializing and writing it
     // happen on the writer's thread.
@@ -197,7 +201,7 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
         // writer's thread: the commands in between were checked on what
         // they touched (by tests, simulation and `nodepool check`).
         pool_state copy;
-        copy.restore(snap);
+        copy.restore(snap, false);  // I1-I5 do not look at the window
         for (auto& v : copy.check_invariants())
           log("supervisor")->critical("snapshot at entry {} breaks {}: {}",
                                       snap.last_index(), v.invariant,

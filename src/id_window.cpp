@@ -54,77 +54,86 @@ void id_window::expire(int64_t now) {
     }
     runs_.pop_front();
   }
-  if (table_.size() > min_capacity && used_ * 16 < table_.size() * 3)
-    resize(table_.size() / 2);
 }
 
 size_t id_window::memory_bytes() const {
-  return table_.capacity() * sizeof(uint64_t) + fifo_.size() * sizeof(uint64_t)
-         + runs_.size() * sizeof(run);
+  size_t table = 0;
+  for (auto& sh : shards_)
+    table += sh.table.capacity() * sizeof(uint64_t);
+  return table + fifo_.size() * sizeof(uint64_t) + runs_.size() * sizeof(run);
 }
 
 bool id_window::contains_fp(uint64_t fp) const {
-  if (table_.empty())
+  auto& sh = shard_of(fp);
+  if (sh.table.empty())
     return false;
-  auto mask = table_.size() - 1;
+  auto mask = sh.table.size() - 1;
   for (auto i = fp & mask;; i = (i + 1) & mask) {
-    if (table_[i] == fp)
+    if (sh.table[i] == fp)
       return true;
-    if (table_[i] == 0)
+    if (sh.table[i] == 0)
       return false;
   }
 }
 
 void id_window::insert_fp(uint64_t fp) {
-  if (table_.empty())
-    resize(min_capacity);
-  else if ((used_ + 1) * 4 > table_.size() * 3)
-    resize(table_.size() * 2);
-  auto mask = table_.size() - 1;
+  auto& sh = shard_of(fp);
+  if (sh.table.empty())
+    resize(sh, min_capacity);
+  else if ((sh.used + 1) * 4 > sh.table.size() * 3)
+    resize(sh, sh.table.size() * 2);
+  auto mask = sh.table.size() - 1;
   auto i = fp & mask;
-  while (table_[i] != 0)
+  while (sh.table[i] != 0)
     i = (i + 1) & mask;
-  table_[i] = fp;
-  ++used_;
+  sh.table[i] = fp;
+  ++sh.used;
 }
 
 void id_window::erase_fp(uint64_t fp) {
-  auto mask = table_.size() - 1;
+  auto& sh = shard_of(fp);
+  if (sh.table.empty())
+    return;
+  auto& t = sh.table;
+  auto mask = t.size() - 1;
   auto i = fp & mask;
-  while (table_[i] != fp) {
-    if (table_[i] == 0)
+  while (t[i] != fp) {
+    if (t[i] == 0)
       return;
     i = (i + 1) & mask;
   }
   // Backward-shift deletion: no tombstones, so a lookup never walks past
   // slots that only used to be full.
-  for (auto j = (i + 1) & mask; table_[j] != 0; j = (j + 1) & mask) {
-    auto home = table_[j] & mask;
-    // Move table_[j] into the hole at i unless its home lies in (i, j].
+  for (auto j = (i + 1) & mask; t[j] != 0; j = (j + 1) & mask) {
+    auto home = t[j] & mask;
+    // Move t[j] into the hole at i unless its home lies in (i, j].
     bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
     if (!stays) {
-      table_[i] = table_[j];
+      t[i] = t[j];
       i = j;
     }
   }
-  table_[i] = 0;
-  --used_;
+  t[i] = 0;
+  --sh.used;
+  // Shrink a shard that emptied out, so memory follows the ids held.
+  if (t.size() > min_capacity && sh.used * 16 < t.size() * 3)
+    resize(sh, t.size() / 2);
 }
 
-void id_window::resize(size_t capacity) {
+void id_window::resize(shard& sh, size_t capacity) {
   std::vector<uint64_t> old;
-  old.swap(table_);
-  table_.assign(capacity, 0);
-  table_.shrink_to_fit();
-  used_ = 0;
+  old.swap(sh.table);
+  sh.table.assign(capacity, 0);
+  sh.table.shrink_to_fit();
+  sh.used = 0;
   auto mask = capacity - 1;
   for (auto fp : old)
     if (fp != 0) {
       auto i = fp & mask;
-      while (table_[i] != 0)
+      while (sh.table[i] != 0)
         i = (i + 1) & mask;
-      table_[i] = fp;
-      ++used_;
+      sh.table[i] = fp;
+      ++sh.used;
     }
 }
 
@@ -168,9 +177,11 @@ std::string id_window::load(const image& img) {
 }
 
 void id_window::clear() {
-  table_.clear();
-  table_.shrink_to_fit();
-  used_ = 0;
+  for (auto& sh : shards_) {
+    sh.table.clear();
+    sh.table.shrink_to_fit();
+    sh.used = 0;
+  }
   fifo_.clear();
   runs_.clear();
 }

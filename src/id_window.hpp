@@ -20,7 +20,9 @@ namespace nodepool {
 /// id). Expiry times are kept per second, not per id: ids expire in the
 /// order they were added, so a run-length list of (second, how many)
 /// suffices, and it never holds more entries than the retention has
-/// seconds.
+/// seconds. The table is split into 64 shards by the fingerprint's top
+/// bits, each growing on its own: a window of millions of ids never stops
+/// the pool for a rehash of all of them.
 ///
 /// A fingerprint collision (two ids with the same 64-bit hash) makes the
 /// later id look like a duplicate; with the window's few hundred thousand
@@ -57,13 +59,23 @@ public:
   void clear();
 
 private:
+  /// One open-addressing table; 0 marks an empty slot, the capacity is 0 or
+  /// a power of two.
+  struct shard {
+    std::vector<uint64_t> table;
+    size_t used = 0;
+  };
+  static constexpr int shard_bits = 6;
+  shard& shard_of(uint64_t fp) { return shards_[fp >> (64 - shard_bits)]; }
+  const shard& shard_of(uint64_t fp) const {
+    return shards_[fp >> (64 - shard_bits)];
+  }
   void insert_fp(uint64_t fp);
   void erase_fp(uint64_t fp);
   bool contains_fp(uint64_t fp) const;
-  void resize(size_t capacity);
+  static void resize(shard& sh, size_t capacity);
 
-  std::vector<uint64_t> table_;  // 0 = empty slot; capacity a power of two
-  size_t used_ = 0;
+  std::vector<shard> shards_ = std::vector<shard>(size_t{1} << shard_bits);
   std::deque<uint64_t> fifo_;
   struct run {
     int64_t second;

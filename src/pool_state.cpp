@@ -427,7 +427,7 @@ pb::Snapshot pool_state::snapshot() const {
   return snap;
 }
 
-void pool_state::restore(const pb::Snapshot& snap) {
+void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   if (!snap.params_json().empty()) {
     std::string err;
     auto p = params_from_json(snap.params_json(), params_, err);
@@ -463,7 +463,10 @@ void pool_state::restore(const pb::Snapshot& snap) {
   sessions_failed_ = snap.sessions_failed();
   // recover() refuses an inconsistent window (recent_ids_error); a raw
   // restore of one starts with an empty window.
-  recent_ids_.load(recent_ids_image(snap));
+  if (with_recent_ids)
+    recent_ids_.load(recent_ids_image(snap));
+  else
+    recent_ids_.clear();
   last_now_ = snap.last_now();
   rebuild_indexes();  // after params_: deadlines depend on them
 }

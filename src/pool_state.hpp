@@ -117,8 +117,10 @@ public:
   // -- snapshots -------------------------------------------------------------
 
   pb::Snapshot snapshot() const;
-  /// Replaces the state by a snapshot's. Indexes are rebuilt.
-  void restore(const pb::Snapshot& snap);
+  /// Replaces the state by a snapshot's. Indexes are rebuilt. Without
+  /// `with_recent_ids` the idempotency window stays empty (a copy made only
+  /// to check I1-I5 need not rebuild it).
+  void restore(const pb::Snapshot& snap, bool with_recent_ids = true);
 
 private:
   // pool_state.cpp
