@@ -48,7 +48,7 @@ struct params {
   std::string selection = "reputation";  // reputation | random | latency
   uint64_t seed = 1;
   // storage
-  uint64_t snapshot_every = 5000;  // log entries between snapshots (at least
+  uint64_t snapshot_every = 100000;  // log entries between snapshots (at least
                                   // nodes + sessions on record)
   int64_t tick_interval_ms = 200;
 
