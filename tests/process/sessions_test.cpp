@@ -1,0 +1,147 @@
+// `nodepool sessions`: the archive of ended sessions, read from a stopped
+// oracle's data directory and from a running oracle.
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "proc.hpp"
+
+using namespace std::chrono_literals;
+
+namespace nodepool::testing {
+namespace {
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> xs;
+  std::istringstream in{out};
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty())
+      xs.push_back(nlohmann::json::parse(line, nullptr, false));
+  return xs;
+}
+
+TEST(sessions, the_archive_of_a_data_directory_lists_every_ended_session) {
+  auto dir = temp_dir("sessions");
+  cleanup tidy{dir};
+  auto db = dir + "/db";
+  auto [rc, out] = run({"demo", "--json", "--sessions", "60", "--nodes", "12",
+                        "--data-dir", db},
+                       dir + "/demo.out", 120s);
+  ASSERT_EQ(rc, 0) << read_file(dir + "/demo.out.err");
+  auto demo = last_json_line(out);
+  auto ended = demo["sessions"]["completed"].get<int>()
+               + demo["sessions"]["failed"].get<int>();
+  ASSERT_EQ(ended, 60);
+
+  auto [rc2, all] = run({"sessions", "--data-dir", db, "--json"},
+                        dir + "/all.out");
+  ASSERT_EQ(rc2, 0) << read_file(dir + "/all.out.err");
+  auto xs = json_lines(all);
+  ASSERT_EQ(xs.size(), 60u) << all;
+  std::set<std::string> ids;
+  int64_t last_end = 0;
+  for (auto& x : xs) {
+    ASSERT_TRUE(x.is_object()) << all;
+    ids.insert(x["id"].get<std::string>());
+    auto st = x["state"].get<std::string>();
+    EXPECT_TRUE(st == "completed" || st == "failed") << x.dump();
+    EXPECT_TRUE(x["nodes"].empty()) << "an ended session holds no node";
+    // In the order they ended.
+    EXPECT_GE(x["ended_at"].get<int64_t>(), last_end);
+    last_end = x["ended_at"].get<int64_t>();
+  }
+  EXPECT_EQ(ids.size(), 60u);
+  EXPECT_EQ(ids.count("demo-000042"), 1u);
+
+  // --since keeps the later ones, --limit cuts the list.
+  auto mid = xs[30]["ended_at"].get<int64_t>();
+  auto [rc3, later] = run({"sessions", "--data-dir", db, "--json", "--since",
+                           std::to_string(mid)},
+                          dir + "/later.out");
+  ASSERT_EQ(rc3, 0);
+  auto ys = json_lines(later);
+  EXPECT_GE(ys.size(), 1u);
+  EXPECT_LE(ys.size(), 30u);
+  for (auto& y : ys)
+    EXPECT_GE(y["ended_at"].get<int64_t>(), mid);
+  auto [rc4, five] = run({"sessions", "--data-dir", db, "--json", "--limit",
+                          "5"},
+                         dir + "/five.out");
+  ASSERT_EQ(rc4, 0);
+  EXPECT_EQ(json_lines(five).size(), 5u);
+
+  // One by id; an unknown id is an error that names it.
+  auto [rc5, one] = run({"sessions", "--data-dir", db, "--json", "--id",
+                         "demo-000042"},
+                        dir + "/one.out");
+  ASSERT_EQ(rc5, 0) << read_file(dir + "/one.out.err");
+  auto o = json_lines(one);
+  ASSERT_EQ(o.size(), 1u);
+  EXPECT_EQ(o[0]["id"], "demo-000042");
+  auto [rc6, none] = run({"sessions", "--data-dir", db, "--id", "nosuch"},
+                         dir + "/none.out");
+  EXPECT_EQ(rc6, 1);
+  EXPECT_NE(read_file(dir + "/none.out.err").find("nosuch"),
+            std::string::npos);
+
+  // `check --sessions` accounts for every session ever accepted.
+  auto [rc7, chk] = run({"check", "--data-dir", db, "--json", "--sessions"},
+                        dir + "/check.out");
+  ASSERT_EQ(rc7, 0) << chk;
+  auto c = last_json_line(chk);
+  EXPECT_EQ(c["session_states"].size(), 60u);
+  EXPECT_EQ(c["sessions"]["archived"].get<int>(), 60);
+  EXPECT_TRUE(c["violations"].empty()) << c["violations"].dump();
+}
+
+TEST(sessions, a_running_oracle_answers_from_its_archive) {
+  auto dir = temp_dir("sessions-live");
+  cleanup tidy{dir};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "3", "--behaviour",
+               "healthy:3", "--deadline-hint-ms", "1000"},
+              dir + "/miner.out"};
+  ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
+  auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "8",
+                        "--prefix", "live", "--max-tasks", "1"},
+                       dir + "/submit.out");
+  ASSERT_EQ(rc, 0) << out;
+  // Ask until all eight have ended (each answer is a fresh process).
+  std::vector<nlohmann::json> xs;
+  auto until = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < until) {
+    auto [rc2, got] = run({"sessions", "--oracle", target, "--json"},
+                          dir + "/sessions.out");
+    ASSERT_EQ(rc2, 0) << read_file(dir + "/sessions.out.err");
+    xs = json_lines(got);
+    if (xs.size() >= 8)
+      break;
+    std::this_thread::sleep_for(200ms);
+  }
+  ASSERT_EQ(xs.size(), 8u);
+  for (auto& x : xs)
+    EXPECT_EQ(x["id"].get<std::string>().rfind("live-", 0), 0u) << x.dump();
+  // The oracle caps one answer at --limit.
+  auto [rc3, two] = run({"sessions", "--oracle", target, "--json", "--limit",
+                         "2"},
+                        dir + "/two.out");
+  ASSERT_EQ(rc3, 0);
+  EXPECT_EQ(json_lines(two).size(), 2u);
+  // A resubmission of an ended id is a duplicate: `submit` reports it as
+  // stored already, and no ninth session appears.
+  auto [rc4, again] = run({"submit", "--oracle", target, "--sessions", "1",
+                           "--prefix", "live", "--max-tasks", "1"},
+                          dir + "/again.out");
+  EXPECT_NE(again.find("already stored"), std::string::npos) << again;
+  auto [rc5, after] = run({"sessions", "--oracle", target, "--json"},
+                          dir + "/after.out");
+  ASSERT_EQ(rc5, 0);
+  EXPECT_EQ(json_lines(after).size(), 8u);
+}
+
+} // namespace
+} // namespace nodepool::testing
