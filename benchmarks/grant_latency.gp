@@ -2,7 +2,7 @@
 # against open-loop offered load; written by nodepool bench --plot.
 set terminal pngcairo size 900,560 noenhanced
 set output 'grant_latency.png'
-set title sprintf('nodepool grant latency vs offered load (saturation %.0f cycles/s)', 10495.1)
+set title sprintf('nodepool grant latency vs offered load (saturation %.0f cycles/s)', 17759.3)
 set xlabel 'offered load (share of saturation cycles/s)'
 set ylabel 'grant latency (ms)'
 set logscale y
