@@ -216,6 +216,13 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         auto& st = self->state;
         ++st.received;
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!sender) {
+          // Nobody to answer, bind a node to or monitor (a connection torn
+          // down mid-message can deliver this): counted and dropped.
+          refuse(self, sender, "?", "no_sender",
+                 "a miner message without a sender");
+          return;
+        }
         pb::MinerMsg m;
         if (!m.ParseFromString(bytes)
             || m.kind_case() == pb::MinerMsg::KIND_NOT_SET) {

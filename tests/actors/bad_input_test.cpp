@@ -84,6 +84,18 @@ TEST_F(bad_input, garbage_bytes_are_refused_and_change_nothing) {
   EXPECT_EQ(snapshot_bytes(), before);
 }
 
+TEST_F(bad_input, a_message_without_a_sender_is_refused_and_changes_nothing) {
+  // What a connection torn down mid-message can deliver: no sender to
+  // answer, to bind a node to or to monitor.
+  auto before = snapshot_bytes();
+  caf::anon_send(oracle_.gateway, miner_atom::value,
+                 reg("nobody").SerializeAsString());
+  sched_->run();
+  EXPECT_EQ(counted("no_sender"), 1u);
+  EXPECT_EQ(snapshot_bytes(), before);
+  EXPECT_EQ(state().node("nobody"), nullptr);
+}
+
 TEST_F(bad_input, messages_before_registration_are_refused) {
   pb::MinerMsg hb;
   hb.set_node_id("ghost");
