@@ -32,10 +32,9 @@ void pool_state::check_node(const pb::NodeRecord& n,
   // I1 exclusive: a reserved node belongs to one active session that lists
   // it; any other node belongs to none.
   if (n.state() == pb::RESERVED) {
-    auto s = sessions_.find(n.session_id());
-    if (s == sessions_.end() || s->second.state() != pb::ACTIVE
-        || std::count(s->second.nodes().begin(), s->second.nodes().end(), nid)
-             != 1)
+    auto* s = live_session(n.session_id());
+    if (!s || s->state() != pb::ACTIVE
+        || std::count(s->nodes().begin(), s->nodes().end(), nid) != 1)
       add(out, "I1", "node " + nid + " reserved for '" + n.session_id()
                        + "' which does not list it once as an active session");
     // I2 earned: it passed a test after its last reset, within the window.
@@ -88,6 +87,8 @@ void pool_state::check_session(const pb::SessionRecord& s,
       add(out, "I4", "session " + sid + " has no state");
   }
   check_indexes(s, out);
+  if (live_session(sid) != &s)
+    add(out, "I4", "the index by id does not lead to session " + sid);
   // I1: every node it lists is reserved for it (a node listed by two
   // sessions names only one of them, so the other is caught here).
   std::set<std::string> seen;
@@ -111,7 +112,7 @@ void pool_state::check_ended(const pb::SessionRecord& s,
     add(out, "I4", "session " + s.id() + " failed without a reason");
   if (s.nodes_size() > 0)
     add(out, "I1", "session " + s.id() + " ended but holds nodes");
-  if (sessions_.count(s.id()))
+  if (sessions_.count(s.id()) || live_session(s.id()))
     add(out, "I4", "session " + s.id() + " ended but is still live");
 }
 
@@ -133,6 +134,10 @@ void pool_state::check_counters(std::vector<violation>& out) const {
                      + std::to_string(queue_.size()) + " queued and "
                      + std::to_string(active_.size()) + " active");
   // The indexes hold as many records as they index.
+  if (session_index_.size() != sessions_.size())
+    add(out, "I4", "the index by id holds " + std::to_string(session_index_.size())
+                     + " sessions, " + std::to_string(sessions_.size())
+                     + " are live");
   if (session_due_.size() != sessions_.size()
       || session_timers_.size() != sessions_.size())
     add(out, "I4", "session timers hold " + std::to_string(session_due_.size())

@@ -58,8 +58,7 @@ const pb::NodeRecord* pool_state::node(const std::string& id) const {
 }
 
 const pb::SessionRecord* pool_state::session(const std::string& id) const {
-  auto i = sessions_.find(id);
-  return i == sessions_.end() ? nullptr : &i->second;
+  return live_session(id);
 }
 
 std::array<uint64_t, 5> pool_state::session_counts() const {
@@ -261,11 +260,11 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
 void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
                       apply_result& out) {
   if (n.state() == pb::RESERVED) {
-    auto s = sessions_.find(n.session_id());
+    auto* s = live_session(n.session_id());
     n.clear_session_id();
     n.set_tasks_served(0);
-    if (s != sessions_.end())
-      detach(s->second, n.id(), now, out);
+    if (s)
+      detach(*s, n.id(), now, out);
   }
   n.set_reset_at(now);
   n.set_test_id(0);
@@ -323,10 +322,10 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
   std::sort(idle.begin(), idle.end());
   std::sort(expired.begin(), expired.end());
   for (auto& id : idle) {
-    auto i = sessions_.find(id);
-    if (i == sessions_.end())
+    auto* sp = live_session(id);
+    if (!sp)
       continue;
-    auto& s = i->second;
+    auto& s = *sp;
     auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
     for (auto& nid : nodes)
       if (auto n = nodes_.find(nid); n != nodes_.end())
@@ -343,8 +342,8 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     note_session(s);
   }
   for (auto& id : expired)
-    if (auto i = sessions_.find(id); i != sessions_.end())
-      end_session(i->second, pb::FAILED,
+    if (auto* s = live_session(id))
+      end_session(*s, pb::FAILED,
                   "no suitable nodes within queue_timeout", now, out);
 }
 
@@ -363,8 +362,8 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   // No node could serve a queued session while the oracle was down, and
   // every node has to come back first: queue timeouts start again here.
   for (auto& [seq, id] : queue_)
-    if (auto i = sessions_.find(id); i != sessions_.end())
-      i->second.set_last_activity(now);
+    if (auto* s = live_session(id))
+      s->set_last_activity(now);
   rebuild_indexes();  // rare: once per oracle start
   out.changed = true;
 }
@@ -441,6 +440,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   queue_.clear();
   nodes_.clear();
   sessions_.clear();
+  session_index_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     nodes_[n.id()] = n;
@@ -448,8 +448,10 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
     if (st < counts_.size())
       ++counts_[st];
   }
+  session_index_.clear();
   for (auto& s : snap.sessions()) {
     auto& rec = sessions_[s.id()] = s;
+    session_index_[s.id()] = &rec;
     if (s.state() == pb::ACTIVE)
       active_.emplace(s.id(), &rec);
   }

@@ -209,7 +209,14 @@ private:
   params params_;
   std::unique_ptr<selection_strategy> selector_;
   std::map<std::string, pb::NodeRecord> nodes_;
-  std::map<std::string, pb::SessionRecord> sessions_;
+  std::map<std::string, pb::SessionRecord> sessions_;  // ordered: snapshots
+  /// The same sessions by id in a hash index: a lookup costs the same
+  /// whatever the number of live sessions (map nodes do not move).
+  std::unordered_map<std::string, pb::SessionRecord*> session_index_;
+  pb::SessionRecord* live_session(const std::string& id) const {
+    auto i = session_index_.find(id);
+    return i == session_index_.end() ? nullptr : i->second;
+  }
   std::map<uint64_t, std::string> queue_;  // seq -> session id, QUEUED only
   // ACTIVE sessions, by id, with their records (visited after every
   // command: no lookup per session)

@@ -32,7 +32,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
                           "session id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
   }
-  if (sessions_.count(c.session_id()) || recent_ids_.contains(c.session_id())) {
+  if (live_session(c.session_id()) || recent_ids_.contains(c.session_id())) {
     out.refused = refusal{"duplicate_session",
                           "session " + c.session_id() + " already exists"};
     return;
@@ -55,6 +55,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
     return;
   }
   auto& s = sessions_[c.session_id()];
+  session_index_[c.session_id()] = &s;
   s.set_id(c.session_id());
   s.set_model(c.model());
   s.set_min_nodes(min_n);
@@ -161,8 +162,8 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   if (!short_.empty()) {
     std::vector<pb::SessionRecord*> tops;
     for (auto& id : short_)
-      if (auto i = sessions_.find(id); i != sessions_.end())
-        tops.push_back(&i->second);
+      if (auto* s = live_session(id))
+        tops.push_back(s);
     for (auto* sp : tops) {
       if (pool_.empty())
         return;
@@ -197,7 +198,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
       continue;
     }
     dequeue(s);  // before its activity changes (the class keeps entry times)
-    auto& live = sessions_.at(s.id());
+    auto& live = s;
     reserve_for(live, live.max_nodes(), now, out, held);
     live.set_state(pb::ACTIVE);
     active_.emplace(live.id(), &live);
@@ -221,8 +222,8 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
 
 void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
                                  apply_result& out) {
-  auto i = sessions_.find(c.session_id());
-  if (i == sessions_.end()) {
+  auto* found = live_session(c.session_id());
+  if (!found) {
     if (recent_ids_.contains(c.session_id()))
       out.refused = refusal{"session_ended",
                             "session " + c.session_id() + " has ended"};
@@ -230,7 +231,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
       out.refused = refusal{"unknown_session", "no session " + c.session_id()};
     return;
   }
-  auto& s = i->second;
+  auto& s = *found;
   if (s.state() != pb::ACTIVE) {
     out.refused = refusal{"session_not_active",
                           "session " + s.id() + " is " + to_string(s.state())};
@@ -312,8 +313,8 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
 
 void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
                                    apply_result& out) {
-  auto i = sessions_.find(c.session_id());
-  if (i == sessions_.end()) {
+  auto* found = live_session(c.session_id());
+  if (!found) {
     if (recent_ids_.contains(c.session_id()))
       out.refused = refusal{"session_ended",
                             "session " + c.session_id() + " has ended"};
@@ -321,7 +322,7 @@ void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
       out.refused = refusal{"unknown_session", "no session " + c.session_id()};
     return;
   }
-  auto& s = i->second;
+  auto& s = *found;
   if (c.failed() && c.reason().empty()) {
     out.refused = refusal{"no_reason", "a failed session needs a reason"};
     return;
@@ -361,6 +362,7 @@ void pool_state::archive(pb::SessionRecord& s, int64_t now,
   recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
   auto id = s.id();
   out.archived.push_back(std::move(s));
+  session_index_.erase(id);
   sessions_.erase(id);
 }
 
@@ -376,9 +378,8 @@ void pool_state::release(pb::NodeRecord& n, const std::string& why,
   r->set_node_id(n.id());
   r->set_session_id(sid);
   r->set_reason(why);
-  auto s = sessions_.find(sid);
-  if (s != sessions_.end())
-    detach(s->second, n.id(), now, out);
+  if (auto* s = live_session(sid))
+    detach(*s, n.id(), now, out);
   start_test(n, pb::REVALIDATION, now, out);
 }
 

@@ -36,9 +36,9 @@ int64_t pool_state::node_due(const pb::NodeRecord& n) const {
       return n.ephemeral_at() + params_.ephemeral_window_ms + 1;
     case pb::RESERVED: {
       int64_t period = params_.reserve_period_ms;
-      auto s = sessions_.find(n.session_id());
-      if (s != sessions_.end() && s->second.reserve_period_ms() > 0)
-        period = s->second.reserve_period_ms();
+      auto* s = live_session(n.session_id());
+      if (s && s->reserve_period_ms() > 0)
+        period = s->reserve_period_ms();
       return n.reserved_at() + period + 1;
     }
     default:
@@ -107,10 +107,9 @@ void pool_state::flush_notes() {
   }
   noted_nodes_.clear();
   for (auto& id : noted_sessions_) {
-    auto i = sessions_.find(id);
-    if (i == sessions_.end())
+    auto* s = live_session(id);
+    if (!s)
       continue;  // ended: unscheduled before it left
-    auto* s = &i->second;
     auto due = session_due(*s);
     auto old = session_due_.find(s);
     if (old != session_due_.end()) {

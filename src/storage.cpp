@@ -447,6 +447,10 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   rocksdb::BlockBasedTableOptions table;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  // The memtable gets a Bloom filter of whole keys too: the lookup of a new
+  // id then skips the skip-list search of up to 64 MB of recent writes.
+  opts.memtable_whole_key_filtering = true;
+  opts.memtable_prefix_bloom_size_ratio = 0.02;
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(opts, dir, &db);
   if (!s.ok()) {
