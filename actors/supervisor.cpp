@@ -59,8 +59,9 @@ int64_t now(self_ptr self) {
 apply_result archived_duplicate(self_ptr self, const pb::Command& cmd) {
   apply_result r;
   auto& id = cmd.submit_session().session_id();
-  if (id.empty() || self->state.pool.session(id))
-    return r;  // the pool answers these itself
+  auto& pool = self->state.pool;
+  if (id.empty() || pool.session(id) || pool.recently_ended(id))
+    return r;  // the pool answers these itself, without a read
   std::optional<pb::SessionRecord> old;
   if (auto s = self->state.cfg.storage->archived(id, old); !s.ok())
     r.refused = refusal{"storage_error", "archive lookup failed: " + s.error};

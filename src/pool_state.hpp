@@ -69,6 +69,12 @@ struct violation {
 class pool_state {
 public:
   explicit pool_state(params p = {});
+  /// Movable, not copyable: the indexes point into the pool's own maps
+  /// (whose nodes a move keeps where they are; a copy would not).
+  pool_state(const pool_state&) = delete;
+  pool_state& operator=(const pool_state&) = delete;
+  pool_state(pool_state&&) = default;
+  pool_state& operator=(pool_state&&) = default;
 
   /// Applies one command at time `now` (milliseconds).
   apply_result apply(const pb::Command& cmd, int64_t now);
@@ -165,6 +171,8 @@ private:
   void requeue(pb::SessionRecord& s, int64_t now, apply_result& out);
   void try_assign(int64_t now, apply_result& out);
   void archive(pb::SessionRecord& s, int64_t now, apply_result& out);
+  /// The live session `id`, or nullptr with the refusal set in `out`.
+  pb::SessionRecord* live_or_refuse(const std::string& id, apply_result& out);
   uint32_t reserve_for(pb::SessionRecord& s, uint32_t want, int64_t now,
                        apply_result& out,
                        const std::vector<const pb::SessionRecord*>& held = {});

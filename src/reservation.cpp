@@ -220,17 +220,23 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   }
 }
 
+pb::SessionRecord* pool_state::live_or_refuse(const std::string& id,
+                                              apply_result& out) {
+  if (auto* s = live_session(id))
+    return s;
+  // An id in the window ended recently: say so rather than "unknown".
+  if (recent_ids_.contains(id))
+    out.refused = refusal{"session_ended", "session " + id + " has ended"};
+  else
+    out.refused = refusal{"unknown_session", "no session " + id};
+  return nullptr;
+}
+
 void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
                                  apply_result& out) {
-  auto* found = live_session(c.session_id());
-  if (!found) {
-    if (recent_ids_.contains(c.session_id()))
-      out.refused = refusal{"session_ended",
-                            "session " + c.session_id() + " has ended"};
-    else
-      out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+  auto* found = live_or_refuse(c.session_id(), out);
+  if (!found)
     return;
-  }
   auto& s = *found;
   if (s.state() != pb::ACTIVE) {
     out.refused = refusal{"session_not_active",
@@ -313,15 +319,9 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
 
 void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
                                    apply_result& out) {
-  auto* found = live_session(c.session_id());
-  if (!found) {
-    if (recent_ids_.contains(c.session_id()))
-      out.refused = refusal{"session_ended",
-                            "session " + c.session_id() + " has ended"};
-    else
-      out.refused = refusal{"unknown_session", "no session " + c.session_id()};
+  auto* found = live_or_refuse(c.session_id(), out);
+  if (!found)
     return;
-  }
   auto& s = *found;
   if (c.failed() && c.reason().empty()) {
     out.refused = refusal{"no_reason", "a failed session needs a reason"};

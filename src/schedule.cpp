@@ -95,7 +95,7 @@ void pool_state::note_session(const pb::SessionRecord& s) {
 
 void pool_state::flush_notes() {
   for (auto* n : noted_nodes_) {
-    auto& a = node_aux_[n];
+    auto& a = node_aux_.at(n);  // note_node made it
     auto due = node_due(*n);
     if (due == a.due)
       continue;

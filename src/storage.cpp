@@ -61,6 +61,16 @@ std::string ended_key(int64_t ended_at, const std::string& id) {
   return k + id;
 }
 
+/// An archived record read back: outside input like any stored byte.
+status decode_archived(const std::string& bytes, const std::string& id,
+                       std::optional<pb::SessionRecord>& out) {
+  pb::SessionRecord r;
+  if (!r.ParseFromString(bytes))
+    return status::fail("archived session " + id + " does not decode");
+  out = std::move(r);
+  return {};
+}
+
 class memory_store : public store {
 public:
   status append(const std::vector<pb::LogEntry>& entries,
@@ -131,11 +141,7 @@ public:
     auto i = archive_.find(id);
     if (i == archive_.end())
       return {};
-    pb::SessionRecord r;
-    if (!r.ParseFromString(i->second))
-      return status::fail("archived session " + id + " does not decode");
-    out = std::move(r);
-    return {};
+    return decode_archived(i->second, id, out);
   }
   status scan_archive(
     int64_t since,
@@ -320,11 +326,7 @@ public:
       return {};
     if (!st.ok())
       return status::fail("rocksdb archive read: " + st.ToString());
-    pb::SessionRecord r;
-    if (!r.ParseFromString(buf))
-      return status::fail("archived session " + id + " does not decode");
-    out = std::move(r);
-    return {};
+    return decode_archived(buf, id, out);
   }
 
   status scan_archive(

@@ -411,8 +411,11 @@ struct cycling_pool {
   std::vector<std::pair<std::string, uint64_t>> tests;
 
   cycling_pool(const params& p, uint32_t nodes) : ps{p} {
-    for (uint32_t i = 0; i < nodes; ++i)
+    for (uint32_t i = 0; i < nodes; ++i) {
+      if (i % 4096 == 0)
+        check_stop();
       take_tests(ps.apply(register_cmd(node_name("n", i)), now));
+    }
     for (auto& [n, t] : tests)
       ps.apply(pass_cmd(n, t), now);
     tests.clear();

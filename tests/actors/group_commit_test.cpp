@@ -145,6 +145,7 @@ TEST_F(group_commit, an_ended_session_goes_to_the_archive_with_its_entry) {
   EXPECT_TRUE(state().recently_ended("once"));
   auto lookups = st->archive_lookups;
   EXPECT_EQ(submit(session_req("once", 1)), "error:duplicate_session");
+  EXPECT_EQ(st->archive_lookups, lookups) << "the window answered: no read";
   // Past it (moved by the next logged command), the supervisor finds the
   // id in the archive.
   run_for(std::chrono::seconds(3));

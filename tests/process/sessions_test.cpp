@@ -22,6 +22,17 @@ std::vector<nlohmann::json> json_lines(const std::string& out) {
   return xs;
 }
 
+/// Runs `nodepool sessions ARGS --json` and returns its lines; the exit
+/// status goes to `rc`.
+std::vector<nlohmann::json> sessions_json(std::vector<std::string> args,
+                                          const std::string& out, int& rc) {
+  args.insert(args.begin(), "sessions");
+  args.push_back("--json");
+  auto [code, text] = run(std::move(args), out);
+  rc = code;
+  return json_lines(text);
+}
+
 TEST(sessions, the_archive_of_a_data_directory_lists_every_ended_session) {
   auto dir = temp_dir("sessions");
   cleanup tidy{dir};
@@ -57,27 +68,25 @@ TEST(sessions, the_archive_of_a_data_directory_lists_every_ended_session) {
 
   // --since keeps the later ones, --limit cuts the list.
   auto mid = xs[30]["ended_at"].get<int64_t>();
-  auto [rc3, later] = run({"sessions", "--data-dir", db, "--json", "--since",
-                           std::to_string(mid)},
-                          dir + "/later.out");
+  int rc3 = -1;
+  auto ys = sessions_json({"--data-dir", db, "--since", std::to_string(mid)},
+                          dir + "/later.out", rc3);
   ASSERT_EQ(rc3, 0);
-  auto ys = json_lines(later);
   EXPECT_GE(ys.size(), 1u);
   EXPECT_LE(ys.size(), 30u);
   for (auto& y : ys)
     EXPECT_GE(y["ended_at"].get<int64_t>(), mid);
-  auto [rc4, five] = run({"sessions", "--data-dir", db, "--json", "--limit",
-                          "5"},
-                         dir + "/five.out");
+  int rc4 = -1;
+  auto five = sessions_json({"--data-dir", db, "--limit", "5"},
+                            dir + "/five.out", rc4);
   ASSERT_EQ(rc4, 0);
-  EXPECT_EQ(json_lines(five).size(), 5u);
+  EXPECT_EQ(five.size(), 5u);
 
   // One by id; an unknown id is an error that names it.
-  auto [rc5, one] = run({"sessions", "--data-dir", db, "--json", "--id",
-                         "demo-000042"},
-                        dir + "/one.out");
+  int rc5 = -1;
+  auto o = sessions_json({"--data-dir", db, "--id", "demo-000042"},
+                         dir + "/one.out", rc5);
   ASSERT_EQ(rc5, 0) << read_file(dir + "/one.out.err");
-  auto o = json_lines(one);
   ASSERT_EQ(o.size(), 1u);
   EXPECT_EQ(o[0]["id"], "demo-000042");
   auto [rc6, none] = run({"sessions", "--data-dir", db, "--id", "nosuch"},
@@ -114,10 +123,9 @@ TEST(sessions, a_running_oracle_answers_from_its_archive) {
   std::vector<nlohmann::json> xs;
   auto until = std::chrono::steady_clock::now() + 60s;
   while (std::chrono::steady_clock::now() < until) {
-    auto [rc2, got] = run({"sessions", "--oracle", target, "--json"},
-                          dir + "/sessions.out");
+    int rc2 = -1;
+    xs = sessions_json({"--oracle", target}, dir + "/sessions.out", rc2);
     ASSERT_EQ(rc2, 0) << read_file(dir + "/sessions.out.err");
-    xs = json_lines(got);
     if (xs.size() >= 8)
       break;
     std::this_thread::sleep_for(200ms);
@@ -126,21 +134,21 @@ TEST(sessions, a_running_oracle_answers_from_its_archive) {
   for (auto& x : xs)
     EXPECT_EQ(x["id"].get<std::string>().rfind("live-", 0), 0u) << x.dump();
   // The oracle caps one answer at --limit.
-  auto [rc3, two] = run({"sessions", "--oracle", target, "--json", "--limit",
-                         "2"},
-                        dir + "/two.out");
+  int rc3 = -1;
+  auto two = sessions_json({"--oracle", target, "--limit", "2"},
+                           dir + "/two.out", rc3);
   ASSERT_EQ(rc3, 0);
-  EXPECT_EQ(json_lines(two).size(), 2u);
+  EXPECT_EQ(two.size(), 2u);
   // A resubmission of an ended id is a duplicate: `submit` reports it as
   // stored already, and no ninth session appears.
   auto [rc4, again] = run({"submit", "--oracle", target, "--sessions", "1",
                            "--prefix", "live", "--max-tasks", "1"},
                           dir + "/again.out");
   EXPECT_NE(again.find("already stored"), std::string::npos) << again;
-  auto [rc5, after] = run({"sessions", "--oracle", target, "--json"},
-                          dir + "/after.out");
+  int rc5 = -1;
+  auto after = sessions_json({"--oracle", target}, dir + "/after.out", rc5);
   ASSERT_EQ(rc5, 0);
-  EXPECT_EQ(json_lines(after).size(), 8u);
+  EXPECT_EQ(after.size(), 8u);
 }
 
 } // namespace
