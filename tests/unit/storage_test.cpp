@@ -24,6 +24,7 @@
 #include "bytes_of.hpp"
 #include "recovery.hpp"
 #include "storage.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace nodepool;
 using google::protobuf::util::MessageDifferencer;
@@ -32,27 +33,7 @@ namespace {
 
 using nodepool::testing::bytes_of;
 
-/// A fresh directory under /tmp, removed with everything in it.
-class temp_dir {
-public:
-  temp_dir() {
-    char tmpl[] = "/tmp/nodepool-unit-XXXXXX";
-    auto* p = mkdtemp(tmpl);
-    if (!p)
-      throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  const std::string& path() const { return path_; }
-
-private:
-  std::string path_;
-};
+using nodepool::testing::temp_dir;
 
 // -- a recorded history ---------------------------------------------------------
 

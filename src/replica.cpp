@@ -1,0 +1,172 @@
+#include "replica.hpp"
+
+#include <utility>
+
+#include "log.hpp"
+
+namespace nodepool {
+
+replica::replica(archive_fn archive, bool check, uint64_t archived_index,
+                 int64_t archived_now)
+    : archive_(std::move(archive)),
+      check_(check),
+      archived_index_(archived_index),
+      archived_now_(archived_now) {}
+
+std::vector<replica::archive_gap> replica::take_archive_gaps() {
+  return std::exchange(gaps_, {});
+}
+
+std::string encode_batch(uint64_t term,
+                         const std::vector<pb::LogEntry>& entries) {
+  pb::LogBatch b;
+  b.set_term(term);
+  for (auto& e : entries)
+    *b.add_entries() = e;
+  return b.SerializeAsString();
+}
+
+replica::outcome replica::apply(std::string_view bytes) {
+  pb::LogBatch b;
+  if (!b.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    ++refused_;
+    outcome o;
+    o.error = "log entry does not decode";
+    return o;
+  }
+  return apply(b);
+}
+
+replica::outcome replica::apply(const pb::LogBatch& b) {
+  outcome o;
+  // Check the whole batch before touching anything: all or nothing.
+  auto refuse = [&](std::string why) {
+    ++refused_;
+    o.error = std::move(why);
+    return o;
+  };
+  if (b.entries_size() == 0)
+    return refuse("empty batch");
+  if (b.term() < last_term_)
+    return refuse("batch of term " + std::to_string(b.term())
+                  + " after term " + std::to_string(last_term_)
+                  + " (a deposed leader)");
+  auto next = last_index_ + 1;
+  auto t = last_now_;
+  for (auto& e : b.entries()) {
+    if (e.index() != next)
+      return refuse("entry " + std::to_string(e.index()) + " where "
+                    + std::to_string(next) + " was due");
+    if (e.now() < t)
+      return refuse("entry " + std::to_string(e.index())
+                    + " goes back in time (" + std::to_string(e.now())
+                    + " < " + std::to_string(t) + ")");
+    if (e.command().kind_case() == pb::Command::KIND_NOT_SET)
+      return refuse("entry " + std::to_string(e.index()) + " has no command");
+    t = e.now();
+    ++next;
+  }
+  std::vector<pb::SessionRecord> ended;
+  for (auto& e : b.entries()) {
+    auto r = pool_.apply(e.command(), e.now());
+    if (r.refused) {
+      // The leader applied this command to the same state: a refusal here
+      // means the two diverged. Nothing changed; say so loudly.
+      violation v{"replica", "entry " + std::to_string(e.index())
+                                + " refused on apply (" + r.refused->code
+                                + ": " + r.refused->detail + ")"};
+      violations_.push_back(v);
+      o.violations.push_back(std::move(v));
+    } else if (check_) {
+      for (auto& v : pool_.check_after(e.command(), r)) {
+        violations_.push_back(v);
+        o.violations.push_back(std::move(v));
+      }
+    }
+    for (auto& a : r.archived)
+      ended.push_back(std::move(a));
+    last_index_ = e.index();
+    last_now_ = e.now();
+    ++o.entries;
+  }
+  last_term_ = b.term();
+  ++batches_;
+  if (!ended.empty() && archive_)
+    archive_(ended);
+  if (archived_index_ < last_index_) {
+    archived_index_ = last_index_;
+    archived_now_ = last_now_;
+  }
+  o.ok = true;
+  return o;
+}
+
+pb::Snapshot replica::snapshot() const {
+  auto s = pool_.snapshot();
+  s.set_last_index(last_index_);
+  s.set_last_now(last_now_);
+  s.set_last_term(last_term_);
+  return s;
+}
+
+std::string replica::snapshot_bytes() const {
+  return snapshot().SerializeAsString();
+}
+
+bool replica::restore(std::string_view bytes, std::string& error) {
+  pb::Snapshot s;
+  if (bytes.empty()) {
+    error = "empty snapshot";
+    return false;
+  }
+  if (!s.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    error = "snapshot does not decode";
+    return false;
+  }
+  return restore(s, error);
+}
+
+bool replica::restore(const pb::Snapshot& s, std::string& error) {
+  pool_state p;
+  p.restore(s);
+  if (auto vs = p.check_invariants(); !vs.empty()) {
+    error = "snapshot at entry " + std::to_string(s.last_index())
+            + " breaks " + vs.front().invariant + ": " + vs.front().detail;
+    return false;
+  }
+  pool_ = std::move(p);
+  // The entries the snapshot stands for ended sessions this archive never
+  // saw (unless it already went that far, as after a restart).
+  if (archived_index_ < s.last_index()) {
+    gaps_.push_back({archived_index_ + 1, s.last_index(), archived_now_,
+                     s.last_now()});
+    archived_index_ = s.last_index();
+    archived_now_ = s.last_now();
+  }
+  last_index_ = s.last_index();
+  last_now_ = s.last_now();
+  last_term_ = s.last_term();
+  ++restores_;
+  return true;
+}
+
+void replica_machine::apply(std::string_view entry) {
+  std::lock_guard<std::mutex> g{mu_};
+  auto o = r_.apply(entry);
+  if (!o.ok)
+    log("replica")->error("log entry refused: {}", o.error);
+  for (auto& v : o.violations)
+    log("replica")->critical("{}: {}", v.invariant, v.detail);
+}
+
+std::string replica_machine::snapshot() {
+  std::lock_guard<std::mutex> g{mu_};
+  return r_.snapshot_bytes();
+}
+
+bool replica_machine::restore(std::string_view bytes, std::string& error) {
+  std::lock_guard<std::mutex> g{mu_};
+  return r_.restore(bytes, error);
+}
+
+} // namespace nodepool

@@ -1,0 +1,130 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <mutex>
+
+#include "pool_state.hpp"
+#include "replication.hpp"
+
+namespace nodepool {
+
+/// One oracle's copy of the committed pool: the state every member of a
+/// cluster folds the replicated log into, in the order the log commits it.
+///
+/// An entry of the log is a `LogBatch`: the commands of one group commit of
+/// the leader, each with the time it was applied at and its index in the
+/// pool's own numbering (which continues across leaders). Every member
+/// applies the same batches in the same order with the stored times, so
+/// every replica holds the same state at the same index (PoolState is
+/// deterministic).
+///
+/// A batch that does not decode, whose term is below the last one applied
+/// (a deposed leader), whose indexes do not continue this replica's, or
+/// whose time runs backwards is refused whole and changes nothing; it is
+/// counted. A command the pool refuses inside an accepted batch means the
+/// leader's state and this one diverged: it changes nothing either, and is
+/// reported as a violation.
+///
+/// Pure: no threads, no clock, no I/O. Ended sessions are handed to the
+/// `archive` function (an oracle writes them to its RocksDB archive).
+class replica {
+public:
+  using archive_fn = std::function<void(std::vector<pb::SessionRecord>&)>;
+
+  struct outcome {
+    bool ok = false;            // false: the batch was refused, nothing changed
+    std::string error;          // why it was refused
+    size_t entries = 0;         // commands applied
+    std::vector<violation> violations;
+  };
+
+  /// Ended sessions this replica did not archive itself: those ended by
+  /// the entries a snapshot skipped (`from_index`..`to_index`, applied at
+  /// times `from_now`..`to_now`, both inclusive). Their records are on the
+  /// peers' archives; the oracle copies them from there.
+  struct archive_gap {
+    uint64_t from_index = 0;
+    uint64_t to_index = 0;
+    int64_t from_now = 0;
+    int64_t to_now = 0;
+  };
+
+  /// `check`: run the incremental I1-I5 check after every command (tests,
+  /// simulation). `archived_index` / `archived_now`: how far the local
+  /// archive already goes (an oracle restarting reads it from its store).
+  explicit replica(archive_fn archive = {}, bool check = false,
+                   uint64_t archived_index = 0, int64_t archived_now = 0);
+
+  outcome apply(std::string_view bytes);
+  outcome apply(const pb::LogBatch& batch);
+
+  /// The committed state: the pool's snapshot with the last index, time
+  /// and term folded in.
+  pb::Snapshot snapshot() const;
+  std::string snapshot_bytes() const;
+  /// Replaces the state with a snapshot's (a lagging member catching up).
+  /// A snapshot that does not decode or breaks an invariant is refused with
+  /// `error` and the state stays as it was.
+  bool restore(std::string_view bytes, std::string& error);
+  bool restore(const pb::Snapshot& snap, std::string& error);
+
+  const pool_state& pool() const { return pool_; }
+  uint64_t last_index() const { return last_index_; }
+  uint64_t last_term() const { return last_term_; }
+  int64_t last_now() const { return last_now_; }
+  uint64_t batches_applied() const { return batches_; }
+  uint64_t batches_refused() const { return refused_; }
+  uint64_t restores() const { return restores_; }
+  /// The gaps restores left in the local archive since the last call.
+  std::vector<archive_gap> take_archive_gaps();
+  /// The local archive holds every session ended up to this index.
+  uint64_t archived_index() const { return archived_index_; }
+  int64_t archived_now() const { return archived_now_; }
+  /// Violations seen since the start (divergence, and I1-I5 when checking).
+  const std::vector<violation>& violations() const { return violations_; }
+
+private:
+  pool_state pool_;
+  archive_fn archive_;
+  bool check_ = false;
+  uint64_t last_index_ = 0;
+  uint64_t last_term_ = 0;
+  int64_t last_now_ = 0;
+  uint64_t batches_ = 0;
+  uint64_t refused_ = 0;
+  uint64_t restores_ = 0;
+  uint64_t archived_index_ = 0;
+  int64_t archived_now_ = 0;
+  std::vector<archive_gap> gaps_;
+  std::vector<violation> violations_;
+};
+
+/// The replica as the state machine of a replicated log. Refused batches
+/// and violations are logged (and counted by the replica). The log applies
+/// on its own thread; `with` gives other threads a consistent look.
+class replica_machine final : public state_machine {
+public:
+  explicit replica_machine(replica& r) : r_(r) {}
+  void apply(std::string_view entry) override;
+  std::string snapshot() override;
+  bool restore(std::string_view bytes, std::string& error) override;
+  template <class F>
+  auto with(F&& f) {
+    std::lock_guard<std::mutex> g{mu_};
+    return f(r_);
+  }
+
+private:
+  replica& r_;
+  std::mutex mu_;
+};
+
+/// Encodes the commands of one group commit as a log entry.
+std::string encode_batch(uint64_t term, const std::vector<pb::LogEntry>& entries);
+
+} // namespace nodepool

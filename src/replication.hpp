@@ -1,0 +1,92 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace nodepool {
+
+/// What a replicated log drives on every member: committed entries, in log
+/// order, on the log's own thread. `replica` (replica.hpp) is the pool's.
+class state_machine {
+public:
+  virtual ~state_machine() = default;
+  virtual void apply(std::string_view entry) = 0;
+  virtual std::string snapshot() = 0;
+  /// False (state unchanged, `error` set) for a snapshot that is not valid.
+  virtual bool restore(std::string_view bytes, std::string& error) = 0;
+};
+
+/// How a proposal ended. Only `committed` means a majority holds it
+/// durably and it has been applied here. `leadership_lost` means the
+/// outcome is unknown: the entry may still commit under the next leader,
+/// which is why commands carry ids and take effect at most once.
+enum class propose_status {
+  committed,
+  not_leader,       // never appended
+  leadership_lost,  // appended, outcome unknown
+  shutdown,
+  failed,           // I/O error, no space, ...
+};
+const char* to_string(propose_status s);
+
+enum class log_role { unavailable, follower, candidate, leader };
+const char* to_string(log_role r);
+
+/// A member's view of the log.
+struct log_status {
+  uint64_t id = 0;
+  log_role role = log_role::unavailable;
+  uint64_t term = 0;
+  uint64_t leader_id = 0;        // 0: no leader known
+  std::string leader_address;
+  uint64_t commit_index = 0;
+  uint64_t applied_index = 0;
+  uint64_t last_index = 0;
+  /// Leader only: the barrier of this term has been applied, so the state
+  /// machine holds everything committed before the term began. A leader
+  /// proposes only once it is ready.
+  bool ready = false;
+};
+
+/// The seam between the pool and a consensus library: PoolState and the
+/// actors see only this. Implementations: `memory_log` below (one member,
+/// for tests and a plain single oracle) and `raft_log` (libraft, src/raft/).
+class replicated_log {
+public:
+  using done_fn = std::function<void(propose_status, uint64_t index)>;
+  /// Called on the log's thread when this member becomes a ready leader or
+  /// stops being one. Given when the log is made.
+  using role_fn = std::function<void(const log_status&)>;
+
+  virtual ~replicated_log() = default;
+  /// Proposes one entry. `done` runs exactly once, on the log's thread:
+  /// after the entry is committed and applied to the local state machine,
+  /// or with the reason it was not. Callable from any thread.
+  virtual void propose(std::string entry, done_fn done) = 0;
+  /// A consistent copy of this member's view. Callable from any thread.
+  virtual log_status status() const = 0;
+};
+
+/// One member, in memory: it is the leader of term 1 from the start, and a
+/// proposal commits at once, on the caller's thread. For tests, and to run
+/// the cluster's code paths without a cluster.
+class memory_log final : public replicated_log {
+public:
+  explicit memory_log(state_machine& sm, role_fn role = {}, uint64_t id = 1);
+  /// Becomes leader (calls the role function).
+  void start();
+  void propose(std::string entry, done_fn done) override;
+  log_status status() const override;
+
+private:
+  state_machine& sm_;
+  role_fn role_;
+  mutable std::mutex mu_;
+  log_status st_;
+};
+
+} // namespace nodepool

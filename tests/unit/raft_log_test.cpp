@@ -1,0 +1,271 @@
+// Three members of a real Raft group in one process: libraft's raft_uv on
+// real directories, its TCP transport on loopback sockets, each member on a
+// libuv thread of its own. The point is the real thing: election, commits
+// over the network, a stopped leader replaced, and a member restarted from
+// its directory catching up. Waits are bounded polls, not timed assertions.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "proposer.hpp"
+#include "raft/raft_log.hpp"
+#include "replica.hpp"
+#include "support/pool_workload.hpp"
+#include "support/temp_dir.hpp"
+
+namespace nodepool {
+namespace {
+
+using testing::pool_workload;
+using testing::temp_dir;
+
+/// A loopback port nobody listens on right now.
+uint16_t free_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+bool wait_for(const std::function<bool()>& f, int seconds = 20) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    if (f())
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return f();
+}
+
+struct node {
+  temp_dir dir;
+  std::unique_ptr<replica> rep = std::make_unique<replica>();
+  std::unique_ptr<replica_machine> sm =
+    std::make_unique<replica_machine>(*rep);
+  std::unique_ptr<replicated_log> log;
+  std::atomic<uint64_t> ready_term{0};
+};
+
+class RaftLog : public ::testing::Test {
+protected:
+  void SetUp() override {
+    for (uint64_t id = 1; id <= 3; ++id)
+      peers_.push_back(
+        {id, "127.0.0.1:" + std::to_string(free_port())});
+    for (int i = 0; i < 3; ++i)
+      nodes_[i] = std::make_unique<node>();
+    for (int i = 0; i < 3; ++i)
+      start(i);
+  }
+  void TearDown() override {
+    for (auto& n : nodes_)
+      if (n)
+        n->log.reset();
+  }
+
+  void start(int i) {
+    raft_options o;
+    o.id = static_cast<uint64_t>(i + 1);
+    o.dir = nodes_[i]->dir.path();
+    o.members = peers_;
+    o.election_timeout_ms = 300;
+    o.heartbeat_timeout_ms = 30;
+    o.snapshot_threshold = 64;
+    o.snapshot_trailing = 16;
+    auto* n = nodes_[i].get();
+    std::string err;
+    n->log = start_raft_log(o, *n->sm,
+                            [n](const log_status& s) {
+                              n->ready_term = s.ready ? s.term : 0;
+                            },
+                            err);
+    ASSERT_TRUE(n->log) << err;
+  }
+
+  int leader() {
+    for (int i = 0; i < 3; ++i)
+      if (nodes_[i] && nodes_[i]->log && nodes_[i]->ready_term
+          && nodes_[i]->log->status().ready)
+        return i;
+    return -1;
+  }
+
+  /// Proposes up to `batches` group commits of workload commands on member
+  /// `i` and waits for each; returns how many did not commit.
+  int drive(int i, int batches) {
+    auto* n = nodes_[i].get();
+    auto term = n->log->status().term;
+    auto p = n->sm->with([&](replica& r) { return std::make_unique<proposer>(r, term); });
+    int failed = 0;
+    for (int b = 0; b < batches; ++b) {
+      if (last_index_ == 0) {
+        auto c = pool_workload::configure();
+        p->apply(c, now_ms());
+      }
+      for (int k = 0; k < 8; ++k) {
+        auto c = work_.next(p->pool());
+        p->apply(c, now_ms());
+      }
+      if (!p->has_pending())
+        continue;
+      std::mutex mu;
+      std::condition_variable cv;
+      std::optional<propose_status> got;
+      n->log->propose(p->take_batch(), [&](propose_status s, uint64_t) {
+        std::lock_guard<std::mutex> g{mu};
+        got = s;
+        cv.notify_one();
+      });
+      std::unique_lock<std::mutex> g{mu};
+      cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
+      if (!got || *got != propose_status::committed) {
+        ++failed;
+        break;
+      }
+      last_index_ = p->last_index();
+    }
+    return failed;
+  }
+
+  static int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+  }
+
+  bool all_applied(uint64_t index, std::initializer_list<int> which) {
+    if (wait_for([&] {
+          for (int i : which)
+            if (nodes_[i]->sm->with([](replica& r) { return r.last_index(); })
+                < index)
+              return false;
+          return true;
+        }))
+      return true;
+    for (int i : which) {
+      auto st = nodes_[i]->log->status();
+      nodes_[i]->sm->with([&](replica& r) {
+        ADD_FAILURE() << "member " << i + 1 << ": " << to_string(st.role)
+                      << " term " << st.term << " applied "
+                      << st.applied_index << " commit " << st.commit_index
+                      << " last " << st.last_index << "; replica at "
+                      << r.last_index() << " of " << index << ", refused "
+                      << r.batches_refused() << ", restores "
+                      << r.restores();
+        return 0;
+      });
+    }
+    return false;
+  }
+
+  std::string snapshot_of(int i) {
+    return nodes_[i]->sm->with([](replica& r) { return r.snapshot_bytes(); });
+  }
+
+  std::vector<raft_peer> peers_;
+  std::unique_ptr<node> nodes_[3];
+  pool_workload work_{21};
+  uint64_t last_index_ = 0;
+};
+
+TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no leader";
+  int l = leader();
+  ASSERT_EQ(drive(l, 60), 0);
+  EXPECT_GT(last_index_, 200u);
+  ASSERT_TRUE(all_applied(last_index_, {0, 1, 2}));
+  EXPECT_EQ(snapshot_of(0), snapshot_of(1));
+  EXPECT_EQ(snapshot_of(0), snapshot_of(2));
+
+  // The leader stops; the other two elect one of themselves and go on.
+  nodes_[l]->log.reset();
+  nodes_[l]->ready_term = 0;
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no new leader";
+  int l2 = leader();
+  ASSERT_NE(l2, l);
+  auto before = last_index_;
+  ASSERT_EQ(drive(l2, 60), 0);
+  EXPECT_GT(last_index_, before + 200);
+
+  // The old leader restarts from its directory and catches up (by log or
+  // by snapshot: 120 entries is past the snapshot threshold).
+  nodes_[l]->rep = std::make_unique<replica>();
+  nodes_[l]->sm = std::make_unique<replica_machine>(*nodes_[l]->rep);
+  start(l);
+  ASSERT_TRUE(all_applied(last_index_, {0, 1, 2}));
+  EXPECT_EQ(snapshot_of(0), snapshot_of(1));
+  EXPECT_EQ(snapshot_of(0), snapshot_of(2));
+  for (int i = 0; i < 3; ++i)
+    nodes_[i]->sm->with([&](replica& r) {
+      EXPECT_TRUE(r.violations().empty()) << "member " << i + 1;
+      EXPECT_EQ(r.batches_refused(), 0u) << "member " << i + 1;
+      EXPECT_TRUE(r.pool().check_invariants().empty());
+      return 0;
+    });
+}
+
+TEST_F(RaftLog, AFollowerRefusesProposals) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; }));
+  int f = (leader() + 1) % 3;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<propose_status> got;
+  nodes_[f]->log->propose("x", [&](propose_status s, uint64_t) {
+    std::lock_guard<std::mutex> g{mu};
+    got = s;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> g{mu};
+  cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, propose_status::not_leader);
+  auto st = nodes_[f]->log->status();
+  EXPECT_EQ(st.role, log_role::follower);
+  EXPECT_EQ(st.leader_id, static_cast<uint64_t>(leader() + 1));
+  EXPECT_FALSE(st.leader_address.empty());
+}
+
+TEST(RaftLogStart, RefusesAMemberNotInTheCluster) {
+  temp_dir d;
+  replica r;
+  replica_machine sm{r};
+  raft_options o;
+  o.id = 9;
+  o.dir = d.path();
+  o.members = {{1, "127.0.0.1:1"}, {2, "127.0.0.1:2"}};
+  std::string err;
+  auto l = start_raft_log(o, sm, {}, err);
+  EXPECT_FALSE(l);
+  EXPECT_NE(err.find("not in the cluster"), std::string::npos) << err;
+}
+
+TEST(RaftLogStart, RefusesAMissingDirectory) {
+  replica r;
+  replica_machine sm{r};
+  raft_options o;
+  o.id = 1;
+  o.dir = "/nonexistent/nodepool-raft";
+  o.members = {{1, "127.0.0.1:" + std::to_string(free_port())}};
+  std::string err;
+  auto l = start_raft_log(o, sm, {}, err);
+  EXPECT_FALSE(l);
+  EXPECT_FALSE(err.empty());
+}
+
+} // namespace
+} // namespace nodepool
