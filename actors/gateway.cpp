@@ -315,6 +315,9 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       [=](state_atom) {
         return self->delegate(self->state.supervisor, state_atom::value);
       },
+      [=](cluster_atom) {
+        return self->delegate(self->state.supervisor, cluster_atom::value);
+      },
       [=](stats_atom) -> std::string {
         auto& st = self->state;
         nlohmann::json j;

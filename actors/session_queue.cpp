@@ -152,6 +152,16 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         self->send(i->second, task_atom::value, node, sid, bytes);
       },
       [=](reply_atom, caf::actor who) { self->send(who, reply_atom::value); },
+      // The supervisor's term as leader ended: the running sessions were its
+      // soft state (the committed pool has them, and the next leader
+      // requeues them). Their actors stop; nothing of theirs is acted on.
+      [=](reset_atom) {
+        auto& st = self->state;
+        for (auto& [id, a] : st.running)
+          self->send_exit(a, caf::exit_reason::user_shutdown);
+        st.running.clear();
+        st.node_owner.clear();
+      },
       [=](stats_atom) -> std::string {
         nlohmann::json j;
         j["running"] = self->state.running.size();

@@ -1,5 +1,6 @@
 #include "actors/supervisor.hpp"
 
+#include <deque>
 #include <optional>
 
 #include <caf/all.hpp>
@@ -9,6 +10,7 @@
 #include "log.hpp"
 #include "pool_state.hpp"
 #include "archive.hpp"
+#include "proposer.hpp"
 #include "recovery.hpp"
 
 namespace nodepool {
@@ -38,6 +40,20 @@ struct supervisor_state {
   uint64_t refused = 0;
   uint64_t batches = 0;
   std::map<std::string, uint64_t> refusals;
+  // Cluster mode: the leader's speculative state (none on a follower), and
+  // the drains proposed and not yet released, oldest first.
+  std::optional<proposer> lead;
+  uint64_t lead_term = 0;
+  struct inflight {
+    uint64_t seq = 0;
+    bool done = false;  // committed (or nothing to commit)
+    std::vector<std::pair<caf::response_promise, std::optional<refusal>>>
+      waiting;
+    pb::EventBatch events;
+  };
+  std::deque<inflight> inflight;
+  uint64_t next_seq = 1;
+  uint64_t terms_led = 0;
   static inline const char* name = "pool_supervisor";
 };
 
@@ -56,10 +72,10 @@ int64_t now(self_ptr self) {
 
 /// A submission whose id ended long ago (past the pool's idempotency
 /// window) is found in the archive: refused here, before the pool sees it.
-apply_result archived_duplicate(self_ptr self, const pb::Command& cmd) {
+apply_result archived_duplicate(self_ptr self, const pool_state& pool,
+                                const pb::Command& cmd) {
   apply_result r;
   auto& id = cmd.submit_session().session_id();
-  auto& pool = self->state.pool;
   if (id.empty() || pool.session(id) || pool.recently_ended(id))
     return r;  // the pool answers these itself, without a read
   std::optional<pb::SessionRecord> old;
@@ -74,11 +90,18 @@ apply_result archived_duplicate(self_ptr self, const pb::Command& cmd) {
 
 /// Applies one command; a change is queued for the next group commit. The
 /// command is moved into its log entry (no copy per command).
+void apply_cluster(self_ptr self, pb::Command& cmd,
+                   caf::response_promise* rp);
+
 void apply(self_ptr self, pb::Command& cmd,
            caf::response_promise* rp) {
   auto& st = self->state;
+  if (st.cfg.cluster_log) {
+    apply_cluster(self, cmd, rp);
+    return;
+  }
   auto t = now(self);
-  auto r = cmd.has_submit_session() ? archived_duplicate(self, cmd)
+  auto r = cmd.has_submit_session() ? archived_duplicate(self, st.pool, cmd)
                                     : apply_result{};
   if (!r.refused)
     r = st.pool.apply(cmd, t);
@@ -185,10 +208,210 @@ void flush(self_ptr self) {
   }
 }
 
+
+// -- cluster mode ---------------------------------------------------------------
+
+std::string not_leader_detail(self_ptr self) {
+  auto s = self->state.cfg.cluster_log->status();
+  if (s.leader_id == 0)
+    return "no leader is known yet; retry shortly";
+  return "the leader is member " + std::to_string(s.leader_id) + " ("
+         + s.leader_address + ")";
+}
+
+void refuse_now(self_ptr self, caf::response_promise* rp,
+                const std::string& code, const std::string& detail) {
+  ++self->state.refused;
+  ++self->state.refusals[code];
+  if (rp)
+    rp->deliver(make_refusal(code, detail));
+}
+
+/// Releases, oldest first, every drain whose entry committed: its events
+/// to the subscribers, then its answers.
+void release(self_ptr self) {
+  auto& st = self->state;
+  while (!st.inflight.empty() && st.inflight.front().done) {
+    auto& f = st.inflight.front();
+    if (f.events.events_size() > 0) {
+      auto bytes = f.events.SerializeAsString();
+      for (auto& s : st.subscribers)
+        self->send(s, events_atom::value, bytes);
+    }
+    for (auto& [rp, refused] : f.waiting)
+      if (refused)
+        rp.deliver(make_refusal(refused->code, refused->detail));
+      else
+        rp.deliver(accepted_atom::value);
+    st.inflight.pop_front();
+  }
+}
+
+/// The term this member led is over: nothing speculative survives it.
+void end_term(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  if (!st.lead)
+    return;
+  log("supervisor")->warn("no longer leading (term {}): {}", st.lead_term,
+                          why);
+  auto detail = "leadership lost (" + why
+                + "); the outcome is unknown: retry, an accepted session id "
+                  "is refused as duplicate_session";
+  for (auto& f : st.inflight)
+    for (auto& [rp, refused] : f.waiting)
+      rp.deliver(make_refusal("not_leader", detail));
+  for (auto& [rp, refused] : st.waiting)
+    rp.deliver(make_refusal("not_leader", detail));
+  st.inflight.clear();
+  st.waiting.clear();
+  st.events.Clear();
+  st.lead.reset();
+  st.lead_term = 0;
+  for (auto& s : st.subscribers)
+    self->send(s, reset_atom::value);
+}
+
+void apply_cluster(self_ptr self, pb::Command& cmd,
+                   caf::response_promise* rp) {
+  auto& st = self->state;
+  if (!st.lead) {
+    refuse_now(self, rp, "not_leader", not_leader_detail(self));
+    return;
+  }
+  auto t = now(self);
+  auto r = cmd.has_submit_session()
+             ? archived_duplicate(self, st.lead->pool(), cmd)
+             : apply_result{};
+  if (!r.refused)
+    r = st.lead->apply(cmd, t);
+  // An answer waits behind every drain not yet released, refusals too.
+  bool idle = !st.lead->has_pending() && st.inflight.empty()
+              && st.waiting.empty();
+  if (r.refused) {
+    ++st.refused;
+    ++st.refusals[r.refused->code];
+    if (rp && idle)
+      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), r.refused);
+    return;
+  }
+  if (!r.changed) {
+    if (rp && idle)
+      rp->deliver(accepted_atom::value);
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), std::nullopt);
+    return;
+  }
+  ++st.applied;
+  // Ended sessions are archived by every replica when the entry commits.
+  for (auto& ev : r.events)
+    *st.events.add_events() = std::move(ev);
+  if (rp)
+    st.waiting.emplace_back(std::move(*rp), std::nullopt);
+  if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
+/// One mailbox drain: one log entry, proposed; its answers and events wait
+/// for the commit.
+void flush_cluster(self_ptr self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  if (!st.lead || (!st.lead->has_pending() && st.waiting.empty()))
+    return;
+  auto& f = st.inflight.emplace_back();
+  f.seq = st.next_seq++;
+  f.waiting = std::move(st.waiting);
+  st.waiting.clear();
+  f.events.Swap(&st.events);
+  f.events.set_now(st.last_now);
+  if (!st.lead->has_pending()) {
+    f.done = true;  // only answers that had to keep their place
+    release(self);
+    return;
+  }
+  ++st.batches;
+  auto me = caf::actor_cast<caf::actor>(self);
+  auto term = st.lead_term;
+  auto seq = f.seq;
+  st.cfg.cluster_log->propose(
+    st.lead->take_batch(), [me, term, seq](propose_status s, uint64_t) {
+      caf::anon_send(me, committed_atom::value, term, seq,
+                     static_cast<int32_t>(s));
+    });
+}
+
+void on_committed(self_ptr self, uint64_t term, uint64_t seq,
+                  int32_t status) {
+  auto& st = self->state;
+  if (!st.lead || term != st.lead_term)
+    return;  // that term's answers were already refused
+  auto s = static_cast<propose_status>(status);
+  if (s != propose_status::committed) {
+    end_term(self, std::string{"an entry was not committed: "} + to_string(s));
+    return;
+  }
+  for (auto& f : st.inflight)
+    if (f.seq == seq)
+      f.done = true;
+  release(self);
+}
+
+void on_lead(self_ptr self, uint64_t term) {
+  auto& st = self->state;
+  if (st.lead && st.lead_term == term)
+    return;
+  end_term(self, "a new term began");
+  auto snap = st.cfg.replica->with([](replica& r) { return r.snapshot(); });
+  if (snap.last_term() > term)
+    return;  // a later term has committed meanwhile: not ours to lead
+  st.lead.emplace(snap, term);
+  st.lead_term = term;
+  ++st.terms_led;
+  st.last_now = std::max(st.last_now, snap.last_now());
+  log("supervisor")->info("leading term {} from entry {} ({} nodes, {} "
+                          "sessions)",
+                          term, snap.last_index(), snap.nodes_size(),
+                          snap.sessions_size());
+  // Liveness, tests and tasks in flight were the previous leader's soft
+  // state: nodes come back and are tested again, active sessions go back to
+  // the queue with their place.
+  if (snap.last_index() > 0) {
+    pb::Command rec;
+    rec.mutable_recover();
+    apply(self, rec, nullptr);
+  }
+  if (to_json(st.lead->pool().config()) != to_json(st.cfg.pool)) {
+    pb::Command conf;
+    conf.mutable_configure()->set_params_json(to_json(st.cfg.pool));
+    apply(self, conf, nullptr);
+  }
+}
+
+/// The pool as this member knows it: the leader's (speculative), or the
+/// committed replica's.
+template <class F>
+auto with_pool(self_ptr self, F&& f) {
+  auto& st = self->state;
+  if (!st.cfg.cluster_log)
+    return f(st.pool);
+  if (st.lead)
+    return f(st.lead->pool());
+  return st.cfg.replica->with([&](replica& r) { return f(r.pool()); });
+}
+
+caf::behavior cluster_supervisor(self_ptr self);
+caf::behavior handlers(self_ptr self);
+
 caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.pool = pool_state{};  // the stored history sets its own parameters
+  if (st.cfg.cluster_log)
+    return cluster_supervisor(self);
   recovered info;
   if (auto s = recover(*st.cfg.storage, st.pool, info); !s.ok()) {
     log("supervisor")->critical("cannot load stored state: {}", s.error);
@@ -232,6 +455,28 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     apply(self, conf, nullptr);
   }
   self->send(self, tick_atom::value);
+  return handlers(self);
+}
+
+caf::behavior cluster_supervisor(self_ptr self) {
+  auto& st = self->state;
+  // Role changes arrive on the log's thread; they become messages here.
+  // The relay holds only the address: it must not keep this actor alive.
+  auto addr = self->address();
+  st.cfg.roles->listen([addr](const log_status& s) {
+    auto me = caf::actor_cast<caf::actor>(addr);
+    if (!me)
+      return;
+    if (s.ready)
+      caf::anon_send(me, lead_atom::value, s.term);
+    else
+      caf::anon_send(me, follow_atom::value, s.term);
+  });
+  self->send(self, tick_atom::value);
+  return handlers(self);
+}
+
+caf::behavior handlers(self_ptr self) {
   return {
     [=](cmd_atom, const std::string& bytes) -> caf::result<void> {
       auto rp = self->make_response_promise();
@@ -248,17 +493,57 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     [=](tick_atom) {
       pb::Command tick;
       tick.mutable_tick();
-      apply(self, tick, nullptr);
+      if (!self->state.cfg.cluster_log || self->state.lead)
+        apply(self, tick, nullptr);
       self->delayed_send(self,
                          std::chrono::milliseconds(
                            self->state.cfg.pool.tick_interval_ms),
                          tick_atom::value);
     },
-    [=](flush_atom) { flush(self); },
+    [=](flush_atom) {
+      if (self->state.cfg.cluster_log)
+        flush_cluster(self);
+      else
+        flush(self);
+    },
+    [=](committed_atom, uint64_t term, uint64_t seq, int32_t status) {
+      on_committed(self, term, seq, status);
+    },
+    [=](lead_atom, uint64_t term) { on_lead(self, term); },
+    [=](follow_atom, uint64_t term) {
+      end_term(self, "deposed in term " + std::to_string(term));
+    },
+    [=](cluster_atom) -> std::string {
+      nlohmann::json j = nlohmann::json::object();
+      auto& st = self->state;
+      if (!st.cfg.cluster_log)
+        return j.dump();
+      auto s = st.cfg.cluster_log->status();
+      j["id"] = s.id;
+      j["role"] = to_string(s.role);
+      j["ready"] = s.ready;
+      j["term"] = s.term;
+      j["leader_id"] = s.leader_id;
+      j["leader_address"] = s.leader_address;
+      j["commit_index"] = s.commit_index;
+      j["applied_index"] = s.applied_index;
+      j["last_index"] = s.last_index;
+      j["terms_led"] = st.terms_led;
+      st.cfg.replica->with([&](replica& r) {
+        j["pool_index"] = r.last_index();
+        j["batches_refused"] = r.batches_refused();
+        j["violations"] = r.violations().size();
+        return 0;
+      });
+      return j.dump();
+    },
     [=](subscribe_atom, caf::actor who) {
       self->state.subscribers.push_back(std::move(who));
     },
     [=](state_atom) -> std::string {
+      if (self->state.cfg.cluster_log)  // what committed, on every member
+        return self->state.cfg.replica->with(
+          [](replica& r) { return r.snapshot_bytes(); });
       auto snap = self->state.pool.snapshot();
       snap.set_last_index(self->state.next_index - 1);
       return snap.SerializeAsString();
@@ -271,8 +556,11 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
         return a.SerializeAsString();
       }
       // Bounded: a query costs the supervisor at most `limit` reads.
-      if (auto err = query_archive(*self->state.cfg.storage, self->state.pool,
-                                   q, a);
+      if (auto err = with_pool(self,
+                               [&](const pool_state& p) {
+                                 return query_archive(*self->state.cfg.storage,
+                                                      p, q, a);
+                               });
           !err.empty())
         a.set_error(err);
       return a.SerializeAsString();
@@ -287,11 +575,14 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
       // What memory and snapshots hold: live records, and the window.
-      j["live_nodes"] = s.pool.nodes().size();
-      j["live_sessions"] = s.pool.sessions().size();
-      j["sessions_accepted"] = s.pool.sessions_accepted();
-      j["recent_ids"] = s.pool.recent_ids().size();
-      j["recent_ids_bytes"] = s.pool.recent_ids().memory_bytes();
+      with_pool(self, [&](const pool_state& p) {
+        j["live_nodes"] = p.nodes().size();
+        j["live_sessions"] = p.sessions().size();
+        j["sessions_accepted"] = p.sessions_accepted();
+        j["recent_ids"] = p.recent_ids().size();
+        j["recent_ids_bytes"] = p.recent_ids().memory_bytes();
+        return 0;
+      });
       return j.dump();
     },
   };

@@ -9,6 +9,8 @@
 #include "identity.hpp"
 #include "params.hpp"
 #include "pool_state.hpp"
+#include "replica.hpp"
+#include "replication.hpp"
 #include "storage.hpp"
 
 namespace nodepool {
@@ -37,6 +39,14 @@ struct supervisor_config {
   /// simulation can make it jump backwards or forwards. The pool's time never
   /// goes backwards (a command is applied at the latest time seen so far).
   std::shared_ptr<int64_t> clock_skew_ms;
+  /// Cluster mode (all three set): this oracle's member of the replicated
+  /// log, the replica the log applies committed entries to, and where the
+  /// log reports role changes. `storage` then holds the archive only; the
+  /// log and its snapshots are the replicated log's. Unset: one oracle with
+  /// its own log in `storage`, as before.
+  std::shared_ptr<replicated_log> cluster_log;
+  std::shared_ptr<replica_machine> replica;
+  std::shared_ptr<role_relay> roles;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.
@@ -65,6 +75,19 @@ struct supervisor_config {
 /// On start it restores the stored snapshot, replays the log after it and,
 /// if there was any history, applies a Recover command (nodes must come back
 /// and be tested again, active sessions go back to the queue).
+///
+/// Cluster mode: only the leader's supervisor changes the pool. When the
+/// log reports this member a ready leader (its barrier applied), the
+/// supervisor starts a `proposer` from the committed replica and applies
+/// Recover (as after a restart); each mailbox drain becomes one log entry,
+/// and its answers and events are released once the entry is committed, in
+/// order. A follower refuses commands with `not_leader` (the detail names
+/// the leader). When the term ends (deposed, or a proposal not committed)
+/// the speculative state is thrown away, every answer held is
+/// `not_leader` (outcome unknown: a retried submission is accepted or
+/// refused as duplicate_session, never stored twice) and the subscribers
+/// are told to drop their soft state (reset_atom).
+///   (cluster_atom)            -> (JSON text) this member's view of the log
 caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg);
 
 } // namespace nodepool

@@ -94,6 +94,11 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
         if (batch.ParseFromString(bytes))
           on_events(self, batch);
       },
+      // The leader's term ended: tests in flight were its soft state.
+      [=](reset_atom) {
+        self->state.pending.clear();
+        self->state.expired.clear();
+      },
       [=](answers_atom, const std::string& node, const std::string& bytes) {
         auto& st = self->state;
         pb::TestAnswers a;

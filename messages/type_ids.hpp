@@ -33,5 +33,11 @@ CAF_ADD_ATOM(nodepool, nodepool, submit_atom, "submit")
 CAF_ADD_ATOM(nodepool, nodepool, timeout_atom, "timeout")
 CAF_ADD_ATOM(nodepool, nodepool, beat_atom, "beat")
 CAF_ADD_ATOM(nodepool, nodepool, reply_atom, "reply")
+// cluster
+CAF_ADD_ATOM(nodepool, nodepool, lead_atom, "lead")
+CAF_ADD_ATOM(nodepool, nodepool, follow_atom, "follow")
+CAF_ADD_ATOM(nodepool, nodepool, committed_atom, "committed")
+CAF_ADD_ATOM(nodepool, nodepool, reset_atom, "reset")
+CAF_ADD_ATOM(nodepool, nodepool, cluster_atom, "cluster")
 
 CAF_END_TYPE_ID_BLOCK(nodepool)

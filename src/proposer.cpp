@@ -5,10 +5,13 @@
 namespace nodepool {
 
 proposer::proposer(const replica& committed, uint64_t term)
+    : proposer(committed.snapshot(), term) {}
+
+proposer::proposer(const pb::Snapshot& committed, uint64_t term)
     : term_(term),
       next_index_(committed.last_index() + 1),
       last_now_(committed.last_now()) {
-  pool_.restore(committed.snapshot());
+  pool_.restore(committed);
 }
 
 apply_result proposer::apply(pb::Command& cmd, int64_t clock_ms) {

@@ -21,6 +21,8 @@ namespace nodepool {
 class proposer {
 public:
   proposer(const replica& committed, uint64_t term);
+  /// From the committed state's snapshot (replica::snapshot()).
+  proposer(const pb::Snapshot& committed, uint64_t term);
 
   /// Applies `cmd` at the clock's time (never earlier than the last
   /// command's). A command that changed the pool is moved into the pending

@@ -23,6 +23,31 @@ const char* to_string(log_role r) {
   return "unknown";
 }
 
+void role_relay::publish(const log_status& s) {
+  std::function<void(const log_status&)> f;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    last_ = s;
+    have_ = true;
+    f = f_;
+  }
+  if (f)
+    f(s);
+}
+
+void role_relay::listen(std::function<void(const log_status&)> f) {
+  log_status last;
+  bool have;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    f_ = f;
+    last = last_;
+    have = have_;
+  }
+  if (have && f)
+    f(last);
+}
+
 memory_log::memory_log(state_machine& sm, role_fn role, uint64_t id)
     : sm_(sm), role_(std::move(role)) {
   st_.id = id;

@@ -71,6 +71,21 @@ public:
   virtual log_status status() const = 0;
 };
 
+/// Hands a log's role changes to whoever listens, whenever it starts
+/// listening: the log is made (and may lead) before the actors that act on
+/// it exist. A late listener is told the last change at once.
+class role_relay {
+public:
+  void publish(const log_status& s);
+  void listen(std::function<void(const log_status&)> f);
+
+private:
+  std::mutex mu_;
+  std::function<void(const log_status&)> f_;
+  bool have_ = false;
+  log_status last_;
+};
+
 /// One member, in memory: it is the leader of term 1 from the start, and a
 /// proposal commits at once, on the caller's thread. For tests, and to run
 /// the cluster's code paths without a cluster.

@@ -21,6 +21,8 @@
 #include "identity.hpp"
 #include "log.hpp"
 #include "archive.hpp"
+#include "cluster_config.hpp"
+#include "raft/raft_log.hpp"
 #include "recovery.hpp"
 
 namespace nodepool::cli {
@@ -63,7 +65,55 @@ struct oracle_options {
   tls_files tls;
   std::string allow;        // allow-list of node keys
   std::string join_tokens;  // file of join tokens
+  std::string cluster;      // cluster file: run as one member of it
+  uint64_t id = 0;          // ... this member's id
 };
+
+/// This oracle's member of the cluster: the replica, its replicated log
+/// (libraft in `<data-dir>/raft`) and the relay of role changes. Declared
+/// in this order so the log (whose thread applies to the replica and writes
+/// the archive) stops first.
+struct cluster_parts {
+  std::shared_ptr<replica> rep;
+  std::shared_ptr<replica_machine> machine;
+  std::shared_ptr<role_relay> roles;
+  std::shared_ptr<replicated_log> log;
+};
+
+cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
+                           std::shared_ptr<store> storage) {
+  cluster_parts c;
+  // Every replica writes the sessions its committed entries end to its own
+  // archive (the log is the durable record; a lost archive write is written
+  // again when the entry is applied again after a restart).
+  c.rep = std::make_shared<replica>(
+    [storage](std::vector<pb::SessionRecord>& ended) {
+      if (auto s = storage->append({}, ended, false); !s.ok())
+        log("oracle")->error("archive write failed: {}", s.error);
+    });
+  c.machine = std::make_shared<replica_machine>(*c.rep);
+  c.roles = std::make_shared<role_relay>();
+  raft_options ro;
+  ro.id = o.id;
+  ro.dir = o.data_dir + "/raft";
+  std::filesystem::create_directories(ro.dir);
+  for (auto& m : cc.members)
+    ro.members.push_back({m.id, m.raft});
+  ro.election_timeout_ms = cc.election_timeout_ms;
+  ro.heartbeat_timeout_ms = cc.heartbeat_timeout_ms;
+  ro.snapshot_threshold = cc.snapshot_threshold;
+  ro.snapshot_trailing = cc.snapshot_trailing;
+  std::string err;
+  auto roles = c.roles;
+  auto l = start_raft_log(ro, *c.machine,
+                          [roles](const log_status& s) { roles->publish(s); },
+                          err);
+  if (!l)
+    throw std::runtime_error("cannot start the replicated log in " + ro.dir
+                             + ": " + err);
+  c.log = std::move(l);
+  return c;
+}
 
 int run_oracle(oracle_options& o) {
   begin();
@@ -125,15 +175,38 @@ int run_oracle(oracle_options& o) {
   }
   if (o.data_dir.empty())
     throw std::runtime_error("--data-dir is required (or [oracle] data_dir)");
-  auto p = resolve_params(o.config, o.flags);
+  std::optional<cluster_config> cc;
+  if (!o.cluster.empty()) {
+    cc = load_cluster(o.cluster);
+    if (o.id == 0)
+      throw std::runtime_error("--id is required with --cluster");
+    auto* me = cc->find(o.id);
+    if (!me)
+      throw std::runtime_error("member " + std::to_string(o.id)
+                               + " is not in " + o.cluster);
+    // The member's address is where miners and clients reach it, unless
+    // the command line says otherwise.
+    auto [h, port] = parse_host_port(me->address);
+    if (!(o.host_flag && o.host_flag->count() > 0))
+      o.host = h;
+    if (!(o.port_flag && o.port_flag->count() > 0))
+      o.port = port;
+  }
+  auto p = resolve_params(o.config.empty() ? o.cluster : o.config, o.flags);
   actor_config cfg;
   setup_tls(cfg, o.tls);
   auto storage = open_store(o.data_dir);
+  cluster_parts cluster;
+  if (cc)
+    cluster = join_cluster(o, *cc, storage);
   caf::actor_system sys{cfg};
   supervisor_config sc;
   sc.pool = p;
   sc.storage = storage;
   sc.sync = !o.no_sync;
+  sc.cluster_log = cluster.log;
+  sc.replica = cluster.machine;
+  sc.roles = cluster.roles;
   if (!o.allow.empty())
     load_allow_list(o.allow, sc.admission);
   if (!o.join_tokens.empty())
@@ -156,8 +229,15 @@ int run_oracle(oracle_options& o) {
     stop_oracle(h);
     return 1;
   }
-  std::printf("nodepool oracle listening on %s:%u (data in %s)\n",
-              o.host.c_str(), *port, o.data_dir.c_str());
+  if (cc)
+    std::printf("nodepool oracle %llu of %zu listening on %s:%u (raft on %s, "
+                "data in %s)\n",
+                static_cast<unsigned long long>(o.id), cc->members.size(),
+                o.host.c_str(), *port, cc->find(o.id)->raft.c_str(),
+                o.data_dir.c_str());
+  else
+    std::printf("nodepool oracle listening on %s:%u (data in %s)\n",
+                o.host.c_str(), *port, o.data_dir.c_str());
   std::fflush(stdout);
   caf::scoped_actor self{sys};
   self->monitor(h.supervisor);
@@ -474,11 +554,21 @@ int run_status(const std::string& oracle, bool json, bool sessions,
         pool_state ps;
         ps.restore(snap);
         auto j = summarize(ps);
+        j["last_index"] = snap.last_index();
         if (sessions) {
           j["session_states"] = nlohmann::json::object();
           for (auto& [id, s] : ps.sessions())
             j["session_states"][id] = to_string(s.state());
         }
+        // On a member of a cluster: its view of the replicated log.
+        self->request(*gw, 10s, cluster_atom::value)
+          .receive(
+            [&](const std::string& c) {
+              auto cj = nlohmann::json::parse(c, nullptr, false);
+              if (cj.is_object() && !cj.empty())
+                j["cluster"] = cj;
+            },
+            [&](caf::error&) {});
         std::printf("%s\n", json ? j.dump().c_str() : j.dump(2).c_str());
         rc = 0;
       },
@@ -703,6 +793,10 @@ void add_oracle(CLI::App& app) {
   cmd->add_flag("--no-sync", o->no_sync,
                 "do not fsync group commits (faster, loses the last batch "
                 "on power loss)");
+  cmd->add_option("--cluster", o->cluster,
+                  "cluster file (TOML: [[member]] id, raft, address; [raft]; "
+                  "[pool]): run as one member of a replicated pool");
+  cmd->add_option("--id", o->id, "this member's id in the cluster file");
   add_param_flags(*cmd, o->flags);
   add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {

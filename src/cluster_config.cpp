@@ -1,0 +1,133 @@
+#include "cluster_config.hpp"
+
+#include <fstream>
+#include <set>
+#include <stdexcept>
+
+#include <toml++/toml.h>
+
+#include "params.hpp"
+
+namespace nodepool {
+
+const cluster_member* cluster_config::find(uint64_t id) const {
+  for (auto& m : members)
+    if (m.id == id)
+      return &m;
+  return nullptr;
+}
+
+namespace {
+
+bool host_port(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+    return false;
+  auto port = s.substr(colon + 1);
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  auto n = std::stoul(port);
+  return n > 0 && n <= 65535;
+}
+
+} // namespace
+
+cluster_config parse_cluster(const std::string& text, const std::string& source) {
+  toml::table tbl;
+  try {
+    tbl = toml::parse(without_toml_trap(text), source);
+  } catch (const toml::parse_error& e) {
+    throw std::runtime_error(source + ": " + std::string{e.description()});
+  }
+  auto fail = [&](const std::string& key, const std::string& why) {
+    return std::runtime_error(source + ": " + key + ": " + why);
+  };
+  cluster_config c;
+  for (auto& [k, v] : tbl) {
+    auto key = std::string{k.str()};
+    if (key != "member" && key != "raft" && key != "pool")
+      throw fail(key, "unknown key (expected [[member]], [raft] and [pool])");
+  }
+  auto* members = tbl["member"].as_array();
+  if (!members || members->empty())
+    throw fail("member", "no [[member]] entries");
+  if (members->size() > 7)
+    throw fail("member", "at most 7 members");
+  std::set<uint64_t> ids;
+  std::set<std::string> addrs;
+  size_t n = 0;
+  for (auto& node : *members) {
+    auto where = "member[" + std::to_string(n++) + "]";
+    auto* t = node.as_table();
+    if (!t)
+      throw fail(where, "expected a table ([[member]])");
+    cluster_member m;
+    for (auto& [k, v] : *t) {
+      auto key = std::string{k.str()};
+      if (key == "id") {
+        auto x = v.value<int64_t>();
+        if (!v.is_integer() || !x || *x <= 0)
+          throw fail(where + ".id", "expected a positive integer");
+        m.id = static_cast<uint64_t>(*x);
+      } else if (key == "raft" || key == "address") {
+        auto x = v.value<std::string>();
+        if (!v.is_string() || !x || !host_port(*x))
+          throw fail(where + "." + key, "expected \"host:port\"");
+        (key == "raft" ? m.raft : m.address) = *x;
+      } else {
+        throw fail(where + "." + key, "unknown key (expected id, raft, address)");
+      }
+    }
+    if (m.id == 0)
+      throw fail(where, "id is missing");
+    if (m.raft.empty())
+      throw fail(where, "raft (the host:port of its Raft listener) is missing");
+    if (m.address.empty())
+      throw fail(where, "address (the host:port for miners and clients) is missing");
+    if (!ids.insert(m.id).second)
+      throw fail(where + ".id", "member " + std::to_string(m.id) + " appears twice");
+    if (!addrs.insert(m.raft).second)
+      throw fail(where + ".raft", m.raft + " is used twice");
+    if (!addrs.insert(m.address).second)
+      throw fail(where + ".address", m.address + " is used twice");
+    c.members.push_back(m);
+  }
+  if (auto* r = tbl["raft"].as_table()) {
+    for (auto& [k, v] : *r) {
+      auto key = std::string{k.str()};
+      auto x = v.value<int64_t>();
+      auto in = [&](int64_t lo, int64_t hi) {
+        if (!v.is_integer() || !x || *x < lo || *x > hi)
+          throw fail("raft." + key, "expected an integer in " + std::to_string(lo)
+                                      + ".." + std::to_string(hi));
+        return static_cast<unsigned>(*x);
+      };
+      if (key == "election_timeout_ms")
+        c.election_timeout_ms = in(10, 60000);
+      else if (key == "heartbeat_timeout_ms")
+        c.heartbeat_timeout_ms = in(1, 10000);
+      else if (key == "snapshot_threshold")
+        c.snapshot_threshold = in(1, 100000000);
+      else if (key == "snapshot_trailing")
+        c.snapshot_trailing = in(0, 100000000);
+      else
+        throw fail("raft." + key, "unknown key");
+    }
+    if (c.heartbeat_timeout_ms >= c.election_timeout_ms)
+      throw fail("raft.heartbeat_timeout_ms",
+                 "must be below raft.election_timeout_ms");
+  } else if (tbl.contains("raft")) {
+    throw fail("raft", "expected a table ([raft])");
+  }
+  return c;
+}
+
+cluster_config load_cluster(const std::string& path) {
+  std::ifstream f{path, std::ios::binary};
+  if (!f)
+    throw std::runtime_error(path + ": cannot be read");
+  std::string text{std::istreambuf_iterator<char>{f}, {}};
+  return parse_cluster(text, path);
+}
+
+} // namespace nodepool

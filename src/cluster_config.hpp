@@ -1,0 +1,47 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nodepool {
+
+/// One oracle of a cluster, as the cluster file names it.
+struct cluster_member {
+  uint64_t id = 0;
+  std::string raft;     // host:port of its Raft listener (oracles only)
+  std::string address;  // host:port for miners and clients
+};
+
+/// A cluster file (TOML): every member, the replication's timing, and the
+/// pool's parameters ([pool], read by load_params as in a config file).
+///
+///   [[member]]
+///   id = 1
+///   raft = "127.0.0.1:7101"
+///   address = "127.0.0.1:4241"
+///   ...
+///   [raft]                      # optional
+///   election_timeout_ms = 1000
+///   heartbeat_timeout_ms = 100
+///   snapshot_threshold = 1024
+///   snapshot_trailing = 128
+struct cluster_config {
+  std::vector<cluster_member> members;
+  unsigned election_timeout_ms = 1000;
+  unsigned heartbeat_timeout_ms = 100;
+  unsigned snapshot_threshold = 1024;
+  unsigned snapshot_trailing = 128;
+
+  const cluster_member* find(uint64_t id) const;
+};
+
+/// Parses a cluster file's text. Throws std::runtime_error naming `source`
+/// and the key for: a syntax error, an unknown key, a member without an id
+/// (or id 0), raft or address, an address that is not host:port, two
+/// members with the same id, Raft address or client address, no member,
+/// more than 7, or timings out of range.
+cluster_config parse_cluster(const std::string& text, const std::string& source);
+cluster_config load_cluster(const std::string& path);
+
+} // namespace nodepool

@@ -1,0 +1,95 @@
+// The cluster file (src/cluster_config.hpp): what a member reads to know its
+// peers. Every mistake is an error naming the file and the key.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "cluster_config.hpp"
+
+namespace nodepool {
+namespace {
+
+const char* three = R"(
+[[member]]
+id = 1
+raft = "127.0.0.1:7101"
+address = "127.0.0.1:4241"
+[[member]]
+id = 2
+raft = "127.0.0.1:7102"
+address = "127.0.0.1:4242"
+[[member]]
+id = 3
+raft = "127.0.0.1:7103"
+address = "127.0.0.1:4243"
+)";
+
+std::string error_of(const std::string& text) {
+  try {
+    parse_cluster(text, "c.toml");
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ClusterFile, ReadsMembersAndTiming) {
+  auto c = parse_cluster(std::string{three} + R"(
+[raft]
+election_timeout_ms = 300
+heartbeat_timeout_ms = 30
+[pool]
+heartbeat_timeout_ms = 9000
+)",
+                         "c.toml");
+  ASSERT_EQ(c.members.size(), 3u);
+  EXPECT_EQ(c.find(2)->raft, "127.0.0.1:7102");
+  EXPECT_EQ(c.find(3)->address, "127.0.0.1:4243");
+  EXPECT_EQ(c.find(4), nullptr);
+  EXPECT_EQ(c.election_timeout_ms, 300u);
+  EXPECT_EQ(c.heartbeat_timeout_ms, 30u);
+  EXPECT_EQ(c.snapshot_threshold, 1024u);
+}
+
+TEST(ClusterFile, TheShippedFileReads) {
+  auto c = load_cluster(std::string{NODEPOOL_SOURCE_DIR} + "/deploy/cluster.toml");
+  EXPECT_EQ(c.members.size(), 3u);
+}
+
+TEST(ClusterFile, RefusesMistakesNamingTheKey) {
+  struct bad {
+    std::string text;
+    std::string expect;
+  } cases[] = {
+    {"", "no [[member]]"},
+    {"[[member]]\nid = 1\nraft = \"a:1\"\n", "address"},
+    {"[[member]]\nraft = \"a:1\"\naddress = \"a:2\"\n", "id is missing"},
+    {"[[member]]\nid = 0\nraft = \"a:1\"\naddress = \"a:2\"\n", "member[0].id"},
+    {"[[member]]\nid = 1\nraft = \"nohost\"\naddress = \"a:2\"\n",
+     "member[0].raft"},
+    {"[[member]]\nid = 1\nraft = \"a:70000\"\naddress = \"a:2\"\n",
+     "member[0].raft"},
+    {"[[member]]\nid = 1\nraft = \"a:1\"\naddress = \"a:2\"\nport = 3\n",
+     "member[0].port"},
+    {std::string{three} + "[[member]]\nid = 2\nraft = \"b:1\"\naddress = \"b:2\"\n",
+     "appears twice"},
+    {std::string{three} + "[[member]]\nid = 4\nraft = \"127.0.0.1:7101\"\naddress = \"b:2\"\n",
+     "used twice"},
+    {std::string{three} + "[raft]\nelection_timeout_ms = 5\n",
+     "raft.election_timeout_ms"},
+    {std::string{three} + "[raft]\nheartbeat_timeout_ms = 2000\n",
+     "below raft.election_timeout_ms"},
+    {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
+    {std::string{three} + "[oracle]\nport = 1\n", "oracle: unknown key"},
+    {"[[member]\n", "c.toml"},
+  };
+  for (auto& c : cases) {
+    auto err = error_of(c.text);
+    EXPECT_NE(err.find(c.expect), std::string::npos)
+      << "for:\n" << c.text << "\ngot: '" << err << "'";
+    EXPECT_NE(err.find("c.toml"), std::string::npos) << err;
+  }
+}
+
+} // namespace
+} // namespace nodepool
