@@ -412,4 +412,96 @@ caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
   return result;
 }
 
+namespace {
+
+/// The oracle's view of its cluster: an empty object for a single oracle,
+/// nullopt when it does not answer.
+std::optional<nlohmann::json> cluster_view(caf::actor_system& sys,
+                                           const caf::actor& gw,
+                                           std::chrono::milliseconds timeout) {
+  std::optional<nlohmann::json> out;
+  caf::scoped_actor self{sys};
+  self->request(gw, timeout, cluster_atom::value)
+    .receive(
+      [&](const std::string& text) {
+        auto j = nlohmann::json::parse(text, nullptr, false);
+        if (j.is_object())
+          out = std::move(j);
+      },
+      [&](caf::error&) {});
+  return out;
+}
+
+bool leads(const nlohmann::json& j) {
+  return j.empty()
+         || (j.value("role", "") == "leader" && j.value("ready", false));
+}
+
+std::pair<std::string, uint16_t> host_port_of(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos)
+    return {s, 0};
+  int port = std::atoi(s.c_str() + colon + 1);
+  return {s.substr(0, colon),
+          static_cast<uint16_t>(port > 0 && port < 65536 ? port : 0)};
+}
+
+} // namespace
+
+std::vector<std::string> split_oracles(const std::string& list) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= list.size()) {
+    auto comma = list.find(',', at);
+    auto part = list.substr(at, comma == std::string::npos ? std::string::npos
+                                                           : comma - at);
+    if (!part.empty())
+      out.push_back(part);
+    if (comma == std::string::npos)
+      break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+bool is_leader(caf::actor_system& sys, const caf::actor& gateway,
+               std::chrono::milliseconds timeout) {
+  auto j = cluster_view(sys, gateway, timeout);
+  return j && leads(*j);
+}
+
+caf::expected<caf::actor> connect_leader(
+  caf::actor_system& sys, const std::vector<std::string>& oracles,
+  std::chrono::milliseconds timeout) {
+  caf::error last = caf::make_error(caf::sec::cannot_connect_to_node,
+                                    "no oracle given");
+  for (auto& o : oracles) {
+    auto [host, port] = host_port_of(o);
+    auto gw = connect_oracle(sys, host, port, timeout);
+    if (!gw) {
+      last = gw.error();
+      continue;
+    }
+    auto j = cluster_view(sys, *gw, timeout);
+    if (!j) {
+      last = caf::make_error(caf::sec::cannot_connect_to_node,
+                             o + " did not say who leads");
+      continue;
+    }
+    if (leads(*j))
+      return gw;
+    auto addr = j->value("leader_client_address", "");
+    if (!addr.empty()) {
+      auto [lh, lp] = host_port_of(addr);
+      auto lgw = connect_oracle(sys, lh, lp, timeout);
+      if (lgw && is_leader(sys, *lgw, timeout))
+        return lgw;
+    }
+    last = caf::make_error(caf::sec::cannot_connect_to_node,
+                           "no ready leader known at " + o
+                             + " (an election may be under way)");
+  }
+  return last;
+}
+
 } // namespace nodepool

@@ -57,4 +57,21 @@ caf::expected<caf::actor> connect_oracle(
   caf::actor_system& sys, const std::string& host, uint16_t port,
   std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+/// The gateway of the oracle that leads, among `oracles` ("host:port" each:
+/// a single oracle, or the members of a cluster). Each reachable oracle is
+/// asked who leads (cluster_atom) and the answer is followed; a single
+/// oracle leads itself. An error when none is reachable or none knows a
+/// ready leader yet (during an election): callers retry.
+caf::expected<caf::actor> connect_leader(
+  caf::actor_system& sys, const std::vector<std::string>& oracles,
+  std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
+/// Whether `gateway` belongs to the ready leader of its cluster (or to a
+/// single oracle); false when it cannot say within `timeout`.
+bool is_leader(caf::actor_system& sys, const caf::actor& gateway,
+               std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
+/// Splits "h1:p1,h2:p2" into its parts.
+std::vector<std::string> split_oracles(const std::string& list);
+
 } // namespace nodepool

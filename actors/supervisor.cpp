@@ -211,12 +211,18 @@ void flush(self_ptr self) {
 
 // -- cluster mode ---------------------------------------------------------------
 
+std::string client_address(self_ptr self, uint64_t member) {
+  auto& m = self->state.cfg.member_addresses;
+  auto i = m.find(member);
+  return i == m.end() ? std::string{} : i->second;
+}
+
 std::string not_leader_detail(self_ptr self) {
   auto s = self->state.cfg.cluster_log->status();
-  if (s.leader_id == 0)
+  if (s.leader_id == 0 || s.leader_id == s.id)
     return "no leader is known yet; retry shortly";
-  return "the leader is member " + std::to_string(s.leader_id) + " ("
-         + s.leader_address + ")";
+  return "the leader is member " + std::to_string(s.leader_id) + " at "
+         + client_address(self, s.leader_id);
 }
 
 void refuse_now(self_ptr self, caf::response_promise* rp,
@@ -524,7 +530,8 @@ caf::behavior handlers(self_ptr self) {
       j["ready"] = s.ready;
       j["term"] = s.term;
       j["leader_id"] = s.leader_id;
-      j["leader_address"] = s.leader_address;
+      j["leader_address"] = s.leader_address;  // its Raft listener
+      j["leader_client_address"] = client_address(self, s.leader_id);
       j["commit_index"] = s.commit_index;
       j["applied_index"] = s.applied_index;
       j["last_index"] = s.last_index;

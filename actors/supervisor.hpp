@@ -1,6 +1,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 
 #include <caf/actor.hpp>
@@ -47,6 +48,9 @@ struct supervisor_config {
   std::shared_ptr<replicated_log> cluster_log;
   std::shared_ptr<replica_machine> replica;
   std::shared_ptr<role_relay> roles;
+  /// Where miners and clients reach each member (by member id): named in
+  /// not_leader refusals and in the cluster view, so they can move on.
+  std::map<uint64_t, std::string> member_addresses;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.

@@ -32,19 +32,36 @@ namespace {
 using namespace std::chrono_literals;
 
 /// Connects to the oracle's gateway, retrying until `timeout_s` passes.
+/// Connects to `target` ("host:port", or a comma-separated list of a
+/// cluster's members), retrying for up to `timeout_s`. With `follow_leader`
+/// the gateway returned is the leader's (a single oracle leads itself);
+/// without, the first member that answers.
 caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
                                         const std::string& target,
-                                        double timeout_s) {
-  auto [host, port] = parse_host_port(target);
+                                        double timeout_s,
+                                        bool follow_leader = true) {
+  auto list = split_oracles(target);
+  if (list.empty())
+    throw std::runtime_error("no oracle given");
+  for (auto& o : list)
+    parse_host_port(o);  // a malformed address is an error now, not a retry
   auto deadline = std::chrono::steady_clock::now()
                   + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  size_t next = 0;
   for (;;) {
     // Each attempt waits for a handshake at most half a second, so that a
     // signal is noticed in time; a handshake still under way is not
     // abandoned: the middleman finishes it and answers the next attempt.
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
       deadline - std::chrono::steady_clock::now());
-    auto gw = connect_oracle(sys, host, port, std::clamp(left, 100ms, 500ms));
+    auto slice = std::clamp(left, 100ms, 500ms);
+    caf::expected<caf::actor> gw{caf::sec::cannot_connect_to_node};
+    if (follow_leader) {
+      gw = connect_leader(sys, list, slice);
+    } else {
+      auto [host, port] = parse_host_port(list[next++ % list.size()]);
+      gw = connect_oracle(sys, host, port, slice);
+    }
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
     std::this_thread::sleep_for(200ms);
@@ -207,6 +224,9 @@ int run_oracle(oracle_options& o) {
   sc.cluster_log = cluster.log;
   sc.replica = cluster.machine;
   sc.roles = cluster.roles;
+  if (cc)
+    for (auto& m : cc->members)
+      sc.member_addresses[m.id] = m.address;
   if (!o.allow.empty())
     load_allow_list(o.allow, sc.admission);
   if (!o.join_tokens.empty())
@@ -358,11 +378,28 @@ int run_miner(miner_options& o) {
   size_t alive = nodes.size();
   size_t refused_out = 0;
   bool oracle_gone = false;
+  auto last_check = std::chrono::steady_clock::now();
   while (!stop_requested && alive > 0) {
     if (o.duration_s > 0
         && std::chrono::steady_clock::now() - start
              > std::chrono::milliseconds(static_cast<int64_t>(o.duration_s * 1000)))
       break;
+    // A cluster's leader may change while this connection stays up: the
+    // nodes follow it (a single oracle always leads itself).
+    if (std::chrono::steady_clock::now() - last_check > 500ms) {
+      last_check = std::chrono::steady_clock::now();
+      if (!is_leader(sys, gateway, 1s)) {
+        auto again = connect_retry(sys, o.oracle, 1);
+        if (again && *again != gateway) {
+          log("miner")->info("following the new leader");
+          self->demonitor(gateway);
+          gateway = *again;
+          self->monitor(gateway);
+          for (auto& n : nodes)
+            self->send(n, connect_atom::value, gateway);
+        }
+      }
+    }
     self->receive(
       [&](caf::down_msg& dm) {
         if (dm.source == gateway.address()) {
@@ -488,7 +525,10 @@ int run_submit(submit_options& o) {
                 ++accepted;
                 std::printf("accepted %s (already stored)\n",
                             req.session_id().c_str());
-              } else if (code == "unavailable") {
+              } else if (code == "unavailable" || code == "not_leader") {
+                // Gone, or no longer the leader (the outcome of a request
+                // cut off by a failover is unknown): find the leader and
+                // ask again; "duplicate" then means it had been stored.
                 retry = true;
               } else {
                 answered = true;
@@ -536,7 +576,7 @@ int run_status(const std::string& oracle, bool json, bool sessions,
   actor_config cfg;
   setup_tls(cfg, tls);
   caf::actor_system sys{cfg};
-  auto gw = connect_retry(sys, oracle, 5);
+  auto gw = connect_retry(sys, oracle, 5, false);
   if (!gw && stop_requested)
     return report_interrupted("status", "the oracle was not reached");
   if (!gw) {
@@ -732,7 +772,7 @@ int sessions_from_oracle(const sessions_options& o) {
   actor_config cfg;
   setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};
-  auto gw = connect_retry(sys, o.oracle, 5);
+  auto gw = connect_retry(sys, o.oracle, 5, false);
   if (!gw) {
     std::cerr << "nodepool sessions: cannot reach oracle " << o.oracle << ": "
               << sys.render(gw.error()) << "\n";
@@ -808,7 +848,10 @@ void add_oracle(CLI::App& app) {
 void add_miner(CLI::App& app) {
   auto o = std::make_shared<miner_options>();
   auto* cmd = app.add_subcommand("miner", "run simulated miner nodes");
-  cmd->add_option("--oracle", o->oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_option("--oracle,--oracles", o->oracle,
+                  "HOST:PORT of an oracle, or every member of a cluster "
+                  "(H1:P1,H2:P2,...): the nodes follow its leader")
+    ->required();
   cmd->add_option("--nodes", o->nodes, "node actors to run (default 1)")
     ->check(CLI::Range(1, 100000));
   cmd->add_option("--behaviour", o->behaviour,
@@ -878,7 +921,10 @@ void add_keygen(CLI::App& app) {
 void add_submit(CLI::App& app) {
   auto o = std::make_shared<submit_options>();
   auto* cmd = app.add_subcommand("submit", "submit sessions to an oracle");
-  cmd->add_option("--oracle", o->oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_option("--oracle,--oracles", o->oracle,
+                  "HOST:PORT of an oracle, or every member of a cluster "
+                  "(H1:P1,H2:P2,...): submissions go to its leader")
+    ->required();
   cmd->add_option("--sessions", o->sessions, "how many (default 10)");
   cmd->add_option("--prefix", o->prefix, "ids are PREFIX-N");
   cmd->add_option("--first", o->first, "first N (default 0)");
