@@ -107,7 +107,9 @@ cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
     [storage](std::vector<pb::SessionRecord>& ended) {
       if (auto s = storage->append({}, ended, false); !s.ok())
         log("oracle")->error("archive write failed: {}", s.error);
-    });
+    },
+    // I1-I5 on what each committed command touched, on every member.
+    true);
   c.machine = std::make_shared<replica_machine>(*c.rep);
   c.roles = std::make_shared<role_relay>();
   raft_options ro;
