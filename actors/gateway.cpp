@@ -41,6 +41,9 @@ struct gateway_state {
   std::map<std::string, uint64_t> refused;         // refusal code -> count
   uint64_t received = 0;
   uint64_t undeliverable = 0;
+  // The last term this oracle led (never lowered): every message to a
+  // miner carries it, so a node can refuse a deposed leader's.
+  uint64_t term = 0;
   static inline const char* name = "gateway";
 };
 
@@ -69,6 +72,20 @@ void node_down(self_ptr self, std::string id, const std::string& why) {
   self->request(st.supervisor, caf::infinite, cmd_atom::value,
                 c.SerializeAsString())
     .then([](accepted_atom) {}, [](caf::error&) {});
+}
+
+/// `bytes` (a serialized OracleMsg) with its term set: Protobuf takes the
+/// last value of a field, so appending the field is enough.
+std::string with_term(const std::string& bytes, uint64_t term) {
+  std::string out = bytes;
+  out.push_back(static_cast<char>(0x80));  // field 16, varint: tag 128
+  out.push_back(static_cast<char>(0x01));
+  do {
+    auto b = static_cast<uint8_t>(term & 0x7f);
+    term >>= 7;
+    out.push_back(static_cast<char>(term ? b | 0x80 : b));
+  } while (term);
+  return out;
 }
 
 void refuse(self_ptr self, const caf::actor& to, const std::string& node,
@@ -282,18 +299,22 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       },
       [=](send_atom, const std::string& node_id, const std::string& bytes) {
         auto& st = self->state;
+        auto out = st.term > 0 ? with_term(bytes, st.term) : bytes;
         auto i = st.by_node.find(node_id);
         if (i != st.by_node.end()) {
-          self->send(i->second, oracle_atom::value, bytes);
+          self->send(i->second, oracle_atom::value, out);
           return;
         }
         // Not bound yet: its registration may be committed, not answered.
         auto r = st.registering.find(node_id);
         if (r != st.registering.end()) {
-          self->send(r->second, oracle_atom::value, bytes);
+          self->send(r->second, oracle_atom::value, out);
           return;
         }
         ++st.undeliverable;
+      },
+      [=](lead_atom, uint64_t term) {
+        self->state.term = std::max(self->state.term, term);
       },
       // Refusals decided by the validator or a session: counted here with
       // the gateway's own, then sent to the node.

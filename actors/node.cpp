@@ -28,7 +28,8 @@ struct node_state {
   uint64_t attempt = 0;     // tells registration retry timers apart
   uint64_t tests = 0;
   uint64_t tasks = 0;
-  std::map<std::string, uint64_t> refusals;
+  std::map<std::string, uint64_t> refusals;  // sent to it, and stale_term
+  uint64_t term = 0;  // highest leader term seen (fencing)
   static inline const char* name = "node";
 };
 
@@ -185,6 +186,18 @@ void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
 void on_oracle(self_ptr self, const pb::OracleMsg& m) {
   auto& st = self->state;
   auto& id = st.cfg.id;
+  // Fencing: a message from a leader older than one already heard from
+  // is a deposed leader's. Counted and ignored.
+  if (m.term() > 0) {
+    if (m.term() < st.term) {
+      ++st.refusals["stale_term"];
+      log("node")->warn("node {}: refused a message of term {} (term {} "
+                        "seen): stale_term",
+                        id, m.term(), st.term);
+      return;
+    }
+    st.term = m.term();
+  }
   switch (m.kind_case()) {
     case pb::OracleMsg::kRegistered:
       if (!st.registered) {
@@ -372,6 +385,7 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
         j["tests"] = st.tests;
         j["tasks"] = st.tasks;
         j["refusals"] = st.refusals;
+        j["term"] = st.term;
         return j.dump();
       },
     };

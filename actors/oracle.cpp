@@ -18,6 +18,8 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);
   caf::anon_send(h.supervisor, subscribe_atom::value, h.validator);
   caf::anon_send(h.supervisor, subscribe_atom::value, h.sessions);
+  // The gateway stamps messages to miners with the term (fencing).
+  caf::anon_send(h.supervisor, cluster_atom::value, h.gateway);
   return h;
 }
 

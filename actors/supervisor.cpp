@@ -54,6 +54,7 @@ struct supervisor_state {
   std::deque<inflight> inflight;
   uint64_t next_seq = 1;
   uint64_t terms_led = 0;
+  std::vector<caf::actor> term_listeners;  // told each term this member leads
   static inline const char* name = "pool_supervisor";
 };
 
@@ -377,6 +378,8 @@ void on_lead(self_ptr self, uint64_t term) {
   st.lead.emplace(snap, term);
   st.lead_term = term;
   ++st.terms_led;
+  for (auto& l : st.term_listeners)
+    self->send(l, lead_atom::value, term);
   st.last_now = std::max(st.last_now, snap.last_now());
   log("supervisor")->info("leading term {} from entry {} ({} nodes, {} "
                           "sessions)",
@@ -516,6 +519,12 @@ caf::behavior handlers(self_ptr self) {
       on_committed(self, term, seq, status);
     },
     [=](lead_atom, uint64_t term) { on_lead(self, term); },
+    [=](cluster_atom, caf::actor listener) {
+      auto& st = self->state;
+      if (st.lead)
+        self->send(listener, lead_atom::value, st.lead_term);
+      st.term_listeners.push_back(std::move(listener));
+    },
     [=](follow_atom, uint64_t term) {
       end_term(self, "deposed in term " + std::to_string(term));
     },
