@@ -305,6 +305,15 @@ nlohmann::json measure(options& o) {
     note("durable");
     report["durable"] = bench::durable(o);
   }
+  if (wanted(o, "replicated")) {
+    check_stop();
+    note("replicated");
+    report["replicated"] = bench::replicated(o);
+    if (report.contains("durable"))
+      report["replicated"]["ratio_to_durable"] =
+        report["replicated"]["cycles_per_s"].get<double>()
+        / report["durable"]["cycles_per_s"].get<double>();
+  }
   if (wanted(o, "check")) {
     check_stop();
     note("check");
@@ -369,9 +378,9 @@ void add_bench(CLI::App& app) {
                   "write the grant-latency curve (data, gnuplot script, PNG) "
                   "into this directory");
   cmd->add_option("--only", o->only,
-                  "run only these sections (state_machine, queue, durable, "
+                  "run only these sections (state_machine, queue, durable, replicated, "
                   "check, remote, redis, scale, recovery)")
-    ->check(CLI::IsMember({"state_machine", "queue", "durable", "check",
+    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "check",
                            "remote", "redis", "scale", "recovery"}));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "

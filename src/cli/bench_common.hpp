@@ -111,6 +111,8 @@ nlohmann::json state_machine(const options& o);
 /// Saturation and the latency curve; the latency curve is also in
 /// "curve" for the plot.
 nlohmann::json durable(const options& o);
+/// The durable cycle through a 3-member Raft group in this process.
+nlohmann::json replicated(const options& o);
 nlohmann::json remote(const options& o);
 nlohmann::json redis(options& o);
 nlohmann::json scale(const options& o);

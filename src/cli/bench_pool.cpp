@@ -7,6 +7,11 @@
 //   EndSession    -> it is released and a re-validation test is requested
 //   TestResult    -> it passed and is back in the pool.
 #include <algorithm>
+#include <arpa/inet.h>
+#include <filesystem>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <atomic>
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -25,6 +30,8 @@
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
+#include "raft/raft_log.hpp"
+#include "replica.hpp"
 #include "cli/bench_common.hpp"
 #include "cli/common.hpp"
 #include "recovery.hpp"
@@ -212,6 +219,19 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
 
 /// A supervisor over a fresh RocksDB store (synced group commits) and its
 /// driver, with `nodes` nodes admitted.
+/// A loopback port nobody listens on right now.
+uint16_t free_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
 struct durable_pool {
   std::string dir;
   actor_config cfg;
@@ -224,14 +244,48 @@ struct durable_pool {
   uint64_t rss_untrimmed = 0;  // rss_after before malloc_trim
   double admit_s = 0;
 
-  durable_pool(const std::string& tag, uint32_t nodes, const params& p)
+  /// A member of the replicated variant: its archive, replica and log.
+  /// Declared so that the log (whose thread writes to the others) goes
+  /// first.
+  struct member {
+    std::shared_ptr<store> archive;
+    std::shared_ptr<replica> rep;
+    std::shared_ptr<replica_machine> machine;
+    std::shared_ptr<role_relay> roles;
+    std::shared_ptr<replicated_log> log;
+  };
+  std::vector<member> members;
+
+  /// `replicas` > 0: the pool is replicated over that many members of a
+  /// Raft group in this process (libraft over loopback TCP, each on its own
+  /// directory and fsync), and the supervisor is the leader's.
+  durable_pool(const std::string& tag, uint32_t nodes, const params& p,
+               unsigned replicas = 0)
     : cfg(false) {
     dir = make_temp_dir(tag);
     sys = std::make_unique<caf::actor_system>(cfg);
     supervisor_config sc;
     sc.pool = p;
-    sc.storage = open_store(dir);
     sc.sync = true;
+    if (replicas == 0) {
+      sc.storage = open_store(dir);
+    } else {
+      start_group(replicas);
+      int l = -1;
+      auto t0 = clock::now();
+      while (l < 0 && !stop_requested && seconds_since(t0) < 30) {
+        for (size_t i = 0; i < members.size() && l < 0; ++i)
+          if (members[i].log->status().ready)
+            l = static_cast<int>(i);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      if (l < 0)
+        throw std::runtime_error(tag + ": no leader elected within 30 s");
+      sc.storage = members[l].archive;
+      sc.cluster_log = members[l].log;
+      sc.replica = members[l].machine;
+      sc.roles = members[l].roles;
+    }
     sup = spawn_supervisor(*sys, sc);
     drv = sys->spawn(driver, sup, out);
     caf::anon_send(sup, subscribe_atom::value, drv);
@@ -261,6 +315,39 @@ struct durable_pool {
     rss_untrimmed = rss_bytes();
     malloc_trim(0);
     rss_after = rss_bytes();
+  }
+
+  void start_group(unsigned n) {
+    std::vector<raft_peer> peers;
+    for (unsigned i = 1; i <= n; ++i)
+      peers.push_back({i, "127.0.0.1:" + std::to_string(free_port())});
+    for (unsigned i = 1; i <= n; ++i) {
+      auto mdir = dir + "/m" + std::to_string(i);
+      std::filesystem::create_directories(mdir + "/raft");
+      member m;
+      m.archive = open_store(mdir + "/db");
+      auto archive = m.archive;
+      m.rep = std::make_shared<replica>(
+        [archive](std::vector<pb::SessionRecord>& ended) {
+          archive->append({}, ended, false);
+        });
+      m.machine = std::make_shared<replica_machine>(*m.rep);
+      m.roles = std::make_shared<role_relay>();
+      raft_options ro;
+      ro.id = i;
+      ro.dir = mdir + "/raft";
+      ro.members = peers;
+      auto roles = m.roles;
+      std::string err;
+      auto l = start_raft_log(
+        ro, *m.machine, [roles](const log_status& st) { roles->publish(st); },
+        err);
+      if (!l)
+        throw std::runtime_error("replicated: member " + std::to_string(i)
+                                 + ": " + err);
+      m.log = std::move(l);
+      members.push_back(std::move(m));
+    }
   }
 
   uint64_t inflight() {
@@ -391,6 +478,9 @@ struct durable_pool {
       drv = nullptr;
       sys.reset();
     }
+    for (auto& m : members)
+      m.log.reset();  // joins its thread before the replica goes
+    members.clear();
     remove_tree(dir);
   }
 };
@@ -710,6 +800,39 @@ nlohmann::json durable(const options& o) {
        end["live_sessions"].get<unsigned long long>(),
        start["rss_mb"].get<double>(), end["rss_mb"].get<double>());
   j["sessions_served"] = dp.out->submitted.load();
+  return j;
+}
+
+// --------------------------------------------------------------- replicated
+
+nlohmann::json replicated(const options& o) {
+  durable_pool dp{"replicated", o.nodes, o.pool, 3};
+  check_stop();
+  auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
+  auto cps = median(sat);
+  note("replicated: %.0f cycles/s at saturation over 3 members (%u clients)",
+       cps, o.clients);
+  nlohmann::json j;
+  j["members"] = 3;
+  j["cycles_per_s"] = cps;
+  j["cycles_per_s_reps"] = sat;
+  j["clients"] = o.clients;
+  j["nodes"] = o.nodes;
+  j["entries_per_commit"] = dp.entries_per_commit;
+  std::vector<double> p50, p99, p999;
+  for (int r = 0; r < o.reps; ++r) {
+    auto [lat, achieved] = dp.offer(0.5 * cps, o.seconds, o.warmup, 1000 * r + 7);
+    if (lat.empty())
+      throw std::runtime_error("replicated: no grant measured");
+    p50.push_back(quantile(lat, 0.5));
+    p99.push_back(quantile(lat, 0.99));
+    p999.push_back(quantile(lat, 0.999));
+  }
+  j["grant_at_50"] = {{"p50_ms", median(p50)}, {"p99_ms", median(p99)},
+                      {"p999_ms", median(p999)},
+                      {"offered_per_s", 0.5 * cps}};
+  note("replicated: load 50%%: p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
+       median(p50), median(p99), median(p999));
   return j;
 }
 

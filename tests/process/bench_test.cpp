@@ -42,8 +42,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   ASSERT_FALSE(j.is_discarded()) << out;
   ASSERT_TRUE(j.is_object()) << out;
 
-  for (auto key : {"state_machine", "queue", "durable", "check", "remote",
-                   "redis", "scale", "recovery"})
+  for (auto key : {"state_machine", "queue", "durable", "replicated", "check",
+                   "remote", "redis", "scale", "recovery"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
@@ -60,7 +60,9 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/queue/deep/commands_per_s", "/queue/big_empty/commands_per_s",
                  "/queue/ratio_deep_to_small", "/durable/flat/cycles_per_s",
                  "/durable/flat/end/rss_mb", "/durable/flat/end/sessions_accepted",
-                 "/check/0/entries_per_s", "/check/1/entries_per_s"})
+                 "/check/0/entries_per_s", "/check/1/entries_per_s",
+                 "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
+                 "/replicated/grant_at_50/p99_ms"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
   // Ended sessions leave the pool: after the long saturation run the live
@@ -92,8 +94,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
         return true;
     return false;
   };
-  for (auto key : {"state_machine", "queue", "durable", "check", "remote",
-                   "redis", "scale", "recovery"})
+  for (auto key : {"state_machine", "queue", "durable", "replicated", "check",
+                   "remote", "redis", "scale", "recovery"})
     each_number(j[key], key, [&](const std::string& path, double x) {
       ++numbers;
       if (zero_by_design(path))
