@@ -386,12 +386,12 @@ void on_lead(self_ptr self, uint64_t term) {
                           term, snap.last_index(), snap.nodes_size(),
                           snap.sessions_size());
   // Liveness, tests and tasks in flight were the previous leader's soft
-  // state: nodes come back and are tested again, active sessions go back to
-  // the queue with their place.
+  // state: every live node has heartbeat_timeout to reach this leader and
+  // keeps its state if it does (see TakeOver); only the silent are lost.
   if (snap.last_index() > 0) {
-    pb::Command rec;
-    rec.mutable_recover();
-    apply(self, rec, nullptr);
+    pb::Command take;
+    take.mutable_take_over()->set_term(term);
+    apply(self, take, nullptr);
   }
   if (to_json(st.lead->pool().config()) != to_json(st.cfg.pool)) {
     pb::Command conf;

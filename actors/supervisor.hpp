@@ -83,7 +83,7 @@ struct supervisor_config {
 /// Cluster mode: only the leader's supervisor changes the pool. When the
 /// log reports this member a ready leader (its barrier applied), the
 /// supervisor starts a `proposer` from the committed replica and applies
-/// Recover (as after a restart); each mailbox drain becomes one log entry,
+/// TakeOver (nodes keep their state if they reconnect in time); each mailbox drain becomes one log entry,
 /// and its answers and events are released once the entry is committed, in
 /// order. A follower refuses commands with `not_leader` (the detail names
 /// the leader). When the term ends (deposed, or a proposal not committed)

@@ -60,6 +60,22 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   // gateway assumes: it forwards a heartbeat only when its mode differs from
   // the last one it saw, so a mode left over from before would stick.
   n.set_mode(pb::AVAILABLE);
+  if (n.rejoin_by() > 0 && n.state() != pb::LOST) {
+    // Back after a change of leader, in time: it keeps its state. A test
+    // in flight is sent again (the old one went to the old leader); an
+    // active session resumes once all its nodes are back.
+    n.set_rejoin_by(0);
+    if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING) {
+      start_test(n, n.test_kind(), now, out);
+      return;
+    }
+    note_node(n);
+    out.changed = true;
+    if (n.state() == pb::RESERVED)
+      if (auto* s = live_session(n.session_id()))
+        maybe_resume(*s, out);
+    return;
+  }
   if (n.state() == pb::QUARANTINED) {
     // A miner restart does not shorten its quarantine.
     note_node(n);  // its models may have changed

@@ -160,6 +160,9 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     case pb::Command::kRecover:
       apply_recover(now, out);
       break;
+    case pb::Command::kTakeOver:
+      apply_takeover(now, out);
+      break;
     case pb::Command::kConfigure:
       apply_configure(cmd.configure(), out);
       break;
@@ -268,6 +271,7 @@ void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
   }
   n.set_reset_at(now);
   n.set_test_id(0);
+  n.set_rejoin_by(0);
   set_state(n, pb::LOST, why, out);
 }
 
@@ -286,6 +290,15 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     if (i == nodes_.end())
       continue;
     auto& n = i->second;
+    if (n.rejoin_by() > 0 && now >= n.rejoin_by()
+        && n.state() != pb::RETIRED && n.state() != pb::LOST) {
+      // Silent since the leader changed.
+      auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
+      lose(n, "did not reconnect after the change of leader", now, out);
+      if (auto* s = sid.empty() ? nullptr : live_session(sid))
+        maybe_resume(*s, out);
+      continue;
+    }
     switch (n.state()) {
       case pb::TESTING:
       case pb::REVALIDATING:
@@ -366,6 +379,48 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
       s->set_last_activity(now);
   rebuild_indexes();  // rare: once per oracle start
   out.changed = true;
+}
+
+void pool_state::apply_takeover(int64_t now, apply_result& out) {
+  // Unlike Recover, nothing is retested for the change itself: each live
+  // node has heartbeat_timeout to reach the new leader (apply_register
+  // then keeps its state), and only the silent are lost (apply_tick).
+  auto by = now + params_.heartbeat_timeout_ms;
+  for (auto& [id, n] : nodes_) {
+    if (n.state() == pb::RETIRED || n.state() == pb::LOST)
+      continue;
+    n.set_rejoin_by(by);
+    // A test in flight went out from the old leader: it is sent again when
+    // the node is back, with a deadline from then.
+    if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING)
+      n.set_test_deadline(std::max(n.test_deadline(),
+                                   by + params_.test_deadline_ms));
+  }
+  // Active sessions wait for their nodes (maybe_resume); their idle time,
+  // and the queue's timeouts, start again: nobody could serve meanwhile.
+  for (auto& [sid, s] : sessions_)
+    s.set_last_activity(now);
+  rebuild_indexes();  // rare: once per change of leader
+  out.changed = true;
+}
+
+void pool_state::maybe_resume(const pb::SessionRecord& s, apply_result& out) {
+  if (s.state() != pb::ACTIVE || s.nodes_size() == 0)
+    return;
+  for (auto& nid : s.nodes()) {
+    auto i = nodes_.find(nid);
+    if (i == nodes_.end() || i->second.rejoin_by() > 0)
+      return;
+  }
+  push(out, [&](pb::Event& e) {
+    auto* x = e.mutable_session_started();
+    x->set_session_id(s.id());
+    *x->mutable_nodes() = s.nodes();
+    x->set_redundancy(s.redundancy());
+    x->set_max_tasks(s.max_tasks());
+    x->set_tasks_done(s.tasks_done());
+    x->set_model(s.model());
+  });
 }
 
 void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {

@@ -135,6 +135,10 @@ private:
   void record_outcome(pb::NodeRecord& n, bool good);
   void apply_tick(int64_t now, apply_result& out);
   void apply_recover(int64_t now, apply_result& out);
+  void apply_takeover(int64_t now, apply_result& out);
+  /// Emits SessionStarted again for an active session whose nodes have all
+  /// rejoined after a TakeOver (the new leader's session actor resumes it).
+  void maybe_resume(const pb::SessionRecord& s, apply_result& out);
   void apply_configure(const pb::Configure& c, apply_result& out);
   void apply_heartbeat(const pb::Heartbeat& c, int64_t now, apply_result& out);
   void apply_node_down(const pb::NodeDown& c, int64_t now, apply_result& out);
@@ -196,6 +200,7 @@ private:
   void dequeue(const pb::SessionRecord& s);
   void rebuild_indexes();
   int64_t node_due(const pb::NodeRecord& n) const;
+  int64_t node_state_due(const pb::NodeRecord& n) const;
   int64_t session_due(const pb::SessionRecord& s) const;
   /// At least as many nodes as could serve `s` now (EPHEMERAL, AVAILABLE,
   /// the model, the level): an upper bound from counts, O(levels).

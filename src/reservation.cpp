@@ -79,6 +79,10 @@ bool pool_state::suitable(const pb::NodeRecord& n,
                           const pb::SessionRecord& s) const {
   if (n.state() != pb::EPHEMERAL || n.mode() != pb::AVAILABLE)
     return false;
+  // Not reserved before it has reached a new leader: a task sent to it
+  // now would go nowhere.
+  if (n.rejoin_by() > 0)
+    return false;
   if (n.level() < s.min_level())
     return false;
   if (s.model().empty())

@@ -26,6 +26,13 @@ uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
 } // namespace
 
 int64_t pool_state::node_due(const pb::NodeRecord& n) const {
+  auto base = node_state_due(n);
+  if (n.rejoin_by() > 0 && n.state() != pb::RETIRED && n.state() != pb::LOST)
+    return std::min(base, n.rejoin_by());
+  return base;
+}
+
+int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
   switch (n.state()) {
     case pb::TESTING:
     case pb::REVALIDATING:

@@ -2442,3 +2442,152 @@ TEST(PoolReview, RecoverRestartsTheQueueTimeoutOfQueuedSessions) {
 }
 
 } // namespace
+
+// -- TakeOver (a new leader of a cluster) ---------------------------------------
+
+namespace {
+
+pb::Command takeover_cmd(uint64_t term) {
+  pb::Command c;
+  c.mutable_take_over()->set_term(term);
+  return c;
+}
+
+params takeover_params() {
+  auto p = quiet();
+  p.heartbeat_timeout_ms = 3000;  // the time a node has to reconnect
+  return p;
+}
+
+} // namespace
+
+TEST(PoolTakeOver, ANodeThatReconnectsInTimeKeepsItsPlaceWithoutATest) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  ASSERT_EQ(h.state("n1"), pb::EPHEMERAL);
+  auto passed = h.node("n1").passed_at();
+  auto r = h.apply(takeover_cmd(5));
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(h.node("n1").rejoin_by(), h.now + 3000);
+  h.now += 2000;
+  r = h.reg("n1");
+  ASSERT_FALSE(r.refused);
+  EXPECT_EQ(test_request(r, "n1"), nullptr) << "no retest for a leader change";
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  EXPECT_EQ(h.node("n1").rejoin_by(), 0);
+  EXPECT_EQ(h.node("n1").passed_at(), passed);
+  h.now += 5000;
+  h.tick();
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  h.submit("s1");
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+}
+
+TEST(PoolTakeOver, ASilentNodeIsLostAtItsDeadline) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.apply(takeover_cmd(5));
+  h.now += 2999;
+  h.tick();
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  h.now += 1;
+  auto r = h.tick();
+  auto* lost = change_of(r, "n1", pb::EPHEMERAL, pb::LOST);
+  ASSERT_NE(lost, nullptr);
+  EXPECT_EQ(lost->reason(), "did not reconnect after the change of leader");
+  // Back later: the ordinary way, through a test.
+  r = h.reg("n1");
+  EXPECT_NE(test_request(r, "n1"), nullptr);
+}
+
+TEST(PoolTakeOver, ATestInFlightIsSentAgainWhenTheNodeIsBack) {
+  harness h{takeover_params()};
+  auto r = h.reg("n1");
+  auto old_test = h.node("n1").test_id();
+  h.apply(takeover_cmd(5));
+  h.now += 1000;
+  r = h.reg("n1");
+  auto* t = test_request(r, "n1");
+  ASSERT_NE(t, nullptr);
+  EXPECT_NE(t->test_id(), old_test);
+  EXPECT_EQ(t->kind(), pb::ADMISSION);
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  // The old test's answer is stale; the new one admits.
+  r = h.apply(result_cmd("n1", old_test, 5, 5));
+  EXPECT_TRUE(r.refused);
+  h.pass("n1");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+TEST(PoolTakeOver, AnActiveSessionResumesWithItsTaskOnceAllItsNodesAreBack) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 2, 2, 2, 10);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  h.task("s1", {{"n1", pb::OK}, {"n2", pb::OK}});
+  ASSERT_EQ(h.session("s1").tasks_done(), 1u);
+  h.apply(takeover_cmd(5));
+  h.now += 500;
+  auto r = h.reg("n1");
+  EXPECT_EQ(start_of(r, "s1"), nullptr) << "n2 is not back yet";
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+  h.now += 500;
+  r = h.reg("n2");
+  auto* s = start_of(r, "s1");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->tasks_done(), 1u);  // the task in flight runs again
+  EXPECT_EQ(s->nodes_size(), 2);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h.state("n2"), pb::RESERVED);
+}
+
+TEST(PoolTakeOver, ASessionWhoseNodeStaysSilentGoesOnWithoutIt) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.admit("n3");
+  h.submit("s1", "m", 1, 2, 2, 10);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  auto nodes = nodes_of(h.session("s1"));
+  ASSERT_EQ(nodes.size(), 2u);
+  h.apply(takeover_cmd(5));
+  h.reg(nodes[0]);
+  h.now += 3000;
+  auto r = h.tick();  // nodes[1] never came back
+  EXPECT_EQ(h.state(nodes[1]), pb::LOST);
+  // The session lost a node: it goes on with what it has (min_nodes 1; n3
+  // did not come back either) and is started again on the new leader.
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_NE(start_of(r, "s1"), nullptr);
+}
+
+TEST(PoolTakeOver, SurvivesASnapshotAndRefusesNothingAfterIt) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1");
+  h.apply(takeover_cmd(5));
+  auto snap = h.pool.snapshot();
+  harness g{takeover_params()};
+  g.now = h.now;
+  g.restore(snap);
+  EXPECT_EQ(g.node("n1").rejoin_by(), h.node("n1").rejoin_by());
+  g.reg("n1");
+  g.now += 3000;
+  g.tick();
+  EXPECT_NE(g.state("n1"), pb::LOST);
+  EXPECT_EQ(g.state("n2"), pb::LOST);  // it never came back
+}
+
+TEST(PoolTakeOver, ANodeIsNotReservedBeforeItIsBack) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.apply(takeover_cmd(5));
+  h.submit("s1");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  auto r = h.reg("n1");
+  EXPECT_NE(start_of(r, "s1"), nullptr);
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+}
