@@ -273,6 +273,7 @@ nlohmann::json measure(options& o) {
     o.recovery_sessions = 1000;
     o.remote_nodes = 64;
     o.remote_clients = 32;
+    o.failover_kills = 2;
   }
   if (o.loads.empty())
     o.loads = {0.1, 0.3, 0.5, 0.7, 0.8, 0.9};
@@ -313,6 +314,11 @@ nlohmann::json measure(options& o) {
       report["replicated"]["ratio_to_durable"] =
         report["replicated"]["cycles_per_s"].get<double>()
         / report["durable"]["cycles_per_s"].get<double>();
+  }
+  if (wanted(o, "failover")) {
+    check_stop();
+    note("failover");
+    report["failover"] = bench::failover(o);
   }
   if (wanted(o, "check")) {
     check_stop();
@@ -377,10 +383,17 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--plot", o->plot_dir,
                   "write the grant-latency curve (data, gnuplot script, PNG) "
                   "into this directory");
+  cmd->add_option("--failover-kills", o->failover_kills,
+                  "leader kills of the failover section (default 20)")
+    ->check(CLI::Range(1u, 1000u));
+  cmd->add_option("--failover-election-ms", o->failover_election_ms,
+                  "Raft election timeout of the failover section's cluster "
+                  "(default 1000, the cluster file's default)")
+    ->check(CLI::Range(50u, 60000u));
   cmd->add_option("--only", o->only,
-                  "run only these sections (state_machine, queue, durable, replicated, "
+                  "run only these sections (state_machine, queue, durable, replicated, failover, "
                   "check, remote, redis, scale, recovery)")
-    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "check",
+    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "check",
                            "remote", "redis", "scale", "recovery"}));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "

@@ -35,6 +35,8 @@ struct options {
   uint32_t queue_sessions = 10000;
   uint32_t remote_nodes = 200;
   uint32_t remote_clients = 64;
+  unsigned failover_kills = 20;          // leader kills of `failover`
+  unsigned failover_election_ms = 1000;  // its Raft election timeout
   std::string redis_server;      // path of redis-server (found or installed)
   /// Pool parameters of the nodepool sections (defaults unless flags say
   /// otherwise), and the flags themselves, passed on to child runs.
@@ -113,6 +115,8 @@ nlohmann::json state_machine(const options& o);
 nlohmann::json durable(const options& o);
 /// The durable cycle through a 3-member Raft group in this process.
 nlohmann::json replicated(const options& o);
+/// Leader kills under load in a 3-oracle cluster of processes.
+nlohmann::json failover(const options& o);
 nlohmann::json remote(const options& o);
 nlohmann::json redis(options& o);
 nlohmann::json scale(const options& o);

@@ -485,6 +485,7 @@ int run_submit(submit_options& o) {
     return 1;
   }
   caf::scoped_actor self{sys};
+  self->monitor(*gw);
   size_t accepted = 0, refused = 0;
   size_t i = o.first;
   for (; i < o.first + o.sessions && !stop_requested; ++i) {
@@ -509,7 +510,7 @@ int run_submit(submit_options& o) {
       std::chrono::milliseconds waited{0};
       while (!answered && !retry && !stop_requested) {
         auto slice = std::min<std::chrono::milliseconds>(
-          500ms, request_timeout - waited);
+          200ms, request_timeout - waited);
         self->request(*gw, slice, submit_atom::value, req.SerializeAsString())
           .receive(
             [&](accepted_atom) {
@@ -519,8 +520,17 @@ int run_submit(submit_options& o) {
             },
             [&](caf::error& e) {
               if (e == caf::sec::request_timeout
-                  && (waited += slice) < request_timeout)
+                  && (waited += slice) < request_timeout) {
+                // An oracle that died with the request does not answer:
+                // its connection going down (monitored) says so at once.
+                self->receive(
+                  [&](caf::down_msg& dm) {
+                    if (dm.source == gw->address())
+                      retry = true;
+                  },
+                  caf::after(0ms) >> [] {});
                 return;
+              }
               auto [code, detail] = read_refusal(sys, e);
               if (code == "duplicate_session") {
                 answered = true;
@@ -551,6 +561,7 @@ int run_submit(submit_options& o) {
         return 1;
       }
       gw = again;
+      self->monitor(*gw);
     }
     if (!answered)
       break;  // stopped while waiting: this session's fate is unknown

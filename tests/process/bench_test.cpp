@@ -42,8 +42,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   ASSERT_FALSE(j.is_discarded()) << out;
   ASSERT_TRUE(j.is_object()) << out;
 
-  for (auto key : {"state_machine", "queue", "durable", "replicated", "check",
-                   "remote", "redis", "scale", "recovery"})
+  for (auto key : {"state_machine", "queue", "durable", "replicated",
+                   "failover", "check", "remote", "redis", "scale", "recovery"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
@@ -62,7 +62,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/durable/flat/end/rss_mb", "/durable/flat/end/sessions_accepted",
                  "/check/0/entries_per_s", "/check/1/entries_per_s",
                  "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
-                 "/replicated/grant_at_50/p99_ms"})
+                 "/replicated/grant_at_50/p99_ms", "/failover/median_ms",
+                 "/failover/max_ms"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
   // Ended sessions leave the pool: after the long saturation run the live
@@ -84,18 +85,18 @@ TEST(bench, quick_run_reports_every_figure_positive) {
 
   // Nothing in the sections is zero or negative, counts, rates, latencies,
   // sizes and ratios alike; except what is zero by design (an empty queue,
-  // no live session once the clients stopped).
+  // no live session once the clients stopped, no kill without a grant).
   size_t numbers = 0;
   auto zero_by_design = [](const std::string& path) {
-    for (auto end : {"queued", "live_sessions"})
+    for (auto end : {"queued", "live_sessions", "no_grant_within_30s"})
       if (path.size() >= std::strlen(end)
           && path.compare(path.size() - std::strlen(end), std::string::npos,
                           end) == 0)
         return true;
     return false;
   };
-  for (auto key : {"state_machine", "queue", "durable", "replicated", "check",
-                   "remote", "redis", "scale", "recovery"})
+  for (auto key : {"state_machine", "queue", "durable", "replicated",
+                   "failover", "check", "remote", "redis", "scale", "recovery"})
     each_number(j[key], key, [&](const std::string& path, double x) {
       ++numbers;
       if (zero_by_design(path))
@@ -104,6 +105,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
         EXPECT_GT(x, 0) << path;
     });
   EXPECT_GT(numbers, 30u);
+  EXPECT_EQ(j["failover"].value("no_grant_within_30s", -1), 0) << j["failover"];
 }
 
 TEST(bench, unknown_section_is_refused_with_a_clear_error) {

@@ -1,0 +1,243 @@
+// `nodepool bench --only failover`: three oracle processes on loopback as
+// one replicated pool, a miner process following the leader and a submitter
+// process retrying at the leader. The leader is killed with SIGKILL again
+// and again under that load; each time, the time from the kill to the first
+// grant by the new leader is read off the pool itself: the earliest
+// `started_at` (the leader's apply time) of a session started after the
+// kill, among the live sessions and the archive. The killed member is
+// started again (it rejoins as a follower) before the next kill.
+#include <algorithm>
+#include <arpa/inet.h>
+#include <csignal>
+#include <fstream>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <thread>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/config.hpp"
+#include "actors/node.hpp"
+#include "cli/bench_common.hpp"
+#include "cli/chaos_process.hpp"
+#include "cli/common.hpp"
+
+namespace nodepool::cli::bench {
+
+namespace {
+
+using namespace std::chrono_literals;
+using nodepool::cli::child_process;
+
+uint16_t loopback_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+/// A member's view of the log ({} when it does not answer).
+nlohmann::json view(caf::actor_system& sys, const std::string& addr) {
+  auto [host, port] = parse_host_port(addr);
+  auto gw = connect_oracle(sys, host, port, 300ms);
+  if (!gw)
+    return {};
+  nlohmann::json j;
+  caf::scoped_actor self{sys};
+  self->request(*gw, 500ms, cluster_atom::value)
+    .receive([&](const std::string& s) { j = nlohmann::json::parse(s, nullptr, false); },
+             [&](caf::error&) {});
+  return j.is_object() ? j : nlohmann::json{};
+}
+
+/// The earliest start at or after `since` of a session on the member at
+/// `addr` (live or archived); 0 if none yet.
+int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
+                          int64_t since) {
+  auto [host, port] = parse_host_port(addr);
+  auto gw = connect_oracle(sys, host, port, 300ms);
+  if (!gw)
+    return 0;
+  int64_t best = 0;
+  auto consider = [&](const pb::SessionRecord& s) {
+    if (s.started_at() >= since && (best == 0 || s.started_at() < best))
+      best = s.started_at();
+  };
+  caf::scoped_actor self{sys};
+  self->request(*gw, 1s, state_atom::value)
+    .receive(
+      [&](const std::string& bytes) {
+        pb::Snapshot snap;
+        if (snap.ParseFromString(bytes))
+          for (auto& s : snap.sessions())
+            consider(s);
+      },
+      [&](caf::error&) {});
+  pb::ArchiveQuery q;
+  q.set_since(since);
+  q.set_limit(1000);
+  self->request(*gw, 1s, archive_atom::value, q.SerializeAsString())
+    .receive(
+      [&](const std::string& bytes) {
+        pb::ArchiveAnswer a;
+        if (a.ParseFromString(bytes))
+          for (auto& s : a.sessions())
+            consider(s);
+      },
+      [&](caf::error&) {});
+  return best;
+}
+
+} // namespace
+
+nlohmann::json failover(const options& o) {
+  auto dir = make_temp_dir("failover");
+  std::string addr[4];
+  {
+    std::ofstream f{dir + "/cluster.toml"};
+    for (int i = 1; i <= 3; ++i) {
+      addr[i] = "127.0.0.1:" + std::to_string(loopback_port());
+      f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:"
+        << loopback_port() << "\"\naddress = \"" << addr[i] << "\"\n";
+    }
+    f << "[raft]\nelection_timeout_ms = " << o.failover_election_ms
+      << "\nheartbeat_timeout_ms = "
+      << std::max<unsigned>(1, o.failover_election_ms / 10) << "\n";
+  }
+  auto list = addr[1] + "," + addr[2] + "," + addr[3];
+  std::unique_ptr<child_process> oracle[4];
+  int runs = 0;
+  auto start = [&](int i) {
+    std::vector<std::string> args{"--log-level", "error", "oracle", "--cluster",
+                                  dir + "/cluster.toml", "--id",
+                                  std::to_string(i), "--data-dir",
+                                  dir + "/m" + std::to_string(i)};
+    for (auto& [k, v] : o.pool_flags) {  // the bench's pool flags
+      auto flag = "--" + k;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      args.push_back(flag);
+      args.push_back(v);
+    }
+    oracle[i] = std::make_unique<child_process>(
+      args, dir + "/oracle" + std::to_string(i) + "." + std::to_string(++runs));
+    auto t0 = clock::now();
+    while (oracle[i]->output().find("listening on") == std::string::npos) {
+      if (!oracle[i]->running() || seconds_since(t0) > 30)
+        throw std::runtime_error("failover: oracle " + std::to_string(i)
+                                 + " did not start: " + oracle[i]->errors());
+      check_stop();
+      std::this_thread::sleep_for(20ms);
+    }
+  };
+  for (int i = 1; i <= 3; ++i)
+    start(i);
+  child_process miner{{"--log-level", "error", "miner", "--oracle", list,
+                       "--nodes", "32", "--id-prefix", "fo",
+                       "--connect-timeout", "120"},
+                      dir + "/miner"};
+  child_process submit{{"--log-level", "error", "submit", "--oracle", list,
+                        "--sessions", "100000000", "--prefix", "fo",
+                        "--interval-ms", "5", "--max-tasks", "1",
+                        "--connect-timeout", "120"},
+                       dir + "/submit"};
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+  auto leader = [&] {
+    for (int i = 1; i <= 3; ++i) {
+      if (!oracle[i] || !oracle[i]->running())
+        continue;
+      auto j = view(sys, addr[i]);
+      if (j.value("role", "") == "leader" && j.value("ready", false))
+        return i;
+    }
+    return 0;
+  };
+  std::vector<double> grant_ms, elect_ms;
+  unsigned missed = 0;
+  auto t_start = clock::now();
+  // Load first: nodes admitted and sessions flowing.
+  while (first_start_since(sys, addr[leader() ? leader() : 1], 0) == 0) {
+    check_stop();
+    if (seconds_since(t_start) > 60)
+      throw std::runtime_error("failover: no session was served within 60 s");
+    std::this_thread::sleep_for(100ms);
+  }
+  for (unsigned k = 0; k < o.failover_kills; ++k) {
+    check_stop();
+    std::this_thread::sleep_for(1s);  // a second of load under this leader
+    int l = 0;
+    for (int tries = 0; tries < 300 && l == 0; ++tries) {
+      l = leader();
+      if (l == 0)
+        std::this_thread::sleep_for(20ms);
+    }
+    if (l == 0)
+      throw std::runtime_error("failover: no leader before kill "
+                               + std::to_string(k + 1));
+    auto t_kill = wall_ms();
+    oracle[l]->signal(SIGKILL);
+    oracle[l]->wait(5s);
+    int64_t elected = 0, granted = 0;
+    auto t0 = clock::now();
+    while (granted == 0 && seconds_since(t0) < 30) {
+      check_stop();
+      for (int i = 1; i <= 3 && granted == 0; ++i) {
+        if (i == l)
+          continue;
+        auto j = view(sys, addr[i]);
+        if (j.value("role", "") == "leader" && j.value("ready", false)) {
+          if (elected == 0)
+            elected = wall_ms();
+          granted = first_start_since(sys, addr[i], t_kill);
+        }
+      }
+      if (granted == 0)
+        std::this_thread::sleep_for(5ms);
+    }
+    if (granted == 0)
+      ++missed;
+    else
+      grant_ms.push_back(static_cast<double>(granted - t_kill));
+    if (elected > 0)
+      elect_ms.push_back(static_cast<double>(elected - t_kill));
+    note("failover: kill %u of %u (member %d): first grant after %.0f ms",
+         k + 1, o.failover_kills, l,
+         granted ? static_cast<double>(granted - t_kill) : -1.0);
+    start(l);  // it rejoins as a follower
+  }
+  submit.terminate(5s);
+  miner.terminate(5s);
+  for (int i = 1; i <= 3; ++i)
+    if (oracle[i])
+      oracle[i]->terminate(5s);
+  remove_tree(dir);
+  std::sort(grant_ms.begin(), grant_ms.end());
+  nlohmann::json j;
+  j["kills"] = o.failover_kills;
+  j["election_timeout_ms"] = o.failover_election_ms;
+  j["no_grant_within_30s"] = missed;
+  j["kill_to_first_grant_ms"] = grant_ms;
+  if (!grant_ms.empty()) {
+    j["median_ms"] = quantile(grant_ms, 0.5);
+    j["p90_ms"] = quantile(grant_ms, 0.9);
+    j["max_ms"] = grant_ms.back();
+  }
+  j["kill_to_leader_seen_median_ms"] = median(elect_ms);
+  return j;
+}
+
+} // namespace nodepool::cli::bench
