@@ -91,6 +91,50 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
 
 /// Applies one command; a change is queued for the next group commit. The
 /// command is moved into its log entry (no copy per command).
+/// A command that changed nothing (refused, or a no-op) is answered at
+/// once when nothing is waiting for the disk or the log (`idle`), else in
+/// its place behind what is. True when `r` was such a command.
+bool answered_unchanged(self_ptr self, const pb::Command& cmd,
+                        const apply_result& r, caf::response_promise* rp,
+                        bool idle) {
+  auto& st = self->state;
+  if (r.refused) {
+    ++st.refused;
+    ++st.refusals[r.refused->code];
+    if (auto l = log("supervisor"); l->should_log(spdlog::level::debug))
+      l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->code,
+               r.refused->detail);
+    if (rp && idle)
+      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), r.refused);
+    return true;
+  }
+  if (!r.changed) {
+    if (rp && idle)
+      rp->deliver(accepted_atom::value);
+    else if (rp)
+      st.waiting.emplace_back(std::move(*rp), std::nullopt);
+    return true;
+  }
+  return false;
+}
+
+/// A command that changed the pool: its events and answer wait for the
+/// next group commit, which the first such command schedules.
+void hold_for_commit(self_ptr self, apply_result& r,
+                     caf::response_promise* rp) {
+  auto& st = self->state;
+  for (auto& ev : r.events)
+    *st.events.add_events() = std::move(ev);
+  if (rp)
+    st.waiting.emplace_back(std::move(*rp), std::nullopt);
+  if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
 void apply_cluster(self_ptr self, pb::Command& cmd,
                    caf::response_promise* rp);
 
@@ -106,25 +150,8 @@ void apply(self_ptr self, pb::Command& cmd,
                                     : apply_result{};
   if (!r.refused)
     r = st.pool.apply(cmd, t);
-  if (r.refused) {
-    ++st.refused;
-    ++st.refusals[r.refused->code];
-    if (auto l = log("supervisor"); l->should_log(spdlog::level::debug))
-      l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->code,
-               r.refused->detail);
-    if (rp && st.pending.empty())
-      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
-    else if (rp)
-      st.waiting.emplace_back(std::move(*rp), r.refused);
+  if (answered_unchanged(self, cmd, r, rp, st.pending.empty()))
     return;
-  }
-  if (!r.changed) {
-    if (rp && st.pending.empty())
-      rp->deliver(accepted_atom::value);
-    else if (rp)
-      st.waiting.emplace_back(std::move(*rp), std::nullopt);
-    return;
-  }
   ++st.applied;
   if (st.cfg.observer)
     st.cfg.observer(st.pool, cmd, r);
@@ -134,14 +161,7 @@ void apply(self_ptr self, pb::Command& cmd,
   e.set_index(st.next_index++);
   e.set_now(t);
   e.mutable_command()->Swap(&cmd);
-  for (auto& ev : r.events)
-    *st.events.add_events() = std::move(ev);
-  if (rp)
-    st.waiting.emplace_back(std::move(*rp), std::nullopt);
-  if (!st.flush_scheduled) {
-    st.flush_scheduled = true;
-    self->send(self, flush_atom::value);
-  }
+  hold_for_commit(self, r, rp);
 }
 
 void flush(self_ptr self) {
@@ -294,32 +314,11 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
   // An answer waits behind every drain not yet released, refusals too.
   bool idle = !st.lead->has_pending() && st.inflight.empty()
               && st.waiting.empty();
-  if (r.refused) {
-    ++st.refused;
-    ++st.refusals[r.refused->code];
-    if (rp && idle)
-      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
-    else if (rp)
-      st.waiting.emplace_back(std::move(*rp), r.refused);
+  if (answered_unchanged(self, cmd, r, rp, idle))
     return;
-  }
-  if (!r.changed) {
-    if (rp && idle)
-      rp->deliver(accepted_atom::value);
-    else if (rp)
-      st.waiting.emplace_back(std::move(*rp), std::nullopt);
-    return;
-  }
   ++st.applied;
   // Ended sessions are archived by every replica when the entry commits.
-  for (auto& ev : r.events)
-    *st.events.add_events() = std::move(ev);
-  if (rp)
-    st.waiting.emplace_back(std::move(*rp), std::nullopt);
-  if (!st.flush_scheduled) {
-    st.flush_scheduled = true;
-    self->send(self, flush_atom::value);
-  }
+  hold_for_commit(self, r, rp);
 }
 
 /// One mailbox drain: one log entry, proposed; its answers and events wait

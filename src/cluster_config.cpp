@@ -1,5 +1,10 @@
 #include "cluster_config.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <set>
 #include <stdexcept>
@@ -128,6 +133,21 @@ cluster_config load_cluster(const std::string& path) {
     throw std::runtime_error(path + ": cannot be read");
   std::string text{std::istreambuf_iterator<char>{f}, {}};
   return parse_cluster(text, path);
+}
+
+uint16_t free_loopback_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  uint16_t port = 0;
+  if (s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0
+      && ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  if (s >= 0)
+    ::close(s);
+  return port;
 }
 
 } // namespace nodepool

@@ -44,4 +44,8 @@ struct cluster_config {
 cluster_config parse_cluster(const std::string& text, const std::string& source);
 cluster_config load_cluster(const std::string& path);
 
+/// A loopback TCP port nobody listens on right now: for tests and
+/// benchmarks that start several members on one machine.
+uint16_t free_loopback_port();
+
 } // namespace nodepool

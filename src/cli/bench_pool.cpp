@@ -34,6 +34,7 @@
 #include "replica.hpp"
 #include "cli/bench_common.hpp"
 #include "cli/common.hpp"
+#include "cluster_config.hpp"
 #include "recovery.hpp"
 #include "random.hpp"
 
@@ -219,19 +220,6 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
 
 /// A supervisor over a fresh RocksDB store (synced group commits) and its
 /// driver, with `nodes` nodes admitted.
-/// A loopback port nobody listens on right now.
-uint16_t free_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 struct durable_pool {
   std::string dir;
   actor_config cfg;
@@ -320,7 +308,7 @@ struct durable_pool {
   void start_group(unsigned n) {
     std::vector<raft_peer> peers;
     for (unsigned i = 1; i <= n; ++i)
-      peers.push_back({i, "127.0.0.1:" + std::to_string(free_port())});
+      peers.push_back({i, "127.0.0.1:" + std::to_string(free_loopback_port())});
     for (unsigned i = 1; i <= n; ++i) {
       auto mdir = dir + "/m" + std::to_string(i);
       std::filesystem::create_directories(mdir + "/raft");

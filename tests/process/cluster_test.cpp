@@ -13,22 +13,12 @@
 #include <memory>
 
 #include "proc.hpp"
+#include "cluster_config.hpp"
 
 using namespace nodepool::testing;
+using nodepool::free_loopback_port;
 
 namespace {
-
-uint16_t free_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
 
 class Cluster : public ::testing::Test {
 protected:
@@ -37,9 +27,9 @@ protected:
     clean_.dir = dir_;
     std::ofstream f{dir_ + "/cluster.toml"};
     for (int i = 1; i <= 3; ++i) {
-      addr_[i] = "127.0.0.1:" + std::to_string(free_port());
+      addr_[i] = "127.0.0.1:" + std::to_string(free_loopback_port());
       f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:"
-        << free_port() << "\"\naddress = \"" << addr_[i] << "\"\n";
+        << free_loopback_port() << "\"\naddress = \"" << addr_[i] << "\"\n";
     }
     f << "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
          "snapshot_threshold = 256\nsnapshot_trailing = 64\n";

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "proposer.hpp"
+#include "cluster_config.hpp"
 #include "raft/raft_log.hpp"
 #include "replica.hpp"
 #include "support/pool_workload.hpp"
@@ -28,19 +29,6 @@ namespace {
 
 using testing::pool_workload;
 using testing::temp_dir;
-
-/// A loopback port nobody listens on right now.
-uint16_t free_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
 
 bool wait_for(const std::function<bool()>& f, int seconds = 20) {
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
@@ -66,7 +54,7 @@ protected:
   void SetUp() override {
     for (uint64_t id = 1; id <= 3; ++id)
       peers_.push_back(
-        {id, "127.0.0.1:" + std::to_string(free_port())});
+        {id, "127.0.0.1:" + std::to_string(free_loopback_port())});
     for (int i = 0; i < 3; ++i)
       nodes_[i] = std::make_unique<node>();
     for (int i = 0; i < 3; ++i)
@@ -260,7 +248,7 @@ TEST(RaftLogStart, RefusesAMissingDirectory) {
   raft_options o;
   o.id = 1;
   o.dir = "/nonexistent/nodepool-raft";
-  o.members = {{1, "127.0.0.1:" + std::to_string(free_port())}};
+  o.members = {{1, "127.0.0.1:" + std::to_string(free_loopback_port())}};
   std::string err;
   auto l = start_raft_log(o, sm, {}, err);
   EXPECT_FALSE(l);
