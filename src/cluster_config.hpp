@@ -22,14 +22,14 @@ struct cluster_member {
 ///   address = "127.0.0.1:4241"
 ///   ...
 ///   [raft]                      # optional
-///   election_timeout_ms = 1000
-///   heartbeat_timeout_ms = 100
+///   election_timeout_ms = 500
+///   heartbeat_timeout_ms = 50
 ///   snapshot_threshold = 1024
 ///   snapshot_trailing = 128
 struct cluster_config {
   std::vector<cluster_member> members;
-  unsigned election_timeout_ms = 1000;
-  unsigned heartbeat_timeout_ms = 100;
+  unsigned election_timeout_ms = 500;
+  unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;
   unsigned snapshot_trailing = 128;
 

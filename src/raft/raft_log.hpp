@@ -18,8 +18,8 @@ struct raft_options {
   uint64_t id = 0;
   std::string dir;                // raft's own files: log segments, snapshots
   std::vector<raft_peer> members;  // every voter, this one included
-  unsigned election_timeout_ms = 1000;
-  unsigned heartbeat_timeout_ms = 100;
+  unsigned election_timeout_ms = 500;
+  unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;  // entries between snapshots
   unsigned snapshot_trailing = 128;    // entries kept after a snapshot
   bool pre_vote = true;

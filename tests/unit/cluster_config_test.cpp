@@ -77,7 +77,7 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
      "used twice"},
     {std::string{three} + "[raft]\nelection_timeout_ms = 5\n",
      "raft.election_timeout_ms"},
-    {std::string{three} + "[raft]\nheartbeat_timeout_ms = 2000\n",
+    {std::string{three} + "[raft]\nheartbeat_timeout_ms = 900\n",
      "below raft.election_timeout_ms"},
     {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
     {std::string{three} + "[oracle]\nport = 1\n", "oracle: unknown key"},
