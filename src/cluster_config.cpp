@@ -11,6 +11,7 @@
 
 #include <toml++/toml.h>
 
+#include "digest.hpp"
 #include "params.hpp"
 
 namespace nodepool {
@@ -50,8 +51,17 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
   cluster_config c;
   for (auto& [k, v] : tbl) {
     auto key = std::string{k.str()};
+    if (key == "cluster_id") {
+      auto x = v.value<std::string>();
+      if (!v.is_string() || !x || x->empty() || x->size() > 128
+          || x->find_first_of(" \t\r\n") != std::string::npos)
+        throw fail(key, "expected a short name without spaces");
+      c.cluster_id = *x;
+      continue;
+    }
     if (key != "member" && key != "raft" && key != "pool")
-      throw fail(key, "unknown key (expected [[member]], [raft] and [pool])");
+      throw fail(key, "unknown key (expected cluster_id, [[member]], [raft] "
+                      "and [pool])");
   }
   auto* members = tbl["member"].as_array();
   if (!members || members->empty())
@@ -98,8 +108,9 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
     c.members.push_back(m);
   }
   if (auto* r = tbl["raft"].as_table()) {
-    for (auto& [k, v] : *r) {
-      auto key = std::string{k.str()};
+    for (auto& kv : *r) {
+      auto key = std::string{kv.first.str()};
+      auto& v = kv.second;
       auto x = v.value<int64_t>();
       auto in = [&](int64_t lo, int64_t hi) {
         if (!v.is_integer() || !x || *x < lo || *x > hi)
@@ -124,7 +135,31 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
   } else if (tbl.contains("raft")) {
     throw fail("raft", "expected a table ([raft])");
   }
+  if (c.cluster_id.empty()) {
+    std::string list;
+    for (auto& m : c.members)
+      list += std::to_string(m.id) + " " + m.raft + "\n";
+    c.cluster_id = "members-" + sha256_hex(list).substr(0, 16);
+  }
   return c;
+}
+
+void claim_data_dir(const cluster_config& c, const std::string& data_dir) {
+  auto path = data_dir + "/cluster-id";
+  std::ifstream in{path};
+  std::string have;
+  if (in && std::getline(in, have)) {
+    if (have != c.cluster_id)
+      throw std::runtime_error(
+        data_dir + " belongs to cluster '" + have + "', not '" + c.cluster_id
+        + "': give this member its own data directory, or the right cluster "
+          "file");
+    return;
+  }
+  std::ofstream out{path};
+  out << c.cluster_id << "\n";
+  if (!out)
+    throw std::runtime_error(path + ": cannot be written");
 }
 
 cluster_config load_cluster(const std::string& path) {

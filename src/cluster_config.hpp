@@ -16,6 +16,7 @@ struct cluster_member {
 /// A cluster file (TOML): every member, the replication's timing, and the
 /// pool's parameters ([pool], read by load_params as in a config file).
 ///
+///   cluster_id = "prod-eu"      # optional
 ///   [[member]]
 ///   id = 1
 ///   raft = "127.0.0.1:7101"
@@ -27,6 +28,10 @@ struct cluster_member {
 ///   snapshot_threshold = 1024
 ///   snapshot_trailing = 128
 struct cluster_config {
+  /// Names the cluster; a member's data directory remembers it and refuses
+  /// a file naming another. Set it (top-level `cluster_id = "..."`) before
+  /// the member list ever changes; by default it is derived from the list.
+  std::string cluster_id;
   std::vector<cluster_member> members;
   unsigned election_timeout_ms = 500;
   unsigned heartbeat_timeout_ms = 50;
@@ -43,6 +48,11 @@ struct cluster_config {
 /// more than 7, or timings out of range.
 cluster_config parse_cluster(const std::string& text, const std::string& source);
 cluster_config load_cluster(const std::string& path);
+
+/// Binds `data_dir` to the cluster: the first start writes its id there;
+/// a later start with another cluster's file is refused (std::runtime_error
+/// naming both ids).
+void claim_data_dir(const cluster_config& c, const std::string& data_dir);
 
 /// A loopback TCP port nobody listens on right now: for tests and
 /// benchmarks that start several members on one machine.

@@ -214,6 +214,10 @@ int run_oracle(oracle_options& o) {
   auto p = resolve_params(o.config.empty() ? o.cluster : o.config, o.flags);
   actor_config cfg;
   setup_tls(cfg, o.tls);
+  if (cc) {
+    std::filesystem::create_directories(o.data_dir);
+    claim_data_dir(*cc, o.data_dir);
+  }
   auto storage = open_store(o.data_dir);
   cluster_parts cluster;
   if (cc)

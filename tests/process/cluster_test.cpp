@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <memory>
+#include <unistd.h>
 
 #include "proc.hpp"
 #include "cluster_config.hpp"
@@ -28,8 +29,9 @@ protected:
     std::ofstream f{dir_ + "/cluster.toml"};
     for (int i = 1; i <= 3; ++i) {
       addr_[i] = "127.0.0.1:" + std::to_string(free_loopback_port());
-      f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:"
-        << free_loopback_port() << "\"\naddress = \"" << addr_[i] << "\"\n";
+      raft_[i] = free_loopback_port();
+      f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:" << raft_[i]
+        << "\"\naddress = \"" << addr_[i] << "\"\n";
     }
     f << "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
          "snapshot_threshold = 256\nsnapshot_trailing = 64\n";
@@ -86,6 +88,7 @@ protected:
   std::string dir_;
   cleanup clean_;
   std::string addr_[4];
+  uint16_t raft_[4] = {};
   std::unique_ptr<child> oracle_[4];
   int runs_ = 0;
 };
@@ -156,6 +159,75 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
     EXPECT_EQ(oracle_[i]->wait_exit(std::chrono::seconds(20)), 0)
       << "member " << i << ": " << oracle_[i]->errors();
   }
+}
+
+// Bad input from outside a running cluster: an oracle started with an id
+// that is already running, garbage sent to a member's Raft port, and a data
+// directory of another cluster. Each is refused with a clear error, and the
+// cluster goes on serving with nothing lost.
+TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
+  for (int i = 1; i <= 3; ++i)
+    start(i);
+  ASSERT_GT(wait_leader(), 0);
+  // Member 1 again, on another data directory: its Raft address is taken.
+  {
+    std::vector<std::string> a{"oracle", "--cluster", dir_ + "/cluster.toml",
+                               "--id", "1", "--data-dir", dir_ + "/dup",
+                               "--port", "0"};
+    auto [rc, out] = run(a, dir_ + "/dup.out", std::chrono::seconds(20));
+    EXPECT_NE(rc, 0);
+    auto err = read_file(dir_ + "/dup.out.err");
+    EXPECT_NE(err.find("cannot start the replicated log"), std::string::npos)
+      << err;
+    EXPECT_TRUE(oracle_[1]->running()) << "the running member 1 went down";
+  }
+  // Garbage on member 2's Raft port.
+  for (int k = 0; k < 3; ++k) {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(raft_[2]);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    std::string junk(4096, '\0');
+    for (size_t i = 0; i < junk.size(); ++i)
+      junk[i] = static_cast<char>((i * 7919 + k * 31) & 0xff);
+    (void)!::write(s, junk.data(), junk.size());
+    ::close(s);
+  }
+  auto [rc, out] = run({"submit", "--oracle", all(), "--sessions", "20",
+                        "--prefix", "g", "--connect-timeout", "30"},
+                       dir_ + "/submit.out", std::chrono::seconds(60));
+  EXPECT_EQ(rc, 0) << read_file(dir_ + "/submit.out.err");
+  for (int i = 1; i <= 3; ++i)
+    EXPECT_TRUE(oracle_[i]->running()) << "member " << i << " went down";
+  bool agreed = false;
+  for (int k = 0; k < 100 && !agreed; ++k) {
+    auto a = status(1), b = status(2), c = status(3);
+    agreed = a.contains("sessions") && b.contains("sessions")
+             && c.contains("sessions")
+             && a["sessions"].value("accepted", 0) == 20
+             && a["last_index"] == b["last_index"]
+             && b["last_index"] == c["last_index"];
+    if (!agreed)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(agreed);
+  // Member 3 stopped, then started with another cluster's file on its
+  // data directory: refused.
+  oracle_[3]->signal(SIGTERM);
+  ASSERT_EQ(oracle_[3]->wait_exit(std::chrono::seconds(20)), 0);
+  {
+    std::ofstream f{dir_ + "/other.toml"};
+    f << "cluster_id = \"other\"\n" << read_file(dir_ + "/cluster.toml");
+  }
+  auto [rc3, out3] = run({"oracle", "--cluster", dir_ + "/other.toml", "--id",
+                          "3", "--data-dir", dir_ + "/m3"},
+                         dir_ + "/other.out", std::chrono::seconds(20));
+  EXPECT_NE(rc3, 0);
+  EXPECT_NE(read_file(dir_ + "/other.out.err").find("belongs to cluster"),
+            std::string::npos)
+    << read_file(dir_ + "/other.out.err");
 }
 
 TEST_F(Cluster, RefusesAMemberNotInTheFileAndAMissingId) {

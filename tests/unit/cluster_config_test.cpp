@@ -2,7 +2,9 @@
 // peers. Every mistake is an error naming the file and the key.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
+#include <unistd.h>
 
 #include "cluster_config.hpp"
 
@@ -81,6 +83,7 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
      "below raft.election_timeout_ms"},
     {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
     {std::string{three} + "[oracle]\nport = 1\n", "oracle: unknown key"},
+    {std::string{"cluster_id = \"a b\"\n"} + three, "cluster_id"},
     {"[[member]\n", "c.toml"},
   };
   for (auto& c : cases) {
@@ -89,6 +92,29 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
       << "for:\n" << c.text << "\ngot: '" << err << "'";
     EXPECT_NE(err.find("c.toml"), std::string::npos) << err;
   }
+}
+
+TEST(ClusterFile, NamesTheClusterAndADataDirectoryRemembersIt) {
+  auto derived = parse_cluster(three, "c.toml");
+  EXPECT_EQ(derived.cluster_id.rfind("members-", 0), 0u) << derived.cluster_id;
+  EXPECT_EQ(parse_cluster(three, "c.toml").cluster_id, derived.cluster_id);
+  auto named = parse_cluster(std::string{"cluster_id = \"eu-1\"\n"} + three,
+                             "c.toml");
+  EXPECT_EQ(named.cluster_id, "eu-1");
+  char tmpl[] = "/tmp/nodepool-claim-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  claim_data_dir(named, dir);
+  claim_data_dir(named, dir);  // the same cluster again: fine
+  try {
+    claim_data_dir(derived, dir);
+    ADD_FAILURE() << "another cluster's file was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string{e.what()}.find("belongs to cluster 'eu-1'"),
+              std::string::npos)
+      << e.what();
+  }
+  std::remove((dir + "/cluster-id").c_str());
+  rmdir(dir.c_str());
 }
 
 } // namespace
