@@ -253,6 +253,30 @@ void storage_seeds() {
     write("fuzz_snapshot", "run_" + std::to_string(i),
           snaps[i].SerializeAsString());
   write("fuzz_snapshot", "base", fuzz::base_snapshot().SerializeAsString());
+
+  // fuzz_replica: the same history as a leader's batches (three commands
+  // each, terms 1 then 2), and a snapshot followed by the batches after it.
+  auto batches = [&](size_t from) {
+    framed f;
+    pb::LogBatch b;
+    for (size_t i = from; i < log.size(); ++i) {
+      b.set_term(i < log.size() / 2 ? 1 : 2);
+      *b.add_entries() = log[i];
+      if (b.entries_size() == 3 || i + 1 == log.size()) {
+        f.msg(1, b);
+        b.Clear();
+      }
+    }
+    return f.out;
+  };
+  write("fuzz_replica", "batches", batches(0));
+  auto s1 = snaps[1];
+  s1.set_last_now(log[s1.last_index() - 1].now());
+  s1.set_last_term(1);
+  framed restore_then;
+  restore_then.msg(2, s1);
+  write("fuzz_replica", "snapshot_then_batches",
+        restore_then.out + batches(s1.last_index()));
 }
 
 pb::MinerMsg miner(const std::string& id) {
