@@ -377,6 +377,9 @@ int run_miner(miner_options& o) {
   }
   self->monitor(*gw);
   auto gateway = *gw;
+  std::set<caf::actor_addr> node_addrs;
+  for (auto& n : nodes)
+    node_addrs.insert(n.address());
   std::printf("nodepool miner: %zu node(s) connected to %s\n", o.nodes,
               o.oracle.c_str());
   std::fflush(stdout);
@@ -426,6 +429,10 @@ int run_miner(miner_options& o) {
             self->send(n, connect_atom::value, gateway);
           return;
         }
+        // A gateway left behind (its down message was on its way when the
+        // nodes moved to a new leader) is no node of ours.
+        if (!node_addrs.count(dm.source))
+          return;
         --alive;
         if (dm.reason && dm.reason != caf::exit_reason::user_shutdown) {
           auto [code, detail] = read_refusal(sys, dm.reason);
