@@ -302,13 +302,13 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         auto out = st.term > 0 ? with_term(bytes, st.term) : bytes;
         auto i = st.by_node.find(node_id);
         if (i != st.by_node.end()) {
-          self->send(i->second, oracle_atom::value, out);
+          self->send(i->second, oracle_atom::value, std::move(out));
           return;
         }
         // Not bound yet: its registration may be committed, not answered.
         auto r = st.registering.find(node_id);
         if (r != st.registering.end()) {
-          self->send(r->second, oracle_atom::value, out);
+          self->send(r->second, oracle_atom::value, std::move(out));
           return;
         }
         ++st.undeliverable;

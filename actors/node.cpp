@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "cluster_config.hpp"
 #include "digest.hpp"
 #include "openai_client.hpp"
 #include "log.hpp"
@@ -451,15 +452,6 @@ bool leads(const nlohmann::json& j) {
          || (j.value("role", "") == "leader" && j.value("ready", false));
 }
 
-std::pair<std::string, uint16_t> host_port_of(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos)
-    return {s, 0};
-  int port = std::atoi(s.c_str() + colon + 1);
-  return {s.substr(0, colon),
-          static_cast<uint16_t>(port > 0 && port < 65536 ? port : 0)};
-}
-
 } // namespace
 
 std::vector<std::string> split_oracles(const std::string& list) {
@@ -490,8 +482,13 @@ caf::expected<caf::actor> connect_leader(
   caf::error last = caf::make_error(caf::sec::cannot_connect_to_node,
                                     "no oracle given");
   for (auto& o : oracles) {
-    auto [host, port] = host_port_of(o);
-    auto gw = connect_oracle(sys, host, port, timeout);
+    auto hp = split_host_port(o);
+    if (!hp) {
+      last = caf::make_error(caf::sec::invalid_argument,
+                             "not HOST:PORT: '" + o + "'");
+      continue;
+    }
+    auto gw = connect_oracle(sys, hp->first, hp->second, timeout);
     if (!gw) {
       last = gw.error();
       continue;
@@ -505,9 +502,8 @@ caf::expected<caf::actor> connect_leader(
     if (leads(*j))
       return gw;
     auto addr = j->value("leader_client_address", "");
-    if (!addr.empty()) {
-      auto [lh, lp] = host_port_of(addr);
-      auto lgw = connect_oracle(sys, lh, lp, timeout);
+    if (auto lhp = split_host_port(addr)) {
+      auto lgw = connect_oracle(sys, lhp->first, lhp->second, timeout);
       if (lgw && is_leader(sys, *lgw, timeout))
         return lgw;
     }

@@ -547,6 +547,7 @@ caf::behavior handlers(self_ptr self) {
       st.cfg.replica->with([&](replica& r) {
         j["pool_index"] = r.last_index();
         j["batches_refused"] = r.batches_refused();
+        j["snapshots_refused"] = r.restores_refused();
         j["violations"] = r.violations().size();
         return 0;
       });

@@ -25,18 +25,23 @@ const cluster_member* cluster_config::find(uint64_t id) const {
 
 namespace {
 
-bool host_port(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
-    return false;
-  auto port = s.substr(colon + 1);
-  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-    return false;
-  auto n = std::stoul(port);
-  return n > 0 && n <= 65535;
-}
 
 } // namespace
+
+std::optional<std::pair<std::string, uint16_t>>
+split_host_port(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+    return std::nullopt;
+  auto port = s.substr(colon + 1);
+  if (port.size() > 5
+      || port.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  auto n = std::stoul(port);
+  if (n == 0 || n > 65535)
+    return std::nullopt;
+  return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(n));
+}
 
 cluster_config parse_cluster(const std::string& text, const std::string& source) {
   toml::table tbl;
@@ -86,7 +91,7 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         m.id = static_cast<uint64_t>(*x);
       } else if (key == "raft" || key == "address") {
         auto x = v.value<std::string>();
-        if (!v.is_string() || !x || !host_port(*x))
+        if (!v.is_string() || !x || !split_host_port(*x))
           throw fail(where + "." + key, "expected \"host:port\"");
         (key == "raft" ? m.raft : m.address) = *x;
       } else {
@@ -171,18 +176,20 @@ cluster_config load_cluster(const std::string& path) {
 }
 
 uint16_t free_loopback_port() {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0)
+    throw std::runtime_error("socket() failed");
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof a;
-  uint16_t port = 0;
-  if (s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0
-      && ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-    port = ntohs(a.sin_port);
-  if (s >= 0)
-    ::close(s);
-  return port;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+      || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot find a free port on 127.0.0.1");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
 }
 
 } // namespace nodepool

@@ -1,10 +1,18 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nodepool {
+
+/// "host:port" split, with a port in 1..65535; nullopt when it is not that.
+/// The one reader of addresses (cluster files, --oracle lists, the leader's
+/// address in a member's view).
+std::optional<std::pair<std::string, uint16_t>>
+split_host_port(const std::string& s);
 
 /// One oracle of a cluster, as the cluster file names it.
 struct cluster_member {
@@ -54,8 +62,8 @@ cluster_config load_cluster(const std::string& path);
 /// naming both ids).
 void claim_data_dir(const cluster_config& c, const std::string& data_dir);
 
-/// A loopback TCP port nobody listens on right now: for tests and
-/// benchmarks that start several members on one machine.
+/// A TCP port on 127.0.0.1 that was free a moment ago: for tests and
+/// benchmarks that start servers on one machine. Throws if none is.
 uint16_t free_loopback_port();
 
 } // namespace nodepool

@@ -263,9 +263,8 @@ std::vector<violation> pool_state::check_invariants() const {
     level_counts recount_any;
     for (auto& [nid, n] : nodes_) {
       auto lv = std::min<uint32_t>(n.level(), 5);
-      bool alive = n.state() != pb::RETIRED && n.state() != pb::LOST
-                   && n.state() != pb::NODE_STATE_UNSPECIFIED;
-      bool avail = n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE;
+      bool alive = counts_as_alive(n);
+      bool avail = counts_as_available(n);
       std::set<std::string> ms{n.models().begin(), n.models().end()};
       for (auto& m : ms) {
         recount_m[m].alive[lv] += alive;

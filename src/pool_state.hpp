@@ -44,6 +44,13 @@ struct violation {
   std::string detail;
 };
 
+/// What the pool's counts by model and level count a node as (one
+/// definition for the indexes and for the checks that recount them).
+bool counts_as_alive(const pb::NodeRecord& n);
+/// In the pool, taking sessions, and reachable (not waiting to rejoin after
+/// a change of leader).
+bool counts_as_available(const pb::NodeRecord& n);
+
 /// The node pool as a pure, deterministic state machine.
 ///
 ///             register                     pass

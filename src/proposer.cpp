@@ -12,23 +12,24 @@ proposer::proposer(const pb::Snapshot& committed, uint64_t term)
       next_index_(committed.last_index() + 1),
       last_now_(committed.last_now()) {
   pool_.restore(committed);
+  pending_.set_term(term);
 }
 
 apply_result proposer::apply(pb::Command& cmd, int64_t clock_ms) {
   last_now_ = std::max(last_now_, clock_ms);
   auto r = pool_.apply(cmd, last_now_);
   if (r.changed && !r.refused) {
-    auto& e = pending_.emplace_back();
-    e.set_index(next_index_++);
-    e.set_now(last_now_);
-    e.mutable_command()->Swap(&cmd);
+    auto* e = pending_.add_entries();
+    e->set_index(next_index_++);
+    e->set_now(last_now_);
+    e->mutable_command()->Swap(&cmd);
   }
   return r;
 }
 
 std::string proposer::take_batch() {
-  auto bytes = encode_batch(term_, pending_);
-  pending_.clear();
+  auto bytes = pending_.SerializeAsString();
+  pending_.clear_entries();
   return bytes;
 }
 

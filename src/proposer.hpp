@@ -2,7 +2,6 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "pool_state.hpp"
 #include "replica.hpp"
@@ -28,8 +27,8 @@ public:
   /// command's). A command that changed the pool is moved into the pending
   /// batch.
   apply_result apply(pb::Command& cmd, int64_t clock_ms);
-  bool has_pending() const { return !pending_.empty(); }
-  size_t pending() const { return pending_.size(); }
+  bool has_pending() const { return pending_.entries_size() > 0; }
+  size_t pending() const { return static_cast<size_t>(pending_.entries_size()); }
   /// The pending commands as one log entry of this term; empties it.
   std::string take_batch();
 
@@ -42,7 +41,7 @@ private:
   uint64_t term_;
   uint64_t next_index_;
   int64_t last_now_;
-  std::vector<pb::LogEntry> pending_;
+  pb::LogBatch pending_;  // built in place: no copy per command
 };
 
 } // namespace nodepool

@@ -17,15 +17,6 @@ std::vector<replica::archive_gap> replica::take_archive_gaps() {
   return std::exchange(gaps_, {});
 }
 
-std::string encode_batch(uint64_t term,
-                         const std::vector<pb::LogEntry>& entries) {
-  pb::LogBatch b;
-  b.set_term(term);
-  for (auto& e : entries)
-    *b.add_entries() = e;
-  return b.SerializeAsString();
-}
-
 replica::outcome replica::apply(std::string_view bytes) {
   pb::LogBatch b;
   if (!b.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
@@ -116,10 +107,12 @@ std::string replica::snapshot_bytes() const {
 bool replica::restore(std::string_view bytes, std::string& error) {
   pb::Snapshot s;
   if (bytes.empty()) {
+    ++restores_refused_;
     error = "empty snapshot";
     return false;
   }
   if (!s.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    ++restores_refused_;
     error = "snapshot does not decode";
     return false;
   }
@@ -130,6 +123,7 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
   pool_state p;
   p.restore(s);
   if (auto vs = p.check_invariants(); !vs.empty()) {
+    ++restores_refused_;
     error = "snapshot at entry " + std::to_string(s.last_index())
             + " breaks " + vs.front().invariant + ": " + vs.front().detail;
     return false;

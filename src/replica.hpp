@@ -80,6 +80,8 @@ public:
   uint64_t batches_applied() const { return batches_; }
   uint64_t batches_refused() const { return refused_; }
   uint64_t restores() const { return restores_; }
+  /// Snapshots refused (bad input from a peer): the state stayed.
+  uint64_t restores_refused() const { return restores_refused_; }
   /// The gaps restores left in the local archive since the last call.
   std::vector<archive_gap> take_archive_gaps();
   /// The local archive holds every session ended up to this index.
@@ -98,6 +100,7 @@ private:
   uint64_t batches_ = 0;
   uint64_t refused_ = 0;
   uint64_t restores_ = 0;
+  uint64_t restores_refused_ = 0;
   uint64_t archived_index_ = 0;
   int64_t archived_now_ = 0;
   std::vector<archive_gap> gaps_;
@@ -123,8 +126,5 @@ private:
   replica& r_;
   std::mutex mu_;
 };
-
-/// Encodes the commands of one group commit as a log entry.
-std::string encode_batch(uint64_t term, const std::vector<pb::LogEntry>& entries);
 
 } // namespace nodepool

@@ -85,6 +85,12 @@ void memory_log::propose(std::string entry, done_fn done) {
   done(propose_status::committed, index);
 }
 
+void memory_log::stop() {
+  std::lock_guard<std::mutex> g{mu_};
+  st_.role = log_role::unavailable;
+  st_.ready = false;
+}
+
 log_status memory_log::status() const {
   std::lock_guard<std::mutex> g{mu_};
   return st_;

@@ -69,6 +69,10 @@ public:
   virtual void propose(std::string entry, done_fn done) = 0;
   /// A consistent copy of this member's view. Callable from any thread.
   virtual log_status status() const = 0;
+  /// Stops taking part: proposals still pending end (leadership_lost or
+  /// shutdown), later ones end as shutdown, and no callback runs after it
+  /// returns. Idempotent; the destructor does it too.
+  virtual void stop() = 0;
 };
 
 /// Hands a log's role changes to whoever listens, whenever it starts
@@ -96,6 +100,7 @@ public:
   void start();
   void propose(std::string entry, done_fn done) override;
   log_status status() const override;
+  void stop() override;
 
 private:
   state_machine& sm_;

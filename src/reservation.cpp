@@ -77,11 +77,9 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
 
 bool pool_state::suitable(const pb::NodeRecord& n,
                           const pb::SessionRecord& s) const {
-  if (n.state() != pb::EPHEMERAL || n.mode() != pb::AVAILABLE)
-    return false;
-  // Not reserved before it has reached a new leader: a task sent to it
-  // now would go nowhere.
-  if (n.rejoin_by() > 0)
+  // In the pool, available, and back after a change of leader (a task
+  // sent to a node that has not reached the new leader would go nowhere).
+  if (!counts_as_available(n))
     return false;
   if (n.level() < s.min_level())
     return false;

@@ -12,18 +12,20 @@ namespace {
 
 constexpr int64_t never = INT64_MAX;
 
-bool alive(const pb::NodeRecord& n) {
+uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
+
+} // namespace
+
+bool counts_as_alive(const pb::NodeRecord& n) {
   return n.state() != pb::RETIRED && n.state() != pb::LOST
          && n.state() != pb::NODE_STATE_UNSPECIFIED;
 }
 
-bool available(const pb::NodeRecord& n) {
-  return n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE;
+bool counts_as_available(const pb::NodeRecord& n) {
+  // A node not back from a change of leader cannot be sent a task yet.
+  return n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE
+         && n.rejoin_by() == 0;
 }
-
-uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
-
-} // namespace
 
 int64_t pool_state::node_due(const pb::NodeRecord& n) const {
   auto base = node_state_due(n);
@@ -78,8 +80,8 @@ void pool_state::note_node(const pb::NodeRecord& n) {
   };
   apply_counts(-1);
   a.level = n.level();
-  a.alive = alive(n);
-  a.available = available(n);
+  a.alive = counts_as_alive(n);
+  a.available = counts_as_available(n);
   a.models.clear();
   for (auto& m : n.models()) {
     auto* c = &by_model_[m];
@@ -227,8 +229,8 @@ void pool_state::check_indexes(const pb::NodeRecord& n,
     return;
   }
   auto& x = a->second;
-  if (x.level != n.level() || x.alive != alive(n)
-      || x.available != available(n)
+  if (x.level != n.level() || x.alive != counts_as_alive(n)
+      || x.available != counts_as_available(n)
       || x.models.size()
            != std::set<std::string>(n.models().begin(), n.models().end())
                 .size())

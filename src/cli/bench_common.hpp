@@ -68,8 +68,16 @@ uint64_t rss_bytes();
 std::string make_temp_dir(const std::string& tag);
 void remove_tree(const std::string& dir);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-uint16_t free_port();
+/// A make_temp_dir() directory removed when it goes out of scope, also when
+/// a signal or an error ends the section early.
+struct temp_tree {
+  std::string path;
+  explicit temp_tree(const std::string& tag) : path(make_temp_dir(tag)) {}
+  temp_tree(const temp_tree&) = delete;
+  temp_tree& operator=(const temp_tree&) = delete;
+  ~temp_tree() { remove_tree(path); }
+};
+
 
 /// Path of the running executable.
 std::string self_exe();

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <csignal>
+#include <optional>
 #include <fstream>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -39,26 +40,27 @@ int64_t wall_ms() {
     .count();
 }
 
-/// A member's view of the log ({} when it does not answer).
-nlohmann::json view(caf::actor_system& sys, const std::string& addr) {
+/// The gateway of the member at `addr`, if it answers.
+std::optional<caf::actor> reach(caf::actor_system& sys,
+                                const std::string& addr) {
   auto [host, port] = parse_host_port(addr);
   auto gw = connect_oracle(sys, host, port, 300ms);
   if (!gw)
-    return {};
-  nlohmann::json j;
-  caf::scoped_actor self{sys};
-  self->request(*gw, 500ms, cluster_atom::value)
-    .receive([&](const std::string& s) { j = nlohmann::json::parse(s, nullptr, false); },
-             [&](caf::error&) {});
-  return j.is_object() ? j : nlohmann::json{};
+    return std::nullopt;
+  return *gw;
+}
+
+/// Whether the member at `addr` is the cluster's ready leader.
+bool leads(caf::actor_system& sys, const std::string& addr) {
+  auto gw = reach(sys, addr);
+  return gw && is_leader(sys, *gw, 500ms);
 }
 
 /// The earliest start at or after `since` of a session on the member at
 /// `addr` (live or archived); 0 if none yet.
 int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
                           int64_t since) {
-  auto [host, port] = parse_host_port(addr);
-  auto gw = connect_oracle(sys, host, port, 300ms);
+  auto gw = reach(sys, addr);
   if (!gw)
     return 0;
   int64_t best = 0;
@@ -94,7 +96,8 @@ int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
 } // namespace
 
 nlohmann::json failover(const options& o) {
-  auto dir = make_temp_dir("failover");
+  temp_tree tree{"failover"};  // outlives the processes that use it
+  auto& dir = tree.path;
   std::string addr[4];
   {
     std::ofstream f{dir + "/cluster.toml"};
@@ -147,10 +150,7 @@ nlohmann::json failover(const options& o) {
   caf::actor_system sys{cfg};
   auto leader = [&] {
     for (int i = 1; i <= 3; ++i) {
-      if (!oracle[i] || !oracle[i]->running())
-        continue;
-      auto j = view(sys, addr[i]);
-      if (j.value("role", "") == "leader" && j.value("ready", false))
+      if (oracle[i] && oracle[i]->running() && leads(sys, addr[i]))
         return i;
     }
     return 0;
@@ -187,8 +187,7 @@ nlohmann::json failover(const options& o) {
       for (int i = 1; i <= 3 && granted == 0; ++i) {
         if (i == l)
           continue;
-        auto j = view(sys, addr[i]);
-        if (j.value("role", "") == "leader" && j.value("ready", false)) {
+        if (leads(sys, addr[i])) {
           if (elected == 0)
             elected = wall_ms();
           // A session the old leader started in the very millisecond of
@@ -216,7 +215,6 @@ nlohmann::json failover(const options& o) {
   for (int i = 1; i <= 3; ++i)
     if (oracle[i])
       oracle[i]->terminate(5s);
-  remove_tree(dir);
   std::sort(grant_ms.begin(), grant_ms.end());
   nlohmann::json j;
   j["kills"] = o.failover_kills;

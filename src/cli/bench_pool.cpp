@@ -267,6 +267,8 @@ struct durable_pool {
             l = static_cast<int>(i);
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
+      if (l < 0 && stop_requested)
+        return;  // the caller checks; the destructor cleans up
       if (l < 0)
         throw std::runtime_error(tag + ": no leader elected within 30 s");
       sc.storage = members[l].archive;
@@ -456,18 +458,22 @@ struct durable_pool {
 
   ~durable_pool() {
     if (sys) {
-      caf::anon_send_exit(drv, caf::exit_reason::user_shutdown);
-      caf::anon_send_exit(sup, caf::exit_reason::user_shutdown);
-      {
+      if (sup) {
+        caf::anon_send_exit(drv, caf::exit_reason::user_shutdown);
+        caf::anon_send_exit(sup, caf::exit_reason::user_shutdown);
         caf::scoped_actor self{*sys};
         self->wait_for(sup, drv);
       }
       sup = nullptr;
       drv = nullptr;
+      // The logs' threads call into the actors: they stop while the actor
+      // system is still there.
+      for (auto& m : members) {
+        m.roles->listen({});
+        m.log->stop();
+      }
       sys.reset();
     }
-    for (auto& m : members)
-      m.log.reset();  // joins its thread before the replica goes
     members.clear();
     remove_tree(dir);
   }
@@ -635,11 +641,8 @@ nlohmann::json check_speed(const options& o) {
   // then check_history over the whole of each: entries per second.
   nlohmann::json out = nlohmann::json::array();
   for (auto n : o.check_sessions) {
-    auto dir = make_temp_dir("check");
-    struct cleanup {
-      std::string d;
-      ~cleanup() { remove_tree(d); }
-    } tidy{dir};
+    temp_tree tree{"check"};
+    auto& dir = tree.path;
     uint64_t entries = 0;
     {
       auto storage = open_store(dir);

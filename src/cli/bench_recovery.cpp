@@ -13,6 +13,7 @@
 #include "actors/config.hpp"
 #include "actors/node.hpp"
 #include "cli/bench_common.hpp"
+#include "cluster_config.hpp"
 #include "cli/common.hpp"
 
 namespace nodepool::cli::bench {
@@ -132,7 +133,7 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
     auto dir = base + "/run" + std::to_string(r);
     std::filesystem::copy(prepared, dir,
                           std::filesystem::copy_options::recursive);
-    auto port = free_port();
+    auto port = free_loopback_port();
     auto t0 = clock::now();
     auto opid = spawn(self_exe(),
                       {"oracle", "--data-dir", dir, "--host", "127.0.0.1",

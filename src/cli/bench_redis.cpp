@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli/bench_common.hpp"
+#include "cluster_config.hpp"
 
 namespace nodepool::cli::bench {
 
@@ -129,7 +130,7 @@ struct redis_server {
 
   redis_server(const std::string& bin, const std::string& fsync) {
     dir = make_temp_dir("redis-" + fsync);
-    port = free_port();
+    port = free_loopback_port();
     pid = spawn(bin,
                 {"--port", std::to_string(port), "--bind", "127.0.0.1",
                  "--dir", dir, "--appendonly", "yes", "--appendfsync", fsync,

@@ -8,6 +8,7 @@
 #include <toml++/toml.h>
 
 #include "cli/common.hpp"
+#include "cluster_config.hpp"
 #include "log.hpp"
 #include "pool_state.hpp"
 
@@ -125,18 +126,11 @@ void setup_tls(actor_config& cfg, const tls_files& tls) {
 }
 
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
-    throw std::runtime_error("expected HOST:PORT, got '" + s + "'");
-  int port = 0;
-  try {
-    port = std::stoi(s.substr(colon + 1));
-  } catch (...) {
-    port = -1;
-  }
-  if (port <= 0 || port > 65535)
-    throw std::runtime_error("bad port in '" + s + "'");
-  return {s.substr(0, colon), static_cast<uint16_t>(port)};
+  auto hp = split_host_port(s);
+  if (!hp)
+    throw std::runtime_error("expected HOST:PORT (port 1-65535), got '" + s
+                             + "'");
+  return *hp;
 }
 
 std::shared_ptr<store> open_store(const std::string& dir) {

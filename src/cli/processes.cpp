@@ -223,6 +223,15 @@ int run_oracle(oracle_options& o) {
   if (cc)
     cluster = join_cluster(o, *cc, storage);
   caf::actor_system sys{cfg};
+  // The replicated log's thread calls into the actors (role changes,
+  // commits): it stops, on every way out of here, before the actor system
+  // goes (declared after it, so destroyed first).
+  std::shared_ptr<void> stop_log{nullptr, [&cluster](void*) {
+    if (cluster.log) {
+      cluster.roles->listen({});
+      cluster.log->stop();
+    }
+  }};
   supervisor_config sc;
   sc.pool = p;
   sc.storage = storage;

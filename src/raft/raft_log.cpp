@@ -134,7 +134,7 @@ public:
 
   /// Closes raft (pending proposals end as leadership_lost or shutdown)
   /// and joins the loop's thread.
-  void stop() {
+  void stop() override {
     if (started_) {
       {
         std::lock_guard<std::mutex> g{mu_};

@@ -20,7 +20,6 @@ struct raft_member::impl {
   bool leading = false;   // raft says leader, in `lead_term`
   bool ready = false;     // ... and the barrier of that term has applied
   uint64_t lead_term = 0;
-  uint64_t refused_snapshots = 0;
   bool guard = true;
 
   explicit impl(state_machine& s) : sm(s) {}
@@ -134,8 +133,7 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
   auto* self = self_of(fsm);
   std::string err;
   if (!self->sm.restore(unframe(*buf), err)) {
-    // Raft keeps the buffer when restore fails.
-    ++self->refused_snapshots;
+    // Raft keeps the buffer when restore fails; the state machine counts it.
     log("raft")->error("snapshot refused: {}", err);
     return RAFT_MALFORMED;
   }
@@ -305,10 +303,6 @@ void raft_member::attach(struct raft* r) {
 
 void raft_member::on_role_change(replicated_log::role_fn f) {
   p_->role = std::move(f);
-}
-
-uint64_t raft_member::refused_snapshots() const {
-  return p_->refused_snapshots;
 }
 
 log_status raft_member::status() const { return p_->status(); }

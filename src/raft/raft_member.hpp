@@ -38,9 +38,6 @@ public:
   void poll();
   log_status status() const;
   void on_role_change(replicated_log::role_fn f);
-  /// Snapshots received that the state machine refused (bad input from a
-  /// peer); each was reported to raft as malformed.
-  uint64_t refused_snapshots() const;
 
   struct impl;  // raft's callbacks reach it through raft_fsm::data
 

@@ -147,6 +147,8 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
     EXPECT_EQ(last[i]["cluster"].value("violations", -1), 0) << last[i].dump();
     EXPECT_EQ(last[i]["cluster"].value("batches_refused", -1), 0)
       << last[i].dump();
+    EXPECT_EQ(last[i]["cluster"].value("snapshots_refused", -1), 0)
+      << last[i].dump();
   }
   EXPECT_EQ(last[1]["last_index"], last[2]["last_index"]);
   EXPECT_EQ(last[1]["last_index"], last[3]["last_index"]);

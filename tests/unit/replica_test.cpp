@@ -13,49 +13,54 @@ namespace {
 
 using testing::pool_workload;
 
-/// Drives a proposer with the workload for `batches` group commits of
-/// `per` commands; returns the batches.
-std::vector<std::string> produce(proposer& p, pool_workload& w, int batches,
-                                 int per, int64_t& clock) {
-  std::vector<std::string> out;
-  for (int b = 0; b < batches; ++b) {
-    for (int k = 0; k < per; ++k) {
-      auto c = w.next(p.pool());
-      p.apply(c, clock += 7);
-    }
-    if (p.has_pending())
-      out.push_back(p.take_batch());
+/// A leader from an empty pool: its proposer (term `term`, starting with a
+/// Configure) driven by the seeded workload.
+struct leader_run {
+  replica base;
+  proposer p;
+  pool_workload w;
+  int64_t clock;
+
+  explicit leader_run(uint64_t seed, uint64_t term = 1, int64_t start = 1000)
+      : p{base, term}, w{seed}, clock{start} {
+    auto c = pool_workload::configure();
+    p.apply(c, clock);
   }
-  return out;
-}
+
+  /// `batches` group commits of `per` commands each, as log entries.
+  std::vector<std::string> batches(int batches, int per) {
+    std::vector<std::string> out;
+    for (int b = 0; b < batches; ++b) {
+      for (int k = 0; k < per; ++k) {
+        auto c = w.next(p.pool());
+        p.apply(c, clock += 7);
+      }
+      if (p.has_pending())
+        out.push_back(p.take_batch());
+    }
+    return out;
+  }
+};
 
 TEST(Replica, FollowsTheLeaderBatchByBatch) {
-  replica leader_base, follower{{}, true};
-  proposer p{leader_base, 1};
-  pool_workload w{11};
-  int64_t clock = 1000;
-  auto first = pool_workload::configure();
-  p.apply(first, clock);
-  for (auto& b : produce(p, w, 300, 6, clock)) {
+  replica follower{{}, true};
+  leader_run l{11};
+  for (auto& b : l.batches(300, 6)) {
     auto o = follower.apply(b);
     ASSERT_TRUE(o.ok) << o.error;
     ASSERT_TRUE(o.violations.empty()) << o.violations.front().detail;
   }
-  EXPECT_EQ(follower.last_index(), p.last_index());
+  EXPECT_EQ(follower.last_index(), l.p.last_index());
   EXPECT_EQ(follower.pool().snapshot().SerializeAsString(),
-            p.pool().snapshot().SerializeAsString());
+            l.p.pool().snapshot().SerializeAsString());
   EXPECT_GT(follower.pool().sessions_accepted(), 100u);
   EXPECT_TRUE(follower.pool().check_invariants().empty());
 }
 
 TEST(Replica, RefusesBadBatchesWholeAndChangesNothing) {
-  replica base;
-  proposer p{base, 3};
-  pool_workload w{12};
-  int64_t clock = 1000;
-  auto conf = pool_workload::configure();
-  p.apply(conf, clock);
-  auto good = produce(p, w, 20, 5, clock);
+  leader_run l{12, 3};
+  auto good = l.batches(20, 5);
+  auto clock = l.clock;
   replica r;
   for (auto& b : good)
     ASSERT_TRUE(r.apply(b).ok);
@@ -122,12 +127,7 @@ TEST(Replica, ReportsACommandRefusedOnApplyAsDivergence) {
 
 TEST(Replica, SnapshotRestoresTheSameStateAndRefusesABrokenOne) {
   replica a;
-  proposer p{a, 1};
-  pool_workload w{13};
-  int64_t clock = 1000;
-  auto conf = pool_workload::configure();
-  p.apply(conf, clock);
-  for (auto& b : produce(p, w, 100, 6, clock))
+  for (auto& b : leader_run{13}.batches(100, 6))
     ASSERT_TRUE(a.apply(b).ok);
   replica b;
   std::string err;
@@ -148,6 +148,7 @@ TEST(Replica, SnapshotRestoresTheSameStateAndRefusesABrokenOne) {
   EXPECT_FALSE(b.restore(std::string{"\x08\xff", 2}, err));
   EXPECT_FALSE(b.restore(std::string{}, err));
   EXPECT_EQ(b.snapshot_bytes(), before);
+  EXPECT_EQ(b.restores_refused(), 3u);
 }
 
 TEST(Replica, ArchivesEndedSessionsOnceWhenTheirBatchApplies) {
@@ -156,13 +157,7 @@ TEST(Replica, ArchivesEndedSessionsOnceWhenTheirBatchApplies) {
     for (auto& s : ended)
       ++archived[s.id()];
   }};
-  replica base;
-  proposer p{base, 1};
-  pool_workload w{14};
-  int64_t clock = 1000;
-  auto conf = pool_workload::configure();
-  p.apply(conf, clock);
-  for (auto& b : produce(p, w, 300, 6, clock))
+  for (auto& b : leader_run{14}.batches(300, 6))
     ASSERT_TRUE(r.apply(b).ok);
   auto ended = r.pool().sessions_accepted() - r.pool().sessions().size();
   EXPECT_GT(ended, 20u);
@@ -173,24 +168,28 @@ TEST(Replica, ArchivesEndedSessionsOnceWhenTheirBatchApplies) {
 
 TEST(Proposer, StartsFromTheCommittedStateAndNeverGoesBackInTime) {
   replica r;
-  proposer p{r, 1};
-  pool_workload w{15};
-  int64_t clock = 5000;
-  auto conf = pool_workload::configure();
-  p.apply(conf, clock);
-  for (auto& b : produce(p, w, 50, 6, clock))
+  leader_run l{15, 1, 5000};
+  for (auto& b : l.batches(50, 6))
     ASSERT_TRUE(r.apply(b).ok);
   proposer next{r, 2};
   EXPECT_EQ(next.last_index(), r.last_index());
   EXPECT_EQ(next.pool().snapshot().SerializeAsString(),
             r.pool().snapshot().SerializeAsString());
   // A clock behind the log's time: the command is applied at the log's.
-  auto c = pool_workload{16}.next(next.pool());
-  next.apply(c, 0);
-  if (next.has_pending()) {
-    ASSERT_TRUE(r.apply(next.take_batch()).ok);
-    EXPECT_GE(r.last_now(), clock);
-  }
+  auto log_now = r.last_now();
+  pb::Command c;
+  c.mutable_register_()->set_node_id("late-clock");
+  c.mutable_register_()->set_public_key("k");
+  c.mutable_register_()->add_models("m");
+  auto res = next.apply(c, 0);
+  ASSERT_FALSE(res.refused);
+  ASSERT_TRUE(next.has_pending());
+  auto o = r.apply(next.take_batch());
+  ASSERT_TRUE(o.ok) << o.error;
+  EXPECT_EQ(r.last_now(), log_now);
+  EXPECT_EQ(r.last_term(), 2u);
+  EXPECT_EQ(r.last_index(), next.last_index());
+  EXPECT_FALSE(next.has_pending());
 }
 
 struct counting_machine final : state_machine {
