@@ -14,6 +14,7 @@
 // every acknowledged session must be stored and every stored session ended,
 // and the stored history must replay without a violation.
 #include "actors/sim.hpp"
+#include "actors/sim_parts.hpp"
 
 #include <filesystem>
 #include <optional>
@@ -33,6 +34,7 @@ namespace nodepool {
 
 namespace {
 
+using namespace sim_parts;
 using namespace std::chrono_literals;
 using ms = std::chrono::milliseconds;
 
@@ -41,118 +43,6 @@ constexpr int fault_steps = 500;    // faults during the first 10 s
 constexpr int submit_steps = 600;   // sessions arrive during the first 12 s
 constexpr int total_steps = 1000;   // then 8 s more of quiet
 constexpr int settle_steps = 240;   // and 12 s more in 50 ms steps
-
-/// Injected faults: counts by kind and, when tracing, one line each.
-struct fault_log {
-  bool tracing = false;
-  int64_t now = 0;  // simulated ms since start
-  std::map<std::string, uint64_t> counts;
-  std::ostringstream lines;
-  void note(const std::string& kind, const std::string& what = {}) {
-    ++counts[kind];
-    if (tracing)
-      lines << "  t=" << now << "ms " << kind << (what.empty() ? "" : " ")
-            << what << "\n";
-  }
-};
-
-/// Probabilities of the network faults of every link, drawn per seed.
-struct net_faults {
-  bool on = true;
-  double drop = 0, delay = 0, duplicate = 0, reorder = 0;
-};
-
-struct link_state {
-  caf::actor node;
-  caf::actor gateway;
-  std::string id;
-  seeded_rng rng;
-  std::shared_ptr<net_faults> net;
-  std::shared_ptr<fault_log> log;
-  std::optional<std::pair<bool, std::string>> held;  // (to gateway, bytes)
-  static inline const char* name = "sim_link";
-};
-
-using link_ptr = caf::stateful_actor<link_state>*;
-
-void link_send(link_ptr self, bool to_gateway, const std::string& bytes,
-               int64_t delay_ms = 0) {
-  auto& st = self->state;
-  if (delay_ms > 0) {
-    if (to_gateway)
-      self->delayed_send(st.gateway, ms(delay_ms), miner_atom::value, bytes);
-    else
-      self->delayed_send(st.node, ms(delay_ms), oracle_atom::value, bytes);
-  } else if (to_gateway) {
-    self->send(st.gateway, miner_atom::value, bytes);
-  } else {
-    self->send(st.node, oracle_atom::value, bytes);
-  }
-}
-
-void link_release(link_ptr self) {
-  auto& st = self->state;
-  if (st.held) {
-    auto [g, b] = std::move(*st.held);
-    st.held.reset();
-    link_send(self, g, b);
-  }
-}
-
-/// One message over the link, with whatever fault the dice decide.
-void link_carry(link_ptr self, bool to_gateway, const std::string& bytes) {
-  auto& st = self->state;
-  auto& n = *st.net;
-  auto dir = std::string(to_gateway ? "node->oracle " : "oracle->node ") + st.id;
-  if (n.on) {
-    if (st.rng.chance(n.drop)) {
-      st.log->note("msg_drop", dir);
-      return;
-    }
-    if (st.rng.chance(n.delay)) {
-      auto d = 1 + static_cast<int64_t>(st.rng.below(400));
-      st.log->note("msg_delay", dir + " by " + std::to_string(d) + "ms");
-      link_send(self, to_gateway, bytes, d);
-      return;
-    }
-    if (!st.held && st.rng.chance(n.reorder)) {
-      st.log->note("msg_reorder", dir);
-      st.held = std::make_pair(to_gateway, bytes);
-      self->delayed_send(self, ms(60), flush_atom::value);
-      return;
-    }
-    if (st.rng.chance(n.duplicate)) {
-      st.log->note("msg_duplicate", dir);
-      link_send(self, to_gateway, bytes);
-    }
-  }
-  link_send(self, to_gateway, bytes);
-  link_release(self);  // a held message comes after the one that passed it
-}
-
-caf::behavior link_actor(link_ptr self, caf::actor node, caf::actor gateway,
-                         std::string id, uint64_t seed,
-                         std::shared_ptr<net_faults> net,
-                         std::shared_ptr<fault_log> log) {
-  auto& st = self->state;
-  st.node = node;
-  st.gateway = gateway;
-  st.id = std::move(id);
-  st.rng = seeded_rng{seed};
-  st.net = std::move(net);
-  st.log = std::move(log);
-  // The connection goes when either end goes.
-  self->monitor(node);
-  self->monitor(gateway);
-  self->set_down_handler([=](caf::down_msg&) { self->quit(); });
-  return {
-    [=](miner_atom, const std::string& bytes) { link_carry(self, true, bytes); },
-    [=](oracle_atom, const std::string& bytes) {
-      link_carry(self, false, bytes);
-    },
-    [=](flush_atom) { link_release(self); },
-  };
-}
 
 /// A store that says it wrote session submissions and did not (see
 /// sim_options::lossy_store).
@@ -190,20 +80,6 @@ public:
 private:
   std::shared_ptr<store> inner_;
 };
-
-/// One simulated miner node and its current connection.
-struct miner_slot {
-  std::string id;
-  behaviour kind;
-  caf::actor node;
-  caf::actor link;
-  bool alive = false;
-  bool silent = false;
-  uint32_t lives = 0;
-};
-
-/// What a client knows of a session it submitted.
-enum class answer { pending, accepted, unknown, refused };
 
 class simulation {
 public:
@@ -483,8 +359,8 @@ private:
   void connect(miner_slot& m) {
     if (m.link)
       caf::anon_send_exit(m.link, caf::exit_reason::kill);
-    m.link = sys_->spawn(link_actor, m.node, oracle_.gateway, m.id,
-                         rng_.next(), net_, log_);
+    m.link = spawn_link(*sys_, m.node, oracle_.gateway, m.id, rng_.next(),
+                        net_, log_);
     caf::anon_send(m.node, connect_atom::value, m.link);
     m.silent = false;
   }
@@ -696,6 +572,8 @@ sim_result run_sim(uint64_t seed, const sim_options& opt) {
 std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
   auto cmd = "nodepool sim --seeds " + std::to_string(seed) + ".."
              + std::to_string(seed) + " --trace";
+  if (opt.oracles > 1)
+    cmd += " --oracles " + std::to_string(opt.oracles);
   if (opt.store != "memory")
     cmd += " --store " + opt.store;
   if (opt.healthy_nodes != sim_options{}.healthy_nodes)
@@ -704,6 +582,10 @@ std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
     cmd += " --lossy-store";
   if (!opt.sync)
     cmd += " --no-sync";
+  if (opt.lying_log)
+    cmd += " --lying-log";
+  if (!opt.raft_guard)
+    cmd += " --no-raft-guard";
   return cmd;
 }
 

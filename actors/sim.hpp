@@ -29,6 +29,17 @@ struct sim_options {
   /// checker: the simulation cuts the power, and an unsynced store then
   /// loses acknowledged sessions, which must be reported.
   bool sync = true;
+  /// Oracles: 1 is one oracle over a store (run_sim); 3 or 5 a replicated
+  /// pool (run_cluster_sim), whose members keep their log in memory.
+  uint32_t oracles = 1;
+  /// For testing the checker (cluster only): a log that tells the leader an
+  /// entry committed as soon as it is proposed. A leader that dies with
+  /// entries not yet on a majority then loses acknowledged sessions, which
+  /// the runs must report.
+  bool lying_log = false;
+  /// For testing the checker (cluster only): libraft without raft_member's
+  /// guard (src/raft/raft_member.cpp), whose holes some seeds must find.
+  bool raft_guard = true;
 };
 
 struct sim_violation {
@@ -48,12 +59,23 @@ struct sim_result {
   uint64_t completed = 0;
   uint64_t failed = 0;
   uint64_t lost = 0;       // acknowledged and missing or unfinished
+  // A replicated pool only:
+  uint32_t oracles = 1;
+  uint64_t leader_changes = 0;  // terms in which a leader became ready
+  /// Acknowledged sessions a member's own archive lacks because it caught
+  /// up by snapshot past the entry that ended them (a peer has the record).
+  uint64_t archive_gaps = 0;
   std::string trace;
 };
 
 /// Runs one seed. Never throws for a fault it injected; a violation found
 /// ends the run early and is reported in the result.
 sim_result run_sim(uint64_t seed, const sim_options& opt = {});
+
+/// Runs one seed of a replicated pool (`opt.oracles` members, 3 or 5) on
+/// libraft's simulated network and disks (actors/sim_cluster.cpp; an
+/// oracle binary links it, a miner does not).
+sim_result run_cluster_sim(uint64_t seed, const sim_options& opt);
 
 /// The command line that reruns one seed with these options.
 std::string sim_repro_command(uint64_t seed, const sim_options& opt);

@@ -131,6 +131,8 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         c.snapshot_threshold = in(1, 100000000);
       else if (key == "snapshot_trailing")
         c.snapshot_trailing = in(0, 100000000);
+      else if (key == "install_snapshot_timeout_ms")
+        c.install_snapshot_timeout_ms = in(100, 600000);
       else
         throw fail("raft." + key, "unknown key");
     }

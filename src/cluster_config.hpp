@@ -35,6 +35,7 @@ struct cluster_member {
 ///   heartbeat_timeout_ms = 50
 ///   snapshot_threshold = 1024
 ///   snapshot_trailing = 128
+///   install_snapshot_timeout_ms = 10000
 struct cluster_config {
   /// Names the cluster; a member's data directory remembers it and refuses
   /// a file naming another. Set it (top-level `cluster_id = "..."`) before
@@ -45,6 +46,10 @@ struct cluster_config {
   unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;
   unsigned snapshot_trailing = 128;
+  /// A leader that sent a snapshot and heard nothing back sends it again
+  /// after this long (libraft's default, 30 s, leaves a follower whose
+  /// snapshot was lost that far behind).
+  unsigned install_snapshot_timeout_ms = 10000;
 
   const cluster_member* find(uint64_t id) const;
 };

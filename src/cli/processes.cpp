@@ -122,6 +122,7 @@ cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
   ro.heartbeat_timeout_ms = cc.heartbeat_timeout_ms;
   ro.snapshot_threshold = cc.snapshot_threshold;
   ro.snapshot_trailing = cc.snapshot_trailing;
+  ro.install_snapshot_timeout_ms = cc.install_snapshot_timeout_ms;
   std::string err;
   auto roles = c.roles;
   auto l = start_raft_log(ro, *c.machine,

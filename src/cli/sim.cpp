@@ -67,6 +67,11 @@ nlohmann::json to_json(const sim_result& r, bool with_trace) {
   j["completed"] = r.completed;
   j["failed"] = r.failed;
   j["lost"] = r.lost;
+  if (r.oracles > 1) {
+    j["oracles"] = r.oracles;
+    j["leader_changes"] = r.leader_changes;
+    j["archive_gaps"] = r.archive_gaps;
+  }
   if (with_trace)
     j["trace"] = r.trace;
   return j;
@@ -79,7 +84,7 @@ void worker(const sim_cli& c, uint64_t first, uint64_t last, uint64_t step,
   std::ofstream out(out_path);
   for (uint64_t s = first; s <= last && !stop_requested; s += step) {
     out << "S " << s << "\n" << std::flush;
-    auto r = run_sim(s, c.opt);
+    auto r = c.opt.oracles > 1 ? run_cluster_sim(s, c.opt) : run_sim(s, c.opt);
     out << to_json(r, c.opt.trace).dump() << "\n" << std::flush;
     if (s > last - step)  // no overflow past the last seed
       break;
@@ -91,6 +96,17 @@ void run(const sim_cli& c) {
   if (!log_level_given)
     set_log_level("off");  // injected faults make every actor complain
   auto [first, last] = parse_seeds(c.seeds);
+  if (c.opt.oracles != 1 && c.opt.oracles != 3 && c.opt.oracles != 5)
+    throw std::runtime_error("--oracles: 1, 3 or 5, got "
+                             + std::to_string(c.opt.oracles));
+  if (c.opt.oracles > 1
+      && (c.opt.store != "memory" || c.opt.lossy_store || !c.opt.sync))
+    throw std::runtime_error(
+      "--oracles 3|5 keeps every member's log in libraft's simulated disks: "
+      "--store, --lossy-store and --no-sync are for one oracle");
+  if (c.opt.oracles == 1 && (c.opt.lying_log || !c.opt.raft_guard))
+    throw std::runtime_error(
+      "--lying-log and --no-raft-guard are for --oracles 3|5");
   if (c.opt.store != "memory" && c.opt.store != "rocksdb")
     throw std::runtime_error("--store: memory or rocksdb, got '" + c.opt.store + "'");
   if (c.opt.lossy_store && c.opt.store != "memory")
@@ -211,7 +227,8 @@ void run(const sim_cli& c) {
     if (j.contains("faults"))
       for (auto& [k, v] : j["faults"].items())
         faults[k] += v.get<uint64_t>();
-    for (auto key : {"submitted", "accepted", "completed", "failed", "lost"})
+    for (auto key : {"submitted", "accepted", "completed", "failed", "lost",
+                     "leader_changes", "archive_gaps"})
       if (j.contains(key))
         sessions[key] += j[key].get<uint64_t>();
     if (c.opt.trace && j.contains("trace"))
@@ -249,6 +266,7 @@ void run(const sim_cli& c) {
     j["faults"] = faults;
     j["sessions"] = sessions;
     j["store"] = c.opt.store;
+    j["oracles"] = c.opt.oracles;
     std::cout << j.dump() << "\n";
   }
   std::cout.flush();
@@ -269,6 +287,9 @@ void add_sim(CLI::App& app) {
     "sim", "seeded fault-injection simulation of the whole pool");
   cmd->add_option("--seeds", c->seeds, "N or A..B (default 1..100)");
   cmd->add_option("--jobs", c->jobs, "worker processes (default: one per core)");
+  cmd->add_option("--oracles", c->opt.oracles,
+                  "1 (default): one oracle over a store; 3 or 5: a "
+                  "replicated pool on libraft's simulated network and disks");
   cmd->add_option("--store", c->opt.store, "memory (default) or rocksdb");
   cmd->add_option("--data-root", c->opt.data_root,
                   "where RocksDB stores and worker output go (default /tmp)");
@@ -280,6 +301,13 @@ void add_sim(CLI::App& app) {
   cmd->add_flag("--no-sync", [c](int64_t) { c->opt.sync = false; },
                 "check the checker: group commits are not synced, so power "
                 "cuts lose acknowledged sessions (runs with a cut must fail)");
+  cmd->add_flag("--lying-log", c->opt.lying_log,
+                "check the checker (--oracles 3|5): the leader hears an entry "
+                "committed as soon as it proposes it (runs where a leader "
+                "dies with acknowledged entries on no majority must fail)");
+  cmd->add_flag("--no-raft-guard", [c](int64_t) { c->opt.raft_guard = false; },
+                "check the checker (--oracles 3|5): libraft 0.15 without the "
+                "guard for its log-matching holes (some seeds must fail)");
   cmd->add_flag("--trace", c->opt.trace, "print every injected fault of every seed");
   cmd->add_flag("--json", c->json, "print one JSON object as the last line");
   cmd->callback([c] { run(*c); });

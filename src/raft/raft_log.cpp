@@ -92,6 +92,7 @@ public:
     raft_set_heartbeat_timeout(&raft_, opts_.heartbeat_timeout_ms);
     raft_set_snapshot_threshold(&raft_, opts_.snapshot_threshold);
     raft_set_snapshot_trailing(&raft_, opts_.snapshot_trailing);
+    raft_set_install_snapshot_timeout(&raft_, opts_.install_snapshot_timeout_ms);
     raft_set_pre_vote(&raft_, opts_.pre_vote);
     if (int rv = raft_start(&raft_); rv != 0) {
       error = std::string{"raft_start: "} + raft_errmsg(&raft_);

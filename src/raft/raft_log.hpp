@@ -22,6 +22,7 @@ struct raft_options {
   unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;  // entries between snapshots
   unsigned snapshot_trailing = 128;    // entries kept after a snapshot
+  unsigned install_snapshot_timeout_ms = 10000;  // resend an unanswered one
   bool pre_vote = true;
 };
 

@@ -164,6 +164,16 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //
 // A follower may learn of a match or a commit one round later; it never
 // vouches for, or applies, an entry it does not share with the leader.
+//
+// 3. (Liveness; found by `nodepool sim --oracles 3`, seed 301.) A follower
+//    that compacted its log past what a new leader knows it holds cannot be
+//    matched: the leader probes below the follower's snapshot (rejected, the
+//    entries are gone), falls back to sending its own, older snapshot, and
+//    the follower answers "I have a more recent one" by echoing that
+//    snapshot's index, so the leader probes from there again. The follower
+//    stays behind until the leader happens to snapshot past it. Its answer
+//    to a snapshot it does not need now vouches for its commit index, when
+//    higher: entries up to it are committed, so every leader holds them too.
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using start_fn = int (*)(struct raft_io*, unsigned, raft_io_tick_cb,
@@ -173,8 +183,11 @@ struct guarded_io {
   send_fn send = nullptr;
   start_fn start = nullptr;
   raft_io_recv_cb recv = nullptr;
+  struct raft* r = nullptr;
   bool in_append = false;   // an AppendEntries is being received
   raft_index vouch = 0;     // ... its prev_log_index + n_entries
+  bool in_install = false;  // an InstallSnapshot is being received
+  raft_index install = 0;   // ... its last index
 };
 
 std::mutex guard_mu;
@@ -204,12 +217,26 @@ int guarded_send(struct raft_io* io, struct raft_io_send* req,
     struct raft_message copy = *m;
     copy.append_entries_result.last_log_index = gi.vouch;
     return gi.send(io, req, &copy, cb);
+  } else if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && gi.in_install
+             && m->append_entries_result.rejected == 0
+             && m->append_entries_result.last_log_index == gi.install
+             && gi.r && gi.r->commit_index > gi.install) {
+    struct raft_message copy = *m;
+    copy.append_entries_result.last_log_index = gi.r->commit_index;
+    return gi.send(io, req, &copy, cb);
   }
   return gi.send(io, req, m, cb);
 }
 
 void guarded_recv(struct raft_io* io, struct raft_message* m) {
   auto& gi = guard_of(io);
+  if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+    gi.in_install = true;
+    gi.install = m->install_snapshot.last_index;
+    gi.recv(io, m);
+    gi.in_install = false;
+    return;
+  }
   if (m->type != RAFT_IO_APPEND_ENTRIES) {
     gi.recv(io, m);
     return;
@@ -227,12 +254,14 @@ int guarded_start(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick,
   return gi.start(io, msecs, tick, guarded_recv);
 }
 
-void guard_log_matching(struct raft_io* io) {
+void guard_log_matching(struct raft* r) {
+  auto* io = r->io;
   std::lock_guard<std::mutex> g{guard_mu};
   if (io->send == guarded_send)
     return;
   auto& gi = guarded[io];
   gi = guarded_io{};
+  gi.r = r;
   gi.send = io->send;
   gi.start = io->start;
   io->send = guarded_send;
@@ -298,7 +327,7 @@ struct raft_fsm* raft_member::fsm() { return &p_->fsm; }
 void raft_member::attach(struct raft* r) {
   p_->r = r;
   if (p_->guard)
-    guard_log_matching(r->io);
+    guard_log_matching(r);
 }
 
 void raft_member::on_role_change(replicated_log::role_fn f) {

@@ -40,6 +40,7 @@ TEST(ClusterFile, ReadsMembersAndTiming) {
 [raft]
 election_timeout_ms = 300
 heartbeat_timeout_ms = 30
+install_snapshot_timeout_ms = 2500
 [pool]
 heartbeat_timeout_ms = 9000
 )",
@@ -51,6 +52,7 @@ heartbeat_timeout_ms = 9000
   EXPECT_EQ(c.election_timeout_ms, 300u);
   EXPECT_EQ(c.heartbeat_timeout_ms, 30u);
   EXPECT_EQ(c.snapshot_threshold, 1024u);
+  EXPECT_EQ(c.install_snapshot_timeout_ms, 2500u);
 }
 
 TEST(ClusterFile, TheShippedFileReads) {
@@ -82,6 +84,8 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
     {std::string{three} + "[raft]\nheartbeat_timeout_ms = 900\n",
      "below raft.election_timeout_ms"},
     {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
+    {std::string{three} + "[raft]\ninstall_snapshot_timeout_ms = 0\n",
+     "raft.install_snapshot_timeout_ms"},
     {std::string{three} + "[oracle]\nport = 1\n", "oracle: unknown key"},
     {std::string{"cluster_id = \"a b\"\n"} + three, "cluster_id"},
     {"[[member]\n", "c.toml"},

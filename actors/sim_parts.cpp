@@ -1,0 +1,119 @@
+// See sim_parts.hpp.
+#include "actors/sim_parts.hpp"
+
+#include <optional>
+
+#include <caf/all.hpp>
+
+#include "actors/config.hpp"
+#include "random.hpp"
+
+namespace nodepool::sim_parts {
+
+namespace {
+
+using ms = std::chrono::milliseconds;
+
+struct link_state {
+  caf::actor node;
+  caf::actor gateway;
+  std::string id;
+  seeded_rng rng;
+  std::shared_ptr<net_faults> net;
+  std::shared_ptr<fault_log> log;
+  std::optional<std::pair<bool, std::string>> held;  // (to gateway, bytes)
+  static inline const char* name = "sim_link";
+};
+
+using link_ptr = caf::stateful_actor<link_state>*;
+
+void link_send(link_ptr self, bool to_gateway, const std::string& bytes,
+               int64_t delay_ms = 0) {
+  auto& st = self->state;
+  if (delay_ms > 0) {
+    if (to_gateway)
+      self->delayed_send(st.gateway, ms(delay_ms), miner_atom::value, bytes);
+    else
+      self->delayed_send(st.node, ms(delay_ms), oracle_atom::value, bytes);
+  } else if (to_gateway) {
+    self->send(st.gateway, miner_atom::value, bytes);
+  } else {
+    self->send(st.node, oracle_atom::value, bytes);
+  }
+}
+
+void link_release(link_ptr self) {
+  auto& st = self->state;
+  if (st.held) {
+    auto [g, b] = std::move(*st.held);
+    st.held.reset();
+    link_send(self, g, b);
+  }
+}
+
+/// One message over the link, with whatever fault the dice decide.
+void link_carry(link_ptr self, bool to_gateway, const std::string& bytes) {
+  auto& st = self->state;
+  auto& n = *st.net;
+  auto dir = std::string(to_gateway ? "node->oracle " : "oracle->node ") + st.id;
+  if (n.on) {
+    if (st.rng.chance(n.drop)) {
+      st.log->note("msg_drop", dir);
+      return;
+    }
+    if (st.rng.chance(n.delay)) {
+      auto d = 1 + static_cast<int64_t>(st.rng.below(400));
+      st.log->note("msg_delay", dir + " by " + std::to_string(d) + "ms");
+      link_send(self, to_gateway, bytes, d);
+      return;
+    }
+    if (!st.held && st.rng.chance(n.reorder)) {
+      st.log->note("msg_reorder", dir);
+      st.held = std::make_pair(to_gateway, bytes);
+      self->delayed_send(self, ms(60), flush_atom::value);
+      return;
+    }
+    if (st.rng.chance(n.duplicate)) {
+      st.log->note("msg_duplicate", dir);
+      link_send(self, to_gateway, bytes);
+    }
+  }
+  link_send(self, to_gateway, bytes);
+  link_release(self);  // a held message comes after the one that passed it
+}
+
+caf::behavior link_actor(link_ptr self, caf::actor node, caf::actor gateway,
+                         std::string id, uint64_t seed,
+                         std::shared_ptr<net_faults> net,
+                         std::shared_ptr<fault_log> log) {
+  auto& st = self->state;
+  st.node = node;
+  st.gateway = gateway;
+  st.id = std::move(id);
+  st.rng = seeded_rng{seed};
+  st.net = std::move(net);
+  st.log = std::move(log);
+  // The connection goes when either end goes.
+  self->monitor(node);
+  self->monitor(gateway);
+  self->set_down_handler([=](caf::down_msg&) { self->quit(); });
+  return {
+    [=](miner_atom, const std::string& bytes) { link_carry(self, true, bytes); },
+    [=](oracle_atom, const std::string& bytes) {
+      link_carry(self, false, bytes);
+    },
+    [=](flush_atom) { link_release(self); },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_link(caf::actor_system& sys, caf::actor node,
+                      caf::actor gateway, std::string id, uint64_t seed,
+                      std::shared_ptr<net_faults> net,
+                      std::shared_ptr<fault_log> log) {
+  return sys.spawn(link_actor, std::move(node), std::move(gateway),
+                   std::move(id), seed, std::move(net), std::move(log));
+}
+
+} // namespace nodepool::sim_parts
