@@ -1,5 +1,7 @@
 #include "actors/oracle.hpp"
 
+#include <optional>
+
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
@@ -11,6 +13,14 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   auto pool = cfg.pool;
   auto sim = cfg.sim_time;
   auto admission = cfg.admission;
+  std::optional<backfill_config> bf;
+  if (cfg.cluster_log) {
+    bf.emplace();
+    bf->storage = cfg.storage;
+    bf->self = cfg.cluster_log->status().id;
+    bf->members = cfg.member_addresses;
+    bf->peer = cfg.peer_gateway;
+  }
   h.supervisor = spawn_supervisor(sys, std::move(cfg));
   h.gateway = spawn_gateway(sys, h.supervisor, pool, sim, std::move(admission));
   h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim);
@@ -20,11 +30,13 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   caf::anon_send(h.supervisor, subscribe_atom::value, h.sessions);
   // The gateway stamps messages to miners with the term (fencing).
   caf::anon_send(h.supervisor, cluster_atom::value, h.gateway);
+  if (bf)
+    h.backfill = spawn_backfill(sys, std::move(*bf));
   return h;
 }
 
 void stop_oracle(const oracle_handles& h) {
-  for (auto& a : {h.gateway, h.validator, h.sessions, h.supervisor})
+  for (auto& a : {h.gateway, h.validator, h.sessions, h.supervisor, h.backfill})
     if (a)
       caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
 }

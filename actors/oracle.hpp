@@ -3,6 +3,10 @@
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
+#include <chrono>
+#include <functional>
+#include <map>
+
 #include "actors/supervisor.hpp"
 
 namespace nodepool {
@@ -18,7 +22,20 @@ struct oracle_handles {
   caf::actor gateway;     // what miners talk to (published on a port)
   caf::actor validator;
   caf::actor sessions;    // the session queue: clients submit here
+  caf::actor backfill;    // cluster members: copies archive gaps from peers
 };
+
+/// The archive backfill of a cluster member (actors/backfill.cpp).
+struct backfill_config {
+  std::shared_ptr<store> storage;
+  uint64_t self = 0;                        // this member's id
+  std::map<uint64_t, std::string> members;  // id -> client address
+  /// Simulation: a peer's gateway by id (empty when it is down). Unset, a
+  /// peer is reached at its address over the network.
+  std::function<caf::actor(uint64_t)> peer;
+  std::chrono::milliseconds interval{1000};
+};
+caf::actor spawn_backfill(caf::actor_system& sys, backfill_config cfg);
 
 /// Spawns and wires the oracle actors over `cfg.storage`.
 oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg);

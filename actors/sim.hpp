@@ -62,8 +62,9 @@ struct sim_result {
   // A replicated pool only:
   uint32_t oracles = 1;
   uint64_t leader_changes = 0;  // terms in which a leader became ready
-  /// Acknowledged sessions a member's own archive lacks because it caught
-  /// up by snapshot past the entry that ended them (a peer has the record).
+  /// Gaps a snapshot install left in a member's archive (the sessions
+  /// ended by the entries it skipped), each copied from a peer by the
+  /// archive backfill before the run ends.
   uint64_t archive_gaps = 0;
   std::string trace;
 };

@@ -1,4 +1,5 @@
 #include "actors/supervisor.hpp"
+#include "member_archive.hpp"
 
 #include <deque>
 #include <optional>
@@ -579,6 +580,13 @@ caf::behavior handlers(self_ptr self) {
                                });
           !err.empty())
         a.set_error(err);
+      auto& st = self->state;
+      if (st.cfg.cluster_log)
+        a.set_complete_through(archive_complete_through(
+          *st.cfg.storage,
+          st.cfg.replica->with([](replica& r) { return r.archived_index(); })));
+      else  // written in the batch of the entry that ended each session
+        a.set_complete_through(st.next_index - 1);
       return a.SerializeAsString();
     },
     [=](stats_atom) -> std::string {

@@ -51,6 +51,9 @@ struct supervisor_config {
   /// Where miners and clients reach each member (by member id): named in
   /// not_leader refusals and in the cluster view, so they can move on.
   std::map<uint64_t, std::string> member_addresses;
+  /// Simulation: the archive backfill reaches peers through this instead
+  /// of the network (see backfill_config::peer).
+  std::function<caf::actor(uint64_t)> peer_gateway;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.

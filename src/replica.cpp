@@ -88,6 +88,8 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
     archived_index_ = last_index_;
     archived_now_ = last_now_;
   }
+  if (batch_fn_)
+    batch_fn_(last_index_, last_now_);
   o.ok = true;
   return o;
 }
@@ -134,6 +136,8 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
   if (archived_index_ < s.last_index()) {
     gaps_.push_back({archived_index_ + 1, s.last_index(), archived_now_,
                      s.last_now()});
+    if (gap_fn_)
+      gap_fn_(gaps_.back());
     archived_index_ = s.last_index();
     archived_now_ = s.last_now();
   }

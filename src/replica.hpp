@@ -84,6 +84,16 @@ public:
   uint64_t restores_refused() const { return restores_refused_; }
   /// The gaps restores left in the local archive since the last call.
   std::vector<archive_gap> take_archive_gaps();
+  /// Called on the applying thread when a restore leaves a gap, before the
+  /// restore returns (an oracle records it durably; see member_archive.hpp).
+  void on_archive_gap(std::function<void(const archive_gap&)> f) {
+    gap_fn_ = std::move(f);
+  }
+  /// Called after each applied batch (after its ended sessions went to the
+  /// archive function) with the index and time it reached.
+  void on_batch(std::function<void(uint64_t, int64_t)> f) {
+    batch_fn_ = std::move(f);
+  }
   /// The local archive holds every session ended up to this index.
   uint64_t archived_index() const { return archived_index_; }
   int64_t archived_now() const { return archived_now_; }
@@ -104,6 +114,8 @@ private:
   uint64_t archived_index_ = 0;
   int64_t archived_now_ = 0;
   std::vector<archive_gap> gaps_;
+  std::function<void(const archive_gap&)> gap_fn_;
+  std::function<void(uint64_t, int64_t)> batch_fn_;
   std::vector<violation> violations_;
 };
 

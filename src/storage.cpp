@@ -71,8 +71,38 @@ status decode_archived(const std::string& bytes, const std::string& id,
   return {};
 }
 
+/// Metadata keys: 'm' + name.
+std::string meta_key(const std::string& name) { return "m" + name; }
+
 class memory_store : public store {
 public:
+  status put_meta(const std::string& key, const std::string& value,
+                  bool) override {
+    std::lock_guard<std::mutex> lock{mutex_};
+    meta_[key] = value;
+    return {};
+  }
+  status erase_meta(const std::string& key, bool) override {
+    std::lock_guard<std::mutex> lock{mutex_};
+    meta_.erase(key);
+    return {};
+  }
+  status scan_meta(const std::string& prefix,
+                   const std::function<bool(const std::string&,
+                                            const std::string&)>& f) override {
+    std::map<std::string, std::string> copy;
+    {
+      std::lock_guard<std::mutex> lock{mutex_};
+      for (auto i = meta_.lower_bound(prefix);
+           i != meta_.end() && i->first.compare(0, prefix.size(), prefix) == 0; ++i)
+        copy.insert(*i);
+    }
+    for (auto& [k, v] : copy)
+      if (!f(k, v))
+        break;
+    return {};
+  }
+
   status append(const std::vector<pb::LogEntry>& entries,
                 const std::vector<pb::SessionRecord>& archived,
                 bool sync) override {
@@ -209,6 +239,7 @@ private:
   uint64_t snapshot_index_ = 0;
   uint64_t last_ = 0;
   uint64_t synced_ = 0;
+  std::map<std::string, std::string> meta_;
 };
 
 class rocksdb_store : public store {
@@ -329,6 +360,32 @@ public:
     return decode_archived(buf, id, out);
   }
 
+  status put_meta(const std::string& key, const std::string& value,
+                  bool sync) override {
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    auto st = db_->Put(wo, meta_key(key), value);
+    return st.ok() ? status{} : status::fail("rocksdb write: " + st.ToString());
+  }
+  status erase_meta(const std::string& key, bool sync) override {
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    auto st = db_->Delete(wo, meta_key(key));
+    return st.ok() ? status{} : status::fail("rocksdb write: " + st.ToString());
+  }
+  status scan_meta(const std::string& prefix,
+                   const std::function<bool(const std::string&,
+                                            const std::string&)>& f) override {
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
+    auto from = meta_key(prefix);
+    for (it->Seek(from); it->Valid() && it->key().starts_with(from); it->Next())
+      if (!f(it->key().ToString().substr(1), it->value().ToString()))
+        break;
+    if (!it->status().ok())
+      return status::fail("rocksdb meta scan: " + it->status().ToString());
+    return {};
+  }
+
   status scan_archive(
     int64_t since,
     const std::function<bool(const pb::SessionRecord&)>& f) override {
@@ -359,6 +416,18 @@ private:
 };
 
 } // namespace
+
+status store::put_meta(const std::string&, const std::string&, bool) {
+  return status::fail("this store keeps no metadata");
+}
+status store::erase_meta(const std::string&, bool) {
+  return status::fail("this store keeps no metadata");
+}
+status store::scan_meta(
+  const std::string&,
+  const std::function<bool(const std::string&, const std::string&)>&) {
+  return status::fail("this store keeps no metadata");
+}
 
 struct snapshot_writer::impl {
   std::shared_ptr<store> st;

@@ -63,6 +63,17 @@ public:
   /// in the order they ended (then by id), while it returns true.
   virtual status scan_archive(
     int64_t since, const std::function<bool(const pb::SessionRecord&)>& f) = 0;
+  /// Small named values kept next to the archive: a cluster member records
+  /// how far its archive is complete, and the gaps a snapshot install left
+  /// until it copied them from a peer. A store without them says so.
+  virtual status put_meta(const std::string& key, const std::string& value,
+                          bool sync);
+  virtual status erase_meta(const std::string& key, bool sync);
+  /// Calls `f(key, value)` for each key starting with `prefix`, in key
+  /// order, while it returns true.
+  virtual status scan_meta(
+    const std::string& prefix,
+    const std::function<bool(const std::string&, const std::string&)>& f);
 };
 
 /// Writes snapshots on a thread of its own, so that the thread applying

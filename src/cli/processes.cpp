@@ -5,7 +5,9 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <iostream>
 #include <cstdlib>
 #include <optional>
@@ -22,7 +24,10 @@
 #include "log.hpp"
 #include "archive.hpp"
 #include "cluster_config.hpp"
+#include "raft/raft_disk.hpp"
 #include "raft/raft_log.hpp"
+#include "member_archive.hpp"
+#include "replica.hpp"
 #include "recovery.hpp"
 
 namespace nodepool::cli {
@@ -97,19 +102,27 @@ struct cluster_parts {
   std::shared_ptr<replicated_log> log;
 };
 
+/// Set (on the log's thread) when this member cannot keep its archive: the
+/// oracle stops with the reason, and a restart applies the entries again.
+std::atomic<bool> member_failed{false};
+std::mutex member_failure_mu;
+std::string member_failure;
+
 cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
                            std::shared_ptr<store> storage) {
   cluster_parts c;
   // Every replica writes the sessions its committed entries end to its own
-  // archive (the log is the durable record; a lost archive write is written
-  // again when the entry is applied again after a restart).
-  c.rep = std::make_shared<replica>(
-    [storage](std::vector<pb::SessionRecord>& ended) {
-      if (auto s = storage->append({}, ended, false); !s.ok())
-        log("oracle")->error("archive write failed: {}", s.error);
-    },
-    // I1-I5 on what each committed command touched, on every member.
-    true);
+  // archive, and records gaps a snapshot install leaves (member_archive.hpp);
+  // it checks I1-I5 on what each committed command touched.
+  c.rep = member_replica(storage, true, [](const std::string& why) {
+    log("oracle")->critical("{}", why);
+    {
+      std::lock_guard<std::mutex> g{member_failure_mu};
+      if (member_failure.empty())
+        member_failure = why;
+    }
+    member_failed = true;
+  });
   c.machine = std::make_shared<replica_machine>(*c.rep);
   c.roles = std::make_shared<role_relay>();
   raft_options ro;
@@ -278,9 +291,32 @@ int run_oracle(oracle_options& o) {
   caf::scoped_actor self{sys};
   self->monitor(h.supervisor);
   bool supervisor_died = false;
-  while (!stop_requested && !supervisor_died) {
+  bool log_seen_up = false;
+  std::string member_down;
+  while (!stop_requested && !supervisor_died && member_down.empty()) {
     self->receive([&](caf::down_msg&) { supervisor_died = true; },
                   caf::after(200ms) >> [] {});
+    if (member_failed) {
+      std::lock_guard<std::mutex> g{member_failure_mu};
+      member_down = member_failure;
+    }
+    if (cluster.log) {
+      // libraft stops a member for good on an I/O error it cannot recover
+      // from (a full disk, say): nothing more is written, so stop here.
+      auto role = cluster.log->status().role;
+      if (role != log_role::unavailable)
+        log_seen_up = true;
+      else if (log_seen_up)
+        member_down = "the replicated log stopped (an I/O error in "
+                      + o.data_dir + "/raft?)";
+    }
+  }
+  if (!member_down.empty()) {
+    std::cerr << "nodepool oracle: " << member_down
+              << "; stopping (the other members hold every committed entry: "
+                 "start this one again once the cause is fixed)\n";
+    stop_oracle(h);
+    return 1;
   }
   if (supervisor_died) {
     std::cerr << "nodepool oracle: the pool supervisor stopped (see log)\n";
@@ -654,11 +690,127 @@ int run_status(const std::string& oracle, bool json, bool sessions,
 
 // ------------------------------------------------------------------ check
 
+/// A member of a cluster: its log is libraft's (`<dir>/raft`), its RocksDB
+/// store holds the archive. The last snapshot and every entry after it are
+/// replayed through a replica that checks I1-I5 after every command, as a
+/// restarting member would apply them.
+int run_check_member(const std::string& dir, bool json, bool sessions) {
+  raft_disk disk;
+  std::string err;
+  if (!load_raft_dir(dir + "/raft", disk, err))
+    throw std::runtime_error(err);
+  auto storage = open_store(dir);
+  std::vector<std::string> ended;
+  replica rep{[&](std::vector<pb::SessionRecord>& es) {
+                for (auto& s : es)
+                  ended.push_back(s.id());
+              },
+              true};
+  nlohmann::json vs = nlohmann::json::array();
+  if (!disk.snapshot.empty() || disk.snapshot_index > 0)
+    if (!rep.restore(disk.snapshot, err))
+      vs.push_back({{"entry", disk.snapshot_index}, {"invariant", "snapshot"},
+                    {"detail", err}});
+  uint64_t commands = 0, last = disk.snapshot_index;
+  for (auto& e : disk.entries) {
+    if (stop_requested)
+      return report_interrupted(
+        "check", "nothing was concluded about " + dir
+                   + "; run the check again (it only reads the history)");
+    last = std::max(last, e.index);
+    if (e.index <= disk.snapshot_index || !e.command || !vs.empty())
+      continue;
+    ++commands;
+    auto before = rep.violations().size();
+    auto out = rep.apply(e.data);
+    if (!out.ok)
+      vs.push_back({{"entry", e.index}, {"invariant", "replica"},
+                    {"detail", "batch refused: " + out.error}});
+    for (size_t k = before; k < rep.violations().size(); ++k)
+      vs.push_back({{"entry", e.index},
+                    {"invariant", rep.violations()[k].invariant},
+                    {"detail", rep.violations()[k].detail}});
+  }
+  if (last < disk.named_last_index)
+    vs.push_back({{"invariant", "storage"},
+                  {"detail", "the raft log loads up to entry " + std::to_string(last)
+                               + " but segment " + disk.named_last_segment
+                               + " holds entries up to "
+                               + std::to_string(disk.named_last_index)
+                               + ": a segment is damaged"}});
+  if (vs.empty())
+    for (auto& v : rep.pool().check_invariants())
+      vs.push_back({{"entry", last}, {"invariant", v.invariant},
+                    {"detail", v.detail + " (whole state, at the end)"}});
+  // Sessions the replayed entries ended should be in the archive; those
+  // ended by a tail this member never applied (not yet committed when it
+  // stopped) are written when it applies them after a restart.
+  uint64_t not_archived = 0;
+  for (auto& id : ended) {
+    std::optional<pb::SessionRecord> r;
+    if (auto s = storage->archived(id, r); !s.ok())
+      vs.push_back({{"invariant", "storage"}, {"detail", s.error}});
+    else if (!r)
+      ++not_archived;
+  }
+  uint64_t archived = 0;
+  nlohmann::json states = nlohmann::json::object();
+  auto as = storage->scan_archive(0, [&](const pb::SessionRecord& r) {
+    ++archived;
+    if (sessions)
+      states[r.id()] = to_string(r.state());
+    return !stop_requested.load();
+  });
+  if (!as.ok())
+    vs.push_back({{"invariant", "storage"}, {"detail", as.error}});
+  auto& ps = rep.pool();
+  nlohmann::json j = summarize(ps);
+  j["entries"] = commands;
+  j["last_index"] = rep.last_index();
+  j["params"] = nlohmann::json::parse(to_json(ps.config()));
+  j["sessions"]["ever_accepted"] = ps.sessions_accepted();
+  j["sessions"]["archived"] = archived;
+  j["sessions"]["ended_not_archived"] = not_archived;
+  j["member"] = {{"term", disk.term},
+                 {"voted_for", disk.voted_for},
+                 {"snapshot_index", disk.snapshot_index},
+                 {"snapshot_term", disk.snapshot_term},
+                 {"first_index", disk.entries.empty() ? 0 : disk.entries.front().index},
+                 {"last_index", last},
+                 {"state_digest", std::to_string(std::hash<std::string>{}(
+                                    rep.snapshot_bytes()))}};
+  j["violations"] = vs;
+  if (sessions) {
+    for (auto& [id, s] : ps.sessions())
+      states[id] = to_string(s.state());
+    j["session_states"] = states;
+  }
+  if (json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("checked %llu replicated entries (raft log %llu..%llu, "
+                "snapshot at %llu) in %s\n",
+                static_cast<unsigned long long>(commands),
+                static_cast<unsigned long long>(j["member"]["first_index"].get<uint64_t>()),
+                static_cast<unsigned long long>(last),
+                static_cast<unsigned long long>(disk.snapshot_index), dir.c_str());
+    std::printf("%s\n", summarize(ps).dump(2).c_str());
+    if (vs.empty())
+      std::printf("I1-I5 hold after every entry since the snapshot, and the "
+                  "snapshot loads\n");
+    for (auto& v : vs)
+      std::printf("VIOLATION %s\n", v.dump().c_str());
+  }
+  return vs.empty() ? 0 : 1;
+}
+
 int run_check(const std::string& dir, bool json, bool sessions,
               uint64_t stride) {
   begin();
   if (!std::filesystem::exists(dir))
     throw std::runtime_error("no data directory " + dir);
+  if (std::filesystem::exists(dir + "/raft"))
+    return run_check_member(dir, json, sessions);
   auto storage = open_store(dir);
   auto rep = check_history(*storage, stride, &stop_requested);
   if (rep.stopped)
@@ -1033,7 +1185,10 @@ void add_check(CLI::App& app) {
   auto stride = std::make_shared<uint64_t>(1);
   auto* cmd = app.add_subcommand(
     "check", "verify I1-I5 over a stored history (oracle stopped)");
-  cmd->add_option("--data-dir", *dir, "RocksDB directory of the pool")->required();
+  cmd->add_option("--data-dir", *dir,
+                  "data directory of the pool (of one oracle, or of a "
+                  "cluster member: its raft log and archive)")
+    ->required();
   cmd->add_option("--stride", *stride,
                   "check the invariants after every N-th entry and the last "
                   "(default 1: after every entry)")

@@ -91,6 +91,12 @@ struct raft_buffer frame(std::string_view bytes) {
 /// The bytes framed in `b`; empty (which no state machine accepts) when
 /// the frame is not valid.
 std::string_view unframe(const struct raft_buffer& b) {
+  return unframed(b);
+}
+
+} // namespace
+
+std::string_view unframed(const struct raft_buffer& b) {
   if (b.len < frame_header)
     return {};
   auto* p = static_cast<const unsigned char*>(b.base);
@@ -102,6 +108,8 @@ std::string_view unframe(const struct raft_buffer& b) {
   return {reinterpret_cast<const char*>(p + frame_header),
           static_cast<size_t>(n)};
 }
+
+namespace {
 
 int fsm_apply(struct raft_fsm* fsm, const struct raft_buffer* buf,
               void** result) {

@@ -3,11 +3,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "replication.hpp"
 
 struct raft;
 struct raft_fsm;
+struct raft_buffer;
 
 namespace nodepool {
 
@@ -44,5 +46,9 @@ public:
 private:
   std::unique_ptr<impl> p_;
 };
+
+/// The bytes of an entry or snapshot as raft_member frames them (raft_uv
+/// stores 8-byte units): empty when the frame is not valid.
+std::string_view unframed(const struct raft_buffer& b);
 
 } // namespace nodepool

@@ -3,6 +3,7 @@
 // state out; bad batches refused whole.
 #include <gtest/gtest.h>
 
+#include "member_archive.hpp"
 #include "proposer.hpp"
 #include "replica.hpp"
 #include "replication.hpp"
@@ -164,6 +165,94 @@ TEST(Replica, ArchivesEndedSessionsOnceWhenTheirBatchApplies) {
   EXPECT_EQ(archived.size(), ended);
   for (auto& [id, n] : archived)
     EXPECT_EQ(n, 1) << id;
+}
+
+// A member's archive (member_archive.hpp): its position follows every
+// batch; a snapshot install past it records a gap durably; a member
+// restarting on the same store resumes at the position, so its own
+// snapshot leaves no gap; the gap is pending (and lowers what the archive
+// vouches for) until it is marked filled.
+TEST(MemberArchive, RecordsItsPositionAndTheGapsASnapshotLeaves) {
+  auto st = std::shared_ptr<store>(make_memory_store());
+  std::vector<std::string> errors;
+  auto on_error = [&](const std::string& e) { errors.push_back(e); };
+  leader_run lead{15};
+  auto bs = lead.batches(200, 6);
+  auto a = member_replica(st, true, on_error);
+  for (size_t i = 0; i < 120; ++i)
+    ASSERT_TRUE(a->apply(bs[i]).ok);
+  EXPECT_EQ(archive_complete_through(*st, a->archived_index()), a->last_index());
+
+  // The same store, a restart: its own snapshot (taken at the position)
+  // leaves no gap.
+  auto again = member_replica(st, true, on_error);
+  std::string err;
+  ASSERT_TRUE(again->restore(a->snapshot_bytes(), err)) << err;
+  std::vector<pending_gap> gaps;
+  ASSERT_TRUE(pending_gaps(*st, gaps).ok());
+  EXPECT_TRUE(gaps.empty());
+
+  // A peer's snapshot from further on: the entries it skips ended
+  // sessions this archive never saw.
+  replica peer;
+  for (auto& b : bs)
+    ASSERT_TRUE(peer.apply(b).ok);
+  ASSERT_TRUE(again->restore(peer.snapshot_bytes(), err)) << err;
+  ASSERT_TRUE(pending_gaps(*st, gaps).ok());
+  ASSERT_EQ(gaps.size(), 1u);
+  EXPECT_EQ(gaps[0].gap.from_index, a->last_index() + 1);
+  EXPECT_EQ(gaps[0].gap.to_index, peer.last_index());
+  EXPECT_EQ(gaps[0].gap.from_now, a->last_now());
+  EXPECT_EQ(gaps[0].gap.to_now, peer.last_now());
+  EXPECT_EQ(archive_complete_through(*st, again->archived_index()),
+            a->last_index());
+  // A restart before the copy: the gap is still there.
+  auto third = member_replica(st, true, on_error);
+  ASSERT_TRUE(pending_gaps(*st, gaps).ok());
+  EXPECT_EQ(gaps.size(), 1u);
+  ASSERT_TRUE(gap_filled(*st, gaps[0]).ok());
+  ASSERT_TRUE(pending_gaps(*st, gaps).ok());
+  EXPECT_TRUE(gaps.empty());
+  EXPECT_EQ(archive_complete_through(*st, again->archived_index()),
+            peer.last_index());
+  EXPECT_TRUE(errors.empty());
+}
+
+// A store without metadata (a test double) cannot keep a member's archive:
+// the member hears of it through its error function.
+TEST(MemberArchive, AStoreThatCannotKeepThePositionIsAnError) {
+  struct no_meta : store {
+    std::shared_ptr<store> in{make_memory_store()};
+    status append(const std::vector<pb::LogEntry>& e,
+                  const std::vector<pb::SessionRecord>& a, bool s) override {
+      return in->append(e, a, s);
+    }
+    status save_snapshot(const pb::Snapshot& s) override { return in->save_snapshot(s); }
+    status load_snapshot(std::optional<pb::Snapshot>& o) override {
+      return in->load_snapshot(o);
+    }
+    status scan_while(uint64_t f,
+                      const std::function<bool(const pb::LogEntry&)>& g) override {
+      return in->scan_while(f, g);
+    }
+    uint64_t last_index() const override { return in->last_index(); }
+    status archived(const std::string& id,
+                    std::optional<pb::SessionRecord>& o) override {
+      return in->archived(id, o);
+    }
+    status scan_archive(int64_t s,
+                        const std::function<bool(const pb::SessionRecord&)>& f) override {
+      return in->scan_archive(s, f);
+    }
+  };
+  std::vector<std::string> errors;
+  auto r = member_replica(std::make_shared<no_meta>(), false,
+                          [&](const std::string& e) { errors.push_back(e); });
+  for (auto& b : leader_run{16}.batches(5, 6))
+    r->apply(b);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_NE(errors[0].find("keeps no metadata"), std::string::npos) << errors[0];
+  EXPECT_EQ(errors.size(), 1u);  // once: the position then stays put
 }
 
 TEST(Proposer, StartsFromTheCommittedStateAndNeverGoesBackInTime) {

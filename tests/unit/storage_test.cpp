@@ -19,6 +19,7 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <rocksdb/db.h>
 
+#include "archive.hpp"
 #include "pool_state.hpp"
 #include "random.hpp"
 #include "bytes_of.hpp"
@@ -466,6 +467,61 @@ pb::SessionRecord ended_session(const std::string& id, int64_t at,
   if (st == pb::FAILED)
     r.set_reason("why");
   return r;
+}
+
+TYPED_TEST(StoreTest, MetadataIsPutScannedByPrefixAndErased) {
+  auto& st = *this->st;
+  ASSERT_TRUE(st.put_meta("archive/gap/02", "b", true).ok());
+  ASSERT_TRUE(st.put_meta("archive/gap/01", "a", false).ok());
+  ASSERT_TRUE(st.put_meta("archive/position", "p", false).ok());
+  ASSERT_TRUE(st.put_meta("other", "o", false).ok());
+  // Next to the archive and the log, not in them.
+  ASSERT_TRUE(st.append(ticks(1, 2), {ended_session("s", 5)}, true).ok());
+  std::vector<std::pair<std::string, std::string>> seen;
+  auto collect = [&](const std::string& k, const std::string& v) {
+    seen.emplace_back(k, v);
+    return true;
+  };
+  ASSERT_TRUE(st.scan_meta("archive/gap/", collect).ok());
+  EXPECT_EQ(seen, (std::vector<std::pair<std::string, std::string>>{
+                    {"archive/gap/01", "a"}, {"archive/gap/02", "b"}}));
+  ASSERT_TRUE(st.erase_meta("archive/gap/01", true).ok());
+  ASSERT_TRUE(st.put_meta("archive/gap/02", "c", true).ok());
+  seen.clear();
+  ASSERT_TRUE(st.scan_meta("archive/", collect).ok());
+  EXPECT_EQ(seen, (std::vector<std::pair<std::string, std::string>>{
+                    {"archive/gap/02", "c"}, {"archive/position", "p"}}));
+  EXPECT_EQ(st.last_index(), 2u);
+  int n = 0;
+  st.scan_archive(0, [&](const pb::SessionRecord&) { return ++n, true; });
+  EXPECT_EQ(n, 1);
+}
+
+// A range of the archive read page by page resumes after the last record
+// of a page, even when many sessions ended at the same millisecond.
+TYPED_TEST(StoreTest, ArchivePagesResumeWithinOneMillisecond) {
+  std::vector<pb::SessionRecord> recs;
+  for (int i = 0; i < 25; ++i)
+    recs.push_back(ended_session("s" + std::to_string(100 + i), i < 20 ? 70 : 80));
+  ASSERT_TRUE(this->st->append(ticks(1, 1), recs, true).ok());
+  pool_state empty;
+  pb::ArchiveQuery q;
+  q.set_since(60);
+  q.set_limit(7);
+  std::vector<std::string> got;
+  for (int page = 0; page < 10; ++page) {
+    pb::ArchiveAnswer a;
+    ASSERT_EQ(query_archive(*this->st, empty, q, a), "");
+    for (auto& r : a.sessions())
+      got.push_back(r.id());
+    if (!a.more())
+      break;
+    q.set_since(a.sessions(a.sessions_size() - 1).ended_at());
+    q.set_after_id(a.sessions(a.sessions_size() - 1).id());
+  }
+  ASSERT_EQ(got.size(), 25u);
+  for (int i = 0; i < 25; ++i)
+    EXPECT_EQ(got[i], "s" + std::to_string(100 + i));
 }
 
 TYPED_TEST(StoreTest, ArchiveIsWrittenWithItsBatchAndReadByIdAndTime) {

@@ -1,0 +1,107 @@
+// See member_archive.hpp.
+#include "member_archive.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+
+namespace nodepool {
+
+namespace {
+
+constexpr char position_key[] = "archive/position";
+constexpr char gap_prefix[] = "archive/gap/";
+
+std::string gap_key(uint64_t from) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, from);
+  return gap_prefix + std::string{buf};
+}
+
+std::string encode(const replica::archive_gap& g) {
+  return std::to_string(g.from_index) + " " + std::to_string(g.to_index) + " "
+         + std::to_string(g.from_now) + " " + std::to_string(g.to_now);
+}
+
+bool decode(const std::string& s, replica::archive_gap& g) {
+  unsigned long long a = 0, b = 0;
+  long long c = 0, d = 0;
+  if (std::sscanf(s.c_str(), "%llu %llu %lld %lld", &a, &b, &c, &d) != 4)
+    return false;
+  g = {a, b, c, d};
+  return true;
+}
+
+} // namespace
+
+std::shared_ptr<replica> member_replica(
+  std::shared_ptr<store> st, bool check,
+  std::function<void(const std::string&)> error) {
+  uint64_t index = 0;
+  int64_t now = 0;
+  st->scan_meta(position_key, [&](const std::string& k, const std::string& v) {
+    unsigned long long i = 0;
+    long long t = 0;
+    if (k == position_key && std::sscanf(v.c_str(), "%llu %lld", &i, &t) == 2) {
+      index = i;
+      now = t;
+    }
+    return false;
+  });
+  // Once a write failed, the position stays where the archive is whole.
+  auto failed = std::make_shared<bool>(false);
+  auto rep = std::make_shared<replica>(
+    [st, failed, error](std::vector<pb::SessionRecord>& ended) {
+      if (auto s = st->append({}, ended, false); !s.ok()) {
+        *failed = true;
+        error("archive write failed: " + s.error);
+      }
+    },
+    check, index, now);
+  rep->on_batch([st, failed, error](uint64_t index, int64_t now) {
+    if (*failed)
+      return;
+    if (auto s = st->put_meta(position_key,
+                              std::to_string(index) + " " + std::to_string(now),
+                              false);
+        !s.ok()) {
+      *failed = true;
+      error("archive position write failed: " + s.error);
+    }
+  });
+  rep->on_archive_gap([st, error](const replica::archive_gap& g) {
+    if (auto s = st->put_meta(gap_key(g.from_index), encode(g), true); !s.ok())
+      error("archive gap write failed: " + s.error);
+  });
+  return rep;
+}
+
+status pending_gaps(store& st, std::vector<pending_gap>& out) {
+  out.clear();
+  status bad;
+  auto s = st.scan_meta(gap_prefix, [&](const std::string& k, const std::string& v) {
+    pending_gap p;
+    p.key = k;
+    if (!decode(v, p.gap)) {
+      bad = status::fail("archive gap " + k + " does not decode: '" + v + "'");
+      return false;
+    }
+    out.push_back(std::move(p));
+    return true;
+  });
+  return s.ok() ? bad : s;
+}
+
+status gap_filled(store& st, const pending_gap& g) {
+  return st.erase_meta(g.key, true);
+}
+
+uint64_t archive_complete_through(store& st, uint64_t archived_index) {
+  std::vector<pending_gap> gaps;
+  if (!pending_gaps(st, gaps).ok())
+    return 0;
+  for (auto& g : gaps)
+    archived_index = std::min(archived_index, g.gap.from_index - 1);
+  return archived_index;
+}
+
+} // namespace nodepool

@@ -1,0 +1,143 @@
+// See raft_disk.hpp.
+#include "raft/raft_disk.hpp"
+
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <unistd.h>
+
+extern "C" {
+#include <raft.h>
+#include <raft/uv.h>
+#include <uv.h>
+}
+
+#include "raft/raft_member.hpp"
+
+namespace nodepool {
+
+namespace {
+
+/// A copy of a directory that goes away with this object.
+struct scratch_copy {
+  std::string path;
+  explicit scratch_copy(const std::string& from) {
+    namespace fs = std::filesystem;
+    path = (fs::temp_directory_path()
+            / ("nodepool-check-raft-" + std::to_string(::getpid())))
+             .string();
+    fs::remove_all(path);
+    fs::copy(from, path, fs::copy_options::recursive);
+  }
+  ~scratch_copy() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+} // namespace
+
+bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error) {
+  if (!std::filesystem::is_directory(dir)) {
+    error = "no raft directory " + dir;
+    return false;
+  }
+  uint64_t named = 0;
+  std::string named_file;
+  for (auto& f : std::filesystem::directory_iterator(dir)) {
+    auto name = f.path().filename().string();
+    auto dash = name.find('-');
+    if (dash != 16 || name.size() != 33
+        || name.find_first_not_of("0123456789-") != std::string::npos)
+      continue;
+    auto last = std::stoull(name.substr(dash + 1));
+    if (last > named) {
+      named = last;
+      named_file = name;
+    }
+  }
+  std::unique_ptr<scratch_copy> copy;
+  try {
+    copy = std::make_unique<scratch_copy>(dir);
+  } catch (const std::exception& e) {
+    error = std::string{"cannot copy "} + dir + ": " + e.what();
+    return false;
+  }
+  uv_loop_t loop;
+  if (int rv = uv_loop_init(&loop); rv != 0) {
+    error = std::string{"uv_loop_init: "} + uv_strerror(rv);
+    return false;
+  }
+  struct raft_uv_transport transport {};
+  struct raft_io io {};
+  bool ok = false;
+  if (int rv = raft_uv_tcp_init(&transport, &loop); rv != 0) {
+    error = std::string{"raft_uv_tcp_init: "} + raft_strerror(rv);
+  } else {
+    if (int rv = raft_uv_init(&io, &loop, copy->path.c_str(), &transport);
+        rv != 0) {
+      error = std::string{"raft_uv_init: "} + io.errmsg;
+      raft_uv_tcp_close(&transport);
+    } else if (int rv = io.init(&io, 1, "127.0.0.1:1"); rv != 0) {
+      error = std::string{"cannot open "} + dir + ": " + io.errmsg;
+      raft_uv_close(&io);
+      raft_uv_tcp_close(&transport);
+    } else {
+      raft_term term = 0;
+      raft_id voted = 0;
+      struct raft_snapshot* snap = nullptr;
+      raft_index start = 0;
+      struct raft_entry* entries = nullptr;
+      size_t n = 0;
+      if (int rv = io.load(&io, &term, &voted, &snap, &start, &entries, &n);
+          rv != 0) {
+        error = std::string{"cannot load "} + dir + ": " + io.errmsg;
+      } else {
+        ok = true;
+        out = raft_disk{};
+        out.named_last_index = named;
+        out.named_last_segment = named_file;
+        out.term = term;
+        out.voted_for = voted;
+        if (snap) {
+          out.snapshot_index = snap->index;
+          out.snapshot_term = snap->term;
+          if (snap->n_bufs == 1)
+            out.snapshot = std::string{unframed(snap->bufs[0])};
+          for (unsigned i = 0; i < snap->n_bufs; ++i)
+            raft_free(snap->bufs[i].base);
+          raft_free(snap->bufs);
+          raft_configuration_close(&snap->configuration);
+          raft_free(snap);
+        }
+        std::set<void*> batches;
+        for (size_t i = 0; i < n; ++i) {
+          raft_disk::entry e;
+          e.index = start + i;
+          e.term = entries[i].term;
+          e.command = entries[i].type == RAFT_COMMAND;
+          if (e.command)
+            e.data = std::string{unframed(entries[i].buf)};
+          out.entries.push_back(std::move(e));
+          batches.insert(entries[i].batch);
+        }
+        for (auto* b : batches)
+          raft_free(b);
+        if (entries)
+          raft_free(entries);
+      }
+      // The transport goes once the I/O closed (it closes the transport).
+      io.data = &transport;
+      io.close(&io, [](struct raft_io* io) {
+        auto* t = static_cast<struct raft_uv_transport*>(io->data);
+        raft_uv_close(io);
+        raft_uv_tcp_close(t);
+      });
+    }
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  return ok;
+}
+
+} // namespace nodepool
