@@ -1,7 +1,10 @@
-// nodepool chaos: real processes on loopback (one oracle, several miner
-// processes, a stream of `nodepool submit` batches) under a seeded schedule of
-// SIGKILL and SIGSTOP/SIGCONT of the oracle and of the miners. A killed
-// process is started again (the oracle on the same data directory and port).
+// nodepool chaos: real processes on loopback (one oracle, or 3 or 5 as a
+// replicated pool; several miner processes; a stream of `nodepool submit`
+// batches) under a seeded schedule of SIGKILL and SIGSTOP/SIGCONT of the
+// oracles (on a cluster, the member seen leading or a given one) and of the
+// miners. A killed process is started again (an oracle on the same data
+// directory and port). On a cluster every member's data directory is
+// checked, and each must hold every acknowledged session.
 // When the faults stop, the pool is given a bounded time to finish every
 // session it acknowledged, the oracle is stopped cleanly, `nodepool check`
 // verifies I1-I5 over the whole stored history, and every acknowledged
@@ -17,6 +20,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -26,6 +30,7 @@
 #include <unistd.h>
 
 #include "cli/chaos_process.hpp"
+#include "cluster_config.hpp"
 #include "cli/common.hpp"
 #include "random.hpp"
 
@@ -52,6 +57,7 @@ struct chaos_options {
   double settle_s = 120;
   std::string dir;
   bool keep = false;
+  size_t oracles = 1;  // 3 or 5: a replicated pool
 };
 
 // ------------------------------------------------------------ the schedule
@@ -78,6 +84,10 @@ struct fault {
   fault_kind kind;
   size_t miner;
   int64_t hold_ms;
+  // A replicated pool: an oracle fault hits the member that leads when it
+  // is due (`at_leader`, if one is known), else member `member`.
+  size_t member = 0;
+  bool at_leader = false;
 };
 
 /// The whole fault schedule, drawn from the seed alone: the same seed gives
@@ -104,6 +114,10 @@ std::vector<fault> draw_schedule(uint64_t seed, const chaos_options& o) {
                           static_cast<uint64_t>(std::max<int64_t>(1, o.max_stop_ms - 99))));
     else
       f.hold_ms = static_cast<int64_t>(rng.below(1000));
+    if (o.oracles > 1) {  // drawn last: one oracle's schedules stay as they were
+      f.member = static_cast<size_t>(rng.below(o.oracles));
+      f.at_leader = rng.chance(0.5);
+    }
     out.push_back(f);
   }
   return out;
@@ -163,8 +177,20 @@ private:
     note("ERROR " + what);
   }
 
-  std::vector<std::string> oracle_args() const;
+  std::vector<std::string> oracle_args(size_t k) const;
   std::vector<std::string> miner_args(size_t i) const;
+  bool cluster() const { return o_.oracles > 1; }
+  bool is_oracle(const role& r) const {
+    return &r >= oracles_.data() && &r < oracles_.data() + oracles_.size();
+  }
+  /// Where miners and clients reach the pool: the oracle, or every member.
+  std::string oracle_list() const;
+  std::string data_dir(size_t k) const {
+    return cluster() ? dir_ + "/m" + std::to_string(k + 1) : db_;
+  }
+  void write_cluster_file();
+  bool start_oracles();
+  void poll_leader(steady::time_point now);
   void start(role& r, size_t index);
   void tend(role& r, size_t index, steady::time_point now);
   void inject(const fault& f, steady::time_point now);
@@ -178,9 +204,20 @@ private:
   const chaos_options& o_;
   uint64_t seed_;
   std::string dir_, db_, logs_;
-  std::string port_ = "0";
+  std::string port_ = "0";      // one oracle: the port it chose
+  std::vector<uint16_t> ports_;  // a cluster: each member's client port
+  std::string cluster_file_;
   steady::time_point t0_ = steady::now();
-  role oracle_;
+  std::vector<role> oracles_;
+  // A cluster: the member last seen leading (-1: none yet), in which term,
+  // and how many times the leadership was seen to change.
+  int leader_ = -1;
+  uint64_t leader_term_ = 0;
+  size_t leader_changes_ = 0;
+  std::unique_ptr<child_process> leader_poll_;
+  size_t poll_member_ = 0;
+  std::optional<steady::time_point> leader_poll_at_;
+  size_t leader_faults_[2] = {}, follower_faults_[2] = {};  // kills, stops
   std::vector<role> miners_;
   std::vector<submitter> subs_;
   bool feeding_ = false;  // submitters start new batches
@@ -201,13 +238,45 @@ private:
   bool ok_ = false;
 };
 
-std::vector<std::string> chaos_run::oracle_args() const {
+std::string chaos_run::oracle_list() const {
+  if (!cluster())
+    return "127.0.0.1:" + port_;
+  std::string s;
+  for (auto p : ports_)
+    s += (s.empty() ? "" : ",") + std::string{"127.0.0.1:"} + std::to_string(p);
+  return s;
+}
+
+/// Each member's client and Raft ports, chosen free now; compaction every
+/// 256 entries, so that members restarted in the run catch up by snapshot.
+void chaos_run::write_cluster_file() {
+  cluster_file_ = dir_ + "/cluster.toml";
+  std::ofstream f{cluster_file_};
+  for (size_t k = 0; k < o_.oracles; ++k) {
+    ports_.push_back(free_loopback_port());
+    f << "[[member]]\nid = " << k + 1 << "\nraft = \"127.0.0.1:"
+      << free_loopback_port() << "\"\naddress = \"127.0.0.1:" << ports_.back()
+      << "\"\n";
+  }
+  f << "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
+       "snapshot_threshold = 256\nsnapshot_trailing = 64\n";
+  if (!f)
+    throw std::runtime_error("cannot write " + cluster_file_);
+}
+
+std::vector<std::string> chaos_run::oracle_args(size_t k) const {
   // Lifecycles of fractions of a second, so that many of them cross the
   // faults; the strike limit is high because a healthy node that fails a
   // test while its process is stopped should be retested, not retired.
-  return {"oracle",
-          "--data-dir", db_,
-          "--port", port_,
+  std::vector<std::string> where;
+  if (cluster())
+    where = {"--cluster", cluster_file_, "--id", std::to_string(k + 1),
+             "--data-dir", data_dir(k)};
+  else
+    where = {"--data-dir", db_, "--port", port_};
+  std::vector<std::string> a{"oracle"};
+  a.insert(a.end(), where.begin(), where.end());
+  std::vector<std::string> pool{
           "--test-deadline-ms", "1000",
           "--task-phase-timeout-ms", "500",
           "--heartbeat-interval-ms", "100",
@@ -216,11 +285,13 @@ std::vector<std::string> chaos_run::oracle_args() const {
           "--quarantine-backoff-max-ms", "4000",
           "--tick-interval-ms", "50",
           "--max-strikes", "1000000"};
+  a.insert(a.end(), pool.begin(), pool.end());
+  return a;
 }
 
 std::vector<std::string> chaos_run::miner_args(size_t i) const {
   return {"miner",
-          "--oracle", "127.0.0.1:" + port_,
+          "--oracle", oracle_list(),
           "--nodes", std::to_string(o_.nodes),
           "--id-prefix", "m" + std::to_string(i),
           "--seed", std::to_string(mix64(seed_ + i) % 1000000007),
@@ -230,7 +301,7 @@ std::vector<std::string> chaos_run::miner_args(size_t i) const {
 
 void chaos_run::start(role& r, size_t index) {
   auto out = logs_ + "/" + r.name + "." + std::to_string(r.runs) + ".out";
-  auto args = &r == &oracle_ ? oracle_args() : miner_args(index);
+  auto args = is_oracle(r) ? oracle_args(index) : miner_args(index);
   r.proc = std::make_unique<child_process>(std::move(args), out);
   r.started_at = steady::now();
   r.killed = false;
@@ -238,7 +309,7 @@ void chaos_run::start(role& r, size_t index) {
   r.cont_at.reset();
   r.start_at.reset();
   if (r.runs > 0)
-    (&r == &oracle_ ? oracle_restarts_ : miner_restarts_)++;
+    (is_oracle(r) ? oracle_restarts_ : miner_restarts_)++;
   note("start " + r.name + (r.runs > 0 ? " again" : "") + " (pid "
        + std::to_string(r.proc->pid()) + ")");
   ++r.runs;
@@ -246,7 +317,7 @@ void chaos_run::start(role& r, size_t index) {
 
 /// Reaps, restarts and continues one role's process as due.
 void chaos_run::tend(role& r, size_t index, steady::time_point now) {
-  bool is_oracle = &r == &oracle_;
+  bool is_oracle = this->is_oracle(r);
   if (r.proc && !r.proc->running()) {
     auto st = r.proc->status().value_or(-1);
     if (!r.killed) {
@@ -257,8 +328,8 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
         // The port is not free yet (or was taken): the same port again,
         // since the miners and submitters know only that one.
         if (++bind_retries_ > 100)
-          throw std::runtime_error("the oracle cannot listen on port " + port_
-                                   + " again: " + err);
+          throw std::runtime_error(r.name + " cannot listen on its port again: "
+                                   + err);
       } else {
         ++(is_oracle ? oracle_exits_ : miner_exits_);
         auto what = r.name + " exited by itself (status "
@@ -289,7 +360,7 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                   now - r.started_at).count();
       recovery_ms_.push_back(ms);
-      note("oracle listening again, " + std::to_string(ms)
+      note(r.name + " listening again, " + std::to_string(ms)
            + " ms after its start");
     }
   }
@@ -297,7 +368,10 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
 
 void chaos_run::inject(const fault& f, steady::time_point now) {
   bool on_oracle = f.kind == oracle_kill || f.kind == oracle_stop;
-  auto& r = on_oracle ? oracle_ : miners_[f.miner];
+  size_t member = 0;
+  if (on_oracle && cluster())
+    member = f.at_leader && leader_ >= 0 ? static_cast<size_t>(leader_) : f.member;
+  auto& r = on_oracle ? oracles_[member] : miners_[f.miner];
   // A process that is dead (waiting for its restart) cannot be hit; a
   // stopped one can be killed but not stopped again.
   bool stop = f.kind == oracle_stop || f.kind == miner_stop;
@@ -306,6 +380,9 @@ void chaos_run::inject(const fault& f, steady::time_point now) {
     return;
   }
   ++counts_[f.kind];
+  if (on_oracle && cluster())
+    ++(static_cast<int>(member) == leader_ ? leader_faults_
+                                           : follower_faults_)[stop ? 1 : 0];
   auto pid = std::to_string(r.proc->pid());
   if (stop) {
     r.proc->signal(SIGSTOP);
@@ -354,7 +431,7 @@ void chaos_run::start_batch(size_t j) {
   auto out = logs_ + "/submit" + std::to_string(j) + "."
              + std::to_string(s.batches) + ".out";
   s.proc = std::make_unique<child_process>(
-    std::vector<std::string>{"submit", "--oracle", "127.0.0.1:" + port_,
+    std::vector<std::string>{"submit", "--oracle", oracle_list(),
                              "--sessions", std::to_string(o_.batch),
                              "--prefix", "s" + std::to_string(j),
                              "--first", std::to_string(s.next),
@@ -388,17 +465,63 @@ void chaos_run::poll_status(steady::time_point now) {
       settled_ = true;
     }
   }
-  if (!status_ && !settled_ && (!status_at_ || now >= *status_at_)
-      && oracle_.listening) {
-    status_ = std::make_unique<child_process>(
-      std::vector<std::string>{"status", "--oracle", "127.0.0.1:" + port_,
-                               "--json", "--sessions"},
-      logs_ + "/status.out");
+  bool any = std::any_of(oracles_.begin(), oracles_.end(),
+                         [](const role& r) { return r.listening; });
+  if (!status_ && !settled_ && (!status_at_ || now >= *status_at_) && any) {
+    // A cluster: the last leader seen (a follower's view may lag).
+    auto target = cluster() && leader_ >= 0
+                    ? "127.0.0.1:" + std::to_string(ports_[leader_])
+                    : oracle_list();
+    std::vector<std::string> a{"status", "--oracle", target, "--json",
+                               "--sessions"};
+    status_ = std::make_unique<child_process>(std::move(a), logs_ + "/status.out");
+  }
+}
+
+/// A cluster: asks one member after another who leads, and counts the
+/// changes of leadership it sees (a leader that came and went between two
+/// looks is not seen).
+void chaos_run::poll_leader(steady::time_point now) {
+  if (!cluster())
+    return;
+  if (leader_poll_ && !leader_poll_->running()) {
+    auto j = nlohmann::json::parse(last_line(leader_poll_->output()), nullptr,
+                                   false);
+    leader_poll_.reset();
+    if (j.is_object() && j.contains("cluster")) {
+      auto& c = j["cluster"];
+      auto term = c.value("term", uint64_t{0});
+      if (c.value("role", "") == "leader" && c.value("ready", false)
+          && term > leader_term_) {
+        if (leader_ >= 0)
+          ++leader_changes_;
+        auto id = c.value("id", uint64_t{0});
+        leader_ = static_cast<int>(id) - 1;
+        leader_term_ = term;
+        note("member " + std::to_string(id) + " leads term " + std::to_string(term));
+      }
+    }
+    poll_member_ = (poll_member_ + 1) % oracles_.size();
+    leader_poll_at_ = now + 100ms;
+  }
+  if (!leader_poll_ && (!leader_poll_at_ || now >= *leader_poll_at_)) {
+    auto& r = oracles_[poll_member_];
+    if (!r.listening || !r.proc || r.proc->stopped()) {
+      poll_member_ = (poll_member_ + 1) % oracles_.size();
+      return;
+    }
+    leader_poll_ = std::make_unique<child_process>(
+      std::vector<std::string>{"status", "--oracle",
+                               "127.0.0.1:" + std::to_string(ports_[poll_member_]),
+                               "--json"},
+      logs_ + "/leader.out");
   }
 }
 
 void chaos_run::tick(steady::time_point now) {
-  tend(oracle_, 0, now);
+  for (size_t k = 0; k < oracles_.size(); ++k)
+    tend(oracles_[k], k, now);
+  poll_leader(now);
   for (size_t i = 0; i < miners_.size(); ++i)
     tend(miners_[i], i, now);
   for (size_t j = 0; j < subs_.size(); ++j) {
@@ -418,15 +541,18 @@ void chaos_run::shutdown() {
       harvest(s, true);
     }
   status_.reset();
-  if (oracle_.proc) {
-    auto [st, forced] = oracle_.proc->terminate(60s);
+  leader_poll_.reset();
+  for (auto& r : oracles_) {
+    if (!r.proc)
+      continue;
+    auto [st, forced] = r.proc->terminate(60s);
     if (forced || st != 0)
-      error("the oracle did not stop cleanly (status " + std::to_string(st)
+      error(r.name + " did not stop cleanly (status " + std::to_string(st)
             + (forced ? ", SIGKILL after 60 s" : "") + "): "
-            + last_line(oracle_.proc->errors()));
+            + last_line(r.proc->errors()));
     else
-      note("oracle stopped");
-    oracle_.proc.reset();
+      note(r.name + " stopped");
+    r.proc.reset();
   }
   for (auto& m : miners_)
     if (m.proc) {
@@ -443,7 +569,10 @@ void chaos_run::stop_children() {
   for (auto& s : subs_)
     s.proc.reset();
   status_.reset();
-  std::vector<role*> all{&oracle_};
+  leader_poll_.reset();
+  std::vector<role*> all;
+  for (auto& r : oracles_)
+    all.push_back(&r);
   for (auto& m : miners_)
     all.push_back(&m);
   for (auto* r : all)
@@ -467,44 +596,111 @@ void chaos_run::stop_children() {
 nlohmann::json chaos_run::verify() {
   nlohmann::json r;
   r["violations"] = nlohmann::json::array();
-  child_process c{{"check", "--data-dir", db_, "--json", "--sessions"},
-                  logs_ + "/check.out"};
-  std::optional<int> st;
-  auto end = steady::now() + 600s;
-  while (!(st = c.status()) && steady::now() < end && !stop_requested)
-    std::this_thread::sleep_for(20ms);
-  auto j = nlohmann::json::parse(last_line(c.output()), nullptr, false);
-  if (!st || !j.is_object() || !j.contains("violations")
-      || !j.contains("session_states")) {
-    if (!st)
-      c.signal(SIGKILL);
-    error("nodepool check gave no report (status "
-          + (st ? std::to_string(*st) : std::string{"timeout"})
-          + "): " + last_line(c.errors()));
-    r["entries"] = nullptr;
-    return r;
-  }
-  r["violations"] = j["violations"];
-  r["entries"] = j["entries"];
-  auto& states = j["session_states"];
   size_t completed = 0, failed = 0;
+  uint64_t entries = 0;
   nlohmann::json lost = nlohmann::json::array();
-  for (auto& id : accepted_) {
-    auto it = states.find(id);
-    if (it == states.end()) {
-      lost.push_back({{"session", id}, {"state", "absent"}});
-    } else if (*it == "completed") {
-      ++completed;
-    } else if (*it == "failed") {
-      ++failed;
-    } else {
-      lost.push_back({{"session", id}, {"state", *it}});
+  // Every member's data directory: each must hold every accepted session,
+  // ended.
+  for (size_t k = 0; k < oracles_.size(); ++k) {
+    child_process c{{"check", "--data-dir", data_dir(k), "--json", "--sessions"},
+                    logs_ + "/check" + std::to_string(k + 1) + ".out"};
+    std::optional<int> st;
+    auto end = steady::now() + 600s;
+    while (!(st = c.status()) && steady::now() < end && !stop_requested)
+      std::this_thread::sleep_for(20ms);
+    auto j = nlohmann::json::parse(last_line(c.output()), nullptr, false);
+    if (!st || !j.is_object() || !j.contains("violations")
+        || !j.contains("session_states")) {
+      if (!st)
+        c.signal(SIGKILL);
+      error("nodepool check of " + data_dir(k) + " gave no report (status "
+            + (st ? std::to_string(*st) : std::string{"timeout"})
+            + "): " + last_line(c.errors()));
+      r["entries"] = nullptr;
+      return r;
+    }
+    for (auto v : j["violations"]) {
+      if (cluster())
+        v["member"] = k + 1;
+      r["violations"].push_back(v);
+    }
+    entries = std::max<uint64_t>(entries, j["entries"].get<uint64_t>());
+    auto& states = j["session_states"];
+    size_t done = 0, bad = 0;
+    for (auto& id : accepted_) {
+      auto it = states.find(id);
+      nlohmann::json miss;
+      if (it == states.end())
+        miss = {{"session", id}, {"state", "absent"}};
+      else if (*it == "completed")
+        ++done;
+      else if (*it == "failed")
+        ++bad;
+      else
+        miss = {{"session", id}, {"state", *it}};
+      if (!miss.is_null()) {
+        if (cluster())
+          miss["member"] = k + 1;
+        lost.push_back(miss);
+      }
+    }
+    if (k == 0) {
+      completed = done;
+      failed = bad;
     }
   }
+  r["entries"] = entries;
   r["completed"] = completed;
   r["failed"] = failed;
   r["lost"] = lost;
   return r;
+}
+
+/// Starts the oracle (which picks a free port, then kept for its restarts)
+/// or every member of the cluster, and waits until each listens.
+bool chaos_run::start_oracles() {
+  if (cluster())
+    write_cluster_file();
+  oracles_.resize(o_.oracles);
+  for (size_t k = 0; k < oracles_.size(); ++k) {
+    oracles_[k].name = cluster() ? "oracle" + std::to_string(k + 1) : "oracle";
+    start(oracles_[k], k);
+  }
+  auto ready_by = steady::now() + 60s;
+  for (;;) {
+    if (stop_requested) {
+      interrupted_ = true;
+      return false;
+    }
+    bool all = true;
+    for (auto& r : oracles_) {
+      if (r.listening)
+        continue;
+      if (!r.proc->running())
+        throw std::runtime_error(
+          r.name + " did not start (status "
+          + std::to_string(r.proc->status().value_or(-1))
+          + "): " + last_line(r.proc->errors()));
+      auto out = r.proc->output();
+      if (auto i = out.find("listening on "); i != std::string::npos) {
+        if (!cluster()) {
+          auto colon = out.find(':', i);
+          auto end = out.find(' ', colon);
+          port_ = out.substr(colon + 1, end - colon - 1);
+        }
+        r.listening = true;
+      } else {
+        all = false;
+      }
+    }
+    if (all)
+      break;
+    if (steady::now() > ready_by)
+      throw std::runtime_error("the oracles did not listen within 60 s");
+    std::this_thread::sleep_for(10ms);
+  }
+  note("listening on " + oracle_list());
+  return true;
 }
 
 nlohmann::json chaos_run::run() {
@@ -512,33 +708,8 @@ nlohmann::json chaos_run::run() {
   note("seed " + std::to_string(seed_) + ", " + std::to_string(schedule.size())
        + " faults planned over " + seconds(o_.duration_s) + "; files in "
        + dir_);
-  // The oracle picks a free port; every later run of it takes the same one.
-  oracle_.name = "oracle";
-  start(oracle_, 0);
-  auto ready_by = steady::now() + 60s;
-  while (!oracle_.listening) {
-    if (stop_requested) {
-      interrupted_ = true;
-      return {};
-    }
-    if (!oracle_.proc->running())
-      throw std::runtime_error(
-        "the oracle did not start (status "
-        + std::to_string(oracle_.proc->status().value_or(-1))
-        + "): " + last_line(oracle_.proc->errors()));
-    if (steady::now() > ready_by)
-      throw std::runtime_error("the oracle did not listen within 60 s");
-    if (oracle_.proc->output().find("listening on") != std::string::npos) {
-      auto out = oracle_.proc->output();
-      auto i = out.find("listening on ");
-      auto colon = out.find(':', i);
-      auto end = out.find(' ', colon);
-      port_ = out.substr(colon + 1, end - colon - 1);
-      oracle_.listening = true;
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-  note("oracle listening on 127.0.0.1:" + port_);
+  if (!start_oracles())
+    return {};
   miners_.resize(o_.miners);
   for (size_t i = 0; i < o_.miners; ++i) {
     miners_[i].name = "miner" + std::to_string(i);
@@ -573,7 +744,9 @@ nlohmann::json chaos_run::run() {
                                 static_cast<int64_t>(o_.settle_s * 1000));
   note("faults over; settling (at most " + seconds(o_.settle_s) + ")");
   for (auto* r : [&] {
-         std::vector<role*> all{&oracle_};
+         std::vector<role*> all;
+         for (auto& o : oracles_)
+           all.push_back(&o);
          for (auto& m : miners_)
            all.push_back(&m);
          return all;
@@ -613,6 +786,11 @@ nlohmann::json chaos_run::run() {
   nlohmann::json rep;
   rep["seed"] = seed_;
   rep["duration_s"] = o_.duration_s;
+  rep["oracles"] = o_.oracles;
+  if (cluster()) {
+    rep["leader_changes"] = leader_changes_;
+    rep["last_term_seen"] = leader_term_;
+  }
   rep["miners"] = o_.miners;
   rep["nodes_per_miner"] = o_.nodes;
   rep["submitters"] = o_.submitters;
@@ -623,6 +801,12 @@ nlohmann::json chaos_run::run() {
   nlohmann::json faults;
   for (size_t k = 0; k < fault_kinds; ++k)
     faults[fault_keys[k]] = counts_[k];
+  if (cluster()) {
+    faults["leader_kills"] = leader_faults_[0];
+    faults["leader_stops"] = leader_faults_[1];
+    faults["follower_kills"] = follower_faults_[0];
+    faults["follower_stops"] = follower_faults_[1];
+  }
   faults["planned"] = schedule.size();
   faults["skipped"] = skipped_;
   rep["faults"] = faults;
@@ -659,14 +843,25 @@ nlohmann::json chaos_run::run() {
 
 void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
                  const std::string& dir) {
-  std::fprintf(f, "nodepool chaos: seed %llu, %.1f s of faults, oracle + %zu "
-                  "miner processes x %zu nodes, %zu submitters\n",
-               r["seed"].get<unsigned long long>(), o.duration_s, o.miners,
-               o.nodes, o.submitters);
+  std::fprintf(f, "nodepool chaos: seed %llu, %.1f s of faults, %zu oracle%s + "
+                  "%zu miner processes x %zu nodes, %zu submitters\n",
+               r["seed"].get<unsigned long long>(), o.duration_s, o.oracles,
+               o.oracles > 1 ? "s (a replicated pool)" : "", o.miners, o.nodes,
+               o.submitters);
   std::fprintf(f, "  %-24s %6s\n", "injected", "count");
   for (size_t k = 0; k < fault_kinds; ++k)
     std::fprintf(f, "  %-24s %6zu\n", fault_labels[k],
                  r["faults"][fault_keys[k]].get<size_t>());
+  if (r.contains("leader_changes"))
+    std::fprintf(f, "  of the oracle faults: leader kills %zu, leader stops %zu, "
+                    "follower kills %zu, follower stops %zu; leadership seen to "
+                    "change %zu times (last term seen %llu)\n",
+                 r["faults"]["leader_kills"].get<size_t>(),
+                 r["faults"]["leader_stops"].get<size_t>(),
+                 r["faults"]["follower_kills"].get<size_t>(),
+                 r["faults"]["follower_stops"].get<size_t>(),
+                 r["leader_changes"].get<size_t>(),
+                 r["last_term_seen"].get<unsigned long long>());
   std::fprintf(f, "  %-24s %6zu  (%zu planned on a process that was down: "
                   "skipped)\n",
                "total", r["kills"].get<size_t>() + r["stops"].get<size_t>(),
@@ -700,7 +895,9 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
   if (r["history_entries"].is_null())
     std::fprintf(f, "history   not checked\n");
   else
-    std::fprintf(f, "history   %llu log entries checked: %s\n",
+    std::fprintf(f, o.oracles > 1 ? "history   %llu log entries checked on "
+                                    "every member: %s\n"
+                                  : "history   %llu log entries checked: %s\n",
                  r["history_entries"].get<unsigned long long>(),
                  r["violations"].empty() ? "I1-I5 hold after every entry"
                                          : "VIOLATIONS");
@@ -712,10 +909,11 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
                r["elapsed_s"].get<double>(), r["settle_s"].get<double>(),
                r["settled"].get<bool>() ? "" : ", not settled");
   std::fprintf(f, "repeat    nodepool chaos --duration %g --seed %llu "
-                  "--miners %zu --nodes %zu --submitters %zu --batch %zu "
-                  "--interval-ms %lld --fault-interval-ms %lld "
+                  "--oracles %zu --miners %zu --nodes %zu --submitters %zu "
+                  "--batch %zu --interval-ms %lld --fault-interval-ms %lld "
                   "--max-stop-ms %lld\n",
-               o.duration_s, r["seed"].get<unsigned long long>(), o.miners,
+               o.duration_s, r["seed"].get<unsigned long long>(), o.oracles,
+               o.miners,
                o.nodes, o.submitters, o.batch,
                static_cast<long long>(o.interval_ms),
                static_cast<long long>(o.fault_interval_ms),
@@ -770,7 +968,8 @@ int run_chaos(const chaos_options& o) {
     return report_interrupted(
       "chaos", "child processes ended; files in " + dir
                  + " (nodepool check --data-dir " + dir
-                 + "/db verifies what the oracle stored); a chaos run is not "
+                 + (o.oracles > 1 ? "/mN" : "/db")
+                 + " verifies what the oracle stored); a chaos run is not "
                    "resumed: --seed " + std::to_string(seed)
                  + " repeats its schedule");
   bool keep = o.keep || !ok || !own_dir;
@@ -803,6 +1002,10 @@ void add_chaos(CLI::App& app) {
   cmd->add_flag("--json", o->json,
                 "print one JSON object as the last line (the table goes to "
                 "stderr)");
+  cmd->add_option("--oracles", o->oracles,
+                  "1 (default), or 3 or 5: a replicated pool whose leaders "
+                  "and followers are killed and stopped")
+    ->check(CLI::IsMember({1, 3, 5}));
   cmd->add_option("--miners", o->miners, "miner processes (default 3)")
     ->check(CLI::Range(1, 64));
   cmd->add_option("--nodes", o->nodes, "nodes per miner process (default 4)")

@@ -51,6 +51,40 @@ TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   EXPECT_GT(j["history_entries"].get<int>(), 0);
 }
 
+// A replicated pool of 3 oracles: leaders and followers are killed and
+// stopped (the runner asks the members who leads), and every member's data
+// directory must hold every acknowledged session, ended, with I1-I5 intact.
+TEST(chaos, a_cluster_whose_leaders_are_killed_loses_nothing) {
+  auto dir = temp_dir("chaos-cluster");
+  cleanup tidy{dir};
+  auto [rc, out] = run({"chaos", "--oracles", "3", "--duration", "15", "--seed",
+                        "11", "--json", "--miners", "2", "--nodes", "3",
+                        "--fault-interval-ms", "600", "--settle-timeout", "60",
+                        "--dir", dir + "/run"},
+                       dir + "/chaos.out", 200s);
+  auto errors = read_file(dir + "/chaos.out.err");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out << errors;
+  EXPECT_EQ(rc, 0) << errors;
+  EXPECT_EQ(j["oracles"].get<int>(), 3);
+  auto& f = j["faults"];
+  EXPECT_GT(f["leader_kills"].get<int>() + f["leader_stops"].get<int>(), 0)
+    << errors;
+  EXPECT_EQ(f["leader_kills"].get<int>() + f["follower_kills"].get<int>(),
+            f["oracle_kills"].get<int>());
+  EXPECT_EQ(f["leader_stops"].get<int>() + f["follower_stops"].get<int>(),
+            f["oracle_stops"].get<int>());
+  EXPECT_GE(j["leader_changes"].get<int>(), 1) << errors;
+  auto& s = j["sessions"];
+  EXPECT_GT(s["accepted"].get<int>(), 0) << errors;
+  EXPECT_EQ(s["lost"].get<int>(), 0) << s.dump();
+  EXPECT_EQ(s["completed"].get<int>() + s["failed"].get<int>(),
+            s["accepted"].get<int>());
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
+  EXPECT_GT(j["history_entries"].get<int>(), 0);
+}
+
 TEST(chaos, bad_flags_are_refused_before_anything_starts) {
   auto dir = temp_dir("chaos-flags");
   cleanup tidy{dir};
@@ -65,6 +99,7 @@ TEST(chaos, bad_flags_are_refused_before_anything_starts) {
     {{"chaos", "--duration", "-3"}, "--duration"},
     {{"chaos", "--duration", "soon"}, "--duration"},
     {{"chaos", "--duration", "5", "--miners", "0"}, "--miners"},
+    {{"chaos", "--duration", "5", "--oracles", "2"}, "--oracles"},
     {{"chaos", "--duration", "5", "--seed", "x"}, "--seed"},
     {{"chaos", "--duration", "5", "--no-such-flag"}, "--no-such-flag"},
     {{"chaos", "--duration", "5", "--dir", dir + "/full"}, "not empty"},
