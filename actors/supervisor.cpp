@@ -544,6 +544,7 @@ caf::behavior handlers(self_ptr self) {
       j["commit_index"] = s.commit_index;
       j["applied_index"] = s.applied_index;
       j["last_index"] = s.last_index;
+      j["refused_peers"] = s.refused_peers;
       j["terms_led"] = st.terms_led;
       st.cfg.replica->with([&](replica& r) {
         j["pool_index"] = r.last_index();

@@ -50,6 +50,9 @@ struct log_status {
   /// machine holds everything committed before the term began. A leader
   /// proposes only once it is ready.
   bool ready = false;
+  /// Messages refused because their sender is not a member (a stranger on
+  /// the Raft port, or an oracle of another cluster file).
+  uint64_t refused_peers = 0;
 };
 
 /// The seam between the pool and a consensus library: PoolState and the

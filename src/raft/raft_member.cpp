@@ -12,6 +12,9 @@ extern "C" {
 
 namespace nodepool {
 
+/// Messages the guard refused from servers outside the configuration.
+uint64_t refused_peers_of(struct raft_io* io);
+
 struct raft_member::impl {
   state_machine& sm;
   struct raft_fsm fsm {};
@@ -29,6 +32,7 @@ struct raft_member::impl {
     if (!r)
       return st;
     st.id = r->id;
+    st.refused_peers = refused_peers_of(r->io);
     switch (raft_state(r)) {
       case RAFT_FOLLOWER: st.role = log_role::follower; break;
       case RAFT_CANDIDATE: st.role = log_role::candidate; break;
@@ -196,6 +200,7 @@ struct guarded_io {
   raft_index vouch = 0;     // ... its prev_log_index + n_entries
   bool in_install = false;  // an InstallSnapshot is being received
   raft_index install = 0;   // ... its last index
+  uint64_t strangers = 0;   // messages from servers not in the configuration
 };
 
 std::mutex guard_mu;
@@ -236,8 +241,41 @@ int guarded_send(struct raft_io* io, struct raft_io_send* req,
   return gi.send(io, req, m, cb);
 }
 
+bool is_member(const struct raft* r, raft_id id) {
+  for (unsigned i = 0; i < r->configuration.n; ++i)
+    if (r->configuration.servers[i].id == id)
+      return true;
+  return false;
+}
+
+/// A message raft will not see: what raft would have freed.
+void drop(struct raft_message* m) {
+  if (m->type == RAFT_IO_APPEND_ENTRIES) {
+    auto& a = m->append_entries;
+    if (a.n_entries > 0 && a.entries[0].batch)
+      raft_free(a.entries[0].batch);
+    if (a.entries)
+      raft_free(a.entries);
+  } else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+    raft_configuration_close(&m->install_snapshot.conf);
+    raft_free(m->install_snapshot.data.base);
+  }
+}
+
 void guarded_recv(struct raft_io* io, struct raft_message* m) {
   auto& gi = guard_of(io);
+  // Only members take part. (A server joining with an empty configuration
+  // hears from whoever leads; membership changes will need this again.)
+  if (gi.r && gi.r->configuration.n > 0 && !is_member(gi.r, m->server_id)) {
+    auto n = ++gi.strangers;
+    if (n == 1 || n % 1000 == 0)
+      log("raft")->warn("refused a message from server {} at {}: not a member "
+                        "of this cluster ({} refused so far)",
+                        m->server_id,
+                        m->server_address ? m->server_address : "?", n);
+    drop(m);
+    return;
+  }
   if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
     gi.in_install = true;
     gi.install = m->install_snapshot.last_index;
@@ -275,6 +313,16 @@ void guard_log_matching(struct raft* r) {
   io->send = guarded_send;
   io->start = guarded_start;
 }
+
+} // namespace
+
+uint64_t refused_peers_of(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  return i == guarded.end() ? 0 : i->second.strangers;
+}
+
+namespace {
 
 propose_status status_of(int rv) {
   switch (rv) {

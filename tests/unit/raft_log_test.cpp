@@ -228,6 +228,35 @@ TEST_F(RaftLog, AFollowerRefusesProposals) {
   EXPECT_FALSE(st.leader_address.empty());
 }
 
+// A server that is not in the cluster file (here one whose own file names
+// member 1's Raft address under another id) is refused and counted; the
+// cluster goes on.
+TEST_F(RaftLog, RefusesMessagesFromAServerNotInTheCluster) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no leader";
+  temp_dir d;
+  replica rep;
+  replica_machine sm{rep};
+  raft_options o;
+  o.id = 4;
+  o.dir = d.path();
+  o.members = {{4, "127.0.0.1:" + std::to_string(free_loopback_port())},
+               {5, peers_[0].address}};
+  o.election_timeout_ms = 100;
+  o.heartbeat_timeout_ms = 10;
+  std::string err;
+  auto stranger = start_raft_log(o, sm, {}, err);
+  ASSERT_TRUE(stranger) << err;
+  EXPECT_TRUE(wait_for(
+    [&] { return nodes_[0]->log->status().refused_peers > 0; }))
+    << "member 1 never heard from the stranger";
+  int l = leader();
+  ASSERT_GE(l, 0);
+  EXPECT_EQ(drive(l, 5), 0);
+  for (int i = 1; i < 3; ++i)
+    EXPECT_EQ(nodes_[i]->log->status().refused_peers, 0u);
+  stranger->stop();
+}
+
 TEST(RaftLogStart, RefusesAMemberNotInTheCluster) {
   temp_dir d;
   replica r;
