@@ -546,13 +546,19 @@ caf::behavior handlers(self_ptr self) {
       j["last_index"] = s.last_index;
       j["refused_peers"] = s.refused_peers;
       j["terms_led"] = st.terms_led;
+      uint64_t archived = 0;
       st.cfg.replica->with([&](replica& r) {
         j["pool_index"] = r.last_index();
         j["batches_refused"] = r.batches_refused();
         j["snapshots_refused"] = r.restores_refused();
         j["violations"] = r.violations().size();
+        archived = r.archived_index();
         return 0;
       });
+      // How far this member's archive holds every ended session (below a
+      // gap a snapshot install left, until the backfill copied it).
+      j["archive_complete_through"] =
+        archive_complete_through(*st.cfg.storage, archived);
       return j.dump();
     },
     [=](subscribe_atom, caf::actor who) {

@@ -2,6 +2,7 @@
 
 #include "log.hpp"
 
+#include <atomic>
 #include <algorithm>
 #include <condition_variable>
 #include <map>
@@ -254,6 +255,11 @@ public:
   /// A clean close puts everything on disk, including a snapshot whose
   /// background flush has not finished yet (snapshots skip the WAL).
   ~rocksdb_store() override {
+    // After a failed write (a full disk) RocksDB refuses further writes,
+    // and Debian's build asserts in a flush: what is not on disk is
+    // rebuilt from the log at the next start.
+    if (broken_)
+      return;
     rocksdb::FlushOptions fo;
     fo.wait = true;
     db_->Flush(fo);
@@ -282,7 +288,7 @@ public:
     wo.sync = sync;
     auto st = db_->Write(wo, &batch);
     if (!st.ok())
-      return status::fail("rocksdb write: " + st.ToString());
+      return failed("rocksdb write", st);
     if (!entries.empty())
       last_ = entries.back().index();
     return {};
@@ -299,7 +305,7 @@ public:
     wo.disableWAL = true;
     auto st = db_->Put(wo, snapshot_key, snap.SerializeAsString());
     if (!st.ok())
-      return status::fail("rocksdb snapshot write: " + st.ToString());
+      return failed("rocksdb snapshot write", st);
     rocksdb::FlushOptions fo;
     fo.wait = false;
     fo.allow_write_stall = true;
@@ -365,13 +371,13 @@ public:
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     auto st = db_->Put(wo, meta_key(key), value);
-    return st.ok() ? status{} : status::fail("rocksdb write: " + st.ToString());
+    return st.ok() ? status{} : failed("rocksdb write", st);
   }
   status erase_meta(const std::string& key, bool sync) override {
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     auto st = db_->Delete(wo, meta_key(key));
-    return st.ok() ? status{} : status::fail("rocksdb write: " + st.ToString());
+    return st.ok() ? status{} : failed("rocksdb write", st);
   }
   status scan_meta(const std::string& prefix,
                    const std::function<bool(const std::string&,
@@ -411,8 +417,15 @@ public:
   }
 
 private:
+  /// Notes a failed write; returns its status.
+  status failed(const std::string& what, const rocksdb::Status& st) {
+    broken_ = true;
+    return status::fail(what + ": " + st.ToString());
+  }
+
   std::unique_ptr<rocksdb::DB> db_;
   uint64_t last_ = 0;
+  std::atomic<bool> broken_{false};
 };
 
 } // namespace

@@ -279,6 +279,109 @@ TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
     << read_file(dir_ + "/other.out.err");
 }
 
+/// A small tmpfs mounted for the life of the object (root only).
+struct small_disk {
+  std::string path;
+  bool mounted = false;
+  std::string why;
+  small_disk(const std::string& p, const std::string& size) : path(p) {
+    std::filesystem::create_directories(p);
+    if (::geteuid() != 0) {
+      why = "not root: cannot mount a small filesystem";
+      return;
+    }
+    auto [rc, out] = run_shell("mount -t tmpfs -o size=" + size + " tmpfs " + p);
+    mounted = rc == 0;
+    if (!mounted)
+      why = "mount -t tmpfs failed here: " + out;
+  }
+  /// Fills what is left with a file, until the disk says it is full.
+  void fill() {
+    std::FILE* f = std::fopen((path + "/filler").c_str(), "wb");
+    if (!f)
+      return;
+    std::vector<char> mb(1 << 20, 'x');
+    while (std::fwrite(mb.data(), 1, mb.size(), f) == mb.size())
+      ;
+    std::fclose(f);
+  }
+  void unfill() { std::filesystem::remove(path + "/filler"); }
+  ~small_disk() {
+    if (mounted)
+      run_shell("umount " + path);
+  }
+};
+
+// A follower whose disk fills up stops with a clear error (it cannot keep
+// its archive or its log); the two others go on and lose nothing; once
+// space is back, it starts again, catches up, and its data directory checks
+// clean with every session archived.
+TEST_F(Cluster, AFollowerWhoseDiskIsFullStopsAndCatchesUpLater) {
+  small_disk disk{dir_ + "/m2", "96m"};
+  if (!disk.mounted)
+    GTEST_SKIP() << disk.why;
+  start(1);
+  start(3);
+  int l = wait_leader();
+  ASSERT_TRUE(l == 1 || l == 3) << "no leader among members 1 and 3";
+  start(2);
+  child miner{{"miner", "--oracle", all(), "--nodes", "4", "--id-prefix", "m",
+               "--connect-timeout", "60"},
+              dir_ + "/miner.out"};
+  auto [rc0, out0] = run({"submit", "--oracle", all(), "--sessions", "30",
+                          "--prefix", "a", "--max-tasks", "1",
+                          "--connect-timeout", "60"},
+                         dir_ + "/submit0.out", std::chrono::seconds(90));
+  ASSERT_EQ(rc0, 0) << read_file(dir_ + "/submit0.out.err");
+  disk.fill();
+  const int total = 300;
+  auto [rc, out] = run({"submit", "--oracle", all(), "--sessions",
+                        std::to_string(total), "--prefix", "b", "--max-tasks",
+                        "1", "--interval-ms", "5", "--connect-timeout", "60"},
+                       dir_ + "/submit.out", std::chrono::seconds(120));
+  EXPECT_EQ(rc, 0) << read_file(dir_ + "/submit.out.err");
+  // Member 2 noticed, said why, and stopped.
+  auto code = oracle_[2]->wait_exit(std::chrono::seconds(60));
+  EXPECT_EQ(code, 1) << oracle_[2]->errors();
+  auto err = oracle_[2]->errors();
+  EXPECT_NE(err.find("stopping"), std::string::npos) << err;
+  EXPECT_TRUE(err.find("archive") != std::string::npos
+              || err.find("replicated log stopped") != std::string::npos)
+    << err;
+  EXPECT_TRUE(oracle_[1]->running() && oracle_[3]->running());
+  // Space again: it starts, catches up, and holds what the others hold.
+  disk.unfill();
+  start(2);
+  bool caught_up = false;
+  nlohmann::json s2;
+  for (int k = 0; k < 300 && !caught_up; ++k) {
+    s2 = status(2);
+    auto s1 = status(l);
+    caught_up = s2.contains("sessions") && s1.contains("sessions")
+                && s2["sessions"].value("completed", 0) == total + 30
+                && s2["last_index"] == s1["last_index"]
+                && s2["cluster"].value("archive_complete_through", uint64_t{0})
+                     >= s2["last_index"].get<uint64_t>();
+    if (!caught_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(caught_up) << s2.dump();
+  miner.signal(SIGTERM);
+  miner.wait_exit(std::chrono::seconds(20));
+  for (int i = 1; i <= 3; ++i) {
+    oracle_[i]->signal(SIGTERM);
+    EXPECT_EQ(oracle_[i]->wait_exit(std::chrono::seconds(20)), 0)
+      << "member " << i << ": " << oracle_[i]->errors();
+  }
+  auto [crc, cout] = run({"check", "--data-dir", dir_ + "/m2", "--json"},
+                         dir_ + "/check2.out", std::chrono::seconds(60));
+  EXPECT_EQ(crc, 0) << cout;
+  auto c = last_json_line(cout);
+  ASSERT_TRUE(c.is_object()) << cout;
+  EXPECT_TRUE(c["violations"].empty()) << cout;
+  EXPECT_EQ(c["sessions"].value("archived", -1), total + 30) << cout;
+}
+
 TEST_F(Cluster, RefusesAMemberNotInTheFileAndAMissingId) {
   auto [rc, out] = run({"oracle", "--cluster", dir_ + "/cluster.toml", "--id",
                         "9", "--data-dir", dir_ + "/x"},
