@@ -10,6 +10,7 @@
 #include <thread>
 
 #include <rocksdb/db.h>
+#include <sys/statvfs.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -256,10 +257,13 @@ public:
   /// background flush has not finished yet (snapshots skip the WAL).
   ~rocksdb_store() override {
     // After a failed write (a full disk) RocksDB refuses further writes,
-    // and Debian's build asserts in a flush: what is not on disk is
-    // rebuilt from the log at the next start.
-    if (broken_)
+    // and Debian's build asserts when such a database is flushed or closed:
+    // it is left open for the exiting process to drop. What is not on disk
+    // is rebuilt from the log at the next start.
+    if (broken_) {
+      (void)db_.release();
       return;
+    }
     rocksdb::FlushOptions fo;
     fo.wait = true;
     db_->Flush(fo);
@@ -268,6 +272,8 @@ public:
   status append(const std::vector<pb::LogEntry>& entries,
                 const std::vector<pb::SessionRecord>& archived,
                 bool sync) override {
+    if (auto s = check_space(); !s.ok())
+      return s;
     rocksdb::WriteBatch batch;
     auto expect = last_ + 1;
     std::string buf;
@@ -301,6 +307,8 @@ public:
     // otherwise carry the snapshot) and reaches disk with a memtable flush
     // started here in the background; a crash before that recovers from
     // the previous snapshot and replays more of the log.
+    if (auto s = check_space(); !s.ok())
+      return s;
     rocksdb::WriteOptions wo;
     wo.disableWAL = true;
     auto st = db_->Put(wo, snapshot_key, snap.SerializeAsString());
@@ -368,6 +376,8 @@ public:
 
   status put_meta(const std::string& key, const std::string& value,
                   bool sync) override {
+    if (auto s = check_space(); !s.ok())
+      return s;
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     auto st = db_->Put(wo, meta_key(key), value);
@@ -417,6 +427,23 @@ public:
   }
 
 private:
+  /// Writes stop while the disk has less than store_min_free_bytes free:
+  /// RocksDB 7.8 as Debian builds it asserts (aborts the process) when a
+  /// synced write meets a full disk, instead of returning the error. The
+  /// caller gets a clear one, and nothing is written.
+  status check_space() {
+    struct statvfs v;
+    if (::statvfs(db_->GetName().c_str(), &v) != 0)
+      return {};  // cannot tell: let RocksDB try
+    auto free = static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+    if (free >= store_min_free_bytes)
+      return {};
+    broken_ = true;
+    return status::fail("disk full: " + std::to_string(free >> 20) + " MB free in "
+                        + db_->GetName() + " (writes stop below "
+                        + std::to_string(store_min_free_bytes >> 20) + " MB)");
+  }
+
   /// Notes a failed write; returns its status.
   status failed(const std::string& what, const rocksdb::Status& st) {
     broken_ = true;

@@ -19,6 +19,10 @@ struct status {
   static status fail(std::string what) { return status{std::move(what)}; }
 };
 
+/// A RocksDB store refuses writes while its disk has less free space than
+/// this (see storage.cpp: a full disk must be an error, not an abort).
+constexpr uint64_t store_min_free_bytes = uint64_t{16} << 20;
+
 /// Durable home of the command log, of PoolState snapshots and of the
 /// archive of ended sessions.
 ///

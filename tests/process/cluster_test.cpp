@@ -279,45 +279,12 @@ TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
     << read_file(dir_ + "/other.out.err");
 }
 
-/// A small tmpfs mounted for the life of the object (root only).
-struct small_disk {
-  std::string path;
-  bool mounted = false;
-  std::string why;
-  small_disk(const std::string& p, const std::string& size) : path(p) {
-    std::filesystem::create_directories(p);
-    if (::geteuid() != 0) {
-      why = "not root: cannot mount a small filesystem";
-      return;
-    }
-    auto [rc, out] = run_shell("mount -t tmpfs -o size=" + size + " tmpfs " + p);
-    mounted = rc == 0;
-    if (!mounted)
-      why = "mount -t tmpfs failed here: " + out;
-  }
-  /// Fills what is left with a file, until the disk says it is full.
-  void fill() {
-    std::FILE* f = std::fopen((path + "/filler").c_str(), "wb");
-    if (!f)
-      return;
-    std::vector<char> mb(1 << 20, 'x');
-    while (std::fwrite(mb.data(), 1, mb.size(), f) == mb.size())
-      ;
-    std::fclose(f);
-  }
-  void unfill() { std::filesystem::remove(path + "/filler"); }
-  ~small_disk() {
-    if (mounted)
-      run_shell("umount " + path);
-  }
-};
-
 // A follower whose disk fills up stops with a clear error (it cannot keep
 // its archive or its log); the two others go on and lose nothing; once
 // space is back, it starts again, catches up, and its data directory checks
 // clean with every session archived.
 TEST_F(Cluster, AFollowerWhoseDiskIsFullStopsAndCatchesUpLater) {
-  small_disk disk{dir_ + "/m2", "96m"};
+  small_disk disk{dir_ + "/m2", "256m"};
   if (!disk.mounted)
     GTEST_SKIP() << disk.why;
   start(1);
@@ -355,6 +322,7 @@ TEST_F(Cluster, AFollowerWhoseDiskIsFullStopsAndCatchesUpLater) {
   bool caught_up = false;
   nlohmann::json s2;
   for (int k = 0; k < 300 && !caught_up; ++k) {
+    ASSERT_TRUE(oracle_[2]->running()) << oracle_[2]->errors();
     s2 = status(2);
     auto s1 = status(l);
     caught_up = s2.contains("sessions") && s1.contains("sessions")

@@ -206,4 +206,37 @@ inline nlohmann::json last_json_line(const std::string& out) {
                                false);
 }
 
+/// A small tmpfs mounted for the life of the object (root only).
+struct small_disk {
+  std::string path;
+  bool mounted = false;
+  std::string why;
+  small_disk(const std::string& p, const std::string& size) : path(p) {
+    std::filesystem::create_directories(p);
+    if (::geteuid() != 0) {
+      why = "not root: cannot mount a small filesystem";
+      return;
+    }
+    auto [rc, out] = run_shell("mount -t tmpfs -o size=" + size + " tmpfs " + p);
+    mounted = rc == 0;
+    if (!mounted)
+      why = "mount -t tmpfs failed here: " + out;
+  }
+  /// Fills what is left with a file, until the disk says it is full.
+  void fill() {
+    std::FILE* f = std::fopen((path + "/filler").c_str(), "wb");
+    if (!f)
+      return;
+    std::vector<char> mb(1 << 20, 'x');
+    while (std::fwrite(mb.data(), 1, mb.size(), f) == mb.size())
+      ;
+    std::fclose(f);
+  }
+  void unfill() { std::filesystem::remove(path + "/filler"); }
+  ~small_disk() {
+    if (mounted)
+      run_shell("umount " + path);
+  }
+};
+
 } // namespace nodepool::testing
