@@ -470,6 +470,7 @@ pb::Snapshot pool_state::snapshot() const {
   snap.set_tests_passed(tests_passed_);
   snap.set_tests_failed(tests_failed_);
   snap.set_sessions_completed(sessions_completed_);
+  snap.set_sessions_requeued(sessions_requeued_);
   snap.set_sessions_failed(sessions_failed_);
   auto img = recent_ids_.save();
   snap.mutable_recent_ids()->Add(img.fingerprints.begin(),
@@ -517,6 +518,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   tests_passed_ = snap.tests_passed();
   tests_failed_ = snap.tests_failed();
   sessions_completed_ = snap.sessions_completed();
+  sessions_requeued_ = snap.sessions_requeued();
   sessions_failed_ = snap.sessions_failed();
   // recover() refuses an inconsistent window (recent_ids_error); a raw
   // restore of one starts with an empty window.

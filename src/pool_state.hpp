@@ -110,6 +110,8 @@ public:
   const id_window& recent_ids() const { return recent_ids_; }
   uint64_t tests_passed() const { return tests_passed_; }
   uint64_t tests_failed() const { return tests_failed_; }
+  /// Times an active session lost its nodes and went back to the queue.
+  uint64_t sessions_requeued() const { return sessions_requeued_; }
   int64_t last_now() const { return last_now_; }
 
   /// Checks I1..I5 on the whole state: O(nodes + sessions). Run at every
@@ -326,6 +328,7 @@ private:
   uint64_t tests_failed_ = 0;
   uint64_t sessions_completed_ = 0;
   uint64_t sessions_failed_ = 0;
+  uint64_t sessions_requeued_ = 0;
   id_window recent_ids_;
   int64_t last_now_ = 0;
 };

@@ -401,6 +401,7 @@ void pool_state::detach(pb::SessionRecord& s, const std::string& node_id,
 void pool_state::requeue(pb::SessionRecord& s, int64_t now,
                          apply_result& out) {
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+  ++sessions_requeued_;
   s.set_state(pb::QUEUED);  // first, so detaching does not recurse
   active_.erase(s.id());
   // While queued, last_activity is when the session (re-)entered the queue:

@@ -93,6 +93,25 @@ int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
   return best;
 }
 
+/// How many times active sessions went back to the queue, as the member at
+/// `addr` has committed; nullopt if it does not answer.
+std::optional<uint64_t> requeued(caf::actor_system& sys, const std::string& addr) {
+  auto gw = reach(sys, addr);
+  if (!gw)
+    return std::nullopt;
+  std::optional<uint64_t> n;
+  caf::scoped_actor self{sys};
+  self->request(*gw, 2s, state_atom::value)
+    .receive(
+      [&](const std::string& bytes) {
+        pb::Snapshot snap;
+        if (snap.ParseFromString(bytes))
+          n = snap.sessions_requeued();
+      },
+      [&](caf::error&) {});
+  return n;
+}
+
 } // namespace
 
 nlohmann::json failover(const options& o) {
@@ -165,6 +184,7 @@ nlohmann::json failover(const options& o) {
       throw std::runtime_error("failover: no session was served within 60 s");
     std::this_thread::sleep_for(100ms);
   }
+  auto requeued_before = requeued(sys, addr[leader() ? leader() : 1]);
   for (unsigned k = 0; k < o.failover_kills; ++k) {
     check_stop();
     std::this_thread::sleep_for(1s);  // a second of load under this leader
@@ -210,6 +230,13 @@ nlohmann::json failover(const options& o) {
          granted ? static_cast<double>(granted - t_kill) : -1.0);
     start(l);  // it rejoins as a follower
   }
+  std::optional<uint64_t> requeued_after;
+  for (int tries = 0; tries < 100 && !requeued_after; ++tries) {
+    if (int l = leader())
+      requeued_after = requeued(sys, addr[l]);
+    else
+      std::this_thread::sleep_for(50ms);
+  }
   submit.terminate(5s);
   miner.terminate(5s);
   for (int i = 1; i <= 3; ++i)
@@ -227,6 +254,10 @@ nlohmann::json failover(const options& o) {
     j["max_ms"] = grant_ms.back();
   }
   j["kill_to_leader_seen_median_ms"] = median(elect_ms);
+  // Active sessions whose nodes did not come back to the new leader in
+  // time go back to the queue (TakeOver); most continue where they were.
+  if (requeued_before && requeued_after)
+    j["sessions_requeued"] = *requeued_after - *requeued_before;
   return j;
 }
 

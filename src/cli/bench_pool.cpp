@@ -31,6 +31,8 @@
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
 #include "raft/raft_log.hpp"
+#include "log.hpp"
+#include "member_archive.hpp"
 #include "replica.hpp"
 #include "cli/bench_common.hpp"
 #include "cli/common.hpp"
@@ -316,11 +318,11 @@ struct durable_pool {
       std::filesystem::create_directories(mdir + "/raft");
       member m;
       m.archive = open_store(mdir + "/db");
-      auto archive = m.archive;
-      m.rep = std::make_shared<replica>(
-        [archive](std::vector<pb::SessionRecord>& ended) {
-          archive->append({}, ended, false);
-        });
+      // As an oracle's member: the archive, its position after every
+      // batch, and the gaps a snapshot install would leave.
+      m.rep = member_replica(m.archive, false, [](const std::string& e) {
+        nodepool::log("bench")->critical("replicated: {}", e);
+      });
       m.machine = std::make_shared<replica_machine>(*m.rep);
       m.roles = std::make_shared<role_relay>();
       raft_options ro;

@@ -155,6 +155,7 @@ nlohmann::json summarize(const pool_state& ps) {
   j["sessions"]["active"] = sc[pb::ACTIVE];
   j["sessions"]["completed"] = sc[pb::COMPLETED];
   j["sessions"]["failed"] = sc[pb::FAILED];
+  j["sessions"]["requeued"] = ps.sessions_requeued();
   j["tests"]["passed"] = ps.tests_passed();
   j["tests"]["failed"] = ps.tests_failed();
   return j;

@@ -69,7 +69,9 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
     }
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
-    std::this_thread::sleep_for(200ms);
+    // Short: during a cluster's election, this is how soon the new leader
+    // is found once it is there.
+    std::this_thread::sleep_for(50ms);
   }
 }
 
@@ -450,7 +452,9 @@ int run_miner(miner_options& o) {
     // nodes follow it (a single oracle always leads itself).
     if (std::chrono::steady_clock::now() - last_check > 500ms) {
       last_check = std::chrono::steady_clock::now();
-      if (!is_leader(sys, gateway, 1s)) {
+      // Briefly: a leader killed during this question does not answer,
+      // and its nodes must not wait long to move.
+      if (!is_leader(sys, gateway, 250ms)) {
         auto again = connect_retry(sys, o.oracle, 1);
         if (again && *again != gateway) {
           log("miner")->info("following the new leader");
@@ -563,7 +567,7 @@ int run_submit(submit_options& o) {
     req.set_client("submit");
     // An oracle that dies before answering may or may not have stored the
     // session: ask again until it answers; "duplicate" then means it had.
-    // The answer is awaited in slices of at most half a second, asking again
+    // The answer is awaited in slices of 100 ms, asking again
     // on the same connection after each, so that a signal is noticed in
     // time; that is safe too (a refusal waits for the disk like an
     // acceptance does).
@@ -574,7 +578,7 @@ int run_submit(submit_options& o) {
       std::chrono::milliseconds waited{0};
       while (!answered && !retry && !stop_requested) {
         auto slice = std::min<std::chrono::milliseconds>(
-          200ms, request_timeout - waited);
+          100ms, request_timeout - waited);
         self->request(*gw, slice, submit_atom::value, req.SerializeAsString())
           .receive(
             [&](accepted_atom) {

@@ -88,7 +88,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   // no live session once the clients stopped, no kill without a grant).
   size_t numbers = 0;
   auto zero_by_design = [](const std::string& path) {
-    for (auto end : {"queued", "live_sessions", "no_grant_within_30s"})
+    for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
+                     "sessions_requeued"})
       if (path.size() >= std::strlen(end)
           && path.compare(path.size() - std::strlen(end), std::string::npos,
                           end) == 0)

@@ -1608,6 +1608,7 @@ TEST(PoolTick, IdleSessionReleasesNodesAndIsRequeued) {
   auto active_at = h.now;
   h.now = active_at + 5000;
   EXPECT_FALSE(h.tick().changed);
+  EXPECT_EQ(h.pool.sessions_requeued(), 0u);
   h.now += 1;
   auto r = h.tick();
   for (auto id : {"n1", "n2"}) {
@@ -1616,6 +1617,11 @@ TEST(PoolTick, IdleSessionReleasesNodesAndIsRequeued) {
     EXPECT_EQ(h.state(id), pb::REVALIDATING);
   }
   EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  // Counted, and kept by a snapshot.
+  EXPECT_EQ(h.pool.sessions_requeued(), 1u);
+  pool_state copy;
+  copy.restore(h.pool.snapshot());
+  EXPECT_EQ(copy.sessions_requeued(), 1u);
   EXPECT_EQ(h.session("s1").last_activity(), h.now);
   EXPECT_EQ(h.session("s1").tasks_done(), 1u);
 }
