@@ -184,28 +184,11 @@ private:
   }
 
   void draw_parameters() {
-    p_.test_deadline_ms = 500;
-    p_.task_phase_timeout_ms = 200;
-    p_.heartbeat_interval_ms = 100;
-    p_.heartbeat_timeout_ms = 500;
-    p_.quarantine_backoff_ms = 500;
-    p_.quarantine_backoff_max_ms = 2000;
-    p_.tick_interval_ms = 50;
-    p_.idle_threshold_ms = 5000;
-    p_.queue_timeout_ms = 8000;
-    p_.tasks_before_release = 1 + static_cast<uint32_t>(rng_.below(3));
-    p_.max_strikes = 3 + static_cast<uint32_t>(rng_.below(3));
-    p_.snapshot_every = 5 + rng_.below(60);
-    static const char* strategies[] = {"reputation", "random", "latency"};
-    p_.selection = strategies[rng_.below(3)];
-    p_.seed = seed_;
-    auto scale = rng_.below(3);  // some seeds have a calm network
-    net_->drop = 0.004 * scale;
-    net_->delay = 0.02 * scale;
-    net_->duplicate = 0.01 * scale;
-    net_->reorder = 0.01 * scale;
-    sessions_wanted_ = 5 + rng_.below(12);
+    auto d = draw_run(rng_, seed_, *net_, true);
+    p_ = d.pool;
+    sessions_wanted_ = d.sessions_wanted;
   }
+
 
   bool open_store() {
     if (opt_.store == "memory") {
@@ -342,13 +325,8 @@ private:
   }
 
   void start_miner(miner_slot& m) {
-    node_config nc;
-    nc.id = m.id;
-    nc.kind = m.kind;
-    nc.seed = mix64(seed_ * 1000 + m.lives++ * 37 + std::hash<std::string>{}(m.id) % 997);
-    nc.deadline_hint_ms = p_.test_deadline_ms;
-    nc.register_timeout_ms = 1000;
-    m.node = spawn_node(*sys_, nc, caf::actor{});
+    m.node = spawn_node(*sys_, miner_node(m.id, m.kind, seed_, m.lives++, p_),
+                        caf::actor{});
     m.alive = true;
     m.silent = false;
     if (oracle_up_)
@@ -396,17 +374,9 @@ private:
   }
 
   pb::SubmitSession next_session() {
-    pb::SubmitSession s;
-    s.set_session_id("s" + std::to_string(submitted_++));
-    s.set_model("llama-3-8b");
-    auto red = 1 + static_cast<uint32_t>(rng_.below(3));
-    s.set_min_nodes(1);
-    s.set_max_nodes(red);
-    s.set_redundancy(red);
-    s.set_max_tasks(1 + static_cast<uint32_t>(rng_.below(4)));
-    s.set_client("sim");
-    return s;
+    return sim_parts::next_session(rng_, submitted_++);
   }
+
 
   void submit(const pb::SubmitSession& s) {
     requests_[s.session_id()] = s;
@@ -424,15 +394,9 @@ private:
       self->request(whom, ms(3000), submit_atom::value, bytes)
         .then([=](accepted_atom) { (*answers)[id] = answer::accepted; },
               [=](caf::error& e) {
-                auto code = read_refusal(*sys, e).first;
-                // Already stored: an earlier try got through and its answer
-                // was lost. The client now knows it is accepted.
-                if (code == "duplicate_session")
-                  (*answers)[id] = answer::accepted;
-                else if (code == "unavailable")
-                  (*answers)[id] = answer::unknown;
-                else
-                  (*answers)[id] = answer::refused;
+                // Already stored (duplicate_session): an earlier try got
+                // through and its answer was lost; the client now knows.
+                (*answers)[id] = classify_refusal(*sys, e);
               });
     });
   }

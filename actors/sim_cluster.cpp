@@ -253,29 +253,16 @@ private:
   }
 
   void draw_parameters() {
-    p_.test_deadline_ms = 500;
-    p_.task_phase_timeout_ms = 200;
-    p_.heartbeat_interval_ms = 100;
+    auto d = draw_run(rng_, seed_, *net_, false);
+    p_ = d.pool;
+    // Nodes get longer to reach a new leader; sessions wait out elections.
     p_.heartbeat_timeout_ms = 600;
-    p_.quarantine_backoff_ms = 500;
-    p_.quarantine_backoff_max_ms = 2000;
-    p_.tick_interval_ms = 50;
-    p_.idle_threshold_ms = 5000;
     p_.queue_timeout_ms = 12000;
-    p_.tasks_before_release = 1 + static_cast<uint32_t>(rng_.below(3));
-    p_.max_strikes = 3 + static_cast<uint32_t>(rng_.below(3));
-    static const char* strategies[] = {"reputation", "random", "latency"};
-    p_.selection = strategies[rng_.below(3)];
-    p_.seed = seed_;
-    auto scale = rng_.below(3);  // some seeds have a calm network
-    net_->drop = 0.004 * scale;
-    net_->delay = 0.02 * scale;
-    net_->duplicate = 0.01 * scale;
-    net_->reorder = 0.01 * scale;
-    sessions_wanted_ = 5 + rng_.below(12);
+    sessions_wanted_ = d.sessions_wanted;
     election_ms_ = 150 + static_cast<unsigned>(rng_.below(250));
     snapshot_threshold_ = 8 + static_cast<unsigned>(rng_.below(56));
   }
+
 
   bool start_cluster() {
     if (raft_fixture_initialize(&f_) != 0) {
@@ -574,14 +561,8 @@ private:
   }
 
   void start_miner(miner_slot& m) {
-    node_config nc;
-    nc.id = m.id;
-    nc.kind = m.kind;
-    nc.seed = mix64(seed_ * 1000 + m.lives++ * 37
-                    + std::hash<std::string>{}(m.id) % 997);
-    nc.deadline_hint_ms = p_.test_deadline_ms;
-    nc.register_timeout_ms = 1000;
-    m.node = spawn_node(*sys_, nc, caf::actor{});
+    m.node = spawn_node(*sys_, miner_node(m.id, m.kind, seed_, m.lives++, p_),
+                        caf::actor{});
     m.alive = true;
     m.silent = false;
     conn_[m.id] = -1;
@@ -692,17 +673,9 @@ private:
   // -- clients ---------------------------------------------------------------
 
   pb::SubmitSession next_session() {
-    pb::SubmitSession s;
-    s.set_session_id("s" + std::to_string(submitted_++));
-    s.set_model("llama-3-8b");
-    auto red = 1 + static_cast<uint32_t>(rng_.below(3));
-    s.set_min_nodes(1);
-    s.set_max_nodes(red);
-    s.set_redundancy(red);
-    s.set_max_tasks(1 + static_cast<uint32_t>(rng_.below(4)));
-    s.set_client("sim");
-    return s;
+    return sim_parts::next_session(rng_, submitted_++);
   }
+
 
   /// To the oracle last seen leading, else to any running one (a follower
   /// refuses it as not_leader, and the client tries again later).
@@ -730,15 +703,7 @@ private:
       self->request(whom, ms(3000), submit_atom::value, bytes)
         .then([=](accepted_atom) { (*answers)[id] = answer::accepted; },
               [=](caf::error& e) {
-                auto code = read_refusal(*sys, e).first;
-                if (code == "duplicate_session")
-                  (*answers)[id] = answer::accepted;  // an earlier try got in
-                else if (code == "unavailable" || code == "not_leader"
-                         || e == caf::sec::request_timeout
-                         || e == caf::sec::request_receiver_down)
-                  (*answers)[id] = answer::unknown;
-                else
-                  (*answers)[id] = answer::refused;
+                (*answers)[id] = classify_refusal(*sys, e);
               });
     });
   }

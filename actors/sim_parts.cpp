@@ -108,6 +108,69 @@ caf::behavior link_actor(link_ptr self, caf::actor node, caf::actor gateway,
 
 } // namespace
 
+run_draw draw_run(seeded_rng& rng, uint64_t seed, net_faults& net,
+                  bool snapshot_every) {
+  run_draw d;
+  auto& p = d.pool;
+  p.test_deadline_ms = 500;
+  p.task_phase_timeout_ms = 200;
+  p.heartbeat_interval_ms = 100;
+  p.heartbeat_timeout_ms = 500;
+  p.quarantine_backoff_ms = 500;
+  p.quarantine_backoff_max_ms = 2000;
+  p.tick_interval_ms = 50;
+  p.idle_threshold_ms = 5000;
+  p.queue_timeout_ms = 8000;
+  p.tasks_before_release = 1 + static_cast<uint32_t>(rng.below(3));
+  p.max_strikes = 3 + static_cast<uint32_t>(rng.below(3));
+  if (snapshot_every)
+    p.snapshot_every = 5 + rng.below(60);
+  static const char* strategies[] = {"reputation", "random", "latency"};
+  p.selection = strategies[rng.below(3)];
+  p.seed = seed;
+  auto scale = rng.below(3);  // some seeds have a calm network
+  net.drop = 0.004 * scale;
+  net.delay = 0.02 * scale;
+  net.duplicate = 0.01 * scale;
+  net.reorder = 0.01 * scale;
+  d.sessions_wanted = 5 + rng.below(12);
+  return d;
+}
+
+pb::SubmitSession next_session(seeded_rng& rng, uint64_t n) {
+  pb::SubmitSession s;
+  s.set_session_id("s" + std::to_string(n));
+  s.set_model("llama-3-8b");
+  auto red = 1 + static_cast<uint32_t>(rng.below(3));
+  s.set_min_nodes(1);
+  s.set_max_nodes(red);
+  s.set_redundancy(red);
+  s.set_max_tasks(1 + static_cast<uint32_t>(rng.below(4)));
+  s.set_client("sim");
+  return s;
+}
+
+node_config miner_node(const std::string& id, behaviour kind, uint64_t seed,
+                       uint32_t lives, const params& pool) {
+  node_config nc;
+  nc.id = id;
+  nc.kind = kind;
+  nc.seed = mix64(seed * 1000 + lives * 37 + std::hash<std::string>{}(id) % 997);
+  nc.deadline_hint_ms = pool.test_deadline_ms;
+  nc.register_timeout_ms = 1000;
+  return nc;
+}
+
+answer classify_refusal(caf::actor_system& sys, const caf::error& e) {
+  auto code = read_refusal(sys, e).first;
+  if (code == "duplicate_session")
+    return answer::accepted;
+  if (code == "unavailable" || code == "not_leader"
+      || e == caf::sec::request_timeout || e == caf::sec::request_receiver_down)
+    return answer::unknown;
+  return answer::refused;
+}
+
 caf::actor spawn_link(caf::actor_system& sys, caf::actor node,
                       caf::actor gateway, std::string id, uint64_t seed,
                       std::shared_ptr<net_faults> net,

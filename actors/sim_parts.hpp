@@ -14,6 +14,8 @@
 #include <caf/actor_system.hpp>
 
 #include "actors/node.hpp"
+#include "params.hpp"
+#include "random.hpp"
 
 namespace nodepool::sim_parts {
 
@@ -45,6 +47,31 @@ caf::actor spawn_link(caf::actor_system& sys, caf::actor node,
                       std::shared_ptr<net_faults> net,
                       std::shared_ptr<fault_log> log);
 
+/// The pool parameters of a run, and its network's fault rates and session
+/// count, drawn from `rng` in a fixed order. `snapshot_every` is drawn for
+/// one oracle only (a cluster's snapshots are raft's).
+struct run_draw {
+  params pool;
+  uint64_t sessions_wanted = 0;
+};
+run_draw draw_run(seeded_rng& rng, uint64_t seed, net_faults& net,
+                  bool snapshot_every);
+
+/// The next session a simulated client submits: id "s<n>".
+pb::SubmitSession next_session(seeded_rng& rng, uint64_t n);
+
+/// A simulated miner's node, for its `lives`-th start in run `seed`.
+node_config miner_node(const std::string& id, behaviour kind, uint64_t seed,
+                       uint32_t lives, const params& pool);
+
+/// What a client knows of a session it submitted.
+enum class answer { pending, accepted, unknown, refused };
+
+/// What a client makes of a refused or failed submission: accepted by an
+/// earlier try (duplicate_session), unknown (the oracle is gone, not the
+/// leader, or silent: try again), or refused.
+answer classify_refusal(caf::actor_system& sys, const caf::error& e);
+
 /// One simulated miner node and its current connection.
 struct miner_slot {
   std::string id;
@@ -56,7 +83,5 @@ struct miner_slot {
   uint32_t lives = 0;
 };
 
-/// What a client knows of a session it submitted.
-enum class answer { pending, accepted, unknown, refused };
 
 } // namespace nodepool::sim_parts
