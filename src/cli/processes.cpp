@@ -690,6 +690,33 @@ int run_status(const std::string& oracle, bool json, bool sessions,
                 j["cluster"] = cj;
             },
             [&](caf::error&) {});
+        // Given every member: each one's view, side by side.
+        auto list = split_oracles(oracle);
+        if (list.size() > 1) {
+          j["members"] = nlohmann::json::array();
+          for (auto& addr : list) {
+            nlohmann::json m{{"address", addr}, {"reachable", false}};
+            auto [host, port] = parse_host_port(addr);
+            if (auto mg = connect_oracle(sys, host, port, 1s))
+              self->request(*mg, 2s, cluster_atom::value)
+                .receive(
+                  [&](const std::string& c) {
+                    auto cj = nlohmann::json::parse(c, nullptr, false);
+                    if (!cj.is_object())
+                      return;
+                    m["reachable"] = true;
+                    for (auto key : {"id", "role", "ready", "term", "leader_id",
+                                     "commit_index", "applied_index",
+                                     "last_index", "pool_index",
+                                     "archive_complete_through",
+                                     "refused_peers"})
+                      if (cj.contains(key))
+                        m[key] = cj[key];
+                  },
+                  [&](caf::error&) {});
+            j["members"].push_back(m);
+          }
+        }
         std::printf("%s\n", json ? j.dump().c_str() : j.dump(2).c_str());
         rc = 0;
       },
@@ -1161,7 +1188,10 @@ void add_status(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   auto sessions = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand("status", "show a running oracle's pool");
-  cmd->add_option("--oracle", *oracle, "HOST:PORT of an oracle")->required();
+  cmd->add_option("--oracle", *oracle,
+                  "HOST:PORT of an oracle, or every member of a cluster "
+                  "(H1:P1,H2:P2,...: each member's view is shown)")
+    ->required();
   cmd->add_flag("--json", *json, "one line of JSON");
   cmd->add_flag("--sessions", *sessions,
                 "list the state of every live (queued or active) session; "

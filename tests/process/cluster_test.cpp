@@ -152,6 +152,24 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
   }
   EXPECT_EQ(last[1]["last_index"], last[2]["last_index"]);
   EXPECT_EQ(last[1]["last_index"], last[3]["last_index"]);
+  // Given every member, status shows each one's view: one leader, one term.
+  {
+    auto [rc, out] = run({"status", "--oracle", all(), "--json"},
+                         dir_ + "/status-all.out", std::chrono::seconds(30));
+    ASSERT_EQ(rc, 0) << out;
+    auto j = last_json_line(out);
+    ASSERT_TRUE(j.is_object() && j.contains("members")) << out;
+    ASSERT_EQ(j["members"].size(), 3u) << out;
+    int leaders = 0;
+    for (auto& m : j["members"]) {
+      EXPECT_TRUE(m.value("reachable", false)) << m.dump();
+      leaders += m.value("role", "") == "leader";
+      EXPECT_EQ(m["term"], j["members"][0]["term"]) << out;
+      EXPECT_GT(m.value("applied_index", 0), 0) << m.dump();
+      EXPECT_EQ(m.value("refused_peers", -1), 0) << m.dump();
+    }
+    EXPECT_EQ(leaders, 1) << out;
+  }
   // Three leaders killed: three more elections after the first (term 2).
   EXPECT_GE(last[1]["cluster"].value("term", 0), 5) << last[1].dump();
   miner.signal(SIGTERM);
