@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 #include <stdexcept>
+#include <mutex>
 
 #include <toml++/toml.h>
 
@@ -178,20 +179,32 @@ cluster_config load_cluster(const std::string& path) {
 }
 
 uint16_t free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    throw std::runtime_error("socket() failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
-      || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+  // The kernel may hand the same free port to two calls in a row (nothing
+  // holds it once the probe socket closes): a port given out before by
+  // this process is not given again.
+  static std::mutex mu;
+  static std::set<uint16_t> given;
+  std::lock_guard<std::mutex> g{mu};
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+      throw std::runtime_error("socket() failed");
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+        || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ::close(fd);
+      throw std::runtime_error("cannot find a free port on 127.0.0.1");
+    }
     ::close(fd);
-    throw std::runtime_error("cannot find a free port on 127.0.0.1");
+    auto port = ntohs(a.sin_port);
+    if (given.insert(port).second)
+      return port;
   }
-  ::close(fd);
-  return ntohs(a.sin_port);
+  throw std::runtime_error("cannot find a free port on 127.0.0.1 not given "
+                           "out before");
 }
 
 } // namespace nodepool

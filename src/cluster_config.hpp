@@ -69,6 +69,6 @@ void claim_data_dir(const cluster_config& c, const std::string& data_dir);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago: for tests and
 /// benchmarks that start servers on one machine. Throws if none is.
-uint16_t free_loopback_port();
+uint16_t free_loopback_port();  // never the same port twice in a process
 
 } // namespace nodepool
