@@ -31,7 +31,7 @@ struct cluster_member {
 ///   address = "127.0.0.1:4241"
 ///   ...
 ///   [raft]                      # optional
-///   election_timeout_ms = 500
+///   election_timeout_ms = 400
 ///   heartbeat_timeout_ms = 50
 ///   snapshot_threshold = 1024
 ///   snapshot_trailing = 128
@@ -42,7 +42,7 @@ struct cluster_config {
   /// the member list ever changes; by default it is derived from the list.
   std::string cluster_id;
   std::vector<cluster_member> members;
-  unsigned election_timeout_ms = 500;
+  unsigned election_timeout_ms = 400;
   unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;
   unsigned snapshot_trailing = 128;

@@ -373,7 +373,7 @@ void add_bench(CLI::App& app) {
     ->check(CLI::Range(1u, 1000u));
   cmd->add_option("--failover-election-ms", o->failover_election_ms,
                   "Raft election timeout of the failover section's cluster "
-                  "(default 500, the cluster file's default)")
+                  "(default 400, the cluster file's default)")
     ->check(CLI::Range(50u, 60000u));
   cmd->add_option("--only", o->only,
                   "run only these sections (state_machine, queue, durable, replicated, failover, "

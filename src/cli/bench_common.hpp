@@ -36,7 +36,7 @@ struct options {
   uint32_t remote_nodes = 200;
   uint32_t remote_clients = 64;
   unsigned failover_kills = 20;          // leader kills of `failover`
-  unsigned failover_election_ms = 500;   // its Raft election timeout
+  unsigned failover_election_ms = 400;   // its Raft election timeout
   std::string redis_server;      // path of redis-server (found or installed)
   /// Pool parameters of the nodepool sections (defaults unless flags say
   /// otherwise), and the flags themselves, passed on to child runs.

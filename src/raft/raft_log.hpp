@@ -18,7 +18,7 @@ struct raft_options {
   uint64_t id = 0;
   std::string dir;                // raft's own files: log segments, snapshots
   std::vector<raft_peer> members;  // every voter, this one included
-  unsigned election_timeout_ms = 500;
+  unsigned election_timeout_ms = 400;
   unsigned heartbeat_timeout_ms = 50;
   unsigned snapshot_threshold = 1024;  // entries between snapshots
   unsigned snapshot_trailing = 128;    // entries kept after a snapshot
