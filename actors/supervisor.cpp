@@ -165,6 +165,16 @@ void apply(self_ptr self, pb::Command& cmd,
   hold_for_commit(self, r, rp);
 }
 
+/// The answers a commit releases: each acceptance or refusal, in order.
+template <class Waiting>
+void deliver_answers(Waiting& waiting) {
+  for (auto& [rp, refused] : waiting)
+    if (refused)
+      rp.deliver(make_refusal(refused->code, refused->detail));
+    else
+      rp.deliver(accepted_atom::value);
+}
+
 void flush(self_ptr self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -198,11 +208,7 @@ void flush(self_ptr self) {
     for (auto& s : st.subscribers)
       self->send(s, events_atom::value, bytes);
   }
-  for (auto& [rp, refused] : st.waiting)
-    if (refused)
-      rp.deliver(make_refusal(refused->code, refused->detail));
-    else
-      rp.deliver(accepted_atom::value);
+  deliver_answers(st.waiting);
   st.waiting.clear();
   // A snapshot costs in proportion to the live records it holds (ended
   // sessions are archived, so not to the history). Waiting at least as
@@ -266,11 +272,7 @@ void release(self_ptr self) {
       for (auto& s : st.subscribers)
         self->send(s, events_atom::value, bytes);
     }
-    for (auto& [rp, refused] : f.waiting)
-      if (refused)
-        rp.deliver(make_refusal(refused->code, refused->detail));
-      else
-        rp.deliver(accepted_atom::value);
+    deliver_answers(f.waiting);
     st.inflight.pop_front();
   }
 }

@@ -207,4 +207,24 @@ uint16_t free_loopback_port() {
                            "out before");
 }
 
+std::vector<cluster_member> write_loopback_cluster(const std::string& path,
+                                                   unsigned n,
+                                                   const std::string& extra) {
+  std::vector<cluster_member> ms;
+  std::ofstream f{path};
+  for (unsigned i = 1; i <= n; ++i) {
+    cluster_member m;
+    m.id = i;
+    m.raft = "127.0.0.1:" + std::to_string(free_loopback_port());
+    m.address = "127.0.0.1:" + std::to_string(free_loopback_port());
+    f << "[[member]]\nid = " << m.id << "\nraft = \"" << m.raft
+      << "\"\naddress = \"" << m.address << "\"\n";
+    ms.push_back(std::move(m));
+  }
+  f << extra;
+  if (!f)
+    throw std::runtime_error("cannot write " + path);
+  return ms;
+}
+
 } // namespace nodepool

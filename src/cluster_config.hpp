@@ -71,4 +71,11 @@ void claim_data_dir(const cluster_config& c, const std::string& data_dir);
 /// benchmarks that start servers on one machine. Throws if none is.
 uint16_t free_loopback_port();  // never the same port twice in a process
 
+/// Writes a cluster file of `n` members on 127.0.0.1, every port free now
+/// (ids 1..n), followed by `extra` (a `[raft]` table, say); returns the
+/// members as written. Throws if the file cannot be written.
+std::vector<cluster_member> write_loopback_cluster(const std::string& path,
+                                                   unsigned n,
+                                                   const std::string& extra);
+
 } // namespace nodepool

@@ -118,17 +118,13 @@ nlohmann::json failover(const options& o) {
   temp_tree tree{"failover"};  // outlives the processes that use it
   auto& dir = tree.path;
   std::string addr[4];
-  {
-    std::ofstream f{dir + "/cluster.toml"};
-    for (int i = 1; i <= 3; ++i) {
-      addr[i] = "127.0.0.1:" + std::to_string(free_loopback_port());
-      f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:"
-        << free_loopback_port() << "\"\naddress = \"" << addr[i] << "\"\n";
-    }
-    f << "[raft]\nelection_timeout_ms = " << o.failover_election_ms
-      << "\nheartbeat_timeout_ms = "
-      << std::max<unsigned>(1, o.failover_election_ms / 10) << "\n";
-  }
+  auto members = write_loopback_cluster(
+    dir + "/cluster.toml", 3,
+    "[raft]\nelection_timeout_ms = " + std::to_string(o.failover_election_ms)
+      + "\nheartbeat_timeout_ms = "
+      + std::to_string(std::max<unsigned>(1, o.failover_election_ms / 10)) + "\n");
+  for (int i = 1; i <= 3; ++i)
+    addr[i] = members[i - 1].address;
   auto list = addr[1] + "," + addr[2] + "," + addr[3];
   std::unique_ptr<child_process> oracle[4];
   int runs = 0;

@@ -251,17 +251,11 @@ std::string chaos_run::oracle_list() const {
 /// 256 entries, so that members restarted in the run catch up by snapshot.
 void chaos_run::write_cluster_file() {
   cluster_file_ = dir_ + "/cluster.toml";
-  std::ofstream f{cluster_file_};
-  for (size_t k = 0; k < o_.oracles; ++k) {
-    ports_.push_back(free_loopback_port());
-    f << "[[member]]\nid = " << k + 1 << "\nraft = \"127.0.0.1:"
-      << free_loopback_port() << "\"\naddress = \"127.0.0.1:" << ports_.back()
-      << "\"\n";
-  }
-  f << "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
-       "snapshot_threshold = 256\nsnapshot_trailing = 64\n";
-  if (!f)
-    throw std::runtime_error("cannot write " + cluster_file_);
+  for (auto& m : write_loopback_cluster(
+         cluster_file_, static_cast<unsigned>(o_.oracles),
+         "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
+         "snapshot_threshold = 256\nsnapshot_trailing = 64\n"))
+    ports_.push_back(split_host_port(m.address)->second);
 }
 
 std::vector<std::string> chaos_run::oracle_args(size_t k) const {

@@ -17,7 +17,6 @@
 #include "cluster_config.hpp"
 
 using namespace nodepool::testing;
-using nodepool::free_loopback_port;
 
 namespace {
 
@@ -26,15 +25,14 @@ protected:
   void SetUp() override {
     dir_ = temp_dir("cluster");
     clean_.dir = dir_;
-    std::ofstream f{dir_ + "/cluster.toml"};
+    auto ms = nodepool::write_loopback_cluster(
+      dir_ + "/cluster.toml", 3,
+      "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
+      "snapshot_threshold = 256\nsnapshot_trailing = 64\n");
     for (int i = 1; i <= 3; ++i) {
-      addr_[i] = "127.0.0.1:" + std::to_string(free_loopback_port());
-      raft_[i] = free_loopback_port();
-      f << "[[member]]\nid = " << i << "\nraft = \"127.0.0.1:" << raft_[i]
-        << "\"\naddress = \"" << addr_[i] << "\"\n";
+      addr_[i] = ms[i - 1].address;
+      raft_[i] = nodepool::split_host_port(ms[i - 1].raft)->second;
     }
-    f << "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
-         "snapshot_threshold = 256\nsnapshot_trailing = 64\n";
   }
 
   std::string all() const {
