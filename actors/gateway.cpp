@@ -329,6 +329,10 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       [=](submit_atom, const std::string& bytes) {
         return self->delegate(self->state.sessions, submit_atom::value, bytes);
       },
+      // A client's prompt for an interactive session (the HTTP API).
+      [=](prompt_atom, const std::string& bytes) {
+        return self->delegate(self->state.sessions, prompt_atom::value, bytes);
+      },
       [=](archive_atom, const std::string& query) {
         return self->delegate(self->state.supervisor, archive_atom::value,
                               query);

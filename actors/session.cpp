@@ -1,5 +1,7 @@
 #include "actors/session.hpp"
 
+#include <deque>
+
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
@@ -23,6 +25,17 @@ struct participant {
   int64_t latency_ms = 0;  // task sent -> output committed
 };
 
+/// A client's prompt waiting for its answer (interactive sessions).
+struct pending_prompt {
+  pb::PromptRequest req;
+  caf::response_promise rp;
+  uint64_t seq = 0;
+  bool answered = false;  // timed out: the task still runs, nobody waits
+};
+
+/// At most this many prompts wait per session; more are refused (busy).
+constexpr size_t max_waiting_prompts = 16;
+
 struct session_state {
   caf::actor queue;
   caf::actor supervisor;
@@ -40,6 +53,9 @@ struct session_state {
   uint64_t attempt = 0;        // tells stale timeouts apart
   int64_t task_started = 0;    // when the current attempt was sent (ms)
   std::vector<participant> parts;
+  bool interactive = false;     // tasks are the client's prompts
+  std::deque<pending_prompt> prompts;  // front() is the one running
+  uint64_t prompt_seq = 0;
   static inline const char* name = "session";
 };
 
@@ -64,6 +80,18 @@ void finish_task(self_ptr self) {
     }
   for (auto k : outliers(outputs, st.pool.embedding_threshold))
     st.parts[ok[k]].outcome = pb::OUTLIER;
+  // The answer a client gets: the first output that agreed with the others.
+  pb::PromptAnswer answer;
+  answer.set_session_id(st.id);
+  answer.set_task_no(st.task_no);
+  answer.set_model(st.model);
+  answer.set_nodes(static_cast<uint32_t>(st.parts.size()));
+  for (auto& p : st.parts)
+    if (!p.failed && p.outcome == pb::OK) {
+      if (answer.agreeing() == 0)
+        answer.set_output(p.output);
+      answer.set_agreeing(answer.agreeing() + 1);
+    }
   auto cmd = command_bytes([&](pb::Command& c) {
     auto* t = c.mutable_task_done();
     t->set_session_id(st.id);
@@ -87,6 +115,20 @@ void finish_task(self_ptr self) {
         st.running = false;
         st.parts.clear();
         ++st.task_no;
+        // The outcome is durable: the client hears the answer now.
+        if (st.interactive && !st.prompts.empty()) {
+          auto& p = st.prompts.front();
+          if (!p.answered) {
+            if (answer.agreeing() > 0)
+              p.rp.deliver(answer.SerializeAsString());
+            else
+              p.rp.deliver(make_refusal(
+                "no_answer", "none of the session's "
+                               + std::to_string(answer.nodes())
+                               + " nodes committed an answer in time"));
+          }
+          st.prompts.pop_front();
+        }
         // Go on only after the events of this commit (nodes released by it)
         // have come through the queue: a bounce off it orders the two.
         self->send(st.queue, reply_atom::value, self);
@@ -126,6 +168,8 @@ void start_task(self_ptr self) {
   auto& st = self->state;
   if (st.running || st.nodes.empty() || st.task_no >= st.max_tasks)
     return;
+  if (st.interactive && st.prompts.empty())
+    return;  // waits for the client's next prompt
   st.running = true;
   ++st.attempt;
   st.task_started = now_ms(self, st.sim_time);
@@ -137,10 +181,17 @@ void start_task(self_ptr self) {
   auto* t = m.mutable_task();
   t->set_session_id(st.id);
   t->set_task_no(st.task_no);
-  t->set_prompt("Session " + st.id + " task " + std::to_string(st.task_no)
-                + ": summarise why tested nodes matter for "
-                + (st.model.empty() ? std::string{"any model"} : st.model)
-                + ".");
+  if (st.interactive) {
+    auto& r = st.prompts.front().req;
+    t->set_prompt(r.prompt());
+    t->set_max_tokens(r.max_tokens());
+    t->set_temperature(r.temperature());
+    t->set_top_p(r.top_p());
+  } else
+    t->set_prompt("Session " + st.id + " task " + std::to_string(st.task_no)
+                  + ": summarise why tested nodes matter for "
+                  + (st.model.empty() ? std::string{"any model"} : st.model)
+                  + ".");
   t->set_phase_timeout_ms(st.pool.task_phase_timeout_ms);
   auto bytes = m.SerializeAsString();
   for (auto& p : st.parts)
@@ -199,6 +250,12 @@ void on_event(self_ptr self, const pb::Event& e) {
   } else if (e.has_node_state_changed()) {
     node_left(self, e.node_state_changed().node_id());
   } else if (e.has_session_ended()) {
+    for (auto& p : st.prompts)
+      if (!p.answered)
+        p.rp.deliver(make_refusal("session_ended",
+                                  "session " + st.id + " ended ("
+                                    + e.session_ended().reason() + ")"));
+    st.prompts.clear();
     self->quit();
   }
 }
@@ -280,6 +337,7 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
     st.model = start.model();
     st.redundancy = std::max<uint32_t>(1, start.redundancy());
     st.max_tasks = start.max_tasks();
+    st.interactive = start.interactive();
     pb::Event e;
     *e.mutable_session_started() = start;
     on_event(self, e);
@@ -299,6 +357,53 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
         on_miner(self, node, m);
       },
       [=](reply_atom) { start_task(self); },
+      // A client's prompt (interactive sessions): PromptRequest bytes ->
+      // PromptAnswer bytes once the task's outcome is durable, or a refusal.
+      [=](prompt_atom, const std::string& bytes) -> caf::result<std::string> {
+        auto& st = self->state;
+        pb::PromptRequest r;
+        if (!r.ParseFromString(bytes))
+          return make_refusal("malformed", "prompt request does not decode");
+        if (!st.interactive)
+          return make_refusal("not_interactive",
+                              "session " + st.id
+                                + " runs generated tasks, not prompts");
+        if (st.task_no + st.prompts.size() >= st.max_tasks)
+          return make_refusal("max_tasks_reached",
+                              "session " + st.id + " allows "
+                                + std::to_string(st.max_tasks) + " tasks");
+        if (st.prompts.size() >= max_waiting_prompts)
+          return make_refusal("busy", "session " + st.id + " already has "
+                                        + std::to_string(st.prompts.size())
+                                        + " prompts waiting");
+        auto& p = st.prompts.emplace_back();
+        p.req = std::move(r);
+        p.rp = self->make_response_promise();
+        p.seq = ++st.prompt_seq;
+        if (p.req.timeout_ms() > 0)
+          self->delayed_send(self, std::chrono::milliseconds(p.req.timeout_ms()),
+                             timeout_atom::value, p.seq);
+        auto rp = p.rp;
+        start_task(self);
+        return rp;
+      },
+      [=](timeout_atom, uint64_t seq) {
+        auto& st = self->state;
+        for (size_t i = 0; i < st.prompts.size(); ++i) {
+          auto& p = st.prompts[i];
+          if (p.seq != seq || p.answered)
+            continue;
+          p.rp.deliver(make_refusal("timeout", "no answer within "
+                                      + std::to_string(p.req.timeout_ms())
+                                      + " ms"));
+          p.answered = true;
+          // Not started yet: it never runs. Running: it finishes (the nodes
+          // did the work) and its answer is dropped.
+          if (i > 0 || !st.running)
+            st.prompts.erase(st.prompts.begin() + static_cast<long>(i));
+          return;
+        }
+      },
       [=](timeout_atom, uint64_t attempt, int phase) {
         auto& st = self->state;
         if (attempt != st.attempt || !st.running || st.reporting)

@@ -26,6 +26,16 @@ struct session_queue_state {
   std::map<std::string, std::string> node_owner;  // node id -> session id
   uint64_t completed = 0;
   uint64_t failed = 0;
+  /// Prompts for sessions not started yet (queued in the pool), by session:
+  /// sent on once its actor exists, refused if it ends first.
+  struct held_prompt {
+    std::string bytes;
+    caf::response_promise rp;
+    uint64_t seq = 0;
+  };
+  std::map<std::string, std::vector<held_prompt>> held;
+  size_t held_count = 0;
+  uint64_t held_seq = 0;
   static inline const char* name = "session_queue";
 };
 
@@ -35,6 +45,37 @@ void forward(self_ptr self, const std::string& sid, const pb::Event& e) {
   auto i = self->state.running.find(sid);
   if (i != self->state.running.end())
     self->send(i->second, events_atom::value, e.SerializeAsString());
+}
+
+/// Hands a prompt to a session's actor; the answer goes to `rp`.
+void pass_prompt(self_ptr self, const caf::actor& session,
+                 const std::string& bytes, caf::response_promise rp) {
+  self->request(session, caf::infinite, prompt_atom::value, bytes)
+    .then([rp](const std::string& answer) mutable { rp.deliver(answer); },
+          [rp](caf::error& err) mutable {
+            if (err == caf::sec::request_receiver_down)
+              rp.deliver(make_refusal("session_ended",
+                                      "the session ended before answering"));
+            else
+              rp.deliver(std::move(err));
+          });
+}
+
+void release_held(self_ptr self, const std::string& sid) {
+  auto& st = self->state;
+  auto h = st.held.find(sid);
+  if (h == st.held.end())
+    return;
+  auto r = st.running.find(sid);
+  for (auto& p : h->second) {
+    if (r != st.running.end())
+      pass_prompt(self, r->second, p.bytes, p.rp);
+    else
+      p.rp.deliver(make_refusal("session_ended",
+                                "session " + sid + " ended before it started"));
+  }
+  st.held_count -= h->second.size();
+  st.held.erase(h);
 }
 
 void on_event(self_ptr self, const pb::Event& e) {
@@ -55,6 +96,7 @@ void on_event(self_ptr self, const pb::Event& e) {
         st.linked.insert(a.address());
         st.running[s.session_id()] = a;
       }
+      release_held(self, s.session_id());
       break;
     }
     case pb::Event::kNodeReserved: {
@@ -85,6 +127,7 @@ void on_event(self_ptr self, const pb::Event& e) {
       auto& s = e.session_ended();
       forward(self, s.session_id(), e);
       st.running.erase(s.session_id());
+      release_held(self, s.session_id());
       if (s.state() == pb::COMPLETED)
         ++st.completed;
       else
@@ -152,6 +195,49 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         self->send(i->second, task_atom::value, node, sid, bytes);
       },
       [=](reply_atom, caf::actor who) { self->send(who, reply_atom::value); },
+      // A client's prompt (PromptRequest bytes) for an interactive session:
+      // answered by the session's actor with PromptAnswer bytes. A session
+      // that is accepted but not started yet holds it until it starts (or
+      // until the prompt's timeout). The caller checks that the session
+      // exists; an id this oracle never started waits for its timeout.
+      [=](prompt_atom, const std::string& bytes) -> caf::result<std::string> {
+        auto& st = self->state;
+        pb::PromptRequest r;
+        if (!r.ParseFromString(bytes))
+          return make_refusal("malformed", "prompt request does not decode");
+        auto rp = self->make_response_promise();
+        if (auto i = st.running.find(r.session_id()); i != st.running.end()) {
+          pass_prompt(self, i->second, bytes, rp);
+          return rp;
+        }
+        if (st.held_count >= 4096)
+          return make_refusal("busy", "too many prompts wait for sessions "
+                                      "to start");
+        auto seq = ++st.held_seq;
+        st.held[r.session_id()].push_back({bytes, rp, seq});
+        ++st.held_count;
+        auto timeout = r.timeout_ms() > 0 ? r.timeout_ms() : 600000;
+        self->delayed_send(self, std::chrono::milliseconds(timeout),
+                           timeout_atom::value, r.session_id(), seq);
+        return rp;
+      },
+      [=](timeout_atom, const std::string& sid, uint64_t seq) {
+        auto& st = self->state;
+        auto h = st.held.find(sid);
+        if (h == st.held.end())
+          return;
+        auto& v = h->second;
+        for (auto i = v.begin(); i != v.end(); ++i)
+          if (i->seq == seq) {
+            i->rp.deliver(make_refusal(
+              "timeout", "session " + sid + " did not start in time"));
+            v.erase(i);
+            --st.held_count;
+            break;
+          }
+        if (v.empty())
+          st.held.erase(h);
+      },
       // The supervisor's term as leader ended: the running sessions were its
       // soft state (the committed pool has them, and the next leader
       // requeues them). Their actors stop; nothing of theirs is acted on.
@@ -160,6 +246,12 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         for (auto& [id, a] : st.running)
           self->send_exit(a, caf::exit_reason::user_shutdown);
         st.running.clear();
+        for (auto& [sid, v] : st.held)
+          for (auto& p : v)
+            p.rp.deliver(make_refusal("not_leader",
+                                      "this oracle stopped leading"));
+        st.held.clear();
+        st.held_count = 0;
         st.node_owner.clear();
       },
       [=](stats_atom) -> std::string {
@@ -167,6 +259,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         j["running"] = self->state.running.size();
         j["completed"] = self->state.completed;
         j["failed"] = self->state.failed;
+        j["prompts_waiting_for_start"] = self->state.held_count;
         return j.dump();
       },
     };

@@ -33,6 +33,7 @@ CAF_ADD_ATOM(nodepool, nodepool, submit_atom, "submit")
 CAF_ADD_ATOM(nodepool, nodepool, timeout_atom, "timeout")
 CAF_ADD_ATOM(nodepool, nodepool, beat_atom, "beat")
 CAF_ADD_ATOM(nodepool, nodepool, reply_atom, "reply")
+CAF_ADD_ATOM(nodepool, nodepool, prompt_atom, "prompt")
 // cluster
 CAF_ADD_ATOM(nodepool, nodepool, lead_atom, "lead")
 CAF_ADD_ATOM(nodepool, nodepool, follow_atom, "follow")

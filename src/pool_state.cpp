@@ -420,6 +420,7 @@ void pool_state::maybe_resume(const pb::SessionRecord& s, apply_result& out) {
     x->set_max_tasks(s.max_tasks());
     x->set_tasks_done(s.tasks_done());
     x->set_model(s.model());
+    x->set_interactive(s.interactive());
   });
 }
 

@@ -65,6 +65,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
   s.set_reserve_period_ms(c.reserve_period_ms());
   s.set_max_tasks(c.max_tasks() ? c.max_tasks() : 1);
   s.set_client(c.client());
+  s.set_interactive(c.interactive());
   s.set_state(pb::QUEUED);
   s.set_submitted_at(now);
   s.set_last_activity(now);
@@ -216,6 +217,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     st->set_max_tasks(live.max_tasks());
     st->set_tasks_done(live.tasks_done());
     st->set_model(live.model());
+    st->set_interactive(live.interactive());
     // The class's next session (if any) has a later place: continue after
     // this one, in acceptance order.
     h = heads_.lower_bound({seq + 1, nullptr});

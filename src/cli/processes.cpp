@@ -16,6 +16,7 @@
 
 #include <toml++/toml.h>
 
+#include "actors/api.hpp"
 #include "actors/config.hpp"
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
@@ -29,6 +30,8 @@
 #include "member_archive.hpp"
 #include "replica.hpp"
 #include "recovery.hpp"
+#include "http/router.hpp"
+#include "http/server.hpp"
 
 namespace nodepool::cli {
 
@@ -91,7 +94,80 @@ struct oracle_options {
   std::string join_tokens;  // file of join tokens
   std::string cluster;      // cluster file: run as one member of it
   uint64_t id = 0;          // ... this member's id
+  // The HTTP API ([http] in the config file).
+  std::string http;         // HOST:PORT, or "off"; empty: the default
+  std::string api_keys;     // keys file; none: loopback only
+  double api_rate = 0;      // requests per second per key (0: no limit)
+  int http_threads = 2;
 };
+
+/// The HTTP API's default address (Cortensor's router port).
+constexpr const char* default_http = "127.0.0.1:5010";
+
+bool loopback_host(const std::string& h) {
+  return h == "127.0.0.1" || h == "::1" || h == "localhost"
+         || h.rfind("127.", 0) == 0;
+}
+
+/// Starts the HTTP API of an oracle, or explains why not. Returns null when
+/// it is off, or when the default port is taken (another oracle on this
+/// host has it: a warning says so); an address given explicitly that cannot
+/// be used is an error.
+std::unique_ptr<http::server> start_http(const oracle_options& o,
+                                         caf::actor_system& sys,
+                                         const oracle_handles& h,
+                                         std::shared_ptr<http::router>& router_out) {
+  if (o.http == "off")
+    return nullptr;
+  bool given = !o.http.empty();
+  auto addr = given ? o.http : std::string{default_http};
+  // Port 0 (any free port, for tests) is allowed here.
+  bool any_port = addr.size() > 2 && addr.compare(addr.size() - 2, 2, ":0") == 0;
+  auto [host, port] = parse_host_port(any_port ? addr.substr(0, addr.size() - 2) + ":1"
+                                               : addr);
+  if (any_port)
+    port = 0;
+  http::router_config rc;
+  rc.oracle_id = o.cluster.empty() ? "oracle" : "oracle-" + std::to_string(o.id);
+  if (!o.api_keys.empty())
+    rc.keys = http::api_keys::load(o.api_keys);
+  rc.rate_per_key = o.api_rate;
+  if (rc.keys.empty() && !loopback_host(host))
+    throw std::runtime_error(
+      "--http " + host + ":" + std::to_string(port)
+      + " is not a loopback address: give --api-keys FILE so that only "
+        "holders of a key can use the API");
+  auto router = std::make_shared<http::router>(rc, make_pool_api(sys, h.gateway));
+  http::server_config sc;
+  sc.host = host;
+  sc.port = port;
+  sc.threads = o.http_threads;
+  if (o.tls.enabled()) {
+    sc.tls_certificate = o.tls.certificate;
+    sc.tls_key = o.tls.key;
+  }
+  auto srv = std::make_unique<http::server>(
+    sc, [router](http::request q, std::shared_ptr<http::reply> r) {
+      router->handle(std::move(q), std::move(r));
+    });
+  if (auto err = srv->start(); !err.empty()) {
+    if (given)
+      throw std::runtime_error("HTTP API: " + err);
+    log("oracle")->warn("HTTP API not started: {} (give --http HOST:PORT, or "
+                        "--http off)", err);
+    std::fprintf(stderr, "nodepool oracle: HTTP API not started: %s (give "
+                         "--http HOST:PORT)\n", err.c_str());
+    return nullptr;
+  }
+  auto scheme = srv->tls() ? "https" : "http";
+  std::printf("HTTP API on %s://%s:%u/api/v1/ (%s)\n", scheme, host.c_str(),
+              srv->port(),
+              rc.keys.empty()
+                ? "no --api-keys: open to anyone on this host, loopback only"
+                : (std::to_string(rc.keys.size()) + " API key(s)").c_str());
+  router_out = router;
+  return srv;
+}
 
 /// This oracle's member of the cluster: the replica, its replicated log
 /// (libraft in `<data-dir>/raft`) and the relay of role changes. Declared
@@ -169,9 +245,9 @@ int run_oracle(oracle_options& o) {
     // typo (a misspelt [oracle] would silently drop its port and data_dir).
     for (auto& [k, v] : tbl) {
       auto key = std::string{k.str()};
-      if (key != "oracle" && key != "pool")
+      if (key != "oracle" && key != "pool" && key != "http")
         throw std::runtime_error(o.config + ": unknown key " + key
-                                 + " (expected [pool] and [oracle])");
+                                 + " (expected [pool], [oracle] and [http])");
     }
     if (tbl.contains("oracle") && !tbl["oracle"].is_table())
       throw std::runtime_error(o.config + ": oracle must be a table ([oracle])");
@@ -204,6 +280,37 @@ int run_oracle(oracle_options& o) {
             o.port = static_cast<uint16_t>(*x);
         } else {
           throw std::runtime_error(o.config + ": unknown key oracle." + key);
+        }
+      }
+    }
+    if (tbl.contains("http") && !tbl["http"].is_table())
+      throw std::runtime_error(o.config + ": http must be a table ([http])");
+    if (auto* t = tbl["http"].as_table()) {
+      for (auto& [k, v] : *t) {
+        auto key = std::string{k.str()};
+        auto bad = [&](const std::string& why) {
+          return std::runtime_error(o.config + ": http." + key + ": " + why);
+        };
+        if (key == "listen" || key == "api_keys") {
+          auto x = v.value<std::string>();
+          if (!v.is_string() || !x || x->empty())
+            throw bad("expected a non-empty string");
+          auto& into = key == "listen" ? o.http : o.api_keys;
+          if (into.empty())
+            into = *x;
+        } else if (key == "rate_per_key") {
+          auto x = v.value<double>();
+          if (!(v.is_floating_point() || v.is_integer()) || !x || *x < 0)
+            throw bad("expected requests per second, >= 0");
+          if (o.api_rate == 0)
+            o.api_rate = *x;
+        } else if (key == "threads") {
+          auto x = v.value<int64_t>();
+          if (!v.is_integer() || !x || *x < 1 || *x > 64)
+            throw bad("expected 1..64");
+          o.http_threads = static_cast<int>(*x);
+        } else {
+          throw std::runtime_error(o.config + ": unknown key http." + key);
         }
       }
     }
@@ -289,7 +396,21 @@ int run_oracle(oracle_options& o) {
   else
     std::printf("nodepool oracle listening on %s:%u (data in %s)\n",
                 o.host.c_str(), *port, o.data_dir.c_str());
+  std::shared_ptr<http::router> api_router;
+  std::unique_ptr<http::server> api;
+  try {
+    api = start_http(o, sys, h, api_router);
+  } catch (const std::exception& e) {
+    std::cerr << "nodepool oracle: " << e.what() << "\n";
+    stop_oracle(h);
+    return 1;
+  }
   std::fflush(stdout);
+  // The HTTP threads stop before the actors they ask (on every way out).
+  std::shared_ptr<void> stop_api{nullptr, [&api](void*) {
+    if (api)
+      api->stop();
+  }};
   caf::scoped_actor self{sys};
   self->monitor(h.supervisor);
   bool supervisor_died = false;
@@ -1076,6 +1197,15 @@ void add_oracle(CLI::App& app) {
                   "cluster file (TOML: [[member]] id, raft, address; [raft]; "
                   "[pool]): run as one member of a replicated pool");
   cmd->add_option("--id", o->id, "this member's id in the cluster file");
+  cmd->add_option("--http", o->http,
+                  "HTTP API address HOST:PORT (default 127.0.0.1:5010; 0 as "
+                  "the port picks a free one), or off");
+  cmd->add_option("--api-keys", o->api_keys,
+                  "file of API keys, one per line: KEY ROLE (client or "
+                  "admin); without it the API listens on loopback only");
+  cmd->add_option("--api-rate", o->api_rate,
+                  "requests per second per API key (default: no limit)")
+    ->check(CLI::Range(0.0, 1e9));
   add_param_flags(*cmd, o->flags);
   add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {
@@ -1139,11 +1269,19 @@ void add_keygen(CLI::App& app) {
                   "file for the private key (PEM, mode 0600); the public key "
                   "is printed, ready for an --allow file");
   cmd->add_flag("--join-token", *token, "print a fresh random join token instead");
+  auto api_key = std::make_shared<bool>(false);
+  cmd->add_flag("--api-key", *api_key,
+                "print a fresh random HTTP API key instead (add it to an "
+                "--api-keys file with its role)");
   cmd->add_flag("--force", *force, "overwrite an existing key file");
   cmd->callback([=] {
     begin();
     if (*token) {
       std::printf("%s\n", make_join_token().c_str());
+      return;
+    }
+    if (*api_key) {
+      std::printf("%s\n", http::random_api_key().c_str());
       return;
     }
     if (out->empty())

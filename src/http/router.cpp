@@ -1,0 +1,978 @@
+#include "http/router.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "log.hpp"
+
+namespace nodepool::http {
+
+using nlohmann::json;
+
+namespace {
+
+int64_t unix_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+response json_response(int status, const json& body) {
+  response r;
+  r.status = status;
+  r.body = body.dump();
+  return r;
+}
+
+response error_response(int status, const std::string& code,
+                        const std::string& message) {
+  json j;
+  j["error"]["code"] = code;
+  j["error"]["message"] = message;
+  auto r = json_response(status, j);
+  if (status == 401)
+    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"nodepool\"");
+  return r;
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : path) {
+    if (c == '/') {
+      if (!cur.empty())
+        parts.push_back(cur);
+      cur.clear();
+    } else
+      cur += c;
+  }
+  if (!cur.empty())
+    parts.push_back(cur);
+  return parts;
+}
+
+/// A rough token count (whitespace-separated words): what `usage` reports.
+uint32_t words(const std::string& s) {
+  uint32_t n = 0;
+  bool in = false;
+  for (unsigned char c : s) {
+    bool sp = std::isspace(c) != 0;
+    if (!sp && !in)
+      ++n;
+    in = !sp;
+  }
+  return n;
+}
+
+/// The answer cut into pieces for a stream: one word (with the space
+/// before it) per piece.
+std::vector<std::string> pieces(const std::string& text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (std::isspace(static_cast<unsigned char>(text[i])) && !cur.empty()
+        && !std::isspace(static_cast<unsigned char>(cur.back()))) {
+      out.push_back(cur);
+      cur.clear();
+    }
+    cur += text[i];
+  }
+  if (!cur.empty())
+    out.push_back(cur);
+  return out;
+}
+
+/// A field of the body: absent is fine; present, it must have the type.
+template <class T>
+bool field(const json& j, const char* name, T& out, api_error& err,
+           const char* expected) {
+  auto i = j.find(name);
+  if (i == j.end() || i->is_null())
+    return true;
+  try {
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (!i->is_string())
+        throw std::invalid_argument("");
+    } else if constexpr (std::is_same_v<T, bool>) {
+      if (!i->is_boolean())
+        throw std::invalid_argument("");
+    } else if constexpr (std::is_floating_point_v<T>) {
+      if (!i->is_number())
+        throw std::invalid_argument("");
+    } else {
+      if (!i->is_number_integer() && !i->is_number_unsigned())
+        throw std::invalid_argument("");
+    }
+    out = i->get<T>();
+  } catch (const std::exception&) {
+    err = {"bad_field", std::string{name} + ": expected " + expected};
+    return false;
+  }
+  return true;
+}
+
+bool in_range(int64_t v, int64_t lo, int64_t hi, const char* name,
+              api_error& err) {
+  if (v >= lo && v <= hi)
+    return true;
+  err = {"bad_field", std::string{name} + ": must be between "
+                        + std::to_string(lo) + " and " + std::to_string(hi)};
+  return false;
+}
+
+std::string node_state_name(pb::NodeState s) { return lower(pb::NodeState_Name(s)); }
+std::string session_state_name(pb::SessionState s) {
+  return lower(pb::SessionState_Name(s));
+}
+
+} // namespace
+
+int status_for(const std::string& code) {
+  static const std::map<std::string, int> codes = {
+    {"unknown_session", 404},   {"not_found", 404},
+    {"duplicate_session", 409}, {"session_ended", 409},
+    {"session_not_active", 409}, {"max_tasks_reached", 409},
+    {"not_interactive", 409},   {"busy", 429},
+    {"rate_limited", 429},      {"queue_full", 429},
+    {"not_leader", 503},        {"unavailable", 503},
+    {"timeout", 504},           {"no_answer", 504},
+    {"malformed", 400},         {"bad_field", 400},
+    {"bad_json", 400},          {"bad_session_shape", 400},
+    {"bad_level", 400},         {"bad_reserve_period", 400},
+    {"bad_session_id", 400},    {"empty_command", 400},
+  };
+  auto i = codes.find(code);
+  return i == codes.end() ? 500 : i->second;
+}
+
+std::optional<json> parse_body(const std::string& body, api_error& err) {
+  if (body.empty()) {
+    err = {"bad_json", "the request needs a JSON object body"};
+    return std::nullopt;
+  }
+  auto j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) {
+    err = {"bad_json", "the body is not valid JSON"};
+    return std::nullopt;
+  }
+  if (!j.is_object()) {
+    err = {"bad_json", "the body must be a JSON object"};
+    return std::nullopt;
+  }
+  return j;
+}
+
+std::optional<pb::SubmitSession> session_from_json(const json& j, api_error& err) {
+  std::string id, model, sla, client;
+  int64_t min_nodes = 0, max_nodes = 0, redundancy = 0, level = -1,
+          reserve_period = 0, max_tasks = 1;
+  if (!field(j, "session_id", id, err, "a string")
+      || !field(j, "model", model, err, "a string")
+      || !field(j, "min_nodes", min_nodes, err, "an integer")
+      || !field(j, "max_nodes", max_nodes, err, "an integer")
+      || !field(j, "redundancy", redundancy, err, "an integer")
+      || !field(j, "level", level, err, "an integer")
+      || !field(j, "sla", sla, err, "low, medium or high")
+      || !field(j, "reserve_period", reserve_period, err, "seconds, an integer")
+      || !field(j, "max_tasks", max_tasks, err, "an integer")
+      || !field(j, "client_reference", client, err, "a string"))
+    return std::nullopt;
+  if (!in_range(min_nodes, 0, 64, "min_nodes", err)
+      || !in_range(max_nodes, 0, 64, "max_nodes", err)
+      || !in_range(redundancy, 0, 64, "redundancy", err)
+      || !in_range(level, -1, 100, "level", err)
+      || !in_range(reserve_period, 0, 30 * 86400, "reserve_period", err)
+      || !in_range(max_tasks, 1, 100000, "max_tasks", err))
+    return std::nullopt;
+  if (id.size() > 128) {
+    err = {"bad_field", "session_id: at most 128 characters"};
+    return std::nullopt;
+  }
+  if (model.size() > 128 || client.size() > 256) {
+    err = {"bad_field", model.size() > 128 ? "model: at most 128 characters"
+                                           : "client_reference: at most 256 characters"};
+    return std::nullopt;
+  }
+  // The SLA picks the nodes' minimum level unless `level` says it.
+  if (!sla.empty() && sla != "low" && sla != "medium" && sla != "high") {
+    err = {"bad_field", "sla: expected low, medium or high"};
+    return std::nullopt;
+  }
+  if (level < 0)
+    level = sla == "high" ? 2 : sla == "medium" ? 1 : 0;
+  pb::SubmitSession s;
+  s.set_session_id(id);
+  s.set_model(model);
+  s.set_min_nodes(static_cast<uint32_t>(min_nodes));
+  s.set_max_nodes(static_cast<uint32_t>(max_nodes));
+  s.set_redundancy(static_cast<uint32_t>(redundancy));
+  s.set_min_level(static_cast<uint32_t>(level));
+  s.set_reserve_period_ms(reserve_period * 1000);
+  s.set_max_tasks(static_cast<uint32_t>(max_tasks));
+  s.set_client(client);
+  s.set_interactive(true);
+  return s;
+}
+
+std::optional<pb::PromptRequest> prompt_from_json(const json& j,
+                                                  int64_t default_timeout_ms,
+                                                  int64_t max_timeout_ms,
+                                                  api_error& err) {
+  std::string prompt, client, sid;
+  int64_t max_tokens = 0;
+  double temperature = 0, top_p = 0, timeout = 0;
+  if (!field(j, "prompt", prompt, err, "a string")
+      || !field(j, "session_id", sid, err, "a string")
+      || !field(j, "max_tokens", max_tokens, err, "an integer")
+      || !field(j, "temperature", temperature, err, "a number")
+      || !field(j, "top_p", top_p, err, "a number")
+      || !field(j, "timeout", timeout, err, "seconds, a number")
+      || !field(j, "client_reference", client, err, "a string"))
+    return std::nullopt;
+  if (prompt.empty()) {
+    err = {"bad_field", "prompt: required, a non-empty string"};
+    return std::nullopt;
+  }
+  if (!in_range(max_tokens, 0, 1 << 20, "max_tokens", err))
+    return std::nullopt;
+  if (!(temperature >= 0 && temperature <= 2)) {
+    err = {"bad_field", "temperature: must be between 0 and 2"};
+    return std::nullopt;
+  }
+  if (!(top_p >= 0 && top_p <= 1)) {
+    err = {"bad_field", "top_p: must be between 0 and 1"};
+    return std::nullopt;
+  }
+  if (!(timeout >= 0 && timeout * 1000 <= static_cast<double>(max_timeout_ms))) {
+    err = {"bad_field", "timeout: must be between 0 and "
+                          + std::to_string(max_timeout_ms / 1000) + " seconds"};
+    return std::nullopt;
+  }
+  pb::PromptRequest r;
+  r.set_session_id(sid);
+  r.set_prompt(prompt);
+  r.set_max_tokens(static_cast<uint32_t>(max_tokens));
+  r.set_temperature(temperature);
+  r.set_top_p(top_p);
+  r.set_timeout_ms(timeout > 0 ? static_cast<int64_t>(timeout * 1000)
+                               : default_timeout_ms);
+  r.set_client_reference(client);
+  return r;
+}
+
+json session_json(const pb::SessionRecord& s) {
+  json j;
+  j["session_id"] = s.id();
+  j["state"] = session_state_name(s.state());
+  j["model"] = s.model();
+  j["min_nodes"] = s.min_nodes();
+  j["max_nodes"] = s.max_nodes();
+  j["redundancy"] = s.redundancy();
+  j["level"] = s.min_level();
+  j["reserve_period"] = s.reserve_period_ms() / 1000;
+  j["max_tasks"] = s.max_tasks();
+  j["tasks_done"] = s.tasks_done();
+  j["nodes"] = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
+  j["client_reference"] = s.client();
+  j["interactive"] = s.interactive();
+  j["submitted_at"] = s.submitted_at();
+  j["started_at"] = s.started_at();
+  j["ended_at"] = s.ended_at();
+  if (!s.reason().empty())
+    j["reason"] = s.reason();
+  return j;
+}
+
+// ------------------------------------------------------------------ router
+
+struct router::call {
+  request req;
+  std::shared_ptr<reply> rep;
+  role who = role::admin;
+  std::string key_name;  // fingerprint, "" without keys
+};
+
+router::router(router_config cfg, std::shared_ptr<pool_api> pool)
+  : cfg_(std::move(cfg)), pool_(std::move(pool)),
+    limiter_(cfg_.rate_per_key, cfg_.rate_burst) {}
+
+router::counters router::stats() const {
+  std::lock_guard<std::mutex> g{mu_};
+  return stats_;
+}
+
+void router::handle(request req, std::shared_ptr<reply> rep) {
+  auto c = std::make_shared<call>();
+  c->req = std::move(req);
+  c->rep = std::move(rep);
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    ++stats_.requests;
+  }
+  if (!cfg_.keys.empty()) {
+    auto& auth = c->req.header("authorization");
+    std::string key;
+    if (auth.size() > 7 && lower(auth.substr(0, 7)) == "bearer ")
+      key = auth.substr(7);
+    while (!key.empty() && key.back() == ' ')
+      key.pop_back();
+    auto r = key.empty() ? std::nullopt : cfg_.keys.check(key);
+    if (!r) {
+      {
+        std::lock_guard<std::mutex> g{mu_};
+        ++stats_.unauthorized;
+      }
+      c->rep->send(error_response(
+        401, "unauthorized",
+        key.empty() ? "this API needs Authorization: Bearer <key>"
+                    : "the key is not valid"));
+      return;
+    }
+    c->who = *r;
+    c->key_name = api_keys::fingerprint(key);
+  }
+  if (limiter_.enabled()
+      && !limiter_.allow(c->key_name.empty() ? c->req.remote : c->key_name,
+                         std::chrono::steady_clock::now())) {
+    {
+      std::lock_guard<std::mutex> g{mu_};
+      ++stats_.rate_limited;
+    }
+    auto r = error_response(429, "rate_limited",
+                            "over this key's rate of requests; retry later");
+    r.headers.emplace_back("Retry-After", "1");
+    c->rep->send(std::move(r));
+    return;
+  }
+  route(c);
+}
+
+void router::route(const std::shared_ptr<call>& c) {
+  auto parts = split_path(c->req.path);
+  auto& m = c->req.method;
+  auto method_not_allowed = [&](const char* allowed) {
+    auto r = error_response(405, "method_not_allowed",
+                            m + " is not allowed on " + c->req.path
+                              + " (allowed: " + allowed + ")");
+    r.headers.emplace_back("Allow", allowed);
+    c->rep->send(std::move(r));
+  };
+  auto is = [&](std::initializer_list<const char*> want) {
+    if (parts.size() != want.size())
+      return false;
+    size_t i = 0;
+    for (auto* w : want) {
+      if (std::string{w} != "*" && parts[i] != w)
+        return false;
+      ++i;
+    }
+    return true;
+  };
+  auto get_only = [&](auto f) {
+    if (m != "GET")
+      return method_not_allowed("GET");
+    f();
+  };
+  auto post_only = [&](auto f) {
+    if (m != "POST")
+      return method_not_allowed("POST");
+    f();
+  };
+  if (is({"api", "v1", "info"}))
+    return get_only([&] { get_info(c); });
+  if (is({"api", "v1", "status"}))
+    return get_only([&] { get_status(c); });
+  if (is({"api", "v1", "miners"}))
+    return get_only([&] { get_miners(c); });
+  if (is({"api", "v1", "sessions"})) {
+    if (m == "GET")
+      return get_sessions(c);
+    if (m == "POST")
+      return post_session(c);
+    return method_not_allowed("GET, POST");
+  }
+  if (is({"api", "v1", "create"}))
+    return post_only([&] { post_session(c); });
+  if (is({"api", "v1", "sessions", "*"}))
+    return get_only([&] { get_session(c, parts[3]); });
+  if (is({"api", "v1", "tasks", "*"}))
+    return get_only([&] { get_tasks(c, parts[3], nullptr); });
+  if (is({"api", "v1", "tasks", "*", "*"}))
+    return get_only([&] { get_tasks(c, parts[3], &parts[4]); });
+  if (is({"api", "v1", "completions"}))
+    return post_only([&] { post_completion(c, ""); });
+  if (is({"api", "v1", "completions", "*"}))
+    return post_only([&] { post_completion(c, parts[3]); });
+  if (is({"api", "v1", "ws"}))
+    return get_only([&] { websocket(c); });
+  if (is({"v1", "models"}))
+    return get_only([&] { get_models(c); });
+  if (is({"v1", "chat", "completions"}))
+    return post_only([&] { post_openai(c, true); });
+  if (is({"v1", "completions"}))
+    return post_only([&] { post_openai(c, false); });
+  c->rep->send(error_response(404, "not_found", "no route " + c->req.path));
+}
+
+namespace {
+
+/// Sends the pool's refusal as its HTTP status.
+void send_error(const std::shared_ptr<reply>& rep, const api_error& e) {
+  rep->send(error_response(status_for(e.code), e.code, e.message));
+}
+
+void send_bad(const std::shared_ptr<reply>& rep, const api_error& e) {
+  rep->send(error_response(400, e.code.empty() ? "bad_request" : e.code,
+                           e.message));
+}
+
+/// Adds what a read reflects: this oracle's applied index (and term).
+void stamp(json& j, const json& view, response& r) {
+  if (view.contains("applied_index")) {
+    j["index"] = view["applied_index"];
+    r.headers.emplace_back("X-Nodepool-Index",
+                           std::to_string(view["applied_index"].get<uint64_t>()));
+  }
+}
+
+} // namespace
+
+void router::get_info(const std::shared_ptr<call>& c) {
+  pool_->state([this, c](std::optional<pb::Snapshot> snap, json view,
+                         std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    std::set<std::string> models;
+    for (auto& n : snap->nodes())
+      for (auto& m : n.models())
+        models.insert(m);
+    json j;
+    j["name"] = "nodepool";
+    j["version"] = cfg_.version;
+    j["oracle_id"] = cfg_.oracle_id;
+    j["role"] = view.value("role", "single");
+    j["models"] = std::vector<std::string>(models.begin(), models.end());
+    j["auth"] = cfg_.keys.empty() ? "none (loopback only)" : "bearer";
+    j["your_role"] = to_string(c->who);
+    auto r = json_response(200, j);
+    c->rep->send(std::move(r));
+  });
+}
+
+void router::get_status(const std::shared_ptr<call>& c) {
+  pool_->state([c](std::optional<pb::Snapshot> snap, json view,
+                   std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    json by_state = json::object();
+    for (int s = pb::REGISTERED; s <= pb::LOST; ++s)
+      by_state[node_state_name(static_cast<pb::NodeState>(s))] = 0;
+    for (auto& n : snap->nodes())
+      by_state[node_state_name(n.state())] =
+        by_state[node_state_name(n.state())].get<uint64_t>() + 1;
+    uint64_t queued = 0, active = 0;
+    for (auto& s : snap->sessions())
+      (s.state() == pb::QUEUED ? queued : active) += 1;
+    json j;
+    j["nodes"]["total"] = snap->nodes_size();
+    j["nodes"]["by_state"] = by_state;
+    j["sessions"]["queued"] = queued;
+    j["sessions"]["active"] = active;
+    j["sessions"]["completed"] = snap->sessions_completed();
+    j["sessions"]["failed"] = snap->sessions_failed();
+    j["sessions"]["accepted"] = snap->next_session_seq() > 0
+                                  ? snap->next_session_seq() - 1
+                                  : 0;
+    j["queue_depth"] = queued;
+    j["tests"]["passed"] = snap->tests_passed();
+    j["tests"]["failed"] = snap->tests_failed();
+    j["oracle"] = view;
+    j["leader"] = view.value("leader_id", uint64_t{0});
+    j["term"] = view.value("term", uint64_t{0});
+    j["applied_index"] = view.value("applied_index", uint64_t{0});
+    auto r = json_response(200, j);
+    stamp(j, view, r);
+    r.body = j.dump();
+    c->rep->send(std::move(r));
+  });
+}
+
+void router::get_miners(const std::shared_ptr<call>& c) {
+  pool_->state([c](std::optional<pb::Snapshot> snap, json view,
+                   std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    json list = json::array();
+    for (auto& n : snap->nodes()) {
+      json x;
+      x["node_id"] = n.id();
+      x["state"] = node_state_name(n.state());
+      x["models"] = std::vector<std::string>(n.models().begin(), n.models().end());
+      x["level"] = n.level();
+      x["reputation"] = n.reputation();
+      x["latency_ms"] = n.latency_ms();
+      x["tasks_served"] = n.tasks_served();
+      x["strikes"] = n.strikes();
+      if (!n.session_id().empty())
+        x["session_id"] = n.session_id();
+      x["last_heartbeat"] = n.last_heartbeat();
+      list.push_back(std::move(x));
+    }
+    json j;
+    j["miners"] = std::move(list);
+    auto r = json_response(200, j);
+    stamp(j, view, r);
+    r.body = j.dump();
+    c->rep->send(std::move(r));
+  });
+}
+
+void router::get_sessions(const std::shared_ptr<call>& c) {
+  // Live sessions from the pool; with ?since=MS (and ?limit, ?after_id)
+  // the ended ones from the archive too.
+  auto& q = c->req.query;
+  auto since = q.find("since");
+  if (since == q.end()) {
+    pool_->state([c](std::optional<pb::Snapshot> snap, json view,
+                     std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      json list = json::array();
+      for (auto& s : snap->sessions())
+        list.push_back(session_json(s));
+      json j;
+      j["sessions"] = std::move(list);
+      auto r = json_response(200, j);
+      stamp(j, view, r);
+      r.body = j.dump();
+      c->rep->send(std::move(r));
+    });
+    return;
+  }
+  pb::ArchiveQuery aq;
+  try {
+    size_t used = 0;
+    aq.set_since(std::stoll(since->second, &used));
+    if (used != since->second.size())
+      throw std::invalid_argument("");
+    if (auto l = q.find("limit"); l != q.end()) {
+      auto v = std::stoll(l->second, &used);
+      if (used != l->second.size() || v < 1 || v > 1000)
+        throw std::out_of_range("");
+      aq.set_limit(static_cast<uint32_t>(v));
+    }
+  } catch (const std::exception&) {
+    return send_bad(c->rep, {"bad_field", "since: milliseconds since the "
+                                          "epoch; limit: 1..1000"});
+  }
+  if (auto a = q.find("after_id"); a != q.end())
+    aq.set_after_id(a->second);
+  pool_->archive(aq, [c](pb::ArchiveAnswer a, std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    if (!a.error().empty())
+      return send_bad(c->rep, {"bad_field", a.error()});
+    json list = json::array();
+    for (auto& s : a.sessions())
+      list.push_back(session_json(s));
+    json j;
+    j["sessions"] = std::move(list);
+    j["more"] = a.more();
+    j["complete_through"] = a.complete_through();
+    c->rep->send(json_response(200, j));
+  });
+}
+
+void router::get_session(const std::shared_ptr<call>& c, const std::string& id) {
+  pb::ArchiveQuery aq;
+  aq.set_id(id);
+  pool_->archive(aq, [c, id](pb::ArchiveAnswer a, std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    if (!a.error().empty())
+      return send_bad(c->rep, {"bad_field", a.error()});
+    if (a.sessions_size() == 0)
+      return send_error(c->rep, {"unknown_session", "no session '" + id + "'"});
+    c->rep->send(json_response(200, session_json(a.sessions(0))));
+  });
+}
+
+void router::remember(const pb::PromptAnswer& a, const std::string& prompt) {
+  json t;
+  t["task_id"] = a.task_no();
+  t["session_id"] = a.session_id();
+  t["prompt"] = prompt;
+  t["output"] = a.output();
+  t["nodes"] = a.nodes();
+  t["agreeing"] = a.agreeing();
+  t["created"] = unix_seconds();
+  std::lock_guard<std::mutex> g{mu_};
+  auto [it, fresh] = tasks_.try_emplace(a.session_id());
+  if (fresh) {
+    tasks_order_.push_back(a.session_id());
+    while (tasks_order_.size() > cfg_.tasks_kept_sessions) {
+      tasks_.erase(tasks_order_.front());
+      tasks_order_.pop_front();
+    }
+  }
+  if (it->second.size() < 64)
+    it->second.push_back(std::move(t));
+}
+
+void router::get_tasks(const std::shared_ptr<call>& c, const std::string& sid,
+                       const std::string* task) {
+  pb::ArchiveQuery aq;
+  aq.set_id(sid);
+  pool_->archive(aq, [this, c, sid, task = task ? std::optional<std::string>{*task}
+                                                : std::nullopt](
+                       pb::ArchiveAnswer a, std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    if (a.sessions_size() == 0)
+      return send_error(c->rep, {"unknown_session", "no session '" + sid + "'"});
+    std::vector<json> kept;
+    {
+      std::lock_guard<std::mutex> g{mu_};
+      if (auto i = tasks_.find(sid); i != tasks_.end())
+        kept = i->second;
+    }
+    if (task) {
+      for (auto& t : kept)
+        if (std::to_string(t["task_id"].get<uint32_t>()) == *task)
+          return c->rep->send(json_response(200, t));
+      return send_error(c->rep, {"not_found", "no task '" + *task
+                                                + "' of session " + sid
+                                                + " on this oracle"});
+    }
+    json j;
+    j["session_id"] = sid;
+    j["tasks_done"] = a.sessions(0).tasks_done();
+    j["max_tasks"] = a.sessions(0).max_tasks();
+    j["tasks"] = kept;
+    c->rep->send(json_response(200, j));
+  });
+}
+
+void router::post_session(const std::shared_ptr<call>& c) {
+  api_error e;
+  auto j = parse_body(c->req.body, e);
+  if (!j) {
+    std::lock_guard<std::mutex> g{mu_};
+    ++stats_.bad_requests;
+  }
+  if (!j)
+    return send_bad(c->rep, e);
+  auto s = session_from_json(*j, e);
+  if (!s)
+    return send_bad(c->rep, e);
+  if (s->session_id().empty()) {
+    std::lock_guard<std::mutex> g{mu_};
+    s->set_session_id("s-" + cfg_.oracle_id + "-" + random_api_key().substr(3, 16));
+  }
+  auto sub = *s;
+  pool_->submit(sub, [c, sub](std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    json out;
+    out["session_id"] = sub.session_id();
+    out["state"] = "queued";
+    out["max_tasks"] = sub.max_tasks();
+    auto r = json_response(201, out);
+    r.headers.emplace_back("Location", "/api/v1/sessions/" + sub.session_id());
+    c->rep->send(std::move(r));
+  });
+}
+
+namespace {
+
+/// One completion's answer, in the shape of OpenAI's text completion (with
+/// the pool's own fields added).
+json completion_json(const std::string& id, const pb::PromptAnswer& a,
+                     const std::string& prompt, bool chat) {
+  json j;
+  j["id"] = id;
+  j["object"] = chat ? "chat.completion" : "text_completion";
+  j["created"] = unix_seconds();
+  j["model"] = a.model();
+  json choice;
+  choice["index"] = 0;
+  if (chat) {
+    choice["message"]["role"] = "assistant";
+    choice["message"]["content"] = a.output();
+  } else {
+    choice["text"] = a.output();
+    choice["logprobs"] = nullptr;
+  }
+  choice["finish_reason"] = "stop";
+  j["choices"] = json::array({choice});
+  auto pt = words(prompt), ct = words(a.output());
+  j["usage"]["prompt_tokens"] = pt;
+  j["usage"]["completion_tokens"] = ct;
+  j["usage"]["total_tokens"] = pt + ct;
+  j["session_id"] = a.session_id();
+  j["task_id"] = a.task_no();
+  j["nodes"] = a.nodes();
+  j["agreeing"] = a.agreeing();
+  return j;
+}
+
+/// The same answer as a stream of chunks (server-sent events or WebSocket
+/// messages): the pool releases an output only once the session's nodes
+/// agreed on it, so the stream starts then, one word per chunk.
+std::vector<json> completion_chunks(const std::string& id,
+                                    const pb::PromptAnswer& a, bool chat) {
+  std::vector<json> out;
+  auto created = unix_seconds();
+  auto base = [&] {
+    json j;
+    j["id"] = id;
+    j["object"] = chat ? "chat.completion.chunk" : "text_completion";
+    j["created"] = created;
+    j["model"] = a.model();
+    return j;
+  };
+  if (chat) {
+    auto j = base();
+    json ch;
+    ch["index"] = 0;
+    ch["delta"]["role"] = "assistant";
+    ch["finish_reason"] = nullptr;
+    j["choices"] = json::array({ch});
+    out.push_back(j);
+  }
+  for (auto& p : pieces(a.output())) {
+    auto j = base();
+    json ch;
+    ch["index"] = 0;
+    if (chat)
+      ch["delta"]["content"] = p;
+    else {
+      ch["text"] = p;
+      ch["logprobs"] = nullptr;
+    }
+    ch["finish_reason"] = nullptr;
+    j["choices"] = json::array({ch});
+    out.push_back(j);
+  }
+  auto j = base();
+  json ch;
+  ch["index"] = 0;
+  if (chat)
+    ch["delta"] = json::object();
+  else
+    ch["text"] = "";
+  ch["finish_reason"] = "stop";
+  j["choices"] = json::array({ch});
+  out.push_back(j);
+  return out;
+}
+
+void send_stream(const std::shared_ptr<reply>& rep, const std::vector<json>& chunks) {
+  response head;
+  head.content_type = "text/event-stream";
+  rep->begin_stream(head);
+  for (auto& c : chunks)
+    rep->chunk("data: " + c.dump() + "\n\n");
+  rep->chunk("data: [DONE]\n\n");
+  rep->end();
+}
+
+} // namespace
+
+void router::post_completion(const std::shared_ptr<call>& c, std::string sid) {
+  api_error e;
+  auto j = parse_body(c->req.body, e);
+  if (!j)
+    return send_bad(c->rep, e);
+  auto p = prompt_from_json(*j, cfg_.default_timeout_ms, cfg_.max_timeout_ms, e);
+  if (!p)
+    return send_bad(c->rep, e);
+  bool stream = false;
+  if (!field(*j, "stream", stream, e, "true or false"))
+    return send_bad(c->rep, e);
+  if (sid.empty())
+    sid = p->session_id();
+  if (sid.empty())
+    return send_bad(c->rep, {"bad_field", "session_id: required (in the path "
+                                          "or the body)"});
+  p->set_session_id(sid);
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    ++stats_.completions;
+  }
+  // A session this oracle does not know is a 404 before anything waits.
+  pb::ArchiveQuery aq;
+  aq.set_id(sid);
+  auto req = *p;
+  pool_->archive(aq, [this, c, req, stream](pb::ArchiveAnswer a,
+                                            std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    if (a.sessions_size() == 0)
+      return send_error(c->rep, {"unknown_session",
+                                 "no session '" + req.session_id() + "'"});
+    auto st = a.sessions(0).state();
+    if (st == pb::COMPLETED || st == pb::FAILED)
+      return send_error(c->rep, {"session_ended", "session " + req.session_id()
+                                                    + " has ended ("
+                                                    + session_state_name(st)
+                                                    + ")"});
+    pool_->prompt(req, [this, c, req, stream](pb::PromptAnswer ans,
+                                              std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      remember(ans, req.prompt());
+      auto id = "cmpl-" + ans.session_id() + "-" + std::to_string(ans.task_no());
+      if (stream)
+        return send_stream(c->rep, completion_chunks(id, ans, false));
+      c->rep->send(json_response(200, completion_json(id, ans, req.prompt(), false)));
+    });
+  });
+}
+
+void router::get_models(const std::shared_ptr<call>& c) {
+  pool_->state([c](std::optional<pb::Snapshot> snap, json,
+                   std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    std::set<std::string> models;
+    for (auto& n : snap->nodes())
+      if (n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED)
+        for (auto& m : n.models())
+          models.insert(m);
+    json data = json::array();
+    for (auto& m : models)
+      data.push_back({{"id", m}, {"object", "model"}, {"created", 0},
+                      {"owned_by", "nodepool"}});
+    c->rep->send(json_response(200, {{"object", "list"}, {"data", data}}));
+  });
+}
+
+void router::post_openai(const std::shared_ptr<call>& c, bool chat) {
+  api_error e;
+  auto j = parse_body(c->req.body, e);
+  if (!j)
+    return send_bad(c->rep, e);
+  std::string model;
+  bool stream = false;
+  if (!field(*j, "model", model, e, "a string")
+      || !field(*j, "stream", stream, e, "true or false"))
+    return send_bad(c->rep, e);
+  if (model.empty())
+    return send_bad(c->rep, {"bad_field", "model: required"});
+  // The prompt: a completion's `prompt`, or the chat's messages in order.
+  auto body = *j;
+  if (chat) {
+    auto m = j->find("messages");
+    if (m == j->end() || !m->is_array() || m->empty())
+      return send_bad(c->rep, {"bad_field", "messages: required, a non-empty "
+                                            "array of {role, content}"});
+    std::string text;
+    for (auto& msg : *m) {
+      if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string()
+          || !msg.contains("content") || !msg["content"].is_string())
+        return send_bad(c->rep, {"bad_field", "messages: each needs a string "
+                                              "role and a string content"});
+      if (m->size() == 1)
+        text = msg["content"].get<std::string>();
+      else
+        text += msg["role"].get<std::string>() + ": "
+                + msg["content"].get<std::string>() + "\n";
+    }
+    body["prompt"] = text;
+  } else if (j->contains("prompt") && (*j)["prompt"].is_array()) {
+    auto& arr = (*j)["prompt"];
+    if (arr.size() != 1 || !arr[0].is_string())
+      return send_bad(c->rep, {"bad_field", "prompt: one string (batches of "
+                                            "prompts are not served)"});
+    body["prompt"] = arr[0];
+  }
+  // OpenAI's `timeout` is the client's; ours is the server default.
+  body.erase("timeout");
+  auto p = prompt_from_json(body, cfg_.default_timeout_ms, cfg_.max_timeout_ms, e);
+  if (!p)
+    return send_bad(c->rep, e);
+  // An ephemeral session for this one request.
+  pb::SubmitSession s;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    ++stats_.completions;
+  }
+  s.set_session_id((chat ? "chat-" : "cmpl-") + random_api_key().substr(3, 24));
+  s.set_model(model);
+  s.set_redundancy(cfg_.ephemeral_redundancy);
+  if (cfg_.ephemeral_redundancy > 0)
+    s.set_max_nodes(cfg_.ephemeral_redundancy);
+  s.set_max_tasks(1);
+  s.set_interactive(true);
+  s.set_client("openai:" + c->key_name);
+  p->set_session_id(s.session_id());
+  auto req = *p;
+  pool_->submit(s, [this, c, req, chat, stream](std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    pool_->prompt(req, [this, c, req, chat, stream](pb::PromptAnswer ans,
+                                                    std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      remember(ans, req.prompt());
+      auto id = std::string{chat ? "chatcmpl-" : "cmpl-"} + ans.session_id();
+      if (stream)
+        return send_stream(c->rep, completion_chunks(id, ans, chat));
+      c->rep->send(json_response(200, completion_json(id, ans, req.prompt(), chat)));
+    });
+  });
+}
+
+void router::websocket(const std::shared_ptr<call>& c) {
+  if (!c->req.websocket)
+    return c->rep->send(error_response(400, "bad_request",
+                                       "this route needs a WebSocket upgrade"));
+  // Each message is a completion request ({session_id, prompt, ...});
+  // the answer comes back as chunk messages, then "[DONE]", or as one
+  // {"error": ...} message.
+  // The callback holds the reply while the socket is open (the server
+  // drops the callback when it closes).
+  auto rep = c->rep;
+  std::weak_ptr<reply> weak = rep;
+  rep->accept_websocket([this, rep, weak](std::string text) {
+    api_error e;
+    auto j = parse_body(text, e);
+    std::optional<pb::PromptRequest> p;
+    if (j)
+      p = prompt_from_json(*j, cfg_.default_timeout_ms, cfg_.max_timeout_ms, e);
+    if (p && p->session_id().empty())
+      e = {"bad_field", "session_id: required"}, p.reset();
+    if (!p) {
+      rep->chunk(json{{"error", {{"code", e.code}, {"message", e.message}}}}.dump());
+      return;
+    }
+    pool_->prompt(*p, [this, weak, req = *p](pb::PromptAnswer ans,
+                                             std::optional<api_error> err) {
+      auto rep = weak.lock();
+      if (!rep)
+        return;
+      if (err) {
+        rep->chunk(json{{"error", {{"code", err->code}, {"message", err->message}}}}.dump());
+        return;
+      }
+      remember(ans, req.prompt());
+      auto id = "cmpl-" + ans.session_id() + "-" + std::to_string(ans.task_no());
+      for (auto& chunk : completion_chunks(id, ans, false))
+        rep->chunk(chunk.dump());
+      rep->chunk("[DONE]");
+    });
+  });
+}
+
+} // namespace nodepool::http

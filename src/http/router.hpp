@@ -1,0 +1,132 @@
+#pragma once
+
+// The oracle's HTTP API: router v1 (/api/v1/...), an OpenAI-compatible
+// front (/v1/...), Bearer auth and JSON errors. It knows HTTP and JSON, not
+// actors: what it needs of the pool comes through `pool_api`, whose answers
+// may arrive on any thread.
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "http/api_keys.hpp"
+#include "http/server.hpp"
+#include "nodepool.pb.h"
+
+namespace nodepool::http {
+
+/// A refusal from the pool: its machine-readable code and what it means.
+struct api_error {
+  std::string code;
+  std::string message;
+};
+
+/// The HTTP status for a refusal code of the pool (404 for an unknown
+/// session, 503 while no leader is known, ...).
+int status_for(const std::string& code);
+
+/// What the API needs of the pool. Every callback is called exactly once.
+class pool_api {
+ public:
+  virtual ~pool_api() = default;
+  /// The pool as this oracle holds it (on a cluster: what committed here),
+  /// and this oracle's view of the cluster as JSON (role, term, leader,
+  /// applied_index; a single oracle says role "single").
+  using state_cb = std::function<void(std::optional<pb::Snapshot>,
+                                      nlohmann::json, std::optional<api_error>)>;
+  virtual void state(state_cb cb) = 0;
+  using archive_cb = std::function<void(pb::ArchiveAnswer, std::optional<api_error>)>;
+  virtual void archive(const pb::ArchiveQuery& q, archive_cb cb) = 0;
+  /// Answers once the session is durable (accepted), or with the refusal.
+  using done_cb = std::function<void(std::optional<api_error>)>;
+  virtual void submit(const pb::SubmitSession& s, done_cb cb) = 0;
+  using prompt_cb = std::function<void(pb::PromptAnswer, std::optional<api_error>)>;
+  virtual void prompt(const pb::PromptRequest& p, prompt_cb cb) = 0;
+};
+
+struct router_config {
+  std::string version = "0.1.0";
+  std::string oracle_id = "oracle";
+  /// Keys; empty: every request is admitted with the admin role (the
+  /// server then listens on loopback only).
+  api_keys keys;
+  double rate_per_key = 0;   // requests per second per key; 0: no limit
+  double rate_burst = 50;
+  /// Defaults of sessions the OpenAI front opens for one request.
+  uint32_t ephemeral_redundancy = 0;  // 0: the pool's default
+  int64_t default_timeout_ms = 60000;  // a completion without `timeout`
+  int64_t max_timeout_ms = 600000;
+  /// Answers kept per oracle for GET /api/v1/tasks (most recent sessions).
+  size_t tasks_kept_sessions = 1000;
+};
+
+class router {
+ public:
+  router(router_config cfg, std::shared_ptr<pool_api> pool);
+  /// The server's handler.
+  void handle(request req, std::shared_ptr<reply> rep);
+
+  /// Counters (for tests and, later, metrics).
+  struct counters {
+    uint64_t requests = 0;
+    uint64_t unauthorized = 0;
+    uint64_t forbidden = 0;
+    uint64_t rate_limited = 0;
+    uint64_t bad_requests = 0;
+    uint64_t completions = 0;
+  };
+  counters stats() const;
+
+ private:
+  struct call;
+  void route(const std::shared_ptr<call>& c);
+  void get_info(const std::shared_ptr<call>& c);
+  void get_status(const std::shared_ptr<call>& c);
+  void get_miners(const std::shared_ptr<call>& c);
+  void get_sessions(const std::shared_ptr<call>& c);
+  void get_session(const std::shared_ptr<call>& c, const std::string& id);
+  void get_tasks(const std::shared_ptr<call>& c, const std::string& sid,
+                 const std::string* task);
+  void post_session(const std::shared_ptr<call>& c);
+  void post_completion(const std::shared_ptr<call>& c, std::string sid);
+  void get_models(const std::shared_ptr<call>& c);
+  void post_openai(const std::shared_ptr<call>& c, bool chat);
+  void websocket(const std::shared_ptr<call>& c);
+  void remember(const pb::PromptAnswer& a, const std::string& prompt);
+
+  router_config cfg_;
+  std::shared_ptr<pool_api> pool_;
+  rate_limiter limiter_;
+  mutable std::mutex mu_;
+  counters stats_;
+  // GET /api/v1/tasks: the answers this oracle gave, by session (bounded).
+  std::map<std::string, std::vector<nlohmann::json>> tasks_;
+  std::deque<std::string> tasks_order_;
+  uint64_t ids_ = 0;
+};
+
+/// Parses a JSON body; on failure fills `err` (400, naming the problem).
+std::optional<nlohmann::json> parse_body(const std::string& body, api_error& err);
+
+/// Checks the fields of a session request and builds the command; on a bad
+/// field fills `err` naming it.
+std::optional<pb::SubmitSession> session_from_json(const nlohmann::json& j,
+                                                   api_error& err);
+
+/// Reads prompt, max_tokens, temperature, top_p, timeout (seconds),
+/// client_reference; on a bad field fills `err` naming it.
+std::optional<pb::PromptRequest> prompt_from_json(const nlohmann::json& j,
+                                                  int64_t default_timeout_ms,
+                                                  int64_t max_timeout_ms,
+                                                  api_error& err);
+
+/// JSON of a session record (the field names the README documents).
+nlohmann::json session_json(const pb::SessionRecord& s);
+
+} // namespace nodepool::http

@@ -1,0 +1,675 @@
+#include "http/server.hpp"
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+
+#include "log.hpp"
+
+namespace nodepool::http {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace websocket = boost::beast::websocket;
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = boost::asio::ip::tcp;
+
+const std::string& request::header(const std::string& lower_name) const {
+  static const std::string none;
+  auto i = headers.find(lower_name);
+  return i == headers.end() ? none : i->second;
+}
+
+bool url_decode(const std::string& in, std::string& out) {
+  out.clear();
+  out.reserve(in.size());
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size())
+      return false;
+    int a = hex(in[i + 1]), b = hex(in[i + 2]);
+    if (a < 0 || b < 0)
+      return false;
+    out += static_cast<char>(a * 16 + b);
+    i += 2;
+  }
+  return true;
+}
+
+namespace {
+
+/// What every connection shares: the handler and the limits. Held by
+/// shared_ptr, with the io_context, so a reply that comes after stop()
+/// finds them still there (and does nothing).
+/// What stop() can close: a connection or a WebSocket.
+struct closable {
+  virtual ~closable() = default;
+  virtual void post_close() = 0;
+};
+
+struct shared {
+  handler h;
+  server_config cfg;
+  std::atomic<bool> stopped{false};
+  /// Guards `stopped` against posts: once it is set, nothing new is posted
+  /// to the io_context, so its threads run out of work and end.
+  std::mutex mu;
+  std::vector<std::weak_ptr<closable>> open;
+
+  void track(std::weak_ptr<closable> c) {
+    std::lock_guard<std::mutex> g{mu};
+    if (open.size() >= 64 && open.size() == open.capacity())
+      open.erase(std::remove_if(open.begin(), open.end(),
+                                [](auto& w) { return w.expired(); }),
+                 open.end());
+    open.push_back(std::move(c));
+  }
+
+  /// Runs `post` unless the server is stopping (then drops it).
+  template <class F>
+  void guarded(F&& post) {
+    std::lock_guard<std::mutex> g{mu};
+    if (!stopped)
+      post();
+  }
+};
+
+/// Splits the target into path and decoded query; false if malformed.
+bool split_target(const std::string& target, request& r) {
+  auto q = target.find('?');
+  if (!url_decode(target.substr(0, q), r.path))
+    return false;
+  if (q == std::string::npos)
+    return true;
+  auto rest = target.substr(q + 1);
+  size_t at = 0;
+  while (at <= rest.size()) {
+    auto amp = rest.find('&', at);
+    auto part = rest.substr(at, amp == std::string::npos ? std::string::npos
+                                                         : amp - at);
+    if (!part.empty()) {
+      auto eq = part.find('=');
+      std::string k, v;
+      for (auto& c : part)
+        if (c == '+')
+          c = ' ';
+      if (!url_decode(part.substr(0, eq), k)
+          || !url_decode(eq == std::string::npos ? "" : part.substr(eq + 1), v))
+        return false;
+      r.query[k] = v;
+    }
+    if (amp == std::string::npos)
+      break;
+    at = amp + 1;
+  }
+  return true;
+}
+
+template <class Stream>
+class ws_session;
+
+/// One HTTP connection: reads a request, hands it to the handler, writes
+/// what the handler answers, and reads the next one (keep-alive).
+template <class Stream>
+class connection : public closable,
+                   public std::enable_shared_from_this<connection<Stream>> {
+ public:
+  void post_close() override {
+    net::post(stream_.get_executor(),
+              [self = this->shared_from_this()] { self->close(); });
+  }
+
+  connection(std::shared_ptr<net::io_context> io, std::shared_ptr<shared> sh,
+             Stream stream)
+    : io_(std::move(io)), sh_(std::move(sh)), stream_(std::move(stream)) {}
+
+  void run() {
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      read();
+    } else {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+      stream_.async_handshake(
+        ssl::stream_base::server,
+        [self = this->shared_from_this()](beast::error_code ec) {
+          if (!ec)
+            self->read();
+        });
+    }
+  }
+
+  // --- what a reply does, always on the connection's strand
+
+  void post(std::function<void(connection&)> f) {
+    sh_->guarded([&] {
+      net::post(stream_.get_executor(),
+                [self = this->shared_from_this(), f = std::move(f)] { f(*self); });
+    });
+  }
+
+  void send(response r) {
+    if (answered_ || closed_)
+      return;
+    answered_ = true;
+    auto res = std::make_shared<bhttp::response<bhttp::string_body>>();
+    res->version(11);
+    res->result(static_cast<unsigned>(r.status));
+    res->set(bhttp::field::server, "nodepool");
+    if (!r.content_type.empty())
+      res->set(bhttp::field::content_type, r.content_type);
+    for (auto& [k, v] : r.headers)
+      res->set(k, v);
+    res->keep_alive(keep_alive_);
+    res->body() = std::move(r.body);
+    res->prepare_payload();
+    beast::get_lowest_layer(stream_).expires_after(sh_->cfg.idle_timeout);
+    bhttp::async_write(stream_, *res,
+                       [self = this->shared_from_this(), res](
+                         beast::error_code ec, size_t) {
+                         self->after_response(ec, res->need_eof());
+                       });
+  }
+
+  void begin_stream(response head) {
+    if (answered_ || closed_)
+      return;
+    answered_ = true;
+    streaming_ = true;
+    auto res = std::make_shared<bhttp::response<bhttp::empty_body>>();
+    res->version(11);
+    res->result(static_cast<unsigned>(head.status));
+    res->set(bhttp::field::server, "nodepool");
+    res->set(bhttp::field::content_type, head.content_type);
+    res->set(bhttp::field::cache_control, "no-cache");
+    for (auto& [k, v] : head.headers)
+      res->set(k, v);
+    res->keep_alive(keep_alive_);
+    res->chunked(true);
+    auto sr = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*res);
+    writing_ = true;
+    bhttp::async_write_header(
+      stream_, *sr,
+      [self = this->shared_from_this(), res, sr](beast::error_code ec, size_t) {
+        self->writing_ = false;
+        if (ec)
+          return self->close();
+        self->drain();
+      });
+  }
+
+  void chunk(std::string data) {
+    if (!streaming_ || closed_ || data.empty())
+      return;
+    pending_.push_back(std::move(data));
+    drain();
+  }
+
+  void end() {
+    if (!streaming_ || closed_)
+      return;
+    ending_ = true;
+    drain();
+  }
+
+  void accept_websocket(std::function<void(std::string)> on_message);
+  std::shared_ptr<ws_session<Stream>> websocket() const { return ws_; }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(sh_->cfg.max_body);
+    parser_->header_limit(16 * 1024);
+    answered_ = false;
+    streaming_ = false;
+    ending_ = false;
+    beast::get_lowest_layer(stream_).expires_after(sh_->cfg.idle_timeout);
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      [self = this->shared_from_this()](beast::error_code ec,
+                                                        size_t) {
+                        self->on_read(ec);
+                      });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == net::error::eof
+        || ec == beast::error::timeout || ec == net::error::operation_aborted
+        || sh_->stopped)
+      return close();
+    if (ec) {
+      // The request could not be read: say why once, then close.
+      keep_alive_ = false;
+      response r;
+      if (ec == bhttp::error::body_limit) {
+        r.status = 413;
+        r.body = R"({"error":{"code":"body_too_large","message":"the body is over )"
+                 + std::to_string(sh_->cfg.max_body) + R"( bytes"}})";
+      } else if (ec == bhttp::error::header_limit) {
+        r.status = 431;
+        r.body = R"({"error":{"code":"headers_too_large","message":"the headers are over 16384 bytes"}})";
+      } else {
+        r.status = 400;
+        r.body = R"({"error":{"code":"bad_request","message":"malformed HTTP request"}})";
+      }
+      send(std::move(r));
+      return;
+    }
+    auto msg = parser_->release();
+    keep_alive_ = msg.keep_alive();
+    request req;
+    req.method = std::string{msg.method_string()};
+    req.target = std::string{msg.target()};
+    for (auto& f : msg) {
+      std::string name{f.name_string()};
+      for (auto& c : name)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      req.headers[name] = std::string{f.value()};
+    }
+    req.body = std::move(msg.body());
+    beast::error_code pe;
+    auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(pe);
+    if (!pe)
+      req.remote = ep.address().to_string();
+    req.websocket = websocket::is_upgrade(msg);
+    if (req.websocket)
+      upgrade_ = std::move(msg);
+    // Waiting for the handler: no read timeout (a completion may take as
+    // long as its own timeout says).
+    beast::get_lowest_layer(stream_).expires_never();
+    if (!split_target(req.target, req)) {
+      keep_alive_ = false;
+      response r;
+      r.status = 400;
+      r.body = R"({"error":{"code":"bad_request","message":"malformed URL encoding in the target"}})";
+      send(std::move(r));
+      return;
+    }
+    sh_->h(std::move(req), make_reply());
+  }
+
+  std::shared_ptr<reply> make_reply();
+
+  void drain() {
+    if (writing_ || closed_)
+      return;
+    if (!pending_.empty()) {
+      auto data = std::make_shared<std::string>(std::move(pending_.front()));
+      pending_.pop_front();
+      writing_ = true;
+      net::async_write(stream_, bhttp::make_chunk(net::buffer(*data)),
+                       [self = this->shared_from_this(), data](
+                         beast::error_code ec, size_t) {
+                         self->writing_ = false;
+                         if (ec)
+                           return self->close();
+                         self->drain();
+                       });
+      return;
+    }
+    if (ending_) {
+      ending_ = false;
+      streaming_ = false;
+      writing_ = true;
+      net::async_write(stream_, bhttp::make_chunk_last(),
+                       [self = this->shared_from_this()](beast::error_code ec,
+                                                         size_t) {
+                         self->writing_ = false;
+                         self->after_response(ec, !self->keep_alive_);
+                       });
+    }
+  }
+
+  void after_response(beast::error_code ec, bool eof) {
+    if (ec || eof || sh_->stopped)
+      return close();
+    read();
+  }
+
+ public:
+  void close() {
+    if (closed_)
+      return;
+    closed_ = true;
+    beast::error_code ec;
+    beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_both, ec);
+    beast::get_lowest_layer(stream_).close();
+  }
+
+ private:
+  std::shared_ptr<net::io_context> io_;  // outlives the stream
+  std::shared_ptr<shared> sh_;
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  bhttp::request<bhttp::string_body> upgrade_;
+  bool keep_alive_ = true;
+  bool answered_ = false;
+  bool streaming_ = false;
+  bool writing_ = false;
+  bool ending_ = false;
+  bool closed_ = false;
+  std::deque<std::string> pending_;
+  std::shared_ptr<ws_session<Stream>> ws_;
+  friend class ws_session<Stream>;
+};
+
+/// A WebSocket that was an HTTP connection: every text message goes to the
+/// handler's callback; answers are queued and written one at a time.
+template <class Stream>
+class ws_session : public closable,
+                   public std::enable_shared_from_this<ws_session<Stream>> {
+ public:
+  void post_close() override {
+    net::post(ws_.get_executor(), [self = this->shared_from_this()] {
+      self->closed_ = true;
+      beast::error_code ec;
+      beast::get_lowest_layer(self->ws_).close();
+    });
+  }
+
+  ws_session(std::shared_ptr<net::io_context> io, std::shared_ptr<shared> sh,
+             Stream&& s)
+    : io_(std::move(io)), sh_(std::move(sh)), ws_(std::move(s)) {}
+
+  void start(bhttp::request<bhttp::string_body> req,
+             std::function<void(std::string)> on_message) {
+    on_message_ = std::move(on_message);
+    ws_.set_option(
+      websocket::stream_base::timeout::suggested(beast::role_type::server));
+    ws_.read_message_max(sh_->cfg.max_body);
+    ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
+      if (ec)
+        return;
+      self->open_ = true;
+      self->read();
+      self->drain();
+    });
+  }
+
+  void post(std::function<void(ws_session&)> f) {
+    sh_->guarded([&] {
+      net::post(ws_.get_executor(),
+                [self = this->shared_from_this(), f = std::move(f)] { f(*self); });
+    });
+  }
+
+  void send(std::string text) {
+    if (closed_)
+      return;
+    out_.push_back(std::move(text));
+    drain();
+  }
+
+  void end() {
+    if (closed_)
+      return;
+    closing_ = true;
+    drain();
+  }
+
+ private:
+  void read() {
+    ws_.async_read(in_, [self = this->shared_from_this()](beast::error_code ec,
+                                                           size_t) {
+      if (ec) {
+        self->closed_ = true;
+        self->on_message_ = nullptr;  // it may hold the reply: let both go
+        return;
+      }
+      auto text = beast::buffers_to_string(self->in_.data());
+      self->in_.consume(self->in_.size());
+      if (self->on_message_)
+        self->on_message_(std::move(text));
+      self->read();
+    });
+  }
+
+  void drain() {
+    if (!open_ || writing_ || closed_)
+      return;
+    if (!out_.empty()) {
+      auto data = std::make_shared<std::string>(std::move(out_.front()));
+      out_.pop_front();
+      writing_ = true;
+      ws_.text(true);
+      ws_.async_write(net::buffer(*data),
+                      [self = this->shared_from_this(), data](
+                        beast::error_code ec, size_t) {
+                        self->writing_ = false;
+                        if (ec) {
+                          self->closed_ = true;
+                          return;
+                        }
+                        self->drain();
+                      });
+      return;
+    }
+    if (closing_) {
+      closed_ = true;
+      ws_.async_close(websocket::close_code::normal,
+                      [self = this->shared_from_this()](beast::error_code) {});
+    }
+  }
+
+  std::shared_ptr<net::io_context> io_;
+  std::shared_ptr<shared> sh_;
+  websocket::stream<Stream> ws_;
+  beast::flat_buffer in_;
+  std::function<void(std::string)> on_message_;
+  std::deque<std::string> out_;
+  bool open_ = false;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool closed_ = false;
+};
+
+template <class Stream>
+void connection<Stream>::accept_websocket(
+  std::function<void(std::string)> on_message) {
+  if (answered_ || closed_ || !upgrade_.target().size())
+    return;
+  answered_ = true;
+  ws_ = std::make_shared<ws_session<Stream>>(io_, sh_, std::move(stream_));
+  sh_->track(ws_);
+  closed_ = true;  // the stream belongs to the WebSocket now
+  ws_->start(std::move(upgrade_), std::move(on_message));
+}
+
+/// The reply object a handler gets: forwards to the connection's strand.
+template <class Stream>
+class reply_impl : public reply {
+ public:
+  explicit reply_impl(std::shared_ptr<connection<Stream>> c) : c_(std::move(c)) {}
+  void send(response r) override {
+    c_->post([r = std::move(r)](connection<Stream>& c) mutable {
+      c.send(std::move(r));
+    });
+  }
+  void begin_stream(response head) override {
+    c_->post([h = std::move(head)](connection<Stream>& c) mutable {
+      c.begin_stream(std::move(h));
+    });
+  }
+  void chunk(std::string data) override {
+    if (auto ws = ws_session())
+      return ws->post([d = std::move(data)](ws_session_t& w) mutable {
+        w.send(std::move(d));
+      });
+    c_->post([d = std::move(data)](connection<Stream>& c) mutable {
+      c.chunk(std::move(d));
+    });
+  }
+  void end() override {
+    if (auto ws = ws_session())
+      return ws->post([](ws_session_t& w) { w.end(); });
+    c_->post([](connection<Stream>& c) { c.end(); });
+  }
+  void accept_websocket(std::function<void(std::string)> on_message) override {
+    auto me = this;
+    c_->post([me, f = std::move(on_message)](connection<Stream>& c) mutable {
+      c.accept_websocket(std::move(f));
+      std::lock_guard<std::mutex> g{me->mu_};
+      me->ws_ = c.websocket();
+    });
+  }
+
+ private:
+  using ws_session_t = nodepool::http::ws_session<Stream>;
+  std::shared_ptr<ws_session_t> ws_session() {
+    std::lock_guard<std::mutex> g{mu_};
+    return ws_;
+  }
+  std::shared_ptr<connection<Stream>> c_;
+  std::mutex mu_;
+  std::shared_ptr<ws_session_t> ws_;
+};
+
+template <class Stream>
+std::shared_ptr<reply> connection<Stream>::make_reply() {
+  return std::make_shared<reply_impl<Stream>>(this->shared_from_this());
+}
+
+} // namespace
+
+struct server::impl {
+  std::shared_ptr<net::io_context> io = std::make_shared<net::io_context>();
+  std::shared_ptr<shared> sh = std::make_shared<shared>();
+  std::optional<ssl::context> tls;
+  std::optional<tcp::acceptor> acceptor;
+  std::vector<std::thread> threads;
+  uint16_t port = 0;
+
+  void accept() {
+    acceptor->async_accept(net::make_strand(*io), [this](beast::error_code ec,
+                                                         tcp::socket s) {
+      if (sh->stopped)
+        return;
+      if (!ec) {
+        beast::error_code ignored;
+        s.set_option(tcp::no_delay(true), ignored);
+        if (tls) {
+          auto c = std::make_shared<
+            connection<beast::ssl_stream<beast::tcp_stream>>>(
+            io, sh, beast::ssl_stream<beast::tcp_stream>(std::move(s), *tls));
+          sh->track(c);
+          c->run();
+        } else {
+          auto c = std::make_shared<connection<beast::tcp_stream>>(
+            io, sh, beast::tcp_stream(std::move(s)));
+          sh->track(c);
+          c->run();
+        }
+      }
+      accept();
+    });
+  }
+};
+
+server::server(server_config cfg, handler h) : impl_(std::make_shared<impl>()) {
+  impl_->sh->cfg = std::move(cfg);
+  impl_->sh->h = std::move(h);
+}
+
+server::~server() { stop(); }
+
+std::string server::start() {
+  auto& cfg = impl_->sh->cfg;
+  try {
+    if (!cfg.tls_certificate.empty()) {
+      impl_->tls.emplace(ssl::context::tls_server);
+      impl_->tls->set_options(ssl::context::default_workarounds
+                              | ssl::context::no_sslv2 | ssl::context::no_sslv3
+                              | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+      impl_->tls->use_certificate_chain_file(cfg.tls_certificate);
+      impl_->tls->use_private_key_file(cfg.tls_key, ssl::context::pem);
+    }
+    beast::error_code ec;
+    auto addr = net::ip::make_address(cfg.host, ec);
+    if (ec)
+      return "'" + cfg.host + "' is not an IP address";
+    tcp::endpoint ep{addr, cfg.port};
+    impl_->acceptor.emplace(*impl_->io);
+    impl_->acceptor->open(ep.protocol());
+    impl_->acceptor->set_option(net::socket_base::reuse_address(true));
+    impl_->acceptor->bind(ep, ec);
+    if (ec)
+      return "cannot listen on " + cfg.host + ":" + std::to_string(cfg.port)
+             + ": " + ec.message();
+    impl_->acceptor->listen(net::socket_base::max_listen_connections);
+    impl_->port = impl_->acceptor->local_endpoint().port();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  impl_->accept();
+  for (int i = 0; i < std::max(1, cfg.threads); ++i)
+    impl_->threads.emplace_back([io = impl_->io] {
+      for (;;) {
+        try {
+          io->run();
+          return;
+        } catch (const std::exception& e) {
+          log("http")->error("http thread: {}", e.what());
+        }
+      }
+    });
+  return "";
+}
+
+uint16_t server::port() const { return impl_->port; }
+
+bool server::tls() const { return impl_->tls.has_value(); }
+
+void server::stop() {
+  if (!impl_)
+    return;
+  auto& sh = *impl_->sh;
+  std::vector<std::weak_ptr<closable>> open;
+  {
+    std::lock_guard<std::mutex> g{sh.mu};
+    if (sh.stopped)
+      return;
+    // Close the acceptor and every connection; then the threads run out of
+    // work and return (no reply posts anything any more).
+    net::post(*impl_->io, [i = impl_] {
+      beast::error_code ec;
+      if (i->acceptor)
+        i->acceptor->close(ec);
+    });
+    open.swap(sh.open);
+    for (auto& w : open)
+      if (auto c = w.lock())
+        c->post_close();
+    sh.stopped = true;
+  }
+  // A stream whose close did not end its work (should not happen) must
+  // not hold the caller: after 5 s, stop the io_context outright.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!impl_->io->stopped() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  impl_->io->stop();
+  for (auto& t : impl_->threads)
+    if (t.joinable())
+      t.join();
+  impl_->threads.clear();
+}
+
+} // namespace nodepool::http

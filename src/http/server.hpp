@@ -1,0 +1,89 @@
+#pragma once
+
+// The oracle's HTTP/1.1 server (Boost.Beast), with or without TLS. It runs
+// on threads of its own; a handler answers whenever it likes, from any
+// thread (an actor's reply, say), so no request ever blocks the pool.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace nodepool::http {
+
+struct request {
+  std::string method;  // "GET", "POST", ...
+  std::string target;  // as sent: "/api/v1/sessions?since=0"
+  std::string path;    // the target before '?'
+  std::map<std::string, std::string> query;    // decoded
+  std::map<std::string, std::string> headers;  // names in lower case
+  std::string body;
+  std::string remote;  // the peer's address
+  bool websocket = false;  // an upgrade request (see reply::accept_websocket)
+
+  const std::string& header(const std::string& lower_name) const;
+};
+
+struct response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+/// How a handler answers one request: once with send(), or as a stream
+/// (begin_stream, then chunks, then end), or, for an upgrade request, as a
+/// WebSocket (accept_websocket, then messages, then end). Every call may
+/// come from any thread; calls after the client went away do nothing.
+class reply {
+ public:
+  virtual ~reply() = default;
+  virtual void send(response r) = 0;
+  virtual void begin_stream(response head) = 0;  // body ignored; chunked
+  virtual void chunk(std::string data) = 0;
+  virtual void end() = 0;
+  /// WebSocket: `on_message` gets every text message the client sends;
+  /// answers go out with chunk() (one message each); end() closes.
+  virtual void accept_websocket(
+    std::function<void(std::string)> on_message) = 0;
+};
+
+using handler = std::function<void(request, std::shared_ptr<reply>)>;
+
+struct server_config {
+  std::string host = "127.0.0.1";
+  uint16_t port = 5010;  // 0: any free port (see server::port)
+  int threads = 2;
+  size_t max_body = 1 << 20;  // larger bodies get 413
+  std::chrono::seconds idle_timeout{60};  // a silent keep-alive connection
+  std::string tls_certificate;  // PEM chain; empty: plain HTTP
+  std::string tls_key;          // PEM private key
+};
+
+class server {
+ public:
+  server(server_config cfg, handler h);
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+  /// Binds and starts the threads. Returns what went wrong, or "".
+  std::string start();
+  /// The port it listens on (after start).
+  uint16_t port() const;
+  bool tls() const;
+  /// Stops accepting and closes every connection; waits for the threads.
+  void stop();
+  struct impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+/// Percent-decodes a URL component ('+' stays '+'). False if malformed.
+bool url_decode(const std::string& in, std::string& out);
+
+} // namespace nodepool::http
