@@ -25,9 +25,31 @@ api_error to_api_error(caf::actor_system& sys, const caf::error& err) {
 
 class caf_pool_api : public http::pool_api {
  public:
-  caf_pool_api(caf::actor_system& sys, caf::actor gw,
+  caf_pool_api(caf::actor_system& sys, caf::actor gw, caf::actor sup,
                std::chrono::milliseconds t)
-    : sys_(sys), gw_(std::move(gw)), timeout_(t) {}
+    : sys_(sys), gw_(std::move(gw)), sup_(std::move(sup)), timeout_(t) {}
+
+  void command(const pb::Command& c, done_cb cb) override {
+    auto sup = sup_;
+    auto* sys = &sys_;
+    auto bytes = c.SerializeAsString();
+    sys_.spawn([sup, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
+      self->request(sup, std::chrono::seconds(60), cmd_atom::value, bytes)
+        .then([=](accepted_atom) { cb(std::nullopt); },
+              [=](caf::error& err) { cb(to_api_error(*sys, err)); });
+    });
+  }
+
+  void snapshot(index_cb cb) override {
+    auto sup = sup_;
+    auto t = timeout_;
+    auto* sys = &sys_;
+    sys_.spawn([sup, t, sys, cb = std::move(cb)](caf::event_based_actor* self) {
+      self->request(sup, t, snapshot_atom::value)
+        .then([=](uint64_t index) { cb(index, std::nullopt); },
+              [=](caf::error& err) { cb(0, to_api_error(*sys, err)); });
+    });
+  }
 
   void state(state_cb cb) override {
     auto gw = gw_;
@@ -114,6 +136,7 @@ class caf_pool_api : public http::pool_api {
  private:
   caf::actor_system& sys_;
   caf::actor gw_;
+  caf::actor sup_;  // operators' commands go to it directly, never via miners' port
   std::chrono::milliseconds timeout_;
 };
 
@@ -121,8 +144,10 @@ class caf_pool_api : public http::pool_api {
 
 std::shared_ptr<http::pool_api> make_pool_api(caf::actor_system& sys,
                                               caf::actor gateway,
+                                              caf::actor supervisor,
                                               std::chrono::milliseconds t) {
-  return std::make_shared<caf_pool_api>(sys, std::move(gateway), t);
+  return std::make_shared<caf_pool_api>(sys, std::move(gateway),
+                                        std::move(supervisor), t);
 }
 
 } // namespace nodepool

@@ -4,6 +4,8 @@
 #include <deque>
 #include <optional>
 
+#include <limits>
+
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -597,6 +599,28 @@ caf::behavior handlers(self_ptr self) {
       else  // written in the batch of the entry that ended each session
         a.set_complete_through(st.next_index - 1);
       return a.SerializeAsString();
+    },
+    // An operator asks for a snapshot now (single oracle): of the durable
+    // state at once, or, with a group commit under way, at its end.
+    // Answers the index the snapshot covers.
+    [=](snapshot_atom) -> caf::result<uint64_t> {
+      auto& st = self->state;
+      if (st.cfg.cluster_log)
+        return make_refusal("not_supported",
+                            "a cluster member snapshots its log by itself "
+                            "([raft] snapshot_threshold)");
+      if (!st.pending.empty()) {
+        st.since_snapshot = std::numeric_limits<uint64_t>::max() / 2;
+        return st.pending.back().index();
+      }
+      auto snap = st.pool.snapshot();
+      snap.set_last_index(st.next_index - 1);
+      st.since_snapshot = 0;
+      if (st.snapshots)
+        st.snapshots->submit(std::move(snap));
+      else if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())
+        return make_refusal("snapshot_failed", s.error);
+      return st.next_index - 1;
     },
     [=](stats_atom) -> std::string {
       auto& s = self->state;

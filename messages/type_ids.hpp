@@ -21,6 +21,7 @@ CAF_ADD_ATOM(nodepool, nodepool, events_atom, "events")
 CAF_ADD_ATOM(nodepool, nodepool, state_atom, "state")
 CAF_ADD_ATOM(nodepool, nodepool, stats_atom, "stats")
 CAF_ADD_ATOM(nodepool, nodepool, archive_atom, "archive")
+CAF_ADD_ATOM(nodepool, nodepool, snapshot_atom, "snapshot")
 // miner <-> oracle
 CAF_ADD_ATOM(nodepool, nodepool, miner_atom, "miner")
 CAF_ADD_ATOM(nodepool, nodepool, oracle_atom, "oracle")

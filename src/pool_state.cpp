@@ -166,6 +166,9 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     case pb::Command::kConfigure:
       apply_configure(cmd.configure(), out);
       break;
+    case pb::Command::kAdminNode:
+      apply_admin_node(cmd.admin_node(), now, out);
+      break;
     default:
       out.refused = refusal{"empty_command", "command carries no kind"};
       return out;
@@ -258,6 +261,55 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
     return;
   }
   lose(n, c.reason().empty() ? "node down" : c.reason(), now, out);
+}
+
+void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
+                                  apply_result& out) {
+  auto i = nodes_.find(c.node_id());
+  if (i == nodes_.end()) {
+    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+    return;
+  }
+  auto& n = i->second;
+  if (n.state() == pb::RETIRED) {
+    out.refused = refusal{"retired", "node " + n.id() + " is retired"};
+    return;
+  }
+  auto why = c.reason().empty() ? std::string{"by an operator"} : c.reason();
+  switch (c.action()) {
+    case pb::DRAIN:
+    case pb::UNDRAIN: {
+      bool drain = c.action() == pb::DRAIN;
+      if (n.drained() == drain) {
+        out.refused = refusal{"no_change", "node " + n.id() + " is already "
+                                             + (drain ? "drained" : "undrained")};
+        return;
+      }
+      n.set_drained(drain);
+      note_node(n);
+      out.changed = true;
+      return;
+    }
+    case pb::RETIRE: {
+      auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
+      if (n.state() == pb::RESERVED) {
+        auto* s = live_session(n.session_id());
+        n.clear_session_id();
+        n.set_tasks_served(0);
+        if (s)
+          detach(*s, n.id(), now, out);
+      }
+      n.set_test_id(0);
+      n.set_rejoin_by(0);
+      n.set_reset_at(now);
+      set_state(n, pb::RETIRED, "retired " + why, out);
+      if (auto* s = sid.empty() ? nullptr : live_session(sid))
+        maybe_resume(*s, out);
+      return;
+    }
+    default:
+      out.refused = refusal{"bad_action", "unknown admin action"};
+  }
 }
 
 void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,

@@ -151,6 +151,7 @@ private:
   void apply_configure(const pb::Configure& c, apply_result& out);
   void apply_heartbeat(const pb::Heartbeat& c, int64_t now, apply_result& out);
   void apply_node_down(const pb::NodeDown& c, int64_t now, apply_result& out);
+  void apply_admin_node(const pb::AdminNode& c, int64_t now, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
             apply_result& out);
   uint64_t next_random();

@@ -23,8 +23,9 @@ bool counts_as_alive(const pb::NodeRecord& n) {
 
 bool counts_as_available(const pb::NodeRecord& n) {
   // A node not back from a change of leader cannot be sent a task yet.
+  // A drained node is not reserved again until an operator undrains it.
   return n.state() == pb::EPHEMERAL && n.mode() == pb::AVAILABLE
-         && n.rejoin_by() == 0;
+         && n.rejoin_by() == 0 && !n.drained();
 }
 
 int64_t pool_state::node_due(const pb::NodeRecord& n) const {

@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "actors/oracle.hpp"
+#include "http/server.hpp"
 #include "params.hpp"
 #include "pool_state.hpp"
 #include "storage.hpp"
@@ -66,6 +68,29 @@ void add_tls_flags(CLI::App& app, tls_files& out);
 /// If TLS was asked for, checks the files (std::runtime_error naming what is
 /// wrong) and loads CAF's openssl module into `cfg`.
 void setup_tls(actor_config& cfg, const tls_files& tls);
+
+/// The HTTP API's settings (flags, or [http] in an oracle's config).
+struct http_options {
+  std::string listen;     // HOST:PORT, or "off"; empty: 127.0.0.1:5010
+  std::string keys_file;  // API keys; none: loopback only
+  double rate_per_key = 0;
+  int threads = 2;
+};
+void add_http_flags(CLI::App& cmd, http_options& o);
+
+/// A running HTTP API (server null when off or not started).
+struct http_api {
+  std::unique_ptr<http::server> server;
+  std::string url;  // "http://127.0.0.1:5010"
+  size_t keys = 0;
+};
+/// Starts the HTTP API on an oracle's actors. Off, or the default port
+/// taken (another oracle on this host: a warning says so), gives no
+/// server; an address given explicitly that cannot be used, or a public
+/// address without keys, throws std::runtime_error.
+http_api start_http_api(const http_options& o, caf::actor_system& sys,
+                        const oracle_handles& h, const std::string& oracle_id,
+                        const tls_files& tls);
 
 /// Splits "host:port"; throws std::runtime_error on a bad form.
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s);

@@ -33,6 +33,8 @@ struct demo_options {
   double timeout_s = 0;  // 0: wait until every session has ended
   std::string config;
   std::map<std::string, std::string> flags;
+  http_options api;    // the demo's oracle serves the HTTP API too
+  bool serve = false;  // keep serving after the sessions, until Ctrl-C
 };
 
 /// Deadlines short enough for a demo that ends in seconds; every one can be
@@ -258,6 +260,24 @@ int run(demo_options& o) {
   sc.storage = storage;
   auto h = start_oracle(sys, sc);
   caf::scoped_actor self{sys};
+  auto api = start_http_api(o.api, sys, h, "demo", {});
+  // The HTTP threads stop before the actors they ask, on every way out.
+  std::shared_ptr<void> stop_api{nullptr, [&api](void*) {
+    if (api.server)
+      api.server->stop();
+  }};
+  if (api.server) {
+    std::fprintf(stderr,
+                 "nodepool demo: HTTP API on %s/api/v1/ while the demo runs%s; "
+                 "try:\n  curl -s %s/api/v1/status\n  curl -s %s/v1/chat/"
+                 "completions -H 'Content-Type: application/json' -d "
+                 "'{\"model\":\"llama-3-8b\",\"messages\":[{\"role\":"
+                 "\"user\",\"content\":\"Hello pool\"}]}'\n",
+                 api.url.c_str(),
+                 o.serve ? " (and after it, until Ctrl-C)" : " (--serve keeps it up after)",
+                 api.url.c_str(), api.url.c_str());
+    std::fflush(stderr);
+  }
 
   auto kinds = demo_behaviours(o.nodes, o.faulty_share, o.seed);
   std::map<std::string, size_t> behaviour_counts;
@@ -313,6 +333,18 @@ int run(demo_options& o) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   self->send_exit(gen, caf::exit_reason::user_shutdown);
+  if (o.serve && !stop_requested) {
+    // The sessions are done; the pool and its API stay up for a person to
+    // try, until Ctrl-C (then the demo reports and checks as usual).
+    std::fprintf(stderr, "nodepool demo: %llu sessions ended; serving %s "
+                         "until Ctrl-C\n",
+                 static_cast<unsigned long long>(g.ended),
+                 api.server ? (api.url + "/api/v1/").c_str() : "(no HTTP API)");
+    std::fflush(stderr);
+    while (!stop_requested)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop_requested = false;  // that Ctrl-C ended the serving, not the demo
+  }
   auto accepted = g.accepted;
   auto refused_submissions = g.refused;
   if (tty)
@@ -457,6 +489,10 @@ void add_demo(CLI::App& app) {
                   "until every session has ended; Ctrl-C stops it, resumable)");
   cmd->add_option("--config", o->config, "TOML file with a [pool] table");
   cmd->add_flag("--json", o->json, "print one JSON object as the last line");
+  cmd->add_flag("--serve", o->serve,
+                "keep the oracle and its HTTP API up after the sessions are "
+                "done, until Ctrl-C");
+  add_http_flags(*cmd, o->api);
   add_param_flags(*cmd, o->flags);
   cmd->callback([o] {
     if (int rc = run(*o); rc != 0)

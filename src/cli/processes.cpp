@@ -30,8 +30,7 @@
 #include "member_archive.hpp"
 #include "replica.hpp"
 #include "recovery.hpp"
-#include "http/router.hpp"
-#include "http/server.hpp"
+#include "http/api_keys.hpp"
 
 namespace nodepool::cli {
 
@@ -94,80 +93,10 @@ struct oracle_options {
   std::string join_tokens;  // file of join tokens
   std::string cluster;      // cluster file: run as one member of it
   uint64_t id = 0;          // ... this member's id
-  // The HTTP API ([http] in the config file).
-  std::string http;         // HOST:PORT, or "off"; empty: the default
-  std::string api_keys;     // keys file; none: loopback only
-  double api_rate = 0;      // requests per second per key (0: no limit)
-  int http_threads = 2;
+  http_options api;          // the HTTP API ([http] in the config file)
 };
 
-/// The HTTP API's default address (Cortensor's router port).
-constexpr const char* default_http = "127.0.0.1:5010";
 
-bool loopback_host(const std::string& h) {
-  return h == "127.0.0.1" || h == "::1" || h == "localhost"
-         || h.rfind("127.", 0) == 0;
-}
-
-/// Starts the HTTP API of an oracle, or explains why not. Returns null when
-/// it is off, or when the default port is taken (another oracle on this
-/// host has it: a warning says so); an address given explicitly that cannot
-/// be used is an error.
-std::unique_ptr<http::server> start_http(const oracle_options& o,
-                                         caf::actor_system& sys,
-                                         const oracle_handles& h,
-                                         std::shared_ptr<http::router>& router_out) {
-  if (o.http == "off")
-    return nullptr;
-  bool given = !o.http.empty();
-  auto addr = given ? o.http : std::string{default_http};
-  // Port 0 (any free port, for tests) is allowed here.
-  bool any_port = addr.size() > 2 && addr.compare(addr.size() - 2, 2, ":0") == 0;
-  auto [host, port] = parse_host_port(any_port ? addr.substr(0, addr.size() - 2) + ":1"
-                                               : addr);
-  if (any_port)
-    port = 0;
-  http::router_config rc;
-  rc.oracle_id = o.cluster.empty() ? "oracle" : "oracle-" + std::to_string(o.id);
-  if (!o.api_keys.empty())
-    rc.keys = http::api_keys::load(o.api_keys);
-  rc.rate_per_key = o.api_rate;
-  if (rc.keys.empty() && !loopback_host(host))
-    throw std::runtime_error(
-      "--http " + host + ":" + std::to_string(port)
-      + " is not a loopback address: give --api-keys FILE so that only "
-        "holders of a key can use the API");
-  auto router = std::make_shared<http::router>(rc, make_pool_api(sys, h.gateway));
-  http::server_config sc;
-  sc.host = host;
-  sc.port = port;
-  sc.threads = o.http_threads;
-  if (o.tls.enabled()) {
-    sc.tls_certificate = o.tls.certificate;
-    sc.tls_key = o.tls.key;
-  }
-  auto srv = std::make_unique<http::server>(
-    sc, [router](http::request q, std::shared_ptr<http::reply> r) {
-      router->handle(std::move(q), std::move(r));
-    });
-  if (auto err = srv->start(); !err.empty()) {
-    if (given)
-      throw std::runtime_error("HTTP API: " + err);
-    log("oracle")->warn("HTTP API not started: {} (give --http HOST:PORT, or "
-                        "--http off)", err);
-    std::fprintf(stderr, "nodepool oracle: HTTP API not started: %s (give "
-                         "--http HOST:PORT)\n", err.c_str());
-    return nullptr;
-  }
-  auto scheme = srv->tls() ? "https" : "http";
-  std::printf("HTTP API on %s://%s:%u/api/v1/ (%s)\n", scheme, host.c_str(),
-              srv->port(),
-              rc.keys.empty()
-                ? "no --api-keys: open to anyone on this host, loopback only"
-                : (std::to_string(rc.keys.size()) + " API key(s)").c_str());
-  router_out = router;
-  return srv;
-}
 
 /// This oracle's member of the cluster: the replica, its replicated log
 /// (libraft in `<data-dir>/raft`) and the relay of role changes. Declared
@@ -295,20 +224,20 @@ int run_oracle(oracle_options& o) {
           auto x = v.value<std::string>();
           if (!v.is_string() || !x || x->empty())
             throw bad("expected a non-empty string");
-          auto& into = key == "listen" ? o.http : o.api_keys;
+          auto& into = key == "listen" ? o.api.listen : o.api.keys_file;
           if (into.empty())
             into = *x;
         } else if (key == "rate_per_key") {
           auto x = v.value<double>();
           if (!(v.is_floating_point() || v.is_integer()) || !x || *x < 0)
             throw bad("expected requests per second, >= 0");
-          if (o.api_rate == 0)
-            o.api_rate = *x;
+          if (o.api.rate_per_key == 0)
+            o.api.rate_per_key = *x;
         } else if (key == "threads") {
           auto x = v.value<int64_t>();
           if (!v.is_integer() || !x || *x < 1 || *x > 64)
             throw bad("expected 1..64");
-          o.http_threads = static_cast<int>(*x);
+          o.api.threads = static_cast<int>(*x);
         } else {
           throw std::runtime_error(o.config + ": unknown key http." + key);
         }
@@ -396,10 +325,12 @@ int run_oracle(oracle_options& o) {
   else
     std::printf("nodepool oracle listening on %s:%u (data in %s)\n",
                 o.host.c_str(), *port, o.data_dir.c_str());
-  std::shared_ptr<http::router> api_router;
-  std::unique_ptr<http::server> api;
+  http_api api;
   try {
-    api = start_http(o, sys, h, api_router);
+    api = start_http_api(o.api, sys, h,
+                         o.cluster.empty() ? "oracle"
+                                           : "oracle-" + std::to_string(o.id),
+                         o.tls);
   } catch (const std::exception& e) {
     std::cerr << "nodepool oracle: " << e.what() << "\n";
     stop_oracle(h);
@@ -407,9 +338,15 @@ int run_oracle(oracle_options& o) {
   }
   std::fflush(stdout);
   // The HTTP threads stop before the actors they ask (on every way out).
+  if (api.server)
+    std::printf("HTTP API on %s/api/v1/ (%s)\n", api.url.c_str(),
+                api.keys == 0
+                  ? "no --api-keys: open to anyone on this host, loopback only"
+                  : (std::to_string(api.keys) + " API key(s)").c_str());
+  std::fflush(stdout);
   std::shared_ptr<void> stop_api{nullptr, [&api](void*) {
-    if (api)
-      api->stop();
+    if (api.server)
+      api.server->stop();
   }};
   caf::scoped_actor self{sys};
   self->monitor(h.supervisor);
@@ -1197,15 +1134,7 @@ void add_oracle(CLI::App& app) {
                   "cluster file (TOML: [[member]] id, raft, address; [raft]; "
                   "[pool]): run as one member of a replicated pool");
   cmd->add_option("--id", o->id, "this member's id in the cluster file");
-  cmd->add_option("--http", o->http,
-                  "HTTP API address HOST:PORT (default 127.0.0.1:5010; 0 as "
-                  "the port picks a free one), or off");
-  cmd->add_option("--api-keys", o->api_keys,
-                  "file of API keys, one per line: KEY ROLE (client or "
-                  "admin); without it the API listens on loopback only");
-  cmd->add_option("--api-rate", o->api_rate,
-                  "requests per second per API key (default: no limit)")
-    ->check(CLI::Range(0.0, 1e9));
+  add_http_flags(*cmd, o->api);
   add_param_flags(*cmd, o->flags);
   add_tls_flags(*cmd, o->tls);
   cmd->callback([o] {

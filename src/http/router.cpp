@@ -150,6 +150,8 @@ int status_for(const std::string& code) {
     {"bad_json", 400},          {"bad_session_shape", 400},
     {"bad_level", 400},         {"bad_reserve_period", 400},
     {"bad_session_id", 400},    {"empty_command", 400},
+    {"unknown_node", 404},      {"retired", 409},
+    {"no_change", 409},         {"not_supported", 501},
   };
   auto i = codes.find(code);
   return i == codes.end() ? 500 : i->second;
@@ -415,6 +417,18 @@ void router::route(const std::shared_ptr<call>& c) {
     return post_only([&] { post_completion(c, parts[3]); });
   if (is({"api", "v1", "ws"}))
     return get_only([&] { websocket(c); });
+  if (parts.size() >= 3 && parts[0] == "api" && parts[1] == "v1"
+      && parts[2] == "admin") {
+    if (c->who != role::admin) {
+      {
+        std::lock_guard<std::mutex> g{mu_};
+        ++stats_.forbidden;
+      }
+      return c->rep->send(error_response(403, "forbidden",
+                                         "this route needs an admin key"));
+    }
+    return post_only([&] { admin(c, parts); });
+  }
   if (is({"v1", "models"}))
     return get_only([&] { get_models(c); });
   if (is({"v1", "chat", "completions"}))
@@ -840,6 +854,70 @@ void router::post_completion(const std::shared_ptr<call>& c, std::string sid) {
   });
 }
 
+void router::admin(const std::shared_ptr<call>& c,
+                   const std::vector<std::string>& parts) {
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    ++stats_.admin;
+  }
+  // The body is optional: {"reason": "..."} (and "failed" to end a session).
+  json body = json::object();
+  if (!c->req.body.empty()) {
+    api_error e;
+    auto j = parse_body(c->req.body, e);
+    if (!j)
+      return send_bad(c->rep, e);
+    body = *j;
+  }
+  api_error e;
+  std::string reason;
+  bool failed = false;
+  if (!field(body, "reason", reason, e, "a string")
+      || !field(body, "failed", failed, e, "true or false"))
+    return send_bad(c->rep, e);
+  auto done = [c](json ok) {
+    return [c, ok](std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      c->rep->send(json_response(200, ok));
+    };
+  };
+  // /api/v1/admin/snapshot
+  if (parts.size() == 4 && parts[3] == "snapshot")
+    return pool_->snapshot([c](uint64_t index, std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      c->rep->send(json_response(200, {{"snapshot_index", index}}));
+    });
+  // /api/v1/admin/miners/{id}/{drain,undrain,retire}
+  if (parts.size() == 6 && parts[3] == "miners") {
+    static const std::map<std::string, pb::AdminAction> actions = {
+      {"drain", pb::DRAIN}, {"undrain", pb::UNDRAIN}, {"retire", pb::RETIRE}};
+    auto a = actions.find(parts[5]);
+    if (a == actions.end())
+      return c->rep->send(error_response(404, "not_found",
+                                         "no admin action '" + parts[5]
+                                           + "' (drain, undrain, retire)"));
+    pb::Command cmd;
+    auto* x = cmd.mutable_admin_node();
+    x->set_node_id(parts[4]);
+    x->set_action(a->second);
+    x->set_reason(reason.empty() ? "by an operator (" + c->key_name + ")" : reason);
+    return pool_->command(cmd, done({{"node_id", parts[4]}, {"action", parts[5]}}));
+  }
+  // /api/v1/admin/sessions/{id}/end
+  if (parts.size() == 6 && parts[3] == "sessions" && parts[5] == "end") {
+    pb::Command cmd;
+    auto* x = cmd.mutable_end_session();
+    x->set_session_id(parts[4]);
+    x->set_failed(failed);
+    x->set_reason(reason.empty() ? "ended by an operator" : reason);
+    return pool_->command(cmd, done({{"session_id", parts[4]},
+                                     {"state", failed ? "failed" : "completed"}}));
+  }
+  c->rep->send(error_response(404, "not_found", "no admin route " + c->req.path));
+}
+
 void router::get_models(const std::shared_ptr<call>& c) {
   pool_->state([c](std::optional<pb::Snapshot> snap, json,
                    std::optional<api_error> err) {
@@ -847,7 +925,7 @@ void router::get_models(const std::shared_ptr<call>& c) {
       return send_error(c->rep, *err);
     std::set<std::string> models;
     for (auto& n : snap->nodes())
-      if (n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED)
+      if (n.state() != pb::RETIRED && n.state() != pb::LOST)
         for (auto& m : n.models())
           models.insert(m);
     json data = json::array();

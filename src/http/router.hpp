@@ -48,6 +48,11 @@ class pool_api {
   virtual void submit(const pb::SubmitSession& s, done_cb cb) = 0;
   using prompt_cb = std::function<void(pb::PromptAnswer, std::optional<api_error>)>;
   virtual void prompt(const pb::PromptRequest& p, prompt_cb cb) = 0;
+  /// An operator's command (AdminNode, EndSession): answered once durable.
+  virtual void command(const pb::Command& c, done_cb cb) = 0;
+  /// A snapshot now; answers the log index it covers.
+  using index_cb = std::function<void(uint64_t, std::optional<api_error>)>;
+  virtual void snapshot(index_cb cb) = 0;
 };
 
 struct router_config {
@@ -80,6 +85,7 @@ class router {
     uint64_t rate_limited = 0;
     uint64_t bad_requests = 0;
     uint64_t completions = 0;
+    uint64_t admin = 0;
   };
   counters stats() const;
 
@@ -98,6 +104,7 @@ class router {
   void get_models(const std::shared_ptr<call>& c);
   void post_openai(const std::shared_ptr<call>& c, bool chat);
   void websocket(const std::shared_ptr<call>& c);
+  void admin(const std::shared_ptr<call>& c, const std::vector<std::string>& parts);
   void remember(const pb::PromptAnswer& a, const std::string& prompt);
 
   router_config cfg_;

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <algorithm>
+
 // Real processes for the multi-process and crash tests: spawn the nodepool
 // binary, capture its output in a file, signal it, wait for it with a bound.
 #include <chrono>
@@ -191,6 +193,11 @@ oracle_args(const std::string& db, const std::string& port = "0",
   for (auto& f : fast_pool_flags())
     a.push_back(f);
   a.insert(a.end(), extra.begin(), extra.end());
+  // The HTTP API only where a test asks for it (tests run side by side).
+  if (std::find(extra.begin(), extra.end(), "--http") == extra.end()) {
+    a.push_back("--http");
+    a.push_back("off");
+  }
   return a;
 }
 

@@ -2597,3 +2597,65 @@ TEST(PoolTakeOver, ANodeIsNotReservedBeforeItIsBack) {
   EXPECT_NE(start_of(r, "s1"), nullptr);
   EXPECT_EQ(h.state("n1"), pb::RESERVED);
 }
+
+// -- operators' actions on nodes (AdminNode) ------------------------------------
+
+namespace {
+pb::Command admin_cmd(const std::string& id, pb::AdminAction a) {
+  pb::Command c;
+  c.mutable_admin_node()->set_node_id(id);
+  c.mutable_admin_node()->set_action(a);
+  return c;
+}
+} // namespace
+
+TEST(PoolAdmin, DrainedNodeIsNotReservedUntilUndrained) {
+  harness h;
+  h.admit("a");
+  auto r = h.apply(admin_cmd("a", pb::DRAIN));
+  ASSERT_FALSE(r.refused);
+  EXPECT_TRUE(r.changed);  // logged: a replica drains it too
+  EXPECT_TRUE(h.node("a").drained());
+  EXPECT_EQ(h.state("a"), pb::EPHEMERAL);  // keeps its state
+  h.submit("s1");
+  EXPECT_EQ(h.sstate("s1"), pb::QUEUED);
+  EXPECT_REFUSED(h.apply(admin_cmd("a", pb::DRAIN)), "no_change");
+  r = h.apply(admin_cmd("a", pb::UNDRAIN));
+  ASSERT_FALSE(r.refused);
+  EXPECT_EQ(reserved_in(r, "s1"), std::vector<std::string>{"a"});
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+}
+
+TEST(PoolAdmin, DrainingAReservedNodeLetsItsSessionKeepIt) {
+  harness h;
+  h.admit("a");
+  h.submit("s1");
+  ASSERT_EQ(h.state("a"), pb::RESERVED);
+  ASSERT_FALSE(h.apply(admin_cmd("a", pb::DRAIN)).refused);
+  EXPECT_EQ(h.state("a"), pb::RESERVED);
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"a"});
+  // Released, revalidated: back in the pool's state, never reserved again.
+  h.end("s1");
+  h.pass("a");
+  EXPECT_EQ(h.state("a"), pb::EPHEMERAL);
+  h.submit("s2");
+  EXPECT_EQ(h.sstate("s2"), pb::QUEUED);
+}
+
+TEST(PoolAdmin, RetiringAReservedNodeTakesItFromItsSessionForGood) {
+  harness h;
+  h.admit("a");
+  h.admit("b");
+  h.submit("s1", "m", 1, 2, 2);
+  ASSERT_EQ(h.session("s1").nodes_size(), 2);
+  auto r = h.apply(admin_cmd("a", pb::RETIRE));
+  ASSERT_FALSE(r.refused);
+  EXPECT_EQ(h.state("a"), pb::RETIRED);
+  EXPECT_TRUE(h.node("a").session_id().empty());
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"b"});
+  EXPECT_REFUSED(h.apply(admin_cmd("a", pb::UNDRAIN)), "retired");
+  EXPECT_REFUSED(h.apply(admin_cmd("a", pb::RETIRE)), "retired");
+  EXPECT_REFUSED(h.apply(admin_cmd("nobody", pb::DRAIN)), "unknown_node");
+  // It may not come back.
+  EXPECT_REFUSED(h.reg("a"), "retired");
+}

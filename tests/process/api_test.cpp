@@ -1,0 +1,373 @@
+// The HTTP API of a real oracle process, with real miners, over real
+// sockets: plain and TLS, REST, server-sent events and WebSocket.
+#define CPPHTTPLIB_OPENSSL_SUPPORT
+#include <httplib.h>
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
+#include <nlohmann/json.hpp>
+
+#include "process/proc.hpp"
+
+namespace nodepool::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+const std::string client_key = "np_client_key_for_the_api_test";
+const std::string admin_key = "np_admin_key_for_the_api_test_";
+
+/// The port an oracle printed for its HTTP API ("HTTP API on http://H:P/").
+int http_port(const std::string& out) {
+  auto i = out.find("HTTP API on ");
+  if (i == std::string::npos)
+    return 0;
+  auto colon = out.find(':', out.find("//", i));
+  return std::stoi(out.substr(colon + 1));
+}
+
+/// An oracle with its HTTP API on a free port, keys in `dir`/keys, and
+/// `nodes` healthy miner nodes.
+struct api_pool {
+  std::string dir;
+  std::unique_ptr<child> oracle, miner;
+  int port = 0;
+
+  api_pool(const std::string& d, int nodes, std::vector<std::string> extra = {})
+    : dir(d) {
+    {
+      std::ofstream k{dir + "/keys"};
+      k << "# the test's keys\n" << client_key << " client\n" << admin_key
+        << " admin\n";
+    }
+    std::vector<std::string> a{"--http", "127.0.0.1:0", "--api-keys", dir + "/keys"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    oracle = std::make_unique<child>(oracle_args(dir + "/db", "0", a),
+                                     dir + "/oracle.out");
+    if (!oracle->wait_for_output("HTTP API on", 20s))
+      return;
+    port = http_port(oracle->output());
+    if (nodes > 0) {
+      auto target = "127.0.0.1:" + listening_port(oracle->output());
+      miner = std::make_unique<child>(
+        std::vector<std::string>{"miner", "--oracle", target, "--nodes",
+                                 std::to_string(nodes)},
+        dir + "/miner.out");
+    }
+  }
+
+  httplib::Client client(const std::string& key = client_key) const {
+    httplib::Client c{"127.0.0.1", port};
+    c.set_read_timeout(60, 0);
+    c.set_bearer_token_auth(key.c_str());
+    return c;
+  }
+
+  /// Polls /api/v1/status until `ok`, for up to `limit`.
+  json wait_status(const std::function<bool(const json&)>& ok,
+                   std::chrono::seconds limit) {
+    auto c = client();
+    auto end = std::chrono::steady_clock::now() + limit;
+    json j;
+    while (std::chrono::steady_clock::now() < end) {
+      if (auto r = c.Get("/api/v1/status"); r && r->status == 200) {
+        j = json::parse(r->body);
+        if (ok(j))
+          return j;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return j;
+  }
+};
+
+/// Sends `text` on a fresh connection and reads until the server closes it.
+std::string raw_http(int port, const std::string& text) {
+  namespace net = boost::asio;
+  net::io_context io;
+  net::ip::tcp::socket sock{io};
+  sock.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+  net::write(sock, net::buffer(text));
+  std::string got;
+  boost::system::error_code ec;
+  char buf[4096];
+  for (;;) {
+    auto n = sock.read_some(net::buffer(buf), ec);
+    if (ec)
+      break;
+    got.append(buf, n);
+  }
+  return got;
+}
+
+json body_of(const httplib::Result& r) {
+  if (!r)
+    return json{{"transport_error", httplib::to_string(r.error())}};
+  return json::parse(r->body, nullptr, false);
+}
+
+TEST(api, serves_sessions_and_completions_from_real_miners) {
+  auto dir = temp_dir("api");
+  cleanup tidy{dir};
+  api_pool p{dir, 3};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_status(
+    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 3; }, 30s);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  auto c = p.client();
+
+  auto info = body_of(c.Get("/api/v1/info"));
+  EXPECT_EQ(info["name"], "nodepool");
+  EXPECT_EQ(info["models"][0], "llama-3-8b") << info.dump();
+
+  // A session of two redundant nodes and two tasks.
+  auto r = c.Post("/api/v1/sessions",
+                  R"({"model":"llama-3-8b","min_nodes":2,"max_nodes":2,
+                      "redundancy":2,"max_tasks":2,"client_reference":"t1"})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  auto sid = json::parse(r->body)["session_id"].get<std::string>();
+
+  r = c.Post("/api/v1/completions/" + sid,
+             R"({"prompt":"Why test miner nodes?","timeout":30})",
+             "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  auto a = json::parse(r->body);
+  EXPECT_EQ(a["object"], "text_completion");
+  EXPECT_EQ(a["nodes"], 2);
+  EXPECT_EQ(a["agreeing"], 2);
+  auto text = a["choices"][0]["text"].get<std::string>();
+  EXPECT_NE(text.find("Why test miner nodes?"), std::string::npos) << text;
+
+  // The second task, streamed as server-sent events.
+  std::string events;
+  r = c.Post(
+    "/api/v1/completions", httplib::Headers{},
+    json{{"session_id", sid}, {"prompt", "And again?"}, {"stream", true}}.dump(),
+    "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+  events = r->body;
+  ASSERT_GE(events.size(), 14u);
+  EXPECT_EQ(events.substr(events.size() - 14), "data: [DONE]\n\n") << events;
+  std::string streamed;
+  for (size_t at = 0; (at = events.find("data: {", at)) != std::string::npos;) {
+    auto end = events.find("\n\n", at);
+    auto j = json::parse(events.substr(at + 6, end - at - 6));
+    streamed += j["choices"][0]["text"].get<std::string>();
+    at = end;
+  }
+  EXPECT_NE(streamed.find("And again?"), std::string::npos) << events;
+
+  // Both tasks done: the pool ended the session, and says so.
+  auto s = body_of(c.Get("/api/v1/sessions/" + sid));
+  for (int i = 0; i < 100 && s["state"] != "completed"; ++i) {
+    std::this_thread::sleep_for(50ms);
+    s = body_of(c.Get("/api/v1/sessions/" + sid));
+  }
+  EXPECT_EQ(s["state"], "completed") << s.dump();
+  EXPECT_EQ(s["tasks_done"], 2);
+  EXPECT_EQ(s["client_reference"], "t1");
+  r = c.Post("/api/v1/completions/" + sid, R"({"prompt":"a third?"})",
+             "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 409) << r->body;
+  auto tasks = body_of(c.Get("/api/v1/tasks/" + sid));
+  EXPECT_EQ(tasks["tasks"].size(), 2u) << tasks.dump();
+  EXPECT_EQ(body_of(c.Get("/api/v1/tasks/" + sid + "/1"))["prompt"], "And again?");
+
+  // The OpenAI front: one request, one ephemeral session.
+  r = c.Post("/v1/chat/completions",
+             R"({"model":"llama-3-8b","messages":[{"role":"user","content":"Hello pool"}]})",
+             "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  auto chat = json::parse(r->body);
+  EXPECT_EQ(chat["object"], "chat.completion");
+  EXPECT_NE(chat["choices"][0]["message"]["content"].get<std::string>().find(
+              "Hello pool"),
+            std::string::npos);
+  auto models = body_of(c.Get("/v1/models"));
+  EXPECT_EQ(models["data"][0]["id"], "llama-3-8b") << models.dump();
+
+  // Operators: a client key may not drain; an admin key may.
+  r = c.Post("/api/v1/admin/miners/miner-0/drain", "", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403);
+  auto admin = p.client(admin_key);
+  r = admin.Post("/api/v1/admin/miners/miner-0/drain", R"({"reason":"maintenance"})",
+                 "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  r = admin.Post("/api/v1/admin/miners/nobody/drain", "", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404) << r->body;
+  r = admin.Post("/api/v1/admin/snapshot", "", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_GT(json::parse(r->body)["snapshot_index"].get<uint64_t>(), 0u);
+
+  // The drain is durable: it is in the log a check replays.
+  p.miner->signal(SIGTERM);
+  p.oracle->signal(SIGTERM);
+  ASSERT_EQ(p.oracle->wait_exit(20s), 0) << p.oracle->errors();
+  auto [rc, out] = run({"check", "--data-dir", dir + "/db", "--json"},
+                       dir + "/check.out");
+  EXPECT_EQ(rc, 0) << out;
+}
+
+TEST(api, errors_on_the_wire) {
+  auto dir = temp_dir("api-err");
+  cleanup tidy{dir};
+  api_pool p{dir, 0};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto c = p.client();
+  // 401 without a key, with the challenge.
+  httplib::Client anon{"127.0.0.1", p.port};
+  auto r = anon.Get("/api/v1/status");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(r->get_header_value("WWW-Authenticate").rfind("Bearer", 0), 0u);
+  // 413 for a body over the limit (1 MiB), answered from its headers: the
+  // server does not read 2 MiB to refuse them.
+  auto big = raw_http(p.port, "POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\n"
+                              "Authorization: Bearer " + client_key + "\r\n"
+                              "Content-Length: 2097152\r\n\r\n");
+  EXPECT_EQ(big.rfind("HTTP/1.1 413", 0), 0u) << big;
+  EXPECT_NE(big.find("body_too_large"), std::string::npos) << big;
+  // 400 for malformed JSON, 404 for an unknown session.
+  r = c.Post("/api/v1/sessions", "{\"model\":", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(body_of(r)["error"]["code"], "bad_json");
+  r = c.Post("/api/v1/completions/nobody", R"({"prompt":"hi"})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  // A request that is not HTTP: 400, then the connection closes.
+  auto garbage = raw_http(p.port, "NOT HTTP AT ALL\r\n\r\n");
+  EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
+  EXPECT_NE(garbage.find("bad_request"), std::string::npos) << garbage;
+  // A session that waits for nodes (there are none), then times out: 504.
+  r = c.Post("/api/v1/sessions", R"({"session_id":"lonely"})", "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  r = c.Post("/api/v1/completions/lonely", R"({"prompt":"anyone?","timeout":0.3})",
+             "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 504) << r->body;
+  EXPECT_EQ(body_of(r)["error"]["code"], "timeout");
+  // The oracle is still well after all that.
+  r = c.Get("/api/v1/status");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  p.oracle->signal(SIGTERM);
+  EXPECT_EQ(p.oracle->wait_exit(20s), 0);
+}
+
+TEST(api, websocket_completions) {
+  namespace beast = boost::beast;
+  namespace net = boost::asio;
+  auto dir = temp_dir("api-ws");
+  cleanup tidy{dir};
+  api_pool p{dir, 2};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_status(
+    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 2; }, 30s);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 2) << st.dump();
+  auto c = p.client();
+  auto r = c.Post("/api/v1/sessions", R"({"session_id":"ws1","max_tasks":3})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+
+  net::io_context io;
+  net::ip::tcp::resolver res{io};
+  beast::websocket::stream<net::ip::tcp::socket> ws{io};
+  net::connect(ws.next_layer(), res.resolve("127.0.0.1", std::to_string(p.port)));
+  ws.set_option(beast::websocket::stream_base::decorator(
+    [](beast::websocket::request_type& q) {
+      q.set(beast::http::field::authorization, "Bearer " + client_key);
+    }));
+  ws.handshake("127.0.0.1", "/api/v1/ws");
+  ws.write(net::buffer(std::string{R"({"session_id":"ws1","prompt":"over a socket"})"}));
+  std::string text;
+  for (;;) {
+    beast::flat_buffer b;
+    ws.read(b);
+    auto msg = beast::buffers_to_string(b.data());
+    if (msg == "[DONE]")
+      break;
+    auto j = json::parse(msg);
+    ASSERT_FALSE(j.contains("error")) << msg;
+    text += j["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_NE(text.find("over a socket"), std::string::npos) << text;
+  // A bad message gets an error message, and the socket stays open.
+  ws.write(net::buffer(std::string{"{]"}));
+  beast::flat_buffer b;
+  ws.read(b);
+  EXPECT_EQ(json::parse(beast::buffers_to_string(b.data()))["error"]["code"],
+            "bad_json");
+  ws.close(beast::websocket::close_code::normal);
+  // Without a key, no upgrade.
+  beast::websocket::stream<net::ip::tcp::socket> anon{io};
+  net::connect(anon.next_layer(), res.resolve("127.0.0.1", std::to_string(p.port)));
+  beast::error_code ec;
+  anon.handshake("127.0.0.1", "/api/v1/ws", ec);
+  EXPECT_TRUE(ec);
+}
+
+TEST(api, tls_with_the_oracles_certificate) {
+  auto dir = temp_dir("api-tls");
+  cleanup tidy{dir};
+  auto [grc, gout] = run_shell(
+    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1"
+    " -addext subjectAltName=IP:127.0.0.1 -keyout " + dir + "/key.pem -out " + dir
+    + "/cert.pem");
+  ASSERT_EQ(grc, 0) << gout;
+  api_pool p{dir, 0,
+             {"--tls-cert", dir + "/cert.pem", "--tls-key", dir + "/key.pem",
+              "--tls-ca", dir + "/cert.pem"}};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  EXPECT_NE(p.oracle->output().find("https://"), std::string::npos);
+  httplib::SSLClient s{"127.0.0.1", p.port};
+  s.set_ca_cert_path((dir + "/cert.pem").c_str());
+  s.enable_server_certificate_verification(true);
+  s.set_bearer_token_auth(client_key.c_str());
+  auto r = s.Get("/api/v1/info");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  // Plain HTTP to a TLS port gets no answer.
+  auto plain = p.client();
+  plain.set_read_timeout(3, 0);
+  auto pr = plain.Get("/api/v1/info");
+  EXPECT_TRUE(!pr || pr->status != 200);
+}
+
+TEST(api, refuses_a_public_address_without_keys) {
+  auto dir = temp_dir("api-open");
+  cleanup tidy{dir};
+  auto [rc, out] = run(oracle_args(dir + "/db", "0", {"--http", "0.0.0.0:0"}),
+                       dir + "/oracle.out", 30s);
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(read_file(dir + "/oracle.out.err").find("--api-keys"), std::string::npos)
+    << read_file(dir + "/oracle.out.err");
+  auto [krc, key] = run({"keygen", "--api-key"}, dir + "/key.out");
+  EXPECT_EQ(krc, 0);
+  EXPECT_EQ(key.rfind("np_", 0), 0u) << key;
+  EXPECT_EQ(key.size(), 3u + 64u + 1u);
+}
+
+} // namespace
+} // namespace nodepool::testing

@@ -1,0 +1,505 @@
+// The HTTP API's router without sockets: requests go in, the replies are
+// captured, and the pool behind it is a fake that records what it was asked.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "http/api_keys.hpp"
+#include "http/router.hpp"
+
+using namespace nodepool;
+using namespace nodepool::http;
+using nlohmann::json;
+
+namespace {
+
+/// A reply that keeps what the router answered.
+struct captured : reply {
+  response whole;
+  bool sent = false;
+  bool streamed = false;
+  bool ended = false;
+  std::vector<std::string> chunks;
+  std::function<void(std::string)> ws;
+  void send(response r) override {
+    EXPECT_FALSE(sent) << "answered twice";
+    whole = std::move(r);
+    sent = true;
+  }
+  void begin_stream(response head) override {
+    whole = std::move(head);
+    sent = streamed = true;
+  }
+  void chunk(std::string d) override { chunks.push_back(std::move(d)); }
+  void end() override { ended = true; }
+  void accept_websocket(std::function<void(std::string)> f) override {
+    ws = std::move(f);
+  }
+  json body() const { return json::parse(whole.body); }
+};
+
+/// The pool as the tests want it: one node, sessions by id, and answers
+/// chosen per test.
+struct fake_pool : pool_api {
+  pb::Snapshot snap;
+  json view = {{"role", "single"}, {"applied_index", 42}};
+  std::map<std::string, pb::SessionRecord> sessions;
+  std::vector<pb::SubmitSession> submitted;
+  std::vector<pb::PromptRequest> prompts;
+  std::vector<pb::Command> commands;
+  std::optional<api_error> refuse_submit, refuse_prompt, refuse_state;
+  std::string output = "forty two";
+
+  fake_pool() {
+    auto* n = snap.add_nodes();
+    n->set_id("n1");
+    n->set_state(pb::EPHEMERAL);
+    n->add_models("llama");
+    n->set_reputation(0.9);
+    auto* s = snap.add_sessions();
+    s->set_id("live");
+    s->set_state(pb::ACTIVE);
+    s->set_model("llama");
+    sessions["live"] = *s;
+    pb::SessionRecord done;
+    done.set_id("old");
+    done.set_state(pb::COMPLETED);
+    sessions["old"] = done;
+  }
+  void state(state_cb cb) override {
+    if (refuse_state)
+      return cb(std::nullopt, {}, refuse_state);
+    cb(snap, view, std::nullopt);
+  }
+  void archive(const pb::ArchiveQuery& q, archive_cb cb) override {
+    pb::ArchiveAnswer a;
+    if (auto i = sessions.find(q.id()); i != sessions.end())
+      *a.add_sessions() = i->second;
+    cb(a, std::nullopt);
+  }
+  void submit(const pb::SubmitSession& s, done_cb cb) override {
+    submitted.push_back(s);
+    if (!refuse_submit) {
+      pb::SessionRecord r;
+      r.set_id(s.session_id());
+      r.set_state(pb::QUEUED);
+      sessions[s.session_id()] = r;
+    }
+    cb(refuse_submit);
+  }
+  void prompt(const pb::PromptRequest& p, prompt_cb cb) override {
+    prompts.push_back(p);
+    if (refuse_prompt)
+      return cb({}, refuse_prompt);
+    pb::PromptAnswer a;
+    a.set_session_id(p.session_id());
+    a.set_output(output);
+    a.set_model("llama");
+    a.set_nodes(3);
+    a.set_agreeing(2);
+    cb(a, std::nullopt);
+  }
+  void command(const pb::Command& c, done_cb cb) override {
+    commands.push_back(c);
+    cb(std::nullopt);
+  }
+  void snapshot(index_cb cb) override { cb(7, std::nullopt); }
+};
+
+const std::string client_key = "client-key-0123456789";
+const std::string admin_key = "admin-key-0123456789ab";
+
+struct api : ::testing::Test {
+  std::shared_ptr<fake_pool> pool = std::make_shared<fake_pool>();
+  router_config cfg;
+  std::unique_ptr<router> r;
+
+  void make(bool keys = true) {
+    if (keys)
+      cfg.keys = api_keys::parse(client_key + " client\n" + admin_key
+                                   + " admin # the operator\n",
+                                 "keys");
+    r = std::make_unique<router>(cfg, pool);
+  }
+  std::shared_ptr<captured> call(const std::string& method,
+                                 const std::string& path,
+                                 const std::string& body = "",
+                                 const std::string& key = client_key) {
+    if (!r)
+      make();
+    request q;
+    q.method = method;
+    q.target = path;
+    auto qm = path.find('?');
+    q.path = path.substr(0, qm);
+    if (qm != std::string::npos) {
+      auto rest = path.substr(qm + 1);
+      auto eq = rest.find('=');
+      q.query[rest.substr(0, eq)] = rest.substr(eq + 1);
+    }
+    q.body = body;
+    if (!key.empty())
+      q.headers["authorization"] = "Bearer " + key;
+    auto rep = std::make_shared<captured>();
+    r->handle(q, rep);
+    EXPECT_TRUE(rep->sent || rep->ws) << method << " " << path << " unanswered";
+    return rep;
+  }
+};
+
+void expect_error(const captured& c, int status, const std::string& code) {
+  EXPECT_EQ(c.whole.status, status) << c.whole.body;
+  auto j = json::parse(c.whole.body, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << c.whole.body;
+  EXPECT_EQ(j["error"]["code"], code) << c.whole.body;
+  EXPECT_TRUE(j["error"]["message"].is_string());
+}
+
+} // namespace
+
+// -- keys ----------------------------------------------------------------------
+
+TEST(ApiKeys, FileHasKeysRolesAndComments) {
+  auto k = api_keys::parse("# operators\n\n" + admin_key + " admin\n  " + client_key
+                             + "   client   # app\n",
+                           "f");
+  EXPECT_EQ(k.size(), 2u);
+  EXPECT_EQ(k.check(admin_key), role::admin);
+  EXPECT_EQ(k.check(client_key), role::client);
+  EXPECT_FALSE(k.check(client_key + "x"));
+  EXPECT_FALSE(k.check(""));
+  EXPECT_NE(api_keys::fingerprint(admin_key), api_keys::fingerprint(client_key));
+  EXPECT_EQ(api_keys::fingerprint(admin_key).size(), 8u);
+}
+
+TEST(ApiKeys, BadLinesAreNamed) {
+  try {
+    api_keys::parse("# ok\n" + client_key + " root\n", "keys.txt");
+    FAIL() << "a bad role was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string{e.what()}.find("keys.txt:2"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(api_keys::parse(client_key + "\n", "k"), std::runtime_error);
+  EXPECT_THROW(api_keys::parse("short admin\n", "k"), std::runtime_error);
+  EXPECT_THROW(api_keys::parse(client_key + " client extra\n", "k"),
+               std::runtime_error);
+}
+
+TEST(ApiKeys, RandomKeysDiffer) {
+  auto a = random_api_key(), b = random_api_key();
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.size(), 3u + 64u);
+  auto k = api_keys::parse(a + " client\n", "k");
+  EXPECT_TRUE(k.check(a));
+}
+
+TEST(RateLimiter, RefusesOverTheRateAndRefills) {
+  rate_limiter l(1.0, 2.0);
+  auto t = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  EXPECT_TRUE(l.allow("k", t));
+  EXPECT_TRUE(l.allow("k", t));
+  EXPECT_FALSE(l.allow("k", t));
+  EXPECT_TRUE(l.allow("other", t));  // per key
+  EXPECT_TRUE(l.allow("k", t + std::chrono::milliseconds(1001)));
+  EXPECT_FALSE(l.allow("k", t + std::chrono::milliseconds(1001)));
+}
+
+// -- auth ------------------------------------------------------------------------
+
+TEST_F(api, MissingOrWrongKeyIs401WithChallenge) {
+  for (auto key : {std::string{}, std::string{"wrong-key-0123456789"}}) {
+    auto c = call("GET", "/api/v1/status", "", key);
+    expect_error(*c, 401, "unauthorized");
+    bool challenge = false;
+    for (auto& [k, v] : c->whole.headers)
+      challenge |= k == "WWW-Authenticate" && v.rfind("Bearer", 0) == 0;
+    EXPECT_TRUE(challenge);
+  }
+  EXPECT_EQ(r->stats().unauthorized, 2u);
+}
+
+TEST_F(api, ClientKeyOnAdminRouteIs403) {
+  auto c = call("POST", "/api/v1/admin/miners/n1/drain", "", client_key);
+  expect_error(*c, 403, "forbidden");
+  EXPECT_TRUE(pool->commands.empty());
+  c = call("POST", "/api/v1/admin/miners/n1/drain", "", admin_key);
+  EXPECT_EQ(c->whole.status, 200) << c->whole.body;
+  ASSERT_EQ(pool->commands.size(), 1u);
+  EXPECT_EQ(pool->commands[0].admin_node().node_id(), "n1");
+  EXPECT_EQ(pool->commands[0].admin_node().action(), pb::DRAIN);
+}
+
+TEST_F(api, WithoutKeysEveryoneIsAdmin) {
+  make(false);
+  auto c = call("POST", "/api/v1/admin/sessions/live/end", R"({"failed":true})", "");
+  EXPECT_EQ(c->whole.status, 200) << c->whole.body;
+  ASSERT_EQ(pool->commands.size(), 1u);
+  EXPECT_TRUE(pool->commands[0].end_session().failed());
+}
+
+TEST_F(api, RateLimitIs429) {
+  cfg.rate_per_key = 0.001;
+  cfg.rate_burst = 2;
+  make();
+  EXPECT_EQ(call("GET", "/api/v1/info")->whole.status, 200);
+  EXPECT_EQ(call("GET", "/api/v1/info")->whole.status, 200);
+  expect_error(*call("GET", "/api/v1/info"), 429, "rate_limited");
+  EXPECT_EQ(call("GET", "/api/v1/info", "", admin_key)->whole.status, 200);
+  EXPECT_EQ(r->stats().rate_limited, 1u);
+}
+
+// -- routes and errors -------------------------------------------------------------
+
+TEST_F(api, UnknownPathIs404AndWrongMethodIs405) {
+  expect_error(*call("GET", "/api/v1/nothing"), 404, "not_found");
+  expect_error(*call("GET", "/api/v2/status"), 404, "not_found");
+  auto c = call("DELETE", "/api/v1/status");
+  expect_error(*c, 405, "method_not_allowed");
+  bool allow = false;
+  for (auto& [k, v] : c->whole.headers)
+    allow |= k == "Allow" && v == "GET";
+  EXPECT_TRUE(allow);
+  expect_error(*call("GET", "/v1/chat/completions"), 405, "method_not_allowed");
+}
+
+TEST_F(api, StatusCountsNodesAndSaysWhatIndexItReflects) {
+  auto c = call("GET", "/api/v1/status");
+  ASSERT_EQ(c->whole.status, 200);
+  auto j = c->body();
+  EXPECT_EQ(j["nodes"]["total"], 1);
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"], 1);
+  EXPECT_EQ(j["nodes"]["by_state"]["reserved"], 0);
+  EXPECT_EQ(j["sessions"]["active"], 1);
+  EXPECT_EQ(j["applied_index"], 42);
+  EXPECT_EQ(j["index"], 42);
+  bool header = false;
+  for (auto& [k, v] : c->whole.headers)
+    header |= k == "X-Nodepool-Index" && v == "42";
+  EXPECT_TRUE(header);
+}
+
+TEST_F(api, NoLeaderIs503) {
+  pool->refuse_state = api_error{"not_leader", "no leader known"};
+  expect_error(*call("GET", "/api/v1/status"), 503, "not_leader");
+  pool->refuse_submit = api_error{"not_leader", "leader is 2"};
+  expect_error(*call("POST", "/api/v1/sessions", R"({"model":"llama"})"), 503,
+               "not_leader");
+}
+
+TEST_F(api, MinersAndModels) {
+  auto j = call("GET", "/api/v1/miners")->body();
+  ASSERT_EQ(j["miners"].size(), 1u);
+  EXPECT_EQ(j["miners"][0]["node_id"], "n1");
+  EXPECT_EQ(j["miners"][0]["state"], "ephemeral");
+  EXPECT_EQ(j["miners"][0]["models"][0], "llama");
+  auto m = call("GET", "/v1/models")->body();
+  EXPECT_EQ(m["object"], "list");
+  ASSERT_EQ(m["data"].size(), 1u);
+  EXPECT_EQ(m["data"][0]["id"], "llama");
+}
+
+TEST_F(api, SessionsByIdAnd404) {
+  auto c = call("GET", "/api/v1/sessions/live");
+  ASSERT_EQ(c->whole.status, 200);
+  EXPECT_EQ(c->body()["state"], "active");
+  expect_error(*call("GET", "/api/v1/sessions/ghost"), 404, "unknown_session");
+  expect_error(*call("GET", "/api/v1/tasks/ghost"), 404, "unknown_session");
+  expect_error(*call("GET", "/api/v1/tasks/live/3"), 404, "not_found");
+  expect_error(*call("GET", "/api/v1/sessions?since=x"), 400, "bad_field");
+}
+
+TEST_F(api, CreateSessionValidatesEveryField) {
+  auto c = call("POST", "/api/v1/sessions",
+                R"({"model":"llama","min_nodes":1,"max_nodes":3,"redundancy":3,
+                    "sla":"high","reserve_period":60,"max_tasks":5,
+                    "client_reference":"app-1"})");
+  ASSERT_EQ(c->whole.status, 201) << c->whole.body;
+  ASSERT_EQ(pool->submitted.size(), 1u);
+  auto& s = pool->submitted[0];
+  EXPECT_EQ(c->body()["session_id"], s.session_id());
+  EXPECT_TRUE(s.interactive());
+  EXPECT_EQ(s.min_level(), 2u);  // sla high
+  EXPECT_EQ(s.reserve_period_ms(), 60000);
+  EXPECT_EQ(s.max_tasks(), 5u);
+  EXPECT_EQ(s.client(), "app-1");
+  // /api/v1/create is the same.
+  EXPECT_EQ(call("POST", "/api/v1/create", R"({"session_id":"mine"})")->whole.status,
+            201);
+  struct bad {
+    const char* body;
+    const char* field;
+  };
+  for (auto b : {bad{R"({"max_nodes":"three"})", "max_nodes"},
+                 bad{R"({"max_nodes":65})", "max_nodes"},
+                 bad{R"({"redundancy":-1})", "redundancy"},
+                 bad{R"({"sla":"gold"})", "sla"},
+                 bad{R"({"max_tasks":0})", "max_tasks"},
+                 bad{R"({"reserve_period":1.5})", "reserve_period"},
+                 bad{R"({"model":7})", "model"}}) {
+    auto e = call("POST", "/api/v1/sessions", b.body);
+    expect_error(*e, 400, "bad_field");
+    EXPECT_NE(e->body()["error"]["message"].get<std::string>().find(b.field),
+              std::string::npos)
+      << b.body << " -> " << e->whole.body;
+  }
+  expect_error(*call("POST", "/api/v1/sessions", "{nope"), 400, "bad_json");
+  expect_error(*call("POST", "/api/v1/sessions", "[1,2]"), 400, "bad_json");
+  expect_error(*call("POST", "/api/v1/sessions", ""), 400, "bad_json");
+  EXPECT_EQ(pool->submitted.size(), 2u);  // nothing bad reached the pool
+  pool->refuse_submit = api_error{"duplicate_session", "seen"};
+  expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"mine"})"), 409,
+               "duplicate_session");
+}
+
+TEST_F(api, CompletionIsTheAgreedOutputOpenAIStyle) {
+  auto c = call("POST", "/api/v1/completions/live",
+                R"({"prompt":"What is six times seven?","max_tokens":16,
+                    "temperature":0,"timeout":5})");
+  ASSERT_EQ(c->whole.status, 200) << c->whole.body;
+  auto j = c->body();
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["choices"][0]["text"], "forty two");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["model"], "llama");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(j["agreeing"], 2);
+  ASSERT_EQ(pool->prompts.size(), 1u);
+  EXPECT_EQ(pool->prompts[0].session_id(), "live");
+  EXPECT_EQ(pool->prompts[0].timeout_ms(), 5000);
+  EXPECT_EQ(pool->prompts[0].max_tokens(), 16u);
+  // The session id in the body works the same; the task is listed after.
+  EXPECT_EQ(call("POST", "/api/v1/completions",
+                 R"({"session_id":"live","prompt":"again"})")->whole.status,
+            200);
+  auto t = call("GET", "/api/v1/tasks/live")->body();
+  EXPECT_EQ(t["tasks"].size(), 2u);
+  EXPECT_EQ(t["tasks"][0]["output"], "forty two");
+}
+
+TEST_F(api, CompletionErrors) {
+  expect_error(*call("POST", "/api/v1/completions/ghost", R"({"prompt":"x"})"),
+               404, "unknown_session");
+  expect_error(*call("POST", "/api/v1/completions/old", R"({"prompt":"x"})"),
+               409, "session_ended");
+  expect_error(*call("POST", "/api/v1/completions/live", R"({"prompt":""})"),
+               400, "bad_field");
+  expect_error(*call("POST", "/api/v1/completions/live",
+                     R"({"prompt":"x","temperature":3})"),
+               400, "bad_field");
+  expect_error(*call("POST", "/api/v1/completions/live",
+                     R"({"prompt":"x","timeout":100000})"),
+               400, "bad_field");
+  expect_error(*call("POST", "/api/v1/completions", R"({"prompt":"x"})"), 400,
+               "bad_field");
+  EXPECT_TRUE(pool->prompts.empty());
+  pool->refuse_prompt = api_error{"timeout", "no answer within 5000 ms"};
+  expect_error(*call("POST", "/api/v1/completions/live", R"({"prompt":"x"})"),
+               504, "timeout");
+  pool->refuse_prompt = api_error{"busy", "16 prompts waiting"};
+  expect_error(*call("POST", "/api/v1/completions/live", R"({"prompt":"x"})"),
+               429, "busy");
+}
+
+TEST_F(api, StreamIsServerSentEventsEndingWithDone) {
+  pool->output = "the answer is forty two";
+  auto c = call("POST", "/api/v1/completions/live",
+                R"({"prompt":"q","stream":true})");
+  ASSERT_TRUE(c->streamed);
+  EXPECT_EQ(c->whole.content_type, "text/event-stream");
+  ASSERT_GE(c->chunks.size(), 3u);
+  EXPECT_EQ(c->chunks.back(), "data: [DONE]\n\n");
+  EXPECT_TRUE(c->ended);
+  std::string text;
+  for (size_t i = 0; i + 1 < c->chunks.size(); ++i) {
+    auto& ch = c->chunks[i];
+    ASSERT_EQ(ch.rfind("data: ", 0), 0u) << ch;
+    auto j = json::parse(ch.substr(6));
+    text += j["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, "the answer is forty two");
+}
+
+TEST_F(api, ChatCompletionOpensAnEphemeralSession) {
+  cfg.ephemeral_redundancy = 3;
+  make();
+  auto c = call("POST", "/v1/chat/completions",
+                R"({"model":"llama","messages":[{"role":"user","content":"hi"}]})");
+  ASSERT_EQ(c->whole.status, 200) << c->whole.body;
+  auto j = c->body();
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "forty two");
+  ASSERT_EQ(pool->submitted.size(), 1u);
+  auto& s = pool->submitted[0];
+  EXPECT_EQ(s.max_tasks(), 1u);  // closed after the answer
+  EXPECT_EQ(s.redundancy(), 3u);
+  EXPECT_EQ(s.model(), "llama");
+  EXPECT_TRUE(s.interactive());
+  ASSERT_EQ(pool->prompts.size(), 1u);
+  EXPECT_EQ(pool->prompts[0].session_id(), s.session_id());
+  EXPECT_EQ(pool->prompts[0].prompt(), "hi");
+  expect_error(*call("POST", "/v1/chat/completions", R"({"model":"llama"})"), 400,
+               "bad_field");
+  expect_error(*call("POST", "/v1/chat/completions",
+                     R"({"messages":[{"role":"user","content":"hi"}]})"),
+               400, "bad_field");
+  // Streamed: a role chunk, content chunks, a stop chunk, [DONE].
+  auto st = call("POST", "/v1/chat/completions",
+                 R"({"model":"llama","stream":true,
+                     "messages":[{"role":"system","content":"be brief"},
+                                 {"role":"user","content":"hi"}]})");
+  ASSERT_TRUE(st->streamed);
+  EXPECT_EQ(pool->prompts.back().prompt(), "system: be brief\nuser: hi\n");
+  auto first = json::parse(st->chunks.front().substr(6));
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  auto last = json::parse(st->chunks[st->chunks.size() - 2].substr(6));
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+}
+
+TEST_F(api, WebSocketAnswersEachMessage) {
+  request q;
+  q.method = "GET";
+  q.path = q.target = "/api/v1/ws";
+  q.websocket = true;
+  q.headers["authorization"] = "Bearer " + client_key;
+  make();
+  auto rep = std::make_shared<captured>();
+  r->handle(q, rep);
+  ASSERT_TRUE(rep->ws);
+  rep->ws(R"({"session_id":"live","prompt":"q"})");
+  ASSERT_FALSE(rep->chunks.empty());
+  EXPECT_EQ(rep->chunks.back(), "[DONE]");
+  rep->chunks.clear();
+  rep->ws("not json");
+  ASSERT_EQ(rep->chunks.size(), 1u);
+  EXPECT_EQ(json::parse(rep->chunks[0])["error"]["code"], "bad_json");
+  // Without the upgrade it is a plain 400.
+  auto c = call("GET", "/api/v1/ws");
+  expect_error(*c, 400, "bad_request");
+}
+
+TEST_F(api, AdminRoutes) {
+  auto c = call("POST", "/api/v1/admin/snapshot", "", admin_key);
+  EXPECT_EQ(c->body()["snapshot_index"], 7);
+  expect_error(*call("POST", "/api/v1/admin/miners/n1/explode", "", admin_key), 404,
+               "not_found");
+  expect_error(*call("GET", "/api/v1/admin/snapshot", "", admin_key), 405,
+               "method_not_allowed");
+  c = call("POST", "/api/v1/admin/miners/n1/retire", R"({"reason":"bad GPU"})",
+           admin_key);
+  ASSERT_EQ(c->whole.status, 200);
+  EXPECT_EQ(pool->commands.back().admin_node().action(), pb::RETIRE);
+  EXPECT_EQ(pool->commands.back().admin_node().reason(), "bad GPU");
+}
+
+TEST(HttpStatus, RefusalCodesMapToStatuses) {
+  EXPECT_EQ(status_for("unknown_session"), 404);
+  EXPECT_EQ(status_for("not_leader"), 503);
+  EXPECT_EQ(status_for("timeout"), 504);
+  EXPECT_EQ(status_for("busy"), 429);
+  EXPECT_EQ(status_for("duplicate_session"), 409);
+  EXPECT_EQ(status_for("bad_session_shape"), 400);
+  EXPECT_EQ(status_for("something_new"), 500);
+}
