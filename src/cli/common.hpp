@@ -110,6 +110,7 @@ void add_status(CLI::App& app);
 void add_check(CLI::App& app);
 void add_sessions(CLI::App& app);
 void add_keygen(CLI::App& app);
+void add_ctl(CLI::App& app);
 void add_sim(CLI::App& app);
 void add_chaos(CLI::App& app);
 void add_bench(CLI::App& app);

@@ -183,6 +183,7 @@ int main(int argc, char** argv) {
   add_status(app);
   add_check(app);
   add_keygen(app);
+  add_ctl(app);
   add_sim(app);
   add_chaos(app);
   add_bench(app);

@@ -537,6 +537,7 @@ void router::get_miners(const std::shared_ptr<call>& c) {
       x["latency_ms"] = n.latency_ms();
       x["tasks_served"] = n.tasks_served();
       x["strikes"] = n.strikes();
+      x["drained"] = n.drained();
       if (!n.session_id().empty())
         x["session_id"] = n.session_id();
       x["last_heartbeat"] = n.last_heartbeat();

@@ -126,6 +126,21 @@ bool split_target(const std::string& target, request& r) {
   return true;
 }
 
+/// Our request from Beast's; false if the target's encoding is malformed.
+bool from_beast(bhttp::request<bhttp::string_body>& msg, request& req) {
+  req.method = std::string{msg.method_string()};
+  req.target = std::string{msg.target()};
+  for (auto& f : msg) {
+    std::string name{f.name_string()};
+    for (auto& c : name)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    req.headers[name] = std::string{f.value()};
+  }
+  req.body = msg.body();
+  req.websocket = websocket::is_upgrade(msg);
+  return split_target(req.target, req);
+}
+
 template <class Stream>
 class ws_session;
 
@@ -276,15 +291,7 @@ class connection : public closable,
     auto msg = parser_->release();
     keep_alive_ = msg.keep_alive();
     request req;
-    req.method = std::string{msg.method_string()};
-    req.target = std::string{msg.target()};
-    for (auto& f : msg) {
-      std::string name{f.name_string()};
-      for (auto& c : name)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      req.headers[name] = std::string{f.value()};
-    }
-    req.body = std::move(msg.body());
+    bool target_ok = from_beast(msg, req);
     beast::error_code pe;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(pe);
     if (!pe)
@@ -295,7 +302,7 @@ class connection : public closable,
     // Waiting for the handler: no read timeout (a completion may take as
     // long as its own timeout says).
     beast::get_lowest_layer(stream_).expires_never();
-    if (!split_target(req.target, req)) {
+    if (!target_ok) {
       keep_alive_ = false;
       response r;
       r.status = 400;
@@ -549,6 +556,26 @@ std::shared_ptr<reply> connection<Stream>::make_reply() {
 }
 
 } // namespace
+
+std::string parse_request(const std::string& bytes, request& out, size_t max_body) {
+  bhttp::request_parser<bhttp::string_body> parser;
+  parser.body_limit(max_body);
+  parser.header_limit(16 * 1024);
+  parser.eager(true);
+  beast::error_code ec;
+  auto used = parser.put(net::buffer(bytes), ec);
+  (void)used;
+  if (!ec && !parser.is_done())
+    parser.put_eof(ec);
+  if (ec)
+    return ec.message();
+  if (!parser.is_done())
+    return "incomplete request";
+  auto msg = parser.release();
+  if (!from_beast(msg, out))
+    return "malformed URL encoding in the target";
+  return "";
+}
 
 struct server::impl {
   std::shared_ptr<net::io_context> io = std::make_shared<net::io_context>();

@@ -83,6 +83,11 @@ class server {
   std::shared_ptr<impl> impl_;
 };
 
+/// Parses one whole request from `bytes` as the server does (Beast's parser,
+/// the same limits). Returns what is wrong, or "" with `out` filled.
+std::string parse_request(const std::string& bytes, request& out,
+                          size_t max_body = 1 << 20);
+
 /// Percent-decodes a URL component ('+' stays '+'). False if malformed.
 bool url_decode(const std::string& in, std::string& out);
 

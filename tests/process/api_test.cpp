@@ -218,6 +218,29 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_GT(json::parse(r->body)["snapshot_index"].get<uint64_t>(), 0u);
 
+  // nodepool ctl: the same API from the command line.
+  auto url = "http://127.0.0.1:" + std::to_string(p.port);
+  auto [crc, cout_] = run({"ctl", "--url", url, "--key", client_key, "--json", "status"},
+                          dir + "/ctl-status2.out");
+  EXPECT_EQ(crc, 0) << read_file(dir + "/ctl-status2.out.err");
+  EXPECT_EQ(last_json_line(cout_)["nodes"]["total"], 3) << cout_;
+  auto [mrc, mout] = run({"ctl", "--url", url, "--key", client_key, "miners"},
+                         dir + "/ctl-miners.out");
+  EXPECT_EQ(mrc, 0);
+  EXPECT_NE(mout.find("miner-0  ephemeral (drained)"), std::string::npos) << mout;
+  auto [frc, fout] = run({"ctl", "--url", url, "--key", client_key, "retire", "miner-1"},
+                         dir + "/ctl-forbidden.out");
+  EXPECT_EQ(frc, 3);
+  EXPECT_NE(read_file(dir + "/ctl-forbidden.out.err").find("403"), std::string::npos);
+  auto [arc, aout] = run({"ctl", "--url", url, "--key", admin_key, "undrain", "miner-0"},
+                         dir + "/ctl-undrain.out");
+  EXPECT_EQ(arc, 0) << read_file(dir + "/ctl-undrain.out.err");
+  auto [nrc, nout] = run({"ctl", "--url", url, "--key", client_key, "session", "nobody"},
+                         dir + "/ctl-nobody.out");
+  EXPECT_EQ(nrc, 1);
+  EXPECT_NE(read_file(dir + "/ctl-nobody.out.err").find("unknown_session"),
+            std::string::npos);
+
   // The drain is durable: it is in the log a check replays.
   p.miner->signal(SIGTERM);
   p.oracle->signal(SIGTERM);
