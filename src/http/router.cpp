@@ -30,7 +30,7 @@ std::string lower(std::string s) {
 response json_response(int status, const json& body) {
   response r;
   r.status = status;
-  r.body = body.dump();
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
@@ -516,7 +516,7 @@ void router::get_status(const std::shared_ptr<call>& c) {
     j["applied_index"] = view.value("applied_index", uint64_t{0});
     auto r = json_response(200, j);
     stamp(j, view, r);
-    r.body = j.dump();
+    r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
     c->rep->send(std::move(r));
   });
 }
@@ -547,7 +547,7 @@ void router::get_miners(const std::shared_ptr<call>& c) {
     j["miners"] = std::move(list);
     auto r = json_response(200, j);
     stamp(j, view, r);
-    r.body = j.dump();
+    r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
     c->rep->send(std::move(r));
   });
 }
@@ -569,7 +569,7 @@ void router::get_sessions(const std::shared_ptr<call>& c) {
       j["sessions"] = std::move(list);
       auto r = json_response(200, j);
       stamp(j, view, r);
-      r.body = j.dump();
+      r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
       c->rep->send(std::move(r));
     });
     return;
@@ -797,7 +797,7 @@ void send_stream(const std::shared_ptr<reply>& rep, const std::vector<json>& chu
   head.content_type = "text/event-stream";
   rep->begin_stream(head);
   for (auto& c : chunks)
-    rep->chunk("data: " + c.dump() + "\n\n");
+    rep->chunk("data: " + c.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n");
   rep->chunk("data: [DONE]\n\n");
   rep->end();
 }
@@ -1033,7 +1033,7 @@ void router::websocket(const std::shared_ptr<call>& c) {
     if (p && p->session_id().empty())
       e = {"bad_field", "session_id: required"}, p.reset();
     if (!p) {
-      rep->chunk(json{{"error", {{"code", e.code}, {"message", e.message}}}}.dump());
+      rep->chunk(json{{"error", {{"code", e.code}, {"message", e.message}}}}.dump(-1, ' ', false, json::error_handler_t::replace));
       return;
     }
     pool_->prompt(*p, [this, weak, req = *p](pb::PromptAnswer ans,
@@ -1042,13 +1042,13 @@ void router::websocket(const std::shared_ptr<call>& c) {
       if (!rep)
         return;
       if (err) {
-        rep->chunk(json{{"error", {{"code", err->code}, {"message", err->message}}}}.dump());
+        rep->chunk(json{{"error", {{"code", err->code}, {"message", err->message}}}}.dump(-1, ' ', false, json::error_handler_t::replace));
         return;
       }
       remember(ans, req.prompt());
       auto id = "cmpl-" + ans.session_id() + "-" + std::to_string(ans.task_no());
       for (auto& chunk : completion_chunks(id, ans, false))
-        rep->chunk(chunk.dump());
+        rep->chunk(chunk.dump(-1, ' ', false, json::error_handler_t::replace));
       rep->chunk("[DONE]");
     });
   });

@@ -310,7 +310,18 @@ class connection : public closable,
       send(std::move(r));
       return;
     }
-    sh_->h(std::move(req), make_reply());
+    auto rep = make_reply();
+    try {
+      sh_->h(std::move(req), rep);
+    } catch (const std::exception& e) {
+      // A handler that throws still answers (once: a second send is
+      // ignored), and the connection goes on.
+      log("http")->error("handler failed: {}", e.what());
+      response r;
+      r.status = 500;
+      r.body = R"({"error":{"code":"internal","message":"the request failed on the server"}})";
+      rep->send(std::move(r));
+    }
   }
 
   std::shared_ptr<reply> make_reply();

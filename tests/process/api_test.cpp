@@ -394,3 +394,41 @@ TEST(api, refuses_a_public_address_without_keys) {
 
 } // namespace
 } // namespace nodepool::testing
+
+namespace nodepool::testing {
+namespace {
+
+/// The official `openai` package from npm (tools/test installs it into the
+/// build's npm/ folder), run by Node.js against a real oracle.
+TEST(api, the_official_openai_client_works_by_changing_only_the_url) {
+  std::string npm = NODEPOOL_NPM_DIR;
+  if (!std::filesystem::exists(npm + "/node_modules/openai/package.json"))
+    GTEST_SKIP() << "the openai npm package is not in " << npm
+                 << " (tools/test installs it)";
+  auto dir = temp_dir("api-openai");
+  cleanup tidy{dir};
+  api_pool p{dir, 3};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_status(
+    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 3; }, 30s);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  auto [rc, out] = run_shell("NODEPOOL_NPM_DIR=" + npm + " timeout 120 node "
+                             + std::string{NODEPOOL_SOURCE_DIR}
+                             + "/tests/openai_client/client.mjs http://127.0.0.1:"
+                             + std::to_string(p.port) + "/v1 " + client_key
+                             + " llama-3-8b");
+  ASSERT_EQ(rc, 0) << out;
+  auto j = last_json_line(out);
+  EXPECT_EQ(j["chat_object"], "chat.completion") << out;
+  EXPECT_GT(j["chunks"].get<int>(), 2) << out;
+  EXPECT_EQ(j["finish_reason"], "stop") << out;
+  EXPECT_EQ(j["wrong_key"]["status"], 401) << out;
+  // Three requests, three ephemeral sessions, each ended with its answer.
+  auto done = p.wait_status(
+    [](const json& j) { return j["sessions"]["completed"] == 3; }, 30s);
+  EXPECT_EQ(done["sessions"]["completed"], 3) << done.dump();
+  EXPECT_EQ(done["sessions"]["active"], 0) << done.dump();
+}
+
+} // namespace
+} // namespace nodepool::testing
