@@ -1,6 +1,9 @@
 #include "actors/api.hpp"
 
+#include <mutex>
+
 #include <caf/all.hpp>
+#include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
 #include "actors/wire.hpp"
@@ -23,11 +26,72 @@ api_error to_api_error(caf::actor_system& sys, const caf::error& err) {
   return {code, detail};
 }
 
+/// The leader's gateway as this member last reached it.
+struct leader_link {
+  std::mutex mu;
+  std::string address;
+  caf::actor gateway;
+};
+
+using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
+
 class caf_pool_api : public http::pool_api {
  public:
   caf_pool_api(caf::actor_system& sys, caf::actor gw, caf::actor sup,
-               std::chrono::milliseconds t)
-    : sys_(sys), gw_(std::move(gw)), sup_(std::move(sup)), timeout_(t) {}
+               connect_fn connect, std::chrono::milliseconds t)
+    : sys_(sys), gw_(std::move(gw)), sup_(std::move(sup)),
+      connect_(std::move(connect)), timeout_(t) {}
+
+  /// Where a write goes: this oracle's gateway when it is alone or leads;
+  /// on a follower, the leader's (reached at its client address, once, and
+  /// kept while it leads). Without a leader, not_leader.
+  void writer(target_cb cb) {
+    auto gw = gw_;
+    auto t = timeout_;
+    auto* sys = &sys_;
+    auto link = link_;
+    auto connect = connect_;
+    sys_.spawn([=](caf::event_based_actor* self) {
+      self->request(gw, t, cluster_atom::value)
+        .then(
+          [=](const std::string& text) {
+            auto v = nlohmann::json::parse(text, nullptr, false);
+            if (!v.is_object() || v.empty()
+                || (v.value("role", "") == "leader" && v.value("ready", false)))
+              return cb(gw, std::nullopt);
+            auto addr = v.value("leader_client_address", std::string{});
+            if (addr.empty() || !connect)
+              return cb(nullptr, api_error{"not_leader",
+                                           "this member does not lead and no "
+                                           "leader is known yet; retry shortly"});
+            {
+              std::lock_guard<std::mutex> g{link->mu};
+              if (link->address == addr && link->gateway)
+                return cb(link->gateway, std::nullopt);
+            }
+            // Connecting blocks: on a thread of its own, never the HTTP's
+            // nor the scheduler's.
+            sys->spawn<caf::detached>([=](caf::event_based_actor* me) {
+              auto r = connect(addr);
+              if (!r) {
+                cb(nullptr, api_error{"not_leader",
+                                      "the leader at " + addr
+                                        + " cannot be reached: "
+                                        + sys->render(r.error())});
+              } else {
+                {
+                  std::lock_guard<std::mutex> g{link->mu};
+                  link->address = addr;
+                  link->gateway = *r;
+                }
+                cb(*r, std::nullopt);
+              }
+              me->quit();
+            });
+          },
+          [=](caf::error& err) { cb(nullptr, to_api_error(*sys, err)); });
+    });
+  }
 
   void command(const pb::Command& c, done_cb cb) override {
     auto sup = sup_;
@@ -100,36 +164,67 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
+  void archive_for_write(const pb::ArchiveQuery& q, archive_cb cb) override {
+    auto* sys = &sys_;
+    auto t = timeout_;
+    auto bytes = q.SerializeAsString();
+    writer([sys, t, bytes, cb = std::move(cb)](caf::actor to,
+                                               std::optional<api_error> err) {
+      if (err)
+        return cb({}, err);
+      sys->spawn([=](caf::event_based_actor* self) {
+        self->request(to, t, archive_atom::value, bytes)
+          .then(
+            [=](const std::string& answer) {
+              pb::ArchiveAnswer a;
+              if (!a.ParseFromString(answer))
+                return cb({}, api_error{"unavailable", "answer does not decode"});
+              cb(std::move(a), std::nullopt);
+            },
+            [=](caf::error& e) { cb({}, to_api_error(*sys, e)); });
+      });
+    });
+  }
+
   void submit(const pb::SubmitSession& s, done_cb cb) override {
-    auto gw = gw_;
     auto* sys = &sys_;
     auto bytes = s.SerializeAsString();
     // Durable before the answer: the supervisor replies after its fsync
     // (a cluster: after a majority holds it), however long that takes.
-    sys_.spawn([gw, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
-      self->request(gw, std::chrono::seconds(60), submit_atom::value, bytes)
-        .then([=](accepted_atom) { cb(std::nullopt); },
-              [=](caf::error& err) { cb(to_api_error(*sys, err)); });
+    writer([sys, bytes, cb = std::move(cb)](caf::actor to,
+                                            std::optional<api_error> err) {
+      if (err)
+        return cb(err);
+      sys->spawn([=](caf::event_based_actor* self) {
+        self->request(to, std::chrono::seconds(60), submit_atom::value, bytes)
+          .then([=](accepted_atom) { cb(std::nullopt); },
+                [=](caf::error& e) { cb(to_api_error(*sys, e)); });
+      });
     });
   }
 
   void prompt(const pb::PromptRequest& p, prompt_cb cb) override {
-    auto gw = gw_;
     auto* sys = &sys_;
     auto bytes = p.SerializeAsString();
     // The session answers within the prompt's timeout; a little more here
-    // so its own "timeout" refusal is what the client sees.
+    // so its own "timeout" refusal is what the client sees. Sessions run on
+    // the leader: a follower passes the prompt on.
     auto t = std::chrono::milliseconds(p.timeout_ms() + 5000);
-    sys_.spawn([gw, sys, bytes, t, cb = std::move(cb)](caf::event_based_actor* self) {
-      self->request(gw, t, prompt_atom::value, bytes)
-        .then(
-          [=](const std::string& answer) {
-            pb::PromptAnswer a;
-            if (!a.ParseFromString(answer))
-              return cb({}, api_error{"unavailable", "answer does not decode"});
-            cb(std::move(a), std::nullopt);
-          },
-          [=](caf::error& err) { cb({}, to_api_error(*sys, err)); });
+    writer([sys, bytes, t, cb = std::move(cb)](caf::actor to,
+                                               std::optional<api_error> err) {
+      if (err)
+        return cb({}, err);
+      sys->spawn([=](caf::event_based_actor* self) {
+        self->request(to, t, prompt_atom::value, bytes)
+          .then(
+            [=](const std::string& answer) {
+              pb::PromptAnswer a;
+              if (!a.ParseFromString(answer))
+                return cb({}, api_error{"unavailable", "answer does not decode"});
+              cb(std::move(a), std::nullopt);
+            },
+            [=](caf::error& e) { cb({}, to_api_error(*sys, e)); });
+      });
     });
   }
 
@@ -137,7 +232,9 @@ class caf_pool_api : public http::pool_api {
   caf::actor_system& sys_;
   caf::actor gw_;
   caf::actor sup_;  // operators' commands go to it directly, never via miners' port
+  connect_fn connect_;
   std::chrono::milliseconds timeout_;
+  std::shared_ptr<leader_link> link_ = std::make_shared<leader_link>();
 };
 
 } // namespace
@@ -145,9 +242,11 @@ class caf_pool_api : public http::pool_api {
 std::shared_ptr<http::pool_api> make_pool_api(caf::actor_system& sys,
                                               caf::actor gateway,
                                               caf::actor supervisor,
+                                              connect_fn connect,
                                               std::chrono::milliseconds t) {
   return std::make_shared<caf_pool_api>(sys, std::move(gateway),
-                                        std::move(supervisor), t);
+                                        std::move(supervisor),
+                                        std::move(connect), t);
 }
 
 } // namespace nodepool

@@ -1,7 +1,9 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
@@ -14,8 +16,16 @@ namespace nodepool {
 /// archive, submissions, prompts) on behalf of a request, with a small
 /// actor per request, so an HTTP thread never waits for an actor. Operator
 /// commands and snapshots go to the supervisor.
+/// How a cluster member reaches another member's gateway ("host:port");
+/// may block (it runs on a detached actor).
+using connect_fn = std::function<caf::expected<caf::actor>(const std::string&)>;
+
+/// On a cluster member that does not lead, writes (sessions, prompts) go
+/// to the leader's gateway through `connect` (unset: refused not_leader);
+/// reads are served from this member's committed state.
 std::shared_ptr<http::pool_api> make_pool_api(
   caf::actor_system& sys, caf::actor gateway, caf::actor supervisor,
+  connect_fn connect,
   std::chrono::milliseconds read_timeout = std::chrono::seconds(10));
 
 } // namespace nodepool

@@ -28,6 +28,7 @@ std::string params::validate() const {
   if (reserve_period_ms <= 0) return "reserve_period_ms must be > 0";
   if (idle_threshold_ms <= 0) return "idle_threshold_ms must be > 0";
   if (queue_timeout_ms <= 0) return "queue_timeout_ms must be > 0";
+  if (max_queued_sessions == 0) return "max_queued_sessions must be > 0";
   if (session_id_retention_ms <= 0)
     return "session_id_retention_ms must be > 0";
   if (task_phase_timeout_ms <= 0) return "task_phase_timeout_ms must be > 0";
@@ -89,6 +90,7 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"reserve_period_ms", &params::reserve_period_ms},
     {"idle_threshold_ms", &params::idle_threshold_ms},
     {"queue_timeout_ms", &params::queue_timeout_ms},
+    {"max_queued_sessions", &params::max_queued_sessions},
     {"session_id_retention_ms", &params::session_id_retention_ms},
     {"task_phase_timeout_ms", &params::task_phase_timeout_ms},
     {"ephemeral_window_ms", &params::ephemeral_window_ms},

@@ -25,6 +25,9 @@ struct params {
   int64_t reserve_period_ms = 300000;
   int64_t idle_threshold_ms = 60000;
   int64_t queue_timeout_ms = 600000;  // queued longer than this: failed
+  // Sessions waiting in the queue at most; a submission over it is refused
+  // (queue_full) and changes nothing.
+  uint64_t max_queued_sessions = 1000000;
   /// How long the pool itself refuses a resubmitted id after its session
   /// ended (the idempotency window; older ids are looked up in the archive).
   int64_t session_id_retention_ms = 300000;

@@ -37,6 +37,12 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
                           "session " + c.session_id() + " already exists"};
     return;
   }
+  if (session_counts()[pb::QUEUED] >= params_.max_queued_sessions) {
+    out.refused = refusal{"queue_full",
+                          std::to_string(params_.max_queued_sessions)
+                            + " sessions wait already (max_queued_sessions)"};
+    return;
+  }
   auto min_n = c.min_nodes() ? c.min_nodes() : params_.min_nodes;
   auto max_n = c.max_nodes() ? c.max_nodes() : std::max(params_.max_nodes, min_n);
   auto red = c.redundancy() ? c.redundancy() : std::min(params_.redundancy, max_n);

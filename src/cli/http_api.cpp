@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 #include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 
 #include "actors/api.hpp"
 #include "cli/common.hpp"
@@ -54,7 +56,21 @@ http_api start_http_api(const http_options& o,
       "--http " + host + ":" + std::to_string(port)
       + " is not a loopback address: give --api-keys FILE so that only "
         "holders of a key can use the API");
-  auto router = std::make_shared<http::router>(rc, make_pool_api(sys, h.gateway, h.supervisor));
+  // A cluster member passes writes on to the leader's gateway, reached the
+  // way miners reach it (with TLS when this oracle uses it).
+  connect_fn connect = [&sys, tls_on = tls.enabled()](
+                         const std::string& addr) -> caf::expected<caf::actor> {
+    try {
+      auto [host, port] = parse_host_port(addr);
+      if (tls_on)
+        return caf::openssl::remote_actor(sys, host, port);
+      return sys.middleman().remote_actor(host, port);
+    } catch (const std::exception& e) {
+      return caf::make_error(caf::sec::invalid_argument, e.what());
+    }
+  };
+  auto router = std::make_shared<http::router>(
+    rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect)));
   http::server_config sc;
   sc.host = host;
   sc.port = port;

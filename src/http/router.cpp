@@ -825,11 +825,12 @@ void router::post_completion(const std::shared_ptr<call>& c, std::string sid) {
     std::lock_guard<std::mutex> g{mu_};
     ++stats_.completions;
   }
-  // A session this oracle does not know is a 404 before anything waits.
+  // A session the pool does not know is a 404 before anything waits
+  // (asked where the prompt goes: a session just created is there).
   pb::ArchiveQuery aq;
   aq.set_id(sid);
   auto req = *p;
-  pool_->archive(aq, [this, c, req, stream](pb::ArchiveAnswer a,
+  pool_->archive_for_write(aq, [this, c, req, stream](pb::ArchiveAnswer a,
                                             std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);

@@ -43,6 +43,11 @@ class pool_api {
   virtual void state(state_cb cb) = 0;
   using archive_cb = std::function<void(pb::ArchiveAnswer, std::optional<api_error>)>;
   virtual void archive(const pb::ArchiveQuery& q, archive_cb cb) = 0;
+  /// The same, asked where writes go (on a cluster, the leader): what a
+  /// client just wrote through any member is there.
+  virtual void archive_for_write(const pb::ArchiveQuery& q, archive_cb cb) {
+    archive(q, std::move(cb));
+  }
   /// Answers once the session is durable (accepted), or with the refusal.
   using done_cb = std::function<void(std::optional<api_error>)>;
   virtual void submit(const pb::SubmitSession& s, done_cb cb) = 0;

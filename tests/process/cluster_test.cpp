@@ -4,6 +4,8 @@
 // three times under load and restarted each time: every acknowledged
 // session must be completed, on every member, with no invariant broken on
 // any replica (each checks I1-I5 on every committed command).
+#include <httplib.h>
+
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -39,12 +41,13 @@ protected:
     return addr_[1] + "," + addr_[2] + "," + addr_[3];
   }
 
-  void start(int i) {
+  void start(int i, std::vector<std::string> extra = {"--http", "off"}) {
     std::vector<std::string> a{"oracle", "--cluster", dir_ + "/cluster.toml",
                                "--id", std::to_string(i), "--data-dir",
                                dir_ + "/m" + std::to_string(i)};
     for (auto& f : fast_pool_flags())
       a.push_back(f);
+    a.insert(a.end(), extra.begin(), extra.end());
     oracle_[i] = std::make_unique<child>(
       a, dir_ + "/oracle" + std::to_string(i) + "-" + std::to_string(++runs_)
            + ".out");
@@ -380,6 +383,80 @@ TEST_F(Cluster, RefusesAMemberNotInTheFileAndAMissingId) {
   EXPECT_NE(rc2, 0);
   EXPECT_NE(read_file(dir_ + "/bad2.out.err").find("--id is required"),
             std::string::npos);
+}
+
+/// The HTTP port an oracle printed ("HTTP API on http://H:P/...").
+int printed_http_port(const std::string& out) {
+  auto i = out.find("HTTP API on ");
+  if (i == std::string::npos)
+    return 0;
+  auto colon = out.find(':', out.find("//", i));
+  return std::stoi(out.substr(colon + 1));
+}
+
+TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
+  int http[4] = {};
+  for (int i = 1; i <= 3; ++i) {
+    start(i, {"--http", "127.0.0.1:0"});
+    ASSERT_TRUE(oracle_[i]->wait_for_output("HTTP API on", std::chrono::seconds(20)));
+    http[i] = printed_http_port(oracle_[i]->output());
+    ASSERT_GT(http[i], 0) << oracle_[i]->output();
+  }
+  int l = wait_leader();
+  ASSERT_GT(l, 0) << "no leader elected";
+  int f = l % 3 + 1;  // a follower
+  child miner{{"miner", "--oracle", all(), "--nodes", "3", "--connect-timeout", "60"},
+              dir_ + "/miner.out"};
+  auto get = [&](int i, const std::string& path) {
+    httplib::Client c{"127.0.0.1", http[i]};
+    auto r = c.Get(path.c_str());
+    return r ? nlohmann::json::parse(r->body, nullptr, false) : nlohmann::json{};
+  };
+  auto post = [&](int i, const std::string& path, const std::string& body) {
+    httplib::Client c{"127.0.0.1", http[i]};
+    c.set_read_timeout(60, 0);
+    auto r = c.Post(path.c_str(), body, "application/json");
+    if (!r)
+      return std::make_pair(0, nlohmann::json{});
+    return std::make_pair(r->status, nlohmann::json::parse(r->body, nullptr, false));
+  };
+  // Wait for the nodes, as the follower sees them (reads are local).
+  nlohmann::json st;
+  for (int k = 0; k < 300; ++k) {
+    st = get(f, "/api/v1/status");
+    if (st.is_object() && st["nodes"]["by_state"]["ephemeral"] == 3)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  EXPECT_EQ(st["oracle"]["role"], "follower") << st.dump();
+  EXPECT_GT(st["index"].get<uint64_t>(), 0u);
+  // A session and a completion sent to the follower: served by the leader.
+  auto [c1, s1] = post(f, "/api/v1/sessions",
+                       R"({"session_id":"via-follower","redundancy":2,"max_nodes":2,"max_tasks":1})");
+  ASSERT_EQ(c1, 201) << s1.dump();
+  auto [c2, a2] = post(f, "/api/v1/completions/via-follower",
+                       R"({"prompt":"asked a follower","timeout":30})");
+  ASSERT_EQ(c2, 200) << a2.dump();
+  EXPECT_NE(a2["choices"][0]["text"].get<std::string>().find("asked a follower"),
+            std::string::npos);
+  EXPECT_EQ(a2["agreeing"], 2);
+  // Every member holds the ended session once it committed.
+  for (int i = 1; i <= 3; ++i) {
+    nlohmann::json s;
+    for (int k = 0; k < 100; ++k) {
+      s = get(i, "/api/v1/sessions/via-follower");
+      if (s.is_object() && s.value("state", "") == "completed")
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_EQ(s.value("state", ""), "completed") << "member " << i << ": " << s.dump();
+  }
+  // Operators' commands are not passed on: the follower names the leader.
+  auto [c3, e3] = post(f, "/api/v1/admin/miners/miner-0/drain", "{}");
+  EXPECT_EQ(c3, 503) << e3.dump();
+  EXPECT_EQ(e3["error"]["code"], "not_leader");
+  miner.signal(SIGTERM);
 }
 
 } // namespace

@@ -349,6 +349,9 @@ TEST_F(api, CreateSessionValidatesEveryField) {
   expect_error(*call("POST", "/api/v1/sessions", "[1,2]"), 400, "bad_json");
   expect_error(*call("POST", "/api/v1/sessions", ""), 400, "bad_json");
   EXPECT_EQ(pool->submitted.size(), 2u);  // nothing bad reached the pool
+  pool->refuse_submit = api_error{"queue_full", "1000000 sessions wait already"};
+  expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"more"})"), 429,
+               "queue_full");
   pool->refuse_submit = api_error{"duplicate_session", "seen"};
   expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"mine"})"), 409,
                "duplicate_session");

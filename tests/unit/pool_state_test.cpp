@@ -2659,3 +2659,18 @@ TEST(PoolAdmin, RetiringAReservedNodeTakesItFromItsSessionForGood) {
   // It may not come back.
   EXPECT_REFUSED(h.reg("a"), "retired");
 }
+
+TEST(PoolQueue, ABoundedQueueRefusesWhatItCannotHold) {
+  auto p = quiet();
+  p.max_queued_sessions = 2;
+  harness h{p};
+  h.submit("s1");
+  h.submit("s2");
+  ASSERT_EQ(h.sstate("s2"), pb::QUEUED);
+  EXPECT_REFUSED(h.submit("s3"), "queue_full");
+  // A session that leaves the queue makes room.
+  h.admit("a");
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_FALSE(h.submit("s3").refused);
+  EXPECT_EQ(h.sstate("s3"), pb::QUEUED);
+}
