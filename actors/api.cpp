@@ -51,8 +51,11 @@ class caf_pool_api : public http::pool_api {
     auto* sys = &sys_;
     auto link = link_;
     auto connect = connect_;
+    (void)t;
     sys_.spawn([=](caf::event_based_actor* self) {
-      self->request(gw, t, cluster_atom::value)
+      // Local and always answered: no timeout (a pending timeout is a
+      // message kept until it fires, for every request).
+      self->request(gw, caf::infinite, cluster_atom::value)
         .then(
           [=](const std::string& text) {
             auto v = nlohmann::json::parse(text, nullptr, false);
@@ -168,12 +171,16 @@ class caf_pool_api : public http::pool_api {
     auto* sys = &sys_;
     auto t = timeout_;
     auto bytes = q.SerializeAsString();
-    writer([sys, t, bytes, cb = std::move(cb)](caf::actor to,
-                                               std::optional<api_error> err) {
+    auto local = gw_;
+    writer([sys, t, bytes, local, cb = std::move(cb)](caf::actor to,
+                                                      std::optional<api_error> err) {
       if (err)
         return cb({}, err);
       sys->spawn([=](caf::event_based_actor* self) {
-        self->request(to, t, archive_atom::value, bytes)
+        // This oracle's own gateway always answers; a leader over the
+        // network may not.
+        auto limit = to == local ? caf::duration{caf::infinite} : caf::duration{t};
+        self->request(to, limit, archive_atom::value, bytes)
           .then(
             [=](const std::string& answer) {
               pb::ArchiveAnswer a;
@@ -209,13 +216,17 @@ class caf_pool_api : public http::pool_api {
     // The session answers within the prompt's timeout; a little more here
     // so its own "timeout" refusal is what the client sees. Sessions run on
     // the leader: a follower passes the prompt on.
+    // Locally the session always answers (its own deadline says
+    // "timeout"), or its actor is gone (an error): no timeout here.
     auto t = std::chrono::milliseconds(p.timeout_ms() + 5000);
-    writer([sys, bytes, t, cb = std::move(cb)](caf::actor to,
-                                               std::optional<api_error> err) {
+    auto local = gw_;
+    writer([sys, bytes, t, local, cb = std::move(cb)](caf::actor to,
+                                                      std::optional<api_error> err) {
       if (err)
         return cb({}, err);
       sys->spawn([=](caf::event_based_actor* self) {
-        self->request(to, t, prompt_atom::value, bytes)
+        auto limit = to == local ? caf::duration{caf::infinite} : caf::duration{t};
+        self->request(to, limit, prompt_atom::value, bytes)
           .then(
             [=](const std::string& answer) {
               pb::PromptAnswer a;

@@ -1,6 +1,7 @@
 #include "actors/session.hpp"
 
 #include <deque>
+#include <limits>
 
 #include <caf/all.hpp>
 
@@ -30,6 +31,7 @@ struct pending_prompt {
   pb::PromptRequest req;
   caf::response_promise rp;
   uint64_t seq = 0;
+  int64_t deadline = 0;   // answer by then (now_ms), or "timeout"
   bool answered = false;  // timed out: the task still runs, nobody waits
 };
 
@@ -56,6 +58,12 @@ struct session_state {
   bool interactive = false;     // tasks are the client's prompts
   std::deque<pending_prompt> prompts;  // front() is the one running
   uint64_t prompt_seq = 0;
+  // One timeout message pending at a time, for the earliest deadline (a
+  // task's phase or a prompt's): a message per task phase would live its
+  // whole delay after the task ended, and at thousands of tasks a second
+  // that is what would fill the memory.
+  uint64_t timer_gen = 0;  // the one that counts; older ones are ignored
+  int64_t timer_at = 0;    // when it fires (now_ms), 0: none
   static inline const char* name = "session";
 };
 
@@ -67,6 +75,7 @@ void refuse(self_ptr self, const std::string& node, const std::string& code,
 }
 
 void start_task(self_ptr self);
+void arm(self_ptr self);
 
 void finish_task(self_ptr self) {
   auto& st = self->state;
@@ -196,11 +205,76 @@ void start_task(self_ptr self) {
   auto bytes = m.SerializeAsString();
   for (auto& p : st.parts)
     self->send(st.gateway, send_atom::value, p.node, bytes);
-  for (int phase = 1; phase <= 3; ++phase)
-    self->delayed_send(self,
-                       std::chrono::milliseconds(
-                         st.pool.task_phase_timeout_ms * phase),
-                       timeout_atom::value, st.attempt, phase);
+  arm(self);
+}
+
+/// The earliest deadline still ahead: of the running task's next phase
+/// (ack by T, precommit by 2T, commit by 3T after it was sent), or of a
+/// prompt waiting for its answer.
+int64_t next_deadline(self_ptr self) {
+  auto& st = self->state;
+  int64_t next = std::numeric_limits<int64_t>::max();
+  if (st.running && !st.reporting)
+    for (int phase = 1; phase <= 3; ++phase) {
+      bool waiting = std::any_of(st.parts.begin(), st.parts.end(), [&](auto& p) {
+        return !p.failed && p.phase < phase;
+      });
+      if (waiting) {
+        next = st.task_started + st.pool.task_phase_timeout_ms * phase;
+        break;
+      }
+    }
+  for (auto& p : st.prompts)
+    if (!p.answered && p.deadline > 0)
+      next = std::min(next, p.deadline);
+  return next;
+}
+
+void arm(self_ptr self) {
+  auto& st = self->state;
+  auto next = next_deadline(self);
+  if (next == std::numeric_limits<int64_t>::max())
+    return;
+  if (st.timer_at != 0 && st.timer_at <= next)
+    return;  // the one pending fires first, and arms the next
+  st.timer_at = next;
+  auto delay = std::max<int64_t>(1, next - now_ms(self, st.sim_time));
+  self->delayed_send(self, std::chrono::milliseconds(delay), timeout_atom::value,
+                     ++st.timer_gen);
+}
+
+/// What is due now: task phases that passed (their laggards fail with
+/// TIMEOUT) and prompts past their deadline ("timeout" to the client).
+void expire(self_ptr self) {
+  auto& st = self->state;
+  auto now = now_ms(self, st.sim_time);
+  if (st.running && !st.reporting) {
+    for (int phase = 1; phase <= 3; ++phase) {
+      if (now < st.task_started + st.pool.task_phase_timeout_ms * phase)
+        break;
+      for (auto& p : st.parts)
+        if (!p.failed && p.phase < phase) {
+          p.failed = true;
+          p.outcome = pb::TIMEOUT;
+        }
+    }
+    check_done(self);
+  }
+  std::deque<pending_prompt> keep;
+  for (size_t i = 0; i < st.prompts.size(); ++i) {
+    auto& p = st.prompts[i];
+    if (!p.answered && p.deadline > 0 && now >= p.deadline) {
+      p.rp.deliver(make_refusal("timeout", "no answer within "
+                                  + std::to_string(p.req.timeout_ms()) + " ms"));
+      p.answered = true;
+      // Not started yet: it never runs. Running: it finishes (the nodes
+      // did the work) and its answer is dropped.
+      if (i > 0 || !st.running)
+        continue;
+    }
+    keep.push_back(std::move(p));
+  }
+  st.prompts.swap(keep);
 }
 
 void node_left(self_ptr self, const std::string& node) {
@@ -381,39 +455,19 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
         p.rp = self->make_response_promise();
         p.seq = ++st.prompt_seq;
         if (p.req.timeout_ms() > 0)
-          self->delayed_send(self, std::chrono::milliseconds(p.req.timeout_ms()),
-                             timeout_atom::value, p.seq);
+          p.deadline = now_ms(self, st.sim_time) + p.req.timeout_ms();
         auto rp = p.rp;
         start_task(self);
+        arm(self);
         return rp;
       },
-      [=](timeout_atom, uint64_t seq) {
+      [=](timeout_atom, uint64_t gen) {
         auto& st = self->state;
-        for (size_t i = 0; i < st.prompts.size(); ++i) {
-          auto& p = st.prompts[i];
-          if (p.seq != seq || p.answered)
-            continue;
-          p.rp.deliver(make_refusal("timeout", "no answer within "
-                                      + std::to_string(p.req.timeout_ms())
-                                      + " ms"));
-          p.answered = true;
-          // Not started yet: it never runs. Running: it finishes (the nodes
-          // did the work) and its answer is dropped.
-          if (i > 0 || !st.running)
-            st.prompts.erase(st.prompts.begin() + static_cast<long>(i));
-          return;
-        }
-      },
-      [=](timeout_atom, uint64_t attempt, int phase) {
-        auto& st = self->state;
-        if (attempt != st.attempt || !st.running || st.reporting)
-          return;
-        for (auto& p : st.parts)
-          if (!p.failed && p.phase < phase) {
-            p.failed = true;
-            p.outcome = pb::TIMEOUT;
-          }
-        check_done(self);
+        if (gen != st.timer_gen)
+          return;  // an earlier deadline replaced it
+        st.timer_at = 0;
+        expire(self);
+        arm(self);
       },
     };
   });

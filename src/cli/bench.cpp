@@ -305,6 +305,11 @@ nlohmann::json measure(options& o) {
     note("failover");
     report["failover"] = bench::failover(o);
   }
+  if (wanted(o, "api")) {
+    check_stop();
+    note("api");
+    report["api"] = bench::api(o);
+  }
   if (wanted(o, "check")) {
     check_stop();
     note("check");
@@ -377,9 +382,15 @@ void add_bench(CLI::App& app) {
     ->check(CLI::Range(50u, 60000u));
   cmd->add_option("--only", o->only,
                   "run only these sections (state_machine, queue, durable, replicated, failover, "
-                  "check, remote, redis, scale, recovery)")
-    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "check",
-                           "remote", "redis", "scale", "recovery"}));
+                  "api, check, remote, redis, scale, recovery)")
+    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "api",
+                           "check", "remote", "redis", "scale", "recovery"}));
+  cmd->add_option("--api-connections", o->api_connections,
+                  "keep-alive connections of the api section (default 200)")
+    ->check(CLI::Range(1u, 10000u));
+  cmd->add_option("--api-seconds", o->api_seconds,
+                  "measuring window of the api section, each way (default 30)")
+    ->check(CLI::Range(0.5, 3600.0));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "
                   "end are compared (default 60)")

@@ -35,6 +35,8 @@ struct options {
   uint32_t queue_sessions = 10000;
   uint32_t remote_nodes = 200;
   uint32_t remote_clients = 64;
+  uint32_t api_connections = 200;        // keep-alive connections of `api`
+  double api_seconds = 30;               // its measuring window (each way)
   unsigned failover_kills = 20;          // leader kills of `failover`
   unsigned failover_election_ms = 400;   // its Raft election timeout
   std::string redis_server;      // path of redis-server (found or installed)
@@ -137,6 +139,9 @@ nlohmann::json check_speed(const options& o);
 /// The cost of a command with a deep queue that nobody can serve and a big
 /// pool, against a small pool and an empty queue.
 nlohmann::json queue_cost(const options& o);
+/// Completions over the HTTP API (many keep-alive connections) and the same
+/// asked in-process, against simulated miners.
+nlohmann::json api(const options& o);
 
 /// `nodepool bench --prepare-recovery DIR`: writes the stored state of a
 /// pool with `nodes` nodes and `sessions` queued sessions into DIR, then

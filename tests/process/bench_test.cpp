@@ -43,7 +43,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   ASSERT_TRUE(j.is_object()) << out;
 
   for (auto key : {"state_machine", "queue", "durable", "replicated",
-                   "failover", "check", "remote", "redis", "scale", "recovery"})
+                   "failover", "api", "check", "remote", "redis", "scale",
+                   "recovery"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
@@ -63,7 +64,9 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/check/0/entries_per_s", "/check/1/entries_per_s",
                  "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
                  "/replicated/grant_at_50/p99_ms", "/failover/median_ms",
-                 "/failover/max_ms"})
+                 "/failover/max_ms", "/api/http/requests_per_s",
+                 "/api/http/p99_ms", "/api/in_process/requests_per_s",
+                 "/api/http_to_in_process"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
   // Ended sessions leave the pool: after the long saturation run the live
@@ -89,7 +92,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   size_t numbers = 0;
   auto zero_by_design = [](const std::string& path) {
     for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
-                     "sessions_requeued"})
+                     "sessions_requeued", "unanswered", "transport_errors"})
       if (path.size() >= std::strlen(end)
           && path.compare(path.size() - std::strlen(end), std::string::npos,
                           end) == 0)
@@ -97,7 +100,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     return false;
   };
   for (auto key : {"state_machine", "queue", "durable", "replicated",
-                   "failover", "check", "remote", "redis", "scale", "recovery"})
+                   "failover", "api", "check", "remote", "redis", "scale",
+                   "recovery"})
     each_number(j[key], key, [&](const std::string& path, double x) {
       ++numbers;
       if (zero_by_design(path))
@@ -107,6 +111,13 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     });
   EXPECT_GT(numbers, 30u);
   EXPECT_EQ(j["failover"].value("no_grant_within_30s", -1), 0) << j["failover"];
+  // Every completion asked over HTTP got its answer, and all were served.
+  for (auto way : {"http", "in_process"}) {
+    auto& a = j["api"][way];
+    EXPECT_EQ(a["unanswered"], 0) << a.dump();
+    EXPECT_EQ(a["transport_errors"], 0) << a.dump();
+    EXPECT_EQ(a["ok"], a["sent"]) << a.dump();
+  }
 }
 
 TEST(bench, unknown_section_is_refused_with_a_clear_error) {

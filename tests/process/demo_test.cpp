@@ -62,3 +62,43 @@ TEST(demo, resumes_after_sigkill_and_counts_all_sessions) {
 
 } // namespace
 } // namespace nodepool::testing
+
+namespace nodepool::testing {
+namespace {
+
+/// `demo --serve`: after its sessions the pool and its HTTP API stay up (it
+/// printed the URL and a curl line to paste) until Ctrl-C, then the demo
+/// reports as usual.
+TEST(demo, serve_keeps_the_api_up_until_ctrl_c) {
+  auto dir = temp_dir("demo-serve");
+  cleanup tidy{dir};
+  child demo{{"demo", "--json", "--nodes", "6", "--sessions", "10", "--data-dir",
+              dir + "/db", "--http", "127.0.0.1:0", "--serve"},
+             dir + "/demo.out"};
+  ASSERT_TRUE(demo.wait_for_errors("ended; serving", 120s)) << demo.errors();
+  auto err = demo.errors();
+  EXPECT_NE(err.find("curl -s http://127.0.0.1:"), std::string::npos) << err;
+  auto at = err.find("HTTP API on http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << err;
+  auto port = std::stoi(err.substr(at + std::string{"HTTP API on http://127.0.0.1:"}.size()));
+  // Still serving: the status the API gives counts the demo's sessions.
+  auto [rc, out] = run_shell("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port)
+                             + " && printf \"GET /api/v1/status HTTP/1.1\\r\\nHost: x\\r\\n"
+                               "Connection: close\\r\\n\\r\\n\" >&3 && cat <&3'");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("HTTP/1.1 200"), std::string::npos) << out;
+  auto body = nlohmann::json::parse(out.substr(out.find("\r\n\r\n") + 4), nullptr, false);
+  ASSERT_TRUE(body.is_object()) << out;
+  EXPECT_EQ(body["sessions"]["completed"].get<int>() + body["sessions"]["failed"].get<int>(),
+            10) << out;
+  EXPECT_TRUE(demo.running());
+  demo.signal(SIGINT);
+  EXPECT_EQ(demo.wait_exit(60s), 0) << demo.errors();
+  auto j = last_line_json(demo.output());
+  ASSERT_TRUE(j.is_object()) << demo.output();
+  EXPECT_EQ(j["sessions"]["lost"].get<int>(), 0);
+  EXPECT_TRUE(j["violations"].empty());
+}
+
+} // namespace
+} // namespace nodepool::testing

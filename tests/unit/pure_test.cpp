@@ -576,7 +576,7 @@ TEST(ParamsFlags, SetParamParsesByTypeAndNamesTheKey) {
   EXPECT_NE(nodepool::set_param(p, "bogus", "1").find("bogus"),
             std::string::npos);
   EXPECT_EQ(p.max_strikes, 7u);  // a refused value changes nothing
-  EXPECT_EQ(nodepool::param_names().size(), 28u);
+  EXPECT_EQ(nodepool::param_names().size(), 29u);
 }
 
 TEST(ConfigureCommand, ChangesParametersThroughTheLog) {
