@@ -35,6 +35,35 @@ struct leader_link {
 
 using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
 
+/// Asks `to` (Atom, bytes) for a serialized T, from an actor of its own;
+/// `cb` gets it decoded, or the refusal.
+template <class T, class Atom>
+void ask_decoded(caf::actor_system& sys, caf::actor to, caf::duration limit,
+                 Atom atom, std::string bytes,
+                 std::function<void(T, std::optional<api_error>)> cb) {
+  auto* s = &sys;
+  sys.spawn([=](caf::event_based_actor* self) {
+    self->request(to, limit, atom, bytes)
+      .then(
+        [=](const std::string& answer) {
+          T a;
+          if (!a.ParseFromString(answer))
+            return cb({}, api_error{"unavailable", "the answer does not decode"});
+          cb(std::move(a), std::nullopt);
+        },
+        [=](caf::error& e) { cb({}, to_api_error(*s, e)); });
+  });
+}
+
+/// This oracle's own actors always answer (a session by its own deadline,
+/// or its actor is gone: an error), so a request to them has no timeout (a
+/// pending timeout is a message kept until it fires, one per request); a
+/// leader over the network may never answer.
+caf::duration limit_for(const caf::actor& to, const caf::actor& local,
+                        std::chrono::milliseconds remote) {
+  return to == local ? caf::duration{caf::infinite} : caf::duration{remote};
+}
+
 class caf_pool_api : public http::pool_api {
  public:
   caf_pool_api(caf::actor_system& sys, caf::actor gw, caf::actor sup,
@@ -150,46 +179,21 @@ class caf_pool_api : public http::pool_api {
   }
 
   void archive(const pb::ArchiveQuery& q, archive_cb cb) override {
-    auto gw = gw_;
-    auto t = timeout_;
-    auto* sys = &sys_;
-    auto bytes = q.SerializeAsString();
-    sys_.spawn([gw, t, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
-      self->request(gw, t, archive_atom::value, bytes)
-        .then(
-          [=](const std::string& answer) {
-            pb::ArchiveAnswer a;
-            if (!a.ParseFromString(answer))
-              return cb({}, api_error{"unavailable", "answer does not decode"});
-            cb(std::move(a), std::nullopt);
-          },
-          [=](caf::error& err) { cb({}, to_api_error(*sys, err)); });
-    });
+    ask_decoded<pb::ArchiveAnswer>(sys_, gw_, caf::duration{timeout_},
+                                   archive_atom::value, q.SerializeAsString(),
+                                   std::move(cb));
   }
 
   void archive_for_write(const pb::ArchiveQuery& q, archive_cb cb) override {
     auto* sys = &sys_;
-    auto t = timeout_;
-    auto bytes = q.SerializeAsString();
+    auto limit = timeout_;
     auto local = gw_;
-    writer([sys, t, bytes, local, cb = std::move(cb)](caf::actor to,
-                                                      std::optional<api_error> err) {
+    auto bytes = q.SerializeAsString();
+    writer([=, cb = std::move(cb)](caf::actor to, std::optional<api_error> err) {
       if (err)
         return cb({}, err);
-      sys->spawn([=](caf::event_based_actor* self) {
-        // This oracle's own gateway always answers; a leader over the
-        // network may not.
-        auto limit = to == local ? caf::duration{caf::infinite} : caf::duration{t};
-        self->request(to, limit, archive_atom::value, bytes)
-          .then(
-            [=](const std::string& answer) {
-              pb::ArchiveAnswer a;
-              if (!a.ParseFromString(answer))
-                return cb({}, api_error{"unavailable", "answer does not decode"});
-              cb(std::move(a), std::nullopt);
-            },
-            [=](caf::error& e) { cb({}, to_api_error(*sys, e)); });
-      });
+      ask_decoded<pb::ArchiveAnswer>(*sys, to, limit_for(to, local, limit),
+                                     archive_atom::value, bytes, cb);
     });
   }
 
@@ -211,31 +215,18 @@ class caf_pool_api : public http::pool_api {
   }
 
   void prompt(const pb::PromptRequest& p, prompt_cb cb) override {
+    // Sessions run on the leader: a follower passes the prompt on. Over the
+    // network it waits the prompt's timeout and a little more (so that the
+    // session's own "timeout" is what the client sees).
     auto* sys = &sys_;
-    auto bytes = p.SerializeAsString();
-    // The session answers within the prompt's timeout; a little more here
-    // so its own "timeout" refusal is what the client sees. Sessions run on
-    // the leader: a follower passes the prompt on.
-    // Locally the session always answers (its own deadline says
-    // "timeout"), or its actor is gone (an error): no timeout here.
-    auto t = std::chrono::milliseconds(p.timeout_ms() + 5000);
+    auto limit = std::chrono::milliseconds(p.timeout_ms() + 5000);
     auto local = gw_;
-    writer([sys, bytes, t, local, cb = std::move(cb)](caf::actor to,
-                                                      std::optional<api_error> err) {
+    auto bytes = p.SerializeAsString();
+    writer([=, cb = std::move(cb)](caf::actor to, std::optional<api_error> err) {
       if (err)
         return cb({}, err);
-      sys->spawn([=](caf::event_based_actor* self) {
-        auto limit = to == local ? caf::duration{caf::infinite} : caf::duration{t};
-        self->request(to, limit, prompt_atom::value, bytes)
-          .then(
-            [=](const std::string& answer) {
-              pb::PromptAnswer a;
-              if (!a.ParseFromString(answer))
-                return cb({}, api_error{"unavailable", "answer does not decode"});
-              cb(std::move(a), std::nullopt);
-            },
-            [=](caf::error& e) { cb({}, to_api_error(*sys, e)); });
-      });
+      ask_decoded<pb::PromptAnswer>(*sys, to, limit_for(to, local, limit),
+                                    prompt_atom::value, bytes, cb);
     });
   }
 

@@ -246,6 +246,18 @@ private:
 
 class rocksdb_store : public store {
 public:
+  uint64_t memory_bytes() const override {
+    uint64_t total = 0;
+    for (auto* prop : {"rocksdb.cur-size-all-mem-tables",
+                       "rocksdb.estimate-table-readers-mem",
+                       "rocksdb.block-cache-usage"}) {
+      uint64_t v = 0;
+      if (db_ && db_->GetIntProperty(prop, &v))
+        total += v;
+    }
+    return total;
+  }
+
   explicit rocksdb_store(rocksdb::DB* db) : db_(db) {
     std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
     it->SeekForPrev(log_key(UINT64_MAX));

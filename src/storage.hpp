@@ -75,6 +75,9 @@ public:
   virtual status erase_meta(const std::string& key, bool sync);
   /// Calls `f(key, value)` for each key starting with `prefix`, in key
   /// order, while it returns true.
+  /// Memory the store holds itself (RocksDB: memtables, table readers,
+  /// block cache), in bytes; 0 for a store that does not know.
+  virtual uint64_t memory_bytes() const { return 0; }
   virtual status scan_meta(
     const std::string& prefix,
     const std::function<bool(const std::string&, const std::string&)>& f);

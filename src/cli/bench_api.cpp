@@ -143,7 +143,7 @@ int post_once(tcp::endpoint ep, const std::string& target, const std::string& bo
 }
 
 nlohmann::json summary(tally& t, double seconds, uint64_t rss_before,
-                       uint64_t rss_after) {
+                       uint64_t rss_after, const store& db) {
   std::lock_guard<std::mutex> g{t.mu};
   nlohmann::json j;
   j["requests_per_s"] = static_cast<double>(t.latency_ms.size()) / seconds;
@@ -167,6 +167,9 @@ nlohmann::json summary(tally& t, double seconds, uint64_t rss_before,
   // burst (many threads allocate here: CAF's, the HTTP server's, RocksDB's).
   malloc_trim(0);
   j["rss_mb_after_trim"] = static_cast<double>(rss_bytes()) / (1 << 20);
+  // Of it, RocksDB's memtables, table readers and block cache (bounded by
+  // its write buffers: the log is on disk).
+  j["store_mb_after"] = static_cast<double>(db.memory_bytes()) / (1 << 20);
   return j;
 }
 
@@ -273,7 +276,7 @@ nlohmann::json api(const options& o) {
     auto measured = seconds_since(t0);
     // The requests in flight are answered; then the client thread ends.
     client.join();
-    out["http"] = summary(t, measured, rss0, rss_bytes());
+    out["http"] = summary(t, measured, rss0, rss_bytes(), *storage);
     end_sessions(ids);
     check_stop();
   }
@@ -311,7 +314,10 @@ nlohmann::json api(const options& o) {
             std::lock_guard<std::mutex> g{t.mu};
             ++t.sent;
           }
-          me->request(gw, std::chrono::seconds(60), prompt_atom::value,
+          // No timeout, as the HTTP path's own local requests: the session
+          // answers by its deadline (a timeout would be a message pending
+          // per request).
+          me->request(gw, caf::infinite, prompt_atom::value,
                       r.SerializeAsString())
             .then(
               [&, t0, ask](const std::string&) {
@@ -349,7 +355,7 @@ nlohmann::json api(const options& o) {
     auto measured = seconds_since(t0);
     while (done_clients < conns)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    out["in_process"] = summary(t, measured, rss0, rss_bytes());
+    out["in_process"] = summary(t, measured, rss0, rss_bytes(), *storage);
     end_sessions(ids);
     {
       std::lock_guard<std::mutex> g{errors_mu};

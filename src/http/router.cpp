@@ -640,8 +640,11 @@ void router::remember(const pb::PromptAnswer& a, const std::string& prompt) {
       tasks_order_.pop_front();
     }
   }
-  if (it->second.size() < 64)
-    it->second.push_back(std::move(t));
+  // The most recent ones: at most tasks_kept_per_session.
+  auto& kept = it->second;
+  kept.push_back(std::move(t));
+  if (kept.size() > cfg_.tasks_kept_per_session)
+    kept.erase(kept.begin());
 }
 
 void router::get_tasks(const std::shared_ptr<call>& c, const std::string& sid,

@@ -72,8 +72,10 @@ struct router_config {
   uint32_t ephemeral_redundancy = 0;  // 0: the pool's default
   int64_t default_timeout_ms = 60000;  // a completion without `timeout`
   int64_t max_timeout_ms = 600000;
-  /// Answers kept per oracle for GET /api/v1/tasks (most recent sessions).
+  /// Answers kept per oracle for GET /api/v1/tasks: the most recent ones
+  /// of the sessions it answered for last (bounded memory, not replicated).
   size_t tasks_kept_sessions = 1000;
+  size_t tasks_kept_per_session = 16;
 };
 
 class router {

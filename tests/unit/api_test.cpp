@@ -509,3 +509,22 @@ TEST(HttpStatus, RefusalCodesMapToStatuses) {
   EXPECT_EQ(status_for("bad_session_shape"), 400);
   EXPECT_EQ(status_for("something_new"), 500);
 }
+
+TEST_F(api, TasksKeptAreTheMostRecentAndBounded) {
+  cfg.tasks_kept_per_session = 2;
+  cfg.tasks_kept_sessions = 1;
+  make();
+  for (auto p : {"first", "second", "third"})
+    ASSERT_EQ(call("POST", "/api/v1/completions/live",
+                   json{{"prompt", p}}.dump())->whole.status, 200);
+  auto t = call("GET", "/api/v1/tasks/live")->body();
+  ASSERT_EQ(t["tasks"].size(), 2u) << t.dump();
+  EXPECT_EQ(t["tasks"][0]["prompt"], "second");
+  EXPECT_EQ(t["tasks"][1]["prompt"], "third");
+  // Another session's answers push the oldest session's out.
+  pool->sessions["other"] = pool->sessions["live"];
+  pool->sessions["other"].set_id("other");
+  ASSERT_EQ(call("POST", "/api/v1/completions/other", R"({"prompt":"x"})")->whole.status,
+            200);
+  EXPECT_TRUE(call("GET", "/api/v1/tasks/live")->body()["tasks"].empty());
+}
