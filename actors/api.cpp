@@ -127,12 +127,28 @@ class caf_pool_api : public http::pool_api {
 
   void command(const pb::Command& c, done_cb cb) override {
     auto sup = sup_;
+    auto gw = gw_;
     auto* sys = &sys_;
     auto bytes = c.SerializeAsString();
-    sys_.spawn([sup, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
+    sys_.spawn([sup, gw, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
       self->request(sup, std::chrono::seconds(60), cmd_atom::value, bytes)
         .then([=](accepted_atom) { cb(std::nullopt); },
-              [=](caf::error& err) { cb(to_api_error(*sys, err)); });
+              [=](caf::error& err) {
+                auto e = to_api_error(*sys, err);
+                if (e.code != "not_leader")
+                  return cb(e);
+                // Operators' commands are not passed on: name the leader's
+                // HTTP API so the client is sent there.
+                self->request(gw, caf::infinite, cluster_atom::value)
+                  .then(
+                    [=](const std::string& text) mutable {
+                      auto v = nlohmann::json::parse(text, nullptr, false);
+                      if (v.is_object())
+                        e.leader_http = v.value("leader_http_address", std::string{});
+                      cb(e);
+                    },
+                    [=](caf::error&) { cb(e); });
+              });
     });
   }
 

@@ -545,6 +545,9 @@ caf::behavior handlers(self_ptr self) {
       j["leader_id"] = s.leader_id;
       j["leader_address"] = s.leader_address;  // its Raft listener
       j["leader_client_address"] = client_address(self, s.leader_id);
+      if (auto h = st.cfg.member_http.find(s.leader_id);
+          h != st.cfg.member_http.end())
+        j["leader_http_address"] = h->second;
       j["commit_index"] = s.commit_index;
       j["applied_index"] = s.applied_index;
       j["last_index"] = s.last_index;

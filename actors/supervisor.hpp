@@ -51,6 +51,8 @@ struct supervisor_config {
   /// Where miners and clients reach each member (by member id): named in
   /// not_leader refusals and in the cluster view, so they can move on.
   std::map<uint64_t, std::string> member_addresses;
+  /// Their HTTP APIs (those the cluster file names), for the cluster view.
+  std::map<uint64_t, std::string> member_http;
   /// Simulation: the archive backfill reaches peers through this instead
   /// of the network (see backfill_config::peer).
   std::function<caf::actor(uint64_t)> peer_gateway;

@@ -90,13 +90,14 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         if (!v.is_integer() || !x || *x <= 0)
           throw fail(where + ".id", "expected a positive integer");
         m.id = static_cast<uint64_t>(*x);
-      } else if (key == "raft" || key == "address") {
+      } else if (key == "raft" || key == "address" || key == "http") {
         auto x = v.value<std::string>();
         if (!v.is_string() || !x || !split_host_port(*x))
           throw fail(where + "." + key, "expected \"host:port\"");
-        (key == "raft" ? m.raft : m.address) = *x;
+        (key == "raft" ? m.raft : key == "address" ? m.address : m.http) = *x;
       } else {
-        throw fail(where + "." + key, "unknown key (expected id, raft, address)");
+        throw fail(where + "." + key,
+                   "unknown key (expected id, raft, address, http)");
       }
     }
     if (m.id == 0)
@@ -111,6 +112,8 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
       throw fail(where + ".raft", m.raft + " is used twice");
     if (!addrs.insert(m.address).second)
       throw fail(where + ".address", m.address + " is used twice");
+    if (!m.http.empty() && !addrs.insert(m.http).second)
+      throw fail(where + ".http", m.http + " is used twice");
     c.members.push_back(m);
   }
   if (auto* r = tbl["raft"].as_table()) {
@@ -217,8 +220,10 @@ std::vector<cluster_member> write_loopback_cluster(const std::string& path,
     m.id = i;
     m.raft = "127.0.0.1:" + std::to_string(free_loopback_port());
     m.address = "127.0.0.1:" + std::to_string(free_loopback_port());
+    m.http = "127.0.0.1:" + std::to_string(free_loopback_port());
     f << "[[member]]\nid = " << m.id << "\nraft = \"" << m.raft
-      << "\"\naddress = \"" << m.address << "\"\n";
+      << "\"\naddress = \"" << m.address << "\"\nhttp = \"" << m.http
+      << "\"\n";
     ms.push_back(std::move(m));
   }
   f << extra;

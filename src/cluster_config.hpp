@@ -19,6 +19,7 @@ struct cluster_member {
   uint64_t id = 0;
   std::string raft;     // host:port of its Raft listener (oracles only)
   std::string address;  // host:port for miners and clients
+  std::string http;     // host:port of its HTTP API (optional)
 };
 
 /// A cluster file (TOML): every member, the replication's timing, and the
@@ -29,6 +30,7 @@ struct cluster_member {
 ///   id = 1
 ///   raft = "127.0.0.1:7101"
 ///   address = "127.0.0.1:4241"
+///   http = "127.0.0.1:5011"   # optional: its HTTP API
 ///   ...
 ///   [raft]                      # optional
 ///   election_timeout_ms = 400

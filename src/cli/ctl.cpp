@@ -71,6 +71,8 @@ class api_client {
     }
     if (!key_.empty())
       c.set_bearer_token_auth(key_.c_str());
+    // A cluster member that does not lead sends operators to the leader.
+    c.set_follow_location(true);
     auto r = method == "GET" ? c.Get(path.c_str())
                              : c.Post(path.c_str(), body, "application/json");
     if (!r)

@@ -48,6 +48,7 @@ http_api start_http_api(const http_options& o,
     port = 0;
   http::router_config rc;
   rc.oracle_id = oracle_id;
+  rc.scheme = tls.enabled() ? "https" : "http";
   if (!o.keys_file.empty())
     rc.keys = http::api_keys::load(o.keys_file);
   rc.rate_per_key = o.rate_per_key;

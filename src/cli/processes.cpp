@@ -292,8 +292,14 @@ int run_oracle(oracle_options& o) {
   sc.replica = cluster.machine;
   sc.roles = cluster.roles;
   if (cc)
-    for (auto& m : cc->members)
+    for (auto& m : cc->members) {
       sc.member_addresses[m.id] = m.address;
+      if (!m.http.empty())
+        sc.member_http[m.id] = m.http;
+    }
+  // A member's HTTP API listens where the cluster file says, unless told.
+  if (cc && o.api.listen.empty() && !cc->find(o.id)->http.empty())
+    o.api.listen = cc->find(o.id)->http;
   if (!o.allow.empty())
     load_allow_list(o.allow, sc.admission);
   if (!o.join_tokens.empty())

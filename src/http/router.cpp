@@ -880,18 +880,28 @@ void router::admin(const std::shared_ptr<call>& c,
   if (!field(body, "reason", reason, e, "a string")
       || !field(body, "failed", failed, e, "true or false"))
     return send_bad(c->rep, e);
-  auto done = [c](json ok) {
-    return [c, ok](std::optional<api_error> err) {
+  // A member that does not lead sends operators to the leader's API: 307
+  // keeps the method, the body and (with most clients) the key.
+  auto refused = [this, c](const api_error& err) {
+    if (err.code != "not_leader" || err.leader_http.empty())
+      return send_error(c->rep, err);
+    auto r = error_response(307, err.code, err.message);
+    r.headers.emplace_back("Location",
+                           cfg_.scheme + "://" + err.leader_http + c->req.target);
+    c->rep->send(std::move(r));
+  };
+  auto done = [c, refused](json ok) {
+    return [c, ok, refused](std::optional<api_error> err) {
       if (err)
-        return send_error(c->rep, *err);
+        return refused(*err);
       c->rep->send(json_response(200, ok));
     };
   };
   // /api/v1/admin/snapshot
   if (parts.size() == 4 && parts[3] == "snapshot")
-    return pool_->snapshot([c](uint64_t index, std::optional<api_error> err) {
+    return pool_->snapshot([c, refused](uint64_t index, std::optional<api_error> err) {
       if (err)
-        return send_error(c->rep, *err);
+        return refused(*err);
       c->rep->send(json_response(200, {{"snapshot_index", index}}));
     });
   // /api/v1/admin/miners/{id}/{drain,undrain,retire}

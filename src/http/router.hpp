@@ -25,6 +25,8 @@ namespace nodepool::http {
 struct api_error {
   std::string code;
   std::string message;
+  /// not_leader on a cluster: the leader's HTTP API (host:port), if known.
+  std::string leader_http = {};
 };
 
 /// The HTTP status for a refusal code of the pool (404 for an unknown
@@ -63,6 +65,7 @@ class pool_api {
 struct router_config {
   std::string version = "0.1.0";
   std::string oracle_id = "oracle";
+  std::string scheme = "http";  // of this API (and so of the leader's)
   /// Keys; empty: every request is admitted with the admin role (the
   /// server then listens on loopback only).
   api_keys keys;

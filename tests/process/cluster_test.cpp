@@ -33,6 +33,7 @@ protected:
       "snapshot_threshold = 256\nsnapshot_trailing = 64\n");
     for (int i = 1; i <= 3; ++i) {
       addr_[i] = ms[i - 1].address;
+      http_addr_[i] = ms[i - 1].http;
       raft_[i] = nodepool::split_host_port(ms[i - 1].raft)->second;
     }
   }
@@ -89,6 +90,7 @@ protected:
   std::string dir_;
   cleanup clean_;
   std::string addr_[4];
+  std::string http_addr_[4];
   uint16_t raft_[4] = {};
   std::unique_ptr<child> oracle_[4];
   int runs_ = 0;
@@ -395,12 +397,14 @@ int printed_http_port(const std::string& out) {
 }
 
 TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
+  // Each member's API listens where the cluster file says (http = ...).
   int http[4] = {};
   for (int i = 1; i <= 3; ++i) {
-    start(i, {"--http", "127.0.0.1:0"});
+    start(i, {});
     ASSERT_TRUE(oracle_[i]->wait_for_output("HTTP API on", std::chrono::seconds(20)));
     http[i] = printed_http_port(oracle_[i]->output());
-    ASSERT_GT(http[i], 0) << oracle_[i]->output();
+    ASSERT_EQ("127.0.0.1:" + std::to_string(http[i]), http_addr_[i])
+      << oracle_[i]->output();
   }
   int l = wait_leader();
   ASSERT_GT(l, 0) << "no leader elected";
@@ -452,10 +456,25 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
     }
     EXPECT_EQ(s.value("state", ""), "completed") << "member " << i << ": " << s.dump();
   }
-  // Operators' commands are not passed on: the follower names the leader.
-  auto [c3, e3] = post(f, "/api/v1/admin/miners/miner-0/drain", "{}");
-  EXPECT_EQ(c3, 503) << e3.dump();
-  EXPECT_EQ(e3["error"]["code"], "not_leader");
+  // Operators' commands are not passed on: the follower sends the client
+  // to the leader's API (307, the same method, body and key).
+  {
+    httplib::Client c{"127.0.0.1", http[f]};
+    auto r = c.Post("/api/v1/admin/miners/miner-0/drain", "{}", "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 307) << r->body;
+    EXPECT_EQ(r->get_header_value("Location"),
+              "http://" + http_addr_[l] + "/api/v1/admin/miners/miner-0/drain");
+  }
+  auto [c3, out3] = run({"ctl", "--url", "http://127.0.0.1:" + std::to_string(http[f]),
+                         "--json", "drain", "miner-0"},
+                        dir_ + "/ctl-drain.out");
+  EXPECT_EQ(c3, 0) << read_file(dir_ + "/ctl-drain.out.err");
+  auto miners = get(l, "/api/v1/miners");
+  bool drained = false;
+  for (auto& m : miners["miners"])
+    drained |= m["node_id"] == "miner-0" && m.value("drained", false);
+  EXPECT_TRUE(drained) << miners.dump();
   miner.signal(SIGTERM);
 }
 

@@ -47,7 +47,8 @@ struct fake_pool : pool_api {
   std::vector<pb::SubmitSession> submitted;
   std::vector<pb::PromptRequest> prompts;
   std::vector<pb::Command> commands;
-  std::optional<api_error> refuse_submit, refuse_prompt, refuse_state;
+  std::optional<api_error> refuse_submit, refuse_prompt, refuse_state,
+    refuse_command;
   std::string output = "forty two";
 
   fake_pool() {
@@ -101,7 +102,7 @@ struct fake_pool : pool_api {
   }
   void command(const pb::Command& c, done_cb cb) override {
     commands.push_back(c);
-    cb(std::nullopt);
+    cb(refuse_command);
   }
   void snapshot(index_cb cb) override { cb(7, std::nullopt); }
 };
@@ -527,4 +528,19 @@ TEST_F(api, TasksKeptAreTheMostRecentAndBounded) {
   ASSERT_EQ(call("POST", "/api/v1/completions/other", R"({"prompt":"x"})")->whole.status,
             200);
   EXPECT_TRUE(call("GET", "/api/v1/tasks/live")->body()["tasks"].empty());
+}
+
+TEST_F(api, AFollowerSendsOperatorsToTheLeader) {
+  pool->refuse_command = api_error{"not_leader", "the leader is member 2", "10.0.0.2:5010"};
+  auto c = call("POST", "/api/v1/admin/miners/n1/retire?x=1", "", admin_key);
+  EXPECT_EQ(c->whole.status, 307) << c->whole.body;
+  std::string location;
+  for (auto& [k, v] : c->whole.headers)
+    if (k == "Location")
+      location = v;
+  EXPECT_EQ(location, "http://10.0.0.2:5010/api/v1/admin/miners/n1/retire?x=1");
+  // Without the leader's API known: 503.
+  pool->refuse_command = api_error{"not_leader", "no leader is known yet"};
+  expect_error(*call("POST", "/api/v1/admin/miners/n1/retire", "", admin_key), 503,
+               "not_leader");
 }

@@ -48,6 +48,7 @@ heartbeat_timeout_ms = 9000
   ASSERT_EQ(c.members.size(), 3u);
   EXPECT_EQ(c.find(2)->raft, "127.0.0.1:7102");
   EXPECT_EQ(c.find(3)->address, "127.0.0.1:4243");
+  EXPECT_EQ(c.find(3)->http, "");  // optional
   EXPECT_EQ(c.find(4), nullptr);
   EXPECT_EQ(c.election_timeout_ms, 300u);
   EXPECT_EQ(c.heartbeat_timeout_ms, 30u);
@@ -58,6 +59,7 @@ heartbeat_timeout_ms = 9000
 TEST(ClusterFile, TheShippedFileReads) {
   auto c = load_cluster(std::string{NODEPOOL_SOURCE_DIR} + "/deploy/cluster.toml");
   EXPECT_EQ(c.members.size(), 3u);
+  EXPECT_EQ(c.find(2)->http, "127.0.0.1:5012");
 }
 
 TEST(ClusterFile, RefusesMistakesNamingTheKey) {
@@ -78,6 +80,10 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
     {std::string{three} + "[[member]]\nid = 2\nraft = \"b:1\"\naddress = \"b:2\"\n",
      "appears twice"},
     {std::string{three} + "[[member]]\nid = 4\nraft = \"127.0.0.1:7101\"\naddress = \"b:2\"\n",
+     "used twice"},
+    {"[[member]]\nid = 1\nraft = \"a:1\"\naddress = \"a:2\"\nhttp = \"web\"\n",
+     "member[0].http"},
+    {"[[member]]\nid = 1\nraft = \"a:1\"\naddress = \"a:2\"\nhttp = \"a:2\"\n",
      "used twice"},
     {std::string{three} + "[raft]\nelection_timeout_ms = 5\n",
      "raft.election_timeout_ms"},
