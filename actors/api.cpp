@@ -64,6 +64,24 @@ caf::duration limit_for(const caf::actor& to, const caf::actor& local,
   return to == local ? caf::duration{caf::infinite} : caf::duration{remote};
 }
 
+/// Operators' commands are not passed between oracles: on not_leader,
+/// `cb` gets the refusal with the leader's HTTP API named (so the client
+/// is sent there); any other refusal as it is.
+void with_leader_http(caf::event_based_actor* self, const caf::actor& gw,
+                      api_error e, std::function<void(api_error)> cb) {
+  if (e.code != "not_leader")
+    return cb(std::move(e));
+  self->request(gw, caf::infinite, cluster_atom::value)
+    .then(
+      [=](const std::string& text) mutable {
+        auto v = nlohmann::json::parse(text, nullptr, false);
+        if (v.is_object())
+          e.leader_http = v.value("leader_http_address", std::string{});
+        cb(e);
+      },
+      [=](caf::error&) { cb(e); });
+}
+
 class caf_pool_api : public http::pool_api {
  public:
   caf_pool_api(caf::actor_system& sys, caf::actor gw, caf::actor sup,
@@ -125,6 +143,25 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
+  void transfer(uint64_t to, json_cb cb) override {
+    auto sup = sup_;
+    auto gw = gw_;
+    auto* sys = &sys_;
+    sys_.spawn([=](caf::event_based_actor* self) {
+      // libraft ends a transfer within an election timeout.
+      self->request(sup, std::chrono::seconds(30), transfer_atom::value, to)
+        .then(
+          [=](const std::string& text) {
+            auto j = nlohmann::json::parse(text, nullptr, false);
+            cb(j.is_discarded() ? nlohmann::json::object() : j, std::nullopt);
+          },
+          [=](caf::error& err) {
+            with_leader_http(self, gw, to_api_error(*sys, err),
+                             [cb](api_error e) { cb({}, std::move(e)); });
+          });
+    });
+  }
+
   void command(const pb::Command& c, done_cb cb) override {
     auto sup = sup_;
     auto gw = gw_;
@@ -134,20 +171,8 @@ class caf_pool_api : public http::pool_api {
       self->request(sup, std::chrono::seconds(60), cmd_atom::value, bytes)
         .then([=](accepted_atom) { cb(std::nullopt); },
               [=](caf::error& err) {
-                auto e = to_api_error(*sys, err);
-                if (e.code != "not_leader")
-                  return cb(e);
-                // Operators' commands are not passed on: name the leader's
-                // HTTP API so the client is sent there.
-                self->request(gw, caf::infinite, cluster_atom::value)
-                  .then(
-                    [=](const std::string& text) mutable {
-                      auto v = nlohmann::json::parse(text, nullptr, false);
-                      if (v.is_object())
-                        e.leader_http = v.value("leader_http_address", std::string{});
-                      cb(e);
-                    },
-                    [=](caf::error&) { cb(e); });
+                with_leader_http(self, gw, to_api_error(*sys, err),
+                                 [cb](api_error e) { cb(std::move(e)); });
               });
     });
   }

@@ -58,6 +58,9 @@ struct supervisor_state {
   uint64_t next_seq = 1;
   uint64_t terms_led = 0;
   std::vector<caf::actor> term_listeners;  // told each term this member leads
+  // Leadership transfers asked by operators, waiting for the log.
+  std::map<uint64_t, caf::response_promise> transfers;
+  uint64_t next_transfer = 1;
   static inline const char* name = "pool_supervisor";
 };
 
@@ -532,11 +535,55 @@ caf::behavior handlers(self_ptr self) {
     [=](follow_atom, uint64_t term) {
       end_term(self, "deposed in term " + std::to_string(term));
     },
+    // An operator hands leadership to member `to` (0: the most up to date
+    // voter): answers once libraft's transfer ended, with who leads then.
+    [=](transfer_atom, uint64_t to) -> caf::result<std::string> {
+      auto& st = self->state;
+      if (!st.cfg.cluster_log)
+        return make_refusal("not_supported", "a single oracle has no one to "
+                                             "hand leadership to");
+      auto s = st.cfg.cluster_log->status();
+      if (s.role != log_role::leader)
+        return make_refusal("not_leader", not_leader_detail(self));
+      auto id = st.next_transfer++;
+      auto rp = self->make_response_promise();
+      st.transfers.emplace(id, rp);
+      st.cfg.cluster_log->transfer(
+        to, [me = caf::actor{self}, id](std::string error) {
+          caf::anon_send(me, transfer_atom::value, id, std::move(error));
+        });
+      return rp;
+    },
+    [=](transfer_atom, uint64_t id, const std::string& error) {
+      auto& st = self->state;
+      auto i = st.transfers.find(id);
+      if (i == st.transfers.end())
+        return;
+      auto rp = i->second;
+      st.transfers.erase(i);
+      if (!error.empty()) {
+        rp.deliver(make_refusal("transfer_failed", error));
+        return;
+      }
+      auto s = st.cfg.cluster_log->status();
+      nlohmann::json j;
+      j["leader_id"] = s.leader_id;
+      j["term"] = s.term;
+      rp.deliver(j.dump());
+    },
     [=](cluster_atom) -> std::string {
       nlohmann::json j = nlohmann::json::object();
       auto& st = self->state;
       if (!st.cfg.cluster_log)
         return j.dump();
+      nlohmann::json members = nlohmann::json::array();
+      for (auto& [id, addr] : st.cfg.member_addresses) {
+        nlohmann::json m{{"id", id}, {"address", addr}};
+        if (auto h = st.cfg.member_http.find(id); h != st.cfg.member_http.end())
+          m["http"] = h->second;
+        members.push_back(std::move(m));
+      }
+      j["members"] = std::move(members);
       auto s = st.cfg.cluster_log->status();
       j["id"] = s.id;
       j["role"] = to_string(s.role);

@@ -41,5 +41,6 @@ CAF_ADD_ATOM(nodepool, nodepool, follow_atom, "follow")
 CAF_ADD_ATOM(nodepool, nodepool, committed_atom, "committed")
 CAF_ADD_ATOM(nodepool, nodepool, reset_atom, "reset")
 CAF_ADD_ATOM(nodepool, nodepool, cluster_atom, "cluster")
+CAF_ADD_ATOM(nodepool, nodepool, transfer_atom, "transfer")
 
 CAF_END_TYPE_ID_BLOCK(nodepool)

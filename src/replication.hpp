@@ -72,6 +72,15 @@ public:
   virtual void propose(std::string entry, done_fn done) = 0;
   /// A consistent copy of this member's view. Callable from any thread.
   virtual log_status status() const = 0;
+  /// Asks the leader (this member) to hand leadership to member `to` (0:
+  /// the most up-to-date voter). `done` runs once, on the log's thread:
+  /// with "" once the transfer ended (who leads now is in status()), or
+  /// with why it could not start. Callable from any thread.
+  using transfer_fn = std::function<void(std::string error)>;
+  virtual void transfer(uint64_t to, transfer_fn done) {
+    (void)to;
+    done("this log cannot transfer leadership");
+  }
   /// Stops taking part: proposals still pending end (leadership_lost or
   /// shutdown), later ones end as shutdown, and no callback runs after it
   /// returns. Idempotent; the destructor does it too.

@@ -292,6 +292,32 @@ void add_ctl(CLI::App& app) {
     return do_post(c, "/api/v1/admin/sessions/" + *end_id + "/end",
                    json{{"failed", *failed}}.dump(), o->json_out);
   }));
+  cmd->add_subcommand("members", "a cluster's members, and which one leads")
+    ->callback(run([o](api_client& c) {
+      auto a = c.get("/api/v1/members");
+      if (int rc = check(a, o->json_out))
+        return rc;
+      if (o->json_out)
+        return std::printf("%s\n", a.body.dump().c_str()), 0;
+      std::vector<std::vector<std::string>> rows{{"ID", "ADDRESS", "HTTP", "ROLE"}};
+      for (auto& m : a.body["members"])
+        rows.push_back({text(m["id"]), text(m["address"]),
+                        m.contains("http") ? text(m["http"]) : "-",
+                        m.value("leader", false) ? "leader" : "follower"});
+      if (a.body["members"].empty())
+        std::printf("a single oracle (no cluster)\n");
+      else
+        table(rows);
+      return 0;
+    }));
+  auto to = std::make_shared<uint64_t>(0);
+  auto* tl = cmd->add_subcommand("transfer-leader",
+                                 "hand the cluster's leadership to another member");
+  tl->add_option("--to", *to, "member id (default: the most up-to-date follower)");
+  tl->callback(run([o, to](api_client& c) {
+    return do_post(c, "/api/v1/admin/transfer-leader",
+                   json{{"to", *to}}.dump(), o->json_out);
+  }));
   cmd->add_subcommand("snapshot", "write a snapshot of the pool now")
     ->callback(run([o](api_client& c) {
       return do_post(c, "/api/v1/admin/snapshot", "", o->json_out);

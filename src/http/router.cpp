@@ -152,6 +152,7 @@ int status_for(const std::string& code) {
     {"bad_session_id", 400},    {"empty_command", 400},
     {"unknown_node", 404},      {"retired", 409},
     {"no_change", 409},         {"not_supported", 501},
+    {"transfer_failed", 409},
   };
   auto i = codes.find(code);
   return i == codes.end() ? 500 : i->second;
@@ -415,6 +416,8 @@ void router::route(const std::shared_ptr<call>& c) {
     return post_only([&] { post_completion(c, ""); });
   if (is({"api", "v1", "completions", "*"}))
     return post_only([&] { post_completion(c, parts[3]); });
+  if (is({"api", "v1", "members"}))
+    return get_only([&] { get_members(c); });
   if (is({"api", "v1", "ws"}))
     return get_only([&] { websocket(c); });
   if (parts.size() >= 3 && parts[0] == "api" && parts[1] == "v1"
@@ -904,6 +907,21 @@ void router::admin(const std::shared_ptr<call>& c,
         return refused(*err);
       c->rep->send(json_response(200, {{"snapshot_index", index}}));
     });
+  // /api/v1/admin/transfer-leader, body {"to": ID} (absent or 0: the most
+  // up-to-date voter)
+  if (parts.size() == 4 && parts[3] == "transfer-leader") {
+    int64_t to = 0;
+    if (!field(body, "to", to, e, "a member id, an integer"))
+      return send_bad(c->rep, e);
+    if (to < 0)
+      return send_bad(c->rep, {"bad_field", "to: a member id, >= 0"});
+    return pool_->transfer(static_cast<uint64_t>(to),
+                           [c, refused](json out, std::optional<api_error> err) {
+                             if (err)
+                               return refused(*err);
+                             c->rep->send(json_response(200, out));
+                           });
+  }
   // /api/v1/admin/miners/{id}/{drain,undrain,retire}
   if (parts.size() == 6 && parts[3] == "miners") {
     static const std::map<std::string, pb::AdminAction> actions = {
@@ -931,6 +949,29 @@ void router::admin(const std::shared_ptr<call>& c,
                                      {"state", failed ? "failed" : "completed"}}));
   }
   c->rep->send(error_response(404, "not_found", "no admin route " + c->req.path));
+}
+
+void router::get_members(const std::shared_ptr<call>& c) {
+  pool_->state([c](std::optional<pb::Snapshot>, json view,
+                   std::optional<api_error> err) {
+    if (err)
+      return send_error(c->rep, *err);
+    json j;
+    j["role"] = view.value("role", "single");
+    j["id"] = view.value("id", uint64_t{0});
+    j["leader_id"] = view.value("leader_id", uint64_t{0});
+    j["term"] = view.value("term", uint64_t{0});
+    j["members"] = json::array();
+    if (view.contains("members"))
+      for (auto m : view["members"]) {
+        m["leader"] = m.value("id", uint64_t{0}) == j["leader_id"].get<uint64_t>();
+        j["members"].push_back(m);
+      }
+    auto r = json_response(200, j);
+    stamp(j, view, r);
+    r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    c->rep->send(std::move(r));
+  });
 }
 
 void router::get_models(const std::shared_ptr<call>& c) {

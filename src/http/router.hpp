@@ -60,6 +60,13 @@ class pool_api {
   /// A snapshot now; answers the log index it covers.
   using index_cb = std::function<void(uint64_t, std::optional<api_error>)>;
   virtual void snapshot(index_cb cb) = 0;
+  /// Hands leadership to member `to` (0: the most up-to-date voter);
+  /// answers {leader_id, term} once the transfer ended.
+  using json_cb = std::function<void(nlohmann::json, std::optional<api_error>)>;
+  virtual void transfer(uint64_t to, json_cb cb) {
+    (void)to;
+    cb({}, api_error{"not_supported", "this pool cannot transfer leadership"});
+  }
 };
 
 struct router_config {
@@ -112,6 +119,7 @@ class router {
   void post_session(const std::shared_ptr<call>& c);
   void post_completion(const std::shared_ptr<call>& c, std::string sid);
   void get_models(const std::shared_ptr<call>& c);
+  void get_members(const std::shared_ptr<call>& c);
   void post_openai(const std::shared_ptr<call>& c, bool chat);
   void websocket(const std::shared_ptr<call>& c);
   void admin(const std::shared_ptr<call>& c, const std::vector<std::string>& parts);

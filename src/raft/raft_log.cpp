@@ -133,6 +133,18 @@ public:
     return status_;
   }
 
+  void transfer(uint64_t to, transfer_fn done) override {
+    {
+      std::lock_guard<std::mutex> g{mu_};
+      if (!stopping_) {
+        transfers_.emplace_back(to, std::move(done));
+        uv_async_send(&wake_);
+        return;
+      }
+    }
+    done("the replicated log is stopping");
+  }
+
   /// Closes raft (pending proposals end as leadership_lost or shutdown)
   /// and joins the loop's thread.
   void stop() override {
@@ -173,14 +185,50 @@ private:
     status_ = st;
   }
 
+  /// A transfer libraft is running: the request and who waits for it.
+  struct transfer_req {
+    struct raft_transfer req {};
+    transfer_fn done;
+  };
+
+  void start_transfer(uint64_t to, transfer_fn done) {
+    if (raft_.transfer != nullptr)
+      return done("a leadership transfer is under way");
+    auto* t = new transfer_req;
+    t->done = std::move(done);
+    t->req.data = t;
+    int rv = raft_transfer(&raft_, &t->req, to, [](struct raft_transfer* r) {
+      auto* t = static_cast<transfer_req*>(r->data);
+      auto done = std::move(t->done);
+      delete t;
+      done("");
+    });
+    if (rv != 0) {
+      auto done = std::move(t->done);
+      delete t;
+      done(rv == RAFT_NOTLEADER ? std::string{"this member does not lead"}
+           : rv == RAFT_BADID   ? "member " + std::to_string(to)
+                                    + " is not a voter of the cluster (or leads)"
+           : rv == RAFT_NOTFOUND ? std::string{"no voting follower to hand over to"}
+                                 : std::string{raft_strerror(rv)});
+    }
+  }
+
   void on_wake() {
     std::deque<std::pair<std::string, done_fn>> q;
+    std::deque<std::pair<uint64_t, transfer_fn>> transfers;
     bool stopping;
     {
       std::lock_guard<std::mutex> g{mu_};
       q.swap(queue_);
+      transfers.swap(transfers_);
       stopping = stopping_;
     }
+    for (auto& [to, done] : transfers)
+      if (stopping)
+        done("the replicated log is stopping");
+      else
+        start_transfer(to, std::move(done));
     for (auto& [entry, done] : q)
       if (stopping)
         done(propose_status::shutdown, 0);
@@ -217,6 +265,7 @@ private:
   mutable std::mutex mu_;
   bool stopping_ = false;
   std::deque<std::pair<std::string, done_fn>> queue_;
+  std::deque<std::pair<uint64_t, transfer_fn>> transfers_;
   log_status status_;
 };
 

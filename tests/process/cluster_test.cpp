@@ -475,6 +475,30 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
   for (auto& m : miners["miners"])
     drained |= m["node_id"] == "miner-0" && m.value("drained", false);
   EXPECT_TRUE(drained) << miners.dump();
+
+  // Leadership handed over by hand, asked of a follower (sent to the
+  // leader), to that follower.
+  auto members = get(f, "/api/v1/members");
+  ASSERT_EQ(members["members"].size(), 3u) << members.dump();
+  EXPECT_EQ(members["leader_id"], l) << members.dump();
+  auto [c4, out4] = run({"ctl", "--url", "http://127.0.0.1:" + std::to_string(http[f]),
+                         "--json", "transfer-leader", "--to", std::to_string(f)},
+                        dir_ + "/ctl-transfer.out");
+  EXPECT_EQ(c4, 0) << read_file(dir_ + "/ctl-transfer.out.err");
+  int now_leads = 0;
+  for (int k = 0; k < 100 && now_leads != f; ++k) {
+    now_leads = leader();
+    if (now_leads != f)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(now_leads, f) << out4;
+  // The pool goes on under its new leader, asked through the old one.
+  auto [c5, s5] = post(l, "/api/v1/sessions",
+                       R"({"session_id":"after-transfer","max_tasks":1})");
+  EXPECT_EQ(c5, 201) << s5.dump();
+  auto [c6, a6] = post(l, "/api/v1/completions/after-transfer",
+                       R"({"prompt":"still there?","timeout":30})");
+  EXPECT_EQ(c6, 200) << a6.dump();
   miner.signal(SIGTERM);
 }
 

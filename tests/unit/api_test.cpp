@@ -544,3 +544,16 @@ TEST_F(api, AFollowerSendsOperatorsToTheLeader) {
   expect_error(*call("POST", "/api/v1/admin/miners/n1/retire", "", admin_key), 503,
                "not_leader");
 }
+
+TEST_F(api, MembersOfASingleOracleAndTransferWithout) {
+  auto m = call("GET", "/api/v1/members")->body();
+  EXPECT_EQ(m["role"], "single");
+  EXPECT_TRUE(m["members"].empty());
+  expect_error(*call("POST", "/api/v1/admin/transfer-leader", R"({"to":2})", admin_key),
+               501, "not_supported");
+  expect_error(*call("POST", "/api/v1/admin/transfer-leader", R"({"to":"two"})",
+                     admin_key),
+               400, "bad_field");
+  expect_error(*call("POST", "/api/v1/admin/transfer-leader", "", client_key), 403,
+               "forbidden");
+}
