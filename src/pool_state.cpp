@@ -292,17 +292,7 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
     }
     case pb::RETIRE: {
       auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
-      if (n.state() == pb::RESERVED) {
-        auto* s = live_session(n.session_id());
-        n.clear_session_id();
-        n.set_tasks_served(0);
-        if (s)
-          detach(*s, n.id(), now, out);
-      }
-      n.set_test_id(0);
-      n.set_rejoin_by(0);
-      n.set_reset_at(now);
-      set_state(n, pb::RETIRED, "retired " + why, out);
+      take_out(n, pb::RETIRED, "retired " + why, now, out);
       if (auto* s = sid.empty() ? nullptr : live_session(sid))
         maybe_resume(*s, out);
       return;
@@ -314,6 +304,12 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
 
 void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
                       apply_result& out) {
+  take_out(n, pb::LOST, why, now, out);
+}
+
+void pool_state::take_out(pb::NodeRecord& n, pb::NodeState to,
+                          const std::string& why, int64_t now,
+                          apply_result& out) {
   if (n.state() == pb::RESERVED) {
     auto* s = live_session(n.session_id());
     n.clear_session_id();
@@ -324,7 +320,7 @@ void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
   n.set_reset_at(now);
   n.set_test_id(0);
   n.set_rejoin_by(0);
-  set_state(n, pb::LOST, why, out);
+  set_state(n, to, why, out);
 }
 
 void pool_state::apply_tick(int64_t now, apply_result& out) {

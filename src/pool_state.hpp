@@ -154,6 +154,10 @@ private:
   void apply_admin_node(const pb::AdminNode& c, int64_t now, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
             apply_result& out);
+  /// Out of the pool for `to` (LOST, RETIRED): released from its session
+  /// first, its test and rejoin wait dropped.
+  void take_out(pb::NodeRecord& n, pb::NodeState to, const std::string& why,
+                int64_t now, apply_result& out);
   uint64_t next_random();
 
   // admission.cpp

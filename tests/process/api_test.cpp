@@ -71,6 +71,13 @@ struct api_pool {
     return c;
   }
 
+  /// Polls /api/v1/status until `n` nodes are in the pool (30 s at most);
+  /// returns the last status.
+  json wait_nodes(int n) {
+    return wait_status(
+      [n](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == n; }, 30s);
+  }
+
   /// Polls /api/v1/status until `ok`, for up to `limit`.
   json wait_status(const std::function<bool(const json&)>& ok,
                    std::chrono::seconds limit) {
@@ -119,8 +126,7 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
   cleanup tidy{dir};
   api_pool p{dir, 3};
   ASSERT_GT(p.port, 0) << p.oracle->errors();
-  auto st = p.wait_status(
-    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 3; }, 30s);
+  auto st = p.wait_nodes(3);
   ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
   auto c = p.client();
 
@@ -305,8 +311,7 @@ TEST(api, websocket_completions) {
   cleanup tidy{dir};
   api_pool p{dir, 2};
   ASSERT_GT(p.port, 0) << p.oracle->errors();
-  auto st = p.wait_status(
-    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 2; }, 30s);
+  auto st = p.wait_nodes(2);
   ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 2) << st.dump();
   auto c = p.client();
   auto r = c.Post("/api/v1/sessions", R"({"session_id":"ws1","max_tasks":3})",
@@ -409,8 +414,7 @@ TEST(api, the_official_openai_client_works_by_changing_only_the_url) {
   cleanup tidy{dir};
   api_pool p{dir, 3};
   ASSERT_GT(p.port, 0) << p.oracle->errors();
-  auto st = p.wait_status(
-    [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 3; }, 30s);
+  auto st = p.wait_nodes(3);
   ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
   auto [rc, out] = run_shell("NODEPOOL_NPM_DIR=" + npm + " timeout 120 node "
                              + std::string{NODEPOOL_SOURCE_DIR}
