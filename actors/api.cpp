@@ -219,6 +219,47 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
+  void counts(counts_cb cb) override {
+    auto gw = gw_;
+    auto sup = sup_;
+    auto t = timeout_;
+    auto* sys = &sys_;
+    sys_.spawn([=](caf::event_based_actor* self) {
+      self->request(gw, t, cluster_atom::value)
+        .then(
+          [=](const std::string& view_text) {
+            self->request(sup, t, stats_atom::value)
+              .then(
+                [=](const std::string& text) {
+                  auto j = nlohmann::json::parse(text, nullptr, false);
+                  if (!j.is_object() || !j.contains("committed"))
+                    return cb({}, {}, api_error{"unavailable", "no counts"});
+                  auto& c = j["committed"];
+                  http::pool_counts n;
+                  for (auto& [k, v] : c["nodes"].items())
+                    n.nodes[static_cast<pb::NodeState>(std::stoi(k))] =
+                      v.get<uint64_t>();
+                  n.queued = c["queued"];
+                  n.active = c["active"];
+                  n.completed = c["completed"];
+                  n.failed = c["failed"];
+                  n.accepted = c["accepted"];
+                  n.tests_passed = c["tests_passed"];
+                  n.tests_failed = c["tests_failed"];
+                  auto view = nlohmann::json::parse(view_text, nullptr, false);
+                  if (!view.is_object() || view.empty()) {
+                    view = nlohmann::json::object();
+                    view["role"] = "single";
+                    view["applied_index"] = c["index"];
+                  }
+                  cb(std::move(n), std::move(view), std::nullopt);
+                },
+                [=](caf::error& err) { cb({}, {}, to_api_error(*sys, err)); });
+          },
+          [=](caf::error& err) { cb({}, {}, to_api_error(*sys, err)); });
+    });
+  }
+
   void archive(const pb::ArchiveQuery& q, archive_cb cb) override {
     ask_decoded<pb::ArchiveAnswer>(sys_, gw_, caf::duration{timeout_},
                                    archive_atom::value, q.SerializeAsString(),

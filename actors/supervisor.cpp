@@ -682,6 +682,31 @@ caf::behavior handlers(self_ptr self) {
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
       // What memory and snapshots hold: live records, and the window.
+      // What committed (a cluster member: its replica; a single oracle: its
+      // pool), counted in O(states), for status reads.
+      auto counts = [&](const pool_state& p, uint64_t index) {
+        nlohmann::json c;
+        nlohmann::json nodes = nlohmann::json::object();
+        auto& by = p.count_by_state();
+        for (int k = pb::REGISTERED; k <= pb::LOST; ++k)
+          nodes[std::to_string(k)] = by[k];
+        auto sc = p.session_counts();
+        c["nodes"] = nodes;
+        c["queued"] = sc[pb::QUEUED];
+        c["active"] = sc[pb::ACTIVE];
+        c["completed"] = sc[pb::COMPLETED];
+        c["failed"] = sc[pb::FAILED];
+        c["accepted"] = p.sessions_accepted();
+        c["tests_passed"] = p.tests_passed();
+        c["tests_failed"] = p.tests_failed();
+        c["index"] = index;
+        return c;
+      };
+      if (s.cfg.cluster_log)
+        j["committed"] = s.cfg.replica->with(
+          [&](replica& r) { return counts(r.pool(), r.last_index()); });
+      else
+        j["committed"] = counts(s.pool, s.next_index - 1);
       with_pool(self, [&](const pool_state& p) {
         j["live_nodes"] = p.nodes().size();
         j["live_sessions"] = p.sessions().size();

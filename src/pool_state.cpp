@@ -229,12 +229,10 @@ void pool_state::record_outcome(pb::NodeRecord& n, bool good) {
 
 void pool_state::apply_heartbeat(const pb::Heartbeat& c, int64_t now,
                                  apply_result& out) {
-  auto i = nodes_.find(c.node_id());
-  if (i == nodes_.end()) {
-    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+  auto* known = known_node(c.node_id(), out);
+  if (!known)
     return;
-  }
-  auto& n = i->second;
+  auto& n = *known;
   if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
     out.refused = refusal{"not_connected", "node " + n.id() + " is "
                                              + to_string(n.state())
@@ -249,12 +247,10 @@ void pool_state::apply_heartbeat(const pb::Heartbeat& c, int64_t now,
 
 void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
                                  apply_result& out) {
-  auto i = nodes_.find(c.node_id());
-  if (i == nodes_.end()) {
-    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+  auto* known = known_node(c.node_id(), out);
+  if (!known)
     return;
-  }
-  auto& n = i->second;
+  auto& n = *known;
   if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
     out.refused = refusal{"not_connected", "node " + n.id() + " is already "
                                              + to_string(n.state())};
@@ -265,12 +261,10 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
 
 void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
                                   apply_result& out) {
-  auto i = nodes_.find(c.node_id());
-  if (i == nodes_.end()) {
-    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+  auto* known = known_node(c.node_id(), out);
+  if (!known)
     return;
-  }
-  auto& n = i->second;
+  auto& n = *known;
   if (n.state() == pb::RETIRED) {
     out.refused = refusal{"retired", "node " + n.id() + " is retired"};
     return;
@@ -300,6 +294,16 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
     default:
       out.refused = refusal{"bad_action", "unknown admin action"};
   }
+}
+
+pb::NodeRecord* pool_state::known_node(const std::string& id,
+                                       apply_result& out) {
+  auto i = nodes_.find(id);
+  if (i == nodes_.end()) {
+    out.refused = refusal{"unknown_node", "no node " + id};
+    return nullptr;
+  }
+  return &i->second;
 }
 
 void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,

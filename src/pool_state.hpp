@@ -152,6 +152,8 @@ private:
   void apply_heartbeat(const pb::Heartbeat& c, int64_t now, apply_result& out);
   void apply_node_down(const pb::NodeDown& c, int64_t now, apply_result& out);
   void apply_admin_node(const pb::AdminNode& c, int64_t now, apply_result& out);
+  /// The node of a command, or null with `unknown_node` refused.
+  pb::NodeRecord* known_node(const std::string& id, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
             apply_result& out);
   /// Out of the pool for `to` (LOST, RETIRED): released from its session

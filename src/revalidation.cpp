@@ -7,12 +7,10 @@ namespace nodepool {
 
 void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
                                    apply_result& out) {
-  auto i = nodes_.find(c.node_id());
-  if (i == nodes_.end()) {
-    out.refused = refusal{"unknown_node", "no node " + c.node_id()};
+  auto* known = known_node(c.node_id(), out);
+  if (!known)
     return;
-  }
-  auto& n = i->second;
+  auto& n = *known;
   if (n.state() != pb::TESTING && n.state() != pb::REVALIDATING) {
     out.refused = refusal{"no_test_in_flight",
                           "node " + n.id() + " is " + to_string(n.state())};

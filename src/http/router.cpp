@@ -486,33 +486,45 @@ void router::get_info(const std::shared_ptr<call>& c) {
   });
 }
 
+pool_counts pool_counts::of(const pb::Snapshot& s) {
+  pool_counts c;
+  for (auto& n : s.nodes())
+    ++c.nodes[n.state()];
+  for (auto& x : s.sessions())
+    (x.state() == pb::QUEUED ? c.queued : c.active) += 1;
+  c.completed = s.sessions_completed();
+  c.failed = s.sessions_failed();
+  c.accepted = s.next_session_seq() > 0 ? s.next_session_seq() - 1 : 0;
+  c.tests_passed = s.tests_passed();
+  c.tests_failed = s.tests_failed();
+  return c;
+}
+
 void router::get_status(const std::shared_ptr<call>& c) {
-  pool_->state([c](std::optional<pb::Snapshot> snap, json view,
-                   std::optional<api_error> err) {
+  // From the pool's counters: this route is polled, and a whole snapshot
+  // per poll would cost the pool's size.
+  pool_->counts([c](pool_counts n, json view, std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
     json by_state = json::object();
-    for (int s = pb::REGISTERED; s <= pb::LOST; ++s)
-      by_state[node_state_name(static_cast<pb::NodeState>(s))] = 0;
-    for (auto& n : snap->nodes())
-      by_state[node_state_name(n.state())] =
-        by_state[node_state_name(n.state())].get<uint64_t>() + 1;
-    uint64_t queued = 0, active = 0;
-    for (auto& s : snap->sessions())
-      (s.state() == pb::QUEUED ? queued : active) += 1;
+    uint64_t total = 0;
+    for (int s = pb::REGISTERED; s <= pb::LOST; ++s) {
+      auto st = static_cast<pb::NodeState>(s);
+      auto i = n.nodes.find(st);
+      by_state[node_state_name(st)] = i == n.nodes.end() ? 0 : i->second;
+      total += i == n.nodes.end() ? 0 : i->second;
+    }
     json j;
-    j["nodes"]["total"] = snap->nodes_size();
+    j["nodes"]["total"] = total;
     j["nodes"]["by_state"] = by_state;
-    j["sessions"]["queued"] = queued;
-    j["sessions"]["active"] = active;
-    j["sessions"]["completed"] = snap->sessions_completed();
-    j["sessions"]["failed"] = snap->sessions_failed();
-    j["sessions"]["accepted"] = snap->next_session_seq() > 0
-                                  ? snap->next_session_seq() - 1
-                                  : 0;
-    j["queue_depth"] = queued;
-    j["tests"]["passed"] = snap->tests_passed();
-    j["tests"]["failed"] = snap->tests_failed();
+    j["sessions"]["queued"] = n.queued;
+    j["sessions"]["active"] = n.active;
+    j["sessions"]["completed"] = n.completed;
+    j["sessions"]["failed"] = n.failed;
+    j["sessions"]["accepted"] = n.accepted;
+    j["queue_depth"] = n.queued;
+    j["tests"]["passed"] = n.tests_passed;
+    j["tests"]["failed"] = n.tests_failed;
     j["oracle"] = view;
     j["leader"] = view.value("leader_id", uint64_t{0});
     j["term"] = view.value("term", uint64_t{0});

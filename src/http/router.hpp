@@ -33,6 +33,15 @@ struct api_error {
 /// session, 503 while no leader is known, ...).
 int status_for(const std::string& code);
 
+/// The pool's counts, as GET /api/v1/status shows them.
+struct pool_counts {
+  std::map<pb::NodeState, uint64_t> nodes;  // by state
+  uint64_t queued = 0, active = 0, completed = 0, failed = 0, accepted = 0;
+  uint64_t tests_passed = 0, tests_failed = 0;
+  /// From a whole snapshot (what a pool without cheaper counts gives).
+  static pool_counts of(const pb::Snapshot& s);
+};
+
 /// What the API needs of the pool. Every callback is called exactly once.
 class pool_api {
  public:
@@ -43,6 +52,19 @@ class pool_api {
   using state_cb = std::function<void(std::optional<pb::Snapshot>,
                                       nlohmann::json, std::optional<api_error>)>;
   virtual void state(state_cb cb) = 0;
+  /// The counts alone (and the view, as state() gives it). The default
+  /// derives them from state(); an oracle answers from counters it keeps,
+  /// without copying every record.
+  using counts_cb = std::function<void(pool_counts, nlohmann::json,
+                                       std::optional<api_error>)>;
+  virtual void counts(counts_cb cb) {
+    state([cb](std::optional<pb::Snapshot> s, nlohmann::json view,
+               std::optional<api_error> err) {
+      if (err)
+        return cb({}, std::move(view), err);
+      cb(pool_counts::of(*s), std::move(view), std::nullopt);
+    });
+  }
   using archive_cb = std::function<void(pb::ArchiveAnswer, std::optional<api_error>)>;
   virtual void archive(const pb::ArchiveQuery& q, archive_cb cb) = 0;
   /// The same, asked where writes go (on a cluster, the leader): what a
