@@ -7,6 +7,7 @@
 
 #include "actors/config.hpp"
 #include "actors/wire.hpp"
+#include "event_view.hpp"
 
 namespace nodepool {
 
@@ -246,6 +247,11 @@ class caf_pool_api : public http::pool_api {
                   n.accepted = c["accepted"];
                   n.tests_passed = c["tests_passed"];
                   n.tests_failed = c["tests_failed"];
+                  if (j.contains("histograms")) {
+                    auto& g = j["histograms"]["grant_latency_ms"];
+                    n.grants = g.value("count", uint64_t{0});
+                    n.grant_latency_ms_sum = g.value("sum", 0.0);
+                  }
                   auto view = nlohmann::json::parse(view_text, nullptr, false);
                   if (!view.is_object() || view.empty()) {
                     view = nlohmann::json::object();
@@ -257,6 +263,40 @@ class caf_pool_api : public http::pool_api {
                 [=](caf::error& err) { cb({}, {}, to_api_error(*sys, err)); });
           },
           [=](caf::error& err) { cb({}, {}, to_api_error(*sys, err)); });
+    });
+  }
+
+  void metrics(json_cb cb) override {
+    auto gw = gw_;
+    auto sup = sup_;
+    auto t = timeout_;
+    auto* sys = &sys_;
+    sys_.spawn([=](caf::event_based_actor* self) {
+      auto fail = [=](caf::error& err) { cb({}, to_api_error(*sys, err)); };
+      auto parse = [](const std::string& text) {
+        auto j = nlohmann::json::parse(text, nullptr, false);
+        return j.is_object() ? j : nlohmann::json::object();
+      };
+      self->request(gw, t, cluster_atom::value)
+        .then(
+          [=](const std::string& view) {
+            self->request(sup, t, stats_atom::value)
+              .then(
+                [=](const std::string& sup_stats) {
+                  self->request(gw, t, stats_atom::value)
+                    .then(
+                      [=](const std::string& gw_stats) {
+                        nlohmann::json j;
+                        j["supervisor"] = parse(sup_stats);
+                        j["gateway"] = parse(gw_stats);
+                        j["cluster"] = parse(view);
+                        cb(std::move(j), std::nullopt);
+                      },
+                      fail);
+                },
+                fail);
+          },
+          fail);
     });
   }
 
@@ -322,6 +362,36 @@ class caf_pool_api : public http::pool_api {
 };
 
 } // namespace
+
+caf::actor spawn_event_relay(caf::actor_system& sys, caf::actor supervisor,
+                             std::shared_ptr<http::event_feed> feed,
+                             std::chrono::milliseconds heartbeat) {
+  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    self->send(supervisor, subscribe_atom::value,
+               caf::actor_cast<caf::actor>(self));
+    self->delayed_send(self, heartbeat, tick_atom::value);
+    return {
+      [=](events_atom, const std::string& bytes) {
+        pb::EventBatch b;
+        if (!b.ParseFromString(bytes))
+          return;
+        std::vector<nlohmann::json> out;
+        out.reserve(static_cast<size_t>(b.events_size()));
+        for (auto& e : b.events()) {
+          auto j = event_json(e);
+          j["time"] = b.now();
+          out.push_back(std::move(j));
+        }
+        feed->publish(std::move(out));
+      },
+      [=](reset_atom) {},  // a term ended: the events already sent stand
+      [=](tick_atom) {
+        feed->heartbeat();
+        self->delayed_send(self, heartbeat, tick_atom::value);
+      },
+    };
+  });
+}
 
 std::shared_ptr<http::pool_api> make_pool_api(caf::actor_system& sys,
                                               caf::actor gateway,

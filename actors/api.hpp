@@ -28,4 +28,12 @@ std::shared_ptr<http::pool_api> make_pool_api(
   connect_fn connect,
   std::chrono::milliseconds read_timeout = std::chrono::seconds(10));
 
+/// Follows the supervisor's events (those it publishes once durable: on a
+/// cluster, the leader's) into `feed`, each as event_json() with its
+/// batch's "time"; sends the feed's heartbeat every `heartbeat`.
+caf::actor spawn_event_relay(
+  caf::actor_system& sys, caf::actor supervisor,
+  std::shared_ptr<http::event_feed> feed,
+  std::chrono::milliseconds heartbeat = std::chrono::seconds(15));
+
 } // namespace nodepool

@@ -44,6 +44,10 @@ struct gateway_state {
   // The last term this oracle led (never lowered): every message to a
   // miner carries it, so a node can refuse a deposed leader's.
   uint64_t term = 0;
+  // A flood of refusals from one miner: a few lines per interval, then one
+  // summary; every refusal is still counted in `refused`.
+  log_limiter refusal_log;
+  bool log_tick_pending = false;
   static inline const char* name = "gateway";
 };
 
@@ -90,9 +94,19 @@ std::string with_term(const std::string& bytes, uint64_t term) {
 
 void refuse(self_ptr self, const caf::actor& to, const std::string& node,
             const std::string& code, const std::string& detail) {
-  ++self->state.refused[code];
-  log("gateway")->warn("refused message from node '{}': {} ({})", node, code,
-                       detail);
+  auto& st = self->state;
+  ++st.refused[code];
+  // Keyed by the miner's connection: one miner may try many node ids.
+  auto source = to ? caf::to_string(to.address()) : "node '" + node + "'";
+  if (st.refusal_log.allow(source, now_ms(self, st.sim_time)))
+    log("gateway")->warn("refused message from node '{}': {} ({})", node, code,
+                         detail);
+  else if (!st.log_tick_pending) {
+    st.log_tick_pending = true;
+    self->delayed_send(self,
+                       std::chrono::milliseconds(st.refusal_log.interval_ms()),
+                       log_atom::value);
+  }
   if (to)
     self->send(to, oracle_atom::value, refusal_bytes(code, detail));
 }
@@ -342,6 +356,22 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       },
       [=](cluster_atom) {
         return self->delegate(self->state.supervisor, cluster_atom::value);
+      },
+      [=](log_atom) {
+        auto& st = self->state;
+        st.log_tick_pending = false;
+        for (auto& x : st.refusal_log.due(now_ms(self, st.sim_time)))
+          log("gateway")->warn("refused {} more messages from {} in the last "
+                               "{} s without a line each (all are counted in "
+                               "nodepool_refusals_total)",
+                               x.suppressed, x.key,
+                               st.refusal_log.interval_ms() / 1000);
+        if (st.refusal_log.holding()) {
+          st.log_tick_pending = true;
+          self->delayed_send(
+            self, std::chrono::milliseconds(st.refusal_log.interval_ms()),
+            log_atom::value);
+        }
       },
       [=](stats_atom) -> std::string {
         auto& st = self->state;

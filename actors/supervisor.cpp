@@ -10,7 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "event_view.hpp"
 #include "log.hpp"
+#include "metrics.hpp"
 #include "pool_state.hpp"
 #include "archive.hpp"
 #include "proposer.hpp"
@@ -43,6 +45,14 @@ struct supervisor_state {
   uint64_t refused = 0;
   uint64_t batches = 0;
   std::map<std::string, uint64_t> refusals;
+  // metrics: what /metrics shows of the supervisor
+  histogram grant_ms{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
+                      10000, 30000, 60000}};  // submitted -> started
+  histogram batch_commands = histogram::exponential(1, 2, 13);  // 1 .. 4096
+  histogram commit_ms{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500,
+                       1000, 2500}};  // fsync (a cluster: until committed)
+  uint64_t reservations = 0;
+  uint64_t releases = 0;
   // Cluster mode: the leader's speculative state (none on a follower), and
   // the drains proposed and not yet released, oldest first.
   std::optional<proposer> lead;
@@ -50,6 +60,7 @@ struct supervisor_state {
   struct inflight {
     uint64_t seq = 0;
     bool done = false;  // committed (or nothing to commit)
+    std::chrono::steady_clock::time_point proposed;
     std::vector<std::pair<caf::response_promise, std::optional<refusal>>>
       waiting;
     pb::EventBatch events;
@@ -144,6 +155,31 @@ void hold_for_commit(self_ptr self, apply_result& r,
 void apply_cluster(self_ptr self, pb::Command& cmd,
                    caf::response_promise* rp);
 
+/// Grant latency: from a session's submission to its nodes' reservation,
+/// in the pool's time, for every session a command started.
+void note_grants(self_ptr self, const pool_state& pool, const apply_result& r,
+                 int64_t t) {
+  for (auto& ev : r.events)
+    if (ev.has_session_started())
+      if (auto* s = pool.session(ev.session_started().session_id()))
+        self->state.grant_ms.add(static_cast<double>(t - s->submitted_at()));
+}
+
+/// Events that are durable and go out: counted, and logged one line each
+/// at info level.
+void published(self_ptr self, const pb::EventBatch& b) {
+  auto& st = self->state;
+  bool logged = events_logged();
+  for (auto& ev : b.events()) {
+    st.reservations += ev.has_node_reserved();
+    st.releases += ev.has_node_released();
+    if (logged) {
+      auto j = event_json(ev);
+      log_event(j["type"].get<std::string>(), event_fields(j));
+    }
+  }
+}
+
 void apply(self_ptr self, pb::Command& cmd,
            caf::response_promise* rp) {
   auto& st = self->state;
@@ -159,6 +195,7 @@ void apply(self_ptr self, pb::Command& cmd,
   if (answered_unchanged(self, cmd, r, rp, st.pending.empty()))
     return;
   ++st.applied;
+  note_grants(self, st.pool, r, t);
   if (st.cfg.observer)
     st.cfg.observer(st.pool, cmd, r);
   for (auto& a : r.archived)
@@ -185,6 +222,7 @@ void flush(self_ptr self) {
   st.flush_scheduled = false;
   if (st.pending.empty())
     return;
+  auto t0 = std::chrono::steady_clock::now();
   if (auto s = st.cfg.storage->append(st.pending, st.archived, st.cfg.sync);
       !s.ok()) {
     // The in-memory state is ahead of the disk and nobody was told: stop
@@ -199,6 +237,9 @@ void flush(self_ptr self) {
     return;
   }
   ++st.batches;
+  st.commit_ms.add(std::chrono::duration<double, std::milli>(
+                     std::chrono::steady_clock::now() - t0).count());
+  st.batch_commands.add(static_cast<double>(st.pending.size()));
   st.since_snapshot += st.pending.size();
   auto last_index = st.pending.back().index();
   auto last_now = st.pending.back().now();
@@ -208,6 +249,7 @@ void flush(self_ptr self) {
   // subscriber anything finds the subscriber already told.
   if (st.events.events_size() > 0) {
     st.events.set_now(last_now);
+    published(self, st.events);
     auto bytes = st.events.SerializeAsString();
     st.events.Clear();
     for (auto& s : st.subscribers)
@@ -273,6 +315,7 @@ void release(self_ptr self) {
   while (!st.inflight.empty() && st.inflight.front().done) {
     auto& f = st.inflight.front();
     if (f.events.events_size() > 0) {
+      published(self, f.events);
       auto bytes = f.events.SerializeAsString();
       for (auto& s : st.subscribers)
         self->send(s, events_atom::value, bytes);
@@ -325,6 +368,7 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
   if (answered_unchanged(self, cmd, r, rp, idle))
     return;
   ++st.applied;
+  note_grants(self, st.lead->pool(), r, t);
   // Ended sessions are archived by every replica when the entry commits.
   hold_for_commit(self, r, rp);
 }
@@ -348,6 +392,8 @@ void flush_cluster(self_ptr self) {
     return;
   }
   ++st.batches;
+  st.batch_commands.add(static_cast<double>(st.lead->pending()));
+  f.proposed = std::chrono::steady_clock::now();
   auto me = caf::actor_cast<caf::actor>(self);
   auto term = st.lead_term;
   auto seq = f.seq;
@@ -369,8 +415,12 @@ void on_committed(self_ptr self, uint64_t term, uint64_t seq,
     return;
   }
   for (auto& f : st.inflight)
-    if (f.seq == seq)
+    if (f.seq == seq) {
       f.done = true;
+      st.commit_ms.add(std::chrono::duration<double, std::milli>(
+                         std::chrono::steady_clock::now() - f.proposed)
+                         .count());
+    }
   release(self);
 }
 
@@ -681,6 +731,11 @@ caf::behavior handlers(self_ptr self) {
       j["last_index"] = s.next_index - 1;
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
+      j["reservations"] = s.reservations;
+      j["releases"] = s.releases;
+      j["histograms"]["grant_latency_ms"] = s.grant_ms.to_json();
+      j["histograms"]["group_commit_commands"] = s.batch_commands.to_json();
+      j["histograms"]["commit_latency_ms"] = s.commit_ms.to_json();
       // What memory and snapshots hold: live records, and the window.
       // What committed (a cluster member: its replica; a single oracle: its
       // pool), counted in O(states), for status reads.

@@ -35,6 +35,7 @@ CAF_ADD_ATOM(nodepool, nodepool, timeout_atom, "timeout")
 CAF_ADD_ATOM(nodepool, nodepool, beat_atom, "beat")
 CAF_ADD_ATOM(nodepool, nodepool, reply_atom, "reply")
 CAF_ADD_ATOM(nodepool, nodepool, prompt_atom, "prompt")
+CAF_ADD_ATOM(nodepool, nodepool, log_atom, "log")
 // cluster
 CAF_ADD_ATOM(nodepool, nodepool, lead_atom, "lead")
 CAF_ADD_ATOM(nodepool, nodepool, follow_atom, "follow")

@@ -209,6 +209,7 @@ void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
     pool_.insert(entry_of(n));
   }
   n.set_state(to);
+  n.set_state_reason(why);
   note_node(n);
   push(out, [&](pb::Event& e) {
     auto* x = e.mutable_node_state_changed();

@@ -46,6 +46,12 @@ int report_interrupted(const std::string& command, const std::string& next);
 /// --log-level of the main command, and whether it was given.
 extern std::string log_level;
 extern bool log_level_given;
+extern std::string log_format_name;
+/// What a long-running command says of itself on stderr: "nodepool
+/// PROGRAM: TEXT" as a line of its own, or with --log-format json a JSON
+/// record (level as given), whatever the log level.
+void say(const std::string& program, const std::string& text,
+         const char* level = "warn");
 /// What every subcommand does first: log level, signal handlers.
 void begin();
 
@@ -83,6 +89,9 @@ struct http_api {
   std::unique_ptr<http::server> server;
   std::string url;  // "http://127.0.0.1:5010"
   size_t keys = 0;
+  /// The event feed's relay from the supervisor: stopped when this goes
+  /// (so the actor system can end).
+  std::shared_ptr<void> relay;
 };
 /// Starts the HTTP API on an oracle's actors. Off, or the default port
 /// taken (another oracle on this host: a warning says so), gives no

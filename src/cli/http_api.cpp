@@ -70,6 +70,11 @@ http_api start_http_api(const http_options& o,
       return caf::make_error(caf::sec::invalid_argument, e.what());
     }
   };
+  rc.events = std::make_shared<http::event_feed>();
+  auto relay = spawn_event_relay(sys, h.supervisor, rc.events);
+  std::shared_ptr<void> relay_guard(nullptr, [relay](void*) {
+    caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
+  });
   auto router = std::make_shared<http::router>(
     rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect)));
   http::server_config sc;
@@ -87,10 +92,8 @@ http_api start_http_api(const http_options& o,
   if (auto err = srv->start(); !err.empty()) {
     if (given)
       throw std::runtime_error("HTTP API: " + err);
-    log("oracle")->warn("HTTP API not started: {} (give --http HOST:PORT, or "
-                        "--http off)", err);
-    std::fprintf(stderr, "nodepool: HTTP API not started: %s (give "
-                         "--http HOST:PORT)\n", err.c_str());
+    say("oracle", "HTTP API not started: " + err
+                    + " (give --http HOST:PORT, or --http off)");
     return {};
   }
   http_api out;
@@ -98,6 +101,7 @@ http_api start_http_api(const http_options& o,
             + std::to_string(srv->port());
   out.keys = rc.keys.size();
   out.server = std::move(srv);
+  out.relay = std::move(relay_guard);
   return out;
 }
 

@@ -18,9 +18,21 @@ std::atomic<bool> stop_requested{false};
 std::atomic<int> stop_signal{0};
 std::string log_level = "warn";
 bool log_level_given = false;
+std::string log_format_name = "text";
+
+void say(const std::string& program, const std::string& text,
+         const char* level) {
+  if (nodepool::current_log_format() == nodepool::log_format::json)
+    return nodepool::write_record(level, program, text);
+  std::fprintf(stderr, "nodepool %s: %s\n", program.c_str(), text.c_str());
+  std::fflush(stderr);
+}
 
 void begin() {
   nodepool::set_log_level(log_level);
+  nodepool::log_format f = nodepool::log_format::text;
+  nodepool::parse_log_format(log_format_name, f);  // checked by the option
+  nodepool::set_log_format(f);
   install_signal_handlers();
 }
 
@@ -175,6 +187,11 @@ int main(int argc, char** argv) {
        },
        "trace, debug, info, warn, error or off (default warn; demo: error)")
     ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.add_option("--log-format", log_format_name,
+                 "text (key=value, the default) or json: one line per record "
+                 "on stderr, times in UTC; at info level one line per event "
+                 "of the pool")
+    ->check(CLI::IsMember({"text", "json"}));
   add_demo(app);
   add_oracle(app);
   add_sessions(app);

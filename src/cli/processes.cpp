@@ -317,8 +317,8 @@ int run_oracle(oracle_options& o) {
                 : sys.middleman().publish(h.gateway, o.port, o.host.c_str(),
                                           true);
   if (!port) {
-    std::cerr << "nodepool oracle: cannot listen on " << o.host << ":" << o.port
-              << ": " << sys.render(port.error()) << "\n";
+    say("oracle", "cannot listen on " + o.host + ":" + std::to_string(o.port)
+                    + ": " + sys.render(port.error()), "error");
     stop_oracle(h);
     return 1;
   }
@@ -338,7 +338,7 @@ int run_oracle(oracle_options& o) {
                                            : "oracle-" + std::to_string(o.id),
                          o.tls);
   } catch (const std::exception& e) {
-    std::cerr << "nodepool oracle: " << e.what() << "\n";
+    say("oracle", e.what(), "error");
     stop_oracle(h);
     return 1;
   }
@@ -378,9 +378,10 @@ int run_oracle(oracle_options& o) {
     }
   }
   if (!member_down.empty()) {
-    std::cerr << "nodepool oracle: " << member_down
-              << "; stopping (the other members hold every committed entry: "
-                 "start this one again once the cause is fixed)\n";
+    say("oracle", member_down
+                    + "; stopping (the other members hold every committed "
+                      "entry: start this one again once the cause is fixed)",
+        "error");
     stop_oracle(h);
     cluster.roles->listen({});
     cluster.log->stop();
@@ -392,7 +393,7 @@ int run_oracle(oracle_options& o) {
     std::_Exit(1);
   }
   if (supervisor_died) {
-    std::cerr << "nodepool oracle: the pool supervisor stopped (see log)\n";
+    say("oracle", "the pool supervisor stopped (see log)", "error");
     stop_oracle(h);
     return 1;
   }
@@ -401,9 +402,10 @@ int run_oracle(oracle_options& o) {
   stop_oracle(h);
   self->wait_for(h.supervisor);
   std::printf("nodepool oracle stopped\n");
-  std::fprintf(stderr, "nodepool oracle: stopped by %s; start it again with "
-                       "--data-dir %s to resume\n",
-               stop_signal_name(), o.data_dir.c_str());
+  say("oracle", std::string{"stopped by "} + stop_signal_name()
+                  + "; start it again with --data-dir " + o.data_dir
+                  + " to resume",
+      "info");
   return 0;
 }
 
@@ -469,13 +471,14 @@ int run_miner(miner_options& o) {
   caf::actor_system sys{cfg};
   auto gw = connect_retry(sys, o.oracle, o.connect_timeout_s);
   if (!gw && stop_requested) {
-    std::fprintf(stderr, "nodepool miner: stopped by %s before it reached "
-                         "the oracle\n", stop_signal_name());
+    say("miner", std::string{"stopped by "} + stop_signal_name()
+                   + " before it reached the oracle",
+        "info");
     return 0;
   }
   if (!gw) {
-    std::cerr << "nodepool miner: cannot reach oracle " << o.oracle << ": "
-              << sys.render(gw.error()) << "\n";
+    say("miner", "cannot reach oracle " + o.oracle + ": "
+                   + sys.render(gw.error()), "error");
     return 1;
   }
   caf::scoped_actor self{sys};
@@ -537,8 +540,8 @@ int run_miner(miner_options& o) {
           auto again = connect_retry(sys, o.oracle, o.connect_timeout_s);
           if (!again) {
             if (!stop_requested) {  // not a SIGTERM cutting the retries short
-              std::cerr << "nodepool miner: oracle gone: "
-                        << sys.render(again.error()) << "\n";
+              say("miner", "oracle gone: " + sys.render(again.error()),
+                  "error");
               oracle_gone = true;
             }
             stop_requested = true;
@@ -558,12 +561,12 @@ int run_miner(miner_options& o) {
         if (dm.reason && dm.reason != caf::exit_reason::user_shutdown) {
           auto [code, detail] = read_refusal(sys, dm.reason);
           if (code != "unavailable") {
-            std::cerr << "nodepool miner: the oracle sent a node away: " << code
-                      << ": " << detail << "\n";
+            say("miner", "the oracle sent a node away: " + code + ": "
+                           + detail);
             ++refused_out;
           } else {
             auto text = sys.render(dm.reason);
-            std::cerr << "nodepool miner: node stopped: " << text << "\n";
+            say("miner", "node stopped: " + text);
             if (text.find("simulated crash") == std::string::npos)
               ++refused_out;
           }
@@ -574,9 +577,10 @@ int run_miner(miner_options& o) {
   for (auto& n : nodes)
     self->send_exit(n, caf::exit_reason::user_shutdown);
   if (stop_signal != 0 && !oracle_gone)
-    std::fprintf(stderr, "nodepool miner: stopped by %s; start it again "
-                         "(same --id-prefix) to rejoin with the same node "
-                         "ids\n", stop_signal_name());
+    say("miner", std::string{"stopped by "} + stop_signal_name()
+                   + "; start it again (same --id-prefix) to rejoin with the "
+                     "same node ids",
+        "info");
   // An oracle that did not come back within --connect-timeout, or nodes it
   // sent away (retired, wrong key), make the exit non-zero; a signal is how
   // a miner is meant to end.

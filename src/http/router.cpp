@@ -7,7 +7,9 @@
 #include <set>
 #include <sstream>
 
+#include "http/dashboard.hpp"
 #include "log.hpp"
+#include "metrics.hpp"
 
 namespace nodepool::http {
 
@@ -303,7 +305,81 @@ struct router::call {
   std::shared_ptr<reply> rep;
   role who = role::admin;
   std::string key_name;  // fingerprint, "" without keys
+  std::string label;     // the route, as /metrics names it
 };
+
+namespace {
+
+/// Counts every answer by route and status as it goes out.
+class counted_reply final : public reply {
+ public:
+  counted_reply(std::shared_ptr<reply> inner,
+                std::function<void(int)> count)
+    : inner_(std::move(inner)), count_(std::move(count)) {}
+  void send(response r) override {
+    count_(r.status);
+    inner_->send(std::move(r));
+  }
+  void begin_stream(response head) override {
+    count_(head.status);
+    inner_->begin_stream(std::move(head));
+  }
+  void chunk(std::string data) override { inner_->chunk(std::move(data)); }
+  void end() override { inner_->end(); }
+  void accept_websocket(std::function<void(std::string)> f) override {
+    count_(101);
+    inner_->accept_websocket(std::move(f));
+  }
+  bool closed() const override { return inner_->closed(); }
+
+ private:
+  std::shared_ptr<reply> inner_;
+  std::function<void(int)> count_;
+};
+
+} // namespace
+
+std::string route_label(const std::string& path) {
+  auto parts = split_path(path);
+  // A pattern's "*" matches any one segment.
+  static const std::vector<std::pair<std::vector<std::string>, std::string>>
+    routes = {
+      {{"api", "v1", "info"}, "/api/v1/info"},
+      {{"api", "v1", "status"}, "/api/v1/status"},
+      {{"api", "v1", "miners"}, "/api/v1/miners"},
+      {{"api", "v1", "sessions"}, "/api/v1/sessions"},
+      {{"api", "v1", "create"}, "/api/v1/create"},
+      {{"api", "v1", "sessions", "*"}, "/api/v1/sessions/{id}"},
+      {{"api", "v1", "tasks", "*"}, "/api/v1/tasks/{session_id}"},
+      {{"api", "v1", "tasks", "*", "*"}, "/api/v1/tasks/{session_id}/{task_id}"},
+      {{"api", "v1", "completions"}, "/api/v1/completions"},
+      {{"api", "v1", "completions", "*"}, "/api/v1/completions/{session_id}"},
+      {{"api", "v1", "members"}, "/api/v1/members"},
+      {{"api", "v1", "events"}, "/api/v1/events"},
+      {{"api", "v1", "ws"}, "/api/v1/ws"},
+      {{"v1", "models"}, "/v1/models"},
+      {{"v1", "chat", "completions"}, "/v1/chat/completions"},
+      {{"v1", "completions"}, "/v1/completions"},
+      {{"metrics"}, "/metrics"},
+    };
+  auto is = [&](const std::vector<std::string>& want) {
+    if (parts.size() != want.size())
+      return false;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (want[i] != "*" && parts[i] != want[i])
+        return false;
+    return true;
+  };
+  for (auto& [want, label] : routes)
+    if (is(want))
+      return label;
+  if (parts.size() >= 3 && parts[0] == "api" && parts[1] == "v1"
+      && parts[2] == "admin")
+    return "/api/v1/admin";
+  if (dashboard_file(path))
+    return "/dashboard";
+  return "other";
+}
 
 router::router(router_config cfg, std::shared_ptr<pool_api> pool)
   : cfg_(std::move(cfg)), pool_(std::move(pool)),
@@ -314,13 +390,39 @@ router::counters router::stats() const {
   return stats_;
 }
 
+std::map<std::pair<std::string, int>, uint64_t> router::responses() const {
+  std::lock_guard<std::mutex> g{*responses_mu_};
+  return *responses_;
+}
+
 void router::handle(request req, std::shared_ptr<reply> rep) {
   auto c = std::make_shared<call>();
   c->req = std::move(req);
-  c->rep = std::move(rep);
+  c->label = route_label(c->req.path);
+  // The counts outlive the router if a reply does (an answer in flight).
+  c->rep = std::make_shared<counted_reply>(
+    std::move(rep), [mu = responses_mu_, by = responses_,
+                     label = c->label](int status) {
+      std::lock_guard<std::mutex> g{*mu};
+      ++(*by)[{label, status}];
+    });
   {
     std::lock_guard<std::mutex> g{mu_};
     ++stats_.requests;
+  }
+  // The dashboard's files hold no data: served to anyone (its page asks
+  // for a key before it reads anything).
+  if (c->label == "/dashboard") {
+    if (c->req.method != "GET" && c->req.method != "HEAD")
+      return c->rep->send(error_response(405, "method_not_allowed",
+                                         "the dashboard is read with GET"));
+    auto* f = dashboard_file(c->req.path);
+    response r;
+    r.content_type = f->content_type;
+    r.body.assign(f->data, f->size);
+    r.headers.emplace_back("Cache-Control", "no-cache");
+    r.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    return c->rep->send(std::move(r));
   }
   if (!cfg_.keys.empty()) {
     auto& auth = c->req.header("authorization");
@@ -363,23 +465,13 @@ void router::handle(request req, std::shared_ptr<reply> rep) {
 void router::route(const std::shared_ptr<call>& c) {
   auto parts = split_path(c->req.path);
   auto& m = c->req.method;
+  auto& l = c->label;
   auto method_not_allowed = [&](const char* allowed) {
     auto r = error_response(405, "method_not_allowed",
                             m + " is not allowed on " + c->req.path
                               + " (allowed: " + allowed + ")");
     r.headers.emplace_back("Allow", allowed);
     c->rep->send(std::move(r));
-  };
-  auto is = [&](std::initializer_list<const char*> want) {
-    if (parts.size() != want.size())
-      return false;
-    size_t i = 0;
-    for (auto* w : want) {
-      if (std::string{w} != "*" && parts[i] != w)
-        return false;
-      ++i;
-    }
-    return true;
   };
   auto get_only = [&](auto f) {
     if (m != "GET")
@@ -391,37 +483,38 @@ void router::route(const std::shared_ptr<call>& c) {
       return method_not_allowed("POST");
     f();
   };
-  if (is({"api", "v1", "info"}))
+  if (l == "/api/v1/info")
     return get_only([&] { get_info(c); });
-  if (is({"api", "v1", "status"}))
+  if (l == "/api/v1/status")
     return get_only([&] { get_status(c); });
-  if (is({"api", "v1", "miners"}))
+  if (l == "/api/v1/miners")
     return get_only([&] { get_miners(c); });
-  if (is({"api", "v1", "sessions"})) {
+  if (l == "/api/v1/sessions") {
     if (m == "GET")
       return get_sessions(c);
     if (m == "POST")
       return post_session(c);
     return method_not_allowed("GET, POST");
   }
-  if (is({"api", "v1", "create"}))
+  if (l == "/api/v1/create")
     return post_only([&] { post_session(c); });
-  if (is({"api", "v1", "sessions", "*"}))
+  if (l == "/api/v1/sessions/{id}")
     return get_only([&] { get_session(c, parts[3]); });
-  if (is({"api", "v1", "tasks", "*"}))
+  if (l == "/api/v1/tasks/{session_id}")
     return get_only([&] { get_tasks(c, parts[3], nullptr); });
-  if (is({"api", "v1", "tasks", "*", "*"}))
+  if (l == "/api/v1/tasks/{session_id}/{task_id}")
     return get_only([&] { get_tasks(c, parts[3], &parts[4]); });
-  if (is({"api", "v1", "completions"}))
+  if (l == "/api/v1/completions")
     return post_only([&] { post_completion(c, ""); });
-  if (is({"api", "v1", "completions", "*"}))
+  if (l == "/api/v1/completions/{session_id}")
     return post_only([&] { post_completion(c, parts[3]); });
-  if (is({"api", "v1", "members"}))
+  if (l == "/api/v1/members")
     return get_only([&] { get_members(c); });
-  if (is({"api", "v1", "ws"}))
+  if (l == "/api/v1/events")
+    return get_only([&] { get_events(c); });
+  if (l == "/api/v1/ws")
     return get_only([&] { websocket(c); });
-  if (parts.size() >= 3 && parts[0] == "api" && parts[1] == "v1"
-      && parts[2] == "admin") {
+  if (l == "/api/v1/admin") {
     if (c->who != role::admin) {
       {
         std::lock_guard<std::mutex> g{mu_};
@@ -432,12 +525,14 @@ void router::route(const std::shared_ptr<call>& c) {
     }
     return post_only([&] { admin(c, parts); });
   }
-  if (is({"v1", "models"}))
+  if (l == "/v1/models")
     return get_only([&] { get_models(c); });
-  if (is({"v1", "chat", "completions"}))
+  if (l == "/v1/chat/completions")
     return post_only([&] { post_openai(c, true); });
-  if (is({"v1", "completions"}))
+  if (l == "/v1/completions")
     return post_only([&] { post_openai(c, false); });
+  if (l == "/metrics")
+    return get_only([&] { get_metrics(c); });
   c->rep->send(error_response(404, "not_found", "no route " + c->req.path));
 }
 
@@ -525,6 +620,8 @@ void router::get_status(const std::shared_ptr<call>& c) {
     j["queue_depth"] = n.queued;
     j["tests"]["passed"] = n.tests_passed;
     j["tests"]["failed"] = n.tests_failed;
+    j["grants"]["total"] = n.grants;
+    j["grants"]["latency_ms_sum"] = n.grant_latency_ms_sum;
     j["oracle"] = view;
     j["leader"] = view.value("leader_id", uint64_t{0});
     j["term"] = view.value("term", uint64_t{0});
@@ -556,6 +653,14 @@ void router::get_miners(const std::shared_ptr<call>& c) {
       if (!n.session_id().empty())
         x["session_id"] = n.session_id();
       x["last_heartbeat"] = n.last_heartbeat();
+      // The node's recent test outcomes (its reputation's ring buffer).
+      uint64_t passed = 0;
+      for (bool ok : n.recent())
+        passed += ok;
+      x["tests"]["passed"] = passed;
+      x["tests"]["failed"] = static_cast<uint64_t>(n.recent_size()) - passed;
+      if (!n.state_reason().empty())
+        x["reason"] = n.state_reason();
       list.push_back(std::move(x));
     }
     json j;
@@ -984,6 +1089,181 @@ void router::get_members(const std::shared_ptr<call>& c) {
     r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
     c->rep->send(std::move(r));
   });
+}
+
+void router::get_events(const std::shared_ptr<call>& c) {
+  if (!cfg_.events)
+    return c->rep->send(error_response(404, "not_found",
+                                       "this oracle keeps no event feed"));
+  // Where to start: ?after=SEQ, or the Last-Event-ID of a stream resumed.
+  uint64_t after = 0;
+  auto& q = c->req.query;
+  std::string from = q.count("after") ? q.at("after")
+                                      : c->req.header("last-event-id");
+  if (!from.empty()) {
+    try {
+      size_t used = 0;
+      after = std::stoull(from, &used);
+      if (used != from.size())
+        throw std::invalid_argument("");
+    } catch (const std::exception&) {
+      return c->rep->send(error_response(
+        400, "bad_field", "after must be an event's seq (a whole number)"));
+    }
+  }
+  auto& accept = c->req.header("accept");
+  if (accept.find("text/event-stream") != std::string::npos
+      || q.count("stream")) {
+    if (!cfg_.events->follow(c->rep, after))
+      c->rep->send(error_response(503, "unavailable",
+                                  "too many event streams are open"));
+    return;
+  }
+  json list = json::array();
+  for (auto& e : cfg_.events->recent(after, 1000))
+    list.push_back(std::move(e));
+  json j;
+  j["next"] = list.empty() ? after : list.back()["seq"].get<uint64_t>();
+  j["events"] = std::move(list);
+  c->rep->send(json_response(200, j));
+}
+
+void router::get_metrics(const std::shared_ptr<call>& c) {
+  auto by = responses_;
+  auto mu = responses_mu_;
+  auto feed = cfg_.events;
+  pool_->metrics([c, by, mu, feed](json pool, std::optional<api_error> err) {
+    // Scraped while the pool is unreachable, the HTTP side still answers
+    // (with what it knows), so the scrape itself says what is wrong.
+    if (err)
+      pool = json::object();
+    std::map<std::pair<std::string, int>, uint64_t> responses;
+    {
+      std::lock_guard<std::mutex> g{*mu};
+      responses = *by;
+    }
+    response r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = prometheus_text(pool, responses, feed ? feed->streams() : 0);
+    if (err)
+      r.body += "# the pool did not answer: " + err->code + "\n";
+    c->rep->send(std::move(r));
+  });
+}
+
+std::string prometheus_text(
+  const json& pool,
+  const std::map<std::pair<std::string, int>, uint64_t>& responses,
+  size_t event_streams) {
+  exposition out;
+  auto num = [](const json& j, const char* k) -> double {
+    auto i = j.find(k);
+    return i != j.end() && i->is_number() ? i->get<double>() : 0.0;
+  };
+  auto sup = pool.value("supervisor", json::object());
+  auto committed = sup.value("committed", json::object());
+  if (!committed.empty()) {
+    out.family("nodepool_nodes", "gauge", "Miner nodes by state.");
+    auto nodes = committed.value("nodes", json::object());
+    for (int k = pb::REGISTERED; k <= pb::LOST; ++k)
+      out.sample("nodepool_nodes",
+                 {{"state", node_state_name(static_cast<pb::NodeState>(k))}},
+                 num(nodes, std::to_string(k).c_str()));
+    out.family("nodepool_sessions", "gauge", "Live sessions by state.");
+    out.sample("nodepool_sessions", {{"state", "queued"}}, num(committed, "queued"));
+    out.sample("nodepool_sessions", {{"state", "active"}}, num(committed, "active"));
+    out.family("nodepool_sessions_ended_total", "counter",
+               "Sessions that ended, by outcome.");
+    out.sample("nodepool_sessions_ended_total", {{"outcome", "completed"}},
+               num(committed, "completed"));
+    out.sample("nodepool_sessions_ended_total", {{"outcome", "failed"}},
+               num(committed, "failed"));
+    out.family("nodepool_sessions_accepted_total", "counter",
+               "Sessions ever accepted.");
+    out.sample("nodepool_sessions_accepted_total", {}, num(committed, "accepted"));
+    out.family("nodepool_queue_depth", "gauge",
+               "Sessions waiting in the session queue.");
+    out.sample("nodepool_queue_depth", {}, num(committed, "queued"));
+    out.family("nodepool_tests_total", "counter",
+               "Cognitive tests finished, by result.");
+    out.sample("nodepool_tests_total", {{"result", "passed"}},
+               num(committed, "tests_passed"));
+    out.sample("nodepool_tests_total", {{"result", "failed"}},
+               num(committed, "tests_failed"));
+    out.family("nodepool_applied_index", "gauge",
+               "The last log entry this oracle's pool holds.");
+    out.sample("nodepool_applied_index", {}, num(committed, "index"));
+  }
+  if (sup.contains("reservations")) {
+    out.family("nodepool_reservations_total", "counter",
+               "Nodes reserved for sessions by this oracle while it led.");
+    out.sample("nodepool_reservations_total", {}, num(sup, "reservations"));
+    out.family("nodepool_releases_total", "counter",
+               "Nodes released by sessions by this oracle while it led.");
+    out.sample("nodepool_releases_total", {}, num(sup, "releases"));
+  }
+  auto refusals = sup.value("refusals", json::object());
+  auto gw = pool.value("gateway", json::object());
+  auto gw_refused = gw.value("refused", json::object());
+  out.family("nodepool_refusals_total", "counter",
+             "Commands and messages refused, by where and why.");
+  for (auto& [code, n] : refusals.items())
+    out.sample("nodepool_refusals_total", {{"source", "pool"}, {"code", code}},
+               n.is_number() ? n.get<double>() : 0);
+  for (auto& [code, n] : gw_refused.items())
+    out.sample("nodepool_refusals_total",
+               {{"source", "gateway"}, {"code", code}},
+               n.is_number() ? n.get<double>() : 0);
+  if (gw.contains("connected")) {
+    out.family("nodepool_miners_connected", "gauge",
+               "Nodes whose miner is connected to this oracle.");
+    out.sample("nodepool_miners_connected", {}, num(gw, "connected"));
+  }
+  auto hs = sup.value("histograms", json::object());
+  histogram h;
+  if (h.from_json(hs.value("grant_latency_ms", json{})))
+    out.histogram("nodepool_grant_latency_seconds",
+                  "Wait of a session from its submission to its nodes' "
+                  "reservation.",
+                  h, 1e-3);
+  if (h.from_json(hs.value("group_commit_commands", json{})))
+    out.histogram("nodepool_group_commit_commands",
+                  "Commands per group commit (one log write or Raft entry).",
+                  h);
+  if (h.from_json(hs.value("commit_latency_ms", json{})))
+    out.histogram("nodepool_commit_latency_seconds",
+                  "Time to make a group commit durable: the fsync, or on a "
+                  "cluster the proposal until a majority holds it.",
+                  h, 1e-3);
+  auto cl = pool.value("cluster", json::object());
+  if (cl.is_object() && cl.value("role", std::string{"single"}) != "single"
+      && cl.contains("term")) {
+    out.family("nodepool_raft_term", "gauge", "The Raft term this member is in.");
+    out.sample("nodepool_raft_term", {}, num(cl, "term"));
+    out.family("nodepool_raft_commit_index", "gauge",
+               "The last log index this member knows committed.");
+    out.sample("nodepool_raft_commit_index", {}, num(cl, "commit_index"));
+    out.family("nodepool_raft_applied_index", "gauge",
+               "The last log index applied to this member's replica.");
+    out.sample("nodepool_raft_applied_index", {}, num(cl, "applied_index"));
+    out.family("nodepool_raft_leader_id", "gauge",
+               "The member this one follows as leader (0: none known).");
+    out.sample("nodepool_raft_leader_id", {}, num(cl, "leader_id"));
+    out.family("nodepool_raft_is_leader", "gauge",
+               "1 on the member that leads, else 0.");
+    out.sample("nodepool_raft_is_leader", {},
+               cl.value("role", std::string{}) == "leader" ? 1 : 0);
+  }
+  out.family("nodepool_http_requests_total", "counter",
+             "HTTP requests answered, by route and status.");
+  for (auto& [k, n] : responses)
+    out.sample("nodepool_http_requests_total",
+               {{"route", k.first}, {"status", std::to_string(k.second)}},
+               static_cast<double>(n));
+  out.family("nodepool_event_streams", "gauge",
+             "Live event streams open (GET /api/v1/events).");
+  out.sample("nodepool_event_streams", {}, static_cast<double>(event_streams));
+  return out.str();
 }
 
 void router::get_models(const std::shared_ptr<call>& c) {

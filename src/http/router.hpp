@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "http/api_keys.hpp"
+#include "http/event_feed.hpp"
 #include "http/server.hpp"
 #include "nodepool.pb.h"
 
@@ -38,6 +39,11 @@ struct pool_counts {
   std::map<pb::NodeState, uint64_t> nodes;  // by state
   uint64_t queued = 0, active = 0, completed = 0, failed = 0, accepted = 0;
   uint64_t tests_passed = 0, tests_failed = 0;
+  /// Sessions this oracle's supervisor granted nodes to, and the sum of
+  /// their waits (submission to reservation, ms): a mean over any interval
+  /// is the difference of two reads.
+  uint64_t grants = 0;
+  double grant_latency_ms_sum = 0;
   /// From a whole snapshot (what a pool without cheaper counts gives).
   static pool_counts of(const pb::Snapshot& s);
 };
@@ -65,6 +71,37 @@ class pool_api {
       cb(pool_counts::of(*s), std::move(view), std::nullopt);
     });
   }
+  /// What GET /metrics shows of the pool, as JSON:
+  ///   {"supervisor": {"committed": {counts as the supervisor's stats},
+  ///                   "refusals": {code: n}, "reservations": n,
+  ///                   "releases": n, "histograms": {name: histogram JSON}},
+  ///    "gateway": {"refused": {code: n}, "connected": n, ...},
+  ///    "cluster": the view state() gives}
+  /// Any part may be missing. The default has the counts alone.
+  using json_cb = std::function<void(nlohmann::json, std::optional<api_error>)>;
+  virtual void metrics(json_cb cb) {
+    counts([cb](pool_counts n, nlohmann::json view,
+                std::optional<api_error> err) {
+      if (err)
+        return cb({}, err);
+      nlohmann::json c;
+      nlohmann::json nodes = nlohmann::json::object();
+      for (auto& [k, v] : n.nodes)
+        nodes[std::to_string(static_cast<int>(k))] = v;
+      c["nodes"] = nodes;
+      c["queued"] = n.queued;
+      c["active"] = n.active;
+      c["completed"] = n.completed;
+      c["failed"] = n.failed;
+      c["accepted"] = n.accepted;
+      c["tests_passed"] = n.tests_passed;
+      c["tests_failed"] = n.tests_failed;
+      nlohmann::json j;
+      j["supervisor"]["committed"] = std::move(c);
+      j["cluster"] = std::move(view);
+      cb(std::move(j), std::nullopt);
+    });
+  }
   using archive_cb = std::function<void(pb::ArchiveAnswer, std::optional<api_error>)>;
   virtual void archive(const pb::ArchiveQuery& q, archive_cb cb) = 0;
   /// The same, asked where writes go (on a cluster, the leader): what a
@@ -84,7 +121,6 @@ class pool_api {
   virtual void snapshot(index_cb cb) = 0;
   /// Hands leadership to member `to` (0: the most up-to-date voter);
   /// answers {leader_id, term} once the transfer ended.
-  using json_cb = std::function<void(nlohmann::json, std::optional<api_error>)>;
   virtual void transfer(uint64_t to, json_cb cb) {
     (void)to;
     cb({}, api_error{"not_supported", "this pool cannot transfer leadership"});
@@ -108,7 +144,15 @@ struct router_config {
   /// of the sessions it answered for last (bounded memory, not replicated).
   size_t tasks_kept_sessions = 1000;
   size_t tasks_kept_per_session = 16;
+  /// The pool's events for GET /api/v1/events (and the dashboard); null:
+  /// that route answers 404.
+  std::shared_ptr<event_feed> events;
 };
+
+/// The route a path is counted under in /metrics: its template
+/// ("/api/v1/sessions/{id}"), "/dashboard" for the dashboard's files, or
+/// "other" (so the label's values stay few, whatever clients send).
+std::string route_label(const std::string& path);
 
 class router {
  public:
@@ -127,6 +171,8 @@ class router {
     uint64_t admin = 0;
   };
   counters stats() const;
+  /// Answers sent, by (route label, HTTP status).
+  std::map<std::pair<std::string, int>, uint64_t> responses() const;
 
  private:
   struct call;
@@ -142,6 +188,8 @@ class router {
   void post_completion(const std::shared_ptr<call>& c, std::string sid);
   void get_models(const std::shared_ptr<call>& c);
   void get_members(const std::shared_ptr<call>& c);
+  void get_events(const std::shared_ptr<call>& c);
+  void get_metrics(const std::shared_ptr<call>& c);
   void post_openai(const std::shared_ptr<call>& c, bool chat);
   void websocket(const std::shared_ptr<call>& c);
   void admin(const std::shared_ptr<call>& c, const std::vector<std::string>& parts);
@@ -152,6 +200,9 @@ class router {
   rate_limiter limiter_;
   mutable std::mutex mu_;
   counters stats_;
+  std::shared_ptr<std::mutex> responses_mu_ = std::make_shared<std::mutex>();
+  std::shared_ptr<std::map<std::pair<std::string, int>, uint64_t>> responses_ =
+    std::make_shared<std::map<std::pair<std::string, int>, uint64_t>>();
   // GET /api/v1/tasks: the answers this oracle gave, by session (bounded).
   std::map<std::string, std::vector<nlohmann::json>> tasks_;
   std::deque<std::string> tasks_order_;
@@ -175,5 +226,12 @@ std::optional<pb::PromptRequest> prompt_from_json(const nlohmann::json& j,
 
 /// JSON of a session record (the field names the README documents).
 nlohmann::json session_json(const pb::SessionRecord& s);
+
+/// The Prometheus text (format 0.0.4) of what pool_api::metrics gave, with
+/// the HTTP answers by route and status, and the event streams open.
+std::string prometheus_text(
+  const nlohmann::json& pool,
+  const std::map<std::pair<std::string, int>, uint64_t>& responses,
+  size_t event_streams);
 
 } // namespace nodepool::http

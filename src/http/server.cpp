@@ -222,6 +222,7 @@ class connection : public closable,
     res->chunked(true);
     auto sr = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*res);
     writing_ = true;
+    beast::get_lowest_layer(stream_).expires_after(sh_->cfg.idle_timeout);
     bhttp::async_write_header(
       stream_, *sr,
       [self = this->shared_from_this(), res, sr](beast::error_code ec, size_t) {
@@ -235,9 +236,15 @@ class connection : public closable,
   void chunk(std::string data) {
     if (!streaming_ || closed_ || data.empty())
       return;
+    if (pending_.size() >= max_pending_chunks) {
+      // A client that does not read its stream is not kept waiting for
+      // (nor is its backlog kept in memory): it is closed.
+      return close();
+    }
     pending_.push_back(std::move(data));
     drain();
   }
+  bool gone() const { return gone_; }
 
   void end() {
     if (!streaming_ || closed_)
@@ -333,6 +340,8 @@ class connection : public closable,
       auto data = std::make_shared<std::string>(std::move(pending_.front()));
       pending_.pop_front();
       writing_ = true;
+      // Each write of a long stream has the idle timeout of its own.
+      beast::get_lowest_layer(stream_).expires_after(sh_->cfg.idle_timeout);
       net::async_write(stream_, bhttp::make_chunk(net::buffer(*data)),
                        [self = this->shared_from_this(), data](
                          beast::error_code ec, size_t) {
@@ -367,6 +376,7 @@ class connection : public closable,
     if (closed_)
       return;
     closed_ = true;
+    gone_ = true;
     beast::error_code ec;
     beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_both, ec);
     beast::get_lowest_layer(stream_).close();
@@ -385,6 +395,8 @@ class connection : public closable,
   bool writing_ = false;
   bool ending_ = false;
   bool closed_ = false;
+  std::atomic<bool> gone_{false};  // closed_, readable from any thread
+  static constexpr size_t max_pending_chunks = 4096;
   std::deque<std::string> pending_;
   std::shared_ptr<ws_session<Stream>> ws_;
   friend class ws_session<Stream>;
@@ -541,6 +553,7 @@ class reply_impl : public reply {
       return ws->post([](ws_session_t& w) { w.end(); });
     c_->post([](connection<Stream>& c) { c.end(); });
   }
+  bool closed() const override { return c_->gone(); }
   void accept_websocket(std::function<void(std::string)> on_message) override {
     auto me = this;
     c_->post([me, f = std::move(on_message)](connection<Stream>& c) mutable {

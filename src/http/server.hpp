@@ -50,6 +50,10 @@ class reply {
   /// answers go out with chunk() (one message each); end() closes.
   virtual void accept_websocket(
     std::function<void(std::string)> on_message) = 0;
+  /// True once the connection is gone (the client left, a write failed, a
+  /// stream fell too far behind, or the server stopped): whoever keeps a
+  /// reply to stream to may drop it.
+  virtual bool closed() const { return false; }
 };
 
 using handler = std::function<void(request, std::shared_ptr<reply>)>;

@@ -4,7 +4,12 @@
 #include "digest.hpp"
 #include "fixture.hpp"
 
+#include <sstream>
+
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+
+#include "log.hpp"
 
 using namespace std::chrono_literals;
 
@@ -81,6 +86,40 @@ TEST_F(bad_input, garbage_bytes_are_refused_and_change_nothing) {
   EXPECT_EQ(counted("malformed"), 1u);
   send_raw("");  // decodes, but carries nothing
   EXPECT_EQ(counted("malformed"), 2u);
+  EXPECT_EQ(snapshot_bytes(), before);
+}
+
+TEST_F(bad_input, a_flood_of_refusals_is_summarised_in_the_log_and_counted_in_full) {
+  // What the gateway logs, caught beside its usual sink.
+  std::ostringstream lines;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(lines);
+  auto gw_log = log("gateway");
+  gw_log->sinks().push_back(sink);
+  struct unhook {
+    std::shared_ptr<spdlog::logger> l;
+    ~unhook() { l->sinks().pop_back(); }
+  } tidy{gw_log};
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t i = lines.str().find(what); i != std::string::npos;
+         i = lines.str().find(what, i + 1))
+      ++n;
+    return n;
+  };
+  auto before = snapshot_bytes();
+  for (int i = 0; i < 100; ++i)
+    send_raw(std::string("\xff\x13garbage", 9));
+  // Every one is refused to the sender and counted; five are logged.
+  EXPECT_EQ(counted("malformed"), 100u);
+  EXPECT_EQ(log_->refusal_codes().size(), 100u);
+  EXPECT_EQ(count("refused message from node"), 5u) << lines.str();
+  EXPECT_EQ(count("more messages"), 0u);
+  // When the interval ends, one line says how many were not logged.
+  run_for(std::chrono::milliseconds(10000), std::chrono::milliseconds(1000));
+  EXPECT_EQ(count("refused 95 more messages from"), 1u) << lines.str();
+  // A new interval logs again.
+  send_raw(std::string("\xff\x13garbage", 9));
+  EXPECT_EQ(count("refused message from node"), 6u) << lines.str();
   EXPECT_EQ(snapshot_bytes(), before);
 }
 

@@ -14,87 +14,13 @@
 #include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
 
-#include "process/proc.hpp"
+#include "process/api_pool.hpp"
 
 namespace nodepool::testing {
 namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-
-const std::string client_key = "np_client_key_for_the_api_test";
-const std::string admin_key = "np_admin_key_for_the_api_test_";
-
-/// The port an oracle printed for its HTTP API ("HTTP API on http://H:P/").
-int http_port(const std::string& out) {
-  auto i = out.find("HTTP API on ");
-  if (i == std::string::npos)
-    return 0;
-  auto colon = out.find(':', out.find("//", i));
-  return std::stoi(out.substr(colon + 1));
-}
-
-/// An oracle with its HTTP API on a free port, keys in `dir`/keys, and
-/// `nodes` healthy miner nodes.
-struct api_pool {
-  std::string dir;
-  std::unique_ptr<child> oracle, miner;
-  int port = 0;
-
-  api_pool(const std::string& d, int nodes, std::vector<std::string> extra = {})
-    : dir(d) {
-    {
-      std::ofstream k{dir + "/keys"};
-      k << "# the test's keys\n" << client_key << " client\n" << admin_key
-        << " admin\n";
-    }
-    std::vector<std::string> a{"--http", "127.0.0.1:0", "--api-keys", dir + "/keys"};
-    a.insert(a.end(), extra.begin(), extra.end());
-    oracle = std::make_unique<child>(oracle_args(dir + "/db", "0", a),
-                                     dir + "/oracle.out");
-    if (!oracle->wait_for_output("HTTP API on", 20s))
-      return;
-    port = http_port(oracle->output());
-    if (nodes > 0) {
-      auto target = "127.0.0.1:" + listening_port(oracle->output());
-      miner = std::make_unique<child>(
-        std::vector<std::string>{"miner", "--oracle", target, "--nodes",
-                                 std::to_string(nodes)},
-        dir + "/miner.out");
-    }
-  }
-
-  httplib::Client client(const std::string& key = client_key) const {
-    httplib::Client c{"127.0.0.1", port};
-    c.set_read_timeout(60, 0);
-    c.set_bearer_token_auth(key.c_str());
-    return c;
-  }
-
-  /// Polls /api/v1/status until `n` nodes are in the pool (30 s at most);
-  /// returns the last status.
-  json wait_nodes(int n) {
-    return wait_status(
-      [n](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == n; }, 30s);
-  }
-
-  /// Polls /api/v1/status until `ok`, for up to `limit`.
-  json wait_status(const std::function<bool(const json&)>& ok,
-                   std::chrono::seconds limit) {
-    auto c = client();
-    auto end = std::chrono::steady_clock::now() + limit;
-    json j;
-    while (std::chrono::steady_clock::now() < end) {
-      if (auto r = c.Get("/api/v1/status"); r && r->status == 200) {
-        j = json::parse(r->body);
-        if (ok(j))
-          return j;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return j;
-  }
-};
 
 /// Sends `text` on a fresh connection and reads until the server closes it.
 std::string raw_http(int port, const std::string& text) {

@@ -2,10 +2,14 @@
 // captured, and the pool behind it is a fake that records what it was asked.
 #include <gtest/gtest.h>
 
+#include <set>
+#include <sstream>
+
 #include <nlohmann/json.hpp>
 
 #include "http/api_keys.hpp"
 #include "http/router.hpp"
+#include "metrics.hpp"
 
 using namespace nodepool;
 using namespace nodepool::http;
@@ -557,3 +561,134 @@ TEST_F(api, MembersOfASingleOracleAndTransferWithout) {
   expect_error(*call("POST", "/api/v1/admin/transfer-leader", "", client_key), 403,
                "forbidden");
 }
+
+namespace {
+
+TEST_F(api, metrics_are_prometheus_text_with_answers_by_route_and_status) {
+  EXPECT_EQ(call("GET", "/api/v1/status")->whole.status, 200);
+  EXPECT_EQ(call("GET", "/api/v1/sessions/nosuch")->whole.status, 404);
+  EXPECT_EQ(call("GET", "/metrics", "", "")->whole.status, 401);
+  auto m = call("GET", "/metrics");
+  ASSERT_EQ(m->whole.status, 200);
+  EXPECT_EQ(m->whole.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  auto& t = m->whole.body;
+  EXPECT_NE(t.find("nodepool_nodes{state=\"ephemeral\"} 1\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("nodepool_sessions{state=\"active\"} 1\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("nodepool_http_requests_total{route=\"/api/v1/status\","
+                   "status=\"200\"} 1\n"),
+            std::string::npos)
+    << t;
+  EXPECT_NE(t.find("{route=\"/api/v1/sessions/{id}\",status=\"404\"} 1\n"),
+            std::string::npos)
+    << "a session id is not a label value: " << t;
+  EXPECT_NE(t.find("{route=\"/metrics\",status=\"401\"} 1\n"), std::string::npos) << t;
+  // A single oracle has no Raft gauges.
+  EXPECT_EQ(t.find("nodepool_raft_term"), std::string::npos);
+}
+
+TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
+  histogram h{{1, 10}};
+  h.add(3);
+  json pool;
+  pool["supervisor"]["committed"] = {{"nodes", {{"3", 4}, {"6", 1}}},
+                                     {"queued", 2}, {"active", 1},
+                                     {"completed", 9}, {"failed", 1},
+                                     {"accepted", 13}, {"tests_passed", 7},
+                                     {"tests_failed", 2}, {"index", 77}};
+  pool["supervisor"]["refusals"] = {{"duplicate_session", 3}};
+  pool["supervisor"]["reservations"] = 11;
+  pool["supervisor"]["releases"] = 10;
+  pool["supervisor"]["histograms"]["grant_latency_ms"] = h.to_json();
+  pool["gateway"] = {{"refused", {{"malformed", 5}}}, {"connected", 4}};
+  pool["cluster"] = {{"role", "follower"}, {"term", 3}, {"leader_id", 2},
+                     {"commit_index", 80}, {"applied_index", 77}};
+  auto t = prometheus_text(pool, {{{"/api/v1/status", 200}, 4}}, 2);
+  for (auto want : {"nodepool_nodes{state=\"ephemeral\"} 4\n",
+                    "nodepool_nodes{state=\"quarantined\"} 1\n",
+                    "nodepool_nodes{state=\"lost\"} 0\n",
+                    "nodepool_queue_depth 2\n",
+                    "nodepool_sessions_ended_total{outcome=\"completed\"} 9\n",
+                    "nodepool_tests_total{result=\"failed\"} 2\n",
+                    "nodepool_reservations_total 11\n",
+                    "nodepool_releases_total 10\n",
+                    "nodepool_refusals_total{source=\"pool\",code=\"duplicate_session\"} 3\n",
+                    "nodepool_refusals_total{source=\"gateway\",code=\"malformed\"} 5\n",
+                    "nodepool_miners_connected 4\n",
+                    "nodepool_grant_latency_seconds_bucket{le=\"0.01\"} 1\n",
+                    "nodepool_grant_latency_seconds_count 1\n",
+                    "nodepool_raft_term 3\n", "nodepool_raft_leader_id 2\n",
+                    "nodepool_raft_commit_index 80\n",
+                    "nodepool_raft_is_leader 0\n",
+                    "nodepool_http_requests_total{route=\"/api/v1/status\",status=\"200\"} 4\n",
+                    "nodepool_event_streams 2\n"})
+    EXPECT_NE(t.find(want), std::string::npos) << want << "\n" << t;
+  // Every family is declared once, before its samples.
+  std::set<std::string> declared;
+  std::istringstream in{t};
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      auto name = line.substr(7, line.find(' ', 7) - 7);
+      EXPECT_TRUE(declared.insert(name).second) << name << " declared twice";
+    }
+  }
+  EXPECT_GE(declared.size(), 15u);
+}
+
+TEST(route_label, names_templates_and_keeps_the_values_few) {
+  EXPECT_EQ(route_label("/api/v1/sessions/s-123"), "/api/v1/sessions/{id}");
+  EXPECT_EQ(route_label("/api/v1/tasks/s/7"), "/api/v1/tasks/{session_id}/{task_id}");
+  EXPECT_EQ(route_label("/api/v1/admin/nodes/n1/drain"), "/api/v1/admin");
+  EXPECT_EQ(route_label("/v1/chat/completions"), "/v1/chat/completions");
+  EXPECT_EQ(route_label("/"), "/dashboard");
+  EXPECT_EQ(route_label("/dashboard/app.js"), "/dashboard");
+  EXPECT_EQ(route_label("/dashboard/nosuch.js"), "other");
+  EXPECT_EQ(route_label("/wp-admin/x.php"), "other");
+}
+
+TEST_F(api, the_dashboard_is_served_without_a_key_and_holds_no_data) {
+  auto page = call("GET", "/", "", "");
+  ASSERT_EQ(page->whole.status, 200);
+  EXPECT_EQ(page->whole.content_type, "text/html; charset=utf-8");
+  EXPECT_NE(page->whole.body.find("/dashboard/app.js"), std::string::npos);
+  EXPECT_EQ(page->whole.body.find("http://"), std::string::npos)
+    << "nothing is fetched from elsewhere";
+  EXPECT_EQ(page->whole.body.find("https://"), std::string::npos);
+  for (auto f : {"/dashboard/app.js", "/dashboard/style.css", "/dashboard/chart.js"}) {
+    auto r = call("GET", f, "", "");
+    EXPECT_EQ(r->whole.status, 200) << f;
+    EXPECT_GT(r->whole.body.size(), 1000u) << f;
+  }
+  EXPECT_NE(call("GET", "/dashboard/chart.js", "", "")->whole.body.find("Chart"),
+            std::string::npos);
+  expect_error(*call("POST", "/", "", ""), 405, "method_not_allowed");
+  // The data behind it still needs the key.
+  expect_error(*call("GET", "/api/v1/status", "", ""), 401, "unauthorized");
+}
+
+TEST_F(api, events_are_listed_after_a_seq_and_streamed) {
+  expect_error(*call("GET", "/api/v1/events"), 404, "not_found");
+  cfg.events = std::make_shared<event_feed>();
+  make();
+  cfg.events->publish({json{{"type", "session_accepted"}, {"session_id", "a"}},
+                       json{{"type", "session_started"}, {"session_id", "a"}}});
+  auto all = call("GET", "/api/v1/events");
+  ASSERT_EQ(all->whole.status, 200);
+  EXPECT_EQ(all->body()["events"].size(), 2u);
+  EXPECT_EQ(all->body()["next"], 2);
+  auto after = call("GET", "/api/v1/events?after=1");
+  ASSERT_EQ(after->body()["events"].size(), 1u);
+  EXPECT_EQ(after->body()["events"][0]["type"], "session_started");
+  expect_error(*call("GET", "/api/v1/events?after=x"), 400, "bad_field");
+  auto s = call("GET", "/api/v1/events?stream=1");
+  EXPECT_TRUE(s->streamed);
+  EXPECT_EQ(s->whole.content_type, "text/event-stream");
+  cfg.events->publish({json{{"type", "session_ended"}}});
+  std::string all_chunks;
+  for (auto& c : s->chunks)
+    all_chunks += c;
+  EXPECT_NE(all_chunks.find("id: 3\ndata: "), std::string::npos) << all_chunks;
+  expect_error(*call("GET", "/api/v1/events", "", ""), 401, "unauthorized");
+}
+
+} // namespace

@@ -1,0 +1,95 @@
+#include "http/event_feed.hpp"
+
+#include <algorithm>
+
+namespace nodepool::http {
+
+std::string event_feed::frame(const nlohmann::json& e) {
+  return "id: " + std::to_string(e.value("seq", uint64_t{0})) + "\ndata: "
+         + e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+         + "\n\n";
+}
+
+void event_feed::prune() {
+  streams_.erase(std::remove_if(streams_.begin(), streams_.end(),
+                                [](auto& r) { return r->closed(); }),
+                 streams_.end());
+}
+
+void event_feed::publish(std::vector<nlohmann::json> events) {
+  if (events.empty())
+    return;
+  std::lock_guard<std::mutex> g{mu_};
+  std::string frames;
+  for (auto& e : events) {
+    e["seq"] = next_seq_++;
+    frames += frame(e);
+    ring_.push_back(std::move(e));
+    if (ring_.size() > keep_)
+      ring_.pop_front();
+  }
+  prune();
+  for (auto& r : streams_)
+    r->chunk(frames);
+}
+
+std::vector<nlohmann::json> event_feed::recent(uint64_t after,
+                                               size_t limit) const {
+  std::lock_guard<std::mutex> g{mu_};
+  std::vector<nlohmann::json> out;
+  // seq is consecutive in the ring: start at the first one past `after`.
+  size_t start = 0;
+  if (!ring_.empty()) {
+    auto first = ring_.front()["seq"].get<uint64_t>();
+    if (after >= first)
+      start = static_cast<size_t>(std::min<uint64_t>(after - first + 1,
+                                                     ring_.size()));
+  }
+  for (size_t i = start; i < ring_.size() && out.size() < limit; ++i)
+    out.push_back(ring_[i]);
+  return out;
+}
+
+bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
+  std::lock_guard<std::mutex> g{mu_};
+  prune();
+  if (streams_.size() >= max_streams_)
+    return false;
+  response head;
+  head.content_type = "text/event-stream";
+  head.headers.emplace_back("X-Accel-Buffering", "no");
+  r->begin_stream(std::move(head));
+  std::string backlog = ": nodepool events\n\n";
+  for (auto& e : ring_)
+    if (e["seq"].get<uint64_t>() > after)
+      backlog += frame(e);
+  r->chunk(std::move(backlog));
+  streams_.push_back(r);
+  return true;
+}
+
+void event_feed::heartbeat() {
+  std::lock_guard<std::mutex> g{mu_};
+  prune();
+  for (auto& r : streams_)
+    r->chunk(": keep-alive\n\n");
+}
+
+void event_feed::close_all() {
+  std::lock_guard<std::mutex> g{mu_};
+  for (auto& r : streams_)
+    r->end();
+  streams_.clear();
+}
+
+size_t event_feed::streams() const {
+  std::lock_guard<std::mutex> g{mu_};
+  return streams_.size();
+}
+
+uint64_t event_feed::published() const {
+  std::lock_guard<std::mutex> g{mu_};
+  return next_seq_ - 1;
+}
+
+} // namespace nodepool::http
