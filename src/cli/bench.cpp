@@ -172,12 +172,21 @@ bool wanted(const options& o, const std::string& section) {
          || std::find(o.only.begin(), o.only.end(), section) != o.only.end();
 }
 
-/// The data file and gnuplot script of the latency curve, and the PNG.
-void plot(const std::string& dir, const nlohmann::json& durable) {
-  std::filesystem::create_directories(dir);
-  auto dat = dir + "/grant_latency.dat";
+/// Runs `script` (in `dir`) through gnuplot; says where the PNG is.
+void gnuplot(const std::string& dir, const std::string& script,
+             const std::string& png) {
+  auto cmd = "cd '" + dir + "' && gnuplot " + script;
+  if (std::system(cmd.c_str()) != 0)
+    note("gnuplot failed (is gnuplot installed? apt-get install gnuplot-nox); "
+         "data and script are in %s", dir.c_str());
+  else
+    note("plot written to %s/%s", dir.c_str(), png.c_str());
+}
+
+/// The latency curve of the durable pool.
+void plot_latency(const std::string& dir, const nlohmann::json& durable) {
   {
-    std::ofstream out{dat};
+    std::ofstream out{dir + "/grant_latency.dat"};
     out << "# offered_load_share offered_per_s achieved_per_s p50_ms p99_ms"
            " p999_ms\n";
     for (auto& c : durable["curve"])
@@ -186,9 +195,8 @@ void plot(const std::string& dir, const nlohmann::json& durable) {
           << c["p50_ms"].get<double>() << ' ' << c["p99_ms"].get<double>()
           << ' ' << c["p999_ms"].get<double>() << '\n';
   }
-  auto gp = dir + "/grant_latency.gp";
   {
-    std::ofstream out{gp};
+    std::ofstream out{dir + "/grant_latency.gp"};
     out << "# Grant latency of the durable pool (RocksDB, synced group commit)\n"
            "# against open-loop offered load; written by nodepool bench --plot.\n"
            "set terminal pngcairo size 900,560 noenhanced\n"
@@ -208,12 +216,112 @@ void plot(const std::string& dir, const nlohmann::json& durable) {
            "     '' using 1:6 with linespoints title 'p99.9', \\\n"
            "     1 with lines dashtype 2 title 'target: p99 < 1 ms at 0.5'\n";
   }
-  auto cmd = "cd '" + dir + "' && gnuplot grant_latency.gp";
-  if (std::system(cmd.c_str()) != 0)
-    note("gnuplot failed (is gnuplot installed? apt-get install gnuplot-nox); "
-         "data and script are in %s", dir.c_str());
-  else
-    note("plot written to %s/grant_latency.png", dir.c_str());
+  gnuplot(dir, "grant_latency.gp", "grant_latency.png");
+}
+
+/// Throughput against clients (durable's by_clients) and against nodes
+/// (the scale section), side by side, each where it was measured.
+void plot_throughput(const std::string& dir, const nlohmann::json& report) {
+  bool clients = report.contains("durable")
+                 && report["durable"].contains("by_clients");
+  bool nodes = report.contains("scale") && report["scale"].is_array()
+               && !report["scale"].empty();
+  if (!clients && !nodes)
+    return;
+  if (clients) {
+    std::ofstream out{dir + "/throughput_clients.dat"};
+    out << "# clients cycles_per_s (median of the repetitions)\n";
+    for (auto& c : report["durable"]["by_clients"])
+      out << c["clients"].get<double>() << ' ' << c["cycles_per_s"].get<double>()
+          << '\n';
+  }
+  if (nodes) {
+    std::ofstream out{dir + "/throughput_nodes.dat"};
+    out << "# nodes cycles_per_s (median of the repetitions)\n";
+    for (auto& c : report["scale"])
+      out << c["nodes"].get<double>() << ' ' << c["cycles_per_s"].get<double>()
+          << '\n';
+  }
+  std::ofstream out{dir + "/throughput.gp"};
+  out << "# Saturation throughput of the durable pool (synced group commit)\n"
+         "# against clients and against nodes; written by nodepool bench --plot.\n"
+         "set terminal pngcairo size 1100,480 noenhanced\n"
+         "set output 'throughput.png'\n"
+         "set multiplot layout 1," << (clients && nodes ? 2 : 1)
+      << " title 'nodepool: reservation cycles per second at saturation'\n"
+         "set grid\nset key bottom right\nset logscale x 2\nset ylabel 'cycles/s'\nset yrange [0:*]\n";
+  if (clients)
+    out << "set xlabel 'concurrent clients'\n"
+           "plot 'throughput_clients.dat' using 1:2 with linespoints lw 2 "
+           "title 'durable pool, " << report["durable"]["nodes"].get<double>()
+        << " nodes'\n";
+  if (nodes)
+    out << "set logscale x 10\nset xlabel 'nodes in the pool'\n"
+           "plot 'throughput_nodes.dat' using 1:2 with linespoints lw 2 "
+           "title 'durable pool, fresh process per size'\n";
+  out << "unset multiplot\n";
+  out.close();
+  gnuplot(dir, "throughput.gp", "throughput.png");
+}
+
+/// The failover section's timeline: grants per second, each leader kill,
+/// and when a new leader was seen and granted.
+void plot_failover(const std::string& dir, const nlohmann::json& f) {
+  if (!f.contains("grants_per_s") || !f.contains("timeline"))
+    return;
+  {
+    std::ofstream out{dir + "/failover_grants.dat"};
+    out << "# second_since_start sessions_started_in_that_second\n";
+    size_t t = 0;
+    for (auto& n : f["grants_per_s"])
+      out << t++ << ' ' << n.get<double>() << '\n';
+  }
+  {
+    std::ofstream out{dir + "/failover_kills.dat"};
+    out << "# kill_s leader_seen_s first_grant_s member (seconds since the "
+           "start; -1: not seen)\n";
+    for (auto& k : f["timeline"]) {
+      auto v = [&](const char* key) {
+        return k[key].is_number() ? k[key].get<double>() : -1.0;
+      };
+      out << v("kill_s") << ' ' << v("leader_seen_s") << ' '
+          << v("first_grant_s") << ' ' << k["member"].get<int>() << '\n';
+    }
+  }
+  std::ofstream out{dir + "/failover.gp"};
+  out << "# Leader kills under load, 3 oracles; written by nodepool bench "
+         "--plot.\n"
+         "set terminal pngcairo size 1100,480 noenhanced\n"
+         "set output 'failover.png'\n"
+         "set title sprintf('nodepool failover: %d leader SIGKILLs, first grant "
+         "after a median %.0f ms', "
+      << f["kills"].get<int>() << ", "
+      << (f.contains("median_ms") ? f["median_ms"].get<double>() : -1.0)
+      << ")\n"
+         "set grid\nset xlabel 'seconds since the start'\n"
+         "set ylabel 'sessions started per second'\nset yrange [0:*]\n"
+         "set key outside bottom center horizontal\n";
+  for (auto& k : f["timeline"])
+    if (k["kill_s"].is_number())
+      out << "set arrow from " << k["kill_s"].get<double>() << ", graph 0 to "
+          << k["kill_s"].get<double>()
+          << ", graph 1 nohead lc rgb '#d62728'\n";
+  out << "plot 'failover_grants.dat' using 1:2 with steps lw 2 lc rgb '#1f77b4' "
+         "title 'grants/s (red: a leader SIGKILLed)', \\\n"
+         "     'failover_kills.dat' using ($3 >= 0 ? $3 : NaN):(0) with points "
+         "pt 7 ps 1.2 lc rgb '#2ca02c' title 'first grant of the new leader'\n";
+  out.close();
+  gnuplot(dir, "failover.gp", "failover.png");
+}
+
+/// --plot: every figure the report has data for.
+void plot(const std::string& dir, const nlohmann::json& report) {
+  std::filesystem::create_directories(dir);
+  if (report.contains("durable"))
+    plot_latency(dir, report["durable"]);
+  plot_throughput(dir, report);
+  if (report.contains("failover"))
+    plot_failover(dir, report["failover"]);
 }
 
 nlohmann::json measure(options& o);
@@ -343,8 +451,8 @@ nlohmann::json measure(options& o) {
       d / r["everysec"]["cycles_per_s"].get<double>();
   }
   check_stop();
-  if (!o.plot_dir.empty() && report.contains("durable"))
-    plot(o.plot_dir, report["durable"]);
+  if (!o.plot_dir.empty())
+    plot(o.plot_dir, report);
   {
     double l[3] = {0, 0, 0};
     if (getloadavg(l, 3) == 3)
@@ -371,8 +479,10 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--quick", o->quick,
                 "a reduced run (under a minute), as a smoke test");
   cmd->add_option("--plot", o->plot_dir,
-                  "write the grant-latency curve (data, gnuplot script, PNG) "
-                  "into this directory");
+                  "draw the figures into this directory (data, gnuplot scripts, "
+                  "PNGs): grant latency against load; throughput against "
+                  "clients (measured for it) and nodes (scale); the failover "
+                  "timeline");
   cmd->add_option("--failover-kills", o->failover_kills,
                   "leader kills of the failover section (default 20)")
     ->check(CLI::Range(1u, 1000u));

@@ -93,6 +93,42 @@ int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
   return best;
 }
 
+/// Sessions started per second from `since` (wall ms) to `until`, as the
+/// archive of the member at `addr` holds them (paged, 1000 at a time).
+std::vector<uint64_t> grants_per_second(caf::actor_system& sys,
+                                        const std::string& addr, int64_t since,
+                                        int64_t until) {
+  std::vector<uint64_t> per_s(static_cast<size_t>((until - since) / 1000 + 1), 0);
+  auto gw = reach(sys, addr);
+  if (!gw)
+    return per_s;
+  caf::scoped_actor self{sys};
+  pb::ArchiveQuery q;
+  q.set_since(since);
+  q.set_limit(1000);
+  for (bool more = true; more && !stop_requested;) {
+    more = false;
+    self->request(*gw, 5s, archive_atom::value, q.SerializeAsString())
+      .receive(
+        [&](const std::string& bytes) {
+          pb::ArchiveAnswer a;
+          if (!a.ParseFromString(bytes) || a.sessions_size() == 0)
+            return;
+          for (auto& s : a.sessions()) {
+            auto t = s.started_at();
+            if (t >= since && t <= until)
+              ++per_s[static_cast<size_t>((t - since) / 1000)];
+          }
+          auto& last = a.sessions(a.sessions_size() - 1);
+          q.set_since(last.ended_at());
+          q.set_after_id(last.id());
+          more = a.more();
+        },
+        [&](caf::error&) {});
+  }
+  return per_s;
+}
+
 /// How many times active sessions went back to the queue, as the member at
 /// `addr` has committed; nullopt if it does not answer.
 std::optional<uint64_t> requeued(caf::actor_system& sys, const std::string& addr) {
@@ -173,6 +209,8 @@ nlohmann::json failover(const options& o) {
   std::vector<double> grant_ms, elect_ms;
   unsigned missed = 0;
   auto t_start = clock::now();
+  auto wall_start = wall_ms();
+  nlohmann::json timeline = nlohmann::json::array();  // one entry per kill
   // Load first: nodes admitted and sessions flowing.
   while (first_start_since(sys, addr[leader() ? leader() : 1], 0) == 0) {
     check_stop();
@@ -221,6 +259,12 @@ nlohmann::json failover(const options& o) {
       grant_ms.push_back(static_cast<double>(granted - t_kill));
     if (elected > 0)
       elect_ms.push_back(static_cast<double>(elected - t_kill));
+    auto rel = [&](int64_t t) {
+      return t > 0 ? nlohmann::json((t - wall_start) / 1000.0) : nlohmann::json();
+    };
+    timeline.push_back({{"member", l}, {"kill_s", rel(t_kill)},
+                        {"leader_seen_s", rel(elected)},
+                        {"first_grant_s", rel(granted)}});
     note("failover: kill %u of %u (member %d): first grant after %.0f ms",
          k + 1, o.failover_kills, l,
          granted ? static_cast<double>(granted - t_kill) : -1.0);
@@ -232,6 +276,17 @@ nlohmann::json failover(const options& o) {
       requeued_after = requeued(sys, addr[l]);
     else
       std::this_thread::sleep_for(50ms);
+  }
+  nlohmann::json per_s;
+  if (!o.plot_dir.empty()) {
+    // For the timeline plot: every session's start, from the leader's
+    // archive, before the processes go.
+    for (int tries = 0; tries < 100 && per_s.is_null(); ++tries) {
+      if (int l = leader())
+        per_s = grants_per_second(sys, addr[l], wall_start, wall_ms());
+      else
+        std::this_thread::sleep_for(50ms);
+    }
   }
   submit.terminate(5s);
   miner.terminate(5s);
@@ -250,6 +305,9 @@ nlohmann::json failover(const options& o) {
     j["max_ms"] = grant_ms.back();
   }
   j["kill_to_leader_seen_median_ms"] = median(elect_ms);
+  j["timeline"] = timeline;
+  if (!per_s.is_null())
+    j["grants_per_s"] = per_s;
   // Active sessions whose nodes did not come back to the new leader in
   // time go back to the queue (TakeOver); most continue where they were.
   if (requeued_before && requeued_after)

@@ -784,6 +784,19 @@ nlohmann::json durable(const options& o) {
                 {"achieved_per_s", c["achieved_per_s"]}};
   }
   j["curve"] = curve;
+  if (!o.plot_dir.empty()) {
+    // For the plot of throughput against clients: saturation with 1 to 128
+    // concurrent clients, on the same pool, one after the other.
+    nlohmann::json by = nlohmann::json::array();
+    for (uint32_t c : {1u, 2u, 4u, 8u, 16u, 32u, 64u, 128u}) {
+      check_stop();
+      auto x = dp.saturate(c, o.reps, o.seconds, o.warmup);
+      by.push_back({{"clients", c}, {"cycles_per_s", median(x)},
+                    {"cycles_per_s_reps", x}});
+      note("durable: %.0f cycles/s with %u clients", median(x), c);
+    }
+    j["by_clients"] = by;
+  }
   // A long saturation run: what the pool holds in memory (live records,
   // the window of recent ids, resident memory) at its start and its end.
   // Ended sessions are archived, so neither grows with the sessions served.

@@ -19,9 +19,11 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -58,6 +60,7 @@ struct chaos_options {
   std::string dir;
   bool keep = false;
   size_t oracles = 1;  // 3 or 5: a replicated pool
+  std::string plot_dir;  // draw the run's timeline here (gnuplot)
 };
 
 // ------------------------------------------------------------ the schedule
@@ -197,6 +200,7 @@ private:
   void harvest(submitter& s, bool killed = false);
   void start_batch(size_t j);
   void poll_status(steady::time_point now);
+  void sample(steady::time_point now);
   void tick(steady::time_point now);
   void shutdown();
   nlohmann::json verify();
@@ -236,6 +240,23 @@ private:
   std::vector<std::string> errors_;
   bool interrupted_ = false;
   bool ok_ = false;
+  // --plot: what happened when (seconds since the start), and the queue
+  // depth sampled by a `status` child every half second.
+  struct mark {
+    double t;
+    std::string what;  // "SIGKILL oracle", "SIGSTOP miner1", ...
+  };
+  std::vector<mark> marks_;
+  std::vector<std::pair<double, double>> queue_;  // (t, queued)
+  std::unique_ptr<child_process> sampler_;
+  std::optional<steady::time_point> sample_at_;
+  int64_t wall_t0_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+
+ public:
+  /// --plot: the timeline's data, gnuplot script and PNG in `dir`.
+  void plot(const std::string& dir);
 };
 
 std::string chaos_run::oracle_list() const {
@@ -378,6 +399,8 @@ void chaos_run::inject(const fault& f, steady::time_point now) {
     ++(static_cast<int>(member) == leader_ ? leader_faults_
                                            : follower_faults_)[stop ? 1 : 0];
   auto pid = std::to_string(r.proc->pid());
+  marks_.push_back({std::chrono::duration<double>(now - t0_).count(),
+                    std::string{stop ? "SIGSTOP " : "SIGKILL "} + r.name});
   if (stop) {
     r.proc->signal(SIGSTOP);
     r.cont_at = now + std::chrono::milliseconds(f.hold_ms);
@@ -512,7 +535,34 @@ void chaos_run::poll_leader(steady::time_point now) {
   }
 }
 
+/// --plot: the queue depth every half second, from a `status` child (one
+/// at a time; none while no oracle listens).
+void chaos_run::sample(steady::time_point now) {
+  if (o_.plot_dir.empty())
+    return;
+  if (sampler_ && !sampler_->running()) {
+    auto j = nlohmann::json::parse(last_line(sampler_->output()), nullptr, false);
+    if (j.is_object() && j.contains("sessions"))
+      queue_.emplace_back(std::chrono::duration<double>(now - t0_).count(),
+                          j["sessions"].value("queued", 0.0));
+    sampler_.reset();
+    sample_at_ = now + 500ms;
+  }
+  bool any = std::any_of(oracles_.begin(), oracles_.end(), [](const role& r) {
+    return r.listening && r.proc && !r.proc->stopped();
+  });
+  if (!sampler_ && any && (!sample_at_ || now >= *sample_at_)) {
+    auto target = cluster() && leader_ >= 0
+                    ? "127.0.0.1:" + std::to_string(ports_[leader_])
+                    : oracle_list();
+    sampler_ = std::make_unique<child_process>(
+      std::vector<std::string>{"status", "--oracle", target, "--json"},
+      logs_ + "/sample.out");
+  }
+}
+
 void chaos_run::tick(steady::time_point now) {
+  sample(now);
   for (size_t k = 0; k < oracles_.size(); ++k)
     tend(oracles_[k], k, now);
   poll_leader(now);
@@ -535,6 +585,7 @@ void chaos_run::shutdown() {
       harvest(s, true);
     }
   status_.reset();
+  sampler_.reset();
   leader_poll_.reset();
   for (auto& r : oracles_) {
     if (!r.proc)
@@ -563,6 +614,7 @@ void chaos_run::stop_children() {
   for (auto& s : subs_)
     s.proc.reset();
   status_.reset();
+  sampler_.reset();
   leader_poll_.reset();
   std::vector<role*> all;
   for (auto& r : oracles_)
@@ -835,6 +887,81 @@ nlohmann::json chaos_run::run() {
   return rep;
 }
 
+/// The run's timeline: grants per second (every session's start, read from
+/// the archive of the first oracle's data directory once the run is over)
+/// and the queue depth sampled during it, with every SIGKILL and SIGSTOP as
+/// a vertical mark.
+void chaos_run::plot(const std::string& dir) {
+  fs::create_directories(dir);
+  child_process c{{"sessions", "--data-dir", data_dir(0), "--json"},
+                  logs_ + "/plot-sessions.out"};
+  auto end = steady::now() + 300s;
+  while (!c.status() && steady::now() < end && !stop_requested)
+    std::this_thread::sleep_for(20ms);
+  std::map<int64_t, uint64_t> per_s;  // second since the start -> grants
+  std::istringstream in{c.output()};
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object())
+      continue;
+    auto started = j.value("started_at", int64_t{0});
+    if (started > 0)
+      ++per_s[(started - wall_t0_ms_) / 1000];
+  }
+  double last_t = std::chrono::duration<double>(steady::now() - t0_).count();
+  {
+    std::ofstream out{dir + "/chaos_grants.dat"};
+    out << "# second_since_start grants_in_that_second\n";
+    for (int64_t t = 0; t <= static_cast<int64_t>(last_t); ++t) {
+      auto i = per_s.find(t);
+      out << t << ' ' << (i == per_s.end() ? 0 : i->second) << '\n';
+    }
+  }
+  {
+    std::ofstream out{dir + "/chaos_queue.dat"};
+    out << "# second_since_start sessions_queued\n";
+    for (auto& [t, q] : queue_)
+      out << t << ' ' << q << '\n';
+  }
+  {
+    std::ofstream out{dir + "/chaos_faults.dat"};
+    out << "# second_since_start fault\n";
+    for (auto& m : marks_)
+      out << m.t << " \"" << m.what << "\"\n";
+  }
+  {
+    std::ofstream out{dir + "/chaos.gp"};
+    out << "# The timeline of nodepool chaos --seed " << seed_
+        << "; written by nodepool chaos --plot.\n"
+           "set terminal pngcairo size 1100,700 noenhanced\n"
+           "set output 'chaos.png'\n"
+           "set multiplot layout 2,1 title 'nodepool chaos, seed "
+        << seed_ << ": red SIGKILL, orange SIGSTOP'\n"
+           "set grid\nset xrange [0:" << last_t << "]\n";
+    for (auto& m : marks_)
+      out << "set arrow from " << m.t << ", graph 0 to " << m.t
+          << ", graph 1 nohead lw 1 lc rgb '"
+          << (m.what.rfind("SIGKILL", 0) == 0 ? "#d62728" : "#ff9f1c")
+          << "' dt " << (m.what.find("oracle") != std::string::npos ? 1 : 3)
+          << "\n";
+    out << "set ylabel 'grants per second'\n"
+           "plot 'chaos_grants.dat' using 1:2 with steps lw 2 lc rgb '#1f77b4' "
+           "title 'sessions started (solid marks: oracle, dotted: miner)'\n"
+           "set xlabel 'seconds since the start'\n"
+           "set ylabel 'sessions queued'\n"
+           "plot 'chaos_queue.dat' using 1:2 with lines lw 2 lc rgb '#2ca02c' "
+           "title 'queue depth (sampled every 0.5 s while an oracle answers)'\n"
+           "unset multiplot\n";
+  }
+  auto cmd = "cd '" + dir + "' && gnuplot chaos.gp";
+  if (std::system(cmd.c_str()) != 0)
+    note("gnuplot failed (apt-get install gnuplot-nox); data and script are "
+         "in " + dir);
+  else
+    note("timeline drawn in " + dir + "/chaos.png");
+}
+
 void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
                  const std::string& dir) {
   std::fprintf(f, "nodepool chaos: seed %llu, %.1f s of faults, %zu oracle%s + "
@@ -955,6 +1082,8 @@ int run_chaos(const chaos_options& o) {
     rep = run.run();
     ok = run.ok();
     interrupted = run.interrupted();
+    if (!interrupted && !o.plot_dir.empty() && rep.is_object())
+      run.plot(o.plot_dir);
     if (interrupted)
       run.stop_children();
   }  // every child process is ended here
@@ -1023,6 +1152,10 @@ void add_chaos(CLI::App& app) {
                   "seconds the pool has after the faults to end every "
                   "accepted session (default 120)")
     ->check(CLI::Range(1.0, 86400.0));
+  cmd->add_option("--plot", o->plot_dir,
+                  "draw the run's timeline into this directory: grants per "
+                  "second and queue depth over time, kills and stops marked "
+                  "(data files, gnuplot script, chaos.png)");
   cmd->add_option("--dir", o->dir,
                   "directory for the data and the process logs (must be "
                   "empty; default: a new one under $TMPDIR, removed after a "

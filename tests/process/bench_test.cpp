@@ -1,7 +1,10 @@
 // `nodepool bench --quick --json` as a smoke test: it runs every section
 // (including a Redis server it starts itself and processes it kills) and
 // reports every figure. Their size is for BENCHMARKS.md, not for a test.
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include <cstring>
@@ -118,6 +121,59 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     EXPECT_EQ(a["transport_errors"], 0) << a.dump();
     EXPECT_EQ(a["ok"], a["sent"]) << a.dump();
   }
+}
+
+/// The data lines of a plot's data file (without its '#' header).
+std::vector<std::vector<double>> data_lines(const std::string& path) {
+  std::vector<std::vector<double>> rows;
+  std::ifstream in{path};
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#')
+      continue;
+    std::istringstream ls{line};
+    std::vector<double> row;
+    for (double x; ls >> x;)
+      row.push_back(x);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+TEST(bench, plot_draws_latency_throughput_and_the_failover_timeline) {
+  auto dir = temp_dir("bench-plot");
+  cleanup tidy{dir};
+  auto plot = dir + "/plot";
+  auto [rc, out] = run({"bench", "--quick", "--json", "--only", "durable",
+                        "scale", "failover", "--plot", plot},
+                       dir + "/bench.out", 300s);
+  ASSERT_EQ(rc, 0) << out << read_file(dir + "/bench.out.err");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out;
+  // Throughput against clients: measured for the plot, 1 to 128 clients.
+  auto clients = data_lines(plot + "/throughput_clients.dat");
+  ASSERT_EQ(clients.size(), 8u);
+  EXPECT_EQ(clients.front()[0], 1);
+  EXPECT_EQ(clients.back()[0], 128);
+  for (auto& r : clients)
+    EXPECT_GT(r[1], 0);
+  EXPECT_EQ(j["durable"]["by_clients"].size(), 8u);
+  // Against nodes: one line per size of the scale section.
+  EXPECT_EQ(data_lines(plot + "/throughput_nodes.dat").size(), j["scale"].size());
+  // The failover timeline: one line per kill, grants over the whole run.
+  auto kills = data_lines(plot + "/failover_kills.dat");
+  EXPECT_EQ(kills.size(), j["failover"]["kills"].get<size_t>());
+  double grants = 0;
+  for (auto& r : data_lines(plot + "/failover_grants.dat"))
+    grants += r[1];
+  EXPECT_GT(grants, 0);
+  for (auto& r : kills)
+    EXPECT_GE(r[2], r[0]) << "a first grant after its kill";
+  EXPECT_EQ(data_lines(plot + "/grant_latency.dat").size(),
+            j["durable"]["curve"].size());
+  if (run_shell("command -v gnuplot").first == 0)
+    for (auto png : {"/grant_latency.png", "/throughput.png", "/failover.png"})
+      EXPECT_GT(std::filesystem::file_size(plot + png), 10000u) << png;
 }
 
 TEST(bench, unknown_section_is_refused_with_a_clear_error) {

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
+#include <filesystem>
+#include <fstream>
 #include <csignal>
 #include <regex>
 
@@ -24,7 +26,7 @@ TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   auto [rc, out] = run({"chaos", "--duration", "12", "--seed", "7", "--json",
                         "--miners", "2", "--nodes", "3",
                         "--fault-interval-ms", "800", "--settle-timeout", "40",
-                        "--dir", dir + "/run"},
+                        "--dir", dir + "/run", "--plot", dir + "/plot"},
                        dir + "/chaos.out", 150s);
   auto errors = read_file(dir + "/chaos.out.err");
   auto j = last_json_line(out);
@@ -49,6 +51,24 @@ TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
   EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
   EXPECT_GT(j["history_entries"].get<int>(), 0);
+  // --plot: one mark per fault injected, and as many grants over time as
+  // sessions started (every accepted one that completed did).
+  std::ifstream faults{dir + "/plot/chaos_faults.dat"};
+  std::string line;
+  int marks = 0;
+  while (std::getline(faults, line))
+    marks += !line.empty() && line[0] != '#';
+  EXPECT_EQ(marks, j["kills"].get<int>() + j["stops"].get<int>());
+  std::ifstream grants{dir + "/plot/chaos_grants.dat"};
+  double t = 0, n = 0, sum = 0;
+  std::getline(grants, line);  // the header
+  while (grants >> t >> n)
+    sum += n;
+  EXPECT_GE(sum, s["completed"].get<double>());
+  EXPECT_LE(sum, s["accepted"].get<double>());
+  EXPECT_GT(std::filesystem::file_size(dir + "/plot/chaos_queue.dat"), 40u);
+  if (run_shell("command -v gnuplot").first == 0)
+    EXPECT_GT(std::filesystem::file_size(dir + "/plot/chaos.png"), 10000u) << errors;
 }
 
 // A replicated pool of 3 oracles: leaders and followers are killed and
