@@ -366,12 +366,23 @@ class caf_pool_api : public http::pool_api {
 caf::actor spawn_event_relay(caf::actor_system& sys, caf::actor supervisor,
                              std::shared_ptr<http::event_feed> feed,
                              std::chrono::milliseconds heartbeat) {
-  return sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
-    self->send(supervisor, subscribe_atom::value,
-               caf::actor_cast<caf::actor>(self));
+  // It listens to the supervisor only while someone watches the feed: an
+  // oracle nobody watches does not pay for the events' JSON, nor for one
+  // more message per group commit.
+  auto relay = sys.spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    auto subscribed = std::make_shared<bool>(false);
     self->delayed_send(self, heartbeat, tick_atom::value);
     return {
+      [=](subscribe_atom) {
+        if (*subscribed)
+          return;
+        *subscribed = true;
+        self->send(supervisor, subscribe_atom::value,
+                   caf::actor_cast<caf::actor>(self), true);
+      },
       [=](events_atom, const std::string& bytes) {
+        if (!feed->watched())
+          return;
         pb::EventBatch b;
         if (!b.ParseFromString(bytes))
           return;
@@ -387,10 +398,21 @@ caf::actor spawn_event_relay(caf::actor_system& sys, caf::actor supervisor,
       [=](reset_atom) {},  // a term ended: the events already sent stand
       [=](tick_atom) {
         feed->heartbeat();
+        if (*subscribed && !feed->watched()) {
+          *subscribed = false;
+          self->send(supervisor, subscribe_atom::value,
+                     caf::actor_cast<caf::actor>(self), false);
+        }
         self->delayed_send(self, heartbeat, tick_atom::value);
       },
     };
   });
+  caf::actor_addr weak = relay.address();
+  feed->on_watch([weak] {
+    if (auto a = caf::actor_cast<caf::actor>(weak))
+      caf::anon_send(a, subscribe_atom::value);
+  });
+  return relay;
 }
 
 std::shared_ptr<http::pool_api> make_pool_api(caf::actor_system& sys,

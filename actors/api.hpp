@@ -30,7 +30,9 @@ std::shared_ptr<http::pool_api> make_pool_api(
 
 /// Follows the supervisor's events (those it publishes once durable: on a
 /// cluster, the leader's) into `feed`, each as event_json() with its
-/// batch's "time"; sends the feed's heartbeat every `heartbeat`.
+/// batch's "time", while the feed is watched (it subscribes when someone
+/// starts watching and unsubscribes at the first heartbeat nobody does);
+/// sends the feed's heartbeat every `heartbeat`.
 caf::actor spawn_event_relay(
   caf::actor_system& sys, caf::actor supervisor,
   std::shared_ptr<http::event_feed> feed,

@@ -1,6 +1,7 @@
 #include "actors/supervisor.hpp"
 #include "member_archive.hpp"
 
+#include <algorithm>
 #include <deque>
 #include <optional>
 
@@ -667,6 +668,12 @@ caf::behavior handlers(self_ptr self) {
     },
     [=](subscribe_atom, caf::actor who) {
       self->state.subscribers.push_back(std::move(who));
+    },
+    [=](subscribe_atom, caf::actor who, bool on) {
+      auto& subs = self->state.subscribers;
+      subs.erase(std::remove(subs.begin(), subs.end(), who), subs.end());
+      if (on)
+        subs.push_back(std::move(who));
     },
     [=](state_atom) -> std::string {
       if (self->state.cfg.cluster_log)  // what committed, on every member

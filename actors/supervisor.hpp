@@ -66,6 +66,7 @@ struct supervisor_config {
 ///                                 once it is on stable storage
 ///   (subscribe_atom, actor)   -> subscriber gets (events_atom, EventBatch)
 ///                                 after every durable group commit
+///   (subscribe_atom, actor, bool) the same, or (false) no more
 ///   (state_atom)              -> (Snapshot bytes) of the current state
 ///   (stats_atom)              -> (JSON text) counters
 ///

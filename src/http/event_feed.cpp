@@ -33,8 +33,41 @@ void event_feed::publish(std::vector<nlohmann::json> events) {
     r->chunk(frames);
 }
 
+bool event_feed::watched_locked(std::chrono::steady_clock::time_point now) const {
+  return !streams_.empty() || (last_read_ && now - *last_read_ < idle_);
+}
+
+bool event_feed::watched(std::chrono::steady_clock::time_point now) const {
+  std::lock_guard<std::mutex> g{mu_};
+  return watched_locked(now);
+}
+
+void event_feed::on_watch(std::function<void()> f) {
+  std::lock_guard<std::mutex> g{mu_};
+  on_watch_ = std::move(f);
+}
+
+void event_feed::watching(bool was) {
+  if (was)
+    return;
+  std::function<void()> f;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    f = on_watch_;
+  }
+  if (f)
+    f();
+}
+
 std::vector<nlohmann::json> event_feed::recent(uint64_t after,
-                                               size_t limit) const {
+                                               size_t limit) {
+  bool was;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    was = watched_locked(std::chrono::steady_clock::now());
+    last_read_ = std::chrono::steady_clock::now();
+  }
+  watching(was);
   std::lock_guard<std::mutex> g{mu_};
   std::vector<nlohmann::json> out;
   // seq is consecutive in the ring: start at the first one past `after`.
@@ -51,8 +84,14 @@ std::vector<nlohmann::json> event_feed::recent(uint64_t after,
 }
 
 bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
+  bool was;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    prune();
+    was = watched_locked(std::chrono::steady_clock::now());
+  }
+  watching(was);
   std::lock_guard<std::mutex> g{mu_};
-  prune();
   if (streams_.size() >= max_streams_)
     return false;
   response head;

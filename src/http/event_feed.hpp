@@ -5,8 +5,11 @@
 // HTTP replies and JSON, not actors: whoever hears the pool's events calls
 // publish(), from any thread.
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -20,14 +23,18 @@ namespace nodepool::http {
 class event_feed {
  public:
   /// Keeps the last `keep` events; at most `max_streams` live streams.
-  explicit event_feed(size_t keep = 1000, size_t max_streams = 64)
-    : keep_(keep), max_streams_(max_streams) {}
+  /// Events published while nobody watches (see watched()) may be skipped
+  /// by the publisher: the list then starts when someone looks.
+  explicit event_feed(size_t keep = 1000, size_t max_streams = 64,
+                      std::chrono::seconds idle = std::chrono::seconds(60))
+    : keep_(keep), max_streams_(max_streams), idle_(idle) {}
 
   /// Numbers the events (seq, from 1) and sends each to every stream.
   void publish(std::vector<nlohmann::json> events);
 
   /// Up to `limit` kept events with seq > after, oldest first.
-  std::vector<nlohmann::json> recent(uint64_t after, size_t limit) const;
+  /// (Reading counts as watching: see watched().)
+  std::vector<nlohmann::json> recent(uint64_t after, size_t limit);
 
   /// Starts a stream on `r`: the kept events after `after`, then every new
   /// one. False (nothing sent) when max_streams are open.
@@ -43,18 +50,33 @@ class event_feed {
   size_t streams() const;
   uint64_t published() const;
 
+  /// Called (outside the feed's lock) when someone starts watching a feed
+  /// nobody watched: whoever feeds it can start listening to the pool then.
+  void on_watch(std::function<void()> f);
+
+  /// Whether anyone watches: a stream is open, or the list was read within
+  /// `idle` (a minute by default). Whoever feeds it may skip the work of
+  /// turning events into JSON while nobody does (the oracle's relay does).
+  bool watched(std::chrono::steady_clock::time_point now =
+                 std::chrono::steady_clock::now()) const;
+
   /// One event as an SSE frame: "id: SEQ\ndata: JSON\n\n".
   static std::string frame(const nlohmann::json& e);
 
  private:
   void prune();  // with mu_ held
+  bool watched_locked(std::chrono::steady_clock::time_point now) const;
+  void watching(bool was);  // calls on_watch_ if nobody watched before
 
   size_t keep_;
   size_t max_streams_;
+  std::chrono::seconds idle_;
+  std::optional<std::chrono::steady_clock::time_point> last_read_;
   mutable std::mutex mu_;
   std::deque<nlohmann::json> ring_;
   uint64_t next_seq_ = 1;
   std::vector<std::shared_ptr<reply>> streams_;
+  std::function<void()> on_watch_;
 };
 
 } // namespace nodepool::http

@@ -464,6 +464,24 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
     }
     EXPECT_EQ(s.value("state", ""), "completed") << "member " << i << ": " << s.dump();
   }
+  // /metrics on each member: its view of the log, one leader among them,
+  // and the session counted on every member (what committed).
+  int leaders = 0;
+  for (int i = 1; i <= 3; ++i) {
+    httplib::Client c{"127.0.0.1", http[i]};
+    auto r = c.Get("/metrics");
+    ASSERT_TRUE(r && r->status == 200) << "member " << i;
+    auto& t = r->body;
+    EXPECT_NE(t.find("\nnodepool_raft_term "), std::string::npos) << t;
+    EXPECT_NE(t.find("\nnodepool_raft_leader_id " + std::to_string(l) + "\n"),
+              std::string::npos)
+      << "member " << i << ": " << t;
+    leaders += t.find("\nnodepool_raft_is_leader 1\n") != std::string::npos;
+    EXPECT_NE(t.find("\nnodepool_sessions_ended_total{outcome=\"completed\"} 1\n"),
+              std::string::npos)
+      << "member " << i << ": " << t;
+  }
+  EXPECT_EQ(leaders, 1);
   // Operators' commands are not passed on: the follower sends the client
   // to the leader's API (307, the same method, body and key).
   {

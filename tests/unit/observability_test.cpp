@@ -216,6 +216,26 @@ TEST(event_feed, numbers_keeps_the_last_and_pages_after_a_seq) {
   EXPECT_EQ(f.recent(0, 2).size(), 2u);
 }
 
+TEST(event_feed, is_watched_while_a_stream_is_open_or_a_minute_after_a_read) {
+  http::event_feed f;
+  int started = 0;
+  f.on_watch([&] { ++started; });
+  auto t = std::chrono::steady_clock::now();
+  EXPECT_FALSE(f.watched(t)) << "nobody looked yet";
+  f.recent(0, 10);
+  EXPECT_EQ(started, 1) << "the first look starts the feed";
+  f.recent(0, 10);
+  EXPECT_EQ(started, 1) << "already watched";
+  EXPECT_TRUE(f.watched(std::chrono::steady_clock::now()));
+  EXPECT_FALSE(f.watched(std::chrono::steady_clock::now() + std::chrono::seconds(61)));
+  auto s = std::make_shared<stream_sink>();
+  ASSERT_TRUE(f.follow(s, 0));
+  EXPECT_TRUE(f.watched(std::chrono::steady_clock::now() + std::chrono::hours(1)));
+  s->gone = true;
+  f.heartbeat();  // drops it
+  EXPECT_FALSE(f.watched(std::chrono::steady_clock::now() + std::chrono::hours(1)));
+}
+
 TEST(event_feed, a_stream_gets_the_backlog_then_live_events_until_it_closes) {
   http::event_feed f{100, 2};
   f.publish({json{{"type", "a"}}, json{{"type", "b"}}});
