@@ -938,7 +938,7 @@ void chaos_run::plot(const std::string& dir) {
            "set output 'chaos.png'\n"
            "set multiplot layout 2,1 title 'nodepool chaos, seed "
         << seed_ << ": red SIGKILL, orange SIGSTOP'\n"
-           "set grid\nset xrange [0:" << last_t << "]\n";
+           "set grid\nset lmargin 12\nset xrange [0:" << last_t << "]\n";
     for (auto& m : marks_)
       out << "set arrow from " << m.t << ", graph 0 to " << m.t
           << ", graph 1 nohead lw 1 lc rgb '"
