@@ -73,6 +73,7 @@ struct supervisor_state {
   // Leadership transfers asked by operators, waiting for the log.
   std::map<uint64_t, caf::response_promise> transfers;
   uint64_t next_transfer = 1;
+  uint64_t rotations = 0;  // scheduled hand-overs that succeeded
   static inline const char* name = "pool_supervisor";
 };
 
@@ -436,6 +437,9 @@ void on_lead(self_ptr self, uint64_t term) {
   st.lead.emplace(snap, term);
   st.lead_term = term;
   ++st.terms_led;
+  if (st.cfg.rotation_interval.count() > 0)
+    self->delayed_send(self, st.cfg.rotation_interval, rotate_atom::value,
+                       term);
   for (auto& l : st.term_listeners)
     self->send(l, lead_atom::value, term);
   st.last_now = std::max(st.last_now, snap.last_now());
@@ -456,6 +460,32 @@ void on_lead(self_ptr self, uint64_t term) {
     conf.mutable_configure()->set_params_json(to_json(st.cfg.pool));
     apply(self, conf, nullptr);
   }
+}
+
+/// Scheduled rotation: hands leadership of `term` to the member after
+/// `after` in id order (wrapping). When every other member was tried, this
+/// one keeps leading for another window.
+void rotate_after(self_ptr self, uint64_t term, uint64_t after) {
+  auto& st = self->state;
+  auto me = st.cfg.cluster_log->status().id;
+  auto& ms = st.cfg.member_addresses;
+  uint64_t next = 0;
+  if (auto i = ms.upper_bound(after); i != ms.end())
+    next = i->first;
+  else if (!ms.empty())
+    next = ms.begin()->first;
+  if (next == 0 || next == me) {
+    log("supervisor")->warn("scheduled rotation: no other member took "
+                            "leadership; leading term {} for another {} ms",
+                            term, st.cfg.rotation_interval.count());
+    self->delayed_send(self, st.cfg.rotation_interval, rotate_atom::value,
+                       term);
+    return;
+  }
+  st.cfg.cluster_log->transfer(
+    next, [me = caf::actor{self}, term, next](std::string error) {
+      caf::anon_send(me, rotate_atom::value, term, next, std::move(error));
+    });
 }
 
 /// The pool as this member knows it: the leader's (speculative), or the
@@ -605,6 +635,27 @@ caf::behavior handlers(self_ptr self) {
         });
       return rp;
     },
+    // Scheduled rotation: the window of the term this member leads ended.
+    [=](rotate_atom, uint64_t term) {
+      auto& st = self->state;
+      if (!st.lead || st.lead_term != term)
+        return;  // no longer leading that term: nothing to hand over
+      rotate_after(self, term, st.cfg.cluster_log->status().id);
+    },
+    [=](rotate_atom, uint64_t term, uint64_t to, const std::string& error) {
+      auto& st = self->state;
+      if (error.empty()) {
+        ++st.rotations;
+        log("supervisor")->info("scheduled rotation: handed leadership of "
+                                "term {} to member {}", term, to);
+        return;
+      }
+      if (!st.lead || st.lead_term != term)
+        return;
+      log("supervisor")->warn("scheduled rotation to member {} failed: {}", to,
+                              error);
+      rotate_after(self, term, to);
+    },
     [=](transfer_atom, uint64_t id, const std::string& error) {
       auto& st = self->state;
       auto i = st.transfers.find(id);
@@ -651,6 +702,8 @@ caf::behavior handlers(self_ptr self) {
       j["last_index"] = s.last_index;
       j["refused_peers"] = s.refused_peers;
       j["terms_led"] = st.terms_led;
+      j["rotations"] = st.rotations;
+      j["rotation_interval_ms"] = st.cfg.rotation_interval.count();
       uint64_t archived = 0;
       st.cfg.replica->with([&](replica& r) {
         j["pool_index"] = r.last_index();

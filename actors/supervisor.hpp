@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -53,6 +54,10 @@ struct supervisor_config {
   std::map<uint64_t, std::string> member_addresses;
   /// Their HTTP APIs (those the cluster file names), for the cluster view.
   std::map<uint64_t, std::string> member_http;
+  /// Scheduled rotation (cluster mode): once this member has led a term
+  /// this long, it hands leadership to the next member in id order (the
+  /// one after that if the transfer fails). Zero: never.
+  std::chrono::milliseconds rotation_interval{0};
   /// Simulation: the archive backfill reaches peers through this instead
   /// of the network (see backfill_config::peer).
   std::function<caf::actor(uint64_t)> peer_gateway;
@@ -98,6 +103,9 @@ struct supervisor_config {
 /// refused as duplicate_session, never stored twice) and the subscribers
 /// are told to drop their soft state (reset_atom).
 ///   (cluster_atom)            -> (JSON text) this member's view of the log
+///   (transfer_atom, to)       -> (JSON text) {leader_id, term} once this
+///                                 leader handed over to `to` (0: the most
+///                                 up-to-date voter), or a refusal
 caf::actor spawn_supervisor(caf::actor_system& sys, supervisor_config cfg);
 
 } // namespace nodepool

@@ -137,12 +137,19 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         c.snapshot_trailing = in(0, 100000000);
       else if (key == "install_snapshot_timeout_ms")
         c.install_snapshot_timeout_ms = in(100, 600000);
+      else if (key == "rotation_interval_ms")
+        c.rotation_interval_ms = in(0, 86400000);
       else
         throw fail("raft." + key, "unknown key");
     }
     if (c.heartbeat_timeout_ms >= c.election_timeout_ms)
       throw fail("raft.heartbeat_timeout_ms",
                  "must be below raft.election_timeout_ms");
+    if (c.rotation_interval_ms > 0
+        && c.rotation_interval_ms < 2 * c.election_timeout_ms)
+      throw fail("raft.rotation_interval_ms",
+                 "must be 0 (no rotation) or at least twice "
+                 "raft.election_timeout_ms");
   } else if (tbl.contains("raft")) {
     throw fail("raft", "expected a table ([raft])");
   }

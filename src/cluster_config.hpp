@@ -38,6 +38,7 @@ struct cluster_member {
 ///   snapshot_threshold = 1024
 ///   snapshot_trailing = 128
 ///   install_snapshot_timeout_ms = 10000
+///   rotation_interval_ms = 0    # > 0: the leader hands over after this long
 struct cluster_config {
   /// Names the cluster; a member's data directory remembers it and refuses
   /// a file naming another. Set it (top-level `cluster_id = "..."`) before
@@ -52,6 +53,9 @@ struct cluster_config {
   /// after this long (libraft's default, 30 s, leaves a follower whose
   /// snapshot was lost that far behind).
   unsigned install_snapshot_timeout_ms = 10000;
+  /// Scheduled rotation: a leader hands leadership to the next member in
+  /// id order once it has led this long (0: only on failure, the default).
+  unsigned rotation_interval_ms = 0;
 
   const cluster_member* find(uint64_t id) const;
 };

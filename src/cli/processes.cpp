@@ -292,6 +292,8 @@ int run_oracle(oracle_options& o) {
   sc.replica = cluster.machine;
   sc.roles = cluster.roles;
   if (cc)
+    sc.rotation_interval = std::chrono::milliseconds(cc->rotation_interval_ms);
+  if (cc)
     for (auto& m : cc->members) {
       sc.member_addresses[m.id] = m.address;
       if (!m.http.empty())
@@ -396,6 +398,27 @@ int run_oracle(oracle_options& o) {
     say("oracle", "the pool supervisor stopped (see log)", "error");
     stop_oracle(h);
     return 1;
+  }
+  // A leader asked to stop hands leadership over first (libraft's
+  // raft_transfer), so the cluster does not wait an election timeout for
+  // a new one.
+  if (cluster.log && cluster.log->status().role == log_role::leader) {
+    caf::scoped_actor asker{sys};
+    auto limit = std::chrono::milliseconds(4 * cc->election_timeout_ms + 1000);
+    asker->request(h.supervisor, limit, transfer_atom::value, uint64_t{0})
+      .receive(
+        [&](const std::string& text) {
+          auto j = nlohmann::json::parse(text, nullptr, false);
+          say("oracle", "handed leadership to member "
+                          + std::to_string(j.value("leader_id", uint64_t{0}))
+                          + " before stopping",
+              "info");
+        },
+        [&](caf::error& e) {
+          say("oracle", "could not hand leadership over before stopping ("
+                          + sys.render(e) + "); the others elect a leader "
+                            "after their election timeout");
+        });
   }
   // A signal is how an oracle is meant to end: the supervisor commits what
   // it holds, the store is closed on return, and the exit status is 0.

@@ -41,6 +41,7 @@ TEST(ClusterFile, ReadsMembersAndTiming) {
 election_timeout_ms = 300
 heartbeat_timeout_ms = 30
 install_snapshot_timeout_ms = 2500
+rotation_interval_ms = 600000
 [pool]
 heartbeat_timeout_ms = 9000
 )",
@@ -54,6 +55,7 @@ heartbeat_timeout_ms = 9000
   EXPECT_EQ(c.heartbeat_timeout_ms, 30u);
   EXPECT_EQ(c.snapshot_threshold, 1024u);
   EXPECT_EQ(c.install_snapshot_timeout_ms, 2500u);
+  EXPECT_EQ(c.rotation_interval_ms, 600000u);
 }
 
 TEST(ClusterFile, TheShippedFileReads) {
@@ -89,6 +91,10 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
      "raft.election_timeout_ms"},
     {std::string{three} + "[raft]\nheartbeat_timeout_ms = 900\n",
      "below raft.election_timeout_ms"},
+    {std::string{three} + "[raft]\nrotation_interval_ms = 500\n",
+     "raft.rotation_interval_ms"},
+    {std::string{three} + "[raft]\nrotation_interval_ms = -1\n",
+     "raft.rotation_interval_ms"},
     {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
     {std::string{three} + "[raft]\ninstall_snapshot_timeout_ms = 0\n",
      "raft.install_snapshot_timeout_ms"},
