@@ -661,15 +661,31 @@ caf::behavior handlers(self_ptr self) {
       auto i = st.transfers.find(id);
       if (i == st.transfers.end())
         return;
-      auto rp = i->second;
-      st.transfers.erase(i);
       if (!error.empty()) {
+        auto rp = i->second;
+        st.transfers.erase(i);
         rp.deliver(make_refusal("transfer_failed", error));
         return;
       }
+      // The old leader has stepped down; who won is known once the new
+      // leader is heard from (within a heartbeat): answer then.
+      self->send(self, transfer_atom::value, id, int32_t{0});
+    },
+    [=](transfer_atom, uint64_t id, int32_t tries) {
+      auto& st = self->state;
+      auto i = st.transfers.find(id);
+      if (i == st.transfers.end())
+        return;
       auto s = st.cfg.cluster_log->status();
+      if (s.leader_id == 0 && tries < 200) {
+        self->delayed_send(self, std::chrono::milliseconds(10),
+                           transfer_atom::value, id, tries + 1);
+        return;
+      }
+      auto rp = i->second;
+      st.transfers.erase(i);
       nlohmann::json j;
-      j["leader_id"] = s.leader_id;
+      j["leader_id"] = s.leader_id;  // 0 if still unknown after 2 s
       j["term"] = s.term;
       rp.deliver(j.dump());
     },

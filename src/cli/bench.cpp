@@ -364,6 +364,7 @@ nlohmann::json measure(options& o) {
     o.remote_nodes = 64;
     o.remote_clients = 32;
     o.failover_kills = 2;
+    o.rotations = 2;
   }
   if (o.loads.empty())
     o.loads = {0.1, 0.3, 0.5, 0.7, 0.8, 0.9};
@@ -412,6 +413,11 @@ nlohmann::json measure(options& o) {
     check_stop();
     note("failover");
     report["failover"] = bench::failover(o);
+  }
+  if (wanted(o, "rotation")) {
+    check_stop();
+    note("rotation");
+    report["rotation"] = bench::rotation(o);
   }
   if (wanted(o, "api")) {
     check_stop();
@@ -486,15 +492,23 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--failover-kills", o->failover_kills,
                   "leader kills of the failover section (default 20)")
     ->check(CLI::Range(1u, 1000u));
+  cmd->add_option("--rotations", o->rotations,
+                  "scheduled hand-overs the rotation section times (default 10)")
+    ->check(CLI::Range(1u, 1000u));
+  cmd->add_option("--rotation-interval-ms", o->rotation_interval_ms,
+                  "rotation_interval_ms of the rotation section's cluster "
+                  "(default 2000; at least twice the election timeout)")
+    ->check(CLI::Range(100u, 3600000u));
   cmd->add_option("--failover-election-ms", o->failover_election_ms,
                   "Raft election timeout of the failover section's cluster "
                   "(default 400, the cluster file's default)")
     ->check(CLI::Range(50u, 60000u));
   cmd->add_option("--only", o->only,
                   "run only these sections (state_machine, queue, durable, replicated, failover, "
-                  "api, check, remote, redis, scale, recovery)")
+                  "api, check, remote, redis, scale, recovery, rotation)")
     ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "api",
-                           "check", "remote", "redis", "scale", "recovery"}));
+                           "check", "remote", "redis", "scale", "recovery",
+                           "rotation"}));
   cmd->add_option("--api-connections", o->api_connections,
                   "keep-alive connections of the api section (default 200)")
     ->check(CLI::Range(1u, 10000u));

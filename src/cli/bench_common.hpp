@@ -39,6 +39,8 @@ struct options {
   double api_seconds = 30;               // its measuring window (each way)
   unsigned failover_kills = 20;          // leader kills of `failover`
   unsigned failover_election_ms = 400;   // its Raft election timeout
+  unsigned rotations = 10;               // hand-overs timed by `rotation`
+  unsigned rotation_interval_ms = 2000;  // its rotation_interval_ms
   std::string redis_server;      // path of redis-server (found or installed)
   /// Pool parameters of the nodepool sections (defaults unless flags say
   /// otherwise), and the flags themselves, passed on to child runs.
@@ -127,6 +129,7 @@ nlohmann::json durable(const options& o);
 nlohmann::json replicated(const options& o);
 /// Leader kills under load in a 3-oracle cluster of processes.
 nlohmann::json failover(const options& o);
+nlohmann::json rotation(const options& o);
 nlohmann::json remote(const options& o);
 nlohmann::json redis(options& o);
 nlohmann::json scale(const options& o);

@@ -93,15 +93,14 @@ int64_t first_start_since(caf::actor_system& sys, const std::string& addr,
   return best;
 }
 
-/// Sessions started per second from `since` (wall ms) to `until`, as the
+/// Every session start from `since` (wall ms) to `until`, sorted, as the
 /// archive of the member at `addr` holds them (paged, 1000 at a time).
-std::vector<uint64_t> grants_per_second(caf::actor_system& sys,
-                                        const std::string& addr, int64_t since,
-                                        int64_t until) {
-  std::vector<uint64_t> per_s(static_cast<size_t>((until - since) / 1000 + 1), 0);
+std::vector<int64_t> start_times(caf::actor_system& sys, const std::string& addr,
+                                 int64_t since, int64_t until) {
+  std::vector<int64_t> out;
   auto gw = reach(sys, addr);
   if (!gw)
-    return per_s;
+    return out;
   caf::scoped_actor self{sys};
   pb::ArchiveQuery q;
   q.set_since(since);
@@ -114,11 +113,9 @@ std::vector<uint64_t> grants_per_second(caf::actor_system& sys,
           pb::ArchiveAnswer a;
           if (!a.ParseFromString(bytes) || a.sessions_size() == 0)
             return;
-          for (auto& s : a.sessions()) {
-            auto t = s.started_at();
-            if (t >= since && t <= until)
-              ++per_s[static_cast<size_t>((t - since) / 1000)];
-          }
+          for (auto& s : a.sessions())
+            if (s.started_at() >= since && s.started_at() <= until)
+              out.push_back(s.started_at());
           auto& last = a.sessions(a.sessions_size() - 1);
           q.set_since(last.ended_at());
           q.set_after_id(last.id());
@@ -126,6 +123,17 @@ std::vector<uint64_t> grants_per_second(caf::actor_system& sys,
         },
         [&](caf::error&) {});
   }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// Sessions started per second from `since` (wall ms) to `until`.
+std::vector<uint64_t> grants_per_second(caf::actor_system& sys,
+                                        const std::string& addr, int64_t since,
+                                        int64_t until) {
+  std::vector<uint64_t> per_s(static_cast<size_t>((until - since) / 1000 + 1), 0);
+  for (auto t : start_times(sys, addr, since, until))
+    ++per_s[static_cast<size_t>((t - since) / 1000)];
   return per_s;
 }
 
@@ -150,21 +158,61 @@ std::optional<uint64_t> requeued(caf::actor_system& sys, const std::string& addr
 
 } // namespace
 
-nlohmann::json failover(const options& o) {
-  temp_tree tree{"failover"};  // outlives the processes that use it
-  auto& dir = tree.path;
+/// Three oracle processes on loopback as one replicated pool (cluster file
+/// `[raft]` from `raft_extra`), a miner process with 32 nodes and a
+/// submitter process at 200 sessions/s, all following the leader.
+struct loaded_cluster {
+  const options& o;
+  const char* name;
+  temp_tree tree;  // outlives the processes that use it
   std::string addr[4];
-  auto members = write_loopback_cluster(
-    dir + "/cluster.toml", 3,
-    "[raft]\nelection_timeout_ms = " + std::to_string(o.failover_election_ms)
-      + "\nheartbeat_timeout_ms = "
-      + std::to_string(std::max<unsigned>(1, o.failover_election_ms / 10)) + "\n");
-  for (int i = 1; i <= 3; ++i)
-    addr[i] = members[i - 1].address;
-  auto list = addr[1] + "," + addr[2] + "," + addr[3];
+  std::string list;
   std::unique_ptr<child_process> oracle[4];
+  std::unique_ptr<child_process> miner, submit;
   int runs = 0;
-  auto start = [&](int i) {
+  actor_config cfg;
+  caf::actor_system sys{cfg};
+
+  loaded_cluster(const options& opts, const char* section,
+                 const std::string& raft_extra)
+    : o(opts), name(section), tree{section} {
+    auto& dir = tree.path;
+    auto members = write_loopback_cluster(
+      dir + "/cluster.toml", 3,
+      "[raft]\nelection_timeout_ms = " + std::to_string(o.failover_election_ms)
+        + "\nheartbeat_timeout_ms = "
+        + std::to_string(std::max<unsigned>(1, o.failover_election_ms / 10))
+        + "\n" + raft_extra);
+    for (int i = 1; i <= 3; ++i)
+      addr[i] = members[i - 1].address;
+    list = addr[1] + "," + addr[2] + "," + addr[3];
+    for (int i = 1; i <= 3; ++i)
+      start(i);
+    miner = std::make_unique<child_process>(
+      std::vector<std::string>{"--log-level", "error", "miner", "--oracle",
+                               list, "--nodes", "32", "--id-prefix", "fo",
+                               "--connect-timeout", "120"},
+      dir + "/miner");
+    submit = std::make_unique<child_process>(
+      std::vector<std::string>{"--log-level", "error", "submit", "--oracle",
+                               list, "--sessions", "100000000", "--prefix",
+                               "fo", "--interval-ms", "5", "--max-tasks", "1",
+                               "--connect-timeout", "120"},
+      dir + "/submit");
+  }
+
+  ~loaded_cluster() {
+    if (submit)
+      submit->terminate(5s);
+    if (miner)
+      miner->terminate(5s);
+    for (int i = 1; i <= 3; ++i)
+      if (oracle[i])
+        oracle[i]->terminate(5s);
+  }
+
+  void start(int i) {
+    auto& dir = tree.path;
     std::vector<std::string> args{"--log-level", "error", "oracle", "--cluster",
                                   dir + "/cluster.toml", "--id",
                                   std::to_string(i), "--data-dir",
@@ -180,44 +228,47 @@ nlohmann::json failover(const options& o) {
     auto t0 = clock::now();
     while (oracle[i]->output().find("listening on") == std::string::npos) {
       if (!oracle[i]->running() || seconds_since(t0) > 30)
-        throw std::runtime_error("failover: oracle " + std::to_string(i)
-                                 + " did not start: " + oracle[i]->errors());
+        throw std::runtime_error(std::string{name} + ": oracle "
+                                 + std::to_string(i) + " did not start: "
+                                 + oracle[i]->errors());
       check_stop();
       std::this_thread::sleep_for(20ms);
     }
-  };
-  for (int i = 1; i <= 3; ++i)
-    start(i);
-  child_process miner{{"--log-level", "error", "miner", "--oracle", list,
-                       "--nodes", "32", "--id-prefix", "fo",
-                       "--connect-timeout", "120"},
-                      dir + "/miner"};
-  child_process submit{{"--log-level", "error", "submit", "--oracle", list,
-                        "--sessions", "100000000", "--prefix", "fo",
-                        "--interval-ms", "5", "--max-tasks", "1",
-                        "--connect-timeout", "120"},
-                       dir + "/submit"};
-  actor_config cfg;
-  caf::actor_system sys{cfg};
-  auto leader = [&] {
-    for (int i = 1; i <= 3; ++i) {
+  }
+
+  int leader() {
+    for (int i = 1; i <= 3; ++i)
       if (oracle[i] && oracle[i]->running() && leads(sys, addr[i]))
         return i;
-    }
     return 0;
-  };
+  }
+
+  /// Waits until sessions are being served (nodes admitted, load flowing).
+  void wait_for_load() {
+    auto t0 = clock::now();
+    while (first_start_since(sys, addr[leader() ? leader() : 1], 0) == 0) {
+      check_stop();
+      if (seconds_since(t0) > 60)
+        throw std::runtime_error(std::string{name}
+                                 + ": no session was served within 60 s");
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+};
+
+nlohmann::json failover(const options& o) {
+  loaded_cluster c{o, "failover", ""};
+  auto& sys = c.sys;
+  auto& addr = c.addr;
+  auto& oracle = c.oracle;
+  auto leader = [&] { return c.leader(); };
+  auto start = [&](int i) { c.start(i); };
   std::vector<double> grant_ms, elect_ms;
   unsigned missed = 0;
   auto t_start = clock::now();
   auto wall_start = wall_ms();
   nlohmann::json timeline = nlohmann::json::array();  // one entry per kill
-  // Load first: nodes admitted and sessions flowing.
-  while (first_start_since(sys, addr[leader() ? leader() : 1], 0) == 0) {
-    check_stop();
-    if (seconds_since(t_start) > 60)
-      throw std::runtime_error("failover: no session was served within 60 s");
-    std::this_thread::sleep_for(100ms);
-  }
+  c.wait_for_load();
   auto requeued_before = requeued(sys, addr[leader() ? leader() : 1]);
   for (unsigned k = 0; k < o.failover_kills; ++k) {
     check_stop();
@@ -288,11 +339,6 @@ nlohmann::json failover(const options& o) {
         std::this_thread::sleep_for(50ms);
     }
   }
-  submit.terminate(5s);
-  miner.terminate(5s);
-  for (int i = 1; i <= 3; ++i)
-    if (oracle[i])
-      oracle[i]->terminate(5s);
   std::sort(grant_ms.begin(), grant_ms.end());
   nlohmann::json j;
   j["kills"] = o.failover_kills;
@@ -312,6 +358,74 @@ nlohmann::json failover(const options& o) {
   // time go back to the queue (TakeOver); most continue where they were.
   if (requeued_before && requeued_after)
     j["sessions_requeued"] = *requeued_after - *requeued_before;
+  return j;
+}
+
+/// Scheduled rotation under load: the cluster file rotates leadership
+/// every `rotation_interval_ms`; each hand-over seen is timed by the pause
+/// in grants around it: the longest gap between two consecutive session
+/// starts (from the archive, after the run) within half an interval of the
+/// moment the new leader was seen, against the same measure half an
+/// interval earlier, away from any change (the load's own gaps).
+nlohmann::json rotation(const options& o) {
+  auto interval = std::max<unsigned>(o.rotation_interval_ms,
+                                     2 * o.failover_election_ms);
+  loaded_cluster c{o, "rotation",
+                   "rotation_interval_ms = " + std::to_string(interval) + "\n"};
+  c.wait_for_load();
+  auto wall_start = wall_ms();
+  std::vector<int64_t> changes;  // wall ms the new leader was first seen
+  int last = c.leader();
+  auto deadline = clock::now() + std::chrono::milliseconds(
+                                   (o.rotations + 2) * 2 * interval + 10000);
+  while (changes.size() < o.rotations && clock::now() < deadline) {
+    check_stop();
+    int l = c.leader();
+    if (l != 0 && l != last) {
+      if (last != 0)
+        changes.push_back(wall_ms());
+      note("rotation: member %d leads (change %zu of %u)", l, changes.size(),
+           o.rotations);
+      last = l;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(interval / 2));
+  std::vector<int64_t> starts;
+  for (int tries = 0; tries < 100 && starts.empty(); ++tries) {
+    if (int l = c.leader())
+      starts = start_times(c.sys, c.addr[l], wall_start, wall_ms());
+    else
+      std::this_thread::sleep_for(50ms);
+  }
+  auto max_gap = [&](int64_t from, int64_t to) {
+    int64_t gap = 0;
+    auto i = std::lower_bound(starts.begin(), starts.end(), from);
+    for (; i != starts.end() && i + 1 != starts.end() && *(i + 1) <= to; ++i)
+      gap = std::max(gap, *(i + 1) - *i);
+    return static_cast<double>(gap);
+  };
+  std::vector<double> pause, baseline;
+  int64_t half = interval / 2;
+  for (auto t : changes) {
+    pause.push_back(max_gap(t - half, t + half));
+    baseline.push_back(max_gap(t - 2 * half + 1, t - half));
+  }
+  nlohmann::json j;
+  j["rotation_interval_ms"] = interval;
+  j["rotations"] = changes.size();
+  j["sessions_started"] = starts.size();
+  j["pause_ms"] = pause;
+  j["baseline_gap_ms"] = baseline;
+  if (!pause.empty()) {
+    j["median_pause_ms"] = median(pause);
+    j["max_pause_ms"] = *std::max_element(pause.begin(), pause.end());
+    j["median_baseline_gap_ms"] = median(baseline);
+  }
+  note("rotation: %zu hand-overs, grants paused a median %.0f ms (the "
+       "load's own longest gap: %.0f ms)",
+       changes.size(), pause.empty() ? -1.0 : median(pause),
+       baseline.empty() ? -1.0 : median(baseline));
   return j;
 }
 

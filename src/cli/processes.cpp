@@ -71,9 +71,10 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
     }
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
-    // Short: during a cluster's election, this is how soon the new leader
-    // is found once it is there.
-    std::this_thread::sleep_for(50ms);
+    // Short: during a cluster's election or a hand-over, this is how soon
+    // the new leader is found once it is there (a question to each member
+    // on loopback or a LAN costs little).
+    std::this_thread::sleep_for(10ms);
   }
 }
 
@@ -538,9 +539,11 @@ int run_miner(miner_options& o) {
         && std::chrono::steady_clock::now() - start
              > std::chrono::milliseconds(static_cast<int64_t>(o.duration_s * 1000)))
       break;
-    // A cluster's leader may change while this connection stays up: the
-    // nodes follow it (a single oracle always leads itself).
-    if (std::chrono::steady_clock::now() - last_check > 500ms) {
+    // A cluster's leader may change while this connection stays up (a
+    // rotation, a hand-over): the nodes follow it (a single oracle always
+    // leads itself). Asked every 100 ms: a small question to the gateway,
+    // and how long grants wait for the nodes after a hand-over.
+    if (std::chrono::steady_clock::now() - last_check > 100ms) {
       last_check = std::chrono::steady_clock::now();
       // Briefly: a leader killed during this question does not answer,
       // and its nodes must not wait long to move.
@@ -595,7 +598,7 @@ int run_miner(miner_options& o) {
           }
         }
       },
-      caf::after(200ms) >> [] {});
+      caf::after(50ms) >> [] {});
   }
   for (auto& n : nodes)
     self->send_exit(n, caf::exit_reason::user_shutdown);

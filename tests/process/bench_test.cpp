@@ -47,7 +47,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
 
   for (auto key : {"state_machine", "queue", "durable", "replicated",
                    "failover", "api", "check", "remote", "redis", "scale",
-                   "recovery"})
+                   "recovery", "rotation"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
@@ -67,6 +67,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/check/0/entries_per_s", "/check/1/entries_per_s",
                  "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
                  "/replicated/grant_at_50/p99_ms", "/failover/median_ms",
+                 "/rotation/median_pause_ms", "/rotation/rotations",
                  "/failover/max_ms", "/api/http/requests_per_s",
                  "/api/http/p99_ms", "/api/in_process/requests_per_s",
                  "/api/http_to_in_process"})
