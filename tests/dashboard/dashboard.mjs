@@ -133,11 +133,12 @@ try {
   });
   const kept = miners.filter((m) => m.state === "quarantined" || m.state === "retired");
   if (kept.length > 0) {
-    out.kept_out = await until("the kept-out list", () =>
-      page.evaluate((id) => {
+    out.kept_reason = kept[0].reason || "";
+    out.kept_out = await until("the kept-out list with the node's reason", () =>
+      page.evaluate(([id, why]) => {
         const li = document.querySelector(`#kept-out [data-node-id="${id}"]`);
-        return li ? li.textContent : null;
-      }, kept[0].node_id));
+        return li && li.textContent.includes(why) ? li.textContent : null;
+      }, [kept[0].node_id, out.kept_reason]));
   }
   out.members = await page.$eval("#members", (e) => e.textContent.trim());
 
