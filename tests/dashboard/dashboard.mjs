@@ -4,6 +4,8 @@
 // JSON object; exits 1 with the reason when something is off.
 //
 //   NODEPOOL_NPM_DIR=<dir> node dashboard.mjs BASE_URL KEY SCREENSHOT.png
+//
+// KEY "-": an oracle without keys (loopback): the page asks for none.
 import { createRequire } from "node:module";
 
 const require = createRequire(process.env.NODEPOOL_NPM_DIR + "/");
@@ -18,10 +20,12 @@ const fail = async (why) => {
   process.exit(1);
 };
 
+const keyed = key !== "-";
 const api = async (path, init = {}) => {
   const r = await fetch(base + path, {
     ...init,
-    headers: { Authorization: `Bearer ${key}`, ...(init.headers || {}) },
+    headers: { ...(keyed ? { Authorization: `Bearer ${key}` } : {}),
+               ...(init.headers || {}) },
   });
   return { status: r.status, body: await r.json() };
 };
@@ -54,8 +58,13 @@ try {
   const consoleErrors = [];
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
 
-  // No key yet: the page asks for one. A wrong key is refused.
   await page.goto(base + "/");
+  if (!keyed) {
+    await page.waitForSelector("body[data-ready='1']", { timeout: 30000 });
+    out.asked_for_key = await page.$eval("#login", (e) => e.offsetParent !== null);
+    if (out.asked_for_key) await fail("asked for a key the oracle does not need");
+  } else {
+  // No key yet: the page asks for one. A wrong key is refused.
   await page.waitForSelector("#login", { state: "visible", timeout: 15000 });
   await page.fill("#api-key", "np_not_a_key");
   await page.click("#login-submit");
@@ -75,6 +84,7 @@ try {
   out.login_after_reload = await page.$eval("#login", (e) =>
     e.offsetParent !== null);
   if (out.login_after_reload) await fail("asked for the key again after a reload");
+  }
 
   // A session opened over the API shows up, with its nodes, and live
   // events arrive over the stream.
@@ -141,6 +151,9 @@ try {
       }, [kept[0].node_id, out.kept_reason]));
   }
   out.members = await page.$eval("#members", (e) => e.textContent.trim());
+  // A cluster's members as the page marks them: [id, leads?].
+  out.member_items = await page.$$eval("#members [data-member-id]", (l) =>
+    l.map((e) => [Number(e.dataset.memberId), e.dataset.leader === "1"]));
 
   // End the session: it leaves the table.
   const ended = await api(`/api/v1/admin/sessions/${sid}/end`, { method: "POST" });

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <filesystem>
 #include <memory>
 #include <unistd.h>
 
@@ -613,6 +614,58 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
                        R"({"prompt":"still there?","timeout":30})");
   EXPECT_EQ(c6, 200) << a6.dump();
   miner.signal(SIGTERM);
+}
+
+/// The dashboard of a member, in headless Chromium: the members and which
+/// one leads, besides what a single oracle's shows (see
+/// tests/dashboard/dashboard.mjs).
+TEST_F(Cluster, TheDashboardShowsTheMembersAndTheLeader) {
+  std::string npm = NODEPOOL_NPM_DIR;
+  if (!std::filesystem::exists("/usr/bin/chromium")
+      || !std::filesystem::exists(npm + "/node_modules/playwright-core/package.json"))
+    GTEST_SKIP() << "Chromium or playwright-core is not installed (tools/test "
+                    "installs both)";
+  int http[4] = {};
+  for (int i = 1; i <= 3; ++i) {
+    start(i, {});
+    ASSERT_TRUE(oracle_[i]->wait_for_output("HTTP API on", std::chrono::seconds(20)));
+    http[i] = printed_http_port(oracle_[i]->output());
+  }
+  int l = wait_leader();
+  ASSERT_GT(l, 0) << "no leader elected";
+  child miner{{"miner", "--oracle", all(), "--nodes", "3", "--connect-timeout", "60"},
+              dir_ + "/miner.out"};
+  nlohmann::json st;
+  for (int k = 0; k < 300; ++k) {
+    httplib::Client c{"127.0.0.1", http[l]};
+    auto r = c.Get("/api/v1/status");
+    st = r ? nlohmann::json::parse(r->body, nullptr, false) : nlohmann::json{};
+    if (st.is_object() && st["nodes"]["by_state"]["ephemeral"] == 3)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  // The leader's page: its events are live (a follower publishes none).
+  auto [rc, out] = run_shell("NODEPOOL_NPM_DIR=" + npm + " timeout 180 node "
+                             + std::string{NODEPOOL_SOURCE_DIR}
+                             + "/tests/dashboard/dashboard.mjs http://127.0.0.1:"
+                             + std::to_string(http[l]) + " - " + dir_
+                             + "/cluster-dashboard.png");
+  ASSERT_EQ(rc, 0) << out;
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out;
+  EXPECT_FALSE(j["asked_for_key"].get<bool>());
+  ASSERT_EQ(j["member_items"].size(), 3u) << out;
+  int leaders = 0;
+  for (auto& m : j["member_items"])
+    if (m[1].get<bool>()) {
+      ++leaders;
+      EXPECT_EQ(m[0].get<int>(), l) << out;
+    }
+  EXPECT_EQ(leaders, 1) << out;
+  EXPECT_EQ(j["miner_rows"], 3) << out;
+  miner.signal(SIGTERM);
+  miner.wait_exit(std::chrono::seconds(20));
 }
 
 } // namespace
