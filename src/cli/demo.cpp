@@ -272,10 +272,11 @@ int run(demo_options& o) {
                  "try:\n  curl -s %s/api/v1/status\n  curl -s %s/v1/chat/"
                  "completions -H 'Content-Type: application/json' -d "
                  "'{\"model\":\"llama-3-8b\",\"messages\":[{\"role\":"
-                 "\"user\",\"content\":\"Hello pool\"}]}'\n",
+                 "\"user\",\"content\":\"Hello pool\"}]}'\n"
+                 "  or open the dashboard: %s/\n",
                  api.url.c_str(),
                  o.serve ? " (and after it, until Ctrl-C)" : " (--serve keeps it up after)",
-                 api.url.c_str(), api.url.c_str());
+                 api.url.c_str(), api.url.c_str(), api.url.c_str());
     std::fflush(stderr);
   }
 

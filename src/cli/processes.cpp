@@ -352,6 +352,9 @@ int run_oracle(oracle_options& o) {
                 api.keys == 0
                   ? "no --api-keys: open to anyone on this host, loopback only"
                   : (std::to_string(api.keys) + " API key(s)").c_str());
+  if (api.server)
+    std::printf("dashboard on %s/, metrics on %s/metrics\n", api.url.c_str(),
+                api.url.c_str());
   std::fflush(stdout);
   std::shared_ptr<void> stop_api{nullptr, [&api](void*) {
     if (api.server)
