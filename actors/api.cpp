@@ -398,10 +398,11 @@ caf::actor spawn_event_relay(caf::actor_system& sys, caf::actor supervisor,
       [=](reset_atom) {},  // a term ended: the events already sent stand
       [=](tick_atom) {
         feed->heartbeat();
-        if (*subscribed && !feed->watched()) {
-          *subscribed = false;
+        bool watched = feed->watched();
+        if (*subscribed != watched) {  // also heals a missed on_watch
+          *subscribed = watched;
           self->send(supervisor, subscribe_atom::value,
-                     caf::actor_cast<caf::actor>(self), false);
+                     caf::actor_cast<caf::actor>(self), watched);
         }
         self->delayed_send(self, heartbeat, tick_atom::value);
       },

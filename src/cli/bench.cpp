@@ -175,7 +175,7 @@ bool wanted(const options& o, const std::string& section) {
 /// Runs `script` (in `dir`) through gnuplot; says where the PNG is.
 void gnuplot(const std::string& dir, const std::string& script,
              const std::string& png) {
-  auto cmd = "cd '" + dir + "' && gnuplot " + script;
+  auto cmd = "cd " + shell_quote(dir) + " && gnuplot " + script;
   if (std::system(cmd.c_str()) != 0)
     note("gnuplot failed (is gnuplot installed? apt-get install gnuplot-nox); "
          "data and script are in %s", dir.c_str());

@@ -954,7 +954,7 @@ void chaos_run::plot(const std::string& dir) {
            "title 'queue depth (sampled every 0.5 s while an oracle answers)'\n"
            "unset multiplot\n";
   }
-  auto cmd = "cd '" + dir + "' && gnuplot chaos.gp";
+  auto cmd = "cd " + shell_quote(dir) + " && gnuplot chaos.gp";
   if (std::system(cmd.c_str()) != 0)
     note("gnuplot failed (apt-get install gnuplot-nox); data and script are "
          "in " + dir);

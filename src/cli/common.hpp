@@ -101,6 +101,14 @@ http_api start_http_api(const http_options& o, caf::actor_system& sys,
                         const oracle_handles& h, const std::string& oracle_id,
                         const tls_files& tls);
 
+/// `s` as one word for /bin/sh: in single quotes, each ' written '\''.
+inline std::string shell_quote(const std::string& s) {
+  std::string r = "'";
+  for (char ch : s)
+    r += ch == '\'' ? std::string{"'\\''"} : std::string(1, ch);
+  return r + "'";
+}
+
 /// Splits "host:port"; throws std::runtime_error on a bad form.
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s);
 

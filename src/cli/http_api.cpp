@@ -72,8 +72,9 @@ http_api start_http_api(const http_options& o,
   };
   rc.events = std::make_shared<http::event_feed>();
   auto relay = spawn_event_relay(sys, h.supervisor, rc.events);
-  std::shared_ptr<void> relay_guard(nullptr, [relay](void*) {
+  std::shared_ptr<void> relay_guard(nullptr, [relay, feed = rc.events](void*) {
     caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
+    feed->close_all();  // the streams it holds hold their connections
   });
   auto router = std::make_shared<http::router>(
     rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect)));

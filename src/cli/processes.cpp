@@ -55,6 +55,10 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
   auto deadline = std::chrono::steady_clock::now()
                   + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   size_t next = 0;
+  // Between looks: 10 ms at first (a hand-over's new leader is found that
+  // soon), doubling to 250 ms (an outage does not get every client asking
+  // every member a hundred times a second).
+  auto pause = 10ms;
   for (;;) {
     // Each attempt waits for a handshake at most half a second, so that a
     // signal is noticed in time; a handshake still under way is not
@@ -71,10 +75,8 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
     }
     if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
       return gw;
-    // Short: during a cluster's election or a hand-over, this is how soon
-    // the new leader is found once it is there (a question to each member
-    // on loopback or a LAN costs little).
-    std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, 250ms);
   }
 }
 
@@ -408,7 +410,9 @@ int run_oracle(oracle_options& o) {
   // a new one.
   if (cluster.log && cluster.log->status().role == log_role::leader) {
     caf::scoped_actor asker{sys};
-    auto limit = std::chrono::milliseconds(4 * cc->election_timeout_ms + 1000);
+    // The transfer ends within an election timeout or two; the answer
+    // names the new leader once it is heard from (up to 2 s more).
+    auto limit = std::chrono::milliseconds(4 * cc->election_timeout_ms + 3000);
     asker->request(h.supervisor, limit, transfer_atom::value, uint64_t{0})
       .receive(
         [&](const std::string& text) {

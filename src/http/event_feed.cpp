@@ -1,8 +1,18 @@
 #include "http/event_feed.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 
 namespace nodepool::http {
+
+event_feed::event_feed(size_t keep, size_t max_streams, std::chrono::seconds idle)
+  : keep_(keep), max_streams_(max_streams), idle_(idle) {
+  std::random_device rd;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+  epoch_ = buf;
+}
 
 std::string event_feed::frame(const nlohmann::json& e) {
   return "id: " + std::to_string(e.value("seq", uint64_t{0})) + "\ndata: "
@@ -86,25 +96,44 @@ std::vector<nlohmann::json> event_feed::recent(uint64_t after,
 bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
   bool was;
   {
+    // Whether anyone watched, and the new stream added, in one step: a
+    // stream closing in between cannot make this one miss on_watch.
     std::lock_guard<std::mutex> g{mu_};
     prune();
+    if (streams_.size() >= max_streams_)
+      return false;
     was = watched_locked(std::chrono::steady_clock::now());
+    streams_.push_back(r);
+    response head;
+    head.content_type = "text/event-stream";
+    head.headers.emplace_back("X-Accel-Buffering", "no");
+    r->begin_stream(std::move(head));
+    std::string backlog = ": nodepool events, epoch " + epoch_ + "\n\n";
+    if (gap_locked(after))
+      backlog += "event: gap\ndata: {\"epoch\":\"" + epoch_
+                 + "\",\"reason\":\"events after the one asked for are no "
+                   "longer kept, or this oracle restarted\"}\n\n";
+    for (auto& e : ring_)
+      if (e["seq"].get<uint64_t>() > after)
+        backlog += frame(e);
+    r->chunk(std::move(backlog));
   }
   watching(was);
-  std::lock_guard<std::mutex> g{mu_};
-  if (streams_.size() >= max_streams_)
-    return false;
-  response head;
-  head.content_type = "text/event-stream";
-  head.headers.emplace_back("X-Accel-Buffering", "no");
-  r->begin_stream(std::move(head));
-  std::string backlog = ": nodepool events\n\n";
-  for (auto& e : ring_)
-    if (e["seq"].get<uint64_t>() > after)
-      backlog += frame(e);
-  r->chunk(std::move(backlog));
-  streams_.push_back(r);
   return true;
+}
+
+bool event_feed::gap_locked(uint64_t after) const {
+  auto last = next_seq_ - 1;
+  if (after > last)
+    return true;  // numbered by another process (a restart)
+  if (after == 0 || ring_.empty())
+    return false;
+  return after + 1 < ring_.front()["seq"].get<uint64_t>();  // dropped
+}
+
+bool event_feed::gap(uint64_t after) const {
+  std::lock_guard<std::mutex> g{mu_};
+  return gap_locked(after);
 }
 
 void event_feed::heartbeat() {

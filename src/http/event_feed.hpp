@@ -26,8 +26,14 @@ class event_feed {
   /// Events published while nobody watches (see watched()) may be skipped
   /// by the publisher: the list then starts when someone looks.
   explicit event_feed(size_t keep = 1000, size_t max_streams = 64,
-                      std::chrono::seconds idle = std::chrono::seconds(60))
-    : keep_(keep), max_streams_(max_streams), idle_(idle) {}
+                      std::chrono::seconds idle = std::chrono::seconds(60));
+
+  /// Names this feed's numbering (random, per process): a client that
+  /// sees it change knows the seqs started again.
+  const std::string& epoch() const { return epoch_; }
+  /// Whether events after `after` were missed: older than the oldest kept,
+  /// or `after` was numbered by another process (a restart).
+  bool gap(uint64_t after) const;
 
   /// Numbers the events (seq, from 1) and sends each to every stream.
   void publish(std::vector<nlohmann::json> events);
@@ -36,7 +42,8 @@ class event_feed {
   /// (Reading counts as watching: see watched().)
   std::vector<nlohmann::json> recent(uint64_t after, size_t limit);
 
-  /// Starts a stream on `r`: the kept events after `after`, then every new
+  /// Starts a stream on `r`: a comment naming the epoch, an `event: gap`
+  /// frame if gap(after), the kept events after `after`, then every new
   /// one. False (nothing sent) when max_streams are open.
   bool follow(const std::shared_ptr<reply>& r, uint64_t after);
 
@@ -66,11 +73,13 @@ class event_feed {
  private:
   void prune();  // with mu_ held
   bool watched_locked(std::chrono::steady_clock::time_point now) const;
+  bool gap_locked(uint64_t after) const;
   void watching(bool was);  // calls on_watch_ if nobody watched before
 
   size_t keep_;
   size_t max_streams_;
   std::chrono::seconds idle_;
+  std::string epoch_;
   std::optional<std::chrono::steady_clock::time_point> last_read_;
   mutable std::mutex mu_;
   std::deque<nlohmann::json> ring_;

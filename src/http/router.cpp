@@ -413,9 +413,12 @@ void router::handle(request req, std::shared_ptr<reply> rep) {
   // The dashboard's files hold no data: served to anyone (its page asks
   // for a key before it reads anything).
   if (c->label == "/dashboard") {
-    if (c->req.method != "GET" && c->req.method != "HEAD")
-      return c->rep->send(error_response(405, "method_not_allowed",
-                                         "the dashboard is read with GET"));
+    if (c->req.method != "GET") {
+      auto r = error_response(405, "method_not_allowed",
+                              "the dashboard is read with GET");
+      r.headers.emplace_back("Allow", "GET");
+      return c->rep->send(std::move(r));
+    }
     auto* f = dashboard_file(c->req.path);
     response r;
     r.content_type = f->content_type;
@@ -1101,19 +1104,22 @@ void router::get_events(const std::shared_ptr<call>& c) {
   std::string from = q.count("after") ? q.at("after")
                                       : c->req.header("last-event-id");
   if (!from.empty()) {
-    try {
-      size_t used = 0;
-      after = std::stoull(from, &used);
-      if (used != from.size())
-        throw std::invalid_argument("");
-    } catch (const std::exception&) {
+    bool digits = from.size() <= 19
+                  && std::all_of(from.begin(), from.end(),
+                                 [](char ch) { return ch >= '0' && ch <= '9'; });
+    if (!digits)
       return c->rep->send(error_response(
-        400, "bad_field", "after must be an event's seq (a whole number)"));
-    }
+        400, "bad_field", "after (or Last-Event-ID) must be an event's seq: "
+                          "digits only"));
+    after = std::stoull(from);
   }
   auto& accept = c->req.header("accept");
-  if (accept.find("text/event-stream") != std::string::npos
-      || q.count("stream")) {
+  auto stream = q.find("stream");
+  bool wants_stream =
+    stream != q.end() ? (stream->second.empty() || stream->second == "1"
+                         || stream->second == "true")
+                      : accept.find("text/event-stream") != std::string::npos;
+  if (wants_stream) {
     if (!cfg_.events->follow(c->rep, after))
       c->rep->send(error_response(503, "unavailable",
                                   "too many event streams are open"));
@@ -1123,7 +1129,12 @@ void router::get_events(const std::shared_ptr<call>& c) {
   for (auto& e : cfg_.events->recent(after, 1000))
     list.push_back(std::move(e));
   json j;
-  j["next"] = list.empty() ? after : list.back()["seq"].get<uint64_t>();
+  j["epoch"] = cfg_.events->epoch();
+  // Events missed: older than those kept, or numbered before a restart
+  // (another epoch): the client starts again from what is here.
+  j["gap"] = cfg_.events->gap(after);
+  j["next"] = list.empty() ? (j["gap"].get<bool>() ? 0 : after)
+                           : list.back()["seq"].get<uint64_t>();
   j["events"] = std::move(list);
   c->rep->send(json_response(200, j));
 }

@@ -236,11 +236,12 @@ class connection : public closable,
   void chunk(std::string data) {
     if (!streaming_ || closed_ || data.empty())
       return;
-    if (pending_.size() >= max_pending_chunks) {
+    if (pending_bytes_ + data.size() > max_pending_bytes) {
       // A client that does not read its stream is not kept waiting for
       // (nor is its backlog kept in memory): it is closed.
       return close();
     }
+    pending_bytes_ += data.size();
     pending_.push_back(std::move(data));
     drain();
   }
@@ -339,6 +340,7 @@ class connection : public closable,
     if (!pending_.empty()) {
       auto data = std::make_shared<std::string>(std::move(pending_.front()));
       pending_.pop_front();
+      pending_bytes_ -= data->size();
       writing_ = true;
       // Each write of a long stream has the idle timeout of its own.
       beast::get_lowest_layer(stream_).expires_after(sh_->cfg.idle_timeout);
@@ -396,7 +398,8 @@ class connection : public closable,
   bool ending_ = false;
   bool closed_ = false;
   std::atomic<bool> gone_{false};  // closed_, readable from any thread
-  static constexpr size_t max_pending_chunks = 4096;
+  static constexpr size_t max_pending_bytes = 4 << 20;  // per stream
+  size_t pending_bytes_ = 0;
   std::deque<std::string> pending_;
   std::shared_ptr<ws_session<Stream>> ws_;
   friend class ws_session<Stream>;

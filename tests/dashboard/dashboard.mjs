@@ -158,6 +158,10 @@ try {
   // End the session: it leaves the table.
   const ended = await api(`/api/v1/admin/sessions/${sid}/end`, { method: "POST" });
   out.end_status = ended.status;
+  if (ended.status !== 200) await fail(`ending the session: ${ended.status}`);
+  out.row_gone = await until("the ended session's row to go", () =>
+    page.evaluate((id) =>
+      !document.querySelector(`#sessions tr[data-session-id="${id}"]`), sid));
 
   await page.screenshot({ path: screenshot, fullPage: true });
   out.screenshot = screenshot;

@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <unistd.h>
 
 #include "proc.hpp"
@@ -464,7 +465,7 @@ TEST_F(Cluster, ALeaderAskedToStopHandsLeadershipOverFirst) {
   EXPECT_NE(err.find("handed leadership to member " + std::to_string(n)),
             std::string::npos)
     << err;
-  EXPECT_EQ(status(n)["cluster"].value("term", uint64_t{0}), before + 1);
+  EXPECT_GT(status(n)["cluster"].value("term", uint64_t{0}), before);
 }
 
 TEST_F(Cluster, RefusesAMemberNotInTheFileAndAMissingId) {
@@ -656,12 +657,15 @@ TEST_F(Cluster, TheDashboardShowsTheMembersAndTheLeader) {
   ASSERT_TRUE(j.is_object()) << out;
   EXPECT_FALSE(j["asked_for_key"].get<bool>());
   ASSERT_EQ(j["member_items"].size(), 3u) << out;
+  // One member marked as leader (the one that led when the page last
+  // looked: on a loaded machine it may have changed since `l`).
   int leaders = 0;
-  for (auto& m : j["member_items"])
-    if (m[1].get<bool>()) {
-      ++leaders;
-      EXPECT_EQ(m[0].get<int>(), l) << out;
-    }
+  std::set<int> ids;
+  for (auto& m : j["member_items"]) {
+    ids.insert(m[0].get<int>());
+    leaders += m[1].get<bool>();
+  }
+  EXPECT_EQ(ids, (std::set<int>{1, 2, 3})) << out;
   EXPECT_EQ(leaders, 1) << out;
   EXPECT_EQ(j["miner_rows"], 3) << out;
   miner.signal(SIGTERM);

@@ -57,17 +57,38 @@ TEST(observability, metrics_pass_promtool_and_match_the_status) {
   st = p.wait_status([](const json& j) { return j["sessions"]["active"] == 1; },
                      30s);
   ASSERT_EQ(st["sessions"]["active"], 1) << st.dump();
-  auto m = c.Get("/metrics");
-  ASSERT_TRUE(m);
-  ASSERT_EQ(m->status, 200) << m->body;
-  EXPECT_EQ(m->get_header_value("Content-Type"),
-            "text/plain; version=0.0.4; charset=utf-8");
-  auto text = "\n" + m->body;
-  EXPECT_EQ(sample(text, "nodepool_nodes{state=\"ephemeral\"}"), 2);
-  EXPECT_EQ(sample(text, "nodepool_nodes{state=\"reserved\"}"), 1);
-  EXPECT_EQ(sample(text, "nodepool_sessions{state=\"active\"}"), 1);
+  // The scrape agrees with /api/v1/status read just before and just after
+  // it (a live pool: nodes are retested now and then; retried until the
+  // two reads agree).
+  std::string body, content_type;
+  int code = 0;
+  json before, after;
+  for (int k = 0; k < 50; ++k) {
+    before = json::parse(c.Get("/api/v1/status")->body);
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m);
+    code = m->status;
+    body = m->body;
+    content_type = m->get_header_value("Content-Type");
+    after = json::parse(c.Get("/api/v1/status")->body);
+    if (before["nodes"] == after["nodes"] && before["sessions"] == after["sessions"]
+        && before["tests"] == after["tests"])
+      break;
+  }
+  ASSERT_EQ(code, 200) << body;
+  EXPECT_EQ(content_type, "text/plain; version=0.0.4; charset=utf-8");
+  auto text = "\n" + body;
+  for (auto state : {"registered", "testing", "ephemeral", "reserved",
+                     "revalidating", "quarantined", "retired", "lost"})
+    EXPECT_EQ(sample(text, std::string{"nodepool_nodes{state=\""} + state + "\"}"),
+              after["nodes"]["by_state"][state].get<double>())
+      << state;
+  EXPECT_EQ(sample(text, "nodepool_sessions{state=\"active\"}"),
+            after["sessions"]["active"].get<double>());
+  EXPECT_EQ(sample(text, "nodepool_sessions_accepted_total"),
+            after["sessions"]["accepted"].get<double>());
   EXPECT_EQ(sample(text, "nodepool_tests_total{result=\"failed\"}"),
-            st["tests"]["failed"].get<double>());
+            after["tests"]["failed"].get<double>());
   EXPECT_EQ(sample(text, "nodepool_reservations_total"), 1);
   EXPECT_EQ(sample(text, "nodepool_grant_latency_seconds_count"), 1);
   EXPECT_GE(sample(text, "nodepool_group_commit_commands_count"), 1);
@@ -81,7 +102,7 @@ TEST(observability, metrics_pass_promtool_and_match_the_status) {
   EXPECT_EQ(sample(text, "nodepool_miners_connected"), 4);
   {
     std::ofstream f{dir + "/metrics.txt"};
-    f << m->body;
+    f << body;
   }
   auto [rc, out] = run_shell("promtool check metrics < " + dir + "/metrics.txt");
   EXPECT_EQ(rc, 0) << out;

@@ -680,6 +680,16 @@ TEST_F(api, events_are_listed_after_a_seq_and_streamed) {
   ASSERT_EQ(after->body()["events"].size(), 1u);
   EXPECT_EQ(after->body()["events"][0]["type"], "session_started");
   expect_error(*call("GET", "/api/v1/events?after=x"), 400, "bad_field");
+  expect_error(*call("GET", "/api/v1/events?after=-1"), 400, "bad_field");
+  expect_error(*call("GET", "/api/v1/events?after=+1"), 400, "bad_field");
+  expect_error(*call("GET", "/api/v1/events?after=99999999999999999999"), 400,
+               "bad_field");
+  EXPECT_EQ(all->body()["epoch"], cfg.events->epoch());
+  EXPECT_FALSE(all->body()["gap"].get<bool>());
+  auto ahead = call("GET", "/api/v1/events?after=50");
+  EXPECT_TRUE(ahead->body()["gap"].get<bool>()) << "numbered by another process";
+  EXPECT_EQ(ahead->body()["next"], 0);
+  EXPECT_FALSE(call("GET", "/api/v1/events?stream=0")->streamed);
   auto s = call("GET", "/api/v1/events?stream=1");
   EXPECT_TRUE(s->streamed);
   EXPECT_EQ(s->whole.content_type, "text/event-stream");

@@ -236,6 +236,24 @@ TEST(event_feed, is_watched_while_a_stream_is_open_or_a_minute_after_a_read) {
   EXPECT_FALSE(f.watched(std::chrono::steady_clock::now() + std::chrono::hours(1)));
 }
 
+TEST(event_feed, says_when_a_client_missed_events) {
+  http::event_feed f{3};
+  http::event_feed other;
+  EXPECT_EQ(f.epoch().size(), 16u);
+  EXPECT_NE(f.epoch(), other.epoch()) << "a restart shows as a new epoch";
+  EXPECT_FALSE(f.gap(0));
+  for (int i = 0; i < 6; ++i)
+    f.publish({json{{"type", "t"}}});
+  EXPECT_FALSE(f.gap(0)) << "from the start: whatever is kept";
+  EXPECT_FALSE(f.gap(3)) << "4..6 are kept";
+  EXPECT_TRUE(f.gap(2)) << "3 was dropped";
+  EXPECT_TRUE(f.gap(7)) << "numbered by another process";
+  auto s = std::make_shared<stream_sink>();
+  ASSERT_TRUE(f.follow(s, 9));
+  EXPECT_NE(s->data.find("event: gap\n"), std::string::npos) << s->data;
+  EXPECT_NE(s->data.find(f.epoch()), std::string::npos);
+}
+
 TEST(event_feed, a_stream_gets_the_backlog_then_live_events_until_it_closes) {
   http::event_feed f{100, 2};
   f.publish({json{{"type", "a"}}, json{{"type", "b"}}});
