@@ -677,7 +677,9 @@ caf::behavior handlers(self_ptr self) {
       if (i == st.transfers.end())
         return;
       auto s = st.cfg.cluster_log->status();
-      if (s.leader_id == 0 && tries < 200) {
+      // Until another member is heard from as leader, the view may still
+      // name none, or this one.
+      if ((s.leader_id == 0 || s.leader_id == s.id) && tries < 200) {
         self->delayed_send(self, std::chrono::milliseconds(10),
                            transfer_atom::value, id, tries + 1);
         return;
@@ -685,7 +687,8 @@ caf::behavior handlers(self_ptr self) {
       auto rp = i->second;
       st.transfers.erase(i);
       nlohmann::json j;
-      j["leader_id"] = s.leader_id;  // 0 if still unknown after 2 s
+      // Still unknown after 2 s: 0.
+      j["leader_id"] = s.leader_id == s.id ? 0 : s.leader_id;
       j["term"] = s.term;
       rp.deliver(j.dump());
     },
