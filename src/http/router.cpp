@@ -306,6 +306,7 @@ struct router::call {
   role who = role::admin;
   std::string key_name;  // fingerprint, "" without keys
   std::string label;     // the route, as /metrics names it
+  std::vector<std::string> parts;  // the path's segments
 };
 
 namespace {
@@ -339,8 +340,11 @@ class counted_reply final : public reply {
 
 } // namespace
 
-std::string route_label(const std::string& path) {
-  auto parts = split_path(path);
+namespace {
+
+/// route_label() of a path already split (once per request).
+std::string label_of(const std::vector<std::string>& parts,
+                     const std::string& path) {
   // A pattern's "*" matches any one segment.
   static const std::vector<std::pair<std::vector<std::string>, std::string>>
     routes = {
@@ -381,6 +385,12 @@ std::string route_label(const std::string& path) {
   return "other";
 }
 
+} // namespace
+
+std::string route_label(const std::string& path) {
+  return label_of(split_path(path), path);
+}
+
 router::router(router_config cfg, std::shared_ptr<pool_api> pool)
   : cfg_(std::move(cfg)), pool_(std::move(pool)),
     limiter_(cfg_.rate_per_key, cfg_.rate_burst) {}
@@ -398,7 +408,8 @@ std::map<std::pair<std::string, int>, uint64_t> router::responses() const {
 void router::handle(request req, std::shared_ptr<reply> rep) {
   auto c = std::make_shared<call>();
   c->req = std::move(req);
-  c->label = route_label(c->req.path);
+  c->parts = split_path(c->req.path);
+  c->label = label_of(c->parts, c->req.path);
   // The counts outlive the router if a reply does (an answer in flight).
   c->rep = std::make_shared<counted_reply>(
     std::move(rep), [mu = responses_mu_, by = responses_,
@@ -466,7 +477,7 @@ void router::handle(request req, std::shared_ptr<reply> rep) {
 }
 
 void router::route(const std::shared_ptr<call>& c) {
-  auto parts = split_path(c->req.path);
+  auto& parts = c->parts;
   auto& m = c->req.method;
   auto& l = c->label;
   auto method_not_allowed = [&](const char* allowed) {
