@@ -222,6 +222,9 @@ TEST_F(RaftLog, AFollowerRefusesProposals) {
   cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
   ASSERT_TRUE(got);
   EXPECT_EQ(*got, propose_status::not_leader);
+  // A follower knows the leader once it heard from it (a heartbeat away
+  // from an election on a loaded machine).
+  EXPECT_TRUE(wait_for([&] { return nodes_[f]->log->status().leader_id != 0; }));
   auto st = nodes_[f]->log->status();
   EXPECT_EQ(st.role, log_role::follower);
   EXPECT_EQ(st.leader_id, static_cast<uint64_t>(leader() + 1));
