@@ -114,6 +114,16 @@ caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
       log("node")->warn("inference failed: {}", err);
       return make_refusal("inference_failed", err);
     },
+    // A test's item: its length limit in, the completion tokens out.
+    [client](task_atom, const std::string& prompt, uint32_t max_tokens)
+      -> caf::result<std::string, uint32_t> {
+      std::string err;
+      uint32_t tokens = 0;
+      if (auto text = client->complete(prompt, err, max_tokens, &tokens))
+        return {*text, tokens};
+      log("node")->warn("inference failed: {}", err);
+      return make_refusal("inference_failed", err);
+    },
   };
 }
 
@@ -127,11 +137,15 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
   auto p = std::make_shared<pending>();
   p->out.set_node_id(self->state.cfg.id);
   p->out.mutable_test_answers()->set_test_id(t.test_id());
+  p->out.mutable_test_answers()->set_nonce(t.nonce());
   p->remaining = static_cast<size_t>(t.challenges_size());
-  for (int i = 0; i < t.challenges_size(); ++i)
+  for (int i = 0; i < t.challenges_size(); ++i) {
     p->out.mutable_test_answers()->add_answers();
-  auto done = [self, p](int i, std::string text) {
+    p->out.mutable_test_answers()->add_tokens(0);
+  }
+  auto done = [self, p](int i, std::string text, uint32_t tokens) {
     *p->out.mutable_test_answers()->mutable_answers(i) = std::move(text);
+    p->out.mutable_test_answers()->set_tokens(i, tokens);
     if (--p->remaining == 0 && self->state.gateway)
       self->send(self->state.gateway, miner_atom::value,
                  p->out.SerializeAsString());
@@ -143,9 +157,11 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
   }
   for (int i = 0; i < t.challenges_size(); ++i)
     self->request(self->state.model, caf::infinite, task_atom::value,
-                  t.challenges(i).prompt())
-      .then([=](std::string& text) { done(i, std::move(text)); },
-            [=](caf::error&) { done(i, {}); });
+                  t.challenges(i).prompt(), t.challenges(i).max_tokens())
+      .then([=](std::string& text, uint32_t tokens) {
+              done(i, std::move(text), tokens);
+            },
+            [=](caf::error&) { done(i, {}, 0); });
 }
 
 /// Serves a task with the model: ack at once, then precommit and commit of
@@ -222,13 +238,26 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
       out.set_node_id(id);
       auto* a = out.mutable_test_answers();
       a->set_test_id(t.test_id());
+      a->set_nonce(t.nonce());
       int64_t delay = 0;
       bool garbage = false;
       for (auto& c : t.challenges()) {
-        auto r = st.backend->answer(c.prompt());
+        auto r = st.backend->answer(c.prompt(), t.latency_bound_ms(),
+                                    t.deadline_ms());
         a->add_answers(r.text);
         delay = std::max(delay, r.delay_ms);
         garbage = garbage || r.garbage;
+      }
+      if (st.cfg.tape) {
+        std::lock_guard<std::mutex> lock{st.cfg.tape->m};
+        if (st.cfg.kind == behaviour::copycat) {
+          // Answers seen elsewhere, in their order, under its own test.
+          a->clear_answers();
+          for (auto& x : st.cfg.tape->answers)
+            a->add_answers(x);
+        } else if (st.cfg.kind == behaviour::healthy) {
+          st.cfg.tape->answers.assign(a->answers().begin(), a->answers().end());
+        }
       }
       send_later(self, delay,
                  garbage ? garbage_bytes(t.test_id()) : out.SerializeAsString());
@@ -314,7 +343,8 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
     auto& st = self->state;
     st.cfg = std::move(cfg);
     st.backend = std::make_unique<sim_backend>(st.cfg.kind, st.cfg.seed,
-                                               st.cfg.deadline_hint_ms);
+                                               st.cfg.deadline_hint_ms,
+                                               st.cfg.knowledge);
     if (st.cfg.openai) {
       st.model = self->system().spawn<caf::detached>(inference_worker,
                                                      *st.cfg.openai);

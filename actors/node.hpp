@@ -6,6 +6,8 @@
 // connect_oracle) and it registers, heartbeats, answers cognitive tests and
 // serves tasks. See actors/examples/embedded_miner.cpp.
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -15,11 +17,20 @@
 #include <caf/actor_system.hpp>
 #include <caf/expected.hpp>
 
+#include "bank.hpp"
 #include "identity.hpp"
 #include "openai_client.hpp"
 #include "sim_backend.hpp"
 
 namespace nodepool {
+
+/// What nodes of the `copycat` behaviour copy: the last answers another
+/// node of the same process gave to its test (a miner replaying answers
+/// seen elsewhere).
+struct answer_tape {
+  std::mutex m;
+  std::vector<std::string> answers;
+};
 
 struct node_config {
   std::string id;
@@ -41,6 +52,12 @@ struct node_config {
   /// OpenAI-compatible inference server (the `openai` backend) instead of
   /// the `sim` backend.
   std::optional<openai_config> openai;
+  /// The `sim` backend's "model": the bank's answers (the builtin bank's
+  /// when null).
+  std::shared_ptr<const sim_knowledge> knowledge;
+  /// Shared by the nodes of one process: healthy nodes write their test
+  /// answers there, `copycat` ones replay them.
+  std::shared_ptr<answer_tape> tape;
 };
 
 /// Spawns a node actor and registers it with `gateway`. The actor:

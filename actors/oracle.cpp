@@ -13,6 +13,7 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   auto pool = cfg.pool;
   auto sim = cfg.sim_time;
   auto admission = cfg.admission;
+  auto tests = cfg.tests;
   std::optional<backfill_config> bf;
   if (cfg.cluster_log) {
     bf.emplace();
@@ -23,7 +24,7 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   }
   h.supervisor = spawn_supervisor(sys, std::move(cfg));
   h.gateway = spawn_gateway(sys, h.supervisor, pool, sim, std::move(admission));
-  h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim);
+  h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim, tests);
   h.sessions = spawn_session_queue(sys, h.supervisor, h.gateway, pool, sim);
   caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);
   caf::anon_send(h.supervisor, subscribe_atom::value, h.validator);

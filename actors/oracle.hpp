@@ -49,7 +49,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
                          admission_policy admission = {});
 caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
                            caf::actor gateway, const params& pool,
-                           bool sim_time);
+                           bool sim_time, test_config tests = {});
 caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
                                caf::actor gateway, const params& pool,
                                bool sim_time);

@@ -8,6 +8,7 @@
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
+#include "bank.hpp"
 #include "identity.hpp"
 #include "params.hpp"
 #include "pool_state.hpp"
@@ -18,8 +19,19 @@
 namespace nodepool {
 
 /// Settings of the pool supervisor.
+/// What cognitive tests ask (used by the oracle's validator).
+struct test_config {
+  /// The challenge bank; null: the builtin one (deploy/banks/default.jsonl).
+  std::shared_ptr<const challenge_bank> bank;
+  /// The oracles' secret that chooses each test's items. Empty: derived
+  /// from the pool's seed (simulations, so that a seed reproduces); an
+  /// oracle process always reads one from a file.
+  std::string secret;
+};
+
 struct supervisor_config {
   params pool;
+  test_config tests;
   std::shared_ptr<store> storage;  // shared with whoever opened it
   bool sim_time = false;           // see now_ms()
   bool sync = true;                // fsync each group commit

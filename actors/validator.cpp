@@ -7,6 +7,9 @@
 #include "actors/oracle.hpp"
 #include "actors/wire.hpp"
 #include "cognitive.hpp"
+
+#include <algorithm>
+#include <deque>
 #include "log.hpp"
 
 namespace nodepool {
@@ -16,17 +19,40 @@ namespace {
 struct pending_test {
   uint64_t test_id = 0;
   int64_t deadline = 0;
-  std::vector<challenge> challenges;
+  int64_t sent_at = 0;      // validator's clock when the test went out
+  std::string nonce;
+  std::string model;        // the node's first: cross-checks compare within it
+  std::vector<const bank_item*> items;
 };
+
+/// A node's answers to peer items, kept until its test ends: they become
+/// references for cross-checks only if it passes.
+struct peer_answers {
+  uint64_t test_id = 0;
+  std::string model;
+  std::vector<std::pair<const bank_item*, std::string>> answers;
+};
+
+/// Answers of nodes in good standing to one peer item of one model.
+struct reference_set {
+  std::deque<std::pair<std::string, std::string>> by_node;  // (node, answer)
+};
+
+/// At most this many references per (model, item): the newest.
+constexpr size_t max_references = 5;
 
 struct validator_state {
   caf::actor supervisor;
   caf::actor gateway;
   params pool;
   bool sim_time = false;
+  std::shared_ptr<const challenge_bank> bank;
+  std::string secret;
   std::map<std::string, pending_test> pending;  // node id -> test in flight
   std::map<std::string, uint64_t> expired;      // node id -> last test ended
                                                 // unanswered (late answers)
+  std::map<std::string, peer_answers> awaiting;  // node id -> until it passes
+  std::map<std::pair<std::string, std::string>, reference_set> references;
   static inline const char* name = "validator";
 };
 
@@ -37,120 +63,227 @@ void refuse(self_ptr self, const std::string& node, const std::string& code,
   self->send(self->state.gateway, refused_atom::value, node, code, detail);
 }
 
+/// Sends node `t.node_id()` its test: items chosen with the oracles'
+/// secret, so the miner learns them only now.
+void send_test(self_ptr self, const pb::TestRequested& t, int64_t batch_now) {
+  auto& st = self->state;
+  auto& p = st.pending[t.node_id()];
+  std::vector<std::string> models(t.models().begin(), t.models().end());
+  auto plan = choose_challenges(st.secret, t.test_id(), t.node_id(), t.level(),
+                                models, st.pool.challenges_per_test,
+                                st.pool.peer_share, *st.bank);
+  p.test_id = t.test_id();
+  p.deadline = t.deadline();
+  p.sent_at = now_ms(self, st.sim_time);
+  p.nonce = plan.nonce;
+  p.model = models.empty() ? std::string{} : models.front();
+  p.items = std::move(plan.items);
+  pb::OracleMsg m;
+  auto* ct = m.mutable_test();
+  ct->set_test_id(t.test_id());
+  ct->set_deadline_ms(std::max<int64_t>(0, t.deadline() - batch_now));
+  ct->set_nonce(p.nonce);
+  ct->set_latency_bound_ms(test_latency_bound_ms(st.pool, t.level()));
+  for (size_t i = 0; i < p.items.size(); ++i) {
+    auto* x = ct->add_challenges();
+    x->set_id(std::to_string(t.test_id()) + "." + std::to_string(i));
+    x->set_prompt(p.items[i]->prompt);
+    x->set_max_tokens(p.items[i]->max_tokens);
+    x->set_temperature(0);
+  }
+  self->send(st.gateway, send_atom::value, t.node_id(), m.SerializeAsString());
+}
+
+/// A node passed: its answers to peer items become references.
+void keep_references(self_ptr self, const std::string& node, uint64_t test_id) {
+  auto& st = self->state;
+  auto i = st.awaiting.find(node);
+  if (i == st.awaiting.end())
+    return;
+  if (i->second.test_id == test_id)
+    for (auto& [item, answer] : i->second.answers) {
+      auto& refs = st.references[{i->second.model, item->id}].by_node;
+      auto same = std::find_if(refs.begin(), refs.end(),
+                               [&](auto& r) { return r.first == node; });
+      if (same != refs.end())
+        refs.erase(same);
+      refs.emplace_back(node, answer);
+      if (refs.size() > max_references)
+        refs.pop_front();
+    }
+  st.awaiting.erase(i);
+}
+
+void forget_node(self_ptr self, const std::string& node) {
+  self->state.pending.erase(node);
+  self->state.awaiting.erase(node);
+}
+
 void on_events(self_ptr self, const pb::EventBatch& batch) {
   auto& st = self->state;
   for (auto& e : batch.events()) {
     if (e.has_test_requested()) {
-      auto& t = e.test_requested();
-      auto& p = st.pending[t.node_id()];
-      p.test_id = t.test_id();
-      p.deadline = t.deadline();
-      p.challenges = make_challenges(t.test_id(), t.node_id(),
-                                     st.pool.challenges_per_test, t.level());
-      pb::OracleMsg m;
-      auto* ct = m.mutable_test();
-      ct->set_test_id(t.test_id());
-      ct->set_deadline_ms(std::max<int64_t>(0, t.deadline() - batch.now()));
-      for (auto& c : p.challenges) {
-        auto* x = ct->add_challenges();
-        x->set_id(c.id);
-        x->set_prompt(c.prompt);
-      }
-      self->send(st.gateway, send_atom::value, t.node_id(),
-                 m.SerializeAsString());
+      send_test(self, e.test_requested(), batch.now());
     } else if (e.has_test_finished()) {
-      auto i = st.pending.find(e.test_finished().node_id());
-      if (i != st.pending.end() && i->second.test_id == e.test_finished().test_id()) {
+      auto& f = e.test_finished();
+      auto i = st.pending.find(f.node_id());
+      if (i != st.pending.end() && i->second.test_id == f.test_id()) {
         // Still pending when the pool ended it: its deadline passed.
         st.expired[i->first] = i->second.test_id;
         st.pending.erase(i);
       }
+      if (f.passed())
+        keep_references(self, f.node_id(), f.test_id());
+      else
+        st.awaiting.erase(f.node_id());
     } else if (e.has_node_state_changed()
                && e.node_state_changed().to() == pb::LOST) {
-      st.pending.erase(e.node_state_changed().node_id());
+      forget_node(self, e.node_state_changed().node_id());
     } else if (e.has_node_state_changed()
                && e.node_state_changed().to() == pb::RETIRED) {
       // Tell the miner: its node will not be tested again.
       auto& c = e.node_state_changed();
       refuse(self, c.node_id(), "retired", c.reason());
-      st.pending.erase(c.node_id());
+      forget_node(self, c.node_id());
     }
   }
+}
+
+void on_answers(self_ptr self, const std::string& node, const std::string& bytes) {
+  auto& st = self->state;
+  pb::TestAnswers a;
+  if (!a.ParseFromString(bytes)) {
+    refuse(self, node, "malformed", "answers do not decode");
+    return;
+  }
+  auto i = st.pending.find(node);
+  auto x = st.expired.find(node);
+  if (i == st.pending.end() && x != st.expired.end() && x->second == a.test_id()) {
+    refuse(self, node, "after_deadline",
+           "answers to test " + std::to_string(a.test_id())
+             + " came after its deadline");
+    return;
+  }
+  if (i == st.pending.end()) {
+    refuse(self, node, "no_test_in_flight",
+           "no test is waiting for answers from " + node);
+    return;
+  }
+  auto& p = i->second;
+  if (a.test_id() != p.test_id) {
+    refuse(self, node, "stale_test",
+           "answers for test " + std::to_string(a.test_id()) + " but test "
+             + std::to_string(p.test_id) + " is in flight");
+    return;
+  }
+  // Without the nonce, the answers were written before the test reached
+  // the node: copied from elsewhere. Refused; the test stays in flight
+  // until its deadline.
+  if (a.nonce() != p.nonce) {
+    refuse(self, node, "replay",
+           "answers to test " + std::to_string(a.test_id())
+             + " do not carry its nonce: written before the test was sent");
+    return;
+  }
+  for (auto& text : a.answers())
+    if (text.size() > st.pool.max_answer_bytes) {
+      refuse(self, node, "answer_too_large",
+             "an answer of " + std::to_string(text.size())
+               + " bytes; at most " + std::to_string(st.pool.max_answer_bytes));
+      return;
+    }
+  auto now = now_ms(self, st.sim_time);
+  if (now > p.deadline) {
+    refuse(self, node, "after_deadline", "answers came after the test deadline");
+    return;
+  }
+  uint32_t correct = 0, total = 0, peer_correct = 0, peer_total = 0;
+  peer_answers mine;
+  mine.test_id = p.test_id;
+  mine.model = p.model;
+  static const std::string none;
+  for (size_t k = 0; k < p.items.size(); ++k) {
+    auto* item = p.items[k];
+    auto& text = k < static_cast<size_t>(a.answers_size()) ? a.answers(static_cast<int>(k))
+                                                           : none;
+    if (item->grade != grade_mode::peer) {
+      ++total;
+      correct += grade_answer(*item, text) ? 1 : 0;
+      continue;
+    }
+    // A cross-check: graded against other nodes' answers once there are
+    // some; the first nodes of a model only give references.
+    std::vector<std::string> refs;
+    auto r = st.references.find({p.model, item->id});
+    if (r != st.references.end())
+      for (auto& [who, answer] : r->second.by_node)
+        if (who != node)
+          refs.push_back(answer);
+    if (!refs.empty()) {
+      ++peer_total;
+      peer_correct += agrees_with_peers(text, refs, st.pool.embedding_threshold) ? 1 : 0;
+    }
+    if (!text.empty())
+      mine.answers.emplace_back(item, text);
+  }
+  uint64_t tokens = 0;
+  for (auto t : a.tokens())
+    tokens += t;
+  auto test_id = p.test_id;
+  auto latency = std::max<int64_t>(0, now - p.sent_at);
+  st.pending.erase(i);
+  st.awaiting[node] = std::move(mine);
+  auto cmd = command_bytes([&](pb::Command& c) {
+    auto* r = c.mutable_test_result();
+    r->set_node_id(node);
+    r->set_test_id(test_id);
+    r->set_correct(correct);
+    r->set_total(total);
+    r->set_peer_correct(peer_correct);
+    r->set_peer_total(peer_total);
+    r->set_latency_ms(latency);
+    r->set_tokens(tokens);
+  });
+  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
+    .then([](accepted_atom) {},
+          [=](caf::error& err) {
+            auto [code, detail] = read_refusal(self->system(), err);
+            refuse(self, node, code, detail);
+          });
 }
 
 } // namespace
 
 caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
                            caf::actor gateway, const params& pool,
-                           bool sim_time) {
+                           bool sim_time, test_config tests) {
   return sys.spawn([=](self_ptr self) -> caf::behavior {
-    self->state.supervisor = supervisor;
-    self->state.gateway = gateway;
-    self->state.pool = pool;
-    self->state.sim_time = sim_time;
+    auto& st = self->state;
+    st.supervisor = supervisor;
+    st.gateway = gateway;
+    st.pool = pool;
+    st.sim_time = sim_time;
+    st.bank = tests.bank ? tests.bank : challenge_bank::builtin();
+    // Simulations derive the secret from the seed, so a run reproduces;
+    // an oracle process always has one from a file (load_or_create_secret).
+    st.secret = !tests.secret.empty()
+                  ? tests.secret
+                  : "simulation-secret-" + std::to_string(pool.seed);
     return {
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;
         if (batch.ParseFromString(bytes))
           on_events(self, batch);
       },
-      // The leader's term ended: tests in flight were its soft state.
+      // The leader's term ended: tests in flight were its soft state. The
+      // references stay: they were answers of nodes that passed.
       [=](reset_atom) {
         self->state.pending.clear();
         self->state.expired.clear();
+        self->state.awaiting.clear();
       },
       [=](answers_atom, const std::string& node, const std::string& bytes) {
-        auto& st = self->state;
-        pb::TestAnswers a;
-        if (!a.ParseFromString(bytes)) {
-          refuse(self, node, "malformed", "answers do not decode");
-          return;
-        }
-        auto i = st.pending.find(node);
-        auto x = st.expired.find(node);
-        if (i == st.pending.end() && x != st.expired.end()
-            && x->second == a.test_id()) {
-          refuse(self, node, "after_deadline",
-                 "answers to test " + std::to_string(a.test_id())
-                   + " came after its deadline");
-          return;
-        }
-        if (i == st.pending.end()) {
-          refuse(self, node, "no_test_in_flight",
-                 "no test is waiting for answers from " + node);
-          return;
-        }
-        if (a.test_id() != i->second.test_id) {
-          refuse(self, node, "stale_test",
-                 "answers for test " + std::to_string(a.test_id())
-                   + " but test " + std::to_string(i->second.test_id)
-                   + " is in flight");
-          return;
-        }
-        if (now_ms(self, st.sim_time) > i->second.deadline) {
-          refuse(self, node, "after_deadline",
-                 "answers came after the test deadline");
-          return;
-        }
-        std::vector<std::string> answers(a.answers().begin(),
-                                         a.answers().end());
-        auto correct = grade(i->second.challenges, answers);
-        auto total = static_cast<uint32_t>(i->second.challenges.size());
-        auto test_id = i->second.test_id;
-        st.pending.erase(i);
-        auto cmd = command_bytes([&](pb::Command& c) {
-          auto* r = c.mutable_test_result();
-          r->set_node_id(node);
-          r->set_test_id(test_id);
-          r->set_correct(correct);
-          r->set_total(total);
-        });
-        self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
-          .then([](accepted_atom) {},
-                [=](caf::error& err) {
-                  auto [code, detail] = read_refusal(self->system(), err);
-                  refuse(self, node, code, detail);
-                });
+        on_answers(self, node, bytes);
       },
     };
   });

@@ -114,6 +114,7 @@ void pool_state::start_test(pb::NodeRecord& n, pb::TestKind kind, int64_t now,
   t->set_deadline(n.test_deadline());
   t->set_kind(kind);
   t->set_level(n.level());
+  *t->mutable_models() = n.models();
 }
 
 } // namespace nodepool

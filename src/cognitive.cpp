@@ -1,20 +1,128 @@
 #include "cognitive.hpp"
-#include "random.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
-#include <functional>
+#include <optional>
+#include <fcntl.h>
+#include <fstream>
+#include <stdexcept>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "embedding.hpp"
+#include "random.hpp"
 
 namespace nodepool {
 
 namespace {
 
-/// What a model's answer is compared by: without surrounding white space,
-/// quotes or back-ticks and a final full stop ("`391.`" is "391"), in lower
-/// case. Real models decorate answers; the content must still be exact.
-std::string normalize(const std::string& s) {
+std::string hex(const unsigned char* p, size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += digits[p[i] >> 4];
+    out += digits[p[i] & 15];
+  }
+  return out;
+}
+
+/// The last number in a text ("The answer is 42." -> 42), if any. A comma
+/// followed by exactly three digits separates thousands ("86,400").
+std::optional<double> last_number(const std::string& s) {
+  auto digit = [&](size_t k) {
+    return k < s.size() && std::isdigit(static_cast<unsigned char>(s[k]));
+  };
+  std::optional<double> found;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (!digit(i) || (i > 0 && (std::isalnum(static_cast<unsigned char>(s[i - 1]))
+                                || s[i - 1] == '.'))) {
+      ++i;
+      continue;
+    }
+    std::string t;
+    if (i > 0 && s[i - 1] == '-')
+      t += '-';
+    size_t j = i;
+    for (;;) {
+      while (digit(j))
+        t += s[j++];
+      if (j < s.size() && s[j] == ',' && digit(j + 1) && digit(j + 2)
+          && digit(j + 3) && !digit(j + 4)) {
+        ++j;
+        continue;
+      }
+      break;
+    }
+    if (j + 1 < s.size() && s[j] == '.' && digit(j + 1)) {
+      t += s[j++];
+      while (digit(j))
+        t += s[j++];
+    }
+    double v = std::strtod(t.c_str(), nullptr);
+    if (std::isfinite(v))
+      found = v;
+    i = j;
+  }
+  return found;
+}
+
+} // namespace
+
+test_plan choose_challenges(const std::string& secret, uint64_t test_id,
+                            const std::string& node_id, uint32_t level,
+                            const std::vector<std::string>& models,
+                            uint32_t count, double peer_share,
+                            const challenge_bank& bank) {
+  std::string msg = "nodepool-test";
+  msg += '\0';
+  for (int i = 0; i < 8; ++i)
+    msg += static_cast<char>((test_id >> (8 * i)) & 0xff);
+  msg += node_id;
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, &len);
+  uint64_t seed = 0;
+  for (int i = 0; i < 8; ++i)
+    seed = (seed << 8) | mac[i];
+  seeded_rng rng{seed};
+  test_plan plan;
+  plan.nonce = hex(mac + 16, 16);
+  auto graded = bank.candidates(level, models, false);
+  auto peers = bank.candidates(level, models, true);
+  uint32_t n_peer = 0;
+  if (!peers.empty() && count > 1)
+    n_peer = std::min<uint32_t>(count - 1,
+                                static_cast<uint32_t>(std::lround(count * peer_share)));
+  auto draw = [&](std::vector<std::vector<const bank_item*>> groups, uint32_t n) {
+    for (auto& g : groups) {
+      // A partial Fisher-Yates shuffle: the first `take` are a random
+      // subset, in random order.
+      size_t take = std::min<size_t>(n, g.size());
+      for (size_t i = 0; i < take; ++i) {
+        std::swap(g[i], g[i + rng.below(g.size() - i)]);
+        plan.items.push_back(g[i]);
+      }
+      n -= static_cast<uint32_t>(take);
+      if (n == 0)
+        break;
+    }
+  };
+  draw(std::move(graded), count - n_peer);
+  draw(std::move(peers), n_peer);
+  shuffle(plan.items, rng);
+  return plan;
+}
+
+std::string normalize_answer(const std::string& s) {
   const char* strip = " \t\r\n\"'`";
   auto trim = [&](const std::string& x) -> std::string {
     auto b = x.find_first_not_of(strip);
@@ -22,80 +130,98 @@ std::string normalize(const std::string& s) {
       return {};
     return x.substr(b, x.find_last_not_of(strip) - b + 1);
   };
-  auto out = trim(s);
+  auto t = trim(s);
   // The full stop may sit inside the decoration or outside it ("`391.`",
   // "\"391\"."): one of them goes, then what surrounded it.
-  if (!out.empty() && out.back() == '.') {
-    out.pop_back();
-    out = trim(out);
+  if (!t.empty() && t.back() == '.') {
+    t.pop_back();
+    t = trim(t);
   }
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-} // namespace
-
-std::vector<challenge> make_challenges(uint64_t test_id,
-                                       const std::string& node_id,
-                                       uint32_t count, uint32_t level) {
-  // FNV-1a of the node id: the same questions with any standard library.
-  uint64_t fnv = 1469598103934665603ULL;
-  for (unsigned char c : node_id)
-    fnv = (fnv ^ c) * 1099511628211ULL;
-  uint64_t h = mix64(test_id ^ fnv);
-  std::vector<challenge> out;
-  uint64_t scale = 10;
-  for (uint32_t i = 0; i <= level; ++i)
-    scale *= 10;
-  for (uint32_t i = 0; i < count; ++i) {
-    h = mix64(h + i);
-    auto a = h % scale, b = (h >> 20) % scale;
-    std::string prompt;
-    switch ((h >> 40) % 3) {
-      case 0:
-        prompt = "Compute " + std::to_string(a) + " + " + std::to_string(b)
-                 + ". Answer with the number only.";
-        break;
-      case 1:
-        prompt = "Compute " + std::to_string(a % 1000) + " * "
-                 + std::to_string(b % 1000) + ". Answer with the number only.";
-        break;
-      default: {
-        std::string w;
-        for (uint32_t k = 0; k < 4 + level * 2; ++k)
-          w += static_cast<char>('a' + (mix64(h + k) % 26));
-        prompt = "Reverse the word " + w + ". Answer with the word only.";
-      }
+  std::string out;
+  bool space = false;
+  for (unsigned char c : t) {
+    if (std::isspace(c)) {
+      space = true;
+      continue;
     }
-    out.push_back(challenge{std::to_string(test_id) + "." + std::to_string(i),
-                            prompt, solve(prompt)});
+    if (space && !out.empty())
+      out += ' ';
+    space = false;
+    out += static_cast<char>(std::tolower(c));
   }
   return out;
 }
 
-uint32_t grade(const std::vector<challenge>& xs,
-               const std::vector<std::string>& answers) {
-  uint32_t ok = 0;
-  for (size_t i = 0; i < xs.size() && i < answers.size(); ++i)
-    if (normalize(answers[i]) == xs[i].answer)
-      ++ok;
-  return ok;
+bool grade_answer(const bank_item& item, const std::string& answer) {
+  switch (item.grade) {
+    case grade_mode::exact:
+      return normalize_answer(answer) == normalize_answer(item.answer);
+    case grade_mode::number: {
+      auto got = last_number(answer);
+      double want = std::strtod(item.answer.c_str(), nullptr);
+      return got && std::fabs(*got - want) <= item.tolerance + 1e-9;
+    }
+    case grade_mode::similar: {
+      auto a = normalize_answer(answer);
+      if (a.empty())
+        return false;
+      return cosine(embed(a), embed(normalize_answer(item.answer))) >= item.threshold;
+    }
+    case grade_mode::peer:
+      return false;
+  }
+  return false;
 }
 
-std::string solve(const std::string& prompt) {
-  unsigned long long a = 0, b = 0;
-  char word[64] = {0};
-  if (std::sscanf(prompt.c_str(), "Compute %llu + %llu.", &a, &b) == 2)
-    return std::to_string(a + b);
-  if (std::sscanf(prompt.c_str(), "Compute %llu * %llu.", &a, &b) == 2)
-    return std::to_string(a * b);
-  if (std::sscanf(prompt.c_str(), "Reverse the word %63[a-z].", word) == 1) {
-    std::string w{word};
-    std::reverse(w.begin(), w.end());
-    return w;
+bool agrees_with_peers(const std::string& answer,
+                       const std::vector<std::string>& references,
+                       double threshold) {
+  if (references.empty())
+    return false;
+  auto e = embed(normalize_answer(answer));
+  size_t agree = 0;
+  for (auto& r : references)
+    if (cosine(e, embed(normalize_answer(r))) >= threshold)
+      ++agree;
+  return agree * 2 >= references.size();
+}
+
+std::string load_or_create_secret(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof raw) != 1)
+      throw std::runtime_error("cannot draw a random test secret");
+    auto text = hex(raw, sizeof raw);
+    int w = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (w < 0)
+      throw std::runtime_error(path + ": cannot create the test secret: "
+                               + std::strerror(errno));
+    bool ok = ::write(w, text.data(), text.size())
+                == static_cast<ssize_t>(text.size())
+              && ::write(w, "\n", 1) == 1 && ::fsync(w) == 0;
+    ::close(w);
+    if (!ok)
+      throw std::runtime_error(path + ": cannot write the test secret");
+    return text;
   }
-  return {};
+  if (fd < 0)
+    throw std::runtime_error(path + ": cannot read the test secret: "
+                             + std::strerror(errno));
+  struct stat st {};
+  ::fstat(fd, &st);
+  ::close(fd);
+  if (st.st_mode & 077)
+    throw std::runtime_error(path + ": the test secret is readable by others "
+                                    "than its owner (chmod 600 it)");
+  std::ifstream f{path, std::ios::binary};
+  std::string text{std::istreambuf_iterator<char>{f}, {}};
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back())))
+    text.pop_back();
+  if (text.size() < 32)
+    throw std::runtime_error(path + ": the test secret is shorter than 32 "
+                                    "characters");
+  return text;
 }
 
 } // namespace nodepool

@@ -1,33 +1,52 @@
 #pragma once
 
+// The grader of cognitive tests: which bank items a test asks (chosen with
+// a secret only the oracles hold) and whether an answer is right. Linked by
+// oracles only (nodepool_grader); the miner library has none of it.
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "bank.hpp"
+
 namespace nodepool {
 
-/// One question of a cognitive test, with the answer that checks it.
-struct challenge {
-  std::string id;
-  std::string prompt;
-  std::string answer;
+/// The questions of one test, and the nonce the answers must echo.
+struct test_plan {
+  std::vector<const bank_item*> items;  // into the bank; in asking order
+  std::string nonce;                    // hex, unpredictable without the secret
 };
 
-/// Deterministic challenges for one test: the same (test id, node id, level)
-/// always gives the same questions, so a validator that restarts can grade
-/// answers to a test it did not issue. Higher levels ask harder questions
-/// (bigger operands, longer strings).
-std::vector<challenge> make_challenges(uint64_t test_id,
-                                       const std::string& node_id,
-                                       uint32_t count, uint32_t level);
+/// Chooses `count` items for test `test_id` of `node_id` at `level`, among
+/// the items for `models`: HMAC-SHA-256(secret, test id, node id) seeds the
+/// draw, so the same secret and ids always give the same test (a validator
+/// can rebuild it) and a miner, without the secret, cannot know its
+/// questions before they are sent. round(count * peer_share) of them are
+/// peer items when the bank has some (at least one item is graded).
+test_plan choose_challenges(const std::string& secret, uint64_t test_id,
+                            const std::string& node_id, uint32_t level,
+                            const std::vector<std::string>& models,
+                            uint32_t count, double peer_share,
+                            const challenge_bank& bank);
 
-/// Number of answers equal to the expected ones, ignoring surrounding white
-/// space, quotes, a final full stop and case.
-uint32_t grade(const std::vector<challenge>& xs,
-               const std::vector<std::string>& answers);
+/// An answer without surrounding white space, quotes, back-ticks or a
+/// final full stop, in lower case, inner white space collapsed.
+std::string normalize_answer(const std::string& s);
 
-/// Reference solver for the prompts make_challenges writes; what a correct
-/// model answers. Returns an empty string for a prompt it does not know.
-std::string solve(const std::string& prompt);
+/// Whether `answer` is right for a graded item (exact, number, similar).
+/// A peer item is never right by itself: see agrees_with_peers.
+bool grade_answer(const bank_item& item, const std::string& answer);
+
+/// Whether `answer` agrees (text embedding, cosine >= threshold) with at
+/// least half of `references`, the answers of nodes in good standing.
+bool agrees_with_peers(const std::string& answer,
+                       const std::vector<std::string>& references,
+                       double threshold);
+
+/// The oracles' secret for choosing challenges: read from `path`, or
+/// created there (32 random bytes, hex, mode 0600) when it does not exist.
+/// Throws std::runtime_error when the file is readable by others than its
+/// owner, shorter than 32 characters, or cannot be read or written.
+std::string load_or_create_secret(const std::string& path);
 
 } // namespace nodepool

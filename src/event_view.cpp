@@ -74,6 +74,8 @@ nlohmann::json event_json(const pb::Event& e) {
       j["node_id"] = x.node_id();
       j["test_id"] = x.test_id();
       j["passed"] = x.passed();
+      if (!x.reason().empty())
+        j["reason"] = x.reason();
       break;
     }
     default:

@@ -29,7 +29,11 @@ std::pair<std::string, std::string> split_url(std::string url) {
 openai_client::openai_client(openai_config cfg) : cfg_(std::move(cfg)) {}
 
 std::optional<std::string> openai_client::complete(const std::string& prompt,
-                                                   std::string& err) const {
+                                                   std::string& err,
+                                                   uint32_t max_tokens,
+                                                   uint32_t* tokens) const {
+  if (tokens)
+    *tokens = 0;
   auto [origin, endpoint] = split_url(cfg_.base_url);
   httplib::Client cli{origin};
   if (!cli.is_valid()) {
@@ -48,6 +52,8 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
     {"temperature", 0},
     {"messages", nlohmann::json::array({{{"role", "user"}, {"content", prompt}}})},
   };
+  if (max_tokens > 0)
+    req["max_tokens"] = max_tokens;
   auto res = cli.Post(endpoint.c_str(), req.dump(), "application/json");
   if (!res) {
     err = "inference server " + cfg_.base_url + ": "
@@ -70,6 +76,12 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
       || !choice["message"]["content"].is_string()) {
     err = "completion has no message content";
     return std::nullopt;
+  }
+  if (tokens && body.contains("usage") && body["usage"].is_object()) {
+    auto& u = body["usage"];
+    if (u.contains("completion_tokens") && u["completion_tokens"].is_number_unsigned())
+      *tokens = static_cast<uint32_t>(
+        std::min<uint64_t>(u["completion_tokens"].get<uint64_t>(), UINT32_MAX));
   }
   return choice["message"]["content"].get<std::string>();
 }

@@ -25,8 +25,12 @@ public:
 
   /// The model's answer, or nothing with the reason in `err` (connection
   /// refused, HTTP status, a body that is not a completion).
+  /// `max_tokens` > 0 is sent as the answer's limit; the completion tokens
+  /// the server reports (usage.completion_tokens) go to `tokens` when given
+  /// (0 when it reports none).
   std::optional<std::string> complete(const std::string& prompt,
-                                      std::string& err) const;
+                                      std::string& err, uint32_t max_tokens = 0,
+                                      uint32_t* tokens = nullptr) const;
 
   const openai_config& config() const { return cfg_; }
 

@@ -1,5 +1,7 @@
 #include "params.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -15,11 +17,66 @@
 
 namespace nodepool {
 
+namespace {
+
+/// "4000,3500,..." as numbers; `err` says what is wrong.
+std::vector<int64_t> latency_list(const std::string& text, std::string& err) {
+  std::vector<int64_t> out;
+  size_t at = 0;
+  while (at <= text.size()) {
+    auto comma = text.find(',', at);
+    auto part = text.substr(at, comma == std::string::npos ? std::string::npos
+                                                           : comma - at);
+    auto b = part.find_first_not_of(' '), e = part.find_last_not_of(' ');
+    part = b == std::string::npos ? "" : part.substr(b, e - b + 1);
+    if (part.empty() || part.size() > 12
+        || part.find_first_not_of("0123456789") != std::string::npos) {
+      err = "expected milliseconds per level, comma-separated (\"4000,3000\")";
+      return {};
+    }
+    out.push_back(std::stoll(part));
+    if (out.back() > params::max_duration_ms) {
+      err = "a bound is over " + std::to_string(params::max_duration_ms) + " ms";
+      return {};
+    }
+    if (comma == std::string::npos)
+      break;
+    at = comma + 1;
+  }
+  if (out.size() > 101) {
+    err = "more than 101 levels";
+    return {};
+  }
+  return out;
+}
+
+std::string latency_list_error(const std::string& text) {
+  std::string err;
+  latency_list(text, err);
+  return err;
+}
+
+} // namespace
+
+int64_t test_latency_bound_ms(const params& p, uint32_t level) {
+  std::string err;
+  auto xs = latency_list(p.test_latency_ms, err);
+  if (xs.empty())
+    return 0;
+  return xs[std::min<size_t>(level, xs.size() - 1)];
+}
+
 std::string params::validate() const {
   if (test_deadline_ms <= 0) return "test_deadline_ms must be > 0";
   if (challenges_per_test == 0) return "challenges_per_test must be > 0";
   // Written so that NaN fails too (a TOML file may say `nan`).
   if (!(pass_mark > 0 && pass_mark <= 1)) return "pass_mark must be in (0, 1]";
+  if (auto e = latency_list_error(test_latency_ms); !e.empty())
+    return "test_latency_ms: " + e;
+  if (!(test_min_tokens_per_s >= 0 && std::isfinite(test_min_tokens_per_s)))
+    return "test_min_tokens_per_s must be >= 0";
+  if (!(peer_share >= 0 && peer_share < 1)) return "peer_share must be in [0, 1)";
+  if (max_answer_bytes < 16) return "max_answer_bytes must be >= 16";
   if (min_nodes == 0 || min_nodes > max_nodes)
     return "need 1 <= min_nodes <= max_nodes";
   if (redundancy == 0 || redundancy > max_nodes)
@@ -83,6 +140,10 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"test_deadline_ms", &params::test_deadline_ms},
     {"challenges_per_test", &params::challenges_per_test},
     {"pass_mark", &params::pass_mark},
+    {"test_latency_ms", &params::test_latency_ms},
+    {"test_min_tokens_per_s", &params::test_min_tokens_per_s},
+    {"peer_share", &params::peer_share},
+    {"max_answer_bytes", &params::max_answer_bytes},
     {"min_nodes", &params::min_nodes},
     {"max_nodes", &params::max_nodes},
     {"redundancy", &params::redundancy},

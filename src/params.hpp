@@ -17,6 +17,19 @@ struct params {
   int64_t test_deadline_ms = 5000;
   uint32_t challenges_per_test = 5;
   double pass_mark = 0.6;
+  /// Latency bound of a test (ms, from sending it to its answers) at each
+  /// level, comma-separated from level 0; the last one holds for the levels
+  /// above. Slower fails the test (too_slow) even with every answer right.
+  /// 0 at a level: no bound there.
+  std::string test_latency_ms = "4000,3500,3000,2500,2000,1500";
+  /// Completion tokens per second a test's answers must reach, where the
+  /// node's backend reports tokens (0: not checked).
+  double test_min_tokens_per_s = 0;
+  /// Share of a test's items that are cross-checks against nodes in good
+  /// standing (peer items of the bank).
+  double peer_share = 0.2;
+  /// An answer longer than this is refused (answer_too_large).
+  uint32_t max_answer_bytes = 8192;
   // sessions
   uint32_t min_nodes = 1;
   uint32_t max_nodes = 3;
@@ -58,6 +71,9 @@ struct params {
   /// Checks ranges; returns an empty string when valid, else what is wrong.
   std::string validate() const;
 };
+
+/// The latency bound of a test at `level` (0: none). `p` must be valid.
+int64_t test_latency_bound_ms(const params& p, uint32_t level);
 
 /// JSON form of all fields (what a Configure command carries).
 std::string to_json(const params& p);

@@ -356,7 +356,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
       case pb::TESTING:
       case pb::REVALIDATING:
         if (now > n.test_deadline())
-          fail_test(n, "test deadline passed", now, out);
+          fail_test(n, "", "test deadline passed", now, out);
         break;
       case pb::QUARANTINED:
         if (now >= n.quarantine_until())

@@ -171,8 +171,10 @@ private:
   void apply_test_result(const pb::TestResult& c, int64_t now,
                          apply_result& out);
   void pass_test(pb::NodeRecord& n, int64_t now, apply_result& out);
-  void fail_test(pb::NodeRecord& n, const std::string& why, int64_t now,
-                 apply_result& out);
+  /// `code` names the failure in the TestFinished event (wrong_answers,
+  /// cross_check, too_slow; empty for a deadline), `why` explains it.
+  void fail_test(pb::NodeRecord& n, const std::string& code,
+                 const std::string& why, int64_t now, apply_result& out);
   void quarantine(pb::NodeRecord& n, const std::string& why, int64_t now,
                   apply_result& out);
 

@@ -26,15 +26,56 @@ void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
     out.refused = refusal{"after_deadline", "result came after the deadline"};
     return;
   }
-  if (c.total() == 0 || c.correct() > c.total()) {
-    out.refused = refusal{"bad_result", "correct must be <= total, total > 0"};
+  if (c.total() == 0 || c.correct() > c.total()
+      || c.peer_correct() > c.peer_total() || c.latency_ms() < 0) {
+    out.refused = refusal{"bad_result", "correct must be <= total, total > 0, "
+                                        "peer_correct <= peer_total, "
+                                        "latency_ms >= 0"};
     return;
   }
+  // Right answers first, then agreement with the nodes in good standing,
+  // then speed: a node must meet all three.
+  auto pct = [](double x) { return std::to_string(static_cast<int>(x * 100 + 0.5)) + "%"; };
   double score = static_cast<double>(c.correct()) / c.total();
-  if (score >= params_.pass_mark)
-    pass_test(n, now, out);
-  else
-    fail_test(n, "failed test", now, out);
+  if (score < params_.pass_mark) {
+    fail_test(n, "wrong_answers",
+              "failed test: " + std::to_string(c.correct()) + " of "
+                + std::to_string(c.total()) + " right, pass mark "
+                + pct(params_.pass_mark),
+              now, out);
+    return;
+  }
+  if (c.peer_total() > 0
+      && static_cast<double>(c.peer_correct()) / c.peer_total() < params_.pass_mark) {
+    fail_test(n, "cross_check",
+              "cross_check: " + std::to_string(c.peer_total() - c.peer_correct())
+                + " of " + std::to_string(c.peer_total())
+                + " answers far from those of nodes in good standing",
+              now, out);
+    return;
+  }
+  auto bound = test_latency_bound_ms(params_, n.level());
+  if (bound > 0 && c.latency_ms() > bound) {
+    fail_test(n, "too_slow",
+              "too_slow: answered in " + std::to_string(c.latency_ms())
+                + " ms, bound " + std::to_string(bound) + " ms at level "
+                + std::to_string(n.level()),
+              now, out);
+    return;
+  }
+  if (params_.test_min_tokens_per_s > 0 && c.tokens() > 0) {
+    double rate = c.tokens() * 1000.0 / std::max<int64_t>(1, c.latency_ms());
+    if (rate < params_.test_min_tokens_per_s) {
+      fail_test(n, "too_slow",
+                "too_slow: " + std::to_string(static_cast<int64_t>(rate))
+                  + " tokens/s, at least "
+                  + std::to_string(static_cast<int64_t>(params_.test_min_tokens_per_s))
+                  + " needed",
+                now, out);
+      return;
+    }
+  }
+  pass_test(n, now, out);
 }
 
 void pool_state::pass_test(pb::NodeRecord& n, int64_t now, apply_result& out) {
@@ -59,8 +100,9 @@ void pool_state::pass_test(pb::NodeRecord& n, int64_t now, apply_result& out) {
   f->set_passed(true);
 }
 
-void pool_state::fail_test(pb::NodeRecord& n, const std::string& why,
-                           int64_t now, apply_result& out) {
+void pool_state::fail_test(pb::NodeRecord& n, const std::string& code,
+                           const std::string& why, int64_t now,
+                           apply_result& out) {
   ++tests_failed_;
   auto id = n.test_id();
   n.set_test_id(0);
@@ -69,6 +111,7 @@ void pool_state::fail_test(pb::NodeRecord& n, const std::string& why,
   f->set_node_id(n.id());
   f->set_test_id(id);
   f->set_passed(false);
+  f->set_reason(code);
   quarantine(n, why, now, out);
 }
 

@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
-#include "cognitive.hpp"
+#include "bank.hpp"
 #include "random.hpp"
 
 namespace nodepool {
@@ -17,13 +18,16 @@ std::string to_string(behaviour b) {
     case behaviour::flaky: return "flaky";
     case behaviour::crash: return "crash";
     case behaviour::garbage: return "garbage";
+    case behaviour::solver: return "solver";
+    case behaviour::copycat: return "copycat";
   }
   return "?";
 }
 
 std::optional<behaviour> parse_behaviour(const std::string& s) {
   for (auto b : {behaviour::healthy, behaviour::slow, behaviour::wrong,
-                 behaviour::flaky, behaviour::crash, behaviour::garbage})
+                 behaviour::flaky, behaviour::crash, behaviour::garbage,
+                 behaviour::solver, behaviour::copycat})
     if (to_string(b) == s)
       return b;
   return std::nullopt;
@@ -57,7 +61,8 @@ std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
     auto b = parse_behaviour(name);
     if (!b) {
       err = "unknown behaviour '" + name
-            + "' (healthy, slow, wrong, flaky, crash, garbage)";
+            + "' (healthy, slow, wrong, flaky, crash, garbage, solver, "
+              "copycat)";
       return {};
     }
     weights.emplace_back(*b, w);
@@ -86,8 +91,12 @@ std::vector<behaviour> expand_mix(const std::string& mix, size_t nodes,
   return out;
 }
 
-sim_backend::sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms)
-  : behaviour_(b), rng_(seed * 2654435761ULL + 1), deadline_ms_(deadline_ms) {
+sim_backend::sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms,
+                         std::shared_ptr<const sim_knowledge> knowledge)
+  : behaviour_(b),
+    knowledge_(knowledge ? std::move(knowledge) : sim_knowledge::builtin()),
+    rng_(seed * 2654435761ULL + 1),
+    deadline_ms_(deadline_ms) {
   life_ = 5 + static_cast<uint32_t>(next() % 20);
 }
 
@@ -107,26 +116,62 @@ std::string sim_backend::healthy_output(const std::string& prompt) {
          + "', the answer is that the pool serves it with tested nodes.";
 }
 
-sim_reply sim_backend::answer(const std::string& prompt) {
+std::string sim_backend::unrelated_output(uint64_t r) {
+  static const char* lines[] = {
+    "Many people enjoy a quiet walk in the park on a Sunday morning.",
+    "The recipe needs two eggs, a cup of flour and a pinch of salt.",
+    "Our team will review the quarterly figures before the meeting.",
+    "Remember to water the plants twice a week during the summer.",
+  };
+  return lines[r % 4];
+}
+
+std::string sim_backend::arithmetic_solver(const std::string& prompt) {
+  unsigned long long a = 0, b = 0;
+  char word[64] = {0};
+  if (std::sscanf(prompt.c_str(), "Compute %llu + %llu.", &a, &b) == 2)
+    return std::to_string(a + b);
+  if (std::sscanf(prompt.c_str(), "Compute %llu * %llu.", &a, &b) == 2)
+    return std::to_string(a * b);
+  if (std::sscanf(prompt.c_str(), "Reverse the word %63[a-z].", word) == 1) {
+    std::string w{word};
+    std::reverse(w.begin(), w.end());
+    return w;
+  }
+  return {};
+}
+
+sim_reply sim_backend::answer(const std::string& prompt, int64_t bound_ms,
+                              int64_t deadline_ms) {
   count_message();
   sim_reply r;
-  r.text = solve(prompt);
+  r.text = knowledge_->answer(prompt);
   r.delay_ms = 1 + static_cast<int64_t>(next() % 20);
   switch (behaviour_) {
     case behaviour::slow:
-      r.delay_ms = deadline_ms_ + deadline_ms_ / 2;
+      // Right answers, past the latency bound: between it and the deadline
+      // when there is room, else past the deadline too.
+      r.delay_ms = bound_ms > 0 && bound_ms + 2 < deadline_ms
+                     ? (bound_ms + deadline_ms) / 2
+                     : deadline_ms + deadline_ms / 2;
       break;
     case behaviour::wrong:
-      r.text = std::to_string(next() % 100000);
+      r.text = knowledge_->wrong_answer(prompt, next());
       break;
     case behaviour::flaky:
       if (chance(0.3))
-        r.text = std::to_string(next() % 100000);
+        r.text = knowledge_->wrong_answer(prompt, next());
       break;
     case behaviour::garbage:
       r.garbage = chance(0.5);
       if (!r.garbage)
         r.text = "?";
+      break;
+    case behaviour::solver:
+      r.text = arithmetic_solver(prompt);
+      break;
+    case behaviour::copycat:
+      r.text.clear();  // no model: it answers with what it copies
       break;
     default:
       break;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -8,6 +9,8 @@
 #include "random.hpp"
 
 namespace nodepool {
+
+class sim_knowledge;
 
 /// How a simulated miner node behaves.
 enum class behaviour {
@@ -17,6 +20,9 @@ enum class behaviour {
   flaky,    // healthy most of the time, wrong or silent now and then
   crash,    // healthy until it dies after a few messages
   garbage,  // sends bytes that do not decode, or reveals that miss their hash
+  // Cheats: no model at all.
+  solver,   // answers tests with a hand-written solver of arithmetic prompts
+  copycat,  // answers tests with the answers another node gave to its own
 };
 
 std::string to_string(behaviour b);
@@ -37,19 +43,30 @@ struct sim_reply {
 };
 
 /// The deterministic `sim` inference backend: one per node, seeded, so a run
-/// with the same seed behaves the same.
+/// with the same seed behaves the same. Its "model" is `knowledge`: the
+/// challenge bank's answers, which the simulation hands it (the builtin
+/// bank's when null); it never learns them through the protocol.
 class sim_backend {
 public:
-  sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms);
+  sim_backend(behaviour b, uint64_t seed, int64_t deadline_ms,
+              std::shared_ptr<const sim_knowledge> knowledge = nullptr);
 
   behaviour kind() const { return behaviour_; }
-  sim_reply answer(const std::string& challenge_prompt);
+  /// The answer to one challenge of a test that must be answered within
+  /// `bound_ms` (the latency bound; 0: none) and `deadline_ms`.
+  sim_reply answer(const std::string& challenge_prompt, int64_t bound_ms,
+                   int64_t deadline_ms);
   sim_reply infer(const std::string& task_prompt);
   /// True once a `crash` node has used up its life.
   bool crashed() const { return crashed_; }
 
   /// What a healthy model outputs for a task prompt (deterministic).
   static std::string healthy_output(const std::string& prompt);
+  /// Fluent text about nothing asked (a wrong model's output).
+  static std::string unrelated_output(uint64_t r);
+  /// The cheat of a miner with no model: a hand-written solver of the
+  /// arithmetic and word prompts that tests once were. Empty when it cannot.
+  static std::string arithmetic_solver(const std::string& prompt);
 
 private:
   uint64_t next();
@@ -57,6 +74,7 @@ private:
   void count_message();
 
   behaviour behaviour_;
+  std::shared_ptr<const sim_knowledge> knowledge_;
   seeded_rng rng_;
   int64_t deadline_ms_;
   uint32_t life_;  // messages until a crash node dies

@@ -1,6 +1,6 @@
 // Bad input from miners: every kind gets a clear error to the sender, is
 // counted, and changes no state.
-#include "cognitive.hpp"
+#include "bank.hpp"
 #include "digest.hpp"
 #include "fixture.hpp"
 
@@ -45,13 +45,19 @@ protected:
     send(reg(id));
     auto test = last_of(&pb::OracleMsg::has_test);
     ASSERT_TRUE(test.has_test());
+    send(answers(id, test.test()));
+    ASSERT_EQ(state().node(id)->state(), pb::EPHEMERAL);
+  }
+
+  /// What a node with the model answers to `t` (the bank's answers).
+  static pb::MinerMsg answers(const std::string& id, const pb::CognitiveTest& t) {
     pb::MinerMsg a;
     a.set_node_id(id);
-    a.mutable_test_answers()->set_test_id(test.test().test_id());
-    for (auto& c : test.test().challenges())
-      a.mutable_test_answers()->add_answers(solve(c.prompt()));
-    send(a);
-    ASSERT_EQ(state().node(id)->state(), pb::EPHEMERAL);
+    a.mutable_test_answers()->set_test_id(t.test_id());
+    a.mutable_test_answers()->set_nonce(t.nonce());
+    for (auto& c : t.challenges())
+      a.mutable_test_answers()->add_answers(sim_knowledge::builtin()->answer(c.prompt()));
+    return a;
   }
 
   pb::OracleMsg last_of(bool (pb::OracleMsg::*has)() const) {
@@ -241,15 +247,98 @@ TEST_F(bad_input, test_answers_after_the_deadline_are_refused) {
   run_for(std::chrono::milliseconds(test.test().deadline_ms() + 200));
   auto before = state();
   ASSERT_EQ(before.node("p4")->state(), pb::QUARANTINED);
-  pb::MinerMsg a;
-  a.set_node_id("p4");
-  a.mutable_test_answers()->set_test_id(test.test().test_id());
-  for (auto& c : test.test().challenges())
-    a.mutable_test_answers()->add_answers(solve(c.prompt()));
-  send(a);
+  send(answers("p4", test.test()));
   EXPECT_EQ(last_refusal(), "after_deadline");
   EXPECT_EQ(counted("after_deadline"), 1u);
   EXPECT_EQ(state().node("p4")->state(), pb::QUARANTINED);
+}
+
+// ------------------------------------------------ cheats at cognitive tests
+
+TEST_F(bad_input, answers_without_the_tests_nonce_are_a_replay_and_pass_nothing) {
+  send(reg("r1"));
+  auto test = last_of(&pb::OracleMsg::has_test);
+  ASSERT_TRUE(test.has_test());
+  ASSERT_EQ(test.test().nonce().size(), 32u);
+  // Right answers, but written without the test in hand: no nonce, or a
+  // made-up one.
+  auto a = answers("r1", test.test());
+  a.mutable_test_answers()->clear_nonce();
+  send(a);
+  EXPECT_EQ(last_refusal(), "replay");
+  a.mutable_test_answers()->set_nonce(std::string(32, '0'));
+  send(a);
+  EXPECT_EQ(counted("replay"), 2u);
+  EXPECT_EQ(state().node("r1")->state(), pb::TESTING);  // changed nothing
+  // The test runs out: the node is kept out.
+  run_for(std::chrono::milliseconds(test.test().deadline_ms() + 200));
+  EXPECT_EQ(state().node("r1")->state(), pb::QUARANTINED);
+}
+
+TEST_F(bad_input, answers_copied_from_another_node_fail) {
+  admit("honest");
+  auto honest = last_of(&pb::OracleMsg::has_test);
+  auto copied = answers("honest", honest.test());
+  // The copier: a miner of its own (another connection).
+  auto log2 = std::make_shared<probe_log>();
+  auto copier = probe(log2);
+  auto send2 = [&](const pb::MinerMsg& m) {
+    caf::anon_send(copier, send_atom::value, m.SerializeAsString());
+    sched_->run();
+  };
+  send2(reg("copier"));
+  pb::OracleMsg test;
+  for (auto& m : log2->received)
+    if (m.has_test())
+      test = m;
+  ASSERT_TRUE(test.has_test());
+  ASSERT_NE(test.test().test_id(), honest.test().test_id());
+  // The other node's message as it was: its test id, its nonce.
+  auto as_is = copied;
+  as_is.set_node_id("copier");
+  send2(as_is);
+  ASSERT_FALSE(log2->refusal_codes().empty());
+  EXPECT_EQ(log2->refusal_codes().back(), "stale_test");
+  EXPECT_EQ(state().node("copier")->state(), pb::TESTING);
+  // The same answers under the copier's own test: its questions are others
+  // (chosen with the oracles' secret for its id), so they are wrong.
+  auto under_own = copied;
+  under_own.set_node_id("copier");
+  under_own.mutable_test_answers()->set_test_id(test.test().test_id());
+  under_own.mutable_test_answers()->set_nonce(test.test().nonce());
+  send2(under_own);
+  auto s = state();
+  auto n = s.node("copier");
+  EXPECT_EQ(n->state(), pb::QUARANTINED);
+  EXPECT_EQ(n->state_reason().rfind("failed test", 0), 0u) << n->state_reason();
+}
+
+TEST_F(bad_input, a_hand_written_solver_fails_the_test) {
+  send(reg("solver"));
+  auto test = last_of(&pb::OracleMsg::has_test);
+  pb::MinerMsg a;
+  a.set_node_id("solver");
+  a.mutable_test_answers()->set_test_id(test.test().test_id());
+  a.mutable_test_answers()->set_nonce(test.test().nonce());
+  for (auto& c : test.test().challenges())
+    a.mutable_test_answers()->add_answers(sim_backend::arithmetic_solver(c.prompt()));
+  send(a);
+  EXPECT_EQ(state().node("solver")->state(), pb::QUARANTINED);
+}
+
+TEST_F(bad_input, an_answer_far_over_the_size_limit_is_refused) {
+  send(reg("big"));
+  auto test = last_of(&pb::OracleMsg::has_test);
+  auto a = answers("big", test.test());
+  a.mutable_test_answers()->set_answers(0, std::string(1 << 20, 'x'));
+  auto before = state().node("big")->state();
+  send(a);
+  EXPECT_EQ(last_refusal(), "answer_too_large");
+  EXPECT_EQ(counted("answer_too_large"), 1u);
+  EXPECT_EQ(state().node("big")->state(), before);
+  // The right answers still count while the test is in flight.
+  send(answers("big", test.test()));
+  EXPECT_EQ(state().node("big")->state(), pb::EPHEMERAL);
 }
 
 TEST_F(bad_input, task_result_after_the_phase_deadline_is_refused) {

@@ -64,6 +64,58 @@ TEST_F(lifecycle, slow_node_fails_by_deadline) {
   EXPECT_TRUE(s.node("slow")->last_test_failed());
 }
 
+TEST_F(lifecycle, a_slow_node_with_right_answers_fails_too_slow) {
+  auto p = fast_params();
+  p.test_latency_ms = "200";  // under the 500 ms deadline: room to be slow
+  start(p);
+  add_node("slow", behaviour::slow, 3);
+  add_node("fast", behaviour::healthy, 4);
+  run_for(700ms);
+  auto s = state();
+  EXPECT_EQ(s.node("fast")->state(), pb::EPHEMERAL);
+  ASSERT_EQ(s.node("slow")->state(), pb::QUARANTINED);
+  // Answered (in 350 ms, between bound and deadline), and right: too slow.
+  EXPECT_EQ(s.node("slow")->state_reason().rfind("too_slow: answered in 35", 0), 0u)
+    << s.node("slow")->state_reason();
+}
+
+TEST_F(lifecycle, miners_without_the_model_never_enter_the_pool) {
+  auto p = fast_params();
+  p.max_strikes = 3;
+  start(p);
+  // Healthy nodes and two cheats in one miner: a hand-written solver, and
+  // a copycat that replays what its healthy neighbours answered.
+  auto tape = std::make_shared<answer_tape>();
+  auto node = [&](const std::string& id, behaviour b, uint64_t seed) {
+    node_config nc;
+    nc.id = id;
+    nc.kind = b;
+    nc.seed = seed;
+    nc.tape = tape;
+    add_node(std::move(nc));
+  };
+  for (int i = 0; i < 3; ++i)
+    node("h" + std::to_string(i), behaviour::healthy, i + 1);
+  run_for(100ms);
+  ASSERT_FALSE(tape->answers.empty()) << "the healthy nodes wrote nothing to copy";
+  node("solver", behaviour::solver, 8);
+  node("copycat", behaviour::copycat, 9);
+  // Long enough for every retest of the cheats (backoff 1 s, 2 s) and
+  // re-validations of the healthy nodes after sessions.
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(submit(session_req("s" + std::to_string(i), 2, 1)), "accepted");
+  run_for(6s);
+  auto s = state();
+  for (auto id : {"solver", "copycat"}) {
+    EXPECT_EQ(s.node(id)->state(), pb::RETIRED) << id;
+    EXPECT_EQ(s.node(id)->passed_at(), 0) << id << " passed a test";
+  }
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(s.node("h" + std::to_string(i))->state(), pb::EPHEMERAL);
+  EXPECT_EQ(s.session_counts()[pb::COMPLETED], 4u);
+  EXPECT_TRUE(s.check_invariants().empty());
+}
+
 TEST_F(lifecycle, crashed_node_is_lost_and_its_session_requeued) {
   start(fast_params());
   add_node("c", behaviour::crash, 11);

@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-#include "cognitive.hpp"
+#include "bank.hpp"
 #include "proc.hpp"
 #include "sim_backend.hpp"
 #include "support/fake_openai.hpp"
@@ -14,7 +14,7 @@ using namespace std::chrono_literals;
 namespace nodepool::testing {
 namespace {
 
-using nodepool::solve;
+using nodepool::sim_knowledge;
 using nodepool::sim_backend;
 
 /// Polls `nodepool status` (with `extra` flags) until `pred` holds or
@@ -122,9 +122,8 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
     if (req.get_header_value("Authorization") != "Bearer key-from-env")
       ++other_key;
     auto prompt = body["messages"][0]["content"].get<std::string>();
-    auto answer = solve(prompt);
-    res.set_content(completion(answer.empty() ? sim_backend::healthy_output(prompt)
-                                              : " " + answer + ".\n"),
+    // A model that knows the bank (sim_knowledge), decorated.
+    res.set_content(completion(" " + sim_knowledge::builtin()->answer(prompt) + ".\n"),
                     "application/json");
   }};
   auto dir = temp_dir("openai");

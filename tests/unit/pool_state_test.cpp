@@ -604,6 +604,103 @@ TEST(PoolTestResult, PassMarkIsInclusive) {
   EXPECT_EQ(h.state("b"), pb::QUARANTINED);
 }
 
+/// The TestFinished event of a result, or null.
+const pb::TestFinished* finished_of(const apply_result& r) {
+  for (auto& e : r.events)
+    if (e.has_test_finished())
+      return &e.test_finished();
+  return nullptr;
+}
+
+TEST(PoolTestResult, RightButSlowFailsTooSlowWithTheLevelsBound) {
+  auto p = quiet();
+  p.test_latency_ms = "1000,800";
+  harness h{p};
+  auto send = [&](const std::string& id, int64_t latency, uint32_t correct = 5,
+                  uint32_t peer_correct = 0, uint32_t peer_total = 0,
+                  uint64_t tokens = 0) {
+    auto c = result_cmd(id, h.node(id).test_id(), correct, 5);
+    c.mutable_test_result()->set_latency_ms(latency);
+    c.mutable_test_result()->set_peer_correct(peer_correct);
+    c.mutable_test_result()->set_peer_total(peer_total);
+    c.mutable_test_result()->set_tokens(tokens);
+    return h.apply(c);
+  };
+  h.reg("fast");
+  h.reg("slow");
+  h.reg("edge");
+  EXPECT_TRUE(finished_of(send("fast", 999))->passed());
+  EXPECT_TRUE(finished_of(send("edge", 1000))->passed());  // the bound holds
+  auto r = send("slow", 1001);
+  ASSERT_NE(finished_of(r), nullptr);
+  EXPECT_FALSE(finished_of(r)->passed());
+  EXPECT_EQ(finished_of(r)->reason(), "too_slow");
+  EXPECT_EQ(h.state("slow"), pb::QUARANTINED);
+  EXPECT_EQ(h.node("slow").state_reason().rfind("too_slow: answered in 1001 ms, "
+                                                "bound 1000 ms at level 0", 0),
+            0u)
+    << h.node("slow").state_reason();
+  // Wrong answers are named first, even when also slow.
+  h.reg("both");
+  EXPECT_EQ(finished_of(send("both", 5000, 1))->reason(), "wrong_answers");
+  // Cross-checks: a node far from its peers fails, whatever its answers.
+  h.reg("far");
+  h.reg("near");
+  h.reg("alone");
+  EXPECT_EQ(finished_of(send("far", 10, 5, 0, 1))->reason(), "cross_check");
+  EXPECT_TRUE(finished_of(send("near", 10, 5, 1, 1))->passed());
+  EXPECT_TRUE(finished_of(send("alone", 10, 5, 0, 0))->passed());  // no peers yet
+  // Throughput, where the backend reports tokens.
+  p.test_min_tokens_per_s = 50;
+  harness t{p};
+  auto send_t = [&](const std::string& id, int64_t latency, uint64_t tokens) {
+    auto c = result_cmd(id, t.node(id).test_id(), 5, 5);
+    c.mutable_test_result()->set_latency_ms(latency);
+    c.mutable_test_result()->set_tokens(tokens);
+    return t.apply(c);
+  };
+  t.reg("t1");
+  t.reg("t2");
+  t.reg("t3");
+  EXPECT_TRUE(finished_of(send_t("t1", 500, 25))->passed());   // 50 tokens/s
+  EXPECT_EQ(finished_of(send_t("t2", 500, 24))->reason(), "too_slow");
+  EXPECT_TRUE(finished_of(send_t("t3", 500, 0))->passed());    // not reported
+}
+
+TEST(PoolTestResult, HigherLevelsHaveTighterBounds) {
+  auto p = quiet();
+  p.test_latency_ms = "1000,800";
+  p.promote_after = 1;
+  harness h{p};
+  h.reg("n");
+  h.pass("n");  // level 1 now
+  ASSERT_EQ(h.node("n").level(), 1u);
+  EXPECT_EQ(test_latency_bound_ms(p, 0), 1000);
+  EXPECT_EQ(test_latency_bound_ms(p, 1), 800);
+  EXPECT_EQ(test_latency_bound_ms(p, 7), 800);  // the last holds above
+  h.now += p.ephemeral_window_ms + 1;
+  h.tick();
+  ASSERT_EQ(h.state("n"), pb::TESTING) << "the ephemeral window ends in a retest";
+  auto c = result_cmd("n", h.node("n").test_id(), 5, 5);
+  c.mutable_test_result()->set_latency_ms(900);
+  EXPECT_EQ(finished_of(h.apply(c))->reason(), "too_slow");
+}
+
+TEST(PoolTestResult, BadFiguresAreRefusedAndChangeNothing) {
+  harness h{quiet()};
+  h.reg("n");
+  for (auto bad : {std::array<int64_t, 3>{2, 1, 0}, std::array<int64_t, 3>{0, 0, -1}}) {
+    auto c = result_cmd("n", h.node("n").test_id(), 5, 5);
+    c.mutable_test_result()->set_peer_correct(static_cast<uint32_t>(bad[0]));
+    c.mutable_test_result()->set_peer_total(static_cast<uint32_t>(bad[1]));
+    c.mutable_test_result()->set_latency_ms(bad[2]);
+    auto r = h.apply(c);
+    ASSERT_TRUE(r.refused);
+    EXPECT_EQ(r.refused->code, "bad_result");
+    EXPECT_EQ(h.state("n"), pb::TESTING);
+  }
+}
+
 TEST(PoolTestResult, FailQuarantinesWithDoublingBackoffCappedAtMax) {
   auto p = quiet();
   p.max_strikes = 10;
@@ -619,7 +716,7 @@ TEST(PoolTestResult, FailQuarantinesWithDoublingBackoffCappedAtMax) {
     ASSERT_FALSE(r.refused);
     auto* q = change_of(r, "n1", pb::TESTING, pb::QUARANTINED);
     ASSERT_NE(q, nullptr);
-    EXPECT_EQ(q->reason(), "failed test");
+    EXPECT_EQ(q->reason(), "failed test: 0 of 5 right, pass mark 60%");
     auto& n = h.node("n1");
     EXPECT_EQ(n.state(), pb::QUARANTINED);
     EXPECT_EQ(n.quarantine_until(), h.now + expected[k]);
