@@ -44,6 +44,40 @@ split_host_port(const std::string& s) {
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(n));
 }
 
+namespace {
+
+tests_files tests_of(const toml::table& tbl, const std::string& source) {
+  tests_files out;
+  if (!tbl.contains("tests"))
+    return out;
+  auto* t = tbl["tests"].as_table();
+  if (!t)
+    throw std::runtime_error(source + ": tests: expected a table ([tests])");
+  for (auto& [k, v] : *t) {
+    auto key = std::string{k.str()};
+    if (key != "bank" && key != "secret_file")
+      throw std::runtime_error(source + ": tests." + key
+                               + ": unknown key (expected bank, secret_file)");
+    auto x = v.value<std::string>();
+    if (!v.is_string() || !x || x->empty())
+      throw std::runtime_error(source + ": tests." + key + ": expected a file name");
+    (key == "bank" ? out.bank : out.secret_file) = *x;
+  }
+  return out;
+}
+
+} // namespace
+
+tests_files parse_tests_table(const std::string& text, const std::string& source) {
+  toml::table tbl;
+  try {
+    tbl = toml::parse(without_toml_trap(text), source);
+  } catch (const toml::parse_error& e) {
+    throw std::runtime_error(source + ": " + std::string{e.description()});
+  }
+  return tests_of(tbl, source);
+}
+
 cluster_config parse_cluster(const std::string& text, const std::string& source) {
   toml::table tbl;
   try {
@@ -65,9 +99,9 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
       c.cluster_id = *x;
       continue;
     }
-    if (key != "member" && key != "raft" && key != "pool")
-      throw fail(key, "unknown key (expected cluster_id, [[member]], [raft] "
-                      "and [pool])");
+    if (key != "member" && key != "raft" && key != "pool" && key != "tests")
+      throw fail(key, "unknown key (expected cluster_id, [[member]], [raft], "
+                      "[pool] and [tests])");
   }
   auto* members = tbl["member"].as_array();
   if (!members || members->empty())
@@ -153,6 +187,7 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
   } else if (tbl.contains("raft")) {
     throw fail("raft", "expected a table ([raft])");
   }
+  c.tests = tests_of(tbl, source);
   if (c.cluster_id.empty()) {
     std::string list;
     for (auto& m : c.members)

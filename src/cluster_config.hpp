@@ -39,6 +39,19 @@ struct cluster_member {
 ///   snapshot_trailing = 128
 ///   install_snapshot_timeout_ms = 10000
 ///   rotation_interval_ms = 0    # > 0: the leader hands over after this long
+/// [tests] of an oracle's config file or of a cluster file: the challenge
+/// bank (empty: the builtin one) and the file holding the oracles' secret
+/// (empty: `<data-dir>/test_secret`). Every member of a cluster must use
+/// the same secret: put it in the cluster file.
+struct tests_files {
+  std::string bank;
+  std::string secret_file;
+};
+
+/// [tests] of TOML text (empty when it has none). Throws std::runtime_error
+/// naming `source` and the key on a bad table or an unknown key.
+tests_files parse_tests_table(const std::string& text, const std::string& source);
+
 struct cluster_config {
   /// Names the cluster; a member's data directory remembers it and refuses
   /// a file naming another. Set it (top-level `cluster_id = "..."`) before
@@ -56,6 +69,7 @@ struct cluster_config {
   /// Scheduled rotation: a leader hands leadership to the next member in
   /// id order once it has led this long (0: only on failure, the default).
   unsigned rotation_interval_ms = 0;
+  tests_files tests;
 
   const cluster_member* find(uint64_t id) const;
 };

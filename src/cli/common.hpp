@@ -122,6 +122,7 @@ nlohmann::json summarize(const pool_state& ps);
 void add_demo(CLI::App& app);
 void add_oracle(CLI::App& app);
 void add_miner(CLI::App& app);
+void add_bank(CLI::App& app);
 void add_submit(CLI::App& app);
 void add_status(CLI::App& app);
 void add_check(CLI::App& app);

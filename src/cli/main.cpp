@@ -196,6 +196,7 @@ int main(int argc, char** argv) {
   add_oracle(app);
   add_sessions(app);
   add_miner(app);
+  add_bank(app);
   add_submit(app);
   add_status(app);
   add_check(app);

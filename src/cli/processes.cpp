@@ -25,6 +25,7 @@
 #include "log.hpp"
 #include "archive.hpp"
 #include "cluster_config.hpp"
+#include "cognitive.hpp"
 #include "raft/raft_disk.hpp"
 #include "raft/raft_log.hpp"
 #include "member_archive.hpp"
@@ -97,7 +98,41 @@ struct oracle_options {
   std::string cluster;      // cluster file: run as one member of it
   uint64_t id = 0;          // ... this member's id
   http_options api;          // the HTTP API ([http] in the config file)
+  tests_files tests;         // --bank, --test-secret ([tests])
 };
+
+/// The bank and the secret of this oracle's cognitive tests: flags first,
+/// then [tests] of the config file, then of the cluster file; the builtin
+/// bank and `<data-dir>/test_secret` by default. A bank that does not parse
+/// stops the start with its line.
+test_config load_tests(const oracle_options& o, const tests_files& from_config,
+                       const tests_files* from_cluster) {
+  auto pick = [&](std::string tests_files::*f) {
+    if (!(o.tests.*f).empty())
+      return o.tests.*f;
+    if (!(from_config.*f).empty())
+      return from_config.*f;
+    return from_cluster ? from_cluster->*f : std::string{};
+  };
+  test_config tc;
+  auto bank = pick(&tests_files::bank);
+  tc.bank = bank.empty() ? challenge_bank::builtin()
+                         : std::make_shared<const challenge_bank>(challenge_bank::load(bank));
+  auto secret = pick(&tests_files::secret_file);
+  if (secret.empty()) {
+    secret = o.data_dir + "/test_secret";
+    if (from_cluster)
+      log("oracle")->warn("the cluster file names no [tests] secret_file: this "
+                          "member chooses test items with a secret of its own "
+                          "({})", secret);
+  }
+  tc.secret = load_or_create_secret(secret);
+  auto levels = tc.bank->levels();
+  log("oracle")->info("cognitive tests: {} ({} items, levels {}..{}), secret in {}",
+                      bank.empty() ? "builtin bank" : bank, tc.bank->items().size(),
+                      levels.front(), levels.back(), secret);
+  return tc;
+}
 
 
 
@@ -162,13 +197,15 @@ int run_oracle(oracle_options& o) {
   begin();
   // [oracle] in the config file gives defaults for the flags: a flag given
   // on the command line wins. Unknown keys and bad values are errors.
+  tests_files config_tests;
   if (!o.config.empty()) {
     toml::table tbl;
+    std::string text;
     try {
       std::ifstream f{o.config, std::ios::binary};
       if (!f)
         throw std::runtime_error(o.config + ": cannot be read");
-      std::string text{std::istreambuf_iterator<char>{f}, {}};
+      text.assign(std::istreambuf_iterator<char>{f}, {});
       tbl = toml::parse(without_toml_trap(text), o.config);
     } catch (const toml::parse_error& e) {
       throw std::runtime_error(o.config + ": " + std::string{e.description()});
@@ -177,10 +214,12 @@ int run_oracle(oracle_options& o) {
     // typo (a misspelt [oracle] would silently drop its port and data_dir).
     for (auto& [k, v] : tbl) {
       auto key = std::string{k.str()};
-      if (key != "oracle" && key != "pool" && key != "http")
+      if (key != "oracle" && key != "pool" && key != "http" && key != "tests")
         throw std::runtime_error(o.config + ": unknown key " + key
-                                 + " (expected [pool], [oracle] and [http])");
+                                 + " (expected [pool], [oracle], [http] and "
+                                   "[tests])");
     }
+    config_tests = parse_tests_table(text, o.config);
     if (tbl.contains("oracle") && !tbl["oracle"].is_table())
       throw std::runtime_error(o.config + ": oracle must be a table ([oracle])");
     if (auto* t = tbl["oracle"].as_table()) {
@@ -274,6 +313,7 @@ int run_oracle(oracle_options& o) {
     claim_data_dir(*cc, o.data_dir);
   }
   auto storage = open_store(o.data_dir);
+  auto tests = load_tests(o, config_tests, cc ? &cc->tests : nullptr);
   cluster_parts cluster;
   if (cc)
     cluster = join_cluster(o, *cc, storage);
@@ -289,6 +329,7 @@ int run_oracle(oracle_options& o) {
   }};
   supervisor_config sc;
   sc.pool = p;
+  sc.tests = tests;
   sc.storage = storage;
   sc.sync = !o.no_sync;
   sc.cluster_log = cluster.log;
@@ -460,6 +501,7 @@ struct miner_options {
   tls_files tls;
   std::string key;         // node key file (nodepool keygen)
   std::string join_token;
+  std::string bank;        // the sim backend's "model": this bank's answers
 };
 
 int run_miner(miner_options& o) {
@@ -492,6 +534,11 @@ int run_miner(miner_options& o) {
     oc.timeout_ms = o.openai_timeout_ms;
     model = oc;
   }
+  // The simulation hands its healthy nodes the bank (never the protocol).
+  std::shared_ptr<const sim_knowledge> knowledge;
+  if (!o.bank.empty())
+    knowledge = std::make_shared<const sim_knowledge>(challenge_bank::load(o.bank));
+  auto tape = std::make_shared<answer_tape>();
   std::shared_ptr<const node_key> key;
   if (!o.key.empty())
     key = std::make_shared<node_key>(node_key::load(o.key));
@@ -524,6 +571,8 @@ int run_miner(miner_options& o) {
     nc.openai = model;
     nc.key = key;
     nc.join_token = o.join_token;
+    nc.knowledge = knowledge;
+    nc.tape = tape;
     auto n = spawn_node(sys, nc, *gw);
     self->monitor(n);
     nodes.push_back(n);
@@ -1177,6 +1226,13 @@ void add_oracle(CLI::App& app) {
                   "cluster file (TOML: [[member]] id, raft, address; [raft]; "
                   "[pool]): run as one member of a replicated pool");
   cmd->add_option("--id", o->id, "this member's id in the cluster file");
+  cmd->add_option("--bank", o->tests.bank,
+                  "challenge bank of cognitive tests (JSONL; default: the "
+                  "builtin deploy/banks/default.jsonl)");
+  cmd->add_option("--test-secret", o->tests.secret_file,
+                  "file of the oracles' secret that chooses test items "
+                  "(created, mode 0600, if missing; default "
+                  "<data-dir>/test_secret; one for the whole cluster)");
   add_http_flags(*cmd, o->api);
   add_param_flags(*cmd, o->flags);
   add_tls_flags(*cmd, o->tls);
@@ -1197,7 +1253,11 @@ void add_miner(CLI::App& app) {
     ->check(CLI::Range(1, 100000));
   cmd->add_option("--behaviour", o->behaviour,
                   "mix such as healthy:8,wrong:1,slow:1 (healthy, slow, "
-                  "wrong, flaky, crash, garbage)");
+                  "wrong, flaky, crash, garbage; and cheats without a model: "
+                  "solver, copycat)");
+  cmd->add_option("--bank", o->bank,
+                  "challenge bank the sim backend's healthy nodes know the "
+                  "answers of (default: the builtin one)");
   cmd->add_option("--seed", o->seed, "seed of the simulated backends");
   cmd->add_option("--id-prefix", o->prefix, "node ids are PREFIX-0, PREFIX-1, ...");
   cmd->add_option("--models", o->models, "comma-separated models served");
@@ -1366,6 +1426,55 @@ void add_check(CLI::App& app) {
   cmd->callback([=] {
     if (int rc = run_check(*dir, *json, *sessions, *stride); rc != 0)
       throw exit_code{rc};
+  });
+}
+
+void add_bank(CLI::App& app) {
+  struct bank_options {
+    std::string file;
+    std::string config;
+    std::map<std::string, std::string> flags;
+    bool json = false;
+  };
+  auto o = std::make_shared<bank_options>();
+  auto* cmd = app.add_subcommand(
+    "bank", "check a challenge bank and show what a cognitive test costs a "
+            "miner at each level");
+  cmd->add_option("file", o->file, "JSONL bank (default: the builtin one)");
+  cmd->add_option("--config", o->config, "TOML file with [pool] parameters");
+  cmd->add_flag("--json", o->json, "print JSON");
+  add_param_flags(*cmd, o->flags);
+  cmd->callback([o] {
+    auto p = resolve_params(o->config, o->flags);
+    auto bank = o->file.empty() ? challenge_bank::builtin()
+                                : std::make_shared<const challenge_bank>(
+                                    challenge_bank::load(o->file));
+    auto costs = test_costs(*bank, p.challenges_per_test, p.peer_share, p.max_level);
+    nlohmann::json j;
+    j["bank"] = o->file.empty() ? "builtin" : o->file;
+    j["items"] = bank->items().size();
+    for (auto& c : costs)
+      j["levels"].push_back({{"level", c.level},
+                             {"prompts", c.prompts},
+                             {"graded_items_in_bank", c.graded_items},
+                             {"peer_items_in_bank", c.peer_items},
+                             {"prompt_tokens", c.prompt_tokens},
+                             {"answer_tokens_max", c.answer_tokens},
+                             {"latency_bound_ms", test_latency_bound_ms(p, c.level)}});
+    if (o->json) {
+      std::cout << j.dump(2) << "\n";
+      return;
+    }
+    std::printf("%s: %zu items, valid\n", j["bank"].get<std::string>().c_str(),
+                bank->items().size());
+    std::printf("level  prompts  bank items (graded/peer)  prompt tokens  "
+                "answer tokens (max)  latency bound\n");
+    for (auto& c : costs)
+      std::printf("%5u  %7u  %13u / %-4u  %13llu  %19llu  %10lld ms\n", c.level,
+                  c.prompts, c.graded_items, c.peer_items,
+                  static_cast<unsigned long long>(c.prompt_tokens),
+                  static_cast<unsigned long long>(c.answer_tokens),
+                  static_cast<long long>(test_latency_bound_ms(p, c.level)));
   });
 }
 

@@ -2,7 +2,10 @@
 // over CAF's middleman.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <fstream>
+#include <sstream>
 
 #include "bank.hpp"
 #include "proc.hpp"
@@ -14,6 +17,7 @@ using namespace std::chrono_literals;
 namespace nodepool::testing {
 namespace {
 
+using nodepool::challenge_bank;
 using nodepool::sim_knowledge;
 using nodepool::sim_backend;
 
@@ -139,7 +143,7 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   ::unsetenv("OPENAI_API_KEY");
   ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
   auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "3",
-                        "--prefix", "llm", "--max-tasks", "2",
+                        "--id-prefix", "llm", "--max-tasks", "2",
                         "--redundancy", "2"},
                        dir + "/submit.out");
   ASSERT_EQ(rc, 0) << out;
@@ -156,6 +160,169 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   miner.signal(SIGTERM);
   oracle.signal(SIGTERM);
   EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+/// Lines of an oracle's event log that record a test's end for nodes
+/// named `prefix`-*: "passed" or the failure's reason, one per test.
+std::vector<std::string> test_ends(const std::string& log, const std::string& prefix) {
+  std::vector<std::string> out;
+  std::istringstream in{log};
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("event=test_finished") == std::string::npos
+        || line.find("node_id=" + prefix + "-") == std::string::npos)
+      continue;
+    if (line.find("passed=true") != std::string::npos) {
+      out.push_back("passed");
+      continue;
+    }
+    auto r = line.find(" reason=");
+    out.push_back(r == std::string::npos
+                    ? "deadline"
+                    : line.substr(r + 8, line.find(' ', r + 8) - r - 8));
+  }
+  return out;
+}
+
+TEST(multiprocess, miners_without_the_model_never_pass_a_real_oracles_tests) {
+  // The cheat the old tests let through: a "model" that is a hand-written
+  // solver of arithmetic prompts, behind the openai backend.
+  fake_server solver{[&](const httplib::Request& req, httplib::Response& res) {
+    auto body = nlohmann::json::parse(req.body);
+    auto prompt = body["messages"][0]["content"].get<std::string>();
+    res.set_content(completion(sim_backend::arithmetic_solver(prompt)),
+                    "application/json");
+  }};
+  auto dir = temp_dir("cheats");
+  cleanup tidy{dir};
+  auto args = oracle_args(dir + "/db", "0", {"--max-strikes", "2"});
+  args.insert(args.begin(), {"--log-level", "info"});
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  // Three healthy nodes and one copycat (it replays their answers) in one
+  // miner; two sim solvers in another; two nodes on the solver "model".
+  child honest{{"miner", "--oracle", target, "--nodes", "4", "--id-prefix", "mixed",
+                "--behaviour", "healthy:3,copycat:1"},
+               dir + "/honest.out"};
+  child sim_solver{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix",
+                    "solver", "--behaviour", "solver"},
+                   dir + "/solver.out"};
+  child llm_solver{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix", "llm",
+                    "--backend", "openai", "--openai-url", solver.url()},
+                   dir + "/llm.out"};
+  // Two strikes retire a node: every cheat is retired, the healthy stay.
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["nodes"]["by_state"]["retired"].get<int>() == 5
+                                && j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
+                       },
+                       60s);
+  EXPECT_EQ(j["nodes"]["by_state"]["retired"].get<int>(), 5) << j.dump();
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
+  EXPECT_EQ(j["tests"]["passed"].get<int>(), 3) << j.dump();  // the healthy, once
+  // Each cheat failed both of its tests on its answers.
+  auto log = oracle.errors();
+  for (auto prefix : {"solver", "llm"})
+    EXPECT_EQ(test_ends(log, prefix),
+              std::vector<std::string>(4, "wrong_answers")) << prefix;
+  auto mixed = test_ends(log, "mixed");
+  EXPECT_EQ(std::count(mixed.begin(), mixed.end(), "passed"), 3) << log;
+  EXPECT_EQ(std::count(mixed.begin(), mixed.end(), "wrong_answers"), 2) << log;
+  for (auto* c : {&honest, &sim_solver, &llm_solver})
+    c->signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
+  auto dir = temp_dir("crosscheck");
+  cleanup tidy{dir};
+  // A bank with one peer item, so that every test asks it.
+  {
+    std::ofstream f{dir + "/bank.jsonl"};
+    f << R"({"id":"a","level":0,"grade":"exact","prompt":"Capital of France? One word.","answer":"Paris"})" "\n"
+      << R"({"id":"b","level":0,"grade":"number","prompt":"Legs of a spider? Number only.","answer":"8"})" "\n"
+      << R"({"id":"c","level":0,"grade":"exact","prompt":"Opposite of hot? One word.","answer":"cold"})" "\n"
+      << R"({"id":"d","level":0,"grade":"number","prompt":"Days in a week? Number only.","answer":"7"})" "\n"
+      << R"({"id":"p","level":0,"grade":"peer","prompt":"Describe a sunrise over the sea in two sentences."})" "\n";
+  }
+  auto bank = challenge_bank::load(dir + "/bank.jsonl");
+  sim_knowledge knows{bank};
+  // Two "models" that both know the reference answers; their open-ended
+  // outputs differ, as two different models' do.
+  std::atomic<int> peer_prompts{0};
+  auto model = [&](bool other) {
+    return [&, other](const httplib::Request& req, httplib::Response& res) {
+      auto body = nlohmann::json::parse(req.body);
+      auto prompt = body["messages"][0]["content"].get<std::string>();
+      bool peer = prompt == bank.find("p")->prompt;
+      peer_prompts += peer;
+      nlohmann::json out = nlohmann::json::parse(completion(
+        peer && other ? sim_backend::unrelated_output(1) : knows.answer(prompt)));
+      out["usage"] = {{"completion_tokens", 12}};
+      res.set_content(out.dump(), "application/json");
+    };
+  };
+  fake_server model_a{model(false)}, model_b{model(true)};
+  auto args = oracle_args(dir + "/db", "0", {"--bank", dir + "/bank.jsonl"});
+  args.insert(args.begin(), {"--log-level", "info"});
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  EXPECT_NE(oracle.errors().find("cognitive tests: " + dir + "/bank.jsonl (5 items"),
+            std::string::npos)
+    << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child a{{"miner", "--oracle", target, "--nodes", "3", "--id-prefix", "a",
+           "--backend", "openai", "--openai-url", model_a.url()},
+          dir + "/a.out"};
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
+                       },
+                       30s);
+  ASSERT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
+  child b{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix", "b",
+           "--backend", "openai", "--openai-url", model_b.url()},
+          dir + "/b.out"};
+  j = wait_status(dir, target,
+                  [](const nlohmann::json& j) {
+                    return j["tests"]["failed"].get<int>() >= 2;
+                  },
+                  30s);
+  auto log = oracle.errors();
+  EXPECT_EQ(test_ends(log, "b"), std::vector<std::string>(2, "cross_check")) << log;
+  // Model A's nodes: the first has no peer to compare with, the others
+  // agree with it.
+  EXPECT_EQ(test_ends(log, "a"), std::vector<std::string>(3, "passed")) << log;
+  EXPECT_GE(peer_prompts.load(), 5);
+  a.signal(SIGTERM);
+  b.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+TEST(multiprocess, a_malformed_bank_stops_the_oracle_with_its_line) {
+  auto dir = temp_dir("badbank");
+  cleanup tidy{dir};
+  {
+    std::ofstream f{dir + "/bank.jsonl"};
+    f << R"({"id":"a","level":0,"grade":"exact","prompt":"P?","answer":"x"})" "\n"
+      << R"({"id":"b","level":0,"grade":"number","prompt":"Q?","answer":"many"})" "\n";
+  }
+  auto [rc, out] = run(oracle_args(dir + "/db", "0", {"--bank", dir + "/bank.jsonl"}),
+                       dir + "/oracle.out", 20s);
+  EXPECT_NE(rc, 0);
+  auto err = read_file(dir + "/oracle.out.err");
+  EXPECT_NE(err.find(dir + "/bank.jsonl:2: answer: 'many' is not a number"),
+            std::string::npos)
+    << err;
+  // `nodepool bank` checks a bank the same way, before it is deployed.
+  auto [brc, bout] = run({"bank", dir + "/bank.jsonl"}, dir + "/bank.out", 20s);
+  EXPECT_NE(brc, 0);
+  auto [grc, gout] = run({"bank"}, dir + "/good.out", 20s);
+  EXPECT_EQ(grc, 0) << gout;
+  EXPECT_NE(gout.find("builtin: 48 items, valid"), std::string::npos) << gout;
 }
 
 TEST(multiprocess, mutual_tls_between_oracle_miners_and_clients) {
