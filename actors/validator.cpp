@@ -40,6 +40,10 @@ struct reference_set {
 
 /// At most this many references per (model, item): the newest.
 constexpr size_t max_references = 5;
+/// At most this many (model, item) pairs: model names come from miners, so
+/// a miner inventing names must not grow this without bound. Past it, new
+/// pairs get no references (their items are not cross-checked).
+constexpr size_t max_reference_keys = 4096;
 
 struct validator_state {
   caf::actor supervisor;
@@ -102,7 +106,10 @@ void keep_references(self_ptr self, const std::string& node, uint64_t test_id) {
     return;
   if (i->second.test_id == test_id)
     for (auto& [item, answer] : i->second.answers) {
-      auto& refs = st.references[{i->second.model, item->id}].by_node;
+      std::pair<std::string, std::string> key{i->second.model, item->id};
+      if (st.references.size() >= max_reference_keys && !st.references.count(key))
+        continue;
+      auto& refs = st.references[key].by_node;
       auto same = std::find_if(refs.begin(), refs.end(),
                                [&](auto& r) { return r.first == node; });
       if (same != refs.end())

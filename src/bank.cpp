@@ -1,6 +1,7 @@
 #include "bank.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -31,15 +32,27 @@ std::optional<grade_mode> parse_grade(const std::string& s) {
   return std::nullopt;
 }
 
-/// The number a reference answer holds (the whole text).
+/// The number a reference answer holds: the whole text, a plain decimal
+/// ("-12", "0.05"; no exponent, sign '+', hex or spaces), as answers are
+/// read.
 std::optional<double> whole_number(const std::string& s) {
-  if (s.empty())
+  size_t i = s.size() > 0 && s[0] == '-' ? 1 : 0;
+  size_t digits = 0;
+  while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i])))
+    ++i, ++digits;
+  if (digits == 0 || digits > 15)
     return std::nullopt;
-  char* end = nullptr;
-  double v = std::strtod(s.c_str(), &end);
-  if (end != s.c_str() + s.size() || !std::isfinite(v))
+  if (i < s.size() && s[i] == '.') {
+    size_t frac = 0;
+    ++i;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i])))
+      ++i, ++frac;
+    if (frac == 0 || frac > 15)
+      return std::nullopt;
+  }
+  if (i != s.size())
     return std::nullopt;
-  return v;
+  return std::strtod(s.c_str(), nullptr);
 }
 
 bank_item parse_item(const nlohmann::json& j, const std::string& where) {
@@ -124,7 +137,10 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
   if (it.grade != grade_mode::peer && !has_answer)
     throw fail("answer is missing");
   if (it.grade == grade_mode::number && !whole_number(it.answer))
-    throw fail("answer: '" + it.answer + "' is not a number");
+    throw fail("answer: '" + it.answer + "' is not a number (digits, with "
+               "a '-' and a '.' if need be)");
+  if (it.grade != grade_mode::peer && normalize_answer(it.answer).empty())
+    throw fail("answer: nothing left once quotes and white space are removed");
   if (has_tolerance && it.grade != grade_mode::number)
     throw fail("tolerance is only for grade number");
   if (has_threshold && it.grade != grade_mode::similar)
@@ -137,6 +153,36 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
 }
 
 } // namespace
+
+std::string normalize_answer(const std::string& s) {
+  const char* strip = " \t\r\n\"'`";
+  auto trim = [&](const std::string& x) -> std::string {
+    auto b = x.find_first_not_of(strip);
+    if (b == std::string::npos)
+      return {};
+    return x.substr(b, x.find_last_not_of(strip) - b + 1);
+  };
+  auto t = trim(s);
+  // The full stop may sit inside the decoration or outside it ("`391.`",
+  // "\"391\"."): one of them goes, then what surrounded it.
+  if (!t.empty() && t.back() == '.') {
+    t.pop_back();
+    t = trim(t);
+  }
+  std::string out;
+  bool space = false;
+  for (unsigned char c : t) {
+    if (std::isspace(c)) {
+      space = true;
+      continue;
+    }
+    if (space && !out.empty())
+      out += ' ';
+    space = false;
+    out += static_cast<char>(std::tolower(c));
+  }
+  return out;
+}
 
 std::string to_string(grade_mode m) {
   switch (m) {

@@ -32,6 +32,11 @@ enum class grade_mode {
 
 std::string to_string(grade_mode m);
 
+/// An answer without surrounding white space, quotes, back-ticks or a
+/// final full stop, in lower case, inner white space collapsed: what
+/// `exact` compares.
+std::string normalize_answer(const std::string& s);
+
 struct bank_item {
   std::string id;
   uint32_t level = 0;

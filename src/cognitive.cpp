@@ -122,36 +122,6 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
   return plan;
 }
 
-std::string normalize_answer(const std::string& s) {
-  const char* strip = " \t\r\n\"'`";
-  auto trim = [&](const std::string& x) -> std::string {
-    auto b = x.find_first_not_of(strip);
-    if (b == std::string::npos)
-      return {};
-    return x.substr(b, x.find_last_not_of(strip) - b + 1);
-  };
-  auto t = trim(s);
-  // The full stop may sit inside the decoration or outside it ("`391.`",
-  // "\"391\"."): one of them goes, then what surrounded it.
-  if (!t.empty() && t.back() == '.') {
-    t.pop_back();
-    t = trim(t);
-  }
-  std::string out;
-  bool space = false;
-  for (unsigned char c : t) {
-    if (std::isspace(c)) {
-      space = true;
-      continue;
-    }
-    if (space && !out.empty())
-      out += ' ';
-    space = false;
-    out += static_cast<char>(std::tolower(c));
-  }
-  return out;
-}
-
 bool grade_answer(const bank_item& item, const std::string& answer) {
   switch (item.grade) {
     case grade_mode::exact:

@@ -29,10 +29,6 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
                             uint32_t count, double peer_share,
                             const challenge_bank& bank);
 
-/// An answer without surrounding white space, quotes, back-ticks or a
-/// final full stop, in lower case, inner white space collapsed.
-std::string normalize_answer(const std::string& s);
-
 /// Whether `answer` is right for a graded item (exact, number, similar).
 /// A peer item is never right by itself: see agrees_with_peers.
 bool grade_answer(const bank_item& item, const std::string& answer);

@@ -143,7 +143,7 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   ::unsetenv("OPENAI_API_KEY");
   ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
   auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "3",
-                        "--id-prefix", "llm", "--max-tasks", "2",
+                        "--prefix", "llm", "--max-tasks", "2",
                         "--redundancy", "2"},
                        dir + "/submit.out");
   ASSERT_EQ(rc, 0) << out;

@@ -219,6 +219,13 @@ TEST(Bank, MalformedFilesAreRefusedWithTheirLineNumber) {
     {R"({"id":"b","level":0,"grade":"exact","prompt":"P"})", "answer is missing"},
     {R"({"id":"b","level":0,"grade":"number","prompt":"P","answer":"ten"})",
      "not a number"},
+    // Only plain decimals: what the grader reads in an answer.
+    {R"({"id":"b","level":0,"grade":"number","prompt":"P","answer":"1e5"})",
+     "not a number"},
+    {R"({"id":"b","level":0,"grade":"number","prompt":"P","answer":" 5"})",
+     "not a number"},
+    {R"({"id":"b","level":0,"grade":"exact","prompt":"P","answer":" '' "})",
+     "nothing left once quotes"},
     {R"({"id":"b","level":0,"grade":"peer","prompt":"P","answer":"x"})",
      "peer item has no answer"},
     {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"x","threshold":2})",
