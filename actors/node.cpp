@@ -248,16 +248,12 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
         delay = std::max(delay, r.delay_ms);
         garbage = garbage || r.garbage;
       }
-      if (st.cfg.tape) {
+      if (st.cfg.tape && st.cfg.kind == behaviour::copycat) {
+        // Answers another node sent, in their order, under its own test.
         std::lock_guard<std::mutex> lock{st.cfg.tape->m};
-        if (st.cfg.kind == behaviour::copycat) {
-          // Answers seen elsewhere, in their order, under its own test.
-          a->clear_answers();
-          for (auto& x : st.cfg.tape->answers)
-            a->add_answers(x);
-        } else if (st.cfg.kind == behaviour::healthy) {
-          st.cfg.tape->answers.assign(a->answers().begin(), a->answers().end());
-        }
+        a->clear_answers();
+        for (auto& x : st.cfg.tape->answers)
+          a->add_answers(x);
       }
       send_later(self, delay,
                  garbage ? garbage_bytes(t.test_id()) : out.SerializeAsString());
@@ -374,8 +370,19 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
         on_oracle(self, m);
       },
       [=](reply_atom, const std::string& bytes) {
-        if (self->state.gateway)
-          self->send(self->state.gateway, miner_atom::value, bytes);
+        auto& st = self->state;
+        if (!st.gateway)
+          return;
+        self->send(st.gateway, miner_atom::value, bytes);
+        // What a copycat next to it can copy: answers once they are sent.
+        if (st.cfg.tape && st.cfg.kind == behaviour::healthy) {
+          pb::MinerMsg m;
+          if (m.ParseFromString(bytes) && m.has_test_answers()) {
+            std::lock_guard<std::mutex> lock{st.cfg.tape->m};
+            st.cfg.tape->answers.assign(m.test_answers().answers().begin(),
+                                        m.test_answers().answers().end());
+          }
+        }
       },
       [=](beat_atom, uint64_t epoch) {
         auto& st = self->state;

@@ -251,6 +251,15 @@ private:
       if (!vs.empty())
         violation(vs.front().invariant,
                   vs.front().detail + " after " + cmd.ShortDebugString());
+      // Tests of nodes without the model, and how many they passed.
+      for (auto& e : r.events)
+        if (e.has_test_finished())
+          for (auto& m : miners_)
+            if (m.id == e.test_finished().node_id()
+                && (m.kind == behaviour::solver || m.kind == behaviour::copycat)) {
+              ++res_.cheat_tests;
+              res_.cheat_passes += e.test_finished().passed() ? 1 : 0;
+            }
     };
     oracle_ = start_oracle(*sys_, sc);
     oracle_up_ = true;
@@ -312,8 +321,9 @@ private:
     for (size_t i = 0; i < n; ++i) {
       miner_slot m;
       m.id = "m" + std::to_string(i);
+      // Any behaviour, the cheats without a model (solver, copycat) too.
       m.kind = i < opt_.healthy_nodes ? behaviour::healthy
-                                      : static_cast<behaviour>(rng_.below(6));
+                                      : static_cast<behaviour>(rng_.below(8));
       if (m.kind != behaviour::healthy)
         log_->note("behaviour_" + to_string(m.kind), m.id);
       miners_.push_back(m);
@@ -325,7 +335,9 @@ private:
   }
 
   void start_miner(miner_slot& m) {
-    m.node = spawn_node(*sys_, miner_node(m.id, m.kind, seed_, m.lives++, p_),
+    auto nc = miner_node(m.id, m.kind, seed_, m.lives++, p_);
+    nc.tape = tape_;  // copycats replay what healthy nodes answered
+    m.node = spawn_node(*sys_, std::move(nc),
                         caf::actor{});
     m.alive = true;
     m.silent = false;
@@ -517,6 +529,7 @@ private:
   std::shared_ptr<bool> supervisor_died_ = std::make_shared<bool>(false);
   std::shared_ptr<int64_t> skew_ = std::make_shared<int64_t>(0);
   std::vector<miner_slot> miners_;
+  std::shared_ptr<answer_tape> tape_ = std::make_shared<answer_tape>();
   uint64_t sessions_wanted_ = 0;
   uint64_t submitted_ = 0;
   std::map<std::string, pb::SubmitSession> requests_;

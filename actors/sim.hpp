@@ -59,6 +59,11 @@ struct sim_result {
   uint64_t completed = 0;
   uint64_t failed = 0;
   uint64_t lost = 0;       // acknowledged and missing or unfinished
+  // Cognitive tests of nodes without the model (solver, copycat): how many
+  // ended, and how many passed (by luck: a copycat's copied answers can
+  // land on the same questions; see README "Cognitive tests").
+  uint64_t cheat_tests = 0;
+  uint64_t cheat_passes = 0;
   // A replicated pool only:
   uint32_t oracles = 1;
   uint64_t leader_changes = 0;  // terms in which a leader became ready

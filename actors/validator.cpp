@@ -7,9 +7,11 @@
 #include "actors/oracle.hpp"
 #include "actors/wire.hpp"
 #include "cognitive.hpp"
+#include "digest.hpp"
 
 #include <algorithm>
 #include <deque>
+#include <unordered_map>
 #include "log.hpp"
 
 namespace nodepool {
@@ -40,6 +42,10 @@ struct reference_set {
 
 /// At most this many references per (model, item): the newest.
 constexpr size_t max_references = 5;
+/// Answer lists of this many recent tests are remembered, to refuse one
+/// node's answers sent again by another.
+constexpr size_t max_seen_answers = 4096;
+
 /// At most this many (model, item) pairs: model names come from miners, so
 /// a miner inventing names must not grow this without bound. Past it, new
 /// pairs get no references (their items are not cross-checked).
@@ -57,6 +63,9 @@ struct validator_state {
                                                 // unanswered (late answers)
   std::map<std::string, peer_answers> awaiting;  // node id -> until it passes
   std::map<std::pair<std::string, std::string>, reference_set> references;
+  /// Digest of a recent test's answers -> (node, digest of its items).
+  std::unordered_map<std::string, std::pair<std::string, std::string>> seen;
+  std::deque<std::string> seen_order;  // oldest first
   static inline const char* name = "validator";
 };
 
@@ -203,6 +212,30 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   if (now > p.deadline) {
     refuse(self, node, "after_deadline", "answers came after the test deadline");
     return;
+  }
+  // The same answers as another node's recent test, to other questions:
+  // copied, not computed (the same questions may well get the same ones).
+  std::string joined, asked;
+  for (auto& text : a.answers())
+    joined += text + '\0';
+  for (auto* item : p.items)
+    asked += item->id + '\0';
+  auto answers_digest = sha256_hex(joined), items_digest = sha256_hex(asked);
+  if (auto seen = st.seen.find(answers_digest);
+      seen != st.seen.end() && seen->second.first != node
+      && seen->second.second != items_digest) {
+    refuse(self, node, "replay",
+           "answers to test " + std::to_string(a.test_id())
+             + " are those node " + seen->second.first
+             + " gave to other questions");
+    return;
+  }
+  if (st.seen.emplace(answers_digest, std::make_pair(node, items_digest)).second) {
+    st.seen_order.push_back(answers_digest);
+    if (st.seen_order.size() > max_seen_answers) {
+      st.seen.erase(st.seen_order.front());
+      st.seen_order.pop_front();
+    }
   }
   uint32_t correct = 0, total = 0, peer_correct = 0, peer_total = 0;
   peer_answers mine;

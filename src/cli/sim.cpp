@@ -67,6 +67,8 @@ nlohmann::json to_json(const sim_result& r, bool with_trace) {
   j["completed"] = r.completed;
   j["failed"] = r.failed;
   j["lost"] = r.lost;
+  j["cheat_tests"] = r.cheat_tests;
+  j["cheat_passes"] = r.cheat_passes;
   if (r.oracles > 1) {
     j["oracles"] = r.oracles;
     j["leader_changes"] = r.leader_changes;
@@ -221,7 +223,7 @@ void run(const sim_cli& c) {
 
   uint64_t runs = 0;
   std::map<std::string, uint64_t> faults;
-  std::map<std::string, uint64_t> sessions;
+  std::map<std::string, uint64_t> sessions, cheats;
   for (auto& [seed, j] : results) {
     ++runs;
     if (j.contains("faults"))
@@ -231,6 +233,9 @@ void run(const sim_cli& c) {
                      "leader_changes", "archive_gaps"})
       if (j.contains(key))
         sessions[key] += j[key].get<uint64_t>();
+    for (auto key : {"cheat_tests", "cheat_passes"})
+      if (j.contains(key))
+        cheats[key] += j[key].get<uint64_t>();
     if (c.opt.trace && j.contains("trace"))
       std::cout << "seed " << seed << ": " << j.value("nodes", 0) << " nodes, "
                 << j.value("accepted", 0) << " sessions accepted, "
@@ -252,6 +257,10 @@ void run(const sim_cli& c) {
   for (auto& [k, v] : faults)
     std::cout << " " << k << "=" << v;
   std::cout << "\n";
+  if (cheats["cheat_tests"] > 0)
+    std::cout << "nodes without the model (solver, copycat): "
+              << cheats["cheat_passes"] << " of " << cheats["cheat_tests"]
+              << " tests passed\n";
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Timing goes to stderr: stdout is the same on every rerun of a seed range.
   std::cerr << "nodepool sim: " << runs << " seeds in " << secs << " s with "
@@ -265,6 +274,7 @@ void run(const sim_cli& c) {
     j["violations"] = violations;
     j["faults"] = faults;
     j["sessions"] = sessions;
+    j["cheats"] = cheats;
     j["store"] = c.opt.store;
     j["oracles"] = c.opt.oracles;
     std::cout << j.dump() << "\n";

@@ -300,12 +300,18 @@ TEST_F(bad_input, answers_copied_from_another_node_fail) {
   ASSERT_FALSE(log2->refusal_codes().empty());
   EXPECT_EQ(log2->refusal_codes().back(), "stale_test");
   EXPECT_EQ(state().node("copier")->state(), pb::TESTING);
-  // The same answers under the copier's own test: its questions are others
-  // (chosen with the oracles' secret for its id), so they are wrong.
+  // The same answers under the copier's own test, to other questions
+  // (chosen with the oracles' secret for its id): a replay, refused.
   auto under_own = copied;
   under_own.set_node_id("copier");
   under_own.mutable_test_answers()->set_test_id(test.test().test_id());
   under_own.mutable_test_answers()->set_nonce(test.test().nonce());
+  send2(under_own);
+  EXPECT_EQ(log2->refusal_codes().back(), "replay");
+  EXPECT_EQ(counted("replay"), 1u);
+  EXPECT_EQ(state().node("copier")->state(), pb::TESTING);
+  // One answer changed: no longer a copy, so graded, and wrong.
+  under_own.mutable_test_answers()->set_answers(0, "something else");
   send2(under_own);
   auto s = state();
   auto n = s.node("copier");

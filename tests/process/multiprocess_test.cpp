@@ -325,6 +325,25 @@ TEST(multiprocess, a_malformed_bank_stops_the_oracle_with_its_line) {
   EXPECT_NE(gout.find("builtin: 48 items, valid"), std::string::npos) << gout;
 }
 
+TEST(multiprocess, the_grader_is_not_in_what_a_miner_links) {
+  // What a miner program links (the miner library and the core under it)
+  // and builds (the example miner) defines no part of the grader: the
+  // choice of items, the grading, the secret. The grader's own library is
+  // the control: the same command finds them there.
+  auto defines = [](const std::string& file) {
+    auto [rc, out] = run_shell("nm -C --defined-only " + file
+                               + " 2>/dev/null | grep -E 'nodepool::(choose_challenges|"
+                                 "grade_answer|agrees_with_peers|load_or_create_secret)'"
+                                 " | wc -l");
+    EXPECT_EQ(rc, 0) << out;
+    return std::stoi(out);
+  };
+  EXPECT_GE(defines(NODEPOOL_GRADER_LIB), 4);
+  EXPECT_EQ(defines(NODEPOOL_CORE_LIB), 0);
+  EXPECT_EQ(defines(NODEPOOL_MINER_LIB), 0);
+  EXPECT_EQ(defines(EXAMPLE_MINER_BIN), 0);
+}
+
 TEST(multiprocess, mutual_tls_between_oracle_miners_and_clients) {
   auto dir = temp_dir("tls");
   cleanup tidy{dir};
