@@ -58,9 +58,13 @@ std::string latency_list_error(const std::string& text) {
 
 } // namespace
 
-int64_t test_latency_bound_ms(const params& p, uint32_t level) {
+std::vector<int64_t> test_latency_bounds(const params& p) {
   std::string err;
-  auto xs = latency_list(p.test_latency_ms, err);
+  return latency_list(p.test_latency_ms, err);
+}
+
+int64_t test_latency_bound_ms(const params& p, uint32_t level) {
+  auto xs = test_latency_bounds(p);
   if (xs.empty())
     return 0;
   return xs[std::min<size_t>(level, xs.size() - 1)];

@@ -74,6 +74,8 @@ struct params {
 
 /// The latency bound of a test at `level` (0: none). `p` must be valid.
 int64_t test_latency_bound_ms(const params& p, uint32_t level);
+/// All of them, from level 0 (empty when the text does not parse).
+std::vector<int64_t> test_latency_bounds(const params& p);
 
 /// JSON form of all fields (what a Configure command carries).
 std::string to_json(const params& p);

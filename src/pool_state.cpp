@@ -44,7 +44,8 @@ std::string to_string(pb::SessionState s) {
   }
 }
 
-pool_state::pool_state(params p) : params_(std::move(p)) {
+pool_state::pool_state(params p)
+  : params_(std::move(p)), latency_bounds_(test_latency_bounds(params_)) {
   selector_ = make_selection(params_.selection);
   if (!selector_)
     throw std::invalid_argument("unknown selection strategy: "
@@ -493,6 +494,7 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
     rng_state_ = p.seed;
   bool reorder = p.selection != params_.selection;
   params_ = std::move(p);
+  latency_bounds_ = test_latency_bounds(params_);
   selector_ = std::move(sel);
   if (reorder)
     rebuild_pool();
@@ -542,6 +544,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
     auto p = params_from_json(snap.params_json(), params_, err);
     if (err.empty() && make_selection(p.selection)) {
       params_ = std::move(p);
+      latency_bounds_ = test_latency_bounds(params_);
       selector_ = make_selection(params_.selection);
     }
   }

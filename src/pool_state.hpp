@@ -238,6 +238,7 @@ private:
   void check_counters(std::vector<violation>& out) const;
 
   params params_;
+  std::vector<int64_t> latency_bounds_;  // params_.test_latency_ms, parsed
   std::unique_ptr<selection_strategy> selector_;
   std::map<std::string, pb::NodeRecord> nodes_;
   std::map<std::string, pb::SessionRecord> sessions_;  // ordered: snapshots

@@ -221,14 +221,22 @@ TEST(multiprocess, miners_without_the_model_never_pass_a_real_oracles_tests) {
   EXPECT_EQ(j["nodes"]["by_state"]["retired"].get<int>(), 5) << j.dump();
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
   EXPECT_EQ(j["tests"]["passed"].get<int>(), 3) << j.dump();  // the healthy, once
-  // Each cheat failed both of its tests on its answers.
+  // Each cheat failed both of its tests: on its answers, or by the
+  // deadline once its answers were refused as a replay (two solvers send
+  // the same answers, blank ones, to different questions).
   auto log = oracle.errors();
-  for (auto prefix : {"solver", "llm"})
-    EXPECT_EQ(test_ends(log, prefix),
-              std::vector<std::string>(4, "wrong_answers")) << prefix;
+  auto failed = [](const std::vector<std::string>& xs) {
+    return std::count(xs.begin(), xs.end(), "wrong_answers")
+           + std::count(xs.begin(), xs.end(), "deadline");
+  };
+  for (auto prefix : {"solver", "llm"}) {
+    auto ends = test_ends(log, prefix);
+    EXPECT_EQ(ends.size(), 4u) << prefix << "\n" << log;
+    EXPECT_EQ(failed(ends), 4) << prefix << "\n" << log;
+  }
   auto mixed = test_ends(log, "mixed");
   EXPECT_EQ(std::count(mixed.begin(), mixed.end(), "passed"), 3) << log;
-  EXPECT_EQ(std::count(mixed.begin(), mixed.end(), "wrong_answers"), 2) << log;
+  EXPECT_EQ(failed(mixed), 2) << log;
   for (auto* c : {&honest, &sim_solver, &llm_solver})
     c->signal(SIGTERM);
   oracle.signal(SIGTERM);
@@ -298,6 +306,37 @@ TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
   EXPECT_GE(peer_prompts.load(), 5);
   a.signal(SIGTERM);
   b.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+TEST(multiprocess, tokens_the_backend_reports_reach_the_throughput_bound) {
+  // Right answers with usage.completion_tokens, from a server far slower
+  // (in tokens per second) than the oracle asks for: too_slow.
+  fake_server model{[&](const httplib::Request& req, httplib::Response& res) {
+    auto body = nlohmann::json::parse(req.body);
+    auto prompt = body["messages"][0]["content"].get<std::string>();
+    auto out = nlohmann::json::parse(completion(sim_knowledge::builtin()->answer(prompt)));
+    out["usage"] = {{"completion_tokens", 3}};
+    res.set_content(out.dump(), "application/json");
+  }};
+  auto dir = temp_dir("tokens");
+  cleanup tidy{dir};
+  auto args = oracle_args(dir + "/db", "0", {"--test-min-tokens-per-s", "1000000"});
+  args.insert(args.begin(), {"--log-level", "info"});
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix", "t",
+               "--backend", "openai", "--openai-url", model.url()},
+              dir + "/miner.out"};
+  wait_status(dir, target,
+              [](const nlohmann::json& j) { return j["tests"]["failed"].get<int>() >= 2; },
+              30s);
+  auto log = oracle.errors();
+  EXPECT_EQ(test_ends(log, "t"), std::vector<std::string>(2, "too_slow")) << log;
+  EXPECT_NE(log.find("tokens/s, at least 1000000 needed"), std::string::npos) << log;
+  miner.signal(SIGTERM);
   oracle.signal(SIGTERM);
   EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
