@@ -46,6 +46,39 @@ uint64_t rss_bytes() {
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
+std::string find_or_install(const std::string& binary, const std::string& package,
+                            const std::string& section) {
+  auto executable = [](const std::string& p) { return access(p.c_str(), X_OK) == 0; };
+  if (auto* path = std::getenv("PATH")) {
+    std::string all = path;
+    size_t i = 0;
+    while (i <= all.size()) {
+      auto j = all.find(':', i);
+      if (j == std::string::npos)
+        j = all.size();
+      auto cand = all.substr(i, j - i) + "/" + binary;
+      if (j > i && executable(cand))
+        return cand;
+      i = j + 1;
+    }
+  }
+  auto usr = "/usr/bin/" + binary;
+  if (executable(usr))
+    return usr;
+  note("%s not found: installing Debian's %s package", binary.c_str(),
+       package.c_str());
+  int rc = -1;
+  if (geteuid() == 0)
+    rc = std::system(("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                      + package + " >&2").c_str());
+  if (rc == 0 && executable(usr))
+    return usr;
+  throw std::runtime_error("the " + section + " section needs " + binary
+                           + ", which is not installed and could not be "
+                             "installed here (as root: apt-get install "
+                           + package + "; or leave the section out with --only)");
+}
+
 std::string make_temp_dir(const std::string& tag) {
   auto base = std::filesystem::temp_directory_path()
               / ("nodepool-bench-" + tag + "-XXXXXX");
@@ -439,6 +472,17 @@ nlohmann::json measure(options& o) {
     note("redis");
     report["redis"] = bench::redis(o);
   }
+  if (wanted(o, "etcd")) {
+    check_stop();
+    note("etcd");
+    report["etcd"] = bench::etcd(o);
+    if (report.contains("replicated")) {
+      auto& e = report["etcd"];
+      e["ratio_replicated_to_etcd"] =
+        report["replicated"]["cycles_per_s"].get<double>()
+        / e["cycles_per_s"].get<double>();
+    }
+  }
   if (wanted(o, "scale")) {
     check_stop();
     note("scale");
@@ -505,9 +549,9 @@ void add_bench(CLI::App& app) {
     ->check(CLI::Range(50u, 60000u));
   cmd->add_option("--only", o->only,
                   "run only these sections (state_machine, queue, durable, replicated, failover, "
-                  "api, check, remote, redis, scale, recovery, rotation)")
+                  "api, check, remote, redis, etcd, scale, recovery, rotation)")
     ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "api",
-                           "check", "remote", "redis", "scale", "recovery",
+                           "check", "remote", "redis", "etcd", "scale", "recovery",
                            "rotation"}));
   cmd->add_option("--api-connections", o->api_connections,
                   "keep-alive connections of the api section (default 200)")

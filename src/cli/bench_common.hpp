@@ -120,6 +120,11 @@ std::vector<double> repeat(int reps, F&& f) {
   return out;
 }
 
+/// `binary` from PATH or /usr/bin; when missing, Debian's `package` is
+/// installed (apt-get, as root). Throws naming `section` when it cannot be.
+std::string find_or_install(const std::string& binary, const std::string& package,
+                            const std::string& section);
+
 // The sections. Each returns its part of the report.
 nlohmann::json state_machine(const options& o);
 /// Saturation and the latency curve; the latency curve is also in
@@ -132,6 +137,9 @@ nlohmann::json failover(const options& o);
 nlohmann::json rotation(const options& o);
 nlohmann::json remote(const options& o);
 nlohmann::json redis(options& o);
+/// The same cycle as transactions on a 3-member etcd cluster, and its
+/// failover after a kill -9 of its leader.
+nlohmann::json etcd(options& o);
 nlohmann::json scale(const options& o);
 /// One size of `scale`, run in a child process (--scale-point N).
 nlohmann::json scale_point(const options& o, uint32_t nodes);

@@ -89,40 +89,6 @@ reply_ptr command(redisContext* c, const std::vector<std::string>& args) {
   return reply_ptr{r};
 }
 
-bool executable(const std::string& p) {
-  return access(p.c_str(), X_OK) == 0;
-}
-
-/// redis-server from PATH or /usr/bin; installed with apt-get when missing.
-std::string find_redis_server() {
-  if (auto* path = std::getenv("PATH")) {
-    std::string all = path;
-    size_t i = 0;
-    while (i <= all.size()) {
-      auto j = all.find(':', i);
-      if (j == std::string::npos)
-        j = all.size();
-      auto cand = all.substr(i, j - i) + "/redis-server";
-      if (j > i && executable(cand))
-        return cand;
-      i = j + 1;
-    }
-  }
-  if (executable("/usr/bin/redis-server"))
-    return "/usr/bin/redis-server";
-  note("redis-server not found: installing Debian's redis-server package");
-  int rc = -1;
-  if (geteuid() == 0)
-    rc = std::system("DEBIAN_FRONTEND=noninteractive apt-get install -y "
-                     "-q redis-server >&2");
-  if (rc == 0 && executable("/usr/bin/redis-server"))
-    return "/usr/bin/redis-server";
-  throw std::runtime_error(
-    "the redis section needs redis-server, which is not installed and could "
-    "not be installed here (as root: apt-get install redis-server; or run "
-    "without it: --only state_machine durable remote scale recovery)");
-}
-
 struct redis_server {
   std::string dir;
   uint16_t port = 0;
@@ -254,7 +220,7 @@ std::vector<double> run_mode(const options& o, const std::string& fsync) {
 
 nlohmann::json redis(options& o) {
   if (o.redis_server.empty())
-    o.redis_server = find_redis_server();
+    o.redis_server = find_or_install("redis-server", "redis-server", "redis");
   nlohmann::json j;
   for (std::string mode : {"always", "everysec"}) {
     auto xs = run_mode(o, mode);

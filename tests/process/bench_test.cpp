@@ -46,8 +46,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   ASSERT_TRUE(j.is_object()) << out;
 
   for (auto key : {"state_machine", "queue", "durable", "replicated",
-                   "failover", "api", "check", "remote", "redis", "scale",
-                   "recovery", "rotation"})
+                   "failover", "api", "check", "remote", "redis", "etcd",
+                   "scale", "recovery", "rotation"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
@@ -70,7 +70,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/rotation/median_pause_ms", "/rotation/rotations",
                  "/failover/max_ms", "/api/http/requests_per_s",
                  "/api/http/p99_ms", "/api/in_process/requests_per_s",
-                 "/api/http_to_in_process"})
+                 "/api/http_to_in_process", "/etcd/cycles_per_s",
+                 "/etcd/failover/median_ms", "/etcd/ratio_replicated_to_etcd"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
   // Ended sessions leave the pool: after the long saturation run the live
@@ -96,7 +97,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   size_t numbers = 0;
   auto zero_by_design = [](const std::string& path) {
     for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
-                     "sessions_requeued", "unanswered", "transport_errors"})
+                     "sessions_requeued", "unanswered", "transport_errors",
+                     "no_reservation_within_30s", "conflicts"})
       if (path.size() >= std::strlen(end)
           && path.compare(path.size() - std::strlen(end), std::string::npos,
                           end) == 0)
@@ -104,8 +106,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     return false;
   };
   for (auto key : {"state_machine", "queue", "durable", "replicated",
-                   "failover", "api", "check", "remote", "redis", "scale",
-                   "recovery"})
+                   "failover", "api", "check", "remote", "redis", "etcd",
+                   "scale", "recovery"})
     each_number(j[key], key, [&](const std::string& path, double x) {
       ++numbers;
       if (zero_by_design(path))
@@ -115,6 +117,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     });
   EXPECT_GT(numbers, 30u);
   EXPECT_EQ(j["failover"].value("no_grant_within_30s", -1), 0) << j["failover"];
+  EXPECT_EQ(j["etcd"]["failover"].value("no_reservation_within_30s", -1), 0)
+    << j["etcd"];
   // Every completion asked over HTTP got its answer, and all were served.
   for (auto way : {"http", "in_process"}) {
     auto& a = j["api"][way];
