@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <stdexcept>
@@ -269,6 +270,12 @@ std::vector<cluster_member> write_loopback_cluster(const std::string& path,
     ms.push_back(std::move(m));
   }
   f << extra;
+  // One secret for the members' cognitive tests, next to the file (the
+  // first member to start creates it).
+  if (extra.find("[tests]") == std::string::npos) {
+    auto dir = std::filesystem::path(path).parent_path();
+    f << "\n[tests]\nsecret_file = \"" << (dir / "test_secret").string() << "\"\n";
+  }
   if (!f)
     throw std::runtime_error("cannot write " + path);
   return ms;

@@ -92,8 +92,10 @@ void claim_data_dir(const cluster_config& c, const std::string& data_dir);
 uint16_t free_loopback_port();  // never the same port twice in a process
 
 /// Writes a cluster file of `n` members on 127.0.0.1, every port free now
-/// (ids 1..n), followed by `extra` (a `[raft]` table, say); returns the
-/// members as written. Throws if the file cannot be written.
+/// (ids 1..n), followed by `extra` (a `[raft]` table, say) and, unless
+/// `extra` has one, a `[tests]` table naming `test_secret` next to the file
+/// (one secret for the members); returns the members as written. Throws if
+/// the file cannot be written.
 std::vector<cluster_member> write_loopback_cluster(const std::string& path,
                                                    unsigned n,
                                                    const std::string& extra);

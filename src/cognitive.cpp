@@ -159,11 +159,18 @@ bool agrees_with_peers(const std::string& answer,
 std::string load_or_create_secret(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) {
+    // Written whole under another name, then linked into place: oracles
+    // starting at once on one file (a cluster on one host) all end up
+    // with the one that was linked first.
     unsigned char raw[32];
     if (RAND_bytes(raw, sizeof raw) != 1)
       throw std::runtime_error("cannot draw a random test secret");
     auto text = hex(raw, sizeof raw);
-    int w = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    unsigned char tag[6];
+    if (RAND_bytes(tag, sizeof tag) != 1)
+      throw std::runtime_error("cannot draw a random name");
+    auto tmp = path + ".new." + std::to_string(::getpid()) + "." + hex(tag, sizeof tag);
+    int w = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (w < 0)
       throw std::runtime_error(path + ": cannot create the test secret: "
                                + std::strerror(errno));
@@ -171,9 +178,14 @@ std::string load_or_create_secret(const std::string& path) {
                 == static_cast<ssize_t>(text.size())
               && ::write(w, "\n", 1) == 1 && ::fsync(w) == 0;
     ::close(w);
-    if (!ok)
+    int linked = ok ? ::link(tmp.c_str(), path.c_str()) : -1;
+    int link_errno = errno;
+    ::unlink(tmp.c_str());
+    if (!ok || (linked != 0 && link_errno != EEXIST))
       throw std::runtime_error(path + ": cannot write the test secret");
-    return text;
+    if (linked == 0)
+      return text;
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // another one won
   }
   if (fd < 0)
     throw std::runtime_error(path + ": cannot read the test secret: "

@@ -76,10 +76,14 @@ void remove_tree(const std::string& dir);
 /// a signal or an error ends the section early.
 struct temp_tree {
   std::string path;
+  bool keep = false;  // leave it (and say where) instead of removing it
   explicit temp_tree(const std::string& tag) : path(make_temp_dir(tag)) {}
   temp_tree(const temp_tree&) = delete;
   temp_tree& operator=(const temp_tree&) = delete;
-  ~temp_tree() { remove_tree(path); }
+  ~temp_tree() {
+    if (!keep)
+      remove_tree(path);
+  }
 };
 
 

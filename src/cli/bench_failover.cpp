@@ -170,6 +170,7 @@ struct loaded_cluster {
   std::unique_ptr<child_process> oracle[4];
   std::unique_ptr<child_process> miner, submit;
   int runs = 0;
+  std::string level = "error";  // of the processes' logs
   actor_config cfg;
   caf::actor_system sys{cfg};
 
@@ -177,6 +178,13 @@ struct loaded_cluster {
                  const std::string& raft_extra)
     : o(opts), name(section), tree{section} {
     auto& dir = tree.path;
+    // NODEPOOL_BENCH_KEEP=1: the processes log at info and their directory
+    // stays, to look into a kill after which nothing was granted.
+    if (std::getenv("NODEPOOL_BENCH_KEEP")) {
+      tree.keep = true;
+      level = "info";
+      note("%s: keeping %s", section, dir.c_str());
+    }
     auto members = write_loopback_cluster(
       dir + "/cluster.toml", 3,
       "[raft]\nelection_timeout_ms = " + std::to_string(o.failover_election_ms)
@@ -189,12 +197,12 @@ struct loaded_cluster {
     for (int i = 1; i <= 3; ++i)
       start(i);
     miner = std::make_unique<child_process>(
-      std::vector<std::string>{"--log-level", "error", "miner", "--oracle",
+      std::vector<std::string>{"--log-level", level, "miner", "--oracle",
                                list, "--nodes", "32", "--id-prefix", "fo",
                                "--connect-timeout", "120"},
       dir + "/miner");
     submit = std::make_unique<child_process>(
-      std::vector<std::string>{"--log-level", "error", "submit", "--oracle",
+      std::vector<std::string>{"--log-level", level, "submit", "--oracle",
                                list, "--sessions", "100000000", "--prefix",
                                "fo", "--interval-ms", "5", "--max-tasks", "1",
                                "--connect-timeout", "120"},
@@ -213,7 +221,7 @@ struct loaded_cluster {
 
   void start(int i) {
     auto& dir = tree.path;
-    std::vector<std::string> args{"--log-level", "error", "oracle", "--cluster",
+    std::vector<std::string> args{"--log-level", level, "oracle", "--cluster",
                                   dir + "/cluster.toml", "--id",
                                   std::to_string(i), "--data-dir",
                                   dir + "/m" + std::to_string(i)};

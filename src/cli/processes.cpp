@@ -743,8 +743,11 @@ int run_submit(submit_options& o) {
                 // its connection going down (monitored) says so at once.
                 self->receive(
                   [&](caf::down_msg& dm) {
-                    if (dm.source == gw->address())
+                    if (dm.source == gw->address()) {
+                      log("submit")->info("session {}: the oracle went down",
+                                          req.session_id());
                       retry = true;
+                    }
                   },
                   caf::after(0ms) >> [] {});
                 return;
@@ -759,6 +762,8 @@ int run_submit(submit_options& o) {
                 // Gone, or no longer the leader (the outcome of a request
                 // cut off by a failover is unknown): find the leader and
                 // ask again; "duplicate" then means it had been stored.
+                log("submit")->info("session {}: {} ({}); looking for the leader",
+                                    req.session_id(), code, detail);
                 retry = true;
               } else {
                 answered = true;
@@ -780,6 +785,8 @@ int run_submit(submit_options& o) {
       }
       gw = again;
       self->monitor(*gw);
+      log("submit")->info("session {}: asking {} again", req.session_id(),
+                          caf::to_string(gw->node()));
     }
     if (!answered)
       break;  // stopped while waiting: this session's fate is unknown

@@ -2,6 +2,9 @@
 // peers. Every mistake is an error naming the file and the key.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <unistd.h>
@@ -33,6 +36,37 @@ std::string error_of(const std::string& text) {
     return e.what();
   }
   return "";
+}
+
+TEST(ClusterFile, TestsTableNamesTheBankAndTheSharedSecret) {
+  auto c = parse_cluster(std::string{three} + R"(
+[tests]
+bank = "/etc/nodepool/bank.jsonl"
+secret_file = "/etc/nodepool/test_secret"
+)",
+                         "c.toml");
+  EXPECT_EQ(c.tests.bank, "/etc/nodepool/bank.jsonl");
+  EXPECT_EQ(c.tests.secret_file, "/etc/nodepool/test_secret");
+  EXPECT_EQ(parse_cluster(three, "c.toml").tests.secret_file, "");
+  EXPECT_NE(error_of(std::string{three} + "[tests]\nsecret = \"x\"\n")
+              .find("c.toml: tests.secret: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string{three} + "[tests]\nbank = 3\n")
+              .find("tests.bank: expected a file name"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string{three} + "tests = 1\n").find("tests"),
+            std::string::npos);
+  // The same table in an oracle's own config file.
+  EXPECT_EQ(parse_tests_table("[tests]\nbank = \"b.jsonl\"\n", "o.toml").bank,
+            "b.jsonl");
+  // A loopback cluster's file names one secret for all its members.
+  auto dir = std::filesystem::temp_directory_path()
+             / ("np-cluster-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  write_loopback_cluster((dir / "c.toml").string(), 3, "");
+  EXPECT_EQ(load_cluster((dir / "c.toml").string()).tests.secret_file,
+            (dir / "test_secret").string());
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ClusterFile, ReadsMembersAndTiming) {

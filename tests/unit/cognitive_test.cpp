@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 #include <sys/stat.h>
+#include <thread>
 
 #include "bank.hpp"
 #include "cognitive.hpp"
@@ -290,6 +291,20 @@ TEST(Secret, CreatedOnceWithMode0600AndRefusedWhenOthersCanRead) {
   EXPECT_EQ(load_or_create_secret(path), a);  // read back, not replaced
   auto other = (dir / "other").string();
   EXPECT_NE(load_or_create_secret(other), a);
+  // Many at once on one new file (oracles of a cluster on one host): one
+  // secret for all, and no file left behind.
+  auto shared = (dir / "shared").string();
+  std::vector<std::string> got(8);
+  std::vector<std::thread> ts;
+  for (size_t i = 0; i < got.size(); ++i)
+    ts.emplace_back([&, i] { got[i] = load_or_create_secret(shared); });
+  for (auto& t : ts)
+    t.join();
+  for (auto& g : got)
+    EXPECT_EQ(g, got[0]);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir),
+                          std::filesystem::directory_iterator{}),
+            3);  // test_secret, other, shared
   ::chmod(path.c_str(), 0644);
   EXPECT_THROW(load_or_create_secret(path), std::runtime_error);
   {
