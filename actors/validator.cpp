@@ -213,30 +213,6 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
     refuse(self, node, "after_deadline", "answers came after the test deadline");
     return;
   }
-  // The same answers as another node's recent test, to other questions:
-  // copied, not computed (the same questions may well get the same ones).
-  std::string joined, asked;
-  for (auto& text : a.answers())
-    joined += text + '\0';
-  for (auto* item : p.items)
-    asked += item->id + '\0';
-  auto answers_digest = sha256_hex(joined), items_digest = sha256_hex(asked);
-  if (auto seen = st.seen.find(answers_digest);
-      seen != st.seen.end() && seen->second.first != node
-      && seen->second.second != items_digest) {
-    refuse(self, node, "replay",
-           "answers to test " + std::to_string(a.test_id())
-             + " are those node " + seen->second.first
-             + " gave to other questions");
-    return;
-  }
-  if (st.seen.emplace(answers_digest, std::make_pair(node, items_digest)).second) {
-    st.seen_order.push_back(answers_digest);
-    if (st.seen_order.size() > max_seen_answers) {
-      st.seen.erase(st.seen_order.front());
-      st.seen_order.pop_front();
-    }
-  }
   uint32_t correct = 0, total = 0, peer_correct = 0, peer_total = 0;
   peer_answers mine;
   mine.test_id = p.test_id;
@@ -265,6 +241,33 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
     }
     if (!text.empty())
       mine.answers.emplace_back(item, text);
+  }
+  // The same answers as another node's recent test, to other questions,
+  // and not all right for these: copied, not computed. (The same questions
+  // may well get the same answers; so may other questions that happen to
+  // share theirs, and those answers are then all right.)
+  std::string joined, asked;
+  for (auto& text : a.answers())
+    joined += text + '\0';
+  for (auto* item : p.items)
+    asked += item->id + '\0';
+  auto answers_digest = sha256_hex(joined), items_digest = sha256_hex(asked);
+  bool all_right = correct == total && peer_correct == peer_total;
+  if (auto seen = st.seen.find(answers_digest);
+      !all_right && seen != st.seen.end() && seen->second.first != node
+      && seen->second.second != items_digest) {
+    refuse(self, node, "replay",
+           "answers to test " + std::to_string(a.test_id())
+             + " are those node " + seen->second.first
+             + " gave to other questions");
+    return;
+  }
+  if (st.seen.emplace(answers_digest, std::make_pair(node, items_digest)).second) {
+    st.seen_order.push_back(answers_digest);
+    if (st.seen_order.size() > max_seen_answers) {
+      st.seen.erase(st.seen_order.front());
+      st.seen_order.pop_front();
+    }
   }
   uint64_t tokens = 0;
   for (auto t : a.tokens())

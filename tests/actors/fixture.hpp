@@ -73,6 +73,7 @@ protected:
     sc.sim_time = true;
     sc.async_snapshots = false;  // deterministic under the test scheduler
     sc.admission = admission_;
+    sc.tests = tests_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -204,6 +205,7 @@ protected:
   std::vector<caf::actor> spawned_;
   params params_for_state_;
   admission_policy admission_;  // who start() lets register
+  test_config tests_;  // the bank and secret of the next start()
 };
 
 } // namespace nodepool::testing

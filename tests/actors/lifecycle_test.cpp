@@ -116,6 +116,35 @@ TEST_F(lifecycle, miners_without_the_model_never_enter_the_pool) {
   EXPECT_TRUE(s.check_invariants().empty());
 }
 
+TEST_F(lifecycle, the_same_right_answers_to_other_questions_are_no_replay) {
+  // A bank whose every question has the answer "yes": nodes asked
+  // different questions answer alike, and rightly.
+  tests_.bank = std::make_shared<const challenge_bank>(challenge_bank::parse(
+    R"({"id":"a","level":0,"grade":"exact","prompt":"Is water wet? Yes or no.","answer":"yes"}
+{"id":"b","level":0,"grade":"exact","prompt":"Is fire hot? Yes or no.","answer":"yes"}
+{"id":"c","level":0,"grade":"exact","prompt":"Is ice cold? Yes or no.","answer":"yes"}
+{"id":"d","level":0,"grade":"exact","prompt":"Is snow white? Yes or no.","answer":"yes"})",
+    "yes.jsonl"));
+  auto p = fast_params();
+  p.challenges_per_test = 2;
+  p.peer_share = 0;
+  start(p);
+  auto knows = std::make_shared<const sim_knowledge>(*tests_.bank);
+  for (int i = 0; i < 6; ++i) {
+    node_config nc;
+    nc.id = "y" + std::to_string(i);
+    nc.seed = i + 1;
+    nc.knowledge = knows;
+    add_node(std::move(nc));
+  }
+  run_for(300ms);
+  auto s = state();
+  // Six nodes, two of four questions each: some were asked other
+  // questions than an earlier node and sent the same ["yes","yes"].
+  EXPECT_EQ(s.count_by_state()[pb::EPHEMERAL], 6u);
+  EXPECT_EQ(s.tests_passed(), 6u);
+}
+
 TEST_F(lifecycle, crashed_node_is_lost_and_its_session_requeued) {
   start(fast_params());
   add_node("c", behaviour::crash, 11);
