@@ -330,13 +330,16 @@ private:
     }
     res_.nodes = miners_.size();
     for (auto& m : miners_)
+      if (m.kind == behaviour::copycat && !tape_)
+        tape_ = std::make_shared<answer_tape>();
+    for (auto& m : miners_)
       start_miner(m);
     sched_->run();
   }
 
   void start_miner(miner_slot& m) {
     auto nc = miner_node(m.id, m.kind, seed_, m.lives++, p_);
-    nc.tape = tape_;  // copycats replay what healthy nodes answered
+    nc.tape = tape_;  // copycats replay what healthy nodes answered (if any)
     m.node = spawn_node(*sys_, std::move(nc),
                         caf::actor{});
     m.alive = true;
@@ -529,7 +532,7 @@ private:
   std::shared_ptr<bool> supervisor_died_ = std::make_shared<bool>(false);
   std::shared_ptr<int64_t> skew_ = std::make_shared<int64_t>(0);
   std::vector<miner_slot> miners_;
-  std::shared_ptr<answer_tape> tape_ = std::make_shared<answer_tape>();
+  std::shared_ptr<answer_tape> tape_;  // only when a miner is a copycat
   uint64_t sessions_wanted_ = 0;
   uint64_t submitted_ = 0;
   std::map<std::string, pb::SubmitSession> requests_;

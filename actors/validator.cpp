@@ -55,6 +55,7 @@ struct validator_state {
   caf::actor supervisor;
   caf::actor gateway;
   params pool;
+  std::vector<int64_t> latency_bounds;  // pool.test_latency_ms, parsed
   bool sim_time = false;
   std::shared_ptr<const challenge_bank> bank;
   std::string secret;
@@ -96,7 +97,7 @@ void send_test(self_ptr self, const pb::TestRequested& t, int64_t batch_now) {
   ct->set_test_id(t.test_id());
   ct->set_deadline_ms(std::max<int64_t>(0, t.deadline() - batch_now));
   ct->set_nonce(p.nonce);
-  ct->set_latency_bound_ms(test_latency_bound_ms(st.pool, t.level()));
+  ct->set_latency_bound_ms(latency_bound_at(st.latency_bounds, t.level()));
   for (size_t i = 0; i < p.items.size(); ++i) {
     auto* x = ct->add_challenges();
     x->set_id(std::to_string(t.test_id()) + "." + std::to_string(i));
@@ -305,6 +306,7 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
     st.supervisor = supervisor;
     st.gateway = gateway;
     st.pool = pool;
+    st.latency_bounds = test_latency_bounds(pool);
     st.sim_time = sim_time;
     st.bank = tests.bank ? tests.bank : challenge_bank::builtin();
     // Simulations derive the secret from the seed, so a run reproduces;

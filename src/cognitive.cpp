@@ -17,21 +17,12 @@
 #include <openssl/rand.h>
 
 #include "embedding.hpp"
+#include "identity.hpp"
 #include "random.hpp"
 
 namespace nodepool {
 
 namespace {
-
-std::string hex(const unsigned char* p, size_t n) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += digits[p[i] >> 4];
-    out += digits[p[i] & 15];
-  }
-  return out;
-}
 
 /// The last number in a text ("The answer is 42." -> 42), if any. A comma
 /// followed by exactly three digits separates thousands ("86,400").
@@ -95,7 +86,7 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
     seed = (seed << 8) | mac[i];
   seeded_rng rng{seed};
   test_plan plan;
-  plan.nonce = hex(mac + 16, 16);
+  plan.nonce = to_hex(std::string(reinterpret_cast<const char*>(mac + 16), 16));
   auto graded = bank.candidates(level, models, false);
   auto peers = bank.candidates(level, models, true);
   uint32_t n_peer = 0;
@@ -165,11 +156,12 @@ std::string load_or_create_secret(const std::string& path) {
     unsigned char raw[32];
     if (RAND_bytes(raw, sizeof raw) != 1)
       throw std::runtime_error("cannot draw a random test secret");
-    auto text = hex(raw, sizeof raw);
+    auto text = to_hex(std::string(reinterpret_cast<const char*>(raw), sizeof raw));
     unsigned char tag[6];
     if (RAND_bytes(tag, sizeof tag) != 1)
       throw std::runtime_error("cannot draw a random name");
-    auto tmp = path + ".new." + std::to_string(::getpid()) + "." + hex(tag, sizeof tag);
+    auto tmp = path + ".new." + std::to_string(::getpid()) + "."
+               + to_hex(std::string(reinterpret_cast<const char*>(tag), sizeof tag));
     int w = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (w < 0)
       throw std::runtime_error(path + ": cannot create the test secret: "

@@ -63,11 +63,12 @@ std::vector<int64_t> test_latency_bounds(const params& p) {
   return latency_list(p.test_latency_ms, err);
 }
 
+int64_t latency_bound_at(const std::vector<int64_t>& bounds, uint32_t level) {
+  return bounds.empty() ? 0 : bounds[std::min<size_t>(level, bounds.size() - 1)];
+}
+
 int64_t test_latency_bound_ms(const params& p, uint32_t level) {
-  auto xs = test_latency_bounds(p);
-  if (xs.empty())
-    return 0;
-  return xs[std::min<size_t>(level, xs.size() - 1)];
+  return latency_bound_at(test_latency_bounds(p), level);
 }
 
 std::string params::validate() const {

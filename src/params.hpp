@@ -76,6 +76,9 @@ struct params {
 int64_t test_latency_bound_ms(const params& p, uint32_t level);
 /// All of them, from level 0 (empty when the text does not parse).
 std::vector<int64_t> test_latency_bounds(const params& p);
+/// The bound at `level` of a parsed list: the last one for the levels
+/// above it; 0 (none) for an empty list.
+int64_t latency_bound_at(const std::vector<int64_t>& bounds, uint32_t level);
 
 /// JSON form of all fields (what a Configure command carries).
 std::string to_json(const params& p);

@@ -54,9 +54,7 @@ void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
               now, out);
     return;
   }
-  auto bound = latency_bounds_.empty()
-                 ? 0
-                 : latency_bounds_[std::min<size_t>(n.level(), latency_bounds_.size() - 1)];
+  auto bound = latency_bound_at(latency_bounds_, n.level());
   if (bound > 0 && c.latency_ms() > bound) {
     fail_test(n, "too_slow",
               "too_slow: answered in " + std::to_string(c.latency_ms())

@@ -77,19 +77,27 @@ public:
     for (auto& m : members_)
       initial_ += (initial_.empty() ? "" : ",") + m.name + "=http://127.0.0.1:"
                   + std::to_string(m.peer);
-    for (size_t i = 0; i < members_.size(); ++i)
-      start(i, "new");
-    for (size_t i = 0; i < members_.size(); ++i)
-      wait_healthy(i);
+    try {
+      for (size_t i = 0; i < members_.size(); ++i)
+        start(i, "new");
+      for (size_t i = 0; i < members_.size(); ++i)
+        wait_healthy(i);
+    } catch (...) {
+      stop_all();  // no destructor runs for a half-built cluster (Ctrl-C)
+      throw;
+    }
   }
   etcd_cluster(const etcd_cluster&) = delete;
   etcd_cluster& operator=(const etcd_cluster&) = delete;
 
-  ~etcd_cluster() {
+  ~etcd_cluster() { stop_all(); }
+
+  void stop_all() {
     for (auto& m : members_)
       if (m.pid > 0) {
         kill(m.pid, SIGTERM);
         reap(m.pid, 10s);
+        m.pid = -1;
       }
   }
 

@@ -5,6 +5,7 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <caf/openssl/all.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -538,7 +539,11 @@ int run_miner(miner_options& o) {
   std::shared_ptr<const sim_knowledge> knowledge;
   if (!o.bank.empty())
     knowledge = std::make_shared<const sim_knowledge>(challenge_bank::load(o.bank));
-  auto tape = std::make_shared<answer_tape>();
+  // Healthy nodes write their sent answers to the tape only for copycats
+  // to read: without one, no tape (and no decoding of what they send).
+  std::shared_ptr<answer_tape> tape;
+  if (std::find(kinds.begin(), kinds.end(), behaviour::copycat) != kinds.end())
+    tape = std::make_shared<answer_tape>();
   std::shared_ptr<const node_key> key;
   if (!o.key.empty())
     key = std::make_shared<node_key>(node_key::load(o.key));

@@ -162,6 +162,15 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
 
+/// An oracle's arguments (oracle_args on `dir`/db), logging at info: its
+/// events, each test's end among them, go to its stderr.
+std::vector<std::string> info_oracle_args(const std::string& dir,
+                                          const std::vector<std::string>& extra) {
+  auto args = oracle_args(dir + "/db", "0", extra);
+  args.insert(args.begin(), {"--log-level", "info"});
+  return args;
+}
+
 /// Lines of an oracle's event log that record a test's end for nodes
 /// named `prefix`-*: "passed" or the failure's reason, one per test.
 std::vector<std::string> test_ends(const std::string& log, const std::string& prefix) {
@@ -188,16 +197,12 @@ TEST(multiprocess, miners_without_the_model_never_pass_a_real_oracles_tests) {
   // The cheat the old tests let through: a "model" that is a hand-written
   // solver of arithmetic prompts, behind the openai backend.
   fake_server solver{[&](const httplib::Request& req, httplib::Response& res) {
-    auto body = nlohmann::json::parse(req.body);
-    auto prompt = body["messages"][0]["content"].get<std::string>();
-    res.set_content(completion(sim_backend::arithmetic_solver(prompt)),
+    res.set_content(completion(sim_backend::arithmetic_solver(prompt_of(req))),
                     "application/json");
   }};
   auto dir = temp_dir("cheats");
   cleanup tidy{dir};
-  auto args = oracle_args(dir + "/db", "0", {"--max-strikes", "2"});
-  args.insert(args.begin(), {"--log-level", "info"});
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{info_oracle_args(dir, {"--max-strikes", "2"}), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   // Three healthy nodes and one copycat (it replays their answers) in one
@@ -262,8 +267,7 @@ TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
   std::atomic<int> peer_prompts{0};
   auto model = [&](bool other) {
     return [&, other](const httplib::Request& req, httplib::Response& res) {
-      auto body = nlohmann::json::parse(req.body);
-      auto prompt = body["messages"][0]["content"].get<std::string>();
+      auto prompt = prompt_of(req);
       bool peer = prompt == bank.find("p")->prompt;
       peer_prompts += peer;
       nlohmann::json out = nlohmann::json::parse(completion(
@@ -273,9 +277,7 @@ TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
     };
   };
   fake_server model_a{model(false)}, model_b{model(true)};
-  auto args = oracle_args(dir + "/db", "0", {"--bank", dir + "/bank.jsonl"});
-  args.insert(args.begin(), {"--log-level", "info"});
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{info_oracle_args(dir, {"--bank", dir + "/bank.jsonl"}), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   EXPECT_NE(oracle.errors().find("cognitive tests: " + dir + "/bank.jsonl (5 items"),
             std::string::npos)
@@ -314,17 +316,14 @@ TEST(multiprocess, tokens_the_backend_reports_reach_the_throughput_bound) {
   // Right answers with usage.completion_tokens, from a server far slower
   // (in tokens per second) than the oracle asks for: too_slow.
   fake_server model{[&](const httplib::Request& req, httplib::Response& res) {
-    auto body = nlohmann::json::parse(req.body);
-    auto prompt = body["messages"][0]["content"].get<std::string>();
-    auto out = nlohmann::json::parse(completion(sim_knowledge::builtin()->answer(prompt)));
+    auto out = nlohmann::json::parse(
+      completion(sim_knowledge::builtin()->answer(prompt_of(req))));
     out["usage"] = {{"completion_tokens", 3}};
     res.set_content(out.dump(), "application/json");
   }};
   auto dir = temp_dir("tokens");
   cleanup tidy{dir};
-  auto args = oracle_args(dir + "/db", "0", {"--test-min-tokens-per-s", "1000000"});
-  args.insert(args.begin(), {"--log-level", "info"});
-  child oracle{args, dir + "/oracle.out"};
+  child oracle{info_oracle_args(dir, {"--test-min-tokens-per-s", "1000000"}), dir + "/oracle.out"};
   ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
   auto target = "127.0.0.1:" + listening_port(oracle.output());
   child miner{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix", "t",

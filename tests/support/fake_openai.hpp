@@ -33,6 +33,11 @@ private:
   std::thread thread_;
 };
 
+/// The prompt of a chat completion request (its first message).
+inline std::string prompt_of(const httplib::Request& req) {
+  return nlohmann::json::parse(req.body)["messages"][0]["content"].get<std::string>();
+}
+
 inline std::string completion(const std::string& content) {
   nlohmann::json j{{"choices",
                     nlohmann::json::array(
