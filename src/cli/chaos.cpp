@@ -349,6 +349,11 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
         ++(is_oracle ? oracle_exits_ : miner_exits_);
         auto what = r.name + " exited by itself (status "
                     + std::to_string(st) + "): " + err;
+        // A crash: its report (signal and stack) is what the reader needs.
+        if (auto crash = all.rfind("nodepool: fatal signal");
+            crash != std::string::npos)
+          what = r.name + " crashed (status " + std::to_string(st)
+                 + "): " + all.substr(crash, 4000);
         // An oracle must only end when told to; a miner may leave (nodes
         // retired), which the table shows, and is started again.
         if (is_oracle)

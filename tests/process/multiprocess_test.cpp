@@ -458,6 +458,23 @@ TEST(multiprocess, miner_whose_oracle_does_not_come_back_fails) {
     << miner.errors();
 }
 
+// A crash is reported on the process's log: the signal and the stack, and
+// the process still ends by that signal, so its parent (chaos, systemd) sees
+// a crash and not a clean exit.
+TEST(multiprocess, a_crashing_oracle_reports_the_signal_and_its_stack) {
+  auto dir = temp_dir("crash");
+  cleanup tidy{dir};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  oracle.signal(SIGSEGV);
+  EXPECT_EQ(oracle.wait_exit(20s), -SIGSEGV);
+  auto errors = oracle.errors();
+  auto report = errors.find("nodepool: fatal signal 11; stack:\n");
+  ASSERT_NE(report, std::string::npos) << errors;
+  // backtrace_symbols_fd writes one line per frame, each naming its object.
+  EXPECT_NE(errors.find("nodepool(", report), std::string::npos) << errors;
+}
+
 TEST(multiprocess, miner_without_a_model_is_refused) {
   auto dir = temp_dir("nomodel");
   cleanup tidy{dir};
