@@ -1,6 +1,7 @@
 #include "actors/session.hpp"
 
 #include <deque>
+#include <optional>
 #include <limits>
 
 #include <caf/all.hpp>
@@ -64,6 +65,11 @@ struct session_state {
   // that is what would fill the memory.
   uint64_t timer_gen = 0;  // the one that counts; older ones are ignored
   int64_t timer_at = 0;    // when it fires (now_ms), 0: none
+  /// The pool ended the session (its reason) while a TaskDone waited for
+  /// its answer. The supervisor publishes a commit's events before it
+  /// answers, and the events come by the queue: the answer, and the prompt
+  /// it answers, are still on their way. The actor ends once it came.
+  std::optional<std::string> ended;
   static inline const char* name = "session";
 };
 
@@ -76,6 +82,17 @@ void refuse(self_ptr self, const std::string& node, const std::string& code,
 
 void start_task(self_ptr self);
 void arm(self_ptr self);
+
+/// Prompts still waiting hear that the session ended, and the actor ends.
+void end_session(self_ptr self, const std::string& reason) {
+  auto& st = self->state;
+  for (auto& p : st.prompts)
+    if (!p.answered)
+      p.rp.deliver(make_refusal("session_ended",
+                                "session " + st.id + " ended (" + reason + ")"));
+  st.prompts.clear();
+  self->quit();
+}
 
 void finish_task(self_ptr self) {
   auto& st = self->state;
@@ -138,6 +155,8 @@ void finish_task(self_ptr self) {
           }
           st.prompts.pop_front();
         }
+        if (st.ended)
+          return end_session(self, *st.ended);
         // Go on only after the events of this commit (nodes released by it)
         // have come through the queue: a bounce off it orders the two.
         self->send(st.queue, reply_atom::value, self);
@@ -147,6 +166,8 @@ void finish_task(self_ptr self) {
         auto& st = self->state;
         if (attempt != st.attempt)
           return;
+        if (st.ended)
+          return end_session(self, *st.ended);
         // The membership changed under the task (a node was lost or
         // released meanwhile): run the task again on the nodes it has now.
         log("session")->debug("session {} task {} refused: {} ({})", st.id,
@@ -324,13 +345,10 @@ void on_event(self_ptr self, const pb::Event& e) {
   } else if (e.has_node_state_changed()) {
     node_left(self, e.node_state_changed().node_id());
   } else if (e.has_session_ended()) {
-    for (auto& p : st.prompts)
-      if (!p.answered)
-        p.rp.deliver(make_refusal("session_ended",
-                                  "session " + st.id + " ended ("
-                                    + e.session_ended().reason() + ")"));
-    st.prompts.clear();
-    self->quit();
+    if (st.reporting)
+      st.ended = e.session_ended().reason();
+    else
+      end_session(self, e.session_ended().reason());
   }
 }
 
