@@ -264,6 +264,21 @@ void arm(self_ptr self) {
                      ++st.timer_gen);
 }
 
+/// A session opened for one prompt whose prompt was given up before its task
+/// ran: it asks the pool to end it (failed), instead of holding its nodes
+/// for a prompt that will not come.
+void end_opened_session(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  auto cmd = command_bytes([&](pb::Command& c) {
+    auto* x = c.mutable_end_session();
+    x->set_session_id(st.id);
+    x->set_failed(true);
+    x->set_reason("its only prompt " + why);
+  });
+  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
+    .then([](accepted_atom) {}, [](caf::error&) {});
+}
+
 /// What is due now: task phases that passed (their laggards fail with
 /// TIMEOUT) and prompts past their deadline ("timeout" to the client).
 void expire(self_ptr self) {
@@ -290,8 +305,11 @@ void expire(self_ptr self) {
       p.answered = true;
       // Not started yet: it never runs. Running: it finishes (the nodes
       // did the work) and its answer is dropped.
-      if (i > 0 || !st.running)
+      if (i > 0 || !st.running) {
+        if (p.req.ends_session())
+          end_opened_session(self, "timed out before its task ran");
         continue;
+      }
     }
     keep.push_back(std::move(p));
   }

@@ -61,6 +61,23 @@ void pass_prompt(self_ptr self, const caf::actor& session,
           });
 }
 
+/// The prompt `bytes` was given up before its task ran: a session opened for
+/// it alone is ended (failed), as the pool decides on an EndSession.
+void end_if_opened_for(self_ptr self, const std::string& bytes,
+                       const std::string& why) {
+  pb::PromptRequest r;
+  if (!r.ParseFromString(bytes) || !r.ends_session())
+    return;
+  auto cmd = command_bytes([&](pb::Command& c) {
+    auto* x = c.mutable_end_session();
+    x->set_session_id(r.session_id());
+    x->set_failed(true);
+    x->set_reason("its only prompt " + why);
+  });
+  self->request(self->state.supervisor, caf::infinite, cmd_atom::value, cmd)
+    .then([](accepted_atom) {}, [](caf::error&) {});
+}
+
 void release_held(self_ptr self, const std::string& sid) {
   auto& st = self->state;
   auto h = st.held.find(sid);
@@ -231,6 +248,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
           if (i->seq == seq) {
             i->rp.deliver(make_refusal(
               "timeout", "session " + sid + " did not start in time"));
+            end_if_opened_for(self, i->bytes, "timed out before the session started");
             v.erase(i);
             --st.held_count;
             break;

@@ -1365,6 +1365,7 @@ void router::post_openai(const std::shared_ptr<call>& c, bool chat) {
   s.set_interactive(true);
   s.set_client("openai:" + c->key_name);
   p->set_session_id(s.session_id());
+  p->set_ends_session(true);
   auto req = *p;
   pool_->submit(s, [this, c, req, chat, stream](std::optional<api_error> err) {
     if (err)

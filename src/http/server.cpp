@@ -658,8 +658,15 @@ std::string server::start() {
     }
     beast::error_code ec;
     auto addr = net::ip::make_address(cfg.host, ec);
-    if (ec)
-      return "'" + cfg.host + "' is not an IP address";
+    if (ec) {
+      // A host name ("localhost", a name of this host): its first address.
+      tcp::resolver resolver{*impl_->io};
+      auto found = resolver.resolve(cfg.host, std::to_string(cfg.port), ec);
+      if (ec || found.empty())
+        return "'" + cfg.host + "' is neither an IP address nor a name this "
+               "host resolves" + (ec ? ": " + ec.message() : std::string{});
+      addr = found.begin()->endpoint().address();
+    }
     tcp::endpoint ep{addr, cfg.port};
     impl_->acceptor.emplace(*impl_->io);
     impl_->acceptor->open(ep.protocol());

@@ -28,9 +28,11 @@ protected:
       };
     });
     auto held = held_;
-    supervisor_ = sys_->spawn([held](caf::event_based_actor* self) -> caf::behavior {
+    auto commands = commands_;
+    supervisor_ = sys_->spawn([held, commands](caf::event_based_actor* self) -> caf::behavior {
       return {
-        [=](cmd_atom, const std::string&) {
+        [=](cmd_atom, const std::string& bytes) {
+          commands->emplace_back().ParseFromString(bytes);
           *held = self->make_response_promise();
           return *held;
         },
@@ -63,10 +65,14 @@ protected:
   }
 
   /// Asks `session` for a prompt's answer; the answer lands in the result.
-  std::shared_ptr<std::string> prompt(const caf::actor& session) {
+  std::shared_ptr<std::string> prompt(const caf::actor& session,
+                                      bool ends_session = false,
+                                      int64_t timeout_ms = 0) {
     auto out = std::make_shared<std::string>("<no answer>");
     pb::PromptRequest r;
     r.set_prompt("say yes");
+    r.set_ends_session(ends_session);
+    r.set_timeout_ms(timeout_ms);
     auto bytes = r.SerializeAsString();
     auto sys = sys_.get();
     sys_->spawn([=](caf::event_based_actor* self) {
@@ -105,6 +111,8 @@ protected:
 
   caf::actor queue_, gateway_, supervisor_;
   std::shared_ptr<int> sent_ = std::make_shared<int>(0);
+  std::shared_ptr<std::vector<pb::Command>> commands_ =
+    std::make_shared<std::vector<pb::Command>>();
   std::shared_ptr<caf::response_promise> held_ =
     std::make_shared<caf::response_promise>();
 };
@@ -150,6 +158,72 @@ TEST_F(session_actor, a_refused_report_after_the_end_ends_the_prompt) {
   caf::anon_send(supervisor_, std::string{"unknown_session"});
   sched_->run();
   EXPECT_EQ(*answer, "error:session_ended");
+}
+
+/// The EndSession commands among those the supervisor was sent.
+std::vector<pb::EndSession> ends(const std::vector<pb::Command>& cs) {
+  std::vector<pb::EndSession> out;
+  for (auto& c : cs)
+    if (c.has_end_session())
+      out.push_back(c.end_session());
+  return out;
+}
+
+// A session opened for one prompt (the OpenAI front) whose prompt timed out
+// before its task ran (its node left first) asks the pool to end it, failed;
+// a session opened by a client for many prompts does not (control).
+TEST_F(session_actor, a_session_opened_for_one_prompt_ends_when_it_is_given_up) {
+  for (bool opened_for_it : {true, false}) {
+    commands_->clear();
+    auto id = std::string{opened_for_it ? "once" : "many"};
+    auto s = start_session(id);
+    auto answer = prompt(s, opened_for_it, 300);
+    pb::Event left;
+    left.mutable_node_released()->set_node_id("n1");
+    left.mutable_node_released()->set_session_id(id);
+    caf::anon_send(s, events_atom::value, left.SerializeAsString());
+    run_for(std::chrono::milliseconds(400));
+    EXPECT_EQ(*answer, "error:timeout") << id;
+    auto e = ends(*commands_);
+    if (opened_for_it) {
+      ASSERT_EQ(e.size(), 1u);
+      EXPECT_EQ(e[0].session_id(), id);
+      EXPECT_TRUE(e[0].failed());
+      EXPECT_NE(e[0].reason().find("timed out"), std::string::npos) << e[0].reason();
+    } else {
+      EXPECT_TRUE(e.empty());
+    }
+  }
+}
+
+// The same in the queue: a prompt held for a session that never started (no
+// node for it) times out, and the session it was opened for ends, failed;
+// another session's held prompt leaves its session queued.
+TEST_F(actor_test, a_queued_session_opened_for_one_prompt_ends_with_its_timeout) {
+  start(fast_params());
+  for (auto [id, opened_for_it] : {std::pair{"once", true}, {"many", false}}) {
+    auto req = session_req(id, 1);
+    req.set_interactive(true);
+    ASSERT_EQ(submit(req), "accepted");
+    pb::PromptRequest r;
+    r.set_session_id(id);
+    r.set_prompt("anyone?");
+    r.set_timeout_ms(200);
+    r.set_ends_session(opened_for_it);
+    auto out = std::make_shared<std::string>("<no answer>");
+    auto sys = sys_.get();
+    auto whom = oracle_.sessions;
+    auto bytes = r.SerializeAsString();
+    sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(whom, caf::infinite, prompt_atom::value, bytes)
+        .then([=](const std::string&) { *out = "answer"; },
+              [=](caf::error& e) { *out = "error:" + read_refusal(*sys, e).first; });
+    });
+    run_for(std::chrono::milliseconds(400));
+    EXPECT_EQ(*out, "error:timeout") << id;
+  }
+  EXPECT_EQ(session_state("once"), pb::FAILED);
+  EXPECT_EQ(session_state("many"), pb::QUEUED);
 }
 
 } // namespace
