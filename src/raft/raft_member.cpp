@@ -12,9 +12,6 @@ extern "C" {
 
 namespace nodepool {
 
-/// Messages the guard refused from servers outside the configuration.
-uint64_t refused_peers_of(struct raft_io* io);
-
 struct raft_member::impl {
   state_machine& sm;
   struct raft_fsm fsm {};
@@ -200,7 +197,9 @@ struct guarded_io {
   raft_index vouch = 0;     // ... its prev_log_index + n_entries
   bool in_install = false;  // an InstallSnapshot is being received
   raft_index install = 0;   // ... its last index
+  bool in_recv = false;     // any message is being received
   uint64_t strangers = 0;   // messages from servers not in the configuration
+  uint64_t unaddressed = 0; // results dropped for want of a leader to send to
 };
 
 std::mutex guard_mu;
@@ -214,6 +213,28 @@ guarded_io& guard_of(struct raft_io* io) {
 int guarded_send(struct raft_io* io, struct raft_io_send* req,
                  const struct raft_message* m, raft_io_send_cb cb) {
   auto& gi = guard_of(io);
+  // 4. (A crash, found by `nodepool chaos --oracles 3`, seed 58.) A follower
+  //    answers a snapshot or entries it has finished writing by sending to
+  //    the leader it knows (sendAppendEntriesResult). After a snapshot,
+  //    libraft 0.15 does so without checking that it is still a follower:
+  //    when the write outlasted its election timeout, it is a candidate or
+  //    a leader by then, and the "leader" it reads is the other role's
+  //    fields (a vote array as the id, two flags as the address). raft_uv
+  //    then calls strlen on that address. (0.18 no longer lets a follower
+  //    stand while it installs a snapshot.) Such an answer, sent outside
+  //    the receiving of a message, is dropped when this member is no longer
+  //    a follower or knows no leader: its send fails, which that caller
+  //    takes as a lost message (it frees the request and goes on); the
+  //    leader asks again.
+  if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && !gi.in_recv && gi.r
+      && (raft_state(gi.r) != RAFT_FOLLOWER || m->server_address == nullptr
+          || m->server_id == 0)) {
+    auto n = ++gi.unaddressed;
+    if (n == 1 || n % 1000 == 0)
+      log("raft")->info("dropped an answer to a leader this member no longer "
+                        "follows ({} so far)", n);
+    return RAFT_CANCELED;
+  }
   if (m->type == RAFT_IO_APPEND_ENTRIES) {
     auto& a = m->append_entries;
     auto cap = a.prev_log_index + a.n_entries;
@@ -276,21 +297,21 @@ void guarded_recv(struct raft_io* io, struct raft_message* m) {
     drop(m);
     return;
   }
+  gi.in_recv = true;
   if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
     gi.in_install = true;
     gi.install = m->install_snapshot.last_index;
     gi.recv(io, m);
     gi.in_install = false;
-    return;
-  }
-  if (m->type != RAFT_IO_APPEND_ENTRIES) {
+  } else if (m->type != RAFT_IO_APPEND_ENTRIES) {
     gi.recv(io, m);
-    return;
+  } else {
+    gi.in_append = true;
+    gi.vouch = m->append_entries.prev_log_index + m->append_entries.n_entries;
+    gi.recv(io, m);
+    gi.in_append = false;
   }
-  gi.in_append = true;
-  gi.vouch = m->append_entries.prev_log_index + m->append_entries.n_entries;
-  gi.recv(io, m);
-  gi.in_append = false;
+  gi.in_recv = false;
 }
 
 int guarded_start(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick,
@@ -320,6 +341,12 @@ uint64_t refused_peers_of(struct raft_io* io) {
   std::lock_guard<std::mutex> g{guard_mu};
   auto i = guarded.find(io);
   return i == guarded.end() ? 0 : i->second.strangers;
+}
+
+uint64_t unaddressed_results_of(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  return i == guarded.end() ? 0 : i->second.unaddressed;
 }
 
 namespace {

@@ -10,6 +10,7 @@
 struct raft;
 struct raft_fsm;
 struct raft_buffer;
+struct raft_io;
 
 namespace nodepool {
 
@@ -26,8 +27,9 @@ namespace nodepool {
 ///   its state machine holds everything committed before its term.
 class raft_member {
 public:
-  /// `guard`: close two holes of libraft 0.15's log matching (see
-  /// raft_member.cpp); off only in the test that shows they are there.
+  /// `guard`: close holes of libraft 0.15 (log matching, and an answer sent
+  /// to a leader it no longer has; see raft_member.cpp); off only in the
+  /// test that shows they are there.
   explicit raft_member(state_machine& sm, bool guard = true);
   ~raft_member();
   raft_member(const raft_member&) = delete;
@@ -46,6 +48,12 @@ public:
 private:
   std::unique_ptr<impl> p_;
 };
+
+/// What the guard (see raft_member.cpp) dropped on `io`: messages from
+/// servers outside the configuration, and answers a follower's write would
+/// have sent after it stopped being a follower (or with no leader known).
+uint64_t refused_peers_of(struct raft_io* io);
+uint64_t unaddressed_results_of(struct raft_io* io);
 
 /// The bytes of an entry or snapshot as raft_member frames them (raft_uv
 /// stores 8-byte units): empty when the frame is not valid.

@@ -489,5 +489,91 @@ TEST(RaftFixture, WithoutTheGuardLibraftBreaksLogMatching) {
                 static_cast<unsigned long long>(broken.front()));
 }
 
+/// A raft_io whose send and start only record what reaches them: the guard
+/// alone, between libraft's callers and the transport.
+struct recording_io {
+  static inline int sent = 0;
+  static inline raft_io_recv_cb recv = nullptr;
+  struct raft_io io {};
+  recording_io() {
+    sent = 0;
+    io.send = [](struct raft_io*, struct raft_io_send*, const struct raft_message*,
+                 raft_io_send_cb) {
+      ++sent;
+      return 0;
+    };
+    io.start = [](struct raft_io*, unsigned, raft_io_tick_cb,
+                  raft_io_recv_cb r) {
+      recv = r;
+      return 0;
+    };
+  }
+};
+
+/// Does nothing: the guard's tests apply no entry.
+struct idle_machine final : state_machine {
+  void apply(std::string_view) override {}
+  std::string snapshot() override { return {}; }
+  bool restore(std::string_view, std::string&) override { return true; }
+};
+
+// The guard's fourth hole (raft_member.cpp): libraft 0.15 answers a
+// snapshot it finished writing as a follower even when it is a candidate by
+// then, reading the candidate's fields as the leader's address, and
+// raft_uv's strlen on it crashed an oracle (chaos, seed 58). Such an answer,
+// sent outside the receiving of a message, is dropped; answers sent while
+// a message is received, and a follower's answer to its leader, go out.
+TEST(RaftGuard, AnAnswerToALeaderNoLongerFollowedIsDropped) {
+  static struct raft r {};
+  recording_io rec;
+  r.io = &rec.io;
+  idle_machine sm;
+  raft_member m{sm};
+  m.attach(&r);
+  ASSERT_EQ(rec.io.start(&rec.io, 100, nullptr, [](struct raft_io* io,
+                                                   struct raft_message*) {
+    // raft answering the message it receives, whatever its role.
+    struct raft_message answer {};
+    answer.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+    answer.server_id = 2;
+    answer.server_address = const_cast<char*>("127.0.0.1:2");
+    struct raft_io_send req {};
+    EXPECT_EQ(io->send(io, &req, &answer, nullptr), 0);
+  }), 0);
+  struct raft_message garbled {};
+  garbled.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+  garbled.server_id = 0x5555deadbeef;                       // a vote array
+  garbled.server_address = reinterpret_cast<char*>(0x101);  // two flags
+  struct raft_io_send req {};
+  for (auto role : {RAFT_CANDIDATE, RAFT_LEADER}) {
+    r.state = static_cast<unsigned short>(role);
+    EXPECT_EQ(rec.io.send(&rec.io, &req, &garbled, nullptr), RAFT_CANCELED);
+  }
+  EXPECT_EQ(recording_io::sent, 0);
+  EXPECT_EQ(unaddressed_results_of(&rec.io), 2u);
+  // A follower that knows no leader (a newer term began) has no one to
+  // answer either.
+  r.state = RAFT_FOLLOWER;
+  struct raft_message nobody {};
+  nobody.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+  EXPECT_EQ(rec.io.send(&rec.io, &req, &nobody, nullptr), RAFT_CANCELED);
+  EXPECT_EQ(recording_io::sent, 0);
+  // Controls: a follower answering its leader; a candidate answering, while
+  // it receives it, the message of a stale leader.
+  struct raft_message fine {};
+  fine.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+  fine.server_id = 2;
+  fine.server_address = const_cast<char*>("127.0.0.1:2");
+  EXPECT_EQ(rec.io.send(&rec.io, &req, &fine, nullptr), 0);
+  EXPECT_EQ(recording_io::sent, 1);
+  r.state = RAFT_CANDIDATE;
+  struct raft_message stale {};
+  stale.type = RAFT_IO_REQUEST_VOTE;
+  stale.server_id = 2;
+  recording_io::recv(&rec.io, &stale);
+  EXPECT_EQ(recording_io::sent, 2);
+  EXPECT_EQ(unaddressed_results_of(&rec.io), 3u);
+}
+
 } // namespace
 } // namespace nodepool
