@@ -267,16 +267,22 @@ int run(demo_options& o) {
       api.server->stop();
   }};
   if (api.server) {
+    // With keys, the lines to paste carry one from the shell's NODEPOOL_KEY.
+    std::string auth = api.keys > 0
+                         ? " -H \"Authorization: Bearer $NODEPOOL_KEY\""
+                         : "";
     std::fprintf(stderr,
                  "nodepool demo: HTTP API on %s/api/v1/ while the demo runs%s; "
-                 "try:\n  curl -s %s/api/v1/status\n  curl -s %s/v1/chat/"
+                 "try%s:\n  curl -s%s %s/api/v1/status\n  curl -s%s %s/v1/chat/"
                  "completions -H 'Content-Type: application/json' -d "
                  "'{\"model\":\"llama-3-8b\",\"messages\":[{\"role\":"
                  "\"user\",\"content\":\"Hello pool\"}]}'\n"
                  "  or open the dashboard: %s/\n",
                  api.url.c_str(),
                  o.serve ? " (and after it, until Ctrl-C)" : " (--serve keeps it up after)",
-                 api.url.c_str(), api.url.c_str(), api.url.c_str());
+                 api.keys > 0 ? " (with NODEPOOL_KEY set to one of your keys)" : "",
+                 auth.c_str(), api.url.c_str(), auth.c_str(), api.url.c_str(),
+                 api.url.c_str());
     std::fflush(stderr);
   }
 

@@ -1,5 +1,6 @@
 // A session actor on its own, with hand-made peers: the order in which the
 // supervisor's answer and the queue's events reach it is the test's choice.
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,13 +51,14 @@ protected:
       spawned_.push_back(a);
   }
 
-  caf::actor start_session(const std::string& id) {
+  caf::actor start_session(const std::string& id, int nodes = 1) {
     pb::SessionStarted s;
     s.set_session_id(id);
-    s.set_redundancy(1);
+    s.set_redundancy(static_cast<uint32_t>(nodes));
     s.set_max_tasks(1);
     s.set_interactive(true);
-    s.add_nodes("n1");
+    for (int i = 1; i <= nodes; ++i)
+      s.add_nodes("n" + std::to_string(i));
     auto a = spawn_session(*sys_, queue_, supervisor_, gateway_, fast_params(),
                            true, s);
     spawned_.push_back(a);
@@ -87,9 +89,9 @@ protected:
     return out;
   }
 
-  /// Node n1 runs the task: ack, precommit, commit of `text`.
+  /// Node `node` runs the task: ack, precommit, commit of `text`.
   void node_answers(const caf::actor& session, const std::string& id,
-                    const std::string& text) {
+                    const std::string& text, const std::string& node = "n1") {
     pb::MinerMsg ack, pre, commit;
     ack.mutable_task_ack()->set_session_id(id);
     pre.mutable_task_precommit()->set_session_id(id);
@@ -97,8 +99,7 @@ protected:
     commit.mutable_task_commit()->set_session_id(id);
     commit.mutable_task_commit()->set_output(text);
     for (auto* m : {&ack, &pre, &commit})
-      caf::anon_send(session, task_atom::value, std::string{"n1"}, id,
-                     m->SerializeAsString());
+      caf::anon_send(session, task_atom::value, node, id, m->SerializeAsString());
     sched_->run();
   }
 
@@ -224,6 +225,30 @@ TEST_F(actor_test, a_queued_session_opened_for_one_prompt_ends_with_its_timeout)
   }
   EXPECT_EQ(session_state("once"), pb::FAILED);
   EXPECT_EQ(session_state("many"), pb::QUEUED);
+}
+
+// A client's prompt runs on the session's redundant nodes like any task: the
+// answer is the output they agree on, and a node whose output disagrees is
+// reported an outlier (the pool then lowers its reputation).
+TEST_F(session_actor, a_prompt_answer_is_the_agreed_output_and_the_odd_node_an_outlier) {
+  auto s = start_session("s4", 3);
+  auto answer = prompt(s);
+  EXPECT_EQ(*sent_, 3);
+  const std::string agreed = "Tested miner nodes keep the inference pool honest and busy.";
+  node_answers(s, "s4", agreed, "n1");
+  node_answers(s, "s4", "Bananas grow in bunches on tall tropical plants.", "n2");
+  node_answers(s, "s4", agreed, "n3");
+  ASSERT_EQ(commands_->size(), 1u);
+  ASSERT_TRUE(commands_->front().has_task_done());
+  std::map<std::string, pb::TaskOutcome> outcome;
+  for (auto& o : commands_->front().task_done().outcomes())
+    outcome[o.node_id()] = o.outcome();
+  EXPECT_EQ(outcome["n1"], pb::OK);
+  EXPECT_EQ(outcome["n2"], pb::OUTLIER);
+  EXPECT_EQ(outcome["n3"], pb::OK);
+  caf::anon_send(supervisor_, std::string{"accept"});
+  sched_->run();
+  EXPECT_EQ(*answer, "answer:" + agreed);
 }
 
 } // namespace

@@ -57,6 +57,25 @@ try {
   out.completion = completion.choices[0].text;
   if (!out.completion.includes("Complete this")) fail("completion answer");
 
+  const cstream = await client.completions.create({
+    model,
+    prompt: "Stream this completion",
+    stream: true,
+  });
+  let ctext = "";
+  let cchunks = 0;
+  let cfinish = null;
+  for await (const chunk of cstream) {
+    cchunks += 1;
+    ctext += chunk.choices[0]?.text ?? "";
+    cfinish = chunk.choices[0]?.finish_reason ?? cfinish;
+  }
+  out.completion_streamed = ctext;
+  out.completion_chunks = cchunks;
+  out.completion_finish_reason = cfinish;
+  if (!ctext.includes("Stream this completion") || cfinish !== "stop")
+    fail("streamed completion");
+
   // A wrong key: the library's own error class, with the status.
   const bad = new OpenAI({ baseURL, apiKey: "np_wrong_key_0000000000", maxRetries: 0 });
   try {

@@ -309,6 +309,136 @@ TEST(api, tls_with_the_oracles_certificate) {
   EXPECT_TRUE(!pr || pr->status != 200);
 }
 
+/// `nodepool ctl ARGS` with the API's address and key taken from the
+/// environment (NODEPOOL_URL, NODEPOOL_KEY), as an operator's shell has them.
+std::pair<int, std::string> ctl_env(int port, const std::string& key,
+                                    const std::string& args) {
+  return run_shell("NODEPOOL_URL=http://127.0.0.1:" + std::to_string(port)
+                   + " NODEPOOL_KEY=" + key + " " + NODEPOOL_BIN + " ctl " + args
+                   + " 2>&1");
+}
+
+// Every ctl command against a real oracle, with its URL and key from the
+// environment: tables for people, JSON with --json, exit 3 when the key
+// may not.
+TEST(api, ctl_speaks_for_every_route) {
+  auto dir = temp_dir("api-ctl");
+  cleanup tidy{dir};
+  api_pool p{dir, 2};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_nodes(2);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 2) << st.dump();
+  auto c = p.client();
+  auto r = c.Post("/api/v1/sessions",
+                  R"({"session_id":"ctl-1","max_tasks":5,"max_nodes":1})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+
+  auto [s1, status] = ctl_env(p.port, client_key, "status");
+  EXPECT_EQ(s1, 0) << status;
+  EXPECT_NE(status.find("NODES"), std::string::npos) << status;
+  EXPECT_NE(status.find("SESSIONS"), std::string::npos) << status;
+  EXPECT_NE(status.find("role single"), std::string::npos) << status;
+  // Aligned: the count column starts at the same place on every row.
+  auto column = [&](const std::string& label) {
+    auto at = status.find("\n" + label + " ");
+    if (at == std::string::npos)
+      return std::string::npos;
+    auto line = status.substr(at + 1, status.find('\n', at + 1) - at - 1);
+    return line.find_first_not_of(' ', label.size());
+  };
+  EXPECT_NE(column("queued"), std::string::npos) << status;
+  EXPECT_EQ(column("queued"), column("completed")) << status;
+
+  auto [s2, sessions] = ctl_env(p.port, client_key, "sessions");
+  EXPECT_EQ(s2, 0) << sessions;
+  EXPECT_NE(sessions.find("ctl-1"), std::string::npos) << sessions;
+  auto [s3, one] = ctl_env(p.port, client_key, "--json session ctl-1");
+  EXPECT_EQ(s3, 0) << one;
+  EXPECT_EQ(last_json_line(one)["session_id"], "ctl-1") << one;
+
+  auto [s4, members] = ctl_env(p.port, client_key, "members");
+  EXPECT_EQ(s4, 0) << members;
+  EXPECT_NE(members.find("a single oracle"), std::string::npos) << members;
+
+  // Operators' commands: refused to a client key, done with an admin key.
+  auto [s5, refused] = ctl_env(p.port, client_key, "end-session ctl-1");
+  EXPECT_EQ(s5, 3) << refused;
+  EXPECT_NE(refused.find("403"), std::string::npos) << refused;
+  auto [s6, ended] = ctl_env(p.port, admin_key, "--json end-session ctl-1 --failed");
+  EXPECT_EQ(s6, 0) << ended;
+  auto [s7, after] = ctl_env(p.port, client_key, "--json session ctl-1");
+  EXPECT_EQ(last_json_line(after)["state"], "failed") << after;
+  auto [s8, retired] = ctl_env(p.port, admin_key, "retire miner-1 --reason worn");
+  EXPECT_EQ(s8, 0) << retired;
+  auto miners = body_of(c.Get("/api/v1/miners"));
+  std::string miner1;
+  for (auto& m : miners["miners"])
+    if (m["node_id"] == "miner-1")
+      miner1 = m["state"].get<std::string>();
+  EXPECT_EQ(miner1, "retired") << miners.dump();
+  auto [s9, snap] = ctl_env(p.port, admin_key, "--json snapshot");
+  EXPECT_EQ(s9, 0) << snap;
+  EXPECT_GT(last_json_line(snap)["snapshot_index"].get<uint64_t>(), 0u) << snap;
+  // No key at all: 401, exit 3.
+  auto [s10, anon] = ctl_env(p.port, "", "status");
+  EXPECT_EQ(s10, 3) << anon;
+  EXPECT_NE(anon.find("401"), std::string::npos) << anon;
+}
+
+// The API configured from the oracle's config file ([http]): a host name
+// for the address, a per-key rate (429 with Retry-After past it), no keys
+// file (loopback only, and the oracle says so); and the queue's bound as
+// a 429 too.
+TEST(api, from_the_config_file_with_its_limits) {
+  auto dir = temp_dir("api-conf");
+  cleanup tidy{dir};
+  {
+    std::ofstream f{dir + "/oracle.toml"};
+    f << "[http]\nlisten = \"localhost:0\"\nrate_per_key = 1\n";
+  }
+  std::vector<std::string> a{"oracle", "--config", dir + "/oracle.toml", "--data-dir",
+                             dir + "/db", "--port", "0", "--max-queued-sessions", "1"};
+  for (auto& f : fast_pool_flags())
+    a.push_back(f);
+  child oracle{a, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("HTTP API on", 20s)) << oracle.errors();
+  auto out = oracle.output();
+  EXPECT_NE(out.find("no --api-keys: open to anyone on this host, loopback only"),
+            std::string::npos) << out;
+  int port = http_port(out);
+  ASSERT_GT(port, 0) << out;
+  httplib::Client c{"127.0.0.1", port};
+  // The queue holds one session (no node serves it): the second is 429.
+  auto r = c.Post("/api/v1/sessions", R"({"session_id":"q1"})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 201) << r->body;
+  r = c.Post("/api/v1/sessions", R"({"session_id":"q2"})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429) << r->body;
+  EXPECT_EQ(body_of(r)["error"]["code"], "queue_full") << r->body;
+  // Past the burst at one request a second: 429 with Retry-After.
+  int limited = 0;
+  std::string retry_after, code;
+  for (int i = 0; i < 80 && limited == 0; ++i) {
+    auto g = c.Get("/api/v1/info");
+    ASSERT_TRUE(g);
+    if (g->status == 429) {
+      ++limited;
+      retry_after = g->get_header_value("Retry-After");
+      code = body_of(g)["error"]["code"].get<std::string>();
+    } else {
+      EXPECT_EQ(g->status, 200);
+    }
+  }
+  EXPECT_EQ(limited, 1);
+  EXPECT_EQ(retry_after, "1");
+  EXPECT_EQ(code, "rate_limited");
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0) << oracle.errors();
+}
+
 TEST(api, refuses_a_public_address_without_keys) {
   auto dir = temp_dir("api-open");
   cleanup tidy{dir};
@@ -353,10 +483,12 @@ TEST(api, the_official_openai_client_works_by_changing_only_the_url) {
   EXPECT_GT(j["chunks"].get<int>(), 2) << out;
   EXPECT_EQ(j["finish_reason"], "stop") << out;
   EXPECT_EQ(j["wrong_key"]["status"], 401) << out;
-  // Three requests, three ephemeral sessions, each ended with its answer.
+  EXPECT_GT(j["completion_chunks"].get<int>(), 2) << out;
+  EXPECT_EQ(j["completion_finish_reason"], "stop") << out;
+  // Four requests, four ephemeral sessions, each ended with its answer.
   auto done = p.wait_status(
-    [](const json& j) { return j["sessions"]["completed"] == 3; }, 30s);
-  EXPECT_EQ(done["sessions"]["completed"], 3) << done.dump();
+    [](const json& j) { return j["sessions"]["completed"] == 4; }, 30s);
+  EXPECT_EQ(done["sessions"]["completed"], 4) << done.dump();
   EXPECT_EQ(done["sessions"]["active"], 0) << done.dump();
 }
 

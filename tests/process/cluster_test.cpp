@@ -497,6 +497,27 @@ int printed_http_port(const std::string& out) {
   return std::stoi(out.substr(colon + 1));
 }
 
+// One member of three, alone: no leader can be elected, so writes are 503
+// (not_leader, "retry shortly") while reads still answer from what it holds.
+TEST_F(Cluster, AMemberWithoutAQuorumAnswersWritesWith503) {
+  start(1, {});
+  ASSERT_TRUE(oracle_[1]->wait_for_output("HTTP API on", std::chrono::seconds(20)));
+  int port = printed_http_port(oracle_[1]->output());
+  ASSERT_GT(port, 0) << oracle_[1]->output();
+  httplib::Client c{"127.0.0.1", port};
+  for (auto path : {"/api/v1/sessions", "/api/v1/completions/nobody"}) {
+    auto r = c.Post(path, R"({"session_id":"alone","prompt":"anyone?"})",
+                    "application/json");
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, 503) << path << ": " << r->body;
+    auto j = nlohmann::json::parse(r->body, nullptr, false);
+    EXPECT_EQ(j["error"]["code"], "not_leader") << r->body;
+  }
+  auto r = c.Get("/api/v1/status");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
 TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
   // Each member's API listens where the cluster file says (http = ...).
   int http[4] = {};

@@ -107,11 +107,22 @@ TEST(demo, serve_keeps_the_api_up_until_ctrl_c) {
   EXPECT_NE(err.find("curl -s http://127.0.0.1:"), std::string::npos) << err;
   auto port = demo_api_port(demo);
   ASSERT_GT(port, 0) << err;
-  // Still serving: the status the API gives counts the demo's sessions.
+  // The chat line it printed works as pasted.
+  auto at = err.find("curl -s http://127.0.0.1:", err.find("/v1/chat/completions") - 60);
+  ASSERT_NE(at, std::string::npos) << err;
+  auto line = err.substr(at, err.find('\n', at) - at);
+  ASSERT_NE(line.find("/v1/chat/completions"), std::string::npos) << line;
+  auto [crc, answer] = run_shell(line);
+  ASSERT_EQ(crc, 0) << line << "\n" << answer;
+  auto chat = nlohmann::json::parse(answer, nullptr, false);
+  EXPECT_NE(chat["choices"][0]["message"]["content"].get<std::string>().find("Hello pool"),
+            std::string::npos) << answer;
+  // Still serving: the status the API gives counts the demo's sessions (and
+  // the chat's own session).
   auto body = api_status(port);
   ASSERT_TRUE(body.is_object());
   EXPECT_EQ(body["sessions"]["completed"].get<int>() + body["sessions"]["failed"].get<int>(),
-            10) << body.dump();
+            11) << body.dump();
   EXPECT_TRUE(demo.running());
   demo.signal(SIGINT);
   EXPECT_EQ(demo.wait_exit(60s), 0) << demo.errors();
