@@ -163,6 +163,26 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
+  void change_member(const std::string& op, uint64_t id, const std::string& address,
+                     json_cb cb) override {
+    auto sup = sup_;
+    auto gw = gw_;
+    auto* sys = &sys_;
+    sys_.spawn([=](caf::event_based_actor* self) {
+      // A new member may take up to a minute to catch up before its vote.
+      self->request(sup, std::chrono::seconds(90), member_atom::value, op, id, address)
+        .then(
+          [=](const std::string& text) {
+            auto j = nlohmann::json::parse(text, nullptr, false);
+            cb(j.is_discarded() ? nlohmann::json::object() : j, std::nullopt);
+          },
+          [=](caf::error& err) {
+            with_leader_http(self, gw, to_api_error(*sys, err),
+                             [cb](api_error e) { cb({}, std::move(e)); });
+          });
+    });
+  }
+
   void command(const pb::Command& c, done_cb cb) override {
     auto sup = sup_;
     auto gw = gw_;

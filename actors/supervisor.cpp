@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "cluster_config.hpp"
 #include "event_view.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
@@ -74,6 +75,13 @@ struct supervisor_state {
   std::map<uint64_t, caf::response_promise> transfers;
   uint64_t next_transfer = 1;
   uint64_t rotations = 0;  // scheduled hand-overs that succeeded
+  // Membership changes asked by operators, waiting for the log; a leader
+  // asked to remove itself hands over first (`handing_over`).
+  struct member_change {
+    caf::response_promise rp;
+    bool handing_over = false;
+  };
+  std::map<uint64_t, member_change> member_changes;
   static inline const char* name = "pool_supervisor";
 };
 
@@ -288,10 +296,42 @@ void flush(self_ptr self) {
 
 // -- cluster mode ---------------------------------------------------------------
 
+/// What is known of member `id`: the cluster file's entry, or (a member
+/// added while the cluster runs) what its address in the configuration says.
+cluster_member member_info(self_ptr self, uint64_t id, const log_status& s) {
+  auto& cfg = self->state.cfg;
+  if (auto i = cfg.member_addresses.find(id); i != cfg.member_addresses.end()) {
+    cluster_member m;
+    m.id = id;
+    m.address = i->second;
+    if (auto h = cfg.member_http.find(id); h != cfg.member_http.end())
+      m.http = h->second;
+    for (auto& x : s.members)
+      if (x.id == id)
+        m.raft = member_from_config(id, x.address).raft;
+    return m;
+  }
+  for (auto& x : s.members)
+    if (x.id == id)
+      return member_from_config(id, x.address);
+  return cluster_member{};
+}
+
 std::string client_address(self_ptr self, uint64_t member) {
-  auto& m = self->state.cfg.member_addresses;
-  auto i = m.find(member);
-  return i == m.end() ? std::string{} : i->second;
+  return member_info(self, member, self->state.cfg.cluster_log->status()).address;
+}
+
+/// The voters' ids, in order (the cluster file's members when the log names
+/// none).
+std::vector<uint64_t> voter_ids(self_ptr self) {
+  std::vector<uint64_t> out;
+  for (auto& m : self->state.cfg.cluster_log->status().members)
+    if (m.role == log_member::kind::voter)
+      out.push_back(m.id);
+  if (out.empty())
+    for (auto& [id, a] : self->state.cfg.member_addresses)
+      out.push_back(id);
+  return out;
 }
 
 std::string not_leader_detail(self_ptr self) {
@@ -468,12 +508,12 @@ void on_lead(self_ptr self, uint64_t term) {
 void rotate_after(self_ptr self, uint64_t term, uint64_t after) {
   auto& st = self->state;
   auto me = st.cfg.cluster_log->status().id;
-  auto& ms = st.cfg.member_addresses;
+  auto ms = voter_ids(self);
   uint64_t next = 0;
-  if (auto i = ms.upper_bound(after); i != ms.end())
-    next = i->first;
+  if (auto i = std::upper_bound(ms.begin(), ms.end(), after); i != ms.end())
+    next = *i;
   else if (!ms.empty())
-    next = ms.begin()->first;
+    next = ms.front();
   if (next == 0 || next == me) {
     log("supervisor")->warn("scheduled rotation: no other member took "
                             "leadership; leading term {} for another {} ms",
@@ -635,6 +675,82 @@ caf::behavior handlers(self_ptr self) {
         });
       return rp;
     },
+    // An operator changes the membership ("add" member `id` at `address`,
+    // as member_config_address writes it; or "remove" it): answers once the
+    // change is done, or a refusal. A leader asked to remove itself hands
+    // leadership over first, then answers not_leader naming the new leader
+    // (the API sends the operator there to ask again).
+    [=](member_atom, const std::string& op, uint64_t id,
+        const std::string& address) -> caf::result<std::string> {
+      auto& st = self->state;
+      if (!st.cfg.cluster_log)
+        return make_refusal("not_supported", "a single oracle has no members "
+                                             "to change");
+      auto s = st.cfg.cluster_log->status();
+      if (s.role != log_role::leader)
+        return make_refusal("not_leader", not_leader_detail(self));
+      if (op != "add" && op != "remove")
+        return make_refusal("bad_field", "op: add or remove");
+      auto req = st.next_transfer++;
+      auto rp = self->make_response_promise();
+      auto me = caf::actor{self};
+      auto answer = [me, req](std::string error) {
+        caf::anon_send(me, member_atom::value, req, std::move(error));
+      };
+      if (op == "remove" && id == s.id) {
+        bool others = false;
+        for (auto& m : s.members)
+          others |= m.id != id && m.role == log_member::kind::voter;
+        if (!others)
+          return make_refusal("membership_refused",
+                              "member " + std::to_string(id) + " is the last voter");
+        st.member_changes[req] = {rp, true};
+        st.cfg.cluster_log->transfer(0, answer);
+        return rp;
+      }
+      st.member_changes[req] = {rp, false};
+      if (op == "add")
+        st.cfg.cluster_log->add_member(id, address, answer);
+      else
+        st.cfg.cluster_log->remove_member(id, answer);
+      return rp;
+    },
+    [=](member_atom, uint64_t req, const std::string& error) {
+      auto& st = self->state;
+      auto i = st.member_changes.find(req);
+      if (i == st.member_changes.end())
+        return;
+      if (!error.empty() || !i->second.handing_over) {
+        auto rp = i->second.rp;
+        st.member_changes.erase(i);
+        if (!error.empty())
+          return rp.deliver(make_refusal("membership_refused", error));
+        auto s = st.cfg.cluster_log->status();
+        nlohmann::json j;
+        j["members"] = nlohmann::json::array();
+        for (auto& m : s.members)
+          j["members"].push_back({{"id", m.id}, {"role", to_string(m.role)}});
+        return rp.deliver(j.dump());
+      }
+      // Handed over: once the new leader is heard from, the operator is
+      // sent there.
+      self->send(self, member_atom::value, req, int32_t{0});
+    },
+    [=](member_atom, uint64_t req, int32_t tries) {
+      auto& st = self->state;
+      auto i = st.member_changes.find(req);
+      if (i == st.member_changes.end())
+        return;
+      auto s = st.cfg.cluster_log->status();
+      if ((s.leader_id == 0 || s.leader_id == s.id) && tries < 200) {
+        self->delayed_send(self, std::chrono::milliseconds(10), member_atom::value,
+                           req, tries + 1);
+        return;
+      }
+      auto rp = i->second.rp;
+      st.member_changes.erase(i);
+      rp.deliver(make_refusal("not_leader", not_leader_detail(self)));
+    },
     // Scheduled rotation: the window of the term this member leads ended.
     [=](rotate_atom, uint64_t term) {
       auto& st = self->state;
@@ -697,25 +813,40 @@ caf::behavior handlers(self_ptr self) {
       auto& st = self->state;
       if (!st.cfg.cluster_log)
         return j.dump();
-      nlohmann::json members = nlohmann::json::array();
-      for (auto& [id, addr] : st.cfg.member_addresses) {
-        nlohmann::json m{{"id", id}, {"address", addr}};
-        if (auto h = st.cfg.member_http.find(id); h != st.cfg.member_http.end())
-          m["http"] = h->second;
-        members.push_back(std::move(m));
-      }
-      j["members"] = std::move(members);
       auto s = st.cfg.cluster_log->status();
+      nlohmann::json members = nlohmann::json::array();
+      auto add = [&](uint64_t id, const char* role, std::optional<bool> reachable) {
+        auto info = member_info(self, id, s);
+        nlohmann::json m{{"id", id}, {"address", info.address}, {"role", role}};
+        if (!info.http.empty())
+          m["http"] = info.http;
+        if (!info.raft.empty())
+          m["raft"] = info.raft;
+        if (reachable)
+          m["reachable"] = *reachable;
+        members.push_back(std::move(m));
+      };
+      if (s.members.empty())
+        for (auto& [id, addr] : st.cfg.member_addresses)
+          add(id, "voter", std::nullopt);
+      for (auto& x : s.members)
+        add(x.id, to_string(x.role),
+            s.role == log_role::leader ? std::optional<bool>{x.reachable} : std::nullopt);
+      j["members"] = std::move(members);
+      if (!s.changing.empty())
+        j["changing"] = s.changing;
       j["id"] = s.id;
       j["role"] = to_string(s.role);
       j["ready"] = s.ready;
       j["term"] = s.term;
       j["leader_id"] = s.leader_id;
       j["leader_address"] = s.leader_address;  // its Raft listener
-      j["leader_client_address"] = client_address(self, s.leader_id);
-      if (auto h = st.cfg.member_http.find(s.leader_id);
-          h != st.cfg.member_http.end())
-        j["leader_http_address"] = h->second;
+      {
+        auto leader = member_info(self, s.leader_id, s);
+        j["leader_client_address"] = leader.address;
+        if (!leader.http.empty())
+          j["leader_http_address"] = leader.http;
+      }
       j["commit_index"] = s.commit_index;
       j["applied_index"] = s.applied_index;
       j["last_index"] = s.last_index;

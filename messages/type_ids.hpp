@@ -44,5 +44,6 @@ CAF_ADD_ATOM(nodepool, nodepool, reset_atom, "reset")
 CAF_ADD_ATOM(nodepool, nodepool, cluster_atom, "cluster")
 CAF_ADD_ATOM(nodepool, nodepool, transfer_atom, "transfer")
 CAF_ADD_ATOM(nodepool, nodepool, rotate_atom, "rotate")
+CAF_ADD_ATOM(nodepool, nodepool, member_atom, "member")
 
 CAF_END_TYPE_ID_BLOCK(nodepool)

@@ -45,6 +45,26 @@ split_host_port(const std::string& s) {
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(n));
 }
 
+std::string member_config_address(const cluster_member& m) {
+  if (m.address.empty() && m.http.empty())
+    return m.raft;
+  return m.raft + ";" + m.address + ";" + m.http;
+}
+
+cluster_member member_from_config(uint64_t id, const std::string& address) {
+  cluster_member m;
+  m.id = id;
+  auto a = address.find(';');
+  m.raft = address.substr(0, a);
+  if (a != std::string::npos) {
+    auto b = address.find(';', a + 1);
+    m.address = address.substr(a + 1, b == std::string::npos ? std::string::npos : b - a - 1);
+    if (b != std::string::npos)
+      m.http = address.substr(b + 1);
+  }
+  return m;
+}
+
 namespace {
 
 tests_files tests_of(const toml::table& tbl, const std::string& source) {

@@ -22,6 +22,16 @@ struct cluster_member {
   std::string http;     // host:port of its HTTP API (optional)
 };
 
+/// A member's address in the Raft configuration. Members of the cluster
+/// file are there by their Raft listener alone (the file names the rest);
+/// a member added while the cluster runs carries its client and HTTP
+/// addresses too, "RAFT;CLIENT;HTTP" (HTTP may be empty), so that every
+/// member learns them with the configuration. The transport is given the
+/// part before the first ';'.
+std::string member_config_address(const cluster_member& m);
+/// The member `id` at `address` (as member_config_address wrote it).
+cluster_member member_from_config(uint64_t id, const std::string& address);
+
 /// A cluster file (TOML): every member, the replication's timing, and the
 /// pool's parameters ([pool], read by load_params as in a config file).
 ///

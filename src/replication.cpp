@@ -13,6 +13,15 @@ const char* to_string(propose_status s) {
   return "unknown";
 }
 
+const char* to_string(log_member::kind k) {
+  switch (k) {
+    case log_member::kind::voter: return "voter";
+    case log_member::kind::standby: return "standby";
+    case log_member::kind::spare: return "spare";
+  }
+  return "unknown";
+}
+
 const char* to_string(log_role r) {
   switch (r) {
     case log_role::unavailable: return "unavailable";

@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace nodepool {
@@ -37,6 +38,17 @@ enum class log_role { unavailable, follower, candidate, leader };
 const char* to_string(log_role r);
 
 /// A member's view of the log.
+/// A member of the group as the log's configuration has it.
+struct log_member {
+  uint64_t id = 0;
+  std::string address;  // as the configuration holds it (member_config_address)
+  enum class kind { voter, standby, spare } role = kind::voter;
+  /// On a leader: this member, or one heard from within an election
+  /// timeout. Elsewhere false.
+  bool reachable = false;
+};
+const char* to_string(log_member::kind k);
+
 struct log_status {
   uint64_t id = 0;
   log_role role = log_role::unavailable;
@@ -53,6 +65,11 @@ struct log_status {
   /// Messages refused because their sender is not a member (a stranger on
   /// the Raft port, or an oracle of another cluster file).
   uint64_t refused_peers = 0;
+  /// The configuration this member knows (the latest it holds, committed or
+  /// not), in id order.
+  std::vector<log_member> members;
+  /// A membership change under way here (leader): what it is doing.
+  std::string changing;
 };
 
 /// The seam between the pool and a consensus library: PoolState and the
@@ -80,6 +97,20 @@ public:
   virtual void transfer(uint64_t to, transfer_fn done) {
     (void)to;
     done("this log cannot transfer leadership");
+  }
+  /// Membership, asked of the leader (this member); `done` as for transfer.
+  /// add_member: member `id` at `address` joins as a non-voter (standby),
+  /// catches up (by snapshot when it is far behind), then becomes a voter.
+  /// remove_member: refused when the voters left would not have a reachable
+  /// majority, or when `id` is this member (hand leadership over first).
+  virtual void add_member(uint64_t id, std::string address, transfer_fn done) {
+    (void)id;
+    (void)address;
+    done("this log has no members to change");
+  }
+  virtual void remove_member(uint64_t id, transfer_fn done) {
+    (void)id;
+    done("this log has no members to change");
   }
   /// Stops taking part: proposals still pending end (leadership_lost or
   /// shutdown), later ones end as shutdown, and no callback runs after it

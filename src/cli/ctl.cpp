@@ -292,24 +292,61 @@ void add_ctl(CLI::App& app) {
     return do_post(c, "/api/v1/admin/sessions/" + *end_id + "/end",
                    json{{"failed", *failed}}.dump(), o->json_out);
   }));
-  cmd->add_subcommand("members", "a cluster's members, and which one leads")
-    ->callback(run([o](api_client& c) {
-      auto a = c.get("/api/v1/members");
-      if (int rc = check(a, o->json_out))
-        return rc;
-      if (o->json_out)
-        return std::printf("%s\n", a.body.dump().c_str()), 0;
-      std::vector<std::vector<std::string>> rows{{"ID", "ADDRESS", "HTTP", "ROLE"}};
-      for (auto& m : a.body["members"])
-        rows.push_back({text(m["id"]), text(m["address"]),
-                        m.contains("http") ? text(m["http"]) : "-",
-                        m.value("leader", false) ? "leader" : "follower"});
-      if (a.body["members"].empty())
-        std::printf("a single oracle (no cluster)\n");
-      else
-        table(rows);
-      return 0;
-    }));
+  auto* mem = cmd->add_subcommand(
+    "members", "a cluster's members and which one leads; add or remove one");
+  mem->require_subcommand(0, 1);
+  mem->callback(run([o, mem](api_client& c) {
+    if (!mem->get_subcommands().empty())
+      return 0;  // `members add` / `members remove` did the work
+    auto a = c.get("/api/v1/members");
+    if (int rc = check(a, o->json_out))
+      return rc;
+    if (o->json_out)
+      return std::printf("%s\n", a.body.dump().c_str()), 0;
+    std::vector<std::vector<std::string>> rows{
+      {"ID", "ADDRESS", "HTTP", "ROLE", "VOTE", "REACHABLE"}};
+    for (auto& m : a.body["members"])
+      rows.push_back({text(m["id"]), text(m["address"]),
+                      m.contains("http") ? text(m["http"]) : "-",
+                      m.value("leader", false) ? "leader" : "follower",
+                      m.contains("role") ? text(m["role"]) : "voter",
+                      m.contains("reachable") ? (m["reachable"].get<bool>() ? "yes" : "no")
+                                              : "-"});
+    if (a.body["members"].empty())
+      std::printf("a single oracle (no cluster)\n");
+    else
+      table(rows);
+    if (a.body.contains("changing"))
+      std::printf("\nunder way: %s\n", text(a.body["changing"]).c_str());
+    return 0;
+  }));
+  struct add_args {
+    uint64_t id = 0;
+    std::string raft, address, http;
+  };
+  auto add = std::make_shared<add_args>();
+  auto* ma = mem->add_subcommand(
+    "add", "add a member started with --join: a non-voter until it caught up, "
+           "then a voter");
+  ma->add_option("ID", add->id, "its member id")->required()->check(CLI::PositiveNumber);
+  ma->add_option("RAFT", add->raft, "host:port of its Raft listener")->required();
+  ma->add_option("--address", add->address, "host:port for miners and clients")
+    ->required();
+  ma->add_option("--http", add->http, "host:port of its HTTP API");
+  ma->callback(run([o, add](api_client& c) {
+    json b{{"id", add->id}, {"raft", add->raft}, {"address", add->address}};
+    if (!add->http.empty())
+      b["http"] = add->http;
+    return do_post(c, "/api/v1/admin/members", b.dump(), o->json_out);
+  }));
+  auto rm = std::make_shared<uint64_t>(0);
+  auto* mr = mem->add_subcommand(
+    "remove", "remove a member (the leader hands leadership over first)");
+  mr->add_option("ID", *rm, "its member id")->required()->check(CLI::PositiveNumber);
+  mr->callback(run([o, rm](api_client& c) {
+    return do_post(c, "/api/v1/admin/members/" + std::to_string(*rm) + "/remove",
+                   "", o->json_out);
+  }));
   auto to = std::make_shared<uint64_t>(0);
   auto* tl = cmd->add_subcommand("transfer-leader",
                                  "hand the cluster's leadership to another member");

@@ -98,6 +98,7 @@ struct oracle_options {
   std::string join_tokens;  // file of join tokens
   std::string cluster;      // cluster file: run as one member of it
   uint64_t id = 0;          // ... this member's id
+  bool join = false;        // ... joining a running cluster (ctl members add)
   http_options api;          // the HTTP API ([http] in the config file)
   tests_files tests;         // --bank, --test-secret ([tests])
 };
@@ -182,6 +183,7 @@ cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
   ro.snapshot_threshold = cc.snapshot_threshold;
   ro.snapshot_trailing = cc.snapshot_trailing;
   ro.install_snapshot_timeout_ms = cc.install_snapshot_timeout_ms;
+  ro.join = o.join;
   std::string err;
   auto roles = c.roles;
   auto l = start_raft_log(ro, *c.machine,
@@ -1238,6 +1240,9 @@ void add_oracle(CLI::App& app) {
                   "cluster file (TOML: [[member]] id, raft, address; [raft]; "
                   "[pool]): run as one member of a replicated pool");
   cmd->add_option("--id", o->id, "this member's id in the cluster file");
+  cmd->add_flag("--join", o->join,
+                "a new member of a running cluster: start without bootstrapping "
+                "and wait until the leader adds it (nodepool ctl members add)");
   cmd->add_option("--bank", o->tests.bank,
                   "challenge bank of cognitive tests (JSONL; default: the "
                   "builtin deploy/banks/default.jsonl)");

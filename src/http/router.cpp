@@ -1,4 +1,5 @@
 #include "http/router.hpp"
+#include "cluster_config.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -154,7 +155,7 @@ int status_for(const std::string& code) {
     {"bad_session_id", 400},    {"empty_command", 400},
     {"unknown_node", 404},      {"retired", 409},
     {"no_change", 409},         {"not_supported", 501},
-    {"transfer_failed", 409},
+    {"transfer_failed", 409},   {"membership_refused", 409},
   };
   auto i = codes.find(code);
   return i == codes.end() ? 500 : i->second;
@@ -1052,6 +1053,49 @@ void router::admin(const std::shared_ptr<call>& c,
                                return refused(*err);
                              c->rep->send(json_response(200, out));
                            });
+  }
+  // /api/v1/admin/members, body {id, raft, address, http}: a new member
+  // (started with --join) is added as a non-voter, caught up, then made a
+  // voter; /api/v1/admin/members/{id}/remove takes one out.
+  if (parts.size() == 4 && parts[3] == "members") {
+    int64_t id = 0;
+    std::string raft, address, http;
+    if (!field(body, "id", id, e, "a member id, an integer")
+        || !field(body, "raft", raft, e, "host:port of its Raft listener")
+        || !field(body, "address", address, e, "host:port for miners and clients")
+        || !field(body, "http", http, e, "host:port of its HTTP API"))
+      return send_bad(c->rep, e);
+    if (id <= 0)
+      return send_bad(c->rep, {"bad_field", "id: a member id, > 0"});
+    for (auto [name, v] : {std::pair{"raft", &raft}, {"address", &address}})
+      if (!split_host_port(*v))
+        return send_bad(c->rep, {"bad_field", std::string{name} + ": required, host:port"});
+    if (!http.empty() && !split_host_port(http))
+      return send_bad(c->rep, {"bad_field", "http: host:port"});
+    cluster_member m;
+    m.id = static_cast<uint64_t>(id);
+    m.raft = raft;
+    m.address = address;
+    m.http = http;
+    return pool_->change_member("add", m.id, member_config_address(m),
+                                [c, refused](json out, std::optional<api_error> err) {
+                                  if (err)
+                                    return refused(*err);
+                                  c->rep->send(json_response(200, out));
+                                });
+  }
+  if (parts.size() == 6 && parts[3] == "members" && parts[5] == "remove") {
+    uint64_t id = 0;
+    auto& t = parts[4];
+    if (t.empty() || t.size() > 19 || t.find_first_not_of("0123456789") != std::string::npos
+        || (id = std::stoull(t)) == 0)
+      return send_bad(c->rep, {"bad_field", "member id: a positive integer"});
+    return pool_->change_member("remove", id, "",
+                                [c, refused](json out, std::optional<api_error> err) {
+                                  if (err)
+                                    return refused(*err);
+                                  c->rep->send(json_response(200, out));
+                                });
   }
   // /api/v1/admin/miners/{id}/{drain,undrain,retire}
   if (parts.size() == 6 && parts[3] == "miners") {

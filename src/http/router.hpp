@@ -125,6 +125,15 @@ class pool_api {
     (void)to;
     cb({}, api_error{"not_supported", "this pool cannot transfer leadership"});
   }
+  /// Changes a cluster's membership: `op` "add" (member `id` at `address`,
+  /// "RAFT;CLIENT;HTTP") or "remove"; answers {members[]} once done.
+  virtual void change_member(const std::string& op, uint64_t id,
+                             const std::string& address, json_cb cb) {
+    (void)op;
+    (void)id;
+    (void)address;
+    cb({}, api_error{"not_supported", "this pool has no members to change"});
+  }
 };
 
 struct router_config {

@@ -12,6 +12,7 @@ extern "C" {
 }
 
 #include "log.hpp"
+#include "cluster_config.hpp"
 #include "raft/raft_member.hpp"
 
 namespace nodepool {
@@ -57,6 +58,15 @@ public:
       return false;
     }
     transport_open_ = true;
+    // Members added while the cluster runs are in the configuration as
+    // "RAFT;CLIENT;HTTP" (member_config_address): the TCP transport is
+    // given the Raft listener alone.
+    tcp_connect() = transport_.connect;
+    transport_.connect = [](struct raft_uv_transport* t, struct raft_uv_connect* req,
+                            raft_id id, const char* address, raft_uv_connect_cb cb) {
+      auto raft = member_from_config(id, address ? address : "").raft;
+      return tcp_connect()(t, req, id, raft.c_str(), cb);
+    };
     if (int rv = raft_uv_init(&io_, &loop_, opts_.dir.c_str(), &transport_);
         rv != 0) {
       error = std::string{"raft_uv_init("} + opts_.dir + "): " + io_.errmsg;
@@ -71,22 +81,24 @@ public:
     }
     raft_open_ = true;
     member_.attach(&raft_);
-    struct raft_configuration conf;
-    raft_configuration_init(&conf);
-    for (auto& m : opts_.members)
-      if (int rv = raft_configuration_add(&conf, m.id, m.address.c_str(),
-                                          RAFT_VOTER);
-          rv != 0) {
-        raft_configuration_close(&conf);
-        error = "member " + std::to_string(m.id) + " (" + m.address
-                + "): " + raft_strerror(rv);
+    if (!opts_.join) {
+      struct raft_configuration conf;
+      raft_configuration_init(&conf);
+      for (auto& m : opts_.members)
+        if (int rv = raft_configuration_add(&conf, m.id, m.address.c_str(),
+                                            RAFT_VOTER);
+            rv != 0) {
+          raft_configuration_close(&conf);
+          error = "member " + std::to_string(m.id) + " (" + m.address
+                  + "): " + raft_strerror(rv);
+          return false;
+        }
+      int rv = raft_bootstrap(&raft_, &conf);
+      raft_configuration_close(&conf);
+      if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) {
+        error = std::string{"raft_bootstrap: "} + raft_errmsg(&raft_);
         return false;
       }
-    int rv = raft_bootstrap(&raft_, &conf);
-    raft_configuration_close(&conf);
-    if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) {
-      error = std::string{"raft_bootstrap: "} + raft_errmsg(&raft_);
-      return false;
     }
     raft_set_election_timeout(&raft_, opts_.election_timeout_ms);
     raft_set_heartbeat_timeout(&raft_, opts_.heartbeat_timeout_ms);
@@ -134,15 +146,18 @@ public:
   }
 
   void transfer(uint64_t to, transfer_fn done) override {
-    {
-      std::lock_guard<std::mutex> g{mu_};
-      if (!stopping_) {
-        transfers_.emplace_back(to, std::move(done));
-        uv_async_send(&wake_);
-        return;
-      }
-    }
-    done("the replicated log is stopping");
+    on_loop([this, to](transfer_fn d) { start_transfer(to, std::move(d)); },
+            std::move(done));
+  }
+
+  void add_member(uint64_t id, std::string address, transfer_fn done) override {
+    on_loop([this, id, address](transfer_fn d) { start_add(id, address, std::move(d)); },
+            std::move(done));
+  }
+
+  void remove_member(uint64_t id, transfer_fn done) override {
+    on_loop([this, id](transfer_fn d) { start_remove(id, std::move(d)); },
+            std::move(done));
   }
 
   /// Closes raft (pending proposals end as leadership_lost or shutdown)
@@ -178,11 +193,216 @@ public:
   }
 
 private:
+  /// raft_uv_tcp's own connect (the same for every transport it makes).
+  using connect_fn = int (*)(struct raft_uv_transport*, struct raft_uv_connect*,
+                             raft_id, const char*, raft_uv_connect_cb);
+  static connect_fn& tcp_connect() {
+    static connect_fn f = nullptr;
+    return f;
+  }
+
+  /// Runs `f(done)` on the loop's thread, or says the log is stopping.
+  void on_loop(std::function<void(transfer_fn)> f, transfer_fn done) {
+    {
+      std::lock_guard<std::mutex> g{mu_};
+      if (!stopping_) {
+        tasks_.emplace_back(std::move(f), std::move(done));
+        uv_async_send(&wake_);
+        return;
+      }
+    }
+    done("the replicated log is stopping");
+  }
+
   void refresh() {
     member_.poll();
+    check_change();
     auto st = member_.status();
+    if (change_)
+      st.changing = change_->what();
     std::lock_guard<std::mutex> g{mu_};
     status_ = st;
+  }
+
+  // -- membership ------------------------------------------------------------
+
+  /// The one membership change libraft allows at a time, and its stage.
+  struct change_req {
+    struct raft_change req {};
+    raft_log* log = nullptr;
+    enum { adding, standing_by, catching_up, promoting, removing } stage = adding;
+    uint64_t id = 0;
+    raft_index target = 0;  // catching up: the index it must reach
+    uint64_t deadline = 0;  // ... by then (raft's clock)
+    transfer_fn done;
+    std::string what() const {
+      static const char* names[] = {"adding", "standing by", "catching up",
+                                    "promoting", "removing"};
+      return std::string{names[stage]} + " member " + std::to_string(id);
+    }
+  };
+
+  /// How long a new member may take to catch up before it is promoted.
+  static constexpr uint64_t catch_up_limit_ms = 60000;
+
+  int index_of(uint64_t id) const {
+    for (unsigned i = 0; i < raft_.configuration.n; ++i)
+      if (raft_.configuration.servers[i].id == id)
+        return static_cast<int>(i);
+    return -1;
+  }
+
+  /// Heard from within an election timeout (this member: always).
+  bool reachable(uint64_t id) {
+    if (id == raft_.id)
+      return true;
+    auto heard = heard_from(raft_.io, id);
+    return heard > 0 && raft_.io->time(raft_.io) - heard <= raft_.election_timeout;
+  }
+
+  std::string not_leading() {
+    return raft_state(&raft_) == RAFT_LEADER ? std::string{}
+                                             : "this member does not lead";
+  }
+
+  void finish_change(const std::string& error) {
+    auto c = std::move(change_);
+    if (c)
+      c->done(error);
+  }
+
+  static void change_cb(struct raft_change* r, int status) {
+    auto* c = static_cast<change_req*>(r->data);
+    c->log->on_change(status);
+  }
+
+  void on_change(int status) {
+    if (!change_)
+      return;
+    auto& c = *change_;
+    if (status != 0)
+      return finish_change(std::string{"member "} + std::to_string(c.id) + ": "
+                           + raft_strerror(status)
+                           + (c.stage == change_req::promoting
+                                ? " (it stays a non-voter)" : ""));
+    switch (c.stage) {
+      case change_req::adding: {
+        // A spare gets nothing: as a standby it is sent the log (or a
+        // snapshot), without a vote yet.
+        c.stage = change_req::standing_by;
+        if (int rv = raft_assign(&raft_, &c.req, c.id, RAFT_STANDBY, change_cb); rv != 0)
+          return finish_change(std::string{"member "} + std::to_string(c.id)
+                               + " added, but not made a standby: "
+                               + raft_strerror(rv));
+        return;
+      }
+      case change_req::standing_by:
+        c.stage = change_req::catching_up;
+        c.target = raft_last_index(&raft_);
+        c.deadline = raft_.io->time(raft_.io) + catch_up_limit_ms;
+        return check_change();
+      case change_req::promoting:
+      case change_req::removing:
+        return finish_change("");
+      case change_req::catching_up:
+        return;
+    }
+  }
+
+  /// Catching up: promoted once it holds what the leader held when it became
+  /// a standby (libraft then runs its own catch-up rounds before the vote).
+  void check_change() {
+    if (!change_ || change_->stage != change_req::catching_up)
+      return;
+    auto& c = *change_;
+    if (raft_state(&raft_) != RAFT_LEADER)
+      return finish_change("leadership moved while member " + std::to_string(c.id)
+                           + " caught up: it stays a non-voter (standby)");
+    auto i = index_of(c.id);
+    if (i < 0)
+      return finish_change("member " + std::to_string(c.id)
+                           + " left the configuration while it caught up");
+    if (raft_.leader_state.progress[i].match_index >= c.target) {
+      c.stage = change_req::promoting;
+      if (int rv = raft_assign(&raft_, &c.req, c.id, RAFT_VOTER, change_cb); rv != 0)
+        finish_change(std::string{"member "} + std::to_string(c.id)
+                      + " caught up, but was not made a voter: " + raft_strerror(rv));
+      return;
+    }
+    if (raft_.io->time(raft_.io) > c.deadline)
+      finish_change("member " + std::to_string(c.id) + " did not catch up within "
+                    + std::to_string(catch_up_limit_ms / 1000)
+                    + " s (is it running, with --join?): it stays a non-voter "
+                      "(standby); remove it or add it again");
+  }
+
+  std::unique_ptr<change_req> new_change(uint64_t id, transfer_fn done) {
+    auto c = std::make_unique<change_req>();
+    c->log = this;
+    c->id = id;
+    c->done = std::move(done);
+    c->req.data = c.get();
+    return c;
+  }
+
+  void start_add(uint64_t id, const std::string& address, transfer_fn done) {
+    if (auto e = not_leading(); !e.empty())
+      return done(e);
+    if (change_)
+      return done("a membership change is under way (" + change_->what() + ")");
+    if (id == 0)
+      return done("a member id is a positive integer");
+    if (auto i = index_of(id); i >= 0)
+      return done("member " + std::to_string(id) + " is already in the cluster (at "
+                  + member_from_config(id, raft_.configuration.servers[i].address).raft
+                  + ")");
+    auto raft_addr = member_from_config(id, address).raft;
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      auto& s = raft_.configuration.servers[i];
+      if (member_from_config(s.id, s.address).raft == raft_addr)
+        return done("member " + std::to_string(s.id) + " already listens at "
+                    + raft_addr);
+    }
+    change_ = new_change(id, std::move(done));
+    change_->stage = change_req::adding;
+    if (int rv = raft_add(&raft_, &change_->req, id, address.c_str(), change_cb); rv != 0)
+      finish_change(std::string{"cannot add member "} + std::to_string(id) + ": "
+                    + raft_strerror(rv));
+  }
+
+  void start_remove(uint64_t id, transfer_fn done) {
+    if (auto e = not_leading(); !e.empty())
+      return done(e);
+    if (change_)
+      return done("a membership change is under way (" + change_->what() + ")");
+    auto i = index_of(id);
+    if (i < 0)
+      return done("member " + std::to_string(id) + " is not in the cluster");
+    if (id == raft_.id)
+      return done("member " + std::to_string(id)
+                  + " leads: it hands leadership over before it is removed");
+    if (raft_.configuration.servers[i].role == RAFT_VOTER) {
+      // The voters left must still have a majority that answers.
+      unsigned voters = 0, up = 0;
+      for (unsigned k = 0; k < raft_.configuration.n; ++k) {
+        auto& s = raft_.configuration.servers[k];
+        if (s.role != RAFT_VOTER || s.id == id)
+          continue;
+        ++voters;
+        up += reachable(s.id) ? 1 : 0;
+      }
+      if (voters == 0)
+        return done("member " + std::to_string(id) + " is the last voter");
+      if (up * 2 <= voters)
+        return done("removing member " + std::to_string(id) + " would leave "
+                    + std::to_string(up) + " of " + std::to_string(voters)
+                    + " voters reachable: no quorum; bring members back first");
+    }
+    change_ = new_change(id, std::move(done));
+    change_->stage = change_req::removing;
+    if (int rv = raft_remove(&raft_, &change_->req, id, change_cb); rv != 0)
+      finish_change(std::string{"cannot remove member "} + std::to_string(id)
+                    + ": " + raft_strerror(rv));
   }
 
   /// A transfer libraft is running: the request and who waits for it.
@@ -194,6 +414,10 @@ private:
   void start_transfer(uint64_t to, transfer_fn done) {
     if (raft_.transfer != nullptr)
       return done("a leadership transfer is under way");
+    if (to != 0 && raft_state(&raft_) == RAFT_LEADER && index_of(to) >= 0
+        && !reachable(to))
+      return done("member " + std::to_string(to) + " has not been heard from "
+                  "within an election timeout (is it down?): leadership stays");
     auto* t = new transfer_req;
     t->done = std::move(done);
     t->req.data = t;
@@ -216,19 +440,19 @@ private:
 
   void on_wake() {
     std::deque<std::pair<std::string, done_fn>> q;
-    std::deque<std::pair<uint64_t, transfer_fn>> transfers;
+    std::deque<std::pair<std::function<void(transfer_fn)>, transfer_fn>> tasks;
     bool stopping;
     {
       std::lock_guard<std::mutex> g{mu_};
       q.swap(queue_);
-      transfers.swap(transfers_);
+      tasks.swap(tasks_);
       stopping = stopping_;
     }
-    for (auto& [to, done] : transfers)
+    for (auto& [f, done] : tasks)
       if (stopping)
         done("the replicated log is stopping");
       else
-        start_transfer(to, std::move(done));
+        f(std::move(done));
     for (auto& [entry, done] : q)
       if (stopping)
         done(propose_status::shutdown, 0);
@@ -236,6 +460,8 @@ private:
         member_.propose(std::move(entry), std::move(done));
     if (stopping && !closing_) {
       closing_ = true;
+      if (change_ && change_->stage == change_req::catching_up)
+        finish_change("the replicated log is stopping");
       uv_timer_stop(&timer_);
       uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
@@ -265,7 +491,8 @@ private:
   mutable std::mutex mu_;
   bool stopping_ = false;
   std::deque<std::pair<std::string, done_fn>> queue_;
-  std::deque<std::pair<uint64_t, transfer_fn>> transfers_;
+  std::deque<std::pair<std::function<void(transfer_fn)>, transfer_fn>> tasks_;
+  std::unique_ptr<change_req> change_;  // on the loop's thread
   log_status status_;
 };
 

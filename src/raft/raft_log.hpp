@@ -24,12 +24,16 @@ struct raft_options {
   unsigned snapshot_trailing = 128;    // entries kept after a snapshot
   unsigned install_snapshot_timeout_ms = 10000;  // resend an unanswered one
   bool pre_vote = true;
+  /// Joins a running cluster: a fresh directory is not bootstrapped; the
+  /// member waits, with no configuration, until a leader adds it.
+  bool join = false;
 };
 
 /// A member of a Raft group over libraft 0.15 (`raft_uv` on disk, the
 /// `raft_uv_tcp` transport), on a libuv loop of its own thread. The state
 /// machine is applied, and `role` called, on that thread. A fresh directory
-/// is bootstrapped with `members`; a directory with state resumes from it.
+/// is bootstrapped with `members` (unless it joins); a directory with state
+/// resumes from it.
 /// Returns nullptr and sets `error` when the member cannot start.
 std::unique_ptr<replicated_log> start_raft_log(const raft_options& opts,
                                                state_machine& sm,

@@ -1,5 +1,6 @@
 #include "raft/raft_member.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -47,6 +48,24 @@ struct raft_member::impl {
     st.applied_index = raft_last_applied(r);
     st.last_index = raft_last_index(r);
     st.ready = ready && st.role == log_role::leader && st.term == lead_term;
+    auto now = r->io->time(r->io);
+    for (unsigned i = 0; i < r->configuration.n; ++i) {
+      auto& s = r->configuration.servers[i];
+      log_member m;
+      m.id = s.id;
+      m.address = s.address ? s.address : "";
+      m.role = s.role == RAFT_VOTER     ? log_member::kind::voter
+               : s.role == RAFT_STANDBY ? log_member::kind::standby
+                                        : log_member::kind::spare;
+      if (st.role == log_role::leader) {
+        auto heard = heard_from(r->io, s.id);
+        m.reachable = s.id == r->id
+                      || (heard > 0 && now - heard <= r->election_timeout);
+      }
+      st.members.push_back(std::move(m));
+    }
+    std::sort(st.members.begin(), st.members.end(),
+              [](auto& a, auto& b) { return a.id < b.id; });
     return st;
   }
 
@@ -200,6 +219,7 @@ struct guarded_io {
   bool in_recv = false;     // any message is being received
   uint64_t strangers = 0;   // messages from servers not in the configuration
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
+  std::unordered_map<raft_id, raft_time> heard;  // server -> last message from it
 };
 
 std::mutex guard_mu;
@@ -285,6 +305,7 @@ void drop(struct raft_message* m) {
 
 void guarded_recv(struct raft_io* io, struct raft_message* m) {
   auto& gi = guard_of(io);
+  gi.heard[m->server_id] = io->time(io);
   // Only members take part. (A server joining with an empty configuration
   // hears from whoever leads; membership changes will need this again.)
   if (gi.r && gi.r->configuration.n > 0 && !is_member(gi.r, m->server_id)) {
@@ -341,6 +362,15 @@ uint64_t refused_peers_of(struct raft_io* io) {
   std::lock_guard<std::mutex> g{guard_mu};
   auto i = guarded.find(io);
   return i == guarded.end() ? 0 : i->second.strangers;
+}
+
+uint64_t heard_from(struct raft_io* io, uint64_t server) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  if (i == guarded.end())
+    return 0;
+  auto h = i->second.heard.find(server);
+  return h == i->second.heard.end() ? 0 : h->second;
 }
 
 uint64_t unaddressed_results_of(struct raft_io* io) {

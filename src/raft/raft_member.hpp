@@ -54,6 +54,9 @@ private:
 /// have sent after it stopped being a follower (or with no leader known).
 uint64_t refused_peers_of(struct raft_io* io);
 uint64_t unaddressed_results_of(struct raft_io* io);
+/// When the guard last heard from `server` on `io` (raft's clock, ms; 0:
+/// never).
+uint64_t heard_from(struct raft_io* io, uint64_t server);
 
 /// The bytes of an entry or snapshot as raft_member frames them (raft_uv
 /// stores 8-byte units): empty when the frame is not valid.

@@ -507,6 +507,7 @@ struct recording_io {
       recv = r;
       return 0;
     };
+    io.time = [](struct raft_io*) -> raft_time { return 1; };
   }
 };
 
