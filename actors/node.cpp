@@ -435,10 +435,60 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
   });
 }
 
+namespace {
+
+/// Whether something accepts TCP connections at host:port within
+/// `timeout`: a plain socket, outside CAF's middleman. The middleman
+/// handles one connection request at a time; asked for a member that was
+/// just killed, it was seen to hold every later request (to the members
+/// alive, the new leader among them) for 30 s. A member that refuses or
+/// does not answer here is not asked through it.
+bool accepts(const std::string& host, uint16_t port,
+             std::chrono::milliseconds timeout) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
+    return true;  // let the middleman say what is wrong
+  bool ok = false;
+  for (auto* a = res; a && !ok; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                      a->ai_protocol);
+    if (fd < 0)
+      continue;
+    int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
+    if (rc == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      if (::poll(&p, 1, static_cast<int>(timeout.count())) == 1) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        ok = err == 0;
+      }
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  return ok;
+}
+
+} // namespace
+
 caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
                                          const std::string& host,
                                          uint16_t port,
                                          std::chrono::milliseconds timeout) {
+  // A host that does not answer at all (down, or its link cut: SYN dropped)
+  // is found out here, in at most half a second: asked to connect to it,
+  // CAF's middleman would wait for TCP to give up (about two minutes) and
+  // hold every later request of this process behind it.
+  if (!accepts(host, port, std::min(timeout, std::chrono::milliseconds(500))))
+    return caf::make_error(caf::sec::cannot_connect_to_node,
+                           host + ":" + std::to_string(port)
+                             + " does not accept connections");
   // Through the middleman actor rather than the blocking remote_actor(): a
   // peer that never completes the handshake (TLS on one side only, say)
   // gives an error after `timeout` instead of a hang.
@@ -520,43 +570,6 @@ bool is_leader(caf::actor_system& sys, const caf::actor& gateway,
 
 namespace {
 
-/// Whether something accepts TCP connections at host:port within
-/// `timeout`: a plain socket, outside CAF's middleman. The middleman
-/// handles one connection request at a time; asked for a member that was
-/// just killed, it was seen to hold every later request (to the members
-/// alive, the new leader among them) for 30 s. A member that refuses or
-/// does not answer here is not asked through it.
-bool accepts(const std::string& host, uint16_t port,
-             std::chrono::milliseconds timeout) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
-    return true;  // let the middleman say what is wrong
-  bool ok = false;
-  for (auto* a = res; a && !ok; a = a->ai_next) {
-    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                      a->ai_protocol);
-    if (fd < 0)
-      continue;
-    int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
-    if (rc == 0) {
-      ok = true;
-    } else if (errno == EINPROGRESS) {
-      pollfd p{fd, POLLOUT, 0};
-      if (::poll(&p, 1, static_cast<int>(timeout.count())) == 1) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        ok = err == 0;
-      }
-    }
-    ::close(fd);
-  }
-  ::freeaddrinfo(res);
-  return ok;
-}
 
 } // namespace
 
@@ -570,14 +583,6 @@ caf::expected<caf::actor> connect_leader(
     if (!hp) {
       last = caf::make_error(caf::sec::invalid_argument,
                              "not HOST:PORT: '" + o + "'");
-      continue;
-    }
-    // Only a cluster's members are probed first: a single oracle is asked
-    // through the middleman directly, which says why it cannot connect.
-    if (oracles.size() > 1
-        && !accepts(hp->first, hp->second, std::min(timeout, std::chrono::milliseconds(200)))) {
-      last = caf::make_error(caf::sec::cannot_connect_to_node,
-                             o + " does not accept connections");
       continue;
     }
     auto gw = connect_oracle(sys, hp->first, hp->second, timeout);

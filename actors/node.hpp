@@ -69,7 +69,9 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
                       caf::actor gateway);
 
 /// Resolves the gateway of the oracle at host:port over CAF's middleman
-/// (over TLS when the actor system was configured with use_tls()).
+/// (over TLS when the actor system was configured with use_tls()). A host
+/// that does not accept a TCP connection within half a second (down, or cut
+/// off) is an error at once, before the middleman is asked.
 caf::expected<caf::actor> connect_oracle(
   caf::actor_system& sys, const std::string& host, uint16_t port,
   std::chrono::milliseconds timeout = std::chrono::seconds(10));

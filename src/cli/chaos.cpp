@@ -60,6 +60,7 @@ struct chaos_options {
   std::string dir;
   bool keep = false;
   size_t oracles = 1;  // 3 or 5: a replicated pool
+  bool partitions = false;  // members and miners in network namespaces
   std::string plot_dir;  // draw the run's timeline here (gnuplot)
 };
 
@@ -70,14 +71,19 @@ enum fault_kind : size_t {
   oracle_stop,
   miner_kill,
   miner_stop,
+  base_kinds,
+  // --partitions: a link goes down, then comes back.
+  oracle_cut = base_kinds,  // a member's: cut off from everyone
+  miner_cut,                // the miners' namespace's
   fault_kinds
 };
 
 const char* const fault_keys[fault_kinds] = {"oracle_kills", "oracle_stops",
-                                             "miner_kills", "miner_stops"};
+                                             "miner_kills", "miner_stops",
+                                             "oracle_cuts", "miner_cuts"};
 const char* const fault_labels[fault_kinds] = {
   "oracle SIGKILL", "oracle SIGSTOP/SIGCONT", "miner SIGKILL",
-  "miner SIGSTOP/SIGCONT"};
+  "miner SIGSTOP/SIGCONT", "oracle link cut", "miners' link cut"};
 
 /// One planned fault: at `at_ms` after the start of the fault phase, `kind`
 /// on the oracle or on miner process `miner`. `hold_ms` is how long a
@@ -110,7 +116,7 @@ std::vector<fault> draw_schedule(uint64_t seed, const chaos_options& o) {
       break;
     fault f;
     f.at_ms = t;
-    f.kind = static_cast<fault_kind>(rng.below(fault_kinds));
+    f.kind = static_cast<fault_kind>(rng.below(base_kinds));
     f.miner = static_cast<size_t>(rng.below(o.miners));
     if (f.kind == oracle_stop || f.kind == miner_stop)
       f.hold_ms = 100 + static_cast<int64_t>(rng.below(
@@ -121,10 +127,106 @@ std::vector<fault> draw_schedule(uint64_t seed, const chaos_options& o) {
       f.member = static_cast<size_t>(rng.below(o.oracles));
       f.at_leader = rng.chance(0.5);
     }
+    // Drawn after that: schedules without partitions stay as they were. A
+    // third of the faults become a cut link, of an oracle or of the miners,
+    // for 0.3 to 2.8 s.
+    if (o.partitions && rng.chance(1.0 / 3)) {
+      f.kind = f.kind == oracle_kill || f.kind == oracle_stop ? oracle_cut : miner_cut;
+      f.hold_ms = 300 + static_cast<int64_t>(rng.below(2500));
+    }
     out.push_back(f);
   }
   return out;
 }
+
+// ------------------------------------------------------------ the network
+
+/// --partitions: the layout of deploy/netns-cluster, made with iproute2 by
+/// the runner itself: a bridge PREFIXbr (SUBNET.254, the host's side), one
+/// namespace per member (PREFIXo1.., SUBNET.i) and one for the miners
+/// (PREFIXm, SUBNET.100), each joined to the bridge by a veth pair whose
+/// host end is PREFIX<name>h. A cut is that end going down. Removed, with
+/// every link, when the run ends (after its processes).
+class netns_cluster {
+public:
+  netns_cluster(size_t members, const std::string& prefix, const std::string& subnet)
+    : prefix_(prefix), subnet_(subnet) {
+    ip("link add " + bridge() + " type bridge");
+    made_ = true;
+    // Bridged frames skip the host's packet filter (br_netfilter).
+    ip("link set " + bridge()
+         + " type bridge nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0",
+       false);
+    ip("addr add " + subnet_ + ".254/24 dev " + bridge());
+    ip("link set " + bridge() + " up");
+    for (size_t k = 1; k <= members; ++k)
+      add("o" + std::to_string(k));
+    add("m");
+  }
+  ~netns_cluster() {
+    for (auto& n : names_)
+      ip("netns del " + name(n), false);
+    if (made_)
+      ip("link del " + bridge(), false);
+  }
+  netns_cluster(const netns_cluster&) = delete;
+  netns_cluster& operator=(const netns_cluster&) = delete;
+
+  std::string name(const std::string& n) const { return prefix_ + n; }
+  std::string address(const std::string& n) const {
+    return subnet_ + (n == "m" ? std::string{".100"} : "." + n.substr(1));
+  }
+  void set_link(const std::string& n, bool up) {
+    ip("link set " + name(n) + "h " + (up ? "up" : "down"));
+  }
+
+  /// Can this process make namespaces? Empty if so, else why not.
+  static std::string unavailable() {
+    if (geteuid() != 0)
+      return "--partitions needs root (ip netns)";
+    std::string probe = "npprobe" + std::to_string(getpid() % 100000);
+    std::string out;
+    if (run("netns add " + probe, out) != 0)
+      return "--partitions needs ip netns: " + out;
+    run("netns del " + probe, out);
+    return {};
+  }
+
+private:
+  std::string bridge() const { return prefix_ + "br"; }
+  void add(const std::string& n) {
+    ip("netns add " + name(n));
+    names_.push_back(n);
+    ip("link add " + name(n) + "h type veth peer name " + name(n) + "n");
+    ip("link set " + name(n) + "n netns " + name(n));
+    ip("link set " + name(n) + "h master " + bridge() + " up");
+    ip("-n " + name(n) + " link set lo up");
+    ip("-n " + name(n) + " addr add " + address(n) + "/24 dev " + name(n) + "n");
+    ip("-n " + name(n) + " link set " + name(n) + "n up");
+  }
+  static int run(const std::string& args, std::string& out) {
+    out.clear();
+    FILE* p = popen(("ip " + args + " 2>&1").c_str(), "r");
+    if (!p)
+      return -1;
+    char buf[256];
+    while (fgets(buf, sizeof buf, p))
+      out += buf;
+    int st = pclose(p);
+    while (!out.empty() && out.back() == '\n')
+      out.pop_back();
+    return st;
+  }
+  void ip(const std::string& args, bool must = true) {
+    std::string out;
+    if (run(args, out) != 0 && must)
+      throw std::runtime_error("ip " + args + ": " + (out.empty() ? "failed" : out));
+  }
+
+  std::string prefix_, subnet_;
+  bool made_ = false;
+  std::vector<std::string> names_;
+};
 
 // ------------------------------------------------------------ the run
 
@@ -145,6 +247,7 @@ struct role {
   steady::time_point started_at;         // of the current process
   std::optional<steady::time_point> cont_at;
   std::optional<steady::time_point> start_at;
+  std::optional<steady::time_point> heal_at;  // --partitions: its link is down
 };
 
 /// One stream of sessions: consecutive `nodepool submit` batches.
@@ -183,6 +286,11 @@ private:
   std::vector<std::string> oracle_args(size_t k) const;
   std::vector<std::string> miner_args(size_t i) const;
   bool cluster() const { return o_.oracles > 1; }
+  // --partitions: the network namespaces (see netns_cluster below).
+  std::string ns_of(const role& r, size_t index) const;
+  void cut(role& r, const std::string& link, int64_t hold_ms, steady::time_point now);
+  void heal(role& r, const std::string& link);
+  std::string link_of(const role& r, size_t index) const;
   bool is_oracle(const role& r) const {
     return &r >= oracles_.data() && &r < oracles_.data() + oracles_.size();
   }
@@ -209,9 +317,12 @@ private:
   uint64_t seed_;
   std::string dir_, db_, logs_;
   std::string port_ = "0";      // one oracle: the port it chose
-  std::vector<uint16_t> ports_;  // a cluster: each member's client port
+  std::vector<std::string> members_;  // a cluster: each member's client address
   std::string cluster_file_;
   steady::time_point t0_ = steady::now();
+  // --partitions: the namespaces, removed after every process (declared
+  // before them, so destroyed after).
+  std::unique_ptr<netns_cluster> net_;
   std::vector<role> oracles_;
   // A cluster: the member last seen leading (-1: none yet), in which term,
   // and how many times the leadership was seen to change.
@@ -219,6 +330,7 @@ private:
   uint64_t leader_term_ = 0;
   size_t leader_changes_ = 0;
   std::unique_ptr<child_process> leader_poll_;
+  steady::time_point leader_poll_since_, status_since_, sampler_since_;
   size_t poll_member_ = 0;
   std::optional<steady::time_point> leader_poll_at_;
   size_t leader_faults_[2] = {}, follower_faults_[2] = {};  // kills, stops
@@ -263,20 +375,59 @@ std::string chaos_run::oracle_list() const {
   if (!cluster())
     return "127.0.0.1:" + port_;
   std::string s;
-  for (auto p : ports_)
-    s += (s.empty() ? "" : ",") + std::string{"127.0.0.1:"} + std::to_string(p);
+  for (auto& m : members_)
+    s += (s.empty() ? "" : ",") + m;
   return s;
 }
 
-/// Each member's client and Raft ports, chosen free now; compaction every
-/// 256 entries, so that members restarted in the run catch up by snapshot.
+/// Each member's client and Raft ports, chosen free now (with --partitions,
+/// fixed ports on each member's own address); compaction every 256 entries,
+/// so that members restarted in the run catch up by snapshot.
 void chaos_run::write_cluster_file() {
   cluster_file_ = dir_ + "/cluster.toml";
-  for (auto& m : write_loopback_cluster(
-         cluster_file_, static_cast<unsigned>(o_.oracles),
-         "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
-         "snapshot_threshold = 256\nsnapshot_trailing = 64\n"))
-    ports_.push_back(split_host_port(m.address)->second);
+  std::string raft = "[raft]\nelection_timeout_ms = 500\nheartbeat_timeout_ms = 50\n"
+                     "snapshot_threshold = 256\nsnapshot_trailing = 64\n";
+  if (!net_) {
+    for (auto& m : write_loopback_cluster(cluster_file_,
+                                          static_cast<unsigned>(o_.oracles), raft))
+      members_.push_back(m.address);
+    return;
+  }
+  std::ofstream f{cluster_file_};
+  for (size_t k = 1; k <= o_.oracles; ++k) {
+    auto a = net_->address("o" + std::to_string(k));
+    // No http: each member's API stays on the loopback of its namespace.
+    f << "[[member]]\nid = " << k << "\nraft = \"" << a << ":7101\"\naddress = \""
+      << a << ":4241\"\n";
+    members_.push_back(a + ":4241");
+  }
+  f << raft << "\n[tests]\nsecret_file = \"" << dir_ << "/test_secret\"\n";
+  if (!f)
+    throw std::runtime_error("cannot write " + cluster_file_);
+}
+
+std::string chaos_run::ns_of(const role& r, size_t index) const {
+  if (!net_)
+    return {};
+  return net_->name(is_oracle(r) ? "o" + std::to_string(index + 1) : "m");
+}
+
+std::string chaos_run::link_of(const role& r, size_t index) const {
+  return is_oracle(r) ? "o" + std::to_string(index + 1) : "m";
+}
+
+void chaos_run::cut(role& r, const std::string& link, int64_t hold_ms,
+                    steady::time_point now) {
+  net_->set_link(link, false);
+  r.heal_at = now + std::chrono::milliseconds(hold_ms);
+  marks_.push_back({std::chrono::duration<double>(now - t0_).count(), "cut " + link});
+  note("cut the link of " + link + " for " + std::to_string(hold_ms) + " ms");
+}
+
+void chaos_run::heal(role& r, const std::string& link) {
+  net_->set_link(link, true);
+  r.heal_at.reset();
+  note("link of " + link + " back");
 }
 
 std::vector<std::string> chaos_run::oracle_args(size_t k) const {
@@ -317,7 +468,7 @@ std::vector<std::string> chaos_run::miner_args(size_t i) const {
 void chaos_run::start(role& r, size_t index) {
   auto out = logs_ + "/" + r.name + "." + std::to_string(r.runs) + ".out";
   auto args = is_oracle(r) ? oracle_args(index) : miner_args(index);
-  r.proc = std::make_unique<child_process>(std::move(args), out);
+  r.proc = std::make_unique<child_process>(std::move(args), out, ns_of(r, index));
   r.started_at = steady::now();
   r.killed = false;
   r.listening = false;
@@ -372,6 +523,8 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
     r.cont_at.reset();
     note("SIGCONT " + r.name);
   }
+  if (r.heal_at && now >= *r.heal_at)
+    heal(r, link_of(r, index));
   if (is_oracle && r.proc && !r.listening
       && r.proc->output().find("listening on") != std::string::npos) {
     r.listening = true;
@@ -387,6 +540,18 @@ void chaos_run::tend(role& r, size_t index, steady::time_point now) {
 }
 
 void chaos_run::inject(const fault& f, steady::time_point now) {
+  if (f.kind == oracle_cut || f.kind == miner_cut) {
+    // The miners share a namespace: their cut is kept on the first role.
+    size_t member = f.at_leader && leader_ >= 0 ? static_cast<size_t>(leader_) : f.member;
+    auto& r = f.kind == oracle_cut ? oracles_[member] : miners_[0];
+    if (r.heal_at) {
+      ++skipped_;
+      return;
+    }
+    ++counts_[f.kind];
+    cut(r, f.kind == oracle_cut ? link_of(r, member) : "m", f.hold_ms, now);
+    return;
+  }
   bool on_oracle = f.kind == oracle_kill || f.kind == oracle_stop;
   size_t member = 0;
   if (on_oracle && cluster())
@@ -467,7 +632,19 @@ void chaos_run::start_batch(size_t j) {
 
 /// During the settling phase: asks the oracle for every session's state
 /// (one `status` child at a time) until every accepted session ended.
+/// A `status` child asking a member whose link is cut waits for TCP to give
+/// up: it is ended after `limit`, and asked again later.
+bool overdue(std::unique_ptr<child_process>& c, steady::time_point since,
+             steady::time_point now, std::chrono::milliseconds limit) {
+  if (!c || !c->running() || now - since < limit)
+    return false;
+  c.reset();
+  return true;
+}
+
 void chaos_run::poll_status(steady::time_point now) {
+  if (overdue(status_, status_since_, now, 3s))
+    status_at_ = now + 300ms;
   if (status_ && !status_->running()) {
     auto j = nlohmann::json::parse(last_line(status_->output()), nullptr, false);
     status_.reset();
@@ -492,11 +669,12 @@ void chaos_run::poll_status(steady::time_point now) {
   if (!status_ && !settled_ && (!status_at_ || now >= *status_at_) && any) {
     // A cluster: the last leader seen (a follower's view may lag).
     auto target = cluster() && leader_ >= 0
-                    ? "127.0.0.1:" + std::to_string(ports_[leader_])
+                    ? members_[leader_]
                     : oracle_list();
     std::vector<std::string> a{"status", "--oracle", target, "--json",
                                "--sessions"};
     status_ = std::make_unique<child_process>(std::move(a), logs_ + "/status.out");
+    status_since_ = now;
   }
 }
 
@@ -506,6 +684,10 @@ void chaos_run::poll_status(steady::time_point now) {
 void chaos_run::poll_leader(steady::time_point now) {
   if (!cluster())
     return;
+  if (overdue(leader_poll_, leader_poll_since_, now, 2s)) {
+    poll_member_ = (poll_member_ + 1) % oracles_.size();
+    leader_poll_at_ = now + 100ms;
+  }
   if (leader_poll_ && !leader_poll_->running()) {
     auto j = nlohmann::json::parse(last_line(leader_poll_->output()), nullptr,
                                    false);
@@ -532,9 +714,9 @@ void chaos_run::poll_leader(steady::time_point now) {
       poll_member_ = (poll_member_ + 1) % oracles_.size();
       return;
     }
+    leader_poll_since_ = now;
     leader_poll_ = std::make_unique<child_process>(
-      std::vector<std::string>{"status", "--oracle",
-                               "127.0.0.1:" + std::to_string(ports_[poll_member_]),
+      std::vector<std::string>{"status", "--oracle", members_[poll_member_],
                                "--json"},
       logs_ + "/leader.out");
   }
@@ -545,6 +727,8 @@ void chaos_run::poll_leader(steady::time_point now) {
 void chaos_run::sample(steady::time_point now) {
   if (o_.plot_dir.empty())
     return;
+  if (overdue(sampler_, sampler_since_, now, 2s))
+    sample_at_ = now + 500ms;
   if (sampler_ && !sampler_->running()) {
     auto j = nlohmann::json::parse(last_line(sampler_->output()), nullptr, false);
     if (j.is_object() && j.contains("sessions"))
@@ -557,9 +741,8 @@ void chaos_run::sample(steady::time_point now) {
     return r.listening && r.proc && !r.proc->stopped();
   });
   if (!sampler_ && any && (!sample_at_ || now >= *sample_at_)) {
-    auto target = cluster() && leader_ >= 0
-                    ? "127.0.0.1:" + std::to_string(ports_[leader_])
-                    : oracle_list();
+    auto target = cluster() && leader_ >= 0 ? members_[leader_] : oracle_list();
+    sampler_since_ = now;
     sampler_ = std::make_unique<child_process>(
       std::vector<std::string>{"status", "--oracle", target, "--json"},
       logs_ + "/sample.out");
@@ -710,6 +893,13 @@ nlohmann::json chaos_run::verify() {
 /// Starts the oracle (which picks a free port, then kept for its restarts)
 /// or every member of the cluster, and waits until each listens.
 bool chaos_run::start_oracles() {
+  if (o_.partitions) {
+    auto pid = static_cast<unsigned>(getpid());
+    net_ = std::make_unique<netns_cluster>(o_.oracles, "nc" + std::to_string(pid % 100000),
+                                           "10.79." + std::to_string(pid % 250));
+    note("network namespaces " + net_->name("o1") + ".. and " + net_->name("m")
+         + " on " + net_->address("o1") + "/24");
+  }
   if (cluster())
     write_cluster_file();
   oracles_.resize(o_.oracles);
@@ -808,6 +998,8 @@ nlohmann::json chaos_run::run() {
     }
     if (r->start_at)
       r->start_at = t_settle;
+    if (r->heal_at)
+      r->heal_at = t_settle;  // every link back
   }
   while (!settled_ && steady::now() < settle_by) {
     if (stop_requested) {
@@ -849,6 +1041,7 @@ nlohmann::json chaos_run::run() {
   size_t stops = counts_[oracle_stop] + counts_[miner_stop];
   rep["kills"] = kills;
   rep["stops"] = stops;
+  rep["cuts"] = counts_[oracle_cut] + counts_[miner_cut];
   nlohmann::json faults;
   for (size_t k = 0; k < fault_kinds; ++k)
     faults[fault_keys[k]] = counts_[k];
@@ -976,8 +1169,9 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
                o.submitters);
   std::fprintf(f, "  %-24s %6s\n", "injected", "count");
   for (size_t k = 0; k < fault_kinds; ++k)
-    std::fprintf(f, "  %-24s %6zu\n", fault_labels[k],
-                 r["faults"][fault_keys[k]].get<size_t>());
+    if (k < base_kinds || o.partitions)
+      std::fprintf(f, "  %-24s %6zu\n", fault_labels[k],
+                   r["faults"][fault_keys[k]].get<size_t>());
   if (r.contains("leader_changes"))
     std::fprintf(f, "  of the oracle faults: leader kills %zu, leader stops %zu, "
                     "follower kills %zu, follower stops %zu; leadership seen to "
@@ -990,7 +1184,8 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
                  r["last_term_seen"].get<unsigned long long>());
   std::fprintf(f, "  %-24s %6zu  (%zu planned on a process that was down: "
                   "skipped)\n",
-               "total", r["kills"].get<size_t>() + r["stops"].get<size_t>(),
+               "total", r["kills"].get<size_t>() + r["stops"].get<size_t>()
+                          + r["cuts"].get<size_t>(),
                r["faults"]["skipped"].get<size_t>());
   std::fprintf(f, "  restarts: oracle %zu, miners %zu; exits not caused by a "
                   "fault: oracle %zu, miners %zu\n",
@@ -1060,6 +1255,13 @@ int run_chaos(const chaos_options& o) {
                    std::chrono::system_clock::now().time_since_epoch().count())
                  ^ static_cast<uint64_t>(getpid()))
            % 1000000000;
+  if (o.partitions) {
+    if (o.oracles < 3)
+      throw std::runtime_error("--partitions needs --oracles 3 or 5 (a member "
+                               "cut off from a single oracle is all of it)");
+    if (auto why = netns_cluster::unavailable(); !why.empty())
+      throw std::runtime_error(why);
+  }
   bool own_dir = o.dir.empty();
   std::string dir = o.dir;
   if (own_dir) {
@@ -1134,6 +1336,10 @@ void add_chaos(CLI::App& app) {
                   "1 (default), or 3 or 5: a replicated pool whose leaders "
                   "and followers are killed and stopped")
     ->check(CLI::IsMember({1, 3, 5}));
+  cmd->add_flag("--partitions", o->partitions,
+                "with --oracles 3 or 5: every member and the miners in a network "
+                "namespace of its own (needs root and ip netns), and faults that "
+                "cut a member's link or the miners' for a while");
   cmd->add_option("--miners", o->miners, "miner processes (default 3)")
     ->check(CLI::Range(1, 64));
   cmd->add_option("--nodes", o->nodes, "nodes per miner process (default 4)")

@@ -1,6 +1,7 @@
 #include "cli/chaos_process.hpp"
 
 #include <csignal>
+#include <sched.h>
 #include <fcntl.h>
 #include <fstream>
 #include <sstream>
@@ -28,10 +29,17 @@ std::string last_line(const std::string& text) {
   return text.substr(start, end - start + 1);
 }
 
-child_process::child_process(std::vector<std::string> args, std::string out)
+child_process::child_process(std::vector<std::string> args, std::string out,
+                             const std::string& netns)
   : out_(std::move(out)) {
   // Everything the child needs is prepared before fork.
   std::string exe = "/proc/self/exe";
+  int nsfd = -1;
+  if (!netns.empty()) {
+    nsfd = open(("/var/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0)
+      throw std::runtime_error("no network namespace " + netns);
+  }
   std::string err = out_ + ".err";
   std::vector<char*> argv;
   argv.push_back(exe.data());
@@ -40,10 +48,15 @@ child_process::child_process(std::vector<std::string> args, std::string out)
   argv.push_back(nullptr);
   auto parent = getpid();
   pid_ = fork();
-  if (pid_ < 0)
+  if (pid_ < 0) {
+    if (nsfd >= 0)
+      close(nsfd);
     throw std::runtime_error("cannot start a child process (fork failed)");
+  }
   if (pid_ == 0) {
     setpgid(0, 0);
+    if (nsfd >= 0 && setns(nsfd, CLONE_NEWNET) != 0)
+      _exit(124);
     // Dies with the runner; if the runner is already gone, stop here.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
@@ -65,6 +78,8 @@ child_process::child_process(std::vector<std::string> args, std::string out)
   }
   // Also here: a signal to the group must not race the child's setpgid.
   setpgid(pid_, pid_);
+  if (nsfd >= 0)
+    close(nsfd);
 }
 
 child_process::~child_process() {

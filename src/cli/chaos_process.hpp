@@ -25,9 +25,11 @@ std::string last_line(const std::string& text);
 /// destructor kills the process group and reaps the process.
 class child_process {
 public:
-  /// Starts `/proc/self/exe args...`, stdout to `out`, stderr to `out`.err.
-  /// Throws std::runtime_error if fork fails.
-  child_process(std::vector<std::string> args, std::string out);
+  /// Starts `/proc/self/exe args...`, stdout to `out`, stderr to `out`.err;
+  /// in the network namespace `netns` (a name `ip netns` made) unless empty.
+  /// Throws std::runtime_error if fork fails or the namespace is not there.
+  child_process(std::vector<std::string> args, std::string out,
+                const std::string& netns = {});
   child_process(const child_process&) = delete;
   child_process& operator=(const child_process&) = delete;
   ~child_process();

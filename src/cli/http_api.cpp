@@ -7,6 +7,7 @@
 #include <caf/openssl/all.hpp>
 
 #include "actors/api.hpp"
+#include "actors/node.hpp"
 #include "cli/common.hpp"
 #include "http/router.hpp"
 #include "log.hpp"
@@ -59,13 +60,12 @@ http_api start_http_api(const http_options& o,
         "holders of a key can use the API");
   // A cluster member passes writes on to the leader's gateway, reached the
   // way miners reach it (with TLS when this oracle uses it).
-  connect_fn connect = [&sys, tls_on = tls.enabled()](
-                         const std::string& addr) -> caf::expected<caf::actor> {
+  // (connect_oracle: with TLS when this oracle uses it, and never stuck on
+  // a leader whose link is cut.)
+  connect_fn connect = [&sys](const std::string& addr) -> caf::expected<caf::actor> {
     try {
       auto [host, port] = parse_host_port(addr);
-      if (tls_on)
-        return caf::openssl::remote_actor(sys, host, port);
-      return sys.middleman().remote_actor(host, port);
+      return connect_oracle(sys, host, port, std::chrono::seconds(5));
     } catch (const std::exception& e) {
       return caf::make_error(caf::sec::invalid_argument, e.what());
     }

@@ -11,6 +11,8 @@
 #include <csignal>
 #include <regex>
 
+#include <unistd.h>
+
 #include "proc.hpp"
 
 using namespace std::chrono_literals;
@@ -105,6 +107,42 @@ TEST(chaos, a_cluster_whose_leaders_are_killed_loses_nothing) {
   EXPECT_GT(j["history_entries"].get<int>(), 0);
 }
 
+// --partitions: the members and the miners in network namespaces of their
+// own, and links cut as faults (a member's, the miners'), besides kills and
+// stops. Needs root and ip netns; skipped with the reason elsewhere.
+TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
+  if (geteuid() != 0)
+    GTEST_SKIP() << "--partitions needs root (ip netns)";
+  auto probe = "npt" + std::to_string(getpid() % 100000);
+  auto [prc, pout] = run_shell("ip netns add " + probe + " 2>&1 && ip netns del " + probe);
+  if (prc != 0)
+    GTEST_SKIP() << "network namespaces are not available here: " << pout;
+  auto dir = temp_dir("chaos-partitions");
+  cleanup tidy{dir};
+  auto [rc, out] = run({"chaos", "--oracles", "3", "--partitions", "--duration", "15",
+                        "--seed", "7", "--json", "--miners", "2", "--nodes", "3",
+                        "--fault-interval-ms", "600", "--settle-timeout", "60",
+                        "--dir", dir + "/run"},
+                       dir + "/chaos.out", 200s);
+  auto errors = read_file(dir + "/chaos.out.err");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out << errors;
+  EXPECT_EQ(rc, 0) << errors;
+  auto& f = j["faults"];
+  EXPECT_GT(f["oracle_cuts"].get<int>() + f["miner_cuts"].get<int>(), 0) << f.dump();
+  EXPECT_EQ(j["cuts"].get<int>(), f["oracle_cuts"].get<int>() + f["miner_cuts"].get<int>());
+  EXPECT_NE(errors.find("cut the link of"), std::string::npos) << errors;
+  auto& s = j["sessions"];
+  EXPECT_GT(s["accepted"].get<int>(), 0) << errors;
+  EXPECT_EQ(s["lost"].get<int>(), 0) << s.dump();
+  EXPECT_EQ(s["completed"].get<int>() + s["failed"].get<int>(), s["accepted"].get<int>());
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
+  // Its namespaces went with it.
+  auto [lrc, left] = run_shell("ip netns list | grep -c '^nc' || true");
+  EXPECT_EQ(left.substr(0, 1), "0") << left;
+}
+
 TEST(chaos, bad_flags_are_refused_before_anything_starts) {
   auto dir = temp_dir("chaos-flags");
   cleanup tidy{dir};
@@ -120,6 +158,7 @@ TEST(chaos, bad_flags_are_refused_before_anything_starts) {
     {{"chaos", "--duration", "soon"}, "--duration"},
     {{"chaos", "--duration", "5", "--miners", "0"}, "--miners"},
     {{"chaos", "--duration", "5", "--oracles", "2"}, "--oracles"},
+    {{"chaos", "--duration", "5", "--partitions"}, "--partitions"},
     {{"chaos", "--duration", "5", "--seed", "x"}, "--seed"},
     {{"chaos", "--duration", "5", "--no-such-flag"}, "--no-such-flag"},
     {{"chaos", "--duration", "5", "--dir", dir + "/full"}, "not empty"},
