@@ -184,6 +184,9 @@ cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
   ro.snapshot_trailing = cc.snapshot_trailing;
   ro.install_snapshot_timeout_ms = cc.install_snapshot_timeout_ms;
   ro.join = o.join;
+  // The oracle's certificate (the miners' TLS) serves between oracles too.
+  if (o.tls.enabled())
+    ro.tls = {o.tls.certificate, o.tls.key, o.tls.ca};
   std::string err;
   auto roles = c.roles;
   auto l = start_raft_log(ro, *c.machine,

@@ -2,6 +2,7 @@
 
 #include <csignal>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -65,8 +66,30 @@ public:
     transport_.connect = [](struct raft_uv_transport* t, struct raft_uv_connect* req,
                             raft_id id, const char* address, raft_uv_connect_cb cb) {
       auto raft = member_from_config(id, address ? address : "").raft;
+      if (auto* tunnel = tunnel_of(t))
+        if (auto local = tunnel->local_for(raft); !local.empty())
+          raft = local;
       return tcp_connect()(t, req, id, raft.c_str(), cb);
     };
+    if (!opts_.tls.certificate.empty()) {
+      // Raft's own listener on loopback; the tunnel listens on the member's
+      // address with TLS and brings peers there.
+      auto local = "127.0.0.1:" + std::to_string(free_loopback_port());
+      try {
+        tunnel_ = std::make_unique<raft_tls_tunnel>(opts_.tls, address_, local);
+      } catch (const std::exception& e) {
+        error = e.what();
+        return false;
+      }
+      {
+        std::lock_guard<std::mutex> g{tunnels_mu()};
+        tunnels()[&transport_] = tunnel_.get();
+      }
+      if (int rv = raft_uv_tcp_set_bind_address(&transport_, local.c_str()); rv != 0) {
+        error = "raft_uv_tcp_set_bind_address(" + local + "): " + raft_strerror(rv);
+        return false;
+      }
+    }
     if (int rv = raft_uv_init(&io_, &loop_, opts_.dir.c_str(), &transport_);
         rv != 0) {
       error = std::string{"raft_uv_init("} + opts_.dir + "): " + io_.errmsg;
@@ -190,6 +213,13 @@ public:
       uv_loop_close(&loop_);
       loop_open_ = false;
     }
+    if (tunnel_) {
+      {
+        std::lock_guard<std::mutex> g{tunnels_mu()};
+        tunnels().erase(&transport_);
+      }
+      tunnel_.reset();
+    }
   }
 
 private:
@@ -199,6 +229,20 @@ private:
   static connect_fn& tcp_connect() {
     static connect_fn f = nullptr;
     return f;
+  }
+  /// Each transport's TLS tunnel, if it has one (read on loop threads).
+  static std::map<const struct raft_uv_transport*, raft_tls_tunnel*>& tunnels() {
+    static std::map<const struct raft_uv_transport*, raft_tls_tunnel*> m;
+    return m;
+  }
+  static std::mutex& tunnels_mu() {
+    static std::mutex m;
+    return m;
+  }
+  static raft_tls_tunnel* tunnel_of(const struct raft_uv_transport* t) {
+    std::lock_guard<std::mutex> g{tunnels_mu()};
+    auto i = tunnels().find(t);
+    return i == tunnels().end() ? nullptr : i->second;
   }
 
   /// Runs `f(done)` on the loop's thread, or says the log is stopping.
@@ -493,6 +537,7 @@ private:
   std::deque<std::pair<std::string, done_fn>> queue_;
   std::deque<std::pair<std::function<void(transfer_fn)>, transfer_fn>> tasks_;
   std::unique_ptr<change_req> change_;  // on the loop's thread
+  std::unique_ptr<raft_tls_tunnel> tunnel_;  // Raft over TLS
   log_status status_;
 };
 

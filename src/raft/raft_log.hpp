@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "raft/raft_tls.hpp"
 #include "replication.hpp"
 
 namespace nodepool {
@@ -27,6 +28,9 @@ struct raft_options {
   /// Joins a running cluster: a fresh directory is not bootstrapped; the
   /// member waits, with no configuration, until a leader adds it.
   bool join = false;
+  /// Raft between members over mutual TLS (raft_tls_tunnel); empty
+  /// certificate: plain TCP.
+  raft_tls_tunnel::files tls;
 };
 
 /// A member of a Raft group over libraft 0.15 (`raft_uv` on disk, the

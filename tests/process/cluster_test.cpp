@@ -497,6 +497,77 @@ int printed_http_port(const std::string& out) {
   return std::stoi(out.substr(colon + 1));
 }
 
+// Raft between oracles over mutual TLS, with the certificate the oracles
+// show miners: members 1 and 2 share a CA and form the majority; member 3's
+// certificate is from another CA, so its handshakes fail both ways and it
+// never joins in (it learns no leader and applies nothing).
+TEST_F(Cluster, RaftBetweenOraclesIsTlsAndAStrangerCertificateStaysOut) {
+  auto cert = [&](const std::string& name) {
+    auto [rc, out] = run_shell("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN="
+                               + name + " -keyout " + dir_ + "/" + name + ".key -out "
+                               + dir_ + "/" + name + ".pem 2>&1");
+    EXPECT_EQ(rc, 0) << out;
+    return std::vector<std::string>{"--tls-cert", dir_ + "/" + name + ".pem", "--tls-key",
+                                    dir_ + "/" + name + ".key", "--tls-ca",
+                                    dir_ + "/" + name + ".pem"};
+  };
+  auto ours = cert("cluster"), theirs = cert("stranger");
+  auto with = [](std::vector<std::string> a, const std::vector<std::string>& t) {
+    a.insert(a.end(), t.begin(), t.end());
+    return a;
+  };
+  start(1, with({"--http", "off"}, ours));
+  start(2, with({"--http", "off"}, ours));
+  start(3, with({"--http", "off"}, theirs));
+  auto view = [&](int i, const std::vector<std::string>& t) {
+    auto [rc, out] = run(with({"status", "--oracle", addr_[i], "--json"}, t),
+                         dir_ + "/tls-status.out", std::chrono::seconds(20));
+    auto j = last_json_line(out);
+    return rc == 0 && j.is_object() ? j : nlohmann::json{};
+  };
+  int l = 0;
+  for (int k = 0; k < 200 && l == 0; ++k) {
+    for (int i = 1; i <= 2; ++i) {
+      auto j = view(i, ours);
+      if (j.is_object() && j["cluster"].value("role", "") == "leader"
+          && j["cluster"].value("ready", false))
+        l = i;
+    }
+    if (l == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GT(l, 0) << "members 1 and 2 elected no leader over TLS: "
+                  << oracle_[1]->errors() << oracle_[2]->errors();
+  child miner{with({"miner", "--oracle", addr_[1] + "," + addr_[2], "--nodes", "2",
+                    "--connect-timeout", "60"},
+                   ours),
+              dir_ + "/miner.out"};
+  auto [src, sout] = run(with({"submit", "--oracle", addr_[1] + "," + addr_[2], "--sessions",
+                               "20", "--max-tasks", "1", "--connect-timeout", "60"},
+                              ours),
+                         dir_ + "/submit.out", std::chrono::seconds(120));
+  EXPECT_EQ(src, 0) << read_file(dir_ + "/submit.out.err");
+  for (int i = 1; i <= 2; ++i) {
+    nlohmann::json j;
+    for (int k = 0; k < 200; ++k) {
+      j = view(i, ours);
+      if (j.is_object() && j["sessions"].value("completed", 0) == 20)
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_EQ(j["sessions"].value("completed", 0), 20) << "member " << i << ": " << j.dump();
+  }
+  // Member 3 holds another CA's certificate: no Raft message reached it.
+  auto three = view(3, theirs);
+  ASSERT_TRUE(three.is_object());
+  EXPECT_EQ(three["cluster"].value("leader_id", 0), 0) << three.dump();
+  EXPECT_EQ(three["sessions"].value("accepted", 0), 0) << three.dump();
+  auto logs = oracle_[1]->errors() + oracle_[2]->errors() + oracle_[3]->errors();
+  EXPECT_NE(logs.find("TLS between oracles: a handshake"), std::string::npos) << logs;
+  miner.signal(SIGTERM);
+  miner.wait_exit(std::chrono::seconds(20));
+}
+
 // One member of three, alone: no leader can be elected, so writes are 503
 // (not_leader, "retry shortly") while reads still answer from what it holds.
 TEST_F(Cluster, AMemberWithoutAQuorumAnswersWritesWith503) {

@@ -1,0 +1,248 @@
+#include "raft/raft_tls.hpp"
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+
+#include "cluster_config.hpp"
+#include "log.hpp"
+
+namespace nodepool {
+
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = boost::asio::ip::tcp;
+using error_code = boost::system::error_code;
+
+namespace {
+
+using tls_stream = ssl::stream<tcp::socket>;
+
+/// One connection through the tunnel: its TLS side and its plain side
+/// (raft's), bytes copied both ways until either side ends.
+struct joint : std::enable_shared_from_this<joint> {
+  std::shared_ptr<tls_stream> tls;
+  std::shared_ptr<tcp::socket> plain;
+  std::array<char, 16384> to_plain{}, to_tls{};
+
+  void start() {
+    from_tls();
+    from_plain();
+  }
+  void close() {
+    error_code ec;
+    tls->lowest_layer().close(ec);
+    plain->close(ec);
+  }
+  void from_tls() {
+    auto self = shared_from_this();
+    tls->async_read_some(net::buffer(to_plain), [self](error_code ec, size_t n) {
+      if (ec)
+        return self->close();
+      net::async_write(*self->plain, net::buffer(self->to_plain, n),
+                       [self](error_code ec, size_t) {
+                         if (ec)
+                           return self->close();
+                         self->from_tls();
+                       });
+    });
+  }
+  void from_plain() {
+    auto self = shared_from_this();
+    plain->async_read_some(net::buffer(to_tls), [self](error_code ec, size_t n) {
+      if (ec)
+        return self->close();
+      net::async_write(*self->tls, net::buffer(self->to_tls, n),
+                       [self](error_code ec, size_t) {
+                         if (ec)
+                           return self->close();
+                         self->from_plain();
+                       });
+    });
+  }
+};
+
+void join(std::shared_ptr<tls_stream> tls, std::shared_ptr<tcp::socket> plain) {
+  auto j = std::make_shared<joint>();
+  j->tls = std::move(tls);
+  j->plain = std::move(plain);
+  j->start();
+}
+
+/// Both ends present a certificate signed by the cluster's CA; TLS 1.2 at
+/// least. (Peers are known by the CA, as the miners' TLS does: no host name
+/// is checked.)
+void configure(ssl::context& ctx, const raft_tls_tunnel::files& f) {
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2
+                  | ssl::context::no_sslv3 | ssl::context::no_tlsv1
+                  | ssl::context::no_tlsv1_1);
+  ctx.use_certificate_chain_file(f.certificate);
+  ctx.use_private_key_file(f.key, ssl::context::pem);
+  ctx.load_verify_file(f.ca);
+  ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+}
+
+tcp::endpoint endpoint_of(const std::string& address) {
+  auto hp = split_host_port(address);
+  if (!hp)
+    throw std::runtime_error("'" + address + "' is not host:port");
+  error_code ec;
+  auto ip = net::ip::make_address(hp->first, ec);
+  if (ec)
+    throw std::runtime_error("'" + hp->first + "' is not an IP address");
+  return {ip, hp->second};
+}
+
+} // namespace
+
+struct raft_tls_tunnel::impl {
+  net::io_context io{1};
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  ssl::context server{ssl::context::tls_server};
+  ssl::context client{ssl::context::tls_client};
+  tcp::acceptor inbound{io};
+  tcp::endpoint local;
+  std::mutex mu;
+  std::map<std::string, std::pair<std::string, std::shared_ptr<tcp::acceptor>>> outbound;
+  std::atomic<uint64_t> failed{0};
+  std::thread thread;
+
+  void handshake_failed(const std::string& with, const error_code& ec) {
+    auto n = ++failed;
+    if (n == 1 || n % 100 == 0)
+      log("raft")->warn("TLS between oracles: a handshake {} failed: {} ({} so far; "
+                        "do both ends use certificates of the same CA?)",
+                        with, ec.message(), n);
+  }
+
+  void accept_inbound() {
+    inbound.async_accept([this](error_code ec, tcp::socket s) {
+      if (ec == net::error::operation_aborted || !inbound.is_open())
+        return;
+      if (!ec) {
+        auto tls = std::make_shared<tls_stream>(std::move(s), server);
+        tls->async_handshake(ssl::stream_base::server, [this, tls](error_code ec) {
+          if (ec)
+            return handshake_failed("with a peer that connected", ec);
+          auto plain = std::make_shared<tcp::socket>(io);
+          plain->async_connect(local, [tls, plain](error_code ec) {
+            if (ec) {
+              error_code ignored;
+              tls->lowest_layer().close(ignored);
+              return;
+            }
+            join(tls, plain);
+          });
+        });
+      }
+      accept_inbound();
+    });
+  }
+
+  void accept_outbound(std::shared_ptr<tcp::acceptor> acc, tcp::endpoint peer,
+                       std::string address) {
+    acc->async_accept([this, acc, peer, address](error_code ec, tcp::socket s) {
+      if (ec == net::error::operation_aborted || !acc->is_open())
+        return;
+      if (!ec) {
+        auto plain = std::make_shared<tcp::socket>(std::move(s));
+        auto tls = std::make_shared<tls_stream>(io, client);
+        tls->lowest_layer().async_connect(peer, [this, plain, tls, address](error_code ec) {
+          if (ec) {
+            error_code ignored;
+            plain->close(ignored);
+            return;
+          }
+          tls->async_handshake(ssl::stream_base::client,
+                               [this, plain, tls, address](error_code ec) {
+                                 if (ec) {
+                                   handshake_failed("with " + address, ec);
+                                   error_code ignored;
+                                   plain->close(ignored);
+                                   tls->lowest_layer().close(ignored);
+                                   return;
+                                 }
+                                 join(tls, plain);
+                               });
+        });
+      }
+      accept_outbound(acc, peer, address);
+    });
+  }
+};
+
+raft_tls_tunnel::raft_tls_tunnel(const files& f, const std::string& public_address,
+                                 const std::string& local)
+    : p_(std::make_unique<impl>()) {
+  try {
+    configure(p_->server, f);
+    configure(p_->client, f);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string{"TLS between oracles: "} + e.what()
+                             + " (" + f.certificate + ", " + f.key + ", " + f.ca + ")");
+  }
+  p_->local = endpoint_of(local);
+  auto ep = endpoint_of(public_address);
+  error_code ec;
+  p_->inbound.open(ep.protocol(), ec);
+  if (!ec)
+    p_->inbound.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec)
+    p_->inbound.bind(ep, ec);
+  if (!ec)
+    p_->inbound.listen(net::socket_base::max_listen_connections, ec);
+  if (ec)
+    throw std::runtime_error("cannot listen on " + public_address + " (Raft over TLS): "
+                             + ec.message());
+  p_->work.emplace(net::make_work_guard(p_->io));
+  p_->accept_inbound();
+  p_->thread = std::thread{[this] { p_->io.run(); }};
+}
+
+raft_tls_tunnel::~raft_tls_tunnel() {
+  net::post(p_->io, [p = p_.get()] {
+    error_code ec;
+    p->inbound.close(ec);
+    std::lock_guard<std::mutex> g{p->mu};
+    for (auto& [a, x] : p->outbound)
+      x.second->close(ec);
+  });
+  p_->work.reset();
+  p_->io.stop();
+  if (p_->thread.joinable())
+    p_->thread.join();
+}
+
+std::string raft_tls_tunnel::local_for(const std::string& address) {
+  std::lock_guard<std::mutex> g{p_->mu};
+  if (auto i = p_->outbound.find(address); i != p_->outbound.end())
+    return i->second.first;
+  try {
+    auto peer = endpoint_of(address);
+    auto acc = std::make_shared<tcp::acceptor>(p_->io);
+    tcp::endpoint ep{net::ip::make_address("127.0.0.1"), 0};
+    acc->open(ep.protocol());
+    acc->bind(ep);
+    acc->listen();
+    auto at = "127.0.0.1:" + std::to_string(acc->local_endpoint().port());
+    p_->outbound[address] = {at, acc};
+    net::post(p_->io, [p = p_.get(), acc, peer, address] {
+      p->accept_outbound(acc, peer, address);
+    });
+    return at;
+  } catch (const std::exception& e) {
+    log("raft")->error("TLS between oracles: no way to {}: {}", address, e.what());
+    return {};
+  }
+}
+
+uint64_t raft_tls_tunnel::failed_handshakes() const { return p_->failed.load(); }
+
+} // namespace nodepool
