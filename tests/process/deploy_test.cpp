@@ -88,6 +88,12 @@ TEST(deploy, the_oracle_units_command_line_runs_the_binary) {
   cleanup tidy{dir};
   write_loopback_cluster(dir + "/cluster.toml", 1, "");
   std::ofstream{dir + "/api-keys"} << "np_unit_test_key_0123456789 admin\n";
+  // The unit's TLS files: a certificate that is its own CA.
+  auto [crc, cout_] = run_shell("openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
+                                "-subj /CN=oracle-1 -keyout " + dir + "/oracle.key -out "
+                                + dir + "/oracle.pem 2>&1 && cp " + dir + "/oracle.pem "
+                                + dir + "/ca.pem");
+  ASSERT_EQ(crc, 0) << cout_;
   std::vector<std::string> a;
   for (size_t k = 1; k < args.size(); ++k) {
     auto w = args[k];
