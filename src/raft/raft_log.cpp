@@ -4,6 +4,9 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <unistd.h>
+#include <cerrno>
+#include <sys/epoll.h>
 #include <thread>
 
 extern "C" {
@@ -71,6 +74,25 @@ public:
           raft = local;
       return tcp_connect()(t, req, id, raft.c_str(), cb);
     };
+    // Inbound connections are watched: a leader's closing (its process
+    // died) starts an election at the next tick (see on_peer_gone).
+    {
+      std::lock_guard<std::mutex> g{tunnels_mu()};
+      owners()[&transport_] = this;
+    }
+    tcp_listen() = transport_.listen;
+    transport_.listen = [](struct raft_uv_transport* t, raft_uv_accept_cb cb) {
+      if (auto* self = owner_of(t))
+        self->accept_cb_ = cb;
+      return tcp_listen()(t, [](struct raft_uv_transport* t, raft_id id,
+                                const char* address, struct uv_stream_s* stream) {
+        auto* self = owner_of(t);
+        if (!self)
+          return;
+        self->watch(id, stream);
+        self->accept_cb_(t, id, address, stream);
+      });
+    };
     if (!opts_.tls.certificate.empty()) {
       // Raft's own listener on loopback; the tunnel listens on the member's
       // address with TLS and brings peers there.
@@ -134,6 +156,7 @@ public:
       return false;
     }
     started_ = true;
+    start_watching();  // without it, elections wait their timeout as before
     wake_.data = this;
     uv_async_init(&loop_, &wake_, [](uv_async_t* h) {
       static_cast<raft_log*>(h->data)->on_wake();
@@ -213,13 +236,12 @@ public:
       uv_loop_close(&loop_);
       loop_open_ = false;
     }
-    if (tunnel_) {
-      {
-        std::lock_guard<std::mutex> g{tunnels_mu()};
-        tunnels().erase(&transport_);
-      }
-      tunnel_.reset();
+    {
+      std::lock_guard<std::mutex> g{tunnels_mu()};
+      owners().erase(&transport_);
+      tunnels().erase(&transport_);
     }
+    tunnel_.reset();
   }
 
 private:
@@ -239,6 +261,110 @@ private:
     static std::mutex m;
     return m;
   }
+  using listen_fn = int (*)(struct raft_uv_transport*, raft_uv_accept_cb);
+  static listen_fn& tcp_listen() {
+    static listen_fn f = nullptr;
+    return f;
+  }
+  static std::map<const struct raft_uv_transport*, raft_log*>& owners() {
+    static std::map<const struct raft_uv_transport*, raft_log*> m;
+    return m;
+  }
+  static raft_log* owner_of(const struct raft_uv_transport* t) {
+    std::lock_guard<std::mutex> g{tunnels_mu()};
+    auto i = owners().find(t);
+    return i == owners().end() ? nullptr : i->second;
+  }
+
+  // -- a leader whose connection closes ------------------------------------
+  //
+  // A follower hears its leader on the connection the leader made to it.
+  // When the leader's process dies, the kernel closes that connection at
+  // once; libraft 0.15 would still wait an election timeout (randomized in
+  // [T, 2T]) without a heartbeat before it stands. Inbound connections are
+  // registered, by their own descriptor, in an epoll set of ours that
+  // reports the peer's hang-up only (raft's reading is untouched, and when
+  // raft closes a descriptor the kernel drops it from the set); that set is
+  // polled by the loop. When the member that hung up is the leader this
+  // follower knows, its election timer is made due, so it stands at the
+  // next tick (every heartbeat_timeout). Pre-vote keeps this from
+  // disrupting a leader that is alive: a follower that still hears it
+  // refuses the pre-vote. A host that goes silent without closing (power,
+  // network) still takes the election timeout.
+  bool start_watching() {
+    hangups_ = epoll_create1(EPOLL_CLOEXEC);
+    if (hangups_ < 0)
+      return false;
+    hangup_poll_.data = this;
+    if (uv_poll_init(&loop_, &hangup_poll_, hangups_) != 0) {
+      ::close(hangups_);
+      hangups_ = -1;
+      return false;
+    }
+    watching_ = true;
+    uv_poll_start(&hangup_poll_, UV_READABLE, [](uv_poll_t* h, int, int) {
+      static_cast<raft_log*>(h->data)->on_hangups();
+    });
+    return true;
+  }
+
+  void watch(uint64_t id, struct uv_stream_s* stream) {
+    uv_os_fd_t fd = -1;
+    if (!watching_ || closing_
+        || uv_fileno(reinterpret_cast<uv_handle_t*>(stream), &fd) != 0)
+      return;
+    epoll_event ev{};
+    ev.events = EPOLLRDHUP | EPOLLHUP;
+    ev.data.fd = fd;
+    if (epoll_ctl(hangups_, EPOLL_CTL_ADD, fd, &ev) != 0
+        && !(errno == EEXIST && epoll_ctl(hangups_, EPOLL_CTL_MOD, fd, &ev) == 0))
+      return;
+    watched_[fd] = id;  // a number reused by a later connection is rewritten
+  }
+
+  void on_hangups() {
+    epoll_event evs[16];
+    int n = epoll_wait(hangups_, evs, 16, 0);
+    for (int k = 0; k < n; ++k) {
+      int fd = evs[k].data.fd;
+      epoll_ctl(hangups_, EPOLL_CTL_DEL, fd, nullptr);
+      auto i = watched_.find(fd);
+      if (i == watched_.end())
+        continue;
+      auto id = i->second;
+      watched_.erase(i);
+      on_peer_gone(id);
+    }
+  }
+
+  void stop_watching() {
+    if (!watching_)
+      return;
+    watching_ = false;
+    uv_poll_stop(&hangup_poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&hangup_poll_), [](uv_handle_t* h) {
+      auto* self = static_cast<raft_log*>(h->data);
+      ::close(self->hangups_);
+      self->hangups_ = -1;
+    });
+  }
+
+  void on_peer_gone(uint64_t id) {
+    if (raft_state(&raft_) != RAFT_FOLLOWER)
+      return;
+    raft_id leader = 0;
+    const char* address = nullptr;
+    raft_leader(&raft_, &leader, &address);
+    if (leader != id)
+      return;
+    auto now = raft_.io->time(raft_.io);
+    auto timeout = raft_.follower_state.randomized_election_timeout;
+    if (now - raft_.election_timer_start < timeout)
+      raft_.election_timer_start = now - timeout;
+    log("raft")->info("member {}: the connection from leader {} closed; standing "
+                      "for election at the next tick", raft_.id, id);
+  }
+
   static raft_tls_tunnel* tunnel_of(const struct raft_uv_transport* t) {
     std::lock_guard<std::mutex> g{tunnels_mu()};
     auto i = tunnels().find(t);
@@ -504,6 +630,7 @@ private:
         member_.propose(std::move(entry), std::move(done));
     if (stopping && !closing_) {
       closing_ = true;
+      stop_watching();
       if (change_ && change_->stage == change_req::catching_up)
         finish_change("the replicated log is stopping");
       uv_timer_stop(&timer_);
@@ -538,6 +665,12 @@ private:
   std::deque<std::pair<std::function<void(transfer_fn)>, transfer_fn>> tasks_;
   std::unique_ptr<change_req> change_;  // on the loop's thread
   std::unique_ptr<raft_tls_tunnel> tunnel_;  // Raft over TLS
+  raft_uv_accept_cb accept_cb_ = nullptr;    // raft_uv's, behind ours
+  // Inbound connections watched for a hang-up (on the loop's thread).
+  int hangups_ = -1;                         // epoll set
+  uv_poll_t hangup_poll_{};
+  bool watching_ = false;
+  std::map<int, uint64_t> watched_;          // descriptor -> member id
   log_status status_;
 };
 

@@ -568,6 +568,60 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndAStrangerCertificateStaysOut) {
   miner.wait_exit(std::chrono::seconds(20));
 }
 
+// A leader whose process dies closes its connections at once: the followers
+// stand at their next tick instead of waiting out a (here long) election
+// timeout. A leader that is only stopped (SIGSTOP) closes nothing, and the
+// followers wait the timeout, as Raft says (the control).
+TEST_F(Cluster, AKilledLeaderIsReplacedBeforeTheElectionTimeout) {
+  write_file("", "election_timeout_ms = 6000\nheartbeat_timeout_ms = 100\n");
+  for (int i = 1; i <= 3; ++i)
+    start(i);
+  int l = wait_leader();
+  ASSERT_GT(l, 0) << "no leader elected";
+  // The ready leader among the members other than `skip` (0: none).
+  auto leader_besides = [&](int skip) {
+    for (int i = 1; i <= 3; ++i) {
+      if (i == skip)
+        continue;
+      auto j = status(i);
+      if (j.is_object() && j.contains("cluster")
+          && j["cluster"].value("role", "") == "leader"
+          && j["cluster"].value("ready", false))
+        return i;
+    }
+    return 0;
+  };
+  // Stopped: nobody stands within 3 s (the timeout is 6 s).
+  oracle_[l]->signal(SIGSTOP);
+  auto stopped_at = std::chrono::steady_clock::now();
+  bool other = false;
+  while (std::chrono::steady_clock::now() - stopped_at < std::chrono::seconds(3) && !other) {
+    other = leader_besides(l) > 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(other) << "a follower stood within 3 s of a silent leader";
+  oracle_[l]->signal(SIGCONT);
+  for (int k = 0; k < 100 && leader() == 0; ++k)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  l = leader();
+  ASSERT_GT(l, 0);
+  // Killed: another member leads well before the election timeout.
+  oracle_[l]->signal(SIGKILL);
+  auto killed_at = std::chrono::steady_clock::now();
+  int next = 0;
+  while (std::chrono::steady_clock::now() - killed_at < std::chrono::seconds(20)) {
+    if ((next = leader_besides(l)) > 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::steady_clock::now() - killed_at).count();
+  ASSERT_TRUE(next > 0 && next != l) << "no new leader within 20 s";
+  std::printf("leader %d killed: member %d led %lld ms later (election timeout 6000 ms)\n",
+              l, next, static_cast<long long>(ms));
+  EXPECT_LT(ms, 6000) << "the followers waited for the election timeout";
+}
+
 // One member of three, alone: no leader can be elected, so writes are 503
 // (not_leader, "retry shortly") while reads still answer from what it holds.
 TEST_F(Cluster, AMemberWithoutAQuorumAnswersWritesWith503) {
