@@ -1,5 +1,6 @@
 // `nodepool bench`: throughput, grant latency, memory and recovery time of
 // the pool, side by side with a Redis-based pool (see BENCHMARKS.md).
+#include <algorithm>
 #include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <csignal>
@@ -347,6 +348,65 @@ void plot_failover(const std::string& dir, const nlohmann::json& f) {
   gnuplot(dir, "failover.gp", "failover.png");
 }
 
+/// The etcd peer beside ours: cycles/s (nodepool's replicated section and
+/// etcd's) and each kill's failover, sorted, one curve for each.
+void plot_etcd(const std::string& dir, const nlohmann::json& report) {
+  auto& e = report["etcd"];
+  bool cycles = report.contains("replicated") && e.contains("cycles_per_s");
+  bool failover = report.contains("failover") && e.contains("failover")
+                  && report["failover"].contains("kill_to_first_grant_ms")
+                  && e["failover"].contains("kill_to_first_reservation_ms");
+  if (!cycles && !failover)
+    return;
+  if (cycles) {
+    std::ofstream out{dir + "/etcd_cycles.dat"};
+    out << "# what cycles_per_s\n"
+        << "\"nodepool (3 members)\" " << report["replicated"]["cycles_per_s"].get<double>()
+        << "\n\"etcd (3 members)\" " << e["cycles_per_s"].get<double>() << "\n";
+  }
+  if (failover) {
+    auto sorted = [](const nlohmann::json& a) {
+      std::vector<double> v;
+      for (auto& x : a)
+        if (x.is_number())
+          v.push_back(x.get<double>());
+      std::sort(v.begin(), v.end());
+      return v;
+    };
+    auto ours = sorted(report["failover"]["kill_to_first_grant_ms"]);
+    auto theirs = sorted(e["failover"]["kill_to_first_reservation_ms"]);
+    std::ofstream out{dir + "/etcd_failover.dat"};
+    out << "# rank nodepool_ms etcd_ms (each sorted; -1: fewer kills)\n";
+    for (size_t i = 0; i < std::max(ours.size(), theirs.size()); ++i)
+      out << i + 1 << ' ' << (i < ours.size() ? ours[i] : -1.0) << ' '
+          << (i < theirs.size() ? theirs[i] : -1.0) << '\n';
+  }
+  std::ofstream out{dir + "/etcd.gp"};
+  out << "# nodepool beside a reservation table on etcd; written by nodepool "
+         "bench --plot.\n"
+         "set terminal pngcairo size 1100,480 noenhanced\n"
+         "set output 'etcd.png'\n"
+         "set multiplot layout 1," << (cycles && failover ? 2 : 1)
+      << " title 'nodepool and etcd, 3 members each, heartbeat 50 ms, election "
+         "timeout 400 ms'\n"
+         "set grid\n";
+  if (cycles)
+    out << "set style fill solid 0.6\nset boxwidth 0.5\nset logscale y\n"
+           "set ylabel 'reservation cycles/s (log)'\nset yrange [10:*]\n"
+           "plot 'etcd_cycles.dat' using 0:2:xtic(1) with boxes notitle\n"
+           "unset logscale y\nset yrange [0:*]\n";
+  if (failover)
+    out << "set xlabel 'kills, sorted by time'\nset ylabel 'ms from kill -9 of the "
+           "leader to the first write of the new one'\nset key top left\n"
+           "plot 'etcd_failover.dat' using 1:($2 >= 0 ? $2 : NaN) with linespoints "
+           "lw 2 title 'nodepool: first grant', \\\n"
+           "     'etcd_failover.dat' using 1:($3 >= 0 ? $3 : NaN) with linespoints "
+           "lw 2 title 'etcd: first reservation'\n";
+  out << "unset multiplot\n";
+  out.close();
+  gnuplot(dir, "etcd.gp", "etcd.png");
+}
+
 /// --plot: every figure the report has data for.
 void plot(const std::string& dir, const nlohmann::json& report) {
   std::filesystem::create_directories(dir);
@@ -355,6 +415,8 @@ void plot(const std::string& dir, const nlohmann::json& report) {
   plot_throughput(dir, report);
   if (report.contains("failover"))
     plot_failover(dir, report["failover"]);
+  if (report.contains("etcd"))
+    plot_etcd(dir, report);
 }
 
 nlohmann::json measure(options& o);

@@ -154,8 +154,8 @@ TEST(bench, plot_draws_latency_throughput_and_the_failover_timeline) {
   cleanup tidy{dir};
   auto plot = dir + "/plot";
   auto [rc, out] = run({"bench", "--quick", "--json", "--only", "durable",
-                        "scale", "failover", "--plot", plot},
-                       dir + "/bench.out", 300s);
+                        "scale", "failover", "replicated", "etcd", "--plot", plot},
+                       dir + "/bench.out", 400s);
   ASSERT_EQ(rc, 0) << out << read_file(dir + "/bench.out.err");
   auto j = last_json_line(out);
   ASSERT_TRUE(j.is_object()) << out;
@@ -180,8 +180,17 @@ TEST(bench, plot_draws_latency_throughput_and_the_failover_timeline) {
     EXPECT_GE(r[2], r[0]) << "a first grant after its kill";
   EXPECT_EQ(data_lines(plot + "/grant_latency.dat").size(),
             j["durable"]["curve"].size());
+  // Beside etcd: each kill of both, sorted, and both cycle rates.
+  auto side = data_lines(plot + "/etcd_failover.dat");
+  EXPECT_EQ(side.size(), std::max(j["failover"]["kills"].get<size_t>(),
+                                  j["etcd"]["failover"]["kills"].get<size_t>()));
+  for (size_t i = 1; i < side.size(); ++i)
+    if (side[i][2] >= 0)
+      EXPECT_GE(side[i][2], side[i - 1][2]) << "sorted";
+  EXPECT_EQ(read_file(plot + "/etcd_cycles.dat").find("etcd (3 members)") != std::string::npos,
+            true);
   if (run_shell("command -v gnuplot").first == 0)
-    for (auto png : {"/grant_latency.png", "/throughput.png", "/failover.png"})
+    for (auto png : {"/grant_latency.png", "/throughput.png", "/failover.png", "/etcd.png"})
       EXPECT_GT(std::filesystem::file_size(plot + png), 10000u) << png;
 }
 
