@@ -396,8 +396,7 @@ void plot_etcd(const std::string& dir, const nlohmann::json& report) {
            "plot 'etcd_cycles.dat' using 0:2:xtic(1) with boxes notitle\n"
            "unset logscale y\nset yrange [0:*]\n";
   if (failover)
-    out << "set xlabel 'kills, sorted by time'\nset ylabel 'ms from kill -9 of the "
-           "leader to the first write of the new one'\nset key top left\n"
+    out << "set xlabel 'kills, sorted by time'\nset ylabel 'ms from kill -9 of the leader to a write'\nset key top left\n"
            "plot 'etcd_failover.dat' using 1:($2 >= 0 ? $2 : NaN) with linespoints "
            "lw 2 title 'nodepool: first grant', \\\n"
            "     'etcd_failover.dat' using 1:($3 >= 0 ? $3 : NaN) with linespoints "
