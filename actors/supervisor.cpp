@@ -749,6 +749,10 @@ caf::behavior handlers(self_ptr self) {
       }
       auto rp = i->second.rp;
       st.member_changes.erase(i);
+      if (s.leader_id == s.id)
+        return rp.deliver(make_refusal("membership_refused",
+                                       "no other member took leadership: member "
+                                         + std::to_string(s.id) + " still leads"));
       rp.deliver(make_refusal("not_leader", not_leader_detail(self)));
     },
     // Scheduled rotation: the window of the term this member leads ended.

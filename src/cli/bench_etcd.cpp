@@ -219,8 +219,11 @@ private:
     std::mt19937_64 rng{t + 1};
     uint64_t k = 0;
     // One transaction; false when the comparison failed. A member that
-    // does not answer (killed, or no leader yet) sends the client on.
+    // does not answer (killed, or no leader yet) sends the client on; then
+    // `retried` is set: the unanswered attempt may have committed.
+    bool retried = false;
     auto call = [&](const nlohmann::json& body) -> bool {
+      retried = false;
       for (;;) {
         if (stop_)
           throw std::runtime_error("stopped");
@@ -231,6 +234,7 @@ private:
             throw std::runtime_error("etcd answered something that is not JSON");
           return j.value("succeeded", false);
         }
+        retried = true;
         at = (at + 1) % urls_.size();
         c = client();
         std::this_thread::sleep_for(5ms);
@@ -248,12 +252,19 @@ private:
           if (call(txn(node, "free",
                        {put(node, "reserved:" + sid), put("session/" + sid, "active")})))
             break;
+          // An attempt whose answer was lost may have been ours: the
+          // session's key says.
+          if (retried && call(txn("session/" + sid, "active", nlohmann::json::array())))
+            break;
           ++conflicts_;  // taken by another client: try another node
         }
         if (!call(txn(node, "reserved:" + sid,
-                      {put(node, "revalidating"), put("session/" + sid, "completed")})))
+                      {put(node, "revalidating"), put("session/" + sid, "completed")}))
+            && !(retried && call(txn("session/" + sid, "completed", nlohmann::json::array()))))
           throw std::runtime_error("etcd: " + node + " was not reserved by " + sid);
-        if (!call(txn(node, "revalidating", {put(node, "free")})))
+        // Only this client moves its node out of revalidating: after a lost
+        // answer, a failed comparison means the first attempt committed.
+        if (!call(txn(node, "revalidating", {put(node, "free")})) && !retried)
           throw std::runtime_error("etcd: " + node + " was not revalidating");
         ++cycles_;
       }

@@ -151,24 +151,14 @@ class netns_cluster {
 public:
   netns_cluster(size_t members, const std::string& prefix, const std::string& subnet)
     : prefix_(prefix), subnet_(subnet) {
-    ip("link add " + bridge() + " type bridge");
-    made_ = true;
-    // Bridged frames skip the host's packet filter (br_netfilter).
-    ip("link set " + bridge()
-         + " type bridge nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0",
-       false);
-    ip("addr add " + subnet_ + ".254/24 dev " + bridge());
-    ip("link set " + bridge() + " up");
-    for (size_t k = 1; k <= members; ++k)
-      add("o" + std::to_string(k));
-    add("m");
+    try {
+      make(members);
+    } catch (...) {
+      teardown();  // what was made goes, then the reason
+      throw;
+    }
   }
-  ~netns_cluster() {
-    for (auto& n : names_)
-      ip("netns del " + name(n), false);
-    if (made_)
-      ip("link del " + bridge(), false);
-  }
+  ~netns_cluster() { teardown(); }
   netns_cluster(const netns_cluster&) = delete;
   netns_cluster& operator=(const netns_cluster&) = delete;
 
@@ -193,6 +183,27 @@ public:
   }
 
 private:
+  void teardown() {
+    for (auto& n : names_)
+      ip("netns del " + name(n), false);
+    names_.clear();
+    if (made_)
+      ip("link del " + bridge(), false);
+    made_ = false;
+  }
+  void make(size_t members) {
+    ip("link add " + bridge() + " type bridge");
+    made_ = true;
+    // Bridged frames skip the host's packet filter (br_netfilter).
+    ip("link set " + bridge()
+         + " type bridge nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0",
+       false);
+    ip("addr add " + subnet_ + ".254/24 dev " + bridge());
+    ip("link set " + bridge() + " up");
+    for (size_t k = 1; k <= members; ++k)
+      add("o" + std::to_string(k));
+    add("m");
+  }
   std::string bridge() const { return prefix_ + "br"; }
   void add(const std::string& n) {
     ip("netns add " + name(n));

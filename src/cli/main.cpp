@@ -65,6 +65,9 @@ void on_stop_signal(int sig) {
 /// and write(2) do not allocate. Addresses print as binary+offset:
 /// `addr2line -Cfe nodepool OFFSET` names the function.
 void on_fatal_signal(int sig) {
+  // Should the report itself hang (the unwinder takes the loader's lock),
+  // SIGALRM's default action still ends the process.
+  ::alarm(5);
   char msg[64];
   static const char head[] = "nodepool: fatal signal ";
   size_t n = 0;

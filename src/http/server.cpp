@@ -661,7 +661,9 @@ std::string server::start() {
     if (ec) {
       // A host name ("localhost", a name of this host): its first address.
       tcp::resolver resolver{*impl_->io};
-      auto found = resolver.resolve(cfg.host, std::to_string(cfg.port), ec);
+      auto found = resolver.resolve(tcp::v4(), cfg.host, std::to_string(cfg.port), ec);
+      if (ec || found.empty())  // a name with IPv6 addresses only
+        found = resolver.resolve(cfg.host, std::to_string(cfg.port), ec);
       if (ec || found.empty())
         return "'" + cfg.host + "' is neither an IP address nor a name this "
                "host resolves" + (ec ? ": " + ec.message() : std::string{});

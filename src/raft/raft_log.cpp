@@ -6,7 +6,9 @@
 #include <mutex>
 #include <unistd.h>
 #include <cerrno>
+#include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <thread>
 
 extern "C" {
@@ -281,11 +283,14 @@ private:
   // A follower hears its leader on the connection the leader made to it.
   // When the leader's process dies, the kernel closes that connection at
   // once; libraft 0.15 would still wait an election timeout (randomized in
-  // [T, 2T]) without a heartbeat before it stands. Inbound connections are
-  // registered, by their own descriptor, in an epoll set of ours that
-  // reports the peer's hang-up only (raft's reading is untouched, and when
-  // raft closes a descriptor the kernel drops it from the set); that set is
-  // polled by the loop. When the member that hung up is the leader this
+  // [T, 2T]) without a heartbeat before it stands. Each inbound connection
+  // is registered, through a duplicate of its descriptor, in an epoll set of
+  // ours that reports the peer's hang-up only (raft's reading is untouched);
+  // that set is polled by the loop. The duplicate keeps the registration
+  // when raft reads the end of the stream and closes its descriptor first
+  // (in the same turn of the loop); and once raft has closed its
+  // descriptor for any reason, the duplicate is closed too (checked at
+  // every refresh), so the connection does not outlive raft's use of it. When the member that hung up is the leader this
   // follower knows, its election timer is made due, so it stands at the
   // next tick (every heartbeat_timeout). Pre-vote keeps this from
   // disrupting a leader that is alive: a follower that still hears it
@@ -313,26 +318,52 @@ private:
     if (!watching_ || closing_
         || uv_fileno(reinterpret_cast<uv_handle_t*>(stream), &fd) != 0)
       return;
+    struct stat st {};
+    if (fstat(fd, &st) != 0)
+      return;
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0)
+      return;
     epoll_event ev{};
     ev.events = EPOLLRDHUP | EPOLLHUP;
-    ev.data.fd = fd;
-    if (epoll_ctl(hangups_, EPOLL_CTL_ADD, fd, &ev) != 0
-        && !(errno == EEXIST && epoll_ctl(hangups_, EPOLL_CTL_MOD, fd, &ev) == 0))
+    ev.data.fd = dup;
+    if (epoll_ctl(hangups_, EPOLL_CTL_ADD, dup, &ev) != 0) {
+      ::close(dup);
       return;
-    watched_[fd] = id;  // a number reused by a later connection is rewritten
+    }
+    watched_[dup] = {id, fd, st.st_dev, st.st_ino};
+  }
+
+  void forget(int dup) {
+    epoll_ctl(hangups_, EPOLL_CTL_DEL, dup, nullptr);
+    ::close(dup);
+    watched_.erase(dup);
+  }
+
+  /// Duplicates of descriptors raft has closed (or whose number now names
+  /// another socket) are closed.
+  void sweep_watches() {
+    for (auto i = watched_.begin(); i != watched_.end();) {
+      auto& w = i->second;
+      struct stat st {};
+      bool same = fstat(w.fd, &st) == 0 && st.st_dev == w.dev && st.st_ino == w.ino;
+      auto dup = i->first;
+      ++i;
+      if (!same)
+        forget(dup);
+    }
   }
 
   void on_hangups() {
     epoll_event evs[16];
     int n = epoll_wait(hangups_, evs, 16, 0);
     for (int k = 0; k < n; ++k) {
-      int fd = evs[k].data.fd;
-      epoll_ctl(hangups_, EPOLL_CTL_DEL, fd, nullptr);
-      auto i = watched_.find(fd);
+      int dup = evs[k].data.fd;
+      auto i = watched_.find(dup);
       if (i == watched_.end())
         continue;
-      auto id = i->second;
-      watched_.erase(i);
+      auto id = i->second.id;
+      forget(dup);
       on_peer_gone(id);
     }
   }
@@ -341,6 +372,8 @@ private:
     if (!watching_)
       return;
     watching_ = false;
+    while (!watched_.empty())
+      forget(watched_.begin()->first);
     uv_poll_stop(&hangup_poll_);
     uv_close(reinterpret_cast<uv_handle_t*>(&hangup_poll_), [](uv_handle_t* h) {
       auto* self = static_cast<raft_log*>(h->data);
@@ -387,6 +420,8 @@ private:
   void refresh() {
     member_.poll();
     check_change();
+    if (watching_)
+      sweep_watches();
     auto st = member_.status();
     if (change_)
       st.changing = change_->what();
@@ -522,6 +557,8 @@ private:
       return done("a membership change is under way (" + change_->what() + ")");
     if (id == 0)
       return done("a member id is a positive integer");
+    if (raft_.configuration.n >= 7)
+      return done("the cluster has 7 members already (the most it may have)");
     if (auto i = index_of(id); i >= 0)
       return done("member " + std::to_string(id) + " is already in the cluster (at "
                   + member_from_config(id, raft_.configuration.servers[i].address).raft
@@ -670,7 +707,13 @@ private:
   int hangups_ = -1;                         // epoll set
   uv_poll_t hangup_poll_{};
   bool watching_ = false;
-  std::map<int, uint64_t> watched_;          // descriptor -> member id
+  struct watched {
+    uint64_t id = 0;  // the member that connected
+    int fd = -1;      // raft's descriptor, and what it named
+    dev_t dev = 0;
+    ino_t ino = 0;
+  };
+  std::map<int, watched> watched_;           // our duplicate -> what it watches
   log_status status_;
 };
 

@@ -6,10 +6,12 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
+#include <openssl/x509.h>
 
 #include "cluster_config.hpp"
 #include "log.hpp"
@@ -87,6 +89,22 @@ void configure(ssl::context& ctx, const raft_tls_tunnel::files& f) {
   ctx.use_private_key_file(f.key, ssl::context::pem);
   ctx.load_verify_file(f.ca);
   ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  // The CA may sign miners' certificates too: only an oracle's speaks Raft,
+  // and an oracle's common name begins with "oracle".
+  ctx.set_verify_callback([](bool preverified, ssl::verify_context& v) {
+    if (!preverified)
+      return false;
+    auto* store = v.native_handle();
+    if (X509_STORE_CTX_get_error_depth(store) != 0)
+      return true;
+    char cn[256] = {};
+    auto* cert = X509_STORE_CTX_get_current_cert(store);
+    if (!cert
+        || X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn,
+                                     sizeof cn) < 0)
+      return false;
+    return std::string_view{cn}.rfind("oracle", 0) == 0;
+  });
 }
 
 tcp::endpoint endpoint_of(const std::string& address) {

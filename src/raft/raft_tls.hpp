@@ -10,8 +10,9 @@ namespace nodepool {
 /// runs this tunnel on a thread of its own.
 ///
 /// - Inbound: it listens on the member's Raft address with TLS; a peer that
-///   completes a mutual handshake (a certificate signed by the CA given) is
-///   joined to raft's own listener, bound on loopback (`local`).
+///   completes a mutual handshake (a certificate signed by the CA given,
+///   whose common name begins with "oracle": the CA may sign miners' too)
+///   is joined to raft's own listener, bound on loopback (`local`).
 /// - Outbound: for each peer's Raft address, a listener on loopback that
 ///   raft is told to connect to (`local_for`); each connection made there
 ///   goes on to the peer over TLS.

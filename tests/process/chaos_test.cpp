@@ -139,8 +139,11 @@ TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
   EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
   EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
   // Its namespaces went with it.
-  auto [lrc, left] = run_shell("ip netns list | grep -c '^nc' || true");
-  EXPECT_EQ(left.substr(0, 1), "0") << left;
+  auto at = errors.find("network namespaces nc");
+  ASSERT_NE(at, std::string::npos) << errors;
+  auto prefix = errors.substr(at + 19, errors.find('o', at + 21) - at - 19);
+  auto [lrc, left] = run_shell("ip netns list | grep -c '^" + prefix + "' || true");
+  EXPECT_EQ(left.substr(0, 1), "0") << prefix << ": " << left;
 }
 
 TEST(chaos, bad_flags_are_refused_before_anything_starts) {

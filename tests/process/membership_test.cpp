@@ -93,13 +93,24 @@ protected:
     return {rc, o + read_file(out + ".err")};
   }
 
-  /// The members as member `i` lists them: id -> role ("voter", ...).
-  std::map<int, std::string> roles(int i) {
+  /// The members as member `i` lists them: id -> role ("voter", ...),
+  /// once it lists `n` of them (it may apply the change a moment after the
+  /// leader answered), or as it lists them after 10 s.
+  std::map<int, std::string> roles(int i, size_t n) {
     std::map<int, std::string> out;
-    auto m = get(i, "/api/v1/members");
-    if (m.is_object())
-      for (auto& x : m["members"])
-        out[x["id"].get<int>()] = x.value("role", "?");
+    for (int k = 0; k < 100; ++k) {
+      out.clear();
+      auto m = get(i, "/api/v1/members");
+      if (m.is_object())
+        for (auto& x : m["members"])
+          out[x["id"].get<int>()] = x.value("role", "?");
+      bool settled = out.size() == n;
+      for (auto& [id, role] : out)
+        settled &= role == "voter";
+      if (settled)
+        break;
+      std::this_thread::sleep_for(100ms);
+    }
     return out;
   }
 
@@ -132,7 +143,7 @@ TEST_F(Membership, GrowsFromThreeToFiveAndBackUnderLoadLosingNothing) {
                                        m.raft, "--address", m.address, "--http", m.http});
     ASSERT_EQ(rc, 0) << out;
   }
-  auto r = roles(1);
+  auto r = roles(1, 5);
   ASSERT_EQ(r.size(), 5u);
   for (auto& [id, role] : r)
     EXPECT_EQ(role, "voter") << "member " << id;
@@ -176,7 +187,7 @@ TEST_F(Membership, GrowsFromThreeToFiveAndBackUnderLoadLosingNothing) {
   for (int x : removed)
     left.erase(x);
   int asked = *left.rbegin();
-  r = roles(asked);
+  r = roles(asked, 3);
   EXPECT_EQ(r.size(), 3u);
   for (int x : removed)
     EXPECT_EQ(r.count(x), 0u) << "member " << x << " is still listed";
@@ -212,7 +223,7 @@ TEST_F(Membership, GrowsFromThreeToFiveAndBackUnderLoadLosingNothing) {
     EXPECT_NE(out2.find("no quorum"), std::string::npos) << out2;
   }
   oracle_[down]->signal(SIGCONT);
-  EXPECT_EQ(roles(live).size(), 3u);
+  EXPECT_EQ(roles(live, 3).size(), 3u);
 
   // Nothing lost: every session the client was told of ended, on each
   // member left.
