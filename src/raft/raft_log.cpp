@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <cerrno>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <thread>
@@ -348,9 +349,17 @@ private:
       struct stat st {};
       bool same = fstat(w.fd, &st) == 0 && st.st_dev == w.dev && st.st_ino == w.ino;
       auto dup = i->first;
+      auto id = w.id;
       ++i;
-      if (!same)
-        forget(dup);
+      if (same)
+        continue;
+      // Raft read the end and closed its descriptor before our set was
+      // polled: the hang-up is still there to see on the duplicate.
+      pollfd p{dup, POLLRDHUP, 0};
+      bool hung_up = ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP));
+      forget(dup);
+      if (hung_up)
+        on_peer_gone(id);
     }
   }
 

@@ -88,9 +88,18 @@ protected:
     std::vector<std::string> a{"ctl", "--url", "http://" + ms_[i - 1].http,
                                "--timeout", "120"};
     a.insert(a.end(), args.begin(), args.end());
-    auto out = dir_ + "/ctl" + std::to_string(++ctl_runs_) + ".out";
-    auto [rc, o] = run(a, out, 150s);
-    return {rc, o + read_file(out + ".err")};
+    // Right after a hand-over no leader may be known for a moment: the
+    // answer is 503 not_leader, "retry shortly", and an operator retries.
+    std::pair<int, std::string> r;
+    for (int k = 0; k < 20; ++k) {
+      auto out = dir_ + "/ctl" + std::to_string(++ctl_runs_) + ".out";
+      auto [rc, o] = run(a, out, 150s);
+      r = {rc, o + read_file(out + ".err")};
+      if (r.second.find("503 not_leader") == std::string::npos)
+        break;
+      std::this_thread::sleep_for(300ms);
+    }
+    return r;
   }
 
   /// The members as member `i` lists them: id -> role ("voter", ...),
