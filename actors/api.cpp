@@ -145,32 +145,26 @@ class caf_pool_api : public http::pool_api {
   }
 
   void transfer(uint64_t to, json_cb cb) override {
-    auto sup = sup_;
-    auto gw = gw_;
-    auto* sys = &sys_;
-    sys_.spawn([=](caf::event_based_actor* self) {
-      // libraft ends a transfer within an election timeout.
-      self->request(sup, std::chrono::seconds(30), transfer_atom::value, to)
-        .then(
-          [=](const std::string& text) {
-            auto j = nlohmann::json::parse(text, nullptr, false);
-            cb(j.is_discarded() ? nlohmann::json::object() : j, std::nullopt);
-          },
-          [=](caf::error& err) {
-            with_leader_http(self, gw, to_api_error(*sys, err),
-                             [cb](api_error e) { cb({}, std::move(e)); });
-          });
-    });
+    // libraft ends a transfer within an election timeout.
+    ask_supervisor_json(std::chrono::seconds(30), std::move(cb), transfer_atom::value, to);
   }
 
   void change_member(const std::string& op, uint64_t id, const std::string& address,
                      json_cb cb) override {
+    // A new member may take up to a minute to catch up before its vote.
+    ask_supervisor_json(std::chrono::seconds(90), std::move(cb), member_atom::value, op,
+                        id, address);
+  }
+
+  /// An operator's request to the supervisor that answers JSON text; a
+  /// follower's refusal names the leader's API (with_leader_http).
+  template <class... Ts>
+  void ask_supervisor_json(std::chrono::seconds limit, json_cb cb, Ts... xs) {
     auto sup = sup_;
     auto gw = gw_;
     auto* sys = &sys_;
     sys_.spawn([=](caf::event_based_actor* self) {
-      // A new member may take up to a minute to catch up before its vote.
-      self->request(sup, std::chrono::seconds(90), member_atom::value, op, id, address)
+      self->request(sup, limit, xs...)
         .then(
           [=](const std::string& text) {
             auto j = nlohmann::json::parse(text, nullptr, false);
