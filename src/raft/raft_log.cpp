@@ -291,9 +291,11 @@ private:
   // when raft reads the end of the stream and closes its descriptor first
   // (in the same turn of the loop); and once raft has closed its
   // descriptor for any reason, the duplicate is closed too (checked at
-  // every refresh), so the connection does not outlive raft's use of it. When the member that hung up is the leader this
-  // follower knows, its election timer is made due, so it stands at the
-  // next tick (every heartbeat_timeout). Pre-vote keeps this from
+  // every refresh), so the connection does not outlive raft's use of it.
+  // When the member that hung up is the leader this follower knows, the
+  // follower forgets it and makes its election timer due, the lowest
+  // remaining voter at its next tick (every heartbeat_timeout), the others
+  // a little later (on_peer_gone). Pre-vote keeps this from
   // disrupting a leader that is alive: a follower that still hears it
   // refuses the pre-vote. A host that goes silent without closing (power,
   // network) still takes the election timeout.
@@ -399,12 +401,38 @@ private:
     raft_leader(&raft_, &leader, &address);
     if (leader != id)
       return;
+    // The leader is forgotten (as libraft itself does when it clears a
+    // follower), so this member grants the pre-vote of another follower
+    // that stands first: libraft 0.15 refuses every vote while it knows a
+    // leader. A leader that is alive after all is known again at its next
+    // heartbeat, which also resets the timer set below.
+    raft_.follower_state.current_leader.id = 0;
+    if (raft_.follower_state.current_leader.address != nullptr)
+      raft_free(raft_.follower_state.current_leader.address);
+    raft_.follower_state.current_leader.address = nullptr;
+    // The remaining voters stand one after another, by id, not at once:
+    // two followers standing within a round trip of each other split the
+    // vote, and the next try waits a whole randomized election timeout.
+    auto delay = stand_delay(id);
     auto now = raft_.io->time(raft_.io);
     auto timeout = raft_.follower_state.randomized_election_timeout;
-    if (now - raft_.election_timer_start < timeout)
-      raft_.election_timer_start = now - timeout;
+    if (now - raft_.election_timer_start + delay < timeout)
+      raft_.election_timer_start = now + delay - timeout;
     log("raft")->info("member {}: the connection from leader {} closed; standing "
-                      "for election at the next tick", raft_.id, id);
+                      "for election in {} ms", raft_.id, id, delay);
+  }
+
+  /// How long after a dead leader's hang-up this member stands: a quarter
+  /// of the election timeout for each voter (the dead one left out) whose
+  /// id is lower than this member's.
+  raft_time stand_delay(uint64_t gone) const {
+    raft_time rank = 0;
+    for (unsigned k = 0; k < raft_.configuration.n; ++k) {
+      auto& s = raft_.configuration.servers[k];
+      if (s.role == RAFT_VOTER && s.id != gone && s.id < raft_.id)
+        ++rank;
+    }
+    return rank * (raft_.election_timeout / 4);
   }
 
   static raft_tls_tunnel* tunnel_of(const struct raft_uv_transport* t) {
@@ -568,11 +596,22 @@ private:
       return done("a member id is a positive integer");
     if (raft_.configuration.n >= 7)
       return done("the cluster has 7 members already (the most it may have)");
-    if (auto i = index_of(id); i >= 0)
-      return done("member " + std::to_string(id) + " is already in the cluster (at "
-                  + member_from_config(id, raft_.configuration.servers[i].address).raft
-                  + ")");
     auto raft_addr = member_from_config(id, address).raft;
+    if (auto i = index_of(id); i >= 0) {
+      auto& s = raft_.configuration.servers[i];
+      auto at = member_from_config(id, s.address).raft;
+      if (s.role == RAFT_VOTER)
+        return done("member " + std::to_string(id) + " is already in the cluster (at "
+                    + at + ")");
+      if (at != raft_addr)
+        return done("member " + std::to_string(id) + " is already a non-voter at " + at
+                    + ": remove it before adding it at " + raft_addr);
+      // An add cut short (a leader change, a member that did not catch up
+      // in time) left it a non-voter: this add takes it on from there.
+      change_ = new_change(id, std::move(done));
+      change_->stage = s.role == RAFT_SPARE ? change_req::adding : change_req::standing_by;
+      return on_change(0);
+    }
     for (unsigned i = 0; i < raft_.configuration.n; ++i) {
       auto& s = raft_.configuration.servers[i];
       if (member_from_config(s.id, s.address).raft == raft_addr)

@@ -53,9 +53,11 @@ protected:
   }
 
   void start(int i, std::vector<std::string> extra = {"--http", "off"}) {
-    std::vector<std::string> a{"oracle", "--cluster", dir_ + "/cluster.toml",
-                               "--id", std::to_string(i), "--data-dir",
-                               dir_ + "/m" + std::to_string(i)};
+    std::vector<std::string> a = global_;
+    for (auto& f : {std::string{"oracle"}, std::string{"--cluster"}, dir_ + "/cluster.toml",
+                    std::string{"--id"}, std::to_string(i), std::string{"--data-dir"},
+                    dir_ + "/m" + std::to_string(i)})
+      a.push_back(f);
     for (auto& f : fast_pool_flags())
       a.push_back(f);
     a.insert(a.end(), extra.begin(), extra.end());
@@ -105,6 +107,7 @@ protected:
   uint16_t raft_[4] = {};
   std::unique_ptr<child> oracle_[4];
   int runs_ = 0;
+  std::vector<std::string> global_;  // options before the subcommand
 };
 
 TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
@@ -578,6 +581,7 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
 // followers wait the timeout, as Raft says (the control).
 TEST_F(Cluster, AKilledLeaderIsReplacedBeforeTheElectionTimeout) {
   write_file("", "election_timeout_ms = 6000\nheartbeat_timeout_ms = 100\n");
+  global_ = {"--log-level", "info"};  // each member says when it stands
   for (int i = 1; i <= 3; ++i)
     start(i);
   int l = wait_leader();
@@ -611,6 +615,20 @@ TEST_F(Cluster, AKilledLeaderIsReplacedBeforeTheElectionTimeout) {
   std::printf("leader %d killed: member %d led %lld ms later (election timeout 6000 ms)\n",
               l, next, static_cast<long long>(ms));
   EXPECT_LT(ms, 6000) << "the followers waited for the election timeout";
+  // Both followers saw the hang-up; the lower id stood at once and the
+  // other a quarter of the timeout later, so they did not split the vote.
+  int low = 0;
+  for (int m = 1; m <= 3; ++m) {
+    if (m == l)
+      continue;
+    low = low ? low : m;
+    auto said = "the connection from leader " + std::to_string(l) + " closed; standing "
+                "for election in " + (m == low ? "0" : "1500") + " ms";
+    for (int k = 0; k < 50 && oracle_[m]->errors().find(said) == std::string::npos; ++k)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_NE(oracle_[m]->errors().find(said), std::string::npos)
+      << "member " << m << " did not say: " << said << "\n" << oracle_[m]->errors();
+  }
 }
 
 // One member of three, alone: no leader can be elected, so writes are 503

@@ -256,4 +256,59 @@ TEST_F(Membership, GrowsFromThreeToFiveAndBackUnderLoadLosingNothing) {
   }
 }
 
+// An add cut short by a hand-over leaves a standby; adding the same
+// member again at the same address takes it on from there, and adding it
+// at another address is refused.
+TEST_F(Membership, AnAddCutShortIsTakenUpByAddingAgain) {
+  for (int i = 1; i <= 3; ++i)
+    start(i, dir_ + "/three.toml", false);
+  int l = leader_seen_by(1);
+  ASSERT_GT(l, 0) << "no leader elected";
+  auto& m4 = ms_[3];
+  auto url = [&](int i) { return "http://" + ms_[i - 1].http; };
+  // Member 4 is not running: it cannot catch up, so the add waits.
+  child add{{"ctl", "--url", url(l), "--timeout", "120", "members", "add", "4", m4.raft,
+             "--address", m4.address, "--http", m4.http},
+            dir_ + "/add1.out"};
+  std::string role;
+  for (int k = 0; k < 100 && role != "standby"; ++k) {
+    std::this_thread::sleep_for(100ms);
+    auto members = get(l, "/api/v1/members");
+    for (auto& x : members["members"])
+      if (x.value("id", 0) == 4)
+        role = x.value("role", "");
+  }
+  ASSERT_EQ(role, "standby") << get(l, "/api/v1/members").dump() << read_file(dir_ + "/add1.out.err");
+  {
+    auto [rc, out] = ctl(l, {"transfer-leader"});
+    ASSERT_EQ(rc, 0) << out;
+  }
+  EXPECT_EQ(add.wait_exit(30s), 1);
+  auto said = read_file(dir_ + "/add1.out") + read_file(dir_ + "/add1.out.err");
+  EXPECT_NE(said.find("stays a non-voter"), std::string::npos) << said;
+  auto r = roles(1, 4);
+  EXPECT_EQ(r[4], "standby");
+
+  // Elsewhere: refused, nothing changes.
+  auto& m5 = ms_[4];
+  {
+    auto [rc, out] = ctl(1, {"members", "add", "4", m5.raft, "--address", m5.address});
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_NE(out.find("already a non-voter"), std::string::npos) << out;
+  }
+  // Started, and added again: it catches up and votes.
+  start(4, dir_ + "/five.toml", true);
+  {
+    auto [rc, out] = ctl(2, {"--json", "members", "add", "4", m4.raft, "--address",
+                             m4.address, "--http", m4.http});
+    ASSERT_EQ(rc, 0) << out;
+  }
+  r = roles(1, 4);
+  ASSERT_EQ(r.size(), 4u);
+  for (auto& [id, role] : r)
+    EXPECT_EQ(role, "voter") << "member " << id;
+  // It holds the cluster's state: its API answers the status the others do.
+  EXPECT_TRUE(get(4, "/api/v1/status").is_object());
+}
+
 } // namespace
