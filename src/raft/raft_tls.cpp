@@ -130,6 +130,8 @@ struct raft_tls_tunnel::impl {
   std::mutex mu;
   std::map<std::string, std::pair<std::string, std::shared_ptr<tcp::acceptor>>> outbound;
   std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> accept_errors{0};
+  std::chrono::milliseconds handshake_limit{5000};
   std::thread thread;
 
   void handshake_failed(const std::string& with, const error_code& ec) {
@@ -140,13 +142,42 @@ struct raft_tls_tunnel::impl {
                         with, ec.message(), n);
   }
 
+  /// A handshake not done within the limit is given up: its socket is
+  /// closed (a peer that connects and says nothing holds nothing for long).
+  std::shared_ptr<net::steady_timer> handshake_deadline(std::shared_ptr<tls_stream> tls) {
+    auto t = std::make_shared<net::steady_timer>(io, handshake_limit);
+    t->async_wait([tls](error_code ec) {
+      if (ec)
+        return;  // cancelled: the handshake ended first
+      error_code ignored;
+      tls->lowest_layer().close(ignored);
+    });
+    return t;
+  }
+
+  /// After an accept error other than shutting down (out of descriptors,
+  /// say), the acceptor is armed again 100 ms later, not at once: an error
+  /// that persists would otherwise spin the tunnel's thread.
+  void accept_error(const error_code& ec, std::function<void()> again) {
+    auto n = ++accept_errors;
+    if (n == 1 || n % 100 == 0)
+      log("raft")->warn("TLS between oracles: accepting a connection failed: {} ({} so far)",
+                        ec.message(), n);
+    auto t = std::make_shared<net::steady_timer>(io, std::chrono::milliseconds(100));
+    t->async_wait([t, again = std::move(again)](error_code) { again(); });
+  }
+
   void accept_inbound() {
     inbound.async_accept([this](error_code ec, tcp::socket s) {
       if (ec == net::error::operation_aborted || !inbound.is_open())
         return;
-      if (!ec) {
+      if (ec)
+        return accept_error(ec, [this] { accept_inbound(); });
+      {
         auto tls = std::make_shared<tls_stream>(std::move(s), server);
-        tls->async_handshake(ssl::stream_base::server, [this, tls](error_code ec) {
+        auto deadline = handshake_deadline(tls);
+        tls->async_handshake(ssl::stream_base::server, [this, tls, deadline](error_code ec) {
+          deadline->cancel();
           if (ec)
             return handshake_failed("with a peer that connected", ec);
           auto plain = std::make_shared<tcp::socket>(io);
@@ -169,17 +200,25 @@ struct raft_tls_tunnel::impl {
     acc->async_accept([this, acc, peer, address](error_code ec, tcp::socket s) {
       if (ec == net::error::operation_aborted || !acc->is_open())
         return;
-      if (!ec) {
+      if (ec)
+        return accept_error(ec, [this, acc, peer, address] {
+          accept_outbound(acc, peer, address);
+        });
+      {
         auto plain = std::make_shared<tcp::socket>(std::move(s));
         auto tls = std::make_shared<tls_stream>(io, client);
-        tls->lowest_layer().async_connect(peer, [this, plain, tls, address](error_code ec) {
+        auto deadline = handshake_deadline(tls);
+        tls->lowest_layer().async_connect(peer, [this, plain, tls, address,
+                                                 deadline](error_code ec) {
           if (ec) {
+            deadline->cancel();
             error_code ignored;
             plain->close(ignored);
             return;
           }
           tls->async_handshake(ssl::stream_base::client,
-                               [this, plain, tls, address](error_code ec) {
+                               [this, plain, tls, address, deadline](error_code ec) {
+                                 deadline->cancel();
                                  if (ec) {
                                    handshake_failed("with " + address, ec);
                                    error_code ignored;
@@ -197,8 +236,10 @@ struct raft_tls_tunnel::impl {
 };
 
 raft_tls_tunnel::raft_tls_tunnel(const files& f, const std::string& public_address,
-                                 const std::string& local)
+                                 const std::string& local,
+                                 std::chrono::milliseconds handshake_limit)
     : p_(std::make_unique<impl>()) {
+  p_->handshake_limit = handshake_limit;
   try {
     configure(p_->server, f);
     configure(p_->client, f);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -27,8 +28,11 @@ public:
   /// Listens on `public_address` (host:port) and forwards to `local`
   /// (127.0.0.1:port, raft's listener). Throws std::runtime_error with the
   /// reason when the files do not load or the address cannot be bound.
+  /// A connection whose TCP connect and TLS handshake take longer than
+  /// `handshake_limit` is closed.
   raft_tls_tunnel(const files& f, const std::string& public_address,
-                  const std::string& local);
+                  const std::string& local,
+                  std::chrono::milliseconds handshake_limit = std::chrono::seconds(5));
   ~raft_tls_tunnel();
   raft_tls_tunnel(const raft_tls_tunnel&) = delete;
   raft_tls_tunnel& operator=(const raft_tls_tunnel&) = delete;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -524,6 +525,17 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
     return a;
   };
   start(1, with({"--http", "off"}, ours));
+  // A peer that connects and never says a word is closed after the 5 s
+  // handshake limit (checked at the end: the rest takes longer).
+  int idle = ::socket(AF_INET, SOCK_STREAM, 0);
+  {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(raft_[1]);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  }
+  auto idle_since = std::chrono::steady_clock::now();
   start(2, with({"--http", "off"}, ours));
   start(3, with({"--http", "off"}, theirs));
   auto view = [&](int i, const std::vector<std::string>& t) {
@@ -571,6 +583,16 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
   EXPECT_EQ(three["sessions"].value("accepted", 0), 0) << three.dump();
   auto logs = oracle_[1]->errors() + oracle_[2]->errors() + oracle_[3]->errors();
   EXPECT_NE(logs.find("TLS between oracles: a handshake"), std::string::npos) << logs;
+  // The idle peer: its end reads as closed (0 bytes) by 8 s after it
+  // connected.
+  auto left = std::chrono::seconds(8) - (std::chrono::steady_clock::now() - idle_since);
+  pollfd p{idle, POLLIN, 0};
+  int ready = ::poll(&p, 1, std::max<int>(
+    0, static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(left).count())));
+  char byte;
+  EXPECT_TRUE(ready == 1 && ::read(idle, &byte, 1) == 0)
+    << "a silent peer still holds a connection to the TLS tunnel";
+  ::close(idle);
   miner.signal(SIGTERM);
   miner.wait_exit(std::chrono::seconds(20));
 }
