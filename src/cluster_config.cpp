@@ -45,6 +45,15 @@ split_host_port(const std::string& s) {
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(n));
 }
 
+std::string raft_address_error(const std::string& raft) {
+  auto hp = split_host_port(raft);
+  in_addr ip{};
+  if (!hp || inet_pton(AF_INET, hp->first.c_str(), &ip) != 1)
+    return "'" + raft + "' is not an IPv4 address and port (a Raft address is not "
+           "resolved: write the IP, e.g. 10.0.0.1:7000)";
+  return {};
+}
+
 std::string member_config_address(const cluster_member& m) {
   if (m.address.empty() && m.http.empty())
     return m.raft;
@@ -147,8 +156,11 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         m.id = static_cast<uint64_t>(*x);
       } else if (key == "raft" || key == "address" || key == "http") {
         auto x = v.value<std::string>();
-        if (!v.is_string() || !x || !split_host_port(*x))
+        if (!v.is_string() || !x || !split_host_port(*x) || x->find(';') != std::string::npos)
           throw fail(where + "." + key, "expected \"host:port\"");
+        if (key == "raft")
+          if (auto e = raft_address_error(*x); !e.empty())
+            throw fail(where + ".raft", e);
         (key == "raft" ? m.raft : key == "address" ? m.address : m.http) = *x;
       } else {
         throw fail(where + "." + key,

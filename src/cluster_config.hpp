@@ -14,6 +14,11 @@ namespace nodepool {
 std::optional<std::pair<std::string, uint16_t>>
 split_host_port(const std::string& s);
 
+/// Why `raft` cannot be a member's Raft address, or empty: it must be an
+/// IPv4 address and port (libraft 0.15 reads it with uv_ip4_addr and does
+/// not resolve names).
+std::string raft_address_error(const std::string& raft);
+
 /// One oracle of a cluster, as the cluster file names it.
 struct cluster_member {
   uint64_t id = 0;

@@ -562,6 +562,24 @@ TEST_F(api, MembersOfASingleOracleAndTransferWithout) {
                "forbidden");
 }
 
+// Adding a member: its Raft address must be an IPv4 literal (libraft 0.15
+// does not resolve names) and no address may hold ';' (the configuration
+// joins them with it). Good input reaches the pool, which here has none.
+TEST_F(api, AddingAMemberChecksItsAddresses) {
+  auto add = [&](const std::string& raft, const std::string& address) {
+    return call("POST", "/api/v1/admin/members",
+                nlohmann::json{{"id", 4}, {"raft", raft}, {"address", address},
+                               {"http", "10.0.0.4:8080"}}.dump(),
+                admin_key);
+  };
+  auto r = add("oracle4.example:7004", "10.0.0.4:7000");
+  expect_error(*r, 400, "bad_field");
+  EXPECT_NE(r->whole.body.find("IPv4"), std::string::npos) << r->whole.body;
+  expect_error(*add("10.0.0.4:7004;10.0.0.9:1", "10.0.0.4:7000"), 400, "bad_field");
+  expect_error(*add("10.0.0.4:7004", "a;b:7000"), 400, "bad_field");
+  expect_error(*add("10.0.0.4:7004", "oracle4.example:7000"), 501, "not_supported");
+}
+
 namespace {
 
 TEST_F(api, metrics_are_prometheus_text_with_answers_by_route_and_status) {
