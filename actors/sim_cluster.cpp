@@ -11,7 +11,8 @@
 //     answer they missed (not_leader, a timeout, an oracle gone);
 //   - a fault schedule: partitions between oracles (both ways, one way, the
 //     leader cut off), changing network and disk latencies (messages between
-//     oracles delayed and reordered), leaders and followers stopped at random
+//     oracles delayed and reordered), messages between oracles sent twice,
+//     the copy up to 100 ms later (in half the runs), leaders and followers stopped at random
 //     points (a stopped oracle's actors die; its member freezes, then resumes
 //     from its disk and memory), miners cut off from some oracles, killed and
 //     silenced, and oracle clocks jumping.
@@ -23,13 +24,14 @@
 //
 // What raft_fixture cannot do, so this does not: a member restarting from
 // disk (a stopped member resumes with its memory; real restarts are the
-// process tests' and `bench --only failover`'s), losing an unsynced tail
-// (raft syncs every append before it is acknowledged) and duplicating
-// messages between oracles.
+// process tests' and `bench --only failover`'s) and losing an unsynced tail
+// (raft syncs every append before it is acknowledged).
 #include "actors/sim.hpp"
 #include "actors/sim_parts.hpp"
 
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <set>
 
@@ -116,8 +118,78 @@ struct stub_disk {
                       raft_io_snapshot_put_cb) = nullptr;
   std::deque<raft_index> installs;  // pending puts that drop the log
   raft_index origin = 1;
+  // The network's duplicates (below raft and its guard): a copy of a sent
+  // message, sent again later (see stub_send).
+  int (*send)(struct raft_io*, struct raft_io_send*, const struct raft_message*,
+              raft_io_send_cb) = nullptr;
+  std::function<std::optional<raft_time>()> duplicate;  // delay, or none
+  struct copy;
+  std::deque<std::pair<raft_time, std::unique_ptr<copy>>> copies;  // due, copy
 };
 std::map<struct raft_io*, stub_disk> stub_disks;
+
+/// A message kept to be sent again: its entries' bytes are its own, so
+/// raft may free or compact the original meanwhile.
+struct stub_disk::copy {
+  struct raft_io_send req {};
+  struct raft_message m {};
+  std::vector<struct raft_entry> entries;
+  std::string bytes;
+  std::string address;
+};
+
+/// Sends a copy of some messages again, later: a duplicate that arrives
+/// after the messages sent since (stale, reordered). Snapshot installs are
+/// not duplicated (their configuration is raft's to copy).
+int stub_send(struct raft_io* io, struct raft_io_send* req, const struct raft_message* m,
+              raft_io_send_cb cb) {
+  auto& d = stub_disks.at(io);
+  if (m->type != RAFT_IO_INSTALL_SNAPSHOT && d.duplicate)
+    if (auto delay = d.duplicate()) {
+      auto c = std::make_unique<stub_disk::copy>();
+      c->m = *m;
+      c->address = m->server_address ? m->server_address : "";
+      c->m.server_address = c->address.c_str();
+      if (m->type == RAFT_IO_APPEND_ENTRIES && m->append_entries.n_entries > 0) {
+        auto& a = m->append_entries;
+        size_t total = 0;
+        for (unsigned k = 0; k < a.n_entries; ++k)
+          total += a.entries[k].buf.len;
+        c->bytes.resize(std::max<size_t>(total, 1));
+        c->entries.assign(a.entries, a.entries + a.n_entries);
+        size_t off = 0;
+        for (auto& e : c->entries) {
+          std::memcpy(&c->bytes[off], e.buf.base, e.buf.len);
+          e.buf.base = &c->bytes[off];
+          e.batch = nullptr;
+          off += e.buf.len;
+        }
+        c->m.append_entries.entries = c->entries.data();
+      }
+      d.copies.emplace_back(io->time(io) + *delay, std::move(c));
+    }
+  return d.send(io, req, m, cb);
+}
+
+/// Sends the copies that are due (the fixture copies a message when it
+/// flushes the send; the copy is freed once that is done).
+void send_due_copies(struct raft_io* io) {
+  auto& d = stub_disks.at(io);
+  auto now = io->time(io);
+  for (auto i = d.copies.begin(); i != d.copies.end();) {
+    if (i->first > now) {
+      ++i;
+      continue;
+    }
+    auto* c = i->second.release();
+    i = d.copies.erase(i);
+    c->req.data = c;
+    if (d.send(io, &c->req, &c->m, [](struct raft_io_send* r, int) {
+          delete static_cast<stub_disk::copy*>(r->data);
+        }) != 0)
+      delete c;
+  }
+}
 
 int stub_truncate(struct raft_io* io, raft_index index) {
   auto& d = stub_disks.at(io);
@@ -146,8 +218,10 @@ void fix_stub_disk(struct raft_io* io) {
   d = stub_disk{};
   d.truncate = io->truncate;
   d.snapshot_put = io->snapshot_put;
+  d.send = io->send;
   io->truncate = stub_truncate;
   io->snapshot_put = stub_snapshot_put;
+  io->send = stub_send;
 }
 
 /// The seam the supervisor sees, over a member stepped by the simulation.
@@ -261,6 +335,8 @@ private:
     sessions_wanted_ = d.sessions_wanted;
     election_ms_ = 150 + static_cast<unsigned>(rng_.below(250));
     snapshot_threshold_ = 8 + static_cast<unsigned>(rng_.below(56));
+    // Half the runs duplicate messages between oracles (0.5 to 5 %).
+    dup_rate_ = rng_.chance(0.5) ? 0.0 : (5 + rng_.below(46)) / 1000.0;
   }
 
 
@@ -289,8 +365,15 @@ private:
         return false;
       }
       auto* r = raft_fixture_get(&f_, i);
+      fix_stub_disk(r->io);  // below raft_member's guard, as a network is
+      if (dup_rate_ > 0)
+        stub_disks.at(r->io).duplicate = [this]() -> std::optional<raft_time> {
+          if (!net_->on || !dup_rng_.chance(dup_rate_))
+            return std::nullopt;
+          log_->note("oracle_msg_duplicate");
+          return dup_rng_.below(100);
+        };
       o.raft->attach(r);
-      fix_stub_disk(r->io);
       ios_.push_back(r->io);
       raft_set_election_timeout(r, election_ms_);
       raft_set_heartbeat_timeout(r, 50);
@@ -490,6 +573,7 @@ private:
   void after_raft_step() {
     for (unsigned i = 0; i < n_; ++i) {
       auto& o = oracles_[i];
+      send_due_copies(raft_fixture_get(&f_, i)->io);
       o.raft->poll();
       auto st = o.raft->status();
       if (st.role == log_role::leader && st.ready)
@@ -905,6 +989,8 @@ private:
   caf::scheduler::test_coordinator* sched_ = nullptr;
   params p_;
   unsigned election_ms_ = 300;
+  double dup_rate_ = 0;  // chance that a message between oracles is sent twice
+  seeded_rng dup_rng_{mix64(seed_ ^ 0xd0b1e5ull)};
   unsigned snapshot_threshold_ = 32;
   struct raft_fixture f_ {};
   bool fixture_up_ = false;
