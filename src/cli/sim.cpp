@@ -121,11 +121,20 @@ void run(const sim_cli& c) {
     jobs = static_cast<unsigned>(count);
   auto t0 = std::chrono::steady_clock::now();
 
-  std::vector<std::string> files;
-  std::vector<pid_t> pids;
+  // A worker runs seeds from, from + jobs, ... up to last. One that dies
+  // (a crash inside a seed) is reported for that seed, and a new worker
+  // takes the rest of its seeds.
+  struct job {
+    pid_t pid = 0;
+    std::string file;
+    int status = 0;
+    bool ended = false, killed = false;
+  };
+  std::vector<job> js;
   auto base = c.opt.data_root + "/nodepool-sim-out-" + std::to_string(::getpid());
-  for (unsigned k = 0; k < jobs; ++k) {
-    files.push_back(base + "-" + std::to_string(k));
+  auto spawn = [&](uint64_t from) {
+    job j;
+    j.file = base + "-" + std::to_string(js.size());
     std::cout.flush();
     auto pid = ::fork();
     if (pid < 0)
@@ -138,50 +147,26 @@ void run(const sim_cli& c) {
         std::signal(sig, [](int) { stop_requested = true; });
       int rc = 0;
       try {
-        worker(c, first + k, last, jobs, files.back());
+        worker(c, from, last, jobs, j.file);
       } catch (const std::exception& e) {
         std::cerr << "nodepool sim: worker: " << e.what() << "\n";
         rc = 3;
       }
       std::_Exit(rc);
     }
-    pids.push_back(pid);
-  }
+    j.pid = pid;
+    js.push_back(j);
+  };
+  for (unsigned k = 0; k < jobs; ++k)
+    spawn(first + k);
 
   std::map<uint64_t, nlohmann::json> results;  // seed -> result
   std::vector<nlohmann::json> violations;
   bool worker_failed = false;
-  // The workers are polled, so that a signal is noticed: each is then told
-  // to stop after its current seed, and one that has not within half a
-  // second is killed.
-  std::vector<int> statuses(jobs, 0);
-  std::vector<bool> ended(jobs, false), killed(jobs, false);
-  std::optional<std::chrono::steady_clock::time_point> kill_at;
-  for (unsigned left = jobs; left > 0;) {
-    for (unsigned k = 0; k < jobs; ++k)
-      if (!ended[k] && ::waitpid(pids[k], &statuses[k], WNOHANG) == pids[k]) {
-        ended[k] = true;
-        --left;
-      }
-    if (left == 0)
-      break;
-    if (stop_requested && !kill_at) {
-      for (unsigned k = 0; k < jobs; ++k)
-        if (!ended[k])
-          ::kill(pids[k], SIGTERM);
-      kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
-    }
-    if (kill_at && std::chrono::steady_clock::now() > *kill_at)
-      for (unsigned k = 0; k < jobs; ++k)
-        if (!ended[k] && !killed[k]) {
-          ::kill(pids[k], SIGKILL);
-          killed[k] = true;
-        }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  for (unsigned k = 0; k < jobs; ++k) {
-    int status = statuses[k];
-    std::ifstream in(files[k]);
+  // What an ended worker wrote; the seed it was running when it died, if
+  // it died in one.
+  auto collect = [&](job& w) -> std::optional<uint64_t> {
+    std::ifstream in(w.file);
     std::string line;
     std::optional<uint64_t> open_seed;
     while (std::getline(in, line)) {
@@ -195,30 +180,67 @@ void run(const sim_cli& c) {
       results[j["seed"].get<uint64_t>()] = j;
       open_seed.reset();
     }
-    std::remove(files[k].c_str());
-    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (killed[k] && open_seed && c.opt.store == "rocksdb") {
+    std::remove(w.file.c_str());
+    bool clean = WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0;
+    if (w.killed && open_seed && c.opt.store == "rocksdb") {
       // The store of the seed it was running (see actors/sim.cpp).
       std::error_code ec;
       std::filesystem::remove_all(c.opt.data_root + "/nodepool-sim-"
-                                    + std::to_string(pids[k]) + "-"
+                                    + std::to_string(w.pid) + "-"
                                     + std::to_string(*open_seed),
                                   ec);
     }
-    if (!clean && !killed[k]) {
-      worker_failed = true;
-      auto what = WIFSIGNALED(status)
-                    ? "died of signal " + std::to_string(WTERMSIG(status))
-                    : "exited with " + std::to_string(WEXITSTATUS(status));
-      if (open_seed) {
-        nlohmann::json j;
-        j["seed"] = *open_seed;
-        j["violations"] = nlohmann::json::array(
-          {{{"seed", *open_seed}, {"invariant", "crash"},
-            {"detail", "the simulation " + what}}});
-        results[*open_seed] = j;
+    if (clean || w.killed)
+      return std::nullopt;
+    worker_failed = true;
+    auto what = WIFSIGNALED(w.status)
+                  ? "died of signal " + std::to_string(WTERMSIG(w.status))
+                  : "exited with " + std::to_string(WEXITSTATUS(w.status));
+    if (!open_seed)
+      return std::nullopt;
+    nlohmann::json j;
+    j["seed"] = *open_seed;
+    j["violations"] = nlohmann::json::array(
+      {{{"seed", *open_seed}, {"invariant", "crash"},
+        {"detail", "the simulation " + what}}});
+    results[*open_seed] = j;
+    return open_seed;
+  };
+  // The workers are polled, so that a signal is noticed: each is then told
+  // to stop after its current seed, and one that has not within half a
+  // second is killed.
+  std::optional<std::chrono::steady_clock::time_point> kill_at;
+  for (;;) {
+    bool running = false;
+    for (size_t k = 0; k < js.size(); ++k) {
+      if (js[k].ended)
+        continue;
+      if (::waitpid(js[k].pid, &js[k].status, WNOHANG) != js[k].pid) {
+        running = true;
+        continue;
+      }
+      js[k].ended = true;
+      auto died_in = collect(js[k]);
+      if (died_in && !stop_requested && *died_in + jobs <= last) {
+        spawn(*died_in + jobs);  // may move js: index again
+        running = true;
       }
     }
+    if (!running)
+      break;
+    if (stop_requested && !kill_at) {
+      for (auto& w : js)
+        if (!w.ended)
+          ::kill(w.pid, SIGTERM);
+      kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    }
+    if (kill_at && std::chrono::steady_clock::now() > *kill_at)
+      for (auto& w : js)
+        if (!w.ended && !w.killed) {
+          ::kill(w.pid, SIGKILL);
+          w.killed = true;
+        }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 
   uint64_t runs = 0;

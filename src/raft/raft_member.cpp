@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 #include <mutex>
 #include <unordered_map>
 
@@ -202,6 +203,16 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    stays behind until the leader happens to snapshot past it. Its answer
 //    to a snapshot it does not need now vouches for its commit index, when
 //    higher: entries up to it are committed, so every leader holds them too.
+//
+// 5. (A crash, found by `nodepool sim --oracles 3`, seed 3591.) A follower
+//    sent entries that start at or below its own snapshot (a leader that
+//    probed it from index 1) looks up the terms of those compacted entries,
+//    finds none, and takes every entry sent for new: it appends them after
+//    its last entry, fails to find them at their index, and its error path
+//    truncates below its snapshot, freeing what it does not hold (SIGSEGV
+//    in refsDecr). Entries up to the follower's snapshot are committed, so
+//    the leader's are the same ones: they are taken off such a message,
+//    which then starts at the snapshot (its index and term).
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using start_fn = int (*)(struct raft_io*, unsigned, raft_io_tick_cb,
@@ -219,6 +230,7 @@ struct guarded_io {
   bool in_recv = false;     // any message is being received
   uint64_t strangers = 0;   // messages from servers not in the configuration
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
+  uint64_t below_snapshot = 0;  // AppendEntries trimmed to the snapshot (5.)
   std::unordered_map<raft_id, raft_time> heard;  // server -> last message from it
 };
 
@@ -303,6 +315,50 @@ void drop(struct raft_message* m) {
   }
 }
 
+/// Hole 5: the entries of `a` at or below this member's snapshot are taken
+/// off (the message's entries and their batches are raft's to free, as
+/// libraft allocated them when it decoded the message).
+void trim_to_snapshot(guarded_io& gi, struct raft_append_entries& a) {
+  if (!gi.r)
+    return;
+  auto snap = gi.r->log.snapshot;
+  if (snap.last_index == 0 || a.prev_log_index >= snap.last_index)
+    return;
+  auto n = static_cast<raft_index>(a.n_entries);
+  auto skip = std::min<raft_index>(n, snap.last_index - a.prev_log_index);
+  auto n_left = static_cast<unsigned>(n - skip);
+  auto* old = a.entries;
+  struct raft_entry* left = nullptr;
+  if (n_left > 0) {
+    left = static_cast<struct raft_entry*>(raft_malloc(n_left * sizeof *left));
+    if (left == nullptr)
+      return;  // untouched: libraft fails as it would have
+    std::memcpy(left, old + skip, n_left * sizeof *left);
+  }
+  // Batches no entry left points to are freed (the entries of one batch
+  // are contiguous).
+  std::set<void*> kept;
+  for (unsigned k = 0; k < n_left; ++k)
+    kept.insert(left[k].batch);
+  void* last = nullptr;
+  for (raft_index k = 0; k < skip; ++k) {
+    auto* b = old[k].batch;
+    if (b != nullptr && b != last && kept.count(b) == 0)
+      raft_free(b);
+    last = b;
+  }
+  if (old != nullptr)
+    raft_free(old);
+  a.entries = left;
+  a.n_entries = n_left;
+  a.prev_log_index = snap.last_index;
+  a.prev_log_term = snap.last_term;
+  auto c = ++gi.below_snapshot;
+  if (c == 1 || c % 1000 == 0)
+    log("raft")->info("entries sent at or below this member's snapshot ({}) were "
+                      "taken off ({} messages so far)", snap.last_index, c);
+}
+
 void guarded_recv(struct raft_io* io, struct raft_message* m) {
   auto& gi = guard_of(io);
   gi.heard[m->server_id] = io->time(io);
@@ -327,6 +383,7 @@ void guarded_recv(struct raft_io* io, struct raft_message* m) {
   } else if (m->type != RAFT_IO_APPEND_ENTRIES) {
     gi.recv(io, m);
   } else {
+    trim_to_snapshot(gi, m->append_entries);
     gi.in_append = true;
     gi.vouch = m->append_entries.prev_log_index + m->append_entries.n_entries;
     gi.recv(io, m);
@@ -371,6 +428,12 @@ uint64_t heard_from(struct raft_io* io, uint64_t server) {
     return 0;
   auto h = i->second.heard.find(server);
   return h == i->second.heard.end() ? 0 : h->second;
+}
+
+uint64_t trimmed_to_snapshot_of(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  return i == guarded.end() ? 0 : i->second.below_snapshot;
 }
 
 uint64_t unaddressed_results_of(struct raft_io* io) {

@@ -54,6 +54,9 @@ private:
 /// have sent after it stopped being a follower (or with no leader known).
 uint64_t refused_peers_of(struct raft_io* io);
 uint64_t unaddressed_results_of(struct raft_io* io);
+/// AppendEntries whose entries at or below this member's snapshot the guard
+/// took off (hole 5).
+uint64_t trimmed_to_snapshot_of(struct raft_io* io);
 /// When the guard last heard from `server` on `io` (raft's clock, ms; 0:
 /// never).
 uint64_t heard_from(struct raft_io* io, uint64_t server);

@@ -117,7 +117,8 @@ TEST(sim_cli, a_log_that_acknowledges_early_loses_sessions) {
 // ... and libraft 0.15 without raft_member's guard: seed 2971 is a follower
 // stuck behind a leader's older snapshot (the leader's progress for it
 // falls under the follower's snapshot), seed 6388 the log-matching holes (a
-// follower shuts down on conflicting terms). Both pass with the guard.
+// follower shuts down on conflicting terms), seed 3591 the crash on entries
+// below a follower's snapshot. All pass with the guard.
 // (Seeds of the simulation change with what the pool does: found again with
 // `nodepool sim --oracles 3 --seeds 1..12000 --no-raft-guard`.)
 TEST(sim_cli, libraft_without_the_guard_fails_seeds_that_pass_with_it) {
@@ -131,6 +132,20 @@ TEST(sim_cli, libraft_without_the_guard_fails_seeds_that_pass_with_it) {
     auto [rc2, fine] = sim(std::string("--oracles 3 --seeds ") + seed);
     EXPECT_EQ(rc2, 0) << seed << ": " << fine;
   }
+  // Seed 3591: a follower sent entries below its snapshot crashes libraft
+  // without the guard (hole 5).
+  auto [rc3, crashed] = sim("--oracles 3 --seeds 3591 --no-raft-guard");
+  EXPECT_EQ(rc3, 1) << crashed;
+  EXPECT_NE(crashed.find("FAIL seed 3591: crash: the simulation died of signal 11"),
+            std::string::npos)
+    << crashed;
+  auto [rc4, fine] = sim("--oracles 3 --seeds 3591");
+  EXPECT_EQ(rc4, 0) << fine;
+  // A worker that dies in a seed is replaced: the seeds after it still run.
+  auto [rc5, around] = sim("--oracles 3 --seeds 3589..3593 --no-raft-guard --jobs 1");
+  EXPECT_EQ(rc5, 1) << around;
+  EXPECT_NE(around.find("seeds 3589..3593: 5 runs, 1 violations"), std::string::npos)
+    << around;
 }
 
 TEST(sim_cli, bad_flags_are_refused_clearly) {

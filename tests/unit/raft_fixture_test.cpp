@@ -576,5 +576,71 @@ TEST(RaftGuard, AnAnswerToALeaderNoLongerFollowedIsDropped) {
   EXPECT_EQ(unaddressed_results_of(&rec.io), 3u);
 }
 
+// The guard's fifth hole (raft_member.cpp): libraft 0.15 takes entries sent
+// at or below a follower's snapshot for new ones and crashed on them (sim,
+// seed 3591). They are taken off; the message then starts at the snapshot.
+TEST(RaftGuard, EntriesAtOrBelowTheSnapshotAreTakenOff) {
+  static struct raft r {};
+  r = {};
+  r.log.snapshot.last_index = 24;
+  r.log.snapshot.last_term = 2;
+  recording_io rec;
+  r.io = &rec.io;
+  idle_machine sm;
+  raft_member m{sm};
+  m.attach(&r);
+  // What raft is handed: prev, prev term, and the entries' terms; it frees
+  // the entries as libraft does.
+  static std::vector<std::vector<uint64_t>> seen;
+  seen.clear();
+  ASSERT_EQ(rec.io.start(&rec.io, 100, nullptr, [](struct raft_io*,
+                                                   struct raft_message* msg) {
+    auto& a = msg->append_entries;
+    std::vector<uint64_t> x{a.prev_log_index, a.prev_log_term};
+    for (unsigned k = 0; k < a.n_entries; ++k)
+      x.push_back(a.entries[k].term);
+    seen.push_back(x);
+    if (a.n_entries > 0)
+      raft_free(a.entries[0].batch);
+    raft_free(a.entries);
+  }), 0);
+  // Entries from index `first`, `n` of them, term = 1 up to 24 and 3 past it,
+  // in one batch as a decoded message has them.
+  auto send = [&](raft_index prev, raft_term prev_term, unsigned n) {
+    struct raft_message msg {};
+    msg.type = RAFT_IO_APPEND_ENTRIES;
+    msg.server_id = 3;
+    auto& a = msg.append_entries;
+    a.term = 3;
+    a.prev_log_index = prev;
+    a.prev_log_term = prev_term;
+    a.n_entries = n;
+    a.entries = static_cast<struct raft_entry*>(raft_malloc(std::max(1u, n) * sizeof(raft_entry)));
+    auto* batch = static_cast<char*>(raft_malloc(8 * std::max(1u, n)));
+    for (unsigned k = 0; k < n; ++k) {
+      auto index = prev + 1 + k;
+      a.entries[k] = {};
+      a.entries[k].term = index <= 24 ? 1 : 3;
+      a.entries[k].type = RAFT_COMMAND;
+      a.entries[k].buf.base = batch + 8 * k;
+      a.entries[k].buf.len = 8;
+      a.entries[k].batch = batch;
+    }
+    if (n == 0)
+      raft_free(batch);
+    recording_io::recv(&rec.io, &msg);
+  };
+  send(0, 0, 25);   // 1..25: only 25 is left, after the snapshot
+  send(10, 1, 5);   // 11..15: nothing is left
+  send(24, 2, 2);   // 25..26: untouched (the control)
+  send(30, 3, 0);   // a heartbeat past the snapshot: untouched
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0], (std::vector<uint64_t>{24, 2, 3}));
+  EXPECT_EQ(seen[1], (std::vector<uint64_t>{24, 2}));
+  EXPECT_EQ(seen[2], (std::vector<uint64_t>{24, 2, 3, 3}));
+  EXPECT_EQ(seen[3], (std::vector<uint64_t>{30, 3}));
+  EXPECT_EQ(trimmed_to_snapshot_of(&rec.io), 2u);
+}
+
 } // namespace
 } // namespace nodepool
