@@ -93,9 +93,16 @@ TEST(bench, quick_run_reports_every_figure_positive) {
 
   // Nothing in the sections is zero or negative, counts, rates, latencies,
   // sizes and ratios alike; except what is zero by design (an empty queue,
-  // no live session once the clients stopped, no kill without a grant).
+  // no live session once the clients stopped, no kill without a grant) and
+  // a single short repetition (below).
   size_t numbers = 0;
   auto zero_by_design = [](const std::string& path) {
+    // One short repetition (0.5 s in --quick) may see no cycle at all: CI
+    // runs saw the third of the one-member group's at 0 twice, when its
+    // first snapshot falls in it on a machine busy with other tests. The
+    // medians must still be positive.
+    if (path.find("_reps[") != std::string::npos)
+      return true;
     for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
                      "sessions_requeued", "unanswered", "transport_errors",
                      "no_reservation_within_30s", "conflicts"})
