@@ -312,9 +312,23 @@ nlohmann::json failover(const options& o) {
       if (granted == 0)
         std::this_thread::sleep_for(5ms);
     }
-    if (granted == 0)
+    if (granted == 0) {
       ++missed;
-    else
+      // What each process said, for the next person to read: a miss is
+      // rare and has not been reproduced at will.
+      auto tail = [](const std::string& s) {
+        return s.size() > 1500 ? "..." + s.substr(s.size() - 1500) : s;
+      };
+      int now_leading = leader();
+      note("failover: kill %u: no grant within 30 s (member %d leads now); "
+           "elected after %.0f ms", k + 1, now_leading,
+           elected ? static_cast<double>(elected - t_kill) : -1.0);
+      note("failover: miner said: %s", tail(c.miner->errors()).c_str());
+      note("failover: submit said: %s", tail(c.submit->errors()).c_str());
+      for (int i = 1; i <= 3; ++i)
+        if (i != l && oracle[i])
+          note("failover: oracle %d said: %s", i, tail(oracle[i]->errors()).c_str());
+    } else
       grant_ms.push_back(static_cast<double>(granted - t_kill));
     if (elected > 0)
       elect_ms.push_back(static_cast<double>(elected - t_kill));
