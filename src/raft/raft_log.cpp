@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <thread>
@@ -97,11 +98,12 @@ public:
       });
     };
     if (!opts_.tls.certificate.empty()) {
-      // Raft's own listener on loopback; the tunnel listens on the member's
-      // address with TLS and brings peers there.
-      auto local = "127.0.0.1:" + std::to_string(free_loopback_port());
+      // Raft's own listener on loopback, on a port the kernel picks (read
+      // back once raft listens: see listening_port); the tunnel listens on
+      // the member's address with TLS and brings peers there.
+      std::string local = "127.0.0.1:0";
       try {
-        tunnel_ = std::make_unique<raft_tls_tunnel>(opts_.tls, address_, local);
+        tunnel_ = std::make_unique<raft_tls_tunnel>(opts_.tls, address_, "");
       } catch (const std::exception& e) {
         error = e.what();
         return false;
@@ -159,6 +161,14 @@ public:
       return false;
     }
     started_ = true;
+    if (tunnel_) {
+      auto port = listening_port();
+      if (port == 0) {
+        error = "raft's loopback listener (behind TLS) has no port";
+        return false;
+      }
+      tunnel_->set_local("127.0.0.1:" + std::to_string(port));
+    }
     start_watching();  // without it, elections wait their timeout as before
     wake_.data = this;
     uv_async_init(&loop_, &wake_, [](uv_async_t* h) {
@@ -277,6 +287,25 @@ private:
     std::lock_guard<std::mutex> g{tunnels_mu()};
     auto i = owners().find(t);
     return i == owners().end() ? nullptr : i->second;
+  }
+
+  /// The port of raft's TCP listener: right after raft_start it is the
+  /// loop's one TCP handle (nothing has connected yet: the loop has not
+  /// run).
+  uint16_t listening_port() {
+    uint16_t port = 0;
+    uv_walk(&loop_, [](uv_handle_t* h, void* arg) {
+      if (h->type != UV_TCP)
+        return;
+      sockaddr_storage sa{};
+      int len = sizeof sa;
+      if (uv_tcp_getsockname(reinterpret_cast<uv_tcp_t*>(h),
+                             reinterpret_cast<sockaddr*>(&sa), &len) == 0
+          && sa.ss_family == AF_INET)
+        *static_cast<uint16_t*>(arg) =
+          ntohs(reinterpret_cast<sockaddr_in*>(&sa)->sin_port);
+    }, &port);
+    return port;
   }
 
   // -- a leader whose connection closes ------------------------------------

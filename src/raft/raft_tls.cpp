@@ -181,6 +181,11 @@ struct raft_tls_tunnel::impl {
           if (ec)
             return handshake_failed("with a peer that connected", ec);
           auto plain = std::make_shared<tcp::socket>(io);
+          if (local.port() == 0) {  // raft is not listening yet
+            error_code ignored;
+            tls->lowest_layer().close(ignored);
+            return;
+          }
           plain->async_connect(local, [tls, plain](error_code ec) {
             if (ec) {
               error_code ignored;
@@ -247,7 +252,8 @@ raft_tls_tunnel::raft_tls_tunnel(const files& f, const std::string& public_addre
     throw std::runtime_error(std::string{"TLS between oracles: "} + e.what()
                              + " (" + f.certificate + ", " + f.key + ", " + f.ca + ")");
   }
-  p_->local = endpoint_of(local);
+  if (!local.empty())
+    p_->local = endpoint_of(local);
   auto ep = endpoint_of(public_address);
   error_code ec;
   p_->inbound.open(ep.protocol(), ec);
@@ -277,6 +283,12 @@ raft_tls_tunnel::~raft_tls_tunnel() {
   p_->io.stop();
   if (p_->thread.joinable())
     p_->thread.join();
+}
+
+void raft_tls_tunnel::set_local(const std::string& local) {
+  auto ep = endpoint_of(local);
+  // On the tunnel's thread, which reads it.
+  net::post(p_->io, [p = p_.get(), ep] { p->local = ep; });
 }
 
 std::string raft_tls_tunnel::local_for(const std::string& address) {

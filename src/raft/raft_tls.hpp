@@ -26,7 +26,7 @@ public:
     std::string certificate, key, ca;
   };
   /// Listens on `public_address` (host:port) and forwards to `local`
-  /// (127.0.0.1:port, raft's listener). Throws std::runtime_error with the
+  /// (127.0.0.1:port, raft's listener; may be empty, see set_local). Throws std::runtime_error with the
   /// reason when the files do not load or the address cannot be bound.
   /// A connection whose TCP connect and TLS handshake take longer than
   /// `handshake_limit` is closed.
@@ -36,6 +36,11 @@ public:
   ~raft_tls_tunnel();
   raft_tls_tunnel(const raft_tls_tunnel&) = delete;
   raft_tls_tunnel& operator=(const raft_tls_tunnel&) = delete;
+
+  /// Where raft listens, when it was not known at construction (an empty
+  /// `local`): until then a peer that connects is closed after its
+  /// handshake.
+  void set_local(const std::string& local);
 
   /// The loopback address ("127.0.0.1:port") through which raft reaches the
   /// peer at `address` over TLS; made at the first call. Empty if it cannot
