@@ -151,6 +151,10 @@ class netns_cluster {
 public:
   netns_cluster(size_t members, const std::string& prefix, const std::string& subnet)
     : prefix_(prefix), subnet_(subnet) {
+    // A second Ctrl-C exits at once: it says how to remove what is left.
+    hint_ = "nodepool chaos: its network namespaces are left; remove them with: "
+            "NETNS_PREFIX=" + prefix_ + " deploy/netns-cluster down\n";
+    exit_hint = hint_.c_str();
     try {
       make(members);
     } catch (...) {
@@ -184,6 +188,7 @@ public:
 
 private:
   void teardown() {
+    exit_hint = nullptr;
     for (auto& n : names_)
       ip("netns del " + name(n), false);
     names_.clear();
@@ -237,6 +242,7 @@ private:
   std::string prefix_, subnet_;
   bool made_ = false;
   std::vector<std::string> names_;
+  std::string hint_;
 };
 
 // ------------------------------------------------------------ the run

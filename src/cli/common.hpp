@@ -29,6 +29,9 @@ namespace nodepool::cli {
 extern std::atomic<bool> stop_requested;
 /// The signal that set stop_requested, 0 while none arrived.
 extern std::atomic<int> stop_signal;
+/// Printed after the second signal's message when set (a line ending in
+/// '\n' that lives while set): what is left behind and how to remove it.
+extern std::atomic<const char*> exit_hint;
 /// SIGINT and SIGTERM set stop_requested (see above).
 void install_signal_handlers();
 /// `sig` too (chaos: SIGHUP, a closed terminal) sets stop_requested.

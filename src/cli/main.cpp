@@ -17,6 +17,7 @@ namespace nodepool::cli {
 
 std::atomic<bool> stop_requested{false};
 std::atomic<int> stop_signal{0};
+std::atomic<const char*> exit_hint{nullptr};
 std::string log_level = "warn";
 bool log_level_given = false;
 std::string log_format_name = "text";
@@ -40,7 +41,8 @@ void begin() {
 namespace {
 
 static_assert(std::atomic<bool>::is_always_lock_free
-                && std::atomic<int>::is_always_lock_free,
+                && std::atomic<int>::is_always_lock_free
+                && std::atomic<const char*>::is_always_lock_free,
               "the signal handler may only touch lock-free atomics");
 
 /// Async-signal-safe: lock-free atomics, write(2) and _exit(2) only. The
@@ -55,6 +57,12 @@ void on_stop_signal(int sig) {
   static const char msg[] =
     "nodepool: second signal: exiting at once, without cleaning up\n";
   [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+  if (const char* hint = exit_hint.load()) {
+    size_t len = 0;
+    while (hint[len] != '\0')
+      ++len;
+    n = ::write(2, hint, len);
+  }
   ::_exit(128 + sig);
 }
 

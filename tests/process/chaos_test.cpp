@@ -146,6 +146,42 @@ TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
   EXPECT_EQ(left.substr(0, 1), "0") << prefix << ": " << left;
 }
 
+// A second Ctrl-C exits at once and leaves the namespaces: it says how to
+// remove them, and that command does.
+TEST(chaos, a_second_signal_says_how_to_remove_the_namespaces_left) {
+  if (geteuid() != 0)
+    GTEST_SKIP() << "--partitions needs root (ip netns)";
+  auto probe = "npt" + std::to_string(getpid() % 100000);
+  auto [prc, pout] = run_shell("ip netns add " + probe + " 2>&1 && ip netns del " + probe);
+  if (prc != 0)
+    GTEST_SKIP() << "network namespaces are not available here: " << pout;
+  auto dir = temp_dir("chaos-second");
+  cleanup tidy{dir};
+  child c{{"chaos", "--oracles", "3", "--partitions", "--duration", "60", "--seed", "3",
+           "--miners", "1", "--nodes", "2", "--dir", dir + "/run"},
+          dir + "/chaos.out"};
+  ASSERT_TRUE(c.wait_for_errors("network namespaces nc", 60s)) << c.errors();
+  // Two signals at once (two kinds: two pending SIGINTs would be one).
+  c.signal(SIGINT);
+  c.signal(SIGTERM);
+  auto rc = c.wait_exit(20s);
+  EXPECT_TRUE(rc == 128 + SIGINT || rc == 128 + SIGTERM) << rc << c.errors();
+  auto errors = c.errors();
+  auto at = errors.find("remove them with: ");
+  ASSERT_NE(at, std::string::npos) << errors;
+  auto line = errors.substr(at + 18, errors.find('\n', at) - at - 18);
+  auto prefix = line.substr(13, line.find(' ') - 13);  // NETNS_PREFIX=...
+  ASSERT_EQ(line.rfind("NETNS_PREFIX=nc", 0), 0u) << line;
+  auto [lrc, left] = run_shell("ip netns list | grep -c '^" + prefix + "' || true");
+  EXPECT_NE(left.substr(0, 1), "0") << "nothing was left behind to remove";
+  // The printed command removes them.
+  auto [drc, dout] = run_shell("cd " + std::string{NODEPOOL_SOURCE_DIR} + " && " + line
+                               + " 2>&1");
+  EXPECT_EQ(drc, 0) << dout;
+  auto [lrc2, left2] = run_shell("ip netns list | grep -c '^" + prefix + "' || true");
+  EXPECT_EQ(left2.substr(0, 1), "0") << prefix << ": " << left2;
+}
+
 TEST(chaos, bad_flags_are_refused_before_anything_starts) {
   auto dir = temp_dir("chaos-flags");
   cleanup tidy{dir};
