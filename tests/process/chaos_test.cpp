@@ -107,16 +107,21 @@ TEST(chaos, a_cluster_whose_leaders_are_killed_loses_nothing) {
   EXPECT_GT(j["history_entries"].get<int>(), 0);
 }
 
+/// Why `--partitions` cannot run here (not root, no ip netns), or empty.
+std::string netns_unavailable() {
+  if (geteuid() != 0)
+    return "--partitions needs root (ip netns)";
+  auto probe = "npt" + std::to_string(getpid() % 100000);
+  auto [rc, out] = run_shell("ip netns add " + probe + " 2>&1 && ip netns del " + probe);
+  return rc == 0 ? std::string{} : "network namespaces are not available here: " + out;
+}
+
 // --partitions: the members and the miners in network namespaces of their
 // own, and links cut as faults (a member's, the miners'), besides kills and
 // stops. Needs root and ip netns; skipped with the reason elsewhere.
 TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
-  if (geteuid() != 0)
-    GTEST_SKIP() << "--partitions needs root (ip netns)";
-  auto probe = "npt" + std::to_string(getpid() % 100000);
-  auto [prc, pout] = run_shell("ip netns add " + probe + " 2>&1 && ip netns del " + probe);
-  if (prc != 0)
-    GTEST_SKIP() << "network namespaces are not available here: " << pout;
+  if (auto why = netns_unavailable(); !why.empty())
+    GTEST_SKIP() << why;
   auto dir = temp_dir("chaos-partitions");
   cleanup tidy{dir};
   auto [rc, out] = run({"chaos", "--oracles", "3", "--partitions", "--duration", "15",
@@ -149,12 +154,8 @@ TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
 // A second Ctrl-C exits at once and leaves the namespaces: it says how to
 // remove them, and that command does.
 TEST(chaos, a_second_signal_says_how_to_remove_the_namespaces_left) {
-  if (geteuid() != 0)
-    GTEST_SKIP() << "--partitions needs root (ip netns)";
-  auto probe = "npt" + std::to_string(getpid() % 100000);
-  auto [prc, pout] = run_shell("ip netns add " + probe + " 2>&1 && ip netns del " + probe);
-  if (prc != 0)
-    GTEST_SKIP() << "network namespaces are not available here: " << pout;
+  if (auto why = netns_unavailable(); !why.empty())
+    GTEST_SKIP() << why;
   auto dir = temp_dir("chaos-second");
   cleanup tidy{dir};
   child c{{"chaos", "--oracles", "3", "--partitions", "--duration", "60", "--seed", "3",

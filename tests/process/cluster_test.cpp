@@ -26,6 +26,20 @@ using namespace nodepool::testing;
 
 namespace {
 
+/// A TCP connection to 127.0.0.1:port: its descriptor, or -1.
+int connect_loopback(uint16_t port) {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(s);
+    return -1;
+  }
+  return s;
+}
+
 class Cluster : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -268,12 +282,8 @@ TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
   }
   // Garbage on member 2's Raft port.
   for (int k = 0; k < 3; ++k) {
-    int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(raft_[2]);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    int s = connect_loopback(raft_[2]);
+    ASSERT_GE(s, 0);
     std::string junk(4096, '\0');
     for (size_t i = 0; i < junk.size(); ++i)
       junk[i] = static_cast<char>((i * 7919 + k * 31) & 0xff);
@@ -527,14 +537,8 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
   start(1, with({"--http", "off"}, ours));
   // A peer that connects and never says a word is closed after the 5 s
   // handshake limit (checked at the end: the rest takes longer).
-  int idle = ::socket(AF_INET, SOCK_STREAM, 0);
-  {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(raft_[1]);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  }
+  int idle = connect_loopback(raft_[1]);
+  ASSERT_GE(idle, 0);
   auto idle_since = std::chrono::steady_clock::now();
   start(2, with({"--http", "off"}, ours));
   start(3, with({"--http", "off"}, theirs));
