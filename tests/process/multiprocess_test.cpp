@@ -438,6 +438,34 @@ TEST(multiprocess, miner_without_an_oracle_says_why_and_fails) {
     << miner.errors();
 }
 
+// A stopped oracle's port still takes connections (the kernel accepts
+// them), but nothing answers: a client given it and a live one goes on to
+// the live one within a handshake's wait (half a second), and a client
+// given it alone says why it failed.
+TEST(multiprocess, a_stopped_oracle_does_not_hold_a_client_back) {
+  auto dir = temp_dir("stopped");
+  cleanup tidy{dir};
+  child stopped{oracle_args(dir + "/a", "0"), dir + "/a.out"};
+  child live{oracle_args(dir + "/b", "0"), dir + "/b.out"};
+  ASSERT_TRUE(stopped.wait_for_output("listening on", 20s)) << stopped.errors();
+  ASSERT_TRUE(live.wait_for_output("listening on", 20s)) << live.errors();
+  auto a = "127.0.0.1:" + listening_port(stopped.output());
+  auto b = "127.0.0.1:" + listening_port(live.output());
+  stopped.signal(SIGSTOP);
+  auto t0 = std::chrono::steady_clock::now();
+  auto [rc, out] = run({"status", "--oracle", a + "," + b, "--json"}, dir + "/status.out", 30s);
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(rc, 0) << read_file(dir + "/status.out.err");
+  EXPECT_LT(took, 4s) << "the stopped oracle held the client back";
+  auto [rc2, out2] = run({"status", "--oracle", a}, dir + "/status2.out", 30s);
+  EXPECT_NE(rc2, 0);
+  EXPECT_NE(read_file(dir + "/status2.out.err").find("no handshake from"), std::string::npos)
+    << read_file(dir + "/status2.out.err");
+  stopped.signal(SIGCONT);
+  auto [rc3, out3] = run({"status", "--oracle", a}, dir + "/status3.out", 30s);
+  EXPECT_EQ(rc3, 0) << read_file(dir + "/status3.out.err");
+}
+
 // README: the miner exits 1 if it cannot reach the oracle within
 // --connect-timeout; that holds when the oracle goes away for good while the
 // miner runs, not only at start.
