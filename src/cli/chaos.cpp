@@ -635,7 +635,9 @@ void chaos_run::start_batch(size_t j) {
   auto out = logs_ + "/submit" + std::to_string(j) + "."
              + std::to_string(s.batches) + ".out";
   s.proc = std::make_unique<child_process>(
-    std::vector<std::string>{"submit", "--oracle", oracle_list(),
+    // At info: each retry and leader change is on its log (a few lines per
+    // fault), for a submitter that does not finish its batch.
+    std::vector<std::string>{"--log-level", "info", "submit", "--oracle", oracle_list(),
                              "--sessions", std::to_string(o_.batch),
                              "--prefix", "s" + std::to_string(j),
                              "--first", std::to_string(s.next),
