@@ -623,8 +623,6 @@ private:
       return done("a membership change is under way (" + change_->what() + ")");
     if (id == 0)
       return done("a member id is a positive integer");
-    if (raft_.configuration.n >= 7)
-      return done("the cluster has 7 members already (the most it may have)");
     auto raft_addr = member_from_config(id, address).raft;
     if (auto i = index_of(id); i >= 0) {
       auto& s = raft_.configuration.servers[i];
@@ -641,6 +639,8 @@ private:
       change_->stage = s.role == RAFT_SPARE ? change_req::adding : change_req::standing_by;
       return on_change(0);
     }
+    if (raft_.configuration.n >= 7)
+      return done("the cluster has 7 members already (the most it may have)");
     for (unsigned i = 0; i < raft_.configuration.n; ++i) {
       auto& s = raft_.configuration.servers[i];
       if (member_from_config(s.id, s.address).raft == raft_addr)
