@@ -301,7 +301,11 @@ TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
                   },
                   30s);
   auto log = oracle.errors();
-  EXPECT_EQ(test_ends(log, "b"), std::vector<std::string>(2, "cross_check")) << log;
+  // Each of B's nodes failed; by the time the log is read a quarantined
+  // one may have been retested after its backoff, and failed again.
+  auto b_ends = test_ends(log, "b");
+  EXPECT_GE(b_ends.size(), 2u) << log;
+  EXPECT_EQ(b_ends, std::vector<std::string>(b_ends.size(), "cross_check")) << log;
   // Model A's nodes: the first has no peer to compare with, the others
   // agree with it.
   EXPECT_EQ(test_ends(log, "a"), std::vector<std::string>(3, "passed")) << log;
