@@ -45,6 +45,10 @@ split_host_port(const std::string& s) {
   return std::make_pair(s.substr(0, colon), static_cast<uint16_t>(n));
 }
 
+bool member_address_ok(const std::string& s) {
+  return split_host_port(s) && s.find(';') == std::string::npos;
+}
+
 std::string raft_address_error(const std::string& raft) {
   auto hp = split_host_port(raft);
   in_addr ip{};
@@ -156,7 +160,7 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         m.id = static_cast<uint64_t>(*x);
       } else if (key == "raft" || key == "address" || key == "http") {
         auto x = v.value<std::string>();
-        if (!v.is_string() || !x || !split_host_port(*x) || x->find(';') != std::string::npos)
+        if (!v.is_string() || !x || !member_address_ok(*x))
           throw fail(where + "." + key, "expected \"host:port\"");
         if (key == "raft")
           if (auto e = raft_address_error(*x); !e.empty())

@@ -14,6 +14,10 @@ namespace nodepool {
 std::optional<std::pair<std::string, uint16_t>>
 split_host_port(const std::string& s);
 
+/// A member's host:port as it may travel in the Raft configuration, which
+/// joins a member's addresses with ';' (member_config_address).
+bool member_address_ok(const std::string& s);
+
 /// Why `raft` cannot be a member's Raft address, or empty: it must be an
 /// IPv4 address and port (libraft 0.15 reads it with uv_ip4_addr and does
 /// not resolve names).

@@ -1068,9 +1068,9 @@ void router::admin(const std::shared_ptr<call>& c,
     if (id <= 0)
       return send_bad(c->rep, {"bad_field", "id: a member id, > 0"});
     for (auto [name, v] : {std::pair{"raft", &raft}, {"address", &address}})
-      if (!split_host_port(*v) || v->find(';') != std::string::npos)
+      if (!member_address_ok(*v))
         return send_bad(c->rep, {"bad_field", std::string{name} + ": required, host:port"});
-    if (!http.empty() && (!split_host_port(http) || http.find(';') != std::string::npos))
+    if (!http.empty() && !member_address_ok(http))
       return send_bad(c->rep, {"bad_field", "http: host:port"});
     if (auto why = raft_address_error(raft); !why.empty())
       return send_bad(c->rep, {"bad_field", "raft: " + why});

@@ -413,12 +413,17 @@ void guard_log_matching(struct raft* r) {
   io->start = guarded_start;
 }
 
+/// One of the guard's counters for `io` (0 for an io it does not guard).
+uint64_t guard_count(struct raft_io* io, uint64_t guarded_io::*counter) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  return i == guarded.end() ? 0 : i->second.*counter;
+}
+
 } // namespace
 
 uint64_t refused_peers_of(struct raft_io* io) {
-  std::lock_guard<std::mutex> g{guard_mu};
-  auto i = guarded.find(io);
-  return i == guarded.end() ? 0 : i->second.strangers;
+  return guard_count(io, &guarded_io::strangers);
 }
 
 uint64_t heard_from(struct raft_io* io, uint64_t server) {
@@ -431,15 +436,11 @@ uint64_t heard_from(struct raft_io* io, uint64_t server) {
 }
 
 uint64_t trimmed_to_snapshot_of(struct raft_io* io) {
-  std::lock_guard<std::mutex> g{guard_mu};
-  auto i = guarded.find(io);
-  return i == guarded.end() ? 0 : i->second.below_snapshot;
+  return guard_count(io, &guarded_io::below_snapshot);
 }
 
 uint64_t unaddressed_results_of(struct raft_io* io) {
-  std::lock_guard<std::mutex> g{guard_mu};
-  auto i = guarded.find(io);
-  return i == guarded.end() ? 0 : i->second.unaddressed;
+  return guard_count(io, &guarded_io::unaddressed);
 }
 
 namespace {

@@ -131,7 +131,8 @@ struct raft_tls_tunnel::impl {
   std::map<std::string, std::pair<std::string, std::shared_ptr<tcp::acceptor>>> outbound;
   std::atomic<uint64_t> failed{0};
   std::atomic<uint64_t> accept_errors{0};
-  std::chrono::milliseconds handshake_limit{5000};
+  /// A connection's TCP connect and TLS handshake must be done by then.
+  static constexpr std::chrono::seconds handshake_limit{5};
   std::thread thread;
 
   void handshake_failed(const std::string& with, const error_code& ec) {
@@ -241,10 +242,8 @@ struct raft_tls_tunnel::impl {
 };
 
 raft_tls_tunnel::raft_tls_tunnel(const files& f, const std::string& public_address,
-                                 const std::string& local,
-                                 std::chrono::milliseconds handshake_limit)
+                                 const std::string& local)
     : p_(std::make_unique<impl>()) {
-  p_->handshake_limit = handshake_limit;
   try {
     configure(p_->server, f);
     configure(p_->client, f);

@@ -1,6 +1,5 @@
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <string>
 
@@ -29,10 +28,9 @@ public:
   /// (127.0.0.1:port, raft's listener; may be empty, see set_local). Throws std::runtime_error with the
   /// reason when the files do not load or the address cannot be bound.
   /// A connection whose TCP connect and TLS handshake take longer than
-  /// `handshake_limit` is closed.
+  /// 5 s is closed.
   raft_tls_tunnel(const files& f, const std::string& public_address,
-                  const std::string& local,
-                  std::chrono::milliseconds handshake_limit = std::chrono::seconds(5));
+                  const std::string& local);
   ~raft_tls_tunnel();
   raft_tls_tunnel(const raft_tls_tunnel&) = delete;
   raft_tls_tunnel& operator=(const raft_tls_tunnel&) = delete;
