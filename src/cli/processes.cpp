@@ -40,7 +40,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// Connects to the oracle's gateway, retrying until `timeout_s` passes.
 /// Connects to `target` ("host:port", or a comma-separated list of a
 /// cluster's members), retrying for up to `timeout_s`. With `follow_leader`
 /// the gateway returned is the leader's (a single oracle leads itself);
@@ -61,6 +60,10 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
   // soon), doubling to 250 ms (an outage does not get every client asking
   // every member a hundred times a second).
   auto pause = 10ms;
+  // A search that goes on says why, every 2 s, at info: what the last
+  // attempt met (a member that does not answer, an election, no handshake).
+  auto start = std::chrono::steady_clock::now();
+  auto told = start;
   for (;;) {
     // Each attempt waits for a handshake at most half a second, so that a
     // signal is noticed in time; a handshake still under way is not
@@ -75,8 +78,17 @@ caf::expected<caf::actor> connect_retry(caf::actor_system& sys,
       auto [host, port] = parse_host_port(list[next++ % list.size()]);
       gw = connect_oracle(sys, host, port, slice);
     }
-    if (gw || std::chrono::steady_clock::now() > deadline || stop_requested)
+    auto now = std::chrono::steady_clock::now();
+    if (gw || now > deadline || stop_requested)
       return gw;
+    if (now - told >= 2s) {
+      told = now;
+      log("client")->info(
+        "no {} at {} after {} ms: {}", follow_leader ? "leader" : "oracle",
+        target,
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count(),
+        sys.render(gw.error()));
+    }
     std::this_thread::sleep_for(pause);
     pause = std::min<std::chrono::milliseconds>(pause * 2, 250ms);
   }

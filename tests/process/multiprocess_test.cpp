@@ -2,10 +2,18 @@
 // over CAF's middleman.
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "bank.hpp"
 #include "proc.hpp"
@@ -20,6 +28,118 @@ namespace {
 using nodepool::challenge_bank;
 using nodepool::sim_knowledge;
 using nodepool::sim_backend;
+
+/// A TCP relay on loopback to `target`: each connection it accepts is
+/// relayed to a connection of its own to the target. `mute()` makes the
+/// connections open at that moment lose everything the target sends back
+/// (what the client sends still arrives); later connections are relayed
+/// whole. That is a peer that takes requests and never answers on one
+/// connection, and answers on a new one.
+class tcp_relay {
+public:
+  explicit tcp_relay(uint16_t target) : target_(target) {
+    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::listen(listen_, 64);
+    socklen_t len = sizeof a;
+    ::getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~tcp_relay() {
+    stop_ = true;
+    thread_.join();
+    for (auto& p : pairs_) {
+      ::close(p.client);
+      ::close(p.target);
+    }
+    ::close(listen_);
+  }
+  uint16_t port() const { return port_; }
+  size_t accepted() const { return accepted_; }
+  void mute() {
+    std::lock_guard<std::mutex> g{mu_};
+    for (auto& p : pairs_)
+      p.muted = true;
+  }
+
+private:
+  struct link {
+    int client, target;
+    bool muted = false;
+  };
+  void run() {
+    while (!stop_) {
+      std::vector<pollfd> fds{{listen_, POLLIN, 0}};
+      {
+        std::lock_guard<std::mutex> g{mu_};
+        for (auto& p : pairs_) {
+          fds.push_back({p.client, POLLIN, 0});
+          fds.push_back({p.target, POLLIN, 0});
+        }
+      }
+      if (::poll(fds.data(), fds.size(), 20) <= 0)
+        continue;
+      std::lock_guard<std::mutex> g{mu_};
+      if (fds[0].revents & POLLIN) {
+        int c = ::accept(listen_, nullptr, nullptr);
+        int t = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(target_);
+        if (c >= 0 && ::connect(t, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+          pairs_.push_back({c, t});
+          ++accepted_;
+        } else {
+          ::close(c);
+          ::close(t);
+        }
+      }
+      // The links polled above are the first ones of pairs_ (new ones are
+      // added at the end); a link that ends is closed and taken out.
+      std::vector<bool> gone(pairs_.size(), false);
+      char buf[65536];
+      for (size_t i = 1; i + 1 < fds.size(); i += 2) {
+        auto k = (i - 1) / 2;
+        auto& p = pairs_[k];
+        for (int side = 0; side < 2; ++side) {
+          if (!(fds[i + side].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+          int from = side == 0 ? p.client : p.target;
+          int to = side == 0 ? p.target : p.client;
+          auto n = ::read(from, buf, sizeof buf);
+          if (n <= 0) {
+            gone[k] = true;
+            break;
+          }
+          if (side == 1 && p.muted)
+            continue;  // what the target sends is lost
+          if (::send(to, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n)
+            gone[k] = true;
+        }
+      }
+      for (size_t k = gone.size(); k-- > 0;)
+        if (gone[k]) {
+          ::close(pairs_[k].client);
+          ::close(pairs_[k].target);
+          pairs_.erase(pairs_.begin() + static_cast<long>(k));
+        }
+    }
+  }
+
+  uint16_t target_;
+  int listen_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> accepted_{0};
+  std::mutex mu_;
+  std::vector<link> pairs_;
+  std::thread thread_;
+};
 
 /// Polls `nodepool status` (with `extra` flags) until `pred` holds or
 /// `limit` passes.
@@ -468,6 +588,34 @@ TEST(multiprocess, a_stopped_oracle_does_not_hold_a_client_back) {
   stopped.signal(SIGCONT);
   auto [rc3, out3] = run({"status", "--oracle", a}, dir + "/status3.out", 30s);
   EXPECT_EQ(rc3, 0) << read_file(dir + "/status3.out.err");
+}
+
+// An oracle that takes a client's requests on a connection but never
+// answers on it (seen after an oracle was stopped and continued: its CAF
+// broker had lost its way back to that one connection's peer): the
+// client shuts that connection down and makes a new one, instead of asking
+// on it until its --connect-timeout runs out.
+TEST(multiprocess, a_connection_an_oracle_stopped_answering_on_is_made_again) {
+  auto dir = temp_dir("mute");
+  cleanup tidy{dir};
+  child oracle{oracle_args(dir + "/db", "0"), dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  tcp_relay relay{static_cast<uint16_t>(std::stoi(listening_port(oracle.output())))};
+  child submit{{"--log-level", "info", "submit", "--oracle",
+                "127.0.0.1:" + std::to_string(relay.port()), "--sessions", "3",
+                "--prefix", "m", "--interval-ms", "1000", "--connect-timeout",
+                "30"},
+               dir + "/submit.out"};
+  ASSERT_TRUE(submit.wait_for_output("accepted m-0", 30s)) << submit.errors();
+  relay.mute();
+  auto before = relay.accepted();
+  EXPECT_EQ(submit.wait_exit(60s), 0) << submit.errors();
+  auto out = submit.output();
+  EXPECT_NE(out.find("accepted m-1"), std::string::npos) << out << submit.errors();
+  EXPECT_NE(out.find("accepted m-2"), std::string::npos) << out << submit.errors();
+  EXPECT_NE(submit.errors().find("did not answer twice"), std::string::npos)
+    << submit.errors();
+  EXPECT_GT(relay.accepted(), before);
 }
 
 // README: the miner exits 1 if it cannot reach the oracle within
