@@ -86,9 +86,10 @@ void with_leader_http(caf::event_based_actor* self, const caf::actor& gw,
 class caf_pool_api : public http::pool_api {
  public:
   caf_pool_api(caf::actor_system& sys, caf::actor gw, caf::actor sup,
-               connect_fn connect, std::chrono::milliseconds t)
+               connect_fn connect, std::chrono::milliseconds t,
+               forget_fn forget)
     : sys_(sys), gw_(std::move(gw)), sup_(std::move(sup)),
-      connect_(std::move(connect)), timeout_(t) {}
+      connect_(std::move(connect)), forget_(std::move(forget)), timeout_(t) {}
 
   /// Where a write goes: this oracle's gateway when it is alone or leads;
   /// on a follower, the leader's (reached at its client address, once, and
@@ -99,7 +100,7 @@ class caf_pool_api : public http::pool_api {
     auto* sys = &sys_;
     auto link = link_;
     auto connect = connect_;
-    (void)t;
+    auto forget = forget_;
     sys_.spawn([=](caf::event_based_actor* self) {
       // Local and always answered: no timeout (a pending timeout is a
       // message kept until it fires, for every request).
@@ -115,14 +116,16 @@ class caf_pool_api : public http::pool_api {
               return cb(nullptr, api_error{"not_leader",
                                            "this member does not lead and no "
                                            "leader is known yet; retry shortly"});
+            caf::actor cached;
             {
               std::lock_guard<std::mutex> g{link->mu};
               if (link->address == addr && link->gateway)
-                return cb(link->gateway, std::nullopt);
+                cached = link->gateway;
             }
             // Connecting blocks: on a thread of its own, never the HTTP's
             // nor the scheduler's.
-            sys->spawn<caf::detached>([=](caf::event_based_actor* me) {
+            auto reach = [=] {
+              sys->spawn<caf::detached>([=](caf::event_based_actor* me) {
               auto r = connect(addr);
               if (!r) {
                 cb(nullptr, api_error{"not_leader",
@@ -138,7 +141,30 @@ class caf_pool_api : public http::pool_api {
                 cb(*r, std::nullopt);
               }
               me->quit();
-            });
+              });
+            };
+            if (!cached)
+              return reach();
+            // The leader reached before must still answer on its
+            // connection: one that takes requests and answers none (a
+            // connection its CAF broker lost its way back on; see
+            // connect_leader) is shut down and made again, rather than
+            // holding every write passed on for its whole timeout.
+            self->request(cached, std::min(t, std::chrono::milliseconds{2000}),
+                          cluster_atom::value)
+              .then([=](const std::string&) { cb(cached, std::nullopt); },
+                    [=](caf::error&) {
+                      {
+                        std::lock_guard<std::mutex> g{link->mu};
+                        if (link->gateway == cached) {
+                          link->gateway = nullptr;
+                          link->address.clear();
+                        }
+                      }
+                      if (forget)
+                        forget(addr);
+                      reach();
+                    });
           },
           [=](caf::error& err) { cb(nullptr, to_api_error(*sys, err)); });
     });
@@ -371,6 +397,7 @@ class caf_pool_api : public http::pool_api {
   caf::actor gw_;
   caf::actor sup_;  // operators' commands go to it directly, never via miners' port
   connect_fn connect_;
+  forget_fn forget_;
   std::chrono::milliseconds timeout_;
   std::shared_ptr<leader_link> link_ = std::make_shared<leader_link>();
 };
@@ -434,10 +461,12 @@ std::shared_ptr<http::pool_api> make_pool_api(caf::actor_system& sys,
                                               caf::actor gateway,
                                               caf::actor supervisor,
                                               connect_fn connect,
-                                              std::chrono::milliseconds t) {
+                                              std::chrono::milliseconds t,
+                                              forget_fn forget) {
   return std::make_shared<caf_pool_api>(sys, std::move(gateway),
                                         std::move(supervisor),
-                                        std::move(connect), t);
+                                        std::move(connect), t,
+                                        std::move(forget));
 }
 
 } // namespace nodepool

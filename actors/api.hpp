@@ -20,13 +20,21 @@ namespace nodepool {
 /// may block (it runs on a detached actor).
 using connect_fn = std::function<caf::expected<caf::actor>(const std::string&)>;
 
+/// Told the address of a leader's gateway that was reached before and no
+/// longer answers on its connection (for drop_connections).
+using forget_fn = std::function<void(const std::string&)>;
+
 /// On a cluster member that does not lead, writes (sessions, prompts) go
 /// to the leader's gateway through `connect` (unset: refused not_leader);
-/// reads are served from this member's committed state.
+/// reads are served from this member's committed state. The leader's
+/// gateway is kept, and asked who leads (within the read timeout, at most
+/// 2 s) before each write it is given again: when it does not answer,
+/// `forget` is told its address and `connect` reaches it anew.
 std::shared_ptr<http::pool_api> make_pool_api(
   caf::actor_system& sys, caf::actor gateway, caf::actor supervisor,
   connect_fn connect,
-  std::chrono::milliseconds read_timeout = std::chrono::seconds(10));
+  std::chrono::milliseconds read_timeout = std::chrono::seconds(10),
+  forget_fn forget = {});
 
 /// Follows the supervisor's events (those it publishes once durable: on a
 /// cluster, the leader's) into `feed`, each as event_json() with its

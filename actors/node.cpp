@@ -482,6 +482,8 @@ bool accepts(const std::string& host, uint16_t port,
   return ok;
 }
 
+} // namespace
+
 /// Shuts down every TCP connection of this process to host:port (found
 /// through /proc/self/fd): CAF's multiplexer then sees it end, closes it and
 /// drops what it knew of the peer, so that the next connection starts with
@@ -535,8 +537,6 @@ size_t drop_connections(const std::string& host, uint16_t port) {
   ::freeaddrinfo(res);
   return n;
 }
-
-} // namespace
 
 caf::expected<caf::actor> connect_oracle(caf::actor_system& sys,
                                          const std::string& host,

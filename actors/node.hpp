@@ -90,6 +90,12 @@ caf::expected<caf::actor> connect_leader(
 bool is_leader(caf::actor_system& sys, const caf::actor& gateway,
                std::chrono::milliseconds timeout = std::chrono::seconds(2));
 
+/// Shuts down (never closes: the descriptors stay CAF's) every TCP
+/// connection of this process to host:port, so that the next one starts
+/// with a new handshake; for a peer that takes requests on a connection and
+/// no longer answers on it. Returns how many.
+size_t drop_connections(const std::string& host, uint16_t port);
+
 /// Splits "h1:p1,h2:p2" into its parts.
 std::vector<std::string> split_oracles(const std::string& list);
 

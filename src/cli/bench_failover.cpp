@@ -273,7 +273,6 @@ nlohmann::json failover(const options& o) {
   auto start = [&](int i) { c.start(i); };
   std::vector<double> grant_ms, elect_ms;
   unsigned missed = 0;
-  auto t_start = clock::now();
   auto wall_start = wall_ms();
   nlohmann::json timeline = nlohmann::json::array();  // one entry per kill
   c.wait_for_load();

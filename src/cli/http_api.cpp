@@ -76,8 +76,16 @@ http_api start_http_api(const http_options& o,
     caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
     feed->close_all();  // the streams it holds hold their connections
   });
+  forget_fn forget = [](const std::string& addr) {
+    try {
+      auto [host, port] = parse_host_port(addr);
+      drop_connections(host, port);
+    } catch (const std::exception&) {
+    }
+  };
   auto router = std::make_shared<http::router>(
-    rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect)));
+    rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect),
+                      std::chrono::seconds(10), std::move(forget)));
   http::server_config sc;
   sc.host = host;
   sc.port = port;

@@ -618,6 +618,44 @@ TEST(multiprocess, a_connection_an_oracle_stopped_answering_on_is_made_again) {
   EXPECT_GT(relay.accepted(), before);
 }
 
+// The same for a miner: the oracle's messages to its nodes are lost on
+// their connection (what the nodes send still arrives). The miner's check
+// that its oracle leads goes unanswered; it shuts that connection down,
+// connects again, and its nodes serve.
+TEST(multiprocess, a_miner_whose_oracle_stopped_answering_connects_again) {
+  auto dir = temp_dir("mute-miner");
+  cleanup tidy{dir};
+  child oracle{oracle_args(dir + "/db", "0", {"--max-strikes", "1000"}),
+               dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  tcp_relay relay{static_cast<uint16_t>(std::stoi(listening_port(oracle.output())))};
+  child miner{{"--log-level", "info", "miner", "--oracle",
+               "127.0.0.1:" + std::to_string(relay.port()), "--nodes", "2",
+               "--deadline-hint-ms", "1000"},
+              dir + "/miner.out"};
+  auto in_pool = [](const nlohmann::json& j) {
+    return j["nodes"]["by_state"]["ephemeral"].get<int>() == 2;
+  };
+  ASSERT_TRUE(in_pool(wait_status(dir, target, in_pool, 30s))) << miner.errors();
+  relay.mute();
+  auto before = relay.accepted();
+  EXPECT_TRUE(miner.wait_for_errors("did not answer twice", 30s)) << miner.errors();
+  auto [rc, out] = run({"submit", "--oracle", target, "--sessions", "5",
+                        "--prefix", "mm", "--max-tasks", "2"},
+                       dir + "/submit.out");
+  ASSERT_EQ(rc, 0) << out;
+  auto j = wait_status(dir, target,
+                       [](const nlohmann::json& j) {
+                         return j["sessions"]["completed"].get<int>() >= 5;
+                       },
+                       60s);
+  EXPECT_EQ(j["sessions"]["completed"].get<int>(), 5) << j.dump() << miner.errors();
+  EXPECT_GT(relay.accepted(), before);
+  miner.signal(SIGTERM);
+  EXPECT_EQ(miner.wait_exit(20s), 0) << miner.errors();
+}
+
 // README: the miner exits 1 if it cannot reach the oracle within
 // --connect-timeout; that holds when the oracle goes away for good while the
 // miner runs, not only at start.
