@@ -1,6 +1,8 @@
 #include "actors/api.hpp"
 
+#include <chrono>
 #include <mutex>
+#include <optional>
 
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
@@ -27,11 +29,13 @@ api_error to_api_error(caf::actor_system& sys, const caf::error& err) {
   return {code, detail};
 }
 
-/// The leader's gateway as this member last reached it.
+/// The leader's gateway as this member last reached it, and when it last
+/// answered on it (never, right after it was reached).
 struct leader_link {
   std::mutex mu;
   std::string address;
   caf::actor gateway;
+  std::optional<std::chrono::steady_clock::time_point> answered;
 };
 
 using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
@@ -116,11 +120,18 @@ class caf_pool_api : public http::pool_api {
               return cb(nullptr, api_error{"not_leader",
                                            "this member does not lead and no "
                                            "leader is known yet; retry shortly"});
+            // Kept, and heard from within the last second: used as it is.
+            // Otherwise asked who leads first (below): at most one question
+            // a second while writes pass, not one per write.
             caf::actor cached;
+            auto now = std::chrono::steady_clock::now();
             {
               std::lock_guard<std::mutex> g{link->mu};
-              if (link->address == addr && link->gateway)
+              if (link->address == addr && link->gateway) {
+                if (link->answered && now - *link->answered < std::chrono::seconds(1))
+                  return cb(link->gateway, std::nullopt);
                 cached = link->gateway;
+              }
             }
             // Connecting blocks: on a thread of its own, never the HTTP's
             // nor the scheduler's.
@@ -137,6 +148,7 @@ class caf_pool_api : public http::pool_api {
                   std::lock_guard<std::mutex> g{link->mu};
                   link->address = addr;
                   link->gateway = *r;
+                  link->answered.reset();
                 }
                 cb(*r, std::nullopt);
               }
@@ -152,7 +164,14 @@ class caf_pool_api : public http::pool_api {
             // holding every write passed on for its whole timeout.
             self->request(cached, std::min(t, std::chrono::milliseconds{2000}),
                           cluster_atom::value)
-              .then([=](const std::string&) { cb(cached, std::nullopt); },
+              .then([=](const std::string&) {
+                      {
+                        std::lock_guard<std::mutex> g{link->mu};
+                        if (link->gateway == cached)
+                          link->answered = std::chrono::steady_clock::now();
+                      }
+                      cb(cached, std::nullopt);
+                    },
                     [=](caf::error&) {
                       {
                         std::lock_guard<std::mutex> g{link->mu};

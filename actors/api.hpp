@@ -27,9 +27,10 @@ using forget_fn = std::function<void(const std::string&)>;
 /// On a cluster member that does not lead, writes (sessions, prompts) go
 /// to the leader's gateway through `connect` (unset: refused not_leader);
 /// reads are served from this member's committed state. The leader's
-/// gateway is kept, and asked who leads (within the read timeout, at most
-/// 2 s) before each write it is given again: when it does not answer,
-/// `forget` is told its address and `connect` reaches it anew.
+/// gateway is kept; unless it answered within the last second, it is asked
+/// who leads (within the read timeout, at most 2 s) before a write is given
+/// to it again: when it does not answer, `forget` is told its address and
+/// `connect` reaches it anew.
 std::shared_ptr<http::pool_api> make_pool_api(
   caf::actor_system& sys, caf::actor gateway, caf::actor supervisor,
   connect_fn connect,

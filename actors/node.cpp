@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include <caf/all.hpp>
@@ -444,6 +445,22 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
 
 namespace {
 
+using addrinfo_ptr = std::unique_ptr<addrinfo, void (*)(addrinfo*)>;
+
+/// host:port's TCP addresses (IPv4 and IPv6); null when it does not resolve.
+addrinfo_ptr resolve_tcp(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
+    res = nullptr;
+  return addrinfo_ptr{res, [](addrinfo* a) {
+                        if (a)
+                          ::freeaddrinfo(a);
+                      }};
+}
+
 /// Whether something accepts TCP connections at host:port within
 /// `timeout`: a plain socket, outside CAF's middleman. The middleman
 /// handles one connection request at a time; asked for a member that was
@@ -452,14 +469,11 @@ namespace {
 /// does not answer here is not asked through it.
 bool accepts(const std::string& host, uint16_t port,
              std::chrono::milliseconds timeout) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
+  auto res = resolve_tcp(host, port);
+  if (!res)
     return true;  // let the middleman say what is wrong
   bool ok = false;
-  for (auto* a = res; a && !ok; a = a->ai_next) {
+  for (auto* a = res.get(); a && !ok; a = a->ai_next) {
     int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                       a->ai_protocol);
     if (fd < 0)
@@ -478,7 +492,6 @@ bool accepts(const std::string& host, uint16_t port,
     }
     ::close(fd);
   }
-  ::freeaddrinfo(res);
   return ok;
 }
 
@@ -490,14 +503,11 @@ bool accepts(const std::string& host, uint16_t port,
 /// a fresh handshake. Only shutdown(), never close(): the descriptor stays
 /// CAF's. Returns how many were shut down.
 size_t drop_connections(const std::string& host, uint16_t port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
+  auto res = resolve_tcp(host, port);
+  if (!res)
     return 0;
   auto same = [&](const sockaddr_storage& peer) {
-    for (auto* a = res; a; a = a->ai_next) {
+    for (auto* a = res.get(); a; a = a->ai_next) {
       if (a->ai_family != peer.ss_family)
         continue;
       if (peer.ss_family == AF_INET) {
@@ -534,7 +544,6 @@ size_t drop_connections(const std::string& host, uint16_t port) {
     }
     ::closedir(dir);
   }
-  ::freeaddrinfo(res);
   return n;
 }
 
@@ -628,11 +637,6 @@ bool is_leader(caf::actor_system& sys, const caf::actor& gateway,
   auto j = cluster_view(sys, gateway, timeout);
   return j && leads(*j);
 }
-
-namespace {
-
-
-} // namespace
 
 namespace {
 

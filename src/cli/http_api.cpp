@@ -9,6 +9,7 @@
 #include "actors/api.hpp"
 #include "actors/node.hpp"
 #include "cli/common.hpp"
+#include "cluster_config.hpp"
 #include "http/router.hpp"
 #include "log.hpp"
 
@@ -77,11 +78,8 @@ http_api start_http_api(const http_options& o,
     feed->close_all();  // the streams it holds hold their connections
   });
   forget_fn forget = [](const std::string& addr) {
-    try {
-      auto [host, port] = parse_host_port(addr);
-      drop_connections(host, port);
-    } catch (const std::exception&) {
-    }
+    if (auto hp = split_host_port(addr))
+      drop_connections(hp->first, hp->second);
   };
   auto router = std::make_shared<http::router>(
     rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect),
