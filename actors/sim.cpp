@@ -566,6 +566,9 @@ std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
     cmd += " --lying-log";
   if (!opt.raft_guard)
     cmd += " --no-raft-guard";
+  if (!opt.restarts)
+    cmd += " --no-restarts";
+
   return cmd;
 }
 

@@ -40,6 +40,11 @@ struct sim_options {
   /// For testing the checker (cluster only): libraft without raft_member's
   /// guard (src/raft/raft_member.cpp), whose holes some seeds must find.
   bool raft_guard = true;
+  /// Cluster only: half the stopped oracles crash and restart from what
+  /// their disk kept (half of those with a power cut) instead of resuming
+  /// with their memory. Off: every stop is a freeze, as before crashes
+  /// were simulated.
+  bool restarts = true;
 };
 
 struct sim_violation {

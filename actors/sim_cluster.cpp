@@ -12,20 +12,21 @@
 //   - a fault schedule: partitions between oracles (both ways, one way, the
 //     leader cut off), changing network and disk latencies (messages between
 //     oracles delayed and reordered), messages between oracles sent twice,
-//     the copy up to 100 ms later (in half the runs), leaders and followers stopped at random
-//     points (a stopped oracle's actors die; its member freezes, then resumes
-//     from its disk and memory), miners cut off from some oracles, killed and
-//     silenced, and oracle clocks jumping.
+//     the copy up to 100 ms later (in half the runs), leaders and followers
+//     stopped at random points (a stopped oracle's actors die; its member
+//     freezes or crashes, see below), miners cut off from some oracles,
+//     killed and silenced, and oracle clocks jumping.
 // Checks: I1-I5 after every applied entry on every replica; each pool index
 // holds the same batch on every member that applied it (log matching); at
 // the end every member applied the same entries and holds the same state,
 // byte for byte; every session acknowledged to a client is live or archived
 // on every member; nothing is left unfinished after the quiet.
 //
-// What raft_fixture cannot do, so this does not: a member restarting from
-// disk (a stopped member resumes with its memory; real restarts are the
-// process tests' and `bench --only failover`'s) and losing an unsynced tail
-// (raft syncs every append before it is acknowledged).
+// Half the stops are crashes: the member restarts from what its disk kept
+// (raft's log as stub_disk below models it, the archive as the memory
+// store keeps it), and half of those take the power with them, losing
+// raft's writes still in flight (a suffix of them) and the archive's
+// unsynced writes. The other half freeze and resume with their memory.
 #include "actors/sim.hpp"
 #include "actors/sim_parts.hpp"
 
@@ -104,20 +105,57 @@ private:
   std::shared_ptr<applied_log> log_;
 };
 
-/// raft_fixture's in-memory disk (libraft 0.15, src/fixture.c) numbers its
-/// entries from 1 whatever happened: after a member installs a snapshot it
-/// drops every entry and appends the next ones from index 1 of its array,
-/// so a later truncation (a follower dropping a deposed leader's entries)
-/// copies past the end of the array. The real disk (raft_uv) keeps the
-/// index. Here each member's truncate is handed the index in the stub's own
-/// numbering: `origin` is the log index of the stub's first entry.
+/// A crashed member's raft runs on until it is closed (its requests in
+/// flight complete), but the process is gone: nothing reaches its state
+/// machine, and it takes no snapshot (RAFT_BUSY: raft tries later).
+void dead_fsm(struct raft_fsm& fsm) {
+  fsm.apply = [](struct raft_fsm*, const struct raft_buffer*, void** result) {
+    *result = nullptr;
+    return 0;
+  };
+  fsm.snapshot = [](struct raft_fsm*, struct raft_buffer**, unsigned*) {
+    return RAFT_BUSY;
+  };
+  fsm.restore = [](struct raft_fsm*, struct raft_buffer* buf) {
+    raft_free(buf->base);
+    return 0;
+  };
+}
+
+/// Each member's disk, below raft (and its guard), over raft_fixture's
+/// in-memory I/O (libraft 0.15, src/fixture.c). The stub keeps its entries
+/// in an array numbered from 1 whatever happened (after a snapshot install
+/// it appends the next entries at index 1 of its array) and truncates at
+/// once, ahead of appends still in flight; its load would return them
+/// misnumbered. So the log a member would find on restart is kept here, by
+/// index: raft's appends, truncations and snapshot installs reach it in
+/// the order raft asked for them (as raft_uv writes them: a truncation or
+/// an install waits for the appends before it), each once the fixture
+/// completed it and everything asked before it. The stub still holds the
+/// term, the vote and the last snapshot; its entry array is never read.
+///
+/// A crash (`crashed`) stops the disk: of the writes raft asked for before
+/// the crash and the fixture had not completed, `may_land` still reach it
+/// (all of them when a process dies, a random prefix when the power goes,
+/// as a disk's cache loses a suffix); nothing asked for later does. A
+/// snapshot raft was taking (not an install) is the stub's: it lands whole
+/// when the fixture completes it.
+struct disk_entry {
+  raft_term term = 0;
+  unsigned short type = RAFT_COMMAND;
+  std::string bytes;
+};
+struct disk_op {
+  enum kind_t { append, truncate, install, failed } kind = append;
+  raft_index index = 0;  // the first entry appended; truncated from; installed at
+  std::vector<disk_entry> entries;
+  bool done = false;
+};
+
 struct stub_disk {
-  int (*truncate)(struct raft_io*, raft_index) = nullptr;
   int (*snapshot_put)(struct raft_io*, unsigned, struct raft_io_snapshot_put*,
                       const struct raft_snapshot*,
                       raft_io_snapshot_put_cb) = nullptr;
-  std::deque<raft_index> installs;  // pending puts that drop the log
-  raft_index origin = 1;
   // The network's duplicates (below raft and its guard): a copy of a sent
   // message, sent again later (see stub_send).
   int (*send)(struct raft_io*, struct raft_io_send*, const struct raft_message*,
@@ -125,8 +163,139 @@ struct stub_disk {
   std::function<std::optional<raft_time>()> duplicate;  // delay, or none
   struct copy;
   std::deque<std::pair<raft_time, std::unique_ptr<copy>>> copies;  // due, copy
+  int (*append)(struct raft_io*, struct raft_io_append*, const struct raft_entry[],
+                unsigned, raft_io_append_cb) = nullptr;
+  int (*snapshot_get)(struct raft_io*, struct raft_io_snapshot_get*,
+                      raft_io_snapshot_get_cb) = nullptr;
+  int (*load)(struct raft_io*, raft_term*, raft_id*, struct raft_snapshot**,
+              raft_index*, struct raft_entry**, size_t*) = nullptr;
+  // Raft's requests the fixture has not completed yet: each holds raft's
+  // memory, so a crashed member is closed only once there are none.
+  size_t inflight = 0;
+  // The log as the disk holds it, and the writes on their way to it.
+  std::map<raft_index, disk_entry> log;
+  std::deque<disk_op> ops;
+  raft_index next = 1;      // where raft's next append goes
+  unsigned installs = 0;    // installs in flight (the stub truncates for them)
+  bool started = false;     // raft loaded this disk once
+  bool crashed = false;
+  size_t may_land = 0;      // after a crash: writes that still reach the disk
+
+  /// Writes what completed, in the order raft asked for it.
+  void settle() {
+    while (!ops.empty() && ops.front().done) {
+      if (crashed) {
+        if (may_land == 0)
+          break;
+        --may_land;
+      }
+      auto& op = ops.front();
+      switch (op.kind) {
+        case disk_op::append:
+          log.erase(log.lower_bound(op.index), log.end());
+          for (size_t k = 0; k < op.entries.size(); ++k)
+            log[op.index + k] = std::move(op.entries[k]);
+          break;
+        case disk_op::truncate:
+          log.erase(log.lower_bound(op.index), log.end());
+          break;
+        case disk_op::install:
+          log.clear();
+          break;
+        case disk_op::failed:  // never written
+          break;
+      }
+      ops.pop_front();
+    }
+  }
 };
 std::map<struct raft_io*, stub_disk> stub_disks;
+
+/// Raft's callbacks for the requests in flight, by request; an append's or
+/// an install's write too.
+using any_cb = void (*)();
+struct pending_req {
+  struct raft_io* io = nullptr;
+  any_cb cb = nullptr;
+  disk_op* op = nullptr;
+};
+std::map<const void*, pending_req> pending_cbs;
+
+template <class Cb>
+void hold(struct raft_io* io, const void* req, Cb cb, disk_op* op = nullptr) {
+  pending_cbs[req] = {io, reinterpret_cast<any_cb>(cb), op};
+  ++stub_disks.at(io).inflight;
+}
+
+/// Raft's callback for `req`; its write, if it succeeded, is done.
+template <class Cb>
+Cb release(const void* req, int status) {
+  auto it = pending_cbs.find(req);
+  auto p = it->second;
+  pending_cbs.erase(it);
+  auto& d = stub_disks.at(p.io);
+  --d.inflight;
+  if (p.op) {
+    if (status == 0) {
+      p.op->done = true;
+    } else {  // never written: later writes do not wait for it
+      p.op->done = true;
+      p.op->kind = disk_op::failed;
+    }
+    d.settle();
+  }
+  return reinterpret_cast<Cb>(p.cb);
+}
+
+/// What a member's disk holds: its snapshot's index and the log index of
+/// its last entry (the snapshot's when it holds none after it).
+struct disk_extent {
+  raft_index snapshot = 0;
+  raft_index last = 0;
+};
+
+/// The stub's term, vote and snapshot (its entries are freed unread).
+int load_stub(struct raft_io* io, raft_term* term, raft_id* vote,
+              struct raft_snapshot** snap) {
+  raft_index start = 0;
+  struct raft_entry* entries = nullptr;
+  size_t n = 0;
+  int rv = stub_disks.at(io).load(io, term, vote, snap, &start, &entries, &n);
+  if (rv != 0)
+    return rv;
+  if (entries) {
+    void* last = nullptr;
+    for (size_t k = 0; k < n; ++k)
+      if (entries[k].batch && entries[k].batch != last)
+        raft_free(last = entries[k].batch);
+    raft_free(entries);
+  }
+  return 0;
+}
+
+void free_snapshot(struct raft_snapshot* snap) {
+  if (!snap)
+    return;
+  raft_configuration_close(&snap->configuration);
+  for (unsigned k = 0; k < snap->n_bufs; ++k)
+    raft_free(snap->bufs[k].base);
+  raft_free(snap->bufs);
+  raft_free(snap);
+}
+
+disk_extent extent_of(struct raft_io* io) {
+  raft_term t = 0;
+  raft_id v = 0;
+  struct raft_snapshot* snap = nullptr;
+  disk_extent e;
+  if (load_stub(io, &t, &v, &snap) != 0)
+    return e;
+  e.snapshot = snap ? snap->index : 0;
+  free_snapshot(snap);
+  auto& log = stub_disks.at(io).log;
+  e.last = std::max(e.snapshot, log.empty() ? 0 : log.rbegin()->first);
+  return e;
+}
 
 /// A message kept to be sent again: its entries' bytes are its own, so
 /// raft may free or compact the original meanwhile.
@@ -168,7 +337,13 @@ int stub_send(struct raft_io* io, struct raft_io_send* req, const struct raft_me
       }
       d.copies.emplace_back(io->time(io) + *delay, std::move(c));
     }
-  return d.send(io, req, m, cb);
+  hold(io, req, cb);
+  int rv = d.send(io, req, m, [](struct raft_io_send* r, int status) {
+    release<raft_io_send_cb>(r, status)(r, status);
+  });
+  if (rv != 0)
+    release<raft_io_send_cb>(req, rv);
+  return rv;
 }
 
 /// Sends the copies that are due (the fixture copies a message when it
@@ -191,16 +366,21 @@ void send_due_copies(struct raft_io* io) {
   }
 }
 
+/// Raft truncates its log from `index`: written after the appends before it.
+/// (The stub calls this itself with 1 when it writes an installed
+/// snapshot: the install's own write stands for that.)
 int stub_truncate(struct raft_io* io, raft_index index) {
   auto& d = stub_disks.at(io);
-  if (index == 1 && !d.installs.empty()) {
-    // The stub itself, after writing a snapshot that keeps no entry.
-    auto rv = d.truncate(io, 1);
-    d.origin = d.installs.front() + 1;
-    d.installs.pop_front();
-    return rv;
-  }
-  return d.truncate(io, index - d.origin + 1);
+  if (index == 1 && d.installs > 0)
+    return 0;
+  disk_op op;
+  op.kind = disk_op::truncate;
+  op.index = index;
+  op.done = true;
+  d.ops.push_back(std::move(op));
+  d.next = index;
+  d.settle();
+  return 0;
 }
 
 int stub_snapshot_put(struct raft_io* io, unsigned trailing,
@@ -208,20 +388,149 @@ int stub_snapshot_put(struct raft_io* io, unsigned trailing,
                       const struct raft_snapshot* snap,
                       raft_io_snapshot_put_cb cb) {
   auto& d = stub_disks.at(io);
-  if (trailing == 0)
-    d.installs.push_back(snap->index);
-  return d.snapshot_put(io, trailing, req, snap, cb);
+  disk_op* op = nullptr;
+  if (trailing == 0) {
+    // An install drops the log; raft's next append follows the snapshot.
+    disk_op i;
+    i.kind = disk_op::install;
+    i.index = snap->index;
+    d.ops.push_back(std::move(i));
+    op = &d.ops.back();
+    d.next = snap->index + 1;
+    ++d.installs;
+  }
+  hold(io, req, cb, op);
+  int rv = d.snapshot_put(io, trailing, req, snap,
+                          [](struct raft_io_snapshot_put* r, int status) {
+                            auto& dd = stub_disks.at(pending_cbs.at(r).io);
+                            if (pending_cbs.at(r).op)
+                              --dd.installs;
+                            release<raft_io_snapshot_put_cb>(r, status)(r, status);
+                          });
+  if (rv != 0) {
+    if (op)
+      --d.installs;
+    release<raft_io_snapshot_put_cb>(req, rv);
+  }
+  return rv;
+}
+
+int stub_append(struct raft_io* io, struct raft_io_append* req,
+                const struct raft_entry entries[], unsigned n,
+                raft_io_append_cb cb) {
+  auto& d = stub_disks.at(io);
+  disk_op op;
+  op.kind = disk_op::append;
+  op.index = d.next;
+  for (unsigned k = 0; k < n; ++k)
+    op.entries.push_back({entries[k].term, entries[k].type,
+                          std::string(static_cast<const char*>(entries[k].buf.base),
+                                      entries[k].buf.len)});
+  d.ops.push_back(std::move(op));
+  d.next += n;
+  hold(io, req, cb, &d.ops.back());
+  int rv = d.append(io, req, entries, n, [](struct raft_io_append* r, int status) {
+    release<raft_io_append_cb>(r, status)(r, status);
+  });
+  if (rv != 0) {
+    d.next -= n;
+    release<raft_io_append_cb>(req, rv);
+  }
+  return rv;
+}
+
+int stub_snapshot_get(struct raft_io* io, struct raft_io_snapshot_get* req,
+                      raft_io_snapshot_get_cb cb) {
+  hold(io, req, cb);
+  int rv = stub_disks.at(io).snapshot_get(
+    io, req, [](struct raft_io_snapshot_get* r, struct raft_snapshot* s, int status) {
+      release<raft_io_snapshot_get_cb>(r, status)(r, s, status);
+    });
+  if (rv != 0)
+    release<raft_io_snapshot_get_cb>(req, rv);
+  return rv;
+}
+
+/// What raft finds when it starts: the stub's term, vote and snapshot, and
+/// the log kept above. Entries that end before the snapshot are of no use
+/// (the snapshot stands for them) and are dropped.
+int stub_load(struct raft_io* io, raft_term* term, raft_id* vote,
+              struct raft_snapshot** snap, raft_index* start,
+              struct raft_entry** entries, size_t* n) {
+  auto& d = stub_disks.at(io);
+  if (!d.started) {
+    // The first start: the stub holds what raft_fixture_bootstrap wrote
+    // (the first configuration), numbered as it should be.
+    d.started = true;
+    raft_index st = 0;
+    struct raft_entry* es = nullptr;
+    size_t k = 0;
+    if (int rv = d.load(io, term, vote, snap, &st, &es, &k); rv != 0)
+      return rv;
+    for (size_t j = 0; j < k; ++j)
+      d.log[st + j] = {es[j].term, es[j].type,
+                       std::string(static_cast<const char*>(es[j].buf.base),
+                                   es[j].buf.len)};
+    free_snapshot(*snap);
+    if (es) {
+      if (k > 0 && es[0].batch)
+        raft_free(es[0].batch);
+      raft_free(es);
+    }
+  }
+  if (int rv = load_stub(io, term, vote, snap); rv != 0)
+    return rv;
+  raft_index s = *snap ? (*snap)->index : 0;
+  auto& log = d.log;
+  if (!log.empty() && log.rbegin()->first < s)
+    log.clear();
+  *entries = nullptr;
+  *n = 0;
+  *start = log.empty() ? s + 1 : log.begin()->first;
+  d.next = log.empty() ? s + 1 : log.rbegin()->first + 1;
+  if (log.empty())
+    return 0;
+  if (*start > s + 1 || log.rbegin()->first - *start + 1 != log.size()) {
+    free_snapshot(*snap);
+    *snap = nullptr;
+    return RAFT_CORRUPT;  // a hole in the log: the model above is wrong
+  }
+  size_t total = 0;
+  for (auto& [i, e] : log)
+    total += e.bytes.size();
+  auto* batch = static_cast<char*>(raft_malloc(std::max<size_t>(total, 8)));
+  auto* es = static_cast<struct raft_entry*>(
+    raft_malloc(log.size() * sizeof(struct raft_entry)));
+  size_t off = 0, k = 0;
+  for (auto& [i, e] : log) {
+    std::memcpy(batch + off, e.bytes.data(), e.bytes.size());
+    es[k].term = e.term;
+    es[k].type = static_cast<decltype(es[k].type)>(e.type);
+    es[k].buf.base = batch + off;
+    es[k].buf.len = e.bytes.size();
+    es[k].batch = batch;
+    off += e.bytes.size();
+    ++k;
+  }
+  *entries = es;
+  *n = log.size();
+  return 0;
 }
 
 void fix_stub_disk(struct raft_io* io) {
   auto& d = stub_disks[io];
   d = stub_disk{};
-  d.truncate = io->truncate;
   d.snapshot_put = io->snapshot_put;
   d.send = io->send;
+  d.append = io->append;
+  d.snapshot_get = io->snapshot_get;
+  d.load = io->load;
   io->truncate = stub_truncate;
   io->snapshot_put = stub_snapshot_put;
   io->send = stub_send;
+  io->append = stub_append;
+  io->snapshot_get = stub_snapshot_get;
+  io->load = stub_load;
 }
 
 /// The seam the supervisor sees, over a member stepped by the simulation.
@@ -258,6 +567,8 @@ struct oracle_slot {
   int down_steps = 0;        // while stopped: steps before it may resume
   uint64_t stopped_term = 0;
   bool stopped_leading = false;
+  // A crashed member restarts from its disk instead of resuming.
+  bool crashed = false;
   std::vector<replica::archive_gap> gaps;
 };
 
@@ -351,15 +662,7 @@ private:
     for (unsigned i = 0; i < n_; ++i) {
       auto& o = oracles_[i];
       o.archive = std::shared_ptr<store>(make_memory_store());
-      // As an oracle does (member_archive.hpp): ended sessions to the
-      // archive, gaps a snapshot install leaves recorded for the backfill.
-      auto errors = archive_errors_;
-      o.rep = member_replica(o.archive, true, [errors](const std::string& e) {
-        if (errors->empty())
-          *errors = e;
-      });
-      o.rec = std::make_unique<recording_machine>(*o.rep, i, applied_);
-      o.raft = std::make_unique<raft_member>(*o.rec, opt_.raft_guard);
+      make_member_state(i);
       if (raft_fixture_grow(&f_, o.raft->fsm()) != 0) {
         violation("harness", "raft_fixture_grow failed");
         return false;
@@ -373,20 +676,11 @@ private:
           log_->note("oracle_msg_duplicate");
           return dup_rng_.below(100);
         };
-      o.raft->attach(r);
       ios_.push_back(r->io);
-      raft_set_election_timeout(r, election_ms_);
-      raft_set_heartbeat_timeout(r, 50);
-      raft_set_snapshot_threshold(r, snapshot_threshold_);
-      raft_set_snapshot_trailing(r, 4 + snapshot_threshold_ / 4);
-      raft_set_pre_vote(r, true);
-      raft_set_install_snapshot_timeout(r, 2000);
+      o.roles = std::make_shared<role_relay>();
+      configure_member(i);
       raft_fixture_set_network_latency(&f_, i, 2 + rng_.below(20));
       raft_fixture_set_disk_latency(&f_, i, 1 + rng_.below(15));
-      o.roles = std::make_shared<role_relay>();
-      auto roles = o.roles;
-      o.raft->on_role_change([roles](const log_status& s) { roles->publish(s); });
-      o.log = std::make_shared<fixture_log>(*o.raft, opt_.lying_log);
     }
     struct raft_configuration conf;
     if (raft_fixture_configuration(&f_, n_, &conf) != 0
@@ -402,6 +696,39 @@ private:
     for (unsigned i = 0; i < n_; ++i)
       start_oracle_now(i);
     return true;
+  }
+
+  /// Raft's settings and the pool's side of member `i`, after raft_init.
+  void configure_member(unsigned i) {
+    auto& o = oracles_[i];
+    auto* r = raft_fixture_get(&f_, i);
+    o.raft->attach(r);
+    raft_set_election_timeout(r, election_ms_);
+    raft_set_heartbeat_timeout(r, 50);
+    raft_set_snapshot_threshold(r, snapshot_threshold_);
+    raft_set_snapshot_trailing(r, 4 + snapshot_threshold_ / 4);
+    raft_set_pre_vote(r, true);
+    raft_set_install_snapshot_timeout(r, 2000);
+    auto roles = o.roles;
+    o.raft->on_role_change([roles](const log_status& s) { roles->publish(s); });
+    o.log = std::make_shared<fixture_log>(*o.raft, opt_.lying_log);
+  }
+
+  /// A member's replica, state machine and raft side, over its archive as
+  /// the archive is (after a restart: as its disk kept it).
+  void make_member_state(unsigned i) {
+    auto& o = oracles_[i];
+    o.raft.reset();
+    o.rec.reset();
+    // As an oracle does (member_archive.hpp): ended sessions to the
+    // archive, gaps a snapshot install leaves recorded for the backfill.
+    auto errors = archive_errors_;
+    o.rep = member_replica(o.archive, true, [errors](const std::string& e) {
+      if (errors->empty())
+        *errors = e;
+    });
+    o.rec = std::make_unique<recording_machine>(*o.rep, i, applied_);
+    o.raft = std::make_unique<raft_member>(*o.rec, opt_.raft_guard);
   }
 
   // The machine the supervisor is handed is the recording machine's inner
@@ -434,7 +761,11 @@ private:
     sched_->run();
   }
 
-  void stop_oracle_now(unsigned i, const std::string& kind) {
+  /// `role` is "leader" or "follower". Half the stops freeze the member
+  /// (it resumes with its memory); the others crash it: it restarts from
+  /// what its disk kept (restart_member), and half of those crashes take
+  /// the power with them.
+  void stop_oracle_now(unsigned i, const std::string& role) {
     auto& o = oracles_[i];
     for (auto& a : {o.actors.gateway, o.actors.validator, o.actors.sessions,
                     o.actors.supervisor, o.actors.backfill})
@@ -445,8 +776,34 @@ private:
     o.stopped_leading = raft_state(r) == RAFT_LEADER;
     raft_fixture_kill(&f_, i);
     o.down_steps = 5 + static_cast<int>(rng_.below(60));
-    log_->note(kind, "oracle " + std::to_string(i + 1) + " in term "
-                       + std::to_string(o.stopped_term));
+    o.crashed = opt_.restarts && crash_rng_.chance(0.5);
+    std::string what = "oracle " + std::to_string(i + 1) + " in term "
+                       + std::to_string(o.stopped_term);
+    if (!o.crashed) {
+      log_->note(role + "_stop", what);
+    } else {
+      // The process is gone: nothing it still had in flight reaches its
+      // archive, nor its state machine. Raft's requests already with the
+      // disk or the network complete (they hold raft's memory); what they
+      // write after this moment is what a power cut takes back.
+      dead_fsm(*o.raft->fsm());
+      auto& d = stub_disks.at(r->io);
+      d.crashed = true;
+      d.may_land = d.ops.size();
+      bool cut = crash_rng_.chance(0.5);
+      if (cut) {
+        power_cut(*o.archive);  // its unsynced archive writes
+        d.may_land = crash_rng_.below(d.ops.size() + 1);
+      }
+      log_->note(role + "_crash", what);
+      if (cut)
+        log_->note("power_cut", "oracle " + std::to_string(i + 1));
+      if (d.may_land < d.ops.size())
+        log_->note("unsynced_writes_lost",
+                   "oracle " + std::to_string(i + 1) + ": "
+                     + std::to_string(d.ops.size() - d.may_land) + " of "
+                     + std::to_string(d.ops.size()) + " raft writes in flight");
+    }
     for (auto& m : miners_)
       if (m.alive && conn_[m.id] == static_cast<int>(i))
         disconnect(m);
@@ -462,12 +819,60 @@ private:
       auto& o = oracles_[i];
       if (o.up || (!now && o.down_steps-- > 0))
         continue;
+      if (o.crashed) {
+        if (stub_disks.at(raft_fixture_get(&f_, i)->io).inflight == 0)
+          restart_member(i);
+        continue;
+      }
       if (o.stopped_leading && elected_after_[i] <= o.stopped_term)
         continue;
       raft_fixture_revive(&f_, i);
       log_->note("oracle_resume", std::to_string(i + 1));
       start_oracle_now(i);
     }
+  }
+
+  /// Member `i` crashed (stop_oracle_now) and raft's requests in flight
+  /// are complete: raft is closed, and a new raft, replica and set of
+  /// actors start from what its disk kept (stub_disk) and what its archive
+  /// kept, as an oracle restarting from its data directory does. It comes
+  /// back a follower, in the term it had written.
+  void restart_member(unsigned i) {
+    auto& o = oracles_[i];
+    auto* r = raft_fixture_get(&f_, i);
+    auto* io = r->io;
+    auto& d = stub_disks.at(io);
+    raft_close(r, nullptr);
+    // Every request raft made is complete: what did not reach the disk
+    // by now never will.
+    d.ops.clear();
+    d.crashed = false;
+    d.may_land = 0;
+    auto now = extent_of(io);
+    std::string what = std::to_string(i + 1) + " from its disk: snapshot "
+                       + std::to_string(now.snapshot) + ", entries to "
+                       + std::to_string(now.last);
+    make_member_state(i);
+    if (int rv = raft_init(r, io, o.raft->fsm(), i + 1, f_.servers[i].address);
+        rv != 0) {
+      violation("harness", "raft_init on restart: " + std::string(raft_strerror(rv)));
+      return;
+    }
+    r->tracer = &f_.servers[i].tracer;
+    configure_member(i);
+    if (int rv = raft_start(r); rv != 0) {
+      violation("restart", "oracle " + std::to_string(i + 1)
+                             + " could not start from its disk: "
+                             + raft_strerror(rv) + " " + raft_errmsg(r));
+      return;
+    }
+    o.crashed = false;
+    raft_fixture_revive(&f_, i);
+    log_->note("oracle_restart", what + " (pool entry "
+                                   + std::to_string(o.rep->last_index())
+                                   + ", archive to "
+                                   + std::to_string(o.rep->archived_index()) + ")");
+    start_oracle_now(i);
   }
 
   unsigned alive_count() const {
@@ -534,11 +939,11 @@ private:
     bool room = n_ - alive_count() < (n_ - 1) / 2;
     if (room && rng_.chance(0.003))
       if (auto l = raft_leader(); l && oracles_[*l].up)
-        stop_oracle_now(*l, "leader_stop");
+        stop_oracle_now(*l, "leader");
     if (room && oracles_[i].up && rng_.chance(0.002)) {
       auto l = raft_leader();
       if (!l || *l != i)
-        stop_oracle_now(i, "follower_stop");
+        stop_oracle_now(i, "follower");
     }
     if (rng_.chance(0.004)) {
       auto d = 1 + static_cast<unsigned>(rng_.below(80));
@@ -991,6 +1396,7 @@ private:
   unsigned election_ms_ = 300;
   double dup_rate_ = 0;  // chance that a message between oracles is sent twice
   seeded_rng dup_rng_{mix64(seed_ ^ 0xd0b1e5ull)};
+  seeded_rng crash_rng_{mix64(seed_ ^ 0xc4a5e5ull)};  // crash or freeze, and how
   unsigned snapshot_threshold_ = 32;
   struct raft_fixture f_ {};
   bool fixture_up_ = false;

@@ -57,17 +57,27 @@ std::shared_ptr<replica> member_replica(
       }
     },
     check, index, now);
-  rep->on_batch([st, failed, error](uint64_t index, int64_t now) {
-    if (*failed)
-      return;
-    if (auto s = st->put_meta(position_key,
-                              std::to_string(index) + " " + std::to_string(now),
-                              false);
-        !s.ok()) {
-      *failed = true;
-      error("archive position write failed: " + s.error);
-    }
-  });
+  // The position, after every batch (unsynced) and before raft takes a
+  // snapshot: raft may then drop the entries it covers, so the records
+  // they archived are synced first (a synced write makes every earlier one
+  // durable).
+  auto position = [st, failed, error](bool sync) {
+    return [st, failed, error, sync](uint64_t index, int64_t now) {
+      if (*failed)
+        return;
+      if (auto s = st->put_meta(position_key,
+                                std::to_string(index) + " " + std::to_string(now),
+                                sync);
+          !s.ok()) {
+        *failed = true;
+        error(std::string(sync ? "archive sync before a snapshot"
+                               : "archive position write")
+              + " failed: " + s.error);
+      }
+    };
+  };
+  rep->on_batch(position(false));
+  rep->on_snapshot(position(true));
   rep->on_archive_gap([st, error](const replica::archive_gap& g) {
     if (auto s = st->put_meta(gap_key(g.from_index), encode(g), true); !s.ok())
       error("archive gap write failed: " + s.error);

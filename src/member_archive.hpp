@@ -8,7 +8,10 @@
 //   - `archive/position`: the pool index and time up to which it holds
 //     every ended session, written (not synced) after each applied batch:
 //     RocksDB keeps writes in order, so after a crash or a power cut the
-//     position is never ahead of the records;
+//     position is never ahead of the records. Before raft takes a
+//     snapshot (and may drop the entries it covers) the position is
+//     written synced, so the records those entries archived survive a
+//     power cut;
 //   - `archive/gap/<from>`: each gap a snapshot install left, recorded
 //     durably before the install is acknowledged and erased once the
 //     records were copied from a peer whose archive is complete past it.

@@ -159,6 +159,7 @@ void replica_machine::apply(std::string_view entry) {
 
 std::string replica_machine::snapshot() {
   std::lock_guard<std::mutex> g{mu_};
+  r_.before_snapshot();
   return r_.snapshot_bytes();
 }
 

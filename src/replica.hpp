@@ -94,6 +94,18 @@ public:
   void on_batch(std::function<void(uint64_t, int64_t)> f) {
     batch_fn_ = std::move(f);
   }
+  /// Called before the state is handed to raft as a snapshot, with the
+  /// archive's position (at or past the snapshot): raft may then drop the entries it
+  /// covers, so what they archived must be durable first (a member that
+  /// loses unsynced archive writes in a power cut could no longer replay
+  /// them).
+  void on_snapshot(std::function<void(uint64_t, int64_t)> f) {
+    snapshot_fn_ = std::move(f);
+  }
+  void before_snapshot() const {
+    if (snapshot_fn_)
+      snapshot_fn_(archived_index_, archived_now_);
+  }
   /// The local archive holds every session ended up to this index.
   uint64_t archived_index() const { return archived_index_; }
   int64_t archived_now() const { return archived_now_; }
@@ -116,6 +128,7 @@ private:
   std::vector<archive_gap> gaps_;
   std::function<void(const archive_gap&)> gap_fn_;
   std::function<void(uint64_t, int64_t)> batch_fn_;
+  std::function<void(uint64_t, int64_t)> snapshot_fn_;
   std::vector<violation> violations_;
 };
 

@@ -79,13 +79,15 @@ std::string meta_key(const std::string& name) { return "m" + name; }
 class memory_store : public store {
 public:
   status put_meta(const std::string& key, const std::string& value,
-                  bool) override {
+                  bool sync) override {
     std::lock_guard<std::mutex> lock{mutex_};
+    keep_undo(key, sync);
     meta_[key] = value;
     return {};
   }
-  status erase_meta(const std::string& key, bool) override {
+  status erase_meta(const std::string& key, bool sync) override {
     std::lock_guard<std::mutex> lock{mutex_};
+    keep_undo(key, sync);
     meta_.erase(key);
     return {};
   }
@@ -132,6 +134,7 @@ public:
     if (sync) {
       synced_ = last_;
       unsynced_archive_.clear();
+      unsynced_meta_.clear();
     }
     return {};
   }
@@ -220,6 +223,17 @@ public:
       archive_.erase(a);
     }
     unsynced_archive_.clear();
+    // Metadata written without sync since the last synced write goes too:
+    // each key holds again what it held then. RocksDB's log keeps writes in
+    // order, so an archive position never outlives the records written
+    // before it.
+    for (auto& [key, was] : unsynced_meta_) {
+      if (was)
+        meta_[key] = *was;
+      else
+        meta_.erase(key);
+    }
+    unsynced_meta_.clear();
     // A snapshot reaches the disk after the entries it folds in; one that
     // includes lost entries is lost with them (the log alone replays).
     if (snapshot_index_ > synced_) {
@@ -230,11 +244,31 @@ public:
   }
 
 private:
+  /// Before a metadata write: a synced one makes every earlier write
+  /// durable (RocksDB syncs its log up to it); an unsynced one keeps what
+  /// the key held, for a power cut to restore.
+  void keep_undo(const std::string& key, bool sync) {
+    if (sync) {
+      unsynced_meta_.clear();
+      unsynced_archive_.clear();
+      return;
+    }
+    if (unsynced_meta_.count(key))
+      return;  // it already keeps what the key held at the last sync
+    auto i = meta_.find(key);
+    unsynced_meta_.emplace(key, i == meta_.end()
+                                  ? std::nullopt
+                                  : std::optional<std::string>{i->second});
+  }
+
   mutable std::mutex mutex_;  // the snapshot writer's thread writes too
   std::map<uint64_t, std::string> log_;
   std::map<std::string, std::string> archive_;
   std::map<std::string, std::string> by_end_;  // ended_key -> id
   std::vector<std::string> unsynced_archive_;
+  // Keys written without sync since the last synced write, and what each
+  // held then (nothing: absent).
+  std::map<std::string, std::optional<std::string>> unsynced_meta_;
   std::vector<std::string> last_batch_archive_;
   uint64_t last_batch_from_ = 1;
   std::string snapshot_;
