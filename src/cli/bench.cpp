@@ -608,6 +608,10 @@ void add_bench(CLI::App& app) {
                   "Raft election timeout of the failover section's cluster "
                   "(default 400, the cluster file's default)")
     ->check(CLI::Range(50u, 60000u));
+  cmd->add_option("--raft-snapshot-threshold", o->raft_snapshot_threshold,
+                  "entries between Raft snapshots in the replicated section "
+                  "(default: the cluster file's default)")
+    ->check(CLI::Range(16u, 100000000u));
   cmd->add_option("--only", o->only,
                   "run only these sections (state_machine, queue, durable, replicated, failover, "
                   "api, check, remote, redis, etcd, scale, recovery, rotation)")

@@ -39,6 +39,7 @@ struct options {
   double api_seconds = 30;               // its measuring window (each way)
   unsigned failover_kills = 20;          // leader kills of `failover`
   unsigned failover_election_ms = 400;   // its Raft election timeout
+  unsigned raft_snapshot_threshold = 0;  // replicated's; 0: the cluster file's default
   unsigned rotations = 10;               // hand-overs timed by `rotation`
   unsigned rotation_interval_ms = 2000;  // its rotation_interval_ms
   std::string redis_server;      // path of redis-server (found or installed)

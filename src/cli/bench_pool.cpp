@@ -234,6 +234,8 @@ struct durable_pool {
   uint64_t rss_untrimmed = 0;  // rss_after before malloc_trim
   double admit_s = 0;
 
+  unsigned snapshot_threshold_ = 0;  // raft's; 0: raft_options' default
+
   /// A member of the replicated variant: its archive, replica and log.
   /// Declared so that the log (whose thread writes to the others) goes
   /// first.
@@ -250,8 +252,8 @@ struct durable_pool {
   /// Raft group in this process (libraft over loopback TCP, each on its own
   /// directory and fsync), and the supervisor is the leader's.
   durable_pool(const std::string& tag, uint32_t nodes, const params& p,
-               unsigned replicas = 0)
-    : cfg(false) {
+               unsigned replicas = 0, unsigned snapshot_threshold = 0)
+    : cfg(false), snapshot_threshold_(snapshot_threshold) {
     dir = make_temp_dir(tag);
     sys = std::make_unique<caf::actor_system>(cfg);
     supervisor_config sc;
@@ -335,6 +337,10 @@ struct durable_pool {
       // nothing). This section measures throughput, not failover.
       ro.election_timeout_ms = 1000;
       ro.heartbeat_timeout_ms = 100;
+      if (snapshot_threshold_ > 0) {
+        ro.snapshot_threshold = snapshot_threshold_;
+        ro.snapshot_trailing = std::min(ro.snapshot_trailing, snapshot_threshold_ / 2);
+      }
       auto roles = m.roles;
       std::string err;
       auto l = start_raft_log(
@@ -830,7 +836,7 @@ nlohmann::json durable(const options& o) {
 // --------------------------------------------------------------- replicated
 
 nlohmann::json replicated(const options& o) {
-  durable_pool dp{"replicated", o.nodes, o.pool, 3};
+  durable_pool dp{"replicated", o.nodes, o.pool, 3, o.raft_snapshot_threshold};
   check_stop();
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   auto cps = median(sat);
@@ -844,6 +850,7 @@ nlohmann::json replicated(const options& o) {
   j["nodes"] = o.nodes;
   j["entries_per_commit"] = dp.entries_per_commit;
   std::vector<double> p50, p99, p999;
+  auto commits_before = dp.stats()["histograms"]["commit_latency_ms"];
   for (int r = 0; r < o.reps; ++r) {
     auto [lat, achieved] =
       dp.offer_measured("replicated", 0.5 * cps, o.seconds, o.warmup, 1000 * r + 7);
@@ -856,12 +863,31 @@ nlohmann::json replicated(const options& o) {
                       {"offered_per_s", 0.5 * cps}};
   note("replicated: load 50%%: p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms",
        median(p50), median(p99), median(p999));
+  {
+    // Where a grant's time goes: from the supervisor's proposal to raft's
+    // commit, over the half-load runs (the histogram's bucket counts).
+    auto after = dp.stats()["histograms"]["commit_latency_ms"];
+    std::string line;
+    auto bounds = after["bounds"].get<std::vector<double>>();
+    auto c1 = after["counts"].get<std::vector<uint64_t>>();
+    auto c0 = commits_before["counts"].get<std::vector<uint64_t>>();
+    std::vector<uint64_t> delta;
+    for (size_t k = 0; k < c1.size(); ++k)
+      delta.push_back(c1[k] - c0[k]);
+    j["commit_latency_at_50"] = {{"bounds_ms", bounds}, {"counts", delta}};
+    for (size_t k = 0; k < c1.size(); ++k)
+      line += (k < bounds.size() ? "<=" + std::to_string(bounds[k]).substr(0, 5)
+                                 : std::string(">"))
+              + ":" + std::to_string(c1[k] - c0[k]) + " ";
+    note("replicated: proposal to commit at 50%%, entries per bucket (ms): %s",
+         line.c_str());
+  }
   // A plain oracle could be a one-member group instead of keeping its own
   // RocksDB log: the same cycle through a group of one, for the comparison
   // with `durable` (bench.cpp puts the two side by side).
   check_stop();
   {
-    durable_pool one{"replicated-1", o.nodes, o.pool, 1};
+    durable_pool one{"replicated-1", o.nodes, o.pool, 1, o.raft_snapshot_threshold};
     check_stop();
     // Windows of at least 1.5 s: the group snapshots about every second at
     // these rates, and CI runs (beside other tests) saw 0.5 s windows with

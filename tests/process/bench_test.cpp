@@ -103,6 +103,9 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     // medians must still be positive.
     if (path.find("_reps[") != std::string::npos)
       return true;
+    // A histogram's buckets: most hold nothing.
+    if (path.find("commit_latency_at_50.counts[") != std::string::npos)
+      return true;
     for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
                      "sessions_requeued", "unanswered", "transport_errors",
                      "no_reservation_within_30s", "conflicts"})
