@@ -1,4 +1,5 @@
 #include "raft/raft_log.hpp"
+#include "raft/raft_aio.hpp"
 
 #include <csignal>
 #include <deque>
@@ -117,6 +118,7 @@ public:
         return false;
       }
     }
+    keep_aio_interposer();  // segment closes must not hold the loop (raft_aio.hpp)
     if (int rv = raft_uv_init(&io_, &loop_, opts_.dir.c_str(), &transport_);
         rv != 0) {
       error = std::string{"raft_uv_init("} + opts_.dir + "): " + io_.errmsg;

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <linux/aio_abi.h>
+#include <sys/syscall.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 
 #include "proposer.hpp"
 #include "cluster_config.hpp"
+#include "raft/raft_aio.hpp"
 #include "raft/raft_log.hpp"
 #include "replica.hpp"
 #include "support/pool_workload.hpp"
@@ -172,6 +175,7 @@ protected:
 };
 
 TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
+  auto handed = deferred_aio_destroys();
   ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no leader";
   int l = leader();
   ASSERT_EQ(drive(l, 60), 0);
@@ -205,6 +209,28 @@ TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
       EXPECT_TRUE(r.pool().check_invariants().empty());
       return 0;
     });
+  // The segments raft_uv closed (at its snapshots, at a stop) had their AIO
+  // contexts destroyed off raft's loop (raft_aio.hpp).
+  EXPECT_GT(deferred_aio_destroys(), handed);
+}
+
+// raft_aio.cpp's `syscall`: an io_destroy returns at once and is carried
+// out on another thread; any other call goes to libc's.
+TEST(RaftAio, AnIoDestroyIsHandedOverAndStillDestroysTheContext) {
+  aio_context_t ctx = 0;
+  ASSERT_EQ(syscall(SYS_io_setup, 1, &ctx), 0) << errno;
+  struct io_event ev {};
+  struct timespec none {};
+  // Alive: no event, no error.
+  EXPECT_EQ(syscall(SYS_io_getevents, ctx, 0, 1, &ev, &none), 0);
+  auto before = deferred_aio_destroys();
+  EXPECT_EQ(syscall(SYS_io_destroy, ctx), 0);
+  EXPECT_EQ(deferred_aio_destroys(), before + 1);
+  drain_aio_destroys();
+  // Gone: the kernel no longer knows the context.
+  errno = 0;
+  EXPECT_EQ(syscall(SYS_io_getevents, ctx, 0, 1, &ev, &none), -1);
+  EXPECT_EQ(errno, EINVAL);
 }
 
 TEST_F(RaftLog, AFollowerRefusesProposals) {
