@@ -568,6 +568,8 @@ std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
     cmd += " --no-raft-guard";
   if (!opt.restarts)
     cmd += " --no-restarts";
+  if (opt.lying_disk)
+    cmd += " --lying-disk";
 
   return cmd;
 }

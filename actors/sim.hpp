@@ -45,6 +45,10 @@ struct sim_options {
   /// with their memory. Off: every stop is a freeze, as before crashes
   /// were simulated.
   bool restarts = true;
+  /// For testing the checker (cluster only, with restarts): a power cut
+  /// also takes the last three raft log entries the disk had acknowledged
+  /// as written. Some seeds must fail, each with a reproducer.
+  bool lying_disk = false;
 };
 
 struct sim_violation {

@@ -106,9 +106,12 @@ void run(const sim_cli& c) {
     throw std::runtime_error(
       "--oracles 3|5 keeps every member's log in libraft's simulated disks: "
       "--store, --lossy-store and --no-sync are for one oracle");
-  if (c.opt.oracles == 1 && (c.opt.lying_log || !c.opt.raft_guard || !c.opt.restarts))
+  if (c.opt.oracles == 1
+      && (c.opt.lying_log || !c.opt.raft_guard || !c.opt.restarts || c.opt.lying_disk))
     throw std::runtime_error(
-      "--lying-log, --no-raft-guard and --no-restarts are for --oracles 3|5");
+      "--lying-log, --lying-disk, --no-raft-guard and --no-restarts are for --oracles 3|5");
+  if (c.opt.lying_disk && !c.opt.restarts)
+    throw std::runtime_error("--lying-disk needs restarts: drop --no-restarts");
   if (c.opt.store != "memory" && c.opt.store != "rocksdb")
     throw std::runtime_error("--store: memory or rocksdb, got '" + c.opt.store + "'");
   if (c.opt.lossy_store && c.opt.store != "memory")
@@ -340,6 +343,10 @@ void add_sim(CLI::App& app) {
   cmd->add_flag("--no-raft-guard", [c](int64_t) { c->opt.raft_guard = false; },
                 "check the checker (--oracles 3|5): libraft 0.15 without the "
                 "guard for its log-matching holes (some seeds must fail)");
+  cmd->add_flag("--lying-disk", c->opt.lying_disk,
+                "check the checker (--oracles 3|5): a power cut also loses "
+                "the last raft entries the disk acknowledged as written "
+                "(some seeds must fail)");
   cmd->add_flag("--no-restarts", [c](int64_t) { c->opt.restarts = false; },
                 "--oracles 3|5: stopped oracles only freeze and resume; none "
                 "crashes and restarts from its disk");
