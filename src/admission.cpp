@@ -28,9 +28,10 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
     out.refused = refusal{"no_models", "a node must serve at least one model"};
     return;
   }
-  auto i = nodes_.find(c.node_id());
-  if (i == nodes_.end()) {
+  auto* found = live_node(c.node_id());
+  if (!found) {
     auto& n = nodes_[c.node_id()];
+    node_index_[c.node_id()] = &n;
     n.set_id(c.node_id());
     n.set_public_key(c.public_key());
     *n.mutable_models() = c.models();
@@ -42,7 +43,7 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
     start_test(n, pb::ADMISSION, now, out);
     return;
   }
-  auto& n = i->second;
+  auto& n = *found;
   if (!n.public_key().empty() && n.public_key() != c.public_key()) {
     out.refused = refusal{"key_mismatch",
                           "node " + n.id() + " is registered with another key"};

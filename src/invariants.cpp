@@ -134,6 +134,9 @@ void pool_state::check_counters(std::vector<violation>& out) const {
                      + std::to_string(queue_.size()) + " queued and "
                      + std::to_string(active_.size()) + " active");
   // The indexes hold as many records as they index.
+  if (node_index_.size() != nodes_.size())
+    add(out, "I5", "the index by id holds " + std::to_string(node_index_.size())
+                     + " nodes, " + std::to_string(nodes_.size()) + " are known");
   if (session_index_.size() != sessions_.size())
     add(out, "I4", "the index by id holds " + std::to_string(session_index_.size())
                      + " sessions, " + std::to_string(sessions_.size())

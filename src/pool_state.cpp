@@ -54,8 +54,7 @@ pool_state::pool_state(params p)
 }
 
 const pb::NodeRecord* pool_state::node(const std::string& id) const {
-  auto i = nodes_.find(id);
-  return i == nodes_.end() ? nullptr : &i->second;
+  return live_node(id);
 }
 
 const pb::SessionRecord* pool_state::session(const std::string& id) const {
@@ -300,12 +299,10 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
 
 pb::NodeRecord* pool_state::known_node(const std::string& id,
                                        apply_result& out) {
-  auto i = nodes_.find(id);
-  if (i == nodes_.end()) {
+  auto* n = live_node(id);
+  if (!n)
     out.refused = refusal{"unknown_node", "no node " + id};
-    return nullptr;
-  }
-  return &i->second;
+  return n;
 }
 
 void pool_state::lose(pb::NodeRecord& n, const std::string& why, int64_t now,
@@ -340,10 +337,10 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     due_nodes.push_back(t->second->id());
   std::sort(due_nodes.begin(), due_nodes.end());  // the order acted in
   for (auto& id : due_nodes) {
-    auto i = nodes_.find(id);
-    if (i == nodes_.end())
+    auto* found = live_node(id);
+    if (!found)
       continue;
-    auto& n = i->second;
+    auto& n = *found;
     if (n.rejoin_by() > 0 && now >= n.rejoin_by()
         && n.state() != pb::RETIRED && n.state() != pb::LOST) {
       // Silent since the leader changed.
@@ -395,8 +392,8 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     auto& s = *sp;
     auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
     for (auto& nid : nodes)
-      if (auto n = nodes_.find(nid); n != nodes_.end())
-        release(n->second, "idle_threshold", now, out);
+      if (auto* n = live_node(nid))
+        release(*n, "idle_threshold", now, out);
     if (s.state() == pb::ACTIVE)
       requeue(s, now, out);
     if (s.state() == pb::QUEUED) {
@@ -462,8 +459,8 @@ void pool_state::maybe_resume(const pb::SessionRecord& s, apply_result& out) {
   if (s.state() != pb::ACTIVE || s.nodes_size() == 0)
     return;
   for (auto& nid : s.nodes()) {
-    auto i = nodes_.find(nid);
-    if (i == nodes_.end() || i->second.rejoin_by() > 0)
+    auto* n = live_node(nid);
+    if (!n || n->rejoin_by() > 0)
       return;
   }
   push(out, [&](pb::Event& e) {
@@ -552,11 +549,13 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   active_.clear();
   queue_.clear();
   nodes_.clear();
+  node_index_.clear();
   sessions_.clear();
   session_index_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
-    nodes_[n.id()] = n;
+    auto& rec = nodes_[n.id()] = n;
+    node_index_[n.id()] = &rec;
     auto st = static_cast<size_t>(n.state());
     if (st < counts_.size())
       ++counts_[st];

@@ -241,6 +241,16 @@ private:
   std::vector<int64_t> latency_bounds_;  // params_.test_latency_ms, parsed
   std::unique_ptr<selection_strategy> selector_;
   std::map<std::string, pb::NodeRecord> nodes_;
+  /// The same nodes by id in a hash index (map nodes do not move, and a
+  /// node record is never dropped): a lookup costs the same whatever the
+  /// pool's size. nodes_ stays ordered for snapshots and full checks.
+  std::unordered_map<std::string, pb::NodeRecord*> node_index_;
+  pb::NodeRecord* live_node(const std::string& id) const {
+    auto i = node_index_.find(id);
+    return i == node_index_.end() ? nullptr : i->second;
+  }
+  /// A node the command's checks already found.
+  pb::NodeRecord& known(const std::string& id) const { return *node_index_.at(id); }
   std::map<std::string, pb::SessionRecord> sessions_;  // ordered: snapshots
   /// The same sessions by id in a hash index: a lookup costs the same
   /// whatever the number of live sessions (map nodes do not move).
@@ -282,7 +292,7 @@ private:
     std::array<uint64_t, 6> alive{};
     std::array<uint64_t, 6> available{};
   };
-  std::map<std::string, level_counts> by_model_;
+  std::unordered_map<std::string, level_counts> by_model_;  // references stay put
   level_counts any_;
   /// What a node is counted as in by_model_ / any_, and its timer.
   struct node_aux {

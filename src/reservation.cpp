@@ -123,7 +123,7 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     group = end;
   }
   for (auto& id : picked) {
-    auto& n = nodes_[id];
+    auto& n = known(id);
     n.set_session_id(s.id());
     n.set_reserved_at(now);
     n.set_tasks_served(0);
@@ -266,9 +266,9 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   }
   std::set<std::string> seen;
   for (auto& o : c.outcomes()) {
-    auto n = nodes_.find(o.node_id());
-    if (n == nodes_.end() || n->second.state() != pb::RESERVED
-        || n->second.session_id() != s.id() || !seen.insert(o.node_id()).second) {
+    auto* n = live_node(o.node_id());
+    if (!n || n->state() != pb::RESERVED
+        || n->session_id() != s.id() || !seen.insert(o.node_id()).second) {
       out.refused = refusal{"node_not_in_session",
                             "node " + o.node_id() + " is not reserved for "
                               + s.id()};
@@ -290,7 +290,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   uint64_t quarantined = counts_[pb::QUARANTINED];
   uint64_t alive = nodes_.size() - counts_[pb::RETIRED];
   for (auto& o : c.outcomes()) {
-    auto& n = nodes_[o.node_id()];
+    auto& n = known(o.node_id());
     n.set_tasks_served(n.tasks_served() + 1);
     if (o.outcome() == pb::OK && o.latency_ms() > 0) {
       auto a = params_.reputation_alpha;
@@ -351,7 +351,7 @@ void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
   active_.erase(s.id());
   note_session(s);
   for (auto& id : nodes)
-    release(nodes_[id], "session ended", now, out);
+    release(known(id), "session ended", now, out);
   s.set_ended_at(now);
   s.set_reason(why);
   out.events.emplace_back();
@@ -416,7 +416,7 @@ void pool_state::requeue(pb::SessionRecord& s, int64_t now,
   // queue_timeout counts from there, not from the first submission.
   s.set_last_activity(now);
   for (auto& id : nodes) {
-    auto& n = nodes_[id];
+    auto& n = known(id);
     n.clear_session_id();
     // A node taken from a requeued session goes back through re-validation.
     release(n, "session requeued", now, out);

@@ -224,6 +224,8 @@ bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
 
 void pool_state::check_indexes(const pb::NodeRecord& n,
                                std::vector<violation>& out) const {
+  if (live_node(n.id()) != &n)
+    out.push_back({"I5", "node " + n.id() + " is not its own entry in the index by id"});
   auto a = node_aux_.find(&n);
   if (a == node_aux_.end()) {
     out.push_back({"I5", "node " + n.id() + " is missing from the counts"});
