@@ -30,7 +30,6 @@
 #include "actors/sim.hpp"
 #include "actors/sim_parts.hpp"
 
-#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -1400,8 +1399,6 @@ private:
     if (auto left = sys_->registry().running(); left > 0) {
       // Closing the system would wait for them forever: leave it (a seed's
       // worth of memory) so that the seed still reports.
-      std::fprintf(stderr, "nodepool sim: seed %llu: %zu actors still running at the end\n",
-                   static_cast<unsigned long long>(seed_), left);
       res_.violations.push_back({seed_, "harness", std::to_string(left)
                                  + " actors still running at the end"});
       (void)sys_.release();
