@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <set>
+#include <unordered_set>
 
 namespace nodepool {
 
@@ -64,9 +65,7 @@ void pool_state::check_session(const pb::SessionRecord& s,
   auto& sid = s.id();
   switch (s.state()) {
     case pb::QUEUED: {
-      auto q = queue_.find(s.seq());
-      if (q == queue_.end() || q->second != sid)
-        add(out, "I4", "session " + sid + " is queued but not in the queue");
+      // Its place in the queue: check_indexes (its class).
       if (s.nodes_size() > 0)
         add(out, "I1", "session " + sid + " is queued but holds nodes");
       break;
@@ -129,9 +128,9 @@ void pool_state::check_counters(std::vector<violation>& out) const {
                      + " nodes, " + std::to_string(counts_[pb::EPHEMERAL])
                      + " are ephemeral");
   // I4 nothing lost: every accepted session is queued, active or ended.
-  if (queue_.size() + active_.size() != sessions_.size())
+  if (queued_ + active_.size() != sessions_.size())
     add(out, "I4", std::to_string(sessions_.size()) + " live sessions but "
-                     + std::to_string(queue_.size()) + " queued and "
+                     + std::to_string(queued_) + " queued and "
                      + std::to_string(active_.size()) + " active");
   // The indexes hold as many records as they index.
   if (node_index_.size() != nodes_.size())
@@ -242,19 +241,30 @@ std::vector<violation> pool_state::check_invariants() const {
     if (!s || s != rec || s->state() != pb::ACTIVE)
       add(out, "I4", "active index holds " + sid + " which is not active");
   }
-  for (auto& [seq, sid] : queue_) {
-    auto* s = session(sid);
-    if (!s || s->state() != pb::QUEUED || s->seq() != seq)
-      add(out, "I4", "queue holds " + sid + " which is not queued in that place");
-  }
+  // Members are pointers: only live records are looked into.
+  std::unordered_set<const pb::SessionRecord*> live;
+  for (auto& [sid, s] : sessions_)
+    live.insert(&s);
+  for (auto& [key, c] : classes_)
+    for (auto& [seq, rec] : c.members) {
+      if (!live.count(rec)) {
+        add(out, "I4", "the queue holds a session that is not live, at place "
+                         + std::to_string(seq));
+        continue;
+      }
+      auto& s = *rec;
+      class_key own{s.model(), s.min_level(), s.min_nodes()};
+      if (s.state() != pb::QUEUED || s.seq() != seq || own < key || key < own)
+        add(out, "I4", "queue holds " + s.id() + " which is not queued in that place");
+    }
   // The queue's classes hold exactly the queued sessions; the counts by
   // model and level match a recount.
   size_t classed = 0;
   for (auto& [key, c] : classes_)
     classed += c.members.size();
-  if (classed != queue_.size())
+  if (classed != queued_)
     add(out, "I4", std::to_string(classed) + " sessions in queue classes, "
-                     + std::to_string(queue_.size()) + " queued");
+                     + std::to_string(queued_) + " queued");
   size_t timed = 0;
   for (auto& [nid, n] : nodes_)
     timed += node_due(n) != INT64_MAX ? 1 : 0;

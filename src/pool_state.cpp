@@ -63,7 +63,7 @@ const pb::SessionRecord* pool_state::session(const std::string& id) const {
 
 std::array<uint64_t, 5> pool_state::session_counts() const {
   std::array<uint64_t, 5> xs{};
-  xs[pb::QUEUED] = queue_.size();
+  xs[pb::QUEUED] = queued_;
   xs[pb::ACTIVE] = active_.size();
   xs[pb::COMPLETED] = sessions_completed_;
   xs[pb::FAILED] = sessions_failed_;
@@ -425,9 +425,9 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
     requeue(*s, now, out);
   // No node could serve a queued session while the oracle was down, and
   // every node has to come back first: queue timeouts start again here.
-  for (auto& [seq, id] : queue_)
-    if (auto* s = live_session(id))
-      s->set_last_activity(now);
+  for (auto& [id, s] : sessions_)
+    if (s.state() == pb::QUEUED)
+      s.set_last_activity(now);
   rebuild_indexes();  // rare: once per oracle start
   out.changed = true;
 }
@@ -547,7 +547,6 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   }
   pool_.clear();
   active_.clear();
-  queue_.clear();
   nodes_.clear();
   node_index_.clear();
   sessions_.clear();

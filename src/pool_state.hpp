@@ -259,7 +259,8 @@ private:
     auto i = session_index_.find(id);
     return i == session_index_.end() ? nullptr : i->second;
   }
-  std::map<uint64_t, std::string> queue_;  // seq -> session id, QUEUED only
+  /// QUEUED sessions (they are the members of the queue's classes below).
+  uint64_t queued_ = 0;
   // ACTIVE sessions, by id, with their records (visited after every
   // command: no lookup per session)
   std::map<std::string, pb::SessionRecord*> active_;
@@ -294,6 +295,15 @@ private:
   };
   std::unordered_map<std::string, level_counts> by_model_;  // references stay put
   level_counts any_;
+  /// Timers by due time: a tick visits what is due, not every record. Ties
+  /// are ordered by address, so a tick sorts what is due by id before it
+  /// acts (the order of events must not depend on where records live).
+  /// Each record keeps its entry's position: moving a timer erases there
+  /// (no search), and a new deadline, usually the latest, goes in with the
+  /// end as hint.
+  using node_timer_set = std::set<std::pair<int64_t, const pb::NodeRecord*>>;
+  using session_timer_set =
+    std::set<std::pair<int64_t, const pb::SessionRecord*>>;
   /// What a node is counted as in by_model_ / any_, and its timer.
   struct node_aux {
     uint32_t level = 0;
@@ -301,14 +311,16 @@ private:
     bool available = false;
     std::vector<level_counts*> models;
     int64_t due = INT64_MAX;
+    node_timer_set::iterator timer;  // valid while due != INT64_MAX
+  };
+  struct session_timer {
+    int64_t due;
+    session_timer_set::iterator at;
   };
   std::unordered_map<const pb::NodeRecord*, node_aux> node_aux_;  // nodes never move
-  /// Timers by due time: a tick visits what is due, not every record. Ties
-  /// are ordered by address, so a tick sorts what is due by id before it
-  /// acts (the order of events must not depend on where records live).
-  std::set<std::pair<int64_t, const pb::NodeRecord*>> node_timers_;
-  std::set<std::pair<int64_t, const pb::SessionRecord*>> session_timers_;
-  std::unordered_map<const pb::SessionRecord*, int64_t> session_due_;
+  node_timer_set node_timers_;
+  session_timer_set session_timers_;
+  std::unordered_map<const pb::SessionRecord*, session_timer> session_due_;
   std::vector<const pb::NodeRecord*> noted_nodes_;
   std::vector<std::string> noted_sessions_;
   /// Queued sessions by what they need: within a class every session is

@@ -110,10 +110,10 @@ void pool_state::flush_notes() {
     if (due == a.due)
       continue;
     if (a.due != never)
-      node_timers_.erase({a.due, n});
+      node_timers_.erase(a.timer);
     a.due = due;
     if (due != never)
-      node_timers_.insert({due, n});
+      a.timer = node_timers_.emplace_hint(node_timers_.end(), due, n);
   }
   noted_nodes_.clear();
   for (auto& id : noted_sessions_) {
@@ -123,14 +123,17 @@ void pool_state::flush_notes() {
     auto due = session_due(*s);
     auto old = session_due_.find(s);
     if (old != session_due_.end()) {
-      if (old->second == due)
+      if (old->second.due == due)
         continue;
-      session_timers_.erase({old->second, s});
-      session_due_.erase(old);
-    }
-    if (due != never) {
-      session_timers_.insert({due, s});
-      session_due_.emplace(s, due);
+      session_timers_.erase(old->second.at);
+      if (due == never) {
+        session_due_.erase(old);
+        continue;
+      }
+      old->second = {due, session_timers_.emplace_hint(session_timers_.end(), due, s)};
+    } else if (due != never) {
+      session_due_.emplace(
+        s, session_timer{due, session_timers_.emplace_hint(session_timers_.end(), due, s)});
     }
   }
   noted_sessions_.clear();
@@ -140,36 +143,46 @@ void pool_state::unschedule(const pb::SessionRecord& s) {
   auto old = session_due_.find(&s);
   if (old == session_due_.end())
     return;
-  session_timers_.erase({old->second, &s});
+  session_timers_.erase(old->second.at);
   session_due_.erase(old);
 }
 
 void pool_state::enqueue(pb::SessionRecord& s) {
-  queue_[s.seq()] = s.id();
-  class_key key{s.model(), s.min_level(), s.min_nodes()};
-  auto it = classes_.try_emplace(std::move(key)).first;
+  auto it = classes_.try_emplace(class_key{s.model(), s.min_level(), s.min_nodes()})
+              .first;
   auto& c = it->second;
-  if (!c.members.empty())
-    heads_.erase({c.members.begin()->first, nullptr});
-  c.members.emplace(s.seq(), &s);
+  auto before = c.members.size();
+  // A new session comes last in its class: the end is the hint.
+  auto at = c.members.emplace_hint(c.members.end(), s.seq(), &s);
+  if (c.members.size() == before)
+    return;  // already queued
+  ++queued_;
   c.entered.insert(s.last_activity());
-  heads_.insert({c.members.begin()->first, &*it});
+  if (at != c.members.begin())
+    return;  // the class keeps its head and its place among the heads
+  if (before > 0)
+    heads_.erase({std::next(at)->first, nullptr});
+  heads_.insert({s.seq(), &*it});
 }
 
 void pool_state::dequeue(const pb::SessionRecord& s) {
-  if (queue_.erase(s.seq()) == 0)
-    return;
   auto it = classes_.find(class_key{s.model(), s.min_level(), s.min_nodes()});
   if (it == classes_.end())
-    return;  // a drifted index: the invariant checks report it
+    return;  // not queued (or a drifted index: the invariant checks report it)
   auto& c = it->second;
-  heads_.erase({c.members.begin()->first, nullptr});
-  c.members.erase(s.seq());
+  auto m = c.members.find(s.seq());
+  if (m == c.members.end())
+    return;
+  bool head = m == c.members.begin();
+  if (head)
+    heads_.erase({s.seq(), nullptr});
+  c.members.erase(m);
+  --queued_;
   if (auto e = c.entered.find(s.last_activity()); e != c.entered.end())
     c.entered.erase(e);
   if (c.members.empty())
     classes_.erase(it);
-  else
+  else if (head)
     heads_.insert({c.members.begin()->first, &*it});
 }
 
@@ -183,7 +196,7 @@ void pool_state::rebuild_indexes() {
   classes_.clear();
   heads_.clear();
   short_.clear();
-  queue_.clear();
+  queued_ = 0;
   for (auto& [id, n] : nodes_)
     note_node(n);
   for (auto& [id, s] : sessions_) {
@@ -250,7 +263,7 @@ void pool_state::check_indexes(const pb::SessionRecord& s,
                                std::vector<violation>& out) const {
   auto due = session_due(s);
   auto d = session_due_.find(&s);
-  if (d == session_due_.end() || d->second != due
+  if (d == session_due_.end() || d->second.due != due
       || session_timers_.count({due, &s}) == 0)
     out.push_back({"I4", "the timer of session " + s.id()
                            + " disagrees with its last activity"});
