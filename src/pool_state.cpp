@@ -64,7 +64,7 @@ const pb::SessionRecord* pool_state::session(const std::string& id) const {
 std::array<uint64_t, 5> pool_state::session_counts() const {
   std::array<uint64_t, 5> xs{};
   xs[pb::QUEUED] = queued_;
-  xs[pb::ACTIVE] = active_.size();
+  xs[pb::ACTIVE] = active_;
   xs[pb::COMPLETED] = sessions_completed_;
   xs[pb::FAILED] = sessions_failed_;
   return xs;
@@ -418,9 +418,12 @@ void pool_state::apply_recover(int64_t now, apply_result& out) {
   for (auto& [id, n] : nodes_)
     if (n.state() != pb::RETIRED && n.state() != pb::LOST)
       lose(n, "oracle restart", now, out);
-  std::vector<pb::SessionRecord*> active;
-  for (auto& [id, s] : active_)
-    active.push_back(s);
+  std::vector<pb::SessionRecord*> active;  // requeued in the order of ids
+  for (auto& [id, s] : sessions_)
+    if (s.state() == pb::ACTIVE)
+      active.push_back(&s);
+  std::sort(active.begin(), active.end(),
+            [](auto* a, auto* b) { return a->id() < b->id(); });
   for (auto* s : active)
     requeue(*s, now, out);
   // No node could serve a queued session while the oracle was down, and
@@ -515,8 +518,14 @@ pb::Snapshot pool_state::snapshot() const {
   snap.set_last_now(last_now_);
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
+  std::vector<const pb::SessionRecord*> live;  // by id: equal states, equal bytes
+  live.reserve(sessions_.size());
   for (auto& [id, s] : sessions_)
-    *snap.add_sessions() = s;
+    live.push_back(&s);
+  std::sort(live.begin(), live.end(),
+            [](auto* a, auto* b) { return a->id() < b->id(); });
+  for (auto* s : live)
+    *snap.add_sessions() = *s;
   snap.set_next_test_id(next_test_id_);
   snap.set_next_session_seq(next_session_seq_);
   snap.set_rng_state(rng_state_);
@@ -546,11 +555,10 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
     }
   }
   pool_.clear();
-  active_.clear();
+  active_ = 0;
   nodes_.clear();
   node_index_.clear();
   sessions_.clear();
-  session_index_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     auto& rec = nodes_[n.id()] = n;
@@ -559,12 +567,11 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
     if (st < counts_.size())
       ++counts_[st];
   }
-  session_index_.clear();
+  sessions_.reserve(snap.sessions_size());
   for (auto& s : snap.sessions()) {
-    auto& rec = sessions_[s.id()] = s;
-    session_index_[s.id()] = &rec;
+    sessions_[s.id()] = s;
     if (s.state() == pb::ACTIVE)
-      active_.emplace(s.id(), &rec);
+      ++active_;
   }
   rebuild_pool();
   next_test_id_ = snap.next_test_id();

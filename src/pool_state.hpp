@@ -93,7 +93,8 @@ public:
   /// Live sessions only (queued or active); an ended one is archived.
   const pb::SessionRecord* session(const std::string& id) const;
   const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
-  const std::map<std::string, pb::SessionRecord>& sessions() const {
+  /// Live sessions by id, in no particular order (snapshot() sorts them).
+  const std::unordered_map<std::string, pb::SessionRecord>& sessions() const {
     return sessions_;
   }
   /// Node counts indexed by pb::NodeState, maintained on every transition.
@@ -251,19 +252,21 @@ private:
   }
   /// A node the command's checks already found.
   pb::NodeRecord& known(const std::string& id) const { return *node_index_.at(id); }
-  std::map<std::string, pb::SessionRecord> sessions_;  // ordered: snapshots
-  /// The same sessions by id in a hash index: a lookup costs the same
-  /// whatever the number of live sessions (map nodes do not move).
-  std::unordered_map<std::string, pb::SessionRecord*> session_index_;
+  /// Live sessions in a hash map: admitting or ending one costs the same
+  /// whatever the number of live sessions (its nodes do not move, so the
+  /// indexes point at the records; snapshot() sorts by id).
+  std::unordered_map<std::string, pb::SessionRecord> sessions_;
   pb::SessionRecord* live_session(const std::string& id) const {
-    auto i = session_index_.find(id);
-    return i == session_index_.end() ? nullptr : i->second;
+    auto i = sessions_.find(id);
+    return i == sessions_.end() ? nullptr
+                                : const_cast<pb::SessionRecord*>(&i->second);
   }
+  /// Moves a live session to `to`, keeping the count of active ones.
+  void set_session_state(pb::SessionRecord& s, pb::SessionState to);
   /// QUEUED sessions (they are the members of the queue's classes below).
   uint64_t queued_ = 0;
-  // ACTIVE sessions, by id, with their records (visited after every
-  // command: no lookup per session)
-  std::map<std::string, pb::SessionRecord*> active_;
+  /// ACTIVE sessions (set_session_state keeps the count).
+  uint64_t active_ = 0;
   // EPHEMERAL nodes in selection order: (rank, pool_key, id). std::map
   // nodes do not move, so the index points at the records.
   struct pool_entry {

@@ -61,7 +61,6 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
     return;
   }
   auto& s = sessions_[c.session_id()];
-  session_index_[c.session_id()] = &s;
   s.set_id(c.session_id());
   s.set_model(c.model());
   s.set_min_nodes(min_n);
@@ -209,8 +208,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     dequeue(s);  // before its activity changes (the class keeps entry times)
     auto& live = s;
     reserve_for(live, live.max_nodes(), now, out, held);
-    live.set_state(pb::ACTIVE);
-    active_.emplace(live.id(), &live);
+    set_session_state(live, pb::ACTIVE);
     if (live.started_at() == 0)
       live.set_started_at(now);
     live.set_last_activity(now);
@@ -283,8 +281,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
   // not send it back to the queue.
   bool finished = s.tasks_done() >= s.max_tasks();
   if (finished) {
-    s.set_state(pb::COMPLETED);
-    active_.erase(s.id());
+    set_session_state(s, pb::COMPLETED);
     note_session(s);
   }
   uint64_t quarantined = counts_[pb::QUARANTINED];
@@ -341,14 +338,21 @@ void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
               out);
 }
 
+void pool_state::set_session_state(pb::SessionRecord& s, pb::SessionState to) {
+  if (s.state() == pb::ACTIVE)
+    --active_;
+  if (to == pb::ACTIVE)
+    ++active_;
+  s.set_state(to);
+}
+
 void pool_state::end_session(pb::SessionRecord& s, pb::SessionState st,
                              const std::string& why, int64_t now,
                              apply_result& out) {
   if (s.state() == pb::QUEUED)
     dequeue(s);
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
-  s.set_state(st);  // before releasing: no requeue of an ending session
-  active_.erase(s.id());
+  set_session_state(s, st);  // before releasing: no requeue of an ending session
   note_session(s);
   for (auto& id : nodes)
     release(known(id), "session ended", now, out);
@@ -372,7 +376,6 @@ void pool_state::archive(pb::SessionRecord& s, int64_t now,
   recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
   auto id = s.id();
   out.archived.push_back(std::move(s));
-  session_index_.erase(id);
   sessions_.erase(id);
 }
 
@@ -410,8 +413,7 @@ void pool_state::requeue(pb::SessionRecord& s, int64_t now,
                          apply_result& out) {
   auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
   ++sessions_requeued_;
-  s.set_state(pb::QUEUED);  // first, so detaching does not recurse
-  active_.erase(s.id());
+  set_session_state(s, pb::QUEUED);  // first, so detaching does not recurse
   // While queued, last_activity is when the session (re-)entered the queue:
   // queue_timeout counts from there, not from the first submission.
   s.set_last_activity(now);

@@ -34,6 +34,17 @@ std::string describe(const std::vector<violation>& vs) {
   return os.str();
 }
 
+/// Live sessions in the order of their ids (the pool keeps them in a hash
+/// map): random runs pick from this, so a restored pool sees the same picks.
+std::vector<const pb::SessionRecord*> live_by_id(const pool_state& p) {
+  std::vector<const pb::SessionRecord*> xs;
+  for (auto& [id, s] : p.sessions())
+    xs.push_back(&s);
+  std::sort(xs.begin(), xs.end(),
+            [](auto* a, auto* b) { return a->id() < b->id(); });
+  return xs;
+}
+
 bool has_violation(const std::vector<violation>& vs, const std::string& inv) {
   return std::any_of(vs.begin(), vs.end(),
                      [&](const violation& v) { return v.invariant == inv; });
@@ -1895,9 +1906,7 @@ void random_run(harness& h, uint64_t seed, int steps,
     if (h.pool.sessions().empty() || r.chance(5))
       return "s-unknown";
     auto k = r.below(h.pool.sessions().size());
-    auto it = h.pool.sessions().begin();
-    std::advance(it, k);
-    return it->first;
+    return live_by_id(h.pool)[k]->id();
   };
   auto run = [&](const pb::Command& c) {
     auto res = h.apply(c);
@@ -1968,7 +1977,7 @@ void random_run(harness& h, uint64_t seed, int steps,
       if (r.chance(3))
         sid = "";
       else if (r.chance(3) && !h.pool.sessions().empty())
-        sid = h.pool.sessions().begin()->first;
+        sid = live_by_id(h.pool).front()->id();
       const char* models[] = {"", "m0", "m1", "m2", "mx"};
       uint32_t mn = 1 + static_cast<uint32_t>(r.below(3));
       uint32_t mx = mn + static_cast<uint32_t>(r.below(3));
@@ -1983,9 +1992,9 @@ void random_run(harness& h, uint64_t seed, int steps,
                      static_cast<uint32_t>(r.below(3)), period));
     } else if (k < 74) {
       std::vector<std::string> active;
-      for (auto& [id, s] : h.pool.sessions())
-        if (s.state() == pb::ACTIVE)
-          active.push_back(id);
+      for (auto* s : live_by_id(h.pool))
+        if (s->state() == pb::ACTIVE)
+          active.push_back(s->id());
       std::string sid = active.empty() || r.chance(5)
                           ? some_session()
                           : active[r.below(active.size())];

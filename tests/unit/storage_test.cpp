@@ -132,8 +132,8 @@ history make_history(uint64_t seed, int steps) {
       x->set_max_tasks(1 + below(4));
     } else if (k < 82) {
       std::string sid;
-      for (auto& [sid_, rec] : pool.sessions())
-        if (rec.state() == pb::ACTIVE)
+      for (auto& [sid_, rec] : pool.sessions())  // the greatest active id
+        if (rec.state() == pb::ACTIVE && sid_ > sid)
           sid = sid_;
       auto* sr = pool.session(sid);
       if (!sr)
