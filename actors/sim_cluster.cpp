@@ -865,9 +865,17 @@ private:
     r->tracer = &f_.servers[i].tracer;
     configure_member(i);
     if (int rv = raft_start(r); rv != 0) {
+      // raft's message names the layer ("io: ") even when the stub disk
+      // gave no detail: only a detail is worth printing.
+      std::string detail = raft_errmsg(r);
+      while (!detail.empty() && (detail.back() == ' ' || detail.back() == ':'))
+        detail.pop_back();
+      if (detail == "io")
+        detail.clear();
       violation("restart", "oracle " + std::to_string(i + 1)
                              + " could not start from its disk: "
-                             + raft_strerror(rv) + " " + raft_errmsg(r));
+                             + raft_strerror(rv)
+                             + (detail.empty() ? "" : " (" + detail + ")"));
       return;
     }
     o.crashed = false;

@@ -197,6 +197,13 @@ TEST_F(Partition, ALeaderCutOffStepsDownAndRejoinsAndAMinerFindsItsLeaderAgain) 
               l, stepped_down_ms, l2, oout.empty() ? "(no answer)" : oout.c_str());
   EXPECT_EQ(oout.find("\"state\":\"queued\""), std::string::npos)
     << "a write the cut-off leader could not commit was acknowledged: " << oout;
+  // The leader had taken the write into its log: only a proposal still in
+  // flight when leadership goes is answered "outcome is unknown" (a write
+  // that reaches a member that no longer leads is refused as not_leader
+  // without it). So the 404s below are an entry truncated, not one that
+  // never reached a log.
+  EXPECT_NE(oout.find("outcome is unknown"), std::string::npos)
+    << "the write did not reach the cut-off leader's log: " << oout;
 
   // 2. The link comes back: the old leader follows the new one, and the
   // entry it could not commit is gone (from it too).
