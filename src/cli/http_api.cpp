@@ -72,6 +72,7 @@ http_api start_http_api(const http_options& o,
     }
   };
   rc.events = std::make_shared<http::event_feed>();
+  rc.accept_errors = std::make_shared<std::atomic<uint64_t>>(0);
   auto relay = spawn_event_relay(sys, h.supervisor, rc.events);
   std::shared_ptr<void> relay_guard(nullptr, [relay, feed = rc.events](void*) {
     caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
@@ -85,6 +86,7 @@ http_api start_http_api(const http_options& o,
     rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect),
                       std::chrono::seconds(10), std::move(forget)));
   http::server_config sc;
+  sc.accept_errors = rc.accept_errors;
   sc.host = host;
   sc.port = port;
   sc.threads = o.threads;

@@ -1200,7 +1200,8 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
   auto by = responses_;
   auto mu = responses_mu_;
   auto feed = cfg_.events;
-  pool_->metrics([c, by, mu, feed](json pool, std::optional<api_error> err) {
+  auto refused = cfg_.accept_errors;
+  pool_->metrics([c, by, mu, feed, refused](json pool, std::optional<api_error> err) {
     // Scraped while the pool is unreachable, the HTTP side still answers
     // (with what it knows), so the scrape itself says what is wrong.
     if (err)
@@ -1212,7 +1213,9 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
     }
     response r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = prometheus_text(pool, responses, feed ? feed->streams() : 0);
+    r.body = prometheus_text(pool, responses, feed ? feed->streams() : 0,
+                             refused ? std::optional<uint64_t>{refused->load()}
+                                     : std::nullopt);
     if (err)
       r.body += "# the pool did not answer: " + err->code + "\n";
     c->rep->send(std::move(r));
@@ -1222,7 +1225,7 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
 std::string prometheus_text(
   const json& pool,
   const std::map<std::pair<std::string, int>, uint64_t>& responses,
-  size_t event_streams) {
+  size_t event_streams, std::optional<uint64_t> accept_errors) {
   exposition out;
   auto num = [](const json& j, const char* k) -> double {
     auto i = j.find(k);
@@ -1331,6 +1334,13 @@ std::string prometheus_text(
   out.family("nodepool_event_streams", "gauge",
              "Live event streams open (GET /api/v1/events).");
   out.sample("nodepool_event_streams", {}, static_cast<double>(event_streams));
+  if (accept_errors) {
+    out.family("nodepool_http_accept_errors_total", "counter",
+               "Connections the HTTP server failed to accept (out of file "
+               "descriptors, say); it tries again 100 ms later.");
+    out.sample("nodepool_http_accept_errors_total", {},
+               static_cast<double>(*accept_errors));
+  }
   return out.str();
 }
 

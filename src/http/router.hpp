@@ -5,6 +5,7 @@
 // actors: what it needs of the pool comes through `pool_api`, whose answers
 // may arrive on any thread.
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -156,6 +157,9 @@ struct router_config {
   /// The pool's events for GET /api/v1/events (and the dashboard); null:
   /// that route answers 404.
   std::shared_ptr<event_feed> events;
+  /// The server's count of connections it failed to accept (shown by GET
+  /// /metrics); null: not shown.
+  std::shared_ptr<std::atomic<uint64_t>> accept_errors;
 };
 
 /// The route a path is counted under in /metrics: its template
@@ -237,10 +241,11 @@ std::optional<pb::PromptRequest> prompt_from_json(const nlohmann::json& j,
 nlohmann::json session_json(const pb::SessionRecord& s);
 
 /// The Prometheus text (format 0.0.4) of what pool_api::metrics gave, with
-/// the HTTP answers by route and status, and the event streams open.
+/// the HTTP answers by route and status, the event streams open and, when
+/// given, the connections the server failed to accept.
 std::string prometheus_text(
   const nlohmann::json& pool,
   const std::map<std::pair<std::string, int>, uint64_t>& responses,
-  size_t event_streams);
+  size_t event_streams, std::optional<uint64_t> accept_errors = std::nullopt);
 
 } // namespace nodepool::http

@@ -8,6 +8,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -615,9 +616,11 @@ struct server::impl {
   void accept() {
     acceptor->async_accept(net::make_strand(*io), [this](beast::error_code ec,
                                                          tcp::socket s) {
-      if (sh->stopped)
+      if (sh->stopped || ec == net::error::operation_aborted)
         return;
-      if (!ec) {
+      if (ec)
+        return accept_failed(ec);
+      {
         beast::error_code ignored;
         s.set_option(tcp::no_delay(true), ignored);
         if (tls) {
@@ -636,10 +639,28 @@ struct server::impl {
       accept();
     });
   }
+
+  /// An accept that failed (out of descriptors, say) is counted and tried
+  /// again 100 ms later, not at once: the connection is still waiting in
+  /// the listen queue, so an error that persists would otherwise spin an
+  /// HTTP thread. Connections waiting meanwhile are accepted once it passes.
+  void accept_failed(const beast::error_code& ec) {
+    auto n = ++*sh->cfg.accept_errors;
+    if (n == 1 || n % 100 == 0)
+      log("http")->warn("accepting a connection failed: {} ({} so far); "
+                        "trying again in 100 ms", ec.message(), n);
+    auto t = std::make_shared<net::steady_timer>(*io, std::chrono::milliseconds(100));
+    t->async_wait([this, t](beast::error_code) {
+      if (!sh->stopped)
+        accept();
+    });
+  }
 };
 
 server::server(server_config cfg, handler h) : impl_(std::make_shared<impl>()) {
   impl_->sh->cfg = std::move(cfg);
+  if (!impl_->sh->cfg.accept_errors)
+    impl_->sh->cfg.accept_errors = std::make_shared<std::atomic<uint64_t>>(0);
   impl_->sh->h = std::move(h);
 }
 

@@ -4,6 +4,7 @@
 // on threads of its own; a handler answers whenever it likes, from any
 // thread (an actor's reply, say), so no request ever blocks the pool.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -66,6 +67,9 @@ struct server_config {
   std::chrono::seconds idle_timeout{60};  // a silent keep-alive connection
   std::string tls_certificate;  // PEM chain; empty: plain HTTP
   std::string tls_key;          // PEM private key
+  /// Connections the server failed to accept (out of file descriptors,
+  /// say); shared with whoever shows it (GET /metrics). Null: its own.
+  std::shared_ptr<std::atomic<uint64_t>> accept_errors;
 };
 
 class server {

@@ -22,12 +22,9 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-/// Sends `text` on a fresh connection and reads until the server closes it.
-std::string raw_http(int port, const std::string& text) {
+/// Sends `text` on `sock` and reads until the server closes it.
+std::string send_and_read(boost::asio::ip::tcp::socket& sock, const std::string& text) {
   namespace net = boost::asio;
-  net::io_context io;
-  net::ip::tcp::socket sock{io};
-  sock.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
   net::write(sock, net::buffer(text));
   std::string got;
   boost::system::error_code ec;
@@ -39,6 +36,15 @@ std::string raw_http(int port, const std::string& text) {
     got.append(buf, n);
   }
   return got;
+}
+
+/// Sends `text` on a fresh connection and reads until the server closes it.
+std::string raw_http(int port, const std::string& text) {
+  namespace net = boost::asio;
+  net::io_context io;
+  net::ip::tcp::socket sock{io};
+  sock.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+  return send_and_read(sock, text);
 }
 
 json body_of(const httplib::Result& r) {
@@ -226,6 +232,63 @@ TEST(api, errors_on_the_wire) {
   r = c.Get("/api/v1/status");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
+  p.oracle->signal(SIGTERM);
+  EXPECT_EQ(p.oracle->wait_exit(20s), 0);
+}
+
+/// The value of a sample without labels in a scrape (-1 if absent).
+double scraped(const std::string& text, const std::string& name) {
+  auto i = text.find("\n" + name + " ");
+  return i == std::string::npos ? -1 : std::stod(text.substr(i + name.size() + 2));
+}
+
+TEST(api, out_of_descriptors_it_backs_off_and_then_serves_who_waited) {
+  namespace net = boost::asio;
+  auto dir = temp_dir("api-nofile");
+  cleanup tidy{dir};
+  api_pool p{dir, 0};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto c = p.client();
+  ASSERT_TRUE(c.Get("/api/v1/status"));
+  // The oracle's soft limit of descriptors goes down to what it has open:
+  // the next connection it accepts finds none left.
+  auto squeezed = std::chrono::steady_clock::now();
+  descriptor_squeeze squeeze{p.oracle->pid()};
+  ASSERT_TRUE(squeeze.squeezed);
+  // Clients connect meanwhile (the kernel completes their connections into
+  // the listen queue).
+  net::io_context io;
+  std::vector<net::ip::tcp::socket> waiting;
+  for (int i = 0; i < 12; ++i) {
+    waiting.emplace_back(io);
+    waiting.back().connect({net::ip::make_address("127.0.0.1"),
+                            static_cast<unsigned short>(p.port)});
+  }
+  // It says so, once (not once per attempt), and holds on for a second.
+  ASSERT_TRUE(p.oracle->wait_for_errors("accepting a connection failed", 10s))
+    << "no accept error: " << squeeze.open_fds << " descriptors open, "
+    << p.oracle->errors();
+  EXPECT_NE(p.oracle->errors().find("Too many open files"), std::string::npos)
+    << p.oracle->errors();
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(squeeze.restore());
+  double held = std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                              - squeezed).count();
+  // Every client that waited is served once descriptors are back.
+  for (auto& s : waiting) {
+    auto got = send_and_read(s, "GET /api/v1/status HTTP/1.1\r\nHost: x\r\n"
+                           "Authorization: Bearer " + client_key
+                           + "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  }
+  // Counted, and tried again every 100 ms: about 10 a second, where
+  // retrying at once (the listen queue still holds the connection) would
+  // have spun a thread through tens of thousands.
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m && m->status == 200);
+  double n = scraped("\n" + m->body, "nodepool_http_accept_errors_total");
+  EXPECT_GE(n, 1) << m->body;
+  EXPECT_LE(n, 20 * held + 20) << "over " << held << " s";
   p.oracle->signal(SIGTERM);
   EXPECT_EQ(p.oracle->wait_exit(20s), 0);
 }

@@ -518,22 +518,31 @@ int printed_http_port(const std::string& out) {
 // member 3 holds a miner's from the same CA, which may not speak Raft: its
 // handshakes fail both ways and it never joins in (it learns no leader and
 // applies nothing).
-TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
-  auto [crc, cout_] = run_shell(
-    "cd " + dir_ + " && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca "
-    "-keyout ca.key -out ca.pem 2>&1 && for n in oracle-a miner-a; do openssl req -newkey "
+/// A CA and, for each name in `names` (its common name), a certificate it
+/// signed, in `dir`; "" or what openssl said.
+std::string make_certificates(const std::string& dir, const std::string& names) {
+  auto [rc, out] = run_shell(
+    "cd " + dir + " && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca "
+    "-keyout ca.key -out ca.pem 2>&1 && for n in " + names + "; do openssl req -newkey "
     "rsa:2048 -nodes -subj /CN=$n -keyout $n.key -out $n.csr 2>&1 && openssl x509 -req -in "
     "$n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out $n.pem 2>&1; done");
-  ASSERT_EQ(crc, 0) << cout_;
-  auto files = [&](const std::string& n) {
-    return std::vector<std::string>{"--tls-cert", dir_ + "/" + n + ".pem", "--tls-key",
-                                    dir_ + "/" + n + ".key", "--tls-ca", dir_ + "/ca.pem"};
-  };
-  auto ours = files("oracle-a"), theirs = files("miner-a");
-  auto with = [](std::vector<std::string> a, const std::vector<std::string>& t) {
-    a.insert(a.end(), t.begin(), t.end());
-    return a;
-  };
+  return rc == 0 ? "" : out;
+}
+
+/// The TLS flags of certificate `name` made by make_certificates in `dir`.
+std::vector<std::string> tls_files(const std::string& dir, const std::string& name) {
+  return {"--tls-cert", dir + "/" + name + ".pem", "--tls-key", dir + "/" + name + ".key",
+          "--tls-ca", dir + "/ca.pem"};
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& t) {
+  a.insert(a.end(), t.begin(), t.end());
+  return a;
+}
+
+TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
+  ASSERT_EQ(make_certificates(dir_, "oracle-a miner-a"), "");
+  auto ours = tls_files(dir_, "oracle-a"), theirs = tls_files(dir_, "miner-a");
   start(1, with({"--http", "off"}, ours));
   // A peer that connects and never says a word is closed after the 5 s
   // handshake limit (checked at the end: the rest takes longer).
@@ -599,6 +608,40 @@ TEST_F(Cluster, RaftBetweenOraclesIsTlsAndOnlyOraclesCertificatesSpeakIt) {
   ::close(idle);
   miner.signal(SIGTERM);
   miner.wait_exit(std::chrono::seconds(20));
+}
+
+// Out of file descriptors, the TLS tunnel between oracles says so, waits
+// 100 ms between attempts (the connection stays in the listen queue, so
+// retrying at once would spin its thread), and accepts the peer once
+// descriptors are back.
+TEST_F(Cluster, OutOfDescriptorsTheTlsTunnelBacksOffAndThenAccepts) {
+  ASSERT_EQ(make_certificates(dir_, "oracle-a"), "");
+  start(1, with({"--http", "off"}, tls_files(dir_, "oracle-a")));
+  descriptor_squeeze squeeze{oracle_[1]->pid()};
+  ASSERT_TRUE(squeeze.squeezed);
+  int peer = connect_loopback(raft_[1]);
+  ASSERT_GE(peer, 0);
+  const std::string failed = "TLS between oracles: accepting a connection failed";
+  bool said = oracle_[1]->wait_for_errors(failed, std::chrono::seconds(10));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ASSERT_TRUE(squeeze.restore());
+  ASSERT_TRUE(said) << squeeze.open_fds << " descriptors open: " << oracle_[1]->errors();
+  auto errors = oracle_[1]->errors();
+  EXPECT_NE(errors.find("Too many open files"), std::string::npos) << errors;
+  // The first error and every 100th are logged: one line in a second of
+  // attempts 100 ms apart (a thread that spins logs hundreds).
+  size_t lines = 0;
+  for (auto at = errors.find(failed); at != std::string::npos;
+       at = errors.find(failed, at + 1))
+    ++lines;
+  EXPECT_EQ(lines, 1u) << errors;
+  // Accepted now: a peer that does not speak TLS fails its handshake.
+  ASSERT_EQ(::write(peer, "not TLS\r\n\r\n", 11), 11);
+  EXPECT_TRUE(oracle_[1]->wait_for_errors("a handshake with a peer that connected failed",
+                                          std::chrono::seconds(10)))
+    << oracle_[1]->errors();
+  ::close(peer);
+  EXPECT_TRUE(oracle_[1]->running());
 }
 
 // A leader whose process dies closes its connections at once: the followers

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -109,6 +110,7 @@ public:
     return -1;
   }
 
+  pid_t pid() const { return pid_; }
   std::string output() const { return read_file(out_); }
   std::string errors() const { return read_file(out_ + ".err"); }
 
@@ -141,6 +143,33 @@ private:
   pid_t pid_ = -1;
   bool done_ = false;
   int status_ = 0;
+};
+
+/// Lowers process `pid`'s soft limit of file descriptors to the number it
+/// has open (the next one it opens fails with EMFILE) until restore() or
+/// the end of the scope.
+struct descriptor_squeeze {
+  pid_t pid;
+  rlimit before{};
+  bool squeezed = false;
+  size_t open_fds = 0;
+  explicit descriptor_squeeze(pid_t p) : pid(p) {
+    if (::prlimit(pid, RLIMIT_NOFILE, nullptr, &before) != 0)
+      return;
+    for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid) + "/fd"))
+      ++open_fds;
+    rlimit tight = before;
+    tight.rlim_cur = open_fds;
+    squeezed = ::prlimit(pid, RLIMIT_NOFILE, &tight, nullptr) == 0;
+  }
+  bool restore() {
+    if (!squeezed)
+      return false;
+    squeezed = false;
+    return ::prlimit(pid, RLIMIT_NOFILE, &before, nullptr) == 0;
+  }
+  ~descriptor_squeeze() { restore(); }
 };
 
 /// Runs the binary to completion; returns (exit code, stdout).
