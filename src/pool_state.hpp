@@ -325,7 +325,9 @@ private:
   session_timer_set session_timers_;
   std::unordered_map<const pb::SessionRecord*, session_timer> session_due_;
   std::vector<const pb::NodeRecord*> noted_nodes_;
-  std::vector<std::string> noted_sessions_;
+  /// Sessions touched by the command being applied (archive() takes a
+  /// session out before its record goes).
+  std::vector<const pb::SessionRecord*> noted_sessions_;
   /// Queued sessions by what they need: within a class every session is
   /// served by the same nodes, so only its head is looked at per command.
   struct class_key {

@@ -373,6 +373,9 @@ void pool_state::archive(pb::SessionRecord& s, int64_t now,
   // lookup; the record itself goes out with the command, to the archive.
   ++(s.state() == pb::COMPLETED ? sessions_completed_ : sessions_failed_);
   unschedule(s);
+  // Noted earlier in this command: its timer is gone with it.
+  noted_sessions_.erase(std::remove(noted_sessions_.begin(), noted_sessions_.end(), &s),
+                        noted_sessions_.end());
   recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
   auto id = s.id();
   out.archived.push_back(std::move(s));

@@ -100,7 +100,7 @@ void pool_state::note_session(const pb::SessionRecord& s) {
     short_.insert(s.id());
   else
     short_.erase(s.id());
-  noted_sessions_.push_back(s.id());
+  noted_sessions_.push_back(&s);
 }
 
 void pool_state::flush_notes() {
@@ -116,10 +116,7 @@ void pool_state::flush_notes() {
       a.timer = node_timers_.emplace_hint(node_timers_.end(), due, n);
   }
   noted_nodes_.clear();
-  for (auto& id : noted_sessions_) {
-    auto* s = live_session(id);
-    if (!s)
-      continue;  // ended: unscheduled before it left
+  for (auto* s : noted_sessions_) {
     auto due = session_due(*s);
     auto old = session_due_.find(s);
     if (old != session_due_.end()) {
