@@ -9,6 +9,7 @@
 #include <toml++/toml.h>
 
 #include "cli/common.hpp"
+#include "accept_guard.hpp"
 #include "cluster_config.hpp"
 #include "log.hpp"
 #include "pool_state.hpp"
@@ -239,6 +240,9 @@ nlohmann::json summarize(const pool_state& ps) {
 
 int main(int argc, char** argv) {
   using namespace nodepool::cli;
+  // An oracle holds a connection per miner process and client: the soft
+  // limit of open files (1024 by default) goes up to the hard one.
+  nodepool::raise_descriptor_limit();
   CLI::App app{"nodepool: a tested, durable pool of AI-inference miner nodes"};
   app.require_subcommand(1);
   app.add_option_function<std::string>(

@@ -21,6 +21,7 @@
 #include "actors/config.hpp"
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
+#include "accept_guard.hpp"
 #include "cli/common.hpp"
 #include "identity.hpp"
 #include "log.hpp"
@@ -376,6 +377,10 @@ int run_oracle(oracle_options& o) {
                         sc.admission.allowed_keys.size(),
                         sc.admission.join_tokens.size());
   auto h = start_oracle(sys, sc);
+  // Out of descriptors, CAF's multiplexer would retry a failed accept at
+  // once, forever: on its thread a connection is closed instead
+  // (accept_guard.hpp). Posted before the publish, so it runs first.
+  sys.middleman().backend().dispatch([] { shed_when_out_of_descriptors(); });
   auto port = o.tls.enabled()
                 ? caf::openssl::publish(h.gateway, o.port, o.host.c_str(), true)
                 : sys.middleman().publish(h.gateway, o.port, o.host.c_str(),

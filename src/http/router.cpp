@@ -1,4 +1,6 @@
 #include "http/router.hpp"
+
+#include "accept_guard.hpp"
 #include "cluster_config.hpp"
 
 #include <algorithm>
@@ -1213,9 +1215,14 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
     }
     response r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = prometheus_text(pool, responses, feed ? feed->streams() : 0,
-                             refused ? std::optional<uint64_t>{refused->load()}
-                                     : std::nullopt);
+    process_figures f;
+    f.event_streams = feed ? feed->streams() : 0;
+    if (refused)
+      f.accept_errors = refused->load();
+    f.connections_shed = connections_shed();
+    f.open_fds = open_descriptors();
+    f.max_fds = descriptor_limit();
+    r.body = prometheus_text(pool, responses, f);
     if (err)
       r.body += "# the pool did not answer: " + err->code + "\n";
     c->rep->send(std::move(r));
@@ -1225,7 +1232,7 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
 std::string prometheus_text(
   const json& pool,
   const std::map<std::pair<std::string, int>, uint64_t>& responses,
-  size_t event_streams, std::optional<uint64_t> accept_errors) {
+  const process_figures& figures) {
   exposition out;
   auto num = [](const json& j, const char* k) -> double {
     auto i = j.find(k);
@@ -1333,13 +1340,24 @@ std::string prometheus_text(
                static_cast<double>(n));
   out.family("nodepool_event_streams", "gauge",
              "Live event streams open (GET /api/v1/events).");
-  out.sample("nodepool_event_streams", {}, static_cast<double>(event_streams));
-  if (accept_errors) {
+  out.sample("nodepool_event_streams", {}, static_cast<double>(figures.event_streams));
+  if (figures.accept_errors) {
     out.family("nodepool_http_accept_errors_total", "counter",
                "Connections the HTTP server failed to accept (out of file "
                "descriptors, say); it tries again 100 ms later.");
     out.sample("nodepool_http_accept_errors_total", {},
-               static_cast<double>(*accept_errors));
+               static_cast<double>(*figures.accept_errors));
+  }
+  out.family("nodepool_connections_shed_total", "counter",
+             "Connections of miners and clients closed as soon as they were "
+             "accepted, for want of file descriptors.");
+  out.sample("nodepool_connections_shed_total", {},
+             static_cast<double>(figures.connections_shed));
+  if (figures.max_fds > 0) {
+    out.family("process_open_fds", "gauge", "Open file descriptors.");
+    out.sample("process_open_fds", {}, static_cast<double>(figures.open_fds));
+    out.family("process_max_fds", "gauge", "The limit of open file descriptors.");
+    out.sample("process_max_fds", {}, static_cast<double>(figures.max_fds));
   }
   return out.str();
 }

@@ -241,11 +241,20 @@ std::optional<pb::PromptRequest> prompt_from_json(const nlohmann::json& j,
 nlohmann::json session_json(const pb::SessionRecord& s);
 
 /// The Prometheus text (format 0.0.4) of what pool_api::metrics gave, with
-/// the HTTP answers by route and status, the event streams open and, when
-/// given, the connections the server failed to accept.
+/// the HTTP answers by route and status, and what the process says of
+/// itself.
+struct process_figures {
+  size_t event_streams = 0;
+  /// Connections the HTTP server failed to accept (when it is known).
+  std::optional<uint64_t> accept_errors;
+  /// Connections closed at once for want of descriptors (accept_guard.hpp).
+  uint64_t connections_shed = 0;
+  /// Descriptors open, and the limit (0: not known).
+  uint64_t open_fds = 0, max_fds = 0;
+};
 std::string prometheus_text(
   const nlohmann::json& pool,
   const std::map<std::pair<std::string, int>, uint64_t>& responses,
-  size_t event_streams, std::optional<uint64_t> accept_errors = std::nullopt);
+  const process_figures& figures);
 
 } // namespace nodepool::http

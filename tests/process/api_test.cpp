@@ -6,6 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <sstream>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/write.hpp>
@@ -291,6 +297,84 @@ TEST(api, out_of_descriptors_it_backs_off_and_then_serves_who_waited) {
   EXPECT_LE(n, 20 * held + 20) << "over " << held << " s";
   p.oracle->signal(SIGTERM);
   EXPECT_EQ(p.oracle->wait_exit(20s), 0);
+}
+
+/// The soft and hard limits of open files of process `pid`.
+std::pair<std::string, std::string> file_limits(pid_t pid) {
+  std::istringstream in{read_file("/proc/" + std::to_string(pid) + "/limits")};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("Max open files", 0) == 0) {
+      std::istringstream f{line.substr(14)};
+      std::string soft, hard;
+      f >> soft >> hard;
+      return {soft, hard};
+    }
+  return {};
+}
+
+// The port miners connect to is CAF's, whose multiplexer retries a failed
+// accept at once: out of descriptors it spun a core, silently, and the
+// connection waited. Now it is closed at once (the miner retries later),
+// counted and logged; and an oracle started with a low soft limit of open
+// files raises it to the hard one first.
+TEST(api, out_of_descriptors_the_miners_port_closes_new_connections) {
+  auto dir = temp_dir("api-shed");
+  cleanup tidy{dir};
+  child oracle{{"--nofile=256:8192", NODEPOOL_BIN, "oracle", "--data-dir", dir + "/db",
+                "--port", "0", "--http", "127.0.0.1:0"},
+               dir + "/oracle.out", "/usr/bin/prlimit"};
+  ASSERT_TRUE(oracle.wait_for_output("HTTP API on", 20s)) << oracle.errors();
+  EXPECT_EQ(file_limits(oracle.pid()), std::make_pair(std::string{"8192"}, std::string{"8192"}));
+  auto miners = std::stoi(listening_port(oracle.output()));
+  httplib::Client c{"127.0.0.1", http_port(oracle.output())};
+  {
+    descriptor_squeeze squeeze{oracle.pid()};
+    ASSERT_TRUE(squeeze.squeezed);
+    std::vector<int> peers;
+    for (int i = 0; i < 3; ++i) {
+      int s = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(miners));
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+      peers.push_back(s);
+    }
+    // Each is closed by the oracle (reads as the end of the stream), not
+    // left waiting.
+    for (int s : peers) {
+      pollfd pf{s, POLLIN, 0};
+      char byte;
+      EXPECT_TRUE(::poll(&pf, 1, 10000) == 1 && ::read(s, &byte, 1) == 0)
+        << "a connection to the miners' port was left waiting: " << oracle.errors();
+      ::close(s);
+    }
+    EXPECT_NE(oracle.errors().find("out of file descriptors: closed a connection"),
+              std::string::npos) << oracle.errors();
+  }
+  // Descriptors back: a miner joins and its node is admitted.
+  child miner{{"miner", "--oracle", "127.0.0.1:" + std::to_string(miners), "--nodes", "1"},
+              dir + "/miner.out"};
+  json st;
+  for (int k = 0; k < 300; ++k) {
+    auto r = c.Get("/api/v1/status");
+    if (r && r->status == 200) {
+      st = json::parse(r->body);
+      if (st["nodes"]["by_state"]["ephemeral"] == 1)
+        break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(st["nodes"]["by_state"]["ephemeral"], 1) << st.dump() << miner.errors();
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m && m->status == 200);
+  EXPECT_EQ(scraped("\n" + m->body, "nodepool_connections_shed_total"), 3) << m->body;
+  EXPECT_EQ(scraped("\n" + m->body, "process_max_fds"), 8192) << m->body;
+  EXPECT_GT(scraped("\n" + m->body, "process_open_fds"), 5) << m->body;
+  miner.signal(SIGTERM);
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
 
 TEST(api, websocket_completions) {

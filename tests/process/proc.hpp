@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <sys/resource.h>
@@ -145,9 +146,10 @@ private:
   int status_ = 0;
 };
 
-/// Lowers process `pid`'s soft limit of file descriptors to the number it
-/// has open (the next one it opens fails with EMFILE) until restore() or
-/// the end of the scope.
+/// Lowers process `pid`'s soft limit of file descriptors to its lowest
+/// free descriptor number (a new descriptor takes the lowest free one, so
+/// the next it opens fails with EMFILE) until restore() or the end of the
+/// scope.
 struct descriptor_squeeze {
   pid_t pid;
   rlimit before{};
@@ -156,11 +158,15 @@ struct descriptor_squeeze {
   explicit descriptor_squeeze(pid_t p) : pid(p) {
     if (::prlimit(pid, RLIMIT_NOFILE, nullptr, &before) != 0)
       return;
-    for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(
-           "/proc/" + std::to_string(pid) + "/fd"))
-      ++open_fds;
+    std::set<long> used;
+    for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+      used.insert(std::stol(e.path().filename().string()));
+    open_fds = used.size();
+    rlim_t lowest_free = 0;
+    while (used.count(static_cast<long>(lowest_free)))
+      ++lowest_free;
     rlimit tight = before;
-    tight.rlim_cur = open_fds;
+    tight.rlim_cur = lowest_free;
     squeezed = ::prlimit(pid, RLIMIT_NOFILE, &tight, nullptr) == 0;
   }
   bool restore() {

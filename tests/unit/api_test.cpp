@@ -620,7 +620,13 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
   pool["gateway"] = {{"refused", {{"malformed", 5}}}, {"connected", 4}};
   pool["cluster"] = {{"role", "follower"}, {"term", 3}, {"leader_id", 2},
                      {"commit_index", 80}, {"applied_index", 77}};
-  auto t = prometheus_text(pool, {{{"/api/v1/status", 200}, 4}}, 2, 6);
+  process_figures f;
+  f.event_streams = 2;
+  f.accept_errors = 6;
+  f.connections_shed = 3;
+  f.open_fds = 40;
+  f.max_fds = 4096;
+  auto t = prometheus_text(pool, {{{"/api/v1/status", 200}, 4}}, f);
   for (auto want : {"nodepool_nodes{state=\"ephemeral\"} 4\n",
                     "nodepool_nodes{state=\"quarantined\"} 1\n",
                     "nodepool_nodes{state=\"lost\"} 0\n",
@@ -639,7 +645,9 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_raft_is_leader 0\n",
                     "nodepool_http_requests_total{route=\"/api/v1/status\",status=\"200\"} 4\n",
                     "nodepool_event_streams 2\n",
-                    "nodepool_http_accept_errors_total 6\n"})
+                    "nodepool_http_accept_errors_total 6\n",
+                    "nodepool_connections_shed_total 3\n",
+                    "process_open_fds 40\n", "process_max_fds 4096\n"})
     EXPECT_NE(t.find(want), std::string::npos) << want << "\n" << t;
   // Every family is declared once, before its samples.
   std::set<std::string> declared;
@@ -653,8 +661,9 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
   }
   EXPECT_GE(declared.size(), 15u);
   // Without the server's count (a router not behind a server), no family.
-  EXPECT_EQ(prometheus_text(pool, {}, 0).find("nodepool_http_accept_errors_total"),
-            std::string::npos);
+  auto bare = prometheus_text(pool, {}, process_figures{});
+  EXPECT_EQ(bare.find("nodepool_http_accept_errors_total"), std::string::npos);
+  EXPECT_EQ(bare.find("process_max_fds"), std::string::npos);
 }
 
 TEST(route_label, names_templates_and_keeps_the_values_few) {
