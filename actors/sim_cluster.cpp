@@ -14,8 +14,10 @@
 //     oracles delayed and reordered), messages between oracles sent twice,
 //     the copy up to 100 ms later (in half the runs), leaders and followers
 //     stopped at random points (a stopped oracle's actors die; its member
-//     freezes or crashes, see below), miners cut off from some oracles,
-//     killed and silenced, and oracle clocks jumping.
+//     freezes or crashes, see below), disks that turn full (every write
+//     fails until the member restarts; the member stops at its first
+//     failed write), miners cut off from some oracles, killed and
+//     silenced, and oracle clocks jumping.
 // Checks: I1-I5 after every applied entry on every replica; each pool index
 // holds the same batch on every member that applied it (log matching); at
 // the end every member applied the same entries and holds the same state,
@@ -180,6 +182,9 @@ struct stub_disk {
   bool started = false;     // raft loaded this disk once
   bool crashed = false;
   size_t may_land = 0;      // after a crash: writes that still reach the disk
+  /// Full (or failing): every append completes with an error and writes
+  /// nothing, until the member restarts (its operator made room).
+  bool broken = false;
 
   /// Writes what completed, in the order raft asked for it.
   void settle() {
@@ -430,6 +435,8 @@ int stub_append(struct raft_io* io, struct raft_io_append* req,
   d.next += n;
   hold(io, req, cb, &d.ops.back());
   int rv = d.append(io, req, entries, n, [](struct raft_io_append* r, int status) {
+    if (status == 0 && stub_disks.at(pending_cbs.at(r).io).broken)
+      status = RAFT_IOERR;  // the write failed: nothing of it landed
     release<raft_io_append_cb>(r, status)(r, status);
   });
   if (rv != 0) {
@@ -603,6 +610,8 @@ public:
       if (step == fault_steps) {
         net_->on = false;
         heal_oracles();
+        for (auto& [io, d] : stub_disks)
+          d.broken = false;  // room made on every disk (one that failed a write stopped)
         log_->note("faults_end");
       }
       if (step < submit_steps && submitted_ < sessions_wanted_
@@ -765,7 +774,7 @@ private:
   /// (it resumes with its memory); the others crash it: it restarts from
   /// what its disk kept (restart_member), and half of those crashes take
   /// the power with them.
-  void stop_oracle_now(unsigned i, const std::string& role) {
+  void stop_oracle_now(unsigned i, const std::string& role, bool must_crash = false) {
     auto& o = oracles_[i];
     for (auto& a : {o.actors.gateway, o.actors.validator, o.actors.sessions,
                     o.actors.supervisor, o.actors.backfill})
@@ -776,7 +785,7 @@ private:
     o.stopped_leading = raft_state(r) == RAFT_LEADER;
     raft_fixture_kill(&f_, i);
     o.down_steps = 5 + static_cast<int>(rng_.below(60));
-    o.crashed = opt_.restarts && crash_rng_.chance(0.5);
+    o.crashed = must_crash || (opt_.restarts && crash_rng_.chance(0.5));
     std::string what = "oracle " + std::to_string(i + 1) + " in term "
                        + std::to_string(o.stopped_term);
     if (!o.crashed) {
@@ -852,6 +861,7 @@ private:
     d.ops.clear();
     d.crashed = false;
     d.may_land = 0;
+    d.broken = false;
     auto now = extent_of(io);
     std::string what = std::to_string(i + 1) + " from its disk: snapshot "
                        + std::to_string(now.snapshot) + ", entries to "
@@ -967,6 +977,19 @@ private:
       raft_fixture_set_disk_latency(&f_, i, d);
       log_->note("oracle_disk_latency", name(i) + " writes in " + std::to_string(d) + "ms");
     }
+    // A disk that fails raft's writes (full, say) on a member that is up:
+    // the member stops (as an oracle does when a write to its log fails)
+    // and starts again from what its disk kept. At most a minority down.
+    // (Its own generator: the rest of the schedule stays what it was.)
+    if (opt_.restarts && room && disk_rng_.chance(0.001)) {
+      auto k = static_cast<unsigned>(disk_rng_.below(n_));
+      auto* r = raft_fixture_get(&f_, k);
+      if (oracles_[k].up && !oracles_[k].crashed && !stub_disks.at(r->io).broken) {
+        stub_disks.at(r->io).broken = true;
+        log_->note("oracle_disk_error", name(k) + (raft_state(r) == RAFT_LEADER
+                                                     ? " (leader)" : " (follower)"));
+      }
+    }
     if (rng_.chance(0.002)) {
       auto d = 200 + static_cast<int64_t>(rng_.below(2000));
       bool back = rng_.chance(0.5);
@@ -988,6 +1011,7 @@ private:
   }
 
   void after_raft_step() {
+    std::vector<unsigned> failed_writes;
     for (unsigned i = 0; i < n_; ++i) {
       auto& o = oracles_[i];
       send_due_copies(raft_fixture_get(&f_, i)->io);
@@ -1003,7 +1027,13 @@ private:
       }
       for (auto& g : o.rep->take_archive_gaps())
         o.gaps.push_back(g);
+      if (o.up && !st.write_error.empty())
+        failed_writes.push_back(i);
     }
+    // A member whose write to its log failed stops (see raft_member.cpp,
+    // 6.): a crash, from which it restarts with what its disk kept.
+    for (auto i : failed_writes)
+      stop_oracle_now(i, "disk_error", true);
     check_replicas();
   }
 
@@ -1425,6 +1455,7 @@ private:
   double dup_rate_ = 0;  // chance that a message between oracles is sent twice
   seeded_rng dup_rng_{mix64(seed_ ^ 0xd0b1e5ull)};
   seeded_rng crash_rng_{mix64(seed_ ^ 0xc4a5e5ull)};  // crash or freeze, and how
+  seeded_rng disk_rng_{mix64(seed_ ^ 0xd15c5e5ull)};  // disks that fail writes
   unsigned snapshot_threshold_ = 32;
   struct raft_fixture f_ {};
   bool fixture_up_ = false;

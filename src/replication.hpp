@@ -70,6 +70,9 @@ struct log_status {
   std::vector<log_member> members;
   /// A membership change under way here (leader): what it is doing.
   std::string changing;
+  /// A write to this member's log failed (a full disk, say): what raft
+  /// said. The member is then unavailable for good; an oracle stops.
+  std::string write_error;
 };
 
 /// The seam between the pool and a consensus library: PoolState and the

@@ -441,8 +441,11 @@ int run_oracle(oracle_options& o) {
     if (cluster.log) {
       // libraft stops a member for good on an I/O error it cannot recover
       // from (a full disk, say): nothing more is written, so stop here.
-      auto role = cluster.log->status().role;
-      if (role != log_role::unavailable)
+      auto ls = cluster.log->status();
+      if (!ls.write_error.empty())
+        member_down = "a write to the replicated log in " + o.data_dir
+                      + "/raft failed: " + ls.write_error;
+      else if (ls.role != log_role::unavailable)
         log_seen_up = true;
       else if (log_seen_up)
         member_down = "the replicated log stopped (an I/O error in "

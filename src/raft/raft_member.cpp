@@ -48,6 +48,10 @@ struct raft_member::impl {
     st.commit_index = r->commit_index;
     st.applied_index = raft_last_applied(r);
     st.last_index = raft_last_index(r);
+    if (int e = write_error_of(r->io)) {
+      st.role = log_role::unavailable;
+      st.write_error = std::string{raft_strerror(e)} + " (" + raft_errmsg(r) + ")";
+    }
     st.ready = ready && st.role == log_role::leader && st.term == lead_term;
     auto now = r->io->time(r->io);
     for (unsigned i = 0; i < r->configuration.n; ++i) {
@@ -213,14 +217,30 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    in refsDecr). Entries up to the follower's snapshot are committed, so
 //    the leader's are the same ones: they are taken off such a message,
 //    which then starts at the snapshot (its index and term).
+//
+// 6. (A full disk on the leader; found by `nodepool sim --oracles 3` once
+//    it failed raft's writes.) A leader whose disk write fails keeps
+//    leading in 0.15: it truncates its log in memory and goes on (0.18
+//    gives up leadership). Its supervisor stops proposing for that term,
+//    and the followers keep hearing heartbeats, so nobody grants again.
+//    A failed write to the log, on any member, now marks the member
+//    unavailable: an oracle stops there (the others hold every committed
+//    entry), as it does when raft itself gives up, and starts again from
+//    what its disk kept once the cause is fixed. Raft is not told of the
+//    failure (see guarded_append_cb).
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
+using append_fn = int (*)(struct raft_io*, struct raft_io_append*,
+                          const struct raft_entry[], unsigned, raft_io_append_cb);
 using start_fn = int (*)(struct raft_io*, unsigned, raft_io_tick_cb,
                          raft_io_recv_cb);
 
 struct guarded_io {
   send_fn send = nullptr;
   start_fn start = nullptr;
+  append_fn append = nullptr;
+  bool write_failed = false;  // a write to the log failed (6.)
+  int write_error = 0;        // ... with this raft error code
   raft_io_recv_cb recv = nullptr;
   struct raft* r = nullptr;
   bool in_append = false;   // an AppendEntries is being received
@@ -236,6 +256,9 @@ struct guarded_io {
 
 std::mutex guard_mu;
 std::unordered_map<struct raft_io*, guarded_io> guarded;
+/// Raft's callbacks of the appends in flight (6.), by request.
+std::unordered_map<struct raft_io_append*, std::pair<struct raft_io*, raft_io_append_cb>>
+  appends;
 
 guarded_io& guard_of(struct raft_io* io) {
   std::lock_guard<std::mutex> g{guard_mu};
@@ -392,6 +415,56 @@ void guarded_recv(struct raft_io* io, struct raft_message* m) {
   gi.in_recv = false;
 }
 
+void write_failed(struct raft_io* io, int status) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto& gi = guarded.at(io);
+  if (!gi.write_failed) {
+    gi.write_failed = true;
+    gi.write_error = status;
+  }
+}
+
+void guarded_append_cb(struct raft_io_append* req, int status) {
+  std::pair<struct raft_io*, raft_io_append_cb> to;
+  {
+    std::lock_guard<std::mutex> g{guard_mu};
+    auto i = appends.find(req);
+    to = i->second;
+    appends.erase(i);
+  }
+  if (status != 0) {
+    // Raft is not told: 0.15's own handling of a failed write is unsafe
+    // (a leader truncates its log under the appends still in flight, and
+    // the next failure frees what it already freed: SIGSEGV, `nodepool sim
+    // --oracles 3`, seed 167; a follower keeps the entries in memory). To
+    // raft the write stays in progress, so it never counts it as stored;
+    // the member stops taking part (6.).
+    write_failed(to.first, status);
+    return;
+  }
+  to.second(req, status);
+}
+
+int guarded_append(struct raft_io* io, struct raft_io_append* req,
+                   const struct raft_entry entries[], unsigned n,
+                   raft_io_append_cb cb) {
+  append_fn next = nullptr;
+  {
+    std::lock_guard<std::mutex> g{guard_mu};
+    next = guarded.at(io).append;
+    appends[req] = {io, cb};
+  }
+  int rv = next(io, req, entries, n, guarded_append_cb);
+  if (rv != 0) {
+    {
+      std::lock_guard<std::mutex> g{guard_mu};
+      appends.erase(req);
+    }
+    write_failed(io, rv);
+  }
+  return rv;
+}
+
 int guarded_start(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick,
                   raft_io_recv_cb recv) {
   auto& gi = guard_of(io);
@@ -402,15 +475,24 @@ int guarded_start(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick,
 void guard_log_matching(struct raft* r) {
   auto* io = r->io;
   std::lock_guard<std::mutex> g{guard_mu};
-  if (io->send == guarded_send)
+  if (io->send == guarded_send) {
+    // Raft started again on the same I/O (a restart): its disk's state
+    // is what it loaded.
+    auto& gi = guarded[io];
+    gi.r = r;
+    gi.write_failed = false;
+    gi.write_error = 0;
     return;
+  }
   auto& gi = guarded[io];
   gi = guarded_io{};
   gi.r = r;
   gi.send = io->send;
   gi.start = io->start;
+  gi.append = io->append;
   io->send = guarded_send;
   io->start = guarded_start;
+  io->append = guarded_append;
 }
 
 /// One of the guard's counters for `io` (0 for an io it does not guard).
@@ -437,6 +519,12 @@ uint64_t heard_from(struct raft_io* io, uint64_t server) {
 
 uint64_t trimmed_to_snapshot_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::below_snapshot);
+}
+
+int write_error_of(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  return i == guarded.end() || !i->second.write_failed ? 0 : i->second.write_error;
 }
 
 uint64_t unaddressed_results_of(struct raft_io* io) {
@@ -516,7 +604,7 @@ log_status raft_member::status() const { return p_->status(); }
 void raft_member::propose(std::string entry, replicated_log::done_fn done) {
   auto* r = p_->r;
   if (!r || !p_->ready || raft_state(r) != RAFT_LEADER
-      || r->current_term != p_->lead_term) {
+      || r->current_term != p_->lead_term || write_error_of(r->io) != 0) {
     done(propose_status::not_leader, 0);
     return;
   }
@@ -542,7 +630,8 @@ void raft_member::poll() {
   auto& s = *p_;
   if (!s.r)
     return;
-  bool leader = raft_state(s.r) == RAFT_LEADER;
+  // A member whose write failed leads no more, whatever raft says (6.).
+  bool leader = raft_state(s.r) == RAFT_LEADER && write_error_of(s.r->io) == 0;
   uint64_t term = s.r->current_term;
   if (leader && (!s.leading || term != s.lead_term)) {
     s.leading = true;

@@ -367,7 +367,8 @@ TEST_F(Cluster, AFollowerWhoseDiskIsFullStopsAndCatchesUpLater) {
   auto err = oracle_[2]->errors();
   EXPECT_NE(err.find("stopping"), std::string::npos) << err;
   EXPECT_TRUE(err.find("archive") != std::string::npos
-              || err.find("replicated log stopped") != std::string::npos)
+              || err.find("replicated log stopped") != std::string::npos
+              || err.find("a write to the replicated log") != std::string::npos)
     << err;
   EXPECT_TRUE(oracle_[1]->running() && oracle_[3]->running());
   // Space again: it starts, catches up, and holds what the others hold.

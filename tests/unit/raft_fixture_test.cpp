@@ -642,5 +642,88 @@ TEST(RaftGuard, EntriesAtOrBelowTheSnapshotAreTakenOff) {
   EXPECT_EQ(trimmed_to_snapshot_of(&rec.io), 2u);
 }
 
+/// An I/O whose appends complete when the test says, with the status it
+/// says.
+struct appending_io {
+  static inline raft_io_append_cb pending = nullptr;
+  static inline struct raft_io_append* pending_req = nullptr;
+  static inline int sync_result = 0;
+  struct raft_io io {};
+  appending_io() {
+    pending = nullptr;
+    pending_req = nullptr;
+    sync_result = 0;
+    io.send = [](struct raft_io*, struct raft_io_send*, const struct raft_message*,
+                 raft_io_send_cb) { return 0; };
+    io.start = [](struct raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) {
+      return 0;
+    };
+    io.append = [](struct raft_io*, struct raft_io_append* req, const struct raft_entry[],
+                   unsigned, raft_io_append_cb cb) {
+      if (sync_result != 0)
+        return sync_result;
+      pending = cb;
+      pending_req = req;
+      return 0;
+    };
+    io.time = [](struct raft_io*) -> raft_time { return 1; };
+  }
+  static void complete(int status) { pending(pending_req, status); }
+};
+
+// The guard's sixth hole (raft_member.cpp): a leader of libraft 0.15 whose
+// disk write fails keeps leading with its log truncated in memory, and the
+// next failure frees what it already freed (SIGSEGV in the cluster
+// simulation once its disks failed writes). A failed write is kept from
+// raft, and the member is unavailable from then on: it no longer leads or
+// proposes, and says why.
+TEST(RaftGuard, AFailedWriteToTheLogMakesTheMemberUnavailable) {
+  static struct raft r {};
+  appending_io a;
+  r.io = &a.io;
+  r.state = RAFT_LEADER;
+  r.current_term = 3;
+  idle_machine sm;
+  raft_member m{sm};
+  m.attach(&r);
+  static int raft_heard = 0, last_status = -1;
+  auto cb = [](struct raft_io_append*, int status) {
+    ++raft_heard;
+    last_status = status;
+  };
+  struct raft_io_append req {};
+  // A write that succeeds reaches raft.
+  ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, cb), 0);
+  appending_io::complete(0);
+  EXPECT_EQ(raft_heard, 1);
+  EXPECT_EQ(last_status, 0);
+  EXPECT_EQ(write_error_of(&a.io), 0);
+  EXPECT_EQ(m.status().role, log_role::leader);
+  // One that fails does not; the member is unavailable.
+  ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, cb), 0);
+  appending_io::complete(RAFT_IOERR);
+  EXPECT_EQ(raft_heard, 1);
+  EXPECT_EQ(write_error_of(&a.io), RAFT_IOERR);
+  auto st = m.status();
+  EXPECT_EQ(st.role, log_role::unavailable);
+  EXPECT_NE(st.write_error.find(raft_strerror(RAFT_IOERR)), std::string::npos)
+    << st.write_error;
+  propose_status said = propose_status::committed;
+  m.propose("x", [&](propose_status s, uint64_t) { said = s; });
+  EXPECT_EQ(said, propose_status::not_leader);
+  // A write refused at once also counts (the first error is kept), and
+  // raft hears of that one (its own return value).
+  appending_io::sync_result = RAFT_NOSPACE;
+  EXPECT_EQ(a.io.append(&a.io, &req, nullptr, 0, cb), RAFT_NOSPACE);
+  EXPECT_EQ(write_error_of(&a.io), RAFT_IOERR);
+  // Raft started again on that I/O (a restart) starts clean.
+  raft_member again{sm};
+  again.attach(&r);
+  EXPECT_EQ(write_error_of(&a.io), 0);
+  appending_io::sync_result = 0;
+  r.state = RAFT_FOLLOWER;
+  EXPECT_EQ(again.status().role, log_role::follower);
+}
+
 } // namespace
 } // namespace nodepool
