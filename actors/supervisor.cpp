@@ -839,6 +839,8 @@ caf::behavior handlers(self_ptr self) {
       j["members"] = std::move(members);
       if (!s.changing.empty())
         j["changing"] = s.changing;
+      if (!s.write_error.empty())
+        j["write_error"] = s.write_error;
       j["id"] = s.id;
       j["role"] = to_string(s.role);
       j["ready"] = s.ready;
