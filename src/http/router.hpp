@@ -219,7 +219,6 @@ class router {
   // GET /api/v1/tasks: the answers this oracle gave, by session (bounded).
   std::map<std::string, std::vector<nlohmann::json>> tasks_;
   std::deque<std::string> tasks_order_;
-  uint64_t ids_ = 0;
 };
 
 /// Parses a JSON body; on failure fills `err` (400, naming the problem).
