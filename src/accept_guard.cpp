@@ -3,14 +3,21 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <mutex>
+#include <thread>
 
 #include "log.hpp"
 
@@ -77,19 +84,105 @@ int shed(int listener, int err) {
   return -1;
 }
 
+/// Connections accepted on a shedding thread, until their peer has spoken
+/// or their time is up. A descriptor is known by its inode too: once its
+/// owner closed it, the number may name another file.
+struct watch {
+  struct entry {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    std::chrono::steady_clock::time_point due;
+  };
+  std::mutex mu;
+  std::condition_variable wake;
+  std::deque<entry> entries;  // in the order they are due
+  std::chrono::milliseconds limit{10000};
+  std::atomic<uint64_t> closed{0};
+  bool stopping = false;
+  std::thread thread;
+
+  void add(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+      return;
+    std::lock_guard<std::mutex> g{mu};
+    if (!thread.joinable())
+      thread = std::thread([this] { run(); });
+    entries.push_back({fd, st.st_dev, st.st_ino, std::chrono::steady_clock::now() + limit});
+    wake.notify_one();
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> g{mu};
+    while (!stopping) {
+      if (entries.empty()) {
+        wake.wait(g);
+        continue;
+      }
+      auto e = entries.front();
+      if (wake.wait_until(g, e.due, [&] { return stopping; }))
+        break;
+      if (std::chrono::steady_clock::now() < e.due)
+        continue;
+      entries.pop_front();
+      check(e);
+    }
+  }
+
+  void check(const entry& e) {
+    struct stat st {};
+    if (::fstat(e.fd, &st) != 0 || st.st_dev != e.dev || st.st_ino != e.ino)
+      return;  // closed meanwhile
+    struct tcp_info info {};
+    socklen_t len = sizeof info;
+    if (::getsockopt(e.fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0
+        || len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof info.tcpi_bytes_received
+        || info.tcpi_bytes_received > 0)
+      return;
+    ::shutdown(e.fd, SHUT_RDWR);
+    auto n = ++closed;
+    if (n == 1 || n % 100 == 0)
+      log("net")->warn("closed a connection whose peer said nothing in {} ms ({} so far)",
+                       limit.count(), n);
+  }
+
+  ~watch() {
+    {
+      std::lock_guard<std::mutex> g{mu};
+      stopping = true;
+    }
+    wake.notify_one();
+    if (thread.joinable())
+      thread.join();
+  }
+};
+
+watch& the_watch() {
+  static watch w;
+  return w;
+}
+
 } // namespace
 
-void shed_when_out_of_descriptors() {
+void shed_when_out_of_descriptors(std::chrono::milliseconds silence_limit) {
   libc_accept();
   {
     auto& r = the_reserve();
     std::lock_guard<std::mutex> g{r.mu};
     r.take();
   }
+  {
+    auto& w = the_watch();
+    std::lock_guard<std::mutex> g{w.mu};
+    w.limit = silence_limit;
+  }
   shedding = true;
 }
 
 uint64_t connections_shed() { return the_reserve().shed.load(); }
+
+uint64_t connections_silent_closed() { return the_watch().closed.load(); }
 
 uint64_t open_descriptors() {
   std::error_code ec;
@@ -120,7 +213,11 @@ uint64_t raise_descriptor_limit() {
 
 extern "C" int accept(int fd, sockaddr* __restrict addr, socklen_t* __restrict len) {
   int c = nodepool::libc_accept()(fd, addr, len);
-  if (c < 0 && nodepool::shedding && (errno == EMFILE || errno == ENFILE))
+  if (!nodepool::shedding)
+    return c;
+  if (c < 0 && (errno == EMFILE || errno == ENFILE))
     return nodepool::shed(fd, errno);
+  if (c >= 0)
+    nodepool::the_watch().add(c);
   return c;
 }

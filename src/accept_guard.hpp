@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 
 namespace nodepool {
@@ -20,10 +21,20 @@ namespace nodepool {
 /// such connection is counted and the first and every 100th are logged.
 /// Other threads are not affected (the HTTP server and the TLS tunnel wait
 /// 100 ms and accept the connection then).
-void shed_when_out_of_descriptors();
+///
+/// The connections such a thread accepts are also watched: one whose peer
+/// has sent nothing at all `silence_limit` after it was accepted (CAF's
+/// client sends its handshake, and TLS its hello, at once) is shut down,
+/// which its owner sees as the peer leaving; counted and logged likewise.
+/// CAF itself keeps a connection that never says a word for ever, so a
+/// peer could hold descriptors without limit.
+void shed_when_out_of_descriptors(
+  std::chrono::milliseconds silence_limit = std::chrono::seconds(10));
 
-/// Connections closed that way since the start.
+/// Connections closed for want of descriptors since the start.
 uint64_t connections_shed();
+/// Connections shut down because their peer said nothing in time.
+uint64_t connections_silent_closed();
 
 /// The descriptors this process has open, and its (soft) limit.
 uint64_t open_descriptors();

@@ -1220,6 +1220,7 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
     if (refused)
       f.accept_errors = refused->load();
     f.connections_shed = connections_shed();
+    f.connections_silent_closed = connections_silent_closed();
     f.open_fds = open_descriptors();
     f.max_fds = descriptor_limit();
     r.body = prometheus_text(pool, responses, f);
@@ -1353,6 +1354,11 @@ std::string prometheus_text(
              "accepted, for want of file descriptors.");
   out.sample("nodepool_connections_shed_total", {},
              static_cast<double>(figures.connections_shed));
+  out.family("nodepool_connections_silent_closed_total", "counter",
+             "Connections of miners and clients shut down because their peer "
+             "sent nothing within 10 s of connecting.");
+  out.sample("nodepool_connections_silent_closed_total", {},
+             static_cast<double>(figures.connections_silent_closed));
   if (figures.max_fds > 0) {
     out.family("process_open_fds", "gauge", "Open file descriptors.");
     out.sample("process_open_fds", {}, static_cast<double>(figures.open_fds));

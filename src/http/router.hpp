@@ -246,8 +246,10 @@ struct process_figures {
   size_t event_streams = 0;
   /// Connections the HTTP server failed to accept (when it is known).
   std::optional<uint64_t> accept_errors;
-  /// Connections closed at once for want of descriptors (accept_guard.hpp).
+  /// Connections closed at once for want of descriptors, and connections
+  /// shut down because their peer said nothing (accept_guard.hpp).
   uint64_t connections_shed = 0;
+  uint64_t connections_silent_closed = 0;
   /// Descriptors open, and the limit (0: not known).
   uint64_t open_fds = 0, max_fds = 0;
 };

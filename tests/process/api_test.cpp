@@ -8,10 +8,6 @@
 #include <csignal>
 #include <sstream>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/write.hpp>
@@ -333,20 +329,13 @@ TEST(api, out_of_descriptors_the_miners_port_closes_new_connections) {
     ASSERT_TRUE(squeeze.squeezed);
     std::vector<int> peers;
     for (int i = 0; i < 3; ++i) {
-      int s = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(static_cast<uint16_t>(miners));
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-      peers.push_back(s);
+      peers.push_back(connect_loopback(static_cast<uint16_t>(miners)));
+      ASSERT_GE(peers.back(), 0);
     }
     // Each is closed by the oracle (reads as the end of the stream), not
     // left waiting.
     for (int s : peers) {
-      pollfd pf{s, POLLIN, 0};
-      char byte;
-      EXPECT_TRUE(::poll(&pf, 1, 10000) == 1 && ::read(s, &byte, 1) == 0)
+      EXPECT_TRUE(closed_by_peer(s, 10s))
         << "a connection to the miners' port was left waiting: " << oracle.errors();
       ::close(s);
     }
@@ -375,6 +364,43 @@ TEST(api, out_of_descriptors_the_miners_port_closes_new_connections) {
   miner.signal(SIGTERM);
   oracle.signal(SIGTERM);
   EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
+// CAF keeps a connection that never says a word for ever: a peer could
+// hold the oracle's descriptors without limit. One silent for 10 s is shut
+// down and counted; a miner, which speaks at once, keeps its connection.
+TEST(api, a_connection_to_the_miners_port_that_says_nothing_is_closed) {
+  auto dir = temp_dir("api-silent");
+  cleanup tidy{dir};
+  api_pool p{dir, 1};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  ASSERT_EQ(p.wait_nodes(1)["nodes"]["by_state"]["ephemeral"], 1);
+  auto miners = static_cast<uint16_t>(std::stoi(listening_port(p.oracle->output())));
+  auto opened = std::chrono::steady_clock::now();
+  std::vector<int> silent;
+  for (int i = 0; i < 3; ++i) {
+    silent.push_back(connect_loopback(miners));
+    ASSERT_GE(silent.back(), 0);
+  }
+  for (int s : silent) {
+    EXPECT_TRUE(closed_by_peer(s, 30s)) << p.oracle->errors();
+    ::close(s);
+  }
+  // Not before its time (10 s; the check runs once a connection is due).
+  EXPECT_GE(std::chrono::steady_clock::now() - opened, 5s);
+  EXPECT_NE(p.oracle->errors().find("closed a connection whose peer said nothing"),
+            std::string::npos) << p.oracle->errors();
+  auto c = p.client();
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m && m->status == 200);
+  EXPECT_EQ(scraped("\n" + m->body, "nodepool_connections_silent_closed_total"), 3)
+    << m->body;
+  // The miner's node is still in the pool, its connection kept.
+  auto st = json::parse(c.Get("/api/v1/status")->body);
+  EXPECT_EQ(st["nodes"]["by_state"]["ephemeral"], 1) << st.dump();
+  EXPECT_EQ(st["nodes"]["by_state"]["lost"], 0) << st.dump();
+  p.oracle->signal(SIGTERM);
+  EXPECT_EQ(p.oracle->wait_exit(20s), 0);
 }
 
 TEST(api, websocket_completions) {

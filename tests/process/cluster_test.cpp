@@ -26,19 +26,6 @@ using namespace nodepool::testing;
 
 namespace {
 
-/// A TCP connection to 127.0.0.1:port: its descriptor, or -1.
-int connect_loopback(uint16_t port) {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(s);
-    return -1;
-  }
-  return s;
-}
 
 class Cluster : public ::testing::Test {
 protected:

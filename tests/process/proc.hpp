@@ -14,7 +14,11 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -145,6 +149,41 @@ private:
   bool done_ = false;
   int status_ = 0;
 };
+
+/// A TCP connection to 127.0.0.1:port: its descriptor, or -1.
+inline int connect_loopback(uint16_t port) {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(s);
+    return -1;
+  }
+  return s;
+}
+
+/// Whether the peer closes `fd` within `limit` (what it sends before is
+/// read and dropped: CAF's server greets a new connection at once).
+inline bool closed_by_peer(int fd, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      end - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return false;
+    pollfd pf{fd, POLLIN, 0};
+    if (::poll(&pf, 1, static_cast<int>(left.count())) != 1)
+      return false;
+    char buf[512];
+    auto n = ::read(fd, buf, sizeof buf);
+    if (n == 0)
+      return true;
+    if (n < 0)
+      return errno == ECONNRESET;
+  }
+}
 
 /// Lowers process `pid`'s soft limit of file descriptors to its lowest
 /// free descriptor number (a new descriptor takes the lowest free one, so

@@ -624,6 +624,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
   f.event_streams = 2;
   f.accept_errors = 6;
   f.connections_shed = 3;
+  f.connections_silent_closed = 5;
   f.open_fds = 40;
   f.max_fds = 4096;
   auto t = prometheus_text(pool, {{{"/api/v1/status", 200}, 4}}, f);
@@ -647,6 +648,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_event_streams 2\n",
                     "nodepool_http_accept_errors_total 6\n",
                     "nodepool_connections_shed_total 3\n",
+                    "nodepool_connections_silent_closed_total 5\n",
                     "process_open_fds 40\n", "process_max_fds 4096\n"})
     EXPECT_NE(t.find(want), std::string::npos) << want << "\n" << t;
   // Every family is declared once, before its samples.
