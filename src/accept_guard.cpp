@@ -101,6 +101,9 @@ struct watch {
   std::atomic<uint64_t> closed{0};
   bool stopping = false;
   std::thread thread;
+  /// Made before this (see shed_when_out_of_descriptors), so that spdlog's
+  /// registry outlives the thread, which this joins when the program ends.
+  std::shared_ptr<spdlog::logger> net_log = log("net");
 
   void add(int fd) {
     struct stat st {};
@@ -140,11 +143,11 @@ struct watch {
         || len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof info.tcpi_bytes_received
         || info.tcpi_bytes_received > 0)
       return;
+    auto n = ++closed;  // counted before its peer can see it
     ::shutdown(e.fd, SHUT_RDWR);
-    auto n = ++closed;
     if (n == 1 || n % 100 == 0)
-      log("net")->warn("closed a connection whose peer said nothing in {} ms ({} so far)",
-                       limit.count(), n);
+      net_log->warn("closed a connection whose peer said nothing in {} ms ({} so far)",
+                    limit.count(), n);
   }
 
   ~watch() {
@@ -166,6 +169,9 @@ watch& the_watch() {
 } // namespace
 
 void shed_when_out_of_descriptors(std::chrono::milliseconds silence_limit) {
+  // spdlog's registry first: statics are destroyed in the reverse order of
+  // their making, and the watch's thread may log until it is joined.
+  log("net");
   libc_accept();
   {
     auto& r = the_reserve();
