@@ -1,7 +1,6 @@
 // See accept_guard.hpp.
 #include "accept_guard.hpp"
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -19,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "libc_next.hpp"
 #include "log.hpp"
 
 namespace nodepool {
@@ -27,13 +27,8 @@ namespace {
 using accept_fn = int (*)(int, sockaddr*, socklen_t*);
 
 accept_fn libc_accept() {
-  static std::atomic<accept_fn> f{nullptr};
-  auto p = f.load(std::memory_order_acquire);
-  if (!p) {
-    p = reinterpret_cast<accept_fn>(dlsym(RTLD_NEXT, "accept"));
-    f.store(p, std::memory_order_release);
-  }
-  return p;
+  static libc_next<accept_fn> f{"accept"};
+  return f.get();
 }
 
 thread_local bool shedding = false;

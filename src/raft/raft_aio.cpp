@@ -6,8 +6,8 @@
 // request left on it when it closes it (a segment closes once its writes
 // are done), and nothing reads the destroy's result but a log line.
 #include "raft/raft_aio.hpp"
+#include "libc_next.hpp"
 
-#include <dlfcn.h>
 #include <sys/syscall.h>
 
 #include <atomic>
@@ -23,13 +23,8 @@ namespace {
 using syscall_fn = long (*)(long, ...);
 
 syscall_fn libc_syscall() {
-  static std::atomic<syscall_fn> f{nullptr};
-  auto p = f.load(std::memory_order_acquire);
-  if (!p) {
-    p = reinterpret_cast<syscall_fn>(dlsym(RTLD_NEXT, "syscall"));
-    f.store(p, std::memory_order_release);
-  }
-  return p;
+  static libc_next<syscall_fn> f{"syscall"};
+  return f.get();
 }
 
 struct destroyer {

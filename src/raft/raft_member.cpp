@@ -48,10 +48,9 @@ struct raft_member::impl {
     st.commit_index = r->commit_index;
     st.applied_index = raft_last_applied(r);
     st.last_index = raft_last_index(r);
-    if (int e = write_error_of(r->io)) {
+    st.write_error = write_error_text_of(r->io);
+    if (!st.write_error.empty())
       st.role = log_role::unavailable;
-      st.write_error = std::string{raft_strerror(e)} + " (" + raft_errmsg(r) + ")";
-    }
     st.ready = ready && st.role == log_role::leader && st.term == lead_term;
     auto now = r->io->time(r->io);
     for (unsigned i = 0; i < r->configuration.n; ++i) {
@@ -241,6 +240,7 @@ struct guarded_io {
   append_fn append = nullptr;
   bool write_failed = false;  // a write to the log failed (6.)
   int write_error = 0;        // ... with this raft error code
+  std::string write_errmsg;   // ... and what the I/O said of it
   raft_io_recv_cb recv = nullptr;
   struct raft* r = nullptr;
   bool in_append = false;   // an AppendEntries is being received
@@ -421,6 +421,9 @@ void write_failed(struct raft_io* io, int status) {
   if (!gi.write_failed) {
     gi.write_failed = true;
     gi.write_error = status;
+    // Raft never hears of it (guarded_append_cb): its own message would
+    // not name this failure, the I/O's does.
+    gi.write_errmsg.assign(io->errmsg, strnlen(io->errmsg, sizeof io->errmsg));
   }
 }
 
@@ -482,6 +485,7 @@ void guard_log_matching(struct raft* r) {
     gi.r = r;
     gi.write_failed = false;
     gi.write_error = 0;
+    gi.write_errmsg.clear();
     return;
   }
   auto& gi = guarded[io];
@@ -525,6 +529,18 @@ int write_error_of(struct raft_io* io) {
   std::lock_guard<std::mutex> g{guard_mu};
   auto i = guarded.find(io);
   return i == guarded.end() || !i->second.write_failed ? 0 : i->second.write_error;
+}
+
+std::string write_error_text_of(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  if (i == guarded.end() || !i->second.write_failed)
+    return {};
+  auto& gi = i->second;
+  std::string t = raft_strerror(gi.write_error);
+  if (!gi.write_errmsg.empty())
+    t += " (" + gi.write_errmsg + ")";
+  return t;
 }
 
 uint64_t unaddressed_results_of(struct raft_io* io) {

@@ -60,6 +60,9 @@ uint64_t trimmed_to_snapshot_of(struct raft_io* io);
 /// The raft error code of the first write to the log on `io` that failed
 /// since raft started on it (0: none).
 int write_error_of(struct raft_io* io);
+/// The same failure as text: raft's name for the code and what the I/O
+/// said of it ("" when none).
+std::string write_error_text_of(struct raft_io* io);
 /// When the guard last heard from `server` on `io` (raft's clock, ms; 0:
 /// never).
 uint64_t heard_from(struct raft_io* io, uint64_t server);

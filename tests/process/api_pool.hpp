@@ -31,6 +31,23 @@ inline int http_port(const std::string& out) {
   return std::stoi(out.substr(colon + 1));
 }
 
+/// Polls GET /api/v1/status through `c` until `ok`, for up to `limit`;
+/// returns the last status read.
+inline json poll_status(httplib::Client& c, const std::function<bool(const json&)>& ok,
+                        std::chrono::seconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  json j;
+  while (std::chrono::steady_clock::now() < end) {
+    if (auto r = c.Get("/api/v1/status"); r && r->status == 200) {
+      j = json::parse(r->body);
+      if (ok(j))
+        return j;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return j;
+}
+
 /// An oracle with its HTTP API on a free port, keys in `dir`/keys, and
 /// `nodes` healthy miner nodes.
 struct api_pool {
@@ -81,17 +98,7 @@ struct api_pool {
   json wait_status(const std::function<bool(const json&)>& ok,
                    std::chrono::seconds limit) {
     auto c = client();
-    auto end = std::chrono::steady_clock::now() + limit;
-    json j;
-    while (std::chrono::steady_clock::now() < end) {
-      if (auto r = c.Get("/api/v1/status"); r && r->status == 200) {
-        j = json::parse(r->body);
-        if (ok(j))
-          return j;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return j;
+    return poll_status(c, ok, limit);
   }
 };
 

@@ -345,16 +345,8 @@ TEST(api, out_of_descriptors_the_miners_port_closes_new_connections) {
   // Descriptors back: a miner joins and its node is admitted.
   child miner{{"miner", "--oracle", "127.0.0.1:" + std::to_string(miners), "--nodes", "1"},
               dir + "/miner.out"};
-  json st;
-  for (int k = 0; k < 300; ++k) {
-    auto r = c.Get("/api/v1/status");
-    if (r && r->status == 200) {
-      st = json::parse(r->body);
-      if (st["nodes"]["by_state"]["ephemeral"] == 1)
-        break;
-    }
-    std::this_thread::sleep_for(100ms);
-  }
+  auto st = poll_status(
+    c, [](const json& j) { return j["nodes"]["by_state"]["ephemeral"] == 1; }, 30s);
   EXPECT_EQ(st["nodes"]["by_state"]["ephemeral"], 1) << st.dump() << miner.errors();
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m && m->status == 200);

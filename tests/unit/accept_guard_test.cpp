@@ -99,16 +99,28 @@ TEST(AcceptGuard, ShutsDownWhatSaysNothingAndLeavesTheRestAndReusedDescriptorsAl
 }
 
 TEST(AcceptGuard, OtherThreadsAreNotWatched) {
+  // A guarded thread with a short limit accepts one silent connection
+  // (the control: it is shut down); this thread accepts another, at the
+  // same time, which is left alone.
   listener l;
   auto before = connections_silent_closed();
+  int guarded_peer = -1, guarded = -1;
+  std::thread t([&] {
+    shed_when_out_of_descriptors(std::chrono::milliseconds(100));
+    guarded_peer = l.connect();
+    guarded = ::accept(l.fd, nullptr, nullptr);
+  });
+  t.join();
+  ASSERT_GE(guarded, 0);
   int c = l.connect();
   int a = ::accept(l.fd, nullptr, nullptr);
   ASSERT_GE(a, 0);
-  // Longer than the limit the other test set (200 ms) and its check.
-  EXPECT_FALSE(ended(c, 600));
-  EXPECT_EQ(connections_silent_closed(), before);
-  ::close(a);
-  ::close(c);
+  EXPECT_TRUE(ended(guarded_peer, 10000));
+  // Well past the limit, this thread's connection still stands.
+  EXPECT_FALSE(ended(c, 500));
+  EXPECT_EQ(connections_silent_closed(), before + 1);
+  for (int fd : {a, c, guarded, guarded_peer})
+    ::close(fd);
 }
 
 } // namespace

@@ -6,6 +6,8 @@
 // byte for byte, and with the leader's own (speculative) state.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <map>
 #include <optional>
 #include <set>
@@ -701,12 +703,16 @@ TEST(RaftGuard, AFailedWriteToTheLogMakesTheMemberUnavailable) {
   EXPECT_EQ(m.status().role, log_role::leader);
   // One that fails does not; the member is unavailable.
   ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, cb), 0);
+  std::snprintf(a.io.errmsg, sizeof a.io.errmsg, "write segment: no space left on device");
   appending_io::complete(RAFT_IOERR);
   EXPECT_EQ(raft_heard, 1);
   EXPECT_EQ(write_error_of(&a.io), RAFT_IOERR);
   auto st = m.status();
   EXPECT_EQ(st.role, log_role::unavailable);
   EXPECT_NE(st.write_error.find(raft_strerror(RAFT_IOERR)), std::string::npos)
+    << st.write_error;
+  // What the I/O said of that write (raft never heard of it).
+  EXPECT_NE(st.write_error.find("no space left on device"), std::string::npos)
     << st.write_error;
   propose_status said = propose_status::committed;
   m.propose("x", [&](propose_status s, uint64_t) { said = s; });
