@@ -947,6 +947,13 @@ caf::behavior handlers(self_ptr self) {
       j["last_index"] = s.next_index - 1;
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
+      if (s.cfg.storage) {
+        auto a = s.cfg.storage->activity();
+        j["store"] = {{"log_flushes", a.log_flushes},
+                      {"snapshot_flushes", a.snapshot_flushes},
+                      {"compactions", a.compactions},
+                      {"compaction_bytes_written", a.compaction_bytes_written}};
+      }
       j["reservations"] = s.reservations;
       j["releases"] = s.releases;
       j["histograms"]["grant_latency_ms"] = s.grant_ms.to_json();

@@ -12,6 +12,7 @@
 #include <rocksdb/db.h>
 #include <sys/statvfs.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
@@ -20,6 +21,11 @@ namespace nodepool {
 namespace {
 
 constexpr char snapshot_key[] = "snapshot";
+/// Snapshots live in a column family of their own: making one durable
+/// flushes that family's memtable alone, not the log's and the archive's
+/// (whose memtable then fills before it is written out, in files that
+/// compaction rewrites less often).
+constexpr char snapshot_family[] = "snapshots";
 
 /// What the stored bytes mean, and which nodepool replays them the same.
 /// Format 2: nodes are picked from the ordered pool index (pool_key).
@@ -286,13 +292,36 @@ public:
                        "rocksdb.estimate-table-readers-mem",
                        "rocksdb.block-cache-usage"}) {
       uint64_t v = 0;
-      if (db_ && db_->GetIntProperty(prop, &v))
+      if (db_ && db_->GetAggregatedIntProperty(prop, &v))
         total += v;
     }
     return total;
   }
 
-  explicit rocksdb_store(rocksdb::DB* db) : db_(db) {
+  /// Counts flushes (per column family) and compactions.
+  struct activity_counter : rocksdb::EventListener {
+    std::atomic<uint64_t> log_flushes{0};
+    std::atomic<uint64_t> snapshot_flushes{0};
+    std::atomic<uint64_t> compactions{0};
+    std::atomic<uint64_t> compaction_bytes{0};
+    void OnFlushCompleted(rocksdb::DB*, const rocksdb::FlushJobInfo& info) override {
+      ++(info.cf_name == snapshot_family ? snapshot_flushes : log_flushes);
+    }
+    void OnCompactionCompleted(rocksdb::DB*,
+                               const rocksdb::CompactionJobInfo& info) override {
+      ++compactions;
+      compaction_bytes += info.stats.total_output_bytes;
+    }
+  };
+
+  store_activity activity() const override {
+    return {activity_->log_flushes.load(), activity_->snapshot_flushes.load(),
+            activity_->compactions.load(), activity_->compaction_bytes.load()};
+  }
+
+  rocksdb_store(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* snapshots,
+                std::shared_ptr<activity_counter> activity)
+    : db_(db), snapshots_(snapshots), activity_(std::move(activity)) {
     std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
     it->SeekForPrev(log_key(UINT64_MAX));
     if (it->Valid() && it->key().size() == 9 && it->key()[0] == 'l')
@@ -312,7 +341,8 @@ public:
     }
     rocksdb::FlushOptions fo;
     fo.wait = true;
-    db_->Flush(fo);
+    db_->Flush(fo, {db_->DefaultColumnFamily(), snapshots_});
+    db_->DestroyColumnFamilyHandle(snapshots_);
   }
 
   status append(const std::vector<pb::LogEntry>& entries,
@@ -350,27 +380,27 @@ public:
     // A snapshot only shortens the replay: the whole log is kept, and every
     // entry the snapshot includes was synced before it was taken. So it
     // skips the write-ahead log (whose fsync at the next group commit would
-    // otherwise carry the snapshot) and reaches disk with a memtable flush
-    // started here in the background; a crash before that recovers from
-    // the previous snapshot and replays more of the log.
+    // otherwise carry the snapshot) and reaches disk with a flush of its own
+    // column family, started here in the background; a crash before that
+    // recovers from the previous snapshot and replays more of the log.
     if (auto s = check_space(); !s.ok())
       return s;
     rocksdb::WriteOptions wo;
     wo.disableWAL = true;
-    auto st = db_->Put(wo, snapshot_key, snap.SerializeAsString());
+    auto st = db_->Put(wo, snapshots_, snapshot_key, snap.SerializeAsString());
     if (!st.ok())
       return failed("rocksdb snapshot write", st);
     rocksdb::FlushOptions fo;
     fo.wait = false;
     fo.allow_write_stall = true;
-    db_->Flush(fo);
+    db_->Flush(fo, snapshots_);
     return {};
   }
 
   status load_snapshot(std::optional<pb::Snapshot>& out) override {
     out.reset();
     std::string buf;
-    auto st = db_->Get({}, snapshot_key, &buf);
+    auto st = db_->Get({}, snapshots_, snapshot_key, &buf);
     if (st.IsNotFound())
       return {};
     if (!st.ok())
@@ -497,6 +527,8 @@ private:
   }
 
   std::unique_ptr<rocksdb::DB> db_;
+  rocksdb::ColumnFamilyHandle* snapshots_;
+  std::shared_ptr<activity_counter> activity_;
   uint64_t last_ = 0;
   std::atomic<bool> broken_{false};
 };
@@ -595,6 +627,24 @@ std::unique_ptr<store> make_memory_store() {
   return std::make_unique<memory_store>();
 }
 
+/// Format 3 as first written kept the snapshot in the default column
+/// family: it moves to its own, durably, before the store is used.
+rocksdb::Status move_old_snapshot(rocksdb::DB& db,
+                                  rocksdb::ColumnFamilyHandle* snapshots) {
+  std::string old;
+  auto s = db.Get({}, snapshot_key, &old);
+  if (s.IsNotFound())
+    return rocksdb::Status::OK();
+  if (!s.ok())
+    return s;
+  rocksdb::WriteBatch batch;
+  batch.Put(snapshots, snapshot_key, old);
+  batch.Delete(snapshot_key);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return db.Write(wo, &batch);
+}
+
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   rocksdb::Options opts;
   opts.create_if_missing = true;
@@ -608,46 +658,64 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   // id then skips the skip-list search of up to 64 MB of recent writes.
   opts.memtable_whole_key_filtering = true;
   opts.memtable_prefix_bloom_size_ratio = 0.02;
+  auto activity = std::make_shared<rocksdb_store::activity_counter>();
+  opts.listeners.push_back(activity);
+  opts.create_missing_column_families = true;
+  // A snapshot is one key, rewritten whole: no filter, and compaction keeps
+  // its latest version only.
+  rocksdb::ColumnFamilyOptions snap_opts;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families{
+    {rocksdb::kDefaultColumnFamilyName, opts}, {snapshot_family, snap_opts}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
-  auto s = rocksdb::DB::Open(opts, dir, &db);
+  auto s = rocksdb::DB::Open(opts, dir, families, &handles, &db);
   if (!s.ok()) {
     st = status::fail("cannot open store in " + dir + ": " + s.ToString());
     return nullptr;
   }
   std::unique_ptr<rocksdb::DB> owned{db};
+  // Open hands out a handle of the default family too: the store uses the
+  // database's own (DefaultColumnFamily()). The snapshots' handle goes to
+  // the store, which destroys it before closing.
+  owned->DestroyColumnFamilyHandle(handles[0]);
+  auto* snapshots = handles[1];
+  auto give_up = [&](status failure) {
+    owned->DestroyColumnFamilyHandle(snapshots);
+    st = std::move(failure);
+    return nullptr;
+  };
   std::string format;
   s = db->Get({}, format_key, &format);
   if (s.IsNotFound()) {
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({})};
     it->SeekToFirst();
-    if (it->Valid()) {
-      st = status::fail(
+    if (it->Valid())
+      return give_up(status::fail(
         "store in " + dir + " was written by an earlier nodepool (no format "
         "marker; this one reads format " + format_version + " and would "
         "replay that history differently): use the version that wrote it, "
-        "or a new data directory");
-      return nullptr;
-    }
+        "or a new data directory"));
     rocksdb::WriteOptions wo;
     wo.sync = true;
     s = db->Put(wo, format_key, format_version);
   } else if (s.ok() && format != format_version) {
-    st = status::fail(
+    return give_up(status::fail(
       "store in " + dir + " has format '" + format.substr(0, 32)
       + "', this nodepool reads format " + format_version
       + (format == "2" ? " (format 2 kept ended sessions in the pool; this "
                          "one archives them, and would replay that history "
                          "differently)"
                        : "")
-      + ": use the version that wrote it, or a new data directory");
-    return nullptr;
+      + ": use the version that wrote it, or a new data directory"));
   }
-  if (!s.ok()) {
-    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
-    return nullptr;
-  }
+  if (s.ok())
+    s = move_old_snapshot(*owned, snapshots);
+  if (!s.ok())
+    return give_up(
+      status::fail("cannot open store in " + dir + ": " + s.ToString()));
   st = {};
-  return std::make_unique<rocksdb_store>(owned.release());
+  return std::make_unique<rocksdb_store>(owned.release(), snapshots,
+                                         std::move(activity));
 }
 
 } // namespace nodepool

@@ -23,6 +23,15 @@ struct status {
 /// this (see storage.cpp: a full disk must be an error, not an abort).
 constexpr uint64_t store_min_free_bytes = uint64_t{16} << 20;
 
+/// What a store's engine did in the background: memtable flushes (of the
+/// log and archive, and of snapshots) and compactions.
+struct store_activity {
+  uint64_t log_flushes = 0;
+  uint64_t snapshot_flushes = 0;
+  uint64_t compactions = 0;
+  uint64_t compaction_bytes_written = 0;
+};
+
 /// Durable home of the command log, of PoolState snapshots and of the
 /// archive of ended sessions.
 ///
@@ -73,11 +82,14 @@ public:
   virtual status put_meta(const std::string& key, const std::string& value,
                           bool sync);
   virtual status erase_meta(const std::string& key, bool sync);
-  /// Calls `f(key, value)` for each key starting with `prefix`, in key
-  /// order, while it returns true.
   /// Memory the store holds itself (RocksDB: memtables, table readers,
   /// block cache), in bytes; 0 for a store that does not know.
   virtual uint64_t memory_bytes() const { return 0; }
+  /// Background work so far (RocksDB's flushes and compactions); zeros for
+  /// a store without any.
+  virtual store_activity activity() const { return {}; }
+  /// Calls `f(key, value)` for each key starting with `prefix`, in key
+  /// order, while it returns true.
   virtual status scan_meta(
     const std::string& prefix,
     const std::function<bool(const std::string&, const std::string&)>& f);
