@@ -948,6 +948,7 @@ caf::behavior handlers(self_ptr self) {
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
       if (s.cfg.storage) {
+        j["store_memory_bytes"] = s.cfg.storage->memory_bytes();
         auto a = s.cfg.storage->activity();
         j["store"] = {{"log_flushes", a.log_flushes},
                       {"snapshot_flushes", a.snapshot_flushes},

@@ -30,6 +30,7 @@
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
+#include "allocator.hpp"
 #include "raft/raft_log.hpp"
 #include "log.hpp"
 #include "member_archive.hpp"
@@ -840,7 +841,12 @@ nlohmann::json durable(const options& o) {
     x["sessions_accepted"] = s["sessions_accepted"];
     x["recent_ids"] = s["recent_ids"];
     x["store"] = s["store"];
+    x["store_memory_mb"] = s["store_memory_bytes"].get<double>() / 1048576.0;
+    x["recent_ids_mb"] = s["recent_ids_bytes"].get<double>() / 1048576.0;
     x["rss_mb"] = rss_bytes() / 1048576.0;
+    // Memory malloc holds free: what resident memory counts beyond what
+    // is in use.
+    x["malloc_free_mb"] = malloc_free_bytes() / 1048576.0;
     return x;
   };
   auto start = sample();
@@ -860,6 +866,13 @@ nlohmann::json durable(const options& o) {
       return static_cast<unsigned long long>(end["store"][k].get<uint64_t>()
                                              - start["store"][k].get<uint64_t>());
     };
+    note("durable: of the resident memory, the window of recent ids went "
+         "%.1f -> %.1f MB, RocksDB's memtables, table readers and block "
+         "cache %.1f -> %.1f MB, and what malloc holds free %.1f -> %.1f MB",
+         start["recent_ids_mb"].get<double>(), end["recent_ids_mb"].get<double>(),
+         start["store_memory_mb"].get<double>(),
+         end["store_memory_mb"].get<double>(),
+         start["malloc_free_mb"].get<double>(), end["malloc_free_mb"].get<double>());
     note("durable: during it, RocksDB flushed the log's memtable %llu times "
          "and snapshots %llu times, and compacted %llu times (%.1f MB written)",
          d("log_flushes"), d("snapshot_flushes"), d("compactions"),

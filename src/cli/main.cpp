@@ -10,6 +10,7 @@
 
 #include "cli/common.hpp"
 #include "accept_guard.hpp"
+#include "allocator.hpp"
 #include "cluster_config.hpp"
 #include "log.hpp"
 #include "pool_state.hpp"
@@ -243,6 +244,9 @@ int main(int argc, char** argv) {
   // An oracle holds a connection per miner process and client: the soft
   // limit of open files (1024 by default) goes up to the hard one.
   nodepool::raise_descriptor_limit();
+  // Large blocks (snapshot copies, RocksDB's memtable blocks) are returned
+  // to the system when freed, not left as holes in malloc's arenas.
+  nodepool::keep_large_blocks_in_their_own_mappings();
   CLI::App app{"nodepool: a tested, durable pool of AI-inference miner nodes"};
   app.require_subcommand(1);
   app.add_option_function<std::string>(
