@@ -31,7 +31,9 @@ constexpr char snapshot_family[] = "snapshots";
 /// Format 2: nodes are picked from the ordered pool index (pool_key).
 /// Format 3: ended sessions leave the pool for the archive ('a' and 't'
 /// keys) and the snapshot holds live records and the idempotency window; a
-/// format-2 history replays to a different state.
+/// format-2 history replays to a different state. Format 3 keeps the
+/// snapshot in a column family of its own; a format-3 directory written
+/// before that has it beside the log, and it is moved at open.
 constexpr char format_key[] = "format";
 constexpr char format_version[] = "3";
 
