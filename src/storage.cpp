@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <sys/statvfs.h>
 #include <rocksdb/filter_policy.h>
@@ -288,16 +289,18 @@ private:
 
 class rocksdb_store : public store {
 public:
-  uint64_t memory_bytes() const override {
-    uint64_t total = 0;
-    for (auto* prop : {"rocksdb.cur-size-all-mem-tables",
-                       "rocksdb.estimate-table-readers-mem",
-                       "rocksdb.block-cache-usage"}) {
+  store_memory memory() const override {
+    auto read = [&](const char* prop) {
       uint64_t v = 0;
       if (db_ && db_->GetAggregatedIntProperty(prop, &v))
-        total += v;
-    }
-    return total;
+        return v;
+      return uint64_t{0};
+    };
+    store_memory m;
+    m.memtables = read("rocksdb.cur-size-all-mem-tables");
+    m.table_readers = read("rocksdb.estimate-table-readers-mem");
+    m.block_cache = read("rocksdb.block-cache-usage");
+    return m;
   }
 
   /// Counts flushes (per column family) and compactions.
@@ -655,6 +658,18 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   // and a Bloom filter answers "not there" without reading a block.
   rocksdb::BlockBasedTableOptions table;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  // The whole log and archive stay on disk, so their files' index and
+  // filter blocks grow with the history. Held by the table readers (the
+  // default), they would all stay in memory; here they live in a bounded
+  // block cache instead, partitioned so that a lookup loads the one
+  // partition it needs, with the newest files' (level 0) kept pinned.
+  table.block_cache = rocksdb::NewLRUCache(store_block_cache_bytes);
+  table.cache_index_and_filter_blocks = true;
+  table.cache_index_and_filter_blocks_with_high_priority = true;
+  table.pin_l0_filter_and_index_blocks_in_cache = true;
+  table.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+  table.partition_filters = true;
+  table.pin_top_level_index_and_filter = true;
   opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   // The memtable gets a Bloom filter of whole keys too: the lookup of a new
   // id then skips the skip-list search of up to 64 MB of recent writes.

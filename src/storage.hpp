@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -23,6 +24,11 @@ struct status {
 /// this (see storage.cpp: a full disk must be an error, not an abort).
 constexpr uint64_t store_min_free_bytes = uint64_t{16} << 20;
 
+/// RocksDB's block cache, which also holds the index and filter blocks of
+/// every file of the log and archive: the store's memory beyond its
+/// memtables stays within this, however long the history.
+constexpr size_t store_block_cache_bytes = size_t{64} << 20;
+
 /// What a store's engine did in the background: memtable flushes (of the
 /// log and archive, and of snapshots) and compactions.
 struct store_activity {
@@ -30,6 +36,15 @@ struct store_activity {
   uint64_t snapshot_flushes = 0;
   uint64_t compactions = 0;
   uint64_t compaction_bytes_written = 0;
+};
+
+/// RocksDB's memory: memtables, table readers (what each open file keeps
+/// outside the block cache) and the block cache.
+struct store_memory {
+  uint64_t memtables = 0;
+  uint64_t table_readers = 0;
+  uint64_t block_cache = 0;
+  uint64_t total() const { return memtables + table_readers + block_cache; }
 };
 
 /// Durable home of the command log, of PoolState snapshots and of the
@@ -82,9 +97,10 @@ public:
   virtual status put_meta(const std::string& key, const std::string& value,
                           bool sync);
   virtual status erase_meta(const std::string& key, bool sync);
-  /// Memory the store holds itself (RocksDB: memtables, table readers,
-  /// block cache), in bytes; 0 for a store that does not know.
-  virtual uint64_t memory_bytes() const { return 0; }
+  /// Memory the store holds itself, in bytes; zeros for a store that does
+  /// not know.
+  virtual store_memory memory() const { return {}; }
+  uint64_t memory_bytes() const { return memory().total(); }
   /// Background work so far (RocksDB's flushes and compactions); zeros for
   /// a store without any.
   virtual store_activity activity() const { return {}; }

@@ -1011,6 +1011,37 @@ TEST_F(RocksStore, ASnapshotInTheDefaultColumnFamilyMovesToItsOwn) {
   ASSERT_TRUE(recover(*st, pool, info).ok());
 }
 
+TEST_F(RocksStore, IndexAndFilterBlocksOfAGrowingArchiveStayInTheBlockCache) {
+  // 200k archived sessions in files on disk: their index and filter blocks
+  // (a quarter of a megabyte of Bloom filter alone) are held by the block
+  // cache, whose size is bounded, not by the table readers, which would
+  // keep every file's for as long as the store is open.
+  {
+    auto st = open();
+    uint64_t index = 0;
+    for (int batch = 0; batch < 20; ++batch) {
+      std::vector<pb::SessionRecord> ended;
+      for (int i = 0; i < 10000; ++i)
+        ended.push_back(ended_session("s" + std::to_string(batch * 10000 + i),
+                                      1000 + batch));
+      ASSERT_TRUE(st->append(ticks(index + 1, index + 1), ended, false).ok());
+      ++index;
+    }
+  }
+  auto st = open();  // the files are opened, with what they keep
+  std::optional<pb::SessionRecord> r;
+  for (int i = 0; i < 200000; i += 997) {
+    ASSERT_TRUE(st->archived("s" + std::to_string(i), r).ok());
+    ASSERT_TRUE(r.has_value()) << i;
+    ASSERT_TRUE(st->archived("new" + std::to_string(i), r).ok());
+    ASSERT_FALSE(r.has_value());
+  }
+  auto m = st->memory();
+  EXPECT_LT(m.table_readers, 64u << 10);
+  EXPECT_GT(m.block_cache, 0u);
+  EXPECT_LE(m.block_cache, store_block_cache_bytes);
+}
+
 TEST_F(RocksStore, GarbageSnapshotIsAClearError) {
   auto h = make_history(25, 100);
   {
