@@ -299,7 +299,10 @@ public:
     store_memory m;
     m.memtables = read("rocksdb.cur-size-all-mem-tables");
     m.table_readers = read("rocksdb.estimate-table-readers-mem");
-    m.block_cache = read("rocksdb.block-cache-usage");
+    // One cache serves both families: read once, not summed over them.
+    uint64_t cache = 0;
+    if (db_ && db_->GetIntProperty("rocksdb.block-cache-usage", &cache))
+      m.block_cache = cache;
     return m;
   }
 
@@ -681,6 +684,10 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   // A snapshot is one key, rewritten whole: no filter, and compaction keeps
   // its latest version only.
   rocksdb::ColumnFamilyOptions snap_opts;
+  // The one block cache serves both families: the store's bound.
+  rocksdb::BlockBasedTableOptions snap_table;
+  snap_table.block_cache = table.block_cache;
+  snap_opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(snap_table));
   std::vector<rocksdb::ColumnFamilyDescriptor> families{
     {rocksdb::kDefaultColumnFamilyName, opts}, {snapshot_family, snap_opts}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
