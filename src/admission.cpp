@@ -31,8 +31,8 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   auto* found = live_node(c.node_id());
   if (!found) {
     auto& n = nodes_[c.node_id()];
-    node_index_[c.node_id()] = &n;
     n.set_id(c.node_id());
+    node_index_.insert(&n);  // under its id, set just above
     n.set_public_key(c.public_key());
     *n.mutable_models() = c.models();
     n.set_reputation(0.5);

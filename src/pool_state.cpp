@@ -562,7 +562,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     auto& rec = nodes_[n.id()] = n;
-    node_index_[n.id()] = &rec;
+    node_index_.insert(&rec);
     auto st = static_cast<size_t>(n.state());
     if (st < counts_.size())
       ++counts_[st];

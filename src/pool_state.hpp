@@ -9,6 +9,8 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+
+#include "flat_index.hpp"
 #include <vector>
 
 #include "id_window.hpp"
@@ -94,7 +96,7 @@ public:
   const pb::SessionRecord* session(const std::string& id) const;
   const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
   /// Live sessions by id, in no particular order (snapshot() sorts them).
-  const std::unordered_map<std::string, pb::SessionRecord>& sessions() const {
+  const flat_table<pb::SessionRecord>& sessions() const {
     return sessions_;
   }
   /// Node counts indexed by pb::NodeState, maintained on every transition.
@@ -192,6 +194,7 @@ private:
   void detach(pb::SessionRecord& s, const std::string& node_id, int64_t now,
               apply_result& out);
   void requeue(pb::SessionRecord& s, int64_t now, apply_result& out);
+  struct level_counts;  // defined with the indexes, below
   void try_assign(int64_t now, apply_result& out);
   void archive(pb::SessionRecord& s, int64_t now, apply_result& out);
   /// The live session `id`, or nullptr with the refusal set in `out`.
@@ -202,7 +205,10 @@ private:
   bool held_for(const pb::NodeRecord& n,
                 const std::vector<const pb::SessionRecord*>& held) const;
   bool suitable(const pb::NodeRecord& n, const pb::SessionRecord& s) const;
-  bool could_ever_serve(const pb::SessionRecord& s) const;
+  /// Whether enough live nodes of a model (counted in `c`, from
+  /// counts_for) and level exist to serve a session some day.
+  bool could_ever_serve(const level_counts* c, uint32_t min_level,
+                        uint32_t min_nodes) const;
 
   // schedule.cpp: the indexes that keep a command's cost independent of the
   // pool's size, the queue's depth and the history's length.
@@ -221,9 +227,12 @@ private:
   int64_t node_due(const pb::NodeRecord& n) const;
   int64_t node_state_due(const pb::NodeRecord& n) const;
   int64_t session_due(const pb::SessionRecord& s) const;
-  /// At least as many nodes as could serve `s` now (EPHEMERAL, AVAILABLE,
-  /// the model, the level): an upper bound from counts, O(levels).
-  uint64_t available_bound(const pb::SessionRecord& s) const;
+  /// At least as many nodes as could serve a session now (EPHEMERAL,
+  /// AVAILABLE, of the model counted in `c`, at `min_level` or above): an
+  /// upper bound from counts, O(levels).
+  uint64_t available_bound(const level_counts* c, uint32_t min_level) const;
+  /// Whether the pool holds min_nodes nodes that can serve `s` now and that
+  /// no session in `held` could use: a walk of the pool.
   bool servable_now(const pb::SessionRecord& s, int64_t now,
                     const std::vector<const pb::SessionRecord*>& held) const;
   void check_indexes(const pb::NodeRecord& n, std::vector<violation>& out) const;
@@ -245,21 +254,23 @@ private:
   /// The same nodes by id in a hash index (map nodes do not move, and a
   /// node record is never dropped): a lookup costs the same whatever the
   /// pool's size. nodes_ stays ordered for snapshots and full checks.
-  std::unordered_map<std::string, pb::NodeRecord*> node_index_;
+  flat_index<pb::NodeRecord> node_index_;
   pb::NodeRecord* live_node(const std::string& id) const {
-    auto i = node_index_.find(id);
-    return i == node_index_.end() ? nullptr : i->second;
+    return node_index_.find(id);
   }
   /// A node the command's checks already found.
-  pb::NodeRecord& known(const std::string& id) const { return *node_index_.at(id); }
+  pb::NodeRecord& known(const std::string& id) const {
+    auto* n = node_index_.find(id);
+    if (n == nullptr)
+      throw std::out_of_range("no node " + id);
+    return *n;
+  }
   /// Live sessions in a hash map: admitting or ending one costs the same
   /// whatever the number of live sessions (its nodes do not move, so the
   /// indexes point at the records; snapshot() sorts by id).
-  std::unordered_map<std::string, pb::SessionRecord> sessions_;
+  flat_table<pb::SessionRecord> sessions_;
   pb::SessionRecord* live_session(const std::string& id) const {
-    auto i = sessions_.find(id);
-    return i == sessions_.end() ? nullptr
-                                : const_cast<pb::SessionRecord*>(&i->second);
+    return sessions_.find(id);
   }
   /// Moves a live session to `to`, keeping the count of active ones.
   void set_session_state(pb::SessionRecord& s, pb::SessionState to);
@@ -342,7 +353,15 @@ private:
   struct queue_class {
     std::map<uint64_t, pb::SessionRecord*> members;  // by acceptance order
     std::multiset<int64_t> entered;  // their last_activity (queue entry)
+    /// The counts of the class's model (any_ for any model; null while no
+    /// node has it): the walk of the queue's heads reads them without
+    /// hashing the model's name. Set at the class's creation, and when a
+    /// node brings the model (note_node).
+    const level_counts* counts = nullptr;
   };
+  /// The counts a session of `model` is served from; null if no node ever
+  /// registered it.
+  const level_counts* counts_for(const std::string& model) const;
   std::map<class_key, queue_class> classes_;
   /// Classes by the acceptance order of their head (seqs are unique); map
   /// nodes do not move, so each entry points at its class.

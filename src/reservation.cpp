@@ -148,10 +148,6 @@ bool pool_state::held_for(const pb::NodeRecord& n,
 bool pool_state::servable_now(
   const pb::SessionRecord& s, int64_t now,
   const std::vector<const pb::SessionRecord*>& held) const {
-  // The counts rule most sessions out in O(levels); only a session that
-  // could be served is checked against the pool itself.
-  if (available_bound(s) < s.min_nodes())
-    return false;
   uint32_t found = 0;
   for (auto& e : pool_) {
     auto& n = *e.node;
@@ -196,15 +192,19 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   std::vector<const pb::SessionRecord*> held;
   for (auto h = heads_.begin(); h != heads_.end() && !pool_.empty();) {
     auto seq = h->first;
-    auto& c = h->second->second;
-    auto& s = *c.members.begin()->second;
-    if (!servable_now(s, now, held)) {
-      if (now - *c.entered.begin() > params_.queue_timeout_ms / 2
-          && could_ever_serve(s))
-        held.push_back(&s);
+    auto& [key, c] = *h->second;
+    // The class's counts rule most classes out in O(levels) without a look
+    // at a session; only one that could be served is checked against the
+    // pool itself.
+    if (available_bound(c.counts, key.min_level) < key.min_nodes
+        || !servable_now(*c.members.begin()->second, now, held)) {
+      if (could_ever_serve(c.counts, key.min_level, key.min_nodes)
+          && now - *c.entered.begin() > params_.queue_timeout_ms / 2)
+        held.push_back(c.members.begin()->second);
       ++h;
       continue;
     }
+    auto& s = *c.members.begin()->second;
     dequeue(s);  // before its activity changes (the class keeps entry times)
     auto& live = s;
     reserve_for(live, live.max_nodes(), now, out, held);

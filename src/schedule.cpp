@@ -85,7 +85,12 @@ void pool_state::note_node(const pb::NodeRecord& n) {
   a.available = counts_as_available(n);
   a.models.clear();
   for (auto& m : n.models()) {
-    auto* c = &by_model_[m];
+    auto [at, added] = by_model_.try_emplace(m);
+    auto* c = &at->second;
+    if (added)  // queued classes of a model no node had: they count it now
+      for (auto k = classes_.lower_bound({m, 0, 0});
+           k != classes_.end() && k->first.model == m; ++k)
+        k->second.counts = c;
     if (std::find(a.models.begin(), a.models.end(), c) == a.models.end())
       a.models.push_back(c);
   }
@@ -145,9 +150,11 @@ void pool_state::unschedule(const pb::SessionRecord& s) {
 }
 
 void pool_state::enqueue(pb::SessionRecord& s) {
-  auto it = classes_.try_emplace(class_key{s.model(), s.min_level(), s.min_nodes()})
-              .first;
+  auto [it, added] =
+    classes_.try_emplace(class_key{s.model(), s.min_level(), s.min_nodes()});
   auto& c = it->second;
+  if (added)
+    c.counts = counts_for(s.model());
   auto before = c.members.size();
   // A new session comes last in its class: the end is the hint.
   auto at = c.members.emplace_hint(c.members.end(), s.seq(), &s);
@@ -204,32 +211,32 @@ void pool_state::rebuild_indexes() {
   flush_notes();
 }
 
-uint64_t pool_state::available_bound(const pb::SessionRecord& s) const {
-  const level_counts* c = &any_;
-  if (!s.model().empty()) {
-    auto m = by_model_.find(s.model());
-    if (m == by_model_.end())
-      return 0;
-    c = &m->second;
-  }
+const pool_state::level_counts*
+pool_state::counts_for(const std::string& model) const {
+  if (model.empty())
+    return &any_;
+  auto m = by_model_.find(model);
+  return m == by_model_.end() ? nullptr : &m->second;
+}
+
+uint64_t pool_state::available_bound(const level_counts* c,
+                                     uint32_t min_level) const {
+  if (c == nullptr)
+    return 0;
   uint64_t sum = 0;
-  for (auto lv = level_slot(s.min_level()); lv < 6; ++lv)
+  for (auto lv = level_slot(min_level); lv < 6; ++lv)
     sum += c->available[lv];
   return sum;
 }
 
-bool pool_state::could_ever_serve(const pb::SessionRecord& s) const {
-  const level_counts* c = &any_;
-  if (!s.model().empty()) {
-    auto m = by_model_.find(s.model());
-    if (m == by_model_.end())
-      return false;
-    c = &m->second;
-  }
+bool pool_state::could_ever_serve(const level_counts* c, uint32_t min_level,
+                                  uint32_t min_nodes) const {
+  if (c == nullptr)
+    return false;
   uint64_t sum = 0;
-  for (auto lv = level_slot(s.min_level()); lv < 6; ++lv)
+  for (auto lv = level_slot(min_level); lv < 6; ++lv)
     sum += c->alive[lv];
-  return sum >= s.min_nodes();
+  return sum >= min_nodes;
 }
 
 void pool_state::check_indexes(const pb::NodeRecord& n,
@@ -275,6 +282,9 @@ void pool_state::check_indexes(const pb::SessionRecord& s,
         || c->second.members.at(s.seq()) != &s)
       out.push_back({"I4", "queued session " + s.id()
                              + " is missing from its class"});
+    else if (c->second.counts != counts_for(s.model()))
+      out.push_back({"I4", "the class of queued session " + s.id()
+                             + " reads other counts than its model's"});
   }
 }
 

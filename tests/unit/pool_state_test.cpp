@@ -1016,6 +1016,19 @@ TEST(PoolReservation, RespectsModel) {
   EXPECT_EQ(nodes_of(h.session("s3")), std::vector<std::string>{"a"});
 }
 
+TEST(PoolReservation, AQueuedSessionIsServedByTheFirstNodeOfItsModel) {
+  // Its class of the queue was made while no node had the model; the node
+  // that brings it must reach the class's counts.
+  harness h;
+  h.admit("a", {"llama"});
+  h.submit("s1", "phi");
+  ASSERT_EQ(h.sstate("s1"), pb::QUEUED);
+  h.admit("b", {"phi"});
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"b"});
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+}
+
 TEST(PoolReservation, RespectsMinLevel) {
   auto p = quiet();
   p.promote_after = 2;
