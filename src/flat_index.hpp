@@ -222,13 +222,14 @@ public:
     auto* e = index_.find(id);
     return e == nullptr ? nullptr : &e->second;
   }
-  /// The record under `id`, made empty if there was none.
-  Record& operator[](const std::string& id) {
+  /// The record under `id`, and whether it was made now (empty) because
+  /// there was none. No operator[]: a lookup never makes a record.
+  std::pair<Record*, bool> try_emplace(const std::string& id) {
     if (auto* r = find(id))
-      return *r;
+      return {r, false};
     auto e = std::make_unique<value_type>(id, Record{});
     index_.insert(e.get());
-    return e.release()->second;
+    return {&e.release()->second, true};
   }
   /// Removes the record under `id`; false if there was none.
   bool erase(std::string_view id) {
@@ -237,7 +238,7 @@ public:
   }
   void clear() {
     for (auto& e : index_)
-      delete &e;  // each was made by operator[]
+      delete &e;  // each was made by try_emplace
     index_.clear();
   }
   void reserve(size_t n) { index_.reserve(n); }

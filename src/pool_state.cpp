@@ -562,14 +562,15 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     auto& rec = nodes_[n.id()] = n;
-    node_index_.insert(&rec);
+    if (!node_index_.find(n.id()))  // a snapshot may repeat an id: one entry
+      node_index_.insert(&rec);
     auto st = static_cast<size_t>(n.state());
     if (st < counts_.size())
       ++counts_[st];
   }
   sessions_.reserve(snap.sessions_size());
   for (auto& s : snap.sessions()) {
-    sessions_[s.id()] = s;
+    *sessions_.try_emplace(s.id()).first = s;
     if (s.state() == pb::ACTIVE)
       ++active_;
   }

@@ -60,7 +60,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
     out.refused = refusal{"bad_reserve_period", "reserve_period is negative"};
     return;
   }
-  auto& s = sessions_[c.session_id()];
+  auto& s = *sessions_.try_emplace(c.session_id()).first;  // new: checked above
   s.set_id(c.session_id());
   s.set_model(c.model());
   s.set_min_nodes(min_n);

@@ -39,9 +39,10 @@ TEST(FlatTable, AgreesWithAnUnorderedMapOverRandomChanges) {
       bool growing = (step / 10000) % 2 == 0;
       auto key = "k" + std::to_string(r.below(3000));
       if (r.chance(growing ? 0.7 : 0.25)) {
-        auto& x = t[key];
-        x.name = key;
-        x.value = step;
+        auto [x, made] = t.try_emplace(key);
+        EXPECT_EQ(made, model.count(key) == 0);
+        x->name = key;
+        x->value = step;
         model[key] = step;
       } else {
         EXPECT_EQ(t.erase(key), model.erase(key) == 1);
@@ -64,10 +65,10 @@ TEST(FlatTable, AgreesWithAnUnorderedMapOverRandomChanges) {
 
 TEST(FlatTable, RecordsStayPutAsTheTableGrowsAndShrinks) {
   flat_table<rec> t;
-  auto* first = &t["first"];
+  auto* first = t.try_emplace("first").first;
   first->name = "first";
   for (int i = 0; i < 5000; ++i)
-    t["n" + std::to_string(i)].name = "n" + std::to_string(i);
+    t.try_emplace("n" + std::to_string(i)).first->name = "n" + std::to_string(i);
   EXPECT_EQ(t.find("first"), first);
   for (int i = 0; i < 5000; ++i)
     ASSERT_TRUE(t.erase("n" + std::to_string(i)));
@@ -94,7 +95,7 @@ TEST(FlatIndex, GivesItsMemoryBackWhenItEmpties) {
 
 TEST(FlatTable, MovesItsRecordsWithIt) {
   flat_table<rec> a;
-  a["x"].value = 7;
+  a.try_emplace("x").first->value = 7;
   auto* x = a.find("x");
   flat_table<rec> b{std::move(a)};
   EXPECT_EQ(b.find("x"), x);
