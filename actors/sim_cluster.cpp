@@ -95,6 +95,9 @@ public:
                      + std::to_string(member_ + 1);
   }
   std::string snapshot() override { return inner_.snapshot(); }
+  std::function<std::string()> snapshot_later() override {
+    return inner_.snapshot_later();
+  }
   bool restore(std::string_view bytes, std::string& error) override {
     return inner_.restore(bytes, error);
   }
@@ -117,6 +120,11 @@ void dead_fsm(struct raft_fsm& fsm) {
   };
   fsm.snapshot = [](struct raft_fsm*, struct raft_buffer**, unsigned*) {
     return RAFT_BUSY;
+  };
+  // A snapshot being serialized when the process died is not written (the
+  // state machine's finalize still frees what it holds).
+  fsm.snapshot_async = [](struct raft_fsm*, struct raft_buffer**, unsigned*) {
+    return RAFT_IOERR;
   };
   fsm.restore = [](struct raft_fsm*, struct raft_buffer* buf) {
     raft_free(buf->base);

@@ -1,6 +1,7 @@
 // See member_archive.hpp.
 #include "member_archive.hpp"
 
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 
@@ -48,7 +49,8 @@ std::shared_ptr<replica> member_replica(
     return false;
   });
   // Once a write failed, the position stays where the archive is whole.
-  auto failed = std::make_shared<bool>(false);
+  // The snapshot's sync may run on a thread of its own (snapshot_later).
+  auto failed = std::make_shared<std::atomic<bool>>(false);
   auto rep = std::make_shared<replica>(
     [st, failed, error](std::vector<pb::SessionRecord>& ended) {
       if (auto s = st->append({}, ended, false); !s.ok()) {

@@ -163,6 +163,16 @@ std::string replica_machine::snapshot() {
   return r_.snapshot_bytes();
 }
 
+std::function<std::string()> replica_machine::snapshot_later() {
+  std::lock_guard<std::mutex> g{mu_};
+  auto sync = r_.before_snapshot_later();
+  auto snap = std::make_shared<pb::Snapshot>(r_.snapshot());
+  return [sync = std::move(sync), snap = std::move(snap)] {
+    sync();
+    return snap->SerializeAsString();
+  };
+}
+
 bool replica_machine::restore(std::string_view bytes, std::string& error) {
   std::lock_guard<std::mutex> g{mu_};
   return r_.restore(bytes, error);

@@ -106,6 +106,14 @@ public:
     if (snapshot_fn_)
       snapshot_fn_(archived_index_, archived_now_);
   }
+  /// before_snapshot() to be run later, on any thread, with the archive's
+  /// position as it is now (a snapshot taken in two steps).
+  std::function<void()> before_snapshot_later() const {
+    return [f = snapshot_fn_, index = archived_index_, now = archived_now_] {
+      if (f)
+        f(index, now);
+    };
+  }
   /// The local archive holds every session ended up to this index.
   uint64_t archived_index() const { return archived_index_; }
   int64_t archived_now() const { return archived_now_; }
@@ -140,6 +148,9 @@ public:
   explicit replica_machine(replica& r) : r_(r) {}
   void apply(std::string_view entry) override;
   std::string snapshot() override;
+  /// Copies the state under the lock; the archive's sync and the
+  /// serialization run in the returned function.
+  std::function<std::string()> snapshot_later() override;
   bool restore(std::string_view bytes, std::string& error) override;
   template <class F>
   auto with(F&& f) {

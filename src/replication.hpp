@@ -17,6 +17,14 @@ public:
   virtual ~state_machine() = default;
   virtual void apply(std::string_view entry) = 0;
   virtual std::string snapshot() = 0;
+  /// A snapshot in two steps, so that the applying thread stops only for
+  /// the first: this one runs there and takes what the snapshot needs (a
+  /// copy of the state); the function it returns runs once, on another
+  /// thread, while entries go on being applied, and gives the bytes. By
+  /// default the first step does it all.
+  virtual std::function<std::string()> snapshot_later() {
+    return [bytes = snapshot()]() mutable { return std::move(bytes); };
+  }
   /// False (state unchanged, `error` set) for a snapshot that is not valid.
   virtual bool restore(std::string_view bytes, std::string& error) = 0;
 };

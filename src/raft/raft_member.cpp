@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <new>
 #include <set>
 #include <mutex>
 #include <unordered_map>
@@ -23,6 +25,9 @@ struct raft_member::impl {
   bool ready = false;     // ... and the barrier of that term has applied
   uint64_t lead_term = 0;
   bool guard = true;
+  /// The second step of the snapshot raft is taking (fsm_snapshot made it,
+  /// fsm_snapshot_async runs it); raft takes one at a time.
+  std::function<std::string()> snapshot_job;
 
   explicit impl(state_machine& s) : sm(s) {}
 
@@ -144,10 +149,10 @@ int fsm_apply(struct raft_fsm* fsm, const struct raft_buffer* buf,
   return 0;
 }
 
-int fsm_snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[],
-                 unsigned* n_bufs) {
-  auto bytes = self_of(fsm)->sm.snapshot();
-  // Version 1: raft owns (and frees) what this returns.
+/// A snapshot's bytes as raft takes them: one framed buffer, in an array
+/// of one, both from raft_malloc.
+int framed_snapshot(const std::string& bytes, struct raft_buffer* bufs[],
+                    unsigned* n_bufs) {
   auto* b = static_cast<struct raft_buffer*>(raft_malloc(sizeof **bufs));
   if (!b)
     return RAFT_NOMEM;
@@ -158,6 +163,66 @@ int fsm_snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[],
   }
   *bufs = b;
   *n_bufs = 1;
+  return 0;
+}
+
+// Version 1 (until attach): one step on the loop's thread.
+int fsm_snapshot_whole(struct raft_fsm* fsm, struct raft_buffer* bufs[],
+                       unsigned* n_bufs) {
+  auto bytes = self_of(fsm)->sm.snapshot();
+  // Raft owns (and frees) what this returns.
+  return framed_snapshot(bytes, bufs, n_bufs);
+}
+
+// Version 3: two steps. On the loop's thread, fsm_snapshot only has the
+// state machine copy its state: raft's loop, which sends, receives and
+// applies entries, stops for no more. Serializing that copy (and the
+// archive's sync before it) runs in fsm_snapshot_async on the I/O's worker
+// thread (libuv's pool), while entries go on being applied; raft writes
+// the bytes, and fsm_snapshot_finalize frees them on the loop. A stall of
+// the leader's loop stalls every commit: at saturation the one-step
+// snapshot stopped it 3.1 ms (median) every 1024 entries.
+int fsm_snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[],
+                 unsigned* n_bufs) {
+  auto* self = self_of(fsm);
+  try {
+    self->snapshot_job = self->sm.snapshot_later();
+  } catch (const std::bad_alloc&) {
+    return RAFT_NOMEM;
+  }
+  *bufs = nullptr;
+  *n_bufs = 0;
+  return 0;
+}
+
+int fsm_snapshot_async(struct raft_fsm* fsm, struct raft_buffer* bufs[],
+                       unsigned* n_bufs) {
+  auto* self = self_of(fsm);
+  auto job = std::move(self->snapshot_job);
+  self->snapshot_job = nullptr;
+  if (!job)
+    return RAFT_NOMEM;  // not expected: raft takes one snapshot at a time
+  std::string bytes;
+  try {
+    bytes = job();
+  } catch (const std::bad_alloc&) {
+    return RAFT_NOMEM;
+  }
+  return framed_snapshot(bytes, bufs, n_bufs);
+}
+
+int fsm_snapshot_finalize(struct raft_fsm* fsm, struct raft_buffer* bufs[],
+                          unsigned* n_bufs) {
+  // Called once per snapshot whatever became of it (written, failed, or
+  // never serialized): what the other steps made is freed here.
+  self_of(fsm)->snapshot_job = nullptr;
+  if (*bufs) {
+    for (unsigned i = 0; i < *n_bufs; ++i)
+      raft_free((*bufs)[i].base);
+    raft_free(*bufs);
+  }
+  *bufs = nullptr;
+  *n_bufs = 0;
   return 0;
 }
 
@@ -597,7 +662,7 @@ raft_member::raft_member(state_machine& sm, bool guard)
   p_->fsm.version = 1;
   p_->fsm.data = p_.get();
   p_->fsm.apply = fsm_apply;
-  p_->fsm.snapshot = fsm_snapshot;
+  p_->fsm.snapshot = fsm_snapshot_whole;
   p_->fsm.restore = fsm_restore;
 }
 
@@ -609,6 +674,17 @@ void raft_member::attach(struct raft* r) {
   p_->r = r;
   if (p_->guard)
     guard_log_matching(r);
+  // Two-step snapshots need the I/O's async_work. libraft 0.15's raft_uv
+  // and raft_fixture both have it but say io->version 1 (or 0), and
+  // raft_init refuses a version-3 state machine over such an I/O; later
+  // raft_uv says 2. Raft reads the version again at every snapshot, so the
+  // machine becomes version 3 here, after raft_init.
+  if (r->io && r->io->async_work) {
+    p_->fsm.snapshot = fsm_snapshot;
+    p_->fsm.snapshot_finalize = fsm_snapshot_finalize;
+    p_->fsm.snapshot_async = fsm_snapshot_async;
+    p_->fsm.version = 3;
+  }
 }
 
 void raft_member::on_role_change(replicated_log::role_fn f) {

@@ -376,7 +376,15 @@ TEST(RaftFixture, LaggingFollowerCatchesUpBySnapshot) {
   c.run(100);
   auto lag = (*c.leader() + 1) % 3;
   c.isolate(lag);
-  c.run(3000);  // the others compact their logs past what `lag` has
+  c.run(3000);
+  // The others compact their logs past what `lag` has: a snapshot is
+  // serialized on the I/O's worker, so compaction comes a few steps after
+  // the entries were applied.
+  auto* lr = raft_fixture_get(c.fixture(), *c.leader());
+  auto lag_last = raft_last_index(raft_fixture_get(c.fixture(), lag));
+  for (int s = 0; s < 5000 && lr->log.snapshot.last_index <= lag_last; ++s)
+    c.step();
+  ASSERT_GT(lr->log.snapshot.last_index, lag_last);
   ASSERT_TRUE(c.settle());
   c.expect_consistent();
   EXPECT_GT(c.at(lag).rep->restores(), 0u)

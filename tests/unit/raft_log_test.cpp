@@ -315,3 +315,113 @@ TEST(RaftLogStart, RefusesAMissingDirectory) {
 
 } // namespace
 } // namespace nodepool
+
+namespace nodepool {
+namespace {
+
+/// A replica's machine that records on which threads the two steps of each
+/// snapshot ran, and on which thread entries are applied (raft's loop).
+struct thread_recording_machine final : state_machine {
+  replica rep;
+  replica_machine inner{rep};
+  std::mutex mu;
+  std::thread::id applying;
+  std::vector<std::pair<std::thread::id, std::thread::id>> steps;
+
+  void apply(std::string_view entry) override {
+    {
+      std::lock_guard<std::mutex> g{mu};
+      applying = std::this_thread::get_id();
+    }
+    inner.apply(entry);
+  }
+  std::string snapshot() override { return inner.snapshot(); }
+  std::function<std::string()> snapshot_later() override {
+    auto first = std::this_thread::get_id();
+    auto job = inner.snapshot_later();
+    return [this, first, job = std::move(job)] {
+      auto bytes = job();
+      std::lock_guard<std::mutex> g{mu};
+      steps.emplace_back(first, std::this_thread::get_id());
+      return bytes;
+    };
+  }
+  bool restore(std::string_view bytes, std::string& error) override {
+    return inner.restore(bytes, error);
+  }
+};
+
+// raft_uv snapshots in two steps (raft_member.cpp): the copy on raft's
+// loop, the serialization on another thread while entries go on being
+// applied. What it wrote is the state: a member restarted from its
+// directory loads the snapshot and replays the rest to the same bytes.
+TEST(RaftLogSnapshot, IsCopiedOnTheLoopAndSerializedOnAnotherThread) {
+  temp_dir dir;
+  raft_options o;
+  o.id = 1;
+  o.dir = dir.path();
+  o.members = {{1, "127.0.0.1:" + std::to_string(free_loopback_port())}};
+  o.election_timeout_ms = 300;
+  o.heartbeat_timeout_ms = 30;
+  o.snapshot_threshold = 16;
+  o.snapshot_trailing = 4;
+  auto sm = std::make_unique<thread_recording_machine>();
+  std::string err;
+  auto log = start_raft_log(o, *sm, {}, err);
+  ASSERT_TRUE(log) << err;
+  ASSERT_TRUE(wait_for([&] { return log->status().ready; }));
+  auto term = log->status().term;
+  auto p = sm->inner.with([&](replica& r) { return std::make_unique<proposer>(r, term); });
+  pool_workload work{5};
+  int64_t now = 1000;
+  auto configure = pool_workload::configure();
+  p->apply(configure, now);
+  for (int b = 0; b < 80; ++b) {
+    for (int k = 0; k < 8; ++k) {
+      auto c = work.next(p->pool());
+      p->apply(c, now += 10);
+    }
+    if (!p->has_pending())
+      continue;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<propose_status> got;
+    log->propose(p->take_batch(), [&](propose_status s, uint64_t) {
+      std::lock_guard<std::mutex> g{mu};
+      got = s;
+      cv.notify_one();
+    });
+    std::unique_lock<std::mutex> g{mu};
+    cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
+    ASSERT_EQ(got, propose_status::committed) << "batch " << b;
+  }
+  auto last = p->last_index();
+  ASSERT_TRUE(wait_for([&] {
+    std::lock_guard<std::mutex> g{sm->mu};
+    return sm->steps.size() >= 2;
+  })) << "raft took fewer than two snapshots in 80 entries at threshold 16";
+  {
+    std::lock_guard<std::mutex> g{sm->mu};
+    for (auto& [first, second] : sm->steps) {
+      EXPECT_EQ(first, sm->applying) << "the copy ran off raft's loop";
+      EXPECT_NE(second, first) << "the serialization ran on raft's loop";
+    }
+  }
+  auto before = sm->inner.with([](replica& r) { return r.snapshot_bytes(); });
+  log.reset();
+
+  auto again = std::make_unique<thread_recording_machine>();
+  log = start_raft_log(o, *again, {}, err);
+  ASSERT_TRUE(log) << err;
+  ASSERT_TRUE(wait_for([&] {
+    return again->inner.with([](replica& r) { return r.last_index(); }) >= last;
+  }));
+  EXPECT_GT(again->inner.with([](replica& r) { return r.restores(); }), 0u)
+    << "the restart did not load a snapshot";
+  EXPECT_EQ(again->inner.with([](replica& r) { return r.snapshot_bytes(); }),
+            before);
+  log.reset();
+}
+
+} // namespace
+} // namespace nodepool
