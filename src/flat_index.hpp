@@ -6,9 +6,10 @@
 // which belongs to some other record; an insertion walks the bucket to see
 // the key is new. In a pool with thousands of idle records (a deep queue, a
 // big pool) those nodes are cold, so every lookup and insertion cost one or
-// two cache misses whatever it looked for. Here an operation reads one
-// line of the array (two at a wrap) and touches an entry only when the full
-// 64-bit hash matches: a miss, and an insertion, touch none.
+// two cache misses whatever it looked for. Here an operation reads the
+// slots of one run of the array (at most half full, so runs are short) and
+// touches an entry only when the full 64-bit hash matches: a miss, and an
+// insertion, touch none.
 #pragma once
 
 #include <cstddef>

@@ -9,10 +9,9 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
-
-#include "flat_index.hpp"
 #include <vector>
 
+#include "flat_index.hpp"
 #include "id_window.hpp"
 #include "nodepool.pb.h"
 #include "params.hpp"
@@ -251,7 +250,7 @@ private:
   std::vector<int64_t> latency_bounds_;  // params_.test_latency_ms, parsed
   std::unique_ptr<selection_strategy> selector_;
   std::map<std::string, pb::NodeRecord> nodes_;
-  /// The same nodes by id in a hash index (map nodes do not move, and a
+  /// The same nodes by id in a flat hash index (map nodes do not move, and a
   /// node record is never dropped): a lookup costs the same whatever the
   /// pool's size. nodes_ stays ordered for snapshots and full checks.
   flat_index<pb::NodeRecord> node_index_;
@@ -265,8 +264,8 @@ private:
       throw std::out_of_range("no node " + id);
     return *n;
   }
-  /// Live sessions in a hash map: admitting or ending one costs the same
-  /// whatever the number of live sessions (its nodes do not move, so the
+  /// Live sessions in a flat hash table (flat_index.hpp): admitting or
+  /// ending one costs the same whatever the number of live sessions (its nodes do not move, so the
   /// indexes point at the records; snapshot() sorts by id).
   flat_table<pb::SessionRecord> sessions_;
   pb::SessionRecord* live_session(const std::string& id) const {

@@ -157,11 +157,7 @@ void replica_machine::apply(std::string_view entry) {
     log("replica")->critical("{}: {}", v.invariant, v.detail);
 }
 
-std::string replica_machine::snapshot() {
-  std::lock_guard<std::mutex> g{mu_};
-  r_.before_snapshot();
-  return r_.snapshot_bytes();
-}
+std::string replica_machine::snapshot() { return snapshot_later()(); }
 
 std::function<std::string()> replica_machine::snapshot_later() {
   std::lock_guard<std::mutex> g{mu_};

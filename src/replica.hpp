@@ -102,12 +102,9 @@ public:
   void on_snapshot(std::function<void(uint64_t, int64_t)> f) {
     snapshot_fn_ = std::move(f);
   }
-  void before_snapshot() const {
-    if (snapshot_fn_)
-      snapshot_fn_(archived_index_, archived_now_);
-  }
-  /// before_snapshot() to be run later, on any thread, with the archive's
-  /// position as it is now (a snapshot taken in two steps).
+  /// What must happen before the state goes to raft as a snapshot (the
+  /// on_snapshot function, with the archive's position as it is now), to
+  /// be run later, on any thread: a snapshot is taken in two steps.
   std::function<void()> before_snapshot_later() const {
     return [f = snapshot_fn_, index = archived_index_, now = archived_now_] {
       if (f)

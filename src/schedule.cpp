@@ -14,6 +14,14 @@ constexpr int64_t never = INT64_MAX;
 
 uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
 
+/// Nodes counted at `min_level` or above.
+uint64_t at_or_above(const std::array<uint64_t, 6>& by_level, uint32_t min_level) {
+  uint64_t sum = 0;
+  for (auto lv = level_slot(min_level); lv < 6; ++lv)
+    sum += by_level[lv];
+  return sum;
+}
+
 } // namespace
 
 bool counts_as_alive(const pb::NodeRecord& n) {
@@ -221,22 +229,12 @@ pool_state::counts_for(const std::string& model) const {
 
 uint64_t pool_state::available_bound(const level_counts* c,
                                      uint32_t min_level) const {
-  if (c == nullptr)
-    return 0;
-  uint64_t sum = 0;
-  for (auto lv = level_slot(min_level); lv < 6; ++lv)
-    sum += c->available[lv];
-  return sum;
+  return c ? at_or_above(c->available, min_level) : 0;
 }
 
 bool pool_state::could_ever_serve(const level_counts* c, uint32_t min_level,
                                   uint32_t min_nodes) const {
-  if (c == nullptr)
-    return false;
-  uint64_t sum = 0;
-  for (auto lv = level_slot(min_level); lv < 6; ++lv)
-    sum += c->alive[lv];
-  return sum >= min_nodes;
+  return c && at_or_above(c->alive, min_level) >= min_nodes;
 }
 
 void pool_state::check_indexes(const pb::NodeRecord& n,
