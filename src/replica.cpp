@@ -150,6 +150,18 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
 
 void replica_machine::apply(std::string_view entry) {
   std::lock_guard<std::mutex> g{mu_};
+  if (deferred_)
+    pending_.emplace_back(entry);
+  else
+    apply_now(entry);
+}
+
+void replica_machine::catch_up() {
+  std::lock_guard<std::mutex> g{mu_};
+  apply_pending();
+}
+
+void replica_machine::apply_now(std::string_view entry) {
   auto o = r_.apply(entry);
   if (!o.ok)
     log("replica")->error("log entry refused: {}", o.error);
@@ -157,10 +169,19 @@ void replica_machine::apply(std::string_view entry) {
     log("replica")->critical("{}: {}", v.invariant, v.detail);
 }
 
+void replica_machine::apply_pending() {
+  if (pending_.empty())
+    return;
+  for (auto& e : pending_)
+    apply_now(e);
+  pending_.clear();
+}
+
 std::string replica_machine::snapshot() { return snapshot_later()(); }
 
 std::function<std::string()> replica_machine::snapshot_later() {
   std::lock_guard<std::mutex> g{mu_};
+  apply_pending();
   auto sync = r_.before_snapshot_later();
   auto snap = std::make_shared<pb::Snapshot>(r_.snapshot());
   return [sync = std::move(sync), snap = std::move(snap)] {
@@ -171,6 +192,7 @@ std::function<std::string()> replica_machine::snapshot_later() {
 
 bool replica_machine::restore(std::string_view bytes, std::string& error) {
   std::lock_guard<std::mutex> g{mu_};
+  apply_pending();  // what came before the snapshot is archived as usual
   return r_.restore(bytes, error);
 }
 

@@ -27,10 +27,16 @@ public:
   }
   /// False (state unchanged, `error` set) for a snapshot that is not valid.
   virtual bool restore(std::string_view bytes, std::string& error) = 0;
+  /// Applies what `apply` left for later, if the machine defers its work
+  /// (replica_machine's `deferred`). The log calls it on its own thread
+  /// once the callbacks of what it just received have run: a leader then
+  /// answers a commit before the work of applying it.
+  virtual void catch_up() {}
 };
 
 /// How a proposal ended. Only `committed` means a majority holds it
-/// durably and it has been applied here. `leadership_lost` means the
+/// durably and it has been applied here (handed to the state machine,
+/// which may defer the work but shows no reader a state without it). `leadership_lost` means the
 /// outcome is unknown: the entry may still commit under the next leader,
 /// which is why commands carry ids and take effect at most once.
 enum class propose_status {

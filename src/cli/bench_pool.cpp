@@ -326,7 +326,7 @@ struct durable_pool {
       m.rep = member_replica(m.archive, false, [](const std::string& e) {
         nodepool::log("bench")->critical("replicated: {}", e);
       });
-      m.machine = std::make_shared<replica_machine>(*m.rep);
+      m.machine = std::make_shared<replica_machine>(*m.rep, true);  // as an oracle's
       m.roles = std::make_shared<role_relay>();
       raft_options ro;
       ro.id = i;

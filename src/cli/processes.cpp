@@ -183,7 +183,9 @@ cluster_parts join_cluster(const oracle_options& o, const cluster_config& cc,
     }
     member_failed = true;
   });
-  c.machine = std::make_shared<replica_machine>(*c.rep);
+  // Deferred: as leader, a commit is answered before the replica's own
+  // work on it (replica.hpp), which raft's loop does right after.
+  c.machine = std::make_shared<replica_machine>(*c.rep, true);
   c.roles = std::make_shared<role_relay>();
   raft_options ro;
   ro.id = o.id;

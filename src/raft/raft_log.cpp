@@ -31,7 +31,7 @@ namespace {
 class raft_log final : public replicated_log {
 public:
   raft_log(const raft_options& o, state_machine& sm, role_fn role)
-      : opts_(o), member_(sm) {
+      : opts_(o), sm_(sm), member_(sm) {
     member_.on_role_change([this, f = std::move(role)](const log_status& st) {
       {
         std::lock_guard<std::mutex> g{mu_};
@@ -176,6 +176,19 @@ public:
     uv_async_init(&loop_, &wake_, [](uv_async_t* h) {
       static_cast<raft_log*>(h->data)->on_wake();
     });
+    // A state machine that defers its work (replica_machine's `deferred`)
+    // catches up once the callbacks of an iteration have run (check), and
+    // in any case before the loop waits again (prepare).
+    check_.data = this;
+    uv_check_init(&loop_, &check_);
+    uv_check_start(&check_, [](uv_check_t* h) {
+      static_cast<raft_log*>(h->data)->sm_.catch_up();
+    });
+    prepare_.data = this;
+    uv_prepare_init(&loop_, &prepare_);
+    uv_prepare_start(&prepare_, [](uv_prepare_t* h) {
+      static_cast<raft_log*>(h->data)->sm_.catch_up();
+    });
     timer_.data = this;
     uv_timer_init(&loop_, &timer_);
     // Role and term changes are noticed here (libraft 0.15 has no callback
@@ -185,7 +198,10 @@ public:
       [](uv_timer_t* h) { static_cast<raft_log*>(h->data)->refresh(); }, 0,
       5);
     refresh();
-    thread_ = std::thread{[this] { uv_run(&loop_, UV_RUN_DEFAULT); }};
+    thread_ = std::thread{[this] {
+      uv_run(&loop_, UV_RUN_DEFAULT);
+      sm_.catch_up();
+    }};
     return true;
   }
 
@@ -751,6 +767,10 @@ private:
         finish_change("the replicated log is stopping");
       uv_timer_stop(&timer_);
       uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+      uv_check_stop(&check_);
+      uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
+      uv_prepare_stop(&prepare_);
+      uv_close(reinterpret_cast<uv_handle_t*>(&prepare_), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
       raft_.data = this;
       raft_close(&raft_, close_cb);
@@ -765,6 +785,7 @@ private:
 
   raft_options opts_;
   std::string address_;
+  state_machine& sm_;
   raft_member member_;
   uv_loop_t loop_{};
   struct raft_uv_transport transport_ {};
@@ -772,6 +793,8 @@ private:
   struct raft raft_ {};
   uv_async_t wake_{};
   uv_timer_t timer_{};
+  uv_check_t check_{};
+  uv_prepare_t prepare_{};
   std::thread thread_;
   bool loop_open_ = false, transport_open_ = false, io_open_ = false,
        raft_open_ = false, started_ = false, closing_ = false;

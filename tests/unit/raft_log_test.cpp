@@ -43,11 +43,12 @@ bool wait_for(const std::function<bool()>& f, int seconds = 20) {
   return f();
 }
 
+// Each member's machine defers its work, as an oracle's does.
 struct node {
   temp_dir dir;
   std::unique_ptr<replica> rep = std::make_unique<replica>();
   std::unique_ptr<replica_machine> sm =
-    std::make_unique<replica_machine>(*rep);
+    std::make_unique<replica_machine>(*rep, true);
   std::unique_ptr<replicated_log> log;
   std::atomic<uint64_t> ready_term{0};
 };
@@ -197,7 +198,7 @@ TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
   // The old leader restarts from its directory and catches up (by log or
   // by snapshot: 120 entries is past the snapshot threshold).
   nodes_[l]->rep = std::make_unique<replica>();
-  nodes_[l]->sm = std::make_unique<replica_machine>(*nodes_[l]->rep);
+  nodes_[l]->sm = std::make_unique<replica_machine>(*nodes_[l]->rep, true);
   start(l);
   ASSERT_TRUE(all_applied(last_index_, {0, 1, 2}));
   EXPECT_EQ(snapshot_of(0), snapshot_of(1));
@@ -212,6 +213,48 @@ TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
   // The segments raft_uv closed (at its snapshots, at a stop) had their AIO
   // contexts destroyed off raft's loop (raft_aio.hpp).
   EXPECT_GT(deferred_aio_destroys(), handed);
+}
+
+// A leader's proposal is answered as soon as raft applies it: the
+// replica's own work on the entry waits until the loop has run that
+// iteration's callbacks, and the loop catches up by itself (no reader
+// needed). Without the deferral the answer finds nothing pending; without
+// the loop's catch-up what is pending stays there.
+TEST_F(RaftLog, ALeaderAnswersACommitBeforeItsReplicaAppliesIt) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no leader";
+  int l = leader();
+  ASSERT_EQ(drive(l, 5), 0);
+  auto* n = nodes_[l].get();
+  auto term = n->log->status().term;
+  auto p = n->sm->with([&](replica& r) { return std::make_unique<proposer>(r, term); });
+  for (int k = 0; k < 8; ++k) {
+    auto c = work_.next(p->pool());
+    p->apply(c, now_ms());
+  }
+  ASSERT_TRUE(p->has_pending());
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<propose_status> got;
+  size_t pending_at_answer = 0;
+  n->log->propose(p->take_batch(), [&](propose_status s, uint64_t) {
+    auto pending = n->sm->pending();  // on raft's loop, right after apply
+    std::lock_guard<std::mutex> g{mu};
+    got = s;
+    pending_at_answer = pending;
+    cv.notify_one();
+  });
+  {
+    std::unique_lock<std::mutex> g{mu};
+    ASSERT_TRUE(cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); }));
+  }
+  ASSERT_EQ(*got, propose_status::committed);
+  EXPECT_GE(pending_at_answer, 1u);
+  EXPECT_TRUE(wait_for([&] { return n->sm->pending() == 0; }))
+    << n->sm->pending() << " entries still pending";
+  EXPECT_EQ(n->sm->with([](replica& r) { return r.last_index(); }), p->last_index());
+  last_index_ = p->last_index();
+  ASSERT_TRUE(all_applied(last_index_, {0, 1, 2}));
+  EXPECT_EQ(snapshot_of(0), snapshot_of(l == 0 ? 1 : 0));
 }
 
 // raft_aio.cpp's `syscall`: an io_destroy returns at once and is carried

@@ -254,6 +254,76 @@ TEST(MemberArchive, ASnapshotMakesWhatItCoversDurable) {
   EXPECT_TRUE(gaps.empty());
 }
 
+// A deferred machine (as a cluster member runs it) only keeps what raft
+// applies; catch_up applies it in order, and every look at the state (with,
+// a snapshot, a restore) applies what is pending first: no reader sees the
+// replica behind what raft applied.
+TEST(ReplicaMachine, ADeferredMachineAppliesOnCatchUpOrBeforeAnyLook) {
+  auto bs = leader_run{17}.batches(60, 6);
+  replica direct;
+  for (auto& b : bs)
+    ASSERT_TRUE(direct.apply(b).ok);
+
+  replica r;
+  replica_machine m{r, true};
+  m.apply(bs[0]);
+  m.apply(bs[1]);
+  EXPECT_EQ(r.last_index(), 0u);  // kept, not applied
+  EXPECT_EQ(m.pending(), 2u);
+  m.catch_up();
+  EXPECT_EQ(m.pending(), 0u);
+  EXPECT_EQ(r.batches_applied(), 2u);
+
+  // A look through `with` sees what was kept.
+  m.apply(bs[2]);
+  auto seen = m.with([](replica& x) { return x.batches_applied(); });
+  EXPECT_EQ(seen, 3u);
+  EXPECT_EQ(m.pending(), 0u);
+
+  // So does a snapshot, in both of its forms.
+  for (size_t i = 3; i < 30; ++i)
+    m.apply(bs[i]);
+  auto job = m.snapshot_later();
+  EXPECT_EQ(m.pending(), 0u);
+  pb::Snapshot snap;
+  ASSERT_TRUE(snap.ParseFromString(job()));
+  EXPECT_EQ(snap.last_index(), r.last_index());
+  m.apply(bs[30]);
+  pb::Snapshot whole;
+  ASSERT_TRUE(whole.ParseFromString(m.snapshot()));
+  EXPECT_EQ(r.batches_applied(), 31u);
+
+  // The rest, then the same state as a replica fed directly.
+  for (size_t i = 31; i < bs.size(); ++i)
+    m.apply(bs[i]);
+  m.catch_up();
+  EXPECT_EQ(r.snapshot_bytes(), direct.snapshot_bytes());
+  EXPECT_EQ(r.batches_refused(), 0u);
+}
+
+// A snapshot installed over kept entries: they are applied (and what they
+// end archived) before the state is replaced.
+TEST(ReplicaMachine, ARestoreAppliesWhatWasKeptFirst) {
+  auto bs = leader_run{18}.batches(120, 6);
+  replica leader;
+  for (auto& b : bs)
+    ASSERT_TRUE(leader.apply(b).ok);
+  auto snap = leader.snapshot_bytes();
+
+  size_t archived = 0;
+  replica r{[&](std::vector<pb::SessionRecord>& ended) { archived += ended.size(); }};
+  replica_machine m{r, true};
+  for (size_t i = 0; i < 80; ++i)
+    m.apply(bs[i]);
+  ASSERT_EQ(archived, 0u);
+  std::string err;
+  ASSERT_TRUE(m.restore(snap, err)) << err;
+  EXPECT_GT(archived, 0u);  // the kept entries ended sessions on the way
+  EXPECT_EQ(m.pending(), 0u);
+  EXPECT_EQ(r.snapshot_bytes(), snap);
+  EXPECT_EQ(r.batches_applied(), 80u);
+}
+
 // A store without metadata (a test double) cannot keep a member's archive:
 // the member hears of it through its error function.
 TEST(MemberArchive, AStoreThatCannotKeepThePositionIsAnError) {
