@@ -1,11 +1,39 @@
 #include "allocator.hpp"
 
 #include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 namespace nodepool {
 
 bool keep_large_blocks_in_their_own_mappings() {
   return ::mallopt(M_MMAP_THRESHOLD, static_cast<int>(large_block_bytes)) == 1;
+}
+
+std::string tunables_with_thread_cache(const char* current) {
+  std::string now = current ? current : "";
+  if (now.find("glibc.malloc.tcache_count=") != std::string::npos)
+    return {};
+  auto add = "glibc.malloc.tcache_count=" + std::to_string(thread_cache_blocks);
+  return now.empty() ? add : now + ":" + add;
+}
+
+void run_again_with_thread_cache(char** argv) {
+  const char* before = ::getenv("GLIBC_TUNABLES");
+  std::string kept = before ? before : "";
+  auto value = tunables_with_thread_cache(before);
+  if (value.empty())
+    return;
+  if (::setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0)
+    return;
+  ::execv("/proc/self/exe", argv);
+  // Not run again (no /proc, say): go on with glibc's default, and hand
+  // children the environment this process was given.
+  if (before)
+    ::setenv("GLIBC_TUNABLES", kept.c_str(), 1);
+  else
+    ::unsetenv("GLIBC_TUNABLES");
 }
 
 size_t malloc_free_bytes() { return ::mallinfo2().fordblks; }

@@ -38,6 +38,9 @@ void begin() {
   nodepool::parse_log_format(log_format_name, f);  // checked by the option
   nodepool::set_log_format(f);
   install_signal_handlers();
+  const char* tunables = ::getenv("GLIBC_TUNABLES");
+  nodepool::log("main")->debug("malloc's tunables: {}",
+                               tunables ? tunables : "(glibc's defaults)");
 }
 
 namespace {
@@ -241,6 +244,9 @@ nlohmann::json summarize(const pool_state& ps) {
 
 int main(int argc, char** argv) {
   using namespace nodepool::cli;
+  // First of all: the same program again with a larger thread cache in
+  // malloc (allocator.hpp), which glibc sets only at a program's start.
+  nodepool::run_again_with_thread_cache(argv);
   // An oracle holds a connection per miner process and client: the soft
   // limit of open files (1024 by default) goes up to the hard one.
   nodepool::raise_descriptor_limit();

@@ -34,4 +34,16 @@ TEST(Allocator, ALargeBlockStaysInAMappingOfItsOwnAfterOneWasFreed) {
   EXPECT_LT(malloc_mapped_bytes(), mapped + big);
 }
 
+// The thread cache's size is added to what the environment says, and a
+// size already there (a user's own) stands.
+TEST(Allocator, TheThreadCacheSizeIsAddedUnlessAlreadySet) {
+  auto ours = "glibc.malloc.tcache_count=" + std::to_string(thread_cache_blocks);
+  EXPECT_EQ(tunables_with_thread_cache(nullptr), ours);
+  EXPECT_EQ(tunables_with_thread_cache(""), ours);
+  EXPECT_EQ(tunables_with_thread_cache("glibc.malloc.arena_max=2"),
+            "glibc.malloc.arena_max=2:" + ours);
+  EXPECT_EQ(tunables_with_thread_cache("glibc.malloc.tcache_count=7"), "");
+  EXPECT_EQ(tunables_with_thread_cache("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"), "");
+}
+
 } // namespace

@@ -1,0 +1,53 @@
+// Every command runs with malloc's larger thread cache (src/allocator.hpp):
+// the program starts itself again with the tunable glibc reads at start,
+// and a user's own setting of it stands.
+#include <cstdlib>
+#include <string>
+
+#include "proc.hpp"
+
+namespace nodepool::testing {
+namespace {
+
+/// What `nodepool keygen --join-token` says at debug level of malloc's
+/// tunables, run with GLIBC_TUNABLES set to `given` (null: unset).
+std::string tunables_seen(const std::string& dir, const char* given) {
+  const char* before = ::getenv("GLIBC_TUNABLES");
+  std::string kept = before ? before : "";
+  if (given)
+    ::setenv("GLIBC_TUNABLES", given, 1);
+  else
+    ::unsetenv("GLIBC_TUNABLES");
+  auto [rc, out] = run({"--log-level", "debug", "keygen", "--join-token"},
+                       dir + "/keygen.out", std::chrono::seconds(60));
+  if (before)
+    ::setenv("GLIBC_TUNABLES", kept.c_str(), 1);
+  else
+    ::unsetenv("GLIBC_TUNABLES");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_FALSE(out.empty()) << "no token printed";
+  auto err = read_file(dir + "/keygen.out.err");
+  auto at = err.find("malloc's tunables: ");
+  if (at == std::string::npos)
+    return "(not said): " + err;
+  auto end = err.find_first_of("\"\n", at);  // the record's text ends
+  return err.substr(at + 19, end - at - 19);
+}
+
+TEST(allocator_cli, a_command_runs_again_with_a_larger_malloc_thread_cache) {
+  auto dir = temp_dir("tcache");
+  cleanup tidy{dir};
+  EXPECT_EQ(tunables_seen(dir, nullptr), "glibc.malloc.tcache_count=256");
+  EXPECT_EQ(tunables_seen(dir, "glibc.malloc.arena_max=4"),
+            "glibc.malloc.arena_max=4:glibc.malloc.tcache_count=256");
+}
+
+TEST(allocator_cli, a_users_own_thread_cache_size_stands) {
+  auto dir = temp_dir("tcache-own");
+  cleanup tidy{dir};
+  EXPECT_EQ(tunables_seen(dir, "glibc.malloc.tcache_count=7"),
+            "glibc.malloc.tcache_count=7");
+}
+
+} // namespace
+} // namespace nodepool::testing
