@@ -25,9 +25,16 @@ void run_again_with_thread_cache(char** argv) {
   auto value = tunables_with_thread_cache(before);
   if (value.empty())
     return;
+  // The program's own path, not /proc/self/exe: the kernel names a process
+  // after the file it runs (`ps`, `pgrep nodepool`).
+  char self[4096];
+  auto n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof self - 1)
+    return;
+  self[n] = '\0';
   if (::setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0)
     return;
-  ::execv("/proc/self/exe", argv);
+  ::execv(self, argv);
   // Not run again (no /proc, say): go on with glibc's default, and hand
   // children the environment this process was given.
   if (before)

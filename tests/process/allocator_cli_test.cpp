@@ -1,6 +1,7 @@
 // Every command runs with malloc's larger thread cache (src/allocator.hpp):
 // the program starts itself again with the tunable glibc reads at start,
 // and a user's own setting of it stands.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -40,6 +41,35 @@ TEST(allocator_cli, a_command_runs_again_with_a_larger_malloc_thread_cache) {
   EXPECT_EQ(tunables_seen(dir, nullptr), "glibc.malloc.tcache_count=256");
   EXPECT_EQ(tunables_seen(dir, "glibc.malloc.arena_max=4"),
             "glibc.malloc.arena_max=4:glibc.malloc.tcache_count=256");
+}
+
+// Run again, a process keeps its pid and its name (`pgrep nodepool`).
+TEST(allocator_cli, a_command_run_again_keeps_its_pid_and_name) {
+  auto dir = temp_dir("tcache-name");
+  cleanup tidy{dir};
+  const char* before = ::getenv("GLIBC_TUNABLES");
+  std::string kept = before ? before : "";
+  ::unsetenv("GLIBC_TUNABLES");
+  child sim({"sim", "--seeds", "1..100000000"}, dir + "/sim.out");
+  if (before)
+    ::setenv("GLIBC_TUNABLES", kept.c_str(), 1);
+  auto environ_of = [&] {
+    auto e = read_file("/proc/" + std::to_string(sim.pid()) + "/environ");
+    std::replace(e.begin(), e.end(), '\0', '\n');
+    return e;
+  };
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (environ_of().find("GLIBC_TUNABLES=glibc.malloc.tcache_count=256\n")
+           == std::string::npos
+         && sim.running() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(sim.running()) << sim.errors();
+  EXPECT_NE(environ_of().find("GLIBC_TUNABLES=glibc.malloc.tcache_count=256\n"),
+            std::string::npos);
+  EXPECT_EQ(read_file("/proc/" + std::to_string(sim.pid()) + "/comm"),
+            "nodepool\n");
+  sim.signal(SIGTERM);
+  sim.wait_exit(std::chrono::seconds(20));
 }
 
 TEST(allocator_cli, a_users_own_thread_cache_size_stands) {
