@@ -9,6 +9,7 @@
 #include <linux/aio_abi.h>
 #include <sys/syscall.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "proposer.hpp"
@@ -255,6 +257,41 @@ TEST_F(RaftLog, ALeaderAnswersACommitBeforeItsReplicaAppliesIt) {
   last_index_ = p->last_index();
   ASSERT_TRUE(all_applied(last_index_, {0, 1, 2}));
   EXPECT_EQ(snapshot_of(0), snapshot_of(l == 0 ? 1 : 0));
+}
+
+// Every connection between members sends at once (TCP_NODELAY): with
+// Nagle's algorithm a message's last segment waited for the peer's delayed
+// acknowledgement, 40 ms, and whole stretches of commits took 25-50 ms each
+// (BENCHMARKS.md, "Repetitions that collapse"). The members' connections
+// are found among this process's sockets by their ports; each must say so.
+TEST_F(RaftLog, ConnectionsBetweenMembersSendAtOnce) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; })) << "no leader";
+  ASSERT_EQ(drive(leader(), 5), 0);
+  std::set<uint16_t> ports;
+  for (auto& p : peers_)
+    ports.insert(static_cast<uint16_t>(std::stoi(p.address.substr(p.address.rfind(':') + 1))));
+  auto port_of = [](const sockaddr_in& a) { return ntohs(a.sin_port); };
+  int members_sockets = 0, delayed = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    sockaddr_in self{}, peer{};
+    socklen_t n1 = sizeof self, n2 = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &n1) != 0
+        || self.sin_family != AF_INET
+        || getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &n2) != 0)
+      continue;  // not a connected IPv4 socket (a listener, say)
+    if (ports.count(port_of(self)) == 0 && ports.count(port_of(peer)) == 0)
+      continue;
+    ++members_sockets;
+    int on = 0;
+    socklen_t len = sizeof on;
+    ASSERT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+    if (on == 0)
+      ++delayed;
+  }
+  // Three members, each connected to the two others: six connections, both
+  // ends in this process.
+  EXPECT_GE(members_sockets, 6);
+  EXPECT_EQ(delayed, 0) << "of " << members_sockets << " sockets";
 }
 
 // raft_aio.cpp's `syscall`: an io_destroy returns at once and is carried
