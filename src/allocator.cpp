@@ -1,6 +1,7 @@
 #include "allocator.hpp"
 
 #include <malloc.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -23,7 +24,9 @@ void run_again_with_thread_cache(char** argv) {
   const char* before = ::getenv("GLIBC_TUNABLES");
   std::string kept = before ? before : "";
   auto value = tunables_with_thread_cache(before);
-  if (value.empty())
+  // A program run with raised privileges has GLIBC_TUNABLES taken out of
+  // its environment by glibc: it would start itself again for ever.
+  if (value.empty() || ::getauxval(AT_SECURE) != 0)
     return;
   // The program's own path, not /proc/self/exe: the kernel names a process
   // after the file it runs (`ps`, `pgrep nodepool`).

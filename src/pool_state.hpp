@@ -265,8 +265,9 @@ private:
     return *n;
   }
   /// Live sessions in a flat hash table (flat_index.hpp): admitting or
-  /// ending one costs the same whatever the number of live sessions (its nodes do not move, so the
-  /// indexes point at the records; snapshot() sorts by id).
+  /// ending one costs the same whatever the number of live sessions. Its
+  /// entries do not move, so the indexes point at the records; snapshot()
+  /// sorts by id.
   flat_table<pb::SessionRecord> sessions_;
   pb::SessionRecord* live_session(const std::string& id) const {
     return sessions_.find(id);

@@ -36,9 +36,10 @@ public:
 
 /// How a proposal ended. Only `committed` means a majority holds it
 /// durably and it has been applied here (handed to the state machine,
-/// which may defer the work but shows no reader a state without it). `leadership_lost` means the
-/// outcome is unknown: the entry may still commit under the next leader,
-/// which is why commands carry ids and take effect at most once.
+/// which may defer the work but shows no reader a state without it).
+/// `leadership_lost` means the outcome is unknown: the entry may still
+/// commit under the next leader, which is why commands carry ids and take
+/// effect at most once.
 enum class propose_status {
   committed,
   not_leader,       // never appended
