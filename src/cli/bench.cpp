@@ -1,6 +1,7 @@
 // `nodepool bench`: throughput, grant latency, memory and recovery time of
 // the pool, side by side with a Redis-based pool (see BENCHMARKS.md).
 #include <algorithm>
+#include <atomic>
 #include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <csignal>
@@ -177,25 +178,55 @@ namespace {
 
 /// fdatasync latency of the temporary directory's disk: what one synced
 /// group commit (nodepool) or one AOF fsync (Redis) costs at the least.
-nlohmann::json fsync_latency() {
+/// 512-byte writes over 64 blocks, each synced, for `seconds`; with
+/// `beside_busy_core` a thread spins on another core meanwhile. On some
+/// virtual machines a sync waits for the host while the guest's other
+/// cores are busy, in stalls of several milliseconds (see BENCHMARKS.md,
+/// "Group commits that stall"): a grant's latency cannot be below them.
+nlohmann::json fsync_latency(double seconds, bool beside_busy_core) {
   auto dir = make_temp_dir("fsync");
   auto path = dir + "/probe";
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   nlohmann::json j;
   if (fd >= 0) {
+    std::atomic<bool> spin{beside_busy_core};
+    std::thread busy;
+    if (beside_busy_core)
+      busy = std::thread{[&spin] {
+        volatile uint64_t n = 0;
+        while (spin.load(std::memory_order_relaxed))
+          n = n + 1;
+      }};
     std::vector<double> ms;
+    size_t stalls = 0;
     char block[512] = {};
-    for (int i = 0; i < 500 && !stop_requested; ++i) {
+    auto start = clock::now();
+    for (int i = 0; !stop_requested && seconds_since(start) < seconds; ++i) {
       auto t0 = clock::now();
       if (pwrite(fd, block, sizeof block, 512 * (i % 64)) < 0
           || fdatasync(fd) != 0)
         break;
       ms.push_back(seconds_since(t0) * 1000);
+      if (ms.back() > 2)
+        ++stalls;
     }
+    auto took = seconds_since(start);
+    spin = false;
+    if (busy.joinable())
+      busy.join();
     close(fd);
+    j["syncs"] = ms.size();
     j["p50_ms"] = quantile(ms, 0.5);
     j["p99_ms"] = quantile(ms, 0.99);
+    j["p999_ms"] = quantile(ms, 0.999);
     j["max_ms"] = quantile(ms, 1.0);
+    // Syncs over 2 ms, and the share of the time spent in them.
+    j["stalls_over_2ms"] = stalls;
+    double in_stalls = 0;
+    for (auto x : ms)
+      if (x > 2)
+        in_stalls += x;
+    j["time_in_stalls"] = took > 0 ? in_stalls / 1000 / took : 0.0;
   }
   remove_tree(dir);
   return j;
@@ -470,7 +501,24 @@ nlohmann::json measure(options& o) {
   auto t0 = clock::now();
   nlohmann::json machine;
   machine["cores"] = std::thread::hardware_concurrency();
-  machine["fdatasync_512b"] = fsync_latency();
+  {
+    auto probe = o.quick ? 0.3 : 1.0;
+    machine["fdatasync_512b"] = fsync_latency(probe, false);
+    machine["fdatasync_512b_beside_a_busy_core"] = fsync_latency(probe, true);
+    auto say = [](const char* what, const nlohmann::json& f) {
+      if (f.contains("p99_ms"))
+        note("machine: 512-byte write and fdatasync%s: p50 %.3f ms, p99 %.3f "
+             "ms, p99.9 %.3f ms, max %.3f ms; %llu of %llu over 2 ms (%.1f %% of "
+             "the time)",
+             what, f["p50_ms"].get<double>(), f["p99_ms"].get<double>(),
+             f["p999_ms"].get<double>(), f["max_ms"].get<double>(),
+             f["stalls_over_2ms"].get<unsigned long long>(),
+             f["syncs"].get<unsigned long long>(),
+             100 * f["time_in_stalls"].get<double>());
+    };
+    say("", machine["fdatasync_512b"]);
+    say(" beside a busy core", machine["fdatasync_512b_beside_a_busy_core"]);
+  }
   {
     double l[3] = {0, 0, 0};
     if (getloadavg(l, 3) == 3)

@@ -71,7 +71,13 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/failover/max_ms", "/api/http/requests_per_s",
                  "/api/http/p99_ms", "/api/in_process/requests_per_s",
                  "/api/http_to_in_process", "/etcd/cycles_per_s",
-                 "/etcd/failover/median_ms", "/etcd/ratio_replicated_to_etcd"})
+                 "/etcd/failover/median_ms", "/etcd/ratio_replicated_to_etcd",
+                 "/machine/fdatasync_512b/p50_ms",
+                 "/machine/fdatasync_512b/p999_ms",
+                 "/machine/fdatasync_512b/syncs",
+                 "/machine/fdatasync_512b_beside_a_busy_core/p50_ms",
+                 "/machine/fdatasync_512b_beside_a_busy_core/p999_ms",
+                 "/machine/fdatasync_512b_beside_a_busy_core/syncs"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
   // Ended sessions leave the pool: after the long saturation run the live
