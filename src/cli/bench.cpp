@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli/bench_common.hpp"
+#include "cli/bench_targets.hpp"
 #include "cli/common.hpp"
 
 namespace nodepool::cli {
@@ -609,6 +610,10 @@ nlohmann::json measure(options& o) {
     r["ratio_nodepool_to_everysec"] =
       d / r["everysec"]["cycles_per_s"].get<double>();
   }
+  report["targets"] = judge_targets(report);
+  for (auto& t : report["targets"])
+    note("target: %s: %.4g (%s)", t["target"].get<std::string>().c_str(),
+         t["measured"].get<double>(), t["met"].get<bool>() ? "met" : "missed");
   check_stop();
   if (!o.plot_dir.empty())
     plot(o.plot_dir, report);
