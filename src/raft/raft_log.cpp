@@ -566,14 +566,16 @@ private:
   struct change_req {
     struct raft_change req {};
     raft_log* log = nullptr;
-    enum { adding, standing_by, catching_up, promoting, removing } stage = adding;
+    enum { adding, standing_by, catching_up, promoting, checking, removing } stage = adding;
     uint64_t id = 0;
     raft_index target = 0;  // catching up: the index it must reach
     uint64_t deadline = 0;  // ... by then (raft's clock)
+    bool waited = false;    // checking: said so in the log
     transfer_fn done;
     std::string what() const {
       static const char* names[] = {"adding", "standing by", "catching up",
-                                    "promoting", "removing"};
+                                    "promoting", "hearing from the voters before removing",
+                                    "removing"};
       return std::string{names[stage]} + " member " + std::to_string(id);
     }
   };
@@ -641,6 +643,7 @@ private:
       case change_req::removing:
         return finish_change("");
       case change_req::catching_up:
+      case change_req::checking:  // no raft request in flight
         return;
     }
   }
@@ -648,6 +651,17 @@ private:
   /// Catching up: promoted once it holds what the leader held when it became
   /// a standby (libraft then runs its own catch-up rounds before the vote).
   void check_change() {
+    note_leadership();
+    if (change_ && change_->stage == change_req::checking) {
+      if (raft_state(&raft_) != RAFT_LEADER)
+        return finish_change("leadership moved before member "
+                             + std::to_string(change_->id)
+                             + " was removed: ask the new leader");
+      if (index_of(change_->id) < 0)
+        return finish_change("member " + std::to_string(change_->id)
+                             + " is not in the cluster");
+      return check_removal_now();
+    }
     if (!change_ || change_->stage != change_req::catching_up)
       return;
     auto& c = *change_;
@@ -730,28 +744,61 @@ private:
     if (id == raft_.id)
       return done("member " + std::to_string(id)
                   + " leads: it hands leadership over before it is removed");
-    if (raft_.configuration.servers[i].role == RAFT_VOTER) {
-      // The voters left must still have a majority that answers.
-      unsigned voters = 0, up = 0;
-      for (unsigned k = 0; k < raft_.configuration.n; ++k) {
-        auto& s = raft_.configuration.servers[k];
-        if (s.role != RAFT_VOTER || s.id == id)
-          continue;
-        ++voters;
-        up += reachable(s.id) ? 1 : 0;
-      }
-      if (voters == 0)
-        return done("member " + std::to_string(id) + " is the last voter");
-      if (up * 2 <= voters)
-        return done("removing member " + std::to_string(id) + " would leave "
-                    + std::to_string(up) + " of " + std::to_string(voters)
-                    + " voters reachable: no quorum; bring members back first");
-    }
     change_ = new_change(id, std::move(done));
+    if (raft_.configuration.servers[i].role == RAFT_VOTER) {
+      change_->stage = change_req::checking;
+      return check_removal_now();
+    }
+    remove_now();
+  }
+
+  /// The voters left must still have a majority that answers (see
+  /// check_removal); a leader new to its term waits to hear from them, here
+  /// and from refresh(), every few milliseconds.
+  void check_removal_now() {
+    auto& c = *change_;
+    unsigned voters = 0, up = 0;
+    for (unsigned k = 0; k < raft_.configuration.n; ++k) {
+      auto& s = raft_.configuration.servers[k];
+      if (s.role != RAFT_VOTER || s.id == c.id)
+        continue;
+      ++voters;
+      up += reachable(s.id) ? 1 : 0;
+    }
+    note_leadership();
+    auto r = check_removal(c.id, voters, up, raft_.io->time(raft_.io) - leading_since_,
+                           raft_.election_timeout);
+    if (r.verdict == removal_check::refuse)
+      return finish_change(r.why);
+    if (r.verdict == removal_check::proceed)
+      return remove_now();
+    if (!c.waited) {
+      c.waited = true;
+      log("raft")->info("member {}: leading for {} ms, heard from {} of the {} voters "
+                        "left; waiting to hear from the others before removing "
+                        "member {}",
+                        raft_.id, raft_.io->time(raft_.io) - leading_since_, up,
+                        voters, c.id);
+    }
+  }
+
+  void remove_now() {
     change_->stage = change_req::removing;
-    if (int rv = raft_remove(&raft_, &change_->req, id, change_cb); rv != 0)
-      finish_change(std::string{"cannot remove member "} + std::to_string(id)
+    if (int rv = raft_remove(&raft_, &change_->req, change_->id, change_cb); rv != 0)
+      finish_change(std::string{"cannot remove member "} + std::to_string(change_->id)
                     + ": " + raft_strerror(rv));
+  }
+
+  /// When this member's current term as leader began (raft's clock).
+  void note_leadership() {
+    if (raft_state(&raft_) != RAFT_LEADER) {
+      lead_term_ = 0;
+      return;
+    }
+    if (lead_term_ != raft_.current_term) {
+      lead_term_ = raft_.current_term;
+      leading_since_ = raft_.io->time(raft_.io);
+    }
   }
 
   /// A transfer libraft is running: the request and who waits for it.
@@ -810,7 +857,8 @@ private:
     if (stopping && !closing_) {
       closing_ = true;
       stop_watching();
-      if (change_ && change_->stage == change_req::catching_up)
+      if (change_ && (change_->stage == change_req::catching_up
+                      || change_->stage == change_req::checking))
         finish_change("the replicated log is stopping");
       uv_timer_stop(&timer_);
       uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
@@ -840,6 +888,9 @@ private:
   struct raft raft_ {};
   uv_async_t wake_{};
   uv_timer_t timer_{};
+  /// The term this member leads in (0: it does not lead), and since when.
+  raft_term lead_term_ = 0;
+  raft_time leading_since_ = 0;
   uv_check_t check_{};
   uv_prepare_t prepare_{};
   std::thread thread_;

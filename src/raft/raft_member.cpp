@@ -744,4 +744,21 @@ void raft_member::poll() {
   }
 }
 
+removal_check check_removal(uint64_t id, unsigned voters_left,
+                            unsigned heard_left, uint64_t leading_for_ms,
+                            uint64_t election_timeout_ms) {
+  removal_check c;
+  if (voters_left == 0) {
+    c.verdict = removal_check::refuse;
+    c.why = "member " + std::to_string(id) + " is the last voter";
+  } else if (heard_left * 2 <= voters_left) {
+    c.verdict = leading_for_ms <= election_timeout_ms ? removal_check::wait
+                                                       : removal_check::refuse;
+    c.why = "removing member " + std::to_string(id) + " would leave "
+            + std::to_string(heard_left) + " of " + std::to_string(voters_left)
+            + " voters reachable: no quorum; bring members back first";
+  }
+  return c;
+}
+
 } // namespace nodepool

@@ -67,6 +67,20 @@ std::string write_error_text_of(struct raft_io* io);
 /// never).
 uint64_t heard_from(struct raft_io* io, uint64_t server);
 
+/// Whether a leader may remove a voter: a majority of the voters left must
+/// have been heard from within an election timeout (the leader counts
+/// itself). A leader that took over less than an election timeout ago may
+/// not have heard from them yet (as a follower it heard only from its
+/// leader, and it won its election on the first votes that came in), so it
+/// waits before it refuses.
+struct removal_check {
+  enum { proceed, wait, refuse } verdict = proceed;
+  std::string why;  // refuse: the reason
+};
+removal_check check_removal(uint64_t id, unsigned voters_left,
+                            unsigned heard_left, uint64_t leading_for_ms,
+                            uint64_t election_timeout_ms);
+
 /// The bytes of an entry or snapshot as raft_member frames them (raft_uv
 /// stores 8-byte units): empty when the frame is not valid.
 std::string_view unframed(const struct raft_buffer& b);

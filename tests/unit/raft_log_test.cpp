@@ -25,6 +25,7 @@
 #include "cluster_config.hpp"
 #include "raft/raft_aio.hpp"
 #include "raft/raft_log.hpp"
+#include "raft/raft_member.hpp"
 #include "replica.hpp"
 #include "support/pool_workload.hpp"
 #include "support/temp_dir.hpp"
@@ -364,6 +365,30 @@ TEST_F(RaftLog, RefusesMessagesFromAServerNotInTheCluster) {
   for (int i = 1; i < 3; ++i)
     EXPECT_EQ(nodes_[i]->log->status().refused_peers, 0u);
   stranger->stop();
+}
+
+TEST(RaftRemoval, ANewLeaderWaitsToHearFromTheVotersBeforeItRefuses) {
+  // Five voters, one removed: four left, of which the new leader has heard
+  // from itself and one other (it won on the first votes that came in).
+  auto early = check_removal(1, 4, 2, 10, 400);
+  EXPECT_EQ(early.verdict, removal_check::wait) << early.why;
+  auto at_timeout = check_removal(1, 4, 2, 400, 400);
+  EXPECT_EQ(at_timeout.verdict, removal_check::wait);
+  // An election timeout later, what it has not heard from is down.
+  auto late = check_removal(1, 4, 2, 401, 400);
+  EXPECT_EQ(late.verdict, removal_check::refuse);
+  EXPECT_NE(late.why.find("would leave 2 of 4 voters reachable"), std::string::npos)
+    << late.why;
+  // A majority heard: removed at once, new leader or not.
+  EXPECT_EQ(check_removal(1, 4, 3, 10, 400).verdict, removal_check::proceed);
+  EXPECT_EQ(check_removal(1, 4, 3, 5000, 400).verdict, removal_check::proceed);
+  EXPECT_EQ(check_removal(1, 2, 2, 5000, 400).verdict, removal_check::proceed);
+  // Half is not a majority.
+  EXPECT_EQ(check_removal(1, 2, 1, 5000, 400).verdict, removal_check::refuse);
+  // The last voter is never removed, however new the leader.
+  auto last = check_removal(7, 0, 0, 0, 400);
+  EXPECT_EQ(last.verdict, removal_check::refuse);
+  EXPECT_NE(last.why.find("member 7 is the last voter"), std::string::npos) << last.why;
 }
 
 TEST(RaftLogStart, RefusesAMemberNotInTheCluster) {
