@@ -116,15 +116,32 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
   return r;
 }
 
+/// The next group commit (one drain: one write, or one log entry), unless
+/// one is already on its way.
+void schedule_flush(self_ptr self) {
+  auto& st = self->state;
+  if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
 /// Applies one command; a change is queued for the next group commit. The
 /// command is moved into its log entry (no copy per command).
 /// A command that changed nothing (refused, or a no-op) is answered at
 /// once when nothing is waiting for the disk or the log (`idle`), else in
-/// its place behind what is. True when `r` was such a command.
+/// its place behind what is. An answer held so has a flush of its own on
+/// the way: on a cluster's leader, what waits is a drain already proposed,
+/// and if no change came after it, nothing else would ever send the answer
+/// out (a client re-asking for a session whose commit was slow waited for
+/// good, and from then on every answer that changed nothing queued behind
+/// it). True when `r` was such a command.
 bool answered_unchanged(self_ptr self, const pb::Command& cmd,
                         const apply_result& r, caf::response_promise* rp,
                         bool idle) {
   auto& st = self->state;
+  if (rp && !idle)
+    schedule_flush(self);
   if (r.refused) {
     ++st.refused;
     ++st.refusals[r.refused->code];
@@ -156,10 +173,7 @@ void hold_for_commit(self_ptr self, apply_result& r,
     *st.events.add_events() = std::move(ev);
   if (rp)
     st.waiting.emplace_back(std::move(*rp), std::nullopt);
-  if (!st.flush_scheduled) {
-    st.flush_scheduled = true;
-    self->send(self, flush_atom::value);
-  }
+  schedule_flush(self);
 }
 
 void apply_cluster(self_ptr self, pb::Command& cmd,

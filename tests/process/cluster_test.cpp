@@ -111,18 +111,18 @@ protected:
   uint16_t raft_[4] = {};
   std::unique_ptr<child> oracle_[4];
   int runs_ = 0;
-  std::vector<std::string> global_;  // options before the subcommand
+  std::vector<std::string> global_{"--log-level", "info"};  // options before the subcommand
 };
 
 TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
   for (int i = 1; i <= 3; ++i)
     start(i);
   ASSERT_GT(wait_leader(), 0) << "no leader elected";
-  std::vector<std::string> ma{"miner", "--oracle", all(), "--nodes", "6",
+  std::vector<std::string> ma{"--log-level", "info", "miner", "--oracle", all(), "--nodes", "6",
                               "--id-prefix", "m", "--connect-timeout", "60"};
   child miner{ma, dir_ + "/miner.out"};
   const int total = 400;
-  child submit{{"submit", "--oracle", all(), "--sessions", std::to_string(total),
+  child submit{{"--log-level", "info", "submit", "--oracle", all(), "--sessions", std::to_string(total),
                 "--prefix", "k", "--interval-ms", "15", "--max-tasks", "2",
                 "--connect-timeout", "60"},
                dir_ + "/submit.out"};

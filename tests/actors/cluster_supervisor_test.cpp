@@ -1,0 +1,139 @@
+// The supervisor as a cluster's leader, over a replicated log whose
+// proposals commit when the test says: what a slow commit does to the
+// answers held behind it.
+#include "fixture.hpp"
+
+#include "actors/supervisor.hpp"
+#include "member_archive.hpp"
+#include "replica.hpp"
+#include "replication.hpp"
+#include "storage.hpp"
+
+namespace nodepool::testing {
+namespace {
+
+/// One member that leads term 1; a proposal waits until commit_all().
+class held_log final : public replicated_log {
+public:
+  explicit held_log(state_machine& sm) : sm_(sm) {}
+
+  void propose(std::string entry, done_fn done) override {
+    held_.emplace_back(std::move(entry), std::move(done));
+  }
+
+  /// Commits every proposal held, in order: applied, then answered.
+  void commit_all() {
+    auto h = std::move(held_);
+    held_.clear();
+    for (auto& [entry, done] : h) {
+      sm_.apply(entry);
+      ++index_;
+      done(propose_status::committed, index_);
+    }
+  }
+
+  size_t held() const { return held_.size(); }
+
+  log_status status() const override {
+    log_status s;
+    s.id = 1;
+    s.role = log_role::leader;
+    s.term = 1;
+    s.leader_id = 1;
+    s.ready = true;
+    s.commit_index = s.applied_index = index_;
+    s.last_index = index_ + held_.size();
+    s.members.push_back({1, "127.0.0.1:1", log_member::kind::voter, true});
+    return s;
+  }
+
+  void stop() override {}
+
+private:
+  state_machine& sm_;
+  std::vector<std::pair<std::string, done_fn>> held_;
+  uint64_t index_ = 0;
+};
+
+class cluster_supervisor : public actor_test {
+protected:
+  void SetUp() override {
+    archive_ = std::shared_ptr<store>(make_memory_store());
+    rep_ = member_replica(archive_, true, [](const std::string& e) {
+      ADD_FAILURE() << "archive: " << e;
+    });
+    machine_ = std::make_shared<replica_machine>(*rep_);
+    log_ = std::make_shared<held_log>(*machine_);
+    supervisor_config sc;
+    sc.pool = fast_params();
+    sc.storage = archive_;
+    sc.sim_time = true;
+    sc.async_snapshots = false;
+    sc.cluster_log = log_;
+    sc.replica = machine_;
+    sc.roles = std::make_shared<role_relay>();
+    sup_ = spawn_supervisor(*sys_, sc);
+    spawned_.push_back(sup_);
+    sc.roles->publish(log_->status());  // a ready leader of term 1
+    sched_->run();
+    log_->commit_all();  // what it proposed on taking over (its parameters)
+    sched_->run();
+  }
+
+  /// Submits session `id` from an actor of its own; its answer, when it
+  /// comes, goes to `answers` ("accepted" or the refusal's code).
+  void submit(const std::string& id,
+              std::shared_ptr<std::vector<std::string>> answers) {
+    pb::Command c;
+    c.mutable_submit_session()->set_session_id(id);
+    c.mutable_submit_session()->set_model("m");
+    auto bytes = c.SerializeAsString();
+    auto sup = sup_;
+    auto sys = sys_.get();
+    sys_->spawn([=](caf::event_based_actor* self) {
+      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+        .then([=](accepted_atom) { answers->push_back("accepted"); },
+              [=](caf::error& e) {
+                answers->push_back(read_refusal(*sys, e).first);
+              });
+    });
+  }
+
+  std::shared_ptr<store> archive_;
+  std::shared_ptr<replica> rep_;
+  std::shared_ptr<replica_machine> machine_;
+  std::shared_ptr<held_log> log_;
+  caf::actor sup_;
+};
+
+TEST_F(cluster_supervisor, a_refusal_behind_a_slow_commit_is_sent_once_it_commits) {
+  // A client asks for s1; its entry is proposed and its commit is slow.
+  auto first = std::make_shared<std::vector<std::string>>();
+  submit("s1", first);
+  sched_->run();
+  ASSERT_EQ(log_->held(), 1u);
+  EXPECT_TRUE(first->empty()) << "answered before its entry committed";
+  // It asks again meanwhile (its request timed out): a duplicate, which
+  // reveals the first, so it waits behind that entry. No other command
+  // comes after it: the pool is quiet.
+  auto again = std::make_shared<std::vector<std::string>>();
+  submit("s1", again);
+  sched_->run();
+  EXPECT_TRUE(again->empty()) << "the refusal left before what it reveals";
+  EXPECT_EQ(log_->held(), 1u) << "a refusal changes nothing to propose";
+  // The entry commits: both answers go out, in order, with nothing else
+  // asked of the supervisor.
+  log_->commit_all();
+  sched_->run();
+  ASSERT_EQ(*first, std::vector<std::string>{"accepted"});
+  ASSERT_EQ(*again, std::vector<std::string>{"duplicate_session"});
+  // And the next question, in a quiet pool, is answered at once.
+  auto third = std::make_shared<std::vector<std::string>>();
+  submit("s1", third);
+  sched_->run();
+  EXPECT_EQ(*third, std::vector<std::string>{"duplicate_session"});
+  EXPECT_EQ(log_->held(), 0u);
+}
+
+} // namespace
+} // namespace nodepool::testing
