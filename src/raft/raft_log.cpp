@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <unistd.h>
 #include <cerrno>
 #include <fcntl.h>
@@ -551,6 +552,7 @@ private:
   void refresh() {
     member_.poll();
     check_change();
+    check_waiting_transfer();
     if (watching_)
       sweep_watches();
     auto st = member_.status();
@@ -807,13 +809,59 @@ private:
     transfer_fn done;
   };
 
+  /// A transfer waiting to hear from its target (see check_transfer).
+  struct waiting_transfer {
+    uint64_t to = 0;
+    transfer_fn done;
+  };
+  std::optional<waiting_transfer> waiting_transfer_;
+
   void start_transfer(uint64_t to, transfer_fn done) {
-    if (raft_.transfer != nullptr)
+    if (raft_.transfer != nullptr || waiting_transfer_)
       return done("a leadership transfer is under way");
-    if (to != 0 && raft_state(&raft_) == RAFT_LEADER && index_of(to) >= 0
-        && !reachable(to))
-      return done("member " + std::to_string(to) + " has not been heard from "
-                  "within an election timeout (is it down?): leadership stays");
+    if (to != 0 && raft_state(&raft_) == RAFT_LEADER && index_of(to) >= 0) {
+      note_leadership();
+      auto r = check_transfer(to, reachable(to),
+                              raft_.io->time(raft_.io) - leading_since_,
+                              raft_.election_timeout);
+      if (r.verdict == removal_check::refuse)
+        return done(r.why);
+      if (r.verdict == removal_check::wait) {
+        log("raft")->info("member {}: leading for {} ms, not heard from member {} "
+                          "yet; waiting to hear from it before handing over",
+                          raft_.id, raft_.io->time(raft_.io) - leading_since_, to);
+        waiting_transfer_ = waiting_transfer{to, std::move(done)};
+        return;
+      }
+    }
+    transfer_now(to, std::move(done));
+  }
+
+  /// A transfer that waits: started once its target is heard from, refused
+  /// once this member has led an election timeout without hearing from it
+  /// (or no longer leads). From refresh(), every few milliseconds.
+  void check_waiting_transfer() {
+    if (!waiting_transfer_)
+      return;
+    auto w = std::move(*waiting_transfer_);
+    waiting_transfer_.reset();
+    if (raft_state(&raft_) != RAFT_LEADER)
+      return w.done("leadership moved before the hand-over to member "
+                    + std::to_string(w.to) + " began");
+    note_leadership();
+    auto r = check_transfer(w.to, reachable(w.to),
+                            raft_.io->time(raft_.io) - leading_since_,
+                            raft_.election_timeout);
+    if (r.verdict == removal_check::refuse)
+      return w.done(r.why);
+    if (r.verdict == removal_check::wait) {
+      waiting_transfer_ = std::move(w);
+      return;
+    }
+    transfer_now(w.to, std::move(w.done));
+  }
+
+  void transfer_now(uint64_t to, transfer_fn done) {
     auto* t = new transfer_req;
     t->done = std::move(done);
     t->req.data = t;
@@ -860,6 +908,11 @@ private:
       if (change_ && (change_->stage == change_req::catching_up
                       || change_->stage == change_req::checking))
         finish_change("the replicated log is stopping");
+      if (waiting_transfer_) {
+        auto done = std::move(waiting_transfer_->done);
+        waiting_transfer_.reset();
+        done("the replicated log is stopping");
+      }
       uv_timer_stop(&timer_);
       uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
       uv_check_stop(&check_);

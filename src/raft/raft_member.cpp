@@ -761,4 +761,16 @@ removal_check check_removal(uint64_t id, unsigned voters_left,
   return c;
 }
 
+removal_check check_transfer(uint64_t to, bool heard, uint64_t leading_for_ms,
+                             uint64_t election_timeout_ms) {
+  removal_check c;
+  if (!heard) {
+    c.verdict = leading_for_ms <= election_timeout_ms ? removal_check::wait
+                                                       : removal_check::refuse;
+    c.why = "member " + std::to_string(to) + " has not been heard from "
+            "within an election timeout (is it down?): leadership stays";
+  }
+  return c;
+}
+
 } // namespace nodepool

@@ -81,6 +81,14 @@ removal_check check_removal(uint64_t id, unsigned voters_left,
                             unsigned heard_left, uint64_t leading_for_ms,
                             uint64_t election_timeout_ms);
 
+/// Whether a leader hands leadership to member `to`, which it has `heard`
+/// from within an election timeout or not. The same reasoning as for a
+/// removal: a leader new to its term may not have heard from `to` yet (a
+/// hand-over asked right after an election, a rotation's next step), so it
+/// waits up to an election timeout of leading before it refuses.
+removal_check check_transfer(uint64_t to, bool heard, uint64_t leading_for_ms,
+                             uint64_t election_timeout_ms);
+
 /// The bytes of an entry or snapshot as raft_member frames them (raft_uv
 /// stores 8-byte units): empty when the frame is not valid.
 std::string_view unframed(const struct raft_buffer& b);

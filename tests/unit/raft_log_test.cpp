@@ -78,7 +78,7 @@ protected:
     o.id = static_cast<uint64_t>(i + 1);
     o.dir = nodes_[i]->dir.path();
     o.members = peers_;
-    o.election_timeout_ms = 300;
+    o.election_timeout_ms = election_timeout_ms_;
     o.heartbeat_timeout_ms = 30;
     o.snapshot_threshold = 64;
     o.snapshot_trailing = 16;
@@ -176,6 +176,7 @@ protected:
   std::unique_ptr<node> nodes_[3];
   pool_workload work_{21};
   uint64_t last_index_ = 0;
+  unsigned election_timeout_ms_ = 300;
 };
 
 TEST_F(RaftLog, ReplicatesOverTcpFailsOverAndCatchesUpAfterRestart) {
@@ -389,6 +390,78 @@ TEST(RaftRemoval, ANewLeaderWaitsToHearFromTheVotersBeforeItRefuses) {
   auto last = check_removal(7, 0, 0, 0, 400);
   EXPECT_EQ(last.verdict, removal_check::refuse);
   EXPECT_NE(last.why.find("member 7 is the last voter"), std::string::npos) << last.why;
+}
+
+TEST(RaftTransfer, ANewLeaderWaitsToHearFromTheTargetBeforeItRefuses) {
+  // Not heard from yet, by a leader of 10 ms: it waits, up to an election
+  // timeout of leading; after that the target is taken for down.
+  EXPECT_EQ(check_transfer(3, false, 10, 300).verdict, removal_check::wait);
+  EXPECT_EQ(check_transfer(3, false, 300, 300).verdict, removal_check::wait);
+  auto late = check_transfer(3, false, 301, 300);
+  EXPECT_EQ(late.verdict, removal_check::refuse);
+  EXPECT_NE(late.why.find("member 3 has not been heard from"), std::string::npos)
+    << late.why;
+  // Heard from: at once, new leader or not.
+  EXPECT_EQ(check_transfer(3, true, 0, 300).verdict, removal_check::proceed);
+  EXPECT_EQ(check_transfer(3, true, 5000, 300).verdict, removal_check::proceed);
+}
+
+// A hand-over asked of a leader that has just taken over, to a member it
+// has not heard from yet (as a follower it heard only from the old leader;
+// here the member was down and comes back a moment later): it waits for
+// the member's first answers instead of refusing, and hands over. Election
+// timeouts of 2 s, so that a loaded machine restarts the member in time.
+class RaftLogSlowTimeouts : public RaftLog {
+protected:
+  void SetUp() override {
+    election_timeout_ms_ = 2000;
+    RaftLog::SetUp();
+  }
+};
+
+TEST_F(RaftLogSlowTimeouts, ALeaderJustTakenOverHandsOverToAMemberItHearsFromSoon) {
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; }, 60)) << "no leader";
+  int l = leader();
+  ASSERT_EQ(drive(l, 2), 0);
+  int g = (l + 1) % 3, f = (l + 2) % 3;
+  struct answer {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<std::string> got;
+    std::string wait() {
+      std::unique_lock<std::mutex> lk{mu};
+      cv.wait_for(lk, std::chrono::seconds(20), [&] { return got.has_value(); });
+      return got ? *got : std::string{"no answer in 20 s"};
+    }
+  };
+  auto transfer = [&](int from, int to, answer& a) {
+    nodes_[from]->log->transfer(static_cast<uint64_t>(to + 1), [&a](std::string e) {
+      std::lock_guard<std::mutex> lk{a.mu};
+      a.got = std::move(e);
+      a.cv.notify_one();
+    });
+  };
+  // f stops; l hands over to g, which wins with l's vote.
+  nodes_[f]->log.reset();
+  nodes_[f]->ready_term = 0;
+  auto term = nodes_[l]->log->status().term;
+  answer first;
+  transfer(l, g, first);
+  ASSERT_EQ(first.wait(), "");
+  ASSERT_TRUE(wait_for([&] {
+    auto s = nodes_[g]->log->status();
+    return s.ready && s.term > term;
+  })) << "member " << g + 1 << " did not take over";
+  // The moment g leads, it is asked to hand over to f, which is only now
+  // starting again: g has never heard from it.
+  answer second;
+  transfer(g, f, second);
+  nodes_[f]->rep = std::make_unique<replica>();
+  nodes_[f]->sm = std::make_unique<replica_machine>(*nodes_[f]->rep, true);
+  start(f);
+  ASSERT_EQ(second.wait(), "");
+  ASSERT_TRUE(wait_for([&] { return leader() == f; }))
+    << "member " << f + 1 << " does not lead";
 }
 
 TEST(RaftLogStart, RefusesAMemberNotInTheCluster) {
