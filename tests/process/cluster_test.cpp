@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <regex>
 #include <set>
@@ -466,13 +467,28 @@ TEST_F(Cluster, RotatesLeadershipOnScheduleInIdOrderAndLosesNothing) {
                 "--prefix", "rot", "--interval-ms", "20", "--max-tasks", "1",
                 "--connect-timeout", "60"},
                dir_ + "/submit.out"};
-  // Watch who leads: each window hands over to the next member in id order.
-  std::vector<int> leaders{first};
+  // Who led each term, as each member says when it begins to lead ("leading
+  // term T"): exact however loaded the machine is (asking the members in
+  // turn, a question can take longer than a window, and a leader missed
+  // looked like a hand-over out of order).
+  auto leaders_by_term = [&] {
+    static const std::regex leading{"leading term ([0-9]+) from entry"};
+    std::map<uint64_t, int> by_term;
+    for (int i = 1; i <= 3; ++i) {
+      auto text = oracle_[i]->errors();
+      for (std::sregex_iterator m{text.begin(), text.end(), leading}, e; m != e; ++m)
+        by_term[std::stoull((*m)[1])] = i;
+    }
+    std::vector<int> out;
+    for (auto& [term, who] : by_term)
+      if (out.empty() || out.back() != who)
+        out.push_back(who);
+    return out;
+  };
+  std::vector<int> leaders;
   auto end = std::chrono::steady_clock::now() + std::chrono::seconds(25);
   while (std::chrono::steady_clock::now() < end && leaders.size() < 4) {
-    int l = leader();
-    if (l > 0 && l != leaders.back())
-      leaders.push_back(l);
+    leaders = leaders_by_term();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_GE(leaders.size(), 4u) << "fewer than three rotations in 25 s";
