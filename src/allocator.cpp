@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace nodepool {
 
@@ -44,6 +45,25 @@ void run_again_with_thread_cache(char** argv) {
     ::setenv("GLIBC_TUNABLES", kept.c_str(), 1);
   else
     ::unsetenv("GLIBC_TUNABLES");
+}
+
+bool wants_thread_cache(int argc, const char* const* argv) {
+  static const char* const short_lived[] = {"status", "submit", "ctl",
+                                            "keygen", "bank", "sessions"};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--log-level" || a == "--log-format") {
+      ++i;  // and its value
+      continue;
+    }
+    if (!a.empty() && a[0] == '-')
+      continue;  // --log-level=info, or an option the parser will refuse
+    for (auto* s : short_lived)
+      if (a == s)
+        return false;
+    return true;
+  }
+  return true;
 }
 
 size_t malloc_free_bytes() { return ::mallinfo2().fordblks; }

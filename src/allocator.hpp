@@ -36,6 +36,13 @@ std::string tunables_with_thread_cache(const char* current);
 /// environment; returns only when that is not needed (already set) or
 /// not possible (the exec failed: the program goes on with glibc's default).
 void run_again_with_thread_cache(char** argv);
+/// Whether the command line runs a subcommand that lives long and
+/// allocates much (an oracle, a miner, a bench, a check...), for which the
+/// start again pays; a short client (status, submit, ctl, keygen, bank,
+/// sessions) would only load the program twice. The subcommand is the
+/// first argument after the global options (--log-level, --log-format and
+/// their values); an unknown one counts as long-lived.
+bool wants_thread_cache(int argc, const char* const* argv);
 
 /// Bytes malloc holds free (in its arenas), and bytes it has in mappings
 /// of their own, for reports.

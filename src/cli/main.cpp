@@ -245,8 +245,10 @@ nlohmann::json summarize(const pool_state& ps) {
 int main(int argc, char** argv) {
   using namespace nodepool::cli;
   // First of all: the same program again with a larger thread cache in
-  // malloc (allocator.hpp), which glibc sets only at a program's start.
-  nodepool::run_again_with_thread_cache(argv);
+  // malloc (allocator.hpp), which glibc sets only at a program's start;
+  // not for a short client, which would only load the program twice.
+  if (nodepool::wants_thread_cache(argc, argv))
+    nodepool::run_again_with_thread_cache(argv);
   // An oracle holds a connection per miner process and client: the soft
   // limit of open files (1024 by default) goes up to the hard one.
   nodepool::raise_descriptor_limit();

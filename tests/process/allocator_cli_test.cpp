@@ -4,30 +4,34 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "proc.hpp"
 
 namespace nodepool::testing {
 namespace {
 
-/// What `nodepool keygen --join-token` says at debug level of malloc's
-/// tunables, run with GLIBC_TUNABLES set to `given` (null: unset).
-std::string tunables_seen(const std::string& dir, const char* given) {
+/// What a command says at debug level of malloc's tunables, run with
+/// GLIBC_TUNABLES set to `given` (null: unset): by default a simulation of
+/// one seed (a long-lived kind of command), else `command`.
+std::string tunables_seen(const std::string& dir, const char* given,
+                          std::vector<std::string> command = {"sim", "--seeds",
+                                                              "1..1"}) {
   const char* before = ::getenv("GLIBC_TUNABLES");
   std::string kept = before ? before : "";
   if (given)
     ::setenv("GLIBC_TUNABLES", given, 1);
   else
     ::unsetenv("GLIBC_TUNABLES");
-  auto [rc, out] = run({"--log-level", "debug", "keygen", "--join-token"},
-                       dir + "/keygen.out", std::chrono::seconds(60));
+  command.insert(command.begin(), {"--log-level", "debug"});
+  auto [rc, out] = run(command, dir + "/command.out", std::chrono::seconds(60));
   if (before)
     ::setenv("GLIBC_TUNABLES", kept.c_str(), 1);
   else
     ::unsetenv("GLIBC_TUNABLES");
   EXPECT_EQ(rc, 0) << out;
-  EXPECT_FALSE(out.empty()) << "no token printed";
-  auto err = read_file(dir + "/keygen.out.err");
+  EXPECT_FALSE(out.empty()) << "nothing printed";
+  auto err = read_file(dir + "/command.out.err");
   auto at = err.find("malloc's tunables: ");
   if (at == std::string::npos)
     return "(not said): " + err;
@@ -70,6 +74,17 @@ TEST(allocator_cli, a_command_run_again_keeps_its_pid_and_name) {
             "nodepool\n");
   sim.signal(SIGTERM);
   sim.wait_exit(std::chrono::seconds(20));
+}
+
+// A short client does not start again: it would load the program twice
+// for nothing (about 80 ms of a status question on a busy machine).
+TEST(allocator_cli, a_short_client_runs_once_with_what_it_was_given) {
+  auto dir = temp_dir("tcache-client");
+  cleanup tidy{dir};
+  EXPECT_EQ(tunables_seen(dir, nullptr, {"keygen", "--join-token"}),
+            "(glibc's defaults)");
+  EXPECT_EQ(tunables_seen(dir, "glibc.malloc.arena_max=4", {"keygen", "--join-token"}),
+            "glibc.malloc.arena_max=4");
 }
 
 TEST(allocator_cli, a_users_own_thread_cache_size_stands) {

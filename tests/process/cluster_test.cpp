@@ -217,8 +217,9 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
     // when that snapshot fell on the last entry: 1 run in about 256 here, as
     // snapshot_threshold is 256, and then on all three at once).
     if (chk[i]["member"].value("last_index", 0)
-        > chk[i]["member"].value("snapshot_index", 0))
+        > chk[i]["member"].value("snapshot_index", 0)) {
       EXPECT_GT(chk[i]["entries"].get<int>(), 0) << out;
+    }
     EXPECT_EQ(chk[i]["sessions"].value("ever_accepted", -1), total) << out;
     EXPECT_EQ(chk[i]["sessions"].value("archived", -1), total)
       << "member " << i << ": " << out;
@@ -227,9 +228,10 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
   // have gone on a little: those stopping last could still commit).
   for (int i = 1; i <= 3; ++i)
     for (int k = i + 1; k <= 3; ++k)
-      if (chk[i]["last_index"] == chk[k]["last_index"])
+      if (chk[i]["last_index"] == chk[k]["last_index"]) {
         EXPECT_EQ(chk[i]["member"]["state_digest"], chk[k]["member"]["state_digest"])
           << "members " << i << " and " << k;
+      }
   // A member whose log does not read is reported, and nothing is concluded.
   auto bad = dir_ + "/m1-damaged";
   std::filesystem::copy(dir_ + "/m1", bad, std::filesystem::copy_options::recursive);
@@ -298,7 +300,7 @@ TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
     (void)!::write(s, junk.data(), junk.size());
     ::close(s);
   }
-  auto [rc, out] = run({"submit", "--oracle", all(), "--sessions", "20",
+  auto [rc, out] = run({"--log-level", "info", "submit", "--oracle", all(), "--sessions", "20",
                         "--prefix", "g", "--connect-timeout", "30"},
                        dir_ + "/submit.out", std::chrono::seconds(60));
   EXPECT_EQ(rc, 0) << read_file(dir_ + "/submit.out.err");
@@ -373,11 +375,11 @@ void Cluster::disk_fills_on_member_2(bool leading) {
   child miner{{"miner", "--oracle", all(), "--nodes", "4", "--id-prefix", "m",
                "--connect-timeout", "60"},
               dir_ + "/miner.out"};
-  auto [rc0, out0] = run({"submit", "--oracle", all(), "--sessions", "30",
+  auto [rc0, out0] = run({"--log-level", "info", "submit", "--oracle", all(), "--sessions", "30",
                           "--prefix", "a", "--max-tasks", "1",
                           "--connect-timeout", "60"},
-                         dir_ + "/submit0.out", std::chrono::seconds(90));
-  ASSERT_EQ(rc0, 0) << read_file(dir_ + "/submit0.out.err");
+                         dir_ + "/submit-first.out", std::chrono::seconds(90));
+  ASSERT_EQ(rc0, 0) << read_file(dir_ + "/submit-first.out.err");
   disk.fill();
   // How much it takes to reach a full disk depends on what RocksDB had
   // preallocated: submit rounds until member 2 has stopped.
@@ -385,7 +387,7 @@ void Cluster::disk_fills_on_member_2(bool leading) {
   int code = -1000;
   for (int round = 0; round < 8 && code == -1000; ++round) {
     auto name = "submit" + std::to_string(round);
-    auto [rc, out] = run({"submit", "--oracle", all(), "--sessions", "300",
+    auto [rc, out] = run({"--log-level", "info", "submit", "--oracle", all(), "--sessions", "300",
                           "--prefix", "b" + std::to_string(round),
                           "--max-tasks", "1", "--interval-ms", "5",
                           "--connect-timeout", "60"},
@@ -463,7 +465,7 @@ TEST_F(Cluster, RotatesLeadershipOnScheduleInIdOrderAndLosesNothing) {
                "--connect-timeout", "60"},
               dir_ + "/miner.out"};
   const int total = 300;
-  child submit{{"submit", "--oracle", all(), "--sessions", std::to_string(total),
+  child submit{{"--log-level", "info", "submit", "--oracle", all(), "--sessions", std::to_string(total),
                 "--prefix", "rot", "--interval-ms", "20", "--max-tasks", "1",
                 "--connect-timeout", "60"},
                dir_ + "/submit.out"};

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "allocator.hpp"
 
@@ -44,6 +45,26 @@ TEST(Allocator, TheThreadCacheSizeIsAddedUnlessAlreadySet) {
             "glibc.malloc.arena_max=2:" + ours);
   EXPECT_EQ(tunables_with_thread_cache("glibc.malloc.tcache_count=7"), "");
   EXPECT_EQ(tunables_with_thread_cache("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"), "");
+}
+
+// Short clients run once; everything else (and anything unknown) starts
+// again with the larger cache. The global options and their values come
+// before the subcommand.
+TEST(Allocator, OnlyLongLivedCommandsStartAgain) {
+  auto wants = [](std::vector<const char*> args) {
+    args.insert(args.begin(), "nodepool");
+    return wants_thread_cache(static_cast<int>(args.size()), args.data());
+  };
+  EXPECT_TRUE(wants({"oracle", "--data-dir", "d"}));
+  EXPECT_TRUE(wants({"bench"}));
+  EXPECT_TRUE(wants({"--log-level", "info", "miner"}));
+  EXPECT_TRUE(wants({"--log-format=json", "check", "--data-dir", "status"}));
+  EXPECT_FALSE(wants({"status", "--oracle", "h:1"}));
+  EXPECT_FALSE(wants({"--log-level", "debug", "submit"}));
+  EXPECT_FALSE(wants({"--log-level", "debug", "--log-format", "json", "ctl", "status"}));
+  EXPECT_FALSE(wants({"keygen"}));
+  EXPECT_TRUE(wants({}));          // no subcommand: the parser says so
+  EXPECT_TRUE(wants({"no-such"}));
 }
 
 } // namespace
