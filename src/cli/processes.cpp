@@ -734,11 +734,22 @@ int run_submit(submit_options& o) {
               << sys.render(gw.error()) << "\n";
     return 1;
   }
-  caf::scoped_actor self{sys};
-  self->monitor(*gw);
+  // The client's actor. A request that timed out may still be answered:
+  // that late answer stays in the actor's mailbox for good, and every
+  // later wait looks through all of them again (a long submission against
+  // a slow cluster would slow down by itself). Such an actor is replaced by
+  // a fresh one once its session is answered.
+  std::optional<caf::scoped_actor> me;
+  auto fresh = [&] {
+    me.emplace(sys);
+    (*me)->monitor(*gw);
+  };
+  fresh();
   size_t accepted = 0, refused = 0;
   size_t i = o.first;
   for (; i < o.first + o.sessions && !stop_requested; ++i) {
+    auto& self = *me;
+    bool late_answers = false;  // a request of this session timed out
     pb::SubmitSession req;
     req.set_session_id(o.prefix + "-" + std::to_string(i));
     req.set_model(o.model);
@@ -769,6 +780,8 @@ int run_submit(submit_options& o) {
               std::printf("accepted %s\n", req.session_id().c_str());
             },
             [&](caf::error& e) {
+              if (e == caf::sec::request_timeout)
+                late_answers = true;
               if (e == caf::sec::request_timeout
                   && (waited += slice) < request_timeout) {
                 // An oracle that died with the request does not answer:
@@ -822,6 +835,8 @@ int run_submit(submit_options& o) {
     }
     if (!answered)
       break;  // stopped while waiting: this session's fate is unknown
+    if (late_answers)
+      fresh();
     for (auto pause = std::chrono::milliseconds(o.interval_ms);
          pause > 0ms && !stop_requested; pause -= 100ms)
       std::this_thread::sleep_for(std::min(pause, 100ms));
