@@ -767,9 +767,7 @@ private:
       ++voters;
       up += reachable(s.id) ? 1 : 0;
     }
-    note_leadership();
-    auto r = check_removal(c.id, voters, up, raft_.io->time(raft_.io) - leading_since_,
-                           raft_.election_timeout);
+    auto r = check_removal(c.id, voters, up, leading_for(), raft_.election_timeout);
     if (r.verdict == removal_check::refuse)
       return finish_change(r.why);
     if (r.verdict == removal_check::proceed)
@@ -779,7 +777,7 @@ private:
       log("raft")->info("member {}: leading for {} ms, heard from {} of the {} voters "
                         "left; waiting to hear from the others before removing "
                         "member {}",
-                        raft_.id, raft_.io->time(raft_.io) - leading_since_, up,
+                        raft_.id, leading_for(), up,
                         voters, c.id);
     }
   }
@@ -789,6 +787,12 @@ private:
     if (int rv = raft_remove(&raft_, &change_->req, change_->id, change_cb); rv != 0)
       finish_change(std::string{"cannot remove member "} + std::to_string(change_->id)
                     + ": " + raft_strerror(rv));
+  }
+
+  /// How long this member has led in its current term (raft's clock, ms).
+  uint64_t leading_for() {
+    note_leadership();
+    return raft_.io->time(raft_.io) - leading_since_;
   }
 
   /// When this member's current term as leader began (raft's clock).
@@ -820,19 +824,15 @@ private:
     if (raft_.transfer != nullptr || waiting_transfer_)
       return done("a leadership transfer is under way");
     if (to != 0 && raft_state(&raft_) == RAFT_LEADER && index_of(to) >= 0) {
-      note_leadership();
-      auto r = check_transfer(to, reachable(to),
-                              raft_.io->time(raft_.io) - leading_since_,
-                              raft_.election_timeout);
-      if (r.verdict == removal_check::refuse)
-        return done(r.why);
-      if (r.verdict == removal_check::wait) {
+      // Through the waiting transfer's own check: at once when the target
+      // was heard from, refused, or left waiting (said so once, here).
+      waiting_transfer_ = waiting_transfer{to, std::move(done)};
+      check_waiting_transfer();
+      if (waiting_transfer_)
         log("raft")->info("member {}: leading for {} ms, not heard from member {} "
                           "yet; waiting to hear from it before handing over",
-                          raft_.id, raft_.io->time(raft_.io) - leading_since_, to);
-        waiting_transfer_ = waiting_transfer{to, std::move(done)};
-        return;
-      }
+                          raft_.id, leading_for(), to);
+      return;
     }
     transfer_now(to, std::move(done));
   }
@@ -848,9 +848,7 @@ private:
     if (raft_state(&raft_) != RAFT_LEADER)
       return w.done("leadership moved before the hand-over to member "
                     + std::to_string(w.to) + " began");
-    note_leadership();
-    auto r = check_transfer(w.to, reachable(w.to),
-                            raft_.io->time(raft_.io) - leading_since_,
+    auto r = check_transfer(w.to, reachable(w.to), leading_for(),
                             raft_.election_timeout);
     if (r.verdict == removal_check::refuse)
       return w.done(r.why);

@@ -77,7 +77,8 @@ TEST(allocator_cli, a_command_run_again_keeps_its_pid_and_name) {
 }
 
 // A short client does not start again: it would load the program twice
-// for nothing (about 80 ms of a status question on a busy machine).
+// for nothing (a status question took 84.1 ms with it and 54.8 ms without,
+// medians on an idle machine: BENCHMARKS.md).
 TEST(allocator_cli, a_short_client_runs_once_with_what_it_was_given) {
   auto dir = temp_dir("tcache-client");
   cleanup tidy{dir};
