@@ -27,6 +27,14 @@ constexpr char snapshot_key[] = "snapshot";
 /// (whose memtable then fills before it is written out, in files that
 /// compaction rewrites less often).
 constexpr char snapshot_family[] = "snapshots";
+/// The archive has two families of its own: records by id ("archive") and
+/// their order by end time ("ended"). Beside the log, whose keys only grow,
+/// every file of random archive ids overlapped every other, and compaction
+/// rewrote the log with them; apart, the log's files are moved down whole,
+/// and only the archive's family carries Bloom filters (a submission's
+/// lookup of its id is the only point read).
+constexpr char archive_family[] = "archive";
+constexpr char ended_family[] = "ended";
 
 /// What the stored bytes mean, and which nodepool replays them the same.
 /// Format 2: nodes are picked from the ordered pool index (pool_key).
@@ -35,8 +43,11 @@ constexpr char snapshot_family[] = "snapshots";
 /// format-2 history replays to a different state. Format 3 keeps the
 /// snapshot in a column family of its own; a format-3 directory written
 /// before that has it beside the log, and it is moved at open.
+/// Format 4: the same history, with the archive in its own two families
+/// (archive_family, ended_family); a format-3 directory is moved to it at
+/// open (migrate_archive).
 constexpr char format_key[] = "format";
-constexpr char format_version[] = "3";
+constexpr char format_version[] = "4";
 
 void put_be64(std::string& k, uint64_t x) {
   for (int i = 7; i >= 0; --i)
@@ -61,13 +72,13 @@ uint64_t key_index(const rocksdb::Slice& k) {
   return k.size() == 9 ? get_be64(k.data() + 1) : 0;
 }
 
-/// Archived sessions: 'a' + id holds the record; 't' + ended_at + id (no
-/// value) orders them by the time they ended. Times are never negative
-/// (recovery refuses them), so big-endian order is time order.
-std::string archive_key(const std::string& id) { return "a" + id; }
-
+/// Archived sessions: in archive_family the id holds the record; in
+/// ended_family ended_at + id (no value) orders them by the time they
+/// ended. Times are never negative (recovery refuses them), so big-endian
+/// order is time order. Format 3 kept both in the default family, behind
+/// the prefixes 'a' and 't'.
 std::string ended_key(int64_t ended_at, const std::string& id) {
-  std::string k(1, 't');
+  std::string k;
   put_be64(k, static_cast<uint64_t>(std::max<int64_t>(0, ended_at)));
   return k + id;
 }
@@ -327,9 +338,13 @@ public:
             activity_->compactions.load(), activity_->compaction_bytes.load()};
   }
 
+  /// Takes the database and the handles of its own families.
   rocksdb_store(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* snapshots,
+                rocksdb::ColumnFamilyHandle* archive,
+                rocksdb::ColumnFamilyHandle* ended,
                 std::shared_ptr<activity_counter> activity)
-    : db_(db), snapshots_(snapshots), activity_(std::move(activity)) {
+    : db_(db), snapshots_(snapshots), archive_(archive), ended_(ended),
+      activity_(std::move(activity)) {
     std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
     it->SeekForPrev(log_key(UINT64_MAX));
     if (it->Valid() && it->key().size() == 9 && it->key()[0] == 'l')
@@ -349,8 +364,9 @@ public:
     }
     rocksdb::FlushOptions fo;
     fo.wait = true;
-    db_->Flush(fo, {db_->DefaultColumnFamily(), snapshots_});
-    db_->DestroyColumnFamilyHandle(snapshots_);
+    db_->Flush(fo, {db_->DefaultColumnFamily(), snapshots_, archive_, ended_});
+    for (auto* h : {snapshots_, archive_, ended_})
+      db_->DestroyColumnFamilyHandle(h);
   }
 
   status append(const std::vector<pb::LogEntry>& entries,
@@ -371,8 +387,8 @@ public:
     for (auto& r : archived) {
       buf.clear();
       r.SerializeToString(&buf);
-      batch.Put(archive_key(r.id()), buf);
-      batch.Put(ended_key(r.ended_at(), r.id()), rocksdb::Slice{});
+      batch.Put(archive_, r.id(), buf);
+      batch.Put(ended_, ended_key(r.ended_at(), r.id()), rocksdb::Slice{});
     }
     rocksdb::WriteOptions wo;
     wo.sync = sync;
@@ -450,7 +466,7 @@ public:
                   std::optional<pb::SessionRecord>& out) override {
     out.reset();
     std::string buf;
-    auto st = db_->Get({}, archive_key(id), &buf);
+    auto st = db_->Get({}, archive_, id, &buf);
     if (st.IsNotFound())
       return {};
     if (!st.ok())
@@ -489,13 +505,12 @@ public:
   status scan_archive(
     int64_t since,
     const std::function<bool(const pb::SessionRecord&)>& f) override {
-    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
-    std::string buf;
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({}, ended_)};
     for (it->Seek(ended_key(since, "")); it->Valid(); it->Next()) {
       auto k = it->key();
-      if (k.size() < 9 || k[0] != 't')
-        break;
-      auto id = k.ToString().substr(9);
+      if (k.size() < 8)
+        return status::fail("archive time index holds a short key");
+      auto id = k.ToString().substr(8);
       std::optional<pb::SessionRecord> r;
       if (auto s = archived(id, r); !s.ok())
         return s;
@@ -536,6 +551,8 @@ private:
 
   std::unique_ptr<rocksdb::DB> db_;
   rocksdb::ColumnFamilyHandle* snapshots_;
+  rocksdb::ColumnFamilyHandle* archive_;
+  rocksdb::ColumnFamilyHandle* ended_;
   std::shared_ptr<activity_counter> activity_;
   uint64_t last_ = 0;
   std::atomic<bool> broken_{false};
@@ -653,43 +670,91 @@ rocksdb::Status move_old_snapshot(rocksdb::DB& db,
   return db.Write(wo, &batch);
 }
 
+/// Format 3 kept the archive in the default family ('a' + id, 't' +
+/// ended_at + id): its keys move to their own families, in batches that
+/// each move some keys whole (put there, deleted here), so a crash in the
+/// middle leaves every record in one place and the next open goes on.
+rocksdb::Status migrate_archive(rocksdb::DB& db,
+                                rocksdb::ColumnFamilyHandle* archive,
+                                rocksdb::ColumnFamilyHandle* ended) {
+  for (auto [prefix, to] : {std::pair{'a', archive}, std::pair{'t', ended}}) {
+    const std::string from(1, prefix);
+    // The iterator reads the database as it was when it was made: the
+    // batches written meanwhile do not disturb it.
+    std::unique_ptr<rocksdb::Iterator> it{db.NewIterator({})};
+    rocksdb::WriteBatch batch;
+    for (it->Seek(from); it->Valid() && it->key().starts_with(from); it->Next()) {
+      auto k = it->key();
+      batch.Put(to, rocksdb::Slice{k.data() + 1, k.size() - 1}, it->value());
+      batch.Delete(k);
+      if (batch.Count() >= 8192) {
+        if (auto s = db.Write({}, &batch); !s.ok())
+          return s;
+        batch.Clear();
+      }
+    }
+    if (!it->status().ok())
+      return it->status();
+    if (auto s = db.Write({}, &batch); !s.ok())
+      return s;
+  }
+  return rocksdb::Status::OK();
+}
+
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   rocksdb::Options opts;
   opts.create_if_missing = true;
   opts.IncreaseParallelism(2);
-  // Every submission looks its id up in the archive; almost all are new,
-  // and a Bloom filter answers "not there" without reading a block.
-  rocksdb::BlockBasedTableOptions table;
-  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-  // The whole log and archive stay on disk, so their files' index and
-  // filter blocks grow with the history. Held by the table readers (the
-  // default), they would all stay in memory; here they live in a bounded
-  // block cache instead, partitioned so that a lookup loads the one
-  // partition it needs, with the newest files' (level 0) kept pinned.
-  table.block_cache = rocksdb::NewLRUCache(store_block_cache_bytes);
-  table.cache_index_and_filter_blocks = true;
-  table.cache_index_and_filter_blocks_with_high_priority = true;
-  table.pin_l0_filter_and_index_blocks_in_cache = true;
-  table.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
-  table.partition_filters = true;
-  table.pin_top_level_index_and_filter = true;
-  opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  // The memtable gets a Bloom filter of whole keys too: the lookup of a new
-  // id then skips the skip-list search of up to 64 MB of recent writes.
-  opts.memtable_whole_key_filtering = true;
-  opts.memtable_prefix_bloom_size_ratio = 0.02;
   auto activity = std::make_shared<rocksdb_store::activity_counter>();
   opts.listeners.push_back(activity);
   opts.create_missing_column_families = true;
+  // The whole log and archive stay on disk, so their files' index and
+  // filter blocks grow with the history. Held by the table readers (the
+  // default), they would all stay in memory; here they live in one bounded
+  // block cache (the store's bound, shared by every family) instead,
+  // partitioned so that a lookup loads the one partition it needs, with
+  // the newest files' (level 0) kept pinned.
+  auto cache = rocksdb::NewLRUCache(store_block_cache_bytes);
+  auto cached_table = [&](bool bloom) {
+    rocksdb::BlockBasedTableOptions table;
+    table.block_cache = cache;
+    table.cache_index_and_filter_blocks = true;
+    table.cache_index_and_filter_blocks_with_high_priority = true;
+    table.pin_l0_filter_and_index_blocks_in_cache = true;
+    table.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+    table.pin_top_level_index_and_filter = true;
+    if (bloom) {
+      table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+      table.partition_filters = true;
+    }
+    return rocksdb::NewBlockBasedTableFactory(table);
+  };
+  // The log (and the few metadata keys) is only scanned: no filter.
+  opts.table_factory.reset(cached_table(false));
+  // Every submission looks its id up in the archive; almost all are new,
+  // and a Bloom filter answers "not there" without reading a block. The
+  // memtable gets one of whole keys too: the lookup of a new id then skips
+  // the skip-list search of the recent writes.
+  rocksdb::ColumnFamilyOptions archive_opts;
+  archive_opts.table_factory.reset(cached_table(true));
+  archive_opts.memtable_whole_key_filtering = true;
+  archive_opts.memtable_prefix_bloom_size_ratio = 0.02;
+  archive_opts.write_buffer_size = size_t{32} << 20;
+  // The time index is only scanned, and its keys are short.
+  rocksdb::ColumnFamilyOptions ended_opts;
+  ended_opts.table_factory.reset(cached_table(false));
+  ended_opts.write_buffer_size = size_t{8} << 20;
   // A snapshot is one key, rewritten whole: no filter, and compaction keeps
   // its latest version only.
   rocksdb::ColumnFamilyOptions snap_opts;
-  // The one block cache serves both families: the store's bound.
   rocksdb::BlockBasedTableOptions snap_table;
-  snap_table.block_cache = table.block_cache;
+  snap_table.block_cache = cache;
   snap_opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(snap_table));
   std::vector<rocksdb::ColumnFamilyDescriptor> families{
-    {rocksdb::kDefaultColumnFamilyName, opts}, {snapshot_family, snap_opts}};
+    {rocksdb::kDefaultColumnFamilyName, opts},
+    {snapshot_family, snap_opts},
+    {archive_family, archive_opts},
+    {ended_family, ended_opts}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(opts, dir, families, &handles, &db);
@@ -699,17 +764,20 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   }
   std::unique_ptr<rocksdb::DB> owned{db};
   // Open hands out a handle of the default family too: the store uses the
-  // database's own (DefaultColumnFamily()). The snapshots' handle goes to
-  // the store, which destroys it before closing.
+  // database's own (DefaultColumnFamily()). The other handles go to the
+  // store, which destroys them before closing.
   owned->DestroyColumnFamilyHandle(handles[0]);
-  auto* snapshots = handles[1];
+  auto *snapshots = handles[1], *archive = handles[2], *ended = handles[3];
   auto give_up = [&](status failure) {
-    owned->DestroyColumnFamilyHandle(snapshots);
+    for (auto* h : {snapshots, archive, ended})
+      owned->DestroyColumnFamilyHandle(h);
     st = std::move(failure);
     return nullptr;
   };
   std::string format;
   s = db->Get({}, format_key, &format);
+  rocksdb::WriteOptions synced;
+  synced.sync = true;
   if (s.IsNotFound()) {
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({})};
     it->SeekToFirst();
@@ -719,9 +787,18 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
         "marker; this one reads format " + format_version + " and would "
         "replay that history differently): use the version that wrote it, "
         "or a new data directory"));
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    s = db->Put(wo, format_key, format_version);
+    s = db->Put(synced, format_key, format_version);
+  } else if (s.ok() && format == "3") {
+    // The same history with the archive beside the log: moved, then
+    // marked, so that a crash before the mark moves the rest next time.
+    s = move_old_snapshot(*owned, snapshots);
+    if (s.ok())
+      s = migrate_archive(*owned, archive, ended);
+    if (s.ok())
+      s = db->Put(synced, format_key, format_version);
+    if (s.ok())
+      log("storage")->info("store in {}: archive moved to its own column "
+                           "families (format 3 -> {})", dir, format_version);
   } else if (s.ok() && format != format_version) {
     return give_up(status::fail(
       "store in " + dir + " has format '" + format.substr(0, 32)
@@ -732,14 +809,12 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
                        : "")
       + ": use the version that wrote it, or a new data directory"));
   }
-  if (s.ok())
-    s = move_old_snapshot(*owned, snapshots);
   if (!s.ok())
     return give_up(
       status::fail("cannot open store in " + dir + ": " + s.ToString()));
   st = {};
-  return std::make_unique<rocksdb_store>(owned.release(), snapshots,
-                                         std::move(activity));
+  return std::make_unique<rocksdb_store>(owned.release(), snapshots, archive,
+                                         ended, std::move(activity));
 }
 
 } // namespace nodepool
