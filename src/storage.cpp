@@ -29,10 +29,12 @@ constexpr char snapshot_key[] = "snapshot";
 constexpr char snapshot_family[] = "snapshots";
 /// The archive has two families of its own: records by id ("archive") and
 /// their order by end time ("ended"). Beside the log, whose keys only grow,
-/// every file of random archive ids overlapped every other, and compaction
-/// rewrote the log with them; apart, the log's files are moved down whole,
-/// and only the archive's family carries Bloom filters (a submission's
-/// lookup of its id is the only point read).
+/// every file spanned random archive ids as well, and compaction rewrote
+/// log entries with them (apart, compaction wrote less than half as many
+/// bytes in durable's saturation run: BENCHMARKS.md). Only the archive's
+/// family carries Bloom filters: a submission's lookup of its id is the
+/// only point read. A format-3 directory's move (migrate_archive) is one
+/// pass over its archive at the first open, safe to interrupt.
 constexpr char archive_family[] = "archive";
 constexpr char ended_family[] = "ended";
 
