@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -230,6 +231,57 @@ nlohmann::json fsync_latency(double seconds, bool beside_busy_core) {
     j["time_in_stalls"] = took > 0 ? in_stalls / 1000 / took : 0.0;
   }
   remove_tree(dir);
+  return j;
+}
+
+/// What the machine charges for crossing into its kernel and between
+/// threads: a trivial system call, and one byte sent to another thread
+/// over a pipe and back (the thread wakes for it, as raft's loops and
+/// CAF's workers wake for work). Each the median over `rounds` rounds. On a
+/// virtual machine whose guest kernel runs deprivileged (a PVM guest, for
+/// one) both cost several times what they cost on bare metal, and a path
+/// that crosses threads often pays it (BENCHMARKS.md, "Without a disk the
+/// ratio is the same").
+nlohmann::json crossing_costs(bool quick) {
+  const int rounds = 5;
+  const int calls = quick ? 20000 : 200000;
+  const int trips = quick ? 2000 : 20000;
+  std::vector<double> call_us, trip_us;
+  for (int r = 0; r < rounds && !stop_requested; ++r) {
+    auto t0 = clock::now();
+    for (int i = 0; i < calls; ++i)
+      ::syscall(SYS_getppid);
+    call_us.push_back(seconds_since(t0) * 1e6 / calls);
+  }
+  int there[2] = {-1, -1}, back[2] = {-1, -1};
+  if (::pipe(there) == 0 && ::pipe(back) == 0) {
+    std::thread echo{[&] {
+      char c;
+      while (::read(there[0], &c, 1) == 1)
+        if (::write(back[1], &c, 1) != 1)
+          break;
+    }};
+    char c = 'x';
+    bool ok = true;
+    for (int r = 0; ok && r < rounds && !stop_requested; ++r) {
+      auto t0 = clock::now();
+      for (int i = 0; ok && i < trips; ++i)
+        ok = ::write(there[1], &c, 1) == 1 && ::read(back[0], &c, 1) == 1;
+      if (ok)
+        trip_us.push_back(seconds_since(t0) * 1e6 / trips);
+    }
+    ::close(there[1]);  // the echo thread reads the end of file and returns
+    there[1] = -1;
+    echo.join();
+  }
+  for (int fd : {there[0], there[1], back[0], back[1]})
+    if (fd >= 0)
+      ::close(fd);
+  nlohmann::json j;
+  if (!call_us.empty())
+    j["syscall_us"] = quantile(call_us, 0.5);
+  if (!trip_us.empty())
+    j["thread_round_trip_us"] = quantile(trip_us, 0.5);
   return j;
 }
 
@@ -519,6 +571,16 @@ nlohmann::json measure(options& o) {
     };
     say("", machine["fdatasync_512b"]);
     say(" beside a busy core", machine["fdatasync_512b_beside_a_busy_core"]);
+  }
+  {
+    auto c = crossing_costs(o.quick);
+    for (auto& [k, v] : c.items())
+      machine[k] = v;
+    if (c.contains("syscall_us") && c.contains("thread_round_trip_us"))
+      note("machine: a system call %.3f us; a byte to another thread over a "
+           "pipe and back %.2f us",
+           c["syscall_us"].get<double>(),
+           c["thread_round_trip_us"].get<double>());
   }
   {
     double l[3] = {0, 0, 0};
