@@ -51,35 +51,53 @@ std::shared_ptr<replica> member_replica(
   // Once a write failed, the position stays where the archive is whole.
   // The snapshot's sync may run on a thread of its own (snapshot_later).
   auto failed = std::make_shared<std::atomic<bool>>(false);
+  // A batch's ended sessions wait here for the position that follows them
+  // (replica::apply calls the two in turn, on one thread), so that both
+  // go to the store in one write.
+  auto ended_now = std::make_shared<std::vector<pb::SessionRecord>>();
   auto rep = std::make_shared<replica>(
-    [st, failed, error](std::vector<pb::SessionRecord>& ended) {
-      if (auto s = st->append({}, ended, false); !s.ok()) {
-        *failed = true;
-        error("archive write failed: " + s.error);
-      }
+    [ended_now](std::vector<pb::SessionRecord>& ended) {
+      for (auto& r : ended)
+        ended_now->push_back(std::move(r));
     },
     check, index, now);
-  // The position, after every batch (unsynced) and before raft takes a
-  // snapshot: raft may then drop the entries it covers, so the records
-  // they archived are synced first (a synced write makes every earlier one
-  // durable).
-  auto position = [st, failed, error](bool sync) {
-    return [st, failed, error, sync](uint64_t index, int64_t now) {
-      if (*failed)
-        return;
-      if (auto s = st->put_meta(position_key,
-                                std::to_string(index) + " " + std::to_string(now),
-                                sync);
-          !s.ok()) {
-        *failed = true;
-        error(std::string(sync ? "archive sync before a snapshot"
-                               : "archive position write")
-              + " failed: " + s.error);
-      }
-    };
+  auto position_value = [](uint64_t index, int64_t now) {
+    return std::to_string(index) + " " + std::to_string(now);
   };
-  rep->on_batch(position(false));
-  rep->on_snapshot(position(true));
+  // After every batch, unsynced: its archived records and the position
+  // past them in one atomic write, so the position never runs ahead of
+  // the records.
+  rep->on_batch([st, failed, error, ended_now, position_value](uint64_t index,
+                                                                int64_t now) {
+    std::vector<pb::SessionRecord> ended;
+    ended.swap(*ended_now);
+    if (*failed) {
+      // The position stays put; the records still go in.
+      if (!ended.empty())
+        if (auto s = st->append({}, ended, false); !s.ok())
+          error("archive write failed: " + s.error);
+      return;
+    }
+    if (auto s = st->archive_with_meta(ended, position_key,
+                                       position_value(index, now), false);
+        !s.ok()) {
+      *failed = true;
+      error("archive and position write failed: " + s.error);
+    }
+  });
+  // Before raft takes a snapshot, raft may then drop the entries it
+  // covers: the records they archived are synced first (a synced write
+  // makes every earlier one durable).
+  rep->on_snapshot([st, failed, error, position_value](uint64_t index,
+                                                       int64_t now) {
+    if (*failed)
+      return;
+    if (auto s = st->put_meta(position_key, position_value(index, now), true);
+        !s.ok()) {
+      *failed = true;
+      error("archive sync before a snapshot failed: " + s.error);
+    }
+  });
   rep->on_archive_gap([st, error](const replica::archive_gap& g) {
     if (auto s = st->put_meta(gap_key(g.from_index), encode(g), true); !s.ok())
       error("archive gap write failed: " + s.error);

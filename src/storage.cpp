@@ -386,12 +386,7 @@ public:
       e.SerializeToString(&buf);
       batch.Put(log_key(e.index()), buf);
     }
-    for (auto& r : archived) {
-      buf.clear();
-      r.SerializeToString(&buf);
-      batch.Put(archive_, r.id(), buf);
-      batch.Put(ended_, ended_key(r.ended_at(), r.id()), rocksdb::Slice{});
-    }
+    add_archived(batch, archived, buf);
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     auto st = db_->Write(wo, &batch);
@@ -400,6 +395,21 @@ public:
     if (!entries.empty())
       last_ = entries.back().index();
     return {};
+  }
+
+  status archive_with_meta(const std::vector<pb::SessionRecord>& archived,
+                           const std::string& key, const std::string& value,
+                           bool sync) override {
+    if (auto s = check_space(); !s.ok())
+      return s;
+    rocksdb::WriteBatch batch;
+    std::string buf;
+    add_archived(batch, archived, buf);
+    batch.Put(meta_key(key), value);
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    auto st = db_->Write(wo, &batch);
+    return st.ok() ? status{} : failed("rocksdb write", st);
   }
 
   status save_snapshot(const pb::Snapshot& snap) override {
@@ -545,6 +555,18 @@ private:
                         + std::to_string(store_min_free_bytes >> 20) + " MB)");
   }
 
+  /// Each record under its id in `archive`, and its time key in `ended`.
+  void add_archived(rocksdb::WriteBatch& batch,
+                    const std::vector<pb::SessionRecord>& archived,
+                    std::string& buf) {
+    for (auto& r : archived) {
+      buf.clear();
+      r.SerializeToString(&buf);
+      batch.Put(archive_, r.id(), buf);
+      batch.Put(ended_, ended_key(r.ended_at(), r.id()), rocksdb::Slice{});
+    }
+  }
+
   /// Notes a failed write; returns its status.
   status failed(const std::string& what, const rocksdb::Status& st) {
     broken_ = true;
@@ -564,6 +586,14 @@ private:
 
 status store::put_meta(const std::string&, const std::string&, bool) {
   return status::fail("this store keeps no metadata");
+}
+status store::archive_with_meta(const std::vector<pb::SessionRecord>& archived,
+                                const std::string& key,
+                                const std::string& value, bool sync) {
+  if (!archived.empty())
+    if (auto s = append({}, archived, sync); !s.ok())
+      return s;
+  return put_meta(key, value, sync);
 }
 status store::erase_meta(const std::string&, bool) {
   return status::fail("this store keeps no metadata");

@@ -96,6 +96,12 @@ public:
   /// until it copied them from a peer. A store without them says so.
   virtual status put_meta(const std::string& key, const std::string& value,
                           bool sync);
+  /// Archived records and one metadata key in one atomic write (a cluster
+  /// member's archive and its position after a batch). By default the two
+  /// writes one after the other, the records first.
+  virtual status archive_with_meta(const std::vector<pb::SessionRecord>& archived,
+                                   const std::string& key,
+                                   const std::string& value, bool sync);
   virtual status erase_meta(const std::string& key, bool sync);
   /// Memory the store holds itself, in bytes; zeros for a store that does
   /// not know.

@@ -509,6 +509,38 @@ TYPED_TEST(StoreTest, MetadataIsPutScannedByPrefixAndErased) {
   EXPECT_EQ(n, 1);
 }
 
+// A cluster member's archived sessions and its position past them go in
+// one write: both are there afterwards, next to the log and not in it.
+TYPED_TEST(StoreTest, ArchivedRecordsAndAMetadataKeyGoInOneWrite) {
+  auto& st = *this->st;
+  ASSERT_TRUE(st.append(ticks(1, 2), {}, true).ok());
+  ASSERT_TRUE(st.archive_with_meta({ended_session("a", 5),
+                                    ended_session("b", 6, pb::FAILED)},
+                                   "archive/position", "7 60", false)
+                .ok());
+  // No records at all: the key alone.
+  ASSERT_TRUE(st.archive_with_meta({}, "archive/other", "x", true).ok());
+  std::vector<std::pair<std::string, std::string>> seen;
+  ASSERT_TRUE(st.scan_meta("archive/", [&](const std::string& k,
+                                           const std::string& v) {
+                  seen.emplace_back(k, v);
+                  return true;
+                }).ok());
+  EXPECT_EQ(seen, (std::vector<std::pair<std::string, std::string>>{
+                    {"archive/other", "x"}, {"archive/position", "7 60"}}));
+  std::optional<pb::SessionRecord> r;
+  ASSERT_TRUE(st.archived("b", r).ok());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->state(), pb::FAILED);
+  std::vector<std::string> ids;
+  st.scan_archive(0, [&](const pb::SessionRecord& x) {
+    ids.push_back(x.id());
+    return true;
+  });
+  EXPECT_EQ(ids, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(st.last_index(), 2u);
+}
+
 // A range of the archive read page by page resumes after the last record
 // of a page, even when many sessions ended at the same millisecond.
 TYPED_TEST(StoreTest, ArchivePagesResumeWithinOneMillisecond) {
