@@ -53,6 +53,8 @@ struct supervisor_state {
   histogram batch_commands = histogram::exponential(1, 2, 13);  // 1 .. 4096
   histogram commit_ms{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500,
                        1000, 2500}};  // fsync (a cluster: until committed)
+  histogram snapshot_copy_ms{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250,
+                              500, 1000, 2500}};  // the supervisor's share of a snapshot
   uint64_t reservations = 0;
   uint64_t releases = 0;
   // Cluster mode: the leader's speculative state (none on a follower), and
@@ -293,14 +295,19 @@ void flush(self_ptr self) {
     st.pool.nodes().size() + st.pool.sessions().size()
       + st.pool.recent_ids().size() / 16);
   if (st.since_snapshot >= every) {
-    // Here only the copy of the live state; serializing and writing it
-    // happen on the writer's thread.
-    auto snap = st.pool.snapshot();
-    snap.set_last_index(last_index);
+    // Here only the copy of the live records (the window of recent ids is
+    // shared, not copied); building the message, serializing and writing
+    // it happen on the writer's thread.
+    auto c0 = std::chrono::steady_clock::now();
+    auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
+    frozen->records.set_last_index(last_index);
+    st.snapshot_copy_ms.add(std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - c0).count());
     st.since_snapshot = 0;
     if (st.snapshots) {
-      st.snapshots->submit(std::move(snap));
-    } else if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok()) {
+      st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
+    } else if (auto s = st.cfg.storage->save_snapshot(std::move(*frozen).finish());
+               !s.ok()) {
       log("supervisor")->error("snapshot failed (log still complete): {}",
                                s.error);
     }
@@ -943,12 +950,13 @@ caf::behavior handlers(self_ptr self) {
         st.since_snapshot = std::numeric_limits<uint64_t>::max() / 2;
         return st.pending.back().index();
       }
-      auto snap = st.pool.snapshot();
-      snap.set_last_index(st.next_index - 1);
+      auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
+      frozen->records.set_last_index(st.next_index - 1);
       st.since_snapshot = 0;
       if (st.snapshots)
-        st.snapshots->submit(std::move(snap));
-      else if (auto s = st.cfg.storage->save_snapshot(snap); !s.ok())
+        st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
+      else if (auto s = st.cfg.storage->save_snapshot(std::move(*frozen).finish());
+               !s.ok())
         return make_refusal("snapshot_failed", s.error);
       return st.next_index - 1;
     },
@@ -974,6 +982,7 @@ caf::behavior handlers(self_ptr self) {
       j["histograms"]["grant_latency_ms"] = s.grant_ms.to_json();
       j["histograms"]["group_commit_commands"] = s.batch_commands.to_json();
       j["histograms"]["commit_latency_ms"] = s.commit_ms.to_json();
+      j["histograms"]["snapshot_copy_ms"] = s.snapshot_copy_ms.to_json();
       // What memory and snapshots hold: live records, and the window.
       // What committed (a cluster member: its replica; a single oracle: its
       // pool), counted in O(states), for status reads.

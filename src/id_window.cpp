@@ -34,7 +34,7 @@ void id_window::add(const std::string& id, int64_t expires) {
   if (!runs_.empty() && sec < runs_.back().second)
     sec = runs_.back().second;  // never out of order: keep it a bit longer
   insert_fp(fp);
-  fifo_.push_back(fp);
+  push_back(fp);
   if (!runs_.empty() && runs_.back().second == sec)
     ++runs_.back().count;
   else
@@ -48,10 +48,8 @@ bool id_window::contains(const std::string& id) const {
 void id_window::expire(int64_t now) {
   // An id expiring at second s is gone from s * 1000 ms on.
   while (!runs_.empty() && runs_.front().second * 1000 <= now) {
-    for (uint64_t i = 0; i < runs_.front().count; ++i) {
-      erase_fp(fifo_.front());
-      fifo_.pop_front();
-    }
+    for (uint64_t i = 0; i < runs_.front().count; ++i)
+      erase_fp(pop_front());
     runs_.pop_front();
   }
 }
@@ -60,7 +58,83 @@ size_t id_window::memory_bytes() const {
   size_t table = 0;
   for (auto& sh : shards_)
     table += sh.table.capacity() * sizeof(uint64_t);
-  return table + fifo_.size() * sizeof(uint64_t) + runs_.size() * sizeof(run);
+  // A chunk, its pointer in the deque and make_shared's counts beside it.
+  return table + chunks_.size() * (sizeof(chunk) + 2 * sizeof(std::shared_ptr<chunk>))
+         + runs_.size() * sizeof(run);
+}
+
+void id_window::push_back(uint64_t fp) {
+  // Only the last chunk is ever written, and only while it is not full; a
+  // frozen window copies it rather than share it.
+  if (chunks_.empty() || back_ == chunk_ids) {
+    chunks_.push_back(std::make_shared<chunk>());
+    back_ = 0;
+  }
+  (*chunks_.back())[back_++] = fp;
+  ++size_;
+}
+
+uint64_t id_window::pop_front() {
+  auto fp = (*chunks_.front())[front_++];
+  --size_;
+  auto end = chunks_.size() == 1 ? back_ : chunk_ids;
+  if (front_ == end) {
+    chunks_.pop_front();  // a frozen window may still hold it: shared
+    front_ = 0;
+    if (chunks_.empty())
+      back_ = 0;
+  }
+  return fp;
+}
+
+id_window::frozen id_window::freeze() const {
+  frozen f;
+  if (!chunks_.empty()) {
+    bool last_full = back_ == chunk_ids;
+    auto shared = chunks_.size() - (last_full ? 0 : 1);
+    f.full.assign(chunks_.begin(), chunks_.begin() + static_cast<long>(shared));
+    if (!last_full) {
+      auto& last = *chunks_.back();
+      auto from = chunks_.size() == 1 ? front_ : 0;
+      f.tail.assign(last.begin() + from, last.begin() + back_);
+    }
+    f.first = f.full.empty() ? 0 : front_;
+  }
+  f.expiry_seconds.reserve(runs_.size());
+  f.expiry_counts.reserve(runs_.size());
+  for (auto& r : runs_) {
+    f.expiry_seconds.push_back(r.second);
+    f.expiry_counts.push_back(r.count);
+  }
+  return f;
+}
+
+size_t id_window::frozen::size() const {
+  size_t n = tail.size();
+  if (!full.empty())
+    n += full.size() * chunk_ids - first;
+  return n;
+}
+
+void id_window::frozen::for_each_span(
+  const std::function<void(const uint64_t*, size_t)>& f) const {
+  for (size_t k = 0; k < full.size(); ++k) {
+    auto from = k == 0 ? first : 0;
+    f(full[k]->data() + from, chunk_ids - from);
+  }
+  if (!tail.empty())
+    f(tail.data(), tail.size());
+}
+
+id_window::image id_window::frozen::to_image() const {
+  image img;
+  img.fingerprints.reserve(size());
+  for_each_span([&](const uint64_t* p, size_t n) {
+    img.fingerprints.insert(img.fingerprints.end(), p, p + n);
+  });
+  img.expiry_seconds = expiry_seconds;
+  img.expiry_counts = expiry_counts;
+  return img;
 }
 
 bool id_window::contains_fp(uint64_t fp) const {
@@ -137,16 +211,6 @@ void id_window::resize(shard& sh, size_t capacity) {
     }
 }
 
-id_window::image id_window::save() const {
-  image img;
-  img.fingerprints.assign(fifo_.begin(), fifo_.end());
-  for (auto& r : runs_) {
-    img.expiry_seconds.push_back(r.second);
-    img.expiry_counts.push_back(r.count);
-  }
-  return img;
-}
-
 std::string id_window::load(const image& img) {
   clear();
   if (img.expiry_seconds.size() != img.expiry_counts.size())
@@ -169,7 +233,7 @@ std::string id_window::load(const image& img) {
       return "recent session ids: a fingerprint is empty or repeated";
     }
     insert_fp(fp);
-    fifo_.push_back(fp);
+    push_back(fp);
   }
   for (size_t i = 0; i < img.expiry_seconds.size(); ++i)
     runs_.push_back(run{img.expiry_seconds[i], img.expiry_counts[i]});
@@ -182,7 +246,8 @@ void id_window::clear() {
     sh.table.shrink_to_fit();
     sh.used = 0;
   }
-  fifo_.clear();
+  chunks_.clear();
+  front_ = back_ = size_ = 0;
   runs_.clear();
 }
 

@@ -512,8 +512,9 @@ id_window::image recent_ids_image(const pb::Snapshot& snap) {
   return img;
 }
 
-pb::Snapshot pool_state::snapshot() const {
-  pb::Snapshot snap;
+pool_state::frozen pool_state::freeze() const {
+  frozen f;
+  auto& snap = f.records;
   snap.set_params_json(to_json(params_));
   snap.set_last_now(last_now_);
   for (auto& [id, n] : nodes_)
@@ -534,13 +535,21 @@ pb::Snapshot pool_state::snapshot() const {
   snap.set_sessions_completed(sessions_completed_);
   snap.set_sessions_requeued(sessions_requeued_);
   snap.set_sessions_failed(sessions_failed_);
-  auto img = recent_ids_.save();
-  snap.mutable_recent_ids()->Add(img.fingerprints.begin(),
-                                 img.fingerprints.end());
-  snap.mutable_recent_expiry_seconds()->Add(img.expiry_seconds.begin(),
-                                            img.expiry_seconds.end());
-  snap.mutable_recent_expiry_counts()->Add(img.expiry_counts.begin(),
-                                           img.expiry_counts.end());
+  f.recent_ids = recent_ids_.freeze();
+  return f;
+}
+
+pb::Snapshot pool_state::frozen::finish() && {
+  auto snap = std::move(records);
+  auto* ids = snap.mutable_recent_ids();
+  ids->Reserve(static_cast<int>(recent_ids.size()));
+  recent_ids.for_each_span(
+    [&](const uint64_t* p, size_t n) { ids->Add(p, p + n); });
+  snap.mutable_recent_expiry_seconds()->Add(recent_ids.expiry_seconds.begin(),
+                                            recent_ids.expiry_seconds.end());
+  snap.mutable_recent_expiry_counts()->Add(recent_ids.expiry_counts.begin(),
+                                           recent_ids.expiry_counts.end());
+  recent_ids = {};
   return snap;
 }
 

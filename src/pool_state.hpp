@@ -133,7 +133,17 @@ public:
 
   // -- snapshots -------------------------------------------------------------
 
-  pb::Snapshot snapshot() const;
+  pb::Snapshot snapshot() const { return freeze().finish(); }
+  /// A snapshot in two steps: freeze() copies the live records and shares
+  /// the idempotency window's full chunks (it stops the caller no longer
+  /// than copying the live state); finish() builds the message, on any
+  /// thread, while the pool goes on.
+  struct frozen {
+    pb::Snapshot records;  // everything but the window's fingerprints
+    id_window::frozen recent_ids;
+    pb::Snapshot finish() &&;
+  };
+  frozen freeze() const;
   /// Replaces the state by a snapshot's. Indexes are rebuilt. Without
   /// `with_recent_ids` the idempotency window stays empty (a copy made only
   /// to check I1-I5 need not rebuild it).

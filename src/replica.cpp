@@ -94,12 +94,12 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
   return o;
 }
 
-pb::Snapshot replica::snapshot() const {
-  auto s = pool_.snapshot();
-  s.set_last_index(last_index_);
-  s.set_last_now(last_now_);
-  s.set_last_term(last_term_);
-  return s;
+pool_state::frozen replica::freeze() const {
+  auto f = pool_.freeze();
+  f.records.set_last_index(last_index_);
+  f.records.set_last_now(last_now_);
+  f.records.set_last_term(last_term_);
+  return f;
 }
 
 std::string replica::snapshot_bytes() const {
@@ -183,10 +183,12 @@ std::function<std::string()> replica_machine::snapshot_later() {
   std::lock_guard<std::mutex> g{mu_};
   apply_pending();
   auto sync = r_.before_snapshot_later();
-  auto snap = std::make_shared<pb::Snapshot>(r_.snapshot());
+  // The records are copied here, under the lock; the window of recent ids
+  // is shared, and the message built later, on raft's snapshot thread.
+  auto snap = std::make_shared<pool_state::frozen>(r_.freeze());
   return [sync = std::move(sync), snap = std::move(snap)] {
     sync();
-    return snap->SerializeAsString();
+    return std::move(*snap).finish().SerializeAsString();
   };
 }
 

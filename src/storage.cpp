@@ -609,7 +609,7 @@ struct snapshot_writer::impl {
   std::function<void(const pb::Snapshot&)> check;
   std::mutex mutex;
   std::condition_variable cv;
-  std::optional<pb::Snapshot> waiting;
+  std::function<pb::Snapshot()> waiting;
   bool stopping = false;
   uint64_t written = 0;
   std::string error;
@@ -621,9 +621,10 @@ struct snapshot_writer::impl {
       cv.wait(lock, [&] { return waiting || stopping; });
       if (!waiting)
         return;
-      auto snap = std::move(*waiting);
-      waiting.reset();
+      auto make = std::move(waiting);
+      waiting = nullptr;
       lock.unlock();
+      auto snap = make();
       if (check)
         check(snap);
       auto s = st->save_snapshot(snap);  // serialization happens here
@@ -657,9 +658,14 @@ snapshot_writer::~snapshot_writer() {
 }
 
 void snapshot_writer::submit(pb::Snapshot snap) {
+  auto p = std::make_shared<pb::Snapshot>(std::move(snap));
+  submit([p] { return std::move(*p); });
+}
+
+void snapshot_writer::submit(std::function<pb::Snapshot()> make) {
   {
     std::lock_guard<std::mutex> lock{impl_->mutex};
-    impl_->waiting = std::move(snap);
+    impl_->waiting = std::move(make);  // a newer one replaces an unwritten one
   }
   impl_->cv.notify_one();
 }

@@ -133,6 +133,9 @@ public:
   snapshot_writer(const snapshot_writer&) = delete;
   snapshot_writer& operator=(const snapshot_writer&) = delete;
   void submit(pb::Snapshot snap);
+  /// A snapshot the writer's thread builds itself (a frozen pool state's
+  /// finish()), so that its owner does not wait for that either.
+  void submit(std::function<pb::Snapshot()> make);
   /// Snapshots written so far, and the last error (empty if none).
   uint64_t written() const;
   std::string last_error() const;

@@ -784,6 +784,7 @@ nlohmann::json durable(const options& o) {
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
     auto commits_before = dp.stats()["histograms"]["commit_latency_ms"];
+    auto copies_before = dp.stats()["histograms"]["snapshot_copy_ms"];
     for (int r = 0; r < o.reps; ++r) {
       auto [lat, achieved] =
         dp.offer_measured("durable", load * cps, o.seconds, o.warmup, 1000 * r + 1);
@@ -807,6 +808,11 @@ nlohmann::json durable(const options& o) {
                 + "%: group commits";
     c["commit_latency"] = histogram_delta(
       commits_before, dp.stats()["histograms"]["commit_latency_ms"], what.c_str());
+    // And the supervisor's stops for snapshots (copying the live state).
+    what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
+           + "%: snapshot copies";
+    c["snapshot_copy"] = histogram_delta(
+      copies_before, dp.stats()["histograms"]["snapshot_copy_ms"], what.c_str());
     curve.push_back(c);
     auto key = "grant_at_" + std::to_string(static_cast<int>(load * 100 + 0.5));
     if (load == 0.5 || load == 0.9)

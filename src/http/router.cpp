@@ -1314,6 +1314,11 @@ std::string prometheus_text(
                   "Time to make a group commit durable: the fsync, or on a "
                   "cluster the proposal until a majority holds it.",
                   h, 1e-3);
+  if (h.from_json(hs.value("snapshot_copy_ms", json{})))
+    out.histogram("nodepool_snapshot_copy_seconds",
+                  "Time the supervisor stops for a snapshot: its copy of the "
+                  "live records (the rest is done on a writer thread).",
+                  h, 1e-3);
   auto cl = pool.value("cluster", json::object());
   if (cl.is_object() && cl.value("role", std::string{"single"}) != "single"
       && cl.contains("term")) {

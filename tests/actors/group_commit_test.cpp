@@ -80,6 +80,15 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
     add_node("s" + std::to_string(i), behaviour::healthy, i + 1);
   run_for(std::chrono::milliseconds(500));
   EXPECT_GT(st->snapshots, 0u);
+  // Each snapshot's stop of the supervisor (its copy of the live records)
+  // is in its histogram: at least one per snapshot written (a writer that
+  // is behind skips to the newest).
+  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  uint64_t copies = 0;
+  for (auto n : stats["histograms"]["snapshot_copy_ms"]["counts"])
+    copies += n.get<uint64_t>();
+  EXPECT_GE(copies, st->snapshots) << stats.dump();
+  EXPECT_GT(copies, 0u);
   std::optional<pb::Snapshot> snap;
   ASSERT_TRUE(st->load_snapshot(snap).ok());
   ASSERT_TRUE(snap.has_value());

@@ -2,6 +2,7 @@
 // memory bound per id.
 #include <gtest/gtest.h>
 
+#include <deque>
 #include <set>
 
 #include "id_window.hpp"
@@ -89,6 +90,71 @@ TEST(IdWindow, SavesAndLoadsExactly) {
   EXPECT_EQ(v.size(), w.size());
   EXPECT_FALSE(v.contains("x42"));
   EXPECT_TRUE(v.contains("x55"));
+}
+
+// A frozen window (a snapshot's, built on another thread) keeps what the
+// window held when it was frozen while the window goes on adding and
+// expiring ids: across chunk boundaries, with the oldest chunk partly
+// expired, with none full, and empty.
+TEST(IdWindow, AFrozenWindowKeepsItsIdsWhileTheWindowGoesOn) {
+  seeded_rng r{11};
+  id_window w;
+  std::deque<std::pair<int64_t, uint64_t>> ref;  // (expiry second, fingerprint)
+  int64_t now = 0;
+  uint64_t next = 0;
+  std::vector<std::pair<id_window::frozen, std::vector<uint64_t>>> frozen;
+  for (int step = 0; step < 20000; ++step) {
+    now += static_cast<int64_t>(r.below(4));
+    for (auto k = r.below(4); k > 0; --k) {
+      auto id = "f-" + std::to_string(next++);
+      auto expires = std::max<int64_t>(now + 1000 + r.below(3) * 500,
+                                       ref.empty() ? 0 : ref.back().first * 1000);
+      w.add(id, expires);
+      ref.emplace_back((expires + 999) / 1000, id_window::fingerprint(id));
+    }
+    if (r.below(40) == 0) {
+      w.expire(now);
+      while (!ref.empty() && ref.front().first * 1000 <= now)
+        ref.pop_front();
+    }
+    if (r.below(500) == 0) {
+      std::vector<uint64_t> fps;
+      for (auto& x : ref)
+        fps.push_back(x.second);
+      auto f = w.freeze();
+      ASSERT_EQ(f.size(), fps.size()) << "step " << step;
+      frozen.emplace_back(std::move(f), std::move(fps));
+    }
+  }
+  ASSERT_GE(frozen.size(), 20u);
+  for (size_t i = 0; i < frozen.size(); ++i) {
+    auto img = frozen[i].first.to_image();
+    ASSERT_EQ(img.fingerprints, frozen[i].second) << "frozen window " << i;
+    uint64_t total = 0;
+    for (auto c : img.expiry_counts)
+      total += c;
+    EXPECT_EQ(total, img.fingerprints.size());
+    id_window v;
+    EXPECT_EQ(v.load(img), "") << "frozen window " << i;
+  }
+  // Expired to nothing, and frozen empty.
+  w.expire(now + 10000);
+  EXPECT_EQ(w.size(), 0u);
+  EXPECT_EQ(w.freeze().size(), 0u);
+  EXPECT_TRUE(w.save().fingerprints.empty());
+  // Sizes around one chunk.
+  for (size_t n : {size_t{1}, id_window::chunk_ids - 1, id_window::chunk_ids,
+                   id_window::chunk_ids + 1, 3 * id_window::chunk_ids}) {
+    id_window x;
+    for (size_t i = 0; i < n; ++i)
+      x.add("c" + std::to_string(i), 1000 + static_cast<int64_t>(i));
+    EXPECT_EQ(x.freeze().to_image().fingerprints.size(), n);
+    x.expire(1000 + static_cast<int64_t>(n / 2) * 1000);  // the oldest expire
+    auto img = x.save();
+    EXPECT_EQ(img.fingerprints.size(), x.size()) << n;
+    id_window y;
+    EXPECT_EQ(y.load(img), "") << n;
+  }
 }
 
 TEST(IdWindow, RefusesAnInconsistentImage) {

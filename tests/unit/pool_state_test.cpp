@@ -1497,6 +1497,37 @@ TEST(PoolArchive, TheWindowSurvivesASnapshot) {
   EXPECT_EQ(r.refused->code, "duplicate_session");
 }
 
+// A snapshot taken in two steps (freeze on the pool's thread, finish on
+// another) is the snapshot of the moment it was frozen, whatever the pool
+// did in between: ids added to and expired from the window, records changed.
+TEST(PoolArchive, AFrozenSnapshotIsTheStateWhenItWasFrozen) {
+  auto p = quiet();
+  p.session_id_retention_ms = 20'000;
+  harness h{p};
+  h.admit("n1");
+  auto serve = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      auto sid = "s" + std::to_string(i);
+      h.submit(sid, "m", 1, 1, 1, 1);
+      h.now += 10;
+      h.task(sid, {{"n1", pb::OK}});
+      h.pass("n1");
+    }
+  };
+  serve(0, 1500);  // about three chunks of ids
+  ASSERT_GT(h.pool.recent_ids().size(), 2 * id_window::chunk_ids);
+  auto expected = bytes_of(h.pool.snapshot());
+  auto frozen = h.pool.freeze();
+  h.now += 19'000;
+  serve(1500, 3000);  // the oldest ids expire, new ones fill new chunks
+  ASSERT_FALSE(h.pool.recently_ended("s0"));
+  EXPECT_EQ(bytes_of(std::move(frozen).finish()), expected);
+  pool_state again{quiet()};
+  again.restore(h.pool.snapshot());
+  EXPECT_TRUE(again.recently_ended("s2999"));
+  EXPECT_EQ(bytes_of(again.snapshot()), bytes_of(h.pool.snapshot()));
+}
+
 TEST(PoolEndSession, EndsQueuedSessionSoItIsNeverStarted) {
   harness h;
   h.submit("s1");
