@@ -206,6 +206,18 @@ void published(self_ptr self, const pb::EventBatch& b) {
   }
 }
 
+void flush(self_ptr self);
+
+/// A group commit of the part of a drain applied so far (it reached
+/// max_batch_commands); the flush already on its way stays so, and commits
+/// the rest of the drain.
+template <class Flush>
+void flush_part(self_ptr self, Flush f) {
+  auto scheduled = self->state.flush_scheduled;
+  f(self);
+  self->state.flush_scheduled = scheduled;
+}
+
 void apply(self_ptr self, pb::Command& cmd,
            caf::response_promise* rp) {
   auto& st = self->state;
@@ -231,6 +243,9 @@ void apply(self_ptr self, pb::Command& cmd,
   e.set_now(t);
   e.mutable_command()->Swap(&cmd);
   hold_for_commit(self, r, rp);
+  if (st.cfg.max_batch_commands > 0
+      && st.pending.size() >= st.cfg.max_batch_commands)
+    flush_part(self, flush);
 }
 
 /// The answers a commit releases: each acceptance or refusal, in order.
@@ -412,6 +427,8 @@ void end_term(self_ptr self, const std::string& why) {
     self->send(s, reset_atom::value);
 }
 
+void flush_cluster(self_ptr self);
+
 void apply_cluster(self_ptr self, pb::Command& cmd,
                    caf::response_promise* rp) {
   auto& st = self->state;
@@ -434,6 +451,9 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
   note_grants(self, st.lead->pool(), r, t);
   // Ended sessions are archived by every replica when the entry commits.
   hold_for_commit(self, r, rp);
+  if (st.cfg.max_batch_commands > 0
+      && st.lead->pending() >= st.cfg.max_batch_commands)
+    flush_part(self, flush_cluster);
 }
 
 /// One mailbox drain: one log entry, proposed; its answers and events wait

@@ -45,6 +45,14 @@ struct supervisor_config {
   /// Snapshots are serialized and written on a thread of their own; off
   /// (simulation), they are written inline, so a seeded run stays the same.
   bool async_snapshots = true;
+  /// Commands per group commit at most: a drain of a longer mailbox (a
+  /// backlog, when more is offered than the pool serves) is written, or
+  /// proposed, in parts of this size, so that what one commit holds (its
+  /// entries, events and answers) stays small enough to be cheap per
+  /// command. Without it a backlog made commits of thousands of commands,
+  /// each costlier per command than the last, and throughput fell past
+  /// capacity instead of levelling off (BENCHMARKS.md). Zero: no bound.
+  size_t max_batch_commands = 256;
   /// Fault injection (simulation): asked after each group commit is on
   /// storage and before anyone hears of it; true makes the supervisor die
   /// there, as a process crashing between a write and its acknowledgement.

@@ -74,6 +74,7 @@ protected:
     sc.async_snapshots = false;  // deterministic under the test scheduler
     sc.admission = admission_;
     sc.tests = tests_;
+    sc.max_batch_commands = max_batch_commands_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -206,6 +207,7 @@ protected:
   params params_for_state_;
   admission_policy admission_;  // who start() lets register
   test_config tests_;  // the bank and secret of the next start()
+  size_t max_batch_commands_ = supervisor_config{}.max_batch_commands;
 };
 
 } // namespace nodepool::testing

@@ -71,6 +71,37 @@ TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   EXPECT_EQ(stats["applied"].get<uint64_t>(), st->entries_appended);
 }
 
+// A backlog is committed in parts of max_batch_commands: 40 commands in
+// one drain, at most 16 per commit, make three synced writes (16, 16, 8),
+// every command in one of them and answered after it.
+TEST_F(group_commit, a_long_drain_is_committed_in_bounded_parts) {
+  max_batch_commands_ = 16;
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  auto appends_before = st->appends;
+  auto entries_before = st->entries_appended;
+  caf::scoped_actor self{*sys_};
+  for (int i = 0; i < 40; ++i) {
+    pb::Command c;
+    auto* r = c.mutable_register_();
+    r->set_node_id("b" + std::to_string(i));
+    r->add_models("m");
+    self->send(oracle_.supervisor, cmd_atom::value, c.SerializeAsString());
+  }
+  sched_->run();
+  EXPECT_EQ(st->appends - appends_before, 3u);
+  EXPECT_EQ(st->synced, st->appends);
+  EXPECT_EQ(st->entries_appended - entries_before, 40u);
+  EXPECT_EQ(state().nodes().size(), 40u);
+  size_t answered = 0;
+  while (self->mailbox().size() > 0)
+    self->receive([&](accepted_atom) { ++answered; },
+                  [&](caf::error&) {});
+  EXPECT_EQ(answered, 40u);
+  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  EXPECT_EQ(stats["batches"].get<uint64_t>(), st->appends);
+}
+
 TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   auto p = fast_params();
   p.snapshot_every = 4;
