@@ -118,6 +118,25 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
   return r;
 }
 
+/// A new session refused as `overloaded` when the mailbox behind it holds
+/// more than max_backlog messages (supervisor_config); anything else, and
+/// any command below the bound, goes on.
+apply_result shed(self_ptr self, const pb::Command& cmd) {
+  apply_result r;
+  auto bound = self->state.cfg.max_backlog;
+  if (bound == 0 || !cmd.has_submit_session())
+    return r;
+  auto waiting = self->mailbox().size();
+  if (waiting > bound)
+    r.refused = refusal{"overloaded",
+                        std::to_string(waiting)
+                          + " messages wait at the pool supervisor (more than "
+                          + std::to_string(bound)
+                          + "): more is offered than the pool serves; retry "
+                            "later"};
+  return r;
+}
+
 /// The next group commit (one drain: one write, or one log entry), unless
 /// one is already on its way.
 void schedule_flush(self_ptr self) {
@@ -226,8 +245,9 @@ void apply(self_ptr self, pb::Command& cmd,
     return;
   }
   auto t = now(self);
-  auto r = cmd.has_submit_session() ? archived_duplicate(self, st.pool, cmd)
-                                    : apply_result{};
+  auto r = shed(self, cmd);
+  if (!r.refused && cmd.has_submit_session())
+    r = archived_duplicate(self, st.pool, cmd);
   if (!r.refused)
     r = st.pool.apply(cmd, t);
   if (answered_unchanged(self, cmd, r, rp, st.pending.empty()))
@@ -437,9 +457,9 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
     return;
   }
   auto t = now(self);
-  auto r = cmd.has_submit_session()
-             ? archived_duplicate(self, st.lead->pool(), cmd)
-             : apply_result{};
+  auto r = shed(self, cmd);
+  if (!r.refused && cmd.has_submit_session())
+    r = archived_duplicate(self, st.lead->pool(), cmd);
   if (!r.refused)
     r = st.lead->apply(cmd, t);
   // An answer waits behind every drain not yet released, refusals too.

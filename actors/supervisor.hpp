@@ -53,6 +53,13 @@ struct supervisor_config {
   /// each costlier per command than the last, and throughput fell past
   /// capacity instead of levelling off (BENCHMARKS.md). Zero: no bound.
   size_t max_batch_commands = 256;
+  /// Load shedding: a new session is refused (`overloaded`, at once, with
+  /// nothing changed) when more than this many messages wait in the
+  /// supervisor's mailbox behind it, i.e. when more is offered than the
+  /// pool serves. Commands about work already accepted (ends, results,
+  /// tests, nodes) are never shed: they are what drains the backlog. Zero:
+  /// no bound.
+  size_t max_backlog = 10000;
   /// Fault injection (simulation): asked after each group commit is on
   /// storage and before anyone hears of it; true makes the supervisor die
   /// there, as a process crashing between a write and its acknowledgement.

@@ -150,6 +150,7 @@ int status_for(const std::string& code) {
     {"not_interactive", 409},   {"busy", 429},
     {"rate_limited", 429},      {"queue_full", 429},
     {"not_leader", 503},        {"unavailable", 503},
+    {"overloaded", 503},
     {"timeout", 504},           {"no_answer", 504},
     {"malformed", 400},         {"bad_field", 400},
     {"bad_json", 400},          {"bad_session_shape", 400},

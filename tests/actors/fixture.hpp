@@ -75,6 +75,7 @@ protected:
     sc.admission = admission_;
     sc.tests = tests_;
     sc.max_batch_commands = max_batch_commands_;
+    sc.max_backlog = max_backlog_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -208,6 +209,7 @@ protected:
   admission_policy admission_;  // who start() lets register
   test_config tests_;  // the bank and secret of the next start()
   size_t max_batch_commands_ = supervisor_config{}.max_batch_commands;
+  size_t max_backlog_ = supervisor_config{}.max_backlog;
 };
 
 } // namespace nodepool::testing

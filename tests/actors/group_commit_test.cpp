@@ -102,6 +102,47 @@ TEST_F(group_commit, a_long_drain_is_committed_in_bounded_parts) {
   EXPECT_EQ(stats["batches"].get<uint64_t>(), st->appends);
 }
 
+// Load shedding: with more than max_backlog messages behind it, a new
+// session is refused as overloaded, at once and with nothing stored; the
+// rest of the backlog (and anything that is not a new session) goes on.
+TEST_F(group_commit, new_sessions_are_shed_while_the_backlog_is_long) {
+  max_backlog_ = 8;
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  auto sup = oracle_.supervisor;
+  auto sys = sys_.get();
+  auto codes = std::make_shared<std::map<std::string, int>>();
+  auto entries_before = st->entries_appended;
+  sys_->spawn([=](caf::event_based_actor* self) {
+    // 10 registrations, then 20 submissions, all in the mailbox at once.
+    for (int i = 0; i < 30; ++i) {
+      pb::Command c;
+      if (i < 10) {
+        c.mutable_register_()->set_node_id("r" + std::to_string(i));
+        c.mutable_register_()->add_models("m");
+      } else {
+        c.mutable_submit_session()->set_session_id("s" + std::to_string(i));
+        c.mutable_submit_session()->set_model("m");
+      }
+      self->request(sup, caf::infinite, cmd_atom::value, c.SerializeAsString())
+        .then([=](accepted_atom) { ++(*codes)["accepted"]; },
+              [=](caf::error& e) { ++(*codes)[read_refusal(*sys, e).first]; });
+    }
+  });
+  sched_->run();
+  // Every registration went in, though 20-29 messages waited behind them.
+  EXPECT_EQ(state().nodes().size(), 10u);
+  // Submission k (0-19) has 19 - k requests behind it, and the flush the
+  // first registration scheduled: shed while those 20 - k are more than 8,
+  // i.e. the first 12; the last 8 are accepted.
+  EXPECT_EQ((*codes)["overloaded"], 12);
+  EXPECT_EQ((*codes)["accepted"], 18);
+  EXPECT_EQ(st->entries_appended - entries_before, 18u);
+  EXPECT_EQ(state().sessions().size(), 8u);
+  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  EXPECT_EQ(stats["refusals"]["overloaded"].get<int>(), 12);
+}
+
 TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   auto p = fast_params();
   p.snapshot_every = 4;

@@ -139,7 +139,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     // none yet.
     if (path.find(".store.") != std::string::npos)
       return true;
-    for (auto end : {"queued", "live_sessions", "no_grant_within_30s",
+    for (auto end : {"queued", "live_sessions", "no_grant_within_30s", "shed",
                      "sessions_requeued", "unanswered", "transport_errors",
                      "no_reservation_within_30s", "conflicts"})
       if (path.size() >= std::strlen(end)
