@@ -51,10 +51,10 @@ struct supervisor_state {
   histogram grant_ms{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
                       10000, 30000, 60000}};  // submitted -> started
   histogram batch_commands = histogram::exponential(1, 2, 13);  // 1 .. 4096
-  histogram commit_ms{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500,
-                       1000, 2500}};  // fsync (a cluster: until committed)
-  histogram snapshot_copy_ms{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250,
-                              500, 1000, 2500}};  // the supervisor's share of a snapshot
+  static inline const std::vector<double> stop_bounds_ms{
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500};
+  histogram commit_ms{stop_bounds_ms};  // fsync (a cluster: until committed)
+  histogram snapshot_copy_ms{stop_bounds_ms};  // the supervisor's share of a snapshot
   uint64_t reservations = 0;
   uint64_t releases = 0;
   // Cluster mode: the leader's speculative state (none on a follower), and
@@ -278,6 +278,25 @@ void deliver_answers(Waiting& waiting) {
       rp.deliver(accepted_atom::value);
 }
 
+/// A snapshot of the pool as of entry `last_index` (single oracle). Here
+/// only the copy of the live records (the window of recent ids is shared,
+/// not copied) and the stop it costs, counted; building the message,
+/// serializing and writing it happen on the writer's thread (inline, and
+/// its error returned, without one).
+status snapshot_now(self_ptr self, uint64_t last_index) {
+  auto& st = self->state;
+  auto c0 = std::chrono::steady_clock::now();
+  auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
+  frozen->records.set_last_index(last_index);
+  st.snapshot_copy_ms.add(std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - c0).count());
+  st.since_snapshot = 0;
+  if (!st.snapshots)
+    return st.cfg.storage->save_snapshot(std::move(*frozen).finish());
+  st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
+  return {};
+}
+
 void flush(self_ptr self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -330,22 +349,9 @@ void flush(self_ptr self) {
     st.pool.nodes().size() + st.pool.sessions().size()
       + st.pool.recent_ids().size() / 16);
   if (st.since_snapshot >= every) {
-    // Here only the copy of the live records (the window of recent ids is
-    // shared, not copied); building the message, serializing and writing
-    // it happen on the writer's thread.
-    auto c0 = std::chrono::steady_clock::now();
-    auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
-    frozen->records.set_last_index(last_index);
-    st.snapshot_copy_ms.add(std::chrono::duration<double, std::milli>(
-                              std::chrono::steady_clock::now() - c0).count());
-    st.since_snapshot = 0;
-    if (st.snapshots) {
-      st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
-    } else if (auto s = st.cfg.storage->save_snapshot(std::move(*frozen).finish());
-               !s.ok()) {
+    if (auto s = snapshot_now(self, last_index); !s.ok())
       log("supervisor")->error("snapshot failed (log still complete): {}",
                                s.error);
-    }
   }
 }
 
@@ -990,13 +996,7 @@ caf::behavior handlers(self_ptr self) {
         st.since_snapshot = std::numeric_limits<uint64_t>::max() / 2;
         return st.pending.back().index();
       }
-      auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
-      frozen->records.set_last_index(st.next_index - 1);
-      st.since_snapshot = 0;
-      if (st.snapshots)
-        st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
-      else if (auto s = st.cfg.storage->save_snapshot(std::move(*frozen).finish());
-               !s.ok())
+      if (auto s = snapshot_now(self, st.next_index - 1); !s.ok())
         return make_refusal("snapshot_failed", s.error);
       return st.next_index - 1;
     },

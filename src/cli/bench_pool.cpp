@@ -138,27 +138,30 @@ struct driver_state {
 
 using driver_ptr = caf::stateful_actor<driver_state>*;
 
-void send_cmd(driver_ptr self, const pb::Command& c) {
+/// Sends a command to the supervisor; a refusal is counted, and
+/// `refused` (if any) runs on the driver when it comes.
+void send_cmd(driver_ptr self, const pb::Command& c,
+              std::function<void()> refused = {}) {
   auto out = self->state.out;
   self->request(self->state.sup, caf::infinite, cmd_atom::value,
                 c.SerializeAsString())
-    .then([](accepted_atom) {}, [out](caf::error&) { ++out->refused; });
+    .then([](accepted_atom) {},
+          [out, refused](caf::error&) {
+            ++out->refused;
+            if (refused)
+              refused();
+          });
 }
 
 void submit(driver_ptr self, int64_t t0) {
   auto sid = "s" + std::to_string(self->state.next++);
   self->state.waiting.emplace(sid, t0);
-  auto out = self->state.out;
-  ++out->submitted;
+  ++self->state.out->submitted;
   // A submission shed under overload waits for nothing more.
-  self->request(self->state.sup, caf::infinite, cmd_atom::value,
-                submit_cmd(sid).SerializeAsString())
-    .then([](accepted_atom) {},
-          [self, out, sid](caf::error&) {
-            ++out->refused;
-            if (self->state.waiting.erase(sid) > 0)
-              ++out->shed;
-          });
+  send_cmd(self, submit_cmd(sid), [self, sid] {
+    if (self->state.waiting.erase(sid) > 0)
+      ++self->state.out->shed;
+  });
 }
 
 caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out) {
@@ -798,8 +801,7 @@ nlohmann::json durable(const options& o) {
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
     uint64_t shed = 0;
-    auto commits_before = dp.stats()["histograms"]["commit_latency_ms"];
-    auto copies_before = dp.stats()["histograms"]["snapshot_copy_ms"];
+    auto before = dp.stats()["histograms"];
     for (int r = 0; r < o.reps; ++r) {
       auto [lat, achieved] =
         dp.offer_measured("durable", load * cps, o.seconds, o.warmup, 1000 * r + 1);
@@ -825,13 +827,14 @@ nlohmann::json durable(const options& o) {
     // Where a grant's time goes: the group commits (write and sync).
     auto what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
                 + "%: group commits";
-    c["commit_latency"] = histogram_delta(
-      commits_before, dp.stats()["histograms"]["commit_latency_ms"], what.c_str());
+    auto after = dp.stats()["histograms"];
+    c["commit_latency"] = histogram_delta(before["commit_latency_ms"],
+                                          after["commit_latency_ms"], what.c_str());
     // And the supervisor's stops for snapshots (copying the live state).
     what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
            + "%: snapshot copies";
-    c["snapshot_copy"] = histogram_delta(
-      copies_before, dp.stats()["histograms"]["snapshot_copy_ms"], what.c_str());
+    c["snapshot_copy"] = histogram_delta(before["snapshot_copy_ms"],
+                                         after["snapshot_copy_ms"], what.c_str());
     curve.push_back(c);
     auto key = "grant_at_" + std::to_string(static_cast<int>(load * 100 + 0.5));
     if (load == 0.5 || load == 0.9)

@@ -51,18 +51,29 @@ private:
 
 class group_commit : public actor_test {};
 
+/// The bytes of a command the supervisor takes: a node's registration
+/// (model "m") or a new session for that model.
+std::string registration(const std::string& node) {
+  pb::Command c;
+  c.mutable_register_()->set_node_id(node);
+  c.mutable_register_()->add_models("m");
+  return c.SerializeAsString();
+}
+std::string submission(const std::string& session) {
+  pb::Command c;
+  c.mutable_submit_session()->set_session_id(session);
+  c.mutable_submit_session()->set_model("m");
+  return c.SerializeAsString();
+}
+
 TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   auto st = std::make_shared<counting_store>();
   start(fast_params(), st);
   auto appends_before = st->appends;
   // 40 registrations land in the mailbox before the supervisor runs.
-  for (int i = 0; i < 40; ++i) {
-    pb::Command c;
-    auto* r = c.mutable_register_();
-    r->set_node_id("g" + std::to_string(i));
-    r->add_models("m");
-    caf::anon_send(oracle_.supervisor, cmd_atom::value, c.SerializeAsString());
-  }
+  for (int i = 0; i < 40; ++i)
+    caf::anon_send(oracle_.supervisor, cmd_atom::value,
+                   registration("g" + std::to_string(i)));
   sched_->run();
   EXPECT_EQ(st->appends - appends_before, 1u);
   EXPECT_EQ(st->synced, st->appends);
@@ -81,13 +92,9 @@ TEST_F(group_commit, a_long_drain_is_committed_in_bounded_parts) {
   auto appends_before = st->appends;
   auto entries_before = st->entries_appended;
   caf::scoped_actor self{*sys_};
-  for (int i = 0; i < 40; ++i) {
-    pb::Command c;
-    auto* r = c.mutable_register_();
-    r->set_node_id("b" + std::to_string(i));
-    r->add_models("m");
-    self->send(oracle_.supervisor, cmd_atom::value, c.SerializeAsString());
-  }
+  for (int i = 0; i < 40; ++i)
+    self->send(oracle_.supervisor, cmd_atom::value,
+               registration("b" + std::to_string(i)));
   sched_->run();
   EXPECT_EQ(st->appends - appends_before, 3u);
   EXPECT_EQ(st->synced, st->appends);
@@ -115,19 +122,12 @@ TEST_F(group_commit, new_sessions_are_shed_while_the_backlog_is_long) {
   auto entries_before = st->entries_appended;
   sys_->spawn([=](caf::event_based_actor* self) {
     // 10 registrations, then 20 submissions, all in the mailbox at once.
-    for (int i = 0; i < 30; ++i) {
-      pb::Command c;
-      if (i < 10) {
-        c.mutable_register_()->set_node_id("r" + std::to_string(i));
-        c.mutable_register_()->add_models("m");
-      } else {
-        c.mutable_submit_session()->set_session_id("s" + std::to_string(i));
-        c.mutable_submit_session()->set_model("m");
-      }
-      self->request(sup, caf::infinite, cmd_atom::value, c.SerializeAsString())
+    for (int i = 0; i < 30; ++i)
+      self->request(sup, caf::infinite, cmd_atom::value,
+                    i < 10 ? registration("r" + std::to_string(i))
+                           : submission("s" + std::to_string(i)))
         .then([=](accepted_atom) { ++(*codes)["accepted"]; },
               [=](caf::error& e) { ++(*codes)[read_refusal(*sys, e).first]; });
-    }
   });
   sched_->run();
   // Every registration went in, though 20-29 messages waited behind them.
