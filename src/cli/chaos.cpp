@@ -94,7 +94,8 @@ struct fault {
   size_t miner;
   int64_t hold_ms;
   // A replicated pool: an oracle fault hits the member that leads when it
-  // is due (`at_leader`, if one is known), else member `member`.
+  // is due (`at_leader`; while none is known the fault waits, up to 3 s),
+  // else member `member`.
   size_t member = 0;
   bool at_leader = false;
 };
@@ -724,6 +725,18 @@ void chaos_run::poll_leader(steady::time_point now) {
         leader_term_ = term;
         note("member " + std::to_string(id) + " leads term " + std::to_string(term));
       }
+      // A member that knows of a leader of a newer term names it: ask that
+      // one next, at once, rather than the next member in turn (which may
+      // be stopped, or just restarted and still electing).
+      // A leader still catching up (not ready) is asked again.
+      auto named = c.value("leader_id", uint64_t{0});
+      if (c.value("role", "") == "leader")
+        named = c.value("id", uint64_t{0});
+      if (term > leader_term_ && named >= 1 && named <= oracles_.size()) {
+        poll_member_ = static_cast<size_t>(named - 1);
+        leader_poll_at_ = now + 20ms;
+        return;
+      }
     }
     poll_member_ = (poll_member_ + 1) % oracles_.size();
     leader_poll_at_ = now + 100ms;
@@ -991,8 +1004,19 @@ nlohmann::json chaos_run::run() {
     }
     auto now = steady::now();
     while (next < schedule.size()
-           && now >= t_faults + std::chrono::milliseconds(schedule[next].at_ms))
+           && now >= t_faults + std::chrono::milliseconds(schedule[next].at_ms)) {
+      // A fault meant for the leader waits (up to 3 s) while none is known
+      // yet: dealt to a member chosen in advance instead, it would miss the
+      // leader most of the time.
+      auto& f = schedule[next];
+      bool for_leader = cluster() && f.at_leader
+                        && f.kind != miner_kill && f.kind != miner_stop
+                        && f.kind != miner_cut;
+      if (for_leader && leader_ < 0
+          && now < t_faults + std::chrono::milliseconds(f.at_ms + 3000))
+        break;
       inject(schedule[next++], now);
+    }
     tick(now);
     std::this_thread::sleep_for(10ms);
   }
