@@ -746,9 +746,9 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   // No preallocation. RocksDB would fallocate every new write-ahead log
   // file 1.1 x a memtable ahead (70 MB), on the first write to it: the
   // group commit right after each snapshot (whose flush starts a new log)
-  // then stopped for 25-40 ms on a tmpfs, which fills those pages, and on
-  // ext4 writes into preallocated (unwritten) extents synced slower than
-  // appends (BENCHMARKS.md, "Write-ahead log preallocation").
+  // then stopped for 25-40 ms on a tmpfs, which fills those pages; on ext4
+  // neither way is faster beyond the noise (BENCHMARKS.md, "The tail
+  // without a disk: write-ahead log preallocation").
   opts.allow_fallocate = false;
   auto activity = std::make_shared<rocksdb_store::activity_counter>();
   opts.listeners.push_back(activity);
