@@ -744,9 +744,9 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   opts.create_if_missing = true;
   opts.IncreaseParallelism(2);
   // No preallocation. RocksDB would fallocate every new write-ahead log
-  // file 1.1 x a memtable ahead (70 MB), on the first write to it: the
+  // file 1.1 x a memtable ahead (73.8 MB), on the first write to it: the
   // group commit right after each snapshot (whose flush starts a new log)
-  // then stopped for 25-40 ms on a tmpfs, which fills those pages; on ext4
+  // then stopped for 25-38 ms on a tmpfs, which fills those pages; on ext4
   // neither way is faster beyond the noise (BENCHMARKS.md, "The tail
   // without a disk: write-ahead log preallocation").
   opts.allow_fallocate = false;

@@ -78,6 +78,15 @@ enum fault_kind : size_t {
   fault_kinds
 };
 
+/// Whether a fault of this kind falls on an oracle (a member, in a
+/// cluster) rather than on the miners.
+bool on_oracle(fault_kind k) {
+  return k == oracle_kill || k == oracle_stop || k == oracle_cut;
+}
+
+/// How long a fault meant for the leader waits while no leader is known.
+constexpr std::chrono::milliseconds leader_wait{3000};
+
 const char* const fault_keys[fault_kinds] = {"oracle_kills", "oracle_stops",
                                              "miner_kills", "miner_stops",
                                              "oracle_cuts", "miner_cuts"};
@@ -94,7 +103,8 @@ struct fault {
   size_t miner;
   int64_t hold_ms;
   // A replicated pool: an oracle fault hits the member that leads when it
-  // is due (`at_leader`; while none is known the fault waits, up to 3 s),
+  // is due (`at_leader`; while none is known the fault waits, up to
+  // leader_wait),
   // else member `member`.
   size_t member = 0;
   bool at_leader = false;
@@ -570,11 +580,11 @@ void chaos_run::inject(const fault& f, steady::time_point now) {
     cut(r, f.kind == oracle_cut ? link_of(r, member) : "m", f.hold_ms, now);
     return;
   }
-  bool on_oracle = f.kind == oracle_kill || f.kind == oracle_stop;
+  bool oracle = on_oracle(f.kind);  // cuts were dealt with above
   size_t member = 0;
-  if (on_oracle && cluster())
+  if (oracle && cluster())
     member = f.at_leader && leader_ >= 0 ? static_cast<size_t>(leader_) : f.member;
-  auto& r = on_oracle ? oracles_[member] : miners_[f.miner];
+  auto& r = oracle ? oracles_[member] : miners_[f.miner];
   // A process that is dead (waiting for its restart) cannot be hit; a
   // stopped one can be killed but not stopped again.
   bool stop = f.kind == oracle_stop || f.kind == miner_stop;
@@ -583,7 +593,7 @@ void chaos_run::inject(const fault& f, steady::time_point now) {
     return;
   }
   ++counts_[f.kind];
-  if (on_oracle && cluster())
+  if (oracle && cluster())
     ++(static_cast<int>(member) == leader_ ? leader_faults_
                                            : follower_faults_)[stop ? 1 : 0];
   auto pid = std::to_string(r.proc->pid());
@@ -727,8 +737,8 @@ void chaos_run::poll_leader(steady::time_point now) {
       }
       // A member that knows of a leader of a newer term names it: ask that
       // one next, at once, rather than the next member in turn (which may
-      // be stopped, or just restarted and still electing).
-      // A leader still catching up (not ready) is asked again.
+      // be stopped, or just restarted and still electing). A leader still
+      // catching up (not ready) names itself, and is asked again.
       auto named = c.value("leader_id", uint64_t{0});
       if (c.value("role", "") == "leader")
         named = c.value("id", uint64_t{0});
@@ -1009,11 +1019,8 @@ nlohmann::json chaos_run::run() {
       // yet: dealt to a member chosen in advance instead, it would miss the
       // leader most of the time.
       auto& f = schedule[next];
-      bool for_leader = cluster() && f.at_leader
-                        && f.kind != miner_kill && f.kind != miner_stop
-                        && f.kind != miner_cut;
-      if (for_leader && leader_ < 0
-          && now < t_faults + std::chrono::milliseconds(f.at_ms + 3000))
+      if (cluster() && f.at_leader && on_oracle(f.kind) && leader_ < 0
+          && now < t_faults + std::chrono::milliseconds(f.at_ms) + leader_wait)
         break;
       inject(schedule[next++], now);
     }

@@ -49,7 +49,13 @@ private:
   std::unique_ptr<store> inner_ = make_memory_store();
 };
 
-class group_commit : public actor_test {};
+class group_commit : public actor_test {
+protected:
+  /// The supervisor's stats (counters and histograms), parsed.
+  nlohmann::json supervisor_stats() {
+    return nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  }
+};
 
 /// The bytes of a command the supervisor takes: a node's registration
 /// (model "m") or a new session for that model.
@@ -78,7 +84,7 @@ TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   EXPECT_EQ(st->appends - appends_before, 1u);
   EXPECT_EQ(st->synced, st->appends);
   EXPECT_EQ(state().nodes().size(), 40u);
-  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  auto stats = supervisor_stats();
   EXPECT_EQ(stats["applied"].get<uint64_t>(), st->entries_appended);
 }
 
@@ -105,7 +111,7 @@ TEST_F(group_commit, a_long_drain_is_committed_in_bounded_parts) {
     self->receive([&](accepted_atom) { ++answered; },
                   [&](caf::error&) {});
   EXPECT_EQ(answered, 40u);
-  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  auto stats = supervisor_stats();
   EXPECT_EQ(stats["batches"].get<uint64_t>(), st->appends);
 }
 
@@ -139,7 +145,7 @@ TEST_F(group_commit, new_sessions_are_shed_while_the_backlog_is_long) {
   EXPECT_EQ((*codes)["accepted"], 18);
   EXPECT_EQ(st->entries_appended - entries_before, 18u);
   EXPECT_EQ(state().sessions().size(), 8u);
-  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  auto stats = supervisor_stats();
   EXPECT_EQ(stats["refusals"]["overloaded"].get<int>(), 12);
 }
 
@@ -155,7 +161,7 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   // Each snapshot's stop of the supervisor (its copy of the live records)
   // is in its histogram: at least one per snapshot written (a writer that
   // is behind skips to the newest).
-  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  auto stats = supervisor_stats();
   uint64_t copies = 0;
   for (auto n : stats["histograms"]["snapshot_copy_ms"]["counts"])
     copies += n.get<uint64_t>();
@@ -234,7 +240,7 @@ TEST_F(group_commit, an_ended_session_goes_to_the_archive_with_its_entry) {
   ASSERT_FALSE(state().recently_ended("once"));
   EXPECT_EQ(submit(session_req("once", 1)), "error:duplicate_session");
   EXPECT_GT(st->archive_lookups, lookups);
-  auto stats = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+  auto stats = supervisor_stats();
   EXPECT_EQ(stats["refusals"]["duplicate_session"].get<uint64_t>(), 2u);
   // A new id is still accepted.
   EXPECT_EQ(submit(session_req("twice", 1)), "accepted");
