@@ -3,6 +3,7 @@
 // a history); check_after() visits what one command touched, so checking a
 // history after every entry costs time linear in its length.
 #include "pool_state.hpp"
+#include "touched.hpp"
 
 #include <algorithm>
 #include <set>
@@ -171,53 +172,17 @@ std::vector<violation> pool_state::check_records(
 
 std::vector<violation> pool_state::check_after(const pb::Command& cmd,
                                                const apply_result& r) const {
-  // A new selection strategy re-ranks the whole pool: rare, checked whole.
-  if (cmd.has_configure())
+  // Rare commands that may change every record are checked whole.
+  if (touches_everything(cmd))
     return check_invariants();
   std::vector<std::string> nids, sids;
-  switch (cmd.kind_case()) {
-    case pb::Command::kRegister: nids.push_back(cmd.register_().node_id()); break;
-    case pb::Command::kHeartbeat: nids.push_back(cmd.heartbeat().node_id()); break;
-    case pb::Command::kTestResult: nids.push_back(cmd.test_result().node_id()); break;
-    case pb::Command::kNodeDown: nids.push_back(cmd.node_down().node_id()); break;
-    case pb::Command::kSubmitSession:
-      sids.push_back(cmd.submit_session().session_id());
-      break;
-    case pb::Command::kEndSession: sids.push_back(cmd.end_session().session_id()); break;
-    case pb::Command::kTaskDone:
-      sids.push_back(cmd.task_done().session_id());
-      for (auto& o : cmd.task_done().outcomes())
-        nids.push_back(o.node_id());
-      break;
-    default:
-      break;
-  }
-  for (auto& e : r.events) {
-    switch (e.kind_case()) {
-      case pb::Event::kNodeStateChanged:
-        nids.push_back(e.node_state_changed().node_id());
-        break;
-      case pb::Event::kTestRequested: nids.push_back(e.test_requested().node_id()); break;
-      case pb::Event::kTestFinished: nids.push_back(e.test_finished().node_id()); break;
-      case pb::Event::kNodeReserved:
-        nids.push_back(e.node_reserved().node_id());
-        sids.push_back(e.node_reserved().session_id());
-        break;
-      case pb::Event::kNodeReleased:
-        nids.push_back(e.node_released().node_id());
-        sids.push_back(e.node_released().session_id());
-        break;
-      case pb::Event::kSessionAccepted:
-        sids.push_back(e.session_accepted().session_id());
-        break;
-      case pb::Event::kSessionStarted:
-        sids.push_back(e.session_started().session_id());
-        break;
-      case pb::Event::kSessionEnded: sids.push_back(e.session_ended().session_id()); break;
-      default:
-        break;
-    }
-  }
+  for_each_touched(
+    cmd, r, [&](const std::string& id) { nids.push_back(id); },
+    [&](const std::string& id) { sids.push_back(id); });
+  for (auto* n : last_noted_nodes_)
+    nids.push_back(n->id());
+  sids.insert(sids.end(), last_noted_sessions_.begin(),
+              last_noted_sessions_.end());
   return check_records(nids, sids, r.archived);
 }
 

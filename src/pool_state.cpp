@@ -1,4 +1,5 @@
 #include "pool_state.hpp"
+#include "touched.hpp"
 
 #include <cmath>
 #include <limits>
@@ -6,6 +7,7 @@
 #include "random.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 
 namespace nodepool {
@@ -129,6 +131,8 @@ uint64_t pool_state::next_random() {
 
 apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
   apply_result out;
+  last_noted_nodes_.clear();
+  last_noted_sessions_.clear();
   // Time never runs backwards inside the pool, whatever the clock did.
   if (now < last_now_)
     now = last_now_;
@@ -183,6 +187,11 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     out.changed = true;
   if (out.changed) {
     try_assign(now, out);
+    // Kept before flush_notes() empties the notes.
+    last_noted_nodes_ = noted_nodes_;
+    for (auto* s : noted_sessions_)
+      last_noted_sessions_.push_back(s->id());
+    note_changed(cmd, out);
     flush_notes();
     // Only changed commands are logged, so only they may move the window:
     // a replay then expires the same ids at the same entries.
@@ -512,21 +521,15 @@ id_window::image recent_ids_image(const pb::Snapshot& snap) {
   return img;
 }
 
-pool_state::frozen pool_state::freeze() const {
-  frozen f;
-  auto& snap = f.records;
+struct pool_state::record_copies {
+  std::map<std::string, pb::NodeRecord> nodes;
+  std::map<std::string, pb::SessionRecord> sessions;
+};
+
+pb::Snapshot pool_state::snapshot_scalars() const {
+  pb::Snapshot snap;
   snap.set_params_json(to_json(params_));
   snap.set_last_now(last_now_);
-  for (auto& [id, n] : nodes_)
-    *snap.add_nodes() = n;
-  std::vector<const pb::SessionRecord*> live;  // by id: equal states, equal bytes
-  live.reserve(sessions_.size());
-  for (auto& [id, s] : sessions_)
-    live.push_back(&s);
-  std::sort(live.begin(), live.end(),
-            [](auto* a, auto* b) { return a->id() < b->id(); });
-  for (auto* s : live)
-    *snap.add_sessions() = *s;
   snap.set_next_test_id(next_test_id_);
   snap.set_next_session_seq(next_session_seq_);
   snap.set_rng_state(rng_state_);
@@ -535,12 +538,136 @@ pool_state::frozen pool_state::freeze() const {
   snap.set_sessions_completed(sessions_completed_);
   snap.set_sessions_requeued(sessions_requeued_);
   snap.set_sessions_failed(sessions_failed_);
+  return snap;
+}
+
+/// Live sessions by id: equal states give equal bytes.
+static std::vector<const pb::SessionRecord*>
+by_id(const flat_table<pb::SessionRecord>& sessions) {
+  std::vector<const pb::SessionRecord*> live;
+  live.reserve(sessions.size());
+  for (auto& [id, s] : sessions)
+    live.push_back(&s);
+  std::sort(live.begin(), live.end(),
+            [](auto* a, auto* b) { return a->id() < b->id(); });
+  return live;
+}
+
+pb::Snapshot pool_state::snapshot() const {
+  auto snap = snapshot_scalars();
+  snap.mutable_nodes()->Reserve(static_cast<int>(nodes_.size()));
+  for (auto& [id, n] : nodes_)
+    *snap.add_nodes() = n;
+  for (auto* s : by_id(sessions_))
+    *snap.add_sessions() = *s;
+  frozen f;
+  f.records = std::move(snap);
+  f.recent_ids = recent_ids_.freeze();
+  return std::move(f).finish();
+}
+
+void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
+  if (!copies_)
+    return;  // no copy to keep up to date: the next freeze makes one
+  if (touches_everything(cmd)) {
+    copies_.reset();  // the next freeze copies everything; rare
+    changed_nodes_.clear();
+    changed_sessions_.clear();
+    return;
+  }
+  // Two sources, each alone found incomplete by the randomized test: the
+  // records the command and its events name (an ended session is named
+  // only there), and the records noted for their timers (a session that
+  // lost a node to a NodeDown is named only there).
+  for_each_touched(
+    cmd, r,
+    [&](const std::string& id) {
+      if (auto* n = live_node(id))
+        changed_nodes_.push_back(n);
+    },
+    [&](const std::string& id) { changed_sessions_.push_back(id); });
+  changed_nodes_.insert(changed_nodes_.end(), last_noted_nodes_.begin(),
+                        last_noted_nodes_.end());
+  changed_sessions_.insert(changed_sessions_.end(),
+                           last_noted_sessions_.begin(),
+                           last_noted_sessions_.end());
+  // Without a freeze for long, the lists are deduplicated; if what changed
+  // is still much more than what lives, the copy is dropped and the next
+  // freeze copies everything, which then costs no more than those commands
+  // did. Either way the lists stay bounded by the live state.
+  auto live = nodes_.size() + sessions_.size();
+  if (changed_nodes_.size() + changed_sessions_.size() <= 2 * live + 4096)
+    return;
+  std::sort(changed_nodes_.begin(), changed_nodes_.end());
+  changed_nodes_.erase(std::unique(changed_nodes_.begin(), changed_nodes_.end()),
+                       changed_nodes_.end());
+  std::sort(changed_sessions_.begin(), changed_sessions_.end());
+  changed_sessions_.erase(
+    std::unique(changed_sessions_.begin(), changed_sessions_.end()),
+    changed_sessions_.end());
+  if (changed_nodes_.size() + changed_sessions_.size() > live + 2048) {
+    copies_.reset();
+    changed_nodes_ = {};
+    changed_sessions_ = {};
+  }
+}
+
+pool_state::frozen pool_state::freeze() {
+  if (copies_ && copies_.use_count() > 1) {
+    // An unfinished snapshot still reads this copy: keep it as it is.
+    copies_ = std::make_shared<record_copies>(*copies_);
+  } else if (copies_) {
+    // Whoever shared it released it (an acquire-release decrement); what
+    // they read happens before what is written here.
+    std::atomic_thread_fence(std::memory_order_acquire);
+  }
+  if (!copies_) {
+    copies_ = std::make_shared<record_copies>();
+    for (auto& [id, n] : nodes_)
+      copies_->nodes.emplace_hint(copies_->nodes.end(), id, n);
+    for (auto* s : by_id(sessions_))
+      copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
+  } else {
+    std::sort(changed_nodes_.begin(), changed_nodes_.end());
+    changed_nodes_.erase(
+      std::unique(changed_nodes_.begin(), changed_nodes_.end()),
+      changed_nodes_.end());
+    for (auto* n : changed_nodes_) {
+      auto [it, added] = copies_->nodes.try_emplace(n->id());
+      it->second = *n;
+    }
+    auto& copied = copies_->sessions;
+    for (auto& id : changed_sessions_) {
+      if (auto* s = live_session(id)) {
+        auto [it, added] = copied.try_emplace(id);
+        it->second = *s;
+      } else {
+        copied.erase(id);  // ended (or never accepted)
+      }
+    }
+  }
+  changed_nodes_.clear();
+  changed_sessions_.clear();
+  frozen f;
+  f.records = snapshot_scalars();
+  f.live = copies_;
   f.recent_ids = recent_ids_.freeze();
   return f;
 }
 
 pb::Snapshot pool_state::frozen::finish() && {
   auto snap = std::move(records);
+  if (live) {
+    auto* nodes = snap.mutable_nodes();
+    nodes->Reserve(static_cast<int>(live->nodes.size()));
+    for (auto& [id, n] : live->nodes)
+      *nodes->Add() = n;
+    auto* sessions = snap.mutable_sessions();
+    sessions->Reserve(static_cast<int>(live->sessions.size()));
+    for (auto& [id, s] : live->sessions)
+      *sessions->Add() = s;
+    live.reset();  // the next freeze may update the copy in place
+  }
   auto* ids = snap.mutable_recent_ids();
   ids->Reserve(static_cast<int>(recent_ids.size()));
   recent_ids.for_each_span(
@@ -563,6 +690,11 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
       selector_ = make_selection(params_.selection);
     }
   }
+  copies_.reset();  // they were of the records about to go
+  last_noted_nodes_.clear();
+  last_noted_sessions_.clear();
+  changed_nodes_.clear();
+  changed_sessions_.clear();
   pool_.clear();
   active_ = 0;
   nodes_.clear();

@@ -120,9 +120,10 @@ public:
   /// snapshot and at the end of a history.
   std::vector<violation> check_invariants() const;
   /// Checks I1..I5 on the records a command touched, plus the O(1)
-  /// counters: O(records touched). `cmd` and `r` are the command and what
-  /// applying it returned; together they name every record it changed
-  /// (each change of a node or session shows in an event or the command).
+  /// counters: O(records touched). `cmd` and `r` are the last command
+  /// applied and what applying it returned: the records they name
+  /// (touched.hpp) and those the pool noted while applying it are every
+  /// record it changed.
   std::vector<violation> check_after(const pb::Command& cmd,
                                      const apply_result& r) const;
   /// The same on named records (tests break a state and name the record).
@@ -133,17 +134,27 @@ public:
 
   // -- snapshots -------------------------------------------------------------
 
-  pb::Snapshot snapshot() const { return freeze().finish(); }
-  /// A snapshot in two steps: freeze() copies the live records and shares
-  /// the idempotency window's full chunks (it stops the caller no longer
-  /// than copying the live state); finish() builds the message, on any
-  /// thread, while the pool goes on.
+  /// The whole state, copied now.
+  pb::Snapshot snapshot() const;
+  /// The live records as the last freeze() left them, in id order (the
+  /// order of a snapshot): defined in pool_state.cpp.
+  struct record_copies;
+  /// A snapshot in two steps: freeze() stops the caller only to bring a
+  /// copy of the live records up to date, and to share it and the
+  /// idempotency window's full chunks; finish() builds the message, on any
+  /// thread, while the pool goes on. The copy is kept from one freeze to
+  /// the next, and only the records changed since the last one are copied
+  /// again (the records each applied command touched, touched.hpp): the
+  /// stop depends on what changed, not on the size of the pool. A copy
+  /// still shared with an unfinished snapshot is first copied whole, so a
+  /// slow writer costs time, never a wrong snapshot.
   struct frozen {
-    pb::Snapshot records;  // everything but the window's fingerprints
+    pb::Snapshot records;  // everything but the live records and the window
+    std::shared_ptr<const record_copies> live;  // released by finish()
     id_window::frozen recent_ids;
     pb::Snapshot finish() &&;
   };
-  frozen freeze() const;
+  frozen freeze();
   /// Replaces the state by a snapshot's. Indexes are rebuilt. Without
   /// `with_recent_ids` the idempotency window stays empty (a copy made only
   /// to check I1-I5 need not rebuild it).
@@ -349,6 +360,10 @@ private:
   /// Sessions touched by the command being applied (archive() takes a
   /// session out before its record goes).
   std::vector<const pb::SessionRecord*> noted_sessions_;
+  /// What the last applied command noted, kept past flush_notes() for
+  /// check_after() and freeze() (restore() empties it; nodes never move).
+  std::vector<const pb::NodeRecord*> last_noted_nodes_;
+  std::vector<std::string> last_noted_sessions_;
   /// Queued sessions by what they need: within a class every session is
   /// served by the same nodes, so only its head is looked at per command.
   struct class_key {
@@ -397,6 +412,18 @@ private:
   uint64_t sessions_requeued_ = 0;
   id_window recent_ids_;
   int64_t last_now_ = 0;
+
+  // pool_state.cpp: the copy freeze() keeps (null: none, or dropped) and
+  // what changed since it was brought up to date. Nodes are never dropped,
+  // so they are named by address; a session by id, since its record leaves
+  // the pool when it ends.
+  std::shared_ptr<record_copies> copies_;
+  std::vector<const pb::NodeRecord*> changed_nodes_;
+  std::vector<std::string> changed_sessions_;
+  /// Notes what an applied command changed, for the next freeze().
+  void note_changed(const pb::Command& cmd, const apply_result& r);
+  /// The scalars of a snapshot (everything but records and window).
+  pb::Snapshot snapshot_scalars() const;
 };
 
 /// The idempotency window as a snapshot holds it.

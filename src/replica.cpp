@@ -94,12 +94,20 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
   return o;
 }
 
-pool_state::frozen replica::freeze() const {
+pool_state::frozen replica::freeze() {
   auto f = pool_.freeze();
   f.records.set_last_index(last_index_);
   f.records.set_last_now(last_now_);
   f.records.set_last_term(last_term_);
   return f;
+}
+
+pb::Snapshot replica::snapshot() const {
+  auto snap = pool_.snapshot();
+  snap.set_last_index(last_index_);
+  snap.set_last_now(last_now_);
+  snap.set_last_term(last_term_);
+  return snap;
 }
 
 std::string replica::snapshot_bytes() const {

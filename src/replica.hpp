@@ -65,9 +65,9 @@ public:
 
   /// The committed state: the pool's snapshot with the last index, time
   /// and term folded in.
-  pb::Snapshot snapshot() const { return freeze().finish(); }
+  pb::Snapshot snapshot() const;
   /// The same in two steps (pool_state::freeze).
-  pool_state::frozen freeze() const;
+  pool_state::frozen freeze();
   std::string snapshot_bytes() const;
   /// Replaces the state with a snapshot's (a lagging member catching up).
   /// A snapshot that does not decode or breaks an invariant is refused with
