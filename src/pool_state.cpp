@@ -524,6 +524,15 @@ id_window::image recent_ids_image(const pb::Snapshot& snap) {
 struct pool_state::record_copies {
   std::map<std::string, pb::NodeRecord> nodes;
   std::map<std::string, pb::SessionRecord> sessions;
+  /// Each live node's copy in `nodes`, found without the map's string
+  /// comparisons. A cache, valid for the pool that filled it (`owner`): a
+  /// pool copied or moved, or a copy of this struct, starts it again.
+  std::unordered_map<const pb::NodeRecord*, pb::NodeRecord*> copy_of;
+  const pool_state* owner = nullptr;
+
+  record_copies() = default;
+  record_copies(const record_copies& o) : nodes(o.nodes), sessions(o.sessions) {}
+  record_copies& operator=(const record_copies&) = delete;
 };
 
 pb::Snapshot pool_state::snapshot_scalars() const {
@@ -578,34 +587,36 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
   // Two sources, each alone found incomplete by the randomized test: the
   // records the command and its events name (an ended session is named
   // only there), and the records noted for their timers (a session that
-  // lost a node to a NodeDown is named only there).
+  // lost a node to a NodeDown is named only there). Sets, so a record
+  // touched by many commands is copied once, with no sort at the freeze.
   for_each_touched(
     cmd, r,
     [&](const std::string& id) {
       if (auto* n = live_node(id))
-        changed_nodes_.push_back(n);
+        changed_nodes_.insert(n);
     },
-    [&](const std::string& id) { changed_sessions_.push_back(id); });
-  changed_nodes_.insert(changed_nodes_.end(), last_noted_nodes_.begin(),
-                        last_noted_nodes_.end());
-  changed_sessions_.insert(changed_sessions_.end(),
-                           last_noted_sessions_.begin(),
+    [&](const std::string& id) { changed_sessions_.insert(id); });
+  changed_nodes_.insert(last_noted_nodes_.begin(), last_noted_nodes_.end());
+  changed_sessions_.insert(last_noted_sessions_.begin(),
                            last_noted_sessions_.end());
-  // Without a freeze for long, the lists are deduplicated; if what changed
-  // is still much more than what lives, the copy is dropped and the next
-  // freeze copies everything, which then costs no more than those commands
-  // did. Either way the lists stay bounded by the live state.
-  auto live = nodes_.size() + sessions_.size();
-  if (changed_nodes_.size() + changed_sessions_.size() <= 2 * live + 4096)
-    return;
-  std::sort(changed_nodes_.begin(), changed_nodes_.end());
-  changed_nodes_.erase(std::unique(changed_nodes_.begin(), changed_nodes_.end()),
-                       changed_nodes_.end());
-  std::sort(changed_sessions_.begin(), changed_sessions_.end());
-  changed_sessions_.erase(
-    std::unique(changed_sessions_.begin(), changed_sessions_.end()),
-    changed_sessions_.end());
-  if (changed_nodes_.size() + changed_sessions_.size() > live + 2048) {
+  // A session that ended and is not in the copy (it was accepted since the
+  // last freeze, as most are) leaves nothing to do: the set then holds the
+  // sessions live now and those the copy holds, not every session served.
+  // (The copy is only read here: it changes only in freeze(), on this
+  // thread, and a writer only reads it.)
+  for (auto& a : r.archived)
+    if (copies_->sessions.count(a.id()) == 0)
+      changed_sessions_.erase(a.id());
+  // The nodes changed are at most the nodes. The sessions are at most the
+  // ones live at the freeze and those accepted since (one per entry): with
+  // freezes as often as the supervisor takes snapshots (every
+  // snapshot_every entries, more with many records) the set stays under
+  // this bound. Past it (no freeze for long) the copy is dropped and the
+  // next freeze copies everything, as a first one does.
+  auto bound = 2 * (nodes_.size() + sessions_.size() + params_.snapshot_every
+                    + recent_ids_.size() / 16)
+               + 4096;
+  if (changed_sessions_.size() > bound) {
     copies_.reset();
     changed_nodes_ = {};
     changed_sessions_ = {};
@@ -628,13 +639,17 @@ pool_state::frozen pool_state::freeze() {
     for (auto* s : by_id(sessions_))
       copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
   } else {
-    std::sort(changed_nodes_.begin(), changed_nodes_.end());
-    changed_nodes_.erase(
-      std::unique(changed_nodes_.begin(), changed_nodes_.end()),
-      changed_nodes_.end());
+    auto& index = copies_->copy_of;
+    if (copies_->owner != this) {
+      index.clear();
+      copies_->owner = this;
+    }
+    index.reserve(nodes_.size());
     for (auto* n : changed_nodes_) {
-      auto [it, added] = copies_->nodes.try_emplace(n->id());
-      it->second = *n;
+      auto& copy = index[n];
+      if (copy == nullptr)
+        copy = &copies_->nodes.try_emplace(n->id()).first->second;
+      *copy = *n;
     }
     auto& copied = copies_->sessions;
     for (auto& id : changed_sessions_) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "flat_index.hpp"
@@ -155,6 +156,11 @@ public:
     pb::Snapshot finish() &&;
   };
   frozen freeze();
+  /// Records the next freeze() copies again (tests: bounded by the live
+  /// records and the snapshot interval, not by how long since a freeze).
+  size_t changes_pending() const {
+    return changed_nodes_.size() + changed_sessions_.size();
+  }
   /// Replaces the state by a snapshot's. Indexes are rebuilt. Without
   /// `with_recent_ids` the idempotency window stays empty (a copy made only
   /// to check I1-I5 need not rebuild it).
@@ -418,8 +424,8 @@ private:
   // so they are named by address; a session by id, since its record leaves
   // the pool when it ends.
   std::shared_ptr<record_copies> copies_;
-  std::vector<const pb::NodeRecord*> changed_nodes_;
-  std::vector<std::string> changed_sessions_;
+  std::unordered_set<const pb::NodeRecord*> changed_nodes_;
+  std::unordered_set<std::string> changed_sessions_;
   /// Notes what an applied command changed, for the next freeze().
   void note_changed(const pb::Command& cmd, const apply_result& r);
   /// The scalars of a snapshot (everything but records and window).

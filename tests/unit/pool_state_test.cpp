@@ -1467,6 +1467,70 @@ TEST(PoolArchive, MemoryDoesNotGrowWithHistory) {
   EXPECT_LE(h.pool.snapshot().ByteSizeLong(), 4096u);
 }
 
+// What freeze() keeps to copy again does not grow with the commands since
+// the last freeze: sessions served in between leave nothing behind, and
+// past a bound (many sessions copied, then ended, and no freeze since) the
+// copy is dropped; the next freeze copies everything, still the whole state.
+TEST(PoolArchive, WhatTheNextFreezeCopiesStaysBoundedWithoutFreezes) {
+  auto p = quiet();
+  p.session_id_retention_ms = 10'000;
+  p.snapshot_every = 1;
+  harness h{p};
+  h.admit("n1");
+  h.pool.freeze();
+  size_t peak = 0;
+  for (int i = 0; i < 12000; ++i) {
+    auto sid = "s" + std::to_string(i);
+    h.submit(sid, "m", 1, 1, 1, 1);
+    h.now += 100;
+    h.task(sid, {{"n1", pb::OK}});
+    h.pass("n1");
+    peak = std::max(peak, h.pool.changes_pending());
+  }
+  ASSERT_EQ(h.pool.session_counts()[pb::COMPLETED], 12000u);
+  EXPECT_LE(peak, 2u);  // n1, and the session being served
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+  // 6000 sessions no node serves wait in the queue and are copied; then
+  // each ends, and the copy would have to drop each. (The pool directly:
+  // the harness's checks of the whole state after each command would cost
+  // the square of the queue.)
+  auto& pool = h.pool;
+  for (int i = 0; i < 6000; ++i)
+    ASSERT_FALSE(pool.apply(submit_cmd("q" + std::to_string(i), "zz", 1, 1, 1),
+                            ++h.now).refused);
+  ASSERT_EQ(pool.sessions().size(), 6000u);
+  pool.freeze();
+  bool dropped = false;
+  for (int i = 0; i < 6000; ++i) {
+    auto before = pool.changes_pending();
+    ASSERT_FALSE(pool.apply(end_cmd("q" + std::to_string(i)), ++h.now).refused);
+    // 2 * (nodes + live sessions + snapshot_every + the window's ids / 16)
+    // + 4096
+    auto bound = 2 * (1 + pool.sessions().size() + 1
+                      + pool.recent_ids().size() / 16)
+                 + 4096;
+    ASSERT_LE(pool.changes_pending(), bound) << i;
+    dropped = dropped || pool.changes_pending() < before;
+  }
+  EXPECT_TRUE(dropped);
+  EXPECT_TRUE(pool.check_invariants().empty());
+  EXPECT_EQ(bytes_of(pool.freeze().finish()), bytes_of(pool.snapshot()));
+}
+
+// A pool moved after a freeze takes its copy of the records along; its next
+// freeze is still its whole state.
+TEST(PoolArchive, AMovedPoolFreezesItsWholeState) {
+  harness h;
+  for (auto id : {"n1", "n2", "n3"})
+    h.admit(id);
+  h.submit("s1", "m", 1, 1, 1, 2);
+  h.pool.freeze();
+  pool_state moved = std::move(h.pool);
+  ASSERT_FALSE(moved.apply(down_cmd("n2"), h.now + 10).refused);
+  ASSERT_FALSE(moved.apply(hb_cmd("n3", pb::BUSY), h.now + 20).refused);
+  EXPECT_EQ(bytes_of(moved.freeze().finish()), bytes_of(moved.snapshot()));
+}
+
 TEST(PoolArchive, AResubmittedIdIsRefusedWithinTheWindow) {
   auto p = quiet();
   p.session_id_retention_ms = 60'000;
@@ -2935,3 +2999,4 @@ TEST(PoolRandomized, AFrozenSnapshotIsTheWholeStateForSeeds1To200) {
       break;  // one seed's worth of failures is enough to read
   }
 }
+
