@@ -181,8 +181,8 @@ std::vector<violation> pool_state::check_after(const pb::Command& cmd,
     [&](const std::string& id) { sids.push_back(id); });
   for (auto* n : last_noted_nodes_)
     nids.push_back(n->id());
-  sids.insert(sids.end(), last_noted_sessions_.begin(),
-              last_noted_sessions_.end());
+  for (auto* s : last_noted_sessions_)
+    sids.push_back(s->id());
   return check_records(nids, sids, r.archived);
 }
 

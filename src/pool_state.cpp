@@ -189,8 +189,7 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     try_assign(now, out);
     // Kept before flush_notes() empties the notes.
     last_noted_nodes_ = noted_nodes_;
-    for (auto* s : noted_sessions_)
-      last_noted_sessions_.push_back(s->id());
+    last_noted_sessions_ = noted_sessions_;
     note_changed(cmd, out);
     flush_notes();
     // Only changed commands are logged, so only they may move the window:
@@ -562,18 +561,20 @@ by_id(const flat_table<pb::SessionRecord>& sessions) {
   return live;
 }
 
-pb::Snapshot pool_state::snapshot() const {
-  auto snap = snapshot_scalars();
+pool_state::frozen pool_state::copy_whole() const {
+  frozen f;
+  f.records = snapshot_scalars();
+  auto& snap = f.records;
   snap.mutable_nodes()->Reserve(static_cast<int>(nodes_.size()));
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
   for (auto* s : by_id(sessions_))
     *snap.add_sessions() = *s;
-  frozen f;
-  f.records = std::move(snap);
   f.recent_ids = recent_ids_.freeze();
-  return std::move(f).finish();
+  return f;
 }
+
+pb::Snapshot pool_state::snapshot() const { return copy_whole().finish(); }
 
 void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
   if (!copies_)
@@ -597,8 +598,8 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
     },
     [&](const std::string& id) { changed_sessions_.insert(id); });
   changed_nodes_.insert(last_noted_nodes_.begin(), last_noted_nodes_.end());
-  changed_sessions_.insert(last_noted_sessions_.begin(),
-                           last_noted_sessions_.end());
+  for (auto* s : last_noted_sessions_)
+    changed_sessions_.insert(s->id());
   // A session that ended and is not in the copy (it was accepted since the
   // last freeze, as most are) leaves nothing to do: the set then holds the
   // sessions live now and those the copy holds, not every session served.
@@ -632,6 +633,8 @@ pool_state::frozen pool_state::freeze() {
     // they read happens before what is written here.
     std::atomic_thread_fence(std::memory_order_acquire);
   }
+  if (!copies_ && nodes_.size() + sessions_.size() < kept_copy_from_)
+    return copy_whole();  // a small pool: nothing kept, nothing noted
   if (!copies_) {
     copies_ = std::make_shared<record_copies>();
     for (auto& [id, n] : nodes_)

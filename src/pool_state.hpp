@@ -156,6 +156,13 @@ public:
     pb::Snapshot finish() &&;
   };
   frozen freeze();
+  /// The copy is kept, and changes noted after each command, only in a
+  /// pool of at least this many live records (nodes and sessions): a
+  /// smaller one is copied whole at each freeze, in about a microsecond a
+  /// record, and its commands pay nothing for the bookkeeping. Tests set
+  /// it to 0.
+  void set_kept_copy_from(size_t records) { kept_copy_from_ = records; }
+  static constexpr size_t default_kept_copy_from = 16384;
   /// Records the next freeze() copies again (tests: bounded by the live
   /// records and the snapshot interval, not by how long since a freeze).
   size_t changes_pending() const {
@@ -369,7 +376,7 @@ private:
   /// What the last applied command noted, kept past flush_notes() for
   /// check_after() and freeze() (restore() empties it; nodes never move).
   std::vector<const pb::NodeRecord*> last_noted_nodes_;
-  std::vector<std::string> last_noted_sessions_;
+  std::vector<const pb::SessionRecord*> last_noted_sessions_;  // live then
   /// Queued sessions by what they need: within a class every session is
   /// served by the same nodes, so only its head is looked at per command.
   struct class_key {
@@ -424,10 +431,13 @@ private:
   // so they are named by address; a session by id, since its record leaves
   // the pool when it ends.
   std::shared_ptr<record_copies> copies_;
+  size_t kept_copy_from_ = default_kept_copy_from;
   std::unordered_set<const pb::NodeRecord*> changed_nodes_;
   std::unordered_set<std::string> changed_sessions_;
   /// Notes what an applied command changed, for the next freeze().
   void note_changed(const pb::Command& cmd, const apply_result& r);
+  /// A snapshot of everything, copied now (nothing kept).
+  frozen copy_whole() const;
   /// The scalars of a snapshot (everything but records and window).
   pb::Snapshot snapshot_scalars() const;
 };

@@ -228,7 +228,9 @@ std::vector<std::string> nodes_of(const pb::SessionRecord& s) {
 /// after it, and a refused command changed nothing and reported nothing.
 class harness {
 public:
-  explicit harness(params p = quiet()) : pool(std::move(p)) {}
+  explicit harness(params p = quiet()) : pool(std::move(p)) {
+    pool.set_kept_copy_from(0);  // freeze() keeps its copy however small
+  }
 
   pool_state pool;
   int64_t now = 1000;
@@ -1529,6 +1531,25 @@ TEST(PoolArchive, AMovedPoolFreezesItsWholeState) {
   ASSERT_FALSE(moved.apply(down_cmd("n2"), h.now + 10).refused);
   ASSERT_FALSE(moved.apply(hb_cmd("n3", pb::BUSY), h.now + 20).refused);
   EXPECT_EQ(bytes_of(moved.freeze().finish()), bytes_of(moved.snapshot()));
+}
+
+// A pool under the size from which the copy is kept is copied whole at each
+// freeze, and its commands note nothing.
+TEST(PoolArchive, ASmallPoolKeepsNoCopy) {
+  pool_state p{quiet()};
+  int64_t now = 1000;
+  ASSERT_FALSE(p.apply(reg_cmd("n1", {"m"}, ""), now).refused);
+  p.freeze();
+  ASSERT_FALSE(p.apply(result_cmd("n1", p.node("n1")->test_id(), 5, 5), ++now)
+                 .refused);
+  ASSERT_FALSE(p.apply(submit_cmd("s1"), ++now).refused);
+  EXPECT_EQ(p.changes_pending(), 0u);
+  EXPECT_EQ(bytes_of(p.freeze().finish()), bytes_of(p.snapshot()));
+  p.set_kept_copy_from(0);
+  p.freeze();
+  ASSERT_FALSE(p.apply(hb_cmd("n1", pb::BUSY), ++now).refused);
+  EXPECT_EQ(p.changes_pending(), 1u);
+  EXPECT_EQ(bytes_of(p.freeze().finish()), bytes_of(p.snapshot()));
 }
 
 TEST(PoolArchive, AResubmittedIdIsRefusedWithinTheWindow) {
