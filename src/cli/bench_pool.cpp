@@ -7,6 +7,7 @@
 //   EndSession    -> it is released and a re-validation test is requested
 //   TestResult    -> it passed and is back in the pool.
 #include <algorithm>
+#include <limits>
 #include <arpa/inet.h>
 #include <filesystem>
 #include <netinet/in.h>
@@ -539,6 +540,9 @@ struct cycling_pool {
   int64_t now = 1000000;
   uint64_t next = 0, commands = 0, refused = 0;
   std::vector<std::pair<std::string, uint64_t>> tests;
+  /// Freezes a snapshot every `snapshot_every` commands when set (what the
+  /// supervisor does; the snapshot itself is dropped).
+  uint64_t snapshot_every = 0, since_snapshot = 0;
 
   cycling_pool(const params& p, uint32_t nodes) : ps{p} {
     for (uint32_t i = 0; i < nodes; ++i) {
@@ -569,7 +573,12 @@ struct cycling_pool {
     for (auto& [n, t] : tests)
       refused += ps.apply(pass_cmd(n, t), now).refused.has_value();
     commands += 2 + tests.size();
+    since_snapshot += 2 + tests.size();
     tests.clear();
+    if (snapshot_every > 0 && since_snapshot >= snapshot_every) {
+      since_snapshot = 0;
+      ps.freeze();
+    }
   }
 
   /// Commands per second of `reps` windows after a warm-up.
@@ -608,6 +617,33 @@ nlohmann::json state_machine(const options& o) {
   j["cycles_per_s"] = cps / 3;
   j["commands_per_s_reps"] = xs;
   j["nodes"] = o.nodes;
+  // With the supervisor's snapshots (a freeze every max(snapshot_every,
+  // records) commands), side by side: each copied whole, or the copy kept
+  // and only what changed copied again (which costs every command the
+  // noting of what it changed).
+  auto every = std::max<uint64_t>(o.pool.snapshot_every, o.nodes);
+  cycling_pool whole{o.pool, o.nodes}, kept{o.pool, o.nodes};
+  whole.ps.set_kept_copy_from(std::numeric_limits<size_t>::max());
+  kept.ps.set_kept_copy_from(0);
+  for (auto* c : {&whole, &kept})
+    c->snapshot_every = every;
+  options one = o;
+  one.reps = 1;
+  std::vector<double> a, b;
+  for (int r = 0; r < o.reps; ++r) {
+    a.push_back(whole.rate(one).front());
+    b.push_back(kept.rate(one).front());
+  }
+  j["with_snapshots"] = {{"every", every},
+                         {"whole_copy_commands_per_s", median(a)},
+                         {"kept_copy_commands_per_s", median(b)},
+                         {"whole_copy_reps", a},
+                         {"kept_copy_reps", b},
+                         {"ratio_kept_to_whole", median(b) / median(a)}};
+  note("state_machine: with a snapshot every %llu commands: %.0f commands/s "
+       "copying the records whole, %.0f keeping the copy (%.2f x)",
+       static_cast<unsigned long long>(every), median(a), median(b),
+       median(b) / median(a));
   return j;
 }
 

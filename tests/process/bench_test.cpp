@@ -52,7 +52,10 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
 
   using ptr = nlohmann::json::json_pointer;
-  for (auto p : {"/state_machine/commands_per_s", "/durable/cycles_per_s",
+  for (auto p : {"/state_machine/commands_per_s",
+                 "/state_machine/with_snapshots/whole_copy_commands_per_s",
+                 "/state_machine/with_snapshots/kept_copy_commands_per_s",
+                 "/durable/cycles_per_s",
                  "/durable/entries_per_commit",
                  "/durable/grant_at_50/p50_ms", "/durable/grant_at_50/p99_ms",
                  "/durable/grant_at_50/p999_ms", "/durable/grant_at_90/p50_ms",
