@@ -143,9 +143,10 @@ public:
   /// A snapshot in two steps: freeze() stops the caller only to bring a
   /// copy of the live records up to date, and to share it and the
   /// idempotency window's full chunks; finish() builds the message, on any
-  /// thread, while the pool goes on. The copy is kept from one freeze to
-  /// the next, and only the records changed since the last one are copied
-  /// again (the records each applied command touched, touched.hpp): the
+  /// thread, while the pool goes on. In a pool of at least
+  /// set_kept_copy_from() records the copy is kept from one freeze to the
+  /// next, and only the records changed since the last one (those each
+  /// applied command named or noted, touched.hpp) are copied again: the
   /// stop depends on what changed, not on the size of the pool. A copy
   /// still shared with an unfinished snapshot is first copied whole, so a
   /// slow writer costs time, never a wrong snapshot.
