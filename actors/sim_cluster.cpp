@@ -744,6 +744,7 @@ private:
       if (errors->empty())
         *errors = e;
     });
+    o.rep->set_kept_copy_from(0);  // raft snapshots from the kept copy
     o.rec = std::make_unique<recording_machine>(*o.rep, i, applied_);
     o.raft = std::make_unique<raft_member>(*o.rec, opt_.raft_guard);
   }

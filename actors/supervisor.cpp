@@ -614,6 +614,7 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.pool = pool_state{};  // the stored history sets its own parameters
+  st.pool.set_kept_copy_from(st.cfg.kept_copy_from);
   if (st.cfg.cluster_log)
     return cluster_supervisor(self);
   recovered info;

@@ -42,6 +42,9 @@ struct supervisor_config {
   std::function<void(const pool_state&, const pb::Command&,
                      const apply_result&)>
     observer;
+  /// From how many live records the pool keeps its copy between snapshots
+  /// (pool_state::set_kept_copy_from); the simulation keeps it always.
+  size_t kept_copy_from = pool_state::default_kept_copy_from;
   /// Snapshots are serialized and written on a thread of their own; off
   /// (simulation), they are written inline, so a seeded run stays the same.
   bool async_snapshots = true;
