@@ -187,11 +187,8 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
     out.changed = true;
   if (out.changed) {
     try_assign(now, out);
-    // Kept before flush_notes() empties the notes.
-    last_noted_nodes_ = noted_nodes_;
-    last_noted_sessions_ = noted_sessions_;
+    flush_notes();  // what the command noted is then in last_noted_*
     note_changed(cmd, out);
-    flush_notes();
     // Only changed commands are logged, so only they may move the window:
     // a replay then expires the same ids at the same entries.
     recent_ids_.expire(now);
@@ -524,10 +521,10 @@ struct pool_state::record_copies {
   std::map<std::string, pb::NodeRecord> nodes;
   std::map<std::string, pb::SessionRecord> sessions;
   /// Each live node's copy in `nodes`, found without the map's string
-  /// comparisons. A cache, valid for the pool that filled it (`owner`): a
-  /// pool copied or moved, or a copy of this struct, starts it again.
+  /// comparisons. Keyed by the pool's own records, which never move (not
+  /// even when the pool is moved); a restore drops the whole copy, and a
+  /// copy of this struct starts the index again.
   std::unordered_map<const pb::NodeRecord*, pb::NodeRecord*> copy_of;
-  const pool_state* owner = nullptr;
 
   record_copies() = default;
   record_copies(const record_copies& o) : nodes(o.nodes), sessions(o.sessions) {}
@@ -643,10 +640,6 @@ pool_state::frozen pool_state::freeze() {
       copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
   } else {
     auto& index = copies_->copy_of;
-    if (copies_->owner != this) {
-      index.clear();
-      copies_->owner = this;
-    }
     index.reserve(nodes_.size());
     for (auto* n : changed_nodes_) {
       auto& copy = index[n];
@@ -709,8 +702,6 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
     }
   }
   copies_.reset();  // they were of the records about to go
-  last_noted_nodes_.clear();
-  last_noted_sessions_.clear();
   changed_nodes_.clear();
   changed_sessions_.clear();
   pool_.clear();

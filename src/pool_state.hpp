@@ -163,6 +163,7 @@ public:
   /// record, and its commands pay nothing for the bookkeeping. Tests set
   /// it to 0.
   void set_kept_copy_from(size_t records) { kept_copy_from_ = records; }
+  size_t kept_copy_from() const { return kept_copy_from_; }
   static constexpr size_t default_kept_copy_from = 16384;
   /// Records the next freeze() copies again (tests: bounded by the live
   /// records and the snapshot interval, not by how long since a freeze).
@@ -374,8 +375,10 @@ private:
   /// Sessions touched by the command being applied (archive() takes a
   /// session out before its record goes).
   std::vector<const pb::SessionRecord*> noted_sessions_;
-  /// What the last applied command noted, kept past flush_notes() for
-  /// check_after() and freeze() (restore() empties it; nodes never move).
+  /// What the last command noted: flush_notes() hands its lists over here
+  /// (no copy) for check_after() and note_changed(); valid until the next
+  /// command (nodes never move, and archive() drops a session from the
+  /// notes before its record goes).
   std::vector<const pb::NodeRecord*> last_noted_nodes_;
   std::vector<const pb::SessionRecord*> last_noted_sessions_;  // live then
   /// Queued sessions by what they need: within a class every session is

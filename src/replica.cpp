@@ -138,8 +138,8 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
             + " breaks " + vs.front().invariant + ": " + vs.front().detail;
     return false;
   }
+  p.set_kept_copy_from(pool_.kept_copy_from());
   pool_ = std::move(p);
-  pool_.set_kept_copy_from(kept_copy_from_);
   // The entries the snapshot stands for ended sessions this archive never
   // saw (unless it already went that far, as after a restart).
   if (archived_index_ < s.last_index()) {

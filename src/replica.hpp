@@ -69,10 +69,7 @@ public:
   /// The same in two steps (pool_state::freeze).
   pool_state::frozen freeze();
   /// See pool_state::set_kept_copy_from (kept across a restore).
-  void set_kept_copy_from(size_t records) {
-    kept_copy_from_ = records;
-    pool_.set_kept_copy_from(records);
-  }
+  void set_kept_copy_from(size_t records) { pool_.set_kept_copy_from(records); }
   std::string snapshot_bytes() const;
   /// Replaces the state with a snapshot's (a lagging member catching up).
   /// A snapshot that does not decode or breaks an invariant is refused with
@@ -126,7 +123,6 @@ public:
 
 private:
   pool_state pool_;
-  size_t kept_copy_from_ = pool_state::default_kept_copy_from;
   archive_fn archive_;
   bool check_ = false;
   uint64_t last_index_ = 0;

@@ -128,6 +128,7 @@ void pool_state::flush_notes() {
     if (due != never)
       a.timer = node_timers_.emplace_hint(node_timers_.end(), due, n);
   }
+  last_noted_nodes_.swap(noted_nodes_);  // for check_after, note_changed
   noted_nodes_.clear();
   for (auto* s : noted_sessions_) {
     auto due = session_due(*s);
@@ -146,6 +147,7 @@ void pool_state::flush_notes() {
         s, session_timer{due, session_timers_.emplace_hint(session_timers_.end(), due, s)});
     }
   }
+  last_noted_sessions_.swap(noted_sessions_);
   noted_sessions_.clear();
 }
 
