@@ -280,9 +280,11 @@ void deliver_answers(Waiting& waiting) {
 
 /// A snapshot of the pool as of entry `last_index` (single oracle). Here
 /// only the copy of the live records (the window of recent ids is shared,
-/// not copied) and the stop it costs, counted; building the message,
-/// serializing and writing it happen on the writer's thread (inline, and
-/// its error returned, without one).
+/// not copied) and the stop it costs, counted; the rest happens on the
+/// writer's thread (inline, and its error returned, without one): the
+/// whole-state check of I1-I5 on the frozen records (the commands in
+/// between were checked on what they touched, by tests, simulation and
+/// `nodepool check`), and the bytes written from them.
 status snapshot_now(self_ptr self, uint64_t last_index) {
   auto& st = self->state;
   auto c0 = std::chrono::steady_clock::now();
@@ -292,8 +294,14 @@ status snapshot_now(self_ptr self, uint64_t last_index) {
                             std::chrono::steady_clock::now() - c0).count());
   st.since_snapshot = 0;
   if (!st.snapshots)
-    return st.cfg.storage->save_snapshot(std::move(*frozen).finish());
-  st.snapshots->submit([frozen] { return std::move(*frozen).finish(); });
+    return st.cfg.storage->save_snapshot_bytes(last_index,
+                                               std::move(*frozen).encode());
+  st.snapshots->submit([frozen, last_index] {
+    for (auto& v : frozen->check())
+      log("supervisor")->critical("snapshot at entry {} breaks {}: {}",
+                                  last_index, v.invariant, v.detail);
+    return encoded_snapshot{last_index, std::move(*frozen).encode()};
+  });
   return {};
 }
 
@@ -624,18 +632,7 @@ caf::behavior supervisor(self_ptr self, supervisor_config cfg) {
     return {};
   }
   if (st.cfg.async_snapshots)
-    st.snapshots = std::make_unique<snapshot_writer>(
-      st.cfg.storage, [](const pb::Snapshot& snap) {
-        // The whole-state check of I1-I5, at every snapshot, on the
-        // writer's thread: the commands in between were checked on what
-        // they touched (by tests, simulation and `nodepool check`).
-        pool_state copy;
-        copy.restore(snap, false);  // I1-I5 do not look at the window
-        for (auto& v : copy.check_invariants())
-          log("supervisor")->critical("snapshot at entry {} breaks {}: {}",
-                                      snap.last_index(), v.invariant,
-                                      v.detail);
-      });
+    st.snapshots = std::make_unique<snapshot_writer>(st.cfg.storage);
   st.next_index = info.last_index + 1;
   st.last_now = info.last_now;
   if (st.cfg.sim_time)

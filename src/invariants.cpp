@@ -3,100 +3,45 @@
 // a history); check_after() visits what one command touched, so checking a
 // history after every entry costs time linear in its length.
 #include "pool_state.hpp"
+#include "record_checks.hpp"
 #include "touched.hpp"
 
 #include <algorithm>
 #include <set>
+#include <string_view>
+#include <unordered_map>
 #include <unordered_set>
+
+#include "selection.hpp"
 
 namespace nodepool {
 
-namespace {
-
-void add(std::vector<violation>& out, const char* inv, std::string detail) {
-  out.push_back(violation{inv, std::move(detail)});
-}
-
-bool valid_node_state(pb::NodeState st) {
-  return st >= pb::REGISTERED && st <= pb::LOST;
-}
-
-} // namespace
+using record_checks::add;
+using record_checks::valid_node_state;
 
 void pool_state::check_node(const pb::NodeRecord& n,
                             std::vector<violation>& out) const {
-  auto& nid = n.id();
-  // I5: a node is in exactly one known state.
-  if (!valid_node_state(n.state())) {
-    add(out, "I5", "node " + nid + " has no state");
+  // What the record shows (I1, I2, I3, I5: record_checks.hpp)...
+  auto session_of = [&](const std::string& id) { return live_session(id); };
+  if (!record_checks::check_node(n, params_.ephemeral_window_ms, session_of,
+                                 out))
     return;
-  }
-  // I1 exclusive: a reserved node belongs to one active session that lists
-  // it; any other node belongs to none.
-  if (n.state() == pb::RESERVED) {
-    auto* s = live_session(n.session_id());
-    if (!s || s->state() != pb::ACTIVE
-        || std::count(s->nodes().begin(), s->nodes().end(), nid) != 1)
-      add(out, "I1", "node " + nid + " reserved for '" + n.session_id()
-                       + "' which does not list it once as an active session");
-    // I2 earned: it passed a test after its last reset, within the window.
-    if (n.passed_at() == 0 || n.passed_at() < n.reset_at())
-      add(out, "I2", "node " + nid + " reserved without a test passed since "
-                       "its last registration, release or loss");
-    else if (n.reserved_at() - n.ephemeral_at() > params_.ephemeral_window_ms)
-      add(out, "I2", "node " + nid + " reserved after its ephemeral window");
-  } else if (!n.session_id().empty()) {
-    add(out, "I1", "node " + nid + " is " + to_string(n.state())
-                     + " but names session " + n.session_id());
-  }
+  // ... and what the indexes must agree with: I3, the pool index holds
+  // exactly the ephemeral nodes, under their current rank and key.
   check_indexes(n, out);
-  // I3 kept out: a failed node is not in the pool, and the pool index
-  // holds exactly the ephemeral nodes, under their current rank and key.
-  bool in_pool = n.state() == pb::EPHEMERAL || n.state() == pb::RESERVED;
-  if (n.last_test_failed() && in_pool)
-    add(out, "I3", "node " + nid + " failed its last test but is "
-                     + to_string(n.state()));
   if ((n.state() == pb::EPHEMERAL) != (pool_.count(entry_of(n)) == 1))
     add(out, "I3", "pool index disagrees with the state, rank or key of node "
-                     + nid);
+                     + n.id());
 }
 
 void pool_state::check_session(const pb::SessionRecord& s,
                                std::vector<violation>& out) const {
-  auto& sid = s.id();
-  switch (s.state()) {
-    case pb::QUEUED: {
-      // Its place in the queue: check_indexes (its class).
-      if (s.nodes_size() > 0)
-        add(out, "I1", "session " + sid + " is queued but holds nodes");
-      break;
-    }
-    case pb::ACTIVE: {
-      if (s.nodes_size() == 0)
-        add(out, "I4", "session " + sid + " is active with no node");
-      break;
-    }
-    case pb::COMPLETED:
-    case pb::FAILED:
-      add(out, "I4", "session " + sid + " has ended but is still live");
-      break;
-    default:
-      add(out, "I4", "session " + sid + " has no state");
-  }
+  auto node_of = [&](const std::string& id) { return node(id); };
+  record_checks::check_session(s, node_of, out);
+  // Its place in the queue (its class) and its timers.
   check_indexes(s, out);
-  if (live_session(sid) != &s)
-    add(out, "I4", "the live sessions by id do not lead to session " + sid);
-  // I1: every node it lists is reserved for it (a node listed by two
-  // sessions names only one of them, so the other is caught here).
-  std::set<std::string> seen;
-  for (auto& nid : s.nodes()) {
-    if (!seen.insert(nid).second)
-      add(out, "I1", "session " + sid + " lists node " + nid + " twice");
-    auto* n = node(nid);
-    if (!n || n->state() != pb::RESERVED || n->session_id() != sid)
-      add(out, "I1", "session " + sid + " lists node " + nid
-                       + " which is not reserved for it");
-  }
+  if (live_session(s.id()) != &s)
+    add(out, "I4", "the live sessions by id do not lead to session " + s.id());
 }
 
 void pool_state::check_ended(const pb::SessionRecord& s,
@@ -141,11 +86,8 @@ void pool_state::check_counters(std::vector<violation>& out) const {
                      + " are live");
   if (heads_.size() != classes_.size())
     add(out, "I4", "the queue's class heads disagree with its classes");
-  auto known = sessions_.size() + sessions_completed_ + sessions_failed_;
-  if (known != sessions_accepted())
-    add(out, "I4", std::to_string(sessions_accepted())
-                     + " sessions accepted but " + std::to_string(known)
-                     + " known (live, completed or failed)");
+  record_checks::check_accepted(sessions_.size(), sessions_completed_,
+                                sessions_failed_, sessions_accepted(), out);
 }
 
 std::vector<violation> pool_state::check_records(
@@ -268,6 +210,46 @@ std::vector<violation> pool_state::check_invariants() const {
       add(out, "I5", "count of " + to_string(static_cast<pb::NodeState>(i))
                        + " is " + std::to_string(counts_[i]) + " but "
                        + std::to_string(recount[i]) + " nodes are in it");
+  return out;
+}
+
+int64_t record_checks::ephemeral_window_of(const pb::Snapshot& snap) {
+  params p;
+  if (!snap.params_json().empty()) {
+    std::string err;
+    auto q = params_from_json(snap.params_json(), p, err);
+    if (err.empty() && make_selection(q.selection))
+      p = std::move(q);
+  }
+  return p.ephemeral_window_ms;
+}
+
+std::vector<violation> check_snapshot(const pb::Snapshot& snap) {
+  std::vector<violation> out;
+  // By id, each id once (a restore would keep one record of an id given
+  // twice, and lose the other).
+  std::unordered_map<std::string_view, const pb::NodeRecord*> nodes;
+  std::unordered_map<std::string_view, const pb::SessionRecord*> sessions;
+  nodes.reserve(snap.nodes_size());
+  sessions.reserve(snap.sessions_size());
+  for (auto& n : snap.nodes())
+    if (!nodes.emplace(n.id(), &n).second)
+      add(out, "I5", "node " + n.id() + " is in the snapshot twice");
+  for (auto& s : snap.sessions())
+    if (!sessions.emplace(s.id(), &s).second)
+      add(out, "I4", "session " + s.id() + " is in the snapshot twice");
+  auto node_of = [&](const std::string& id) -> const pb::NodeRecord* {
+    auto i = nodes.find(id);
+    return i == nodes.end() ? nullptr : i->second;
+  };
+  auto session_of = [&](const std::string& id) -> const pb::SessionRecord* {
+    auto i = sessions.find(id);
+    return i == sessions.end() ? nullptr : i->second;
+  };
+  record_checks::check_snapshot_records(
+    snap, record_checks::ephemeral_window_of(snap), snap.nodes(),
+    snap.sessions(), [](auto& r) -> auto& { return r; }, node_of, session_of,
+    out);
   return out;
 }
 

@@ -1,5 +1,10 @@
 #include "pool_state.hpp"
+#include "record_checks.hpp"
 #include "touched.hpp"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include <cmath>
 #include <limits>
@@ -666,6 +671,17 @@ pool_state::frozen pool_state::freeze() {
   return f;
 }
 
+/// The idempotency window of a frozen snapshot, into its message.
+static void add_window(const id_window::frozen& w, pb::Snapshot& snap) {
+  auto* ids = snap.mutable_recent_ids();
+  ids->Reserve(static_cast<int>(w.size()));
+  w.for_each_span([&](const uint64_t* p, size_t n) { ids->Add(p, p + n); });
+  snap.mutable_recent_expiry_seconds()->Add(w.expiry_seconds.begin(),
+                                            w.expiry_seconds.end());
+  snap.mutable_recent_expiry_counts()->Add(w.expiry_counts.begin(),
+                                           w.expiry_counts.end());
+}
+
 pb::Snapshot pool_state::frozen::finish() && {
   auto snap = std::move(records);
   if (live) {
@@ -679,16 +695,80 @@ pb::Snapshot pool_state::frozen::finish() && {
       *sessions->Add() = s;
     live.reset();  // the next freeze may update the copy in place
   }
-  auto* ids = snap.mutable_recent_ids();
-  ids->Reserve(static_cast<int>(recent_ids.size()));
-  recent_ids.for_each_span(
-    [&](const uint64_t* p, size_t n) { ids->Add(p, p + n); });
-  snap.mutable_recent_expiry_seconds()->Add(recent_ids.expiry_seconds.begin(),
-                                            recent_ids.expiry_seconds.end());
-  snap.mutable_recent_expiry_counts()->Add(recent_ids.expiry_counts.begin(),
-                                           recent_ids.expiry_counts.end());
+  add_window(recent_ids, snap);
   recent_ids = {};
   return snap;
+}
+
+std::string pool_state::frozen::encode() && {
+  namespace io = google::protobuf::io;
+  using wire = google::protobuf::internal::WireFormatLite;
+  auto snap = std::move(records);
+  add_window(recent_ids, snap);
+  recent_ids = {};
+  if (!live)
+    return snap.SerializeAsString();
+  // A message's fields go out in the order of their numbers: 1 and 2, the
+  // records (3 and 4, each as a length-delimited field), then the rest.
+  static_assert(pb::Snapshot::kLastIndexFieldNumber == 1
+                && pb::Snapshot::kLastNowFieldNumber == 2
+                && pb::Snapshot::kNodesFieldNumber == 3
+                && pb::Snapshot::kSessionsFieldNumber == 4);
+  pb::Snapshot head;
+  head.set_last_index(snap.last_index());
+  head.set_last_now(snap.last_now());
+  snap.clear_last_index();
+  snap.clear_last_now();
+  // Sizes first (each record caches its own: only this thread reads the
+  // copy until it is released), then one buffer of exactly that size.
+  auto field = [](size_t size) {
+    return 1 + io::CodedOutputStream::VarintSize64(size) + size;
+  };
+  size_t total = head.ByteSizeLong() + snap.ByteSizeLong();
+  for (auto& [id, n] : live->nodes)
+    total += field(n.ByteSizeLong());
+  for (auto& [id, s] : live->sessions)
+    total += field(s.ByteSizeLong());
+  std::string out(total, '\0');
+  {
+    io::ArrayOutputStream array{out.data(), static_cast<int>(total)};
+    io::CodedOutputStream cos{&array};
+    head.SerializeWithCachedSizes(&cos);
+    auto put = [&](int number, const google::protobuf::MessageLite& m) {
+      cos.WriteTag(wire::MakeTag(number, wire::WIRETYPE_LENGTH_DELIMITED));
+      cos.WriteVarint32(static_cast<uint32_t>(m.GetCachedSize()));
+      m.SerializeWithCachedSizes(&cos);
+    };
+    for (auto& [id, n] : live->nodes)
+      put(pb::Snapshot::kNodesFieldNumber, n);
+    for (auto& [id, s] : live->sessions)
+      put(pb::Snapshot::kSessionsFieldNumber, s);
+    snap.SerializeWithCachedSizes(&cos);
+    cos.Trim();
+    if (cos.HadError() || static_cast<size_t>(cos.ByteCount()) != total)
+      throw std::logic_error("snapshot: encoded size differs from its size");
+  }
+  live.reset();  // the next freeze may update the copy in place
+  return out;
+}
+
+std::vector<violation> pool_state::frozen::check() const {
+  if (!live)
+    return check_snapshot(records);
+  std::vector<violation> out;
+  auto node_of = [&](const std::string& id) -> const pb::NodeRecord* {
+    auto i = live->nodes.find(id);
+    return i == live->nodes.end() ? nullptr : &i->second;
+  };
+  auto session_of = [&](const std::string& id) -> const pb::SessionRecord* {
+    auto i = live->sessions.find(id);
+    return i == live->sessions.end() ? nullptr : &i->second;
+  };
+  record_checks::check_snapshot_records(
+    records, record_checks::ephemeral_window_of(records), live->nodes,
+    live->sessions, [](auto& kv) -> auto& { return kv.second; }, node_of,
+    session_of, out);
+  return out;
 }
 
 void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {

@@ -155,6 +155,13 @@ public:
     std::shared_ptr<const record_copies> live;  // released by finish()
     id_window::frozen recent_ids;
     pb::Snapshot finish() &&;
+    /// finish().SerializeAsString(), byte for byte, written straight from
+    /// the kept copy of the records: no message of them is built first.
+    std::string encode() &&;
+    /// I1-I5 on the frozen records alone (check_snapshot), read from the
+    /// kept copy: the pool's indexes are not in a snapshot, so there is
+    /// nothing to restore them for. Before encode() or finish().
+    std::vector<violation> check() const;
   };
   frozen freeze();
   /// The copy is kept, and changes noted after each command, only in a
@@ -448,6 +455,13 @@ private:
 
 /// The idempotency window as a snapshot holds it.
 id_window::image recent_ids_image(const pb::Snapshot& snap);
+
+/// I1-I5 on a snapshot's records alone (record_checks.hpp), in time linear
+/// in its records: each node and live session checked against the records
+/// it names, an id given twice, and the sessions accounted for. What a
+/// restore would rebuild (the indexes) is not in a snapshot, so is not
+/// checked here.
+std::vector<violation> check_snapshot(const pb::Snapshot& snap);
 
 /// Human-readable name of a node state ("ephemeral", ...).
 std::string to_string(pb::NodeState s);

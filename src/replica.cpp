@@ -197,7 +197,7 @@ std::function<std::string()> replica_machine::snapshot_later() {
   auto snap = std::make_shared<pool_state::frozen>(r_.freeze());
   return [sync = std::move(sync), snap = std::move(snap)] {
     sync();
-    return std::move(*snap).finish().SerializeAsString();
+    return std::move(*snap).encode();
   };
 }
 

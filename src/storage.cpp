@@ -160,10 +160,10 @@ public:
     }
     return {};
   }
-  status save_snapshot(const pb::Snapshot& snap) override {
+  status save_snapshot_bytes(uint64_t last_index, std::string bytes) override {
     std::lock_guard<std::mutex> lock{mutex_};
-    snapshot_ = snap.SerializeAsString();
-    snapshot_index_ = snap.last_index();
+    snapshot_ = std::move(bytes);
+    snapshot_index_ = last_index;
     return {};
   }
   status load_snapshot(std::optional<pb::Snapshot>& out) override {
@@ -412,7 +412,7 @@ public:
     return st.ok() ? status{} : failed("rocksdb write", st);
   }
 
-  status save_snapshot(const pb::Snapshot& snap) override {
+  status save_snapshot_bytes(uint64_t, std::string bytes) override {
     // A snapshot only shortens the replay: the whole log is kept, and every
     // entry the snapshot includes was synced before it was taken. So it
     // skips the write-ahead log (whose fsync at the next group commit would
@@ -423,7 +423,7 @@ public:
       return s;
     rocksdb::WriteOptions wo;
     wo.disableWAL = true;
-    auto st = db_->Put(wo, snapshots_, snapshot_key, snap.SerializeAsString());
+    auto st = db_->Put(wo, snapshots_, snapshot_key, bytes);
     if (!st.ok())
       return failed("rocksdb snapshot write", st);
     rocksdb::FlushOptions fo;
@@ -606,10 +606,9 @@ status store::scan_meta(
 
 struct snapshot_writer::impl {
   std::shared_ptr<store> st;
-  std::function<void(const pb::Snapshot&)> check;
   std::mutex mutex;
   std::condition_variable cv;
-  std::function<pb::Snapshot()> waiting;
+  std::function<encoded_snapshot()> waiting;
   bool stopping = false;
   uint64_t written = 0;
   std::string error;
@@ -625,9 +624,7 @@ struct snapshot_writer::impl {
       waiting = nullptr;
       lock.unlock();
       auto snap = make();
-      if (check)
-        check(snap);
-      auto s = st->save_snapshot(snap);  // serialization happens here
+      auto s = st->save_snapshot_bytes(snap.last_index, std::move(snap.bytes));
       lock.lock();
       if (s.ok()) {
         ++written;
@@ -640,11 +637,9 @@ struct snapshot_writer::impl {
   }
 };
 
-snapshot_writer::snapshot_writer(
-  std::shared_ptr<store> st, std::function<void(const pb::Snapshot&)> check)
+snapshot_writer::snapshot_writer(std::shared_ptr<store> st)
   : impl_(std::make_unique<impl>()) {
   impl_->st = std::move(st);
-  impl_->check = std::move(check);
   impl_->thread = std::thread([this] { impl_->run(); });
 }
 
@@ -659,10 +654,10 @@ snapshot_writer::~snapshot_writer() {
 
 void snapshot_writer::submit(pb::Snapshot snap) {
   auto p = std::make_shared<pb::Snapshot>(std::move(snap));
-  submit([p] { return std::move(*p); });
+  submit([p] { return encoded_snapshot{p->last_index(), p->SerializeAsString()}; });
 }
 
-void snapshot_writer::submit(std::function<pb::Snapshot()> make) {
+void snapshot_writer::submit(std::function<encoded_snapshot()> make) {
   {
     std::lock_guard<std::mutex> lock{impl_->mutex};
     impl_->waiting = std::move(make);  // a newer one replaces an unwritten one

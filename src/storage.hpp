@@ -68,7 +68,13 @@ public:
   status append(const std::vector<pb::LogEntry>& entries, bool sync) {
     return append(entries, {}, sync);
   }
-  virtual status save_snapshot(const pb::Snapshot& snap) = 0;
+  /// Stores an encoded snapshot (a pb::Snapshot's bytes) as of entry
+  /// `last_index`, replacing the one before.
+  virtual status save_snapshot_bytes(uint64_t last_index,
+                                     std::string bytes) = 0;
+  status save_snapshot(const pb::Snapshot& snap) {
+    return save_snapshot_bytes(snap.last_index(), snap.SerializeAsString());
+  }
   /// No snapshot yet is not an error: the result is then empty.
   virtual status load_snapshot(std::optional<pb::Snapshot>& out) = 0;
   /// Calls `f` for each entry with index >= `from`, in order, while it
@@ -117,25 +123,27 @@ public:
     const std::function<bool(const std::string&, const std::string&)>& f);
 };
 
+/// A snapshot as stored: its bytes, and the entry it was taken at.
+struct encoded_snapshot {
+  uint64_t last_index = 0;
+  std::string bytes;
+};
+
 /// Writes snapshots on a thread of its own, so that the thread applying
 /// commands stops only to copy the live state. Holds at most one snapshot
 /// waiting: a newer one replaces it (the log is complete, so a skipped
 /// snapshot only makes a replay longer). The destructor writes what waits.
 class snapshot_writer {
 public:
-  /// `check`, if given, runs on the writer's thread before each write (the
-  /// supervisor verifies I1-I5 on the whole snapshot there, off its own
-  /// thread).
-  explicit snapshot_writer(
-    std::shared_ptr<store> st,
-    std::function<void(const pb::Snapshot&)> check = {});
+  explicit snapshot_writer(std::shared_ptr<store> st);
   ~snapshot_writer();
   snapshot_writer(const snapshot_writer&) = delete;
   snapshot_writer& operator=(const snapshot_writer&) = delete;
   void submit(pb::Snapshot snap);
-  /// A snapshot the writer's thread builds itself (a frozen pool state's
-  /// finish()), so that its owner does not wait for that either.
-  void submit(std::function<pb::Snapshot()> make);
+  /// A snapshot the writer's thread makes itself (the supervisor's: a
+  /// frozen pool state checked and encoded), so that its owner does not
+  /// wait for that either.
+  void submit(std::function<encoded_snapshot()> make);
   /// Snapshots written so far, and the last error (empty if none).
   uint64_t written() const;
   std::string last_error() const;

@@ -597,6 +597,11 @@ nlohmann::json measure(options& o) {
     note("queue");
     report["queue"] = bench::queue_cost(o);
   }
+  if (wanted(o, "snapshot")) {
+    check_stop();
+    note("snapshot");
+    report["snapshot"] = bench::snapshot_cost(o);
+  }
   if (wanted(o, "durable")) {
     check_stop();
     note("durable");
@@ -728,9 +733,9 @@ void add_bench(CLI::App& app) {
                   "(default: the cluster file's default)")
     ->check(CLI::Range(16u, 100000000u));
   cmd->add_option("--only", o->only,
-                  "run only these sections (state_machine, queue, durable, replicated, failover, "
+                  "run only these sections (state_machine, queue, snapshot, durable, replicated, failover, "
                   "api, check, remote, redis, etcd, scale, recovery, rotation)")
-    ->check(CLI::IsMember({"state_machine", "queue", "durable", "replicated", "failover", "api",
+    ->check(CLI::IsMember({"state_machine", "queue", "snapshot", "durable", "replicated", "failover", "api",
                            "check", "remote", "redis", "etcd", "scale", "recovery",
                            "rotation"}));
   cmd->add_option("--api-connections", o->api_connections,

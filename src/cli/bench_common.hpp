@@ -155,6 +155,9 @@ nlohmann::json check_speed(const options& o);
 /// The cost of a command with a deep queue that nobody can serve and a big
 /// pool, against a small pool and an empty queue.
 nlohmann::json queue_cost(const options& o);
+/// What one snapshot of a big pool with a deep queue costs the supervisor
+/// (its stop) and the snapshot writer (each step, timed apart).
+nlohmann::json snapshot_cost(const options& o);
 /// Completions over the HTTP API (many keep-alive connections) and the same
 /// asked in-process, against simulated miners.
 nlohmann::json api(const options& o);

@@ -715,6 +715,110 @@ nlohmann::json queue_cost(const options& o) {
   return j;
 }
 
+// ----------------------------------------------------------------- snapshot
+
+nlohmann::json snapshot_cost(const options& o) {
+  // What one snapshot costs the threads that take it, at the recovery
+  // target's shape: a big pool (queue_nodes) behind a deep queue
+  // (queue_sessions). Between two snapshots the pool serves cycles until
+  // max(snapshot_every, nodes) commands are applied, as the supervisor
+  // would. Then, timed apart: the supervisor's stop (freeze), and the
+  // writer's work as it was and as it is, on the same frozen state.
+  auto p = o.pool;
+  p.ephemeral_window_ms = params::max_duration_ms;
+  cycling_pool cp{p, o.queue_nodes};
+  for (uint32_t i = 0; i < o.queue_sessions; ++i) {
+    auto c = submit_cmd("q" + std::to_string(i));
+    c.mutable_submit_session()->set_model("no-such-model");
+    if (cp.ps.apply(c, cp.now).refused)
+      throw std::runtime_error("snapshot: a queued session was refused");
+  }
+  auto every = std::max<uint64_t>(p.snapshot_every, o.queue_nodes);
+  cp.ps.freeze();  // the first copy is whole; the ones measured are not
+  std::vector<double> stop, changed, bytes;
+  std::vector<double> message, serialize, restore_check;  // as it was
+  std::vector<double> check, encode;                      // as it is
+  auto ms_since = [](clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(clock::now() - t).count();
+  };
+  auto fail_on = [](const std::vector<violation>& v, const char* how) {
+    if (!v.empty())
+      throw std::runtime_error(std::string{"snapshot: "} + how + " finds "
+                               + v.front().invariant + ": " + v.front().detail);
+  };
+  for (int r = 0; r < o.reps; ++r) {
+    check_stop();
+    auto c0 = cp.commands;
+    while (cp.commands - c0 < every)
+      cp.cycle();
+    changed.push_back(static_cast<double>(cp.ps.changes_pending()));
+    auto t0 = clock::now();
+    auto f = cp.ps.freeze();
+    stop.push_back(ms_since(t0));
+    auto g = f;  // the same frozen state, for the other way
+    std::string was, is;
+    auto old_way = [&] {
+      auto t = clock::now();
+      auto snap = std::move(f).finish();
+      message.push_back(ms_since(t));
+      t = clock::now();
+      was = snap.SerializeAsString();
+      serialize.push_back(ms_since(t));
+      t = clock::now();
+      pool_state copy;
+      copy.restore(snap, false);
+      auto v = copy.check_invariants();
+      restore_check.push_back(ms_since(t));
+      fail_on(v, "restore and check_invariants");
+    };
+    auto new_way = [&] {
+      auto t = clock::now();
+      auto v = g.check();
+      check.push_back(ms_since(t));
+      fail_on(v, "the frozen check");
+      t = clock::now();
+      is = std::move(g).encode();
+      encode.push_back(ms_since(t));
+    };
+    if (r % 2 == 0) {
+      old_way();
+      new_way();
+    } else {
+      new_way();
+      old_way();
+    }
+    if (was != is)
+      throw std::runtime_error("snapshot: encode() differs from the message's "
+                               "own serialization");
+    bytes.push_back(static_cast<double>(is.size()));
+  }
+  auto before = median(message) + median(serialize) + median(restore_check);
+  auto after = median(check) + median(encode);
+  nlohmann::json j;
+  j["nodes"] = o.queue_nodes;
+  j["queued"] = o.queue_sessions;
+  j["commands_between"] = every;
+  j["records_changed"] = median(changed);
+  j["bytes"] = median(bytes);
+  j["stop_ms"] = median(stop);
+  j["restored"] = {{"message_ms", median(message)},
+                   {"serialize_ms", median(serialize)},
+                   {"restore_check_ms", median(restore_check)},
+                   {"writer_ms", before}};
+  j["from_copy"] = {{"check_ms", median(check)},
+                    {"encode_ms", median(encode)},
+                    {"writer_ms", after}};
+  j["ratio_writer_from_copy_to_restored"] = after / before;
+  note("snapshot: %u nodes, %u queued, %.1f MB, %.0f records changed: stop "
+       "%.2f ms; writer %.1f ms (message %.1f, serialize %.1f, restore and "
+       "check %.1f), from the copy %.1f ms (check %.1f, encode %.1f): %.2f x",
+       o.queue_nodes, o.queue_sessions, median(bytes) / 1e6, median(changed),
+       median(stop), before, median(message), median(serialize),
+       median(restore_check), after, median(check), median(encode),
+       after / before);
+  return j;
+}
+
 // -------------------------------------------------------------------- check
 
 nlohmann::json check_speed(const options& o) {

@@ -19,9 +19,9 @@ public:
     archived_appended += archived.size();
     return inner_->append(entries, archived, sync);
   }
-  status save_snapshot(const pb::Snapshot& s) override {
+  status save_snapshot_bytes(uint64_t last_index, std::string bytes) override {
     ++snapshots;
-    return inner_->save_snapshot(s);
+    return inner_->save_snapshot_bytes(last_index, std::move(bytes));
   }
   status load_snapshot(std::optional<pb::Snapshot>& out) override {
     return inner_->load_snapshot(out);

@@ -30,7 +30,7 @@ public:
                 const std::vector<pb::SessionRecord>&, bool) override {
     return status::fail("read-only");
   }
-  status save_snapshot(const pb::Snapshot&) override {
+  status save_snapshot_bytes(uint64_t, std::string) override {
     return status::fail("read-only");
   }
   status load_snapshot(std::optional<pb::Snapshot>& out) override {

@@ -46,7 +46,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   ASSERT_FALSE(j.is_discarded()) << out;
   ASSERT_TRUE(j.is_object()) << out;
 
-  for (auto key : {"state_machine", "queue", "durable", "replicated",
+  for (auto key : {"state_machine", "queue", "snapshot", "durable", "replicated",
                    "failover", "api", "check", "remote", "redis", "etcd",
                    "scale", "recovery", "rotation"})
     ASSERT_TRUE(j.contains(key)) << "no " << key << " in " << j.dump();
@@ -66,7 +66,10 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/redis/ratio_nodepool_to_everysec",
                  "/recovery/serving_s", "/queue/small/commands_per_s",
                  "/queue/deep/commands_per_s", "/queue/big_empty/commands_per_s",
-                 "/queue/ratio_deep_to_small", "/durable/flat/cycles_per_s",
+                 "/queue/ratio_deep_to_small", "/snapshot/bytes",
+                 "/snapshot/restored/writer_ms", "/snapshot/from_copy/writer_ms",
+                 "/snapshot/from_copy/check_ms", "/snapshot/from_copy/encode_ms",
+                 "/durable/flat/cycles_per_s",
                  "/durable/flat/end/rss_mb", "/durable/flat/end/sessions_accepted",
                  "/check/0/entries_per_s", "/check/1/entries_per_s",
                  "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
@@ -151,7 +154,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
         return true;
     return false;
   };
-  for (auto key : {"state_machine", "queue", "durable", "replicated",
+  for (auto key : {"state_machine", "queue", "snapshot", "durable", "replicated",
                    "failover", "api", "check", "remote", "redis", "etcd",
                    "scale", "recovery"})
     each_number(j[key], key, [&](const std::string& path, double x) {

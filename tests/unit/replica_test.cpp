@@ -333,7 +333,9 @@ TEST(MemberArchive, AStoreThatCannotKeepThePositionIsAnError) {
                   const std::vector<pb::SessionRecord>& a, bool s) override {
       return in->append(e, a, s);
     }
-    status save_snapshot(const pb::Snapshot& s) override { return in->save_snapshot(s); }
+    status save_snapshot_bytes(uint64_t i, std::string b) override {
+      return in->save_snapshot_bytes(i, std::move(b));
+    }
     status load_snapshot(std::optional<pb::Snapshot>& o) override {
       return in->load_snapshot(o);
     }

@@ -700,22 +700,41 @@ TEST(MemoryStore, APowerCutTakesUnsyncedMetadataBackToTheLastSync) {
 
 TEST(SnapshotWriter, WritesOnItsOwnThreadAndFinishesOnDestruction) {
   std::shared_ptr<store> st{make_memory_store()};
-  std::atomic<uint64_t> checked{0};
+  std::atomic<uint64_t> made{0}, made_here{0};
+  auto here = std::this_thread::get_id();
   {
-    snapshot_writer w{st, [&](const pb::Snapshot&) { ++checked; }};
+    snapshot_writer w{st};
     for (uint64_t i = 1; i <= 50; ++i) {
-      pb::Snapshot snap;
-      snap.set_last_index(i);
-      w.submit(std::move(snap));
+      if (i % 2 == 0) {
+        pb::Snapshot snap;
+        snap.set_last_index(i);
+        w.submit(std::move(snap));
+        continue;
+      }
+      w.submit([i, &made, &made_here, here] {
+        ++made;
+        made_here += std::this_thread::get_id() == here;
+        pb::Snapshot snap;
+        snap.set_last_index(i);
+        return encoded_snapshot{i, snap.SerializeAsString()};
+      });
     }
+    w.submit([&] {
+      ++made;
+      pb::Snapshot snap;
+      snap.set_last_index(51);
+      return encoded_snapshot{51, snap.SerializeAsString()};
+    });
   }  // joins: the last one submitted is written, older ones may be skipped
   std::optional<pb::Snapshot> loaded;
   ASSERT_TRUE(st->load_snapshot(loaded).ok());
   ASSERT_TRUE(loaded.has_value());
-  EXPECT_EQ(loaded->last_index(), 50u);
-  // Each snapshot written was checked first, on the writer's thread.
-  EXPECT_GE(checked.load(), 1u);
-  EXPECT_LE(checked.load(), 50u);
+  EXPECT_EQ(loaded->last_index(), 51u);
+  // Each snapshot was made by the writer's thread, when it took it: the
+  // last one always, a replaced one never.
+  EXPECT_GE(made.load(), 1u);
+  EXPECT_LE(made.load(), 26u);
+  EXPECT_EQ(made_here.load(), 0u);
 }
 
 // -- RocksDB only ---------------------------------------------------------------
