@@ -173,17 +173,18 @@ std::vector<violation> pool_state::check_invariants() const {
     add(out, "I2", std::to_string(node_timers_.size()) + " node timers for "
                      + std::to_string(timed) + " nodes with a deadline");
   {
-    std::map<std::string, level_counts> recount_m;
+    // Keyed by views of the nodes' own strings: a few models, many nodes.
+    std::unordered_map<std::string_view, level_counts> recount_m;
     level_counts recount_any;
     for (auto& [nid, n] : nodes_) {
       auto lv = std::min<uint32_t>(n.level(), 5);
       bool alive = counts_as_alive(n);
       bool avail = counts_as_available(n);
-      std::set<std::string> ms{n.models().begin(), n.models().end()};
-      for (auto& m : ms) {
-        recount_m[m].alive[lv] += alive;
-        recount_m[m].available[lv] += avail;
-      }
+      record_checks::for_each_distinct_model(n, [&](const std::string& m) {
+        auto& c = recount_m[m];
+        c.alive[lv] += alive;
+        c.available[lv] += avail;
+      });
       recount_any.alive[lv] += alive;
       recount_any.available[lv] += avail;
     }
@@ -196,7 +197,7 @@ std::vector<violation> pool_state::check_invariants() const {
       same = same && want.alive == c.alive && want.available == c.available;
     }
     for (auto& [m, c] : recount_m)
-      same = same && by_model_.count(m) == 1;
+      same = same && by_model_.count(std::string{m}) == 1;
     if (!same)
       add(out, "I5", "node counts by model and level disagree with a recount");
   }

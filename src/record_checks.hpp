@@ -25,6 +25,16 @@ inline bool valid_node_state(pb::NodeState st) {
   return st >= pb::REGISTERED && st <= pb::LOST;
 }
 
+/// Calls `f(model)` once for each model a node lists, a model listed twice
+/// once (a node lists a few: no set is built, as the counts by model do).
+template <class F>
+void for_each_distinct_model(const pb::NodeRecord& n, F&& f) {
+  auto& ms = n.models();
+  for (int i = 0; i < ms.size(); ++i)
+    if (std::find(ms.begin(), ms.begin() + i, ms[i]) == ms.begin() + i)
+      f(ms[i]);
+}
+
 /// I5 (a known state), I1 (a reserved node belongs to the one active session
 /// that lists it; no other node names a session), I2 (earned within the
 /// ephemeral window) and I3 (a failed node is out of the pool). `session_of`

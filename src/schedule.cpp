@@ -3,6 +3,7 @@
 // sessions short of nodes. Each is updated where the records change and
 // verified against them by the invariant checks (check_indexes).
 #include "pool_state.hpp"
+#include "record_checks.hpp"
 
 #include <algorithm>
 
@@ -249,11 +250,10 @@ void pool_state::check_indexes(const pb::NodeRecord& n,
     return;
   }
   auto& x = a->second;
+  size_t models = 0;
+  record_checks::for_each_distinct_model(n, [&](auto&) { ++models; });
   if (x.level != n.level() || x.alive != counts_as_alive(n)
-      || x.available != counts_as_available(n)
-      || x.models.size()
-           != std::set<std::string>(n.models().begin(), n.models().end())
-                .size())
+      || x.available != counts_as_available(n) || x.models.size() != models)
     out.push_back({"I5", "node " + n.id()
                            + " is counted under another level, model or "
                              "state than its own"});
