@@ -744,6 +744,11 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--api-seconds", o->api_seconds,
                   "measuring window of the api section, each way (default 30)")
     ->check(CLI::Range(0.5, 3600.0));
+  cmd->add_option("--load-base", o->load_base,
+                  "cycles/s the durable section's loads are fractions of "
+                  "(default: that run's own saturation; set it to compare two "
+                  "binaries at the same offered rates)")
+    ->check(CLI::Range(1.0, 1e9));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "
                   "end are compared (default 60)")

@@ -938,13 +938,16 @@ nlohmann::json durable(const options& o) {
   j["entries_per_commit"] = dp.entries_per_commit;
   note("durable: %.1f entries per synced group commit", dp.entries_per_commit);
   nlohmann::json curve = nlohmann::json::array();
+  // Two binaries compared at the same offered rates need the same base.
+  auto base = o.load_base > 0 ? o.load_base : cps;
+  j["load_base_per_s"] = base;
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
     uint64_t shed = 0;
     auto before = dp.stats()["histograms"];
     for (int r = 0; r < o.reps; ++r) {
       auto [lat, achieved] =
-        dp.offer_measured("durable", load * cps, o.seconds, o.warmup, 1000 * r + 1);
+        dp.offer_measured("durable", load * base, o.seconds, o.warmup, 1000 * r + 1);
       p50.push_back(quantile(lat, 0.5));
       p99.push_back(quantile(lat, 0.99));
       p999.push_back(quantile(lat, 0.999));
@@ -954,7 +957,7 @@ nlohmann::json durable(const options& o) {
     nlohmann::json c;
     c["load"] = load;
     c["shed"] = shed;  // submissions refused as overloaded, all repetitions
-    c["offered_per_s"] = load * cps;
+    c["offered_per_s"] = load * base;
     c["achieved_per_s"] = median(got);
     c["p50_ms"] = median(p50);
     c["p99_ms"] = median(p99);
