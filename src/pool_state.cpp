@@ -646,7 +646,13 @@ pool_state::frozen pool_state::freeze() {
   } else {
     auto& index = copies_->copy_of;
     index.reserve(nodes_.size());
-    for (auto* n : changed_nodes_) {
+    // In the order of their addresses: the records and their copies were
+    // allocated in about that order, so the copying walks memory forward
+    // instead of jumping (measured below, in BENCHMARKS.md).
+    std::vector<const pb::NodeRecord*> order(changed_nodes_.begin(),
+                                             changed_nodes_.end());
+    std::sort(order.begin(), order.end(), std::less<const pb::NodeRecord*>{});
+    for (auto* n : order) {
       auto& copy = index[n];
       if (copy == nullptr)
         copy = &copies_->nodes.try_emplace(n->id()).first->second;

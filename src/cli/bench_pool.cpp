@@ -726,6 +726,10 @@ nlohmann::json snapshot_cost(const options& o) {
   // writer's work as it was and as it is, on the same frozen state.
   auto p = o.pool;
   p.ephemeral_window_ms = params::max_duration_ms;
+  // Nodes picked at random, so that the records changed between two
+  // snapshots are spread over the pool as a busy oracle's are (with equal
+  // reputations the default selection would pick the same few nodes).
+  p.selection = "random";
   cycling_pool cp{p, o.queue_nodes};
   for (uint32_t i = 0; i < o.queue_sessions; ++i) {
     auto c = submit_cmd("q" + std::to_string(i));
