@@ -1,7 +1,9 @@
 // Snapshots (pb::Snapshot) as read back from storage or received from an
 // oracle's `state` reply. The bytes are decoded with ParseFromString and
 //  - restored with pool_state::restore() and checked (the raw restore used
-//    by `nodepool status` and by tests; it must not crash, whatever it holds);
+//    by `nodepool status` and by tests; it must not crash, whatever it holds),
+//    checked as the snapshot writer checks records (check_snapshot, and on a
+//    kept copy), and encoded from that copy: the same bytes as its message;
 //  - placed into a memory store and loaded with recover(), the path an oracle
 //    starts from: it must refuse the snapshot or give a state that keeps
 //    I1..I5, and that state must then take commands without breaking them.
@@ -22,6 +24,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     raw.restore(snap);
     (void)raw.check_invariants();
     (void)raw.snapshot().SerializeAsString();
+    // The snapshot writer's path: the records checked alone, and the bytes
+    // written straight from a kept copy, which must be the message's own.
+    (void)check_snapshot(snap);
+    raw.set_kept_copy_from(0);
+    auto frozen = raw.freeze();
+    auto other = frozen;
+    (void)frozen.check();
+    auto direct = std::move(frozen).encode();
+    if (direct != std::move(other).finish().SerializeAsString())
+      fuzz::fail("a snapshot encoded from the kept copy differs from its message");
   }
   auto st = make_memory_store();
   if (!st->save_snapshot(snap).ok())
