@@ -243,6 +243,10 @@ private:
     // then loads a snapshot made from it, and the final replay of the store
     // must still give the live state.
     sc.kept_copy_from = 0;
+    // Some of each snapshot's copying done ahead, after group commits, and
+    // some left to its stop: both ways in every seed.
+    sc.copy_ahead_per_commit = 4;
+    sc.copy_ahead_leave = 2;
     sc.observer = [this](const pool_state& ps, const pb::Command& cmd,
                          const apply_result& r) {
       ++res_.commands;

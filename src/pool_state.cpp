@@ -626,6 +626,48 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
   }
 }
 
+void pool_state::copy_node(const pb::NodeRecord* n) {
+  auto& index = copies_->copy_of;
+  if (index.empty())
+    index.reserve(nodes_.size());
+  auto& copy = index[n];
+  if (copy == nullptr)
+    copy = &copies_->nodes.try_emplace(n->id()).first->second;
+  *copy = *n;
+}
+
+void pool_state::copy_session(const std::string& id) {
+  auto& copied = copies_->sessions;
+  if (auto* s = live_session(id)) {
+    auto [it, added] = copied.try_emplace(id);
+    it->second = *s;
+  } else {
+    copied.erase(id);  // ended (or never accepted)
+  }
+}
+
+size_t pool_state::copy_ahead(size_t budget, size_t leave) {
+  if (!copies_ || changes_pending() <= leave)
+    return 0;
+  if (copies_.use_count() > 1)
+    return 0;  // a snapshot still reads it: the next freeze copies it whole
+  // Whoever shared it released it (as in freeze()).
+  std::atomic_thread_fence(std::memory_order_acquire);
+  budget = std::min(budget, changes_pending() - leave);
+  size_t done = 0;
+  for (auto it = changed_nodes_.begin();
+       it != changed_nodes_.end() && done < budget; ++done) {
+    copy_node(*it);
+    it = changed_nodes_.erase(it);
+  }
+  for (auto it = changed_sessions_.begin();
+       it != changed_sessions_.end() && done < budget; ++done) {
+    copy_session(*it);
+    it = changed_sessions_.erase(it);
+  }
+  return done;
+}
+
 pool_state::frozen pool_state::freeze() {
   if (copies_ && copies_.use_count() > 1) {
     // An unfinished snapshot still reads this copy: keep it as it is.
@@ -644,29 +686,16 @@ pool_state::frozen pool_state::freeze() {
     for (auto* s : by_id(sessions_))
       copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
   } else {
-    auto& index = copies_->copy_of;
-    index.reserve(nodes_.size());
     // In the order of their addresses: the records and their copies were
     // allocated in about that order, so the copying walks memory forward
     // instead of jumping (measured below, in BENCHMARKS.md).
     std::vector<const pb::NodeRecord*> order(changed_nodes_.begin(),
                                              changed_nodes_.end());
     std::sort(order.begin(), order.end(), std::less<const pb::NodeRecord*>{});
-    for (auto* n : order) {
-      auto& copy = index[n];
-      if (copy == nullptr)
-        copy = &copies_->nodes.try_emplace(n->id()).first->second;
-      *copy = *n;
-    }
-    auto& copied = copies_->sessions;
-    for (auto& id : changed_sessions_) {
-      if (auto* s = live_session(id)) {
-        auto [it, added] = copied.try_emplace(id);
-        it->second = *s;
-      } else {
-        copied.erase(id);  // ended (or never accepted)
-      }
-    }
+    for (auto* n : order)
+      copy_node(n);
+    for (auto& id : changed_sessions_)
+      copy_session(id);
   }
   changed_nodes_.clear();
   changed_sessions_.clear();

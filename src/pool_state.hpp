@@ -164,6 +164,16 @@ public:
     std::vector<violation> check() const;
   };
   frozen freeze();
+  /// Brings up to `budget` of the records changed since the last freeze
+  /// into the kept copy now, leaving `leave` of them for the freeze, so
+  /// that the next freeze() has at most about that many to copy: called
+  /// between group commits, it spreads over them the copying a freeze
+  /// would do at once. A record changed again is noted again; leaving some
+  /// lets the records changed in bursts (a node reserved, released and
+  /// tested within milliseconds) finish theirs before they are copied.
+  /// Does nothing when no copy is kept, or while a snapshot still reads
+  /// it. Returns the records copied (or dropped, for a session that ended).
+  size_t copy_ahead(size_t budget, size_t leave = 0);
   /// The copy is kept, and changes noted after each command, only in a
   /// pool of at least this many live records (nodes and sessions): a
   /// smaller one is copied whole at each freeze, in about a microsecond a
@@ -186,6 +196,9 @@ private:
   // pool_state.cpp
   void set_state(pb::NodeRecord& n, pb::NodeState to, const std::string& why,
                  apply_result& out);
+  /// One changed record into the kept copy (freeze, copy_ahead).
+  void copy_node(const pb::NodeRecord* n);
+  void copy_session(const std::string& id);
   void record_outcome(pb::NodeRecord& n, bool good);
   void apply_tick(int64_t now, apply_result& out);
   void apply_recover(int64_t now, apply_result& out);

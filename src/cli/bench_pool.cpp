@@ -730,16 +730,25 @@ nlohmann::json snapshot_cost(const options& o) {
   // snapshots are spread over the pool as a busy oracle's are (with equal
   // reputations the default selection would pick the same few nodes).
   p.selection = "random";
-  cycling_pool cp{p, o.queue_nodes};
-  for (uint32_t i = 0; i < o.queue_sessions; ++i) {
-    auto c = submit_cmd("q" + std::to_string(i));
-    c.mutable_submit_session()->set_model("no-such-model");
-    if (cp.ps.apply(c, cp.now).refused)
-      throw std::runtime_error("snapshot: a queued session was refused");
+  // Two pools given the same commands: `ahead` also copies ahead after
+  // every 32 commands (a group commit of the durable bench's 32 clients),
+  // as the supervisor does (supervisor_config's copy_ahead_per_commit and
+  // copy_ahead_leave); its snapshots must be the same bytes.
+  cycling_pool cp{p, o.queue_nodes}, ahead{p, o.queue_nodes};
+  for (auto* pool : {&cp, &ahead}) {
+    for (uint32_t i = 0; i < o.queue_sessions; ++i) {
+      auto c = submit_cmd("q" + std::to_string(i));
+      c.mutable_submit_session()->set_model("no-such-model");
+      if (pool->ps.apply(c, pool->now).refused)
+        throw std::runtime_error("snapshot: a queued session was refused");
+    }
+    pool->ps.set_kept_copy_from(0);  // kept whatever the size (--quick)
+    pool->ps.freeze();  // the first copy is whole; the ones measured are not
   }
   auto every = std::max<uint64_t>(p.snapshot_every, o.queue_nodes);
-  cp.ps.freeze();  // the first copy is whole; the ones measured are not
+  const supervisor_config sc;
   std::vector<double> stop, changed, bytes;
+  std::vector<double> stop_ahead, changed_ahead, ahead_ms;
   std::vector<double> message, serialize, restore_check;  // as it was
   std::vector<double> check, encode;                      // as it is
   auto ms_since = [](clock::time_point t) {
@@ -756,9 +765,27 @@ nlohmann::json snapshot_cost(const options& o) {
     while (cp.commands - c0 < every)
       cp.cycle();
     changed.push_back(static_cast<double>(cp.ps.changes_pending()));
+    c0 = ahead.commands;
+    auto committed = c0;
+    double spent = 0;
+    while (ahead.commands - c0 < every) {
+      ahead.cycle();
+      if (ahead.commands - committed >= 32) {
+        committed = ahead.commands;
+        auto t = clock::now();
+        ahead.ps.copy_ahead(sc.copy_ahead_per_commit, sc.copy_ahead_leave);
+        spent += ms_since(t);
+      }
+    }
+    ahead_ms.push_back(spent);
+    changed_ahead.push_back(static_cast<double>(ahead.ps.changes_pending()));
     auto t0 = clock::now();
+    auto fa = ahead.ps.freeze();
+    stop_ahead.push_back(ms_since(t0));
+    t0 = clock::now();
     auto f = cp.ps.freeze();
     stop.push_back(ms_since(t0));
+    auto same = std::move(fa).encode();
     auto g = f;  // the same frozen state, for the other way
     std::string was, is;
     auto old_way = [&] {
@@ -794,6 +821,9 @@ nlohmann::json snapshot_cost(const options& o) {
     if (was != is)
       throw std::runtime_error("snapshot: encode() differs from the message's "
                                "own serialization");
+    if (same != is)
+      throw std::runtime_error("snapshot: the pool that copied ahead froze "
+                               "another state");
     bytes.push_back(static_cast<double>(is.size()));
   }
   auto before = median(message) + median(serialize) + median(restore_check);
@@ -805,6 +835,9 @@ nlohmann::json snapshot_cost(const options& o) {
   j["records_changed"] = median(changed);
   j["bytes"] = median(bytes);
   j["stop_ms"] = median(stop);
+  j["copied_ahead"] = {{"records_left", median(changed_ahead)},
+                       {"stop_ms", median(stop_ahead)},
+                       {"copy_ahead_ms_between", median(ahead_ms)}};
   j["restored"] = {{"message_ms", median(message)},
                    {"serialize_ms", median(serialize)},
                    {"restore_check_ms", median(restore_check)},
@@ -813,6 +846,9 @@ nlohmann::json snapshot_cost(const options& o) {
                     {"encode_ms", median(encode)},
                     {"writer_ms", after}};
   j["ratio_writer_from_copy_to_restored"] = after / before;
+  note("snapshot: copying ahead after every 32 commands: %.0f records left, "
+       "stop %.2f ms (%.1f ms spent copying ahead between two snapshots)",
+       median(changed_ahead), median(stop_ahead), median(ahead_ms));
   note("snapshot: %u nodes, %u queued, %.1f MB, %.0f records changed: stop "
        "%.2f ms; writer %.1f ms (message %.1f, serialize %.1f, restore and "
        "check %.1f), from the copy %.1f ms (check %.1f, encode %.1f): %.2f x",

@@ -76,6 +76,8 @@ protected:
     sc.tests = tests_;
     sc.max_batch_commands = max_batch_commands_;
     sc.max_backlog = max_backlog_;
+    sc.kept_copy_from = kept_copy_from_;
+    sc.copy_ahead_leave = copy_ahead_leave_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -210,6 +212,8 @@ protected:
   test_config tests_;  // the bank and secret of the next start()
   size_t max_batch_commands_ = supervisor_config{}.max_batch_commands;
   size_t max_backlog_ = supervisor_config{}.max_backlog;
+  size_t kept_copy_from_ = supervisor_config{}.kept_copy_from;
+  size_t copy_ahead_leave_ = supervisor_config{}.copy_ahead_leave;
 };
 
 } // namespace nodepool::testing

@@ -182,6 +182,33 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   EXPECT_EQ(again.SerializeAsString(), live.SerializeAsString());
 }
 
+TEST_F(group_commit, records_copied_ahead_between_snapshots_restore_the_same_state) {
+  // The copy kept however small the pool, and every change copied ahead
+  // after each group commit: the snapshots' stops then copy what changed
+  // since the last commit only, and snapshot + log still give the state.
+  kept_copy_from_ = 0;
+  copy_ahead_leave_ = 0;
+  auto p = fast_params();
+  p.snapshot_every = 8;
+  auto st = std::make_shared<counting_store>();
+  start(p, st);
+  for (int i = 0; i < 4; ++i)
+    add_node("c" + std::to_string(i), behaviour::healthy, i + 1);
+  run_for(std::chrono::milliseconds(300));
+  for (int i = 0; i < 12; ++i) {
+    EXPECT_EQ(submit(session_req("cs" + std::to_string(i))), "accepted");
+    run_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_GT(st->snapshots, 1u);
+  auto stats = supervisor_stats();
+  EXPECT_GT(stats["records_copied_ahead"].get<uint64_t>(), 0u) << stats.dump();
+  pool_state restored;
+  recovered info;
+  ASSERT_TRUE(nodepool::recover(*st, restored, info).ok());
+  EXPECT_EQ(restored.snapshot().SerializeAsString(),
+            state().snapshot().SerializeAsString());
+}
+
 TEST_F(group_commit, a_refusal_waits_for_the_batch_it_depends_on) {
   // Two submissions of one id in one drain: the second is refused as a
   // duplicate, which reveals the first; that answer must not leave before

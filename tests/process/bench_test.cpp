@@ -69,6 +69,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/queue/ratio_deep_to_small", "/snapshot/bytes",
                  "/snapshot/restored/writer_ms", "/snapshot/from_copy/writer_ms",
                  "/snapshot/from_copy/check_ms", "/snapshot/from_copy/encode_ms",
+                 "/snapshot/stop_ms", "/snapshot/copied_ahead/stop_ms",
+                 "/snapshot/records_changed",
                  "/durable/flat/cycles_per_s",
                  "/durable/flat/end/rss_mb", "/durable/flat/end/sessions_accepted",
                  "/check/0/entries_per_s", "/check/1/entries_per_s",

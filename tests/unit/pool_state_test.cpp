@@ -1552,6 +1552,47 @@ TEST(PoolArchive, ASmallPoolKeepsNoCopy) {
   EXPECT_EQ(bytes_of(p.freeze().finish()), bytes_of(p.snapshot()));
 }
 
+// Copying ahead between group commits leaves the next freeze only what was
+// left; nothing is copied ahead into a copy a snapshot still reads, and the
+// frozen state stays the whole state, byte for byte.
+TEST(PoolArchive, CopyingAheadLeavesTheFreezeWhatItLeft) {
+  harness h;
+  h.pool.set_kept_copy_from(0);
+  for (int i = 0; i < 40; ++i)
+    h.admit("n" + std::to_string(i));
+  h.pool.freeze();  // the copy is made, nothing pending
+  ASSERT_EQ(h.pool.changes_pending(), 0u);
+  for (int i = 0; i < 30; ++i)
+    h.submit("s" + std::to_string(i));  // 30 nodes reserved, 30 sessions
+  auto pending = h.pool.changes_pending();
+  ASSERT_GE(pending, 60u);
+  // Nothing below what is to be left.
+  EXPECT_EQ(h.pool.copy_ahead(100, pending), 0u);
+  // At most the budget, and never below what is to be left.
+  EXPECT_EQ(h.pool.copy_ahead(10, 5), 10u);
+  EXPECT_EQ(h.pool.changes_pending(), pending - 10);
+  EXPECT_EQ(h.pool.copy_ahead(1000, 5), pending - 15);
+  EXPECT_EQ(h.pool.changes_pending(), 5u);
+  // A record changed after it was copied ahead is noted again.
+  h.end("s0", true, "done");
+  EXPECT_GT(h.pool.changes_pending(), 5u);
+  // While a snapshot still reads the copy, nothing goes into it.
+  auto held = h.pool.freeze();
+  auto expected = bytes_of(h.pool.snapshot());
+  h.end("s1", true, "done");
+  ASSERT_GT(h.pool.changes_pending(), 0u);
+  EXPECT_EQ(h.pool.copy_ahead(1000), 0u);
+  EXPECT_EQ(bytes_of(std::move(held).finish()), expected);
+  // Released, it takes everything; the freeze then copies nothing more
+  // and is the whole state.
+  EXPECT_GT(h.pool.copy_ahead(1000), 0u);
+  EXPECT_EQ(h.pool.changes_pending(), 0u);
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+  // No copy kept: nothing to do.
+  pool_state small{quiet()};
+  EXPECT_EQ(small.copy_ahead(1000), 0u);
+}
+
 TEST(PoolArchive, AResubmittedIdIsRefusedWithinTheWindow) {
   auto p = quiet();
   p.session_id_retention_ms = 60'000;
@@ -3107,6 +3148,7 @@ TEST(PoolRandomized, AFrozenSnapshotIsTheWholeStateForSeeds1To200) {
     std::vector<held> unfinished;
     int step = 0, mismatches = 0;
     uint64_t term = 1;
+    rng ahead{seed ^ 0xa4eadULL};  // copying ahead, on a stream of its own
     auto finish = [&](held& x) {
       // The writer's check of the frozen records finds nothing in a valid
       // state; the bytes are the same whether written straight from the
@@ -3140,6 +3182,8 @@ TEST(PoolRandomized, AFrozenSnapshotIsTheWholeStateForSeeds1To200) {
         c.mutable_configure()->set_params_json(to_json(p));
         h.apply(c);
       }
+      if (ahead.chance(30))
+        h.pool.copy_ahead(ahead.below(8), ahead.below(4));
       if (!r.chance(25))
         return;
       held x{h.pool.freeze(), bytes_of(h.pool.snapshot()), step};
