@@ -745,6 +745,7 @@ private:
         *errors = e;
     });
     o.rep->set_kept_copy_from(0);  // raft snapshots from the kept copy
+    o.rep->set_copy_ahead(4, 2);   // partly copied ahead, partly at the freeze
     o.rec = std::make_unique<recording_machine>(*o.rep, i, applied_);
     o.raft = std::make_unique<raft_member>(*o.rec, opt_.raft_guard);
   }

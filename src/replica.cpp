@@ -82,6 +82,8 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
   }
   last_term_ = b.term();
   ++batches_;
+  if (copy_ahead_budget_ > 0)  // a little of the next Raft snapshot's copying
+    copied_ahead_ += pool_.copy_ahead(copy_ahead_budget_, copy_ahead_leave_);
   if (!ended.empty() && archive_)
     archive_(ended);
   if (archived_index_ < last_index_) {

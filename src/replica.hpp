@@ -70,6 +70,16 @@ public:
   pool_state::frozen freeze();
   /// See pool_state::set_kept_copy_from (kept across a restore).
   void set_kept_copy_from(size_t records) { pool_.set_kept_copy_from(records); }
+  /// After each batch applied, up to `budget` changed records are copied
+  /// ahead into the kept copy, `leave` of them left to the next Raft
+  /// snapshot's stop (pool_state::copy_ahead; the supervisor's defaults).
+  /// A budget of 0: none.
+  void set_copy_ahead(size_t budget, size_t leave) {
+    copy_ahead_budget_ = budget;
+    copy_ahead_leave_ = leave;
+  }
+  /// Records copied ahead so far.
+  uint64_t copied_ahead() const { return copied_ahead_; }
   std::string snapshot_bytes() const;
   /// Replaces the state with a snapshot's (a lagging member catching up).
   /// A snapshot that does not decode or breaks an invariant is refused with
@@ -132,6 +142,9 @@ private:
   uint64_t refused_ = 0;
   uint64_t restores_ = 0;
   uint64_t restores_refused_ = 0;
+  size_t copy_ahead_budget_ = 256;
+  size_t copy_ahead_leave_ = 2048;
+  uint64_t copied_ahead_ = 0;
   uint64_t archived_index_ = 0;
   int64_t archived_now_ = 0;
   std::vector<archive_gap> gaps_;

@@ -152,6 +152,39 @@ TEST(Replica, SnapshotRestoresTheSameStateAndRefusesABrokenOne) {
   EXPECT_EQ(b.restores_refused(), 3u);
 }
 
+// A member keeps its copy of the live records and copies changes ahead
+// after each batch (some left to each Raft snapshot): every frozen snapshot
+// is still the whole committed state, byte for byte.
+TEST(Replica, CopyingAheadAfterBatchesKeepsEverySnapshotWhole) {
+  replica a;
+  a.set_kept_copy_from(0);
+  a.set_copy_ahead(3, 2);
+  leader_run l{17};
+  int frozen = 0;
+  for (auto& b : l.batches(300, 6)) {
+    ASSERT_TRUE(a.apply(b).ok);
+    if (a.last_index() % 5 == 0) {
+      auto bytes = a.freeze().encode();
+      ASSERT_EQ(bytes, a.snapshot_bytes()) << "at entry " << a.last_index();
+      ++frozen;
+    }
+  }
+  EXPECT_GT(frozen, 10);
+  EXPECT_GT(a.copied_ahead(), 100u);
+  // The setting survives a snapshot install.
+  replica b;
+  b.set_kept_copy_from(0);
+  b.set_copy_ahead(3, 0);
+  std::string err;
+  ASSERT_TRUE(b.restore(a.snapshot_bytes(), err)) << err;
+  b.freeze();
+  auto before = b.copied_ahead();
+  for (auto& x : l.batches(20, 6))
+    ASSERT_TRUE(b.apply(x).ok);
+  EXPECT_GT(b.copied_ahead(), before);
+  EXPECT_EQ(b.freeze().encode(), b.snapshot_bytes());
+}
+
 TEST(Replica, ArchivesEndedSessionsOnceWhenTheirBatchApplies) {
   std::map<std::string, int> archived;
   replica r{[&](std::vector<pb::SessionRecord>& ended) {
