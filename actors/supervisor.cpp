@@ -361,9 +361,11 @@ void flush(self_ptr self) {
     if (auto s = snapshot_now(self, last_index); !s.ok())
       log("supervisor")->error("snapshot failed (log still complete): {}",
                                s.error);
-  } else if (st.cfg.copy_ahead_per_commit > 0) {
-    // Between snapshots, after the answers: a little of the next
-    // snapshot's copying now, so that its stop stays short.
+  } else if (st.cfg.copy_ahead_per_commit > 0 && self->mailbox().empty()) {
+    // Between snapshots, after the answers, when no command waits: a
+    // little of the next snapshot's copying now, so that its stop stays
+    // short. A supervisor with work waiting leaves it to the snapshot
+    // (copying ahead costs more in all: a record may be copied twice).
     st.copied_ahead += st.pool.copy_ahead(st.cfg.copy_ahead_per_commit,
                                           st.cfg.copy_ahead_leave);
   }

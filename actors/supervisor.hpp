@@ -45,10 +45,11 @@ struct supervisor_config {
   /// From how many live records the pool keeps its copy between snapshots
   /// (pool_state::set_kept_copy_from); the simulation keeps it always.
   size_t kept_copy_from = pool_state::default_kept_copy_from;
-  /// After each group commit, up to this many of the records changed since
-  /// the last snapshot are copied ahead into the kept copy, leaving
-  /// copy_ahead_leave of them for the snapshot's own stop
-  /// (pool_state::copy_ahead). 0: none (each snapshot copies every change).
+  /// After each group commit that leaves no command waiting, up to this
+  /// many of the records changed since the last snapshot are copied ahead
+  /// into the kept copy, leaving copy_ahead_leave of them for the
+  /// snapshot's own stop (pool_state::copy_ahead). 0: none (each snapshot
+  /// copies every change).
   size_t copy_ahead_per_commit = 256;
   size_t copy_ahead_leave = 2048;
   /// Snapshots are serialized and written on a thread of their own; off

@@ -584,6 +584,7 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
   if (touches_everything(cmd)) {
     copies_.reset();  // the next freeze copies everything; rare
     changed_nodes_.clear();
+    changed_order_.clear();
     changed_sessions_.clear();
     return;
   }
@@ -596,10 +597,11 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
     cmd, r,
     [&](const std::string& id) {
       if (auto* n = live_node(id))
-        changed_nodes_.insert(n);
+        note_changed_node(n);
     },
     [&](const std::string& id) { changed_sessions_.insert(id); });
-  changed_nodes_.insert(last_noted_nodes_.begin(), last_noted_nodes_.end());
+  for (auto* n : last_noted_nodes_)
+    note_changed_node(n);
   for (auto* s : last_noted_sessions_)
     changed_sessions_.insert(s->id());
   // A session that ended and is not in the copy (it was accepted since the
@@ -622,6 +624,7 @@ void pool_state::note_changed(const pb::Command& cmd, const apply_result& r) {
   if (changed_sessions_.size() > bound) {
     copies_.reset();
     changed_nodes_ = {};
+    changed_order_ = {};
     changed_sessions_ = {};
   }
 }
@@ -655,10 +658,15 @@ size_t pool_state::copy_ahead(size_t budget, size_t leave) {
   std::atomic_thread_fence(std::memory_order_acquire);
   budget = std::min(budget, changes_pending() - leave);
   size_t done = 0;
-  for (auto it = changed_nodes_.begin();
-       it != changed_nodes_.end() && done < budget; ++done) {
-    copy_node(*it);
-    it = changed_nodes_.erase(it);
+  // The nodes changed longest ago first: a node changes in bursts (reserved,
+  // released, tested within a few commits), and one copied in the middle
+  // of its burst would be copied again.
+  while (done < budget && !changed_order_.empty()) {
+    auto* n = changed_order_.front();
+    changed_order_.pop_front();
+    changed_nodes_.erase(n);
+    copy_node(n);
+    ++done;
   }
   for (auto it = changed_sessions_.begin();
        it != changed_sessions_.end() && done < budget; ++done) {
@@ -666,6 +674,11 @@ size_t pool_state::copy_ahead(size_t budget, size_t leave) {
     it = changed_sessions_.erase(it);
   }
   return done;
+}
+
+void pool_state::note_changed_node(const pb::NodeRecord* n) {
+  if (changed_nodes_.insert(n).second)
+    changed_order_.push_back(n);  // each pending node once, oldest first
 }
 
 pool_state::frozen pool_state::freeze() {
@@ -698,6 +711,7 @@ pool_state::frozen pool_state::freeze() {
       copy_session(id);
   }
   changed_nodes_.clear();
+  changed_order_.clear();
   changed_sessions_.clear();
   frozen f;
   f.records = snapshot_scalars();
@@ -818,6 +832,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   }
   copies_.reset();  // they were of the records about to go
   changed_nodes_.clear();
+  changed_order_.clear();
   changed_sessions_.clear();
   pool_.clear();
   active_ = 0;

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -199,6 +200,7 @@ private:
   /// One changed record into the kept copy (freeze, copy_ahead).
   void copy_node(const pb::NodeRecord* n);
   void copy_session(const std::string& id);
+  void note_changed_node(const pb::NodeRecord* n);
   void record_outcome(pb::NodeRecord& n, bool good);
   void apply_tick(int64_t now, apply_result& out);
   void apply_recover(int64_t now, apply_result& out);
@@ -457,6 +459,9 @@ private:
   std::shared_ptr<record_copies> copies_;
   size_t kept_copy_from_ = default_kept_copy_from;
   std::unordered_set<const pb::NodeRecord*> changed_nodes_;
+  /// The same nodes in the order they were first noted since their last
+  /// copy (copy_ahead takes the oldest).
+  std::deque<const pb::NodeRecord*> changed_order_;
   std::unordered_set<std::string> changed_sessions_;
   /// Notes what an applied command changed, for the next freeze().
   void note_changed(const pb::Command& cmd, const apply_result& r);
