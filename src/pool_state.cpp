@@ -701,7 +701,7 @@ pool_state::frozen pool_state::freeze() {
   } else {
     // In the order of their addresses: the records and their copies were
     // allocated in about that order, so the copying walks memory forward
-    // instead of jumping (measured below, in BENCHMARKS.md).
+    // instead of jumping (BENCHMARKS.md, "The writer's own work, cut").
     std::vector<const pb::NodeRecord*> order(changed_nodes_.begin(),
                                              changed_nodes_.end());
     std::sort(order.begin(), order.end(), std::less<const pb::NodeRecord*>{});
