@@ -101,6 +101,9 @@ public:
   bool restore(std::string_view bytes, std::string& error) override {
     return inner_.restore(bytes, error);
   }
+  bool check(std::string_view bytes, std::string& error) const override {
+    return inner_.check(bytes, error);
+  }
   replica_machine& inner() { return inner_; }
 
 private:
@@ -1039,6 +1042,11 @@ private:
         o.gaps.push_back(g);
       if (o.up && !st.write_error.empty())
         failed_writes.push_back(i);
+      // The guard lets in only snapshots the replica's check passes: one
+      // that then fails to restore is a check and a restore that disagree.
+      if (!st.restore_error.empty())
+        violation("snapshot_restore", "oracle " + std::to_string(i + 1) + ": "
+                                        + st.restore_error);
     }
     // A member whose write to its log failed stops (see raft_member.cpp,
     // 6.): a crash, from which it restarts with what its disk kept.

@@ -914,6 +914,8 @@ caf::behavior handlers(self_ptr self) {
         j["changing"] = s.changing;
       if (!s.write_error.empty())
         j["write_error"] = s.write_error;
+      if (!s.restore_error.empty())
+        j["restore_error"] = s.restore_error;
       j["id"] = s.id;
       j["role"] = to_string(s.role);
       j["ready"] = s.ready;
@@ -937,7 +939,8 @@ caf::behavior handlers(self_ptr self) {
       st.cfg.replica->with([&](replica& r) {
         j["pool_index"] = r.last_index();
         j["batches_refused"] = r.batches_refused();
-        j["snapshots_refused"] = r.restores_refused();
+        // Refused when restored, or by the check before raft saw them.
+        j["snapshots_refused"] = r.restores_refused() + s.snapshots_refused;
         j["violations"] = r.violations().size();
         archived = r.archived_index();
         return 0;

@@ -131,6 +131,24 @@ bool replica::restore(std::string_view bytes, std::string& error) {
   return restore(s, error);
 }
 
+bool replica::check(std::string_view bytes, std::string& error) {
+  pb::Snapshot s;
+  if (bytes.empty()) {
+    error = "empty snapshot";
+    return false;
+  }
+  if (!s.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    error = "snapshot does not decode";
+    return false;
+  }
+  if (auto vs = check_snapshot(s); !vs.empty()) {
+    error = "snapshot at entry " + std::to_string(s.last_index()) + " breaks "
+            + vs.front().invariant + ": " + vs.front().detail;
+    return false;
+  }
+  return true;
+}
+
 bool replica::restore(const pb::Snapshot& s, std::string& error) {
   pool_state p;
   p.restore(s);

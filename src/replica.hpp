@@ -86,6 +86,9 @@ public:
   /// `error` and the state stays as it was.
   bool restore(std::string_view bytes, std::string& error);
   bool restore(const pb::Snapshot& snap, std::string& error);
+  /// Whether `restore` would take these bytes: they decode, and their
+  /// records hold I1-I5 (check_snapshot). Changes nothing.
+  static bool check(std::string_view bytes, std::string& error);
 
   const pool_state& pool() const { return pool_; }
   uint64_t last_index() const { return last_index_; }
@@ -177,6 +180,9 @@ public:
   /// serialization run in the returned function.
   std::function<std::string()> snapshot_later() override;
   bool restore(std::string_view bytes, std::string& error) override;
+  bool check(std::string_view bytes, std::string& error) const override {
+    return replica::check(bytes, error);
+  }
   template <class F>
   auto with(F&& f) {
     std::lock_guard<std::mutex> g{mu_};

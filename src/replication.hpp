@@ -27,6 +27,14 @@ public:
   }
   /// False (state unchanged, `error` set) for a snapshot that is not valid.
   virtual bool restore(std::string_view bytes, std::string& error) = 0;
+  /// Whether `restore` would take these bytes, changing nothing: a member
+  /// asks before it lets a snapshot sent by its leader in (raft writes a
+  /// snapshot to disk and drops its log before it restores it, so a refusal
+  /// at that point leaves nothing to go on with). By default every snapshot
+  /// passes.
+  virtual bool check(std::string_view /*bytes*/, std::string& /*error*/) const {
+    return true;
+  }
   /// Applies what `apply` left for later, if the machine defers its work
   /// (replica_machine's `deferred`). The log calls it on its own thread
   /// once the callbacks of what it just received have run: a leader then
@@ -80,6 +88,9 @@ struct log_status {
   /// Messages refused because their sender is not a member (a stranger on
   /// the Raft port, or an oracle of another cluster file).
   uint64_t refused_peers = 0;
+  /// Snapshots from a leader refused before raft saw them: they did not
+  /// pass `state_machine::check`.
+  uint64_t snapshots_refused = 0;
   /// The configuration this member knows (the latest it holds, committed or
   /// not), in id order.
   std::vector<log_member> members;
@@ -88,6 +99,10 @@ struct log_status {
   /// A write to this member's log failed (a full disk, say): what raft
   /// said. The member is then unavailable for good; an oracle stops.
   std::string write_error;
+  /// A snapshot from the leader passed `state_machine::check` but its
+  /// restore failed: why. Raft had already written it and dropped the log
+  /// below it, so the member stops taking part for good; an oracle stops.
+  std::string restore_error;
 };
 
 /// The seam between the pool and a consensus library: PoolState and the

@@ -447,6 +447,9 @@ int run_oracle(oracle_options& o) {
       if (!ls.write_error.empty())
         member_down = "a write to the replicated log in " + o.data_dir
                       + "/raft failed: " + ls.write_error;
+      else if (!ls.restore_error.empty())
+        member_down = ls.restore_error + " (raft wrote it to " + o.data_dir
+                      + "/raft)";
       else if (ls.role != log_role::unavailable)
         log_seen_up = true;
       else if (log_seen_up)

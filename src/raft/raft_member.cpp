@@ -7,6 +7,7 @@
 #include <set>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 extern "C" {
 #include <raft.h>
@@ -25,6 +26,9 @@ struct raft_member::impl {
   bool ready = false;     // ... and the barrier of that term has applied
   uint64_t lead_term = 0;
   bool guard = true;
+  /// A snapshot from the leader passed the check but was not restored
+  /// (see fsm_restore): why.
+  std::string restore_error;
   /// The second step of the snapshot raft is taking (fsm_snapshot made it,
   /// fsm_snapshot_async runs it); raft takes one at a time.
   std::function<std::string()> snapshot_job;
@@ -37,6 +41,7 @@ struct raft_member::impl {
       return st;
     st.id = r->id;
     st.refused_peers = refused_peers_of(r->io);
+    st.snapshots_refused = snapshots_refused_of(r->io);
     switch (raft_state(r)) {
       case RAFT_FOLLOWER: st.role = log_role::follower; break;
       case RAFT_CANDIDATE: st.role = log_role::candidate; break;
@@ -54,7 +59,8 @@ struct raft_member::impl {
     st.applied_index = raft_last_applied(r);
     st.last_index = raft_last_index(r);
     st.write_error = write_error_text_of(r->io);
-    if (!st.write_error.empty())
+    st.restore_error = restore_error;
+    if (!st.write_error.empty() || !st.restore_error.empty())
       st.role = log_role::unavailable;
     st.ready = ready && st.role == log_role::leader && st.term == lead_term;
     auto now = r->io->time(r->io);
@@ -226,12 +232,27 @@ int fsm_snapshot_finalize(struct raft_fsm* fsm, struct raft_buffer* bufs[],
   return 0;
 }
 
+void silence(struct raft_io* io);  // the guard's (below)
+
 int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
   auto* self = self_of(fsm);
   std::string err;
   if (!self->sm.restore(unframe(*buf), err)) {
     // Raft keeps the buffer when restore fails; the state machine counts it.
     log("raft")->error("snapshot refused: {}", err);
+    auto* r = self->r;
+    if (r && raft_state(r) != RAFT_UNAVAILABLE) {
+      // Installing a snapshot from the leader (at start, raft_start fails
+      // and says so). libraft 0.15 wrote the snapshot to disk and moved its
+      // log past it before asking, and does not undo that: it would go on
+      // appending after the snapshot and apply those entries to a state
+      // without it. The guard refuses a snapshot the state machine's check
+      // does not pass before raft sees it (7.), so this is a check and a
+      // restore that disagree: the member stops taking part for good.
+      self->restore_error = "a snapshot from the leader passed the check but "
+                            "was not restored: " + err;
+      silence(r->io);
+    }
     return RAFT_MALFORMED;
   }
   raft_free(buf->base);  // on success the buffer is the FSM's
@@ -292,6 +313,42 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    entry), as it does when raft itself gives up, and starts again from
 //    what its disk kept once the cause is fixed. Raft is not told of the
 //    failure (see guarded_append_cb).
+//
+// 7. (A crash, seen in `nodepool sim --oracles 3` with a deliberately
+//    broken snapshot.) A follower sent a snapshot writes it to disk, drops
+//    its log below it and moves its log's start past it (logRestore), and
+//    only then asks the state machine to restore it. When that fails, 0.15
+//    frees the data and answers "rejected", but keeps the log as moved:
+//    it appends the next entries after the snapshot it does not hold and
+//    applies them to the old state (entries it no longer has: double free,
+//    SIGSEGV in raft_fixture_step), and at the next start it loads the
+//    snapshot it refused. The guard asks the state machine's `check` first
+//    and drops a snapshot that does not pass: raft never sees it, the
+//    leader sends it again later (or a newer one), and the refusal is
+//    counted (snapshots_refused_of).
+//
+// 8. (Liveness; found by the test of 7.'s second half.) A 0.15 leader
+//    checks for a quorum only at its own last stored entry
+//    (replicationQuorum(r, r->last_stored), on each answer and each write
+//    of its own). While proposals keep coming, its own writes run ahead of
+//    every follower's answers: with one of three members down, the commit
+//    index stayed at 777 while both live members held entries past 1,000,
+//    for as long as the proposals went on. Raft's rule is the highest index
+//    a majority holds (0.16 counts at the follower's match). Before a
+//    leader's answer from a voter reaches raft, the guard computes that
+//    index with the answer counted, and raises the commit index to it when
+//    the entry is of the current term and this leader stored it too (0.15
+//    never has a leader commit past what it stored); raft then applies up
+//    to it as it handles the answer.
+// 9. (Safety, read in 0.15's source: the same quorum check does not ask
+//    which term the entry is of.) A new leader whose last stored entry is
+//    of an older term commits it as soon as a majority answers that they
+//    hold it, before any entry of its own term: the case of Raft's
+//    Figure 8, where a later leader can still overwrite such an entry
+//    (0.16: "Don't commit entries from old terms by counting"). Until the
+//    leader stored an entry of its term (the barrier raft_member proposes
+//    first), an answer's match is capped below its last stored entry, so
+//    the count never reaches it; the entry commits with the barrier.
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using append_fn = int (*)(struct raft_io*, struct raft_io_append*,
@@ -313,9 +370,14 @@ struct guarded_io {
   bool in_install = false;  // an InstallSnapshot is being received
   raft_index install = 0;   // ... its last index
   bool in_recv = false;     // any message is being received
+  const state_machine* sm = nullptr;  // checks a snapshot before raft sees it (7.)
+  uint64_t snapshots_refused = 0;     // ... and the ones it refused
+  bool silent = false;      // stopped taking part (see fsm_restore)
   uint64_t strangers = 0;   // messages from servers not in the configuration
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
   uint64_t below_snapshot = 0;  // AppendEntries trimmed to the snapshot (5.)
+  uint64_t commits_raised = 0;  // commit index raised by the guard (8.)
+  uint64_t old_term_capped = 0; // answers capped below an old term's entry (9.)
   std::unordered_map<raft_id, raft_time> heard;  // server -> last message from it
 };
 
@@ -333,6 +395,8 @@ guarded_io& guard_of(struct raft_io* io) {
 int guarded_send(struct raft_io* io, struct raft_io_send* req,
                  const struct raft_message* m, raft_io_send_cb cb) {
   auto& gi = guard_of(io);
+  if (gi.silent)
+    return RAFT_CANCELED;  // taken as a lost message
   // 4. (A crash, found by `nodepool chaos --oracles 3`, seed 58.) A follower
   //    answers a snapshot or entries it has finished writing by sending to
   //    the leader it knows (sendAppendEntriesResult). After a snapshot,
@@ -447,8 +511,90 @@ void trim_to_snapshot(guarded_io& gi, struct raft_append_entries& a) {
                       "taken off ({} messages so far)", snap.last_index, c);
 }
 
+/// The term of entry `index` in `l` as 0.15's logTermOf reads it (0: not
+/// held). struct raft_log is public in 0.15 (later versions hide it).
+raft_term term_of(const struct raft_log& l, raft_index index) {
+  if (index == 0)
+    return 0;
+  if (index == l.snapshot.last_index)
+    return l.snapshot.last_term;
+  size_t n = l.front <= l.back ? l.back - l.front : l.size - l.front + l.back;
+  if (index <= l.offset || index > l.offset + n)
+    return 0;
+  return l.entries[(l.front + (index - 1 - l.offset)) % l.size].term;
+}
+
+/// Holes 8 and 9: a leader's answer from a voter, before raft handles it.
+void before_result(guarded_io& gi, struct raft_message* m) {
+  auto* r = gi.r;
+  auto& res = m->append_entries_result;
+  if (!r || raft_state(r) != RAFT_LEADER || res.term != r->current_term
+      || res.rejected != 0)
+    return;
+  auto stored = r->last_stored;
+  if (stored > r->commit_index && term_of(r->log, stored) < r->current_term
+      && res.last_log_index >= stored) {
+    res.last_log_index = stored - 1;  // 9.
+    ++gi.old_term_capped;
+  }
+  std::vector<raft_index> held;  // by each voter
+  bool counted = false;
+  for (unsigned i = 0; i < r->configuration.n; ++i) {
+    auto& s = r->configuration.servers[i];
+    if (s.role != RAFT_VOTER)
+      continue;
+    raft_index h = s.id == r->id ? stored : r->leader_state.progress[i].match_index;
+    if (s.id == m->server_id) {
+      h = std::max(h, std::min<raft_index>(res.last_log_index, raft_last_index(r)));
+      counted = true;
+    }
+    held.push_back(h);
+  }
+  if (!counted || held.empty())
+    return;
+  // The highest index at least a majority of the voters hold.
+  auto k = held.size() / 2;
+  std::nth_element(held.begin(), held.begin() + static_cast<long>(k), held.end(),
+                   std::greater<raft_index>());
+  auto q = std::min(held[k], stored);
+  if (q > r->commit_index && term_of(r->log, q) == r->current_term) {
+    r->commit_index = q;  // 8.
+    ++gi.commits_raised;
+  }
+}
+
+/// Whether raft would install the snapshot `m` carries (rather than ignore
+/// it as busy or as older than its own), so that it must be checked first.
+bool would_install(const struct raft* r, const struct raft_install_snapshot& m) {
+  if (r->snapshot.pending.term != 0 || r->snapshot.put.data != nullptr)
+    return false;
+  return r->log.snapshot.last_index < m.last_index;
+}
+
+/// 7.: false (the message dropped and counted) for a snapshot the state
+/// machine's check refuses.
+bool snapshot_passes(guarded_io& gi, struct raft_message* m) {
+  auto& is = m->install_snapshot;
+  if (!gi.sm || !gi.r || !would_install(gi.r, is))
+    return true;
+  std::string err;
+  if (gi.sm->check(unframed(is.data), err))
+    return true;
+  auto n = ++gi.snapshots_refused;
+  if (n == 1 || n % 100 == 0)
+    log("raft")->error("refused a snapshot at entry {} (term {}) from server "
+                       "{}: {} ({} refused so far; raft never saw it)",
+                       is.last_index, is.last_term, m->server_id, err, n);
+  drop(m);
+  return false;
+}
+
 void guarded_recv(struct raft_io* io, struct raft_message* m) {
   auto& gi = guard_of(io);
+  if (gi.silent) {
+    drop(m);
+    return;
+  }
   gi.heard[m->server_id] = io->time(io);
   // Only members take part. (A server joining with an empty configuration
   // hears from whoever leads; membership changes will need this again.)
@@ -464,10 +610,17 @@ void guarded_recv(struct raft_io* io, struct raft_message* m) {
   }
   gi.in_recv = true;
   if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+    if (!snapshot_passes(gi, m)) {
+      gi.in_recv = false;
+      return;
+    }
     gi.in_install = true;
     gi.install = m->install_snapshot.last_index;
     gi.recv(io, m);
     gi.in_install = false;
+  } else if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT) {
+    before_result(gi, m);
+    gi.recv(io, m);
   } else if (m->type != RAFT_IO_APPEND_ENTRIES) {
     gi.recv(io, m);
   } else {
@@ -478,6 +631,15 @@ void guarded_recv(struct raft_io* io, struct raft_message* m) {
     gi.in_append = false;
   }
   gi.in_recv = false;
+}
+
+/// The member stops taking part: the guard drops every message it sends
+/// or receives from now on, as if it had crashed.
+void silence(struct raft_io* io) {
+  std::lock_guard<std::mutex> g{guard_mu};
+  auto i = guarded.find(io);
+  if (i != guarded.end())
+    i->second.silent = true;
 }
 
 void write_failed(struct raft_io* io, int status) {
@@ -540,7 +702,7 @@ int guarded_start(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick,
   return gi.start(io, msecs, tick, guarded_recv);
 }
 
-void guard_log_matching(struct raft* r) {
+void guard_log_matching(struct raft* r, const state_machine* sm) {
   auto* io = r->io;
   std::lock_guard<std::mutex> g{guard_mu};
   if (io->send == guarded_send) {
@@ -548,6 +710,8 @@ void guard_log_matching(struct raft* r) {
     // is what it loaded.
     auto& gi = guarded[io];
     gi.r = r;
+    gi.sm = sm;
+    gi.silent = false;
     gi.write_failed = false;
     gi.write_error = 0;
     gi.write_errmsg.clear();
@@ -556,6 +720,7 @@ void guard_log_matching(struct raft* r) {
   auto& gi = guarded[io];
   gi = guarded_io{};
   gi.r = r;
+  gi.sm = sm;
   gi.send = io->send;
   gi.start = io->start;
   gi.append = io->append;
@@ -572,6 +737,18 @@ uint64_t guard_count(struct raft_io* io, uint64_t guarded_io::*counter) {
 }
 
 } // namespace
+
+uint64_t commits_raised_of(struct raft_io* io) {
+  return guard_count(io, &guarded_io::commits_raised);
+}
+
+uint64_t old_term_capped_of(struct raft_io* io) {
+  return guard_count(io, &guarded_io::old_term_capped);
+}
+
+uint64_t snapshots_refused_of(struct raft_io* io) {
+  return guard_count(io, &guarded_io::snapshots_refused);
+}
 
 uint64_t refused_peers_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::strangers);
@@ -673,7 +850,7 @@ struct raft_fsm* raft_member::fsm() { return &p_->fsm; }
 void raft_member::attach(struct raft* r) {
   p_->r = r;
   if (p_->guard)
-    guard_log_matching(r);
+    guard_log_matching(r, &p_->sm);
   // Two-step snapshots need the I/O's async_work. libraft 0.15's raft_uv
   // and raft_fixture both have it but say io->version 1 (or 0), and
   // raft_init refuses a version-3 state machine over such an I/O; later

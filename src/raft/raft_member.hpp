@@ -53,6 +53,14 @@ private:
 /// servers outside the configuration, and answers a follower's write would
 /// have sent after it stopped being a follower (or with no leader known).
 uint64_t refused_peers_of(struct raft_io* io);
+/// Snapshots from a leader that the state machine's check refused before
+/// raft saw them (see raft_member.cpp, 7.).
+uint64_t snapshots_refused_of(struct raft_io* io);
+/// Answers on which a leader's commit index was raised to what a majority
+/// holds (hole 8), and answers capped below an older term's entry so that
+/// it is not committed by counting (hole 9).
+uint64_t commits_raised_of(struct raft_io* io);
+uint64_t old_term_capped_of(struct raft_io* io);
 uint64_t unaddressed_results_of(struct raft_io* io);
 /// AppendEntries whose entries at or below this member's snapshot the guard
 /// took off (hole 5).
