@@ -349,6 +349,16 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    leader stored an entry of its term (the barrier raft_member proposes
 //    first), an answer's match is capped below its last stored entry, so
 //    the count never reaches it; the entry commits with the barrier.
+// 10. (Safety, read in 0.15's source; 0.16: "Don't respond to
+//    AppendEntries if role/term has changed".) A follower answers entries
+//    once it wrote them, to the leader it knows then, with its last stored
+//    index, checking only that it is still a follower. When a new leader
+//    took over while the write was under way, that leader is told the
+//    follower holds, at those indexes, entries that are the old leader's:
+//    it counts them as its own and may commit entries the follower does
+//    not hold. Such an answer (the term changed between the write and its
+//    completion) is dropped; the new leader's own messages find the
+//    follower's log as it is.
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using append_fn = int (*)(struct raft_io*, struct raft_io_append*,
@@ -373,6 +383,9 @@ struct guarded_io {
   const state_machine* sm = nullptr;  // checks a snapshot before raft sees it (7.)
   uint64_t snapshots_refused = 0;     // ... and the ones it refused
   bool silent = false;      // stopped taking part (see fsm_restore)
+  bool in_written = false;  // raft is told a write to the log completed
+  raft_term written_term = 0;  // ... that was started in this term (10.)
+  uint64_t stale_answers = 0;  // answers dropped: the term changed (10.)
   uint64_t strangers = 0;   // messages from servers not in the configuration
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
   uint64_t below_snapshot = 0;  // AppendEntries trimmed to the snapshot (5.)
@@ -383,9 +396,14 @@ struct guarded_io {
 
 std::mutex guard_mu;
 std::unordered_map<struct raft_io*, guarded_io> guarded;
-/// Raft's callbacks of the appends in flight (6.), by request.
-std::unordered_map<struct raft_io_append*, std::pair<struct raft_io*, raft_io_append_cb>>
-  appends;
+/// An append in flight (6., 10.).
+struct pending_append {
+  struct raft_io* io = nullptr;
+  raft_io_append_cb cb = nullptr;  // raft's
+  raft_term term = 0;              // the term it was started in
+};
+/// The appends in flight, by request.
+std::unordered_map<struct raft_io_append*, pending_append> appends;
 
 guarded_io& guard_of(struct raft_io* io) {
   std::lock_guard<std::mutex> g{guard_mu};
@@ -397,6 +415,15 @@ int guarded_send(struct raft_io* io, struct raft_io_send* req,
   auto& gi = guard_of(io);
   if (gi.silent)
     return RAFT_CANCELED;  // taken as a lost message
+  if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && gi.in_written && !gi.in_recv
+      && gi.r && gi.r->current_term != gi.written_term) {
+    auto n = ++gi.stale_answers;  // 10.
+    if (n == 1 || n % 1000 == 0)
+      log("raft")->info("dropped an answer to entries written in term {}, "
+                        "sent in term {} ({} so far)",
+                        gi.written_term, gi.r->current_term, n);
+    return RAFT_CANCELED;
+  }
   // 4. (A crash, found by `nodepool chaos --oracles 3`, seed 58.) A follower
   //    answers a snapshot or entries it has finished writing by sending to
   //    the leader it knows (sendAppendEntriesResult). After a snapshot,
@@ -655,7 +682,7 @@ void write_failed(struct raft_io* io, int status) {
 }
 
 void guarded_append_cb(struct raft_io_append* req, int status) {
-  std::pair<struct raft_io*, raft_io_append_cb> to;
+  pending_append to;
   {
     std::lock_guard<std::mutex> g{guard_mu};
     auto i = appends.find(req);
@@ -669,10 +696,14 @@ void guarded_append_cb(struct raft_io_append* req, int status) {
     // --oracles 3`, seed 167; a follower keeps the entries in memory). To
     // raft the write stays in progress, so it never counts it as stored;
     // the member stops taking part (6.).
-    write_failed(to.first, status);
+    write_failed(to.io, status);
     return;
   }
-  to.second(req, status);
+  auto& gi = guard_of(to.io);
+  gi.in_written = true;
+  gi.written_term = to.term;
+  to.cb(req, status);
+  gi.in_written = false;
 }
 
 int guarded_append(struct raft_io* io, struct raft_io_append* req,
@@ -681,8 +712,9 @@ int guarded_append(struct raft_io* io, struct raft_io_append* req,
   append_fn next = nullptr;
   {
     std::lock_guard<std::mutex> g{guard_mu};
-    next = guarded.at(io).append;
-    appends[req] = {io, cb};
+    auto& gi = guarded.at(io);
+    next = gi.append;
+    appends[req] = {io, cb, gi.r ? gi.r->current_term : 0};
   }
   int rv = next(io, req, entries, n, guarded_append_cb);
   if (rv != 0) {
@@ -737,6 +769,10 @@ uint64_t guard_count(struct raft_io* io, uint64_t guarded_io::*counter) {
 }
 
 } // namespace
+
+uint64_t stale_answers_of(struct raft_io* io) {
+  return guard_count(io, &guarded_io::stale_answers);
+}
 
 uint64_t commits_raised_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::commits_raised);

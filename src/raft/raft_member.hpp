@@ -61,6 +61,9 @@ uint64_t snapshots_refused_of(struct raft_io* io);
 /// it is not committed by counting (hole 9).
 uint64_t commits_raised_of(struct raft_io* io);
 uint64_t old_term_capped_of(struct raft_io* io);
+/// A follower's answers to entries it wrote, dropped because its term
+/// changed while it wrote them (hole 10).
+uint64_t stale_answers_of(struct raft_io* io);
 uint64_t unaddressed_results_of(struct raft_io* io);
 /// AppendEntries whose entries at or below this member's snapshot the guard
 /// took off (hole 5).

@@ -998,5 +998,55 @@ TEST(RaftGuard, AFailedWriteToTheLogMakesTheMemberUnavailable) {
   EXPECT_EQ(again.status().role, log_role::follower);
 }
 
+// The guard's tenth hole (raft_member.cpp): a 0.15 follower answers entries
+// once written, with its last stored index, to whichever leader it knows
+// then. When the term changed while they were being written, that answer
+// would tell a new leader the follower holds its entries where it holds
+// the old leader's: it is dropped. Written and answered in one term, it
+// goes out.
+TEST(RaftGuard, AnAnswerToEntriesWrittenInAnEarlierTermIsDropped) {
+  static struct raft r {};
+  r = {};
+  appending_io a;
+  static int sent = 0;
+  sent = 0;
+  a.io.send = [](struct raft_io*, struct raft_io_send*, const struct raft_message*,
+                 raft_io_send_cb) {
+    ++sent;
+    return 0;
+  };
+  r.io = &a.io;
+  r.state = RAFT_FOLLOWER;
+  r.current_term = 5;
+  idle_machine sm;
+  raft_member m{sm};
+  m.attach(&r);
+  // raft's appendFollowerCb: answers the leader it knows.
+  auto answer = [](struct raft_io_append*, int) {
+    struct raft_message res {};
+    res.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+    res.server_id = 2;
+    res.server_address = const_cast<char*>("127.0.0.1:2");
+    res.append_entries_result.term = r.current_term;
+    res.append_entries_result.last_log_index = 12;
+    struct raft_io_send req {};
+    r.io->send(r.io, &req, &res, nullptr);
+  };
+  struct raft_io_append req {};
+  ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, answer), 0);
+  appending_io::complete(0);
+  EXPECT_EQ(sent, 1);  // the control: the same term
+  ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, answer), 0);
+  r.current_term = 6;  // another leader took over meanwhile
+  appending_io::complete(0);
+  EXPECT_EQ(sent, 1);
+  EXPECT_EQ(stale_answers_of(&a.io), 1u);
+  // Entries written in term 6 are answered in term 6.
+  ASSERT_EQ(a.io.append(&a.io, &req, nullptr, 0, answer), 0);
+  appending_io::complete(0);
+  EXPECT_EQ(sent, 2);
+  EXPECT_EQ(stale_answers_of(&a.io), 1u);
+}
+
 } // namespace
 } // namespace nodepool
