@@ -749,6 +749,11 @@ void add_bench(CLI::App& app) {
                   "(default: that run's own saturation; set it to compare two "
                   "binaries at the same offered rates)")
     ->check(CLI::Range(1.0, 1e9));
+  cmd->add_option("--copy-ahead", o->copy_ahead,
+                  "records the durable section's supervisor copies into the "
+                  "next snapshot's kept copy after each group commit (default "
+                  "256; 0: none, all of it at the snapshot's stop)")
+    ->check(CLI::Range(0L, 1000000L));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "
                   "end are compared (default 60)")

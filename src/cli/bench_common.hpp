@@ -27,6 +27,7 @@ struct options {
   uint32_t nodes = 1000;         // pool size of state_machine / durable / redis
   std::vector<double> loads;     // fractions of saturation for the latency curve
   double load_base = 0;          // cycles/s the loads are of (0: the run's saturation)
+  long copy_ahead = -1;          // durable's copy_ahead_per_commit (-1: the default)
   std::vector<uint32_t> scale_nodes;
   uint32_t recovery_nodes = 100000;
   uint32_t recovery_sessions = 10000;

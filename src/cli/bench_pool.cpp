@@ -238,6 +238,7 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
 /// A supervisor over a fresh RocksDB store (synced group commits) and its
 /// driver, with `nodes` nodes admitted.
 struct durable_pool {
+  size_t copy_ahead_per_commit = 0;  // the supervisor's, as configured
   std::string dir;
   actor_config cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -266,14 +267,19 @@ struct durable_pool {
   /// `replicas` > 0: the pool is replicated over that many members of a
   /// Raft group in this process (libraft over loopback TCP, each on its own
   /// directory and fsync), and the supervisor is the leader's.
+  /// `copy_ahead` >= 0: the supervisor's copy_ahead_per_commit.
   durable_pool(const std::string& tag, uint32_t nodes, const params& p,
-               unsigned replicas = 0, unsigned snapshot_threshold = 0)
+               unsigned replicas = 0, unsigned snapshot_threshold = 0,
+               long copy_ahead = -1)
     : cfg(false), snapshot_threshold_(snapshot_threshold) {
     dir = make_temp_dir(tag);
     sys = std::make_unique<caf::actor_system>(cfg);
     supervisor_config sc;
     sc.pool = p;
     sc.sync = true;
+    if (copy_ahead >= 0)
+      sc.copy_ahead_per_commit = static_cast<size_t>(copy_ahead);
+    copy_ahead_per_commit = sc.copy_ahead_per_commit;
     if (replicas == 0) {
       sc.storage = open_store(dir);
     } else {
@@ -964,7 +970,7 @@ nlohmann::json histogram_delta(const nlohmann::json& before,
 // ------------------------------------------------------------------ durable
 
 nlohmann::json durable(const options& o) {
-  durable_pool dp{"durable", o.nodes, o.pool};
+  durable_pool dp{"durable", o.nodes, o.pool, 0, 0, o.copy_ahead};
   check_stop();
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   auto cps = median(sat);
@@ -976,6 +982,7 @@ nlohmann::json durable(const options& o) {
   j["nodes"] = o.nodes;
   j["sync"] = true;
   j["entries_per_commit"] = dp.entries_per_commit;
+  j["copy_ahead_per_commit"] = dp.copy_ahead_per_commit;
   note("durable: %.1f entries per synced group commit", dp.entries_per_commit);
   nlohmann::json curve = nlohmann::json::array();
   // Two binaries compared at the same offered rates need the same base.
@@ -1050,6 +1057,7 @@ nlohmann::json durable(const options& o) {
     x["live_nodes"] = s["live_nodes"];
     x["live_sessions"] = s["live_sessions"];
     x["sessions_accepted"] = s["sessions_accepted"];
+    x["records_copied_ahead"] = s["records_copied_ahead"];
     x["recent_ids"] = s["recent_ids"];
     x["store"] = s["store"];
     x["store_memory_mb"] = s["store_memory_bytes"].get<double>() / 1048576.0;

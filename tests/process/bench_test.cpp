@@ -200,18 +200,21 @@ std::vector<std::vector<double>> data_lines(const std::string& path) {
   return rows;
 }
 
-TEST(bench, load_base_sets_the_rates_the_durable_loads_are_shares_of) {
+TEST(bench, load_base_and_copy_ahead_reach_the_durable_section) {
   // Two binaries compared at the same offered rates: the loads are shares
   // of the given rate, not of the run's own saturation figure.
   auto dir = temp_dir("bench-base");
   cleanup tidy{dir};
   auto [rc, out] = run({"bench", "--quick", "--json", "--only", "durable",
-                        "--nodes", "100", "--load-base", "1234"},
+                        "--nodes", "100", "--load-base", "1234",
+                        "--copy-ahead", "0"},
                        dir + "/bench.out", 120s);
   ASSERT_EQ(rc, 0) << out << read_file(dir + "/bench.out.err");
   auto j = last_json_line(out);
   ASSERT_TRUE(j.is_object()) << out;
   EXPECT_DOUBLE_EQ(j["durable"]["load_base_per_s"].get<double>(), 1234);
+  // The supervisor's copying ahead, as configured (256 by default).
+  EXPECT_EQ(j["durable"]["copy_ahead_per_commit"], 0) << j["durable"].dump();
   ASSERT_FALSE(j["durable"]["curve"].empty());
   for (auto& c : j["durable"]["curve"])
     EXPECT_DOUBLE_EQ(c["offered_per_s"].get<double>(),
