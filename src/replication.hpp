@@ -91,6 +91,19 @@ struct log_status {
   /// Snapshots from a leader refused before raft saw them: they did not
   /// pass `state_machine::check`.
   uint64_t snapshots_refused = 0;
+  /// What the guard of libraft 0.15's holes did (src/raft/raft_member.cpp),
+  /// for an operator who wants to see it work: AppendEntries trimmed to the
+  /// snapshot (5.), answers dropped for want of a leader (4.), commit
+  /// indexes raised to what a majority holds (8.), answers capped below an
+  /// older term's entry (9.), answers to entries written in an earlier
+  /// term dropped (10.). Zero for a log without that guard.
+  struct guard_counts {
+    uint64_t trimmed_to_snapshot = 0;
+    uint64_t unaddressed_results = 0;
+    uint64_t commits_raised = 0;
+    uint64_t old_term_capped = 0;
+    uint64_t stale_answers = 0;
+  } guard;
   /// The configuration this member knows (the latest it holds, committed or
   /// not), in id order.
   std::vector<log_member> members;

@@ -916,7 +916,8 @@ int run_status(const std::string& oracle, bool json, bool sessions,
                                      "commit_index", "applied_index",
                                      "last_index", "pool_index",
                                      "archive_complete_through",
-                                     "refused_peers"})
+                                     "refused_peers", "snapshots_refused",
+                                     "raft_guard"})
                       if (cj.contains(key))
                         m[key] = cj[key];
                   },

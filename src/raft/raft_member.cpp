@@ -42,6 +42,11 @@ struct raft_member::impl {
     st.id = r->id;
     st.refused_peers = refused_peers_of(r->io);
     st.snapshots_refused = snapshots_refused_of(r->io);
+    st.guard.trimmed_to_snapshot = trimmed_to_snapshot_of(r->io);
+    st.guard.unaddressed_results = unaddressed_results_of(r->io);
+    st.guard.commits_raised = commits_raised_of(r->io);
+    st.guard.old_term_capped = old_term_capped_of(r->io);
+    st.guard.stale_answers = stale_answers_of(r->io);
     switch (raft_state(r)) {
       case RAFT_FOLLOWER: st.role = log_role::follower; break;
       case RAFT_CANDIDATE: st.role = log_role::candidate; break;

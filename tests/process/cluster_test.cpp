@@ -189,6 +189,10 @@ TEST_F(Cluster, LeaderKilledThreeTimesUnderLoadLosesNothing) {
       EXPECT_EQ(m["term"], j["members"][0]["term"]) << out;
       EXPECT_GT(m.value("applied_index", 0), 0) << m.dump();
       EXPECT_EQ(m.value("refused_peers", -1), 0) << m.dump();
+      EXPECT_EQ(m.value("snapshots_refused", -1), 0) << m.dump();
+      EXPECT_TRUE(m["raft_guard"].is_object()
+                  && m["raft_guard"].contains("commits_raised"))
+        << m.dump();
     }
     EXPECT_EQ(leaders, 1) << out;
   }

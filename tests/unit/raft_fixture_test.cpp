@@ -558,6 +558,7 @@ TEST(RaftFixture, TwoOfThreeKeepCommittingWhileProposalsKeepComing) {
   EXPECT_LT(raft_last_index(lr) - lr->commit_index, 150u)
     << "commit " << lr->commit_index << " last " << raft_last_index(lr);
   EXPECT_GT(commits_raised_of(lr->io), 0u);
+  EXPECT_EQ(c.at(lead).m->status().guard.commits_raised, commits_raised_of(lr->io));
   ASSERT_TRUE(c.settle());
   c.expect_consistent();
 }
