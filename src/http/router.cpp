@@ -1338,6 +1338,23 @@ std::string prometheus_text(
                "1 on the member that leads, else 0.");
     out.sample("nodepool_raft_is_leader", {},
                cl.value("role", std::string{}) == "leader" ? 1 : 0);
+    out.family("nodepool_raft_refused_total", "counter",
+               "Raft messages refused before libraft saw them: from a "
+               "server not in the configuration (peer), or a snapshot that "
+               "did not decode or broke an invariant (snapshot).");
+    out.sample("nodepool_raft_refused_total", {{"what", "peer"}},
+               num(cl, "refused_peers"));
+    out.sample("nodepool_raft_refused_total", {{"what", "snapshot"}},
+               num(cl, "snapshots_refused"));
+    auto guard = cl.value("raft_guard", json::object());
+    if (guard.is_object() && !guard.empty()) {
+      out.family("nodepool_raft_guard_total", "counter",
+                 "What the guard of libraft 0.15's holes did, by action "
+                 "(README, \"Replicated with Raft\").");
+      for (auto& [action, n] : guard.items())
+        out.sample("nodepool_raft_guard_total", {{"action", action}},
+                   n.is_number() ? n.get<double>() : 0);
+    }
   }
   out.family("nodepool_http_requests_total", "counter",
              "HTTP requests answered, by route and status.");

@@ -862,6 +862,12 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
               std::string::npos)
       << "member " << i << ": " << t;
     leaders += t.find("\nnodepool_raft_is_leader 1\n") != std::string::npos;
+    EXPECT_NE(t.find("\nnodepool_raft_refused_total{what=\"snapshot\"} 0\n"),
+              std::string::npos)
+      << "member " << i << ": " << t;
+    EXPECT_NE(t.find("\nnodepool_raft_guard_total{action=\"commits_raised\"} "),
+              std::string::npos)
+      << "member " << i << ": " << t;
     EXPECT_NE(t.find("\nnodepool_sessions_ended_total{outcome=\"completed\"} 1\n"),
               std::string::npos)
       << "member " << i << ": " << t;

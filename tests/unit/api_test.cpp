@@ -619,7 +619,9 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
   pool["supervisor"]["histograms"]["grant_latency_ms"] = h.to_json();
   pool["gateway"] = {{"refused", {{"malformed", 5}}}, {"connected", 4}};
   pool["cluster"] = {{"role", "follower"}, {"term", 3}, {"leader_id", 2},
-                     {"commit_index", 80}, {"applied_index", 77}};
+                     {"commit_index", 80}, {"applied_index", 77},
+                     {"refused_peers", 1}, {"snapshots_refused", 2},
+                     {"raft_guard", {{"commits_raised", 5}, {"stale_answers", 0}}}};
   process_figures f;
   f.event_streams = 2;
   f.accept_errors = 6;
@@ -644,6 +646,10 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_raft_term 3\n", "nodepool_raft_leader_id 2\n",
                     "nodepool_raft_commit_index 80\n",
                     "nodepool_raft_is_leader 0\n",
+                    "nodepool_raft_refused_total{what=\"peer\"} 1\n",
+                    "nodepool_raft_refused_total{what=\"snapshot\"} 2\n",
+                    "nodepool_raft_guard_total{action=\"commits_raised\"} 5\n",
+                    "nodepool_raft_guard_total{action=\"stale_answers\"} 0\n",
                     "nodepool_http_requests_total{route=\"/api/v1/status\",status=\"200\"} 4\n",
                     "nodepool_event_streams 2\n",
                     "nodepool_http_accept_errors_total 6\n",
