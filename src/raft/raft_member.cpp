@@ -395,6 +395,7 @@ struct guarded_io {
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
   uint64_t below_snapshot = 0;  // AppendEntries trimmed to the snapshot (5.)
   uint64_t commits_raised = 0;  // commit index raised by the guard (8.)
+  std::vector<raft_index> held; // scratch of before_result: no allocation per answer
   uint64_t old_term_capped = 0; // answers capped below an old term's entry (9.)
   std::unordered_map<raft_id, raft_time> heard;  // server -> last message from it
 };
@@ -569,7 +570,8 @@ void before_result(guarded_io& gi, struct raft_message* m) {
     res.last_log_index = stored - 1;  // 9.
     ++gi.old_term_capped;
   }
-  std::vector<raft_index> held;  // by each voter
+  auto& held = gi.held;  // by each voter
+  held.clear();
   bool counted = false;
   for (unsigned i = 0; i < r->configuration.n; ++i) {
     auto& s = r->configuration.servers[i];
@@ -688,11 +690,13 @@ void write_failed(struct raft_io* io, int status) {
 
 void guarded_append_cb(struct raft_io_append* req, int status) {
   pending_append to;
+  guarded_io* gi = nullptr;
   {
     std::lock_guard<std::mutex> g{guard_mu};
     auto i = appends.find(req);
     to = i->second;
     appends.erase(i);
+    gi = &guarded.at(to.io);  // one lookup under the lock, not two
   }
   if (status != 0) {
     // Raft is not told: 0.15's own handling of a failed write is unsafe
@@ -704,11 +708,10 @@ void guarded_append_cb(struct raft_io_append* req, int status) {
     write_failed(to.io, status);
     return;
   }
-  auto& gi = guard_of(to.io);
-  gi.in_written = true;
-  gi.written_term = to.term;
+  gi->in_written = true;
+  gi->written_term = to.term;
   to.cb(req, status);
-  gi.in_written = false;
+  gi->in_written = false;
 }
 
 int guarded_append(struct raft_io* io, struct raft_io_append* req,
