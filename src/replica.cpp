@@ -116,16 +116,33 @@ std::string replica::snapshot_bytes() const {
   return snapshot().SerializeAsString();
 }
 
-bool replica::restore(std::string_view bytes, std::string& error) {
-  pb::Snapshot s;
+namespace {
+
+/// A snapshot's bytes decoded, for restore and check alike.
+bool decode_snapshot(std::string_view bytes, pb::Snapshot& s, std::string& error) {
   if (bytes.empty()) {
-    ++restores_refused_;
     error = "empty snapshot";
     return false;
   }
   if (!s.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    ++restores_refused_;
     error = "snapshot does not decode";
+    return false;
+  }
+  return true;
+}
+
+/// Why a snapshot is refused: the first invariant it breaks.
+std::string breaks(const pb::Snapshot& s, const violation& v) {
+  return "snapshot at entry " + std::to_string(s.last_index()) + " breaks "
+         + v.invariant + ": " + v.detail;
+}
+
+} // namespace
+
+bool replica::restore(std::string_view bytes, std::string& error) {
+  pb::Snapshot s;
+  if (!decode_snapshot(bytes, s, error)) {
+    ++restores_refused_;
     return false;
   }
   return restore(s, error);
@@ -133,17 +150,10 @@ bool replica::restore(std::string_view bytes, std::string& error) {
 
 bool replica::check(std::string_view bytes, std::string& error) {
   pb::Snapshot s;
-  if (bytes.empty()) {
-    error = "empty snapshot";
+  if (!decode_snapshot(bytes, s, error))
     return false;
-  }
-  if (!s.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    error = "snapshot does not decode";
-    return false;
-  }
   if (auto vs = check_snapshot(s); !vs.empty()) {
-    error = "snapshot at entry " + std::to_string(s.last_index()) + " breaks "
-            + vs.front().invariant + ": " + vs.front().detail;
+    error = breaks(s, vs.front());
     return false;
   }
   return true;
@@ -154,8 +164,7 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
   p.restore(s);
   if (auto vs = p.check_invariants(); !vs.empty()) {
     ++restores_refused_;
-    error = "snapshot at entry " + std::to_string(s.last_index())
-            + " breaks " + vs.front().invariant + ": " + vs.front().detail;
+    error = breaks(s, vs.front());
     return false;
   }
   p.set_kept_copy_from(pool_.kept_copy_from());
