@@ -80,6 +80,10 @@ struct sim_result {
   /// ended by the entries it skipped), each copied from a peer by the
   /// archive backfill before the run ends.
   uint64_t archive_gaps = 0;
+  /// What the guard of libraft 0.15's holes did (src/raft/raft_member.cpp),
+  /// summed over the members and their lives: the log_status guard counts,
+  /// snapshots refused and messages from outside the configuration.
+  std::map<std::string, uint64_t> raft_guard;
   std::string trace;
 };
 

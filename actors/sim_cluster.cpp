@@ -588,6 +588,7 @@ struct oracle_slot {
   // A crashed member restarts from its disk instead of resuming.
   bool crashed = false;
   std::vector<replica::archive_gap> gaps;
+  bool guarded = false;  // its raft_io has been attached to a guard
 };
 
 class cluster_simulation {
@@ -718,11 +719,29 @@ private:
     return true;
   }
 
+  /// Adds what the guard of member `i`'s raft_io did in this life to the
+  /// result (the counts start again at each attach).
+  void count_guard(unsigned i) {
+    if (!oracles_[i].guarded || !opt_.raft_guard)
+      return;
+    auto* io = raft_fixture_get(&f_, i)->io;
+    auto& g = res_.raft_guard;
+    g["trimmed_to_snapshot"] += trimmed_to_snapshot_of(io);
+    g["unaddressed_results"] += unaddressed_results_of(io);
+    g["commits_raised"] += commits_raised_of(io);
+    g["old_term_capped"] += old_term_capped_of(io);
+    g["stale_answers"] += stale_answers_of(io);
+    g["snapshots_refused"] += snapshots_refused_of(io);
+    g["peers_refused"] += refused_peers_of(io);
+  }
+
   /// Raft's settings and the pool's side of member `i`, after raft_init.
   void configure_member(unsigned i) {
     auto& o = oracles_[i];
     auto* r = raft_fixture_get(&f_, i);
+    count_guard(i);  // attaching starts the counts again
     o.raft->attach(r);
+    o.guarded = true;
     raft_set_election_timeout(r, election_ms_);
     raft_set_heartbeat_timeout(r, 50);
     raft_set_snapshot_threshold(r, snapshot_threshold_);
@@ -1418,6 +1437,8 @@ private:
   }
 
   sim_result finish() {
+    for (unsigned i = 0; i < n_; ++i)
+      count_guard(i);
     shutdown();
     res_.faults = log_->counts;
     res_.faults.erase("faults_end");

@@ -73,6 +73,7 @@ nlohmann::json to_json(const sim_result& r, bool with_trace) {
     j["oracles"] = r.oracles;
     j["leader_changes"] = r.leader_changes;
     j["archive_gaps"] = r.archive_gaps;
+    j["raft_guard"] = r.raft_guard;
   }
   if (with_trace)
     j["trace"] = r.trace;
@@ -248,7 +249,7 @@ void run(const sim_cli& c) {
 
   uint64_t runs = 0;
   std::map<std::string, uint64_t> faults;
-  std::map<std::string, uint64_t> sessions, cheats;
+  std::map<std::string, uint64_t> sessions, cheats, guard;
   for (auto& [seed, j] : results) {
     ++runs;
     if (j.contains("faults"))
@@ -258,6 +259,9 @@ void run(const sim_cli& c) {
                      "leader_changes", "archive_gaps"})
       if (j.contains(key))
         sessions[key] += j[key].get<uint64_t>();
+    if (j.contains("raft_guard"))
+      for (auto& [k, v] : j["raft_guard"].items())
+        guard[k] += v.get<uint64_t>();
     for (auto key : {"cheat_tests", "cheat_passes"})
       if (j.contains(key))
         cheats[key] += j[key].get<uint64_t>();
@@ -282,6 +286,12 @@ void run(const sim_cli& c) {
   for (auto& [k, v] : faults)
     std::cout << " " << k << "=" << v;
   std::cout << "\n";
+  if (!guard.empty()) {
+    std::cout << "raft guard:";
+    for (auto& [k, v] : guard)
+      std::cout << " " << k << "=" << v;
+    std::cout << "\n";
+  }
   if (cheats["cheat_tests"] > 0)
     std::cout << "nodes without the model (solver, copycat): "
               << cheats["cheat_passes"] << " of " << cheats["cheat_tests"]
@@ -302,6 +312,8 @@ void run(const sim_cli& c) {
     j["cheats"] = cheats;
     j["store"] = c.opt.store;
     j["oracles"] = c.opt.oracles;
+    if (c.opt.oracles > 1)
+      j["raft_guard"] = guard;
     std::cout << j.dump() << "\n";
   }
   std::cout.flush();
