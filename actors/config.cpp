@@ -13,6 +13,7 @@ actor_config::actor_config(bool network) {
     load<caf::io::middleman>();
   set("logger.verbosity", caf::atom("quiet"));
   set("logger.console", caf::atom("none"));
+  set("work-stealing.moderate-poll-attempts", moderate_poll_attempts);
 }
 
 actor_config& actor_config::testing() {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <caf/actor_system_config.hpp>
@@ -9,9 +10,20 @@
 
 namespace nodepool {
 
+/// How many times an idle CAF worker polls for a job with a 50 us sleep in
+/// between, after its busy loop and before it waits on its condition
+/// variable (10 ms at a time). CAF's default is 500, about 25-50 ms of
+/// polling: an actor woken more often than that (a timer, a heartbeat)
+/// keeps every idle worker polling for good. On 2 cores an idle oracle then
+/// spent 6-7 % of a core on sleeps of 50 us, and under load the polling
+/// workers took the cores from the ones with work (BENCHMARKS.md, "Idle
+/// workers that poll").
+constexpr size_t moderate_poll_attempts = 50;
+
 /// The one actor-system configuration shared by every binary and test: loads
 /// CAF's middleman (BASP over TCP) unless `network` is false (in-process
-/// tests) and keeps CAF's own logging quiet.
+/// tests), keeps CAF's own logging quiet, and lets idle scheduler workers
+/// sleep sooner (moderate_poll_attempts).
 class actor_config : public caf::actor_system_config {
 public:
   explicit actor_config(bool network = true);

@@ -754,6 +754,11 @@ void add_bench(CLI::App& app) {
                   "next snapshot's kept copy after each group commit (default "
                   "256; 0: none, all of it at the snapshot's stop)")
     ->check(CLI::Range(0L, 1000000L));
+  cmd->add_option("--caf-moderate-polls", o->caf_moderate_polls,
+                  "polls with a 50 us sleep an idle CAF worker makes before it "
+                  "waits on its condition variable, in the durable and "
+                  "replicated sections (default 50; CAF's own default: 500)")
+    ->check(CLI::Range(0L, 100000L));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "
                   "end are compared (default 60)")

@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unordered_map>
@@ -239,6 +240,7 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
 /// driver, with `nodes` nodes admitted.
 struct durable_pool {
   size_t copy_ahead_per_commit = 0;  // the supervisor's, as configured
+  size_t moderate_polls = 0;  // CAF's work-stealing.moderate-poll-attempts, as configured
   std::string dir;
   actor_config cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -268,11 +270,18 @@ struct durable_pool {
   /// Raft group in this process (libraft over loopback TCP, each on its own
   /// directory and fsync), and the supervisor is the leader's.
   /// `copy_ahead` >= 0: the supervisor's copy_ahead_per_commit.
+  /// `moderate_polls` >= 0: CAF's work-stealing.moderate-poll-attempts
+  /// instead of actor_config's.
   durable_pool(const std::string& tag, uint32_t nodes, const params& p,
                unsigned replicas = 0, unsigned snapshot_threshold = 0,
-               long copy_ahead = -1)
+               long copy_ahead = -1, long moderate_polls = -1)
     : cfg(false), snapshot_threshold_(snapshot_threshold) {
     dir = make_temp_dir(tag);
+    if (moderate_polls >= 0)
+      cfg.set("work-stealing.moderate-poll-attempts",
+              static_cast<size_t>(moderate_polls));
+    this->moderate_polls = caf::get_or(cfg, "work-stealing.moderate-poll-attempts",
+                                       caf::defaults::work_stealing::moderate_poll_attempts);
     sys = std::make_unique<caf::actor_system>(cfg);
     supervisor_config sc;
     sc.pool = p;
@@ -412,6 +421,23 @@ struct durable_pool {
                });
     return j;
   }
+  /// CPU time the whole process used per second of wall time while the
+  /// pool waited for work (its actors' timers, idle scheduler workers,
+  /// RocksDB's and raft's threads), over `seconds`.
+  double idle_cpu_ms_per_s(double seconds) {
+    auto cpu = [] {
+      struct rusage u {};
+      getrusage(RUSAGE_SELF, &u);
+      return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e3
+             + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
+    };
+    sleep_unless_stopped(0.5);  // what admission left in flight settles
+    auto c0 = cpu();
+    auto t0 = clock::now();
+    sleep_unless_stopped(seconds);
+    return (cpu() - c0) / seconds_since(t0);
+  }
+
   /// Entries per group commit over the last saturation run.
   double entries_per_commit = 0;
   /// Submissions shed as overloaded during the last offer().
@@ -970,8 +996,12 @@ nlohmann::json histogram_delta(const nlohmann::json& before,
 // ------------------------------------------------------------------ durable
 
 nlohmann::json durable(const options& o) {
-  durable_pool dp{"durable", o.nodes, o.pool, 0, 0, o.copy_ahead};
+  durable_pool dp{"durable", o.nodes, o.pool, 0, 0, o.copy_ahead,
+                  o.caf_moderate_polls};
   check_stop();
+  auto idle = dp.idle_cpu_ms_per_s(2);
+  note("durable: idle, the process used %.1f ms of CPU per second (idle CAF "
+       "workers poll %zu times before they sleep)", idle, dp.moderate_polls);
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   auto cps = median(sat);
   note("durable: %.0f cycles/s at saturation (%u clients)", cps, o.clients);
@@ -983,6 +1013,8 @@ nlohmann::json durable(const options& o) {
   j["sync"] = true;
   j["entries_per_commit"] = dp.entries_per_commit;
   j["copy_ahead_per_commit"] = dp.copy_ahead_per_commit;
+  j["caf_moderate_polls"] = dp.moderate_polls;
+  j["idle_cpu_ms_per_s"] = idle;
   note("durable: %.1f entries per synced group commit", dp.entries_per_commit);
   nlohmann::json curve = nlohmann::json::array();
   // Two binaries compared at the same offered rates need the same base.
@@ -1104,14 +1136,20 @@ nlohmann::json durable(const options& o) {
 // --------------------------------------------------------------- replicated
 
 nlohmann::json replicated(const options& o) {
-  durable_pool dp{"replicated", o.nodes, o.pool, 3, o.raft_snapshot_threshold};
+  durable_pool dp{"replicated", o.nodes, o.pool, 3, o.raft_snapshot_threshold, -1,
+                  o.caf_moderate_polls};
   check_stop();
+  auto idle = dp.idle_cpu_ms_per_s(2);
+  note("replicated: idle, the process (three members) used %.1f ms of CPU per "
+       "second", idle);
   auto sat = dp.saturate(o.clients, o.reps, o.seconds, o.warmup);
   auto cps = median(sat);
   note("replicated: %.0f cycles/s at saturation over 3 members (%u clients)",
        cps, o.clients);
   nlohmann::json j;
   j["members"] = 3;
+  j["idle_cpu_ms_per_s"] = idle;
+  j["caf_moderate_polls"] = dp.moderate_polls;
   j["cycles_per_s"] = cps;
   j["cycles_per_s_reps"] = sat;
   j["clients"] = o.clients;
@@ -1141,7 +1179,8 @@ nlohmann::json replicated(const options& o) {
   // with `durable` (bench.cpp puts the two side by side).
   check_stop();
   {
-    durable_pool one{"replicated-1", o.nodes, o.pool, 1, o.raft_snapshot_threshold};
+    durable_pool one{"replicated-1", o.nodes, o.pool, 1, o.raft_snapshot_threshold,
+                     -1, o.caf_moderate_polls};
     check_stop();
     // Windows of at least 1.5 s: the group snapshots about every second at
     // these rates, and CI runs (beside other tests) saw 0.5 s windows with

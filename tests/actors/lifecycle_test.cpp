@@ -289,3 +289,24 @@ TEST_F(lifecycle, two_connections_cannot_register_one_id_at_once) {
 
 } // namespace
 } // namespace nodepool::testing
+
+// Idle scheduler workers stop polling sooner than CAF's default would let
+// them (actors/config.hpp): the key is the one CAF's scheduler reads, and a
+// system started from the configuration runs actors.
+TEST(actor_config_test, idle_workers_poll_less_than_cafs_default_before_sleeping) {
+  nodepool::actor_config cfg{false};
+  EXPECT_EQ(caf::get_or(cfg, "work-stealing.moderate-poll-attempts", size_t{0}),
+            nodepool::moderate_poll_attempts);
+  EXPECT_LT(nodepool::moderate_poll_attempts,
+            caf::defaults::work_stealing::moderate_poll_attempts);
+  caf::actor_system sys{cfg};
+  auto echo = sys.spawn([]() -> caf::behavior {
+    return {[](int x) { return x + 1; }};
+  });
+  caf::scoped_actor self{sys};
+  int got = 0;
+  self->request(echo, std::chrono::seconds(30), 41)
+    .receive([&](int y) { got = y; }, [&](caf::error&) {});
+  EXPECT_EQ(got, 42);
+  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+}

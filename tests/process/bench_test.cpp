@@ -57,6 +57,7 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/state_machine/with_snapshots/kept_copy_commands_per_s",
                  "/durable/cycles_per_s",
                  "/durable/entries_per_commit",
+                 "/durable/idle_cpu_ms_per_s", "/replicated/idle_cpu_ms_per_s",
                  "/durable/grant_at_50/p50_ms", "/durable/grant_at_50/p99_ms",
                  "/durable/grant_at_50/p999_ms", "/durable/grant_at_90/p50_ms",
                  "/durable/grant_at_90/p99_ms", "/durable/grant_at_90/p999_ms",
@@ -90,6 +91,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/machine/syscall_us", "/machine/thread_round_trip_us"})
     EXPECT_GT(at(j, ptr{p}), 0) << p << " missing or not positive in "
                                 << j.dump();
+  // Idle CAF workers poll 50 times before they sleep (actors/config.hpp).
+  EXPECT_EQ(j["durable"]["caf_moderate_polls"], 50) << j["durable"].dump();
   // The run judges the targets it has figures for: here those that do not
   // depend on the sizes a quick run shrinks, each on this run's figure.
   ASSERT_TRUE(j["targets"].is_array()) << j.dump();
@@ -202,14 +205,14 @@ std::vector<std::vector<double>> data_lines(const std::string& path) {
   return rows;
 }
 
-TEST(bench, load_base_and_copy_ahead_reach_the_durable_section) {
+TEST(bench, load_base_copy_ahead_and_polling_reach_the_durable_section) {
   // Two binaries compared at the same offered rates: the loads are shares
   // of the given rate, not of the run's own saturation figure.
   auto dir = temp_dir("bench-base");
   cleanup tidy{dir};
   auto [rc, out] = run({"bench", "--quick", "--json", "--only", "durable",
                         "--nodes", "100", "--load-base", "1234",
-                        "--copy-ahead", "0"},
+                        "--copy-ahead", "0", "--caf-moderate-polls", "500"},
                        dir + "/bench.out", 120s);
   ASSERT_EQ(rc, 0) << out << read_file(dir + "/bench.out.err");
   auto j = last_json_line(out);
@@ -217,6 +220,8 @@ TEST(bench, load_base_and_copy_ahead_reach_the_durable_section) {
   EXPECT_DOUBLE_EQ(j["durable"]["load_base_per_s"].get<double>(), 1234);
   // The supervisor's copying ahead, as configured (256 by default).
   EXPECT_EQ(j["durable"]["copy_ahead_per_commit"], 0) << j["durable"].dump();
+  // CAF's polling of idle workers, as given (50 by default, CAF's own 500).
+  EXPECT_EQ(j["durable"]["caf_moderate_polls"], 500) << j["durable"].dump();
   ASSERT_FALSE(j["durable"]["curve"].empty());
   for (auto& c : j["durable"]["curve"])
     EXPECT_DOUBLE_EQ(c["offered_per_s"].get<double>(),
