@@ -102,8 +102,17 @@ bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error) {
         if (snap) {
           out.snapshot_index = snap->index;
           out.snapshot_term = snap->term;
-          if (snap->n_bufs == 1)
-            out.snapshot = std::string{unframed(snap->bufs[0])};
+          if (snap->n_bufs == 1) {
+            std::string_view bytes;
+            std::string why;
+            if (unframed_snapshot(snap->bufs[0], bytes, why)) {
+              out.snapshot = std::string{bytes};
+            } else {
+              ok = false;
+              error = "snapshot at entry " + std::to_string(snap->index)
+                      + " in " + dir + ": " + why;
+            }
+          }
           for (unsigned i = 0; i < snap->n_bufs; ++i)
             raft_free(snap->bufs[i].base);
           raft_free(snap->bufs);

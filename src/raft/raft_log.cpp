@@ -171,6 +171,8 @@ public:
     raft_set_pre_vote(&raft_, opts_.pre_vote);
     if (int rv = raft_start(&raft_); rv != 0) {
       error = std::string{"raft_start: "} + raft_errmsg(&raft_);
+      if (auto why = member_.refused_snapshot(); !why.empty())
+        error += " (the snapshot on disk: " + why + ")";
       return false;
     }
     started_ = true;

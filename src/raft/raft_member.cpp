@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <openssl/sha.h>
 extern "C" {
 #include <raft.h>
 }
@@ -29,6 +30,8 @@ struct raft_member::impl {
   /// A snapshot from the leader passed the check but was not restored
   /// (see fsm_restore): why.
   std::string restore_error;
+  /// The last snapshot refused by fsm_restore, at start or later: why.
+  std::string refused_snapshot;
   /// The second step of the snapshot raft is taking (fsm_snapshot made it,
   /// fsm_snapshot_async runs it); raft takes one at a time.
   std::function<std::string()> snapshot_job;
@@ -134,7 +137,82 @@ std::string_view unframe(const struct raft_buffer& b) {
   return unframed(b);
 }
 
+// A snapshot's frame also carries a digest of its bytes. raft_uv keeps a
+// snapshot on disk LZ4-compressed with a content checksum, but loads it
+// decompressed and raft_uv_tcp sends it so, with TCP's 16-bit checksum
+// alone (without TLS): a byte changed on the way could still decode and
+// hold every invariant. The length's top bit says a SHA-256 of the bytes
+// follows it.
+constexpr uint64_t digest_flag = uint64_t{1} << 63;
+constexpr size_t digest_size = SHA256_DIGEST_LENGTH;
+
+uint64_t read_length(const unsigned char* p) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < frame_header; ++i)
+    n |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return n;
+}
+
 } // namespace
+
+struct raft_buffer frame_snapshot(std::string_view bytes) {
+  struct raft_buffer b;
+  b.len = framed_size(bytes.size()) + digest_size;
+  b.base = raft_malloc(b.len);
+  if (!b.base)
+    return b;
+  auto* p = static_cast<unsigned char*>(b.base);
+  uint64_t n = bytes.size() | digest_flag;
+  for (size_t i = 0; i < frame_header; ++i)
+    p[i] = static_cast<unsigned char>(n >> (8 * i));
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+         p + frame_header);
+  auto* body = p + frame_header + digest_size;
+  std::memcpy(body, bytes.data(), bytes.size());
+  std::memset(body + bytes.size(), 0,
+              b.len - frame_header - digest_size - bytes.size());
+  return b;
+}
+
+bool unframed_snapshot(const struct raft_buffer& b, std::string_view& out,
+                       std::string& error) {
+  out = {};
+  auto* p = static_cast<const unsigned char*>(b.base);
+  if (b.len < frame_header || !p) {
+    error = "snapshot frame of " + std::to_string(b.len) + " bytes";
+    return false;
+  }
+  auto n = read_length(p);
+  if (!(n & digest_flag)) {
+    // Framed before snapshots had digests: exactly an entry's frame (a
+    // frame with a digest whose flag was lost is 32 bytes longer).
+    out = unframed(b);
+    if (out.size() != n || n == 0 || b.len != framed_size(n)) {
+      out = {};
+      error = "snapshot frame of " + std::to_string(b.len)
+              + " bytes says it holds " + std::to_string(n);
+      return false;
+    }
+    return true;
+  }
+  n &= ~digest_flag;
+  if (b.len < frame_header + digest_size
+      || n > b.len - frame_header - digest_size) {
+    error = "snapshot frame of " + std::to_string(b.len)
+            + " bytes says it holds " + std::to_string(n);
+    return false;
+  }
+  auto* body = p + frame_header + digest_size;
+  unsigned char digest[digest_size];
+  SHA256(body, n, digest);
+  if (std::memcmp(digest, p + frame_header, digest_size) != 0) {
+    error = "snapshot bytes (" + std::to_string(n)
+            + ") do not match their SHA-256 digest";
+    return false;
+  }
+  out = {reinterpret_cast<const char*>(body), static_cast<size_t>(n)};
+  return true;
+}
 
 std::string_view unframed(const struct raft_buffer& b) {
   if (b.len < frame_header)
@@ -167,7 +245,7 @@ int framed_snapshot(const std::string& bytes, struct raft_buffer* bufs[],
   auto* b = static_cast<struct raft_buffer*>(raft_malloc(sizeof **bufs));
   if (!b)
     return RAFT_NOMEM;
-  *b = frame(bytes);
+  *b = frame_snapshot(bytes);
   if (!b->base) {
     raft_free(b);
     return RAFT_NOMEM;
@@ -242,9 +320,11 @@ void silence(struct raft_io* io);  // the guard's (below)
 int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
   auto* self = self_of(fsm);
   std::string err;
-  if (!self->sm.restore(unframe(*buf), err)) {
+  std::string_view bytes;
+  if (!unframed_snapshot(*buf, bytes, err) || !self->sm.restore(bytes, err)) {
     // Raft keeps the buffer when restore fails; the state machine counts it.
     log("raft")->error("snapshot refused: {}", err);
+    self->refused_snapshot = err;
     auto* r = self->r;
     if (r && raft_state(r) != RAFT_UNAVAILABLE) {
       // Installing a snapshot from the leader (at start, raft_start fails
@@ -612,7 +692,8 @@ bool snapshot_passes(guarded_io& gi, struct raft_message* m) {
   if (!gi.sm || !gi.r || !would_install(gi.r, is))
     return true;
   std::string err;
-  if (gi.sm->check(unframed(is.data), err))
+  std::string_view bytes;
+  if (unframed_snapshot(is.data, bytes, err) && gi.sm->check(bytes, err))
     return true;
   auto n = ++gi.snapshots_refused;
   if (n == 1 || n % 100 == 0)
@@ -888,6 +969,10 @@ raft_member::raft_member(state_machine& sm, bool guard)
 }
 
 raft_member::~raft_member() = default;
+
+std::string raft_member::refused_snapshot() const {
+  return p_->refused_snapshot;
+}
 
 struct raft_fsm* raft_member::fsm() { return &p_->fsm; }
 

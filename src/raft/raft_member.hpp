@@ -42,6 +42,9 @@ public:
   void poll();
   log_status status() const;
   void on_role_change(replicated_log::role_fn f);
+  /// Why raft's last restore of a snapshot was refused ("" if none was):
+  /// at start, raft_start fails with only raft's code for it.
+  std::string refused_snapshot() const;
 
   struct impl;  // raft's callbacks reach it through raft_fsm::data
 
@@ -100,8 +103,19 @@ removal_check check_removal(uint64_t id, unsigned voters_left,
 removal_check check_transfer(uint64_t to, bool heard, uint64_t leading_for_ms,
                              uint64_t election_timeout_ms);
 
-/// The bytes of an entry or snapshot as raft_member frames them (raft_uv
-/// stores 8-byte units): empty when the frame is not valid.
+/// The bytes of an entry as raft_member frames them (raft_uv stores
+/// 8-byte units): empty when the frame is not valid.
 std::string_view unframed(const struct raft_buffer& b);
+
+/// A snapshot's bytes framed for raft (from raft_malloc; base null when out
+/// of memory): an entry's frame with a SHA-256 digest of the bytes after
+/// the length, whose top bit says so.
+struct raft_buffer frame_snapshot(std::string_view bytes);
+/// The bytes of a snapshot framed by frame_snapshot, checked against their
+/// digest; a frame without one (written before snapshots had digests) is
+/// read as an entry's. False with `error` set when the frame is not valid
+/// or the bytes do not match their digest.
+bool unframed_snapshot(const struct raft_buffer& b, std::string_view& out,
+                       std::string& error);
 
 } // namespace nodepool
