@@ -56,6 +56,8 @@ struct supervisor_state {
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500};
   histogram commit_ms{stop_bounds_ms};  // fsync (a cluster: until committed)
   histogram snapshot_copy_ms{stop_bounds_ms};  // the supervisor's share of a snapshot
+  // live sessions (queued and active) at each snapshot: what its copy holds
+  histogram snapshot_live_sessions = histogram::exponential(1, 4, 11);  // 1 .. 4^10
   uint64_t reservations = 0;
   uint64_t releases = 0;
   // Cluster mode: the leader's speculative state (none on a follower), and
@@ -291,6 +293,7 @@ status snapshot_now(self_ptr self, uint64_t last_index) {
   auto c0 = std::chrono::steady_clock::now();
   auto frozen = std::make_shared<pool_state::frozen>(st.pool.freeze());
   frozen->records.set_last_index(last_index);
+  st.snapshot_live_sessions.add(static_cast<double>(st.pool.sessions().size()));
   st.snapshot_copy_ms.add(std::chrono::duration<double, std::milli>(
                             std::chrono::steady_clock::now() - c0).count());
   st.since_snapshot = 0;
@@ -1038,6 +1041,7 @@ caf::behavior handlers(self_ptr self) {
       j["histograms"]["group_commit_commands"] = s.batch_commands.to_json();
       j["histograms"]["commit_latency_ms"] = s.commit_ms.to_json();
       j["histograms"]["snapshot_copy_ms"] = s.snapshot_copy_ms.to_json();
+      j["histograms"]["snapshot_live_sessions"] = s.snapshot_live_sessions.to_json();
       // What memory and snapshots hold: live records, and the window.
       // What committed (a cluster member: its replica; a single oracle: its
       // pool), counted in O(states), for status reads.

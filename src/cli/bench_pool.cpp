@@ -976,8 +976,11 @@ nlohmann::json check_speed(const options& o) {
 
 /// What a supervisor histogram counted between two of its readings (bucket
 /// bounds and counts), noted as one line under `what`.
+/// What a histogram of the supervisor's counted between two reads, noted
+/// per bucket; `unit` "ms" for times, or what else its bounds count.
 nlohmann::json histogram_delta(const nlohmann::json& before,
-                               const nlohmann::json& after, const char* what) {
+                               const nlohmann::json& after, const char* what,
+                               const std::string& unit = "ms") {
   auto bounds = after["bounds"].get<std::vector<double>>();
   auto c1 = after["counts"].get<std::vector<uint64_t>>();
   auto c0 = before["counts"].get<std::vector<uint64_t>>();
@@ -985,12 +988,14 @@ nlohmann::json histogram_delta(const nlohmann::json& before,
   std::string line;
   for (size_t k = 0; k < c1.size(); ++k) {
     delta.push_back(c1[k] - c0[k]);
-    line += (k < bounds.size() ? "<=" + std::to_string(bounds[k]).substr(0, 5)
-                               : std::string(">"))
-            + ":" + std::to_string(delta.back()) + " ";
+    std::string bound = ">";
+    if (k < bounds.size())
+      bound = "<=" + (unit == "ms" ? std::to_string(bounds[k]).substr(0, 5)
+                                   : std::to_string(static_cast<uint64_t>(bounds[k])));
+    line += bound + ":" + std::to_string(delta.back()) + " ";
   }
-  note("%s, per bucket (ms): %s", what, line.c_str());
-  return {{"bounds_ms", bounds}, {"counts", delta}};
+  note("%s, per bucket (%s): %s", what, unit.c_str(), line.c_str());
+  return {{unit == "ms" ? "bounds_ms" : "bounds", bounds}, {"counts", delta}};
 }
 
 // ------------------------------------------------------------------ durable
@@ -1057,6 +1062,12 @@ nlohmann::json durable(const options& o) {
            + "%: snapshot copies";
     c["snapshot_copy"] = histogram_delta(before["snapshot_copy_ms"],
                                          after["snapshot_copy_ms"], what.c_str());
+    // What those copies held: the live sessions (queued and active) at each.
+    what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
+           + "%: live sessions at the snapshots";
+    c["snapshot_live_sessions"] = histogram_delta(
+      before["snapshot_live_sessions"], after["snapshot_live_sessions"], what.c_str(),
+      "sessions");
     curve.push_back(c);
     auto key = "grant_at_" + std::to_string(static_cast<int>(load * 100 + 0.5));
     if (load == 0.5 || load == 0.9)

@@ -223,9 +223,21 @@ TEST(bench, load_base_copy_ahead_and_polling_reach_the_durable_section) {
   // CAF's polling of idle workers, as given (50 by default, CAF's own 500).
   EXPECT_EQ(j["durable"]["caf_moderate_polls"], 500) << j["durable"].dump();
   ASSERT_FALSE(j["durable"]["curve"].empty());
-  for (auto& c : j["durable"]["curve"])
+  for (auto& c : j["durable"]["curve"]) {
     EXPECT_DOUBLE_EQ(c["offered_per_s"].get<double>(),
                      c["load"].get<double>() * 1234) << c.dump();
+    // The live sessions each snapshot of the load held, counted per bucket
+    // (one more bucket than bounds), as many as there were copies.
+    auto& live = c["snapshot_live_sessions"];
+    ASSERT_TRUE(live.contains("bounds")) << c.dump();
+    EXPECT_EQ(live["counts"].size(), live["bounds"].size() + 1) << c.dump();
+    uint64_t held = 0, copies = 0;
+    for (auto& n : live["counts"])
+      held += n.get<uint64_t>();
+    for (auto& n : c["snapshot_copy"]["counts"])
+      copies += n.get<uint64_t>();
+    EXPECT_EQ(held, copies) << c.dump();
+  }
 }
 
 TEST(bench, plot_draws_latency_throughput_and_the_failover_timeline) {
