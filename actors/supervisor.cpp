@@ -1021,6 +1021,9 @@ caf::behavior handlers(self_ptr self) {
       auto& s = self->state;
       nlohmann::json j;
       j["applied"] = s.applied;
+      // What waits behind this request: under a load the pool does not
+      // keep up with, the backlog that slows every answer.
+      j["mailbox"] = self->mailbox().size();
       j["refused"] = s.refused;
       j["batches"] = s.batches;
       j["records_copied_ahead"] = s.copied_ahead;

@@ -1299,6 +1299,12 @@ std::string prometheus_text(
                "Nodes whose miner is connected to this oracle.");
     out.sample("nodepool_miners_connected", {}, num(gw, "connected"));
   }
+  if (sup.contains("mailbox")) {
+    out.family("nodepool_supervisor_mailbox_messages", "gauge",
+               "Messages waiting in the pool supervisor's mailbox when it "
+               "answered this scrape (commands, answers, timers).");
+    out.sample("nodepool_supervisor_mailbox_messages", {}, num(sup, "mailbox"));
+  }
   auto hs = sup.value("histograms", json::object());
   histogram h;
   if (h.from_json(hs.value("grant_latency_ms", json{})))

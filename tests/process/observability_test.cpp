@@ -102,6 +102,9 @@ TEST(observability, metrics_pass_promtool_and_match_the_status) {
                          "status=\"201\"}"),
             1);
   EXPECT_EQ(sample(text, "nodepool_miners_connected"), 4);
+  // An idle pool: nothing waits at its supervisor (-1 would be no sample).
+  EXPECT_GE(sample(text, "nodepool_supervisor_mailbox_messages"), 0);
+  EXPECT_LT(sample(text, "nodepool_supervisor_mailbox_messages"), 100);
   {
     std::ofstream f{dir + "/metrics.txt"};
     f << body;
