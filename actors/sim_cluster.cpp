@@ -726,11 +726,7 @@ private:
       return;
     auto* io = raft_fixture_get(&f_, i)->io;
     auto& g = res_.raft_guard;
-    g["trimmed_to_snapshot"] += trimmed_to_snapshot_of(io);
-    g["unaddressed_results"] += unaddressed_results_of(io);
-    g["commits_raised"] += commits_raised_of(io);
-    g["old_term_capped"] += old_term_capped_of(io);
-    g["stale_answers"] += stale_answers_of(io);
+    guard_counts_of(io).each([&](const char* name, uint64_t n) { g[name] += n; });
     g["snapshots_refused"] += snapshots_refused_of(io);
     g["peers_refused"] += refused_peers_of(io);
   }

@@ -935,11 +935,8 @@ caf::behavior handlers(self_ptr self) {
       j["applied_index"] = s.applied_index;
       j["last_index"] = s.last_index;
       j["refused_peers"] = s.refused_peers;
-      j["raft_guard"] = {{"trimmed_to_snapshot", s.guard.trimmed_to_snapshot},
-                         {"unaddressed_results", s.guard.unaddressed_results},
-                         {"commits_raised", s.guard.commits_raised},
-                         {"old_term_capped", s.guard.old_term_capped},
-                         {"stale_answers", s.guard.stale_answers}};
+      j["raft_guard"] = nlohmann::json::object();
+      s.guard.each([&](const char* name, uint64_t n) { j["raft_guard"][name] = n; });
       j["terms_led"] = st.terms_led;
       j["rotations"] = st.rotations;
       j["rotation_interval_ms"] = st.cfg.rotation_interval.count();

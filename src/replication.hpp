@@ -103,6 +103,16 @@ struct log_status {
     uint64_t commits_raised = 0;
     uint64_t old_term_capped = 0;
     uint64_t stale_answers = 0;
+    /// Each count with its name (as the cluster view, /metrics and the
+    /// simulation name them), in one place.
+    template <class F>
+    void each(F f) const {
+      f("trimmed_to_snapshot", trimmed_to_snapshot);
+      f("unaddressed_results", unaddressed_results);
+      f("commits_raised", commits_raised);
+      f("old_term_capped", old_term_capped);
+      f("stale_answers", stale_answers);
+    }
   } guard;
   /// The configuration this member knows (the latest it holds, committed or
   /// not), in id order.

@@ -975,9 +975,8 @@ nlohmann::json check_speed(const options& o) {
 }
 
 /// What a supervisor histogram counted between two of its readings (bucket
-/// bounds and counts), noted as one line under `what`.
-/// What a histogram of the supervisor's counted between two reads, noted
-/// per bucket; `unit` "ms" for times, or what else its bounds count.
+/// bounds and counts), noted as one line under `what`; `unit` "ms" for
+/// times, or what else its bounds count.
 nlohmann::json histogram_delta(const nlohmann::json& before,
                                const nlohmann::json& after, const char* what,
                                const std::string& unit = "ms") {
@@ -1051,25 +1050,23 @@ nlohmann::json durable(const options& o) {
          load * 100, c["achieved_per_s"].get<double>(), c["p50_ms"].get<double>(),
          c["p99_ms"].get<double>(), c["p999_ms"].get<double>(),
          static_cast<unsigned long long>(shed));
-    // Where a grant's time goes: the group commits (write and sync).
-    auto what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
-                + "%: group commits";
+    // Where a grant's time goes: the group commits (write and sync); the
+    // supervisor's stops for snapshots (copying the live state); and what
+    // those copies held, the live sessions (queued and active) at each.
+    auto pct = std::to_string(static_cast<int>(load * 100 + 0.5));
+    auto label = [&](const char* what) { return "durable: load " + pct + "%: " + what; };
     auto after = dp.stats()["histograms"];
     c["commit_latency"] = histogram_delta(before["commit_latency_ms"],
-                                          after["commit_latency_ms"], what.c_str());
-    // And the supervisor's stops for snapshots (copying the live state).
-    what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
-           + "%: snapshot copies";
+                                          after["commit_latency_ms"],
+                                          label("group commits").c_str());
     c["snapshot_copy"] = histogram_delta(before["snapshot_copy_ms"],
-                                         after["snapshot_copy_ms"], what.c_str());
-    // What those copies held: the live sessions (queued and active) at each.
-    what = "durable: load " + std::to_string(static_cast<int>(load * 100 + 0.5))
-           + "%: live sessions at the snapshots";
+                                         after["snapshot_copy_ms"],
+                                         label("snapshot copies").c_str());
     c["snapshot_live_sessions"] = histogram_delta(
-      before["snapshot_live_sessions"], after["snapshot_live_sessions"], what.c_str(),
-      "sessions");
+      before["snapshot_live_sessions"], after["snapshot_live_sessions"],
+      label("live sessions at the snapshots").c_str(), "sessions");
     curve.push_back(c);
-    auto key = "grant_at_" + std::to_string(static_cast<int>(load * 100 + 0.5));
+    auto key = "grant_at_" + pct;
     if (load == 0.5 || load == 0.9)
       j[key] = {{"p50_ms", c["p50_ms"]}, {"p99_ms", c["p99_ms"]},
                 {"p999_ms", c["p999_ms"]},

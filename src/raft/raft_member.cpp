@@ -45,11 +45,7 @@ struct raft_member::impl {
     st.id = r->id;
     st.refused_peers = refused_peers_of(r->io);
     st.snapshots_refused = snapshots_refused_of(r->io);
-    st.guard.trimmed_to_snapshot = trimmed_to_snapshot_of(r->io);
-    st.guard.unaddressed_results = unaddressed_results_of(r->io);
-    st.guard.commits_raised = commits_raised_of(r->io);
-    st.guard.old_term_capped = old_term_capped_of(r->io);
-    st.guard.stale_answers = stale_answers_of(r->io);
+    st.guard = guard_counts_of(r->io);
     switch (raft_state(r)) {
       case RAFT_FOLLOWER: st.role = log_role::follower; break;
       case RAFT_CANDIDATE: st.role = log_role::candidate; break;
@@ -890,6 +886,16 @@ uint64_t heard_from(struct raft_io* io, uint64_t server) {
 
 uint64_t trimmed_to_snapshot_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::below_snapshot);
+}
+
+log_status::guard_counts guard_counts_of(struct raft_io* io) {
+  log_status::guard_counts g;
+  g.trimmed_to_snapshot = trimmed_to_snapshot_of(io);
+  g.unaddressed_results = unaddressed_results_of(io);
+  g.commits_raised = commits_raised_of(io);
+  g.old_term_capped = old_term_capped_of(io);
+  g.stale_answers = stale_answers_of(io);
+  return g;
 }
 
 int write_error_of(struct raft_io* io) {

@@ -71,6 +71,8 @@ uint64_t unaddressed_results_of(struct raft_io* io);
 /// AppendEntries whose entries at or below this member's snapshot the guard
 /// took off (hole 5).
 uint64_t trimmed_to_snapshot_of(struct raft_io* io);
+/// The guard's counts above, on `io`, as log_status carries them.
+log_status::guard_counts guard_counts_of(struct raft_io* io);
 /// The raft error code of the first write to the log on `io` that failed
 /// since raft started on it (0: none).
 int write_error_of(struct raft_io* io);
