@@ -12,6 +12,7 @@
 
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
+#include "actors/tickets.hpp"
 #include "actors/wire.hpp"
 #include "identity.hpp"
 #include "log.hpp"
@@ -44,6 +45,8 @@ struct gateway_state {
   // The last term this oracle led (never lowered): every message to a
   // miner carries it, so a node can refuse a deposed leader's.
   uint64_t term = 0;
+  // Commands sent to the supervisor and not answered yet.
+  command_tickets tickets;
   // A flood of refusals from one miner: a few lines per interval, then one
   // summary; every refusal is still counted in `refused`.
   log_limiter refusal_log;
@@ -73,9 +76,7 @@ void node_down(self_ptr self, std::string id, const std::string& why) {
   pb::Command c;
   c.mutable_node_down()->set_node_id(id);
   c.mutable_node_down()->set_reason(why);
-  self->request(st.supervisor, caf::infinite, cmd_atom::value,
-                c.SerializeAsString())
-    .then([](accepted_atom) {}, [](caf::error&) {});
+  st.tickets.send(self, st.supervisor, c.SerializeAsString());
 }
 
 /// `bytes` (a serialized OracleMsg) with its term set: Protobuf takes the
@@ -114,13 +115,11 @@ void refuse(self_ptr self, const caf::actor& to, const std::string& node,
 /// Sends a command for a node and reports a refusal back to that node.
 void command_for(self_ptr self, caf::actor node, const std::string& node_id,
                  std::string cmd) {
-  self->request(self->state.supervisor, caf::infinite, cmd_atom::value,
-                std::move(cmd))
-    .then([](accepted_atom) {},
-          [=](caf::error& err) {
-            auto [code, detail] = read_refusal(self->system(), err);
-            refuse(self, node, node_id, code, detail);
-          });
+  self->state.tickets.send(self, self->state.supervisor, std::move(cmd),
+                           [=](const std::string& code, const std::string& detail) {
+                             if (!code.empty())
+                               refuse(self, node, node_id, code, detail);
+                           });
 }
 
 void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
@@ -175,10 +174,14 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     if (i != self->state.registering.end() && i->second == sender)
       self->state.registering.erase(i);
   };
-  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
-    .then(
-      [=](accepted_atom) {
+  st.tickets.send(
+    self, st.supervisor, cmd,
+    [=](const std::string& code, const std::string& detail) {
         done();
+        if (!code.empty()) {
+          refuse(self, sender, id, code, detail);
+          return;
+        }
         auto& st = self->state;
         if (!st.by_addr.count(sender.address()))
           self->monitor(sender);
@@ -192,12 +195,7 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
           st.pool.heartbeat_interval_ms);
         self->send(sender, oracle_atom::value, reply.SerializeAsString());
         log("gateway")->info("node {} registered", id);
-      },
-      [=](caf::error& err) {
-        done();
-        auto [code, detail] = read_refusal(self->system(), err);
-        refuse(self, sender, id, code, detail);
-      });
+    });
 }
 
 } // namespace
@@ -211,8 +209,13 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
     self->state.supervisor = supervisor;
     self->state.pool = pool;
     self->state.sim_time = sim_time;
+    // Commands wait on the supervisor's answers: if it stops, they are
+    // answered here instead.
+    self->monitor(supervisor);
     self->set_down_handler([=](caf::down_msg& dm) {
       auto& st = self->state;
+      if (st.tickets.on_down(dm, st.supervisor))
+        return;
       auto c = st.conn_ids.find(dm.source);
       if (c != st.conn_ids.end()) {
         st.auth.forget(c->second);
@@ -225,6 +228,11 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
     });
     self->send(self, beat_atom::value);
     return {
+      // The supervisor's answer to a command sent with a ticket.
+      [=](answer_atom, uint64_t ticket, const std::string& code,
+          const std::string& detail) {
+        self->state.tickets.answered(ticket, code, detail);
+      },
       // Silence check, every heartbeat interval.
       [=](beat_atom) {
         auto& st = self->state;

@@ -9,6 +9,7 @@
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
 #include "actors/session.hpp"
+#include "actors/tickets.hpp"
 #include "actors/wire.hpp"
 #include "log.hpp"
 
@@ -21,6 +22,7 @@ struct session_queue_state {
   caf::actor gateway;
   params pool;
   bool sim_time = false;
+  command_tickets tickets;  // commands to the supervisor, not answered yet
   std::map<std::string, caf::actor> running;      // session id -> actor
   std::set<caf::actor_addr> linked;               // session actors alive
   std::map<std::string, std::string> node_owner;  // node id -> session id
@@ -74,8 +76,7 @@ void end_if_opened_for(self_ptr self, const std::string& bytes,
     x->set_failed(true);
     x->set_reason("its only prompt " + why);
   });
-  self->request(self->state.supervisor, caf::infinite, cmd_atom::value, cmd)
-    .then([](accepted_atom) {}, [](caf::error&) {});
+  self->state.tickets.send(self, self->state.supervisor, cmd);
 }
 
 void release_held(self_ptr self, const std::string& sid) {
@@ -173,6 +174,12 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       if (self->state.linked.erase(em.source) == 0 && em.reason)
         self->quit(em.reason);
     });
+    // Submissions wait on the supervisor's answers: if it stops, they are
+    // answered here instead.
+    self->monitor(supervisor);
+    self->set_down_handler([=](caf::down_msg& dm) {
+      self->state.tickets.on_down(dm, self->state.supervisor);
+    });
     return {
       // A client's request: (submit_atom, SubmitSession bytes). The answer
       // comes from the supervisor once the session is durable:
@@ -188,10 +195,20 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         auto cmd = command_bytes(
           [&](pb::Command& c) { *c.mutable_submit_session() = s; });
         auto rp = self->make_response_promise();
-        self->request(self->state.supervisor, caf::infinite, cmd_atom::value, cmd)
-          .then([rp](accepted_atom) mutable { rp.deliver(accepted_atom::value); },
-                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        self->state.tickets.send(
+          self, self->state.supervisor, cmd,
+          [rp](const std::string& code, const std::string& detail) mutable {
+            if (code.empty())
+              rp.deliver(accepted_atom::value);
+            else
+              rp.deliver(make_refusal(code, detail));
+          });
         return rp;
+      },
+      // The supervisor's answer to a command sent with a ticket.
+      [=](answer_atom, uint64_t ticket, const std::string& code,
+          const std::string& detail) {
+        self->state.tickets.answered(ticket, code, detail);
       },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;

@@ -24,6 +24,27 @@ namespace nodepool {
 
 namespace {
 
+/// Where a command's answer goes: the promise of a CAF request, or (a
+/// command sent with a ticket, actors/tickets.hpp) a message to its sender
+/// that names the ticket.
+struct answer_to {
+  caf::response_promise rp;
+  uint64_t ticket = 0;  // 0: a request
+
+  void accept() {
+    if (ticket)
+      rp.deliver(answer_atom::value, ticket, std::string{}, std::string{});
+    else
+      rp.deliver(accepted_atom::value);
+  }
+  void refuse(const std::string& code, const std::string& detail) {
+    if (ticket)
+      rp.deliver(answer_atom::value, ticket, code, detail);
+    else
+      rp.deliver(make_refusal(code, detail));
+  }
+};
+
 struct supervisor_state {
   pool_state pool;
   supervisor_config cfg;
@@ -34,7 +55,7 @@ struct supervisor_state {
   /// commands wait for the disk, and so do refusals that arrive while
   /// others wait (a refusal can reveal state, e.g. "duplicate_session",
   /// that is only safe to reveal once it is stored).
-  std::vector<std::pair<caf::response_promise, std::optional<refusal>>> waiting;
+  std::vector<std::pair<answer_to, std::optional<refusal>>> waiting;
   pb::EventBatch events;
   std::vector<caf::actor> subscribers;
   bool flush_scheduled = false;
@@ -47,6 +68,9 @@ struct supervisor_state {
   uint64_t refused = 0;
   uint64_t batches = 0;
   uint64_t copied_ahead = 0;  // records copied ahead of a snapshot
+  // Snapshots put off because the writer was still on the one before.
+  uint64_t snapshots_deferred = 0;
+  bool snapshot_waits_for_writer = false;
   std::map<std::string, uint64_t> refusals;
   // metrics: what /metrics shows of the supervisor
   histogram grant_ms{{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
@@ -68,8 +92,7 @@ struct supervisor_state {
     uint64_t seq = 0;
     bool done = false;  // committed (or nothing to commit)
     std::chrono::steady_clock::time_point proposed;
-    std::vector<std::pair<caf::response_promise, std::optional<refusal>>>
-      waiting;
+    std::vector<std::pair<answer_to, std::optional<refusal>>> waiting;
     pb::EventBatch events;
   };
   std::deque<inflight> inflight;
@@ -161,7 +184,7 @@ void schedule_flush(self_ptr self) {
 /// good, and from then on every answer that changed nothing queued behind
 /// it). True when `r` was such a command.
 bool answered_unchanged(self_ptr self, const pb::Command& cmd,
-                        const apply_result& r, caf::response_promise* rp,
+                        const apply_result& r, answer_to* rp,
                         bool idle) {
   auto& st = self->state;
   if (rp && !idle)
@@ -173,14 +196,14 @@ bool answered_unchanged(self_ptr self, const pb::Command& cmd,
       l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->code,
                r.refused->detail);
     if (rp && idle)
-      rp->deliver(make_refusal(r.refused->code, r.refused->detail));
+      rp->refuse(r.refused->code, r.refused->detail);
     else if (rp)
       st.waiting.emplace_back(std::move(*rp), r.refused);
     return true;
   }
   if (!r.changed) {
     if (rp && idle)
-      rp->deliver(accepted_atom::value);
+      rp->accept();
     else if (rp)
       st.waiting.emplace_back(std::move(*rp), std::nullopt);
     return true;
@@ -191,7 +214,7 @@ bool answered_unchanged(self_ptr self, const pb::Command& cmd,
 /// A command that changed the pool: its events and answer wait for the
 /// next group commit, which the first such command schedules.
 void hold_for_commit(self_ptr self, apply_result& r,
-                     caf::response_promise* rp) {
+                     answer_to* rp) {
   auto& st = self->state;
   for (auto& ev : r.events)
     *st.events.add_events() = std::move(ev);
@@ -201,7 +224,7 @@ void hold_for_commit(self_ptr self, apply_result& r,
 }
 
 void apply_cluster(self_ptr self, pb::Command& cmd,
-                   caf::response_promise* rp);
+                   answer_to* rp);
 
 /// Grant latency: from a session's submission to its nodes' reservation,
 /// in the pool's time, for every session a command started.
@@ -217,6 +240,15 @@ void note_grants(self_ptr self, const pool_state& pool, const apply_result& r,
 /// at info level.
 void published(self_ptr self, const pb::EventBatch& b) {
   auto& st = self->state;
+  if (auto& g = st.cfg.gauges) {
+    auto sessions = st.pool.session_counts();
+    g->mailbox.store(self->mailbox().size(), std::memory_order_relaxed);
+    g->queued.store(sessions[pb::QUEUED], std::memory_order_relaxed);
+    g->active.store(sessions[pb::ACTIVE], std::memory_order_relaxed);
+    g->ephemeral.store(st.pool.count_by_state()[pb::EPHEMERAL],
+                       std::memory_order_relaxed);
+    g->commits.fetch_add(1, std::memory_order_relaxed);
+  }
   bool logged = events_logged();
   for (auto& ev : b.events()) {
     st.reservations += ev.has_node_reserved();
@@ -241,7 +273,7 @@ void flush_part(self_ptr self, Flush f) {
 }
 
 void apply(self_ptr self, pb::Command& cmd,
-           caf::response_promise* rp) {
+           answer_to* rp) {
   auto& st = self->state;
   if (st.cfg.cluster_log) {
     apply_cluster(self, cmd, rp);
@@ -271,14 +303,27 @@ void apply(self_ptr self, pb::Command& cmd,
     flush_part(self, flush);
 }
 
+/// A command as it arrives (serialized): one that does not decode is
+/// refused as malformed, anything else applied.
+void command(self_ptr self, const std::string& bytes, answer_to& a) {
+  pb::Command cmd;
+  if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET) {
+    ++self->state.refused;
+    ++self->state.refusals["malformed"];
+    a.refuse("malformed", "command does not decode");
+    return;
+  }
+  apply(self, cmd, &a);
+}
+
 /// The answers a commit releases: each acceptance or refusal, in order.
 template <class Waiting>
 void deliver_answers(Waiting& waiting) {
   for (auto& [rp, refused] : waiting)
     if (refused)
-      rp.deliver(make_refusal(refused->code, refused->detail));
+      rp.refuse(refused->code, refused->detail);
     else
-      rp.deliver(accepted_atom::value);
+      rp.accept();
 }
 
 /// A snapshot of the pool as of entry `last_index` (single oracle). Here
@@ -307,6 +352,44 @@ status snapshot_now(self_ptr self, uint64_t last_index) {
     return encoded_snapshot{last_index, std::move(*frozen).encode()};
   });
   return {};
+}
+
+/// A snapshot as of `last_index` (durable) if one is due (single oracle).
+/// Returns whether one is due, taken or put off.
+bool snapshot_if_due(self_ptr self, uint64_t last_index) {
+  auto& st = self->state;
+  // A snapshot costs in proportion to the live records it holds (ended
+  // sessions are archived, so not to the history). Waiting at least as
+  // many entries as there are records keeps that cost constant per entry,
+  // and the replay after a restart no longer than loading the snapshot.
+  // The window of recent ids is in the snapshot too, at 8 bytes an id
+  // (a record is about 16 times that): at a high rate of sessions it holds
+  // millions, so it counts towards the interval at that weight.
+  auto every = std::max<uint64_t>(
+    st.cfg.pool.snapshot_every,
+    st.pool.nodes().size() + st.pool.sessions().size()
+      + st.pool.recent_ids().size() / 16);
+  if (st.since_snapshot < every)
+    return false;
+  if (st.snapshots && st.snapshots->busy()) {
+    // The writer is still on the last one: this one waits until it is
+    // done, at a later group commit or tick (the log keeps every entry
+    // since the last snapshot written). Taken now, it would stop the
+    // supervisor to copy every live record whole, since a copy that an
+    // unfinished snapshot still reads is not updated in place: under a
+    // backlog those stops grew with the queue, and the queue with the
+    // stops (BENCHMARKS.md, "Answers found in constant time").
+    if (!st.snapshot_waits_for_writer) {
+      st.snapshot_waits_for_writer = true;
+      ++st.snapshots_deferred;
+    }
+    return true;
+  }
+  st.snapshot_waits_for_writer = false;
+  if (auto s = snapshot_now(self, last_index); !s.ok())
+    log("supervisor")->error("snapshot failed (log still complete): {}",
+                             s.error);
+  return true;
 }
 
 void flush(self_ptr self) {
@@ -349,22 +432,8 @@ void flush(self_ptr self) {
   }
   deliver_answers(st.waiting);
   st.waiting.clear();
-  // A snapshot costs in proportion to the live records it holds (ended
-  // sessions are archived, so not to the history). Waiting at least as
-  // many entries as there are records keeps that cost constant per entry,
-  // and the replay after a restart no longer than loading the snapshot.
-  // The window of recent ids is in the snapshot too, at 8 bytes an id
-  // (a record is about 16 times that): at a high rate of sessions it holds
-  // millions, so it counts towards the interval at that weight.
-  auto every = std::max<uint64_t>(
-    st.cfg.pool.snapshot_every,
-    st.pool.nodes().size() + st.pool.sessions().size()
-      + st.pool.recent_ids().size() / 16);
-  if (st.since_snapshot >= every) {
-    if (auto s = snapshot_now(self, last_index); !s.ok())
-      log("supervisor")->error("snapshot failed (log still complete): {}",
-                               s.error);
-  } else if (st.cfg.copy_ahead_per_commit > 0 && self->mailbox().empty()) {
+  if (!snapshot_if_due(self, last_index)
+      && st.cfg.copy_ahead_per_commit > 0 && self->mailbox().empty()) {
     // Between snapshots, after the answers, when no command waits: a
     // little of the next snapshot's copying now, so that its stop stays
     // short. A supervisor with work waiting leaves it to the snapshot
@@ -373,7 +442,6 @@ void flush(self_ptr self) {
                                           st.cfg.copy_ahead_leave);
   }
 }
-
 
 // -- cluster mode ---------------------------------------------------------------
 
@@ -423,12 +491,12 @@ std::string not_leader_detail(self_ptr self) {
          + client_address(self, s.leader_id);
 }
 
-void refuse_now(self_ptr self, caf::response_promise* rp,
+void refuse_now(self_ptr self, answer_to* rp,
                 const std::string& code, const std::string& detail) {
   ++self->state.refused;
   ++self->state.refusals[code];
   if (rp)
-    rp->deliver(make_refusal(code, detail));
+    rp->refuse(code, detail);
 }
 
 /// Releases, oldest first, every drain whose entry committed: its events
@@ -460,9 +528,9 @@ void end_term(self_ptr self, const std::string& why) {
                   "is refused as duplicate_session";
   for (auto& f : st.inflight)
     for (auto& [rp, refused] : f.waiting)
-      rp.deliver(make_refusal("not_leader", detail));
+      rp.refuse("not_leader", detail);
   for (auto& [rp, refused] : st.waiting)
-    rp.deliver(make_refusal("not_leader", detail));
+    rp.refuse("not_leader", detail);
   st.inflight.clear();
   st.waiting.clear();
   st.events.Clear();
@@ -475,7 +543,7 @@ void end_term(self_ptr self, const std::string& why) {
 void flush_cluster(self_ptr self);
 
 void apply_cluster(self_ptr self, pb::Command& cmd,
-                   caf::response_promise* rp) {
+                   answer_to* rp) {
   auto& st = self->state;
   if (!st.lead) {
     refuse_now(self, rp, "not_leader", not_leader_detail(self));
@@ -692,18 +760,23 @@ caf::behavior cluster_supervisor(self_ptr self) {
 caf::behavior handlers(self_ptr self) {
   return {
     [=](cmd_atom, const std::string& bytes) -> caf::result<void> {
-      auto rp = self->make_response_promise();
-      pb::Command cmd;
-      if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET) {
-        ++self->state.refused;
-        ++self->state.refusals["malformed"];
-        rp.deliver(make_refusal("malformed", "command does not decode"));
-        return rp;
-      }
-      apply(self, cmd, &rp);
-      return rp;
+      answer_to a{self->make_response_promise()};
+      command(self, bytes, a);
+      return a.rp;
+    },
+    // The same command sent with a ticket: answered by (answer_atom,
+    // ticket, code, detail), an empty code for accepted.
+    [=](cmd_atom, const std::string& bytes, uint64_t ticket) {
+      answer_to a{self->make_response_promise(), ticket};
+      command(self, bytes, a);
     },
     [=](tick_atom) {
+      auto& st = self->state;
+      // A snapshot put off for a busy writer, in a pool gone quiet: taken
+      // here, of what is durable, once the writer is done.
+      if (st.snapshot_waits_for_writer && !st.cfg.cluster_log
+          && st.pending.empty())
+        snapshot_if_due(self, st.next_index - 1);
       pb::Command tick;
       tick.mutable_tick();
       if (!self->state.cfg.cluster_log || self->state.lead)
@@ -1027,6 +1100,7 @@ caf::behavior handlers(self_ptr self) {
       j["last_index"] = s.next_index - 1;
       j["refusals"] = s.refusals;
       j["snapshots_written"] = s.snapshots ? s.snapshots->written() : 0;
+      j["snapshots_deferred"] = s.snapshots_deferred;
       if (s.cfg.storage) {
         j["store_memory_bytes"] = s.cfg.storage->memory_bytes();
         auto a = s.cfg.storage->activity();

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -27,6 +28,17 @@ struct test_config {
   /// from the pool's seed (simulations, so that a seed reproduces); an
   /// oracle process always reads one from a file.
   std::string secret;
+};
+
+/// The supervisor's load, published after each group commit into atomics
+/// that any thread reads without asking it: a question through its mailbox
+/// would wait behind the very backlog it is meant to show.
+struct supervisor_gauges {
+  std::atomic<uint64_t> mailbox{0};    // messages waiting, at the last commit
+  std::atomic<uint64_t> queued{0};     // sessions in the pool's queue
+  std::atomic<uint64_t> active{0};     // sessions being served
+  std::atomic<uint64_t> ephemeral{0};  // nodes in the pool, available
+  std::atomic<uint64_t> commits{0};    // group commits published
 };
 
 struct supervisor_config {
@@ -98,12 +110,18 @@ struct supervisor_config {
   /// Simulation: the archive backfill reaches peers through this instead
   /// of the network (see backfill_config::peer).
   std::function<caf::actor(uint64_t)> peer_gateway;
+  /// Set: kept up to date after every group commit (see supervisor_gauges).
+  std::shared_ptr<supervisor_gauges> gauges;
 };
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.
 ///
 /// Protocol (all payloads are serialized Protobuf):
 ///   (cmd_atom, Command)       -> (accepted_atom) | (refused_atom, code, detail)
+///   (cmd_atom, Command, ticket) sent as a message, not a request: answered
+///                                 by (answer_atom, ticket, code, detail), an
+///                                 empty code for accepted, at the same time
+///                                 (actors/tickets.hpp says why)
 ///                                 the reply to an accepted command comes only
 ///                                 once it is on stable storage
 ///   (subscribe_atom, actor)   -> subscriber gets (events_atom, EventBatch)

@@ -5,6 +5,7 @@
 
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
+#include "actors/tickets.hpp"
 #include "actors/wire.hpp"
 #include "cognitive.hpp"
 #include "digest.hpp"
@@ -67,6 +68,7 @@ struct validator_state {
   /// Digest of a recent test's answers -> (node, digest of its items).
   std::unordered_map<std::string, std::pair<std::string, std::string>> seen;
   std::deque<std::string> seen_order;  // oldest first
+  command_tickets tickets;  // results sent to the supervisor, not answered yet
   static inline const char* name = "validator";
 };
 
@@ -288,12 +290,11 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
     r->set_latency_ms(latency);
     r->set_tokens(tokens);
   });
-  self->request(st.supervisor, caf::infinite, cmd_atom::value, cmd)
-    .then([](accepted_atom) {},
-          [=](caf::error& err) {
-            auto [code, detail] = read_refusal(self->system(), err);
-            refuse(self, node, code, detail);
-          });
+  st.tickets.send(self, st.supervisor, cmd,
+                  [=](const std::string& code, const std::string& detail) {
+                    if (!code.empty())
+                      refuse(self, node, code, detail);
+                  });
 }
 
 } // namespace
@@ -314,7 +315,18 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
     st.secret = !tests.secret.empty()
                   ? tests.secret
                   : "simulation-secret-" + std::to_string(pool.seed);
+    // Results wait on the supervisor's answers: if it stops, they are
+    // answered here instead.
+    self->monitor(supervisor);
+    self->set_down_handler([=](caf::down_msg& dm) {
+      self->state.tickets.on_down(dm, self->state.supervisor);
+    });
     return {
+      // The supervisor's answer to a result sent with a ticket.
+      [=](answer_atom, uint64_t ticket, const std::string& code,
+          const std::string& detail) {
+        self->state.tickets.answered(ticket, code, detail);
+      },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;
         if (batch.ParseFromString(bytes))

@@ -45,5 +45,8 @@ CAF_ADD_ATOM(nodepool, nodepool, cluster_atom, "cluster")
 CAF_ADD_ATOM(nodepool, nodepool, transfer_atom, "transfer")
 CAF_ADD_ATOM(nodepool, nodepool, rotate_atom, "rotate")
 CAF_ADD_ATOM(nodepool, nodepool, member_atom, "member")
+// a ticketed command's answer (actors/tickets.hpp); last, so that the ids
+// before it stay what they were
+CAF_ADD_ATOM(nodepool, nodepool, answer_atom, "answer")
 
 CAF_END_TYPE_ID_BLOCK(nodepool)

@@ -609,6 +609,7 @@ struct snapshot_writer::impl {
   std::mutex mutex;
   std::condition_variable cv;
   std::function<encoded_snapshot()> waiting;
+  bool working = false;  // one taken and not written yet
   bool stopping = false;
   uint64_t written = 0;
   std::string error;
@@ -622,10 +623,13 @@ struct snapshot_writer::impl {
         return;
       auto make = std::move(waiting);
       waiting = nullptr;
+      working = true;
       lock.unlock();
       auto snap = make();
+      make = nullptr;  // what it held (a frozen copy) is released first
       auto s = st->save_snapshot_bytes(snap.last_index, std::move(snap.bytes));
       lock.lock();
+      working = false;
       if (s.ok()) {
         ++written;
       } else {
@@ -663,6 +667,11 @@ void snapshot_writer::submit(std::function<encoded_snapshot()> make) {
     impl_->waiting = std::move(make);  // a newer one replaces an unwritten one
   }
   impl_->cv.notify_one();
+}
+
+bool snapshot_writer::busy() const {
+  std::lock_guard<std::mutex> lock{impl_->mutex};
+  return impl_->working || impl_->waiting;
 }
 
 uint64_t snapshot_writer::written() const {

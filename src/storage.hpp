@@ -144,6 +144,9 @@ public:
   /// frozen pool state checked and encoded), so that its owner does not
   /// wait for that either.
   void submit(std::function<encoded_snapshot()> make);
+  /// Whether a snapshot submitted is not written yet (waiting, being made
+  /// or being written).
+  bool busy() const;
   /// Snapshots written so far, and the last error (empty if none).
   uint64_t written() const;
   std::string last_error() const;

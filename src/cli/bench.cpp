@@ -749,11 +749,20 @@ void add_bench(CLI::App& app) {
                   "(default: that run's own saturation; set it to compare two "
                   "binaries at the same offered rates)")
     ->check(CLI::Range(1.0, 1e9));
+  cmd->add_option("--loads", o->loads,
+                  "offered loads of the durable section's open loop, as "
+                  "fractions of --load-base (default 0.1 0.3 0.5 0.7 0.8 0.9)")
+    ->delimiter(',')
+    ->check(CLI::Range(0.01, 2.0));
   cmd->add_option("--copy-ahead", o->copy_ahead,
                   "records the durable section's supervisor copies into the "
                   "next snapshot's kept copy after each group commit (default "
                   "256; 0: none, all of it at the snapshot's stop)")
     ->check(CLI::Range(0L, 1000000L));
+  cmd->add_flag("--driver-requests", o->driver_requests,
+                 "the durable and replicated sections' driver sends its "
+                 "commands as CAF requests, whose answers CAF finds in O(n) of "
+                 "those in flight, instead of with tickets (to compare)");
   cmd->add_option("--caf-moderate-polls", o->caf_moderate_polls,
                   "polls with a 50 us sleep an idle CAF worker makes before it "
                   "waits on its condition variable, in the durable and "

@@ -28,6 +28,7 @@ struct options {
   std::vector<double> loads;     // fractions of saturation for the latency curve
   double load_base = 0;          // cycles/s the loads are of (0: the run's saturation)
   long copy_ahead = -1;          // durable's copy_ahead_per_commit (-1: the default)
+  bool driver_requests = false;  // the driver asks by CAF request, not by ticket
   long caf_moderate_polls = -1;  // durable's and replicated's CAF setting (-1: ours)
   std::vector<uint32_t> scale_nodes;
   uint32_t recovery_nodes = 100000;

@@ -32,6 +32,7 @@
 #include "actors/config.hpp"
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
+#include "actors/tickets.hpp"
 #include "allocator.hpp"
 #include "raft/raft_log.hpp"
 #include "log.hpp"
@@ -107,6 +108,10 @@ struct sink {
   std::atomic<uint64_t> shed{0};  // submissions refused as overloaded
   std::atomic<uint64_t> submitted{0};
   std::atomic<bool> record{false};
+  std::atomic<uint64_t> driver_mailbox{0};  // at its last arrival or events
+  // The driver's commands go as CAF requests (answers found in O(n) of
+  // those in flight), not with tickets (O(1)): to compare the two.
+  std::atomic<bool> driver_requests{false};
   std::mutex mx;
   std::vector<double> latencies_ms;  // grants while `record`
 
@@ -133,6 +138,7 @@ struct driver_state {
   std::shared_ptr<sink> out;
   std::unordered_map<std::string, int64_t> waiting;  // session -> submitted (ns)
   std::unordered_set<std::string> revalidating;
+  command_tickets tickets;  // its commands to the supervisor, in flight
   uint64_t next = 0;
   bool closed = false;
   static inline const char* name = "bench_driver";
@@ -145,14 +151,26 @@ using driver_ptr = caf::stateful_actor<driver_state>*;
 void send_cmd(driver_ptr self, const pb::Command& c,
               std::function<void()> refused = {}) {
   auto out = self->state.out;
-  self->request(self->state.sup, caf::infinite, cmd_atom::value,
-                c.SerializeAsString())
-    .then([](accepted_atom) {},
-          [out, refused](caf::error&) {
-            ++out->refused;
-            if (refused)
-              refused();
-          });
+  if (out->driver_requests) {
+    self->request(self->state.sup, caf::infinite, cmd_atom::value,
+                  c.SerializeAsString())
+      .then([](accepted_atom) {},
+            [out, refused](caf::error&) {
+              ++out->refused;
+              if (refused)
+                refused();
+            });
+    return;
+  }
+  self->state.tickets.send(self, self->state.sup, c.SerializeAsString(),
+                           [out, refused](const std::string& code,
+                                          const std::string&) {
+                             if (code.empty())
+                               return;
+                             ++out->refused;
+                             if (refused)
+                               refused();
+                           });
 }
 
 void submit(driver_ptr self, int64_t t0) {
@@ -181,14 +199,22 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
     },
     [=](halt_atom) { self->state.closed = false; },
     [=](arrive_atom, const std::vector<int64_t>& t0s) {
+      self->state.out->driver_mailbox.store(self->mailbox().size(),
+                                            std::memory_order_relaxed);
       for (auto t0 : t0s)
         submit(self, t0);
+    },
+    [=](answer_atom, uint64_t ticket, const std::string& code,
+        const std::string& detail) {
+      self->state.tickets.answered(ticket, code, detail);
     },
     [=](inflight_atom) -> uint64_t {
       return self->state.waiting.size() + self->state.revalidating.size();
     },
     [=](events_atom, const std::string& bytes) {
       auto& st = self->state;
+      st.out->driver_mailbox.store(self->mailbox().size(),
+                                   std::memory_order_relaxed);
       pb::EventBatch batch;
       if (!batch.ParseFromString(bytes))
         return;
@@ -247,6 +273,7 @@ struct durable_pool {
   caf::actor sup;
   caf::actor drv;
   std::shared_ptr<sink> out = std::make_shared<sink>();
+  std::shared_ptr<supervisor_gauges> gauges = std::make_shared<supervisor_gauges>();
   uint64_t rss_before = 0;
   uint64_t rss_after = 0;
   uint64_t rss_untrimmed = 0;  // rss_after before malloc_trim
@@ -310,6 +337,7 @@ struct durable_pool {
       sc.replica = members[l].machine;
       sc.roles = members[l].roles;
     }
+    sc.gauges = gauges;
     sup = spawn_supervisor(*sys, sc);
     drv = sys->spawn(driver, sup, out);
     caf::anon_send(sup, subscribe_atom::value, drv);
@@ -442,6 +470,11 @@ struct durable_pool {
   double entries_per_commit = 0;
   /// Submissions shed as overloaded during the last offer().
   uint64_t last_shed = 0;
+  /// Where the last offer()'s backlog waited, read every 50 ms without
+  /// asking the actors: the longest the pool's queue, the supervisor's
+  /// mailbox and the driver's were, and a sample of the three (with the
+  /// grants so far) every 250 ms.
+  nlohmann::json last_backlog;
 
   void wait_inflight() {
     auto t0 = clock::now();
@@ -493,8 +526,27 @@ struct durable_pool {
     uint64_t shed0 = out->shed;
     clock::time_point t_rec;
     const auto tick = std::chrono::microseconds(100);
+    uint64_t max_queued = 0, max_mailbox = 0, max_driver = 0;
+    nlohmann::json series = nlohmann::json::array();
+    auto sampled = start;
+    int samples = 0;
+    auto sample = [&] {
+      auto q = gauges->queued.load(std::memory_order_relaxed);
+      auto m = gauges->mailbox.load(std::memory_order_relaxed);
+      auto d = out->driver_mailbox.load(std::memory_order_relaxed);
+      max_queued = std::max(max_queued, q);
+      max_mailbox = std::max(max_mailbox, m);
+      max_driver = std::max(max_driver, d);
+      if (samples++ % 5 == 0)
+        series.push_back({std::round(seconds_since(start) * 100) / 100, q, m, d,
+                          out->granted.load()});
+    };
     while (next < end) {
       check_stop();
+      if (clock::now() - sampled >= std::chrono::milliseconds(50)) {
+        sampled = clock::now();
+        sample();
+      }
       if (!recording && next >= window_at) {
         recording = true;
         out->record = true;
@@ -517,6 +569,11 @@ struct durable_pool {
     auto achieved = (out->granted - g0) / seconds_since(t_rec);
     last_shed = out->shed - shed0;
     out->record = false;
+    sample();
+    last_backlog = {{"max_queued", max_queued},
+                    {"max_supervisor_mailbox", max_mailbox},
+                    {"max_driver_mailbox", max_driver},
+                    {"series_s_queued_mailbox_driver_granted", series}};
     wait_inflight();
     return {out->take_latencies(), achieved};
   }
@@ -1003,6 +1060,7 @@ nlohmann::json durable(const options& o) {
   durable_pool dp{"durable", o.nodes, o.pool, 0, 0, o.copy_ahead,
                   o.caf_moderate_polls};
   check_stop();
+  dp.out->driver_requests = o.driver_requests;
   auto idle = dp.idle_cpu_ms_per_s(2);
   note("durable: idle, the process used %.1f ms of CPU per second (idle CAF "
        "workers poll %zu times before they sleep)", idle, dp.moderate_polls);
@@ -1018,6 +1076,7 @@ nlohmann::json durable(const options& o) {
   j["entries_per_commit"] = dp.entries_per_commit;
   j["copy_ahead_per_commit"] = dp.copy_ahead_per_commit;
   j["caf_moderate_polls"] = dp.moderate_polls;
+  j["driver_requests"] = o.driver_requests;
   j["idle_cpu_ms_per_s"] = idle;
   note("durable: %.1f entries per synced group commit", dp.entries_per_commit);
   nlohmann::json curve = nlohmann::json::array();
@@ -1027,6 +1086,7 @@ nlohmann::json durable(const options& o) {
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
     uint64_t shed = 0;
+    nlohmann::json backlog = nlohmann::json::array();
     auto before = dp.stats()["histograms"];
     for (int r = 0; r < o.reps; ++r) {
       auto [lat, achieved] =
@@ -1036,9 +1096,19 @@ nlohmann::json durable(const options& o) {
       p999.push_back(quantile(lat, 0.999));
       got.push_back(achieved);
       shed += dp.last_shed;
+      backlog.push_back(dp.last_backlog);
+      note("durable: load %.0f%%, repetition %d: at most %llu sessions queued, "
+           "%llu messages at the supervisor, %llu at the driver",
+           load * 100, r + 1,
+           static_cast<unsigned long long>(dp.last_backlog["max_queued"].get<uint64_t>()),
+           static_cast<unsigned long long>(
+             dp.last_backlog["max_supervisor_mailbox"].get<uint64_t>()),
+           static_cast<unsigned long long>(
+             dp.last_backlog["max_driver_mailbox"].get<uint64_t>()));
     }
     nlohmann::json c;
     c["load"] = load;
+    c["backlog"] = backlog;
     c["shed"] = shed;  // submissions refused as overloaded, all repetitions
     c["offered_per_s"] = load * base;
     c["achieved_per_s"] = median(got);
@@ -1147,6 +1217,7 @@ nlohmann::json replicated(const options& o) {
   durable_pool dp{"replicated", o.nodes, o.pool, 3, o.raft_snapshot_threshold, -1,
                   o.caf_moderate_polls};
   check_stop();
+  dp.out->driver_requests = o.driver_requests;
   auto idle = dp.idle_cpu_ms_per_s(2);
   note("replicated: idle, the process (three members) used %.1f ms of CPU per "
        "second", idle);
@@ -1158,6 +1229,7 @@ nlohmann::json replicated(const options& o) {
   j["members"] = 3;
   j["idle_cpu_ms_per_s"] = idle;
   j["caf_moderate_polls"] = dp.moderate_polls;
+  j["driver_requests"] = o.driver_requests;
   j["cycles_per_s"] = cps;
   j["cycles_per_s_reps"] = sat;
   j["clients"] = o.clients;

@@ -32,6 +32,21 @@ struct probe_log {
   }
 };
 
+/// The bytes of a command the supervisor takes: a node's registration
+/// (model "m") or a new session for that model.
+inline std::string registration(const std::string& node) {
+  pb::Command c;
+  c.mutable_register_()->set_node_id(node);
+  c.mutable_register_()->add_models("m");
+  return c.SerializeAsString();
+}
+inline std::string submission(const std::string& session) {
+  pb::Command c;
+  c.mutable_submit_session()->set_session_id(session);
+  c.mutable_submit_session()->set_model("m");
+  return c.SerializeAsString();
+}
+
 class actor_test : public ::testing::Test {
 protected:
   actor_test() {
@@ -71,7 +86,7 @@ protected:
     sc.pool = std::move(p);
     sc.storage = st;
     sc.sim_time = true;
-    sc.async_snapshots = false;  // deterministic under the test scheduler
+    sc.async_snapshots = async_snapshots_;  // off: deterministic under the test scheduler
     sc.admission = admission_;
     sc.tests = tests_;
     sc.max_batch_commands = max_batch_commands_;
@@ -214,6 +229,7 @@ protected:
   size_t max_backlog_ = supervisor_config{}.max_backlog;
   size_t kept_copy_from_ = supervisor_config{}.kept_copy_from;
   size_t copy_ahead_leave_ = supervisor_config{}.copy_ahead_leave;
+  bool async_snapshots_ = false;  // the next start()'s; see supervisor_config
 };
 
 } // namespace nodepool::testing

@@ -2,6 +2,11 @@
 // not one per command; and nothing is acknowledged before it is stored.
 #include "fixture.hpp"
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 namespace nodepool::testing {
@@ -56,21 +61,6 @@ protected:
     return nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
   }
 };
-
-/// The bytes of a command the supervisor takes: a node's registration
-/// (model "m") or a new session for that model.
-std::string registration(const std::string& node) {
-  pb::Command c;
-  c.mutable_register_()->set_node_id(node);
-  c.mutable_register_()->add_models("m");
-  return c.SerializeAsString();
-}
-std::string submission(const std::string& session) {
-  pb::Command c;
-  c.mutable_submit_session()->set_session_id(session);
-  c.mutable_submit_session()->set_model("m");
-  return c.SerializeAsString();
-}
 
 TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   auto st = std::make_shared<counting_store>();
@@ -180,6 +170,102 @@ TEST_F(group_commit, snapshots_are_taken_every_n_entries_and_restore) {
   auto live = state().snapshot();
   auto again = restored.snapshot();
   EXPECT_EQ(again.SerializeAsString(), live.SerializeAsString());
+}
+
+/// A store whose snapshot writes wait until the test opens a gate, as a
+/// slow disk or a busy core would make them.
+class gated_store : public counting_store {
+public:
+  status save_snapshot_bytes(uint64_t last_index, std::string bytes) override {
+    saving = true;
+    {
+      std::unique_lock<std::mutex> l{m};
+      cv.wait(l, [&] { return open; });
+    }
+    last_saved = last_index;
+    auto s = counting_store::save_snapshot_bytes(last_index, std::move(bytes));
+    saved.fetch_add(1);
+    return s;
+  }
+  void open_gate() {
+    {
+      std::lock_guard<std::mutex> l{m};
+      open = true;
+    }
+    cv.notify_all();
+  }
+  /// Waits (at most 30 s of wall time) until `n` snapshots are saved, or
+  /// one is being saved.
+  bool wait_saved(uint64_t n) {
+    return spin([&] { return saved.load() >= n; });
+  }
+  bool wait_saving() {
+    return spin([&] { return saving.load(); });
+  }
+
+  std::atomic<bool> saving{false};
+  std::atomic<uint64_t> saved{0};
+  std::atomic<uint64_t> last_saved{0};
+
+private:
+  template <class F>
+  static bool spin(F done) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!done() && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
+    return done();
+  }
+  std::mutex m;
+  std::condition_variable cv;
+  bool open = false;
+};
+
+// While the writer's thread is still on a snapshot, the next one due is
+// put off, not taken (taking it would copy every live record whole on the
+// supervisor's thread); once the writer is done, it is taken at the next
+// tick, of everything durable by then.
+TEST_F(group_commit, a_snapshot_due_while_the_writer_is_busy_waits_for_it) {
+  async_snapshots_ = true;
+  auto p = fast_params();
+  p.snapshot_every = 4;
+  auto st = std::make_shared<gated_store>();
+  start(p, st);
+  // Ten registrations in one drain: ten entries, ten live records, a
+  // snapshot due; its writing stops at the gate.
+  for (int i = 0; i < 10; ++i)
+    caf::anon_send(oracle_.supervisor, cmd_atom::value,
+                   registration("d" + std::to_string(i)));
+  sched_->run();
+  ASSERT_TRUE(st->wait_saving());
+  // Ten more entries, no more records: the next snapshot is due, and waits.
+  for (int i = 0; i < 10; ++i) {
+    pb::Command c;
+    c.mutable_node_down()->set_node_id("d" + std::to_string(i));
+    c.mutable_node_down()->set_reason("test");
+    caf::anon_send(oracle_.supervisor, cmd_atom::value, c.SerializeAsString());
+  }
+  sched_->run();
+  auto durable = st->last_index();
+  EXPECT_GE(durable, 20u);
+  auto stats = supervisor_stats();
+  EXPECT_EQ(stats["snapshots_deferred"].get<uint64_t>(), 1u) << stats.dump();
+  uint64_t copies = 0;
+  for (auto n : stats["histograms"]["snapshot_copy_ms"]["counts"])
+    copies += n.get<uint64_t>();
+  EXPECT_EQ(copies, 1u);  // only the first froze the pool
+  st->open_gate();
+  ASSERT_TRUE(st->wait_saved(1));
+  EXPECT_LT(st->last_saved.load(), durable);
+  // No command comes; the tick takes the snapshot put off.
+  run_for(std::chrono::milliseconds(p.tick_interval_ms * 2));
+  ASSERT_TRUE(st->wait_saved(2));
+  EXPECT_EQ(st->last_saved.load(), durable);
+  pool_state restored;
+  recovered info;
+  ASSERT_TRUE(nodepool::recover(*st, restored, info).ok());
+  EXPECT_EQ(info.replayed, 0u);
+  EXPECT_EQ(restored.snapshot().SerializeAsString(),
+            state().snapshot().SerializeAsString());
 }
 
 TEST_F(group_commit, records_copied_ahead_between_snapshots_restore_the_same_state) {

@@ -213,16 +213,19 @@ TEST_F(lifecycle, node_refused_as_in_use_registers_once_the_old_one_is_gone) {
 // because the gateway had not bound it yet. Reproduced deterministically
 // with a stand-in supervisor that holds its answer.
 TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
-  auto held = std::make_shared<std::vector<caf::response_promise>>();
+  // A supervisor that holds its answers until told: the gateway's commands
+  // come with tickets (actors/tickets.hpp).
+  auto held = std::make_shared<std::vector<std::pair<caf::actor, uint64_t>>>();
   auto sup = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
     return {
-      [=](cmd_atom, const std::string&) -> caf::result<void> {
-        held->push_back(self->make_response_promise());
-        return held->back();
+      [=](cmd_atom, const std::string&, uint64_t ticket) {
+        held->emplace_back(caf::actor_cast<caf::actor>(self->current_sender()),
+                           ticket);
       },
       [=](accepted_atom) {
-        for (auto& rp : *held)
-          rp.deliver(accepted_atom::value);
+        for (auto& [to, ticket] : *held)
+          self->send(to, answer_atom::value, ticket, std::string{},
+                     std::string{});
         held->clear();
       },
     };

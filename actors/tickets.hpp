@@ -1,0 +1,89 @@
+#pragma once
+
+// Commands to the pool supervisor from an actor that may have thousands of
+// them in flight: the gateway (every miner's results and heartbeats), the
+// session queue (every client's submission), the bench's driver.
+//
+// Each goes out as an ordinary message with a ticket, (cmd_atom, bytes,
+// ticket), and its answer comes back as one, (answer_atom, ticket, code,
+// detail), found here in constant time. A CAF 0.17 request would not do:
+// an actor keeps its pending requests in a vector that every response
+// searches and shifts (detail::unordered_flat_map), so with n commands in
+// flight each answer costs O(n). Under a backlog the actor that waits on
+// the most answers then works the most per answer and falls further behind;
+// the bench's open loop fell for good at 90 % of saturation that way
+// (BENCHMARKS.md, "Answers found in constant time").
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <caf/actor.hpp>
+#include <caf/system_messages.hpp>
+#include <caf/error.hpp>
+
+#include "messages/type_ids.hpp"
+
+namespace nodepool {
+
+class command_tickets {
+public:
+  /// Called with a refusal's code and detail; an empty code: accepted.
+  using on_answer =
+    std::function<void(const std::string& code, const std::string& detail)>;
+
+  /// Sends serialized command `bytes` from `self` to the supervisor `to`;
+  /// `f`, if any, runs when the answer comes (once). Without `f` the answer
+  /// is ignored.
+  template <class Self>
+  void send(Self* self, const caf::actor& to, std::string bytes,
+            on_answer f = {}) {
+    auto ticket = next_++;
+    if (f)
+      pending_.emplace(ticket, std::move(f));
+    self->send(to, cmd_atom::value, std::move(bytes), ticket);
+  }
+
+  /// An answer arrived: runs its callback and forgets it. An unknown ticket
+  /// (a command sent without a callback, or one already failed) is ignored.
+  /// Returns whether a callback ran.
+  bool answered(uint64_t ticket, const std::string& code,
+                const std::string& detail) {
+    auto i = pending_.find(ticket);
+    if (i == pending_.end())
+      return false;
+    auto f = std::move(i->second);
+    pending_.erase(i);
+    f(code, detail);
+    return true;
+  }
+
+  /// The supervisor is gone: every command still waiting is answered with
+  /// `code` and `detail`, in no particular order.
+  void fail_all(const std::string& code, const std::string& detail) {
+    auto all = std::move(pending_);
+    pending_.clear();
+    for (auto& [ticket, f] : all)
+      f(code, detail);
+  }
+
+  /// For a down handler of an actor that monitors `sup`: when `dm` says
+  /// the supervisor stopped, every command still waiting is answered
+  /// `unavailable`. Returns whether it was the supervisor.
+  bool on_down(const caf::down_msg& dm, const caf::actor& sup) {
+    if (dm.source != sup.address())
+      return false;
+    fail_all("unavailable", "the pool supervisor stopped: " + to_string(dm.reason));
+    return true;
+  }
+
+  /// Commands sent with a callback and not answered yet.
+  size_t in_flight() const { return pending_.size(); }
+
+private:
+  uint64_t next_ = 1;
+  std::unordered_map<uint64_t, on_answer> pending_;
+};
+
+} // namespace nodepool

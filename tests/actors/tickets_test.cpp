@@ -1,0 +1,172 @@
+// Commands sent to the supervisor with a ticket (actors/tickets.hpp): each
+// answered once, by a message naming its ticket, when a request would have
+// been answered; and answered by the sender's side if the supervisor stops.
+#include "fixture.hpp"
+
+#include <map>
+
+#include "actors/tickets.hpp"
+
+namespace nodepool::testing {
+namespace {
+
+/// What a sender heard: per ticket, the refusal code ("" for accepted) and
+/// how many entries the store held when it heard it.
+struct heard {
+  std::map<uint64_t, std::pair<std::string, uint64_t>> answers;
+  size_t callbacks = 0;
+};
+
+/// An actor that sends `commands` to `sup` with tickets, in order, and
+/// notes every answer in `out`.
+struct ticket_sender_state {
+  command_tickets tickets;
+  static inline const char* name = "ticket_sender";
+};
+
+caf::behavior ticket_sender(caf::stateful_actor<ticket_sender_state>* self,
+                            caf::actor sup, std::vector<std::string> commands,
+                            std::shared_ptr<heard> out,
+                            std::shared_ptr<store> st) {
+  uint64_t ticket = 0;
+  for (auto& c : commands) {
+    ++ticket;
+    self->state.tickets.send(self, sup, c,
+                             [=](const std::string& code, const std::string&) {
+                               ++out->callbacks;
+                               out->answers[ticket] = {code, st->last_index()};
+                             });
+  }
+  return {
+    [=](answer_atom, uint64_t t, const std::string& code,
+        const std::string& detail) {
+      self->state.tickets.answered(t, code, detail);
+    },
+  };
+}
+
+class tickets : public actor_test {};
+
+TEST_F(tickets, each_command_is_answered_once_with_its_ticket_after_its_commit) {
+  start(fast_params());
+  auto out = std::make_shared<heard>();
+  auto before = store_->last_index();
+  // In one drain: a registration, bytes that are no command, a submission
+  // and the same submission again (a duplicate, which reveals the first).
+  auto sender = sys_->spawn(ticket_sender, oracle_.supervisor,
+                            std::vector<std::string>{registration("t1"),
+                                                     std::string{"\xff\xff"},
+                                                     submission("s1"),
+                                                     submission("s1")},
+                            out, store_);
+  spawned_.push_back(sender);
+  sched_->run();
+  ASSERT_EQ(out->callbacks, 4u);
+  ASSERT_EQ(out->answers.size(), 4u);
+  // Tickets are 1, 2, 3, 4 in the order sent.
+  EXPECT_EQ(out->answers[1].first, "");
+  EXPECT_EQ(out->answers[2].first, "malformed");
+  EXPECT_EQ(out->answers[3].first, "");
+  EXPECT_EQ(out->answers[4].first, "duplicate_session");
+  // Acceptances, and the refusal that reveals an accepted session, only
+  // once what they answer for is stored.
+  EXPECT_EQ(out->answers[1].second, before + 2);
+  EXPECT_EQ(out->answers[3].second, before + 2);
+  EXPECT_EQ(out->answers[4].second, before + 2);
+  EXPECT_NE(state().session("s1"), nullptr);
+}
+
+TEST_F(tickets, thousands_in_flight_are_all_answered_and_forgotten) {
+  max_batch_commands_ = 64;
+  start(fast_params());
+  std::vector<std::string> commands;
+  for (int i = 0; i < 3000; ++i)
+    commands.push_back(i % 3 == 0 ? registration("n" + std::to_string(i))
+                                  : submission("s" + std::to_string(i)));
+  auto out = std::make_shared<heard>();
+  auto sender = sys_->spawn(ticket_sender, oracle_.supervisor, commands, out,
+                            store_);
+  spawned_.push_back(sender);
+  sched_->run();
+  EXPECT_EQ(out->callbacks, 3000u);
+  EXPECT_EQ(out->answers.size(), 3000u);
+  for (auto& [t, a] : out->answers)
+    EXPECT_EQ(a.first, "") << "ticket " << t;
+  EXPECT_EQ(state().nodes().size(), 1000u);
+}
+
+// The session queue answers a client's submission that the supervisor never
+// will, once the supervisor is gone, and the gateway does the same for a
+// miner's registration: neither waits for good.
+TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
+  // A supervisor that takes commands and answers none.
+  auto mute = sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
+    return {[](cmd_atom, const std::string&, uint64_t) {}};
+  });
+  auto queue = spawn_session_queue(*sys_, mute, mute, fast_params(), true);
+  auto gateway = spawn_gateway(*sys_, mute, fast_params(), true);
+  spawned_.push_back(queue);
+  spawned_.push_back(gateway);
+  auto codes = std::make_shared<std::vector<std::string>>();
+  auto sys = sys_.get();
+  pb::SubmitSession s;
+  s.set_session_id("waits");
+  s.set_model("m");
+  sys_->spawn([=](caf::event_based_actor* self) {
+    self->request(queue, caf::infinite, submit_atom::value, s.SerializeAsString())
+      .then([=](accepted_atom) { codes->push_back("accepted"); },
+            [=](caf::error& e) { codes->push_back(read_refusal(*sys, e).first); });
+  });
+  auto log = std::make_shared<probe_log>();
+  oracle_.gateway = gateway;
+  auto p = probe(log);
+  pb::MinerMsg reg;
+  reg.set_node_id("quiet");
+  reg.mutable_register_()->set_node_id("quiet");
+  reg.mutable_register_()->add_models("m");
+  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  sched_->run();
+  EXPECT_TRUE(codes->empty());
+  EXPECT_TRUE(log->refusal_codes().empty());
+  caf::anon_send_exit(mute, caf::exit_reason::user_shutdown);
+  sched_->run();
+  ASSERT_EQ(codes->size(), 1u);
+  EXPECT_EQ((*codes)[0], "unavailable");
+  EXPECT_EQ(log->refusal_codes(), std::vector<std::string>{"unavailable"});
+}
+
+/// Stands in for an actor: what command_tickets sends, kept.
+struct fake_self {
+  std::vector<uint64_t> sent;
+  void send(const caf::actor&, cmd_atom, const std::string&, uint64_t ticket) {
+    sent.push_back(ticket);
+  }
+};
+
+TEST(command_tickets, an_answer_runs_its_callback_once_and_strangers_are_ignored) {
+  command_tickets t;
+  fake_self self;
+  std::vector<std::string> got;
+  t.send(&self, caf::actor{}, "a", [&](const std::string& c, const std::string&) {
+    got.push_back("a:" + c);
+  });
+  t.send(&self, caf::actor{}, "b");  // no callback: not kept
+  t.send(&self, caf::actor{}, "c", [&](const std::string& c, const std::string&) {
+    got.push_back("c:" + c);
+  });
+  ASSERT_EQ(self.sent, (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(t.in_flight(), 2u);
+  EXPECT_TRUE(t.answered(3, "queue_full", "x"));
+  EXPECT_FALSE(t.answered(3, "", ""));   // answered already
+  EXPECT_FALSE(t.answered(2, "", ""));   // sent without a callback
+  EXPECT_FALSE(t.answered(99, "", ""));  // never sent
+  EXPECT_EQ(got, (std::vector<std::string>{"c:queue_full"}));
+  t.fail_all("unavailable", "gone");
+  EXPECT_EQ(got, (std::vector<std::string>{"c:queue_full", "a:unavailable"}));
+  EXPECT_EQ(t.in_flight(), 0u);
+  t.fail_all("unavailable", "gone");  // nothing left to fail
+  EXPECT_EQ(got.size(), 2u);
+}
+
+} // namespace
+} // namespace nodepool::testing
