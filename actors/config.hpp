@@ -17,8 +17,10 @@ namespace nodepool {
 /// keeps every idle worker polling for good. On 2 cores an idle oracle then
 /// spent 6-7 % of a core on sleeps of 50 us, and under load the polling
 /// workers took the cores from the ones with work (BENCHMARKS.md, "Idle
-/// workers that poll").
-constexpr size_t moderate_poll_attempts = 50;
+/// workers that poll"). Each of those sleeps is a trip through the
+/// scheduler, dear on this guest: five, not fifty, lifted the replicated
+/// cycle 14 % and did not lower the durable one ("Fewer polls still").
+constexpr size_t moderate_poll_attempts = 5;
 
 /// The one actor-system configuration shared by every binary and test: loads
 /// CAF's middleman (BASP over TCP) unless `network` is false (in-process

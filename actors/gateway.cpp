@@ -231,7 +231,10 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       // The supervisor's answer to a command sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        self->state.tickets.answered(ticket, code, detail);
+        auto& st = self->state;
+        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
+                                 code, detail))
+          ++st.refused["answer_not_from_supervisor"];
       },
       // Silence check, every heartbeat interval.
       [=](beat_atom) {

@@ -23,6 +23,7 @@ struct session_queue_state {
   params pool;
   bool sim_time = false;
   command_tickets tickets;  // commands to the supervisor, not answered yet
+  uint64_t foreign_answers = 0;  // answers not from the supervisor, ignored
   std::map<std::string, caf::actor> running;      // session id -> actor
   std::set<caf::actor_addr> linked;               // session actors alive
   std::map<std::string, std::string> node_owner;  // node id -> session id
@@ -208,7 +209,10 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       // The supervisor's answer to a command sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        self->state.tickets.answered(ticket, code, detail);
+        auto& st = self->state;
+        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
+                                 code, detail))
+          ++st.foreign_answers;  // counted, changes nothing
       },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;
@@ -295,6 +299,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         j["completed"] = self->state.completed;
         j["failed"] = self->state.failed;
         j["prompts_waiting_for_start"] = self->state.held_count;
+        j["foreign_answers"] = self->state.foreign_answers;
         return j.dump();
       },
     };

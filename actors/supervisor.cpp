@@ -241,11 +241,13 @@ void note_grants(self_ptr self, const pool_state& pool, const apply_result& r,
 void published(self_ptr self, const pb::EventBatch& b) {
   auto& st = self->state;
   if (auto& g = st.cfg.gauges) {
-    auto sessions = st.pool.session_counts();
+    // A cluster's leader decides on its speculative state, not st.pool.
+    const auto& pool = st.lead ? st.lead->pool() : st.pool;
+    auto sessions = pool.session_counts();
     g->mailbox.store(self->mailbox().size(), std::memory_order_relaxed);
     g->queued.store(sessions[pb::QUEUED], std::memory_order_relaxed);
     g->active.store(sessions[pb::ACTIVE], std::memory_order_relaxed);
-    g->ephemeral.store(st.pool.count_by_state()[pb::EPHEMERAL],
+    g->ephemeral.store(pool.count_by_state()[pb::EPHEMERAL],
                        std::memory_order_relaxed);
     g->commits.fetch_add(1, std::memory_order_relaxed);
   }
@@ -342,6 +344,7 @@ status snapshot_now(self_ptr self, uint64_t last_index) {
   st.snapshot_copy_ms.add(std::chrono::duration<double, std::milli>(
                             std::chrono::steady_clock::now() - c0).count());
   st.since_snapshot = 0;
+  st.snapshot_waits_for_writer = false;
   if (!st.snapshots)
     return st.cfg.storage->save_snapshot_bytes(last_index,
                                                std::move(*frozen).encode());
@@ -385,7 +388,6 @@ bool snapshot_if_due(self_ptr self, uint64_t last_index) {
     }
     return true;
   }
-  st.snapshot_waits_for_writer = false;
   if (auto s = snapshot_now(self, last_index); !s.ok())
     log("supervisor")->error("snapshot failed (log still complete): {}",
                              s.error);
@@ -1071,8 +1073,9 @@ caf::behavior handlers(self_ptr self) {
       return a.SerializeAsString();
     },
     // An operator asks for a snapshot now (single oracle): of the durable
-    // state at once, or, with a group commit under way, at its end.
-    // Answers the index the snapshot covers.
+    // state at once, or, with a group commit under way, at its end (or, if
+    // the writer is still on the one before, as soon as it is done).
+    // Answers the index the snapshot covers at least.
     [=](snapshot_atom) -> caf::result<uint64_t> {
       auto& st = self->state;
       if (st.cfg.cluster_log)
@@ -1091,6 +1094,9 @@ caf::behavior handlers(self_ptr self) {
       auto& s = self->state;
       nlohmann::json j;
       j["applied"] = s.applied;
+      // Whether it takes commands: a cluster member only while it leads
+      // (its term begun), a single oracle always.
+      j["leading"] = !s.cfg.cluster_log || s.lead.has_value();
       // What waits behind this request: under a load the pool does not
       // keep up with, the backlog that slows every answer.
       j["mailbox"] = self->mailbox().size();

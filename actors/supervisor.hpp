@@ -38,7 +38,7 @@ struct supervisor_gauges {
   std::atomic<uint64_t> queued{0};     // sessions in the pool's queue
   std::atomic<uint64_t> active{0};     // sessions being served
   std::atomic<uint64_t> ephemeral{0};  // nodes in the pool, available
-  std::atomic<uint64_t> commits{0};    // group commits published
+  std::atomic<uint64_t> commits{0};    // group commits published with events
 };
 
 struct supervisor_config {

@@ -36,13 +36,34 @@ public:
   /// Sends serialized command `bytes` from `self` to the supervisor `to`;
   /// `f`, if any, runs when the answer comes (once). Without `f` the answer
   /// is ignored.
+  /// Once the supervisor is known to have stopped (on_down), nothing is
+  /// sent: CAF drops a message to a stopped actor without a word, so `f`
+  /// runs at once with `unavailable`.
   template <class Self>
   void send(Self* self, const caf::actor& to, std::string bytes,
             on_answer f = {}) {
+    if (down_) {
+      if (f)
+        f("unavailable", down_detail_);
+      return;
+    }
     auto ticket = next_++;
     if (f)
       pending_.emplace(ticket, std::move(f));
     self->send(to, cmd_atom::value, std::move(bytes), ticket);
+  }
+
+  /// An answer arrived from `from`: if that is the supervisor `sup`, runs
+  /// the ticket's callback and forgets it. An answer from anyone else (a
+  /// peer of a published actor may send anything) is not taken; the caller
+  /// counts it. Returns whether it came from the supervisor.
+  bool answered(const caf::strong_actor_ptr& from, const caf::actor& sup,
+                uint64_t ticket, const std::string& code,
+                const std::string& detail) {
+    if (!sup || from != caf::actor_cast<caf::strong_actor_ptr>(sup))
+      return false;
+    answered(ticket, code, detail);
+    return true;
   }
 
   /// An answer arrived: runs its callback and forgets it. An unknown ticket
@@ -74,7 +95,9 @@ public:
   bool on_down(const caf::down_msg& dm, const caf::actor& sup) {
     if (dm.source != sup.address())
       return false;
-    fail_all("unavailable", "the pool supervisor stopped: " + to_string(dm.reason));
+    down_ = true;
+    down_detail_ = "the pool supervisor stopped: " + to_string(dm.reason);
+    fail_all("unavailable", down_detail_);
     return true;
   }
 
@@ -84,6 +107,8 @@ public:
 private:
   uint64_t next_ = 1;
   std::unordered_map<uint64_t, on_answer> pending_;
+  bool down_ = false;  // the supervisor stopped (on_down)
+  std::string down_detail_;
 };
 
 } // namespace nodepool

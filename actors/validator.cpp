@@ -69,6 +69,7 @@ struct validator_state {
   std::unordered_map<std::string, std::pair<std::string, std::string>> seen;
   std::deque<std::string> seen_order;  // oldest first
   command_tickets tickets;  // results sent to the supervisor, not answered yet
+  uint64_t foreign_answers = 0;  // answers not from the supervisor, ignored
   static inline const char* name = "validator";
 };
 
@@ -325,7 +326,10 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
       // The supervisor's answer to a result sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        self->state.tickets.answered(ticket, code, detail);
+        auto& st = self->state;
+        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
+                                 code, detail))
+          ++st.foreign_answers;  // counted, changes nothing
       },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;

@@ -531,7 +531,8 @@ nlohmann::json measure(options& o) {
     o.reps = 3;
     o.seconds = 0.5;
     o.warmup = 0.2;
-    o.loads = {0.5, 0.9};
+    if (o.loads.empty())
+      o.loads = {0.5, 0.9};
     o.scale_nodes = {1000, 10000};
     o.recovery_nodes = 10000;
     o.flat_seconds = 3;
@@ -766,7 +767,7 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--caf-moderate-polls", o->caf_moderate_polls,
                   "polls with a 50 us sleep an idle CAF worker makes before it "
                   "waits on its condition variable, in the durable and "
-                  "replicated sections (default 50; CAF's own default: 500)")
+                  "replicated sections (default 5; CAF's own default: 500)")
     ->check(CLI::Range(0L, 100000L));
   cmd->add_option("--flat-seconds", o->flat_seconds,
                   "length of durable's long saturation run, whose start and "

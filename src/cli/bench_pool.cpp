@@ -189,8 +189,20 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
   self->state.out = out;
   return {
     [=](admit_atom, const std::string& prefix, uint64_t first, uint64_t count) {
+      // A registration refused because no term was led yet (a member's
+      // supervisor just after an election) is sent again shortly: the
+      // constructor waits for every node.
       for (uint64_t i = first; i < first + count; ++i)
-        send_cmd(self, register_cmd(node_name(prefix, i)));
+        self->state.tickets.send(
+          self, self->state.sup, register_cmd(node_name(prefix, i)).SerializeAsString(),
+          [=](const std::string& code, const std::string&) {
+            if (code.empty())
+              return;
+            ++self->state.out->refused;
+            if (code == "not_leader")
+              self->delayed_send(self, std::chrono::milliseconds(10),
+                                 admit_atom::value, prefix, i, uint64_t{1});
+          });
     },
     [=](go_atom, uint32_t clients) {
       self->state.closed = true;
@@ -206,7 +218,8 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
     },
     [=](answer_atom, uint64_t ticket, const std::string& code,
         const std::string& detail) {
-      self->state.tickets.answered(ticket, code, detail);
+      self->state.tickets.answered(self->current_sender(), self->state.sup,
+                                   ticket, code, detail);
     },
     [=](inflight_atom) -> uint64_t {
       return self->state.waiting.size() + self->state.revalidating.size();
@@ -342,6 +355,16 @@ struct durable_pool {
     drv = sys->spawn(driver, sup, out);
     caf::anon_send(sup, subscribe_atom::value, drv);
     wait_inflight();  // the supervisor is up
+    // A member's supervisor takes commands once it hears that its member
+    // leads, a little after the log says so: until then it refuses them
+    // (not_leader), and a node refused so would never be admitted.
+    for (auto t1 = clock::now(); !stats().value("leading", false);) {
+      if (stop_requested)
+        return;
+      if (seconds_since(t1) > 30)
+        throw std::runtime_error(tag + ": the supervisor did not lead within 30 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     // Resident memory is read with the allocator's free memory handed back
     // (malloc_trim), so that it counts what the pool holds, not what the
     // burst of admissions once needed in flight.

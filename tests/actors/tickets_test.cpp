@@ -5,6 +5,8 @@
 
 #include <map>
 
+#include <nlohmann/json.hpp>
+
 #include "actors/tickets.hpp"
 
 namespace nodepool::testing {
@@ -135,6 +137,42 @@ TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
   EXPECT_EQ(log->refusal_codes(), std::vector<std::string>{"unavailable"});
 }
 
+// An answer to the gateway that does not come from the supervisor (the
+// gateway is published to miners, who may send it anything) is counted and
+// changes nothing: the registration it names still waits for the real one.
+TEST_F(tickets, an_answer_from_anyone_but_the_supervisor_is_refused) {
+  auto mute = sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
+    return {[](cmd_atom, const std::string&, uint64_t) {}};
+  });
+  spawned_.push_back(mute);
+  oracle_.gateway = spawn_gateway(*sys_, mute, fast_params(), true);
+  spawned_.push_back(oracle_.gateway);
+  auto log = std::make_shared<probe_log>();
+  auto p = probe(log);
+  pb::MinerMsg reg;
+  reg.set_node_id("forger");
+  reg.mutable_register_()->set_node_id("forger");
+  reg.mutable_register_()->add_models("m");
+  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  sched_->run();
+  // The first ticket the gateway gave is 1: answered "accepted" by a peer.
+  sys_->spawn([=](caf::event_based_actor* self) {
+    self->send(oracle_.gateway, answer_atom::value, uint64_t{1}, std::string{},
+               std::string{});
+  });
+  sched_->run();
+  for (auto& m : log->received)
+    EXPECT_FALSE(m.has_registered()) << m.ShortDebugString();
+  auto stats = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
+  EXPECT_EQ(stats["refused"]["answer_not_from_supervisor"].get<uint64_t>(), 1u)
+    << stats.dump();
+  // The registration still waits for the supervisor: when it stops, it is
+  // refused as unavailable.
+  caf::anon_send_exit(mute, caf::exit_reason::user_shutdown);
+  sched_->run();
+  EXPECT_EQ(log->refusal_codes(), std::vector<std::string>{"unavailable"});
+}
+
 /// Stands in for an actor: what command_tickets sends, kept.
 struct fake_self {
   std::vector<uint64_t> sent;
@@ -166,6 +204,40 @@ TEST(command_tickets, an_answer_runs_its_callback_once_and_strangers_are_ignored
   EXPECT_EQ(t.in_flight(), 0u);
   t.fail_all("unavailable", "gone");  // nothing left to fail
   EXPECT_EQ(got.size(), 2u);
+}
+
+TEST(command_tickets, after_the_supervisor_stopped_nothing_is_sent_and_all_hear_so) {
+  command_tickets t;
+  fake_self self;
+  caf::actor_system_config cfg;
+  cfg.set("scheduler.max-threads", 1);
+  caf::actor_system sys{cfg};
+  auto sup = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
+  auto other = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
+  std::vector<std::string> got;
+  auto note = [&](const std::string& c, const std::string&) { got.push_back(c); };
+  t.send(&self, sup, "a", note);
+  // An answer from another actor is not taken.
+  EXPECT_FALSE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(other), sup, 1,
+                          "", ""));
+  EXPECT_TRUE(got.empty());
+  EXPECT_TRUE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(sup), sup, 1,
+                         "", ""));
+  EXPECT_EQ(got, std::vector<std::string>{""});
+  t.send(&self, sup, "b", note);
+  caf::down_msg from_other{other.address(), caf::exit_reason::kill};
+  EXPECT_FALSE(t.on_down(from_other, sup));
+  EXPECT_EQ(t.in_flight(), 1u);
+  caf::down_msg dm{sup.address(), caf::exit_reason::kill};
+  EXPECT_TRUE(t.on_down(dm, sup));
+  EXPECT_EQ(got, (std::vector<std::string>{"", "unavailable"}));
+  // Sent after: not sent at all (CAF would drop it), answered at once.
+  t.send(&self, sup, "c", note);
+  EXPECT_EQ(got, (std::vector<std::string>{"", "unavailable", "unavailable"}));
+  EXPECT_EQ(self.sent, (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(t.in_flight(), 0u);
+  caf::anon_send_exit(sup, caf::exit_reason::kill);
+  caf::anon_send_exit(other, caf::exit_reason::kill);
 }
 
 } // namespace
