@@ -1305,6 +1305,13 @@ std::string prometheus_text(
                "answered this scrape (commands, answers, timers).");
     out.sample("nodepool_supervisor_mailbox_messages", {}, num(sup, "mailbox"));
   }
+  if (sup.contains("snapshots_deferred")) {
+    out.family("nodepool_snapshots_deferred_total", "counter",
+               "Snapshots put off because the writer was still on the one "
+               "before (a single oracle; the log keeps every entry since).");
+    out.sample("nodepool_snapshots_deferred_total", {},
+               num(sup, "snapshots_deferred"));
+  }
   auto hs = sup.value("histograms", json::object());
   histogram h;
   if (h.from_json(hs.value("grant_latency_ms", json{})))

@@ -105,6 +105,8 @@ TEST(observability, metrics_pass_promtool_and_match_the_status) {
   // An idle pool: nothing waits at its supervisor (-1 would be no sample).
   EXPECT_GE(sample(text, "nodepool_supervisor_mailbox_messages"), 0);
   EXPECT_LT(sample(text, "nodepool_supervisor_mailbox_messages"), 100);
+  // No snapshot was due, so none was put off (-1 would be no sample).
+  EXPECT_EQ(sample(text, "nodepool_snapshots_deferred_total"), 0);
   {
     std::ofstream f{dir + "/metrics.txt"};
     f << body;

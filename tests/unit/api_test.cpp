@@ -617,6 +617,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
   pool["supervisor"]["reservations"] = 11;
   pool["supervisor"]["releases"] = 10;
   pool["supervisor"]["mailbox"] = 17;
+  pool["supervisor"]["snapshots_deferred"] = 2;
   pool["supervisor"]["histograms"]["grant_latency_ms"] = h.to_json();
   pool["gateway"] = {{"refused", {{"malformed", 5}}}, {"connected", 4}};
   pool["cluster"] = {{"role", "follower"}, {"term", 3}, {"leader_id", 2},
@@ -643,6 +644,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_refusals_total{source=\"gateway\",code=\"malformed\"} 5\n",
                     "nodepool_miners_connected 4\n",
                     "nodepool_supervisor_mailbox_messages 17\n",
+                    "nodepool_snapshots_deferred_total 2\n",
                     "nodepool_grant_latency_seconds_bucket{le=\"0.01\"} 1\n",
                     "nodepool_grant_latency_seconds_count 1\n",
                     "nodepool_raft_term 3\n", "nodepool_raft_leader_id 2\n",
