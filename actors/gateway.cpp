@@ -231,10 +231,8 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       // The supervisor's answer to a command sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        auto& st = self->state;
-        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
-                                 code, detail))
-          ++st.refused["answer_not_from_supervisor"];
+        self->state.tickets.answered(self, self->state.supervisor, ticket, code,
+                                     detail);
       },
       // Silence check, every heartbeat interval.
       [=](beat_atom) {
@@ -391,6 +389,8 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         j["connected"] = st.by_node.size();
         j["undeliverable"] = st.undeliverable;
         j["refused"] = st.refused;
+        if (auto n = st.tickets.foreign())
+          j["refused"]["answer_not_from_supervisor"] = n;
         return j.dump();
       },
     };

@@ -23,7 +23,6 @@ struct session_queue_state {
   params pool;
   bool sim_time = false;
   command_tickets tickets;  // commands to the supervisor, not answered yet
-  uint64_t foreign_answers = 0;  // answers not from the supervisor, ignored
   std::map<std::string, caf::actor> running;      // session id -> actor
   std::set<caf::actor_addr> linked;               // session actors alive
   std::map<std::string, std::string> node_owner;  // node id -> session id
@@ -175,12 +174,8 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       if (self->state.linked.erase(em.source) == 0 && em.reason)
         self->quit(em.reason);
     });
-    // Submissions wait on the supervisor's answers: if it stops, they are
-    // answered here instead.
-    self->monitor(supervisor);
-    self->set_down_handler([=](caf::down_msg& dm) {
-      self->state.tickets.on_down(dm, self->state.supervisor);
-    });
+    // What waits on the supervisor's answers is answered here if it stops.
+    self->state.tickets.watch(self, supervisor);
     return {
       // A client's request: (submit_atom, SubmitSession bytes). The answer
       // comes from the supervisor once the session is durable:
@@ -209,10 +204,8 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       // The supervisor's answer to a command sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        auto& st = self->state;
-        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
-                                 code, detail))
-          ++st.foreign_answers;  // counted, changes nothing
+        self->state.tickets.answered(self, self->state.supervisor, ticket, code,
+                                     detail);
       },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;
@@ -299,7 +292,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         j["completed"] = self->state.completed;
         j["failed"] = self->state.failed;
         j["prompts_waiting_for_start"] = self->state.held_count;
-        j["foreign_answers"] = self->state.foreign_answers;
+        j["foreign_answers"] = self->state.tickets.foreign();
         return j.dump();
       },
     };

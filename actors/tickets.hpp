@@ -55,15 +55,25 @@ public:
 
   /// An answer arrived from `from`: if that is the supervisor `sup`, runs
   /// the ticket's callback and forgets it. An answer from anyone else (a
-  /// peer of a published actor may send anything) is not taken; the caller
-  /// counts it. Returns whether it came from the supervisor.
+  /// peer of a published actor may send anything) is not taken, only
+  /// counted (foreign()). Returns whether it came from the supervisor.
   bool answered(const caf::strong_actor_ptr& from, const caf::actor& sup,
                 uint64_t ticket, const std::string& code,
                 const std::string& detail) {
-    if (!sup || from != caf::actor_cast<caf::strong_actor_ptr>(sup))
+    if (!sup || from != caf::actor_cast<caf::strong_actor_ptr>(sup)) {
+      ++foreign_;
       return false;
+    }
     answered(ticket, code, detail);
     return true;
+  }
+
+  /// The same, for the answer `self` is handling now: its handler of
+  /// (answer_atom, ticket, code, detail) is this one call.
+  template <class Self>
+  bool answered(Self* self, const caf::actor& sup, uint64_t ticket,
+                const std::string& code, const std::string& detail) {
+    return answered(self->current_sender(), sup, ticket, code, detail);
   }
 
   /// An answer arrived: runs its callback and forgets it. An unknown ticket
@@ -101,12 +111,26 @@ public:
     return true;
   }
 
+  /// For an actor with no down handler of its own: monitors `sup`, and its
+  /// down message answers every command still waiting (on_down). The
+  /// tickets must live as long as the actor (in its state).
+  template <class Self>
+  void watch(Self* self, const caf::actor& sup) {
+    self->monitor(sup);
+    self->set_down_handler(
+      [this, sup](caf::down_msg& dm) { on_down(dm, sup); });
+  }
+
   /// Commands sent with a callback and not answered yet.
   size_t in_flight() const { return pending_.size(); }
+  /// Answers taken for none: they came from another actor than the
+  /// supervisor, and changed nothing.
+  uint64_t foreign() const { return foreign_; }
 
 private:
   uint64_t next_ = 1;
   std::unordered_map<uint64_t, on_answer> pending_;
+  uint64_t foreign_ = 0;
   bool down_ = false;  // the supervisor stopped (on_down)
   std::string down_detail_;
 };

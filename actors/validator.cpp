@@ -69,7 +69,6 @@ struct validator_state {
   std::unordered_map<std::string, std::pair<std::string, std::string>> seen;
   std::deque<std::string> seen_order;  // oldest first
   command_tickets tickets;  // results sent to the supervisor, not answered yet
-  uint64_t foreign_answers = 0;  // answers not from the supervisor, ignored
   static inline const char* name = "validator";
 };
 
@@ -316,20 +315,14 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
     st.secret = !tests.secret.empty()
                   ? tests.secret
                   : "simulation-secret-" + std::to_string(pool.seed);
-    // Results wait on the supervisor's answers: if it stops, they are
-    // answered here instead.
-    self->monitor(supervisor);
-    self->set_down_handler([=](caf::down_msg& dm) {
-      self->state.tickets.on_down(dm, self->state.supervisor);
-    });
+    // What waits on the supervisor's answers is answered here if it stops.
+    self->state.tickets.watch(self, supervisor);
     return {
       // The supervisor's answer to a result sent with a ticket.
       [=](answer_atom, uint64_t ticket, const std::string& code,
           const std::string& detail) {
-        auto& st = self->state;
-        if (!st.tickets.answered(self->current_sender(), st.supervisor, ticket,
-                                 code, detail))
-          ++st.foreign_answers;  // counted, changes nothing
+        self->state.tickets.answered(self, self->state.supervisor, ticket, code,
+                                     detail);
       },
       [=](events_atom, const std::string& bytes) {
         pb::EventBatch batch;

@@ -218,8 +218,7 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
     },
     [=](answer_atom, uint64_t ticket, const std::string& code,
         const std::string& detail) {
-      self->state.tickets.answered(self->current_sender(), self->state.sup,
-                                   ticket, code, detail);
+      self->state.tickets.answered(self, self->state.sup, ticket, code, detail);
     },
     [=](inflight_atom) -> uint64_t {
       return self->state.waiting.size() + self->state.revalidating.size();

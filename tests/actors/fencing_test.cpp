@@ -71,11 +71,7 @@ TEST_F(fencing, the_gateway_stamps_what_it_sends_with_the_term_it_leads) {
   sched_->run();
   auto log = std::make_shared<probe_log>();
   auto pr = probe(log);
-  pb::MinerMsg m;
-  m.set_node_id("p1");
-  m.mutable_register_()->set_node_id("p1");
-  m.mutable_register_()->add_models("llama-3-8b");
-  caf::anon_send(pr, send_atom::value, m.SerializeAsString());
+  caf::anon_send(pr, send_atom::value, miner_registration("p1", "llama-3-8b"));
   sched_->run();
   bool saw_test = false;
   for (auto& r : log->received)

@@ -176,6 +176,16 @@ protected:
     return s;
   }
 
+  /// What a miner sends to register node `node` for `model`.
+  static std::string miner_registration(const std::string& node,
+                                        const std::string& model) {
+    pb::MinerMsg m;
+    m.set_node_id(node);
+    m.mutable_register_()->set_node_id(node);
+    m.mutable_register_()->add_models(model);
+    return m.SerializeAsString();
+  }
+
   /// The supervisor's current state.
   pool_state state() {
     pb::Snapshot snap;

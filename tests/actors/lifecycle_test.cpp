@@ -235,11 +235,7 @@ TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
   spawned_.push_back(oracle_.gateway);
   auto log = std::make_shared<probe_log>();
   auto p = probe(log);
-  pb::MinerMsg reg;
-  reg.set_node_id("early");
-  reg.mutable_register_()->set_node_id("early");
-  reg.mutable_register_()->add_models("llama-3-8b");
-  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  caf::anon_send(p, send_atom::value, miner_registration("early", "llama-3-8b"));
   sched_->run();
   ASSERT_EQ(held->size(), 1u);
   // What the validator sends on TestRequested, ahead of the answer.

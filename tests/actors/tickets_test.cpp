@@ -47,7 +47,15 @@ caf::behavior ticket_sender(caf::stateful_actor<ticket_sender_state>* self,
   };
 }
 
-class tickets : public actor_test {};
+class tickets : public actor_test {
+protected:
+  /// A supervisor that takes ticketed commands and answers none.
+  caf::actor mute_supervisor() {
+    return sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
+      return {[](cmd_atom, const std::string&, uint64_t) {}};
+    });
+  }
+};
 
 TEST_F(tickets, each_command_is_answered_once_with_its_ticket_after_its_commit) {
   start(fast_params());
@@ -101,10 +109,7 @@ TEST_F(tickets, thousands_in_flight_are_all_answered_and_forgotten) {
 // will, once the supervisor is gone, and the gateway does the same for a
 // miner's registration: neither waits for good.
 TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
-  // A supervisor that takes commands and answers none.
-  auto mute = sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
-    return {[](cmd_atom, const std::string&, uint64_t) {}};
-  });
+  auto mute = mute_supervisor();
   auto queue = spawn_session_queue(*sys_, mute, mute, fast_params(), true);
   auto gateway = spawn_gateway(*sys_, mute, fast_params(), true);
   spawned_.push_back(queue);
@@ -122,11 +127,7 @@ TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
   auto log = std::make_shared<probe_log>();
   oracle_.gateway = gateway;
   auto p = probe(log);
-  pb::MinerMsg reg;
-  reg.set_node_id("quiet");
-  reg.mutable_register_()->set_node_id("quiet");
-  reg.mutable_register_()->add_models("m");
-  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  caf::anon_send(p, send_atom::value, miner_registration("quiet", "m"));
   sched_->run();
   EXPECT_TRUE(codes->empty());
   EXPECT_TRUE(log->refusal_codes().empty());
@@ -141,19 +142,13 @@ TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
 // gateway is published to miners, who may send it anything) is counted and
 // changes nothing: the registration it names still waits for the real one.
 TEST_F(tickets, an_answer_from_anyone_but_the_supervisor_is_refused) {
-  auto mute = sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
-    return {[](cmd_atom, const std::string&, uint64_t) {}};
-  });
+  auto mute = mute_supervisor();
   spawned_.push_back(mute);
   oracle_.gateway = spawn_gateway(*sys_, mute, fast_params(), true);
   spawned_.push_back(oracle_.gateway);
   auto log = std::make_shared<probe_log>();
   auto p = probe(log);
-  pb::MinerMsg reg;
-  reg.set_node_id("forger");
-  reg.mutable_register_()->set_node_id("forger");
-  reg.mutable_register_()->add_models("m");
-  caf::anon_send(p, send_atom::value, reg.SerializeAsString());
+  caf::anon_send(p, send_atom::value, miner_registration("forger", "m"));
   sched_->run();
   // The first ticket the gateway gave is 1: answered "accepted" by a peer.
   sys_->spawn([=](caf::event_based_actor* self) {
