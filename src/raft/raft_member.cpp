@@ -109,6 +109,18 @@ size_t framed_size(size_t n) {
   return frame_header + (n + 7) / 8 * 8;
 }
 
+/// A frame's length word, little-endian, at `p`.
+void write_length(unsigned char* p, uint64_t n) {
+  for (size_t i = 0; i < frame_header; ++i)
+    p[i] = static_cast<unsigned char>(n >> (8 * i));
+}
+uint64_t read_length(const unsigned char* p) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < frame_header; ++i)
+    n |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return n;
+}
+
 /// A buffer from raft_malloc holding `bytes` framed; base null if out of
 /// memory.
 struct raft_buffer frame(std::string_view bytes) {
@@ -118,9 +130,7 @@ struct raft_buffer frame(std::string_view bytes) {
   if (!b.base)
     return b;
   auto* p = static_cast<unsigned char*>(b.base);
-  uint64_t n = bytes.size();
-  for (size_t i = 0; i < frame_header; ++i)
-    p[i] = static_cast<unsigned char>(n >> (8 * i));
+  write_length(p, bytes.size());
   std::memcpy(p + frame_header, bytes.data(), bytes.size());
   std::memset(p + frame_header + bytes.size(), 0,
               b.len - frame_header - bytes.size());
@@ -142,13 +152,6 @@ std::string_view unframe(const struct raft_buffer& b) {
 constexpr uint64_t digest_flag = uint64_t{1} << 63;
 constexpr size_t digest_size = SHA256_DIGEST_LENGTH;
 
-uint64_t read_length(const unsigned char* p) {
-  uint64_t n = 0;
-  for (size_t i = 0; i < frame_header; ++i)
-    n |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return n;
-}
-
 } // namespace
 
 struct raft_buffer frame_snapshot(std::string_view bytes) {
@@ -158,9 +161,7 @@ struct raft_buffer frame_snapshot(std::string_view bytes) {
   if (!b.base)
     return b;
   auto* p = static_cast<unsigned char*>(b.base);
-  uint64_t n = bytes.size() | digest_flag;
-  for (size_t i = 0; i < frame_header; ++i)
-    p[i] = static_cast<unsigned char>(n >> (8 * i));
+  write_length(p, bytes.size() | digest_flag);
   SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
          p + frame_header);
   auto* body = p + frame_header + digest_size;
@@ -213,10 +214,8 @@ bool unframed_snapshot(const struct raft_buffer& b, std::string_view& out,
 std::string_view unframed(const struct raft_buffer& b) {
   if (b.len < frame_header)
     return {};
+  auto n = read_length(static_cast<const unsigned char*>(b.base));
   auto* p = static_cast<const unsigned char*>(b.base);
-  uint64_t n = 0;
-  for (size_t i = 0; i < frame_header; ++i)
-    n |= static_cast<uint64_t>(p[i]) << (8 * i);
   if (n > b.len - frame_header)
     return {};
   return {reinterpret_cast<const char*>(p + frame_header),
