@@ -96,13 +96,15 @@ struct log_status {
   /// snapshot (5.), answers dropped for want of a leader (4.), commit
   /// indexes raised to what a majority holds (8.), answers capped below an
   /// older term's entry (9.), answers to entries written in an earlier
-  /// term dropped (10.). Zero for a log without that guard.
+  /// term dropped (10.), pre-votes refused with this member's higher term
+  /// (11.). Zero for a log without that guard.
   struct guard_counts {
     uint64_t trimmed_to_snapshot = 0;
     uint64_t unaddressed_results = 0;
     uint64_t commits_raised = 0;
     uint64_t old_term_capped = 0;
     uint64_t stale_answers = 0;
+    uint64_t pre_vote_terms_told = 0;
     /// Each count with its name (as the cluster view, /metrics and the
     /// simulation name them), in one place.
     template <class F>
@@ -112,6 +114,7 @@ struct log_status {
       f("commits_raised", commits_raised);
       f("old_term_capped", old_term_capped);
       f("stale_answers", stale_answers);
+      f("pre_vote_terms_told", pre_vote_terms_told);
     }
   } guard;
   /// The configuration this member knows (the latest it holds, committed or

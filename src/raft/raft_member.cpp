@@ -466,6 +466,7 @@ struct guarded_io {
   bool in_written = false;  // raft is told a write to the log completed
   raft_term written_term = 0;  // ... that was started in this term (10.)
   uint64_t stale_answers = 0;  // answers dropped: the term changed (10.)
+  uint64_t pre_vote_terms_told = 0;  // pre-votes refused with our term (11.)
   uint64_t strangers = 0;   // messages from servers not in the configuration
   uint64_t unaddressed = 0; // results dropped for want of a leader to send to
   uint64_t below_snapshot = 0;  // AppendEntries trimmed to the snapshot (5.)
@@ -526,6 +527,32 @@ int guarded_send(struct raft_io* io, struct raft_io_send* req,
       log("raft")->info("dropped an answer to a leader this member no longer "
                         "follows ({} so far)", n);
     return RAFT_CANCELED;
+  }
+  // 11. (Liveness; found by `nodepool sim --oracles 3`, seeds 869 and
+  //    3955 of 12,000, once the simulation's election timers were random.)
+  //    A pre-vote's answer carries the term the candidate asked with, not
+  //    the voter's, also when the voter refuses because its own term is
+  //    higher: the candidate never learns that term. A deposed leader,
+  //    cut off while the others elected twice, holds the longer log in
+  //    an older term. Its pre-votes are refused for their term, and the
+  //    other member's for their shorter log: with the third member gone,
+  //    two of three never elect again (the same lines are in 0.18). Such
+  //    a refusal is sent with this member's own term: the candidate takes
+  //    it up (a pre-vote candidate steps down to a term more than one
+  //    ahead), and its next pre-vote is for a term the voter can grant.
+  if (m->type == RAFT_IO_REQUEST_VOTE_RESULT && gi.r) {
+    auto& v = m->request_vote_result;
+    if (v.pre_vote == raft_tribool_true && !v.vote_granted
+        && gi.r->current_term > v.term) {
+      auto n = ++gi.pre_vote_terms_told;
+      if (n == 1 || n % 1000 == 0)
+        log("raft")->info("refused a pre-vote for term {} with this member's "
+                          "term {} ({} so far)",
+                          v.term, gi.r->current_term, n);
+      struct raft_message told = *m;
+      told.request_vote_result.term = gi.r->current_term;
+      return gi.send(io, req, &told, cb);
+    }
   }
   if (m->type == RAFT_IO_APPEND_ENTRIES) {
     auto& a = m->append_entries;
@@ -858,6 +885,10 @@ uint64_t stale_answers_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::stale_answers);
 }
 
+uint64_t pre_vote_terms_told_of(struct raft_io* io) {
+  return guard_count(io, &guarded_io::pre_vote_terms_told);
+}
+
 uint64_t commits_raised_of(struct raft_io* io) {
   return guard_count(io, &guarded_io::commits_raised);
 }
@@ -894,6 +925,7 @@ log_status::guard_counts guard_counts_of(struct raft_io* io) {
   g.commits_raised = commits_raised_of(io);
   g.old_term_capped = old_term_capped_of(io);
   g.stale_answers = stale_answers_of(io);
+  g.pre_vote_terms_told = pre_vote_terms_told_of(io);
   return g;
 }
 

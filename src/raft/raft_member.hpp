@@ -67,6 +67,9 @@ uint64_t old_term_capped_of(struct raft_io* io);
 /// A follower's answers to entries it wrote, dropped because its term
 /// changed while it wrote them (hole 10).
 uint64_t stale_answers_of(struct raft_io* io);
+/// Pre-votes refused with this member's own, higher term instead of the
+/// one asked for, so that the candidate takes it up (hole 11).
+uint64_t pre_vote_terms_told_of(struct raft_io* io);
 uint64_t unaddressed_results_of(struct raft_io* io);
 /// AppendEntries whose entries at or below this member's snapshot the guard
 /// took off (hole 5).

@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <vector>
 
 extern "C" {
 #include <raft.h>
@@ -1109,6 +1110,60 @@ TEST(RaftGuard, AnAnswerToEntriesWrittenInAnEarlierTermIsDropped) {
   appending_io::complete(0);
   EXPECT_EQ(sent, 2);
   EXPECT_EQ(stale_answers_of(&a.io), 1u);
+}
+
+// The guard's eleventh hole (raft_member.cpp): a 0.15 voter refuses a
+// pre-vote whose term is below its own but answers with the term asked
+// for, so the candidate never learns the higher one; a deposed leader with
+// the longer log and a member with the higher term then refuse each other
+// for good (cluster simulation, seeds 869 and 3955). The refusal goes out
+// with the voter's term; every other answer to a vote as raft wrote it.
+TEST(RaftGuard, APreVoteRefusedForItsTermIsAnsweredWithTheVotersTerm) {
+  static struct raft r {};
+  r = {};
+  static std::vector<raft_request_vote_result> out;
+  out.clear();
+  struct raft_io io {};
+  io.send = [](struct raft_io*, struct raft_io_send*, const struct raft_message* m,
+               raft_io_send_cb) {
+    out.push_back(m->request_vote_result);
+    return 0;
+  };
+  io.start = [](struct raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) {
+    return 0;
+  };
+  io.time = [](struct raft_io*) -> raft_time { return 1; };
+  r.io = &io;
+  r.state = RAFT_FOLLOWER;
+  r.current_term = 5;
+  idle_machine sm;
+  raft_member m{sm};
+  m.attach(&r);
+  // recvRequestVote's answer: to a pre-vote, the term asked for.
+  auto answer = [&](raft_term term, bool granted, raft_tribool pre_vote) {
+    struct raft_message res {};
+    res.type = RAFT_IO_REQUEST_VOTE_RESULT;
+    res.server_id = 3;
+    res.server_address = const_cast<char*>("127.0.0.1:3");
+    res.request_vote_result.term = term;
+    res.request_vote_result.vote_granted = granted;
+    res.request_vote_result.pre_vote = pre_vote;
+    struct raft_io_send req {};
+    ASSERT_EQ(r.io->send(r.io, &req, &res, nullptr), 0);
+  };
+  answer(3, false, raft_tribool_true);   // refused: asked for 3, ours is 5
+  answer(6, true, raft_tribool_true);    // granted: the term asked for
+  answer(6, false, raft_tribool_true);   // refused for its log, not its term
+  answer(5, false, raft_tribool_false);  // a real vote carries our term
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out[0].term, 5u);
+  EXPECT_FALSE(out[0].vote_granted);
+  EXPECT_EQ(out[1].term, 6u);
+  EXPECT_TRUE(out[1].vote_granted);
+  EXPECT_EQ(out[2].term, 6u);
+  EXPECT_EQ(out[3].term, 5u);
+  EXPECT_EQ(pre_vote_terms_told_of(&io), 1u);
+  EXPECT_EQ(guard_counts_of(&io).pre_vote_terms_told, 1u);
 }
 
 } // namespace
