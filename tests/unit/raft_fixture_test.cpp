@@ -732,6 +732,92 @@ TEST(RaftFixture, WithoutTheGuardLibraftBreaksLogMatching) {
                 static_cast<unsigned long long>(broken.front()));
 }
 
+/// The guard's eleventh hole end to end. A leader cut off from both others
+/// goes on appending alone: the longest log, of its term. The other two
+/// elect twice, and each winner dies (or is cut off) before any entry of
+/// its term reaches the third: the third is two terms ahead of the deposed
+/// leader with a shorter log of the same last term. With the second winner
+/// dead, the deposed leader and the third refuse each other's pre-votes,
+/// one for its term, the other for its log. Whether the two elect again
+/// within `steps`; `shape` says what the pair looked like ("" when the
+/// cluster did not take that shape).
+struct pre_vote_deadlock {
+  bool elected = false;
+  std::string shape;
+};
+pre_vote_deadlock two_that_refuse_each_other(bool guard, unsigned steps) {
+  pre_vote_deadlock out;
+  fixture_cluster c{3, 11, guard};
+  auto* f = c.fixture();
+  for (unsigned i = 0; i < 3; ++i)
+    raft_set_pre_vote(raft_fixture_get(f, i), true);
+  if (!c.step_until_leader())
+    return out;
+  c.run(400);
+  auto l = *c.leader();
+  auto* rl = raft_fixture_get(f, l);
+  c.isolate(l);
+  for (int k = 0; k < 5; ++k) {
+    c.drain(4);
+    for (int s = 0; s < 20; ++s)
+      c.step();
+  }
+  // Steps raft alone until one of the other two leads; then, before
+  // raft_member proposes anything for it, `then(winner)`.
+  auto on_election = [&](auto then) -> std::optional<unsigned> {
+    for (unsigned s = 0; s < 100000; ++s) {
+      raft_fixture_step(f);
+      for (unsigned i = 0; i < 3; ++i)
+        if (i != l && raft_state(raft_fixture_get(f, i)) == RAFT_LEADER) {
+          then(i);
+          return i;
+        }
+      for (unsigned i = 0; i < 3; ++i)
+        c.at(i).m->poll();
+    }
+    return std::nullopt;
+  };
+  auto w = on_election([&](unsigned i) { raft_fixture_kill(f, i); });
+  if (!w)
+    return out;
+  unsigned x = 3 - l - *w;
+  // The first winner comes back cut off from the third, and steps down
+  // when it hears no majority; then the two elect again (its log is the
+  // more up to date by its term's entry, so it wins) and it dies.
+  c.partition(*w, x);
+  raft_fixture_revive(f, *w);
+  auto* rw = raft_fixture_get(f, *w);
+  for (unsigned s = 0; s < 100000 && raft_state(rw) == RAFT_LEADER; ++s)
+    c.step();
+  raft_fixture_reconnect(f, *w, x);
+  raft_fixture_reconnect(f, x, *w);
+  auto second = on_election([&](unsigned i) { raft_fixture_kill(f, i); });
+  if (!second || *second != *w)
+    return out;
+  auto* rx = raft_fixture_get(f, x);
+  raft_fixture_reconnect(f, l, x);
+  raft_fixture_reconnect(f, x, l);
+  out.shape = "deposed leader: term " + std::to_string(rl->current_term)
+              + ", last entry " + std::to_string(raft_last_index(rl))
+              + "; the other: term " + std::to_string(rx->current_term)
+              + ", last entry " + std::to_string(raft_last_index(rx));
+  for (unsigned s = 0; s < steps && !out.elected; ++s) {
+    c.step();
+    out.elected = raft_state(rl) == RAFT_LEADER || raft_state(rx) == RAFT_LEADER;
+  }
+  return out;
+}
+
+TEST(RaftGuard, TwoMembersThatRefuseEachOthersPreVotesElectWithTheGuard) {
+  auto without = two_that_refuse_each_other(false, 200000);
+  ASSERT_FALSE(without.shape.empty()) << "the cluster did not take the shape";
+  EXPECT_FALSE(without.elected) << without.shape;
+  auto with = two_that_refuse_each_other(true, 200000);
+  ASSERT_FALSE(with.shape.empty()) << "the cluster did not take the shape";
+  EXPECT_TRUE(with.elected) << with.shape;
+  std::printf("%s\n", with.shape.c_str());
+}
+
 /// A raft_io whose send and start only record what reaches them: the guard
 /// alone, between libraft's callers and the transport.
 struct recording_io {
