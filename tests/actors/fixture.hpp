@@ -226,6 +226,19 @@ protected:
     return a;
   }
 
+  /// A gateway over `sup` (a stand-in for the oracle's supervisor) as the
+  /// oracle's gateway, and a probe miner that has registered `node` for
+  /// `model` through it; returns what the probe hears.
+  std::shared_ptr<probe_log> register_through_gateway_over(
+    caf::actor sup, const std::string& node, const std::string& model) {
+    oracle_.gateway = spawn_gateway(*sys_, sup, fast_params(), true);
+    spawned_.push_back(oracle_.gateway);
+    auto log = std::make_shared<probe_log>();
+    caf::anon_send(probe(log), send_atom::value, miner_registration(node, model));
+    sched_->run();
+    return log;
+  }
+
   actor_config cfg_{false};
   std::unique_ptr<caf::actor_system> sys_;
   caf::scheduler::test_coordinator* sched_;

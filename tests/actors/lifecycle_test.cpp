@@ -231,12 +231,7 @@ TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
     };
   });
   spawned_.push_back(sup);
-  oracle_.gateway = spawn_gateway(*sys_, sup, fast_params(), true);
-  spawned_.push_back(oracle_.gateway);
-  auto log = std::make_shared<probe_log>();
-  auto p = probe(log);
-  caf::anon_send(p, send_atom::value, miner_registration("early", "llama-3-8b"));
-  sched_->run();
+  auto log = register_through_gateway_over(sup, "early", "llama-3-8b");
   ASSERT_EQ(held->size(), 1u);
   // What the validator sends on TestRequested, ahead of the answer.
   pb::OracleMsg test;

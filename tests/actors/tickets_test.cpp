@@ -111,9 +111,7 @@ TEST_F(tickets, thousands_in_flight_are_all_answered_and_forgotten) {
 TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
   auto mute = mute_supervisor();
   auto queue = spawn_session_queue(*sys_, mute, mute, fast_params(), true);
-  auto gateway = spawn_gateway(*sys_, mute, fast_params(), true);
   spawned_.push_back(queue);
-  spawned_.push_back(gateway);
   auto codes = std::make_shared<std::vector<std::string>>();
   auto sys = sys_.get();
   pb::SubmitSession s;
@@ -124,11 +122,7 @@ TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
       .then([=](accepted_atom) { codes->push_back("accepted"); },
             [=](caf::error& e) { codes->push_back(read_refusal(*sys, e).first); });
   });
-  auto log = std::make_shared<probe_log>();
-  oracle_.gateway = gateway;
-  auto p = probe(log);
-  caf::anon_send(p, send_atom::value, miner_registration("quiet", "m"));
-  sched_->run();
+  auto log = register_through_gateway_over(mute, "quiet", "m");
   EXPECT_TRUE(codes->empty());
   EXPECT_TRUE(log->refusal_codes().empty());
   caf::anon_send_exit(mute, caf::exit_reason::user_shutdown);
@@ -144,12 +138,7 @@ TEST_F(tickets, a_stopped_supervisor_leaves_no_command_waiting) {
 TEST_F(tickets, an_answer_from_anyone_but_the_supervisor_is_refused) {
   auto mute = mute_supervisor();
   spawned_.push_back(mute);
-  oracle_.gateway = spawn_gateway(*sys_, mute, fast_params(), true);
-  spawned_.push_back(oracle_.gateway);
-  auto log = std::make_shared<probe_log>();
-  auto p = probe(log);
-  caf::anon_send(p, send_atom::value, miner_registration("forger", "m"));
-  sched_->run();
+  auto log = register_through_gateway_over(mute, "forger", "m");
   // The first ticket the gateway gave is 1: answered "accepted" by a peer.
   sys_->spawn([=](caf::event_based_actor* self) {
     self->send(oracle_.gateway, answer_atom::value, uint64_t{1}, std::string{},
