@@ -536,6 +536,7 @@ nlohmann::json measure(options& o) {
     o.scale_nodes = {1000, 10000};
     o.recovery_nodes = 10000;
     o.flat_seconds = 3;
+    o.flat_retention_s = 1;
     o.check_sessions = {2000, 20000};
     o.queue_nodes = 10000;
     o.queue_sessions = 2000;
@@ -773,6 +774,11 @@ void add_bench(CLI::App& app) {
                   "length of durable's long saturation run, whose start and "
                   "end are compared (default 60)")
     ->check(CLI::Range(1.0, 3600.0));
+  cmd->add_option("--flat-retention-s", o->flat_retention_s,
+                  "session_id_retention of that run's pool, which serves this "
+                  "long (and 2 s more) before the run so that its window of "
+                  "recent ids is full (default 10)")
+    ->check(CLI::Range(0.1, 3600.0));
   cmd->add_option("--check-sessions", o->check_sessions,
                   "history sizes (sessions) of the check section (default "
                   "10000 100000 1000000)")

@@ -34,6 +34,7 @@ struct options {
   uint32_t recovery_nodes = 100000;
   uint32_t recovery_sessions = 10000;
   double flat_seconds = 60;       // the long saturation run of `durable`
+  double flat_retention_s = 10;   // its pool's session_id_retention
   std::vector<uint64_t> check_sessions;  // history sizes of `check`
   uint32_t queue_nodes = 100000;  // pool of the deep-queue case of `queue`
   uint32_t queue_sessions = 10000;

@@ -74,6 +74,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
                  "/snapshot/records_changed",
                  "/durable/flat/cycles_per_s",
                  "/durable/flat/end/rss_mb", "/durable/flat/end/sessions_accepted",
+                 "/durable/flat/rss_peak_first_half_mb",
+                 "/durable/flat/rss_peak_second_half_mb",
                  "/check/0/entries_per_s", "/check/1/entries_per_s",
                  "/replicated/cycles_per_s", "/replicated/ratio_to_durable",
                  "/replicated/grant_at_50/p99_ms", "/failover/median_ms",
@@ -117,6 +119,13 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   EXPECT_GT(flat["end"]["sessions_accepted"].get<double>(),
             flat["start"]["sessions_accepted"].get<double>() + 100);
   EXPECT_LE(flat["end"]["live_sessions"].get<double>(), 32) << flat.dump();
+  // It runs on a pool of its own whose window keeps ids 1 s in a quick
+  // run, served that long and 2 s more before the run starts, and samples
+  // resident memory through the run (3 s, every 250 ms).
+  EXPECT_EQ(flat["retention_s"].get<double>(), 1) << flat.dump();
+  EXPECT_EQ(flat["warmup_s"].get<double>(), 3) << flat.dump();
+  EXPECT_GT(flat["start"]["sessions_accepted"].get<double>(), 100) << flat.dump();
+  EXPECT_GE(flat["rss_samples"].get<double>(), 8) << flat.dump();
 
   ASSERT_TRUE(j["scale"].is_array());
   ASSERT_GE(j["scale"].size(), 2u) << j["scale"].dump();
