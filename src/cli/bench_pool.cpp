@@ -1238,15 +1238,15 @@ nlohmann::json durable_flat(const options& o) {
   sampler.join();
   auto end = sample();
   double peak_first = 0, peak_second = 0;
-  for (auto& [t, mb] : rss)
-    (t < o.flat_seconds / 2 ? peak_first : peak_second) =
-      std::max(t < o.flat_seconds / 2 ? peak_first : peak_second, mb);
-  nlohmann::json j;
-  j = {{"seconds", o.flat_seconds}, {"cycles_per_s", flat.front()},
-       {"retention_s", o.flat_retention_s}, {"warmup_s", warmup},
-       {"start", start}, {"end", end}, {"rss_samples", rss.size()},
-       {"rss_peak_first_half_mb", peak_first},
-       {"rss_peak_second_half_mb", peak_second}};
+  for (auto& [t, mb] : rss) {
+    auto& peak = t < o.flat_seconds / 2 ? peak_first : peak_second;
+    peak = std::max(peak, mb);
+  }
+  nlohmann::json j = {{"seconds", o.flat_seconds}, {"cycles_per_s", flat.front()},
+                      {"retention_s", o.flat_retention_s}, {"warmup_s", warmup},
+                      {"start", start}, {"end", end}, {"rss_samples", rss.size()},
+                      {"rss_peak_first_half_mb", peak_first},
+                      {"rss_peak_second_half_mb", peak_second}};
   note("durable: %.0f s at saturation (a pool of its own keeping ids %.3g s, "
        "served %.3g s first): sessions accepted %llu -> %llu, live sessions "
        "%llu -> %llu, RSS %.1f -> %.1f MB, peak %.1f MB in the first half "
