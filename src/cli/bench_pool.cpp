@@ -1194,9 +1194,9 @@ nlohmann::json durable_loops(const options& o) {
 /// RocksDB's memtables fill and empty as they are flushed. So this pool
 /// keeps ids for `flat_retention_s`, and serves at saturation that long
 /// and 2 s more before the run starts (its window full); and the run is
-/// judged by the peaks of resident memory in its two halves, each of
-/// which spans several flushes, not by two samples that may fall on
-/// either side of one.
+/// judged by the peaks of resident memory in its two halves (at
+/// saturation the log's memtable was flushed 20 times in a 60 s run), not
+/// by two samples that may fall on either side of a flush.
 nlohmann::json durable_flat(const options& o) {
   auto p = o.pool;
   p.session_id_retention_ms = static_cast<int64_t>(o.flat_retention_s * 1000);
@@ -1204,6 +1204,7 @@ nlohmann::json durable_flat(const options& o) {
   check_stop();
   auto warmup = o.flat_retention_s + 2;
   dp.saturate(o.clients, 1, warmup, 0);
+  check_stop();
   auto sample = [&] {
     auto s = dp.stats();
     malloc_trim(0);
@@ -1223,19 +1224,30 @@ nlohmann::json durable_flat(const options& o) {
     return x;
   };
   auto start = sample();
-  // Resident memory every 250 ms through the run, by its time in it.
-  std::vector<std::pair<double, double>> rss;
-  std::atomic<bool> running{true};
-  std::thread sampler{[&] {
-    auto t0 = clock::now();
-    while (running.load()) {
-      rss.emplace_back(seconds_since(t0), rss_bytes() / 1048576.0);
-      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  note("durable: the long run starts (%.0f s at saturation)", o.flat_seconds);
+  // Resident memory every 250 ms through the run, by its time in it. The
+  // sampler stops and is joined however the run ends: a Ctrl-C ends it
+  // with an exception (sleep_unless_stopped).
+  struct rss_sampler {
+    std::vector<std::pair<double, double>> samples;  // (s into the run, MB)
+    std::atomic<bool> running{true};
+    std::thread thread{[this] {
+      auto t0 = clock::now();
+      while (running.load()) {
+        samples.emplace_back(seconds_since(t0), rss_bytes() / 1048576.0);
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+    }};
+    void stop() {
+      running = false;
+      if (thread.joinable())
+        thread.join();
     }
-  }};
+    ~rss_sampler() { stop(); }
+  } sampler;
   auto flat = dp.saturate(o.clients, 1, o.flat_seconds, 0);
-  running = false;
-  sampler.join();
+  sampler.stop();
+  auto& rss = sampler.samples;
   auto end = sample();
   double peak_first = 0, peak_second = 0;
   for (auto& [t, mb] : rss) {

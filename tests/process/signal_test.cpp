@@ -222,5 +222,37 @@ TEST(signals, sigterm_ends_bench_and_removes_its_temporary_files) {
   EXPECT_TRUE(left.empty()) << left.front();
 }
 
+// The durable section's long run samples resident memory on a thread of
+// its own; a signal in the middle of the run ends the bench as promptly
+// and as cleanly as anywhere else (the sampler is stopped and joined).
+TEST(signals, sigterm_ends_bench_in_its_long_saturation_run) {
+  auto dir = temp_dir("sig-bench-flat");
+  cleanup tidy{dir};
+  auto tmp = dir + "/tmp";
+  fs::create_directories(tmp);
+  const char* old = std::getenv("TMPDIR");
+  std::string saved = old ? old : "";
+  ::setenv("TMPDIR", tmp.c_str(), 1);
+  child bench{{"bench", "--only", "durable", "--nodes", "100", "--reps", "1",
+               "--seconds", "0.2", "--loads", "0.5", "--flat-seconds", "600",
+               "--flat-retention-s", "0.1"},
+              dir + "/bench.out"};
+  if (old)
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  else
+    ::unsetenv("TMPDIR");
+  auto in_run = [&] {
+    return bench.errors().find("the long run starts") != std::string::npos;
+  };
+  ASSERT_TRUE(wait_until([&] { return in_run() || !bench.running(); }, 120s));
+  ASSERT_TRUE(in_run()) << bench.errors();
+  EXPECT_EQ(signal_and_wait(bench, SIGTERM), 143) << bench.errors();
+  EXPECT_NE(bench.errors().find("interrupted by SIGTERM"), std::string::npos)
+    << bench.errors();
+  EXPECT_EQ(bench.output(), "");
+  auto left = names_in(tmp);
+  EXPECT_TRUE(left.empty()) << left.front();
+}
+
 } // namespace
 } // namespace nodepool::testing
