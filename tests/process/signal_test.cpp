@@ -189,22 +189,33 @@ TEST(signals, sigint_ends_sim_and_its_workers_and_leaves_no_file) {
   EXPECT_TRUE(left.empty()) << left.front();
 }
 
-TEST(signals, sigterm_ends_bench_and_removes_its_temporary_files) {
-  auto dir = temp_dir("sig-bench");
-  cleanup tidy{dir};
-  auto tmp = dir + "/tmp";
+/// A bench started with `args` whose temporary files go under `tmp`: it
+/// puts them under $TMPDIR, which the child inherits (this process's own
+/// is put back at once).
+std::unique_ptr<child> bench_with_tmpdir(const std::string& tmp,
+                                         std::vector<std::string> args,
+                                         const std::string& out) {
   fs::create_directories(tmp);
-  // The bench puts its files under $TMPDIR; the child inherits it.
   const char* old = std::getenv("TMPDIR");
   std::string saved = old ? old : "";
   ::setenv("TMPDIR", tmp.c_str(), 1);
-  child bench{{"bench", "--only", "durable", "--nodes", "100", "--reps", "1",
-               "--seconds", "600"},
-              dir + "/bench.out"};
+  args.insert(args.begin(), "bench");
+  auto c = std::make_unique<child>(args, out);
   if (old)
     ::setenv("TMPDIR", saved.c_str(), 1);
   else
     ::unsetenv("TMPDIR");
+  return c;
+}
+
+TEST(signals, sigterm_ends_bench_and_removes_its_temporary_files) {
+  auto dir = temp_dir("sig-bench");
+  cleanup tidy{dir};
+  auto tmp = dir + "/tmp";
+  auto b = bench_with_tmpdir(tmp, {"--only", "durable", "--nodes", "100", "--reps",
+                                   "1", "--seconds", "600"},
+                             dir + "/bench.out");
+  auto& bench = *b;
   // The durable section's store exists: it is measuring.
   auto measuring = [&] {
     for (auto& name : names_in(tmp))
@@ -229,18 +240,12 @@ TEST(signals, sigterm_ends_bench_in_its_long_saturation_run) {
   auto dir = temp_dir("sig-bench-flat");
   cleanup tidy{dir};
   auto tmp = dir + "/tmp";
-  fs::create_directories(tmp);
-  const char* old = std::getenv("TMPDIR");
-  std::string saved = old ? old : "";
-  ::setenv("TMPDIR", tmp.c_str(), 1);
-  child bench{{"bench", "--only", "durable", "--nodes", "100", "--reps", "1",
-               "--seconds", "0.2", "--loads", "0.5", "--flat-seconds", "600",
-               "--flat-retention-s", "0.1"},
-              dir + "/bench.out"};
-  if (old)
-    ::setenv("TMPDIR", saved.c_str(), 1);
-  else
-    ::unsetenv("TMPDIR");
+  auto b = bench_with_tmpdir(tmp, {"--only", "durable", "--nodes", "100", "--reps",
+                                   "1", "--seconds", "0.2", "--loads", "0.5",
+                                   "--flat-seconds", "600", "--flat-retention-s",
+                                   "0.1"},
+                             dir + "/bench.out");
+  auto& bench = *b;
   auto in_run = [&] {
     return bench.errors().find("the long run starts") != std::string::npos;
   };
