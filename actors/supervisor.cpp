@@ -50,6 +50,7 @@ struct supervisor_state {
   supervisor_config cfg;
   std::vector<pb::LogEntry> pending;
   std::vector<pb::SessionRecord> archived;  // goes out with `pending`
+  int64_t archived_since = 0;  // when the first of `archived` ended
   std::unique_ptr<snapshot_writer> snapshots;
   /// Answers held until the next group commit, in arrival order: accepted
   /// commands wait for the disk, and so do refusals that arrive while
@@ -88,6 +89,11 @@ struct supervisor_state {
   // the drains proposed and not yet released, oldest first.
   std::optional<proposer> lead;
   uint64_t lead_term = 0;
+  // The archive gaps this member has not copied yet, as last read: the
+  // one that started earliest (none: complete). Read again when
+  // archive_gaps_generation() moved.
+  uint64_t gaps_read_at = std::numeric_limits<uint64_t>::max();
+  std::optional<replica::archive_gap> earliest_gap;
   struct inflight {
     uint64_t seq = 0;
     bool done = false;  // committed (or nothing to commit)
@@ -126,21 +132,73 @@ int64_t now(self_ptr self) {
   return st.last_now;
 }
 
+/// A cluster member's archive gap that starts earliest, if any is not
+/// copied yet (read again only when a gap was recorded or forgotten).
+const std::optional<replica::archive_gap>& earliest_gap(self_ptr self) {
+  auto& st = self->state;
+  auto gen = archive_gaps_generation();
+  if (gen != st.gaps_read_at) {
+    std::vector<pending_gap> gaps;
+    if (auto s = pending_gaps(*st.cfg.storage, gaps); !s.ok()) {
+      // Unreadable: as if a gap started at the beginning of time, until a
+      // read succeeds.
+      log("supervisor")->error("archive gaps unreadable: {}", s.error);
+      st.earliest_gap = replica::archive_gap{0, 0, 0, 0};
+      return st.earliest_gap;
+    }
+    st.earliest_gap.reset();
+    for (auto& g : gaps)
+      if (!st.earliest_gap || g.gap.from_now < st.earliest_gap->from_now)
+        st.earliest_gap = g.gap;
+    st.gaps_read_at = gen;
+  }
+  return st.earliest_gap;
+}
+
 /// A submission whose id ended long ago (past the pool's idempotency
-/// window) is found in the archive: refused here, before the pool sees it.
+/// window) is found in the archive: refused here, before the pool sees it;
+/// so is one whose session ended earlier in this drain, if the clock
+/// moved past the window since (its record is not stored yet). On a cluster member whose archive still has a gap (a snapshot install
+/// skipped entries, and the backfill has not copied their sessions from a
+/// peer yet), an id found nowhere may still have ended in the gap: once
+/// the pool's time `t` is past the gap's start by the window's length,
+/// such ids may have left the window too, and a new one is refused as
+/// `unavailable` (retry) until the gap is copied.
 apply_result archived_duplicate(self_ptr self, const pool_state& pool,
-                                const pb::Command& cmd) {
+                                const pb::Command& cmd, int64_t t) {
   apply_result r;
   auto& id = cmd.submit_session().session_id();
   if (id.empty() || pool.session(id) || pool.recently_ended(id))
     return r;  // the pool answers these itself, without a read
+  // Ended earlier in this drain: not in the archive until its group
+  // commit, and out of the window if the clock moved past it meanwhile.
+  auto& st = self->state;
+  if (!st.archived.empty()
+      && t >= st.archived_since + pool.config().session_id_retention_ms)
+    for (auto& a : st.archived)
+      if (a.id() == id) {
+        r.refused = refusal{"duplicate_session",
+                            "session " + id + " already ended ("
+                              + to_string(a.state()) + ")"};
+        return r;
+      }
   std::optional<pb::SessionRecord> old;
-  if (auto s = self->state.cfg.storage->archived(id, old); !s.ok())
+  if (auto s = st.cfg.storage->archived(id, old); !s.ok()) {
     r.refused = refusal{"storage_error", "archive lookup failed: " + s.error};
-  else if (old)
+  } else if (old) {
     r.refused = refusal{"duplicate_session",
                         "session " + id + " already ended ("
                           + to_string(old->state()) + ")"};
+  } else if (st.cfg.cluster_log) {
+    auto& g = earliest_gap(self);
+    if (g && t >= g->from_now + pool.config().session_id_retention_ms)
+      r.refused = refusal{
+        "unavailable",
+        "this member's archive lacks the sessions ended by entries "
+          + std::to_string(g->from_index) + ".." + std::to_string(g->to_index)
+          + " (being copied from a peer), so a new session id cannot be "
+            "checked against them yet: retry shortly"};
+  }
   return r;
 }
 
@@ -284,7 +342,7 @@ void apply(self_ptr self, pb::Command& cmd,
   auto t = now(self);
   auto r = shed(self, cmd);
   if (!r.refused && cmd.has_submit_session())
-    r = archived_duplicate(self, st.pool, cmd);
+    r = archived_duplicate(self, st.pool, cmd, t);
   if (!r.refused)
     r = st.pool.apply(cmd, t);
   if (answered_unchanged(self, cmd, r, rp, st.pending.empty()))
@@ -293,6 +351,8 @@ void apply(self_ptr self, pb::Command& cmd,
   note_grants(self, st.pool, r, t);
   if (st.cfg.observer)
     st.cfg.observer(st.pool, cmd, r);
+  if (st.archived.empty() && !r.archived.empty())
+    st.archived_since = t;
   for (auto& a : r.archived)
     st.archived.push_back(std::move(a));
   auto& e = st.pending.emplace_back();
@@ -554,7 +614,7 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
   auto t = now(self);
   auto r = shed(self, cmd);
   if (!r.refused && cmd.has_submit_session())
-    r = archived_duplicate(self, st.lead->pool(), cmd);
+    r = archived_duplicate(self, st.lead->pool(), cmd, t);
   if (!r.refused)
     r = st.lead->apply(cmd, t);
   // An answer waits behind every drain not yet released, refusals too.

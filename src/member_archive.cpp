@@ -12,6 +12,8 @@ namespace {
 constexpr char position_key[] = "archive/position";
 constexpr char gap_prefix[] = "archive/gap/";
 
+std::atomic<uint64_t> gaps_generation{0};
+
 std::string gap_key(uint64_t from) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%016" PRIx64, from);
@@ -99,7 +101,7 @@ std::shared_ptr<replica> member_replica(
     }
   });
   rep->on_archive_gap([st, error](const replica::archive_gap& g) {
-    if (auto s = st->put_meta(gap_key(g.from_index), encode(g), true); !s.ok())
+    if (auto s = record_gap(*st, g); !s.ok())
       error("archive gap write failed: " + s.error);
   });
   return rep;
@@ -121,9 +123,19 @@ status pending_gaps(store& st, std::vector<pending_gap>& out) {
   return s.ok() ? bad : s;
 }
 
-status gap_filled(store& st, const pending_gap& g) {
-  return st.erase_meta(g.key, true);
+status record_gap(store& st, const replica::archive_gap& g) {
+  auto s = st.put_meta(gap_key(g.from_index), encode(g), true);
+  gaps_generation.fetch_add(1);
+  return s;
 }
+
+status gap_filled(store& st, const pending_gap& g) {
+  auto s = st.erase_meta(g.key, true);
+  gaps_generation.fetch_add(1);
+  return s;
+}
+
+uint64_t archive_gaps_generation() { return gaps_generation.load(); }
 
 uint64_t archive_complete_through(store& st, uint64_t archived_index) {
   std::vector<pending_gap> gaps;

@@ -45,8 +45,16 @@ status pending_gaps(store& st, std::vector<pending_gap>& out);
 /// The records of a gap are in the archive (written synced): forget it.
 status gap_filled(store& st, const pending_gap& g);
 
+/// Records a gap (written synced): what a snapshot install does.
+status record_gap(store& st, const replica::archive_gap& g);
+
 /// How far this member's archive is complete (ArchiveAnswer's
 /// complete_through): up to `archived_index` unless a gap is pending below.
 uint64_t archive_complete_through(store& st, uint64_t archived_index);
+
+/// Moves whenever a gap is recorded or forgotten, by any member in this
+/// process: a reader that keeps what pending_gaps() said reads it again
+/// when this changed since (read this first, then the gaps).
+uint64_t archive_gaps_generation();
 
 } // namespace nodepool

@@ -135,5 +135,50 @@ TEST_F(cluster_supervisor, a_refusal_behind_a_slow_commit_is_sent_once_it_commit
   EXPECT_EQ(log_->held(), 0u);
 }
 
+TEST_F(cluster_supervisor, a_member_whose_archive_has_a_gap_refuses_ids_it_cannot_check) {
+  // Submits `id`, lets every proposal commit, and returns the answer.
+  auto answer = [&](const std::string& id) {
+    auto a = std::make_shared<std::vector<std::string>>();
+    submit(id, a);
+    sched_->run();
+    log_->commit_all();
+    sched_->run();
+    return a->empty() ? std::string{"(none)"} : a->front();
+  };
+  // This member installed a snapshot: the sessions that entries 2..40
+  // ended, from the pool's time 1,000,000 on, are on the peers' archives
+  // only, until the backfill copies them.
+  auto t0 = sim_time_base_ms;
+  ASSERT_TRUE(record_gap(*archive_, {2, 40, t0, t0 + 500}).ok());
+  // An id that ended in the gap is still in the pool's window for the
+  // window's length after the gap began: a new id is safe to take.
+  EXPECT_EQ(answer("fresh1"), "accepted");
+  // Past that, an id that ended in the gap may have left the window too:
+  // a new id could be one of them, and is refused until the gap is copied.
+  sched_->advance_time(std::chrono::milliseconds(
+    fast_params().session_id_retention_ms));
+  sched_->run();
+  log_->commit_all();
+  sched_->run();
+  EXPECT_EQ(answer("fresh2"), "unavailable");
+  EXPECT_EQ(log_->held(), 0u) << "a refusal changes nothing to propose";
+  // What the member can check is answered as before: an id the pool
+  // knows, and one in its own archive.
+  EXPECT_EQ(answer("fresh1"), "duplicate_session");
+  pb::SessionRecord old;
+  old.set_id("old1");
+  old.set_model("m");
+  old.set_state(pb::COMPLETED);
+  old.set_ended_at(t0 - 1000);
+  ASSERT_TRUE(archive_->append({}, {old}, true).ok());
+  EXPECT_EQ(answer("old1"), "duplicate_session");
+  // The backfill copied the gap: new ids are taken again.
+  std::vector<pending_gap> gaps;
+  ASSERT_TRUE(pending_gaps(*archive_, gaps).ok());
+  ASSERT_EQ(gaps.size(), 1u);
+  ASSERT_TRUE(gap_filled(*archive_, gaps.front()).ok());
+  EXPECT_EQ(answer("fresh2"), "accepted");
+}
+
 } // namespace
 } // namespace nodepool::testing

@@ -93,6 +93,8 @@ protected:
     sc.max_backlog = max_backlog_;
     sc.kept_copy_from = kept_copy_from_;
     sc.copy_ahead_leave = copy_ahead_leave_;
+    sc.clock_skew_ms = clock_skew_;
+    sc.observer = observer_;
     oracle_ = start_oracle(*sys_, sc);
     for (auto& a : {oracle_.supervisor, oracle_.gateway, oracle_.validator,
                     oracle_.sessions})
@@ -253,6 +255,8 @@ protected:
   size_t kept_copy_from_ = supervisor_config{}.kept_copy_from;
   size_t copy_ahead_leave_ = supervisor_config{}.copy_ahead_leave;
   bool async_snapshots_ = false;  // the next start()'s; see supervisor_config
+  std::shared_ptr<int64_t> clock_skew_;  // the next start()'s supervisor's
+  decltype(supervisor_config::observer) observer_;  // likewise
 };
 
 } // namespace nodepool::testing

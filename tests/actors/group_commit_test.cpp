@@ -359,5 +359,50 @@ TEST_F(group_commit, an_ended_session_goes_to_the_archive_with_its_entry) {
   EXPECT_EQ(submit(session_req("twice", 1)), "accepted");
 }
 
+TEST_F(group_commit, an_id_that_ended_in_this_drain_is_refused_after_the_clock_jumped) {
+  // The window keeps an ended id for session_id_retention_ms, and its
+  // record reaches the archive with the drain's group commit. Here the
+  // clock jumps past the window within one drain: the session ends, a
+  // later command moves the window past it, and the id comes again.
+  auto p = fast_params();
+  p.session_id_retention_ms = 1000;
+  clock_skew_ = std::make_shared<int64_t>(0);
+  observer_ = [skew = clock_skew_](const pool_state&, const pb::Command& c,
+                                   const apply_result&) {
+    if (c.has_end_session())
+      *skew += 5000;
+  };
+  auto st = std::make_shared<counting_store>();
+  start(p, st);
+  ASSERT_EQ(submit(session_req("jump", 1)), "accepted");  // queued: no nodes
+  auto cmd = [](auto fill) {
+    pb::Command c;
+    fill(c);
+    return c.SerializeAsString();
+  };
+  std::vector<std::string> drain{
+    cmd([](pb::Command& c) { c.mutable_end_session()->set_session_id("jump"); }),
+    cmd([](pb::Command& c) { c.mutable_submit_session()->set_session_id("other"); }),
+    cmd([](pb::Command& c) { c.mutable_submit_session()->set_session_id("jump"); })};
+  auto answers = std::make_shared<std::vector<std::string>>();
+  auto sup = oracle_.supervisor;
+  auto sys = sys_.get();
+  auto appends_before = st->appends;
+  sys_->spawn([=](caf::event_based_actor* self) {
+    for (auto& bytes : drain)
+      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+        .then([=](accepted_atom) { answers->push_back("accepted"); },
+              [=](caf::error& e) {
+                answers->push_back(read_refusal(*sys, e).first);
+              });
+  });
+  sched_->run();
+  EXPECT_EQ(st->appends - appends_before, 1u) << "not one drain";
+  EXPECT_FALSE(state().recently_ended("jump")) << "the window still held it";
+  EXPECT_EQ(*answers, (std::vector<std::string>{"accepted", "accepted",
+                                                "duplicate_session"}));
+  EXPECT_EQ(session_state("jump"), pb::COMPLETED);
+}
+
 } // namespace
 } // namespace nodepool::testing
