@@ -103,6 +103,19 @@ struct supervisor_state {
   };
   std::deque<inflight> inflight;
   uint64_t next_seq = 1;
+  // Sessions the leader's drains ended, until their drain commits: the
+  // window may let such an id go (a clock past its retention) before
+  // this member's archive has the record. `seq`: the drain's.
+  struct ended_ahead {
+    std::string id;
+    int64_t ended_at = 0;
+    uint64_t seq = 0;
+  };
+  std::deque<ended_ahead> ended_ahead;
+  // Since this pool time, committed records were let go before the
+  // replica surely wrote them (it does so on raft's thread, soon after):
+  // a lookup well past it makes the replica catch up first.
+  std::optional<int64_t> let_go_since;
   uint64_t terms_led = 0;
   std::vector<caf::actor> term_listeners;  // told each term this member leads
   // Leadership transfers asked by operators, waiting for the log.
@@ -155,6 +168,35 @@ const std::optional<replica::archive_gap>& earliest_gap(self_ptr self) {
   return st.earliest_gap;
 }
 
+/// Makes the replica apply what raft committed and it kept for later, so
+/// this member's archive holds every session a committed entry ended.
+void caught_up(self_ptr self) {
+  auto& st = self->state;
+  if (st.cfg.replica)
+    st.cfg.replica->with([](replica&) {});
+  st.let_go_since.reset();
+}
+
+/// The leader's drains up to `seq` committed: the sessions they ended are
+/// let go. One that the window may drop within half its length (a slow
+/// commit) is written by the replica now; the others soon will be, and a
+/// lookup half a window later catches the replica up first.
+void let_go_ended(self_ptr self, uint64_t seq, int64_t retention) {
+  auto& st = self->state;
+  bool close = false;
+  bool any = false;
+  while (!st.ended_ahead.empty() && st.ended_ahead.front().seq <= seq) {
+    close |= st.ended_ahead.front().ended_at + retention
+             <= st.last_now + retention / 2;
+    any = true;
+    st.ended_ahead.pop_front();
+  }
+  if (close)
+    caught_up(self);
+  else if (any && !st.let_go_since)
+    st.let_go_since = st.last_now;
+}
+
 /// A submission whose id ended long ago (past the pool's idempotency
 /// window) is found in the archive: refused here, before the pool sees it;
 /// so is one whose session ended earlier in this drain, if the clock
@@ -182,6 +224,17 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
                               + to_string(a.state()) + ")"};
         return r;
       }
+  auto retention = pool.config().session_id_retention_ms;
+  if (!st.ended_ahead.empty()
+      && t >= st.ended_ahead.front().ended_at + retention)
+    for (auto& a : st.ended_ahead)
+      if (a.id == id) {
+        r.refused = refusal{"duplicate_session",
+                            "session " + id + " already ended"};
+        return r;
+      }
+  if (st.let_go_since && t >= *st.let_go_since + retention / 2)
+    caught_up(self);
   std::optional<pb::SessionRecord> old;
   if (auto s = st.cfg.storage->archived(id, old); !s.ok()) {
     r.refused = refusal{"storage_error", "archive lookup failed: " + s.error};
@@ -191,7 +244,7 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
                           + to_string(old->state()) + ")"};
   } else if (st.cfg.cluster_log) {
     auto& g = earliest_gap(self);
-    if (g && t >= g->from_now + pool.config().session_id_retention_ms)
+    if (g && t >= g->from_now + retention)
       r.refused = refusal{
         "unavailable",
         "this member's archive lacks the sessions ended by entries "
@@ -574,6 +627,9 @@ void release(self_ptr self) {
         self->send(s, events_atom::value, bytes);
     }
     deliver_answers(f.waiting);
+    if (st.lead)
+      let_go_ended(self, f.seq,
+                   st.lead->pool().config().session_id_retention_ms);
     st.inflight.pop_front();
   }
 }
@@ -596,6 +652,11 @@ void end_term(self_ptr self, const std::string& why) {
   st.inflight.clear();
   st.waiting.clear();
   st.events.Clear();
+  // Entries still in flight may commit under the next leader: their
+  // records reach the archive as the replica applies them.
+  if (!st.ended_ahead.empty() && !st.let_go_since)
+    st.let_go_since = st.last_now;
+  st.ended_ahead.clear();
   st.lead.reset();
   st.lead_term = 0;
   for (auto& s : st.subscribers)
@@ -625,6 +686,8 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
   ++st.applied;
   note_grants(self, st.lead->pool(), r, t);
   // Ended sessions are archived by every replica when the entry commits.
+  for (auto& a : r.archived)
+    st.ended_ahead.push_back({a.id(), t, st.next_seq});
   hold_for_commit(self, r, rp);
   if (st.cfg.max_batch_commands > 0
       && st.lead->pending() >= st.cfg.max_batch_commands)

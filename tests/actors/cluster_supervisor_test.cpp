@@ -62,7 +62,7 @@ protected:
     rep_ = member_replica(archive_, true, [](const std::string& e) {
       ADD_FAILURE() << "archive: " << e;
     });
-    machine_ = std::make_shared<replica_machine>(*rep_);
+    machine_ = std::make_shared<replica_machine>(*rep_, deferred_);
     log_ = std::make_shared<held_log>(*machine_);
     supervisor_config sc;
     sc.pool = fast_params();
@@ -87,6 +87,27 @@ protected:
     pb::Command c;
     c.mutable_submit_session()->set_session_id(id);
     c.mutable_submit_session()->set_model("m");
+    send(c, std::move(answers));
+  }
+
+  /// Sends `c`, lets every proposal commit, and returns the answer.
+  std::string answer(const pb::Command& c) {
+    auto a = std::make_shared<std::vector<std::string>>();
+    send(c, a);
+    sched_->run();
+    log_->commit_all();
+    sched_->run();
+    return a->empty() ? std::string{"(none)"} : a->front();
+  }
+  std::string answer(const std::string& submitted_id) {
+    pb::Command c;
+    c.mutable_submit_session()->set_session_id(submitted_id);
+    c.mutable_submit_session()->set_model("m");
+    return answer(c);
+  }
+
+  void send(const pb::Command& c,
+            std::shared_ptr<std::vector<std::string>> answers) {
     auto bytes = c.SerializeAsString();
     auto sup = sup_;
     auto sys = sys_.get();
@@ -99,6 +120,7 @@ protected:
     });
   }
 
+  bool deferred_ = false;  // the replica applies at raft's catch-up
   std::shared_ptr<store> archive_;
   std::shared_ptr<replica> rep_;
   std::shared_ptr<replica_machine> machine_;
@@ -136,15 +158,6 @@ TEST_F(cluster_supervisor, a_refusal_behind_a_slow_commit_is_sent_once_it_commit
 }
 
 TEST_F(cluster_supervisor, a_member_whose_archive_has_a_gap_refuses_ids_it_cannot_check) {
-  // Submits `id`, lets every proposal commit, and returns the answer.
-  auto answer = [&](const std::string& id) {
-    auto a = std::make_shared<std::vector<std::string>>();
-    submit(id, a);
-    sched_->run();
-    log_->commit_all();
-    sched_->run();
-    return a->empty() ? std::string{"(none)"} : a->front();
-  };
   // This member installed a snapshot: the sessions that entries 2..40
   // ended, from the pool's time 1,000,000 on, are on the peers' archives
   // only, until the backfill copies them.
@@ -178,6 +191,62 @@ TEST_F(cluster_supervisor, a_member_whose_archive_has_a_gap_refuses_ids_it_canno
   ASSERT_EQ(gaps.size(), 1u);
   ASSERT_TRUE(gap_filled(*archive_, gaps.front()).ok());
   EXPECT_EQ(answer("fresh2"), "accepted");
+}
+
+pb::Command end_of(const std::string& id) {
+  pb::Command c;
+  c.mutable_end_session()->set_session_id(id);
+  return c;
+}
+
+TEST_F(cluster_supervisor, an_id_ended_by_an_entry_in_flight_is_refused_past_the_window) {
+  // The leader ended session "x" in an entry that has not committed, so
+  // its record is in no archive yet; then the clock passes the window and
+  // a later command lets the id go from it.
+  ASSERT_EQ(answer("x"), "accepted");
+  auto answers = std::make_shared<std::vector<std::string>>();
+  send(end_of("x"), answers);
+  sched_->run();
+  ASSERT_EQ(log_->held(), 1u);
+  sched_->advance_time(std::chrono::milliseconds(
+    fast_params().session_id_retention_ms + 1));
+  sched_->run();
+  submit("other", answers);
+  sched_->run();
+  submit("x", answers);
+  sched_->run();
+  log_->commit_all();
+  sched_->run();
+  EXPECT_EQ(*answers, (std::vector<std::string>{"accepted", "accepted",
+                                                "duplicate_session"}));
+  std::optional<pb::SessionRecord> rec;
+  ASSERT_TRUE(archive_->archived("x", rec).ok());
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state(), pb::COMPLETED);
+}
+
+/// The replica applies what raft committed at raft's next catch-up, after
+/// the leader heard of the commit (as an oracle's does).
+class cluster_supervisor_deferred : public cluster_supervisor {
+protected:
+  cluster_supervisor_deferred() { deferred_ = true; }
+};
+
+TEST_F(cluster_supervisor_deferred, an_id_whose_commit_the_replica_has_not_applied_is_refused) {
+  ASSERT_EQ(answer("x"), "accepted");
+  ASSERT_EQ(answer(end_of("x")), "accepted");
+  // Committed, but raft's thread has not caught the replica up: the
+  // record is not in this member's archive yet.
+  std::optional<pb::SessionRecord> rec;
+  ASSERT_TRUE(archive_->archived("x", rec).ok());
+  ASSERT_FALSE(rec.has_value());
+  sched_->advance_time(std::chrono::milliseconds(
+    fast_params().session_id_retention_ms + 1));
+  sched_->run();
+  ASSERT_EQ(answer("other"), "accepted");
+  EXPECT_EQ(answer("x"), "duplicate_session");
+  ASSERT_TRUE(archive_->archived("x", rec).ok());
+  EXPECT_TRUE(rec.has_value()) << "the lookup caught the replica up";
 }
 
 } // namespace
