@@ -188,8 +188,8 @@ std::vector<violation> pool_state::check_invariants() const {
       recount_any.alive[lv] += alive;
       recount_any.available[lv] += avail;
     }
-    bool same = recount_any.alive == any_.alive
-                && recount_any.available == any_.available;
+    bool same = recount_any.alive == any_->alive
+                && recount_any.available == any_->available;
     for (auto& [m, c] : by_model_) {
       auto r = recount_m.find(m);
       level_counts zero;

@@ -80,7 +80,8 @@ class pool_state {
 public:
   explicit pool_state(params p = {});
   /// Movable, not copyable: the indexes point into the pool's own maps
-  /// (whose nodes a move keeps where they are; a copy would not).
+  /// and heap blocks (which a move keeps where they are; a copy would
+  /// not). A moved-from pool may only be destroyed or assigned to.
   pool_state(const pool_state&) = delete;
   pool_state& operator=(const pool_state&) = delete;
   pool_state(pool_state&&) = default;
@@ -366,7 +367,9 @@ private:
     std::array<uint64_t, 6> available{};
   };
   std::unordered_map<std::string, level_counts> by_model_;  // references stay put
-  level_counts any_;
+  // On the heap, so that a move keeps the queue classes' pointers to it
+  // (by_model_'s nodes stay put in a move; a member would not).
+  std::unique_ptr<level_counts> any_ = std::make_unique<level_counts>();
   /// Timers by due time: a tick visits what is due, not every record. Ties
   /// are ordered by address, so a tick sorts what is due by id before it
   /// acts (the order of events must not depend on where records live).

@@ -85,8 +85,8 @@ void pool_state::note_node(const pb::NodeRecord& n) {
       c->alive[lv] += sign * (a.alive ? 1 : 0);
       c->available[lv] += sign * (a.available ? 1 : 0);
     }
-    any_.alive[lv] += sign * (a.alive ? 1 : 0);
-    any_.available[lv] += sign * (a.available ? 1 : 0);
+    any_->alive[lv] += sign * (a.alive ? 1 : 0);
+    any_->available[lv] += sign * (a.available ? 1 : 0);
   };
   apply_counts(-1);
   a.level = n.level();
@@ -203,7 +203,7 @@ void pool_state::dequeue(const pb::SessionRecord& s) {
 
 void pool_state::rebuild_indexes() {
   by_model_.clear();
-  any_ = {};
+  *any_ = {};
   node_aux_.clear();
   node_timers_.clear();
   session_timers_.clear();
@@ -225,7 +225,7 @@ void pool_state::rebuild_indexes() {
 const pool_state::level_counts*
 pool_state::counts_for(const std::string& model) const {
   if (model.empty())
-    return &any_;
+    return any_.get();
   auto m = by_model_.find(model);
   return m == by_model_.end() ? nullptr : &m->second;
 }

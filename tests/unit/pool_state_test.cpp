@@ -3204,3 +3204,31 @@ TEST(PoolRandomized, AFrozenSnapshotIsTheWholeStateForSeeds1To200) {
   }
 }
 
+
+// A pool is moved whole (a replica restores into a new pool, then moves
+// it in): every index must point into the pool it moved to. A session of
+// any model reads the counts of all models, which a move must carry along.
+TEST(PoolMove, AMovedPoolKeepsItsIndexesAndServes) {
+  auto moved = [] {
+    pool_state a{quiet()};
+    EXPECT_FALSE(a.apply(submit_cmd("any", ""), 1000).refused);
+    EXPECT_FALSE(a.apply(submit_cmd("one", "m"), 1001).refused);
+    pool_state b{std::move(a)};
+    EXPECT_TRUE(b.check_invariants().empty()) << describe(b.check_invariants());
+    pool_state c{quiet()};
+    c = std::move(b);
+    return c;  // a and b are gone
+  }();
+  EXPECT_TRUE(moved.check_invariants().empty())
+    << describe(moved.check_invariants());
+  int64_t now = 2000;
+  for (auto id : {"n1", "n2"}) {
+    ASSERT_FALSE(moved.apply(reg_cmd(id, {"m"}), ++now).refused);
+    auto r = moved.apply(result_cmd(id, moved.node(id)->test_id(), 5, 5), ++now);
+    ASSERT_FALSE(r.refused);
+  }
+  EXPECT_EQ(moved.session("any")->state(), pb::ACTIVE);
+  EXPECT_EQ(moved.session("one")->state(), pb::ACTIVE);
+  EXPECT_TRUE(moved.check_invariants().empty())
+    << describe(moved.check_invariants());
+}
