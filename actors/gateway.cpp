@@ -7,6 +7,8 @@
 // heartbeat_timeout, becomes a NodeDown command. Heartbeats themselves stay
 // here as soft state; only a change of the node's mode reaches the log, so
 // the log holds decisions, not a record of every second of every node.
+#include <algorithm>
+
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
@@ -129,6 +131,16 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     refuse(self, sender, id, "not_your_node",
            "registration names node '" + m.register_().node_id()
              + "' but the message is from '" + id + "'");
+    return;
+  }
+  // The models go to the log and the node's record: bounded.
+  auto& models = m.register_().models();
+  if (models.size() > 64
+      || std::any_of(models.begin(), models.end(), [](const std::string& x) {
+           return x.empty() || x.size() > 128;
+         })) {
+    refuse(self, sender, id, "bad_models",
+           "a node serves at most 64 models, each named by 1..128 characters");
     return;
   }
   auto bound = st.by_node.find(id);

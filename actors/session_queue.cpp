@@ -28,6 +28,7 @@ struct session_queue_state {
   std::map<std::string, std::string> node_owner;  // node id -> session id
   uint64_t completed = 0;
   uint64_t failed = 0;
+  std::map<std::string, uint64_t> refused;  // client requests, by code
   /// Prompts for sessions not started yet (queued in the pool), by session:
   /// sent on once its actor exists, refused if it ends first.
   struct held_prompt {
@@ -183,9 +184,21 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       [=](submit_atom, const std::string& bytes) -> caf::result<void> {
         pb::SubmitSession s;
         if (!s.ParseFromString(bytes)) {
+          ++self->state.refused["malformed"];
           auto rp = self->make_response_promise();
           rp.deliver(make_refusal("malformed",
                                   "session request does not decode"));
+          return rp;
+        }
+        // What goes to the log, the record and the archive is bounded
+        // (as the HTTP API bounds it).
+        if (s.model().size() > 128 || s.client().size() > 256) {
+          ++self->state.refused["bad_field"];
+          auto rp = self->make_response_promise();
+          rp.deliver(make_refusal(
+            "bad_field", s.model().size() > 128
+                           ? "model: at most 128 characters"
+                           : "client: at most 256 characters"));
           return rp;
         }
         auto cmd = command_bytes(
@@ -293,6 +306,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         j["failed"] = self->state.failed;
         j["prompts_waiting_for_start"] = self->state.held_count;
         j["foreign_answers"] = self->state.tickets.foreign();
+        j["refused"] = self->state.refused;
         return j.dump();
       },
     };

@@ -4,6 +4,7 @@
 #include "cluster_config.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -117,8 +118,27 @@ bool field(const json& j, const char* name, T& out, api_error& err,
     } else {
       if (!i->is_number_integer() && !i->is_number_unsigned())
         throw std::invalid_argument("");
+      // Out of T's range (an unsigned above INT64_MAX read as int64_t
+      // would wrap to a negative number): refused, not wrapped.
+      using lim = std::numeric_limits<T>;
+      bool fits = false;
+      if (i->is_number_unsigned()) {
+        fits = i->template get<uint64_t>() <= static_cast<uint64_t>(lim::max());
+      } else {
+        auto v = i->template get<int64_t>();
+        if constexpr (std::is_signed_v<T>)
+          fits = v >= static_cast<int64_t>(lim::min())
+                 && v <= static_cast<int64_t>(lim::max());
+        else
+          fits = v >= 0 && static_cast<uint64_t>(v) <= static_cast<uint64_t>(lim::max());
+      }
+      if (!fits)
+        throw std::out_of_range("");
     }
     out = i->get<T>();
+  } catch (const std::out_of_range&) {
+    err = {"bad_field", std::string{name} + ": out of range"};
+    return false;
   } catch (const std::exception&) {
     err = {"bad_field", std::string{name} + ": expected " + expected};
     return false;
@@ -1434,6 +1454,8 @@ void router::post_openai(const std::shared_ptr<call>& c, bool chat) {
     return send_bad(c->rep, e);
   if (model.empty())
     return send_bad(c->rep, {"bad_field", "model: required"});
+  if (model.size() > 128)
+    return send_bad(c->rep, {"bad_field", "model: at most 128 characters"});
   // The prompt: a completion's `prompt`, or the chat's messages in order.
   auto body = *j;
   if (chat) {

@@ -467,5 +467,50 @@ TEST_F(bad_input, heartbeats_stay_out_of_the_log_but_a_new_mode_goes_in) {
   EXPECT_EQ(state().node("hb")->mode(), pb::DRAINING);
 }
 
+TEST_F(bad_input, models_out_of_bounds_are_refused_at_registration) {
+  // A node's models go to the log and its record: at most 64, each named
+  // by 1..128 characters.
+  auto before = snapshot_bytes();
+  auto many = reg("many");
+  for (int i = 0; i < 64; ++i)
+    many.mutable_register_()->add_models("m" + std::to_string(i));
+  send(many);  // 65 models
+  EXPECT_EQ(last_refusal(), "bad_models");
+  auto long_name = reg("long");
+  long_name.mutable_register_()->add_models(std::string(129, 'x'));
+  send(long_name);
+  EXPECT_EQ(last_refusal(), "bad_models");
+  auto empty = reg("empty");
+  empty.mutable_register_()->add_models("");
+  send(empty);
+  EXPECT_EQ(counted("bad_models"), 3u);
+  EXPECT_EQ(snapshot_bytes(), before);
+  // At the bounds, a node is taken.
+  auto ok = reg("ok");
+  for (int i = 0; i < 63; ++i) {
+    auto name = std::to_string(i);
+    name.resize(128, 'a');
+    ok.mutable_register_()->add_models(name);
+  }
+  send(ok);
+  EXPECT_NE(state().node("ok"), nullptr);
+}
+
+TEST_F(bad_input, a_session_whose_model_or_client_is_too_long_is_refused) {
+  auto before = snapshot_bytes();
+  auto s = session_req("s-long");
+  s.set_model(std::string(129, 'm'));
+  EXPECT_EQ(submit(s), "error:bad_field");
+  s.set_model("llama-3-8b");
+  s.set_client(std::string(257, 'c'));
+  EXPECT_EQ(submit(s), "error:bad_field");
+  EXPECT_EQ(snapshot_bytes(), before);
+  auto j = nlohmann::json::parse(ask(oracle_.sessions, stats_atom::value));
+  EXPECT_EQ(j["refused"]["bad_field"], 2u);
+  s.set_client(std::string(256, 'c'));
+  s.set_model(std::string(128, 'm'));
+  EXPECT_EQ(submit(s), "accepted");
+}
+
 } // namespace
 } // namespace nodepool::testing

@@ -343,7 +343,12 @@ TEST_F(api, CreateSessionValidatesEveryField) {
                  bad{R"({"sla":"gold"})", "sla"},
                  bad{R"({"max_tasks":0})", "max_tasks"},
                  bad{R"({"reserve_period":1.5})", "reserve_period"},
-                 bad{R"({"model":7})", "model"}}) {
+                 bad{R"({"model":7})", "model"},
+                 // Above INT64_MAX: wrapped, it read as -1 (the SLA's
+                 // default level) and was taken.
+                 bad{R"({"level":18446744073709551615})", "level"},
+                 bad{R"({"max_tasks":9223372036854775808})", "max_tasks"},
+                 bad{R"({"level":-9223372036854775808})", "level"}}) {
     auto e = call("POST", "/api/v1/sessions", b.body);
     expect_error(*e, 400, "bad_field");
     EXPECT_NE(e->body()["error"]["message"].get<std::string>().find(b.field),
@@ -455,6 +460,14 @@ TEST_F(api, ChatCompletionOpensAnEphemeralSession) {
   expect_error(*call("POST", "/v1/chat/completions",
                      R"({"messages":[{"role":"user","content":"hi"}]})"),
                400, "bad_field");
+  // The model's name goes to the log, the record and the archive: bounded
+  // here as on /api/v1/sessions.
+  auto submitted = pool->submitted.size();
+  expect_error(*call("POST", "/v1/chat/completions",
+                     R"({"model":")" + std::string(129, 'm')
+                       + R"(","messages":[{"role":"user","content":"hi"}]})"),
+               400, "bad_field");
+  EXPECT_EQ(pool->submitted.size(), submitted);
   // Streamed: a role chunk, content chunks, a stop chunk, [DONE].
   auto st = call("POST", "/v1/chat/completions",
                  R"({"model":"llama","stream":true,
