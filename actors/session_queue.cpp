@@ -254,9 +254,15 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
           pass_prompt(self, i->second, bytes, rp);
           return rp;
         }
-        if (st.held_count >= 4096)
-          return make_refusal("busy", "too many prompts wait for sessions "
-                                      "to start");
+        if (st.held_count >= 4096) {
+          end_if_opened_for(self, bytes, "was refused: too many prompts wait "
+                                         "for sessions to start");
+          // Through the promise: once made, it holds the request, and a
+          // value returned instead would reach nobody.
+          rp.deliver(make_refusal("busy", "too many prompts wait for sessions "
+                                          "to start"));
+          return rp;
+        }
         auto seq = ++st.held_seq;
         st.held[r.session_id()].push_back({bytes, rp, seq});
         ++st.held_count;

@@ -975,9 +975,13 @@ caf::behavior handlers(self_ptr self) {
         bool others = false;
         for (auto& m : s.members)
           others |= m.id != id && m.role == log_member::kind::voter;
-        if (!others)
-          return make_refusal("membership_refused",
-                              "member " + std::to_string(id) + " is the last voter");
+        if (!others) {
+          // Through the promise: once made, it holds the request, and a
+          // value returned instead would reach nobody.
+          rp.deliver(make_refusal("membership_refused", "member "
+                                    + std::to_string(id) + " is the last voter"));
+          return rp;
+        }
         st.member_changes[req] = {rp, true};
         st.cfg.cluster_log->transfer(0, answer);
         return rp;

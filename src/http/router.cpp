@@ -1510,8 +1510,22 @@ void router::post_openai(const std::shared_ptr<call>& c, bool chat) {
       return send_error(c->rep, *err);
     pool_->prompt(req, [this, c, req, chat, stream](pb::PromptAnswer ans,
                                                     std::optional<api_error> err) {
-      if (err)
+      if (err) {
+        // The session was opened for this prompt alone. Past a timeout the
+        // oracle ends it itself; any other refusal (too many prompts
+        // waiting, a leader that stepped down) leaves it open, holding
+        // nodes for a prompt that will not come: ended here. If it already
+        // ended, the pool refuses this, which changes nothing.
+        if (err->code != "timeout" && err->code != "session_ended") {
+          pb::Command end;
+          auto* x = end.mutable_end_session();
+          x->set_session_id(req.session_id());
+          x->set_failed(true);
+          x->set_reason("its only prompt was refused (" + err->code + ")");
+          pool_->command(end, [](std::optional<api_error>) {});
+        }
         return send_error(c->rep, *err);
+      }
       remember(ans, req.prompt());
       auto id = std::string{chat ? "chatcmpl-" : "cmpl-"} + ans.session_id();
       if (stream)

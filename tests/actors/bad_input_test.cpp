@@ -512,5 +512,41 @@ TEST_F(bad_input, a_session_whose_model_or_client_is_too_long_is_refused) {
   EXPECT_EQ(submit(s), "accepted");
 }
 
+TEST_F(bad_input, a_prompt_refused_as_busy_ends_the_session_opened_for_it) {
+  // 4096 prompts wait for sessions that have not started: the next is
+  // refused, and told so (it once waited for an answer that never came).
+  // The session opened for that prompt alone is ended, not left to hold
+  // nodes for a prompt that will not come.
+  ASSERT_EQ(submit(session_req("opened")), "accepted");  // queued: no nodes
+  auto answers = std::make_shared<std::vector<std::string>>();
+  auto sys = sys_.get();
+  auto queue = oracle_.sessions;
+  auto prompt = [](const std::string& sid, bool ends) {
+    pb::PromptRequest p;
+    p.set_session_id(sid);
+    p.set_prompt("hi");
+    p.set_timeout_ms(60000);
+    p.set_ends_session(ends);
+    return p.SerializeAsString();
+  };
+  auto waiting = prompt("not-started", false);
+  auto last = prompt("opened", true);
+  sys_->spawn([=](caf::event_based_actor* self) {
+    for (int i = 0; i < 4096; ++i)
+      self->request(queue, caf::infinite, prompt_atom::value, waiting)
+        .then([=](const std::string&) { answers->push_back("answered early"); },
+              [=](caf::error&) { answers->push_back("refused early"); });
+  });
+  sched_->run();
+  sys_->spawn([=](caf::event_based_actor* self) {
+    self->request(queue, caf::infinite, prompt_atom::value, last)
+      .then([=](const std::string&) { answers->push_back("answered"); },
+            [=](caf::error& e) { answers->push_back(read_refusal(*sys, e).first); });
+  });
+  sched_->run();
+  ASSERT_EQ(*answers, std::vector<std::string>{"busy"});
+  EXPECT_EQ(session_state("opened"), pb::FAILED);
+}
+
 } // namespace
 } // namespace nodepool::testing

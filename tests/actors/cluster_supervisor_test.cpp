@@ -249,5 +249,19 @@ TEST_F(cluster_supervisor_deferred, an_id_whose_commit_the_replica_has_not_appli
   EXPECT_TRUE(rec.has_value()) << "the lookup caught the replica up";
 }
 
+TEST_F(cluster_supervisor, removing_the_last_voter_is_refused_and_the_operator_told) {
+  auto out = std::make_shared<std::string>("<no answer>");
+  auto sup = sup_;
+  auto sys = sys_.get();
+  sys_->spawn([=](caf::event_based_actor* self) {
+    self->request(sup, caf::infinite, member_atom::value, std::string{"remove"},
+                  uint64_t{1}, std::string{})
+      .then([=](const std::string&) { *out = "done"; },
+            [=](caf::error& e) { *out = read_refusal(*sys, e).first; });
+  });
+  sched_->run();
+  EXPECT_EQ(*out, "membership_refused");
+}
+
 } // namespace
 } // namespace nodepool::testing

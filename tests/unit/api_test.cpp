@@ -462,6 +462,24 @@ TEST_F(api, ChatCompletionOpensAnEphemeralSession) {
                400, "bad_field");
   // The model's name goes to the log, the record and the archive: bounded
   // here as on /api/v1/sessions.
+  // A prompt refused after its session was opened: the session, opened
+  // for it alone, is ended (a timeout the oracle ends itself).
+  auto commands = pool->commands.size();
+  pool->refuse_prompt = api_error{"busy", "4096 prompts waiting"};
+  expect_error(*call("POST", "/v1/chat/completions",
+                     R"({"model":"llama","messages":[{"role":"user","content":"hi"}]})"),
+               429, "busy");
+  ASSERT_EQ(pool->commands.size(), commands + 1);
+  auto& end = pool->commands.back();
+  ASSERT_TRUE(end.has_end_session());
+  EXPECT_EQ(end.end_session().session_id(), pool->submitted.back().session_id());
+  EXPECT_TRUE(end.end_session().failed());
+  pool->refuse_prompt = api_error{"timeout", "no answer within 5000 ms"};
+  expect_error(*call("POST", "/v1/chat/completions",
+                     R"({"model":"llama","messages":[{"role":"user","content":"hi"}]})"),
+               504, "timeout");
+  EXPECT_EQ(pool->commands.size(), commands + 1);
+  pool->refuse_prompt.reset();
   auto submitted = pool->submitted.size();
   expect_error(*call("POST", "/v1/chat/completions",
                      R"({"model":")" + std::string(129, 'm')
