@@ -449,9 +449,21 @@ class ws_session : public closable,
   void send(std::string text) {
     if (closed_)
       return;
+    if (pending_bytes_ + text.size() > max_pending_bytes) {
+      // A client that sends and does not read: its answers are not kept
+      // in memory without end (as a stream's are not); it is closed.
+      closed_ = true;
+      on_message_ = nullptr;
+      out_.clear();
+      pending_bytes_ = 0;
+      beast::get_lowest_layer(ws_).close();
+      return;
+    }
+    pending_bytes_ += text.size();
     out_.push_back(std::move(text));
     drain();
   }
+  static constexpr size_t max_pending_bytes = 4 << 20;
 
   void end() {
     if (closed_)
@@ -483,6 +495,7 @@ class ws_session : public closable,
     if (!out_.empty()) {
       auto data = std::make_shared<std::string>(std::move(out_.front()));
       out_.pop_front();
+      pending_bytes_ -= data->size();
       writing_ = true;
       ws_.text(true);
       ws_.async_write(net::buffer(*data),
@@ -510,6 +523,7 @@ class ws_session : public closable,
   beast::flat_buffer in_;
   std::function<void(std::string)> on_message_;
   std::deque<std::string> out_;
+  size_t pending_bytes_ = 0;  // in out_
   bool open_ = false;
   bool writing_ = false;
   bool closing_ = false;

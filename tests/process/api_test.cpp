@@ -439,6 +439,38 @@ TEST(api, websocket_completions) {
   EXPECT_EQ(json::parse(beast::buffers_to_string(b.data()))["error"]["code"],
             "bad_json");
   ws.close(beast::websocket::close_code::normal);
+  // A client that sends and never reads: the server does not keep its
+  // answers without end (4 MB at most), it closes the socket. Without the
+  // bound every answer would come once the client reads.
+  {
+    beast::websocket::stream<net::ip::tcp::socket> flood{io};
+    flood.next_layer().open(net::ip::tcp::v4());
+    flood.next_layer().set_option(net::socket_base::receive_buffer_size(4096));
+    flood.next_layer().connect(
+      *res.resolve("127.0.0.1", std::to_string(p.port)).begin());
+    flood.set_option(beast::websocket::stream_base::decorator(
+      [](beast::websocket::request_type& q) {
+        q.set(beast::http::field::authorization, "Bearer " + client_key);
+      }));
+    flood.handshake("127.0.0.1", "/api/v1/ws");
+    const size_t sent_max = 250000;  // answers: about 20 MB
+    size_t sent = 0;
+    beast::error_code wec;
+    for (; sent < sent_max && !wec; ++sent)
+      flood.write(net::buffer(std::string{"{]"}), wec);
+    size_t answers = 0;
+    beast::error_code rec;
+    while (answers < sent) {
+      beast::flat_buffer fb;
+      flood.read(fb, rec);
+      if (rec)
+        break;
+      ++answers;
+    }
+    EXPECT_LT(answers, sent) << "every answer was kept for a client that "
+                                "did not read";
+    EXPECT_GT(answers, 0u);
+  }
   // Without a key, no upgrade.
   beast::websocket::stream<net::ip::tcp::socket> anon{io};
   net::connect(anon.next_layer(), res.resolve("127.0.0.1", std::to_string(p.port)));
