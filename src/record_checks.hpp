@@ -57,7 +57,9 @@ bool check_node(const pb::NodeRecord& n, int64_t ephemeral_window_ms,
     if (n.passed_at() == 0 || n.passed_at() < n.reset_at())
       add(out, "I2", "node " + nid + " reserved without a test passed since "
                        "its last registration, release or loss");
-    else if (n.reserved_at() - n.ephemeral_at() > ephemeral_window_ms)
+    else if (n.reserved_at() - n.ephemeral_at()
+             > (n.reserved_window_ms() > 0 ? n.reserved_window_ms()
+                                           : ephemeral_window_ms))
       add(out, "I2", "node " + nid + " reserved after its ephemeral window");
   } else if (!n.session_id().empty()) {
     add(out, "I1", "node " + nid + " is " + to_string(n.state())

@@ -125,6 +125,7 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     auto& n = known(id);
     n.set_session_id(s.id());
     n.set_reserved_at(now);
+    n.set_reserved_window_ms(params_.ephemeral_window_ms);
     n.set_tasks_served(0);
     set_state(n, pb::RESERVED, "reserved for " + s.id(), out);
     s.add_nodes(id);

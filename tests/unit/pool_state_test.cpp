@@ -1848,6 +1848,36 @@ TEST(PoolTick, ExpiredEphemeralNodeIsNotReservedBeforeTheTick) {
   EXPECT_EQ(h.sstate("late"), pb::ACTIVE);
 }
 
+TEST(PoolTick, AShorterWindowConfiguredLaterKeepsEarlierReservationsValid) {
+  // I2 holds a reservation to the window it was made under: a Configure
+  // that shortens the window (a new leader with another configuration)
+  // does not make a node reserved late in the old window a violation.
+  auto p = quiet();
+  p.ephemeral_window_ms = 60000;
+  p.idle_threshold_ms = 1'000'000;
+  harness h{p};
+  h.admit("n1");                  // ephemeral from 1000
+  h.now = 1000 + 50000;           // late in the window
+  h.submit("late");
+  ASSERT_EQ(h.sstate("late"), pb::ACTIVE);
+  auto shorter = p;
+  shorter.ephemeral_window_ms = 10000;
+  pb::Command conf;
+  conf.mutable_configure()->set_params_json(to_json(shorter));
+  ++h.now;
+  ASSERT_FALSE(h.apply(conf).refused);  // the harness checks I1-I5 after it
+  EXPECT_EQ(h.state("n1"), pb::RESERVED);
+  auto vs = h.pool.check_invariants();
+  EXPECT_TRUE(vs.empty()) << describe(vs);
+  EXPECT_TRUE(check_snapshot(h.pool.snapshot()).empty());
+  // A reservation made under the shorter window is held to it.
+  h.end("late");
+  h.pass("n1");
+  h.now += 10001;
+  h.submit("later");
+  EXPECT_EQ(h.sstate("later"), pb::QUEUED);
+}
+
 TEST(PoolTick, ReservePeriodReleasesNode) {
   auto p = quiet();
   p.reserve_period_ms = 3000;
