@@ -857,8 +857,17 @@ void router::post_session(const std::shared_ptr<call>& c) {
   }
   auto sub = *s;
   pool_->submit(sub, [c, sub](std::optional<api_error> err) {
-    if (err)
-      return send_error(c->rep, *err);
+    if (err) {
+      // The id goes back with any error: after one whose outcome is
+      // unknown (a timeout, a leader that stepped down) the client sends
+      // the same body with this id again, and a 409 duplicate_session then
+      // says it had been stored; even an id the oracle chose.
+      json j;
+      j["error"]["code"] = err->code;
+      j["error"]["message"] = err->message;
+      j["error"]["session_id"] = sub.session_id();
+      return c->rep->send(json_response(status_for(err->code), j));
+    }
     json out;
     out["session_id"] = sub.session_id();
     out["state"] = "queued";

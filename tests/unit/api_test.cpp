@@ -362,6 +362,12 @@ TEST_F(api, CreateSessionValidatesEveryField) {
   pool->refuse_submit = api_error{"queue_full", "1000000 sessions wait already"};
   expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"more"})"), 429,
                "queue_full");
+  // An answer that came too late: the outcome is unknown, and the id the
+  // oracle chose comes back so that the client can ask again with it.
+  pool->refuse_submit = api_error{"timeout", "no answer within 60 s"};
+  auto late = call("POST", "/api/v1/sessions", R"({"model":"llama"})");
+  expect_error(*late, 504, "timeout");
+  EXPECT_EQ(late->body()["error"]["session_id"], pool->submitted.back().session_id());
   pool->refuse_submit = api_error{"duplicate_session", "seen"};
   expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"mine"})"), 409,
                "duplicate_session");
