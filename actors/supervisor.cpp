@@ -1182,6 +1182,17 @@ caf::behavior handlers(self_ptr self) {
         a.set_error("query does not decode");
         return a.SerializeAsString();
       }
+      // How far the archive holds every ended session, read before the
+      // scan: what it vouches for is then in the store when the scan reads
+      // it (read after, an entry applied meanwhile would be vouched for
+      // without its records, and a backfill would forget its gap).
+      auto& st = self->state;
+      if (st.cfg.cluster_log)
+        a.set_complete_through(archive_complete_through(
+          *st.cfg.storage,
+          st.cfg.replica->with([](replica& r) { return r.archived_index(); })));
+      else  // written in the batch of the entry that ended each session
+        a.set_complete_through(st.next_index - 1 - st.pending.size());
       // Bounded: a query costs the supervisor at most `limit` reads.
       if (auto err = with_pool(self,
                                [&](const pool_state& p) {
@@ -1190,13 +1201,6 @@ caf::behavior handlers(self_ptr self) {
                                });
           !err.empty())
         a.set_error(err);
-      auto& st = self->state;
-      if (st.cfg.cluster_log)
-        a.set_complete_through(archive_complete_through(
-          *st.cfg.storage,
-          st.cfg.replica->with([](replica& r) { return r.archived_index(); })));
-      else  // written in the batch of the entry that ended each session
-        a.set_complete_through(st.next_index - 1);
       return a.SerializeAsString();
     },
     // An operator asks for a snapshot now (single oracle): of the durable
