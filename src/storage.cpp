@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <algorithm>
+#include <filesystem>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -344,9 +345,10 @@ public:
   rocksdb_store(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* snapshots,
                 rocksdb::ColumnFamilyHandle* archive,
                 rocksdb::ColumnFamilyHandle* ended,
-                std::shared_ptr<activity_counter> activity)
+                std::shared_ptr<activity_counter> activity,
+                bool read_only = false)
     : db_(db), snapshots_(snapshots), archive_(archive), ended_(ended),
-      activity_(std::move(activity)) {
+      activity_(std::move(activity)), read_only_(read_only) {
     std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
     it->SeekForPrev(log_key(UINT64_MAX));
     if (it->Valid() && it->key().size() == 9 && it->key()[0] == 'l')
@@ -364,9 +366,11 @@ public:
       (void)db_.release();
       return;
     }
-    rocksdb::FlushOptions fo;
-    fo.wait = true;
-    db_->Flush(fo, {db_->DefaultColumnFamily(), snapshots_, archive_, ended_});
+    if (!read_only_) {
+      rocksdb::FlushOptions fo;
+      fo.wait = true;
+      db_->Flush(fo, {db_->DefaultColumnFamily(), snapshots_, archive_, ended_});
+    }
     for (auto* h : {snapshots_, archive_, ended_})
       db_->DestroyColumnFamilyHandle(h);
   }
@@ -578,6 +582,7 @@ private:
   rocksdb::ColumnFamilyHandle* archive_;
   rocksdb::ColumnFamilyHandle* ended_;
   std::shared_ptr<activity_counter> activity_;
+  const bool read_only_ = false;  // nothing is written, nor flushed at close
   uint64_t last_ = 0;
   std::atomic<bool> broken_{false};
 };
@@ -743,8 +748,18 @@ rocksdb::Status migrate_archive(rocksdb::DB& db,
   return rocksdb::Status::OK();
 }
 
-std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
+namespace {
+
+/// The options and column families of a store, for either way of opening.
+struct store_layout {
   rocksdb::Options opts;
+  std::shared_ptr<rocksdb_store::activity_counter> activity;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+};
+
+store_layout layout_of_store() {
+  store_layout l;
+  auto& opts = l.opts;
   opts.create_if_missing = true;
   opts.IncreaseParallelism(2);
   // No preallocation. RocksDB would fallocate every new write-ahead log
@@ -754,8 +769,8 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   // neither way is faster beyond the noise (BENCHMARKS.md, "The tail
   // without a disk: write-ahead log preallocation").
   opts.allow_fallocate = false;
-  auto activity = std::make_shared<rocksdb_store::activity_counter>();
-  opts.listeners.push_back(activity);
+  l.activity = std::make_shared<rocksdb_store::activity_counter>();
+  opts.listeners.push_back(l.activity);
   opts.create_missing_column_families = true;
   // The whole log and archive stay on disk, so their files' index and
   // filter blocks grow with the history. Held by the table readers (the
@@ -799,11 +814,20 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   rocksdb::BlockBasedTableOptions snap_table;
   snap_table.block_cache = cache;
   snap_opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(snap_table));
-  std::vector<rocksdb::ColumnFamilyDescriptor> families{
-    {rocksdb::kDefaultColumnFamilyName, opts},
-    {snapshot_family, snap_opts},
-    {archive_family, archive_opts},
-    {ended_family, ended_opts}};
+  l.families = {{rocksdb::kDefaultColumnFamilyName, opts},
+                {snapshot_family, snap_opts},
+                {archive_family, archive_opts},
+                {ended_family, ended_opts}};
+  return l;
+}
+
+} // namespace
+
+std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
+  auto layout = layout_of_store();
+  auto& opts = layout.opts;
+  auto& families = layout.families;
+  auto& activity = layout.activity;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(opts, dir, families, &handles, &db);
@@ -864,6 +888,68 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   st = {};
   return std::make_unique<rocksdb_store>(owned.release(), snapshots, archive,
                                          ended, std::move(activity));
+}
+
+std::unique_ptr<store> open_rocksdb_store_read_only(const std::string& dir,
+                                                    status& st) {
+  // Nothing here may change the directory: no store is created where
+  // there is none, nothing migrates, and the lock is not taken (a running
+  // oracle may hold it; this reads what it had written when opened).
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "CURRENT")) {
+    st = status::fail("no nodepool store in " + dir
+                      + " (no RocksDB database there)");
+    return nullptr;
+  }
+  auto layout = layout_of_store();
+  layout.opts.create_if_missing = false;
+  layout.opts.create_missing_column_families = false;
+  std::vector<std::string> existing;
+  if (auto s = rocksdb::DB::ListColumnFamilies(layout.opts, dir, &existing);
+      !s.ok()) {
+    st = status::fail("cannot read the store in " + dir + ": " + s.ToString());
+    return nullptr;
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  auto all = [&] {
+    for (auto& f : layout.families)
+      if (std::find(existing.begin(), existing.end(), f.name) == existing.end())
+        return false;
+    return true;
+  }();
+  if (!all) {
+    // An older layout (format 3 kept the archive in the log's family).
+    st = status::fail(
+      "store in " + dir + " has an older layout (format 3 or earlier); this "
+      "command only reads: start `nodepool oracle --data-dir " + dir
+      + "` once to move it to format " + format_version);
+    return nullptr;
+  }
+  auto s = rocksdb::DB::OpenForReadOnly(layout.opts, dir, layout.families,
+                                        &handles, &db);
+  if (!s.ok()) {
+    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
+    return nullptr;
+  }
+  std::unique_ptr<rocksdb::DB> owned{db};
+  owned->DestroyColumnFamilyHandle(handles[0]);
+  auto *snapshots = handles[1], *archive = handles[2], *ended = handles[3];
+  std::string format;
+  s = db->Get({}, format_key, &format);
+  if (!s.ok() || format != format_version) {
+    for (auto* h : {snapshots, archive, ended})
+      owned->DestroyColumnFamilyHandle(h);
+    st = status::fail(
+      "store in " + dir + " has format '"
+      + (s.ok() ? format.substr(0, 32) : std::string{"none"})
+      + "', this nodepool reads format " + format_version
+      + ": use the version that wrote it");
+    return nullptr;
+  }
+  st = {};
+  return std::make_unique<rocksdb_store>(owned.release(), snapshots, archive,
+                                         ended, std::move(layout.activity),
+                                         /*read_only=*/true);
 }
 
 } // namespace nodepool

@@ -170,5 +170,10 @@ uint64_t power_cut(store& st, bool tear_last = false);
 
 /// RocksDB store in directory `dir` (created if missing).
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st);
+/// The same store opened to read only, for the commands that inspect a data
+/// directory (`check`, `sessions`): creates nothing where there is no
+/// store, migrates nothing, takes no lock, writes nothing.
+std::unique_ptr<store> open_rocksdb_store_read_only(const std::string& dir,
+                                                    status& st);
 
 } // namespace nodepool

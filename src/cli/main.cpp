@@ -220,6 +220,14 @@ std::shared_ptr<store> open_store(const std::string& dir) {
   return std::shared_ptr<store>(std::move(s));
 }
 
+std::shared_ptr<store> open_store_read_only(const std::string& dir) {
+  status st;
+  auto s = open_rocksdb_store_read_only(dir, st);
+  if (!s)
+    throw std::runtime_error(st.error);
+  return std::shared_ptr<store>(std::move(s));
+}
+
 nlohmann::json summarize(const pool_state& ps) {
   nlohmann::json j;
   auto& counts = ps.count_by_state();

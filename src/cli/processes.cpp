@@ -945,7 +945,7 @@ int run_check_member(const std::string& dir, bool json, bool sessions) {
   std::string err;
   if (!load_raft_dir(dir + "/raft", disk, err))
     throw std::runtime_error(err);
-  auto storage = open_store(dir);
+  auto storage = open_store_read_only(dir);
   std::vector<std::string> ended;
   replica rep{[&](std::vector<pb::SessionRecord>& es) {
                 for (auto& s : es)
@@ -1072,7 +1072,7 @@ int run_check(const std::string& dir, bool json, bool sessions,
     throw std::runtime_error("no data directory " + dir);
   if (std::filesystem::exists(dir + "/raft"))
     return run_check_member(dir, json, sessions);
-  auto storage = open_store(dir);
+  auto storage = open_store_read_only(dir);
   auto rep = check_history(*storage, stride, &stop_requested);
   if (rep.stopped)
     return report_interrupted(
@@ -1172,12 +1172,27 @@ void print_session(const pb::SessionRecord& s, bool json) {
 int sessions_from_dir(const sessions_options& o) {
   if (!std::filesystem::exists(o.data_dir))
     throw std::runtime_error("no data directory " + o.data_dir);
-  auto storage = open_store(o.data_dir);
+  auto storage = open_store_read_only(o.data_dir);
+  // A cluster member's store holds its archive; the live pool is in its
+  // replicated log (raft/), which this does not read.
+  bool member = std::filesystem::exists(o.data_dir + "/raft");
+  if (member) {
+    std::vector<pending_gap> gaps;
+    if (auto st = pending_gaps(*storage, gaps); !st.ok())
+      throw std::runtime_error(st.error);
+    for (auto& g : gaps)
+      std::cerr << "nodepool sessions: " << o.data_dir
+                << " is a cluster member whose archive still lacks the "
+                   "sessions ended by entries "
+                << g.gap.from_index << ".." << g.gap.to_index
+                << " (copied from a peer when it runs)\n";
+  }
   if (!o.id.empty()) {
     pool_state ps;
     recovered info;
-    if (auto st = recover(*storage, ps, info); !st.ok())
-      throw std::runtime_error(st.error);
+    if (!member)
+      if (auto st = recover(*storage, ps, info); !st.ok())
+        throw std::runtime_error(st.error);
     pb::ArchiveQuery q;
     q.set_id(o.id);
     pb::ArchiveAnswer a;
@@ -1185,7 +1200,13 @@ int sessions_from_dir(const sessions_options& o) {
       throw std::runtime_error(err);
     if (a.sessions_size() == 0) {
       std::cerr << "nodepool sessions: no session " << o.id << " in "
-                << o.data_dir << "\n";
+                << o.data_dir
+                << (member ? "'s archive (a live session of a cluster is in "
+                             "its replicated log: ask a running member with "
+                             "--oracle, or run `nodepool check --sessions` on "
+                             "this directory)"
+                           : "")
+                << "\n";
       return 1;
     }
     print_session(a.sessions(0), o.json);

@@ -1,5 +1,7 @@
 // `nodepool sessions`: the archive of ended sessions, read from a stopped
 // oracle's data directory and from a running oracle.
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -153,6 +155,29 @@ TEST(sessions, a_running_oracle_answers_from_its_archive) {
   auto after = sessions_json({"--oracle", target}, dir + "/after.out", rc5);
   ASSERT_EQ(rc5, 0);
   EXPECT_EQ(after.size(), 8u);
+  // The running oracle's data directory is read beside it: the commands
+  // that inspect one open it to read only, and need not its lock.
+  int rc6 = -1;
+  auto beside = sessions_json({"--data-dir", dir + "/db"}, dir + "/beside.out", rc6);
+  ASSERT_EQ(rc6, 0) << read_file(dir + "/beside.out.err");
+  EXPECT_EQ(beside.size(), 8u);
+}
+
+TEST(sessions, inspecting_a_directory_changes_nothing_in_it) {
+  // A mistyped path is not made a store: `check` and `sessions` say there
+  // is none, and leave the directory as it was.
+  auto dir = temp_dir("sessions-empty");
+  cleanup tidy{dir};
+  auto empty = dir + "/empty";
+  std::filesystem::create_directories(empty);
+  for (auto cmd : {"check", "sessions"}) {
+    auto [rc, out] = run({cmd, "--data-dir", empty}, dir + "/" + cmd + ".out");
+    EXPECT_NE(rc, 0) << cmd << ": " << out;
+    EXPECT_NE(read_file(dir + "/" + cmd + ".out.err").find("no nodepool store"),
+              std::string::npos)
+      << cmd << ": " << read_file(dir + "/" + cmd + ".out.err");
+    EXPECT_TRUE(std::filesystem::is_empty(empty)) << cmd << " wrote in " << empty;
+  }
 }
 
 } // namespace
