@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <rocksdb/cache.h>
@@ -823,30 +824,58 @@ store_layout layout_of_store() {
 
 } // namespace
 
-std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
-  auto layout = layout_of_store();
-  auto& opts = layout.opts;
-  auto& families = layout.families;
-  auto& activity = layout.activity;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  auto s = rocksdb::DB::Open(opts, dir, families, &handles, &db);
-  if (!s.ok()) {
-    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
-    return nullptr;
-  }
-  std::unique_ptr<rocksdb::DB> owned{db};
-  // Open hands out a handle of the default family too: the store uses the
-  // database's own (DefaultColumnFamily()). The other handles go to the
-  // store, which destroys them before closing.
-  owned->DestroyColumnFamilyHandle(handles[0]);
-  auto *snapshots = handles[1], *archive = handles[2], *ended = handles[3];
-  auto give_up = [&](status failure) {
+namespace {
+
+/// A database opened with the store's families. Opening hands out a handle
+/// of the default family too: the store uses the database's own
+/// (DefaultColumnFamily()). The other handles go to the store, which
+/// destroys them before closing, or are destroyed by give_up().
+struct opened_db {
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::ColumnFamilyHandle* snapshots = nullptr;
+  rocksdb::ColumnFamilyHandle* archive = nullptr;
+  rocksdb::ColumnFamilyHandle* ended = nullptr;
+
+  std::nullptr_t give_up(status& st, status failure) {
     for (auto* h : {snapshots, archive, ended})
-      owned->DestroyColumnFamilyHandle(h);
+      db->DestroyColumnFamilyHandle(h);
     st = std::move(failure);
     return nullptr;
-  };
+  }
+};
+
+std::optional<opened_db> open_db(const std::string& dir, store_layout& l,
+                                 bool read_only, status& st) {
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  auto s = read_only
+             ? rocksdb::DB::OpenForReadOnly(l.opts, dir, l.families, &handles, &db)
+             : rocksdb::DB::Open(l.opts, dir, l.families, &handles, &db);
+  if (!s.ok()) {
+    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
+    return std::nullopt;
+  }
+  opened_db o;
+  o.db.reset(db);
+  o.db->DestroyColumnFamilyHandle(handles[0]);
+  o.snapshots = handles[1];
+  o.archive = handles[2];
+  o.ended = handles[3];
+  return o;
+}
+
+} // namespace
+
+std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
+  auto layout = layout_of_store();
+  auto o = open_db(dir, layout, false, st);
+  if (!o)
+    return nullptr;
+  auto& owned = o->db;
+  auto* db = owned.get();
+  auto *snapshots = o->snapshots, *archive = o->archive, *ended = o->ended;
+  auto give_up = [&](status failure) { return o->give_up(st, std::move(failure)); };
+  rocksdb::Status s;
   std::string format;
   s = db->Get({}, format_key, &format);
   rocksdb::WriteOptions synced;
@@ -887,7 +916,7 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
       status::fail("cannot open store in " + dir + ": " + s.ToString()));
   st = {};
   return std::make_unique<rocksdb_store>(owned.release(), snapshots, archive,
-                                         ended, std::move(activity));
+                                         ended, std::move(layout.activity));
 }
 
 std::unique_ptr<store> open_rocksdb_store_read_only(const std::string& dir,
@@ -909,8 +938,6 @@ std::unique_ptr<store> open_rocksdb_store_read_only(const std::string& dir,
     st = status::fail("cannot read the store in " + dir + ": " + s.ToString());
     return nullptr;
   }
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
   auto all = [&] {
     for (auto& f : layout.families)
       if (std::find(existing.begin(), existing.end(), f.name) == existing.end())
@@ -925,30 +952,21 @@ std::unique_ptr<store> open_rocksdb_store_read_only(const std::string& dir,
       + "` once to move it to format " + format_version);
     return nullptr;
   }
-  auto s = rocksdb::DB::OpenForReadOnly(layout.opts, dir, layout.families,
-                                        &handles, &db);
-  if (!s.ok()) {
-    st = status::fail("cannot open store in " + dir + ": " + s.ToString());
+  auto o = open_db(dir, layout, true, st);
+  if (!o)
     return nullptr;
-  }
-  std::unique_ptr<rocksdb::DB> owned{db};
-  owned->DestroyColumnFamilyHandle(handles[0]);
-  auto *snapshots = handles[1], *archive = handles[2], *ended = handles[3];
   std::string format;
-  s = db->Get({}, format_key, &format);
-  if (!s.ok() || format != format_version) {
-    for (auto* h : {snapshots, archive, ended})
-      owned->DestroyColumnFamilyHandle(h);
-    st = status::fail(
-      "store in " + dir + " has format '"
-      + (s.ok() ? format.substr(0, 32) : std::string{"none"})
-      + "', this nodepool reads format " + format_version
-      + ": use the version that wrote it");
-    return nullptr;
-  }
+  auto s = o->db->Get({}, format_key, &format);
+  if (!s.ok() || format != format_version)
+    return o->give_up(
+      st, status::fail("store in " + dir + " has format '"
+                       + (s.ok() ? format.substr(0, 32) : std::string{"none"})
+                       + "', this nodepool reads format " + format_version
+                       + ": use the version that wrote it"));
   st = {};
-  return std::make_unique<rocksdb_store>(owned.release(), snapshots, archive,
-                                         ended, std::move(layout.activity),
+  return std::make_unique<rocksdb_store>(o->db.release(), o->snapshots,
+                                         o->archive, o->ended,
+                                         std::move(layout.activity),
                                          /*read_only=*/true);
 }
 

@@ -116,10 +116,9 @@ inline std::string shell_quote(const std::string& s) {
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s);
 
 /// Opens a RocksDB store or throws std::runtime_error with the reason.
-std::shared_ptr<store> open_store(const std::string& dir);
-/// A data directory opened to read only (`check`, `sessions`): nothing in
-/// it changes, and a running oracle's lock is not needed.
-std::shared_ptr<store> open_store_read_only(const std::string& dir);
+/// `read_only` (`check`, `sessions`): nothing in the directory changes,
+/// and a running oracle's lock is not needed.
+std::shared_ptr<store> open_store(const std::string& dir, bool read_only = false);
 
 /// JSON summary of a pool state (node counts by state, session counts,
 /// tests) shared by demo, status and check.

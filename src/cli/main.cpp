@@ -212,17 +212,10 @@ std::pair<std::string, uint16_t> parse_host_port(const std::string& s) {
   return *hp;
 }
 
-std::shared_ptr<store> open_store(const std::string& dir) {
+std::shared_ptr<store> open_store(const std::string& dir, bool read_only) {
   status st;
-  auto s = open_rocksdb_store(dir, st);
-  if (!s)
-    throw std::runtime_error(st.error);
-  return std::shared_ptr<store>(std::move(s));
-}
-
-std::shared_ptr<store> open_store_read_only(const std::string& dir) {
-  status st;
-  auto s = open_rocksdb_store_read_only(dir, st);
+  auto s = read_only ? open_rocksdb_store_read_only(dir, st)
+                     : open_rocksdb_store(dir, st);
   if (!s)
     throw std::runtime_error(st.error);
   return std::shared_ptr<store>(std::move(s));

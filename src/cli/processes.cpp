@@ -945,7 +945,7 @@ int run_check_member(const std::string& dir, bool json, bool sessions) {
   std::string err;
   if (!load_raft_dir(dir + "/raft", disk, err))
     throw std::runtime_error(err);
-  auto storage = open_store_read_only(dir);
+  auto storage = open_store(dir, /*read_only=*/true);
   std::vector<std::string> ended;
   replica rep{[&](std::vector<pb::SessionRecord>& es) {
                 for (auto& s : es)
@@ -1072,7 +1072,7 @@ int run_check(const std::string& dir, bool json, bool sessions,
     throw std::runtime_error("no data directory " + dir);
   if (std::filesystem::exists(dir + "/raft"))
     return run_check_member(dir, json, sessions);
-  auto storage = open_store_read_only(dir);
+  auto storage = open_store(dir, /*read_only=*/true);
   auto rep = check_history(*storage, stride, &stop_requested);
   if (rep.stopped)
     return report_interrupted(
@@ -1172,7 +1172,7 @@ void print_session(const pb::SessionRecord& s, bool json) {
 int sessions_from_dir(const sessions_options& o) {
   if (!std::filesystem::exists(o.data_dir))
     throw std::runtime_error("no data directory " + o.data_dir);
-  auto storage = open_store_read_only(o.data_dir);
+  auto storage = open_store(o.data_dir, /*read_only=*/true);
   // A cluster member's store holds its archive; the live pool is in its
   // replicated log (raft/), which this does not read.
   bool member = std::filesystem::exists(o.data_dir + "/raft");

@@ -189,6 +189,17 @@ TEST(signals, sigint_ends_sim_and_its_workers_and_leaves_no_file) {
   EXPECT_TRUE(left.empty()) << left.front();
 }
 
+/// SIGTERM ends the bench with 143, saying so, printing no report and
+/// leaving nothing in its TMPDIR.
+void expect_sigterm_ends_bench_cleanly(child& bench, const std::string& tmp) {
+  EXPECT_EQ(signal_and_wait(bench, SIGTERM), 143) << bench.errors();
+  EXPECT_NE(bench.errors().find("interrupted by SIGTERM"), std::string::npos)
+    << bench.errors();
+  EXPECT_EQ(bench.output(), "");
+  auto left = names_in(tmp);
+  EXPECT_TRUE(left.empty()) << left.front();
+}
+
 /// A bench started with `args` whose temporary files go under `tmp`: it
 /// puts them under $TMPDIR, which the child inherits (this process's own
 /// is put back at once).
@@ -225,12 +236,7 @@ TEST(signals, sigterm_ends_bench_and_removes_its_temporary_files) {
   };
   ASSERT_TRUE(wait_until([&] { return measuring() || !bench.running(); }, 60s));
   ASSERT_TRUE(measuring()) << bench.errors();
-  EXPECT_EQ(signal_and_wait(bench, SIGTERM), 143) << bench.errors();
-  EXPECT_NE(bench.errors().find("interrupted by SIGTERM"), std::string::npos)
-    << bench.errors();
-  EXPECT_EQ(bench.output(), "");
-  auto left = names_in(tmp);
-  EXPECT_TRUE(left.empty()) << left.front();
+  expect_sigterm_ends_bench_cleanly(bench, tmp);
 }
 
 // The durable section's long run samples resident memory on a thread of
@@ -251,12 +257,7 @@ TEST(signals, sigterm_ends_bench_in_its_long_saturation_run) {
   };
   ASSERT_TRUE(wait_until([&] { return in_run() || !bench.running(); }, 120s));
   ASSERT_TRUE(in_run()) << bench.errors();
-  EXPECT_EQ(signal_and_wait(bench, SIGTERM), 143) << bench.errors();
-  EXPECT_NE(bench.errors().find("interrupted by SIGTERM"), std::string::npos)
-    << bench.errors();
-  EXPECT_EQ(bench.output(), "");
-  auto left = names_in(tmp);
-  EXPECT_TRUE(left.empty()) << left.front();
+  expect_sigterm_ends_bench_cleanly(bench, tmp);
 }
 
 } // namespace
