@@ -78,14 +78,16 @@ std::shared_ptr<replica> member_replica(
       if (!ended.empty())
         if (auto s = st->append({}, ended, false); !s.ok())
           error("archive write failed: " + s.error);
-      return;
+      return false;
     }
     if (auto s = st->archive_with_meta(ended, position_key,
                                        position_value(index, now), false);
         !s.ok()) {
       *failed = true;
       error("archive and position write failed: " + s.error);
+      return false;
     }
+    return true;
   });
   // Before raft takes a snapshot, raft may then drop the entries it
   // covers: the records they archived are synced first (a synced write
@@ -100,9 +102,14 @@ std::shared_ptr<replica> member_replica(
       error("archive sync before a snapshot failed: " + s.error);
     }
   });
-  rep->on_archive_gap([st, error](const replica::archive_gap& g) {
-    if (auto s = record_gap(*st, g); !s.ok())
+  rep->on_archive_gap([st, failed, error](const replica::archive_gap& g) {
+    if (auto s = record_gap(*st, g); !s.ok()) {
+      // The position must not pass a gap nobody recorded.
+      *failed = true;
       error("archive gap write failed: " + s.error);
+      return false;
+    }
+    return true;
   });
   return rep;
 }

@@ -86,12 +86,12 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
     copied_ahead_ += pool_.copy_ahead(copy_ahead_budget_, copy_ahead_leave_);
   if (!ended.empty() && archive_)
     archive_(ended);
-  if (archived_index_ < last_index_) {
+  if (batch_fn_ && !batch_fn_(last_index_, last_now_))
+    archive_broken_ = true;
+  if (!archive_broken_ && archived_index_ < last_index_) {
     archived_index_ = last_index_;
     archived_now_ = last_now_;
   }
-  if (batch_fn_)
-    batch_fn_(last_index_, last_now_);
   o.ok = true;
   return o;
 }
@@ -172,12 +172,19 @@ bool replica::restore(const pb::Snapshot& s, std::string& error) {
   // The entries the snapshot stands for ended sessions this archive never
   // saw (unless it already went that far, as after a restart).
   if (archived_index_ < s.last_index()) {
-    gaps_.push_back({archived_index_ + 1, s.last_index(), archived_now_,
-                     s.last_now()});
-    if (gap_fn_)
-      gap_fn_(gaps_.back());
-    archived_index_ = s.last_index();
-    archived_now_ = s.last_now();
+    archive_gap g{archived_index_ + 1, s.last_index(), archived_now_,
+                  s.last_now()};
+    if (gaps_.size() >= kept_gaps)
+      gaps_.erase(gaps_.begin());
+    gaps_.push_back(g);
+    // An unrecorded gap would leave the position vouching for the
+    // records the snapshot skipped: it stays where it was.
+    if (gap_fn_ && !gap_fn_(g))
+      archive_broken_ = true;
+    if (!archive_broken_) {
+      archived_index_ = s.last_index();
+      archived_now_ = s.last_now();
+    }
   }
   last_index_ = s.last_index();
   last_now_ = s.last_now();

@@ -99,16 +99,24 @@ public:
   uint64_t restores() const { return restores_; }
   /// Snapshots refused (bad input from a peer): the state stayed.
   uint64_t restores_refused() const { return restores_refused_; }
-  /// The gaps restores left in the local archive since the last call.
+  /// The gaps restores left in the local archive since the last call (the
+  /// newest `kept_gaps` of them: an oracle never asks, and records each
+  /// one durably through on_archive_gap instead).
   std::vector<archive_gap> take_archive_gaps();
+  static constexpr size_t kept_gaps = 64;
   /// Called on the applying thread when a restore leaves a gap, before the
   /// restore returns (an oracle records it durably; see member_archive.hpp).
-  void on_archive_gap(std::function<void(const archive_gap&)> f) {
+  /// Returns whether the gap was recorded: once it says no, the archive's
+  /// position stays where it was, as after a failed batch (on_batch).
+  void on_archive_gap(std::function<bool(const archive_gap&)> f) {
     gap_fn_ = std::move(f);
   }
   /// Called after each applied batch (after its ended sessions went to the
-  /// archive function) with the index and time it reached.
-  void on_batch(std::function<void(uint64_t, int64_t)> f) {
+  /// archive function) with the index and time it reached. Returns whether
+  /// the archive is whole through that index: once it says no, the
+  /// archive's position (archived_index) stays where it was, so that no
+  /// answer from this archive vouches for records it lacks.
+  void on_batch(std::function<bool(uint64_t, int64_t)> f) {
     batch_fn_ = std::move(f);
   }
   /// Called before the state is handed to raft as a snapshot, with the
@@ -130,6 +138,8 @@ public:
   }
   /// The local archive holds every session ended up to this index.
   uint64_t archived_index() const { return archived_index_; }
+  /// A write of the archive failed: its position no longer moves.
+  bool archive_broken() const { return archive_broken_; }
   int64_t archived_now() const { return archived_now_; }
   /// Violations seen since the start (divergence, and I1-I5 when checking).
   const std::vector<violation>& violations() const { return violations_; }
@@ -151,8 +161,9 @@ private:
   uint64_t archived_index_ = 0;
   int64_t archived_now_ = 0;
   std::vector<archive_gap> gaps_;
-  std::function<void(const archive_gap&)> gap_fn_;
-  std::function<void(uint64_t, int64_t)> batch_fn_;
+  std::function<bool(const archive_gap&)> gap_fn_;
+  std::function<bool(uint64_t, int64_t)> batch_fn_;
+  bool archive_broken_ = false;
   std::function<void(uint64_t, int64_t)> snapshot_fn_;
   std::vector<violation> violations_;
 };

@@ -813,7 +813,22 @@ private:
   struct transfer_req {
     struct raft_transfer req {};
     transfer_fn done;
+    raft_log* owner = nullptr;
   };
+  /// Transfers that ended, kept a while: 0.15 sends its TimeoutNow message
+  /// with a send request inside the transfer's struct, and libuv's send
+  /// reads that request when the send completes or is evicted, which can
+  /// be after the transfer ended (a target whose connection is down). A
+  /// freed request would be read then. A send waiting on a dead connection
+  /// is evicted by the sends queued behind it (heartbeats, every few
+  /// milliseconds), so the last few are enough; the rest go at close.
+  std::deque<std::unique_ptr<transfer_req>> ended_transfers_;
+  static constexpr size_t kept_transfers = 16;
+  void transfer_ended(transfer_req* t) {
+    ended_transfers_.emplace_back(t);
+    if (ended_transfers_.size() > kept_transfers)
+      ended_transfers_.pop_front();
+  }
 
   /// A transfer waiting to hear from its target (see check_transfer).
   struct waiting_transfer {
@@ -864,11 +879,12 @@ private:
   void transfer_now(uint64_t to, transfer_fn done) {
     auto* t = new transfer_req;
     t->done = std::move(done);
+    t->owner = this;
     t->req.data = t;
     int rv = raft_transfer(&raft_, &t->req, to, [](struct raft_transfer* r) {
       auto* t = static_cast<transfer_req*>(r->data);
       auto done = std::move(t->done);
-      delete t;
+      t->owner->transfer_ended(t);
       done("");
     });
     if (rv != 0) {

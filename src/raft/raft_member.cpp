@@ -1051,10 +1051,12 @@ void raft_member::propose(std::string entry, replicated_log::done_fn done) {
   auto* a = new apply_req;
   a->req.data = a;
   a->done = std::move(done);
-  // From here the buffer is raft's, unless it was refused outright.
+  // From here the buffer is raft's, unless raft_apply fails: whatever its
+  // code, 0.15 then holds no reference to it (a refused append never
+  // stored it; one whose write could not start is discarded from the log
+  // without being freed, and the sends to followers report no error).
   if (int rv = raft_apply(r, &a->req, &buf, 1, apply_cb); rv != 0) {
-    if (rv == RAFT_NOTLEADER)
-      raft_free(buf.base);
+    raft_free(buf.base);
     auto d = std::move(a->done);
     delete a;
     d(status_of(rv), 0);

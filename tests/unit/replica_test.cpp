@@ -357,43 +357,155 @@ TEST(ReplicaMachine, ARestoreAppliesWhatWasKeptFirst) {
   EXPECT_EQ(r.batches_applied(), 80u);
 }
 
+/// A memory store whose metadata (and so a member's archive position) can
+/// be made to fail, as a full or broken disk would.
+struct meta_failing_store : store {
+  std::shared_ptr<store> in{make_memory_store()};
+  bool keeps_meta = true;  // false: a store without metadata at all
+  bool fail_meta = false;  // true: metadata writes fail from now on
+  status append(const std::vector<pb::LogEntry>& e,
+                const std::vector<pb::SessionRecord>& a, bool s) override {
+    return in->append(e, a, s);
+  }
+  status save_snapshot_bytes(uint64_t i, std::string b) override {
+    return in->save_snapshot_bytes(i, std::move(b));
+  }
+  status load_snapshot(std::optional<pb::Snapshot>& o) override {
+    return in->load_snapshot(o);
+  }
+  status scan_while(uint64_t f,
+                    const std::function<bool(const pb::LogEntry&)>& g) override {
+    return in->scan_while(f, g);
+  }
+  uint64_t last_index() const override { return in->last_index(); }
+  status archived(const std::string& id,
+                  std::optional<pb::SessionRecord>& o) override {
+    return in->archived(id, o);
+  }
+  status scan_archive(int64_t s,
+                      const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return in->scan_archive(s, f);
+  }
+  status put_meta(const std::string& k, const std::string& v, bool s) override {
+    if (!keeps_meta)
+      return store::put_meta(k, v, s);
+    if (fail_meta)
+      return status::fail("disk full");
+    return in->put_meta(k, v, s);
+  }
+  status archive_with_meta(const std::vector<pb::SessionRecord>& a,
+                           const std::string& k, const std::string& v,
+                           bool s) override {
+    if (!keeps_meta)
+      return store::archive_with_meta(a, k, v, s);
+    if (fail_meta)
+      return status::fail("disk full");
+    return in->archive_with_meta(a, k, v, s);
+  }
+  status erase_meta(const std::string& k, bool s) override {
+    return keeps_meta ? in->erase_meta(k, s) : store::erase_meta(k, s);
+  }
+  status scan_meta(const std::string& p,
+                   const std::function<bool(const std::string&, const std::string&)>& f)
+    override {
+    return keeps_meta ? in->scan_meta(p, f) : store::scan_meta(p, f);
+  }
+};
+
 // A store without metadata (a test double) cannot keep a member's archive:
-// the member hears of it through its error function.
+// the member hears of it through its error function, and its archive
+// vouches for nothing.
 TEST(MemberArchive, AStoreThatCannotKeepThePositionIsAnError) {
-  struct no_meta : store {
-    std::shared_ptr<store> in{make_memory_store()};
-    status append(const std::vector<pb::LogEntry>& e,
-                  const std::vector<pb::SessionRecord>& a, bool s) override {
-      return in->append(e, a, s);
-    }
-    status save_snapshot_bytes(uint64_t i, std::string b) override {
-      return in->save_snapshot_bytes(i, std::move(b));
-    }
-    status load_snapshot(std::optional<pb::Snapshot>& o) override {
-      return in->load_snapshot(o);
-    }
-    status scan_while(uint64_t f,
-                      const std::function<bool(const pb::LogEntry&)>& g) override {
-      return in->scan_while(f, g);
-    }
-    uint64_t last_index() const override { return in->last_index(); }
-    status archived(const std::string& id,
-                    std::optional<pb::SessionRecord>& o) override {
-      return in->archived(id, o);
-    }
-    status scan_archive(int64_t s,
-                        const std::function<bool(const pb::SessionRecord&)>& f) override {
-      return in->scan_archive(s, f);
-    }
-  };
+  auto st = std::make_shared<meta_failing_store>();
+  st->keeps_meta = false;
   std::vector<std::string> errors;
-  auto r = member_replica(std::make_shared<no_meta>(), false,
+  auto r = member_replica(st, false,
                           [&](const std::string& e) { errors.push_back(e); });
   for (auto& b : leader_run{16}.batches(5, 6))
     r->apply(b);
   ASSERT_FALSE(errors.empty());
   EXPECT_NE(errors[0].find("keeps no metadata"), std::string::npos) << errors[0];
   EXPECT_EQ(errors.size(), 1u);  // once: the position then stays put
+  EXPECT_GT(r->last_index(), 0u);
+  EXPECT_EQ(r->archived_index(), 0u);
+}
+
+// Once a write of a member's archive failed, the records of that batch may
+// be missing: what the archive vouches for (archive_complete_through, the
+// bound of every archive answer) stays at the last batch written whole,
+// however far the member applies after it.
+TEST(MemberArchive, AFailedArchiveWriteStopsWhatTheArchiveVouchesFor) {
+  auto st = std::make_shared<meta_failing_store>();
+  std::vector<std::string> errors;
+  auto r = member_replica(st, false,
+                          [&](const std::string& e) { errors.push_back(e); });
+  auto bs = leader_run{17}.batches(60, 6);
+  for (size_t i = 0; i < 30; ++i)
+    ASSERT_TRUE(r->apply(bs[i]).ok);
+  auto whole = r->last_index();
+  EXPECT_EQ(archive_complete_through(*st, r->archived_index()), whole);
+  EXPECT_FALSE(r->archive_broken());
+  st->fail_meta = true;
+  ASSERT_TRUE(r->apply(bs[30]).ok);
+  st->fail_meta = false;  // the disk recovers: the position still stays
+  for (size_t i = 31; i < bs.size(); ++i)
+    ASSERT_TRUE(r->apply(bs[i]).ok);
+  EXPECT_GT(r->last_index(), whole);
+  EXPECT_TRUE(r->archive_broken());
+  EXPECT_EQ(r->archived_index(), whole);
+  EXPECT_EQ(archive_complete_through(*st, r->archived_index()), whole);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("disk full"), std::string::npos) << errors[0];
+}
+
+// The same when a snapshot install leaves a gap that cannot be recorded:
+// the position stays before the gap, in memory and on disk, so neither
+// this member nor a peer's backfill takes the skipped records as kept.
+TEST(MemberArchive, AGapThatCannotBeRecordedStopsWhatTheArchiveVouchesFor) {
+  auto st = std::make_shared<meta_failing_store>();
+  std::vector<std::string> errors;
+  auto r = member_replica(st, false,
+                          [&](const std::string& e) { errors.push_back(e); });
+  auto bs = leader_run{18}.batches(60, 6);
+  replica peer;
+  for (size_t i = 0; i < bs.size(); ++i) {
+    ASSERT_TRUE(peer.apply(bs[i]).ok);
+    if (i < 30)
+      ASSERT_TRUE(r->apply(bs[i]).ok);
+  }
+  auto whole = r->last_index();
+  st->fail_meta = true;
+  std::string err;
+  ASSERT_TRUE(r->restore(peer.snapshot_bytes(), err)) << err;
+  EXPECT_EQ(r->last_index(), peer.last_index());
+  EXPECT_TRUE(r->archive_broken());
+  EXPECT_EQ(archive_complete_through(*st, r->archived_index()), whole);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("gap"), std::string::npos) << errors[0];
+  // The disk recovers and a restart reads the position: still before the gap.
+  st->fail_meta = false;
+  auto again = member_replica(st, false, [](const std::string&) {});
+  EXPECT_EQ(again->archived_index(), whole);
+}
+
+// An oracle never takes the gaps a replica noted (it records each one
+// durably): the replica keeps only the newest few.
+TEST(MemberArchive, TheGapsAReplicaNotesStayBounded) {
+  auto st = std::make_shared<meta_failing_store>();
+  auto r = member_replica(st, false, [](const std::string&) {});
+  auto bs = leader_run{19}.batches(2 * replica::kept_gaps + 10, 6);
+  replica peer;
+  size_t restores = 0;
+  for (auto& b : bs) {
+    ASSERT_TRUE(peer.apply(b).ok);
+    std::string err;
+    ASSERT_TRUE(r->restore(peer.snapshot_bytes(), err)) << err;
+    ++restores;
+  }
+  auto gaps = r->take_archive_gaps();
+  EXPECT_GT(restores, replica::kept_gaps);
+  ASSERT_EQ(gaps.size(), replica::kept_gaps);
+  EXPECT_EQ(gaps.back().to_index, peer.last_index());
 }
 
 TEST(Proposer, StartsFromTheCommittedStateAndNeverGoesBackInTime) {
