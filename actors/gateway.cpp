@@ -114,6 +114,33 @@ void refuse(self_ptr self, const caf::actor& to, const std::string& node,
     self->send(to, oracle_atom::value, refusal_bytes(code, detail));
 }
 
+/// Whether the message at hand comes from an actor of this process. The
+/// gateway's handle is published to miners and clients; the messages the
+/// oracle's own actors send it (whom it routes to, what it sends a node,
+/// the term it stamps, a node's refusal) are refused from anyone else, and
+/// counted, and change nothing.
+bool from_inside(self_ptr self, const char* what) {
+  auto& s = self->current_sender();
+  if (s && s->node() == self->node())
+    return true;
+  refuse(self, caf::actor_cast<caf::actor>(s), "?", "internal_message",
+         std::string{"'"} + what + "' is the oracle's own message");
+  return false;
+}
+
+/// Asks `whom` and answers the request at hand with what it says. The
+/// answer comes from the gateway itself: were it delegated, the answering
+/// actor's address would reach the client, and with it a way around the
+/// gateway's checks.
+template <class Answer, class... Ts>
+caf::response_promise relay(self_ptr self, const caf::actor& whom, Ts... xs) {
+  auto rp = self->make_response_promise();
+  self->request(whom, caf::infinite, std::move(xs)...)
+    .then([rp](Answer& a) mutable { rp.deliver(std::move(a)); },
+          [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+  return rp;
+}
+
 /// Sends a command for a node and reports a refusal back to that node.
 void command_for(self_ptr self, caf::actor node, const std::string& node_id,
                  std::string cmd) {
@@ -261,6 +288,8 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
                            beat_atom::value);
       },
       [=](connect_atom, caf::actor validator, caf::actor sessions) {
+        if (!from_inside(self, "connect"))
+          return;
         self->state.validator = std::move(validator);
         self->state.sessions = std::move(sessions);
       },
@@ -333,6 +362,8 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         }
       },
       [=](send_atom, const std::string& node_id, const std::string& bytes) {
+        if (!from_inside(self, "send"))
+          return;
         auto& st = self->state;
         auto out = st.term > 0 ? with_term(bytes, st.term) : bytes;
         auto i = st.by_node.find(node_id);
@@ -349,34 +380,42 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         ++st.undeliverable;
       },
       [=](lead_atom, uint64_t term) {
+        if (!from_inside(self, "lead"))
+          return;
         self->state.term = std::max(self->state.term, term);
       },
       // Refusals decided by the validator or a session: counted here with
       // the gateway's own, then sent to the node.
       [=](refused_atom, const std::string& node_id, const std::string& code,
           const std::string& detail) {
+        if (!from_inside(self, "refused"))
+          return;
         auto i = self->state.by_node.find(node_id);
         refuse(self, i == self->state.by_node.end() ? caf::actor{} : i->second,
                node_id, code, detail);
       },
       // Clients share the miners' port: session requests go to the queue,
       // state queries to the supervisor; the answer goes straight back.
-      [=](submit_atom, const std::string& bytes) {
-        return self->delegate(self->state.sessions, submit_atom::value, bytes);
+      [=](submit_atom, const std::string& bytes) -> caf::result<void> {
+        return relay<accepted_atom>(self, self->state.sessions,
+                                    submit_atom::value, bytes);
       },
       // A client's prompt for an interactive session (the HTTP API).
-      [=](prompt_atom, const std::string& bytes) {
-        return self->delegate(self->state.sessions, prompt_atom::value, bytes);
+      [=](prompt_atom, const std::string& bytes) -> caf::result<std::string> {
+        return relay<std::string>(self, self->state.sessions,
+                                  prompt_atom::value, bytes);
       },
-      [=](archive_atom, const std::string& query) {
-        return self->delegate(self->state.supervisor, archive_atom::value,
-                              query);
+      [=](archive_atom, const std::string& query) -> caf::result<std::string> {
+        return relay<std::string>(self, self->state.supervisor,
+                                  archive_atom::value, query);
       },
-      [=](state_atom) {
-        return self->delegate(self->state.supervisor, state_atom::value);
+      [=](state_atom) -> caf::result<std::string> {
+        return relay<std::string>(self, self->state.supervisor,
+                                  state_atom::value);
       },
-      [=](cluster_atom) {
-        return self->delegate(self->state.supervisor, cluster_atom::value);
+      [=](cluster_atom) -> caf::result<std::string> {
+        return relay<std::string>(self, self->state.supervisor,
+                                  cluster_atom::value);
       },
       [=](log_atom) {
         auto& st = self->state;

@@ -26,7 +26,10 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
   h.gateway = spawn_gateway(sys, h.supervisor, pool, sim, std::move(admission));
   h.validator = spawn_validator(sys, h.supervisor, h.gateway, pool, sim, tests);
   h.sessions = spawn_session_queue(sys, h.supervisor, h.gateway, pool, sim);
-  caf::anon_send(h.gateway, connect_atom::value, h.validator, h.sessions);
+  // From an actor of this process: the gateway takes its routes from no
+  // one else (its handle is published).
+  caf::scoped_actor{sys}->send(h.gateway, connect_atom::value, h.validator,
+                               h.sessions);
   caf::anon_send(h.supervisor, subscribe_atom::value, h.validator);
   caf::anon_send(h.supervisor, subscribe_atom::value, h.sessions);
   // The gateway stamps messages to miners with the term (fencing).

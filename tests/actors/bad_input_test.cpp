@@ -4,6 +4,7 @@
 #include "digest.hpp"
 #include "fixture.hpp"
 
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -139,6 +140,39 @@ TEST_F(bad_input, a_message_without_a_sender_is_refused_and_changes_nothing) {
   EXPECT_EQ(counted("no_sender"), 1u);
   EXPECT_EQ(snapshot_bytes(), before);
   EXPECT_EQ(state().node("nobody"), nullptr);
+}
+
+// The gateway's handle is published to miners and clients. The messages
+// only the oracle's own actors send it (its routes, what to send a node,
+// the term to stamp, a node's refusal) are refused from anyone else: here
+// sender-less, as a remote peer can send them (a remote peer's own actor:
+// process test api.a_peer_cannot_drive_the_gateways_own_messages).
+TEST_F(bad_input, the_oracles_own_messages_are_refused_from_outside) {
+  // Routes to nowhere and a term no leader will reach.
+  caf::anon_send(oracle_.gateway, connect_atom::value, caf::actor{}, caf::actor{});
+  caf::anon_send(oracle_.gateway, lead_atom::value,
+                 std::numeric_limits<uint64_t>::max());
+  sched_->run();
+  EXPECT_EQ(counted("internal_message"), 2u);
+  // The routes are the oracle's still: the node is tested and admitted,
+  // and nothing it hears carries a term.
+  admit("p1");
+  for (auto& m : log_->received)
+    EXPECT_EQ(m.term(), 0u);
+  // Words put in the oracle's mouth reach no node.
+  auto before = snapshot_bytes();
+  auto heard = log_->received.size();
+  pb::OracleMsg quit;
+  quit.mutable_refusal()->set_code("retired");
+  caf::anon_send(oracle_.gateway, send_atom::value, std::string{"p1"},
+                 quit.SerializeAsString());
+  caf::anon_send(oracle_.gateway, refused_atom::value, std::string{"p1"},
+                 std::string{"retired"}, std::string{"forged"});
+  sched_->run();
+  EXPECT_EQ(log_->received.size(), heard);
+  EXPECT_EQ(counted("internal_message"), 4u);
+  EXPECT_EQ(counted("retired"), 0u);
+  EXPECT_EQ(snapshot_bytes(), before);
 }
 
 TEST_F(bad_input, messages_before_registration_are_refused) {

@@ -66,8 +66,9 @@ TEST_F(fencing, the_gateway_stamps_what_it_sends_with_the_term_it_leads) {
   p.heartbeat_timeout_ms = 60000;
   start(p);
   // What the supervisor tells the gateway when this member leads a term.
-  caf::anon_send(oracle_.gateway, lead_atom::value, uint64_t{12});
-  caf::anon_send(oracle_.gateway, lead_atom::value, uint64_t{5});  // never lowered
+  caf::scoped_actor inside{*sys_};
+  inside->send(oracle_.gateway, lead_atom::value, uint64_t{12});
+  inside->send(oracle_.gateway, lead_atom::value, uint64_t{5});  // never lowered
   sched_->run();
   auto log = std::make_shared<probe_log>();
   auto pr = probe(log);

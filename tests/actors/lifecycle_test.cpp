@@ -237,8 +237,8 @@ TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
   pb::OracleMsg test;
   test.mutable_test()->set_test_id(1);
   test.mutable_test()->set_deadline_ms(500);
-  caf::anon_send(oracle_.gateway, send_atom::value, std::string{"early"},
-                 test.SerializeAsString());
+  caf::scoped_actor{*sys_}->send(oracle_.gateway, send_atom::value,
+                                 std::string{"early"}, test.SerializeAsString());
   sched_->run();
   caf::anon_send(sup, accepted_atom::value);
   sched_->run();

@@ -190,6 +190,51 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
   EXPECT_EQ(rc, 0) << out;
 }
 
+// The miners' port publishes the gateway. A peer on it that sends what
+// only the oracle's own actors may send (new routes, a term, a refusal
+// that retires a node) is refused, counted, and changes nothing; a state
+// query is answered by the gateway itself, so no other actor of the
+// oracle becomes reachable.
+TEST(api, a_peer_cannot_drive_the_gateways_own_messages) {
+  auto dir = temp_dir("api-peer");
+  cleanup tidy{dir};
+  api_pool p{dir, 3};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_nodes(3);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  auto gw = listening_port(p.oracle->output());
+  child peer{{"127.0.0.1", gw, "miner-0"}, dir + "/peer.out", HOSTILE_PEER_BIN};
+  ASSERT_EQ(peer.wait_exit(30s), 0) << peer.errors();
+  auto out = peer.output();
+  auto said = last_json_line(out);
+  EXPECT_GT(said["state_bytes"].get<int>(), 0) << out;
+  EXPECT_TRUE(said["answered_by_gateway"].get<bool>()) << out;
+  // Sessions through the gateway still reach the queue, and the released
+  // nodes' retests the validator: all three come back to the pool.
+  auto [src, sout] = run({"submit", "--oracle", "127.0.0.1:" + gw, "--sessions",
+                          "3", "--prefix", "peer", "--max-tasks", "2"},
+                         dir + "/submit.out");
+  ASSERT_EQ(src, 0) << sout;
+  st = p.wait_status(
+    [](const json& j) {
+      return j["sessions"]["completed"] == 3
+             && j["nodes"]["by_state"]["ephemeral"] == 3;
+    },
+    60s);
+  EXPECT_EQ(st["sessions"]["completed"], 3) << st.dump();
+  EXPECT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
+  EXPECT_EQ(st["nodes"]["by_state"]["retired"], 0) << st.dump();
+  auto c = p.client();
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m && m->status == 200);
+  EXPECT_NE(m->body.find(
+              "nodepool_refusals_total{source=\"gateway\",code=\"internal_message\"} 4"),
+            std::string::npos)
+    << m->body;
+  p.miner->signal(SIGTERM);
+  EXPECT_EQ(p.miner->wait_exit(20s), 0) << p.miner->errors();
+}
+
 TEST(api, errors_on_the_wire) {
   auto dir = temp_dir("api-err");
   cleanup tidy{dir};
