@@ -16,6 +16,7 @@
 #include "actors/oracle.hpp"
 #include "actors/tickets.hpp"
 #include "actors/wire.hpp"
+#include "bounds.hpp"
 #include "identity.hpp"
 #include "log.hpp"
 
@@ -162,12 +163,14 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
   }
   // The models go to the log and the node's record: bounded.
   auto& models = m.register_().models();
-  if (models.size() > 64
+  if (models.size() > bounds::models
       || std::any_of(models.begin(), models.end(), [](const std::string& x) {
-           return x.empty() || x.size() > 128;
+           return x.empty() || x.size() > bounds::model;
          })) {
     refuse(self, sender, id, "bad_models",
-           "a node serves at most 64 models, each named by 1..128 characters");
+           "a node serves at most " + std::to_string(bounds::models)
+             + " models, each named by 1.." + std::to_string(bounds::model)
+             + " characters");
     return;
   }
   auto bound = st.by_node.find(id);
@@ -186,8 +189,12 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
   }
   // Proof of the key, against the oracle's allow-list / join tokens.
   auto& conn = st.conn_ids[sender.address()];
-  if (conn == 0)
+  if (conn == 0) {
     conn = st.next_conn++;
+    // Watched from its first registration, refused or not: its entry (and
+    // its nonce) go when it does.
+    self->monitor(sender);
+  }
   std::string challenge;
   if (auto no = st.auth.check(conn, m.register_(), challenge)) {
     refuse(self, sender, id, no->code, no->detail);
@@ -222,8 +229,6 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
           return;
         }
         auto& st = self->state;
-        if (!st.by_addr.count(sender.address()))
-          self->monitor(sender);
         st.by_addr[sender.address()] = id;
         st.by_node[id] = sender;
         st.last_seen[id] = now_ms(self, st.sim_time);
@@ -438,6 +443,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         nlohmann::json j;
         j["received"] = st.received;
         j["connected"] = st.by_node.size();
+        j["connections_known"] = st.conn_ids.size();
         j["undeliverable"] = st.undeliverable;
         j["refused"] = st.refused;
         if (auto n = st.tickets.foreign())

@@ -448,6 +448,17 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
     st.redundancy = std::max<uint32_t>(1, start.redundancy());
     st.max_tasks = start.max_tasks();
     st.interactive = start.interactive();
+    // Stopped from outside (the queue's term as leader ended, or the queue
+    // went down): a prompt still waiting hears why; without this its
+    // promise would die with the actor, unanswered.
+    self->set_exit_handler([=](caf::exit_msg& m) {
+      auto& st = self->state;
+      for (auto& p : st.prompts)
+        if (!p.answered)
+          p.rp.deliver(make_refusal("not_leader", "this oracle stopped leading"));
+      st.prompts.clear();
+      self->quit(std::move(m.reason));
+    });
     pb::Event e;
     *e.mutable_session_started() = start;
     on_event(self, e);

@@ -11,6 +11,7 @@
 #include "actors/session.hpp"
 #include "actors/tickets.hpp"
 #include "actors/wire.hpp"
+#include "bounds.hpp"
 #include "log.hpp"
 
 namespace nodepool {
@@ -192,13 +193,17 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         }
         // What goes to the log, the record and the archive is bounded
         // (as the HTTP API bounds it).
-        if (s.model().size() > 128 || s.client().size() > 256) {
+        if (s.model().size() > bounds::model || s.client().size() > bounds::client
+            || s.reserve_period_ms() < 0
+            || s.reserve_period_ms() > bounds::reserve_period_ms) {
           ++self->state.refused["bad_field"];
           auto rp = self->make_response_promise();
           rp.deliver(make_refusal(
-            "bad_field", s.model().size() > 128
-                           ? "model: at most 128 characters"
-                           : "client: at most 256 characters"));
+            "bad_field", s.model().size() > bounds::model
+                           ? bounds::at_most("model", bounds::model)
+                         : s.client().size() > bounds::client
+                           ? bounds::at_most("client", bounds::client)
+                           : std::string{"reserve_period_ms: 0..30 days"}));
           return rp;
         }
         auto cmd = command_bytes(

@@ -94,6 +94,10 @@ struct supervisor_state {
   // archive_gaps_generation() moved.
   uint64_t gaps_read_at = std::numeric_limits<uint64_t>::max();
   std::optional<replica::archive_gap> earliest_gap;
+  // Reads of the gap list that failed: counted, and logged a line per
+  // interval at most (a failing disk would otherwise log one a submission).
+  uint64_t gap_read_errors = 0;
+  log_limiter gap_read_log{10000, 1};
   struct inflight {
     uint64_t seq = 0;
     bool done = false;  // committed (or nothing to commit)
@@ -155,7 +159,11 @@ const std::optional<replica::archive_gap>& earliest_gap(self_ptr self) {
     if (auto s = pending_gaps(*st.cfg.storage, gaps); !s.ok()) {
       // Unreadable: as if a gap started at the beginning of time, until a
       // read succeeds.
-      log("supervisor")->error("archive gaps unreadable: {}", s.error);
+      ++st.gap_read_errors;
+      if (st.gap_read_log.allow("gaps", now_ms(self, st.cfg.sim_time)))
+        log("supervisor")->error("archive gaps unreadable ({} reads failed "
+                                 "so far; one line in 10 s at most): {}",
+                                 st.gap_read_errors, s.error);
       st.earliest_gap = replica::archive_gap{0, 0, 0, 0};
       return st.earliest_gap;
     }
@@ -1248,6 +1256,7 @@ caf::behavior handlers(self_ptr self) {
       }
       j["reservations"] = s.reservations;
       j["releases"] = s.releases;
+      j["archive_gap_read_errors"] = s.gap_read_errors;
       j["histograms"]["grant_latency_ms"] = s.grant_ms.to_json();
       j["histograms"]["group_commit_commands"] = s.batch_commands.to_json();
       j["histograms"]["commit_latency_ms"] = s.commit_ms.to_json();

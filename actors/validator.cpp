@@ -74,6 +74,29 @@ struct validator_state {
 
 using self_ptr = caf::stateful_actor<validator_state>*;
 
+/// The model a node's answers to peer items are checked against: of the
+/// models it lists, the one with references for most of these items (the
+/// first listed on a tie). Were it the first listed, a miner could list
+/// first a model no other node serves, pass with nothing to compare, and
+/// then serve sessions for the others it listed.
+std::string checked_model(const validator_state& st,
+                          const std::vector<std::string>& models,
+                          const std::vector<const bank_item*>& items) {
+  std::string best = models.empty() ? std::string{} : models.front();
+  size_t best_refs = 0;
+  for (auto& m : models) {
+    size_t n = 0;
+    for (auto* item : items)
+      if (item->grade == grade_mode::peer && st.references.count({m, item->id}))
+        ++n;
+    if (n > best_refs) {
+      best = m;
+      best_refs = n;
+    }
+  }
+  return best;
+}
+
 void refuse(self_ptr self, const std::string& node, const std::string& code,
             const std::string& detail) {
   self->send(self->state.gateway, refused_atom::value, node, code, detail);
@@ -92,8 +115,8 @@ void send_test(self_ptr self, const pb::TestRequested& t, int64_t batch_now) {
   p.deadline = t.deadline();
   p.sent_at = now_ms(self, st.sim_time);
   p.nonce = plan.nonce;
-  p.model = models.empty() ? std::string{} : models.front();
   p.items = std::move(plan.items);
+  p.model = checked_model(st, models, p.items);
   pb::OracleMsg m;
   auto* ct = m.mutable_test();
   ct->set_test_id(t.test_id());
@@ -249,9 +272,11 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   // and not all right for these: copied, not computed. (The same questions
   // may well get the same answers; so may other questions that happen to
   // share theirs, and those answers are then all right.)
+  // Only the answers to the questions asked: extra ones would change the
+  // digest and nothing else.
   std::string joined, asked;
-  for (auto& text : a.answers())
-    joined += text + '\0';
+  for (size_t k = 0; k < p.items.size() && k < static_cast<size_t>(a.answers_size()); ++k)
+    joined += a.answers(static_cast<int>(k)) + '\0';
   for (auto* item : p.items)
     asked += item->id + '\0';
   auto answers_digest = sha256_hex(joined), items_digest = sha256_hex(asked);

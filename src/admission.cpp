@@ -1,25 +1,13 @@
 // Admission: registration, return from LOST, and the start of every test.
 #include "pool_state.hpp"
 
+#include "bounds.hpp"
+
 namespace nodepool {
-
-namespace {
-
-bool valid_id(const std::string& id) {
-  if (id.empty() || id.size() > 128)
-    return false;
-  for (char c : id)
-    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'
-          || c == '.' || c == ':'))
-      return false;
-  return true;
-}
-
-} // namespace
 
 void pool_state::apply_register(const pb::Register& c, int64_t now,
                                 apply_result& out) {
-  if (!valid_id(c.node_id())) {
+  if (!bounds::valid_id(c.node_id())) {
     out.refused = refusal{"bad_node_id",
                           "node id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
@@ -75,6 +63,13 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
     if (n.state() == pb::RESERVED)
       if (auto* s = live_session(n.session_id()))
         maybe_resume(*s, out);
+    return;
+  }
+  if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING) {
+    // A test is not redrawn by registering again: the one under way
+    // counts as failed (a miner could otherwise read its questions and
+    // ask for others until it drew a set it can answer).
+    fail_test(n, "abandoned", "registered again during its test", now, out);
     return;
   }
   if (n.state() == pb::QUARANTINED) {

@@ -267,6 +267,13 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
                                              + to_string(n.state())};
     return;
   }
+  if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING) {
+    // Nor by going away and coming back: it counts as failed, and the
+    // node returns to its quarantine.
+    fail_test(n, "abandoned", "went away during its test", now, out);
+    if (n.state() == pb::RETIRED)
+      return;
+  }
   lose(n, c.reason().empty() ? "node down" : c.reason(), now, out);
 }
 
@@ -297,8 +304,12 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
     }
     case pb::RETIRE: {
       auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
+      // A session that waited for this node to rejoin (after a change of
+      // leader) may go on without it; one that did not wait runs on as it
+      // was (a second SessionStarted would restart its task).
+      bool awaited = n.rejoin_by() > 0;
       take_out(n, pb::RETIRED, "retired " + why, now, out);
-      if (auto* s = sid.empty() ? nullptr : live_session(sid))
+      if (auto* s = sid.empty() || !awaited ? nullptr : live_session(sid))
         maybe_resume(*s, out);
       return;
     }

@@ -3,19 +3,11 @@
 
 #include <algorithm>
 
+#include "bounds.hpp"
+
 namespace nodepool {
 
 namespace {
-
-bool valid_session_id(const std::string& id) {
-  if (id.empty() || id.size() > 128)
-    return false;
-  for (char c : id)
-    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'
-          || c == '.' || c == ':'))
-      return false;
-  return true;
-}
 
 /// I2: a node whose ephemeral window has run out is not handed out, even if
 /// a command other than the tick that sends it to its retest comes first.
@@ -27,7 +19,7 @@ bool within_window(const pb::NodeRecord& n, int64_t now, const params& p) {
 
 void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
                               apply_result& out) {
-  if (!valid_session_id(c.session_id())) {
+  if (!bounds::valid_id(c.session_id())) {
     out.refused = refusal{"bad_session_id",
                           "session id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
@@ -56,8 +48,9 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
     out.refused = refusal{"bad_level", "min_level above the highest level"};
     return;
   }
-  if (c.reserve_period_ms() < 0) {
-    out.refused = refusal{"bad_reserve_period", "reserve_period is negative"};
+  if (c.reserve_period_ms() < 0 || c.reserve_period_ms() > bounds::reserve_period_ms) {
+    out.refused = refusal{"bad_reserve_period",
+                          "reserve_period must be 0..30 days (0: the pool's)"};
     return;
   }
   auto& s = *sessions_.try_emplace(c.session_id()).first;  // new: checked above

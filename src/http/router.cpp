@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "bounds.hpp"
 #include "http/dashboard.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
@@ -220,16 +221,17 @@ std::optional<pb::SubmitSession> session_from_json(const json& j, api_error& err
       || !in_range(max_nodes, 0, 64, "max_nodes", err)
       || !in_range(redundancy, 0, 64, "redundancy", err)
       || !in_range(level, -1, 100, "level", err)
-      || !in_range(reserve_period, 0, 30 * 86400, "reserve_period", err)
+      || !in_range(reserve_period, 0, bounds::reserve_period_s, "reserve_period", err)
       || !in_range(max_tasks, 1, 100000, "max_tasks", err))
     return std::nullopt;
-  if (id.size() > 128) {
-    err = {"bad_field", "session_id: at most 128 characters"};
+  if (id.size() > bounds::id) {
+    err = {"bad_field", bounds::at_most("session_id", bounds::id)};
     return std::nullopt;
   }
-  if (model.size() > 128 || client.size() > 256) {
-    err = {"bad_field", model.size() > 128 ? "model: at most 128 characters"
-                                           : "client_reference: at most 256 characters"};
+  if (model.size() > bounds::model || client.size() > bounds::client) {
+    err = {"bad_field", model.size() > bounds::model
+                          ? bounds::at_most("model", bounds::model)
+                          : bounds::at_most("client_reference", bounds::client)};
     return std::nullopt;
   }
   // The SLA picks the nodes' minimum level unless `level` says it.
@@ -1463,8 +1465,8 @@ void router::post_openai(const std::shared_ptr<call>& c, bool chat) {
     return send_bad(c->rep, e);
   if (model.empty())
     return send_bad(c->rep, {"bad_field", "model: required"});
-  if (model.size() > 128)
-    return send_bad(c->rep, {"bad_field", "model: at most 128 characters"});
+  if (model.size() > bounds::model)
+    return send_bad(c->rep, {"bad_field", bounds::at_most("model", bounds::model)});
   // The prompt: a completion's `prompt`, or the chat's messages in order.
   auto body = *j;
   if (chat) {

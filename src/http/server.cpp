@@ -60,6 +60,11 @@ bool url_decode(const std::string& in, std::string& out) {
 
 namespace {
 
+/// Answers written to a stream or a WebSocket and not yet taken by its
+/// client, at most: a client that sends and does not read is disconnected
+/// past this, instead of holding the oracle's memory.
+constexpr size_t max_pending_bytes = 4 << 20;
+
 /// What every connection shares: the handler and the limits. Held by
 /// shared_ptr, with the io_context, so a reply that comes after stop()
 /// finds them still there (and does nothing).
@@ -399,7 +404,6 @@ class connection : public closable,
   bool ending_ = false;
   bool closed_ = false;
   std::atomic<bool> gone_{false};  // closed_, readable from any thread
-  static constexpr size_t max_pending_bytes = 4 << 20;  // per stream
   size_t pending_bytes_ = 0;
   std::deque<std::string> pending_;
   std::shared_ptr<ws_session<Stream>> ws_;
@@ -463,7 +467,6 @@ class ws_session : public closable,
     out_.push_back(std::move(text));
     drain();
   }
-  static constexpr size_t max_pending_bytes = 4 << 20;
 
   void end() {
     if (closed_)

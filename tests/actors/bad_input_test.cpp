@@ -175,6 +175,29 @@ TEST_F(bad_input, the_oracles_own_messages_are_refused_from_outside) {
   EXPECT_EQ(snapshot_bytes(), before);
 }
 
+// A registration the pool refuses leaves nothing behind once its sender is
+// gone: the gateway watches every connection from its first registration.
+TEST_F(bad_input, refused_registrations_leave_nothing_once_their_senders_are_gone) {
+  std::vector<caf::actor> peers;
+  for (int i = 0; i < 50; ++i) {
+    auto log = std::make_shared<probe_log>();
+    peers.push_back(probe(log));
+    caf::anon_send(peers.back(), send_atom::value,
+                   miner_registration("bad id " + std::to_string(i), "llama-3-8b"));
+  }
+  sched_->run();
+  EXPECT_EQ(counted("bad_node_id"), 50u);
+  auto known = [&] {
+    auto j = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
+    return j["connections_known"].get<uint64_t>();
+  };
+  EXPECT_EQ(known(), 50u);
+  for (auto& p : peers)
+    caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+  sched_->run();
+  EXPECT_EQ(known(), 0u);
+}
+
 TEST_F(bad_input, messages_before_registration_are_refused) {
   pb::MinerMsg hb;
   hb.set_node_id("ghost");
@@ -343,6 +366,13 @@ TEST_F(bad_input, answers_copied_from_another_node_fail) {
   send2(under_own);
   EXPECT_EQ(log2->refusal_codes().back(), "replay");
   EXPECT_EQ(counted("replay"), 1u);
+  EXPECT_EQ(state().node("copier")->state(), pb::TESTING);
+  // An answer added past the questions asked changes nothing: still a copy.
+  auto padded = under_own;
+  padded.mutable_test_answers()->add_answers("one more");
+  send2(padded);
+  EXPECT_EQ(log2->refusal_codes().back(), "replay");
+  EXPECT_EQ(counted("replay"), 2u);
   EXPECT_EQ(state().node("copier")->state(), pb::TESTING);
   // One answer changed: no longer a copy, so graded, and wrong.
   under_own.mutable_test_answers()->set_answers(0, "something else");
@@ -538,9 +568,13 @@ TEST_F(bad_input, a_session_whose_model_or_client_is_too_long_is_refused) {
   s.set_model("llama-3-8b");
   s.set_client(std::string(257, 'c'));
   EXPECT_EQ(submit(s), "error:bad_field");
+  s.set_client("c");
+  s.set_reserve_period_ms(std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(submit(s), "error:bad_field");
+  s.set_reserve_period_ms(0);
   EXPECT_EQ(snapshot_bytes(), before);
   auto j = nlohmann::json::parse(ask(oracle_.sessions, stats_atom::value));
-  EXPECT_EQ(j["refused"]["bad_field"], 2u);
+  EXPECT_EQ(j["refused"]["bad_field"], 3u);
   s.set_client(std::string(256, 'c'));
   s.set_model(std::string(128, 'm'));
   EXPECT_EQ(submit(s), "accepted");

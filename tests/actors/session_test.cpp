@@ -147,6 +147,18 @@ TEST_F(session_actor, a_waiting_prompt_hears_of_the_end_when_nothing_is_reported
   EXPECT_EQ(*answer, "error:session_ended");
 }
 
+// The queue stops its session actors when its oracle's term as leader
+// ends: a prompt waiting in one hears so (CAF delivers nothing for a
+// promise its actor dies holding).
+TEST_F(session_actor, a_waiting_prompt_hears_when_the_actor_is_stopped) {
+  auto s = start_session("s9");
+  auto answer = prompt(s);
+  EXPECT_EQ(*sent_, 1);  // its task is out
+  caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+  sched_->run();
+  EXPECT_EQ(*answer, "error:not_leader");
+}
+
 // The TaskDone refused (a node left meanwhile) after the session ended: the
 // prompt hears that the session ended, not nothing.
 TEST_F(session_actor, a_refused_report_after_the_end_ends_the_prompt) {

@@ -430,6 +430,24 @@ TEST(multiprocess, a_node_answering_from_another_model_fails_the_cross_check) {
   // agree with it.
   EXPECT_EQ(test_ends(log, "a"), std::vector<std::string>(3, "passed")) << log;
   EXPECT_GE(peer_prompts.load(), 5);
+  // Model B again, listing first a model no other node serves: its answers
+  // are still checked against model A's, which it also lists.
+  auto failed_before = j["tests"]["failed"].get<int>();
+  child c{{"miner", "--oracle", target, "--nodes", "2", "--id-prefix", "c",
+           "--models", "zz-unique,llama-3-8b", "--backend", "openai",
+           "--openai-url", model_b.url()},
+          dir + "/c.out"};
+  j = wait_status(dir, target,
+                  [&](const nlohmann::json& j) {
+                    return test_ends(oracle.errors(), "c").size() >= 2;
+                  },
+                  30s);
+  log = oracle.errors();
+  auto c_ends = test_ends(log, "c");
+  EXPECT_GE(c_ends.size(), 2u) << log;
+  EXPECT_EQ(c_ends, std::vector<std::string>(c_ends.size(), "cross_check")) << log;
+  EXPECT_GE(j["tests"]["failed"].get<int>(), failed_before + 2) << j.dump();
+  c.signal(SIGTERM);
   a.signal(SIGTERM);
   b.signal(SIGTERM);
   oracle.signal(SIGTERM);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
@@ -15,6 +16,7 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
+#include "bounds.hpp"
 #include "pool_state.hpp"
 #include "random.hpp"
 #include "bytes_of.hpp"
@@ -508,27 +510,35 @@ TEST(PoolRegister, FromReservedDropsSessionAndRetests) {
   EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
 }
 
-TEST(PoolRegister, FromTestingMakesOldTestStale) {
+// A test is not redrawn by registering again during it: a miner could
+// otherwise read its questions and ask for others until it drew a set it
+// can answer. The test under way counts as failed.
+TEST(PoolRegister, FromTestingFailsTheTestUnderWay) {
   harness h;
   h.reg("n1");
   auto r = h.reg("n1");
-  ASSERT_NE(test_request(r, "n1"), nullptr);
-  EXPECT_EQ(test_request(r, "n1")->test_id(), 2u);
-  EXPECT_EQ(h.state("n1"), pb::TESTING);
-  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "stale_test");
-  EXPECT_ACCEPTED(h.apply(result_cmd("n1", 2, 5, 5)));
-  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+  EXPECT_EQ(test_request(r, "n1"), nullptr);
+  EXPECT_NE(change_of(r, "n1", pb::TESTING, pb::QUARANTINED), nullptr);
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
+  EXPECT_TRUE(h.node("n1").last_test_failed());
+  EXPECT_EQ(h.pool.tests_failed(), 1u);
+  EXPECT_REFUSED(h.apply(result_cmd("n1", 1, 5, 5)), "no_test_in_flight");
+  // Registering again while quarantined changes nothing more.
+  h.reg("n1");
+  EXPECT_EQ(h.state("n1"), pb::QUARANTINED);
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
 }
 
-TEST(PoolRegister, FromRevalidatingRestartsWithAdmissionTest) {
+TEST(PoolRegister, FromRevalidatingFailsTheTestUnderWay) {
   harness h;
   h.admit("n1");
   h.submit("s1", "m", 1, 1, 0, /*max_tasks*/ 1);
   h.task("s1", {{"n1", pb::OK}});
   ASSERT_EQ(h.state("n1"), pb::REVALIDATING);
   auto r = h.reg("n1");
-  EXPECT_NE(change_of(r, "n1", pb::REVALIDATING, pb::TESTING), nullptr);
-  EXPECT_EQ(h.node("n1").test_kind(), pb::ADMISSION);
+  EXPECT_EQ(test_request(r, "n1"), nullptr);
+  EXPECT_NE(change_of(r, "n1", pb::REVALIDATING, pb::QUARANTINED), nullptr);
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
 }
 
 TEST(PoolRegister, FromQuarantinedKeepsTheQuarantine) {
@@ -995,8 +1005,15 @@ TEST(PoolSubmit, RefusesBadSubmissions) {
   EXPECT_REFUSED(h.submit("s2", "m", 1, 65), "bad_session_shape");
   EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 6), "bad_level");
   EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 0, -1), "bad_reserve_period");
+  // A period past 30 days (the HTTP API's bound too): far ones would wrap
+  // the release time around and churn the pool.
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 0, bounds::reserve_period_ms + 1),
+                 "bad_reserve_period");
+  EXPECT_REFUSED(h.submit("s2", "m", 1, 1, 0, 1, 0,
+                          std::numeric_limits<int64_t>::max()),
+                 "bad_reserve_period");
   EXPECT_EQ(h.pool.sessions().size(), 1u);
-  EXPECT_ACCEPTED(h.submit("s2", "m", 1, 64, 0, 1, 5, 10));
+  EXPECT_ACCEPTED(h.submit("s2", "m", 1, 64, 0, 1, 5, bounds::reserve_period_ms));
   EXPECT_EQ(h.session("s2").seq(), 2u);  // refusals used no sequence number
 }
 
@@ -1702,16 +1719,45 @@ TEST(PoolNodeDown, ReservedNodeIsLostAndSessionKeepsTheRest) {
 
 TEST(PoolNodeDown, AnyLiveStateGoesLost) {
   harness h;
-  h.reg("testing");
   h.reg("quarantined");
   h.fail("quarantined");
   h.admit("ephemeral");
-  for (auto id : {"testing", "quarantined", "ephemeral"}) {
+  for (auto id : {"quarantined", "ephemeral"}) {
     auto before = h.state(id);
     auto r = h.down(id);
     EXPECT_NE(change_of(r, id, before, pb::LOST), nullptr) << id;
     EXPECT_EQ(h.node(id).test_id(), 0u);
   }
+}
+
+// Nor is a test redrawn by going away during it and coming back: it counts
+// as failed, and the node returns to its quarantine.
+TEST(PoolNodeDown, ANodeGoneDuringItsTestFailsIt) {
+  auto p = quiet();
+  p.quarantine_backoff_ms = 10000;
+  harness h{p};
+  h.reg("n1");
+  auto r = h.down("n1");
+  EXPECT_NE(change_of(r, "n1", pb::TESTING, pb::QUARANTINED), nullptr);
+  EXPECT_NE(change_of(r, "n1", pb::QUARANTINED, pb::LOST), nullptr);
+  EXPECT_EQ(h.node("n1").test_id(), 0u);
+  EXPECT_EQ(h.node("n1").strikes(), 1u);
+  EXPECT_EQ(h.pool.tests_failed(), 1u);
+  auto until = h.node("n1").quarantine_until();
+  h.now = until - 1;
+  EXPECT_EQ(test_request(h.reg("n1"), "n1"), nullptr);
+  EXPECT_EQ(h.state("n1"), pb::QUARANTINED);
+  // Gone during a test once too often: retired, and it stays so.
+  auto q = quiet();
+  q.max_strikes = 2;
+  harness g{q};
+  g.reg("n2");
+  g.down("n2");
+  g.now = g.node("n2").quarantine_until() + 1;
+  g.reg("n2");
+  ASSERT_EQ(g.state("n2"), pb::TESTING);
+  g.down("n2");
+  EXPECT_EQ(g.state("n2"), pb::RETIRED);
 }
 
 TEST(PoolNodeDown, Refusals) {
@@ -3017,11 +3063,35 @@ TEST(PoolAdmin, RetiringAReservedNodeTakesItFromItsSessionForGood) {
   EXPECT_EQ(h.state("a"), pb::RETIRED);
   EXPECT_TRUE(h.node("a").session_id().empty());
   EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"b"});
+  // The session runs on with b: it is not started again (that would
+  // restart the task b may be reporting).
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(start_of(r, "s1"), nullptr);
   EXPECT_REFUSED(h.apply(admin_cmd("a", pb::UNDRAIN)), "retired");
   EXPECT_REFUSED(h.apply(admin_cmd("a", pb::RETIRE)), "retired");
   EXPECT_REFUSED(h.apply(admin_cmd("nobody", pb::DRAIN)), "unknown_node");
   // It may not come back.
   EXPECT_REFUSED(h.reg("a"), "retired");
+}
+
+// After a change of leader, a session waiting for a node that an operator
+// retires goes on without it.
+TEST(PoolTakeOver, ASessionWhoseAwaitedNodeIsRetiredGoesOnWithoutIt) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 1, 2, 2, 10);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  auto nodes = nodes_of(h.session("s1"));
+  ASSERT_EQ(nodes.size(), 2u);
+  h.apply(takeover_cmd(5));
+  EXPECT_EQ(start_of(h.reg(nodes[0]), "s1"), nullptr);
+  auto r = h.apply(admin_cmd(nodes[1], pb::RETIRE));
+  ASSERT_FALSE(r.refused);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  auto* s = start_of(r, "s1");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->nodes_size(), 1);
 }
 
 TEST(PoolQueue, ABoundedQueueRefusesWhatItCannotHold) {

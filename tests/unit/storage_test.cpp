@@ -322,7 +322,7 @@ TYPED_TEST(StoreTest, SnapshotSaveAndLoad) {
 }
 
 TYPED_TEST(StoreTest, RecoverIsSnapshotPlusReplay) {
-  auto h = make_history(11, 400);
+  auto h = make_history(11, 500);
   ASSERT_GT(h.entries.size(), 100u);
   ASSERT_GT(h.accepted, 3u);
   ASSERT_TRUE(append_all(*this->st, h).ok());

@@ -1,0 +1,36 @@
+#pragma once
+
+// Bounds on what clients and miners send, the same on every way in (the
+// HTTP API, and the gateway and session queue on the CAF port) and in the
+// pool, which refuses what passes none of them.
+#include <cctype>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace nodepool::bounds {
+
+constexpr size_t id = 128;      // a node's or a session's id
+constexpr size_t model = 128;   // a model's name
+constexpr size_t client = 256;  // a session's client reference
+constexpr int models = 64;      // the models one node serves
+constexpr int64_t reserve_period_s = 30 * 86400;  // 30 days
+constexpr int64_t reserve_period_ms = reserve_period_s * 1000;
+
+/// "what: at most N characters", the text of a refusal.
+inline std::string at_most(const char* what, size_t n) {
+  return std::string{what} + ": at most " + std::to_string(n) + " characters";
+}
+
+/// A node or session id: 1..`id` characters of [A-Za-z0-9-_.:].
+inline bool valid_id(const std::string& x) {
+  if (x.empty() || x.size() > id)
+    return false;
+  for (char c : x)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'
+          || c == '.' || c == ':'))
+      return false;
+  return true;
+}
+
+} // namespace nodepool::bounds
