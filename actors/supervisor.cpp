@@ -1209,6 +1209,16 @@ caf::behavior handlers(self_ptr self) {
                                });
           !err.empty())
         a.set_error(err);
+      // A session this drain ended is in neither the pool nor the store
+      // yet: its record waits for the group commit (a cluster member's
+      // replica writes its records before anyone can look at its pool).
+      if (!q.id().empty() && a.sessions_size() == 0 && a.error().empty()
+          && !st.cfg.cluster_log)
+        for (auto& r : st.archived)
+          if (r.id() == q.id()) {
+            *a.add_sessions() = r;
+            break;
+          }
       return a.SerializeAsString();
     },
     // An operator asks for a snapshot now (single oracle): of the durable

@@ -22,11 +22,10 @@ std::string query_archive(store& st, const pool_state& pool,
   }
   auto limit = q.limit() == 0 ? archive_query_default
                               : std::min(q.limit(), archive_query_max);
-  auto s = st.scan_archive(q.since(), [&](const pb::SessionRecord& r) {
-    // Resuming: what ended at `since` up to `after_id` came before.
-    if (!q.after_id().empty() && r.ended_at() == q.since()
-        && r.id() <= q.after_id())
-      return true;
+  // Resuming: what ended at `since` up to `after_id` came before, and is
+  // not read again (many sessions may end in one millisecond).
+  auto s = st.scan_archive_after(q.since(), q.after_id(),
+                                 [&](const pb::SessionRecord& r) {
     if (static_cast<uint32_t>(out.sessions_size()) == limit) {
       out.set_more(true);
       return false;

@@ -1,5 +1,7 @@
 #include "id_window.hpp"
 
+#include <limits>
+
 #include "random.hpp"
 
 namespace nodepool {
@@ -222,6 +224,9 @@ std::string id_window::load(const image& img) {
         || img.expiry_seconds[i] < 0
         || img.expiry_counts[i] > img.fingerprints.size())
       return "recent session ids: expiry list out of order";
+    // Read in milliseconds later on: a second past that range is damage.
+    if (img.expiry_seconds[i] > std::numeric_limits<int64_t>::max() / 1000)
+      return "recent session ids: an expiry time is out of range";
     total += img.expiry_counts[i];
   }
   if (total != img.fingerprints.size())

@@ -205,9 +205,16 @@ public:
   status scan_archive(
     int64_t since,
     const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return scan_archive_after(since, "", f);
+  }
+  status scan_archive_after(
+    int64_t since, const std::string& after_id,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
     std::lock_guard<std::mutex> lock{mutex_};
-    for (auto i = by_end_.lower_bound(ended_key(since, "")); i != by_end_.end();
-         ++i) {
+    auto from = ended_key(since, after_id);
+    for (auto i = by_end_.lower_bound(from); i != by_end_.end(); ++i) {
+      if (!after_id.empty() && i->first == from)
+        continue;  // the last record of the page before
       pb::SessionRecord r;
       auto a = archive_.find(i->second);
       if (a == archive_.end() || !r.ParseFromString(a->second))
@@ -501,6 +508,8 @@ public:
     return st.ok() ? status{} : failed("rocksdb write", st);
   }
   status erase_meta(const std::string& key, bool sync) override {
+    if (auto s = check_space(); !s.ok())  // a delete is a write too
+      return s;
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     auto st = db_->Delete(wo, meta_key(key));
@@ -522,9 +531,17 @@ public:
   status scan_archive(
     int64_t since,
     const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return scan_archive_after(since, "", f);
+  }
+  status scan_archive_after(
+    int64_t since, const std::string& after_id,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
     std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({}, ended_)};
-    for (it->Seek(ended_key(since, "")); it->Valid(); it->Next()) {
+    auto from = ended_key(since, after_id);
+    for (it->Seek(from); it->Valid(); it->Next()) {
       auto k = it->key();
+      if (!after_id.empty() && k == rocksdb::Slice{from})
+        continue;  // the last record of the page before
       if (k.size() < 8)
         return status::fail("archive time index holds a short key");
       auto id = k.ToString().substr(8);
@@ -589,6 +606,16 @@ private:
 };
 
 } // namespace
+
+status store::scan_archive_after(
+  int64_t since, const std::string& after_id,
+  const std::function<bool(const pb::SessionRecord&)>& f) {
+  return scan_archive(since, [&](const pb::SessionRecord& r) {
+    if (r.ended_at() == since && r.id() <= after_id)
+      return true;
+    return f(r);
+  });
+}
 
 status store::put_meta(const std::string&, const std::string&, bool) {
   return status::fail("this store keeps no metadata");
@@ -864,10 +891,74 @@ std::optional<opened_db> open_db(const std::string& dir, store_layout& l,
   return o;
 }
 
+/// Why a store of format `format` (none: no marker in a store that holds
+/// entries) is refused.
+status format_refused(const std::string& dir, const std::optional<std::string>& format) {
+  if (!format)
+    return status::fail(
+      "store in " + dir + " was written by an earlier nodepool (no format "
+      "marker; this one reads format " + format_version + " and would "
+      "replay that history differently): use the version that wrote it, "
+      "or a new data directory");
+  return status::fail(
+    "store in " + dir + " has format '" + format->substr(0, 32)
+    + "', this nodepool reads format " + format_version
+    + (*format == "2" ? " (format 2 kept ended sessions in the pool; this "
+                        "one archives them, and would replay that history "
+                        "differently)"
+                      : "")
+    + ": use the version that wrote it, or a new data directory");
+}
+
+/// A database without this nodepool's column families is read first, to
+/// read only: opened to write, it would get them (they are created when
+/// missing) before its format marker refused it, and the version that
+/// wrote it could no longer open it. Format 3 (migrated on opening) and
+/// a database never written pass.
+status check_before_adding_families(const std::string& dir, store_layout& l) {
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "CURRENT"))
+    return {};
+  std::vector<std::string> existing;
+  if (!rocksdb::DB::ListColumnFamilies(l.opts, dir, &existing).ok())
+    return {};  // the open says what is wrong
+  bool all = std::all_of(l.families.begin(), l.families.end(), [&](auto& f) {
+    return std::find(existing.begin(), existing.end(), f.name) != existing.end();
+  });
+  if (all)
+    return {};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::OpenForReadOnly(l.opts, dir, {l.families[0]}, &handles, &raw);
+  if (!s.ok())
+    return status::fail("cannot open store in " + dir + ": " + s.ToString());
+  std::unique_ptr<rocksdb::DB> db{raw};
+  std::string format;
+  s = db->Get({}, format_key, &format);
+  bool empty = false;
+  {
+    std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({})};
+    it->SeekToFirst();
+    empty = !it->Valid();
+  }
+  for (auto* h : handles)
+    db->DestroyColumnFamilyHandle(h);
+  if (s.ok())
+    return format == "3" || format == format_version
+             ? status{}
+             : format_refused(dir, format);
+  if (s.IsNotFound())
+    return empty ? status{} : format_refused(dir, std::nullopt);
+  return status::fail("cannot read the store in " + dir + ": " + s.ToString());
+}
+
 } // namespace
 
 std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
   auto layout = layout_of_store();
+  if (auto c = check_before_adding_families(dir, layout); !c.ok()) {
+    st = std::move(c);
+    return nullptr;
+  }
   auto o = open_db(dir, layout, false, st);
   if (!o)
     return nullptr;
@@ -884,11 +975,7 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({})};
     it->SeekToFirst();
     if (it->Valid())
-      return give_up(status::fail(
-        "store in " + dir + " was written by an earlier nodepool (no format "
-        "marker; this one reads format " + format_version + " and would "
-        "replay that history differently): use the version that wrote it, "
-        "or a new data directory"));
+      return give_up(format_refused(dir, std::nullopt));
     s = db->Put(synced, format_key, format_version);
   } else if (s.ok() && format == "3") {
     // The same history with the archive beside the log: moved, then
@@ -902,14 +989,7 @@ std::unique_ptr<store> open_rocksdb_store(const std::string& dir, status& st) {
       log("storage")->info("store in {}: archive moved to its own column "
                            "families (format 3 -> {})", dir, format_version);
   } else if (s.ok() && format != format_version) {
-    return give_up(status::fail(
-      "store in " + dir + " has format '" + format.substr(0, 32)
-      + "', this nodepool reads format " + format_version
-      + (format == "2" ? " (format 2 kept ended sessions in the pool; this "
-                         "one archives them, and would replay that history "
-                         "differently)"
-                       : "")
-      + ": use the version that wrote it, or a new data directory"));
+    return give_up(format_refused(dir, format));
   }
   if (!s.ok())
     return give_up(

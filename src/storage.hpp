@@ -97,6 +97,12 @@ public:
   /// in the order they ended (then by id), while it returns true.
   virtual status scan_archive(
     int64_t since, const std::function<bool(const pb::SessionRecord&)>& f) = 0;
+  /// The same from just after (since, after_id): the next page of a scan
+  /// whose last record ended at `since` with id `after_id`. The stores seek
+  /// there; by default, the records before it are read and skipped.
+  virtual status scan_archive_after(
+    int64_t since, const std::string& after_id,
+    const std::function<bool(const pb::SessionRecord&)>& f);
   /// Small named values kept next to the archive: a cluster member records
   /// how far its archive is complete, and the gaps a snapshot install left
   /// until it copied them from a peer. A store without them says so.

@@ -936,6 +936,13 @@ int run_status(const std::string& oracle, bool json, bool sessions,
 
 // ------------------------------------------------------------------ check
 
+/// A check stopped by a signal: whatever it read so far proves nothing.
+int check_interrupted(const std::string& dir) {
+  return report_interrupted("check", "nothing was concluded about " + dir
+                                       + "; run the check again (it only "
+                                         "reads the history)");
+}
+
 /// A member of a cluster: its log is libraft's (`<dir>/raft`), its RocksDB
 /// store holds the archive. The last snapshot and every entry after it are
 /// replayed through a replica that checks I1-I5 after every command, as a
@@ -960,9 +967,7 @@ int run_check_member(const std::string& dir, bool json, bool sessions) {
   uint64_t commands = 0, last = disk.snapshot_index;
   for (auto& e : disk.entries) {
     if (stop_requested)
-      return report_interrupted(
-        "check", "nothing was concluded about " + dir
-                   + "; run the check again (it only reads the history)");
+      return check_interrupted(dir);
     last = std::max(last, e.index);
     if (e.index <= disk.snapshot_index || !e.command || !vs.empty())
       continue;
@@ -993,6 +998,8 @@ int run_check_member(const std::string& dir, bool json, bool sessions) {
   // stopped) are written when it applies them after a restart.
   uint64_t not_archived = 0;
   for (auto& id : ended) {
+    if (stop_requested)
+      break;  // concluded nothing: said below, after the scan
     std::optional<pb::SessionRecord> r;
     if (auto s = storage->archived(id, r); !s.ok())
       vs.push_back({{"invariant", "storage"}, {"detail", s.error}});
@@ -1007,6 +1014,8 @@ int run_check_member(const std::string& dir, bool json, bool sessions) {
       states[r.id()] = to_string(r.state());
     return !stop_requested.load();
   });
+  if (stop_requested)  // counts cut short: nothing concluded
+    return check_interrupted(dir);
   if (!as.ok())
     vs.push_back({{"invariant", "storage"}, {"detail", as.error}});
   // Gaps a snapshot install left that the member had not copied from a
@@ -1075,12 +1084,12 @@ int run_check(const std::string& dir, bool json, bool sessions,
   auto storage = open_store(dir, /*read_only=*/true);
   auto rep = check_history(*storage, stride, &stop_requested);
   if (rep.stopped)
-    return report_interrupted(
-      "check", "nothing was concluded about " + dir
-                 + "; run the check again (it only reads the history)");
+    return check_interrupted(dir);
   pool_state ps;
   recovered info;
   auto st = recover(*storage, ps, info);
+  if (stop_requested)
+    return check_interrupted(dir);
   nlohmann::json j = summarize(ps);
   j["entries"] = rep.entries;
   j["stride"] = stride;
@@ -1104,6 +1113,8 @@ int run_check(const std::string& dir, bool json, bool sessions,
       j["session_states"][r.id()] = to_string(r.state());
       return !stop_requested.load();
     });
+    if (stop_requested)  // the list is cut short: not printed as whole
+      return check_interrupted(dir);
     if (!as.ok())
       vs.push_back({{"invariant", "storage"}, {"detail", as.error}});
     j["violations"] = vs;

@@ -295,7 +295,9 @@ std::optional<pb::PromptRequest> prompt_from_json(const json& j,
   r.set_max_tokens(static_cast<uint32_t>(max_tokens));
   r.set_temperature(temperature);
   r.set_top_p(top_p);
-  r.set_timeout_ms(timeout > 0 ? static_cast<int64_t>(timeout * 1000)
+  // 0 means "the default" downstream: a timeout under a millisecond is
+  // one millisecond, not none.
+  r.set_timeout_ms(timeout > 0 ? std::max<int64_t>(1, static_cast<int64_t>(timeout * 1000))
                                : default_timeout_ms);
   r.set_client_reference(client);
   return r;
@@ -997,34 +999,38 @@ void router::post_completion(const std::shared_ptr<call>& c, std::string sid) {
     std::lock_guard<std::mutex> g{mu_};
     ++stats_.completions;
   }
-  // A session the pool does not know is a 404 before anything waits
-  // (asked where the prompt goes: a session just created is there).
-  pb::ArchiveQuery aq;
-  aq.set_id(sid);
   auto req = *p;
-  pool_->archive_for_write(aq, [this, c, req, stream](pb::ArchiveAnswer a,
-                                            std::optional<api_error> err) {
+  prompt_known_session(req, [this, c, req, stream](pb::PromptAnswer ans,
+                                                   std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
+    remember(ans, req.prompt());
+    auto id = "cmpl-" + ans.session_id() + "-" + std::to_string(ans.task_no());
+    if (stream)
+      return send_stream(c->rep, completion_chunks(id, ans, false));
+    c->rep->send(json_response(200, completion_json(id, ans, req.prompt(), false)));
+  });
+}
+
+void router::prompt_known_session(const pb::PromptRequest& req,
+                                  pool_api::prompt_cb cb) {
+  // Asked where the prompt goes: a session just created is there.
+  pb::ArchiveQuery aq;
+  aq.set_id(req.session_id());
+  pool_->archive_for_write(aq, [this, req, cb = std::move(cb)](
+                                 pb::ArchiveAnswer a,
+                                 std::optional<api_error> err) mutable {
+    if (err)
+      return cb({}, std::move(err));
     if (a.sessions_size() == 0)
-      return send_error(c->rep, {"unknown_session",
-                                 "no session '" + req.session_id() + "'"});
+      return cb({}, api_error{"unknown_session",
+                              "no session '" + req.session_id() + "'"});
     auto st = a.sessions(0).state();
     if (st == pb::COMPLETED || st == pb::FAILED)
-      return send_error(c->rep, {"session_ended", "session " + req.session_id()
-                                                    + " has ended ("
-                                                    + session_state_name(st)
-                                                    + ")"});
-    pool_->prompt(req, [this, c, req, stream](pb::PromptAnswer ans,
-                                              std::optional<api_error> err) {
-      if (err)
-        return send_error(c->rep, *err);
-      remember(ans, req.prompt());
-      auto id = "cmpl-" + ans.session_id() + "-" + std::to_string(ans.task_no());
-      if (stream)
-        return send_stream(c->rep, completion_chunks(id, ans, false));
-      c->rep->send(json_response(200, completion_json(id, ans, req.prompt(), false)));
-    });
+      return cb({}, api_error{"session_ended",
+                              "session " + req.session_id() + " has ended ("
+                                + session_state_name(st) + ")"});
+    pool_->prompt(req, std::move(cb));
   });
 }
 
@@ -1569,8 +1575,8 @@ void router::websocket(const std::shared_ptr<call>& c) {
       rep->chunk(json{{"error", {{"code", e.code}, {"message", e.message}}}}.dump(-1, ' ', false, json::error_handler_t::replace));
       return;
     }
-    pool_->prompt(*p, [this, weak, req = *p](pb::PromptAnswer ans,
-                                             std::optional<api_error> err) {
+    prompt_known_session(*p, [this, weak, req = *p](pb::PromptAnswer ans,
+                                                    std::optional<api_error> err) {
       auto rep = weak.lock();
       if (!rep)
         return;

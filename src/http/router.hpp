@@ -205,6 +205,10 @@ class router {
   void get_metrics(const std::shared_ptr<call>& c);
   void post_openai(const std::shared_ptr<call>& c, bool chat);
   void websocket(const std::shared_ptr<call>& c);
+  /// Sends a prompt to its session once the pool says the session exists
+  /// and has not ended: a prompt for an unknown one is refused at once,
+  /// instead of waiting its whole timeout in a place of the queue's.
+  void prompt_known_session(const pb::PromptRequest& req, pool_api::prompt_cb cb);
   void admin(const std::shared_ptr<call>& c, const std::vector<std::string>& parts);
   void remember(const pb::PromptAnswer& a, const std::string& prompt);
 

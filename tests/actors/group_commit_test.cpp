@@ -404,5 +404,32 @@ TEST_F(group_commit, an_id_that_ended_in_this_drain_is_refused_after_the_clock_j
   EXPECT_EQ(session_state("jump"), pb::COMPLETED);
 }
 
+// A query by id in the drain that ended the session, before its group
+// commit wrote the record: the record is found where it waits.
+TEST_F(group_commit, a_session_ended_in_this_drain_is_found_by_id) {
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  ASSERT_EQ(submit(session_req("q1", 1)), "accepted");  // queued: no nodes
+  pb::Command end;
+  end.mutable_end_session()->set_session_id("q1");
+  pb::ArchiveQuery q;
+  q.set_id("q1");
+  auto found = std::make_shared<pb::ArchiveAnswer>();
+  auto sup = oracle_.supervisor;
+  auto appends_before = st->appends;
+  sys_->spawn([=](caf::event_based_actor* self) {
+    self->request(sup, caf::infinite, cmd_atom::value, end.SerializeAsString())
+      .then([](accepted_atom) {}, [](caf::error&) {});
+    self->request(sup, caf::infinite, archive_atom::value, q.SerializeAsString())
+      .then([=](const std::string& bytes) { found->ParseFromString(bytes); });
+  });
+  sched_->run();
+  EXPECT_EQ(st->appends - appends_before, 1u) << "not one drain";
+  EXPECT_TRUE(found->error().empty()) << found->error();
+  ASSERT_EQ(found->sessions_size(), 1);
+  EXPECT_EQ(found->sessions(0).id(), "q1");
+  EXPECT_EQ(found->sessions(0).state(), pb::COMPLETED);
+}
+
 } // namespace
 } // namespace nodepool::testing

@@ -483,6 +483,14 @@ TEST(api, websocket_completions) {
   ws.read(b);
   EXPECT_EQ(json::parse(beast::buffers_to_string(b.data()))["error"]["code"],
             "bad_json");
+  // A prompt for a session the pool does not know is refused at once, not
+  // held for its timeout (ten minutes here) in a place of the queue's.
+  ws.write(net::buffer(
+    std::string{R"({"session_id":"nobody","prompt":"hello?","timeout":600})"}));
+  b.clear();
+  ws.read(b);
+  EXPECT_EQ(json::parse(beast::buffers_to_string(b.data()))["error"]["code"],
+            "unknown_session");
   ws.close(beast::websocket::close_code::normal);
   // A client that sends and never reads: the server does not keep its
   // answers without end (4 MB at most), it closes the socket. Without the

@@ -390,12 +390,21 @@ TEST_F(api, CompletionIsTheAgreedOutputOpenAIStyle) {
   EXPECT_EQ(pool->prompts[0].session_id(), "live");
   EXPECT_EQ(pool->prompts[0].timeout_ms(), 5000);
   EXPECT_EQ(pool->prompts[0].max_tokens(), 16u);
+  // A timeout under a millisecond is one millisecond (0 would mean "the
+  // default" further on).
+  pool->prompts.clear();
+  ASSERT_EQ(call("POST", "/api/v1/completions/live",
+                 R"({"prompt":"quick","timeout":0.0004})")->whole.status,
+            200);
+  ASSERT_EQ(pool->prompts.size(), 1u);
+  EXPECT_EQ(pool->prompts[0].timeout_ms(), 1);
+  pool->prompts.clear();
   // The session id in the body works the same; the task is listed after.
   EXPECT_EQ(call("POST", "/api/v1/completions",
                  R"({"session_id":"live","prompt":"again"})")->whole.status,
             200);
   auto t = call("GET", "/api/v1/tasks/live")->body();
-  EXPECT_EQ(t["tasks"].size(), 2u);
+  EXPECT_EQ(t["tasks"].size(), 3u);
   EXPECT_EQ(t["tasks"][0]["output"], "forty two");
 }
 

@@ -174,6 +174,10 @@ TEST(IdWindow, RefusesAnInconsistentImage) {
   bad.fingerprints[1] = bad.fingerprints[0];  // repeated
   EXPECT_NE(v.load(bad), "");
   EXPECT_EQ(v.size(), 0u);
+  bad = good;
+  bad.expiry_seconds[1] = 9223372036854776;  // * 1000 would overflow
+  EXPECT_EQ(v.load(bad), "recent session ids: an expiry time is out of range");
+  EXPECT_EQ(v.size(), 0u);
   EXPECT_EQ(v.load(good), "");
 }
 

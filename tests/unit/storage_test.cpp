@@ -568,6 +568,26 @@ TYPED_TEST(StoreTest, ArchivePagesResumeWithinOneMillisecond) {
   ASSERT_EQ(got.size(), 25u);
   for (int i = 0; i < 25; ++i)
     EXPECT_EQ(got[i], "s" + std::to_string(100 + i));
+  // The store starts a page where the last one ended (it seeks there, so
+  // a page does not read again what ended in that millisecond before).
+  std::vector<std::string> after;
+  ASSERT_TRUE(this->st
+                ->scan_archive_after(70, "s117",
+                                     [&](const pb::SessionRecord& r) {
+                                       after.push_back(r.id());
+                                       return after.size() < 4;
+                                     })
+                .ok());
+  EXPECT_EQ(after, (std::vector<std::string>{"s118", "s119", "s120", "s121"}));
+  after.clear();
+  ASSERT_TRUE(this->st
+                ->scan_archive_after(70, "s1175",  // between two ids
+                                     [&](const pb::SessionRecord& r) {
+                                       after.push_back(r.id());
+                                       return after.size() < 1;
+                                     })
+                .ok());
+  EXPECT_EQ(after, (std::vector<std::string>{"s118"}));
 }
 
 TYPED_TEST(StoreTest, ArchiveIsWrittenWithItsBatchAndReadByIdAndTime) {
@@ -919,6 +939,15 @@ TEST_F(RocksStore, StoreOfAnotherFormatIsRefusedAndLeftAlone) {
   status s;
   EXPECT_EQ(open_rocksdb_store(other.path(), s), nullptr);
   EXPECT_NE(s.error.find("format '9'"), std::string::npos) << s.error;
+  // Left alone means its column families too: the version that wrote it
+  // opens exactly the ones it made.
+  for (auto* d : {&dir, &older, &other}) {
+    std::vector<std::string> families;
+    ASSERT_TRUE(
+      rocksdb::DB::ListColumnFamilies(rocksdb::Options{}, d->path(), &families).ok());
+    EXPECT_EQ(families, std::vector<std::string>{rocksdb::kDefaultColumnFamilyName})
+      << d->path();
+  }
 }
 
 TEST_F(RocksStore, NewStoreIsMarkedAndReopens) {
