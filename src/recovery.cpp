@@ -97,6 +97,14 @@ status recover(store& st, pool_state& pool, recovered& info) {
     return s;
   uint64_t from = 1;
   if (snap) {
+    // The log is written before any snapshot of it: one past the log's end
+    // means the log lost entries (a damaged or lying disk). Taken as it is,
+    // the next group commit would fail at a gap, at every restart.
+    if (snap->last_index() > st.last_index())
+      return status::fail("snapshot at entry " + std::to_string(snap->last_index())
+                          + " is past the log's last entry "
+                          + std::to_string(st.last_index())
+                          + ": the log lost entries it held");
     // A stored snapshot is outside input: one whose state breaks I1..I5 is
     // refused before it replaces the pool.
     if (auto bad = bad_records(*snap); !bad.empty())

@@ -433,6 +433,46 @@ std::map<std::pair<std::string, int>, uint64_t> router::responses() const {
   return *responses_;
 }
 
+namespace {
+
+/// host[:port] names this host's loopback ("" for none at all, as an
+/// HTTP/1.0 request or a test's may send).
+bool loopback_host(const std::string& host_port) {
+  if (host_port.empty())
+    return true;
+  auto host = host_port;
+  if (host.front() == '[')  // [::1]:port
+    host = host.substr(0, host.find(']') + 1);
+  else if (auto colon = host.rfind(':'); colon != std::string::npos)
+    host = host.substr(0, colon);
+  host = lower(host);
+  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
+} // namespace
+
+/// Why a request without a key is refused as coming from elsewhere than
+/// this host's own clients ("" when it is not): a Host that is not
+/// loopback (a name rebound to it), or an Origin other than the Host (a
+/// page of another site; the dashboard, served from here, is the same).
+std::string router::not_from_this_host(const request& q) {
+  auto& host = q.header("host");
+  if (!loopback_host(host))
+    return "without API keys this API answers only on this host (Host: "
+           + host.substr(0, 64) + ")";
+  auto& origin = q.header("origin");
+  if (origin.empty())
+    return {};
+  auto o = lower(origin);
+  for (auto* scheme : {"http://", "https://"})
+    if (o.rfind(scheme, 0) == 0)
+      o = o.substr(std::char_traits<char>::length(scheme));
+  if (!host.empty() && o == lower(host))
+    return {};
+  return "without API keys this API answers only pages it served itself "
+         "(Origin: " + origin.substr(0, 64) + ")";
+}
+
 void router::handle(request req, std::shared_ptr<reply> rep) {
   auto c = std::make_shared<call>();
   c->req = std::move(req);
@@ -487,6 +527,16 @@ void router::handle(request req, std::shared_ptr<reply> rep) {
     }
     c->who = *r;
     c->key_name = api_keys::fingerprint(key);
+  } else if (auto why = not_from_this_host(c->req); !why.empty()) {
+    // Without keys every caller is an operator, and the API listens on
+    // loopback only; a web page open in a browser on this host must still
+    // not act for it (a form or fetch to 127.0.0.1, or a name rebound to
+    // it).
+    {
+      std::lock_guard<std::mutex> g{mu_};
+      ++stats_.unauthorized;
+    }
+    return c->rep->send(error_response(403, "cross_origin", why));
   }
   if (limiter_.enabled()
       && !limiter_.allow(c->key_name.empty() ? c->req.remote : c->key_name,

@@ -211,6 +211,7 @@ class router {
   void prompt_known_session(const pb::PromptRequest& req, pool_api::prompt_cb cb);
   void admin(const std::shared_ptr<call>& c, const std::vector<std::string>& parts);
   void remember(const pb::PromptAnswer& a, const std::string& prompt);
+  static std::string not_from_this_host(const request& q);
 
   router_config cfg_;
   std::shared_ptr<pool_api> pool_;

@@ -45,7 +45,7 @@ int demo_api_port(child& demo) {
 /// GET /api/v1/status of a demo's API (null when it does not answer).
 nlohmann::json api_status(int port) {
   auto [rc, out] = run_shell("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port)
-                             + " && printf \"GET /api/v1/status HTTP/1.1\\r\\nHost: x\\r\\n"
+                             + " && printf \"GET /api/v1/status HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n"
                                "Connection: close\\r\\n\\r\\n\" >&3 && cat <&3'");
   auto body = out.find("\r\n\r\n");
   if (rc != 0 || body == std::string::npos)

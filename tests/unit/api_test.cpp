@@ -242,6 +242,38 @@ TEST_F(api, WithoutKeysEveryoneIsAdmin) {
   EXPECT_TRUE(pool->commands[0].end_session().failed());
 }
 
+// Without keys, a browser on the operator's host must not be a way in: a
+// page of another site (Origin) or a name rebound to loopback (Host) is
+// refused, and nothing is done; the API's own pages and local clients are
+// served.
+TEST_F(api, WithoutKeysOnlyThisHostsOwnClientsAreServed) {
+  make(false);
+  auto send = [&](const std::string& host, const std::string& origin) {
+    request q;
+    q.method = "POST";
+    q.target = q.path = "/api/v1/admin/sessions/live/end";
+    if (!host.empty())
+      q.headers["host"] = host;
+    if (!origin.empty())
+      q.headers["origin"] = origin;
+    auto rep = std::make_shared<captured>();
+    r->handle(q, rep);
+    EXPECT_TRUE(rep->sent);
+    return rep;
+  };
+  expect_error(*send("127.0.0.1:5010", "https://evil.example"), 403, "cross_origin");
+  expect_error(*send("127.0.0.1:5010", "null"), 403, "cross_origin");
+  expect_error(*send("evil.example:5010", ""), 403, "cross_origin");
+  expect_error(*send("evil.example:5010", "http://evil.example:5010"), 403,
+               "cross_origin");
+  EXPECT_TRUE(pool->commands.empty());
+  EXPECT_EQ(r->stats().unauthorized, 4u);
+  EXPECT_EQ(send("127.0.0.1:5010", "http://127.0.0.1:5010")->whole.status, 200);
+  EXPECT_EQ(send("localhost:5010", "")->whole.status, 200);
+  EXPECT_EQ(send("[::1]:5010", "")->whole.status, 200);
+  EXPECT_EQ(pool->commands.size(), 3u);
+}
+
 TEST_F(api, RateLimitIs429) {
   cfg.rate_per_key = 0.001;
   cfg.rate_burst = 2;
