@@ -31,14 +31,18 @@ api_error to_api_error(caf::actor_system& sys, const caf::error& err) {
 
 /// The leader's gateway as this member last reached it, and when it last
 /// answered on it (never, right after it was reached).
+using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
+
 struct leader_link {
   std::mutex mu;
   std::string address;
   caf::actor gateway;
   std::optional<std::chrono::steady_clock::time_point> answered;
+  // A connection being made (to `connecting_to`), and the writes waiting
+  // for it: one attempt, on one thread, however many writes come meanwhile.
+  std::string connecting_to;
+  std::vector<target_cb> waiting;
 };
-
-using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
 
 /// Asks `to` (Atom, bytes) for a serialized T, from an actor of its own;
 /// `cb` gets it decoded, or the refusal.
@@ -136,22 +140,34 @@ class caf_pool_api : public http::pool_api {
             // Connecting blocks: on a thread of its own, never the HTTP's
             // nor the scheduler's.
             auto reach = [=] {
+              {
+                std::lock_guard<std::mutex> g{link->mu};
+                link->waiting.push_back(cb);
+                if (!link->connecting_to.empty())
+                  return;  // answered when the attempt under way ends
+                link->connecting_to = addr;
+              }
               sys->spawn<caf::detached>([=](caf::event_based_actor* me) {
               auto r = connect(addr);
-              if (!r) {
-                cb(nullptr, api_error{"not_leader",
-                                      "the leader at " + addr
-                                        + " cannot be reached: "
-                                        + sys->render(r.error())});
-              } else {
-                {
-                  std::lock_guard<std::mutex> g{link->mu};
+              std::vector<target_cb> waiting;
+              {
+                std::lock_guard<std::mutex> g{link->mu};
+                if (r) {
                   link->address = addr;
                   link->gateway = *r;
                   link->answered.reset();
                 }
-                cb(*r, std::nullopt);
+                link->connecting_to.clear();
+                waiting.swap(link->waiting);
               }
+              for (auto& w : waiting)
+                if (!r)
+                  w(nullptr, api_error{"not_leader",
+                                       "the leader at " + addr
+                                         + " cannot be reached: "
+                                         + sys->render(r.error())});
+                else
+                  w(*r, std::nullopt);
               me->quit();
               });
             };

@@ -435,8 +435,12 @@ class ws_session : public closable,
       websocket::stream_base::timeout::suggested(beast::role_type::server));
     ws_.read_message_max(sh_->cfg.max_body);
     ws_.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) {
-      if (ec)
+      if (ec) {
+        // Refused (Beast answered 400) or the client left: nothing will
+        // read, so let go of what the handler gave, which holds the reply.
+        self->let_go();
         return;
+      }
       self->open_ = true;
       self->read();
       self->drain();
@@ -456,10 +460,7 @@ class ws_session : public closable,
     if (pending_bytes_ + text.size() > max_pending_bytes) {
       // A client that sends and does not read: its answers are not kept
       // in memory without end (as a stream's are not); it is closed.
-      closed_ = true;
-      on_message_ = nullptr;
-      out_.clear();
-      pending_bytes_ = 0;
+      let_go();
       beast::get_lowest_layer(ws_).close();
       return;
     }
@@ -476,12 +477,20 @@ class ws_session : public closable,
   }
 
  private:
+  /// Closed for good: what the handler gave for messages (it may hold the
+  /// reply, and so this session) and the answers not written go.
+  void let_go() {
+    closed_ = true;
+    on_message_ = nullptr;
+    out_.clear();
+    pending_bytes_ = 0;
+  }
+
   void read() {
     ws_.async_read(in_, [self = this->shared_from_this()](beast::error_code ec,
                                                            size_t) {
       if (ec) {
-        self->closed_ = true;
-        self->on_message_ = nullptr;  // it may hold the reply: let both go
+        self->let_go();
         return;
       }
       auto text = beast::buffers_to_string(self->in_.data());

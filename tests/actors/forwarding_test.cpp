@@ -7,7 +7,9 @@
 // A real actor system (not the test coordinator): the API connects from a
 // detached actor, as it does in an oracle. Timeouts are short; nothing is
 // asserted about time.
+#include <atomic>
 #include <future>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -102,6 +104,81 @@ TEST(forwarding, a_kept_leader_gateway_that_stopped_answering_is_reached_again) 
   EXPECT_EQ(connects, 2);
   ASSERT_EQ(forgotten.size(), 1u);
   EXPECT_EQ(forgotten[0], "127.0.0.1:1");
+}
+
+// Writes that come while the leader is being reached wait for that one
+// attempt: connecting blocks a thread of its own, and a thread per write
+// would grow with the rate of writes during a change of leader.
+TEST(forwarding, writes_during_a_connection_attempt_share_it) {
+  actor_config cfg{false};
+  caf::actor_system sys{cfg};
+  auto asked = std::make_shared<std::atomic<int>>(0);
+  auto local = sys.spawn([asked]() -> caf::behavior {
+    return {[asked](cluster_atom) {
+      ++*asked;
+      return std::string{follower_view};
+    }};
+  });
+  auto good = sys.spawn([]() -> caf::behavior {
+    return {[](cluster_atom) { return std::string{leader_view}; },
+            [](submit_atom, const std::string&) { return accepted_atom::value; }};
+  });
+  struct ender {
+    std::vector<caf::actor> actors;
+    ~ender() {
+      for (auto& a : actors)
+        caf::anon_send_exit(a, caf::exit_reason::kill);
+    }
+  } end_all{{local, good}};
+  std::promise<void> open_gate;
+  auto gate = open_gate.get_future().share();
+  struct opener {  // however the test ends, the attempt is let go
+    std::promise<void>& p;
+    bool open = false;
+    void now() {
+      if (!open)
+        p.set_value();
+      open = true;
+    }
+    ~opener() { now(); }
+  } release{open_gate};
+  std::atomic<int> connects{0};
+  connect_fn connect = [&, gate](const std::string&) -> caf::expected<caf::actor> {
+    ++connects;
+    gate.wait();  // a leader slow to answer the handshake
+    return good;
+  };
+  auto api = make_pool_api(sys, local, local, connect, 300ms);
+  const int writes = 20;
+  std::mutex mu;
+  std::vector<std::optional<http::api_error>> answers;
+  std::promise<void> all_answered;
+  for (int i = 0; i < writes; ++i) {
+    pb::SubmitSession s;
+    s.set_session_id("fw-" + std::to_string(i));
+    api->submit(s, [&](std::optional<http::api_error> e) {
+      std::lock_guard<std::mutex> g{mu};
+      answers.push_back(e);
+      if (answers.size() == writes)
+        all_answered.set_value();
+    });
+  }
+  // Every write has asked who leads; a second attempt would start within
+  // the next second (it does not wait for anything).
+  auto until = std::chrono::steady_clock::now() + 20s;
+  while (*asked < writes && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(*asked, writes);
+  until = std::chrono::steady_clock::now() + 1s;
+  while (connects < 2 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(connects.load(), 1);
+  release.now();
+  ASSERT_EQ(all_answered.get_future().wait_for(20s), std::future_status::ready);
+  std::lock_guard<std::mutex> g{mu};
+  for (auto& e : answers)
+    EXPECT_FALSE(e.has_value()) << e->code << ": " << e->message;
+  EXPECT_EQ(connects.load(), 1);
 }
 
 } // namespace

@@ -879,6 +879,7 @@ TEST(Recovery, RefusesASnapshotWithAReputationOrLatencyNoPoolProduces) {
     auto snap = good;
     spoil(*snap.mutable_nodes(0));
     auto st = make_memory_store();
+    EXPECT_TRUE(st->append(h.entries, true).ok());  // the log it was taken of
     EXPECT_TRUE(st->save_snapshot(snap).ok());
     pool_state pool;
     recovered info;
@@ -895,6 +896,7 @@ TEST(Recovery, RefusesASnapshotWithAReputationOrLatencyNoPoolProduces) {
   }));
   // The same snapshot unspoilt is recovered.
   auto st = make_memory_store();
+  ASSERT_TRUE(st->append(h.entries, true).ok());
   ASSERT_TRUE(st->save_snapshot(good).ok());
   pool_state pool;
   recovered info;
