@@ -46,9 +46,9 @@ constexpr int settle_steps = 240;   // and 12 s more in 50 ms steps
 
 /// A store that says it wrote session submissions and did not (see
 /// sim_options::lossy_store).
-class lossy_store : public store {
+class lossy_store : public forwarding_store {
 public:
-  explicit lossy_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
+  using forwarding_store::forwarding_store;
   status append(const std::vector<pb::LogEntry>& entries,
                 const std::vector<pb::SessionRecord>& archived,
                 bool sync) override {
@@ -58,27 +58,8 @@ public:
         e.mutable_command()->mutable_tick();
     return inner_->append(kept, archived, sync);
   }
+  using forwarding_store::append;
   status save_snapshot_bytes(uint64_t, std::string) override { return status{}; }
-  status load_snapshot(std::optional<pb::Snapshot>& out) override {
-    return inner_->load_snapshot(out);
-  }
-  status scan_while(uint64_t from,
-                    const std::function<bool(const pb::LogEntry&)>& f) override {
-    return inner_->scan_while(from, f);
-  }
-  uint64_t last_index() const override { return inner_->last_index(); }
-  status archived(const std::string& id,
-                  std::optional<pb::SessionRecord>& out) override {
-    return inner_->archived(id, out);
-  }
-  status scan_archive(
-    int64_t since,
-    const std::function<bool(const pb::SessionRecord&)>& f) override {
-    return inner_->scan_archive(since, f);
-  }
-
-private:
-  std::shared_ptr<store> inner_;
 };
 
 class simulation {

@@ -129,6 +129,64 @@ public:
     const std::function<bool(const std::string&, const std::string&)>& f);
 };
 
+/// A store that passes every call on to another: the base of the stores
+/// that change or watch a few calls (the simulation's lossy disk, tests).
+class forwarding_store : public store {
+public:
+  explicit forwarding_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
+  status append(const std::vector<pb::LogEntry>& entries,
+                const std::vector<pb::SessionRecord>& archived, bool sync) override {
+    return inner_->append(entries, archived, sync);
+  }
+  using store::append;
+  status save_snapshot_bytes(uint64_t last_index, std::string bytes) override {
+    return inner_->save_snapshot_bytes(last_index, std::move(bytes));
+  }
+  status load_snapshot(std::optional<pb::Snapshot>& out) override {
+    return inner_->load_snapshot(out);
+  }
+  status scan_while(uint64_t from,
+                    const std::function<bool(const pb::LogEntry&)>& f) override {
+    return inner_->scan_while(from, f);
+  }
+  uint64_t last_index() const override { return inner_->last_index(); }
+  status archived(const std::string& id,
+                  std::optional<pb::SessionRecord>& out) override {
+    return inner_->archived(id, out);
+  }
+  status scan_archive(int64_t since,
+                      const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return inner_->scan_archive(since, f);
+  }
+  status scan_archive_after(
+    int64_t since, const std::string& after_id,
+    const std::function<bool(const pb::SessionRecord&)>& f) override {
+    return inner_->scan_archive_after(since, after_id, f);
+  }
+  status put_meta(const std::string& key, const std::string& value,
+                  bool sync) override {
+    return inner_->put_meta(key, value, sync);
+  }
+  status archive_with_meta(const std::vector<pb::SessionRecord>& archived,
+                           const std::string& key, const std::string& value,
+                           bool sync) override {
+    return inner_->archive_with_meta(archived, key, value, sync);
+  }
+  status erase_meta(const std::string& key, bool sync) override {
+    return inner_->erase_meta(key, sync);
+  }
+  store_memory memory() const override { return inner_->memory(); }
+  store_activity activity() const override { return inner_->activity(); }
+  status scan_meta(const std::string& prefix,
+                   const std::function<bool(const std::string&, const std::string&)>& f)
+    override {
+    return inner_->scan_meta(prefix, f);
+  }
+
+protected:
+  std::shared_ptr<store> inner_;
+};
+
 /// A snapshot as stored: its bytes, and the entry it was taken at.
 struct encoded_snapshot {
   uint64_t last_index = 0;

@@ -31,6 +31,23 @@ const char* follower_view =
   R"({"role":"follower","ready":true,"leader_client_address":"127.0.0.1:1"})";
 const char* leader_view = R"({"role":"leader","ready":true})";
 
+/// The leader's gateway, reached: it leads, and accepts every submission.
+caf::actor spawn_leader_gateway(caf::actor_system& sys) {
+  return sys.spawn([]() -> caf::behavior {
+    return {[](cluster_atom) { return std::string{leader_view}; },
+            [](submit_atom, const std::string&) { return accepted_atom::value; }};
+  });
+}
+
+/// Ends its actors however the test ends (the system waits for them).
+struct ender {
+  std::vector<caf::actor> actors;
+  ~ender() {
+    for (auto& a : actors)
+      caf::anon_send_exit(a, caf::exit_reason::kill);
+  }
+};
+
 TEST(forwarding, a_kept_leader_gateway_that_stopped_answering_is_reached_again) {
   actor_config cfg{false};
   caf::actor_system sys{cfg};
@@ -52,19 +69,10 @@ TEST(forwarding, a_kept_leader_gateway_that_stopped_answering_is_reached_again) 
       }};
   });
   // The same leader reached again: it answers.
-  auto good = sys.spawn([]() -> caf::behavior {
-    return {[](cluster_atom) { return std::string{leader_view}; },
-            [](submit_atom, const std::string&) { return accepted_atom::value; }};
-  });
+  auto good = spawn_leader_gateway(sys);
   // Ended however the test ends (the system waits for its actors): the
   // requests still waiting on the silent one then end too.
-  struct ender {
-    std::vector<caf::actor> actors;
-    ~ender() {
-      for (auto& a : actors)
-        caf::anon_send_exit(a, caf::exit_reason::kill);
-    }
-  } end_all{{local, silent, good}};
+  ender end_all{{local, silent, good}};
   std::mutex mu;
   int connects = 0;
   std::vector<std::string> forgotten;
@@ -119,17 +127,8 @@ TEST(forwarding, writes_during_a_connection_attempt_share_it) {
       return std::string{follower_view};
     }};
   });
-  auto good = sys.spawn([]() -> caf::behavior {
-    return {[](cluster_atom) { return std::string{leader_view}; },
-            [](submit_atom, const std::string&) { return accepted_atom::value; }};
-  });
-  struct ender {
-    std::vector<caf::actor> actors;
-    ~ender() {
-      for (auto& a : actors)
-        caf::anon_send_exit(a, caf::exit_reason::kill);
-    }
-  } end_all{{local, good}};
+  auto good = spawn_leader_gateway(sys);
+  ender end_all{{local, good}};
   std::promise<void> open_gate;
   auto gate = open_gate.get_future().share();
   struct opener {  // however the test ends, the attempt is let go

@@ -13,8 +13,9 @@ namespace nodepool::testing {
 namespace {
 
 /// A store that counts what the supervisor asks of it.
-class counting_store : public store {
+class counting_store : public forwarding_store {
 public:
+  counting_store() : forwarding_store(make_memory_store()) {}
   status append(const std::vector<pb::LogEntry>& entries,
                 const std::vector<pb::SessionRecord>& archived,
                 bool sync) override {
@@ -24,34 +25,19 @@ public:
     archived_appended += archived.size();
     return inner_->append(entries, archived, sync);
   }
+  using forwarding_store::append;
   status save_snapshot_bytes(uint64_t last_index, std::string bytes) override {
     ++snapshots;
     return inner_->save_snapshot_bytes(last_index, std::move(bytes));
   }
-  status load_snapshot(std::optional<pb::Snapshot>& out) override {
-    return inner_->load_snapshot(out);
-  }
-  status scan_while(uint64_t from,
-                    const std::function<bool(const pb::LogEntry&)>& f) override {
-    return inner_->scan_while(from, f);
-  }
-  uint64_t last_index() const override { return inner_->last_index(); }
   status archived(const std::string& id,
                   std::optional<pb::SessionRecord>& out) override {
     ++archive_lookups;
     return inner_->archived(id, out);
   }
-  status scan_archive(
-    int64_t since,
-    const std::function<bool(const pb::SessionRecord&)>& f) override {
-    return inner_->scan_archive(since, f);
-  }
 
   size_t appends = 0, synced = 0, entries_appended = 0, snapshots = 0,
          archived_appended = 0, archive_lookups = 0;
-
-private:
-  std::unique_ptr<store> inner_ = make_memory_store();
 };
 
 class group_commit : public actor_test {

@@ -359,39 +359,16 @@ TEST(ReplicaMachine, ARestoreAppliesWhatWasKeptFirst) {
 
 /// A memory store whose metadata (and so a member's archive position) can
 /// be made to fail, as a full or broken disk would.
-struct meta_failing_store : store {
-  std::shared_ptr<store> in{make_memory_store()};
+struct meta_failing_store : forwarding_store {
+  meta_failing_store() : forwarding_store(make_memory_store()) {}
   bool keeps_meta = true;  // false: a store without metadata at all
   bool fail_meta = false;  // true: metadata writes fail from now on
-  status append(const std::vector<pb::LogEntry>& e,
-                const std::vector<pb::SessionRecord>& a, bool s) override {
-    return in->append(e, a, s);
-  }
-  status save_snapshot_bytes(uint64_t i, std::string b) override {
-    return in->save_snapshot_bytes(i, std::move(b));
-  }
-  status load_snapshot(std::optional<pb::Snapshot>& o) override {
-    return in->load_snapshot(o);
-  }
-  status scan_while(uint64_t f,
-                    const std::function<bool(const pb::LogEntry&)>& g) override {
-    return in->scan_while(f, g);
-  }
-  uint64_t last_index() const override { return in->last_index(); }
-  status archived(const std::string& id,
-                  std::optional<pb::SessionRecord>& o) override {
-    return in->archived(id, o);
-  }
-  status scan_archive(int64_t s,
-                      const std::function<bool(const pb::SessionRecord&)>& f) override {
-    return in->scan_archive(s, f);
-  }
   status put_meta(const std::string& k, const std::string& v, bool s) override {
     if (!keeps_meta)
       return store::put_meta(k, v, s);
     if (fail_meta)
       return status::fail("disk full");
-    return in->put_meta(k, v, s);
+    return inner_->put_meta(k, v, s);
   }
   status archive_with_meta(const std::vector<pb::SessionRecord>& a,
                            const std::string& k, const std::string& v,
@@ -400,15 +377,15 @@ struct meta_failing_store : store {
       return store::archive_with_meta(a, k, v, s);
     if (fail_meta)
       return status::fail("disk full");
-    return in->archive_with_meta(a, k, v, s);
+    return inner_->archive_with_meta(a, k, v, s);
   }
   status erase_meta(const std::string& k, bool s) override {
-    return keeps_meta ? in->erase_meta(k, s) : store::erase_meta(k, s);
+    return keeps_meta ? inner_->erase_meta(k, s) : store::erase_meta(k, s);
   }
   status scan_meta(const std::string& p,
                    const std::function<bool(const std::string&, const std::string&)>& f)
     override {
-    return keeps_meta ? in->scan_meta(p, f) : store::scan_meta(p, f);
+    return keeps_meta ? inner_->scan_meta(p, f) : store::scan_meta(p, f);
   }
 };
 
