@@ -29,10 +29,10 @@ api_error to_api_error(caf::actor_system& sys, const caf::error& err) {
   return {code, detail};
 }
 
-/// The leader's gateway as this member last reached it, and when it last
-/// answered on it (never, right after it was reached).
 using target_cb = std::function<void(caf::actor, std::optional<api_error>)>;
 
+/// The leader's gateway as this member last reached it, and when it last
+/// answered on it (never, right after it was reached).
 struct leader_link {
   std::mutex mu;
   std::string address;

@@ -203,7 +203,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
                            ? bounds::at_most("model", bounds::model)
                          : s.client().size() > bounds::client
                            ? bounds::at_most("client", bounds::client)
-                           : std::string{"reserve_period_ms: 0..30 days"}));
+                           : bounds::reserve_period_range("reserve_period_ms")));
           return rp;
         }
         auto cmd = command_bytes(

@@ -22,6 +22,12 @@ inline std::string at_most(const char* what, size_t n) {
   return std::string{what} + ": at most " + std::to_string(n) + " characters";
 }
 
+/// The refusal's text for a reserve period out of bounds.
+inline std::string reserve_period_range(const char* what) {
+  return std::string{what} + ": 0.." + std::to_string(reserve_period_s / 86400)
+         + " days (0: the pool's)";
+}
+
 /// A node or session id: 1..`id` characters of [A-Za-z0-9-_.:].
 inline bool valid_id(const std::string& x) {
   if (x.empty() || x.size() > id)

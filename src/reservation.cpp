@@ -50,7 +50,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
   }
   if (c.reserve_period_ms() < 0 || c.reserve_period_ms() > bounds::reserve_period_ms) {
     out.refused = refusal{"bad_reserve_period",
-                          "reserve_period must be 0..30 days (0: the pool's)"};
+                          bounds::reserve_period_range("reserve_period")};
     return;
   }
   auto& s = *sessions_.try_emplace(c.session_id()).first;  // new: checked above
