@@ -84,6 +84,7 @@ struct http_options {
   std::string keys_file;  // API keys; none: loopback only
   double rate_per_key = 0;
   int threads = 2;
+  size_t max_connections = 0;  // 0: the server's default (4096)
 };
 void add_http_flags(CLI::App& cmd, http_options& o);
 

@@ -72,7 +72,8 @@ http_api start_http_api(const http_options& o,
     }
   };
   rc.events = std::make_shared<http::event_feed>();
-  rc.accept_errors = std::make_shared<std::atomic<uint64_t>>(0);
+  auto counters = std::make_shared<http::server_counters>();
+  rc.server = counters;
   auto relay = spawn_event_relay(sys, h.supervisor, rc.events);
   std::shared_ptr<void> relay_guard(nullptr, [relay, feed = rc.events](void*) {
     caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
@@ -86,7 +87,9 @@ http_api start_http_api(const http_options& o,
     rc, make_pool_api(sys, h.gateway, h.supervisor, std::move(connect),
                       std::chrono::seconds(10), std::move(forget)));
   http::server_config sc;
-  sc.accept_errors = rc.accept_errors;
+  sc.counters = counters;
+  if (o.max_connections > 0)
+    sc.max_connections = o.max_connections;
   sc.host = host;
   sc.port = port;
   sc.threads = o.threads;
@@ -121,6 +124,10 @@ void add_http_flags(CLI::App& cmd, http_options& o) {
   cmd.add_option("--api-keys", o.keys_file,
                  "file of API keys, one per line: KEY ROLE (client or "
                  "admin); without it the API listens on loopback only");
+  cmd.add_option("--http-max-connections", o.max_connections,
+                 "HTTP connections open at once, at most (default 4096); "
+                 "past it a new one is answered 503")
+    ->check(CLI::Range(1, 1000000));
   cmd.add_option("--api-rate", o.rate_per_key,
                  "requests per second per API key (default: no limit)")
     ->check(CLI::Range(0.0, 1e9));

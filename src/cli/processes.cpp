@@ -301,6 +301,12 @@ int run_oracle(oracle_options& o) {
           if (!v.is_integer() || !x || *x < 1 || *x > 64)
             throw bad("expected 1..64");
           o.api.threads = static_cast<int>(*x);
+        } else if (key == "max_connections") {
+          auto x = v.value<int64_t>();
+          if (!v.is_integer() || !x || *x < 1 || *x > 1000000)
+            throw bad("expected 1..1000000");
+          if (o.api.max_connections == 0)  // the flag wins
+            o.api.max_connections = static_cast<size_t>(*x);
         } else {
           throw std::runtime_error(o.config + ": unknown key http." + key);
         }

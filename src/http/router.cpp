@@ -1290,8 +1290,8 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
   auto by = responses_;
   auto mu = responses_mu_;
   auto feed = cfg_.events;
-  auto refused = cfg_.accept_errors;
-  pool_->metrics([c, by, mu, feed, refused](json pool, std::optional<api_error> err) {
+  auto counted = cfg_.server;
+  pool_->metrics([c, by, mu, feed, counted](json pool, std::optional<api_error> err) {
     // Scraped while the pool is unreachable, the HTTP side still answers
     // (with what it knows), so the scrape itself says what is wrong.
     if (err)
@@ -1305,8 +1305,10 @@ void router::get_metrics(const std::shared_ptr<call>& c) {
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     process_figures f;
     f.event_streams = feed ? feed->streams() : 0;
-    if (refused)
-      f.accept_errors = refused->load();
+    if (counted)
+      f.server = process_figures::http_server{
+        counted->accept_errors.load(), counted->over_capacity.load(),
+        counted->abandoned.load(), counted->open.load()};
     f.connections_shed = connections_shed();
     f.connections_silent_closed = connections_silent_closed();
     f.open_fds = open_descriptors();
@@ -1465,12 +1467,24 @@ std::string prometheus_text(
   out.family("nodepool_event_streams", "gauge",
              "Live event streams open (GET /api/v1/events).");
   out.sample("nodepool_event_streams", {}, static_cast<double>(figures.event_streams));
-  if (figures.accept_errors) {
+  if (auto& s = figures.server) {
     out.family("nodepool_http_accept_errors_total", "counter",
                "Connections the HTTP server failed to accept (out of file "
                "descriptors, say); it tries again 100 ms later.");
     out.sample("nodepool_http_accept_errors_total", {},
-               static_cast<double>(*figures.accept_errors));
+               static_cast<double>(s->accept_errors));
+    out.family("nodepool_http_connections", "gauge",
+               "HTTP connections open (WebSockets included).");
+    out.sample("nodepool_http_connections", {}, static_cast<double>(s->open));
+    out.family("nodepool_http_connections_refused_total", "counter",
+               "HTTP connections turned away because the most allowed were "
+               "open (--http-max-connections).");
+    out.sample("nodepool_http_connections_refused_total", {},
+               static_cast<double>(s->over_capacity));
+    out.family("nodepool_http_requests_abandoned_total", "counter",
+               "HTTP requests whose client left before the answer began.");
+    out.sample("nodepool_http_requests_abandoned_total", {},
+               static_cast<double>(s->abandoned));
   }
   out.family("nodepool_connections_shed_total", "counter",
              "Connections of miners and clients closed as soon as they were "

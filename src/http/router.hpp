@@ -157,9 +157,9 @@ struct router_config {
   /// The pool's events for GET /api/v1/events (and the dashboard); null:
   /// that route answers 404.
   std::shared_ptr<event_feed> events;
-  /// The server's count of connections it failed to accept (shown by GET
-  /// /metrics); null: not shown.
-  std::shared_ptr<std::atomic<uint64_t>> accept_errors;
+  /// What the server in front counts (shown by GET /metrics); null: not
+  /// shown.
+  std::shared_ptr<const server_counters> server;
 };
 
 /// The route a path is counted under in /metrics: its template
@@ -249,8 +249,14 @@ nlohmann::json session_json(const pb::SessionRecord& s);
 /// itself.
 struct process_figures {
   size_t event_streams = 0;
-  /// Connections the HTTP server failed to accept (when it is known).
-  std::optional<uint64_t> accept_errors;
+  /// What the HTTP server counts (when it is known): connections it failed
+  /// to accept, turned away past its most, and open; requests whose client
+  /// left before the answer began.
+  struct http_server {
+    uint64_t accept_errors = 0, over_capacity = 0, abandoned = 0;
+    int64_t open = 0;
+  };
+  std::optional<http_server> server;
   /// Connections closed at once for want of descriptors, and connections
   /// shut down because their peer said nothing (accept_guard.hpp).
   uint64_t connections_shed = 0;

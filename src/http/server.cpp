@@ -83,13 +83,18 @@ struct shared {
   std::mutex mu;
   std::vector<std::weak_ptr<closable>> open;
 
-  void track(std::weak_ptr<closable> c) {
+  /// Notes `c` for stop() to close; false if the server is stopping
+  /// already (stop() will not see it: the caller closes it).
+  bool track(std::weak_ptr<closable> c) {
     std::lock_guard<std::mutex> g{mu};
+    if (stopped)
+      return false;
     if (open.size() >= 64 && open.size() == open.capacity())
       open.erase(std::remove_if(open.begin(), open.end(),
                                 [](auto& w) { return w.expired(); }),
                  open.end());
     open.push_back(std::move(c));
+    return true;
   }
 
   /// Runs `post` unless the server is stopping (then drops it).
@@ -100,6 +105,28 @@ struct shared {
       post();
   }
 };
+
+/// One of the server's max_connections places: taken at accept, given back
+/// when its connection (or the WebSocket it became) closes, or at the
+/// latest when it goes.
+class conn_slot {
+ public:
+  explicit conn_slot(std::shared_ptr<server_counters> c) : c_(std::move(c)) {}
+  conn_slot(conn_slot&& o) noexcept : c_(std::move(o.c_)) {}
+  conn_slot& operator=(conn_slot&&) = delete;
+  ~conn_slot() { release(); }
+  void release() {
+    if (c_)
+      c_->open.fetch_sub(1);
+    c_.reset();
+  }
+
+ private:
+  std::shared_ptr<server_counters> c_;
+};
+
+/// Bytes read at most, while a handler works, to see the client leave.
+constexpr size_t watch_bytes = 4096;
 
 /// Splits the target into path and decoded query; false if malformed.
 bool split_target(const std::string& target, request& r) {
@@ -162,8 +189,9 @@ class connection : public closable,
   }
 
   connection(std::shared_ptr<net::io_context> io, std::shared_ptr<shared> sh,
-             Stream stream)
-    : io_(std::move(io)), sh_(std::move(sh)), stream_(std::move(stream)) {}
+             Stream stream, conn_slot slot)
+    : io_(std::move(io)), sh_(std::move(sh)), stream_(std::move(stream)),
+      slot_(std::move(slot)), idle_(stream_.get_executor()) {}
 
   void run() {
     if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
@@ -316,6 +344,8 @@ class connection : public closable,
     // Waiting for the handler: no read timeout (a completion may take as
     // long as its own timeout says).
     beast::get_lowest_layer(stream_).expires_never();
+    if (!req.websocket && buffer_.size() == 0)
+      watch();
     if (!target_ok) {
       keep_alive_ = false;
       response r;
@@ -339,6 +369,36 @@ class connection : public closable,
   }
 
   std::shared_ptr<reply> make_reply();
+
+  /// While the handler works the connection reads on, so that a client
+  /// who leaves (end of stream, a reset, TLS's close) is seen at once: the
+  /// connection closes, whoever holds the reply sees closed(), and its
+  /// place is free. Bytes that come instead (a pipelined request) stay in
+  /// the buffer for the next read. Not when bytes wait there already: the
+  /// client may be waiting for this answer before it sends any more.
+  void watch() {
+    watching_ = true;
+    stream_.async_read_some(
+      buffer_.prepare(watch_bytes),
+      [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+        self->on_watch(ec, n);
+      });
+  }
+
+  void on_watch(beast::error_code ec, size_t n) {
+    watching_ = false;
+    if (ec) {
+      if (!answered_ && !closed_)
+        ++sh_->cfg.counters->abandoned;
+      return close();
+    }
+    buffer_.commit(n);
+    if (read_next_) {
+      read_next_ = false;
+      idle_.cancel();
+      read();
+    }
+  }
 
   void drain() {
     if (writing_ || closed_)
@@ -376,7 +436,16 @@ class connection : public closable,
   void after_response(beast::error_code ec, bool eof) {
     if (ec || eof || sh_->stopped)
       return close();
-    read();
+    if (!watching_)
+      return read();
+    // The watch's read goes on as the next request's first; it began with
+    // no timeout, so the idle one is a timer of its own.
+    read_next_ = true;
+    idle_.expires_after(sh_->cfg.idle_timeout);
+    idle_.async_wait([self = this->shared_from_this()](beast::error_code ec) {
+      if (!ec && self->read_next_)
+        self->close();
+    });
   }
 
  public:
@@ -385,15 +454,20 @@ class connection : public closable,
       return;
     closed_ = true;
     gone_ = true;
+    read_next_ = false;
+    idle_.cancel();
     beast::error_code ec;
     beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_both, ec);
     beast::get_lowest_layer(stream_).close();
+    slot_.release();
   }
 
  private:
   std::shared_ptr<net::io_context> io_;  // outlives the stream
   std::shared_ptr<shared> sh_;
   Stream stream_;
+  conn_slot slot_;
+  net::steady_timer idle_;  // see after_response
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::request<bhttp::string_body> upgrade_;
@@ -403,6 +477,8 @@ class connection : public closable,
   bool writing_ = false;
   bool ending_ = false;
   bool closed_ = false;
+  bool watching_ = false;   // see watch()
+  bool read_next_ = false;  // answered while watching: read on after it
   std::atomic<bool> gone_{false};  // closed_, readable from any thread
   size_t pending_bytes_ = 0;
   std::deque<std::string> pending_;
@@ -419,14 +495,15 @@ class ws_session : public closable,
   void post_close() override {
     net::post(ws_.get_executor(), [self = this->shared_from_this()] {
       self->closed_ = true;
-      beast::error_code ec;
       beast::get_lowest_layer(self->ws_).close();
+      self->slot_.release();
     });
   }
 
   ws_session(std::shared_ptr<net::io_context> io, std::shared_ptr<shared> sh,
-             Stream&& s)
-    : io_(std::move(io)), sh_(std::move(sh)), ws_(std::move(s)) {}
+             Stream&& s, conn_slot slot)
+    : io_(std::move(io)), sh_(std::move(sh)), ws_(std::move(s)),
+      slot_(std::move(slot)) {}
 
   void start(bhttp::request<bhttp::string_body> req,
              std::function<void(std::string)> on_message) {
@@ -461,7 +538,6 @@ class ws_session : public closable,
       // A client that sends and does not read: its answers are not kept
       // in memory without end (as a stream's are not); it is closed.
       let_go();
-      beast::get_lowest_layer(ws_).close();
       return;
     }
     pending_bytes_ += text.size();
@@ -484,6 +560,8 @@ class ws_session : public closable,
     on_message_ = nullptr;
     out_.clear();
     pending_bytes_ = 0;
+    beast::get_lowest_layer(ws_).close();
+    slot_.release();
   }
 
   void read() {
@@ -514,10 +592,8 @@ class ws_session : public closable,
                       [self = this->shared_from_this(), data](
                         beast::error_code ec, size_t) {
                         self->writing_ = false;
-                        if (ec) {
-                          self->closed_ = true;
-                          return;
-                        }
+                        if (ec)
+                          return self->let_go();
                         self->drain();
                       });
       return;
@@ -532,6 +608,7 @@ class ws_session : public closable,
   std::shared_ptr<net::io_context> io_;
   std::shared_ptr<shared> sh_;
   websocket::stream<Stream> ws_;
+  conn_slot slot_;
   beast::flat_buffer in_;
   std::function<void(std::string)> on_message_;
   std::deque<std::string> out_;
@@ -548,9 +625,11 @@ void connection<Stream>::accept_websocket(
   if (answered_ || closed_ || !upgrade_.target().size())
     return;
   answered_ = true;
-  ws_ = std::make_shared<ws_session<Stream>>(io_, sh_, std::move(stream_));
-  sh_->track(ws_);
+  ws_ = std::make_shared<ws_session<Stream>>(io_, sh_, std::move(stream_),
+                                             std::move(slot_));
   closed_ = true;  // the stream belongs to the WebSocket now
+  if (!sh_->track(ws_))
+    return ws_->post_close();
   ws_->start(std::move(upgrade_), std::move(on_message));
 }
 
@@ -638,6 +717,7 @@ struct server::impl {
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
   uint16_t port = 0;
+  std::chrono::steady_clock::time_point last_turned_away_log{};
 
   void accept() {
     acceptor->async_accept(net::make_strand(*io), [this](beast::error_code ec,
@@ -646,24 +726,68 @@ struct server::impl {
         return;
       if (ec)
         return accept_failed(ec);
-      {
+      auto& counters = *sh->cfg.counters;
+      conn_slot slot{sh->cfg.counters};
+      if (static_cast<uint64_t>(counters.open.fetch_add(1)) >= sh->cfg.max_connections) {
+        slot.release();
+        turn_away(std::move(s));
+      } else {
         beast::error_code ignored;
         s.set_option(tcp::no_delay(true), ignored);
-        if (tls) {
-          auto c = std::make_shared<
-            connection<beast::ssl_stream<beast::tcp_stream>>>(
-            io, sh, beast::ssl_stream<beast::tcp_stream>(std::move(s), *tls));
-          sh->track(c);
-          c->run();
-        } else {
-          auto c = std::make_shared<connection<beast::tcp_stream>>(
-            io, sh, beast::tcp_stream(std::move(s)));
-          sh->track(c);
-          c->run();
-        }
+        if (tls)
+          start(std::make_shared<connection<beast::ssl_stream<beast::tcp_stream>>>(
+            io, sh, beast::ssl_stream<beast::tcp_stream>(std::move(s), *tls),
+            std::move(slot)));
+        else
+          start(std::make_shared<connection<beast::tcp_stream>>(
+            io, sh, beast::tcp_stream(std::move(s)), std::move(slot)));
       }
       accept();
     });
+  }
+
+  template <class Connection>
+  void start(std::shared_ptr<Connection> c) {
+    if (sh->track(c))
+      c->run();
+    else
+      c->close();  // stop() came meanwhile and will not see it
+  }
+
+  /// A connection past max_connections: over plain HTTP it is told so
+  /// (503, before it says anything) and closed; under TLS, closed at once
+  /// (a handshake is the dearest part of a connection). Counted and logged
+  /// (at most once a second).
+  void turn_away(tcp::socket s) {
+    auto n = ++sh->cfg.counters->over_capacity;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_turned_away_log >= std::chrono::seconds(1)) {
+      last_turned_away_log = now;
+      log("http")->warn("{} HTTP connections are open, the most allowed: "
+                        "turning new ones away ({} so far)",
+                        sh->cfg.max_connections, n);
+    }
+    beast::error_code ec;
+    if (!tls) {
+      static const std::string busy = [] {
+        std::string body =
+          R"({"error":{"code":"too_many_connections","message":"the server )"
+          R"(has all the connections it takes; try again shortly"}})";
+        return "HTTP/1.1 503 Service Unavailable\r\nServer: nodepool\r\n"
+               "Content-Type: application/json\r\nRetry-After: 1\r\n"
+               "Connection: close\r\nContent-Length: "
+               + std::to_string(body.size()) + "\r\n\r\n" + body;
+      }();
+      // A fresh socket's send buffer takes it whole; what the client sent
+      // meanwhile is read and dropped so that the close does not reset it.
+      s.non_blocking(true, ec);
+      s.write_some(net::buffer(busy), ec);
+      s.shutdown(tcp::socket::shutdown_send, ec);
+      char sink[1024];
+      while (s.read_some(net::buffer(sink), ec) > 0) {
+      }
+    }
+    s.close(ec);
   }
 
   /// An accept that failed (out of descriptors, say) is counted and tried
@@ -671,7 +795,7 @@ struct server::impl {
   /// the listen queue, so an error that persists would otherwise spin an
   /// HTTP thread. Connections waiting meanwhile are accepted once it passes.
   void accept_failed(const beast::error_code& ec) {
-    auto n = ++*sh->cfg.accept_errors;
+    auto n = ++sh->cfg.counters->accept_errors;
     if (n == 1 || n % 100 == 0)
       log("http")->warn("accepting a connection failed: {} ({} so far); "
                         "trying again in 100 ms", ec.message(), n);
@@ -685,8 +809,8 @@ struct server::impl {
 
 server::server(server_config cfg, handler h) : impl_(std::make_shared<impl>()) {
   impl_->sh->cfg = std::move(cfg);
-  if (!impl_->sh->cfg.accept_errors)
-    impl_->sh->cfg.accept_errors = std::make_shared<std::atomic<uint64_t>>(0);
+  if (!impl_->sh->cfg.counters)
+    impl_->sh->cfg.counters = std::make_shared<server_counters>();
   impl_->sh->h = std::move(h);
 }
 

@@ -59,17 +59,32 @@ class reply {
 
 using handler = std::function<void(request, std::shared_ptr<reply>)>;
 
+/// What the server counts, shared with whoever shows it (GET /metrics).
+struct server_counters {
+  /// Connections it failed to accept (out of file descriptors, say).
+  std::atomic<uint64_t> accept_errors{0};
+  /// Connections turned away because max_connections were open (answered
+  /// 503 over plain HTTP; closed at once under TLS).
+  std::atomic<uint64_t> over_capacity{0};
+  /// Requests whose client left before the answer began.
+  std::atomic<uint64_t> abandoned{0};
+  /// Connections open now (WebSockets included).
+  std::atomic<int64_t> open{0};
+};
+
 struct server_config {
   std::string host = "127.0.0.1";
   uint16_t port = 5010;  // 0: any free port (see server::port)
   int threads = 2;
   size_t max_body = 1 << 20;  // larger bodies get 413
   std::chrono::seconds idle_timeout{60};  // a silent keep-alive connection
+  /// Connections open at once, at most (each holds a descriptor and at most
+  /// one request): past it a new one is answered 503 and closed.
+  size_t max_connections = 4096;
   std::string tls_certificate;  // PEM chain; empty: plain HTTP
   std::string tls_key;          // PEM private key
-  /// Connections the server failed to accept (out of file descriptors,
-  /// say); shared with whoever shows it (GET /metrics). Null: its own.
-  std::shared_ptr<std::atomic<uint64_t>> accept_errors;
+  /// Null: its own.
+  std::shared_ptr<server_counters> counters;
 };
 
 class server {

@@ -646,7 +646,8 @@ TEST(api, from_the_config_file_with_its_limits) {
   cleanup tidy{dir};
   {
     std::ofstream f{dir + "/oracle.toml"};
-    f << "[http]\nlisten = \"localhost:0\"\nrate_per_key = 1\n";
+    f << "[http]\nlisten = \"localhost:0\"\nrate_per_key = 1\n"
+         "max_connections = 2\n";
   }
   std::vector<std::string> a{"oracle", "--config", dir + "/oracle.toml", "--data-dir",
                              dir + "/db", "--port", "0", "--max-queued-sessions", "1"};
@@ -685,6 +686,20 @@ TEST(api, from_the_config_file_with_its_limits) {
   EXPECT_EQ(limited, 1);
   EXPECT_EQ(retry_after, "1");
   EXPECT_EQ(code, "rate_limited");
+  // Two connections open (accepted first: the listen queue keeps their
+  // order), the most the file allows: the next one is answered 503.
+  {
+    int a = connect_loopback(static_cast<uint16_t>(port));
+    int b = connect_loopback(static_cast<uint16_t>(port));
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    auto g = c.Get("/api/v1/info");
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->status, 503) << g->body;
+    EXPECT_EQ(body_of(g)["error"]["code"], "too_many_connections") << g->body;
+    ::close(a);
+    ::close(b);
+  }
   oracle.signal(SIGTERM);
   EXPECT_EQ(oracle.wait_exit(20s), 0) << oracle.errors();
 }

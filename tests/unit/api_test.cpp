@@ -704,7 +704,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                      {"raft_guard", {{"commits_raised", 5}, {"stale_answers", 0}}}};
   process_figures f;
   f.event_streams = 2;
-  f.accept_errors = 6;
+  f.server = process_figures::http_server{6, 7, 8, 9};
   f.connections_shed = 3;
   f.connections_silent_closed = 5;
   f.open_fds = 40;
@@ -735,6 +735,9 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_http_requests_total{route=\"/api/v1/status\",status=\"200\"} 4\n",
                     "nodepool_event_streams 2\n",
                     "nodepool_http_accept_errors_total 6\n",
+                    "nodepool_http_connections_refused_total 7\n",
+                    "nodepool_http_requests_abandoned_total 8\n",
+                    "nodepool_http_connections 9\n",
                     "nodepool_connections_shed_total 3\n",
                     "nodepool_connections_silent_closed_total 5\n",
                     "process_open_fds 40\n", "process_max_fds 4096\n"})
