@@ -101,6 +101,12 @@ void node_key::save(const std::string& path) const {
   ::umask(old);
   if (!f)
     throw std::runtime_error("cannot write " + path);
+  // The umask holds for a file created here; one replaced (--force) keeps
+  // its mode unless told: the key is written only once it is 0600.
+  if (::fchmod(::fileno(f), 0600) != 0) {
+    std::fclose(f);
+    throw std::runtime_error("cannot make " + path + " private (mode 0600)");
+  }
   bool ok = PEM_write_PrivateKey(f, as_pkey(pkey_), nullptr, nullptr, 0,
                                  nullptr, nullptr) == 1;
   ok = (std::fclose(f) == 0) && ok;
@@ -203,6 +209,7 @@ std::string registration_message(const std::string& node_id,
 }
 
 void load_allow_list(const std::string& path, admission_policy& into) {
+  into.listed = true;
   for_each_entry(path, [&](int no, const std::string& word) {
     auto key = from_hex(word);
     if (!key || key->size() != 32)
@@ -214,6 +221,7 @@ void load_allow_list(const std::string& path, admission_policy& into) {
 }
 
 void load_join_tokens(const std::string& path, admission_policy& into) {
+  into.listed = true;
   for_each_entry(path, [&](int no, const std::string& word) {
     if (word.size() < 16)
       throw std::runtime_error(path + ":" + std::to_string(no)

@@ -53,12 +53,17 @@ std::string registration_message(const std::string& node_id,
                                  const std::string& public_key,
                                  const std::string& nonce);
 
-/// Who may register. With neither keys nor tokens the pool is open: keys
-/// are optional, but a node that presents one still proves it holds it.
+/// Who may register. Without an allow-list or tokens the pool is open:
+/// keys are optional, but a node that presents one still proves it holds
+/// it. Once a list is given, keys are required even if it names none (a
+/// list emptied of its last key admits no one, it does not open the pool).
 struct admission_policy {
   std::set<std::string> allowed_keys;  // raw public keys
   std::set<std::string> join_tokens;
-  bool open() const { return allowed_keys.empty() && join_tokens.empty(); }
+  bool listed = false;  // an allow-list or a token file was read
+  bool open() const {
+    return !listed && allowed_keys.empty() && join_tokens.empty();
+  }
 };
 
 /// Reads an allow-list: one hex public key per line (as `nodepool keygen`

@@ -110,6 +110,19 @@ struct fault {
   bool at_leader = false;
 };
 
+/// The command that draws the same schedule again: every option the
+/// schedule or the load depends on, with the seed.
+std::string repeat_command(const chaos_options& o, uint64_t seed) {
+  std::ostringstream c;
+  c << "nodepool chaos --duration " << o.duration_s << " --seed " << seed
+    << " --oracles " << o.oracles << (o.partitions ? " --partitions" : "")
+    << " --miners " << o.miners << " --nodes " << o.nodes << " --submitters "
+    << o.submitters << " --batch " << o.batch << " --interval-ms "
+    << o.interval_ms << " --fault-interval-ms " << o.fault_interval_ms
+    << " --max-stop-ms " << o.max_stop_ms;
+  return c.str();
+}
+
 /// The whole fault schedule, drawn from the seed alone: the same seed gives
 /// the same times, kinds, targets and holds (what the processes are doing
 /// at those times still depends on the machine).
@@ -1280,16 +1293,8 @@ void print_table(std::FILE* f, const nlohmann::json& r, const chaos_options& o,
   std::fprintf(f, "elapsed   %.1f s (settling %.1f s%s)\n",
                r["elapsed_s"].get<double>(), r["settle_s"].get<double>(),
                r["settled"].get<bool>() ? "" : ", not settled");
-  std::fprintf(f, "repeat    nodepool chaos --duration %g --seed %llu "
-                  "--oracles %zu --miners %zu --nodes %zu --submitters %zu "
-                  "--batch %zu --interval-ms %lld --fault-interval-ms %lld "
-                  "--max-stop-ms %lld\n",
-               o.duration_s, r["seed"].get<unsigned long long>(), o.oracles,
-               o.miners,
-               o.nodes, o.submitters, o.batch,
-               static_cast<long long>(o.interval_ms),
-               static_cast<long long>(o.fault_interval_ms),
-               static_cast<long long>(o.max_stop_ms));
+  std::fprintf(f, "repeat    %s\n",
+               repeat_command(o, r["seed"].get<uint64_t>()).c_str());
   if (!dir.empty())
     std::fprintf(f, "files     %s\n", dir.c_str());
 }
@@ -1351,7 +1356,7 @@ int run_chaos(const chaos_options& o) {
                  + " (nodepool check --data-dir " + dir
                  + (o.oracles > 1 ? "/mN" : "/db")
                  + " verifies what the oracle stored); a chaos run is not "
-                   "resumed: --seed " + std::to_string(seed)
+                   "resumed: " + repeat_command(o, seed)
                  + " repeats its schedule");
   bool keep = o.keep || !ok || !own_dir;
   if (!keep) {

@@ -351,7 +351,10 @@ int run(demo_options& o) {
     std::fflush(stderr);
     while (!stop_requested)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    stop_requested = false;  // that Ctrl-C ended the serving, not the demo
+    // That Ctrl-C ended the serving, not the demo: the next one is the
+    // first of the check (stopping it cleanly), not a second signal.
+    stop_requested = false;
+    stop_signal = 0;
   }
   auto accepted = g.accepted;
   auto refused_submissions = g.refused;

@@ -380,6 +380,9 @@ int run_oracle(oracle_options& o) {
   if (sc.admission.open())
     log("oracle")->warn("admission is open: any node may register "
                         "(give --allow and/or --join-tokens to require keys)");
+  else if (sc.admission.allowed_keys.empty() && sc.admission.join_tokens.empty())
+    log("oracle")->warn("admission lists no key and no join token: no node "
+                        "can register until some are added");
   else
     log("oracle")->info("admitting {} allowed key(s), {} join token(s)",
                         sc.admission.allowed_keys.size(),

@@ -35,6 +35,9 @@ TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   ASSERT_TRUE(j.is_object()) << out << errors;
   EXPECT_EQ(rc, 0) << errors;
   EXPECT_EQ(j["seed"].get<uint64_t>(), 7u);
+  EXPECT_NE(errors.find("repeat    nodepool chaos --duration 12 --seed 7 --oracles 1 "
+                        "--miners 2 --nodes 3"),
+            std::string::npos) << errors;
   auto& f = j["faults"];
   EXPECT_GT(j["kills"].get<int>(), 0) << errors;
   EXPECT_EQ(j["kills"].get<int>(),
@@ -137,6 +140,10 @@ TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
   EXPECT_GT(f["oracle_cuts"].get<int>() + f["miner_cuts"].get<int>(), 0) << f.dump();
   EXPECT_EQ(j["cuts"].get<int>(), f["oracle_cuts"].get<int>() + f["miner_cuts"].get<int>());
   EXPECT_NE(errors.find("cut the link of"), std::string::npos) << errors;
+  // The command it prints draws this schedule again: with its cuts.
+  EXPECT_NE(errors.find("repeat    nodepool chaos --duration 15 --seed 7 --oracles 3 "
+                        "--partitions --miners 2"),
+            std::string::npos) << errors;
   auto& s = j["sessions"];
   EXPECT_GT(s["accepted"].get<int>(), 0) << errors;
   EXPECT_EQ(s["lost"].get<int>(), 0) << s.dump();

@@ -129,6 +129,29 @@ TEST(signals, sigterm_while_the_demo_checks_ends_it_and_leaves_a_sound_store) {
   expect_checkable(dir + "/db", dir + "/check.out");
 }
 
+// `demo --serve`: the Ctrl-C that ends the serving is the serving's; one
+// during the check that follows is the check's first, which stops it
+// cleanly (before, it was taken for a second signal: an exit at once).
+TEST(signals, sigint_after_serving_stops_the_check_cleanly) {
+  auto dir = temp_dir("sig-serve-check");
+  cleanup tidy{dir};
+  ::setenv("NODEPOOL_TEST_CHECK_DELAY_MS", "500", 1);
+  child demo{{"demo", "--sessions", "400", "--nodes", "40", "--seed", "5",
+              "--data-dir", dir + "/db", "--http", "off", "--serve"},
+             dir + "/demo.out"};
+  ::unsetenv("NODEPOOL_TEST_CHECK_DELAY_MS");
+  ASSERT_TRUE(demo.wait_for_errors("until Ctrl-C", 120s)) << demo.errors();
+  demo.signal(SIGINT);
+  ASSERT_TRUE(demo.wait_for_errors("checking the stored history", 60s))
+    << demo.errors();
+  EXPECT_EQ(signal_and_wait(demo, SIGINT), 130) << demo.errors();
+  auto err = demo.errors();
+  EXPECT_EQ(err.find("second signal"), std::string::npos) << err;
+  EXPECT_NE(err.find("interrupted by SIGINT"), std::string::npos) << err;
+  EXPECT_NE(err.find("history is unchecked"), std::string::npos) << err;
+  expect_checkable(dir + "/db", dir + "/check.out");
+}
+
 TEST(signals, a_second_signal_exits_at_once) {
   auto dir = temp_dir("sig-twice");
   cleanup tidy{dir};

@@ -54,6 +54,12 @@ TEST(node_key, signs_and_verifies_and_survives_a_file) {
   auto back = node_key::load(path);
   EXPECT_EQ(back.public_key(), k.public_key());
   EXPECT_TRUE(verify_signature(k.public_key(), "x", back.sign("x")));
+  // Written over a file readable by all (keygen --force), it is private.
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  other.save(path);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(node_key::load(path).public_key(), other.public_key());
   std::remove(path.c_str());
 }
 
@@ -136,6 +142,33 @@ TEST(authenticator, closed_pool_refuses_what_it_does_not_know) {
   ASSERT_FALSE(auth.check(2, reg("n2", &stranger), nonce));
   EXPECT_FALSE(auth.check(2, signed_reg("n2", stranger, nonce, "operator-token-0001"),
                           nonce));
+}
+
+// An allow-list that names no key (its last one commented out) admits no
+// one: before, an empty list was the same as none, and opened the pool.
+TEST(authenticator, an_empty_allow_list_admits_no_one) {
+  auto path = temp_file("allow-empty", "# rack 1, retired\n# deadbeef\n\n");
+  auto tokens = temp_file("tokens-empty", "# none yet\n");
+  for (bool use_tokens : {false, true}) {
+    admission_policy p;
+    if (use_tokens)
+      load_join_tokens(tokens, p);
+    else
+      load_allow_list(path, p);
+    EXPECT_FALSE(p.open());
+    authenticator auth{p};
+    std::string nonce;
+    auto no = auth.check(1, reg("n1", nullptr), nonce);
+    ASSERT_TRUE(no);
+    EXPECT_EQ(no->code, "key_required");
+    auto k = node_key::generate();
+    ASSERT_FALSE(auth.check(2, reg("n2", &k), nonce));
+    no = auth.check(2, signed_reg("n2", k, nonce), nonce);
+    ASSERT_TRUE(no);
+    EXPECT_EQ(no->code, "key_not_allowed");
+  }
+  std::remove(path.c_str());
+  std::remove(tokens.c_str());
 }
 
 TEST(authenticator, signatures_are_good_once_on_their_own_connection) {
