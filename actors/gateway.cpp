@@ -96,10 +96,15 @@ std::string with_term(const std::string& bytes, uint64_t term) {
   return out;
 }
 
+/// Refuses a node's message: counted (unless the pool decided it, and
+/// counted it: `counted_by_pool`), logged (a flood summarised), and told to
+/// the miner.
 void refuse(self_ptr self, const caf::actor& to, const std::string& node,
-            const std::string& code, const std::string& detail) {
+            const std::string& code, const std::string& detail,
+            bool counted_by_pool = false) {
   auto& st = self->state;
-  ++st.refused[code];
+  if (!counted_by_pool)
+    ++st.refused[code];
   // Keyed by the miner's connection: one miner may try many node ids.
   auto source = to ? caf::to_string(to.address()) : "node '" + node + "'";
   if (st.refusal_log.allow(source, now_ms(self, st.sim_time)))
@@ -148,7 +153,7 @@ void command_for(self_ptr self, caf::actor node, const std::string& node_id,
   self->state.tickets.send(self, self->state.supervisor, std::move(cmd),
                            [=](const std::string& code, const std::string& detail) {
                              if (!code.empty())
-                               refuse(self, node, node_id, code, detail);
+                               refuse(self, node, node_id, code, detail, true);
                            });
 }
 
@@ -225,7 +230,7 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     [=](const std::string& code, const std::string& detail) {
         done();
         if (!code.empty()) {
-          refuse(self, sender, id, code, detail);
+          refuse(self, sender, id, code, detail, true);
           return;
         }
         auto& st = self->state;
@@ -398,6 +403,15 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         auto i = self->state.by_node.find(node_id);
         refuse(self, i == self->state.by_node.end() ? caf::actor{} : i->second,
                node_id, code, detail);
+      },
+      // A command of the validator's the pool refused: counted there.
+      [=](refused_atom, const std::string& node_id, const std::string& code,
+          const std::string& detail, bool) {
+        if (!from_inside(self, "refused"))
+          return;
+        auto i = self->state.by_node.find(node_id);
+        refuse(self, i == self->state.by_node.end() ? caf::actor{} : i->second,
+               node_id, code, detail, true);
       },
       // Clients share the miners' port: session requests go to the queue,
       // state queries to the supervisor; the answer goes straight back.

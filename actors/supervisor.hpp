@@ -28,6 +28,11 @@ struct test_config {
   /// from the pool's seed (simulations, so that a seed reproduces); an
   /// oracle process always reads one from a file.
   std::string secret;
+  /// (model, peer item) pairs the validator keeps references for, at most:
+  /// model names come from miners. Past it a new pair takes the place of
+  /// the pair with the fewest nodes behind it (the least recently added to
+  /// among those), so a miner inventing names evicts only its own kind.
+  size_t max_reference_keys = 4096;
 };
 
 /// The supervisor's load, published after each group commit into atomics

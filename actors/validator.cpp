@@ -39,6 +39,7 @@ struct peer_answers {
 /// Answers of nodes in good standing to one peer item of one model.
 struct reference_set {
   std::deque<std::pair<std::string, std::string>> by_node;  // (node, answer)
+  uint64_t added = 0;  // when a reference was last added (a sequence number)
 };
 
 /// At most this many references per (model, item): the newest.
@@ -47,10 +48,6 @@ constexpr size_t max_references = 5;
 /// node's answers sent again by another.
 constexpr size_t max_seen_answers = 4096;
 
-/// At most this many (model, item) pairs: model names come from miners, so
-/// a miner inventing names must not grow this without bound. Past it, new
-/// pairs get no references (their items are not cross-checked).
-constexpr size_t max_reference_keys = 4096;
 
 struct validator_state {
   caf::actor supervisor;
@@ -65,6 +62,8 @@ struct validator_state {
                                                 // unanswered (late answers)
   std::map<std::string, peer_answers> awaiting;  // node id -> until it passes
   std::map<std::pair<std::string, std::string>, reference_set> references;
+  size_t max_reference_keys = 4096;  // see test_config
+  uint64_t reference_seq = 0;
   /// Digest of a recent test's answers -> (node, digest of its items).
   std::unordered_map<std::string, std::pair<std::string, std::string>> seen;
   std::deque<std::string> seen_order;  // oldest first
@@ -74,12 +73,24 @@ struct validator_state {
 
 using self_ptr = caf::stateful_actor<validator_state>*;
 
+/// Whether other nodes than `node` gave references for (model, item).
+bool others_refer(const validator_state& st, const std::string& model,
+                  const std::string& item, const std::string& node) {
+  auto r = st.references.find({model, item});
+  if (r == st.references.end())
+    return false;
+  auto& by = r->second.by_node;
+  return std::any_of(by.begin(), by.end(), [&](auto& x) { return x.first != node; });
+}
+
 /// The model a node's answers to peer items are checked against: of the
-/// models it lists, the one with references for most of these items (the
-/// first listed on a tie). Were it the first listed, a miner could list
-/// first a model no other node serves, pass with nothing to compare, and
-/// then serve sessions for the others it listed.
-std::string checked_model(const validator_state& st,
+/// models it lists, the one with other nodes' references for most of these
+/// items (the first listed on a tie). Were it the first listed, a miner
+/// could list first a model no other node serves, pass with nothing to
+/// compare, and then serve sessions for the others it listed; were its own
+/// references counted, it could make that model look served by passing a
+/// few tests on it alone first.
+std::string checked_model(const validator_state& st, const std::string& node,
                           const std::vector<std::string>& models,
                           const std::vector<const bank_item*>& items) {
   std::string best = models.empty() ? std::string{} : models.front();
@@ -87,7 +98,7 @@ std::string checked_model(const validator_state& st,
   for (auto& m : models) {
     size_t n = 0;
     for (auto* item : items)
-      if (item->grade == grade_mode::peer && st.references.count({m, item->id}))
+      if (item->grade == grade_mode::peer && others_refer(st, m, item->id, node))
         ++n;
     if (n > best_refs) {
       best = m;
@@ -116,7 +127,7 @@ void send_test(self_ptr self, const pb::TestRequested& t, int64_t batch_now) {
   p.sent_at = now_ms(self, st.sim_time);
   p.nonce = plan.nonce;
   p.items = std::move(plan.items);
-  p.model = checked_model(st, models, p.items);
+  p.model = checked_model(st, t.node_id(), models, p.items);
   pb::OracleMsg m;
   auto* ct = m.mutable_test();
   ct->set_test_id(t.test_id());
@@ -133,6 +144,35 @@ void send_test(self_ptr self, const pb::TestRequested& t, int64_t batch_now) {
   self->send(st.gateway, send_atom::value, t.node_id(), m.SerializeAsString());
 }
 
+/// The table of references is full: the pair with the fewest nodes behind
+/// it goes, the least recently added to among those. A new pair has one
+/// node, so one with more stays (a model many nodes serve is not pushed
+/// out by names one miner invents). False if nothing could go.
+bool make_room(validator_state& st) {
+  auto victim = st.references.end();
+  for (auto i = st.references.begin(); i != st.references.end(); ++i)
+    if (victim == st.references.end()
+        || std::make_pair(i->second.by_node.size(), i->second.added)
+             < std::make_pair(victim->second.by_node.size(), victim->second.added))
+      victim = i;
+  if (victim == st.references.end() || victim->second.by_node.size() > 1)
+    return false;
+  st.references.erase(victim);
+  return true;
+}
+
+/// A node no longer in good standing (it failed a test, or was retired):
+/// its answers stop being references.
+void drop_references(validator_state& st, const std::string& node) {
+  for (auto i = st.references.begin(); i != st.references.end();) {
+    auto& by = i->second.by_node;
+    by.erase(std::remove_if(by.begin(), by.end(),
+                            [&](auto& x) { return x.first == node; }),
+             by.end());
+    i = by.empty() ? st.references.erase(i) : std::next(i);
+  }
+}
+
 /// A node passed: its answers to peer items become references.
 void keep_references(self_ptr self, const std::string& node, uint64_t test_id) {
   auto& st = self->state;
@@ -142,9 +182,12 @@ void keep_references(self_ptr self, const std::string& node, uint64_t test_id) {
   if (i->second.test_id == test_id)
     for (auto& [item, answer] : i->second.answers) {
       std::pair<std::string, std::string> key{i->second.model, item->id};
-      if (st.references.size() >= max_reference_keys && !st.references.count(key))
+      if (st.references.size() >= st.max_reference_keys && !st.references.count(key)
+          && !make_room(st))
         continue;
-      auto& refs = st.references[key].by_node;
+      auto& set = st.references[key];
+      set.added = ++st.reference_seq;
+      auto& refs = set.by_node;
       auto same = std::find_if(refs.begin(), refs.end(),
                                [&](auto& r) { return r.first == node; });
       if (same != refs.end())
@@ -174,10 +217,12 @@ void on_events(self_ptr self, const pb::EventBatch& batch) {
         st.expired[i->first] = i->second.test_id;
         st.pending.erase(i);
       }
-      if (f.passed())
+      if (f.passed()) {
         keep_references(self, f.node_id(), f.test_id());
-      else
+      } else {
         st.awaiting.erase(f.node_id());
+        drop_references(st, f.node_id());
+      }
     } else if (e.has_node_state_changed()
                && e.node_state_changed().to() == pb::LOST) {
       forget_node(self, e.node_state_changed().node_id());
@@ -187,6 +232,7 @@ void on_events(self_ptr self, const pb::EventBatch& batch) {
       auto& c = e.node_state_changed();
       refuse(self, c.node_id(), "retired", c.reason());
       forget_node(self, c.node_id());
+      drop_references(st, c.node_id());
     }
   }
 }
@@ -234,6 +280,20 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
                + " bytes; at most " + std::to_string(st.pool.max_answer_bytes));
       return;
     }
+  // The tokens the node says it produced set its speed (the pool fails a
+  // test slower than test_min_tokens_per_s): no more than the questions
+  // allowed, or a slow node could claim any speed.
+  uint64_t tokens = 0, most_tokens = 0;
+  for (auto t : a.tokens())
+    tokens += t;
+  for (auto* item : p.items)
+    most_tokens += item->max_tokens;
+  if (tokens > most_tokens) {
+    refuse(self, node, "bad_tokens",
+           "answers of " + std::to_string(tokens) + " tokens; the questions "
+             "allowed " + std::to_string(most_tokens) + " at most");
+    return;
+  }
   auto now = now_ms(self, st.sim_time);
   if (now > p.deadline) {
     refuse(self, node, "after_deadline", "answers came after the test deadline");
@@ -297,9 +357,6 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
       st.seen_order.pop_front();
     }
   }
-  uint64_t tokens = 0;
-  for (auto t : a.tokens())
-    tokens += t;
   auto test_id = p.test_id;
   auto latency = std::max<int64_t>(0, now - p.sent_at);
   st.pending.erase(i);
@@ -315,10 +372,13 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
     r->set_latency_ms(latency);
     r->set_tokens(tokens);
   });
+  // A result the pool refuses is counted there: the gateway only tells the
+  // node (the last argument says so).
   st.tickets.send(self, st.supervisor, cmd,
                   [=](const std::string& code, const std::string& detail) {
                     if (!code.empty())
-                      refuse(self, node, code, detail);
+                      self->send(self->state.gateway, refused_atom::value, node,
+                                 code, detail, true);
                   });
 }
 
@@ -335,6 +395,7 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
     st.latency_bounds = test_latency_bounds(pool);
     st.sim_time = sim_time;
     st.bank = tests.bank ? tests.bank : challenge_bank::builtin();
+    st.max_reference_keys = std::max<size_t>(1, tests.max_reference_keys);
     // Simulations derive the secret from the seed, so a run reproduces;
     // an oracle process always has one from a file (load_or_create_secret).
     st.secret = !tests.secret.empty()

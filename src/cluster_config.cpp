@@ -225,12 +225,12 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
     throw fail("raft", "expected a table ([raft])");
   }
   c.tests = tests_of(tbl, source);
-  if (c.cluster_id.empty()) {
-    std::string list;
-    for (auto& m : c.members)
-      list += std::to_string(m.id) + " " + m.raft + "\n";
-    c.cluster_id = "members-" + sha256_hex(list).substr(0, 16);
-  }
+  std::string list;
+  for (auto& m : c.members)
+    list += std::to_string(m.id) + " " + m.raft + "\n";
+  c.derived_id = "members-" + sha256_hex(list).substr(0, 16);
+  if (c.cluster_id.empty())
+    c.cluster_id = c.derived_id;
   return c;
 }
 
@@ -239,17 +239,29 @@ void claim_data_dir(const cluster_config& c, const std::string& data_dir) {
   std::ifstream in{path};
   std::string have;
   if (in && std::getline(in, have)) {
-    if (have != c.cluster_id)
+    if (have == c.cluster_id)
+      return;
+    // Named since, with the same member list: the directory takes the
+    // name (any file for that list was accepted before, named or not).
+    if (have != c.derived_id || c.cluster_id == c.derived_id)
       throw std::runtime_error(
         data_dir + " belongs to cluster '" + have + "', not '" + c.cluster_id
         + "': give this member its own data directory, or the right cluster "
           "file");
-    return;
   }
-  std::ofstream out{path};
-  out << c.cluster_id << "\n";
-  if (!out)
-    throw std::runtime_error(path + ": cannot be written");
+  // Written whole under another name, then renamed into place.
+  auto tmp = path + ".tmp";
+  {
+    std::ofstream out{tmp, std::ios::trunc};
+    out << c.cluster_id << "\n";
+    out.flush();
+    if (!out)
+      throw std::runtime_error(tmp + ": cannot be written");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec)
+    throw std::runtime_error(path + ": cannot be written: " + ec.message());
 }
 
 cluster_config load_cluster(const std::string& path) {

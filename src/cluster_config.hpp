@@ -76,6 +76,9 @@ struct cluster_config {
   /// a file naming another. Set it (top-level `cluster_id = "..."`) before
   /// the member list ever changes; by default it is derived from the list.
   std::string cluster_id;
+  /// The id derived from the member list, named or not: a data directory
+  /// that holds it takes the name given later for the same list.
+  std::string derived_id;
   std::vector<cluster_member> members;
   unsigned election_timeout_ms = 400;
   unsigned heartbeat_timeout_ms = 50;

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <fcntl.h>
 #include <fstream>
 #include <stdexcept>
@@ -113,6 +114,45 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
   return plan;
 }
 
+namespace {
+
+std::vector<std::string> words_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::string w;
+  for (unsigned char c : text) {
+    if (std::isalnum(c)) {
+      w += static_cast<char>(std::tolower(c));
+    } else if (!w.empty()) {
+      out.push_back(std::move(w));
+      w.clear();
+    }
+  }
+  if (!w.empty())
+    out.push_back(std::move(w));
+  return out;
+}
+
+} // namespace
+
+double copied_share(const std::string& answer, const std::string& prompt) {
+  constexpr size_t run = 4;
+  auto a = words_of(answer), p = words_of(prompt);
+  if (a.empty())
+    return 0;
+  std::set<std::vector<std::string>> runs;
+  for (size_t i = 0; i + run <= p.size(); ++i)
+    runs.emplace(p.begin() + static_cast<std::ptrdiff_t>(i),
+                 p.begin() + static_cast<std::ptrdiff_t>(i + run));
+  std::vector<bool> copied(a.size(), false);
+  for (size_t i = 0; i + run <= a.size(); ++i)
+    if (runs.count({a.begin() + static_cast<std::ptrdiff_t>(i),
+                    a.begin() + static_cast<std::ptrdiff_t>(i + run)}))
+      std::fill(copied.begin() + static_cast<std::ptrdiff_t>(i),
+                copied.begin() + static_cast<std::ptrdiff_t>(i + run), true);
+  return static_cast<double>(std::count(copied.begin(), copied.end(), true))
+         / static_cast<double>(a.size());
+}
+
 bool grade_answer(const bank_item& item, const std::string& answer) {
   switch (item.grade) {
     case grade_mode::exact:
@@ -124,7 +164,7 @@ bool grade_answer(const bank_item& item, const std::string& answer) {
     }
     case grade_mode::similar: {
       auto a = normalize_answer(answer);
-      if (a.empty())
+      if (a.empty() || copied_share(answer, item.prompt) > 0.5)
         return false;
       return cosine(embed(a), embed(normalize_answer(item.answer))) >= item.threshold;
     }

@@ -33,6 +33,12 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
 /// A peer item is never right by itself: see agrees_with_peers.
 bool grade_answer(const bank_item& item, const std::string& answer);
 
+/// The share of `answer`'s words that lie in runs of 4 or more words found
+/// in the same order in `prompt` (words: letters and digits, any case).
+/// A `similar` answer mostly made of the question's own phrases restates
+/// it rather than answering it, and fails (over 0.5).
+double copied_share(const std::string& answer, const std::string& prompt);
+
 /// Whether `answer` agrees (text embedding, cosine >= threshold) with at
 /// least half of `references`, the answers of nodes in good standing.
 bool agrees_with_peers(const std::string& answer,

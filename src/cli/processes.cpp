@@ -332,7 +332,11 @@ int run_oracle(oracle_options& o) {
     if (!(o.port_flag && o.port_flag->count() > 0))
       o.port = port;
   }
-  auto p = resolve_params(o.config.empty() ? o.cluster : o.config, o.flags);
+  // A member's parameters: the cluster file's [pool], then its own
+  // --config's (for this member), then its flags. (The cluster's were
+  // dropped when --config was given.)
+  auto p = resolve_params(o.config, o.flags,
+                          cc ? load_params(o.cluster, params{}) : params{});
   actor_config cfg;
   setup_tls(cfg, o.tls);
   if (cc) {

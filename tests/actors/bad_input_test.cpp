@@ -73,9 +73,15 @@ protected:
     return codes.empty() ? "<none>" : codes.back();
   }
 
+  /// Refusals the gateway decided, and those the pool did: each is
+  /// counted once, where it was decided.
   uint64_t counted(const std::string& code) {
     auto j = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
     return j["refused"].value(code, uint64_t{0});
+  }
+  uint64_t counted_by_pool(const std::string& code) {
+    auto j = nlohmann::json::parse(ask(oracle_.supervisor, stats_atom::value));
+    return j["refusals"].value(code, uint64_t{0});
   }
 
   std::string snapshot_bytes() {
@@ -186,7 +192,8 @@ TEST_F(bad_input, refused_registrations_leave_nothing_once_their_senders_are_gon
                    miner_registration("bad id " + std::to_string(i), "llama-3-8b"));
   }
   sched_->run();
-  EXPECT_EQ(counted("bad_node_id"), 50u);
+  EXPECT_EQ(counted_by_pool("bad_node_id"), 50u);
+  EXPECT_EQ(counted("bad_node_id"), 0u);  // not twice
   auto known = [&] {
     auto j = nlohmann::json::parse(ask(oracle_.gateway, stats_atom::value));
     return j["connections_known"].get<uint64_t>();
@@ -614,6 +621,207 @@ TEST_F(bad_input, a_prompt_refused_as_busy_ends_the_session_opened_for_it) {
   sched_->run();
   ASSERT_EQ(*answers, std::vector<std::string>{"busy"});
   EXPECT_EQ(session_state("opened"), pb::FAILED);
+}
+
+} // namespace
+} // namespace nodepool::testing
+
+// ----------------------------------------------------- cross-checks, tokens
+
+namespace nodepool::testing {
+namespace {
+
+/// A miner of its own (a connection of its own) that registers nodes and
+/// answers their tests.
+struct test_miner {
+  std::shared_ptr<probe_log> log = std::make_shared<probe_log>();
+  caf::actor a;
+};
+
+class cross_checks : public bad_input {
+protected:
+  const challenge_bank& bank() const {
+    return tests_.bank ? *tests_.bank : *challenge_bank::builtin();
+  }
+
+  /// The prompts of the bank's peer items (no reference: cross-checked).
+  std::set<std::string> peer_prompts() const {
+    std::set<std::string> out;
+    for (auto& it : bank().items())
+      if (it.grade == grade_mode::peer)
+        out.insert(it.prompt);
+    return out;
+  }
+
+  test_miner miner() {
+    test_miner m;
+    m.a = probe(m.log);
+    return m;
+  }
+
+  void send_as(test_miner& m, const pb::MinerMsg& msg) {
+    caf::anon_send(m.a, send_atom::value, msg.SerializeAsString());
+    sched_->run();
+  }
+
+  /// Registers `id` with `models` and answers its test: the bank's answers
+  /// to graded items; to peer items the sim's (what every healthy node
+  /// says), or `peer_text` if given. Returns the peer prompts it was asked.
+  std::set<std::string> take_test(test_miner& m, const std::string& id,
+                                  const std::vector<std::string>& models,
+                                  const std::string& peer_text = {}) {
+    pb::MinerMsg r;
+    r.set_node_id(id);
+    r.mutable_register_()->set_node_id(id);
+    for (auto& x : models)
+      r.mutable_register_()->add_models(x);
+    auto before = m.log->received.size();
+    send_as(m, r);
+    pb::OracleMsg test;
+    for (auto i = before; i < m.log->received.size(); ++i)
+      if (m.log->received[i].has_test())
+        test = m.log->received[i];
+    EXPECT_TRUE(test.has_test()) << id;
+    auto peers = peer_prompts();
+    sim_knowledge knows{bank()};
+    std::set<std::string> asked;
+    pb::MinerMsg a;
+    a.set_node_id(id);
+    a.mutable_test_answers()->set_test_id(test.test().test_id());
+    a.mutable_test_answers()->set_nonce(test.test().nonce());
+    for (auto& c : test.test().challenges()) {
+      bool peer = peers.count(c.prompt()) > 0;
+      if (peer)
+        asked.insert(c.prompt());
+      a.mutable_test_answers()->add_answers(
+        peer && !peer_text.empty() ? peer_text
+                                   : knows.answer(c.prompt()));
+    }
+    send_as(m, a);
+    return asked;
+  }
+
+  /// `rounds` tests of node `id` on `models`, all passed: the peer prompts
+  /// its references cover.
+  std::set<std::string> pass_tests(test_miner& m, const std::string& id,
+                                   const std::vector<std::string>& models,
+                                   int rounds = 8) {
+    std::set<std::string> all;
+    for (int i = 0; i < rounds; ++i) {
+      auto asked = take_test(m, id, models);
+      all.insert(asked.begin(), asked.end());
+      EXPECT_EQ(state().node(id)->state(), pb::EPHEMERAL) << id;
+    }
+    return all;
+  }
+
+  static bool covers(const std::set<std::string>& big, const std::set<std::string>& small) {
+    return std::includes(big.begin(), big.end(), small.begin(), small.end());
+  }
+
+  static std::string nonsense() { return "zzz qqq the moon is made of green cheese"; }
+};
+
+// A miner that passes a few tests on a model no one else serves gives that
+// model references of its own. Listed first beside a served model, that
+// model must not be the one its answers are checked against (nothing to
+// compare them with: no cross-check at all): only other nodes' references
+// count.
+TEST_F(cross_checks, a_model_only_its_own_node_serves_does_not_switch_off_the_cross_check) {
+  auto h1 = miner(), h2 = miner(), cheat = miner();
+  auto served = pass_tests(h1, "honest-1", {"llama-3-8b"});
+  auto served2 = pass_tests(h2, "honest-2", {"llama-3-8b"});
+  served.insert(served2.begin(), served2.end());
+  auto own = pass_tests(cheat, "cheat", {"zz-private"});
+  // Its answers to the peer items are now nonsense: checked against the
+  // served model's references, they fail.
+  auto asked = take_test(cheat, "cheat", {"zz-private", "llama-3-8b"}, nonsense());
+  ASSERT_FALSE(asked.empty());
+  ASSERT_TRUE(covers(served, asked) && covers(own, asked))
+    << "the last test's peer items must have references of both models";
+  auto s = state();
+  auto n = s.node("cheat");
+  EXPECT_EQ(n->state(), pb::QUARANTINED);
+  EXPECT_NE(n->state_reason().find("cross_check"), std::string::npos) << n->state_reason();
+}
+
+// Model names come from miners: one inventing them fills the table of
+// references. Past its bound a new pair takes the place of one with a
+// single node behind it: a model served by several keeps its references,
+// and a model that comes later is cross-checked too. (A bank of one peer
+// item, in every test: one pair per model.)
+class cross_checks_few_references : public cross_checks {
+protected:
+  void SetUp() override {
+    tests_.bank = std::make_shared<const challenge_bank>(challenge_bank::parse(
+      R"({"id":"a","level":0,"grade":"exact","prompt":"Is water wet? Yes or no.","answer":"yes"}
+{"id":"b","level":0,"grade":"number","prompt":"What is 2 + 3?","answer":"5"}
+{"id":"p","level":0,"grade":"peer","prompt":"Describe the sea in one sentence."})",
+      "one-peer.jsonl"));
+    tests_.max_reference_keys = 4;
+    cross_checks::SetUp();
+  }
+};
+
+TEST_F(cross_checks_few_references, invented_models_do_not_crowd_out_the_references) {
+  auto h1 = miner(), h2 = miner(), junk = miner(), later = miner(), liar = miner();
+  auto served = pass_tests(h1, "honest-1", {"llama-3-8b"}, 1);
+  auto served2 = pass_tests(h2, "honest-2", {"llama-3-8b"}, 1);
+  served.insert(served2.begin(), served2.end());
+  for (int i = 0; i < 12; ++i)
+    pass_tests(junk, "junk", {"junk-" + std::to_string(i)}, 1);
+  auto m2 = pass_tests(later, "m2-first", {"m2"}, 1);
+  // A node of the later model that answers nonsense is caught ...
+  auto asked = take_test(liar, "m2-liar", {"m2"}, nonsense());
+  ASSERT_TRUE(covers(m2, asked)) << "the test's peer items must have m2 references";
+  {
+    auto s = state();
+    EXPECT_EQ(s.node("m2-liar")->state(), pb::QUARANTINED);
+  }
+  // ... and so is one of the model served from the start.
+  auto liar2 = miner();
+  asked = take_test(liar2, "llama-liar", {"llama-3-8b"}, nonsense());
+  ASSERT_TRUE(covers(served, asked));
+  auto s = state();
+  auto n = s.node("llama-liar");
+  EXPECT_EQ(n->state(), pb::QUARANTINED);
+  EXPECT_NE(n->state_reason().find("cross_check"), std::string::npos) << n->state_reason();
+}
+
+// The tokens a node reports set its speed, which the pool holds against
+// test_min_tokens_per_s: more than the questions allowed is refused (the
+// test stays in flight) rather than taken as a fast node.
+TEST_F(cross_checks, tokens_beyond_what_the_questions_allowed_are_refused) {
+  auto m = miner();
+  pb::MinerMsg r;
+  r.set_node_id("fast");
+  r.mutable_register_()->set_node_id("fast");
+  r.mutable_register_()->add_models("llama-3-8b");
+  send_as(m, r);
+  pb::OracleMsg test;
+  for (auto& x : m.log->received)
+    if (x.has_test())
+      test = x;
+  ASSERT_TRUE(test.has_test());
+  pb::MinerMsg a;
+  a.set_node_id("fast");
+  a.mutable_test_answers()->set_test_id(test.test().test_id());
+  a.mutable_test_answers()->set_nonce(test.test().nonce());
+  uint64_t allowed = 0;
+  for (auto& c : test.test().challenges()) {
+    a.mutable_test_answers()->add_answers(sim_knowledge::builtin()->answer(c.prompt()));
+    allowed += c.max_tokens();
+  }
+  a.mutable_test_answers()->add_tokens(4000000000u);
+  send_as(m, a);
+  ASSERT_FALSE(m.log->refusal_codes().empty());
+  EXPECT_EQ(m.log->refusal_codes().back(), "bad_tokens");
+  EXPECT_EQ(counted("bad_tokens"), 1u);
+  EXPECT_EQ(state().node("fast")->state(), pb::TESTING);
+  // As many as allowed: taken.
+  a.mutable_test_answers()->set_tokens(0, static_cast<uint32_t>(allowed));
+  send_as(m, a);
+  EXPECT_EQ(state().node("fast")->state(), pb::EPHEMERAL);
 }
 
 } // namespace

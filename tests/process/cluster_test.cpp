@@ -324,12 +324,14 @@ TEST_F(Cluster, RefusesADuplicateMemberGarbageAndAnotherClustersData) {
   }
   EXPECT_TRUE(agreed);
   // Member 3 stopped, then started with another cluster's file on its
-  // data directory: refused.
+  // data directory (other members, other addresses): refused. (The same
+  // member list given a name later is this cluster, named: accepted.)
   oracle_[3]->signal(SIGTERM);
   ASSERT_EQ(oracle_[3]->wait_exit(std::chrono::seconds(20)), 0);
+  nodepool::write_loopback_cluster(dir_ + "/other-members.toml", 3, "");
   {
     std::ofstream f{dir_ + "/other.toml"};
-    f << "cluster_id = \"other\"\n" << read_file(dir_ + "/cluster.toml");
+    f << "cluster_id = \"other\"\n" << read_file(dir_ + "/other-members.toml");
   }
   auto [rc3, out3] = run({"oracle", "--cluster", dir_ + "/other.toml", "--id",
                           "3", "--data-dir", dir_ + "/m3"},
@@ -972,6 +974,44 @@ TEST_F(Cluster, TheDashboardShowsTheMembersAndTheLeader) {
   EXPECT_EQ(j["miner_rows"], 3) << out;
   miner.signal(SIGTERM);
   miner.wait_exit(std::chrono::seconds(20));
+}
+
+// A member's parameters start from the cluster file's [pool]: its own
+// --config (here holding only its HTTP table) adds to them, and used to
+// drop them (the member that led then set the pool's defaults for all).
+TEST(ClusterFile, AMembersConfigFileDoesNotDropTheClustersPoolTable) {
+  auto dir = temp_dir("cluster-pool");
+  cleanup tidy{dir};
+  auto ms = nodepool::write_loopback_cluster(
+    dir + "/one.toml", 1,
+    "[pool]\ntest_deadline_ms = 1234\n[raft]\nelection_timeout_ms = 500\n"
+    "heartbeat_timeout_ms = 50\n");
+  {
+    std::ofstream f{dir + "/host.toml"};
+    f << "[http]\nlisten = \"off\"\n";
+  }
+  child o{{"oracle", "--cluster", dir + "/one.toml", "--id", "1", "--config",
+           dir + "/host.toml", "--data-dir", dir + "/m1"},
+          dir + "/oracle.out"};
+  ASSERT_TRUE(o.wait_for_output("listening on", std::chrono::seconds(20))) << o.errors();
+  bool leading = false;
+  for (int k = 0; k < 100 && !leading; ++k) {
+    auto [rc, out] = run({"status", "--oracle", ms[0].address, "--json"},
+                         dir + "/status.out", std::chrono::seconds(20));
+    auto j = rc == 0 ? last_json_line(out) : nlohmann::json{};
+    leading = j.is_object() && j.contains("cluster")
+              && j["cluster"].value("role", "") == "leader"
+              && j["cluster"].value("ready", false);
+    if (!leading)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(leading) << o.errors();
+  o.signal(SIGTERM);
+  ASSERT_EQ(o.wait_exit(std::chrono::seconds(20)), 0) << o.errors();
+  auto [rc, out] = run({"check", "--data-dir", dir + "/m1", "--json"}, dir + "/check.out");
+  auto j = last_json_line(out);
+  ASSERT_TRUE(j.is_object()) << out << read_file(dir + "/check.out.err");
+  EXPECT_EQ(j["params"]["test_deadline_ms"].get<int64_t>(), 1234) << j["params"].dump();
 }
 
 } // namespace

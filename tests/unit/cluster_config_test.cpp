@@ -148,6 +148,13 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
   }
 }
 
+std::string read_first_line(const std::string& path) {
+  std::ifstream in{path};
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
 TEST(ClusterFile, NamesTheClusterAndADataDirectoryRemembersIt) {
   auto derived = parse_cluster(three, "c.toml");
   EXPECT_EQ(derived.cluster_id.rfind("members-", 0), 0u) << derived.cluster_id;
@@ -167,6 +174,22 @@ TEST(ClusterFile, NamesTheClusterAndADataDirectoryRemembersIt) {
               std::string::npos)
       << e.what();
   }
+  std::remove((dir + "/cluster-id").c_str());
+  // A directory of the unnamed cluster takes the name given to the same
+  // member list later (as the README advises, before the list changes);
+  // then it is that cluster's, and the unnamed file is another's.
+  claim_data_dir(derived, dir);
+  claim_data_dir(named, dir);
+  EXPECT_EQ(read_first_line(dir + "/cluster-id"), "eu-1");
+  EXPECT_THROW(claim_data_dir(derived, dir), std::runtime_error);
+  // Another list named: not this directory's.
+  std::remove((dir + "/cluster-id").c_str());
+  claim_data_dir(derived, dir);
+  auto other = parse_cluster(std::string{"cluster_id = \"eu-2\"\n"} + three
+                               + "[[member]]\nid = 4\nraft = \"127.0.0.1:7104\"\n"
+                                 "address = \"127.0.0.1:4244\"\n",
+                             "c.toml");
+  EXPECT_THROW(claim_data_dir(other, dir), std::runtime_error);
   std::remove((dir + "/cluster-id").c_str());
   rmdir(dir.c_str());
 }

@@ -79,8 +79,40 @@ TEST(Grading, SimilarAboveThreshold) {
   EXPECT_TRUE(grade_answer(it, "Ice floats since it is less dense than water in liquid form."));
   EXPECT_FALSE(grade_answer(it, "The recipe needs two eggs and a cup of flour."));
   EXPECT_FALSE(grade_answer(it, ""));
+  // The question restated is no answer, though its words are near enough
+  // the reference's (0.55 and 0.59 against a threshold of 0.5).
+  it.prompt = "Explain in one sentence why ice floats on water.";
+  EXPECT_FALSE(grade_answer(it, it.prompt));
+  EXPECT_FALSE(grade_answer(it, "why ice floats on water"));
+  EXPECT_FALSE(grade_answer(it, "Ice floats on water."));
+  // Its phrases in an answer of its own are fine.
+  EXPECT_TRUE(grade_answer(it, "Ice floats on water because it is less dense than liquid water."));
+  EXPECT_TRUE(grade_answer(it, "Ice floats because it is less dense than liquid water."));
   // A peer item has no reference: grading alone never passes it.
   EXPECT_FALSE(grade_answer(item(grade_mode::peer, ""), "anything"));
+}
+
+TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {
+  EXPECT_DOUBLE_EQ(copied_share("why ice floats on water", "Explain why ICE floats, on water."), 1.0);
+  EXPECT_DOUBLE_EQ(copied_share("ice floats on water because it is light", "why ice floats on water"), 0.5);
+  EXPECT_DOUBLE_EQ(copied_share("ice floats on it", "why ice floats on water"), 0.0);  // 3 words
+  EXPECT_DOUBLE_EQ(copied_share("", "anything at all here"), 0.0);
+}
+
+// No `similar` item of the bank is passed by its question, whole or its
+// tail, and every one by its reference.
+TEST(Grading, TheBanksSimilarItemsAreNotPassedByTheirQuestion) {
+  size_t seen = 0;
+  for (auto& it : challenge_bank::builtin()->items()) {
+    if (it.grade != grade_mode::similar)
+      continue;
+    ++seen;
+    EXPECT_TRUE(grade_answer(it, it.answer)) << it.id;
+    EXPECT_FALSE(grade_answer(it, it.prompt)) << it.id;
+    for (auto at = it.prompt.find(' '); at != std::string::npos; at = it.prompt.find(' ', at + 1))
+      EXPECT_FALSE(grade_answer(it, it.prompt.substr(at + 1))) << it.id << ": " << it.prompt.substr(at + 1);
+  }
+  EXPECT_GE(seen, 1u);
 }
 
 TEST(Grading, CrossCheckNeedsHalfThePeers) {
