@@ -167,15 +167,8 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     return;
   }
   // The models go to the log and the node's record: bounded.
-  auto& models = m.register_().models();
-  if (models.size() > bounds::models
-      || std::any_of(models.begin(), models.end(), [](const std::string& x) {
-           return x.empty() || x.size() > bounds::model;
-         })) {
-    refuse(self, sender, id, "bad_models",
-           "a node serves at most " + std::to_string(bounds::models)
-             + " models, each named by 1.." + std::to_string(bounds::model)
-             + " characters");
+  if (!bounds::valid_models(m.register_().models())) {
+    refuse(self, sender, id, "bad_models", bounds::models_rule());
     return;
   }
   auto bound = st.by_node.find(id);

@@ -3,6 +3,7 @@
 // Bounds on what clients and miners send, the same on every way in (the
 // HTTP API, and the gateway and session queue on the CAF port) and in the
 // pool, which refuses what passes none of them.
+#include <algorithm>
 #include <cctype>
 #include <cstddef>
 #include <cstdint>
@@ -37,6 +38,22 @@ inline bool valid_id(const std::string& x) {
           || c == '.' || c == ':'))
       return false;
   return true;
+}
+
+/// A node's models: 1..`models` names of 1..`model` characters each
+/// (none at all is the pool's `no_models`).
+template <class Names>
+bool valid_models(const Names& xs) {
+  return static_cast<int64_t>(xs.size()) <= models
+         && std::none_of(xs.begin(), xs.end(), [](const std::string& x) {
+              return x.empty() || x.size() > model;
+            });
+}
+
+/// The refusal's text for models out of bounds.
+inline std::string models_rule() {
+  return "a node serves at most " + std::to_string(models)
+         + " models, each named by 1.." + std::to_string(model) + " characters";
 }
 
 } // namespace nodepool::bounds

@@ -16,6 +16,13 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
     out.refused = refusal{"no_models", "a node must serve at least one model"};
     return;
   }
+  // The gateway refuses these first; a log written otherwise (or a peer's)
+  // is held to the same bounds. An empty name would also read as "any
+  // model" in the queue's counts on one side of a snapshot and not the other.
+  if (!bounds::valid_models(c.models())) {
+    out.refused = refusal{"bad_models", bounds::models_rule()};
+    return;
+  }
   auto* found = live_node(c.node_id());
   if (!found) {
     auto& n = nodes_[c.node_id()];

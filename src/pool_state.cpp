@@ -302,17 +302,10 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
       out.changed = true;
       return;
     }
-    case pb::RETIRE: {
-      auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
-      // A session that waited for this node to rejoin (after a change of
-      // leader) may go on without it; one that did not wait runs on as it
-      // was (a second SessionStarted would restart its task).
-      bool awaited = n.rejoin_by() > 0;
+    case pb::RETIRE:
+      // A session that waited for it goes on without it (detach).
       take_out(n, pb::RETIRED, "retired " + why, now, out);
-      if (auto* s = sid.empty() || !awaited ? nullptr : live_session(sid))
-        maybe_resume(*s, out);
       return;
-    }
     default:
       out.refused = refusal{"bad_action", "unknown admin action"};
   }
@@ -364,11 +357,9 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     auto& n = *found;
     if (n.rejoin_by() > 0 && now >= n.rejoin_by()
         && n.state() != pb::RETIRED && n.state() != pb::LOST) {
-      // Silent since the leader changed.
-      auto sid = n.state() == pb::RESERVED ? n.session_id() : std::string{};
+      // Silent since the leader changed: its session, which waited for
+      // it, goes on without it (detach).
       lose(n, "did not reconnect after the change of leader", now, out);
-      if (auto* s = sid.empty() ? nullptr : live_session(sid))
-        maybe_resume(*s, out);
       continue;
     }
     switch (n.state()) {

@@ -395,6 +395,12 @@ void pool_state::release(pb::NodeRecord& n, const std::string& why,
 
 void pool_state::detach(pb::SessionRecord& s, const std::string& node_id,
                         int64_t now, apply_result& out) {
+  // A node the session waited for after a change of leader (whatever takes
+  // it away: retired, lost, down, released): once the others are back, the
+  // session goes on without it (a new SessionStarted). One it did not wait
+  // for leaves it running as it was (another would restart its task).
+  auto* n = live_node(node_id);
+  bool awaited = n && n->rejoin_by() > 0;
   auto* xs = s.mutable_nodes();
   auto i = std::find(xs->begin(), xs->end(), node_id);
   if (i != xs->end())
@@ -404,6 +410,8 @@ void pool_state::detach(pb::SessionRecord& s, const std::string& node_id,
   // in its original place, keeping the tasks it has done.
   if (s.state() == pb::ACTIVE && xs->empty())
     requeue(s, now, out);
+  else if (awaited)
+    maybe_resume(s, out);
 }
 
 void pool_state::requeue(pb::SessionRecord& s, int64_t now,

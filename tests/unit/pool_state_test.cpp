@@ -425,6 +425,19 @@ TEST(PoolRegister, RefusesNodeWithoutModels) {
   EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
 }
 
+// Models out of bounds are refused by the pool too (the gateway refuses
+// them first): an empty name, one too long, too many.
+TEST(PoolRegister, RefusesModelsOutOfBounds) {
+  harness h;
+  EXPECT_REFUSED(h.reg("n1", {""}), "bad_models");
+  EXPECT_REFUSED(h.reg("n1", {"m", std::string(129, 'x')}), "bad_models");
+  std::vector<std::string> many(65, "m");
+  EXPECT_REFUSED(h.reg("n1", many), "bad_models");
+  EXPECT_EQ(h.pool.node("n1"), nullptr);
+  many.resize(64);
+  EXPECT_ACCEPTED(h.reg("n1", many));
+}
+
 TEST(PoolRegister, RefusesAnotherKey) {
   harness h;
   h.reg("n1", {"m"}, "key-A");
@@ -3092,6 +3105,66 @@ TEST(PoolTakeOver, ASessionWhoseAwaitedNodeIsRetiredGoesOnWithoutIt) {
   auto* s = start_of(r, "s1");
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->nodes_size(), 1);
+}
+
+// The same when the awaited node goes down instead, or its reserve period
+// runs out before it rejoins: whatever takes it away, the session goes on
+// with the nodes that came back (before, only a retirement or the rejoin
+// deadline restarted it; it waited for its idle threshold).
+TEST(PoolTakeOver, ASessionWhoseAwaitedNodeGoesDownGoesOnWithoutIt) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 1, 2, 2, 10);
+  auto nodes = nodes_of(h.session("s1"));
+  ASSERT_EQ(nodes.size(), 2u);
+  h.apply(takeover_cmd(5));
+  EXPECT_EQ(start_of(h.reg(nodes[0]), "s1"), nullptr);
+  auto r = h.down(nodes[1]);
+  ASSERT_FALSE(r.refused);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  auto* s = start_of(r, "s1");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->nodes_size(), 1);
+}
+
+TEST(PoolTakeOver, ASessionWhoseAwaitedNodesReservePeriodEndsGoesOnWithoutIt) {
+  auto p = takeover_params();
+  p.heartbeat_timeout_ms = 60000;
+  harness h{p};
+  h.admit("n1");
+  h.submit("s1", "m", 1, 2, 2, 10, 0, 10000);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  h.now += 5000;
+  h.admit("n2");  // makes up the session's redundancy, later
+  ASSERT_EQ(nodes_of(h.session("s1")).size(), 2u);
+  h.now += 4000;
+  h.apply(takeover_cmd(5));
+  h.now += 500;
+  EXPECT_EQ(start_of(h.reg("n2"), "s1"), nullptr);  // n1 is still awaited
+  h.now += 1501;  // n1's reserve period ends before it rejoins
+  auto r = h.tick();
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(nodes_of(h.session("s1")), std::vector<std::string>{"n2"});
+  auto* s = start_of(r, "s1");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->nodes_size(), 1);
+}
+
+// A node the session did not wait for leaves it running as it was: no
+// second SessionStarted (it would restart the session's task).
+TEST(PoolTakeOver, ANodeNotAwaitedLeavesItsSessionRunningAsItWas) {
+  harness h{takeover_params()};
+  h.admit("n1");
+  h.admit("n2");
+  h.submit("s1", "m", 1, 2, 2, 10);
+  auto nodes = nodes_of(h.session("s1"));
+  h.apply(takeover_cmd(5));
+  h.reg(nodes[0]);
+  h.reg(nodes[1]);
+  auto r = h.down(nodes[1]);
+  EXPECT_EQ(start_of(r, "s1"), nullptr);
+  EXPECT_EQ(h.sstate("s1"), pb::ACTIVE);
 }
 
 TEST(PoolQueue, ABoundedQueueRefusesWhatItCannotHold) {
