@@ -118,6 +118,10 @@ public:
   /// Times an active session lost its nodes and went back to the queue.
   uint64_t sessions_requeued() const { return sessions_requeued_; }
   int64_t last_now() const { return last_now_; }
+  /// Pool entries and queue heads looked at by reservations so far (not in
+  /// snapshots): what the tests of a command's cost count, instead of
+  /// timing it.
+  uint64_t walk_steps() const { return walk_steps_; }
 
   /// Checks I1..I5 on the whole state: O(nodes + sessions). Run at every
   /// snapshot and at the end of a history.
@@ -431,7 +435,9 @@ private:
   const level_counts* counts_for(const std::string& model) const;
   std::map<class_key, queue_class> classes_;
   /// Classes by the acceptance order of their head (seqs are unique); map
-  /// nodes do not move, so each entry points at its class.
+  /// nodes do not move, so each entry points at its class. Only classes of
+  /// a model some node has registered (counts set): the names clients
+  /// invent cost the walk nothing until a node brings one.
   using class_entry = std::pair<const class_key, queue_class>;
   struct head_order {
     bool operator()(const std::pair<uint64_t, class_entry*>& a,
@@ -452,6 +458,7 @@ private:
   uint64_t sessions_completed_ = 0;
   uint64_t sessions_failed_ = 0;
   uint64_t sessions_requeued_ = 0;
+  mutable uint64_t walk_steps_ = 0;  // see walk_steps()
   id_window recent_ids_;
   int64_t last_now_ = 0;
 

@@ -97,6 +97,7 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
   // nodes comes first does not depend on how long they have been waiting.
   std::vector<std::string> picked;
   auto consider = [&](const pool_entry& e) {
+    ++walk_steps_;
     auto& n = *e.node;
     if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held))
       picked.push_back(n.id());
@@ -144,6 +145,7 @@ bool pool_state::servable_now(
   const std::vector<const pb::SessionRecord*>& held) const {
   uint32_t found = 0;
   for (auto& e : pool_) {
+    ++walk_steps_;
     auto& n = *e.node;
     if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)
         && ++found >= s.min_nodes())
@@ -166,8 +168,11 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
       if (pool_.empty())
         return;
       auto& s = *sp;
+      // The counts say in O(levels) whether any node could serve it: a
+      // session short of a model none is free for costs no walk.
       if (s.state() == pb::ACTIVE
-          && static_cast<uint32_t>(s.nodes_size()) < s.redundancy())
+          && static_cast<uint32_t>(s.nodes_size()) < s.redundancy()
+          && available_bound(counts_for(s.model()), s.min_level()) > 0)
         reserve_for(s, s.max_nodes() - s.nodes_size(), now, out);
     }
   }
@@ -185,6 +190,7 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
   // A class holds nodes once any of its sessions has waited long enough.
   std::vector<const pb::SessionRecord*> held;
   for (auto h = heads_.begin(); h != heads_.end() && !pool_.empty();) {
+    ++walk_steps_;
     auto seq = h->first;
     auto& [key, c] = *h->second;
     // The class's counts rule most classes out in O(levels) without a look

@@ -96,10 +96,13 @@ void pool_state::note_node(const pb::NodeRecord& n) {
   for (auto& m : n.models()) {
     auto [at, added] = by_model_.try_emplace(m);
     auto* c = &at->second;
-    if (added)  // queued classes of a model no node had: they count it now
+    if (added)  // queued classes of a model no node had: they count it
+                // now, and join the walk of the heads
       for (auto k = classes_.lower_bound({m, 0, 0});
-           k != classes_.end() && k->first.model == m; ++k)
+           k != classes_.end() && k->first.model == m; ++k) {
         k->second.counts = c;
+        heads_.insert({k->second.members.begin()->first, &*k});
+      }
     if (std::find(a.models.begin(), a.models.end(), c) == a.models.end())
       a.models.push_back(c);
   }
@@ -173,7 +176,7 @@ void pool_state::enqueue(pb::SessionRecord& s) {
     return;  // already queued
   ++queued_;
   c.entered.insert(s.last_activity());
-  if (at != c.members.begin())
+  if (at != c.members.begin() || !c.counts)
     return;  // the class keeps its head and its place among the heads
   if (before > 0)
     heads_.erase({std::next(at)->first, nullptr});
@@ -188,7 +191,7 @@ void pool_state::dequeue(const pb::SessionRecord& s) {
   auto m = c.members.find(s.seq());
   if (m == c.members.end())
     return;
-  bool head = m == c.members.begin();
+  bool head = m == c.members.begin() && c.counts;
   if (head)
     heads_.erase({s.seq(), nullptr});
   c.members.erase(m);
@@ -285,6 +288,11 @@ void pool_state::check_indexes(const pb::SessionRecord& s,
     else if (c->second.counts != counts_for(s.model()))
       out.push_back({"I4", "the class of queued session " + s.id()
                              + " reads other counts than its model's"});
+    else if (c->second.members.begin()->second == &s
+             && (heads_.count({s.seq(), nullptr}) == 1) != (c->second.counts != nullptr))
+      out.push_back({"I4", "the class of queued session " + s.id()
+                             + (c->second.counts ? " is missing from the heads"
+                                                 : " is among the heads with no node of its model")});
   }
 }
 

@@ -1549,6 +1549,47 @@ TEST(PoolArchive, WhatTheNextFreezeCopiesStaysBoundedWithoutFreezes) {
   EXPECT_EQ(bytes_of(pool.freeze().finish()), bytes_of(pool.snapshot()));
 }
 
+// A session short of its redundancy, of a model no free node serves, costs
+// the commands after it no walk of the pool (before, every command that
+// changed something looked at every node in the pool for it).
+TEST(PoolCost, ASessionShortOfAModelNoFreeNodeServesCostsNoWalk) {
+  harness h{quiet()};
+  h.admit("m1");
+  h.submit("s1", "m", 1, 3, 3, 10);  // it runs on one node, short of three
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  ASSERT_EQ(h.session("s1").nodes_size(), 1);
+  for (int i = 0; i < 300; ++i)
+    h.admit("x" + std::to_string(i), {"x"});
+  auto before = h.pool.walk_steps();
+  for (int i = 0; i < 20; ++i)
+    ASSERT_TRUE(h.apply(hb_cmd("x0", i % 2 ? pb::AVAILABLE : pb::BUSY)).changed);
+  EXPECT_EQ(h.pool.walk_steps() - before, 0u);
+  // A node of its model comes: it is taken, with one look at the pool.
+  h.admit("m2");
+  EXPECT_EQ(h.session("s1").nodes_size(), 2);
+}
+
+// Sessions of models no node has (names a client invents) cost the walk of
+// the queue nothing: their classes join it when a node brings the model.
+TEST(PoolCost, QueuedSessionsOfModelsNoNodeHasCostTheWalkNothing) {
+  harness h{quiet()};
+  h.admit("a");
+  auto& pool = h.pool;  // directly: the harness checks the whole state
+  for (int i = 0; i < 2000; ++i)
+    ASSERT_FALSE(pool.apply(submit_cmd("q" + std::to_string(i), "none-" + std::to_string(i),
+                                       1, 1, 1), ++h.now).refused);
+  auto before = pool.walk_steps();
+  for (int i = 0; i < 20; ++i)
+    ASSERT_TRUE(pool.apply(hb_cmd("a", i % 2 ? pb::AVAILABLE : pb::BUSY), ++h.now).changed);
+  EXPECT_EQ(pool.walk_steps() - before, 0u);
+  EXPECT_TRUE(pool.check_invariants().empty());
+  // A node of one of those models: its session is served.
+  h.admit("b", {"none-7"});
+  EXPECT_EQ(h.sstate("q7"), pb::ACTIVE);
+  EXPECT_EQ(h.sstate("q8"), pb::QUEUED);
+  EXPECT_TRUE(pool.check_invariants().empty());
+}
+
 // A pool moved after a freeze takes its copy of the records along; its next
 // freeze is still its whole state.
 TEST(PoolArchive, AMovedPoolFreezesItsWholeState) {
