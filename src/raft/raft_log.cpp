@@ -175,7 +175,9 @@ public:
         error += " (the snapshot on disk: " + why + ")";
       return false;
     }
-    started_ = true;
+    // Started once its loop's thread runs: a failure before that is undone
+    // by stop() on the caller's thread (raft_close), as for one before
+    // raft_start; stop() of a started log wakes a handle set up below.
     if (tunnel_) {
       auto port = listening_port();
       if (port == 0) {
@@ -215,6 +217,7 @@ public:
       uv_run(&loop_, UV_RUN_DEFAULT);
       sm_.catch_up();
     }};
+    started_ = true;
     return true;
   }
 
