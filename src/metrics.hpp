@@ -117,6 +117,13 @@ class exposition {
     out_ += ' ' + number(value) + '\n';
   }
 
+  /// A family of one sample without labels.
+  void single(const std::string& name, const char* type,
+              const std::string& help, double value) {
+    family(name, type, help);
+    sample(name, {}, value);
+  }
+
   /// A whole histogram family; values are multiplied by `scale` (1e-3
   /// turns milliseconds into the seconds Prometheus names prefer).
   void histogram(const std::string& name, const std::string& help,

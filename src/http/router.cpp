@@ -1347,29 +1347,29 @@ std::string prometheus_text(
                num(committed, "completed"));
     out.sample("nodepool_sessions_ended_total", {{"outcome", "failed"}},
                num(committed, "failed"));
-    out.family("nodepool_sessions_accepted_total", "counter",
-               "Sessions ever accepted.");
-    out.sample("nodepool_sessions_accepted_total", {}, num(committed, "accepted"));
-    out.family("nodepool_queue_depth", "gauge",
-               "Sessions waiting in the session queue.");
-    out.sample("nodepool_queue_depth", {}, num(committed, "queued"));
+    out.single("nodepool_sessions_accepted_total", "counter",
+               "Sessions ever accepted.",
+               num(committed, "accepted"));
+    out.single("nodepool_queue_depth", "gauge",
+               "Sessions waiting in the session queue.",
+               num(committed, "queued"));
     out.family("nodepool_tests_total", "counter",
                "Cognitive tests finished, by result.");
     out.sample("nodepool_tests_total", {{"result", "passed"}},
                num(committed, "tests_passed"));
     out.sample("nodepool_tests_total", {{"result", "failed"}},
                num(committed, "tests_failed"));
-    out.family("nodepool_applied_index", "gauge",
-               "The last log entry this oracle's pool holds.");
-    out.sample("nodepool_applied_index", {}, num(committed, "index"));
+    out.single("nodepool_applied_index", "gauge",
+               "The last log entry this oracle's pool holds.",
+               num(committed, "index"));
   }
   if (sup.contains("reservations")) {
-    out.family("nodepool_reservations_total", "counter",
-               "Nodes reserved for sessions by this oracle while it led.");
-    out.sample("nodepool_reservations_total", {}, num(sup, "reservations"));
-    out.family("nodepool_releases_total", "counter",
-               "Nodes released by sessions by this oracle while it led.");
-    out.sample("nodepool_releases_total", {}, num(sup, "releases"));
+    out.single("nodepool_reservations_total", "counter",
+               "Nodes reserved for sessions by this oracle while it led.",
+               num(sup, "reservations"));
+    out.single("nodepool_releases_total", "counter",
+               "Nodes released by sessions by this oracle while it led.",
+               num(sup, "releases"));
   }
   auto refusals = sup.value("refusals", json::object());
   auto gw = pool.value("gateway", json::object());
@@ -1384,21 +1384,20 @@ std::string prometheus_text(
                {{"source", "gateway"}, {"code", code}},
                n.is_number() ? n.get<double>() : 0);
   if (gw.contains("connected")) {
-    out.family("nodepool_miners_connected", "gauge",
-               "Nodes whose miner is connected to this oracle.");
-    out.sample("nodepool_miners_connected", {}, num(gw, "connected"));
+    out.single("nodepool_miners_connected", "gauge",
+               "Nodes whose miner is connected to this oracle.",
+               num(gw, "connected"));
   }
   if (sup.contains("mailbox")) {
-    out.family("nodepool_supervisor_mailbox_messages", "gauge",
+    out.single("nodepool_supervisor_mailbox_messages", "gauge",
                "Messages waiting in the pool supervisor's mailbox when it "
-               "answered this scrape (commands, answers, timers).");
-    out.sample("nodepool_supervisor_mailbox_messages", {}, num(sup, "mailbox"));
+               "answered this scrape (commands, answers, timers).",
+               num(sup, "mailbox"));
   }
   if (sup.contains("snapshots_deferred")) {
-    out.family("nodepool_snapshots_deferred_total", "counter",
+    out.single("nodepool_snapshots_deferred_total", "counter",
                "Snapshots put off because the writer was still on the one "
-               "before (a single oracle; the log keeps every entry since).");
-    out.sample("nodepool_snapshots_deferred_total", {},
+               "before (a single oracle; the log keeps every entry since).",
                num(sup, "snapshots_deferred"));
   }
   auto hs = sup.value("histograms", json::object());
@@ -1427,18 +1426,17 @@ std::string prometheus_text(
       && cl.contains("term")) {
     out.family("nodepool_raft_term", "gauge", "The Raft term this member is in.");
     out.sample("nodepool_raft_term", {}, num(cl, "term"));
-    out.family("nodepool_raft_commit_index", "gauge",
-               "The last log index this member knows committed.");
-    out.sample("nodepool_raft_commit_index", {}, num(cl, "commit_index"));
-    out.family("nodepool_raft_applied_index", "gauge",
-               "The last log index applied to this member's replica.");
-    out.sample("nodepool_raft_applied_index", {}, num(cl, "applied_index"));
-    out.family("nodepool_raft_leader_id", "gauge",
-               "The member this one follows as leader (0: none known).");
-    out.sample("nodepool_raft_leader_id", {}, num(cl, "leader_id"));
-    out.family("nodepool_raft_is_leader", "gauge",
-               "1 on the member that leads, else 0.");
-    out.sample("nodepool_raft_is_leader", {},
+    out.single("nodepool_raft_commit_index", "gauge",
+               "The last log index this member knows committed.",
+               num(cl, "commit_index"));
+    out.single("nodepool_raft_applied_index", "gauge",
+               "The last log index applied to this member's replica.",
+               num(cl, "applied_index"));
+    out.single("nodepool_raft_leader_id", "gauge",
+               "The member this one follows as leader (0: none known).",
+               num(cl, "leader_id"));
+    out.single("nodepool_raft_is_leader", "gauge",
+               "1 on the member that leads, else 0.",
                cl.value("role", std::string{}) == "leader" ? 1 : 0);
     out.family("nodepool_raft_refused_total", "counter",
                "Raft messages refused before libraft saw them: from a "
@@ -1464,37 +1462,32 @@ std::string prometheus_text(
     out.sample("nodepool_http_requests_total",
                {{"route", k.first}, {"status", std::to_string(k.second)}},
                static_cast<double>(n));
-  out.family("nodepool_event_streams", "gauge",
-             "Live event streams open (GET /api/v1/events).");
-  out.sample("nodepool_event_streams", {}, static_cast<double>(figures.event_streams));
+  out.single("nodepool_event_streams", "gauge",
+             "Live event streams open (GET /api/v1/events).",
+             static_cast<double>(figures.event_streams));
   if (auto& s = figures.server) {
-    out.family("nodepool_http_accept_errors_total", "counter",
+    out.single("nodepool_http_accept_errors_total", "counter",
                "Connections the HTTP server failed to accept (out of file "
-               "descriptors, say); it tries again 100 ms later.");
-    out.sample("nodepool_http_accept_errors_total", {},
+               "descriptors, say); it tries again 100 ms later.",
                static_cast<double>(s->accept_errors));
-    out.family("nodepool_http_connections", "gauge",
-               "HTTP connections open (WebSockets included).");
-    out.sample("nodepool_http_connections", {}, static_cast<double>(s->open));
-    out.family("nodepool_http_connections_refused_total", "counter",
+    out.single("nodepool_http_connections", "gauge",
+               "HTTP connections open (WebSockets included).",
+               static_cast<double>(s->open));
+    out.single("nodepool_http_connections_refused_total", "counter",
                "HTTP connections turned away because the most allowed were "
-               "open (--http-max-connections).");
-    out.sample("nodepool_http_connections_refused_total", {},
+               "open (--http-max-connections).",
                static_cast<double>(s->over_capacity));
-    out.family("nodepool_http_requests_abandoned_total", "counter",
-               "HTTP requests whose client left before the answer began.");
-    out.sample("nodepool_http_requests_abandoned_total", {},
+    out.single("nodepool_http_requests_abandoned_total", "counter",
+               "HTTP requests whose client left before the answer began.",
                static_cast<double>(s->abandoned));
   }
-  out.family("nodepool_connections_shed_total", "counter",
+  out.single("nodepool_connections_shed_total", "counter",
              "Connections of miners and clients closed as soon as they were "
-             "accepted, for want of file descriptors.");
-  out.sample("nodepool_connections_shed_total", {},
+             "accepted, for want of file descriptors.",
              static_cast<double>(figures.connections_shed));
-  out.family("nodepool_connections_silent_closed_total", "counter",
+  out.single("nodepool_connections_silent_closed_total", "counter",
              "Connections of miners and clients shut down because their peer "
-             "sent nothing within 10 s of connecting.");
-  out.sample("nodepool_connections_silent_closed_total", {},
+             "sent nothing within 10 s of connecting.",
              static_cast<double>(figures.connections_silent_closed));
   if (figures.max_fds > 0) {
     out.family("process_open_fds", "gauge", "Open file descriptors.");
