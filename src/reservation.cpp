@@ -196,9 +196,14 @@ void pool_state::try_assign(int64_t now, apply_result& out) {
     // The class's counts rule most classes out in O(levels) without a look
     // at a session; only one that could be served is checked against the
     // pool itself.
-    if (available_bound(c.counts, key.min_level) < key.min_nodes
+    auto free_now = available_bound(c.counts, key.min_level);
+    if (free_now < key.min_nodes
         || !servable_now(*c.members.begin()->second, now, held)) {
-      if (could_ever_serve(c.counts, key.min_level, key.min_nodes)
+      // A class no free node could serve holds nothing now (and none
+      // becomes free during this walk): leaving it out of `held` spares
+      // every node the walks below look at a question whose answer is no.
+      if (free_now > 0
+          && could_ever_serve(c.counts, key.min_level, key.min_nodes)
           && now - *c.entered.begin() > params_.queue_timeout_ms / 2)
         held.push_back(c.members.begin()->second);
       ++h;
