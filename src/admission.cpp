@@ -50,7 +50,13 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
                                        + " consecutive failures"};
     return;
   }
+  // In the pool, it moves to the indexes of the models it now serves.
+  bool pooled = n.state() == pb::EPHEMERAL;
+  if (pooled)
+    pool_remove(n);
   *n.mutable_models() = c.models();
+  if (pooled)
+    pool_add(n);
   n.set_last_heartbeat(now);
   // A node that registers starts out available, which is also what the
   // gateway assumes: it forwards a heartbeat only when its mode differs from

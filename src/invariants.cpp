@@ -29,9 +29,17 @@ void pool_state::check_node(const pb::NodeRecord& n,
   // ... and what the indexes must agree with: I3, the pool index holds
   // exactly the ephemeral nodes, under their current rank and key.
   check_indexes(n, out);
-  if ((n.state() == pb::EPHEMERAL) != (pool_.count(entry_of(n)) == 1))
+  auto e = entry_of(n);
+  bool pooled = n.state() == pb::EPHEMERAL;
+  if (pooled != (pool_.count(e) == 1))
     add(out, "I3", "pool index disagrees with the state, rank or key of node "
                      + n.id());
+  record_checks::for_each_distinct_model(n, [&](const std::string& m) {
+    if (pooled != (pool_for(m).count(e) == 1))
+      add(out, "I3", "the pool index of model " + m
+                       + " disagrees with the state, rank or key of node "
+                       + n.id());
+  });
 }
 
 void pool_state::check_session(const pb::SessionRecord& s,
@@ -135,6 +143,21 @@ std::vector<violation> pool_state::check_invariants() const {
   for (auto& [sid, s] : sessions_)
     check_session(s, out);
   check_counters(out);
+  // The models' pool indexes hold no one else: as many entries as the
+  // ephemeral nodes serve models (check_node saw each of those), none empty.
+  uint64_t served = 0, held = 0;
+  for (auto& [nid, n] : nodes_)
+    if (n.state() == pb::EPHEMERAL)
+      record_checks::for_each_distinct_model(n, [&](auto&) { ++served; });
+  for (auto& [m, idx] : pool_by_model_) {
+    held += idx.size();
+    if (idx.empty())
+      add(out, "I3", "the pool index of model " + m + " is kept empty");
+  }
+  if (held != served)
+    add(out, "I3", "the models' pool indexes hold " + std::to_string(held)
+                     + " entries, the ephemeral nodes serve "
+                     + std::to_string(served) + " models");
   // The indexes hold exactly the live sessions of their kind.
   uint64_t active = 0;
   for (auto& [sid, s] : sessions_)

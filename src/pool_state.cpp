@@ -122,9 +122,39 @@ pool_state::pool_entry pool_state::entry_of(const pb::NodeRecord& n) const {
 
 void pool_state::rebuild_pool() {
   pool_.clear();
+  pool_by_model_.clear();
   for (auto& [id, n] : nodes_)
     if (n.state() == pb::EPHEMERAL)
-      pool_.insert(entry_of(n));
+      pool_add(n);
+}
+
+void pool_state::pool_add(const pb::NodeRecord& n) {
+  auto e = entry_of(n);
+  pool_.insert(e);
+  for (auto& m : n.models())  // a name listed twice goes in once
+    pool_by_model_[m].insert(e);
+}
+
+void pool_state::pool_remove(const pb::NodeRecord& n) {
+  auto e = entry_of(n);
+  pool_.erase(e);
+  for (auto& m : n.models()) {
+    auto at = pool_by_model_.find(m);
+    if (at == pool_by_model_.end())
+      continue;  // listed twice: gone with the first
+    at->second.erase(e);
+    if (at->second.empty())
+      pool_by_model_.erase(at);
+  }
+}
+
+const pool_state::pool_index&
+pool_state::pool_for(const std::string& model) const {
+  if (model.empty())
+    return pool_;
+  static const pool_index none;
+  auto at = pool_by_model_.find(model);
+  return at == pool_by_model_.end() ? none : at->second;
 }
 
 uint64_t pool_state::next_random() {
@@ -213,10 +243,10 @@ void pool_state::set_state(pb::NodeRecord& n, pb::NodeState to,
     --counts_[from];
   ++counts_[to];
   if (from == pb::EPHEMERAL)
-    pool_.erase(entry_of(n));
+    pool_remove(n);
   if (to == pb::EPHEMERAL) {
     n.set_pool_key(next_random());
-    pool_.insert(entry_of(n));
+    pool_add(n);
   }
   n.set_state(to);
   n.set_state_reason(why);

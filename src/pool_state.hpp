@@ -362,7 +362,18 @@ private:
   using pool_index = std::set<pool_entry, pool_order>;
   pool_entry entry_of(const pb::NodeRecord& n) const;
   void rebuild_pool();
+  /// A node enters or leaves the pool: pool_ and the index of each model it
+  /// serves. Its rank, key and models must not change in between.
+  void pool_add(const pb::NodeRecord& n);
+  void pool_remove(const pb::NodeRecord& n);
+  /// The ephemeral nodes a session of `model` is picked from: the model's
+  /// own index (same order as pool_), or pool_ itself for any model. A
+  /// walk for one model never steps over the nodes of others.
+  const pool_index& pool_for(const std::string& model) const;
   pool_index pool_;
+  /// Per model, the ephemeral nodes that serve it; a model with none has no
+  /// entry (the names come from miners).
+  std::unordered_map<std::string, pool_index> pool_by_model_;
 
   /// Per model (and for all models: any_), by level: live nodes (neither
   /// retired nor lost) and available ones (ephemeral and AVAILABLE).

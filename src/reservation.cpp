@@ -104,10 +104,11 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     return picked.size() < want;
   };
   auto start = next_random();
-  for (auto group = pool_.begin(); group != pool_.end() && picked.size() < want;) {
+  auto& pool = pool_for(s.model());
+  for (auto group = pool.begin(); group != pool.end() && picked.size() < want;) {
     auto rank = group->rank;
-    auto end = pool_.upper_bound(pool_probe{rank, UINT64_MAX});
-    auto from = pool_.lower_bound(pool_probe{rank, start});
+    auto end = pool.upper_bound(pool_probe{rank, UINT64_MAX});
+    auto from = pool.lower_bound(pool_probe{rank, start});
     bool more = true;
     for (auto i = from; more && i != end; ++i)
       more = consider(*i);
@@ -144,7 +145,7 @@ bool pool_state::servable_now(
   const pb::SessionRecord& s, int64_t now,
   const std::vector<const pb::SessionRecord*>& held) const {
   uint32_t found = 0;
-  for (auto& e : pool_) {
+  for (auto& e : pool_for(s.model())) {
     ++walk_steps_;
     auto& n = *e.node;
     if (suitable(n, s) && within_window(n, now, params_) && !held_for(n, held)

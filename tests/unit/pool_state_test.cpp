@@ -1590,6 +1590,31 @@ TEST(PoolCost, QueuedSessionsOfModelsNoNodeHasCostTheWalkNothing) {
   EXPECT_TRUE(pool.check_invariants().empty());
 }
 
+// A session of one model is picked from that model's nodes alone: the
+// nodes of other models cost its walk nothing (before, it stepped over the
+// whole pool to find the few that serve its model).
+TEST(PoolCost, ASessionOfOneModelWalksOnlyTheNodesThatServeIt) {
+  harness h{quiet()};
+  for (int i = 0; i < 500; ++i)
+    h.admit("big" + std::to_string(i), {"big"});
+  for (int i = 0; i < 3; ++i)
+    h.admit("small" + std::to_string(i), {"small", "big"});
+  auto before = h.pool.walk_steps();
+  h.submit("s1", "small", 1, 3, 3);
+  ASSERT_EQ(h.sstate("s1"), pb::ACTIVE);
+  EXPECT_EQ(h.session("s1").nodes_size(), 3);
+  // One step for its class in the queue, one look to know it can be
+  // served, three to pick: no node of "big" alone is looked at.
+  EXPECT_LE(h.pool.walk_steps() - before, 5u);
+  // A session of any model still walks the whole pool, in the same order.
+  before = h.pool.walk_steps();
+  h.submit("s2", "", 1, 2, 2);
+  EXPECT_EQ(h.sstate("s2"), pb::ACTIVE);
+  EXPECT_EQ(h.session("s2").nodes_size(), 2);
+  EXPECT_LE(h.pool.walk_steps() - before, 4u);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+}
+
 // A pool moved after a freeze takes its copy of the records along; its next
 // freeze is still its whole state.
 TEST(PoolArchive, AMovedPoolFreezesItsWholeState) {
@@ -3445,4 +3470,21 @@ TEST(PoolMove, AMovedPoolKeepsItsIndexesAndServes) {
   EXPECT_EQ(moved.session("one")->state(), pb::ACTIVE);
   EXPECT_TRUE(moved.check_invariants().empty())
     << describe(moved.check_invariants());
+}
+
+// A node that comes back after a change of leader keeps its place in the
+// pool, under the models it now lists: a session of its new model gets it,
+// one of its old model does not.
+TEST(PoolTakeOver, ANodeThatRejoinsWithOtherModelsIsPickedForThose) {
+  harness h{takeover_params()};
+  h.admit("n1", {"old"});
+  h.apply(takeover_cmd(5));
+  h.now += 1000;
+  ASSERT_FALSE(h.reg("n1", {"new"}).refused);
+  ASSERT_EQ(h.state("n1"), pb::EPHEMERAL);
+  h.submit("s-old", "old");
+  EXPECT_EQ(h.sstate("s-old"), pb::QUEUED);
+  h.submit("s-new", "new");
+  EXPECT_EQ(h.sstate("s-new"), pb::ACTIVE);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
 }
