@@ -317,9 +317,14 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
       ++st.refusals[code];
       log("node")->debug("node {} refused: {} ({})", id, code,
                          m.refusal().detail());
+      // Refusals that the same registration would meet again: the node
+      // stops and says why, rather than registering again every few seconds
+      // with no one told (an id or a model name out of bounds is a
+      // mistake in the miner's flags).
       if (code == "retired" || code == "key_mismatch" || code == "key_required"
           || code == "key_not_allowed" || code == "bad_signature"
-          || code == "bad_key") {
+          || code == "bad_key" || code == "bad_node_id" || code == "no_models"
+          || code == "bad_models") {
         log("node")->warn("node {} leaves: {}", id, m.refusal().detail());
         self->quit(make_refusal(code, m.refusal().detail()));
       } else if (code == "bad_nonce" && !st.registered) {

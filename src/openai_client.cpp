@@ -1,5 +1,8 @@
 #include "openai_client.hpp"
 
+#include <chrono>
+#include <thread>
+
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -25,6 +28,35 @@ std::pair<std::string, std::string> split_url(std::string url) {
 }
 
 } // namespace
+
+void request_canceller::cancel_all() {
+  cancelled_ = true;
+  // A client shut down before it has connected has nothing to shut: it is
+  // shut down again until it has left.
+  for (int i = 0; i < 100; ++i) {
+    {
+      std::lock_guard<std::mutex> g{m_};
+      if (in_flight_.empty())
+        return;
+      for (auto* c : in_flight_)
+        c->stop();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+bool request_canceller::enter(httplib::Client* c) {
+  std::lock_guard<std::mutex> g{m_};
+  if (cancelled_)
+    return false;
+  in_flight_.insert(c);
+  return true;
+}
+
+void request_canceller::leave(httplib::Client* c) {
+  std::lock_guard<std::mutex> g{m_};
+  in_flight_.erase(c);
+}
 
 openai_client::openai_client(openai_config cfg) : cfg_(std::move(cfg)) {}
 
@@ -54,7 +86,58 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
   };
   if (max_tokens > 0)
     req["max_tokens"] = max_tokens;
-  auto res = cli.Post(endpoint.c_str(), req.dump(), "application/json");
+  auto* canceller = cfg_.canceller.get();
+  if (canceller && !canceller->enter(&cli)) {
+    err = "inference server " + cfg_.base_url + ": cancelled (stopping)";
+    return std::nullopt;
+  }
+  struct leave_on_return {
+    request_canceller* c;
+    httplib::Client* cli;
+    ~leave_on_return() {
+      if (c)
+        c->leave(cli);
+    }
+  } leave{canceller, &cli};
+  // The body is read here, not by the library: its size and the time since
+  // the start are checked at every piece (the library's timeouts are per
+  // read, and it would keep a body of any size).
+  auto deadline = std::chrono::steady_clock::now()
+                  + std::chrono::milliseconds(cfg_.timeout_ms);
+  std::string answer;
+  bool too_big = false, too_slow = false;
+  httplib::Request rq;
+  rq.method = "POST";
+  rq.path = endpoint;
+  rq.body = req.dump();
+  rq.set_header("Content-Type", "application/json");
+  rq.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    if (answer.size() + n > cfg_.max_body_bytes) {
+      too_big = true;
+      return false;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      too_slow = true;
+      return false;
+    }
+    answer.append(data, n);
+    return true;
+  };
+  auto res = cli.send(rq);
+  if (canceller && canceller->cancelled()) {
+    err = "inference server " + cfg_.base_url + ": cancelled (stopping)";
+    return std::nullopt;
+  }
+  if (too_big) {
+    err = "inference server " + cfg_.base_url + ": answer over "
+          + std::to_string(cfg_.max_body_bytes) + " bytes";
+    return std::nullopt;
+  }
+  if (too_slow) {
+    err = "inference server " + cfg_.base_url + ": no whole answer within "
+          + std::to_string(cfg_.timeout_ms) + " ms";
+    return std::nullopt;
+  }
   if (!res) {
     err = "inference server " + cfg_.base_url + ": "
           + httplib::to_string(res.error());
@@ -64,7 +147,7 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
     err = "inference server answered HTTP " + std::to_string(res->status);
     return std::nullopt;
   }
-  auto body = nlohmann::json::parse(res->body, nullptr, false);
+  auto body = nlohmann::json::parse(answer, nullptr, false);
   if (body.is_discarded() || !body.is_object() || !body.contains("choices")
       || !body["choices"].is_array() || body["choices"].empty()) {
     err = "inference server answered something that is not a completion";

@@ -576,6 +576,10 @@ int run_miner(miner_options& o) {
       if (auto* k = std::getenv("OPENAI_API_KEY"))
         oc.api_key = k;
     oc.timeout_ms = o.openai_timeout_ms;
+    // A signal ends the requests under way: the nodes' workers do not make
+    // the process wait for the inference server (up to the timeout, for
+    // each prompt queued).
+    oc.canceller = std::make_shared<request_canceller>();
     model = oc;
   }
   // The simulation hands its healthy nodes the bank (never the protocol).
@@ -704,6 +708,8 @@ int run_miner(miner_options& o) {
       },
       caf::after(50ms) >> [] {});
   }
+  if (model)
+    model->canceller->cancel_all();
   for (auto& n : nodes)
     self->send_exit(n, caf::exit_reason::user_shutdown);
   if (stop_signal != 0 && !oracle_gone)
@@ -1383,7 +1389,7 @@ void add_miner(CLI::App& app) {
   cmd->add_option("--openai-key", o->openai_key,
                   "API key (default: $OPENAI_API_KEY)");
   cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
-                  "per request (default 30000)")
+                  "limit of each request to the inference server, whole: connection, sending, the answer's last byte (default 30000)")
     ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   cmd->add_option("--key", o->key,
                   "node key file (nodepool keygen); its nodes sign their "

@@ -87,6 +87,24 @@ TEST_F(admission, a_join_token_admits_an_unknown_key) {
   EXPECT_FALSE(token_in_log);
 }
 
+// A node whose id or models are out of bounds would be refused again at
+// every registration: it stops, with the reason, instead of retrying for
+// good (before, it registered again every few seconds, refused at debug
+// level, while its miner said it was connected).
+TEST_F(admission, a_node_id_or_model_out_of_bounds_stops_its_node) {
+  auto bad_id = keyed_node("bad id", allowed_);
+  node_config nc;
+  nc.id = "k2";
+  nc.key = allowed_;
+  nc.models = {std::string(129, 'm')};
+  auto bad_model = add_node(std::move(nc));
+  run_for(1s);
+  EXPECT_EQ(exit_code_of(bad_id), "bad_node_id");
+  EXPECT_EQ(exit_code_of(bad_model), "bad_models");
+  EXPECT_EQ(state().node("bad id"), nullptr);
+  EXPECT_EQ(state().node("k2"), nullptr);
+}
+
 TEST_F(admission, an_unknown_key_is_refused_and_its_node_stops) {
   auto before = ask(oracle_.supervisor, state_atom::value);
   auto n = keyed_node("u1", stranger_);

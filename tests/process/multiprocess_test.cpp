@@ -282,6 +282,40 @@ TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
   EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
 
+// SIGTERM ends a miner while its inference server has not answered: the
+// request under way is cut, and the prompts queued behind it are not sent
+// (before, the miner waited for each, up to --openai-timeout-ms apiece).
+TEST(multiprocess, sigterm_ends_a_miner_whose_model_has_not_answered) {
+  std::atomic<int> requests{0};
+  std::atomic<bool> release{false};
+  fake_server model{[&](const httplib::Request&, httplib::Response& res) {
+    ++requests;
+    for (int i = 0; i < 6000 && !release; ++i)  // at most 60 s
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    res.set_content(completion("late"), "application/json");
+  }};
+  auto dir = temp_dir("openai-stop");
+  cleanup tidy{dir};
+  child oracle{oracle_args(dir + "/db"), dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "1", "--backend",
+               "openai", "--openai-url", model.url(), "--openai-timeout-ms",
+               "60000"},
+              dir + "/miner.out"};
+  ASSERT_TRUE(miner.wait_for_output("connected", 20s)) << miner.errors();
+  for (int i = 0; i < 1000 && requests.load() == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(requests.load(), 1);  // the admission test's first question
+  miner.signal(SIGTERM);
+  auto rc = miner.wait_exit(10s);
+  release = true;
+  EXPECT_EQ(rc, 0) << miner.errors();
+  EXPECT_EQ(requests.load(), 1);  // the test's other questions never sent
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
 /// An oracle's arguments (oracle_args on `dir`/db), logging at info: its
 /// events, each test's end among them, go to its stderr.
 std::vector<std::string> info_oracle_args(const std::string& dir,
