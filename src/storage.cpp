@@ -718,7 +718,10 @@ std::string snapshot_writer::last_error() const {
 }
 
 uint64_t power_cut(store& st, bool tear_last) {
-  if (auto* m = dynamic_cast<memory_store*>(&st))
+  auto* at = &st;
+  while (auto* f = dynamic_cast<forwarding_store*>(at))
+    at = &f->inner();
+  if (auto* m = dynamic_cast<memory_store*>(at))
     return m->cut_power(tear_last);
   return 0;
 }

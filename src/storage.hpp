@@ -134,6 +134,8 @@ public:
 class forwarding_store : public store {
 public:
   explicit forwarding_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
+  /// The store it passes calls to (power_cut() reaches the one below).
+  store& inner() const { return *inner_; }
   status append(const std::vector<pb::LogEntry>& entries,
                 const std::vector<pb::SessionRecord>& archived, bool sync) override {
     return inner_->append(entries, archived, sync);
@@ -222,7 +224,8 @@ private:
 
 /// In-memory twin for tests and simulation. Keeps encoded bytes, so the same
 /// decoding paths run as with RocksDB. It honours `sync` as a disk does:
-/// power_cut() loses every batch appended since the last synced one.
+/// power_cut() loses every batch appended since the last synced one (of
+/// the memory store itself, or the one under forwarding stores).
 std::unique_ptr<store> make_memory_store();
 /// Simulates a power cut on a store made by make_memory_store(): every
 /// batch written without sync since the last synced batch is lost. With

@@ -1,5 +1,7 @@
 // `nodepool ctl`: an operator's client of the oracle's HTTP API.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
 #include <httplib.h>
 
 #include <CLI/CLI.hpp>

@@ -447,8 +447,9 @@ TEST(MemberArchive, AGapThatCannotBeRecordedStopsWhatTheArchiveVouchesFor) {
   replica peer;
   for (size_t i = 0; i < bs.size(); ++i) {
     ASSERT_TRUE(peer.apply(bs[i]).ok);
-    if (i < 30)
+    if (i < 30) {
       ASSERT_TRUE(r->apply(bs[i]).ok);
+    }
   }
   auto whole = r->last_index();
   st->fail_meta = true;
