@@ -237,6 +237,8 @@ private:
       // state every 64th (and in verify()).
       auto vs = res_.commands % 64 == 0 ? ps.check_invariants()
                                         : ps.check_after(cmd, r);
+      if (res_.commands == opt_.fail_at_command)
+        vs.push_back({"I4", "broken on purpose (fail_at_command)"});
       if (!vs.empty())
         violation(vs.front().invariant,
                   vs.front().detail + " after " + cmd.ShortDebugString());
@@ -394,6 +396,10 @@ private:
     auto whom = oracle_.sessions;
     auto answers = answers_ptr_;
     auto* sys = sys_.get();
+    if (opt_.deaf_clients) {
+      caf::anon_send(whom, submit_atom::value, bytes);
+      return;
+    }
     sys_->spawn([=](caf::event_based_actor* self) {
       self->request(whom, ms(3000), submit_atom::value, bytes)
         .then([=](accepted_atom) { (*answers)[id] = answer::accepted; },
@@ -430,6 +436,12 @@ private:
     }
     pool_state ps;
     ps.restore(snap);
+    // Every submission has its final answer after the quiet: accepted, or
+    // refused for a reason the client is told (a pool that answered none,
+    // or answered "try again" for good, would otherwise pass).
+    for (auto& [id, a] : answers_)
+      if (a == answer::unknown || a == answer::pending)
+        violation("liveness", "session " + id + " never got an answer");
     for (auto& [id, a] : answers_) {
       if (a != answer::accepted)
         continue;

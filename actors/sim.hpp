@@ -49,6 +49,14 @@ struct sim_options {
   /// also takes the last three raft log entries the disk had acknowledged
   /// as written. Some seeds must fail, each with a reproducer.
   bool lying_disk = false;
+  /// For testing the harness (one oracle): the check after this command
+  /// (counted from 1) reports a violation, as a broken pool would, so that
+  /// a run ended early by one is seen to end and report. 0: never.
+  uint64_t fail_at_command = 0;
+  /// For testing the checker (one oracle): the clients hear no answer, as
+  /// if each were lost on its way; the run must report the submissions
+  /// that never got one.
+  bool deaf_clients = false;
 };
 
 struct sim_violation {

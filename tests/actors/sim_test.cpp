@@ -123,6 +123,53 @@ TEST(sim, power_cuts_reach_the_store_under_a_lossy_one) {
   EXPECT_GE(losing, 3);
 }
 
+// A run that a violation ends early ends, whatever was in flight then, and
+// reports that violation alone: the actor system closes with clients'
+// requests cut short by the oracle's death (as in the cluster, where they
+// had to be timed out first).
+TEST(sim, a_run_a_violation_ends_early_reports_it) {
+  set_log_level("off");
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    auto whole = run_sim(seed).commands;
+    ASSERT_GT(whole, 20u);
+    for (uint64_t k = 1; k < 10; ++k) {
+      uint64_t at = whole * k / 10;
+      sim_options opt;
+      opt.fail_at_command = at;
+      auto r = run_sim(seed, opt);
+      ASSERT_EQ(r.violations.size(), 1u) << "seed " << seed << " at " << at
+                                         << ": " << describe(r);
+      EXPECT_EQ(r.violations.front().invariant, "I4");
+      EXPECT_NE(r.violations.front().detail.find("broken on purpose"),
+                std::string::npos);
+      EXPECT_GE(r.commands, at);
+    }
+  }
+}
+
+// Every submission must get its final answer by the end of the quiet:
+// clients that hear none fail the run (before, the check looked only at
+// acknowledged sessions, and a run in which no answer arrived passed).
+TEST(sim, a_submission_without_an_answer_fails_the_run) {
+  set_log_level("off");
+  sim_options opt;
+  opt.deaf_clients = true;
+  int checked = 0;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    auto r = run_sim(seed, opt);
+    if (r.submitted == 0)
+      continue;
+    ++checked;
+    ASSERT_FALSE(r.violations.empty()) << "seed " << seed;
+    EXPECT_EQ(r.violations.front().invariant, "liveness");
+    EXPECT_NE(r.violations.front().detail.find("never got an answer"),
+              std::string::npos)
+      << r.violations.front().detail;
+    EXPECT_EQ(r.accepted, 0u);
+  }
+  EXPECT_GT(checked, 5);
+}
+
 TEST(sim, power_cuts_lose_acknowledged_sessions_only_without_sync) {
   // The memory store honours sync: with every group commit synced, power
   // cuts lose nothing anyone was told of (the test above); without sync,
