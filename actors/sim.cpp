@@ -65,7 +65,8 @@ public:
 class simulation {
 public:
   simulation(uint64_t seed, const sim_options& opt)
-    : seed_(seed), opt_(opt), rng_(mix64(seed ^ 0x5157ull)) {
+    : seed_(seed), opt_(opt), rng_(mix64(seed ^ 0x5157ull)),
+      clock_rng_(mix64(seed ^ 0xc10cull)) {
     cfg_.testing();
     sys_ = std::make_unique<caf::actor_system>(cfg_);
     sched_ = &dynamic_cast<caf::scheduler::test_coordinator&>(sys_->scheduler());
@@ -121,8 +122,17 @@ public:
         }
         if (rng_.chance(0.002)) {
           auto d = 1000 + static_cast<int64_t>(rng_.below(5000));
-          log_->note("clock_jump", "forward " + std::to_string(d) + "ms");
-          sched_->advance_time(ms(d));
+          // Half the time the whole machine pauses (every clock moves on
+          // together); half the time the oracle's own clock jumps ahead of
+          // the miners' and clients' (its deadlines come early). Drawn
+          // apart: the rest of the schedule stays what it was.
+          if (clock_rng_.chance(0.5)) {
+            log_->note("clock_jump", "oracle clock forward " + std::to_string(d) + "ms");
+            *skew_ += d;
+          } else {
+            log_->note("clock_jump", "forward " + std::to_string(d) + "ms");
+            sched_->advance_time(ms(d));
+          }
         }
         if (rng_.chance(0.002)) {
           auto d = 500 + static_cast<int64_t>(rng_.below(3000));
@@ -517,6 +527,7 @@ private:
   uint64_t seed_;
   sim_options opt_;
   seeded_rng rng_;
+  seeded_rng clock_rng_;  // which way a forward clock jump goes
   actor_config cfg_{false};
   std::unique_ptr<caf::actor_system> sys_;
   caf::scheduler::test_coordinator* sched_ = nullptr;

@@ -151,7 +151,7 @@ TEST(sim_cli, a_disk_that_forgets_acknowledged_writes_is_caught) {
   }
 }
 
-// ... and libraft 0.15 without raft_member's guard: seeds 3659 and 1210 are
+// ... and libraft 0.15 without raft_member's guard: seeds 3659 and 874 are
 // a follower stuck behind a leader's older snapshot (the leader's progress
 // for it falls under the follower's snapshot: hole 3), seed 869 two members
 // that refuse each other's pre-votes for good, one for its term, the other
@@ -161,7 +161,7 @@ TEST(sim_cli, a_disk_that_forgets_acknowledged_writes_is_caught) {
 // --no-raft-guard`.)
 TEST(sim_cli, libraft_without_the_guard_fails_seeds_that_pass_with_it) {
   for (auto [seed, what] : {std::pair{"3659", "replication: the members did not all apply"},
-                            std::pair{"1210", "replication: the members did not all apply"},
+                            std::pair{"874", "replication: the members did not all apply"},
                             std::pair{"869", "liveness: an oracle could not resume"}}) {
     auto [rc, out] = sim(std::string("--oracles 3 --no-restarts --seeds ") + seed
                          + " --no-raft-guard");
@@ -205,8 +205,9 @@ TEST(sim_cli, elections_end_when_timers_are_random_and_pre_votes_tell_the_term) 
     auto j = last_json_line(more);
     ASSERT_FALSE(j.is_discarded()) << more;
     EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
-    if (std::string(seed) != "14875")
+    if (std::string(seed) != "14875") {
       EXPECT_GT(j["raft_guard"].value("pre_vote_terms_told", 0), 0) << seed;
+    }
   }
 }
 
@@ -220,6 +221,21 @@ TEST(sim_cli, a_stale_answer_is_dropped_in_a_five_oracle_seed) {
   ASSERT_FALSE(j.is_discarded()) << out;
   EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
   EXPECT_GT(j["raft_guard"].value("stale_answers", 0), 0) << j["raft_guard"];
+}
+
+// A member that crashes while its state machine takes a snapshot off
+// raft's loop restarts only once that work is through: in seed 863 of five
+// oracles, member 2 crashed 80 ms after a restart with a snapshot's work in
+// flight, and its completion, run on the restarted raft, freed that raft's
+// own pending snapshot (a crash in libraft). (Seeds move with what the
+// pool does; the run of 1..3600 of five finds such a seed again.)
+TEST(sim_cli, a_snapshot_in_flight_at_a_crash_completes_before_the_restart) {
+  auto [rc, out] = sim("--oracles 5 --seeds 863 --json");
+  EXPECT_EQ(rc, 0) << out;
+  auto j = last_json_line(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_GE(j["faults"].value("oracle_restart", 0), 2) << j["faults"];
 }
 
 TEST(sim_cli, bad_flags_are_refused_clearly) {
