@@ -639,7 +639,8 @@ int run_miner(miner_options& o) {
   std::fflush(stdout);
   auto start = std::chrono::steady_clock::now();
   size_t alive = nodes.size();
-  size_t refused_out = 0;
+  size_t sent_away = 0;  // refused for good (retired, key, bounds)
+  size_t died = 0;       // stopped by an error of their own
   bool oracle_gone = false;
   auto last_check = std::chrono::steady_clock::now();
   while (!stop_requested && alive > 0) {
@@ -697,12 +698,12 @@ int run_miner(miner_options& o) {
           if (code != "unavailable") {
             say("miner", "the oracle sent a node away: " + code + ": "
                            + detail);
-            ++refused_out;
+            ++sent_away;
           } else {
             auto text = sys.render(dm.reason);
             say("miner", "node stopped: " + text);
             if (text.find("simulated crash") == std::string::npos)
-              ++refused_out;
+              ++died;
           }
         }
       },
@@ -717,10 +718,18 @@ int run_miner(miner_options& o) {
                    + "; start it again (same --id-prefix) to rejoin with the "
                      "same node ids",
         "info");
-  // An oracle that did not come back within --connect-timeout, or nodes it
-  // sent away (retired, wrong key), make the exit non-zero; a signal is how
-  // a miner is meant to end.
-  return oracle_gone || refused_out > 0 ? 1 : 0;
+  // A signal (or --duration) is how a miner is meant to end: 0, whatever
+  // became of some of its nodes (each was reported as it went). Ended by
+  // itself: 1 for an oracle that did not come back within
+  // --connect-timeout or nodes that failed (a restart may help), 3 when
+  // the pool sent every node away for good (retired, key refused, an id
+  // out of bounds: a restart would be refused again; the service unit
+  // does not restart on it).
+  if (oracle_gone)
+    return 1;
+  if (alive > 0 || stop_requested)
+    return 0;
+  return died == 0 && sent_away > 0 ? 3 : (died > 0 ? 1 : 0);
 }
 
 // ------------------------------------------------------------------ submit
