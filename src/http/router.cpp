@@ -896,11 +896,7 @@ void router::get_tasks(const std::shared_ptr<call>& c, const std::string& sid,
 void router::post_session(const std::shared_ptr<call>& c) {
   api_error e;
   auto j = parse_body(c->req.body, e);
-  if (!j) {
-    std::lock_guard<std::mutex> g{mu_};
-    ++stats_.bad_requests;
-  }
-  if (!j)
+  if (!j)  // counted with every answer, by route and status
     return send_bad(c->rep, e);
   auto s = session_from_json(*j, e);
   if (!s)

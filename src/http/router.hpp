@@ -179,7 +179,6 @@ class router {
     uint64_t unauthorized = 0;
     uint64_t forbidden = 0;
     uint64_t rate_limited = 0;
-    uint64_t bad_requests = 0;
     uint64_t completions = 0;
     uint64_t admin = 0;
   };

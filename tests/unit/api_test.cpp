@@ -391,6 +391,11 @@ TEST_F(api, CreateSessionValidatesEveryField) {
   expect_error(*call("POST", "/api/v1/sessions", "[1,2]"), 400, "bad_json");
   expect_error(*call("POST", "/api/v1/sessions", ""), 400, "bad_json");
   EXPECT_EQ(pool->submitted.size(), 2u);  // nothing bad reached the pool
+  // Each is counted, undecodable or not: 10 bad fields, 3 bad bodies.
+  EXPECT_NE(call("GET", "/metrics")->whole.body.find(
+              "nodepool_http_requests_total{route=\"/api/v1/sessions\","
+              "status=\"400\"} 13\n"),
+            std::string::npos);
   pool->refuse_submit = api_error{"queue_full", "1000000 sessions wait already"};
   expect_error(*call("POST", "/api/v1/sessions", R"({"session_id":"more"})"), 429,
                "queue_full");
