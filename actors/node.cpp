@@ -8,8 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 
@@ -117,22 +119,54 @@ void after_message(self_ptr self) {
 
 /// The `openai` backend's worker: a detached actor (a thread of its own), so
 /// that waiting for the inference server never stalls the scheduler.
+/// Milliseconds of the steady clock: the deadlines the node hands its
+/// worker (a prompt waits in the worker's mailbox behind the others).
+int64_t steady_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
+    .count();
+}
+
+/// What is left until `until` (steady_ms; 0: no deadline, 0 returned),
+/// or nothing once it has passed.
+std::optional<int64_t> left_until(int64_t until) {
+  if (until == 0)
+    return int64_t{0};
+  auto left = until - steady_ms();
+  if (left <= 0)
+    return std::nullopt;
+  return left;
+}
+
 caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
   auto client = std::make_shared<openai_client>(std::move(cfg));
+  // A prompt whose test or task is past its deadline by the time the
+  // worker reaches it is not sent: the answer could no longer count, and
+  // a slow server would fall further behind. A prompt sent is bounded by
+  // what is left.
   return {
-    [client](task_atom, const std::string& prompt) -> caf::result<std::string> {
+    [client](task_atom, const std::string& prompt,
+             int64_t until) -> caf::result<std::string> {
+      auto left = left_until(until);
+      if (!left)
+        return make_refusal("expired", "the task's deadline passed before "
+                                       "its prompt was sent");
       std::string err;
-      if (auto text = client->complete(prompt, err))
+      if (auto text = client->complete(prompt, err, 0, nullptr, *left))
         return *text;
       log("node")->warn("inference failed: {}", err);
       return make_refusal("inference_failed", err);
     },
     // A test's item: its length limit in, the completion tokens out.
-    [client](task_atom, const std::string& prompt, uint32_t max_tokens)
-      -> caf::result<std::string, uint32_t> {
+    [client](task_atom, const std::string& prompt, uint32_t max_tokens,
+             int64_t until) -> caf::result<std::string, uint32_t> {
+      auto left = left_until(until);
+      if (!left)
+        return make_refusal("expired", "the test's deadline passed before "
+                                       "this question was sent");
       std::string err;
       uint32_t tokens = 0;
-      if (auto text = client->complete(prompt, err, max_tokens, &tokens))
+      if (auto text = client->complete(prompt, err, max_tokens, &tokens, *left))
         return {*text, tokens};
       log("node")->warn("inference failed: {}", err);
       return make_refusal("inference_failed", err);
@@ -168,9 +202,10 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
                p->out.SerializeAsString());
     return;
   }
+  auto until = t.deadline_ms() > 0 ? steady_ms() + t.deadline_ms() : 0;
   for (int i = 0; i < t.challenges_size(); ++i)
     self->request(self->state.model, caf::infinite, task_atom::value,
-                  t.challenges(i).prompt(), t.challenges(i).max_tokens())
+                  t.challenges(i).prompt(), t.challenges(i).max_tokens(), until)
       .then([=](std::string& text, uint32_t tokens) {
               done(i, std::move(text), tokens);
             },
@@ -191,7 +226,11 @@ void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
   self->send(self->state.gateway, miner_atom::value, ack.SerializeAsString());
   auto sid = t.session_id();
   auto no = t.task_no();
-  self->request(self->state.model, caf::infinite, task_atom::value, t.prompt())
+  // The precommit, which needs the output, is the task's second phase: due
+  // two phase timeouts after the task went out.
+  auto until = t.phase_timeout_ms() > 0 ? steady_ms() + 2 * t.phase_timeout_ms() : 0;
+  self->request(self->state.model, caf::infinite, task_atom::value, t.prompt(),
+                until)
     .then(
       [=](std::string& text) {
         auto& st = self->state;

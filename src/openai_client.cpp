@@ -63,7 +63,8 @@ openai_client::openai_client(openai_config cfg) : cfg_(std::move(cfg)) {}
 std::optional<std::string> openai_client::complete(const std::string& prompt,
                                                    std::string& err,
                                                    uint32_t max_tokens,
-                                                   uint32_t* tokens) const {
+                                                   uint32_t* tokens,
+                                                   int64_t within_ms) const {
   if (tokens)
     *tokens = 0;
   auto [origin, endpoint] = split_url(cfg_.base_url);
@@ -72,8 +73,10 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
     err = "bad inference server URL '" + cfg_.base_url + "'";
     return std::nullopt;
   }
-  auto secs = cfg_.timeout_ms / 1000;
-  auto usecs = (cfg_.timeout_ms % 1000) * 1000;
+  auto limit_ms = within_ms > 0 ? std::min(within_ms, cfg_.timeout_ms)
+                                : cfg_.timeout_ms;
+  auto secs = limit_ms / 1000;
+  auto usecs = (limit_ms % 1000) * 1000;
   cli.set_connection_timeout(secs, usecs);
   cli.set_read_timeout(secs, usecs);
   cli.set_write_timeout(secs, usecs);
@@ -103,7 +106,7 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
   // the start are checked at every piece (the library's timeouts are per
   // read, and it would keep a body of any size).
   auto deadline = std::chrono::steady_clock::now()
-                  + std::chrono::milliseconds(cfg_.timeout_ms);
+                  + std::chrono::milliseconds(limit_ms);
   std::string answer;
   bool too_big = false, too_slow = false;
   httplib::Request rq;
@@ -133,9 +136,13 @@ std::optional<std::string> openai_client::complete(const std::string& prompt,
           + std::to_string(cfg_.max_body_bytes) + " bytes";
     return std::nullopt;
   }
+  // The library's read timeout ends a server that has not begun to answer
+  // by the deadline: the same reason, said the same way.
+  if (!res && std::chrono::steady_clock::now() >= deadline)
+    too_slow = true;
   if (too_slow) {
     err = "inference server " + cfg_.base_url + ": no whole answer within "
-          + std::to_string(cfg_.timeout_ms) + " ms";
+          + std::to_string(limit_ms) + " ms";
     return std::nullopt;
   }
   if (!res) {

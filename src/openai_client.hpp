@@ -65,9 +65,12 @@ public:
   /// `max_tokens` > 0 is sent as the answer's limit; the completion tokens
   /// the server reports (usage.completion_tokens) go to `tokens` when given
   /// (0 when it reports none).
+  /// `within_ms` > 0 bounds this request below `timeout_ms` (what is left
+  /// of a test's or a task's deadline).
   std::optional<std::string> complete(const std::string& prompt,
                                       std::string& err, uint32_t max_tokens = 0,
-                                      uint32_t* tokens = nullptr) const;
+                                      uint32_t* tokens = nullptr,
+                                      int64_t within_ms = 0) const;
 
   const openai_config& config() const { return cfg_; }
 

@@ -316,6 +316,47 @@ TEST(multiprocess, sigterm_ends_a_miner_whose_model_has_not_answered) {
   EXPECT_EQ(oracle.wait_exit(20s), 0);
 }
 
+// A model slower than a test's deadline: the question under way is cut
+// at the deadline and the test's other questions are not sent (before,
+// each went to the server in turn, long after its answer could count).
+TEST(multiprocess, questions_past_the_tests_deadline_are_not_sent) {
+  std::atomic<int> requests{0};
+  std::atomic<bool> release{false};
+  fake_server model{[&](const httplib::Request&, httplib::Response& res) {
+    ++requests;
+    for (int i = 0; i < 150 && !release; ++i)  // 1.5 s a question
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    res.set_content(completion("slow"), "application/json");
+  }};
+  auto dir = temp_dir("openai-deadline");
+  cleanup tidy{dir};
+  // Tests have 1 s (the fast flags'); a failed node is retested after a
+  // minute, not the fast flags' second.
+  auto args = oracle_args(dir + "/db");
+  for (size_t k = 0; k + 1 < args.size(); ++k)
+    if (args[k] == "--quarantine-backoff-ms" || args[k] == "--quarantine-backoff-max-ms")
+      args[k + 1] = "60000";
+  child oracle{args, dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child miner{{"miner", "--oracle", target, "--nodes", "1", "--backend",
+               "openai", "--openai-url", model.url()},
+              dir + "/miner.out"};
+  // The admission test fails at its deadline (no answer came) ...
+  wait_status(dir, target,
+              [](const nlohmann::json& j) { return j["tests"]["failed"].get<int>() >= 1; },
+              30s);
+  // ... and by then, and for as long again as a question takes, only its
+  // first question reached the server.
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(requests.load(), 1) << miner.errors();
+  release = true;
+  miner.signal(SIGTERM);
+  EXPECT_EQ(miner.wait_exit(10s), 0) << miner.errors();
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
 /// An oracle's arguments (oracle_args on `dir`/db), logging at info: its
 /// events, each test's end among them, go to its stderr.
 std::vector<std::string> info_oracle_args(const std::string& dir,

@@ -128,6 +128,24 @@ TEST(OpenAiClient, AnAnswerSentSlowlyEndsAtTheRequestsLimit) {
   EXPECT_NE(err.find("no whole answer within 300 ms"), std::string::npos) << err;
 }
 
+// A request bounded by what is left of its deadline ends then, though the
+// client's own timeout is longer (a server that has not begun to answer).
+TEST(OpenAiClient, ARequestEndsWithinWhatIsLeftOfItsDeadline) {
+  std::atomic<bool> release{false};
+  fake_server srv{[&](const httplib::Request&, httplib::Response& res) {
+    for (int i = 0; i < 1000 && !release; ++i)  // at most 10 s
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    res.set_content(completion("late"), "application/json");
+  }};
+  std::string err;
+  auto out = openai_client{config(srv.url(), "m", "", 60000)}.complete(
+    "P?", err, 0, nullptr, 300);
+  release = true;
+  // Without the bound it waits for the server (10 s) and gets its answer.
+  EXPECT_FALSE(out);
+  EXPECT_NE(err.find("no whole answer within 300 ms"), std::string::npos) << err;
+}
+
 // cancel_all() ends a request under way (its server has not answered) and
 // fails the next ones before they are sent: a miner's Ctrl-C does not wait
 // for its inference server.
