@@ -651,15 +651,23 @@ void stamp(json& j, const json& view, response& r) {
 
 } // namespace
 
+/// The models the pool's live nodes serve (a retired or lost node's are
+/// not on offer), in order.
+static std::set<std::string> live_models(const pb::Snapshot& snap) {
+  std::set<std::string> models;
+  for (auto& n : snap.nodes())
+    if (n.state() != pb::RETIRED && n.state() != pb::LOST)
+      for (auto& m : n.models())
+        models.insert(m);
+  return models;
+}
+
 void router::get_info(const std::shared_ptr<call>& c) {
   pool_->state([this, c](std::optional<pb::Snapshot> snap, json view,
                          std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
-    std::set<std::string> models;
-    for (auto& n : snap->nodes())
-      for (auto& m : n.models())
-        models.insert(m);
+    auto models = live_models(*snap);
     json j;
     j["name"] = "nodepool";
     j["version"] = cfg_.version;
@@ -1499,11 +1507,7 @@ void router::get_models(const std::shared_ptr<call>& c) {
                    std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
-    std::set<std::string> models;
-    for (auto& n : snap->nodes())
-      if (n.state() != pb::RETIRED && n.state() != pb::LOST)
-        for (auto& m : n.models())
-          models.insert(m);
+    auto models = live_models(*snap);
     json data = json::array();
     for (auto& m : models)
       data.push_back({{"id", m}, {"object", "model"}, {"created", 0},

@@ -336,6 +336,14 @@ TEST_F(api, MinersAndModels) {
   EXPECT_EQ(m["object"], "list");
   ASSERT_EQ(m["data"].size(), 1u);
   EXPECT_EQ(m["data"][0]["id"], "llama");
+  // A retired node's models are on offer in neither list.
+  auto* gone = pool->snap.add_nodes();
+  gone->set_id("n2");
+  gone->set_state(pb::RETIRED);
+  gone->add_models("only-on-a-retired-node");
+  EXPECT_EQ(call("GET", "/v1/models")->body()["data"].size(), 1u);
+  EXPECT_EQ(call("GET", "/api/v1/info")->body()["models"],
+            nlohmann::json::array({"llama"}));
 }
 
 TEST_F(api, SessionsByIdAnd404) {
