@@ -141,6 +141,11 @@ try {
     const n = await page.$$eval("#miners tr[data-node-id]", (l) => l.length);
     return n === miners.length ? n : 0;
   });
+  // Each miner's latency as the table shows it: "—" while not measured (0).
+  out.latency = await page.evaluate((ms) => ms.map((m) => {
+    const tr = document.querySelector(`#miners tr[data-node-id="${m.node_id}"]`);
+    return [m.latency_ms, tr ? tr.cells[4].textContent : null];
+  }), miners);
   const kept = miners.filter((m) => m.state === "quarantined" || m.state === "retired");
   if (kept.length > 0) {
     out.kept_reason = kept[0].reason || "";

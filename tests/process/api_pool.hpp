@@ -2,7 +2,9 @@
 
 // An oracle process with its HTTP API on a free port and real miner
 // processes, for the tests of the HTTP API and of what it shows.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
 #include <httplib.h>
 
 #include <fstream>

@@ -1,6 +1,8 @@
 // The HTTP API of a real oracle process, with real miners, over real
 // sockets: plain and TLS, REST, server-sent events and WebSocket.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
 #include <httplib.h>
 
 #include <gtest/gtest.h>

@@ -1,7 +1,9 @@
 // Membership of a running cluster: members added (as non-voters, caught up,
 // then voters) and removed (the leader hands over first) under load, with
 // real oracle processes, `nodepool ctl members` and the HTTP API.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
 #include <httplib.h>
 
 #include <fstream>

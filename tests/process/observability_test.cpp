@@ -149,6 +149,14 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
   EXPECT_FALSE(j["login_after_reload"].get<bool>());
   EXPECT_GT(j["events_received"].get<int>(), 0) << out;
   EXPECT_EQ(j["miner_rows"], 4) << out;
+  // Latency: "—" while not measured (0 ms was shown as the fastest).
+  ASSERT_EQ(j["latency"].size(), 4u) << out;
+  for (auto& [ms, cell] : j["latency"].get<std::vector<std::pair<double, std::string>>>())
+    if (ms == 0) {
+      EXPECT_EQ(cell, "—") << out;
+    } else {
+      EXPECT_NE(cell.find(" ms"), std::string::npos) << out;
+    }
   EXPECT_EQ(j["matched"]["nodes-total"], 4) << out;
   // The node kept out is listed with why (its reason as /api/v1/miners
   // gives it: a failed test, or its deadline passed on a loaded machine).

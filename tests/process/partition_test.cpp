@@ -1,7 +1,9 @@
 // Partitions with real networking: three oracles and a miner process, each
 // in a network namespace of its own (deploy/netns-cluster), and links that
 // go down. Needs root and `ip netns`; skipped, with the reason, elsewhere.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
 #include <httplib.h>
 
 #include <unistd.h>

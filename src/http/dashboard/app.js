@@ -268,7 +268,8 @@
       el('td', null, badge(m.state), m.drained ? el('span', { class: 'flag' }, 'drained') : null),
       el('td', { class: 'num' }, m.level ?? ''),
       el('td', { class: 'num' }, fixed(m.reputation, 2)),
-      el('td', { class: 'num' }, typeof m.latency_ms === 'number' ? `${m.latency_ms.toFixed(1)} ms` : ''),
+      // 0 is "not measured yet" (no test or task timed), not the fastest.
+      el('td', { class: 'num' }, typeof m.latency_ms === 'number' && m.latency_ms > 0 ? `${m.latency_ms.toFixed(1)} ms` : '—'),
       el('td', { class: 'num' }, `${passed} / ${failed} `, el('span', { class: 'muted' }, `(${rate})`)),
       el('td', { class: 'num' }, m.tasks_served ?? 0),
       el('td', { class: 'num' }, m.strikes ?? 0),
