@@ -1428,8 +1428,8 @@ std::string prometheus_text(
   auto cl = pool.value("cluster", json::object());
   if (cl.is_object() && cl.value("role", std::string{"single"}) != "single"
       && cl.contains("term")) {
-    out.family("nodepool_raft_term", "gauge", "The Raft term this member is in.");
-    out.sample("nodepool_raft_term", {}, num(cl, "term"));
+    out.single("nodepool_raft_term", "gauge", "The Raft term this member is in.",
+               num(cl, "term"));
     out.single("nodepool_raft_commit_index", "gauge",
                "The last log index this member knows committed.",
                num(cl, "commit_index"));
