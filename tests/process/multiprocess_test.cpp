@@ -227,9 +227,24 @@ TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
                        },
                        30s);
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
-  miner.signal(SIGTERM);
+  // The oracle restarts on its port: the program connects again and its
+  // nodes register again, pass their tests and are back in the pool.
   oracle.signal(SIGTERM);
-  EXPECT_EQ(oracle.wait_exit(20s), 0);
+  ASSERT_EQ(oracle.wait_exit(20s), 0) << oracle.errors();
+  ASSERT_TRUE(miner.wait_for_output("oracle gone", 20s)) << miner.errors();
+  child again{oracle_args(dir + "/db", port), dir + "/oracle2.out"};
+  ASSERT_TRUE(again.wait_for_output("listening on", 20s)) << again.errors();
+  ASSERT_TRUE(miner.wait_for_output("connected again", 20s)) << miner.errors();
+  j = wait_status(dir, "127.0.0.1:" + port,
+                  [](const nlohmann::json& j) {
+                    return j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
+                  },
+                  30s);
+  EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
+  miner.signal(SIGTERM);
+  EXPECT_EQ(miner.wait_exit(20s), 0) << miner.errors();
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait_exit(20s), 0);
 }
 
 TEST(multiprocess, miner_with_an_openai_backend_passes_tests_and_serves) {
