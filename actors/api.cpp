@@ -394,6 +394,28 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
+  void last_seen(json_cb cb) override {
+    auto* sys = &sys_;
+    auto limit = timeout_;
+    auto local = gw_;
+    writer([=, cb = std::move(cb)](caf::actor to, std::optional<api_error> err) {
+      if (err)
+        return cb({}, err);
+      sys->spawn([=](caf::event_based_actor* self) {
+        self->request(to, limit_for(to, local, limit), seen_atom::value)
+          .then(
+            [=](const std::string& text) {
+              auto j = nlohmann::json::parse(text, nullptr, false);
+              if (!j.is_object())
+                return cb({}, api_error{"unavailable",
+                                        "the leader's answer does not decode"});
+              cb(std::move(j), std::nullopt);
+            },
+            [=](caf::error& e) { cb({}, to_api_error(*sys, e)); });
+      });
+    });
+  }
+
   void submit(const pb::SubmitSession& s, done_cb cb) override {
     auto* sys = &sys_;
     auto bytes = s.SerializeAsString();

@@ -445,6 +445,15 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
             log_atom::value);
         }
       },
+      // When each connected node was last heard from (registration,
+      // heartbeat, any message): {node id: ms since the epoch}. Only the
+      // leader's gateway has nodes; a follower's answers {}.
+      [=](seen_atom) -> std::string {
+        nlohmann::json j = nlohmann::json::object();
+        for (auto& [id, t] : self->state.last_seen)
+          j[id] = t;
+        return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      },
       [=](stats_atom) -> std::string {
         auto& st = self->state;
         nlohmann::json j;

@@ -48,5 +48,8 @@ CAF_ADD_ATOM(nodepool, nodepool, member_atom, "member")
 // a ticketed command's answer (actors/tickets.hpp); last, so that the ids
 // before it stay what they were
 CAF_ADD_ATOM(nodepool, nodepool, answer_atom, "answer")
+// when the gateway last heard from each connected node (the HTTP API's
+// miners); after the others for the same reason
+CAF_ADD_ATOM(nodepool, nodepool, seen_atom, "seen")
 
 CAF_END_TYPE_ID_BLOCK(nodepool)

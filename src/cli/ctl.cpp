@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -170,8 +172,18 @@ int show_miners(api_client& c, bool json_out) {
   if (json_out)
     return std::printf("%s\n", a.body.dump().c_str()), 0;
   std::vector<std::vector<std::string>> rows{
-    {"NODE", "STATE", "LEVEL", "REPUTATION", "LATENCY_MS", "MODELS", "SESSION"}};
+    {"NODE", "STATE", "LEVEL", "REPUTATION", "LATENCY_MS", "MODELS", "SESSION",
+     "SEEN"}};
+  auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
   for (auto& m : a.body["miners"]) {
+    // When the leader last heard from it; "-" when not connected to it.
+    std::string seen = "-";
+    if (m.contains("last_seen") && m["last_seen"].is_number_integer())
+      seen = std::to_string(std::max<int64_t>(
+               0, (now_ms - m["last_seen"].get<int64_t>()) / 1000))
+             + "s ago";
     std::string models;
     for (auto& x : m["models"])
       models += (models.empty() ? "" : ",") + text(x);
@@ -180,8 +192,12 @@ int show_miners(api_client& c, bool json_out) {
       state += " (drained)";
     rows.push_back({text(m["node_id"]), state, text(m["level"]),
                     text(m["reputation"]), text(m["latency_ms"]), models,
-                    m.contains("session_id") ? text(m["session_id"]) : "-"});
+                    m.contains("session_id") ? text(m["session_id"]) : "-",
+                    seen});
   }
+  if (a.body.contains("last_seen_unavailable"))
+    std::fprintf(stderr, "seen: unknown (%s)\n",
+                 text(a.body["last_seen_unavailable"]).c_str());
   table(rows);
   return 0;
 }

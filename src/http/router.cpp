@@ -734,42 +734,59 @@ void router::get_status(const std::shared_ptr<call>& c) {
 }
 
 void router::get_miners(const std::shared_ptr<call>& c) {
-  pool_->state([c](std::optional<pb::Snapshot> snap, json view,
-                   std::optional<api_error> err) {
+  pool_->state([c, pool = pool_](std::optional<pb::Snapshot> state, json view,
+                                 std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
-    json list = json::array();
-    for (auto& n : snap->nodes()) {
-      json x;
-      x["node_id"] = n.id();
-      x["state"] = node_state_name(n.state());
-      x["models"] = std::vector<std::string>(n.models().begin(), n.models().end());
-      x["level"] = n.level();
-      x["reputation"] = n.reputation();
-      x["latency_ms"] = n.latency_ms();
-      x["tasks_served"] = n.tasks_served();
-      x["strikes"] = n.strikes();
-      x["drained"] = n.drained();
-      if (!n.session_id().empty())
-        x["session_id"] = n.session_id();
-      x["last_heartbeat"] = n.last_heartbeat();
-      // The node's recent test outcomes (its reputation's ring buffer).
-      uint64_t passed = 0;
-      for (bool ok : n.recent())
-        passed += ok;
-      x["tests"]["passed"] = passed;
-      x["tests"]["failed"] = static_cast<uint64_t>(n.recent_size()) - passed;
-      if (!n.state_reason().empty())
-        x["reason"] = n.state_reason();
-      list.push_back(std::move(x));
-    }
-    json j;
-    j["miners"] = std::move(list);
-    auto r = json_response(200, j);
-    stamp(j, view, r);
-    r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
-    c->rep->send(std::move(r));
+    // When the leader's gateway last heard from each node: asked after the
+    // state, so that a node it names is in that state or was added since.
+    pool->last_seen([c, state = std::move(state), view = std::move(view)](
+                      json seen, std::optional<api_error> seen_err) mutable {
+      send_miners(c, *state, view, seen, seen_err);
+    });
   });
+}
+
+void router::send_miners(const std::shared_ptr<call>& c, const pb::Snapshot& s,
+                         const json& view, const json& seen,
+                         const std::optional<api_error>& seen_err) {
+  json list = json::array();
+  for (auto& n : s.nodes()) {
+    json x;
+    x["node_id"] = n.id();
+    x["state"] = node_state_name(n.state());
+    x["models"] = std::vector<std::string>(n.models().begin(), n.models().end());
+    x["level"] = n.level();
+    x["reputation"] = n.reputation();
+    x["latency_ms"] = n.latency_ms();
+    x["tasks_served"] = n.tasks_served();
+    x["strikes"] = n.strikes();
+    x["drained"] = n.drained();
+    if (!n.session_id().empty())
+      x["session_id"] = n.session_id();
+    x["last_heartbeat"] = n.last_heartbeat();
+    if (auto t = seen.find(n.id()); t != seen.end() && t->is_number_integer())
+      x["last_seen"] = *t;
+    // The node's recent test outcomes (its reputation's ring buffer).
+    uint64_t passed = 0;
+    for (bool ok : n.recent())
+      passed += ok;
+    x["tests"]["passed"] = passed;
+    x["tests"]["failed"] = static_cast<uint64_t>(n.recent_size()) - passed;
+    if (!n.state_reason().empty())
+      x["reason"] = n.state_reason();
+    list.push_back(std::move(x));
+  }
+  json j;
+  j["miners"] = std::move(list);
+  // The list is still worth having when the leader cannot be asked (an
+  // election): said, not failed.
+  if (seen_err)
+    j["last_seen_unavailable"] = seen_err->code + ": " + seen_err->message;
+  auto r = json_response(200, j);
+  stamp(j, view, r);
+  r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  c->rep->send(std::move(r));
 }
 
 void router::get_sessions(const std::shared_ptr<call>& c) {

@@ -120,6 +120,12 @@ class pool_api {
   /// A snapshot now; answers the log index it covers.
   using index_cb = std::function<void(uint64_t, std::optional<api_error>)>;
   virtual void snapshot(index_cb cb) = 0;
+  /// When each node connected to the leader was last heard from:
+  /// {node id: ms since the epoch}, asked of the leader's gateway (only it
+  /// has the nodes). The default knows nothing.
+  virtual void last_seen(json_cb cb) {
+    cb(nlohmann::json::object(), std::nullopt);
+  }
   /// Hands leadership to member `to` (0: the most up-to-date voter);
   /// answers {leader_id, term} once the transfer ended.
   virtual void transfer(uint64_t to, json_cb cb) {
@@ -192,6 +198,9 @@ class router {
   void get_info(const std::shared_ptr<call>& c);
   void get_status(const std::shared_ptr<call>& c);
   void get_miners(const std::shared_ptr<call>& c);
+  static void send_miners(const std::shared_ptr<call>& c, const pb::Snapshot& s,
+                          const nlohmann::json& view, const nlohmann::json& seen,
+                          const std::optional<api_error>& seen_err);
   void get_sessions(const std::shared_ptr<call>& c);
   void get_session(const std::shared_ptr<call>& c, const std::string& id);
   void get_tasks(const std::shared_ptr<call>& c, const std::string& sid,

@@ -146,6 +146,11 @@ try {
     const tr = document.querySelector(`#miners tr[data-node-id="${m.node_id}"]`);
     return [m.latency_ms, tr ? tr.cells[4].textContent : null];
   }), miners);
+  // When the leader last heard from each: "Ns ago", or "—" when not connected.
+  out.seen = await page.evaluate((ms) => ms.map((m) => {
+    const tr = document.querySelector(`#miners tr[data-node-id="${m.node_id}"]`);
+    return [m.last_seen ?? 0, tr ? tr.cells[10].textContent : null];
+  }), miners);
   const kept = miners.filter((m) => m.state === "quarantined" || m.state === "retired");
   if (kept.length > 0) {
     out.kept_reason = kept[0].reason || "";

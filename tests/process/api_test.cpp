@@ -170,6 +170,8 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
                          dir + "/ctl-miners.out");
   EXPECT_EQ(mrc, 0);
   EXPECT_NE(mout.find("miner-0  ephemeral (drained)"), std::string::npos) << mout;
+  EXPECT_NE(mout.find("SEEN"), std::string::npos) << mout;
+  EXPECT_NE(mout.find("s ago"), std::string::npos) << mout;
   auto [frc, fout] = run({"ctl", "--url", url, "--key", client_key, "retire", "miner-1"},
                          dir + "/ctl-forbidden.out");
   EXPECT_EQ(frc, 3);
@@ -630,6 +632,25 @@ TEST(api, ctl_speaks_for_every_route) {
     if (m["node_id"] == "miner-1")
       miner1 = m["state"].get<std::string>();
   EXPECT_EQ(miner1, "retired") << miners.dump();
+  // When the oracle last heard from a node: a heartbeat ago (100 ms here),
+  // and later at a second look.
+  auto seen = [&](const json& list) {
+    for (auto& m : list["miners"])
+      if (m["node_id"] == "miner-0")
+        return m.value("last_seen", int64_t{0});
+    return int64_t{0};
+  };
+  auto wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+  };
+  auto first = seen(miners);
+  EXPECT_GT(first, wall_ms() - 10000) << miners.dump();
+  EXPECT_LE(first, wall_ms()) << miners.dump();
+  std::this_thread::sleep_for(500ms);
+  auto again = body_of(c.Get("/api/v1/miners"));
+  EXPECT_GT(seen(again), first) << again.dump();
   auto [s9, snap] = ctl_env(p.port, admin_key, "--json snapshot");
   EXPECT_EQ(s9, 0) << snap;
   EXPECT_GT(last_json_line(snap)["snapshot_index"].get<uint64_t>(), 0u) << snap;

@@ -898,6 +898,14 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
   for (auto& m : miners["miners"])
     drained |= m["node_id"] == "miner-0" && m.value("drained", false);
   EXPECT_TRUE(drained) << miners.dump();
+  // When each node was last heard from is known to the leader's gateway
+  // alone: a follower asks it.
+  auto via_follower = get(f, "/api/v1/miners");
+  int heard = 0;
+  for (auto& m : via_follower["miners"])
+    heard += m.contains("last_seen");
+  EXPECT_GE(heard, 1) << via_follower.dump();
+  EXPECT_FALSE(via_follower.contains("last_seen_unavailable")) << via_follower.dump();
 
   // Leadership handed over by hand, asked of a follower (sent to the
   // leader), to that follower.

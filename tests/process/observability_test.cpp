@@ -157,6 +157,18 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
     } else {
       EXPECT_NE(cell.find(" ms"), std::string::npos) << out;
     }
+  // Seen: every node in the pool is connected and heard from; the table
+  // says how long ago.
+  ASSERT_EQ(j["seen"].size(), 4u) << out;
+  int heard = 0;
+  for (auto& [ms, cell] : j["seen"].get<std::vector<std::pair<int64_t, std::string>>>())
+    if (ms == 0) {
+      EXPECT_EQ(cell, "—") << out;
+    } else {
+      ++heard;
+      EXPECT_NE(cell.find("s ago"), std::string::npos) << out;
+    }
+  EXPECT_GE(heard, 3) << out;
   EXPECT_EQ(j["matched"]["nodes-total"], 4) << out;
   // The node kept out is listed with why (its reason as /api/v1/miners
   // gives it: a failed test, or its deadline passed on a loaded machine).

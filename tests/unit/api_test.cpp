@@ -71,6 +71,13 @@ struct fake_pool : pool_api {
     done.set_state(pb::COMPLETED);
     sessions["old"] = done;
   }
+  json seen = {{"n1", 1700000000123}};
+  std::optional<api_error> refuse_seen;
+  void last_seen(json_cb cb) override {
+    if (refuse_seen)
+      return cb({}, refuse_seen);
+    cb(seen, std::nullopt);
+  }
   void state(state_cb cb) override {
     if (refuse_state)
       return cb(std::nullopt, {}, refuse_state);
@@ -344,6 +351,27 @@ TEST_F(api, MinersAndModels) {
   EXPECT_EQ(call("GET", "/v1/models")->body()["data"].size(), 1u);
   EXPECT_EQ(call("GET", "/api/v1/info")->body()["models"],
             nlohmann::json::array({"llama"}));
+}
+
+TEST_F(api, MinersSayWhenTheLeaderLastHeardFromEach) {
+  auto* gone = pool->snap.add_nodes();
+  gone->set_id("n2");
+  gone->set_state(pb::RETIRED);
+  auto j = call("GET", "/api/v1/miners")->body();
+  ASSERT_EQ(j["miners"].size(), 2u);
+  EXPECT_EQ(j["miners"][0]["last_seen"], 1700000000123) << j.dump();
+  // Not connected to the leader: no time at all, rather than a stale one.
+  EXPECT_FALSE(j["miners"][1].contains("last_seen")) << j.dump();
+  EXPECT_FALSE(j.contains("last_seen_unavailable")) << j.dump();
+  // The leader cannot be asked (an election): the list is still served,
+  // and says why it has no times.
+  pool->refuse_seen = api_error{"not_leader", "no leader is known yet"};
+  auto c = call("GET", "/api/v1/miners");
+  ASSERT_EQ(c->whole.status, 200) << c->whole.body;
+  j = c->body();
+  ASSERT_EQ(j["miners"].size(), 2u);
+  EXPECT_FALSE(j["miners"][0].contains("last_seen")) << j.dump();
+  EXPECT_EQ(j["last_seen_unavailable"], "not_leader: no leader is known yet");
 }
 
 TEST_F(api, SessionsByIdAnd404) {

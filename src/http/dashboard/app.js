@@ -275,7 +275,11 @@
       el('td', { class: 'num' }, m.strikes ?? 0),
       el('td', { class: 'mono' }, m.session_id || ''),
       el('td', { class: 'num', title: m.last_heartbeat ? new Date(m.last_heartbeat).toLocaleString() : null },
-        m.last_heartbeat ? `${ago(m.last_heartbeat)} ago` : ''));
+        m.last_heartbeat ? `${ago(m.last_heartbeat)} ago` : ''),
+      // Heard from by the leader (any message, heartbeats included); a node
+      // not connected to it has none.
+      el('td', { class: 'num', title: m.last_seen ? new Date(m.last_seen).toLocaleString() : null },
+        m.last_seen ? `${ago(m.last_seen)} ago` : '—'));
   }
 
   function renderMiners(d) {
