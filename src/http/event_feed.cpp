@@ -14,8 +14,34 @@ event_feed::event_feed(size_t keep, size_t max_streams, std::chrono::seconds idl
   epoch_ = buf;
 }
 
-std::string event_feed::frame(const nlohmann::json& e) {
-  return "id: " + std::to_string(e.value("seq", uint64_t{0})) + "\ndata: "
+std::optional<event_feed::cursor> event_feed::parse_cursor(const std::string& text) {
+  auto digits = [](const std::string& d, size_t max) {
+    return !d.empty() && d.size() <= max
+           && std::all_of(d.begin(), d.end(),
+                          [](char ch) { return ch >= '0' && ch <= '9'; });
+  };
+  cursor c;
+  auto dash = text.find('-');
+  auto seq = dash == std::string::npos ? text : text.substr(dash + 1);
+  if (dash != std::string::npos) {
+    c.epoch = text.substr(0, dash);
+    bool hex = c.epoch.size() == 16
+               && std::all_of(c.epoch.begin(), c.epoch.end(), [](char ch) {
+                    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
+                  });
+    if (!hex)
+      return std::nullopt;
+  }
+  // 19 digits always fit in 64 bits.
+  if (!digits(seq, 19))
+    return std::nullopt;
+  c.seq = std::stoull(seq);
+  return c;
+}
+
+std::string event_feed::frame(const nlohmann::json& e) const {
+  return "id: " + epoch_ + "-" + std::to_string(e.value("seq", uint64_t{0}))
+         + "\ndata: "
          + e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
          + "\n\n";
 }
@@ -93,7 +119,31 @@ std::vector<nlohmann::json> event_feed::recent(uint64_t after,
   return out;
 }
 
+std::pair<uint64_t, bool> event_feed::resume_locked(const cursor& after) const {
+  if (!after.epoch.empty() && after.epoch != epoch_)
+    return {0, true};  // another process's numbering: all that is kept
+  return {after.seq, gap_locked(after.seq)};
+}
+
+bool event_feed::gap(const cursor& after) const {
+  std::lock_guard<std::mutex> g{mu_};
+  return resume_locked(after).second;
+}
+
+std::vector<nlohmann::json> event_feed::recent(const cursor& after, size_t limit) {
+  uint64_t from;
+  {
+    std::lock_guard<std::mutex> g{mu_};
+    from = resume_locked(after).first;
+  }
+  return recent(from, limit);
+}
+
 bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
+  return follow(r, cursor{epoch_, after});
+}
+
+bool event_feed::follow(const std::shared_ptr<reply>& r, const cursor& at) {
   bool was;
   {
     // Whether anyone watched, and the new stream added, in one step: a
@@ -109,7 +159,8 @@ bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
     head.headers.emplace_back("X-Accel-Buffering", "no");
     r->begin_stream(std::move(head));
     std::string backlog = ": nodepool events, epoch " + epoch_ + "\n\n";
-    if (gap_locked(after))
+    auto [after, gap] = resume_locked(at);
+    if (gap)
       backlog += "event: gap\ndata: {\"epoch\":\"" + epoch_
                  + "\",\"reason\":\"events after the one asked for are no "
                    "longer kept, or this oracle restarted\"}\n\n";

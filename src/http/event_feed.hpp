@@ -12,6 +12,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -22,6 +24,16 @@ namespace nodepool::http {
 
 class event_feed {
  public:
+  /// Where a reader stands: after event `seq` of the numbering `epoch`
+  /// (empty: this process's, as a bare seq says).
+  struct cursor {
+    std::string epoch;
+    uint64_t seq = 0;
+  };
+  /// "SEQ" (digits) or "EPOCH-SEQ" (a stream's id: 16 hex digits, a dash,
+  /// digits); nullopt for anything else.
+  static std::optional<cursor> parse_cursor(const std::string& text);
+
   /// Keeps the last `keep` events; at most `max_streams` live streams.
   /// Events published while nobody watches (see watched()) may be skipped
   /// by the publisher: the list then starts when someone looks.
@@ -34,6 +46,8 @@ class event_feed {
   /// Whether events after `after` were missed: older than the oldest kept,
   /// or `after` was numbered by another process (a restart).
   bool gap(uint64_t after) const;
+  /// The same for a cursor: another epoch's is always a gap.
+  bool gap(const cursor& after) const;
 
   /// Numbers the events (seq, from 1) and sends each to every stream.
   void publish(std::vector<nlohmann::json> events);
@@ -41,11 +55,16 @@ class event_feed {
   /// Up to `limit` kept events with seq > after, oldest first.
   /// (Reading counts as watching: see watched().)
   std::vector<nlohmann::json> recent(uint64_t after, size_t limit);
+  /// The same after a cursor; after another epoch's, from the first kept.
+  std::vector<nlohmann::json> recent(const cursor& after, size_t limit);
 
   /// Starts a stream on `r`: a comment naming the epoch, an `event: gap`
   /// frame if gap(after), the kept events after `after`, then every new
   /// one. False (nothing sent) when max_streams are open.
   bool follow(const std::shared_ptr<reply>& r, uint64_t after);
+  /// The same after a cursor (Last-Event-ID as the stream's ids give it):
+  /// after another epoch's, the gap frame and every kept event.
+  bool follow(const std::shared_ptr<reply>& r, const cursor& after);
 
   /// A comment line to every stream (so a client that left is noticed and
   /// dropped, and proxies keep the stream open); drops closed streams.
@@ -67,13 +86,18 @@ class event_feed {
   bool watched(std::chrono::steady_clock::time_point now =
                  std::chrono::steady_clock::now()) const;
 
-  /// One event as an SSE frame: "id: SEQ\ndata: JSON\n\n".
-  static std::string frame(const nlohmann::json& e);
+  /// One event as an SSE frame: "id: EPOCH-SEQ\ndata: JSON\n\n". The id
+  /// names the epoch, so that a stream resumed (Last-Event-ID) from
+  /// another process's numbering is told of the gap and given every
+  /// kept event, not only those numbered past its seq.
+  std::string frame(const nlohmann::json& e) const;
 
  private:
   void prune();  // with mu_ held
   bool watched_locked(std::chrono::steady_clock::time_point now) const;
   bool gap_locked(uint64_t after) const;
+  /// The seq to start after (0 for another epoch) and whether it is a gap.
+  std::pair<uint64_t, bool> resume_locked(const cursor& after) const;
   void watching(bool was);  // calls on_watch_ if nobody watched before
 
   size_t keep_;

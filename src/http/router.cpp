@@ -1266,20 +1266,19 @@ void router::get_events(const std::shared_ptr<call>& c) {
   if (!cfg_.events)
     return c->rep->send(error_response(404, "not_found",
                                        "this oracle keeps no event feed"));
-  // Where to start: ?after=SEQ, or the Last-Event-ID of a stream resumed.
-  uint64_t after = 0;
+  // Where to start: ?after=SEQ, or the Last-Event-ID of a stream resumed
+  // (EPOCH-SEQ, as the stream's ids are; either form is taken in both).
+  event_feed::cursor after;
   auto& q = c->req.query;
   std::string from = q.count("after") ? q.at("after")
                                       : c->req.header("last-event-id");
   if (!from.empty()) {
-    bool digits = from.size() <= 19
-                  && std::all_of(from.begin(), from.end(),
-                                 [](char ch) { return ch >= '0' && ch <= '9'; });
-    if (!digits)
+    auto parsed = event_feed::parse_cursor(from);
+    if (!parsed)
       return c->rep->send(error_response(
-        400, "bad_field", "after (or Last-Event-ID) must be an event's seq: "
-                          "digits only"));
-    after = std::stoull(from);
+        400, "bad_field", "after (or Last-Event-ID) must be an event's seq "
+                          "(digits) or a stream's id (EPOCH-SEQ)"));
+    after = *parsed;
   }
   auto& accept = c->req.header("accept");
   auto stream = q.find("stream");
@@ -1301,7 +1300,7 @@ void router::get_events(const std::shared_ptr<call>& c) {
   // Events missed: older than those kept, or numbered before a restart
   // (another epoch): the client starts again from what is here.
   j["gap"] = cfg_.events->gap(after);
-  j["next"] = list.empty() ? (j["gap"].get<bool>() ? 0 : after)
+  j["next"] = list.empty() ? (j["gap"].get<bool>() ? 0 : after.seq)
                            : list.back()["seq"].get<uint64_t>();
   j["events"] = std::move(list);
   c->rep->send(json_response(200, j));

@@ -862,7 +862,20 @@ TEST_F(api, events_are_listed_after_a_seq_and_streamed) {
   std::string all_chunks;
   for (auto& c : s->chunks)
     all_chunks += c;
-  EXPECT_NE(all_chunks.find("id: 3\ndata: "), std::string::npos) << all_chunks;
+  EXPECT_NE(all_chunks.find("id: " + cfg.events->epoch() + "-3\ndata: "),
+            std::string::npos)
+    << all_chunks;
+  // The stream's ids are taken back as Last-Event-ID or ?after; another
+  // process's is a gap, with every kept event.
+  auto same = call("GET", "/api/v1/events?after=" + cfg.events->epoch() + "-2");
+  ASSERT_EQ(same->whole.status, 200) << same->whole.body;
+  EXPECT_FALSE(same->body()["gap"].get<bool>());
+  EXPECT_EQ(same->body()["events"].size(), 1u);
+  auto other = call("GET", "/api/v1/events?after=0123456789abcdef-50");
+  ASSERT_EQ(other->whole.status, 200) << other->whole.body;
+  EXPECT_TRUE(other->body()["gap"].get<bool>());
+  EXPECT_EQ(other->body()["events"].size(), 3u);
+  expect_error(*call("GET", "/api/v1/events?after=abc-1"), 400, "bad_field");
   expect_error(*call("GET", "/api/v1/events", "", ""), 401, "unauthorized");
 }
 

@@ -254,16 +254,61 @@ TEST(event_feed, says_when_a_client_missed_events) {
   EXPECT_NE(s->data.find(f.epoch()), std::string::npos);
 }
 
+TEST(event_feed, a_stream_resumed_from_another_processs_id_gets_the_gap_and_all_kept) {
+  http::event_feed before{100};  // the process before a restart
+  for (int i = 0; i < 9; ++i)
+    before.publish({json{{"type", "old"}}});
+  http::event_feed f{100};
+  for (int i = 0; i < 12; ++i)
+    f.publish({json{{"type", "new"}}});
+  // The ids name the epoch, as a browser hands them back in Last-Event-ID.
+  auto s = std::make_shared<stream_sink>();
+  ASSERT_TRUE(before.follow(s, 8));
+  auto id_at = s->data.find("id: " + before.epoch() + "-9\n");
+  ASSERT_NE(id_at, std::string::npos) << s->data;
+  auto last_id = before.epoch() + "-9";
+  // Resumed on the new process with the old one's id: 9 is below the new
+  // numbering's 12, and a bare seq would skip 1..9 without a word.
+  auto c = http::event_feed::parse_cursor(last_id);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->epoch, before.epoch());
+  EXPECT_EQ(c->seq, 9u);
+  EXPECT_FALSE(f.gap(c->seq)) << "a bare seq cannot tell";
+  EXPECT_TRUE(f.gap(*c));
+  EXPECT_EQ(f.recent(*c, 100).size(), 12u);
+  auto r = std::make_shared<stream_sink>();
+  ASSERT_TRUE(f.follow(r, *c));
+  EXPECT_NE(r->data.find("event: gap\n"), std::string::npos) << r->data;
+  EXPECT_NE(r->data.find("id: " + f.epoch() + "-1\n"), std::string::npos) << r->data;
+  EXPECT_NE(r->data.find("id: " + f.epoch() + "-12\n"), std::string::npos) << r->data;
+  // Its own epoch: as a bare seq.
+  auto own = http::event_feed::parse_cursor(f.epoch() + "-10");
+  ASSERT_TRUE(own);
+  EXPECT_FALSE(f.gap(*own));
+  EXPECT_EQ(f.recent(*own, 100).size(), 2u);
+  auto o = std::make_shared<stream_sink>();
+  ASSERT_TRUE(f.follow(o, *own));
+  EXPECT_EQ(o->data.find("event: gap"), std::string::npos) << o->data;
+  EXPECT_EQ(o->data.find("-10\n"), std::string::npos) << o->data;
+  EXPECT_NE(o->data.find("id: " + f.epoch() + "-11\n"), std::string::npos) << o->data;
+  // What is not a cursor.
+  for (auto bad : {"", "x", "-1", "+1", "12-3", "0123456789abcdeg-1",
+                   "0123456789ABCDEF-1", "0123456789abcdef-", "0123456789abcdef--1",
+                   "99999999999999999999"})
+    EXPECT_FALSE(http::event_feed::parse_cursor(bad)) << bad;
+  EXPECT_TRUE(http::event_feed::parse_cursor("0123456789abcdef-0"));
+}
+
 TEST(event_feed, a_stream_gets_the_backlog_then_live_events_until_it_closes) {
   http::event_feed f{100, 2};
   f.publish({json{{"type", "a"}}, json{{"type", "b"}}});
   auto s = std::make_shared<stream_sink>();
   ASSERT_TRUE(f.follow(s, 1));  // resumed after seq 1
   EXPECT_TRUE(s->begun);
-  EXPECT_EQ(s->data.find("id: 1\n"), std::string::npos) << s->data;
-  EXPECT_NE(s->data.find("id: 2\ndata: {"), std::string::npos) << s->data;
+  EXPECT_EQ(s->data.find("-1\n"), std::string::npos) << s->data;
+  EXPECT_NE(s->data.find("id: " + f.epoch() + "-2\ndata: {"), std::string::npos) << s->data;
   f.publish({json{{"type", "c"}}});
-  EXPECT_NE(s->data.find("id: 3\n"), std::string::npos);
+  EXPECT_NE(s->data.find("id: " + f.epoch() + "-3\n"), std::string::npos);
   EXPECT_NE(s->data.find("\"type\":\"c\""), std::string::npos);
   // At most two streams.
   auto s2 = std::make_shared<stream_sink>();

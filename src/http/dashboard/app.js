@@ -400,16 +400,21 @@
     let buf = '';
     let data = [];
     let id = null;
+    let type = null;
     const dispatch = () => {
       const payload = data.join('\n');
       const frameId = id;
+      const frameType = type;
       data = [];
       id = null;
+      type = null;
       if (frameId !== null) lastEventId = frameId;
       if (!payload) return;
       let e;
       try { e = JSON.parse(payload); } catch { console.warn('unreadable event', payload); return; }
       if (frameId === null && e && e.seq !== undefined) lastEventId = e.seq;
+      // Events were missed (dropped, or the oracle restarted): said in the list.
+      if (frameType === 'gap' && e && typeof e === 'object') e = Object.assign({ type: 'gap' }, e);
       renderEvent(e);
     };
     const line = (l) => {
@@ -421,6 +426,7 @@
       if (value[0] === ' ') value = value.slice(1);
       if (field === 'data') data.push(value);
       else if (field === 'id' && !value.includes('\0')) id = value;
+      else if (field === 'event') type = value;
     };
     for (;;) {
       const { value, done } = await reader.read();
