@@ -85,6 +85,7 @@ struct http_options {
   double rate_per_key = 0;
   int threads = 2;
   size_t max_connections = 0;  // 0: the server's default (4096)
+  int64_t events_keepalive_ms = 0;  // 0: 15 s
 };
 void add_http_flags(CLI::App& cmd, http_options& o);
 

@@ -72,9 +72,12 @@ http_api start_http_api(const http_options& o,
     }
   };
   rc.events = std::make_shared<http::event_feed>();
+  auto keepalive = std::chrono::milliseconds(
+    o.events_keepalive_ms > 0 ? o.events_keepalive_ms : 15000);
+  rc.events->announce_keepalive(keepalive);
   auto counters = std::make_shared<http::server_counters>();
   rc.server = counters;
-  auto relay = spawn_event_relay(sys, h.supervisor, rc.events);
+  auto relay = spawn_event_relay(sys, h.supervisor, rc.events, keepalive);
   std::shared_ptr<void> relay_guard(nullptr, [relay, feed = rc.events](void*) {
     caf::anon_send_exit(relay, caf::exit_reason::user_shutdown);
     feed->close_all();  // the streams it holds hold their connections
@@ -128,6 +131,11 @@ void add_http_flags(CLI::App& cmd, http_options& o) {
                  "HTTP connections open at once, at most (default 4096); "
                  "past it a new one is answered 503")
     ->check(CLI::Range(1, 1000000));
+  cmd.add_option("--http-events-keepalive-ms", o.events_keepalive_ms,
+                 "a comment on every event stream this often (default 15000), "
+                 "so that proxies keep it open and a reader can tell a "
+                 "silent stream from a quiet pool")
+    ->check(CLI::Range(int64_t{100}, int64_t{600000}));
   cmd.add_option("--api-rate", o.rate_per_key,
                  "requests per second per API key (default: no limit)")
     ->check(CLI::Range(0.0, 1e9));

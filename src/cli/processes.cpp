@@ -301,6 +301,12 @@ int run_oracle(oracle_options& o) {
           if (!v.is_integer() || !x || *x < 1 || *x > 64)
             throw bad("expected 1..64");
           o.api.threads = static_cast<int>(*x);
+        } else if (key == "events_keepalive_ms") {
+          auto x = v.value<int64_t>();
+          if (!v.is_integer() || !x || *x < 100 || *x > 600000)
+            throw bad("expected 100..600000 (ms)");
+          if (o.api.events_keepalive_ms == 0)  // the flag wins
+            o.api.events_keepalive_ms = *x;
         } else if (key == "max_connections") {
           auto x = v.value<int64_t>();
           if (!v.is_integer() || !x || *x < 1 || *x > 1000000)

@@ -158,7 +158,9 @@ bool event_feed::follow(const std::shared_ptr<reply>& r, const cursor& at) {
     head.content_type = "text/event-stream";
     head.headers.emplace_back("X-Accel-Buffering", "no");
     r->begin_stream(std::move(head));
-    std::string backlog = ": nodepool events, epoch " + epoch_ + "\n\n";
+    std::string backlog = ": nodepool events, epoch " + epoch_
+                          + ", keep-alive every "
+                          + std::to_string(keepalive_.count()) + " ms\n\n";
     auto [after, gap] = resume_locked(at);
     if (gap)
       backlog += "event: gap\ndata: {\"epoch\":\"" + epoch_
@@ -185,6 +187,11 @@ bool event_feed::gap_locked(uint64_t after) const {
 bool event_feed::gap(uint64_t after) const {
   std::lock_guard<std::mutex> g{mu_};
   return gap_locked(after);
+}
+
+void event_feed::announce_keepalive(std::chrono::milliseconds every) {
+  std::lock_guard<std::mutex> g{mu_};
+  keepalive_ = every;
 }
 
 void event_feed::heartbeat() {

@@ -66,6 +66,12 @@ class event_feed {
   /// after another epoch's, the gap frame and every kept event.
   bool follow(const std::shared_ptr<reply>& r, const cursor& after);
 
+  /// How often heartbeat() is called: said in every stream's first
+  /// comment ("keep-alive every N ms"), so that a reader can tell a stream
+  /// gone silent (a half-open connection) from a quiet pool. 15 s unless
+  /// told.
+  void announce_keepalive(std::chrono::milliseconds every);
+
   /// A comment line to every stream (so a client that left is noticed and
   /// dropped, and proxies keep the stream open); drops closed streams.
   void heartbeat();
@@ -104,6 +110,7 @@ class event_feed {
   size_t max_streams_;
   std::chrono::seconds idle_;
   std::string epoch_;
+  std::chrono::milliseconds keepalive_{15000};
   std::optional<std::chrono::steady_clock::time_point> last_read_;
   mutable std::mutex mu_;
   std::deque<nlohmann::json> ring_;

@@ -3,15 +3,19 @@
 // numbers match GET /api/v1/status at the same applied index. Prints one
 // JSON object; exits 1 with the reason when something is off.
 //
-//   NODEPOOL_NPM_DIR=<dir> node dashboard.mjs BASE_URL KEY SCREENSHOT.png
+//   NODEPOOL_NPM_DIR=<dir> node dashboard.mjs BASE_URL KEY SCREENSHOT.png [PID]
 //
+// PID: the oracle's process, stopped (SIGSTOP) for a while at the end: its
+// event stream goes silent without closing, as a half-open connection does,
+// and the page must notice, say so, and follow the stream again once the
+// oracle goes on (SIGCONT).
 // KEY "-": an oracle without keys (loopback): the page asks for none.
 import { createRequire } from "node:module";
 
 const require = createRequire(process.env.NODEPOOL_NPM_DIR + "/");
 const { chromium } = require("playwright-core");
 
-const [base, key, screenshot] = process.argv.slice(2);
+const [base, key, screenshot, oraclePid] = process.argv.slice(2);
 const out = {};
 let browser;
 const fail = async (why) => {
@@ -175,6 +179,31 @@ try {
 
   await page.screenshot({ path: screenshot, fullPage: true });
   out.screenshot = screenshot;
+
+  if (oraclePid) {
+    const state = () => page.evaluate(() => document.getElementById("stream-state").dataset.state);
+    out.live_before_stop = await until("the stream to be live", async () => (await state()) === "live");
+    const pid = Number(oraclePid);
+    process.kill(pid, "SIGSTOP");
+    const stopped = Date.now();
+    try {
+      // Not `until`: it exits on a timeout, and the oracle must go on first.
+      while (Date.now() - stopped < 20000) {
+        const s = await state();
+        if (s !== "live") {
+          out.silent_state = s;
+          out.silent_after_ms = Date.now() - stopped;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      out.silent_error = await page.$eval("#error", (e) => e.textContent);
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    out.live_again = await until("the stream to be live again",
+                                 async () => (await state()) === "live", 30000);
+  }
   out.external_requests = external;
   out.page_errors = consoleErrors;
   if (external.length > 0) await fail("the page fetched from elsewhere");

@@ -858,6 +858,18 @@ TEST(multiprocess, bad_config_is_refused_with_the_key_named) {
   EXPECT_NE(read_file(dir + "/oracle3.out.err").find("oracel"),
             std::string::npos)
     << read_file(dir + "/oracle3.out.err");
+  // A keep-alive too short to be one.
+  {
+    std::ofstream f{dir + "/keepalive.toml"};
+    f << "[http]\nevents_keepalive_ms = 5\n";
+  }
+  auto [rc4, out4] = run({"oracle", "--config", dir + "/keepalive.toml",
+                          "--data-dir", dir + "/db", "--port", "0"},
+                         dir + "/oracle4.out", 20s);
+  EXPECT_EQ(rc4, 2) << out4;
+  EXPECT_NE(read_file(dir + "/oracle4.out.err").find("http.events_keepalive_ms"),
+            std::string::npos)
+    << read_file(dir + "/oracle4.out.err");
 }
 
 TEST(multiprocess, sample_config_loads_and_flags_override_it) {

@@ -26,8 +26,8 @@ double sample(const std::string& text, const std::string& series) {
 
 /// Three healthy nodes and one that answers wrong (kept out after its test).
 struct watched_pool : api_pool {
-  explicit watched_pool(const std::string& d)
-    : api_pool(d, 4, {}, {"--behaviour", "healthy:3,wrong:1"}) {}
+  explicit watched_pool(const std::string& d, std::vector<std::string> extra = {})
+    : api_pool(d, 4, std::move(extra), {"--behaviour", "healthy:3,wrong:1"}) {}
   json settled() {
     return wait_status(
       [](const json& j) {
@@ -130,7 +130,9 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
     GTEST_SKIP() << "playwright-core is not in " << npm << " (tools/test installs it)";
   auto dir = temp_dir("obs-dashboard");
   cleanup tidy{dir};
-  watched_pool p{dir};
+  // Keep-alive comments every second: the page then takes 3 s of silence
+  // for a connection gone half-open.
+  watched_pool p{dir, {"--http-events-keepalive-ms", "1000"}};
   ASSERT_GT(p.port, 0) << p.oracle->errors();
   auto st = p.settled();
   ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 3) << st.dump();
@@ -140,7 +142,8 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
                              + std::string{NODEPOOL_SOURCE_DIR}
                              + "/tests/dashboard/dashboard.mjs http://127.0.0.1:"
                              + std::to_string(p.port) + " " + admin_key + " "
-                             + shot.string());
+                             + shot.string() + " "
+                             + std::to_string(p.oracle->pid()));
   ASSERT_EQ(rc, 0) << out;
   auto j = last_json_line(out);
   ASSERT_TRUE(j.is_object()) << out;
@@ -179,6 +182,13 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
   EXPECT_EQ(j["members"], "single oracle") << out;
   EXPECT_TRUE(j["external_requests"].empty()) << out;
   EXPECT_TRUE(std::filesystem::file_size(shot) > 10000) << shot;
+  // The oracle stopped (SIGSTOP): its stream went silent without closing,
+  // and the page said so and dropped it; followed again once it went on.
+  EXPECT_EQ(j.value("silent_state", std::string{}), "reconnecting") << out;
+  EXPECT_NE(j.value("silent_error", std::string{}).find("silent for 3 s"),
+            std::string::npos)
+    << out;
+  EXPECT_TRUE(j.value("live_again", false)) << out;
 }
 
 TEST(observability, json_logs_are_one_object_per_line_with_one_per_event) {

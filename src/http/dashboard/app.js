@@ -13,6 +13,12 @@
   const MAX_EVENTS = 200;
   const REQUEST_TIMEOUT_MS = 8000;
   const STREAM_RETRY_MS = 2000;
+  // A stream that says nothing, not even its keep-alive comment, for three of
+  // its keep-alive intervals (announced in its first comment; 15 s unless
+  // told), is a connection gone half-open: dropped and made again.
+  const KEEPALIVE_DEFAULT_MS = 15000;
+  const STREAM_IDLE_MIN_MS = 3000;
+  let streamIdleMs = 3 * KEEPALIVE_DEFAULT_MS;  // as the last stream announced
   const PANELS = ['status', 'miners', 'sessions', 'members', 'events'];
 
   const $ = (id) => document.getElementById(id);
@@ -374,8 +380,13 @@
     const h = headers({ Accept: 'text/event-stream' });
     if (lastEventId !== null) h['Last-Event-ID'] = String(lastEventId);
     streamState('connecting');
+    const watch = { heard: Date.now(), idle: streamIdleMs, silent: false };
+    const watchdog = setInterval(() => {
+      if (Date.now() - watch.heard > watch.idle) { watch.silent = true; ctl.abort(); }
+    }, 500);
     try {
       const res = await fetch('/api/v1/events', { headers: h, cache: 'no-store', signal: ctl.signal });
+      watch.heard = Date.now();
       if (my !== gen) return;
       if (res.status === 401) { unauthorized(); return; }
       if (!res.ok || !res.body) {
@@ -384,17 +395,20 @@
       } else {
         clearError('events');
         streamState('live');
-        await readStream(res.body, my);
+        await readStream(res.body, my, watch);
       }
     } catch (e) {
       if (my !== gen) return;     // aborted by a restart
+    } finally {
+      clearInterval(watchdog);
     }
     if (my !== gen) return;
+    if (watch.silent) setError('events', `/api/v1/events: silent for ${Math.round(watch.idle / 1000)} s; connecting again`);
     streamState('reconnecting');
     setTimeout(() => openStream(my), STREAM_RETRY_MS);
   }
 
-  async function readStream(body, my) {
+  async function readStream(body, my, watch) {
     const reader = body.getReader();
     const decoder = new TextDecoder();
     let buf = '';
@@ -419,7 +433,11 @@
     };
     const line = (l) => {
       if (l === '') return dispatch();
-      if (l[0] === ':') return;                       // comment / keep-alive
+      if (l[0] === ':') {                             // comment / keep-alive
+        const k = /keep-alive every (\d+) ms/.exec(l);
+        if (k) streamIdleMs = watch.idle = Math.max(STREAM_IDLE_MIN_MS, 3 * Number(k[1]));
+        return;
+      }
       const i = l.indexOf(':');
       const field = i < 0 ? l : l.slice(0, i);
       let value = i < 0 ? '' : l.slice(i + 1);
@@ -431,6 +449,7 @@
     for (;;) {
       const { value, done } = await reader.read();
       if (done || my !== gen) break;
+      watch.heard = Date.now();
       buf += decoder.decode(value, { stream: true });
       const hold = buf.endsWith('\r') ? '\r' : '';   // a CR may be the first half of CRLF
       const lines = (hold ? buf.slice(0, -1) : buf).split(/\r\n|\r|\n/);
