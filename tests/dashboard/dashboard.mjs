@@ -180,6 +180,21 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   out.screenshot = screenshot;
 
+  // Asked to wait (429 with Retry-After: 5), the page waits that long
+  // before it asks again, not its usual 2 s.
+  const asked = [];
+  await page.route("**/api/v1/miners", async (route) => {
+    asked.push(Date.now());
+    if (asked.length > 1) return route.continue();
+    return route.fulfill({
+      status: 429, contentType: "application/json", headers: { "Retry-After": "5" },
+      body: JSON.stringify({ error: { code: "rate_limited", message: "slow down" } }),
+    });
+  });
+  await until("the miners asked for again after the 429", () => asked.length >= 2, 20000);
+  await page.unroute("**/api/v1/miners");
+  out.retry_after_waited_ms = asked[1] - asked[0];
+
   if (oraclePid) {
     const state = () => page.evaluate(() => document.getElementById("stream-state").dataset.state);
     out.live_before_stop = await until("the stream to be live", async () => (await state()) === "live");

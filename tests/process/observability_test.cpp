@@ -182,6 +182,8 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
   EXPECT_EQ(j["members"], "single oracle") << out;
   EXPECT_TRUE(j["external_requests"].empty()) << out;
   EXPECT_TRUE(std::filesystem::file_size(shot) > 10000) << shot;
+  // Told to wait 5 s, the page did (its miners are polled every 2 s).
+  EXPECT_GE(j.value("retry_after_waited_ms", 0), 4900) << out;
   // The oracle stopped (SIGSTOP): its stream went silent without closing,
   // and the page said so and dropped it; followed again once it went on.
   EXPECT_EQ(j.value("silent_state", std::string{}), "reconnecting") << out;

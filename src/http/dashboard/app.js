@@ -89,6 +89,17 @@
     return h;
   }
 
+  // How long the oracle asked a source to wait (429 or 503 with Retry-After,
+  // seconds or an HTTP date): its next request waits at least that long.
+  const backoff = new Map();
+  function retryAfterMs(res) {
+    if (res.status !== 429 && res.status !== 503) return 0;
+    const v = res.headers.get('Retry-After');
+    if (!v) return 0;
+    const ms = /^\d+$/.test(v.trim()) ? Number(v) * 1000 : Date.parse(v) - Date.now();
+    return Number.isFinite(ms) && ms > 0 ? Math.min(ms, 300000) : 0;
+  }
+
   // Returns the parsed body on success, null otherwise (the error is shown).
   async function api(path, src) {
     const my = gen;
@@ -108,6 +119,8 @@
     if (my !== gen) return null;
     if (res.status === 401) { unauthorized(); return null; }
     if (!res.ok || !body) {
+      const wait = retryAfterMs(res);
+      if (wait > 0) backoff.set(src, wait);
       const msg = body && body.error && body.error.message;
       setError(src, `${path}: ${msg || (res.ok ? 'invalid response' : `HTTP ${res.status} ${res.statusText}`.trim())}`);
       return null;
@@ -129,7 +142,9 @@
       if (data) {
         try { render(data); mark(src); } catch (e) { console.error(`rendering ${src} failed`, e); }
       }
-      setTimeout(tick, every);
+      const wait = backoff.get(src) || 0;
+      backoff.delete(src);
+      setTimeout(tick, Math.max(every, wait));
     };
     setTimeout(tick, delay || 0);
   }
@@ -390,6 +405,8 @@
       if (my !== gen) return;
       if (res.status === 401) { unauthorized(); return; }
       if (!res.ok || !res.body) {
+        const wait = retryAfterMs(res);
+        if (wait > 0) backoff.set('events', wait);
         const b = await res.json().catch(() => null);
         setError('events', `/api/v1/events: ${(b && b.error && b.error.message) || `HTTP ${res.status}`}`);
       } else {
@@ -405,7 +422,9 @@
     if (my !== gen) return;
     if (watch.silent) setError('events', `/api/v1/events: silent for ${Math.round(watch.idle / 1000)} s; connecting again`);
     streamState('reconnecting');
-    setTimeout(() => openStream(my), STREAM_RETRY_MS);
+    const wait = backoff.get('events') || 0;
+    backoff.delete('events');
+    setTimeout(() => openStream(my), Math.max(STREAM_RETRY_MS, wait));
   }
 
   async function readStream(body, my, watch) {
