@@ -35,7 +35,10 @@ namespace {
 struct node_state {
   node_config cfg;
   std::unique_ptr<sim_backend> backend;
-  caf::actor model;  // the `openai` backend's worker, if any
+  // The `openai` backend's workers, if any: one request at a time each,
+  // `openai_config::parallel` of them; a prompt goes to the least busy.
+  std::vector<caf::actor> models;
+  std::vector<uint32_t> in_flight;  // per worker
   caf::actor gateway;
   bool registered = false;
   int64_t heartbeat_ms = 1000;
@@ -174,8 +177,26 @@ caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
   };
 }
 
-/// Answers a cognitive test with the model: one request per challenge,
-/// answers sent together once all are in (a failed one answers empty).
+/// The least busy of the node's workers, counted busy until release_model.
+size_t pick_model(self_ptr self) {
+  auto& st = self->state;
+  size_t w = 0;
+  for (size_t i = 1; i < st.models.size(); ++i)
+    if (st.in_flight[i] < st.in_flight[w])
+      w = i;
+  ++st.in_flight[w];
+  return w;
+}
+
+void release_model(self_ptr self, size_t w) {
+  auto& n = self->state.in_flight;
+  if (w < n.size() && n[w] > 0)
+    --n[w];
+}
+
+/// Answers a cognitive test with the model: one request per challenge (as
+/// many at once as the node has workers), answers sent together once all
+/// are in (a failed one answers empty).
 void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
   struct pending {
     pb::MinerMsg out;
@@ -203,13 +224,20 @@ void answer_with_model(self_ptr self, const pb::CognitiveTest& t) {
     return;
   }
   auto until = t.deadline_ms() > 0 ? steady_ms() + t.deadline_ms() : 0;
-  for (int i = 0; i < t.challenges_size(); ++i)
-    self->request(self->state.model, caf::infinite, task_atom::value,
+  for (int i = 0; i < t.challenges_size(); ++i) {
+    auto w = pick_model(self);
+    self->request(self->state.models[w], caf::infinite, task_atom::value,
                   t.challenges(i).prompt(), t.challenges(i).max_tokens(), until)
-      .then([=](std::string& text, uint32_t tokens) {
-              done(i, std::move(text), tokens);
-            },
-            [=](caf::error&) { done(i, {}, 0); });
+      .then(
+        [=](std::string& text, uint32_t tokens) {
+          release_model(self, w);
+          done(i, std::move(text), tokens);
+        },
+        [=](caf::error&) {
+          release_model(self, w);
+          done(i, {}, 0);
+        });
+  }
 }
 
 /// Serves a task with the model: ack at once, then precommit and commit of
@@ -229,10 +257,12 @@ void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
   // The precommit, which needs the output, is the task's second phase: due
   // two phase timeouts after the task went out.
   auto until = t.phase_timeout_ms() > 0 ? steady_ms() + 2 * t.phase_timeout_ms() : 0;
-  self->request(self->state.model, caf::infinite, task_atom::value, t.prompt(),
-                until)
+  auto w = pick_model(self);
+  self->request(self->state.models[w], caf::infinite, task_atom::value,
+                t.prompt(), until)
     .then(
       [=](std::string& text) {
+        release_model(self, w);
         auto& st = self->state;
         if (!st.gateway)
           return;
@@ -249,7 +279,7 @@ void serve_with_model(self_ptr self, const pb::TaskSpec& t) {
         com.mutable_task_commit()->set_output(text);
         self->send(st.gateway, miner_atom::value, com.SerializeAsString());
       },
-      [](caf::error&) {});
+      [=](caf::error&) { release_model(self, w); });
 }
 
 void on_oracle(self_ptr self, const pb::OracleMsg& m) {
@@ -282,7 +312,7 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
     case pb::OracleMsg::kTest: {
       ++st.tests;
       auto& t = m.test();
-      if (st.model) {
+      if (!st.models.empty()) {
         answer_with_model(self, t);
         break;
       }
@@ -315,7 +345,7 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
     case pb::OracleMsg::kTask: {
       ++st.tasks;
       auto& t = m.task();
-      if (st.model) {
+      if (!st.models.empty()) {
         serve_with_model(self, t);
         break;
       }
@@ -399,9 +429,12 @@ caf::actor spawn_node(caf::actor_system& sys, node_config cfg,
                                                st.cfg.deadline_hint_ms,
                                                st.cfg.knowledge);
     if (st.cfg.openai) {
-      st.model = self->system().spawn<caf::detached>(inference_worker,
-                                                     *st.cfg.openai);
-      self->link_to(st.model);  // the worker goes when the node goes
+      for (uint32_t i = 0; i < std::max<uint32_t>(1, st.cfg.openai->parallel); ++i) {
+        st.models.push_back(self->system().spawn<caf::detached>(
+          inference_worker, *st.cfg.openai));
+        st.in_flight.push_back(0);
+        self->link_to(st.models.back());  // the workers go when the node goes
+      }
     }
     st.gateway = gateway;
     self->set_down_handler([=](caf::down_msg& dm) {

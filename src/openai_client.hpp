@@ -48,6 +48,10 @@ struct openai_config {
   int64_t timeout_ms = 30000;
   /// The answer's body, decompressed, is refused past this size.
   uint64_t max_body_bytes = 4u << 20;
+  /// Requests a node sends at once (one worker thread each): a server with
+  /// parallel slots (llama.cpp's --parallel, vLLM) answers a test's
+  /// questions side by side instead of one after another.
+  uint32_t parallel = 1;
   /// Shared by the clients that one signal must stop (may be null).
   std::shared_ptr<request_canceller> canceller;
 };

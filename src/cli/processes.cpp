@@ -548,6 +548,7 @@ struct miner_options {
   std::string openai_model;
   std::string openai_key;
   int64_t openai_timeout_ms = 30000;
+  uint32_t openai_parallel = 1;
   tls_files tls;
   std::string key;         // node key file (nodepool keygen)
   std::string join_token;
@@ -582,6 +583,7 @@ int run_miner(miner_options& o) {
       if (auto* k = std::getenv("OPENAI_API_KEY"))
         oc.api_key = k;
     oc.timeout_ms = o.openai_timeout_ms;
+    oc.parallel = o.openai_parallel;
     // A signal ends the requests under way: the nodes' workers do not make
     // the process wait for the inference server (up to the timeout, for
     // each prompt queued).
@@ -1403,6 +1405,11 @@ void add_miner(CLI::App& app) {
                   "model name sent to it (default: the first of --models)");
   cmd->add_option("--openai-key", o->openai_key,
                   "API key (default: $OPENAI_API_KEY)");
+  cmd->add_option("--openai-parallel", o->openai_parallel,
+                  "requests each node sends the inference server at once "
+                  "(default 1); set it to the server's parallel slots (llama.cpp "
+                  "--parallel) so that a test's questions are answered side by side")
+    ->check(CLI::Range(1, 64));
   cmd->add_option("--openai-timeout-ms", o->openai_timeout_ms,
                   "limit of each request to the inference server, whole: connection, sending, the answer's last byte (default 30000)")
     ->check(CLI::Range(int64_t{1}, int64_t{3600000}));

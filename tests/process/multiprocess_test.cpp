@@ -403,6 +403,62 @@ std::vector<std::string> test_ends(const std::string& log, const std::string& pr
   return out;
 }
 
+/// A model that takes `ms` a question and knows the bank, counting the
+/// requests it serves at once.
+struct slow_model {
+  std::atomic<int> now{0}, most{0};
+  fake_server server;
+  explicit slow_model(int ms)
+    : server{[this, ms](const httplib::Request& req, httplib::Response& res) {
+        int n = ++now;
+        for (int m = most.load(); n > m && !most.compare_exchange_weak(m, n);)
+          ;
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        res.set_content(completion(sim_knowledge::builtin()->answer(prompt_of(req))),
+                        "application/json");
+        --now;
+      }} {}
+};
+
+// A test's five questions within 1 s from a model that takes 350 ms each:
+// one at a time they take 1.75 s and fail; with --openai-parallel 5 they go
+// side by side and pass.
+TEST(multiprocess, a_tests_questions_go_side_by_side_with_openai_parallel) {
+  slow_model wide_model{350}, narrow_model{350};
+  auto dir = temp_dir("openai-parallel");
+  cleanup tidy{dir};
+  child oracle{info_oracle_args(dir, {}), dir + "/oracle.out"};
+  ASSERT_TRUE(oracle.wait_for_output("listening on", 20s)) << oracle.errors();
+  auto target = "127.0.0.1:" + listening_port(oracle.output());
+  child wide{{"miner", "--oracle", target, "--nodes", "1", "--id-prefix", "wide",
+              "--backend", "openai", "--openai-url", wide_model.server.url(),
+              "--openai-parallel", "5"},
+             dir + "/wide.out"};
+  child narrow{{"miner", "--oracle", target, "--nodes", "1", "--id-prefix", "narrow",
+                "--backend", "openai", "--openai-url", narrow_model.server.url()},
+               dir + "/narrow.out"};
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end
+         && (test_ends(oracle.errors(), "wide").empty()
+             || test_ends(oracle.errors(), "narrow").empty()))
+    std::this_thread::sleep_for(100ms);
+  auto wide_ends = test_ends(oracle.errors(), "wide");
+  auto narrow_ends = test_ends(oracle.errors(), "narrow");
+  ASSERT_FALSE(wide_ends.empty()) << oracle.errors();
+  ASSERT_FALSE(narrow_ends.empty()) << oracle.errors();
+  EXPECT_EQ(wide_ends.front(), "passed") << oracle.errors();
+  EXPECT_NE(narrow_ends.front(), "passed") << oracle.errors();
+  EXPECT_GE(wide_model.most.load(), 2);
+  EXPECT_LE(wide_model.most.load(), 5);
+  EXPECT_EQ(narrow_model.most.load(), 1);
+  wide.signal(SIGTERM);
+  narrow.signal(SIGTERM);
+  EXPECT_EQ(wide.wait_exit(10s), 0) << wide.errors();
+  EXPECT_EQ(narrow.wait_exit(10s), 0) << narrow.errors();
+  oracle.signal(SIGTERM);
+  EXPECT_EQ(oracle.wait_exit(20s), 0);
+}
+
 TEST(multiprocess, miners_without_the_model_never_pass_a_real_oracles_tests) {
   // The cheat the old tests let through: a "model" that is a hand-written
   // solver of arithmetic prompts, behind the openai backend.
