@@ -1,6 +1,8 @@
 // Admission: registration, return from LOST, and the start of every test.
 #include "pool_state.hpp"
 
+#include <algorithm>
+
 #include "bounds.hpp"
 
 namespace nodepool {
@@ -50,12 +52,16 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
                                        + " consecutive failures"};
     return;
   }
-  // In the pool, it moves to the indexes of the models it now serves.
-  bool pooled = n.state() == pb::EPHEMERAL;
-  if (pooled)
+  // In the pool, it moves to the indexes of the models it now serves (the
+  // same list: it stays where it is, at no cost).
+  bool same = std::equal(n.models().begin(), n.models().end(),
+                         c.models().begin(), c.models().end());
+  bool move = !same && n.state() == pb::EPHEMERAL;
+  if (move)
     pool_remove(n);
-  *n.mutable_models() = c.models();
-  if (pooled)
+  if (!same)
+    *n.mutable_models() = c.models();
+  if (move)
     pool_add(n);
   n.set_last_heartbeat(now);
   // A node that registers starts out available, which is also what the
