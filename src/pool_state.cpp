@@ -432,6 +432,15 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     if (!sp)
       continue;
     auto& s = *sp;
+    // An interactive session's tasks are its client's prompts: idle this
+    // long, the client stopped asking (or is gone). It ends rather than
+    // wait in the queue to take nodes again, hold them idle, and send them
+    // through re-validation, again and again for as long as the pool runs.
+    if (s.interactive()) {
+      end_session(s, pb::COMPLETED, "idle: no prompt within idle_threshold_ms",
+                  now, out);
+      continue;
+    }
     auto nodes = std::vector<std::string>(s.nodes().begin(), s.nodes().end());
     for (auto& nid : nodes)
       if (auto* n = live_node(nid))

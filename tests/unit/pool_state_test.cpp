@@ -2059,6 +2059,38 @@ TEST(PoolTick, IdleSessionReleasesNodesAndIsRequeued) {
   EXPECT_EQ(h.session("s1").tasks_done(), 1u);
 }
 
+// An interactive session's client stopped sending prompts: the session
+// ends (completed) and its nodes are re-validated. Requeued, as a batch
+// session is, it would be served again and again, holding nodes idle for
+// a client that may be gone.
+TEST(PoolTick, AnIdleInteractiveSessionEndsInsteadOfWaitingAgain) {
+  auto p = quiet();
+  p.idle_threshold_ms = 5000;
+  harness h{p};
+  h.admit("n1");
+  h.admit("n2");
+  auto c = submit_cmd("chat", "m", 1, 2, 2, 100);
+  c.mutable_submit_session()->set_interactive(true);
+  ASSERT_FALSE(h.apply(c).refused);
+  ASSERT_EQ(h.sstate("chat"), pb::ACTIVE);
+  h.now += 2000;
+  h.task("chat", {{"n1", pb::OK}, {"n2", pb::OK}});
+  h.now += 5001;
+  auto r = h.tick();
+  auto* e = end_of(r, "chat");
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state(), pb::COMPLETED);
+  EXPECT_EQ(e->reason(), "idle: no prompt within idle_threshold_ms");
+  EXPECT_EQ(h.pool.sessions_requeued(), 0u);
+  EXPECT_EQ(h.pool.session("chat"), nullptr) << "archived";
+  for (auto id : {"n1", "n2"}) {
+    ASSERT_NE(release_of(r, id), nullptr);
+    EXPECT_EQ(h.state(id), pb::REVALIDATING);
+  }
+  ASSERT_EQ(r.archived.size(), 1u);
+  EXPECT_EQ(r.archived[0].tasks_done(), 1u);
+}
+
 TEST(PoolTick, QueueTimeoutFailsSession) {
   auto p = quiet();
   p.queue_timeout_ms = 10000;
