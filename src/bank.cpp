@@ -110,6 +110,38 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
         throw fail("max_tokens: expected an integer 1..4096");
       it.max_tokens = v.get<uint32_t>();
       has_max = true;
+    } else if (k == "must" || k == "must_not") {
+      // "must": ["tilt|axis", ...]; "must_not": ["closer to the sun", ...]
+      auto what = k + ": expected a non-empty list of phrases (at most 16, "
+                      "each 1..128 bytes with a letter or digit"
+                  + std::string{k == "must" ? "; '|' between alternatives)" : ")"};
+      if (!v.is_array() || v.empty() || v.size() > 16)
+        throw fail(what);
+      for (auto& x : v) {
+        if (!x.is_string())
+          throw fail(what);
+        auto text = x.get<std::string>();
+        std::vector<std::string> alts;
+        if (k == "must") {
+          std::stringstream in{text};
+          for (std::string a; std::getline(in, a, '|');)
+            alts.push_back(a);
+          if (!text.empty() && text.back() == '|')
+            alts.push_back("");
+        } else {
+          alts.push_back(text);
+        }
+        for (auto& a : alts)
+          if (a.empty() || a.size() > 128
+              || std::none_of(a.begin(), a.end(), [](unsigned char c) {
+                   return std::isalnum(c);
+                 }))
+            throw fail(what);
+        if (k == "must")
+          it.must.push_back(std::move(alts));
+        else
+          it.must_not.push_back(std::move(text));
+      }
     } else if (k == "models") {
       if (!v.is_array() || v.empty())
         throw fail("models: expected a non-empty list of model names");
@@ -121,7 +153,7 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
     } else {
       throw fail("unknown key '" + k
                  + "' (expected id, level, grade, prompt, answer, tolerance, "
-                   "threshold, max_tokens, models)");
+                   "threshold, must, must_not, max_tokens, models)");
     }
   }
   if (it.id.empty())
@@ -145,6 +177,12 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
     throw fail("tolerance is only for grade number");
   if (has_threshold && it.grade != grade_mode::similar)
     throw fail("threshold is only for grade similar");
+  if ((!it.must.empty() || !it.must_not.empty()) && it.grade != grade_mode::similar)
+    throw fail("must and must_not are only for grade similar");
+  // The reference itself must pass: a healthy model answering as it does
+  // would fail otherwise.
+  if (auto why = missing_concept(it, it.answer); !why.empty())
+    throw fail("answer: the reference fails its own " + why);
   if (!has_max)
     it.max_tokens = it.grade == grade_mode::peer      ? 96
                     : it.grade == grade_mode::similar ? 64
@@ -153,6 +191,53 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
 }
 
 } // namespace
+
+std::vector<std::string> words_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::string w;
+  for (unsigned char c : text) {
+    if (std::isalnum(c)) {
+      w += static_cast<char>(std::tolower(c));
+    } else if (!w.empty()) {
+      out.push_back(std::move(w));
+      w.clear();
+    }
+  }
+  if (!w.empty())
+    out.push_back(std::move(w));
+  return out;
+}
+
+bool mentions(const std::string& text, const std::string& phrase) {
+  auto t = words_of(text), p = words_of(phrase);
+  if (p.empty() || p.size() > t.size())
+    return false;
+  for (size_t i = 0; i + p.size() <= t.size(); ++i) {
+    size_t k = 0;
+    while (k < p.size() && t[i + k].compare(0, p[k].size(), p[k]) == 0)
+      ++k;
+    if (k == p.size())
+      return true;
+  }
+  return false;
+}
+
+std::string missing_concept(const bank_item& item, const std::string& answer) {
+  for (auto& concept_ : item.must) {
+    bool any = false;
+    std::string named;
+    for (auto& alt : concept_) {
+      any = any || mentions(answer, alt);
+      named += (named.empty() ? "" : "|") + alt;
+    }
+    if (!any)
+      return "must " + named;
+  }
+  for (auto& phrase : item.must_not)
+    if (mentions(answer, phrase))
+      return "must_not " + phrase;
+  return {};
+}
 
 std::string normalize_answer(const std::string& s) {
   const char* strip = " \t\r\n\"'`";

@@ -45,11 +45,31 @@ struct bank_item {
   std::string answer;
   double tolerance = 0;
   double threshold = 0.8;
+  /// `similar` only: concepts the answer must mention, each a list of
+  /// alternatives ("tilt|axis"), and phrases it must not ("closer to the
+  /// sun"). A phrase is mentioned when its words begin consecutive words
+  /// of the answer ("dens" is in "less dense", "density").
+  std::vector<std::vector<std::string>> must;
+  std::vector<std::string> must_not;
   uint32_t max_tokens = 16;
   std::vector<std::string> models;  // empty: any model
 
   bool for_model(const std::string& m) const;
 };
+
+/// The words of `text`: runs of letters and digits, lower-cased.
+std::vector<std::string> words_of(const std::string& text);
+
+/// Whether `phrase`'s words begin consecutive words of `text` (letters and
+/// digits, any case): "less dens" is in "It is less dense.". A phrase
+/// without a word is in nothing.
+bool mentions(const std::string& text, const std::string& phrase);
+
+/// What a `similar` item requires that `answer` lacks: "" when it mentions
+/// one alternative of every `must` concept and no `must_not` phrase;
+/// otherwise the first concept missing ("must tilt|axis") or phrase found
+/// ("must_not closer to the sun").
+std::string missing_concept(const bank_item& item, const std::string& answer);
 
 /// A bank file that cannot be used: `what()` names the file and line.
 struct bank_error : std::runtime_error {

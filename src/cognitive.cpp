@@ -114,25 +114,6 @@ test_plan choose_challenges(const std::string& secret, uint64_t test_id,
   return plan;
 }
 
-namespace {
-
-std::vector<std::string> words_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::string w;
-  for (unsigned char c : text) {
-    if (std::isalnum(c)) {
-      w += static_cast<char>(std::tolower(c));
-    } else if (!w.empty()) {
-      out.push_back(std::move(w));
-      w.clear();
-    }
-  }
-  if (!w.empty())
-    out.push_back(std::move(w));
-  return out;
-}
-
-} // namespace
 
 double copied_share(const std::string& answer, const std::string& prompt) {
   constexpr size_t run = 4;
@@ -165,6 +146,10 @@ bool grade_answer(const bank_item& item, const std::string& answer) {
     case grade_mode::similar: {
       auto a = normalize_answer(answer);
       if (a.empty() || copied_share(answer, item.prompt) > 0.5)
+        return false;
+      // The idea the question is about, named, and no wrong one: words in
+      // common with the reference alone do not make an answer right.
+      if (!missing_concept(item, answer).empty())
         return false;
       return cosine(embed(a), embed(normalize_answer(item.answer))) >= item.threshold;
     }

@@ -11,6 +11,7 @@
 
 #include "bank.hpp"
 #include "cognitive.hpp"
+#include "embedding.hpp"
 #include "sim_backend.hpp"
 
 using namespace nodepool;
@@ -90,6 +91,52 @@ TEST(Grading, SimilarAboveThreshold) {
   EXPECT_TRUE(grade_answer(it, "Ice floats because it is less dense than liquid water."));
   // A peer item has no reference: grading alone never passes it.
   EXPECT_FALSE(grade_answer(item(grade_mode::peer, ""), "anything"));
+}
+
+// Words in common with the reference do not make an answer right: "the
+// distance from the Sun" shares more of them with a right answer about the
+// seasons than a right answer in other words does. The concept the question
+// is about (`must`), and no wrong claim (`must_not`), tell them apart.
+TEST(Grading, SimilarNeedsTheConceptNotTheWords) {
+  auto it = item(grade_mode::similar,
+                 "The seasons come from the tilt of the Earth's axis: each "
+                 "hemisphere gets the Sun's rays more directly for part of the year.",
+                 0, 0.3);
+  it.prompt = "In one sentence, what causes the seasons on Earth?";
+  const char* wrong = "The seasons come from the Earth's distance from the Sun, "
+                      "which changes for each hemisphere during the year.";
+  const char* right = "Because Earth's axis is inclined by 23.5 degrees, so "
+                      "sunlight strikes each half of the planet at a changing angle.";
+  // By the embedding alone the wrong answer passes and scores above the
+  // right one.
+  auto score = [&](const char* a) {
+    return cosine(embed(normalize_answer(a)), embed(normalize_answer(it.answer)));
+  };
+  EXPECT_GT(score(wrong), score(right));
+  EXPECT_TRUE(grade_answer(it, wrong));
+  it.must = {{"tilt", "axis", "inclin", "obliqu"}};
+  it.must_not = {"distance from the sun", "closer to the sun"};
+  EXPECT_FALSE(grade_answer(it, wrong));
+  EXPECT_EQ(missing_concept(it, wrong), "must tilt|axis|inclin|obliqu");
+  EXPECT_TRUE(grade_answer(it, right)) << score(right);
+  EXPECT_TRUE(grade_answer(it, it.answer));
+  // Tilt named, with the wrong cause besides: refused.
+  EXPECT_FALSE(grade_answer(it, "The tilt matters less than the Earth getting "
+                                "closer to the Sun in summer."));
+  EXPECT_EQ(missing_concept(it, "in summer we are closer to the sun; tilt too"),
+            "must_not closer to the sun");
+}
+
+TEST(Grading, MentionsMatchesWordBeginningsInOrder) {
+  EXPECT_TRUE(mentions("Ice is less dense than water.", "dens"));
+  EXPECT_TRUE(mentions("Ice is less dense than water.", "less dens"));
+  EXPECT_TRUE(mentions("ICE, IS; DENSER!", "ice is denser"));
+  EXPECT_FALSE(mentions("Ice is less dense.", "dense less"));  // order
+  EXPECT_FALSE(mentions("condensed", "dens"));                 // a word's start
+  EXPECT_FALSE(mentions("Ice is less dense.", "ice dens"));   // consecutive
+  EXPECT_FALSE(mentions("anything", ""));
+  EXPECT_FALSE(mentions("anything", "--"));
+  EXPECT_FALSE(mentions("", "word"));
 }
 
 TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {
@@ -265,6 +312,18 @@ TEST(Bank, MalformedFilesAreRefusedWithTheirLineNumber) {
      "threshold"},
     {R"({"id":"b","level":0,"grade":"exact","prompt":"P","answer":"x","tolerance":1})",
      "only for grade number"},
+    {R"({"id":"b","level":0,"grade":"exact","prompt":"P","answer":"x","must":["x"]})",
+     "only for grade similar"},
+    {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"x y","must":["a||b"]})",
+     "must: expected"},
+    {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"x y","must":[]})",
+     "must: expected"},
+    {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"x y","must_not":["--"]})",
+     "must_not: expected"},
+    {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"ice is light","must":["dens|heav"]})",
+     "the reference fails its own must dens|heav"},
+    {R"({"id":"b","level":0,"grade":"similar","prompt":"P","answer":"ice is denser","must_not":["ice is dens"]})",
+     "the reference fails its own must_not ice is dens"},
     {R"({"id":"b","level":0,"grade":"exact","prompt":"P","answer":"x","colour":1})",
      "unknown key 'colour'"},
     {R"({"id":"a","level":0,"grade":"exact","prompt":"P","answer":"x"})",
