@@ -1587,6 +1587,12 @@ void add_bank(CLI::App& app) {
     nlohmann::json j;
     j["bank"] = o->file.empty() ? "builtin" : o->file;
     j["items"] = bank->items().size();
+    // Graded by the embedding alone: a wrong answer that shares the
+    // reference's words can pass (README, "Writing a bank", must).
+    j["similar_without_must"] = nlohmann::json::array();
+    for (auto& it : bank->items())
+      if (it.grade == grade_mode::similar && it.must.empty())
+        j["similar_without_must"].push_back(it.id);
     for (auto& c : costs)
       j["levels"].push_back({{"level", c.level},
                              {"prompts", c.prompts},
@@ -1609,6 +1615,15 @@ void add_bank(CLI::App& app) {
                   static_cast<unsigned long long>(c.prompt_tokens),
                   static_cast<unsigned long long>(c.answer_tokens),
                   static_cast<long long>(test_latency_bound_ms(p, c.level)));
+    if (auto& loose = j["similar_without_must"]; !loose.empty()) {
+      std::string ids;
+      for (auto& id : loose)
+        ids += (ids.empty() ? "" : ", ") + id.get<std::string>();
+      std::printf("note: %zu similar item(s) without must, graded by the "
+                  "embedding alone (a wrong answer that shares the "
+                  "reference's words can pass): %s\n",
+                  loose.size(), ids.c_str());
+    }
   });
 }
 

@@ -658,6 +658,17 @@ TEST(multiprocess, a_malformed_bank_stops_the_oracle_with_its_line) {
   auto [grc, gout] = run({"bank"}, dir + "/good.out", 20s);
   EXPECT_EQ(grc, 0) << gout;
   EXPECT_NE(gout.find("builtin: 48 items, valid"), std::string::npos) << gout;
+  EXPECT_EQ(gout.find("without must"), std::string::npos) << gout;
+  // A similar item graded by the embedding alone is valid, and named.
+  {
+    std::ofstream f{dir + "/loose.jsonl"};
+    f << R"({"id":"a","level":0,"grade":"exact","prompt":"P?","answer":"x"})" "\n"
+      << R"({"id":"why-sky","level":0,"grade":"similar","prompt":"Why is the sky blue?","answer":"Air scatters blue light more than red."})" "\n";
+  }
+  auto [lrc, lout] = run({"bank", dir + "/loose.jsonl"}, dir + "/loose.out", 20s);
+  EXPECT_EQ(lrc, 0) << lout;
+  EXPECT_NE(lout.find("note: 1 similar item(s) without must"), std::string::npos) << lout;
+  EXPECT_NE(lout.find(": why-sky"), std::string::npos) << lout;
 }
 
 TEST(multiprocess, the_grader_is_not_in_what_a_miner_links) {
