@@ -418,8 +418,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
   for (auto t = session_timers_.begin();
        t != session_timers_.end() && t->first <= now; ++t) {
     auto& s = *t->second;  // a live session: ending one unschedules it
-    if (s.state() == pb::ACTIVE
-        && now - s.last_activity() > params_.idle_threshold_ms)
+    if (s.state() == pb::ACTIVE && now - s.last_activity() > idle_limit(s))
       idle.push_back(s.id());
     else if (s.state() == pb::QUEUED
              && now - s.last_activity() > params_.queue_timeout_ms)
@@ -433,7 +432,8 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
       continue;
     auto& s = *sp;
     // An interactive session's tasks are its client's prompts: idle this
-    // long, the client stopped asking (or is gone). It ends rather than
+    // long (and as long again as a prompt sent at the last moment could
+    // take: idle_limit), the client stopped asking (or is gone). It ends rather than
     // wait in the queue to take nodes again, hold them idle, and send them
     // through re-validation, again and again for as long as the pool runs.
     if (s.interactive()) {

@@ -289,6 +289,11 @@ private:
   int64_t node_due(const pb::NodeRecord& n) const;
   int64_t node_state_due(const pb::NodeRecord& n) const;
   int64_t session_due(const pb::SessionRecord& s) const;
+  /// How long an active session may go without a task's outcome before it
+  /// counts as idle: idle_threshold_ms, and for an interactive one the
+  /// longest a prompt may still be under way besides (three phases), so
+  /// that one sent just before the threshold is answered, not cut off.
+  int64_t idle_limit(const pb::SessionRecord& s) const;
   /// At least as many nodes as could serve a session now (EPHEMERAL,
   /// AVAILABLE, of the model counted in `c`, at `min_level` or above): an
   /// upper bound from counts, O(levels).

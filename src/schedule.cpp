@@ -65,10 +65,15 @@ int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
   }
 }
 
+int64_t pool_state::idle_limit(const pb::SessionRecord& s) const {
+  return params_.idle_threshold_ms
+         + (s.interactive() ? 3 * params_.task_phase_timeout_ms : 0);
+}
+
 int64_t pool_state::session_due(const pb::SessionRecord& s) const {
   switch (s.state()) {
     case pb::ACTIVE:
-      return s.last_activity() + params_.idle_threshold_ms + 1;
+      return s.last_activity() + idle_limit(s) + 1;
     case pb::QUEUED:
       return s.last_activity() + params_.queue_timeout_ms + 1;
     default:
