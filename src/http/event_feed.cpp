@@ -97,6 +97,14 @@ void event_feed::watching(bool was) {
 
 std::vector<nlohmann::json> event_feed::recent(uint64_t after,
                                                size_t limit) {
+  return read(cursor{epoch_, after}, limit).events;
+}
+
+std::vector<nlohmann::json> event_feed::recent(const cursor& after, size_t limit) {
+  return read(after, limit).events;
+}
+
+event_feed::page event_feed::read(const cursor& after, size_t limit) {
   bool was;
   {
     std::lock_guard<std::mutex> g{mu_};
@@ -104,39 +112,37 @@ std::vector<nlohmann::json> event_feed::recent(uint64_t after,
     last_read_ = std::chrono::steady_clock::now();
   }
   watching(was);
+  // The events and whether some were missed, in one look: a publish in
+  // between cannot make the two disagree.
   std::lock_guard<std::mutex> g{mu_};
-  std::vector<nlohmann::json> out;
-  // seq is consecutive in the ring: start at the first one past `after`.
+  page out;
+  auto [from, gap] = resume_locked(after);
+  out.gap = gap;
+  // seq is consecutive in the ring: start at the first one past `from`.
   size_t start = 0;
   if (!ring_.empty()) {
     auto first = ring_.front()["seq"].get<uint64_t>();
-    if (after >= first)
-      start = static_cast<size_t>(std::min<uint64_t>(after - first + 1,
+    if (from >= first)
+      start = static_cast<size_t>(std::min<uint64_t>(from - first + 1,
                                                      ring_.size()));
   }
-  for (size_t i = start; i < ring_.size() && out.size() < limit; ++i)
-    out.push_back(ring_[i]);
+  for (size_t i = start; i < ring_.size() && out.events.size() < limit; ++i)
+    out.events.push_back(ring_[i]);
+  out.next = out.events.empty() ? from : out.events.back()["seq"].get<uint64_t>();
   return out;
 }
 
 std::pair<uint64_t, bool> event_feed::resume_locked(const cursor& after) const {
-  if (!after.epoch.empty() && after.epoch != epoch_)
-    return {0, true};  // another process's numbering: all that is kept
+  // Another process's numbering (another epoch named, or a bare seq past
+  // any this one gave): a gap, and all that is kept.
+  if ((!after.epoch.empty() && after.epoch != epoch_) || after.seq >= next_seq_)
+    return {0, true};
   return {after.seq, gap_locked(after.seq)};
 }
 
 bool event_feed::gap(const cursor& after) const {
   std::lock_guard<std::mutex> g{mu_};
   return resume_locked(after).second;
-}
-
-std::vector<nlohmann::json> event_feed::recent(const cursor& after, size_t limit) {
-  uint64_t from;
-  {
-    std::lock_guard<std::mutex> g{mu_};
-    from = resume_locked(after).first;
-  }
-  return recent(from, limit);
 }
 
 bool event_feed::follow(const std::shared_ptr<reply>& r, uint64_t after) {
@@ -162,8 +168,12 @@ bool event_feed::follow(const std::shared_ptr<reply>& r, const cursor& at) {
                           + ", keep-alive every "
                           + std::to_string(keepalive_.count()) + " ms\n\n";
     auto [after, gap] = resume_locked(at);
+    // The gap frame carries an id (the last seq given so far): a stream
+    // that drops before another event resumes from here, not from the
+    // other process's id again.
     if (gap)
-      backlog += "event: gap\ndata: {\"epoch\":\"" + epoch_
+      backlog += "id: " + epoch_ + "-" + std::to_string(next_seq_ - 1)
+                 + "\nevent: gap\ndata: {\"epoch\":\"" + epoch_
                  + "\",\"reason\":\"events after the one asked for are no "
                    "longer kept, or this oracle restarted\"}\n\n";
     for (auto& e : ring_)

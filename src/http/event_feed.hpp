@@ -58,6 +58,16 @@ class event_feed {
   /// The same after a cursor; after another epoch's, from the first kept.
   std::vector<nlohmann::json> recent(const cursor& after, size_t limit);
 
+  /// What a reader after `after` gets, in one look: up to `limit` events,
+  /// whether some were missed (gap: then the events start at the first
+  /// kept), and the seq to ask after next.
+  struct page {
+    std::vector<nlohmann::json> events;
+    bool gap = false;
+    uint64_t next = 0;
+  };
+  page read(const cursor& after, size_t limit);
+
   /// Starts a stream on `r`: a comment naming the epoch, an `event: gap`
   /// frame if gap(after), the kept events after `after`, then every new
   /// one. False (nothing sent) when max_streams are open.

@@ -1292,16 +1292,19 @@ void router::get_events(const std::shared_ptr<call>& c) {
                                   "too many event streams are open"));
     return;
   }
+  auto got = cfg_.events->read(after, 1000);
   json list = json::array();
-  for (auto& e : cfg_.events->recent(after, 1000))
+  for (auto& e : got.events)
     list.push_back(std::move(e));
   json j;
   j["epoch"] = cfg_.events->epoch();
-  // Events missed: older than those kept, or numbered before a restart
-  // (another epoch): the client starts again from what is here.
-  j["gap"] = cfg_.events->gap(after);
-  j["next"] = list.empty() ? (j["gap"].get<bool>() ? 0 : after.seq)
-                           : list.back()["seq"].get<uint64_t>();
+  // Events missed: older than those kept, or numbered by another process
+  // (a restart): the list starts again from the first kept.
+  j["gap"] = got.gap;
+  j["next"] = got.next;
+  // The same, with the epoch: given back as ?after, a restart in between
+  // shows as a gap whatever the seqs.
+  j["next_id"] = cfg_.events->epoch() + "-" + std::to_string(got.next);
   j["events"] = std::move(list);
   c->rep->send(json_response(200, j));
 }
