@@ -1,5 +1,6 @@
 #include "actors/api.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <optional>
@@ -394,11 +395,27 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
-  void last_seen(json_cb cb) override {
+  void last_seen(json_cb done) override {
     auto* sys = &sys_;
-    auto limit = timeout_;
     auto local = gw_;
-    writer([=, cb = std::move(cb)](caf::actor to, std::optional<api_error> err) {
+    // An extra for the miners' list, which is served without it: asked for
+    // 3 s at most in all (finding the leader included), so that a leader
+    // that hangs costs the list its times, not its answer.
+    constexpr auto limit = std::chrono::seconds(3);
+    auto once = std::make_shared<std::atomic<bool>>(false);
+    auto timer = sys_.spawn([done, once](caf::event_based_actor* self) -> caf::behavior {
+      return {caf::after(limit) >> [=] {
+        if (!once->exchange(true))
+          done({}, api_error{"unavailable", "the leader did not say within 3 s"});
+        self->quit();
+      }};
+    });
+    auto cb = [done, once, timer](nlohmann::json j, std::optional<api_error> e) {
+      caf::anon_send_exit(timer, caf::exit_reason::user_shutdown);
+      if (!once->exchange(true))
+        done(std::move(j), std::move(e));
+    };
+    writer([=](caf::actor to, std::optional<api_error> err) {
       if (err)
         return cb({}, err);
       sys->spawn([=](caf::event_based_actor* self) {

@@ -930,6 +930,21 @@ TEST_F(Cluster, EveryMemberServesTheApiAndFollowersPassWritesToTheLeader) {
   auto [c6, a6] = post(l, "/api/v1/completions/after-transfer",
                        R"({"prompt":"still there?","timeout":30})");
   EXPECT_EQ(c6, 200) << a6.dump();
+  // The leader hangs (SIGSTOP): a follower still serves its miners' list,
+  // within the 8 s the dashboard waits, without the times only the leader
+  // knows, and says why.
+  oracle_[f]->signal(SIGSTOP);
+  {
+    httplib::Client c{"127.0.0.1", http[l]};
+    c.set_read_timeout(8, 0);
+    auto r = c.Get("/api/v1/miners");
+    oracle_[f]->signal(SIGCONT);
+    ASSERT_TRUE(r) << "no answer within 8 s";
+    EXPECT_EQ(r->status, 200) << r->body;
+    auto j = nlohmann::json::parse(r->body, nullptr, false);
+    EXPECT_EQ(j["miners"].size(), 3u) << r->body;
+    EXPECT_TRUE(j.contains("last_seen_unavailable")) << r->body;
+  }
   miner.signal(SIGTERM);
 }
 
