@@ -134,7 +134,7 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
         for (auto& a : alts)
           if (a.empty() || a.size() > 128
               || std::none_of(a.begin(), a.end(), [](unsigned char c) {
-                   return std::isalnum(c);
+                   return std::isalnum(c) || c >= 0x80;
                  }))
             throw fail(what);
         if (k == "must")
@@ -196,7 +196,9 @@ std::vector<std::string> words_of(const std::string& text) {
   std::vector<std::string> out;
   std::string w;
   for (unsigned char c : text) {
-    if (std::isalnum(c)) {
+    // Bytes of UTF-8 sequences (>= 0x80) are letters: "été" is one word,
+    // not "t" between two separators.
+    if (std::isalnum(c) || c >= 0x80) {
       w += static_cast<char>(std::tolower(c));
     } else if (!w.empty()) {
       out.push_back(std::move(w));

@@ -57,7 +57,8 @@ struct bank_item {
   bool for_model(const std::string& m) const;
 };
 
-/// The words of `text`: runs of letters and digits, lower-cased.
+/// The words of `text`: runs of letters and digits (and of bytes of UTF-8
+/// sequences), ASCII lower-cased.
 std::vector<std::string> words_of(const std::string& text);
 
 /// Whether `phrase`'s words begin consecutive words of `text` (letters and

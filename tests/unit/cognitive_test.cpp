@@ -137,6 +137,10 @@ TEST(Grading, MentionsMatchesWordBeginningsInOrder) {
   EXPECT_FALSE(mentions("anything", ""));
   EXPECT_FALSE(mentions("anything", "--"));
   EXPECT_FALSE(mentions("", "word"));
+  // UTF-8 letters are part of words: "été" is not "t".
+  EXPECT_TRUE(mentions("En été il fait chaud.", "été"));
+  EXPECT_FALSE(mentions("It is hot.", "été"));
+  EXPECT_FALSE(mentions("En été il fait chaud.", "t"));
 }
 
 TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {

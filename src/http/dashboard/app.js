@@ -146,7 +146,9 @@
       backoff.delete(src);
       setTimeout(tick, Math.max(every, wait));
     };
-    setTimeout(tick, delay || 0);
+    const first = backoff.get(src) || 0;   // start()'s own request may have been told to wait
+    backoff.delete(src);
+    setTimeout(tick, Math.max(delay || 0, first));
   }
 
   // ---- status, tiles and charts -------------------------------------------
@@ -395,7 +397,9 @@
     const h = headers({ Accept: 'text/event-stream' });
     if (lastEventId !== null) h['Last-Event-ID'] = String(lastEventId);
     streamState('connecting');
-    const watch = { heard: Date.now(), idle: streamIdleMs, silent: false };
+    // Until the stream's first comment says how often it speaks, the default
+    // bound: an oracle slow to answer (or a new one) is not cut off early.
+    const watch = { heard: Date.now(), idle: Math.max(streamIdleMs, 3 * KEEPALIVE_DEFAULT_MS), silent: false };
     const watchdog = setInterval(() => {
       if (Date.now() - watch.heard > watch.idle) { watch.silent = true; ctl.abort(); }
     }, 500);
@@ -496,6 +500,7 @@
   async function start() {
     gen += 1;
     stopStream();
+    backoff.clear();
     const my = gen;
     apiKey = sessionStorage.getItem(KEY_NAME) || '';
     const status = await api('/api/v1/status', 'status');
