@@ -912,31 +912,26 @@ TEST(multiprocess, bad_config_is_refused_with_the_key_named) {
   EXPECT_EQ(rc2, 2);
   EXPECT_NE(read_file(dir + "/oracle2.out.err").find("pass_mark"),
             std::string::npos);
+  // A config file that stops the oracle with exit status 2 and `names` in
+  // what it says.
+  auto refused = [&](const std::string& name, const std::string& text,
+                     const std::string& names) {
+    {
+      std::ofstream f{dir + "/" + name + ".toml"};
+      f << text;
+    }
+    auto [rc, out] = run({"oracle", "--config", dir + "/" + name + ".toml",
+                          "--data-dir", dir + "/db", "--port", "0"},
+                         dir + "/" + name + ".out", 20s);
+    EXPECT_EQ(rc, 2) << out;
+    auto err = read_file(dir + "/" + name + ".out.err");
+    EXPECT_NE(err.find(names), std::string::npos) << err;
+  };
   // A misspelt table is an unknown key too, not silently ignored (its port
   // and data directory would be).
-  {
-    std::ofstream f{dir + "/typo.toml"};
-    f << "[oracel]\nport = 1\n";
-  }
-  auto [rc3, out3] = run({"oracle", "--config", dir + "/typo.toml",
-                          "--data-dir", dir + "/db", "--port", "0"},
-                         dir + "/oracle3.out", 20s);
-  EXPECT_EQ(rc3, 2) << out3;
-  EXPECT_NE(read_file(dir + "/oracle3.out.err").find("oracel"),
-            std::string::npos)
-    << read_file(dir + "/oracle3.out.err");
+  refused("typo", "[oracel]\nport = 1\n", "oracel");
   // A keep-alive too short to be one.
-  {
-    std::ofstream f{dir + "/keepalive.toml"};
-    f << "[http]\nevents_keepalive_ms = 5\n";
-  }
-  auto [rc4, out4] = run({"oracle", "--config", dir + "/keepalive.toml",
-                          "--data-dir", dir + "/db", "--port", "0"},
-                         dir + "/oracle4.out", 20s);
-  EXPECT_EQ(rc4, 2) << out4;
-  EXPECT_NE(read_file(dir + "/oracle4.out.err").find("http.events_keepalive_ms"),
-            std::string::npos)
-    << read_file(dir + "/oracle4.out.err");
+  refused("keepalive", "[http]\nevents_keepalive_ms = 5\n", "http.events_keepalive_ms");
 }
 
 TEST(multiprocess, sample_config_loads_and_flags_override_it) {
