@@ -575,6 +575,51 @@ std::pair<int, std::string> ctl_env(int port, const std::string& key,
 // Every ctl command against a real oracle, with its URL and key from the
 // environment: tables for people, JSON with --json, exit 3 when the key
 // may not.
+// A client that stops sending prompts: its interactive session ends once
+// idle_threshold_ms and three task phases have passed (1 s and 3 x 500 ms
+// here), its nodes go back to the pool after re-validation, and a prompt
+// after that is refused 409 session_ended.
+TEST(api, an_interactive_session_left_idle_ends_and_frees_its_nodes) {
+  auto dir = temp_dir("api-idle");
+  cleanup tidy{dir};
+  api_pool p{dir, 2, {"--idle-threshold-ms", "1000"}};
+  ASSERT_GT(p.port, 0) << p.oracle->errors();
+  auto st = p.wait_nodes(2);
+  ASSERT_EQ(st["nodes"]["by_state"]["ephemeral"], 2) << st.dump();
+  auto c = p.client();
+  auto r = c.Post("/api/v1/sessions",
+                  R"({"session_id":"left","max_nodes":2,"redundancy":2,"max_tasks":50})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  r = c.Post("/api/v1/completions/left", R"({"prompt":"anyone there?","timeout":30})",
+             "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  // Left alone: it ends, completed, with why.
+  json s;
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end) {
+    s = body_of(c.Get("/api/v1/sessions/left"));
+    if (s.value("state", "") != "active")
+      break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(s.value("state", ""), "completed") << s.dump();
+  EXPECT_EQ(s.value("reason", ""), "idle: no prompt within idle_threshold_ms") << s.dump();
+  EXPECT_EQ(s.value("tasks_done", 0), 1) << s.dump();
+  // It does not come back for nodes: both are in the pool again.
+  st = p.wait_nodes(2);
+  EXPECT_EQ(st["nodes"]["by_state"]["ephemeral"], 2) << st.dump();
+  EXPECT_EQ(st["sessions"]["queued"], 0) << st.dump();
+  EXPECT_EQ(st["sessions"]["active"], 0) << st.dump();
+  r = c.Post("/api/v1/completions/left", R"({"prompt":"still there?","timeout":5})",
+             "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 409) << r->body;
+  EXPECT_NE(r->body.find("session_ended"), std::string::npos) << r->body;
+}
+
 TEST(api, ctl_speaks_for_every_route) {
   auto dir = temp_dir("api-ctl");
   cleanup tidy{dir};
