@@ -120,8 +120,6 @@ void after_message(self_ptr self) {
   }
 }
 
-/// The `openai` backend's worker: a detached actor (a thread of its own), so
-/// that waiting for the inference server never stalls the scheduler.
 /// Milliseconds of the steady clock: the deadlines the node hands its
 /// worker (a prompt waits in the worker's mailbox behind the others).
 int64_t steady_ms() {
@@ -141,6 +139,8 @@ std::optional<int64_t> left_until(int64_t until) {
   return left;
 }
 
+/// The `openai` backend's worker: a detached actor (a thread of its own), so
+/// that waiting for the inference server never stalls the scheduler.
 caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
   auto client = std::make_shared<openai_client>(std::move(cfg));
   // A prompt whose test or task is past its deadline by the time the

@@ -210,8 +210,11 @@ std::vector<std::string> words_of(const std::string& text) {
   return out;
 }
 
-bool mentions(const std::string& text, const std::string& phrase) {
-  auto t = words_of(text), p = words_of(phrase);
+namespace {
+
+/// Whether `phrase`'s words begin consecutive words of `t`.
+bool mentions_in(const std::vector<std::string>& t, const std::string& phrase) {
+  auto p = words_of(phrase);
   if (p.empty() || p.size() > t.size())
     return false;
   for (size_t i = 0; i + p.size() <= t.size(); ++i) {
@@ -224,19 +227,28 @@ bool mentions(const std::string& text, const std::string& phrase) {
   return false;
 }
 
+} // namespace
+
+bool mentions(const std::string& text, const std::string& phrase) {
+  return mentions_in(words_of(text), phrase);
+}
+
 std::string missing_concept(const bank_item& item, const std::string& answer) {
+  if (item.must.empty() && item.must_not.empty())
+    return {};
+  auto words = words_of(answer);  // once, for every phrase
   for (auto& concept_ : item.must) {
     bool any = false;
     std::string named;
     for (auto& alt : concept_) {
-      any = any || mentions(answer, alt);
+      any = any || mentions_in(words, alt);
       named += (named.empty() ? "" : "|") + alt;
     }
     if (!any)
       return "must " + named;
   }
   for (auto& phrase : item.must_not)
-    if (mentions(answer, phrase))
+    if (mentions_in(words, phrase))
       return "must_not " + phrase;
   return {};
 }

@@ -40,8 +40,7 @@ std::optional<event_feed::cursor> event_feed::parse_cursor(const std::string& te
 }
 
 std::string event_feed::frame(const nlohmann::json& e) const {
-  return "id: " + epoch_ + "-" + std::to_string(e.value("seq", uint64_t{0}))
-         + "\ndata: "
+  return "id: " + id_of(e.value("seq", uint64_t{0})) + "\ndata: "
          + e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
          + "\n\n";
 }
@@ -98,10 +97,6 @@ void event_feed::watching(bool was) {
 std::vector<nlohmann::json> event_feed::recent(uint64_t after,
                                                size_t limit) {
   return read(cursor{epoch_, after}, limit).events;
-}
-
-std::vector<nlohmann::json> event_feed::recent(const cursor& after, size_t limit) {
-  return read(after, limit).events;
 }
 
 event_feed::page event_feed::read(const cursor& after, size_t limit) {
@@ -172,8 +167,7 @@ bool event_feed::follow(const std::shared_ptr<reply>& r, const cursor& at) {
     // that drops before another event resumes from here, not from the
     // other process's id again.
     if (gap)
-      backlog += "id: " + epoch_ + "-" + std::to_string(next_seq_ - 1)
-                 + "\nevent: gap\ndata: {\"epoch\":\"" + epoch_
+      backlog += "id: " + id_of(next_seq_ - 1) + "\nevent: gap\ndata: {\"epoch\":\"" + epoch_
                  + "\",\"reason\":\"events after the one asked for are no "
                    "longer kept, or this oracle restarted\"}\n\n";
     for (auto& e : ring_)
@@ -186,17 +180,14 @@ bool event_feed::follow(const std::shared_ptr<reply>& r, const cursor& at) {
 }
 
 bool event_feed::gap_locked(uint64_t after) const {
-  auto last = next_seq_ - 1;
-  if (after > last)
-    return true;  // numbered by another process (a restart)
+  // (A seq past any given: resume_locked, before this.)
   if (after == 0 || ring_.empty())
     return false;
   return after + 1 < ring_.front()["seq"].get<uint64_t>();  // dropped
 }
 
 bool event_feed::gap(uint64_t after) const {
-  std::lock_guard<std::mutex> g{mu_};
-  return gap_locked(after);
+  return gap(cursor{{}, after});
 }
 
 void event_feed::announce_keepalive(std::chrono::milliseconds every) {

@@ -55,8 +55,6 @@ class event_feed {
   /// Up to `limit` kept events with seq > after, oldest first.
   /// (Reading counts as watching: see watched().)
   std::vector<nlohmann::json> recent(uint64_t after, size_t limit);
-  /// The same after a cursor; after another epoch's, from the first kept.
-  std::vector<nlohmann::json> recent(const cursor& after, size_t limit);
 
   /// What a reader after `after` gets, in one look: up to `limit` events,
   /// whether some were missed (gap: then the events start at the first
@@ -101,6 +99,9 @@ class event_feed {
   /// turning events into JSON while nobody does (the oracle's relay does).
   bool watched(std::chrono::steady_clock::time_point now =
                  std::chrono::steady_clock::now()) const;
+
+  /// The id of event `seq` as streams and next_id give it: "EPOCH-SEQ".
+  std::string id_of(uint64_t seq) const { return epoch_ + "-" + std::to_string(seq); }
 
   /// One event as an SSE frame: "id: EPOCH-SEQ\ndata: JSON\n\n". The id
   /// names the epoch, so that a stream resumed (Last-Event-ID) from

@@ -1304,7 +1304,7 @@ void router::get_events(const std::shared_ptr<call>& c) {
   j["next"] = got.next;
   // The same, with the epoch: given back as ?after, a restart in between
   // shows as a gap whatever the seqs.
-  j["next_id"] = cfg_.events->epoch() + "-" + std::to_string(got.next);
+  j["next_id"] = cfg_.events->id_of(got.next);
   j["events"] = std::move(list);
   c->rep->send(json_response(200, j));
 }

@@ -693,8 +693,15 @@ TEST(api, ctl_speaks_for_every_route) {
   auto first = seen(miners);
   EXPECT_GT(first, wall_ms() - 10000) << miners.dump();
   EXPECT_LE(first, wall_ms()) << miners.dump();
-  std::this_thread::sleep_for(500ms);
-  auto again = body_of(c.Get("/api/v1/miners"));
+  // Heartbeats come every 100 ms: asked again until one has (10 s at most).
+  json again;
+  for (auto end = std::chrono::steady_clock::now() + 10s;
+       std::chrono::steady_clock::now() < end;
+       std::this_thread::sleep_for(50ms)) {
+    again = body_of(c.Get("/api/v1/miners"));
+    if (seen(again) > first)
+      break;
+  }
   EXPECT_GT(seen(again), first) << again.dump();
   auto [s9, snap] = ctl_env(p.port, admin_key, "--json snapshot");
   EXPECT_EQ(s9, 0) << snap;

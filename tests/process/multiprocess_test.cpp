@@ -221,11 +221,15 @@ TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
   auto port = listening_port(oracle.output());
   child miner{{"127.0.0.1", port, "3"}, dir + "/example.out", EXAMPLE_MINER_BIN};
   ASSERT_TRUE(miner.wait_for_output("serving 3", 20s)) << miner.errors();
-  auto j = wait_status(dir, "127.0.0.1:" + port,
+  // The oracle's status once its three nodes are in the pool (30 s at most).
+  auto three_in_pool = [&] {
+    return wait_status(dir, "127.0.0.1:" + port,
                        [](const nlohmann::json& j) {
                          return j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
                        },
                        30s);
+  };
+  auto j = three_in_pool();
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
   // The oracle restarts on its port: the program connects again and its
   // nodes register again, pass their tests and are back in the pool.
@@ -235,11 +239,7 @@ TEST(multiprocess, a_program_embedding_node_actors_serves_an_oracle) {
   child again{oracle_args(dir + "/db", port), dir + "/oracle2.out"};
   ASSERT_TRUE(again.wait_for_output("listening on", 20s)) << again.errors();
   ASSERT_TRUE(miner.wait_for_output("connected again", 20s)) << miner.errors();
-  j = wait_status(dir, "127.0.0.1:" + port,
-                  [](const nlohmann::json& j) {
-                    return j["nodes"]["by_state"]["ephemeral"].get<int>() == 3;
-                  },
-                  30s);
+  j = three_in_pool();
   EXPECT_EQ(j["nodes"]["by_state"]["ephemeral"].get<int>(), 3) << j.dump();
   miner.signal(SIGTERM);
   EXPECT_EQ(miner.wait_exit(20s), 0) << miner.errors();

@@ -275,7 +275,7 @@ TEST(event_feed, a_stream_resumed_from_another_processs_id_gets_the_gap_and_all_
   EXPECT_EQ(c->seq, 9u);
   EXPECT_FALSE(f.gap(c->seq)) << "a bare seq cannot tell";
   EXPECT_TRUE(f.gap(*c));
-  EXPECT_EQ(f.recent(*c, 100).size(), 12u);
+  EXPECT_EQ(f.read(*c, 100).events.size(), 12u);
   auto r = std::make_shared<stream_sink>();
   ASSERT_TRUE(f.follow(r, *c));
   // The gap frame has an id of this epoch: a stream that drops before the
@@ -288,7 +288,7 @@ TEST(event_feed, a_stream_resumed_from_another_processs_id_gets_the_gap_and_all_
   auto own = http::event_feed::parse_cursor(f.epoch() + "-10");
   ASSERT_TRUE(own);
   EXPECT_FALSE(f.gap(*own));
-  EXPECT_EQ(f.recent(*own, 100).size(), 2u);
+  EXPECT_EQ(f.read(*own, 100).events.size(), 2u);
   auto o = std::make_shared<stream_sink>();
   ASSERT_TRUE(f.follow(o, *own));
   EXPECT_EQ(o->data.find("event: gap"), std::string::npos) << o->data;
@@ -297,7 +297,7 @@ TEST(event_feed, a_stream_resumed_from_another_processs_id_gets_the_gap_and_all_
   // A bare seq past any this process gave (an old client, a restart): a
   // gap, and every kept event, not none until the seqs catch up.
   EXPECT_TRUE(f.gap(http::event_feed::cursor{"", 40}));
-  EXPECT_EQ(f.recent(http::event_feed::cursor{"", 40}, 100).size(), 12u);
+  EXPECT_EQ(f.read(http::event_feed::cursor{"", 40}, 100).events.size(), 12u);
   auto page = f.read(http::event_feed::cursor{"", 40}, 5);
   EXPECT_TRUE(page.gap);
   EXPECT_EQ(page.events.size(), 5u);
