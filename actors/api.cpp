@@ -265,34 +265,70 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
-  void state(state_cb cb) override {
+  /// This oracle's view of the cluster from the gateway's answer; a single
+  /// oracle answers none: {"role": "single"}.
+  static nlohmann::json view_of(const std::string& text) {
+    auto view = nlohmann::json::parse(text, nullptr, false);
+    if (!view.is_object() || view.empty()) {
+      view = nlohmann::json::object();
+      view["role"] = "single";
+    }
+    return view;
+  }
+
+  /// Asks the gateway for the view, then for `xs...`, whose answer decodes
+  /// as a Msg (`what` in the error when it does not); a single oracle's
+  /// view gets the answer's index (`index_of`).
+  template <class Msg, class Cb, class IndexOf, class... Ts>
+  void ask_with_view(Cb cb, IndexOf index_of, const char* what, Ts... xs) {
     auto gw = gw_;
     auto t = timeout_;
     auto* sys = &sys_;
-    sys_.spawn([gw, t, sys, cb = std::move(cb)](caf::event_based_actor* self) {
+    sys_.spawn([=](caf::event_based_actor* self) {
       self->request(gw, t, cluster_atom::value)
         .then(
           [=](const std::string& view_text) {
-            self->request(gw, t, state_atom::value)
+            self->request(gw, t, xs...)
               .then(
                 [=](const std::string& bytes) {
-                  pb::Snapshot snap;
-                  if (!snap.ParseFromString(bytes))
+                  Msg m;
+                  if (!m.ParseFromString(bytes))
                     return cb(std::nullopt, {},
-                              api_error{"unavailable", "state does not decode"});
-                  auto view = nlohmann::json::parse(view_text, nullptr, false);
-                  if (!view.is_object() || view.empty()) {
-                    view = nlohmann::json::object();
-                    view["role"] = "single";
-                    view["applied_index"] = snap.last_index();
-                  }
-                  cb(std::move(snap), std::move(view), std::nullopt);
+                              api_error{"unavailable",
+                                        std::string{what} + " does not decode"});
+                  auto view = view_of(view_text);
+                  if (!view.contains("applied_index"))
+                    view["applied_index"] = index_of(m);
+                  cb(std::move(m), std::move(view), std::nullopt);
                 },
                 [=](caf::error& err) {
                   cb(std::nullopt, {}, to_api_error(*sys, err));
                 });
           },
           [=](caf::error& err) { cb(std::nullopt, {}, to_api_error(*sys, err)); });
+    });
+  }
+
+  void state(state_cb cb) override {
+    ask_with_view<pb::Snapshot>(
+      std::move(cb), [](const pb::Snapshot& s) { return s.last_index(); },
+      "state", state_atom::value);
+  }
+
+  void read(const pb::StateQuery& q, page_cb cb) override {
+    ask_with_view<pb::StatePage>(
+      std::move(cb), [](const pb::StatePage& p) { return p.index(); }, "a page",
+      state_atom::value, q.SerializeAsString());
+  }
+
+  void view(view_cb cb) override {
+    auto gw = gw_;
+    auto t = timeout_;
+    auto* sys = &sys_;
+    sys_.spawn([gw, t, sys, cb = std::move(cb)](caf::event_based_actor* self) {
+      self->request(gw, t, cluster_atom::value)
+        .then([=](const std::string& text) { cb(view_of(text), std::nullopt); },
+              [=](caf::error& err) { cb({}, to_api_error(*sys, err)); });
     });
   }
 
@@ -328,12 +364,9 @@ class caf_pool_api : public http::pool_api {
                     n.grants = g.value("count", uint64_t{0});
                     n.grant_latency_ms_sum = g.value("sum", 0.0);
                   }
-                  auto view = nlohmann::json::parse(view_text, nullptr, false);
-                  if (!view.is_object() || view.empty()) {
-                    view = nlohmann::json::object();
-                    view["role"] = "single";
+                  auto view = view_of(view_text);
+                  if (!view.contains("applied_index"))
                     view["applied_index"] = c["index"];
-                  }
                   cb(std::move(n), std::move(view), std::nullopt);
                 },
                 [=](caf::error& err) { cb({}, {}, to_api_error(*sys, err)); });
@@ -395,7 +428,10 @@ class caf_pool_api : public http::pool_api {
     });
   }
 
-  void last_seen(json_cb done) override {
+  void last_seen(const std::vector<std::string>& ids, json_cb done) override {
+    std::string names;
+    for (auto& id : ids)
+      (names += id) += '\n';
     auto* sys = &sys_;
     auto local = gw_;
     // An extra for the miners' list, which is served without it: asked for
@@ -419,7 +455,7 @@ class caf_pool_api : public http::pool_api {
       if (err)
         return cb({}, err);
       sys->spawn([=](caf::event_based_actor* self) {
-        self->request(to, limit_for(to, local, limit), seen_atom::value)
+        self->request(to, limit_for(to, local, limit), seen_atom::value, names)
           .then(
             [=](const std::string& text) {
               auto j = nlohmann::json::parse(text, nullptr, false);

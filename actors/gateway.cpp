@@ -425,6 +425,10 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         return relay<std::string>(self, self->state.supervisor,
                                   state_atom::value);
       },
+      [=](state_atom, const std::string& query) -> caf::result<std::string> {
+        return relay<std::string>(self, self->state.supervisor,
+                                  state_atom::value, query);
+      },
       [=](cluster_atom) -> caf::result<std::string> {
         return relay<std::string>(self, self->state.supervisor,
                                   cluster_atom::value);
@@ -445,13 +449,21 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
             log_atom::value);
         }
       },
-      // When each connected node was last heard from (registration,
-      // heartbeat, any message): {node id: ms since the epoch}. Only the
-      // leader's gateway has nodes; a follower's answers {}.
-      [=](seen_atom) -> std::string {
+      // When each of the nodes named (one id per line) was last heard from
+      // (registration, heartbeat, any message): {node id: ms since the
+      // epoch}, for those heard from. Only the leader's gateway has nodes;
+      // a follower's answers {}.
+      [=](seen_atom, const std::string& ids) -> std::string {
         nlohmann::json j = nlohmann::json::object();
-        for (auto& [id, t] : self->state.last_seen)
-          j[id] = t;
+        auto& seen = self->state.last_seen;
+        for (size_t at = 0; at < ids.size();) {
+          auto end = ids.find('\n', at);
+          if (end == std::string::npos)
+            end = ids.size();
+          if (auto i = seen.find(ids.substr(at, end - at)); i != seen.end())
+            j[i->first] = i->second;
+          at = end + 1;
+        }
         return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       },
       [=](stats_atom) -> std::string {

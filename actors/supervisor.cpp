@@ -1183,6 +1183,24 @@ caf::behavior handlers(self_ptr self) {
       snap.set_last_index(self->state.next_index - 1);
       return snap.SerializeAsString();
     },
+    // A page of the live state (the HTTP API's lists): what it holds is
+    // what it costs, never a copy of the pool.
+    [=](state_atom, const std::string& query) -> std::string {
+      pb::StateQuery q;
+      pb::StatePage p;
+      if (!q.ParseFromString(query)) {
+        p.set_error("query does not decode");
+        return p.SerializeAsString();
+      }
+      if (self->state.cfg.cluster_log)  // what committed, on every member
+        p = self->state.cfg.replica->with(
+          [&](replica& r) { return r.read(q); });
+      else {
+        p = self->state.pool.read(q);
+        p.set_index(self->state.next_index - 1);
+      }
+      return p.SerializeAsString();
+    },
     [=](archive_atom, const std::string& bytes) -> std::string {
       pb::ArchiveQuery q;
       pb::ArchiveAnswer a;

@@ -17,6 +17,7 @@ constexpr size_t client = 256;  // a session's client reference
 constexpr int models = 64;      // the models one node serves
 constexpr int64_t reserve_period_s = 30 * 86400;  // 30 days
 constexpr int64_t reserve_period_ms = reserve_period_s * 1000;
+constexpr uint32_t page = 1000;  // records in one page of a list (StateQuery)
 
 /// "what: at most N characters", the text of a refusal.
 inline std::string at_most(const char* what, size_t n) {

@@ -123,6 +123,14 @@ public:
   /// timing it.
   uint64_t walk_steps() const { return walk_steps_; }
 
+  /// A page of the live state (the HTTP API's lists), or the models live
+  /// nodes serve. Nodes: O(log nodes + limit), from the map by id; live
+  /// sessions: O(live sessions × log limit), a selection from the hash
+  /// table (the queue is bounded; an ordered index would cost every
+  /// submission); models: O(models). Never a copy of the pool. A query out
+  /// of bounds gets `error` and nothing else.
+  pb::StatePage read(const pb::StateQuery& q) const;
+
   /// Checks I1..I5 on the whole state: O(nodes + sessions). Run at every
   /// snapshot and at the end of a history.
   std::vector<violation> check_invariants() const;

@@ -81,6 +81,13 @@ public:
   /// Records copied ahead so far.
   uint64_t copied_ahead() const { return copied_ahead_; }
   std::string snapshot_bytes() const;
+  /// A bounded read of the committed state (pool_state::read), with the
+  /// last index.
+  pb::StatePage read(const pb::StateQuery& q) const {
+    auto p = pool_.read(q);
+    p.set_index(last_index_);
+    return p;
+  }
   /// Replaces the state with a snapshot's (a lagging member catching up).
   /// A snapshot that does not decode or breaks an invariant is refused with
   /// `error` and the state stays as it was.

@@ -939,7 +939,57 @@ nlohmann::json snapshot_cost(const options& o) {
   }
   auto before = median(message) + median(serialize) + median(restore_check);
   auto after = median(check) + median(encode);
+  // What a list of the HTTP API stops the supervisor for, on this pool:
+  // the whole state copied and serialized (how the lists were read), and
+  // a page of 200 nodes, of 200 live sessions, and the models on offer
+  // (how they are read now).
+  std::vector<double> whole_read, nodes_page, sessions_page, models_read;
+  for (int r = 0; r < std::max(o.reps, 3); ++r) {
+    check_stop();
+    // Each read after the pool served a while, as a poll finds it (and not
+    // right after another read, whose garbage the allocator would be
+    // sorting through when the next asks for memory).
+    auto serve = [&] {
+      auto c0 = cp.commands;
+      while (cp.commands - c0 < 3000)
+        cp.cycle();
+    };
+    pb::StateQuery q;
+    q.set_limit(200);
+    q.set_after(node_name("n", static_cast<uint64_t>(r) * 997 % o.queue_nodes));
+    auto page_ms = [&](pb::StateQuery::What what, int want) {
+      serve();
+      q.set_what(what);
+      auto t0 = clock::now();
+      auto page = cp.ps.read(q).SerializeAsString();
+      auto ms = ms_since(t0);
+      pb::StatePage p;
+      p.ParseFromString(page);
+      if (p.nodes_size() + p.sessions_size() + p.models_size() < want)
+        throw std::runtime_error("snapshot: a page of the lists came short");
+      return ms;
+    };
+    nodes_page.push_back(page_ms(pb::StateQuery::NODES, 200));
+    q.set_after("q" + std::to_string(r));
+    sessions_page.push_back(page_ms(pb::StateQuery::SESSIONS, 200));
+    models_read.push_back(page_ms(pb::StateQuery::MODELS, 1));
+    serve();
+    auto t = clock::now();
+    auto whole = cp.ps.snapshot().SerializeAsString();
+    whole_read.push_back(ms_since(t));
+    if (whole.empty())
+      throw std::runtime_error("snapshot: the whole state came empty");
+  }
   nlohmann::json j;
+  j["api_reads"] = {{"whole_state_ms", median(whole_read)},
+                    {"nodes_page_200_ms", median(nodes_page)},
+                    {"sessions_page_200_ms", median(sessions_page)},
+                    {"models_ms", median(models_read)}};
+  note("snapshot: a list of the HTTP API stops the supervisor for: the whole "
+       "state %.1f ms; a page of 200 nodes %.3f ms, of 200 live sessions "
+       "%.3f ms; the models %.3f ms",
+       median(whole_read), median(nodes_page), median(sessions_page),
+       median(models_read));
   j["nodes"] = o.queue_nodes;
   j["queued"] = o.queue_sessions;
   j["commands_between"] = every;

@@ -652,32 +652,135 @@ void stamp(json& j, const json& view, response& r) {
 } // namespace
 
 /// The models the pool's live nodes serve (a retired or lost node's are
-/// not on offer), in order.
-static std::set<std::string> live_models(const pb::Snapshot& snap) {
-  std::set<std::string> models;
-  for (auto& n : snap.nodes())
-    if (n.state() != pb::RETIRED && n.state() != pb::LOST)
-      for (auto& m : n.models())
-        models.insert(m);
-  return models;
+/// not on offer), in order: from the pool's counts, not a copy of it.
+static void live_models(pool_api& pool,
+                        std::function<void(std::vector<std::string>,
+                                           std::optional<api_error>)> cb) {
+  pb::StateQuery q;
+  q.set_what(pb::StateQuery::MODELS);
+  pool.read(q, [cb](std::optional<pb::StatePage> p, json,
+                    std::optional<api_error> err) {
+    if (err)
+      return cb({}, err);
+    cb(std::vector<std::string>(p->models().begin(), p->models().end()),
+       std::nullopt);
+  });
 }
 
+void pool_api::read(const pb::StateQuery& q, page_cb cb) {
+  // A page cut from the whole state (a pool without bounded reads).
+  state([q, cb](std::optional<pb::Snapshot> s, nlohmann::json view,
+                std::optional<api_error> err) {
+    if (err)
+      return cb(std::nullopt, std::move(view), err);
+    pb::StatePage p;
+    p.set_index(view.value("applied_index", uint64_t{0}));
+    if (q.what() == pb::StateQuery::MODELS) {
+      std::set<std::string> models;
+      for (auto& n : s->nodes())
+        if (n.state() != pb::RETIRED && n.state() != pb::LOST)
+          models.insert(n.models().begin(), n.models().end());
+      for (auto& m : models)
+        p.add_models(m);
+      return cb(std::move(p), std::move(view), std::nullopt);
+    }
+    if (q.limit() < 1 || q.limit() > bounds::page) {
+      p.set_error("limit: 1.." + std::to_string(bounds::page));
+      return cb(std::move(p), std::move(view), std::nullopt);
+    }
+    auto cut = [&](auto& all, auto* out) {
+      std::vector<const std::decay_t<decltype(all[0])>*> xs;
+      for (auto& x : all)
+        if (x.id() > q.after())
+          xs.push_back(&x);
+      std::sort(xs.begin(), xs.end(),
+                [](auto* a, auto* b) { return a->id() < b->id(); });
+      p.set_more(xs.size() > q.limit());
+      for (size_t i = 0; i < xs.size() && i < q.limit(); ++i)
+        *out->Add() = *xs[i];
+    };
+    if (q.what() == pb::StateQuery::NODES)
+      cut(s->nodes(), p.mutable_nodes());
+    else
+      cut(s->sessions(), p.mutable_sessions());
+    cb(std::move(p), std::move(view), std::nullopt);
+  });
+}
+
+namespace {
+
+/// A list's query from the client's `limit` and `after_id`: one page when
+/// it gave a limit, else the whole list.
+bool list_query(const request& req, pb::StateQuery& q, bool& whole,
+                api_error& e) {
+  auto& x = req.query;
+  whole = true;
+  q.set_limit(bounds::page);
+  if (auto l = x.find("limit"); l != x.end()) {
+    whole = false;
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(l->second, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != l->second.size() || v < 1 || v > bounds::page) {
+      e = {"bad_field", "limit: 1.." + std::to_string(bounds::page)};
+      return false;
+    }
+    q.set_limit(static_cast<uint32_t>(v));
+  }
+  if (auto a = x.find("after_id"); a != x.end())
+    q.set_after(a->second);
+  return true;
+}
+
+/// Reads a list: the page asked, or (whole) every page in turn, each a
+/// separate bounded read, so that the pool is never stopped for the whole
+/// list at once. A record added meanwhile below the pages read is not in
+/// the list; no record is in it twice.
+void read_list(const std::shared_ptr<pool_api>& pool, pb::StateQuery q,
+               bool whole, std::shared_ptr<pb::StatePage> acc,
+               pool_api::page_cb done) {
+  pool->read(q, [=](std::optional<pb::StatePage> p, json view,
+                    std::optional<api_error> err) mutable {
+    if (err || !p->error().empty())
+      return done(std::move(p), std::move(view), err);
+    acc->mutable_nodes()->MergeFrom(p->nodes());
+    acc->mutable_sessions()->MergeFrom(p->sessions());
+    acc->set_more(p->more());
+    acc->set_index(p->index());
+    std::string last = p->nodes_size() > 0 ? p->nodes().rbegin()->id()
+                       : p->sessions_size() > 0 ? p->sessions().rbegin()->id()
+                                                : std::string{};
+    if (!whole || !p->more() || last.empty())
+      return done(std::move(*acc), std::move(view), std::nullopt);
+    q.set_after(last);
+    read_list(pool, q, whole, acc, std::move(done));
+  });
+}
+
+} // namespace
+
 void router::get_info(const std::shared_ptr<call>& c) {
-  pool_->state([this, c](std::optional<pb::Snapshot> snap, json view,
-                         std::optional<api_error> err) {
+  pool_->view([this, c](json view, std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
-    auto models = live_models(*snap);
-    json j;
-    j["name"] = "nodepool";
-    j["version"] = cfg_.version;
-    j["oracle_id"] = cfg_.oracle_id;
-    j["role"] = view.value("role", "single");
-    j["models"] = std::vector<std::string>(models.begin(), models.end());
-    j["auth"] = cfg_.keys.empty() ? "none (loopback only)" : "bearer";
-    j["your_role"] = to_string(c->who);
-    auto r = json_response(200, j);
-    c->rep->send(std::move(r));
+    live_models(*pool_, [this, c, view](std::vector<std::string> models,
+                                        std::optional<api_error> err) {
+      if (err)
+        return send_error(c->rep, *err);
+      json j;
+      j["name"] = "nodepool";
+      j["version"] = cfg_.version;
+      j["oracle_id"] = cfg_.oracle_id;
+      j["role"] = view.value("role", "single");
+      j["models"] = std::move(models);
+      j["auth"] = cfg_.keys.empty() ? "none (loopback only)" : "bearer";
+      j["your_role"] = to_string(c->who);
+      c->rep->send(json_response(200, j));
+    });
   });
 }
 
@@ -734,20 +837,35 @@ void router::get_status(const std::shared_ptr<call>& c) {
 }
 
 void router::get_miners(const std::shared_ptr<call>& c) {
-  pool_->state([c, pool = pool_](std::optional<pb::Snapshot> state, json view,
-                                 std::optional<api_error> err) {
+  pb::StateQuery q;
+  bool whole = true;
+  api_error e;
+  if (!list_query(c->req, q, whole, e))
+    return send_bad(c->rep, e);
+  q.set_what(pb::StateQuery::NODES);
+  read_list(pool_, q, whole, std::make_shared<pb::StatePage>(),
+            [c, pool = pool_](std::optional<pb::StatePage> page, json view,
+                              std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
+    if (!page->error().empty())
+      return send_bad(c->rep, {"bad_field", page->error()});
+    if (!view.contains("applied_index"))
+      view["applied_index"] = page->index();
     // When the leader's gateway last heard from each node: asked after the
     // state, so that a node it names is in that state or was added since.
-    pool->last_seen([c, state = std::move(state), view = std::move(view)](
+    std::vector<std::string> ids;
+    ids.reserve(page->nodes_size());
+    for (auto& n : page->nodes())
+      ids.push_back(n.id());
+    pool->last_seen(ids, [c, page = std::move(*page), view = std::move(view)](
                       json seen, std::optional<api_error> seen_err) mutable {
-      send_miners(c, *state, view, seen, seen_err);
+      send_miners(c, page, view, seen, seen_err);
     });
   });
 }
 
-void router::send_miners(const std::shared_ptr<call>& c, const pb::Snapshot& s,
+void router::send_miners(const std::shared_ptr<call>& c, const pb::StatePage& s,
                          const json& view, const json& seen,
                          const std::optional<api_error>& seen_err) {
   json list = json::array();
@@ -779,6 +897,7 @@ void router::send_miners(const std::shared_ptr<call>& c, const pb::Snapshot& s,
   }
   json j;
   j["miners"] = std::move(list);
+  j["more"] = s.more();
   // The list is still worth having when the leader cannot be asked (an
   // election): said, not failed.
   if (seen_err)
@@ -795,15 +914,27 @@ void router::get_sessions(const std::shared_ptr<call>& c) {
   auto& q = c->req.query;
   auto since = q.find("since");
   if (since == q.end()) {
-    pool_->state([c](std::optional<pb::Snapshot> snap, json view,
-                     std::optional<api_error> err) {
+    pb::StateQuery sq;
+    bool whole = true;
+    api_error e;
+    if (!list_query(c->req, sq, whole, e))
+      return send_bad(c->rep, e);
+    sq.set_what(pb::StateQuery::SESSIONS);
+    read_list(pool_, sq, whole, std::make_shared<pb::StatePage>(),
+              [c](std::optional<pb::StatePage> page, json view,
+                  std::optional<api_error> err) {
       if (err)
         return send_error(c->rep, *err);
+      if (!page->error().empty())
+        return send_bad(c->rep, {"bad_field", page->error()});
+      if (!view.contains("applied_index"))
+        view["applied_index"] = page->index();
       json list = json::array();
-      for (auto& s : snap->sessions())
+      for (auto& s : page->sessions())
         list.push_back(session_json(s));
       json j;
       j["sessions"] = std::move(list);
+      j["more"] = page->more();
       auto r = json_response(200, j);
       stamp(j, view, r);
       r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -1240,8 +1371,7 @@ void router::admin(const std::shared_ptr<call>& c,
 }
 
 void router::get_members(const std::shared_ptr<call>& c) {
-  pool_->state([c](std::optional<pb::Snapshot>, json view,
-                   std::optional<api_error> err) {
+  pool_->view([c](json view, std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
     json j;
@@ -1522,11 +1652,10 @@ std::string prometheus_text(
 }
 
 void router::get_models(const std::shared_ptr<call>& c) {
-  pool_->state([c](std::optional<pb::Snapshot> snap, json,
-                   std::optional<api_error> err) {
+  live_models(*pool_, [c](std::vector<std::string> models,
+                          std::optional<api_error> err) {
     if (err)
       return send_error(c->rep, *err);
-    auto models = live_models(*snap);
     json data = json::array();
     for (auto& m : models)
       data.push_back({{"id", m}, {"object", "model"}, {"created", 0},

@@ -59,6 +59,18 @@ class pool_api {
   using state_cb = std::function<void(std::optional<pb::Snapshot>,
                                       nlohmann::json, std::optional<api_error>)>;
   virtual void state(state_cb cb) = 0;
+  /// A page of the live state, or the models on offer (pb::StateQuery),
+  /// and the view as state() gives it: what the lists ask, so that a list
+  /// costs the pool what it shows. The default pages a whole state().
+  using page_cb = std::function<void(std::optional<pb::StatePage>,
+                                     nlohmann::json, std::optional<api_error>)>;
+  virtual void read(const pb::StateQuery& q, page_cb cb);
+  /// This oracle's view of the cluster alone (state()'s second part).
+  using view_cb = std::function<void(nlohmann::json, std::optional<api_error>)>;
+  virtual void view(view_cb cb) {
+    state([cb](std::optional<pb::Snapshot>, nlohmann::json v,
+               std::optional<api_error> err) { cb(std::move(v), err); });
+  }
   /// The counts alone (and the view, as state() gives it). The default
   /// derives them from state(); an oracle answers from counters it keeps,
   /// without copying every record.
@@ -120,10 +132,11 @@ class pool_api {
   /// A snapshot now; answers the log index it covers.
   using index_cb = std::function<void(uint64_t, std::optional<api_error>)>;
   virtual void snapshot(index_cb cb) = 0;
-  /// When each node connected to the leader was last heard from:
-  /// {node id: ms since the epoch}, asked of the leader's gateway (only it
-  /// has the nodes). The default knows nothing.
-  virtual void last_seen(json_cb cb) {
+  /// When each of these nodes was last heard from by the leader's gateway
+  /// (only it has the nodes): {node id: ms since the epoch}, for those it
+  /// heard from. The default knows nothing.
+  virtual void last_seen(const std::vector<std::string>& ids, json_cb cb) {
+    (void)ids;
     cb(nlohmann::json::object(), std::nullopt);
   }
   /// Hands leadership to member `to` (0: the most up-to-date voter);
@@ -198,7 +211,7 @@ class router {
   void get_info(const std::shared_ptr<call>& c);
   void get_status(const std::shared_ptr<call>& c);
   void get_miners(const std::shared_ptr<call>& c);
-  static void send_miners(const std::shared_ptr<call>& c, const pb::Snapshot& s,
+  static void send_miners(const std::shared_ptr<call>& c, const pb::StatePage& s,
                           const nlohmann::json& view, const nlohmann::json& seen,
                           const std::optional<api_error>& seen_err);
   void get_sessions(const std::shared_ptr<call>& c);

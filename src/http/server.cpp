@@ -128,7 +128,8 @@ class conn_slot {
 /// Bytes read at most, while a handler works, to see the client leave.
 constexpr size_t watch_bytes = 4096;
 
-/// Splits the target into path and decoded query; false if malformed.
+} // namespace
+
 bool split_target(const std::string& target, request& r) {
   auto q = target.find('?');
   if (!url_decode(target.substr(0, q), r.path))
@@ -158,6 +159,8 @@ bool split_target(const std::string& target, request& r) {
   }
   return true;
 }
+
+namespace {
 
 /// Our request from Beast's; false if the target's encoding is malformed.
 bool from_beast(bhttp::request<bhttp::string_body>& msg, request& req) {

@@ -29,6 +29,10 @@ struct request {
   const std::string& header(const std::string& lower_name) const;
 };
 
+/// Splits a request's target into its path and decoded query; false if
+/// its encoding is malformed.
+bool split_target(const std::string& target, request& r);
+
 struct response {
   int status = 200;
   std::string content_type = "application/json";

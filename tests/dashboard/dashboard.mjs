@@ -183,7 +183,7 @@ try {
   // Asked to wait (429 with Retry-After: 5), the page waits that long
   // before it asks again, not its usual 2 s.
   const asked = [];
-  await page.route("**/api/v1/miners", async (route) => {
+  await page.route(/\/api\/v1\/miners(\?|$)/, async (route) => {
     asked.push(Date.now());
     if (asked.length > 1) return route.continue();
     return route.fulfill({
@@ -192,8 +192,36 @@ try {
     });
   });
   await until("the miners asked for again after the 429", () => asked.length >= 2, 20000);
-  await page.unroute("**/api/v1/miners");
+  await page.unroute(/\/api\/v1\/miners(\?|$)/);
   out.retry_after_waited_ms = asked[1] - asked[0];
+
+  // A page of the pool at a time (?rows=2): the first two miners in id
+  // order (the API's whole list), then the next two; every poll asks the
+  // oracle for two, never for the whole pool.
+  if (miners.length >= 3) {
+    const ids = miners.map((m) => m.node_id);
+    const queries = [];
+    page.on("request", (r) => {
+      const u = new URL(r.url());
+      if (u.pathname === "/api/v1/miners") queries.push(u.search);
+    });
+    await page.goto(base + "/?rows=2");
+    await page.waitForSelector("body[data-ready='1']", { timeout: 30000 });
+    const rows = () => page.$$eval("#miners tr[data-node-id]", (l) => l.map((e) => e.dataset.nodeId));
+    out.all_ids = ids;
+    out.page1 = await until("the first page of miners", async () => {
+      const r = await rows();
+      return r.length === 2 && r[0] === ids[0] ? r : null;
+    });
+    out.page1_count = await page.$eval("#miners-count", (e) => e.textContent);
+    await page.click("#miners-next");
+    out.page2 = await until("the second page of miners", async () => {
+      const r = await rows();
+      return r.length > 0 && r[0] === ids[2] ? r : null;
+    });
+    out.page2_count = await page.$eval("#miners-count", (e) => e.textContent);
+    out.miner_queries = [...new Set(queries)];
+  }
 
   if (oraclePid) {
     const state = () => page.evaluate(() => document.getElementById("stream-state").dataset.state);

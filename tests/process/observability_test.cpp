@@ -1,6 +1,7 @@
 // What operators watch, from a real oracle with real miners: /metrics
 // checked by Prometheus's own promtool, the dashboard in headless Chromium,
 // and the JSON log lines.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -184,6 +185,18 @@ TEST(observability, the_dashboard_in_headless_chromium_shows_what_the_api_says) 
   EXPECT_TRUE(std::filesystem::file_size(shot) > 10000) << shot;
   // Told to wait 5 s, the page did (its miners are polled every 2 s).
   EXPECT_GE(j.value("retry_after_waited_ms", 0), 4900) << out;
+  // Two rows a page (?rows=2): the first two miners in id order, then the
+  // next two; the oracle was asked for two at a time, never for all.
+  auto ids = j["all_ids"].get<std::vector<std::string>>();
+  ASSERT_EQ(ids.size(), 4u) << out;
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end())) << out;
+  EXPECT_EQ(j["page1"], nlohmann::json(std::vector<std::string>{ids[0], ids[1]})) << out;
+  EXPECT_EQ(j["page1_count"], "1–2 of 4") << out;
+  EXPECT_EQ(j["page2"], nlohmann::json(std::vector<std::string>{ids[2], ids[3]})) << out;
+  EXPECT_EQ(j["page2_count"], "3–4 of 4") << out;
+  ASSERT_FALSE(j["miner_queries"].empty()) << out;
+  for (auto& q : j["miner_queries"])
+    EXPECT_EQ(q.get<std::string>().rfind("?limit=2", 0), 0u) << out;
   // The oracle stopped (SIGSTOP): its stream went silent without closing,
   // and the page said so and dropped it; followed again once it went on.
   EXPECT_EQ(j.value("silent_state", std::string{}), "reconnecting") << out;

@@ -73,7 +73,14 @@ struct fake_pool : pool_api {
   }
   json seen = {{"n1", 1700000000123}};
   std::optional<api_error> refuse_seen;
-  void last_seen(json_cb cb) override {
+  std::vector<pb::StateQuery> reads;     // every bounded read asked
+  std::vector<std::string> seen_asked;    // the ids last_seen was asked
+  void read(const pb::StateQuery& q, page_cb cb) override {
+    reads.push_back(q);
+    pool_api::read(q, std::move(cb));
+  }
+  void last_seen(const std::vector<std::string>& ids, json_cb cb) override {
+    seen_asked.insert(seen_asked.end(), ids.begin(), ids.end());
     if (refuse_seen)
       return cb({}, refuse_seen);
     cb(seen, std::nullopt);
@@ -142,13 +149,7 @@ struct api : ::testing::Test {
     request q;
     q.method = method;
     q.target = path;
-    auto qm = path.find('?');
-    q.path = path.substr(0, qm);
-    if (qm != std::string::npos) {
-      auto rest = path.substr(qm + 1);
-      auto eq = rest.find('=');
-      q.query[rest.substr(0, eq)] = rest.substr(eq + 1);
-    }
+    EXPECT_TRUE(split_target(path, q)) << path;
     q.body = body;
     if (!key.empty())
       q.headers["authorization"] = "Bearer " + key;
@@ -372,6 +373,73 @@ TEST_F(api, MinersSayWhenTheLeaderLastHeardFromEach) {
   ASSERT_EQ(j["miners"].size(), 2u);
   EXPECT_FALSE(j["miners"][0].contains("last_seen")) << j.dump();
   EXPECT_EQ(j["last_seen_unavailable"], "not_leader: no leader is known yet");
+}
+
+// The lists are read a page at a time: the page the client asked for, or
+// the whole list in pages of at most 1000, so that no read stops the pool
+// for all of it.
+TEST_F(api, ListsAreReadPageByPage) {
+  pool->snap.clear_nodes();
+  for (int i = 0; i < 2500; ++i) {
+    auto* n = pool->snap.add_nodes();
+    char id[16];
+    std::snprintf(id, sizeof id, "n%04d", 2499 - i);  // not in id order
+    n->set_id(id);
+    n->set_state(pb::EPHEMERAL);
+    n->add_models("llama");
+  }
+  auto j = call("GET", "/api/v1/miners")->body();
+  ASSERT_EQ(j["miners"].size(), 2500u);
+  EXPECT_EQ(j["more"], false);
+  for (int i = 0; i < 2500; ++i) {
+    char id[16];
+    std::snprintf(id, sizeof id, "n%04d", i);
+    ASSERT_EQ(j["miners"][i]["node_id"], id);
+  }
+  ASSERT_EQ(pool->reads.size(), 3u);
+  for (auto& q : pool->reads) {
+    EXPECT_EQ(q.what(), pb::StateQuery::NODES);
+    EXPECT_EQ(q.limit(), 1000u);
+  }
+  EXPECT_EQ(pool->reads[1].after(), "n0999");
+  EXPECT_EQ(pool->reads[2].after(), "n1999");
+  EXPECT_EQ(pool->seen_asked.size(), 2500u);
+
+  // One page, and the next after its last id.
+  pool->reads.clear();
+  pool->seen_asked.clear();
+  j = call("GET", "/api/v1/miners?limit=2")->body();
+  ASSERT_EQ(j["miners"].size(), 2u);
+  EXPECT_EQ(j["miners"][1]["node_id"], "n0001");
+  EXPECT_EQ(j["more"], true);
+  EXPECT_EQ(pool->reads.size(), 1u);
+  EXPECT_EQ(pool->seen_asked, (std::vector<std::string>{"n0000", "n0001"}));
+  j = call("GET", "/api/v1/miners?limit=1000&after_id=n1999")->body();
+  ASSERT_EQ(j["miners"].size(), 500u);
+  EXPECT_EQ(j["miners"][0]["node_id"], "n2000");
+  EXPECT_EQ(j["more"], false);
+
+  // Live sessions the same way.
+  for (auto id : {"b", "a", "c"}) {
+    auto* s = pool->snap.add_sessions();
+    s->set_id(id);
+    s->set_state(pb::QUEUED);
+  }
+  j = call("GET", "/api/v1/sessions?limit=2&after_id=a")->body();
+  ASSERT_EQ(j["sessions"].size(), 2u) << j.dump();
+  EXPECT_EQ(j["sessions"][0]["session_id"], "b");
+  EXPECT_EQ(j["sessions"][1]["session_id"], "c");
+  EXPECT_EQ(j["more"], true);  // "live" is after "c"
+
+  // A limit out of bounds is refused before anything is read.
+  pool->reads.clear();
+  for (auto bad : {"0", "1001", "ten", "5x", ""})
+    for (auto route : {"/api/v1/miners", "/api/v1/sessions"}) {
+      auto c = call("GET", std::string{route} + "?limit=" + bad);
+      EXPECT_EQ(c->whole.status, 400) << route << " limit=" << bad;
+      EXPECT_EQ(c->body()["error"]["code"], "bad_field") << c->whole.body;
+    }
+  EXPECT_TRUE(pool->reads.empty());
 }
 
 TEST_F(api, SessionsByIdAnd404) {

@@ -137,7 +137,7 @@
   function poll(my, path, src, every, render, delay) {
     const tick = async () => {
       if (my !== gen) return;
-      const data = await api(path, src);
+      const data = await api(typeof path === 'function' ? path() : path, src);
       if (my !== gen) return;
       if (data) {
         try { render(data); mark(src); } catch (e) { console.error(`rendering ${src} failed`, e); }
@@ -161,6 +161,8 @@
     const grants = s.grants || {};
     for (const st of STATES) text(`nodes-${st}`, int(by[st]));
     text('nodes-total', int(nodes.total));
+    totals.miners = int(nodes.total);
+    totals.sessions = String((Number(sessions.queued) || 0) + (Number(sessions.active) || 0));
     text('queue-depth', int(s.queue_depth));
     text('sessions-active', int(sessions.active));
     text('sessions-completed', int(sessions.completed));
@@ -263,8 +265,48 @@
 
   // ---- tables and lists ----------------------------------------------------
 
+  // The tables show a page of the pool at a time (?rows=N in the page's
+  // address, 1..1000, default 200): the oracle reads what a page holds,
+  // not the whole pool, every 2 s. A page is named by the id it starts
+  // after; `starts` keeps the way back.
+  const ROWS = Math.min(1000, Math.max(1, Math.floor(Number(new URLSearchParams(location.search).get('rows'))) || 200));
+  const pages = {};
+  const totals = {};                               // records in the pool, by table
+  for (const t of ['miners', 'sessions']) {
+    pages[t] = { starts: [''], more: false, shown: 0 };
+    const go = (f) => () => { f(pages[t]); refresh(t); };
+    $(`${t}-first`).addEventListener('click', go((p) => { p.starts = ['']; }));
+    $(`${t}-prev`).addEventListener('click', go((p) => { if (p.starts.length > 1) p.starts.pop(); }));
+    $(`${t}-next`).addEventListener('click', go((p) => { if (p.more && p.last) p.starts.push(p.last); }));
+  }
+  const pagePath = (t) => () => {
+    const p = pages[t];
+    const after = p.starts[p.starts.length - 1];
+    return `/api/v1/${t}?limit=${ROWS}` + (after ? `&after_id=${encodeURIComponent(after)}` : '');
+  };
+  const refreshers = {};
+  function refresh(t) { if (refreshers[t]) refreshers[t](); }
+  /// After a page arrived: what it shows, where it ends, and the pager.
+  function paged(t, d, list, idOf) {
+    const p = pages[t];
+    p.more = !!d.more;
+    p.last = list.length ? idOf(list[list.length - 1]) : '';
+    // A page emptied under the reader (its records left): back to the first.
+    if (!list.length && p.starts.length > 1) { p.starts = ['']; refresh(t); }
+    const first = (p.starts.length - 1) * ROWS;
+    const paging = p.starts.length > 1 || p.more;
+    // The total from the last status poll (a second old at most).
+    const total = totals[t] === undefined ? 'more' : totals[t];
+    text(`${t}-count`, paging ? `${first + 1}–${first + list.length} of ${total}` : String(list.length));
+    $(`${t}-pager`).hidden = !paging;
+    $(`${t}-prev`).disabled = $(`${t}-first`).disabled = p.starts.length <= 1;
+    $(`${t}-next`).disabled = !p.more;
+  }
+
   function renderSessions(d) {
-    const list = (d.sessions || []).slice().sort((a, b) => (a.submitted_at || 0) - (b.submitted_at || 0));
+    const page = d.sessions || [];
+    paged('sessions', d, page, (s) => s.session_id);
+    const list = page.slice().sort((a, b) => (a.submitted_at || 0) - (b.submitted_at || 0));
     $('sessions').tBodies[0].replaceChildren(...list.map((s) => {
       const since = s.started_at || s.submitted_at;
       return el('tr', { data: { sessionId: s.session_id, state: s.state } },
@@ -278,7 +320,6 @@
         el('td', { class: 'muted' }, s.client_reference || ''));
     }));
     $('sessions-empty').hidden = list.length > 0;
-    text('sessions-count', String(list.length));
   }
 
   function minerRow(m) {
@@ -306,11 +347,10 @@
   }
 
   function renderMiners(d) {
-    const list = (d.miners || []).slice()
-      .sort((a, b) => String(a.node_id).localeCompare(String(b.node_id), undefined, { numeric: true }));
+    const list = d.miners || [];                   // in id order, as paged
+    paged('miners', d, list, (m) => m.node_id);
     $('miners').tBodies[0].replaceChildren(...list.map(minerRow));
     $('miners-empty').hidden = list.length > 0;
-    text('miners-count', String(list.length));
 
     const out = list.filter((m) => m.state === 'quarantined' || m.state === 'retired');
     $('kept-out').replaceChildren(...out.map((m) =>
@@ -513,8 +553,14 @@
     if (status) { renderStatus(status); mark('status'); }
     mark('events');                         // the list starts empty and fills from the stream
     poll(my, '/api/v1/status', 'status', 1000, renderStatus, status ? 1000 : 0);
-    poll(my, '/api/v1/miners', 'miners', 2000, renderMiners);
-    poll(my, '/api/v1/sessions', 'sessions', 2000, renderSessions);
+    poll(my, pagePath('miners'), 'miners', 2000, renderMiners);
+    poll(my, pagePath('sessions'), 'sessions', 2000, renderSessions);
+    // A click on the pager shows its page now, not at the next poll.
+    for (const [t, render] of [['miners', renderMiners], ['sessions', renderSessions]])
+      refreshers[t] = async () => {
+        const d = await api(pagePath(t)(), t);
+        if (d && my === gen) { render(d); mark(t); }
+      };
     poll(my, '/api/v1/members', 'members', 5000, renderMembers);
     openStream(my);
   }
