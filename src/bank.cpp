@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -192,28 +193,85 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
 
 } // namespace
 
-std::vector<std::string> words_of(const std::string& text) {
-  std::vector<std::string> out;
+namespace {
+
+/// The words of a text, and for each the index of the first word of its
+/// clause: a clause ends at punctuation (. , ; : ! ? and brackets) and
+/// before "but", "because", "although", "though", "whereas", "while",
+/// "yet" and "so".
+struct words_and_clauses {
+  std::vector<std::string> words;
+  std::vector<size_t> clause_start;
+};
+
+words_and_clauses split_words(const std::string& text) {
+  static const std::set<std::string> openers{
+    "but", "because", "although", "though", "whereas", "while", "yet", "so"};
+  words_and_clauses out;
   std::string w;
+  size_t start = 0;
+  auto end_word = [&] {
+    if (w.empty())
+      return;
+    if (openers.count(w))
+      start = out.words.size();
+    out.words.push_back(std::move(w));
+    out.clause_start.push_back(start);
+    w.clear();
+  };
   for (unsigned char c : text) {
     // Bytes of UTF-8 sequences (>= 0x80) are letters: "été" is one word,
     // not "t" between two separators.
     if (std::isalnum(c) || c >= 0x80) {
       w += static_cast<char>(std::tolower(c));
-    } else if (!w.empty()) {
-      out.push_back(std::move(w));
-      w.clear();
+      continue;
     }
+    end_word();
+    if (std::strchr(".,;:!?()[]", static_cast<char>(c)) && c != 0)
+      start = out.words.size();
   }
-  if (!w.empty())
-    out.push_back(std::move(w));
+  end_word();
   return out;
+}
+
+/// Whether word j of `t` denies what follows it: "not", "no", "never",
+/// ...; "isn't" is the words "isn" and "t", "can't" "can" and "t".
+bool denies(const std::vector<std::string>& t, size_t j) {
+  static const std::set<std::string> words{
+    "not", "no", "never", "neither", "nor", "cannot", "without", "isn",
+    "aren", "wasn", "weren", "doesn", "don", "didn", "hasn", "haven",
+    "hadn", "couldn", "wouldn", "shouldn", "isnt", "doesnt", "dont"};
+  if (t[j] == "can")
+    return j + 1 < t.size() && t[j + 1] == "t";
+  return words.count(t[j]) > 0;
+}
+
+/// Whether a word of t[i]'s clause before it denies it: "not less dense",
+/// "is not caused by the tilt"; "not only less dense" and "no doubt less
+/// dense" affirm.
+bool denied_at(const words_and_clauses& t, size_t i) {
+  auto& w = t.words;
+  for (size_t j = t.clause_start[i]; j < i; ++j)
+    if (denies(w, j)
+        && !(j + 1 < i && (w[j + 1] == "only" || w[j + 1] == "just"
+                           || w[j + 1] == "doubt")))
+      return true;
+  return false;
+}
+
+} // namespace
+
+std::vector<std::string> words_of(const std::string& text) {
+  return split_words(text).words;
 }
 
 namespace {
 
-/// Whether `phrase`'s words begin consecutive words of `t`.
-bool mentions_in(const std::vector<std::string>& t, const std::string& phrase) {
+/// Whether `phrase`'s words begin consecutive words of `text` (`affirmed`:
+/// somewhere no word of their clause before them denies them).
+bool mentions_in(const words_and_clauses& text, const std::string& phrase,
+                 bool affirmed = false) {
+  auto& t = text.words;
   auto p = words_of(phrase);
   if (p.empty() || p.size() > t.size())
     return false;
@@ -221,7 +279,7 @@ bool mentions_in(const std::vector<std::string>& t, const std::string& phrase) {
     size_t k = 0;
     while (k < p.size() && t[i + k].compare(0, p[k].size(), p[k]) == 0)
       ++k;
-    if (k == p.size())
+    if (k == p.size() && !(affirmed && denied_at(text, i)))
       return true;
   }
   return false;
@@ -230,18 +288,22 @@ bool mentions_in(const std::vector<std::string>& t, const std::string& phrase) {
 } // namespace
 
 bool mentions(const std::string& text, const std::string& phrase) {
-  return mentions_in(words_of(text), phrase);
+  return mentions_in(split_words(text), phrase);
+}
+
+bool affirms(const std::string& text, const std::string& phrase) {
+  return mentions_in(split_words(text), phrase, true);
 }
 
 std::string missing_concept(const bank_item& item, const std::string& answer) {
   if (item.must.empty() && item.must_not.empty())
     return {};
-  auto words = words_of(answer);  // once, for every phrase
+  auto words = split_words(answer);  // once, for every phrase
   for (auto& concept_ : item.must) {
     bool any = false;
     std::string named;
     for (auto& alt : concept_) {
-      any = any || mentions_in(words, alt);
+      any = any || mentions_in(words, alt, true);
       named += (named.empty() ? "" : "|") + alt;
     }
     if (!any)

@@ -65,9 +65,17 @@ std::vector<std::string> words_of(const std::string& text);
 /// digits, any case): "less dens" is in "It is less dense.". A phrase
 /// without a word is in nothing.
 bool mentions(const std::string& text, const std::string& phrase);
+/// The same, somewhere no word of its clause before it denies it ("not",
+/// "no", "never", "isn't", ...; "not only" does not): "less dense" is
+/// mentioned in "ice is not less dense", and not affirmed. A clause ends
+/// at punctuation and before "but", "because", "so", "although", ...:
+/// "not heavier but less dense" affirms it. Words, not understanding: a
+/// denial in other words ("far from") is not seen.
+bool affirms(const std::string& text, const std::string& phrase);
 
-/// What a `similar` item requires that `answer` lacks: "" when it mentions
-/// one alternative of every `must` concept and no `must_not` phrase;
+/// What a `similar` item requires that `answer` lacks: "" when it affirms
+/// one alternative of every `must` concept and mentions no `must_not`
+/// phrase (denied or not: a wrong claim fails the answer either way);
 /// otherwise the first concept missing ("must tilt|axis") or phrase found
 /// ("must_not closer to the sun").
 std::string missing_concept(const bank_item& item, const std::string& answer);

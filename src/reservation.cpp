@@ -144,6 +144,13 @@ bool pool_state::held_for(const pb::NodeRecord& n,
 bool pool_state::servable_now(
   const pb::SessionRecord& s, int64_t now,
   const std::vector<const pb::SessionRecord*>& held) const {
+  // A held session of the same model (or of any) that takes nodes of this
+  // one's level or lower holds every node this one could use: no walk can
+  // find one (the same answer as the walk below, in O(held)).
+  for (auto* h : held)
+    if (h->min_level() <= s.min_level()
+        && (h->model().empty() || h->model() == s.model()))
+      return false;
   uint32_t found = 0;
   for (auto& e : pool_for(s.model())) {
     ++walk_steps_;

@@ -125,6 +125,12 @@ TEST(Grading, SimilarNeedsTheConceptNotTheWords) {
                                 "closer to the Sun in summer."));
   EXPECT_EQ(missing_concept(it, "in summer we are closer to the sun; tilt too"),
             "must_not closer to the sun");
+  // The concept named only to be denied: refused, though its words are
+  // there (before, the must check passed it).
+  const char* denied = "The seasons are not caused by the tilt of the Earth's "
+                       "axis; each hemisphere just gets a changing share of sunlight.";
+  EXPECT_EQ(missing_concept(it, denied), "must tilt|axis|inclin|obliqu");
+  EXPECT_FALSE(grade_answer(it, denied));
 }
 
 TEST(Grading, MentionsMatchesWordBeginningsInOrder) {
@@ -141,6 +147,28 @@ TEST(Grading, MentionsMatchesWordBeginningsInOrder) {
   EXPECT_TRUE(mentions("En été il fait chaud.", "été"));
   EXPECT_FALSE(mentions("It is hot.", "été"));
   EXPECT_FALSE(mentions("En été il fait chaud.", "t"));
+}
+
+// A concept the answer names only to deny it is not affirmed: "ice is not
+// less dense" names "less dense" and says the opposite.
+TEST(Grading, AffirmsIgnoresAPhraseItsAnswerDenies) {
+  EXPECT_TRUE(affirms("Ice is less dense than water.", "less dens"));
+  EXPECT_FALSE(affirms("Ice is not less dense than water.", "less dens"));
+  EXPECT_TRUE(mentions("Ice is not less dense than water.", "less dens"));
+  EXPECT_FALSE(affirms("Ice isn't much less dense.", "less dens"));
+  EXPECT_FALSE(affirms("It can't be less dense.", "less dens"));
+  EXPECT_FALSE(affirms("There is no tilt involved.", "tilt"));
+  EXPECT_FALSE(affirms("It never depends on the axis.", "axis"));
+  EXPECT_TRUE(affirms("It can be less dense.", "less dens"));
+  EXPECT_TRUE(affirms("It is not only less dense but lighter.", "less dens"));
+  EXPECT_FALSE(affirms("The seasons are not caused by the tilt of the axis.", "tilt"));
+  // A denial counts in its clause only; a later mention may affirm it.
+  EXPECT_TRUE(affirms("Not because of salt: ice is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("Not heavier; it is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("It is not heavier but less dense.", "less dens"));
+  EXPECT_TRUE(affirms("No, ice floats because it is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("Ice is not heavier. Ice is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("There is no doubt ice is less dense.", "less dens"));
 }
 
 TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {

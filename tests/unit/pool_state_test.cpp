@@ -1569,6 +1569,37 @@ TEST(PoolCost, ASessionShortOfAModelNoFreeNodeServesCostsNoWalk) {
   EXPECT_EQ(h.session("s1").nodes_size(), 2);
 }
 
+// Behind a session that holds the free nodes of its model (it waited long
+// enough and needs more than are free), the sessions of that model cost
+// the commands no walk of those nodes: the held session takes every node
+// they could use (before, each command looked at every free node for each
+// of their classes, to find each one held).
+TEST(PoolCost, SessionsBehindOneThatHoldsTheirNodesCostNoWalk) {
+  auto p = quiet();
+  p.queue_timeout_ms = 1000;
+  harness h{p};
+  for (int i = 0; i < 70; ++i)
+    h.admit("m" + std::to_string(i));
+  for (int i = 50; i < 70; ++i)  // busy: 50 free
+    h.hb("m" + std::to_string(i), pb::BUSY);
+  h.submit("big", "m", 60, 60);  // more than are free: it waits
+  ASSERT_EQ(h.sstate("big"), pb::QUEUED);
+  h.now += 600;  // past half its queue_timeout: it holds the nodes
+  for (int c = 0; c < 5; ++c)    // five classes of needs behind it
+    h.submit("small" + std::to_string(c), "m", 1 + c, 1 + c);
+  for (int c = 0; c < 5; ++c)
+    ASSERT_EQ(h.sstate("small" + std::to_string(c)), pb::QUEUED);
+  auto before = h.pool.walk_steps();
+  for (int i = 0; i < 20; ++i)
+    ASSERT_TRUE(h.apply(hb_cmd("m0", i % 2 ? pb::AVAILABLE : pb::BUSY)).changed);
+  // A step per class in the queue and the big one's look at the pool, per
+  // command: not the 50 free nodes for each class behind it as well.
+  EXPECT_LE(h.pool.walk_steps() - before, 20u * (6 + 50)) << "walks per command";
+  for (int c = 0; c < 5; ++c)
+    EXPECT_EQ(h.sstate("small" + std::to_string(c)), pb::QUEUED);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+}
+
 // Sessions of models no node has (names a client invents) cost the walk of
 // the queue nothing: their classes join it when a node brings the model.
 TEST(PoolCost, QueuedSessionsOfModelsNoNodeHasCostTheWalkNothing) {
