@@ -133,6 +133,8 @@ struct supervisor_config {
 ///                                 after every durable group commit
 ///   (subscribe_atom, actor, bool) the same, or (false) no more
 ///   (state_atom)              -> (Snapshot bytes) of the current state
+///   (state_atom, StateQuery bytes) -> (StatePage bytes): a page of the live
+///                                state or the models on offer (HTTP lists)
 ///   (stats_atom)              -> (JSON text) counters
 ///
 /// Group commit: the first command after a flush schedules a flush_atom to

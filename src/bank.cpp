@@ -196,43 +196,11 @@ bank_item parse_item(const nlohmann::json& j, const std::string& where) {
 namespace {
 
 /// The words of a text, and for each the index of the first word of its
-/// clause: a clause ends at punctuation (. , ; : ! ? and brackets) and
-/// before "but", "because", "although", "though", "whereas", "while",
-/// "yet" and "so".
+/// clause.
 struct words_and_clauses {
   std::vector<std::string> words;
   std::vector<size_t> clause_start;
 };
-
-words_and_clauses split_words(const std::string& text) {
-  static const std::set<std::string> openers{
-    "but", "because", "although", "though", "whereas", "while", "yet", "so"};
-  words_and_clauses out;
-  std::string w;
-  size_t start = 0;
-  auto end_word = [&] {
-    if (w.empty())
-      return;
-    if (openers.count(w))
-      start = out.words.size();
-    out.words.push_back(std::move(w));
-    out.clause_start.push_back(start);
-    w.clear();
-  };
-  for (unsigned char c : text) {
-    // Bytes of UTF-8 sequences (>= 0x80) are letters: "été" is one word,
-    // not "t" between two separators.
-    if (std::isalnum(c) || c >= 0x80) {
-      w += static_cast<char>(std::tolower(c));
-      continue;
-    }
-    end_word();
-    if (std::strchr(".,;:!?()[]", static_cast<char>(c)) && c != 0)
-      start = out.words.size();
-  }
-  end_word();
-  return out;
-}
 
 /// Whether word j of `t` denies what follows it: "not", "no", "never",
 /// ...; "isn't" is the words "isn" and "t", "can't" "can" and "t".
@@ -240,21 +208,68 @@ bool denies(const std::vector<std::string>& t, size_t j) {
   static const std::set<std::string> words{
     "not", "no", "never", "neither", "nor", "cannot", "without", "isn",
     "aren", "wasn", "weren", "doesn", "don", "didn", "hasn", "haven",
-    "hadn", "couldn", "wouldn", "shouldn", "isnt", "doesnt", "dont"};
-  if (t[j] == "can")
+    "hadn", "couldn", "wouldn", "shouldn", "mustn", "needn", "ain", "isnt",
+    "doesnt", "dont"};
+  if (t[j] == "can" || t[j] == "won")
     return j + 1 < t.size() && t[j + 1] == "t";
   return words.count(t[j]) > 0;
 }
 
-/// Whether a word of t[i]'s clause before it denies it: "not less dense",
-/// "is not caused by the tilt"; "not only less dense" and "no doubt less
-/// dense" affirm.
+/// A text's words, ASCII lower-cased, and its clauses. A clause ends at
+/// punctuation (. , ; : ! ? and brackets) and before "but", "because",
+/// "since", "although", "though", "whereas", "while", "yet", "so", "and",
+/// "or", "instead" and "rather", unless a denial comes just before the
+/// word ("not because of the tilt" is one clause).
+words_and_clauses split_words(const std::string& text) {
+  static const std::set<std::string> openers{
+    "but",   "because", "since", "although", "though", "whereas", "while",
+    "yet",   "so",      "and",   "or",       "instead", "rather"};
+  words_and_clauses out;
+  std::string w;
+  size_t start = 0;
+  auto end_word = [&] {
+    if (w.empty())
+      return;
+    auto& t = out.words;
+    if (openers.count(w) && !(t.size() > 0 && denies(t, t.size() - 1)))
+      start = t.size();
+    t.push_back(std::move(w));
+    out.clause_start.push_back(start);
+    w.clear();
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    auto c = static_cast<unsigned char>(text[i]);
+    // A typographic apostrophe or quote (U+2018, U+2019) separates words
+    // as "'" does: "isn’t" is "isn" and "t".
+    if (text.compare(i, 3, "\xE2\x80\x98") == 0
+        || text.compare(i, 3, "\xE2\x80\x99") == 0) {
+      end_word();
+      i += 2;
+      continue;
+    }
+    // Other bytes of UTF-8 sequences (>= 0x80) are letters: "été" is one
+    // word, not "t" between two separators.
+    if (std::isalnum(c) || c >= 0x80) {
+      w += static_cast<char>(std::tolower(c));
+      continue;
+    }
+    end_word();
+    if (c != 0 && std::strchr(".,;:!?()[]", static_cast<char>(c)))
+      start = out.words.size();
+  }
+  end_word();
+  return out;
+}
+
+/// Whether a word of t[i]'s clause, at most four words before it, denies
+/// it: "not less dense", "not caused by the tilt". "Not only", "not just",
+/// "not as", "no doubt" and "no wonder" deny nothing.
 bool denied_at(const words_and_clauses& t, size_t i) {
+  static const std::set<std::string> no_denial{"only", "just", "as", "doubt",
+                                               "wonder"};
   auto& w = t.words;
-  for (size_t j = t.clause_start[i]; j < i; ++j)
-    if (denies(w, j)
-        && !(j + 1 < i && (w[j + 1] == "only" || w[j + 1] == "just"
-                           || w[j + 1] == "doubt")))
+  for (size_t j = std::max(t.clause_start[i], i >= 4 ? i - 4 : 0); j < i; ++j)
+    if (denies(w, j) && !(j + 1 < i && no_denial.count(w[j + 1])))
       return true;
   return false;
 }
@@ -267,32 +282,48 @@ std::vector<std::string> words_of(const std::string& text) {
 
 namespace {
 
-/// Whether `phrase`'s words begin consecutive words of `text` (`affirmed`:
-/// somewhere no word of their clause before them denies them).
-bool mentions_in(const words_and_clauses& text, const std::string& phrase,
-                 bool affirmed = false) {
+/// Where `phrase`'s words begin consecutive words of `text`: the index of
+/// the first word of each place.
+std::vector<size_t> places_of(const words_and_clauses& text,
+                              const std::string& phrase) {
+  std::vector<size_t> at;
   auto& t = text.words;
   auto p = words_of(phrase);
   if (p.empty() || p.size() > t.size())
-    return false;
+    return at;
   for (size_t i = 0; i + p.size() <= t.size(); ++i) {
     size_t k = 0;
     while (k < p.size() && t[i + k].compare(0, p[k].size(), p[k]) == 0)
       ++k;
-    if (k == p.size() && !(affirmed && denied_at(text, i)))
-      return true;
+    if (k == p.size())
+      at.push_back(i);
   }
+  return at;
+}
+
+/// Whether one of a concept's phrases is named in a clause where none of
+/// them is denied: in "not caused by the tilt of the Earth's axis" the
+/// denial of "tilt" takes "axis", of the same concept and clause, along.
+bool affirmed_in(const words_and_clauses& text,
+                 const std::vector<std::string>& phrases) {
+  std::set<size_t> named, denied;  // clauses, by their first word
+  for (auto& p : phrases)
+    for (auto i : places_of(text, p))
+      (denied_at(text, i) ? denied : named).insert(text.clause_start[i]);
+  for (auto c : named)
+    if (!denied.count(c))
+      return true;
   return false;
 }
 
 } // namespace
 
 bool mentions(const std::string& text, const std::string& phrase) {
-  return mentions_in(split_words(text), phrase);
+  return !places_of(split_words(text), phrase).empty();
 }
 
 bool affirms(const std::string& text, const std::string& phrase) {
-  return mentions_in(split_words(text), phrase, true);
+  return affirmed_in(split_words(text), {phrase});
 }
 
 std::string missing_concept(const bank_item& item, const std::string& answer) {
@@ -300,17 +331,15 @@ std::string missing_concept(const bank_item& item, const std::string& answer) {
     return {};
   auto words = split_words(answer);  // once, for every phrase
   for (auto& concept_ : item.must) {
-    bool any = false;
-    std::string named;
-    for (auto& alt : concept_) {
-      any = any || mentions_in(words, alt, true);
-      named += (named.empty() ? "" : "|") + alt;
-    }
-    if (!any)
+    if (!affirmed_in(words, concept_)) {
+      std::string named;
+      for (auto& alt : concept_)
+        named += (named.empty() ? "" : "|") + alt;
       return "must " + named;
+    }
   }
   for (auto& phrase : item.must_not)
-    if (mentions_in(words, phrase))
+    if (!places_of(words, phrase).empty())
       return "must_not " + phrase;
   return {};
 }

@@ -65,16 +65,20 @@ std::vector<std::string> words_of(const std::string& text);
 /// digits, any case): "less dens" is in "It is less dense.". A phrase
 /// without a word is in nothing.
 bool mentions(const std::string& text, const std::string& phrase);
-/// The same, somewhere no word of its clause before it denies it ("not",
-/// "no", "never", "isn't", ...; "not only" does not): "less dense" is
-/// mentioned in "ice is not less dense", and not affirmed. A clause ends
-/// at punctuation and before "but", "because", "so", "although", ...:
-/// "not heavier but less dense" affirms it. Words, not understanding: a
-/// denial in other words ("far from") is not seen.
+/// The same, in a clause where none of the four words before it denies it
+/// ("not", "no", "never", "isn't", "can't", ...; "not only", "not as", "no
+/// doubt" do not): "less dense" is mentioned in "ice is not less dense",
+/// and not affirmed. A clause ends at punctuation and before "but",
+/// "because", "and", "or", "so", ... (not right after a denial: "not
+/// because of the tilt"), so "not heavier but less dense" affirms it.
+/// Words, not understanding: a denial in other words ("far from") is not
+/// seen.
 bool affirms(const std::string& text, const std::string& phrase);
 
 /// What a `similar` item requires that `answer` lacks: "" when it affirms
-/// one alternative of every `must` concept and mentions no `must_not`
+/// one alternative of every `must` concept (where one of a concept's
+/// alternatives is denied, the others in that clause count as denied too:
+/// "not caused by the tilt of the axis" names neither) and mentions no `must_not`
 /// phrase (denied or not: a wrong claim fails the answer either way);
 /// otherwise the first concept missing ("must tilt|axis") or phrase found
 /// ("must_not closer to the sun").

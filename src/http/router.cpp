@@ -15,6 +15,7 @@
 #include "http/dashboard.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "pool_state.hpp"
 
 namespace nodepool::http {
 
@@ -678,7 +679,7 @@ void pool_api::read(const pb::StateQuery& q, page_cb cb) {
     if (q.what() == pb::StateQuery::MODELS) {
       std::set<std::string> models;
       for (auto& n : s->nodes())
-        if (n.state() != pb::RETIRED && n.state() != pb::LOST)
+        if (counts_as_alive(n))
           models.insert(n.models().begin(), n.models().end());
       for (auto& m : models)
         p.add_models(m);
@@ -718,14 +719,12 @@ bool list_query(const request& req, pb::StateQuery& q, bool& whole,
   q.set_limit(bounds::page);
   if (auto l = x.find("limit"); l != x.end()) {
     whole = false;
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(l->second, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != l->second.size() || v < 1 || v > bounds::page) {
+    auto& t = l->second;
+    bool digits = !t.empty() && t.size() <= 4
+                  && std::all_of(t.begin(), t.end(),
+                                 [](unsigned char c) { return std::isdigit(c); });
+    auto v = digits ? std::stoul(t) : 0;
+    if (v < 1 || v > bounds::page) {
       e = {"bad_field", "limit: 1.." + std::to_string(bounds::page)};
       return false;
     }

@@ -70,6 +70,31 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
   EXPECT_EQ(info["name"], "nodepool");
   EXPECT_EQ(info["models"][0], "llama-3-8b") << info.dump();
 
+  // The miners a page at a time, read from the pool's own index by id.
+  auto all = body_of(c.Get("/api/v1/miners"));
+  ASSERT_EQ(all["miners"].size(), 3u) << all.dump();
+  EXPECT_EQ(all["more"], false);
+  auto p1 = body_of(c.Get("/api/v1/miners?limit=2"));
+  ASSERT_EQ(p1["miners"].size(), 2u) << p1.dump();
+  EXPECT_EQ(p1["more"], true);
+  auto last = p1["miners"][1]["node_id"].get<std::string>();
+  auto p2 = body_of(c.Get("/api/v1/miners?limit=2&after_id=" + last));
+  ASSERT_EQ(p2["miners"].size(), 1u) << p2.dump();
+  EXPECT_EQ(p2["more"], false);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ((i < 2 ? p1["miners"][i] : p2["miners"][0])["node_id"],
+              all["miners"][i]["node_id"]);
+  EXPECT_TRUE(p2["miners"][0].contains("last_seen")) << p2.dump();
+  auto bad = c.Get("/api/v1/miners?limit=0");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  // A single oracle's members say the index they reflect.
+  auto members = c.Get("/api/v1/members");
+  ASSERT_TRUE(members);
+  EXPECT_FALSE(members->get_header_value("X-Nodepool-Index").empty());
+  EXPECT_GT(json::parse(members->body).value("index", uint64_t{0}), 0u)
+    << members->body;
+
   // A session of two redundant nodes and two tasks.
   auto r = c.Post("/api/v1/sessions",
                   R"({"model":"llama-3-8b","min_nodes":2,"max_nodes":2,
@@ -78,6 +103,10 @@ TEST(api, serves_sessions_and_completions_from_real_miners) {
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 201) << r->body;
   auto sid = json::parse(r->body)["session_id"].get<std::string>();
+  auto live = body_of(c.Get("/api/v1/sessions?limit=5"));
+  ASSERT_EQ(live["sessions"].size(), 1u) << live.dump();
+  EXPECT_EQ(live["sessions"][0]["session_id"], sid);
+  EXPECT_EQ(live["more"], false);
 
   r = c.Post("/api/v1/completions/" + sid,
              R"({"prompt":"Why test miner nodes?","timeout":30})",

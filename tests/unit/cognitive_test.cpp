@@ -169,6 +169,21 @@ TEST(Grading, AffirmsIgnoresAPhraseItsAnswerDenies) {
   EXPECT_TRUE(affirms("No, ice floats because it is less dense.", "less dens"));
   EXPECT_TRUE(affirms("Ice is not heavier. Ice is less dense.", "less dens"));
   EXPECT_TRUE(affirms("There is no doubt ice is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("It's no wonder ice is less dense.", "less dens"));
+  EXPECT_TRUE(affirms("Ice floats since it is not as dense as water.", "dens"));
+  // "And" and "or" start a clause; a denial just before an opener keeps
+  // its clause going.
+  EXPECT_TRUE(affirms("Distance does not cause the seasons and the tilt of "
+                      "the axis does.", "tilt"));
+  EXPECT_FALSE(affirms("Seasons happen not because of the tilt but because "
+                       "of distance.", "tilt"));
+  // Typographic apostrophes, and more contractions.
+  EXPECT_FALSE(affirms("Ice isn\u2019t less dense.", "less dens"));
+  EXPECT_FALSE(affirms("It won't be less dense.", "less dens"));
+  EXPECT_TRUE(affirms("The team won the prize for less dense ice.", "less dens"));
+  // More than four words back is too far: a denial of something else.
+  EXPECT_TRUE(affirms("Ice does not sink in cold water being less dense.", "less dens"));
+  EXPECT_FALSE(affirms("Ice does not sink being less dense.", "less dens"));
 }
 
 TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {

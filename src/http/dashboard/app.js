@@ -137,9 +137,12 @@
   function poll(my, path, src, every, render, delay) {
     const tick = async () => {
       if (my !== gen) return;
-      const data = await api(typeof path === 'function' ? path() : path, src);
+      const asked = typeof path === 'function' ? path() : path;
+      const data = await api(asked, src);
       if (my !== gen) return;
-      if (data) {
+      // A paged table's answer for a page it no longer shows (the pager
+      // moved meanwhile) is dropped: the click asked for the new one.
+      if (data && asked === (typeof path === 'function' ? path() : path)) {
         try { render(data); mark(src); } catch (e) { console.error(`rendering ${src} failed`, e); }
       }
       const wait = backoff.get(src) || 0;
@@ -274,7 +277,9 @@
   const totals = {};                               // records in the pool, by table
   for (const t of ['miners', 'sessions']) {
     pages[t] = { starts: [''], more: false, shown: 0 };
-    const go = (f) => () => { f(pages[t]); refresh(t); };
+    // Where a page ends is known once it arrived: until then, no "next"
+    // (a second click would push the same start twice).
+    const go = (f) => () => { const p = pages[t]; f(p); p.more = false; p.last = ''; $(`${t}-next`).disabled = true; refresh(t); };
     $(`${t}-first`).addEventListener('click', go((p) => { p.starts = ['']; }));
     $(`${t}-prev`).addEventListener('click', go((p) => { if (p.starts.length > 1) p.starts.pop(); }));
     $(`${t}-next`).addEventListener('click', go((p) => { if (p.more && p.last) p.starts.push(p.last); }));
@@ -347,8 +352,11 @@
   }
 
   function renderMiners(d) {
-    const list = d.miners || [];                   // in id order, as paged
-    paged('miners', d, list, (m) => m.node_id);
+    const page = d.miners || [];                   // in id order, as paged
+    paged('miners', d, page, (m) => m.node_id);
+    // Within the page, numbers in ids in their order ("n2" before "n10").
+    const list = page.slice()
+      .sort((a, b) => String(a.node_id).localeCompare(String(b.node_id), undefined, { numeric: true }));
     $('miners').tBodies[0].replaceChildren(...list.map(minerRow));
     $('miners-empty').hidden = list.length > 0;
 
@@ -558,8 +566,9 @@
     // A click on the pager shows its page now, not at the next poll.
     for (const [t, render] of [['miners', renderMiners], ['sessions', renderSessions]])
       refreshers[t] = async () => {
-        const d = await api(pagePath(t)(), t);
-        if (d && my === gen) { render(d); mark(t); }
+        const asked = pagePath(t)();
+        const d = await api(asked, t);
+        if (d && my === gen && asked === pagePath(t)()) { render(d); mark(t); }
       };
     poll(my, '/api/v1/members', 'members', 5000, renderMembers);
     openStream(my);
