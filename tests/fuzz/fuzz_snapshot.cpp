@@ -9,6 +9,8 @@
 //    I1..I5, and that state must then take commands without breaking them.
 //
 // Input: one serialized pb::Snapshot.
+#include <set>
+
 #include "fuzz_common.hpp"
 #include "recovery.hpp"
 #include "storage.hpp"
@@ -23,7 +25,48 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     pool_state raw;
     raw.restore(snap);
     (void)raw.check_invariants();
-    (void)raw.snapshot().SerializeAsString();
+    auto whole = raw.snapshot();
+    (void)whole.SerializeAsString();
+    // The HTTP lists' reads, on whatever the state holds: page after page,
+    // ids strictly in order, and together the whole state's (a pool that
+    // took commands has no empty id; a page starts after one).
+    for (auto what : {pb::StateQuery::NODES, pb::StateQuery::SESSIONS}) {
+      std::set<std::string> want, got;
+      if (what == pb::StateQuery::NODES)
+        for (auto& n : whole.nodes())
+          want.insert(n.id());
+      else
+        for (auto& x : whole.sessions())
+          want.insert(x.id());
+      want.erase("");
+      pb::StateQuery q;
+      q.set_what(what);
+      q.set_limit(3);
+      for (;;) {
+        auto page = raw.read(q);
+        if (!page.error().empty())
+          fuzz::fail("a page in bounds was refused: " + page.error());
+        std::vector<std::string> ids;
+        for (auto& n : page.nodes())
+          ids.push_back(n.id());
+        for (auto& x : page.sessions())
+          ids.push_back(x.id());
+        for (auto& id : ids) {
+          if (id <= q.after() || !got.insert(id).second)
+            fuzz::fail("a page repeats an id or is out of order: " + id);
+          q.set_after(id);
+        }
+        if (!page.more())
+          break;
+        if (ids.empty())
+          fuzz::fail("an empty page says there are more");
+      }
+      if (got != want)
+        fuzz::fail("the pages do not hold the whole state's records");
+    }
+    pb::StateQuery models;
+    models.set_what(pb::StateQuery::MODELS);
+    (void)raw.read(models);
     // The snapshot writer's path: the records checked alone, and the bytes
     // written straight from a kept copy, which must be the message's own.
     (void)check_snapshot(snap);
