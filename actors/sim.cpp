@@ -254,7 +254,9 @@ private:
                   vs.front().detail + " after " + cmd.ShortDebugString());
       // Tests of nodes without the model, and how many they passed.
       for (auto& e : r.events)
-        if (e.has_test_finished())
+        if (e.has_node_forgotten())
+          ++res_.nodes_forgotten;
+        else if (e.has_test_finished())
           for (auto& m : miners_)
             if (m.id == e.test_finished().node_id()
                 && (m.kind == behaviour::solver || m.kind == behaviour::copycat)) {

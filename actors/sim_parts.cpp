@@ -121,6 +121,9 @@ run_draw draw_run(seeded_rng& rng, uint64_t seed, net_faults& net,
   p.tick_interval_ms = 50;
   p.idle_threshold_ms = 5000;
   p.queue_timeout_ms = 8000;
+  // A miner killed or cut off for 3 s is forgotten: runs forget nodes and
+  // see them come back as new ones, on every member alike.
+  p.lost_retention_ms = 3000;
   p.tasks_before_release = 1 + static_cast<uint32_t>(rng.below(3));
   p.max_strikes = 3 + static_cast<uint32_t>(rng.below(3));
   if (snapshot_every)

@@ -78,6 +78,11 @@ nlohmann::json event_json(const pb::Event& e) {
         j["reason"] = x.reason();
       break;
     }
+    case pb::Event::kNodeForgotten:
+      j["type"] = "node_forgotten";
+      j["node_id"] = e.node_forgotten().node_id();
+      j["reason"] = e.node_forgotten().reason();
+      break;
     default:
       j["type"] = "unknown";
   }

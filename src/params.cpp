@@ -95,6 +95,7 @@ std::string params::validate() const {
     return "session_id_retention_ms must be > 0";
   if (task_phase_timeout_ms <= 0) return "task_phase_timeout_ms must be > 0";
   if (ephemeral_window_ms <= 0) return "ephemeral_window_ms must be > 0";
+  if (lost_retention_ms < 0) return "lost_retention_ms must be >= 0 (0: kept for ever)";
   if (heartbeat_interval_ms <= 0 || heartbeat_timeout_ms <= heartbeat_interval_ms)
     return "need 0 < heartbeat_interval_ms < heartbeat_timeout_ms";
   if (quarantine_backoff_ms <= 0 || quarantine_backoff_max_ms < quarantine_backoff_ms)
@@ -124,6 +125,7 @@ std::string params::validate() const {
     {"ephemeral_window_ms", ephemeral_window_ms},
     {"heartbeat_interval_ms", heartbeat_interval_ms},
     {"heartbeat_timeout_ms", heartbeat_timeout_ms},
+    {"lost_retention_ms", lost_retention_ms},
     {"quarantine_backoff_ms", quarantine_backoff_ms},
     {"quarantine_backoff_max_ms", quarantine_backoff_max_ms},
     {"tick_interval_ms", tick_interval_ms}};
@@ -162,6 +164,7 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"ephemeral_window_ms", &params::ephemeral_window_ms},
     {"heartbeat_interval_ms", &params::heartbeat_interval_ms},
     {"heartbeat_timeout_ms", &params::heartbeat_timeout_ms},
+    {"lost_retention_ms", &params::lost_retention_ms},
     {"quarantine_backoff_ms", &params::quarantine_backoff_ms},
     {"quarantine_backoff_max_ms", &params::quarantine_backoff_max_ms},
     {"max_strikes", &params::max_strikes},

@@ -49,6 +49,10 @@ struct params {
   int64_t ephemeral_window_ms = 30 * 60 * 1000;
   int64_t heartbeat_interval_ms = 1000;
   int64_t heartbeat_timeout_ms = 5000;
+  /// A node lost this long (no reconnection) leaves the pool's records, so
+  /// that what the pool holds depends on its nodes, not on every node it
+  /// ever saw; it comes back as a new node. 0: kept for ever.
+  int64_t lost_retention_ms = 7 * 24 * 3600 * 1000LL;
   // failure handling
   int64_t quarantine_backoff_ms = 30000;
   int64_t quarantine_backoff_max_ms = 300000;

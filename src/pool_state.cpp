@@ -380,6 +380,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
        ++t)
     due_nodes.push_back(t->second->id());
   std::sort(due_nodes.begin(), due_nodes.end());  // the order acted in
+  std::vector<pb::NodeRecord*> forgotten;
   for (auto& id : due_nodes) {
     auto* found = live_node(id);
     if (!found)
@@ -410,10 +411,16 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
         if (now >= node_due(n))
           release(n, "reserve_period", now, out);
         break;
+      case pb::LOST:
+        if (now >= node_due(n))
+          forgotten.push_back(&n);
+        break;
       default:
         break;
     }
   }
+  for (auto* n : forgotten)  // in id order, after every other node's turn
+    forget(*n, out);
   std::vector<std::string> idle, expired;
   for (auto t = session_timers_.begin();
        t != session_timers_.end() && t->first <= now; ++t) {
@@ -688,6 +695,44 @@ void pool_state::copy_session(const std::string& id) {
   } else {
     copied.erase(id);  // ended (or never accepted)
   }
+}
+
+void pool_state::forget(pb::NodeRecord& n, apply_result& out) {
+  const pb::NodeRecord* p = &n;
+  // Every index that points at the record lets go of it first. A lost
+  // node is in no pool index and counted neither alive nor available, so
+  // its timer and its notes are all there is besides the maps by id.
+  if (auto a = node_aux_.find(p); a != node_aux_.end()) {
+    if (a->second.due != INT64_MAX)  // INT64_MAX: no timer
+      node_timers_.erase(a->second.timer);
+    node_aux_.erase(a);
+  }
+  noted_nodes_.erase(std::remove(noted_nodes_.begin(), noted_nodes_.end(), p),
+                     noted_nodes_.end());
+  if (changed_nodes_.erase(p))
+    changed_order_.erase(
+      std::remove(changed_order_.begin(), changed_order_.end(), p),
+      changed_order_.end());
+  if (copies_ && copies_.use_count() > 1) {
+    // A snapshot still reads the kept copy: the next freeze makes a new one.
+    copies_.reset();
+    changed_nodes_.clear();
+    changed_order_.clear();
+    changed_sessions_.clear();
+  } else if (copies_) {
+    std::atomic_thread_fence(std::memory_order_acquire);  // as in freeze()
+    copies_->copy_of.erase(p);
+    copies_->nodes.erase(n.id());
+  }
+  --counts_[pb::LOST];
+  out.events.emplace_back();
+  auto* f = out.events.back().mutable_node_forgotten();
+  f->set_node_id(n.id());
+  f->set_reason("lost for lost_retention_ms");
+  out.changed = true;
+  auto id = n.id();
+  node_index_.erase(id);
+  nodes_.erase(id);
 }
 
 size_t pool_state::copy_ahead(size_t budget, size_t leave) {

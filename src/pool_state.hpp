@@ -227,6 +227,10 @@ private:
   void apply_admin_node(const pb::AdminNode& c, int64_t now, apply_result& out);
   /// The node of a command, or null with `unknown_node` refused.
   pb::NodeRecord* known_node(const std::string& id, apply_result& out);
+  /// Drops a node lost for lost_retention_ms from every record and index
+  /// (NodeForgotten). Only a LOST node: it holds no session and sits in no
+  /// pool index.
+  void forget(pb::NodeRecord& n, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
             apply_result& out);
   /// Out of the pool for `to` (LOST, RETIRED): released from its session
@@ -326,9 +330,10 @@ private:
   std::vector<int64_t> latency_bounds_;  // params_.test_latency_ms, parsed
   std::unique_ptr<selection_strategy> selector_;
   std::map<std::string, pb::NodeRecord> nodes_;
-  /// The same nodes by id in a flat hash index (map nodes do not move, and a
-  /// node record is never dropped): a lookup costs the same whatever the
-  /// pool's size. nodes_ stays ordered for snapshots and full checks.
+  /// The same nodes by id in a flat hash index (map nodes do not move; a
+  /// record is dropped only by forget(), which takes it out of every index
+  /// first): a lookup costs the same whatever the pool's size. nodes_ stays
+  /// ordered for snapshots and full checks.
   flat_index<pb::NodeRecord> node_index_;
   pb::NodeRecord* live_node(const std::string& id) const {
     return node_index_.find(id);

@@ -51,6 +51,10 @@ int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
       return n.test_deadline() + 1;  // failed once now > deadline
     case pb::QUARANTINED:
       return n.quarantine_until();
+    case pb::LOST:
+      return params_.lost_retention_ms > 0
+               ? n.reset_at() + params_.lost_retention_ms
+               : never;
     case pb::EPHEMERAL:
       return n.ephemeral_at() + params_.ephemeral_window_ms + 1;
     case pb::RESERVED: {

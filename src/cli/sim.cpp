@@ -69,6 +69,8 @@ nlohmann::json to_json(const sim_result& r, bool with_trace) {
   j["lost"] = r.lost;
   j["cheat_tests"] = r.cheat_tests;
   j["cheat_passes"] = r.cheat_passes;
+  if (r.nodes_forgotten > 0)
+    j["nodes_forgotten"] = r.nodes_forgotten;
   if (r.oracles > 1) {
     j["oracles"] = r.oracles;
     j["leader_changes"] = r.leader_changes;
@@ -250,6 +252,7 @@ void run(const sim_cli& c) {
   uint64_t runs = 0;
   std::map<std::string, uint64_t> faults;
   std::map<std::string, uint64_t> sessions, cheats, guard;
+  uint64_t forgotten = 0;  // nodes that left the records (NodeForgotten)
   for (auto& [seed, j] : results) {
     ++runs;
     if (j.contains("faults"))
@@ -262,6 +265,7 @@ void run(const sim_cli& c) {
     if (j.contains("raft_guard"))
       for (auto& [k, v] : j["raft_guard"].items())
         guard[k] += v.get<uint64_t>();
+    forgotten += j.value("nodes_forgotten", uint64_t{0});
     for (auto key : {"cheat_tests", "cheat_passes"})
       if (j.contains(key))
         cheats[key] += j[key].get<uint64_t>();
@@ -292,6 +296,9 @@ void run(const sim_cli& c) {
       std::cout << " " << k << "=" << v;
     std::cout << "\n";
   }
+  if (forgotten > 0)
+    std::cout << "nodes lost past lost_retention_ms and forgotten: "
+              << forgotten << "\n";
   if (cheats["cheat_tests"] > 0)
     std::cout << "nodes without the model (solver, copycat): "
               << cheats["cheat_passes"] << " of " << cheats["cheat_tests"]
@@ -310,6 +317,8 @@ void run(const sim_cli& c) {
     j["faults"] = faults;
     j["sessions"] = sessions;
     j["cheats"] = cheats;
+    if (forgotten > 0)
+      j["nodes_forgotten"] = forgotten;
     j["store"] = c.opt.store;
     j["oracles"] = c.opt.oracles;
     if (c.opt.oracles > 1)

@@ -3576,8 +3576,9 @@ std::vector<std::string> walk_pages(const pool_state& p, pb::StateQuery::What wh
     EXPECT_TRUE(page.error().empty()) << page.error();
     auto ids = ids_of(page);
     EXPECT_LE(ids.size(), limit);
-    if (page.more())
+    if (page.more()) {
       EXPECT_EQ(ids.size(), limit) << "a page said more before it was full";
+    }
     seen.insert(seen.end(), ids.begin(), ids.end());
     if (!page.more() || ids.empty())
       return seen;
@@ -3678,4 +3679,118 @@ TEST(PoolReads, ALimitOutOfBoundsIsRefusedAndReadsNothing) {
       EXPECT_EQ(p.nodes_size() + p.sessions_size(), 0);
     }
   }
+}
+
+// =============================================================================
+// lost nodes leave the records (lost_retention_ms)
+// =============================================================================
+
+params retention(int64_t ms) {
+  auto p = quiet();
+  p.lost_retention_ms = ms;
+  return p;
+}
+
+TEST(PoolLost, ANodeLostPastItsRetentionIsForgotten) {
+  harness h{retention(10000)};
+  h.admit("n1");
+  h.admit("n2");
+  h.down("n1", "gone");
+  ASSERT_EQ(h.state("n1"), pb::LOST);
+  auto lost_at = h.now;
+  h.now = lost_at + 9999;
+  h.tick();
+  ASSERT_NE(h.pool.node("n1"), nullptr) << "forgotten before its retention";
+  // A kept copy of the records exists (a snapshot was taken) when it goes.
+  (void)h.pool.freeze().finish();
+  h.now = lost_at + 10000;
+  auto r = h.tick();
+  EXPECT_EQ(h.pool.node("n1"), nullptr);
+  EXPECT_TRUE(r.changed);  // logged, so that a replay forgets it too
+  ASSERT_EQ(count_events(r, pb::Event::kNodeForgotten), 1);
+  EXPECT_EQ(r.events[0].node_forgotten().node_id(), "n1");
+  EXPECT_EQ(h.count(pb::LOST), 0u);
+  EXPECT_EQ(h.pool.nodes().size(), 1u);
+  EXPECT_TRUE(h.pool.check_invariants().empty())
+    << describe(h.pool.check_invariants());
+  // The kept copy of the records lets go of it too: a freeze is the state.
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+  auto after = h.pool.snapshot();
+  for (auto& n : after.nodes())
+    EXPECT_NE(n.id(), "n1");
+  // Nothing more to forget: the next tick changes nothing.
+  h.now += 1000;
+  EXPECT_FALSE(h.tick().changed);
+  // It comes back as a new node: registered and tested before it serves.
+  auto back = h.reg("n1");
+  EXPECT_FALSE(back.refused);
+  EXPECT_NE(change_of(back, "n1", pb::NODE_STATE_UNSPECIFIED, pb::REGISTERED), nullptr);
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  h.pass("n1");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+TEST(PoolLost, ANodeBackWithinItsRetentionKeepsItsRecord) {
+  harness h{retention(10000)};
+  h.admit("n1");
+  auto rep = h.node("n1").reputation();
+  h.down("n1", "gone");
+  h.now += 5000;
+  ASSERT_FALSE(h.reg("n1").refused);
+  ASSERT_EQ(h.state("n1"), pb::TESTING);
+  EXPECT_EQ(h.node("n1").reputation(), rep);
+  h.now += 20000;  // past what would have been its retention
+  h.tick();
+  ASSERT_NE(h.pool.node("n1"), nullptr);
+  // With retention 0, a lost node is kept for ever.
+  harness keep{retention(0)};
+  keep.admit("n1");
+  keep.down("n1", "gone");
+  keep.now += int64_t{100} * 24 * 3600 * 1000;
+  keep.tick();
+  EXPECT_NE(keep.pool.node("n1"), nullptr);
+}
+
+// A snapshot still being written when a node is forgotten keeps what it
+// froze; the next one is the state without the node.
+TEST(PoolLost, ASnapshotUnderWayKeepsTheNodeTheNextOneDoesNot) {
+  harness h{retention(10000)};
+  h.admit("n1");
+  h.admit("n2");
+  h.down("n1", "gone");
+  (void)h.pool.freeze().finish();  // a kept copy
+  auto before = h.pool.snapshot();
+  auto writing = h.pool.freeze();  // shared with a writer, not finished
+  h.now += 10000;
+  ASSERT_EQ(count_events(h.tick(), pb::Event::kNodeForgotten), 1);
+  EXPECT_EQ(bytes_of(std::move(writing).finish()), bytes_of(before));
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+  EXPECT_EQ(h.pool.snapshot().nodes_size(), 1);
+}
+
+// Nodes that come and go under new ids: the records stay as many as the
+// nodes seen within the retention, however long the pool runs (before,
+// every id ever seen stayed).
+TEST(PoolLost, RecordsStayBoundedUnderChurn) {
+  auto p = retention(60000);
+  harness h{p};
+  size_t most = 0;
+  for (int i = 0; i < 600; ++i) {
+    auto id = "churn" + std::to_string(i);
+    h.admit(id);
+    h.now += 1000;
+    h.down(id, "gone");
+    h.now += 1000;
+    h.tick();
+    most = std::max(most, h.pool.nodes().size());
+    if (i % 7 == 0) {  // snapshots now and then, from the kept copy
+      auto frozen = h.pool.freeze().finish();
+      ASSERT_EQ(bytes_of(frozen), bytes_of(h.pool.snapshot())) << i;
+    }
+  }
+  // A node is lost every 2 s and kept 60 s: about 30 at a time.
+  EXPECT_LE(most, 32u);
+  EXPECT_GE(h.pool.nodes().size(), 25u);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
 }
