@@ -13,13 +13,9 @@ pb::StatePage pool_state::read(const pb::StateQuery& q) const {
     // by_model_ keeps an entry for every model ever named; those with no
     // live node are not on offer.
     std::vector<const std::string*> models;
-    for (auto& [m, c] : by_model_) {
-      uint64_t alive = 0;
-      for (auto x : c.alive)
-        alive += x;
-      if (alive > 0)
+    for (auto& [m, c] : by_model_)
+      if (could_ever_serve(&c, 0, 1))
         models.push_back(&m);
-    }
     std::sort(models.begin(), models.end(),
               [](auto* a, auto* b) { return *a < *b; });
     for (auto* m : models)
