@@ -104,6 +104,11 @@ public:
   bool check(std::string_view bytes, std::string& error) const override {
     return inner_.check(bytes, error);
   }
+  std::string broken() const override { return inner_.broken(); }
+  std::string follows(const std::vector<std::string_view>& entries,
+                      size_t& bad) const override {
+    return inner_.follows(entries, bad);
+  }
   replica_machine& inner() { return inner_; }
 
 private:
@@ -1123,6 +1128,9 @@ private:
       if (!st.restore_error.empty())
         violation("snapshot_restore", "oracle " + std::to_string(i + 1) + ": "
                                         + st.restore_error);
+      if (!st.apply_error.empty())
+        violation("log_follow", "oracle " + std::to_string(i + 1) + ": "
+                                  + st.apply_error);
     }
     // A member whose write to its log failed stops (see raft_member.cpp,
     // 6.): a crash, from which it restarts with what its disk kept.

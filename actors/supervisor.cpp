@@ -1129,6 +1129,8 @@ caf::behavior handlers(self_ptr self) {
         j["write_error"] = s.write_error;
       if (!s.restore_error.empty())
         j["restore_error"] = s.restore_error;
+      if (!s.apply_error.empty())
+        j["apply_error"] = s.apply_error;
       j["id"] = s.id;
       j["role"] = to_string(s.role);
       j["ready"] = s.ready;

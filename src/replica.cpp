@@ -28,34 +28,49 @@ replica::outcome replica::apply(std::string_view bytes) {
   return apply(b);
 }
 
+namespace {
+
+/// Why a replica at (`last_index`, `last_term`, `last_now`) refuses batch
+/// `b` whole ("" if it takes it); `off_log`: because its first entry is
+/// not the next one due.
+std::string batch_refusal(const pb::LogBatch& b, uint64_t last_index,
+                          uint64_t last_term, int64_t last_now,
+                          bool& off_log) {
+  off_log = false;
+  if (b.entries_size() == 0)
+    return "empty batch";
+  if (b.term() < last_term)
+    return "batch of term " + std::to_string(b.term()) + " after term "
+           + std::to_string(last_term) + " (a deposed leader)";
+  auto next = last_index + 1;
+  auto t = last_now;
+  for (auto& e : b.entries()) {
+    if (e.index() != next) {
+      off_log = e.index() == b.entries(0).index();
+      return "entry " + std::to_string(e.index()) + " where "
+             + std::to_string(next) + " was due";
+    }
+    if (e.now() < t)
+      return "entry " + std::to_string(e.index()) + " goes back in time ("
+             + std::to_string(e.now()) + " < " + std::to_string(t) + ")";
+    if (e.command().kind_case() == pb::Command::KIND_NOT_SET)
+      return "entry " + std::to_string(e.index()) + " has no command";
+    t = e.now();
+    ++next;
+  }
+  return {};
+}
+
+} // namespace
+
 replica::outcome replica::apply(const pb::LogBatch& b) {
   outcome o;
   // Check the whole batch before touching anything: all or nothing.
-  auto refuse = [&](std::string why) {
+  if (auto why = batch_refusal(b, last_index_, last_term_, last_now_, o.off_log);
+      !why.empty()) {
     ++refused_;
     o.error = std::move(why);
     return o;
-  };
-  if (b.entries_size() == 0)
-    return refuse("empty batch");
-  if (b.term() < last_term_)
-    return refuse("batch of term " + std::to_string(b.term())
-                  + " after term " + std::to_string(last_term_)
-                  + " (a deposed leader)");
-  auto next = last_index_ + 1;
-  auto t = last_now_;
-  for (auto& e : b.entries()) {
-    if (e.index() != next)
-      return refuse("entry " + std::to_string(e.index()) + " where "
-                    + std::to_string(next) + " was due");
-    if (e.now() < t)
-      return refuse("entry " + std::to_string(e.index())
-                    + " goes back in time (" + std::to_string(e.now())
-                    + " < " + std::to_string(t) + ")");
-    if (e.command().kind_case() == pb::Command::KIND_NOT_SET)
-      return refuse("entry " + std::to_string(e.index()) + " has no command");
-    t = e.now();
-    ++next;
   }
   std::vector<pb::SessionRecord> ended;
   for (auto& e : b.entries()) {
@@ -94,6 +109,32 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
   }
   o.ok = true;
   return o;
+}
+
+std::string replica::follows(const std::vector<std::string_view>& batches,
+                             size_t& bad) const {
+  auto index = last_index_;
+  auto term = last_term_;
+  auto now = last_now_;
+  pb::LogBatch b;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    auto& bytes = batches[i];
+    bool off_log = false;
+    if (!b.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+      continue;  // refused on apply, changing nothing
+    auto why = batch_refusal(b, index, term, now, off_log);
+    if (off_log) {
+      bad = i;
+      return "it holds pool entry " + std::to_string(b.entries(0).index())
+             + " where " + std::to_string(index + 1) + " is due";
+    }
+    if (!why.empty())
+      continue;
+    index = b.entries(b.entries_size() - 1).index();
+    term = b.term();
+    now = b.entries(b.entries_size() - 1).now();
+  }
+  return {};
 }
 
 pool_state::frozen replica::freeze() {
@@ -207,8 +248,15 @@ void replica_machine::catch_up() {
 }
 
 void replica_machine::apply_now(std::string_view entry) {
+  if (!broken_.empty())
+    return;
   auto o = r_.apply(entry);
-  if (!o.ok)
+  if (o.off_log) {
+    broken_ = o.error;
+    log("replica")->critical("log entry refused: {}: this state can no "
+                             "longer follow the log; nothing more is applied",
+                             o.error);
+  } else if (!o.ok)
     log("replica")->error("log entry refused: {}", o.error);
   for (auto& v : o.violations)
     log("replica")->critical("{}: {}", v.invariant, v.detail);

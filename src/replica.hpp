@@ -39,6 +39,9 @@ public:
   struct outcome {
     bool ok = false;            // false: the batch was refused, nothing changed
     std::string error;          // why it was refused
+    /// Refused because its first entry is not the next one due: this
+    /// state can never take a later entry of that log either.
+    bool off_log = false;
     size_t entries = 0;         // commands applied
     std::vector<violation> violations;
   };
@@ -62,6 +65,12 @@ public:
 
   outcome apply(std::string_view bytes);
   outcome apply(const pb::LogBatch& batch);
+  /// Whether these batches, in order, would each start at the entry due
+  /// after the one before (what `apply` needs): "" if so, else why not.
+  /// Batches `apply` refuses for other reasons (they do not decode, or
+  /// come from a deposed leader) change nothing there and are skipped.
+  std::string follows(const std::vector<std::string_view>& batches,
+                      size_t& bad) const;
 
   /// The committed state: the pool's snapshot with the last index, time
   /// and term folded in.
@@ -201,6 +210,17 @@ public:
   bool check(std::string_view bytes, std::string& error) const override {
     return replica::check(bytes, error);
   }
+  /// Set by the first batch refused for not being the next one due
+  /// (replica::outcome::off_log); nothing is applied after it.
+  std::string broken() const override {
+    std::lock_guard<std::mutex> g{mu_};
+    return broken_;
+  }
+  std::string follows(const std::vector<std::string_view>& entries,
+                      size_t& bad) const override {
+    std::lock_guard<std::mutex> g{mu_};
+    return r_.follows(entries, bad);
+  }
   template <class F>
   auto with(F&& f) {
     std::lock_guard<std::mutex> g{mu_};
@@ -221,6 +241,7 @@ private:
   const bool deferred_;
   mutable std::mutex mu_;
   std::vector<std::string> pending_;  // in log order
+  std::string broken_;
 };
 
 } // namespace nodepool

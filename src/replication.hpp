@@ -40,6 +40,21 @@ public:
   /// once the callbacks of what it just received have run: a leader then
   /// answers a commit before the work of applying it.
   virtual void catch_up() {}
+  /// Why this machine can no longer follow the log it is given ("" while
+  /// it can): an entry came that is not the next one its state needs, so
+  /// every later entry would be refused too. The member then stops taking
+  /// part (raft_member.cpp): its log is not the cluster's.
+  virtual std::string broken() const { return {}; }
+  /// Whether the entries a member holds past its state (in log order, as
+  /// raft loaded them at start) can follow that state: "" if so, else why
+  /// not, with `bad` the position of the first that cannot; changes
+  /// nothing. By default every log can.
+  virtual std::string follows(const std::vector<std::string_view>& entries,
+                              size_t& bad) const {
+    (void)entries;
+    (void)bad;
+    return {};
+  }
 };
 
 /// How a proposal ended. Only `committed` means a majority holds it
@@ -129,6 +144,10 @@ struct log_status {
   /// restore failed: why. Raft had already written it and dropped the log
   /// below it, so the member stops taking part for good; an oracle stops.
   std::string restore_error;
+  /// The state machine can no longer follow this member's log
+  /// (`state_machine::broken`): why. The member stops taking part for
+  /// good, takes no more snapshots, and an oracle stops.
+  std::string apply_error;
 };
 
 /// The seam between the pool and a consensus library: PoolState and the

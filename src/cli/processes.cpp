@@ -469,6 +469,10 @@ int run_oracle(oracle_options& o) {
       else if (!ls.restore_error.empty())
         member_down = ls.restore_error + " (raft wrote it to " + o.data_dir
                       + "/raft)";
+      else if (!ls.apply_error.empty())
+        member_down = ls.apply_error + " (in " + o.data_dir
+                      + "/raft: keep it for inspection; the other members"
+                        " hold every committed entry)";
       else if (ls.role != log_role::unavailable)
         log_seen_up = true;
       else if (log_seen_up)

@@ -1,9 +1,14 @@
 // See raft_disk.hpp.
 #include "raft/raft_disk.hpp"
 
+#include <algorithm>
+#include <cstdio>
+#include <fcntl.h>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
+#include <tuple>
 #include <unistd.h>
 
 extern "C" {
@@ -37,7 +42,81 @@ struct scratch_copy {
 
 } // namespace
 
-bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error) {
+bool set_aside_stale_segments(const std::string& dir,
+                              std::vector<std::string>& moved,
+                              std::string& error) {
+  namespace fs = std::filesystem;
+  moved.clear();
+  std::error_code ec;
+  fs::directory_iterator it{dir, ec};
+  if (ec) {
+    error = "cannot list " + dir + ": " + ec.message();
+    return false;
+  }
+  // raft_uv's names (uv_segment.c, uv_snapshot.c): closed segments
+  // "%016llu-%016llu", open ones "open-%llu", snapshots
+  // "snapshot-TERM-INDEX-TIMESTAMP" with a ".meta" beside.
+  struct snap {
+    unsigned long long term, index, ts;
+    bool operator<(const snap& o) const {
+      return std::tie(term, index, ts) < std::tie(o.term, o.index, o.ts);
+    }
+  };
+  std::optional<snap> newest;
+  std::vector<std::pair<std::string, unsigned long long>> closed;  // name, last
+  bool open_holds_entries = false;
+  for (auto& e : it) {
+    auto name = e.path().filename().string();
+    unsigned long long a = 0, b = 0, c = 0;
+    int n = 0;
+    if (std::sscanf(name.c_str(), "%llu-%llu%n", &a, &b, &n) == 2
+        && static_cast<size_t>(n) == name.size() && name.size() == 33) {
+      closed.emplace_back(name, b);
+    } else if (name.rfind("open-", 0) == 0) {
+      // An open segment holds entries once raft wrote its format word;
+      // a prepared one is all zeros.
+      uint64_t format = 0;
+      if (FILE* f = std::fopen(e.path().c_str(), "rb")) {
+        if (std::fread(&format, sizeof format, 1, f) != 1)
+          format = 0;
+        std::fclose(f);
+      }
+      if (format != 0)
+        open_holds_entries = true;
+    } else if (std::sscanf(name.c_str(), "snapshot-%llu-%llu-%llu.meta%n", &a,
+                           &b, &c, &n) == 3
+               && static_cast<size_t>(n) == name.size()) {
+      auto data = e.path().parent_path() / name.substr(0, name.size() - 5);
+      if (fs::exists(data, ec) && fs::file_size(data, ec) > 0) {
+        snap s{a, b, c};
+        if (!newest || *newest < s)
+          newest = s;
+      }
+    }
+  }
+  if (!newest || !open_holds_entries || closed.empty())
+    return true;
+  for (auto& [name, last] : closed)
+    if (last >= newest->index)
+      return true;  // the log reaches the snapshot: raft loads it right
+  std::sort(closed.begin(), closed.end());
+  for (auto& [name, last] : closed) {
+    fs::rename(fs::path{dir} / name, fs::path{dir} / ("stale-" + name), ec);
+    if (ec) {
+      error = "cannot rename " + name + " in " + dir + ": " + ec.message();
+      return false;
+    }
+    moved.push_back(name);
+  }
+  if (int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY); fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  return true;
+}
+
+bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error,
+                   bool as_a_member) {
   if (!std::filesystem::is_directory(dir)) {
     error = "no raft directory " + dir;
     return false;
@@ -63,6 +142,9 @@ bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error) {
     error = std::string{"cannot copy "} + dir + ": " + e.what();
     return false;
   }
+  if (std::vector<std::string> moved;
+      as_a_member && !set_aside_stale_segments(copy->path, moved, error))
+    return false;
   uv_loop_t loop;
   if (int rv = uv_loop_init(&loop); rv != 0) {
     error = std::string{"uv_loop_init: "} + uv_strerror(rv);

@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -23,6 +24,7 @@ extern "C" {
 
 #include "log.hpp"
 #include "cluster_config.hpp"
+#include "raft/raft_disk.hpp"
 #include "raft/raft_member.hpp"
 
 namespace nodepool {
@@ -130,6 +132,22 @@ public:
       }
     }
     keep_aio_interposer();  // segment closes must not hold the loop (raft_aio.hpp)
+    if (std::error_code ec; std::filesystem::is_directory(opts_.dir, ec)) {
+      std::vector<std::string> moved;
+      if (!set_aside_stale_segments(opts_.dir, moved, error))
+        return false;
+      if (!moved.empty()) {
+        std::string names;
+        for (auto& m : moved)
+          names += (names.empty() ? "" : ", ") + m;
+        log("raft")->warn("{}: closed segments {} all end before the newest "
+                          "snapshot while an open segment holds entries: a "
+                          "snapshot install cut short by a crash. Renamed "
+                          "stale-*, so that the open segment loads after the "
+                          "snapshot (raft_member.cpp, 12.)",
+                          opts_.dir, names);
+      }
+    }
     if (int rv = raft_uv_init(&io_, &loop_, opts_.dir.c_str(), &transport_);
         rv != 0) {
       error = std::string{"raft_uv_init("} + opts_.dir + "): " + io_.errmsg;
@@ -173,6 +191,19 @@ public:
       error = std::string{"raft_start: "} + raft_errmsg(&raft_);
       if (auto why = member_.refused_snapshot(); !why.empty())
         error += " (the snapshot on disk: " + why + ")";
+      return false;
+    }
+    // A log that does not follow its own snapshot (raft_member.cpp, 12.)
+    // would have this member vote, answer and snapshot with entries that
+    // are not the cluster's: it does not start. The other members hold
+    // every committed entry.
+    if (auto why = member_.check_loaded_log(); !why.empty()) {
+      error = "raft's log in " + opts_.dir + " is damaged: " + why
+              + ". This member cannot take part with it. To bring it back:"
+                " remove it (nodepool ctl members remove), move that"
+                " directory aside (keep it for inspection), start the oracle"
+                " again with --join, and add it (nodepool ctl members add):"
+                " it then copies a leader's snapshot";
       return false;
     }
     // Started once its loop's thread runs: a failure before that is undone

@@ -32,11 +32,21 @@ struct raft_member::impl {
   std::string restore_error;
   /// The last snapshot refused by fsm_restore, at start or later: why.
   std::string refused_snapshot;
+  /// The state machine can no longer follow the log (check_broken): why.
+  std::string apply_error;
   /// The second step of the snapshot raft is taking (fsm_snapshot made it,
   /// fsm_snapshot_async runs it); raft takes one at a time.
   std::function<std::string()> snapshot_job;
 
   explicit impl(state_machine& s) : sm(s) {}
+
+  /// Once the state machine says it can no longer follow the log
+  /// (state_machine::broken: an entry that is not the next one its state
+  /// needs), this member's log is not the cluster's: the entries it would
+  /// vote with, answer with and snapshot are not the ones committed. It
+  /// stops taking part for good, as after a failed restore, and takes no
+  /// more snapshots (they would hold the state that stopped).
+  void check_broken();
 
   log_status status() const {
     log_status st;
@@ -64,7 +74,9 @@ struct raft_member::impl {
     st.last_index = raft_last_index(r);
     st.write_error = write_error_text_of(r->io);
     st.restore_error = restore_error;
-    if (!st.write_error.empty() || !st.restore_error.empty())
+    st.apply_error = apply_error;
+    if (!st.write_error.empty() || !st.restore_error.empty()
+        || !st.apply_error.empty())
       st.role = log_role::unavailable;
     st.ready = ready && st.role == log_role::leader && st.term == lead_term;
     auto now = r->io->time(r->io);
@@ -228,7 +240,9 @@ int fsm_apply(struct raft_fsm* fsm, const struct raft_buffer* buf,
               void** result) {
   // Never an error: raft would stop applying. A bad entry is refused and
   // counted by the state machine itself.
-  self_of(fsm)->sm.apply(unframe(*buf));
+  auto* self = self_of(fsm);
+  self->sm.apply(unframe(*buf));
+  self->check_broken();
   *result = nullptr;
   return 0;
 }
@@ -253,7 +267,11 @@ int framed_snapshot(const std::string& bytes, struct raft_buffer* bufs[],
 // Version 1 (until attach): one step on the loop's thread.
 int fsm_snapshot_whole(struct raft_fsm* fsm, struct raft_buffer* bufs[],
                        unsigned* n_bufs) {
-  auto bytes = self_of(fsm)->sm.snapshot();
+  auto* self = self_of(fsm);
+  auto bytes = self->sm.snapshot();
+  self->check_broken();
+  if (!self->apply_error.empty())
+    return RAFT_BUSY;
   // Raft owns (and frees) what this returns.
   return framed_snapshot(bytes, bufs, n_bufs);
 }
@@ -273,6 +291,13 @@ int fsm_snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[],
     self->snapshot_job = self->sm.snapshot_later();
   } catch (const std::bad_alloc&) {
     return RAFT_NOMEM;
+  }
+  // Taking it applied what was deferred: a state that stopped following
+  // the log is not snapshot (0.15 takes RAFT_BUSY as "not now").
+  self->check_broken();
+  if (!self->apply_error.empty()) {
+    self->snapshot_job = nullptr;
+    return RAFT_BUSY;
   }
   *bufs = nullptr;
   *n_bufs = 0;
@@ -439,6 +464,22 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    not hold. Such an answer (the term changed between the write and its
 //    completion) is dropped; the new leader's own messages find the
 //    follower's log as it is.
+// 12. (Durability; seen once in the chaos test of a cluster whose members
+//    are SIGKILLed, under ctest -j2.) A follower killed three times came
+//    back with a snapshot of pool entry 313 and, right after it in its
+//    log, two entries of pool entries 407 and 410: entries of a later
+//    stretch of the log, loaded at the indexes after an older snapshot.
+//    Their terms matched the leader's entries at those indexes, so log
+//    matching let them stand; raft applied them, and the state refused
+//    them and every entry after ("entry 318 where 314 was due"). The member
+//    went on voting, and snapshotted the state of entry 313 at raft index
+//    768 and 1024. Two checks keep such a log out:
+//    - at start (raft_log, check_loaded_log), the entries loaded past the
+//      snapshot must each be the next one the restored state needs
+//      (state_machine::follows): else the member does not start;
+//    - while it runs, the first entry the state refuses for not being the
+//      next one due (state_machine::broken) stops the member for good, as
+//      a failed restore does (7.), and no snapshot is taken from then on.
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using append_fn = int (*)(struct raft_io*, struct raft_io_append*,
@@ -1007,6 +1048,42 @@ raft_member::raft_member(state_machine& sm, bool guard)
 
 raft_member::~raft_member() = default;
 
+std::string raft_member::check_loaded_log() const {
+  auto& s = *p_;
+  if (!s.r)
+    return {};
+  // A single voter elects itself within raft_start and may already have
+  // applied what it loaded (and snapshotted it): the state is the one at
+  // raft's last applied entry, once what the machine deferred is applied.
+  s.sm.catch_up();
+  auto applied = raft_last_applied(s.r);
+  if (auto why = s.sm.broken(); !why.empty())
+    return "an entry applied at start, up to raft index "
+           + std::to_string(applied) + ", does not follow the state: " + why;
+  const struct raft_log& l = s.r->log;
+  // 0.15's in-memory log is a ring: entries [front, back) hold indexes
+  // offset+1 on (log.c, logNumEntries).
+  size_t n = l.back >= l.front ? l.back - l.front : l.size - l.front + l.back;
+  std::vector<std::string_view> past;
+  std::vector<raft_index> at;
+  for (size_t k = 0; k < n; ++k) {
+    raft_index index = l.offset + 1 + k;
+    auto& e = l.entries[(l.front + k) % l.size];
+    if (index <= applied || e.type != RAFT_COMMAND)
+      continue;  // in the state, or not the state machine's
+    past.push_back(unframe(e.buf));
+    at.push_back(index);
+  }
+  size_t bad = 0;
+  auto why = s.sm.follows(past, bad);
+  if (why.empty())
+    return {};
+  return "the entry at raft index " + std::to_string(bad < at.size() ? at[bad] : 0)
+         + " does not follow the state at raft index " + std::to_string(applied)
+         + " (its snapshot is at " + std::to_string(l.snapshot.last_index)
+         + "): " + why;
+}
+
 std::string raft_member::refused_snapshot() const {
   return p_->refused_snapshot;
 }
@@ -1063,10 +1140,26 @@ void raft_member::propose(std::string entry, replicated_log::done_fn done) {
   }
 }
 
+void raft_member::impl::check_broken() {
+  if (!apply_error.empty())
+    return;
+  auto why = sm.broken();
+  if (why.empty())
+    return;
+  apply_error = "the state can no longer follow this member's raft log ("
+                + why + "): the log is not the cluster's";
+  log("raft")->critical("{}; this member stops taking part", apply_error);
+  if (r)
+    silence(r->io);
+}
+
 void raft_member::poll() {
   auto& s = *p_;
   if (!s.r)
     return;
+  // A deferring state machine finds a broken log as it catches up, after
+  // raft's callback: seen here within one poll.
+  s.check_broken();
   // A member whose write failed leads no more, whatever raft says (6.).
   bool leader = raft_state(s.r) == RAFT_LEADER && write_error_of(s.r->io) == 0;
   uint64_t term = s.r->current_term;

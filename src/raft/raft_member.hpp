@@ -45,6 +45,11 @@ public:
   /// Why raft's last restore of a snapshot was refused ("" if none was):
   /// at start, raft_start fails with only raft's code for it.
   std::string refused_snapshot() const;
+  /// After raft_start: whether the entries raft loaded past its snapshot
+  /// follow the state restored from that snapshot
+  /// (state_machine::follows): "" if so, else why not. See
+  /// raft_member.cpp (12.).
+  std::string check_loaded_log() const;
 
   struct impl;  // raft's callbacks reach it through raft_fsm::data
 

@@ -59,6 +59,7 @@ public:
   bool check(std::string_view b, std::string& e) const override {
     return lenient || m_.check(b, e);
   }
+  std::string broken() const override { return m_.broken(); }
 
 private:
   replica_machine& m_;
@@ -594,6 +595,49 @@ TEST(RaftFixture, ASnapshotPassedButNotRestoredStopsTheMember) {
     c.step();
   }
   EXPECT_EQ(c.at(other).rep->snapshot_bytes(), c.at(lead).rep->snapshot_bytes());
+}
+
+// A member whose state can no longer follow its log (raft_member.cpp, 12.:
+// here its state is set back behind raft's back, as a log loaded at the
+// wrong indexes leaves it): the first entry that is not the one due stops
+// it for good. It says why, answers and votes no more, takes no snapshot,
+// and the two others go on.
+TEST(RaftFixture, AMemberWhoseStateStopsFollowingItsLogStopsTakingPart) {
+  fixture_cluster c{3, 13};
+  for (unsigned i = 0; i < c.size(); ++i) {
+    raft_set_snapshot_threshold(raft_fixture_get(c.fixture(), i), 16);
+    raft_set_snapshot_trailing(raft_fixture_get(c.fixture(), i), 4);
+  }
+  ASSERT_TRUE(c.step_until_leader());
+  c.run(200);
+  auto lead = *c.leader();
+  auto f = (lead + 1) % c.size();
+  auto old = c.at(f).rep->snapshot_bytes();
+  auto old_index = c.at(f).rep->last_index();
+  c.run(600);
+  ASSERT_GT(c.at(f).rep->last_index(), old_index);
+  std::string err;
+  ASSERT_TRUE(c.at(f).sm->restore(old, err)) << err;
+  ASSERT_EQ(c.at(f).rep->last_index(), old_index);
+  auto* fr = raft_fixture_get(c.fixture(), f);
+  for (unsigned s = 0; s < 3000 && c.at(f).m->status().apply_error.empty(); ++s) {
+    c.step();
+    if (s % 4 == 0)
+      c.drain(8);
+  }
+  auto st = c.at(f).m->status();
+  EXPECT_NE(st.apply_error.find("was due"), std::string::npos) << st.apply_error;
+  EXPECT_EQ(st.role, log_role::unavailable);
+  EXPECT_EQ(c.at(f).rep->last_index(), old_index);
+  auto held = raft_last_index(fr);
+  auto snapshot_at = fr->log.snapshot.last_index;
+  auto acked = c.acked().size();
+  c.run(3000);
+  EXPECT_GT(c.acked().size(), acked) << "the two others stopped committing";
+  EXPECT_EQ(raft_last_index(fr), held) << "it went on taking entries";
+  EXPECT_EQ(fr->log.snapshot.last_index, snapshot_at) << "it took a snapshot";
+  EXPECT_EQ(c.at(f).rep->last_index(), old_index);
+  EXPECT_EQ(c.at(f).rep->batches_refused(), 1u);
 }
 
 // The guard's eighth hole (raft_member.cpp): a 0.15 leader counts a quorum

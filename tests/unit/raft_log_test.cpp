@@ -20,6 +20,9 @@
 #include <mutex>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <cstdio>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -503,6 +506,41 @@ TEST(RaftLogStart, RefusesAMissingDirectory) {
 namespace nodepool {
 namespace {
 
+/// On the ready leader `log` whose machine is `m`: `batches` group commits
+/// of `per` commands of the seeded workload, each waited for. Returns the
+/// pool index of the last (0 after a proposal that did not commit).
+uint64_t propose_workload(replicated_log& log, replica_machine& m,
+                          uint64_t seed, int batches, int per) {
+  auto term = log.status().term;
+  auto p = m.with([&](replica& r) { return std::make_unique<proposer>(r, term); });
+  pool_workload work{seed};
+  int64_t now = 1000;
+  auto configure = pool_workload::configure();
+  p->apply(configure, now);
+  for (int b = 0; b < batches; ++b) {
+    for (int k = 0; k < per; ++k) {
+      auto c = work.next(p->pool());
+      p->apply(c, now += 10);
+    }
+    if (!p->has_pending())
+      continue;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<propose_status> got;
+    log.propose(p->take_batch(), [&](propose_status st, uint64_t) {
+      std::lock_guard<std::mutex> g{mu};
+      got = st;
+      cv.notify_one();
+    });
+    std::unique_lock<std::mutex> g{mu};
+    cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
+    EXPECT_EQ(got, propose_status::committed) << "batch " << b;
+    if (got != propose_status::committed)
+      return 0;
+  }
+  return p->last_index();
+}
+
 /// A replica's machine that records on which threads the two steps of each
 /// snapshot ran, and on which thread entries are applied (raft's loop).
 struct thread_recording_machine final : state_machine {
@@ -533,6 +571,11 @@ struct thread_recording_machine final : state_machine {
   bool restore(std::string_view bytes, std::string& error) override {
     return inner.restore(bytes, error);
   }
+  std::string broken() const override { return inner.broken(); }
+  std::string follows(const std::vector<std::string_view>& entries,
+                      size_t& bad) const override {
+    return inner.follows(entries, bad);
+  }
 };
 
 // raft_uv snapshots in two steps (raft_member.cpp): the copy on raft's
@@ -554,32 +597,8 @@ TEST(RaftLogSnapshot, IsCopiedOnTheLoopAndSerializedOnAnotherThread) {
   auto log = start_raft_log(o, *sm, {}, err);
   ASSERT_TRUE(log) << err;
   ASSERT_TRUE(wait_for([&] { return log->status().ready; }));
-  auto term = log->status().term;
-  auto p = sm->inner.with([&](replica& r) { return std::make_unique<proposer>(r, term); });
-  pool_workload work{5};
-  int64_t now = 1000;
-  auto configure = pool_workload::configure();
-  p->apply(configure, now);
-  for (int b = 0; b < 80; ++b) {
-    for (int k = 0; k < 8; ++k) {
-      auto c = work.next(p->pool());
-      p->apply(c, now += 10);
-    }
-    if (!p->has_pending())
-      continue;
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<propose_status> got;
-    log->propose(p->take_batch(), [&](propose_status s, uint64_t) {
-      std::lock_guard<std::mutex> g{mu};
-      got = s;
-      cv.notify_one();
-    });
-    std::unique_lock<std::mutex> g{mu};
-    cv.wait_for(g, std::chrono::seconds(10), [&] { return got.has_value(); });
-    ASSERT_EQ(got, propose_status::committed) << "batch " << b;
-  }
-  auto last = p->last_index();
+  auto last = propose_workload(*log, sm->inner, 5, 80, 8);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   ASSERT_TRUE(wait_for([&] {
     std::lock_guard<std::mutex> g{sm->mu};
     return sm->steps.size() >= 2;
@@ -643,6 +662,199 @@ TEST(RaftLogSnapshot, IsCopiedOnTheLoopAndSerializedOnAnotherThread) {
 
 namespace nodepool {
 namespace {
+
+/// One member on `o.dir` proposes `batches` group commits of the workload
+/// and stops; returns the pool index of the last.
+uint64_t run_one_member(const raft_options& o, int batches) {
+  replica rep;
+  replica_machine sm{rep, true};
+  std::string err;
+  auto log = start_raft_log(o, sm, {}, err);
+  EXPECT_TRUE(log) << err;
+  if (!log)
+    return 0;
+  EXPECT_TRUE(wait_for([&] { return log->status().ready; }));
+  return propose_workload(*log, sm, 7, batches, 4);
+}
+
+struct raft_files {
+  std::vector<std::pair<uint64_t, uint64_t>> closed;  // first, last
+  std::vector<std::string> open;
+  std::vector<std::pair<uint64_t, std::string>> snapshots;  // index, name
+};
+
+raft_files list_raft_files(const std::string& dir) {
+  raft_files f;
+  for (auto& e : std::filesystem::directory_iterator(dir)) {
+    auto name = e.path().filename().string();
+    unsigned long long a = 0, b = 0, c = 0;
+    int n = 0;
+    if (std::sscanf(name.c_str(), "%llu-%llu%n", &a, &b, &n) == 2
+        && static_cast<size_t>(n) == name.size())
+      f.closed.emplace_back(a, b);
+    else if (name.rfind("open-", 0) == 0)
+      f.open.push_back(name);
+    else if (std::sscanf(name.c_str(), "snapshot-%llu-%llu-%llu%n", &a, &b, &c, &n) == 3
+             && static_cast<size_t>(n) == name.size())
+      f.snapshots.emplace_back(b, name);
+  }
+  std::sort(f.closed.begin(), f.closed.end());
+  std::sort(f.snapshots.begin(), f.snapshots.end());
+  return f;
+}
+
+std::string segment_name(uint64_t first, uint64_t last) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%016llu-%016llu",
+                static_cast<unsigned long long>(first),
+                static_cast<unsigned long long>(last));
+  return buf;
+}
+
+/// The pool index of the first command loaded after the snapshot, as
+/// raft_uv alone loads `dir` (on a copy), or as a member does.
+uint64_t first_pool_index_after_snapshot(const std::string& dir, bool as_a_member) {
+  raft_disk disk;
+  std::string why;
+  EXPECT_TRUE(load_raft_dir(dir, disk, why, as_a_member)) << why;
+  for (auto& e : disk.entries) {
+    if (e.index <= disk.snapshot_index || !e.command)
+      continue;
+    pb::LogBatch b;
+    if (b.ParseFromString(e.data) && b.entries_size() > 0)
+      return b.entries(0).index();
+  }
+  return 0;
+}
+
+/// A member's files whose newest snapshot S is followed by a closed
+/// segment starting at S+1 (raft closes its open segment when it stores a
+/// snapshot, but entries appended meanwhile can land before that boundary:
+/// the member runs on until the layout is there). Returns the last pool
+/// index proposed, and the segment after S in `after`.
+uint64_t run_until_a_segment_follows_the_snapshot(
+    const raft_options& o, raft_files& f,
+    std::optional<std::pair<uint64_t, uint64_t>>& after) {
+  uint64_t last = 0;
+  for (int round = 0; round < 20 && !after; ++round) {
+    last = run_one_member(o, round == 0 ? 70 : 17);
+    if (last == 0)
+      return 0;
+    f = list_raft_files(o.dir);
+    if (f.snapshots.size() < 2)
+      continue;
+    for (auto& [a, b] : f.closed)
+      if (a == f.snapshots.back().first + 1)
+        after = std::make_pair(a, b);
+  }
+  return last;
+}
+
+raft_options one_member_options(const std::string& dir) {
+  raft_options o;
+  o.id = 1;
+  o.dir = dir;
+  o.members = {{1, "127.0.0.1:" + std::to_string(free_loopback_port())}};
+  o.election_timeout_ms = 300;
+  o.heartbeat_timeout_ms = 30;
+  o.snapshot_threshold = 16;
+  o.snapshot_trailing = 64;  // the segments before the snapshot stay
+  return o;
+}
+
+// libraft 0.15 after a snapshot install that a crash cut short twice
+// (raft_member.cpp, 12.): the newest snapshot S, closed segments that all
+// end before S, and an open segment that holds S+1... raft_uv loads the
+// open segment right after the last closed one, entries too early. The
+// layout is made from a real member's files: its segment ending at S
+// deleted (as the install had begun to), and the segment after S turned
+// back into the open segment it was before a clean stop closed it.
+TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
+  temp_dir dir;
+  auto o = one_member_options(dir.path());
+  raft_files f;
+  std::optional<std::pair<uint64_t, uint64_t>> after;
+  auto last = run_until_a_segment_follows_the_snapshot(o, f, after);
+  ASSERT_TRUE(after) << "no closed segment started after the newest snapshot";
+  auto s = f.snapshots.back().first;
+  for (auto& [a, b] : f.closed)
+    if (a != s + 1 && b >= s)
+      std::filesystem::remove(dir.path() + "/" + segment_name(a, b));
+  for (auto& name : f.open)
+    std::filesystem::remove(dir.path() + "/" + name);
+  std::filesystem::rename(dir.path() + "/" + segment_name(after->first, after->second),
+                          dir.path() + "/open-1");
+  auto g = list_raft_files(dir.path());
+  ASSERT_FALSE(g.closed.empty()) << "no segment before the snapshot stayed";
+  ASSERT_LT(g.closed.back().second, s);
+
+  // What raft_uv does with it, on a copy: the entries load too early.
+  // `nodepool check`'s reader loads what a member would.
+  {
+    raft_disk disk;
+    std::string why;
+    ASSERT_TRUE(load_raft_dir(dir.path(), disk, why, false)) << why;
+    pb::Snapshot snap;
+    ASSERT_TRUE(snap.ParseFromString(disk.snapshot));
+    EXPECT_NE(first_pool_index_after_snapshot(dir.path(), false),
+              snap.last_index() + 1)
+      << "raft_uv loaded the open segment where it belongs: the layout is not "
+         "the one of the hole";
+    EXPECT_EQ(first_pool_index_after_snapshot(dir.path(), true),
+              snap.last_index() + 1);
+  }
+
+  // A member started on it sets the stale segments aside and loads every
+  // entry where it belongs: the state comes back whole.
+  replica rep;
+  replica_machine sm{rep, true};
+  std::string err;
+  auto log = start_raft_log(o, sm, {}, err);
+  ASSERT_TRUE(log) << err;
+  EXPECT_TRUE(wait_for([&] {
+    return sm.with([](replica& r) { return r.last_index(); }) >= last;
+  })) << "the member stopped at pool index "
+      << sm.with([](replica& r) { return r.last_index(); }) << " of " << last;
+  EXPECT_EQ(sm.broken(), "");
+  EXPECT_EQ(rep.batches_refused(), 0u);
+  log.reset();
+  int stale = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir.path()))
+    stale += e.path().filename().string().rfind("stale-", 0) == 0;
+  EXPECT_EQ(static_cast<size_t>(stale), g.closed.size());
+}
+
+// The same hole where no stale segment shows it: only an open segment,
+// whose entries start past the one after the snapshot (here the newest
+// snapshot is gone, so they load after the older one). The member's check
+// of what raft loaded refuses to start, and says which entry.
+TEST(RaftLogStart, RefusesALogThatDoesNotFollowItsSnapshot) {
+  temp_dir dir;
+  auto o = one_member_options(dir.path());
+  raft_files f;
+  std::optional<std::pair<uint64_t, uint64_t>> after;
+  ASSERT_GT(run_until_a_segment_follows_the_snapshot(o, f, after), 0u);
+  ASSERT_TRUE(after) << "no closed segment started after the newest snapshot";
+  auto s = f.snapshots.back().first;
+  std::filesystem::remove(dir.path() + "/" + f.snapshots.back().second);
+  std::filesystem::remove(dir.path() + "/" + f.snapshots.back().second + ".meta");
+  for (auto& [a, b] : f.closed)
+    if (a != s + 1)
+      std::filesystem::remove(dir.path() + "/" + segment_name(a, b));
+  for (auto& name : f.open)
+    std::filesystem::remove(dir.path() + "/" + name);
+  std::filesystem::rename(dir.path() + "/" + segment_name(after->first, after->second),
+                          dir.path() + "/open-1");
+
+  replica rep;
+  replica_machine sm{rep, true};
+  std::string err;
+  auto log = start_raft_log(o, sm, {}, err);
+  EXPECT_FALSE(log);
+  EXPECT_NE(err.find("is damaged"), std::string::npos) << err;
+  EXPECT_NE(err.find("does not follow the state"), std::string::npos) << err;
+  EXPECT_EQ(rep.batches_applied(), 0u);
+}
 
 // A snapshot's frame carries a SHA-256 of its bytes: any byte of the
 // length, the digest or the bytes changed is refused, the padding is not

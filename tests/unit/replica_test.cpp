@@ -334,6 +334,60 @@ TEST(ReplicaMachine, ADeferredMachineAppliesOnCatchUpOrBeforeAnyLook) {
   EXPECT_EQ(r.batches_refused(), 0u);
 }
 
+// A log that skips entries (as libraft 0.15 loads one after a snapshot
+// install cut short twice: raft_member.cpp, 12.): `follows` names the first
+// batch that is not the next one due, at start; while running, the first
+// such batch breaks the machine, which applies nothing after it, not even
+// the batch that was due.
+TEST(ReplicaMachine, ALogThatSkipsEntriesIsSeenAtStartAndBreaksTheMachine) {
+  auto bs = leader_run{19}.batches(40, 6);
+  ASSERT_GE(bs.size(), 30u);
+  replica r;
+  replica_machine m{r, true};
+  for (size_t i = 0; i < 10; ++i)
+    m.apply(bs[i]);
+  m.catch_up();
+  auto at = r.last_index();
+
+  std::vector<std::string_view> rest(bs.begin() + 10, bs.end());
+  size_t bad = 99;
+  EXPECT_EQ(m.follows(rest, bad), "");
+  // Undecodable batches are refused on apply and change nothing: skipped.
+  std::vector<std::string_view> noisy{"junk", bs[10], "", bs[11]};
+  EXPECT_EQ(m.follows(noisy, bad), "");
+  std::vector<std::string_view> skipping{bs[10], bs[11], bs[14], bs[15]};
+  auto why = m.follows(skipping, bad);
+  EXPECT_EQ(bad, 2u);
+  EXPECT_NE(why.find("where"), std::string::npos) << why;
+  std::vector<std::string_view> again{bs[9], bs[10]};  // already applied
+  EXPECT_NE(m.follows(again, bad), "");
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(r.last_index(), at) << "follows changed the state";
+
+  EXPECT_EQ(m.broken(), "");
+  m.apply(bs[12]);  // 10 and 11 missing
+  m.catch_up();
+  EXPECT_NE(m.broken(), "");
+  EXPECT_EQ(r.last_index(), at);
+  m.apply(bs[10]);
+  m.apply(bs[11]);
+  m.catch_up();
+  EXPECT_EQ(r.last_index(), at) << "a broken machine applied more";
+  EXPECT_EQ(r.batches_refused(), 1u);
+
+  // A batch refused for another reason (a deposed leader's) does not break
+  // it: the state can still take the next entry.
+  replica r2;
+  replica_machine m2{r2};
+  auto later = leader_run{19, 3}.batches(2, 6);
+  m2.apply(later[0]);
+  m2.apply(leader_run{19, 2}.batches(1, 6)[0]);
+  EXPECT_EQ(r2.batches_refused(), 1u);
+  EXPECT_EQ(m2.broken(), "");
+  m2.apply(later[1]);
+  EXPECT_EQ(r2.batches_applied(), 2u);
+}
+
 // A snapshot installed over kept entries: they are applied (and what they
 // end archived) before the state is replaced.
 TEST(ReplicaMachine, ARestoreAppliesWhatWasKeptFirst) {
