@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <sstream>
@@ -202,17 +203,41 @@ struct words_and_clauses {
   std::vector<size_t> clause_start;
 };
 
+/// Whether words `w` of `t` begin at j.
+bool words_at(const std::vector<std::string>& t, size_t j,
+              std::initializer_list<const char*> w) {
+  if (j + w.size() > t.size())
+    return false;
+  for (auto* x : w)
+    if (t[j++] != x)
+      return false;
+  return true;
+}
+
 /// Whether word j of `t` denies what follows it: "not", "no", "never",
-/// ...; "isn't" is the words "isn" and "t", "can't" "can" and "t".
+/// "nothing", "unrelated", "far" in "far from", ...; "isn't" is the words
+/// "isn" and "t", "can't" "can" and "t".
 bool denies(const std::vector<std::string>& t, size_t j) {
   static const std::set<std::string> words{
     "not", "no", "never", "neither", "nor", "cannot", "without", "isn",
     "aren", "wasn", "weren", "doesn", "don", "didn", "hasn", "haven",
     "hadn", "couldn", "wouldn", "shouldn", "mustn", "needn", "ain", "isnt",
-    "doesnt", "dont"};
+    "doesnt", "dont", "nothing", "unrelated"};
   if (t[j] == "can" || t[j] == "won")
     return j + 1 < t.size() && t[j + 1] == "t";
+  if (t[j] == "far")
+    return words_at(t, j + 1, {"from"});
   return words.count(t[j]) > 0;
+}
+
+/// How many words after a denial at j it reaches: four, and the words of
+/// its phrase ("nothing to do with", "far from") besides.
+size_t denial_reach(const std::vector<std::string>& t, size_t j) {
+  if (words_at(t, j, {"nothing", "to", "do", "with"}))
+    return 7;
+  if (words_at(t, j, {"far", "from"}))
+    return 5;
+  return 4;
 }
 
 /// A text's words, ASCII lower-cased, and its clauses. A clause ends at
@@ -261,16 +286,24 @@ words_and_clauses split_words(const std::string& text) {
   return out;
 }
 
-/// Whether a word of t[i]'s clause, at most four words before it, denies
-/// it: "not less dense", "not caused by the tilt". "Not only", "not just",
-/// "not as", "no doubt" and "no wonder" deny nothing.
+/// Whether a word of t[i]'s clause, at most four words before it (seven
+/// from "nothing to do with", five from "far from"), denies it: "not less
+/// dense", "not caused by the tilt", "has nothing to do with the tilt".
+/// "Not only", "not just", "not as", "no doubt", "no wonder", "nothing but",
+/// "nothing more than" and "nothing less than" deny nothing.
 bool denied_at(const words_and_clauses& t, size_t i) {
   static const std::set<std::string> no_denial{"only", "just", "as", "doubt",
-                                               "wonder"};
+                                               "wonder", "but"};
   auto& w = t.words;
-  for (size_t j = std::max(t.clause_start[i], i >= 4 ? i - 4 : 0); j < i; ++j)
-    if (denies(w, j) && !(j + 1 < i && no_denial.count(w[j + 1])))
-      return true;
+  for (size_t j = std::max(t.clause_start[i], i >= 7 ? i - 7 : 0); j < i; ++j) {
+    if (!denies(w, j) || i - j > denial_reach(w, j))
+      continue;
+    if (j + 1 < i && no_denial.count(w[j + 1]))
+      continue;
+    if (w[j] == "nothing" && j + 1 < i && (w[j + 1] == "more" || w[j + 1] == "less"))
+      continue;
+    return true;
+  }
   return false;
 }
 

@@ -184,6 +184,14 @@ TEST(Grading, AffirmsIgnoresAPhraseItsAnswerDenies) {
   // More than four words back is too far: a denial of something else.
   EXPECT_TRUE(affirms("Ice does not sink in cold water being less dense.", "less dens"));
   EXPECT_FALSE(affirms("Ice does not sink being less dense.", "less dens"));
+  // Denials in other words, and the phrases that only look like them.
+  EXPECT_FALSE(affirms("The seasons have nothing to do with the tilt.", "tilt"));
+  EXPECT_FALSE(affirms("Seasons are unrelated to the axis.", "axis"));
+  EXPECT_FALSE(affirms("Ice is far from less dense.", "less dens"));
+  EXPECT_TRUE(affirms("The seasons come from nothing but the tilt.", "tilt"));
+  EXPECT_TRUE(affirms("It is nothing more than the tilt.", "tilt"));
+  EXPECT_TRUE(affirms("Ice sits far above the less dense layer.", "less dens"));
+  EXPECT_TRUE(affirms("Nothing else matters: the tilt does.", "tilt"));
 }
 
 TEST(Grading, CopiedShareCountsRunsOfTheQuestionsWords) {

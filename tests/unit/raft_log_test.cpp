@@ -727,27 +727,53 @@ uint64_t first_pool_index_after_snapshot(const std::string& dir, bool as_a_membe
   return 0;
 }
 
-/// A member's files whose newest snapshot S is followed by a closed
-/// segment starting at S+1 (raft closes its open segment when it stores a
-/// snapshot, but entries appended meanwhile can land before that boundary:
-/// the member runs on until the layout is there). Returns the last pool
-/// index proposed, and the segment after S in `after`.
-uint64_t run_until_a_segment_follows_the_snapshot(
-    const raft_options& o, raft_files& f,
-    std::optional<std::pair<uint64_t, uint64_t>>& after) {
-  uint64_t last = 0;
-  for (int round = 0; round < 20 && !after; ++round) {
-    last = run_one_member(o, round == 0 ? 70 : 17);
-    if (last == 0)
-      return 0;
-    f = list_raft_files(o.dir);
-    if (f.snapshots.size() < 2)
-      continue;
-    for (auto& [a, b] : f.closed)
-      if (a == f.snapshots.back().first + 1)
-        after = std::make_pair(a, b);
+/// A member's files with entries well past its newest snapshot: snapshots
+/// every 16 entries over 70 batches, then 150 batches with none, stopped and
+/// started once more (a start closes the open segment raft_uv left at the
+/// stop). `s`: the newest snapshot; `after`: the closed segments past it,
+/// in order. False when none starts at s+1 (raft stored the snapshot while
+/// entries were appended): the caller tries a new directory.
+struct past_snapshot {
+  uint64_t s = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> after;
+  uint64_t last = 0;  // pool index
+  raft_files files;
+};
+
+bool lay_out(const raft_options& o, past_snapshot& out) {
+  if (run_one_member(o, 70) == 0)
+    return false;
+  auto quiet = o;
+  quiet.snapshot_threshold = 100000;
+  out.last = run_one_member(quiet, 150);
+  run_one_member(quiet, 0);
+  out.files = list_raft_files(o.dir);
+  if (out.files.snapshots.size() < 2 || out.last == 0)
+    return false;
+  out.s = out.files.snapshots.back().first;
+  for (auto& seg : out.files.closed)
+    if (seg.first > out.s)
+      out.after.push_back(seg);
+  // More entries past S than a segment holds before it: loaded after an
+  // older segment, some still land past S.
+  return !out.after.empty() && out.after.front().first == out.s + 1
+         && out.after.back().second >= out.s + 40;
+}
+
+/// The segments past the snapshot become open segments again, in order
+/// (raft_uv loads them one after the other), and the open segment of the
+/// last start (its barrier alone) goes.
+void reopen_after(const std::string& dir, const past_snapshot& p) {
+  for (auto& name : p.files.open)
+    std::filesystem::remove(dir + "/" + name);
+  int k = 1;
+  for (auto& [a, b] : p.after) {
+    auto open = dir + "/open-" + std::to_string(k++);
+    std::filesystem::rename(dir + "/" + segment_name(a, b), open);
+    // raft_uv prepares an open segment whole, zeros after what it wrote;
+    // without them it takes the segment for a torn one.
+    std::filesystem::resize_file(open, std::filesystem::file_size(open) + 65536);
   }
-  return last;
 }
 
 raft_options one_member_options(const std::string& dir) {
@@ -770,21 +796,24 @@ raft_options one_member_options(const std::string& dir) {
 // deleted (as the install had begun to), and the segment after S turned
 // back into the open segment it was before a clean stop closed it.
 TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
-  temp_dir dir;
-  auto o = one_member_options(dir.path());
-  raft_files f;
-  std::optional<std::pair<uint64_t, uint64_t>> after;
-  auto last = run_until_a_segment_follows_the_snapshot(o, f, after);
-  ASSERT_TRUE(after) << "no closed segment started after the newest snapshot";
-  auto s = f.snapshots.back().first;
-  for (auto& [a, b] : f.closed)
-    if (a != s + 1 && b >= s)
-      std::filesystem::remove(dir.path() + "/" + segment_name(a, b));
-  for (auto& name : f.open)
-    std::filesystem::remove(dir.path() + "/" + name);
-  std::filesystem::rename(dir.path() + "/" + segment_name(after->first, after->second),
-                          dir.path() + "/open-1");
-  auto g = list_raft_files(dir.path());
+  std::unique_ptr<temp_dir> dir;
+  raft_options o;
+  past_snapshot p;
+  for (int attempt = 0; attempt < 10 && p.after.empty(); ++attempt) {
+    dir = std::make_unique<temp_dir>();
+    o = one_member_options(dir->path());
+    p = {};
+    if (!lay_out(o, p))
+      p.after.clear();
+  }
+  ASSERT_FALSE(p.after.empty()) << "no segment started after the newest snapshot";
+  auto s = p.s;
+  auto last = p.last;
+  for (auto& [a, b] : p.files.closed)
+    if (a <= s && b >= s)
+      std::filesystem::remove(dir->path() + "/" + segment_name(a, b));
+  reopen_after(dir->path(), p);
+  auto g = list_raft_files(dir->path());
   ASSERT_FALSE(g.closed.empty()) << "no segment before the snapshot stayed";
   ASSERT_LT(g.closed.back().second, s);
 
@@ -793,14 +822,14 @@ TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
   {
     raft_disk disk;
     std::string why;
-    ASSERT_TRUE(load_raft_dir(dir.path(), disk, why, false)) << why;
+    ASSERT_TRUE(load_raft_dir(dir->path(), disk, why, false)) << why;
     pb::Snapshot snap;
     ASSERT_TRUE(snap.ParseFromString(disk.snapshot));
-    EXPECT_NE(first_pool_index_after_snapshot(dir.path(), false),
+    EXPECT_NE(first_pool_index_after_snapshot(dir->path(), false),
               snap.last_index() + 1)
       << "raft_uv loaded the open segment where it belongs: the layout is not "
          "the one of the hole";
-    EXPECT_EQ(first_pool_index_after_snapshot(dir.path(), true),
+    EXPECT_EQ(first_pool_index_after_snapshot(dir->path(), true),
               snap.last_index() + 1);
   }
 
@@ -819,7 +848,7 @@ TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
   EXPECT_EQ(rep.batches_refused(), 0u);
   log.reset();
   int stale = 0;
-  for (auto& e : std::filesystem::directory_iterator(dir.path()))
+  for (auto& e : std::filesystem::directory_iterator(dir->path()))
     stale += e.path().filename().string().rfind("stale-", 0) == 0;
   EXPECT_EQ(static_cast<size_t>(stale), g.closed.size());
 }
@@ -829,22 +858,24 @@ TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
 // snapshot is gone, so they load after the older one). The member's check
 // of what raft loaded refuses to start, and says which entry.
 TEST(RaftLogStart, RefusesALogThatDoesNotFollowItsSnapshot) {
-  temp_dir dir;
-  auto o = one_member_options(dir.path());
-  raft_files f;
-  std::optional<std::pair<uint64_t, uint64_t>> after;
-  ASSERT_GT(run_until_a_segment_follows_the_snapshot(o, f, after), 0u);
-  ASSERT_TRUE(after) << "no closed segment started after the newest snapshot";
-  auto s = f.snapshots.back().first;
-  std::filesystem::remove(dir.path() + "/" + f.snapshots.back().second);
-  std::filesystem::remove(dir.path() + "/" + f.snapshots.back().second + ".meta");
-  for (auto& [a, b] : f.closed)
-    if (a != s + 1)
-      std::filesystem::remove(dir.path() + "/" + segment_name(a, b));
-  for (auto& name : f.open)
-    std::filesystem::remove(dir.path() + "/" + name);
-  std::filesystem::rename(dir.path() + "/" + segment_name(after->first, after->second),
-                          dir.path() + "/open-1");
+  std::unique_ptr<temp_dir> dir;
+  raft_options o;
+  past_snapshot p;
+  for (int attempt = 0; attempt < 10 && p.after.empty(); ++attempt) {
+    dir = std::make_unique<temp_dir>();
+    o = one_member_options(dir->path());
+    p = {};
+    if (!lay_out(o, p))
+      p.after.clear();
+  }
+  ASSERT_FALSE(p.after.empty()) << "no segment started after the newest snapshot";
+  auto& newest = p.files.snapshots.back().second;
+  std::filesystem::remove(dir->path() + "/" + newest);
+  std::filesystem::remove(dir->path() + "/" + newest + ".meta");
+  for (auto& [a, b] : p.files.closed)
+    if (a <= p.s)
+      std::filesystem::remove(dir->path() + "/" + segment_name(a, b));
+  reopen_after(dir->path(), p);
 
   replica rep;
   replica_machine sm{rep, true};
