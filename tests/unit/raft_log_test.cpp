@@ -788,6 +788,20 @@ raft_options one_member_options(const std::string& dir) {
   return o;
 }
 
+/// lay_out in a new directory, until it gives the layout (ten tries).
+std::unique_ptr<temp_dir> lay_out_anew(raft_options& o, past_snapshot& p) {
+  std::unique_ptr<temp_dir> dir;
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    dir = std::make_unique<temp_dir>();
+    o = one_member_options(dir->path());
+    p = {};
+    if (lay_out(o, p))
+      return dir;
+  }
+  p.after.clear();
+  return dir;
+}
+
 // libraft 0.15 after a snapshot install that a crash cut short twice
 // (raft_member.cpp, 12.): the newest snapshot S, closed segments that all
 // end before S, and an open segment that holds S+1... raft_uv loads the
@@ -796,16 +810,9 @@ raft_options one_member_options(const std::string& dir) {
 // deleted (as the install had begun to), and the segment after S turned
 // back into the open segment it was before a clean stop closed it.
 TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
-  std::unique_ptr<temp_dir> dir;
   raft_options o;
   past_snapshot p;
-  for (int attempt = 0; attempt < 10 && p.after.empty(); ++attempt) {
-    dir = std::make_unique<temp_dir>();
-    o = one_member_options(dir->path());
-    p = {};
-    if (!lay_out(o, p))
-      p.after.clear();
-  }
+  auto dir = lay_out_anew(o, p);
   ASSERT_FALSE(p.after.empty()) << "no segment started after the newest snapshot";
   auto s = p.s;
   auto last = p.last;
@@ -858,16 +865,9 @@ TEST(RaftLogStart, AnInstallCutShortTwiceLoadsItsEntriesAfterTheSnapshot) {
 // snapshot is gone, so they load after the older one). The member's check
 // of what raft loaded refuses to start, and says which entry.
 TEST(RaftLogStart, RefusesALogThatDoesNotFollowItsSnapshot) {
-  std::unique_ptr<temp_dir> dir;
   raft_options o;
   past_snapshot p;
-  for (int attempt = 0; attempt < 10 && p.after.empty(); ++attempt) {
-    dir = std::make_unique<temp_dir>();
-    o = one_member_options(dir->path());
-    p = {};
-    if (!lay_out(o, p))
-      p.after.clear();
-  }
+  auto dir = lay_out_anew(o, p);
   ASSERT_FALSE(p.after.empty()) << "no segment started after the newest snapshot";
   auto& newest = p.files.snapshots.back().second;
   std::filesystem::remove(dir->path() + "/" + newest);
