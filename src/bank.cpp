@@ -215,7 +215,7 @@ bool words_at(const std::vector<std::string>& t, size_t j,
 }
 
 /// Whether word j of `t` denies what follows it: "not", "no", "never",
-/// "nothing", "unrelated", "far" in "far from", ...; "isn't" is the words
+/// "nothing", "unrelated", "far" in "is far from", ...; "isn't" is the words
 /// "isn" and "t", "can't" "can" and "t".
 bool denies(const std::vector<std::string>& t, size_t j) {
   static const std::set<std::string> words{
@@ -225,8 +225,12 @@ bool denies(const std::vector<std::string>& t, size_t j) {
     "doesnt", "dont", "nothing", "unrelated"};
   if (t[j] == "can" || t[j] == "won")
     return j + 1 < t.size() && t[j + 1] == "t";
-  if (t[j] == "far")
-    return words_at(t, j + 1, {"from"});
+  // "is far from dense", not "tilted far from the Sun".
+  if (t[j] == "far") {
+    static const std::set<std::string> be{"is", "are", "was", "were", "be",
+                                          "been", "being", "s", "re"};
+    return j > 0 && be.count(t[j - 1]) && words_at(t, j + 1, {"from"});
+  }
   return words.count(t[j]) > 0;
 }
 
@@ -290,7 +294,8 @@ words_and_clauses split_words(const std::string& text) {
 /// from "nothing to do with", five from "far from"), denies it: "not less
 /// dense", "not caused by the tilt", "has nothing to do with the tilt".
 /// "Not only", "not just", "not as", "no doubt", "no wonder", "nothing but",
-/// "nothing more than" and "nothing less than" deny nothing.
+/// "nothing more than", "nothing less than" and "nothing other than" deny
+/// nothing.
 bool denied_at(const words_and_clauses& t, size_t i) {
   static const std::set<std::string> no_denial{"only", "just", "as", "doubt",
                                                "wonder", "but"};
@@ -300,7 +305,8 @@ bool denied_at(const words_and_clauses& t, size_t i) {
       continue;
     if (j + 1 < i && no_denial.count(w[j + 1]))
       continue;
-    if (w[j] == "nothing" && j + 1 < i && (w[j + 1] == "more" || w[j + 1] == "less"))
+    if (w[j] == "nothing" && j + 1 < i
+        && (w[j + 1] == "more" || w[j + 1] == "less" || w[j + 1] == "other"))
       continue;
     return true;
   }

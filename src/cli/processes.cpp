@@ -471,8 +471,8 @@ int run_oracle(oracle_options& o) {
                       + "/raft)";
       else if (!ls.apply_error.empty())
         member_down = ls.apply_error + " (in " + o.data_dir
-                      + "/raft: keep it for inspection; the other members"
-                        " hold every committed entry)";
+                      + "/raft: keep it for inspection, and check that the"
+                        " other members still serve)";
       else if (ls.role != log_role::unavailable)
         log_seen_up = true;
       else if (log_seen_up)

@@ -48,11 +48,6 @@ bool set_aside_stale_segments(const std::string& dir,
   namespace fs = std::filesystem;
   moved.clear();
   std::error_code ec;
-  fs::directory_iterator it{dir, ec};
-  if (ec) {
-    error = "cannot list " + dir + ": " + ec.message();
-    return false;
-  }
   // raft_uv's names (uv_segment.c, uv_snapshot.c): closed segments
   // "%016llu-%016llu", open ones "open-%llu", snapshots
   // "snapshot-TERM-INDEX-TIMESTAMP" with a ".meta" beside.
@@ -65,7 +60,9 @@ bool set_aside_stale_segments(const std::string& dir,
   std::optional<snap> newest;
   std::vector<std::pair<std::string, unsigned long long>> closed;  // name, last
   bool open_holds_entries = false;
-  for (auto& e : it) {
+  fs::directory_iterator it{dir, ec}, end;
+  for (; !ec && it != end; it.increment(ec)) {
+    auto& e = *it;
     auto name = e.path().filename().string();
     unsigned long long a = 0, b = 0, c = 0;
     int n = 0;
@@ -87,12 +84,18 @@ bool set_aside_stale_segments(const std::string& dir,
                            &b, &c, &n) == 3
                && static_cast<size_t>(n) == name.size()) {
       auto data = e.path().parent_path() / name.substr(0, name.size() - 5);
-      if (fs::exists(data, ec) && fs::file_size(data, ec) > 0) {
+      std::error_code size_ec;
+      auto size = fs::file_size(data, size_ec);
+      if (!size_ec && size > 0) {
         snap s{a, b, c};
         if (!newest || *newest < s)
           newest = s;
       }
     }
+  }
+  if (ec) {
+    error = "cannot list " + dir + ": " + ec.message();
+    return false;
   }
   if (!newest || !open_holds_entries || closed.empty())
     return true;

@@ -195,8 +195,7 @@ public:
     }
     // A log that does not follow its own snapshot (raft_member.cpp, 12.)
     // would have this member vote, answer and snapshot with entries that
-    // are not the cluster's: it does not start. The other members hold
-    // every committed entry.
+    // are not the cluster's: it does not start.
     if (auto why = member_.check_loaded_log(); !why.empty()) {
       error = "raft's log in " + opts_.dir + " is damaged: " + why
               + ". This member cannot take part with it. To bring it back:"

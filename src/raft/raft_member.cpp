@@ -1136,7 +1136,20 @@ void raft_member::propose(std::string entry, replicated_log::done_fn done) {
     raft_free(buf.base);
     auto d = std::move(a->done);
     delete a;
+    // Refused while still leading (0.15 refuses appends while a leadership
+    // transfer is under way; no memory): the proposer built what comes
+    // next on this entry, and an entry appended after it would leave a gap
+    // in the pool's indexes, which every replica refuses. The term's
+    // proposals stop here; the next poll proposes a new barrier, and once
+    // it applied, the listener is told again that this member leads and
+    // starts over from the committed state. Told after the refusal, so
+    // that it drops what it built first.
+    bool stop = p_->ready;
+    p_->ready = false;
+    p_->leading = false;
     d(status_of(rv), 0);
+    if (stop)
+      p_->notify();
   }
 }
 
@@ -1151,6 +1164,13 @@ void raft_member::impl::check_broken() {
   log("raft")->critical("{}; this member stops taking part", apply_error);
   if (r)
     silence(r->io);
+  // A leader stops proposing at once (a single voter would go on
+  // committing alone, silenced or not).
+  if (leading) {
+    leading = false;
+    ready = false;
+    notify();
+  }
 }
 
 void raft_member::poll() {
@@ -1160,8 +1180,10 @@ void raft_member::poll() {
   // A deferring state machine finds a broken log as it catches up, after
   // raft's callback: seen here within one poll.
   s.check_broken();
-  // A member whose write failed leads no more, whatever raft says (6.).
-  bool leader = raft_state(s.r) == RAFT_LEADER && write_error_of(s.r->io) == 0;
+  // A member whose write failed leads no more, whatever raft says (6.),
+  // nor one that stopped taking part (7., 12.).
+  bool leader = raft_state(s.r) == RAFT_LEADER && write_error_of(s.r->io) == 0
+                && s.apply_error.empty() && s.restore_error.empty();
   uint64_t term = s.r->current_term;
   if (leader && (!s.leading || term != s.lead_term)) {
     s.leading = true;

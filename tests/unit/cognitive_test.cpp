@@ -191,6 +191,8 @@ TEST(Grading, AffirmsIgnoresAPhraseItsAnswerDenies) {
   EXPECT_TRUE(affirms("The seasons come from nothing but the tilt.", "tilt"));
   EXPECT_TRUE(affirms("It is nothing more than the tilt.", "tilt"));
   EXPECT_TRUE(affirms("Ice sits far above the less dense layer.", "less dens"));
+  EXPECT_TRUE(affirms("The half tilted far from the Sun gets less light.", "less"));
+  EXPECT_TRUE(affirms("It is nothing other than the tilt.", "tilt"));
   EXPECT_TRUE(affirms("Nothing else matters: the tilt does.", "tilt"));
 }
 

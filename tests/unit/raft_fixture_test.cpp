@@ -597,6 +597,71 @@ TEST(RaftFixture, ASnapshotPassedButNotRestoredStopsTheMember) {
   EXPECT_EQ(c.at(other).rep->snapshot_bytes(), c.at(lead).rep->snapshot_bytes());
 }
 
+// The same on the leader: it stops proposing at once (its supervisor is
+// told it no longer leads), and the two others elect and commit.
+TEST(RaftFixture, ALeaderWhoseStateStopsFollowingItsLogStepsDown) {
+  fixture_cluster c{3, 15};
+  ASSERT_TRUE(c.step_until_leader());
+  c.run(200);
+  auto lead = *c.leader();
+  auto old = c.at(lead).rep->snapshot_bytes();
+  c.run(400);
+  ASSERT_EQ(*c.leader(), lead);
+  std::string err;
+  ASSERT_TRUE(c.at(lead).sm->restore(old, err)) << err;
+  for (unsigned s = 0; s < 3000 && c.at(lead).m->status().apply_error.empty(); ++s) {
+    c.step();
+    if (s % 4 == 0)
+      c.drain(8);
+  }
+  auto st = c.at(lead).m->status();
+  ASSERT_NE(st.apply_error, "");
+  EXPECT_EQ(st.role, log_role::unavailable);
+  EXPECT_FALSE(c.leader() == lead) << "its listener still takes it for the leader";
+  ASSERT_TRUE(c.step_until_new_leader(lead));
+  auto acked = c.acked().size();
+  c.run(2000);
+  EXPECT_GT(c.acked().size(), acked) << "the two others stopped committing";
+  EXPECT_NE(*c.leader(), lead);
+}
+
+// libraft 0.15 refuses appends while a leadership transfer is under way,
+// and a transfer that times out leaves the leader leading the same term. A
+// proposal refused there ends the term's proposals (what the proposer built
+// on it would leave a gap in the pool's indexes), and once the transfer is
+// over a new barrier tells the listener again that the member leads: it
+// starts over from the committed state and commits again.
+TEST(RaftFixture, AProposalRefusedWhileLeadingStartsTheProposalsOver) {
+  fixture_cluster c{3, 14};
+  ASSERT_TRUE(c.step_until_leader());
+  c.run(200);
+  auto lead = *c.leader();
+  auto* lr = raft_fixture_get(c.fixture(), lead);
+  auto term = lr->current_term;
+  auto target = (lead + 1) % c.size();
+  c.partition(lead, target);  // the transfer cannot end
+  struct raft_transfer treq {};
+  ASSERT_EQ(raft_transfer(lr, &treq, target + 1, [](struct raft_transfer*) {}), 0);
+  auto lost = c.lost_batches();
+  c.drain(8);
+  ASSERT_EQ(c.lost_batches(), lost + 1) << "the proposal was not refused";
+  EXPECT_FALSE(c.leader().has_value());
+  for (unsigned s = 0; s < 20000 && lr->transfer != nullptr; ++s)
+    c.step();
+  ASSERT_EQ(lr->transfer, nullptr) << "the transfer did not end";
+  c.heal_all();
+  auto acked = c.acked().size();
+  c.run(3000);
+  ASSERT_EQ(raft_state(lr), RAFT_LEADER);
+  EXPECT_EQ(lr->current_term, term) << "a new term: not the case under test";
+  EXPECT_TRUE(c.leader().has_value()) << "the member leads but was never told so";
+  EXPECT_GT(c.acked().size(), acked) << "nothing committed after the transfer";
+  ASSERT_TRUE(c.settle());
+  c.expect_consistent();
+  for (unsigned i = 0; i < c.size(); ++i)
+    EXPECT_EQ(c.at(i).m->status().apply_error, "");
+}
+
 // A member whose state can no longer follow its log (raft_member.cpp, 12.:
 // here its state is set back behind raft's back, as a log loaded at the
 // wrong indexes leaves it): the first entry that is not the one due stops
