@@ -473,7 +473,10 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    matching let them stand; raft applied them, and the state refused
 //    them and every entry after ("entry 318 where 314 was due"). The member
 //    went on voting, and snapshotted the state of entry 313 at raft index
-//    768 and 1024. Two checks keep such a log out:
+//    768 and 1024. Three guards keep such a log out:
+//    - before raft loads it (raft_log, set_aside_stale_segments in
+//      raft_disk.cpp), the closed segments an install left behind are
+//      renamed, so that raft_uv loads the open segment where it belongs;
 //    - at start (raft_log, check_loaded_log), the entries loaded past the
 //      snapshot must each be the next one the restored state needs
 //      (state_machine::follows): else the member does not start;

@@ -6,6 +6,8 @@
 // byte for byte, and with the leader's own (speculative) state.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <cstdio>
 
 #include <map>
@@ -183,6 +185,26 @@ public:
             }
           break;
         }
+  }
+
+  /// Snapshots every 16 entries, keeping 4 behind: a member cut off
+  /// soon needs a snapshot to catch up.
+  void snapshot_often() {
+    for (unsigned i = 0; i < size(); ++i) {
+      raft_set_snapshot_threshold(raft_fixture_get(&f_, i), 16);
+      raft_set_snapshot_trailing(raft_fixture_get(&f_, i), 4);
+    }
+  }
+
+  /// Steps, with a group commit every 4 steps, until `done`; false if it
+  /// is not after `max` steps.
+  bool step_until(const std::function<bool()>& done, unsigned max = 3000) {
+    for (unsigned s = 0; s < max && !done(); ++s) {
+      step();
+      if (s % 4 == 0)
+        drain(8);
+    }
+    return done();
   }
 
   /// Steps until a leader is ready; false after `max` steps.
@@ -450,10 +472,7 @@ TEST(RaftFixture, KilledLeaderIsReplacedAndCatchesUp) {
 /// past what it holds, so that it can only catch up by a snapshot.
 /// Returns the leader.
 unsigned leave_behind(fixture_cluster& c, unsigned& lag) {
-  for (unsigned i = 0; i < c.size(); ++i) {
-    raft_set_snapshot_threshold(raft_fixture_get(c.fixture(), i), 16);
-    raft_set_snapshot_trailing(raft_fixture_get(c.fixture(), i), 4);
-  }
+  c.snapshot_often();
   EXPECT_TRUE(c.step_until_leader());
   c.run(100);
   auto lead = *c.leader();
@@ -562,11 +581,7 @@ TEST(RaftFixture, ASnapshotPassedButNotRestoredStopsTheMember) {
   leave_behind(c, lag);
   auto* lagr = raft_fixture_get(c.fixture(), lag);
   c.heal_all();
-  for (unsigned s = 0; s < 3000 && c.at(lag).m->status().restore_error.empty(); ++s) {
-    c.step();
-    if (s % 4 == 0)
-      c.drain(8);
-  }
+  c.step_until([&] { return !c.at(lag).m->status().restore_error.empty(); });
   auto st = c.at(lag).m->status();
   EXPECT_NE(st.restore_error.find("does not decode"), std::string::npos)
     << st.restore_error;
@@ -609,11 +624,7 @@ TEST(RaftFixture, ALeaderWhoseStateStopsFollowingItsLogStepsDown) {
   ASSERT_EQ(*c.leader(), lead);
   std::string err;
   ASSERT_TRUE(c.at(lead).sm->restore(old, err)) << err;
-  for (unsigned s = 0; s < 3000 && c.at(lead).m->status().apply_error.empty(); ++s) {
-    c.step();
-    if (s % 4 == 0)
-      c.drain(8);
-  }
+  c.step_until([&] { return !c.at(lead).m->status().apply_error.empty(); });
   auto st = c.at(lead).m->status();
   ASSERT_NE(st.apply_error, "");
   EXPECT_EQ(st.role, log_role::unavailable);
@@ -669,10 +680,7 @@ TEST(RaftFixture, AProposalRefusedWhileLeadingStartsTheProposalsOver) {
 // and the two others go on.
 TEST(RaftFixture, AMemberWhoseStateStopsFollowingItsLogStopsTakingPart) {
   fixture_cluster c{3, 13};
-  for (unsigned i = 0; i < c.size(); ++i) {
-    raft_set_snapshot_threshold(raft_fixture_get(c.fixture(), i), 16);
-    raft_set_snapshot_trailing(raft_fixture_get(c.fixture(), i), 4);
-  }
+  c.snapshot_often();
   ASSERT_TRUE(c.step_until_leader());
   c.run(200);
   auto lead = *c.leader();
@@ -685,11 +693,7 @@ TEST(RaftFixture, AMemberWhoseStateStopsFollowingItsLogStopsTakingPart) {
   ASSERT_TRUE(c.at(f).sm->restore(old, err)) << err;
   ASSERT_EQ(c.at(f).rep->last_index(), old_index);
   auto* fr = raft_fixture_get(c.fixture(), f);
-  for (unsigned s = 0; s < 3000 && c.at(f).m->status().apply_error.empty(); ++s) {
-    c.step();
-    if (s % 4 == 0)
-      c.drain(8);
-  }
+  c.step_until([&] { return !c.at(f).m->status().apply_error.empty(); });
   auto st = c.at(f).m->status();
   EXPECT_NE(st.apply_error.find("was due"), std::string::npos) << st.apply_error;
   EXPECT_EQ(st.role, log_role::unavailable);
