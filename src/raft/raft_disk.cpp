@@ -163,7 +163,8 @@ bool load_raft_dir(const std::string& dir, raft_disk& out, std::string& error,
         rv != 0) {
       error = std::string{"raft_uv_init: "} + io.errmsg;
       raft_uv_tcp_close(&transport);
-    } else if (int rv = io.init(&io, 1, "127.0.0.1:1"); rv != 0) {
+    } else if (raft_uv_set_auto_recovery(&io, false);  // as a member does
+               (rv = io.init(&io, 1, "127.0.0.1:1")) != 0) {
       error = std::string{"cannot open "} + dir + ": " + io.errmsg;
       raft_uv_close(&io);
       raft_uv_tcp_close(&transport);

@@ -154,6 +154,12 @@ public:
       return false;
     }
     io_open_ = true;
+    // raft_uv's default, on a load that meets a corrupt segment, renames it
+    // and every segment after it corrupt-* and loads what is left: entries
+    // this member acknowledged would be gone without a word, and it would
+    // vote with a shorter log. It refuses to start instead (raft_member.cpp,
+    // 13.).
+    raft_uv_set_auto_recovery(&io_, false);
     if (int rv = raft_init(&raft_, &io_, member_.fsm(), opts_.id,
                            address_.c_str());
         rv != 0) {
@@ -187,7 +193,18 @@ public:
     raft_set_snapshot_trailing(&raft_, opts_.snapshot_trailing);
     raft_set_install_snapshot_timeout(&raft_, opts_.install_snapshot_timeout_ms);
     raft_set_pre_vote(&raft_, opts_.pre_vote);
+    static const char* const bring_back =
+      ". This member cannot take part with it. To bring it back:"
+      " remove it (nodepool ctl members remove), move that"
+      " directory aside (keep it for inspection), start the oracle"
+      " again with --join, and add it (nodepool ctl members add):"
+      " it then copies a leader's snapshot";
     if (int rv = raft_start(&raft_); rv != 0) {
+      if (rv == RAFT_CORRUPT) {
+        error = "raft's log in " + opts_.dir + " is damaged: "
+                + raft_errmsg(&raft_) + bring_back;
+        return false;
+      }
       error = std::string{"raft_start: "} + raft_errmsg(&raft_);
       if (auto why = member_.refused_snapshot(); !why.empty())
         error += " (the snapshot on disk: " + why + ")";
@@ -197,12 +214,7 @@ public:
     // would have this member vote, answer and snapshot with entries that
     // are not the cluster's: it does not start.
     if (auto why = member_.check_loaded_log(); !why.empty()) {
-      error = "raft's log in " + opts_.dir + " is damaged: " + why
-              + ". This member cannot take part with it. To bring it back:"
-                " remove it (nodepool ctl members remove), move that"
-                " directory aside (keep it for inspection), start the oracle"
-                " again with --join, and add it (nodepool ctl members add):"
-                " it then copies a leader's snapshot";
+      error = "raft's log in " + opts_.dir + " is damaged: " + why + bring_back;
       return false;
     }
     // Started once its loop's thread runs: a failure before that is undone

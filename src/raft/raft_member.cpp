@@ -483,6 +483,13 @@ int fsm_restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
 //    - while it runs, the first entry the state refuses for not being the
 //      next one due (state_machine::broken) stops the member for good, as
 //      a failed restore does (7.), and no snapshot is taken from then on.
+// 13. (Durability, read in 0.15's source.) raft_uv's auto-recovery, on by
+//    default: a load that meets a corrupt segment (a checksum that does not
+//    match) renames the newest closed segment and every open one corrupt-*
+//    and loads again. The member would then start without entries it
+//    acknowledged, and could vote for a leader that lacks them. raft_log
+//    turns it off: the start fails, naming the segment, and the member is
+//    brought back from a leader's snapshot (raft_log's message says how).
 using send_fn = int (*)(struct raft_io*, struct raft_io_send*,
                         const struct raft_message*, raft_io_send_cb);
 using append_fn = int (*)(struct raft_io*, struct raft_io_append*,

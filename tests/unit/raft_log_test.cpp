@@ -887,6 +887,61 @@ TEST(RaftLogStart, RefusesALogThatDoesNotFollowItsSnapshot) {
   EXPECT_EQ(rep.batches_applied(), 0u);
 }
 
+// A byte changed in the newest closed segment (a disk's bit rot, or a
+// write torn by a power cut under a file system that lost its order): the
+// segment holds entries this member acknowledged. raft_uv's default would
+// rename it and every segment after it corrupt-* and start with a shorter
+// log; the member refuses to start instead, names the segment and leaves
+// every file where it was (raft_member.cpp, 13.). `nodepool check`'s reader
+// refuses it too.
+TEST(RaftLogStart, RefusesAChangedByteInAClosedSegmentAndNamesIt) {
+  temp_dir dir;
+  auto o = one_member_options(dir.path());
+  o.snapshot_threshold = 100000;
+  auto last = run_one_member(o, 40);
+  ASSERT_GT(last, 0u);
+  auto before = list_raft_files(dir.path());
+  ASSERT_FALSE(before.closed.empty());
+  auto [a, b] = before.closed.back();
+  auto name = segment_name(a, b);
+  auto path = dir.path() + "/" + name;
+  auto size = std::filesystem::file_size(path);
+  ASSERT_GT(size, 16u);
+  {
+    // Every byte past the format word is under a checksum.
+    std::fstream f{path, std::ios::in | std::ios::out | std::ios::binary};
+    f.seekg(static_cast<std::streamoff>(size / 2));
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    c = static_cast<char>(c ^ 0x5a);
+    f.write(&c, 1);
+    ASSERT_TRUE(f.good());
+  }
+
+  replica rep;
+  replica_machine sm{rep, true};
+  std::string err;
+  auto log = start_raft_log(o, sm, {}, err);
+  EXPECT_FALSE(log) << "started at pool index "
+                    << sm.with([](replica& r) { return r.last_index(); })
+                    << " of " << last;
+  log.reset();
+  EXPECT_NE(err.find("is damaged"), std::string::npos) << err;
+  EXPECT_NE(err.find(name), std::string::npos) << err;
+  EXPECT_NE(err.find("--join"), std::string::npos) << err;
+  auto after = list_raft_files(dir.path());
+  EXPECT_EQ(after.closed, before.closed);
+  for (auto& e : std::filesystem::directory_iterator(dir.path()))
+    EXPECT_NE(e.path().filename().string().rfind("corrupt-", 0), 0u)
+      << e.path().filename();
+
+  raft_disk disk;
+  std::string why;
+  EXPECT_FALSE(load_raft_dir(dir.path(), disk, why, true));
+  EXPECT_NE(why.find(name), std::string::npos) << why;
+}
+
 // A snapshot's frame carries a SHA-256 of its bytes: any byte of the
 // length, the digest or the bytes changed is refused, the padding is not
 // covered, and a frame written before digests is read as before.
