@@ -191,7 +191,7 @@ std::vector<violation> pool_state::check_invariants() const {
                      + std::to_string(queued_) + " queued");
   size_t timed = 0;
   for (auto& [nid, n] : nodes_)
-    timed += node_due(n) != INT64_MAX ? 1 : 0;
+    timed += node_due(n) != never ? 1 : 0;
   if (timed != node_timers_.size())
     add(out, "I2", std::to_string(node_timers_.size()) + " node timers for "
                      + std::to_string(timed) + " nodes with a deadline");

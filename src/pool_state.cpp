@@ -703,7 +703,7 @@ void pool_state::forget(pb::NodeRecord& n, apply_result& out) {
   // node is in no pool index and counted neither alive nor available, so
   // its timer and its notes are all there is besides the maps by id.
   if (auto a = node_aux_.find(p); a != node_aux_.end()) {
-    if (a->second.due != INT64_MAX)  // INT64_MAX: no timer
+    if (a->second.due != never)
       node_timers_.erase(a->second.timer);
     node_aux_.erase(a);
   }

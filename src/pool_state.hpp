@@ -298,6 +298,8 @@ private:
   void enqueue(pb::SessionRecord& s);
   void dequeue(const pb::SessionRecord& s);
   void rebuild_indexes();
+  /// The due time of a record with no timer (node_due, session_due).
+  static constexpr int64_t never = INT64_MAX;
   int64_t node_due(const pb::NodeRecord& n) const;
   int64_t node_state_due(const pb::NodeRecord& n) const;
   int64_t session_due(const pb::SessionRecord& s) const;
@@ -418,8 +420,8 @@ private:
     bool alive = false;
     bool available = false;
     std::vector<level_counts*> models;
-    int64_t due = INT64_MAX;
-    node_timer_set::iterator timer;  // valid while due != INT64_MAX
+    int64_t due = never;
+    node_timer_set::iterator timer;  // valid while due != never
   };
   struct session_timer {
     int64_t due;

@@ -11,8 +11,6 @@ namespace nodepool {
 
 namespace {
 
-constexpr int64_t never = INT64_MAX;
-
 uint32_t level_slot(uint32_t level) { return std::min<uint32_t>(level, 5); }
 
 /// Nodes counted at `min_level` or above.
