@@ -81,7 +81,8 @@ struct sim_result {
   // land on the same questions; see README "Cognitive tests").
   uint64_t cheat_tests = 0;
   uint64_t cheat_passes = 0;
-  /// Nodes lost past lost_retention_ms that left the records (NodeForgotten).
+  /// Nodes lost past lost_retention_ms, or retired past
+  /// retired_retention_ms, that left the records (NodeForgotten).
   uint64_t nodes_forgotten = 0;
   // A replicated pool only:
   uint32_t oracles = 1;

@@ -124,6 +124,9 @@ run_draw draw_run(seeded_rng& rng, uint64_t seed, net_faults& net,
   // A miner killed or cut off for 3 s is forgotten: runs forget nodes and
   // see them come back as new ones, on every member alike.
   p.lost_retention_ms = 3000;
+  // A node retired 4 s ago is forgotten too: a miner still there registers
+  // it again, as a new node, and is tested again.
+  p.retired_retention_ms = 4000;
   p.tasks_before_release = 1 + static_cast<uint32_t>(rng.below(3));
   p.max_strikes = 3 + static_cast<uint32_t>(rng.below(3));
   if (snapshot_every)

@@ -96,6 +96,8 @@ std::string params::validate() const {
   if (task_phase_timeout_ms <= 0) return "task_phase_timeout_ms must be > 0";
   if (ephemeral_window_ms <= 0) return "ephemeral_window_ms must be > 0";
   if (lost_retention_ms < 0) return "lost_retention_ms must be >= 0 (0: kept for ever)";
+  if (retired_retention_ms < 0)
+    return "retired_retention_ms must be >= 0 (0: kept for ever)";
   if (heartbeat_interval_ms <= 0 || heartbeat_timeout_ms <= heartbeat_interval_ms)
     return "need 0 < heartbeat_interval_ms < heartbeat_timeout_ms";
   if (quarantine_backoff_ms <= 0 || quarantine_backoff_max_ms < quarantine_backoff_ms)
@@ -126,6 +128,7 @@ std::string params::validate() const {
     {"heartbeat_interval_ms", heartbeat_interval_ms},
     {"heartbeat_timeout_ms", heartbeat_timeout_ms},
     {"lost_retention_ms", lost_retention_ms},
+    {"retired_retention_ms", retired_retention_ms},
     {"quarantine_backoff_ms", quarantine_backoff_ms},
     {"quarantine_backoff_max_ms", quarantine_backoff_max_ms},
     {"tick_interval_ms", tick_interval_ms}};
@@ -165,6 +168,7 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"heartbeat_interval_ms", &params::heartbeat_interval_ms},
     {"heartbeat_timeout_ms", &params::heartbeat_timeout_ms},
     {"lost_retention_ms", &params::lost_retention_ms},
+    {"retired_retention_ms", &params::retired_retention_ms},
     {"quarantine_backoff_ms", &params::quarantine_backoff_ms},
     {"quarantine_backoff_max_ms", &params::quarantine_backoff_max_ms},
     {"max_strikes", &params::max_strikes},

@@ -53,6 +53,11 @@ struct params {
   /// that what the pool holds depends on its nodes, not on every node it
   /// ever saw; it comes back as a new node. 0: kept for ever.
   int64_t lost_retention_ms = 7 * 24 * 3600 * 1000LL;
+  /// A node retired this long (by its strikes or by an operator) leaves the
+  /// records too: else every id a miner ever had retired (a miner names its
+  /// own nodes) would stay for ever. Back after it, it is a new node, tested
+  /// before it serves. 0: kept for ever.
+  int64_t retired_retention_ms = 30 * 24 * 3600 * 1000LL;
   // failure handling
   int64_t quarantine_backoff_ms = 30000;
   int64_t quarantine_backoff_max_ms = 300000;

@@ -412,6 +412,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
           release(n, "reserve_period", now, out);
         break;
       case pb::LOST:
+      case pb::RETIRED:
         if (now >= node_due(n))
           forgotten.push_back(&n);
         break;
@@ -699,8 +700,8 @@ void pool_state::copy_session(const std::string& id) {
 
 void pool_state::forget(pb::NodeRecord& n, apply_result& out) {
   const pb::NodeRecord* p = &n;
-  // Every index that points at the record lets go of it first. A lost
-  // node is in no pool index and counted neither alive nor available, so
+  // Every index that points at the record lets go of it first. A lost or
+  // retired node is in no pool index and counted neither alive nor available, so
   // its timer and its notes are all there is besides the maps by id.
   if (auto a = node_aux_.find(p); a != node_aux_.end()) {
     if (a->second.due != never)
@@ -724,11 +725,12 @@ void pool_state::forget(pb::NodeRecord& n, apply_result& out) {
     copies_->copy_of.erase(p);
     copies_->nodes.erase(n.id());
   }
-  --counts_[pb::LOST];
+  --counts_[n.state()];
   out.events.emplace_back();
   auto* f = out.events.back().mutable_node_forgotten();
   f->set_node_id(n.id());
-  f->set_reason("lost for lost_retention_ms");
+  f->set_reason(n.state() == pb::LOST ? "lost for lost_retention_ms"
+                                      : "retired for retired_retention_ms");
   out.changed = true;
   auto id = n.id();
   node_index_.erase(id);

@@ -227,9 +227,10 @@ private:
   void apply_admin_node(const pb::AdminNode& c, int64_t now, apply_result& out);
   /// The node of a command, or null with `unknown_node` refused.
   pb::NodeRecord* known_node(const std::string& id, apply_result& out);
-  /// Drops a node lost for lost_retention_ms from every record and index
-  /// (NodeForgotten). Only a LOST node: it holds no session and sits in no
-  /// pool index.
+  /// Drops a node lost for lost_retention_ms, or retired for
+  /// retired_retention_ms, from every record and index (NodeForgotten).
+  /// Only a LOST or RETIRED node: it holds no session and sits in no pool
+  /// index.
   void forget(pb::NodeRecord& n, apply_result& out);
   void lose(pb::NodeRecord& n, const std::string& why, int64_t now,
             apply_result& out);

@@ -53,6 +53,13 @@ int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
       return params_.lost_retention_ms > 0
                ? n.reset_at() + params_.lost_retention_ms
                : never;
+    case pb::RETIRED:
+      // Retired by an operator: reset_at is then. By its strikes: at its
+      // last test, which failed by its deadline at the latest.
+      return params_.retired_retention_ms > 0
+               ? std::max(n.reset_at(), n.test_deadline())
+                   + params_.retired_retention_ms
+               : never;
     case pb::EPHEMERAL:
       return n.ephemeral_at() + params_.ephemeral_window_ms + 1;
     case pb::RESERVED: {

@@ -297,7 +297,7 @@ void run(const sim_cli& c) {
     std::cout << "\n";
   }
   if (forgotten > 0)
-    std::cout << "nodes lost past lost_retention_ms and forgotten: "
+    std::cout << "nodes forgotten (lost or retired past their retention): "
               << forgotten << "\n";
   if (cheats["cheat_tests"] > 0)
     std::cout << "nodes without the model (solver, copycat): "

@@ -3768,6 +3768,124 @@ TEST(PoolLost, ASnapshotUnderWayKeepsTheNodeTheNextOneDoesNot) {
   EXPECT_EQ(h.pool.snapshot().nodes_size(), 1);
 }
 
+// =============================================================================
+// retired nodes leave the records (retired_retention_ms)
+// =============================================================================
+
+params retired_kept(int64_t ms) {
+  auto p = quiet();
+  p.max_strikes = 2;
+  p.quarantine_backoff_ms = 1000;
+  p.retired_retention_ms = ms;
+  return p;
+}
+
+/// n1 fails its tests until its strikes retire it; returns when.
+int64_t retire_by_strikes(harness& h, const std::string& id) {
+  h.reg(id);
+  for (int i = 0; i < 10 && h.state(id) != pb::RETIRED; ++i) {
+    if (h.state(id) == pb::QUARANTINED) {
+      h.now = h.node(id).quarantine_until();
+      h.tick();
+    }
+    EXPECT_EQ(h.state(id), pb::TESTING) << i;
+    h.now += 10;
+    h.fail(id);
+  }
+  EXPECT_EQ(h.state(id), pb::RETIRED);
+  return h.now;
+}
+
+// Retired by its strikes or by an operator, a node is refused for the
+// retention, then leaves the records: back after it, it is a new node,
+// tested before it serves.
+TEST(PoolRetired, ARetiredNodeLeavesTheRecordsAfterItsRetention) {
+  harness h{retired_kept(100000)};
+  h.admit("keep");
+  auto at = retire_by_strikes(h, "n1");
+  // Its last test's deadline is past the failure: it counts from the later.
+  auto due = std::max(at, h.node("n1").test_deadline()) + 100000;
+  h.now += 30000;
+  h.admit("n2");
+  h.now += 30000;  // its admission test's deadline is long past
+  ASSERT_FALSE(h.apply(admin_cmd("n2", pb::RETIRE)).refused);
+  auto n2_due = h.now + 100000;
+  ASSERT_LT(h.now, due - 1);
+  ASSERT_LT(due, n2_due);
+  h.now = due - 1;
+  h.tick();
+  EXPECT_REFUSED(h.reg("n1"), "retired");
+  ASSERT_NE(h.pool.node("n1"), nullptr) << "forgotten before its retention";
+  (void)h.pool.freeze().finish();  // a kept copy exists when it goes
+  h.now = due;
+  auto r = h.tick();
+  EXPECT_EQ(h.pool.node("n1"), nullptr);
+  ASSERT_EQ(count_events(r, pb::Event::kNodeForgotten), 1);
+  EXPECT_EQ(r.events[0].node_forgotten().node_id(), "n1");
+  EXPECT_EQ(r.events[0].node_forgotten().reason(),
+            "retired for retired_retention_ms");
+  EXPECT_EQ(h.count(pb::RETIRED), 1u);
+  EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+  // The operator's retirement counts from when it was made.
+  h.now = n2_due - 1;
+  h.tick();
+  EXPECT_REFUSED(h.reg("n2"), "retired");
+  h.now = n2_due;
+  ASSERT_EQ(count_events(h.tick(), pb::Event::kNodeForgotten), 1);
+  EXPECT_EQ(h.pool.node("n2"), nullptr);
+  EXPECT_EQ(h.count(pb::RETIRED), 0u);
+  EXPECT_EQ(h.pool.nodes().size(), 1u);
+  EXPECT_FALSE(h.tick().changed);
+  // Back: a new node, with no strikes, tested before it serves.
+  auto back = h.reg("n1");
+  EXPECT_FALSE(back.refused);
+  EXPECT_NE(change_of(back, "n1", pb::NODE_STATE_UNSPECIFIED, pb::REGISTERED),
+            nullptr);
+  EXPECT_EQ(h.state("n1"), pb::TESTING);
+  EXPECT_EQ(h.node("n1").strikes(), 0u);
+  h.pass("n1");
+  EXPECT_EQ(h.state("n1"), pb::EPHEMERAL);
+}
+
+// With retention 0, a retired node stays refused for ever; a restored
+// snapshot keeps the retention's timers.
+TEST(PoolRetired, RetentionZeroKeepsItAndARestoreKeepsTheTimer) {
+  harness keep{retired_kept(0)};
+  retire_by_strikes(keep, "n1");
+  keep.now += int64_t{400} * 24 * 3600 * 1000;
+  EXPECT_FALSE(keep.tick().changed);
+  EXPECT_REFUSED(keep.reg("n1"), "retired");
+
+  harness h{retired_kept(50000)};
+  auto at = retire_by_strikes(h, "n1");
+  harness r{retired_kept(50000)};
+  r.now = h.now;
+  r.restore(h.pool.snapshot());
+  r.now = std::max(at, h.node("n1").test_deadline()) + 50000;
+  ASSERT_EQ(count_events(r.tick(), pb::Event::kNodeForgotten), 1);
+  EXPECT_EQ(r.pool.node("n1"), nullptr);
+}
+
+// Node ids are the miners' own: one that makes up a new id for each node
+// it has retired no longer grows the records for ever.
+TEST(PoolRetired, RecordsStayBoundedUnderRetirements) {
+  harness h{retired_kept(60000)};
+  size_t most = 0;
+  for (int i = 0; i < 300; ++i) {
+    retire_by_strikes(h, "bad" + std::to_string(i));
+    h.now += 1000;
+    h.tick();
+    most = std::max(most, h.pool.nodes().size());
+    if (i % 7 == 0)
+      ASSERT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot())) << i;
+  }
+  // One retired about every 2 s, kept 60 s after its last test's deadline
+  // (5 s): about 33 at a time.
+  EXPECT_LE(most, 35u);
+  EXPECT_GE(h.pool.nodes().size(), 25u);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+}
+
 // Nodes that come and go under new ids: the records stay as many as the
 // nodes seen within the retention, however long the pool runs (before,
 // every id ever seen stayed).
