@@ -87,6 +87,10 @@ void pool_state::check_counters(std::vector<violation>& out) const {
   if (node_index_.size() != nodes_.size())
     add(out, "I5", "the index by id holds " + std::to_string(node_index_.size())
                      + " nodes, " + std::to_string(nodes_.size()) + " are known");
+  if (session_order_.size() != sessions_.size())
+    add(out, "I4", "the sessions in id order are "
+                     + std::to_string(session_order_.size()) + ", "
+                     + std::to_string(sessions_.size()) + " are live");
   if (session_due_.size() != sessions_.size()
       || session_timers_.size() != sessions_.size())
     add(out, "I4", "session timers hold " + std::to_string(session_due_.size())
@@ -169,6 +173,11 @@ std::vector<violation> pool_state::check_invariants() const {
   std::unordered_set<const pb::SessionRecord*> live;
   for (auto& [sid, s] : sessions_)
     live.insert(&s);
+  for (auto* s : session_order_)  // as many as live (check_counters)
+    if (!live.count(s)) {
+      add(out, "I4", "the sessions in id order hold one that is not live");
+      break;
+    }
   for (auto& [key, c] : classes_)
     for (auto& [seq, rec] : c.members) {
       if (!live.count(rec)) {

@@ -37,32 +37,12 @@ pb::StatePage pool_state::read(const pb::StateQuery& q) const {
     page.set_error("what: nodes, sessions or models");
     return page;
   }
-  // The `limit` + 1 smallest ids after `after` (one more says whether the
-  // page is the last): a max-heap of that size over the live sessions.
-  auto by_id = [](const pb::SessionRecord* a, const pb::SessionRecord* b) {
-    return a->id() < b->id();
-  };
-  std::vector<const pb::SessionRecord*> heap;
-  size_t keep = q.limit() + size_t{1};
-  heap.reserve(keep);
-  for (auto& [id, s] : sessions_) {
-    if (s.id() <= q.after())
-      continue;
-    if (heap.size() < keep) {
-      heap.push_back(&s);
-      std::push_heap(heap.begin(), heap.end(), by_id);
-    } else if (s.id() < heap.front()->id()) {
-      std::pop_heap(heap.begin(), heap.end(), by_id);
-      heap.back() = &s;
-      std::push_heap(heap.begin(), heap.end(), by_id);
-    }
-  }
-  std::sort_heap(heap.begin(), heap.end(), by_id);
-  page.set_more(heap.size() > q.limit());
-  if (page.more())
-    heap.pop_back();
-  for (auto* s : heap)
-    *page.add_sessions() = *s;
+  auto i = session_order_.upper_bound(q.after());
+  for (; i != session_order_.end()
+         && page.sessions_size() < static_cast<int>(q.limit());
+       ++i)
+    *page.add_sessions() = **i;
+  page.set_more(i != session_order_.end());
   return page;
 }
 

@@ -600,18 +600,6 @@ pb::Snapshot pool_state::snapshot_scalars() const {
   return snap;
 }
 
-/// Live sessions by id: equal states give equal bytes.
-static std::vector<const pb::SessionRecord*>
-by_id(const flat_table<pb::SessionRecord>& sessions) {
-  std::vector<const pb::SessionRecord*> live;
-  live.reserve(sessions.size());
-  for (auto& [id, s] : sessions)
-    live.push_back(&s);
-  std::sort(live.begin(), live.end(),
-            [](auto* a, auto* b) { return a->id() < b->id(); });
-  return live;
-}
-
 pool_state::frozen pool_state::copy_whole() const {
   frozen f;
   f.records = snapshot_scalars();
@@ -619,7 +607,8 @@ pool_state::frozen pool_state::copy_whole() const {
   snap.mutable_nodes()->Reserve(static_cast<int>(nodes_.size()));
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
-  for (auto* s : by_id(sessions_))
+  snap.mutable_sessions()->Reserve(static_cast<int>(sessions_.size()));
+  for (auto* s : session_order_)  // by id: equal states give equal bytes
     *snap.add_sessions() = *s;
   f.recent_ids = recent_ids_.freeze();
   return f;
@@ -784,7 +773,7 @@ pool_state::frozen pool_state::freeze() {
     copies_ = std::make_shared<record_copies>();
     for (auto& [id, n] : nodes_)
       copies_->nodes.emplace_hint(copies_->nodes.end(), id, n);
-    for (auto* s : by_id(sessions_))
+    for (auto* s : session_order_)
       copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
   } else {
     // In the order of their addresses: the records and their copies were
@@ -927,6 +916,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   nodes_.clear();
   node_index_.clear();
   sessions_.clear();
+  session_order_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     auto& rec = nodes_[n.id()] = n;
@@ -938,7 +928,8 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   }
   sessions_.reserve(snap.sessions_size());
   for (auto& s : snap.sessions()) {
-    *sessions_.try_emplace(s.id()).first = s;
+    auto& rec = *sessions_.try_emplace(s.id()).first = s;
+    session_order_.insert(&rec);
     if (s.state() == pb::ACTIVE)
       ++active_;
   }

@@ -353,6 +353,21 @@ private:
   /// entries do not move, so the indexes point at the records; snapshot()
   /// sorts by id.
   flat_table<pb::SessionRecord> sessions_;
+  /// The live sessions again, in id order: a page of them (read()) and a
+  /// snapshot walk it instead of sorting the table.
+  struct session_id_less {
+    using is_transparent = void;
+    bool operator()(const pb::SessionRecord* a, const pb::SessionRecord* b) const {
+      return a->id() < b->id();
+    }
+    bool operator()(const pb::SessionRecord* a, const std::string& id) const {
+      return a->id() < id;
+    }
+    bool operator()(const std::string& id, const pb::SessionRecord* b) const {
+      return id < b->id();
+    }
+  };
+  std::set<const pb::SessionRecord*, session_id_less> session_order_;
   pb::SessionRecord* live_session(const std::string& id) const {
     return sessions_.find(id);
   }
