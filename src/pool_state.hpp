@@ -97,7 +97,8 @@ public:
   /// Live sessions only (queued or active); an ended one is archived.
   const pb::SessionRecord* session(const std::string& id) const;
   const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
-  /// Live sessions by id, in no particular order (snapshot() sorts them).
+  /// Live sessions by id, in no particular order (session_order_ holds
+  /// them by id).
   const flat_table<pb::SessionRecord>& sessions() const {
     return sessions_;
   }
@@ -125,10 +126,9 @@ public:
 
   /// A page of the live state (the HTTP API's lists), or the models live
   /// nodes serve. Nodes: O(log nodes + limit), from the map by id; live
-  /// sessions: O(live sessions × log limit), a selection from the hash
-  /// table (the queue is bounded; an ordered index would cost every
-  /// submission); models: O(models). Never a copy of the pool. A query out
-  /// of bounds gets `error` and nothing else.
+  /// sessions: O(log live sessions + limit), from session_order_; models:
+  /// O(models). Never a copy of the pool. A query out of bounds gets
+  /// `error` and nothing else.
   pb::StatePage read(const pb::StateQuery& q) const;
 
   /// Checks I1..I5 on the whole state: O(nodes + sessions). Run at every
@@ -348,10 +348,11 @@ private:
       throw std::out_of_range("no node " + id);
     return *n;
   }
-  /// Live sessions in a flat hash table (flat_index.hpp): admitting or
-  /// ending one costs the same whatever the number of live sessions. Its
-  /// entries do not move, so the indexes point at the records; snapshot()
-  /// sorts by id.
+  /// Live sessions in a flat hash table (flat_index.hpp): finding one
+  /// costs the same whatever the number of live sessions. Its entries do
+  /// not move, so the indexes point at the records; session_order_ below
+  /// holds them by id (a tree insert at each admission, an erase at each
+  /// end).
   flat_table<pb::SessionRecord> sessions_;
   /// The live sessions again, in id order: a page of them (read()) and a
   /// snapshot walk it instead of sorting the table.
