@@ -54,8 +54,9 @@ int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
                ? n.reset_at() + params_.lost_retention_ms
                : never;
     case pb::RETIRED:
-      // Retired by an operator: reset_at is then. By its strikes: at its
-      // last test, which failed by its deadline at the latest.
+      // Retired by an operator: reset_at is then. By its strikes: the
+      // deadline of its last test, which failed before it or at the first
+      // tick past it.
       return params_.retired_retention_ms > 0
                ? std::max(n.reset_at(), n.test_deadline())
                    + params_.retired_retention_ms
