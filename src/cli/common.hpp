@@ -114,6 +114,10 @@ inline std::string shell_quote(const std::string& s) {
   return r + "'";
 }
 
+/// Whether a host names this host's loopback (127.0.0.0/8, ::1,
+/// localhost): reachable from this host only.
+bool loopback_host(const std::string& h);
+
 /// Splits "host:port"; throws std::runtime_error on a bad form.
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s);
 

@@ -20,11 +20,6 @@ namespace {
 /// The HTTP API's default address (Cortensor's router port).
 constexpr const char* default_http = "127.0.0.1:5010";
 
-bool loopback_host(const std::string& h) {
-  return h == "127.0.0.1" || h == "::1" || h == "localhost"
-         || h.rfind("127.", 0) == 0;
-}
-
 }  // namespace
 
 /// Starts the HTTP API of an oracle, or explains why not. Returns null when

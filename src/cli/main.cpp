@@ -204,6 +204,11 @@ void setup_tls(actor_config& cfg, const tls_files& tls) {
   use_tls(cfg, tls);
 }
 
+bool loopback_host(const std::string& h) {
+  return h == "127.0.0.1" || h == "::1" || h == "localhost"
+         || h.rfind("127.", 0) == 0;
+}
+
 std::pair<std::string, uint16_t> parse_host_port(const std::string& s) {
   auto hp = split_host_port(s);
   if (!hp)

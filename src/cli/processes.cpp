@@ -412,6 +412,16 @@ int run_oracle(oracle_options& o) {
     stop_oracle(h);
     return 1;
   }
+  // Clients of this port (submit, status, sessions) are authenticated by
+  // TLS alone: without it, on an address other hosts reach, anyone who
+  // reaches it may submit sessions and read the pool's state.
+  if (!o.tls.enabled() && !loopback_host(o.host))
+    log("oracle")->warn("the port for miners and clients listens on {}:{} "
+                        "without TLS: anyone who reaches it may submit "
+                        "sessions and read the pool's state (give "
+                        "--tls-cert, --tls-key and --tls-ca to require "
+                        "certificates)",
+                        o.host, *port);
   if (cc)
     std::printf("nodepool oracle %llu of %zu listening on %s:%u (raft on %s, "
                 "data in %s)\n",

@@ -91,5 +91,23 @@ TEST(admission_cli, a_bad_allow_list_stops_the_oracle_with_the_line) {
     << out;
 }
 
+// The port for miners and clients authenticates its clients by TLS alone:
+// listening beyond loopback without it is said at the start, and only
+// then.
+TEST(admission_cli, a_port_open_beyond_loopback_without_tls_is_named) {
+  auto dir = temp_dir("openport");
+  cleanup tidy{dir};
+  const std::string warning = "without TLS: anyone who reaches it may submit";
+  child open{oracle_args(dir + "/open", "0", {"--host", "0.0.0.0"}),
+             dir + "/open.out"};
+  ASSERT_TRUE(open.wait_for_output("listening on", 20s)) << open.errors();
+  ASSERT_TRUE(open.wait_for_errors(warning, 10s)) << open.errors();
+  EXPECT_NE(open.errors().find("listens on 0.0.0.0:" + listening_port(open.output())),
+            std::string::npos) << open.errors();
+  child local{oracle_args(dir + "/local", "0"), dir + "/local.out"};
+  ASSERT_TRUE(local.wait_for_output("listening on", 20s)) << local.errors();
+  EXPECT_EQ(local.errors().find(warning), std::string::npos) << local.errors();
+}
+
 } // namespace
 } // namespace nodepool::testing
