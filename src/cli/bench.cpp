@@ -12,10 +12,8 @@
 #include <fstream>
 #include <iostream>
 #include <netinet/in.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -83,16 +81,6 @@ std::string find_or_install(const std::string& binary, const std::string& packag
                            + package + "; or leave the section out with --only)");
 }
 
-std::string make_temp_dir(const std::string& tag) {
-  auto base = std::filesystem::temp_directory_path()
-              / ("nodepool-bench-" + tag + "-XXXXXX");
-  std::string s = base.string();
-  if (!mkdtemp(s.data()))
-    throw std::runtime_error("cannot create a temporary directory in "
-                             + base.parent_path().string());
-  return s;
-}
-
 void remove_tree(const std::string& dir) {
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
@@ -118,55 +106,6 @@ void sleep_unless_stopped(double seconds) {
   check_stop();
 }
 
-pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
-            const std::string& log) {
-  std::vector<std::string> all{bin};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all)
-    argv.push_back(a.data());
-  argv.push_back(nullptr);
-  auto parent = getpid();
-  auto pid = fork();
-  if (pid < 0)
-    throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(126);
-    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int reap(pid_t pid, std::chrono::milliseconds limit) {
-  auto end = clock::now() + limit;
-  bool passed_on = false;
-  int st = 0;
-  while (clock::now() < end) {
-    auto r = waitpid(pid, &st, WNOHANG);
-    if (r == pid)
-      return st;
-    if (r < 0)
-      return -1;
-    if (stop_requested && !passed_on) {
-      kill(pid, SIGTERM);
-      passed_on = true;
-      end = std::min(end, clock::now() + std::chrono::milliseconds(500));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  kill(pid, SIGKILL);
-  return waitpid(pid, &st, 0) == pid ? st : -1;
-}
-
 void note(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -186,7 +125,7 @@ namespace {
 /// cores are busy, in stalls of several milliseconds (see BENCHMARKS.md,
 /// "Group commits that stall"): a grant's latency cannot be below them.
 nlohmann::json fsync_latency(double seconds, bool beside_busy_core) {
-  auto dir = make_temp_dir("fsync");
+  auto dir = make_temp_dir("bench-fsync");
   auto path = dir + "/probe";
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   nlohmann::json j;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/types.h>
 
+#include "cli/os.hpp"
 #include "params.hpp"
 
 namespace nodepool::cli::bench {
@@ -74,16 +75,16 @@ double quantile(std::vector<double> xs, double q);
 /// Resident set size of this process, in bytes (/proc/self/statm).
 uint64_t rss_bytes();
 
-/// A fresh directory under $TMPDIR (or /tmp): nodepool-bench-TAG-XXXXXX.
-std::string make_temp_dir(const std::string& tag);
 void remove_tree(const std::string& dir);
 
-/// A make_temp_dir() directory removed when it goes out of scope, also when
-/// a signal or an error ends the section early.
+/// A fresh directory under $TMPDIR (or /tmp), nodepool-bench-TAG-XXXXXX,
+/// removed when it goes out of scope, also when a signal or an error ends
+/// the section early.
 struct temp_tree {
   std::string path;
   bool keep = false;  // leave it (and say where) instead of removing it
-  explicit temp_tree(const std::string& tag) : path(make_temp_dir(tag)) {}
+  explicit temp_tree(const std::string& tag)
+      : path(make_temp_dir("bench-" + tag)) {}
   temp_tree(const temp_tree&) = delete;
   temp_tree& operator=(const temp_tree&) = delete;
   ~temp_tree() {
@@ -106,16 +107,16 @@ void check_stop();
 /// as a signal asked to stop.
 void sleep_unless_stopped(double seconds);
 
-/// Starts `bin` with `args`; stdout and stderr go to `log` (appended). The
-/// child is in a process group of its own, so that a Ctrl-C reaches only
-/// this process, which passes a single SIGTERM on (see reap), and it is
+/// How the bench runs `bin` (child_process): stdout and stderr appended to
+/// one log; in a process group of its own, so that a Ctrl-C reaches only
+/// this process, which passes a single SIGTERM on (child_process::finish);
 /// killed if this process dies.
-pid_t spawn(const std::string& bin, const std::vector<std::string>& args,
-            const std::string& log);
-/// Waits for `pid` to exit, up to `limit`; SIGKILLs it past that. After a
-/// signal it passes SIGTERM on and waits half a second at most. Returns the
-/// wait status, or -1.
-int reap(pid_t pid, std::chrono::milliseconds limit);
+inline child_options bench_child(std::string bin) {
+  child_options o;
+  o.bin = std::move(bin);
+  o.one_log = true;
+  return o;
+}
 
 /// Progress on stderr (a line per step), so that stdout stays one object
 /// with --json.

@@ -17,7 +17,6 @@
 #include <csignal>
 #include <memory>
 #include <random>
-#include <sys/wait.h>
 #include <thread>
 
 #include <httplib.h>
@@ -59,7 +58,7 @@ nlohmann::json txn(const std::string& key, const std::string& expect,
 struct member {
   std::string name, dir;
   uint16_t client = 0, peer = 0;
-  pid_t pid = -1;
+  std::unique_ptr<child_process> proc;  // none: not running
   std::string url() const { return "http://127.0.0.1:" + std::to_string(client); }
 };
 
@@ -72,7 +71,7 @@ public:
       m.dir = root_.path + "/" + m.name;
       m.client = free_loopback_port();
       m.peer = free_loopback_port();
-      members_.push_back(m);
+      members_.push_back(std::move(m));
     }
     for (auto& m : members_)
       initial_ += (initial_.empty() ? "" : ",") + m.name + "=http://127.0.0.1:"
@@ -94,10 +93,9 @@ public:
 
   void stop_all() {
     for (auto& m : members_)
-      if (m.pid > 0) {
-        kill(m.pid, SIGTERM);
-        reap(m.pid, 10s);
-        m.pid = -1;
+      if (m.proc) {
+        m.proc->terminate(10s);
+        m.proc.reset();
       }
   }
 
@@ -106,16 +104,15 @@ public:
   void start(size_t i, const std::string& state) {
     auto& m = members_[i];
     auto peer = "http://127.0.0.1:" + std::to_string(m.peer);
-    m.pid = spawn(bin_,
-                  {"--name", m.name, "--data-dir", m.dir,
-                   "--listen-client-urls", m.url(), "--advertise-client-urls",
-                   m.url(), "--listen-peer-urls", peer,
-                   "--initial-advertise-peer-urls", peer, "--initial-cluster",
-                   initial_, "--initial-cluster-state", state,
-                   "--initial-cluster-token", "nodepool-bench",
-                   "--heartbeat-interval", "50", "--election-timeout", "400",
-                   "--log-level", "error"},
-                  root_.path + "/" + m.name + ".log");
+    m.proc = std::make_unique<child_process>(
+      std::vector<std::string>{
+        "--name", m.name, "--data-dir", m.dir, "--listen-client-urls", m.url(),
+        "--advertise-client-urls", m.url(), "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer, "--initial-cluster", initial_,
+        "--initial-cluster-state", state, "--initial-cluster-token",
+        "nodepool-bench", "--heartbeat-interval", "50", "--election-timeout",
+        "400", "--log-level", "error"},
+      root_.path + "/" + m.name + ".log", bench_child(bin_));
   }
 
   void wait_healthy(size_t i) {
@@ -128,9 +125,8 @@ public:
       auto r = c.Get("/health");
       if (r && r->status == 200 && r->body.find("\"true\"") != std::string::npos)
         return;
-      int st = 0;
-      if (waitpid(members_[i].pid, &st, WNOHANG) == members_[i].pid) {
-        members_[i].pid = -1;
+      if (!members_[i].proc->running()) {
+        members_[i].proc.reset();
         throw std::runtime_error("etcd member " + members_[i].name
                                  + " exited at start (see " + root_.path + "/"
                                  + members_[i].name + ".log)");
@@ -145,7 +141,7 @@ public:
   /// Index of the member that leads, or -1.
   int leader() {
     for (size_t i = 0; i < members_.size(); ++i) {
-      if (members_[i].pid <= 0)
+      if (!members_[i].proc)
         continue;
       httplib::Client c{members_[i].url()};
       c.set_connection_timeout(0, 300000);
@@ -163,10 +159,9 @@ public:
   }
 
   void kill9(size_t i) {
-    kill(members_[i].pid, SIGKILL);
-    int st = 0;
-    waitpid(members_[i].pid, &st, 0);
-    members_[i].pid = -1;
+    members_[i].proc->signal(SIGKILL);
+    members_[i].proc->wait(std::chrono::seconds(10));
+    members_[i].proc.reset();
   }
 
 private:

@@ -23,7 +23,7 @@
 #include "actors/config.hpp"
 #include "actors/node.hpp"
 #include "cli/bench_common.hpp"
-#include "cli/chaos_process.hpp"
+#include "cli/os.hpp"
 #include "cli/common.hpp"
 #include "cluster_config.hpp"
 

@@ -24,7 +24,6 @@
 #include <mutex>
 #include <random>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -315,7 +314,7 @@ struct durable_pool {
                unsigned replicas = 0, unsigned snapshot_threshold = 0,
                long copy_ahead = -1, long moderate_polls = -1)
     : cfg(false), snapshot_threshold_(snapshot_threshold) {
-    dir = make_temp_dir(tag);
+    dir = make_temp_dir("bench-" + tag);
     if (moderate_polls >= 0)
       cfg.set("work-stealing.moderate-poll-attempts",
               static_cast<size_t>(moderate_polls));
@@ -1436,7 +1435,7 @@ nlohmann::json scale(const options& o) {
   // before it cannot hide the growth.
   nlohmann::json out = nlohmann::json::array();
   for (auto n : o.scale_nodes) {
-    auto dir = make_temp_dir("scale-out");
+    auto dir = make_temp_dir("bench-scale-out");
     auto log = dir + "/out";
     std::vector<std::string> args{
       "bench",   "--scale-point",           std::to_string(n),
@@ -1449,8 +1448,8 @@ nlohmann::json scale(const options& o) {
       args.push_back("--" + flag);
       args.push_back(v);
     }
-    auto pid = spawn(self_exe(), args, log);
-    auto st = reap(pid, std::chrono::minutes(15));
+    child_process run{args, log, bench_child(self_exe())};
+    auto st = run.finish(std::chrono::minutes(15), stop_requested);
     std::ifstream in{log};
     std::string line, last;
     while (std::getline(in, line))
@@ -1551,7 +1550,7 @@ caf::behavior remote_client(remote_ptr self, caf::actor sessions,
 } // namespace
 
 nlohmann::json remote(const options& o) {
-  auto dir = make_temp_dir("remote");
+  auto dir = make_temp_dir("bench-remote");
   auto log = dir + "/miner.log";
   actor_config cfg;
   auto sys = std::make_unique<caf::actor_system>(cfg);
@@ -1569,11 +1568,10 @@ nlohmann::json remote(const options& o) {
   auto out = std::make_shared<sink>();
   auto cl = sys->spawn(remote_client, h.sessions, out);
   caf::anon_send(h.supervisor, subscribe_atom::value, cl);
-  auto pid = spawn(self_exe(),
-                   {"--log-level", "error", "miner", "--oracle",
-                    "127.0.0.1:" + std::to_string(*port), "--nodes",
-                    std::to_string(o.remote_nodes), "--id-prefix", "rm"},
-                   log);
+  child_process miner{{"--log-level", "error", "miner", "--oracle",
+                       "127.0.0.1:" + std::to_string(*port), "--nodes",
+                       std::to_string(o.remote_nodes), "--id-prefix", "rm"},
+                      log, bench_child(self_exe())};
   nlohmann::json j;
   std::string error;
   bool stopped = false;
@@ -1586,12 +1584,9 @@ nlohmann::json remote(const options& o) {
                                  + std::to_string(out->admitted.load()) + " of "
                                  + std::to_string(o.remote_nodes)
                                  + " miner nodes passed admission in 120 s");
-      int st = 0;
-      if (waitpid(pid, &st, WNOHANG) == pid) {
-        pid = -1;
+      if (!miner.running())
         throw std::runtime_error("remote: the miner process exited (see "
                                  + log + ")");
-      }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     caf::anon_send(cl, go_atom::value, o.remote_clients);
@@ -1620,10 +1615,7 @@ nlohmann::json remote(const options& o) {
   } catch (const interrupted&) {
     stopped = true;
   }
-  if (pid > 0) {
-    kill(pid, SIGTERM);
-    reap(pid, std::chrono::seconds(10));
-  }
+  miner.terminate(std::chrono::seconds(10));
   caf::anon_send_exit(cl, caf::exit_reason::user_shutdown);
   stop_oracle(h);
   {

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <csignal>
 #include <filesystem>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -108,14 +107,14 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
   auto prepared = base + "/prepared";
   auto log = base + "/log";
   auto t_prep = clock::now();
-  auto pid = spawn(self_exe(),
-                   {"bench", "--prepare-recovery", prepared, "--recovery-nodes",
-                    std::to_string(o.recovery_nodes), "--recovery-sessions",
-                    std::to_string(o.recovery_sessions)},
-                   log);
-  auto st = reap(pid, std::chrono::minutes(10));
+  child_process prepare{{"bench", "--prepare-recovery", prepared,
+                         "--recovery-nodes", std::to_string(o.recovery_nodes),
+                         "--recovery-sessions",
+                         std::to_string(o.recovery_sessions)},
+                        log, bench_child(self_exe())};
+  auto st = prepare.finish(std::chrono::minutes(10), stop_requested);
   check_stop();
-  if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+  if (st != -SIGKILL)
     throw std::runtime_error("recovery: preparing the data directory failed "
                              "(see " + log + ")");
   note("recovery: data directory with %u nodes and %u queued sessions "
@@ -135,10 +134,13 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
                           std::filesystem::copy_options::recursive);
     auto port = free_loopback_port();
     auto t0 = clock::now();
-    auto opid = spawn(self_exe(),
-                      {"oracle", "--data-dir", dir, "--host", "127.0.0.1",
-                       "--port", std::to_string(port)},
-                      log);
+    child_process oracle{{"oracle", "--data-dir", dir, "--host", "127.0.0.1",
+                          "--port", std::to_string(port)},
+                         log, bench_child(self_exe())};
+    auto kill_oracle = [&] {
+      oracle.signal(SIGKILL);
+      oracle.wait(std::chrono::seconds(10));
+    };
     caf::actor gw;
     double listen_s = 0;
     // Every wait below is at most half a second long, so that a signal is
@@ -146,19 +148,16 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
     auto stop_oracle_if_asked = [&] {
       if (!stop_requested)
         return;
-      kill(opid, SIGKILL);
-      reap(opid, std::chrono::seconds(10));
+      kill_oracle();
       throw interrupted{};
     };
     while (!gw) {
       stop_oracle_if_asked();
-      int s = 0;
-      if (waitpid(opid, &s, WNOHANG) == opid)
+      if (!oracle.running())
         throw std::runtime_error("recovery: the oracle exited (see " + log
                                  + ")");
       if (seconds_since(t0) > 120) {
-        kill(opid, SIGKILL);
-        reap(opid, std::chrono::seconds(10));
+        kill_oracle();
         throw std::runtime_error("recovery: the oracle did not listen in 120 s");
       }
       auto x = connect_oracle(sys, "127.0.0.1", port,
@@ -204,8 +203,7 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
         why = "no answer within 120 s";
     }
     auto serve_s = seconds_since(t0);
-    kill(opid, SIGKILL);
-    reap(opid, std::chrono::seconds(10));
+    kill_oracle();
     remove_tree(dir);
     if (!ok)
       throw std::runtime_error("recovery: the restarted oracle did not accept "
@@ -229,7 +227,7 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
 } // namespace
 
 nlohmann::json recovery(const options& o) {
-  auto base = make_temp_dir("recovery");
+  auto base = make_temp_dir("bench-recovery");
   try {
     return recovery_in(o, base);
   } catch (const interrupted&) {

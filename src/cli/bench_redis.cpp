@@ -15,7 +15,6 @@
 #include <filesystem>
 #include <hiredis/hiredis.h>
 #include <memory>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -92,17 +91,18 @@ reply_ptr command(redisContext* c, const std::vector<std::string>& args) {
 struct redis_server {
   std::string dir;
   uint16_t port = 0;
-  pid_t pid = -1;
+  std::unique_ptr<child_process> proc;
 
   redis_server(const std::string& bin, const std::string& fsync) {
-    dir = make_temp_dir("redis-" + fsync);
+    dir = make_temp_dir("bench-redis-" + fsync);
     port = free_loopback_port();
-    pid = spawn(bin,
-                {"--port", std::to_string(port), "--bind", "127.0.0.1",
-                 "--dir", dir, "--appendonly", "yes", "--appendfsync", fsync,
-                 "--save", "", "--protected-mode", "no", "--daemonize", "no",
-                 "--logfile", dir + "/redis.log"},
-                dir + "/stdout.log");
+    proc = std::make_unique<child_process>(
+      std::vector<std::string>{"--port", std::to_string(port), "--bind",
+                               "127.0.0.1", "--dir", dir, "--appendonly", "yes",
+                               "--appendfsync", fsync, "--save", "",
+                               "--protected-mode", "no", "--daemonize", "no",
+                               "--logfile", dir + "/redis.log"},
+      dir + "/stdout.log", bench_child(bin));
     auto t0 = clock::now();
     for (;;) {
       if (auto c = connect(port)) {
@@ -113,12 +113,9 @@ struct redis_server {
         if (ok)
           break;
       }
-      int st = 0;
-      if (waitpid(pid, &st, WNOHANG) == pid) {
-        pid = -1;
+      if (!proc->running())
         throw std::runtime_error("redis-server exited at start (see " + dir
                                  + "/redis.log)");
-      }
       if (seconds_since(t0) > 20)
         throw std::runtime_error("redis-server did not answer in 20 s");
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -126,10 +123,8 @@ struct redis_server {
   }
 
   ~redis_server() {
-    if (pid > 0) {
-      kill(pid, SIGTERM);
-      reap(pid, std::chrono::seconds(10));
-    }
+    proc->terminate(std::chrono::seconds(10));
+    proc.reset();
     remove_tree(dir);
   }
 };

@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -31,7 +32,8 @@
 #include <thread>
 #include <unistd.h>
 
-#include "cli/chaos_process.hpp"
+#include "cli/chaos_settle.hpp"
+#include "cli/os.hpp"
 #include "cluster_config.hpp"
 #include "cli/common.hpp"
 #include "random.hpp"
@@ -349,6 +351,13 @@ private:
   void harvest(submitter& s, bool killed = false);
   void start_batch(size_t j);
   void poll_status(steady::time_point now);
+  void poll_archives(steady::time_point now);
+  /// `status --json` of member k (its output in logs/`log`); none when the
+  /// member is down or stopped, and then k moves on to the next member.
+  std::unique_ptr<child_process> ask_member(size_t& k, const std::string& log);
+  bool archives_complete() const {
+    return !cluster() || (archives_ && archives_->complete());
+  }
   void sample(steady::time_point now);
   void tick(steady::time_point now);
   void shutdown();
@@ -381,6 +390,17 @@ private:
   std::unique_ptr<child_process> status_;
   std::optional<steady::time_point> status_at_;
   bool settled_ = false;
+  size_t stale_answers_ = 0;  // a cluster: answers of no current leader
+  // A cluster, once the sessions settled: how far each member's archive
+  // holds every ended session, asked member by member (chaos_settle.hpp).
+  // A member that caught up by a snapshot install copies the install's
+  // archive gap from a peer a while later; stopped before that, its
+  // archive would lack sessions the others hold.
+  std::optional<archive_watch> archives_;
+  size_t archive_member_ = 0;
+  std::unique_ptr<child_process> archive_poll_;
+  steady::time_point archive_poll_since_;
+  std::optional<steady::time_point> archive_poll_at_;
 
   std::set<std::string> accepted_;
   size_t refused_ = 0;
@@ -509,7 +529,9 @@ std::vector<std::string> chaos_run::miner_args(size_t i) const {
 void chaos_run::start(role& r, size_t index) {
   auto out = logs_ + "/" + r.name + "." + std::to_string(r.runs) + ".out";
   auto args = is_oracle(r) ? oracle_args(index) : miner_args(index);
-  r.proc = std::make_unique<child_process>(std::move(args), out, ns_of(r, index));
+  child_options co;
+  co.netns = ns_of(r, index);
+  r.proc = std::make_unique<child_process>(std::move(args), out, co);
   r.started_at = steady::now();
   r.killed = false;
   r.listening = false;
@@ -693,19 +715,13 @@ void chaos_run::poll_status(steady::time_point now) {
     auto j = nlohmann::json::parse(last_line(status_->output()), nullptr, false);
     status_.reset();
     status_at_ = now + 300ms;
-    if (j.is_object() && j.contains("session_states")) {
-      // `status` lists live sessions only: settled once no accepted one is
-      // queued or active. Whether each ended one is in the archive, and
-      // how it ended, is for the check below.
-      auto& states = j["session_states"];
-      size_t open = 0;
-      for (auto& id : accepted_)
-        if (states.find(id) != states.end())
-          ++open;
-      if (open == 0)
-        settled_ = true;
-    } else if (j.is_object() && accepted_.empty()) {
-      settled_ = true;
+    // A cluster: only the current leader answers for the pool; another
+    // member is asked again (the leader's poll finds the current leader).
+    switch (read_sessions_answer(j, accepted_, cluster(), leader_term_)) {
+      case sessions_answer::settled: settled_ = true; break;
+      case sessions_answer::not_from_the_leader: ++stale_answers_; break;
+      case sessions_answer::open:
+      case sessions_answer::no_answer: break;
     }
   }
   bool any = std::any_of(oracles_.begin(), oracles_.end(),
@@ -720,6 +736,47 @@ void chaos_run::poll_status(steady::time_point now) {
     status_ = std::make_unique<child_process>(std::move(a), logs_ + "/status.out");
     status_since_ = now;
   }
+}
+
+/// A cluster, after the sessions settled: asks the leader for the pool
+/// index it applied, then each member (one `status` child at a time) how
+/// far its archive is complete, until every member's reaches that index.
+void chaos_run::poll_archives(steady::time_point now) {
+  auto n = oracles_.size();
+  if (!archives_) {
+    archives_.emplace(n);
+    archive_member_ = leader_ >= 0 ? static_cast<size_t>(leader_) : 0;
+  }
+  if (overdue(archive_poll_, archive_poll_since_, now, 3s)) {
+    archive_member_ = (archive_member_ + 1) % n;
+    archive_poll_at_ = now + 100ms;
+  }
+  if (archive_poll_ && !archive_poll_->running()) {
+    archives_->answer(archive_member_,
+                      nlohmann::json::parse(last_line(archive_poll_->output()),
+                                            nullptr, false),
+                      leader_term_);
+    archive_poll_.reset();
+    archive_poll_at_ = now + 100ms;
+    archive_member_ = archives_->next(archive_member_);
+  }
+  if (!archive_poll_ && !archives_->complete()
+      && (!archive_poll_at_ || now >= *archive_poll_at_)) {
+    archive_poll_ = ask_member(archive_member_, "archives.out");
+    archive_poll_since_ = now;
+  }
+}
+
+std::unique_ptr<child_process> chaos_run::ask_member(size_t& k,
+                                                     const std::string& log) {
+  auto& r = oracles_[k];
+  if (!r.listening || !r.proc || r.proc->stopped()) {
+    k = (k + 1) % oracles_.size();
+    return nullptr;
+  }
+  return std::make_unique<child_process>(
+    std::vector<std::string>{"status", "--oracle", members_[k], "--json"},
+    logs_ + "/" + log);
 }
 
 /// A cluster: asks one member after another who leads, and counts the
@@ -765,16 +822,8 @@ void chaos_run::poll_leader(steady::time_point now) {
     leader_poll_at_ = now + 100ms;
   }
   if (!leader_poll_ && (!leader_poll_at_ || now >= *leader_poll_at_)) {
-    auto& r = oracles_[poll_member_];
-    if (!r.listening || !r.proc || r.proc->stopped()) {
-      poll_member_ = (poll_member_ + 1) % oracles_.size();
-      return;
-    }
+    leader_poll_ = ask_member(poll_member_, "leader.out");
     leader_poll_since_ = now;
-    leader_poll_ = std::make_unique<child_process>(
-      std::vector<std::string>{"status", "--oracle", members_[poll_member_],
-                               "--json"},
-      logs_ + "/leader.out");
   }
 }
 
@@ -1065,7 +1114,10 @@ nlohmann::json chaos_run::run() {
     if (r->heal_at)
       r->heal_at = t_settle;  // every link back
   }
-  while (!settled_ && steady::now() < settle_by) {
+  // Then (a cluster) every member's archive must hold every ended
+  // session, before the members are stopped and checked.
+  std::optional<steady::time_point> t_sessions;
+  while (!(settled_ && archives_complete()) && steady::now() < settle_by) {
     if (stop_requested) {
       interrupted_ = true;
       return {};
@@ -1074,15 +1126,42 @@ nlohmann::json chaos_run::run() {
     tick(now);
     bool feeding = std::any_of(subs_.begin(), subs_.end(),
                                [](auto& s) { return s.proc != nullptr; });
-    if (!feeding)
+    if (!feeding && !settled_)
       poll_status(now);
+    if (settled_ && !t_sessions) {
+      t_sessions = now;
+      if (cluster())
+        note("no accepted session is queued or active; waiting for every "
+             "member's archive");
+    }
+    if (settled_ && cluster())
+      poll_archives(now);
     std::this_thread::sleep_for(10ms);
   }
+  archive_poll_.reset();
   auto settle_s = std::chrono::duration<double>(steady::now() - t_settle).count();
-  if (!settled_)
+  size_t behind = archives_ ? archives_->behind() : 0;
+  auto target = archives_ ? archives_->target() : std::nullopt;
+  if (!settled_) {
     note("not settled after " + seconds(o_.settle_s));
-  else
+  } else if (!archives_complete()) {
+    note("not settled after " + seconds(o_.settle_s) + ": an archive lacks "
+         "sessions ended by pool index "
+         + (target ? std::to_string(*target) : std::string{"unknown"}) + " ("
+         + (archives_ ? archives_->short_of_target() : std::string{})
+         + ")");
+  } else if (cluster()) {
+    note("settled: every member's archive holds every session ended by pool "
+         "index " + std::to_string(*target) + " ("
+         + std::to_string(behind) + " member(s) behind were waited for, "
+         + seconds(std::round(std::chrono::duration<double>(
+                                 steady::now() - *t_sessions).count() * 100)
+                   / 100)
+         + ")");
+  } else {
     note("settled: no accepted session is queued or active");
+  }
+  bool settled = settled_ && archives_complete();
   shutdown();
   auto v = verify();
   if (stop_requested) {
@@ -1137,8 +1216,18 @@ nlohmann::json chaos_run::run() {
                      {"lost", lost},
                      {"lost_ids", v.contains("lost") ? v["lost"]
                                                       : nlohmann::json::array()}};
-  rep["settled"] = settled_;
+  rep["settled"] = settled;
   rep["settle_s"] = settle_s;
+  if (cluster()) {
+    // Members whose archive was still copying a gap when the sessions
+    // settled: waited for before the stop.
+    rep["archives_behind_at_settle"] = behind;
+    // Answers to the settling question that came from no ready leader of
+    // the newest term (a member just restarted, a candidate): not taken.
+    rep["status_answers_not_from_the_leader"] = stale_answers_;
+    rep["archive_target_index"] = target ? nlohmann::json(*target)
+                                         : nlohmann::json(nullptr);
+  }
   rep["history_entries"] = v["entries"];
   rep["violations"] = v["violations"];
   rep["errors"] = errors_;
@@ -1321,11 +1410,7 @@ int run_chaos(const chaos_options& o) {
   bool own_dir = o.dir.empty();
   std::string dir = o.dir;
   if (own_dir) {
-    std::string t = (fs::temp_directory_path() / "nodepool-chaos-XXXXXX").string();
-    if (!mkdtemp(t.data()))
-      throw std::runtime_error("cannot create a directory under "
-                               + fs::temp_directory_path().string());
-    dir = t;
+    dir = make_temp_dir("chaos");
   } else {
     std::error_code ec;
     if (fs::exists(dir, ec) && !fs::is_empty(dir, ec))
@@ -1417,7 +1502,8 @@ void add_chaos(CLI::App& app) {
     ->check(CLI::Range(int64_t{100}, int64_t{600000}));
   cmd->add_option("--settle-timeout", o->settle_s,
                   "seconds the pool has after the faults to end every "
-                  "accepted session (default 120)")
+                  "accepted session and, a cluster, for every member's "
+                  "archive to hold them (default 120)")
     ->check(CLI::Range(1.0, 86400.0));
   cmd->add_option("--plot", o->plot_dir,
                   "draw the run's timeline into this directory: grants per "

@@ -15,6 +15,7 @@
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "cli/common.hpp"
+#include "cli/os.hpp"
 #include "random.hpp"
 #include "recovery.hpp"
 #include "sim_backend.hpp"
@@ -68,14 +69,6 @@ std::vector<behaviour> demo_behaviours(size_t n, double share, uint64_t seed) {
   seeded_rng rnd{seed};
   shuffle(out, rnd);
   return out;
-}
-
-std::string make_temp_dir() {
-  auto base = std::filesystem::temp_directory_path() / "nodepool-demo-XXXXXX";
-  std::string s = base.string();
-  if (!mkdtemp(s.data()))
-    throw std::runtime_error("cannot create a temporary data directory");
-  return s;
 }
 
 /// The supervisor's state, or nothing if it did not answer (then nothing
@@ -248,7 +241,7 @@ int run(demo_options& o) {
       .count();
   };
   if (o.data_dir.empty())
-    o.data_dir = make_temp_dir();
+    o.data_dir = make_temp_dir("demo");
   auto p = resolve_params(o.config, o.flags, demo_defaults(o.seed));
   auto storage = open_store(o.data_dir);
   bool tty = isatty(2) && !o.json;

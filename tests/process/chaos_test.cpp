@@ -108,6 +108,13 @@ TEST(chaos, a_cluster_whose_leaders_are_killed_loses_nothing) {
   EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
   EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
   EXPECT_GT(j["history_entries"].get<int>(), 0);
+  // Settled: no session left, and every member's archive complete through
+  // the leader's index then (asked of each member before the stop).
+  EXPECT_TRUE(j["settled"].get<bool>()) << errors;
+  ASSERT_TRUE(j["archive_target_index"].is_number()) << j.dump();
+  EXPECT_GT(j["archive_target_index"].get<int>(), 0);
+  EXPECT_NE(errors.find("settled: every member's archive holds every session"),
+            std::string::npos) << errors;
 }
 
 /// Why `--partitions` cannot run here (not root, no ip netns), or empty.
@@ -150,6 +157,8 @@ TEST(chaos, partitions_cut_real_links_and_lose_nothing) {
   EXPECT_EQ(s["completed"].get<int>() + s["failed"].get<int>(), s["accepted"].get<int>());
   EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
   EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
+  EXPECT_TRUE(j["settled"].get<bool>()) << errors;
+  EXPECT_GT(j["archive_target_index"].get<int>(), 0) << j.dump();
   // Its namespaces went with it.
   auto at = errors.find("network namespaces nc");
   ASSERT_NE(at, std::string::npos) << errors;

@@ -26,20 +26,16 @@
 
 #include <gtest/gtest.h>
 
+#include "cli/os.hpp"
+
 namespace nodepool::testing {
 
 inline std::string read_file(const std::string& path) {
-  std::ifstream in{path};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return cli::read_text(path);
 }
 
 inline std::string temp_dir(const std::string& tag) {
-  std::string t = "/tmp/nodepool-" + tag + "-XXXXXX";
-  if (!mkdtemp(t.data()))
-    throw std::runtime_error("mkdtemp failed");
-  return t;
+  return cli::make_temp_dir(tag);
 }
 
 /// Removes a test's directory when the test passed; a failed test's files
@@ -52,85 +48,49 @@ struct cleanup {
   }
 };
 
+/// A program a test runs (cli::child_process): signals reach the process
+/// alone, as the test sends them, and it is not tied to the thread that
+/// started it. The destructor kills it and reaps it.
 class child {
 public:
   /// Starts NODEPOOL_BIN (or `bin`) with `args`; stdout to `out`, stderr to
   /// `out`.err.
   child(std::vector<std::string> args, std::string out,
         std::string bin = NODEPOOL_BIN)
-    : out_(std::move(out)) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      int fd = open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      int efd = open((out_ + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(efd, 2);
-      std::vector<char*> argv;
-      argv.push_back(bin.data());
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(bin.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  child(const child&) = delete;
-  ~child() {
-    if (running())
-      signal(SIGKILL);
-    wait_exit(std::chrono::seconds(10));
-  }
+    : proc_(std::move(args), out, options(std::move(bin))) {}
 
-  void signal(int sig) {
-    if (pid_ > 0)
-      ::kill(pid_, sig);
-  }
-
-  bool running() {
-    if (done_)
-      return false;
-    int st = 0;
-    auto r = waitpid(pid_, &st, WNOHANG);
-    if (r == pid_) {
-      done_ = true;
-      status_ = st;
-      return false;
-    }
-    return true;
-  }
+  void signal(int sig) { proc_.signal(sig); }
+  bool running() { return proc_.running(); }
 
   /// Waits for exit; returns the exit code, -signal if killed, or -1000 on
   /// timeout.
   int wait_exit(std::chrono::milliseconds limit) {
-    auto end = std::chrono::steady_clock::now() + limit;
-    while (running()) {
-      if (std::chrono::steady_clock::now() > end)
-        return -1000;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (WIFEXITED(status_))
-      return WEXITSTATUS(status_);
-    if (WIFSIGNALED(status_))
-      return -WTERMSIG(status_);
-    return -1;
+    return proc_.wait(limit).value_or(-1000);
   }
 
-  pid_t pid() const { return pid_; }
-  std::string output() const { return read_file(out_); }
-  std::string errors() const { return read_file(out_ + ".err"); }
+  pid_t pid() const { return proc_.pid(); }
+  std::string output() const { return proc_.output(); }
+  std::string errors() const { return proc_.errors(); }
 
   /// Polls the output until it contains `text` (or the process ends).
   bool wait_for_output(const std::string& text,
                        std::chrono::milliseconds limit) {
-    return wait_for_text(out_, text, limit);
+    return wait_for_text(proc_.output_path(), text, limit);
   }
   /// The same for the error output (stderr).
   bool wait_for_errors(const std::string& text,
                        std::chrono::milliseconds limit) {
-    return wait_for_text(out_ + ".err", text, limit);
+    return wait_for_text(proc_.output_path() + ".err", text, limit);
   }
 
 private:
+  static cli::child_options options(std::string bin) {
+    cli::child_options o;
+    o.bin = std::move(bin);
+    o.own_group = false;
+    o.die_with_parent = false;
+    return o;
+  }
   bool wait_for_text(const std::string& file, const std::string& text,
                      std::chrono::milliseconds limit) {
     auto end = std::chrono::steady_clock::now() + limit;
@@ -144,10 +104,7 @@ private:
     return false;
   }
 
-  std::string out_;
-  pid_t pid_ = -1;
-  bool done_ = false;
-  int status_ = 0;
+  cli::child_process proc_;
 };
 
 /// A TCP connection to 127.0.0.1:port: its descriptor, or -1.

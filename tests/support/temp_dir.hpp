@@ -1,22 +1,17 @@
-// A fresh directory under /tmp for one test, removed with everything in it.
+// A fresh directory under the temporary directory for one test, removed
+// with everything in it.
 #pragma once
 
-#include <cstdlib>
 #include <filesystem>
-#include <stdexcept>
 #include <string>
+
+#include "cli/os.hpp"
 
 namespace nodepool::testing {
 
 class temp_dir {
 public:
-  temp_dir() {
-    char tmpl[] = "/tmp/nodepool-unit-XXXXXX";
-    auto* p = mkdtemp(tmpl);
-    if (!p)
-      throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
+  temp_dir() : path_(cli::make_temp_dir("unit")) {}
   ~temp_dir() {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);

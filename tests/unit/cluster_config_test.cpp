@@ -9,6 +9,7 @@
 #include <fstream>
 #include <unistd.h>
 
+#include "cli/os.hpp"
 #include "cluster_config.hpp"
 
 namespace nodepool {
@@ -162,8 +163,7 @@ TEST(ClusterFile, NamesTheClusterAndADataDirectoryRemembersIt) {
   auto named = parse_cluster(std::string{"cluster_id = \"eu-1\"\n"} + three,
                              "c.toml");
   EXPECT_EQ(named.cluster_id, "eu-1");
-  char tmpl[] = "/tmp/nodepool-claim-XXXXXX";
-  std::string dir = mkdtemp(tmpl);
+  std::string dir = cli::make_temp_dir("claim");
   claim_data_dir(named, dir);
   claim_data_dir(named, dir);  // the same cluster again: fine
   try {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bank.hpp"
+#include "cli/os.hpp"
 #include "embedding.hpp"
 #include "params.hpp"
 #include "sim_backend.hpp"
@@ -279,8 +280,7 @@ TEST(Params, ValidateCatchesBadValues) {
 class ParamsFile : public ::testing::Test {
 protected:
   ParamsFile() {
-    char tmpl[] = "/tmp/nodepool-params-XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    dir_ = cli::make_temp_dir("params");
     path = dir_ + "/nodepool.toml";
   }
   ~ParamsFile() override {

@@ -1,9 +1,14 @@
-#include "cli/chaos_process.hpp"
+#include "cli/os.hpp"
 
+#include <algorithm>
+#include <cerrno>
 #include <csignal>
-#include <sched.h>
+#include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
+#include <sched.h>
 #include <sstream>
 #include <stdexcept>
 #include <sys/prctl.h>
@@ -29,18 +34,31 @@ std::string last_line(const std::string& text) {
   return text.substr(start, end - start + 1);
 }
 
+std::string make_temp_dir(const std::string& tag) {
+  std::error_code ec;
+  auto base = std::filesystem::temp_directory_path(ec);
+  if (ec)
+    base = "/tmp";
+  auto t = (base / ("nodepool-" + tag + "-XXXXXX")).string();
+  if (!mkdtemp(t.data()))
+    throw std::runtime_error("cannot create a directory in " + base.string()
+                             + ": " + std::strerror(errno));
+  return t;
+}
+
 child_process::child_process(std::vector<std::string> args, std::string out,
-                             const std::string& netns)
-  : out_(std::move(out)) {
+                             child_options o)
+  : out_(std::move(out)), own_group_(o.own_group) {
   // Everything the child needs is prepared before fork.
-  std::string exe = "/proc/self/exe";
+  std::string exe = o.bin.empty() ? std::string{"/proc/self/exe"} : o.bin;
   int nsfd = -1;
-  if (!netns.empty()) {
-    nsfd = open(("/var/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC);
+  if (!o.netns.empty()) {
+    nsfd = open(("/var/run/netns/" + o.netns).c_str(), O_RDONLY | O_CLOEXEC);
     if (nsfd < 0)
-      throw std::runtime_error("no network namespace " + netns);
+      throw std::runtime_error("no network namespace " + o.netns);
   }
-  std::string err = out_ + ".err";
+  std::string err = o.one_log ? out_ : out_ + ".err";
+  int flags = O_WRONLY | O_CREAT | (o.one_log ? O_APPEND : O_TRUNC);
   std::vector<char*> argv;
   argv.push_back(exe.data());
   for (auto& a : args)
@@ -54,19 +72,22 @@ child_process::child_process(std::vector<std::string> args, std::string out,
     throw std::runtime_error("cannot start a child process (fork failed)");
   }
   if (pid_ == 0) {
-    setpgid(0, 0);
+    if (o.own_group)
+      setpgid(0, 0);
     if (nsfd >= 0 && setns(nsfd, CLONE_NEWNET) != 0)
       _exit(124);
-    // Dies with the runner; if the runner is already gone, stop here.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(126);
+    if (o.die_with_parent) {
+      // Dies with its parent; if the parent is already gone, stop here.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent)
+        _exit(126);
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    std::signal(SIGPIPE, SIG_DFL);  // ignored in the runner, inherited
-    int fd = open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int efd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    std::signal(SIGPIPE, SIG_DFL);  // ignored in the parent, inherited
+    int fd = open(out_.c_str(), flags, 0644);
+    int efd = o.one_log ? dup(fd) : open(err.c_str(), flags, 0644);
     if (fd < 0 || efd < 0)
       _exit(125);
     dup2(fd, 1);
@@ -77,14 +98,16 @@ child_process::child_process(std::vector<std::string> args, std::string out,
     _exit(127);
   }
   // Also here: a signal to the group must not race the child's setpgid.
-  setpgid(pid_, pid_);
+  if (o.own_group)
+    setpgid(pid_, pid_);
   if (nsfd >= 0)
     close(nsfd);
 }
 
 child_process::~child_process() {
   if (running()) {
-    ::kill(-pid_, SIGKILL);
+    if (own_group_)
+      ::kill(-pid_, SIGKILL);
     ::kill(pid_, SIGKILL);
     wait(std::chrono::seconds(10));
   }
@@ -93,7 +116,7 @@ child_process::~child_process() {
 void child_process::signal(int sig) {
   if (pid_ <= 0 || !running())
     return;  // never signal a reaped pid: it may belong to someone else now
-  ::kill(-pid_, sig);
+  ::kill(own_group_ ? -pid_ : pid_, sig);
   if (sig == SIGSTOP)
     stopped_ = true;
   else if (sig == SIGCONT)
@@ -132,6 +155,26 @@ std::optional<int> child_process::wait(std::chrono::milliseconds limit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return status();
+}
+
+int child_process::finish(std::chrono::milliseconds limit,
+                          const std::atomic<bool>& stop) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  bool passed_on = false;
+  while (running()) {
+    auto now = std::chrono::steady_clock::now();
+    if (now > end) {
+      signal(SIGKILL);
+      return wait(std::chrono::seconds(10)).value_or(-SIGKILL);
+    }
+    if (stop && !passed_on) {
+      signal(SIGTERM);
+      passed_on = true;
+      end = std::min(end, now + std::chrono::milliseconds(500));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return *status();
 }
 
 std::pair<int, bool> child_process::terminate(std::chrono::milliseconds grace) {
