@@ -8,24 +8,12 @@
 
 #include "actors/config.hpp"
 #include "actors/wire.hpp"
-#include "digest.hpp"
-#include "embedding.hpp"
 #include "log.hpp"
+#include "task_round.hpp"
 
 namespace nodepool {
 
 namespace {
-
-/// Progress of one node on the current task.
-struct participant {
-  std::string node;
-  int phase = 0;  // 0 sent, 1 acked, 2 precommitted, 3 committed
-  std::string hash;
-  std::string output;
-  bool failed = false;
-  pb::TaskOutcome outcome = pb::OK;
-  int64_t latency_ms = 0;  // task sent -> output committed
-};
 
 /// A client's prompt waiting for its answer (interactive sessions).
 struct pending_prompt {
@@ -54,8 +42,7 @@ struct session_state {
   bool running = false;
   bool reporting = false;      // TaskDone sent, waiting for the answer
   uint64_t attempt = 0;        // tells stale timeouts apart
-  int64_t task_started = 0;    // when the current attempt was sent (ms)
-  std::vector<participant> parts;
+  task_round round;            // the current attempt, on its nodes
   bool interactive = false;     // tasks are the client's prompts
   std::deque<pending_prompt> prompts;  // front() is the one running
   uint64_t prompt_seq = 0;
@@ -97,22 +84,14 @@ void end_session(self_ptr self, const std::string& reason) {
 void finish_task(self_ptr self) {
   auto& st = self->state;
   st.reporting = true;
-  std::vector<size_t> ok;
-  std::vector<std::string> outputs;
-  for (size_t i = 0; i < st.parts.size(); ++i)
-    if (!st.parts[i].failed) {
-      ok.push_back(i);
-      outputs.push_back(st.parts[i].output);
-    }
-  for (auto k : outliers(outputs, st.pool.embedding_threshold))
-    st.parts[ok[k]].outcome = pb::OUTLIER;
+  st.round.judge(st.pool.embedding_threshold);
   // The answer a client gets: the first output that agreed with the others.
   pb::PromptAnswer answer;
   answer.set_session_id(st.id);
   answer.set_task_no(st.task_no);
   answer.set_model(st.model);
-  answer.set_nodes(static_cast<uint32_t>(st.parts.size()));
-  for (auto& p : st.parts)
+  answer.set_nodes(static_cast<uint32_t>(st.round.parts().size()));
+  for (auto& p : st.round.parts())
     if (!p.failed && p.outcome == pb::OK) {
       if (answer.agreeing() == 0)
         answer.set_output(p.output);
@@ -122,7 +101,7 @@ void finish_task(self_ptr self) {
     auto* t = c.mutable_task_done();
     t->set_session_id(st.id);
     t->set_task_no(st.task_no);
-    for (auto& p : st.parts) {
+    for (auto& p : st.round.parts()) {
       auto* o = t->add_outcomes();
       o->set_node_id(p.node);
       o->set_outcome(p.outcome);
@@ -139,7 +118,7 @@ void finish_task(self_ptr self) {
           return;
         st.reporting = false;
         st.running = false;
-        st.parts.clear();
+        st.round = {};
         ++st.task_no;
         // The outcome is durable: the client hears the answer now.
         if (st.interactive && !st.prompts.empty()) {
@@ -174,19 +153,16 @@ void finish_task(self_ptr self) {
                               st.task_no, code, detail);
         st.reporting = false;
         st.running = false;
-        st.parts.clear();
+        st.round = {};
         start_task(self);
       });
 }
 
 void check_done(self_ptr self) {
   auto& st = self->state;
-  if (!st.running || st.reporting)
+  if (!st.running || st.reporting || !st.round.done())
     return;
-  for (auto& p : st.parts)
-    if (!p.failed && p.phase < 3)
-      return;
-  if (st.parts.empty()) {
+  if (st.round.parts().empty()) {
     st.running = false;
     start_task(self);
     return;
@@ -202,11 +178,12 @@ void start_task(self_ptr self) {
     return;  // waits for the client's next prompt
   st.running = true;
   ++st.attempt;
-  st.task_started = now_ms(self, st.sim_time);
-  st.parts.clear();
+  std::vector<std::string> on;
   auto n = std::min<size_t>(st.redundancy, st.nodes.size());
   for (size_t i = 0; i < n; ++i)
-    st.parts.emplace_back().node = st.nodes[(st.task_no + i) % st.nodes.size()];
+    on.push_back(st.nodes[(st.task_no + i) % st.nodes.size()]);
+  st.round = task_round{st.task_no, on, now_ms(self, st.sim_time),
+                        st.pool.task_phase_timeout_ms};
   pb::OracleMsg m;
   auto* t = m.mutable_task();
   t->set_session_id(st.id);
@@ -224,8 +201,8 @@ void start_task(self_ptr self) {
                   + ".");
   t->set_phase_timeout_ms(st.pool.task_phase_timeout_ms);
   auto bytes = m.SerializeAsString();
-  for (auto& p : st.parts)
-    self->send(st.gateway, send_atom::value, p.node, bytes);
+  for (auto& node : on)
+    self->send(st.gateway, send_atom::value, node, bytes);
   arm(self);
 }
 
@@ -236,15 +213,7 @@ int64_t next_deadline(self_ptr self) {
   auto& st = self->state;
   int64_t next = std::numeric_limits<int64_t>::max();
   if (st.running && !st.reporting)
-    for (int phase = 1; phase <= 3; ++phase) {
-      bool waiting = std::any_of(st.parts.begin(), st.parts.end(), [&](auto& p) {
-        return !p.failed && p.phase < phase;
-      });
-      if (waiting) {
-        next = st.task_started + st.pool.task_phase_timeout_ms * phase;
-        break;
-      }
-    }
+    next = st.round.next_deadline().value_or(next);
   for (auto& p : st.prompts)
     if (!p.answered && p.deadline > 0)
       next = std::min(next, p.deadline);
@@ -285,15 +254,7 @@ void expire(self_ptr self) {
   auto& st = self->state;
   auto now = now_ms(self, st.sim_time);
   if (st.running && !st.reporting) {
-    for (int phase = 1; phase <= 3; ++phase) {
-      if (now < st.task_started + st.pool.task_phase_timeout_ms * phase)
-        break;
-      for (auto& p : st.parts)
-        if (!p.failed && p.phase < phase) {
-          p.failed = true;
-          p.outcome = pb::TIMEOUT;
-        }
-    }
+    st.round.expire(now);
     check_done(self);
   }
   std::deque<pending_prompt> keep;
@@ -322,11 +283,7 @@ void node_left(self_ptr self, const std::string& node) {
                  st.nodes.end());
   if (st.reporting)
     return;  // the refusal of the TaskDone restarts the task
-  auto before = st.parts.size();
-  st.parts.erase(std::remove_if(st.parts.begin(), st.parts.end(),
-                                [&](auto& p) { return p.node == node; }),
-                 st.parts.end());
-  if (before != st.parts.size())
+  if (st.round.drop(node))
     check_done(self);
 }
 
@@ -338,13 +295,7 @@ void on_event(self_ptr self, const pb::Event& e) {
     if (st.running && !st.reporting && st.task_no == s.tasks_done()) {
       // Already running this task on nodes reserved in the same commit
       // (their NodeReserved came first): keep that attempt.
-      st.parts.erase(std::remove_if(st.parts.begin(), st.parts.end(),
-                                    [&](auto& p) {
-                                      return std::find(st.nodes.begin(),
-                                                       st.nodes.end(), p.node)
-                                             == st.nodes.end();
-                                    }),
-                     st.parts.end());
+      st.round.keep_only(st.nodes);
       check_done(self);
       return;
     }
@@ -372,60 +323,21 @@ void on_event(self_ptr self, const pb::Event& e) {
 
 void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
   auto& st = self->state;
-  auto it = std::find_if(st.parts.begin(), st.parts.end(),
-                         [&](auto& p) { return p.node == node; });
-  uint32_t task_no = m.has_task_ack()         ? m.task_ack().task_no()
-                     : m.has_task_precommit() ? m.task_precommit().task_no()
-                                              : m.task_commit().task_no();
   if (std::find(st.nodes.begin(), st.nodes.end(), node) == st.nodes.end()) {
     refuse(self, node, "not_in_session",
            "node " + node + " does not serve session " + st.id);
     return;
   }
-  if (!st.running || st.reporting || it == st.parts.end()
-      || task_no != st.task_no) {
-    refuse(self, node, "stale_task",
-           "task " + std::to_string(task_no) + " of session " + st.id
-             + " is not waiting for this node");
-    return;
-  }
-  auto& p = *it;
-  if (p.failed) {
-    refuse(self, node, "after_deadline",
-           "task " + std::to_string(task_no) + " already ended for this node");
-    return;
-  }
-  if (m.has_task_ack()) {
-    if (p.phase != 0) {
-      refuse(self, node, "out_of_order", "task already acknowledged");
-      return;
-    }
-    p.phase = 1;
-  } else if (m.has_task_precommit()) {
-    if (p.phase != 1 || m.task_precommit().output_hash().size() != 64) {
-      refuse(self, node, "out_of_order",
-             "precommit needs an ack first and a 64-hex-digit hash");
-      return;
-    }
-    p.hash = m.task_precommit().output_hash();
-    p.phase = 2;
-  } else {
-    if (p.phase != 2) {
-      refuse(self, node, "out_of_order", "commit needs a precommit first");
-      return;
-    }
-    if (sha256_hex(m.task_commit().output()) != p.hash) {
-      refuse(self, node, "reveal_mismatch",
-             "revealed output does not match the precommitted hash");
-      p.failed = true;
-      p.outcome = pb::MISMATCH;
-      check_done(self);
-      return;
-    }
-    p.output = m.task_commit().output();
-    p.phase = 3;
-    p.latency_ms = now_ms(self, st.sim_time) - st.task_started;
-  }
+  // Between attempts (reporting, or none running) every task message is
+  // late.
+  std::optional<task_round::refusal> no;
+  if (st.running && !st.reporting)
+    no = st.round.on(node, m, now_ms(self, st.sim_time));
+  else
+    no = task_round::refusal{"stale_task",
+                             "no task is waiting for this node"};
+  if (no)
+    refuse(self, node, no->code, no->detail + " (session " + st.id + ")");
   check_done(self);
 }
 
