@@ -788,10 +788,12 @@ raft_options one_member_options(const std::string& dir) {
   return o;
 }
 
-/// lay_out in a new directory, until it gives the layout (ten tries).
+/// lay_out in a new directory, until it gives the layout (forty tries: a
+/// try takes about 60 ms, and beside other tests on 2 cores ten tries in a
+/// row were sometimes all missed).
 std::unique_ptr<temp_dir> lay_out_anew(raft_options& o, past_snapshot& p) {
   std::unique_ptr<temp_dir> dir;
-  for (int attempt = 0; attempt < 10; ++attempt) {
+  for (int attempt = 0; attempt < 40; ++attempt) {
     dir = std::make_unique<temp_dir>();
     o = one_member_options(dir->path());
     p = {};
