@@ -15,11 +15,15 @@ task_round::task_round(uint32_t task_no, const std::vector<std::string>& nodes,
     parts_.emplace_back().node = n;
 }
 
+uint32_t task_round::task_of(const pb::MinerMsg& m) {
+  return m.has_task_ack()         ? m.task_ack().task_no()
+         : m.has_task_precommit() ? m.task_precommit().task_no()
+                                  : m.task_commit().task_no();
+}
+
 std::optional<task_round::refusal>
 task_round::on(const std::string& node, const pb::MinerMsg& m, int64_t now) {
-  uint32_t task_no = m.has_task_ack()         ? m.task_ack().task_no()
-                     : m.has_task_precommit() ? m.task_precommit().task_no()
-                                              : m.task_commit().task_no();
+  auto task_no = task_of(m);
   auto it = std::find_if(parts_.begin(), parts_.end(),
                          [&](auto& p) { return p.node == node; });
   if (it == parts_.end() || task_no != task_no_)

@@ -65,6 +65,9 @@ public:
   /// above `threshold`) with fewer than half of the others become OUTLIER.
   void judge(double threshold);
 
+  /// The task a TaskAck, TaskPrecommit or TaskCommit is about.
+  static uint32_t task_of(const pb::MinerMsg& m);
+
   uint32_t task_no() const { return task_no_; }
   int64_t started() const { return started_; }
   const std::vector<part>& parts() const { return parts_; }

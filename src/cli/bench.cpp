@@ -106,6 +106,11 @@ void sleep_unless_stopped(double seconds) {
   check_stop();
 }
 
+void end_child(child_process& c, std::chrono::milliseconds grace) {
+  c.terminate(stop_requested ? std::min(grace, std::chrono::milliseconds(500))
+                             : grace);
+}
+
 void note(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

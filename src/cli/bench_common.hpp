@@ -117,6 +117,10 @@ inline child_options bench_child(std::string bin) {
   o.one_log = true;
   return o;
 }
+/// Ends such a child: SIGTERM, then SIGKILL past `grace`, or past half a
+/// second once a signal asked this process to stop (a Ctrl-C ends the
+/// bench within a second).
+void end_child(child_process& c, std::chrono::milliseconds grace);
 
 /// Progress on stderr (a line per step), so that stdout stays one object
 /// with --json.

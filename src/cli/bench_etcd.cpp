@@ -94,7 +94,7 @@ public:
   void stop_all() {
     for (auto& m : members_)
       if (m.proc) {
-        m.proc->terminate(10s);
+        end_child(*m.proc, 10s);
         m.proc.reset();
       }
   }

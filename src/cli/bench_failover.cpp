@@ -211,12 +211,12 @@ struct loaded_cluster {
 
   ~loaded_cluster() {
     if (submit)
-      submit->terminate(5s);
+      end_child(*submit, 5s);
     if (miner)
-      miner->terminate(5s);
+      end_child(*miner, 5s);
     for (int i = 1; i <= 3; ++i)
       if (oracle[i])
-        oracle[i]->terminate(5s);
+        end_child(*oracle[i], 5s);
   }
 
   void start(int i) {

@@ -1615,7 +1615,7 @@ nlohmann::json remote(const options& o) {
   } catch (const interrupted&) {
     stopped = true;
   }
-  miner.terminate(std::chrono::seconds(10));
+  end_child(miner, std::chrono::seconds(10));
   caf::anon_send_exit(cl, caf::exit_reason::user_shutdown);
   stop_oracle(h);
   {

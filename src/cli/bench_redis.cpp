@@ -123,7 +123,7 @@ struct redis_server {
   }
 
   ~redis_server() {
-    proc->terminate(std::chrono::seconds(10));
+    end_child(*proc, std::chrono::seconds(10));
     proc.reset();
     remove_tree(dir);
   }

@@ -899,7 +899,7 @@ void chaos_run::shutdown() {
     }
 }
 
-/// After a signal, within a second: the submitters and a status run are
+/// After a signal, within a second: the submitters and the status runs are
 /// killed (they hold nothing); the oracle and the miners get SIGTERM and
 /// half a second to stop cleanly, so that the oracle closes its store, then
 /// SIGKILL like every child left.
@@ -909,6 +909,7 @@ void chaos_run::stop_children() {
   status_.reset();
   sampler_.reset();
   leader_poll_.reset();
+  archive_poll_.reset();
   std::vector<role*> all;
   for (auto& r : oracles_)
     all.push_back(&r);

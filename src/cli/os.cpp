@@ -131,7 +131,8 @@ bool child_process::running() {
   if (r == pid_ || (r < 0 && errno == ECHILD)) {
     done_ = true;
     stopped_ = false;
-    status_ = r == pid_ ? st : 0;
+    status_ = st;
+    status_known_ = r == pid_;  // ECHILD: reaped elsewhere, status unknown
     return false;
   }
   return true;
@@ -140,6 +141,8 @@ bool child_process::running() {
 std::optional<int> child_process::status() {
   if (running())
     return std::nullopt;
+  if (!status_known_)
+    return -1;
   if (WIFEXITED(status_))
     return WEXITSTATUS(status_);
   if (WIFSIGNALED(status_))

@@ -1,8 +1,9 @@
 #pragma once
 
 // What the CLI and the tests ask of the operating system, each in one
-// place: child processes (started, signalled, waited for and reaped),
-// temporary directories, whole files read.
+// place: child processes that run a program (started, signalled, waited for
+// and reaped), temporary directories, whole files read. (`nodepool sim`'s
+// workers are forks of the simulation itself, without a program to run.)
 //
 // A child is a program run with arguments, its output in a file. By
 // default it is the nodepool binary itself (/proc/self/exe), in a process
@@ -71,7 +72,8 @@ public:
 
   /// Reaps the child if it has ended; false once it has.
   bool running();
-  /// Exit code, or -signal if a signal ended it; nullopt while running.
+  /// Exit code, or -signal if a signal ended it, or -1 if it was reaped
+  /// elsewhere; nullopt while running.
   std::optional<int> status();
   /// Waits for the end at most `limit`; the status, or nullopt on timeout.
   std::optional<int> wait(std::chrono::milliseconds limit);
@@ -84,6 +86,7 @@ public:
   std::pair<int, bool> terminate(std::chrono::milliseconds grace);
 
   std::string output() const { return read_text(out_); }
+  /// Its stderr; empty with one_log (both are in output()).
   std::string errors() const { return read_text(out_ + ".err"); }
   const std::string& output_path() const { return out_; }
 
@@ -94,6 +97,7 @@ private:
   bool done_ = false;
   bool stopped_ = false;
   int status_ = 0;
+  bool status_known_ = true;
 };
 
 /// Runs the nodepool binary to the end (killed after `limit`); returns its
