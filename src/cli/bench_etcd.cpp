@@ -91,7 +91,11 @@ public:
 
   ~etcd_cluster() { stop_all(); }
 
+  /// Every member asked to stop at once, then each waited for.
   void stop_all() {
+    for (auto& m : members_)
+      if (m.proc)
+        m.proc->signal(SIGTERM);
     for (auto& m : members_)
       if (m.proc) {
         end_child(*m.proc, 10s);
