@@ -12,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -92,8 +93,16 @@ child_process::child_process(std::vector<std::string> args, std::string out,
       _exit(125);
     dup2(fd, 1);
     dup2(efd, 2);
-    close(fd);
-    close(efd);
+    // Nothing else of the parent's goes along: its sockets, stores and
+    // logs opened without close-on-exec would outlive it in the child
+    // (a port held, a deleted file kept). fd and efd go too, unless they
+    // are 1 or 2 themselves (the parent started with those closed).
+    if (close_range(3, ~0U, 0) != 0) {
+      rlimit lim{};
+      rlim_t top = getrlimit(RLIMIT_NOFILE, &lim) == 0 ? lim.rlim_cur : 1024;
+      for (rlim_t d = 3; d < std::min<rlim_t>(top, 65536); ++d)
+        close(static_cast<int>(d));
+    }
     execv(exe.c_str(), argv.data());
     _exit(127);
   }

@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <csignal>
+#include <fcntl.h>
 #include <filesystem>
 #include <thread>
+#include <unistd.h>
 
 #include "cli/os.hpp"
 
@@ -79,6 +81,19 @@ TEST_F(ChildProcess, TerminateAndSignalsOfAChildThatEnded) {
   EXPECT_FALSE(c.running());
   c.signal(SIGKILL);  // reaped: nothing is sent, the status stays
   EXPECT_EQ(c.status(), -SIGTERM);
+}
+
+// A descriptor the parent opened without close-on-exec (a socket, a
+// store's file) does not go along into the child.
+TEST_F(ChildProcess, TakesNoDescriptorOfTheParentBeyondItsOutput) {
+  int fd = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC
+  ASSERT_GE(fd, 3);
+  auto probe = "test -e /proc/$$/fd/" + std::to_string(fd)
+               + " && echo inherited || echo not; test -e /proc/$$/fd/1 && echo out";
+  child_process c{{"-c", probe}, dir + "/fds", program("/bin/sh")};
+  EXPECT_EQ(c.wait(std::chrono::seconds(30)), 0);
+  ::close(fd);
+  EXPECT_EQ(c.output(), "not\nout\n");
 }
 
 TEST(TempDir, EachCallMakesANewEmptyDirectoryNamedByItsTag) {
