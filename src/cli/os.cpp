@@ -199,12 +199,4 @@ std::pair<int, bool> child_process::terminate(std::chrono::milliseconds grace) {
   return {st.value_or(-SIGKILL), true};
 }
 
-std::pair<std::optional<int>, std::string>
-run_child(std::vector<std::string> args, const std::string& out,
-          std::chrono::milliseconds limit) {
-  child_process c{std::move(args), out};
-  auto st = c.wait(limit);
-  return {st, c.output()};
-}
-
 } // namespace nodepool::cli

@@ -100,10 +100,4 @@ private:
   bool status_known_ = true;
 };
 
-/// Runs the nodepool binary to the end (killed after `limit`); returns its
-/// status (nullopt on timeout) and its stdout.
-std::pair<std::optional<int>, std::string>
-run_child(std::vector<std::string> args, const std::string& out,
-          std::chrono::milliseconds limit);
-
 } // namespace nodepool::cli

@@ -31,20 +31,22 @@ const std::set<std::string> accepted{"s0-31", "s0-32", "s1-30"};
 // A member just restarted (a candidate: nothing applied yet) lists no
 // session; in a cluster that is not a settled pool.
 TEST(ChaosSettle, AnEmptyListFromAMemberThatDoesNotLeadIsNotTaken) {
-  auto candidate = status(member("candidate", false, 9, 0, 197));
-  EXPECT_EQ(read_sessions_answer(candidate, accepted, true, 9),
-            sessions_answer::not_from_the_leader);
-  auto follower = status(member("follower", false, 3, 0, 0));
-  EXPECT_EQ(read_sessions_answer(follower, accepted, true, 3),
-            sessions_answer::not_from_the_leader);
-  // Elected but not ready: the entries of earlier terms not applied yet.
-  auto unready = status(member("leader", false, 10, 120, 120));
-  EXPECT_EQ(read_sessions_answer(unready, accepted, true, 10),
-            sessions_answer::not_from_the_leader);
-  // A leader of a term older than the newest one seen.
-  auto deposed = status(member("leader", true, 8, 300, 300));
-  EXPECT_EQ(read_sessions_answer(deposed, accepted, true, 9),
-            sessions_answer::not_from_the_leader);
+  struct {
+    const char* what;
+    json answer;
+    uint64_t newest_term;
+  } not_the_leader[] = {
+    {"a candidate", status(member("candidate", false, 9, 0, 197)), 9},
+    {"a follower just restarted", status(member("follower", false, 3, 0, 0)), 3},
+    // Elected but not ready: the entries of earlier terms not applied yet.
+    {"a leader not ready", status(member("leader", false, 10, 120, 120)), 10},
+    // A leader of a term older than the newest one seen.
+    {"a deposed leader", status(member("leader", true, 8, 300, 300)), 9},
+  };
+  for (auto& c : not_the_leader)
+    EXPECT_EQ(read_sessions_answer(c.answer, accepted, true, c.newest_term),
+              sessions_answer::not_from_the_leader)
+      << c.what;
   // A single oracle's answer has no cluster part, and counts.
   json single{{"session_states", json::object()}};
   EXPECT_EQ(read_sessions_answer(single, accepted, false, 0),
