@@ -173,8 +173,8 @@ std::vector<violation> pool_state::check_invariants() const {
   std::unordered_set<const pb::SessionRecord*> live;
   for (auto& [sid, s] : sessions_)
     live.insert(&s);
-  for (auto* s : session_order_)  // as many as live (check_counters)
-    if (!live.count(s)) {
+  for (auto& k : session_order_)  // as many as live (check_counters)
+    if (!live.count(k.rec)) {
       add(out, "I4", "the sessions in id order hold one that is not live");
       break;
     }

@@ -37,11 +37,11 @@ pb::StatePage pool_state::read(const pb::StateQuery& q) const {
     page.set_error("what: nodes, sessions or models");
     return page;
   }
-  auto i = session_order_.upper_bound(q.after());
+  auto i = session_order_.upper_bound(probe_of(q.after()));
   for (; i != session_order_.end()
          && page.sessions_size() < static_cast<int>(q.limit());
        ++i)
-    *page.add_sessions() = **i;
+    *page.add_sessions() = *i->rec;
   page.set_more(i != session_order_.end());
   return page;
 }

@@ -157,6 +157,16 @@ pool_state::pool_for(const std::string& model) const {
   return at == pool_by_model_.end() ? none : at->second;
 }
 
+uint64_t pool_state::id_prefix(const std::string& id) {
+  // Big-endian, shorter ids padded with zero bytes: two ids whose numbers
+  // differ order as their bytes do (unsigned, as std::string compares).
+  uint64_t p = 0;
+  auto n = std::min<size_t>(id.size(), 8);
+  for (size_t i = 0; i < 8; ++i)
+    p = (p << 8) | (i < n ? static_cast<unsigned char>(id[i]) : 0u);
+  return p;
+}
+
 uint64_t pool_state::next_random() {
   seeded_rng r{rng_state_};  // the snapshot carries the state
   auto x = r.next();
@@ -608,8 +618,8 @@ pool_state::frozen pool_state::copy_whole() const {
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
   snap.mutable_sessions()->Reserve(static_cast<int>(sessions_.size()));
-  for (auto* s : session_order_)  // by id: equal states give equal bytes
-    *snap.add_sessions() = *s;
+  for (auto& k : session_order_)  // by id: equal states give equal bytes
+    *snap.add_sessions() = *k.rec;
   f.recent_ids = recent_ids_.freeze();
   return f;
 }
@@ -773,8 +783,8 @@ pool_state::frozen pool_state::freeze() {
     copies_ = std::make_shared<record_copies>();
     for (auto& [id, n] : nodes_)
       copies_->nodes.emplace_hint(copies_->nodes.end(), id, n);
-    for (auto* s : session_order_)
-      copies_->sessions.emplace_hint(copies_->sessions.end(), s->id(), *s);
+    for (auto& k : session_order_)
+      copies_->sessions.emplace_hint(copies_->sessions.end(), k.rec->id(), *k.rec);
   } else {
     // In the order of their addresses: the records and their copies were
     // allocated in about that order, so the copying walks memory forward
@@ -929,7 +939,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   sessions_.reserve(snap.sessions_size());
   for (auto& s : snap.sessions()) {
     auto& rec = *sessions_.try_emplace(s.id()).first = s;
-    session_order_.insert(&rec);
+    session_order_.insert(key_of(rec));
     if (s.state() == pb::ACTIVE)
       ++active_;
   }

@@ -3650,6 +3650,46 @@ TEST(PoolReads, PagesHoldEveryLiveRecordOnceInIdOrder) {
   }
 }
 
+TEST(PoolReads, IdsThatShareTheirFirstEightBytesKeepTheirOrder) {
+  // The order's tree compares the ids' first 8 bytes as one number and
+  // the rest only on a tie: ids alike up to there, one the other's start,
+  // shorter than 8 bytes, or alike but for a byte's case or punctuation.
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    rng r{seed};
+    harness h;
+    h.admit("n1", {"m"});
+    const std::vector<std::string> stems = {"session-", "session_", "Session-",
+                                            "sess", "s", "session-0"};
+    std::vector<std::string> live;
+    for (int i = 0; i < 120; ++i) {
+      auto sid = stems[r.below(stems.size())];
+      for (auto tail = r.below(4); tail > 0; --tail)
+        sid += "0aZ-.:_9"[r.below(8)];
+      if (h.pool.session(sid) || h.archive.count(sid))
+        continue;
+      h.submit(sid, "nobody-serves-this");
+      if (r.chance(20))
+        h.end(sid);
+    }
+    for (auto& [sid, s] : h.pool.sessions())
+      live.push_back(s.id());
+    std::sort(live.begin(), live.end());
+    ASSERT_GT(live.size(), 20u);
+    for (uint32_t limit : {1u, 3u, 1000u})
+      EXPECT_EQ(walk_pages(h.pool, pb::StateQuery::SESSIONS, limit,
+                           [](const pb::StatePage& p) {
+                             std::vector<std::string> ids;
+                             for (auto& s : p.sessions())
+                               ids.push_back(s.id());
+                             return ids;
+                           }),
+                live)
+        << "limit " << limit;
+    EXPECT_TRUE(h.pool.check_invariants().empty());
+  }
+}
+
 TEST(PoolReads, ModelsAreThoseLiveNodesServe) {
   harness h;
   h.admit("n1", {"b", "a"});
