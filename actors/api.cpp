@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/wire.hpp"
 #include "event_view.hpp"
 
@@ -529,17 +530,14 @@ caf::actor spawn_event_relay(caf::actor_system& sys, caf::actor supervisor,
         self->send(supervisor, subscribe_atom::value,
                    caf::actor_cast<caf::actor>(self), true);
       },
-      [=](events_atom, const std::string& bytes) {
-        if (!feed->watched())
-          return;
-        pb::EventBatch b;
-        if (!b.ParseFromString(bytes))
+      [=](events_atom, const event_batch& b) {
+        if (!feed->watched() || !b)
           return;
         std::vector<nlohmann::json> out;
-        out.reserve(static_cast<size_t>(b.events_size()));
-        for (auto& e : b.events()) {
+        out.reserve(static_cast<size_t>(b->events_size()));
+        for (auto& e : b->events()) {
           auto j = event_json(e);
-          j["time"] = b.now();
+          j["time"] = b->now();
           out.push_back(std::move(j));
         }
         feed->publish(std::move(out));

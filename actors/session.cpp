@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/wire.hpp"
 #include "log.hpp"
 #include "task_round.hpp"
@@ -376,10 +377,9 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
     *e.mutable_session_started() = start;
     on_event(self, e);
     return {
-      [=](events_atom, const std::string& bytes) {
-        pb::Event e;
-        if (e.ParseFromString(bytes))
-          on_event(self, e);
+      [=](events_atom, const event_ref& e) {
+        if (e)
+          on_event(self, *e);
       },
       [=](task_atom, const std::string& node, const std::string&,
           const std::string& bytes) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/oracle.hpp"
 #include "actors/session.hpp"
 #include "actors/tickets.hpp"
@@ -45,10 +46,10 @@ struct session_queue_state {
 
 using self_ptr = caf::stateful_actor<session_queue_state>*;
 
-void forward(self_ptr self, const std::string& sid, const pb::Event& e) {
+void forward(self_ptr self, const std::string& sid, const event_ref& e) {
   auto i = self->state.running.find(sid);
   if (i != self->state.running.end())
-    self->send(i->second, events_atom::value, e.SerializeAsString());
+    self->send(i->second, events_atom::value, e);
 }
 
 /// Hands a prompt to a session's actor; the answer goes to `rp`.
@@ -98,15 +99,16 @@ void release_held(self_ptr self, const std::string& sid) {
   st.held.erase(h);
 }
 
-void on_event(self_ptr self, const pb::Event& e) {
+void on_event(self_ptr self, const event_ref& ep) {
   auto& st = self->state;
+  auto& e = *ep;
   switch (e.kind_case()) {
     case pb::Event::kSessionStarted: {
       auto& s = e.session_started();
       for (auto& n : s.nodes())
         st.node_owner[n] = s.session_id();
       if (st.running.count(s.session_id()))
-        forward(self, s.session_id(), e);
+        forward(self, s.session_id(), ep);
       else {
         auto a = spawn_session(self->system(), self, st.supervisor,
                                st.gateway, st.pool, st.sim_time, s);
@@ -122,13 +124,13 @@ void on_event(self_ptr self, const pb::Event& e) {
     case pb::Event::kNodeReserved: {
       auto& r = e.node_reserved();
       st.node_owner[r.node_id()] = r.session_id();
-      forward(self, r.session_id(), e);
+      forward(self, r.session_id(), ep);
       break;
     }
     case pb::Event::kNodeReleased: {
       auto& r = e.node_released();
       st.node_owner.erase(r.node_id());
-      forward(self, r.session_id(), e);
+      forward(self, r.session_id(), ep);
       break;
     }
     case pb::Event::kNodeStateChanged: {
@@ -140,12 +142,12 @@ void on_event(self_ptr self, const pb::Event& e) {
         break;
       auto sid = i->second;
       st.node_owner.erase(i);
-      forward(self, sid, e);
+      forward(self, sid, ep);
       break;
     }
     case pb::Event::kSessionEnded: {
       auto& s = e.session_ended();
-      forward(self, s.session_id(), e);
+      forward(self, s.session_id(), ep);
       st.running.erase(s.session_id());
       release_held(self, s.session_id());
       if (s.state() == pb::COMPLETED)
@@ -225,12 +227,11 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         self->state.tickets.answered(self, self->state.supervisor, ticket, code,
                                      detail);
       },
-      [=](events_atom, const std::string& bytes) {
-        pb::EventBatch batch;
-        if (!batch.ParseFromString(bytes))
+      [=](events_atom, const event_batch& batch) {
+        if (!batch)
           return;
-        for (auto& e : batch.events())
-          on_event(self, e);
+        for (int i = 0; i < batch->events_size(); ++i)
+          on_event(self, event_of(batch, i));
       },
       [=](task_atom, const std::string& node, const std::string& sid,
           const std::string& bytes) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "cluster_config.hpp"
 #include "event_view.hpp"
 #include "log.hpp"
@@ -548,10 +549,9 @@ void flush(self_ptr self) {
   if (st.events.events_size() > 0) {
     st.events.set_now(last_now);
     published(self, st.events);
-    auto bytes = st.events.SerializeAsString();
-    st.events.Clear();
+    auto batch = share_events(st.events);
     for (auto& s : st.subscribers)
-      self->send(s, events_atom::value, bytes);
+      self->send(s, events_atom::value, batch);
   }
   deliver_answers(st.waiting);
   st.waiting.clear();
@@ -630,9 +630,9 @@ void release(self_ptr self) {
     auto& f = st.inflight.front();
     if (f.events.events_size() > 0) {
       published(self, f.events);
-      auto bytes = f.events.SerializeAsString();
+      auto batch = share_events(f.events);
       for (auto& s : st.subscribers)
-        self->send(s, events_atom::value, bytes);
+        self->send(s, events_atom::value, batch);
     }
     deliver_answers(f.waiting);
     if (st.lead)

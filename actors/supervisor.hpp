@@ -129,8 +129,10 @@ struct supervisor_config {
 ///                                 (actors/tickets.hpp says why)
 ///                                 the reply to an accepted command comes only
 ///                                 once it is on stable storage
-///   (subscribe_atom, actor)   -> subscriber gets (events_atom, EventBatch)
-///                                 after every durable group commit
+///   (subscribe_atom, actor)   -> subscriber gets (events_atom, event_batch)
+///                                 after every durable group commit: one
+///                                 batch shared by every subscriber, in
+///                                 this process only (events.hpp)
 ///   (subscribe_atom, actor, bool) the same, or (false) no more
 ///   (state_atom)              -> (Snapshot bytes) of the current state
 ///   (state_atom, StateQuery bytes) -> (StatePage bytes): a page of the live

@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/oracle.hpp"
 #include "actors/tickets.hpp"
 #include "actors/wire.hpp"
@@ -410,10 +411,9 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
         self->state.tickets.answered(self, self->state.supervisor, ticket, code,
                                      detail);
       },
-      [=](events_atom, const std::string& bytes) {
-        pb::EventBatch batch;
-        if (batch.ParseFromString(bytes))
-          on_events(self, batch);
+      [=](events_atom, const event_batch& batch) {
+        if (batch)
+          on_events(self, *batch);
       },
       // The leader's term ended: tests in flight were its soft state. The
       // references stay: they were answers of nodes that passed.

@@ -29,6 +29,7 @@
 #include <unordered_set>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/tickets.hpp"
@@ -222,15 +223,14 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
     [=](inflight_atom) -> uint64_t {
       return self->state.waiting.size() + self->state.revalidating.size();
     },
-    [=](events_atom, const std::string& bytes) {
+    [=](events_atom, const event_batch& batch) {
       auto& st = self->state;
       st.out->driver_mailbox.store(self->mailbox().size(),
                                    std::memory_order_relaxed);
-      pb::EventBatch batch;
-      if (!batch.ParseFromString(bytes))
+      if (!batch)
         return;
       auto t = now_ns();
-      for (auto& e : batch.events()) {
+      for (auto& e : batch->events()) {
         switch (e.kind_case()) {
           case pb::Event::kNodeReserved: {
             auto i = st.waiting.find(e.node_reserved().session_id());
@@ -1512,13 +1512,12 @@ caf::behavior remote_client(remote_ptr self, caf::actor sessions,
     [=](inflight_atom) -> uint64_t {
       return self->state.mine.size() + self->state.revalidating.size();
     },
-    [=](events_atom, const std::string& bytes) {
+    [=](events_atom, const event_batch& batch) {
       auto& st = self->state;
-      pb::EventBatch batch;
-      if (!batch.ParseFromString(bytes))
+      if (!batch)
         return;
       auto t = now_ns();
-      for (auto& e : batch.events()) {
+      for (auto& e : batch->events()) {
         if (e.has_node_reserved()) {
           auto i = st.waiting.find(e.node_reserved().session_id());
           if (i != st.waiting.end()) {

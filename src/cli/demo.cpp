@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "actors/config.hpp"
+#include "actors/events.hpp"
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "cli/common.hpp"
@@ -188,11 +189,10 @@ caf::actor spawn_generator(caf::actor_system& sys, const oracle_handles& h,
     };
     (*pump)();
     return {
-      [=](events_atom, const std::string& bytes) {
-        pb::EventBatch batch;
-        if (!batch.ParseFromString(bytes))
+      [=](events_atom, const event_batch& batch) {
+        if (!batch)
           return;
-        for (auto& e : batch.events())
+        for (auto& e : batch->events())
           if (e.has_session_ended())
             ++self->state.progress.ended;
         (*pump)();

@@ -2,6 +2,8 @@
 // not one per command; and nothing is acknowledged before it is stored.
 #include "fixture.hpp"
 
+#include "actors/events.hpp"
+
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -62,6 +64,38 @@ TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   EXPECT_EQ(state().nodes().size(), 40u);
   auto stats = supervisor_stats();
   EXPECT_EQ(stats["applied"].get<uint64_t>(), st->entries_appended);
+}
+
+// A group commit's events go to every subscriber as one batch, shared and
+// not encoded: both subscribers hold the same object, holding the commit's
+// events, after the commit and before the answers.
+TEST_F(group_commit, every_subscriber_shares_one_batch_of_events) {
+  start(fast_params(), std::make_shared<counting_store>());
+  auto got = std::make_shared<std::vector<event_batch>>();
+  auto subscriber = [got](caf::event_based_actor*) -> caf::behavior {
+    return {[got](events_atom, const event_batch& b) { got->push_back(b); }};
+  };
+  auto a = sys_->spawn(subscriber);
+  auto b = sys_->spawn(subscriber);
+  caf::anon_send(oracle_.supervisor, subscribe_atom::value, a);
+  caf::anon_send(oracle_.supervisor, subscribe_atom::value, b);
+  sched_->run();
+  got->clear();
+  for (int i = 0; i < 3; ++i)
+    caf::anon_send(oracle_.supervisor, cmd_atom::value,
+                   registration("e" + std::to_string(i)));
+  sched_->run();
+  ASSERT_EQ(got->size(), 2u);
+  ASSERT_TRUE(got->at(0));
+  EXPECT_EQ(got->at(0).get(), got->at(1).get());
+  int registered = 0;
+  for (auto& e : got->at(0)->events())
+    if (e.has_node_state_changed() && e.node_state_changed().to() == pb::REGISTERED)
+      ++registered;
+  EXPECT_EQ(registered, 3);
+  caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
+  sched_->run();
 }
 
 // A backlog is committed in parts of max_batch_commands: 40 commands in

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "actors/events.hpp"
 #include "actors/session.hpp"
 #include "digest.hpp"
 #include "fixture.hpp"
@@ -103,11 +104,11 @@ protected:
     sched_->run();
   }
 
-  static std::string ended_event(const std::string& id) {
-    pb::Event e;
-    e.mutable_session_ended()->set_session_id(id);
-    e.mutable_session_ended()->set_state(pb::COMPLETED);
-    return e.SerializeAsString();
+  static event_ref ended_event(const std::string& id) {
+    auto e = std::make_shared<pb::Event>();
+    e->mutable_session_ended()->set_session_id(id);
+    e->mutable_session_ended()->set_state(pb::COMPLETED);
+    return e;
   }
 
   caf::actor queue_, gateway_, supervisor_;
@@ -191,10 +192,10 @@ TEST_F(session_actor, a_session_opened_for_one_prompt_ends_when_it_is_given_up) 
     auto id = std::string{opened_for_it ? "once" : "many"};
     auto s = start_session(id);
     auto answer = prompt(s, opened_for_it, 300);
-    pb::Event left;
-    left.mutable_node_released()->set_node_id("n1");
-    left.mutable_node_released()->set_session_id(id);
-    caf::anon_send(s, events_atom::value, left.SerializeAsString());
+    auto left = std::make_shared<pb::Event>();
+    left->mutable_node_released()->set_node_id("n1");
+    left->mutable_node_released()->set_session_id(id);
+    caf::anon_send(s, events_atom::value, event_ref{left});
     run_for(std::chrono::milliseconds(400));
     EXPECT_EQ(*answer, "error:timeout") << id;
     auto e = ends(*commands_);
