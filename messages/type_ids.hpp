@@ -1,10 +1,11 @@
 #pragma once
 
 // The CAF type-ID block of nodepool: every atom used between actors, in one
-// place. Payloads are plain std::string holding serialized Protobuf messages
-// (nodepool.proto), so nothing else needs registering, the same bytes cross
-// CAF's middleman between processes, and a miner that sends garbage is caught
-// by one decoder.
+// place. Payloads between processes are plain std::string holding
+// serialized Protobuf messages (nodepool.proto), so nothing else needs
+// registering, the same bytes cross CAF's middleman, and a miner that sends
+// garbage is caught by one decoder. The one exception stays inside a
+// process: the supervisor's events, shared undecoded (actors/events.hpp).
 #include <caf/atom.hpp>
 #include <caf/type_id.hpp>
 
