@@ -25,8 +25,9 @@ namespace nodepool {
 /// session sends the outcomes as a TaskDone command and the pool decides what
 /// they mean (reputation, release, quarantine, completion).
 ///
-/// Messages: (events_atom, Event bytes) about its session, forwarded by the
-/// session queue; (task_atom, node_id, session_id, MinerMsg bytes) from nodes.
+/// Messages: (events_atom, event_ref) about its session, forwarded by the
+/// session queue (a pointer into the supervisor's shared batch, events.hpp);
+/// (task_atom, node_id, session_id, MinerMsg bytes) from nodes.
 caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
                          caf::actor supervisor, caf::actor gateway,
                          const params& pool, bool sim_time,
