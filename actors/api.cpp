@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/wire.hpp"
 #include "event_view.hpp"
 
@@ -244,9 +244,9 @@ class caf_pool_api : public http::pool_api {
     auto sup = sup_;
     auto gw = gw_;
     auto* sys = &sys_;
-    auto bytes = c.SerializeAsString();
-    sys_.spawn([sup, gw, sys, bytes, cb = std::move(cb)](caf::event_based_actor* self) {
-      self->request(sup, std::chrono::seconds(60), cmd_atom::value, bytes)
+    auto cmd = std::make_shared<pb::Command>(c);
+    sys_.spawn([sup, gw, sys, cmd, cb = std::move(cb)](caf::event_based_actor* self) {
+      self->request(sup, std::chrono::seconds(60), cmd_atom::value, cmd)
         .then([=](accepted_atom) { cb(std::nullopt); },
               [=](caf::error& err) {
                 with_leader_http(self, gw, to_api_error(*sys, err),

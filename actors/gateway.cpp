@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
+#include "actors/local.hpp"
 #include "actors/oracle.hpp"
 #include "actors/tickets.hpp"
 #include "actors/wire.hpp"
@@ -76,10 +77,10 @@ void node_down(self_ptr self, std::string id, const std::string& why) {
   st.last_seen.erase(id);
   st.mode.erase(id);
   log("gateway")->info("node {} down: {}", id, why);
-  pb::Command c;
-  c.mutable_node_down()->set_node_id(id);
-  c.mutable_node_down()->set_reason(why);
-  st.tickets.send(self, st.supervisor, c.SerializeAsString());
+  st.tickets.send(self, st.supervisor, make_command([&](pb::Command& c) {
+                    c.mutable_node_down()->set_node_id(id);
+                    c.mutable_node_down()->set_reason(why);
+                  }));
 }
 
 /// `bytes` (a serialized OracleMsg) with its term set: Protobuf takes the
@@ -149,7 +150,7 @@ caf::response_promise relay(self_ptr self, const caf::actor& whom, Ts... xs) {
 
 /// Sends a command for a node and reports a refusal back to that node.
 void command_for(self_ptr self, caf::actor node, const std::string& node_id,
-                 std::string cmd) {
+                 local_command cmd) {
   self->state.tickets.send(self, self->state.supervisor, std::move(cmd),
                            [=](const std::string& code, const std::string& detail) {
                              if (!code.empty())
@@ -204,7 +205,7 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
     self->send(sender, oracle_atom::value, n.SerializeAsString());
     return;
   }
-  auto cmd = command_bytes([&](pb::Command& c) {
+  auto cmd = make_command([&](pb::Command& c) {
     *c.mutable_register_() = m.register_();
     // The proof stays here: the log keeps the key, not the nonce, the
     // signature or a token.
@@ -342,7 +343,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
             if (st.mode[m.node_id()] != m.heartbeat().mode()) {
               st.mode[m.node_id()] = m.heartbeat().mode();
               command_for(self, sender, m.node_id(),
-                          command_bytes([&](pb::Command& c) {
+                          make_command([&](pb::Command& c) {
                             *c.mutable_heartbeat() = m.heartbeat();
                           }));
             }

@@ -7,7 +7,7 @@
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/wire.hpp"
 #include "log.hpp"
 #include "task_round.hpp"
@@ -98,7 +98,7 @@ void finish_task(self_ptr self) {
         answer.set_output(p.output);
       answer.set_agreeing(answer.agreeing() + 1);
     }
-  auto cmd = command_bytes([&](pb::Command& c) {
+  auto cmd = make_command([&](pb::Command& c) {
     auto* t = c.mutable_task_done();
     t->set_session_id(st.id);
     t->set_task_no(st.task_no);
@@ -239,7 +239,7 @@ void arm(self_ptr self) {
 /// for a prompt that will not come.
 void end_opened_session(self_ptr self, const std::string& why) {
   auto& st = self->state;
-  auto cmd = command_bytes([&](pb::Command& c) {
+  auto cmd = make_command([&](pb::Command& c) {
     auto* x = c.mutable_end_session();
     x->set_session_id(st.id);
     x->set_failed(true);

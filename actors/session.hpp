@@ -26,7 +26,7 @@ namespace nodepool {
 /// they mean (reputation, release, quarantine, completion).
 ///
 /// Messages: (events_atom, event_ref) about its session, forwarded by the
-/// session queue (a pointer into the supervisor's shared batch, events.hpp);
+/// session queue (a pointer into the supervisor's shared batch, local.hpp);
 /// (task_atom, node_id, session_id, MinerMsg bytes) from nodes.
 caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
                          caf::actor supervisor, caf::actor gateway,

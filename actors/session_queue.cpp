@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/oracle.hpp"
 #include "actors/session.hpp"
 #include "actors/tickets.hpp"
@@ -73,7 +73,7 @@ void end_if_opened_for(self_ptr self, const std::string& bytes,
   pb::PromptRequest r;
   if (!r.ParseFromString(bytes) || !r.ends_session())
     return;
-  auto cmd = command_bytes([&](pb::Command& c) {
+  auto cmd = make_command([&](pb::Command& c) {
     auto* x = c.mutable_end_session();
     x->set_session_id(r.session_id());
     x->set_failed(true);
@@ -208,7 +208,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
                            : bounds::reserve_period_range("reserve_period_ms")));
           return rp;
         }
-        auto cmd = command_bytes(
+        auto cmd = make_command(
           [&](pb::Command& c) { *c.mutable_submit_session() = s; });
         auto rp = self->make_response_promise();
         self->state.tickets.send(

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "cluster_config.hpp"
 #include "event_view.hpp"
 #include "log.hpp"
@@ -438,6 +438,17 @@ void command(self_ptr self, const std::string& bytes, answer_to& a) {
     return;
   }
   apply(self, cmd, &a);
+}
+
+/// A command built in this process (local.hpp): applied as it is.
+void command(self_ptr self, const local_command& cmd, answer_to& a) {
+  if (!cmd || cmd->kind_case() == pb::Command::KIND_NOT_SET) {
+    ++self->state.refused;
+    ++self->state.refusals["malformed"];
+    a.refuse("malformed", "command carries no kind");
+    return;
+  }
+  apply(self, *cmd, &a);
 }
 
 /// The answers a commit releases: each acceptance or refusal, in order.
@@ -902,6 +913,16 @@ caf::behavior handlers(self_ptr self) {
     [=](cmd_atom, const std::string& bytes, uint64_t ticket) {
       answer_to a{self->make_response_promise(), ticket};
       command(self, bytes, a);
+    },
+    // The same two, from an actor of this process: the command as built.
+    [=](cmd_atom, const local_command& cmd) -> caf::result<void> {
+      answer_to a{self->make_response_promise()};
+      command(self, cmd, a);
+      return a.rp;
+    },
+    [=](cmd_atom, const local_command& cmd, uint64_t ticket) {
+      answer_to a{self->make_response_promise(), ticket};
+      command(self, cmd, a);
     },
     [=](tick_atom) {
       auto& st = self->state;

@@ -123,6 +123,9 @@ struct supervisor_config {
 ///
 /// Protocol (all payloads are serialized Protobuf):
 ///   (cmd_atom, Command)       -> (accepted_atom) | (refused_atom, code, detail)
+///                                 the Command as bytes, or as built
+///                                 (local_command) from an actor of this
+///                                 process (local.hpp)
 ///   (cmd_atom, Command, ticket) sent as a message, not a request: answered
 ///                                 by (answer_atom, ticket, code, detail), an
 ///                                 empty code for accepted, at the same time
@@ -132,7 +135,7 @@ struct supervisor_config {
 ///   (subscribe_atom, actor)   -> subscriber gets (events_atom, event_batch)
 ///                                 after every durable group commit: one
 ///                                 batch shared by every subscriber, in
-///                                 this process only (events.hpp)
+///                                 this process only (local.hpp)
 ///   (subscribe_atom, actor, bool) the same, or (false) no more
 ///   (state_atom)              -> (Snapshot bytes) of the current state
 ///   (state_atom, StateQuery bytes) -> (StatePage bytes): a page of the live

@@ -4,7 +4,7 @@
 // them in flight: the gateway (every miner's results and heartbeats), the
 // session queue (every client's submission), the bench's driver.
 //
-// Each goes out as an ordinary message with a ticket, (cmd_atom, bytes,
+// Each goes out as an ordinary message with a ticket, (cmd_atom, command,
 // ticket), and its answer comes back as one, (answer_atom, ticket, code,
 // detail), found here in constant time. A CAF 0.17 request would not do:
 // an actor keeps its pending requests in a vector that every response
@@ -33,14 +33,14 @@ public:
   using on_answer =
     std::function<void(const std::string& code, const std::string& detail)>;
 
-  /// Sends serialized command `bytes` from `self` to the supervisor `to`;
-  /// `f`, if any, runs when the answer comes (once). Without `f` the answer
-  /// is ignored.
+  /// Sends a command from `self` to the supervisor `to`, as built
+  /// (local_command, local.hpp) or as bytes; `f`, if any, runs when the
+  /// answer comes (once). Without `f` the answer is ignored.
   /// Once the supervisor is known to have stopped (on_down), nothing is
   /// sent: CAF drops a message to a stopped actor without a word, so `f`
   /// runs at once with `unavailable`.
-  template <class Self>
-  void send(Self* self, const caf::actor& to, std::string bytes,
+  template <class Self, class Command>
+  void send(Self* self, const caf::actor& to, Command cmd,
             on_answer f = {}) {
     if (down_) {
       if (f)
@@ -50,7 +50,7 @@ public:
     auto ticket = next_++;
     if (f)
       pending_.emplace(ticket, std::move(f));
-    self->send(to, cmd_atom::value, std::move(bytes), ticket);
+    self->send(to, cmd_atom::value, std::move(cmd), ticket);
   }
 
   /// An answer arrived from `from`: if that is the supervisor `sup`, runs

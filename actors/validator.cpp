@@ -4,7 +4,7 @@
 #include <caf/all.hpp>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/oracle.hpp"
 #include "actors/tickets.hpp"
 #include "actors/wire.hpp"
@@ -362,7 +362,7 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   auto latency = std::max<int64_t>(0, now - p.sent_at);
   st.pending.erase(i);
   st.awaiting[node] = std::move(mine);
-  auto cmd = command_bytes([&](pb::Command& c) {
+  auto cmd = make_command([&](pb::Command& c) {
     auto* r = c.mutable_test_result();
     r->set_node_id(node);
     r->set_test_id(test_id);

@@ -15,11 +15,4 @@ inline std::string refusal_bytes(const std::string& code,
   return m.SerializeAsString();
 }
 
-template <class Fill>
-std::string command_bytes(Fill&& fill) {
-  pb::Command c;
-  fill(c);
-  return c.SerializeAsString();
-}
-
 } // namespace nodepool

@@ -4,8 +4,9 @@
 // place. Payloads between processes are plain std::string holding
 // serialized Protobuf messages (nodepool.proto), so nothing else needs
 // registering, the same bytes cross CAF's middleman, and a miner that sends
-// garbage is caught by one decoder. The one exception stays inside a
-// process: the supervisor's events, shared undecoded (actors/events.hpp).
+// garbage is caught by one decoder. Inside a process the supervisor's
+// events and the commands its neighbours build pass undecoded
+// (actors/local.hpp).
 #include <caf/atom.hpp>
 #include <caf/type_id.hpp>
 

@@ -29,7 +29,7 @@
 #include <unordered_set>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/oracle.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/tickets.hpp"
@@ -146,14 +146,15 @@ struct driver_state {
 
 using driver_ptr = caf::stateful_actor<driver_state>*;
 
-/// Sends a command to the supervisor; a refusal is counted, and
-/// `refused` (if any) runs on the driver when it comes.
-void send_cmd(driver_ptr self, const pb::Command& c,
+/// Sends a command to the supervisor (as built: the driver plays the
+/// oracle's own actors); a refusal is counted, and `refused` (if any) runs
+/// on the driver when it comes.
+void send_cmd(driver_ptr self, pb::Command c,
               std::function<void()> refused = {}) {
   auto out = self->state.out;
+  auto cmd = std::make_shared<pb::Command>(std::move(c));
   if (out->driver_requests) {
-    self->request(self->state.sup, caf::infinite, cmd_atom::value,
-                  c.SerializeAsString())
+    self->request(self->state.sup, caf::infinite, cmd_atom::value, cmd)
       .then([](accepted_atom) {},
             [out, refused](caf::error&) {
               ++out->refused;
@@ -162,7 +163,7 @@ void send_cmd(driver_ptr self, const pb::Command& c,
             });
     return;
   }
-  self->state.tickets.send(self, self->state.sup, c.SerializeAsString(),
+  self->state.tickets.send(self, self->state.sup, cmd,
                            [out, refused](const std::string& code,
                                           const std::string&) {
                              if (code.empty())
@@ -194,7 +195,8 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
       // constructor waits for every node.
       for (uint64_t i = first; i < first + count; ++i)
         self->state.tickets.send(
-          self, self->state.sup, register_cmd(node_name(prefix, i)).SerializeAsString(),
+          self, self->state.sup,
+          std::make_shared<pb::Command>(register_cmd(node_name(prefix, i))),
           [=](const std::string& code, const std::string&) {
             if (code.empty())
               return;

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "actors/config.hpp"
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "cli/common.hpp"

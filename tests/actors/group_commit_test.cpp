@@ -2,7 +2,7 @@
 // not one per command; and nothing is acknowledged before it is stored.
 #include "fixture.hpp"
 
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 
 #include <atomic>
 #include <condition_variable>
@@ -96,6 +96,33 @@ TEST_F(group_commit, every_subscriber_shares_one_batch_of_events) {
   caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(b, caf::exit_reason::user_shutdown);
   sched_->run();
+}
+
+// A command built in this process goes in as it is (local.hpp): applied
+// and logged like its bytes would be; one with no kind, or none at all, is
+// refused as malformed and changes nothing.
+TEST_F(group_commit, a_command_built_in_this_process_is_applied_as_it_is) {
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  auto entries_before = st->entries_appended;
+  auto codes = std::make_shared<std::vector<std::string>>();
+  auto sup = oracle_.supervisor;
+  auto sys = sys_.get();
+  auto reg = make_command([](pb::Command& c) {
+    c.mutable_register_()->set_node_id("typed-1");
+    c.mutable_register_()->add_models("llama-3-8b");
+  });
+  sys_->spawn([=](caf::event_based_actor* self) {
+    for (auto& c : {reg, local_command{}, std::make_shared<pb::Command>()})
+      self->request(sup, caf::infinite, cmd_atom::value, c)
+        .then([=](accepted_atom) { codes->push_back("accepted"); },
+              [=](caf::error& e) { codes->push_back(read_refusal(*sys, e).first); });
+  });
+  sched_->run();
+  // The refusals changed nothing and wait for nothing: they come first.
+  EXPECT_EQ(*codes, (std::vector<std::string>{"malformed", "malformed", "accepted"}));
+  EXPECT_EQ(st->entries_appended - entries_before, 1u);
+  EXPECT_TRUE(state().node("typed-1"));
 }
 
 // A backlog is committed in parts of max_batch_commands: 40 commands in

@@ -1,6 +1,8 @@
 // The whole single-oracle lifecycle under the test coordinator.
 #include "fixture.hpp"
 
+#include "actors/local.hpp"
+
 #include <nlohmann/json.hpp>
 
 using namespace std::chrono_literals;
@@ -218,7 +220,7 @@ TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
   auto held = std::make_shared<std::vector<std::pair<caf::actor, uint64_t>>>();
   auto sup = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
     return {
-      [=](cmd_atom, const std::string&, uint64_t ticket) {
+      [=](cmd_atom, const local_command&, uint64_t ticket) {
         held->emplace_back(caf::actor_cast<caf::actor>(self->current_sender()),
                            ticket);
       },

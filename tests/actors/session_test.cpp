@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "actors/events.hpp"
+#include "actors/local.hpp"
 #include "actors/session.hpp"
 #include "digest.hpp"
 #include "fixture.hpp"
@@ -33,8 +33,8 @@ protected:
     auto commands = commands_;
     supervisor_ = sys_->spawn([held, commands](caf::event_based_actor* self) -> caf::behavior {
       return {
-        [=](cmd_atom, const std::string& bytes) {
-          commands->emplace_back().ParseFromString(bytes);
+        [=](cmd_atom, const local_command& c) {
+          commands->push_back(*c);
           *held = self->make_response_promise();
           return *held;
         },

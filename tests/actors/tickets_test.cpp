@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/local.hpp"
 #include "actors/tickets.hpp"
 
 namespace nodepool::testing {
@@ -52,7 +53,8 @@ protected:
   /// A supervisor that takes ticketed commands and answers none.
   caf::actor mute_supervisor() {
     return sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
-      return {[](cmd_atom, const std::string&, uint64_t) {}};
+      return {[](cmd_atom, const std::string&, uint64_t) {},
+              [](cmd_atom, const local_command&, uint64_t) {}};
     });
   }
 };
