@@ -121,7 +121,8 @@ struct supervisor_config {
 
 /// Spawns the pool supervisor: the one actor that owns the PoolState.
 ///
-/// Protocol (all payloads are serialized Protobuf):
+/// Protocol (payloads are serialized Protobuf, but for the commands and
+/// events that stay in this process, local.hpp):
 ///   (cmd_atom, Command)       -> (accepted_atom) | (refused_atom, code, detail)
 ///                                 the Command as bytes, or as built
 ///                                 (local_command) from an actor of this

@@ -1316,6 +1316,14 @@ void router::admin(const std::shared_ptr<call>& c,
                                   c->rep->send(json_response(200, out));
                                 });
   }
+  // The id in the path is outside input, checked here as the pool checks
+  // every id (bounds::valid_id): the command goes to the supervisor as
+  // built, never decoded on the way, so nothing else would.
+  if (parts.size() == 6 && (parts[3] == "miners" || parts[3] == "sessions")
+      && !bounds::valid_id(parts[4]))
+    return send_bad(c->rep, {parts[3] == "miners" ? "bad_node_id" : "bad_session_id",
+                             "id: 1.." + std::to_string(bounds::id)
+                               + " characters of [A-Za-z0-9-_.:]"});
   // /api/v1/admin/miners/{id}/{drain,undrain,retire}
   if (parts.size() == 6 && parts[3] == "miners") {
     static const std::map<std::string, pb::AdminAction> actions = {

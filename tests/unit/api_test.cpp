@@ -690,6 +690,13 @@ TEST_F(api, AdminRoutes) {
   ASSERT_EQ(c->whole.status, 200);
   EXPECT_EQ(pool->commands.back().admin_node().action(), pb::RETIRE);
   EXPECT_EQ(pool->commands.back().admin_node().reason(), "bad GPU");
+  // An id the pool could never hold is refused here, and no command goes.
+  auto sent = pool->commands.size();
+  expect_error(*call("POST", "/api/v1/admin/miners/bad%FFid/drain", "", admin_key),
+               400, "bad_node_id");
+  expect_error(*call("POST", "/api/v1/admin/sessions/a%20b/end", "", admin_key),
+               400, "bad_session_id");
+  EXPECT_EQ(pool->commands.size(), sent);
 }
 
 TEST(HttpStatus, RefusalCodesMapToStatuses) {
