@@ -427,27 +427,22 @@ void apply(self_ptr self, pb::Command& cmd,
     flush_part(self, flush);
 }
 
+void refuse_now(self_ptr self, answer_to* rp,
+                const std::string& code, const std::string& detail);
+
 /// A command as it arrives (serialized): one that does not decode is
 /// refused as malformed, anything else applied.
 void command(self_ptr self, const std::string& bytes, answer_to& a) {
   pb::Command cmd;
-  if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET) {
-    ++self->state.refused;
-    ++self->state.refusals["malformed"];
-    a.refuse("malformed", "command does not decode");
-    return;
-  }
+  if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET)
+    return refuse_now(self, &a, "malformed", "command does not decode");
   apply(self, cmd, &a);
 }
 
 /// A command built in this process (local.hpp): applied as it is.
 void command(self_ptr self, const local_command& cmd, answer_to& a) {
-  if (!cmd || cmd->kind_case() == pb::Command::KIND_NOT_SET) {
-    ++self->state.refused;
-    ++self->state.refusals["malformed"];
-    a.refuse("malformed", "command carries no kind");
-    return;
-  }
+  if (!cmd || cmd->kind_case() == pb::Command::KIND_NOT_SET)
+    return refuse_now(self, &a, "malformed", "command carries no kind");
   apply(self, *cmd, &a);
 }
 
