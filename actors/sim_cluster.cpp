@@ -206,6 +206,13 @@ struct stub_disk {
   /// Full (or failing): every append completes with an error and writes
   /// nothing, until the member restarts (its operator made room).
   bool broken = false;
+  /// An append failed: as raft_uv's `errored`, every append after it fails
+  /// too, in flight or not, until the member restarts. A write that failed
+  /// leaves nothing after it on a real disk: a later append that landed
+  /// would leave a hole in the log that the restart refuses as corrupt
+  /// (seed 5136 of 3 oracles: append 91 failed, then the disk's room came
+  /// back at the faults' end and append 92, in flight, landed).
+  bool errored = false;
 
   /// Writes what completed, in the order raft asked for it.
   void settle() {
@@ -456,8 +463,11 @@ int stub_append(struct raft_io* io, struct raft_io_append* req,
   d.next += n;
   hold(io, req, cb, &d.ops.back());
   int rv = d.append(io, req, entries, n, [](struct raft_io_append* r, int status) {
-    if (status == 0 && stub_disks.at(pending_cbs.at(r).io).broken)
+    auto& dd = stub_disks.at(pending_cbs.at(r).io);
+    if (status == 0 && (dd.broken || dd.errored))
       status = RAFT_IOERR;  // the write failed: nothing of it landed
+    if (status != 0)
+      dd.errored = true;
     release<raft_io_append_cb>(r, status)(r, status);
   });
   if (rv != 0) {
@@ -924,6 +934,7 @@ private:
     d.crashed = false;
     d.may_land = 0;
     d.broken = false;
+    d.errored = false;
     auto now = extent_of(io);
     std::string what = std::to_string(i + 1) + " from its disk: snapshot "
                        + std::to_string(now.snapshot) + ", entries to "
