@@ -35,9 +35,11 @@ int64_t now_ms(caf::local_actor* self, bool sim_time) {
 
 namespace nodepool {
 
-caf::error make_refusal(const std::string& code, const std::string& detail) {
-  return caf::error{static_cast<uint8_t>(1), caf::atom("nodepool"),
-                    caf::make_message(code, detail)};
+caf::error make_refusal(pb::RefusalCode code, const std::string& detail) {
+  // The code's value is the error's; its context keeps the text and the
+  // detail, which clients of before the enum read.
+  return caf::error{static_cast<uint8_t>(code), caf::atom("nodepool"),
+                    caf::make_message(refusal_name(code), detail)};
 }
 
 std::pair<std::string, std::string> read_refusal(caf::actor_system& sys,

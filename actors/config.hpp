@@ -48,12 +48,14 @@ constexpr int64_t sim_time_base_ms = 1000000;
 #include <caf/error.hpp>
 #include <string>
 
+#include "refusal.hpp"
+
 namespace nodepool {
 
-/// Refusals travel between actors as caf::error of category "nodepool"
-/// with (code, detail) as context, so request(...).then() can tell them from
+/// Refusals travel between actors as caf::error of category "nodepool",
+/// the code's value as the error's, with (code's text, detail) as context, so request(...).then() can tell them from
 /// an accepted reply with its error handler.
-caf::error make_refusal(const std::string& code, const std::string& detail);
+caf::error make_refusal(pb::RefusalCode code, const std::string& detail);
 
 /// Code and detail of a refusal; other errors (a peer gone, a timeout) come
 /// out as code "unavailable" with CAF's rendering as detail.

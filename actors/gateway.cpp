@@ -101,16 +101,16 @@ std::string with_term(const std::string& bytes, uint64_t term) {
 /// counted it: `counted_by_pool`), logged (a flood summarised), and told to
 /// the miner.
 void refuse(self_ptr self, const caf::actor& to, const std::string& node,
-            const std::string& code, const std::string& detail,
+            pb::RefusalCode code, const std::string& detail,
             bool counted_by_pool = false) {
   auto& st = self->state;
   if (!counted_by_pool)
-    ++st.refused[code];
+    ++st.refused[refusal_name(code)];
   // Keyed by the miner's connection: one miner may try many node ids.
   auto source = to ? caf::to_string(to.address()) : "node '" + node + "'";
   if (st.refusal_log.allow(source, now_ms(self, st.sim_time)))
-    log("gateway")->warn("refused message from node '{}': {} ({})", node, code,
-                         detail);
+    log("gateway")->warn("refused message from node '{}': {} ({})", node,
+                         refusal_name(code), detail);
   else if (!st.log_tick_pending) {
     st.log_tick_pending = true;
     self->delayed_send(self,
@@ -130,7 +130,7 @@ bool from_inside(self_ptr self, const char* what) {
   auto& s = self->current_sender();
   if (s && s->node() == self->node())
     return true;
-  refuse(self, caf::actor_cast<caf::actor>(s), "?", "internal_message",
+  refuse(self, caf::actor_cast<caf::actor>(s), "?", pb::REFUSAL_INTERNAL_MESSAGE,
          std::string{"'"} + what + "' is the oracle's own message");
   return false;
 }
@@ -152,8 +152,8 @@ caf::response_promise relay(self_ptr self, const caf::actor& whom, Ts... xs) {
 void command_for(self_ptr self, caf::actor node, const std::string& node_id,
                  local_command cmd) {
   self->state.tickets.send(self, self->state.supervisor, std::move(cmd),
-                           [=](const std::string& code, const std::string& detail) {
-                             if (!code.empty())
+                           [=](pb::RefusalCode code, const std::string& detail) {
+                             if (code != pb::REFUSAL_NONE)
                                refuse(self, node, node_id, code, detail, true);
                            });
 }
@@ -162,27 +162,27 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
   auto& st = self->state;
   auto id = m.node_id();
   if (m.register_().node_id() != id) {
-    refuse(self, sender, id, "not_your_node",
+    refuse(self, sender, id, pb::REFUSAL_NOT_YOUR_NODE,
            "registration names node '" + m.register_().node_id()
              + "' but the message is from '" + id + "'");
     return;
   }
   // The models go to the log and the node's record: bounded.
   if (!bounds::valid_models(m.register_().models())) {
-    refuse(self, sender, id, "bad_models", bounds::models_rule());
+    refuse(self, sender, id, pb::REFUSAL_BAD_MODELS, bounds::models_rule());
     return;
   }
   auto bound = st.by_node.find(id);
   auto pending = st.registering.find(id);
   if ((bound != st.by_node.end() && bound->second != sender)
       || (pending != st.registering.end() && pending->second != sender)) {
-    refuse(self, sender, id, "node_id_in_use",
+    refuse(self, sender, id, pb::REFUSAL_NODE_ID_IN_USE,
            "node '" + id + "' is connected elsewhere");
     return;
   }
   auto prev = st.by_addr.find(sender.address());
   if (prev != st.by_addr.end() && prev->second != id) {
-    refuse(self, sender, id, "not_your_node",
+    refuse(self, sender, id, pb::REFUSAL_NOT_YOUR_NODE,
            "this connection is node '" + prev->second + "'");
     return;
   }
@@ -221,9 +221,9 @@ void on_register(self_ptr self, caf::actor sender, const pb::MinerMsg& m) {
   };
   st.tickets.send(
     self, st.supervisor, cmd,
-    [=](const std::string& code, const std::string& detail) {
+    [=](pb::RefusalCode code, const std::string& detail) {
         done();
-        if (!code.empty()) {
+        if (code != pb::REFUSAL_NONE) {
           refuse(self, sender, id, code, detail, true);
           return;
         }
@@ -269,10 +269,21 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         return;
       node_down(self, i->second, "connection down");
     });
+    // A message of no form the gateway takes (a peer of another version,
+    // or a forger's: the text-coded refusals and answers of before the
+    // enum among them): refused, counted and logged as the others, where
+    // CAF's default would drop it with a line on stderr.
+    self->set_default_handler(
+      [self](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+        refuse(self, caf::actor_cast<caf::actor>(self->current_sender()), "?",
+               pb::REFUSAL_UNEXPECTED_MESSAGE,
+               "a message of no form the oracle takes");
+        return caf::sec::unexpected_message;
+      });
     self->send(self, beat_atom::value);
     return {
       // The supervisor's answer to a command sent with a ticket.
-      [=](answer_atom, uint64_t ticket, const std::string& code,
+      [=](answer_atom, uint64_t ticket, pb::RefusalCode code,
           const std::string& detail) {
         self->state.tickets.answered(self, self->state.supervisor, ticket, code,
                                      detail);
@@ -304,14 +315,14 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         if (!sender) {
           // Nobody to answer, bind a node to or monitor (a connection torn
           // down mid-message can deliver this): counted and dropped.
-          refuse(self, sender, "?", "no_sender",
+          refuse(self, sender, "?", pb::REFUSAL_NO_SENDER,
                  "a miner message without a sender");
           return;
         }
         pb::MinerMsg m;
         if (!m.ParseFromString(bytes)
             || m.kind_case() == pb::MinerMsg::KIND_NOT_SET) {
-          refuse(self, sender, "?", "malformed",
+          refuse(self, sender, "?", pb::REFUSAL_MALFORMED,
                  "message does not decode as a MinerMsg");
           return;
         }
@@ -321,12 +332,12 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         }
         auto bound = st.by_addr.find(sender.address());
         if (bound == st.by_addr.end()) {
-          refuse(self, sender, m.node_id(), "not_registered",
+          refuse(self, sender, m.node_id(), pb::REFUSAL_NOT_REGISTERED,
                  "register before sending anything else");
           return;
         }
         if (bound->second != m.node_id()) {
-          refuse(self, sender, m.node_id(), "not_your_node",
+          refuse(self, sender, m.node_id(), pb::REFUSAL_NOT_YOUR_NODE,
                  "this connection is node '" + bound->second
                    + "'; it may not act for '" + m.node_id() + "'");
           return;
@@ -335,7 +346,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
         switch (m.kind_case()) {
           case pb::MinerMsg::kHeartbeat: {
             if (m.heartbeat().node_id() != m.node_id()) {
-              refuse(self, sender, m.node_id(), "not_your_node",
+              refuse(self, sender, m.node_id(), pb::REFUSAL_NOT_YOUR_NODE,
                      "heartbeat names another node");
               return;
             }
@@ -390,7 +401,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
       },
       // Refusals decided by the validator or a session: counted here with
       // the gateway's own, then sent to the node.
-      [=](refused_atom, const std::string& node_id, const std::string& code,
+      [=](refused_atom, const std::string& node_id, pb::RefusalCode code,
           const std::string& detail) {
         if (!from_inside(self, "refused"))
           return;
@@ -399,7 +410,7 @@ caf::actor spawn_gateway(caf::actor_system& sys, caf::actor supervisor,
                node_id, code, detail);
       },
       // A command of the validator's the pool refused: counted there.
-      [=](refused_atom, const std::string& node_id, const std::string& code,
+      [=](refused_atom, const std::string& node_id, pb::RefusalCode code,
           const std::string& detail, bool) {
         if (!from_inside(self, "refused"))
           return;

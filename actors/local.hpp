@@ -61,3 +61,7 @@ local_command make_command(Fill&& fill) {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nodepool::event_batch)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nodepool::event_ref)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nodepool::local_command)
+// A refusal's code between the oracle's actors (a command's answer, a
+// refusal the gateway passes on to a miner); its text is made where it
+// leaves the process (refusal_name).
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(nodepool::pb::RefusalCode)

@@ -152,27 +152,29 @@ caf::behavior inference_worker(caf::event_based_actor*, openai_config cfg) {
              int64_t until) -> caf::result<std::string> {
       auto left = left_until(until);
       if (!left)
-        return make_refusal("expired", "the task's deadline passed before "
-                                       "its prompt was sent");
+        return caf::make_error(caf::sec::runtime_error,
+                               "expired: the task's deadline passed before "
+                               "its prompt was sent");
       std::string err;
       if (auto text = client->complete(prompt, err, 0, nullptr, *left))
         return *text;
       log("node")->warn("inference failed: {}", err);
-      return make_refusal("inference_failed", err);
+      return caf::make_error(caf::sec::runtime_error, "inference failed: " + err);
     },
     // A test's item: its length limit in, the completion tokens out.
     [client](task_atom, const std::string& prompt, uint32_t max_tokens,
              int64_t until) -> caf::result<std::string, uint32_t> {
       auto left = left_until(until);
       if (!left)
-        return make_refusal("expired", "the test's deadline passed before "
-                                       "this question was sent");
+        return caf::make_error(caf::sec::runtime_error,
+                               "expired: the test's deadline passed before "
+                               "this question was sent");
       std::string err;
       uint32_t tokens = 0;
       if (auto text = client->complete(prompt, err, max_tokens, &tokens, *left))
         return {*text, tokens};
       log("node")->warn("inference failed: {}", err);
-      return make_refusal("inference_failed", err);
+      return caf::make_error(caf::sec::runtime_error, "inference failed: " + err);
     },
   };
 }
@@ -289,7 +291,7 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
   // is a deposed leader's. Counted and ignored.
   if (m.term() > 0) {
     if (m.term() < st.term) {
-      ++st.refusals["stale_term"];
+      ++st.refusals[refusal_name(pb::REFUSAL_STALE_TERM)];
       log("node")->warn("node {}: refused a message of term {} (term {} "
                         "seen): stale_term",
                         id, m.term(), st.term);
@@ -382,26 +384,37 @@ void on_oracle(self_ptr self, const pb::OracleMsg& m) {
       break;
     }
     case pb::OracleMsg::kRefusal: {
-      auto& code = m.refusal().code();
-      ++st.refusals[code];
-      log("node")->debug("node {} refused: {} ({})", id, code,
-                         m.refusal().detail());
+      // The enum; from an oracle of before it, the code's text.
+      auto& r = m.refusal();
+      auto code = r.kind() != pb::REFUSAL_NONE ? r.kind() : refusal_code(r.code());
+      ++st.refusals[code != pb::REFUSAL_NONE ? refusal_name(code) : r.code()];
+      log("node")->debug("node {} refused: {} ({})", id, r.code(), r.detail());
       // Refusals that the same registration would meet again: the node
       // stops and says why, rather than registering again every few seconds
       // with no one told (an id or a model name out of bounds is a
       // mistake in the miner's flags).
-      if (code == "retired" || code == "key_mismatch" || code == "key_required"
-          || code == "key_not_allowed" || code == "bad_signature"
-          || code == "bad_key" || code == "bad_node_id" || code == "no_models"
-          || code == "bad_models") {
-        log("node")->warn("node {} leaves: {}", id, m.refusal().detail());
-        self->quit(make_refusal(code, m.refusal().detail()));
-      } else if (code == "bad_nonce" && !st.registered) {
+      switch (code) {
+        case pb::REFUSAL_RETIRED:
+        case pb::REFUSAL_KEY_MISMATCH:
+        case pb::REFUSAL_KEY_REQUIRED:
+        case pb::REFUSAL_KEY_NOT_ALLOWED:
+        case pb::REFUSAL_BAD_SIGNATURE:
+        case pb::REFUSAL_BAD_KEY:
+        case pb::REFUSAL_BAD_NODE_ID:
+        case pb::REFUSAL_NO_MODELS:
+        case pb::REFUSAL_BAD_MODELS:
+          log("node")->warn("node {} leaves: {}", id, r.detail());
+          self->quit(make_refusal(code, r.detail()));
+          return;
+        default:
+          break;
+      }
+      if (code == pb::REFUSAL_BAD_NONCE && !st.registered) {
         do_register(self);  // a stale or duplicated proof: start over
-      } else if (code == "not_connected" || code == "not_registered") {
+      } else if (code == pb::REFUSAL_NOT_CONNECTED || code == pb::REFUSAL_NOT_REGISTERED) {
         st.registered = false;  // the oracle lost track of us: register again
         do_register(self);
-      } else if (code == "node_id_in_use" && !st.registered) {
+      } else if (code == pb::REFUSAL_NODE_ID_IN_USE && !st.registered) {
         // Our id is still bound to an older connection (a previous run of
         // this miner the oracle has not yet seen go away): try again later,
         // backing off, rather than waiting unregistered forever.

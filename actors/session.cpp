@@ -63,7 +63,7 @@ struct session_state {
 
 using self_ptr = caf::stateful_actor<session_state>*;
 
-void refuse(self_ptr self, const std::string& node, const std::string& code,
+void refuse(self_ptr self, const std::string& node, pb::RefusalCode code,
             const std::string& detail) {
   self->send(self->state.gateway, refused_atom::value, node, code, detail);
 }
@@ -76,7 +76,7 @@ void end_session(self_ptr self, const std::string& reason) {
   auto& st = self->state;
   for (auto& p : st.prompts)
     if (!p.answered)
-      p.rp.deliver(make_refusal("session_ended",
+      p.rp.deliver(make_refusal(pb::REFUSAL_SESSION_ENDED,
                                 "session " + st.id + " ended (" + reason + ")"));
   st.prompts.clear();
   self->quit();
@@ -129,7 +129,7 @@ void finish_task(self_ptr self) {
               p.rp.deliver(answer.SerializeAsString());
             else
               p.rp.deliver(make_refusal(
-                "no_answer", "none of the session's "
+                pb::REFUSAL_NO_ANSWER, "none of the session's "
                                + std::to_string(answer.nodes())
                                + " nodes committed an answer in time"));
           }
@@ -262,7 +262,7 @@ void expire(self_ptr self) {
   for (size_t i = 0; i < st.prompts.size(); ++i) {
     auto& p = st.prompts[i];
     if (!p.answered && p.deadline > 0 && now >= p.deadline) {
-      p.rp.deliver(make_refusal("timeout", "no answer within "
+      p.rp.deliver(make_refusal(pb::REFUSAL_TIMEOUT, "no answer within "
                                   + std::to_string(p.req.timeout_ms()) + " ms"));
       p.answered = true;
       // Not started yet: it never runs. Running: it finishes (the nodes
@@ -325,7 +325,7 @@ void on_event(self_ptr self, const pb::Event& e) {
 void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
   auto& st = self->state;
   if (std::find(st.nodes.begin(), st.nodes.end(), node) == st.nodes.end()) {
-    refuse(self, node, "not_in_session",
+    refuse(self, node, pb::REFUSAL_NOT_IN_SESSION,
            "node " + node + " does not serve session " + st.id);
     return;
   }
@@ -335,7 +335,7 @@ void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
   if (st.running && !st.reporting)
     no = st.round.on(node, m, now_ms(self, st.sim_time));
   else
-    no = task_round::refusal{"stale_task",
+    no = task_round::refusal{pb::REFUSAL_STALE_TASK,
                              "task " + std::to_string(task_round::task_of(m))
                                + " is not waiting for this node"};
   if (no)
@@ -369,7 +369,7 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
       auto& st = self->state;
       for (auto& p : st.prompts)
         if (!p.answered)
-          p.rp.deliver(make_refusal("not_leader", "this oracle stopped leading"));
+          p.rp.deliver(make_refusal(pb::REFUSAL_NOT_LEADER, "this oracle stopped leading"));
       st.prompts.clear();
       self->quit(std::move(m.reason));
     });
@@ -385,7 +385,7 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
           const std::string& bytes) {
         pb::MinerMsg m;
         if (!m.ParseFromString(bytes)) {
-          refuse(self, node, "malformed", "task message does not decode");
+          refuse(self, node, pb::REFUSAL_MALFORMED, "task message does not decode");
           return;
         }
         on_miner(self, node, m);
@@ -397,17 +397,17 @@ caf::actor spawn_session(caf::actor_system& sys, caf::actor queue,
         auto& st = self->state;
         pb::PromptRequest r;
         if (!r.ParseFromString(bytes))
-          return make_refusal("malformed", "prompt request does not decode");
+          return make_refusal(pb::REFUSAL_MALFORMED, "prompt request does not decode");
         if (!st.interactive)
-          return make_refusal("not_interactive",
+          return make_refusal(pb::REFUSAL_NOT_INTERACTIVE,
                               "session " + st.id
                                 + " runs generated tasks, not prompts");
         if (st.task_no + st.prompts.size() >= st.max_tasks)
-          return make_refusal("max_tasks_reached",
+          return make_refusal(pb::REFUSAL_MAX_TASKS_REACHED,
                               "session " + st.id + " allows "
                                 + std::to_string(st.max_tasks) + " tasks");
         if (st.prompts.size() >= max_waiting_prompts)
-          return make_refusal("busy", "session " + st.id + " already has "
+          return make_refusal(pb::REFUSAL_BUSY, "session " + st.id + " already has "
                                         + std::to_string(st.prompts.size())
                                         + " prompts waiting");
         auto& p = st.prompts.emplace_back();

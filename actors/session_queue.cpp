@@ -59,7 +59,7 @@ void pass_prompt(self_ptr self, const caf::actor& session,
     .then([rp](const std::string& answer) mutable { rp.deliver(answer); },
           [rp](caf::error& err) mutable {
             if (err == caf::sec::request_receiver_down)
-              rp.deliver(make_refusal("session_ended",
+              rp.deliver(make_refusal(pb::REFUSAL_SESSION_ENDED,
                                       "the session ended before answering"));
             else
               rp.deliver(std::move(err));
@@ -92,7 +92,7 @@ void release_held(self_ptr self, const std::string& sid) {
     if (r != st.running.end())
       pass_prompt(self, r->second, p.bytes, p.rp);
     else
-      p.rp.deliver(make_refusal("session_ended",
+      p.rp.deliver(make_refusal(pb::REFUSAL_SESSION_ENDED,
                                 "session " + sid + " ended before it started"));
   }
   st.held_count -= h->second.size();
@@ -189,7 +189,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         if (!s.ParseFromString(bytes)) {
           ++self->state.refused["malformed"];
           auto rp = self->make_response_promise();
-          rp.deliver(make_refusal("malformed",
+          rp.deliver(make_refusal(pb::REFUSAL_MALFORMED,
                                   "session request does not decode"));
           return rp;
         }
@@ -201,7 +201,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
           ++self->state.refused["bad_field"];
           auto rp = self->make_response_promise();
           rp.deliver(make_refusal(
-            "bad_field", s.model().size() > bounds::model
+            pb::REFUSAL_BAD_FIELD, s.model().size() > bounds::model
                            ? bounds::at_most("model", bounds::model)
                          : s.client().size() > bounds::client
                            ? bounds::at_most("client", bounds::client)
@@ -213,8 +213,8 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         auto rp = self->make_response_promise();
         self->state.tickets.send(
           self, self->state.supervisor, cmd,
-          [rp](const std::string& code, const std::string& detail) mutable {
-            if (code.empty())
+          [rp](pb::RefusalCode code, const std::string& detail) mutable {
+            if (code == pb::REFUSAL_NONE)
               rp.deliver(accepted_atom::value);
             else
               rp.deliver(make_refusal(code, detail));
@@ -222,7 +222,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         return rp;
       },
       // The supervisor's answer to a command sent with a ticket.
-      [=](answer_atom, uint64_t ticket, const std::string& code,
+      [=](answer_atom, uint64_t ticket, pb::RefusalCode code,
           const std::string& detail) {
         self->state.tickets.answered(self, self->state.supervisor, ticket, code,
                                      detail);
@@ -238,7 +238,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         auto i = self->state.running.find(sid);
         if (i == self->state.running.end()) {
           self->send(self->state.gateway, refused_atom::value, node,
-                     std::string{"unknown_session"},
+                     pb::REFUSAL_UNKNOWN_SESSION,
                      "no running session '" + sid + "'");
           return;
         }
@@ -254,7 +254,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         auto& st = self->state;
         pb::PromptRequest r;
         if (!r.ParseFromString(bytes))
-          return make_refusal("malformed", "prompt request does not decode");
+          return make_refusal(pb::REFUSAL_MALFORMED, "prompt request does not decode");
         auto rp = self->make_response_promise();
         if (auto i = st.running.find(r.session_id()); i != st.running.end()) {
           pass_prompt(self, i->second, bytes, rp);
@@ -265,7 +265,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
                                          "for sessions to start");
           // Through the promise: once made, it holds the request, and a
           // value returned instead would reach nobody.
-          rp.deliver(make_refusal("busy", "too many prompts wait for sessions "
+          rp.deliver(make_refusal(pb::REFUSAL_BUSY, "too many prompts wait for sessions "
                                           "to start"));
           return rp;
         }
@@ -286,7 +286,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         for (auto i = v.begin(); i != v.end(); ++i)
           if (i->seq == seq) {
             i->rp.deliver(make_refusal(
-              "timeout", "session " + sid + " did not start in time"));
+              pb::REFUSAL_TIMEOUT, "session " + sid + " did not start in time"));
             end_if_opened_for(self, i->bytes, "timed out before the session started");
             v.erase(i);
             --st.held_count;
@@ -305,7 +305,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         st.running.clear();
         for (auto& [sid, v] : st.held)
           for (auto& p : v)
-            p.rp.deliver(make_refusal("not_leader",
+            p.rp.deliver(make_refusal(pb::REFUSAL_NOT_LEADER,
                                       "this oracle stopped leading"));
         st.held.clear();
         st.held_count = 0;

@@ -34,11 +34,11 @@ struct answer_to {
 
   void accept() {
     if (ticket)
-      rp.deliver(answer_atom::value, ticket, std::string{}, std::string{});
+      rp.deliver(answer_atom::value, ticket, pb::REFUSAL_NONE, std::string{});
     else
       rp.deliver(accepted_atom::value);
   }
-  void refuse(const std::string& code, const std::string& detail) {
+  void refuse(pb::RefusalCode code, const std::string& detail) {
     if (ticket)
       rp.deliver(answer_atom::value, ticket, code, detail);
     else
@@ -228,7 +228,7 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
       && t >= st.archived_since + pool.config().session_id_retention_ms)
     for (auto& a : st.archived)
       if (a.id() == id) {
-        r.refused = refusal{"duplicate_session",
+        r.refused = refusal{pb::REFUSAL_DUPLICATE_SESSION,
                             "session " + id + " already ended ("
                               + to_string(a.state()) + ")"};
         return r;
@@ -238,7 +238,7 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
       && t >= st.ended_ahead.front().ended_at + retention)
     for (auto& a : st.ended_ahead)
       if (a.id == id) {
-        r.refused = refusal{"duplicate_session",
+        r.refused = refusal{pb::REFUSAL_DUPLICATE_SESSION,
                             "session " + id + " already ended"};
         return r;
       }
@@ -246,16 +246,16 @@ apply_result archived_duplicate(self_ptr self, const pool_state& pool,
     caught_up(self);
   std::optional<pb::SessionRecord> old;
   if (auto s = st.cfg.storage->archived(id, old); !s.ok()) {
-    r.refused = refusal{"storage_error", "archive lookup failed: " + s.error};
+    r.refused = refusal{pb::REFUSAL_STORAGE_ERROR, "archive lookup failed: " + s.error};
   } else if (old) {
-    r.refused = refusal{"duplicate_session",
+    r.refused = refusal{pb::REFUSAL_DUPLICATE_SESSION,
                         "session " + id + " already ended ("
                           + to_string(old->state()) + ")"};
   } else if (st.cfg.cluster_log) {
     auto& g = earliest_gap(self);
     if (g && t >= g->from_now + retention)
       r.refused = refusal{
-        "unavailable",
+        pb::REFUSAL_UNAVAILABLE,
         "this member's archive lacks the sessions ended by entries "
           + std::to_string(g->from_index) + ".." + std::to_string(g->to_index)
           + " (being copied from a peer), so a new session id cannot be "
@@ -274,7 +274,7 @@ apply_result shed(self_ptr self, const pb::Command& cmd) {
     return r;
   auto waiting = self->mailbox().size();
   if (waiting > bound)
-    r.refused = refusal{"overloaded",
+    r.refused = refusal{pb::REFUSAL_OVERLOADED,
                         std::to_string(waiting)
                           + " messages wait at the pool supervisor (more than "
                           + std::to_string(bound)
@@ -311,9 +311,9 @@ bool answered_unchanged(self_ptr self, const pb::Command& cmd,
     schedule_flush(self);
   if (r.refused) {
     ++st.refused;
-    ++st.refusals[r.refused->code];
+    ++st.refusals[r.refused->name()];
     if (auto l = log("supervisor"); l->should_log(spdlog::level::debug))
-      l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->code,
+      l->debug("refused {}: {} ({})", cmd.ShortDebugString(), r.refused->name(),
                r.refused->detail);
     if (rp && idle)
       rp->refuse(r.refused->code, r.refused->detail);
@@ -428,21 +428,21 @@ void apply(self_ptr self, pb::Command& cmd,
 }
 
 void refuse_now(self_ptr self, answer_to* rp,
-                const std::string& code, const std::string& detail);
+                pb::RefusalCode code, const std::string& detail);
 
 /// A command as it arrives (serialized): one that does not decode is
 /// refused as malformed, anything else applied.
 void command(self_ptr self, const std::string& bytes, answer_to& a) {
   pb::Command cmd;
   if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET)
-    return refuse_now(self, &a, "malformed", "command does not decode");
+    return refuse_now(self, &a, pb::REFUSAL_MALFORMED, "command does not decode");
   apply(self, cmd, &a);
 }
 
 /// A command built in this process (local.hpp): applied as it is.
 void command(self_ptr self, const local_command& cmd, answer_to& a) {
   if (!cmd || cmd->kind_case() == pb::Command::KIND_NOT_SET)
-    return refuse_now(self, &a, "malformed", "command carries no kind");
+    return refuse_now(self, &a, pb::REFUSAL_MALFORMED, "command carries no kind");
   apply(self, *cmd, &a);
 }
 
@@ -621,9 +621,9 @@ std::string not_leader_detail(self_ptr self) {
 }
 
 void refuse_now(self_ptr self, answer_to* rp,
-                const std::string& code, const std::string& detail) {
+                pb::RefusalCode code, const std::string& detail) {
   ++self->state.refused;
-  ++self->state.refusals[code];
+  ++self->state.refusals[refusal_name(code)];
   if (rp)
     rp->refuse(code, detail);
 }
@@ -660,9 +660,9 @@ void end_term(self_ptr self, const std::string& why) {
                   "is refused as duplicate_session";
   for (auto& f : st.inflight)
     for (auto& [rp, refused] : f.waiting)
-      rp.refuse("not_leader", detail);
+      rp.refuse(pb::REFUSAL_NOT_LEADER, detail);
   for (auto& [rp, refused] : st.waiting)
-    rp.refuse("not_leader", detail);
+    rp.refuse(pb::REFUSAL_NOT_LEADER, detail);
   st.inflight.clear();
   st.waiting.clear();
   st.events.Clear();
@@ -683,7 +683,7 @@ void apply_cluster(self_ptr self, pb::Command& cmd,
                    answer_to* rp) {
   auto& st = self->state;
   if (!st.lead) {
-    refuse_now(self, rp, "not_leader", not_leader_detail(self));
+    refuse_now(self, rp, pb::REFUSAL_NOT_LEADER, not_leader_detail(self));
     return;
   }
   auto t = now(self);
@@ -959,11 +959,11 @@ caf::behavior handlers(self_ptr self) {
     [=](transfer_atom, uint64_t to) -> caf::result<std::string> {
       auto& st = self->state;
       if (!st.cfg.cluster_log)
-        return make_refusal("not_supported", "a single oracle has no one to "
+        return make_refusal(pb::REFUSAL_NOT_SUPPORTED, "a single oracle has no one to "
                                              "hand leadership to");
       auto s = st.cfg.cluster_log->status();
       if (s.role != log_role::leader)
-        return make_refusal("not_leader", not_leader_detail(self));
+        return make_refusal(pb::REFUSAL_NOT_LEADER, not_leader_detail(self));
       auto id = st.next_transfer++;
       auto rp = self->make_response_promise();
       st.transfers.emplace(id, rp);
@@ -982,13 +982,13 @@ caf::behavior handlers(self_ptr self) {
         const std::string& address) -> caf::result<std::string> {
       auto& st = self->state;
       if (!st.cfg.cluster_log)
-        return make_refusal("not_supported", "a single oracle has no members "
+        return make_refusal(pb::REFUSAL_NOT_SUPPORTED, "a single oracle has no members "
                                              "to change");
       auto s = st.cfg.cluster_log->status();
       if (s.role != log_role::leader)
-        return make_refusal("not_leader", not_leader_detail(self));
+        return make_refusal(pb::REFUSAL_NOT_LEADER, not_leader_detail(self));
       if (op != "add" && op != "remove")
-        return make_refusal("bad_field", "op: add or remove");
+        return make_refusal(pb::REFUSAL_BAD_FIELD, "op: add or remove");
       auto req = st.next_transfer++;
       auto rp = self->make_response_promise();
       auto me = caf::actor{self};
@@ -1002,7 +1002,7 @@ caf::behavior handlers(self_ptr self) {
         if (!others) {
           // Through the promise: once made, it holds the request, and a
           // value returned instead would reach nobody.
-          rp.deliver(make_refusal("membership_refused", "member "
+          rp.deliver(make_refusal(pb::REFUSAL_MEMBERSHIP_REFUSED, "member "
                                     + std::to_string(id) + " is the last voter"));
           return rp;
         }
@@ -1026,7 +1026,7 @@ caf::behavior handlers(self_ptr self) {
         auto rp = i->second.rp;
         st.member_changes.erase(i);
         if (!error.empty())
-          return rp.deliver(make_refusal("membership_refused", error));
+          return rp.deliver(make_refusal(pb::REFUSAL_MEMBERSHIP_REFUSED, error));
         auto s = st.cfg.cluster_log->status();
         nlohmann::json j;
         j["members"] = nlohmann::json::array();
@@ -1052,10 +1052,10 @@ caf::behavior handlers(self_ptr self) {
       auto rp = i->second.rp;
       st.member_changes.erase(i);
       if (s.leader_id == s.id)
-        return rp.deliver(make_refusal("membership_refused",
+        return rp.deliver(make_refusal(pb::REFUSAL_MEMBERSHIP_REFUSED,
                                        "no other member took leadership: member "
                                          + std::to_string(s.id) + " still leads"));
-      rp.deliver(make_refusal("not_leader", not_leader_detail(self)));
+      rp.deliver(make_refusal(pb::REFUSAL_NOT_LEADER, not_leader_detail(self)));
     },
     // Scheduled rotation: the window of the term this member leads ended.
     [=](rotate_atom, uint64_t term) {
@@ -1086,7 +1086,7 @@ caf::behavior handlers(self_ptr self) {
       if (!error.empty()) {
         auto rp = i->second;
         st.transfers.erase(i);
-        rp.deliver(make_refusal("transfer_failed", error));
+        rp.deliver(make_refusal(pb::REFUSAL_TRANSFER_FAILED, error));
         return;
       }
       // The old leader has stepped down; who won is known once the new
@@ -1264,7 +1264,7 @@ caf::behavior handlers(self_ptr self) {
     [=](snapshot_atom) -> caf::result<uint64_t> {
       auto& st = self->state;
       if (st.cfg.cluster_log)
-        return make_refusal("not_supported",
+        return make_refusal(pb::REFUSAL_NOT_SUPPORTED,
                             "a cluster member snapshots its log by itself "
                             "([raft] snapshot_threshold)");
       if (!st.pending.empty()) {
@@ -1272,7 +1272,7 @@ caf::behavior handlers(self_ptr self) {
         return st.pending.back().index();
       }
       if (auto s = snapshot_now(self, st.next_index - 1); !s.ok())
-        return make_refusal("snapshot_failed", s.error);
+        return make_refusal(pb::REFUSAL_SNAPSHOT_FAILED, s.error);
       return st.next_index - 1;
     },
     [=](stats_atom) -> std::string {

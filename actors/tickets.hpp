@@ -6,7 +6,8 @@
 //
 // Each goes out as an ordinary message with a ticket, (cmd_atom, command,
 // ticket), and its answer comes back as one, (answer_atom, ticket, code,
-// detail), found here in constant time. A CAF 0.17 request would not do:
+// detail), found here in constant time (code: a pb::RefusalCode,
+// REFUSAL_NONE when accepted). A CAF 0.17 request would not do:
 // an actor keeps its pending requests in a vector that every response
 // searches and shifts (detail::unordered_flat_map), so with n commands in
 // flight each answer costs O(n). Under a backlog the actor that waits on
@@ -23,15 +24,16 @@
 #include <caf/system_messages.hpp>
 #include <caf/error.hpp>
 
+#include "local.hpp"
 #include "messages/type_ids.hpp"
 
 namespace nodepool {
 
 class command_tickets {
 public:
-  /// Called with a refusal's code and detail; an empty code: accepted.
+  /// Called with a refusal's code and detail; REFUSAL_NONE: accepted.
   using on_answer =
-    std::function<void(const std::string& code, const std::string& detail)>;
+    std::function<void(pb::RefusalCode code, const std::string& detail)>;
 
   /// Sends a command from `self` to the supervisor `to`, as built
   /// (local_command, local.hpp) or as bytes; `f`, if any, runs when the
@@ -44,7 +46,7 @@ public:
             on_answer f = {}) {
     if (down_) {
       if (f)
-        f("unavailable", down_detail_);
+        f(pb::REFUSAL_UNAVAILABLE, down_detail_);
       return;
     }
     auto ticket = next_++;
@@ -58,7 +60,7 @@ public:
   /// peer of a published actor may send anything) is not taken, only
   /// counted (foreign()). Returns whether it came from the supervisor.
   bool answered(const caf::strong_actor_ptr& from, const caf::actor& sup,
-                uint64_t ticket, const std::string& code,
+                uint64_t ticket, pb::RefusalCode code,
                 const std::string& detail) {
     if (!sup || from != caf::actor_cast<caf::strong_actor_ptr>(sup)) {
       ++foreign_;
@@ -72,14 +74,14 @@ public:
   /// (answer_atom, ticket, code, detail) is this one call.
   template <class Self>
   bool answered(Self* self, const caf::actor& sup, uint64_t ticket,
-                const std::string& code, const std::string& detail) {
+                pb::RefusalCode code, const std::string& detail) {
     return answered(self->current_sender(), sup, ticket, code, detail);
   }
 
   /// An answer arrived: runs its callback and forgets it. An unknown ticket
   /// (a command sent without a callback, or one already failed) is ignored.
   /// Returns whether a callback ran.
-  bool answered(uint64_t ticket, const std::string& code,
+  bool answered(uint64_t ticket, pb::RefusalCode code,
                 const std::string& detail) {
     auto i = pending_.find(ticket);
     if (i == pending_.end())
@@ -92,7 +94,7 @@ public:
 
   /// The supervisor is gone: every command still waiting is answered with
   /// `code` and `detail`, in no particular order.
-  void fail_all(const std::string& code, const std::string& detail) {
+  void fail_all(pb::RefusalCode code, const std::string& detail) {
     auto all = std::move(pending_);
     pending_.clear();
     for (auto& [ticket, f] : all)
@@ -107,7 +109,7 @@ public:
       return false;
     down_ = true;
     down_detail_ = "the pool supervisor stopped: " + to_string(dm.reason);
-    fail_all("unavailable", down_detail_);
+    fail_all(pb::REFUSAL_UNAVAILABLE, down_detail_);
     return true;
   }
 

@@ -109,7 +109,7 @@ std::string checked_model(const validator_state& st, const std::string& node,
   return best;
 }
 
-void refuse(self_ptr self, const std::string& node, const std::string& code,
+void refuse(self_ptr self, const std::string& node, pb::RefusalCode code,
             const std::string& detail) {
   self->send(self->state.gateway, refused_atom::value, node, code, detail);
 }
@@ -231,7 +231,7 @@ void on_events(self_ptr self, const pb::EventBatch& batch) {
                && e.node_state_changed().to() == pb::RETIRED) {
       // Tell the miner: its node will not be tested again.
       auto& c = e.node_state_changed();
-      refuse(self, c.node_id(), "retired", c.reason());
+      refuse(self, c.node_id(), pb::REFUSAL_RETIRED, c.reason());
       forget_node(self, c.node_id());
       drop_references(st, c.node_id());
     }
@@ -242,25 +242,25 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   auto& st = self->state;
   pb::TestAnswers a;
   if (!a.ParseFromString(bytes)) {
-    refuse(self, node, "malformed", "answers do not decode");
+    refuse(self, node, pb::REFUSAL_MALFORMED, "answers do not decode");
     return;
   }
   auto i = st.pending.find(node);
   auto x = st.expired.find(node);
   if (i == st.pending.end() && x != st.expired.end() && x->second == a.test_id()) {
-    refuse(self, node, "after_deadline",
+    refuse(self, node, pb::REFUSAL_AFTER_DEADLINE,
            "answers to test " + std::to_string(a.test_id())
              + " came after its deadline");
     return;
   }
   if (i == st.pending.end()) {
-    refuse(self, node, "no_test_in_flight",
+    refuse(self, node, pb::REFUSAL_NO_TEST_IN_FLIGHT,
            "no test is waiting for answers from " + node);
     return;
   }
   auto& p = i->second;
   if (a.test_id() != p.test_id) {
-    refuse(self, node, "stale_test",
+    refuse(self, node, pb::REFUSAL_STALE_TEST,
            "answers for test " + std::to_string(a.test_id()) + " but test "
              + std::to_string(p.test_id) + " is in flight");
     return;
@@ -269,14 +269,14 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   // the node: copied from elsewhere. Refused; the test stays in flight
   // until its deadline.
   if (a.nonce() != p.nonce) {
-    refuse(self, node, "replay",
+    refuse(self, node, pb::REFUSAL_REPLAY,
            "answers to test " + std::to_string(a.test_id())
              + " do not carry its nonce: written before the test was sent");
     return;
   }
   for (auto& text : a.answers())
     if (text.size() > st.pool.max_answer_bytes) {
-      refuse(self, node, "answer_too_large",
+      refuse(self, node, pb::REFUSAL_ANSWER_TOO_LARGE,
              "an answer of " + std::to_string(text.size())
                + " bytes; at most " + std::to_string(st.pool.max_answer_bytes));
       return;
@@ -290,14 +290,14 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   for (auto* item : p.items)
     most_tokens += item->max_tokens;
   if (tokens > most_tokens) {
-    refuse(self, node, "bad_tokens",
+    refuse(self, node, pb::REFUSAL_BAD_TOKENS,
            "answers of " + std::to_string(tokens) + " tokens; the questions "
              "allowed " + std::to_string(most_tokens) + " at most");
     return;
   }
   auto now = now_ms(self, st.sim_time);
   if (now > p.deadline) {
-    refuse(self, node, "after_deadline", "answers came after the test deadline");
+    refuse(self, node, pb::REFUSAL_AFTER_DEADLINE, "answers came after the test deadline");
     return;
   }
   uint32_t correct = 0, total = 0, peer_correct = 0, peer_total = 0;
@@ -345,7 +345,7 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   if (auto seen = st.seen.find(answers_digest);
       !all_right && seen != st.seen.end() && seen->second.first != node
       && seen->second.second != items_digest) {
-    refuse(self, node, "replay",
+    refuse(self, node, pb::REFUSAL_REPLAY,
            "answers to test " + std::to_string(a.test_id())
              + " are those node " + seen->second.first
              + " gave to other questions");
@@ -376,8 +376,8 @@ void on_answers(self_ptr self, const std::string& node, const std::string& bytes
   // A result the pool refuses is counted there: the gateway only tells the
   // node (the last argument says so).
   st.tickets.send(self, st.supervisor, cmd,
-                  [=](const std::string& code, const std::string& detail) {
-                    if (!code.empty())
+                  [=](pb::RefusalCode code, const std::string& detail) {
+                    if (code != pb::REFUSAL_NONE)
                       self->send(self->state.gateway, refused_atom::value, node,
                                  code, detail, true);
                   });
@@ -406,7 +406,7 @@ caf::actor spawn_validator(caf::actor_system& sys, caf::actor supervisor,
     self->state.tickets.watch(self, supervisor);
     return {
       // The supervisor's answer to a result sent with a ticket.
-      [=](answer_atom, uint64_t ticket, const std::string& code,
+      [=](answer_atom, uint64_t ticket, pb::RefusalCode code,
           const std::string& detail) {
         self->state.tickets.answered(self, self->state.supervisor, ticket, code,
                                      detail);

@@ -10,19 +10,19 @@ namespace nodepool {
 void pool_state::apply_register(const pb::Register& c, int64_t now,
                                 apply_result& out) {
   if (!bounds::valid_id(c.node_id())) {
-    out.refused = refusal{"bad_node_id",
+    out.refused = refusal{pb::REFUSAL_BAD_NODE_ID,
                           "node id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
   }
   if (c.models_size() == 0) {
-    out.refused = refusal{"no_models", "a node must serve at least one model"};
+    out.refused = refusal{pb::REFUSAL_NO_MODELS, "a node must serve at least one model"};
     return;
   }
   // The gateway refuses these first; a log written otherwise (or a peer's)
   // is held to the same bounds. An empty name would also read as "any
   // model" in the queue's counts on one side of a snapshot and not the other.
   if (!bounds::valid_models(c.models())) {
-    out.refused = refusal{"bad_models", bounds::models_rule()};
+    out.refused = refusal{pb::REFUSAL_BAD_MODELS, bounds::models_rule()};
     return;
   }
   auto* found = live_node(c.node_id());
@@ -42,12 +42,12 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   }
   auto& n = *found;
   if (!n.public_key().empty() && n.public_key() != c.public_key()) {
-    out.refused = refusal{"key_mismatch",
+    out.refused = refusal{pb::REFUSAL_KEY_MISMATCH,
                           "node " + n.id() + " is registered with another key"};
     return;
   }
   if (n.state() == pb::RETIRED) {
-    out.refused = refusal{"retired", "node " + n.id() + " was retired after "
+    out.refused = refusal{pb::REFUSAL_RETIRED, "node " + n.id() + " was retired after "
                                        + std::to_string(n.strikes())
                                        + " consecutive failures"};
     return;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "nodepool.pb.h"
+#include "refusal.hpp"
 
 namespace nodepool {
 
@@ -77,8 +78,9 @@ void load_join_tokens(const std::string& path, admission_policy& into);
 std::string make_join_token();
 
 struct auth_refusal {
-  std::string code;
+  pb::RefusalCode code = pb::REFUSAL_NONE;
   std::string detail;
+  const std::string& name() const { return refusal_name(code); }
 };
 
 /// Checks registrations against a policy with one-time nonces. The caller

@@ -219,7 +219,7 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
       apply_admin_node(cmd.admin_node(), now, out);
       break;
     default:
-      out.refused = refusal{"empty_command", "command carries no kind"};
+      out.refused = refusal{pb::REFUSAL_EMPTY_COMMAND, "command carries no kind"};
       return out;
   }
   if (out.refused) {
@@ -285,7 +285,7 @@ void pool_state::apply_heartbeat(const pb::Heartbeat& c, int64_t now,
     return;
   auto& n = *known;
   if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
-    out.refused = refusal{"not_connected", "node " + n.id() + " is "
+    out.refused = refusal{pb::REFUSAL_NOT_CONNECTED, "node " + n.id() + " is "
                                              + to_string(n.state())
                                              + ": register again"};
     return;
@@ -303,7 +303,7 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
     return;
   auto& n = *known;
   if (n.state() == pb::RETIRED || n.state() == pb::LOST) {
-    out.refused = refusal{"not_connected", "node " + n.id() + " is already "
+    out.refused = refusal{pb::REFUSAL_NOT_CONNECTED, "node " + n.id() + " is already "
                                              + to_string(n.state())};
     return;
   }
@@ -324,7 +324,7 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
     return;
   auto& n = *known;
   if (n.state() == pb::RETIRED) {
-    out.refused = refusal{"retired", "node " + n.id() + " is retired"};
+    out.refused = refusal{pb::REFUSAL_RETIRED, "node " + n.id() + " is retired"};
     return;
   }
   auto why = c.reason().empty() ? std::string{"by an operator"} : c.reason();
@@ -333,7 +333,7 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
     case pb::UNDRAIN: {
       bool drain = c.action() == pb::DRAIN;
       if (n.drained() == drain) {
-        out.refused = refusal{"no_change", "node " + n.id() + " is already "
+        out.refused = refusal{pb::REFUSAL_NO_CHANGE, "node " + n.id() + " is already "
                                              + (drain ? "drained" : "undrained")};
         return;
       }
@@ -347,7 +347,7 @@ void pool_state::apply_admin_node(const pb::AdminNode& c, int64_t now,
       take_out(n, pb::RETIRED, "retired " + why, now, out);
       return;
     default:
-      out.refused = refusal{"bad_action", "unknown admin action"};
+      out.refused = refusal{pb::REFUSAL_BAD_ACTION, "unknown admin action"};
   }
 }
 
@@ -355,7 +355,7 @@ pb::NodeRecord* pool_state::known_node(const std::string& id,
                                        apply_result& out) {
   auto* n = live_node(id);
   if (!n)
-    out.refused = refusal{"unknown_node", "no node " + id};
+    out.refused = refusal{pb::REFUSAL_UNKNOWN_NODE, "no node " + id};
   return n;
 }
 
@@ -554,7 +554,7 @@ void pool_state::apply_configure(const pb::Configure& c, apply_result& out) {
     err = p.validate();
   auto sel = err.empty() ? make_selection(p.selection) : nullptr;
   if (!err.empty() || !sel) {
-    out.refused = refusal{"bad_params", err.empty() ? "bad selection" : err};
+    out.refused = refusal{pb::REFUSAL_BAD_PARAMS, err.empty() ? "bad selection" : err};
     return;
   }
   // `seed` seeds the pool's random choices: a new one restarts the

@@ -17,15 +17,18 @@
 #include "id_window.hpp"
 #include "nodepool.pb.h"
 #include "params.hpp"
+#include "refusal.hpp"
 #include "selection.hpp"
 
 namespace nodepool {
 
-/// Why a command changed nothing. `code` is stable and machine-readable
-/// (it is sent to miners and counted); `detail` is for humans.
+/// Why a command changed nothing. `code` is what miners and clients branch
+/// on (its text, refusal_name, is made where it leaves the oracle);
+/// `detail` is for humans.
 struct refusal {
-  std::string code;
+  pb::RefusalCode code = pb::REFUSAL_NONE;
   std::string detail;
+  const std::string& name() const { return refusal_name(code); }
 };
 
 /// What applying one command did.

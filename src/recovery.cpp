@@ -192,7 +192,7 @@ history_report check_history(store& st, uint64_t stride,
     if (r.refused)
       rep.violations.push_back(
         {e.index(), violation{"I4", "entry refused on replay ("
-                                      + r.refused->code + "): the log does "
+                                      + r.refused->name() + "): the log does "
                                       "not replay to the state it came from"}});
     for (auto& a : r.archived)
       replayed.add(a);

@@ -79,7 +79,7 @@ replica::outcome replica::apply(const pb::LogBatch& b) {
       // The leader applied this command to the same state: a refusal here
       // means the two diverged. Nothing changed; say so loudly.
       violation v{"replica", "entry " + std::to_string(e.index())
-                                + " refused on apply (" + r.refused->code
+                                + " refused on apply (" + r.refused->name()
                                 + ": " + r.refused->detail + ")"};
       violations_.push_back(v);
       o.violations.push_back(std::move(v));

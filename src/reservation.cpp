@@ -20,17 +20,17 @@ bool within_window(const pb::NodeRecord& n, int64_t now, const params& p) {
 void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
                               apply_result& out) {
   if (!bounds::valid_id(c.session_id())) {
-    out.refused = refusal{"bad_session_id",
+    out.refused = refusal{pb::REFUSAL_BAD_SESSION_ID,
                           "session id must be 1..128 chars of [A-Za-z0-9-_.:]"};
     return;
   }
   if (live_session(c.session_id()) || recent_ids_.contains(c.session_id())) {
-    out.refused = refusal{"duplicate_session",
+    out.refused = refusal{pb::REFUSAL_DUPLICATE_SESSION,
                           "session " + c.session_id() + " already exists"};
     return;
   }
   if (session_counts()[pb::QUEUED] >= params_.max_queued_sessions) {
-    out.refused = refusal{"queue_full",
+    out.refused = refusal{pb::REFUSAL_QUEUE_FULL,
                           std::to_string(params_.max_queued_sessions)
                             + " sessions wait already (max_queued_sessions)"};
     return;
@@ -39,17 +39,17 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
   auto max_n = c.max_nodes() ? c.max_nodes() : std::max(params_.max_nodes, min_n);
   auto red = c.redundancy() ? c.redundancy() : std::min(params_.redundancy, max_n);
   if (min_n > max_n || red > max_n || max_n > 64) {
-    out.refused = refusal{"bad_session_shape",
+    out.refused = refusal{pb::REFUSAL_BAD_SESSION_SHAPE,
                           "need 1 <= min_nodes <= max_nodes <= 64 and "
                           "redundancy <= max_nodes"};
     return;
   }
   if (c.min_level() > params_.max_level) {
-    out.refused = refusal{"bad_level", "min_level above the highest level"};
+    out.refused = refusal{pb::REFUSAL_BAD_LEVEL, "min_level above the highest level"};
     return;
   }
   if (c.reserve_period_ms() < 0 || c.reserve_period_ms() > bounds::reserve_period_ms) {
-    out.refused = refusal{"bad_reserve_period",
+    out.refused = refusal{pb::REFUSAL_BAD_RESERVE_PERIOD,
                           bounds::reserve_period_range("reserve_period")};
     return;
   }
@@ -248,9 +248,9 @@ pb::SessionRecord* pool_state::live_or_refuse(const std::string& id,
     return s;
   // An id in the window ended recently: say so rather than "unknown".
   if (recent_ids_.contains(id))
-    out.refused = refusal{"session_ended", "session " + id + " has ended"};
+    out.refused = refusal{pb::REFUSAL_SESSION_ENDED, "session " + id + " has ended"};
   else
-    out.refused = refusal{"unknown_session", "no session " + id};
+    out.refused = refusal{pb::REFUSAL_UNKNOWN_SESSION, "no session " + id};
   return nullptr;
 }
 
@@ -261,19 +261,19 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
     return;
   auto& s = *found;
   if (s.state() != pb::ACTIVE) {
-    out.refused = refusal{"session_not_active",
+    out.refused = refusal{pb::REFUSAL_SESSION_NOT_ACTIVE,
                           "session " + s.id() + " is " + to_string(s.state())};
     return;
   }
   if (c.task_no() != s.tasks_done()) {
-    out.refused = refusal{"stale_task", "task " + std::to_string(c.task_no())
+    out.refused = refusal{pb::REFUSAL_STALE_TASK, "task " + std::to_string(c.task_no())
                                           + " is not the current one ("
                                           + std::to_string(s.tasks_done())
                                           + ")"};
     return;
   }
   if (c.outcomes_size() == 0) {
-    out.refused = refusal{"no_outcomes", "a task needs at least one outcome"};
+    out.refused = refusal{pb::REFUSAL_NO_OUTCOMES, "a task needs at least one outcome"};
     return;
   }
   std::set<std::string> seen;
@@ -281,7 +281,7 @@ void pool_state::apply_task_done(const pb::TaskDone& c, int64_t now,
     auto* n = live_node(o.node_id());
     if (!n || n->state() != pb::RESERVED
         || n->session_id() != s.id() || !seen.insert(o.node_id()).second) {
-      out.refused = refusal{"node_not_in_session",
+      out.refused = refusal{pb::REFUSAL_NODE_NOT_IN_SESSION,
                             "node " + o.node_id() + " is not reserved for "
                               + s.id()};
       return;
@@ -345,7 +345,7 @@ void pool_state::apply_end_session(const pb::EndSession& c, int64_t now,
     return;
   auto& s = *found;
   if (c.failed() && c.reason().empty()) {
-    out.refused = refusal{"no_reason", "a failed session needs a reason"};
+    out.refused = refusal{pb::REFUSAL_NO_REASON, "a failed session needs a reason"};
     return;
   }
   end_session(s, c.failed() ? pb::FAILED : pb::COMPLETED, c.reason(), now,

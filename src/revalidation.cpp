@@ -12,23 +12,23 @@ void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
     return;
   auto& n = *known;
   if (n.state() != pb::TESTING && n.state() != pb::REVALIDATING) {
-    out.refused = refusal{"no_test_in_flight",
+    out.refused = refusal{pb::REFUSAL_NO_TEST_IN_FLIGHT,
                           "node " + n.id() + " is " + to_string(n.state())};
     return;
   }
   if (c.test_id() != n.test_id()) {
-    out.refused = refusal{"stale_test", "test " + std::to_string(c.test_id())
+    out.refused = refusal{pb::REFUSAL_STALE_TEST, "test " + std::to_string(c.test_id())
                                           + " is not the one in flight ("
                                           + std::to_string(n.test_id()) + ")"};
     return;
   }
   if (now > n.test_deadline()) {
-    out.refused = refusal{"after_deadline", "result came after the deadline"};
+    out.refused = refusal{pb::REFUSAL_AFTER_DEADLINE, "result came after the deadline"};
     return;
   }
   if (c.total() == 0 || c.correct() > c.total()
       || c.peer_correct() > c.peer_total() || c.latency_ms() < 0) {
-    out.refused = refusal{"bad_result", "correct must be <= total, total > 0, "
+    out.refused = refusal{pb::REFUSAL_BAD_RESULT, "correct must be <= total, total > 0, "
                                         "peer_correct <= peer_total, "
                                         "latency_ms >= 0"};
     return;

@@ -27,29 +27,29 @@ task_round::on(const std::string& node, const pb::MinerMsg& m, int64_t now) {
   auto it = std::find_if(parts_.begin(), parts_.end(),
                          [&](auto& p) { return p.node == node; });
   if (it == parts_.end() || task_no != task_no_)
-    return refusal{"stale_task", "task " + std::to_string(task_no)
+    return refusal{pb::REFUSAL_STALE_TASK, "task " + std::to_string(task_no)
                                    + " is not waiting for this node"};
   auto& p = *it;
   if (p.failed)
-    return refusal{"after_deadline", "task " + std::to_string(task_no)
+    return refusal{pb::REFUSAL_AFTER_DEADLINE, "task " + std::to_string(task_no)
                                        + " already ended for this node"};
   if (m.has_task_ack()) {
     if (p.phase != 0)
-      return refusal{"out_of_order", "task already acknowledged"};
+      return refusal{pb::REFUSAL_OUT_OF_ORDER, "task already acknowledged"};
     p.phase = 1;
   } else if (m.has_task_precommit()) {
     if (p.phase != 1 || m.task_precommit().output_hash().size() != 64)
-      return refusal{"out_of_order",
+      return refusal{pb::REFUSAL_OUT_OF_ORDER,
                      "precommit needs an ack first and a 64-hex-digit hash"};
     p.hash = m.task_precommit().output_hash();
     p.phase = 2;
   } else {
     if (p.phase != 2)
-      return refusal{"out_of_order", "commit needs a precommit first"};
+      return refusal{pb::REFUSAL_OUT_OF_ORDER, "commit needs a precommit first"};
     if (sha256_hex(m.task_commit().output()) != p.hash) {
       p.failed = true;
       p.outcome = pb::MISMATCH;
-      return refusal{"reveal_mismatch",
+      return refusal{pb::REFUSAL_REVEAL_MISMATCH,
                      "revealed output does not match the precommitted hash"};
     }
     p.output = m.task_commit().output();

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "nodepool.pb.h"
+#include "refusal.hpp"
 
 namespace nodepool {
 
@@ -34,8 +35,9 @@ public:
 
   /// Why a miner's message was not taken (the code a miner branches on).
   struct refusal {
-    std::string code;
+    pb::RefusalCode code = pb::REFUSAL_NONE;
     std::string detail;
+    const std::string& name() const { return refusal_name(code); }
   };
 
   task_round() = default;

@@ -164,9 +164,9 @@ void send_cmd(driver_ptr self, pb::Command c,
     return;
   }
   self->state.tickets.send(self, self->state.sup, cmd,
-                           [out, refused](const std::string& code,
+                           [out, refused](pb::RefusalCode code,
                                           const std::string&) {
-                             if (code.empty())
+                             if (code == pb::REFUSAL_NONE)
                                return;
                              ++out->refused;
                              if (refused)
@@ -197,11 +197,11 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
         self->state.tickets.send(
           self, self->state.sup,
           std::make_shared<pb::Command>(register_cmd(node_name(prefix, i))),
-          [=](const std::string& code, const std::string&) {
-            if (code.empty())
+          [=](pb::RefusalCode code, const std::string&) {
+            if (code == pb::REFUSAL_NONE)
               return;
             ++self->state.out->refused;
-            if (code == "not_leader")
+            if (code == pb::REFUSAL_NOT_LEADER)
               self->delayed_send(self, std::chrono::milliseconds(10),
                                  admit_atom::value, prefix, i, uint64_t{1});
           });
@@ -218,7 +218,7 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
       for (auto t0 : t0s)
         submit(self, t0);
     },
-    [=](answer_atom, uint64_t ticket, const std::string& code,
+    [=](answer_atom, uint64_t ticket, pb::RefusalCode code,
         const std::string& detail) {
       self->state.tickets.answered(self, self->state.sup, ticket, code, detail);
     },

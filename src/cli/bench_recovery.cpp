@@ -43,7 +43,7 @@ void prepare_recovery(const std::string& dir, uint32_t nodes,
     auto add = [&](const pb::Command& c) {
       auto r = ps.apply(c, now);
       if (r.refused)
-        throw std::runtime_error("prepare: refused " + r.refused->code);
+        throw std::runtime_error("prepare: refused " + r.refused->name());
       auto& e = batch.emplace_back();
       e.set_index(++index);
       e.set_now(now);

@@ -38,23 +38,6 @@ protected:
     return j["refused"].value(code, uint64_t{0});
   }
 
-  /// The reason a node actor stopped with, "" while it runs.
-  std::string exit_code_of(const caf::actor& a) {
-    auto why = std::make_shared<std::string>();
-    auto sys = sys_.get();
-    auto watcher = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
-      self->monitor(a);
-      self->set_down_handler([=](caf::down_msg& dm) {
-        *why = read_refusal(*sys, dm.reason).first;
-        self->quit();
-      });
-      return {[](int) {}};
-    });
-    spawned_.push_back(watcher);
-    sched_->run();
-    return *why;
-  }
-
   std::shared_ptr<node_key> allowed_, stranger_;
 };
 

@@ -170,13 +170,19 @@ TEST_F(bad_input, the_oracles_own_messages_are_refused_from_outside) {
   auto heard = log_->received.size();
   pb::OracleMsg quit;
   quit.mutable_refusal()->set_code("retired");
+  quit.mutable_refusal()->set_kind(pb::REFUSAL_RETIRED);
   caf::anon_send(oracle_.gateway, send_atom::value, std::string{"p1"},
                  quit.SerializeAsString());
+  caf::anon_send(oracle_.gateway, refused_atom::value, std::string{"p1"},
+                 pb::REFUSAL_RETIRED, std::string{"forged"});
+  // The same with the code as text (the form before the enum): a message
+  // of no form the gateway takes.
   caf::anon_send(oracle_.gateway, refused_atom::value, std::string{"p1"},
                  std::string{"retired"}, std::string{"forged"});
   sched_->run();
   EXPECT_EQ(log_->received.size(), heard);
   EXPECT_EQ(counted("internal_message"), 4u);
+  EXPECT_EQ(counted("unexpected_message"), 1u);
   EXPECT_EQ(counted("retired"), 0u);
   EXPECT_EQ(snapshot_bytes(), before);
 }

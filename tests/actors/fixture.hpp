@@ -209,6 +209,24 @@ protected:
     return pb::SESSION_STATE_UNSPECIFIED;
   }
 
+  /// The code of the refusal an actor stopped with (a node that left), ""
+  /// while it runs.
+  std::string exit_code_of(const caf::actor& a) {
+    auto why = std::make_shared<std::string>();
+    auto sys = sys_.get();
+    auto watcher = sys_->spawn([=](caf::event_based_actor* self) -> caf::behavior {
+      self->monitor(a);
+      self->set_down_handler([=](caf::down_msg& dm) {
+        *why = read_refusal(*sys, dm.reason).first;
+        self->quit();
+      });
+      return {[](int) {}};
+    });
+    spawned_.push_back(watcher);
+    sched_->run();
+    return *why;
+  }
+
   /// A probe: an actor that sends raw bytes to the gateway as a miner would
   /// and records what the oracle answers.
   caf::actor probe(std::shared_ptr<probe_log> log) {
@@ -217,6 +235,13 @@ protected:
         [=](oracle_atom, const std::string& bytes) {
           pb::OracleMsg m;
           m.ParseFromString(bytes);
+          // Every refusal carries its code both ways: the enum miners
+          // branch on, and its text for miners of before it.
+          if (m.has_refusal()) {
+            EXPECT_NE(m.refusal().kind(), pb::REFUSAL_NONE) << m.ShortDebugString();
+            EXPECT_EQ(refusal_name(m.refusal().kind()), m.refusal().code())
+              << m.ShortDebugString();
+          }
           log->received.push_back(m);
         },
         [=](send_atom, const std::string& bytes) {

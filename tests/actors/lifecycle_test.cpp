@@ -226,7 +226,7 @@ TEST_F(lifecycle, test_sent_while_the_registration_commits_reaches_the_node) {
       },
       [=](accepted_atom) {
         for (auto& [to, ticket] : *held)
-          self->send(to, answer_atom::value, ticket, std::string{},
+          self->send(to, answer_atom::value, ticket, pb::REFUSAL_NONE,
                      std::string{});
         held->clear();
       },

@@ -25,7 +25,7 @@ protected:
     gateway_ = sys_->spawn([sent](caf::event_based_actor*) -> caf::behavior {
       return {
         [sent](send_atom, const std::string&, const std::string&) { ++*sent; },
-        [](refused_atom, const std::string&, const std::string&,
+        [](refused_atom, const std::string&, pb::RefusalCode,
            const std::string&) {},
       };
     });
@@ -44,7 +44,7 @@ protected:
           if (verdict == "accept")
             held->deliver(accepted_atom::value);
           else
-            held->deliver(make_refusal(verdict, "refused by the test"));
+            held->deliver(make_refusal(refusal_code(verdict), "refused by the test"));
         },
       };
     });

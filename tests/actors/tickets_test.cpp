@@ -35,13 +35,14 @@ caf::behavior ticket_sender(caf::stateful_actor<ticket_sender_state>* self,
   for (auto& c : commands) {
     ++ticket;
     self->state.tickets.send(self, sup, c,
-                             [=](const std::string& code, const std::string&) {
+                             [=](pb::RefusalCode code, const std::string&) {
                                ++out->callbacks;
-                               out->answers[ticket] = {code, st->last_index()};
+                               out->answers[ticket] = {refusal_name(code),
+                                                       st->last_index()};
                              });
   }
   return {
-    [=](answer_atom, uint64_t t, const std::string& code,
+    [=](answer_atom, uint64_t t, pb::RefusalCode code,
         const std::string& detail) {
       self->state.tickets.answered(t, code, detail);
     },
@@ -143,7 +144,7 @@ TEST_F(tickets, an_answer_from_anyone_but_the_supervisor_is_refused) {
   auto log = register_through_gateway_over(mute, "forger", "m");
   // The first ticket the gateway gave is 1: answered "accepted" by a peer.
   sys_->spawn([=](caf::event_based_actor* self) {
-    self->send(oracle_.gateway, answer_atom::value, uint64_t{1}, std::string{},
+    self->send(oracle_.gateway, answer_atom::value, uint64_t{1}, pb::REFUSAL_NONE,
                std::string{});
   });
   sched_->run();
@@ -171,24 +172,24 @@ TEST(command_tickets, an_answer_runs_its_callback_once_and_strangers_are_ignored
   command_tickets t;
   fake_self self;
   std::vector<std::string> got;
-  t.send(&self, caf::actor{}, "a", [&](const std::string& c, const std::string&) {
-    got.push_back("a:" + c);
+  t.send(&self, caf::actor{}, "a", [&](pb::RefusalCode c, const std::string&) {
+    got.push_back("a:" + refusal_name(c));
   });
   t.send(&self, caf::actor{}, "b");  // no callback: not kept
-  t.send(&self, caf::actor{}, "c", [&](const std::string& c, const std::string&) {
-    got.push_back("c:" + c);
+  t.send(&self, caf::actor{}, "c", [&](pb::RefusalCode c, const std::string&) {
+    got.push_back("c:" + refusal_name(c));
   });
   ASSERT_EQ(self.sent, (std::vector<uint64_t>{1, 2, 3}));
   EXPECT_EQ(t.in_flight(), 2u);
-  EXPECT_TRUE(t.answered(3, "queue_full", "x"));
-  EXPECT_FALSE(t.answered(3, "", ""));   // answered already
-  EXPECT_FALSE(t.answered(2, "", ""));   // sent without a callback
-  EXPECT_FALSE(t.answered(99, "", ""));  // never sent
+  EXPECT_TRUE(t.answered(3, pb::REFUSAL_QUEUE_FULL, "x"));
+  EXPECT_FALSE(t.answered(3, pb::REFUSAL_NONE, ""));   // answered already
+  EXPECT_FALSE(t.answered(2, pb::REFUSAL_NONE, ""));   // sent without a callback
+  EXPECT_FALSE(t.answered(99, pb::REFUSAL_NONE, ""));  // never sent
   EXPECT_EQ(got, (std::vector<std::string>{"c:queue_full"}));
-  t.fail_all("unavailable", "gone");
+  t.fail_all(pb::REFUSAL_UNAVAILABLE, "gone");
   EXPECT_EQ(got, (std::vector<std::string>{"c:queue_full", "a:unavailable"}));
   EXPECT_EQ(t.in_flight(), 0u);
-  t.fail_all("unavailable", "gone");  // nothing left to fail
+  t.fail_all(pb::REFUSAL_UNAVAILABLE, "gone");  // nothing left to fail
   EXPECT_EQ(got.size(), 2u);
 }
 
@@ -201,14 +202,16 @@ TEST(command_tickets, after_the_supervisor_stopped_nothing_is_sent_and_all_hear_
   auto sup = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
   auto other = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
   std::vector<std::string> got;
-  auto note = [&](const std::string& c, const std::string&) { got.push_back(c); };
+  auto note = [&](pb::RefusalCode c, const std::string&) {
+    got.push_back(refusal_name(c));
+  };
   t.send(&self, sup, "a", note);
   // An answer from another actor is not taken.
   EXPECT_FALSE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(other), sup, 1,
-                          "", ""));
+                          pb::REFUSAL_NONE, ""));
   EXPECT_TRUE(got.empty());
   EXPECT_TRUE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(sup), sup, 1,
-                         "", ""));
+                         pb::REFUSAL_NONE, ""));
   EXPECT_EQ(got, std::vector<std::string>{""});
   t.send(&self, sup, "b", note);
   caf::down_msg from_other{other.address(), caf::exit_reason::kill};

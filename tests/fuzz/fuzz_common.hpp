@@ -97,7 +97,7 @@ inline apply_result apply_checked(pool_state& pool, const pb::Command& c,
   if (r.refused && (r.changed || !r.events.empty()
                     || pool.snapshot().SerializeAsString() != before))
     fail("refused command {" + c.ShortDebugString() + "} ("
-         + r.refused->code + ") changed something");
+         + r.refused->name() + ") changed something");
   return r;
 }
 

@@ -123,7 +123,7 @@ TEST(authenticator, closed_pool_refuses_what_it_does_not_know) {
 
   auto no = auth.check(1, reg("n1", nullptr), nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "key_required");
+  EXPECT_EQ(no->name(), "key_required");
 
   ASSERT_FALSE(auth.check(1, reg("n1", &allowed), nonce));
   EXPECT_FALSE(auth.check(1, signed_reg("n1", allowed, nonce), nonce));
@@ -131,13 +131,13 @@ TEST(authenticator, closed_pool_refuses_what_it_does_not_know) {
   ASSERT_FALSE(auth.check(2, reg("n2", &stranger), nonce));
   no = auth.check(2, signed_reg("n2", stranger, nonce), nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "key_not_allowed");
+  EXPECT_EQ(no->name(), "key_not_allowed");
   EXPECT_NE(no->detail.find(to_hex(stranger.public_key())), std::string::npos);
 
   ASSERT_FALSE(auth.check(2, reg("n2", &stranger), nonce));
   no = auth.check(2, signed_reg("n2", stranger, nonce, "wrong-token-000000"), nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "key_not_allowed");
+  EXPECT_EQ(no->name(), "key_not_allowed");
 
   ASSERT_FALSE(auth.check(2, reg("n2", &stranger), nonce));
   EXPECT_FALSE(auth.check(2, signed_reg("n2", stranger, nonce, "operator-token-0001"),
@@ -160,12 +160,12 @@ TEST(authenticator, an_empty_allow_list_admits_no_one) {
     std::string nonce;
     auto no = auth.check(1, reg("n1", nullptr), nonce);
     ASSERT_TRUE(no);
-    EXPECT_EQ(no->code, "key_required");
+    EXPECT_EQ(no->name(), "key_required");
     auto k = node_key::generate();
     ASSERT_FALSE(auth.check(2, reg("n2", &k), nonce));
     no = auth.check(2, signed_reg("n2", k, nonce), nonce);
     ASSERT_TRUE(no);
-    EXPECT_EQ(no->code, "key_not_allowed");
+    EXPECT_EQ(no->name(), "key_not_allowed");
   }
   std::remove(path.c_str());
   std::remove(tokens.c_str());
@@ -181,36 +181,36 @@ TEST(authenticator, signatures_are_good_once_on_their_own_connection) {
   // another one.
   auto no = auth.check(2, proof, nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_nonce");
+  EXPECT_EQ(no->name(), "bad_nonce");
   std::string other;
   ASSERT_FALSE(auth.check(2, reg("n1", &k), other));
   no = auth.check(2, proof, other);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_nonce");
+  EXPECT_EQ(no->name(), "bad_nonce");
   // Used once on its own connection, then replayed there.
   EXPECT_FALSE(auth.check(1, proof, nonce));
   no = auth.check(1, proof, nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_nonce");
+  EXPECT_EQ(no->name(), "bad_nonce");
   // A signature by another key, or over another node id, does not verify.
   ASSERT_FALSE(auth.check(3, reg("n1", &k), nonce));
   auto forged = signed_reg("n1", thief, nonce);
   forged.set_public_key(k.public_key());
   no = auth.check(3, forged, nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_signature");
+  EXPECT_EQ(no->name(), "bad_signature");
   ASSERT_FALSE(auth.check(3, reg("n9", &k), nonce));
   auto renamed = signed_reg("n1", k, nonce);
   renamed.set_node_id("n9");
   no = auth.check(3, renamed, nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_signature");
+  EXPECT_EQ(no->name(), "bad_signature");
   // The connection goes: its nonce goes with it.
   ASSERT_FALSE(auth.check(4, reg("n1", &k), nonce));
   auth.forget(4);
   no = auth.check(4, signed_reg("n1", k, nonce), nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_nonce");
+  EXPECT_EQ(no->name(), "bad_nonce");
 }
 
 TEST(authenticator, a_short_key_is_refused) {
@@ -221,7 +221,7 @@ TEST(authenticator, a_short_key_is_refused) {
   std::string nonce;
   auto no = auth.check(1, r, nonce);
   ASSERT_TRUE(no);
-  EXPECT_EQ(no->code, "bad_key");
+  EXPECT_EQ(no->name(), "bad_key");
 }
 
 TEST(hex, round_trips_and_refuses_bad_text) {

@@ -268,7 +268,7 @@ public:
           || bytes_of(pool.snapshot()) != before) {
         broken = true;
         ADD_FAILURE() << "refused command {" << c.ShortDebugString()
-                      << "} (" << r.refused->code << ") changed something";
+                      << "} (" << r.refused->name() << ") changed something";
       }
     }
     return r;
@@ -352,7 +352,7 @@ public:
   do {                                                                       \
     auto r_ = (expr);                                                        \
     ASSERT_TRUE(r_.refused.has_value()) << "expected refusal " << (code_);   \
-    EXPECT_EQ(r_.refused->code, (code_));                                    \
+    EXPECT_EQ(r_.refused->name(), (code_));                                    \
     EXPECT_FALSE(r_.refused->detail.empty());                                \
     EXPECT_TRUE(r_.events.empty());                                          \
     EXPECT_FALSE(r_.changed);                                                \
@@ -362,7 +362,7 @@ public:
   do {                                                                       \
     auto r_ = (expr);                                                        \
     EXPECT_FALSE(r_.refused.has_value())                                     \
-      << "refused: " << r_.refused->code << " " << r_.refused->detail;       \
+      << "refused: " << r_.refused->name() << " " << r_.refused->detail;       \
   } while (0)
 
 // =============================================================================
@@ -732,7 +732,7 @@ TEST(PoolTestResult, BadFiguresAreRefusedAndChangeNothing) {
     c.mutable_test_result()->set_latency_ms(bad[2]);
     auto r = h.apply(c);
     ASSERT_TRUE(r.refused);
-    EXPECT_EQ(r.refused->code, "bad_result");
+    EXPECT_EQ(r.refused->name(), "bad_result");
     EXPECT_EQ(h.state("n"), pb::TESTING);
   }
 }
@@ -1747,7 +1747,7 @@ TEST(PoolArchive, TheWindowSurvivesASnapshot) {
   EXPECT_EQ(bytes_of(again.snapshot()), bytes_of(h.pool.snapshot()));
   auto r = again.apply(submit_cmd("s1", "m", 1, 1, 0, 1, 0, 0), h.now);
   ASSERT_TRUE(r.refused);
-  EXPECT_EQ(r.refused->code, "duplicate_session");
+  EXPECT_EQ(r.refused->name(), "duplicate_session");
 }
 
 // A snapshot taken in two steps (freeze on the pool's thread, finish on
@@ -2307,7 +2307,7 @@ void random_run(harness& h, uint64_t seed, int steps,
     if (trace) {
       *trace += std::to_string(h.now) + " " + c.ShortDebugString() + " -> ";
       if (res.refused)
-        *trace += "refused " + res.refused->code;
+        *trace += "refused " + res.refused->name();
       for (auto& e : res.events)
         *trace += bytes_of(e);
       *trace += "\n";

@@ -446,7 +446,7 @@ TEST(ConfigureCommand, ChangesParametersThroughTheLog) {
   c.mutable_configure()->set_params_json(nodepool::to_json(p));
   r = ps.apply(c, 1001);
   ASSERT_TRUE(r.refused);
-  EXPECT_EQ(r.refused->code, "bad_params");
+  EXPECT_EQ(r.refused->name(), "bad_params");
   EXPECT_EQ(ps.config().max_strikes, 2u);
 }
 

@@ -346,7 +346,7 @@ public:
     s->set_max_tasks(1);
     auto r = lead_->apply(c, static_cast<int64_t>(raft_fixture_time(&f_)));
     if (r.refused)
-      return r.refused->code;
+      return r.refused->name();
     if (lead_->has_pending()) {
       auto i = lead_index_;
       auto term = lead_->term();

@@ -35,7 +35,7 @@ pb::MinerMsg commit(uint32_t task, const std::string& output) {
 }
 
 std::string code(const std::optional<task_round::refusal>& r) {
-  return r ? r->code : std::string{"taken"};
+  return r ? r->name() : std::string{"taken"};
 }
 
 const task_round::part& part_of(const task_round& r, const std::string& node) {
