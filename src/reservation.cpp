@@ -123,7 +123,10 @@ uint32_t pool_state::reserve_for(pb::SessionRecord& s, uint32_t want,
     n.set_reserved_at(now);
     n.set_reserved_window_ms(params_.ephemeral_window_ms);
     n.set_tasks_served(0);
-    set_state(n, pb::RESERVED, "reserved for " + s.id(), out);
+    // The session is in the record (session_id) and in the NodeReserved
+    // event below: the reason names none, and costs no string built per
+    // reservation.
+    set_state(n, pb::RESERVED, "reserved", out);
     s.add_nodes(id);
     note_session(s);
     out.events.emplace_back();
