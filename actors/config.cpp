@@ -36,9 +36,10 @@ int64_t now_ms(caf::local_actor* self, bool sim_time) {
 namespace nodepool {
 
 caf::error make_refusal(pb::RefusalCode code, const std::string& detail) {
-  // The code's value is the error's; its context keeps the text and the
-  // detail, which clients of before the enum read.
-  return caf::error{static_cast<uint8_t>(code), caf::atom("nodepool"),
+  // The error leaves the oracle (a CAF client's answer): its context holds
+  // the code's text and the detail, as before the enum. Its own code stays
+  // 1 (a caf::error of code 0 is no error at all).
+  return caf::error{static_cast<uint8_t>(1), caf::atom("nodepool"),
                     caf::make_message(refusal_name(code), detail)};
 }
 

@@ -52,8 +52,8 @@ constexpr int64_t sim_time_base_ms = 1000000;
 
 namespace nodepool {
 
-/// Refusals travel between actors as caf::error of category "nodepool",
-/// the code's value as the error's, with (code's text, detail) as context, so request(...).then() can tell them from
+/// Refusals travel between actors as caf::error of category "nodepool"
+/// with (code's text, detail) as context, so request(...).then() can tell them from
 /// an accepted reply with its error handler.
 caf::error make_refusal(pb::RefusalCode code, const std::string& detail);
 

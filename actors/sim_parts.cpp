@@ -168,10 +168,10 @@ node_config miner_node(const std::string& id, behaviour kind, uint64_t seed,
 }
 
 answer classify_refusal(caf::actor_system& sys, const caf::error& e) {
-  auto code = read_refusal(sys, e).first;
-  if (code == "duplicate_session")
+  auto code = refusal_code(read_refusal(sys, e).first);
+  if (code == pb::REFUSAL_DUPLICATE_SESSION)
     return answer::accepted;
-  if (code == "unavailable" || code == "not_leader"
+  if (code == pb::REFUSAL_UNAVAILABLE || code == pb::REFUSAL_NOT_LEADER
       || e == caf::sec::request_timeout || e == caf::sec::request_receiver_down)
     return answer::unknown;
   return answer::refused;

@@ -904,7 +904,7 @@ caf::behavior handlers(self_ptr self) {
       return a.rp;
     },
     // The same command sent with a ticket: answered by (answer_atom,
-    // ticket, code, detail), an empty code for accepted.
+    // ticket, code, detail), code REFUSAL_NONE for accepted.
     [=](cmd_atom, const std::string& bytes, uint64_t ticket) {
       answer_to a{self->make_response_promise(), ticket};
       command(self, bytes, a);

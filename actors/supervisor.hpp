@@ -123,13 +123,15 @@ struct supervisor_config {
 ///
 /// Protocol (payloads are serialized Protobuf, but for the commands and
 /// events that stay in this process, local.hpp):
-///   (cmd_atom, Command)       -> (accepted_atom) | (refused_atom, code, detail)
+///   (cmd_atom, Command)       -> (accepted_atom) | a refusal (make_refusal:
+///                                 its pb::RefusalCode, text and detail)
 ///                                 the Command as bytes, or as built
 ///                                 (local_command) from an actor of this
 ///                                 process (local.hpp)
 ///   (cmd_atom, Command, ticket) sent as a message, not a request: answered
-///                                 by (answer_atom, ticket, code, detail), an
-///                                 empty code for accepted, at the same time
+///                                 by (answer_atom, ticket, code, detail), a
+///                                 pb::RefusalCode (REFUSAL_NONE: accepted),
+///                                 at the same time
 ///                                 (actors/tickets.hpp says why)
 ///                                 the reply to an accepted command comes only
 ///                                 once it is on stable storage

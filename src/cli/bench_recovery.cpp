@@ -193,7 +193,7 @@ nlohmann::json recovery_in(const options& o, const std::string& base) {
           .receive([&](accepted_atom) { ok = true; },
                    [&](caf::error& e) {
                      auto [code, detail] = read_refusal(sys, e);
-                     if (code == "duplicate_session")
+                     if (refusal_code(code) == pb::REFUSAL_DUPLICATE_SESSION)
                        ok = true;
                      else if (e != caf::sec::request_timeout)
                        why = detail;

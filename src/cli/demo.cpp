@@ -177,8 +177,8 @@ caf::actor spawn_generator(caf::actor_system& sys, const oracle_handles& h,
             },
             [=](caf::error& e) {
               --self->state.in_flight;
-              auto code = read_refusal(self->system(), e).first;
-              if (code == "duplicate_session")
+              auto code = refusal_code(read_refusal(self->system(), e).first);
+              if (code == pb::REFUSAL_DUPLICATE_SESSION)
                 ++self->state.progress.accepted;
               else
                 ++self->state.progress.refused;

@@ -717,7 +717,7 @@ int run_miner(miner_options& o) {
         --alive;
         if (dm.reason && dm.reason != caf::exit_reason::user_shutdown) {
           auto [code, detail] = read_refusal(sys, dm.reason);
-          if (code != "unavailable") {
+          if (refusal_code(code) != pb::REFUSAL_UNAVAILABLE) {
             say("miner", "the oracle sent a node away: " + code + ": "
                            + detail);
             ++sent_away;
@@ -851,12 +851,14 @@ int run_submit(submit_options& o) {
                 return;
               }
               auto [code, detail] = read_refusal(sys, e);
-              if (code == "duplicate_session") {
+              auto kind = refusal_code(code);
+              if (kind == pb::REFUSAL_DUPLICATE_SESSION) {
                 answered = true;
                 ++accepted;
                 std::printf("accepted %s (already stored)\n",
                             req.session_id().c_str());
-              } else if (code == "unavailable" || code == "not_leader") {
+              } else if (kind == pb::REFUSAL_UNAVAILABLE
+                         || kind == pb::REFUSAL_NOT_LEADER) {
                 // Gone, or no longer the leader (the outcome of a request
                 // cut off by a failover is unknown): find the leader and
                 // ask again; "duplicate" then means it had been stored.
