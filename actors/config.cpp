@@ -49,7 +49,7 @@ std::pair<std::string, std::string> read_refusal(caf::actor_system& sys,
       && err.context().match_elements<std::string, std::string>())
     return {err.context().get_as<std::string>(0),
             err.context().get_as<std::string>(1)};
-  return {"unavailable", sys.render(err)};
+  return {refusal_name(pb::REFUSAL_UNAVAILABLE), sys.render(err)};
 }
 
 } // namespace nodepool

@@ -187,7 +187,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
       [=](submit_atom, const std::string& bytes) -> caf::result<void> {
         pb::SubmitSession s;
         if (!s.ParseFromString(bytes)) {
-          ++self->state.refused["malformed"];
+          ++self->state.refused[refusal_name(pb::REFUSAL_MALFORMED)];
           auto rp = self->make_response_promise();
           rp.deliver(make_refusal(pb::REFUSAL_MALFORMED,
                                   "session request does not decode"));
@@ -198,7 +198,7 @@ caf::actor spawn_session_queue(caf::actor_system& sys, caf::actor supervisor,
         if (s.model().size() > bounds::model || s.client().size() > bounds::client
             || s.reserve_period_ms() < 0
             || s.reserve_period_ms() > bounds::reserve_period_ms) {
-          ++self->state.refused["bad_field"];
+          ++self->state.refused[refusal_name(pb::REFUSAL_BAD_FIELD)];
           auto rp = self->make_response_promise();
           rp.deliver(make_refusal(
             pb::REFUSAL_BAD_FIELD, s.model().size() > bounds::model
