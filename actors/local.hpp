@@ -12,9 +12,10 @@
 //
 // Commands: the actors that build commands for the supervisor (gateway,
 // validator, session queue, sessions, the HTTP API, the bench's driver)
-// hand them over as built; the supervisor moves each into its log entry.
-// A command from another process (a client of the CAF port, a peer) still
-// comes as bytes and is decoded by the supervisor.
+// hand them over as built; the supervisor moves each into its log entry,
+// where it is encoded once. What another process sends (a miner's or a
+// client's bytes) is decoded where it arrives, by the gateway or the
+// session queue, which build the command; the supervisor takes no bytes.
 #include <memory>
 #include <utility>
 

@@ -430,16 +430,10 @@ void apply(self_ptr self, pb::Command& cmd,
 void refuse_now(self_ptr self, answer_to* rp,
                 pb::RefusalCode code, const std::string& detail);
 
-/// A command as it arrives (serialized): one that does not decode is
-/// refused as malformed, anything else applied.
-void command(self_ptr self, const std::string& bytes, answer_to& a) {
-  pb::Command cmd;
-  if (!cmd.ParseFromString(bytes) || cmd.kind_case() == pb::Command::KIND_NOT_SET)
-    return refuse_now(self, &a, pb::REFUSAL_MALFORMED, "command does not decode");
-  apply(self, cmd, &a);
-}
-
-/// A command built in this process (local.hpp): applied as it is.
+/// A command built in this process (local.hpp): applied as it is. Every
+/// command reaches the supervisor so (the gateway, validator, session
+/// queue, sessions and HTTP API build them from what they decoded), and is
+/// encoded once, into its log entry.
 void command(self_ptr self, const local_command& cmd, answer_to& a) {
   if (!cmd || cmd->kind_case() == pb::Command::KIND_NOT_SET)
     return refuse_now(self, &a, pb::REFUSAL_MALFORMED, "command carries no kind");
@@ -898,23 +892,14 @@ caf::behavior cluster_supervisor(self_ptr self) {
 
 caf::behavior handlers(self_ptr self) {
   return {
-    [=](cmd_atom, const std::string& bytes) -> caf::result<void> {
-      answer_to a{self->make_response_promise()};
-      command(self, bytes, a);
-      return a.rp;
-    },
-    // The same command sent with a ticket: answered by (answer_atom,
-    // ticket, code, detail), code REFUSAL_NONE for accepted.
-    [=](cmd_atom, const std::string& bytes, uint64_t ticket) {
-      answer_to a{self->make_response_promise(), ticket};
-      command(self, bytes, a);
-    },
-    // The same two, from an actor of this process: the command as built.
+    // A command, built by an actor of this process (local.hpp).
     [=](cmd_atom, const local_command& cmd) -> caf::result<void> {
       answer_to a{self->make_response_promise()};
       command(self, cmd, a);
       return a.rp;
     },
+    // The same sent with a ticket: answered by (answer_atom, ticket, code,
+    // detail), code REFUSAL_NONE for accepted.
     [=](cmd_atom, const local_command& cmd, uint64_t ticket) {
       answer_to a{self->make_response_promise(), ticket};
       command(self, cmd, a);

@@ -125,9 +125,9 @@ struct supervisor_config {
 /// events that stay in this process, local.hpp):
 ///   (cmd_atom, Command)       -> (accepted_atom) | a refusal (make_refusal:
 ///                                 its pb::RefusalCode, text and detail)
-///                                 the Command as bytes, or as built
-///                                 (local_command) from an actor of this
-///                                 process (local.hpp)
+///                                 the Command as built (local_command) by
+///                                 an actor of this process (local.hpp); no
+///                                 peer of another process reaches it
 ///   (cmd_atom, Command, ticket) sent as a message, not a request: answered
 ///                                 by (answer_atom, ticket, code, detail), a
 ///                                 pb::RefusalCode (REFUSAL_NONE: accepted),

@@ -108,11 +108,11 @@ protected:
 
   void send(const pb::Command& c,
             std::shared_ptr<std::vector<std::string>> answers) {
-    auto bytes = c.SerializeAsString();
+    auto cmd = std::make_shared<pb::Command>(c);
     auto sup = sup_;
     auto sys = sys_.get();
     sys_->spawn([=](caf::event_based_actor* self) {
-      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+      self->request(sup, caf::infinite, cmd_atom::value, cmd)
         .then([=](accepted_atom) { answers->push_back("accepted"); },
               [=](caf::error& e) {
                 answers->push_back(read_refusal(*sys, e).first);

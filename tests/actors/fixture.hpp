@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "actors/config.hpp"
+#include "actors/local.hpp"
 #include "actors/node.hpp"
 #include "actors/oracle.hpp"
 #include "pool_state.hpp"
@@ -32,19 +33,20 @@ struct probe_log {
   }
 };
 
-/// The bytes of a command the supervisor takes: a node's registration
-/// (model "m") or a new session for that model.
-inline std::string registration(const std::string& node) {
-  pb::Command c;
-  c.mutable_register_()->set_node_id(node);
-  c.mutable_register_()->add_models("m");
-  return c.SerializeAsString();
+/// A command for the supervisor, as the oracle's actors build it
+/// (local.hpp): a node's registration (model "m") or a new session for
+/// that model. Each is sent once (the supervisor takes its content).
+inline local_command registration(const std::string& node) {
+  return make_command([&](pb::Command& c) {
+    c.mutable_register_()->set_node_id(node);
+    c.mutable_register_()->add_models("m");
+  });
 }
-inline std::string submission(const std::string& session) {
-  pb::Command c;
-  c.mutable_submit_session()->set_session_id(session);
-  c.mutable_submit_session()->set_model("m");
-  return c.SerializeAsString();
+inline local_command submission(const std::string& session) {
+  return make_command([&](pb::Command& c) {
+    c.mutable_submit_session()->set_session_id(session);
+    c.mutable_submit_session()->set_model("m");
+  });
 }
 
 class actor_test : public ::testing::Test {

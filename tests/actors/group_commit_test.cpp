@@ -99,8 +99,8 @@ TEST_F(group_commit, every_subscriber_shares_one_batch_of_events) {
 }
 
 // A command built in this process goes in as it is (local.hpp): applied
-// and logged like its bytes would be; one with no kind, or none at all, is
-// refused as malformed and changes nothing.
+// and logged; one with no kind, or none at all, is refused as malformed and
+// changes nothing.
 TEST_F(group_commit, a_command_built_in_this_process_is_applied_as_it_is) {
   auto st = std::make_shared<counting_store>();
   start(fast_params(), st);
@@ -289,7 +289,8 @@ TEST_F(group_commit, a_snapshot_due_while_the_writer_is_busy_waits_for_it) {
     pb::Command c;
     c.mutable_node_down()->set_node_id("d" + std::to_string(i));
     c.mutable_node_down()->set_reason("test");
-    caf::anon_send(oracle_.supervisor, cmd_atom::value, c.SerializeAsString());
+    caf::anon_send(oracle_.supervisor, cmd_atom::value,
+                   std::make_shared<pb::Command>(c));
   }
   sched_->run();
   auto durable = st->last_index();
@@ -351,14 +352,13 @@ TEST_F(group_commit, a_refusal_waits_for_the_batch_it_depends_on) {
   auto order = std::make_shared<std::vector<std::string>>();
   auto sup = oracle_.supervisor;
   auto sys = sys_.get();
-  auto bytes = [] {
-    pb::Command c;
-    c.mutable_submit_session()->set_session_id("twice");
-    return c.SerializeAsString();
-  }();
+  auto twice = [] {
+    return make_command(
+      [](pb::Command& c) { c.mutable_submit_session()->set_session_id("twice"); });
+  };
   sys_->spawn([=](caf::event_based_actor* self) {
     for (int i = 0; i < 2; ++i)
-      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+      self->request(sup, caf::infinite, cmd_atom::value, twice())
         .then(
           [=](accepted_atom) {
             order->push_back("accepted@" + std::to_string(st->appends));
@@ -422,12 +422,8 @@ TEST_F(group_commit, an_id_that_ended_in_this_drain_is_refused_after_the_clock_j
   auto st = std::make_shared<counting_store>();
   start(p, st);
   ASSERT_EQ(submit(session_req("jump", 1)), "accepted");  // queued: no nodes
-  auto cmd = [](auto fill) {
-    pb::Command c;
-    fill(c);
-    return c.SerializeAsString();
-  };
-  std::vector<std::string> drain{
+  auto cmd = [](auto fill) { return make_command(fill); };
+  std::vector<local_command> drain{
     cmd([](pb::Command& c) { c.mutable_end_session()->set_session_id("jump"); }),
     cmd([](pb::Command& c) { c.mutable_submit_session()->set_session_id("other"); }),
     cmd([](pb::Command& c) { c.mutable_submit_session()->set_session_id("jump"); })};
@@ -436,8 +432,8 @@ TEST_F(group_commit, an_id_that_ended_in_this_drain_is_refused_after_the_clock_j
   auto sys = sys_.get();
   auto appends_before = st->appends;
   sys_->spawn([=](caf::event_based_actor* self) {
-    for (auto& bytes : drain)
-      self->request(sup, caf::infinite, cmd_atom::value, bytes)
+    for (auto& c : drain)
+      self->request(sup, caf::infinite, cmd_atom::value, c)
         .then([=](accepted_atom) { answers->push_back("accepted"); },
               [=](caf::error& e) {
                 answers->push_back(read_refusal(*sys, e).first);
@@ -465,7 +461,8 @@ TEST_F(group_commit, a_session_ended_in_this_drain_is_found_by_id) {
   auto sup = oracle_.supervisor;
   auto appends_before = st->appends;
   sys_->spawn([=](caf::event_based_actor* self) {
-    self->request(sup, caf::infinite, cmd_atom::value, end.SerializeAsString())
+    self->request(sup, caf::infinite, cmd_atom::value,
+                  std::make_shared<pb::Command>(end))
       .then([](accepted_atom) {}, [](caf::error&) {});
     self->request(sup, caf::infinite, archive_atom::value, q.SerializeAsString())
       .then([=](const std::string& bytes) { found->ParseFromString(bytes); });

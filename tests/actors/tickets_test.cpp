@@ -28,7 +28,7 @@ struct ticket_sender_state {
 };
 
 caf::behavior ticket_sender(caf::stateful_actor<ticket_sender_state>* self,
-                            caf::actor sup, std::vector<std::string> commands,
+                            caf::actor sup, std::vector<local_command> commands,
                             std::shared_ptr<heard> out,
                             std::shared_ptr<store> st) {
   uint64_t ticket = 0;
@@ -54,8 +54,7 @@ protected:
   /// A supervisor that takes ticketed commands and answers none.
   caf::actor mute_supervisor() {
     return sys_->spawn([](caf::event_based_actor*) -> caf::behavior {
-      return {[](cmd_atom, const std::string&, uint64_t) {},
-              [](cmd_atom, const local_command&, uint64_t) {}};
+      return {[](cmd_atom, const local_command&, uint64_t) {}};
     });
   }
 };
@@ -64,13 +63,13 @@ TEST_F(tickets, each_command_is_answered_once_with_its_ticket_after_its_commit) 
   start(fast_params());
   auto out = std::make_shared<heard>();
   auto before = store_->last_index();
-  // In one drain: a registration, bytes that are no command, a submission
-  // and the same submission again (a duplicate, which reveals the first).
+  // In one drain: a registration, a command of no kind, a submission and
+  // the same submission again (a duplicate, which reveals the first).
   auto sender = sys_->spawn(ticket_sender, oracle_.supervisor,
-                            std::vector<std::string>{registration("t1"),
-                                                     std::string{"\xff\xff"},
-                                                     submission("s1"),
-                                                     submission("s1")},
+                            std::vector<local_command>{registration("t1"),
+                                                       std::make_shared<pb::Command>(),
+                                                       submission("s1"),
+                                                       submission("s1")},
                             out, store_);
   spawned_.push_back(sender);
   sched_->run();
@@ -92,7 +91,7 @@ TEST_F(tickets, each_command_is_answered_once_with_its_ticket_after_its_commit) 
 TEST_F(tickets, thousands_in_flight_are_all_answered_and_forgotten) {
   max_batch_commands_ = 64;
   start(fast_params());
-  std::vector<std::string> commands;
+  std::vector<local_command> commands;
   for (int i = 0; i < 3000; ++i)
     commands.push_back(i % 3 == 0 ? registration("n" + std::to_string(i))
                                   : submission("s" + std::to_string(i)));
