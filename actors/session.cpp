@@ -331,11 +331,11 @@ void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
   }
   // Between attempts (reporting, or none running) every task message is
   // late.
-  std::optional<task_round::refusal> no;
+  std::optional<refusal> no;
   if (st.running && !st.reporting)
     no = st.round.on(node, m, now_ms(self, st.sim_time));
   else
-    no = task_round::refusal{pb::REFUSAL_STALE_TASK,
+    no = refusal{pb::REFUSAL_STALE_TASK,
                              "task " + std::to_string(task_round::task_of(m))
                                + " is not waiting for this node"};
   if (no)

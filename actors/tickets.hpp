@@ -36,13 +36,13 @@ public:
     std::function<void(pb::RefusalCode code, const std::string& detail)>;
 
   /// Sends a command from `self` to the supervisor `to`, as built
-  /// (local_command, local.hpp) or as bytes; `f`, if any, runs when the
-  /// answer comes (once). Without `f` the answer is ignored.
+  /// (local_command, local.hpp); `f`, if any, runs when the answer comes
+  /// (once). Without `f` the answer is ignored.
   /// Once the supervisor is known to have stopped (on_down), nothing is
   /// sent: CAF drops a message to a stopped actor without a word, so `f`
   /// runs at once with `unavailable`.
-  template <class Self, class Command>
-  void send(Self* self, const caf::actor& to, Command cmd,
+  template <class Self>
+  void send(Self* self, const caf::actor& to, local_command cmd,
             on_answer f = {}) {
     if (down_) {
       if (f)

@@ -20,4 +20,14 @@ const std::string& refusal_name(pb::RefusalCode code);
 /// text that names none.
 pb::RefusalCode refusal_code(std::string_view text);
 
+/// Why something was refused (a command by the pool, a registration by the
+/// authenticator, a miner's task message by its round): `code` is what
+/// miners and clients branch on, its text made where it leaves the oracle;
+/// `detail` is for humans.
+struct refusal {
+  pb::RefusalCode code = pb::REFUSAL_NONE;
+  std::string detail;
+  const std::string& name() const { return refusal_name(code); }
+};
+
 } // namespace nodepool

@@ -22,15 +22,6 @@
 
 namespace nodepool {
 
-/// Why a command changed nothing. `code` is what miners and clients branch
-/// on (its text, refusal_name, is made where it leaves the oracle);
-/// `detail` is for humans.
-struct refusal {
-  pb::RefusalCode code = pb::REFUSAL_NONE;
-  std::string detail;
-  const std::string& name() const { return refusal_name(code); }
-};
-
 /// What applying one command did.
 struct apply_result {
   std::vector<pb::Event> events;

@@ -21,7 +21,7 @@ uint32_t task_round::task_of(const pb::MinerMsg& m) {
                                   : m.task_commit().task_no();
 }
 
-std::optional<task_round::refusal>
+std::optional<refusal>
 task_round::on(const std::string& node, const pb::MinerMsg& m, int64_t now) {
   auto task_no = task_of(m);
   auto it = std::find_if(parts_.begin(), parts_.end(),

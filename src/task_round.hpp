@@ -33,13 +33,6 @@ public:
     int64_t latency_ms = 0;  // task sent -> output committed
   };
 
-  /// Why a miner's message was not taken (the code a miner branches on).
-  struct refusal {
-    pb::RefusalCode code = pb::REFUSAL_NONE;
-    std::string detail;
-    const std::string& name() const { return refusal_name(code); }
-  };
-
   task_round() = default;
   /// Task `task_no` sent at `now` to `nodes`, each phase `phase_ms` long.
   task_round(uint32_t task_no, const std::vector<std::string>& nodes,

@@ -37,6 +37,21 @@ protected:
     caf::anon_send(n, oracle_atom::value, m.SerializeAsString());
   }
 
+  /// Refuses a new node `id` with `kind` and `code`: it must stay. Returns
+  /// the registrations it sent after the refusal, and its counts of
+  /// refusals by code.
+  std::pair<int, nlohmann::json> stays_after(const std::string& id,
+                                              pb::RefusalCode kind,
+                                              const std::string& code) {
+    auto n = recorded_node(id);
+    auto before = *registrations_;
+    refuse(n, kind, code);
+    run_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(exit_code_of(n), "") << id << " left";
+    auto j = nlohmann::json::parse(ask(n, stats_atom::value));
+    return {*registrations_ - before, j["refusals"]};
+  }
+
   std::shared_ptr<int> registrations_ = std::make_shared<int>(0);
 };
 
@@ -47,15 +62,10 @@ TEST_F(node_refusals, the_enum_decides_whatever_the_text_says) {
   EXPECT_EQ(exit_code_of(a), "retired");
   // Told to register again by the enum, though the text says retired: it
   // stays and registers again.
-  auto b = recorded_node("b");
-  auto before = *registrations_;
-  refuse(b, pb::REFUSAL_NOT_CONNECTED, "retired");
-  run_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(exit_code_of(b), "");
-  EXPECT_EQ(*registrations_, before + 1);
-  auto j = nlohmann::json::parse(ask(b, stats_atom::value));
-  EXPECT_EQ(j["refusals"].value("not_connected", 0), 1) << j.dump();
-  EXPECT_EQ(j["refusals"].value("retired", 0), 0) << j.dump();
+  auto [registered, counts] = stays_after("b", pb::REFUSAL_NOT_CONNECTED, "retired");
+  EXPECT_EQ(registered, 1);
+  EXPECT_EQ(counts.value("not_connected", 0), 1) << counts.dump();
+  EXPECT_EQ(counts.value("retired", 0), 0) << counts.dump();
 }
 
 TEST_F(node_refusals, an_oracle_of_before_the_enum_is_read_by_its_text) {
@@ -63,14 +73,9 @@ TEST_F(node_refusals, an_oracle_of_before_the_enum_is_read_by_its_text) {
   refuse(a, pb::REFUSAL_NONE, "key_mismatch");
   EXPECT_EQ(exit_code_of(a), "key_mismatch");
   // A text no build knows changes nothing, and is counted as it came.
-  auto b = recorded_node("b");
-  auto before = *registrations_;
-  refuse(b, pb::REFUSAL_NONE, "something_new");
-  run_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(exit_code_of(b), "");
-  EXPECT_EQ(*registrations_, before);
-  auto j = nlohmann::json::parse(ask(b, stats_atom::value));
-  EXPECT_EQ(j["refusals"].value("something_new", 0), 1) << j.dump();
+  auto [registered, counts] = stays_after("b", pb::REFUSAL_NONE, "something_new");
+  EXPECT_EQ(registered, 0);
+  EXPECT_EQ(counts.value("something_new", 0), 1) << counts.dump();
 }
 
 // Every code has a text, and the text names it back: the texts are what

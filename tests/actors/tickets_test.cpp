@@ -162,7 +162,7 @@ TEST_F(tickets, an_answer_from_anyone_but_the_supervisor_is_refused) {
 /// Stands in for an actor: what command_tickets sends, kept.
 struct fake_self {
   std::vector<uint64_t> sent;
-  void send(const caf::actor&, cmd_atom, const std::string&, uint64_t ticket) {
+  void send(const caf::actor&, cmd_atom, const local_command&, uint64_t ticket) {
     sent.push_back(ticket);
   }
 };
@@ -171,11 +171,13 @@ TEST(command_tickets, an_answer_runs_its_callback_once_and_strangers_are_ignored
   command_tickets t;
   fake_self self;
   std::vector<std::string> got;
-  t.send(&self, caf::actor{}, "a", [&](pb::RefusalCode c, const std::string&) {
+  t.send(&self, caf::actor{}, registration("a"),
+         [&](pb::RefusalCode c, const std::string&) {
     got.push_back("a:" + refusal_name(c));
   });
-  t.send(&self, caf::actor{}, "b");  // no callback: not kept
-  t.send(&self, caf::actor{}, "c", [&](pb::RefusalCode c, const std::string&) {
+  t.send(&self, caf::actor{}, registration("b"));  // no callback: not kept
+  t.send(&self, caf::actor{}, registration("c"),
+         [&](pb::RefusalCode c, const std::string&) {
     got.push_back("c:" + refusal_name(c));
   });
   ASSERT_EQ(self.sent, (std::vector<uint64_t>{1, 2, 3}));
@@ -204,7 +206,7 @@ TEST(command_tickets, after_the_supervisor_stopped_nothing_is_sent_and_all_hear_
   auto note = [&](pb::RefusalCode c, const std::string&) {
     got.push_back(refusal_name(c));
   };
-  t.send(&self, sup, "a", note);
+  t.send(&self, sup, registration("a"), note);
   // An answer from another actor is not taken.
   EXPECT_FALSE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(other), sup, 1,
                           pb::REFUSAL_NONE, ""));
@@ -212,7 +214,7 @@ TEST(command_tickets, after_the_supervisor_stopped_nothing_is_sent_and_all_hear_
   EXPECT_TRUE(t.answered(caf::actor_cast<caf::strong_actor_ptr>(sup), sup, 1,
                          pb::REFUSAL_NONE, ""));
   EXPECT_EQ(got, std::vector<std::string>{""});
-  t.send(&self, sup, "b", note);
+  t.send(&self, sup, registration("b"), note);
   caf::down_msg from_other{other.address(), caf::exit_reason::kill};
   EXPECT_FALSE(t.on_down(from_other, sup));
   EXPECT_EQ(t.in_flight(), 1u);
@@ -220,7 +222,7 @@ TEST(command_tickets, after_the_supervisor_stopped_nothing_is_sent_and_all_hear_
   EXPECT_TRUE(t.on_down(dm, sup));
   EXPECT_EQ(got, (std::vector<std::string>{"", "unavailable"}));
   // Sent after: not sent at all (CAF would drop it), answered at once.
-  t.send(&self, sup, "c", note);
+  t.send(&self, sup, registration("c"), note);
   EXPECT_EQ(got, (std::vector<std::string>{"", "unavailable", "unavailable"}));
   EXPECT_EQ(self.sent, (std::vector<uint64_t>{1, 2}));
   EXPECT_EQ(t.in_flight(), 0u);

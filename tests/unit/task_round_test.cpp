@@ -34,7 +34,7 @@ pb::MinerMsg commit(uint32_t task, const std::string& output) {
   return m;
 }
 
-std::string code(const std::optional<task_round::refusal>& r) {
+std::string code(const std::optional<refusal>& r) {
   return r ? r->name() : std::string{"taken"};
 }
 
