@@ -7,6 +7,8 @@
 //   EndSession    -> it is released and a re-validation test is requested
 //   TestResult    -> it passed and is back in the pool.
 #include <algorithm>
+#include <array>
+#include <cstdlib>
 #include <limits>
 #include <arpa/inet.h>
 #include <filesystem>
@@ -114,12 +116,38 @@ struct sink {
   std::atomic<bool> driver_requests{false};
   std::mutex mx;
   std::vector<double> latencies_ms;  // grants while `record`
+  /// Each of those grants in three parts (ms), where the supervisor's apply
+  /// of the submission was seen: the arrival's wait to reach the driver
+  /// (the sender's tick, the hop to the driver and its turn on a worker);
+  /// the driver's submission until the supervisor applied it (the hop, the
+  /// supervisor's turn, the commands before it); and from the apply until
+  /// the driver heard of the grant (the rest of the batch, the group
+  /// commit, the event's hop back).
+  std::vector<std::array<double, 3>> parts_ms;
+  /// When the supervisor applied submission "s<N>", at [N % size], written
+  /// on the supervisor's thread while `record` (the observer) and read by
+  /// the driver when the grant comes. The sessions in flight are far fewer
+  /// than its size.
+  std::vector<std::atomic<int64_t>> applied_ns =
+    std::vector<std::atomic<int64_t>>(size_t{1} << 16);
 
   std::vector<double> take_latencies() {
     std::lock_guard<std::mutex> g{mx};
     std::vector<double> out;
     out.swap(latencies_ms);
     return out;
+  }
+
+  std::vector<std::array<double, 3>> take_parts() {
+    std::lock_guard<std::mutex> g{mx};
+    std::vector<std::array<double, 3>> out;
+    out.swap(parts_ms);
+    return out;
+  }
+
+  std::atomic<int64_t>& applied(const std::string& session_id) {
+    auto n = std::strtoull(session_id.c_str() + 1, nullptr, 10);
+    return applied_ns[n & (applied_ns.size() - 1)];
   }
 };
 
@@ -133,10 +161,17 @@ struct sink {
 // cycle completed. Open loop: a session for each arrival_atom, whatever is
 // in flight.
 
+/// A session waiting for its grant: when it was due (its scheduled arrival,
+/// or when the closed loop sent it) and when the driver sent it.
+struct waiting_session {
+  int64_t due_ns = 0;
+  int64_t sent_ns = 0;
+};
+
 struct driver_state {
   caf::actor sup;
   std::shared_ptr<sink> out;
-  std::unordered_map<std::string, int64_t> waiting;  // session -> submitted (ns)
+  std::unordered_map<std::string, waiting_session> waiting;
   std::unordered_set<std::string> revalidating;
   command_tickets tickets;  // its commands to the supervisor, in flight
   uint64_t next = 0;
@@ -176,7 +211,7 @@ void send_cmd(driver_ptr self, pb::Command c,
 
 void submit(driver_ptr self, int64_t t0) {
   auto sid = "s" + std::to_string(self->state.next++);
-  self->state.waiting.emplace(sid, t0);
+  self->state.waiting.emplace(sid, waiting_session{t0, now_ns()});
   ++self->state.out->submitted;
   // A submission shed under overload waits for nothing more.
   send_cmd(self, submit_cmd(sid), [self, sid] {
@@ -240,8 +275,14 @@ caf::behavior driver(driver_ptr self, caf::actor sup, std::shared_ptr<sink> out)
               break;
             ++st.out->granted;
             if (st.out->record) {
+              auto& w = i->second;
+              auto applied = st.out->applied(i->first).exchange(0);
               std::lock_guard<std::mutex> g{st.out->mx};
-              st.out->latencies_ms.push_back((t - i->second) / 1e6);
+              st.out->latencies_ms.push_back((t - w.due_ns) / 1e6);
+              if (applied >= w.sent_ns && applied <= t)
+                st.out->parts_ms.push_back({(w.sent_ns - w.due_ns) / 1e6,
+                                            (applied - w.sent_ns) / 1e6,
+                                            (t - applied) / 1e6});
             }
             send_cmd(self, end_cmd(i->first));
             st.waiting.erase(i);
@@ -351,6 +392,15 @@ struct durable_pool {
       sc.roles = members[l].roles;
     }
     sc.gauges = gauges;
+    // When each measured submission was applied (single oracle: the
+    // observer runs on the supervisor's thread after each command that
+    // changed the pool). An atomic store, only while latencies are taken.
+    sc.observer = [out = out](const pool_state&, const pb::Command& c,
+                              const apply_result&) {
+      if (c.has_submit_session() && out->record.load(std::memory_order_relaxed))
+        out->applied(c.submit_session().session_id())
+          .store(now_ns(), std::memory_order_relaxed);
+    };
     sup = spawn_supervisor(*sys, sc);
     drv = sys->spawn(driver, sup, out);
     caf::anon_send(sup, subscribe_atom::value, drv);
@@ -498,6 +548,8 @@ struct durable_pool {
   /// mailbox and the driver's were, and a sample of the three (with the
   /// grants so far) every 250 ms.
   nlohmann::json last_backlog;
+  /// The last offer()'s grants in three parts (sink::parts_ms).
+  std::vector<std::array<double, 3>> last_parts;
 
   void wait_inflight() {
     auto t0 = clock::now();
@@ -598,6 +650,7 @@ struct durable_pool {
                     {"max_driver_mailbox", max_driver},
                     {"series_s_queued_mailbox_driver_granted", series}};
     wait_inflight();
+    last_parts = out->take_parts();
     return {out->take_latencies(), achieved};
   }
 
@@ -1129,6 +1182,42 @@ nlohmann::json histogram_delta(const nlohmann::json& before,
 
 // ------------------------------------------------------------------ durable
 
+/// The grants of an open loop in their three parts (sink::parts_ms): each
+/// part's median and 99th percentile, and each part's mean over the slowest
+/// 1 % of the grants (by the three together): which part the tail is in.
+struct grant_parts {
+  std::array<double, 3> p50{}, p99{}, slowest_mean{};
+};
+
+grant_parts summarize_parts(const std::vector<std::array<double, 3>>& v) {
+  grant_parts s;
+  if (v.empty())
+    return s;
+  std::vector<double> sums;
+  sums.reserve(v.size());
+  for (auto& p : v)
+    sums.push_back(p[0] + p[1] + p[2]);
+  for (size_t k = 0; k < 3; ++k) {
+    std::vector<double> x;
+    x.reserve(v.size());
+    for (auto& p : v)
+      x.push_back(p[k]);
+    s.p50[k] = quantile(x, 0.5);
+    s.p99[k] = quantile(std::move(x), 0.99);
+  }
+  auto cut = quantile(sums, 0.99);
+  size_t n = 0;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (sums[i] >= cut) {
+      for (size_t k = 0; k < 3; ++k)
+        s.slowest_mean[k] += v[i][k];
+      ++n;
+    }
+  for (auto& m : s.slowest_mean)
+    m /= static_cast<double>(n);
+  return s;
+}
+
 /// The durable section's closed and open loops, on a pool that is gone when
 /// it returns.
 nlohmann::json durable_loops(const options& o) {
@@ -1160,6 +1249,7 @@ nlohmann::json durable_loops(const options& o) {
   j["load_base_per_s"] = base;
   for (auto load : o.loads) {
     std::vector<double> p50, p99, p999, got;
+    std::array<std::vector<double>, 3> part_p50, part_p99, part_slow;
     uint64_t shed = 0;
     nlohmann::json backlog = nlohmann::json::array();
     auto before = dp.stats()["histograms"];
@@ -1170,6 +1260,12 @@ nlohmann::json durable_loops(const options& o) {
       p99.push_back(quantile(lat, 0.99));
       p999.push_back(quantile(lat, 0.999));
       got.push_back(achieved);
+      auto parts = summarize_parts(dp.last_parts);
+      for (size_t k = 0; k < 3; ++k) {
+        part_p50[k].push_back(parts.p50[k]);
+        part_p99[k].push_back(parts.p99[k]);
+        part_slow[k].push_back(parts.slowest_mean[k]);
+      }
       shed += dp.last_shed;
       backlog.push_back(dp.last_backlog);
       note("durable: load %.0f%%, repetition %d: at most %llu sessions queued, "
@@ -1195,6 +1291,22 @@ nlohmann::json durable_loops(const options& o) {
          load * 100, c["achieved_per_s"].get<double>(), c["p50_ms"].get<double>(),
          c["p99_ms"].get<double>(), c["p999_ms"].get<double>(),
          static_cast<unsigned long long>(shed));
+    // Where a grant's time goes, hop by hop (medians over the repetitions).
+    static const char* part_names[3] = {"to_driver", "to_apply", "apply_to_grant"};
+    nlohmann::json parts;
+    for (size_t k = 0; k < 3; ++k)
+      parts[part_names[k]] = {{"p50_ms", median(part_p50[k])},
+                              {"p99_ms", median(part_p99[k])},
+                              {"slowest_1pct_mean_ms", median(part_slow[k])}};
+    c["grant_parts"] = parts;
+    note("durable: load %.0f%%: a grant's parts, p50 / p99 / mean over the "
+         "slowest 1 %% (ms): arrival to the driver's submission %.3f / %.3f / "
+         "%.3f; to the supervisor's apply %.3f / %.3f / %.3f; apply to the "
+         "grant heard %.3f / %.3f / %.3f",
+         load * 100, median(part_p50[0]), median(part_p99[0]),
+         median(part_slow[0]), median(part_p50[1]), median(part_p99[1]),
+         median(part_slow[1]), median(part_p50[2]), median(part_p99[2]),
+         median(part_slow[2]));
     // Where a grant's time goes: the group commits (write and sync); the
     // supervisor's stops for snapshots (copying the live state); and what
     // those copies held, the live sessions (queued and active) at each.

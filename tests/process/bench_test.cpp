@@ -140,6 +140,19 @@ TEST(bench, quick_run_reports_every_figure_positive) {
   // grants counted so far only grow, and the longest queue is at least
   // what the last sample saw.
   for (auto& c : j["durable"]["curve"]) {
+    // A grant's three parts (arrival to the driver's submission, on to the
+    // supervisor's apply, apply to the grant heard), each measured: a part
+    // of a grant is never longer than the grant, so no part's median is
+    // above the grants' 99th percentile, nor its 99th percentile above
+    // theirs at 99.9.
+    for (auto part : {"to_driver", "to_apply", "apply_to_grant"}) {
+      auto& g = c["grant_parts"][part];
+      ASSERT_TRUE(g.is_object()) << part << " " << c.dump();
+      EXPECT_GT(g["p50_ms"].get<double>(), 0) << part;
+      EXPECT_LE(g["p50_ms"].get<double>(), c["p99_ms"].get<double>()) << part;
+      EXPECT_LE(g["p99_ms"].get<double>(), c["p999_ms"].get<double>()) << part;
+      EXPECT_GE(g["slowest_1pct_mean_ms"].get<double>(), 0) << part;
+    }
     ASSERT_EQ(c["backlog"].size(), j["durable"]["cycles_per_s_reps"].size())
       << c.dump();
     for (auto& b : c["backlog"]) {
