@@ -153,6 +153,12 @@ TEST(bench, quick_run_reports_every_figure_positive) {
       EXPECT_LE(g["p99_ms"].get<double>(), c["p999_ms"].get<double>()) << part;
       EXPECT_GE(g["slowest_1pct_mean_ms"].get<double>(), 0) << part;
     }
+    // The last two parts together: at least either of them at the median,
+    // at most the whole grant at p99.9.
+    auto& from = c["grant_parts"]["from_submission"];
+    EXPECT_GE(from["p50_ms"].get<double>(),
+              c["grant_parts"]["apply_to_grant"]["p50_ms"].get<double>());
+    EXPECT_LE(from["p99_ms"].get<double>(), c["p999_ms"].get<double>());
     ASSERT_EQ(c["backlog"].size(), j["durable"]["cycles_per_s_reps"].size())
       << c.dump();
     for (auto& b : c["backlog"]) {
