@@ -37,12 +37,13 @@ pb::StatePage pool_state::read(const pb::StateQuery& q) const {
     page.set_error("what: nodes, sessions or models");
     return page;
   }
-  auto i = session_order_.upper_bound(probe_of(q.after()));
-  for (; i != session_order_.end()
+  auto& order = ordered_sessions();
+  auto i = order.upper_bound(probe_of(q.after()));
+  for (; i != order.end()
          && page.sessions_size() < static_cast<int>(q.limit());
        ++i)
     *page.add_sessions() = *i->rec;
-  page.set_more(i != session_order_.end());
+  page.set_more(i != order.end());
   return page;
 }
 

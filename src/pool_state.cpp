@@ -610,6 +610,35 @@ pb::Snapshot pool_state::snapshot_scalars() const {
   return snap;
 }
 
+const std::set<pool_state::session_key, pool_state::session_id_less>&
+pool_state::ordered_sessions() const {
+  for (auto* s : fresh_sessions_)
+    session_order_.insert(key_of(*s));
+  order_steps_ += fresh_sessions_.size();
+  fresh_sessions_.clear();
+  return session_order_;
+}
+
+void pool_state::order_session(const pb::SessionRecord& s) {
+  fresh_sessions_.push_back(&s);
+  if (fresh_sessions_.size() > max_fresh_sessions)
+    ordered_sessions();
+}
+
+void pool_state::unorder_session(const pb::SessionRecord& s) {
+  // The newest first: a short session is most often among the last in.
+  for (auto i = fresh_sessions_.size(); i-- > 0;)
+    if (fresh_sessions_[i] == &s) {
+      fresh_sessions_[i] = fresh_sessions_.back();
+      fresh_sessions_.pop_back();
+      return;
+    }
+  if (auto o = session_order_.find(key_of(s)); o != session_order_.end()) {
+    session_order_.erase(o);  // one walk (erasing by key takes two)
+    ++order_steps_;
+  }
+}
+
 pool_state::frozen pool_state::copy_whole() const {
   frozen f;
   f.records = snapshot_scalars();
@@ -618,7 +647,7 @@ pool_state::frozen pool_state::copy_whole() const {
   for (auto& [id, n] : nodes_)
     *snap.add_nodes() = n;
   snap.mutable_sessions()->Reserve(static_cast<int>(sessions_.size()));
-  for (auto& k : session_order_)  // by id: equal states give equal bytes
+  for (auto& k : ordered_sessions())  // by id: equal states give equal bytes
     *snap.add_sessions() = *k.rec;
   f.recent_ids = recent_ids_.freeze();
   return f;
@@ -783,7 +812,7 @@ pool_state::frozen pool_state::freeze() {
     copies_ = std::make_shared<record_copies>();
     for (auto& [id, n] : nodes_)
       copies_->nodes.emplace_hint(copies_->nodes.end(), id, n);
-    for (auto& k : session_order_)
+    for (auto& k : ordered_sessions())
       copies_->sessions.emplace_hint(copies_->sessions.end(), k.rec->id(), *k.rec);
   } else {
     // In the order of their addresses: the records and their copies were
@@ -927,6 +956,7 @@ void pool_state::restore(const pb::Snapshot& snap, bool with_recent_ids) {
   node_index_.clear();
   sessions_.clear();
   session_order_.clear();
+  fresh_sessions_.clear();
   counts_.fill(0);
   for (auto& n : snap.nodes()) {
     auto& rec = nodes_[n.id()] = n;

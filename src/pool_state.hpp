@@ -91,7 +91,7 @@ public:
   /// Live sessions only (queued or active); an ended one is archived.
   const pb::SessionRecord* session(const std::string& id) const;
   const std::map<std::string, pb::NodeRecord>& nodes() const { return nodes_; }
-  /// Live sessions by id, in no particular order (session_order_ holds
+  /// Live sessions by id, in no particular order (ordered_sessions() holds
   /// them by id).
   const flat_table<pb::SessionRecord>& sessions() const {
     return sessions_;
@@ -117,10 +117,14 @@ public:
   /// snapshots): what the tests of a command's cost count, instead of
   /// timing it.
   uint64_t walk_steps() const { return walk_steps_; }
+  /// Inserts into and erases from the live sessions' id order so far (not
+  /// in snapshots), counted as walk_steps() is.
+  uint64_t order_steps() const { return order_steps_; }
 
   /// A page of the live state (the HTTP API's lists), or the models live
   /// nodes serve. Nodes: O(log nodes + limit), from the map by id; live
-  /// sessions: O(log live sessions + limit), from session_order_; models:
+  /// sessions: O(log live sessions + limit), from ordered_sessions() (the
+  /// sessions admitted since the last read enter it first); models:
   /// O(models). Never a copy of the pool. A query out of bounds gets
   /// `error` and nothing else.
   pb::StatePage read(const pb::StateQuery& q) const;
@@ -345,8 +349,8 @@ private:
   /// Live sessions in a flat hash table (flat_index.hpp): finding one
   /// costs the same whatever the number of live sessions. Its entries do
   /// not move, so the indexes point at the records; session_order_ below
-  /// holds them by id (a tree insert at each admission, an erase at each
-  /// end).
+  /// holds them by id (a tree insert and an erase for each session that
+  /// lives until the order is read; see fresh_sessions_).
   flat_table<pb::SessionRecord> sessions_;
   /// The live sessions again, in id order: a page of them (read()) and a
   /// snapshot walk it instead of sorting the table. Each entry carries the
@@ -382,7 +386,23 @@ private:
     static const std::string& id_of(const session_key& k) { return k.rec->id(); }
     static const std::string& id_of(const id_probe& p) { return *p.id; }
   };
-  std::set<session_key, session_id_less> session_order_;
+  /// Kept up to date when read (ordered_sessions()): a mutable cache of
+  /// the order, not part of the state.
+  mutable std::set<session_key, session_id_less> session_order_;
+  /// Sessions admitted since the order was last read, in no order (at most
+  /// max_fresh_sessions; beyond, they go into the tree together). A
+  /// session that ends before anything reads the order (a page, a
+  /// snapshot, a check) leaves without touching the tree: a short session's
+  /// commands cost no more behind ten thousand live ones than behind none
+  /// (BENCHMARKS.md, "Queue depth: the id order kept when it is read").
+  mutable std::vector<const pb::SessionRecord*> fresh_sessions_;
+  mutable uint64_t order_steps_ = 0;
+  static constexpr size_t max_fresh_sessions = 64;
+  /// session_order_ with the fresh sessions in it.
+  const std::set<session_key, session_id_less>& ordered_sessions() const;
+  /// Enters a new live session in the order; takes it out when it ends.
+  void order_session(const pb::SessionRecord& s);
+  void unorder_session(const pb::SessionRecord& s);
   pb::SessionRecord* live_session(const std::string& id) const {
     return sessions_.find(id);
   }

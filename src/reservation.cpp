@@ -55,7 +55,7 @@ void pool_state::apply_submit(const pb::SubmitSession& c, int64_t now,
   }
   auto& s = *sessions_.try_emplace(c.session_id()).first;  // new: checked above
   s.set_id(c.session_id());
-  session_order_.insert(key_of(s));
+  order_session(s);
   s.set_model(c.model());
   s.set_min_nodes(min_n);
   s.set_max_nodes(max_n);
@@ -394,8 +394,7 @@ void pool_state::archive(pb::SessionRecord& s, int64_t now,
   noted_sessions_.erase(std::remove(noted_sessions_.begin(), noted_sessions_.end(), &s),
                         noted_sessions_.end());
   recent_ids_.add(s.id(), now + params_.session_id_retention_ms);
-  if (auto o = session_order_.find(key_of(s)); o != session_order_.end())
-    session_order_.erase(o);  // one walk (erasing by key takes two)
+  unorder_session(s);
   auto id = s.id();
   out.archived.push_back(std::move(s));
   sessions_.erase(id);

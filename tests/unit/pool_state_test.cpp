@@ -1624,6 +1624,52 @@ TEST(PoolCost, QueuedSessionsOfModelsNoNodeHasCostTheWalkNothing) {
 // A session of one model is picked from that model's nodes alone: the
 // nodes of other models cost its walk nothing (before, it stepped over the
 // whole pool to find the few that serve its model).
+/// The ids of a page of live sessions (up to 1000).
+std::vector<std::string> session_page(const pool_state& p) {
+  pb::StateQuery q;
+  q.set_what(pb::StateQuery::SESSIONS);
+  q.set_limit(1000);
+  auto page = p.read(q);
+  std::vector<std::string> ids;
+  for (auto& s : page.sessions())
+    ids.push_back(s.id());
+  return ids;
+}
+
+TEST(PoolCost, AShortSessionLeavesTheIdOrderAloneBehindManyLiveOnes) {
+  // A thousand queued sessions in the live sessions' id order (a page read
+  // put them there); then sessions that end before the order is read again
+  // neither enter it nor leave it. One that lives across a read costs an
+  // insert and an erase.
+  harness h;
+  h.admit("n1", {"m"});
+  for (int i = 0; i < 1000; ++i)
+    h.submit("q" + std::to_string(i), "nobody-serves-this");
+  session_page(h.pool);
+  auto steps = h.pool.order_steps();
+  EXPECT_GE(steps, 1000u);
+  // Straight on the pool: the harness reads the whole state (a snapshot, a
+  // whole check) around every command. What runs after each command in an
+  // oracle, the check of what it touched, leaves the order as it is.
+  auto run = [&](const pb::Command& c) {
+    auto r = h.pool.apply(c, h.now);
+    EXPECT_FALSE(r.refused) << c.ShortDebugString();
+    EXPECT_TRUE(h.pool.check_after(c, r).empty()) << c.ShortDebugString();
+  };
+  for (int i = 0; i < 100; ++i) {
+    auto sid = "s" + std::to_string(i);
+    run(submit_cmd(sid, "m"));
+    run(end_cmd(sid));
+  }
+  EXPECT_EQ(h.pool.order_steps(), steps);
+  run(submit_cmd("long", "m"));
+  session_page(h.pool);
+  EXPECT_EQ(h.pool.order_steps(), steps + 1);
+  run(end_cmd("long"));
+  EXPECT_EQ(h.pool.order_steps(), steps + 2);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+}
+
 TEST(PoolCost, ASessionOfOneModelWalksOnlyTheNodesThatServeIt) {
   harness h{quiet()};
   for (int i = 0; i < 500; ++i)
@@ -3688,6 +3734,39 @@ TEST(PoolReads, IdsThatShareTheirFirstEightBytesKeepTheirOrder) {
         << "limit " << limit;
     EXPECT_TRUE(h.pool.check_invariants().empty());
   }
+}
+
+TEST(PoolReads, APageHoldsWhatWasAdmittedAndEndedSinceTheLastOne) {
+  // Sessions admitted since the order was last read wait outside it until
+  // the next read; those that end meanwhile, and those that were in it,
+  // leave it.
+  harness h;
+  h.admit("n1", {"m"});
+  for (auto sid : {"a3", "a1", "a4", "a0", "a2"})
+    h.submit(sid, "nobody-serves-this");
+  EXPECT_EQ(session_page(h.pool),
+            (std::vector<std::string>{"a0", "a1", "a2", "a3", "a4"}));
+  for (auto sid : {"b2", "b0", "b1"})
+    h.submit(sid, "nobody-serves-this");
+  h.end("a3");  // in the order
+  h.end("b0");  // admitted since the last read
+  EXPECT_EQ(session_page(h.pool),
+            (std::vector<std::string>{"a0", "a1", "a2", "a4", "b1", "b2"}));
+  EXPECT_TRUE(h.pool.check_invariants().empty());
+  // More than the sessions kept outside the order at once (64): they enter
+  // it together, and a page still has each once.
+  std::vector<std::string> want = session_page(h.pool);
+  for (int i = 0; i < 150; ++i) {
+    auto sid = "c" + std::to_string(1000 + i);
+    h.submit(sid, "nobody-serves-this");
+    if (i % 3 == 0)
+      h.end(sid);
+    else
+      want.push_back(sid);
+  }
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(session_page(h.pool), want);
+  EXPECT_TRUE(h.pool.check_invariants().empty());
 }
 
 TEST(PoolReads, ModelsAreThoseLiveNodesServe) {
