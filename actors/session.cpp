@@ -336,8 +336,8 @@ void on_miner(self_ptr self, const std::string& node, const pb::MinerMsg& m) {
     no = st.round.on(node, m, now_ms(self, st.sim_time));
   else
     no = refusal{pb::REFUSAL_STALE_TASK,
-                             "task " + std::to_string(task_round::task_of(m))
-                               + " is not waiting for this node"};
+                 "task " + std::to_string(task_round::task_of(m))
+                   + " is not waiting for this node"};
   if (no)
     refuse(self, node, no->code, no->detail + " (session " + st.id + ")");
   check_done(self);

@@ -235,14 +235,14 @@ std::string make_join_token() { return to_hex(random_bytes(24)); }
 authenticator::authenticator(admission_policy policy) : policy_(std::move(policy)) {}
 
 std::optional<refusal> authenticator::check(uint64_t conn, const pb::Register& r,
-                                                 std::string& challenge) {
+                                            std::string& challenge) {
   challenge.clear();
   if (r.public_key().empty()) {
     if (policy_.open())
       return std::nullopt;
     return refusal{pb::REFUSAL_KEY_REQUIRED,
-                        "this oracle admits only nodes with a key on its "
-                        "allow-list or a join token: start the miner with --key"};
+                   "this oracle admits only nodes with a key on its "
+                   "allow-list or a join token: start the miner with --key"};
   }
   if (r.public_key().size() != 32)
     return refusal{pb::REFUSAL_BAD_KEY, "a public key is 32 bytes (Ed25519)"};
@@ -256,21 +256,21 @@ std::optional<refusal> authenticator::check(uint64_t conn, const pb::Register& r
   auto i = nonces_.find(conn);
   if (i == nonces_.end() || i->second != r.nonce())
     return refusal{pb::REFUSAL_BAD_NONCE,
-                        "the signature is over a nonce this connection was not "
-                        "given, or was given and used already (a replay?)"};
+                   "the signature is over a nonce this connection was not "
+                   "given, or was given and used already (a replay?)"};
   nonces_.erase(i);  // one use, whatever the outcome
   if (!verify_signature(r.public_key(),
                         registration_message(r.node_id(), r.public_key(), r.nonce()),
                         r.signature()))
     return refusal{pb::REFUSAL_BAD_SIGNATURE,
-                        "the signature does not verify with the key presented"};
+                   "the signature does not verify with the key presented"};
   if (policy_.open() || policy_.allowed_keys.count(r.public_key())
       || (!r.join_token().empty() && policy_.join_tokens.count(r.join_token())))
     return std::nullopt;
   return refusal{pb::REFUSAL_KEY_NOT_ALLOWED,
-                      "key " + to_hex(r.public_key())
-                        + " is not on this oracle's allow-list and no valid join "
-                          "token was given"};
+                 "key " + to_hex(r.public_key())
+                   + " is not on this oracle's allow-list and no valid join "
+                     "token was given"};
 }
 
 } // namespace nodepool

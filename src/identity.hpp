@@ -77,7 +77,6 @@ void load_join_tokens(const std::string& path, admission_policy& into);
 /// A fresh random join token (hex).
 std::string make_join_token();
 
-
 /// Checks registrations against a policy with one-time nonces. The caller
 /// (the gateway) keys nonces by connection: a nonce is good for one
 /// registration, on the connection it was given to.
@@ -90,7 +89,7 @@ public:
   ///  - nullopt and `challenge` empty: admit (forward the registration);
   ///  - a refusal: refuse it.
   std::optional<refusal> check(uint64_t conn, const pb::Register& r,
-                                    std::string& challenge);
+                               std::string& challenge);
   /// The connection is gone: its nonce with it.
   void forget(uint64_t conn) { nonces_.erase(conn); }
 

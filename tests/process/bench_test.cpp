@@ -158,6 +158,8 @@ TEST(bench, quick_run_reports_every_figure_positive) {
     auto& from = c["grant_parts"]["from_submission"];
     EXPECT_GE(from["p50_ms"].get<double>(),
               c["grant_parts"]["apply_to_grant"]["p50_ms"].get<double>());
+    EXPECT_GE(from["p50_ms"].get<double>(),
+              c["grant_parts"]["to_apply"]["p50_ms"].get<double>());
     EXPECT_LE(from["p99_ms"].get<double>(), c["p999_ms"].get<double>());
     ASSERT_EQ(c["backlog"].size(), j["durable"]["cycles_per_s_reps"].size())
       << c.dump();
@@ -327,14 +329,18 @@ TEST(bench, plot_draws_latency_throughput_and_the_failover_timeline) {
   auto side = data_lines(plot + "/etcd_failover.dat");
   EXPECT_EQ(side.size(), std::max(j["failover"]["kills"].get<size_t>(),
                                   j["etcd"]["failover"]["kills"].get<size_t>()));
-  for (size_t i = 1; i < side.size(); ++i)
-    if (side[i][2] >= 0)
+  for (size_t i = 1; i < side.size(); ++i) {
+    if (side[i][2] >= 0) {
       EXPECT_GE(side[i][2], side[i - 1][2]) << "sorted";
+    }
+  }
   EXPECT_EQ(read_file(plot + "/etcd_cycles.dat").find("etcd (3 members)") != std::string::npos,
             true);
-  if (run_shell("command -v gnuplot").first == 0)
-    for (auto png : {"/grant_latency.png", "/throughput.png", "/failover.png", "/etcd.png"})
+  if (run_shell("command -v gnuplot").first == 0) {
+    for (auto png : {"/grant_latency.png", "/throughput.png", "/failover.png", "/etcd.png"}) {
       EXPECT_GT(std::filesystem::file_size(plot + png), 10000u) << png;
+    }
+  }
 }
 
 TEST(bench, unknown_section_is_refused_with_a_clear_error) {
