@@ -107,8 +107,12 @@ void sleep_unless_stopped(double seconds) {
 }
 
 void end_child(child_process& c, std::chrono::milliseconds grace) {
-  c.terminate(stop_requested ? std::min(grace, std::chrono::milliseconds(500))
-                             : grace);
+  end_children({&c}, grace);
+}
+
+void end_children(const std::vector<child_process*>& cs,
+                  std::chrono::milliseconds grace) {
+  terminate_all(cs, grace, &stop_requested);
 }
 
 void note(const char* fmt, ...) {

@@ -118,9 +118,13 @@ inline child_options bench_child(std::string bin) {
   return o;
 }
 /// Ends such a child: SIGTERM, then SIGKILL past `grace`, or past half a
-/// second once a signal asked this process to stop (a Ctrl-C ends the
-/// bench within a second).
+/// second once a signal asked this process to stop, also while it waits
+/// (a Ctrl-C ends the bench within a second).
 void end_child(child_process& c, std::chrono::milliseconds grace);
+/// The same for several at once (null entries skipped): each is asked
+/// before any is waited for (terminate_all).
+void end_children(const std::vector<child_process*>& cs,
+                  std::chrono::milliseconds grace);
 
 /// Progress on stderr (a line per step), so that stdout stays one object
 /// with --json.

@@ -93,14 +93,12 @@ public:
 
   /// Every member asked to stop at once, then each waited for.
   void stop_all() {
+    std::vector<child_process*> procs;
     for (auto& m : members_)
-      if (m.proc)
-        m.proc->signal(SIGTERM);
+      procs.push_back(m.proc.get());
+    end_children(procs, 10s);
     for (auto& m : members_)
-      if (m.proc) {
-        end_child(*m.proc, 10s);
-        m.proc.reset();
-      }
+      m.proc.reset();
   }
 
   const std::vector<member>& members() const { return members_; }

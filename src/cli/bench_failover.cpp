@@ -210,13 +210,9 @@ struct loaded_cluster {
   }
 
   ~loaded_cluster() {
-    if (submit)
-      end_child(*submit, 5s);
-    if (miner)
-      end_child(*miner, 5s);
-    for (int i = 1; i <= 3; ++i)
-      if (oracle[i])
-        end_child(*oracle[i], 5s);
+    end_children({submit.get(), miner.get(), oracle[1].get(), oracle[2].get(),
+                  oracle[3].get()},
+                 5s);
   }
 
   void start(int i) {
@@ -279,7 +275,7 @@ nlohmann::json failover(const options& o) {
   auto requeued_before = requeued(sys, addr[leader() ? leader() : 1]);
   for (unsigned k = 0; k < o.failover_kills; ++k) {
     check_stop();
-    std::this_thread::sleep_for(1s);  // a second of load under this leader
+    sleep_unless_stopped(1.0);  // a second of load under this leader
     int l = 0;
     for (int tries = 0; tries < 300 && l == 0; ++tries) {
       l = leader();
@@ -411,7 +407,7 @@ nlohmann::json rotation(const options& o) {
     }
     std::this_thread::sleep_for(10ms);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(interval / 2));
+  sleep_unless_stopped(interval / 2000.0);
   std::vector<int64_t> starts;
   for (int tries = 0; tries < 100 && starts.empty(); ++tries) {
     if (int l = c.leader())

@@ -927,13 +927,18 @@ nlohmann::json snapshot_cost(const options& o) {
   for (int r = 0; r < o.reps; ++r) {
     check_stop();
     auto c0 = cp.commands;
-    while (cp.commands - c0 < every)
+    for (uint64_t k = 0; cp.commands - c0 < every; ++k) {
+      if (k % 1024 == 0)
+        check_stop();
       cp.cycle();
+    }
     changed.push_back(static_cast<double>(cp.ps.changes_pending()));
     c0 = ahead.commands;
     auto committed = c0;
     double spent = 0;
-    while (ahead.commands - c0 < every) {
+    for (uint64_t k = 0; ahead.commands - c0 < every; ++k) {
+      if (k % 1024 == 0)
+        check_stop();
       ahead.cycle();
       if (ahead.commands - committed >= 32) {
         committed = ahead.commands;
@@ -976,13 +981,17 @@ nlohmann::json snapshot_cost(const options& o) {
       is = std::move(g).encode();
       encode.push_back(ms_since(t));
     };
+    check_stop();
     if (r % 2 == 0) {
       old_way();
+      check_stop();
       new_way();
     } else {
       new_way();
+      check_stop();
       old_way();
     }
+    check_stop();
     if (was != is)
       throw std::runtime_error("snapshot: encode() differs from the message's "
                                "own serialization");

@@ -190,13 +190,46 @@ int child_process::finish(std::chrono::milliseconds limit,
 }
 
 std::pair<int, bool> child_process::terminate(std::chrono::milliseconds grace) {
-  signal(SIGCONT);
-  signal(SIGTERM);
-  if (auto st = wait(grace))
-    return {*st, false};
-  signal(SIGKILL);
-  auto st = wait(std::chrono::seconds(10));
-  return {st.value_or(-SIGKILL), true};
+  return terminate_all({this}, grace).front();
+}
+
+std::vector<std::pair<int, bool>> terminate_all(
+  const std::vector<child_process*>& children, std::chrono::milliseconds grace,
+  const std::atomic<bool>* stop) {
+  for (auto* c : children)
+    if (c) {
+      c->signal(SIGCONT);
+      c->signal(SIGTERM);
+    }
+  auto end = std::chrono::steady_clock::now() + grace;
+  auto any_running = [&] {
+    bool any = false;
+    for (auto* c : children)
+      any = (c && c->running()) || any;  // reaps every one that ended
+    return any;
+  };
+  bool stop_seen = false;
+  for (auto now = std::chrono::steady_clock::now(); any_running() && now < end;
+       now = std::chrono::steady_clock::now()) {
+    if (stop && *stop && !stop_seen) {
+      stop_seen = true;
+      end = std::min(end, now + std::chrono::milliseconds(500));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::vector<std::pair<int, bool>> out;
+  for (auto* c : children) {
+    if (!c) {
+      out.emplace_back(0, false);
+      continue;
+    }
+    bool killed = c->running();
+    if (killed)
+      c->signal(SIGKILL);
+    auto st = c->wait(std::chrono::seconds(10));
+    out.emplace_back(st.value_or(-SIGKILL), killed);
+  }
+  return out;
 }
 
 } // namespace nodepool::cli

@@ -100,4 +100,16 @@ private:
   bool status_known_ = true;
 };
 
+/// terminate() of several children at once: SIGCONT and SIGTERM to each
+/// (null entries are skipped), then one wait of at most `grace` for all of
+/// them, then SIGKILL to those still running. Children that take time to
+/// end (an oracle handing its leadership over) do it side by side, not
+/// one after the other. Once `stop` is set (a signal asked this process to
+/// stop), the wait ends half a second later at most. Returns each one's
+/// status and whether SIGKILL was needed, in the order given ({0, false}
+/// for a null entry).
+std::vector<std::pair<int, bool>> terminate_all(
+  const std::vector<child_process*>& children, std::chrono::milliseconds grace,
+  const std::atomic<bool>* stop = nullptr);
+
 } // namespace nodepool::cli

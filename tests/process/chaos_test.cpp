@@ -72,8 +72,9 @@ TEST(chaos, faults_are_injected_and_nothing_accepted_is_lost) {
   EXPECT_GE(sum, s["completed"].get<double>());
   EXPECT_LE(sum, s["accepted"].get<double>());
   EXPECT_GT(std::filesystem::file_size(dir + "/plot/chaos_queue.dat"), 40u);
-  if (run_shell("command -v gnuplot").first == 0)
+  if (run_shell("command -v gnuplot").first == 0) {
     EXPECT_GT(std::filesystem::file_size(dir + "/plot/chaos.png"), 10000u) << errors;
+  }
 }
 
 // A replicated pool of 3 oracles: leaders and followers are killed and

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <csignal>
 #include <fcntl.h>
+#include <memory>
 #include <filesystem>
 #include <thread>
 #include <unistd.h>
@@ -81,6 +82,58 @@ TEST_F(ChildProcess, TerminateAndSignalsOfAChildThatEnded) {
   EXPECT_FALSE(c.running());
   c.signal(SIGKILL);  // reaped: nothing is sent, the status stays
   EXPECT_EQ(c.status(), -SIGTERM);
+}
+
+// terminate_all() asks every child before it waits for any: three children
+// that each end only once all three have been asked (each marks its SIGTERM
+// in a file and waits for the others' marks) all end by the signal, none
+// killed. Ended one after the other, the first would wait for good and be
+// killed past the grace.
+TEST_F(ChildProcess, TerminateAllAsksEveryChildBeforeItWaits) {
+  auto script = "trap 'touch " + dir + "/asked.$0; "
+                "while [ $(ls " + dir + " | grep -c asked) -lt 3 ]; do sleep 0.01; done; "
+                "exit 7' TERM; touch " + dir + "/ready.$0; "
+                "while true; do sleep 0.01; done";
+  std::vector<std::unique_ptr<child_process>> cs;
+  std::vector<child_process*> ptrs;
+  for (int i = 0; i < 3; ++i) {
+    cs.push_back(std::make_unique<child_process>(
+      std::vector<std::string>{"-c", script, std::to_string(i)},
+      dir + "/c" + std::to_string(i), program("/bin/sh")));
+    ptrs.push_back(cs.back().get());
+  }
+  ptrs.insert(ptrs.begin() + 1, nullptr);  // skipped
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3000 && !std::filesystem::exists(
+                                   dir + "/ready." + std::to_string(i));
+         ++k)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // traps set
+  auto out = terminate_all(ptrs, std::chrono::seconds(60));
+  ASSERT_EQ(out.size(), 4u);
+  for (size_t i = 0; i < out.size(); ++i) {
+    EXPECT_EQ(out[i].first, i == 1 ? 0 : 7) << i;
+    EXPECT_FALSE(out[i].second) << i;
+  }
+  // One that ignores SIGTERM is killed past the grace; the others are not.
+  child_process deaf{{"-c", "trap '' TERM; echo deaf; sleep 30"},
+                     dir + "/deaf", program("/bin/sh")};
+  child_process plain{{"30"}, dir + "/plain", program("/bin/sleep")};
+  for (int i = 0; i < 3000 && deaf.output().empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto two = terminate_all({&deaf, &plain}, std::chrono::milliseconds(200));
+  EXPECT_EQ(two[0], std::make_pair(-SIGKILL, true));
+  EXPECT_EQ(two[1], std::make_pair(-SIGTERM, false));
+
+  // Once this process is asked to stop, half a second, not the grace.
+  std::atomic<bool> stop{true};
+  child_process deafer{{"-c", "trap '' TERM; echo deaf; sleep 600"},
+                       dir + "/deafer", program("/bin/sh")};
+  for (int i = 0; i < 3000 && deafer.output().empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto t0 = std::chrono::steady_clock::now();
+  auto three = terminate_all({&deafer}, std::chrono::minutes(10), &stop);
+  EXPECT_EQ(three[0], std::make_pair(-SIGKILL, true));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::minutes(5));
 }
 
 // A descriptor the parent opened without close-on-exec (a socket, a
