@@ -210,6 +210,8 @@ cluster_config parse_cluster(const std::string& text, const std::string& source)
         c.install_snapshot_timeout_ms = in(100, 600000);
       else if (key == "rotation_interval_ms")
         c.rotation_interval_ms = in(0, 86400000);
+      else if (key == "stop_handover_ms")
+        c.stop_handover_ms = in(0, 600000);
       else
         throw fail("raft." + key, "unknown key");
     }

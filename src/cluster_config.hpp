@@ -58,6 +58,7 @@ cluster_member member_from_config(uint64_t id, const std::string& address);
 ///   snapshot_trailing = 128
 ///   install_snapshot_timeout_ms = 10000
 ///   rotation_interval_ms = 0    # > 0: the leader hands over after this long
+///   stop_handover_ms = 600      # a leader asked to stop hands over within this
 /// [tests] of an oracle's config file or of a cluster file: the challenge
 /// bank (empty: the builtin one) and the file holding the oracles' secret
 /// (empty: `<data-dir>/test_secret`). Every member of a cluster must use
@@ -91,6 +92,13 @@ struct cluster_config {
   /// Scheduled rotation: a leader hands leadership to the next member in
   /// id order once it has led this long (0: only on failure, the default).
   unsigned rotation_interval_ms = 0;
+  /// A leader asked to stop (SIGTERM, Ctrl-C) hands leadership over first,
+  /// waiting at most this long for the transfer and for the new leader to
+  /// be heard from, then stops whatever came of it (with the default, a
+  /// signal ends an oracle within a second; a healthy cluster on loopback
+  /// hands over and stops in about 0.2 s). 0: no hand-over (the others
+  /// elect after their election timeout).
+  unsigned stop_handover_ms = 600;
   tests_files tests;
 
   const cluster_member* find(uint64_t id) const;

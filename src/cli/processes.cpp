@@ -512,25 +512,41 @@ int run_oracle(oracle_options& o) {
   }
   // A leader asked to stop hands leadership over first (libraft's
   // raft_transfer), so the cluster does not wait an election timeout for
-  // a new one.
-  if (cluster.log && cluster.log->status().role == log_role::leader) {
+  // a new one; for stop_handover_ms at most, so that a signal still ends
+  // the oracle promptly (members stopped together may never hear who won).
+  if (cluster.log && cc->stop_handover_ms > 0
+      && cluster.log->status().role == log_role::leader) {
     caf::scoped_actor asker{sys};
-    // The transfer ends within an election timeout or two; the answer
-    // names the new leader once it is heard from (up to 2 s more).
-    auto limit = std::chrono::milliseconds(4 * cc->election_timeout_ms + 3000);
+    auto limit = std::chrono::milliseconds(cc->stop_handover_ms);
     asker->request(h.supervisor, limit, transfer_atom::value, uint64_t{0})
       .receive(
         [&](const std::string& text) {
           auto j = nlohmann::json::parse(text, nullptr, false);
-          say("oracle", "handed leadership to member "
-                          + std::to_string(j.value("leader_id", uint64_t{0}))
-                          + " before stopping",
+          auto to = j.value("leader_id", uint64_t{0});
+          say("oracle", to != 0 ? "handed leadership to member "
+                                    + std::to_string(to) + " before stopping"
+                                : "handed leadership over before stopping "
+                                  "(the new leader not heard from yet)",
               "info");
         },
         [&](caf::error& e) {
-          say("oracle", "could not hand leadership over before stopping ("
-                          + sys.render(e) + "); the others elect a leader "
-                            "after their election timeout");
+          // Out of time: whether the transfer went through is in the
+          // member's role (libraft steps down once the target stood).
+          if (e == caf::sec::request_timeout
+              && cluster.log->status().role != log_role::leader)
+            say("oracle", "handed leadership over before stopping (the new "
+                          "leader not heard from within "
+                            + std::to_string(cc->stop_handover_ms) + " ms)",
+                "info");
+          else
+            say("oracle", "could not hand leadership over before stopping ("
+                            + (e == caf::sec::request_timeout
+                                 ? "not done within "
+                                     + std::to_string(cc->stop_handover_ms)
+                                     + " ms, [raft] stop_handover_ms"
+                                 : sys.render(e))
+                            + "); the others elect a leader after their "
+                              "election timeout");
         });
   }
   // A signal is how an oracle is meant to end: the supervisor commits what

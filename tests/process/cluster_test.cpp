@@ -561,6 +561,28 @@ TEST_F(Cluster, ALeaderAskedToStopHandsLeadershipOverFirst) {
   EXPECT_GT(status(n)["cluster"].value("term", uint64_t{0}), before);
 }
 
+// The hand-over at stop waits [raft] stop_handover_ms at most, then the
+// leader stops whatever came of it (a signal ends an oracle within a
+// second). With 1 ms, nothing can be done in time: the leader says so
+// instead of naming a member, ends cleanly, and the others elect a leader
+// on their own.
+TEST_F(Cluster, ALeaderStopsOnceItsHandOverTimeIsUp) {
+  write_file("stop_handover_ms = 1\n");
+  for (int i = 1; i <= 3; ++i)
+    start(i);
+  int l = wait_leader();
+  ASSERT_GT(l, 0) << "no leader elected";
+  oracle_[l]->signal(SIGTERM);
+  EXPECT_EQ(oracle_[l]->wait_exit(std::chrono::seconds(20)), 0)
+    << oracle_[l]->errors();
+  auto err = oracle_[l]->errors();
+  EXPECT_EQ(err.find("handed leadership to member"), std::string::npos) << err;
+  EXPECT_NE(err.find("within 1 ms"), std::string::npos) << err;
+  int n = wait_leader();
+  ASSERT_GT(n, 0);
+  EXPECT_NE(n, l);
+}
+
 TEST_F(Cluster, RefusesAMemberNotInTheFileAndAMissingId) {
   auto [rc, out] = run({"oracle", "--cluster", dir_ + "/cluster.toml", "--id",
                         "9", "--data-dir", dir_ + "/x"},

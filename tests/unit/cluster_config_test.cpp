@@ -77,6 +77,7 @@ election_timeout_ms = 300
 heartbeat_timeout_ms = 30
 install_snapshot_timeout_ms = 2500
 rotation_interval_ms = 600000
+stop_handover_ms = 2500
 [pool]
 heartbeat_timeout_ms = 9000
 )",
@@ -91,6 +92,8 @@ heartbeat_timeout_ms = 9000
   EXPECT_EQ(c.snapshot_threshold, 1024u);
   EXPECT_EQ(c.install_snapshot_timeout_ms, 2500u);
   EXPECT_EQ(c.rotation_interval_ms, 600000u);
+  EXPECT_EQ(c.stop_handover_ms, 2500u);
+  EXPECT_EQ(parse_cluster(three, "d.toml").stop_handover_ms, 600u);  // default
 }
 
 TEST(ClusterFile, TheShippedFileReads) {
@@ -132,6 +135,10 @@ TEST(ClusterFile, RefusesMistakesNamingTheKey) {
      "below raft.election_timeout_ms"},
     {std::string{three} + "[raft]\nrotation_interval_ms = 500\n",
      "raft.rotation_interval_ms"},
+    {std::string{three} + "[raft]\nstop_handover_ms = -1\n",
+     "raft.stop_handover_ms"},
+    {std::string{three} + "[raft]\nstop_handover_ms = 600001\n",
+     "raft.stop_handover_ms"},
     {std::string{three} + "[raft]\nrotation_interval_ms = -1\n",
      "raft.rotation_interval_ms"},
     {std::string{three} + "[raft]\nelection = 5\n", "raft.election"},
