@@ -32,6 +32,11 @@ extern std::atomic<int> stop_signal;
 /// Printed after the second signal's message when set (a line ending in
 /// '\n' that lives while set): what is left behind and how to remove it.
 extern std::atomic<const char*> exit_hint;
+/// Set by a command that only waits for one answer and keeps nothing
+/// (`status`, `sessions --oracle`, `ctl`): the first signal then does not
+/// wait for that answer (up to `--timeout`), it writes this line (ending in
+/// '\n', living while set) and exits at once with 128 + the signal.
+extern std::atomic<const char*> exit_at_once;
 /// SIGINT and SIGTERM set stop_requested (see above).
 void install_signal_handlers();
 /// `sig` too (chaos: SIGHUP, a closed terminal) sets stop_requested.

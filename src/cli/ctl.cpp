@@ -266,6 +266,11 @@ void add_ctl(CLI::App& app) {
   auto run = [o](std::function<int(api_client&)> f) {
     return [o, f] {
       begin();
+      // A request already sent is carried out or not whether its answer is
+      // waited for: nothing here is left half done by leaving at once.
+      exit_at_once = "nodepool ctl: interrupted; a request already sent may "
+                     "still be carried out (`nodepool ctl status` shows the "
+                     "pool)\n";
       api_client c{*o};
       if (int rc = f(c); rc != 0)
         throw exit_code{rc};

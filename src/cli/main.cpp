@@ -20,6 +20,7 @@ namespace nodepool::cli {
 std::atomic<bool> stop_requested{false};
 std::atomic<int> stop_signal{0};
 std::atomic<const char*> exit_hint{nullptr};
+std::atomic<const char*> exit_at_once{nullptr};
 std::string log_level = "warn";
 bool log_level_given = false;
 std::string log_format_name = "text";
@@ -57,6 +58,13 @@ void on_stop_signal(int sig) {
   int none = 0;
   if (stop_signal.compare_exchange_strong(none, sig)) {
     stop_requested = true;
+    if (const char* line = exit_at_once.load()) {
+      size_t len = 0;
+      while (line[len] != '\0')
+        ++len;
+      [[maybe_unused]] auto n = ::write(2, line, len);
+      ::_exit(128 + sig);
+    }
     return;
   }
   static const char msg[] =

@@ -929,6 +929,7 @@ int run_submit(submit_options& o) {
 int run_status(const std::string& oracle, bool json, bool sessions,
                const tls_files& tls) {
   begin();
+  exit_at_once = "nodepool status: interrupted; nothing was changed\n";
   actor_config cfg;
   setup_tls(cfg, tls);
   caf::actor_system sys{cfg};
@@ -1316,6 +1317,7 @@ int sessions_from_dir(const sessions_options& o) {
 /// From a running oracle, through its gateway: one page of at most
 /// --limit sessions (the oracle caps it).
 int sessions_from_oracle(const sessions_options& o) {
+  exit_at_once = "nodepool sessions: interrupted; nothing was changed\n";
   actor_config cfg;
   setup_tls(cfg, o.tls);
   caf::actor_system sys{cfg};

@@ -212,6 +212,33 @@ TEST(signals, sigint_ends_sim_and_its_workers_and_leaves_no_file) {
   EXPECT_TRUE(left.empty()) << left.front();
 }
 
+/// A client that only waits for an answer (here `ctl`, whose requests wait
+/// up to --timeout) does not wait for it once signalled: it says so and
+/// exits at once. The "oracle" is a socket that listens and never answers.
+TEST(signals, sigint_ends_a_client_waiting_for_an_answer_at_once) {
+  auto dir = temp_dir("sig-ctl");
+  cleanup tidy{dir};
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 8), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  auto url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  child ctl{{"ctl", "--url", url, "--timeout", "600", "status"},
+            dir + "/ctl.out"};
+  // Its connection is waiting to be accepted: it has sent its request.
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 60000), 1) << ctl.errors();
+  EXPECT_EQ(signal_and_wait(ctl, SIGINT), 130) << ctl.errors();
+  EXPECT_NE(ctl.errors().find("nodepool ctl: interrupted"), std::string::npos)
+    << ctl.errors();
+  ::close(fd);
+}
+
 /// SIGTERM ends the bench with 143, saying so, printing no report and
 /// leaving nothing in its TMPDIR.
 void expect_sigterm_ends_bench_cleanly(child& bench, const std::string& tmp) {
