@@ -358,6 +358,8 @@ class caf_pool_api : public http::pool_api {
                   n.accepted = c["accepted"];
                   n.tests_passed = c["tests_passed"];
                   n.tests_failed = c["tests_failed"];
+                  n.tests_in_flight = c.value("tests_in_flight", uint64_t{0});
+                  n.tests_waiting = c.value("tests_waiting", uint64_t{0});
                   if (j.contains("histograms")) {
                     auto& g = j["histograms"]["grant_latency_ms"];
                     n.grants = g.value("count", uint64_t{0});

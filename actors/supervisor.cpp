@@ -1311,6 +1311,8 @@ caf::behavior handlers(self_ptr self) {
         c["accepted"] = p.sessions_accepted();
         c["tests_passed"] = p.tests_passed();
         c["tests_failed"] = p.tests_failed();
+        c["tests_in_flight"] = p.tests_in_flight();
+        c["tests_waiting"] = p.tests_waiting();
         c["index"] = index;
         return c;
       };

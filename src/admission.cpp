@@ -84,11 +84,17 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
         maybe_resume(*s, out);
     return;
   }
-  if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING) {
+  if (test_sent(n)) {
     // A test is not redrawn by registering again: the one under way
     // counts as failed (a miner could otherwise read its questions and
     // ask for others until it drew a set it can answer).
     fail_test(n, "abandoned", "registered again during its test", now, out);
+    return;
+  }
+  if (test_waiting(n)) {
+    // Its test has not been sent: it keeps its place in the queue.
+    note_node(n);  // its models may have changed
+    out.changed = true;
     return;
   }
   if (n.state() == pb::QUARANTINED) {
@@ -111,25 +117,68 @@ void pool_state::apply_register(const pb::Register& c, int64_t now,
   start_test(n, pb::ADMISSION, now, out);
 }
 
+namespace {
+
+const char* test_why(pb::TestKind kind) {
+  return kind == pb::ADMISSION      ? "admission test"
+         : kind == pb::REVALIDATION ? "re-validation"
+                                    : "retest";
+}
+
+} // namespace
+
 void pool_state::start_test(pb::NodeRecord& n, pb::TestKind kind, int64_t now,
                             apply_result& out) {
+  // A test sent again (the node back after a change of leader) keeps its
+  // place among those in flight; a re-validation never waits (its node has
+  // just served, and the pool is short of it); the rest wait behind those
+  // already waiting once max_tests_in_flight are out.
+  bool had_place = test_sent(n);
+  auto limit = params_.max_tests_in_flight;
+  bool wait = !had_place && kind != pb::REVALIDATION && limit > 0
+              && (tests_in_flight_ >= limit || !test_queue_.empty());
   auto id = next_test_id_++;
   n.set_test_id(id);
   n.set_test_kind(kind);
-  n.set_test_deadline(now + params_.test_deadline_ms);
+  n.set_test_deadline(wait ? 0 : now + params_.test_deadline_ms);
   auto to = kind == pb::REVALIDATION ? pb::REVALIDATING : pb::TESTING;
-  const char* why = kind == pb::ADMISSION      ? "admission test"
-                    : kind == pb::REVALIDATION ? "re-validation"
-                                               : "retest";
-  set_state(n, to, why, out);
+  if (wait) {
+    set_state(n, to,
+              std::string{test_why(kind)} + ", waiting to be sent (max_tests_in_flight)",
+              out);
+    out.changed = true;  // a test asked for again from TESTING has no event
+    return;
+  }
+  set_state(n, to, test_why(kind), out);
+  test_requested(n, out);
+}
+
+void pool_state::send_test(pb::NodeRecord& n, int64_t now, apply_result& out) {
+  n.set_test_deadline(now + params_.test_deadline_ms);
+  n.set_state_reason(test_why(n.test_kind()));
+  note_node(n);  // out of the queue, among the tests in flight
+  test_requested(n, out);
+}
+
+void pool_state::test_requested(const pb::NodeRecord& n, apply_result& out) {
   out.events.emplace_back();
   auto* t = out.events.back().mutable_test_requested();
   t->set_node_id(n.id());
-  t->set_test_id(id);
+  t->set_test_id(n.test_id());
   t->set_deadline(n.test_deadline());
-  t->set_kind(kind);
+  t->set_kind(n.test_kind());
   t->set_level(n.level());
   *t->mutable_models() = n.models();
+}
+
+void pool_state::send_waiting_tests(int64_t now, apply_result& out) {
+  auto limit = params_.max_tests_in_flight;
+  while (!test_queue_.empty() && (limit == 0 || tests_in_flight_ < limit)) {
+    auto* n = live_node(test_queue_.begin()->second->id());
+    if (!n)  // a drifted index: the invariant checks report it
+      break;
+    send_test(*n, now, out);
+  }
 }
 
 } // namespace nodepool

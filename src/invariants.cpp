@@ -103,6 +103,14 @@ void pool_state::check_counters(std::vector<violation>& out) const {
     add(out, "I4", "the queue's class heads disagree with its classes");
   record_checks::check_accepted(sessions_.size(), sessions_completed_,
                                 sessions_failed_, sessions_accepted(), out);
+  record_checks::check_tests(tests_in_flight_, test_queue_.size(),
+                             params_.max_tests_in_flight, out);
+  if (tests_in_flight_ + test_queue_.size()
+      > counts_[pb::TESTING] + counts_[pb::REVALIDATING])
+    add(out, "I5", std::to_string(tests_in_flight_) + " tests in flight and "
+                     + std::to_string(test_queue_.size()) + " waiting, but "
+                     + std::to_string(counts_[pb::TESTING] + counts_[pb::REVALIDATING])
+                     + " nodes testing or revalidating");
 }
 
 std::vector<violation> pool_state::check_records(
@@ -201,9 +209,17 @@ std::vector<violation> pool_state::check_invariants() const {
   if (classed != queued_)
     add(out, "I4", std::to_string(classed) + " sessions in queue classes, "
                      + std::to_string(queued_) + " queued");
-  size_t timed = 0;
-  for (auto& [nid, n] : nodes_)
+  size_t timed = 0, sent = 0, waiting = 0;
+  for (auto& [nid, n] : nodes_) {
     timed += node_due(n) != never ? 1 : 0;
+    sent += test_sent(n) ? 1 : 0;
+    waiting += test_waiting(n) ? 1 : 0;
+  }
+  if (sent != tests_in_flight_ || waiting != test_queue_.size())
+    add(out, "I5", std::to_string(tests_in_flight_) + " tests counted in flight and "
+                     + std::to_string(test_queue_.size()) + " waiting, but "
+                     + std::to_string(sent) + " and " + std::to_string(waiting)
+                     + " nodes have one");
   if (timed != node_timers_.size())
     add(out, "I2", std::to_string(node_timers_.size()) + " node timers for "
                      + std::to_string(timed) + " nodes with a deadline");
@@ -249,7 +265,11 @@ std::vector<violation> pool_state::check_invariants() const {
   return out;
 }
 
-int64_t record_checks::ephemeral_window_of(const pb::Snapshot& snap) {
+namespace {
+
+/// A snapshot's parameters (the defaults, if they do not decode: what a
+/// restore would keep).
+params params_of(const pb::Snapshot& snap) {
   params p;
   if (!snap.params_json().empty()) {
     std::string err;
@@ -257,7 +277,17 @@ int64_t record_checks::ephemeral_window_of(const pb::Snapshot& snap) {
     if (err.empty() && make_selection(q.selection))
       p = std::move(q);
   }
-  return p.ephemeral_window_ms;
+  return p;
+}
+
+} // namespace
+
+int64_t record_checks::ephemeral_window_of(const pb::Snapshot& snap) {
+  return params_of(snap).ephemeral_window_ms;
+}
+
+uint32_t record_checks::tests_limit_of(const pb::Snapshot& snap) {
+  return params_of(snap).max_tests_in_flight;
 }
 
 std::vector<violation> check_snapshot(const pb::Snapshot& snap) {

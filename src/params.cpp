@@ -154,6 +154,7 @@ const std::vector<std::pair<std::string, member>>& fields() {
     {"test_min_tokens_per_s", &params::test_min_tokens_per_s},
     {"peer_share", &params::peer_share},
     {"max_answer_bytes", &params::max_answer_bytes},
+    {"max_tests_in_flight", &params::max_tests_in_flight},
     {"min_nodes", &params::min_nodes},
     {"max_nodes", &params::max_nodes},
     {"redundancy", &params::redundancy},
@@ -257,6 +258,10 @@ params params_from_json(const std::string& text, params base,
     err = "parameters are not a JSON object";
     return base;
   }
+  // Stored before the limit existed: the pool ran without one, and a
+  // replay must do the same.
+  if (!j.contains("max_tests_in_flight"))
+    base.max_tests_in_flight = 0;
   for (auto& item : j.items()) {
     // Not a structured binding: lambdas below capture these (C++17).
     const auto& key = item.key();

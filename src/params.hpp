@@ -30,6 +30,15 @@ struct params {
   double peer_share = 0.2;
   /// An answer longer than this is refused (answer_too_large).
   uint32_t max_answer_bytes = 8192;
+  /// Admission tests and retests sent and not yet finished, at most; the
+  /// others wait in the order they were asked for, and a test's deadline
+  /// starts when it is sent. A re-validation (a node back from a session)
+  /// never waits, but counts. 0: no limit. Without it, thousands of nodes
+  /// registering at once (an oracle's start, a miner fleet's) are all sent
+  /// a test together, and those answered late fail through no fault of
+  /// their own. A stored parameter set that does not name it (written
+  /// before it existed) reads as 0, so an older log replays as it ran.
+  uint32_t max_tests_in_flight = 1000;
   // sessions
   uint32_t min_nodes = 1;
   uint32_t max_nodes = 3;

@@ -231,6 +231,7 @@ apply_result pool_state::apply(const pb::Command& cmd, int64_t now) {
   if (!out.events.empty())
     out.changed = true;
   if (out.changed) {
+    send_waiting_tests(now, out);
     try_assign(now, out);
     flush_notes();  // what the command noted is then in last_noted_*
     note_changed(cmd, out);
@@ -307,9 +308,10 @@ void pool_state::apply_node_down(const pb::NodeDown& c, int64_t now,
                                              + to_string(n.state())};
     return;
   }
-  if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING) {
+  if (test_sent(n)) {
     // Nor by going away and coming back: it counts as failed, and the
-    // node returns to its quarantine.
+    // node returns to its quarantine. (A test not sent yet is not failed:
+    // the node is lost, and tested when it is back.)
     fail_test(n, "abandoned", "went away during its test", now, out);
     if (n.state() == pb::RETIRED)
       return;
@@ -406,7 +408,7 @@ void pool_state::apply_tick(int64_t now, apply_result& out) {
     switch (n.state()) {
       case pb::TESTING:
       case pb::REVALIDATING:
-        if (now > n.test_deadline())
+        if (test_sent(n) && now > n.test_deadline())
           fail_test(n, "", "test deadline passed", now, out);
         break;
       case pb::QUARANTINED:
@@ -514,8 +516,9 @@ void pool_state::apply_takeover(int64_t now, apply_result& out) {
       continue;
     n.set_rejoin_by(by);
     // A test in flight went out from the old leader: it is sent again when
-    // the node is back, with a deadline from then.
-    if (n.state() == pb::TESTING || n.state() == pb::REVALIDATING)
+    // the node is back, with a deadline from then. One not sent yet leaves
+    // the queue until then (test_waiting), and is asked for again.
+    if (test_sent(n))
       n.set_test_deadline(std::max(n.test_deadline(),
                                    by + params_.test_deadline_ms));
   }

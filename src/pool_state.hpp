@@ -47,6 +47,13 @@ bool counts_as_alive(const pb::NodeRecord& n);
 /// In the pool, taking sessions, and reachable (not waiting to rejoin after
 /// a change of leader).
 bool counts_as_available(const pb::NodeRecord& n);
+/// Its test was sent and has not finished: it holds one of
+/// max_tests_in_flight.
+bool test_sent(const pb::NodeRecord& n);
+/// Asked for a test that waits to be sent (max_tests_in_flight). A node
+/// waiting to rejoin after a change of leader is not (its test is asked for
+/// again when it is back).
+bool test_waiting(const pb::NodeRecord& n);
 
 /// The node pool as a pure, deterministic state machine.
 ///
@@ -109,6 +116,10 @@ public:
   }
   const id_window& recent_ids() const { return recent_ids_; }
   uint64_t tests_passed() const { return tests_passed_; }
+  /// Tests sent and not finished (re-validations included), and admission
+  /// tests and retests waiting to be sent (max_tests_in_flight). O(1).
+  uint64_t tests_in_flight() const { return tests_in_flight_; }
+  uint64_t tests_waiting() const { return test_queue_.size(); }
   uint64_t tests_failed() const { return tests_failed_; }
   /// Times an active session lost its nodes and went back to the queue.
   uint64_t sessions_requeued() const { return sessions_requeued_; }
@@ -240,8 +251,19 @@ private:
 
   // admission.cpp
   void apply_register(const pb::Register& c, int64_t now, apply_result& out);
+  /// Asks for a test of `n`: sent now (TestRequested, deadline from now),
+  /// or, an admission test or retest while max_tests_in_flight are out or
+  /// others wait, queued behind them (no deadline yet).
   void start_test(pb::NodeRecord& n, pb::TestKind kind, int64_t now,
                   apply_result& out);
+  /// Sends the test `n` was asked for (its deadline starts now).
+  void send_test(pb::NodeRecord& n, int64_t now, apply_result& out);
+  /// The TestRequested event of the test `n` was just sent.
+  void test_requested(const pb::NodeRecord& n, apply_result& out);
+  /// Sends the tests that wait, oldest first, while the limit allows: at the
+  /// end of every command that changed something (a test that ended, or a
+  /// Configure that raised the limit, frees a place).
+  void send_waiting_tests(int64_t now, apply_result& out);
 
   // revalidation.cpp
   void apply_test_result(const pb::TestResult& c, int64_t now,
@@ -473,6 +495,8 @@ private:
     std::vector<level_counts*> models;
     int64_t due = never;
     node_timer_set::iterator timer;  // valid while due != never
+    bool test_sent = false;     // counted in tests_in_flight_
+    uint64_t waiting_test = 0;  // its key in test_queue_ (0: not there)
   };
   struct session_timer {
     int64_t due;
@@ -532,6 +556,10 @@ private:
   std::set<std::string> short_;
 
   std::array<uint64_t, 9> counts_{};
+  /// Tests asked for and not yet sent, by test id (the order they were
+  /// asked in); kept by note_node from the records (test_waiting()).
+  std::map<uint64_t, const pb::NodeRecord*> test_queue_;
+  uint64_t tests_in_flight_ = 0;  // nodes with test_sent()
   uint64_t next_test_id_ = 1;
   uint64_t next_session_seq_ = 1;
   uint64_t rng_state_ = 0;

@@ -133,6 +133,18 @@ namespace nodepool::record_checks {
 /// The ephemeral window a snapshot's parameters set (the defaults', if they
 /// do not decode: what a restore would keep).
 int64_t ephemeral_window_of(const pb::Snapshot& snap);
+/// Its max_tests_in_flight, read the same way.
+uint32_t tests_limit_of(const pb::Snapshot& snap);
+
+/// I5 for the tests: none waits to be sent while fewer than the limit are
+/// in flight (a place left free would hold the waiting ones back for good).
+inline void check_tests(uint64_t sent, uint64_t waiting, uint32_t limit,
+                        std::vector<violation>& out) {
+  if (waiting > 0 && (limit == 0 || sent < limit))
+    add(out, "I5", std::to_string(waiting) + " tests wait to be sent while "
+                     + std::to_string(sent) + " are in flight, of at most "
+                     + (limit == 0 ? std::string{"any number"} : std::to_string(limit)));
+}
 
 /// Every record of a snapshot against the records it names, and the
 /// sessions accounted for. `nodes` and `sessions` are ranges, `rec(x)`
@@ -143,8 +155,13 @@ void check_snapshot_records(const pb::Snapshot& scalars, int64_t window,
                             const Rec& rec, const NodeOf& node_of,
                             const SessionOf& session_of,
                             std::vector<violation>& out) {
-  for (auto& x : nodes)
+  uint64_t sent = 0, waiting = 0;
+  for (auto& x : nodes) {
     check_node(rec(x), window, session_of, out);
+    sent += test_sent(rec(x)) ? 1 : 0;
+    waiting += test_waiting(rec(x)) ? 1 : 0;
+  }
+  check_tests(sent, waiting, tests_limit_of(scalars), out);
   uint64_t live = 0;
   for (auto& x : sessions) {
     check_session(rec(x), node_of, out);

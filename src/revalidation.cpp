@@ -16,6 +16,11 @@ void pool_state::apply_test_result(const pb::TestResult& c, int64_t now,
                           "node " + n.id() + " is " + to_string(n.state())};
     return;
   }
+  if (!test_sent(n)) {
+    out.refused = refusal{pb::REFUSAL_NO_TEST_IN_FLIGHT,
+                          "the test of node " + n.id() + " has not been sent yet"};
+    return;
+  }
   if (c.test_id() != n.test_id()) {
     out.refused = refusal{pb::REFUSAL_STALE_TEST, "test " + std::to_string(c.test_id())
                                           + " is not the one in flight ("

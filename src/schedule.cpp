@@ -35,6 +35,16 @@ bool counts_as_available(const pb::NodeRecord& n) {
          && n.rejoin_by() == 0 && !n.drained();
 }
 
+bool test_sent(const pb::NodeRecord& n) {
+  return (n.state() == pb::TESTING || n.state() == pb::REVALIDATING)
+         && n.test_deadline() != 0;
+}
+
+bool test_waiting(const pb::NodeRecord& n) {
+  return (n.state() == pb::TESTING || n.state() == pb::REVALIDATING)
+         && n.test_deadline() == 0 && n.test_id() != 0 && n.rejoin_by() == 0;
+}
+
 int64_t pool_state::node_due(const pb::NodeRecord& n) const {
   auto base = node_state_due(n);
   if (n.rejoin_by() > 0 && n.state() != pb::RETIRED && n.state() != pb::LOST)
@@ -46,7 +56,8 @@ int64_t pool_state::node_state_due(const pb::NodeRecord& n) const {
   switch (n.state()) {
     case pb::TESTING:
     case pb::REVALIDATING:
-      return n.test_deadline() + 1;  // failed once now > deadline
+      // Failed once now > deadline; a test not sent yet has none.
+      return n.test_deadline() == 0 ? never : n.test_deadline() + 1;
     case pb::QUARANTINED:
       return n.quarantine_until();
     case pb::LOST:
@@ -122,6 +133,20 @@ void pool_state::note_node(const pb::NodeRecord& n) {
       a.models.push_back(c);
   }
   apply_counts(+1);
+  // Its place among the tests sent or waiting.
+  bool sent = test_sent(n);
+  if (sent != a.test_sent) {
+    sent ? ++tests_in_flight_ : --tests_in_flight_;
+    a.test_sent = sent;
+  }
+  uint64_t wait = test_waiting(n) ? n.test_id() : 0;
+  if (wait != a.waiting_test) {
+    if (a.waiting_test != 0)
+      test_queue_.erase(a.waiting_test);
+    if (wait != 0)  // test ids only grow: the end is the hint
+      test_queue_.emplace_hint(test_queue_.end(), wait, &n);
+    a.waiting_test = wait;
+  }
   noted_nodes_.push_back(&n);
 }
 
@@ -230,6 +255,8 @@ void pool_state::rebuild_indexes() {
   heads_.clear();
   short_.clear();
   queued_ = 0;
+  test_queue_.clear();
+  tests_in_flight_ = 0;
   for (auto& [id, n] : nodes_)
     note_node(n);
   for (auto& [id, s] : sessions_) {
@@ -275,6 +302,19 @@ void pool_state::check_indexes(const pb::NodeRecord& n,
     out.push_back({"I5", "node " + n.id()
                            + " is counted under another level, model or "
                              "state than its own"});
+  if (x.test_sent != test_sent(n))
+    out.push_back({"I5", "node " + n.id()
+                           + (x.test_sent ? " is counted among the tests in flight"
+                                          : " is missing from the tests in flight")});
+  uint64_t wait = test_waiting(n) ? n.test_id() : 0;
+  auto q = wait != 0 ? test_queue_.find(wait) : test_queue_.end();
+  if (x.waiting_test != wait
+      || (wait != 0 && (q == test_queue_.end() || q->second != &n)))
+    out.push_back({"I5", "the queue of tests to send disagrees with node "
+                           + n.id()});
+  if (wait != 0 && n.test_kind() == pb::REVALIDATION)
+    out.push_back({"I5", "the re-validation of node " + n.id()
+                           + " waits to be sent"});
   auto due = node_due(n);
   if (x.due != due || (due != never && node_timers_.count({due, &n}) == 0))
     out.push_back({"I2", "the timer of node " + n.id()

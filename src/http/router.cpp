@@ -761,8 +761,11 @@ void router::get_info(const std::shared_ptr<call>& c) {
 
 pool_counts pool_counts::of(const pb::Snapshot& s) {
   pool_counts c;
-  for (auto& n : s.nodes())
+  for (auto& n : s.nodes()) {
     ++c.nodes[n.state()];
+    c.tests_in_flight += test_sent(n) ? 1 : 0;
+    c.tests_waiting += test_waiting(n) ? 1 : 0;
+  }
   for (auto& x : s.sessions())
     (x.state() == pb::QUEUED ? c.queued : c.active) += 1;
   c.completed = s.sessions_completed();
@@ -798,6 +801,8 @@ void router::get_status(const std::shared_ptr<call>& c) {
     j["queue_depth"] = n.queued;
     j["tests"]["passed"] = n.tests_passed;
     j["tests"]["failed"] = n.tests_failed;
+    j["tests"]["in_flight"] = n.tests_in_flight;
+    j["tests"]["waiting"] = n.tests_waiting;
     j["grants"]["total"] = n.grants;
     j["grants"]["latency_ms_sum"] = n.grant_latency_ms_sum;
     j["oracle"] = view;
@@ -1495,6 +1500,13 @@ std::string prometheus_text(
                num(committed, "tests_passed"));
     out.sample("nodepool_tests_total", {{"result", "failed"}},
                num(committed, "tests_failed"));
+    out.single("nodepool_tests_in_flight", "gauge",
+               "Cognitive tests sent and not finished.",
+               num(committed, "tests_in_flight"));
+    out.single("nodepool_tests_waiting", "gauge",
+               "Admission tests and retests waiting to be sent "
+               "(max_tests_in_flight).",
+               num(committed, "tests_waiting"));
     out.single("nodepool_applied_index", "gauge",
                "The last log entry this oracle's pool holds.",
                num(committed, "index"));

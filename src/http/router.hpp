@@ -40,6 +40,9 @@ struct pool_counts {
   std::map<pb::NodeState, uint64_t> nodes;  // by state
   uint64_t queued = 0, active = 0, completed = 0, failed = 0, accepted = 0;
   uint64_t tests_passed = 0, tests_failed = 0;
+  /// Tests sent and not finished, and tests waiting to be sent
+  /// (max_tests_in_flight).
+  uint64_t tests_in_flight = 0, tests_waiting = 0;
   /// Sessions this oracle's supervisor granted nodes to, and the sum of
   /// their waits (submission to reservation, ms): a mean over any interval
   /// is the difference of two reads.
@@ -109,6 +112,8 @@ class pool_api {
       c["accepted"] = n.accepted;
       c["tests_passed"] = n.tests_passed;
       c["tests_failed"] = n.tests_failed;
+      c["tests_in_flight"] = n.tests_in_flight;
+      c["tests_waiting"] = n.tests_waiting;
       nlohmann::json j;
       j["supervisor"]["committed"] = std::move(c);
       j["cluster"] = std::move(view);

@@ -326,6 +326,23 @@ TEST_F(api, StatusCountsNodesAndSaysWhatIndexItReflects) {
   EXPECT_TRUE(header);
 }
 
+TEST_F(api, StatusCountsTheTestsSentAndThoseWaiting) {
+  auto add = [&](const char* id, int64_t deadline) {
+    auto* n = pool->snap.add_nodes();
+    n->set_id(id);
+    n->set_state(pb::TESTING);
+    n->set_test_id(id[1]);
+    n->set_test_deadline(deadline);  // 0: not sent yet
+  };
+  add("t1", 5000);
+  add("t2", 0);
+  add("t3", 0);
+  auto j = call("GET", "/api/v1/status")->body();
+  EXPECT_EQ(j["tests"]["in_flight"], 1) << j.dump();
+  EXPECT_EQ(j["tests"]["waiting"], 2) << j.dump();
+  EXPECT_EQ(j["nodes"]["by_state"]["testing"], 3);
+}
+
 TEST_F(api, NoLeaderIs503) {
   pool->refuse_state = api_error{"not_leader", "no leader known"};
   expect_error(*call("GET", "/api/v1/status"), 503, "not_leader");
@@ -806,7 +823,8 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                                      {"queued", 2}, {"active", 1},
                                      {"completed", 9}, {"failed", 1},
                                      {"accepted", 13}, {"tests_passed", 7},
-                                     {"tests_failed", 2}, {"index", 77}};
+                                     {"tests_failed", 2}, {"tests_in_flight", 5},
+                                     {"tests_waiting", 6}, {"index", 77}};
   pool["supervisor"]["refusals"] = {{"duplicate_session", 3}};
   pool["supervisor"]["reservations"] = 11;
   pool["supervisor"]["releases"] = 10;
@@ -832,6 +850,7 @@ TEST(prometheus_text, shows_the_supervisor_gateway_and_cluster) {
                     "nodepool_queue_depth 2\n",
                     "nodepool_sessions_ended_total{outcome=\"completed\"} 9\n",
                     "nodepool_tests_total{result=\"failed\"} 2\n",
+                    "nodepool_tests_in_flight 5\n", "nodepool_tests_waiting 6\n",
                     "nodepool_reservations_total 11\n",
                     "nodepool_releases_total 10\n",
                     "nodepool_refusals_total{source=\"pool\",code=\"duplicate_session\"} 3\n",

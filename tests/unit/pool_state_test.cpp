@@ -2,6 +2,7 @@
 //
 // Every command goes through `harness::apply`, which checks I1..I5 after it
 // and, for a refused command, that nothing changed at all.
+#include <random>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -4031,4 +4032,214 @@ TEST(PoolLost, RecordsStayBoundedUnderChurn) {
   EXPECT_GE(h.pool.nodes().size(), 25u);
   EXPECT_TRUE(h.pool.check_invariants().empty());
   EXPECT_EQ(bytes_of(h.pool.freeze().finish()), bytes_of(h.pool.snapshot()));
+}
+
+// -- tests in flight (max_tests_in_flight) --------------------------------------
+
+namespace {
+
+params limited(uint32_t tests) {
+  auto p = quiet();
+  p.max_tests_in_flight = tests;
+  return p;
+}
+
+} // namespace
+
+TEST(PoolTestsInFlight, PastTheLimitTestsWaitAndAreSentInOrderAsPlacesFree) {
+  harness h{limited(2)};
+  for (auto id : {"n1", "n2", "n3", "n4", "n5"}) {
+    auto r = h.reg(id);
+    EXPECT_EQ(test_request(r, id) != nullptr, std::string{id} <= "n2") << id;
+    EXPECT_EQ(h.state(id), pb::TESTING) << id;
+  }
+  EXPECT_EQ(h.pool.tests_in_flight(), 2u);
+  EXPECT_EQ(h.pool.tests_waiting(), 3u);
+  EXPECT_EQ(h.node("n3").test_deadline(), 0);
+  EXPECT_NE(h.node("n3").state_reason().find("waiting"), std::string::npos);
+  // A test that waits has no deadline running: long past the others', it
+  // is still to come, and not failed.
+  auto d = h.pool.config().test_deadline_ms;
+  h.now += d / 2;
+  auto r = h.pass("n1");  // a place frees: the oldest waiting is sent
+  auto* t = test_request(r, "n3");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->deadline(), h.now + d);
+  EXPECT_EQ(test_request(r, "n4"), nullptr);
+  EXPECT_EQ(h.node("n3").state_reason(), "admission test");
+  r = h.fail("n2");
+  EXPECT_NE(test_request(r, "n4"), nullptr);
+  EXPECT_EQ(h.pool.tests_waiting(), 1u);
+  // n3's deadline passes: it fails, and n5 is sent in the same tick.
+  h.now += d + 1;
+  r = h.tick();
+  EXPECT_NE(change_of(r, "n3", pb::TESTING, pb::QUARANTINED), nullptr);
+  EXPECT_NE(test_request(r, "n5"), nullptr);
+  EXPECT_EQ(h.state("n5"), pb::TESTING);
+  EXPECT_EQ(h.pool.tests_waiting(), 0u);
+  // n4, sent with n3, failed in the same tick: n5 alone is out.
+  EXPECT_NE(change_of(r, "n4", pb::TESTING, pb::QUARANTINED), nullptr);
+  EXPECT_EQ(h.pool.tests_in_flight(), 1u);
+  EXPECT_EQ(h.node("n5").strikes(), 0u);
+}
+
+TEST(PoolTestsInFlight, ARevalidationNeverWaitsButCounts) {
+  harness h{limited(1)};
+  h.admit("r1");
+  h.reg("n2");  // the one place
+  auto r = h.reg("n3");
+  EXPECT_EQ(test_request(r, "n3"), nullptr);
+  h.submit("s1", "m", 1, 1, 0, 1);
+  r = h.task("s1", {{"r1", pb::OK}});
+  ASSERT_EQ(h.state("r1"), pb::REVALIDATING);
+  EXPECT_NE(test_request(r, "r1"), nullptr) << "a re-validation waits for nobody";
+  EXPECT_EQ(h.pool.tests_in_flight(), 2u);
+  h.pass("n2");  // one left in flight, the limit: n3 still waits
+  EXPECT_EQ(h.node("n3").test_deadline(), 0);
+  r = h.pass("r1");
+  EXPECT_NE(test_request(r, "n3"), nullptr);
+}
+
+TEST(PoolTestsInFlight, AWaitingNodeIsNotFailedForRegisteringAgainOrGoingAway) {
+  harness h{limited(1)};
+  h.reg("n1");
+  h.reg("n2");
+  h.reg("n3");
+  auto id2 = h.node("n2").test_id();
+  // Its test was never sent: registering again keeps its place, no strike.
+  auto r = h.reg("n2");
+  EXPECT_FALSE(r.refused);
+  EXPECT_EQ(h.node("n2").test_id(), id2);
+  EXPECT_EQ(h.node("n2").strikes(), 0u);
+  EXPECT_EQ(h.pool.tests_failed(), 0u);
+  // Gone: lost, without a strike, and out of the queue.
+  r = h.down("n2");
+  EXPECT_EQ(h.state("n2"), pb::LOST);
+  EXPECT_EQ(h.node("n2").strikes(), 0u);
+  EXPECT_EQ(h.pool.tests_waiting(), 1u);
+  // A result for a test not sent is refused (only the validator sends
+  // results, and only for tests it was asked for).
+  EXPECT_REFUSED(h.apply(result_cmd("n3", h.node("n3").test_id(), 5, 5)),
+                 "no_test_in_flight");
+  r = h.pass("n1");
+  EXPECT_NE(test_request(r, "n3"), nullptr);
+}
+
+TEST(PoolTestsInFlight, RaisingTheLimitSendsWhatWaits) {
+  harness h{limited(1)};
+  for (auto id : {"n1", "n2", "n3", "n4"})
+    h.reg(id);
+  EXPECT_EQ(h.pool.tests_waiting(), 3u);
+  auto p = limited(3);
+  pb::Command c;
+  c.mutable_configure()->set_params_json(to_json(p));
+  auto r = h.apply(c);
+  EXPECT_NE(test_request(r, "n2"), nullptr);
+  EXPECT_NE(test_request(r, "n3"), nullptr);
+  EXPECT_EQ(test_request(r, "n4"), nullptr);
+  p.max_tests_in_flight = 0;  // no limit
+  c.mutable_configure()->set_params_json(to_json(p));
+  r = h.apply(c);
+  EXPECT_NE(test_request(r, "n4"), nullptr);
+  EXPECT_EQ(h.pool.tests_waiting(), 0u);
+  EXPECT_EQ(h.pool.tests_in_flight(), 4u);
+}
+
+TEST(PoolTestsInFlight, AStoredParameterSetWithoutTheLimitHasNone) {
+  // Written before the limit existed: a replay must run as the pool did.
+  std::string err;
+  auto old = params_from_json(R"({"test_deadline_ms": 700})", params{}, err);
+  EXPECT_EQ(err, "");
+  EXPECT_EQ(old.test_deadline_ms, 700);
+  EXPECT_EQ(old.max_tests_in_flight, 0u);
+  auto back = params_from_json(to_json(limited(7)), params{}, err);
+  EXPECT_EQ(back.max_tests_in_flight, 7u);
+  EXPECT_EQ(params{}.max_tests_in_flight, 1000u);
+}
+
+TEST(PoolTestsInFlight, AChangeOfLeaderAsksForAWaitingTestAgainWhenTheNodeIsBack) {
+  auto p = takeover_params();
+  p.max_tests_in_flight = 1;
+  harness h{p};
+  h.reg("n1");
+  h.reg("n2");
+  h.reg("n3");
+  h.apply(takeover_cmd(5));
+  // Nobody is back yet: no test is sent to a node the new leader cannot
+  // reach, and the waiting ones left the queue.
+  EXPECT_EQ(h.pool.tests_waiting(), 0u);
+  h.now += 1000;
+  auto r = h.reg("n3");
+  EXPECT_EQ(test_request(r, "n3"), nullptr) << "n1 still holds the place";
+  EXPECT_EQ(h.pool.tests_waiting(), 1u);
+  r = h.reg("n1");  // sent again, in its own place
+  EXPECT_NE(test_request(r, "n1"), nullptr);
+  r = h.pass("n1");
+  EXPECT_NE(test_request(r, "n3"), nullptr);
+  // n2 never came back: lost at its deadline, never failed.
+  h.now += 3000;
+  h.tick();
+  EXPECT_EQ(h.state("n2"), pb::LOST);
+  EXPECT_EQ(h.node("n2").strikes(), 0u);
+}
+
+TEST(PoolTestsInFlight, TheQueueSurvivesASnapshotInItsOrder) {
+  harness h{limited(1)};
+  for (auto id : {"n1", "n2", "n3", "n4"})
+    h.reg(id);
+  h.reg("n2");  // keeps its place: n2, n3, n4
+  harness g{limited(1)};
+  g.restore(h.pool.snapshot());
+  EXPECT_EQ(g.pool.tests_waiting(), 3u);
+  EXPECT_EQ(g.pool.tests_in_flight(), 1u);
+  for (auto next : {"n2", "n3", "n4"}) {
+    std::string sent;
+    for (auto& [id, n] : g.pool.nodes())
+      if (test_sent(n))
+        sent = id;
+    auto r = g.pass(sent);
+    EXPECT_NE(test_request(r, next), nullptr) << next;
+  }
+}
+
+TEST(PoolInvariants, DetectsI5ATestWaitingWhileAPlaceIsFree) {
+  auto s = valid_state();
+  auto* n = node_in(s, "n3");
+  n->set_state(pb::TESTING);
+  n->set_test_id(99);
+  n->set_test_kind(pb::ADMISSION);
+  n->set_test_deadline(0);  // asked for, never sent, and nothing in flight
+  expect_caught(s, "I5", {"n3"}, {});
+}
+
+TEST(PoolRandomized, ALowLimitOnTestsHoldsTheInvariants) {
+  // The randomized runs with one or two tests in flight at most: every
+  // command checked whole and by what it touched (harness::apply).
+  for (uint32_t seed = 1; seed <= 40; ++seed) {
+    auto p = limited(1 + seed % 2);
+    harness h{p};
+    std::mt19937_64 rng{seed};
+    for (int step = 0; step < 400 && !h.broken; ++step) {
+      auto id = "n" + std::to_string(rng() % 12);
+      switch (rng() % 6) {
+        case 0: h.reg(id); break;
+        case 1:
+          if (auto* n = h.pool.node(id); n && test_sent(*n))
+            h.apply(result_cmd(id, n->test_id(), rng() % 6, 5));
+          break;
+        case 2: h.down(id); break;
+        case 3: h.submit("s" + std::to_string(step)); break;
+        case 4: h.now += static_cast<int64_t>(rng() % 3000); h.tick(); break;
+        default:
+          for (auto& [sid, s] : h.pool.sessions())
+            if (s.state() == pb::ACTIVE) {
+              std::string x = sid;
+              h.end(x);
+              break;
+            }
+      }
+    }
+    ASSERT_FALSE(h.broken) << "seed " << seed;
+    EXPECT_LE(h.pool.tests_in_flight(), 2u + h.pool.count_by_state()[pb::REVALIDATING]);
+  }
 }

@@ -424,7 +424,7 @@ TEST(ParamsFlags, SetParamParsesByTypeAndNamesTheKey) {
   EXPECT_NE(nodepool::set_param(p, "bogus", "1").find("bogus"),
             std::string::npos);
   EXPECT_EQ(p.max_strikes, 7u);  // a refused value changes nothing
-  EXPECT_EQ(nodepool::param_names().size(), 35u);
+  EXPECT_EQ(nodepool::param_names().size(), 36u);
 }
 
 TEST(ConfigureCommand, ChangesParametersThroughTheLog) {
