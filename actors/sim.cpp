@@ -177,6 +177,8 @@ private:
   void draw_parameters() {
     auto d = draw_run(rng_, seed_, *net_, true);
     p_ = d.pool;
+    if (opt_.tests_in_flight > 0)
+      p_.max_tests_in_flight = opt_.tests_in_flight;
     sessions_wanted_ = d.sessions_wanted;
   }
 
@@ -584,6 +586,8 @@ std::string sim_repro_command(uint64_t seed, const sim_options& opt) {
     cmd += " --no-restarts";
   if (opt.lying_disk)
     cmd += " --lying-disk";
+  if (opt.tests_in_flight > 0)
+    cmd += " --tests-in-flight " + std::to_string(opt.tests_in_flight);
 
   return cmd;
 }

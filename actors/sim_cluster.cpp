@@ -697,6 +697,8 @@ private:
   void draw_parameters() {
     auto d = draw_run(rng_, seed_, *net_, false);
     p_ = d.pool;
+    if (opt_.tests_in_flight > 0)
+      p_.max_tests_in_flight = opt_.tests_in_flight;
     // Nodes get longer to reach a new leader; sessions wait out elections.
     p_.heartbeat_timeout_ms = 600;
     p_.queue_timeout_ms = 12000;

@@ -131,11 +131,6 @@ run_draw draw_run(seeded_rng& rng, uint64_t seed, net_faults& net,
   p.max_strikes = 3 + static_cast<uint32_t>(rng.below(3));
   if (snapshot_every)
     p.snapshot_every = 5 + rng.below(60);
-  // A third of the seeds send one to three tests at a time, so that tests
-  // wait for each other through the faults (taken from the seed, not
-  // drawn: the other seeds run as they did before the limit).
-  if (seed % 3 == 0)
-    p.max_tests_in_flight = 1 + static_cast<uint32_t>(seed / 3 % 3);
   static const char* strategies[] = {"reputation", "random", "latency"};
   p.selection = strategies[rng.below(3)];
   p.seed = seed;

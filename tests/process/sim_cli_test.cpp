@@ -255,6 +255,25 @@ TEST(sim_cli, no_append_lands_after_one_that_failed) {
   EXPECT_GE(j["faults"].value("oracle_restart", 0), 3) << j["faults"];
 }
 
+// Tests that wait for a place (max_tests_in_flight) through every fault:
+// crashes, power cuts, changes of leader. A waiting test left behind a free
+// place is a violation (I5), and a seed that reports one names the flag in
+// its reproducer.
+TEST(sim_cli, tests_that_wait_for_a_place_hold_the_invariants) {
+  auto [rc, out] = sim("--tests-in-flight 1 --seeds 1..300 --json");
+  EXPECT_EQ(rc, 0) << out;
+  auto j = last_json_line(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_TRUE(j["violations"].empty()) << j["violations"].dump();
+  EXPECT_GT(j["sessions"].value("completed", 0), 0) << j.dump();
+  auto [rc3, out3] = sim("--oracles 3 --tests-in-flight 2 --seeds 1..40 --json");
+  EXPECT_EQ(rc3, 0) << out3;
+  auto k = last_json_line(out3);
+  ASSERT_FALSE(k.is_discarded()) << out3;
+  EXPECT_TRUE(k["violations"].empty()) << k["violations"].dump();
+  EXPECT_GT(k["sessions"].value("completed", 0), 0) << k.dump();
+}
+
 TEST(sim_cli, bad_flags_are_refused_clearly) {
   auto [rc, out] = run_shell(std::string(NODEPOOL_BIN) + " sim --seeds 9..3");
   EXPECT_NE(rc, 0);
