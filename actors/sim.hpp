@@ -57,7 +57,7 @@ struct sim_options {
   /// if each were lost on its way; the run must report the submissions
   /// that never got one.
   bool deaf_clients = false;
-  /// max_tests_in_flight of every run; 0: the pool's default (1000, which
+  /// max_tests_in_flight of every run; 0: the pool's default (250, which
   /// a run's few nodes never reach). 1 to 3 make tests wait for each other
   /// through the faults.
   uint32_t tests_in_flight = 0;

@@ -38,7 +38,7 @@ struct params {
   /// a test together, and those answered late fail through no fault of
   /// their own. A stored parameter set that does not name it (written
   /// before it existed) reads as 0, so an older log replays as it ran.
-  uint32_t max_tests_in_flight = 1000;
+  uint32_t max_tests_in_flight = 250;
   // sessions
   uint32_t min_nodes = 1;
   uint32_t max_nodes = 3;

@@ -70,6 +70,11 @@ bool test_waiting(const pb::NodeRecord& n);
 ///   any state --heartbeat missed / actor down--> LOST --registers again--> TESTING
 ///   EPHEMERAL --ephemeral window expired--> TESTING
 ///
+/// A node in TESTING may wait for its test to be sent: at most
+/// max_tests_in_flight admission tests and retests are out at a time, the
+/// others wait in the order they were asked for (test_waiting), and a
+/// test's deadline starts when it is sent.
+///
 /// No clock, no I/O, no global randomness: the time comes with each command
 /// and random choices draw from a generator whose state is part of the pool.
 /// The same commands with the same times always give the same state and

@@ -353,7 +353,7 @@ void add_sim(CLI::App& app) {
                   "healthy nodes per run (default 3)");
   cmd->add_option("--tests-in-flight", c->opt.tests_in_flight,
                   "max_tests_in_flight of every run (default: the pool's, "
-                  "1000, which a run's few nodes never reach); 1 to 3 make "
+                  "250, which a run's few nodes never reach); 1 to 3 make "
                   "tests wait for each other through the faults")
     ->check(CLI::Range(1u, 1000000u));
   cmd->add_flag("--lossy-store", c->opt.lossy_store,

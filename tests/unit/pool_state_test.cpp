@@ -4154,7 +4154,7 @@ TEST(PoolTestsInFlight, AStoredParameterSetWithoutTheLimitHasNone) {
   EXPECT_EQ(old.max_tests_in_flight, 0u);
   auto back = params_from_json(to_json(limited(7)), params{}, err);
   EXPECT_EQ(back.max_tests_in_flight, 7u);
-  EXPECT_EQ(params{}.max_tests_in_flight, 1000u);
+  EXPECT_EQ(params{}.max_tests_in_flight, 250u);
 }
 
 TEST(PoolTestsInFlight, AChangeOfLeaderAsksForAWaitingTestAgainWhenTheNodeIsBack) {
