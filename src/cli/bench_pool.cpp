@@ -715,11 +715,19 @@ struct cycling_pool {
         check_stop();
       take_tests(ps.apply(register_cmd(node_name("n", i)), now));
     }
-    for (auto& [n, t] : tests)
-      ps.apply(pass_cmd(n, t), now);
-    tests.clear();
+    pass_all();
     if (ps.count_by_state()[pb::EPHEMERAL] != nodes)
       throw std::runtime_error("bench: nodes were not admitted");
+  }
+
+  /// Passes every test asked for, and those sent as others pass (past
+  /// max_tests_in_flight, tests wait for a place).
+  void pass_all() {
+    for (size_t k = 0; k < tests.size(); ++k) {
+      auto [n, t] = tests[k];  // a copy: take_tests may grow the list
+      take_tests(ps.apply(pass_cmd(n, t), now));
+    }
+    tests.clear();
   }
 
   void take_tests(const apply_result& r) {
@@ -833,9 +841,7 @@ nlohmann::json queue_cost(const options& o) {
     reg.mutable_register_()->set_models(0, "rare-model");
     big.take_tests(big.ps.apply(reg, big.now));
   }
-  for (auto& [n, t] : big.tests)
-    big.ps.apply(pass_cmd(n, t), big.now);
-  big.tests.clear();
+  big.pass_all();
   for (uint32_t i = 0; i < o.queue_sessions; ++i) {
     auto c = submit_cmd("q" + std::to_string(i));
     auto* s = c.mutable_submit_session();
