@@ -106,6 +106,9 @@ inline apply_result apply_checked(pool_state& pool, const pb::Command& c,
 inline params base_params() {
   params p;
   p.heartbeat_timeout_ms = 1'000'000'000;
+  // Two tests at a time: a third node asked for one waits, so inputs
+  // reach the queue of tests to send.
+  p.max_tests_in_flight = 2;
   return p;
 }
 
