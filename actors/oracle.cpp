@@ -40,9 +40,17 @@ oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg) {
 }
 
 void stop_oracle(const oracle_handles& h) {
+  // Ahead of what waits in their mailboxes (CAF's anon_send_exit queues
+  // behind it): an oracle asked to stop under a backlog of miners' and
+  // clients' messages stops at once instead of working through it. What
+  // the supervisor had not applied was never acknowledged; what it
+  // acknowledged is on disk.
   for (auto& a : {h.gateway, h.validator, h.sessions, h.supervisor, h.backfill})
     if (a)
-      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      a->enqueue(nullptr, caf::make_message_id(caf::message_priority::high),
+                 caf::make_message(caf::exit_msg{a->address(),
+                                                 caf::exit_reason::user_shutdown}),
+                 nullptr);
 }
 
 } // namespace nodepool

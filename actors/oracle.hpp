@@ -40,7 +40,7 @@ caf::actor spawn_backfill(caf::actor_system& sys, backfill_config cfg);
 /// Spawns and wires the oracle actors over `cfg.storage`.
 oracle_handles start_oracle(caf::actor_system& sys, supervisor_config cfg);
 
-/// Stops all of them.
+/// Stops all of them, ahead of the messages waiting in their mailboxes.
 void stop_oracle(const oracle_handles& h);
 
 // The pieces, for tests that wire them by hand.

@@ -66,6 +66,25 @@ TEST_F(group_commit, one_synced_batch_per_mailbox_drain) {
   EXPECT_EQ(stats["applied"].get<uint64_t>(), st->entries_appended);
 }
 
+// An oracle asked to stop under a backlog stops before working through it:
+// nothing queued is handled, so nothing unacknowledged is stored either.
+TEST_F(group_commit, a_stop_goes_ahead_of_the_backlog) {
+  auto st = std::make_shared<counting_store>();
+  start(fast_params(), st);
+  auto entries_before = st->entries_appended;
+  auto lookups_before = st->archive_lookups;
+  // Each new session id is looked up in the archive as it is handled.
+  for (int i = 0; i < 40; ++i)
+    caf::anon_send(oracle_.supervisor, cmd_atom::value,
+                   submission("q" + std::to_string(i)));
+  stop_oracle(oracle_);
+  sched_->run();
+  EXPECT_EQ(st->archive_lookups, lookups_before) << "the backlog was handled";
+  EXPECT_EQ(st->entries_appended, entries_before);
+  EXPECT_TRUE(caf::actor_cast<caf::strong_actor_ptr>(oracle_.supervisor)
+                ->get()->getf(caf::abstract_actor::is_terminated_flag));
+}
+
 // A group commit's events go to every subscriber as one batch, shared and
 // not encoded: both subscribers hold the same object, holding the commit's
 // events, after the commit and before the answers.
