@@ -47,10 +47,8 @@ void stop_oracle(const oracle_handles& h) {
   // acknowledged is on disk.
   for (auto& a : {h.gateway, h.validator, h.sessions, h.supervisor, h.backfill})
     if (a)
-      a->enqueue(nullptr, caf::make_message_id(caf::message_priority::high),
-                 caf::make_message(caf::exit_msg{a->address(),
-                                                 caf::exit_reason::user_shutdown}),
-                 nullptr);
+      caf::anon_send<caf::message_priority::high>(
+        a, caf::exit_msg{a->address(), caf::exit_reason::user_shutdown});
 }
 
 } // namespace nodepool

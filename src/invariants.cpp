@@ -265,11 +265,7 @@ std::vector<violation> pool_state::check_invariants() const {
   return out;
 }
 
-namespace {
-
-/// A snapshot's parameters (the defaults, if they do not decode: what a
-/// restore would keep).
-params params_of(const pb::Snapshot& snap) {
+params record_checks::params_of(const pb::Snapshot& snap) {
   params p;
   if (!snap.params_json().empty()) {
     std::string err;
@@ -278,16 +274,6 @@ params params_of(const pb::Snapshot& snap) {
       p = std::move(q);
   }
   return p;
-}
-
-} // namespace
-
-int64_t record_checks::ephemeral_window_of(const pb::Snapshot& snap) {
-  return params_of(snap).ephemeral_window_ms;
-}
-
-uint32_t record_checks::tests_limit_of(const pb::Snapshot& snap) {
-  return params_of(snap).max_tests_in_flight;
 }
 
 std::vector<violation> check_snapshot(const pb::Snapshot& snap) {
@@ -313,7 +299,7 @@ std::vector<violation> check_snapshot(const pb::Snapshot& snap) {
     return i == sessions.end() ? nullptr : i->second;
   };
   record_checks::check_snapshot_records(
-    snap, record_checks::ephemeral_window_of(snap), snap.nodes(),
+    snap, record_checks::params_of(snap), snap.nodes(),
     snap.sessions(), [](auto& r) -> auto& { return r; }, node_of, session_of,
     out);
   return out;

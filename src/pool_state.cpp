@@ -933,7 +933,7 @@ std::vector<violation> pool_state::frozen::check() const {
     return i == live->sessions.end() ? nullptr : &i->second;
   };
   record_checks::check_snapshot_records(
-    records, record_checks::ephemeral_window_of(records), live->nodes,
+    records, record_checks::params_of(records), live->nodes,
     live->sessions, [](auto& kv) -> auto& { return kv.second; }, node_of,
     session_of, out);
   return out;

@@ -130,11 +130,9 @@ inline void check_accepted(uint64_t live, uint64_t completed, uint64_t failed,
 
 namespace nodepool::record_checks {
 
-/// The ephemeral window a snapshot's parameters set (the defaults', if they
-/// do not decode: what a restore would keep).
-int64_t ephemeral_window_of(const pb::Snapshot& snap);
-/// Its max_tests_in_flight, read the same way.
-uint32_t tests_limit_of(const pb::Snapshot& snap);
+/// A snapshot's parameters (the defaults, if they do not decode: what a
+/// restore would keep).
+params params_of(const pb::Snapshot& snap);
 
 /// I5 for the tests: none waits to be sent while fewer than the limit are
 /// in flight (a place left free would hold the waiting ones back for good).
@@ -150,18 +148,18 @@ inline void check_tests(uint64_t sent, uint64_t waiting, uint32_t limit,
 /// sessions accounted for. `nodes` and `sessions` are ranges, `rec(x)`
 /// gives the record of one of their elements.
 template <class Nodes, class Sessions, class Rec, class NodeOf, class SessionOf>
-void check_snapshot_records(const pb::Snapshot& scalars, int64_t window,
+void check_snapshot_records(const pb::Snapshot& scalars, const params& p,
                             const Nodes& nodes, const Sessions& sessions,
                             const Rec& rec, const NodeOf& node_of,
                             const SessionOf& session_of,
                             std::vector<violation>& out) {
   uint64_t sent = 0, waiting = 0;
   for (auto& x : nodes) {
-    check_node(rec(x), window, session_of, out);
+    check_node(rec(x), p.ephemeral_window_ms, session_of, out);
     sent += test_sent(rec(x)) ? 1 : 0;
     waiting += test_waiting(rec(x)) ? 1 : 0;
   }
-  check_tests(sent, waiting, tests_limit_of(scalars), out);
+  check_tests(sent, waiting, p.max_tests_in_flight, out);
   uint64_t live = 0;
   for (auto& x : sessions) {
     check_session(rec(x), node_of, out);

@@ -724,6 +724,8 @@ struct cycling_pool {
   /// max_tests_in_flight, tests wait for a place).
   void pass_all() {
     for (size_t k = 0; k < tests.size(); ++k) {
+      if (k % 4096 == 0)
+        check_stop();
       auto [n, t] = tests[k];  // a copy: take_tests may grow the list
       take_tests(ps.apply(pass_cmd(n, t), now));
     }
